@@ -1,0 +1,286 @@
+"""The command line: parses arguments, calls :mod:`cloudguard.vault`, prints results.
+
+Exit codes: 0 ok, 1 error, 2 usage, 3 integrity failure. Progress bars and summaries appear
+only on a terminal; ``--json`` prints one JSON document on stdout for scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from . import __version__, vault
+from .errors import CloudguardError
+
+
+def _tty() -> bool:
+    return sys.stdout.isatty()
+
+
+def _warn(message: str) -> None:
+    click.echo(f"cloudguard: warning: {message}", err=True)
+
+
+@contextmanager
+def _progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    if not _tty() or total <= 0:
+        yield lambda _n: None
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), TimeRemainingColumn(), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _ui(as_json: bool) -> vault.UI:
+    if as_json:
+        return vault.UI(warn=_warn)
+    return vault.UI(warn=_warn, progress=_progress)
+
+
+def _emit(result: Any, as_json: bool, human: Callable[[Any], str] | None = None,
+          always: bool = False) -> None:
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+    elif human is not None and (always or _tty()):
+        text = human(result)
+        if text:
+            click.echo(text)
+
+
+def _run(fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except CloudguardError as exc:
+        click.echo(f"cloudguard: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("cloudguard: interrupted; nothing partial was left behind", err=True)
+        sys.exit(1)
+
+
+folder_option = click.option("--folder", "-C", metavar="F", default=None,
+                             help="The bound folder (default: the one containing the current "
+                                  "directory).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cloudguard")
+def main() -> None:
+    """Encrypt documents before they reach the cloud.
+
+    The remote (any rclone remote) only ever sees random object names holding ciphertext.
+    """
+
+
+@main.command()
+@click.argument("folder")
+@click.option("--remote", required=True, metavar="REMOTE",
+              help="rclone remote: name:path, :backend,opts:path, or a local path.")
+@click.option("--padding", type=click.Choice(["padme", "none"]), default="padme",
+              show_default=True, help="Hide exact file sizes by padding.")
+@click.option("--name", default=None, help="A name for this device (default: hostname).")
+@json_option
+def init(folder: str, remote: str, padding: str, name: str | None, as_json: bool) -> None:
+    """Create a new vault on REMOTE for FOLDER."""
+    def go() -> None:
+        result = vault.init_vault(folder, remote, padding, name)
+        _emit(result, as_json, lambda r: f"Created vault {r['vault']} on {r['remote']} for "
+              f"{r['folder']} (device key in {r['keystore']}).\nNext: cloudguard push, and "
+              "cloudguard key export KIT to keep a recovery kit in a safe place.", always=True)
+    _run(go)
+
+
+@main.command()
+@click.argument("remote")
+@click.argument("folder")
+@click.option("--key-file", metavar="KIT", default=None,
+              help="Enrol this device with a recovery kit instead of an approval.")
+@click.option("--name", default=None, help="A name for this device (default: hostname).")
+@json_option
+def clone(remote: str, folder: str, key_file: str | None, name: str | None,
+          as_json: bool) -> None:
+    """Bind FOLDER on this device to the existing vault at REMOTE."""
+    def go() -> None:
+        result = vault.clone_vault(remote, folder, key_file, name, _ui(as_json))
+
+        def human(r: dict[str, Any]) -> str:
+            if not r["enrolled"]:
+                return (f"Enrolment requested. Fingerprint: {r['fingerprint']}\nOn an enrolled "
+                        f"device run: cloudguard device approve {r['fingerprint']}\nThen here: "
+                        "cloudguard pull")
+            return f"Cloned into {r['folder']}: {len(r['downloaded'])} files."
+        _emit(result, as_json, human, always=True)
+    _run(go)
+
+
+@main.command()
+@folder_option
+@click.option("--dry-run", is_flag=True, help="Show what would be uploaded.")
+@json_option
+def push(folder: str | None, dry_run: bool, as_json: bool) -> None:
+    """Encrypt and upload local changes."""
+    def go() -> None:
+        result = vault.push(folder, dry_run, _ui(as_json))
+        _emit(result, as_json, lambda r: (
+            f"{'Would upload' if r['dry_run'] else 'Uploaded'} {len(r['uploaded'])}, "
+            f"updated {len(r['updated'])}, deleted {len(r['deleted'])}."),
+            always=dry_run)
+    _run(go)
+
+
+@main.command()
+@folder_option
+@json_option
+def pull(folder: str | None, as_json: bool) -> None:
+    """Download and decrypt remote changes."""
+    def go() -> None:
+        result = vault.pull(folder, _ui(as_json))
+        _emit(result, as_json, lambda r: (
+            f"Downloaded {len(r['downloaded'])}, deleted {len(r['deleted'])}"
+            + (f", conflicts: {', '.join(r['conflicts'])}" if r["conflicts"] else "") + "."))
+    _run(go)
+
+
+@main.command()
+@folder_option
+@json_option
+def status(folder: str | None, as_json: bool) -> None:
+    """Show what push and pull would do."""
+    def go() -> None:
+        result = vault.status(folder, _ui(as_json))
+
+        def human(r: dict[str, Any]) -> str:
+            lines = [f"folder {r['folder']} -> {r['remote']} (key generation {r['generation']},"
+                     f" {r['files']} files)"]
+            lines += [f"  to push: {p}" for p in r["to_push"]]
+            lines += [f"  to pull: {p}" for p in r["to_pull"]]
+            if not r["to_push"] and not r["to_pull"]:
+                lines.append("  in sync")
+            return "\n".join(lines)
+        _emit(result, as_json, human, always=True)
+    _run(go)
+
+
+@main.command()
+@folder_option
+@click.option("--read-data", is_flag=True, help="Download and authenticate every chunk.")
+@json_option
+def verify(folder: str | None, read_data: bool, as_json: bool) -> None:
+    """Check the remote against the manifest."""
+    def go() -> None:
+        result = vault.verify(folder, read_data, _ui(as_json))
+        _emit(result, as_json, lambda r: (
+            f"OK: {r['files']} files in {r['objects']} objects"
+            + (f", {r['authenticated']} authenticated" if r["read_data"] else "")
+            + (f"; {len(r['unreferenced'])} unreferenced objects" if r["unreferenced"] else "")),
+            always=True)
+    _run(go)
+
+
+@main.group()
+def key() -> None:
+    """Key generations and recovery kits."""
+
+
+@key.command("rotate")
+@folder_option
+@click.option("--reencrypt", is_flag=True,
+              help="Also re-encrypt all content with fresh keys and delete the old objects.")
+@json_option
+def key_rotate(folder: str | None, reencrypt: bool, as_json: bool) -> None:
+    """Start a new key generation."""
+    def go() -> None:
+        result = vault.key_rotate(folder, reencrypt, _ui(as_json))
+        _emit(result, as_json, lambda r: f"Key generation {r['generation']} is current.",
+              always=True)
+    _run(go)
+
+
+@key.command("list")
+@folder_option
+@json_option
+def key_list(folder: str | None, as_json: bool) -> None:
+    """Show key generations with their age."""
+    def go() -> None:
+        result = vault.key_list(folder)
+        _emit(result, as_json, lambda rows: "\n".join(
+            f"{'*' if r['current'] else ' '} generation {r['generation']}  created "
+            f"{r['created']}  age {r['age_days']} days" for r in rows), always=True)
+    _run(go)
+
+
+@key.command("export")
+@click.argument("file")
+@folder_option
+@click.option("--name", default=None, help="A label for this kit.")
+@json_option
+def key_export(file: str, folder: str | None, name: str | None, as_json: bool) -> None:
+    """Write a passphrase-protected recovery kit to FILE."""
+    def go() -> None:
+        result = vault.key_export(folder, file, name)
+        _emit(result, as_json, lambda r: f"Recovery kit {r['id']} written to {r['kit']}. "
+              "Keep it offline; it opens the vault with its passphrase.", always=True)
+    _run(go)
+
+
+@main.group()
+def device() -> None:
+    """Enrolled devices and recovery slots."""
+
+
+@device.command("list")
+@folder_option
+@json_option
+def device_list(folder: str | None, as_json: bool) -> None:
+    """Show each device and recovery slot."""
+    def go() -> None:
+        result = vault.device_list(folder)
+        _emit(result, as_json, lambda rows: "\n".join(
+            f"{r['id']}  {r['kind']:<8}  {r['fingerprint']}  {r['created']}  {r['name']}"
+            + ("  (this device)" if r["this_device"] else "") for r in rows), always=True)
+    _run(go)
+
+
+@device.command("approve")
+@click.argument("fingerprint")
+@folder_option
+@json_option
+def device_approve(fingerprint: str, folder: str | None, as_json: bool) -> None:
+    """Enrol the device whose request shows FINGERPRINT."""
+    def go() -> None:
+        result = vault.device_approve(folder, fingerprint)
+        _emit(result, as_json, lambda r: f"Approved {r['name']} ({r['approved']}).", always=True)
+    _run(go)
+
+
+@device.command("remove")
+@click.argument("device_id", metavar="ID")
+@folder_option
+@click.option("--reencrypt", is_flag=True, help="Also re-encrypt all content (real revocation).")
+@json_option
+def device_remove(device_id: str, folder: str | None, reencrypt: bool, as_json: bool) -> None:
+    """Remove a device or recovery slot and rotate the key."""
+    def go() -> None:
+        result = vault.device_remove(folder, device_id, reencrypt, _ui(as_json))
+        _emit(result, as_json, lambda r: f"Removed {r['removed']}; key generation "
+              f"{r['generation']} is current.", always=True)
+    _run(go)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""One root error class; each subclass carries the exit code the CLI returns.
+
+    CloudguardError (1)
+    ├── UsageError (2)          bad arguments, unknown folder, wrong setting
+    ├── KeyError_ (1)           keyring or passphrase problems
+    ├── TransportError (1)      rclone failed
+    ├── FileChangedError (1)    a file changed while it was read
+    └── IntegrityError (3)      tampered, truncated, swapped, rolled back or missing data
+"""
+
+from __future__ import annotations
+
+
+class CloudguardError(Exception):
+    """Operational error."""
+
+    exit_code = 1
+
+
+class UsageError(CloudguardError):
+    """The user asked for something malformed."""
+
+    exit_code = 2
+
+
+class KeyStoreError(CloudguardError):
+    """The device key cannot be stored or opened."""
+
+
+class TransportError(CloudguardError):
+    """rclone failed; the message names the object."""
+
+
+class FileChangedError(CloudguardError):
+    """A file changed while it was being encrypted; it is retried on the next push."""
+
+
+class IntegrityError(CloudguardError):
+    """Authentication failed.
+
+    The format layer never says which check failed (one error for all), callers add the name of
+    the file or object so the user knows where to look.
+    """
+
+    exit_code = 3
+
+    def __init__(self, message: str = "integrity check failed") -> None:
+        super().__init__(message)

@@ -1,0 +1,466 @@
+"""Format v1: every byte cloudguard writes to a remote (normative spec: docs/format.md).
+
+Pure functions over bytes and streams. Randomness enters only through ``os.urandom`` in
+the ``new_*`` helpers, so tests can pass fixed values to the inner functions and compare exact
+bytes against tests/vectors.json. Every authentication or parse failure raises the same
+:class:`IntegrityError`; callers add the object or file name.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from .errors import FileChangedError, IntegrityError
+
+VERSION = 1
+CHUNK_SIZE = 64 * 1024
+TAG_SIZE = 16
+KEY_SIZE = 32
+FILE_ID_SIZE = 16
+
+BLOB_MAGIC = b"CGB" + bytes([VERSION])
+PACK_MAGIC = b"CGP" + bytes([VERSION])
+SEGMENT_MAGIC = b"CGM" + bytes([VERSION])
+BLOB_HEADER_SIZE = 4 + FILE_ID_SIZE + 32 + (16 + TAG_SIZE)
+PACK_HEADER_SIZE = 4 + 16
+
+_LENGTH_NONCE = b"\x01" + bytes(11)
+
+
+def _hkdf(ikm: bytes, info: bytes, length: int = KEY_SIZE, salt: bytes | None = None) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: object) -> bytes:
+    if not isinstance(text, str):
+        raise IntegrityError()
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise IntegrityError() from exc
+
+
+# --- size padding -------------------------------------------------------------------------
+
+
+def padme(length: int) -> int:
+    """Padmé: pads to a float-like grid so sizes leak O(log log L) bits, at most 12 % overhead."""
+    if length < 2:
+        return length
+    exponent = length.bit_length() - 1
+    mantissa_bits = exponent.bit_length()
+    mask = (1 << (exponent - mantissa_bits)) - 1
+    return (length + mask) & ~mask
+
+
+def padded_length(length: int, padding: bool) -> int:
+    return padme(length) if padding else length
+
+
+def chunk_count(padded: int) -> int:
+    return max(1, -(-padded // CHUNK_SIZE))
+
+
+def blob_size(length: int, padding: bool) -> int:
+    padded = padded_length(length, padding)
+    return BLOB_HEADER_SIZE + padded + TAG_SIZE * chunk_count(padded)
+
+
+# --- content blobs ------------------------------------------------------------------------
+
+
+def _blob_keys(dek: bytes, file_id: bytes) -> tuple[bytes, bytes]:
+    okm = _hkdf(dek, b"cloudguard/v1/blob", 64, salt=file_id)
+    return okm[:32], okm[32:]
+
+
+def _chunk_nonce(index: int, final: bool) -> bytes:
+    return b"\x00" + index.to_bytes(10, "big") + (b"\x01" if final else b"\x00")
+
+
+def _chunk_aad(file_id: bytes, index: int, final: bool) -> bytes:
+    return b"cloudguard/v1/chunk" + bytes([VERSION]) + file_id + struct.pack(">Q?", index, final)
+
+
+class _Reader(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
+class _Writer(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """What the manifest records about one encrypted blob."""
+
+    size: int
+    sha256: str
+    blob_len: int
+
+
+def encrypt_blob(
+    src: _Reader, dst: _Writer, dek: bytes, file_id: bytes, size: int, padding: bool = True
+) -> BlobInfo:
+    """Encrypt exactly ``size`` bytes from ``src``; raises FileChangedError if it has more or less.
+
+    The length is sealed in the header up front so the decryptor can strip padding while
+    streaming, without holding anything back.
+    """
+    if len(file_id) != FILE_ID_SIZE:
+        raise ValueError("file id must be 16 bytes")  # else the header would not parse back
+    padded = padded_length(size, padding)
+    key, commitment = _blob_keys(dek, file_id)
+    aead = AESGCM(key)
+    length_ct = aead.encrypt(
+        _LENGTH_NONCE,
+        struct.pack(">QQ", size, padded),
+        b"cloudguard/v1/length" + bytes([VERSION]) + file_id,
+    )
+    written = dst.write(BLOB_MAGIC + file_id + commitment + length_ct)
+    digest = hashlib.sha256()
+    total = chunk_count(padded)
+    remaining = size
+    for index in range(total):
+        want = min(CHUNK_SIZE, padded - index * CHUNK_SIZE)
+        take = min(want, remaining)
+        data = _read_exact(src, take) if take else b""
+        if len(data) != take:
+            raise FileChangedError("file shrank while it was read")
+        digest.update(data)
+        remaining -= take
+        if take < want:
+            data += bytes(want - take)
+        final = index == total - 1
+        written += dst.write(aead.encrypt(_chunk_nonce(index, final), data,
+                                          _chunk_aad(file_id, index, final)))
+    if src.read(1):
+        raise FileChangedError("file grew while it was read")
+    return BlobInfo(size=size, sha256=digest.hexdigest(), blob_len=written)
+
+
+def _read_exact(src: _Reader, count: int) -> bytes:
+    parts: list[bytes] = []
+    while count > 0:
+        part = src.read(count)
+        if not part:
+            break
+        parts.append(part)
+        count -= len(part)
+    return b"".join(parts)
+
+
+@dataclass(frozen=True)
+class BlobHeader:
+    file_id: bytes
+    size: int
+    padded: int
+
+
+def open_blob_header(header: bytes, dek: bytes, expected_file_id: bytes | None) -> BlobHeader:
+    if len(header) != BLOB_HEADER_SIZE or header[:4] != BLOB_MAGIC:
+        raise IntegrityError()
+    file_id = header[4:20]
+    if expected_file_id is not None and not hmac.compare_digest(file_id, expected_file_id):
+        raise IntegrityError()
+    key, commitment = _blob_keys(dek, file_id)
+    if not hmac.compare_digest(header[20:52], commitment):
+        raise IntegrityError()
+    try:
+        plain = AESGCM(key).decrypt(
+            _LENGTH_NONCE, header[52:], b"cloudguard/v1/length" + bytes([VERSION]) + file_id
+        )
+    except InvalidTag as exc:
+        raise IntegrityError() from exc
+    size, padded = struct.unpack(">QQ", plain)
+    if size > padded:
+        raise IntegrityError()
+    return BlobHeader(file_id=file_id, size=size, padded=padded)
+
+
+def decrypt_blob_iter(src: _Reader, dek: bytes, expected_file_id: bytes | None) -> Iterator[bytes]:
+    """Yield authenticated plaintext pieces; raises IntegrityError on any tampering.
+
+    Consumes exactly one blob from ``src``, so blobs can be read back to back from a pack.
+    The caller must not act on the plaintext as final until the iterator is exhausted: only then
+    is the final-chunk flag (truncation) checked.
+    """
+    header = open_blob_header(_read_exact(src, BLOB_HEADER_SIZE), dek, expected_file_id)
+    key, _ = _blob_keys(dek, header.file_id)
+    aead = AESGCM(key)
+    total = chunk_count(header.padded)
+    remaining = header.size
+    for index in range(total):
+        plain_len = min(CHUNK_SIZE, header.padded - index * CHUNK_SIZE)
+        sealed = _read_exact(src, plain_len + TAG_SIZE)
+        if len(sealed) != plain_len + TAG_SIZE:
+            raise IntegrityError()
+        final = index == total - 1
+        try:
+            data = aead.decrypt(_chunk_nonce(index, final), sealed,
+                                _chunk_aad(header.file_id, index, final))
+        except InvalidTag as exc:
+            raise IntegrityError() from exc
+        keep = min(len(data), remaining)
+        remaining -= keep
+        if keep:
+            yield data[:keep] if keep < len(data) else data
+
+
+def decrypt_blob(src: _Reader, dst: _Writer, dek: bytes, expected_file_id: bytes | None,
+                 expected_sha256: str | None = None) -> int:
+    digest = hashlib.sha256()
+    count = 0
+    for piece in decrypt_blob_iter(src, dek, expected_file_id):
+        digest.update(piece)
+        dst.write(piece)
+        count += len(piece)
+    if expected_sha256 is not None and not hmac.compare_digest(
+            digest.hexdigest().encode(), str(expected_sha256).encode("utf-8", "surrogatepass")):
+        raise IntegrityError()
+    return count
+
+
+def new_dek() -> bytes:
+    return os.urandom(KEY_SIZE)
+
+
+def new_file_id() -> bytes:
+    return os.urandom(FILE_ID_SIZE)
+
+
+def new_object_id() -> str:
+    return os.urandom(16).hex()
+
+
+def pack_header(pack_id: bytes) -> bytes:
+    return PACK_MAGIC + pack_id
+
+
+# --- DEK wrapping -------------------------------------------------------------------------
+
+
+def wrap_dek(kek: bytes, dek: bytes) -> bytes:
+    """AES-KW (RFC 3394) under a KEK-derived key, so re-wrapping never touches content."""
+    return aes_key_wrap(_hkdf(kek, b"cloudguard/v1/dek-wrap"), dek)
+
+
+def unwrap_dek(kek: bytes, wrapped: bytes) -> bytes:
+    try:
+        return aes_key_unwrap(_hkdf(kek, b"cloudguard/v1/dek-wrap"), wrapped)
+    except (InvalidUnwrap, ValueError) as exc:
+        raise IntegrityError() from exc
+
+
+def _nonce(nonce: bytes | None) -> bytes:
+    if nonce is None:
+        return os.urandom(12)
+    if len(nonce) != 12:
+        raise ValueError("nonce must be 12 bytes")  # readers take exactly 12
+    return nonce
+
+
+# --- manifest segments --------------------------------------------------------------------
+
+
+def seal_segment(kek: bytes, generation: int, name: str, payload: dict[str, Any],
+                 nonce: bytes | None = None) -> bytes:
+    """Manifest segments are compressed JSON under AES-GCM; the object name is in the AAD,
+    so a segment cannot be replayed under another name."""
+    nonce = _nonce(nonce)
+    header = SEGMENT_MAGIC + struct.pack(">I", generation) + nonce
+    body = zlib.compress(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode(), 6)
+    key = _hkdf(kek, b"cloudguard/v1/manifest")
+    return header + AESGCM(key).encrypt(nonce, body, header + name.encode())
+
+
+def segment_generation(blob: bytes) -> int:
+    if len(blob) < 20 + TAG_SIZE or blob[:4] != SEGMENT_MAGIC:
+        raise IntegrityError()
+    return int(struct.unpack(">I", blob[4:8])[0])
+
+
+def open_segment(kek: bytes, name: str, blob: bytes) -> dict[str, Any]:
+    segment_generation(blob)
+    header, nonce = blob[:20], blob[8:20]
+    key = _hkdf(kek, b"cloudguard/v1/manifest")
+    try:
+        body = AESGCM(key).decrypt(nonce, blob[20:], header + name.encode())
+        decompressor = zlib.decompressobj()
+        raw = decompressor.decompress(body, 256 * 1024 * 1024)
+        if decompressor.unconsumed_tail:
+            raise IntegrityError()
+        payload = json.loads(raw)
+    except (InvalidTag, zlib.error, ValueError) as exc:
+        raise IntegrityError() from exc
+    if not isinstance(payload, dict):
+        raise IntegrityError()
+    return payload
+
+
+# --- key slots ----------------------------------------------------------------------------
+
+
+def public_bytes(key: X25519PrivateKey | X25519PublicKey) -> bytes:
+    pub = key.public_key() if isinstance(key, X25519PrivateKey) else key
+    return pub.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def _slot_aad(vault_id: str, generation: int, rid: str) -> bytes:
+    return b"cloudguard/v1/slot" + f"{vault_id}/{generation}/{rid}".encode()
+
+
+def wrap_to_recipient(pub: bytes, secret: bytes, vault_id: str, generation: int, rid: str,
+                      ephemeral: X25519PrivateKey | None = None) -> dict[str, str]:
+    """X25519 + HKDF + AES-GCM, as age does; a fresh ephemeral key makes a zero nonce safe."""
+    eph = ephemeral or X25519PrivateKey.generate()
+    eph_pub = public_bytes(eph)
+    shared = eph.exchange(X25519PublicKey.from_public_bytes(pub))
+    key = _hkdf(shared, b"cloudguard/v1/slot", salt=eph_pub + pub)
+    ct = AESGCM(key).encrypt(bytes(12), secret, _slot_aad(vault_id, generation, rid))
+    return {"rid": rid, "epk": b64(eph_pub), "ct": b64(ct)}
+
+
+def unwrap_from_slot(priv: X25519PrivateKey, slot: dict[str, Any], vault_id: str,
+                     generation: int) -> bytes:
+    try:
+        eph_pub = unb64(slot["epk"])
+        pub = public_bytes(priv)
+        shared = priv.exchange(X25519PublicKey.from_public_bytes(eph_pub))
+        key = _hkdf(shared, b"cloudguard/v1/slot", salt=eph_pub + pub)
+        return AESGCM(key).decrypt(bytes(12), unb64(slot["ct"]),
+                                   _slot_aad(vault_id, generation, str(slot["rid"])))
+    except (InvalidTag, ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError() from exc
+
+
+def seal_json(key_material: bytes, info: bytes, aad: bytes, payload: dict[str, Any],
+              nonce: bytes | None = None) -> str:
+    nonce = _nonce(nonce)
+    key = _hkdf(key_material, info)
+    body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+    return b64(nonce + AESGCM(key).encrypt(nonce, body, aad))
+
+
+def open_json(key_material: bytes, info: bytes, aad: bytes, sealed: object) -> dict[str, Any]:
+    raw = unb64(sealed)
+    if len(raw) < 12 + TAG_SIZE:
+        raise IntegrityError()
+    key = _hkdf(key_material, info)
+    try:
+        payload = json.loads(AESGCM(key).decrypt(raw[:12], raw[12:], aad))
+    except (InvalidTag, ValueError) as exc:
+        raise IntegrityError() from exc
+    if not isinstance(payload, dict):
+        raise IntegrityError()
+    return payload
+
+
+def key_commitment(kek: bytes) -> str:
+    return _hkdf(kek, b"cloudguard/v1/kek-id", 16).hex()
+
+
+# --- passphrase-wrapped secrets (device key file, recovery kit) ---------------------------
+
+KIT_LOG_N = 18
+MAX_LOG_N = 22
+SCRYPT_R = 8
+SCRYPT_P = 1
+
+
+def _scrypt(passphrase: str, salt: bytes, log_n: int, r: int, p: int) -> bytes:
+    # r and p are pinned to what seal_with_passphrase writes: a tampered document must not be
+    # able to demand more than the 2**MAX_LOG_N * 1 KiB that an honest one can.
+    if not (1 <= log_n <= MAX_LOG_N and r == SCRYPT_R and p == SCRYPT_P and len(salt) >= 16):
+        raise IntegrityError()
+    return Scrypt(salt=salt, length=32, n=1 << log_n, r=r, p=p).derive(passphrase.encode())
+
+
+def _kit_aad(meta: dict[str, Any]) -> bytes:
+    return b"cloudguard/v1/kit" + json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+
+
+def seal_with_passphrase(secret: bytes, passphrase: str, meta: dict[str, Any],
+                         log_n: int = KIT_LOG_N, salt: bytes | None = None,
+                         nonce: bytes | None = None) -> dict[str, Any]:
+    """scrypt (r=8, p=1) then AES-GCM; every metadata field is bound as associated data."""
+    salt = salt if salt is not None else os.urandom(16)
+    nonce = nonce if nonce is not None else os.urandom(12)
+    doc = dict(meta)
+    doc["kdf"] = {"alg": "scrypt", "log_n": log_n, "r": SCRYPT_R, "p": SCRYPT_P,
+                  "salt": b64(salt)}
+    key = _scrypt(passphrase, salt, log_n, SCRYPT_R, SCRYPT_P)
+    doc["nonce"] = b64(nonce)
+    doc["ct"] = b64(AESGCM(key).encrypt(nonce, secret, _kit_aad(doc)))
+    return doc
+
+
+def open_with_passphrase(doc: dict[str, Any], passphrase: str) -> bytes:
+    """Raises IntegrityError for a wrong passphrase too: the two cannot be told apart."""
+    try:
+        meta = {k: v for k, v in doc.items() if k != "ct"}
+        kdf = doc["kdf"]
+        log_n, r, p = kdf["log_n"], kdf["r"], kdf["p"]
+        if kdf["alg"] != "scrypt" or not all(type(v) is int for v in (log_n, r, p)):
+            raise IntegrityError()
+        key = _scrypt(passphrase, unb64(kdf["salt"]), log_n, r, p)
+        return AESGCM(key).decrypt(unb64(doc["nonce"]), unb64(doc["ct"]), _kit_aad(meta))
+    except (InvalidTag, KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise IntegrityError() from exc
+
+
+def fingerprint(pub: bytes) -> str:
+    """Short enough to read aloud, long enough (80 bits) that a forged request cannot collide."""
+    digest = base64.b32encode(hashlib.sha256(b"cloudguard/v1/fp" + pub).digest()[:10]).decode()
+    return "-".join(digest[i:i + 4] for i in range(0, 16, 4))
+
+
+def expect_end(reader: _Reader) -> None:
+    """After a blob: the stream (usually a read_blob_stream) must hold nothing more.
+
+    decrypt_blob_iter consumes exactly the blob its authenticated header describes, so bytes
+    appended after it (or a stored length that is longer than the blob) show only here.
+    """
+    if reader.read(1):
+        raise IntegrityError()
+
+
+def read_blob_stream(src: BinaryIO, length: int) -> _Reader:
+    """Limit a stream to one blob, so a blob cannot read into its neighbour in a pack."""
+    return _Limited(src, length)
+
+
+class _Limited:
+    def __init__(self, src: BinaryIO, length: int) -> None:
+        self._src = src
+        self._left = length
+
+    def read(self, size: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        size = self._left if size < 0 else min(size, self._left)
+        data = self._src.read(size)
+        self._left -= len(data)
+        return data

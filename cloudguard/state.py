@@ -1,0 +1,196 @@
+"""Local state: where bindings live, and the per-folder SQLite index.
+
+Everything lives under ``CLOUDGUARD_HOME`` (default: the platform's user data dir), never in the
+plaintext folder. The index holds paths and metadata (like git's index) but no content and no
+keys; the manifest segments cached next to it are ciphertext.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from .errors import CloudguardError, UsageError
+
+
+def home() -> Path:
+    explicit = os.environ.get("CLOUDGUARD_HOME")
+    root = Path(explicit).expanduser() if explicit else Path(platformdirs.user_data_dir("cloudguard"))
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return root
+
+
+def bindings_root() -> Path:
+    path = home() / "folders"
+    path.mkdir(exist_ok=True, mode=0o700)
+    return path
+
+
+@dataclass
+class Binding:
+    """One plaintext folder bound to one vault on one remote, as this device."""
+
+    id: str
+    folder: str
+    remote: str
+    vault_id: str
+    device: str
+    device_name: str
+    keystore: str
+    padding: str
+    enrolled: bool = True
+
+    @property
+    def dir(self) -> Path:
+        return bindings_root() / self.id
+
+    @property
+    def key_account(self) -> str:
+        return f"{self.vault_id}/{self.device}"
+
+    def save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.dir / "binding.json.tmp"
+        tmp.write_text(json.dumps(asdict(self), indent=1))
+        tmp.replace(self.dir / "binding.json")
+
+    @staticmethod
+    def new_id() -> str:
+        return secrets.token_hex(8)
+
+
+def all_bindings() -> list[Binding]:
+    out: list[Binding] = []
+    for child in sorted(bindings_root().iterdir()):
+        meta = child / "binding.json"
+        if meta.is_file():
+            try:
+                out.append(Binding(**json.loads(meta.read_text())))
+            except (ValueError, TypeError) as exc:
+                raise CloudguardError(f"{meta} is damaged: {exc}") from exc
+    return out
+
+
+def find_binding(folder: str | None) -> Binding:
+    """Like git: the given folder, or the bound folder containing the working directory."""
+    start = Path(folder).expanduser().resolve() if folder else Path.cwd().resolve()
+    bindings = {Path(b.folder): b for b in all_bindings()}
+    for candidate in (start, *start.parents):
+        if candidate in bindings:
+            return bindings[candidate]
+    where = f"{folder}" if folder else f"{start} (or any parent)"
+    raise UsageError(f"{where} is not a cloudguard folder; run cloudguard init or clone, or "
+                     "pass --folder")
+
+
+def check_unbound(folder: Path) -> None:
+    for binding in all_bindings():
+        bound = Path(binding.folder)
+        if bound == folder or bound in folder.parents or folder in bound.parents:
+            raise UsageError(f"{folder} overlaps the cloudguard folder {bound}")
+
+
+@dataclass
+class IndexRow:
+    path: str
+    kind: str
+    size: int
+    mtime: int
+    mode: int
+    sha256: str
+    dot: str
+    target: str
+
+
+class Index:
+    """SQLite in WAL mode: what was last synced, so changes on either side can be told apart."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, kind TEXT, size INTEGER,
+                mtime INTEGER, mode INTEGER, sha256 TEXT, dot TEXT, target TEXT);
+            CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+            CREATE TABLE IF NOT EXISTS pending (object TEXT PRIMARY KEY);
+            CREATE TABLE IF NOT EXISTS orphans (object TEXT PRIMARY KEY, first_seen REAL);
+            """
+        )
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def rows(self) -> dict[str, IndexRow]:
+        cur = self.db.execute("SELECT path, kind, size, mtime, mode, sha256, dot, target "
+                              "FROM files")
+        return {r[0]: IndexRow(*r) for r in cur}
+
+    def put(self, row: IndexRow) -> None:
+        self.db.execute("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)",
+                        (row.path, row.kind, row.size, row.mtime, row.mode, row.sha256, row.dot,
+                         row.target))
+
+    def remove(self, path: str) -> None:
+        self.db.execute("DELETE FROM files WHERE path = ?", (path,))
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def pending(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT object FROM pending")}
+
+    def add_pending(self, name: str) -> None:
+        self.db.execute("INSERT OR IGNORE INTO pending VALUES (?)", (name,))
+
+    def clear_pending(self, names: set[str]) -> None:
+        self.db.executemany("DELETE FROM pending WHERE object = ?", [(n,) for n in names])
+
+    def orphans(self) -> dict[str, float]:
+        return {r[0]: r[1] for r in self.db.execute("SELECT object, first_seen FROM orphans")}
+
+    def set_orphans(self, orphans: dict[str, float]) -> None:
+        self.db.execute("DELETE FROM orphans")
+        self.db.executemany("INSERT INTO orphans VALUES (?, ?)", list(orphans.items()))
+
+
+@contextmanager
+def folder_lock(binding: Binding) -> Iterator[None]:
+    """One cloudguard process per folder at a time; the daemon and a manual push must not race."""
+    binding.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(binding.dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise CloudguardError(f"another cloudguard process is working on {binding.folder}; "
+                                  "try again when it finishes") from exc
+        yield
+    finally:
+        os.close(fd)

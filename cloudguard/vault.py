@@ -1,0 +1,864 @@
+"""The library API: init, clone, push, pull, status, verify and key management.
+
+Each operation opens a :class:`Session` (folder lock, index, remote listing, device key, key
+ring, merged manifest with rollback checks), does its work and returns a plain dict that the CLI
+prints or dumps as JSON.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from . import format as fmt
+from . import keys as keymod
+from . import manifest as mf
+from . import sync
+from .errors import CloudguardError, IntegrityError, KeyStoreError, UsageError
+from .keys import DeviceKey, Generation, KeyRing, Member, now_iso
+from .state import Binding, Index, check_unbound, find_binding, folder_lock
+from .transport import MissingObject, RcloneTransport, Transport
+
+DESCRIPTOR = "cloudguard.json"
+COMPACT_AFTER = 32  # delta segments before a snapshot replaces them
+REPACK_BELOW = 0.5  # live fraction under which a pack is rewritten
+
+
+@dataclass
+class UI:
+    """How the library talks to a person; the CLI supplies rich progress bars, tests nothing."""
+
+    warn: Callable[[str], None] = lambda _m: None
+    progress: Callable[[str, int], AbstractContextManager[Callable[[int], None]]] = (
+        lambda _d, _t: nullcontext(lambda _n: None))
+
+
+def gc_grace() -> float:
+    raw = os.environ.get("CLOUDGUARD_GC_GRACE", "86400")
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise UsageError(f"CLOUDGUARD_GC_GRACE={raw!r} is not a number of seconds") from exc
+
+
+# --- descriptor ---------------------------------------------------------------------------
+
+
+def make_descriptor(vault_id: str, padding: str) -> bytes:
+    doc = {"cloudguard": "vault", "format": fmt.VERSION, "vault": vault_id,
+           "chunk_size": fmt.CHUNK_SIZE, "padding": padding, "created": now_iso()}
+    return json.dumps(doc, indent=1, sort_keys=True).encode()
+
+
+def parse_descriptor(raw: bytes, where: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise IntegrityError(f"{where}: the vault descriptor is not valid JSON") from exc
+    if not isinstance(doc, dict) or doc.get("cloudguard") != "vault":
+        raise IntegrityError(f"{where}: not a cloudguard vault descriptor")
+    if doc.get("format") != fmt.VERSION:
+        raise CloudguardError(f"{where}: vault format {doc.get('format')!r} is unknown to this "
+                              f"cloudguard (knows {fmt.VERSION}); upgrade cloudguard")
+    if doc.get("chunk_size") != fmt.CHUNK_SIZE or not isinstance(doc.get("vault"), str):
+        raise IntegrityError(f"{where}: the vault descriptor has altered parameters")
+    return doc
+
+
+def descriptor_hash(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+# --- sessions -----------------------------------------------------------------------------
+
+
+@dataclass
+class Session:
+    binding: Binding
+    transport: Transport
+    index: Index
+    priv: X25519PrivateKey
+    ring: KeyRing
+    loaded: mf.Loaded
+    listing: dict[str, int]
+    ui: UI
+    committed: list[str] = field(default_factory=list)
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.binding.folder)
+
+    @property
+    def state(self) -> mf.State:
+        return self.loaded.state
+
+    def labels(self) -> dict[str, str]:
+        return {m.rid: m.name for m in self.ring.current.members}
+
+    def next_seq(self) -> int:
+        own = self.binding.device
+        return max(self.loaded.own_seq, self.state.ctx.get(own, 0)) + 1
+
+    def write_segment(self, kind: str, payload_for: Callable[[int], dict[str, Any]]) -> str:
+        seq = self.next_seq()
+        name = mf.segment_name(self.binding.device, seq, kind)
+        gen = self.ring.current
+        blob = fmt.seal_segment(gen.kek, gen.number, name, payload_for(seq))
+        self.index.set_meta("pending_segment", name)
+        self.transport.put_bytes(name, blob)
+        self.loaded.own_seq = seq
+        self.loaded.heads[self.binding.device] = hashlib.sha256(blob).hexdigest()
+        self.listing[name] = len(blob)
+        if kind == "d":
+            self.loaded.deltas += 1
+        self.committed.append(name)
+        return name
+
+    def commit(self, ops: list[dict[str, Any]]) -> str:
+        """Upload one delta segment: the commit point of a push."""
+        own = self.binding.device
+        deps = dict(self.state.ctx)
+        prev = self.loaded.heads.get(own)
+        seq_holder: list[int] = []
+
+        def payload(seq: int) -> dict[str, Any]:
+            seq_holder.append(seq)
+            return mf.delta_payload(own, seq, deps, prev, ops)
+
+        name = self.write_segment("d", payload)
+        self.state.apply_delta(own, seq_holder[0], ops)
+        self.index.set_meta("seen", self.state.ctx)
+        self.index.set_meta("pending_segment", None)
+        return mf.dot_of(own, seq_holder[0])
+
+    def snapshot(self) -> str:
+        """Replace every segment the state covers by one snapshot, then delete them."""
+        own = self.binding.device
+
+        def payload(seq: int) -> dict[str, Any]:
+            self.state.ctx[own] = seq
+            return mf.snapshot_payload(own, seq, self.state)
+
+        name = self.write_segment("s", payload)
+        self.index.set_meta("seen", self.state.ctx)
+        self.index.set_meta("pending_segment", None)
+        doomed = []
+        for other in list(self.listing):
+            parsed = mf.parse_name(other)
+            if parsed and other != name and parsed[1] <= self.state.ctx.get(parsed[0], 0):
+                doomed.append(other)
+        self.transport.delete(doomed)
+        for other in doomed:
+            self.listing.pop(other, None)
+        self.loaded.deltas = 0
+        return name
+
+
+def _transport(binding: Binding) -> Transport:
+    return RcloneTransport(binding.remote)
+
+
+def _recover_torn_segment(index: Index, transport: Transport, listing: dict[str, int],
+                          ring: KeyRing) -> None:
+    """A crash while uploading our own segment may leave half an object: it never committed."""
+    name = index.get_meta("pending_segment")
+    if not name:
+        return
+    if name in listing:
+        try:
+            data = transport.get_bytes(name)
+            fmt.open_segment(ring.kek(fmt.segment_generation(data)), name, data)
+        except (IntegrityError, MissingObject):
+            transport.delete([name])
+            listing.pop(name, None)
+    index.set_meta("pending_segment", None)
+
+
+def _device_key(binding: Binding) -> DeviceKey:
+    return DeviceKey(binding.keystore, binding.key_account, binding.dir / "device.key")
+
+
+@contextmanager
+def session(folder: str | None, ui: UI | None = None) -> Iterator[Session]:
+    binding = find_binding(folder)
+    with folder_lock(binding):
+        index = Index(binding.dir / "index.db")
+        try:
+            yield _open(binding, index, ui or UI())
+        finally:
+            index.close()
+
+
+def _open(binding: Binding, index: Index, ui: UI) -> Session:
+    if not Path(binding.folder).is_dir():
+        raise UsageError(f"the bound folder {binding.folder} does not exist any more")
+    transport = _transport(binding)
+    priv = _device_key(binding).load()
+    for attempt in range(3):
+        try:
+            listing = {n: o.size for n, o in transport.list().items()}
+            raw = listing_descriptor(transport, listing, binding.remote)
+            doc = parse_descriptor(raw, binding.remote)
+            if doc["vault"] != binding.vault_id:
+                raise IntegrityError(f"{binding.remote} holds vault {doc['vault']}, not "
+                                     f"{binding.vault_id}: the vault was swapped")
+            trusted = {int(k): v for k, v in index.get_meta("trusted", {}).items()}
+            ring = keymod.load_keyring(transport, binding.vault_id, binding.device, priv,
+                                       trusted, listing)
+            if ring.current.descriptor != descriptor_hash(raw):
+                raise IntegrityError(f"{binding.remote}/{DESCRIPTOR} was altered")
+            _recover_torn_segment(index, transport, listing, ring)
+            seen = index.get_meta("seen", {})
+            cache = mf.SegmentCache(binding.dir / "segments")
+            segs = {n: s for n, s in listing.items() if n.startswith(mf.PREFIX)}
+            loaded = mf.load(segs, transport.get_bytes, ring, binding.device, seen, cache)
+            break
+        except MissingObject:
+            if attempt == 2:
+                raise
+            time.sleep(0.5)  # another device compacted while we listed; list again
+    trusted_now = {str(n): fmt.key_commitment(g.kek) for n, g in ring.generations.items()}
+    index.set_meta("trusted", {**index.get_meta("trusted", {}), **trusted_now})
+    index.set_meta("seen", loaded.state.ctx)
+    if not binding.enrolled:
+        binding.enrolled = True
+        binding.save()
+    return Session(binding, transport, index, priv, ring, loaded, listing, ui)
+
+
+def listing_descriptor(transport: Transport, listing: dict[str, int], remote: str) -> bytes:
+    if DESCRIPTOR not in listing:
+        raise IntegrityError(f"{remote}: the vault descriptor {DESCRIPTOR} is missing (wrong "
+                             "remote, or it was deleted)")
+    return transport.get_bytes(DESCRIPTOR)
+
+
+# --- init and clone -----------------------------------------------------------------------
+
+
+def _new_binding(folder: Path, remote: str, vault_id: str, padding: str, name: str | None
+                 ) -> Binding:
+    return Binding(id=Binding.new_id(), folder=str(folder), remote=remote, vault_id=vault_id,
+                   device=keymod.new_member_id(), device_name=name or socket.gethostname(),
+                   keystore=keymod.choose_keystore(), padding=padding)
+
+
+def _check_folder(folder: str) -> Path:
+    path = Path(folder).expanduser()
+    if not path.exists():
+        path.mkdir(parents=True, mode=0o700)
+    if not path.is_dir():
+        raise UsageError(f"{folder} is not a folder")
+    resolved = path.resolve()
+    check_unbound(resolved)
+    return resolved
+
+
+def init_vault(folder: str, remote: str, padding: str = "padme", name: str | None = None
+               ) -> dict[str, Any]:
+    if padding not in ("padme", "none"):
+        raise UsageError(f"--padding {padding!r}: use padme or none")
+    path = _check_folder(folder)
+    transport = RcloneTransport(remote)
+    existing = transport.list()
+    if DESCRIPTOR in existing:
+        raise UsageError(f"{transport.remote} already holds a cloudguard vault; use "
+                         "cloudguard clone")
+    if existing:
+        raise UsageError(f"{transport.remote} is not empty; give an empty folder or bucket path")
+    vault_id = os.urandom(16).hex()
+    binding = _new_binding(path, transport.remote, vault_id, padding, name)
+    device_key = _device_key(binding)
+    priv = device_key.create()
+    descriptor = make_descriptor(vault_id, padding)
+    member = Member(binding.device, "device", binding.device_name, now_iso(), fmt.public_bytes(priv))
+    gen = Generation(1, os.urandom(32), now_iso(), [member], descriptor_hash(descriptor))
+    transport.ensure_root()
+    transport.put_bytes(DESCRIPTOR, descriptor)
+    transport.put_bytes(keymod.keys_name(1), keymod.seal_generation(vault_id, gen))
+    binding.save()
+    index = Index(binding.dir / "index.db")
+    index.set_meta("trusted", {"1": fmt.key_commitment(gen.kek)})
+    index.close()
+    return {"folder": str(path), "remote": transport.remote, "vault": vault_id,
+            "device": binding.device, "keystore": binding.keystore}
+
+
+def clone_vault(remote: str, folder: str, kit: str | None = None, name: str | None = None,
+                ui: UI | None = None) -> dict[str, Any]:
+    path = _check_folder(folder)
+    transport = RcloneTransport(remote)
+    listing = {n: o.size for n, o in transport.list().items()}
+    raw = listing_descriptor(transport, listing, transport.remote)
+    doc = parse_descriptor(raw, transport.remote)
+    vault_id = str(doc["vault"])
+    binding = _new_binding(path, transport.remote, vault_id, str(doc.get("padding", "padme")),
+                           name)
+    priv = _device_key(binding).create()
+    me = Member(binding.device, "device", binding.device_name, now_iso(), fmt.public_bytes(priv))
+    if kit is None:
+        binding.enrolled = False
+        request = {"cloudguard": "enroll", "vault": vault_id, "rid": me.rid, "name": me.name,
+                   "created": me.created, "pub": fmt.b64(me.pub)}
+        transport.put_bytes(f"{keymod.ENROLL_PREFIX}{me.rid}",
+                            json.dumps(request, indent=1).encode())
+        binding.save()
+        return {"folder": str(path), "vault": vault_id, "enrolled": False,
+                "fingerprint": fmt.fingerprint(me.pub), "device": me.rid}
+    kit_vault, kit_rid, kit_priv = keymod.read_kit(Path(kit), keymod.get_passphrase(
+        f"recovery kit {kit}"))
+    if kit_vault != vault_id:
+        raise UsageError(f"{kit} belongs to vault {kit_vault}, not {vault_id}")
+    ring = keymod.load_keyring(transport, vault_id, kit_rid, kit_priv, {}, listing)
+    if ring.current.descriptor != descriptor_hash(raw):
+        raise IntegrityError(f"{transport.remote}/{DESCRIPTOR} was altered")
+    _add_member(transport, vault_id, ring, me)
+    binding.save()
+    result = pull(str(path), ui)
+    result.update({"folder": str(path), "vault": vault_id, "enrolled": True, "device": me.rid})
+    return result
+
+
+def _add_member(transport: Transport, vault_id: str, ring: KeyRing, member: Member) -> None:
+    """Rewrite the current generation's slot object with one more member (same KEK)."""
+    gen = ring.current
+    if any(m.rid == member.rid for m in gen.members):
+        return
+    gen.members.append(member)
+    transport.put_bytes(keymod.keys_name(gen.number), keymod.seal_generation(vault_id, gen))
+
+
+# --- push ---------------------------------------------------------------------------------
+
+
+def _resolve(s: Session) -> int:
+    ops = sync.resolve_siblings(s.state, s.labels())
+    if ops:
+        s.commit(ops)
+    return sum(1 for op in ops if not op["rm"])
+
+
+def _hasher(folder: Path) -> Callable[[str], str]:
+    return lambda rel: sync.hash_file(folder / rel)
+
+
+def push(folder: str | None, dry_run: bool = False, ui: UI | None = None) -> dict[str, Any]:
+    with session(folder, ui) as s:
+        return _push(s, dry_run)
+
+
+def _push(s: Session, dry_run: bool) -> dict[str, Any]:
+    conflicts = 0 if dry_run else _resolve(s)
+    local = sync.scan(s.folder, s.ui.warn)
+    remote = sync.view(s.state)
+    index_rows = s.index.rows()
+    plan = sync.plan_push(local, index_rows, remote, _hasher(s.folder))
+    result: dict[str, Any] = {
+        "uploaded": [i.path for i in plan.upload], "updated": [i.path for i, _ in plan.put],
+        "deleted": [r.path for r in plan.delete], "dry_run": dry_run, "conflicts": conflicts}
+    if dry_run:
+        return result
+    _collect_pending(s)
+    gen = s.ring.current
+    total = sum(i.size for i in plan.upload)
+    with s.ui.progress("push", total) as advance:
+        up = sync.upload(s.folder, plan.upload, s.transport, gen.kek, gen.number,
+                         s.binding.padding != "none", s.index.add_pending, s.ui.warn, advance)
+    ops: list[dict[str, Any]] = []
+    for item in plan.upload:
+        if item.path in up.entries:
+            row = index_rows.get(item.path)
+            ops.append({"p": item.path, "e": up.entries[item.path],
+                        "rm": [row.dot] if row else []})
+    for item, entry in plan.put:
+        row = index_rows.get(item.path)
+        if entry is None:
+            entry = ({"t": "d", "x": item.mode} if item.kind == "d"
+                     else {"t": "l", "l": item.target, "m": item.mtime})
+        ops.append({"p": item.path, "e": entry, "rm": [row.dot] if row else []})
+    for row in plan.delete:
+        ops.append({"p": row.path, "e": None, "rm": [row.dot]})
+    with s.index.transaction():
+        for loc, dot, sha in plan.adopt:
+            s.index.put(sync.row_from(loc, dot, sha))
+    if ops:
+        dot = s.commit(ops)
+        with s.index.transaction():
+            for op in ops:
+                path, entry = op["p"], op["e"]
+                if entry is None:
+                    s.index.remove(path)
+                    continue
+                loc = local[path]
+                if entry.get("t") == "f":
+                    loc = sync.LocalItem(path, "f", int(entry["s"]), int(entry["m"]),
+                                         int(entry["x"]))
+                s.index.put(sync.row_from(loc, dot, str(entry.get("h", ""))))
+            s.index.clear_pending(set(up.objects))
+    result["uploaded"] = sorted(up.entries)
+    result["skipped"] = up.skipped
+    result["bytes_uploaded"] = up.bytes_out
+    result["objects"] = len(up.objects)
+    _maintain(s)
+    return result
+
+
+def _collect_pending(s: Session) -> None:
+    """Objects we uploaded in a run that crashed before its commit are garbage: delete them."""
+    live = {sync.DATA_PREFIX + o for o in s.state.objects()}
+    stale = s.index.pending() - live
+    if stale:
+        s.transport.delete(stale)
+    with s.index.transaction():
+        s.index.clear_pending(s.index.pending())
+
+
+def _maintain(s: Session) -> None:
+    """Compaction, repacking and garbage collection after a successful commit."""
+    if s.loaded.deltas >= COMPACT_AFTER:
+        s.snapshot()
+    _repack(s)
+    live = {sync.DATA_PREFIX + o for o in s.state.objects()}
+    stored = {n for n in s.listing if n.startswith(sync.DATA_PREFIX)}
+    mine = s.index.pending()
+    now = time.time()
+    seen = s.index.orphans()
+    orphans = {n: seen.get(n, now) for n in stored - live - mine}
+    doomed = {n for n, first in orphans.items() if now - first >= gc_grace()}
+    if doomed:
+        s.transport.delete(doomed)
+    with s.index.transaction():
+        s.index.set_orphans({n: t for n, t in orphans.items() if n not in doomed})
+
+
+def _repack(s: Session) -> None:
+    """Copy live blobs of mostly-dead packs, as they are, into a fresh pack."""
+    objects = s.state.objects()
+    victims: list[str] = []
+    for object_id, entries in objects.items():
+        name = sync.DATA_PREFIX + object_id
+        size = s.listing.get(name)
+        if not size or any(int(e["a"]) == 0 for e in entries):
+            continue  # a stand-alone object, or unknown
+        live = sum(int(e["n"]) for e in entries)
+        if live < REPACK_BELOW * size:
+            victims.append(object_id)
+    if not victims:
+        return
+    moves: list[tuple[str, str, dict[str, Any]]] = []  # (path, dot, entry)
+    for path, sibs in s.state.paths.items():
+        for dot, entry in sibs.items():
+            if entry.get("t") == "f" and entry.get("o") in victims:
+                moves.append((path, dot, entry))
+    new_id = fmt.new_object_id()
+    name = sync.DATA_PREFIX + new_id
+    s.index.add_pending(name)
+    new_entries: dict[tuple[str, str], dict[str, Any]] = {}
+    with s.transport.writer(name) as out:
+        pos = out.write(fmt.pack_header(os.urandom(16)))
+        groups = sync.group_by_object([(f"{p}\x00{d}", e) for p, d, e in moves])
+        for obj, items in groups.items():
+            for key, entry, reader, err in sync.read_blobs(s.transport, obj, items):
+                if reader is None:
+                    raise err or IntegrityError(obj)
+                data_len = int(entry["n"])
+                copied = 0
+                while copied < data_len:
+                    block = reader.read(min(1024 * 1024, data_len - copied))
+                    if not block:
+                        raise IntegrityError(f"{obj} is shorter than the manifest says")
+                    out.write(block)
+                    copied += len(block)
+                path, _, dot = key.partition("\x00")
+                new_entries[(path, dot)] = {**entry, "o": new_id, "a": pos}
+                pos += data_len
+    ops = []
+    for (path, dot), entry in new_entries.items():
+        ops.append({"p": path, "e": entry, "rm": [dot]})
+    s.commit(ops)
+    s.index.clear_pending({name})
+    _rebase_index(s, {(p, d) for p, d in new_entries})
+    s.transport.delete(sync.DATA_PREFIX + v for v in victims)
+    for v in victims:
+        s.listing.pop(sync.DATA_PREFIX + v, None)
+    s.listing[name] = pos
+
+
+def _rebase_index(s: Session, moved: set[tuple[str, str]]) -> None:
+    """Index rows pointing at a dot we just replaced now point at our new dot."""
+    new_dot = mf.dot_of(s.binding.device, s.state.ctx[s.binding.device])
+    with s.index.transaction():
+        for row in s.index.rows().values():
+            if (row.path, row.dot) in moved:
+                row.dot = new_dot
+                s.index.put(row)
+
+
+# --- pull ---------------------------------------------------------------------------------
+
+
+def pull(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
+    with session(folder, ui) as s:
+        return _pull(s)
+
+
+def _pull(s: Session) -> dict[str, Any]:
+    _resolve(s)
+    remote = sync.view(s.state)
+    local = sync.scan(s.folder, s.ui.warn)
+    index_rows = s.index.rows()
+    plan = sync.plan_pull(local, index_rows, remote, _hasher(s.folder),
+                          s.binding.device_name)
+    failures: list[str] = []
+    written: list[str] = []
+    for dest, dot, entry in sorted(plan.make, key=lambda m: m[0]):
+        if entry.get("t") == "d":
+            sync.make_dir(s.folder, dest, int(entry.get("x", 0o700)))
+            s.index.put(sync.IndexRow(dest, "d", 0, 0, int(entry.get("x", 0)), "", dot, ""))
+    total = sum(int(e.get("s", 0)) for _d, _t, e in plan.download)
+    with s.ui.progress("pull", total) as advance:
+        for obj, items in sync.group_by_object([(d, e) for d, _t, e in plan.download]).items():
+            dots = {d: t for d, t, _e in plan.download}
+            for dest, entry, reader, err in sync.read_blobs(s.transport, obj, items):
+                try:
+                    if reader is None:
+                        raise IntegrityError(str(err))
+                    _land(s, dest, dots[dest], entry, reader, local.get(dest))
+                    written.append(dest)
+                    advance(int(entry.get("s", 0)))
+                except IntegrityError as exc:
+                    failures.append(f"{dest}: {exc}")
+    for dest, dot, entry in plan.make:
+        if entry.get("t") == "l":
+            sync.make_link(s.folder, dest, str(entry.get("l", "")))
+            item = sync.local_item(s.folder, dest)
+            if item is not None:
+                s.index.put(sync.row_from(item, dot, ""))
+    with s.index.transaction():
+        for loc, dot, entry in plan.adopt:
+            s.index.put(sync.row_from(loc, dot, str(entry.get("h", ""))))
+        for path in plan.forget:
+            s.index.remove(path)
+        for path in plan.forget:
+            rem = remote.get(path)
+            if rem is not None:  # conflict: remember the remote version, so ours replaces it
+                e = rem[1]
+                s.index.put(sync.IndexRow(path, str(e.get("t")), int(e.get("s", 0)),
+                                          int(e.get("m", 0)), int(e.get("x", 0)),
+                                          str(e.get("h", "")), rem[0], str(e.get("l", ""))))
+    deleted = _delete_local(s, plan.delete)
+    if failures:
+        raise IntegrityError("integrity failure, nothing written for: " + "; ".join(failures))
+    return {"downloaded": sorted(written), "deleted": deleted, "conflicts": plan.conflicts,
+            "skipped": plan.skipped}
+
+
+def _land(s: Session, dest: str, dot: str, entry: dict[str, Any], reader: Any,
+          planned: sync.LocalItem | None) -> None:
+    dek, file_id = sync.dek_of(entry, s.ring.kek)
+    expected = str(entry.get("h", ""))
+
+    def fill(fh: Any) -> None:
+        fmt.decrypt_blob(reader, fh, dek, file_id, expected)
+
+    def unchanged() -> bool:
+        return sync.local_item(s.folder, dest) == planned
+
+    mode, mtime = int(entry.get("x", 0o600)), int(entry.get("m", 0))
+    target = dest
+    if not sync.write_atomic(s.folder, dest, fill, mode, mtime, unchanged):
+        target = sync.conflict_name(dest, mtime, s.binding.device_name)
+        s.ui.warn(f"{dest} changed during the pull; the remote version is in {target}")
+        # the plaintext was discarded with the temp file; fetch again next pull
+        return
+    s.index.put(sync.IndexRow(target, "f", int(entry.get("s", 0)), mtime, mode, expected, dot, ""))
+
+
+def _delete_local(s: Session, rows: list[Any]) -> list[str]:
+    deleted: list[str] = []
+    for row in sorted(rows, key=lambda r: r.path.count("/"), reverse=True):
+        path = s.folder / row.path
+        try:
+            if row.kind == "d":
+                os.rmdir(path)
+            else:
+                os.unlink(path)
+            deleted.append(row.path)
+            s.index.remove(row.path)
+        except FileNotFoundError:
+            s.index.remove(row.path)
+        except OSError as exc:
+            s.ui.warn(f"kept {row.path}: {exc.strerror}")
+            s.index.remove(row.path)
+    return deleted
+
+
+# --- status and verify --------------------------------------------------------------------
+
+
+def status(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
+    with session(folder, ui) as s:
+        local = sync.scan(s.folder, s.ui.warn)
+        rows = s.index.rows()
+        remote = sync.view(s.state)
+        hasher = _hasher(s.folder)
+        up = sync.plan_push(local, rows, remote, hasher)
+        down = sync.plan_pull(local, rows, remote, hasher, s.binding.device_name)
+        return {
+            "folder": s.binding.folder, "remote": s.binding.remote, "vault": s.binding.vault_id,
+            "device": s.binding.device, "generation": s.ring.current.number,
+            "files": sum(1 for e in remote.values() if e[1].get("t") == "f"),
+            "to_push": sorted([i.path for i in up.upload] + [i.path for i, _ in up.put]
+                              + [r.path for r in up.delete]),
+            "to_pull": sorted([d for d, _t, _e in down.download + down.make]
+                              + [r.path for r in down.delete]),
+            "conflicts": down.conflicts,
+        }
+
+
+def verify(folder: str | None, read_data: bool = False, ui: UI | None = None
+           ) -> dict[str, Any]:
+    with session(folder, ui) as s:
+        return _verify(s, read_data)
+
+
+def _verify(s: Session, read_data: bool) -> dict[str, Any]:
+    failures: list[str] = []
+    files = [(p, e) for p, (_d, e) in sync.view(s.state).items() if e.get("t") == "f"]
+    groups = sync.group_by_object(files)
+    for obj, items in groups.items():
+        size = s.listing.get(obj)
+        if size is None:
+            failures += [f"{p}: object {obj} is missing" for p, _e in items]
+            continue
+        end = max(int(e["a"]) + int(e["n"]) for _p, e in items)
+        if end > size or (len(items) == 1 and int(items[0][1]["a"]) == 0 and end != size):
+            failures += [f"{p}: object {obj} has the wrong size" for p, _e in items]
+    checked = 0
+    if read_data and not failures:
+        total = sum(int(e.get("s", 0)) for _p, e in files)
+        with s.ui.progress("verify", total) as advance:
+            for obj, items in groups.items():
+                for path, entry, reader, err in sync.read_blobs(s.transport, obj, items):
+                    try:
+                        if reader is None:
+                            raise IntegrityError(str(err))
+                        dek, file_id = sync.dek_of(entry, s.ring.kek)
+                        fmt.decrypt_blob(reader, _Null(), dek, file_id, str(entry.get("h")))
+                        checked += 1
+                        advance(int(entry.get("s", 0)))
+                    except IntegrityError as exc:
+                        failures.append(f"{path}: {exc}")
+    if failures:
+        raise IntegrityError("verify failed: " + "; ".join(failures[:20])
+                             + (f" (and {len(failures) - 20} more)" if len(failures) > 20 else ""))
+    live = {sync.DATA_PREFIX + o for o in s.state.objects()}
+    unreferenced = sorted(n for n in s.listing if n.startswith(sync.DATA_PREFIX) and n not in live)
+    return {"files": len(files), "objects": len(groups), "read_data": read_data,
+            "authenticated": checked, "unreferenced": unreferenced, "ok": True}
+
+
+class _Null:
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+
+# --- keys and devices ---------------------------------------------------------------------
+
+
+def key_list(folder: str | None) -> list[dict[str, Any]]:
+    with session(folder) as s:
+        now = time.time()
+        out = []
+        for number, gen in sorted(s.ring.generations.items()):
+            created = time.mktime(time.strptime(gen.created, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+            out.append({"generation": number, "created": gen.created,
+                        "age_days": round((now - created) / 86400, 1),
+                        "current": gen is s.ring.current})
+        return out
+
+
+def key_export(folder: str | None, path: str, name: str | None = None) -> dict[str, Any]:
+    target = Path(path).expanduser()
+    if target.exists():
+        raise UsageError(f"{path} already exists; refusing to overwrite a key file")
+    with session(folder) as s:
+        passphrase = keymod.get_passphrase(f"the recovery kit {path}", confirm=True)
+        priv = X25519PrivateKey.generate()
+        member = Member(keymod.new_member_id(), "recovery", name or f"kit {target.name}",
+                        now_iso(), fmt.public_bytes(priv))
+        keymod.write_kit(target, s.binding.vault_id, member.rid, priv, passphrase)
+        try:
+            _add_member(s.transport, s.binding.vault_id, s.ring, member)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+        s.index.set_meta("kit_exported", now_iso())
+        return {"kit": str(target), "id": member.rid}
+
+
+def device_list(folder: str | None) -> list[dict[str, Any]]:
+    with session(folder) as s:
+        return [{"id": m.rid, "kind": m.kind, "name": m.name, "created": m.created,
+                 "fingerprint": fmt.fingerprint(m.pub), "this_device": m.rid == s.binding.device}
+                for m in s.ring.current.members]
+
+
+def device_approve(folder: str | None, fp: str) -> dict[str, Any]:
+    wanted = fp.strip().upper().replace(" ", "")
+    with session(folder) as s:
+        for name in [n for n in s.listing if n.startswith(keymod.ENROLL_PREFIX)]:
+            try:
+                req = json.loads(s.transport.get_bytes(name))
+                pub = fmt.unb64(req["pub"])
+                member = Member(str(req["rid"]), "device", str(req["name"]), str(req["created"]),
+                                pub)
+            except (ValueError, KeyError, TypeError, IntegrityError):
+                s.ui.warn(f"ignored malformed enrolment request {name}")
+                continue
+            if fmt.fingerprint(pub) == wanted and req.get("vault") == s.binding.vault_id:
+                _add_member(s.transport, s.binding.vault_id, s.ring, member)
+                s.transport.delete([name])
+                return {"approved": member.rid, "name": member.name}
+        raise UsageError(f"no pending enrolment request has fingerprint {fp}")
+
+
+def device_remove(folder: str | None, rid: str, reencrypt: bool = False,
+                  ui: UI | None = None) -> dict[str, Any]:
+    with session(folder, ui) as s:
+        if rid == s.binding.device:
+            raise UsageError("a device cannot remove itself; remove it from another device")
+        if not any(m.rid == rid for m in s.ring.current.members):
+            raise UsageError(f"no device or recovery slot has id {rid} (see cloudguard device "
+                             "list)")
+        return _rotate(s, reencrypt, remove=rid)
+
+
+def key_rotate(folder: str | None, reencrypt: bool = False, ui: UI | None = None
+               ) -> dict[str, Any]:
+    with session(folder, ui) as s:
+        return _rotate(s, reencrypt, remove=None)
+
+
+def _rotate(s: Session, reencrypt: bool, remove: str | None) -> dict[str, Any]:
+    """New KEK generation wrapped to the remaining members; DEKs re-wrapped, or content redone.
+
+    Order keeps every crash recoverable: key slots, then (re-encrypted) content as pending
+    objects, then the snapshot that commits, then deletions.
+    """
+    _resolve(s)
+    old = s.ring.current
+    new_kek = os.urandom(32)
+    number = max(s.ring.all_keks()) + 1
+    members = [m for m in old.members if m.rid != remove]
+    history = {} if reencrypt else s.ring.all_keks()
+    link = keymod.make_link(s.binding.vault_id, number, new_kek, old.kek)
+    gen = Generation(number, new_kek, now_iso(), members, old.descriptor, history, link)
+    s.transport.put_bytes(keymod.keys_name(number), keymod.seal_generation(s.binding.vault_id, gen))
+    s.index.set_meta("trusted", {**s.index.get_meta("trusted", {}),
+                                 str(number): fmt.key_commitment(new_kek)})
+    old_objects = {sync.DATA_PREFIX + o for o in s.state.objects()}
+    if reencrypt:
+        _reencrypt(s, new_kek, number)
+    else:
+        for sibs in s.state.paths.values():
+            for entry in sibs.values():
+                if "k" in entry:
+                    dek = fmt.unwrap_dek(s.ring.kek(int(entry["g"])), fmt.unb64(entry["k"]))
+                    entry["k"] = fmt.b64(fmt.wrap_dek(new_kek, dek))
+                    entry["g"] = number
+    s.ring.generations[number] = gen
+    s.snapshot()
+    deleted: list[str] = []
+    if reencrypt:
+        doomed = old_objects | {keymod.keys_name(n) for n in s.ring.generations if n < number}
+        s.transport.delete(doomed)
+        deleted = sorted(doomed)
+        s.ring.generations = {number: gen}
+    return {"generation": number, "reencrypted": reencrypt, "removed": remove,
+            "deleted_objects": len(deleted)}
+
+
+def _reencrypt(s: Session, new_kek: bytes, number: int) -> None:
+    """Fresh DEKs and file ids for every blob, streamed through memory: no plaintext on disk."""
+    work = [(f"{p}\x00{d}", e) for p, sibs in s.state.paths.items() for d, e in sibs.items()
+            if e.get("t") == "f"]
+    padding = s.binding.padding != "none"
+    total = sum(int(e.get("s", 0)) for _k, e in work)
+    groups = sync.group_by_object(work)
+    replaced: dict[tuple[str, str], dict[str, Any]] = {}
+    with s.ui.progress("re-encrypt", total) as advance:
+        for obj, items in groups.items():
+            new_id = fmt.new_object_id()
+            name = sync.DATA_PREFIX + new_id
+            s.index.add_pending(name)
+            with s.transport.writer(name) as raw:
+                out = sync._Counting(raw)  # noqa: SLF001
+                out.write(fmt.pack_header(os.urandom(16)))
+                for key, entry, reader, err in sync.read_blobs(s.transport, obj, items):
+                    if reader is None:
+                        raise IntegrityError(f"{key.partition(chr(0))[0]}: {err}")
+                    dek, file_id = sync.dek_of(entry, s.ring.kek)
+                    source = _PlainStream(fmt.decrypt_blob_iter(reader, dek, file_id),
+                                          str(entry.get("h")))
+                    offset = out.count
+                    new_dek, new_fid = fmt.new_dek(), fmt.new_file_id()
+                    info = fmt.encrypt_blob(source, out, new_dek, new_fid, int(entry["s"]),
+                                            padding)
+                    source.finish()
+                    path, _, dot = key.partition("\x00")
+                    replaced[(path, dot)] = {**entry, "o": new_id, "a": offset,
+                                             "n": out.count - offset, "i": new_fid.hex(),
+                                             "k": fmt.b64(fmt.wrap_dek(new_kek, new_dek)),
+                                             "g": number}
+                    advance(info.size)
+    for (path, dot), entry in replaced.items():
+        s.state.paths[path][dot] = entry
+    for sibs in s.state.paths.values():
+        for entry in sibs.values():
+            if "k" in entry and entry.get("g") != number:
+                raise IntegrityError("an entry was not re-encrypted")
+
+
+class _PlainStream:
+    """Adapts decrypted pieces to a reader, checking the plaintext hash at the end."""
+
+    def __init__(self, pieces: Iterator[bytes], expected: str) -> None:
+        self.pieces = pieces
+        self.buffer = b""
+        self.digest = hashlib.sha256()
+        self.expected = expected
+        self.done = False
+
+    def read(self, size: int = -1) -> bytes:
+        while not self.done and (size < 0 or len(self.buffer) < size):
+            piece = next(self.pieces, None)
+            if piece is None:
+                self.done = True
+                break
+            self.digest.update(piece)
+            self.buffer += piece
+        if size < 0:
+            size = len(self.buffer)
+        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        return data
+
+    def finish(self) -> None:
+        if self.digest.hexdigest() != self.expected:
+            raise IntegrityError("plaintext hash mismatch during re-encryption")
+
+
+__all__ = ["UI", "clone_vault", "copy", "device_approve", "device_list", "device_remove",
+           "init_vault", "key_export", "key_list", "key_rotate", "pull", "push", "status",
+           "verify", "KeyStoreError"]
