@@ -104,7 +104,7 @@ def _chunk_aad(file_id: bytes, index: int, final: bool) -> bytes:
     return b"cloudguard/v1/chunk" + bytes([VERSION]) + file_id + struct.pack(">Q?", index, final)
 
 
-class _Reader(Protocol):
+class Reader(Protocol):
     def read(self, size: int = ..., /) -> bytes: ...
 
 
@@ -122,7 +122,7 @@ class BlobInfo:
 
 
 def encrypt_blob(
-    src: _Reader, dst: _Writer, dek: bytes, file_id: bytes, size: int, padding: bool = True
+    src: Reader, dst: _Writer, dek: bytes, file_id: bytes, size: int, padding: bool = True
 ) -> BlobInfo:
     """Encrypt exactly ``size`` bytes from ``src``; raises FileChangedError if it has more or less.
 
@@ -161,7 +161,7 @@ def encrypt_blob(
     return BlobInfo(size=size, sha256=digest.hexdigest(), blob_len=written)
 
 
-def _read_exact(src: _Reader, count: int) -> bytes:
+def _read_exact(src: Reader, count: int) -> bytes:
     parts: list[bytes] = []
     while count > 0:
         part = src.read(count)
@@ -200,7 +200,7 @@ def open_blob_header(header: bytes, dek: bytes, expected_file_id: bytes | None) 
     return BlobHeader(file_id=file_id, size=size, padded=padded)
 
 
-def decrypt_blob_iter(src: _Reader, dek: bytes, expected_file_id: bytes | None) -> Iterator[bytes]:
+def decrypt_blob_iter(src: Reader, dek: bytes, expected_file_id: bytes | None) -> Iterator[bytes]:
     """Yield authenticated plaintext pieces; raises IntegrityError on any tampering.
 
     Consumes exactly one blob from ``src``, so blobs can be read back to back from a pack.
@@ -229,7 +229,7 @@ def decrypt_blob_iter(src: _Reader, dek: bytes, expected_file_id: bytes | None) 
             yield data[:keep] if keep < len(data) else data
 
 
-def decrypt_blob(src: _Reader, dst: _Writer, dek: bytes, expected_file_id: bytes | None,
+def decrypt_blob(src: Reader, dst: _Writer, dek: bytes, expected_file_id: bytes | None,
                  expected_sha256: str | None = None) -> int:
     digest = hashlib.sha256()
     count = 0
@@ -310,7 +310,8 @@ def open_segment(kek: bytes, name: str, blob: bytes) -> dict[str, Any]:
         body = AESGCM(key).decrypt(nonce, blob[20:], header + name.encode())
         decompressor = zlib.decompressobj()
         raw = decompressor.decompress(body, 256 * 1024 * 1024)
-        if decompressor.unconsumed_tail:
+        # exactly one complete zlib stream: not cut short (no Adler-32 check), nothing after it
+        if decompressor.unconsumed_tail or not decompressor.eof or decompressor.unused_data:
             raise IntegrityError()
         payload = json.loads(raw)
     except (InvalidTag, zlib.error, ValueError) as exc:
@@ -437,23 +438,24 @@ def fingerprint(pub: bytes) -> str:
     return "-".join(digest[i:i + 4] for i in range(0, 16, 4))
 
 
-def expect_end(reader: _Reader) -> None:
+def expect_end(reader: Reader) -> None:
     """After a blob: the stream (usually a read_blob_stream) must hold nothing more.
 
     decrypt_blob_iter consumes exactly the blob its authenticated header describes, so bytes
-    appended after it (or a stored length that is longer than the blob) show only here.
+    appended after it (or a stored length that is longer than the blob) show only here. For a
+    read_blob_stream this also fails when the source ended before the stated length.
     """
-    if reader.read(1):
+    if reader.read(1) or (isinstance(reader, _Limited) and reader.remaining):
         raise IntegrityError()
 
 
-def read_blob_stream(src: BinaryIO, length: int) -> _Reader:
+def read_blob_stream(src: Reader, length: int) -> Reader:
     """Limit a stream to one blob, so a blob cannot read into its neighbour in a pack."""
     return _Limited(src, length)
 
 
 class _Limited:
-    def __init__(self, src: BinaryIO, length: int) -> None:
+    def __init__(self, src: Reader, length: int) -> None:
         self._src = src
         self._left = length
 
@@ -464,3 +466,8 @@ class _Limited:
         data = self._src.read(size)
         self._left -= len(data)
         return data
+
+    @property
+    def remaining(self) -> int:
+        """Bytes of the stated length not delivered yet (also if the source ended early)."""
+        return max(self._left, 0)

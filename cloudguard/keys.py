@@ -188,6 +188,19 @@ class DeviceKey:
     def forget(self) -> None:
         _CACHE.pop(self.account, None)
 
+    def delete(self) -> None:
+        """Used when a clone fails half-way, so no orphan key is left in the keyring."""
+        self.forget()
+        if self.store == "keyring":
+            import keyring
+            import keyring.errors
+            try:
+                keyring.delete_password(SERVICE, self.account)
+            except keyring.errors.KeyringError:
+                pass
+        else:
+            self.file_path.unlink(missing_ok=True)
+
 
 def drop_cached_keys() -> None:
     _CACHE.clear()

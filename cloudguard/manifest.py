@@ -192,16 +192,16 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], keyring: KeyRin
         progress = False
         for dev in sorted(pending):
             nxt = state.ctx.get(dev, 0) + 1
-            name = pending[dev].get(nxt)
-            if name is None:
+            found = pending[dev].get(nxt)
+            if found is None:
                 continue
-            payload = open_named(name)
+            payload = open_named(found)
             deps = _ctx(payload.get("deps"))
             if not state.dominates({d: s for d, s in deps.items() if d != dev}):
                 continue
             ops = payload.get("ops")
             if not isinstance(ops, list):
-                raise IntegrityError(f"manifest segment {name} is malformed")
+                raise IntegrityError(f"manifest segment {found} is malformed")
             state.apply_delta(dev, nxt, ops)
             del pending[dev][nxt]
             progress = True

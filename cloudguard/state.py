@@ -25,7 +25,10 @@ from .errors import CloudguardError, UsageError
 
 def home() -> Path:
     explicit = os.environ.get("CLOUDGUARD_HOME")
-    root = Path(explicit).expanduser() if explicit else Path(platformdirs.user_data_dir("cloudguard"))
+    if explicit:
+        root = Path(explicit).expanduser()
+    else:
+        root = Path(platformdirs.user_data_dir("cloudguard"))
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     return root
 

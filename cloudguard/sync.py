@@ -8,6 +8,7 @@ user's folder (and in memory), and every file lands through temp-file + fsync + 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import stat
@@ -19,7 +20,7 @@ from typing import IO, Any
 
 from . import format as fmt
 from .errors import CloudguardError, FileChangedError, IntegrityError
-from .manifest import Entry, State, dot_of
+from .manifest import Entry, State
 from .state import IndexRow
 from .transport import MissingObject, Transport
 
@@ -211,14 +212,7 @@ def plan_push(local: dict[str, LocalItem], index: dict[str, IndexRow],
             continue
         if row is not None and not dirty(loc, row):
             continue
-        cache: dict[str, str] = {}
-
-        def local_hash(p: str = path) -> str:
-            if p not in cache:
-                cache[p] = hasher(p)
-            return cache[p]
-
-        if rem is not None and entry_matches(loc, rem[1], local_hash):
+        if rem is not None and entry_matches(loc, rem[1], functools.partial(hasher, path)):
             entry = rem[1]
             if loc.kind == "f" and (loc.mtime, loc.mode) != (entry.get("m"), entry.get("x")):
                 plan.put.append((loc, {**entry, "m": loc.mtime, "x": loc.mode}))
@@ -267,7 +261,7 @@ def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
         if loc is None:
             (plan.download if kind == "f" else plan.make).append((path, dot, entry))
             continue
-        if entry_matches(loc, entry, lambda p=path: hasher(p)):
+        if entry_matches(loc, entry, functools.partial(hasher, path)):
             plan.adopt.append((loc, dot, entry))
             continue
         local_untouched = row is not None and not dirty(loc, row)
@@ -409,7 +403,7 @@ def group_by_object(entries: list[tuple[str, Entry]]) -> dict[str, list[tuple[st
 
 
 def read_blobs(transport: Transport, name: str, items: list[tuple[str, Entry]]
-               ) -> Iterator[tuple[str, Entry, IO[bytes] | None, Exception | None]]:
+               ) -> Iterator[tuple[str, Entry, fmt.Reader | None, Exception | None]]:
     """One ranged download per object; yields a limited reader per blob, in offset order.
 
     A missing object yields an error for each of its files instead of a reader.
@@ -424,8 +418,8 @@ def read_blobs(transport: Transport, name: str, items: list[tuple[str, Entry]]
                 if offset < pos:
                     raise IntegrityError(f"overlapping blobs in {name}")
                 _skip(stream, offset - pos)
-                limited = fmt._Limited(stream, length)  # noqa: SLF001 - same package
-                yield dest, entry, limited, None  # type: ignore[misc]
+                limited = fmt.read_blob_stream(stream, length)
+                yield dest, entry, limited, None
                 limited.read()  # drain what a failed decrypt left
                 pos = offset + length
     except MissingObject as exc:
@@ -532,7 +526,3 @@ def local_item(folder: Path, rel: str) -> LocalItem | None:
     if stat.S_ISDIR(st.st_mode):
         return LocalItem(rel, "d", mode=stat.S_IMODE(st.st_mode))
     return LocalItem(rel, "f", st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode))
-
-
-def dot_for(device: str, seq: int) -> str:
-    return dot_of(device, seq)

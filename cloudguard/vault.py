@@ -11,6 +11,7 @@ import copy
 import hashlib
 import json
 import os
+import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ from . import manifest as mf
 from . import sync
 from .errors import CloudguardError, IntegrityError, KeyStoreError, UsageError
 from .keys import DeviceKey, Generation, KeyRing, Member, now_iso
-from .state import Binding, Index, check_unbound, find_binding, folder_lock
+from .state import Binding, Index, IndexRow, check_unbound, find_binding, folder_lock
 from .transport import MissingObject, RcloneTransport, Transport
 
 DESCRIPTOR = "cloudguard.json"
@@ -136,7 +137,7 @@ class Session:
             seq_holder.append(seq)
             return mf.delta_payload(own, seq, deps, prev, ops)
 
-        name = self.write_segment("d", payload)
+        self.write_segment("d", payload)
         self.state.apply_delta(own, seq_holder[0], ops)
         self.index.set_meta("seen", self.state.ctx)
         self.index.set_meta("pending_segment", None)
@@ -205,6 +206,18 @@ def _open(binding: Binding, index: Index, ui: UI) -> Session:
         raise UsageError(f"the bound folder {binding.folder} does not exist any more")
     transport = _transport(binding)
     priv = _device_key(binding).load()
+    try:
+        return _load(binding, index, ui, transport, priv)
+    except KeyStoreError as exc:
+        if binding.enrolled:
+            raise
+        fp = fmt.fingerprint(fmt.public_bytes(priv))
+        raise KeyStoreError(f"{binding.folder}: enrolment {fp} is not approved yet; run "
+                            f"'cloudguard device approve {fp}' on an enrolled device") from exc
+
+
+def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
+          priv: X25519PrivateKey) -> Session:
     for attempt in range(3):
         try:
             listing = {n: o.size for n, o in transport.list().items()}
@@ -282,7 +295,8 @@ def init_vault(folder: str, remote: str, padding: str = "padme", name: str | Non
     device_key = _device_key(binding)
     priv = device_key.create()
     descriptor = make_descriptor(vault_id, padding)
-    member = Member(binding.device, "device", binding.device_name, now_iso(), fmt.public_bytes(priv))
+    member = Member(binding.device, "device", binding.device_name, now_iso(),
+                    fmt.public_bytes(priv))
     gen = Generation(1, os.urandom(32), now_iso(), [member], descriptor_hash(descriptor))
     transport.ensure_root()
     transport.put_bytes(DESCRIPTOR, descriptor)
@@ -297,7 +311,28 @@ def init_vault(folder: str, remote: str, padding: str = "padme", name: str | Non
 
 def clone_vault(remote: str, folder: str, kit: str | None = None, name: str | None = None,
                 ui: UI | None = None) -> dict[str, Any]:
+    """Bind a folder to an existing vault; on any failure, undo the binding and the key."""
+    existed = Path(folder).expanduser().exists()
     path = _check_folder(folder)
+    made: list[Binding] = []
+    try:
+        return _clone(remote, path, kit, name, ui, made)
+    except BaseException:
+        for binding in made:
+            if binding.enrolled or kit is not None:
+                _forget_binding(binding)
+        if not existed and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        raise
+
+
+def _forget_binding(binding: Binding) -> None:
+    _device_key(binding).delete()
+    shutil.rmtree(binding.dir, ignore_errors=True)
+
+
+def _clone(remote: str, path: Path, kit: str | None, name: str | None, ui: UI | None,
+           made: list[Binding]) -> dict[str, Any]:
     transport = RcloneTransport(remote)
     listing = {n: o.size for n, o in transport.list().items()}
     raw = listing_descriptor(transport, listing, transport.remote)
@@ -305,6 +340,7 @@ def clone_vault(remote: str, folder: str, kit: str | None = None, name: str | No
     vault_id = str(doc["vault"])
     binding = _new_binding(path, transport.remote, vault_id, str(doc.get("padding", "padme")),
                            name)
+    made.append(binding)
     priv = _device_key(binding).create()
     me = Member(binding.device, "device", binding.device_name, now_iso(), fmt.public_bytes(priv))
     if kit is None:
@@ -325,6 +361,7 @@ def clone_vault(remote: str, folder: str, kit: str | None = None, name: str | No
         raise IntegrityError(f"{transport.remote}/{DESCRIPTOR} was altered")
     _add_member(transport, vault_id, ring, me)
     binding.save()
+    made.clear()  # enrolled: from here on the binding stands, even if the first pull fails
     result = pull(str(path), ui)
     result.update({"folder": str(path), "vault": vault_id, "enrolled": True, "device": me.rid})
     return result
@@ -525,7 +562,7 @@ def _pull(s: Session) -> dict[str, Any]:
     for dest, dot, entry in sorted(plan.make, key=lambda m: m[0]):
         if entry.get("t") == "d":
             sync.make_dir(s.folder, dest, int(entry.get("x", 0o700)))
-            s.index.put(sync.IndexRow(dest, "d", 0, 0, int(entry.get("x", 0)), "", dot, ""))
+            s.index.put(IndexRow(dest, "d", 0, 0, int(entry.get("x", 0)), "", dot, ""))
     total = sum(int(e.get("s", 0)) for _d, _t, e in plan.download)
     with s.ui.progress("pull", total) as advance:
         for obj, items in sync.group_by_object([(d, e) for d, _t, e in plan.download]).items():
@@ -534,7 +571,8 @@ def _pull(s: Session) -> dict[str, Any]:
                 try:
                     if reader is None:
                         raise IntegrityError(str(err))
-                    _land(s, dest, dots[dest], entry, reader, local.get(dest))
+                    _land(s, dest, dots[dest], entry, reader, local.get(dest),
+                          record=dest not in plan.conflicts)
                     written.append(dest)
                     advance(int(entry.get("s", 0)))
                 except IntegrityError as exc:
@@ -543,7 +581,7 @@ def _pull(s: Session) -> dict[str, Any]:
         if entry.get("t") == "l":
             sync.make_link(s.folder, dest, str(entry.get("l", "")))
             item = sync.local_item(s.folder, dest)
-            if item is not None:
+            if item is not None and dest not in plan.conflicts:
                 s.index.put(sync.row_from(item, dot, ""))
     with s.index.transaction():
         for loc, dot, entry in plan.adopt:
@@ -554,7 +592,7 @@ def _pull(s: Session) -> dict[str, Any]:
             rem = remote.get(path)
             if rem is not None:  # conflict: remember the remote version, so ours replaces it
                 e = rem[1]
-                s.index.put(sync.IndexRow(path, str(e.get("t")), int(e.get("s", 0)),
+                s.index.put(IndexRow(path, str(e.get("t")), int(e.get("s", 0)),
                                           int(e.get("m", 0)), int(e.get("x", 0)),
                                           str(e.get("h", "")), rem[0], str(e.get("l", ""))))
     deleted = _delete_local(s, plan.delete)
@@ -565,7 +603,8 @@ def _pull(s: Session) -> dict[str, Any]:
 
 
 def _land(s: Session, dest: str, dot: str, entry: dict[str, Any], reader: Any,
-          planned: sync.LocalItem | None) -> None:
+          planned: sync.LocalItem | None, record: bool) -> None:
+    """Write one file; a conflict copy is not recorded, so the next push uploads it."""
     dek, file_id = sync.dek_of(entry, s.ring.kek)
     expected = str(entry.get("h", ""))
 
@@ -576,13 +615,12 @@ def _land(s: Session, dest: str, dot: str, entry: dict[str, Any], reader: Any,
         return sync.local_item(s.folder, dest) == planned
 
     mode, mtime = int(entry.get("x", 0o600)), int(entry.get("m", 0))
-    target = dest
     if not sync.write_atomic(s.folder, dest, fill, mode, mtime, unchanged):
-        target = sync.conflict_name(dest, mtime, s.binding.device_name)
-        s.ui.warn(f"{dest} changed during the pull; the remote version is in {target}")
-        # the plaintext was discarded with the temp file; fetch again next pull
+        s.ui.warn(f"{dest} changed during the pull; kept it, pull again for the remote version")
         return
-    s.index.put(sync.IndexRow(target, "f", int(entry.get("s", 0)), mtime, mode, expected, dot, ""))
+    if record:
+        s.index.put(IndexRow(dest, "f", int(entry.get("s", 0)), mtime, mode, expected, dot,
+                             ""))
 
 
 def _delete_local(s: Session, rows: list[Any]) -> list[str]:

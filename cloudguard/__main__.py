@@ -1,0 +1,5 @@
+"""``python -m cloudguard`` runs the CLI."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,57 @@
+"""Shared helpers for the integration tests: run the CLI, compare trees, find stored objects."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner, Result
+
+from cloudguard.cli import main
+
+
+def cg(*args: str, code: int = 0) -> Result:
+    """Run the CLI in-process and insist on an exit code."""
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    assert result.exit_code == code, (args, result.exit_code, result.output)
+    return result
+
+
+def cg_json(*args: str, code: int = 0) -> Any:
+    return json.loads(cg(*args, "--json", code=code).stdout)
+
+
+def cg_proc(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real console entry point, for exit codes and stdout as users see them."""
+    return subprocess.run([sys.executable, "-m", "cloudguard", *args], capture_output=True,
+                          text=True, cwd=cwd, check=False)
+
+
+def tree(root: Path) -> dict[str, tuple[Any, ...]]:
+    """Everything a sync must keep: kind, content, mode, mtime, link target."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = Path(dirpath) / name
+            rel = str(full.relative_to(root))
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("l", os.readlink(full))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("d",)
+            else:
+                out[rel] = ("f", full.read_bytes(), stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+    return out
+
+
+def stored(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def data_objects(root: Path) -> list[Path]:
+    return sorted((root / "data").iterdir(), key=lambda p: p.stat().st_size)

@@ -1,0 +1,281 @@
+"""End-to-end behaviour of the CLI against real rclone remotes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import cg, cg_json, cg_proc, stored, tree
+
+HOSTILE = [
+    "$(touch INJECTED).docx",
+    "`touch INJECTED2`.txt",
+    "it's \"quoted\".txt",
+    "line\nbreak.txt",
+    "spaces  in  name .txt",
+    "ünïcødé 文件 📄.txt",
+    "-rf",
+    "x" * 251 + ".txt",  # 255 bytes
+]
+
+
+def populate(root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(HOSTILE):
+        (root / name).write_bytes(f"content {i}\n".encode() * (i + 1))
+    (root / "empty.txt").write_bytes(b"")
+    (root / "one-chunk.bin").write_bytes(os.urandom(65536))
+    (root / "big.bin").write_bytes(os.urandom(5 * 1024 * 1024 + 17))
+    (root / "empty-folder" / "nested-empty").mkdir(parents=True)
+    deep = root.joinpath(*[f"d{i}" for i in range(30)])
+    deep.mkdir(parents=True)
+    (deep / "deep.txt").write_text("thirty deep")
+    os.symlink("one-chunk.bin", root / "rel-link")
+    os.symlink("/etc/passwd", root / "abs-link")
+    os.symlink("does/not/exist", root / "dangling-link")
+    (root / "script.sh").write_text("#!/bin/sh\n")
+    os.chmod(root / "script.sh", 0o750)
+
+
+def test_round_trip_every_remote(remote: str, tmp_path: Path) -> None:
+    a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
+    populate(a)
+    cg("init", str(a), "--remote", remote)
+    pushed = cg_json("push", "--folder", str(a))
+    assert "big.bin" in pushed["uploaded"]
+    cg("key", "export", str(kit), "--folder", str(a))
+    cg("clone", remote, str(b), "--key-file", str(kit))
+    assert tree(a) == tree(b)
+    assert not list(tmp_path.rglob("INJECTED*")) and not Path("INJECTED").exists()
+    cg("verify", "--read-data", "--folder", str(b))
+    # a second round: change, delete and add on b, then pull on a
+    (b / "empty.txt").write_text("now has content")
+    os.unlink(b / "big.bin")
+    (b / "new folder").mkdir()
+    (b / "new folder" / "new.txt").write_text("new")
+    cg("push", "--folder", str(b))
+    cg("pull", "--folder", str(a))
+    assert tree(a) == tree(b)
+
+
+def test_remote_sees_only_random_names(local_remote: str, tmp_path: Path) -> None:
+    a = tmp_path / "a"
+    populate(a)
+    secret = b"TOP SECRET PLAINTEXT MARKER"
+    (a / "secret-name.txt").write_bytes(secret * 100)
+    cg("init", str(a), "--remote", local_remote)
+    cg("push", "--folder", str(a))
+    objects = stored(Path(local_remote))
+    for name, data in objects.items():
+        assert "secret" not in name and "d29" not in name and ".txt" not in name
+        assert secret not in data and b"secret-name" not in data
+    names = {n.split("/")[0] for n in objects}
+    assert names <= {"cloudguard.json", "keys", "m", "data"}
+    # small files are packed: far fewer objects than files
+    assert len([n for n in objects if n.startswith("data/")]) <= 3
+
+
+def test_padding_hides_exact_sizes(local_remote: str, tmp_path: Path) -> None:
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "f.bin").write_bytes(os.urandom(10_000_001))
+    cg("init", str(a), "--remote", local_remote)
+    cg("push", "--folder", str(a))
+    (obj,) = (Path(local_remote) / "data").iterdir()
+    size = obj.stat().st_size
+    assert size > 10_000_001 * 1.001 and size <= 10_000_001 * 1.12 + 4096
+
+
+def test_folder_inferred_from_cwd_like_git(local_remote: str, tmp_path: Path) -> None:
+    a = tmp_path / "a"
+    (a / "sub").mkdir(parents=True)
+    cg("init", str(a), "--remote", local_remote)
+    (a / "sub" / "x.txt").write_text("x")
+    proc = cg_proc("push", "--json", cwd=a / "sub")
+    assert proc.returncode == 0, proc.stderr
+    assert '"sub/x.txt"' in proc.stdout
+    outside = cg_proc("push", cwd=tmp_path)
+    assert outside.returncode == 2 and "not a cloudguard folder" in outside.stderr
+
+
+def test_init_refuses_existing_vault_and_nonempty_remote(local_remote: str,
+                                                          tmp_path: Path) -> None:
+    cg("init", str(tmp_path / "a"), "--remote", local_remote)
+    proc = cg_proc("init", str(tmp_path / "b"), "--remote", local_remote)
+    assert proc.returncode == 2 and "already holds a cloudguard vault" in proc.stderr
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "stray").write_text("x")
+    proc = cg_proc("init", str(tmp_path / "c"), "--remote", str(other))
+    assert proc.returncode == 2 and "not empty" in proc.stderr
+
+
+def test_nothing_written_in_plaintext_folder_by_push(local_remote: str, tmp_path: Path) -> None:
+    a = tmp_path / "a"
+    populate(a)
+    before = tree(a)
+    cg("init", str(a), "--remote", local_remote)
+    cg("push", "--folder", str(a))
+    assert tree(a) == before
+
+
+def test_special_files_are_skipped_with_a_warning(local_remote: str, tmp_path: Path) -> None:
+    a = tmp_path / "a"
+    a.mkdir()
+    os.mkfifo(a / "my-fifo")
+    (a / "ok.txt").write_text("ok")
+    cg("init", str(a), "--remote", local_remote)
+    result = cg("push", "--folder", str(a))
+    assert "my-fifo" in result.stderr and "skipped" in result.stderr
+
+
+def test_conflicts_keep_both_versions(local_remote: str, tmp_path: Path) -> None:
+    a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
+    a.mkdir()
+    (a / "doc.txt").write_text("base")
+    cg("init", str(a), "--remote", local_remote)
+    cg("push", "--folder", str(a))
+    cg("key", "export", str(kit), "--folder", str(a))
+    cg("clone", local_remote, str(b), "--key-file", str(kit))
+    (a / "doc.txt").write_text("edit from a")
+    (b / "doc.txt").write_text("edit from b, longer")
+    cg("push", "--folder", str(a))
+    pulled = cg_json("pull", "--folder", str(b))
+    assert len(pulled["conflicts"]) == 1
+    assert (b / "doc.txt").read_text() == "edit from b, longer"
+    copy = b / pulled["conflicts"][0]
+    assert copy.read_text() == "edit from a" and "(conflict " in copy.name
+    assert copy.name.endswith(".txt")
+    cg("push", "--folder", str(b))
+    cg("pull", "--folder", str(a))
+    assert tree(a) == tree(b)
+
+
+def test_concurrent_pushes_lose_nothing(local_remote: str, tmp_path: Path) -> None:
+    """Both devices push without pulling: both versions survive, one as a conflict copy."""
+    a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
+    a.mkdir()
+    (a / "doc.txt").write_text("base")
+    cg("init", str(a), "--remote", local_remote)
+    cg("push", "--folder", str(a))
+    cg("key", "export", str(kit), "--folder", str(a))
+    cg("clone", local_remote, str(b), "--key-file", str(kit))
+    (a / "doc.txt").write_text("version A")
+    (b / "doc.txt").write_text("version B")
+    (a / "only-a.txt").write_text("a")
+    (b / "only-b.txt").write_text("b")
+    cg("push", "--folder", str(a))
+    cg("push", "--folder", str(b))
+    cg("pull", "--folder", str(a))
+    cg("pull", "--folder", str(b))
+    cg("push", "--folder", str(a))
+    cg("pull", "--folder", str(b))
+    for side in (a, b):
+        contents = sorted(p.read_text() for p in side.iterdir())
+        assert contents == ["a", "b", "version A", "version B"], side
+    assert tree(a) == tree(b)
+
+
+def test_deletions_propagate_and_local_edits_survive(local_remote: str, tmp_path: Path) -> None:
+    a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
+    a.mkdir()
+    for name in ("gone.txt", "kept.txt", "edited.txt"):
+        (a / name).write_text(name)
+    cg("init", str(a), "--remote", local_remote)
+    cg("push", "--folder", str(a))
+    cg("key", "export", str(kit), "--folder", str(a))
+    cg("clone", local_remote, str(b), "--key-file", str(kit))
+    os.unlink(a / "gone.txt")
+    os.unlink(a / "edited.txt")
+    cg("push", "--folder", str(a))
+    (b / "edited.txt").write_text("edited on b before the pull")
+    cg("pull", "--folder", str(b))
+    assert not (b / "gone.txt").exists()
+    assert (b / "edited.txt").read_text() == "edited on b before the pull"
+    cg("push", "--folder", str(b))
+    cg("pull", "--folder", str(a))
+    assert (a / "edited.txt").read_text() == "edited on b before the pull"
+
+
+def test_metadata_only_change_reuses_ciphertext(local_remote: str, tmp_path: Path) -> None:
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "f.bin").write_bytes(os.urandom(6 * 1024 * 1024))
+    cg("init", str(a), "--remote", local_remote)
+    cg("push", "--folder", str(a))
+    os.utime(a / "f.bin", (1_000_000_000, 1_000_000_000))
+    result = cg_json("push", "--folder", str(a))
+    assert result["uploaded"] == [] and result["updated"] == ["f.bin"]
+
+
+def test_same_size_change_is_detected(local_remote: str, tmp_path: Path) -> None:
+    a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
+    a.mkdir()
+    (a / "f.txt").write_text("AAAA")
+    cg("init", str(a), "--remote", local_remote)
+    cg("push", "--folder", str(a))
+    cg("key", "export", str(kit), "--folder", str(a))
+    cg("clone", local_remote, str(b), "--key-file", str(kit))
+    st = os.stat(a / "f.txt")
+    (a / "f.txt").write_text("BBBB")
+    os.utime(a / "f.txt", ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    cg("push", "--folder", str(a))
+    cg("pull", "--folder", str(b))
+    assert (b / "f.txt").read_text() == "BBBB"
+
+
+def test_status_and_dry_run(local_remote: str, tmp_path: Path) -> None:
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "x.txt").write_text("x")
+    cg("init", str(a), "--remote", local_remote)
+    assert cg_json("status", "--folder", str(a))["to_push"] == ["x.txt"]
+    dry = cg_json("push", "--dry-run", "--folder", str(a))
+    assert dry["dry_run"] and dry["uploaded"] == ["x.txt"]
+    assert not (Path(local_remote) / "data").exists()
+    cg("push", "--folder", str(a))
+    assert cg_json("status", "--folder", str(a))["to_push"] == []
+
+
+def test_failed_clone_leaves_nothing_behind(local_remote: str, tmp_path: Path) -> None:
+    a = tmp_path / "a"
+    a.mkdir()
+    cg("init", str(a), "--remote", local_remote)
+    bogus = tmp_path / "bogus.json"
+    bogus.write_text("{}")
+    proc = cg_proc("clone", local_remote, str(tmp_path / "b"), "--key-file", str(bogus))
+    assert proc.returncode == 2 and "not a cloudguard recovery kit" in proc.stderr
+    assert not (tmp_path / "b").exists()
+    home = Path(os.environ["CLOUDGUARD_HOME"]) / "folders"
+    assert len(list(home.iterdir())) == 1
+
+
+def test_help_everywhere() -> None:
+    for args in (["--help"], ["init", "--help"], ["clone", "--help"], ["push", "--help"],
+                 ["pull", "--help"], ["status", "--help"], ["verify", "--help"],
+                 ["key", "rotate", "--help"], ["key", "list", "--help"],
+                 ["key", "export", "--help"], ["device", "list", "--help"],
+                 ["device", "approve", "--help"], ["device", "remove", "--help"]):
+        assert "Usage:" in cg(*args).stdout
+    assert cg_proc("push", "--bogus").returncode == 2
+
+
+def test_unknown_format_version_is_refused(local_remote: str, tmp_path: Path) -> None:
+    a = tmp_path / "a"
+    a.mkdir()
+    cg("init", str(a), "--remote", local_remote)
+    descriptor = Path(local_remote) / "cloudguard.json"
+    descriptor.write_text(descriptor.read_text().replace('"format": 1', '"format": 99'))
+    proc = cg_proc("clone", local_remote, str(tmp_path / "b"))
+    assert proc.returncode == 1 and "format 99 is unknown" in proc.stderr
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.skipif(shutil.which("rclone") is None, reason="rclone missing")
+def test_rclone_override(local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                         ) -> None:
+    monkeypatch.setenv("CLOUDGUARD_RCLONE", str(tmp_path / "nope"))
+    proc = cg_proc("init", str(tmp_path / "a"), "--remote", local_remote)
+    assert proc.returncode == 2 and "CLOUDGUARD_RCLONE" in proc.stderr
