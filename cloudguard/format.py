@@ -17,7 +17,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -386,7 +386,7 @@ def key_commitment(kek: bytes) -> str:
 # --- passphrase-wrapped secrets (device key file, recovery kit) ---------------------------
 
 KIT_LOG_N = 18
-MAX_LOG_N = 22
+MAX_LOG_N = 20
 SCRYPT_R = 8
 SCRYPT_P = 1
 

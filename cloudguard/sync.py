@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -45,8 +46,15 @@ class LocalItem:
     target: str = ""
 
 
-def scan(folder: Path, warn: Callable[[str], None]) -> dict[str, LocalItem]:
-    """Walk without following links; skip what cannot be synced, naming it."""
+def scan(folder: Path, warn: Callable[[str], None],
+         leftovers: list[Path] | None = None) -> dict[str, LocalItem]:
+    """Walk without following links; skip what cannot be synced, naming it.
+
+    Our own temp files (from a pull killed between staging and renaming) are never synced;
+    they are collected in ``leftovers`` for the caller to delete under the folder lock.
+    """
+    if leftovers is None:
+        leftovers = []
     items: dict[str, LocalItem] = {}
     stack = [""]
     while stack:
@@ -59,6 +67,9 @@ def scan(folder: Path, warn: Callable[[str], None]) -> dict[str, LocalItem]:
             continue
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            if TEMP_NAME.match(entry.name):
+                leftovers.append(Path(entry.path))
+                continue
             try:
                 rel.encode("utf-8")
             except UnicodeEncodeError:
@@ -443,7 +454,7 @@ def dek_of(entry: Entry, keks: Callable[[int], bytes]) -> tuple[bytes, bytes]:
         raise IntegrityError("a manifest entry is malformed") from exc
 
 
-def safe_dir(folder: Path, rel_dir: str) -> Path:
+def safe_dir(folder: Path, rel_dir: str, created: list[Path] | None = None) -> Path:
     """Create parents without ever following a symlink out of the folder."""
     current = folder
     for part in [p for p in rel_dir.split("/") if p]:
@@ -452,6 +463,8 @@ def safe_dir(folder: Path, rel_dir: str) -> Path:
             st = os.lstat(current)
         except FileNotFoundError:
             os.mkdir(current, 0o700)
+            if created is not None:
+                created.append(current)
             continue
         if not stat.S_ISDIR(st.st_mode):
             raise CloudguardError(f"cannot write inside {current}: it is not a folder "
@@ -459,12 +472,23 @@ def safe_dir(folder: Path, rel_dir: str) -> Path:
     return current
 
 
-def write_atomic(folder: Path, dest: str, fill: Callable[[IO[bytes]], None], mode: int,
-                 mtime: int, still_ok: Callable[[], bool]) -> bool:
-    """Temp file in the same folder, fsync, rename; returns False if the target moved under us."""
+TEMP_NAME = re.compile(r"^\.cg-[0-9a-f]{16}\.tmp$")
+
+
+@dataclass
+class Staged:
+    """A verified, fsynced temp file waiting for its rename."""
+
+    tmp: Path
+    dest: str
+
+
+def stage(folder: Path, dest: str, fill: Callable[[IO[bytes]], None], mode: int, mtime: int,
+          created: list[Path]) -> Staged:
+    """Write and fsync a temp file beside the target; on any error nothing is left."""
     check_rel_path(dest)
-    head, _, base = dest.rpartition("/")
-    parent = safe_dir(folder, head)
+    head, _, _base = dest.rpartition("/")
+    parent = safe_dir(folder, head, created)
     tmp = parent / f".cg-{os.urandom(8).hex()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
@@ -474,25 +498,33 @@ def write_atomic(folder: Path, dest: str, fill: Callable[[IO[bytes]], None], mod
             os.fsync(fh.fileno())
         os.chmod(tmp, mode & 0o7777)
         os.utime(tmp, ns=(mtime, mtime))
-        if not still_ok():
-            os.unlink(tmp)
-            return False
-        target = parent / base
-        if os.path.isdir(target) and not os.path.islink(target):
-            raise CloudguardError(f"cannot replace folder {dest} with a file")
-        os.replace(tmp, target)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        tmp.unlink(missing_ok=True)
         raise
-    dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    return Staged(tmp, dest)
+
+
+def commit_staged(folder: Path, staged: Staged) -> None:
+    target = folder / staged.dest
+    if os.path.isdir(target) and not os.path.islink(target):
+        staged.tmp.unlink(missing_ok=True)
+        raise CloudguardError(f"cannot replace folder {staged.dest} with a file")
+    os.replace(staged.tmp, target)
+    dfd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dfd)
     finally:
         os.close(dfd)
-    return True
+
+
+def discard(staged: list[Staged], created: list[Path]) -> None:
+    for item in staged:
+        item.tmp.unlink(missing_ok=True)
+    for path in reversed(created):
+        try:
+            path.rmdir()
+        except OSError:
+            pass
 
 
 def make_link(folder: Path, dest: str, target: str) -> None:

@@ -386,6 +386,14 @@ def _resolve(s: Session) -> int:
     return sum(1 for op in ops if not op["rm"])
 
 
+def _scan(s: Session) -> dict[str, sync.LocalItem]:
+    leftovers: list[Path] = []
+    items = sync.scan(s.folder, s.ui.warn, leftovers)
+    for path in leftovers:  # temp files of a pull that was killed; we hold the folder lock
+        path.unlink(missing_ok=True)
+    return items
+
+
 def _hasher(folder: Path) -> Callable[[str], str]:
     return lambda rel: sync.hash_file(folder / rel)
 
@@ -397,7 +405,7 @@ def push(folder: str | None, dry_run: bool = False, ui: UI | None = None) -> dic
 
 def _push(s: Session, dry_run: bool) -> dict[str, Any]:
     conflicts = 0 if dry_run else _resolve(s)
-    local = sync.scan(s.folder, s.ui.warn)
+    local = _scan(s)
     remote = sync.view(s.state)
     index_rows = s.index.rows()
     plan = sync.plan_push(local, index_rows, remote, _hasher(s.folder))
@@ -553,36 +561,55 @@ def pull(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
 def _pull(s: Session) -> dict[str, Any]:
     _resolve(s)
     remote = sync.view(s.state)
-    local = sync.scan(s.folder, s.ui.warn)
+    local = _scan(s)
     index_rows = s.index.rows()
     plan = sync.plan_pull(local, index_rows, remote, _hasher(s.folder),
                           s.binding.device_name)
     failures: list[str] = []
+    staged: list[tuple[sync.Staged, str, dict[str, Any]]] = []
+    created: list[Path] = []
+    total = sum(int(e.get("s", 0)) for _d, _t, e in plan.download)
+    dots = {d: t for d, t, _e in plan.download}
+    try:
+        with s.ui.progress("pull", total) as advance:
+            for obj, items in sync.group_by_object([(d, e) for d, _t, e in plan.download]).items():
+                for dest, entry, reader, err in sync.read_blobs(s.transport, obj, items):
+                    try:
+                        if reader is None:
+                            raise IntegrityError(str(err))
+                        staged.append((_stage(s, dest, entry, reader, created), dots[dest],
+                                       entry))
+                        advance(int(entry.get("s", 0)))
+                    except IntegrityError as exc:
+                        failures.append(f"{dest}: {exc}")
+    except BaseException:
+        sync.discard([st for st, _d, _e in staged], created)
+        raise
+    if failures:
+        sync.discard([st for st, _d, _e in staged], created)
+        raise IntegrityError("integrity failure, nothing was written: " + "; ".join(failures))
     written: list[str] = []
+    for item, dot, entry in staged:
+        if sync.local_item(s.folder, item.dest) != local.get(item.dest):
+            item.tmp.unlink(missing_ok=True)
+            s.ui.warn(f"{item.dest} changed during the pull; kept it, pull again for the "
+                      "remote version")
+            continue
+        sync.commit_staged(s.folder, item)
+        written.append(item.dest)
+        if item.dest not in plan.conflicts:
+            s.index.put(IndexRow(item.dest, "f", int(entry.get("s", 0)), int(entry.get("m", 0)),
+                                 int(entry.get("x", 0)), str(entry.get("h", "")), dot, ""))
     for dest, dot, entry in sorted(plan.make, key=lambda m: m[0]):
         if entry.get("t") == "d":
             sync.make_dir(s.folder, dest, int(entry.get("x", 0o700)))
             s.index.put(IndexRow(dest, "d", 0, 0, int(entry.get("x", 0)), "", dot, ""))
-    total = sum(int(e.get("s", 0)) for _d, _t, e in plan.download)
-    with s.ui.progress("pull", total) as advance:
-        for obj, items in sync.group_by_object([(d, e) for d, _t, e in plan.download]).items():
-            dots = {d: t for d, t, _e in plan.download}
-            for dest, entry, reader, err in sync.read_blobs(s.transport, obj, items):
-                try:
-                    if reader is None:
-                        raise IntegrityError(str(err))
-                    _land(s, dest, dots[dest], entry, reader, local.get(dest),
-                          record=dest not in plan.conflicts)
-                    written.append(dest)
-                    advance(int(entry.get("s", 0)))
-                except IntegrityError as exc:
-                    failures.append(f"{dest}: {exc}")
     for dest, dot, entry in plan.make:
         if entry.get("t") == "l":
             sync.make_link(s.folder, dest, str(entry.get("l", "")))
-            item = sync.local_item(s.folder, dest)
-            if item is not None and dest not in plan.conflicts:
-                s.index.put(sync.row_from(item, dot, ""))
+            link = sync.local_item(s.folder, dest)
+            if link is not None and dest not in plan.conflicts:
+                s.index.put(sync.row_from(link, dot, ""))
     with s.index.transaction():
         for loc, dot, entry in plan.adopt:
             s.index.put(sync.row_from(loc, dot, str(entry.get("h", ""))))
@@ -596,31 +623,20 @@ def _pull(s: Session) -> dict[str, Any]:
                                           int(e.get("m", 0)), int(e.get("x", 0)),
                                           str(e.get("h", "")), rem[0], str(e.get("l", ""))))
     deleted = _delete_local(s, plan.delete)
-    if failures:
-        raise IntegrityError("integrity failure, nothing written for: " + "; ".join(failures))
     return {"downloaded": sorted(written), "deleted": deleted, "conflicts": plan.conflicts,
             "skipped": plan.skipped}
 
 
-def _land(s: Session, dest: str, dot: str, entry: dict[str, Any], reader: Any,
-          planned: sync.LocalItem | None, record: bool) -> None:
-    """Write one file; a conflict copy is not recorded, so the next push uploads it."""
+def _stage(s: Session, dest: str, entry: dict[str, Any], reader: fmt.Reader,
+           created: list[Path]) -> sync.Staged:
     dek, file_id = sync.dek_of(entry, s.ring.kek)
-    expected = str(entry.get("h", ""))
 
     def fill(fh: Any) -> None:
-        fmt.decrypt_blob(reader, fh, dek, file_id, expected)
+        fmt.decrypt_blob(reader, fh, dek, file_id, str(entry.get("h", "")))
+        fmt.expect_end(reader)
 
-    def unchanged() -> bool:
-        return sync.local_item(s.folder, dest) == planned
-
-    mode, mtime = int(entry.get("x", 0o600)), int(entry.get("m", 0))
-    if not sync.write_atomic(s.folder, dest, fill, mode, mtime, unchanged):
-        s.ui.warn(f"{dest} changed during the pull; kept it, pull again for the remote version")
-        return
-    if record:
-        s.index.put(IndexRow(dest, "f", int(entry.get("s", 0)), mtime, mode, expected, dot,
-                             ""))
+    return sync.stage(s.folder, dest, fill, int(entry.get("x", 0o600)), int(entry.get("m", 0)),
+                      created)
 
 
 def _delete_local(s: Session, rows: list[Any]) -> list[str]:
@@ -647,7 +663,7 @@ def _delete_local(s: Session, rows: list[Any]) -> list[str]:
 
 def status(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
     with session(folder, ui) as s:
-        local = sync.scan(s.folder, s.ui.warn)
+        local = _scan(s)
         rows = s.index.rows()
         remote = sync.view(s.state)
         hasher = _hasher(s.folder)
@@ -694,6 +710,7 @@ def _verify(s: Session, read_data: bool) -> dict[str, Any]:
                             raise IntegrityError(str(err))
                         dek, file_id = sync.dek_of(entry, s.ring.kek)
                         fmt.decrypt_blob(reader, _Null(), dek, file_id, str(entry.get("h")))
+                        fmt.expect_end(reader)
                         checked += 1
                         advance(int(entry.get("s", 0)))
                     except IntegrityError as exc:
@@ -855,6 +872,7 @@ def _reencrypt(s: Session, new_kek: bytes, number: int) -> None:
                     info = fmt.encrypt_blob(source, out, new_dek, new_fid, int(entry["s"]),
                                             padding)
                     source.finish()
+                    fmt.expect_end(reader)
                     path, _, dot = key.partition("\x00")
                     replaced[(path, dot)] = {**entry, "o": new_id, "a": offset,
                                              "n": out.count - offset, "i": new_fid.hex(),

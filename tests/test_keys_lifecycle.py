@@ -1,0 +1,210 @@
+"""Devices, recovery kits, rotation and revocation across several devices."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import keyring
+import pytest
+from helpers import cg, cg_json, cg_proc, stored, tree
+
+from cloudguard import keys
+from cloudguard.errors import KeyStoreError
+
+
+def setup_two(remote: str, tmp_path: Path) -> tuple[Path, Path, Path]:
+    a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
+    a.mkdir()
+    (a / "doc.txt").write_text("first")
+    cg("init", str(a), "--remote", remote, "--name", "laptop-a")
+    cg("push", "--folder", str(a))
+    cg("key", "export", str(kit), "--folder", str(a))
+    cg("clone", remote, str(b), "--key-file", str(kit), "--name", "desk-b")
+    return a, b, kit
+
+
+def test_rotation_reaches_other_device_and_old_kit_still_opens(local_remote: str,
+                                                                tmp_path: Path) -> None:
+    a, b, kit = setup_two(local_remote, tmp_path)
+    before = stored(Path(local_remote))
+    rotated = cg_json("key", "rotate", "--folder", str(a))
+    assert rotated["generation"] == 2
+    after = stored(Path(local_remote))
+    changed = {n for n in after if before.get(n) != after[n]}
+    assert changed and all(n.startswith(("m/", "keys/")) for n in changed), changed
+    assert not any(n.startswith("data/") for n in changed)
+    (a / "after.txt").write_text("written under generation 2")
+    cg("push", "--folder", str(a))
+    cg("pull", "--folder", str(b))  # no manual step on b
+    assert (b / "after.txt").read_text() == "written under generation 2"
+    gens = cg_json("key", "list", "--folder", str(b))
+    assert [g["generation"] for g in gens if g["current"]] == [2]
+    c = tmp_path / "c"
+    cg("clone", local_remote, str(c), "--key-file", str(kit))
+    assert tree(c) == tree(a)
+
+
+def test_device_list_json_shape(local_remote: str, tmp_path: Path) -> None:
+    a, _b, _kit = setup_two(local_remote, tmp_path)
+    rows = cg_json("device", "list", "--folder", str(a))
+    kinds = sorted(r["kind"] for r in rows)
+    assert kinds == ["device", "device", "recovery"]
+    for row in rows:
+        assert {"id", "kind", "name", "created"} <= set(row)
+    assert {"laptop-a", "desk-b"} <= {r["name"] for r in rows}
+
+
+def test_remove_kit_with_reencrypt_revokes_it(local_remote: str, tmp_path: Path) -> None:
+    a, b, kit = setup_two(local_remote, tmp_path)
+    (a / "big.bin").write_bytes(os.urandom(5 * 1024 * 1024))
+    cg("push", "--folder", str(a))
+    old = set(stored(Path(local_remote)))
+    kit_id = json.loads(kit.read_text())["rid"]
+    cg("device", "remove", kit_id, "--reencrypt", "--folder", str(a))
+    now = set(stored(Path(local_remote)))
+    assert not (old & now) - {"cloudguard.json"}, "an old object survived --reencrypt"
+    proc = cg_proc("clone", local_remote, str(tmp_path / "thief"), "--key-file", str(kit))
+    assert proc.returncode != 0 and "no key slot" in proc.stderr
+    assert not (tmp_path / "thief").exists()
+    cg("pull", "--folder", str(b))
+    assert tree(a) == tree(b)
+    cg("verify", "--read-data", "--folder", str(b))
+    assert kit_id not in {r["id"] for r in cg_json("device", "list", "--folder", str(b))}
+
+
+def test_removed_device_cannot_read_new_pushes(local_remote: str, tmp_path: Path) -> None:
+    a, b, _kit = setup_two(local_remote, tmp_path)
+    b_id = [r["id"] for r in cg_json("device", "list", "--folder", str(b))
+            if r["this_device"]][0]
+    cg("device", "remove", b_id, "--folder", str(a))
+    (a / "secret-after-removal.txt").write_text("b must not read this")
+    cg("push", "--folder", str(a))
+    proc = cg_proc("pull", "--folder", str(b))
+    assert proc.returncode == 1 and "removed" in proc.stderr
+    assert not (b / "secret-after-removal.txt").exists()
+
+
+def test_enrolment_by_approval(local_remote: str, tmp_path: Path) -> None:
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "doc.txt").write_text("hello")
+    cg("init", str(a), "--remote", local_remote)
+    cg("push", "--folder", str(a))
+    request = cg_json("clone", local_remote, str(tmp_path / "b"))
+    assert request["enrolled"] is False
+    fp = request["fingerprint"]
+    waiting = cg_proc("pull", "--folder", str(tmp_path / "b"))
+    assert waiting.returncode == 1 and fp in waiting.stderr
+    assert cg_proc("device", "approve", "AAAA-BBBB-CCCC-DDDD", "--folder",
+                   str(a)).returncode == 2
+    cg("device", "approve", fp, "--folder", str(a))
+    cg("pull", "--folder", str(tmp_path / "b"))
+    assert (tmp_path / "b" / "doc.txt").read_text() == "hello"
+
+
+def test_slipped_in_key_slot_is_rejected(local_remote: str, tmp_path: Path) -> None:
+    """Someone with write access to the remote adds a slot for their own key."""
+    a, b, _kit = setup_two(local_remote, tmp_path)
+    slot_file = Path(local_remote) / "keys" / "00000001"
+    doc = json.loads(slot_file.read_text())
+    doc["slots"].append(dict(doc["slots"][0], rid="attacker0000000"))
+    slot_file.write_text(json.dumps(doc))
+    proc = cg_proc("pull", "--folder", str(b))
+    assert proc.returncode == 3
+
+
+def test_wrong_kit_passphrase(local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                              ) -> None:
+    a = tmp_path / "a"
+    a.mkdir()
+    cg("init", str(a), "--remote", local_remote)
+    cg("key", "export", str(tmp_path / "kit.json"), "--folder", str(a))
+    monkeypatch.setenv("CLOUDGUARD_PASSPHRASE", "wrong")
+    proc = cg_proc("clone", local_remote, str(tmp_path / "b"), "--key-file",
+                   str(tmp_path / "kit.json"))
+    assert proc.returncode == 1 and "wrong passphrase" in proc.stderr
+
+
+def test_kit_file_is_private_and_not_overwritten(local_remote: str, tmp_path: Path) -> None:
+    a = tmp_path / "a"
+    a.mkdir()
+    cg("init", str(a), "--remote", local_remote)
+    kit = tmp_path / "kit.json"
+    cg("key", "export", str(kit), "--folder", str(a))
+    assert kit.stat().st_mode & 0o777 == 0o600
+    assert json.loads(kit.read_text())["kdf"]["alg"] == "scrypt"
+    assert cg_proc("key", "export", str(kit), "--folder", str(a)).returncode == 2
+
+
+class _FakePlaintext(keyring.backend.KeyringBackend):
+    priority = 1  # type: ignore[assignment]
+
+    def get_password(self, service: str, username: str) -> str | None:
+        return None
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        raise AssertionError("must not be used")
+
+    def delete_password(self, service: str, username: str) -> None:
+        return None
+
+
+_FakePlaintext.__module__ = "keyrings.alt.file"
+_FakePlaintext.__name__ = "PlaintextKeyring"
+
+
+def test_insecure_keyring_backend_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    previous = keyring.get_keyring()
+    keyring.set_keyring(_FakePlaintext())
+    try:
+        monkeypatch.delenv("CLOUDGUARD_KEYSTORE")
+        with pytest.raises(KeyStoreError, match="uninstall keyrings.alt"):
+            keys.choose_keystore()
+        monkeypatch.setenv("CLOUDGUARD_KEYSTORE", "keyring")
+        with pytest.raises(KeyStoreError, match="unencrypted"):
+            keys.choose_keystore()
+    finally:
+        keyring.set_keyring(previous)
+
+
+def test_fail_backend_falls_back_to_passphrase_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    from keyring.backends import fail
+
+    previous = keyring.get_keyring()
+    keyring.set_keyring(fail.Keyring())
+    try:
+        monkeypatch.delenv("CLOUDGUARD_KEYSTORE")
+        assert keys.choose_keystore() == "file"
+        monkeypatch.setenv("CLOUDGUARD_KEYSTORE", "keyring")
+        with pytest.raises(KeyStoreError, match="CLOUDGUARD_KEYSTORE=file"):
+            keys.choose_keystore()
+    finally:
+        keyring.set_keyring(previous)
+
+
+@pytest.mark.keyring
+def test_device_key_in_real_secret_service(local_remote: str, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLOUDGUARD_KEYSTORE", "keyring")
+    monkeypatch.delenv("CLOUDGUARD_PASSPHRASE")
+    status, desc = keys.keyring_status()
+    assert status == "secure" and "SecretService" in desc
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "doc.txt").write_text("kept by the keyring")
+    info = cg_json("init", str(a), "--remote", local_remote)
+    assert info["keystore"] == "keyring"
+    account = f"{info['vault']}/{info['device']}"
+    stored_key = keyring.get_password("cloudguard", account)
+    assert stored_key is not None and len(stored_key) == 44
+    home = Path(os.environ["CLOUDGUARD_HOME"])
+    assert not list(home.rglob("device.key"))
+    keys.drop_cached_keys()
+    proc = cg_proc("push", "--folder", str(a))  # a fresh process reads the keyring
+    assert proc.returncode == 0, proc.stderr
+    request = cg_json("clone", local_remote, str(tmp_path / "b"))
+    cg("device", "approve", request["fingerprint"], "--folder", str(a))
+    cg("pull", "--folder", str(tmp_path / "b"))
+    assert (tmp_path / "b" / "doc.txt").read_text() == "kept by the keyring"
