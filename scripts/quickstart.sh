@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The main job on an embedded default: a local folder stands in for the cloud, and the device
+# key lives in a passphrase-protected file. Installs cloudguard, makes a demo vault, pushes
+# sample documents, shows what the "cloud" holds, and pulls them into a second folder.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python3 -m pip install -q -e . >/dev/null 2>&1 || python3 -m pip install -e .
+
+demo=$(mktemp -d /tmp/cloudguard-demo.XXXXXX)
+export CLOUDGUARD_HOME="$demo/home"            # local state of this demo only
+export CLOUDGUARD_KEYSTORE=file                # passphrase-protected key file, no OS keyring
+export CLOUDGUARD_PASSPHRASE="${CLOUDGUARD_PASSPHRASE:-demo passphrase}"
+export RCLONE_CONFIG=/dev/null
+
+docs="$demo/documents"
+cloud="$demo/cloud"
+mkdir -p "$docs/minutes/2026" "$docs/empty folder"
+printf 'Meeting minutes: budget approved.\n' > "$docs/minutes/2026/board-meeting.txt"
+printf 'Strategy draft, do not share.\n' > "$docs/strategy \$(rm -rf ~).docx"
+head -c 300000 /dev/urandom > "$docs/scan.pdf"
+
+echo "== cloudguard init: a vault in $cloud for $docs"
+cloudguard init "$docs" --remote "$cloud" --name demo-laptop
+echo "== cloudguard push"
+cloudguard push --folder "$docs" --json | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+print("uploaded", len(r["uploaded"]), "files in", r["objects"], "objects,", r["bytes_uploaded"], "bytes")'
+
+echo "== what the cloud holds (random names, ciphertext only):"
+find "$cloud" -type f | sed "s|$cloud/||" | sort
+if grep -rq "budget approved" "$cloud"; then echo "PLAINTEXT LEAKED" >&2; exit 1; fi
+echo "   (no file name, folder name or content of the documents appears above)"
+
+echo "== a recovery kit, then a second device clones the vault with it"
+cloudguard key export "$demo/recovery-kit.json" --folder "$docs"
+cloudguard clone "$cloud" "$demo/second-device" --key-file "$demo/recovery-kit.json" \
+  --name demo-desktop
+diff -r "$docs" "$demo/second-device" && echo "== the second device holds identical documents"
+cloudguard verify --read-data --folder "$demo/second-device"
+echo "== done; everything is in $demo"
