@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -191,23 +192,29 @@ def _device_key(binding: Binding) -> DeviceKey:
 
 
 @contextmanager
-def session(folder: str | None, ui: UI | None = None) -> Iterator[Session]:
+def session(folder: str | None, ui: UI | None = None, refetch: bool = False
+            ) -> Iterator[Session]:
+    """``refetch`` ignores the segment cache, so verify re-authenticates every segment."""
     binding = find_binding(folder)
     with folder_lock(binding):
         index = Index(binding.dir / "index.db")
         try:
-            yield _open(binding, index, ui or UI())
+            if refetch:
+                with tempfile.TemporaryDirectory(dir=binding.dir) as scratch:
+                    yield _open(binding, index, ui or UI(), Path(scratch))
+            else:
+                yield _open(binding, index, ui or UI(), binding.dir / "segments")
         finally:
             index.close()
 
 
-def _open(binding: Binding, index: Index, ui: UI) -> Session:
+def _open(binding: Binding, index: Index, ui: UI, cache_dir: Path) -> Session:
     if not Path(binding.folder).is_dir():
         raise UsageError(f"the bound folder {binding.folder} does not exist any more")
     transport = _transport(binding)
     priv = _device_key(binding).load()
     try:
-        return _load(binding, index, ui, transport, priv)
+        return _load(binding, index, ui, transport, priv, cache_dir)
     except KeyStoreError as exc:
         if binding.enrolled:
             raise
@@ -217,7 +224,7 @@ def _open(binding: Binding, index: Index, ui: UI) -> Session:
 
 
 def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
-          priv: X25519PrivateKey) -> Session:
+          priv: X25519PrivateKey, cache_dir: Path) -> Session:
     for attempt in range(3):
         try:
             listing = {n: o.size for n, o in transport.list().items()}
@@ -233,7 +240,7 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
                 raise IntegrityError(f"{binding.remote}/{DESCRIPTOR} was altered")
             _recover_torn_segment(index, transport, listing, ring)
             seen = index.get_meta("seen", {})
-            cache = mf.SegmentCache(binding.dir / "segments")
+            cache = mf.SegmentCache(cache_dir)
             segs = {n: s for n, s in listing.items() if n.startswith(mf.PREFIX)}
             loaded = mf.load(segs, transport.get_bytes, ring, binding.device, seen, cache)
             break
@@ -683,7 +690,7 @@ def status(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
 
 def verify(folder: str | None, read_data: bool = False, ui: UI | None = None
            ) -> dict[str, Any]:
-    with session(folder, ui) as s:
+    with session(folder, ui, refetch=True) as s:
         return _verify(s, read_data)
 
 

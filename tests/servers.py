@@ -10,19 +10,26 @@ Why real servers: WebDAV, SFTP and S3 each behave differently from a local
 folder (no hashes on WebDAV, no empty directories on S3, round-trip cost per
 object), and only a real server shows that.
 
-Every server runs with ``--dir-cache-time 0s --poll-interval 0``. rclone's
+Every server runs with ``--dir-cache-time 1ms --poll-interval 0``. rclone's
 serve commands keep a VFS directory cache (5 min by default), so a test that
 changes the served folder on disk (tampering, deleting) would otherwise see
-stale listings and even stale content. The specs still end in a sub-path so
-that fixtures can hand each test a fresh folder.
+stale listings and even stale content. Not ``0s``: with 0s, rclone 1.75's
+webdav and s3 servers spin a whole CPU core once a nested folder exists.
+The specs still end in a sub-path so that fixtures can hand each test a
+fresh folder.
+
+On Linux each server gets PR_SET_PDEATHSIG, so it dies with the test
+process even when pytest is killed and cannot run its teardown.
 
 Processes are started from argument lists only, never through a shell.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -39,6 +46,19 @@ S3_BUCKET = "bucket"
 
 START_TIMEOUT = 15.0
 _NO_CACHE = ["--dir-cache-time", "1ms", "--poll-interval", "0"]
+
+
+_PR_SET_PDEATHSIG = 1
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl if os.uname().sysname == "Linux" else None
+except (OSError, AttributeError):
+    _prctl = None
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: get SIGTERM when the test process dies."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class ServerError(RuntimeError):
@@ -111,6 +131,7 @@ def _serve(args: list[str], what: str, timeout: float = START_TIMEOUT) -> Iterat
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=rclone_env(),
+                    preexec_fn=_die_with_parent,
                 )
             try:
                 deadline = time.monotonic() + timeout

@@ -190,6 +190,15 @@ def test_altered_descriptor(local_remote: str, tmp_path: Path) -> None:
     expect_exit_3(b, before)
 
 
+def test_verify_reauthenticates_segments_seen_before(local_remote: str, tmp_path: Path) -> None:
+    """Pull trusts its cache of segments it already authenticated; verify does not."""
+    _a, b = scenario(local_remote, tmp_path)
+    before = tree(b)
+    segment = _segments(Path(local_remote))[0]
+    flip(segment, segment.stat().st_size - 3)
+    expect_exit_3(b, before, "verify")
+
+
 def test_deleted_manifest_on_fresh_listing(local_remote: str, tmp_path: Path) -> None:
     _a, b = scenario(local_remote, tmp_path)
     before = tree(b)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -165,3 +167,39 @@ def test_secret_service_works_inside_isolation() -> None:
     finally:
         keyring.delete_password(service, "user")
     assert keyring.get_password(service, "user") is None
+
+
+def _server_pid(spec: str) -> int:
+    match = re.search(r"127\.0\.0\.1:(\d+)|port=(\d+)", spec)
+    assert match, spec
+    addr = f"127.0.0.1:{match.group(1) or match.group(2)}".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"serve" in argv and addr in argv:
+            return int(proc.name)
+    raise AssertionError(f"no server process for {spec}")
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.server
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+@pytest.mark.parametrize("kind", ["webdav", "sftp", "s3"])
+def test_idle_server_does_not_spin(kind: str, request: pytest.FixtureRequest) -> None:
+    """rclone serve with --dir-cache-time 0s burns a core once nested folders
+    exist; the servers must sit idle between requests."""
+    spec: str = request.getfixturevalue(f"{kind}_remote")
+    rclone("rcat", f"{spec}/a/b/obj", stdin=b"x" * 1000)
+    rclone("lsjson", "-R", spec)
+    pid = _server_pid(spec)
+    before = _cpu_seconds(pid)
+    time.sleep(1.0)
+    assert _cpu_seconds(pid) - before < 0.3
