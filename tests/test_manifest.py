@@ -1,0 +1,209 @@
+"""The manifest CRDT and the pure sync plans, without I/O."""
+
+from __future__ import annotations
+
+import copy
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cloudguard import format as fmt
+from cloudguard import manifest as mf
+from cloudguard import sync
+from cloudguard.errors import IntegrityError
+from cloudguard.keys import Generation, KeyRing
+from cloudguard.state import IndexRow
+
+PATHS = ["a", "b", "d/c"]
+DEVICES = ["%016x" % i for i in (1, 2, 3)]
+
+
+def simulate(seed: int, steps: int) -> tuple[list[tuple[str, int, dict[str, Any], list[Any]]],
+                                             dict[str, mf.State]]:
+    """Devices edit, push and merge at random; returns every delta written, in order."""
+    rng = random.Random(seed)
+    views = {d: mf.State() for d in DEVICES}
+    log: list[tuple[str, int, dict[str, Any], list[Any]]] = []
+    for _ in range(steps):
+        dev = rng.choice(DEVICES)
+        view = views[dev]
+        if rng.random() < 0.4 and log:  # pull some prefix of the log
+            for d, seq, deps, ops in log:
+                if seq == view.ctx.get(d, 0) + 1 and view.dominates(
+                        {k: v for k, v in deps.items() if k != d}):
+                    view.apply_delta(d, seq, ops)
+            continue
+        path = rng.choice(PATHS)
+        seen = sorted(view.paths.get(path, {}))
+        entry = None if rng.random() < 0.3 else {"t": "f", "h": str(rng.random()), "m": 1}
+        ops = [{"p": path, "e": entry, "rm": seen}]
+        seq = view.ctx.get(dev, 0) + 1
+        log.append((dev, seq, dict(view.ctx), ops))
+        view.apply_delta(dev, seq, ops)
+    return log, views
+
+
+def replay(log: list[tuple[str, int, dict[str, Any], list[Any]]], rng: random.Random) -> mf.State:
+    state = mf.State()
+    pending = list(log)
+    rng.shuffle(pending)
+    while pending:
+        for item in list(pending):
+            d, seq, deps, ops = item
+            if seq == state.ctx.get(d, 0) + 1 and state.dominates(
+                    {k: v for k, v in deps.items() if k != d}):
+                state.apply_delta(d, seq, ops)
+                pending.remove(item)
+    return state
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 10**6), st.integers(1, 40))
+def test_causal_orders_converge(seed: int, steps: int) -> None:
+    log, _views = simulate(seed, steps)
+    one = replay(log, random.Random(1))
+    two = replay(log, random.Random(2))
+    assert one.paths == two.paths and one.ctx == two.ctx
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 10**6), st.integers(1, 40), st.integers(0, 40))
+def test_snapshot_merge_equals_replay(seed: int, steps: int, cut: int) -> None:
+    """Two snapshots of overlapping prefixes merge to the state of their union."""
+    log, _ = simulate(seed, steps)
+    full = replay(log, random.Random(0))
+    rng = random.Random(seed)
+    left = [e for e in log if rng.random() < 0.5]
+
+    def closed(entries: list[Any]) -> mf.State:
+        """A snapshot is causally closed: the chosen deltas plus what they depend on."""
+        state = mf.State()
+        progress = True
+        while progress:
+            progress = False
+            for d, seq, deps, ops in log:
+                if (d, seq) in {(e[0], e[1]) for e in entries} and seq == state.ctx.get(
+                        d, 0) + 1 and state.dominates({k: v for k, v in deps.items() if k != d}):
+                    state.apply_delta(d, seq, ops)
+                    progress = True
+        return state
+    a = closed(left)
+    b = closed(log[:cut])
+    merged = copy.deepcopy(a)
+    merged.merge(b)
+    rest = [e for e in log if e[1] > merged.ctx.get(e[0], 0)]
+    while rest:
+        for item in list(rest):
+            d, seq, deps, ops = item
+            if seq == merged.ctx.get(d, 0) + 1 and merged.dominates(
+                    {k: v for k, v in deps.items() if k != d}):
+                merged.apply_delta(d, seq, ops)
+                rest.remove(item)
+    assert merged.paths == full.paths
+
+
+def test_concurrent_writes_become_siblings_then_a_conflict_copy() -> None:
+    state = mf.State()
+    state.apply_delta(DEVICES[0], 1, [{"p": "doc.txt", "e": {"t": "f", "h": "0", "m": 1},
+                                       "rm": []}])
+    base = "%s:1" % DEVICES[0]
+    state.apply_delta(DEVICES[1], 1, [{"p": "doc.txt", "e": {"t": "f", "h": "b", "m": 5},
+                                       "rm": [base]}])
+    state.apply_delta(DEVICES[2], 1, [{"p": "doc.txt", "e": {"t": "f", "h": "c", "m": 9},
+                                       "rm": [base]}])
+    assert len(state.paths["doc.txt"]) == 2
+    ops = sync.resolve_siblings(state, {DEVICES[1]: "laptop"})
+    assert ops[0]["e"]["h"] == "c"  # newest mtime stays
+    assert ops[1]["e"]["h"] == "b" and ops[1]["p"].startswith("doc (conflict ")
+    assert "laptop" in ops[1]["p"] and ops[1]["p"].endswith(".txt")
+
+
+def test_identical_siblings_are_not_a_conflict() -> None:
+    state = mf.State()
+    for dev in DEVICES[:2]:
+        state.apply_delta(dev, 1, [{"p": "x", "e": {"t": "f", "h": "same", "m": 1}, "rm": []}])
+    assert sync.resolve_siblings(state, {}) == []
+    assert len(sync.view(state)) == 1
+
+
+def test_conflict_name_keeps_255_bytes_and_extension() -> None:
+    name = sync.conflict_name("dir/" + "é" * 120 + ".docx", 0, "dev")
+    base = name.rpartition("/")[2]
+    assert len(base.encode()) <= 255 and base.endswith(".docx") and name.startswith("dir/")
+    assert sync.conflict_name(".bashrc", 0, "d").startswith(".bashrc (conflict 1970-01-01")
+
+
+@pytest.mark.parametrize("bad", ["", "/etc/passwd", "../x", "a/../../x", "a//b", "./a", "a\x00"])
+def test_unsafe_manifest_paths_are_refused(bad: str) -> None:
+    with pytest.raises(IntegrityError):
+        sync.check_rel_path(bad)
+
+
+def _row(path: str, dot: str, size: int = 1, mtime: int = 1) -> IndexRow:
+    return IndexRow(path, "f", size, mtime, 0o644, "h-" + path, dot, "")
+
+
+def _item(path: str, size: int = 1, mtime: int = 1) -> sync.LocalItem:
+    return sync.LocalItem(path, "f", size, mtime, 0o644)
+
+
+def _entry(path: str, h: str | None = None) -> dict[str, Any]:
+    return {"t": "f", "s": 1, "m": 1, "x": 0o644, "h": h or "h-" + path}
+
+
+def test_plan_push_cases() -> None:
+    local = {"same": _item("same"), "changed": _item("changed", mtime=2), "new": _item("new"),
+             "adopt": _item("adopt")}
+    index = {"same": _row("same", "d:1"), "changed": _row("changed", "d:1"),
+             "gone": _row("gone", "d:1")}
+    remote = {"same": ("d:1", _entry("same")), "adopt": ("e:1", _entry("adopt", "h-adopt"))}
+    plan = sync.plan_push(local, index, remote, lambda p: "h-" + p)
+    assert [i.path for i in plan.upload] == ["changed", "new"]
+    assert [r.path for r in plan.delete] == ["gone"]
+    assert [a[0].path for a in plan.adopt] == ["adopt"]
+
+
+def test_plan_pull_cases() -> None:
+    local = {"clean": _item("clean"), "dirty": _item("dirty", mtime=9),
+             "removed-remotely": _item("removed-remotely"), "untracked": _item("untracked")}
+    index = {"clean": _row("clean", "d:1"), "dirty": _row("dirty", "d:1"),
+             "removed-remotely": _row("removed-remotely", "d:1")}
+    remote = {"clean": ("d:2", _entry("clean", "new")), "dirty": ("d:2", _entry("dirty", "n")),
+              "fresh": ("d:2", _entry("fresh")), "untracked": ("d:2", _entry("u", "other"))}
+    plan = sync.plan_pull(local, index, remote, lambda p: "h-" + p, "me")
+    dests = sorted(d for d, _t, _e in plan.download)
+    assert "clean" in dests and "fresh" in dests and "dirty" not in dests
+    assert len(plan.conflicts) == 2  # dirty and untracked keep the local version
+    assert [r.path for r in plan.delete] == ["removed-remotely"]
+
+
+def _ring() -> KeyRing:
+    gen = Generation(1, b"k" * 32, "2026-01-01T00:00:00Z", [], "")
+    return KeyRing("v", {1: gen})
+
+
+def test_load_detects_gap_and_rollback(tmp_path: Path) -> None:
+    ring = _ring()
+    blobs: dict[str, bytes] = {}
+    dev = DEVICES[0]
+    for seq in (1, 2, 3):
+        name = mf.segment_name(dev, seq, "d")
+        payload = mf.delta_payload(dev, seq, {dev: seq - 1} if seq > 1 else {}, None,
+                                   [{"p": f"f{seq}", "e": {"t": "d"}, "rm": []}])
+        blobs[name] = fmt.seal_segment(ring.kek(1), 1, name, payload)
+    listing = {n: len(b) for n, b in blobs.items()}
+    cache = mf.SegmentCache(tmp_path / "c")
+    loaded = mf.load(listing, blobs.__getitem__, ring, dev, {}, cache)
+    assert sorted(loaded.state.paths) == ["f1", "f2", "f3"]
+    gap = dict(listing)
+    del gap[mf.segment_name(dev, 2, "d")]
+    with pytest.raises(IntegrityError, match="missing"):
+        mf.load(gap, blobs.__getitem__, ring, dev, {}, mf.SegmentCache(tmp_path / "d"))
+    short = dict(listing)
+    del short[mf.segment_name(dev, 3, "d")]
+    with pytest.raises(IntegrityError, match="rollback"):
+        mf.load(short, blobs.__getitem__, ring, dev, {dev: 3}, mf.SegmentCache(tmp_path / "e"))
