@@ -19,7 +19,7 @@ from cloudguard.keys import Generation, KeyRing
 from cloudguard.state import IndexRow
 
 PATHS = ["a", "b", "d/c"]
-DEVICES = ["%016x" % i for i in (1, 2, 3)]
+DEVICES = [f"{i:016x}" for i in (1, 2, 3)]
 
 
 def simulate(seed: int, steps: int) -> tuple[list[tuple[str, int, dict[str, Any], list[Any]]],
@@ -110,7 +110,7 @@ def test_concurrent_writes_become_siblings_then_a_conflict_copy() -> None:
     state = mf.State()
     state.apply_delta(DEVICES[0], 1, [{"p": "doc.txt", "e": {"t": "f", "h": "0", "m": 1},
                                        "rm": []}])
-    base = "%s:1" % DEVICES[0]
+    base = f"{DEVICES[0]}:1"
     state.apply_delta(DEVICES[1], 1, [{"p": "doc.txt", "e": {"t": "f", "h": "b", "m": 5},
                                        "rm": [base]}])
     state.apply_delta(DEVICES[2], 1, [{"p": "doc.txt", "e": {"t": "f", "h": "c", "m": 9},
