@@ -139,7 +139,7 @@ def test_kit_file_is_private_and_not_overwritten(local_remote: str, tmp_path: Pa
 
 
 class _FakePlaintext(keyring.backend.KeyringBackend):
-    priority = 1  # type: ignore[assignment]
+    priority = 0  # type: ignore[assignment]  # never chosen over a real backend
 
     def get_password(self, service: str, username: str) -> str | None:
         return None

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The project's single test command; CI runs it through .ci/run.
+#
+#   scripts/test.sh [pytest args...]
+#
+# 1. installs the system packages the tests need (only when missing),
+# 2. installs the package with its test extra (pip, editable),
+# 3. runs ruff and mypy,
+# 4. runs pytest inside a private D-Bus session with a real Secret Service
+#    (gnome-keyring), so keyring tests use the real thing; such tests see
+#    CLOUDGUARD_TEST_KEYRING=1.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# --- 1. system packages ------------------------------------------------------
+# dbus-run-session is in dbus-daemon on Debian 12; gnome-keyring pulls in a
+# session bus itself. fuse3 gives /dev/fuse users fusermount3. No dbus-x11.
+missing=()
+command -v dbus-run-session >/dev/null 2>&1 || missing+=(dbus-daemon)
+command -v gnome-keyring-daemon >/dev/null 2>&1 || missing+=(gnome-keyring)
+command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
+[ -s /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
+
+if ((${#missing[@]})); then
+    log "installing ${missing[*]}"
+    sudo=()
+    if [ "$(id -u)" -ne 0 ]; then sudo=(sudo); fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt_install() {
+        "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+            gnome-keyring dbus-daemon fuse3 ca-certificates >/dev/null
+    }
+    # Update the package lists only if there are none, or if installing fails.
+    if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
+        "${sudo[@]}" apt-get update -qq
+    fi
+    if ! apt_install; then
+        "${sudo[@]}" apt-get update -qq
+        apt_install
+    fi
+fi
+
+# --- 2. Python packages ------------------------------------------------------
+log "pip install -e '.[test]'"
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
+
+# --- 3. static checks --------------------------------------------------------
+log "ruff check"
+python3 -m ruff check cloudguard tests scripts
+log "mypy"
+python3 -m mypy
+
+# --- 4. pytest inside a real Secret Service ----------------------------------
+keyring_home="$(mktemp -d "${TMPDIR:-/tmp}/cloudguard-keyring.XXXXXX")"
+trap 'rm -rf "$keyring_home"' EXIT
+
+log "pytest (in dbus-run-session with gnome-keyring)"
+# shellcheck disable=SC2016  # expanded by the inner shell
+dbus-run-session -- sh -c '
+    set -eu
+    export XDG_DATA_HOME="$1"
+    shift
+    # --unlock with a password on stdin creates and unlocks the login
+    # keyring; without it, creating items fails with "Prompt dismissed".
+    eval "$(printf "%s" cloudguard-test |
+        gnome-keyring-daemon --unlock --daemonize --components=secrets)"
+    export GNOME_KEYRING_CONTROL
+    python3 - <<"EOF"
+import sys, keyring
+from keyring.backends import SecretService
+kr = keyring.get_keyring()
+if not isinstance(kr, SecretService.Keyring):
+    sys.exit(f"Secret Service not in use: keyring chose {kr!r}")
+keyring.set_password("cloudguard-selftest", "u", "v")
+if keyring.get_password("cloudguard-selftest", "u") != "v":
+    sys.exit("Secret Service did not round-trip a secret")
+keyring.delete_password("cloudguard-selftest", "u")
+EOF
+    export CLOUDGUARD_TEST_KEYRING=1
+    exec python3 -m pytest "$@"
+' sh "$keyring_home" "$@"
