@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from . import __version__, vault
+from . import __version__, audit, vault
 from .errors import CloudguardError
 
 
@@ -189,6 +189,57 @@ def verify(folder: str | None, read_data: bool, as_json: bool) -> None:
             + (f", {r['authenticated']} authenticated" if r["read_data"] else "")
             + (f"; {len(r['unreferenced'])} unreferenced objects" if r["unreferenced"] else "")),
             always=True)
+    _run(go)
+
+
+@main.command()
+@folder_option
+@click.option("--remote", "check_remote", is_flag=True,
+              help="Also list remote objects that are not cloudguard ciphertext or that no "
+                   "manifest references.")
+@json_option
+def doctor(folder: str | None, check_remote: bool, as_json: bool) -> None:
+    """Check for plaintext exposure, public sharing, old keys and loose permissions."""
+    def go() -> None:
+        result = vault.doctor(folder, check_remote)
+
+        def human(r: dict[str, Any]) -> str:
+            marks = {"error": "ERROR", "warning": "warn ", "ok": "ok   "}
+            lines = []
+            for f in r["findings"]:
+                lines.append(f"{marks[f['level']]} {f['check']}: {f['message']}")
+                if f["fix"] and f["level"] != "ok":
+                    lines.append(f"      fix: {f['fix']}")
+            return "\n".join(lines)
+        _emit(result, as_json, human, always=True)
+        if not result["ok"]:
+            sys.exit(1)
+    _run(go)
+
+
+@main.command("log")
+@click.option("--verify", "check", is_flag=True, help="Check the hash chain; exit 3 if broken.")
+@json_option
+def log_cmd(check: bool, as_json: bool) -> None:
+    """Print the local audit log (push, pull, rotate, ... events; never content or keys)."""
+    def go() -> None:
+        if check:
+            count = audit.verify()
+            _emit({"ok": True, "records": count}, as_json,
+                  lambda r: f"Audit log intact: {r['records']} records.", always=True)
+            return
+        records = audit.read()
+
+        def human(rows: list[dict[str, Any]]) -> str:
+            lines = []
+            for r in rows:
+                extra = {k: v for k, v in r.items()
+                         if k not in ("seq", "time", "event", "prev", "hash")}
+                details = " ".join(f"{k}={v}" for k, v in sorted(extra.items())
+                                   if not isinstance(v, list))
+                lines.append(f"{r.get('seq'):>5} {r.get('time')} {r.get('event'):<15} {details}")
+            return "\n".join(lines)
+        _emit(records, as_json, human, always=True)
     _run(go)
 
 

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap
 
 from . import format as fmt
 from .errors import CloudguardError, IntegrityError, KeyStoreError, UsageError
+from .state import write_private
 from .transport import Transport
 
 SERVICE = "cloudguard"
@@ -209,13 +210,7 @@ def drop_cached_keys() -> None:
 def write_private_json(path: Path, doc: dict[str, Any]) -> None:
     """0600 from birth and atomic, so a crash never leaves half a key file."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(doc, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_private(path, json.dumps(doc, indent=1).encode())
 
 
 # --- recovery kits ------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from typing import Any
 from . import format as fmt
 from .errors import IntegrityError
 from .keys import KeyRing, now_iso
+from .state import write_private
 
 PREFIX = "m/"
 _NAME = re.compile(r"^m/([0-9a-f]{16})-([0-9]{12})\.([ds])$")
@@ -138,9 +139,7 @@ class SegmentCache:
 
     def put(self, name: str, data: bytes) -> None:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.path(name).with_suffix(".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(self.path(name))
+        write_private(self.path(name), data)
 
     def prune(self, keep: Iterable[str]) -> None:
         wanted = {self.path(n).name for n in keep}

@@ -63,13 +63,22 @@ class Binding:
 
     def save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.dir / "binding.json.tmp"
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        tmp.replace(self.dir / "binding.json")
+        write_private(self.dir / "binding.json", json.dumps(asdict(self), indent=1).encode())
 
     @staticmethod
     def new_id() -> str:
         return secrets.token_hex(8)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """0600 from birth, atomic: local state reveals names, so it is never world-readable."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def all_bindings() -> list[Binding]:
@@ -120,6 +129,7 @@ class Index:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # SQLite's -wal/-shm inherit it
         self.db = sqlite3.connect(path, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")

@@ -7,10 +7,12 @@ prints or dumps as JSON.
 
 from __future__ import annotations
 
+import calendar
 import copy
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -23,10 +25,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from . import audit, sync
 from . import format as fmt
 from . import keys as keymod
 from . import manifest as mf
-from . import sync
 from .errors import CloudguardError, IntegrityError, KeyStoreError, UsageError
 from .keys import DeviceKey, Generation, KeyRing, Member, now_iso
 from .state import Binding, Index, IndexRow, check_unbound, find_binding, folder_lock
@@ -312,6 +314,7 @@ def init_vault(folder: str, remote: str, padding: str = "padme", name: str | Non
     index = Index(binding.dir / "index.db")
     index.set_meta("trusted", {"1": fmt.key_commitment(gen.kek)})
     index.close()
+    audit.record("init", vault=vault_id, device=binding.device, generation=1)
     return {"folder": str(path), "remote": transport.remote, "vault": vault_id,
             "device": binding.device, "keystore": binding.keystore}
 
@@ -405,9 +408,37 @@ def _hasher(folder: Path) -> Callable[[str], str]:
     return lambda rel: sync.hash_file(folder / rel)
 
 
+def _log(s: Session, event: str, **fields: Any) -> None:
+    audit.record(event, vault=s.binding.vault_id, device=s.binding.device,
+                 generation=s.ring.current.number, **fields)
+
+
+@contextmanager
+def _audited(event: str, folder: str | None) -> Iterator[None]:
+    """Integrity failures are logged too: they are what an audit is for."""
+    try:
+        yield
+    except IntegrityError:
+        audit.record(event, ok=False, exit_code=IntegrityError.exit_code,
+                     folder_id=_binding_id(folder))
+        raise
+
+
+def _binding_id(folder: str | None) -> str | None:
+    try:
+        return find_binding(folder).id
+    except CloudguardError:
+        return None
+
+
 def push(folder: str | None, dry_run: bool = False, ui: UI | None = None) -> dict[str, Any]:
-    with session(folder, ui) as s:
-        return _push(s, dry_run)
+    with _audited("push", folder), session(folder, ui) as s:
+        result = _push(s, dry_run)
+        if not dry_run:
+            _log(s, "push", files=len(result["uploaded"]) + len(result["updated"]),
+                 deleted=len(result["deleted"]), objects=result.get("object_ids", []),
+                 segments=s.committed)
+        return result
 
 
 def _push(s: Session, dry_run: bool) -> dict[str, Any]:
@@ -462,6 +493,7 @@ def _push(s: Session, dry_run: bool) -> dict[str, Any]:
     result["skipped"] = up.skipped
     result["bytes_uploaded"] = up.bytes_out
     result["objects"] = len(up.objects)
+    result["object_ids"] = [n[len(sync.DATA_PREFIX):] for n in up.objects]
     _maintain(s)
     return result
 
@@ -561,8 +593,11 @@ def _rebase_index(s: Session, moved: set[tuple[str, str]]) -> None:
 
 
 def pull(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
-    with session(folder, ui) as s:
-        return _pull(s)
+    with _audited("pull", folder), session(folder, ui) as s:
+        result = _pull(s)
+        _log(s, "pull", files=len(result["downloaded"]), deleted=len(result["deleted"]),
+             conflicts=len(result["conflicts"]))
+        return result
 
 
 def _pull(s: Session) -> dict[str, Any]:
@@ -690,8 +725,11 @@ def status(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
 
 def verify(folder: str | None, read_data: bool = False, ui: UI | None = None
            ) -> dict[str, Any]:
-    with session(folder, ui, refetch=True) as s:
-        return _verify(s, read_data)
+    with _audited("verify", folder), session(folder, ui, refetch=True) as s:
+        result = _verify(s, read_data)
+        _log(s, "verify", read_data=read_data, files=result["files"],
+             objects=result["objects"])
+        return result
 
 
 def _verify(s: Session, read_data: bool) -> dict[str, Any]:
@@ -744,7 +782,7 @@ def key_list(folder: str | None) -> list[dict[str, Any]]:
         now = time.time()
         out = []
         for number, gen in sorted(s.ring.generations.items()):
-            created = time.mktime(time.strptime(gen.created, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+            created = _epoch(gen.created)
             out.append({"generation": number, "created": gen.created,
                         "age_days": round((now - created) / 86400, 1),
                         "current": gen is s.ring.current})
@@ -767,6 +805,7 @@ def key_export(folder: str | None, path: str, name: str | None = None) -> dict[s
             target.unlink(missing_ok=True)
             raise
         s.index.set_meta("kit_exported", now_iso())
+        _log(s, "key-export", kit_id=member.rid)
         return {"kit": str(target), "id": member.rid}
 
 
@@ -792,6 +831,7 @@ def device_approve(folder: str | None, fp: str) -> dict[str, Any]:
             if fmt.fingerprint(pub) == wanted and req.get("vault") == s.binding.vault_id:
                 _add_member(s.transport, s.binding.vault_id, s.ring, member)
                 s.transport.delete([name])
+                _log(s, "device-approve", approved=member.rid)
                 return {"approved": member.rid, "name": member.name}
         raise UsageError(f"no pending enrolment request has fingerprint {fp}")
 
@@ -804,13 +844,17 @@ def device_remove(folder: str | None, rid: str, reencrypt: bool = False,
         if not any(m.rid == rid for m in s.ring.current.members):
             raise UsageError(f"no device or recovery slot has id {rid} (see cloudguard device "
                              "list)")
-        return _rotate(s, reencrypt, remove=rid)
+        result = _rotate(s, reencrypt, remove=rid)
+        _log(s, "device-remove", removed=rid, reencrypt=reencrypt)
+        return result
 
 
 def key_rotate(folder: str | None, reencrypt: bool = False, ui: UI | None = None
                ) -> dict[str, Any]:
-    with session(folder, ui) as s:
-        return _rotate(s, reencrypt, remove=None)
+    with _audited("rotate", folder), session(folder, ui) as s:
+        result = _rotate(s, reencrypt, remove=None)
+        _log(s, "rotate", reencrypt=reencrypt, deleted=result["deleted_objects"])
+        return result
 
 
 def _rotate(s: Session, reencrypt: bool, remove: str | None) -> dict[str, Any]:
@@ -925,3 +969,78 @@ class _PlainStream:
 __all__ = ["UI", "clone_vault", "copy", "device_approve", "device_list", "device_remove",
            "init_vault", "key_export", "key_list", "key_rotate", "pull", "push", "status",
            "verify", "KeyStoreError"]
+
+
+# --- doctor -------------------------------------------------------------------------------
+
+_KNOWN = re.compile(r"^(cloudguard\.json|keys/[0-9]{8}|m/[0-9a-f]{16}-[0-9]{12}\.[ds]|"
+                    r"data/[0-9a-f]{32}|enroll/[0-9a-f]{16})$")
+
+
+def doctor(folder: str | None, check_remote: bool = False) -> dict[str, Any]:
+    """Run every check on one bound folder (or all of them); ``ok`` is False on any error."""
+    from . import doctor as checks
+
+    if folder is not None or _binding_id(None) is not None:
+        bindings = [find_binding(folder)]
+    else:
+        bindings = checks.all_bindings()
+    findings: list[checks.Finding] = []
+    if not bindings:
+        findings.append(checks.Finding("warning", "folders", "no folder is bound on this "
+                                       "machine", "run: cloudguard init or clone"))
+    findings += checks.check_permissions(bindings)
+    for binding in bindings:
+        findings += checks.check_exposure(binding, Path.home())
+        findings += checks.check_sharing(binding)
+        try:
+            with session(binding.folder) as s:
+                now = time.time()
+                ages = [(n, (now - _epoch(g.created)) / 86400)
+                        for n, g in s.ring.generations.items()]
+                recovery = any(m.kind == "recovery" for m in s.ring.current.members)
+                findings += checks.check_keys(ages, recovery, checks.policy_days())
+                if check_remote:
+                    findings += _doctor_remote(s)
+                _log(s, "doctor", remote=check_remote,
+                     errors=sum(1 for f in findings if f.level == "error"))
+        except CloudguardError as exc:
+            level = "error"
+            findings.append(checks.Finding(level, "vault", f"{binding.folder}: {exc}",
+                                           "see the message; cloudguard verify for details"))
+    errors = [f for f in findings if f.level == "error"]
+    return {"ok": not errors, "errors": len(errors),
+            "warnings": sum(1 for f in findings if f.level == "warning"),
+            "findings": checks.findings_json(findings)}
+
+
+def _epoch(iso: str) -> float:
+    return calendar.timegm(time.strptime(iso, "%Y-%m-%dT%H:%M:%SZ"))
+
+
+def _doctor_remote(s: Session) -> list[Any]:
+    from .doctor import Finding
+
+    out: list[Finding] = []
+    live = {sync.DATA_PREFIX + o for o in s.state.objects()}
+    for name in sorted(s.listing):
+        if not _KNOWN.match(name):
+            out.append(Finding("error", "remote-stray", f"{s.binding.remote}/{name} is not a "
+                               "cloudguard object (plaintext uploaded by another tool?)",
+                               f"inspect and delete it: rclone deletefile "
+                               f"'{s.binding.remote}/{name}'"))
+            continue
+        if name.startswith(sync.DATA_PREFIX):
+            with s.transport.reader(name, count=4) as stream:
+                magic = stream.read(4)
+            if magic not in (fmt.BLOB_MAGIC, fmt.PACK_MAGIC):
+                out.append(Finding("error", "remote-stray", f"{name} does not hold cloudguard "
+                                   "ciphertext", f"inspect and delete {name}"))
+            elif name not in live:
+                out.append(Finding("warning", "remote-unreferenced", f"{name} is referenced by "
+                                   "no manifest (a crashed or running push; collected after "
+                                   "the grace period)", "cloudguard push collects it later"))
+    if not out:
+        out.append(Finding("ok", "remote", f"all {len(s.listing)} objects on the remote are "
+                           "cloudguard ciphertext referenced by the manifest"))
+    return out
