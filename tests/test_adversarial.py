@@ -8,11 +8,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import _BACKING
 from helpers import cg, cg_proc, data_objects, tree
 
 from cloudguard import format as fmt
 
 BIG = 3 * fmt.CHUNK_SIZE * 40  # ~7.5 MiB: a stand-alone object, many chunks
+
+
+@pytest.fixture(params=["local", "webdav"])
+def tremote(request: pytest.FixtureRequest) -> tuple[str, Path]:
+    """A remote and the folder behind it, where the attacker edits objects directly."""
+    spec: str = request.getfixturevalue(f"{request.param}_remote")
+    return spec, _BACKING[spec]
 
 
 def scenario(remote: str, tmp_path: Path) -> tuple[Path, Path]:
@@ -59,9 +67,9 @@ def flip(path: Path, offset: int) -> None:
 
 
 @pytest.mark.parametrize("where", ["header", "length", "first-chunk", "middle", "last-byte"])
-def test_flipped_byte_in_content(local_remote: str, tmp_path: Path, where: str) -> None:
-    a, b = scenario(local_remote, tmp_path)
-    root = Path(local_remote)
+def test_flipped_byte_in_content(tremote: tuple[str, Path], tmp_path: Path, where: str) -> None:
+    a, b = scenario(tremote[0], tmp_path)
+    root = tremote[1]
     old = {p.name for p in data_objects(root)}
     new_version(a)
     before = tree(b)
@@ -74,9 +82,9 @@ def test_flipped_byte_in_content(local_remote: str, tmp_path: Path, where: str) 
     assert expect_exit_3(b, before, "verify", "--read-data")
 
 
-def test_truncation_at_chunk_boundary(local_remote: str, tmp_path: Path) -> None:
-    a, b = scenario(local_remote, tmp_path)
-    root = Path(local_remote)
+def test_truncation_at_chunk_boundary(tremote: tuple[str, Path], tmp_path: Path) -> None:
+    a, b = scenario(tremote[0], tmp_path)
+    root = tremote[1]
     old = {p.name for p in data_objects(root)}
     new_version(a)
     before = tree(b)
@@ -88,9 +96,9 @@ def test_truncation_at_chunk_boundary(local_remote: str, tmp_path: Path) -> None
     expect_exit_3(b, before, "verify")  # caught from sizes alone, without downloading
 
 
-def test_extension_is_detected(local_remote: str, tmp_path: Path) -> None:
-    a, b = scenario(local_remote, tmp_path)
-    root = Path(local_remote)
+def test_extension_is_detected(tremote: tuple[str, Path], tmp_path: Path) -> None:
+    a, b = scenario(tremote[0], tmp_path)
+    root = tremote[1]
     old = {p.name for p in data_objects(root)}
     new_version(a)
     before = tree(b)
@@ -100,9 +108,9 @@ def test_extension_is_detected(local_remote: str, tmp_path: Path) -> None:
     expect_exit_3(b, before, "verify")
 
 
-def test_swapped_objects(local_remote: str, tmp_path: Path) -> None:
-    a, b = scenario(local_remote, tmp_path)
-    root = Path(local_remote)
+def test_swapped_objects(tremote: tuple[str, Path], tmp_path: Path) -> None:
+    a, b = scenario(tremote[0], tmp_path)
+    root = tremote[1]
     old = {p.name for p in data_objects(root)}
     new_version(a)
     before = tree(b)
@@ -115,9 +123,9 @@ def test_swapped_objects(local_remote: str, tmp_path: Path) -> None:
     expect_exit_3(b, before)
 
 
-def test_deleted_object(local_remote: str, tmp_path: Path) -> None:
-    a, b = scenario(local_remote, tmp_path)
-    root = Path(local_remote)
+def test_deleted_object(tremote: tuple[str, Path], tmp_path: Path) -> None:
+    a, b = scenario(tremote[0], tmp_path)
+    root = tremote[1]
     old = {p.name for p in data_objects(root)}
     new_version(a)
     before = tree(b)
@@ -127,9 +135,9 @@ def test_deleted_object(local_remote: str, tmp_path: Path) -> None:
     expect_exit_3(b, before, "verify")
 
 
-def test_rollback_of_whole_remote(local_remote: str, tmp_path: Path) -> None:
-    a, b = scenario(local_remote, tmp_path)
-    root = Path(local_remote)
+def test_rollback_of_whole_remote(tremote: tuple[str, Path], tmp_path: Path) -> None:
+    a, b = scenario(tremote[0], tmp_path)
+    root = tremote[1]
     saved = tmp_path / "saved-remote"
     shutil.copytree(root, saved)
     new_version(a)
@@ -146,10 +154,11 @@ def _segments(root: Path) -> list[Path]:
     return sorted((root / "m").iterdir())
 
 
-@pytest.mark.parametrize("attack", ["delete", "flip", "truncate", "rename"])
-def test_manifest_tampering(local_remote: str, tmp_path: Path, attack: str) -> None:
-    a, b = scenario(local_remote, tmp_path)
-    root = Path(local_remote)
+@pytest.mark.parametrize("attack", ["delete", "flip", "flip-generation", "flip-nonce",
+                                    "flip-tag", "truncate", "extend", "rename"])
+def test_manifest_tampering(tremote: tuple[str, Path], tmp_path: Path, attack: str) -> None:
+    a, b = scenario(tremote[0], tmp_path)
+    root = tremote[1]
     new_version(a)
     cg("pull", "--folder", str(b))
     (a / "small.txt").write_text("small v3")
@@ -161,6 +170,10 @@ def test_manifest_tampering(local_remote: str, tmp_path: Path, attack: str) -> N
     actions: dict[str, Callable[[], None]] = {
         "delete": newest.unlink,
         "flip": lambda: flip(newest, newest.stat().st_size // 2),
+        "flip-generation": lambda: flip(newest, 7),
+        "flip-nonce": lambda: flip(newest, 12),
+        "flip-tag": lambda: flip(newest, newest.stat().st_size - 1),
+        "extend": lambda: newest.write_bytes(newest.read_bytes() + b"\0"),
         "truncate": lambda: os.truncate(newest, newest.stat().st_size - 1),
         "rename": lambda: newest.rename(newest.with_name(newest.name.replace("0", "9", 1))),
     }
@@ -168,9 +181,9 @@ def test_manifest_tampering(local_remote: str, tmp_path: Path, attack: str) -> N
     expect_exit_3(b, before)
 
 
-def test_replayed_older_segment_under_new_name(local_remote: str, tmp_path: Path) -> None:
-    a, b = scenario(local_remote, tmp_path)
-    root = Path(local_remote)
+def test_replayed_older_segment_under_new_name(tremote: tuple[str, Path], tmp_path: Path) -> None:
+    a, b = scenario(tremote[0], tmp_path)
+    root = tremote[1]
     first = _segments(root)[0]
     (a / "small.txt").write_text("small v2")
     cg("push", "--folder", str(a))
@@ -180,36 +193,37 @@ def test_replayed_older_segment_under_new_name(local_remote: str, tmp_path: Path
     expect_exit_3(b, before)
 
 
-def test_altered_descriptor(local_remote: str, tmp_path: Path) -> None:
-    _a, b = scenario(local_remote, tmp_path)
+def test_altered_descriptor(tremote: tuple[str, Path], tmp_path: Path) -> None:
+    _a, b = scenario(tremote[0], tmp_path)
     before = tree(b)
-    descriptor = Path(local_remote) / "cloudguard.json"
+    descriptor = tremote[1] / "cloudguard.json"
     descriptor.write_text(descriptor.read_text().replace('"padme"', '"none"'))
     expect_exit_3(b, before)
     descriptor.write_text(descriptor.read_text().replace("65536", "4096"))
     expect_exit_3(b, before)
 
 
-def test_verify_reauthenticates_segments_seen_before(local_remote: str, tmp_path: Path) -> None:
+def test_verify_reauthenticates_segments_seen_before(tremote: tuple[str, Path],
+                                                     tmp_path: Path) -> None:
     """Pull trusts its cache of segments it already authenticated; verify does not."""
-    _a, b = scenario(local_remote, tmp_path)
+    _a, b = scenario(tremote[0], tmp_path)
     before = tree(b)
-    segment = _segments(Path(local_remote))[0]
+    segment = _segments(tremote[1])[0]
     flip(segment, segment.stat().st_size - 3)
     expect_exit_3(b, before, "verify")
 
 
-def test_deleted_manifest_on_fresh_listing(local_remote: str, tmp_path: Path) -> None:
-    _a, b = scenario(local_remote, tmp_path)
+def test_deleted_manifest_on_fresh_listing(tremote: tuple[str, Path], tmp_path: Path) -> None:
+    _a, b = scenario(tremote[0], tmp_path)
     before = tree(b)
-    shutil.rmtree(Path(local_remote) / "m")
+    shutil.rmtree(tremote[1] / "m")
     expect_exit_3(b, before)
 
 
-def test_tampered_pull_writes_nothing_and_names_the_bad_file(local_remote: str,
+def test_tampered_pull_writes_nothing_and_names_the_bad_file(tremote: tuple[str, Path],
                                                            tmp_path: Path) -> None:
-    a, b = scenario(local_remote, tmp_path)
-    root = Path(local_remote)
+    a, b = scenario(tremote[0], tmp_path)
+    root = tremote[1]
     old = {p.name for p in data_objects(root)}
     (a / "big.bin").write_bytes(os.urandom(BIG))
     cg("push", "--folder", str(a))
