@@ -55,6 +55,15 @@ def covered(dot: str, ctx: dict[str, int]) -> bool:
     return int(seq) <= ctx.get(device, 0)
 
 
+def newer_location(one: Entry, two: Entry) -> Entry:
+    """A repack moves a blob without a new dot; the move with the higher ``r`` wins.
+
+    A max-register, so the result is the same in any order and on every device. Ties (two
+    devices repacking at once) go to the higher object id; the loser becomes garbage.
+    """
+    return max(one, two, key=lambda e: (int(e.get("r", 0)), str(e.get("o", ""))))
+
+
 @dataclass
 class State:
     ctx: dict[str, int] = field(default_factory=dict)
@@ -67,6 +76,9 @@ class State:
             if not isinstance(path, str):
                 raise IntegrityError()
             sibs = self.paths.setdefault(path, {})
+            for moved, loc in (op.get("reloc") or {}).items():
+                if moved in sibs:
+                    sibs[moved] = newer_location(sibs[moved], {**sibs[moved], **loc})
             for old in op.get("rm", []):
                 sibs.pop(old, None)
             entry = op.get("e")
@@ -88,7 +100,9 @@ class State:
                 if dot in theirs or not covered(dot, other.ctx):
                     keep[dot] = entry
             for dot, entry in theirs.items():
-                if dot in mine or not covered(dot, self.ctx):
+                if dot in mine:
+                    keep[dot] = newer_location(mine[dot], entry)
+                elif not covered(dot, self.ctx):
                     keep[dot] = entry
             if keep:
                 self.paths[path] = keep

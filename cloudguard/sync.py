@@ -144,17 +144,26 @@ def _content_key(entry: Entry) -> tuple[Any, ...]:
     return (entry.get("t"), entry.get("h"), entry.get("l"))
 
 
-def conflict_name(path: str, when_ns: int, device: str) -> str:
+def conflict_name(path: str, when_ns: int, device: str,
+                  taken: Callable[[str], bool] = lambda _p: False) -> str:
+    """``NAME (conflict YYYY-MM-DD HHMMSS DEVICE).EXT``, numbered if that name is taken:
+    two conflicts in one second must never share, and so overwrite, one copy."""
     head, _, base = path.rpartition("/")
     stem, ext = os.path.splitext(base)
     if not stem:
         stem, ext = base, ""
     stamp = time.strftime("%Y-%m-%d %H%M%S", time.gmtime(when_ns / 1e9))
     label = "".join(c for c in device if c.isalnum() or c in "-_")[:24] or "device"
-    suffix = f" (conflict {stamp} {label}){ext}"
-    while len((stem + suffix).encode()) > 255:
-        stem = stem[:-1]
-    return f"{head}/{stem}{suffix}" if head else f"{stem}{suffix}"
+    for number in range(1, 10_000):
+        extra = f" {number}" if number > 1 else ""
+        suffix = f" (conflict {stamp} {label}{extra}){ext}"
+        short = stem
+        while len((short + suffix).encode()) > 255:
+            short = short[:-1]
+        name = f"{head}/{short}{suffix}" if head else f"{short}{suffix}"
+        if not taken(name):
+            return name
+    raise CloudguardError(f"too many conflict copies of {path}")
 
 
 def resolve_siblings(state: State, labels: dict[str, str]) -> list[dict[str, Any]]:
@@ -164,6 +173,7 @@ def resolve_siblings(state: State, labels: dict[str, str]) -> list[dict[str, Any
     the copies are identical and collapse on the next merge.
     """
     ops: list[dict[str, Any]] = []
+    chosen: set[str] = set()
     for path in sorted(state.paths):
         sibs = state.paths[path]
         if len(sibs) < 2:
@@ -180,9 +190,10 @@ def resolve_siblings(state: State, labels: dict[str, str]) -> list[dict[str, Any
                 continue
             seen.add(_content_key(entry))
             device = dot.partition(":")[0]
-            name = conflict_name(path, int(entry.get("m", 0)), labels.get(device, device[:8]))
-            if name not in state.paths:
-                ops.append({"p": name, "e": entry, "rm": []})
+            name = conflict_name(path, int(entry.get("m", 0)), labels.get(device, device[:8]),
+                                 lambda p: p in state.paths or p in chosen)
+            chosen.add(name)
+            ops.append({"p": name, "e": entry, "rm": []})
     return ops
 
 
@@ -253,7 +264,7 @@ class PullPlan:
 
 def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
               remote: dict[str, tuple[str, Entry]], hasher: Callable[[str], str],
-              device_label: str) -> PullPlan:
+              labels: dict[str, str]) -> PullPlan:
     plan = PullPlan()
     for path in sorted(set(remote) | set(index)):
         loc, row, rem = local.get(path), index.get(path), remote.get(path)
@@ -281,7 +292,10 @@ def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
         elif kind == "d" or loc.kind == "d":
             plan.skipped.append(path)
         else:
-            name = conflict_name(path, int(entry.get("m", 0)), device_label)
+            writer = dot.partition(":")[0]
+            name = conflict_name(path, int(entry.get("m", 0)), labels.get(writer, writer[:8]),
+                                 lambda p: p in local or p in remote or p in index
+                                 or p in plan.conflicts)
             plan.conflicts.append(name)
             (plan.download if kind == "f" else plan.make).append((name, dot, entry))
             plan.forget.append(path)

@@ -567,26 +567,14 @@ def _repack(s: Session) -> None:
                 path, _, dot = key.partition("\x00")
                 new_entries[(path, dot)] = {**entry, "o": new_id, "a": pos}
                 pos += data_len
-    ops = []
-    for (path, dot), entry in new_entries.items():
-        ops.append({"p": path, "e": entry, "rm": [dot]})
+    ops = [{"p": path, "reloc": {dot: {"o": new_id, "a": entry["a"],
+                                       "r": int(entry.get("r", 0)) + 1}}}
+           for (path, dot), entry in new_entries.items()]
     s.commit(ops)
     s.index.clear_pending({name})
-    _rebase_index(s, {(p, d) for p, d in new_entries})
-    s.transport.delete(sync.DATA_PREFIX + v for v in victims)
-    for v in victims:
-        s.listing.pop(sync.DATA_PREFIX + v, None)
     s.listing[name] = pos
-
-
-def _rebase_index(s: Session, moved: set[tuple[str, str]]) -> None:
-    """Index rows pointing at a dot we just replaced now point at our new dot."""
-    new_dot = mf.dot_of(s.binding.device, s.state.ctx[s.binding.device])
-    with s.index.transaction():
-        for row in s.index.rows().values():
-            if (row.path, row.dot) in moved:
-                row.dot = new_dot
-                s.index.put(row)
+    # The old packs are now unreferenced; the garbage collector deletes them after the grace
+    # period, so a concurrent push that still points at them keeps working meanwhile.
 
 
 # --- pull ---------------------------------------------------------------------------------
@@ -605,8 +593,7 @@ def _pull(s: Session) -> dict[str, Any]:
     remote = sync.view(s.state)
     local = _scan(s)
     index_rows = s.index.rows()
-    plan = sync.plan_pull(local, index_rows, remote, _hasher(s.folder),
-                          s.binding.device_name)
+    plan = sync.plan_pull(local, index_rows, remote, _hasher(s.folder), s.labels())
     failures: list[str] = []
     staged: list[tuple[sync.Staged, str, dict[str, Any]]] = []
     created: list[Path] = []
@@ -710,7 +697,7 @@ def status(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
         remote = sync.view(s.state)
         hasher = _hasher(s.folder)
         up = sync.plan_push(local, rows, remote, hasher)
-        down = sync.plan_pull(local, rows, remote, hasher, s.binding.device_name)
+        down = sync.plan_pull(local, rows, remote, hasher, s.labels())
         return {
             "folder": s.binding.folder, "remote": s.binding.remote, "vault": s.binding.vault_id,
             "device": s.binding.device, "generation": s.ring.current.number,

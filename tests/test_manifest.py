@@ -130,6 +130,20 @@ def test_identical_siblings_are_not_a_conflict() -> None:
     assert len(sync.view(state)) == 1
 
 
+def test_conflict_names_never_collide() -> None:
+    first = sync.conflict_name("a/doc.txt", 0, "dev")
+    second = sync.conflict_name("a/doc.txt", 0, "dev", lambda p: p == first)
+    assert first != second and second.endswith(" 2).txt")
+    state = mf.State()
+    for i, dev in enumerate(DEVICES):
+        state.apply_delta(dev, 1, [{"p": "x", "e": {"t": "f", "h": str(i), "m": 1}, "rm": []}])
+    state.apply_delta(DEVICES[0], 2, [{"p": sync.conflict_name("x", 1, DEVICES[1][:8]),
+                                       "e": {"t": "f", "h": "older copy", "m": 1}, "rm": []}])
+    ops = sync.resolve_siblings(state, {})
+    names = [op["p"] for op in ops]
+    assert len(names) == len(set(names)) == 3  # the winner and two new, distinct copies
+
+
 def test_conflict_name_keeps_255_bytes_and_extension() -> None:
     name = sync.conflict_name("dir/" + "é" * 120 + ".docx", 0, "dev")
     base = name.rpartition("/")[2]
@@ -174,7 +188,7 @@ def test_plan_pull_cases() -> None:
              "removed-remotely": _row("removed-remotely", "d:1")}
     remote = {"clean": ("d:2", _entry("clean", "new")), "dirty": ("d:2", _entry("dirty", "n")),
               "fresh": ("d:2", _entry("fresh")), "untracked": ("d:2", _entry("u", "other"))}
-    plan = sync.plan_pull(local, index, remote, lambda p: "h-" + p, "me")
+    plan = sync.plan_pull(local, index, remote, lambda p: "h-" + p, {"d": "me"})
     dests = sorted(d for d, _t, _e in plan.download)
     assert "clean" in dests and "fresh" in dests and "dirty" not in dests
     assert len(plan.conflicts) == 2  # dirty and untracked keep the local version
