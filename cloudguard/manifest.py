@@ -212,10 +212,7 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], keyring: KeyRin
             deps = _ctx(payload.get("deps"))
             if not state.dominates({d: s for d, s in deps.items() if d != dev}):
                 continue
-            ops = payload.get("ops")
-            if not isinstance(ops, list):
-                raise IntegrityError(f"manifest segment {found} is malformed")
-            state.apply_delta(dev, nxt, ops)
+            state.apply_delta(dev, nxt, check_ops(payload.get("ops")))
             del pending[dev][nxt]
             progress = True
     for dev, rest in pending.items():
@@ -250,12 +247,58 @@ def _ctx(raw: object) -> dict[str, int]:
     return out
 
 
+_DOT = re.compile(r"^[0-9a-f]{16}:[0-9]{1,12}$")
+_INTS = ("s", "m", "x", "a", "n", "g", "r")
+_STRS = ("h", "o", "i", "k", "l")
+
+
+def check_entry(entry: object) -> Entry:
+    """Entries come from a keyholder, but a reader still refuses anything malformed."""
+    if not isinstance(entry, dict) or entry.get("t") not in ("f", "d", "l"):
+        raise IntegrityError("manifest entry is malformed")
+    for key in _INTS:
+        value = entry.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise IntegrityError("manifest entry is malformed")
+    for key in _STRS:
+        if not isinstance(entry.get(key, ""), str):
+            raise IntegrityError("manifest entry is malformed")
+    if entry["t"] == "f" and not all(k in entry for k in ("o", "a", "n", "i", "k", "g", "h")):
+        raise IntegrityError("manifest entry is malformed")
+    return entry
+
+
+def check_ops(ops: object) -> list[dict[str, Any]]:
+    if not isinstance(ops, list):
+        raise IntegrityError("manifest delta is malformed")
+    for op in ops:
+        if not isinstance(op, dict) or not isinstance(op.get("p"), str):
+            raise IntegrityError("manifest op is malformed")
+        if op.get("e") is not None:
+            check_entry(op["e"])
+        rm = op.get("rm", [])
+        if not isinstance(rm, list) or not all(isinstance(d, str) and _DOT.match(d) for d in rm):
+            raise IntegrityError("manifest op is malformed")
+        reloc = op.get("reloc") or {}
+        if not isinstance(reloc, dict) or not all(
+                isinstance(d, str) and _DOT.match(d) and isinstance(loc, dict)
+                and set(loc) == {"o", "a", "r"} and isinstance(loc["o"], str)
+                and all(isinstance(loc[k], int) and not isinstance(loc[k], bool)
+                        and loc[k] >= 0 for k in ("a", "r"))
+                for d, loc in reloc.items()):
+            raise IntegrityError("manifest op is malformed")
+    return ops
+
+
 def _paths(raw: object) -> dict[str, Siblings]:
     if not isinstance(raw, dict):
         raise IntegrityError("manifest snapshot is malformed")
     for sibs in raw.values():
-        if not isinstance(sibs, dict) or not all(isinstance(e, dict) for e in sibs.values()):
+        if not isinstance(sibs, dict) or not all(
+                isinstance(d, str) and _DOT.match(d) for d in sibs):
             raise IntegrityError("manifest snapshot is malformed")
+        for entry in sibs.values():
+            check_entry(entry)
     return raw
 
 
