@@ -249,7 +249,7 @@ def _ctx(raw: object) -> dict[str, int]:
 
 _DOT = re.compile(r"^[0-9a-f]{16}:[0-9]{1,12}$")
 _INTS = ("s", "m", "x", "a", "n", "g", "r")
-_STRS = ("h", "o", "i", "k", "l")
+_STRS = ("h", "o", "i", "k", "l", "om")
 
 
 def check_entry(entry: object) -> Entry:
@@ -282,7 +282,8 @@ def check_ops(ops: object) -> list[dict[str, Any]]:
         reloc = op.get("reloc") or {}
         if not isinstance(reloc, dict) or not all(
                 isinstance(d, str) and _DOT.match(d) and isinstance(loc, dict)
-                and set(loc) == {"o", "a", "r"} and isinstance(loc["o"], str)
+                and set(loc) - {"om"} == {"o", "a", "r"} and isinstance(loc["o"], str)
+                and isinstance(loc.get("om", ""), str)
                 and all(isinstance(loc[k], int) and not isinstance(loc[k], bool)
                         and loc[k] >= 0 for k in ("a", "r"))
                 for d, loc in reloc.items()):

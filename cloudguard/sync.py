@@ -11,8 +11,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import queue
 import re
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -305,15 +307,39 @@ def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
 # --- executors ----------------------------------------------------------------------------
 
 
-class _Counting:
+class ObjectWriter:
+    """Counts what goes into an object and hashes it (MD5, the hash most backends keep).
+
+    The MD5 runs on a second thread (hashlib releases the GIL), so plain `verify` can compare
+    the backend's own hash without downloading, at no cost on the upload's critical path.
+    """
+
     def __init__(self, inner: IO[bytes]) -> None:
         self.inner = inner
         self.count = 0
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
+        self._thread = threading.Thread(target=self._hash, daemon=True)
+        self._thread.start()
+
+    def _hash(self) -> None:
+        while (data := self._queue.get()) is not None:
+            self._md5.update(data)
 
     def write(self, data: bytes) -> int:
         self.inner.write(data)
+        self._queue.put(data)
         self.count += len(data)
         return len(data)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def md5(self) -> str:
+        self.close()
+        return self._md5.hexdigest()
 
 
 class _ProgressReader:
@@ -362,38 +388,55 @@ def upload(folder: Path, items: list[LocalItem], transport: Transport, kek: byte
         name = DATA_PREFIX + object_id
         register(name)
         packed = len(group) > 1 or group[0].size < PACK_THRESHOLD
-        with transport.writer(name) as raw:
-            out = _Counting(raw)
-            if packed:
-                out.write(fmt.pack_header(os.urandom(16)))
-            for item in group:
-                offset = out.count
-                try:
-                    entry = _encrypt_one(folder, item, out, kek, generation, padding, progress)
-                except FileChangedError:
-                    warn(f"{item.path} changed while it was read; it will go up on the next push")
-                    result.skipped.append(item.path)
-                    if not packed:
-                        raise
-                    continue
-                except OSError as exc:
-                    warn(f"skipped {item.path}: {exc.strerror}")
-                    result.skipped.append(item.path)
-                    continue
-                entry.update({"o": object_id, "a": offset, "n": out.count - offset})
-                result.entries[item.path] = entry
-            if packed and padding:
-                filler = fmt.padme(out.count) - out.count
-                while filler > 0:
-                    step = min(filler, 1024 * 1024)
-                    out.write(os.urandom(step))
-                    filler -= step
+        entries: dict[str, Entry] = {}
+        out: ObjectWriter | None = None
+        try:
+            with transport.writer(name) as raw:
+                out = ObjectWriter(raw)
+                if packed:
+                    out.write(fmt.pack_header(os.urandom(16)))
+                for item in group:
+                    offset = out.count
+                    try:
+                        entry = _encrypt_one(folder, item, out, kek, generation, padding,
+                                             progress)
+                    except (FileChangedError, OSError) as exc:
+                        why = (exc.strerror if isinstance(exc, OSError) and exc.strerror
+                               else "it changed while it was read")
+                        warn(f"skipped {item.path}: {why}; it goes up on the next push")
+                        result.skipped.append(item.path)
+                        if not packed:
+                            raise _Abandon() from exc
+                        continue  # its partial blob stays as dead bytes in the pack
+                    entry.update({"o": object_id, "a": offset, "n": out.count - offset})
+                    entries[item.path] = entry
+                if packed and padding:
+                    filler = fmt.padme(out.count) - out.count
+                    while filler > 0:
+                        step = min(filler, 1024 * 1024)
+                        out.write(os.urandom(step))
+                        filler -= step
+        except _Abandon:
+            transport.delete([name])  # the killed upload may have left a partial object
+            continue
+        finally:
+            if out is not None:
+                out.close()
+        assert out is not None
+        digest = out.md5()
+        for entry in entries.values():
+            entry["om"] = digest
+        result.entries.update(entries)
         result.objects.append(name)
         result.bytes_out += out.count
     return result
 
 
-def _encrypt_one(folder: Path, item: LocalItem, out: _Counting, kek: bytes, generation: int,
+class _Abandon(Exception):
+    """Stops a stand-alone upload whose only file changed under us."""
+
+
+def _encrypt_one(folder: Path, item: LocalItem, out: ObjectWriter, kek: bytes, generation: int,
                  padding: bool, progress: Progress) -> Entry:
     fd = os.open(folder / item.path, os.O_RDONLY | os.O_NOFOLLOW)
     with os.fdopen(fd, "rb", buffering=0) as fh:

@@ -549,7 +549,8 @@ def _repack(s: Session) -> None:
     name = sync.DATA_PREFIX + new_id
     s.index.add_pending(name)
     new_entries: dict[tuple[str, str], dict[str, Any]] = {}
-    with s.transport.writer(name) as out:
+    with s.transport.writer(name) as raw:
+        out = sync.ObjectWriter(raw)
         pos = out.write(fmt.pack_header(os.urandom(16)))
         groups = sync.group_by_object([(f"{p}\x00{d}", e) for p, d, e in moves])
         for obj, items in groups.items():
@@ -567,7 +568,8 @@ def _repack(s: Session) -> None:
                 path, _, dot = key.partition("\x00")
                 new_entries[(path, dot)] = {**entry, "o": new_id, "a": pos}
                 pos += data_len
-    ops = [{"p": path, "reloc": {dot: {"o": new_id, "a": entry["a"],
+    digest = out.md5()
+    ops = [{"p": path, "reloc": {dot: {"o": new_id, "a": entry["a"], "om": digest,
                                        "r": int(entry.get("r", 0)) + 1}}}
            for (path, dot), entry in new_entries.items()]
     s.commit(ops)
@@ -723,14 +725,25 @@ def _verify(s: Session, read_data: bool) -> dict[str, Any]:
     failures: list[str] = []
     files = [(p, e) for p, (_d, e) in sync.view(s.state).items() if e.get("t") == "f"]
     groups = sync.group_by_object(files)
+    stored = s.transport.list(sync.DATA_PREFIX, with_hash=True)
+    hashed = 0
     for obj, items in groups.items():
-        size = s.listing.get(obj)
-        if size is None:
+        info = stored.get(obj)
+        if info is None:
             failures += [f"{p}: object {obj} is missing" for p, _e in items]
             continue
         end = max(int(e["a"]) + int(e["n"]) for _p, e in items)
-        if end > size or (len(items) == 1 and int(items[0][1]["a"]) == 0 and end != size):
+        if end > info.size or (len(items) == 1 and int(items[0][1]["a"]) == 0
+                               and end != info.size):
             failures += [f"{p}: object {obj} has the wrong size" for p, _e in items]
+            continue
+        recorded = {str(e["om"]) for _p, e in items if e.get("om")}
+        backend = info.hashes.get("md5") or info.hashes.get("MD5")
+        if backend and len(recorded) == 1:
+            hashed += 1
+            if recorded != {backend.lower()}:
+                failures += [f"{p}: object {obj} was altered (its MD5 differs from the "
+                             "manifest)" for p, _e in items]
     checked = 0
     if read_data and not failures:
         total = sum(int(e.get("s", 0)) for _p, e in files)
@@ -753,7 +766,8 @@ def _verify(s: Session, read_data: bool) -> dict[str, Any]:
     live = {sync.DATA_PREFIX + o for o in s.state.objects()}
     unreferenced = sorted(n for n in s.listing if n.startswith(sync.DATA_PREFIX) and n not in live)
     return {"files": len(files), "objects": len(groups), "read_data": read_data,
-            "authenticated": checked, "unreferenced": unreferenced, "ok": True}
+            "hash_checked": hashed, "authenticated": checked, "unreferenced": unreferenced,
+            "ok": True}
 
 
 class _Null:
@@ -897,7 +911,7 @@ def _reencrypt(s: Session, new_kek: bytes, number: int) -> None:
             name = sync.DATA_PREFIX + new_id
             s.index.add_pending(name)
             with s.transport.writer(name) as raw:
-                out = sync._Counting(raw)  # noqa: SLF001
+                out = sync.ObjectWriter(raw)
                 out.write(fmt.pack_header(os.urandom(16)))
                 for key, entry, reader, err in sync.read_blobs(s.transport, obj, items):
                     if reader is None:
@@ -915,8 +929,12 @@ def _reencrypt(s: Session, new_kek: bytes, number: int) -> None:
                     replaced[(path, dot)] = {**entry, "o": new_id, "a": offset,
                                              "n": out.count - offset, "i": new_fid.hex(),
                                              "k": fmt.b64(fmt.wrap_dek(new_kek, new_dek)),
-                                             "g": number}
+                                             "g": number, "r": 0}
                     advance(info.size)
+            digest = out.md5()
+            for (_p, _d), entry in replaced.items():
+                if entry["o"] == new_id:
+                    entry["om"] = digest
     for (path, dot), entry in replaced.items():
         s.state.paths[path][dot] = entry
     for sibs in s.state.paths.values():

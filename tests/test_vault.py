@@ -279,3 +279,25 @@ def test_rclone_override(local_remote: str, tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("CLOUDGUARD_RCLONE", str(tmp_path / "nope"))
     proc = cg_proc("init", str(tmp_path / "a"), "--remote", local_remote)
     assert proc.returncode == 2 and "CLOUDGUARD_RCLONE" in proc.stderr
+
+
+def test_verify_uses_backend_hashes_without_download(remote: str, remote_dir: Path,
+                                                     tmp_path: Path) -> None:
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "big.bin").write_bytes(os.urandom(5 * 1024 * 1024))
+    cg("init", str(a), "--remote", remote)
+    cg("push", "--folder", str(a))
+    clean = cg_json("verify", "--folder", str(a))
+    has_md5 = "webdav" not in remote
+    assert clean["hash_checked"] == (1 if has_md5 else 0)
+    (obj,) = (remote_dir / "data").iterdir()
+    data = bytearray(obj.read_bytes())
+    data[len(data) // 2] ^= 1
+    obj.write_bytes(bytes(data))
+    proc = cg_proc("verify", "--folder", str(a))
+    if has_md5:
+        assert proc.returncode == 3 and "big.bin" in proc.stderr and "MD5" in proc.stderr
+    else:
+        assert proc.returncode == 0  # no backend hash: only --read-data can tell
+    assert cg_proc("verify", "--read-data", "--folder", str(a)).returncode == 3
