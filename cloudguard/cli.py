@@ -217,6 +217,29 @@ def doctor(folder: str | None, check_remote: bool, as_json: bool) -> None:
     _run(go)
 
 
+@main.command("lock")
+@click.option("--keyring", "lock_keyring", is_flag=True,
+              help="Also lock the OS keyring (the next use asks for your login password).")
+@json_option
+def lock_cmd(lock_keyring: bool, as_json: bool) -> None:
+    """Stop the daemon, unmount every mount and drop cached keys."""
+    def go() -> None:
+        from . import lock
+
+        result = lock.lock(lock_keyring)
+        audit.record("lock", stopped=len(result["stopped"]),
+                     unmounted=len(result["unmounted"]), keyring=result["keyring_locked"])
+        _emit(result, as_json, lambda r: (
+            f"Locked: stopped {len(r['stopped'])} processes, unmounted "
+            f"{len(r['unmounted'])} folders" + (", keyring locked" if r["keyring_locked"]
+                                                 else "") + "."), always=True)
+        for problem in result["problems"]:
+            _warn(problem)
+        if result["problems"]:
+            sys.exit(1)
+    _run(go)
+
+
 @main.command("log")
 @click.option("--verify", "check", is_flag=True, help="Check the hash chain; exit 3 if broken.")
 @json_option

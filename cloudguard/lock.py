@@ -1,0 +1,92 @@
+"""`cloudguard lock`: for walking away from a workstation.
+
+Long-running cloudguard processes (the daemon, mounts) register themselves in
+``CLOUDGUARD_HOME/run/`` so that lock can find them: it unmounts every mount, stops every
+registered process, and drops the keys this process cached. With ``keyring=True`` it also
+locks the Secret Service collection, so the next use needs the user's login password.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from . import keys
+from .state import home
+
+
+def run_dir() -> Path:
+    path = home() / "run"
+    path.mkdir(exist_ok=True, mode=0o700)
+    return path
+
+
+def register(kind: str, mountpoint: str | None = None) -> Path:
+    """Called by a daemon or mount at start; the record is removed when it exits cleanly."""
+    record = run_dir() / f"{kind}-{os.getpid()}.json"
+    record.write_text(json.dumps({"pid": os.getpid(), "kind": kind, "mountpoint": mountpoint}))
+    return record
+
+
+def _is_ours(pid: int) -> bool:
+    """A pid may have been reused since it registered: only signal a cloudguard process."""
+    try:
+        return b"cloudguard" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def lock(lock_keyring: bool = False) -> dict[str, Any]:
+    stopped: list[int] = []
+    unmounted: list[str] = []
+    problems: list[str] = []
+    for record in sorted(run_dir().glob("*.json")):
+        try:
+            doc = json.loads(record.read_text())
+            pid = int(doc["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            record.unlink(missing_ok=True)
+            continue
+        mountpoint = doc.get("mountpoint")
+        if mountpoint:
+            proc = subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)],
+                                  capture_output=True, check=False)
+            if proc.returncode == 0:
+                unmounted.append(str(mountpoint))
+            elif os.path.ismount(str(mountpoint)):
+                problems.append(f"cannot unmount {mountpoint}: "
+                                f"{proc.stderr.decode(errors='replace').strip()}")
+        if _is_ours(pid):
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(50):
+                if not _is_ours(pid):
+                    break
+                time.sleep(0.1)
+            else:
+                os.kill(pid, signal.SIGKILL)
+            stopped.append(pid)
+        record.unlink(missing_ok=True)
+    keys.drop_cached_keys()
+    locked = False
+    if lock_keyring:
+        locked = _lock_secret_service(problems)
+    return {"stopped": stopped, "unmounted": unmounted, "keyring_locked": locked,
+            "problems": problems}
+
+
+def _lock_secret_service(problems: list[str]) -> bool:
+    try:
+        import secretstorage
+
+        with secretstorage.dbus_init() as conn:
+            collection = secretstorage.get_default_collection(conn)
+            collection.lock()
+            return bool(collection.is_locked())
+    except Exception as exc:  # noqa: BLE001 - any D-Bus failure is reported, not fatal
+        problems.append(f"cannot lock the Secret Service: {exc}")
+        return False
