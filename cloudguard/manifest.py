@@ -17,6 +17,7 @@ Why this shape (docs/design.md, "Manifest"):
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -61,7 +62,8 @@ def newer_location(one: Entry, two: Entry) -> Entry:
     A max-register, so the result is the same in any order and on every device. Ties (two
     devices repacking at once) go to the higher object id; the loser becomes garbage.
     """
-    return max(one, two, key=lambda e: (int(e.get("r", 0)), str(e.get("o", ""))))
+    return max(one, two, key=lambda e: (int(e.get("r", 0)), str(e.get("o", "")),
+                                        json.dumps(e, sort_keys=True)))
 
 
 @dataclass
@@ -248,8 +250,9 @@ def _ctx(raw: object) -> dict[str, int]:
 
 
 _DOT = re.compile(r"^[0-9a-f]{16}:[0-9]{1,12}$")
-_INTS = ("s", "m", "x", "a", "n", "g", "r")
+_INTS = ("s", "x", "a", "n", "g", "r")
 _STRS = ("h", "o", "i", "k", "l", "om")
+_OBJECT_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def check_entry(entry: object) -> Entry:
@@ -260,9 +263,14 @@ def check_entry(entry: object) -> Entry:
         value = entry.get(key, 0)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise IntegrityError("manifest entry is malformed")
+    mtime = entry.get("m", 0)  # may be negative: files from before 1970 exist
+    if not isinstance(mtime, int) or isinstance(mtime, bool):
+        raise IntegrityError("manifest entry is malformed")
     for key in _STRS:
         if not isinstance(entry.get(key, ""), str):
             raise IntegrityError("manifest entry is malformed")
+    if "o" in entry and not _OBJECT_ID.match(entry["o"]):
+        raise IntegrityError("manifest entry names an invalid object")
     if entry["t"] == "f" and not all(k in entry for k in ("o", "a", "n", "i", "k", "g", "h")):
         raise IntegrityError("manifest entry is malformed")
     return entry
@@ -283,6 +291,7 @@ def check_ops(ops: object) -> list[dict[str, Any]]:
         if not isinstance(reloc, dict) or not all(
                 isinstance(d, str) and _DOT.match(d) and isinstance(loc, dict)
                 and set(loc) - {"om"} == {"o", "a", "r"} and isinstance(loc["o"], str)
+                and _OBJECT_ID.match(loc["o"]) is not None
                 and isinstance(loc.get("om", ""), str)
                 and all(isinstance(loc[k], int) and not isinstance(loc[k], bool)
                         and loc[k] >= 0 for k in ("a", "r"))

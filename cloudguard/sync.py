@@ -146,13 +146,19 @@ def _content_key(entry: Entry) -> tuple[Any, ...]:
     return (entry.get("t"), entry.get("h"), entry.get("l"))
 
 
+def dot_key(dot: str) -> tuple[int, str]:
+    """Dots order by sequence number, then device: "d:10" comes after "d:9"."""
+    device, _, seq = dot.partition(":")
+    return int(seq), device
+
+
 def conflict_name(path: str, when_ns: int, device: str,
                   taken: Callable[[str], bool] = lambda _p: False) -> str:
     """``NAME (conflict YYYY-MM-DD HHMMSS DEVICE).EXT``, numbered if that name is taken:
     two conflicts in one second must never share, and so overwrite, one copy."""
     head, _, base = path.rpartition("/")
     stem, ext = os.path.splitext(base)
-    if not stem:
+    if not stem or len(ext.encode()) > 64:  # a huge "extension" is just part of the name
         stem, ext = base, ""
     stamp = time.strftime("%Y-%m-%d %H%M%S", time.gmtime(when_ns / 1e9))
     label = "".join(c for c in device if c.isalnum() or c in "-_")[:24] or "device"
@@ -183,7 +189,7 @@ def resolve_siblings(state: State, labels: dict[str, str]) -> list[dict[str, Any
         distinct = {_content_key(e) for e in sibs.values()}
         if len(distinct) < 2:
             continue
-        order = sorted(sibs.items(), key=lambda kv: (kv[1].get("m", 0), kv[0]))
+        order = sorted(sibs.items(), key=lambda kv: (kv[1].get("m", 0), dot_key(kv[0])))
         winner_dot, winner = order[-1]
         ops.append({"p": path, "e": winner, "rm": sorted(sibs)})
         seen = {_content_key(winner)}
@@ -204,7 +210,7 @@ def view(state: State) -> dict[str, tuple[str, Entry]]:
     out: dict[str, tuple[str, Entry]] = {}
     for path, sibs in state.paths.items():
         check_rel_path(path)
-        dot = max(sibs, key=lambda d: (int(d.partition(":")[2]), d))
+        dot = max(sibs, key=dot_key)
         out[path] = (dot, sibs[dot])
     return out
 
@@ -411,11 +417,7 @@ def upload(folder: Path, items: list[LocalItem], transport: Transport, kek: byte
                     entry.update({"o": object_id, "a": offset, "n": out.count - offset})
                     entries[item.path] = entry
                 if packed and padding:
-                    filler = fmt.padme(out.count) - out.count
-                    while filler > 0:
-                        step = min(filler, 1024 * 1024)
-                        out.write(os.urandom(step))
-                        filler -= step
+                    write_filler(out)
         except _Abandon:
             transport.delete([name])  # the killed upload may have left a partial object
             continue
@@ -430,6 +432,15 @@ def upload(folder: Path, items: list[LocalItem], transport: Transport, kek: byte
         result.objects.append(name)
         result.bytes_out += out.count
     return result
+
+
+def write_filler(out: ObjectWriter) -> None:
+    """Random bytes up to padme(size): a pack's size says no more than a file's does."""
+    filler = fmt.padme(out.count) - out.count
+    while filler > 0:
+        step = min(filler, 1024 * 1024)
+        out.write(os.urandom(step))
+        filler -= step
 
 
 class _Abandon(Exception):

@@ -568,6 +568,9 @@ def _repack(s: Session) -> None:
                 path, _, dot = key.partition("\x00")
                 new_entries[(path, dot)] = {**entry, "o": new_id, "a": pos}
                 pos += data_len
+        if s.binding.padding != "none":
+            sync.write_filler(out)
+            pos = out.count
     digest = out.md5()
     ops = [{"p": path, "reloc": {dot: {"o": new_id, "a": entry["a"], "om": digest,
                                        "r": int(entry.get("r", 0)) + 1}}}
@@ -912,7 +915,9 @@ def _reencrypt(s: Session, new_kek: bytes, number: int) -> None:
             s.index.add_pending(name)
             with s.transport.writer(name) as raw:
                 out = sync.ObjectWriter(raw)
-                out.write(fmt.pack_header(os.urandom(16)))
+                packed = len(items) > 1 or int(items[0][1]["a"]) != 0
+                if packed:
+                    out.write(fmt.pack_header(os.urandom(16)))
                 for key, entry, reader, err in sync.read_blobs(s.transport, obj, items):
                     if reader is None:
                         raise IntegrityError(f"{key.partition(chr(0))[0]}: {err}")
@@ -929,8 +934,10 @@ def _reencrypt(s: Session, new_kek: bytes, number: int) -> None:
                     replaced[(path, dot)] = {**entry, "o": new_id, "a": offset,
                                              "n": out.count - offset, "i": new_fid.hex(),
                                              "k": fmt.b64(fmt.wrap_dek(new_kek, new_dek)),
-                                             "g": number, "r": 0}
+                                             "g": number, "r": int(entry.get("r", 0)) + 1}
                     advance(info.size)
+                if packed and padding:
+                    sync.write_filler(out)
             digest = out.md5()
             for (_p, _d), entry in replaced.items():
                 if entry["o"] == new_id:

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from helpers import cg, cg_json, cg_proc, stored, tree
 
+from cloudguard.vault import _KNOWN
+
 HOSTILE = [
     "$(touch INJECTED).docx",
     "`touch INJECTED2`.txt",
@@ -69,7 +71,7 @@ def test_remote_sees_only_random_names(local_remote: str, tmp_path: Path) -> Non
     cg("push", "--folder", str(a))
     objects = stored(Path(local_remote))
     for name, data in objects.items():
-        assert "secret" not in name and "d29" not in name and ".txt" not in name
+        assert _KNOWN.match(name), name  # fixed prefixes and random or numeric ids only
         assert secret not in data and b"secret-name" not in data
     names = {n.split("/")[0] for n in objects}
     assert names <= {"cloudguard.json", "keys", "m", "data"}
@@ -301,3 +303,24 @@ def test_verify_uses_backend_hashes_without_download(remote: str, remote_dir: Pa
     else:
         assert proc.returncode == 0  # no backend hash: only --read-data can tell
     assert cg_proc("verify", "--read-data", "--folder", str(a)).returncode == 3
+
+
+def test_files_from_before_1970_and_odd_extensions(local_remote: str, tmp_path: Path) -> None:
+    a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
+    a.mkdir()
+    old = a / "ancient.txt"
+    old.write_text("from 1969")
+    os.utime(old, ns=(-86_400_000_000_000, -86_400_000_000_000))
+    long_ext = a / ("x." + "e" * 250)
+    long_ext.write_text("v1")
+    cg("init", str(a), "--remote", local_remote)
+    cg("push", "--folder", str(a))
+    cg("key", "export", str(kit), "--folder", str(a))
+    cg("clone", local_remote, str(b), "--key-file", str(kit))
+    assert tree(a) == tree(b)
+    long_ext.write_text("edit on a")
+    (b / long_ext.name).write_text("edit on b")
+    cg("push", "--folder", str(a))
+    pulled = cg_json("pull", "--folder", str(b))
+    assert len(pulled["conflicts"]) == 1
+    assert len(pulled["conflicts"][0].encode()) <= 255
