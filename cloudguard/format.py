@@ -9,6 +9,7 @@ bytes against tests/vectors.json. Every authentication or parse failure raises t
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -262,14 +263,20 @@ def pack_header(pack_id: bytes) -> bytes:
 # --- DEK wrapping -------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=64)
+def _dek_wrap_key(kek: bytes) -> bytes:
+    """Derived once per KEK: a rotation re-wraps every DEK of the vault."""
+    return _hkdf(kek, b"cloudguard/v1/dek-wrap")
+
+
 def wrap_dek(kek: bytes, dek: bytes) -> bytes:
     """AES-KW (RFC 3394) under a KEK-derived key, so re-wrapping never touches content."""
-    return aes_key_wrap(_hkdf(kek, b"cloudguard/v1/dek-wrap"), dek)
+    return aes_key_wrap(_dek_wrap_key(kek), dek)
 
 
 def unwrap_dek(kek: bytes, wrapped: bytes) -> bytes:
     try:
-        return aes_key_unwrap(_hkdf(kek, b"cloudguard/v1/dek-wrap"), wrapped)
+        return aes_key_unwrap(_dek_wrap_key(kek), wrapped)
     except (InvalidUnwrap, ValueError) as exc:
         raise IntegrityError() from exc
 
