@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +28,6 @@ from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap
 from . import format as fmt
 from .errors import CloudguardError, IntegrityError, KeyStoreError, UsageError
 from .state import write_private
-from .transport import Transport
 
 SERVICE = "cloudguard"
 KEYS_PREFIX = "keys/"
@@ -390,16 +390,15 @@ class KeyRing:
         return out
 
 
-def load_keyring(transport: Transport, vault_id: str, rid: str, priv: X25519PrivateKey,
-                 trusted: dict[int, str], listing: dict[str, Any] | None = None) -> KeyRing:
+def load_keyring(fetch: Callable[[str], bytes], listing: Iterable[str], vault_id: str, rid: str,
+                 priv: X25519PrivateKey, trusted: dict[int, str]) -> KeyRing:
     """Open every generation we hold a slot in and check the chain between them.
 
     ``trusted`` maps generation -> KEK commitment this device accepted before; a changed
     commitment or a missing newer generation is an attack (rollback or substitution).
     """
-    names = listing if listing is not None else transport.list(KEYS_PREFIX)
     numbers: list[int] = []
-    for name in names:
+    for name in listing:
         tail = name[len(KEYS_PREFIX):]
         if name.startswith(KEYS_PREFIX) and tail.isdigit() and len(tail) == 8:
             numbers.append(int(tail))
@@ -409,8 +408,7 @@ def load_keyring(transport: Transport, vault_id: str, rid: str, priv: X25519Priv
                              "the remote was rolled back or keys were deleted")
     opened: dict[int, OpenedGeneration] = {}
     for number in numbers:
-        got = open_generation(vault_id, number, transport.get_bytes(keys_name(number)), rid, priv,
-                              None)
+        got = open_generation(vault_id, number, fetch(keys_name(number)), rid, priv, None)
         if got is not None:
             opened[number] = got
     if not opened:

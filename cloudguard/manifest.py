@@ -144,6 +144,12 @@ class SegmentCache:
     def path(self, name: str) -> Path:
         return self.root / name.replace("/", "_")
 
+    def has(self, name: str, size: int) -> bool:
+        try:
+            return self.path(name).stat().st_size == size
+        except OSError:
+            return False
+
     def get(self, name: str, size: int) -> bytes | None:
         path = self.path(name)
         try:

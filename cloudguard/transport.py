@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Protocol
 
 from .errors import IntegrityError, TransportError, UsageError
@@ -49,6 +50,8 @@ class Transport(Protocol):
     def get_bytes(self, name: str) -> bytes: ...
 
     def delete(self, names: Iterable[str]) -> None: ...
+
+    def get_many(self, names: Iterable[str]) -> dict[str, bytes]: ...
 
 
 def rclone_binary() -> str:
@@ -184,6 +187,32 @@ class RcloneTransport:
 
     def get_bytes(self, name: str) -> bytes:
         return self._run(self._cmd("cat", self._target(name)), f"downloading {name}").stdout
+
+    def get_many(self, names: Iterable[str]) -> dict[str, bytes]:
+        """Small objects (descriptor, key slots, segments) in one rclone process, not one each.
+
+        Objects that did not arrive are simply absent; the caller fetches them one by one and
+        gets the proper error.
+        """
+        wanted = sorted(set(names))
+        if len(wanted) <= 1:
+            return {}
+        out: dict[str, bytes] = {}
+        with tempfile.TemporaryDirectory(prefix="cloudguard-fetch-") as tmp, \
+                tempfile.NamedTemporaryFile("w", suffix=".lst", encoding="utf-8") as fh:
+            fh.write("\n".join(wanted) + "\n")
+            fh.flush()
+            try:
+                self._run(self._cmd("copy", "--files-from-raw", fh.name, "--no-traverse",
+                                    "--no-check-dest", self.remote, tmp), "fetching metadata")
+            except TransportError:
+                return {}
+            for name in wanted:
+                try:
+                    out[name] = (Path(tmp) / name).read_bytes()
+                except OSError:
+                    continue
+        return out
 
     def delete(self, names: Iterable[str]) -> None:
         listed = sorted(set(names))

@@ -230,21 +230,22 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
     for attempt in range(3):
         try:
             listing = {n: o.size for n, o in transport.list().items()}
-            raw = listing_descriptor(transport, listing, binding.remote)
+            cache = mf.SegmentCache(cache_dir)
+            fetch = _prefetch(transport, listing, cache)
+            raw = listing_descriptor(fetch, listing, binding.remote)
             doc = parse_descriptor(raw, binding.remote)
             if doc["vault"] != binding.vault_id:
                 raise IntegrityError(f"{binding.remote} holds vault {doc['vault']}, not "
                                      f"{binding.vault_id}: the vault was swapped")
             trusted = {int(k): v for k, v in index.get_meta("trusted", {}).items()}
-            ring = keymod.load_keyring(transport, binding.vault_id, binding.device, priv,
-                                       trusted, listing)
+            ring = keymod.load_keyring(fetch, listing, binding.vault_id, binding.device, priv,
+                                       trusted)
             if ring.current.descriptor != descriptor_hash(raw):
                 raise IntegrityError(f"{binding.remote}/{DESCRIPTOR} was altered")
             _recover_torn_segment(index, transport, listing, ring)
             seen = index.get_meta("seen", {})
-            cache = mf.SegmentCache(cache_dir)
             segs = {n: s for n, s in listing.items() if n.startswith(mf.PREFIX)}
-            loaded = mf.load(segs, transport.get_bytes, ring, binding.device, seen, cache)
+            loaded = mf.load(segs, fetch, ring, binding.device, seen, cache)
             break
         except MissingObject:
             if attempt == 2:
@@ -259,11 +260,25 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
     return Session(binding, transport, index, priv, ring, loaded, listing, ui)
 
 
-def listing_descriptor(transport: Transport, listing: dict[str, int], remote: str) -> bytes:
+def listing_descriptor(fetch: Callable[[str], bytes], listing: dict[str, int], remote: str
+                       ) -> bytes:
     if DESCRIPTOR not in listing:
         raise IntegrityError(f"{remote}: the vault descriptor {DESCRIPTOR} is missing (wrong "
                              "remote, or it was deleted)")
-    return transport.get_bytes(DESCRIPTOR)
+    return fetch(DESCRIPTOR)
+
+
+def _prefetch(transport: Transport, listing: dict[str, int], cache: mf.SegmentCache
+              ) -> Callable[[str], bytes]:
+    """Fetch the descriptor, key slots and uncached segments in one go; serve them once."""
+    wanted = [n for n in listing if n == DESCRIPTOR or n.startswith(keymod.KEYS_PREFIX)
+              or (n.startswith(mf.PREFIX) and not cache.has(n, listing[n]))]
+    got = transport.get_many(wanted)
+
+    def fetch(name: str) -> bytes:
+        data = got.pop(name, None)
+        return data if data is not None else transport.get_bytes(name)
+    return fetch
 
 
 # --- init and clone -----------------------------------------------------------------------
@@ -345,7 +360,7 @@ def _clone(remote: str, path: Path, kit: str | None, name: str | None, ui: UI | 
            made: list[Binding]) -> dict[str, Any]:
     transport = RcloneTransport(remote)
     listing = {n: o.size for n, o in transport.list().items()}
-    raw = listing_descriptor(transport, listing, transport.remote)
+    raw = listing_descriptor(transport.get_bytes, listing, transport.remote)
     doc = parse_descriptor(raw, transport.remote)
     vault_id = str(doc["vault"])
     binding = _new_binding(path, transport.remote, vault_id, str(doc.get("padding", "padme")),
@@ -366,7 +381,7 @@ def _clone(remote: str, path: Path, kit: str | None, name: str | None, ui: UI | 
         f"recovery kit {kit}"))
     if kit_vault != vault_id:
         raise UsageError(f"{kit} belongs to vault {kit_vault}, not {vault_id}")
-    ring = keymod.load_keyring(transport, vault_id, kit_rid, kit_priv, {}, listing)
+    ring = keymod.load_keyring(transport.get_bytes, listing, vault_id, kit_rid, kit_priv, {})
     if ring.current.descriptor != descriptor_hash(raw):
         raise IntegrityError(f"{transport.remote}/{DESCRIPTOR} was altered")
     _add_member(transport, vault_id, ring, me)
@@ -512,8 +527,10 @@ def _maintain(s: Session) -> None:
     """Compaction, repacking and garbage collection after a successful commit."""
     if s.loaded.deltas >= COMPACT_AFTER:
         s.snapshot()
-    _repack(s)
-    live = {sync.DATA_PREFIX + o for o in s.state.objects()}
+    objects = s.state.objects()
+    if _repack(s, objects):
+        objects = s.state.objects()
+    live = {sync.DATA_PREFIX + o for o in objects}
     stored = {n for n in s.listing if n.startswith(sync.DATA_PREFIX)}
     mine = s.index.pending()
     now = time.time()
@@ -526,9 +543,8 @@ def _maintain(s: Session) -> None:
         s.index.set_orphans({n: t for n, t in orphans.items() if n not in doomed})
 
 
-def _repack(s: Session) -> None:
+def _repack(s: Session, objects: dict[str, list[dict[str, Any]]]) -> bool:
     """Copy live blobs of mostly-dead packs, as they are, into a fresh pack."""
-    objects = s.state.objects()
     victims: list[str] = []
     for object_id, entries in objects.items():
         name = sync.DATA_PREFIX + object_id
@@ -539,7 +555,7 @@ def _repack(s: Session) -> None:
         if live < REPACK_BELOW * size:
             victims.append(object_id)
     if not victims:
-        return
+        return False
     moves: list[tuple[str, str, dict[str, Any]]] = []  # (path, dot, entry)
     for path, sibs in s.state.paths.items():
         for dot, entry in sibs.items():
@@ -580,6 +596,7 @@ def _repack(s: Session) -> None:
     s.listing[name] = pos
     # The old packs are now unreferenced; the garbage collector deletes them after the grace
     # period, so a concurrent push that still points at them keeps working meanwhile.
+    return True
 
 
 # --- pull ---------------------------------------------------------------------------------
