@@ -384,21 +384,33 @@ def pack_groups(items: list[LocalItem]) -> list[list[LocalItem]]:
     return groups + large
 
 
-def upload(folder: Path, items: list[LocalItem], transport: Transport, kek: bytes,
+SPOOL_FLUSH = 256 * 1024 * 1024  # spooled ciphertext handed to rclone in one process
+
+
+def upload(folder: Path, items: list[LocalItem], transport: Transport, spool: Path, kek: bytes,
            generation: int, padding: bool, register: Callable[[str], None],
            warn: Callable[[str], None], progress: Progress = _no_progress) -> Uploaded:
-    """Encrypt and upload; each object is registered as pending before its first byte leaves."""
+    """Encrypt into spool files (ciphertext only), then let rclone move them in batches.
+
+    A spool file rather than a pipe: rclone can retry a file and knows its size (multipart
+    uploads), one process moves many objects, and on the same filesystem a local remote
+    receives it by rename. Each object is registered as pending before it is written.
+    """
     result = Uploaded({}, [], [], 0)
+    spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+    batch: list[str] = []
+    batch_bytes = 0
     for group in pack_groups(items):
         object_id = fmt.new_object_id()
-        name = DATA_PREFIX + object_id
-        register(name)
+        register(DATA_PREFIX + object_id)
         packed = len(group) > 1 or group[0].size < PACK_THRESHOLD
         entries: dict[str, Entry] = {}
-        out: ObjectWriter | None = None
-        try:
-            with transport.writer(name) as raw:
-                out = ObjectWriter(raw)
+        path = spool / object_id
+        abandoned = False
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb", buffering=1024 * 1024) as raw:
+            out = ObjectWriter(raw)
+            try:
                 if packed:
                     out.write(fmt.pack_header(os.urandom(16)))
                 for item in group:
@@ -411,26 +423,30 @@ def upload(folder: Path, items: list[LocalItem], transport: Transport, kek: byte
                                else "it changed while it was read")
                         warn(f"skipped {item.path}: {why}; it goes up on the next push")
                         result.skipped.append(item.path)
-                        if not packed:
-                            raise _Abandon() from exc
-                        continue  # its partial blob stays as dead bytes in the pack
+                        abandoned = not packed
+                        continue  # in a pack, its partial blob stays as dead bytes
                     entry.update({"o": object_id, "a": offset, "n": out.count - offset})
                     entries[item.path] = entry
                 if packed and padding:
                     write_filler(out)
-        except _Abandon:
-            transport.delete([name])  # the killed upload may have left a partial object
-            continue
-        finally:
-            if out is not None:
+            finally:
                 out.close()
-        assert out is not None
+        if abandoned or not entries:
+            path.unlink()
+            continue
         digest = out.md5()
         for entry in entries.values():
             entry["om"] = digest
         result.entries.update(entries)
-        result.objects.append(name)
+        result.objects.append(DATA_PREFIX + object_id)
         result.bytes_out += out.count
+        batch.append(object_id)
+        batch_bytes += out.count
+        if batch_bytes >= SPOOL_FLUSH:
+            transport.put_files(spool, batch, DATA_PREFIX)
+            batch, batch_bytes = [], 0
+    if batch:
+        transport.put_files(spool, batch, DATA_PREFIX)
     return result
 
 
@@ -441,10 +457,6 @@ def write_filler(out: ObjectWriter) -> None:
         step = min(filler, 1024 * 1024)
         out.write(os.urandom(step))
         filler -= step
-
-
-class _Abandon(Exception):
-    """Stops a stand-alone upload whose only file changed under us."""
 
 
 def _encrypt_one(folder: Path, item: LocalItem, out: ObjectWriter, kek: bytes, generation: int,

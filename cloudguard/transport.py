@@ -17,7 +17,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +52,8 @@ class Transport(Protocol):
     def delete(self, names: Iterable[str]) -> None: ...
 
     def get_many(self, names: Iterable[str]) -> dict[str, bytes]: ...
+
+    def put_files(self, folder: Path, names: Sequence[str], prefix: str) -> None: ...
 
 
 def rclone_binary() -> str:
@@ -213,6 +215,17 @@ class RcloneTransport:
                 except OSError:
                     continue
         return out
+
+    def put_files(self, folder: Path, names: Sequence[str], prefix: str) -> None:
+        """Move spooled files ``folder/<name>`` to ``<prefix><name>`` in one rclone process."""
+        with tempfile.NamedTemporaryFile("w", suffix=".lst", encoding="utf-8") as fh:
+            fh.write("\n".join(names) + "\n")
+            fh.flush()
+            self._run(self._cmd("move", "--files-from-raw", fh.name, "--no-traverse",
+                                str(folder), self._target(prefix.rstrip("/"))),
+                      f"uploading {len(names)} objects")
+        for name in names:  # rclone removes what it moved; never leave ciphertext behind
+            (folder / name).unlink(missing_ok=True)
 
     def delete(self, names: Iterable[str]) -> None:
         listed = sorted(set(names))

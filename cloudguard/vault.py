@@ -471,8 +471,9 @@ def _push(s: Session, dry_run: bool) -> dict[str, Any]:
     gen = s.ring.current
     total = sum(i.size for i in plan.upload)
     with s.ui.progress("push", total) as advance:
-        up = sync.upload(s.folder, plan.upload, s.transport, gen.kek, gen.number,
-                         s.binding.padding != "none", s.index.add_pending, s.ui.warn, advance)
+        up = sync.upload(s.folder, plan.upload, s.transport, s.binding.dir / "spool", gen.kek,
+                         gen.number, s.binding.padding != "none", s.index.add_pending,
+                         s.ui.warn, advance)
     ops: list[dict[str, Any]] = []
     for item in plan.upload:
         if item.path in up.entries:
@@ -514,7 +515,9 @@ def _push(s: Session, dry_run: bool) -> dict[str, Any]:
 
 
 def _collect_pending(s: Session) -> None:
-    """Objects we uploaded in a run that crashed before its commit are garbage: delete them."""
+    """Objects we uploaded in a run that crashed before its commit are garbage: delete them,
+    and the spool files such a run left behind."""
+    shutil.rmtree(s.binding.dir / "spool", ignore_errors=True)
     live = {sync.DATA_PREFIX + o for o in s.state.objects()}
     stale = s.index.pending() - live
     if stale:
