@@ -219,6 +219,12 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], keyring: KeyRin
             if found is None:
                 continue
             payload = open_named(found)
+            for kind in ("d", "s"):  # the writer's own previous segment, if we opened it
+                before = heads_hash.get(segment_name(dev, nxt - 1, kind))
+                if before is not None and payload.get("prev") not in (None, before):
+                    raise IntegrityError(f"manifest segment {found} does not follow "
+                                         f"{segment_name(dev, nxt - 1, kind)}: a segment was "
+                                         "replaced")
             deps = _ctx(payload.get("deps"))
             if not state.dominates({d: s for d, s in deps.items() if d != dev}):
                 continue
