@@ -1,0 +1,39 @@
+"""A short crash-consistency campaign: about a dozen SIGKILLs across push, pull and both kinds
+of key rotation, each followed by a completion run and the full invariant checks (verify,
+a second device's tree, a fresh clone at the end, temp files, plaintext markers).
+
+The full campaign is ``python scripts/crash_campaign.py`` (200 kills by default).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+import crash_campaign as cc  # noqa: E402
+
+
+def test_short_crash_campaign(tmp_path: Path) -> None:
+    config = cc.Config(
+        kills=12,
+        seed=20240611,
+        ops=cc.OPS,
+        workdir=tmp_path / "campaign",
+        small_files=16,
+        large_files=1,
+        clone_every=1000,  # a fresh clone in the last round only
+        mutate_before=("push", "pull"),
+        lean_calibration=True,
+        final_gc_check=False,
+        audit_every=1000,  # the audit log check in the last round only
+        lanes=2,  # two vaults side by side: one per core
+        quiet=True,
+    )
+    report = cc.Campaign(config).run()
+    summary = report.render()
+    assert not report.failures, summary
+    assert report.total_kills >= 12, summary
+    for op in cc.OPS:
+        assert sum(report.kills.get(op, {}).values()) >= 1, summary
