@@ -355,7 +355,10 @@ class Tools:
                             self.scratch / "crypt")
 
     def cloudguard_env(self, home: Path) -> dict[str, str]:
-        env = {**self.env, "CLOUDGUARD_HOME": str(home), "CLOUDGUARD_KEYSTORE": "file",
+        # file (default): the headless fallback, scrypt on every command; keyring: what a
+        # workstation has (run under a Secret Service, e.g. scripts/test.sh's dbus session)
+        keystore = os.environ.get("CLOUDGUARD_BENCH_KEYSTORE", "file")
+        env = {**self.env, "CLOUDGUARD_HOME": str(home), "CLOUDGUARD_KEYSTORE": keystore,
                "CLOUDGUARD_PASSPHRASE": PASSPHRASE}
         if self.pythonpath is not None:
             env["PYTHONPATH"] = os.pathsep.join(
@@ -916,8 +919,10 @@ def render(results: list[Result], info: dict[str, str], cfg: Config, probe_mib: 
               "the remote folder (or the WebDAV server's root), from listings before and "
               "after. **CPU (tree)** is user + system time of the command and its reaped "
               "descendants (median): unlike wall time, it barely depends on what else runs "
-              "on the machine. cloudguard uses the file keystore "
-              "(`CLOUDGUARD_KEYSTORE=file`, default scrypt cost) and the same rclone binary "
+              "on the machine. cloudguard uses the "
+              f"`{os.environ.get('CLOUDGUARD_BENCH_KEYSTORE', 'file')}` keystore "
+              "(file: scrypt at default cost on every command; keyring: a real Secret "
+              "Service) and the same rclone binary "
               "as the rclone rows. Before each timed run the script calls `sync` so earlier "
               "writeback does not leak into it; the page cache is warm for every tool alike. "
               "**Other load** is the highest, over a row's runs, of the CPUs kept busy by "
