@@ -888,6 +888,7 @@ def _rotate(s: Session, reencrypt: bool, remove: str | None) -> dict[str, Any]:
     objects, then the snapshot that commits, then deletions.
     """
     _resolve(s)
+    _collect_pending(s)  # objects of an earlier run that was killed before its commit
     old = s.ring.current
     new_kek = os.urandom(32)
     number = max(s.ring.all_keks()) + 1
