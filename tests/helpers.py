@@ -26,6 +26,15 @@ def cg_json(*args: str, code: int = 0) -> Any:
     return json.loads(cg(*args, "--json", code=code).stdout)
 
 
+def share(remote: str, a: Path, b: Path, kit: Path, names: tuple[str, str] | None = None
+          ) -> None:
+    """Device A makes the vault and pushes; device B joins with A's recovery kit and pulls."""
+    cg("init", str(a), "--remote", remote, *(["--name", names[0]] if names else []))
+    cg("push", "--folder", str(a))
+    cg("key", "export", str(kit), "--folder", str(a))
+    cg("clone", remote, str(b), "--key-file", str(kit), *(["--name", names[1]] if names else []))
+
+
 def cg_proc(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run the real console entry point, for exit codes and stdout as users see them."""
     return subprocess.run([sys.executable, "-m", "cloudguard", *args], capture_output=True,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import _BACKING
-from helpers import cg, cg_proc, data_objects, tree
+from helpers import cg, cg_proc, data_objects, share, tree
 
 from cloudguard import format as fmt
 
@@ -30,10 +30,7 @@ def scenario(remote: str, tmp_path: Path) -> tuple[Path, Path]:
     (a / "big.bin").write_bytes(os.urandom(BIG))
     (a / "big2.bin").write_bytes(os.urandom(BIG))
     (a / "small.txt").write_text("small v1")
-    cg("init", str(a), "--remote", remote)
-    cg("push", "--folder", str(a))
-    cg("key", "export", str(kit), "--folder", str(a))
-    cg("clone", remote, str(b), "--key-file", str(kit))
+    share(remote, a, b, kit)
     return a, b
 
 

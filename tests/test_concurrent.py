@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import cg, tree
+from helpers import cg, share, tree
 
 ROUNDS = int(os.environ.get("CLOUDGUARD_CONCURRENT_ROUNDS", "20"))
 
@@ -38,10 +38,7 @@ def test_concurrent_devices_never_lose_an_update(local_remote: str, tmp_path: Pa
     (a / "shared.txt").write_text("base")
     (a / "a-file-0.txt").write_text("a rename chain 0")
     (a / "b-file-0.txt").write_text("b rename chain 0")
-    cg("init", str(a), "--remote", local_remote)
-    cg("push", "--folder", str(a))
-    cg("key", "export", str(kit), "--folder", str(a))
-    cg("clone", local_remote, str(b), "--key-file", str(kit))
+    share(local_remote, a, b, kit)
     kept: set[str] = set()  # new files and conflict copies: must survive to the end
     for rnd in range(1, ROUNDS + 1):
         written: set[str] = set()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import keyring
 import pytest
-from helpers import cg, cg_json, cg_proc, stored, tree
+from helpers import cg, cg_json, cg_proc, share, stored, tree
 
 from cloudguard import keys
 from cloudguard.errors import KeyStoreError
@@ -18,10 +18,7 @@ def setup_two(remote: str, tmp_path: Path) -> tuple[Path, Path, Path]:
     a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
     a.mkdir()
     (a / "doc.txt").write_text("first")
-    cg("init", str(a), "--remote", remote, "--name", "laptop-a")
-    cg("push", "--folder", str(a))
-    cg("key", "export", str(kit), "--folder", str(a))
-    cg("clone", remote, str(b), "--key-file", str(kit), "--name", "desk-b")
+    share(remote, a, b, kit, ("laptop-a", "desk-b"))
     return a, b, kit
 
 

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import cg, cg_json, cg_proc, stored, tree
+from helpers import cg, cg_json, cg_proc, share, stored, tree
 
 from cloudguard.vault import _KNOWN
 
@@ -137,10 +137,7 @@ def test_conflicts_keep_both_versions(local_remote: str, tmp_path: Path) -> None
     a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
     a.mkdir()
     (a / "doc.txt").write_text("base")
-    cg("init", str(a), "--remote", local_remote)
-    cg("push", "--folder", str(a))
-    cg("key", "export", str(kit), "--folder", str(a))
-    cg("clone", local_remote, str(b), "--key-file", str(kit))
+    share(local_remote, a, b, kit)
     (a / "doc.txt").write_text("edit from a")
     (b / "doc.txt").write_text("edit from b, longer")
     cg("push", "--folder", str(a))
@@ -160,10 +157,7 @@ def test_concurrent_pushes_lose_nothing(local_remote: str, tmp_path: Path) -> No
     a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
     a.mkdir()
     (a / "doc.txt").write_text("base")
-    cg("init", str(a), "--remote", local_remote)
-    cg("push", "--folder", str(a))
-    cg("key", "export", str(kit), "--folder", str(a))
-    cg("clone", local_remote, str(b), "--key-file", str(kit))
+    share(local_remote, a, b, kit)
     (a / "doc.txt").write_text("version A")
     (b / "doc.txt").write_text("version B")
     (a / "only-a.txt").write_text("a")
@@ -185,10 +179,7 @@ def test_deletions_propagate_and_local_edits_survive(local_remote: str, tmp_path
     a.mkdir()
     for name in ("gone.txt", "kept.txt", "edited.txt"):
         (a / name).write_text(name)
-    cg("init", str(a), "--remote", local_remote)
-    cg("push", "--folder", str(a))
-    cg("key", "export", str(kit), "--folder", str(a))
-    cg("clone", local_remote, str(b), "--key-file", str(kit))
+    share(local_remote, a, b, kit)
     os.unlink(a / "gone.txt")
     os.unlink(a / "edited.txt")
     cg("push", "--folder", str(a))
@@ -216,10 +207,7 @@ def test_same_size_change_is_detected(local_remote: str, tmp_path: Path) -> None
     a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
     a.mkdir()
     (a / "f.txt").write_text("AAAA")
-    cg("init", str(a), "--remote", local_remote)
-    cg("push", "--folder", str(a))
-    cg("key", "export", str(kit), "--folder", str(a))
-    cg("clone", local_remote, str(b), "--key-file", str(kit))
+    share(local_remote, a, b, kit)
     st = os.stat(a / "f.txt")
     (a / "f.txt").write_text("BBBB")
     os.utime(a / "f.txt", ns=(st.st_atime_ns, st.st_mtime_ns + 1))
@@ -313,10 +301,7 @@ def test_files_from_before_1970_and_odd_extensions(local_remote: str, tmp_path: 
     os.utime(old, ns=(-86_400_000_000_000, -86_400_000_000_000))
     long_ext = a / ("x." + "e" * 250)
     long_ext.write_text("v1")
-    cg("init", str(a), "--remote", local_remote)
-    cg("push", "--folder", str(a))
-    cg("key", "export", str(kit), "--folder", str(a))
-    cg("clone", local_remote, str(b), "--key-file", str(kit))
+    share(local_remote, a, b, kit)
     assert tree(a) == tree(b)
     long_ext.write_text("edit on a")
     (b / long_ext.name).write_text("edit on b")
