@@ -8,7 +8,6 @@ prints or dumps as JSON.
 from __future__ import annotations
 
 import calendar
-import copy
 import hashlib
 import json
 import os
@@ -999,9 +998,9 @@ class _PlainStream:
             raise IntegrityError("plaintext hash mismatch during re-encryption")
 
 
-__all__ = ["UI", "clone_vault", "copy", "device_approve", "device_list", "device_remove",
+__all__ = ["UI", "clone_vault", "device_approve", "device_list", "device_remove", "doctor",
            "init_vault", "key_export", "key_list", "key_rotate", "pull", "push", "status",
-           "verify", "KeyStoreError"]
+           "verify"]
 
 
 # --- doctor -------------------------------------------------------------------------------
