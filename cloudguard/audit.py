@@ -45,7 +45,7 @@ def record(event: str, **fields: Any) -> None:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        prev, seq = _read_head()
+        prev, seq = _settle_head(path)
         entry: dict[str, Any] = {"seq": seq + 1, "time": now_iso(), "event": event}
         entry.update({k: v for k, v in fields.items() if v is not None})
         entry["prev"] = prev
@@ -55,6 +55,28 @@ def record(event: str, **fields: Any) -> None:
         _write_head(entry["hash"], entry["seq"])
     finally:
         os.close(fd)
+
+
+def _last_line(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        fh.seek(max(0, fh.seek(0, os.SEEK_END) - 65536))
+        lines = fh.read().splitlines()
+    return lines[-1] if lines else b""
+
+
+def _settle_head(path: Path) -> tuple[str, int]:
+    """A kill between appending a record and replacing the head leaves the log one record
+    ahead; that record continues the chain from the head, so adopt it."""
+    prev, seq = _read_head()
+    try:
+        last = json.loads(_last_line(path))
+    except (OSError, ValueError):
+        return prev, seq
+    if (isinstance(last, dict) and last.get("seq") == seq + 1 and last.get("prev") == prev
+            and last.get("hash") == _digest(last)):
+        _write_head(str(last["hash"]), seq + 1)
+        return str(last["hash"]), seq + 1
+    return prev, seq
 
 
 def _read_head() -> tuple[str, int]:
@@ -106,7 +128,9 @@ def verify() -> int:
             raise IntegrityError(f"{path}: record {number} was edited")
         prev = str(item["hash"])
     head, count = _read_head()
-    if (head, count) != (prev, len(records)) and not (count == 0 and not records):
+    # One record past the head is a crash between appending and updating the head, not a cut.
+    behind = bool(records) and (head, count) == (records[-1].get("prev"), len(records) - 1)
+    if (head, count) != (prev, len(records)) and not behind and not (count == 0 and not records):
         raise IntegrityError(f"{path}: records after {len(records)} were cut off (the head "
                              f"says {count})")
     return len(records)

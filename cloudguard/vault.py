@@ -188,6 +188,28 @@ def _recover_torn_segment(index: Index, transport: Transport, listing: dict[str,
     index.set_meta("pending_segment", None)
 
 
+def _finish_deletions(index: Index, transport: Transport, listing: dict[str, int],
+                      loaded: mf.Loaded) -> None:
+    """A re-encryption killed between its commit and its deletions left the old ciphertext and
+    key generations behind: delete them now. The intent is recorded before the commit; it only
+    applies if the commit (its snapshot) landed; a torn one was removed above."""
+    intent = index.get_meta("pending_delete")
+    if not intent:
+        return
+    after = str(intent.get("after"))
+    if after in listing:
+        ctx = loaded.state.ctx
+        covered = [n for n in listing if (p := mf.parse_name(n)) is not None and n != after
+                   and p[1] <= ctx.get(p[0], 0)]
+        live = {sync.DATA_PREFIX + o for o in loaded.state.objects()}
+        doomed = sorted({n for n in intent.get("names", []) if n in listing and n not in live}
+                        | set(covered))
+        transport.delete(doomed)
+        for name in doomed:
+            listing.pop(name, None)
+    index.set_meta("pending_delete", None)
+
+
 def _device_key(binding: Binding) -> DeviceKey:
     return DeviceKey(binding.keystore, binding.key_account, binding.dir / "device.key")
 
@@ -245,6 +267,7 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
             seen = index.get_meta("seen", {})
             segs = {n: s for n, s in listing.items() if n.startswith(mf.PREFIX)}
             loaded = mf.load(segs, fetch, ring, binding.device, seen, cache)
+            _finish_deletions(index, transport, listing, loaded)
             break
         except MissingObject:
             if attempt == 2:
@@ -517,8 +540,11 @@ def _collect_pending(s: Session) -> None:
     """Objects we uploaded in a run that crashed before its commit are garbage: delete them,
     and the spool files such a run left behind."""
     shutil.rmtree(s.binding.dir / "spool", ignore_errors=True)
+    pending = s.index.pending()
+    if not pending:
+        return
     live = {sync.DATA_PREFIX + o for o in s.state.objects()}
-    stale = s.index.pending() - live
+    stale = pending - live
     if stale:
         s.transport.delete(stale)
     with s.index.transaction():
@@ -909,11 +935,22 @@ def _rotate(s: Session, reencrypt: bool, remove: str | None) -> dict[str, Any]:
                     entry["k"] = fmt.b64(fmt.wrap_dek(new_kek, dek))
                     entry["g"] = number
     s.ring.generations[number] = gen
+    doomed: set[str] = set()
+    if reencrypt:
+        live = {sync.DATA_PREFIX + o for o in s.state.objects()}
+        doomed = (old_objects | (s.index.pending() - live)
+                  | {keymod.keys_name(n) for n in s.ring.generations if n < number})
+        # Written ahead: a crash after the commit leaves the deletions to the next run.
+        s.index.set_meta("pending_delete", {
+            "after": mf.segment_name(s.binding.device, s.next_seq(), "s"),
+            "names": sorted(doomed)})
     s.snapshot()
     deleted: list[str] = []
     if reencrypt:
-        doomed = old_objects | {keymod.keys_name(n) for n in s.ring.generations if n < number}
         s.transport.delete(doomed)
+        s.index.set_meta("pending_delete", None)
+        with s.index.transaction():
+            s.index.clear_pending(s.index.pending())
         deleted = sorted(doomed)
         s.ring.generations = {number: gen}
     return {"generation": number, "reencrypted": reencrypt, "removed": remove,

@@ -150,3 +150,19 @@ def test_integrity_failures_are_logged(local_remote: str, tmp_path: Path) -> Non
     assert cg_proc("verify", "--read-data", "--folder", str(folder)).returncode == 3
     last = cg_json("log")[-1]
     assert last["event"] == "verify" and last["ok"] is False and last["exit_code"] == 3
+
+
+def test_audit_log_survives_a_kill_between_record_and_head(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    audit.record("push")
+
+    def killed(*_args: object) -> None:
+        raise KeyboardInterrupt  # stands in for kill -9 after the line hit the disk
+
+    with monkeypatch.context() as patched:
+        patched.setattr(audit, "_write_head", killed)
+        with pytest.raises(KeyboardInterrupt):
+            audit.record("pull")
+    assert audit.verify() == 2
+    audit.record("verify")
+    assert audit.verify() == 3
