@@ -306,15 +306,9 @@ def seal_generation(vault_id: str, gen: Generation) -> bytes:
     return json.dumps(doc, indent=1, sort_keys=True).encode()
 
 
-@dataclass
-class OpenedGeneration:
-    gen: Generation
-    link: object
-
-
 def open_generation(vault_id: str, number: int, raw: bytes, rid: str,
                     priv: X25519PrivateKey | None, known_kek: bytes | None
-                    ) -> OpenedGeneration | None:
+                    ) -> Generation | None:
     """Open one key-slot object with our private key, or with a KEK learnt from history.
 
     Returns None when we hold no slot in it (we were never a member of this generation).
@@ -344,20 +338,19 @@ def open_generation(vault_id: str, number: int, raw: bytes, rid: str,
             raise IntegrityError()  # a slot was slipped in (or dropped) outside the sealed body
         history = {int(n): aes_key_unwrap(kek, fmt.unb64(v))
                    for n, v in body.get("history", {}).items()}
-        gen = Generation(number, kek, str(body["created"]), members, str(body["descriptor"]),
-                         history, body.get("link"))
-        return OpenedGeneration(gen, body.get("link"))
+        return Generation(number, kek, str(body["created"]), members, str(body["descriptor"]),
+                          history, body.get("link"))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise IntegrityError() from exc
 
 
-def check_link(vault_id: str, opened: OpenedGeneration, previous_kek: bytes) -> None:
-    if opened.link is None:
+def check_link(vault_id: str, gen: Generation, previous_kek: bytes) -> None:
+    if gen.link is None:
         raise IntegrityError()
-    doc = fmt.open_json(previous_kek, b"cloudguard/v1/link",
-                        _body_aad(vault_id, opened.gen.number), opened.link)
-    if doc.get("generation") != opened.gen.number or doc.get(
-            "commit") != fmt.key_commitment(opened.gen.kek):
+    doc = fmt.open_json(previous_kek, b"cloudguard/v1/link", _body_aad(vault_id, gen.number),
+                        gen.link)
+    if doc.get("generation") != gen.number or doc.get(
+            "commit") != fmt.key_commitment(gen.kek):
         raise IntegrityError()
 
 
@@ -406,7 +399,7 @@ def load_keyring(fetch: Callable[[str], bytes], listing: Iterable[str], vault_id
     if trusted and (not numbers or numbers[-1] < max(trusted)):
         raise IntegrityError(f"key generation {max(trusted)} is missing from the remote: "
                              "the remote was rolled back or keys were deleted")
-    opened: dict[int, OpenedGeneration] = {}
+    opened: dict[int, Generation] = {}
     for number in numbers:
         got = open_generation(vault_id, number, fetch(keys_name(number)), rid, priv, None)
         if got is not None:
@@ -414,14 +407,13 @@ def load_keyring(fetch: Callable[[str], bytes], listing: Iterable[str], vault_id
     if not opened:
         raise KeyStoreError("this device holds no key slot in the vault: it was removed, or "
                             "its enrolment was not approved yet (cloudguard device approve)")
-    gens = {n: o.gen for n, o in opened.items()}
-    ring = KeyRing(vault_id, gens)
+    ring = KeyRing(vault_id, dict(opened))
     for number, got in opened.items():
-        commit = fmt.key_commitment(got.gen.kek)
+        commit = fmt.key_commitment(got.kek)
         if number in trusted and trusted[number] != commit:
             raise IntegrityError(f"{keys_name(number)}: key generation {number} was replaced")
         if number - 1 in opened:  # a KEK learnt only from this generation's history proves nothing
-            check_link(vault_id, got, opened[number - 1].gen.kek)
+            check_link(vault_id, got, opened[number - 1].kek)
     if max(opened) < numbers[-1]:
         raise KeyStoreError("this device holds no slot in the newest key generation: it was "
                             "removed from the vault")

@@ -139,6 +139,13 @@ def row_from(loc: LocalItem, dot: str, sha: str) -> IndexRow:
     return IndexRow(loc.path, loc.kind, loc.size, loc.mtime, loc.mode, sha, dot, loc.target)
 
 
+def row_from_entry(path: str, dot: str, entry: Entry) -> IndexRow:
+    """What the index records after landing a manifest entry as it is."""
+    return IndexRow(path, str(entry.get("t")), int(entry.get("s", 0)), int(entry.get("m", 0)),
+                    int(entry.get("x", 0)), str(entry.get("h", "")), dot,
+                    str(entry.get("l", "")))
+
+
 # --- the remote view ----------------------------------------------------------------------
 
 

@@ -30,7 +30,7 @@ from . import keys as keymod
 from . import manifest as mf
 from .errors import CloudguardError, IntegrityError, KeyStoreError, UsageError
 from .keys import DeviceKey, Generation, KeyRing, Member, now_iso
-from .state import Binding, Index, IndexRow, check_unbound, find_binding, folder_lock
+from .state import Binding, Index, check_unbound, find_binding, folder_lock
 from .transport import MissingObject, RcloneTransport, Transport
 
 DESCRIPTOR = "cloudguard.json"
@@ -677,12 +677,11 @@ def _pull(s: Session) -> dict[str, Any]:
         sync.commit_staged(s.folder, item)
         written.append(item.dest)
         if item.dest not in plan.conflicts:
-            s.index.put(IndexRow(item.dest, "f", int(entry.get("s", 0)), int(entry.get("m", 0)),
-                                 int(entry.get("x", 0)), str(entry.get("h", "")), dot, ""))
+            s.index.put(sync.row_from_entry(item.dest, dot, entry))
     for dest, dot, entry in sorted(plan.make, key=lambda m: m[0]):
         if entry.get("t") == "d":
             sync.make_dir(s.folder, dest, int(entry.get("x", 0o700)))
-            s.index.put(IndexRow(dest, "d", 0, 0, int(entry.get("x", 0)), "", dot, ""))
+            s.index.put(sync.row_from_entry(dest, dot, entry))
     for dest, dot, entry in plan.make:
         if entry.get("t") == "l":
             sync.make_link(s.folder, dest, str(entry.get("l", "")))
@@ -697,10 +696,7 @@ def _pull(s: Session) -> dict[str, Any]:
         for path in plan.forget:
             rem = remote.get(path)
             if rem is not None:  # conflict: remember the remote version, so ours replaces it
-                e = rem[1]
-                s.index.put(IndexRow(path, str(e.get("t")), int(e.get("s", 0)),
-                                          int(e.get("m", 0)), int(e.get("x", 0)),
-                                          str(e.get("h", "")), rem[0], str(e.get("l", ""))))
+                s.index.put(sync.row_from_entry(path, rem[0], rem[1]))
     deleted = _delete_local(s, plan.delete)
     return {"downloaded": sorted(written), "deleted": deleted, "conflicts": plan.conflicts,
             "skipped": plan.skipped}

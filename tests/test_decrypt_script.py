@@ -325,7 +325,7 @@ def add_delta(remote: Path, kit: Path, ops: list[dict[str, Any]]) -> None:
     name = f"m/{device}-{1:012d}.d"
     payload = {"kind": "delta", "device": device, "seq": 1, "deps": {}, "prev": None,
                "created": "2024-01-01T00:00:00Z", "ops": ops}
-    (remote / name).write_bytes(fmt.seal_segment(opened.gen.kek, number, name, payload))
+    (remote / name).write_bytes(fmt.seal_segment(opened.kek, number, name, payload))
 
 
 def test_hostile_manifest_is_refused(built: Built, tmp_path: Path) -> None:
