@@ -57,6 +57,16 @@ def biggest_new(root: Path, old: set[str]) -> list[Path]:
     return [p for p in data_objects(root)[::-1] if p.name not in old]
 
 
+def after_new_version(tremote: tuple[str, Path], tmp_path: Path
+                      ) -> tuple[Path, dict[str, object], list[Path]]:
+    """b in sync on version 1, a pushed version 2: b's tree, and the new objects, largest
+    first (the ones an attacker tampers with)."""
+    a, b = scenario(tremote[0], tmp_path)
+    old = {p.name for p in data_objects(tremote[1])}
+    new_version(a)
+    return b, tree(b), biggest_new(tremote[1], old)
+
+
 def flip(path: Path, offset: int) -> None:
     data = bytearray(path.read_bytes())
     data[offset] ^= 0x01
@@ -65,12 +75,8 @@ def flip(path: Path, offset: int) -> None:
 
 @pytest.mark.parametrize("where", ["header", "length", "first-chunk", "middle", "last-byte"])
 def test_flipped_byte_in_content(tremote: tuple[str, Path], tmp_path: Path, where: str) -> None:
-    a, b = scenario(tremote[0], tmp_path)
-    root = tremote[1]
-    old = {p.name for p in data_objects(root)}
-    new_version(a)
-    before = tree(b)
-    target = biggest_new(root, old)[0]
+    b, before, fresh = after_new_version(tremote, tmp_path)
+    target = fresh[0]
     offset = {"header": 10, "length": 60, "first-chunk": fmt.BLOB_HEADER_SIZE + 5,
               "middle": target.stat().st_size // 2, "last-byte": target.stat().st_size - 1}
     flip(target, offset[where])
@@ -80,12 +86,8 @@ def test_flipped_byte_in_content(tremote: tuple[str, Path], tmp_path: Path, wher
 
 
 def test_truncation_at_chunk_boundary(tremote: tuple[str, Path], tmp_path: Path) -> None:
-    a, b = scenario(tremote[0], tmp_path)
-    root = tremote[1]
-    old = {p.name for p in data_objects(root)}
-    new_version(a)
-    before = tree(b)
-    target = biggest_new(root, old)[0]
+    b, before, fresh = after_new_version(tremote, tmp_path)
+    target = fresh[0]
     keep = fmt.BLOB_HEADER_SIZE + 2 * (fmt.CHUNK_SIZE + fmt.TAG_SIZE)
     with open(target, "r+b") as fh:
         fh.truncate(keep)
@@ -94,24 +96,16 @@ def test_truncation_at_chunk_boundary(tremote: tuple[str, Path], tmp_path: Path)
 
 
 def test_extension_is_detected(tremote: tuple[str, Path], tmp_path: Path) -> None:
-    a, b = scenario(tremote[0], tmp_path)
-    root = tremote[1]
-    old = {p.name for p in data_objects(root)}
-    new_version(a)
-    before = tree(b)
-    target = biggest_new(root, old)[0]
+    b, before, fresh = after_new_version(tremote, tmp_path)
+    target = fresh[0]
     with open(target, "ab") as fh:
         fh.write(os.urandom(fmt.CHUNK_SIZE + fmt.TAG_SIZE))
     expect_exit_3(b, before, "verify")
 
 
 def test_swapped_objects(tremote: tuple[str, Path], tmp_path: Path) -> None:
-    a, b = scenario(tremote[0], tmp_path)
-    root = tremote[1]
-    old = {p.name for p in data_objects(root)}
-    new_version(a)
-    before = tree(b)
-    one, two = biggest_new(root, old)[:2]
+    b, before, fresh = after_new_version(tremote, tmp_path)
+    one, two = fresh[:2]
     assert one.stat().st_size == two.stat().st_size
     tmp = one.with_name("swap")
     one.rename(tmp)
@@ -121,12 +115,8 @@ def test_swapped_objects(tremote: tuple[str, Path], tmp_path: Path) -> None:
 
 
 def test_deleted_object(tremote: tuple[str, Path], tmp_path: Path) -> None:
-    a, b = scenario(tremote[0], tmp_path)
-    root = tremote[1]
-    old = {p.name for p in data_objects(root)}
-    new_version(a)
-    before = tree(b)
-    biggest_new(root, old)[0].unlink()
+    b, before, fresh = after_new_version(tremote, tmp_path)
+    fresh[0].unlink()
     err = expect_exit_3(b, before)
     assert "missing" in err
     expect_exit_3(b, before, "verify")
