@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,64 +69,279 @@ def newer_location(one: Entry, two: Entry) -> Entry:
                                         json.dumps(e, sort_keys=True)))
 
 
-@dataclass
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (path TEXT NOT NULL, dot TEXT NOT NULL, e TEXT NOT NULL,
+    o TEXT, a INTEGER, n INTEGER, PRIMARY KEY (path, dot)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ctx (device TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS segments (name TEXT PRIMARY KEY, size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL, ctx TEXT);
+"""
+
+
+def _dump(entry: Entry) -> str:
+    return json.dumps(entry, separators=(",", ":"))
+
+
 class State:
-    ctx: dict[str, int] = field(default_factory=dict)
-    paths: dict[str, Siblings] = field(default_factory=dict)
+    """The merged manifest, kept in SQLite so a push never has to hold or rebuild all of it.
 
-    def apply_delta(self, device: str, seq: int, ops: list[dict[str, Any]]) -> None:
-        dot = dot_of(device, seq)
-        for op in ops:
-            path = op["p"]
-            if not isinstance(path, str):
-                raise IntegrityError()
-            sibs = self.paths.setdefault(path, {})
-            for moved, loc in (op.get("reloc") or {}).items():
-                if moved in sibs:
-                    sibs[moved] = newer_location(sibs[moved], {**sibs[moved], **loc})
-            for old in op.get("rm", []):
-                sibs.pop(old, None)
-            entry = op.get("e")
-            if entry is not None:
-                if not isinstance(entry, dict):
-                    raise IntegrityError()
-                sibs[dot] = entry
-            if not sibs:
-                del self.paths[path]
-        self.ctx[device] = max(self.ctx.get(device, 0), seq)
+    With a path, the state persists between runs together with the list of segments it was
+    built from (``segments``), so each run applies only segments it has not seen yet
+    (:func:`load`). Without one it lives in memory (tests, ``verify``'s fresh rebuild).
+    Every change happens inside :meth:`transaction`; a failure rolls the state back to what
+    it was, so it always equals the merge of exactly the segments it records.
+    """
 
-    def merge(self, other: State) -> None:
-        """Observed-remove merge: a dot one side lacks but has seen was deleted there."""
-        for path in set(self.paths) | set(other.paths):
-            mine = self.paths.get(path, {})
-            theirs = other.paths.get(path, {})
-            keep: Siblings = {}
-            for dot, entry in mine.items():
-                if dot in theirs or not covered(dot, other.ctx):
-                    keep[dot] = entry
-            for dot, entry in theirs.items():
-                if dot in mine:
-                    keep[dot] = newer_location(mine[dot], entry)
-                elif not covered(dot, self.ctx):
-                    keep[dot] = entry
-            if keep:
-                self.paths[path] = keep
-            else:
-                self.paths.pop(path, None)
-        for device, seq in other.ctx.items():
-            self.ctx[device] = max(self.ctx.get(device, 0), seq)
+    def __init__(self, path: Path | None = None) -> None:
+        try:
+            self.db = self._connect(path)
+        except sqlite3.DatabaseError:
+            if path is None:
+                raise
+            # only a cache of what the remote holds: a damaged one is rebuilt from the remote
+            for stale in (path, path.with_name(path.name + "-wal"),
+                          path.with_name(path.name + "-shm")):
+                stale.unlink(missing_ok=True)
+            self.db = self._connect(path)
+        self._depth = 0
+        self.ctx: dict[str, int] = {}
+        self._read_ctx()
+        self.paths = _Paths(self)
+
+    @staticmethod
+    def _connect(path: Path | None) -> sqlite3.Connection:
+        if path is None:
+            db = sqlite3.connect(":memory:", isolation_level=None)
+        else:
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # -wal/-shm inherit it
+            db = sqlite3.connect(path, isolation_level=None)
+        try:
+            if path is not None:
+                db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+            db.execute("SELECT COUNT(*) FROM entries").fetchone()
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _read_ctx(self) -> None:
+        self.ctx = {d: int(s) for d, s in self.db.execute("SELECT device, seq FROM ctx")}
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Nested calls join the outer transaction; only the outermost commits."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+            self.db.execute("DELETE FROM ctx")
+            self.db.executemany("INSERT INTO ctx VALUES (?, ?)", list(self.ctx.items()))
+        except BaseException:
+            self._depth = 0
+            self.db.execute("ROLLBACK")
+            self._read_ctx()
+            raise
+        self._depth = 0
+        self.db.execute("COMMIT")
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def siblings(self, path: str) -> Siblings:
+        return {dot: json.loads(e) for dot, e in
+                self.db.execute("SELECT dot, e FROM entries WHERE path = ?", (path,))}
+
+    def has_path(self, path: str) -> bool:
+        return self.db.execute("SELECT 1 FROM entries WHERE path = ? LIMIT 1",
+                               (path,)).fetchone() is not None
+
+    def items(self) -> Iterator[tuple[str, Siblings]]:
+        """Every path with its siblings, in path order, from one query."""
+        path: str | None = None
+        sibs: Siblings = {}
+        for p, dot, e in self.db.execute("SELECT path, dot, e FROM entries ORDER BY path"):
+            if p != path:
+                if path is not None:
+                    yield path, sibs
+                path, sibs = p, {}
+            sibs[dot] = json.loads(e)
+        if path is not None:
+            yield path, sibs
+
+    def conflicted(self) -> list[str]:
+        """Paths with more than one version (concurrent writes), in path order."""
+        return [r[0] for r in self.db.execute(
+            "SELECT path FROM entries GROUP BY path HAVING COUNT(*) > 1 ORDER BY path")]
+
+    def objects(self) -> dict[str, list[Entry]]:
+        """Live object id -> entries stored in it (for verify and re-encryption)."""
+        out: dict[str, list[Entry]] = {}
+        for o, e in self.db.execute("SELECT o, e FROM entries WHERE o IS NOT NULL"):
+            out.setdefault(o, []).append(json.loads(e))
+        return out
+
+    def live_objects(self) -> set[str]:
+        return {r[0] for r in self.db.execute(
+            "SELECT DISTINCT o FROM entries WHERE o IS NOT NULL")}
+
+    def usage(self) -> dict[str, tuple[int, int]]:
+        """Object id -> (live blob bytes, lowest offset): what repacking decides on."""
+        return {o: (int(n), int(a)) for o, n, a in self.db.execute(
+            "SELECT o, SUM(n), MIN(a) FROM entries WHERE o IS NOT NULL GROUP BY o")}
+
+    def in_objects(self, objects: Iterable[str]) -> list[tuple[str, str, Entry]]:
+        """(path, dot, entry) of every blob stored in one of ``objects``."""
+        out: list[tuple[str, str, Entry]] = []
+        for o in sorted(set(objects)):
+            out += [(p, d, json.loads(e)) for p, d, e in self.db.execute(
+                "SELECT path, dot, e FROM entries WHERE o = ? ORDER BY path, dot", (o,))]
+        return out
 
     def dominates(self, ctx: dict[str, int]) -> bool:
         return all(self.ctx.get(d, 0) >= s for d, s in ctx.items())
 
-    def objects(self) -> dict[str, list[Entry]]:
-        """Live object id -> entries stored in it (for verify, repack and garbage collection)."""
-        out: dict[str, list[Entry]] = {}
-        for sibs in self.paths.values():
-            for entry in sibs.values():
-                if entry.get("t") == "f":
-                    out.setdefault(str(entry["o"]), []).append(entry)
-        return out
+    # --- writing ----------------------------------------------------------------------------
+
+    def put_entry(self, path: str, dot: str, entry: Entry) -> None:
+        """Store ``entry`` under an existing or new dot (rotation rewrites entries in place)."""
+        is_file = entry.get("t") == "f"
+        self.db.execute("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?)",
+                        (path, dot, _dump(entry), entry.get("o") if is_file else None,
+                         entry.get("a") if is_file else None,
+                         entry.get("n") if is_file else None))
+
+    def _drop(self, path: str, dot: str) -> None:
+        self.db.execute("DELETE FROM entries WHERE path = ? AND dot = ?", (path, dot))
+
+    def apply_delta(self, device: str, seq: int, ops: list[dict[str, Any]]) -> None:
+        dot = dot_of(device, seq)
+        with self.transaction():
+            for op in ops:
+                path = op["p"]
+                if not isinstance(path, str):
+                    raise IntegrityError()
+                reloc = op.get("reloc") or {}
+                rm = op.get("rm", [])
+                sibs = self.siblings(path) if reloc or rm else {}
+                for moved, loc in reloc.items():
+                    if moved in sibs:
+                        now = newer_location(sibs[moved], {**sibs[moved], **loc})
+                        if now is not sibs[moved]:
+                            sibs[moved] = now
+                            self.put_entry(path, moved, now)
+                for old in rm:
+                    if old in sibs:
+                        del sibs[old]
+                        self._drop(path, old)
+                entry = op.get("e")
+                if entry is not None:
+                    if not isinstance(entry, dict):
+                        raise IntegrityError()
+                    self.put_entry(path, dot, entry)
+            self.ctx[device] = max(self.ctx.get(device, 0), seq)
+
+    def merge(self, other: State) -> None:
+        self.merge_snapshot(other.ctx, other.items())
+
+    def merge_snapshot(self, ctx: dict[str, int], paths: Iterable[tuple[str, Siblings]]
+                       ) -> None:
+        """Observed-remove merge: a dot one side lacks but has seen was deleted there."""
+        with self.transaction():
+            empty = not self.ctx and not self.has_any()
+            theirs_paths: set[str] = set()
+            for path, theirs in paths:
+                theirs_paths.add(path)
+                mine = {} if empty else self.siblings(path)
+                for dot in mine:
+                    if dot not in theirs and covered(dot, ctx):
+                        self._drop(path, dot)
+                for dot, entry in theirs.items():
+                    if dot in mine:
+                        if newer_location(mine[dot], entry) is not mine[dot]:
+                            self.put_entry(path, dot, entry)
+                    elif not covered(dot, self.ctx):
+                        self.put_entry(path, dot, entry)
+            if not empty:
+                for path, dot in self.db.execute("SELECT path, dot FROM entries").fetchall():
+                    if path not in theirs_paths and covered(dot, ctx):
+                        self._drop(path, dot)
+            for device, seq in ctx.items():
+                self.ctx[device] = max(self.ctx.get(device, 0), seq)
+
+    def has_any(self) -> bool:
+        return self.db.execute("SELECT 1 FROM entries LIMIT 1").fetchone() is not None
+
+    # --- the segments this state was built from -----------------------------------------------
+
+    def consumed(self) -> dict[str, tuple[int, str, dict[str, int] | None]]:
+        return {n: (int(size), sha, json.loads(c) if c else None) for n, size, sha, c in
+                self.db.execute("SELECT name, size, sha256, ctx FROM segments")}
+
+    def mark_consumed(self, name: str, size: int, sha256: str,
+                      ctx: dict[str, int] | None = None) -> None:
+        self.db.execute("INSERT OR REPLACE INTO segments VALUES (?, ?, ?, ?)",
+                        (name, size, sha256, json.dumps(ctx) if ctx is not None else None))
+
+    def forget_consumed(self, names: Iterable[str]) -> None:
+        self.db.executemany("DELETE FROM segments WHERE name = ?", [(n,) for n in names])
+
+    def reset(self) -> None:
+        with self.transaction():
+            self.db.execute("DELETE FROM entries")
+            self.db.execute("DELETE FROM segments")
+            self.ctx = {}
+
+
+class _Paths:
+    """Read-only, dict-like view of path -> siblings over the database."""
+
+    def __init__(self, state: State) -> None:
+        self._state = state
+
+    def __getitem__(self, path: str) -> Siblings:
+        sibs = self._state.siblings(path)
+        if not sibs:
+            raise KeyError(path)
+        return sibs
+
+    def get(self, path: str, default: Siblings | None = None) -> Siblings | None:
+        return self._state.siblings(path) or default
+
+    def __contains__(self, path: object) -> bool:
+        return isinstance(path, str) and self._state.has_path(path)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([r[0] for r in self._state.db.execute(
+            "SELECT DISTINCT path FROM entries ORDER BY path")])
+
+    def __len__(self) -> int:
+        return int(self._state.db.execute(
+            "SELECT COUNT(DISTINCT path) FROM entries").fetchone()[0])
+
+    def items(self) -> Iterator[tuple[str, Siblings]]:
+        return self._state.items()
+
+    def values(self) -> Iterator[Siblings]:
+        return (sibs for _p, sibs in self._state.items())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, _Paths):
+            return dict(self.items()) == dict(other.items())
+        if isinstance(other, dict):
+            return dict(self.items()) == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 @dataclass
@@ -172,13 +390,22 @@ class SegmentCache:
 
 
 def load(listing: dict[str, int], fetch: Callable[[str], bytes], keyring: KeyRing,
-         device: str, seen: dict[str, int], cache: SegmentCache) -> Loaded:
-    """Rebuild the state from the segments listed on the remote and check for rollback."""
+         device: str, seen: dict[str, int], cache: SegmentCache,
+         state: State | None = None) -> Loaded:
+    """Bring ``state`` up to the segments listed on the remote and check for rollback.
+
+    A persistent ``state`` already holds the merge of the segments it recorded; only new ones
+    are opened and applied. If a recorded segment vanished without a listed snapshot covering
+    it, or changed size, the state is rebuilt from every segment, which then reports the gap
+    or rollback as a full load would. Any failure leaves ``state`` as it was.
+    """
+    state = state if state is not None else State()
     parsed: dict[str, tuple[str, int, str]] = {}
     for name in listing:
         got = parse_name(name)
         if got is not None:
             parsed[name] = got
+    heads_hash: dict[str, str] = {}
 
     def open_named(name: str) -> dict[str, Any]:
         data = cache.get(name, listing[name])
@@ -198,49 +425,64 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], keyring: KeyRin
         heads_hash[name] = hashlib.sha256(data).hexdigest()
         return payload
 
-    heads_hash: dict[str, str] = {}
-    state = State()
-    for name, (_dev, _seq, kind) in sorted(parsed.items()):
-        if kind == "s":
-            payload = open_named(name)
-            snap = State(ctx=_ctx(payload.get("ctx")), paths=_paths(payload.get("paths")))
-            state.merge(snap)
+    with state.transaction():
+        consumed = state.consumed()
+        snaps: dict[str, dict[str, Any]] = {}
+        for name, (_dev, _seq, kind) in sorted(parsed.items()):
+            if kind == "s" and name not in consumed:
+                snaps[name] = open_named(name)
+        if not _still_valid(consumed, parsed, listing, snaps, device):
+            state.reset()
+            consumed = {}
+            for name, (_dev, _seq, kind) in sorted(parsed.items()):
+                if kind == "s" and name not in snaps:
+                    snaps[name] = open_named(name)
+        for name, (_size, sha, _c) in consumed.items():
+            if name in listing:
+                heads_hash[name] = sha
+        for name, payload in sorted(snaps.items()):
+            ctx = _ctx(payload.get("ctx"))
+            if not state.dominates(ctx):
+                state.merge_snapshot(ctx, _paths(payload.get("paths")).items())
+            state.mark_consumed(name, listing[name], heads_hash[name], ctx)
 
-    pending: dict[str, dict[int, str]] = {}
-    for name, (dev, seq, kind) in parsed.items():
-        if kind == "d" and seq > state.ctx.get(dev, 0):
-            pending.setdefault(dev, {})[seq] = name
-    progress = True
-    while progress:
-        progress = False
-        for dev in sorted(pending):
-            nxt = state.ctx.get(dev, 0) + 1
-            found = pending[dev].get(nxt)
-            if found is None:
-                continue
-            payload = open_named(found)
-            for kind in ("d", "s"):  # the writer's own previous segment, if we opened it
-                before = heads_hash.get(segment_name(dev, nxt - 1, kind))
-                if before is not None and payload.get("prev") not in (None, before):
-                    raise IntegrityError(f"manifest segment {found} does not follow "
-                                         f"{segment_name(dev, nxt - 1, kind)}: a segment was "
-                                         "replaced")
-            deps = _ctx(payload.get("deps"))
-            if not state.dominates({d: s for d, s in deps.items() if d != dev}):
-                continue
-            state.apply_delta(dev, nxt, check_ops(payload.get("ops")))
-            del pending[dev][nxt]
-            progress = True
-    for dev, rest in pending.items():
-        if rest:
-            missing = segment_name(dev, state.ctx.get(dev, 0) + 1, "d")
-            raise IntegrityError(f"manifest segment {missing} is missing: the manifest was "
-                                 "truncated or a segment was deleted")
-    for dev, seq in seen.items():
-        if state.ctx.get(dev, 0) < seq:
-            raise IntegrityError(
-                f"the remote manifest is older than one this device has seen (device {dev} at "
-                f"{state.ctx.get(dev, 0)}, seen {seq}): rollback or deleted manifest")
+        pending: dict[str, dict[int, str]] = {}
+        for name, (dev, seq, kind) in parsed.items():
+            if kind == "d" and seq > state.ctx.get(dev, 0) and name not in consumed:
+                pending.setdefault(dev, {})[seq] = name
+        progress = True
+        while progress:
+            progress = False
+            for dev in sorted(pending):
+                nxt = state.ctx.get(dev, 0) + 1
+                found = pending[dev].get(nxt)
+                if found is None:
+                    continue
+                payload = open_named(found)
+                for kind in ("d", "s"):  # the writer's own previous segment, if we opened it
+                    before = heads_hash.get(segment_name(dev, nxt - 1, kind))
+                    if before is not None and payload.get("prev") not in (None, before):
+                        raise IntegrityError(f"manifest segment {found} does not follow "
+                                             f"{segment_name(dev, nxt - 1, kind)}: a segment "
+                                             "was replaced")
+                deps = _ctx(payload.get("deps"))
+                if not state.dominates({d: s for d, s in deps.items() if d != dev}):
+                    continue
+                state.apply_delta(dev, nxt, check_ops(payload.get("ops")))
+                state.mark_consumed(found, listing[found], heads_hash[found])
+                del pending[dev][nxt]
+                progress = True
+        for dev, rest in pending.items():
+            if rest:
+                missing = segment_name(dev, state.ctx.get(dev, 0) + 1, "d")
+                raise IntegrityError(f"manifest segment {missing} is missing: the manifest "
+                                     "was truncated or a segment was deleted")
+        for dev, seq in seen.items():
+            if state.ctx.get(dev, 0) < seq:
+                raise IntegrityError(
+                    f"the remote manifest is older than one this device has seen (device {dev} "
+                    f"at {state.ctx.get(dev, 0)}, seen {seq}): rollback or deleted manifest")
+        state.forget_consumed(n for n in consumed if n not in listing)
     own = max([seq for dev, seq, _k in parsed.values() if dev == device] + [0])
     deltas = sum(1 for _d, _s, k in parsed.values() if k == "d")
     newest: dict[str, tuple[int, str]] = {}
@@ -250,6 +492,31 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], keyring: KeyRin
             newest[dev] = (seq, digest)
     cache.prune(parsed)
     return Loaded(state, dict(listing), own, deltas, {d: h for d, (_s, h) in newest.items()})
+
+
+def _still_valid(consumed: dict[str, tuple[int, str, dict[str, int] | None]],
+                 parsed: dict[str, tuple[str, int, str]], listing: dict[str, int],
+                 snaps: dict[str, dict[str, Any]], device: str) -> bool:
+    """Can the recorded state be reused? Only if every segment it was built from is either
+    still listed, unchanged, or covered by a listed snapshot (compaction deleted it).
+
+    A snapshot of our own that the state does not record means we were killed between
+    uploading it and recording it; its entries may have been rewritten in place (rotation),
+    which a merge would not prefer, so the state is rebuilt from the remote instead.
+    """
+    if any(parsed[name][0] == device for name in snaps):
+        return False
+    cover = [c for n, (_s, _h, c) in consumed.items() if c is not None and n in listing]
+    cover += [_ctx(p.get("ctx")) for p in snaps.values()]
+    for name, (size, _sha, _c) in consumed.items():
+        if name in listing:
+            if listing[name] != size:
+                return False
+            continue
+        got = parse_name(name)
+        if got is None or not any(c.get(got[0], 0) >= got[1] for c in cover):
+            return False
+    return True
 
 
 def _ctx(raw: object) -> dict[str, int]:
@@ -337,5 +604,6 @@ def delta_payload(device: str, seq: int, deps: dict[str, int], prev: str | None,
 
 
 def snapshot_payload(device: str, seq: int, state: State) -> dict[str, Any]:
-    return {"kind": "snapshot", "device": device, "seq": seq, "ctx": state.ctx,
-            "created": now_iso(), "paths": state.paths}
+    """The whole state with ``device`` at ``seq``; the caller records that seq once uploaded."""
+    return {"kind": "snapshot", "device": device, "seq": seq, "ctx": {**state.ctx, device: seq},
+            "created": now_iso(), "paths": dict(state.items())}

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import platformdirs
 
@@ -112,8 +112,10 @@ def check_unbound(folder: Path) -> None:
             raise UsageError(f"{folder} overlaps the cloudguard folder {bound}")
 
 
-@dataclass
-class IndexRow:
+class IndexRow(NamedTuple):
+    """Field order matches :class:`cloudguard.sync.LocalItem` up to ``mode``: a push compares
+    the slices ``[1:5]`` of both to skip unchanged files quickly."""
+
     path: str
     kind: str
     size: int
@@ -159,7 +161,8 @@ class Index:
     def rows(self) -> dict[str, IndexRow]:
         cur = self.db.execute("SELECT path, kind, size, mtime, mode, sha256, dot, target "
                               "FROM files")
-        return {r[0]: IndexRow(*r) for r in cur}
+        make = IndexRow._make
+        return {r[0]: make(r) for r in cur}
 
     def put(self, row: IndexRow) -> None:
         self.db.execute("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)",

@@ -16,10 +16,10 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from . import format as fmt
 from .errors import CloudguardError, FileChangedError, IntegrityError
@@ -38,8 +38,9 @@ def _no_progress(_n: int) -> None:
     return None
 
 
-@dataclass(frozen=True)
-class LocalItem:
+class LocalItem(NamedTuple):
+    """A tuple, not a dataclass: a scan builds 100,000 of these and tuples are cheapest."""
+
     path: str
     kind: str  # "f" file, "d" folder, "l" symlink
     size: int = 0
@@ -59,38 +60,42 @@ def scan(folder: Path, warn: Callable[[str], None],
         leftovers = []
     items: dict[str, LocalItem] = {}
     stack = [""]
+    is_lnk, is_dir, is_reg, imode = stat.S_ISLNK, stat.S_ISDIR, stat.S_ISREG, stat.S_IMODE
     while stack:
         rel_dir = stack.pop()
         base = folder / rel_dir if rel_dir else folder
+        prefix = f"{rel_dir}/" if rel_dir else ""
         try:
             entries = list(os.scandir(base))
         except OSError as exc:
             warn(f"cannot read folder {base}: {exc.strerror}")
             continue
         for entry in entries:
-            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            if TEMP_NAME.match(entry.name):
+            name = entry.name
+            rel = prefix + name
+            if name.startswith(".cg-") and TEMP_NAME.match(name):
                 leftovers.append(Path(entry.path))
                 continue
-            try:
-                rel.encode("utf-8")
-            except UnicodeEncodeError:
-                warn(f"skipped {base / entry.name!s}: the name is not valid UTF-8")
-                continue
+            if not name.isascii():
+                try:
+                    rel.encode("utf-8")
+                except UnicodeEncodeError:
+                    warn(f"skipped {base / name!s}: the name is not valid UTF-8")
+                    continue
             try:
                 st = entry.stat(follow_symlinks=False)
             except OSError as exc:
                 warn(f"skipped {rel}: {exc.strerror}")
                 continue
-            if stat.S_ISLNK(st.st_mode):
+            mode = st.st_mode
+            if is_reg(mode):
+                items[rel] = LocalItem(rel, "f", st.st_size, st.st_mtime_ns, imode(mode))
+            elif is_dir(mode):
+                items[rel] = LocalItem(rel, "d", mode=imode(mode))
+                stack.append(rel)
+            elif is_lnk(mode):
                 items[rel] = LocalItem(rel, "l", mtime=st.st_mtime_ns,
                                        target=os.readlink(entry.path))
-            elif stat.S_ISDIR(st.st_mode):
-                items[rel] = LocalItem(rel, "d", mode=stat.S_IMODE(st.st_mode))
-                stack.append(rel)
-            elif stat.S_ISREG(st.st_mode):
-                items[rel] = LocalItem(rel, "f", st.st_size, st.st_mtime_ns,
-                                       stat.S_IMODE(st.st_mode))
             else:
                 warn(f"skipped {rel}: not a regular file, folder or symlink "
                      "(fifo, socket or device)")
@@ -189,10 +194,8 @@ def resolve_siblings(state: State, labels: dict[str, str]) -> list[dict[str, Any
     """
     ops: list[dict[str, Any]] = []
     chosen: set[str] = set()
-    for path in sorted(state.paths):
-        sibs = state.paths[path]
-        if len(sibs) < 2:
-            continue
+    for path in state.conflicted():
+        sibs = state.siblings(path)
         distinct = {_content_key(e) for e in sibs.values()}
         if len(distinct) < 2:
             continue
@@ -206,7 +209,7 @@ def resolve_siblings(state: State, labels: dict[str, str]) -> list[dict[str, Any
             seen.add(_content_key(entry))
             device = dot.partition(":")[0]
             name = conflict_name(path, int(entry.get("m", 0)), labels.get(device, device[:8]),
-                                 lambda p: p in state.paths or p in chosen)
+                                 lambda p: state.has_path(p) or p in chosen)
             chosen.add(name)
             ops.append({"p": name, "e": entry, "rm": []})
     return ops
@@ -215,11 +218,31 @@ def resolve_siblings(state: State, labels: dict[str, str]) -> list[dict[str, Any
 def view(state: State) -> dict[str, tuple[str, Entry]]:
     """One (dot, entry) per path; identical siblings collapse to the highest dot."""
     out: dict[str, tuple[str, Entry]] = {}
-    for path, sibs in state.paths.items():
+    for path, sibs in state.items():
         check_rel_path(path)
         dot = max(sibs, key=dot_key)
         out[path] = (dot, sibs[dot])
     return out
+
+
+class LazyView(Mapping[str, tuple[str, Entry]]):
+    """:func:`view`, one path at a time: a push only looks up the paths that changed here."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    def __getitem__(self, path: str) -> tuple[str, Entry]:
+        sibs = self.state.siblings(path)
+        if not sibs:
+            raise KeyError(path)
+        dot = max(sibs, key=dot_key)
+        return dot, sibs[dot]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.state.paths)
+
+    def __len__(self) -> int:
+        return len(self.state.paths)
 
 
 # --- plans --------------------------------------------------------------------------------
@@ -238,17 +261,25 @@ class PushPlan:
 
 
 def plan_push(local: dict[str, LocalItem], index: dict[str, IndexRow],
-              remote: dict[str, tuple[str, Entry]], hasher: Callable[[str], str]) -> PushPlan:
+              remote: Mapping[str, tuple[str, Entry]], hasher: Callable[[str], str]) -> PushPlan:
+    """Only paths that changed since the last sync touch ``remote`` (which may be lazy)."""
     plan = PushPlan()
-    for path in sorted(set(local) | set(index)):
+    changed: list[str] = []
+    for path, item in local.items():
+        known = index.get(path)
+        # the common case first: same kind, size, mtime and mode (and link target)
+        if known is not None and (item[1:5] == known[1:5] and item.target == known.target
+                                  or not dirty(item, known)):
+            continue
+        changed.append(path)
+    changed += [path for path in index if path not in local]
+    for path in sorted(changed):
         loc, row = local.get(path), index.get(path)
-        rem = remote.get(path)
         if loc is None:
             if row is not None:
                 plan.delete.append(row)
             continue
-        if row is not None and not dirty(loc, row):
-            continue
+        rem = remote.get(path)
         if rem is not None and entry_matches(loc, rem[1], functools.partial(hasher, path)):
             entry = rem[1]
             if loc.kind == "f" and (loc.mtime, loc.mode) != (entry.get("m"), entry.get("x")):

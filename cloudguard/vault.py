@@ -113,47 +113,45 @@ class Session:
         own = self.binding.device
         return max(self.loaded.own_seq, self.state.ctx.get(own, 0)) + 1
 
-    def write_segment(self, kind: str, payload_for: Callable[[int], dict[str, Any]]) -> str:
+    def write_segment(self, kind: str, payload_for: Callable[[int], dict[str, Any]]
+                      ) -> tuple[str, int, str]:
         seq = self.next_seq()
         name = mf.segment_name(self.binding.device, seq, kind)
         gen = self.ring.current
         blob = fmt.seal_segment(gen.kek, gen.number, name, payload_for(seq))
         self.index.set_meta("pending_segment", name)
         self.transport.put_bytes(name, blob)
+        digest = hashlib.sha256(blob).hexdigest()
         self.loaded.own_seq = seq
-        self.loaded.heads[self.binding.device] = hashlib.sha256(blob).hexdigest()
+        self.loaded.heads[self.binding.device] = digest
         self.listing[name] = len(blob)
         if kind == "d":
             self.loaded.deltas += 1
         self.committed.append(name)
-        return name
+        return name, seq, digest
 
     def commit(self, ops: list[dict[str, Any]]) -> str:
         """Upload one delta segment: the commit point of a push."""
         own = self.binding.device
         deps = dict(self.state.ctx)
         prev = self.loaded.heads.get(own)
-        seq_holder: list[int] = []
-
-        def payload(seq: int) -> dict[str, Any]:
-            seq_holder.append(seq)
-            return mf.delta_payload(own, seq, deps, prev, ops)
-
-        self.write_segment("d", payload)
-        self.state.apply_delta(own, seq_holder[0], ops)
+        name, seq, digest = self.write_segment(
+            "d", lambda seq: mf.delta_payload(own, seq, deps, prev, ops))
+        with self.state.transaction():
+            self.state.apply_delta(own, seq, ops)
+            self.state.mark_consumed(name, self.listing[name], digest)
         self.index.set_meta("seen", self.state.ctx)
         self.index.set_meta("pending_segment", None)
-        return mf.dot_of(own, seq_holder[0])
+        return mf.dot_of(own, seq)
 
     def snapshot(self) -> str:
         """Replace every segment the state covers by one snapshot, then delete them."""
         own = self.binding.device
-
-        def payload(seq: int) -> dict[str, Any]:
+        name, seq, digest = self.write_segment(
+            "s", lambda seq: mf.snapshot_payload(own, seq, self.state))
+        with self.state.transaction():
             self.state.ctx[own] = seq
-            return mf.snapshot_payload(own, seq, self.state)
-
-        name = self.write_segment("s", payload)
+            self.state.mark_consumed(name, self.listing[name], digest, dict(self.state.ctx))
         self.index.set_meta("seen", self.state.ctx)
         self.index.set_meta("pending_segment", None)
         doomed = []
@@ -164,6 +162,8 @@ class Session:
         self.transport.delete(doomed)
         for other in doomed:
             self.listing.pop(other, None)
+        with self.state.transaction():
+            self.state.forget_consumed(doomed)
         self.loaded.deltas = 0
         return name
 
@@ -201,7 +201,7 @@ def _finish_deletions(index: Index, transport: Transport, listing: dict[str, int
         ctx = loaded.state.ctx
         covered = [n for n in listing if (p := mf.parse_name(n)) is not None and n != after
                    and p[1] <= ctx.get(p[0], 0)]
-        live = {sync.DATA_PREFIX + o for o in loaded.state.objects()}
+        live = {sync.DATA_PREFIX + o for o in loaded.state.live_objects()}
         doomed = sorted({n for n in intent.get("names", []) if n in listing and n not in live}
                         | set(covered))
         transport.delete(doomed)
@@ -217,27 +217,37 @@ def _device_key(binding: Binding) -> DeviceKey:
 @contextmanager
 def session(folder: str | None, ui: UI | None = None, refetch: bool = False
             ) -> Iterator[Session]:
-    """``refetch`` ignores the segment cache, so verify re-authenticates every segment."""
+    """``refetch`` ignores every local cache (segments and merged state), so verify
+    re-authenticates every segment and rebuilds the manifest from them."""
     binding = find_binding(folder)
     with folder_lock(binding):
         index = Index(binding.dir / "index.db")
         try:
             if refetch:
                 with tempfile.TemporaryDirectory(dir=binding.dir) as scratch:
-                    yield _open(binding, index, ui or UI(), Path(scratch))
+                    state = mf.State()
+                    try:
+                        yield _open(binding, index, ui or UI(), Path(scratch), state)
+                    finally:
+                        state.close()
             else:
-                yield _open(binding, index, ui or UI(), binding.dir / "segments")
+                state = mf.State(binding.dir / "manifest.db")
+                try:
+                    yield _open(binding, index, ui or UI(), binding.dir / "segments", state)
+                finally:
+                    state.close()
         finally:
             index.close()
 
 
-def _open(binding: Binding, index: Index, ui: UI, cache_dir: Path) -> Session:
+def _open(binding: Binding, index: Index, ui: UI, cache_dir: Path, state: mf.State
+          ) -> Session:
     if not Path(binding.folder).is_dir():
         raise UsageError(f"the bound folder {binding.folder} does not exist any more")
     transport = _transport(binding)
     priv = _device_key(binding).load()
     try:
-        return _load(binding, index, ui, transport, priv, cache_dir)
+        return _load(binding, index, ui, transport, priv, cache_dir, state)
     except KeyStoreError as exc:
         if binding.enrolled:
             raise
@@ -247,7 +257,7 @@ def _open(binding: Binding, index: Index, ui: UI, cache_dir: Path) -> Session:
 
 
 def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
-          priv: X25519PrivateKey, cache_dir: Path) -> Session:
+          priv: X25519PrivateKey, cache_dir: Path, state: mf.State) -> Session:
     for attempt in range(3):
         try:
             listing = {n: o.size for n, o in transport.list().items()}
@@ -266,7 +276,7 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
             _recover_torn_segment(index, transport, listing, ring)
             seen = index.get_meta("seen", {})
             segs = {n: s for n, s in listing.items() if n.startswith(mf.PREFIX)}
-            loaded = mf.load(segs, fetch, ring, binding.device, seen, cache)
+            loaded = mf.load(segs, fetch, ring, binding.device, seen, cache, state)
             _finish_deletions(index, transport, listing, loaded)
             break
         except MissingObject:
@@ -481,9 +491,8 @@ def push(folder: str | None, dry_run: bool = False, ui: UI | None = None) -> dic
 def _push(s: Session, dry_run: bool) -> dict[str, Any]:
     conflicts = 0 if dry_run else _resolve(s)
     local = _scan(s)
-    remote = sync.view(s.state)
     index_rows = s.index.rows()
-    plan = sync.plan_push(local, index_rows, remote, _hasher(s.folder))
+    plan = sync.plan_push(local, index_rows, sync.LazyView(s.state), _hasher(s.folder))
     result: dict[str, Any] = {
         "uploaded": [i.path for i in plan.upload], "updated": [i.path for i, _ in plan.put],
         "deleted": [r.path for r in plan.delete], "dry_run": dry_run, "conflicts": conflicts}
@@ -543,7 +552,7 @@ def _collect_pending(s: Session) -> None:
     pending = s.index.pending()
     if not pending:
         return
-    live = {sync.DATA_PREFIX + o for o in s.state.objects()}
+    live = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
     stale = pending - live
     if stale:
         s.transport.delete(stale)
@@ -555,10 +564,8 @@ def _maintain(s: Session) -> None:
     """Compaction, repacking and garbage collection after a successful commit."""
     if s.loaded.deltas >= COMPACT_AFTER:
         s.snapshot()
-    objects = s.state.objects()
-    if _repack(s, objects):
-        objects = s.state.objects()
-    live = {sync.DATA_PREFIX + o for o in objects}
+    _repack(s)
+    live = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
     stored = {n for n in s.listing if n.startswith(sync.DATA_PREFIX)}
     mine = s.index.pending()
     now = time.time()
@@ -571,24 +578,18 @@ def _maintain(s: Session) -> None:
         s.index.set_orphans({n: t for n, t in orphans.items() if n not in doomed})
 
 
-def _repack(s: Session, objects: dict[str, list[dict[str, Any]]]) -> bool:
+def _repack(s: Session) -> bool:
     """Copy live blobs of mostly-dead packs, as they are, into a fresh pack."""
     victims: list[str] = []
-    for object_id, entries in objects.items():
-        name = sync.DATA_PREFIX + object_id
-        size = s.listing.get(name)
-        if not size or any(int(e["a"]) == 0 for e in entries):
+    for object_id, (live, lowest) in s.state.usage().items():
+        size = s.listing.get(sync.DATA_PREFIX + object_id)
+        if not size or lowest == 0:
             continue  # a stand-alone object, or unknown
-        live = sum(int(e["n"]) for e in entries)
         if live < REPACK_BELOW * size:
             victims.append(object_id)
     if not victims:
         return False
-    moves: list[tuple[str, str, dict[str, Any]]] = []  # (path, dot, entry)
-    for path, sibs in s.state.paths.items():
-        for dot, entry in sibs.items():
-            if entry.get("t") == "f" and entry.get("o") in victims:
-                moves.append((path, dot, entry))
+    moves = [(p, d, e) for p, d, e in s.state.in_objects(victims) if e.get("t") == "f"]
     new_id = fmt.new_object_id()
     name = sync.DATA_PREFIX + new_id
     s.index.add_pending(name)
@@ -807,7 +808,7 @@ def _verify(s: Session, read_data: bool) -> dict[str, Any]:
     if failures:
         raise IntegrityError("verify failed: " + "; ".join(failures[:20])
                              + (f" (and {len(failures) - 20} more)" if len(failures) > 20 else ""))
-    live = {sync.DATA_PREFIX + o for o in s.state.objects()}
+    live = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
     unreferenced = sorted(n for n in s.listing if n.startswith(sync.DATA_PREFIX) and n not in live)
     return {"files": len(files), "objects": len(groups), "read_data": read_data,
             "hash_checked": hashed, "authenticated": checked, "unreferenced": unreferenced,
@@ -920,27 +921,31 @@ def _rotate(s: Session, reencrypt: bool, remove: str | None) -> dict[str, Any]:
     s.transport.put_bytes(keymod.keys_name(number), keymod.seal_generation(s.binding.vault_id, gen))
     s.index.set_meta("trusted", {**s.index.get_meta("trusted", {}),
                                  str(number): fmt.key_commitment(new_kek)})
-    old_objects = {sync.DATA_PREFIX + o for o in s.state.objects()}
-    if reencrypt:
-        _reencrypt(s, new_kek, number)
-    else:
-        for sibs in s.state.paths.values():
-            for entry in sibs.values():
-                if "k" in entry:
-                    dek = fmt.unwrap_dek(s.ring.kek(int(entry["g"])), fmt.unb64(entry["k"]))
-                    entry["k"] = fmt.b64(fmt.wrap_dek(new_kek, dek))
-                    entry["g"] = number
-    s.ring.generations[number] = gen
-    doomed: set[str] = set()
-    if reencrypt:
-        live = {sync.DATA_PREFIX + o for o in s.state.objects()}
-        doomed = (old_objects | (s.index.pending() - live)
-                  | {keymod.keys_name(n) for n in s.ring.generations if n < number})
-        # Written ahead: a crash after the commit leaves the deletions to the next run.
-        s.index.set_meta("pending_delete", {
-            "after": mf.segment_name(s.binding.device, s.next_seq(), "s"),
-            "names": sorted(doomed)})
-    s.snapshot()
+    # The entries change in place; until the snapshot that commits them is uploaded, a
+    # failure must leave the local state as it was, so all of it is one transaction.
+    with s.state.transaction():
+        old_objects = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
+        if reencrypt:
+            _reencrypt(s, new_kek, number)
+        else:
+            for path, sibs in list(s.state.items()):
+                for dot, entry in sibs.items():
+                    if "k" in entry:
+                        dek = fmt.unwrap_dek(s.ring.kek(int(entry["g"])), fmt.unb64(entry["k"]))
+                        entry["k"] = fmt.b64(fmt.wrap_dek(new_kek, dek))
+                        entry["g"] = number
+                        s.state.put_entry(path, dot, entry)
+        s.ring.generations[number] = gen
+        doomed: set[str] = set()
+        if reencrypt:
+            live = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
+            doomed = (old_objects | (s.index.pending() - live)
+                      | {keymod.keys_name(n) for n in s.ring.generations if n < number})
+            # Written ahead: a crash after the commit leaves the deletions to the next run.
+            s.index.set_meta("pending_delete", {
+                "after": mf.segment_name(s.binding.device, s.next_seq(), "s"),
+                "names": sorted(doomed)})
+        s.snapshot()
     deleted: list[str] = []
     if reencrypt:
         s.transport.delete(doomed)
@@ -955,7 +960,7 @@ def _rotate(s: Session, reencrypt: bool, remove: str | None) -> dict[str, Any]:
 
 def _reencrypt(s: Session, new_kek: bytes, number: int) -> None:
     """Fresh DEKs and file ids for every blob, streamed through memory: no plaintext on disk."""
-    work = [(f"{p}\x00{d}", e) for p, sibs in s.state.paths.items() for d, e in sibs.items()
+    work = [(f"{p}\x00{d}", e) for p, sibs in s.state.items() for d, e in sibs.items()
             if e.get("t") == "f"]
     padding = s.binding.padding != "none"
     total = sum(int(e.get("s", 0)) for _k, e in work)
@@ -996,8 +1001,8 @@ def _reencrypt(s: Session, new_kek: bytes, number: int) -> None:
                 if entry["o"] == new_id:
                     entry["om"] = digest
     for (path, dot), entry in replaced.items():
-        s.state.paths[path][dot] = entry
-    for sibs in s.state.paths.values():
+        s.state.put_entry(path, dot, entry)
+    for _path, sibs in s.state.items():
         for entry in sibs.values():
             if "k" in entry and entry.get("g") != number:
                 raise IntegrityError("an entry was not re-encrypted")
@@ -1087,7 +1092,7 @@ def _doctor_remote(s: Session) -> list[Any]:
     from .doctor import Finding
 
     out: list[Finding] = []
-    live = {sync.DATA_PREFIX + o for o in s.state.objects()}
+    live = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
     for name in sorted(s.listing):
         if not _KNOWN.match(name):
             out.append(Finding("error", "remote-stray", f"{s.binding.remote}/{name} is not a "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import hashlib
 import random
 from pathlib import Path
 from typing import Any
@@ -93,7 +93,9 @@ def test_snapshot_merge_equals_replay(seed: int, steps: int, cut: int) -> None:
         return state
     a = closed(left)
     b = closed(log[:cut])
-    merged = copy.deepcopy(a)
+    merged = mf.State()
+    merged.merge(a)  # into an empty state: a copy
+    assert merged.paths == a.paths and merged.ctx == a.ctx
     merged.merge(b)
     rest = [e for e in log if e[1] > merged.ctx.get(e[0], 0)]
     while rest:
@@ -221,3 +223,88 @@ def test_load_detects_gap_and_rollback(tmp_path: Path) -> None:
     del short[mf.segment_name(dev, 3, "d")]
     with pytest.raises(IntegrityError, match="rollback"):
         mf.load(short, blobs.__getitem__, ring, dev, {dev: 3}, mf.SegmentCache(tmp_path / "e"))
+
+
+def _seal(ring: KeyRing, name: str, payload: dict[str, Any]) -> bytes:
+    return fmt.seal_segment(ring.kek(1), 1, name, payload)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10**6), st.integers(1, 30))
+def test_incremental_load_equals_full_load(tmp_path_factory: pytest.TempPathFactory, seed: int,
+                                           steps: int) -> None:
+    """The persistent state, fed only new segments run after run, always equals a fresh load
+    of every segment, across concurrent deltas and compactions that delete covered ones."""
+    rng = random.Random(seed)
+    ring = _ring()
+    tmp = tmp_path_factory.mktemp("inc")
+    remote: dict[str, bytes] = {}
+    views = {d: mf.State() for d in DEVICES}
+    observer = mf.State(tmp / "manifest.db")
+    cache = mf.SegmentCache(tmp / "segments")
+    seen: dict[str, int] = {}
+    for step in range(steps):
+        dev = rng.choice(DEVICES)
+        view = views[dev]
+        listing = {n: len(b) for n, b in remote.items()}
+        mf.load(listing, remote.__getitem__, ring, dev, {}, mf.SegmentCache(tmp / dev),
+                view)  # the writer catches up, incrementally too
+        seq = max([s for d, s, _k in filter(None, map(mf.parse_name, remote)) if d == dev]
+                  + [view.ctx.get(dev, 0)]) + 1
+        if rng.random() < 0.2 and view.ctx:
+            name = mf.segment_name(dev, seq, "s")
+            remote[name] = _seal(ring, name, mf.snapshot_payload(dev, seq, view))
+            view.ctx[dev] = seq
+            for other in list(remote):
+                got = mf.parse_name(other)
+                if got and other != name and got[1] <= view.ctx.get(got[0], 0):
+                    del remote[other]
+        else:
+            path = rng.choice(PATHS)
+            entry = None if rng.random() < 0.3 else {"t": "f", "h": str(rng.random()), "m": 1,
+                                                     "s": 1, "x": 0o644, "o": "ab" * 16,
+                                                     "a": rng.randrange(3) * 100, "n": 100,
+                                                     "i": "0" * 32, "k": "x", "g": 1}
+            ops = [{"p": path, "e": entry, "rm": sorted(view.paths.get(path, {}))}]
+            name = mf.segment_name(dev, seq, "d")
+            prev = [n for n in remote if (mf.parse_name(n) or ("", 0, ""))[:2] == (dev, seq - 1)]
+            remote[name] = _seal(ring, name, mf.delta_payload(
+                dev, seq, dict(view.ctx), hashlib.sha256(remote[prev[0]]).hexdigest()
+                if prev else None, ops))
+            view.apply_delta(dev, seq, ops)
+        if rng.random() < 0.6:
+            listing = {n: len(b) for n, b in remote.items()}
+            got = mf.load(listing, remote.__getitem__, ring, "f" * 16, seen, cache, observer)
+            seen = dict(got.state.ctx)
+            fresh = mf.load(listing, remote.__getitem__, ring, "f" * 16, {},
+                            mf.SegmentCache(tmp / f"fresh{step}"))
+            assert dict(observer.items()) == dict(fresh.state.items())
+            assert observer.ctx == fresh.state.ctx
+            assert observer.usage() == fresh.state.usage()
+    observer.close()
+
+
+def test_failed_load_leaves_the_persistent_state_as_it_was(tmp_path: Path) -> None:
+    """A rollback caught on load must not replace the state: the next honest load goes on."""
+    ring = _ring()
+    dev = DEVICES[0]
+    remote: dict[str, bytes] = {}
+    state = mf.State(tmp_path / "manifest.db")
+    cache = mf.SegmentCache(tmp_path / "c")
+    for seq in (1, 2, 3):
+        name = mf.segment_name(dev, seq, "d")
+        remote[name] = _seal(ring, name, mf.delta_payload(
+            dev, seq, {dev: seq - 1} if seq > 1 else {}, None,
+            [{"p": f"f{seq}", "e": {"t": "d"}, "rm": []}]))
+    listing = {n: len(b) for n, b in remote.items()}
+    mf.load(listing, remote.__getitem__, ring, "f" * 16, {}, cache, state)
+    before = dict(state.items())
+    older = {n: s for n, s in listing.items() if not n.endswith("3.d")}
+    with pytest.raises(IntegrityError, match="rollback"):
+        mf.load(older, remote.__getitem__, ring, "f" * 16, {dev: 3}, cache, state)
+    state.close()
+    reopened = mf.State(tmp_path / "manifest.db")
+    assert dict(reopened.items()) == before and reopened.ctx == {dev: 3}
+    assert set(reopened.consumed()) == set(listing)
+    got = mf.load(listing, remote.__getitem__, ring, "f" * 16, {dev: 3}, cache, reopened)
+    assert sorted(got.state.paths) == ["f1", "f2", "f3"]

@@ -309,3 +309,47 @@ def test_files_from_before_1970_and_odd_extensions(local_remote: str, tmp_path: 
     pulled = cg_json("pull", "--folder", str(b))
     assert len(pulled["conflicts"]) == 1
     assert len(pulled["conflicts"][0].encode()) <= 255
+
+
+def test_local_manifest_state_follows_compaction_and_survives_damage(
+        local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each device keeps the merged manifest in CLOUDGUARD_HOME and applies only new segments.
+    It must track another device's compactions (which delete segments it already applied),
+    and a damaged or missing copy is rebuilt from the remote."""
+    from cloudguard import manifest as mf
+    from cloudguard import vault
+    from cloudguard.state import find_binding
+
+    a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
+    a.mkdir()
+    (a / "base.txt").write_text("base")
+    share(local_remote, a, b, kit)
+    monkeypatch.setattr(vault, "COMPACT_AFTER", 2)
+    for i in range(5):
+        (a / f"f{i}.txt").write_text(f"version {i}")
+        if i % 2:
+            (a / "base.txt").write_text(f"base {i}")
+        cg("push", "--folder", str(a))
+        if i in (1, 3):
+            cg("pull", "--folder", str(b))
+            assert tree(a) == tree(b)
+    assert any(p.suffix == ".s" for p in (Path(local_remote) / "m").iterdir())  # compacted
+    cg("pull", "--folder", str(b))
+    assert tree(a) == tree(b)
+    db = find_binding(str(b)).dir / "manifest.db"
+    state = mf.State(db)
+    recorded = dict(state.items())
+    state.close()
+    assert set(recorded) == {"base.txt", *(f"f{i}.txt" for i in range(5))}
+    db.write_bytes(b"this is not a database" * 100)
+    (a / "after.txt").write_text("after damage")
+    cg("push", "--folder", str(a))
+    cg("pull", "--folder", str(b))
+    assert tree(a) == tree(b)
+    db.unlink()
+    (b / "from-b.txt").write_text("b again")
+    cg("push", "--folder", str(b))
+    cg("pull", "--folder", str(a))
+    assert tree(a) == tree(b)
+    cg("verify", "--folder", str(b))
+    assert oct(db.stat().st_mode & 0o777) == "0o600"
