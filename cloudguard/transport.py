@@ -5,9 +5,14 @@ double-quoted, so a file named ``$(...)`` executes (docs/design.md). Our object 
 hex anyway, but remote specs come from the user and are passed as single argv elements.
 
 The store is a flat namespace of immutable objects, so every call maps onto one rclone process:
-``lsjson`` for listing, ``rcat`` to stream an upload, ``cat`` (with ``--offset``/``--count``)
-for ranged reads and ``delete --files-from-raw`` to delete many objects in one process.
-rclone errors are translated here, in one place.
+``lsjson`` for listing, ``rcat`` to stream a large upload, ``copyto`` for small whole objects,
+``cat`` (with ``--offset``/``--count``) for ranged reads and ``delete --files-from-raw`` to
+delete many objects in one process. rclone errors are translated here, in one place.
+
+Manifest segments and key slots go through ``copyto`` of a spooled file, not ``rcat``: rclone
+then uploads to a temporary name and renames (local, sftp and other file backends; object
+stores only show whole objects), so a killed upload never leaves half a segment under its real
+name for other devices to trip over. Spools and file lists live in ``CLOUDGUARD_HOME/tmp``.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -24,8 +30,31 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from .errors import IntegrityError, TransportError, UsageError
+from .state import home
 
 _IO_BUFFER = 1024 * 1024
+_SCRATCH_MAX_AGE = 86400.0
+
+
+def scratch_dir() -> Path:
+    """Where file lists and small spools go: ours (0700), never the shared /tmp.
+
+    A killed run may leave entries; they hold ciphertext and object names only, and any run
+    removes those older than a day (a live run's are seconds old).
+    """
+    root = home() / "tmp"
+    root.mkdir(exist_ok=True, mode=0o700)
+    now = time.time()
+    for child in root.iterdir():
+        try:
+            if now - child.lstat().st_mtime > _SCRATCH_MAX_AGE:
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        except OSError:
+            continue
+    return root
 
 
 @dataclass(frozen=True)
@@ -84,6 +113,15 @@ class RcloneTransport:
         self.remote = normalize_remote(remote)
         self.binary = rclone_binary()
         self.extra = list(extra_args or [])
+        self.scratch = scratch_dir()
+
+    @contextmanager
+    def _names_file(self, names: Iterable[str]) -> Iterator[str]:
+        with tempfile.NamedTemporaryFile("w", suffix=".lst", encoding="utf-8",
+                                         dir=self.scratch) as fh:
+            fh.write("\n".join(names) + "\n")
+            fh.flush()
+            yield fh.name
 
     def _target(self, name: str) -> str:
         if not name:
@@ -170,7 +208,7 @@ class RcloneTransport:
             args += ["--offset", str(offset)]
         if count is not None:
             args += ["--count", str(count)]
-        err = tempfile.TemporaryFile()
+        err = tempfile.TemporaryFile(dir=self.scratch)
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, bufsize=_IO_BUFFER)
         assert proc.stdout is not None
         try:
@@ -185,7 +223,14 @@ class RcloneTransport:
             raise self._error(f"downloading {name}", code, stderr)
 
     def put_bytes(self, name: str, data: bytes) -> None:
-        self._run(self._cmd("rcat", self._target(name)), f"uploading {name}", data)
+        """Whole or nothing under ``name`` (see the module docstring)."""
+        with tempfile.TemporaryDirectory(prefix="cloudguard-put-", dir=self.scratch) as tmp:
+            spool = Path(tmp) / "object"
+            fd = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            self._run(self._cmd("copyto", "--no-check-dest", str(spool), self._target(name)),
+                      f"uploading {name}")
 
     def get_bytes(self, name: str) -> bytes:
         return self._run(self._cmd("cat", self._target(name)), f"downloading {name}").stdout
@@ -200,12 +245,10 @@ class RcloneTransport:
         if len(wanted) <= 1:
             return {}
         out: dict[str, bytes] = {}
-        with tempfile.TemporaryDirectory(prefix="cloudguard-fetch-") as tmp, \
-                tempfile.NamedTemporaryFile("w", suffix=".lst", encoding="utf-8") as fh:
-            fh.write("\n".join(wanted) + "\n")
-            fh.flush()
+        with tempfile.TemporaryDirectory(prefix="cloudguard-fetch-", dir=self.scratch) as tmp, \
+                self._names_file(wanted) as listed:
             try:
-                self._run(self._cmd("copy", "--files-from-raw", fh.name, "--no-traverse",
+                self._run(self._cmd("copy", "--files-from-raw", listed, "--no-traverse",
                                     "--no-check-dest", self.remote, tmp), "fetching metadata")
             except TransportError:
                 return {}
@@ -218,10 +261,8 @@ class RcloneTransport:
 
     def put_files(self, folder: Path, names: Sequence[str], prefix: str) -> None:
         """Move spooled files ``folder/<name>`` to ``<prefix><name>`` in one rclone process."""
-        with tempfile.NamedTemporaryFile("w", suffix=".lst", encoding="utf-8") as fh:
-            fh.write("\n".join(names) + "\n")
-            fh.flush()
-            self._run(self._cmd("move", "--files-from-raw", fh.name, "--no-traverse",
+        with self._names_file(names) as listed:
+            self._run(self._cmd("move", "--files-from-raw", listed, "--no-traverse",
                                 str(folder), self._target(prefix.rstrip("/"))),
                       f"uploading {len(names)} objects")
         for name in names:  # rclone removes what it moved; never leave ciphertext behind
@@ -231,10 +272,8 @@ class RcloneTransport:
         listed = sorted(set(names))
         if not listed:
             return
-        with tempfile.NamedTemporaryFile("w", suffix=".lst", encoding="utf-8") as fh:
-            fh.write("\n".join(listed) + "\n")
-            fh.flush()
-            self._run(self._cmd("delete", "--files-from-raw", fh.name, self.remote),
+        with self._names_file(listed) as names_file:
+            self._run(self._cmd("delete", "--files-from-raw", names_file, self.remote),
                       f"deleting {len(listed)} objects")
 
     def ensure_root(self) -> None:

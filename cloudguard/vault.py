@@ -566,7 +566,9 @@ def _maintain(s: Session) -> None:
         s.snapshot()
     _repack(s)
     live = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
-    stored = {n for n in s.listing if n.startswith(sync.DATA_PREFIX)}
+    # rclone's temp names of a killed upload ("<name>.<hex>.partial") are garbage too
+    stored = {n for n in s.listing if n.startswith(sync.DATA_PREFIX) or (
+        n.startswith((mf.PREFIX, keymod.KEYS_PREFIX)) and n.endswith(".partial"))}
     mine = s.index.pending()
     now = time.time()
     seen = s.index.orphans()

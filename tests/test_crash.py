@@ -37,3 +37,36 @@ def test_short_crash_campaign(tmp_path: Path) -> None:
     assert report.total_kills >= 12, summary
     for op in cc.OPS:
         assert sum(report.kills.get(op, {}).values()) >= 1, summary
+
+
+KILLED_PUT = """
+import sys
+from cloudguard.transport import RcloneTransport
+RcloneTransport(sys.argv[1]).put_bytes("m/0123456789abcdef-000000000007.d", b"x" * 8_000_000)
+"""
+
+
+def test_killed_small_object_upload_never_shows_half_an_object(tmp_path: Path) -> None:
+    """Segments and key slots go up under a temp name and are renamed: a kill mid-upload leaves
+    nothing (or rclone's ``.partial``) under the real name, never a torn segment that would
+    stop other devices. The ``.partial`` is collected like any other garbage."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    remote = tmp_path / "remote"
+    (remote / "m").mkdir(parents=True)
+    env = {**os.environ, "RCLONE_BWLIMIT": "1M"}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_PUT, str(remote)], env=env,
+                            start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not any((remote / "m").iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the upload has started once anything appears in m/
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    names = [p.name for p in (remote / "m").iterdir()]
+    assert names, "the upload never started"
+    assert "0123456789abcdef-000000000007.d" not in names, names
+    assert all(n.endswith(".partial") for n in names), names

@@ -353,3 +353,29 @@ def test_local_manifest_state_follows_compaction_and_survives_damage(
     assert tree(a) == tree(b)
     cg("verify", "--folder", str(b))
     assert oct(db.stat().st_mode & 0o777) == "0o600"
+
+
+def test_stray_partial_uploads_are_ignored_then_collected(
+        local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a killed upload leaves (rclone's ``NAME.<hex>.partial``) must not stop any device,
+    and the garbage collector removes it after the grace period."""
+    a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
+    a.mkdir()
+    (a / "doc.txt").write_text("one")
+    share(local_remote, a, b, kit)
+    root = Path(local_remote)
+    segment = sorted((root / "m").iterdir())[-1]
+    strays = [root / "m" / f"{segment.name}x.1a2b3c4d.partial",
+              root / "keys" / "00000009.5e6f7a8b.partial"]
+    for stray in strays:
+        stray.write_bytes(segment.read_bytes()[:100])
+    (a / "doc.txt").write_text("two")
+    cg("push", "--folder", str(a))
+    cg("pull", "--folder", str(b))
+    assert tree(a) == tree(b)
+    assert all(s.exists() for s in strays)  # within the grace period: left alone
+    monkeypatch.setenv("CLOUDGUARD_GC_GRACE", "0")
+    (a / "doc.txt").write_text("three")
+    cg("push", "--folder", str(a))
+    assert not any(s.exists() for s in strays)
+    cg("verify", "--folder", str(b))
