@@ -26,7 +26,6 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .errors import FileChangedError, IntegrityError
@@ -263,21 +262,35 @@ def pack_header(pack_id: bytes) -> bytes:
 # --- DEK wrapping -------------------------------------------------------------------------
 
 
+DEK_WRAP_SIZE = 12 + 32 + TAG_SIZE  # nonce, DEK, tag
+
+
 @functools.lru_cache(maxsize=64)
-def _dek_wrap_key(kek: bytes) -> bytes:
+def _dek_wrapper(kek: bytes) -> AESGCM:
     """Derived once per KEK: a rotation re-wraps every DEK of the vault."""
-    return _hkdf(kek, b"cloudguard/v1/dek-wrap")
+    return AESGCM(_hkdf(kek, b"cloudguard/v1/dek-wrap"))
 
 
-def wrap_dek(kek: bytes, dek: bytes) -> bytes:
-    """AES-KW (RFC 3394) under a KEK-derived key, so re-wrapping never touches content."""
-    return aes_key_wrap(_dek_wrap_key(kek), dek)
+def _dek_aad(file_id: bytes) -> bytes:
+    return b"cloudguard/v1/dek" + bytes([VERSION]) + file_id
 
 
-def unwrap_dek(kek: bytes, wrapped: bytes) -> bytes:
+def wrap_dek(kek: bytes, dek: bytes, file_id: bytes, nonce: bytes | None = None) -> bytes:
+    """AES-GCM under a KEK-derived key, bound to the blob's file id; re-wrapping never touches
+    content. Not AES-KW: cryptography's AES-KW runs in Python (~75 us a call), which was
+    most of the CPU of a push of 2,000 small files and of a rotation of a big vault."""
+    if len(dek) != 32 or len(file_id) != FILE_ID_SIZE:
+        raise ValueError("a DEK is 32 bytes and a file id 16")
+    nonce = _nonce(nonce)
+    return nonce + _dek_wrapper(kek).encrypt(nonce, dek, _dek_aad(file_id))
+
+
+def unwrap_dek(kek: bytes, wrapped: bytes, file_id: bytes) -> bytes:
+    if len(wrapped) != DEK_WRAP_SIZE or len(file_id) != FILE_ID_SIZE:
+        raise IntegrityError()
     try:
-        return aes_key_unwrap(_dek_wrap_key(kek), wrapped)
-    except (InvalidUnwrap, ValueError) as exc:
+        return _dek_wrapper(kek).decrypt(wrapped[:12], wrapped[12:], _dek_aad(file_id))
+    except InvalidTag as exc:
         raise IntegrityError() from exc
 
 

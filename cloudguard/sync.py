@@ -511,7 +511,7 @@ def _encrypt_one(folder: Path, item: LocalItem, out: ObjectWriter, kek: bytes, g
         if after.st_mtime_ns != st.st_mtime_ns or after.st_size != st.st_size:
             raise FileChangedError(item.path)
     return {"t": "f", "s": info.size, "m": st.st_mtime_ns, "x": stat.S_IMODE(st.st_mode),
-            "h": info.sha256, "i": file_id.hex(), "k": fmt.b64(fmt.wrap_dek(kek, dek)),
+            "h": info.sha256, "i": file_id.hex(), "k": fmt.b64(fmt.wrap_dek(kek, dek, file_id)),
             "g": generation}
 
 
@@ -566,8 +566,8 @@ def _skip(stream: IO[bytes], count: int) -> None:
 
 def dek_of(entry: Entry, keks: Callable[[int], bytes]) -> tuple[bytes, bytes]:
     try:
-        return (fmt.unwrap_dek(keks(int(entry["g"])), fmt.unb64(entry["k"])),
-                bytes.fromhex(str(entry["i"])))
+        file_id = bytes.fromhex(str(entry["i"]))
+        return fmt.unwrap_dek(keks(int(entry["g"])), fmt.unb64(entry["k"]), file_id), file_id
     except (KeyError, TypeError, ValueError) as exc:
         raise IntegrityError("a manifest entry is malformed") from exc
 

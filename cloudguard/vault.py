@@ -933,8 +933,8 @@ def _rotate(s: Session, reencrypt: bool, remove: str | None) -> dict[str, Any]:
             for path, sibs in list(s.state.items()):
                 for dot, entry in sibs.items():
                     if "k" in entry:
-                        dek = fmt.unwrap_dek(s.ring.kek(int(entry["g"])), fmt.unb64(entry["k"]))
-                        entry["k"] = fmt.b64(fmt.wrap_dek(new_kek, dek))
+                        dek, file_id = sync.dek_of(entry, s.ring.kek)
+                        entry["k"] = fmt.b64(fmt.wrap_dek(new_kek, dek, file_id))
                         entry["g"] = number
                         s.state.put_entry(path, dot, entry)
         s.ring.generations[number] = gen
@@ -993,7 +993,7 @@ def _reencrypt(s: Session, new_kek: bytes, number: int) -> None:
                     path, _, dot = key.partition("\x00")
                     replaced[(path, dot)] = {**entry, "o": new_id, "a": offset,
                                              "n": out.count - offset, "i": new_fid.hex(),
-                                             "k": fmt.b64(fmt.wrap_dek(new_kek, new_dek)),
+                                             "k": fmt.b64(fmt.wrap_dek(new_kek, new_dek, new_fid)),
                                              "g": number, "r": int(entry.get("r", 0)) + 1}
                     advance(info.size)
                 if packed and padding:

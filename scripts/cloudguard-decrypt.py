@@ -262,13 +262,15 @@ def decrypt_blob(src: LimitedReader, dek: bytes, file_id: bytes, sha256_hex: str
 # --- DEK wrapping ------------------------------------------------------------------------
 
 
-def unwrap_dek(kek: bytes, wrapped: bytes) -> bytes:
-    """WRAPPED_DEK = AES-KW(HKDF(ikm = KEK, info = "cloudguard/v1/dek-wrap"), DEK)"""
-    if len(wrapped) != 40:
+def unwrap_dek(kek: bytes, wrapped: bytes, file_id: bytes) -> bytes:
+    """KW          = HKDF(ikm = KEK, info = "cloudguard/v1/dek-wrap")
+    WRAPPED_DEK = NONCE || GCM(KW, NONCE, DEK, "cloudguard/v1/dek" || 0x01 || FILE_ID)"""
+    if len(wrapped) != 12 + KEY_SIZE + 16 or len(file_id) != 16:
         raise BadData()
     try:
-        dek = aes_key_unwrap(hkdf(kek, b"cloudguard/v1/dek-wrap"), wrapped)
-    except (InvalidUnwrap, ValueError) as exc:
+        dek = AESGCM(hkdf(kek, b"cloudguard/v1/dek-wrap")).decrypt(
+            wrapped[:12], wrapped[12:], b"cloudguard/v1/dek" + bytes([1]) + file_id)
+    except InvalidTag as exc:
         raise BadData() from exc
     if len(dek) != KEY_SIZE:
         raise BadData()
@@ -1008,7 +1010,7 @@ def write_file(stage: Path, remote: Path, path: str, entry: Entry, ring: KeyRing
         raise IntegrityFailure(f"{where}: its key is wrapped under generation {entry['g']}, "
                                "which this kit cannot open")
     try:
-        dek = unwrap_dek(kek, unb64(entry["k"]))
+        dek = unwrap_dek(kek, unb64(entry["k"]), bytes.fromhex(entry["i"]))
     except BadData as exc:
         raise IntegrityFailure(f"{where}: the wrapped file key failed to unwrap") from exc
     tmp = parent / f".cg-{secrets.token_hex(8)}.tmp"

@@ -104,7 +104,10 @@ def wrap_dek_vectors() -> list[dict[str, str]]:
     out = []
     for i in range(2):
         kek, dek = _h(f"wrap kek {i}"), _h(f"wrap dek {i}")
-        out.append({"kek": kek.hex(), "dek": dek.hex(), "wrapped": fmt.wrap_dek(kek, dek).hex()})
+        file_id, nonce = _h(f"wrap file id {i}", fmt.FILE_ID_SIZE), _h(f"wrap nonce {i}", 12)
+        out.append({"kek": kek.hex(), "dek": dek.hex(), "file_id": file_id.hex(),
+                    "nonce": nonce.hex(),
+                    "wrapped": fmt.wrap_dek(kek, dek, file_id, nonce).hex()})
     return out
 
 

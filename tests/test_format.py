@@ -139,8 +139,10 @@ def test_padme_vectors() -> None:
 def test_wrap_dek_vectors() -> None:
     for vec in VECTORS["wrap_dek"]:
         kek, dek = bytes.fromhex(vec["kek"]), bytes.fromhex(vec["dek"])
-        assert fmt.wrap_dek(kek, dek).hex() == vec["wrapped"]
-        assert fmt.unwrap_dek(kek, bytes.fromhex(vec["wrapped"])) == dek
+        file_id, nonce = bytes.fromhex(vec["file_id"]), bytes.fromhex(vec["nonce"])
+        wrapped = fmt.wrap_dek(kek, dek, file_id, nonce)
+        assert wrapped.hex() == vec["wrapped"]
+        assert fmt.unwrap_dek(kek, wrapped, file_id) == dek
 
 
 def test_segment_vectors() -> None:
@@ -555,12 +557,19 @@ def test_segment_payload_must_be_object() -> None:
 
 
 def test_dek_unwrap_tampering() -> None:
-    wrapped = fmt.wrap_dek(KEK, DEK)
-    assert fmt.unwrap_dek(KEK, wrapped) == DEK
-    for bad_kek, bad in [(bytes(32), wrapped), (KEK, wrapped[:-8]), (KEK, wrapped + bytes(8)),
-                         (KEK, bytes(len(wrapped))), (KEK, b""), (KEK, wrapped[:-1])]:
+    fid = bytes(range(16))
+    wrapped = fmt.wrap_dek(KEK, DEK, fid)
+    assert len(wrapped) == 60 and fmt.unwrap_dek(KEK, wrapped, fid) == DEK
+    assert fmt.wrap_dek(KEK, DEK, fid) != wrapped  # a fresh nonce every time
+    flipped = bytearray(wrapped)
+    flipped[20] ^= 1
+    for bad_kek, bad, bad_fid in [
+            (bytes(32), wrapped, fid), (KEK, wrapped[:-8], fid), (KEK, wrapped + bytes(8), fid),
+            (KEK, bytes(len(wrapped)), fid), (KEK, b"", fid), (KEK, wrapped[:-1], fid),
+            (KEK, bytes(flipped), fid), (KEK, wrapped, bytes(16)),  # moved to another file
+            (KEK, wrapped, fid[:8])]:
         with pytest.raises(IntegrityError):
-            fmt.unwrap_dek(bad_kek, bad)
+            fmt.unwrap_dek(bad_kek, bad, bad_fid)
 
 
 def test_slot_tampering() -> None:

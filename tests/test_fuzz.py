@@ -168,9 +168,10 @@ def test_decrypt_blob_iter_mutated(data: st.DataObject, which: int, expected: by
 
 
 @FUZZ
-@given(kek=st.binary(max_size=40), wrapped=st.binary(max_size=64))
-def test_unwrap_dek_arbitrary(kek: bytes, wrapped: bytes) -> None:
-    assert rejects(fmt.unwrap_dek, kek, wrapped) is _MISSING
+@given(kek=st.binary(max_size=40), wrapped=st.binary(max_size=80),
+       file_id=st.binary(max_size=20))
+def test_unwrap_dek_arbitrary(kek: bytes, wrapped: bytes, file_id: bytes) -> None:
+    assert rejects(fmt.unwrap_dek, kek, wrapped, file_id) is _MISSING
 
 
 # --- segments -----------------------------------------------------------------------------
