@@ -82,6 +82,8 @@ class Transport(Protocol):
 
     def get_many(self, names: Iterable[str]) -> dict[str, bytes]: ...
 
+    def get_matching(self, patterns: Sequence[str]) -> dict[str, bytes]: ...
+
     def put_files(self, folder: Path, names: Sequence[str], prefix: str) -> None: ...
 
 
@@ -257,6 +259,23 @@ class RcloneTransport:
                     out[name] = (Path(tmp) / name).read_bytes()
                 except OSError:
                     continue
+        return out
+
+    def get_matching(self, patterns: Sequence[str]) -> dict[str, bytes]:
+        """Every object matching rclone ``--include`` patterns, in one process that needs no
+        listing first (so it can run beside one). Failures return what arrived, as above."""
+        out: dict[str, bytes] = {}
+        includes = [arg for pattern in patterns for arg in ("--include", pattern)]
+        with tempfile.TemporaryDirectory(prefix="cloudguard-fetch-", dir=self.scratch) as tmp:
+            try:
+                self._run(self._cmd("copy", *includes, "--no-check-dest", self.remote, tmp),
+                          "fetching metadata")
+            except TransportError:
+                return {}
+            root = Path(tmp)
+            for path in root.rglob("*"):
+                if path.is_file() and not path.is_symlink():
+                    out[path.relative_to(root).as_posix()] = path.read_bytes()
         return out
 
     def put_files(self, folder: Path, names: Sequence[str], prefix: str) -> None:

@@ -15,6 +15,7 @@ import re
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -245,9 +246,16 @@ def _open(binding: Binding, index: Index, ui: UI, cache_dir: Path, state: mf.Sta
     if not Path(binding.folder).is_dir():
         raise UsageError(f"the bound folder {binding.folder} does not exist any more")
     transport = _transport(binding)
-    priv = _device_key(binding).load()
+    # rclone costs ~50 ms a process to start: list the remote and fetch the descriptor and key
+    # slots in two processes at once, while the device key is read from the keyring
+    early = _Background(transport)
     try:
-        return _load(binding, index, ui, transport, priv, cache_dir, state)
+        priv = _device_key(binding).load()
+    except BaseException:
+        early.join()
+        raise
+    try:
+        return _load(binding, index, ui, transport, priv, cache_dir, state, early)
     except KeyStoreError as exc:
         if binding.enrolled:
             raise
@@ -256,13 +264,48 @@ def _open(binding: Binding, index: Index, ui: UI, cache_dir: Path, state: mf.Sta
                             f"'cloudguard device approve {fp}' on an enrolled device") from exc
 
 
+class _Background:
+    """The listing and the small metadata objects, fetched on two threads."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.listing: dict[str, int] | None = None
+        self.meta: dict[str, bytes] = {}
+        self.error: BaseException | None = None
+
+        def listing() -> None:
+            try:
+                self.listing = {n: o.size for n, o in transport.list().items()}
+            except BaseException as exc:  # re-raised on the main thread
+                self.error = exc
+
+        def meta() -> None:
+            self.meta = transport.get_matching([f"/{DESCRIPTOR}", f"/{keymod.KEYS_PREFIX}*"])
+
+        self.threads = [threading.Thread(target=listing, daemon=True),
+                        threading.Thread(target=meta, daemon=True)]
+        for thread in self.threads:
+            thread.start()
+
+    def join(self) -> tuple[dict[str, int], dict[str, bytes]]:
+        for thread in self.threads:
+            thread.join()
+        if self.error is not None:
+            raise self.error
+        assert self.listing is not None
+        return self.listing, self.meta
+
+
 def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
-          priv: X25519PrivateKey, cache_dir: Path, state: mf.State) -> Session:
+          priv: X25519PrivateKey, cache_dir: Path, state: mf.State,
+          early: _Background | None = None) -> Session:
     for attempt in range(3):
         try:
-            listing = {n: o.size for n, o in transport.list().items()}
+            if early is not None and attempt == 0:
+                listing, meta = early.join()
+            else:
+                listing, meta = {n: o.size for n, o in transport.list().items()}, {}
             cache = mf.SegmentCache(cache_dir)
-            fetch = _prefetch(transport, listing, cache)
+            fetch = _prefetch(transport, listing, cache, meta)
             raw = listing_descriptor(fetch, listing, binding.remote)
             doc = parse_descriptor(raw, binding.remote)
             if doc["vault"] != binding.vault_id:
@@ -300,12 +343,18 @@ def listing_descriptor(fetch: Callable[[str], bytes], listing: dict[str, int], r
     return fetch(DESCRIPTOR)
 
 
-def _prefetch(transport: Transport, listing: dict[str, int], cache: mf.SegmentCache
-              ) -> Callable[[str], bytes]:
-    """Fetch the descriptor, key slots and uncached segments in one go; serve them once."""
-    wanted = [n for n in listing if n == DESCRIPTOR or n.startswith(keymod.KEYS_PREFIX)
-              or (n.startswith(mf.PREFIX) and not cache.has(n, listing[n]))]
-    got = transport.get_many(wanted)
+def _prefetch(transport: Transport, listing: dict[str, int], cache: mf.SegmentCache,
+              have: dict[str, bytes] | None = None) -> Callable[[str], bytes]:
+    """Fetch the descriptor, key slots and uncached segments in one go; serve them once.
+
+    ``have`` holds objects fetched already (beside the listing); any listed one it lacks, or
+    whose size differs from the listing (it changed in between), is fetched again here.
+    """
+    got = {n: d for n, d in (have or {}).items() if listing.get(n) == len(d)}
+    wanted = [n for n in listing if n not in got and (
+        n == DESCRIPTOR or n.startswith(keymod.KEYS_PREFIX)
+        or (n.startswith(mf.PREFIX) and not cache.has(n, listing[n])))]
+    got.update(transport.get_many(wanted))
 
     def fetch(name: str) -> bytes:
         data = got.pop(name, None)
