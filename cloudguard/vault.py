@@ -97,6 +97,7 @@ class Session:
     loaded: mf.Loaded
     listing: dict[str, int]
     ui: UI
+    segment_cache: mf.SegmentCache
     committed: list[str] = field(default_factory=list)
 
     @property
@@ -122,6 +123,7 @@ class Session:
         blob = fmt.seal_segment(gen.kek, gen.number, name, payload_for(seq))
         self.index.set_meta("pending_segment", name)
         self.transport.put_bytes(name, blob)
+        self.segment_cache.put(name, blob)  # a rebuild of the state then needs no download
         digest = hashlib.sha256(blob).hexdigest()
         self.loaded.own_seq = seq
         self.loaded.heads[self.binding.device] = digest
@@ -305,7 +307,9 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
             else:
                 listing, meta = {n: o.size for n, o in transport.list().items()}, {}
             cache = mf.SegmentCache(cache_dir)
-            fetch = _prefetch(transport, listing, cache, meta)
+            applied = {n for n, (size, _h, _c) in state.consumed().items()
+                       if listing.get(n) == size}
+            fetch = _prefetch(transport, listing, cache, meta, applied)
             raw = listing_descriptor(fetch, listing, binding.remote)
             doc = parse_descriptor(raw, binding.remote)
             if doc["vault"] != binding.vault_id:
@@ -332,7 +336,7 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
     if not binding.enrolled:
         binding.enrolled = True
         binding.save()
-    return Session(binding, transport, index, priv, ring, loaded, listing, ui)
+    return Session(binding, transport, index, priv, ring, loaded, listing, ui, cache)
 
 
 def listing_descriptor(fetch: Callable[[str], bytes], listing: dict[str, int], remote: str
@@ -344,16 +348,20 @@ def listing_descriptor(fetch: Callable[[str], bytes], listing: dict[str, int], r
 
 
 def _prefetch(transport: Transport, listing: dict[str, int], cache: mf.SegmentCache,
-              have: dict[str, bytes] | None = None) -> Callable[[str], bytes]:
+              have: dict[str, bytes] | None = None, applied: set[str] | None = None
+              ) -> Callable[[str], bytes]:
     """Fetch the descriptor, key slots and uncached segments in one go; serve them once.
 
     ``have`` holds objects fetched already (beside the listing); any listed one it lacks, or
     whose size differs from the listing (it changed in between), is fetched again here.
+    Segments the local state has ``applied`` are not needed (unless the state is rebuilt,
+    when they are fetched one by one).
     """
     got = {n: d for n, d in (have or {}).items() if listing.get(n) == len(d)}
     wanted = [n for n in listing if n not in got and (
         n == DESCRIPTOR or n.startswith(keymod.KEYS_PREFIX)
-        or (n.startswith(mf.PREFIX) and not cache.has(n, listing[n])))]
+        or (n.startswith(mf.PREFIX) and n not in (applied or set())
+            and not cache.has(n, listing[n])))]
     got.update(transport.get_many(wanted))
 
     def fetch(name: str) -> bytes:
