@@ -12,7 +12,7 @@ import json
 import os
 import secrets
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -126,6 +126,15 @@ class IndexRow(NamedTuple):
     target: str
 
 
+_COLUMNS = "path, kind, size, mtime, mode, sha256, dot, target"
+
+
+def signature(kind: str, size: int, mtime: int, mode: int, target: str) -> str:
+    """What a push compares between the folder and the index to skip unchanged entries; equal
+    signatures imply "not dirty" (sync.dirty), different ones get the full comparison."""
+    return f"{kind}:{size}:{mtime}:{mode}:{target}"
+
+
 class Index:
     """SQLite in WAL mode: what was last synced, so changes on either side can be told apart."""
 
@@ -138,12 +147,18 @@ class Index:
         self.db.executescript(
             """
             CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, kind TEXT, size INTEGER,
-                mtime INTEGER, mode INTEGER, sha256 TEXT, dot TEXT, target TEXT);
+                mtime INTEGER, mode INTEGER, sha256 TEXT, dot TEXT, target TEXT, sig TEXT);
             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
             CREATE TABLE IF NOT EXISTS pending (object TEXT PRIMARY KEY);
             CREATE TABLE IF NOT EXISTS orphans (object TEXT PRIMARY KEY, first_seen REAL);
             """
         )
+        columns = [r[1] for r in self.db.execute("PRAGMA table_info(files)")]
+        if "sig" not in columns:  # an index from before signatures: add and fill them
+            with self.transaction():
+                self.db.execute("ALTER TABLE files ADD COLUMN sig TEXT")
+                for row in self.rows().values():
+                    self.put(row)
 
     def close(self) -> None:
         self.db.close()
@@ -159,15 +174,31 @@ class Index:
         self.db.execute("COMMIT")
 
     def rows(self) -> dict[str, IndexRow]:
-        cur = self.db.execute("SELECT path, kind, size, mtime, mode, sha256, dot, target "
-                              "FROM files")
+        cur = self.db.execute(f"SELECT {_COLUMNS} FROM files")
         make = IndexRow._make
         return {r[0]: make(r) for r in cur}
 
+    def signatures(self) -> dict[str, str]:
+        """path -> :func:`signature`: two strings a row, three times cheaper to read than
+        whole rows, which a push of a big folder needs only for the paths that changed."""
+        return dict(self.db.execute("SELECT path, sig FROM files"))
+
+    def rows_for(self, paths: Iterable[str]) -> dict[str, IndexRow]:
+        wanted = list(paths)
+        out: dict[str, IndexRow] = {}
+        for start in range(0, len(wanted), 500):
+            batch = wanted[start:start + 500]
+            marks = ",".join("?" * len(batch))
+            for r in self.db.execute(f"SELECT {_COLUMNS} FROM files WHERE path IN ({marks})",
+                                     batch):
+                out[r[0]] = IndexRow._make(r)
+        return out
+
     def put(self, row: IndexRow) -> None:
-        self.db.execute("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)",
+        self.db.execute("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?)",
                         (row.path, row.kind, row.size, row.mtime, row.mode, row.sha256, row.dot,
-                         row.target))
+                         row.target, signature(row.kind, row.size, row.mtime, row.mode,
+                                               row.target)))
 
     def remove(self, path: str) -> None:
         self.db.execute("DELETE FROM files WHERE path = ?", (path,))

@@ -31,7 +31,7 @@ from . import keys as keymod
 from . import manifest as mf
 from .errors import CloudguardError, IntegrityError, KeyStoreError, UsageError
 from .keys import DeviceKey, Generation, KeyRing, Member, now_iso
-from .state import Binding, Index, check_unbound, find_binding, folder_lock
+from .state import Binding, Index, check_unbound, find_binding, folder_lock, signature
 from .transport import MissingObject, RcloneTransport, Transport
 
 DESCRIPTOR = "cloudguard.json"
@@ -548,8 +548,14 @@ def push(folder: str | None, dry_run: bool = False, ui: UI | None = None) -> dic
 def _push(s: Session, dry_run: bool) -> dict[str, Any]:
     conflicts = 0 if dry_run else _resolve(s)
     local = _scan(s)
-    index_rows = s.index.rows()
-    plan = sync.plan_push(local, index_rows, sync.LazyView(s.state), _hasher(s.folder))
+    # Only what differs from the index needs a look: whole rows for those paths alone
+    sigs = s.index.signatures()
+    changed = {p: item for p, item in local.items()
+               if sigs.get(p) != signature(item.kind, item.size, item.mtime, item.mode,
+                                           item.target)}
+    index_rows = s.index.rows_for([*changed, *(p for p in sigs if p not in local)])
+    del sigs
+    plan = sync.plan_push(changed, index_rows, sync.LazyView(s.state), _hasher(s.folder))
     result: dict[str, Any] = {
         "uploaded": [i.path for i in plan.upload], "updated": [i.path for i, _ in plan.put],
         "deleted": [r.path for r in plan.delete], "dry_run": dry_run, "conflicts": conflicts}

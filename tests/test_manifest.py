@@ -308,3 +308,40 @@ def test_failed_load_leaves_the_persistent_state_as_it_was(tmp_path: Path) -> No
     assert set(reopened.consumed()) == set(listing)
     got = mf.load(listing, remote.__getitem__, ring, "f" * 16, {dev: 3}, cache, reopened)
     assert sorted(got.state.paths) == ["f1", "f2", "f3"]
+
+
+def test_index_signatures_match_the_scan_and_old_indexes_gain_them(tmp_path: Path) -> None:
+    """A push skips entries whose scan signature equals the index's; the two must agree for
+    files, folders and links, differ after any change, and an index written before the
+    column existed is filled in on open."""
+    import os
+    import sqlite3
+
+    from cloudguard.state import Index, signature
+
+    folder = tmp_path / "f"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "doc.txt").write_text("x")
+    os.symlink("sub/doc.txt", folder / "link")
+    items = sync.scan(folder, lambda _m: None)
+    index = Index(tmp_path / "index.db")
+    for item in items.values():
+        index.put(sync.row_from(item, "d:1", "h"))
+    sigs = index.signatures()
+    assert sigs == {p: signature(i.kind, i.size, i.mtime, i.mode, i.target)
+                    for p, i in items.items()}
+    assert index.rows_for(["link", "missing"]).keys() == {"link"}
+    os.utime(folder / "sub" / "doc.txt", ns=(1, 2))
+    again = sync.scan(folder, lambda _m: None)["sub/doc.txt"]
+    assert signature(again.kind, again.size, again.mtime, again.mode, again.target) != sigs[
+        "sub/doc.txt"]
+    index.close()
+    old = sqlite3.connect(tmp_path / "old.db")
+    old.execute("CREATE TABLE files (path TEXT PRIMARY KEY, kind TEXT, size INTEGER, "
+                "mtime INTEGER, mode INTEGER, sha256 TEXT, dot TEXT, target TEXT)")
+    old.execute("INSERT INTO files VALUES ('a', 'f', 3, -5, 420, 'h', 'd:1', '')")
+    old.commit()
+    old.close()
+    migrated = Index(tmp_path / "old.db")
+    assert migrated.signatures() == {"a": signature("f", 3, -5, 420, "")}
+    migrated.close()
