@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import pytest
 from helpers import cg_json
 
 from cloudguard import lock
@@ -40,3 +44,46 @@ def test_lock_never_signals_a_reused_pid() -> None:
     finally:
         other.kill()
         other.wait()
+
+
+LOCK_IN_OWN_SESSION = r"""
+import json, os, subprocess, sys
+out = subprocess.run(["gnome-keyring-daemon", "--unlock", "--daemonize", "--components=secrets"],
+                     input=b"pw", capture_output=True, check=True).stdout.decode()
+for line in out.splitlines():
+    key, _, value = line.partition("=")
+    if key:
+        os.environ[key] = value
+import secretstorage
+with secretstorage.dbus_init() as conn:
+    collection = secretstorage.get_default_collection(conn)
+    collection.create_item("probe", {"service": "cloudguard-test"}, b"secret")
+    before = collection.is_locked()
+result = subprocess.run([sys.executable, "-m", "cloudguard", "lock", "--keyring", "--json"],
+                        capture_output=True, text=True, check=False)
+with secretstorage.dbus_init() as conn:
+    after = secretstorage.get_default_collection(conn).is_locked()
+print(json.dumps({"before": before, "after": after, "code": result.returncode,
+                  "result": json.loads(result.stdout or "null"), "stderr": result.stderr}))
+"""
+
+
+@pytest.mark.skipif(not (shutil.which("dbus-run-session")
+                         and shutil.which("gnome-keyring-daemon")),
+                    reason="needs dbus-run-session and gnome-keyring (scripts/test.sh installs "
+                           "them)")
+def test_lock_keyring_locks_the_secret_service(tmp_path: Path) -> None:
+    """`lock --keyring` locks the default collection. It runs in a D-Bus session and
+    gnome-keyring of its own, so the keyring the other tests share stays unlocked."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DBUS_", "GNOME_KEYRING", "SSH_AUTH"))}
+    env["XDG_DATA_HOME"] = str(tmp_path / "data")
+    env["XDG_RUNTIME_DIR"] = str(tmp_path / "run")
+    (tmp_path / "run").mkdir(mode=0o700)
+    proc = subprocess.run(["dbus-run-session", "--", sys.executable, "-c", LOCK_IN_OWN_SESSION],
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["before"] is False, report
+    assert report["code"] == 0 and report["result"]["keyring_locked"] is True, report
+    assert report["after"] is True, report

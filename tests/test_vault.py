@@ -379,3 +379,28 @@ def test_stray_partial_uploads_are_ignored_then_collected(
     cg("push", "--folder", str(a))
     assert not any(s.exists() for s in strays)
     cg("verify", "--folder", str(b))
+
+
+def test_no_temp_files_outside_cloudguard_home(local_remote: str, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """File lists, fetched metadata and upload spools stay in CLOUDGUARD_HOME/tmp (0700) and
+    are gone afterwards; the system temp dir is never used."""
+    import tempfile
+
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    monkeypatch.setenv("TMPDIR", str(system_tmp))
+    a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
+    a.mkdir()
+    (a / "doc.txt").write_text("one")
+    share(local_remote, a, b, kit)
+    (b / "doc.txt").write_text("two")
+    cg("push", "--folder", str(b))
+    cg("pull", "--folder", str(a))
+    cg("key", "rotate", "--folder", str(a))
+    cg("verify", "--folder", str(b))
+    assert list(system_tmp.iterdir()) == []
+    scratch = Path(os.environ["CLOUDGUARD_HOME"]) / "tmp"
+    assert oct(scratch.stat().st_mode & 0o777) == "0o700"
+    assert list(scratch.iterdir()) == []
