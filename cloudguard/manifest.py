@@ -178,6 +178,19 @@ class State:
         if path is not None:
             yield path, sibs
 
+    def dots(self) -> Iterator[tuple[str, str]]:
+        """(path, dot) of every entry, without parsing any entry."""
+        return iter(self.db.execute("SELECT path, dot FROM entries"))
+
+    def entry(self, path: str, dot: str) -> Entry | None:
+        row = self.db.execute("SELECT e FROM entries WHERE path = ? AND dot = ?",
+                              (path, dot)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def count_files(self) -> int:
+        return int(self.db.execute(
+            "SELECT COUNT(DISTINCT path) FROM entries WHERE o IS NOT NULL").fetchone()[0])
+
     def conflicted(self) -> list[str]:
         """Paths with more than one version (concurrent writes), in path order."""
         return [r[0] for r in self.db.execute(

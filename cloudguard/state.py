@@ -183,6 +183,10 @@ class Index:
         whole rows, which a push of a big folder needs only for the paths that changed."""
         return dict(self.db.execute("SELECT path, sig FROM files"))
 
+    def dots(self) -> dict[str, str]:
+        """path -> the dot last synced: what a pull compares with the remote's."""
+        return dict(self.db.execute("SELECT path, dot FROM files"))
+
     def rows_for(self, paths: Iterable[str]) -> dict[str, IndexRow]:
         wanted = list(paths)
         out: dict[str, IndexRow] = {}

@@ -225,6 +225,26 @@ def view(state: State) -> dict[str, tuple[str, Entry]]:
     return out
 
 
+def heads(state: State) -> dict[str, str]:
+    """path -> the dot :func:`view` would pick, from the dots alone (no entry is parsed)."""
+    out: dict[str, str] = {}
+    for path, dot in state.dots():
+        have = out.get(path)
+        if have is None or dot_key(dot) > dot_key(have):
+            out[path] = dot
+    return out
+
+
+def view_of(state: State, wanted: dict[str, str]) -> dict[str, tuple[str, Entry]]:
+    """:func:`view` for the paths in ``wanted`` (path -> dot from :func:`heads`) only."""
+    out: dict[str, tuple[str, Entry]] = {}
+    for path, dot in wanted.items():
+        entry = state.entry(check_rel_path(path), dot)
+        if entry is not None:
+            out[path] = (dot, entry)
+    return out
+
+
 class LazyView(Mapping[str, tuple[str, Entry]]):
     """:func:`view`, one path at a time: a push only looks up the paths that changed here."""
 
@@ -310,8 +330,12 @@ class PullPlan:
 
 def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
               remote: dict[str, tuple[str, Entry]], hasher: Callable[[str], str],
-              labels: dict[str, str]) -> PullPlan:
+              labels: dict[str, str], taken: Callable[[str], bool] | None = None) -> PullPlan:
+    """``index`` and ``remote`` may be cut down to the paths whose synced dot differs from the
+    remote's (nothing happens to the others); ``taken`` then says which names exist at all,
+    so a conflict copy never takes the name of a path left out."""
     plan = PullPlan()
+    exists = taken or (lambda p: p in local or p in remote or p in index)
     for path in sorted(set(remote) | set(index)):
         loc, row, rem = local.get(path), index.get(path), remote.get(path)
         if rem is None:
@@ -340,8 +364,7 @@ def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
         else:
             writer = dot.partition(":")[0]
             name = conflict_name(path, int(entry.get("m", 0)), labels.get(writer, writer[:8]),
-                                 lambda p: p in local or p in remote or p in index
-                                 or p in plan.conflicts)
+                                 lambda p: exists(p) or p in plan.conflicts)
             plan.conflicts.append(name)
             (plan.download if kind == "f" else plan.make).append((name, dot, entry))
             plan.forget.append(path)

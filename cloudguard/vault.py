@@ -31,7 +31,7 @@ from . import keys as keymod
 from . import manifest as mf
 from .errors import CloudguardError, IntegrityError, KeyStoreError, UsageError
 from .keys import DeviceKey, Generation, KeyRing, Member, now_iso
-from .state import Binding, Index, check_unbound, find_binding, folder_lock, signature
+from .state import Binding, Index, IndexRow, check_unbound, find_binding, folder_lock, signature
 from .transport import MissingObject, RcloneTransport, Transport
 
 DESCRIPTOR = "cloudguard.json"
@@ -545,17 +545,21 @@ def push(folder: str | None, dry_run: bool = False, ui: UI | None = None) -> dic
         return result
 
 
-def _push(s: Session, dry_run: bool) -> dict[str, Any]:
-    conflicts = 0 if dry_run else _resolve(s)
-    local = _scan(s)
-    # Only what differs from the index needs a look: whole rows for those paths alone
+def _push_plan(s: Session, local: dict[str, sync.LocalItem]
+               ) -> tuple[sync.PushPlan, dict[str, IndexRow]]:
+    """Only what differs from the index needs a look: whole rows for those paths alone."""
     sigs = s.index.signatures()
     changed = {p: item for p, item in local.items()
                if sigs.get(p) != signature(item.kind, item.size, item.mtime, item.mode,
                                            item.target)}
-    index_rows = s.index.rows_for([*changed, *(p for p in sigs if p not in local)])
-    del sigs
-    plan = sync.plan_push(changed, index_rows, sync.LazyView(s.state), _hasher(s.folder))
+    rows = s.index.rows_for([*changed, *(p for p in sigs if p not in local)])
+    return sync.plan_push(changed, rows, sync.LazyView(s.state), _hasher(s.folder)), rows
+
+
+def _push(s: Session, dry_run: bool) -> dict[str, Any]:
+    conflicts = 0 if dry_run else _resolve(s)
+    local = _scan(s)
+    plan, index_rows = _push_plan(s, local)
     result: dict[str, Any] = {
         "uploaded": [i.path for i in plan.upload], "updated": [i.path for i, _ in plan.put],
         "deleted": [r.path for r in plan.delete], "dry_run": dry_run, "conflicts": conflicts}
@@ -704,12 +708,25 @@ def pull(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
         return result
 
 
+def _pull_plan(s: Session, local: dict[str, sync.LocalItem]) -> tuple[
+        sync.PullPlan, dict[str, tuple[str, dict[str, Any]]], int]:
+    """Only paths whose remote dot differs from the one last synced need a look: their
+    entries and index rows are read, nothing else is (a big vault stays cheap to pull)."""
+    heads = sync.heads(s.state)
+    known = s.index.dots()
+    wanted = {p: d for p, d in heads.items() if known.get(p) != d}
+    gone = [p for p in known if p not in heads]
+    remote = sync.view_of(s.state, wanted)
+    rows = s.index.rows_for([*wanted, *gone])
+    plan = sync.plan_pull(local, rows, remote, _hasher(s.folder), s.labels(),
+                          lambda p: p in local or p in heads or p in known)
+    return plan, remote, len(heads)
+
+
 def _pull(s: Session) -> dict[str, Any]:
     _resolve(s)
-    remote = sync.view(s.state)
     local = _scan(s)
-    index_rows = s.index.rows()
-    plan = sync.plan_pull(local, index_rows, remote, _hasher(s.folder), s.labels())
+    plan, remote, _n = _pull_plan(s, local)
     failures: list[str] = []
     staged: list[tuple[sync.Staged, str, dict[str, Any]]] = []
     created: list[Path] = []
@@ -805,15 +822,12 @@ def _delete_local(s: Session, rows: list[Any]) -> list[str]:
 def status(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
     with session(folder, ui) as s:
         local = _scan(s)
-        rows = s.index.rows()
-        remote = sync.view(s.state)
-        hasher = _hasher(s.folder)
-        up = sync.plan_push(local, rows, remote, hasher)
-        down = sync.plan_pull(local, rows, remote, hasher, s.labels())
+        up, _rows = _push_plan(s, local)
+        down, _remote, _n = _pull_plan(s, local)
         return {
             "folder": s.binding.folder, "remote": s.binding.remote, "vault": s.binding.vault_id,
             "device": s.binding.device, "generation": s.ring.current.number,
-            "files": sum(1 for e in remote.values() if e[1].get("t") == "f"),
+            "files": s.state.count_files(),
             "to_push": sorted([i.path for i in up.upload] + [i.path for i, _ in up.put]
                               + [r.path for r in up.delete]),
             "to_pull": sorted([d for d, _t, _e in down.download + down.make]

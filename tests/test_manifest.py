@@ -364,3 +364,34 @@ def test_object_writer_md5_matches_whatever_the_write_sizes(sizes: list[int], se
         out.write(part)
     assert out.md5() == hashlib.md5(sink.getvalue()).hexdigest()
     assert sink.getvalue() == b"".join(parts) and out.count == len(sink.getvalue())
+
+
+def test_plan_pull_on_changed_paths_only_equals_the_full_plan() -> None:
+    """A pull plans only the paths whose remote dot differs from the synced one; with
+    ``taken`` covering every name, the plan is the one the full inputs give, conflict names
+    included (here the natural conflict name belongs to an unchanged, synced path)."""
+    clash = sync.conflict_name("doc.txt", 1, "dev")
+    local = {"doc.txt": _item("doc.txt", mtime=5), "same": _item("same"),
+             "gone-remotely": _item("gone-remotely"), clash: _item(clash)}
+    index = {"doc.txt": _row("doc.txt", "d:1"), "same": _row("same", "d:1"),
+             "gone-remotely": _row("gone-remotely", "d:1"), clash: _row(clash, "d:1")}
+    remote = {"doc.txt": ("d:2", _entry("doc.txt", "remote")), "same": ("d:1", _entry("same")),
+              "new": ("d:3", _entry("new")), clash: ("d:1", _entry(clash))}
+    hasher = lambda p: "h-" + p  # noqa: E731
+    full = sync.plan_pull(local, index, remote, hasher, {"d": "dev"})
+    wanted = {p for p, (dot, _e) in remote.items() if index.get(p, _row(p, "")).dot != dot}
+    wanted |= {p for p in index if p not in remote}
+    cut = sync.plan_pull(local, {p: r for p, r in index.items() if p in wanted},
+                         {p: r for p, r in remote.items() if p in wanted}, hasher, {"d": "dev"},
+                         lambda p: p in local or p in remote or p in index)
+    assert cut == full
+    assert full.conflicts and full.conflicts[0] != clash
+    # the clash name deleted locally but still synced remotely: only ``taken`` knows it
+    del local[clash]
+    full = sync.plan_pull(local, index, remote, hasher, {"d": "dev"})
+    cut_index = {p: r for p, r in index.items() if p in wanted}
+    cut_remote = {p: r for p, r in remote.items() if p in wanted}
+    assert sync.plan_pull(local, cut_index, cut_remote, hasher, {"d": "dev"},
+                          lambda p: p in local or p in remote or p in index) == full
+    blind = sync.plan_pull(local, cut_index, cut_remote, hasher, {"d": "dev"})
+    assert blind.conflicts == [clash] != full.conflicts  # what ``taken`` prevents
