@@ -121,13 +121,21 @@ class BlobInfo:
     blob_len: int
 
 
+class _Hash(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
 def encrypt_blob(
-    src: Reader, dst: _Writer, dek: bytes, file_id: bytes, size: int, padding: bool = True
+    src: Reader, dst: _Writer, dek: bytes, file_id: bytes, size: int, padding: bool = True,
+    digest: _Hash | None = None,
 ) -> BlobInfo:
     """Encrypt exactly ``size`` bytes from ``src``; raises FileChangedError if it has more or less.
 
     The length is sealed in the header up front so the decryptor can strip padding while
-    streaming, without holding anything back.
+    streaming, without holding anything back. ``digest`` (SHA-256 of the plaintext) may be
+    computed elsewhere, e.g. on another thread for a big file.
     """
     if len(file_id) != FILE_ID_SIZE:
         raise ValueError("file id must be 16 bytes")  # else the header would not parse back
@@ -140,7 +148,8 @@ def encrypt_blob(
         b"cloudguard/v1/length" + bytes([VERSION]) + file_id,
     )
     written = dst.write(BLOB_MAGIC + file_id + commitment + length_ct)
-    digest = hashlib.sha256()
+    if digest is None:
+        digest = hashlib.sha256()
     total = chunk_count(padded)
     remaining = size
     for index in range(total):

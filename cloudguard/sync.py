@@ -374,48 +374,42 @@ def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
 # --- executors ----------------------------------------------------------------------------
 
 
-class ObjectWriter:
-    """Counts what goes into an object and hashes it (MD5, the hash most backends keep).
+class ThreadedHash:
+    """A hash fed on a second thread (hashlib releases the GIL on large updates), so hashing
+    a big file runs beside its encryption on the other core.
 
-    The MD5 runs on a second thread (hashlib releases the GIL), so plain `verify` can compare
-    the backend's own hash without downloading, at no cost on the upload's critical path.
-    Small writes (a pack of 4 KiB files) are handed over in blocks of about 1 MiB: one queue
-    hand-off per write cost more than hashing them.
+    Small updates are handed over in blocks of about 1 MiB: one queue hand-off per 4 KiB
+    blob cost more than hashing it. The order of the data is kept.
     """
 
     _BLOCK = 1024 * 1024
 
-    def __init__(self, inner: IO[bytes]) -> None:
-        self.inner = inner
-        self.count = 0
-        self._md5 = hashlib.md5(usedforsecurity=False)
+    def __init__(self, name: str) -> None:
+        self._hash = hashlib.new(name, usedforsecurity=False)
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
         self._small: list[bytes] = []
         self._small_len = 0
-        self._thread = threading.Thread(target=self._hash, daemon=True)
+        self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def _hash(self) -> None:
+    def _run(self) -> None:
         while (data := self._queue.get()) is not None:
-            self._md5.update(data)
+            self._hash.update(data)
 
     def _flush_small(self) -> None:
         if self._small:
             self._queue.put(b"".join(self._small))
             self._small, self._small_len = [], 0
 
-    def write(self, data: bytes) -> int:
-        self.inner.write(data)
-        self.count += len(data)
+    def update(self, data: bytes) -> None:
         if len(data) >= 64 * 1024:
-            self._flush_small()  # keeps the hashing order
+            self._flush_small()
             self._queue.put(data)
-        else:
+        elif data:
             self._small.append(data)
             self._small_len += len(data)
             if self._small_len >= self._BLOCK:
                 self._flush_small()
-        return len(data)
 
     def close(self) -> None:
         if self._thread.is_alive():
@@ -423,8 +417,30 @@ class ObjectWriter:
             self._queue.put(None)
             self._thread.join()
 
-    def md5(self) -> str:
+    def hexdigest(self) -> str:
         self.close()
+        return self._hash.hexdigest()
+
+
+class ObjectWriter:
+    """Counts what goes into an object and hashes it (MD5, the hash most backends keep), so
+    plain `verify` can compare the backend's own hash without downloading."""
+
+    def __init__(self, inner: IO[bytes]) -> None:
+        self.inner = inner
+        self.count = 0
+        self._md5 = ThreadedHash("md5")
+
+    def write(self, data: bytes) -> int:
+        self.inner.write(data)
+        self.count += len(data)
+        self._md5.update(data)
+        return len(data)
+
+    def close(self) -> None:
+        self._md5.close()
+
+    def md5(self) -> str:
         return self._md5.hexdigest()
 
 
@@ -547,8 +563,14 @@ def _encrypt_one(folder: Path, item: LocalItem, out: ObjectWriter, kek: bytes, g
         if not stat.S_ISREG(st.st_mode):
             raise FileChangedError(item.path)
         dek, file_id = fmt.new_dek(), fmt.new_file_id()
-        info = fmt.encrypt_blob(_ProgressReader(fh, progress), out, dek, file_id, st.st_size,
-                                padding)
+        # a big file's SHA-256 runs on the other core, beside its encryption
+        digest = ThreadedHash("sha256") if st.st_size >= PACK_THRESHOLD else None
+        try:
+            info = fmt.encrypt_blob(_ProgressReader(fh, progress), out, dek, file_id,
+                                    st.st_size, padding, digest)
+        finally:
+            if digest is not None:
+                digest.close()
         after = os.fstat(fd)
         if after.st_mtime_ns != st.st_mtime_ns or after.st_size != st.st_size:
             raise FileChangedError(item.path)
