@@ -99,6 +99,7 @@ class Session:
     ui: UI
     segment_cache: mf.SegmentCache
     committed: list[str] = field(default_factory=list)
+    prescan: _Prescan | None = None
 
     @property
     def folder(self) -> Path:
@@ -217,34 +218,65 @@ def _device_key(binding: Binding) -> DeviceKey:
     return DeviceKey(binding.keystore, binding.key_account, binding.dir / "device.key")
 
 
+class _Prescan:
+    """The folder scan, started as soon as the folder lock is held: it runs while the session
+    mostly waits for rclone and the keyring, instead of after them."""
+
+    def __init__(self, folder: Path) -> None:
+        self.items: dict[str, sync.LocalItem] = {}
+        self.warnings: list[str] = []
+        self.leftovers: list[Path] = []
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(folder,), daemon=True)
+        self.thread.start()
+
+    def _run(self, folder: Path) -> None:
+        try:
+            self.items = sync.scan(folder, self.warnings.append, self.leftovers)
+        except BaseException as exc:  # re-raised where the scan is used
+            self.error = exc
+
+    def result(self) -> tuple[dict[str, sync.LocalItem], list[str], list[Path]]:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.items, self.warnings, self.leftovers
+
+
 @contextmanager
-def session(folder: str | None, ui: UI | None = None, refetch: bool = False
-            ) -> Iterator[Session]:
+def session(folder: str | None, ui: UI | None = None, refetch: bool = False,
+            scan: bool = False) -> Iterator[Session]:
     """``refetch`` ignores every local cache (segments and merged state), so verify
-    re-authenticates every segment and rebuilds the manifest from them."""
+    re-authenticates every segment and rebuilds the manifest from them. ``scan`` starts
+    scanning the folder at once, for operations that will (:func:`_scan`)."""
     binding = find_binding(folder)
     with folder_lock(binding):
+        prescan = _Prescan(Path(binding.folder)) if scan and Path(binding.folder).is_dir() \
+            else None
         index = Index(binding.dir / "index.db")
         try:
             if refetch:
                 with tempfile.TemporaryDirectory(dir=binding.dir) as scratch:
                     state = mf.State()
                     try:
-                        yield _open(binding, index, ui or UI(), Path(scratch), state)
+                        yield _open(binding, index, ui or UI(), Path(scratch), state, prescan)
                     finally:
                         state.close()
             else:
                 state = mf.State(binding.dir / "manifest.db")
                 try:
-                    yield _open(binding, index, ui or UI(), binding.dir / "segments", state)
+                    yield _open(binding, index, ui or UI(), binding.dir / "segments", state,
+                                prescan)
                 finally:
                     state.close()
         finally:
             index.close()
+            if prescan is not None:
+                prescan.thread.join()  # never leave it reading the folder after we let go
 
 
-def _open(binding: Binding, index: Index, ui: UI, cache_dir: Path, state: mf.State
-          ) -> Session:
+def _open(binding: Binding, index: Index, ui: UI, cache_dir: Path, state: mf.State,
+          prescan: _Prescan | None = None) -> Session:
     if not Path(binding.folder).is_dir():
         raise UsageError(f"the bound folder {binding.folder} does not exist any more")
     transport = _transport(binding)
@@ -257,7 +289,9 @@ def _open(binding: Binding, index: Index, ui: UI, cache_dir: Path, state: mf.Sta
         early.join()
         raise
     try:
-        return _load(binding, index, ui, transport, priv, cache_dir, state, early)
+        opened = _load(binding, index, ui, transport, priv, cache_dir, state, early)
+        opened.prescan = prescan
+        return opened
     except KeyStoreError as exc:
         if binding.enrolled:
             raise
@@ -501,8 +535,16 @@ def _resolve(s: Session) -> int:
 
 
 def _scan(s: Session) -> dict[str, sync.LocalItem]:
-    leftovers: list[Path] = []
-    items = sync.scan(s.folder, s.ui.warn, leftovers)
+    """The folder as it is now: the scan started with the session, if nothing since could have
+    changed it, else a fresh one."""
+    if s.prescan is not None:
+        items, warnings, leftovers = s.prescan.result()
+        s.prescan = None  # used once
+        for warning in warnings:
+            s.ui.warn(warning)
+    else:
+        leftovers = []
+        items = sync.scan(s.folder, s.ui.warn, leftovers)
     for path in leftovers:  # temp files of a pull that was killed; we hold the folder lock
         path.unlink(missing_ok=True)
     return items
@@ -536,7 +578,7 @@ def _binding_id(folder: str | None) -> str | None:
 
 
 def push(folder: str | None, dry_run: bool = False, ui: UI | None = None) -> dict[str, Any]:
-    with _audited("push", folder), session(folder, ui) as s:
+    with _audited("push", folder), session(folder, ui, scan=True) as s:
         result = _push(s, dry_run)
         if not dry_run:
             _log(s, "push", files=len(result["uploaded"]) + len(result["updated"]),
@@ -701,7 +743,7 @@ def _repack(s: Session) -> bool:
 
 
 def pull(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
-    with _audited("pull", folder), session(folder, ui) as s:
+    with _audited("pull", folder), session(folder, ui, scan=True) as s:
         result = _pull(s)
         _log(s, "pull", files=len(result["downloaded"]), deleted=len(result["deleted"]),
              conflicts=len(result["conflicts"]))
@@ -820,7 +862,7 @@ def _delete_local(s: Session, rows: list[Any]) -> list[str]:
 
 
 def status(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
-    with session(folder, ui) as s:
+    with session(folder, ui, scan=True) as s:
         local = _scan(s)
         up, _rows = _push_plan(s, local)
         down, _remote, _n = _pull_plan(s, local)
