@@ -457,10 +457,11 @@ class _ProgressReader:
 
 @dataclass
 class Uploaded:
-    entries: dict[str, Entry]
+    entries: dict[str, Entry]  # those not handed to ``landed``
     objects: list[str]
     skipped: list[str]
     bytes_out: int
+    paths: list[str] = field(default_factory=list)  # every file uploaded
 
 
 def pack_groups(items: list[LocalItem]) -> list[list[LocalItem]]:
@@ -481,21 +482,39 @@ def pack_groups(items: list[LocalItem]) -> list[list[LocalItem]]:
 
 
 SPOOL_FLUSH = 256 * 1024 * 1024  # spooled ciphertext handed to rclone in one process
+SPOOL_FLUSH_FILES = 20_000  # ... or this many files, whichever comes first
 
 
 def upload(folder: Path, items: list[LocalItem], transport: Transport, spool: Path, kek: bytes,
            generation: int, padding: bool, register: Callable[[str], None],
-           warn: Callable[[str], None], progress: Progress = _no_progress) -> Uploaded:
+           warn: Callable[[str], None], progress: Progress = _no_progress,
+           landed: Callable[[dict[str, Entry], list[str]], None] | None = None) -> Uploaded:
     """Encrypt into spool files (ciphertext only), then let rclone move them in batches.
 
     A spool file rather than a pipe: rclone can retry a file and knows its size (multipart
     uploads), one process moves many objects, and on the same filesystem a local remote
     receives it by rename. Each object is registered as pending before it is written.
+
+    ``landed`` receives each batch's entries and objects once they are on the remote, so the
+    caller can commit them: a huge first push then keeps its progress across a crash, and
+    its entries are not all held in memory. Those entries are not kept in the result.
     """
     result = Uploaded({}, [], [], 0)
     spool.mkdir(parents=True, exist_ok=True, mode=0o700)
     batch: list[str] = []
     batch_bytes = 0
+    batch_entries: dict[str, Entry] = {}
+
+    def flush() -> None:
+        nonlocal batch, batch_bytes, batch_entries
+        transport.put_files(spool, batch, DATA_PREFIX)
+        if landed is not None:
+            landed(batch_entries, [DATA_PREFIX + o for o in batch])
+        else:
+            result.entries.update(batch_entries)
+        result.paths += list(batch_entries)
+        batch, batch_bytes, batch_entries = [], 0, {}
+
     for group in pack_groups(items):
         object_id = fmt.new_object_id()
         register(DATA_PREFIX + object_id)
@@ -533,16 +552,15 @@ def upload(folder: Path, items: list[LocalItem], transport: Transport, spool: Pa
         digest = out.md5()
         for entry in entries.values():
             entry["om"] = digest
-        result.entries.update(entries)
+        batch_entries.update(entries)
         result.objects.append(DATA_PREFIX + object_id)
         result.bytes_out += out.count
         batch.append(object_id)
         batch_bytes += out.count
-        if batch_bytes >= SPOOL_FLUSH:
-            transport.put_files(spool, batch, DATA_PREFIX)
-            batch, batch_bytes = [], 0
+        if batch_bytes >= SPOOL_FLUSH or len(batch_entries) >= SPOOL_FLUSH_FILES:
+            flush()
     if batch:
-        transport.put_files(spool, batch, DATA_PREFIX)
+        flush()
     return result
 
 

@@ -610,16 +610,21 @@ def _push(s: Session, dry_run: bool) -> dict[str, Any]:
     _collect_pending(s)
     gen = s.ring.current
     total = sum(i.size for i in plan.upload)
+    with s.index.transaction():
+        for loc, dot, sha in plan.adopt:
+            s.index.put(sync.row_from(loc, dot, sha))
+
+    def landed(entries: dict[str, dict[str, Any]], objects: list[str]) -> None:
+        """Each uploaded batch is committed as soon as it is on the remote."""
+        _commit_ops(s, [{"p": path, "e": entry, "rm": [row.dot] if row else []}
+                        for path, entry in entries.items()
+                        for row in [index_rows.get(path)]], local, objects)
+
     with s.ui.progress("push", total) as advance:
         up = sync.upload(s.folder, plan.upload, s.transport, s.binding.dir / "spool", gen.kek,
                          gen.number, s.binding.padding != "none", s.index.add_pending,
-                         s.ui.warn, advance)
+                         s.ui.warn, advance, landed)
     ops: list[dict[str, Any]] = []
-    for item in plan.upload:
-        if item.path in up.entries:
-            row = index_rows.get(item.path)
-            ops.append({"p": item.path, "e": up.entries[item.path],
-                        "rm": [row.dot] if row else []})
     for item, entry in plan.put:
         row = index_rows.get(item.path)
         if entry is None:
@@ -628,30 +633,35 @@ def _push(s: Session, dry_run: bool) -> dict[str, Any]:
         ops.append({"p": item.path, "e": entry, "rm": [row.dot] if row else []})
     for row in plan.delete:
         ops.append({"p": row.path, "e": None, "rm": [row.dot]})
-    with s.index.transaction():
-        for loc, dot, sha in plan.adopt:
-            s.index.put(sync.row_from(loc, dot, sha))
     if ops:
-        dot = s.commit(ops)
-        with s.index.transaction():
-            for op in ops:
-                path, entry = op["p"], op["e"]
-                if entry is None:
-                    s.index.remove(path)
-                    continue
-                loc = local[path]
-                if entry.get("t") == "f":
-                    loc = sync.LocalItem(path, "f", int(entry["s"]), int(entry["m"]),
-                                         int(entry["x"]))
-                s.index.put(sync.row_from(loc, dot, str(entry.get("h", ""))))
-            s.index.clear_pending(set(up.objects))
-    result["uploaded"] = sorted(up.entries)
+        _commit_ops(s, ops, local, [])
+    result["uploaded"] = sorted(up.paths)
     result["skipped"] = up.skipped
     result["bytes_uploaded"] = up.bytes_out
     result["objects"] = len(up.objects)
     result["object_ids"] = [n[len(sync.DATA_PREFIX):] for n in up.objects]
     _maintain(s)
     return result
+
+
+def _commit_ops(s: Session, ops: list[dict[str, Any]], local: dict[str, sync.LocalItem],
+                objects: list[str]) -> None:
+    """One delta segment, then the index rows it settles and the objects it makes live."""
+    if not ops:
+        return
+    dot = s.commit(ops)
+    with s.index.transaction():
+        for op in ops:
+            path, entry = op["p"], op["e"]
+            if entry is None:
+                s.index.remove(path)
+                continue
+            loc = local[path]
+            if entry.get("t") == "f":
+                loc = sync.LocalItem(path, "f", int(entry["s"]), int(entry["m"]),
+                                     int(entry["x"]))
+            s.index.put(sync.row_from(loc, dot, str(entry.get("h", ""))))
+        s.index.clear_pending(set(objects))
 
 
 def _collect_pending(s: Session) -> None:

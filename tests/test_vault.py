@@ -404,3 +404,43 @@ def test_no_temp_files_outside_cloudguard_home(local_remote: str, tmp_path: Path
     scratch = Path(os.environ["CLOUDGUARD_HOME"]) / "tmp"
     assert oct(scratch.stat().st_mode & 0o777) == "0o700"
     assert list(scratch.iterdir()) == []
+
+
+def test_big_push_commits_batch_by_batch_and_resumes(
+        local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each spool batch is committed once it is on the remote: a push that dies half-way keeps
+    what it finished, and the next push uploads only the rest."""
+    from cloudguard import sync
+    from cloudguard.errors import TransportError
+    from cloudguard.transport import RcloneTransport
+
+    a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
+    a.mkdir()
+    (a / "first.txt").write_text("first")
+    share(local_remote, a, b, kit)
+    for i in range(12):
+        (a / f"f{i:02d}.bin").write_bytes(os.urandom(5 * 1024 * 1024))  # stand-alone objects
+    monkeypatch.setattr(sync, "SPOOL_FLUSH_FILES", 4)
+    real = RcloneTransport.put_files
+    calls = []
+
+    def flaky(self: RcloneTransport, folder: Path, names: list[str], prefix: str) -> None:
+        calls.append(len(names))
+        if len(calls) == 3:
+            raise TransportError("the network went away")
+        real(self, folder, names, prefix)
+
+    monkeypatch.setattr(RcloneTransport, "put_files", flaky)
+    before = len(list((Path(local_remote) / "m").iterdir()))
+    cg("push", "--folder", str(a), code=1)
+    assert calls == [4, 4, 4]
+    assert len(list((Path(local_remote) / "m").iterdir())) == before + 2  # two batches landed
+    cg("pull", "--folder", str(b))
+    assert sorted(p.name for p in b.iterdir() if p.suffix == ".bin") == [
+        f"f{i:02d}.bin" for i in range(8)]
+    monkeypatch.setattr(RcloneTransport, "put_files", real)
+    resumed = cg_json("push", "--folder", str(a))
+    assert resumed["uploaded"] == [f"f{i:02d}.bin" for i in range(8, 12)]
+    cg("pull", "--folder", str(b))
+    assert tree(a) == tree(b)
+    cg("verify", "--read-data", "--folder", str(b))
