@@ -495,9 +495,11 @@ def upload(folder: Path, items: list[LocalItem], transport: Transport, spool: Pa
     uploads), one process moves many objects, and on the same filesystem a local remote
     receives it by rename. Each object is registered as pending before it is written.
 
-    ``landed`` receives each batch's entries and objects once they are on the remote, so the
-    caller can commit them: a huge first push then keeps its progress across a crash, and
-    its entries are not all held in memory. Those entries are not kept in the result.
+    ``landed`` receives each full batch's entries and objects once they are on the remote,
+    so the caller can commit them: a huge first push then keeps its progress across a crash,
+    and its entries are not all held in memory. Those entries are not kept in the result; the
+    last batch's are (``entries``), so the caller commits them with its other changes in one
+    segment.
     """
     result = Uploaded({}, [], [], 0)
     spool.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -505,10 +507,10 @@ def upload(folder: Path, items: list[LocalItem], transport: Transport, spool: Pa
     batch_bytes = 0
     batch_entries: dict[str, Entry] = {}
 
-    def flush() -> None:
+    def flush(last: bool = False) -> None:
         nonlocal batch, batch_bytes, batch_entries
         transport.put_files(spool, batch, DATA_PREFIX)
-        if landed is not None:
+        if landed is not None and not last:
             landed(batch_entries, [DATA_PREFIX + o for o in batch])
         else:
             result.entries.update(batch_entries)
@@ -560,7 +562,7 @@ def upload(folder: Path, items: list[LocalItem], transport: Transport, spool: Pa
         if batch_bytes >= SPOOL_FLUSH or len(batch_entries) >= SPOOL_FLUSH_FILES:
             flush()
     if batch:
-        flush()
+        flush(last=True)
     return result
 
 

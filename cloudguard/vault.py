@@ -624,7 +624,9 @@ def _push(s: Session, dry_run: bool) -> dict[str, Any]:
         up = sync.upload(s.folder, plan.upload, s.transport, s.binding.dir / "spool", gen.kek,
                          gen.number, s.binding.padding != "none", s.index.add_pending,
                          s.ui.warn, advance, landed)
-    ops: list[dict[str, Any]] = []
+    ops: list[dict[str, Any]] = [{"p": path, "e": entry, "rm": [row.dot] if row else []}
+                                 for path, entry in up.entries.items()
+                                 for row in [index_rows.get(path)]]  # the last batch
     for item, entry in plan.put:
         row = index_rows.get(item.path)
         if entry is None:
@@ -633,8 +635,7 @@ def _push(s: Session, dry_run: bool) -> dict[str, Any]:
         ops.append({"p": item.path, "e": entry, "rm": [row.dot] if row else []})
     for row in plan.delete:
         ops.append({"p": row.path, "e": None, "rm": [row.dot]})
-    if ops:
-        _commit_ops(s, ops, local, [])
+    _commit_ops(s, ops, local, up.objects)
     result["uploaded"] = sorted(up.paths)
     result["skipped"] = up.skipped
     result["bytes_uploaded"] = up.bytes_out
