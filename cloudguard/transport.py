@@ -67,6 +67,8 @@ class ObjectInfo:
 class Transport(Protocol):
     """The five things the sync engine needs from a cloud."""
 
+    local: bool  # a plain folder: hashing an object there means reading it all
+
     def list(self, prefix: str = "", with_hash: bool = False) -> dict[str, ObjectInfo]: ...
 
     def writer(self, name: str) -> AbstractContextManager[IO[bytes]]: ...
@@ -113,6 +115,7 @@ def normalize_remote(spec: str) -> str:
 class RcloneTransport:
     def __init__(self, remote: str, extra_args: list[str] | None = None) -> None:
         self.remote = normalize_remote(remote)
+        self.local = self.remote.startswith("/")
         self.binary = rclone_binary()
         self.extra = list(extra_args or [])
         self.scratch = scratch_dir()
