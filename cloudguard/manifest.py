@@ -196,13 +196,6 @@ class State:
         return [r[0] for r in self.db.execute(
             "SELECT path FROM entries GROUP BY path HAVING COUNT(*) > 1 ORDER BY path")]
 
-    def objects(self) -> dict[str, list[Entry]]:
-        """Live object id -> entries stored in it (for verify and re-encryption)."""
-        out: dict[str, list[Entry]] = {}
-        for o, e in self.db.execute("SELECT o, e FROM entries WHERE o IS NOT NULL"):
-            out.setdefault(o, []).append(json.loads(e))
-        return out
-
     def live_objects(self) -> set[str]:
         return {r[0] for r in self.db.execute(
             "SELECT DISTINCT o FROM entries WHERE o IS NOT NULL")}

@@ -18,10 +18,10 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -33,6 +33,8 @@ from .errors import CloudguardError, IntegrityError, KeyStoreError, UsageError
 from .keys import DeviceKey, Generation, KeyRing, Member, now_iso
 from .state import Binding, Index, IndexRow, check_unbound, find_binding, folder_lock, signature
 from .transport import MissingObject, RcloneTransport, Transport
+
+T = TypeVar("T")
 
 DESCRIPTOR = "cloudguard.json"
 COMPACT_AFTER = 32  # delta segments before a snapshot replaces them
@@ -99,7 +101,7 @@ class Session:
     ui: UI
     segment_cache: mf.SegmentCache
     committed: list[str] = field(default_factory=list)
-    prescan: _Prescan | None = None
+    prescan: Callable[[], Scanned] | None = None
 
     @property
     def folder(self) -> Path:
@@ -218,29 +220,39 @@ def _device_key(binding: Binding) -> DeviceKey:
     return DeviceKey(binding.keystore, binding.key_account, binding.dir / "device.key")
 
 
-class _Prescan:
+def _in_background(work: Callable[[], T]) -> Callable[[], T]:
+    """Start ``work`` on a thread now; calling the result waits for it and returns its value,
+    or raises its exception on the caller's thread."""
+    box: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            box.append((True, work()))
+        except BaseException as exc:  # handed to the caller
+            box.append((False, exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def result() -> T:
+        thread.join()
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return cast(T, value)
+    return result
+
+
+Scanned = tuple[dict[str, sync.LocalItem], list[str], list[Path]]  # items, warnings, leftovers
+
+
+def _start_scan(folder: Path) -> Callable[[], Scanned]:
     """The folder scan, started as soon as the folder lock is held: it runs while the session
     mostly waits for rclone and the keyring, instead of after them."""
-
-    def __init__(self, folder: Path) -> None:
-        self.items: dict[str, sync.LocalItem] = {}
-        self.warnings: list[str] = []
-        self.leftovers: list[Path] = []
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(folder,), daemon=True)
-        self.thread.start()
-
-    def _run(self, folder: Path) -> None:
-        try:
-            self.items = sync.scan(folder, self.warnings.append, self.leftovers)
-        except BaseException as exc:  # re-raised where the scan is used
-            self.error = exc
-
-    def result(self) -> tuple[dict[str, sync.LocalItem], list[str], list[Path]]:
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-        return self.items, self.warnings, self.leftovers
+    warnings: list[str] = []
+    leftovers: list[Path] = []
+    return _in_background(lambda: (sync.scan(folder, warnings.append, leftovers), warnings,
+                                   leftovers))
 
 
 @contextmanager
@@ -251,8 +263,8 @@ def session(folder: str | None, ui: UI | None = None, refetch: bool = False,
     scanning the folder at once, for operations that will (:func:`_scan`)."""
     binding = find_binding(folder)
     with folder_lock(binding):
-        prescan = _Prescan(Path(binding.folder)) if scan and Path(binding.folder).is_dir() \
-            else None
+        prescan = (_start_scan(Path(binding.folder))
+                   if scan and Path(binding.folder).is_dir() else None)
         index = Index(binding.dir / "index.db")
         try:
             if refetch:
@@ -272,21 +284,24 @@ def session(folder: str | None, ui: UI | None = None, refetch: bool = False,
         finally:
             index.close()
             if prescan is not None:
-                prescan.thread.join()  # never leave it reading the folder after we let go
+                with suppress(Exception):
+                    prescan()  # never leave it reading the folder after we let go
 
 
 def _open(binding: Binding, index: Index, ui: UI, cache_dir: Path, state: mf.State,
-          prescan: _Prescan | None = None) -> Session:
+          prescan: Callable[[], Scanned] | None = None) -> Session:
     if not Path(binding.folder).is_dir():
         raise UsageError(f"the bound folder {binding.folder} does not exist any more")
     transport = _transport(binding)
     # rclone costs ~50 ms a process to start: list the remote and fetch the descriptor and key
     # slots in two processes at once, while the device key is read from the keyring
-    early = _Background(transport)
+    early = _start_fetch(transport)
     try:
         priv = _device_key(binding).load()
     except BaseException:
-        early.join()
+        for wait in early:
+            with suppress(Exception):
+                wait()
         raise
     try:
         opened = _load(binding, index, ui, transport, priv, cache_dir, state, early)
@@ -300,44 +315,25 @@ def _open(binding: Binding, index: Index, ui: UI, cache_dir: Path, state: mf.Sta
                             f"'cloudguard device approve {fp}' on an enrolled device") from exc
 
 
-class _Background:
-    """The listing and the small metadata objects, fetched on two threads."""
+Early = tuple[Callable[[], dict[str, int]], Callable[[], dict[str, bytes]]]
 
-    def __init__(self, transport: Transport) -> None:
-        self.listing: dict[str, int] | None = None
-        self.meta: dict[str, bytes] = {}
-        self.error: BaseException | None = None
 
-        def listing() -> None:
-            try:
-                self.listing = {n: o.size for n, o in transport.list().items()}
-            except BaseException as exc:  # re-raised on the main thread
-                self.error = exc
-
-        def meta() -> None:
-            self.meta = transport.get_matching([f"/{DESCRIPTOR}", f"/{keymod.KEYS_PREFIX}*"])
-
-        self.threads = [threading.Thread(target=listing, daemon=True),
-                        threading.Thread(target=meta, daemon=True)]
-        for thread in self.threads:
-            thread.start()
-
-    def join(self) -> tuple[dict[str, int], dict[str, bytes]]:
-        for thread in self.threads:
-            thread.join()
-        if self.error is not None:
-            raise self.error
-        assert self.listing is not None
-        return self.listing, self.meta
+def _start_fetch(transport: Transport) -> Early:
+    """The listing and the small metadata objects (descriptor, key slots), each in its own
+    rclone process, started together."""
+    return (_in_background(lambda: {n: o.size for n, o in transport.list().items()}),
+            _in_background(lambda: transport.get_matching(
+                [f"/{DESCRIPTOR}", f"/{keymod.KEYS_PREFIX}*"])))
 
 
 def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
           priv: X25519PrivateKey, cache_dir: Path, state: mf.State,
-          early: _Background | None = None) -> Session:
+          early: Early | None = None) -> Session:
     for attempt in range(3):
         try:
             if early is not None and attempt == 0:
-                listing, meta = early.join()
+                meta = early[1]()  # waited for first: it never raises a transport error
+                listing = early[0]()
             else:
                 listing, meta = {n: o.size for n, o in transport.list().items()}, {}
             cache = mf.SegmentCache(cache_dir)
@@ -538,7 +534,7 @@ def _scan(s: Session) -> dict[str, sync.LocalItem]:
     """The folder as it is now: the scan started with the session, if nothing since could have
     changed it, else a fresh one."""
     if s.prescan is not None:
-        items, warnings, leftovers = s.prescan.result()
+        items, warnings, leftovers = s.prescan()
         s.prescan = None  # used once
         for warning in warnings:
             s.ui.warn(warning)
