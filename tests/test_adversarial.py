@@ -148,12 +148,14 @@ def test_manifest_tampering(tremote: tuple[str, Path], tmp_path: Path, attack: s
     root = tremote[1]
     new_version(a)
     cg("pull", "--folder", str(b))
+    seen = set(_segments(root))
     (a / "small.txt").write_text("small v3")
     cg("push", "--folder", str(a))
     if attack == "delete":  # deleting what b never saw is undetectable (docs/threat-model.md)
         cg("pull", "--folder", str(b))
     before = tree(b)
-    newest = max(_segments(root), key=lambda p: p.stat().st_mtime_ns)
+    # the segment that push wrote (not by mtime: WebDAV keeps whole seconds only)
+    (newest,) = set(_segments(root)) - seen
     actions: dict[str, Callable[[], None]] = {
         "delete": newest.unlink,
         "flip": lambda: flip(newest, newest.stat().st_size // 2),
