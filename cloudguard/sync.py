@@ -215,13 +215,18 @@ def resolve_siblings(state: State, labels: dict[str, str]) -> list[dict[str, Any
     return ops
 
 
+def newest(sibs: dict[str, Entry]) -> tuple[str, Entry]:
+    """The (dot, entry) a path shows: identical siblings collapse to the highest dot."""
+    dot = max(sibs, key=dot_key)
+    return dot, sibs[dot]
+
+
 def view(state: State) -> dict[str, tuple[str, Entry]]:
     """One (dot, entry) per path; identical siblings collapse to the highest dot."""
     out: dict[str, tuple[str, Entry]] = {}
     for path, sibs in state.items():
         check_rel_path(path)
-        dot = max(sibs, key=dot_key)
-        out[path] = (dot, sibs[dot])
+        out[path] = newest(sibs)
     return out
 
 
@@ -255,8 +260,7 @@ class LazyView(Mapping[str, tuple[str, Entry]]):
         sibs = self.state.siblings(path)
         if not sibs:
             raise KeyError(path)
-        dot = max(sibs, key=dot_key)
-        return dot, sibs[dot]
+        return newest(sibs)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.state.paths)

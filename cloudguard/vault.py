@@ -612,17 +612,13 @@ def _push(s: Session, dry_run: bool) -> dict[str, Any]:
 
     def landed(entries: dict[str, dict[str, Any]], objects: list[str]) -> None:
         """Each uploaded batch is committed as soon as it is on the remote."""
-        _commit_ops(s, [{"p": path, "e": entry, "rm": [row.dot] if row else []}
-                        for path, entry in entries.items()
-                        for row in [index_rows.get(path)]], local, objects)
+        _commit_ops(s, _replacing(entries, index_rows), local, objects)
 
     with s.ui.progress("push", total) as advance:
         up = sync.upload(s.folder, plan.upload, s.transport, s.binding.dir / "spool", gen.kek,
                          gen.number, s.binding.padding != "none", s.index.add_pending,
                          s.ui.warn, advance, landed)
-    ops: list[dict[str, Any]] = [{"p": path, "e": entry, "rm": [row.dot] if row else []}
-                                 for path, entry in up.entries.items()
-                                 for row in [index_rows.get(path)]]  # the last batch
+    ops = _replacing(up.entries, index_rows)  # the last batch
     for item, entry in plan.put:
         row = index_rows.get(item.path)
         if entry is None:
@@ -639,6 +635,13 @@ def _push(s: Session, dry_run: bool) -> dict[str, Any]:
     result["object_ids"] = [n[len(sync.DATA_PREFIX):] for n in up.objects]
     _maintain(s)
     return result
+
+
+def _replacing(entries: dict[str, dict[str, Any]], rows: dict[str, IndexRow]
+               ) -> list[dict[str, Any]]:
+    """Ops that put each entry in place of the version this device last synced there."""
+    return [{"p": path, "e": entry, "rm": [row.dot] if row else []}
+            for path, entry in entries.items() for row in [rows.get(path)]]
 
 
 def _commit_ops(s: Session, ops: list[dict[str, Any]], local: dict[str, sync.LocalItem],
