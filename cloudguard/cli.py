@@ -100,7 +100,8 @@ def init(folder: str, remote: str, padding: str, name: str | None, as_json: bool
     def go() -> None:
         result = vault.init_vault(folder, remote, padding, name)
         _emit(result, as_json, lambda r: f"Created vault {r['vault']} on {r['remote']} for "
-              f"{r['folder']} (device key in {r['keystore']}).\nNext: cloudguard push, and "
+              f"{r['folder']} (device key in {r['keystore']}).\nVault code (a new device "
+              f"checks it): {r['vault_code']}\nNext: cloudguard push, and "
               "cloudguard key export KIT to keep a recovery kit in a safe place.", always=True)
     _run(go)
 
@@ -111,12 +112,18 @@ def init(folder: str, remote: str, padding: str, name: str | None, as_json: bool
 @click.option("--key-file", metavar="KIT", default=None,
               help="Enrol this device with a recovery kit instead of an approval.")
 @click.option("--name", default=None, help="A name for this device (default: hostname).")
+@click.option("--vault-code", default=None, metavar="CODE",
+              help="The vault code shown by 'cloudguard device list' on an enrolled device "
+                   "(needed without --key-file; compared in full).")
 @json_option
 def clone(remote: str, folder: str, key_file: str | None, name: str | None,
-          as_json: bool) -> None:
+          vault_code: str | None, as_json: bool) -> None:
     """Bind FOLDER on this device to the existing vault at REMOTE."""
     def go() -> None:
-        result = vault.clone_vault(remote, folder, key_file, name, _ui(as_json))
+        code = vault_code
+        if code is None and key_file is None and _tty() and not as_json:
+            code = click.prompt("Vault code (cloudguard device list, on an enrolled device)")
+        result = vault.clone_vault(remote, folder, key_file, name, _ui(as_json), code)
 
         def human(r: dict[str, Any]) -> str:
             if not r["enrolled"]:
@@ -165,8 +172,10 @@ def status(folder: str | None, as_json: bool) -> None:
         result = vault.status(folder, _ui(as_json))
 
         def human(r: dict[str, Any]) -> str:
-            lines = [f"folder {r['folder']} -> {r['remote']} (key generation {r['generation']},"
+            lines = [f"folder {r['folder']} -> {r['remote']} (key epoch {r['epoch']},"
                      f" {r['files']} files)"]
+            lines += [f"  exposed: {e['files']} files are wrapped under a key that removed "
+                      f"member {e['name']} held (key rotate --reencrypt)" for e in r["exposed"]]
             lines += [f"  to push: {p}" for p in r["to_push"]]
             lines += [f"  to pull: {p}" for p in r["to_pull"]]
             if not r["to_push"] and not r["to_pull"]:
@@ -268,7 +277,7 @@ def log_cmd(check: bool, as_json: bool) -> None:
 
 @main.group()
 def key() -> None:
-    """Key generations and recovery kits."""
+    """Key epochs and recovery kits."""
 
 
 @key.command("rotate")
@@ -277,10 +286,10 @@ def key() -> None:
               help="Also re-encrypt all content with fresh keys and delete the old objects.")
 @json_option
 def key_rotate(folder: str | None, reencrypt: bool, as_json: bool) -> None:
-    """Start a new key generation."""
+    """Start a new key epoch (a signed commit with a new KEK)."""
     def go() -> None:
         result = vault.key_rotate(folder, reencrypt, _ui(as_json))
-        _emit(result, as_json, lambda r: f"Key generation {r['generation']} is current.",
+        _emit(result, as_json, lambda r: f"Key epoch {r['epoch']} is current.",
               always=True)
     _run(go)
 
@@ -289,11 +298,11 @@ def key_rotate(folder: str | None, reencrypt: bool, as_json: bool) -> None:
 @folder_option
 @json_option
 def key_list(folder: str | None, as_json: bool) -> None:
-    """Show key generations with their age."""
+    """Show key epochs with their age."""
     def go() -> None:
         result = vault.key_list(folder)
         _emit(result, as_json, lambda rows: "\n".join(
-            f"{'*' if r['current'] else ' '} generation {r['generation']}  created "
+            f"{'*' if r['current'] else ' '} epoch {r['epoch']} ({r['action']})  created "
             f"{r['created']}  age {r['age_days']} days" for r in rows), always=True)
     _run(go)
 
@@ -324,9 +333,11 @@ def device_list(folder: str | None, as_json: bool) -> None:
     """Show each device and recovery slot."""
     def go() -> None:
         result = vault.device_list(folder)
-        _emit(result, as_json, lambda rows: "\n".join(
-            f"{r['id']}  {r['kind']:<8}  {r['fingerprint']}  {r['created']}  {r['name']}"
-            + ("  (this device)" if r["this_device"] else "") for r in rows), always=True)
+        _emit(result, as_json, lambda r: "\n".join(
+            [f"vault code: {r['vault_code']}"]
+            + [f"{m['id']}  {m['kind']:<8}  {m['name']}"
+               + ("  (this device)" if m["this_device"] else "") for m in r["members"]]
+            + [f"{m['id']}  removed   {m['name']}" for m in r["removed"]]), always=True)
     _run(go)
 
 
@@ -338,7 +349,8 @@ def device_approve(fingerprint: str, folder: str | None, as_json: bool) -> None:
     """Enrol the device whose request shows FINGERPRINT."""
     def go() -> None:
         result = vault.device_approve(folder, fingerprint)
-        _emit(result, as_json, lambda r: f"Approved {r['name']} ({r['approved']}).", always=True)
+        _emit(result, as_json, lambda r: f"Approved {r['name']} ({r['approved']}). The new "
+              f"device checks the vault code: {r['vault_code']}", always=True)
     _run(go)
 
 
@@ -351,8 +363,8 @@ def device_remove(device_id: str, folder: str | None, reencrypt: bool, as_json: 
     """Remove a device or recovery slot and rotate the key."""
     def go() -> None:
         result = vault.device_remove(folder, device_id, reencrypt, _ui(as_json))
-        _emit(result, as_json, lambda r: f"Removed {r['removed']}; key generation "
-              f"{r['generation']} is current.", always=True)
+        _emit(result, as_json, lambda r: f"Removed {r['removed']}; key epoch "
+              f"{r['epoch']} is current.", always=True)
     _run(go)
 
 

@@ -1,4 +1,4 @@
-"""Format v1: every byte cloudguard writes to a remote (normative spec: docs/format.md).
+"""Format v2: every byte cloudguard writes to a remote (normative spec: docs/format.md).
 
 Pure functions over bytes and streams. Randomness enters only through ``os.urandom`` in
 the ``new_*`` helpers, so tests can pass fixed values to the inner functions and compare exact
@@ -20,8 +20,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -30,7 +31,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .errors import FileChangedError, IntegrityError
 
-VERSION = 1
+VERSION = 2
 CHUNK_SIZE = 64 * 1024
 TAG_SIZE = 16
 KEY_SIZE = 32
@@ -92,7 +93,7 @@ def blob_size(length: int, padding: bool) -> int:
 
 
 def _blob_keys(dek: bytes, file_id: bytes) -> tuple[bytes, bytes]:
-    okm = _hkdf(dek, b"cloudguard/v1/blob", 64, salt=file_id)
+    okm = _hkdf(dek, b"cloudguard/v2/blob", 64, salt=file_id)
     return okm[:32], okm[32:]
 
 
@@ -101,7 +102,7 @@ def _chunk_nonce(index: int, final: bool) -> bytes:
 
 
 def _chunk_aad(file_id: bytes, index: int, final: bool) -> bytes:
-    return b"cloudguard/v1/chunk" + bytes([VERSION]) + file_id + struct.pack(">Q?", index, final)
+    return b"cloudguard/v2/chunk" + bytes([VERSION]) + file_id + struct.pack(">Q?", index, final)
 
 
 class Reader(Protocol):
@@ -145,7 +146,7 @@ def encrypt_blob(
     length_ct = aead.encrypt(
         _LENGTH_NONCE,
         struct.pack(">QQ", size, padded),
-        b"cloudguard/v1/length" + bytes([VERSION]) + file_id,
+        b"cloudguard/v2/length" + bytes([VERSION]) + file_id,
     )
     written = dst.write(BLOB_MAGIC + file_id + commitment + length_ct)
     if digest is None:
@@ -199,7 +200,7 @@ def open_blob_header(header: bytes, dek: bytes, expected_file_id: bytes | None) 
         raise IntegrityError()
     try:
         plain = AESGCM(key).decrypt(
-            _LENGTH_NONCE, header[52:], b"cloudguard/v1/length" + bytes([VERSION]) + file_id
+            _LENGTH_NONCE, header[52:], b"cloudguard/v2/length" + bytes([VERSION]) + file_id
         )
     except InvalidTag as exc:
         raise IntegrityError() from exc
@@ -277,11 +278,11 @@ DEK_WRAP_SIZE = 12 + 32 + TAG_SIZE  # nonce, DEK, tag
 @functools.lru_cache(maxsize=64)
 def _dek_wrapper(kek: bytes) -> AESGCM:
     """Derived once per KEK: a rotation re-wraps every DEK of the vault."""
-    return AESGCM(_hkdf(kek, b"cloudguard/v1/dek-wrap"))
+    return AESGCM(_hkdf(kek, b"cloudguard/v2/dek-wrap"))
 
 
 def _dek_aad(file_id: bytes) -> bytes:
-    return b"cloudguard/v1/dek" + bytes([VERSION]) + file_id
+    return b"cloudguard/v2/dek" + bytes([VERSION]) + file_id
 
 
 def wrap_dek(kek: bytes, dek: bytes, file_id: bytes, nonce: bytes | None = None) -> bytes:
@@ -313,75 +314,163 @@ def _nonce(nonce: bytes | None) -> bytes:
 
 # --- manifest segments --------------------------------------------------------------------
 
+SEGMENT_HEADER_SIZE = 4 + 4 + 32 + 12
+SIGNATURE_SIZE = 64
+SEGMENT_MIN_PLAIN = 4096
+SEGMENT_MIN_SIZE = SEGMENT_HEADER_SIZE + SEGMENT_MIN_PLAIN + TAG_SIZE + SIGNATURE_SIZE
+MAX_SEGMENT_PLAIN = 256 * 1024 * 1024
 
-def seal_segment(kek: bytes, generation: int, name: str, payload: dict[str, Any],
+
+def _segment_aad(vault_id: str, name: str, header: bytes) -> bytes:
+    return b"cloudguard/v2/segment\x00" + _segment_names(vault_id, name) + header
+
+
+def _segment_names(vault_id: str, name: str) -> bytes:
+    return vault_id.encode() + b"\x00" + name.encode() + b"\x00"
+
+
+def _segment_signed(vault_id: str, name: str, header_and_ct: bytes) -> bytes:
+    """The message after the label: the Ed25519 signer adds the label (chain.verify_sig)."""
+    return b"cloudguard/v2/segment\x00" + _segment_names(vault_id, name) + header_and_ct
+
+
+def seal_segment(kek: bytes, head_pos: int, head_id: str, vault_id: str, name: str,
+                 payload: dict[str, Any], signer: Ed25519PrivateKey,
                  nonce: bytes | None = None) -> bytes:
-    """Manifest segments are compressed JSON under AES-GCM; the object name is in the AAD,
-    so a segment cannot be replayed under another name."""
+    """Compressed, padded JSON under the KEK of the writer's head commit, signed by the writer
+    over name, header and ciphertext: a reader checks who wrote it before decrypting."""
     nonce = _nonce(nonce)
-    header = SEGMENT_MAGIC + struct.pack(">I", generation) + nonce
+    header = SEGMENT_MAGIC + struct.pack(">I", head_pos) + bytes.fromhex(head_id) + nonce
+    if len(header) != SEGMENT_HEADER_SIZE:
+        raise ValueError("head id must be 32 bytes")
     body = zlib.compress(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode(), 6)
-    key = _hkdf(kek, b"cloudguard/v1/manifest")
-    return header + AESGCM(key).encrypt(nonce, body, header + name.encode())
+    plain = struct.pack(">I", len(body)) + body
+    plain += bytes(padme(max(SEGMENT_MIN_PLAIN, len(plain))) - len(plain))
+    key = _hkdf(kek, b"cloudguard/v2/manifest")
+    sealed = header + AESGCM(key).encrypt(nonce, plain, _segment_aad(vault_id, name, header))
+    return sealed + signer.sign(_segment_signed(vault_id, name, sealed))
 
 
-def segment_generation(blob: bytes) -> int:
-    if len(blob) < 20 + TAG_SIZE or blob[:4] != SEGMENT_MAGIC:
+def segment_head(blob: bytes) -> tuple[int, str]:
+    """The writer's head (position, commit id): readable before any key, signed."""
+    if len(blob) < SEGMENT_MIN_SIZE or blob[:4] != SEGMENT_MAGIC:
         raise IntegrityError()
-    return int(struct.unpack(">I", blob[4:8])[0])
+    return int(struct.unpack(">I", blob[4:8])[0]), blob[8:40].hex()
 
 
-def open_segment(kek: bytes, name: str, blob: bytes) -> dict[str, Any]:
-    segment_generation(blob)
-    header, nonce = blob[:20], blob[8:20]
-    key = _hkdf(kek, b"cloudguard/v1/manifest")
+def verify_segment(blob: bytes, vault_id: str, name: str, signer_pub: bytes) -> None:
+    segment_head(blob)
     try:
-        body = AESGCM(key).decrypt(nonce, blob[20:], header + name.encode())
+        Ed25519PublicKey.from_public_bytes(signer_pub).verify(
+            blob[-SIGNATURE_SIZE:], _segment_signed(vault_id, name, blob[:-SIGNATURE_SIZE]))
+    except (InvalidSignature, ValueError) as exc:
+        raise IntegrityError() from exc
+
+
+def open_segment(kek: bytes, vault_id: str, name: str, blob: bytes) -> dict[str, Any]:
+    """Only after :func:`verify_segment`."""
+    segment_head(blob)
+    header, nonce = blob[:SEGMENT_HEADER_SIZE], blob[40:52]
+    key = _hkdf(kek, b"cloudguard/v2/manifest")
+    try:
+        plain = AESGCM(key).decrypt(nonce, blob[SEGMENT_HEADER_SIZE:-SIGNATURE_SIZE],
+                                    _segment_aad(vault_id, name, header))
+        (length,) = struct.unpack(">I", plain[:4])
+        if 4 + length > len(plain) or any(plain[4 + length:]):
+            raise IntegrityError()
         decompressor = zlib.decompressobj()
-        raw = decompressor.decompress(body, 256 * 1024 * 1024)
+        raw = decompressor.decompress(plain[4:4 + length], MAX_SEGMENT_PLAIN)
         # exactly one complete zlib stream: not cut short (no Adler-32 check), nothing after it
         if decompressor.unconsumed_tail or not decompressor.eof or decompressor.unused_data:
             raise IntegrityError()
-        payload = json.loads(raw)
-    except (InvalidTag, zlib.error, ValueError) as exc:
+        payload = strict_json(raw)
+    except (InvalidTag, zlib.error, ValueError, struct.error) as exc:
         raise IntegrityError() from exc
     if not isinstance(payload, dict):
         raise IntegrityError()
     return payload
 
 
+# --- strict JSON --------------------------------------------------------------------------
+
+MAX_JSON_DEPTH = 32
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise IntegrityError()
+        out[key] = value
+    return out
+
+
+def strict_json(raw: bytes | str) -> Any:
+    """JSON from the remote: duplicate keys and deep nesting are integrity errors (a parser
+    that keeps the last duplicate would let two readers see two documents; deep nesting
+    would end in a RecursionError)."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        depth = 0
+        in_string = escaped = False
+        for ch in text:  # cheap bracket depth count, strings skipped
+            if in_string:
+                if escaped:
+                    escaped = False
+                elif ch == "\\":
+                    escaped = True
+                elif ch == '"':
+                    in_string = False
+            elif ch == '"':
+                in_string = True
+            elif ch in "[{":
+                depth += 1
+                if depth > MAX_JSON_DEPTH:
+                    raise IntegrityError()
+            elif ch in "]}":
+                depth -= 1
+        return json.loads(text, object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError) as exc:
+        raise IntegrityError() from exc
+
+
 # --- key slots ----------------------------------------------------------------------------
 
 
-def public_bytes(key: X25519PrivateKey | X25519PublicKey) -> bytes:
+def public_bytes(key: X25519PrivateKey | X25519PublicKey | Ed25519PrivateKey) -> bytes:
+    if isinstance(key, Ed25519PrivateKey):
+        return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     pub = key.public_key() if isinstance(key, X25519PrivateKey) else key
     return pub.public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
-def _slot_aad(vault_id: str, generation: int, rid: str) -> bytes:
-    return b"cloudguard/v1/slot" + f"{vault_id}/{generation}/{rid}".encode()
+def _slot_aad(ctx: bytes, rid: str) -> bytes:
+    return b"cloudguard/v2/slot\x00" + ctx + b"\x00" + rid.encode()
 
 
-def wrap_to_recipient(pub: bytes, secret: bytes, vault_id: str, generation: int, rid: str,
+def wrap_to_recipient(pub: bytes, secret: bytes, ctx: bytes, rid: str,
                       ephemeral: X25519PrivateKey | None = None) -> dict[str, str]:
-    """X25519 + HKDF + AES-GCM, as age does; a fresh ephemeral key makes a zero nonce safe."""
+    """X25519 + HKDF + AES-GCM, as age does; a fresh ephemeral key makes a zero nonce safe.
+    Anyone can wrap to a public key: a slot is trusted only through a signed commit."""
     eph = ephemeral or X25519PrivateKey.generate()
     eph_pub = public_bytes(eph)
     shared = eph.exchange(X25519PublicKey.from_public_bytes(pub))
-    key = _hkdf(shared, b"cloudguard/v1/slot", salt=eph_pub + pub)
-    ct = AESGCM(key).encrypt(bytes(12), secret, _slot_aad(vault_id, generation, rid))
-    return {"rid": rid, "epk": b64(eph_pub), "ct": b64(ct)}
+    key = _hkdf(shared, b"cloudguard/v2/slot", salt=eph_pub + pub)
+    ct = AESGCM(key).encrypt(bytes(12), secret, _slot_aad(ctx, rid))
+    return {"epk": b64(eph_pub), "ct": b64(ct)}
 
 
-def unwrap_from_slot(priv: X25519PrivateKey, slot: dict[str, Any], vault_id: str,
-                     generation: int) -> bytes:
+def unwrap_from_slot(priv: X25519PrivateKey, slot: object, ctx: bytes, rid: str) -> bytes:
     try:
+        if not isinstance(slot, dict):
+            raise IntegrityError()
         eph_pub = unb64(slot["epk"])
         pub = public_bytes(priv)
         shared = priv.exchange(X25519PublicKey.from_public_bytes(eph_pub))
-        key = _hkdf(shared, b"cloudguard/v1/slot", salt=eph_pub + pub)
-        return AESGCM(key).decrypt(bytes(12), unb64(slot["ct"]),
-                                   _slot_aad(vault_id, generation, str(slot["rid"])))
+        if shared == bytes(32):
+            raise IntegrityError()
+        key = _hkdf(shared, b"cloudguard/v2/slot", salt=eph_pub + pub)
+        return AESGCM(key).decrypt(bytes(12), unb64(slot["ct"]), _slot_aad(ctx, rid))
     except (InvalidTag, ValueError, KeyError, TypeError) as exc:
         raise IntegrityError() from exc
 
@@ -400,16 +489,17 @@ def open_json(key_material: bytes, info: bytes, aad: bytes, sealed: object) -> d
         raise IntegrityError()
     key = _hkdf(key_material, info)
     try:
-        payload = json.loads(AESGCM(key).decrypt(raw[:12], raw[12:], aad))
-    except (InvalidTag, ValueError) as exc:
+        payload = strict_json(AESGCM(key).decrypt(raw[:12], raw[12:], aad))
+    except InvalidTag as exc:
         raise IntegrityError() from exc
     if not isinstance(payload, dict):
         raise IntegrityError()
     return payload
 
 
-def key_commitment(kek: bytes) -> str:
-    return _hkdf(kek, b"cloudguard/v1/kek-id", 16).hex()
+def kek_commit(kek: bytes) -> str:
+    """Names a KEK in public (256 bits): a KEK is used only under a verified commitment."""
+    return _hkdf(kek, b"cloudguard/v2/kek-commit", 32).hex()
 
 
 # --- passphrase-wrapped secrets (device key file, recovery kit) ---------------------------
@@ -429,7 +519,7 @@ def _scrypt(passphrase: str, salt: bytes, log_n: int, r: int, p: int) -> bytes:
 
 
 def _kit_aad(meta: dict[str, Any]) -> bytes:
-    return b"cloudguard/v1/kit" + json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+    return b"cloudguard/v2/kit" + json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
 
 
 def seal_with_passphrase(secret: bytes, passphrase: str, meta: dict[str, Any],
@@ -461,10 +551,21 @@ def open_with_passphrase(doc: dict[str, Any], passphrase: str) -> bytes:
         raise IntegrityError() from exc
 
 
-def fingerprint(pub: bytes) -> str:
-    """Short enough to read aloud, long enough (80 bits) that a forged request cannot collide."""
-    digest = base64.b32encode(hashlib.sha256(b"cloudguard/v1/fp" + pub).digest()[:10]).decode()
-    return "-".join(digest[i:i + 4] for i in range(0, 16, 4))
+def _code(data: bytes) -> str:
+    text = base64.b32encode(data[:15]).decode()
+    return "-".join(text[i:i + 4] for i in range(0, 24, 4))
+
+
+def fingerprint(request_body: bytes) -> str:
+    """120 bits over the whole enrolment request (vault, id, name, both keys): compared in
+    full, so neither a forged key nor a changed id or name can match."""
+    return _code(hashlib.sha256(b"cloudguard/v2/fp\x00" + request_body).digest())
+
+
+def vault_code(vault_id: str) -> str:
+    """What a new device compares in full with the approving device's: 120 bits of the vault
+    id, so a fake vault built by the provider cannot match."""
+    return _code(bytes.fromhex(vault_id))
 
 
 def expect_end(reader: Reader) -> None:

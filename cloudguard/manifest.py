@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import format as fmt
+from .chain import Skip
 from .errors import IntegrityError
-from .keys import KeyRing, now_iso
+from .keys import now_iso
 from .state import write_private
 
 PREFIX = "m/"
@@ -395,17 +395,28 @@ class SegmentCache:
                     child.unlink(missing_ok=True)
 
 
-def load(listing: dict[str, int], fetch: Callable[[str], bytes], keyring: KeyRing,
+Opener = Callable[[str, str, int, bytes], dict[str, Any]]
+
+
+def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
          device: str, seen: dict[str, int], cache: SegmentCache,
-         state: State | None = None) -> Loaded:
+         state: State | None = None, cutoffs: dict[str, int] | None = None,
+         skipped: list[str] | None = None) -> Loaded:
     """Bring ``state`` up to the segments listed on the remote and check for rollback.
 
     A persistent ``state`` already holds the merge of the segments it recorded; only new ones
     are opened and applied. If a recorded segment vanished without a listed snapshot covering
     it, or changed size, the state is rebuilt from every segment, which then reports the gap
     or rollback as a full load would. Any failure leaves ``state`` as it was.
+
+    ``opener`` checks a segment's writer and signature and decrypts it (chain.accept_segment);
+    a segment it skips (deferred, or by a removed member past its ``cutoffs``) is treated as
+    not listed, and its reason goes to ``skipped``.
     """
     state = state if state is not None else State()
+    cutoffs = cutoffs or {}
+    skip_log = skipped if skipped is not None else []
+    held: set[str] = set()
     parsed: dict[str, tuple[str, int, str]] = {}
     for name in listing:
         got = parse_name(name)
@@ -418,11 +429,8 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], keyring: KeyRin
         fresh = data is None
         if data is None:
             data = fetch(name)
-        try:
-            payload = fmt.open_segment(keyring.kek(fmt.segment_generation(data)), name, data)
-        except IntegrityError as exc:
-            raise IntegrityError(f"manifest segment {name} failed authentication") from exc
         dev, seq, kind = parsed[name]
+        payload = opener(name, dev, seq, data)
         if (payload.get("device"), payload.get("seq"), payload.get("kind")) != (
                 dev, seq, {"d": "delta", "s": "snapshot"}[kind]):
             raise IntegrityError(f"manifest segment {name} does not match its name")
@@ -436,18 +444,19 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], keyring: KeyRin
         snaps: dict[str, dict[str, Any]] = {}
         for name, (_dev, _seq, kind) in sorted(parsed.items()):
             if kind == "s" and name not in consumed:
-                snaps[name] = open_named(name)
+                _open_or_skip(name, open_named, snaps, held, skip_log)
         if not _still_valid(consumed, parsed, listing, snaps, device):
             state.reset()
             consumed = {}
             for name, (_dev, _seq, kind) in sorted(parsed.items()):
-                if kind == "s" and name not in snaps:
-                    snaps[name] = open_named(name)
+                if kind == "s" and name not in snaps and name not in held:
+                    _open_or_skip(name, open_named, snaps, held, skip_log)
         for name, (_size, sha, _c) in consumed.items():
             if name in listing:
                 heads_hash[name] = sha
         for name, payload in sorted(snaps.items()):
             ctx = _ctx(payload.get("ctx"))
+            _no_late_writes(name, ctx, cutoffs)
             if not state.dominates(ctx):
                 state.merge_snapshot(ctx, _paths(payload.get("paths")).items())
             state.mark_consumed(name, listing[name], heads_hash[name], ctx)
@@ -455,6 +464,10 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], keyring: KeyRin
         pending: dict[str, dict[int, str]] = {}
         for name, (dev, seq, kind) in parsed.items():
             if kind == "d" and seq > state.ctx.get(dev, 0) and name not in consumed:
+                if dev in cutoffs and seq > cutoffs[dev]:
+                    skip_log.append(f"manifest segment {name} was written by removed member "
+                                    f"{dev} after its removal; refused")
+                    continue
                 pending.setdefault(dev, {})[seq] = name
         progress = True
         while progress:
@@ -464,7 +477,12 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], keyring: KeyRin
                 found = pending[dev].get(nxt)
                 if found is None:
                     continue
-                payload = open_named(found)
+                try:
+                    payload = open_named(found)
+                except Skip as exc:
+                    skip_log.append(str(exc))
+                    pending[dev] = {}
+                    continue
                 for kind in ("d", "s"):  # the writer's own previous segment, if we opened it
                     before = heads_hash.get(segment_name(dev, nxt - 1, kind))
                     if before is not None and payload.get("prev") not in (None, before):
@@ -472,6 +490,8 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], keyring: KeyRin
                                              f"{segment_name(dev, nxt - 1, kind)}: a segment "
                                              "was replaced")
                 deps = _ctx(payload.get("deps"))
+                _no_late_writes(found, deps, cutoffs)
+                _same_history(found, payload.get("dh"), deps, heads_hash, parsed)
                 if not state.dominates({d: s for d, s in deps.items() if d != dev}):
                     continue
                 state.apply_delta(dev, nxt, check_ops(payload.get("ops")))
@@ -479,7 +499,7 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], keyring: KeyRin
                 del pending[dev][nxt]
                 progress = True
         for dev, rest in pending.items():
-            if rest:
+            if rest and not any(dev == got[0] for h in held if (got := parse_name(h))):
                 missing = segment_name(dev, state.ctx.get(dev, 0) + 1, "d")
                 raise IntegrityError(f"manifest segment {missing} is missing: the manifest "
                                      "was truncated or a segment was deleted")
@@ -498,6 +518,44 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], keyring: KeyRin
             newest[dev] = (seq, digest)
     cache.prune(parsed)
     return Loaded(state, dict(listing), own, deltas, {d: h for d, (_s, h) in newest.items()})
+
+
+def _open_or_skip(name: str, open_named: Callable[[str], dict[str, Any]],
+                  snaps: dict[str, dict[str, Any]], held: set[str], log: list[str]) -> None:
+    try:
+        snaps[name] = open_named(name)
+    except Skip as exc:
+        held.add(name)
+        log.append(str(exc))
+
+
+def _no_late_writes(name: str, ctx: dict[str, int], cutoffs: dict[str, int]) -> None:
+    """An honest device's segment must not carry a removed member's writes past its cutoff."""
+    for dev, cut in cutoffs.items():
+        if ctx.get(dev, 0) > cut:
+            raise IntegrityError(f"manifest segment {name} depends on writes of removed member "
+                                 f"{dev} past its removal (seq {ctx[dev]} > {cut}); refused")
+
+
+def _same_history(name: str, raw: object, deps: dict[str, int], heads_hash: dict[str, str],
+                  parsed: dict[str, tuple[str, int, str]]) -> None:
+    """Dependencies name segment hashes: if the writer saw another segment under a name we
+    applied, the provider showed us two histories (a fork)."""
+    if raw is None:
+        return
+    if not isinstance(raw, dict):
+        raise IntegrityError(f"manifest segment {name} has malformed dependencies")
+    for dev, digest in raw.items():
+        seq = deps.get(dev)
+        if seq is None or not isinstance(digest, str):
+            raise IntegrityError(f"manifest segment {name} has malformed dependencies")
+        for kind in ("d", "s"):
+            mine = heads_hash.get(segment_name(dev, seq, kind))
+            if mine is not None and mine != digest:
+                raise IntegrityError(f"fork: manifest segment {name} depends on a "
+                                     f"{segment_name(dev, seq, kind)} other than the one this "
+                                     "device applied; the provider shows devices different "
+                                     "histories")
 
 
 def _still_valid(consumed: dict[str, tuple[int, str, dict[str, int] | None]],
@@ -540,10 +598,10 @@ _DOT = re.compile(r"^[0-9a-f]{16}:[0-9]{1,12}$")
 _OBJECT_ID = re.compile(r"^[0-9a-f]{32}$")
 _FIELD_TYPES: dict[str, type] = {
     "t": str, "s": int, "m": int, "x": int, "h": str, "o": str, "a": int, "n": int,
-    "i": str, "k": str, "g": int, "l": str, "r": int, "om": str,
+    "i": str, "k": str, "g": str, "l": str, "r": int, "om": str,
 }
 _FILE_FIELDS = frozenset(("o", "a", "n", "i", "k", "g", "h"))
-_UNSIGNED = frozenset(("s", "x", "a", "n", "g", "r"))
+_UNSIGNED = frozenset(("s", "x", "a", "n", "r"))
 
 
 def check_entry(entry: object) -> Entry:
@@ -604,9 +662,10 @@ def _paths(raw: object) -> dict[str, Siblings]:
 
 
 def delta_payload(device: str, seq: int, deps: dict[str, int], prev: str | None,
-                  ops: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"kind": "delta", "device": device, "seq": seq, "deps": deps, "prev": prev,
-            "created": now_iso(), "ops": ops}
+                  ops: list[dict[str, Any]], dh: dict[str, str] | None = None
+                  ) -> dict[str, Any]:
+    return {"kind": "delta", "device": device, "seq": seq, "deps": deps, "dh": dh or {},
+            "prev": prev, "created": now_iso(), "ops": ops}
 
 
 def snapshot_payload(device: str, seq: int, state: State) -> dict[str, Any]:

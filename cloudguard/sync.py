@@ -497,7 +497,7 @@ SPOOL_FLUSH_FILES = 20_000  # ... or this many files, whichever comes first
 
 
 def upload(folder: Path, items: list[LocalItem], transport: Transport, spool: Path, kek: bytes,
-           generation: int, padding: bool, register: Callable[[str], None],
+           generation: str, padding: bool, register: Callable[[str], None],
            warn: Callable[[str], None], progress: Progress = _no_progress,
            landed: Callable[[dict[str, Entry], list[str]], None] | None = None) -> Uploaded:
     """Encrypt into spool files (ciphertext only), then let rclone move them in batches.
@@ -587,7 +587,7 @@ def write_filler(out: ObjectWriter) -> None:
         filler -= step
 
 
-def _encrypt_one(folder: Path, item: LocalItem, out: ObjectWriter, kek: bytes, generation: int,
+def _encrypt_one(folder: Path, item: LocalItem, out: ObjectWriter, kek: bytes, generation: str,
                  padding: bool, progress: Progress) -> Entry:
     fd = os.open(folder / item.path, os.O_RDONLY | os.O_NOFOLLOW)
     with os.fdopen(fd, "rb", buffering=0) as fh:
@@ -660,10 +660,11 @@ def _skip(stream: IO[bytes], count: int) -> None:
         count -= len(got)
 
 
-def dek_of(entry: Entry, keks: Callable[[int], bytes]) -> tuple[bytes, bytes]:
+def dek_of(entry: Entry, keks: Callable[[str], bytes]) -> tuple[bytes, bytes]:
+    """``keks`` maps a KEK commitment (the entry's ``g``) to a KEK of a verified commit."""
     try:
         file_id = bytes.fromhex(str(entry["i"]))
-        return fmt.unwrap_dek(keks(int(entry["g"])), fmt.unb64(entry["k"]), file_id), file_id
+        return fmt.unwrap_dek(keks(str(entry["g"])), fmt.unb64(entry["k"]), file_id), file_id
     except (KeyError, TypeError, ValueError) as exc:
         raise IntegrityError("a manifest entry is malformed") from exc
 

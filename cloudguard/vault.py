@@ -23,14 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
-from . import audit, sync
+from . import audit, chain, sync, trust
 from . import format as fmt
 from . import keys as keymod
 from . import manifest as mf
+from .chain import Secret
 from .errors import CloudguardError, IntegrityError, KeyStoreError, UsageError
-from .keys import DeviceKey, Generation, KeyRing, Member, now_iso
+from .keys import DeviceKey, now_iso
 from .state import Binding, Index, IndexRow, check_unbound, find_binding, folder_lock, signature
 from .transport import MissingObject, RcloneTransport, Transport
 
@@ -61,23 +60,23 @@ def gc_grace() -> float:
 # --- descriptor ---------------------------------------------------------------------------
 
 
-def make_descriptor(vault_id: str, padding: str) -> bytes:
-    doc = {"cloudguard": "vault", "format": fmt.VERSION, "vault": vault_id,
-           "chunk_size": fmt.CHUNK_SIZE, "padding": padding, "created": now_iso()}
+def make_descriptor(padding: str) -> bytes:
+    doc = {"cloudguard": "vault", "format": fmt.VERSION, "chunk_size": fmt.CHUNK_SIZE,
+           "padding": padding, "created": now_iso(), "salt": os.urandom(16).hex()}
     return json.dumps(doc, indent=1, sort_keys=True).encode()
 
 
 def parse_descriptor(raw: bytes, where: str) -> dict[str, Any]:
     try:
-        doc = json.loads(raw)
-    except ValueError as exc:
+        doc = fmt.strict_json(raw)
+    except IntegrityError as exc:
         raise IntegrityError(f"{where}: the vault descriptor is not valid JSON") from exc
     if not isinstance(doc, dict) or doc.get("cloudguard") != "vault":
         raise IntegrityError(f"{where}: not a cloudguard vault descriptor")
     if doc.get("format") != fmt.VERSION:
         raise CloudguardError(f"{where}: vault format {doc.get('format')!r} is unknown to this "
                               f"cloudguard (knows {fmt.VERSION}); upgrade cloudguard")
-    if doc.get("chunk_size") != fmt.CHUNK_SIZE or not isinstance(doc.get("vault"), str):
+    if doc.get("chunk_size") != fmt.CHUNK_SIZE or doc.get("padding") not in ("padme", "none"):
         raise IntegrityError(f"{where}: the vault descriptor has altered parameters")
     return doc
 
@@ -94,8 +93,8 @@ class Session:
     binding: Binding
     transport: Transport
     index: Index
-    priv: X25519PrivateKey
-    ring: KeyRing
+    me: Secret
+    ring: trust.Ring
     loaded: mf.Loaded
     listing: dict[str, int]
     ui: UI
@@ -112,7 +111,7 @@ class Session:
         return self.loaded.state
 
     def labels(self) -> dict[str, str]:
-        return {m.rid: m.name for m in self.ring.current.members}
+        return {rid: self.ring.name_of(rid) for rid in self.ring.view.members}
 
     def next_seq(self) -> int:
         own = self.binding.device
@@ -122,8 +121,9 @@ class Session:
                       ) -> tuple[str, int, str]:
         seq = self.next_seq()
         name = mf.segment_name(self.binding.device, seq, kind)
-        gen = self.ring.current
-        blob = fmt.seal_segment(gen.kek, gen.number, name, payload_for(seq))
+        head = self.ring.head  # the generation floor: only ever the newest verified KEK
+        blob = fmt.seal_segment(self.ring.head_kek, head.pos, head.id, self.binding.vault_id,
+                                name, payload_for(seq), self.me.s)
         self.index.set_meta("pending_segment", name)
         self.transport.put_bytes(name, blob)
         self.segment_cache.put(name, blob)  # a rebuild of the state then needs no download
@@ -141,8 +141,15 @@ class Session:
         own = self.binding.device
         deps = dict(self.state.ctx)
         prev = self.loaded.heads.get(own)
+        consumed = self.state.consumed()
+        dh = {}
+        for dev, at in deps.items():  # fork consistency: name what we built on by hash
+            for kind in ("d", "s"):
+                got = consumed.get(mf.segment_name(dev, at, kind))
+                if got is not None:
+                    dh[dev] = got[1]
         name, seq, digest = self.write_segment(
-            "d", lambda seq: mf.delta_payload(own, seq, deps, prev, ops))
+            "d", lambda seq: mf.delta_payload(own, seq, deps, prev, ops, dh))
         with self.state.transaction():
             self.state.apply_delta(own, seq, ops)
             self.state.mark_consumed(name, self.listing[name], digest)
@@ -179,7 +186,7 @@ def _transport(binding: Binding) -> Transport:
 
 
 def _recover_torn_segment(index: Index, transport: Transport, listing: dict[str, int],
-                          ring: KeyRing) -> None:
+                          ring: trust.Ring) -> None:
     """A crash while uploading our own segment may leave half an object: it never committed."""
     name = index.get_meta("pending_segment")
     if not name:
@@ -187,8 +194,11 @@ def _recover_torn_segment(index: Index, transport: Transport, listing: dict[str,
     if name in listing:
         try:
             data = transport.get_bytes(name)
-            fmt.open_segment(ring.kek(fmt.segment_generation(data)), name, data)
-        except (IntegrityError, MissingObject):
+            parsed = mf.parse_name(name)
+            if parsed is None:
+                raise IntegrityError()
+            chain.accept_segment(ring.view, name, parsed[0], parsed[1], data, ring.kek_of)
+        except (IntegrityError, MissingObject, chain.Skip):
             transport.delete([name])
             listing.pop(name, None)
     index.set_meta("pending_segment", None)
@@ -297,20 +307,20 @@ def _open(binding: Binding, index: Index, ui: UI, cache_dir: Path, state: mf.Sta
     # slots in two processes at once, while the device key is read from the keyring
     early = _start_fetch(transport)
     try:
-        priv = _device_key(binding).load()
+        me = _device_key(binding).load()
     except BaseException:
         for wait in early:
             with suppress(Exception):
                 wait()
         raise
     try:
-        opened = _load(binding, index, ui, transport, priv, cache_dir, state, early)
+        opened = _load(binding, index, ui, transport, me, cache_dir, state, early)
         opened.prescan = prescan
         return opened
     except KeyStoreError as exc:
         if binding.enrolled:
             raise
-        fp = fmt.fingerprint(fmt.public_bytes(priv))
+        fp = index.get_meta("fingerprint", "?")
         raise KeyStoreError(f"{binding.folder}: enrolment {fp} is not approved yet; run "
                             f"'cloudguard device approve {fp}' on an enrolled device") from exc
 
@@ -323,11 +333,11 @@ def _start_fetch(transport: Transport) -> Early:
     rclone process, started together."""
     return (_in_background(lambda: {n: o.size for n, o in transport.list().items()}),
             _in_background(lambda: transport.get_matching(
-                [f"/{DESCRIPTOR}", f"/{keymod.KEYS_PREFIX}*"])))
+                [f"/{DESCRIPTOR}", f"/{chain.KEYS_PREFIX}*"])))
 
 
 def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
-          priv: X25519PrivateKey, cache_dir: Path, state: mf.State,
+          me: Secret, cache_dir: Path, state: mf.State,
           early: Early | None = None) -> Session:
     for attempt in range(3):
         try:
@@ -336,37 +346,45 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
                 listing = early[0]()
             else:
                 listing, meta = {n: o.size for n, o in transport.list().items()}, {}
+            trust.resend_pending(transport, index, listing)
             cache = mf.SegmentCache(cache_dir)
             applied = {n for n, (size, _h, _c) in state.consumed().items()
                        if listing.get(n) == size}
             fetch = _prefetch(transport, listing, cache, meta, applied)
             raw = listing_descriptor(fetch, listing, binding.remote)
-            doc = parse_descriptor(raw, binding.remote)
-            if doc["vault"] != binding.vault_id:
-                raise IntegrityError(f"{binding.remote} holds vault {doc['vault']}, not "
-                                     f"{binding.vault_id}: the vault was swapped")
-            trusted = {int(k): v for k, v in index.get_meta("trusted", {}).items()}
-            ring = keymod.load_keyring(fetch, listing, binding.vault_id, binding.device, priv,
-                                       trusted)
-            if ring.current.descriptor != descriptor_hash(raw):
-                raise IntegrityError(f"{binding.remote}/{DESCRIPTOR} was altered")
+            parse_descriptor(raw, binding.remote)
+            ring = trust.open_ring(binding.vault_id, listing, fetch, descriptor_hash(raw),
+                                   binding.device, me, index, ui.warn, binding.enrolled)
+            trust.merge_if_needed(ring, transport, index, ui.warn)
             _recover_torn_segment(index, transport, listing, ring)
             seen = index.get_meta("seen", {})
             segs = {n: s for n, s in listing.items() if n.startswith(mf.PREFIX)}
-            loaded = mf.load(segs, fetch, ring, binding.device, seen, cache, state)
+            skipped: list[str] = []
+
+            def opener(name: str, dev: str, seq: int, data: bytes,
+                       ring: trust.Ring = ring) -> dict[str, Any]:
+                payload = chain.accept_segment(ring.view, name, dev, seq, data, ring.kek_of)
+                written = ring.view.commits[fmt.segment_head(data)[1]]
+                if written.kek != ring.head.kek:  # a frozen or racing writer: re-wrap later
+                    index.set_meta("rewrap_needed", True)
+                return payload
+
+            cutoffs = {rid: cut.seq for rid, cut in ring.view.removed.items()}
+            loaded = mf.load(segs, fetch, opener, binding.device, seen, cache, state,
+                             cutoffs, skipped)
+            for reason in skipped:
+                ui.warn(reason)
             _finish_deletions(index, transport, listing, loaded)
             break
         except MissingObject:
             if attempt == 2:
                 raise
             time.sleep(0.5)  # another device compacted while we listed; list again
-    trusted_now = {str(n): fmt.key_commitment(g.kek) for n, g in ring.generations.items()}
-    index.set_meta("trusted", {**index.get_meta("trusted", {}), **trusted_now})
     index.set_meta("seen", loaded.state.ctx)
     if not binding.enrolled:
         binding.enrolled = True
         binding.save()
-    return Session(binding, transport, index, priv, ring, loaded, listing, ui, cache)
+    return Session(binding, transport, index, me, ring, loaded, listing, ui, cache)
 
 
 def listing_descriptor(fetch: Callable[[str], bytes], listing: dict[str, int], remote: str
@@ -389,7 +407,7 @@ def _prefetch(transport: Transport, listing: dict[str, int], cache: mf.SegmentCa
     """
     got = {n: d for n, d in (have or {}).items() if listing.get(n) == len(d)}
     wanted = [n for n in listing if n not in got and (
-        n == DESCRIPTOR or n.startswith(keymod.KEYS_PREFIX)
+        n == DESCRIPTOR or n.startswith(chain.KEYS_PREFIX)
         or (n.startswith(mf.PREFIX) and n not in (applied or set())
             and not cache.has(n, listing[n])))]
     got.update(transport.get_many(wanted))
@@ -433,34 +451,41 @@ def init_vault(folder: str, remote: str, padding: str = "padme", name: str | Non
                          "cloudguard clone")
     if existing:
         raise UsageError(f"{transport.remote} is not empty; give an empty folder or bucket path")
-    vault_id = os.urandom(16).hex()
-    binding = _new_binding(path, transport.remote, vault_id, padding, name)
-    device_key = _device_key(binding)
-    priv = device_key.create()
-    descriptor = make_descriptor(vault_id, padding)
-    member = Member(binding.device, "device", binding.device_name, now_iso(),
-                    fmt.public_bytes(priv))
-    gen = Generation(1, os.urandom(32), now_iso(), [member], descriptor_hash(descriptor))
+    secret = Secret.generate()
+    rid = keymod.new_member_id()
+    device_name = name or socket.gethostname()
+    descriptor = make_descriptor(padding)
+    kek = chain.new_kek()
+    genesis, data, keyobj = chain.build(None, "", secret, rid, "genesis",
+                                        {rid: secret.public("device")}, {}, kek, 1,
+                                        {rid: device_name}, {}, descriptor_hash(descriptor),
+                                        now_iso())
+    vault_id = genesis.id
+    binding = Binding(id=Binding.new_id(), folder=str(path), remote=transport.remote,
+                      vault_id=vault_id, device=rid, device_name=device_name,
+                      keystore=keymod.choose_keystore(), padding=padding)
+    _device_key(binding).create(secret)
     transport.ensure_root()
     transport.put_bytes(DESCRIPTOR, descriptor)
-    transport.put_bytes(keymod.keys_name(1), keymod.seal_generation(vault_id, gen))
+    trust.write(transport, None, genesis, data, keyobj)
     binding.save()
     index = Index(binding.dir / "index.db")
-    index.set_meta("trusted", {"1": fmt.key_commitment(gen.kek)})
+    index.set_meta("verified", [vault_id])
     index.close()
-    audit.record("init", vault=vault_id, device=binding.device, generation=1)
+    audit.record("init", vault=vault_id, device=binding.device)
     return {"folder": str(path), "remote": transport.remote, "vault": vault_id,
-            "device": binding.device, "keystore": binding.keystore}
+            "vault_code": fmt.vault_code(vault_id), "device": binding.device,
+            "keystore": binding.keystore}
 
 
 def clone_vault(remote: str, folder: str, kit: str | None = None, name: str | None = None,
-                ui: UI | None = None) -> dict[str, Any]:
+                ui: UI | None = None, vault_code: str | None = None) -> dict[str, Any]:
     """Bind a folder to an existing vault; on any failure, undo the binding and the key."""
     existed = Path(folder).expanduser().exists()
     path = _check_folder(folder)
     made: list[Binding] = []
     try:
-        return _clone(remote, path, kit, name, ui, made)
+        return _clone(remote, path, kit, name, ui, made, vault_code)
     except BaseException:
         for binding in made:
             if binding.enrolled or kit is not None:
@@ -475,49 +500,88 @@ def _forget_binding(binding: Binding) -> None:
     shutil.rmtree(binding.dir, ignore_errors=True)
 
 
+def _code(text: str) -> str:
+    return text.strip().upper().replace(" ", "").replace("-", "")
+
+
+def _find_vault(listing: dict[str, int], remote: str, wanted: str | None,
+                vault_code: str | None) -> str:
+    """The vault id is the genesis id; a new device takes it from a recovery kit, or checks
+    it in full against the vault code the user read on an enrolled device."""
+    geneses = sorted(p[1] for n in listing if (p := chain.parse_name(n)) and p[0] == 0
+                     and not p[2])
+    if wanted is not None:
+        if wanted not in geneses:
+            raise IntegrityError(f"{remote} does not hold vault {wanted} (its genesis commit "
+                                 "is missing)")
+        return wanted
+    if vault_code is None:
+        raise UsageError("give the vault code shown by 'cloudguard device list' on an enrolled "
+                         "device (--vault-code): it proves this is your vault, not a copy "
+                         "made by the provider")
+    matching = [g for g in geneses if _code(fmt.vault_code(g)) == _code(vault_code)]
+    if not matching:
+        raise IntegrityError(f"{remote} holds no vault with code {vault_code}: wrong remote, "
+                             "or the provider shows a fake vault")
+    return matching[0]
+
+
 def _clone(remote: str, path: Path, kit: str | None, name: str | None, ui: UI | None,
-           made: list[Binding]) -> dict[str, Any]:
+           made: list[Binding], vault_code: str | None) -> dict[str, Any]:
     transport = RcloneTransport(remote)
     listing = {n: o.size for n, o in transport.list().items()}
     raw = listing_descriptor(transport.get_bytes, listing, transport.remote)
     doc = parse_descriptor(raw, transport.remote)
-    vault_id = str(doc["vault"])
+    opened = None
+    if kit is not None:
+        opened = keymod.read_kit(Path(kit), keymod.get_passphrase(f"recovery kit {kit}"))
+    vault_id = _find_vault(listing, transport.remote, opened.vault if opened else None,
+                           vault_code)
     binding = _new_binding(path, transport.remote, vault_id, str(doc.get("padding", "padme")),
                            name)
     made.append(binding)
-    priv = _device_key(binding).create()
-    me = Member(binding.device, "device", binding.device_name, now_iso(), fmt.public_bytes(priv))
-    if kit is None:
+    me = _device_key(binding).create()
+    if opened is None:
         binding.enrolled = False
-        request = {"cloudguard": "enroll", "vault": vault_id, "rid": me.rid, "name": me.name,
-                   "created": me.created, "pub": fmt.b64(me.pub)}
-        transport.put_bytes(f"{keymod.ENROLL_PREFIX}{me.rid}",
-                            json.dumps(request, indent=1).encode())
+        request = chain.make_request(vault_id, binding.device, binding.device_name, now_iso(),
+                                     me)
+        fp = chain.read_request(request).fingerprint
+        transport.put_bytes(f"{keymod.ENROLL_PREFIX}{binding.device}", request)
         binding.save()
+        index = Index(binding.dir / "index.db")
+        index.set_meta("fingerprint", fp)
+        index.close()
         return {"folder": str(path), "vault": vault_id, "enrolled": False,
-                "fingerprint": fmt.fingerprint(me.pub), "device": me.rid}
-    kit_vault, kit_rid, kit_priv = keymod.read_kit(Path(kit), keymod.get_passphrase(
-        f"recovery kit {kit}"))
-    if kit_vault != vault_id:
-        raise UsageError(f"{kit} belongs to vault {kit_vault}, not {vault_id}")
-    ring = keymod.load_keyring(transport.get_bytes, listing, vault_id, kit_rid, kit_priv, {})
-    if ring.current.descriptor != descriptor_hash(raw):
-        raise IntegrityError(f"{transport.remote}/{DESCRIPTOR} was altered")
-    _add_member(transport, vault_id, ring, me)
+                "fingerprint": fp, "device": binding.device}
+    warn = (ui or UI()).warn
+    ring = trust.open_ring(vault_id, listing, transport.get_bytes, descriptor_hash(raw),
+                           opened.rid, opened.secret, None, warn)
+    if opened.anchor not in ring.view.commits:
+        raise IntegrityError(f"{kit}: the commit that added this kit is not in the vault's "
+                             "verified chain")
+    if ring.head.members.get(opened.rid) is None:
+        raise KeyStoreError(f"{kit}: this recovery kit was removed from the vault")
+    _add_member(transport, None, ring, binding.device, me.public("device"), binding.device_name)
     binding.save()
+    index = Index(binding.dir / "index.db")
+    index.set_meta("verified", sorted(ring.view.commits))
+    index.close()
     made.clear()  # enrolled: from here on the binding stands, even if the first pull fails
     result = pull(str(path), ui)
-    result.update({"folder": str(path), "vault": vault_id, "enrolled": True, "device": me.rid})
+    result.update({"folder": str(path), "vault": vault_id, "enrolled": True,
+                   "device": binding.device})
     return result
 
 
-def _add_member(transport: Transport, vault_id: str, ring: KeyRing, member: Member) -> None:
-    """Rewrite the current generation's slot object with one more member (same KEK)."""
-    gen = ring.current
-    if any(m.rid == member.rid for m in gen.members):
-        return
-    gen.members.append(member)
-    transport.put_bytes(keymod.keys_name(gen.number), keymod.seal_generation(vault_id, gen))
+def _add_member(transport: Transport, index: Index | None, ring: trust.Ring, rid: str,
+                keys: chain.MemberKeys, name: str) -> chain.Commit:
+    """An add commit on the head: same KEK, one more member with its own slot."""
+    if rid in ring.view.members or rid in ring.view.removed or any(
+            rid in c.members for c in ring.view.commits.values()):
+        raise UsageError(f"member id {rid} already exists in this vault; refused")
+    members = {**ring.head.members, rid: keys}
+    return trust.change(ring, transport, index, "add", members=members,
+                        removed=dict(ring.head.removed), new_key=False, names={rid: name})
 
 
 # --- push ---------------------------------------------------------------------------------
@@ -552,7 +616,7 @@ def _hasher(folder: Path) -> Callable[[str], str]:
 
 def _log(s: Session, event: str, **fields: Any) -> None:
     audit.record(event, vault=s.binding.vault_id, device=s.binding.device,
-                 generation=s.ring.current.number, **fields)
+                 epoch=s.ring.head.epoch, **fields)
 
 
 @contextmanager
@@ -604,7 +668,7 @@ def _push(s: Session, dry_run: bool) -> dict[str, Any]:
     if dry_run:
         return result
     _collect_pending(s)
-    gen = s.ring.current
+    _rewrap_stale(s)
     total = sum(i.size for i in plan.upload)
     with s.index.transaction():
         for loc, dot, sha in plan.adopt:
@@ -615,9 +679,9 @@ def _push(s: Session, dry_run: bool) -> dict[str, Any]:
         _commit_ops(s, _replacing(entries, index_rows), local, objects)
 
     with s.ui.progress("push", total) as advance:
-        up = sync.upload(s.folder, plan.upload, s.transport, s.binding.dir / "spool", gen.kek,
-                         gen.number, s.binding.padding != "none", s.index.add_pending,
-                         s.ui.warn, advance, landed)
+        up = sync.upload(s.folder, plan.upload, s.transport, s.binding.dir / "spool",
+                         s.ring.head_kek, s.ring.head.kek, s.binding.padding != "none",
+                         s.index.add_pending, s.ui.warn, advance, landed)
     ops = _replacing(up.entries, index_rows)  # the last batch
     for item, entry in plan.put:
         row = index_rows.get(item.path)
@@ -687,7 +751,7 @@ def _maintain(s: Session) -> None:
     live = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
     # rclone's temp names of a killed upload ("<name>.<hex>.partial") are garbage too
     stored = {n for n in s.listing if n.startswith(sync.DATA_PREFIX) or (
-        n.startswith((mf.PREFIX, keymod.KEYS_PREFIX)) and n.endswith(".partial"))}
+        n.startswith((mf.PREFIX, chain.KEYS_PREFIX)) and n.endswith(".partial"))}
     mine = s.index.pending()
     now = time.time()
     seen = s.index.orphans()
@@ -878,8 +942,9 @@ def status(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
         down, _remote, _n = _pull_plan(s, local)
         return {
             "folder": s.binding.folder, "remote": s.binding.remote, "vault": s.binding.vault_id,
-            "device": s.binding.device, "generation": s.ring.current.number,
-            "files": s.state.count_files(),
+            "device": s.binding.device, "epoch": s.ring.head.epoch,
+            "vault_code": fmt.vault_code(s.binding.vault_id),
+            "files": s.state.count_files(), "exposed": _exposure(s),
             "to_push": sorted([i.path for i in up.upload] + [i.path for i, _ in up.put]
                               + [r.path for r in up.delete]),
             "to_pull": sorted([d for d, _t, _e in down.download + down.make]
@@ -958,14 +1023,17 @@ class _Null:
 
 
 def key_list(folder: str | None) -> list[dict[str, Any]]:
+    """One row per KEK epoch on the head's ancestry: when it started, and whether current."""
     with session(folder) as s:
         now = time.time()
         out = []
-        for number, gen in sorted(s.ring.generations.items()):
-            created = _epoch(gen.created)
-            out.append({"generation": number, "created": gen.created,
-                        "age_days": round((now - created) / 86400, 1),
-                        "current": gen is s.ring.current})
+        for c in reversed(s.ring.view.ancestry(s.ring.head)):
+            if c.action in ("add",):
+                continue
+            out.append({"epoch": c.epoch, "commit": c.id, "action": c.action,
+                        "created": c.created,
+                        "age_days": round((now - _epoch(c.created)) / 86400, 1),
+                        "current": c.kek == s.ring.head.kek})
         return out
 
 
@@ -975,55 +1043,61 @@ def key_export(folder: str | None, path: str, name: str | None = None) -> dict[s
         raise UsageError(f"{path} already exists; refusing to overwrite a key file")
     with session(folder) as s:
         passphrase = keymod.get_passphrase(f"the recovery kit {path}", confirm=True)
-        priv = X25519PrivateKey.generate()
-        member = Member(keymod.new_member_id(), "recovery", name or f"kit {target.name}",
-                        now_iso(), fmt.public_bytes(priv))
-        keymod.write_kit(target, s.binding.vault_id, member.rid, priv, passphrase)
+        secret = Secret.generate()
+        rid = keymod.new_member_id()
+        commit = _add_member(s.transport, s.index, s.ring, rid, secret.public("kit"),
+                             name or f"kit {target.name}")
         try:
-            _add_member(s.transport, s.binding.vault_id, s.ring, member)
+            keymod.write_kit(target, s.binding.vault_id, rid, commit.id, secret, passphrase)
         except BaseException:
             target.unlink(missing_ok=True)
             raise
         s.index.set_meta("kit_exported", now_iso())
-        _log(s, "key-export", kit_id=member.rid)
-        return {"kit": str(target), "id": member.rid}
+        _log(s, "key-export", kit_id=rid)
+        return {"kit": str(target), "id": rid}
 
 
-def device_list(folder: str | None) -> list[dict[str, Any]]:
+def device_list(folder: str | None) -> dict[str, Any]:
     with session(folder) as s:
-        return [{"id": m.rid, "kind": m.kind, "name": m.name, "created": m.created,
-                 "fingerprint": fmt.fingerprint(m.pub), "this_device": m.rid == s.binding.device}
-                for m in s.ring.current.members]
+        members = [{"id": rid, "kind": keys.kind, "name": s.ring.name_of(rid),
+                    "this_device": rid == s.binding.device}
+                   for rid, keys in sorted(s.ring.view.members.items())]
+        removed = [{"id": rid, "name": s.ring.name_of(rid), "cutoff": cut.seq}
+                   for rid, cut in sorted(s.ring.view.removed.items())]
+        return {"vault": s.binding.vault_id, "vault_code": fmt.vault_code(s.binding.vault_id),
+                "members": members, "removed": removed}
 
 
 def device_approve(folder: str | None, fp: str) -> dict[str, Any]:
-    wanted = fp.strip().upper().replace(" ", "")
+    wanted = _code(fp)
     with session(folder) as s:
-        for name in [n for n in s.listing if n.startswith(keymod.ENROLL_PREFIX)]:
+        for name in sorted(n for n in s.listing if n.startswith(keymod.ENROLL_PREFIX)):
             try:
-                req = json.loads(s.transport.get_bytes(name))
-                pub = fmt.unb64(req["pub"])
-                member = Member(str(req["rid"]), "device", str(req["name"]), str(req["created"]),
-                                pub)
-            except (ValueError, KeyError, TypeError, IntegrityError):
+                req = chain.read_request(s.transport.get_bytes(name))
+            except IntegrityError:
                 s.ui.warn(f"ignored malformed enrolment request {name}")
                 continue
-            if fmt.fingerprint(pub) == wanted and req.get("vault") == s.binding.vault_id:
-                _add_member(s.transport, s.binding.vault_id, s.ring, member)
-                s.transport.delete([name])
-                _log(s, "device-approve", approved=member.rid)
-                return {"approved": member.rid, "name": member.name}
+            if _code(req.fingerprint) != wanted:
+                continue
+            if req.vault != s.binding.vault_id or name != keymod.ENROLL_PREFIX + req.rid:
+                raise IntegrityError(f"{name}: the enrolment request with fingerprint {fp} is "
+                                     "for another vault or under another name; refused")
+            _add_member(s.transport, s.index, s.ring, req.rid, req.keys, req.name)
+            s.transport.delete([name])
+            _log(s, "device-approve", approved=req.rid)
+            return {"approved": req.rid, "name": req.name,
+                    "vault_code": fmt.vault_code(s.binding.vault_id)}
         raise UsageError(f"no pending enrolment request has fingerprint {fp}")
 
 
 def device_remove(folder: str | None, rid: str, reencrypt: bool = False,
                   ui: UI | None = None) -> dict[str, Any]:
     with session(folder, ui) as s:
-        if rid == s.binding.device:
-            raise UsageError("a device cannot remove itself; remove it from another device")
-        if not any(m.rid == rid for m in s.ring.current.members):
+        if rid not in s.ring.head.members:
             raise UsageError(f"no device or recovery slot has id {rid} (see cloudguard device "
                              "list)")
+        if len(s.ring.head.members) == 1:
+            raise UsageError("refusing to remove the last member: nobody could sign again")
         result = _rotate(s, reencrypt, remove=rid)
         _log(s, "device-remove", removed=rid, reencrypt=reencrypt)
         return result
@@ -1037,49 +1111,96 @@ def key_rotate(folder: str | None, reencrypt: bool = False, ui: UI | None = None
         return result
 
 
-def _rotate(s: Session, reencrypt: bool, remove: str | None) -> dict[str, Any]:
-    """New KEK generation wrapped to the remaining members; DEKs re-wrapped, or content redone.
+def _cutoff(s: Session, rid: str) -> chain.Cutoff:
+    """The last segment of ``rid`` that we applied: readers accept nothing of it after this."""
+    seq = s.state.ctx.get(rid, 0)
+    digest = None
+    consumed = s.state.consumed()
+    for kind in ("d", "s"):
+        got = consumed.get(mf.segment_name(rid, seq, kind))
+        if got is not None:
+            digest = got[1]
+    return chain.Cutoff(s.ring.head.members[rid].s, seq, digest)
 
-    Order keeps every crash recoverable: key slots, then (re-encrypted) content as pending
-    objects, then the snapshot that commits, then deletions.
+
+def _rewrap(s: Session, kek: bytes, commitment: str) -> None:
+    for path, sibs in list(s.state.items()):
+        for dot, entry in sibs.items():
+            if "k" in entry and entry.get("g") != commitment:
+                dek, file_id = sync.dek_of(entry, s.ring.kek)
+                entry["k"] = fmt.b64(fmt.wrap_dek(kek, dek, file_id))
+                entry["g"] = commitment
+                s.state.put_entry(path, dot, entry)
+
+
+def _rewrap_stale(s: Session) -> None:
+    """Entries a device wrote under an older KEK (it was frozen, or raced a rotation) move
+    to the head's KEK: that limits, but does not undo, what a removed member could read."""
+    head = s.ring.head.kek
+    if s.index.get_meta("wrapped_under") == head and not s.index.get_meta("rewrap_needed"):
+        return
+    stale = any("k" in e and e.get("g") != head for _p, sibs in s.state.items()
+                for e in sibs.values())
+    if stale:
+        with s.state.transaction():
+            _rewrap(s, s.ring.head_kek, head)
+            s.snapshot()
+    s.index.set_meta("wrapped_under", head)
+    s.index.set_meta("rewrap_needed", None)
+
+
+def _exposure(s: Session) -> list[dict[str, Any]]:
+    """Files whose DEK is wrapped under a KEK that a removed member held."""
+    exposed = s.ring.view.exposed_to()
+    if not exposed:
+        return []
+    counts: dict[str, int] = {}
+    for _path, sibs in s.state.items():
+        for entry in sibs.values():
+            for rid in exposed.get(str(entry.get("g")), []):
+                counts[rid] = counts.get(rid, 0) + 1
+    return [{"removed": rid, "name": s.ring.name_of(rid), "files": n}
+            for rid, n in sorted(counts.items())]
+
+
+def _rotate(s: Session, reencrypt: bool, remove: str | None) -> dict[str, Any]:
+    """A new KEK in a signed commit, wrapped to the remaining members; DEKs re-wrapped, or
+    content redone.
+
+    Order keeps every crash recoverable: the commit (with its key object), then
+    (re-encrypted) content as pending objects, then the snapshot that commits, then deletions.
     """
     _resolve(s)
     _collect_pending(s)  # objects of an earlier run that was killed before its commit
-    old = s.ring.current
-    new_kek = os.urandom(32)
-    number = max(s.ring.all_keks()) + 1
-    members = [m for m in old.members if m.rid != remove]
-    history = {} if reencrypt else s.ring.all_keks()
-    link = keymod.make_link(s.binding.vault_id, number, new_kek, old.kek)
-    gen = Generation(number, new_kek, now_iso(), members, old.descriptor, history, link)
-    s.transport.put_bytes(keymod.keys_name(number), keymod.seal_generation(s.binding.vault_id, gen))
-    s.index.set_meta("trusted", {**s.index.get_meta("trusted", {}),
-                                 str(number): fmt.key_commitment(new_kek)})
+    old_commits = [c for c in s.ring.view.commits.values()]
+    members = {r: k for r, k in s.ring.head.members.items() if r != remove}
+    removed = dict(s.ring.head.removed)
+    if remove is not None:
+        removed[remove] = _cutoff(s, remove)
+    s.ring.all_keks()  # every older KEK, for the history (and the re-wrap below)
+    commit = trust.change(s.ring, s.transport, s.index, "remove" if remove else "rotate",
+                          members=members, removed=removed, new_key=True, names={},
+                          reencrypt=reencrypt)
+    new_kek = s.ring.head_kek
     # The entries change in place; until the snapshot that commits them is uploaded, a
     # failure must leave the local state as it was, so all of it is one transaction.
     with s.state.transaction():
         old_objects = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
         if reencrypt:
-            _reencrypt(s, new_kek, number)
+            _reencrypt(s, new_kek, commit.kek)
         else:
-            for path, sibs in list(s.state.items()):
-                for dot, entry in sibs.items():
-                    if "k" in entry:
-                        dek, file_id = sync.dek_of(entry, s.ring.kek)
-                        entry["k"] = fmt.b64(fmt.wrap_dek(new_kek, dek, file_id))
-                        entry["g"] = number
-                        s.state.put_entry(path, dot, entry)
-        s.ring.generations[number] = gen
+            _rewrap(s, new_kek, commit.kek)
         doomed: set[str] = set()
         if reencrypt:
             live = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
-            doomed = (old_objects | (s.index.pending() - live)
-                      | {keymod.keys_name(n) for n in s.ring.generations if n < number})
+            keyobjs = {c.name + ".k" for c in old_commits} & set(s.listing)
+            doomed = old_objects | (s.index.pending() - live) | keyobjs
             # Written ahead: a crash after the commit leaves the deletions to the next run.
             s.index.set_meta("pending_delete", {
                 "after": mf.segment_name(s.binding.device, s.next_seq(), "s"),
                 "names": sorted(doomed)})
         s.snapshot()
+    s.index.set_meta("wrapped_under", commit.kek)
     deleted: list[str] = []
     if reencrypt:
         s.transport.delete(doomed)
@@ -1087,12 +1208,11 @@ def _rotate(s: Session, reencrypt: bool, remove: str | None) -> dict[str, Any]:
         with s.index.transaction():
             s.index.clear_pending(s.index.pending())
         deleted = sorted(doomed)
-        s.ring.generations = {number: gen}
-    return {"generation": number, "reencrypted": reencrypt, "removed": remove,
-            "deleted_objects": len(deleted)}
+    return {"epoch": commit.epoch, "commit": commit.id, "reencrypted": reencrypt,
+            "removed": remove, "deleted_objects": len(deleted)}
 
 
-def _reencrypt(s: Session, new_kek: bytes, number: int) -> None:
+def _reencrypt(s: Session, new_kek: bytes, number: str) -> None:
     """Fresh DEKs and file ids for every blob, streamed through memory: no plaintext on disk."""
     work = [(f"{p}\x00{d}", e) for p, sibs in s.state.items() for d, e in sibs.items()
             if e.get("t") == "f"]
@@ -1177,7 +1297,8 @@ __all__ = ["UI", "clone_vault", "device_approve", "device_list", "device_remove"
 
 # --- doctor -------------------------------------------------------------------------------
 
-_KNOWN = re.compile(r"^(cloudguard\.json|keys/[0-9]{8}|m/[0-9a-f]{16}-[0-9]{12}\.[ds]|"
+_KNOWN = re.compile(r"^(cloudguard\.json|keys/[0-9]{8}-[0-9a-f]{64}(\.k)?|"
+                    r"m/[0-9a-f]{16}-[0-9]{12}\.[ds]|"
                     r"data/[0-9a-f]{32}|enroll/[0-9a-f]{16})$")
 
 
@@ -1200,9 +1321,14 @@ def doctor(folder: str | None, check_remote: bool = False) -> dict[str, Any]:
         try:
             with session(binding.folder) as s:
                 now = time.time()
-                ages = [(n, (now - _epoch(g.created)) / 86400)
-                        for n, g in s.ring.generations.items()]
-                recovery = any(m.kind == "recovery" for m in s.ring.current.members)
+                ages = [(c.epoch, (now - _epoch(c.created)) / 86400)
+                        for c in s.ring.view.ancestry(s.ring.head) if c.action != "add"]
+                recovery = any(k.kind == "kit" for k in s.ring.head.members.values())
+                for row in _exposure(s):
+                    findings.append(checks.Finding(
+                        "warning", "exposure", f"{row['files']} files are wrapped under a key "
+                        f"that removed member {row['name']} ({row['removed']}) held",
+                        "cloudguard key rotate --reencrypt gives them new keys"))
                 findings += checks.check_keys(ages, recovery, checks.policy_days())
                 if check_remote:
                     findings += _doctor_remote(s)

@@ -1,0 +1,201 @@
+"""A device's side of the membership chain: verify it from the local anchor, hold the KEKs of
+verified commits, and write new commits so that a crash never makes a device equivocate.
+
+docs/format.md, "The membership chain", is the normative text; chain.py has the pure rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from . import chain
+from . import format as fmt
+from .chain import Commit, Cutoff, MemberKeys, Secret, View
+from .errors import IntegrityError, KeyStoreError
+from .keys import now_iso
+from .state import Index
+from .transport import Transport
+
+
+@dataclass
+class Ring:
+    """The verified view plus what this member can open: KEKs are looked up by commitment."""
+
+    view: View
+    rid: str
+    secret: Secret
+    fetch: Callable[[str], bytes]
+
+    @property
+    def head(self) -> Commit:
+        return self.view.head
+
+    def kek(self, commitment: str) -> bytes:
+        got = self.view.keks.get(commitment)
+        if got is not None:
+            return got
+        for c in sorted(self.view.commits.values(), key=lambda c: -c.pos):
+            if c.kek == commitment and self.rid in c.members and c.id not in self.view.opened:
+                try:
+                    return self.open(c)
+                except KeyStoreError:
+                    continue
+        raise IntegrityError(f"the key {commitment[:16]}... is not available to this device "
+                             "(no verified commit hands it to this device)")
+
+    def open(self, commit: Commit) -> bytes:
+        try:
+            data = self.fetch(commit.name + ".k")
+        except Exception as exc:  # a deleted key object (after --reencrypt) is just unavailable
+            if isinstance(exc, IntegrityError):
+                raise
+            raise KeyStoreError(f"{commit.name}.k is not on the remote") from exc
+        return chain.open_keys(self.view, commit, data, self.rid, self.secret.x)
+
+    def kek_of(self, commit: Commit) -> bytes:
+        return self.kek(commit.kek)
+
+    @property
+    def head_kek(self) -> bytes:
+        return self.kek(self.head.kek)
+
+    def all_keks(self) -> dict[str, bytes]:
+        """Every KEK this member can reach, for history (opening key objects as needed)."""
+        for c in self.view.commits.values():
+            if c.kek not in self.view.keks and self.rid in c.members:
+                try:
+                    self.open(c)
+                except KeyStoreError:
+                    pass
+        return dict(self.view.keks)
+
+    def name_of(self, rid: str) -> str:
+        return self.view.names.get(rid, rid[:8])
+
+
+def open_ring(vault_id: str, listing: Iterable[str], fetch: Callable[[str], bytes],
+              descriptor: str, rid: str, secret: Secret, index: Index | None,
+              warn: Callable[[str], None], enrolled: bool = True) -> Ring:
+    """Verify the chain from this device's anchor and open the head's key object.
+
+    The anchor is every commit id this device verified before (all must still be listed).
+    Without one (a lost index), the device re-anchors from the genesis and says so.
+    """
+    known: set[str] = set(index.get_meta("verified", []) if index is not None else [])
+    if index is not None and not known and enrolled:
+        warn("no record of the commits this device verified: re-anchoring from the genesis; "
+             "rollback protection starts again from here")
+    view = chain.verify(vault_id, listing, fetch, known, descriptor)
+    for name in view.deferred:
+        warn(f"{name}: its parent is not listed yet; deferred")
+    for name in view.void:
+        warn(f"{name}: signed by a member on a branch its removal does not build on; void")
+    me = view.members.get(rid)
+    if me is None or me.x != fmt.public_bytes(secret.x) or me.s != fmt.public_bytes(secret.s):
+        if rid in view.removed:
+            raise KeyStoreError("this device was removed from the vault")
+        raise KeyStoreError("this device is not a member of the vault: its enrolment was not "
+                            "approved yet (cloudguard device approve), or it was removed")
+    ring = Ring(view, rid, secret, fetch)
+    if rid in view.head.members:
+        ring.open(view.head)
+    if index is not None:
+        seen_kits = set(index.get_meta("kits_seen", []))
+        for c in sorted(view.commits.values(), key=lambda c: c.pos):
+            parent = view.commits.get(c.parent) if c.parent else None
+            if parent is not None and parent.members[c.signer].kind == "kit" and (
+                    c.id not in seen_kits):
+                added = next(iter(set(c.members) - set(parent.members)), "?")
+                if added != rid:
+                    warn(f"RECOVERY KIT USED: kit {c.signer} added device {added} in {c.name} "
+                         f"({c.created}). If this was not you, remove that device and the kit "
+                         "(cloudguard device remove), then export a new kit.")
+                seen_kits.add(c.id)
+        index.set_meta("kits_seen", sorted(seen_kits))
+        index.set_meta("verified", sorted(view.commits))
+    return ring
+
+
+def write(transport: Transport, index: Index | None, commit: Commit, data: bytes,
+          keyobj: bytes) -> None:
+    """Key object first, then the commit; the bytes are recorded before the upload, so a
+    crashed attempt is re-sent byte for byte and never re-made (which would equivocate)."""
+    if index is not None:
+        index.set_meta("pending_commit", {"name": commit.name, "data": fmt.b64(data),
+                                          "keyobj": fmt.b64(keyobj)})
+    transport.put_bytes(commit.name + ".k", keyobj)
+    transport.put_bytes(commit.name, data)
+    if index is not None:
+        index.set_meta("verified", sorted(set(index.get_meta("verified", [])) | {commit.id}))
+        index.set_meta("pending_commit", None)
+
+
+def resend_pending(transport: Transport, index: Index, listing: dict[str, int]) -> None:
+    pending = index.get_meta("pending_commit")
+    if not pending:
+        return
+    name = str(pending["name"])
+    data, keyobj = fmt.unb64(pending["data"]), fmt.unb64(pending["keyobj"])
+    if listing.get(name + ".k") != len(keyobj):
+        transport.put_bytes(name + ".k", keyobj)
+        listing[name + ".k"] = len(keyobj)
+    if listing.get(name) != len(data):
+        transport.put_bytes(name, data)
+        listing[name] = len(data)
+    index.set_meta("pending_commit", None)
+
+
+def advance(ring: Ring, commit: Commit, kek: bytes, history: dict[str, bytes],
+            names: dict[str, str]) -> None:
+    """Our own new commit becomes the head of our view."""
+    view = ring.view
+    view.commits[commit.id] = commit
+    view.head = commit
+    view.members, view.removed = chain._union(view.commits.values())
+    view.keks[commit.kek] = kek
+    view.keks.update(history)
+    view.head_history = dict(history)
+    view.names.update(names)
+    view.opened.add(commit.id)
+
+
+def change(ring: Ring, transport: Transport, index: Index | None, action: str, *,
+           members: dict[str, MemberKeys], removed: dict[str, Cutoff], new_key: bool,
+           names: dict[str, str], reencrypt: bool = False, merges: list[str] | None = None
+           ) -> Commit:
+    """Sign and upload one commit on the head: add (same KEK), or remove/rotate/merge (new)."""
+    head = ring.head
+    if new_key:
+        kek = chain.new_kek()
+        history = {} if reencrypt else {**ring.all_keks()}
+        epoch = head.epoch + 1
+    else:
+        kek = ring.head_kek
+        history = dict(ring.view.head_history)
+        epoch = head.epoch
+    history.pop(fmt.kek_commit(kek), None)
+    all_names = {**{r: ring.name_of(r) for r in members}, **names}
+    commit, data, keyobj = chain.build(ring.view, ring.view.vault_id, ring.secret, ring.rid,
+                                       action, members, removed, kek, epoch, all_names,
+                                       history, head.descriptor, now_iso(), merges)
+    write(transport, index, commit, data, keyobj)
+    advance(ring, commit, kek, history, all_names)
+    return commit
+
+
+def merge_if_needed(ring: Ring, transport: Transport, index: Index | None,
+                    warn: Callable[[str], None]) -> Commit | None:
+    """Two devices committed at once: write the merged member set under a new KEK."""
+    view = ring.view
+    if not view.needs_merge or ring.rid not in view.head.members:
+        return None
+    if view.head.members[ring.rid].kind != "device":
+        raise KeyStoreError("the membership chain needs a merge, which only a device can sign")
+    covered = view.covered()
+    parents = {c.parent for c in view.commits.values()}
+    tips = sorted(c.id for c in view.commits.values()
+                  if c.id not in covered and c.id not in parents)
+    warn(f"two devices changed membership at once; merging {len(tips) + 1} branches")
+    return change(ring, transport, index, "merge", members=dict(view.members),
+                  removed=dict(view.removed), new_key=True, names={}, merges=tips)
