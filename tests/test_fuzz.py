@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -58,10 +59,15 @@ PLAINS = [b"", b"x", bytes(range(100)), bytes(fmt.CHUNK_SIZE + 7)]
 BLOBS = [(p, _blob(p, padding)) for p in PLAINS for padding in (True, False)]
 SEGMENT_NAME = "manifest/0003-ab"
 SEGMENT_PAYLOAD: dict[str, Any] = {"files": {"a.txt": {"s": 3, "h": "00" * 32}}, "n": 3}
-SEGMENT = fmt.seal_segment(KEK, 3, SEGMENT_NAME, SEGMENT_PAYLOAD)
+SIGNER = Ed25519PrivateKey.from_private_bytes(bytes(range(50, 82)))
+SIGNER_PUB = fmt.public_bytes(SIGNER)
+HEAD = "ab" * 32
+VAULT = "cd" * 32
+SEGMENT = fmt.seal_segment(KEK, 3, HEAD, VAULT, SEGMENT_NAME, SEGMENT_PAYLOAD, SIGNER)
 RECIPIENT = X25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
-SLOT = fmt.wrap_to_recipient(fmt.public_bytes(RECIPIENT), KEK, "vault-1", 2, "dev-1")
-JSON_ARGS = (KEK, b"cloudguard/v1/test", b"aad")
+CTX = b"vault-1\x002\x00parent"
+SLOT = fmt.wrap_to_recipient(fmt.public_bytes(RECIPIENT), KEK, CTX, "dev-1")
+JSON_ARGS = (KEK, b"cloudguard/v2/test", b"aad")
 SEALED_JSON = fmt.seal_json(*JSON_ARGS, {"k": [1, 2, "v"]})
 KIT = fmt.seal_with_passphrase(b"s" * 32, "pw", {"cloudguard": "recovery-kit", "vault": "v"},
                                log_n=10)
@@ -177,27 +183,35 @@ def test_unwrap_dek_arbitrary(kek: bytes, wrapped: bytes, file_id: bytes) -> Non
 # --- segments -----------------------------------------------------------------------------
 
 
+def _open_checked(kek: bytes, name: str, blob: bytes) -> dict[str, Any]:
+    """What a reader does: the writer's signature first, then the decryption."""
+    fmt.verify_segment(blob, VAULT, name, SIGNER_PUB)
+    return fmt.open_segment(kek, VAULT, name, blob)
+
+
 @FUZZ
-@given(blob=with_prefix(b"CGM\x01", 120))
-def test_segment_generation_arbitrary(blob: bytes) -> None:
-    result = rejects(fmt.segment_generation, blob)
+@given(blob=with_prefix(b"CGM\x02", fmt.SEGMENT_MIN_SIZE + 20))
+def test_segment_head_arbitrary(blob: bytes) -> None:
+    result = rejects(fmt.segment_head, blob)
     if result is not _MISSING:
-        assert blob[:4] == b"CGM\x01" and len(blob) >= 36
-        assert result == int.from_bytes(blob[4:8], "big")
+        assert blob[:4] == b"CGM\x02" and len(blob) >= fmt.SEGMENT_MIN_SIZE
+        assert result == (int.from_bytes(blob[4:8], "big"), blob[8:40].hex())
 
 
 @FUZZ
-@given(blob=with_prefix(b"CGM\x01\x00\x00\x00\x03", 200), kek=st.sampled_from([KEK, b"", DEK]),
+@given(blob=with_prefix(b"CGM\x02\x00\x00\x00\x03", fmt.SEGMENT_MIN_SIZE + 20),
+       kek=st.sampled_from([KEK, b"", DEK]),
        name=st.one_of(st.just(SEGMENT_NAME), st.text(max_size=20)))
 def test_open_segment_arbitrary(blob: bytes, kek: bytes, name: str) -> None:
-    assert rejects(fmt.open_segment, kek, name, blob) is _MISSING
+    assert rejects(_open_checked, kek, name, blob) is _MISSING
+    assert rejects(fmt.open_segment, kek, VAULT, name, blob) is _MISSING
 
 
 @FUZZ
 @given(data=st.data(), name=st.one_of(st.just(SEGMENT_NAME), st.text(max_size=20)))
 def test_open_segment_mutated(data: st.DataObject, name: str) -> None:
     blob = data.draw(mutated(SEGMENT))
-    result = rejects(fmt.open_segment, KEK, name, blob)
+    result = rejects(_open_checked, KEK, name, blob)
     if blob == SEGMENT and name == SEGMENT_NAME:
         assert result == SEGMENT_PAYLOAD
     else:
@@ -205,35 +219,36 @@ def test_open_segment_mutated(data: st.DataObject, name: str) -> None:
 
 
 @FUZZ
-@given(payload=json_objects, name=valid_text, generation=st.integers(0, 2**32 - 1))
-def test_segment_roundtrip(payload: dict[str, Any], name: str, generation: int) -> None:
-    sealed = fmt.seal_segment(KEK, generation, name, payload)
-    assert fmt.segment_generation(sealed) == generation
-    assert fmt.open_segment(KEK, name, sealed) == json.loads(json.dumps(payload))
+@given(payload=json_objects, name=valid_text, pos=st.integers(0, 2**32 - 1))
+def test_segment_roundtrip(payload: dict[str, Any], name: str, pos: int) -> None:
+    sealed = fmt.seal_segment(KEK, pos, HEAD, VAULT, name, payload, SIGNER)
+    assert fmt.segment_head(sealed) == (pos, HEAD)
+    assert len(sealed) >= fmt.SEGMENT_MIN_SIZE
+    assert _open_checked(KEK, name, sealed) == json.loads(json.dumps(payload))
 
 
 # --- key slots ----------------------------------------------------------------------------
 
 slot_values = st.one_of(st.text(max_size=60), b64_of(64),
                         st.binary(min_size=32, max_size=32).map(fmt.b64),  # a well-formed key
-                        st.just(SLOT["epk"]), st.just(SLOT["ct"]), st.just(SLOT["rid"]))
+                        st.just(SLOT["epk"]), st.just(SLOT["ct"]))
 
 
 @FUZZ
-@given(slot=st.dictionaries(st.one_of(st.sampled_from(["rid", "epk", "ct"]), st.text(max_size=5)),
+@given(slot=st.dictionaries(st.one_of(st.sampled_from(["epk", "ct"]), st.text(max_size=5)),
                             slot_values, max_size=5),
-       vault_id=st.one_of(st.just("vault-1"), st.text(max_size=20)),
-       generation=st.one_of(st.just(2), st.integers()))
-def test_unwrap_from_slot_arbitrary(slot: dict[str, Any], vault_id: str, generation: int) -> None:
+       ctx=st.one_of(st.just(CTX), st.binary(max_size=20)),
+       rid=st.one_of(st.just("dev-1"), st.text(max_size=8)))
+def test_unwrap_from_slot_arbitrary(slot: dict[str, Any], ctx: bytes, rid: str) -> None:
     assume({k: slot.get(k) for k in SLOT} != SLOT)
-    assert rejects(fmt.unwrap_from_slot, RECIPIENT, slot, vault_id, generation) is _MISSING
+    assert rejects(fmt.unwrap_from_slot, RECIPIENT, slot, ctx, rid) is _MISSING
 
 
 @FUZZ
 @given(field=st.sampled_from(sorted(SLOT)), value=st.one_of(json_values, slot_values))
 def test_unwrap_from_slot_mutated(field: str, value: Any) -> None:
     slot = {**SLOT, field: value}
-    result = rejects(fmt.unwrap_from_slot, RECIPIENT, slot, "vault-1", 2)
+    result = rejects(fmt.unwrap_from_slot, RECIPIENT, slot, CTX, "dev-1")
     if value == SLOT[field] or (field == "epk" and _b64_equal(value, SLOT[field])) or (
             field == "ct" and _b64_equal(value, SLOT[field])):
         assert result in (KEK, _MISSING)

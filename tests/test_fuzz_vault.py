@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cloudguard import chain
 from cloudguard import format as fmt
-from cloudguard import keys
 from cloudguard import manifest as mf
 from cloudguard.errors import CloudguardError, IntegrityError
 from cloudguard.vault import parse_descriptor
@@ -61,39 +62,55 @@ def test_descriptor_fields(field: str, value: Any) -> None:
         typed_only(exc)
 
 
-PRIV = X25519PrivateKey.from_private_bytes(bytes(range(32)))
+ME = chain.Secret(X25519PrivateKey.from_private_bytes(bytes(range(32))),
+                  Ed25519PrivateKey.from_private_bytes(bytes(range(32, 64))))
+RID = "00" * 8
 KEK = bytes(32)
+GENESIS, GENESIS_BYTES, GENESIS_KEYS = chain.build(
+    None, "", ME, RID, "genesis", {RID: ME.public("device")}, {}, KEK, 1, {RID: "n"}, {},
+    "11" * 32, "2026-01-01T00:00:00Z")
 
 
-def _generation_doc() -> dict[str, Any]:
-    member = keys.Member("me", "device", "n", "t", fmt.public_bytes(PRIV))
-    gen = keys.Generation(1, KEK, "2026-01-01T00:00:00Z", [member], "d")
-    doc: dict[str, Any] = json.loads(keys.seal_generation("v", gen))
-    return doc
+def _verify(data: bytes) -> None:
+    chain.verify(GENESIS.id, [GENESIS.name], {GENESIS.name: data}.__getitem__, set(), "11" * 32)
 
 
 @SETTINGS
-@given(st.sampled_from(["cloudguard", "format", "vault", "generation", "slots", "body"]), JSON)
-def test_key_slot_object_fields(field: str, value: Any) -> None:
-    doc = _generation_doc()
+@given(st.sampled_from(sorted(chain._BODY_KEYS)), JSON)
+def test_commit_fields(field: str, value: Any) -> None:
+    """A commit whose field was changed fails (its id no longer matches), typed."""
+    doc = json.loads(GENESIS.body)
     doc[field] = value
+    body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    data = GENESIS_BYTES[:4] + len(body).to_bytes(4, "big") + body + GENESIS.sig
     try:
-        keys.open_generation("v", 1, json.dumps(doc).encode(), "me", PRIV, None)
+        _verify(data)
     except Exception as exc:  # noqa: BLE001
         typed_only(exc)
 
 
 @SETTINGS
 @given(st.binary(max_size=400))
-def test_key_slot_object_bytes(raw: bytes) -> None:
+def test_commit_bytes(raw: bytes) -> None:
     try:
-        keys.open_generation("v", 1, raw, "me", PRIV, None)
+        _verify(raw)
     except Exception as exc:  # noqa: BLE001
         typed_only(exc)
 
 
-def _ring() -> keys.KeyRing:
-    return keys.KeyRing("v", {1: keys.Generation(1, KEK, "t", [], "d")})
+def test_commit_roundtrip() -> None:
+    view = chain.verify(GENESIS.id, [GENESIS.name], {GENESIS.name: GENESIS_BYTES}.__getitem__,
+                        set(), "11" * 32)
+    assert chain.open_keys(view, view.head, GENESIS_KEYS, RID, ME.x) == KEK
+
+
+def _opener(name: str, _dev: str, _seq: int, data: bytes) -> dict[str, Any]:
+    fmt.verify_segment(data, "v", name, fmt.public_bytes(ME.s))
+    return fmt.open_segment(KEK, "v", name, data)
+
+
+def _seal(name: str, body: dict[str, Any]) -> bytes:
+    return fmt.seal_segment(KEK, 0, "22" * 32, "v", name, body, ME.s)
 
 
 @SETTINGS
@@ -104,10 +121,10 @@ def test_manifest_payloads(payload: Any, kind: str) -> None:
     name = mf.segment_name(dev, 1, kind)
     body = payload if isinstance(payload, dict) else {"x": payload}
     body.update({"device": dev, "seq": 1, "kind": "delta" if kind == "d" else "snapshot"})
-    blob = fmt.seal_segment(KEK, 1, name, body)
+    blob = _seal(name, body)
     cache = mf.SegmentCache(Path(os.environ["CLOUDGUARD_HOME"]) / "fuzz-cache")
     try:
-        mf.load({name: len(blob)}, {name: blob}.__getitem__, _ring(), dev, {}, cache)
+        mf.load({name: len(blob)}, {name: blob}.__getitem__, _opener, dev, {}, cache)
     except Exception as exc:  # noqa: BLE001
         typed_only(exc)
 
@@ -118,10 +135,10 @@ def test_manifest_payloads(payload: Any, kind: str) -> None:
 def test_manifest_ops(ops: list[dict[str, Any]]) -> None:
     dev = "0" * 16
     name = mf.segment_name(dev, 1, "d")
-    blob = fmt.seal_segment(KEK, 1, name, mf.delta_payload(dev, 1, {}, None, ops))
+    blob = _seal(name, mf.delta_payload(dev, 1, {}, None, ops))
     cache = mf.SegmentCache(Path(os.environ["CLOUDGUARD_HOME"]) / "fuzz-cache")
     try:
-        loaded = mf.load({name: len(blob)}, {name: blob}.__getitem__, _ring(), dev, {}, cache)
+        loaded = mf.load({name: len(blob)}, {name: blob}.__getitem__, _opener, dev, {}, cache)
         from cloudguard import sync
         sync.view(loaded.state)
         sync.resolve_siblings(loaded.state, {})

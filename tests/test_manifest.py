@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,7 +16,6 @@ from cloudguard import format as fmt
 from cloudguard import manifest as mf
 from cloudguard import sync
 from cloudguard.errors import IntegrityError
-from cloudguard.keys import Generation, KeyRing
 from cloudguard.state import IndexRow
 
 PATHS = ["a", "b", "d/c"]
@@ -197,9 +197,24 @@ def test_plan_pull_cases() -> None:
     assert [r.path for r in plan.delete] == ["removed-remotely"]
 
 
-def _ring() -> KeyRing:
-    gen = Generation(1, b"k" * 32, "2026-01-01T00:00:00Z", [], "")
-    return KeyRing("v", {1: gen})
+_KEK = b"k" * 32
+_SIGNER = Ed25519PrivateKey.from_private_bytes(bytes(32))
+
+
+class _Ring:
+    """A stand-in for the verified chain: one KEK, one writer key for every device."""
+
+    def kek(self, _commitment: object) -> bytes:
+        return _KEK
+
+
+def _ring() -> _Ring:
+    return _Ring()
+
+
+def _opener(name: str, _dev: str, _seq: int, data: bytes) -> dict[str, Any]:
+    fmt.verify_segment(data, "v", name, fmt.public_bytes(_SIGNER))
+    return fmt.open_segment(_KEK, "v", name, data)
 
 
 def test_load_detects_gap_and_rollback(tmp_path: Path) -> None:
@@ -210,23 +225,23 @@ def test_load_detects_gap_and_rollback(tmp_path: Path) -> None:
         name = mf.segment_name(dev, seq, "d")
         payload = mf.delta_payload(dev, seq, {dev: seq - 1} if seq > 1 else {}, None,
                                    [{"p": f"f{seq}", "e": {"t": "d"}, "rm": []}])
-        blobs[name] = fmt.seal_segment(ring.kek(1), 1, name, payload)
+        blobs[name] = fmt.seal_segment(ring.kek(1), 0, "22" * 32, "v", name, payload, _SIGNER)
     listing = {n: len(b) for n, b in blobs.items()}
     cache = mf.SegmentCache(tmp_path / "c")
-    loaded = mf.load(listing, blobs.__getitem__, ring, dev, {}, cache)
+    loaded = mf.load(listing, blobs.__getitem__, _opener, dev, {}, cache)
     assert sorted(loaded.state.paths) == ["f1", "f2", "f3"]
     gap = dict(listing)
     del gap[mf.segment_name(dev, 2, "d")]
     with pytest.raises(IntegrityError, match="missing"):
-        mf.load(gap, blobs.__getitem__, ring, dev, {}, mf.SegmentCache(tmp_path / "d"))
+        mf.load(gap, blobs.__getitem__, _opener, dev, {}, mf.SegmentCache(tmp_path / "d"))
     short = dict(listing)
     del short[mf.segment_name(dev, 3, "d")]
     with pytest.raises(IntegrityError, match="rollback"):
-        mf.load(short, blobs.__getitem__, ring, dev, {dev: 3}, mf.SegmentCache(tmp_path / "e"))
+        mf.load(short, blobs.__getitem__, _opener, dev, {dev: 3}, mf.SegmentCache(tmp_path / "e"))
 
 
-def _seal(ring: KeyRing, name: str, payload: dict[str, Any]) -> bytes:
-    return fmt.seal_segment(ring.kek(1), 1, name, payload)
+def _seal(ring: _Ring, name: str, payload: dict[str, Any]) -> bytes:
+    return fmt.seal_segment(ring.kek(1), 0, "22" * 32, "v", name, payload, _SIGNER)
 
 
 @settings(max_examples=40, deadline=None)
@@ -247,7 +262,7 @@ def test_incremental_load_equals_full_load(tmp_path_factory: pytest.TempPathFact
         dev = rng.choice(DEVICES)
         view = views[dev]
         listing = {n: len(b) for n, b in remote.items()}
-        mf.load(listing, remote.__getitem__, ring, dev, {}, mf.SegmentCache(tmp / dev),
+        mf.load(listing, remote.__getitem__, _opener, dev, {}, mf.SegmentCache(tmp / dev),
                 view)  # the writer catches up, incrementally too
         seq = max([s for d, s, _k in filter(None, map(mf.parse_name, remote)) if d == dev]
                   + [view.ctx.get(dev, 0)]) + 1
@@ -264,7 +279,7 @@ def test_incremental_load_equals_full_load(tmp_path_factory: pytest.TempPathFact
             entry = None if rng.random() < 0.3 else {"t": "f", "h": str(rng.random()), "m": 1,
                                                      "s": 1, "x": 0o644, "o": "ab" * 16,
                                                      "a": rng.randrange(3) * 100, "n": 100,
-                                                     "i": "0" * 32, "k": "x", "g": 1}
+                                                     "i": "0" * 32, "k": "x", "g": "ab" * 32}
             ops = [{"p": path, "e": entry, "rm": sorted(view.paths.get(path, {}))}]
             name = mf.segment_name(dev, seq, "d")
             prev = [n for n in remote if (mf.parse_name(n) or ("", 0, ""))[:2] == (dev, seq - 1)]
@@ -274,9 +289,9 @@ def test_incremental_load_equals_full_load(tmp_path_factory: pytest.TempPathFact
             view.apply_delta(dev, seq, ops)
         if rng.random() < 0.6:
             listing = {n: len(b) for n, b in remote.items()}
-            got = mf.load(listing, remote.__getitem__, ring, "f" * 16, seen, cache, observer)
+            got = mf.load(listing, remote.__getitem__, _opener, "f" * 16, seen, cache, observer)
             seen = dict(got.state.ctx)
-            fresh = mf.load(listing, remote.__getitem__, ring, "f" * 16, {},
+            fresh = mf.load(listing, remote.__getitem__, _opener, "f" * 16, {},
                             mf.SegmentCache(tmp / f"fresh{step}"))
             assert dict(observer.items()) == dict(fresh.state.items())
             assert observer.ctx == fresh.state.ctx
@@ -297,16 +312,16 @@ def test_failed_load_leaves_the_persistent_state_as_it_was(tmp_path: Path) -> No
             dev, seq, {dev: seq - 1} if seq > 1 else {}, None,
             [{"p": f"f{seq}", "e": {"t": "d"}, "rm": []}]))
     listing = {n: len(b) for n, b in remote.items()}
-    mf.load(listing, remote.__getitem__, ring, "f" * 16, {}, cache, state)
+    mf.load(listing, remote.__getitem__, _opener, "f" * 16, {}, cache, state)
     before = dict(state.items())
     older = {n: s for n, s in listing.items() if not n.endswith("3.d")}
     with pytest.raises(IntegrityError, match="rollback"):
-        mf.load(older, remote.__getitem__, ring, "f" * 16, {dev: 3}, cache, state)
+        mf.load(older, remote.__getitem__, _opener, "f" * 16, {dev: 3}, cache, state)
     state.close()
     reopened = mf.State(tmp_path / "manifest.db")
     assert dict(reopened.items()) == before and reopened.ctx == {dev: 3}
     assert set(reopened.consumed()) == set(listing)
-    got = mf.load(listing, remote.__getitem__, ring, "f" * 16, {dev: 3}, cache, reopened)
+    got = mf.load(listing, remote.__getitem__, _opener, "f" * 16, {dev: 3}, cache, reopened)
     assert sorted(got.state.paths) == ["f1", "f2", "f3"]
 
 
