@@ -1093,6 +1093,9 @@ def device_approve(folder: str | None, fp: str) -> dict[str, Any]:
 def device_remove(folder: str | None, rid: str, reencrypt: bool = False,
                   ui: UI | None = None) -> dict[str, Any]:
     with session(folder, ui) as s:
+        if rid == s.binding.device:
+            raise UsageError("a device cannot remove itself (it would know the next key); "
+                             "remove it from another device")
         if rid not in s.ring.head.members:
             raise UsageError(f"no device or recovery slot has id {rid} (see cloudguard device "
                              "list)")
