@@ -400,7 +400,7 @@ Opener = Callable[[str, str, int, bytes], dict[str, Any]]
 
 def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
          device: str, seen: dict[str, int], cache: SegmentCache,
-         state: State | None = None, cutoffs: dict[str, int] | None = None,
+         state: State | None = None, cutoffs: dict[str, tuple[int, str | None]] | None = None,
          skipped: list[str] | None = None) -> Loaded:
     """Bring ``state`` up to the segments listed on the remote and check for rollback.
 
@@ -411,10 +411,15 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
 
     ``opener`` checks a segment's writer and signature and decrypts it (chain.accept_segment);
     a segment it skips (deferred, or by a removed member past its ``cutoffs``) is treated as
-    not listed, and its reason goes to ``skipped``.
+    not listed, and its reason goes to ``skipped``. A removed member's segments count only on
+    the ``prev`` chain that ends at the hash its removal recorded, and its writes past the
+    cutoff are left out of every snapshot, dependency and stored vector (format.md, "Writer
+    rules"). A state that holds such writes already is rebuilt.
     """
     state = state if state is not None else State()
-    cutoffs = cutoffs or {}
+    cuts = cutoffs or {}
+    limit = {dev: seq for dev, (seq, _h) in cuts.items()}
+    seen = _clamp(seen, limit)
     skip_log = skipped if skipped is not None else []
     held: set[str] = set()
     parsed: dict[str, tuple[str, int, str]] = {}
@@ -424,12 +429,18 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
             parsed[name] = got
     heads_hash: dict[str, str] = {}
 
+    pinned: dict[str, set[str]] = {}
+    pinning = False
+
     def open_named(name: str) -> dict[str, Any]:
         data = cache.get(name, listing[name])
         fresh = data is None
         if data is None:
             data = fetch(name)
         dev, seq, kind = parsed[name]
+        if dev in cuts and name not in pinned.get(dev, set()) and not pinning:
+            raise Skip(f"manifest segment {name} of removed member {dev} is not on the chain "
+                       "its removal recorded; refused")
         payload = opener(name, dev, seq, data)
         if (payload.get("device"), payload.get("seq"), payload.get("kind")) != (
                 dev, seq, {"d": "delta", "s": "snapshot"}[kind]):
@@ -439,8 +450,15 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
         heads_hash[name] = hashlib.sha256(data).hexdigest()
         return payload
 
+    pinning = True
+    for dev, (seq, digest) in sorted(cuts.items()):
+        pinned[dev] = _pinned(dev, seq, digest, parsed, open_named, heads_hash)
+    pinning = False
     with state.transaction():
         consumed = state.consumed()
+        if any(state.ctx.get(dev, 0) > seq for dev, seq in limit.items()):
+            consumed = {}
+            state.reset()  # it applied a removed member's late writes: rebuild without them
         snaps: dict[str, dict[str, Any]] = {}
         for name, (_dev, _seq, kind) in sorted(parsed.items()):
             if kind == "s" and name not in consumed:
@@ -456,15 +474,21 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
                 heads_hash[name] = sha
         for name, payload in sorted(snaps.items()):
             ctx = _ctx(payload.get("ctx"))
-            _no_late_writes(name, ctx, cutoffs)
+            paths = _paths(payload.get("paths"))
+            if _late(ctx, limit):
+                skip_log.append(f"manifest segment {name} holds writes of a removed member "
+                                "past its removal; they are left out")
+                ctx = _clamp(ctx, limit)
+                paths = {p: {d: e for d, e in sibs.items() if not _late_dot(d, limit)}
+                         for p, sibs in paths.items()}
             if not state.dominates(ctx):
-                state.merge_snapshot(ctx, _paths(payload.get("paths")).items())
+                state.merge_snapshot(ctx, paths.items())
             state.mark_consumed(name, listing[name], heads_hash[name], ctx)
 
         pending: dict[str, dict[int, str]] = {}
         for name, (dev, seq, kind) in parsed.items():
             if kind == "d" and seq > state.ctx.get(dev, 0) and name not in consumed:
-                if dev in cutoffs and seq > cutoffs[dev]:
+                if dev in limit and seq > limit[dev]:
                     skip_log.append(f"manifest segment {name} was written by removed member "
                                     f"{dev} after its removal; refused")
                     continue
@@ -490,8 +514,8 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
                                              f"{segment_name(dev, nxt - 1, kind)}: a segment "
                                              "was replaced")
                 deps = _ctx(payload.get("deps"))
-                _no_late_writes(found, deps, cutoffs)
                 _same_history(found, payload.get("dh"), deps, heads_hash, parsed)
+                deps = _clamp(deps, limit)
                 if not state.dominates({d: s for d, s in deps.items() if d != dev}):
                     continue
                 state.apply_delta(dev, nxt, check_ops(payload.get("ops")))
@@ -529,12 +553,47 @@ def _open_or_skip(name: str, open_named: Callable[[str], dict[str, Any]],
         log.append(str(exc))
 
 
-def _no_late_writes(name: str, ctx: dict[str, int], cutoffs: dict[str, int]) -> None:
-    """An honest device's segment must not carry a removed member's writes past its cutoff."""
-    for dev, cut in cutoffs.items():
-        if ctx.get(dev, 0) > cut:
-            raise IntegrityError(f"manifest segment {name} depends on writes of removed member "
-                                 f"{dev} past its removal (seq {ctx[dev]} > {cut}); refused")
+def _late(ctx: dict[str, int], limit: dict[str, int]) -> bool:
+    return any(ctx.get(dev, 0) > seq for dev, seq in limit.items())
+
+
+def _clamp(ctx: dict[str, int], limit: dict[str, int]) -> dict[str, int]:
+    """A removed member's writes past its cutoff count as never seen: an honest device that
+    applied them before it saw the removal must not launder them into everyone's state."""
+    return {dev: min(seq, limit[dev]) if dev in limit else seq for dev, seq in ctx.items()}
+
+
+def _late_dot(dot: str, limit: dict[str, int]) -> bool:
+    dev, _, seq = dot.partition(":")
+    return dev in limit and int(seq) > limit[dev]
+
+
+def _pinned(dev: str, seq: int, digest: str | None, parsed: dict[str, tuple[str, int, str]],
+            open_named: Callable[[str], dict[str, Any]], hashes: dict[str, str]) -> set[str]:
+    """The removed member's segments its removal vouches for: the one with the recorded hash,
+    then back along each one's ``prev``. Anything else of it is refused, so it cannot slip in
+    a forged snapshot under a lower sequence number."""
+    out: set[str] = set()
+    expect = digest
+    while expect is not None and seq > 0:
+        names = [n for n in (segment_name(dev, seq, "d"), segment_name(dev, seq, "s"))
+                 if n in parsed]
+        match = None
+        for name in names:
+            try:
+                payload = open_named(name)
+            except Skip:
+                continue
+            if hashes.get(name) == expect:
+                match = name
+                break
+        if match is None:
+            break  # compacted away: an honest snapshot covers it
+        out.add(match)
+        prev = payload.get("prev")
+        expect = prev if isinstance(prev, str) else None
+        seq -= 1
+    return out
 
 
 def _same_history(name: str, raw: object, deps: dict[str, int], heads_hash: dict[str, str],
@@ -668,7 +727,9 @@ def delta_payload(device: str, seq: int, deps: dict[str, int], prev: str | None,
             "prev": prev, "created": now_iso(), "ops": ops}
 
 
-def snapshot_payload(device: str, seq: int, state: State) -> dict[str, Any]:
-    """The whole state with ``device`` at ``seq``; the caller records that seq once uploaded."""
+def snapshot_payload(device: str, seq: int, state: State, prev: str | None = None
+                     ) -> dict[str, Any]:
+    """The whole state with ``device`` at ``seq``; the caller records that seq once uploaded.
+    ``prev`` (the writer's previous segment's hash) chains snapshots like deltas."""
     return {"kind": "snapshot", "device": device, "seq": seq, "ctx": {**state.ctx, device: seq},
-            "created": now_iso(), "paths": dict(state.items())}
+            "prev": prev, "created": now_iso(), "paths": dict(state.items())}

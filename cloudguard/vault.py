@@ -160,8 +160,9 @@ class Session:
     def snapshot(self) -> str:
         """Replace every segment the state covers by one snapshot, then delete them."""
         own = self.binding.device
+        prev = self.loaded.heads.get(own)
         name, seq, digest = self.write_segment(
-            "s", lambda seq: mf.snapshot_payload(own, seq, self.state))
+            "s", lambda seq: mf.snapshot_payload(own, seq, self.state, prev))
         with self.state.transaction():
             self.state.ctx[own] = seq
             self.state.mark_consumed(name, self.listing[name], digest, dict(self.state.ctx))
@@ -369,7 +370,7 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
                     index.set_meta("rewrap_needed", True)
                 return payload
 
-            cutoffs = {rid: cut.seq for rid, cut in ring.view.removed.items()}
+            cutoffs = {rid: (cut.seq, cut.hash) for rid, cut in ring.view.removed.items()}
             loaded = mf.load(segs, fetch, opener, binding.device, seen, cache, state,
                              cutoffs, skipped)
             for reason in skipped:
