@@ -29,6 +29,7 @@ from . import audit, sync
 from . import format as fmt
 from . import keys as keymod
 from . import manifest as mf
+from . import passphrase as passphrases
 from .errors import CloudguardError, IntegrityError, KeyStoreError, UsageError
 from .keys import DeviceKey, Generation, KeyRing, Member, now_iso
 from .state import Binding, Index, IndexRow, check_unbound, find_binding, folder_lock, signature
@@ -969,12 +970,17 @@ def key_list(folder: str | None) -> list[dict[str, Any]]:
         return out
 
 
-def key_export(folder: str | None, path: str, name: str | None = None) -> dict[str, Any]:
+def key_export(folder: str | None, path: str, name: str | None = None,
+               choose: bool = False) -> dict[str, Any]:
+    """The kit's passphrase is generated (and returned, to be shown once) unless choose."""
     target = Path(path).expanduser()
     if target.exists():
         raise UsageError(f"{path} already exists; refusing to overwrite a key file")
     with session(folder) as s:
-        passphrase = keymod.get_passphrase(f"the recovery kit {path}", confirm=True)
+        passphrase = (keymod.get_passphrase(
+            f"the recovery kit {path}", confirm=True,
+            hint="or leave out --choose-passphrase to get a generated one")
+            if choose else passphrases.generate())
         priv = X25519PrivateKey.generate()
         member = Member(keymod.new_member_id(), "recovery", name or f"kit {target.name}",
                         now_iso(), fmt.public_bytes(priv))
@@ -986,7 +992,8 @@ def key_export(folder: str | None, path: str, name: str | None = None) -> dict[s
             raise
         s.index.set_meta("kit_exported", now_iso())
         _log(s, "key-export", kit_id=member.rid)
-        return {"kit": str(target), "id": member.rid}
+        return {"kit": str(target), "id": member.rid,
+                **({} if choose else {"passphrase": passphrase})}
 
 
 def device_list(folder: str | None) -> list[dict[str, Any]]:
