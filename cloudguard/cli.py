@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from . import __version__, audit, vault
+from . import __version__, audit, passphrase, vault
 from .errors import CloudguardError
 
 
@@ -277,7 +277,7 @@ def log_cmd(check: bool, as_json: bool) -> None:
 
 @main.group()
 def key() -> None:
-    """Key epochs and recovery kits."""
+    """Key epochs, recovery kits and generated passphrases."""
 
 
 @key.command("rotate")
@@ -307,17 +307,47 @@ def key_list(folder: str | None, as_json: bool) -> None:
     _run(go)
 
 
+def _show_kit_passphrase(words: str, kit: str) -> None:
+    """On stderr, so that it reaches the person even when stdout goes to a file."""
+    click.echo(f"\nThe passphrase for recovery kit {kit} (shown only this once; write it down "
+               f"now and keep it apart from the kit):\n\n    {words}\n", err=True)
+
+
 @key.command("export")
 @click.argument("file")
 @folder_option
 @click.option("--name", default=None, help="A label for this kit.")
+@click.option("--choose-passphrase", "choose", is_flag=True,
+              help="Use your own passphrase (CLOUDGUARD_PASSPHRASE or a prompt) instead of a "
+                   "generated one; a weak one is refused.")
 @json_option
-def key_export(file: str, folder: str | None, name: str | None, as_json: bool) -> None:
-    """Write a passphrase-protected recovery kit to FILE."""
+def key_export(file: str, folder: str | None, name: str | None, choose: bool,
+               as_json: bool) -> None:
+    """Write a passphrase-protected recovery kit to FILE.
+
+    The passphrase is generated (8 words from the EFF large wordlist, 103 bits) and shown once;
+    with --json it is the "passphrase" field.
+    """
     def go() -> None:
-        result = vault.key_export(folder, file, name)
+        result = vault.key_export(folder, file, name, choose)
+        if "passphrase" in result and not as_json:
+            _show_kit_passphrase(result["passphrase"], result["kit"])
         _emit(result, as_json, lambda r: f"Recovery kit {r['id']} written to {r['kit']}. "
               "Keep it offline; it opens the vault with its passphrase.", always=True)
+    _run(go)
+
+
+@key.command("passphrase")
+@json_option
+def key_passphrase(as_json: bool) -> None:
+    """Print a new generated passphrase, e.g. for the device key file.
+
+    8 words drawn with the secrets module from the EFF large wordlist: 103 bits.
+    """
+    def go() -> None:
+        words = passphrase.generate()
+        _emit({"passphrase": words, "bits": round(passphrase.entropy_bits(), 1)}, as_json,
+              lambda r: str(r["passphrase"]), always=True)
     _run(go)
 
 

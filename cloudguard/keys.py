@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import format as fmt
+from . import passphrase as passphrases
 from .chain import Secret
 from .errors import IntegrityError, KeyStoreError, UsageError
 from .state import write_private
@@ -48,18 +49,24 @@ def scrypt_log_n(default: int) -> int:
     return value
 
 
-def get_passphrase(purpose: str, confirm: bool = False) -> str:
+def get_passphrase(purpose: str, confirm: bool = False,
+                   hint: str = passphrases.GENERATED_HINT) -> str:
+    """confirm=True means a new passphrase is being chosen: asked twice, and refused if weak
+    (hint says where a strong one comes from). Reading an existing file never checks."""
     env = os.environ.get("CLOUDGUARD_PASSPHRASE")
     if env:
-        return env
-    if not sys.stdin.isatty():
+        first = env
+    elif not sys.stdin.isatty():
         raise KeyStoreError(f"a passphrase is needed for {purpose}: set CLOUDGUARD_PASSPHRASE "
                             "or run on a terminal")
-    first = getpass.getpass(f"Passphrase for {purpose}: ")
-    if confirm and getpass.getpass("Repeat passphrase: ") != first:
-        raise UsageError("the passphrases do not match")
-    if not first:
-        raise UsageError("an empty passphrase is not allowed")
+    else:
+        first = getpass.getpass(f"Passphrase for {purpose}: ")
+        if not first:
+            raise UsageError("an empty passphrase is not allowed")
+    if confirm:
+        passphrases.require_strong(first, purpose, hint)
+        if not env and getpass.getpass("Repeat passphrase: ") != first:
+            raise UsageError("the passphrases do not match")
     return first
 
 

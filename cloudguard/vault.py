@@ -27,6 +27,7 @@ from . import audit, chain, sync, trust
 from . import format as fmt
 from . import keys as keymod
 from . import manifest as mf
+from . import passphrase as passphrases
 from .chain import Secret
 from .errors import CloudguardError, IntegrityError, KeyStoreError, UsageError
 from .keys import DeviceKey, now_iso
@@ -1038,12 +1039,17 @@ def key_list(folder: str | None) -> list[dict[str, Any]]:
         return out
 
 
-def key_export(folder: str | None, path: str, name: str | None = None) -> dict[str, Any]:
+def key_export(folder: str | None, path: str, name: str | None = None,
+               choose: bool = False) -> dict[str, Any]:
+    """The kit's passphrase is generated (and returned, to be shown once) unless choose."""
     target = Path(path).expanduser()
     if target.exists():
         raise UsageError(f"{path} already exists; refusing to overwrite a key file")
     with session(folder) as s:
-        passphrase = keymod.get_passphrase(f"the recovery kit {path}", confirm=True)
+        passphrase = (keymod.get_passphrase(
+            f"the recovery kit {path}", confirm=True,
+            hint="or leave out --choose-passphrase to get a generated one")
+            if choose else passphrases.generate())
         secret = Secret.generate()
         rid = keymod.new_member_id()
         commit = _add_member(s.transport, s.index, s.ring, rid, secret.public("kit"),
@@ -1055,7 +1061,8 @@ def key_export(folder: str | None, path: str, name: str | None = None) -> dict[s
             raise
         s.index.set_meta("kit_exported", now_iso())
         _log(s, "key-export", kit_id=rid)
-        return {"kit": str(target), "id": rid}
+        return {"kit": str(target), "id": rid,
+                **({} if choose else {"passphrase": passphrase})}
 
 
 def device_list(folder: str | None) -> dict[str, Any]:

@@ -81,7 +81,7 @@ MIB = 1024 * 1024
 PACK_THRESHOLD = 4 * MIB  # cloudguard.sync.PACK_THRESHOLD: files below it share packs
 MARKER = b"CGCRASH-PLAINTEXT-MARKER:"  # each campaign appends its own random token
 TEMP_GLOB = ".cg-*.tmp"
-PASSPHRASE = "x"
+PASSPHRASE = "crash campaign passphrase, not a secret"  # must pass the strength check
 EXIT_NAMES = {0: "ok", 1: "error", 2: "usage", 3: "integrity", -9: "SIGKILL"}
 
 
@@ -682,7 +682,8 @@ class Campaign:
                   "init")
         res = self.must(a, op_args("push", a.folder), "first push")
         self.note_duration("push", res.seconds)
-        self.must(a, cg_args("key", "export", str(kit), "--folder", str(a.folder)), "key export")
+        self.must(a, cg_args("key", "export", str(kit), "--folder", str(a.folder),
+                             "--choose-passphrase"), "key export")
         res = self.must(b, cg_args("clone", str(remote), str(b.folder), "--key-file", str(kit),
                                    "--name", "b"), "clone b")
         with self.lock:

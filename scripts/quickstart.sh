@@ -10,7 +10,8 @@ python3 -m pip install -q -e . >/dev/null 2>&1 || python3 -m pip install -e .
 demo=$(mktemp -d /tmp/cloudguard-demo.XXXXXX)
 export CLOUDGUARD_HOME="$demo/home"            # local state of this demo only
 export CLOUDGUARD_KEYSTORE=file                # passphrase-protected key file, no OS keyring
-export CLOUDGUARD_PASSPHRASE="${CLOUDGUARD_PASSPHRASE:-demo passphrase}"
+# A chosen passphrase must pass the strength check (cloudguard key passphrase prints one).
+export CLOUDGUARD_PASSPHRASE="${CLOUDGUARD_PASSPHRASE:-demo only: quarry lantern vivid cobalt}"
 export RCLONE_CONFIG=/dev/null
 
 docs="$demo/documents"
@@ -34,7 +35,9 @@ if grep -rq "budget approved" "$cloud"; then echo "PLAINTEXT LEAKED" >&2; exit 1
 echo "   (no file name, folder name or content of the documents appears above)"
 
 echo "== a recovery kit, then a second device clones the vault with it"
-cloudguard key export "$demo/recovery-kit.json" --folder "$docs"
+# Without --choose-passphrase the kit gets a generated passphrase, shown once; the demo keeps
+# one passphrase for everything so that the clone below can read the kit unattended.
+cloudguard key export "$demo/recovery-kit.json" --folder "$docs" --choose-passphrase
 cloudguard clone "$cloud" "$demo/second-device" --key-file "$demo/recovery-kit.json" \
   --name demo-desktop
 diff -r "$docs" "$demo/second-device" && echo "== the second device holds identical documents"

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import PASSPHRASE
 from servers import ServerError, rclone_binary, s3_server, sftp_server, webdav_server
 
 # CLOUDGUARD_* variables that describe the test machine, not the program's
@@ -83,7 +84,7 @@ def _isolated_env(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[None]:
     """Point every per-user location at fresh temp folders, use a file keystore,
-    a fixed passphrase and the cheapest KDF cost, and drop stray settings.
+    a fixed (strong) passphrase and the cheapest KDF cost, and drop stray settings.
 
     An already running gnome-keyring-daemon keeps working: it found its
     storage through XDG_DATA_HOME when it started, and clients reach it
@@ -109,7 +110,7 @@ def _isolated_env(
         monkeypatch.setenv(var, str(path))
     monkeypatch.setenv("RCLONE_CONFIG", "/dev/null")
     monkeypatch.setenv("CLOUDGUARD_KEYSTORE", "file")
-    monkeypatch.setenv("CLOUDGUARD_PASSPHRASE", "test-passphrase")
+    monkeypatch.setenv("CLOUDGUARD_PASSPHRASE", PASSPHRASE)
     monkeypatch.setenv("CLOUDGUARD_SCRYPT_LOG_N", "10")
     yield
 

@@ -14,6 +14,10 @@ from click.testing import CliRunner, Result
 
 from cloudguard.cli import main
 
+# What every test chooses for device key files and kits (conftest puts it in
+# CLOUDGUARD_PASSPHRASE); strong enough for cloudguard.passphrase.require_strong.
+PASSPHRASE = "quarry lantern vivid cobalt harbor"
+
 
 def cg(*args: str, code: int = 0) -> Result:
     """Run the CLI in-process and insist on an exit code."""
@@ -31,7 +35,7 @@ def share(remote: str, a: Path, b: Path, kit: Path, names: tuple[str, str] | Non
     """Device A makes the vault and pushes; device B joins with A's recovery kit and pulls."""
     cg("init", str(a), "--remote", remote, *(["--name", names[0]] if names else []))
     cg("push", "--folder", str(a))
-    cg("key", "export", str(kit), "--folder", str(a))
+    cg("key", "export", str(kit), "--folder", str(a), "--choose-passphrase")
     cg("clone", remote, str(b), "--key-file", str(kit), *(["--name", names[1]] if names else []))
 
 

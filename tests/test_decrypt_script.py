@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import cg, tree
+from helpers import PASSPHRASE, cg, tree
 
 from cloudguard import format as fmt
 from cloudguard import keys as keymod
@@ -91,7 +91,7 @@ def new_vault(tmp_path: Path, remote: str, *init_args: str) -> tuple[Path, Path]
     populate(a)
     cg("init", str(a), "--remote", remote, *init_args)
     cg("push", "--folder", str(a))
-    cg("key", "export", str(kit), "--folder", str(a))
+    cg("key", "export", str(kit), "--folder", str(a), "--choose-passphrase")
     return a, kit
 
 
@@ -118,7 +118,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
             mp.setenv(var, str(base / var))
         mp.setenv("RCLONE_CONFIG", "/dev/null")
         mp.setenv("CLOUDGUARD_KEYSTORE", "file")
-        mp.setenv("CLOUDGUARD_PASSPHRASE", "test-passphrase")
+        mp.setenv("CLOUDGUARD_PASSPHRASE", PASSPHRASE)
         mp.setenv("CLOUDGUARD_SCRYPT_LOG_N", "10")
         remote = base / "remote"
         remote.mkdir()
@@ -169,7 +169,7 @@ def test_after_rotations(local_remote: str, tmp_path: Path) -> None:
     a, kit = new_vault(tmp_path, local_remote)
     cg("key", "rotate", "--folder", str(a))
     kit2 = tmp_path / "kit2.json"  # exported after the rotation: no slot in generation 1
-    cg("key", "export", str(kit2), "--folder", str(a))
+    cg("key", "export", str(kit2), "--folder", str(a), "--choose-passphrase")
     write(a / "after-rotation.txt", b"new under generation 2\n", T0 + 5)
     write(a / "small.txt", b"changed\n", T0 + 6)
     cg("push", "--folder", str(a))
@@ -189,7 +189,7 @@ def test_snapshots_and_deltas(local_remote: str, tmp_path: Path) -> None:
     a, kit = tmp_path / "a", tmp_path / "kit.json"
     a.mkdir()
     cg("init", str(a), "--remote", local_remote)
-    cg("key", "export", str(kit), "--folder", str(a))
+    cg("key", "export", str(kit), "--folder", str(a), "--choose-passphrase")
     for i in range(34):
         write(a / f"f{i:02d}.txt", f"push {i}\n".encode(), T0 + i)
         if i % 5 == 4:
@@ -209,7 +209,7 @@ def test_concurrent_conflicting_pushes(local_remote: str, tmp_path: Path) -> Non
     write(a / "other.txt", b"untouched\n")
     cg("init", str(a), "--remote", local_remote, "--name", "laptop")
     cg("push", "--folder", str(a))
-    cg("key", "export", str(kit), "--folder", str(a))
+    cg("key", "export", str(kit), "--folder", str(a), "--choose-passphrase")
     cg("clone", local_remote, str(b), "--key-file", str(kit), "--name", "desk")
     older, newer = 1_700_000_000 * 10**9, 1_700_000_100 * 10**9
     write(a / "doc.txt", b"edited on the laptop\n", older)
@@ -294,7 +294,7 @@ def test_other_errors_exit_1(built: Built, tmp_path: Path) -> None:
     out.mkdir()  # an existing empty folder is fine; the passphrase may come from another var
     other_var = decrypt(remote, kit, out, "--passphrase-env", "MY_PASS",
                         env={**os.environ, "CLOUDGUARD_PASSPHRASE": "", "MY_PASS":
-                             "test-passphrase"})
+                             PASSPHRASE})
     assert other_var.returncode == 0, other_var.stderr
     assert tree(out) == built.original
     again = decrypt(remote, kit, out)  # a folder that holds anything is refused
@@ -316,7 +316,7 @@ def test_other_errors_exit_1(built: Built, tmp_path: Path) -> None:
 def add_delta(remote: Path, kit: Path, ops: list[dict[str, Any]]) -> None:
     """Append a validly sealed delta from a made-up device: what a malicious member could
     write. Uses the package only to build the test input."""
-    vault_id, rid, priv = keymod.read_kit(kit, "test-passphrase")
+    vault_id, rid, priv = keymod.read_kit(kit, PASSPHRASE)
     number = max(int(n) for n in os.listdir(remote / "keys"))
     raw = (remote / "keys" / f"{number:08d}").read_bytes()
     opened = keymod.open_generation(vault_id, number, raw, rid, priv, None)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import PASSPHRASE
 from servers import ServerError, _serve, rclone_binary, rclone_env, webdav_server
 
 HOSTILE = "$(touch INJECTED)"
@@ -128,7 +129,7 @@ def test_server_start_failure_is_reported(tmp_path: Path) -> None:
 def test_environment_is_isolated(tmp_path: Path) -> None:
     assert os.environ["RCLONE_CONFIG"] == "/dev/null"
     assert os.environ["CLOUDGUARD_KEYSTORE"] == "file"
-    assert os.environ["CLOUDGUARD_PASSPHRASE"] == "test-passphrase"
+    assert os.environ["CLOUDGUARD_PASSPHRASE"] == PASSPHRASE
     assert os.environ["CLOUDGUARD_SCRYPT_LOG_N"] == "10"
     for var in (
         "CLOUDGUARD_HOME",

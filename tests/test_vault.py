@@ -47,7 +47,7 @@ def test_round_trip_every_remote(remote: str, tmp_path: Path) -> None:
     cg("init", str(a), "--remote", remote)
     pushed = cg_json("push", "--folder", str(a))
     assert "big.bin" in pushed["uploaded"]
-    cg("key", "export", str(kit), "--folder", str(a))
+    cg("key", "export", str(kit), "--folder", str(a), "--choose-passphrase")
     cg("clone", remote, str(b), "--key-file", str(kit))
     assert tree(a) == tree(b)
     assert not list(tmp_path.rglob("INJECTED*")) and not Path("INJECTED").exists()
