@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """cloudguard-decrypt: restore a cloudguard vault without cloudguard.
 
-This is a single, self-contained reader of cloudguard format version 1, written from the
+This is a single, self-contained reader of cloudguard format version 2, written from the
 normative specification docs/format.md and nothing else. It needs Python 3.11+ and the
 ``cryptography`` package. It exists for two reasons:
 
@@ -27,14 +27,23 @@ private staging folder inside OUTPUT and only moved into place once all of it ha
 
 The sections below follow docs/format.md; section names are quoted in the comments so an
 auditor can read the two side by side. Where this reader checks more than the specification
-asks, the comment says so ("extra check"). A few details are not (yet) in format.md; this
-reader follows cloudguard's code for them and says so: the recovery-kit fields, and the exact
-ordering and naming rules of conflict resolution.
+asks, the comment says so ("extra check"). A few details are not spelt out in format.md; this
+reader follows cloudguard's code for them and says so: void branches of the membership chain
+(commits signed by a member on a branch its removal does not build on), and the exact ordering
+and naming rules of conflict resolution.
+
+Trust: the kit names the vault id, which is the id of the genesis commit. The reader verifies
+the signed membership chain from the genesis forward, requires the commit that added the kit
+to be in it and the kit to be a member of the head, opens the key objects the kit holds slots
+in, and accepts a manifest segment only if it is signed by its writer and the writer was a
+member (or a removed member within its cutoff). A commit whose parent is missing from the copy
+is skipped, as cloudguard defers it; so is a segment written under such a commit (a warning
+says so).
 
 Limits: a stand-alone reader has no memory of what it saw before, so it cannot tell a copy
-of a rolled-back remote (or one whose newest manifest segments were deleted) from an honest
-older one ("Reading the manifest", step 4). A segment missing from the middle of a device's
-sequence is detected.
+of a rolled-back remote (or one whose newest commits after the kit's anchor, or newest manifest
+segments, were deleted) from an honest older one ("Reading the manifest", step 4). A
+segment missing from the middle of a device's sequence is detected.
 """
 
 from __future__ import annotations
@@ -1553,7 +1562,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog=PROG, description="Restore a cloudguard vault (format 1) from a "
+    parser = Parser(prog=PROG, description="Restore a cloudguard vault (format 2) from a "
                     "local copy of its remote folder and a recovery kit, without cloudguard.")
     parser.add_argument("--remote-dir", required=True, type=Path,
                         help="a local copy of the remote folder (holds cloudguard.json)")

@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import cg, tree
+from helpers import cg, cg_json, tree
 
-from cloudguard import chain
+from cloudguard import chain, vault
 from cloudguard import format as fmt
 from cloudguard import keys as keymod
+from cloudguard.state import find_binding
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "cloudguard-decrypt.py"
 MiB = 1024 * 1024
@@ -415,3 +416,41 @@ def test_hostile_manifest_is_refused(built: Built, tmp_path: Path) -> None:
         assert len(result.stderr.splitlines()) == 1
         assert_nothing_written(out)
         assert not outside.exists() and not (tmp_path / "escaped").exists()
+
+
+def test_removed_device(local_remote: str, tmp_path: Path) -> None:
+    """A removed device's writes up to its cutoff stay (here in the remover's snapshot); a
+    segment it signs after its removal is refused with a warning, and the rest restored."""
+    a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
+    a.mkdir()
+    write(a / "from-a.txt", b"a\n")
+    cg("init", str(a), "--remote", local_remote, "--name", "laptop")
+    cg("push", "--folder", str(a))
+    cg("key", "export", str(kit), "--folder", str(a))
+    cg("clone", local_remote, str(b), "--key-file", str(kit), "--name", "desk")
+    write(b / "from-b.txt", b"b\n", T0 + 1)
+    cg("push", "--folder", str(b))
+    cg("pull", "--folder", str(a))
+    desk_secret = vault._device_key(find_binding(str(b))).load()
+    listed = cg_json("device", "list", "--folder", str(a))
+    desk = next(m["id"] for m in listed["members"] if m["name"] == "desk")
+    cg("device", "remove", desk, "--folder", str(a))
+    assert restored(local_remote, kit, tmp_path / "out1") == tree(a)
+    assert tree(a)["from-b.txt"][1] == b"b\n"
+
+    # a late write, signed by the removed device under a commit it was a member of
+    remote = Path(local_remote)
+    _opened, view, _kek = open_chain(remote, kit)
+    assert view.removed[desk].seq == 1
+    before = view.commits[str(view.head.parent)]
+    name = f"m/{desk}-{2:012d}.d"
+    payload = {"kind": "delta", "device": desk, "seq": 2, "deps": {desk: 1}, "dh": {},
+               "prev": None, "created": "2024-01-01T00:00:00Z",
+               "ops": [{"p": "from-a.txt", "e": None, "rm": []}]}
+    (remote / name).write_bytes(fmt.seal_segment(view.keks[before.kek], before.pos, before.id,
+                                                 view.vault_id, name, payload, desk_secret.s))
+    out = tmp_path / "out2"
+    result = decrypt(remote, kit, out)
+    assert result.returncode == 0, result.stderr
+    assert name in result.stderr and "after its removal" in result.stderr
+    assert tree(out) == tree(a)
