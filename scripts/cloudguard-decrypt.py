@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """cloudguard-decrypt: restore a cloudguard vault without cloudguard.
 
-This is a single, self-contained reader of cloudguard format version 1, written from the
+This is a single, self-contained reader of cloudguard format version 2, written from the
 normative specification docs/format.md and nothing else. It needs Python 3.11+ and the
 ``cryptography`` package. It exists for two reasons:
 
@@ -27,14 +27,23 @@ private staging folder inside OUTPUT and only moved into place once all of it ha
 
 The sections below follow docs/format.md; section names are quoted in the comments so an
 auditor can read the two side by side. Where this reader checks more than the specification
-asks, the comment says so ("extra check"). A few details are not (yet) in format.md; this
-reader follows cloudguard's code for them and says so: the recovery-kit fields, and the exact
-ordering and naming rules of conflict resolution.
+asks, the comment says so ("extra check"). A few details are not spelt out in format.md; this
+reader follows cloudguard's code for them and says so: void branches of the membership chain
+(commits signed by a member on a branch its removal does not build on), and the exact ordering
+and naming rules of conflict resolution.
+
+Trust: the kit names the vault id, which is the id of the genesis commit. The reader verifies
+the signed membership chain from the genesis forward, requires the commit that added the kit
+to be in it and the kit to be a member of the head, opens the key objects the kit holds slots
+in, and accepts a manifest segment only if it is signed by its writer and the writer was a
+member (or a removed member within its cutoff). A commit whose parent is missing from the copy
+is skipped, as cloudguard defers it; so is a segment written under such a commit (a warning
+says so).
 
 Limits: a stand-alone reader has no memory of what it saw before, so it cannot tell a copy
-of a rolled-back remote (or one whose newest manifest segments were deleted) from an honest
-older one ("Reading the manifest", step 4). A segment missing from the middle of a device's
-sequence is detected.
+of a rolled-back remote (or one whose newest commits after the kit's anchor, or newest manifest
+segments, were deleted) from an honest older one ("Reading the manifest", step 4). A
+segment missing from the middle of a device's sequence is detected.
 """
 
 from __future__ import annotations
@@ -60,13 +69,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 PROG = "cloudguard-decrypt"
@@ -101,7 +110,7 @@ def q(text: str) -> str:
 
 # --- notation and primitives -------------------------------------------------------------
 
-VERSION = 1
+VERSION = 2
 KEY_SIZE = 32
 TAG_SIZE = 16
 NONCE_SIZE = 12
@@ -151,13 +160,6 @@ def is_hex(value: object, length: int) -> bool:
     return isinstance(value, str) and re.fullmatch(f"[0-9a-f]{{{length}}}", value) is not None
 
 
-def parse_json(raw: bytes) -> Any:
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise BadData() from exc
-
-
 # --- content blobs -----------------------------------------------------------------------
 #
 # BLOB = MAGIC || FILE_ID || COMMIT || LENGTH_CT || CHUNK_0 || ... || CHUNK_{n-1}
@@ -197,8 +199,8 @@ def chunk_nonce(index: int, final: bool) -> bytes:
 
 
 def chunk_aad(file_id: bytes, index: int, final: bool) -> bytes:
-    """AAD_i = "cloudguard/v1/chunk" || 0x01 || FILE_ID || u64be(i) || u8(final_i)"""
-    return (b"cloudguard/v1/chunk" + bytes([VERSION]) + file_id + struct.pack(">Q", index)
+    """AAD_i = "cloudguard/v2/chunk" || 0x02 || FILE_ID || u64be(i) || u8(final_i)"""
+    return (b"cloudguard/v2/chunk" + bytes([VERSION]) + file_id + struct.pack(">Q", index)
             + bytes([1 if final else 0]))
 
 
@@ -217,14 +219,14 @@ def decrypt_blob(src: LimitedReader, dek: bytes, file_id: bytes, sha256_hex: str
     if not hmac.compare_digest(blob_file_id, file_id):
         raise BadData()
     # 3. key commitment, compared before anything is decrypted
-    okm = hkdf(dek, b"cloudguard/v1/blob", 64, salt=file_id)
+    okm = hkdf(dek, b"cloudguard/v2/blob", 64, salt=file_id)
     key = okm[:32]
     if not hmac.compare_digest(commit, okm[32:64]):
         raise BadData()
     # 4. the sealed length: u64be(size) || u64be(padded)
     plain_size, padded = struct.unpack(
         ">QQ", gcm_open(key, LENGTH_NONCE, length_ct,
-                        b"cloudguard/v1/length" + bytes([VERSION]) + file_id))
+                        b"cloudguard/v2/length" + bytes([VERSION]) + file_id))
     if plain_size > padded:
         raise BadData()
     if plain_size != size:  # extra check: the manifest's "s" must equal the sealed size
@@ -263,13 +265,13 @@ def decrypt_blob(src: LimitedReader, dek: bytes, file_id: bytes, sha256_hex: str
 
 
 def unwrap_dek(kek: bytes, wrapped: bytes, file_id: bytes) -> bytes:
-    """KW          = HKDF(ikm = KEK, info = "cloudguard/v1/dek-wrap")
-    WRAPPED_DEK = NONCE || GCM(KW, NONCE, DEK, "cloudguard/v1/dek" || 0x01 || FILE_ID)"""
+    """KW          = HKDF(ikm = KEK, info = "cloudguard/v2/dek-wrap")
+    WRAPPED_DEK = NONCE || GCM(KW, NONCE, DEK, "cloudguard/v2/dek" || 0x02 || FILE_ID)"""
     if len(wrapped) != 12 + KEY_SIZE + 16 or len(file_id) != 16:
         raise BadData()
     try:
-        dek = AESGCM(hkdf(kek, b"cloudguard/v1/dek-wrap")).decrypt(
-            wrapped[:12], wrapped[12:], b"cloudguard/v1/dek" + bytes([1]) + file_id)
+        dek = AESGCM(hkdf(kek, b"cloudguard/v2/dek-wrap")).decrypt(
+            wrapped[:12], wrapped[12:], b"cloudguard/v2/dek" + bytes([VERSION]) + file_id)
     except InvalidTag as exc:
         raise BadData() from exc
     if len(dek) != KEY_SIZE:
@@ -277,37 +279,104 @@ def unwrap_dek(kek: bytes, wrapped: bytes, file_id: bytes) -> bytes:
     return dek
 
 
+# --- signed objects ----------------------------------------------------------------------
+#
+# SIGN(member, label, M) = Ed25519(member's signing key, label || 0x00 || M). Signed JSON bodies
+# are parsed strictly: duplicate keys and nesting deeper than 32 levels are errors.
+
+MAX_JSON_DEPTH = 32
+SIGNATURE_SIZE = 64
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise BadData()
+        out[key] = value
+    return out
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+def strict_json(raw: bytes) -> Any:
+    """UTF-8, one JSON value, no duplicate keys, at most 32 levels deep."""
+    try:
+        value = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise BadData() from exc
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise BadData()
+    return value
+
+
+def verify_sig(public: bytes, label: bytes, message: bytes, sig: bytes) -> None:
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(sig, label + b"\x00" + message)
+    except (InvalidSignature, ValueError) as exc:
+        raise BadData() from exc
+
+
 # --- manifest segments -------------------------------------------------------------------
 #
-# SEGMENT = HEADER || GCM(KM, NONCE, BODY, HEADER || utf8(NAME))
-# HEADER  = "CGM" || 0x01 || u32be(generation) || NONCE
+# SEGMENT = HEADER || CT || SIG
+# HEADER  = "CGM" || 0x02 || u32be(head pos) || HEAD_ID (32 bytes) || NONCE (12 bytes)
+# CT      = GCM(KM, NONCE, PADDED, "cloudguard/v2/segment" || 0x00 || utf8(V) || 0x00
+#                                  || utf8(NAME) || 0x00 || HEADER)
+# SIG     = SIGN(writer, "cloudguard/v2/segment", utf8(V) || 0x00 || utf8(NAME) || 0x00
+#                                                  || HEADER || CT)
+# PADDED  = u32be(len(Z)) || Z || zero padding;  Z = zlib(JSON(payload))
 
 SEGMENT_MAGIC = b"CGM" + bytes([VERSION])
-SEGMENT_HEADER_SIZE = 20
+SEGMENT_HEADER_SIZE = 4 + 4 + 32 + 12
+SEGMENT_MIN_SIZE = SEGMENT_HEADER_SIZE + 4096 + TAG_SIZE + SIGNATURE_SIZE
+MAX_SEGMENT_SIZE = 512 * 1024 * 1024
 MAX_SEGMENT_JSON = 256 * 1024 * 1024
 
 
-def segment_generation(blob: bytes) -> int:
-    """The generation is readable without a key (to choose the KEK)."""
-    if len(blob) < SEGMENT_HEADER_SIZE + TAG_SIZE or blob[:4] != SEGMENT_MAGIC:
+def segment_head(blob: bytes) -> tuple[int, str]:
+    """The writer's head (position, commit id): readable without a key, covered by SIG."""
+    if not SEGMENT_MIN_SIZE <= len(blob) <= MAX_SEGMENT_SIZE or blob[:4] != SEGMENT_MAGIC:
         raise BadData()
-    return int(struct.unpack(">I", blob[4:8])[0])
+    return int(struct.unpack(">I", blob[4:8])[0]), blob[8:40].hex()
 
 
-def open_segment(kek: bytes, name: str, blob: bytes) -> dict[str, Any]:
-    segment_generation(blob)  # length and magic
-    header, nonce = blob[:SEGMENT_HEADER_SIZE], blob[8:SEGMENT_HEADER_SIZE]
-    key = hkdf(kek, b"cloudguard/v1/manifest")
-    body = gcm_open(key, nonce, blob[SEGMENT_HEADER_SIZE:], header + name.encode("utf-8"))
-    # exactly one complete zlib stream (with its Adler-32), nothing after it, <= 256 MiB
+def segment_names(vault_id: str, name: str) -> bytes:
+    return vault_id.encode("utf-8") + b"\x00" + name.encode("utf-8") + b"\x00"
+
+
+def verify_segment(blob: bytes, vault_id: str, name: str, writer: bytes) -> None:
+    """SIG is checked before anything is decrypted."""
+    segment_head(blob)
+    verify_sig(writer, b"cloudguard/v2/segment",
+               segment_names(vault_id, name) + blob[:-SIGNATURE_SIZE], blob[-SIGNATURE_SIZE:])
+
+
+def open_segment(kek: bytes, vault_id: str, name: str, blob: bytes) -> dict[str, Any]:
+    """Only after verify_segment: the tag, the length prefix and zero padding, one complete
+    zlib stream of at most 256 MiB, a JSON object."""
+    segment_head(blob)
+    header, nonce = blob[:SEGMENT_HEADER_SIZE], blob[40:SEGMENT_HEADER_SIZE]
+    key = hkdf(kek, b"cloudguard/v2/manifest")
+    padded = gcm_open(key, nonce, blob[SEGMENT_HEADER_SIZE:-SIGNATURE_SIZE],
+                      b"cloudguard/v2/segment\x00" + segment_names(vault_id, name) + header)
+    (length,) = struct.unpack(">I", padded[:4])
+    if 4 + length > len(padded) or any(padded[4 + length:]):
+        raise BadData()
     inflater = zlib.decompressobj()
     try:
-        raw = inflater.decompress(body, MAX_SEGMENT_JSON)
+        raw = inflater.decompress(padded[4:4 + length], MAX_SEGMENT_JSON)
     except zlib.error as exc:
         raise BadData() from exc
     if inflater.unconsumed_tail or not inflater.eof or inflater.unused_data:
         raise BadData()
-    payload = parse_json(raw)
+    payload = strict_json(raw)
     if not isinstance(payload, dict):
         raise BadData()
     return payload
@@ -316,30 +385,33 @@ def open_segment(kek: bytes, name: str, blob: bytes) -> dict[str, Any]:
 # --- key slots ---------------------------------------------------------------------------
 
 
-def public_bytes(priv: X25519PrivateKey) -> bytes:
+def x25519_public(priv: X25519PrivateKey) -> bytes:
     return priv.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
-def open_slot(priv: X25519PrivateKey, slot: dict[str, Any], vault_id: str,
-              generation: int) -> bytes:
-    """Unwrap the secret of one slot {"rid", "epk", "ct"} with our X25519 private key."""
-    rid = slot.get("rid")
-    if not isinstance(rid, str) or "epk" not in slot or "ct" not in slot:
+def ed25519_public(priv: Ed25519PrivateKey) -> bytes:
+    return priv.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def open_slot(priv: X25519PrivateKey, slot: object, ctx: bytes, rid: str) -> bytes:
+    """SLOT = {"epk": b64(EPK), "ct": b64(GCM(KS, 0x00*12, secret,
+    "cloudguard/v2/slot" || 0x00 || CTX || 0x00 || utf8(rid)))}"""
+    if not isinstance(slot, dict) or "epk" not in slot or "ct" not in slot:
         raise BadData()
     epk = unb64(slot["epk"])
     ct = unb64(slot["ct"])
     if len(epk) != 32:
         raise BadData()
-    pub = public_bytes(priv)
+    pub = x25519_public(priv)
     try:
         shared = priv.exchange(X25519PublicKey.from_public_bytes(epk))
     except ValueError as exc:  # OpenSSL refuses an all-zero result
         raise BadData() from exc
     if shared == bytes(32):  # a low-order point
         raise BadData()
-    key = hkdf(shared, b"cloudguard/v1/slot", salt=epk + pub)
-    aad = b"cloudguard/v1/slot" + f"{vault_id}/{generation}/{rid}".encode()
-    return gcm_open(key, bytes(NONCE_SIZE), ct, aad)
+    key = hkdf(shared, b"cloudguard/v2/slot", salt=epk + pub)
+    return gcm_open(key, bytes(NONCE_SIZE), ct,
+                    b"cloudguard/v2/slot\x00" + ctx + b"\x00" + rid.encode("utf-8"))
 
 
 # --- sealed JSON -------------------------------------------------------------------------
@@ -351,8 +423,8 @@ def open_sealed_json(key_material: bytes, info: bytes, aad: bytes,
     raw = unb64(sealed)
     if len(raw) < NONCE_SIZE + TAG_SIZE:
         raise BadData()
-    payload = parse_json(gcm_open(hkdf(key_material, info), raw[:NONCE_SIZE],
-                                  raw[NONCE_SIZE:], aad))
+    payload = strict_json(gcm_open(hkdf(key_material, info), raw[:NONCE_SIZE],
+                                   raw[NONCE_SIZE:], aad))
     if not isinstance(payload, dict):
         raise BadData()
     return payload
@@ -388,15 +460,8 @@ def open_kit(doc: dict[str, Any], passphrase: str) -> bytes:
     except UnicodeEncodeError as exc:
         raise Failure("the passphrase cannot be encoded as UTF-8") from exc
     kp = Scrypt(salt=salt, length=32, n=1 << log_n, r=8, p=1).derive(secret)
-    aad = b"cloudguard/v1/kit" + canonical_json({k: v for k, v in doc.items() if k != "ct"})
+    aad = b"cloudguard/v2/kit" + canonical_json({k: v for k, v in doc.items() if k != "ct"})
     return gcm_open(kp, nonce, ct, aad)
-
-
-# --- key commitments ---------------------------------------------------------------------
-
-
-def kek_id(kek: bytes) -> str:
-    return hkdf(kek, b"cloudguard/v1/kek-id", 16).hex()
 
 
 # --- remote layout: descriptor -----------------------------------------------------------
@@ -406,21 +471,21 @@ DESCRIPTOR = "cloudguard.json"
 
 @dataclass
 class Vault:
-    vault_id: str
     descriptor_sha256: str
 
 
 def read_descriptor(remote: Path) -> Vault:
     """"Descriptor": plain JSON; readers stop on an unknown format.
 
-    It is authenticated later, against the hash sealed in every generation's body.
+    It is authenticated later, against the SHA-256 held by the genesis commit (whose id is the
+    vault id the kit names).
     """
     try:
         raw = (remote / DESCRIPTOR).read_bytes()
     except FileNotFoundError as exc:
         raise Failure(f"{remote} holds no {DESCRIPTOR}: not a copy of a cloudguard vault") from exc
     try:
-        doc = parse_json(raw)
+        doc = strict_json(raw)
     except BadData as exc:
         raise IntegrityFailure(f"{DESCRIPTOR} is not valid JSON") from exc
     if not isinstance(doc, dict) or doc.get("cloudguard") != "vault":
@@ -433,9 +498,7 @@ def read_descriptor(remote: Path) -> Vault:
         raise Failure(f"{DESCRIPTOR}: unsupported chunk_size {doc.get('chunk_size')!r}")
     if doc.get("padding") not in ("padme", "none"):
         raise Failure(f"{DESCRIPTOR}: unknown padding {doc.get('padding')!r}")
-    if not is_hex(doc.get("vault"), 32):
-        raise IntegrityFailure(f"{DESCRIPTOR}: the vault id is not 32 hex characters")
-    return Vault(str(doc["vault"]), hashlib.sha256(raw).hexdigest())
+    return Vault(hashlib.sha256(raw).hexdigest())
 
 
 # --- the kit -----------------------------------------------------------------------------
@@ -443,26 +506,31 @@ def read_descriptor(remote: Path) -> Vault:
 
 @dataclass
 class Kit:
+    vault_id: str
     rid: str
-    priv: X25519PrivateKey
+    anchor: str  # id of the commit that added the kit
+    x: X25519PrivateKey
+    s: Ed25519PrivateKey
 
 
-def read_kit(path: Path, vault: Vault, passphrase_env: str) -> Kit:
-    """A recovery kit: {"cloudguard": "recovery-kit", "format": 1, "vault", "rid", kdf...};
-    the sealed secret is the raw 32-byte X25519 private key of the kit's member."""
+def read_kit(path: Path, passphrase_env: str) -> Kit:
+    """"Passphrase kits": a recovery kit {"cloudguard": "recovery-kit", "format": 2, "vault",
+    "rid", "anchor", kdf...}; the sealed secret is the kit member's 64-byte MEMBER_SECRET =
+    X25519 private key || Ed25519 private key seed."""
     try:
-        doc = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        doc = strict_json(path.read_bytes())
+    except OSError as exc:
         raise Failure(f"cannot read kit {path}: {exc}") from exc
+    except BadData as exc:
+        raise Failure(f"{path} is not a cloudguard recovery kit (not valid JSON)") from exc
     if not isinstance(doc, dict) or doc.get("cloudguard") != "recovery-kit":
         raise Failure(f"{path} is not a cloudguard recovery kit")
     if not is_int(doc.get("format")) or doc.get("format") != VERSION:
         raise Failure(f"{path}: unknown recovery kit format {doc.get('format')!r}")
-    rid, kit_vault = doc.get("rid"), doc.get("vault")
-    if not isinstance(rid, str) or not isinstance(kit_vault, str):
-        raise Failure(f"{path} is not a cloudguard recovery kit (no rid or vault)")
-    if kit_vault != vault.vault_id:
-        raise Failure(f"{path} belongs to vault {kit_vault}, not {vault.vault_id}")
+    rid, vault_id, anchor = doc.get("rid"), doc.get("vault"), doc.get("anchor")
+    if not (is_hex(rid, 16) and is_hex(vault_id, 64) and is_hex(anchor, 64)):
+        raise Failure(f"{path} is not a cloudguard recovery kit (no rid, vault or anchor)")
+    assert isinstance(rid, str) and isinstance(vault_id, str) and isinstance(anchor, str)
     passphrase = os.environ.get(passphrase_env, "")
     if not passphrase:
         try:
@@ -474,145 +542,393 @@ def read_kit(path: Path, vault: Vault, passphrase_env: str) -> Kit:
     except BadData as exc:
         # a wrong passphrase and a damaged kit cannot be told apart
         raise Failure(f"cannot open kit {path}: wrong passphrase, or the kit is damaged") from exc
-    if len(secret) != 32:
-        raise IntegrityFailure(f"kit {path}: the sealed key is not 32 bytes")
-    return Kit(rid, X25519PrivateKey.from_private_bytes(secret))
+    if len(secret) != 64:
+        raise IntegrityFailure(f"kit {path}: the sealed member secret is not 64 bytes")
+    return Kit(vault_id, rid, anchor, X25519PrivateKey.from_private_bytes(secret[:32]),
+               Ed25519PrivateKey.from_private_bytes(secret[32:]))
 
 
-# --- remote layout: key-slot objects -----------------------------------------------------
+# --- the membership chain ----------------------------------------------------------------
+#
+# COMMIT = "CGC" || 0x02 || u32be(len(BODY)) || BODY || SIG
+# SIG    = SIGN(signer, "cloudguard/v2/commit", BODY)
+# id     = lowercase hex SHA-256("cloudguard/v2/commit-id" || 0x00 || BODY)
+# object name keys/<pos:08d>-<id>; its key object is keys/<pos:08d>-<id>.k
 
-KEYS_NAME = re.compile(r"[0-9]{8}")
-
-
-@dataclass
-class Generation:
-    number: int
-    kek: bytes
-    members: dict[str, str]  # rid -> member name (the label of conflict copies)
-    history: dict[int, bytes]
-    link: object
-
-
-def open_generation(raw: bytes, name: str, number: int, vault: Vault,
-                    kit: Kit) -> Generation | None:
-    """Open keys/<generation> with the kit's slot; None when the kit holds no slot in it."""
-    try:
-        doc = parse_json(raw)
-    except BadData as exc:
-        raise IntegrityFailure(f"{name} is not valid JSON") from exc
-    if not isinstance(doc, dict) or doc.get("cloudguard") != "keys":
-        raise IntegrityFailure(f"{name} is not a key-slot object")
-    if not is_int(doc.get("format")) or doc.get("format") != VERSION:
-        raise Failure(f"{name}: unknown key format {doc.get('format')!r}")
-    if doc.get("vault") != vault.vault_id or doc.get("generation") != number or not is_int(
-            doc.get("generation")):
-        raise IntegrityFailure(f"{name} belongs to another vault or generation")
-    slots = doc.get("slots")
-    if not isinstance(slots, list) or not all(isinstance(s, dict) for s in slots):
-        raise IntegrityFailure(f"{name}: malformed slots")
-    mine = [s for s in slots if s.get("rid") == kit.rid]
-    if not mine:
-        return None
-    try:
-        kek = open_slot(kit.priv, mine[0], vault.vault_id, number)
-        if len(kek) != KEY_SIZE:
-            raise BadData()
-        body_aad = f"cloudguard/v1/members/{vault.vault_id}/{number}".encode()
-        body = open_sealed_json(kek, b"cloudguard/v1/members", body_aad, doc.get("body"))
-    except BadData as exc:
-        raise IntegrityFailure(f"{name}: the kit's key slot or the sealed body failed "
-                               "authentication") from exc
-    members = body.get("members")
-    if not isinstance(members, list) or not all(
-            isinstance(m, dict) and isinstance(m.get("rid"), str) and isinstance(m.get("name"), str)
-            for m in members):
-        raise IntegrityFailure(f"{name}: malformed member list")
-    # the member-list rule: slots outside the sealed body are an attack. Compared as sorted
-    # lists (extra strictness over "sets": a duplicated slot or member fails too).
-    slot_rids = sorted(str(s.get("rid")) for s in slots)
-    if slot_rids != sorted(m["rid"] for m in members):
-        raise IntegrityFailure(f"{name}: the key slots do not match the sealed member list")
-    # extra check: the sealed member entry for our rid holds our public key
-    ours = [m for m in members if m["rid"] == kit.rid]
-    try:
-        if unb64(ours[0].get("pub")) != public_bytes(kit.priv):
-            raise BadData()
-    except BadData as exc:
-        raise IntegrityFailure(f"{name}: the member list holds another key for this kit") from exc
-    if body.get("descriptor") != vault.descriptor_sha256:
-        raise IntegrityFailure(f"{DESCRIPTOR} was altered: its SHA-256 differs from the one "
-                               f"sealed in {name}")
-    history_raw = body.get("history", {})
-    if not isinstance(history_raw, dict):
-        raise IntegrityFailure(f"{name}: malformed history")
-    history: dict[int, bytes] = {}
-    for key, wrapped in history_raw.items():
-        # "history": {"<g>": b64(AES-KW(KEK_G, KEK_g))} -- the KEK itself is the wrapping key
-        if not re.fullmatch(r"[1-9][0-9]*", key) or int(key) >= number:
-            raise IntegrityFailure(f"{name}: malformed history entry {key!r}")
-        try:
-            old = aes_key_unwrap(kek, unb64(wrapped))
-        except (BadData, InvalidUnwrap, ValueError) as exc:
-            raise IntegrityFailure(f"{name}: history entry {key} failed to unwrap") from exc
-        if len(old) != KEY_SIZE:
-            raise IntegrityFailure(f"{name}: history entry {key} is not a 32-byte key")
-        history[int(key)] = old
-    link = body.get("link")
-    if number == 1 and link is not None:  # extra check: "link: null for G = 1"
-        raise IntegrityFailure(f"{name}: generation 1 must have no link")
-    return Generation(number, kek, {m["rid"]: m["name"] for m in members}, history, link)
+COMMIT_MAGIC = b"CGC" + bytes([VERSION])
+COMMIT_NAME = re.compile(r"([0-9]{8})-([0-9a-f]{64})")
+BODY_KEYS = {"type", "format", "vault", "pos", "parent", "merges", "action", "signer", "created",
+             "members", "removed", "epoch", "kek", "keyobj", "names", "descriptor"}
+ACTIONS = ("genesis", "add", "remove", "rotate", "merge")
 
 
-def check_link(gen: Generation, previous_kek: bytes, vault: Vault, name: str) -> None:
-    """The link, sealed under KEK_{G-1}, proves that whoever made G held the previous KEK."""
-    try:
-        doc = open_sealed_json(previous_kek, b"cloudguard/v1/link",
-                               f"cloudguard/v1/members/{vault.vault_id}/{gen.number}".encode(),
-                               gen.link)
-    except BadData as exc:
-        raise IntegrityFailure(f"{name}: the link to generation {gen.number - 1} failed "
-                               "authentication") from exc
-    if doc.get("generation") != gen.number or doc.get("commit") != kek_id(gen.kek):
-        raise IntegrityFailure(f"{name}: the link does not commit to this generation's key")
+@dataclass(frozen=True)
+class Member:
+    kind: str  # "device" or "kit"
+    x: bytes   # X25519 public key (receives key slots)
+    s: bytes   # Ed25519 public key (signs commits and segments)
+
+
+@dataclass(frozen=True)
+class Cutoff:
+    """A removed member: its signing key and the last of its segments readers accept."""
+
+    s: bytes
+    seq: int
+    hash: str | None
 
 
 @dataclass
-class KeyRing:
-    keks: dict[int, bytes]  # every KEK generation we can use, from slots and history
-    labels: dict[str, str]  # rid -> member name, from the newest generation
+class Commit:
+    name: str
+    id: str
+    pos: int
+    parent: str | None
+    merges: list[str]
+    action: str
+    signer: str
+    members: dict[str, Member]
+    removed: dict[str, Cutoff]
+    epoch: int
+    kek: str      # kek_commit of the KEK in force after this commit
+    keyobj: str   # SHA-256 of the key object
+    names: str    # sealed member names
+    descriptor: str
+    body: bytes
+    sig: bytes
+
+    def ctx(self, vault_id: str) -> bytes:
+        """CTX = utf8(vault or "") || 0x00 || decimal(pos) || 0x00 || utf8(parent or "")"""
+        return (f"{vault_id if self.pos else ''}\x00{self.pos}\x00{self.parent or ''}"
+                .encode())
 
 
-def load_keys(remote: Path, vault: Vault, kit: Kit) -> KeyRing:
+def kek_commit(kek: bytes) -> str:
+    """kek_commit(KEK) = lowercase hex HKDF(ikm = KEK, info = "cloudguard/v2/kek-commit")"""
+    return hkdf(kek, b"cloudguard/v2/kek-commit", 32).hex()
+
+
+def _key32(value: object) -> bytes:
+    raw = unb64(value)
+    if len(raw) != 32:
+        raise BadData()
+    return raw
+
+
+def _rid(value: object) -> str:
+    if not is_hex(value, 16):
+        raise BadData()
+    assert isinstance(value, str)
+    return value
+
+
+def decode_commit(data: bytes, name: str, vault_id: str) -> Commit:
+    """"Verifying the chain", checks 1 and 5: structure, name, id; the signature needs the
+    parent and is checked in verify_chain."""
+    if len(data) < 8 + SIGNATURE_SIZE or data[:4] != COMMIT_MAGIC:
+        raise BadData()
+    (length,) = struct.unpack(">I", data[4:8])
+    if 8 + length + SIGNATURE_SIZE != len(data):
+        raise BadData()
+    body, sig = data[8:8 + length], data[8 + length:]
+    doc = strict_json(body)
+    if not isinstance(doc, dict) or set(doc) != BODY_KEYS:
+        raise BadData()
+    if doc["type"] != "cloudguard/commit" or not is_int(doc["format"]) or doc["format"] != 2:
+        raise BadData()
+    pos, cid = doc["pos"], hashlib.sha256(b"cloudguard/v2/commit-id\x00" + body).hexdigest()
+    if not is_int(pos) or pos < 0 or name != f"keys/{pos:08d}-{cid}":
+        raise BadData()  # the name is derived from the body, so the signature covers it
+    action = doc["action"]
+    if action not in ACTIONS or (action == "genesis") != (pos == 0):
+        raise BadData()
+    if pos == 0:  # the genesis: no vault (its own id is the vault id), no parent
+        if doc["vault"] is not None or doc["parent"] is not None or cid != vault_id:
+            raise BadData()
+    elif doc["vault"] != vault_id or not is_hex(doc["parent"], 64):
+        raise BadData()
+    merges = doc["merges"]
+    if not isinstance(merges, list) or not all(is_hex(m, 64) for m in merges):
+        raise BadData()
+    if bool(merges) != (action == "merge"):
+        raise BadData()
+    if not isinstance(doc["members"], dict) or not doc["members"]:
+        raise BadData()
+    members: dict[str, Member] = {}
+    for rid, keys in doc["members"].items():
+        if (not isinstance(keys, dict) or set(keys) != {"kind", "x", "s"}
+                or keys["kind"] not in ("device", "kit")):
+            raise BadData()
+        members[_rid(rid)] = Member(keys["kind"], _key32(keys["x"]), _key32(keys["s"]))
+    if not isinstance(doc["removed"], dict):
+        raise BadData()
+    removed: dict[str, Cutoff] = {}
+    for rid, cut in doc["removed"].items():
+        if not isinstance(cut, dict) or set(cut) != {"s", "seq", "hash"}:
+            raise BadData()
+        if not is_int(cut["seq"]) or cut["seq"] < 0:
+            raise BadData()
+        if cut["hash"] is not None and not is_hex(cut["hash"], 64):
+            raise BadData()
+        removed[_rid(rid)] = Cutoff(_key32(cut["s"]), cut["seq"], cut["hash"])
+    if set(members) & set(removed):
+        raise BadData()
+    if not (is_hex(doc["kek"], 64) and is_hex(doc["keyobj"], 64)
+            and is_hex(doc["descriptor"], 64) and isinstance(doc["names"], str)
+            and isinstance(doc["created"], str) and is_int(doc["epoch"]) and doc["epoch"] >= 0):
+        raise BadData()
+    return Commit(name, cid, pos, doc["parent"], list(merges), action, _rid(doc["signer"]),
+                  members, removed, doc["epoch"], doc["kek"], doc["keyobj"], doc["names"],
+                  doc["descriptor"], body, sig)
+
+
+def ancestry(commit: Commit, verified: dict[str, Commit]) -> list[Commit]:
+    out: list[Commit] = []
+    current: Commit | None = commit
+    while current is not None:
+        out.append(current)
+        current = verified.get(current.parent) if current.parent else None
+    return out
+
+
+def union(commits: list[Commit]) -> tuple[dict[str, Member], dict[str, Cutoff]]:
+    """The two-phase set over commits: members ever added minus every member ever removed;
+    for a member removed on several branches, the lowest cutoff (seq, then hash) wins."""
+    added: dict[str, Member] = {}
+    removed: dict[str, Cutoff] = {}
+    for c in commits:
+        for rid, keys in c.members.items():
+            if added.setdefault(rid, keys) != keys:
+                raise IntegrityFailure(f"{c.name}: member {rid} appears with two different "
+                                       "keys")
+        for rid, cut in c.removed.items():
+            old = removed.get(rid)
+            if old is None or (cut.seq, cut.hash or "") < (old.seq, old.hash or ""):
+                removed[rid] = cut
+    return {r: k for r, k in added.items() if r not in removed}, removed
+
+
+def check_commit(c: Commit, parent: Commit, verified: dict[str, Commit],
+                 descriptor: str) -> None:
+    """"Verifying the chain", checks 2 to 4, and the "Authority rules"; raises with the rule
+    that failed."""
+    if c.pos != parent.pos + 1:
+        raise Failure("its position is not its parent's + 1")
+    signer = parent.members.get(c.signer)
+    if signer is None:
+        raise Failure(f"its signer {c.signer} is not a member of the parent commit")
+    try:
+        verify_sig(signer.s, b"cloudguard/v2/commit", c.body, c.sig)
+    except BadData as exc:
+        raise Failure("bad signature") from exc
+    if c.descriptor != descriptor:
+        raise Failure(f"the SHA-256 of {DESCRIPTOR} differs from the one it holds")
+    ever: set[str] = set()
+    keks_seen: set[str] = set()
+    for a in ancestry(parent, verified):
+        ever |= set(a.members) | set(a.removed)
+        keks_seen.add(a.kek)
+    if c.action == "add":
+        added = set(c.members) - set(parent.members)
+        if (len(added) != 1 or set(parent.members) - set(c.members) or c.removed != parent.removed
+                or added & ever or c.kek != parent.kek or c.epoch != parent.epoch
+                or any(parent.members[r] != c.members[r] for r in parent.members)):
+            raise Failure("not a valid add")
+        if signer.kind == "kit" and c.members[next(iter(added))].kind != "device":
+            raise Failure("a kit may add only a device")
+        return
+    if signer.kind != "device":
+        raise Failure(f"a kit may not {c.action}")
+    if c.kek in keks_seen or c.epoch != parent.epoch + 1:  # remove, rotate, merge: a new KEK
+        raise Failure("a new KEK and the next epoch are required")
+    if c.action == "rotate":
+        if c.members != parent.members or c.removed != parent.removed:
+            raise Failure("a rotation changed the members")
+    elif c.action == "remove":
+        gone = set(parent.members) - set(c.members)
+        if (len(gone) != 1 or set(c.members) - set(parent.members)
+                or set(c.removed) != set(parent.removed) | gone
+                or any(c.removed[r] != parent.removed[r] for r in parent.removed)
+                or c.removed[next(iter(gone))].s != parent.members[next(iter(gone))].s):
+            raise Failure("not a valid removal")
+    elif c.action == "merge":
+        scope = {a.id: a for a in ancestry(parent, verified)}
+        for tip in c.merges:
+            scope.update({a.id: a for a in ancestry(verified[tip], verified)})
+        if union(list(scope.values())) != (c.members, c.removed):
+            raise Failure("the merge does not equal the merged member set")
+
+
+def void_commits(verified: dict[str, Commit]) -> set[str]:
+    """A commit signed by a member counts only if it is an ancestor of every commit that
+    removes that member (a removed member cannot sign a branch from the past); everything built
+    on a void commit is void too. (cloudguard's rule; format.md implies it through the removal
+    cutoffs.)"""
+    ancestors = {cid: {a.id for a in ancestry(c, verified)} for cid, c in verified.items()}
+    removals: dict[str, list[str]] = {}
+    for c in verified.values():
+        parent = verified.get(c.parent) if c.parent else None
+        for rid in set(c.removed) - set(parent.removed if parent else {}):
+            removals.setdefault(rid, []).append(c.id)
+    void = {cid for cid, c in verified.items()
+            if any(cid not in ancestors[r] for r in removals.get(c.signer, []))}
+    return {cid for cid in verified if ancestors[cid] & void}
+
+
+@dataclass
+class Chain:
+    remote: Path
+    vault_id: str
+    commits: dict[str, Commit]   # every verified commit
+    head: Commit                 # from the genesis, the lowest child id at every fork
+    members: dict[str, Member]   # merged view: ever added minus removed
+    removed: dict[str, Cutoff]
+    keks: dict[str, bytes] = field(default_factory=dict)   # kek_commit -> KEK
+    labels: dict[str, str] = field(default_factory=dict)   # rid -> member name
+
+    def writer_key(self, rid: str) -> bytes | None:
+        if rid in self.members:
+            return self.members[rid].s
+        cut = self.removed.get(rid)
+        return cut.s if cut else None
+
+
+def verify_chain(remote: Path, vault_id: str, descriptor: str) -> Chain:
+    """"Verifying the chain": every listed commit whose parent is verified, from the genesis
+    forward. A commit whose parent is not listed is deferred (skipped) as cloudguard does."""
     keys_dir = remote / "keys"
-    numbers = sorted(int(p.name) for p in (keys_dir.iterdir() if keys_dir.is_dir() else [])
-                     if KEYS_NAME.fullmatch(p.name))
-    if not numbers:
-        raise IntegrityFailure("keys/ holds no key generation: the copy is incomplete")
-    opened: dict[int, Generation] = {}
-    for number in numbers:
-        name = f"keys/{number:08d}"
-        gen = open_generation((keys_dir / f"{number:08d}").read_bytes(), name, number, vault,
-                              kit)
-        if gen is not None:
-            opened[number] = gen
-    if not opened:
-        raise Failure("this kit holds no key slot in the vault: it was removed, or it belongs "
-                      "to another copy")
-    if max(opened) != numbers[-1]:
-        raise Failure(f"this kit holds no slot in the newest key generation {numbers[-1]}: it "
-                      "was removed from the vault")
-    for number, gen in opened.items():
-        if number - 1 in opened:  # a KEK learnt only from history proves nothing
-            check_link(gen, opened[number - 1].kek, vault, f"keys/{number:08d}")
-    # KEKs: from our own slots, and older ones from history. Every source must agree (extra
-    # check: a generation's KEK never changes, whoever reports it).
-    keks: dict[int, bytes] = {n: g.kek for n, g in opened.items()}
-    for gen in opened.values():
-        for old, kek in gen.history.items():
-            if keks.setdefault(old, kek) != kek:
-                raise IntegrityFailure(f"keys/{gen.number:08d}: its history disagrees about "
-                                       f"the key of generation {old}")
-    return KeyRing(keks, opened[max(opened)].members)
+    names = sorted(f"keys/{p.name}" for p in (keys_dir.iterdir() if keys_dir.is_dir() else [])
+                   if COMMIT_NAME.fullmatch(p.name))
+    genesis_name = f"keys/{0:08d}-{vault_id}"
+    if genesis_name not in names:
+        raise IntegrityFailure(f"{genesis_name}: the genesis commit of the kit's vault is "
+                               "missing (wrong folder, or it was deleted)")
+    decoded: dict[str, Commit] = {}
+    for name in names:
+        try:
+            commit = decode_commit((remote / name).read_bytes(), name, vault_id)
+        except BadData as exc:
+            raise IntegrityFailure(f"{name}: invalid commit") from exc
+        decoded[commit.id] = commit
+    genesis = decoded[vault_id]
+    only = next(iter(genesis.members.values()))
+    if (len(genesis.members) != 1 or genesis.removed or genesis.signer not in genesis.members
+            or only.kind != "device"):
+        raise IntegrityFailure(f"{genesis_name}: invalid genesis commit")
+    try:
+        verify_sig(only.s, b"cloudguard/v2/commit", genesis.body, genesis.sig)
+    except BadData as exc:
+        raise IntegrityFailure(f"{genesis_name}: bad signature") from exc
+    if genesis.descriptor != descriptor:
+        raise IntegrityFailure(f"{DESCRIPTOR} was altered: its SHA-256 differs from the one "
+                               f"in the genesis commit {genesis_name}")
+    verified = {genesis.id: genesis}
+    waiting = {cid: c for cid, c in decoded.items() if cid != vault_id}
+    progress = True
+    while progress:
+        progress = False
+        for cid, c in sorted(waiting.items(), key=lambda item: item[1].pos):
+            if c.parent not in verified or any(m not in verified for m in c.merges):
+                continue  # not yet, or deferred for good (its parent is not listed)
+            assert c.parent is not None
+            try:
+                check_commit(c, verified[c.parent], verified, descriptor)
+            except Failure as exc:
+                raise IntegrityFailure(f"{c.name}: invalid commit ({exc})") from exc
+            verified[cid] = c
+            del waiting[cid]
+            progress = True
+    for cid in void_commits(verified):
+        del verified[cid]
+    children: dict[str, list[Commit]] = {}
+    for c in verified.values():
+        if c.parent:
+            children.setdefault(c.parent, []).append(c)
+    for kids in children.values():  # "Races, equivocation and the head"
+        by_signer: dict[str, Commit] = {}
+        for kid in kids:
+            other = by_signer.setdefault(kid.signer, kid)
+            if other is not kid:
+                raise IntegrityFailure(f"equivocation: member {kid.signer} signed both "
+                                       f"{other.name} and {kid.name} on one parent")
+    head = genesis
+    while children.get(head.id):
+        head = min(children[head.id], key=lambda c: c.id)
+    members, removed = union(list(verified.values()))
+    return Chain(remote, vault_id, verified, head, members, removed)
+
+
+# --- key objects -------------------------------------------------------------------------
+#
+# KEYOBJ = JSON({"slots": {rid: SLOT, ...},
+#                "history": SEALED(KEK, "cloudguard/v2/history", CTX, {kek_commit(K): b64(K)})})
+
+
+def open_key_object(chain: Chain, commit: Commit, kit: Kit) -> None:
+    """The KEK of ``commit`` through the kit's slot, every older KEK in its history (each only
+    under a commitment of a verified commit) and the member names. Adds them to ``chain``."""
+    name = commit.name + ".k"
+    raw = (chain.remote / name).read_bytes()
+    if hashlib.sha256(raw).hexdigest() != commit.keyobj:
+        raise IntegrityFailure(f"{name} does not match the hash in its commit: a slot was "
+                               "added, removed or swapped")
+    ctx = commit.ctx(chain.vault_id)
+    try:
+        doc = strict_json(raw)
+        if not isinstance(doc, dict) or set(doc) != {"slots", "history"}:
+            raise BadData()
+        slots = doc["slots"]
+        if not isinstance(slots, dict) or set(slots) != set(commit.members):
+            raise BadData()
+        kek = open_slot(kit.x, slots[kit.rid], ctx, kit.rid)
+        if len(kek) != KEY_SIZE or kek_commit(kek) != commit.kek:
+            raise BadData()
+        history = open_sealed_json(kek, b"cloudguard/v2/history", ctx, doc["history"])
+        known = {c.kek for c in chain.commits.values()}
+        older: dict[str, bytes] = {}
+        for commitment, value in history.items():
+            old = unb64(value)
+            if kek_commit(old) != commitment or commitment not in known:
+                raise BadData()
+            older[commitment] = old
+        labels = open_sealed_json(kek, b"cloudguard/v2/names", ctx, commit.names)
+        if set(labels) != set(commit.members) or not all(isinstance(v, str)
+                                                          for v in labels.values()):
+            raise BadData()
+    except BadData as exc:
+        raise IntegrityFailure(f"{name}: the key object failed authentication") from exc
+    chain.keks[commit.kek] = kek
+    chain.keks.update(older)
+    for rid, label in labels.items():
+        chain.labels.setdefault(rid, label)
+
+
+def load_keys(remote: Path, vault: Vault, kit: Kit) -> Chain:
+    """Verify the chain, check the kit's membership, and open the key objects it has slots in
+    (the head's first: its history holds the older KEKs)."""
+    chain = verify_chain(remote, kit.vault_id, vault.descriptor_sha256)
+    if kit.anchor not in chain.commits:
+        raise IntegrityFailure(f"the commit that added this kit ({kit.anchor[:16]}...) is not "
+                               "in the vault's verified chain")
+    if kit.rid in chain.removed or kit.rid not in chain.head.members:
+        raise Failure("this recovery kit was removed from the vault")
+    me = chain.members.get(kit.rid)
+    if me is None or me.x != x25519_public(kit.x) or me.s != ed25519_public(kit.s):
+        raise IntegrityFailure("the chain holds other keys for this kit's member id")
+    # the head first; older commits only for KEKs we do not hold yet (their key objects may
+    # be gone after a re-encrypting rotation, which is fine: nothing is sealed under them then)
+    older = sorted((c for c in chain.commits.values() if c is not chain.head),
+                   key=lambda c: (-c.pos, c.id))
+    for commit in [chain.head, *older]:
+        if kit.rid not in commit.members or commit.kek in chain.keks:
+            continue
+        if not (remote / (commit.name + ".k")).is_file():
+            if commit is chain.head:
+                raise IntegrityFailure(f"{commit.name}.k, the key object of the newest "
+                                       "commit, is missing")
+            continue
+        open_key_object(chain, commit, kit)
+    return chain
 
 
 # --- manifest payloads and the merged state ----------------------------------------------
@@ -750,29 +1066,67 @@ def parse_snapshot_paths(raw: object) -> dict[str, dict[str, Entry]]:
     return raw
 
 
-def load_manifest(remote: Path, ring: KeyRing) -> State:
+class Skip(Exception):
+    """A segment that is treated as not listed: its writer's head commit is not in the
+    verified chain (yet), or its writer was removed before writing it."""
+
+
+def no_late_writes(name: str, ctx: dict[str, int], chain: Chain) -> None:
+    """"Writer rules": a snapshot or delta whose ctx/deps covers a removed member past its
+    cutoff is refused (an honest device's segment must not launder a removed one's writes)."""
+    for rid, cut in chain.removed.items():
+        if ctx.get(rid, 0) > cut.seq:
+            raise IntegrityFailure(f"manifest segment {name} depends on writes of removed "
+                                   f"member {rid} past its removal")
+
+
+def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
     """"Reading the manifest", steps 1 to 3 (step 4, the device's stored vector, needs state
-    this reader does not have: a copy of a rolled-back remote restores the older manifest)."""
+    this reader does not have: a copy of a rolled-back remote restores the older manifest).
+    Returns the state and the segments skipped (with the reason)."""
     m_dir = remote / "m"
     segments: dict[str, tuple[str, int, str]] = {}
     for path in sorted(m_dir.iterdir()) if m_dir.is_dir() else []:
         match = SEGMENT_NAME.fullmatch(f"m/{path.name}")
         if match is not None:  # other names in m/ are not segments and are ignored
             segments[f"m/{path.name}"] = (match.group(1), int(match.group(2)), match.group(3))
+    hashes: dict[str, str] = {}  # SHA-256 of every segment opened
+    skipped: list[str] = []
 
     def open_named(name: str) -> dict[str, Any]:
+        """"Writer rules" and the segment checks, in the order format.md gives."""
         device, seq, kind = segments[name]
         blob = (remote / name).read_bytes()
+        writer = chain.writer_key(device)
+        if writer is None:
+            raise IntegrityFailure(f"manifest segment {name} was written by {device}, who is "
+                                   "not a member of this vault")
+        cut = chain.removed.get(device)
+        if cut is not None and seq > cut.seq:
+            raise Skip(f"manifest segment {name} was written by removed member {device} after "
+                       "its removal; refused")
         try:
-            generation = segment_generation(blob)
+            verify_segment(blob, chain.vault_id, name, writer)
         except BadData as exc:
-            raise IntegrityFailure(f"manifest segment {name} failed authentication") from exc
-        kek = ring.keks.get(generation)
+            raise IntegrityFailure(f"manifest segment {name} has a bad signature") from exc
+        pos, head_id = segment_head(blob)
+        head = chain.commits.get(head_id)
+        if head is None or head.pos != pos:
+            raise Skip(f"manifest segment {name} names commit {head_id[:16]}... that is not "
+                       "verified; skipped")
+        if device not in head.members:
+            raise IntegrityFailure(f"manifest segment {name}: its writer was not a member at "
+                                   "the commit it names")
+        digest = hashlib.sha256(blob).hexdigest()
+        if cut is not None and seq == cut.seq and cut.hash and digest != cut.hash:
+            raise IntegrityFailure(f"manifest segment {name} is not the one its writer's "
+                                   "removal recorded")
+        kek = chain.keks.get(head.kek)
         if kek is None:
-            raise IntegrityFailure(f"manifest segment {name} is sealed under key generation "
-                                   f"{generation}, which this kit cannot open")
+            raise IntegrityFailure(f"manifest segment {name} is sealed under the key of "
+                                   f"{head.name}, which this kit cannot open")
         try:
-            payload = open_segment(kek, name, blob)
+            payload = open_segment(kek, chain.vault_id, name, blob)
         except BadData as exc:
             raise IntegrityFailure(f"manifest segment {name} failed authentication") from exc
         # device, seq and kind must match the object name
@@ -780,25 +1134,39 @@ def load_manifest(remote: Path, ring: KeyRing) -> State:
         if (payload.get("device"), payload.get("seq"), payload.get("kind")) != expected or (
                 not is_int(payload.get("seq"))):
             raise IntegrityFailure(f"manifest segment {name} does not match its name")
+        hashes[name] = digest
         return payload
 
     # 1. open every snapshot and merge them
     state = State()
-    for name, (_device, _seq, kind) in sorted(segments.items()):
-        if kind == "s":
+    held: set[str] = set()  # devices with a snapshot skipped
+    for name, (device, _seq, kind) in sorted(segments.items()):
+        if kind != "s":
+            continue
+        try:
             payload = open_named(name)
-            try:
-                snapshot = State(parse_vv(payload.get("ctx")),
-                                 parse_snapshot_paths(payload.get("paths")))
-            except BadData as exc:
-                raise IntegrityFailure(f"manifest segment {name} is malformed") from exc
-            state.merge(snapshot)
+        except Skip as exc:
+            skipped.append(str(exc))
+            held.add(device)
+            continue
+        try:
+            snapshot = State(parse_vv(payload.get("ctx")),
+                             parse_snapshot_paths(payload.get("paths")))
+        except BadData as exc:
+            raise IntegrityFailure(f"manifest segment {name} is malformed") from exc
+        no_late_writes(name, snapshot.ctx, chain)
+        state.merge(snapshot)
 
     # 2. apply the deltas the merged vector does not cover, in causal order: D:S applies when
     #    the vector holds D:S-1 and dominates the delta's deps
     pending: dict[str, dict[int, str]] = {}
     for name, (device, seq, kind) in segments.items():
         if kind == "d" and seq > state.ctx.get(device, 0):
+            cut = chain.removed.get(device)
+            if cut is not None and seq > cut.seq:
+                skipped.append(f"manifest segment {name} was written by removed member "
+                               f"{device} after its removal; refused")
+                continue
             pending.setdefault(device, {})[seq] = name
     opened: dict[str, tuple[dict[str, int], list[dict[str, Any]]]] = {}
     progress = True
@@ -810,14 +1178,21 @@ def load_manifest(remote: Path, ring: KeyRing) -> State:
             if found is None:
                 continue
             if found not in opened:
-                payload = open_named(found)
                 try:
-                    opened[found] = (parse_vv(payload.get("deps")),
-                                     parse_ops(payload.get("ops")))
+                    payload = open_named(found)
+                except Skip as exc:  # the device's later deltas cannot apply either
+                    skipped.append(str(exc))
+                    pending[device] = {}
+                    continue
+                try:
+                    deps = parse_vv(payload.get("deps"))
+                    opened[found] = (deps, parse_ops(payload.get("ops")))
                 except BadData as exc:
                     raise IntegrityFailure(f"manifest segment {found} is malformed") from exc
+                check_history(found, payload, deps, hashes, seq)
+                no_late_writes(found, deps, chain)
             deps, ops = opened[found]
-            if not state.dominates(deps):
+            if not state.dominates({d: s for d, s in deps.items() if d != device}):
                 continue
             state.apply(f"{device}:{seq}", ops)
             state.ctx[device] = seq
@@ -825,14 +1200,43 @@ def load_manifest(remote: Path, ring: KeyRing) -> State:
             progress = True
     # 3. a delta that can never apply means a segment is missing
     for device, rest in sorted(pending.items()):
-        if rest:
+        if rest and device not in held:
             nxt = state.ctx.get(device, 0) + 1
             if nxt in rest:
                 raise IntegrityFailure(f"manifest segment {rest[nxt]} depends on a segment "
                                        "that is missing")
             raise IntegrityFailure(f"manifest segment m/{device}-{nxt:012d}.d is missing: the "
                                    "manifest was truncated or a segment was deleted")
-    return state
+    return state, skipped
+
+
+def check_history(name: str, payload: dict[str, Any], deps: dict[str, int],
+                  hashes: dict[str, str], seq: int) -> None:
+    """"Manifest payloads": "prev" is the SHA-256 of the writer's own previous segment and
+    "dh" the SHA-256 of segments it depends on; a different hash for a segment we opened means
+    a replaced segment or a fork (extra check for "prev", which format.md does not require a
+    reader to compare)."""
+    device = payload["device"]
+    for kind in ("d", "s"):
+        before = hashes.get(f"m/{device}-{seq - 1:012d}.{kind}")
+        if before is not None and payload.get("prev") not in (None, before):
+            raise IntegrityFailure(f"manifest segment {name} does not follow its writer's "
+                                   "previous segment: a segment was replaced")
+    dh = payload.get("dh")
+    if dh is None:
+        return
+    if not isinstance(dh, dict):
+        raise IntegrityFailure(f"manifest segment {name} has malformed dependencies")
+    for dev, digest in dh.items():
+        dep = deps.get(dev)
+        if dep is None or not isinstance(digest, str):
+            raise IntegrityFailure(f"manifest segment {name} has malformed dependencies")
+        for kind in ("d", "s"):
+            mine = hashes.get(f"m/{dev}-{dep:012d}.{kind}")
+            if mine is not None and mine != digest:
+                raise IntegrityFailure(f"fork: manifest segment {name} depends on a "
+                                       f"m/{dev}-{dep:012d}.{kind} other than the one read "
+                                       "here")
 
 
 # --- entries and paths -------------------------------------------------------------------
@@ -860,8 +1264,9 @@ def check_entry(path: str, entry: Entry) -> None:
     need("t", kind in ("f", "d", "l"))
     need("m", "m" not in entry or is_int(entry["m"]))  # conflicts are ordered by it
     if kind == "f":
-        for key in ("s", "m", "a", "n", "g"):
+        for key in ("s", "m", "a", "n"):
             need(key, is_int(entry.get(key)))
+        need("g", is_hex(entry.get("g"), 64))  # kek_commit of the wrapping KEK
         need("s", entry["s"] >= 0)
         need("a", entry["a"] >= 0)
         need("n", entry["n"] >= 0)
@@ -999,15 +1404,15 @@ def safe_mkdirs(root: Path, rel_dir: str) -> Path:
     return current
 
 
-def write_file(stage: Path, remote: Path, path: str, entry: Entry, ring: KeyRing,
+def write_file(stage: Path, remote: Path, path: str, entry: Entry, chain: Chain,
                src: BinaryIO) -> None:
     """Decrypt one file to a temp file beside its target, verify, then rename into place."""
     parent = safe_mkdirs(stage, posixpath.dirname(path))
     target = parent / posixpath.basename(path)
-    kek = ring.keks.get(entry["g"])
+    kek = chain.keks.get(entry["g"])
     where = f"{q(path)} (data/{entry['o']})"
     if kek is None:
-        raise IntegrityFailure(f"{where}: its key is wrapped under generation {entry['g']}, "
+        raise IntegrityFailure(f"{where}: its key is wrapped under the KEK {entry['g'][:16]}..., "
                                "which this kit cannot open")
     try:
         dek = unwrap_dek(kek, unb64(entry["k"]), bytes.fromhex(entry["i"]))
@@ -1058,7 +1463,7 @@ def force_remove(tree: Path) -> None:
     shutil.rmtree(tree, ignore_errors=True)
 
 
-def build(stage: Path, remote: Path, view: dict[str, Entry], ring: KeyRing) -> None:
+def build(stage: Path, remote: Path, view: dict[str, Entry], chain: Chain) -> None:
     """Everything into the staging folder: folders, then files, then symlinks."""
     for path in sorted(p for p, e in view.items() if e["t"] == "d"):
         safe_mkdirs(stage, path)
@@ -1074,7 +1479,7 @@ def build(stage: Path, remote: Path, view: dict[str, Entry], ring: KeyRing) -> N
             raise IntegrityFailure(f"data/{object_id} is missing (it holds {q(paths[0])})")
         with open(data_path, "rb") as src:
             for path in paths:
-                write_file(stage, remote, path, view[path], ring, src)
+                write_file(stage, remote, path, view[path], chain, src)
     for path in sorted(p for p, e in view.items() if e["t"] == "l"):
         entry = view[path]
         parent = safe_mkdirs(stage, posixpath.dirname(path))
@@ -1096,14 +1501,16 @@ def restore(remote: Path, kit_path: Path, out: Path, passphrase_env: str) -> dic
         raise Failure(f"{out} must be an empty or missing folder")
     # everything that can fail on the vault's contents before anything is written ...
     vault = read_descriptor(remote)
-    kit = read_kit(kit_path, vault, passphrase_env)
-    ring = load_keys(remote, vault, kit)
-    state = load_manifest(remote, ring)
+    kit = read_kit(kit_path, passphrase_env)
+    chain = load_keys(remote, vault, kit)
+    state, skipped = load_manifest(remote, chain)
+    for reason in skipped:
+        print(f"{PROG}: warning: {reason}", file=sys.stderr)
     for path, siblings in state.paths.items():
         check_path(path)
         for entry in siblings.values():
             check_entry(path, entry)
-    resolve_siblings(state, ring.labels)
+    resolve_siblings(state, chain.labels)
     view = final_view(state)
     for path in view:
         check_path(path)  # conflict names too
@@ -1120,7 +1527,7 @@ def restore(remote: Path, kit_path: Path, out: Path, passphrase_env: str) -> dic
     moved: list[str] = []
     try:
         os.mkdir(stage, 0o700)
-        build(stage, remote, view, ring)
+        build(stage, remote, view, chain)
         # ... and only then move the top-level entries into OUT (renames on one file system)
         for name in sorted(os.listdir(stage)):
             if os.path.lexists(out / name):
@@ -1155,7 +1562,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog=PROG, description="Restore a cloudguard vault (format 1) from a "
+    parser = Parser(prog=PROG, description="Restore a cloudguard vault (format 2) from a "
                     "local copy of its remote folder and a recovery kit, without cloudguard.")
     parser.add_argument("--remote-dir", required=True, type=Path,
                         help="a local copy of the remote folder (holds cloudguard.json)")

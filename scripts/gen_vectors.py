@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Generate tests/vectors.json: fixed-input test vectors for format v1 (docs/format.md).
+"""Generate tests/vectors.json: fixed-input test vectors for format v2 (docs/format.md).
 
-Every random input (keys, file ids, nonces, ephemeral keys, salts) is fixed here and passed
-explicitly into cloudguard.format, so the output is deterministic. tests/test_format.py
+Every random input (keys, file ids, nonces, ephemeral keys, salts, member secrets) is fixed
+here and passed explicitly into cloudguard.format and cloudguard.chain, so the output is
+deterministic (Ed25519 signatures are deterministic too). tests/test_format.py
 recomputes every vector from the inputs stored in the JSON and checks that this script still
 reproduces the file byte for byte; a format change therefore fails the tests until the vectors
 are regenerated on purpose:
@@ -28,8 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey  # noqa: E402
 
+from cloudguard import chain  # noqa: E402
 from cloudguard import format as fmt  # noqa: E402
 
 VECTORS_PATH = ROOT / "tests" / "vectors.json"
@@ -111,75 +114,183 @@ def wrap_dek_vectors() -> list[dict[str, str]]:
     return out
 
 
+def _secret(label: str) -> bytes:
+    """A fixed 64-byte member secret: X25519 private key || Ed25519 seed."""
+    return _h(f"{label} x25519") + _h(f"{label} ed25519")
+
+
+def _signer(secret: bytes) -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(secret[32:])
+
+
+def _x25519(secret: bytes) -> X25519PrivateKey:
+    return X25519PrivateKey.from_private_bytes(secret[:32])
+
+
+SEGMENT_VAULT = _h("segment vault id").hex()
+
+
 def segment_vectors() -> list[dict[str, Any]]:
     kek = _h("manifest kek")
+    signer = _secret("segment writer")
+    device = "0123456789abcdef"
     cases: list[tuple[int, str, dict[str, Any]]] = [
-        (0, "manifest/head", {}),
-        (7, "manifest/0007-a1b2", {"files": {"docs/Ärger.txt": {"size": 3, "v": [1, 2]}},
-                                  "gen": 7, "ok": True, "none": None, "pi": 3.5}),
-        (2**32 - 1, "m", {"x": "y" * 1000}),
+        (0, f"m/{device}-000000000001.d",
+         {"kind": "delta", "device": device, "seq": 1, "deps": {}, "dh": {}, "prev": None,
+          "created": "2024-01-01T00:00:00Z", "ops": []}),
+        (7, f"m/{device}-000000000002.s",
+         {"kind": "snapshot", "device": device, "seq": 2, "ctx": {device: 2},
+          "created": "2024-01-02T00:00:00Z",
+          "paths": {"docs/Ärger.txt": {f"{device}:1": {"t": "d", "x": 0o755}}}}),
+        (2**32 - 1, f"m/{device}-000000000003.d", {"x": "y" * 10000, "pi": 3.5, "ok": True}),
     ]
     out = []
-    for i, (generation, name, payload) in enumerate(cases):
+    for i, (head_pos, name, payload) in enumerate(cases):
         nonce = _h(f"segment nonce {i}", 12)
-        sealed = fmt.seal_segment(kek, generation, name, payload, nonce=nonce)
-        out.append({"kek": kek.hex(), "generation": generation, "name": name,
-                    "payload": payload, "nonce": nonce.hex(), "sealed": sealed.hex()})
+        head_id = _h(f"segment head {i}").hex()
+        sealed = fmt.seal_segment(kek, head_pos, head_id, SEGMENT_VAULT, name, payload,
+                                  _signer(signer), nonce=nonce)
+        out.append({"kek": kek.hex(), "head_pos": head_pos, "head_id": head_id,
+                    "vault_id": SEGMENT_VAULT, "name": name, "payload": payload,
+                    "signer_secret": signer.hex(),
+                    "signer_public": fmt.public_bytes(_signer(signer)).hex(),
+                    "nonce": nonce.hex(), "sealed": sealed.hex()})
     return out
 
 
 def slot_vectors() -> list[dict[str, Any]]:
     out = []
-    for i, (vault_id, generation, rid) in enumerate([("v-0123", 1, "device-a"),
-                                                     ("v-0123", 42, "recovery")]):
+    for i, (vault_id, pos, parent, rid) in enumerate([
+            ("", 0, None, "0123456789abcdef"),
+            (SEGMENT_VAULT, 42, _h("slot parent").hex(), "fedcba9876543210")]):
         recipient = _h(f"slot recipient {i}")
         ephemeral = _h(f"slot ephemeral {i}")
         secret = _h(f"slot secret {i}")
+        ctx = chain.context(vault_id, pos, parent)
         pub = fmt.public_bytes(X25519PrivateKey.from_private_bytes(recipient))
-        slot = fmt.wrap_to_recipient(pub, secret, vault_id, generation, rid,
+        slot = fmt.wrap_to_recipient(pub, secret, ctx, rid,
                                      ephemeral=X25519PrivateKey.from_private_bytes(ephemeral))
         out.append({"recipient_private": recipient.hex(), "recipient_public": pub.hex(),
                     "ephemeral_private": ephemeral.hex(), "secret": secret.hex(),
-                    "vault_id": vault_id, "generation": generation, "rid": rid, "slot": slot})
+                    "vault_id": vault_id, "pos": pos, "parent": parent, "ctx": ctx.hex(),
+                    "rid": rid, "slot": slot})
     return out
 
 
 def sealed_json_vectors() -> list[dict[str, Any]]:
     out = []
+    ctx = chain.context(SEGMENT_VAULT, 3, _h("sealed parent").hex())
     for i, (info, aad, payload) in enumerate([
-        (b"cloudguard/v1/test", b"", {}),
-        (b"cloudguard/v1/test", b"vault v-0123", {"a": [1, "b"], "c": {"d": None}}),
+        (b"cloudguard/v2/names", chain.context("", 0, None), {"0123456789abcdef": "laptop"}),
+        (b"cloudguard/v2/history", ctx,
+         {fmt.kek_commit(_h("old kek")): fmt.b64(_h("old kek"))}),
+        (b"cloudguard/v2/names", ctx, {"0123456789abcdef": "lä ptop ✓", "fedcba9876543210": ""}),
     ]):
         key_material, nonce = _h(f"json key {i}"), _h(f"json nonce {i}", 12)
         sealed = fmt.seal_json(key_material, info, aad, payload, nonce=nonce)
-        out.append({"key_material": key_material.hex(), "info": info.hex(), "aad": aad.hex(),
-                    "payload": payload, "nonce": nonce.hex(), "sealed": sealed})
+        out.append({"key_material": key_material.hex(), "info": info.decode(),
+                    "aad": aad.hex(), "payload": payload, "nonce": nonce.hex(),
+                    "sealed": sealed})
     return out
+
+
+def kek_commit_vectors() -> list[dict[str, str]]:
+    keks = [bytes(32), _h("commitment kek")]
+    return [{"kek": k.hex(), "kek_commit": fmt.kek_commit(k)} for k in keks]
+
+
+DESCRIPTOR = json.dumps({"cloudguard": "vault", "format": 2, "chunk_size": 65536,
+                         "padding": "padme", "created": "2024-01-01T00:00:00Z",
+                         "salt": _h("descriptor salt", 16).hex()}, indent=1, sort_keys=True)
+
+
+def make_commit(vault_id: str, pos: int, parent: str | None, action: str, signer: bytes,
+                signer_rid: str, members: dict[str, tuple[str, bytes]], kek: bytes,
+                epoch: int, names: dict[str, str], history: dict[str, bytes],
+                created: str, label: str) -> dict[str, Any]:
+    """One commit and its key object, as chain.build makes them but with fixed randomness:
+    an ephemeral X25519 key per slot and the nonces of the sealed names and history."""
+    ctx = chain.context(vault_id if pos else "", pos, parent)
+    ephemerals = {rid: _h(f"{label} ephemeral {rid}") for rid in members}
+    history_nonce, names_nonce = _h(f"{label} history nonce", 12), _h(f"{label} names nonce", 12)
+    slots = {rid: fmt.wrap_to_recipient(fmt.public_bytes(_x25519(sec)), kek, ctx, rid,
+                                        ephemeral=X25519PrivateKey.from_private_bytes(
+                                            ephemerals[rid]))
+             for rid, (_kind, sec) in members.items()}
+    sealed_history = fmt.seal_json(kek, b"cloudguard/v2/history", ctx,
+                                   {c: fmt.b64(k) for c, k in sorted(history.items())},
+                                   nonce=history_nonce)
+    keyobj = json.dumps({"slots": slots, "history": sealed_history}, sort_keys=True,
+                        indent=1).encode()
+    body = {"type": "cloudguard/commit", "format": 2, "vault": vault_id if pos else None,
+            "pos": pos, "parent": parent, "merges": [], "action": action,
+            "signer": signer_rid, "created": created,
+            "members": {rid: {"kind": kind, "x": fmt.b64(fmt.public_bytes(_x25519(sec))),
+                              "s": fmt.b64(fmt.public_bytes(_signer(sec)))}
+                        for rid, (kind, sec) in sorted(members.items())},
+            "removed": {}, "epoch": epoch, "kek": fmt.kek_commit(kek),
+            "keyobj": hashlib.sha256(keyobj).hexdigest(),
+            "names": fmt.seal_json(kek, b"cloudguard/v2/names", ctx, names, nonce=names_nonce),
+            "descriptor": hashlib.sha256(DESCRIPTOR.encode()).hexdigest()}
+    data, raw = chain.encode_signed(chain.COMMIT_MAGIC, body, _signer(signer),
+                                    b"cloudguard/v2/commit")
+    cid = chain.commit_id(raw)
+    return {"name": chain.commit_name(pos, cid), "id": cid, "ctx": ctx.hex(),
+            "ephemerals": {rid: e.hex() for rid, e in ephemerals.items()},
+            "history_nonce": history_nonce.hex(), "names_nonce": names_nonce.hex(),
+            "body": raw.decode(), "commit": data.hex(), "keyobj": keyobj.decode()}
+
+
+def chain_vectors() -> dict[str, Any]:
+    """A genesis by a device and an add commit, signed by it, that adds a recovery kit."""
+    device, kit = _secret("chain device"), _secret("chain kit")
+    device_rid, kit_rid = "0123456789abcdef", "fedcba9876543210"
+    kek = _h("chain kek")
+    genesis = make_commit("", 0, None, "genesis", device, device_rid,
+                          {device_rid: ("device", device)}, kek, 1, {device_rid: "laptop"}, {},
+                          "2024-01-01T00:00:00Z", "genesis")
+    vault_id = genesis["id"]
+    add = make_commit(vault_id, 1, vault_id, "add", device, device_rid,
+                      {device_rid: ("device", device), kit_rid: ("kit", kit)}, kek, 1,
+                      {device_rid: "laptop", kit_rid: "kit"}, {}, "2024-01-01T00:01:00Z", "add")
+    return {"descriptor": DESCRIPTOR, "kek": kek.hex(),
+            "members": {device_rid: {"kind": "device", "secret": device.hex()},
+                        kit_rid: {"kind": "kit", "secret": kit.hex()}},
+            "vault_id": vault_id, "commits": [genesis, add]}
+
+
+def enrolment_vectors() -> list[dict[str, Any]]:
+    out = []
+    for i, (name, created) in enumerate([("desk", "2024-01-01T00:00:00Z"),
+                                         ("Bürorechner ✓", "2024-02-29T23:59:59Z")]):
+        secret = _secret(f"enrolment {i}")
+        vault_id, rid = _h(f"enrolment vault {i}").hex(), _h(f"enrolment rid {i}", 8).hex()
+        request = chain.make_request(vault_id, rid, name, created, chain.Secret.from_raw(secret))
+        out.append({"secret": secret.hex(), "vault_id": vault_id, "rid": rid, "name": name,
+                    "created": created, "request": request.hex(),
+                    "fingerprint": chain.read_request(request).fingerprint})
+    return out
+
+
+def vault_code_vectors() -> list[dict[str, str]]:
+    ids = ["0" * 64, _h("vault code").hex()]
+    return [{"vault_id": v, "code": fmt.vault_code(v)} for v in ids]
 
 
 def passphrase_vectors() -> list[dict[str, Any]]:
     out = []
     for i, (passphrase, meta) in enumerate([
-        ("correct horse battery staple", {"type": "recovery-kit", "vault": "v-0123"}),
-        ("pässwörd ✓", {}),
+        ("correct horse battery staple",
+         {"cloudguard": "recovery-kit", "format": 2, "vault": _h("kit vault").hex(),
+          "rid": "fedcba9876543210", "anchor": _h("kit anchor").hex()}),
+        ("pässwörd ✓", {"cloudguard": "device-key", "account": "vault/device"}),
     ]):
-        secret, salt = _h(f"kit secret {i}"), _h(f"kit salt {i}", 16)
+        secret, salt = _secret(f"kit secret {i}"), _h(f"kit salt {i}", 16)
         nonce = _h(f"kit nonce {i}", 12)
         doc = fmt.seal_with_passphrase(secret, passphrase, meta, log_n=10, salt=salt, nonce=nonce)
         out.append({"secret": secret.hex(), "passphrase": passphrase, "meta": meta, "log_n": 10,
                     "salt": salt.hex(), "nonce": nonce.hex(), "doc": doc})
     return out
-
-
-def fingerprint_vectors() -> list[dict[str, str]]:
-    pubs = [bytes(32), _h("fingerprint pub")]
-    pubs.append(fmt.public_bytes(X25519PrivateKey.from_private_bytes(_h("fingerprint key"))))
-    return [{"public": p.hex(), "fingerprint": fmt.fingerprint(p)} for p in pubs]
-
-
-def key_commitment_vectors() -> list[dict[str, str]]:
-    keks = [bytes(32), _h("commitment kek")]
-    return [{"kek": k.hex(), "key_commitment": fmt.key_commitment(k)} for k in keks]
 
 
 def build() -> dict[str, Any]:
@@ -193,9 +304,11 @@ def build() -> dict[str, Any]:
         "segments": segment_vectors(),
         "slots": slot_vectors(),
         "sealed_json": sealed_json_vectors(),
+        "kek_commit": kek_commit_vectors(),
+        "chain": chain_vectors(),
+        "enrolment": enrolment_vectors(),
+        "vault_code": vault_code_vectors(),
         "passphrase": passphrase_vectors(),
-        "fingerprint": fingerprint_vectors(),
-        "key_commitment": key_commitment_vectors(),
     }
 
 

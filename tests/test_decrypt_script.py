@@ -9,6 +9,7 @@ leave nothing in its output folder.
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import os
 import shutil
@@ -21,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import PASSPHRASE, cg, tree
+from helpers import PASSPHRASE, cg, cg_json, tree
 
+from cloudguard import chain, vault
 from cloudguard import format as fmt
 from cloudguard import keys as keymod
+from cloudguard.state import find_binding
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "cloudguard-decrypt.py"
 MiB = 1024 * 1024
@@ -165,21 +168,31 @@ def test_restores_everything_unpadded(local_remote: str, tmp_path: Path) -> None
     assert sizes[-1] == 84 + 4 * MiB + 1 + 16 * 65  # the stand-alone blob, unpadded
 
 
+def keys_listing(remote: str | Path) -> tuple[list[str], list[str]]:
+    """(commits, key objects) in keys/, by name."""
+    names = sorted(os.listdir(Path(remote) / "keys"))
+    return [n for n in names if not n.endswith(".k")], [n for n in names if n.endswith(".k")]
+
+
 def test_after_rotations(local_remote: str, tmp_path: Path) -> None:
     a, kit = new_vault(tmp_path, local_remote)
     cg("key", "rotate", "--folder", str(a))
-    kit2 = tmp_path / "kit2.json"  # exported after the rotation: no slot in generation 1
+    kit2 = tmp_path / "kit2.json"  # exported after the rotation: not a member before it
     cg("key", "export", str(kit2), "--folder", str(a), "--choose-passphrase")
-    write(a / "after-rotation.txt", b"new under generation 2\n", T0 + 5)
+    write(a / "after-rotation.txt", b"new under epoch 2\n", T0 + 5)
     write(a / "small.txt", b"changed\n", T0 + 6)
     cg("push", "--folder", str(a))
-    assert sorted(os.listdir(Path(local_remote) / "keys")) == ["00000001", "00000002"]
+    commits, keyobjs = keys_listing(local_remote)
+    # genesis, add kit, rotate, add kit2: every commit keeps its key object
+    assert [c[:8] for c in commits] == ["00000000", "00000001", "00000002", "00000003"]
+    assert len(keyobjs) == 4
     assert restored(local_remote, kit, tmp_path / "out1") == tree(a)
     assert restored(local_remote, kit2, tmp_path / "out2") == tree(a)
 
     objects_before = set(os.listdir(Path(local_remote) / "data"))
     cg("key", "rotate", "--reencrypt", "--folder", str(a))
-    assert os.listdir(Path(local_remote) / "keys") == ["00000003"]
+    commits, keyobjs = keys_listing(local_remote)
+    assert len(commits) == 5 and keyobjs == [commits[-1] + ".k"]  # commits are never deleted
     assert not objects_before & set(os.listdir(Path(local_remote) / "data"))
     assert restored(local_remote, kit, tmp_path / "out3") == tree(a)
     assert restored(local_remote, kit2, tmp_path / "out4") == tree(a)
@@ -264,16 +277,39 @@ def test_tampering_fails_with_exit_3_and_writes_nothing(built: Built, tmp_path: 
         doc = json.loads((r / "cloudguard.json").read_text())
         (r / "cloudguard.json").write_text(json.dumps({**doc, "padding": "none"}))
 
+    commits, _keyobjs = keys_listing(original)
+    genesis, head = "keys/" + commits[0], "keys/" + commits[-1]
+
     def add_slot(r: Path) -> None:
-        path = r / "keys" / "00000001"
+        path = r / (head + ".k")
         doc = json.loads(path.read_text())
-        doc["slots"].append({**doc["slots"][0], "rid": "0123456789abcdef"})
+        doc["slots"]["0123456789abcdef"] = next(iter(doc["slots"].values()))
         path.write_text(json.dumps(doc))
 
+    def tamper_commit(r: Path) -> None:
+        flip(r / head, 40)  # inside the signed body
+
+    def delete_genesis(r: Path) -> None:
+        os.unlink(r / genesis)
+
+    def outsider_commit(r: Path) -> None:
+        forge_commit(r, kit, chain.Secret.generate(), "0123456789abcdef")
+
+    def outsider_segment(r: Path) -> None:
+        add_delta(r, kit, [], writer=(chain.Secret.generate(), "0123456789abcdef"))
+
+    def kit_segment_signed_by_another(r: Path) -> None:
+        add_delta(r, kit, [], writer=(chain.Secret.generate(), None))
+
+    outsider = "m/0123456789abcdef-000000000001.d"
     cases = [(tamper_big, "stand-alone.bin"), (tamper_pack, "data/" + pack),
              (truncate_big, "stand-alone.bin"), (delete_big, "data/" + big),
              (tamper_segment, segment), (delete_first_delta, "is missing"),
-             (alter_descriptor, "cloudguard.json"), (add_slot, "keys/00000001")]
+             (alter_descriptor, "cloudguard.json"), (add_slot, head + ".k"),
+             (tamper_commit, head), (delete_genesis, genesis),
+             (outsider_commit, "not a member of the parent"),
+             (outsider_segment, outsider + " was written by 0123456789abcdef, who is not a member"),
+             (kit_segment_signed_by_another, "bad signature")]
     for i, (tamper, named) in enumerate(cases):
         copy = copy_of(built, tmp_path / f"copy{i}")
         tamper(copy)
@@ -304,28 +340,56 @@ def test_other_errors_exit_1(built: Built, tmp_path: Path) -> None:
 
     copy = copy_of(built, tmp_path / "copy")
     doc = json.loads((copy / "cloudguard.json").read_text())
-    (copy / "cloudguard.json").write_text(json.dumps({**doc, "format": 2}))
+    (copy / "cloudguard.json").write_text(json.dumps({**doc, "format": 3}))
     unknown = decrypt(copy, kit, out)
-    assert unknown.returncode == 1 and "format 2" in unknown.stderr
+    assert unknown.returncode == 1 and "format 3" in unknown.stderr
     usage = subprocess.run([sys.executable, str(SCRIPT), "--kit", str(kit)],
                            capture_output=True, text=True, check=False)
     assert usage.returncode == 1
     assert_nothing_written(out)
 
 
-def add_delta(remote: Path, kit: Path, ops: list[dict[str, Any]]) -> None:
-    """Append a validly sealed delta from a made-up device: what a malicious member could
-    write. Uses the package only to build the test input."""
-    vault_id, rid, priv = keymod.read_kit(kit, PASSPHRASE)
-    number = max(int(n) for n in os.listdir(remote / "keys"))
-    raw = (remote / "keys" / f"{number:08d}").read_bytes()
-    opened = keymod.open_generation(vault_id, number, raw, rid, priv, None)
-    assert opened is not None
-    device = "f" * 16
+def open_chain(remote: Path, kit: Path) -> tuple[keymod.Kit, chain.View, bytes]:
+    """The kit, the verified chain and the head's KEK, read with the package (test input only)."""
+    opened = keymod.read_kit(kit, PASSPHRASE)
+    names = [f"keys/{n}" for n in os.listdir(remote / "keys")]
+    descriptor = hashlib.sha256((remote / "cloudguard.json").read_bytes()).hexdigest()
+
+    def fetch(name: str) -> bytes:
+        return (remote / name).read_bytes()
+
+    view = chain.verify(opened.vault, names, fetch, set(), descriptor)
+    kek = chain.open_keys(view, view.head, fetch(view.head.name + ".k"), opened.rid,
+                          opened.secret.x)
+    return opened, view, kek
+
+
+def forge_commit(remote: Path, kit: Path, signer: chain.Secret, rid: str) -> None:
+    """A rotation on the head signed by someone who is not a member."""
+    _opened, view, _kek = open_chain(remote, kit)
+    head = view.head
+    body = json.loads(head.body)
+    body.update({"pos": head.pos + 1, "parent": head.id, "action": "rotate", "signer": rid,
+                 "epoch": head.epoch + 1, "kek": fmt.kek_commit(os.urandom(32)),
+                 "vault": view.vault_id})
+    data, raw = chain.encode_signed(chain.COMMIT_MAGIC, body, signer.s, b"cloudguard/v2/commit")
+    (remote / chain.commit_name(head.pos + 1, chain.commit_id(raw))).write_bytes(data)
+
+
+def add_delta(remote: Path, kit: Path, ops: list[dict[str, Any]],
+              writer: tuple[chain.Secret, str | None] | None = None) -> None:
+    """Append a validly sealed delta written by the kit's member (what a malicious member could
+    write), or signed by ``writer`` (key, member id; None: the kit's id). Uses the package only
+    to build the test input."""
+    opened, view, kek = open_chain(remote, kit)
+    signer, device = opened.secret, opened.rid
+    if writer is not None:
+        signer, device = writer[0], writer[1] or opened.rid
     name = f"m/{device}-{1:012d}.d"
-    payload = {"kind": "delta", "device": device, "seq": 1, "deps": {}, "prev": None,
+    payload = {"kind": "delta", "device": device, "seq": 1, "deps": {}, "dh": {}, "prev": None,
                "created": "2024-01-01T00:00:00Z", "ops": ops}
-    (remote / name).write_bytes(fmt.seal_segment(opened.kek, number, name, payload))
+    (remote / name).write_bytes(fmt.seal_segment(kek, view.head.pos, view.head.id,
+                                                 view.vault_id, name, payload, signer.s))
 
 
 def test_hostile_manifest_is_refused(built: Built, tmp_path: Path) -> None:
@@ -352,3 +416,41 @@ def test_hostile_manifest_is_refused(built: Built, tmp_path: Path) -> None:
         assert len(result.stderr.splitlines()) == 1
         assert_nothing_written(out)
         assert not outside.exists() and not (tmp_path / "escaped").exists()
+
+
+def test_removed_device(local_remote: str, tmp_path: Path) -> None:
+    """A removed device's writes up to its cutoff stay (here in the remover's snapshot); a
+    segment it signs after its removal is refused with a warning, and the rest restored."""
+    a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
+    a.mkdir()
+    write(a / "from-a.txt", b"a\n")
+    cg("init", str(a), "--remote", local_remote, "--name", "laptop")
+    cg("push", "--folder", str(a))
+    cg("key", "export", str(kit), "--folder", str(a), "--choose-passphrase")
+    cg("clone", local_remote, str(b), "--key-file", str(kit), "--name", "desk")
+    write(b / "from-b.txt", b"b\n", T0 + 1)
+    cg("push", "--folder", str(b))
+    cg("pull", "--folder", str(a))
+    desk_secret = vault._device_key(find_binding(str(b))).load()
+    listed = cg_json("device", "list", "--folder", str(a))
+    desk = next(m["id"] for m in listed["members"] if m["name"] == "desk")
+    cg("device", "remove", desk, "--folder", str(a))
+    assert restored(local_remote, kit, tmp_path / "out1") == tree(a)
+    assert tree(a)["from-b.txt"][1] == b"b\n"
+
+    # a late write, signed by the removed device under a commit it was a member of
+    remote = Path(local_remote)
+    _opened, view, _kek = open_chain(remote, kit)
+    assert view.removed[desk].seq == 1
+    before = view.commits[str(view.head.parent)]
+    name = f"m/{desk}-{2:012d}.d"
+    payload = {"kind": "delta", "device": desk, "seq": 2, "deps": {desk: 1}, "dh": {},
+               "prev": None, "created": "2024-01-01T00:00:00Z",
+               "ops": [{"p": "from-a.txt", "e": None, "rm": []}]}
+    (remote / name).write_bytes(fmt.seal_segment(view.keks[before.kek], before.pos, before.id,
+                                                 view.vault_id, name, payload, desk_secret.s))
+    out = tmp_path / "out2"
+    result = decrypt(remote, kit, out)
+    assert result.returncode == 0, result.stderr
+    assert name in result.stderr and "after its removal" in result.stderr
+    assert tree(out) == tree(a)

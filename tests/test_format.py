@@ -1,8 +1,9 @@
-"""Format v1 (cloudguard/format.py, docs/format.md): vectors, an independent reading of the
+"""Format v2 (cloudguard/format.py, docs/format.md): vectors, an independent reading of the
 byte layout, tampering, padding and memory use."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import importlib.util
 import io
@@ -18,11 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from cloudguard import chain
 from cloudguard import format as fmt
 from cloudguard.errors import FileChangedError, IntegrityError
 
@@ -90,7 +97,7 @@ def test_vectors_file_is_what_the_generator_writes() -> None:
 
 
 def test_vector_coverage() -> None:
-    assert VECTORS["format_version"] == fmt.VERSION == 1
+    assert VECTORS["format_version"] == fmt.VERSION == 2
     have = {(v["size"], v["padding"]) for v in BLOBS}
     for size in (0, 1, 65535, 65536, 65537, 150000):
         assert {(size, True), (size, False)} <= have
@@ -145,13 +152,22 @@ def test_wrap_dek_vectors() -> None:
         assert fmt.unwrap_dek(kek, wrapped, file_id) == dek
 
 
+def _signer(secret_hex: str) -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(secret_hex)[32:])
+
+
 def test_segment_vectors() -> None:
     for vec in VECTORS["segments"]:
         kek, nonce = bytes.fromhex(vec["kek"]), bytes.fromhex(vec["nonce"])
-        sealed = fmt.seal_segment(kek, vec["generation"], vec["name"], vec["payload"], nonce=nonce)
+        signer = _signer(vec["signer_secret"])
+        assert fmt.public_bytes(signer).hex() == vec["signer_public"]
+        sealed = fmt.seal_segment(kek, vec["head_pos"], vec["head_id"], vec["vault_id"],
+                                  vec["name"], vec["payload"], signer, nonce=nonce)
         assert sealed.hex() == vec["sealed"]
-        assert fmt.segment_generation(sealed) == vec["generation"]
-        assert fmt.open_segment(kek, vec["name"], sealed) == vec["payload"]
+        assert fmt.segment_head(sealed) == (vec["head_pos"], vec["head_id"])
+        fmt.verify_segment(sealed, vec["vault_id"], vec["name"],
+                           bytes.fromhex(vec["signer_public"]))
+        assert fmt.open_segment(kek, vec["vault_id"], vec["name"], sealed) == vec["payload"]
 
 
 def test_slot_vectors() -> None:
@@ -159,17 +175,20 @@ def test_slot_vectors() -> None:
         priv = X25519PrivateKey.from_private_bytes(bytes.fromhex(vec["recipient_private"]))
         pub = fmt.public_bytes(priv)
         assert pub.hex() == vec["recipient_public"] == fmt.public_bytes(priv.public_key()).hex()
+        ctx = chain.context(vec["vault_id"], vec["pos"], vec["parent"])
+        assert ctx.hex() == vec["ctx"]
         eph = X25519PrivateKey.from_private_bytes(bytes.fromhex(vec["ephemeral_private"]))
-        slot = fmt.wrap_to_recipient(pub, bytes.fromhex(vec["secret"]), vec["vault_id"],
-                                     vec["generation"], vec["rid"], ephemeral=eph)
+        slot = fmt.wrap_to_recipient(pub, bytes.fromhex(vec["secret"]), ctx, vec["rid"],
+                                     ephemeral=eph)
         assert slot == vec["slot"]
-        secret = fmt.unwrap_from_slot(priv, vec["slot"], vec["vault_id"], vec["generation"])
+        secret = fmt.unwrap_from_slot(priv, vec["slot"], ctx, vec["rid"])
         assert secret.hex() == vec["secret"]
 
 
 def test_sealed_json_vectors() -> None:
     for vec in VECTORS["sealed_json"]:
-        km, info, aad = (bytes.fromhex(vec[k]) for k in ("key_material", "info", "aad"))
+        km, aad = bytes.fromhex(vec["key_material"]), bytes.fromhex(vec["aad"])
+        info = vec["info"].encode()
         sealed = fmt.seal_json(km, info, aad, vec["payload"], nonce=bytes.fromhex(vec["nonce"]))
         assert sealed == vec["sealed"]
         assert fmt.open_json(km, info, aad, vec["sealed"]) == vec["payload"]
@@ -183,17 +202,97 @@ def test_passphrase_vectors() -> None:
                                        nonce=bytes.fromhex(vec["nonce"]))
         assert doc == vec["doc"]
         # the document survives a JSON round trip (it is stored as JSON)
-        assert fmt.open_with_passphrase(json.loads(json.dumps(vec["doc"])),
-                                        vec["passphrase"]).hex() == vec["secret"]
+        secret = fmt.open_with_passphrase(json.loads(json.dumps(vec["doc"])), vec["passphrase"])
+        assert secret.hex() == vec["secret"] and len(secret) == 64
+        assert chain.Secret.from_raw(secret).raw() == secret
 
 
-def test_fingerprint_and_commitment_vectors() -> None:
-    for vec in VECTORS["fingerprint"]:
-        fp = fmt.fingerprint(bytes.fromhex(vec["public"]))
-        assert fp == vec["fingerprint"]
-        assert len(fp) == 19 and fp.count("-") == 3
-    for vec in VECTORS["key_commitment"]:
-        assert fmt.key_commitment(bytes.fromhex(vec["kek"])) == vec["key_commitment"]
+def test_kek_commit_and_vault_code_vectors() -> None:
+    for vec in VECTORS["kek_commit"]:
+        assert fmt.kek_commit(bytes.fromhex(vec["kek"])) == vec["kek_commit"]
+        assert len(vec["kek_commit"]) == 64
+    for vec in VECTORS["vault_code"]:
+        code = fmt.vault_code(vec["vault_id"])
+        assert code == vec["code"]
+        assert len(code) == 29 and code.count("-") == 5
+
+
+def test_enrolment_vectors() -> None:
+    for vec in VECTORS["enrolment"]:
+        me = chain.Secret.from_raw(bytes.fromhex(vec["secret"]))
+        request = chain.make_request(vec["vault_id"], vec["rid"], vec["name"], vec["created"], me)
+        assert request.hex() == vec["request"]
+        got = chain.read_request(request)
+        assert got.fingerprint == vec["fingerprint"] == fmt.fingerprint(request[8:-64])
+        assert (got.vault, got.rid, got.name, got.created) == (
+            vec["vault_id"], vec["rid"], vec["name"], vec["created"])
+        assert got.keys == me.public("device")
+        assert len(got.fingerprint) == 29 and got.fingerprint.count("-") == 5
+
+
+CHAIN: dict[str, Any] = VECTORS["chain"]
+
+
+def _chain_fetch() -> tuple[dict[str, bytes], Callable[[str], bytes]]:
+    objects = {c["name"]: bytes.fromhex(c["commit"]) for c in CHAIN["commits"]}
+    objects.update({c["name"] + ".k": c["keyobj"].encode() for c in CHAIN["commits"]})
+    return objects, objects.__getitem__
+
+
+def test_chain_vectors_verify_and_open() -> None:
+    vault_id = CHAIN["vault_id"]
+    descriptor = hashlib.sha256(CHAIN["descriptor"].encode()).hexdigest()
+    objects, fetch = _chain_fetch()
+    genesis, add = CHAIN["commits"]
+    assert genesis["id"] == vault_id and genesis["name"] == f"keys/00000000-{vault_id}"
+    view = chain.verify(vault_id, list(objects), fetch, set(), descriptor)
+    assert set(view.commits) == {genesis["id"], add["id"]} and view.head.id == add["id"]
+    assert not view.deferred and not view.void
+    kek = bytes.fromhex(CHAIN["kek"])
+    for rid, member in CHAIN["members"].items():
+        me = chain.Secret.from_raw(bytes.fromhex(member["secret"]))
+        assert view.members[rid] == me.public(member["kind"])
+        opened = chain.open_keys(view, view.head, fetch(add["name"] + ".k"), rid, me.x)
+        assert opened == kek
+        assert view.keks == {fmt.kek_commit(kek): kek}
+    assert view.names == {"0123456789abcdef": "laptop", "fedcba9876543210": "kit"}
+    # the wrong descriptor, or a commit that lost its genesis, does not verify
+    with pytest.raises(IntegrityError):
+        chain.verify(vault_id, list(objects), fetch, set(), "0" * 64)
+    with pytest.raises(IntegrityError):
+        chain.verify(vault_id, [add["name"]], fetch, set(), descriptor)
+
+
+def test_chain_vectors_match_build() -> None:
+    """chain.build makes the same commits apart from its random ephemeral keys and nonces."""
+    vault_id = CHAIN["vault_id"]
+    members = {rid: chain.Secret.from_raw(bytes.fromhex(m["secret"])).public(m["kind"])
+               for rid, m in CHAIN["members"].items()}
+    device_rid = next(r for r, k in members.items() if k.kind == "device")
+    device = chain.Secret.from_raw(bytes.fromhex(CHAIN["members"][device_rid]["secret"]))
+    kek = bytes.fromhex(CHAIN["kek"])
+    descriptor = hashlib.sha256(CHAIN["descriptor"].encode()).hexdigest()
+    objects, fetch = _chain_fetch()
+    genesis, add = CHAIN["commits"]
+    built, _data, keyobj = chain.build(None, "", device, device_rid, "genesis",
+                                       {device_rid: members[device_rid]}, {}, kek, 1,
+                                       {device_rid: "laptop"}, {}, descriptor,
+                                       "2024-01-01T00:00:00Z")
+    random_fields = {"names", "keyobj"}
+    want = json.loads(genesis["body"])
+    assert {k: v for k, v in json.loads(built.body).items() if k not in random_fields} == {
+        k: v for k, v in want.items() if k not in random_fields}
+    assert set(json.loads(keyobj)) == set(json.loads(genesis["keyobj"])) == {"slots", "history"}
+    view = chain.verify(vault_id, [genesis["name"]], fetch, set(), descriptor)
+    built, _data, keyobj = chain.build(view, vault_id, device, device_rid, "add", members, {},
+                                       kek, 1, {"0123456789abcdef": "laptop",
+                                                "fedcba9876543210": "kit"}, {}, descriptor,
+                                       "2024-01-01T00:01:00Z")
+    want = json.loads(add["body"])
+    assert {k: v for k, v in json.loads(built.body).items() if k not in random_fields} == {
+        k: v for k, v in want.items() if k not in random_fields}
+    assert set(json.loads(keyobj)["slots"]) == set(json.loads(add["keyobj"])["slots"])
+    assert built.ctx(vault_id).hex() == add["ctx"]
 
 
 # --- the byte layout, read independently of format.py's helpers ---------------------------
@@ -214,7 +313,7 @@ def spec_padme(length: int) -> int:
 
 def spec_keys(dek: bytes, file_id: bytes) -> tuple[bytes, bytes]:
     okm = HKDF(algorithm=hashes.SHA256(), length=64, salt=file_id,
-               info=b"cloudguard/v1/blob").derive(dek)
+               info=b"cloudguard/v2/blob").derive(dek)
     return okm[:32], okm[32:]
 
 
@@ -223,7 +322,7 @@ def spec_nonce(index: int, final: bool) -> bytes:
 
 
 def spec_aad(file_id: bytes, index: int, final: bool) -> bytes:
-    return b"cloudguard/v1/chunk\x01" + file_id + index.to_bytes(8, "big") + bytes([final])
+    return b"cloudguard/v2/chunk\x02" + file_id + index.to_bytes(8, "big") + bytes([final])
 
 
 def spec_encrypt(plain: bytes, dek: bytes, file_id: bytes, padding: bool,
@@ -233,8 +332,8 @@ def spec_encrypt(plain: bytes, dek: bytes, file_id: bytes, padding: bool,
     key, commit = spec_keys(dek, file_id)
     gcm = AESGCM(key)
     length_ct = gcm.encrypt(b"\x01" + bytes(11), struct.pack(">QQ", len(plain), padded),
-                            b"cloudguard/v1/length\x01" + file_id)
-    out = [b"CGB\x01", file_id, commit, length_ct]
+                            b"cloudguard/v2/length\x02" + file_id)
+    out = [b"CGB\x02", file_id, commit, length_ct]
     n = max(1, -(-padded // SPEC_CHUNK))
     for i in range(n):
         final = i == n - 1 if final_flags is None else final_flags(i, n)
@@ -244,13 +343,13 @@ def spec_encrypt(plain: bytes, dek: bytes, file_id: bytes, padding: bool,
 
 
 def spec_decrypt(blob: bytes, dek: bytes) -> bytes:
-    assert blob[:4] == b"CGB\x01"
+    assert blob[:4] == b"CGB\x02"
     file_id, commit, length_ct = blob[4:20], blob[20:52], blob[52:84]
     key, want_commit = spec_keys(dek, file_id)
     assert commit == want_commit
     gcm = AESGCM(key)
     size, padded = struct.unpack(">QQ", gcm.decrypt(b"\x01" + bytes(11), length_ct,
-                                                    b"cloudguard/v1/length\x01" + file_id))
+                                                    b"cloudguard/v2/length\x02" + file_id))
     assert size <= padded
     n = max(1, -(-padded // SPEC_CHUNK))
     pos, body = 84, b""
@@ -292,6 +391,118 @@ def test_final_flag_is_enforced() -> None:
     for blob in (never_final, always_final):
         with pytest.raises(IntegrityError):
             decrypt(blob, dek, fid)
+
+
+
+def spec_hkdf(ikm: bytes, info: bytes, length: int = 32, salt: bytes | None = None) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+
+
+def spec_open_segment(blob: bytes, kek: bytes, vault: str, name: str,
+                      writer: bytes) -> tuple[int, str, Any]:
+    """SEGMENT = HEADER || CT || SIG, checked in the order of "Manifest segments"."""
+    assert len(blob) >= 52 + 4096 + 16 + 64 and blob[:4] == b"CGM\x02"
+    header, ct, sig = blob[:52], blob[52:-64], blob[-64:]
+    names = vault.encode() + b"\x00" + name.encode() + b"\x00"
+    # the signature first, before anything is decrypted
+    Ed25519PublicKey.from_public_bytes(writer).verify(
+        sig, b"cloudguard/v2/segment" + b"\x00" + names + header + ct)
+    head_pos, head_id, nonce = int.from_bytes(header[4:8], "big"), header[8:40].hex(), header[40:52]
+    km = spec_hkdf(kek, b"cloudguard/v2/manifest")
+    padded = AESGCM(km).decrypt(nonce, ct, b"cloudguard/v2/segment\x00" + names + header)
+    length = int.from_bytes(padded[:4], "big")
+    z = padded[4:4 + length]
+    assert len(z) == length and padded[4 + length:] == bytes(len(padded) - 4 - length)
+    assert len(padded) == spec_padme(max(4096, 4 + length))
+    inflater = zlib.decompressobj()
+    raw = inflater.decompress(z)
+    assert inflater.eof and not inflater.unused_data
+    return head_pos, head_id, json.loads(raw)
+
+
+@pytest.mark.parametrize("vec", VECTORS["segments"], ids=lambda v: str(v["head_pos"]))
+def test_segment_layout_matches_spec(vec: dict[str, Any]) -> None:
+    blob = bytes.fromhex(vec["sealed"])
+    pos, head, payload = spec_open_segment(blob, bytes.fromhex(vec["kek"]), vec["vault_id"],
+                                           vec["name"], bytes.fromhex(vec["signer_public"]))
+    assert (pos, head, payload) == (vec["head_pos"], vec["head_id"], vec["payload"])
+    seed = bytes.fromhex(vec["signer_secret"])[32:]
+    pub = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
+    assert pub.hex() == vec["signer_public"]
+    for other in (vec["name"] + "x", vec["name"][:-1] + ("s" if vec["name"][-1] == "d" else "d")):
+        with pytest.raises(InvalidSignature):  # the name is signed
+            spec_open_segment(blob, bytes.fromhex(vec["kek"]), vec["vault_id"], other,
+                              bytes.fromhex(vec["signer_public"]))
+
+
+def spec_ctx(vault: str | None, pos: int, parent: str | None) -> bytes:
+    return (vault or "").encode() + b"\x00" + str(pos).encode() + b"\x00" + (parent or "").encode()
+
+
+def test_commit_layout_matches_spec() -> None:
+    """COMMIT = "CGC" || 0x02 || u32be(len(BODY)) || BODY || SIG, id, name and signature as
+    "The membership chain" defines them; the key object and the kit's slot too."""
+    verified: dict[str, dict[str, Any]] = {}
+    for vec in CHAIN["commits"]:
+        data = bytes.fromhex(vec["commit"])
+        assert data[:4] == b"CGC\x02"
+        length = int.from_bytes(data[4:8], "big")
+        body, sig = data[8:8 + length], data[8 + length:]
+        assert len(sig) == 64 and body.decode() == vec["body"]
+        doc = json.loads(body)
+        cid = hashlib.sha256(b"cloudguard/v2/commit-id\x00" + body).hexdigest()
+        assert cid == vec["id"] and vec["name"] == f"keys/{doc['pos']:08d}-{cid}"
+        members = doc["members"] if doc["pos"] == 0 else verified[doc["parent"]]["members"]
+        signer = base64.b64decode(members[doc["signer"]]["s"], validate=True)
+        Ed25519PublicKey.from_public_bytes(signer).verify(
+            sig, b"cloudguard/v2/commit\x00" + body)
+        assert doc["vault"] == (None if doc["pos"] == 0 else CHAIN["vault_id"])
+        assert doc["descriptor"] == hashlib.sha256(CHAIN["descriptor"].encode()).hexdigest()
+        # the key object: its hash, every member's slot, the KEK commitment
+        keyobj = vec["keyobj"].encode()
+        assert hashlib.sha256(keyobj).hexdigest() == doc["keyobj"]
+        ctx = spec_ctx(doc["vault"], doc["pos"], doc["parent"])
+        assert ctx.hex() == vec["ctx"]
+        slots = json.loads(keyobj)["slots"]
+        assert set(slots) == set(doc["members"])
+        for rid, slot in slots.items():
+            priv = X25519PrivateKey.from_private_bytes(
+                bytes.fromhex(CHAIN["members"][rid]["secret"])[:32])
+            epk = base64.b64decode(slot["epk"], validate=True)
+            pub = priv.public_key().public_bytes_raw()
+            assert base64.b64decode(doc["members"][rid]["x"]) == pub
+            ks = spec_hkdf(priv.exchange(X25519PublicKey.from_public_bytes(epk)),
+                           b"cloudguard/v2/slot", salt=epk + pub)
+            kek = AESGCM(ks).decrypt(bytes(12), base64.b64decode(slot["ct"]),
+                                     b"cloudguard/v2/slot\x00" + ctx + b"\x00" + rid.encode())
+            assert kek.hex() == CHAIN["kek"]
+            assert spec_hkdf(kek, b"cloudguard/v2/kek-commit").hex() == doc["kek"]
+        names = base64.b64decode(doc["names"], validate=True)
+        opened = AESGCM(spec_hkdf(kek, b"cloudguard/v2/names")).decrypt(names[:12], names[12:],
+                                                                        ctx)
+        assert set(json.loads(opened)) == set(doc["members"])
+        verified[cid] = doc
+    assert CHAIN["commits"][0]["id"] == CHAIN["vault_id"]
+
+
+def test_fingerprint_and_code_match_spec() -> None:
+    def group4(text: str) -> str:
+        return "-".join(text[i:i + 4] for i in range(0, 24, 4))
+
+    for vec in VECTORS["enrolment"]:
+        request = bytes.fromhex(vec["request"])
+        assert request[:4] == b"CGE\x02"
+        body = request[8:8 + int.from_bytes(request[4:8], "big")]
+        assert len(request) == 8 + len(body) + 64
+        digest = hashlib.sha256(b"cloudguard/v2/fp\x00" + body).digest()
+        assert group4(base64.b32encode(digest[:15]).decode()) == vec["fingerprint"]
+        doc = json.loads(body)
+        assert set(doc) == {"type", "format", "vault", "rid", "name", "created", "x", "s"}
+        Ed25519PublicKey.from_public_bytes(base64.b64decode(doc["s"])).verify(
+            request[-64:], b"cloudguard/v2/enroll\x00" + body)
+    for vec in VECTORS["vault_code"]:
+        code = group4(base64.b32encode(bytes.fromhex(vec["vault_id"])[:15]).decode())
+        assert code == vec["code"]
 
 
 # --- tampering ----------------------------------------------------------------------------
@@ -462,8 +673,8 @@ def _forged_header(size: int, padded: int, dek: bytes = DEK, fid: bytes = FID_A)
     """A header sealed with the right key (so only the size check can reject it)."""
     key, commit = spec_keys(dek, fid)
     length_ct = AESGCM(key).encrypt(b"\x01" + bytes(11), struct.pack(">QQ", size, padded),
-                                    b"cloudguard/v1/length\x01" + fid)
-    return b"CGB\x01" + fid + commit + length_ct
+                                    b"cloudguard/v2/length\x02" + fid)
+    return b"CGB\x02" + fid + commit + length_ct
 
 
 def test_header_size_larger_than_padded() -> None:
@@ -507,8 +718,11 @@ def test_trickling_source_is_read_fully() -> None:
 def test_writer_rejects_malformed_fixed_inputs() -> None:
     with pytest.raises(ValueError):
         fmt.encrypt_blob(io.BytesIO(b"x"), io.BytesIO(), DEK, b"short", 1)
+    signer = Ed25519PrivateKey.from_private_bytes(bytes(32))
     with pytest.raises(ValueError):
-        fmt.seal_segment(DEK, 1, "m", {}, nonce=bytes(16))
+        fmt.seal_segment(DEK, 1, "ab" * 32, "v", "m", {}, signer, nonce=bytes(16))
+    with pytest.raises(ValueError):
+        fmt.seal_segment(DEK, 1, "ab" * 31, "v", "m", {}, signer)
     with pytest.raises(ValueError):
         fmt.seal_json(DEK, b"i", b"", {}, nonce=bytes(8))
 
@@ -516,44 +730,89 @@ def test_writer_rejects_malformed_fixed_inputs() -> None:
 # --- segments, slots, sealed JSON, kits ---------------------------------------------------
 
 KEK = bytes(range(100, 132))
+WRITER = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+WRITER_PUB = fmt.public_bytes(WRITER)
+VAULT = "ab" * 32
+HEAD = "cd" * 32
+SEG = "m/0123456789abcdef-000000000005.d"
+
+
+def read_segment(blob: bytes, name: str = SEG, kek: bytes = KEK, vault: str = VAULT,
+                 pub: bytes = WRITER_PUB) -> dict[str, Any]:
+    fmt.verify_segment(blob, vault, name, pub)
+    return fmt.open_segment(kek, vault, name, blob)
 
 
 def test_segment_tampering() -> None:
-    sealed = fmt.seal_segment(KEK, 5, "manifest/0005", {"a": 1})
-    assert fmt.open_segment(KEK, "manifest/0005", sealed) == {"a": 1}
-    for name in ("manifest/0006", "manifest/0005 ", "", "MANIFEST/0005"):
+    sealed = fmt.seal_segment(KEK, 5, HEAD, VAULT, SEG, {"a": 1}, WRITER)
+    assert read_segment(sealed) == {"a": 1}
+    assert len(sealed) == fmt.SEGMENT_MIN_SIZE  # padded to 4 KiB of plaintext
+    for name in (SEG.replace("05.d", "06.d"), SEG + " ", "", SEG.upper()):
         with pytest.raises(IntegrityError):
-            fmt.open_segment(KEK, name, sealed)
+            fmt.verify_segment(sealed, VAULT, name, WRITER_PUB)
+        with pytest.raises(IntegrityError):
+            fmt.open_segment(KEK, VAULT, name, sealed)
+    for vault in ("", "ab" * 31 + "ac"):
+        with pytest.raises(IntegrityError):
+            read_segment(sealed, vault=vault)
+        with pytest.raises(IntegrityError):
+            fmt.open_segment(KEK, vault, SEG, sealed)
     with pytest.raises(IntegrityError):
-        fmt.open_segment(bytes(32), "manifest/0005", sealed)
+        fmt.open_segment(bytes(32), VAULT, SEG, sealed)
+    other = fmt.public_bytes(Ed25519PrivateKey.from_private_bytes(bytes(32)))
+    for pub in (other, bytes(32), WRITER_PUB[:31], b""):
+        with pytest.raises(IntegrityError):
+            fmt.verify_segment(sealed, VAULT, SEG, pub)
     for i in range(len(sealed)):
         blob = bytearray(sealed)
         blob[i] ^= 0x10
         with pytest.raises(IntegrityError):
-            fmt.open_segment(KEK, "manifest/0005", bytes(blob))
-    for cut in range(len(sealed)):
+            read_segment(bytes(blob))
+        if i < len(sealed) - fmt.SIGNATURE_SIZE:  # the key alone catches it too
+            with pytest.raises(IntegrityError):
+                fmt.open_segment(KEK, VAULT, SEG, bytes(blob))
+    for cut in list(range(0, 200)) + list(range(len(sealed) - 200, len(sealed))):
         with pytest.raises(IntegrityError):
-            fmt.open_segment(KEK, "manifest/0005", sealed[:cut])
+            read_segment(sealed[:cut])
     with pytest.raises(IntegrityError):
-        fmt.open_segment(KEK, "manifest/0005", sealed + b"\x00")
-    # the generation is readable without the key, and authenticated with it
-    regen = sealed[:4] + struct.pack(">I", 6) + sealed[8:]
-    assert fmt.segment_generation(regen) == 6
+        read_segment(sealed + b"\x00")
+    # the head is readable without the key, and signed
+    moved = sealed[:4] + struct.pack(">I", 6) + sealed[8:]
+    assert fmt.segment_head(moved) == (6, HEAD)
+    assert fmt.segment_head(sealed) == (5, HEAD)
     with pytest.raises(IntegrityError):
-        fmt.open_segment(KEK, "manifest/0005", regen)
+        fmt.verify_segment(moved, VAULT, SEG, WRITER_PUB)
     with pytest.raises(IntegrityError):
-        fmt.segment_generation(b"CGM\x02" + sealed[4:])
+        fmt.segment_head(b"CGM\x01" + sealed[4:])
+
+
+def _seal_raw(plain: bytes, name: str = "m") -> bytes:
+    """A segment whose padded plaintext is given exactly, signed by WRITER."""
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+               info=b"cloudguard/v2/manifest").derive(KEK)
+    header = b"CGM\x02" + struct.pack(">I", 1) + bytes.fromhex(HEAD) + bytes(12)
+    names = VAULT.encode() + b"\x00" + name.encode() + b"\x00"
+    sealed = header + AESGCM(key).encrypt(bytes(12), plain,
+                                          b"cloudguard/v2/segment\x00" + names + header)
+    return sealed + WRITER.sign(b"cloudguard/v2/segment\x00" + names + sealed)
+
+
+def _padded(z: bytes, pad: bytes | None = None) -> bytes:
+    plain = struct.pack(">I", len(z)) + z
+    return plain + (pad if pad is not None else bytes(spec_padme(max(4096, len(plain)))
+                                                      - len(plain)))
 
 
 def test_segment_payload_must_be_object() -> None:
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-               info=b"cloudguard/v1/manifest").derive(KEK)
-    header = b"CGM\x01" + struct.pack(">I", 1) + bytes(12)
-    for body in (zlib.compress(b"[1,2]"), zlib.compress(b"not json"), b"not zlib",
-                 zlib.compress(b'{"a":1}')[:-3]):
-        sealed = header + AESGCM(key).encrypt(bytes(12), body, header + b"m")
+    assert read_segment(_seal_raw(_padded(zlib.compress(b'{"a":1}'))), "m") == {"a": 1}
+    for plain in (_padded(zlib.compress(b"[1,2]")), _padded(zlib.compress(b"not json")),
+                  _padded(b"not zlib"), _padded(zlib.compress(b'{"a":1}')[:-3]),
+                  _padded(zlib.compress(b'{"a":1}') + b"x"),
+                  _padded(zlib.compress(b'{"a":1,"a":2}')),
+                  _padded(zlib.compress(b'{"a":1}'), b"\x01" + bytes(4083)),  # non-zero padding
+                  struct.pack(">I", 5000) + bytes(4092)):  # length past the end
         with pytest.raises(IntegrityError):
-            fmt.open_segment(KEK, "m", sealed)
+            read_segment(_seal_raw(plain), "m")
 
 
 def test_dek_unwrap_tampering() -> None:
@@ -574,18 +833,22 @@ def test_dek_unwrap_tampering() -> None:
 
 def test_slot_tampering() -> None:
     priv = X25519PrivateKey.from_private_bytes(b"r" * 32)
-    slot = fmt.wrap_to_recipient(fmt.public_bytes(priv), b"s" * 32, "v1", 3, "dev")
-    assert fmt.unwrap_from_slot(priv, slot, "v1", 3) == b"s" * 32
+    ctx = chain.context(VAULT, 3, HEAD)
+    slot = fmt.wrap_to_recipient(fmt.public_bytes(priv), b"s" * 32, ctx, "0123456789abcdef")
+    assert fmt.unwrap_from_slot(priv, slot, ctx, "0123456789abcdef") == b"s" * 32
     other = X25519PrivateKey.from_private_bytes(b"o" * 32)
-    for key, s, vault, gen in [
-        (other, slot, "v1", 3), (priv, slot, "v2", 3), (priv, slot, "v1", 4),
-        (priv, {**slot, "rid": "dev2"}, "v1", 3),
-        (priv, {**slot, "epk": fmt.b64(bytes(32))}, "v1", 3),
-        (priv, {**slot, "ct": slot["epk"]}, "v1", 3), (priv, {"rid": "dev"}, "v1", 3),
-        (priv, {**slot, "epk": "%%%"}, "v1", 3), (priv, {**slot, "ct": 5}, "v1", 3),
+    rid = "0123456789abcdef"
+    for key, s, c, r in [
+        (other, slot, ctx, rid), (priv, slot, chain.context(VAULT, 4, HEAD), rid),
+        (priv, slot, chain.context(VAULT, 3, "cd" * 31 + "ce"), rid),
+        (priv, slot, chain.context("", 3, HEAD), rid), (priv, slot, ctx, "0123456789abcdee"),
+        (priv, {**slot, "epk": fmt.b64(bytes(32))}, ctx, rid),
+        (priv, {**slot, "ct": slot["epk"]}, ctx, rid), (priv, {"ct": slot["ct"]}, ctx, rid),
+        (priv, {**slot, "epk": "%%%"}, ctx, rid), (priv, {**slot, "ct": 5}, ctx, rid),
+        (priv, [slot], ctx, rid), (priv, {**slot, "epk": fmt.b64(bytes(31))}, ctx, rid),
     ]:
         with pytest.raises(IntegrityError):
-            fmt.unwrap_from_slot(key, s, vault, gen)
+            fmt.unwrap_from_slot(key, s, c, r)
 
 
 def test_sealed_json_tampering() -> None:
@@ -730,8 +993,9 @@ def test_streaming_memory_stays_flat(tmp_path: Path) -> None:
 def test_spec_names_every_label_and_its_examples_hold() -> None:
     doc = (ROOT / "docs" / "format.md").read_text(encoding="utf-8")
     code = (ROOT / "cloudguard" / "format.py").read_text(encoding="utf-8")
-    labels = set(re.findall(r'b"(cloudguard/v1/[a-z-]+)"', code))
-    assert len(labels) >= 9
+    chain_code = (ROOT / "cloudguard" / "chain.py").read_text(encoding="utf-8")
+    labels = set(re.findall(r'b"(cloudguard/v2/[a-z-]+)', code + chain_code))
+    assert len(labels) >= 16
     for label in labels:
         assert f"`{label}`" in doc, label
     examples = re.findall(r"`padme\((\d+)\) = (\d+)`", doc)
@@ -740,4 +1004,4 @@ def test_spec_names_every_label_and_its_examples_hold() -> None:
         assert fmt.padme(int(length)) == int(padded)
     assert "## Remote layout and manifest" in doc
     for magic in (fmt.BLOB_MAGIC, fmt.PACK_MAGIC, fmt.SEGMENT_MAGIC):
-        assert f'"{magic[:3].decode()}" || 0x01' in doc
+        assert f'"{magic[:3].decode()}" || 0x02' in doc
