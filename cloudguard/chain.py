@@ -298,6 +298,24 @@ class View:
                     todo += [self.commits[m] for m in a.merges if m in self.commits]
         return out
 
+    def builds_on(self, later: str, earlier: str) -> bool:
+        """Does commit ``later`` cover ``earlier`` (its ancestry, merged branches included)?"""
+        if later == earlier:
+            return True
+        todo = [self.commits[later]] if later in self.commits else []
+        seen: set[str] = set()
+        while todo:
+            c = todo.pop()
+            if c.id == earlier:
+                return True
+            if c.id in seen:
+                continue
+            seen.add(c.id)
+            if c.parent and c.parent in self.commits:
+                todo.append(self.commits[c.parent])
+            todo += [self.commits[m] for m in c.merges if m in self.commits]
+        return False
+
     @property
     def needs_merge(self) -> bool:
         """Any branch the head does not cover needs a merge under a new KEK: a racing add

@@ -363,16 +363,8 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
             segs = {n: s for n, s in listing.items() if n.startswith(mf.PREFIX)}
             skipped: list[str] = []
 
-            def opener(name: str, dev: str, seq: int, data: bytes,
-                       ring: trust.Ring = ring) -> dict[str, Any]:
-                payload = chain.accept_segment(ring.view, name, dev, seq, data, ring.kek_of)
-                written = ring.view.commits[fmt.segment_head(data)[1]]
-                if written.kek != ring.head.kek:  # a frozen or racing writer: re-wrap later
-                    index.set_meta("rewrap_needed", True)
-                return payload
-
             cutoffs = {rid: (cut.seq, cut.hash) for rid, cut in ring.view.removed.items()}
-            loaded = mf.load(segs, fetch, opener, binding.device, seen, cache, state,
+            loaded = mf.load(segs, fetch, _opener(ring, index), binding.device, seen, cache, state,
                              cutoffs, skipped)
             for reason in skipped:
                 ui.warn(reason)
@@ -387,6 +379,26 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
         binding.enrolled = True
         binding.save()
     return Session(binding, transport, index, me, ring, loaded, listing, ui, cache)
+
+
+def _opener(ring: trust.Ring, index: Index) -> mf.Opener:
+    """Writer rules (chain.accept_segment), plus: a writer's heads only move forward along
+    the chain, and a segment written under an older KEK marks the state for re-wrapping."""
+    heads: dict[str, tuple[int, str]] = {}
+
+    def opener(name: str, dev: str, seq: int, data: bytes) -> dict[str, Any]:
+        payload = chain.accept_segment(ring.view, name, dev, seq, data, ring.kek_of)
+        written = ring.view.commits[fmt.segment_head(data)[1]]
+        before = heads.get(dev)
+        if before is not None and before[0] == seq - 1 and not ring.view.builds_on(
+                written.id, before[1]):
+            raise IntegrityError(f"fork: manifest segment {name} names a head that does not "
+                                 "build on its writer's previous one")
+        heads[dev] = (seq, written.id)
+        if written.kek != ring.head.kek:  # a frozen or racing writer: re-wrap later
+            index.set_meta("rewrap_needed", True)
+        return payload
+    return opener
 
 
 def listing_descriptor(fetch: Callable[[str], bytes], listing: dict[str, int], remote: str
