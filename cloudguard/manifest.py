@@ -657,7 +657,7 @@ _DOT = re.compile(r"^[0-9a-f]{16}:[0-9]{1,12}$")
 _OBJECT_ID = re.compile(r"^[0-9a-f]{32}$")
 _FIELD_TYPES: dict[str, type] = {
     "t": str, "s": int, "m": int, "x": int, "h": str, "o": str, "a": int, "n": int,
-    "i": str, "k": str, "g": str, "l": str, "r": int, "om": str,
+    "i": str, "k": str, "g": str, "w": str, "l": str, "r": int, "om": str,
 }
 _FILE_FIELDS = frozenset(("o", "a", "n", "i", "k", "g", "h"))
 _UNSIGNED = frozenset(("s", "x", "a", "n", "r"))

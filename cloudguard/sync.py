@@ -608,7 +608,7 @@ def _encrypt_one(folder: Path, item: LocalItem, out: ObjectWriter, kek: bytes, g
             raise FileChangedError(item.path)
     return {"t": "f", "s": info.size, "m": st.st_mtime_ns, "x": stat.S_IMODE(st.st_mode),
             "h": info.sha256, "i": file_id.hex(), "k": fmt.b64(fmt.wrap_dek(kek, dek, file_id)),
-            "g": generation}
+            "g": generation, "w": generation}
 
 
 def blob_reader(entry: Entry) -> tuple[str, int, int]:

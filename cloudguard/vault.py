@@ -1173,14 +1173,15 @@ def _rewrap_stale(s: Session) -> None:
 
 
 def _exposure(s: Session) -> list[dict[str, Any]]:
-    """Files whose DEK is wrapped under a KEK that a removed member held."""
+    """Files whose DEK a removed member could unwrap: the DEK was first wrapped (``w``) under
+    a KEK it held. Re-wrapping does not change that; only re-encryption does."""
     exposed = s.ring.view.exposed_to()
     if not exposed:
         return []
     counts: dict[str, int] = {}
     for _path, sibs in s.state.items():
         for entry in sibs.values():
-            for rid in exposed.get(str(entry.get("g")), []):
+            for rid in exposed.get(str(entry.get("w", entry.get("g"))), []):
                 counts[rid] = counts.get(rid, 0) + 1
     return [{"removed": rid, "name": s.ring.name_of(rid), "files": n}
             for rid, n in sorted(counts.items())]
@@ -1269,7 +1270,8 @@ def _reencrypt(s: Session, new_kek: bytes, number: str) -> None:
                     replaced[(path, dot)] = {**entry, "o": new_id, "a": offset,
                                              "n": out.count - offset, "i": new_fid.hex(),
                                              "k": fmt.b64(fmt.wrap_dek(new_kek, new_dek, new_fid)),
-                                             "g": number, "r": int(entry.get("r", 0)) + 1}
+                                             "g": number, "w": number,
+                                             "r": int(entry.get("r", 0)) + 1}
                     advance(info.size)
                 if packed and padding:
                     sync.write_filler(out)
