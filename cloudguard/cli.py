@@ -174,8 +174,9 @@ def status(folder: str | None, as_json: bool) -> None:
         def human(r: dict[str, Any]) -> str:
             lines = [f"folder {r['folder']} -> {r['remote']} (key epoch {r['epoch']},"
                      f" {r['files']} files)"]
-            lines += [f"  exposed: {e['files']} files are wrapped under a key that removed "
-                      f"member {e['name']} held (key rotate --reencrypt)" for e in r["exposed"]]
+            lines += [f"  exposed: {e['files']} files were readable by removed member "
+                      f"{e['name']} (key rotate --reencrypt renews their keys)"
+                      for e in r["exposed"]]
             lines += [f"  to push: {p}" for p in r["to_push"]]
             lines += [f"  to pull: {p}" for p in r["to_pull"]]
             if not r["to_push"] and not r["to_pull"]:

@@ -70,6 +70,19 @@ class Ring:
                     pass
         return dict(self.view.keks)
 
+    def learn_names(self, rids: Iterable[str]) -> None:
+        """Names are sealed in each commit: open older ones for members not named yet."""
+        missing = {r for r in rids if r not in self.view.names}
+        for c in sorted(self.view.commits.values(), key=lambda c: -c.pos):
+            if not missing:
+                return
+            if missing & set(c.members) and self.rid in c.members and c.id not in self.view.opened:
+                try:
+                    self.open(c)
+                except KeyStoreError:
+                    continue
+                missing -= set(self.view.names)
+
     def name_of(self, rid: str) -> str:
         return self.view.names.get(rid, rid[:8])
 

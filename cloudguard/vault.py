@@ -1082,6 +1082,7 @@ def device_list(folder: str | None) -> dict[str, Any]:
         members = [{"id": rid, "kind": keys.kind, "name": s.ring.name_of(rid),
                     "this_device": rid == s.binding.device}
                    for rid, keys in sorted(s.ring.view.members.items())]
+        s.ring.learn_names(s.ring.view.removed)
         removed = [{"id": rid, "name": s.ring.name_of(rid), "cutoff": cut.seq}
                    for rid, cut in sorted(s.ring.view.removed.items())]
         return {"vault": s.binding.vault_id, "vault_code": fmt.vault_code(s.binding.vault_id),
@@ -1178,6 +1179,7 @@ def _exposure(s: Session) -> list[dict[str, Any]]:
     exposed = s.ring.view.exposed_to()
     if not exposed:
         return []
+    s.ring.learn_names(s.ring.view.removed)
     counts: dict[str, int] = {}
     for _path, sibs in s.state.items():
         for entry in sibs.values():
@@ -1351,8 +1353,8 @@ def doctor(folder: str | None, check_remote: bool = False) -> dict[str, Any]:
                 recovery = any(k.kind == "kit" for k in s.ring.head.members.values())
                 for row in _exposure(s):
                     findings.append(checks.Finding(
-                        "warning", "exposure", f"{row['files']} files are wrapped under a key "
-                        f"that removed member {row['name']} ({row['removed']}) held",
+                        "warning", "exposure", f"{row['files']} files were readable by removed "
+                        f"member {row['name']} ({row['removed']}) and still are to its copies",
                         "cloudguard key rotate --reencrypt gives them new keys"))
                 findings += checks.check_keys(ages, recovery, checks.policy_days())
                 if check_remote:
