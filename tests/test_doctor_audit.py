@@ -117,7 +117,7 @@ def test_audit_log_records_and_verifies(local_remote: str, tmp_path: Path) -> No
     events = [r["event"] for r in records]
     assert events[:4] == ["init", "push", "rotate", "verify"]
     push = records[1]
-    assert push["files"] == 1 and push["objects"] and push["generation"] == 1
+    assert push["files"] == 1 and push["objects"] and push["epoch"] == 1
     text = audit.log_path().read_text()
     assert "doc.txt" not in text and "secret" not in text
     assert cg_json("log", "--verify")["records"] == len(records)

@@ -47,7 +47,7 @@ def test_descriptor_parser(raw: bytes) -> None:
         typed_only(exc)
 
 
-VALID = json.dumps({"cloudguard": "vault", "format": 1, "vault": "ab" * 16,
+VALID = json.dumps({"cloudguard": "vault", "format": 2, "salt": "ab" * 16,
                     "chunk_size": 65536, "padding": "padme", "created": "x"}).encode()
 
 

@@ -257,7 +257,7 @@ def test_unknown_format_version_is_refused(local_remote: str, tmp_path: Path) ->
     a.mkdir()
     cg("init", str(a), "--remote", local_remote)
     descriptor = Path(local_remote) / "cloudguard.json"
-    descriptor.write_text(descriptor.read_text().replace('"format": 1', '"format": 99'))
+    descriptor.write_text(descriptor.read_text().replace('"format": 2', '"format": 99'))
     proc = cg_proc("clone", local_remote, str(tmp_path / "b"))
     assert proc.returncode == 1 and "format 99 is unknown" in proc.stderr
     assert not (tmp_path / "b").exists()
