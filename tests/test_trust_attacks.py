@@ -720,8 +720,8 @@ def test_removed_device_branch_from_the_past_is_void(local_remote: str, provider
     assert void.name in view.void and void.id not in view.commits
     assert view.head.id == removal.id and not any(c.action == "merge"
                                                   for c in view.commits.values())
-    members = {m["id"] for m in a.json("device", "list")["members"]}
-    assert members == {a.rid, b.rid}
+    listed = {m["id"] for m in a.json("device", "list")["members"]}
+    assert listed == {a.rid, b.rid}
     for name in provider.objects():
         if name.endswith(".k") and name != void.name + ".k":
             assert evil_rid not in json.loads(provider.get(name))["slots"], name
