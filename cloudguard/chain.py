@@ -347,7 +347,8 @@ class View:
 def verify(vault_id: str, listing: Iterable[str], fetch: Callable[[str], bytes],
            known: set[str], descriptor: str) -> View:
     """Verify every listed commit whose parent is verified, from the genesis forward."""
-    names = {n: p for n in listing if (p := parse_name(n)) is not None and not p[2]}
+    names = {n: p for n in listing if (p := parse_name(n)) is not None and not p[2]
+             and (p[0] > 0 or p[1] == vault_id)}  # another vault's genesis is not ours
     listed = {p[1] for p in names.values()}
     lost = sorted(known - listed)
     if lost:
@@ -407,17 +408,30 @@ def verify(vault_id: str, listing: Iterable[str], fetch: Callable[[str], bytes],
 
 def _void(verified: dict[str, Commit]) -> set[str]:
     """A commit signed by M counts only if it is an ancestor of every commit that removes M:
-    a removed member cannot sign a branch from the past (nor can a stolen kit). Everything
-    built on a void commit is void too."""
+    a removed member cannot sign a branch from the past (nor a stolen kit), and everything
+    built on a void commit is void too.
+
+    One exception keeps two removals from voiding each other: when a member being removed
+    answers with a concurrent removal of its remover, both removals stand (removals win) and
+    the next merge removes both. Which one to keep could not be decided without letting the
+    removed member grind commit ids.
+    """
     ancestors = {cid: {a.id for a in _ancestry(c, verified)} for cid, c in verified.items()}
-    removals: dict[str, list[str]] = {}
+    removals = []
     for c in verified.values():
         parent = verified.get(c.parent) if c.parent else None
-        for rid in set(c.removed) - set(parent.removed if parent else {}):
-            removals.setdefault(rid, []).append(c.id)
-    void = {cid for cid, c in verified.items()
-            if any(cid not in ancestors[r] for r in removals.get(c.signer, []))}
-    return {cid for cid in verified if ancestors[cid] & void}
+        gone = set(c.removed) - set(parent.removed if parent else {})
+        if gone:
+            removals.append((c, gone))
+    hit: set[str] = set()
+    for r, gone in removals:
+        for cid, c in verified.items():
+            if c.signer not in gone or cid in ancestors[r.id]:
+                continue
+            mutual = r.signer in c.removed and r.id not in ancestors[cid]
+            if not mutual:
+                hit.add(cid)
+    return {cid for cid in verified if ancestors[cid] & hit}
 
 
 def _check_genesis(c: Commit, descriptor: str) -> None:

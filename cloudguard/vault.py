@@ -568,6 +568,11 @@ def _clone(remote: str, path: Path, kit: str | None, name: str | None, ui: UI | 
         return {"folder": str(path), "vault": vault_id, "enrolled": False,
                 "fingerprint": fp, "device": binding.device}
     warn = (ui or UI()).warn
+    anchor = [n for n in listing if (p := chain.parse_name(n)) and p[1] == opened.anchor
+              and not p[2]]
+    if not anchor:
+        raise IntegrityError(f"{kit}: the commit that added this kit ({opened.anchor[:16]}...) "
+                             "is gone from the remote: rolled back or deleted")
     ring = trust.open_ring(vault_id, listing, transport.get_bytes, descriptor_hash(raw),
                            opened.rid, opened.secret, None, warn)
     if opened.anchor not in ring.view.commits:

@@ -323,10 +323,6 @@ def test_removed_device_writes_are_not_applied(local_remote: str, provider: Prov
         assert view.commits[fmt.segment_head(provider.get(name))[1]].kek not in x_keks, name
 
 
-@pytest.mark.xfail(strict=True, reason="chain.accept_segment pins only the segment at the exact "
-                   "cutoff seq to the cutoff hash; a new snapshot of removed X under any unused "
-                   "seq below it is accepted and mf.load merges its inflated ctx, deleting "
-                   "files (review finding 3)")
 def test_removed_device_snapshot_below_cutoff_is_refused(local_remote: str,
                                                          provider: Provider, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch
@@ -416,10 +412,10 @@ def test_race_of_two_adds_is_merged(local_remote: str, provider: Provider, tmp_p
     B): a race, merged under a new KEK; both devices end on one head."""
     a, b = make_vault(monkeypatch, tmp_path, local_remote, "a", "b")
     vid = vault_id_of(a)
-    a.cg("key", "export", str(tmp_path / "kit-a.json"))
+    a.cg("key", "export", str(tmp_path / "kit-a.json"), "--choose-passphrase")
     first = provider.view(vid).head
     with provider.hiding(first.name, first.name + ".k"):
-        b.cg("key", "export", str(tmp_path / "kit-b.json"))
+        b.cg("key", "export", str(tmp_path / "kit-b.json"), "--choose-passphrase")
     view = provider.view(vid)
     siblings = [c for c in view.commits.values() if c.parent == first.parent]
     assert len(siblings) == 2 and {c.signer for c in siblings} == {a.rid, b.rid}
@@ -471,7 +467,7 @@ def test_equivocation_by_one_signer_stops(local_remote: str, provider: Provider,
     to a KEK the attacker chose): exit 3 naming both, nothing written."""
     a, b = make_vault(monkeypatch, tmp_path, local_remote, "a", "b")
     vid = vault_id_of(a)
-    a.cg("key", "export", str(tmp_path / "kit.json"))
+    a.cg("key", "export", str(tmp_path / "kit.json"), "--choose-passphrase")
     b.cg("pull")
     view = provider.view(vid)
     honest = view.head
@@ -527,7 +523,7 @@ def test_in_generation_rollback_of_kit_export(local_remote: str, provider: Provi
     stop with exit 3; a clone with the kit refuses too."""
     a, b = make_vault(monkeypatch, tmp_path, local_remote, "a", "b")
     vid = vault_id_of(a)
-    a.cg("key", "export", str(tmp_path / "kit.json"))
+    a.cg("key", "export", str(tmp_path / "kit.json"), "--choose-passphrase")
     b.cg("pull")
     added = provider.view(vid).head
     assert added.action == "add"
@@ -548,15 +544,12 @@ def test_in_generation_rollback_of_kit_export(local_remote: str, provider: Provi
     assert not c.folder.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="vault._clone calls trust.open_ring before it checks the "
-                   "kit's anchor, so a kit whose add commit was deleted gets exit 1 'not a "
-                   "member ... not approved yet' instead of exit 3 naming the missing anchor")
 def test_kit_clone_after_rollback_names_the_missing_anchor(local_remote: str,
                                                            provider: Provider, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch
                                                            ) -> None:
     (a,) = make_vault(monkeypatch, tmp_path, local_remote, "a")
-    a.cg("key", "export", str(tmp_path / "kit.json"))
+    a.cg("key", "export", str(tmp_path / "kit.json"), "--choose-passphrase")
     added = provider.view(vault_id_of(a)).head
     (provider.root / added.name).unlink()
     (provider.root / (added.name + ".k")).unlink()
@@ -674,15 +667,7 @@ def test_segment_fork_shown_to_two_devices(local_remote: str, provider: Provider
 # --- a removed member's branch from the past (review finding 1) ---------------------------
 
 
-MUTUAL_VOID = ("chain._void counts removals made by commits that are themselves void: X "
-               "(removed by A in R) signs on R's parent a sibling that removes A; each commit "
-               "then voids the other, R is dropped, the head moves back to the parent where X "
-               "is a member, and every device stops with exit 3 (A's snapshot under R: 'key not "
-               "available')")
-
-
-@pytest.mark.parametrize("action", ["add", pytest.param("remove", marks=pytest.mark.xfail(
-    strict=True, reason=MUTUAL_VOID))])
+@pytest.mark.parametrize("action", ["add"])
 def test_removed_device_branch_from_the_past_is_void(local_remote: str, provider: Provider,
                                                      tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch,
@@ -729,6 +714,36 @@ def test_removed_device_branch_from_the_past_is_void(local_remote: str, provider
         assert fmt.segment_head(provider.get(name))[1] != void.id
 
 
+def test_removed_device_answering_with_a_removal_takes_its_remover_along(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """X, removed by A in R, signs on R's parent a removal of A. Neither removal voids the
+    other (that would let X grind ids): both stand, B merges them under a new KEK, and X gets
+    no key written after its removal; A must re-enrol."""
+    a, b, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "x")
+    vid = vault_id_of(a)
+    a.cg("device", "remove", x.rid)
+    view = provider.view(vid)
+    removal = view.head
+    parent = view.commits[str(removal.parent)]
+    xs = x.secret()
+    members = {r: k for r, k in parent.members.items() if r != a.rid}
+    removed = {**parent.removed, a.rid: chain.Cutoff(parent.members[a.rid].s, 0, None)}
+    forge(provider, view, parent, xs, x.rid, "remove", members, removed, os.urandom(32),
+          parent.epoch + 1)
+    b.write("b.txt", "after the mutual removal")
+    got = b.run("push")
+    assert got.exit_code == 0, got.output
+    view = provider.view(vid)
+    assert view.head.action == "merge"
+    assert set(view.head.members) == {b.rid} and {a.rid, x.rid} <= set(view.head.removed)
+    x_keks = {c.kek for c in view.commits.values() if x.rid in c.members}
+    assert view.head.kek not in x_keks
+    assert x.rid not in json.loads(provider.get(view.head.name + ".k"))["slots"]
+    refused = a.run("push")
+    assert refused.exit_code == 1 and "removed" in refused.output
+
+
 # --- local hardening and parser limits ------------------------------------------------------
 
 
@@ -742,7 +757,7 @@ def test_planted_tmp_symlink_does_not_redirect_a_kit(local_remote: str, tmp_path
     target.write_text("")
     kit = tmp_path / "kit.json"
     (tmp_path / "kit.json.tmp").symlink_to(target)
-    a.run("key", "export", str(kit))
+    a.run("key", "export", str(kit), "--choose-passphrase")
     assert target.read_text() == "", "the kit was written through the planted symlink"
     assert not kit.is_symlink()
 
