@@ -564,7 +564,8 @@ def build(view: View | None, vault_id: str, me: Secret, my_rid: str, action: str
     ctx = context(vault_id if parent else "", pos, parent.id if parent else None)
     slots = {rid: fmt.wrap_to_recipient(keys.x, kek, ctx, rid) for rid, keys in members.items()}
     sealed_history = fmt.seal_json(kek, b"cloudguard/v2/history", ctx,
-                                   {c: fmt.b64(k) for c, k in sorted(history.items())})
+                                   {c: fmt.b64(k) for c, k in sorted(history.items())},
+                                   pad=True)
     keyobj = json.dumps({"slots": slots, "history": sealed_history}, sort_keys=True,
                         indent=1).encode()
     body = {"type": "cloudguard/commit", "format": 2, "vault": vault_id if parent else None,
@@ -575,7 +576,7 @@ def build(view: View | None, vault_id: str, me: Secret, my_rid: str, action: str
             "epoch": epoch, "kek": fmt.kek_commit(kek),
             "keyobj": hashlib.sha256(keyobj).hexdigest(),
             "names": fmt.seal_json(kek, b"cloudguard/v2/names", ctx,
-                                   {r: names[r] for r in members}),
+                                   {r: names[r] for r in members}, pad=True),
             "descriptor": descriptor}
     data, raw = encode_signed(COMMIT_MAGIC, body, me.s, b"cloudguard/v2/commit")
     cid = commit_id(raw)
@@ -638,6 +639,9 @@ def accept_segment(view: View, name: str, device: str, seq: int, data: bytes,
     if key is None:
         raise IntegrityError(f"manifest segment {name} was written by {device}, who is not a "
                              "member of this vault")
+    if device in view.members and view.members[device].kind != "device":
+        raise IntegrityError(f"manifest segment {name} was written by recovery kit {device}: "
+                             "a kit only ever adds a device, it never writes")
     cut = view.removed.get(device)
     if cut is not None and seq > cut.seq:
         raise Skip(f"manifest segment {name} was written by removed member {device} after its "
@@ -648,7 +652,10 @@ def accept_segment(view: View, name: str, device: str, seq: int, data: bytes,
         raise IntegrityError(f"manifest segment {name} has a bad signature") from exc
     pos, head = fmt.segment_head(data)
     commit = view.commits.get(head)
-    if commit is None or commit.pos != pos:
+    if commit is not None and commit.pos != pos:
+        raise IntegrityError(f"manifest segment {name} names commit {head[:16]}... at the wrong "
+                             "position")
+    if commit is None:
         raise Skip(f"manifest segment {name} names commit {head[:16]}... that is not verified "
                    "(yet); deferred")
     if device not in commit.members:

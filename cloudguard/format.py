@@ -476,10 +476,14 @@ def unwrap_from_slot(priv: X25519PrivateKey, slot: object, ctx: bytes, rid: str)
 
 
 def seal_json(key_material: bytes, info: bytes, aad: bytes, payload: dict[str, Any],
-              nonce: bytes | None = None) -> str:
+              nonce: bytes | None = None, pad: bool = False) -> str:
+    """``pad`` appends spaces (valid JSON whitespace) up to Padme(max(256, length)), so a
+    sealed member list does not tell the length of its names."""
     nonce = _nonce(nonce)
     key = _hkdf(key_material, info)
     body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+    if pad:
+        body += b" " * (padme(max(256, len(body))) - len(body))
     return b64(nonce + AESGCM(key).encrypt(nonce, body, aad))
 
 

@@ -219,7 +219,7 @@ def make_commit(vault_id: str, pos: int, parent: str | None, action: str, signer
              for rid, (_kind, sec) in members.items()}
     sealed_history = fmt.seal_json(kek, b"cloudguard/v2/history", ctx,
                                    {c: fmt.b64(k) for c, k in sorted(history.items())},
-                                   nonce=history_nonce)
+                                   nonce=history_nonce, pad=True)
     keyobj = json.dumps({"slots": slots, "history": sealed_history}, sort_keys=True,
                         indent=1).encode()
     body = {"type": "cloudguard/commit", "format": 2, "vault": vault_id if pos else None,
@@ -230,7 +230,8 @@ def make_commit(vault_id: str, pos: int, parent: str | None, action: str, signer
                         for rid, (kind, sec) in sorted(members.items())},
             "removed": {}, "epoch": epoch, "kek": fmt.kek_commit(kek),
             "keyobj": hashlib.sha256(keyobj).hexdigest(),
-            "names": fmt.seal_json(kek, b"cloudguard/v2/names", ctx, names, nonce=names_nonce),
+            "names": fmt.seal_json(kek, b"cloudguard/v2/names", ctx, names, nonce=names_nonce,
+                                   pad=True),
             "descriptor": hashlib.sha256(DESCRIPTOR.encode()).hexdigest()}
     data, raw = chain.encode_signed(chain.COMMIT_MAGIC, body, _signer(signer),
                                     b"cloudguard/v2/commit")
