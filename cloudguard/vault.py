@@ -485,6 +485,7 @@ def init_vault(folder: str, remote: str, padding: str = "padme", name: str | Non
     binding.save()
     index = Index(binding.dir / "index.db")
     index.set_meta("verified", [vault_id])
+    index.set_meta("wrapped_under", genesis.kek)  # nothing to re-wrap in a new vault
     index.close()
     audit.record("init", vault=vault_id, device=binding.device)
     return {"folder": str(path), "remote": transport.remote, "vault": vault_id,
