@@ -28,17 +28,20 @@ private staging folder inside OUTPUT and only moved into place once all of it ha
 The sections below follow docs/format.md; section names are quoted in the comments so an
 auditor can read the two side by side. Where this reader checks more than the specification
 asks, the comment says so ("extra check"). A few details are not spelt out in format.md; this
-reader follows cloudguard's code for them and says so: void branches of the membership chain
-(commits signed by a member on a branch its removal does not build on), and the exact ordering
-and naming rules of conflict resolution.
+reader follows cloudguard's code for them and says so: the exact ordering and naming rules of
+conflict resolution.
 
 Trust: the kit names the vault id, which is the id of the genesis commit. The reader verifies
 the signed membership chain from the genesis forward, requires the commit that added the kit
 to be in it and the kit to be a member of the head, opens the key objects the kit holds slots
-in, and accepts a manifest segment only if it is signed by its writer and the writer was a
-member (or a removed member within its cutoff). A commit whose parent is missing from the copy
-is skipped, as cloudguard defers it; so is a segment written under such a commit (a warning
-says so).
+in, and accepts a manifest segment only if it is signed by its writer, a device (never a
+kit), that was a member at the commit the segment names ("Writer rules"). Commits signed by a
+member on a branch its removal does not build on are void and ignored ("Void commits"). A
+removed member's segments count only if its removal vouches for them (the cutoff hash, then
+back along "prev"); its other segments are skipped, and its writes past the cutoff are left out
+of honest snapshots and dependencies. A commit whose parent is missing from the copy is
+skipped, as cloudguard defers it; so is a segment written under a commit that is not verified.
+Every such skip is reported as a warning on stderr.
 
 Limits: a stand-alone reader has no memory of what it saw before, so it cannot tell a copy
 of a rolled-back remote (or one whose newest commits after the kit's anchor, or newest manifest
@@ -65,6 +68,7 @@ import struct
 import sys
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
@@ -760,19 +764,29 @@ def check_commit(c: Commit, parent: Commit, verified: dict[str, Commit],
 
 
 def void_commits(verified: dict[str, Commit]) -> set[str]:
-    """A commit signed by a member counts only if it is an ancestor of every commit that
-    removes that member (a removed member cannot sign a branch from the past); everything built
-    on a void commit is void too. (cloudguard's rule; format.md implies it through the removal
-    cutoffs.)"""
+    """"Void commits": a commit signed by member M counts only if it is an ancestor of every
+    verified commit that removes M (a removed member, or a stolen kit after its removal,
+    cannot sign a branch from the past); everything built on a void commit is void too.
+
+    The exception: a member being removed that answers with a concurrent removal of its
+    remover (neither commit an ancestor of the other) voids neither removal; both stand and
+    the merged view removes both. (Same rule as cloudguard's chain._void.)"""
     ancestors = {cid: {a.id for a in ancestry(c, verified)} for cid, c in verified.items()}
-    removals: dict[str, list[str]] = {}
+    removals: list[tuple[Commit, set[str]]] = []  # (commit, the members it newly removes)
     for c in verified.values():
         parent = verified.get(c.parent) if c.parent else None
-        for rid in set(c.removed) - set(parent.removed if parent else {}):
-            removals.setdefault(rid, []).append(c.id)
-    void = {cid for cid, c in verified.items()
-            if any(cid not in ancestors[r] for r in removals.get(c.signer, []))}
-    return {cid for cid in verified if ancestors[cid] & void}
+        gone = set(c.removed) - set(parent.removed if parent else {})
+        if gone:
+            removals.append((c, gone))
+    hit: set[str] = set()
+    for removal, gone in removals:
+        for cid, c in verified.items():
+            if c.signer not in gone or cid in ancestors[removal.id]:
+                continue
+            mutual = removal.signer in c.removed and removal.id not in ancestors[cid]
+            if not mutual:
+                hit.add(cid)
+    return {cid for cid in verified if ancestors[cid] & hit}
 
 
 @dataclass
@@ -785,6 +799,7 @@ class Chain:
     removed: dict[str, Cutoff]
     keks: dict[str, bytes] = field(default_factory=dict)   # kek_commit -> KEK
     labels: dict[str, str] = field(default_factory=dict)   # rid -> member name
+    warnings: list[str] = field(default_factory=list)      # deferred and void commits
 
     def writer_key(self, rid: str) -> bytes | None:
         if rid in self.members:
@@ -838,7 +853,8 @@ def verify_chain(remote: Path, vault_id: str, descriptor: str) -> Chain:
             verified[cid] = c
             del waiting[cid]
             progress = True
-    for cid in void_commits(verified):
+    void = void_commits(verified)
+    for cid in void:
         del verified[cid]
     children: dict[str, list[Commit]] = {}
     for c in verified.values():
@@ -855,7 +871,11 @@ def verify_chain(remote: Path, vault_id: str, descriptor: str) -> Chain:
     while children.get(head.id):
         head = min(children[head.id], key=lambda c: c.id)
     members, removed = union(list(verified.values()))
-    return Chain(remote, vault_id, verified, head, members, removed)
+    warnings = [f"{c.name}: its parent is not listed; deferred (skipped)"
+                for c in sorted(waiting.values(), key=lambda c: c.name)]
+    warnings += [f"{decoded[cid].name}: void (signed by a member on a branch its removal does "
+                 "not build on); ignored" for cid in sorted(void, key=lambda c: decoded[c].name)]
+    return Chain(remote, vault_id, verified, head, members, removed, warnings=warnings)
 
 
 # --- key objects -------------------------------------------------------------------------
@@ -1068,16 +1088,56 @@ def parse_snapshot_paths(raw: object) -> dict[str, dict[str, Entry]]:
 
 class Skip(Exception):
     """A segment that is treated as not listed: its writer's head commit is not in the
-    verified chain (yet), or its writer was removed before writing it."""
+    verified chain (yet), or its writer was removed and its removal does not vouch for it."""
 
 
-def no_late_writes(name: str, ctx: dict[str, int], chain: Chain) -> None:
-    """"Writer rules": a snapshot or delta whose ctx/deps covers a removed member past its
-    cutoff is refused (an honest device's segment must not launder a removed one's writes)."""
-    for rid, cut in chain.removed.items():
-        if ctx.get(rid, 0) > cut.seq:
-            raise IntegrityFailure(f"manifest segment {name} depends on writes of removed "
-                                   f"member {rid} past its removal")
+SegmentIndex = dict[str, tuple[str, int, str]]  # name -> (device, seq, "d" or "s")
+
+
+def clamp(vv: dict[str, int], limit: dict[str, int]) -> dict[str, int]:
+    """"Writer rules": a removed member's writes past its cutoff count as never seen, so
+    ctx and deps are clamped to the cutoff (an honest device may have applied them before it
+    saw the removal; it must not launder them into the restored state)."""
+    return {dev: min(seq, limit[dev]) if dev in limit else seq for dev, seq in vv.items()}
+
+
+def late_dot(dot: str, limit: dict[str, int]) -> bool:
+    """A dot W:k of a removed member W with k above its cutoff seq."""
+    device, seq = dot_parts(dot)
+    return device in limit and seq > limit[device]
+
+
+def pinned_segments(device: str, cut: Cutoff, segments: SegmentIndex,
+                    open_named: Callable[[str], dict[str, Any]], hashes: dict[str, str]
+                    ) -> set[str]:
+    """"Writer rules": the segments of removed member ``device`` its removal vouches for: the
+    one whose SHA-256 is the cutoff hash, then the one named by its "prev", and so on back
+    (deltas and snapshots alike). The chain ends where a segment was compacted away (an honest
+    snapshot covers it); a removal with hash null vouches for none. (As cloudguard's
+    manifest._pinned.)"""
+    out: set[str] = set()
+    expect, seq = cut.hash, cut.seq
+    while expect is not None and seq > 0:
+        match: str | None = None
+        payload: dict[str, Any] = {}
+        for kind in ("d", "s"):
+            name = f"m/{device}-{seq:012d}.{kind}"
+            if name not in segments:
+                continue
+            try:
+                payload = open_named(name)
+            except Skip:
+                continue
+            if hashes.get(name) == expect:
+                match = name
+                break
+        if match is None:
+            break
+        out.add(match)
+        prev = payload.get("prev")
+        expect = prev if isinstance(prev, str) else None
+        seq -= 1
+    return out
 
 
 def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
@@ -1085,35 +1145,48 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
     this reader does not have: a copy of a rolled-back remote restores the older manifest).
     Returns the state and the segments skipped (with the reason)."""
     m_dir = remote / "m"
-    segments: dict[str, tuple[str, int, str]] = {}
+    segments: SegmentIndex = {}
     for path in sorted(m_dir.iterdir()) if m_dir.is_dir() else []:
         match = SEGMENT_NAME.fullmatch(f"m/{path.name}")
         if match is not None:  # other names in m/ are not segments and are ignored
             segments[f"m/{path.name}"] = (match.group(1), int(match.group(2)), match.group(3))
     hashes: dict[str, str] = {}  # SHA-256 of every segment opened
     skipped: list[str] = []
+    limit = {rid: cut.seq for rid, cut in chain.removed.items()}
+    pinned: dict[str, set[str]] = {}  # removed member -> the segments its removal vouches for
+    pinning = True  # while the pinned chains are being walked
 
     def open_named(name: str) -> dict[str, Any]:
         """"Writer rules" and the segment checks, in the order format.md gives."""
         device, seq, kind = segments[name]
-        blob = (remote / name).read_bytes()
         writer = chain.writer_key(device)
         if writer is None:
             raise IntegrityFailure(f"manifest segment {name} was written by {device}, who is "
                                    "not a member of this vault")
+        member = chain.members.get(device)
+        if member is not None and member.kind != "device":
+            raise IntegrityFailure(f"manifest segment {name} was written by recovery kit "
+                                   f"{device}: a kit only ever adds a device, it never writes")
         cut = chain.removed.get(device)
+        if cut is not None and not pinning and name not in pinned.get(device, set()):
+            raise Skip(f"manifest segment {name} of removed member {device} is not on the "
+                       "chain its removal recorded; refused")
         if cut is not None and seq > cut.seq:
             raise Skip(f"manifest segment {name} was written by removed member {device} after "
                        "its removal; refused")
+        blob = (remote / name).read_bytes()
         try:
             verify_segment(blob, chain.vault_id, name, writer)
         except BadData as exc:
             raise IntegrityFailure(f"manifest segment {name} has a bad signature") from exc
         pos, head_id = segment_head(blob)
         head = chain.commits.get(head_id)
-        if head is None or head.pos != pos:
+        if head is None:
             raise Skip(f"manifest segment {name} names commit {head_id[:16]}... that is not "
                        "verified; skipped")
+        if head.pos != pos:
+            raise IntegrityFailure(f"manifest segment {name} names commit {head_id[:16]}... "
+                                   "at the wrong position")
         if device not in head.members:
             raise IntegrityFailure(f"manifest segment {name}: its writer was not a member at "
                                    "the commit it names")
@@ -1137,6 +1210,10 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
         hashes[name] = digest
         return payload
 
+    for device, cut in sorted(chain.removed.items()):
+        pinned[device] = pinned_segments(device, cut, segments, open_named, hashes)
+    pinning = False
+
     # 1. open every snapshot and merge them
     state = State()
     held: set[str] = set()  # devices with a snapshot skipped
@@ -1154,16 +1231,22 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
                              parse_snapshot_paths(payload.get("paths")))
         except BadData as exc:
             raise IntegrityFailure(f"manifest segment {name} is malformed") from exc
-        no_late_writes(name, snapshot.ctx, chain)
-        state.merge(snapshot)
+        if any(snapshot.ctx.get(rid, 0) > seq for rid, seq in limit.items()):
+            # "Writer rules": late writes of a removed member are left out, not refused
+            skipped.append(f"manifest segment {name} holds writes of a removed member past "
+                           "its removal; they are left out")
+            snapshot.ctx = clamp(snapshot.ctx, limit)
+            snapshot.paths = {p: {d: e for d, e in sibs.items() if not late_dot(d, limit)}
+                              for p, sibs in snapshot.paths.items()}
+        if not state.dominates(snapshot.ctx):
+            state.merge(snapshot)
 
     # 2. apply the deltas the merged vector does not cover, in causal order: D:S applies when
     #    the vector holds D:S-1 and dominates the delta's deps
     pending: dict[str, dict[int, str]] = {}
     for name, (device, seq, kind) in segments.items():
         if kind == "d" and seq > state.ctx.get(device, 0):
-            cut = chain.removed.get(device)
-            if cut is not None and seq > cut.seq:
+            if device in limit and seq > limit[device]:
                 skipped.append(f"manifest segment {name} was written by removed member "
                                f"{device} after its removal; refused")
                 continue
@@ -1190,7 +1273,7 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
                 except BadData as exc:
                     raise IntegrityFailure(f"manifest segment {found} is malformed") from exc
                 check_history(found, payload, deps, hashes, seq)
-                no_late_writes(found, deps, chain)
+                opened[found] = (clamp(deps, limit), opened[found][1])
             deps, ops = opened[found]
             if not state.dominates({d: s for d, s in deps.items() if d != device}):
                 continue
@@ -1267,6 +1350,9 @@ def check_entry(path: str, entry: Entry) -> None:
         for key in ("s", "m", "a", "n"):
             need(key, is_int(entry.get(key)))
         need("g", is_hex(entry.get("g"), 64))  # kek_commit of the wrapping KEK
+        # kek_commit of the KEK the DEK was first wrapped under (who could ever read it):
+        # informational here, but it must be well formed if present
+        need("w", "w" not in entry or is_hex(entry["w"], 64))
         need("s", entry["s"] >= 0)
         need("a", entry["a"] >= 0)
         need("n", entry["n"] >= 0)
@@ -1504,7 +1590,7 @@ def restore(remote: Path, kit_path: Path, out: Path, passphrase_env: str) -> dic
     kit = read_kit(kit_path, passphrase_env)
     chain = load_keys(remote, vault, kit)
     state, skipped = load_manifest(remote, chain)
-    for reason in skipped:
+    for reason in chain.warnings + skipped:
         print(f"{PROG}: warning: {reason}", file=sys.stderr)
     for path, siblings in state.paths.items():
         check_path(path)

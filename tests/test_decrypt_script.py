@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -27,6 +28,8 @@ from helpers import PASSPHRASE, cg, cg_json, tree
 from cloudguard import chain, vault
 from cloudguard import format as fmt
 from cloudguard import keys as keymod
+from cloudguard import manifest as mf
+from cloudguard.errors import IntegrityError
 from cloudguard.state import find_binding
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "cloudguard-decrypt.py"
@@ -103,6 +106,7 @@ class Built:
     remote: Path  # the vault's remote folder: tests copy it before they change it
     kit: Path
     original: dict[str, tuple[Any, ...]]  # tree() of the folder that was pushed
+    device: tuple[chain.Secret, str]  # the pushing device's member secret and id
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +132,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
         a, kit = new_vault(base, str(remote))
         write(a / "second-push.txt", b"one more delta\n")
         cg("push", "--folder", str(a))
-        yield Built(remote, kit, tree(a))
+        binding = find_binding(str(a))
+        yield Built(remote, kit, tree(a), (vault._device_key(binding).load(), binding.device))
 
 
 def copy_of(built: Built, dest: Path) -> Path:
@@ -298,8 +303,14 @@ def test_tampering_fails_with_exit_3_and_writes_nothing(built: Built, tmp_path: 
     def outsider_segment(r: Path) -> None:
         add_delta(r, kit, [], writer=(chain.Secret.generate(), "0123456789abcdef"))
 
-    def kit_segment_signed_by_another(r: Path) -> None:
-        add_delta(r, kit, [], writer=(chain.Secret.generate(), None))
+    def device_segment_signed_by_another(r: Path) -> None:
+        add_delta(r, kit, [], writer=(chain.Secret.generate(), built.device[1]))
+
+    def kit_segment(r: Path) -> None:  # signed by the kit itself: kits never write
+        add_delta(r, kit, [])
+
+    def wrong_position(r: Path) -> None:  # a verified commit named at another position
+        add_delta(r, kit, [], writer=built.device, pos_offset=1)
 
     outsider = "m/0123456789abcdef-000000000001.d"
     cases = [(tamper_big, "stand-alone.bin"), (tamper_pack, "data/" + pack),
@@ -309,7 +320,8 @@ def test_tampering_fails_with_exit_3_and_writes_nothing(built: Built, tmp_path: 
              (tamper_commit, head), (delete_genesis, genesis),
              (outsider_commit, "not a member of the parent"),
              (outsider_segment, outsider + " was written by 0123456789abcdef, who is not a member"),
-             (kit_segment_signed_by_another, "bad signature")]
+             (device_segment_signed_by_another, "bad signature"),
+             (kit_segment, "recovery kit"), (wrong_position, "at the wrong position")]
     for i, (tamper, named) in enumerate(cases):
         copy = copy_of(built, tmp_path / f"copy{i}")
         tamper(copy)
@@ -377,23 +389,29 @@ def forge_commit(remote: Path, kit: Path, signer: chain.Secret, rid: str) -> Non
 
 
 def add_delta(remote: Path, kit: Path, ops: list[dict[str, Any]],
-              writer: tuple[chain.Secret, str | None] | None = None) -> None:
-    """Append a validly sealed delta written by the kit's member (what a malicious member could
-    write), or signed by ``writer`` (key, member id; None: the kit's id). Uses the package only
-    to build the test input."""
+              writer: tuple[chain.Secret, str | None] | None = None, pos_offset: int = 0,
+              head: str | None = None) -> str:
+    """Append a validly sealed delta, the writer's next segment: written by the kit's member,
+    or signed by ``writer`` (key, member id; None: the kit's id), under the head commit (or
+    the id ``head``, at the head's position + ``pos_offset``). Returns its name. Uses the
+    package only to build the test input."""
     opened, view, kek = open_chain(remote, kit)
     signer, device = opened.secret, opened.rid
     if writer is not None:
         signer, device = writer[0], writer[1] or opened.rid
-    name = f"m/{device}-{1:012d}.d"
-    payload = {"kind": "delta", "device": device, "seq": 1, "deps": {}, "dh": {}, "prev": None,
-               "created": "2024-01-01T00:00:00Z", "ops": ops}
-    (remote / name).write_bytes(fmt.seal_segment(kek, view.head.pos, view.head.id,
-                                                 view.vault_id, name, payload, signer.s))
+    seq = 1 + max([int(n[17:29]) for n in os.listdir(remote / "m") if n.startswith(device)],
+                  default=0)
+    name = f"m/{device}-{seq:012d}.d"
+    payload = {"kind": "delta", "device": device, "seq": seq, "deps": {}, "dh": {},
+               "prev": None, "created": "2024-01-01T00:00:00Z", "ops": ops}
+    (remote / name).write_bytes(fmt.seal_segment(kek, view.head.pos + pos_offset,
+                                                 head or view.head.id, view.vault_id, name,
+                                                 payload, signer.s))
+    return name
 
 
 def test_hostile_manifest_is_refused(built: Built, tmp_path: Path) -> None:
-    """A member can write any (authenticated) manifest: unsafe paths, and paths below a
+    """A device can write any (authenticated) manifest: unsafe paths, and paths below a
     symlink or a file, must be refused before anything is written."""
     kit = built.kit
     outside = tmp_path / "outside"
@@ -409,7 +427,7 @@ def test_hostile_manifest_is_refused(built: Built, tmp_path: Path) -> None:
     }
     for case, (code, ops) in cases.items():
         copy = copy_of(built, tmp_path / f"copy-{case}")
-        add_delta(copy, kit, ops)
+        add_delta(copy, kit, ops, writer=built.device)
         out = tmp_path / f"out-{case}"
         result = decrypt(copy, kit, out)
         assert result.returncode == code, (case, result.stderr)
@@ -454,3 +472,292 @@ def test_removed_device(local_remote: str, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert name in result.stderr and "after its removal" in result.stderr
     assert tree(out) == tree(a)
+
+
+def test_segment_under_an_unknown_commit_is_skipped(built: Built, tmp_path: Path) -> None:
+    """A segment naming a commit that is not verified (not listed yet) is skipped with a
+    warning, as cloudguard defers it; everything else is restored."""
+    copy = copy_of(built, tmp_path / "copy")
+    name = add_delta(copy, built.kit, [{"p": "small.txt", "e": None, "rm": []}],
+                     writer=built.device, head="ab" * 32)
+    result = decrypt(copy, built.kit, tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert name in result.stderr and "not verified" in result.stderr
+    assert tree(tmp_path / "out") == built.original
+
+
+# --- the script's rules against cloudguard's, on chains and manifests built in memory -----
+#
+# The script is loaded as a module; commits and segments are built with the package (test
+# input only) and written to a folder laid out like a remote. Both readers then read it, and
+# must agree.
+
+
+def load_script() -> Any:
+    spec = importlib.util.spec_from_file_location("cloudguard_decrypt", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+script = load_script()
+DESCRIPTOR = "0" * 64
+
+
+class Lab:
+    """A vault's keys/ and m/ folders, built commit by commit and segment by segment."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "keys").mkdir(parents=True)
+        (root / "m").mkdir()
+        self.secrets: dict[str, chain.Secret] = {}
+        self.kinds: dict[str, str] = {}
+        self.keks: dict[str, bytes] = {}  # kek_commit -> KEK
+        self.vault_id = ""
+
+    def member(self, kind: str = "device") -> str:
+        rid = os.urandom(8).hex()
+        self.secrets[rid], self.kinds[rid] = chain.Secret.generate(), kind
+        return rid
+
+    def keys(self, rid: str) -> chain.MemberKeys:
+        return self.secrets[rid].public(self.kinds[rid])
+
+    def _put(self, made: tuple[chain.Commit, bytes, bytes], kek: bytes) -> chain.Commit:
+        commit, data, keyobj = made
+        (self.root / commit.name).write_bytes(data)
+        (self.root / (commit.name + ".k")).write_bytes(keyobj)
+        self.keks[commit.kek] = kek
+        return commit
+
+    def genesis(self, rid: str) -> chain.Commit:
+        kek = os.urandom(32)
+        made = chain.build(None, "", self.secrets[rid], rid, "genesis", {rid: self.keys(rid)},
+                           {}, kek, 1, {rid: "genesis"}, {}, DESCRIPTOR, "2024-01-01T00:00:00Z")
+        self.vault_id = made[0].id
+        return self._put(made, kek)
+
+    def commit(self, parent: chain.Commit, signer: str, action: str,
+               members: dict[str, chain.MemberKeys], removed: dict[str, chain.Cutoff],
+               merges: list[str] | None = None) -> chain.Commit:
+        kek = self.keks[parent.kek] if action == "add" else os.urandom(32)
+        epoch = parent.epoch + (action != "add")
+        view = chain.View(self.vault_id, {}, parent, {}, {})
+        made = chain.build(view, self.vault_id, self.secrets[signer], signer, action, members,
+                           removed, kek, epoch, {r: "member" for r in members}, {}, DESCRIPTOR,
+                           "2024-01-01T00:00:00Z", merges)
+        return self._put(made, kek)
+
+    def add(self, parent: chain.Commit, signer: str, rid: str) -> chain.Commit:
+        return self.commit(parent, signer, "add", {**parent.members, rid: self.keys(rid)},
+                           dict(parent.removed))
+
+    def remove(self, parent: chain.Commit, signer: str, rid: str, seq: int = 0,
+               digest: str | None = None) -> chain.Commit:
+        members = {r: k for r, k in parent.members.items() if r != rid}
+        removed = {**parent.removed, rid: chain.Cutoff(parent.members[rid].s, seq, digest)}
+        return self.commit(parent, signer, "remove", members, removed)
+
+    def merge(self, parent: chain.Commit, signer: str, tips: list[chain.Commit],
+              drop: str | None = None) -> chain.Commit:
+        """A merge of ``tips`` into ``parent`` (with member ``drop`` left out: a bad one)."""
+        view = self.reference()
+        scope = {a.id: a for c in (parent, *tips) for a in view.ancestry(view.commits[c.id])}
+        members, removed = chain._union(scope.values())
+        members.pop(drop or "", None)
+        return self.commit(parent, signer, "merge", members, removed, [t.id for t in tips])
+
+    def segment(self, writer: str, seq: int, kind: str, head: chain.Commit,
+                **fields: Any) -> str:
+        """Seal and store a segment; returns its SHA-256."""
+        name = f"m/{writer}-{seq:012d}.{kind}"
+        payload = {"kind": {"d": "delta", "s": "snapshot"}[kind], "device": writer, "seq": seq,
+                   "prev": None, "created": "2024-01-01T00:00:00Z", **fields}
+        data = fmt.seal_segment(self.keks[head.kek], head.pos, head.id, self.vault_id, name,
+                                payload, self.secrets[writer].s)
+        (self.root / name).write_bytes(data)
+        return hashlib.sha256(data).hexdigest()
+
+    def names(self, prefix: str) -> list[str]:
+        return sorted(f"{prefix}{n}" for n in os.listdir(self.root / prefix.rstrip("/")))
+
+    def reference(self) -> chain.View:
+        return chain.verify(self.vault_id, self.names("keys/"),
+                            lambda n: (self.root / n).read_bytes(), set(), DESCRIPTOR)
+
+    def scripted(self) -> Any:
+        """The script's verified chain, with every KEK (the lab skips the key objects)."""
+        got = script.verify_chain(self.root, self.vault_id, DESCRIPTOR)
+        got.keks.update(self.keks)
+        return got
+
+
+def assert_same_chain(lab: Lab) -> tuple[chain.View, Any]:
+    ref, got = lab.reference(), lab.scripted()
+    assert set(got.commits) == set(ref.commits)
+    assert got.head.id == ref.head.id
+    assert set(got.members) == set(ref.members) and set(got.removed) == set(ref.removed)
+    assert {(c.seq, c.hash) for c in got.removed.values()} == {
+        (c.seq, c.hash) for c in ref.removed.values()}
+    return ref, got
+
+
+def test_void_commits_follow_cloudguard(tmp_path: Path) -> None:
+    """"Void commits": A removes X in R. A branch X signs from the past (an add of a key it
+    holds, and what is built on it) is void; X answering with a concurrent removal of A is
+    not: both removals stand, and the merged view removes both."""
+    lab = Lab(tmp_path / "past")
+    a, x, e, k = lab.member(), lab.member(), lab.member(), lab.member("kit")
+    base = lab.add(lab.add(lab.genesis(a), a, x), a, k)
+    removal = lab.remove(base, a, x)
+    past = lab.add(base, x, e)
+    built_on = lab.commit(past, e, "rotate", dict(past.members), dict(past.removed))
+    ref, got = assert_same_chain(lab)
+    assert removal.id in got.commits and not {past.id, built_on.id} & set(got.commits)
+    assert got.head.id == removal.id and set(got.members) == {a, k}
+    assert sorted(ref.void) == sorted(w.split(":")[0] for w in got.warnings)
+
+    lab = Lab(tmp_path / "mutual")
+    a, x, k = lab.member(), lab.member(), lab.member("kit")
+    base = lab.add(lab.add(lab.genesis(a), a, x), a, k)
+    removal, answer = lab.remove(base, a, x), lab.remove(base, x, a)
+    _ref, got = assert_same_chain(lab)
+    assert {removal.id, answer.id} <= set(got.commits) and not got.warnings
+    assert set(got.removed) == {a, x} and set(got.members) == {k}
+    assert got.head.id == min(removal.id, answer.id)
+
+
+def test_head_and_merges_follow_cloudguard(tmp_path: Path) -> None:
+    """"Races": two devices add a kit each on one parent; the head is the child with the
+    lowest id, and a merge commit must hold exactly the merged member set."""
+    for case in ("race", "merged", "bad-merge"):
+        lab = Lab(tmp_path / case)
+        a, b, k1, k2 = lab.member(), lab.member(), lab.member("kit"), lab.member("kit")
+        base = lab.add(lab.genesis(a), a, b)
+        one, two = lab.add(base, a, k1), lab.add(base, b, k2)
+        head, other = sorted((one, two), key=lambda c: c.id)
+        if case == "race":
+            _ref, got = assert_same_chain(lab)
+            assert got.head.id == head.id and set(got.members) == {a, b, k1, k2}
+        elif case == "merged":
+            merge = lab.merge(head, a, [other])
+            _ref, got = assert_same_chain(lab)
+            assert got.head.id == merge.id and set(got.head.members) == {a, b, k1, k2}
+        else:
+            merge = lab.merge(head, a, [other], drop=k2)
+            with pytest.raises(IntegrityError):
+                lab.reference()
+            with pytest.raises(script.IntegrityFailure, match="the merge does not equal"):
+                lab.scripted()
+
+
+def reference_manifest(lab: Lab, cache: Path) -> tuple[dict[str, Any], dict[str, int],
+                                                       list[str]]:
+    view = lab.reference()
+
+    def opener(name: str, dev: str, seq: int, data: bytes) -> dict[str, Any]:
+        return chain.accept_segment(view, name, dev, seq, data, lambda c: lab.keks[c.kek])
+
+    skipped: list[str] = []
+    listing = {n: (lab.root / n).stat().st_size for n in lab.names("m/")}
+    loaded = mf.load(listing, lambda n: (lab.root / n).read_bytes(), opener, "f" * 16, {},
+                     mf.SegmentCache(cache), None,
+                     {r: (c.seq, c.hash) for r, c in view.removed.items()}, skipped)
+    return dict(loaded.state.items()), loaded.state.ctx, skipped
+
+
+@pytest.mark.parametrize("honest", ["snapshot", "delta"])
+def test_removed_member_writes_follow_cloudguard(tmp_path: Path, honest: str) -> None:
+    """"Writer rules": A removes X with the cutoff (2, hash of X's segment 2). X's segments 1
+    and 2 are vouched for (cutoff hash, then prev) and applied; a snapshot X signed later under
+    seq 1 is skipped, and so is X's late delta 3. A applied that late delta before it saw the
+    removal: its snapshot (entry and ctx) or its delta's deps are clamped to the cutoff, not
+    refused."""
+    lab = Lab(tmp_path / "remote")
+    a, x = lab.member(), lab.member()
+    joined = lab.add(lab.genesis(a), a, x)
+    folder = {"t": "d", "x": 0o755}
+
+    def put(path: str) -> list[dict[str, Any]]:
+        return [{"p": path, "e": folder, "rm": []}]
+
+    h1 = lab.segment(x, 1, "d", joined, deps={}, dh={}, ops=put("x1"))
+    h2 = lab.segment(x, 2, "d", joined, deps={x: 1}, dh={}, prev=h1, ops=put("x2"))
+    lab.segment(x, 1, "s", joined, ctx={a: 10**6, x: 1}, paths={})  # would delete everything
+    removal = lab.remove(joined, a, x, 2, h2)
+    lab.segment(x, 3, "d", joined, deps={x: 2}, dh={}, prev=h2, ops=put("x3"))
+    if honest == "snapshot":
+        h = lab.segment(a, 1, "s", removal, ctx={a: 1, x: 3},
+                        paths={"a1": {f"{a}:1": folder}, "x1": {f"{x}:1": folder},
+                               "x2": {f"{x}:2": folder}, "x3": {f"{x}:3": folder}})
+        lab.segment(a, 2, "d", removal, deps={a: 1, x: 3}, dh={}, prev=h, ops=put("a2"))
+    else:
+        lab.segment(a, 1, "d", removal, deps={x: 3}, dh={}, ops=put("a1"))
+    paths, ctx, ref_skipped = reference_manifest(lab, tmp_path / "cache")
+    state, skipped = script.load_manifest(lab.root, lab.scripted())
+    assert state.paths == paths and state.ctx == ctx
+    assert sorted(paths) == (["a1", "a2", "x1", "x2"] if honest == "snapshot"
+                             else ["a1", "x1", "x2"])
+    assert ctx[x] == 2
+    assert len(skipped) == len(ref_skipped)
+    for name in (f"m/{x}-{1:012d}.s", f"m/{x}-{3:012d}.d"):
+        assert any(name in s for s in skipped), skipped
+    if honest == "snapshot":
+        assert any("past its removal; they are left out" in s for s in skipped)
+
+
+def test_removal_with_no_cutoff_hash_vouches_for_nothing(tmp_path: Path) -> None:
+    """A removal that recorded no hash (its remover applied none of X's segments) vouches for
+    none of them: X's segment at the cutoff is skipped too, and the rest restores."""
+    lab = Lab(tmp_path / "remote")
+    a, x = lab.member(), lab.member()
+    joined = lab.add(lab.genesis(a), a, x)
+    lab.segment(x, 1, "d", joined, deps={}, dh={},
+                ops=[{"p": "x1", "e": {"t": "d"}, "rm": []}])
+    lab.remove(joined, a, x, 1, None)
+    paths, ctx, ref_skipped = reference_manifest(lab, tmp_path / "cache")
+    state, skipped = script.load_manifest(lab.root, lab.scripted())
+    assert state.paths == paths == {} and state.ctx == ctx
+    assert len(skipped) == len(ref_skipped) == 1 and "not on the chain" in skipped[0]
+
+
+def test_kit_writes_are_an_integrity_failure(tmp_path: Path) -> None:
+    lab = Lab(tmp_path / "remote")
+    a, k = lab.member(), lab.member("kit")
+    added = lab.add(lab.genesis(a), a, k)
+    lab.segment(k, 1, "d", added, deps={}, dh={}, ops=[])
+    with pytest.raises(IntegrityError, match="kit"):
+        reference_manifest(lab, tmp_path / "cache")
+    with pytest.raises(script.IntegrityFailure, match="recovery kit"):
+        script.load_manifest(lab.root, lab.scripted())
+
+
+def test_padded_sealed_json_opens(tmp_path: Path) -> None:
+    """Member names and KEK history are padded with trailing spaces (valid JSON whitespace)."""
+    kek, aad = os.urandom(32), b"ctx"
+    payload = {"0123456789abcdef": "laptop"}
+    sealed = fmt.seal_json(kek, b"cloudguard/v2/names", aad, payload, pad=True)
+    assert len(fmt.unb64(sealed)) >= 12 + 256 + 16  # padded to at least 256 bytes
+    assert script.open_sealed_json(kek, b"cloudguard/v2/names", aad, sealed) == payload
+    with pytest.raises(script.BadData):
+        script.open_sealed_json(kek, b"cloudguard/v2/history", aad, sealed)
+
+
+def test_entries_may_carry_w(built: Built) -> None:
+    """"w" (the KEK the DEK was first wrapped under) is accepted, and checked for form."""
+    _opened, view, kek = open_chain(built.remote, built.kit)
+    entries = []
+    for name in sorted(os.listdir(built.remote / "m")):
+        data = (built.remote / "m" / name).read_bytes()
+        payload = fmt.open_segment(view.keks.get(view.commits[fmt.segment_head(data)[1]].kek,
+                                                 kek), view.vault_id, f"m/{name}", data)
+        entries += [op["e"] for op in payload.get("ops", []) if op.get("e")]
+        entries += [e for sibs in payload.get("paths", {}).values() for e in sibs.values()]
+    files = [e for e in entries if e["t"] == "f"]
+    assert files and all(fmt.kek_commit(kek) == e["w"] for e in files)  # cloudguard writes w
+    script.check_entry("a.txt", files[0])
+    with pytest.raises(script.IntegrityFailure, match="'w'"):
+        script.check_entry("a.txt", {**files[0], "w": "not hex"})
