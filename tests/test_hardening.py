@@ -8,8 +8,9 @@ import os
 import stat
 from pathlib import Path
 
-from helpers import cg
+from helpers import cg, share
 
+from cloudguard import sync, vault
 from cloudguard.state import write_private
 
 
@@ -37,3 +38,33 @@ def test_kit_export_is_not_redirected_by_a_planted_symlink(local_remote: str,
     assert victim.read_text() == "someone else's file"
     assert not kit.is_symlink() and b"recovery-kit" in kit.read_bytes()
     assert stat.S_IMODE(kit.stat().st_mode) == 0o600
+
+
+def test_applying_a_mode_never_sets_setuid_setgid_or_sticky(tmp_path: Path) -> None:
+    staged = sync.stage(tmp_path, "tool", lambda fh: fh.write(b"#!/bin/sh\n"), 0o6755, 0, [])
+    sync.commit_staged(tmp_path, staged)
+    assert stat.S_IMODE((tmp_path / "tool").stat().st_mode) == 0o755
+    sync.make_dir(tmp_path, "shared", 0o3777)
+    assert stat.S_IMODE((tmp_path / "shared").stat().st_mode) == 0o777
+
+
+def test_forged_setuid_entry_is_pulled_without_the_bit(local_remote: str,
+                                                       tmp_path: Path) -> None:
+    """A member (a removed device, say) writes an entry with setuid, setgid and sticky bits;
+    a pushed setuid file is stored without them too."""
+    a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
+    a.mkdir()
+    (a / "plain.sh").write_text("#!/bin/sh\necho hi\n")
+    (a / "suid.sh").write_text("#!/bin/sh\necho root\n")
+    os.chmod(a / "suid.sh", 0o4755)
+    share(local_remote, a, b, kit)
+    assert stat.S_IMODE((b / "suid.sh").stat().st_mode) == 0o755
+    with vault.session(str(a)) as s:
+        entries = {p: e for p, (_d, e) in sync.view(s.state).items()}
+        assert entries["suid.sh"]["x"] == 0o755
+        s.commit([{"p": "evil.sh", "e": {**entries["plain.sh"], "x": 0o6755}, "rm": []},
+                  {"p": "evil-dir", "e": {"t": "d", "x": 0o1777}, "rm": []}])
+    cg("pull", "--folder", str(b))
+    assert (b / "evil.sh").read_text() == "#!/bin/sh\necho hi\n"
+    assert stat.S_IMODE((b / "evil.sh").stat().st_mode) == 0o755
+    assert stat.S_IMODE((b / "evil-dir").stat().st_mode) == 0o777
