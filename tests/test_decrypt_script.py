@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import cg, tree
+from helpers import CHEAP_KDF_LOG_N, cg, tree
 
 from cloudguard import format as fmt
 from cloudguard import keys as keymod
@@ -119,7 +119,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
         mp.setenv("RCLONE_CONFIG", "/dev/null")
         mp.setenv("CLOUDGUARD_KEYSTORE", "file")
         mp.setenv("CLOUDGUARD_PASSPHRASE", "test-passphrase")
-        mp.setenv("CLOUDGUARD_SCRYPT_LOG_N", "10")
+        mp.setattr(keymod, "TEST_KDF_LOG_N", CHEAP_KDF_LOG_N)
         remote = base / "remote"
         remote.mkdir()
         a, kit = new_vault(base, str(remote))

@@ -4,13 +4,16 @@ neutralised, and names the object it refused."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
 
-from helpers import cg, share
+import pytest
+from helpers import CHEAP_KDF_LOG_N, cg, cg_proc, share
 
-from cloudguard import sync, vault
+from cloudguard import format as fmt
+from cloudguard import keys, sync, vault
 from cloudguard.state import write_private
 
 
@@ -68,3 +71,19 @@ def test_forged_setuid_entry_is_pulled_without_the_bit(local_remote: str,
     assert (b / "evil.sh").read_text() == "#!/bin/sh\necho hi\n"
     assert stat.S_IMODE((b / "evil.sh").stat().st_mode) == 0o755
     assert stat.S_IMODE((b / "evil-dir").stat().st_mode) == 0o777
+
+
+def test_no_environment_variable_lowers_the_kdf_cost(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(keys, "TEST_KDF_LOG_N", None)
+    monkeypatch.setenv("CLOUDGUARD_SCRYPT_LOG_N", "10")
+    assert keys.scrypt_log_n(fmt.KIT_LOG_N) == fmt.KIT_LOG_N
+
+
+def test_the_cli_in_a_child_process_uses_the_test_kdf_hook(local_remote: str,
+                                                           tmp_path: Path) -> None:
+    a, kit = tmp_path / "a", tmp_path / "kit.json"
+    a.mkdir()
+    assert cg_proc("init", str(a), "--remote", local_remote).returncode == 0
+    assert cg_proc("key", "export", str(kit), "--folder", str(a)).returncode == 0
+    assert json.loads(kit.read_text())["kdf"]["log_n"] == CHEAP_KDF_LOG_N
+
