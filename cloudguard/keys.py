@@ -225,9 +225,10 @@ def write_kit(path: Path, vault_id: str, rid: str, priv: X25519PrivateKey,
 
 def read_kit(path: Path, passphrase: str) -> tuple[str, str, X25519PrivateKey]:
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        raw = path.read_bytes()
+    except OSError as exc:
         raise UsageError(f"cannot read recovery kit {path}: {exc}") from exc
+    doc = fmt.parse_json(raw, f"recovery kit {path}")
     if not isinstance(doc, dict) or doc.get("cloudguard") != "recovery-kit":
         raise UsageError(f"{path} is not a cloudguard recovery kit")
     if doc.get("format") != fmt.VERSION:
@@ -310,7 +311,7 @@ def open_generation(vault_id: str, number: int, raw: bytes, rid: str,
     Returns None when we hold no slot in it (we were never a member of this generation).
     """
     try:
-        doc = json.loads(raw)
+        doc = fmt.parse_json(raw, keys_name(number))
         if doc.get("cloudguard") != "keys" or doc.get("vault") != vault_id:
             raise IntegrityError()
         if doc.get("format") != fmt.VERSION:

@@ -68,10 +68,7 @@ def make_descriptor(vault_id: str, padding: str) -> bytes:
 
 
 def parse_descriptor(raw: bytes, where: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(raw)
-    except ValueError as exc:
-        raise IntegrityError(f"{where}: the vault descriptor is not valid JSON") from exc
+    doc = fmt.parse_json(raw, f"{where}: the vault descriptor {DESCRIPTOR}")
     if not isinstance(doc, dict) or doc.get("cloudguard") != "vault":
         raise IntegrityError(f"{where}: not a cloudguard vault descriptor")
     if doc.get("format") != fmt.VERSION:
@@ -999,13 +996,18 @@ def device_list(folder: str | None) -> list[dict[str, Any]]:
 def device_approve(folder: str | None, fp: str) -> dict[str, Any]:
     wanted = fp.strip().upper().replace(" ", "")
     with session(folder) as s:
+        refused: list[str] = []  # not JSON at all: tampering, reported if nothing matches
         for name in [n for n in s.listing if n.startswith(keymod.ENROLL_PREFIX)]:
             try:
-                req = json.loads(s.transport.get_bytes(name))
+                req = fmt.parse_json(s.transport.get_bytes(name), name)
                 pub = fmt.unb64(req["pub"])
                 member = Member(str(req["rid"]), "device", str(req["name"]), str(req["created"]),
                                 pub)
-            except (ValueError, KeyError, TypeError, IntegrityError):
+            except IntegrityError as exc:
+                s.ui.warn(f"ignored enrolment request {name}: {exc}")
+                refused.append(str(exc))
+                continue
+            except (ValueError, KeyError, TypeError):
                 s.ui.warn(f"ignored malformed enrolment request {name}")
                 continue
             if fmt.fingerprint(pub) == wanted and req.get("vault") == s.binding.vault_id:
@@ -1013,6 +1015,9 @@ def device_approve(folder: str | None, fp: str) -> dict[str, Any]:
                 s.transport.delete([name])
                 _log(s, "device-approve", approved=member.rid)
                 return {"approved": member.rid, "name": member.name}
+        if refused:
+            raise IntegrityError(f"no valid pending enrolment request has fingerprint {fp}; "
+                                 "refused: " + "; ".join(refused))
         raise UsageError(f"no pending enrolment request has fingerprint {fp}")
 
 

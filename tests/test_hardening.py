@@ -10,10 +10,11 @@ import stat
 from pathlib import Path
 
 import pytest
-from helpers import CHEAP_KDF_LOG_N, cg, cg_proc, share
+from helpers import CHEAP_KDF_LOG_N, cg, cg_json, cg_proc, share
 
 from cloudguard import format as fmt
 from cloudguard import keys, sync, vault
+from cloudguard.errors import IntegrityError
 from cloudguard.state import write_private
 
 
@@ -87,3 +88,62 @@ def test_the_cli_in_a_child_process_uses_the_test_kdf_hook(local_remote: str,
     assert cg_proc("key", "export", str(kit), "--folder", str(a)).returncode == 0
     assert json.loads(kit.read_text())["kdf"]["log_n"] == CHEAP_KDF_LOG_N
 
+
+NESTED = b"[" * 50_000  # far past the parser's recursion limit, yet small
+
+
+def one_device(remote: str, tmp_path: Path) -> Path:
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "doc.txt").write_text("hello")
+    cg("init", str(a), "--remote", remote)
+    cg("push", "--folder", str(a))
+    return a
+
+
+def test_parse_json_refuses_nesting_duplicate_keys_and_bad_bytes() -> None:
+    assert fmt.parse_json(b'{"a": [1, {"b": null}]}', "x") == {"a": [1, {"b": None}]}
+    for raw, why in [(NESTED, "nested too deeply"), (b'{"a": 1, "a": 2}', "'a' appears twice"),
+                     (b'{"o": {"k": 1, "k": 1}}', "'k' appears twice"),
+                     ('{"a": 1}'.encode("utf-16"), "utf-8"), (b"{} {}", "Extra data")]:
+        with pytest.raises(IntegrityError, match=f"^keys/00000007 is not valid JSON.*{why}"):
+            fmt.parse_json(raw, "keys/00000007")
+
+
+def test_nested_descriptor_is_exit_3_naming_it(local_remote: str, tmp_path: Path) -> None:
+    a = one_device(local_remote, tmp_path)
+    (Path(local_remote) / "cloudguard.json").write_bytes(NESTED)
+    out = cg("pull", "--folder", str(a), code=3).output
+    assert "cloudguard.json is not valid JSON: nested too deeply" in out
+
+
+def test_nested_key_object_is_exit_3_naming_it(local_remote: str, tmp_path: Path) -> None:
+    a = one_device(local_remote, tmp_path)
+    (Path(local_remote) / "keys" / "00000001").write_bytes(NESTED)
+    assert "keys/00000001" in cg("pull", "--folder", str(a), code=3).output
+
+
+def test_nested_or_duplicated_enrolment_request_is_exit_3_naming_it(local_remote: str,
+                                                                      tmp_path: Path) -> None:
+    a = one_device(local_remote, tmp_path)
+    enroll = Path(local_remote) / "enroll"
+    enroll.mkdir()
+    (enroll / "00000000000000aa").write_bytes(NESTED)
+    out = cg("device", "approve", "AAAA-BBBB-CCCC-DDDD", "--folder", str(a), code=3).output
+    assert "enroll/00000000000000aa is not valid JSON: nested too deeply" in out
+    # a request whose id (or name) is given twice reads differently to different parsers
+    request = cg_json("clone", local_remote, str(tmp_path / "b"))
+    (enroll / "00000000000000aa").unlink()
+    path = enroll / request["device"]
+    path.write_text(path.read_text().replace('"rid":', '"rid": "0123456789abcdef", "rid":'))
+    out = cg("device", "approve", request["fingerprint"], "--folder", str(a), code=3).output
+    assert f"enroll/{request['device']} is not valid JSON: the key 'rid' appears twice" in out
+    assert len(cg_json("device", "list", "--folder", str(a))) == 1  # not approved
+
+
+def test_nested_recovery_kit_is_exit_3_naming_it(local_remote: str, tmp_path: Path) -> None:
+    one_device(local_remote, tmp_path)
+    kit = tmp_path / "kit.json"
+    kit.write_bytes(NESTED)
+    out = cg("clone", local_remote, str(tmp_path / "b"), "--key-file", str(kit), code=3).output
+    assert f"recovery kit {kit} is not valid JSON: nested too deeply" in out
