@@ -25,7 +25,7 @@ from typing import Any, TypeVar, cast
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from . import audit, sync
+from . import audit, limits, sync
 from . import format as fmt
 from . import keys as keymod
 from . import manifest as mf
@@ -385,7 +385,7 @@ def _prefetch(transport: Transport, listing: dict[str, int], cache: mf.SegmentCa
     when they are fetched one by one).
     """
     got = {n: d for n, d in (have or {}).items() if listing.get(n) == len(d)}
-    wanted = [n for n in listing if n not in got and (
+    wanted = [n for n in listing if n not in got and listing[n] <= limits.cap(n) and (
         n == DESCRIPTOR or n.startswith(keymod.KEYS_PREFIX)
         or (n.startswith(mf.PREFIX) and n not in (applied or set())
             and not cache.has(n, listing[n])))]
@@ -393,7 +393,10 @@ def _prefetch(transport: Transport, listing: dict[str, int], cache: mf.SegmentCa
 
     def fetch(name: str) -> bytes:
         data = got.pop(name, None)
-        return data if data is not None else transport.get_bytes(name)
+        if data is None:
+            limits.check(name, listing.get(name, 0))  # listed too big: refused unread
+            data = transport.get_bytes(name)
+        return data
     return fetch
 
 
@@ -999,7 +1002,7 @@ def device_approve(folder: str | None, fp: str) -> dict[str, Any]:
         refused: list[str] = []  # not JSON at all: tampering, reported if nothing matches
         for name in [n for n in s.listing if n.startswith(keymod.ENROLL_PREFIX)]:
             try:
-                req = fmt.parse_json(s.transport.get_bytes(name), name)
+                req = fmt.parse_json(s.transport.get_bytes(name, limits.MAX_ENROLMENT), name)
                 pub = fmt.unb64(req["pub"])
                 member = Member(str(req["rid"]), "device", str(req["name"]), str(req["created"]),
                                 pub)

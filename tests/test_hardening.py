@@ -7,15 +7,18 @@ from __future__ import annotations
 import json
 import os
 import stat
+import tracemalloc
 from pathlib import Path
 
 import pytest
 from helpers import CHEAP_KDF_LOG_N, cg, cg_json, cg_proc, share
 
 from cloudguard import format as fmt
-from cloudguard import keys, sync, vault
+from cloudguard import keys, limits, sync, vault
+from cloudguard import manifest as mf
 from cloudguard.errors import IntegrityError
 from cloudguard.state import write_private
+from cloudguard.transport import RcloneTransport
 
 
 def test_write_private_ignores_a_symlink_planted_at_the_old_temp_name(tmp_path: Path) -> None:
@@ -147,3 +150,54 @@ def test_nested_recovery_kit_is_exit_3_naming_it(local_remote: str, tmp_path: Pa
     kit.write_bytes(NESTED)
     out = cg("clone", local_remote, str(tmp_path / "b"), "--key-file", str(kit), code=3).output
     assert f"recovery kit {kit} is not valid JSON: nested too deeply" in out
+
+
+def test_caps_cover_every_kind_of_object_read_whole() -> None:
+    assert limits.cap(vault.DESCRIPTOR) == limits.MAX_DESCRIPTOR
+    assert limits.cap(keys.keys_name(3)) == limits.MAX_KEYS
+    assert limits.cap(keys.ENROLL_PREFIX + "0123456789abcdef") == limits.MAX_ENROLMENT
+    assert limits.cap(mf.segment_name("0123456789abcdef", 1, "s")) == limits.MAX_SEGMENT
+    assert limits.cap("data/" + "0" * 32) == limits.MAX_OTHER
+
+
+def test_oversized_object_is_refused_while_it_arrives(local_remote: str) -> None:
+    """The listing is not trusted: reading stops at the cap, so memory stays bounded."""
+    root = Path(local_remote)
+    with (root / vault.DESCRIPTOR).open("wb") as fh:
+        fh.truncate(64 * limits.MiB)
+    (root / "keys").mkdir()
+    (root / "keys" / "00000001").write_bytes(b"{}")
+    transport = RcloneTransport(local_remote)
+    tracemalloc.start()
+    try:
+        with pytest.raises(IntegrityError, match=f"^{vault.DESCRIPTOR} holds more than "
+                                                 f"{limits.MAX_DESCRIPTOR} bytes"):
+            transport.get_bytes(vault.DESCRIPTOR)
+        with pytest.raises(IntegrityError, match="^cloudguard.json holds more than 1048576"):
+            transport.get_bytes(vault.DESCRIPTOR, limits.MiB)
+        fetched = transport.get_many([vault.DESCRIPTOR, "keys/00000001"])
+        matched = transport.get_matching([f"/{vault.DESCRIPTOR}", "/keys/*"])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * limits.MiB, peak
+    assert fetched == matched == {"keys/00000001": b"{}"}
+
+
+def test_oversized_key_object_is_exit_3_naming_it(local_remote: str, tmp_path: Path) -> None:
+    """Valid JSON, padded past the cap: refused on its listed size, never parsed."""
+    a = one_device(local_remote, tmp_path)
+    slots = Path(local_remote) / "keys" / "00000001"
+    slots.write_bytes(slots.read_bytes() + b" " * limits.MAX_KEYS)
+    out = cg("pull", "--folder", str(a), code=3).output
+    assert "keys/00000001 holds more than 16777216 bytes" in out
+
+
+def test_oversized_enrolment_request_is_exit_3_naming_it(local_remote: str,
+                                                          tmp_path: Path) -> None:
+    a = one_device(local_remote, tmp_path)
+    request = cg_json("clone", local_remote, str(tmp_path / "b"))
+    path = Path(local_remote) / "enroll" / request["device"]
+    path.write_bytes(path.read_bytes() + b" " * limits.MAX_ENROLMENT)
+    out = cg("device", "approve", request["fingerprint"], "--folder", str(a), code=3).output
+    assert f"enroll/{request['device']} holds more than 65536 bytes" in out
