@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap
 
 from . import format as fmt
-from .errors import CloudguardError, IntegrityError, KeyStoreError, UsageError
+from .errors import CloudguardError, IntegrityError, KeyStoreError, UsageError, named
 from .state import write_private
 
 SERVICE = "cloudguard"
@@ -398,7 +398,10 @@ def load_keyring(fetch: Callable[[str], bytes], listing: Iterable[str], vault_id
                              "the remote was rolled back or keys were deleted")
     opened: dict[int, Generation] = {}
     for number in numbers:
-        got = open_generation(vault_id, number, fetch(keys_name(number)), rid, priv, None)
+        try:
+            got = open_generation(vault_id, number, fetch(keys_name(number)), rid, priv, None)
+        except IntegrityError as exc:
+            raise named(keys_name(number), exc) from exc
         if got is not None:
             opened[number] = got
     if not opened:
@@ -410,7 +413,10 @@ def load_keyring(fetch: Callable[[str], bytes], listing: Iterable[str], vault_id
         if number in trusted and trusted[number] != commit:
             raise IntegrityError(f"{keys_name(number)}: key generation {number} was replaced")
         if number - 1 in opened:  # a KEK learnt only from this generation's history proves nothing
-            check_link(vault_id, got, opened[number - 1].kek)
+            try:
+                check_link(vault_id, got, opened[number - 1].kek)
+            except IntegrityError as exc:
+                raise named(keys_name(number), exc) from exc
     if max(opened) < numbers[-1]:
         raise KeyStoreError("this device holds no slot in the newest key generation: it was "
                             "removed from the vault")

@@ -24,7 +24,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
@@ -194,7 +194,10 @@ class RcloneTransport:
         except BaseException:
             proc.kill()
             proc.wait()
-            proc.stdin.close()
+            # flushing what is buffered for the killed rclone fails (EPIPE): the error that
+            # got us here is the one to report (click turns EPIPE into a silent exit 1)
+            with suppress(OSError):
+                proc.stdin.close()
             proc.stderr.close()
             raise
         try:

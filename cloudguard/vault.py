@@ -29,7 +29,7 @@ from . import audit, limits, sync
 from . import format as fmt
 from . import keys as keymod
 from . import manifest as mf
-from .errors import CloudguardError, IntegrityError, KeyStoreError, UsageError
+from .errors import CloudguardError, IntegrityError, KeyStoreError, UsageError, named
 from .keys import DeviceKey, Generation, KeyRing, Member, now_iso
 from .state import Binding, Index, IndexRow, check_unbound, find_binding, folder_lock, signature
 from .transport import MissingObject, RcloneTransport, Transport
@@ -1073,7 +1073,10 @@ def _rotate(s: Session, reencrypt: bool, remove: str | None) -> dict[str, Any]:
             for path, sibs in list(s.state.items()):
                 for dot, entry in sibs.items():
                     if "k" in entry:
-                        dek, file_id = sync.dek_of(entry, s.ring.kek)
+                        try:
+                            dek, file_id = sync.dek_of(entry, s.ring.kek)
+                        except IntegrityError as exc:
+                            raise named(path, exc) from exc
                         entry["k"] = fmt.b64(fmt.wrap_dek(new_kek, dek, file_id))
                         entry["g"] = number
                         s.state.put_entry(path, dot, entry)
@@ -1119,18 +1122,21 @@ def _reencrypt(s: Session, new_kek: bytes, number: int) -> None:
                 if packed:
                     out.write(fmt.pack_header(os.urandom(16)))
                 for key, entry, reader, err in sync.read_blobs(s.transport, obj, items):
-                    if reader is None:
-                        raise IntegrityError(f"{key.partition(chr(0))[0]}: {err}")
-                    dek, file_id = sync.dek_of(entry, s.ring.kek)
-                    source = _PlainStream(fmt.decrypt_blob_iter(reader, dek, file_id),
-                                          str(entry.get("h")))
-                    offset = out.count
-                    new_dek, new_fid = fmt.new_dek(), fmt.new_file_id()
-                    info = fmt.encrypt_blob(source, out, new_dek, new_fid, int(entry["s"]),
-                                            padding)
-                    source.finish()
-                    fmt.expect_end(reader)
                     path, _, dot = key.partition("\x00")
+                    if reader is None:
+                        raise IntegrityError(f"{path}: {err}")
+                    try:
+                        dek, file_id = sync.dek_of(entry, s.ring.kek)
+                        source = _PlainStream(fmt.decrypt_blob_iter(reader, dek, file_id),
+                                              str(entry.get("h")))
+                        offset = out.count
+                        new_dek, new_fid = fmt.new_dek(), fmt.new_file_id()
+                        info = fmt.encrypt_blob(source, out, new_dek, new_fid, int(entry["s"]),
+                                                padding)
+                        source.finish()
+                        fmt.expect_end(reader)
+                    except IntegrityError as exc:
+                        raise named(path, exc) from exc
                     replaced[(path, dot)] = {**entry, "o": new_id, "a": offset,
                                              "n": out.count - offset, "i": new_fid.hex(),
                                              "k": fmt.b64(fmt.wrap_dek(new_kek, new_dek, new_fid)),
@@ -1144,10 +1150,10 @@ def _reencrypt(s: Session, new_kek: bytes, number: int) -> None:
                     entry["om"] = digest
     for (path, dot), entry in replaced.items():
         s.state.put_entry(path, dot, entry)
-    for _path, sibs in s.state.items():
+    for path, sibs in s.state.items():
         for entry in sibs.values():
             if "k" in entry and entry.get("g") != number:
-                raise IntegrityError("an entry was not re-encrypted")
+                raise IntegrityError(f"{path}: an entry was not re-encrypted")
 
 
 class _PlainStream:

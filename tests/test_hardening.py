@@ -201,3 +201,35 @@ def test_oversized_enrolment_request_is_exit_3_naming_it(local_remote: str,
     path.write_bytes(path.read_bytes() + b" " * limits.MAX_ENROLMENT)
     out = cg("device", "approve", request["fingerprint"], "--folder", str(a), code=3).output
     assert f"enroll/{request['device']} holds more than 65536 bytes" in out
+
+
+def test_integrity_errors_name_the_key_object(local_remote: str, tmp_path: Path) -> None:
+    a = one_device(local_remote, tmp_path)
+    slots = Path(local_remote) / "keys" / "00000001"
+    doc = json.loads(slots.read_text())
+    doc["generation"] = 2  # a generation object copied under another name
+    slots.write_text(json.dumps(doc))
+    assert "error: keys/00000001: " in cg("pull", "--folder", str(a), code=3).output
+
+
+def test_integrity_errors_name_the_manifest_segment(local_remote: str, tmp_path: Path) -> None:
+    """A keyholder (a removed device, say) seals a segment whose entry is malformed."""
+    a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
+    a.mkdir()
+    share(local_remote, a, b, kit)
+    with vault.session(str(a)) as s:
+        s.commit([{"p": "odd", "e": {"t": "socket"}, "rm": []}])
+        name = s.committed[-1]
+    out = cg("pull", "--folder", str(b), code=3).output
+    assert f"error: manifest segment {name}: manifest entry is malformed" in out
+
+
+def test_integrity_errors_name_the_file_being_reencrypted(local_remote: str,
+                                                          tmp_path: Path) -> None:
+    a = one_device(local_remote, tmp_path)
+    [blob] = (Path(local_remote) / "data").iterdir()
+    data = bytearray(blob.read_bytes())
+    data[-20] ^= 1
+    blob.write_bytes(bytes(data))
+    out = cg("key", "rotate", "--reencrypt", "--folder", str(a), code=3).output
+    assert "error: doc.txt: " in out
