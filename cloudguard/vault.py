@@ -385,10 +385,10 @@ def _prefetch(transport: Transport, listing: dict[str, int], cache: mf.SegmentCa
     when they are fetched one by one).
     """
     got = {n: d for n, d in (have or {}).items() if listing.get(n) == len(d)}
-    wanted = [n for n in listing if n not in got and listing[n] <= limits.cap(n) and (
+    wanted = [n for n in listing if n not in got and (
         n == DESCRIPTOR or n.startswith(keymod.KEYS_PREFIX)
         or (n.startswith(mf.PREFIX) and n not in (applied or set())
-            and not cache.has(n, listing[n])))]
+            and not cache.has(n, listing[n]))) and listing[n] <= limits.cap(n)]
     got.update(transport.get_many(wanted))
 
     def fetch(name: str) -> bytes:
