@@ -46,3 +46,10 @@ class IntegrityError(CloudguardError):
 
     def __init__(self, message: str = "integrity check failed") -> None:
         super().__init__(message)
+
+
+def named(what: str, exc: IntegrityError) -> IntegrityError:
+    """``exc`` with the file or object it concerns in front, so the user knows where to look
+    (the format layer's errors never say); left as it is if it names it already."""
+    text = str(exc)
+    return IntegrityError(text if what in text else f"{what}: {text}")

@@ -383,7 +383,7 @@ def open_segment(kek: bytes, vault_id: str, name: str, blob: bytes) -> dict[str,
         # exactly one complete zlib stream: not cut short (no Adler-32 check), nothing after it
         if decompressor.unconsumed_tail or not decompressor.eof or decompressor.unused_data:
             raise IntegrityError()
-        payload = strict_json(raw)
+        payload = parse_json(raw, name)
     except (InvalidTag, zlib.error, ValueError, struct.error) as exc:
         raise IntegrityError() from exc
     if not isinstance(payload, dict):
@@ -393,45 +393,9 @@ def open_segment(kek: bytes, vault_id: str, name: str, blob: bytes) -> dict[str,
 
 # --- strict JSON --------------------------------------------------------------------------
 
-MAX_JSON_DEPTH = 32
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise IntegrityError()
-        out[key] = value
-    return out
-
-
 def strict_json(raw: bytes | str) -> Any:
-    """JSON from the remote: duplicate keys and deep nesting are integrity errors (a parser
-    that keeps the last duplicate would let two readers see two documents; deep nesting
-    would end in a RecursionError)."""
-    try:
-        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        depth = 0
-        in_string = escaped = False
-        for ch in text:  # cheap bracket depth count, strings skipped
-            if in_string:
-                if escaped:
-                    escaped = False
-                elif ch == "\\":
-                    escaped = True
-                elif ch == '"':
-                    in_string = False
-            elif ch == '"':
-                in_string = True
-            elif ch in "[{":
-                depth += 1
-                if depth > MAX_JSON_DEPTH:
-                    raise IntegrityError()
-            elif ch in "]}":
-                depth -= 1
-        return json.loads(text, object_pairs_hook=_no_duplicates)
-    except (ValueError, RecursionError) as exc:
-        raise IntegrityError() from exc
+    """JSON from the remote, unnamed (the caller names the object): see :func:`parse_json`."""
+    return parse_json(raw, "JSON document")
 
 
 # --- key slots ----------------------------------------------------------------------------
@@ -493,9 +457,10 @@ def open_json(key_material: bytes, info: bytes, aad: bytes, sealed: object) -> d
         raise IntegrityError()
     key = _hkdf(key_material, info)
     try:
-        payload = strict_json(AESGCM(key).decrypt(raw[:12], raw[12:], aad))
-    except InvalidTag as exc:
+        plain = AESGCM(key).decrypt(raw[:12], raw[12:], aad)
+    except (InvalidTag, ValueError) as exc:
         raise IntegrityError() from exc
+    payload = parse_json(plain, "a sealed document")
     if not isinstance(payload, dict):
         raise IntegrityError()
     return payload
@@ -605,3 +570,33 @@ class _Limited:
     def remaining(self) -> int:
         """Bytes of the stated length not delivered yet (also if the source ended early)."""
         return max(self._left, 0)
+
+
+# --- JSON someone else wrote -----------------------------------------------------------------
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        seen: set[str] = set()
+        for key, _value in pairs:
+            if key in seen:
+                raise ValueError(f"the key {key[:40]!r} appears twice")
+            seen.add(key)
+    return doc
+
+
+def parse_json(raw: bytes | str, what: str) -> Any:
+    """Remote objects and kits: anything but plain JSON is an integrity failure naming ``what``.
+
+    Deep nesting makes the parser raise RecursionError (a traceback, not exit 3); a key given
+    twice, or UTF-16 where we write UTF-8, means two readers could see two different
+    documents, so both are refused too.
+    """
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except RecursionError as exc:
+        raise IntegrityError(f"{what} is not valid JSON: nested too deeply") from exc
+    except ValueError as exc:  # also UnicodeDecodeError and the duplicate keys above
+        raise IntegrityError(f"{what} is not valid JSON: {exc}") from exc

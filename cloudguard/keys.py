@@ -35,18 +35,14 @@ def new_member_id() -> str:
     return secrets.token_hex(8)
 
 
+# The scrypt cost of new key files and kits, lowered by the test suite only (tests/conftest.py,
+# tests/helpers.py). A module attribute, not a setting: no environment variable or option a
+# user (or an attacker who can set one) reaches can make a kit cheap to brute-force.
+TEST_KDF_LOG_N: int | None = None
+
+
 def scrypt_log_n(default: int) -> int:
-    """Tests lower the KDF cost through CLOUDGUARD_SCRYPT_LOG_N; users never need to."""
-    raw = os.environ.get("CLOUDGUARD_SCRYPT_LOG_N")
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise UsageError(f"CLOUDGUARD_SCRYPT_LOG_N={raw!r} is not an integer") from exc
-    if not 10 <= value <= fmt.MAX_LOG_N:
-        raise UsageError(f"CLOUDGUARD_SCRYPT_LOG_N must be between 10 and {fmt.MAX_LOG_N}")
-    return value
+    return default if TEST_KDF_LOG_N is None else TEST_KDF_LOG_N
 
 
 def get_passphrase(purpose: str, confirm: bool = False,
@@ -241,11 +237,10 @@ def write_kit(path: Path, vault_id: str, rid: str, anchor: str, secret: Secret,
 
 def read_kit(path: Path, passphrase: str) -> Kit:
     try:
-        doc = fmt.strict_json(path.read_bytes())
+        raw = path.read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read recovery kit {path}: {exc}") from exc
-    except IntegrityError as exc:
-        raise UsageError(f"{path} is not a cloudguard recovery kit (not valid JSON)") from exc
+    doc = fmt.parse_json(raw, f"recovery kit {path}")
     if not isinstance(doc, dict) or doc.get("cloudguard") != "recovery-kit":
         raise UsageError(f"{path} is not a cloudguard recovery kit")
     if doc.get("format") != fmt.VERSION:

@@ -12,8 +12,9 @@ import json
 import os
 import secrets
 import sqlite3
+import tempfile
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -71,14 +72,23 @@ class Binding:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """0600 from birth, atomic: local state reveals names, so it is never world-readable."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """0600 from birth, atomic: local state reveals names, so it is never world-readable.
+
+    The temp file gets a fresh name and is created exclusively (mkstemp: O_EXCL|O_NOFOLLOW):
+    with a fixed name, a symlink planted there redirected the write (a kit export) elsewhere.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o600)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def all_bindings() -> list[Binding]:

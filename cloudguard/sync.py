@@ -30,6 +30,9 @@ from .transport import MissingObject, Transport
 PACK_THRESHOLD = 4 * 1024 * 1024  # files below this share pack objects
 PACK_TARGET = 16 * 1024 * 1024
 DATA_PREFIX = "data/"
+# Only these mode bits are synced, stored or applied: setuid, setgid and sticky never are, so
+# a manifest entry (from a removed device, say) cannot plant a setuid program in the folder.
+PERMISSIONS = 0o777
 
 Progress = Callable[[int], None]
 
@@ -60,7 +63,7 @@ def scan(folder: Path, warn: Callable[[str], None],
         leftovers = []
     items: dict[str, LocalItem] = {}
     stack = [""]
-    is_lnk, is_dir, is_reg, imode = stat.S_ISLNK, stat.S_ISDIR, stat.S_ISREG, stat.S_IMODE
+    is_lnk, is_dir, is_reg = stat.S_ISLNK, stat.S_ISDIR, stat.S_ISREG
     while stack:
         rel_dir = stack.pop()
         base = folder / rel_dir if rel_dir else folder
@@ -89,9 +92,9 @@ def scan(folder: Path, warn: Callable[[str], None],
                 continue
             mode = st.st_mode
             if is_reg(mode):
-                items[rel] = LocalItem(rel, "f", st.st_size, st.st_mtime_ns, imode(mode))
+                items[rel] = LocalItem(rel, "f", st.st_size, st.st_mtime_ns, mode & PERMISSIONS)
             elif is_dir(mode):
-                items[rel] = LocalItem(rel, "d", mode=imode(mode))
+                items[rel] = LocalItem(rel, "d", mode=mode & PERMISSIONS)
                 stack.append(rel)
             elif is_lnk(mode):
                 items[rel] = LocalItem(rel, "l", mtime=st.st_mtime_ns,
@@ -147,7 +150,7 @@ def row_from(loc: LocalItem, dot: str, sha: str) -> IndexRow:
 def row_from_entry(path: str, dot: str, entry: Entry) -> IndexRow:
     """What the index records after landing a manifest entry as it is."""
     return IndexRow(path, str(entry.get("t")), int(entry.get("s", 0)), int(entry.get("m", 0)),
-                    int(entry.get("x", 0)), str(entry.get("h", "")), dot,
+                    int(entry.get("x", 0)) & PERMISSIONS, str(entry.get("h", "")), dot,
                     str(entry.get("l", "")))
 
 
@@ -606,7 +609,7 @@ def _encrypt_one(folder: Path, item: LocalItem, out: ObjectWriter, kek: bytes, g
         after = os.fstat(fd)
         if after.st_mtime_ns != st.st_mtime_ns or after.st_size != st.st_size:
             raise FileChangedError(item.path)
-    return {"t": "f", "s": info.size, "m": st.st_mtime_ns, "x": stat.S_IMODE(st.st_mode),
+    return {"t": "f", "s": info.size, "m": st.st_mtime_ns, "x": st.st_mode & PERMISSIONS,
             "h": info.sha256, "i": file_id.hex(), "k": fmt.b64(fmt.wrap_dek(kek, dek, file_id)),
             "g": generation, "w": generation}
 
@@ -711,7 +714,7 @@ def stage(folder: Path, dest: str, fill: Callable[[IO[bytes]], None], mode: int,
             fill(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, mode & 0o7777)
+        os.chmod(tmp, mode & PERMISSIONS)
         os.utime(tmp, ns=(mtime, mtime))
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -760,7 +763,7 @@ def make_dir(folder: Path, dest: str, mode: int) -> None:
     check_rel_path(dest)
     safe_dir(folder, dest)
     if mode:
-        os.chmod(folder / dest, mode & 0o7777)
+        os.chmod(folder / dest, mode & PERMISSIONS)
 
 
 def local_item(folder: Path, rel: str) -> LocalItem | None:
@@ -771,5 +774,5 @@ def local_item(folder: Path, rel: str) -> LocalItem | None:
     if stat.S_ISLNK(st.st_mode):
         return LocalItem(rel, "l", mtime=st.st_mtime_ns, target=os.readlink(folder / rel))
     if stat.S_ISDIR(st.st_mode):
-        return LocalItem(rel, "d", mode=stat.S_IMODE(st.st_mode))
-    return LocalItem(rel, "f", st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode))
+        return LocalItem(rel, "d", mode=st.st_mode & PERMISSIONS)
+    return LocalItem(rel, "f", st.st_size, st.st_mtime_ns, st.st_mode & PERMISSIONS)

@@ -24,11 +24,12 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
+from . import limits
 from .errors import IntegrityError, TransportError, UsageError
 from .state import home
 
@@ -78,7 +79,7 @@ class Transport(Protocol):
 
     def put_bytes(self, name: str, data: bytes) -> None: ...
 
-    def get_bytes(self, name: str) -> bytes: ...
+    def get_bytes(self, name: str, limit: int | None = None) -> bytes: ...
 
     def delete(self, names: Iterable[str]) -> None: ...
 
@@ -193,7 +194,10 @@ class RcloneTransport:
         except BaseException:
             proc.kill()
             proc.wait()
-            proc.stdin.close()
+            # flushing what is buffered for the killed rclone fails (EPIPE): the error that
+            # got us here is the one to report (click turns EPIPE into a silent exit 1)
+            with suppress(OSError):
+                proc.stdin.close()
             proc.stderr.close()
             raise
         try:
@@ -237,14 +241,24 @@ class RcloneTransport:
             self._run(self._cmd("copyto", "--no-check-dest", str(spool), self._target(name)),
                       f"uploading {name}")
 
-    def get_bytes(self, name: str) -> bytes:
-        return self._run(self._cmd("cat", self._target(name)), f"downloading {name}").stdout
+    def get_bytes(self, name: str, limit: int | None = None) -> bytes:
+        """A small object, whole. Past ``limit`` bytes (default: the cap of its kind,
+        :mod:`cloudguard.limits`) it is refused as they arrive, whatever the listing said."""
+        most = limits.cap(name) if limit is None else limit
+        parts: list[bytes] = []
+        got = 0
+        with self.reader(name) as stream:
+            while block := stream.read(_IO_BUFFER):
+                got += len(block)
+                limits.check(name, got, most)
+                parts.append(block)
+        return b"".join(parts)
 
     def get_many(self, names: Iterable[str]) -> dict[str, bytes]:
         """Small objects (descriptor, key slots, segments) in one rclone process, not one each.
 
-        Objects that did not arrive are simply absent; the caller fetches them one by one and
-        gets the proper error.
+        Objects that did not arrive, or are bigger than their kind's cap, are simply absent;
+        the caller fetches them one by one and gets the proper error.
         """
         wanted = sorted(set(names))
         if len(wanted) <= 1:
@@ -259,9 +273,11 @@ class RcloneTransport:
                 return {}
             for name in wanted:
                 try:
-                    out[name] = (Path(tmp) / name).read_bytes()
+                    data = _read_capped(Path(tmp) / name, name)
                 except OSError:
                     continue
+                if data is not None:
+                    out[name] = data
         return out
 
     def get_matching(self, patterns: Sequence[str]) -> dict[str, bytes]:
@@ -278,7 +294,10 @@ class RcloneTransport:
             root = Path(tmp)
             for path in root.rglob("*"):
                 if path.is_file() and not path.is_symlink():
-                    out[path.relative_to(root).as_posix()] = path.read_bytes()
+                    name = path.relative_to(root).as_posix()
+                    data = _read_capped(path, name)
+                    if data is not None:
+                        out[name] = data
         return out
 
     def put_files(self, folder: Path, names: Sequence[str], prefix: str) -> None:
@@ -300,6 +319,14 @@ class RcloneTransport:
 
     def ensure_root(self) -> None:
         self._run(self._cmd("mkdir", self.remote), "creating the remote folder")
+
+
+def _read_capped(path: Path, name: str) -> bytes | None:
+    """A fetched copy, read only if within its kind's cap; else None, as if it had not
+    arrived (get_bytes then refuses it, naming it)."""
+    if path.stat().st_size > limits.cap(name):
+        return None
+    return path.read_bytes()
 
 
 class MissingObject(TransportError):

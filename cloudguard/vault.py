@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from . import audit, chain, sync, trust
+from . import audit, chain, limits, sync, trust
 from . import format as fmt
 from . import keys as keymod
 from . import manifest as mf
 from . import passphrase as passphrases
 from .chain import Secret
-from .errors import CloudguardError, IntegrityError, KeyStoreError, UsageError
+from .errors import CloudguardError, IntegrityError, KeyStoreError, UsageError, named
 from .keys import DeviceKey, now_iso
 from .state import Binding, Index, IndexRow, check_unbound, find_binding, folder_lock, signature
 from .transport import MissingObject, RcloneTransport, Transport
@@ -68,10 +68,7 @@ def make_descriptor(padding: str) -> bytes:
 
 
 def parse_descriptor(raw: bytes, where: str) -> dict[str, Any]:
-    try:
-        doc = fmt.strict_json(raw)
-    except IntegrityError as exc:
-        raise IntegrityError(f"{where}: the vault descriptor is not valid JSON") from exc
+    doc = fmt.parse_json(raw, f"{where}: the vault descriptor {DESCRIPTOR}")
     if not isinstance(doc, dict) or doc.get("cloudguard") != "vault":
         raise IntegrityError(f"{where}: not a cloudguard vault descriptor")
     if doc.get("format") != fmt.VERSION:
@@ -423,12 +420,15 @@ def _prefetch(transport: Transport, listing: dict[str, int], cache: mf.SegmentCa
     wanted = [n for n in listing if n not in got and (
         n == DESCRIPTOR or n.startswith(chain.KEYS_PREFIX)
         or (n.startswith(mf.PREFIX) and n not in (applied or set())
-            and not cache.has(n, listing[n])))]
+            and not cache.has(n, listing[n]))) and listing[n] <= limits.cap(n)]
     got.update(transport.get_many(wanted))
 
     def fetch(name: str) -> bytes:
         data = got.pop(name, None)
-        return data if data is not None else transport.get_bytes(name)
+        if data is None:
+            limits.check(name, listing.get(name, 0))  # listed too big: refused unread
+            data = transport.get_bytes(name)
+        return data
     return fetch
 
 
@@ -1098,11 +1098,13 @@ def device_list(folder: str | None) -> dict[str, Any]:
 def device_approve(folder: str | None, fp: str) -> dict[str, Any]:
     wanted = _code(fp)
     with session(folder) as s:
+        refused: list[str] = []  # not a request at all: tampering, reported if nothing matches
         for name in sorted(n for n in s.listing if n.startswith(keymod.ENROLL_PREFIX)):
             try:
-                req = chain.read_request(s.transport.get_bytes(name))
-            except IntegrityError:
+                req = chain.read_request(s.transport.get_bytes(name, limits.MAX_ENROLMENT))
+            except IntegrityError as exc:
                 s.ui.warn(f"ignored malformed enrolment request {name}")
+                refused.append(str(named(name, exc)) if str(exc) else f"{name}: malformed")
                 continue
             if _code(req.fingerprint) != wanted:
                 continue
@@ -1114,6 +1116,9 @@ def device_approve(folder: str | None, fp: str) -> dict[str, Any]:
             _log(s, "device-approve", approved=req.rid)
             return {"approved": req.rid, "name": req.name,
                     "vault_code": fmt.vault_code(s.binding.vault_id)}
+        if refused:
+            raise IntegrityError(f"no valid pending enrolment request has fingerprint {fp}; "
+                                 "refused: " + "; ".join(refused))
         raise UsageError(f"no pending enrolment request has fingerprint {fp}")
 
 
@@ -1157,7 +1162,10 @@ def _rewrap(s: Session, kek: bytes, commitment: str) -> None:
     for path, sibs in list(s.state.items()):
         for dot, entry in sibs.items():
             if "k" in entry and entry.get("g") != commitment:
-                dek, file_id = sync.dek_of(entry, s.ring.kek)
+                try:
+                    dek, file_id = sync.dek_of(entry, s.ring.kek)
+                except IntegrityError as exc:
+                    raise named(path, exc) from exc
                 entry["k"] = fmt.b64(fmt.wrap_dek(kek, dek, file_id))
                 entry["g"] = commitment
                 s.state.put_entry(path, dot, entry)
@@ -1263,18 +1271,21 @@ def _reencrypt(s: Session, new_kek: bytes, number: str) -> None:
                 if packed:
                     out.write(fmt.pack_header(os.urandom(16)))
                 for key, entry, reader, err in sync.read_blobs(s.transport, obj, items):
-                    if reader is None:
-                        raise IntegrityError(f"{key.partition(chr(0))[0]}: {err}")
-                    dek, file_id = sync.dek_of(entry, s.ring.kek)
-                    source = _PlainStream(fmt.decrypt_blob_iter(reader, dek, file_id),
-                                          str(entry.get("h")))
-                    offset = out.count
-                    new_dek, new_fid = fmt.new_dek(), fmt.new_file_id()
-                    info = fmt.encrypt_blob(source, out, new_dek, new_fid, int(entry["s"]),
-                                            padding)
-                    source.finish()
-                    fmt.expect_end(reader)
                     path, _, dot = key.partition("\x00")
+                    if reader is None:
+                        raise IntegrityError(f"{path}: {err}")
+                    try:
+                        dek, file_id = sync.dek_of(entry, s.ring.kek)
+                        source = _PlainStream(fmt.decrypt_blob_iter(reader, dek, file_id),
+                                              str(entry.get("h")))
+                        offset = out.count
+                        new_dek, new_fid = fmt.new_dek(), fmt.new_file_id()
+                        info = fmt.encrypt_blob(source, out, new_dek, new_fid, int(entry["s"]),
+                                                padding)
+                        source.finish()
+                        fmt.expect_end(reader)
+                    except IntegrityError as exc:
+                        raise named(path, exc) from exc
                     replaced[(path, dot)] = {**entry, "o": new_id, "a": offset,
                                              "n": out.count - offset, "i": new_fid.hex(),
                                              "k": fmt.b64(fmt.wrap_dek(new_kek, new_dek, new_fid)),
@@ -1289,10 +1300,10 @@ def _reencrypt(s: Session, new_kek: bytes, number: str) -> None:
                     entry["om"] = digest
     for (path, dot), entry in replaced.items():
         s.state.put_entry(path, dot, entry)
-    for _path, sibs in s.state.items():
+    for path, sibs in s.state.items():
         for entry in sibs.values():
             if "k" in entry and entry.get("g") != number:
-                raise IntegrityError("an entry was not re-encrypted")
+                raise IntegrityError(f"{path}: an entry was not re-encrypted")
 
 
 class _PlainStream:

@@ -205,7 +205,7 @@ class Device:
 
     @property
     def cwd(self) -> Path:
-        """Not the repository: ``python -m`` would import the cloudguard found there first."""
+        """Not the repository: ``python -c`` would import the cloudguard found there first."""
         return self.spool.parent
 
     def env(self) -> dict[str, str]:
@@ -214,7 +214,7 @@ class Device:
         if "CLOUDGUARD_RCLONE" in os.environ:
             env["CLOUDGUARD_RCLONE"] = os.environ["CLOUDGUARD_RCLONE"]
         env.update({"CLOUDGUARD_HOME": str(self.home), "CLOUDGUARD_KEYSTORE": "file",
-                    "CLOUDGUARD_PASSPHRASE": PASSPHRASE, "CLOUDGUARD_SCRYPT_LOG_N": "10",
+                    "CLOUDGUARD_PASSPHRASE": PASSPHRASE,
                     "CLOUDGUARD_GC_GRACE": "0", "RCLONE_CONFIG": "/dev/null",
                     "TMPDIR": str(self.spool)})
         if self.code is not None:
@@ -223,8 +223,14 @@ class Device:
         return env
 
 
+# The CLI with the cheapest scrypt cost, set through the test-only module hook (no environment
+# variable reaches it); ``python -c`` keeps ``python -m``'s sys.path, the working directory first.
+_CHEAP_KDF_MAIN = ("import sys; from cloudguard import keys; keys.TEST_KDF_LOG_N = 10; "
+                   "from cloudguard.cli import main; sys.argv[0] = 'cloudguard'; main()")
+
+
 def cg_args(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cloudguard", *args]
+    return [sys.executable, "-c", _CHEAP_KDF_MAIN, *args]
 
 
 def op_args(op: str, folder: Path) -> list[str]:

@@ -25,8 +25,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import PASSPHRASE
+from helpers import CHEAP_KDF_LOG_N, PASSPHRASE
 from servers import ServerError, rclone_binary, s3_server, sftp_server, webdav_server
+
+from cloudguard import keys
 
 # CLOUDGUARD_* variables that describe the test machine, not the program's
 # configuration; the isolation fixture keeps them.
@@ -111,7 +113,7 @@ def _isolated_env(
     monkeypatch.setenv("RCLONE_CONFIG", "/dev/null")
     monkeypatch.setenv("CLOUDGUARD_KEYSTORE", "file")
     monkeypatch.setenv("CLOUDGUARD_PASSPHRASE", PASSPHRASE)
-    monkeypatch.setenv("CLOUDGUARD_SCRYPT_LOG_N", "10")
+    monkeypatch.setattr(keys, "TEST_KDF_LOG_N", CHEAP_KDF_LOG_N)
     yield
 
 

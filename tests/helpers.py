@@ -39,10 +39,20 @@ def share(remote: str, a: Path, b: Path, kit: Path, names: tuple[str, str] | Non
     cg("clone", remote, str(b), "--key-file", str(kit), *(["--name", names[1]] if names else []))
 
 
+CHEAP_KDF_LOG_N = 10  # the cheapest scrypt cost, for every key file and kit a test makes
+
+# The real CLI in a child process, with the test suite's KDF hook set first (the hook is a
+# module attribute, so no environment variable can carry it). ``python -c`` puts the working
+# directory first on sys.path, as ``python -m cloudguard`` does.
+CLOUDGUARD = [sys.executable, "-c",
+              f"import sys; from cloudguard import keys; keys.TEST_KDF_LOG_N = {CHEAP_KDF_LOG_N}; "
+              "from cloudguard.cli import main; sys.argv[0] = 'cloudguard'; main()"]
+
+
 def cg_proc(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run the real console entry point, for exit codes and stdout as users see them."""
-    return subprocess.run([sys.executable, "-m", "cloudguard", *args], capture_output=True,
-                          text=True, cwd=cwd, check=False)
+    return subprocess.run([*CLOUDGUARD, *args], capture_output=True, text=True, cwd=cwd,
+                          check=False)
 
 
 def tree(root: Path) -> dict[str, tuple[Any, ...]]:

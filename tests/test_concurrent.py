@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
-from helpers import cg, share, tree
+from helpers import CLOUDGUARD, cg, share, tree
 
 ROUNDS = int(os.environ.get("CLOUDGUARD_CONCURRENT_ROUNDS", "20"))
 
 
 def start(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "cloudguard", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([*CLOUDGUARD, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 

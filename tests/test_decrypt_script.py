@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import PASSPHRASE, cg, cg_json, tree
+from helpers import CHEAP_KDF_LOG_N, PASSPHRASE, cg, cg_json, tree
 
 from cloudguard import chain, vault
 from cloudguard import format as fmt
@@ -126,7 +126,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
         mp.setenv("RCLONE_CONFIG", "/dev/null")
         mp.setenv("CLOUDGUARD_KEYSTORE", "file")
         mp.setenv("CLOUDGUARD_PASSPHRASE", PASSPHRASE)
-        mp.setenv("CLOUDGUARD_SCRYPT_LOG_N", "10")
+        mp.setattr(keymod, "TEST_KDF_LOG_N", CHEAP_KDF_LOG_N)
         remote = base / "remote"
         remote.mkdir()
         a, kit = new_vault(base, str(remote))

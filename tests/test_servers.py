@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import PASSPHRASE
+from helpers import CHEAP_KDF_LOG_N, PASSPHRASE
 from servers import ServerError, _serve, rclone_binary, rclone_env, webdav_server
+
+from cloudguard import keys
 
 HOSTILE = "$(touch INJECTED)"
 # Kinds whose listings carry an MD5 (rclone serve webdav offers no hashes).
@@ -130,7 +132,7 @@ def test_environment_is_isolated(tmp_path: Path) -> None:
     assert os.environ["RCLONE_CONFIG"] == "/dev/null"
     assert os.environ["CLOUDGUARD_KEYSTORE"] == "file"
     assert os.environ["CLOUDGUARD_PASSPHRASE"] == PASSPHRASE
-    assert os.environ["CLOUDGUARD_SCRYPT_LOG_N"] == "10"
+    assert keys.TEST_KDF_LOG_N == CHEAP_KDF_LOG_N
     for var in (
         "CLOUDGUARD_HOME",
         "XDG_CONFIG_HOME",
@@ -145,7 +147,6 @@ def test_environment_is_isolated(tmp_path: Path) -> None:
         "CLOUDGUARD_HOME",
         "CLOUDGUARD_KEYSTORE",
         "CLOUDGUARD_PASSPHRASE",
-        "CLOUDGUARD_SCRYPT_LOG_N",
         "CLOUDGUARD_TEST_KEYRING",
         "CLOUDGUARD_RCLONE",
     }
