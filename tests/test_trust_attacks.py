@@ -747,9 +747,6 @@ def test_removed_device_answering_with_a_removal_takes_its_remover_along(
 # --- local hardening and parser limits ------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="state.write_private opens the fixed '<path>.tmp' "
-                   "name with O_CREAT|O_TRUNC and no O_EXCL/O_NOFOLLOW: a symlink planted "
-                   "there receives the recovery kit (issue 7 section 8)")
 def test_planted_tmp_symlink_does_not_redirect_a_kit(local_remote: str, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     (a,) = make_vault(monkeypatch, tmp_path, local_remote, "a")
