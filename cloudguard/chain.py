@@ -345,7 +345,7 @@ class View:
 
 
 def verify(vault_id: str, listing: Iterable[str], fetch: Callable[[str], bytes],
-           known: set[str], descriptor: str) -> View:
+           known: set[str], descriptor: str, tolerate: frozenset[str] = frozenset()) -> View:
     """Verify every listed commit whose parent is verified, from the genesis forward."""
     names = {n: p for n in listing if (p := parse_name(n)) is not None and not p[2]
              and (p[0] > 0 or p[1] == vault_id)}  # another vault's genesis is not ours
@@ -393,9 +393,11 @@ def verify(vault_id: str, listing: Iterable[str], fetch: Callable[[str], bytes],
         signers: dict[str, Commit] = {}
         for kid in kids:
             other = signers.setdefault(kid.signer, kid)
-            if other is not kid:
+            if other is not kid and kid.signer not in tolerate:
                 raise IntegrityError(f"equivocation: member {kid.signer} signed both "
-                                     f"{other.name} and {kid.name} on one parent")
+                                     f"{other.name} and {kid.name} on one parent; remove it "
+                                     f"from another device (cloudguard device remove "
+                                     f"{kid.signer}), which voids one of them")
     head = genesis
     while children.get(head.id):
         head = min(children[head.id], key=lambda c: c.id)

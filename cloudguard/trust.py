@@ -89,7 +89,8 @@ class Ring:
 
 def open_ring(vault_id: str, listing: Iterable[str], fetch: Callable[[str], bytes],
               descriptor: str, rid: str, secret: Secret, index: Index | None,
-              warn: Callable[[str], None], enrolled: bool = True) -> Ring:
+              warn: Callable[[str], None], enrolled: bool = True,
+              tolerate: frozenset[str] = frozenset()) -> Ring:
     """Verify the chain from this device's anchor and open the head's key object.
 
     The anchor is every commit id this device verified before (all must still be listed).
@@ -99,7 +100,7 @@ def open_ring(vault_id: str, listing: Iterable[str], fetch: Callable[[str], byte
     if index is not None and not known and enrolled:
         warn("no record of the commits this device verified: re-anchoring from the genesis; "
              "rollback protection starts again from here")
-    view = chain.verify(vault_id, listing, fetch, known, descriptor)
+    view = chain.verify(vault_id, listing, fetch, known, descriptor, tolerate)
     for name in view.deferred:
         warn(f"{name}: its parent is not listed yet; deferred")
     for name in view.void:

@@ -266,7 +266,7 @@ def _start_scan(folder: Path) -> Callable[[], Scanned]:
 
 @contextmanager
 def session(folder: str | None, ui: UI | None = None, refetch: bool = False,
-            scan: bool = False) -> Iterator[Session]:
+            scan: bool = False, tolerate: frozenset[str] = frozenset()) -> Iterator[Session]:
     """``refetch`` ignores every local cache (segments and merged state), so verify
     re-authenticates every segment and rebuilds the manifest from them. ``scan`` starts
     scanning the folder at once, for operations that will (:func:`_scan`)."""
@@ -280,14 +280,15 @@ def session(folder: str | None, ui: UI | None = None, refetch: bool = False,
                 with tempfile.TemporaryDirectory(dir=binding.dir) as scratch:
                     state = mf.State()
                     try:
-                        yield _open(binding, index, ui or UI(), Path(scratch), state, prescan)
+                        yield _open(binding, index, ui or UI(), Path(scratch), state, prescan,
+                                    tolerate)
                     finally:
                         state.close()
             else:
                 state = mf.State(binding.dir / "manifest.db")
                 try:
                     yield _open(binding, index, ui or UI(), binding.dir / "segments", state,
-                                prescan)
+                                prescan, tolerate)
                 finally:
                     state.close()
         finally:
@@ -298,7 +299,8 @@ def session(folder: str | None, ui: UI | None = None, refetch: bool = False,
 
 
 def _open(binding: Binding, index: Index, ui: UI, cache_dir: Path, state: mf.State,
-          prescan: Callable[[], Scanned] | None = None) -> Session:
+          prescan: Callable[[], Scanned] | None = None,
+          tolerate: frozenset[str] = frozenset()) -> Session:
     if not Path(binding.folder).is_dir():
         raise UsageError(f"the bound folder {binding.folder} does not exist any more")
     transport = _transport(binding)
@@ -313,7 +315,7 @@ def _open(binding: Binding, index: Index, ui: UI, cache_dir: Path, state: mf.Sta
                 wait()
         raise
     try:
-        opened = _load(binding, index, ui, transport, me, cache_dir, state, early)
+        opened = _load(binding, index, ui, transport, me, cache_dir, state, early, tolerate)
         opened.prescan = prescan
         return opened
     except KeyStoreError as exc:
@@ -337,7 +339,9 @@ def _start_fetch(transport: Transport) -> Early:
 
 def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
           me: Secret, cache_dir: Path, state: mf.State,
-          early: Early | None = None) -> Session:
+          early: Early | None = None, tolerate: frozenset[str] = frozenset()) -> Session:
+    """``tolerate``: members whose equivocation is let through, so that they can be removed
+    (which voids their other commit)."""
     for attempt in range(3):
         try:
             if early is not None and attempt == 0:
@@ -353,7 +357,8 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
             raw = listing_descriptor(fetch, listing, binding.remote)
             parse_descriptor(raw, binding.remote)
             ring = trust.open_ring(binding.vault_id, listing, fetch, descriptor_hash(raw),
-                                   binding.device, me, index, ui.warn, binding.enrolled)
+                                   binding.device, me, index, ui.warn, binding.enrolled,
+                                   tolerate)
             trust.merge_if_needed(ring, transport, index, ui.warn)
             _recover_torn_segment(index, transport, listing, ring)
             seen = index.get_meta("seen", {})
@@ -1124,10 +1129,10 @@ def device_approve(folder: str | None, fp: str) -> dict[str, Any]:
 
 def device_remove(folder: str | None, rid: str, reencrypt: bool = False,
                   ui: UI | None = None) -> dict[str, Any]:
-    with session(folder, ui) as s:
-        if rid == s.binding.device:
-            raise UsageError("a device cannot remove itself (it would know the next key); "
-                             "remove it from another device")
+    if rid == find_binding(folder).device:
+        raise UsageError("a device cannot remove itself (it would know the next key); "
+                         "remove it from another device")
+    with session(folder, ui, tolerate=frozenset({rid})) as s:
         if rid not in s.ring.head.members:
             raise UsageError(f"no device or recovery slot has id {rid} (see cloudguard device "
                              "list)")

@@ -483,6 +483,15 @@ def test_equivocation_by_one_signer_stops(local_remote: str, provider: Provider,
         assert honest.name in got.output and other.name in got.output
     assert provider.objects() == before
     assert_nothing_under(provider, vid, kek, other.id)
+    # the way out: another device removes the equivocating member, which voids the commit
+    # of it that the removal does not build on; then work goes on, never under that KEK
+    b.cg("device", "remove", a.rid)
+    got = b.run("push")
+    assert got.exit_code == 0, got.output
+    view = provider.view(vid)
+    assert a.rid in view.removed and (honest.name in view.void) != (other.name in view.void)
+    assert_nothing_under(provider, vid, kek, other.id)
+    assert view.head.kek != kek
 
 
 # --- key objects and rollback ---------------------------------------------------------------
