@@ -247,15 +247,32 @@ def decode_commit(data: bytes, name: str, vault_id: str) -> Commit:
 # --- the view a device verified -----------------------------------------------------------
 
 
-def _union(commits: Iterable[Commit]) -> tuple[dict[str, MemberKeys], dict[str, Cutoff]]:
-    """Two-phase set over commits: once removed, never a member; the earliest cutoff wins."""
+UNLIMITED = 1 << 62  # the cutoff of a member removed only by a counter-removal: none
+
+
+def _union(commits: dict[str, Commit], counters: set[str] | None = None
+           ) -> tuple[dict[str, MemberKeys], dict[str, Cutoff]]:
+    """Two-phase set over commits: once removed, never a member; the earliest cutoff wins.
+
+    Only a genesis or an add brings a member in (a merge's member list is a claim, not an
+    addition, so a member added on a void branch stays out). A removal in ``counters`` (a
+    removed member's answer to its removal) removes its target but sets no cutoff: it cannot
+    make readers drop what its target wrote."""
+    counters = counters or set()
     added: dict[str, MemberKeys] = {}
     removed: dict[str, Cutoff] = {}
-    for c in commits:
-        for rid, keys in c.members.items():
+    for c in commits.values():
+        parent = commits.get(c.parent) if c.parent else None
+        new = c.members if c.action == "genesis" else (
+            {r: k for r, k in c.members.items() if parent is None or r not in parent.members}
+            if c.action == "add" else {})
+        for rid, keys in new.items():
             if added.setdefault(rid, keys) != keys:
                 raise IntegrityError(f"{c.name}: member {rid} has two different keys")
+        fresh = set(c.removed) - set(parent.removed if parent else {})
         for rid, cut in c.removed.items():
+            if c.id in counters and rid in fresh:
+                cut = Cutoff(cut.s, UNLIMITED, None)
             old = removed.get(rid)
             if old is None or (cut.seq, cut.hash or "") < (old.seq, old.hash or ""):
                 removed[rid] = cut
@@ -277,6 +294,8 @@ class View:
     opened: set[str] = field(default_factory=set)
     deferred: list[str] = field(default_factory=list)
     void: list[str] = field(default_factory=list)
+    counters: set[str] = field(default_factory=set)
+    voided: dict[str, Commit] = field(default_factory=dict)  # still name KEKs of segments
 
     def ancestry(self, commit: Commit) -> list[Commit]:
         out = []
@@ -302,7 +321,8 @@ class View:
         """Does commit ``later`` cover ``earlier`` (its ancestry, merged branches included)?"""
         if later == earlier:
             return True
-        todo = [self.commits[later]] if later in self.commits else []
+        every = {**self.voided, **self.commits}
+        todo = [every[later]] if later in every else []
         seen: set[str] = set()
         while todo:
             c = todo.pop()
@@ -311,9 +331,9 @@ class View:
             if c.id in seen:
                 continue
             seen.add(c.id)
-            if c.parent and c.parent in self.commits:
-                todo.append(self.commits[c.parent])
-            todo += [self.commits[m] for m in c.merges if m in self.commits]
+            if c.parent and c.parent in every:
+                todo.append(every[c.parent])
+            todo += [every[m] for m in c.merges if m in every]
         return False
 
     @property
@@ -382,9 +402,8 @@ def verify(vault_id: str, listing: Iterable[str], fetch: Callable[[str], bytes],
             verified[cid] = c
             del waiting[cid]
             progress = True
-    void = _void(verified)
-    for cid in void:
-        del verified[cid]
+    void, counters = _void(verified)
+    voided = {cid: verified.pop(cid) for cid in void}
     children: dict[str, list[Commit]] = {}
     for c in verified.values():
         if c.parent:
@@ -401,22 +420,25 @@ def verify(vault_id: str, listing: Iterable[str], fetch: Callable[[str], bytes],
     head = genesis
     while children.get(head.id):
         head = min(children[head.id], key=lambda c: c.id)
-    members, removed = _union(verified.values())
+    members, removed = _union(verified, counters)
     view = View(vault_id, verified, head, members, removed,
                 deferred=sorted(c.name for c in waiting.values()))
+    view.counters = counters
+    view.voided = voided
     view.void = sorted(decoded[cid].name for cid in void)
     return view
 
 
-def _void(verified: dict[str, Commit]) -> set[str]:
-    """A commit signed by M counts only if it is an ancestor of every commit that removes M:
-    a removed member cannot sign a branch from the past (nor a stolen kit), and everything
-    built on a void commit is void too.
+def _void(verified: dict[str, Commit]) -> tuple[set[str], set[str]]:
+    """(void commits, counter-removals). A commit signed by M counts only if it is an ancestor
+    of every commit that removes M: a removed member cannot sign a branch from the past (nor a
+    stolen kit), and everything built on a void commit is void too.
 
-    One exception keeps two removals from voiding each other: when a member being removed
-    answers with a concurrent removal of its remover, both removals stand (removals win) and
-    the next merge removes both. Which one to keep could not be decided without letting the
-    removed member grind commit ids.
+    A removed member may answer its removal with a concurrent removal of its remover (neither
+    an ancestor of the other). Nothing tells the two apart without letting the removed member
+    grind ids, and every device must decide alike (so no local anchor may break the tie): both
+    stand (removals win). Each is a *counter-removal*: it sets no cutoff, and the pair does
+    not void each other.
     """
     ancestors = {cid: {a.id for a in _ancestry(c, verified)} for cid, c in verified.items()}
     removals = []
@@ -425,15 +447,18 @@ def _void(verified: dict[str, Commit]) -> set[str]:
         gone = set(c.removed) - set(parent.removed if parent else {})
         if gone:
             removals.append((c, gone))
+    counters: set[str] = set()
+    for c, gone_c in removals:
+        for r, gone_r in removals:
+            if (c.signer in gone_r and r.signer in gone_c and r.id not in ancestors[c.id]
+                    and c.id not in ancestors[r.id]):
+                counters.add(c.id)
     hit: set[str] = set()
     for r, gone in removals:
         for cid, c in verified.items():
-            if c.signer not in gone or cid in ancestors[r.id]:
-                continue
-            mutual = r.signer in c.removed and r.id not in ancestors[cid]
-            if not mutual:
+            if c.signer in gone and cid not in ancestors[r.id] and cid not in counters:
                 hit.add(cid)
-    return {cid for cid in verified if ancestors[cid] & hit}
+    return {cid for cid in verified if ancestors[cid] & hit}, counters
 
 
 def _check_genesis(c: Commit, descriptor: str) -> None:
@@ -502,7 +527,7 @@ def _check(c: Commit, parent: Commit, verified: dict[str, Commit], descriptor: s
         scope: dict[str, Commit] = {a.id: a for a in _ancestry(parent, verified)}
         for tip in c.merges:
             scope.update({a.id: a for a in _ancestry(verified[tip], verified)})
-        members, removed = _union(scope.values())
+        members, removed = _union(scope, _void(scope)[1])
         if c.members != members or c.removed != removed:
             raise IntegrityError("the merge does not equal the merged member set")
 
@@ -531,7 +556,7 @@ def open_keys(view: View, commit: Commit, data: bytes, rid: str, priv: X25519Pri
         if len(kek) != 32 or fmt.kek_commit(kek) != commit.kek:
             raise IntegrityError()
         history = fmt.open_json(kek, b"cloudguard/v2/history", ctx, doc["history"])
-        known = {c.kek for c in view.commits.values()}
+        known = {c.kek for c in [*view.commits.values(), *view.voided.values()]}
         older: dict[str, bytes] = {}
         for commitment, value in history.items():
             old = fmt.unb64(value)
@@ -653,7 +678,7 @@ def accept_segment(view: View, name: str, device: str, seq: int, data: bytes,
     except IntegrityError as exc:
         raise IntegrityError(f"manifest segment {name} has a bad signature") from exc
     pos, head = fmt.segment_head(data)
-    commit = view.commits.get(head)
+    commit = view.commits.get(head) or view.voided.get(head)
     if commit is not None and commit.pos != pos:
         raise IntegrityError(f"manifest segment {name} names commit {head[:16]}... at the wrong "
                              "position")

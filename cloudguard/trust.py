@@ -35,7 +35,8 @@ class Ring:
         got = self.view.keks.get(commitment)
         if got is not None:
             return got
-        for c in sorted(self.view.commits.values(), key=lambda c: -c.pos):
+        every = [*self.view.commits.values(), *self.view.voided.values()]
+        for c in sorted(every, key=lambda c: -c.pos):
             if c.kek == commitment and self.rid in c.members and c.id not in self.view.opened:
                 try:
                     return self.open(c)
@@ -166,7 +167,7 @@ def advance(ring: Ring, commit: Commit, kek: bytes, history: dict[str, bytes],
     view = ring.view
     view.commits[commit.id] = commit
     view.head = commit
-    view.members, view.removed = chain._union(view.commits.values())
+    view.members, view.removed = chain._union(view.commits, view.counters)
     view.keks[commit.kek] = kek
     view.keks.update(history)
     view.head_history = dict(history)

@@ -365,7 +365,8 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
             segs = {n: s for n, s in listing.items() if n.startswith(mf.PREFIX)}
             skipped: list[str] = []
 
-            cutoffs = {rid: (cut.seq, cut.hash) for rid, cut in ring.view.removed.items()}
+            cutoffs = {rid: (cut.seq, cut.hash) for rid, cut in ring.view.removed.items()
+                       if cut.seq != chain.UNLIMITED}
             loaded = mf.load(segs, fetch, _opener(ring, index), binding.device, seen, cache, state,
                              cutoffs, skipped)
             for reason in skipped:
@@ -390,7 +391,8 @@ def _opener(ring: trust.Ring, index: Index) -> mf.Opener:
 
     def opener(name: str, dev: str, seq: int, data: bytes) -> dict[str, Any]:
         payload = chain.accept_segment(ring.view, name, dev, seq, data, ring.kek_of)
-        written = ring.view.commits[fmt.segment_head(data)[1]]
+        head_id = fmt.segment_head(data)[1]
+        written = ring.view.commits.get(head_id) or ring.view.voided[head_id]
         before = heads.get(dev)
         if before is not None and before[0] == seq - 1 and not ring.view.builds_on(
                 written.id, before[1]):
