@@ -36,12 +36,15 @@ the signed membership chain from the genesis forward, requires the commit that a
 to be in it and the kit to be a member of the head, opens the key objects the kit holds slots
 in, and accepts a manifest segment only if it is signed by its writer, a device (never a
 kit), that was a member at the commit the segment names ("Writer rules"). Commits signed by a
-member on a branch its removal does not build on are void and ignored ("Void commits"). A
-removed member's segments count only if its removal vouches for them (the cutoff hash, then
-back along "prev"); its other segments are skipped, and its writes past the cutoff are left out
-of honest snapshots and dependencies. A commit whose parent is missing from the copy is
-skipped, as cloudguard defers it; so is a segment written under a commit that is not verified.
-Every such skip is reported as a warning on stderr.
+member on a branch its removal does not build on are void: their membership changes are
+ignored, but a segment written under one is still read by the writer rules ("Void commits").
+Only a genesis or an add brings a member in. A removed member's segments count only if its
+removal vouches for them (the cutoff hash, then back along "prev"); its other segments are
+skipped, and its writes past the cutoff are left out of honest snapshots and dependencies. A
+member removed only by a counter-removal (two members removing each other concurrently) has no
+cutoff: its segments are read as a member's would be. A commit whose parent is missing from
+the copy is skipped, as cloudguard defers it; so is a segment written under a commit that is
+not verified. Every such skip is reported as a warning on stderr.
 
 Limits: a stand-alone reader has no memory of what it saw before, so it cannot tell a copy
 of a rolled-back remote (or one whose newest commits after the kit's anchor, or newest manifest
@@ -695,17 +698,36 @@ def ancestry(commit: Commit, verified: dict[str, Commit]) -> list[Commit]:
     return out
 
 
-def union(commits: list[Commit]) -> tuple[dict[str, Member], dict[str, Cutoff]]:
+UNLIMITED = 1 << 62  # the cutoff seq of a member removed only by a counter-removal: none
+
+
+def union(commits: dict[str, Commit], counters: set[str]
+          ) -> tuple[dict[str, Member], dict[str, Cutoff]]:
     """The two-phase set over commits: members ever added minus every member ever removed;
-    for a member removed on several branches, the lowest cutoff (seq, then hash) wins."""
+    for a member removed on several branches, the lowest cutoff (seq, then hash) wins.
+
+    Only a genesis (all its members) or an add (the member its parent lacks) brings a member
+    in: a merge's or rotation's member list is checked, never used, so a member added on a
+    void branch stays out. A removal in ``counters`` (a counter-removal, see void_commits)
+    removes the members it newly removes with no cutoff at all: seq UNLIMITED, hash null.
+    (Same rule as cloudguard's chain._union.)"""
     added: dict[str, Member] = {}
     removed: dict[str, Cutoff] = {}
-    for c in commits:
-        for rid, keys in c.members.items():
+    for c in commits.values():
+        parent = commits.get(c.parent) if c.parent else None
+        new: dict[str, Member] = {}
+        if c.action == "genesis":
+            new = c.members
+        elif c.action == "add":
+            new = {r: k for r, k in c.members.items() if parent is None or r not in parent.members}
+        for rid, keys in new.items():
             if added.setdefault(rid, keys) != keys:
                 raise IntegrityFailure(f"{c.name}: member {rid} appears with two different "
                                        "keys")
+        fresh = set(c.removed) - set(parent.removed if parent else {})
         for rid, cut in c.removed.items():
+            if c.id in counters and rid in fresh:
+                cut = Cutoff(cut.s, UNLIMITED, None)
             old = removed.get(rid)
             if old is None or (cut.seq, cut.hash or "") < (old.seq, old.hash or ""):
                 removed[rid] = cut
@@ -759,18 +781,21 @@ def check_commit(c: Commit, parent: Commit, verified: dict[str, Commit],
         scope = {a.id: a for a in ancestry(parent, verified)}
         for tip in c.merges:
             scope.update({a.id: a for a in ancestry(verified[tip], verified)})
-        if union(list(scope.values())) != (c.members, c.removed):
+        if union(scope, void_commits(scope)[1]) != (c.members, c.removed):
             raise Failure("the merge does not equal the merged member set")
 
 
-def void_commits(verified: dict[str, Commit]) -> set[str]:
-    """"Void commits": a commit signed by member M counts only if it is an ancestor of every
-    verified commit that removes M (a removed member, or a stolen kit after its removal,
-    cannot sign a branch from the past); everything built on a void commit is void too.
+def void_commits(verified: dict[str, Commit]) -> tuple[set[str], set[str]]:
+    """"Void commits": (void commits, counter-removals). A commit signed by member M counts
+    only if it is an ancestor of every verified commit that removes M (a removed member, or a
+    stolen kit after its removal, cannot sign a branch from the past); everything built on a
+    void commit is void too.
 
-    The exception: a member being removed that answers with a concurrent removal of its
-    remover (neither commit an ancestor of the other) voids neither removal; both stand and
-    the merged view removes both. (Same rule as cloudguard's chain._void.)"""
+    The exception: removals c and r where r removes c's signer, c removes r's signer, and
+    neither is an ancestor of the other are *counter-removals*. They do not void each other
+    (a counter-removal is never hit), both stand and the merged view removes both, with no
+    cutoff (see union); each still voids the other signer's other commits it does not build
+    on. No local anchor breaks the tie. (Same rule as cloudguard's chain._void.)"""
     ancestors = {cid: {a.id for a in ancestry(c, verified)} for cid, c in verified.items()}
     removals: list[tuple[Commit, set[str]]] = []  # (commit, the members it newly removes)
     for c in verified.values():
@@ -778,15 +803,18 @@ def void_commits(verified: dict[str, Commit]) -> set[str]:
         gone = set(c.removed) - set(parent.removed if parent else {})
         if gone:
             removals.append((c, gone))
+    counters: set[str] = set()
+    for c, gone_c in removals:
+        for r, gone_r in removals:
+            if (c.signer in gone_r and r.signer in gone_c and r.id not in ancestors[c.id]
+                    and c.id not in ancestors[r.id]):
+                counters.add(c.id)
     hit: set[str] = set()
     for removal, gone in removals:
         for cid, c in verified.items():
-            if c.signer not in gone or cid in ancestors[removal.id]:
-                continue
-            mutual = removal.signer in c.removed and removal.id not in ancestors[cid]
-            if not mutual:
+            if c.signer in gone and cid not in ancestors[removal.id] and cid not in counters:
                 hit.add(cid)
-    return {cid for cid in verified if ancestors[cid] & hit}
+    return {cid for cid in verified if ancestors[cid] & hit}, counters
 
 
 @dataclass
@@ -800,6 +828,9 @@ class Chain:
     keks: dict[str, bytes] = field(default_factory=dict)   # kek_commit -> KEK
     labels: dict[str, str] = field(default_factory=dict)   # rid -> member name
     warnings: list[str] = field(default_factory=list)      # deferred and void commits
+    counters: set[str] = field(default_factory=set)        # counter-removals
+    # void commits: out of the view, but they still name the head and KEK of segments
+    voided: dict[str, Commit] = field(default_factory=dict)
 
     def writer_key(self, rid: str) -> bytes | None:
         if rid in self.members:
@@ -853,9 +884,8 @@ def verify_chain(remote: Path, vault_id: str, descriptor: str) -> Chain:
             verified[cid] = c
             del waiting[cid]
             progress = True
-    void = void_commits(verified)
-    for cid in void:
-        del verified[cid]
+    void, counters = void_commits(verified)
+    voided = {cid: verified.pop(cid) for cid in void}
     children: dict[str, list[Commit]] = {}
     for c in verified.values():
         if c.parent:
@@ -870,12 +900,13 @@ def verify_chain(remote: Path, vault_id: str, descriptor: str) -> Chain:
     head = genesis
     while children.get(head.id):
         head = min(children[head.id], key=lambda c: c.id)
-    members, removed = union(list(verified.values()))
+    members, removed = union(verified, counters)
     warnings = [f"{c.name}: its parent is not listed; deferred (skipped)"
                 for c in sorted(waiting.values(), key=lambda c: c.name)]
     warnings += [f"{decoded[cid].name}: void (signed by a member on a branch its removal does "
                  "not build on); ignored" for cid in sorted(void, key=lambda c: decoded[c].name)]
-    return Chain(remote, vault_id, verified, head, members, removed, warnings=warnings)
+    return Chain(remote, vault_id, verified, head, members, removed, warnings=warnings,
+                 counters=counters, voided=voided)
 
 
 # --- key objects -------------------------------------------------------------------------
@@ -886,7 +917,8 @@ def verify_chain(remote: Path, vault_id: str, descriptor: str) -> Chain:
 
 def open_key_object(chain: Chain, commit: Commit, kit: Kit) -> None:
     """The KEK of ``commit`` through the kit's slot, every older KEK in its history (each only
-    under a commitment of a verified commit) and the member names. Adds them to ``chain``."""
+    under a commitment of a verified or void commit) and the member names. Adds them to
+    ``chain``."""
     name = commit.name + ".k"
     raw = (chain.remote / name).read_bytes()
     if hashlib.sha256(raw).hexdigest() != commit.keyobj:
@@ -904,7 +936,7 @@ def open_key_object(chain: Chain, commit: Commit, kit: Kit) -> None:
         if len(kek) != KEY_SIZE or kek_commit(kek) != commit.kek:
             raise BadData()
         history = open_sealed_json(kek, b"cloudguard/v2/history", ctx, doc["history"])
-        known = {c.kek for c in chain.commits.values()}
+        known = {c.kek for c in [*chain.commits.values(), *chain.voided.values()]}
         older: dict[str, bytes] = {}
         for commitment, value in history.items():
             old = unb64(value)
@@ -936,9 +968,10 @@ def load_keys(remote: Path, vault: Vault, kit: Kit) -> Chain:
     if me is None or me.x != x25519_public(kit.x) or me.s != ed25519_public(kit.s):
         raise IntegrityFailure("the chain holds other keys for this kit's member id")
     # the head first; older commits only for KEKs we do not hold yet (their key objects may
-    # be gone after a re-encrypting rotation, which is fine: nothing is sealed under them then)
-    older = sorted((c for c in chain.commits.values() if c is not chain.head),
-                   key=lambda c: (-c.pos, c.id))
+    # be gone after a re-encrypting rotation, which is fine: nothing is sealed under them then).
+    # Void commits too: segments written under them stay readable ("Void commits")
+    every = [*chain.commits.values(), *chain.voided.values()]
+    older = sorted((c for c in every if c is not chain.head), key=lambda c: (-c.pos, c.id))
     for commit in [chain.head, *older]:
         if kit.rid not in commit.members or commit.kek in chain.keks:
             continue
@@ -1152,7 +1185,10 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
             segments[f"m/{path.name}"] = (match.group(1), int(match.group(2)), match.group(3))
     hashes: dict[str, str] = {}  # SHA-256 of every segment opened
     skipped: list[str] = []
-    limit = {rid: cut.seq for rid, cut in chain.removed.items()}
+    # a member removed only by a counter-removal has no cutoff: its segments are read as a
+    # member's would be (no limit, no pinning)
+    cuts = {rid: cut for rid, cut in chain.removed.items() if cut.seq != UNLIMITED}
+    limit = {rid: cut.seq for rid, cut in cuts.items()}
     pinned: dict[str, set[str]] = {}  # removed member -> the segments its removal vouches for
     pinning = True  # while the pinned chains are being walked
 
@@ -1167,7 +1203,7 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
         if member is not None and member.kind != "device":
             raise IntegrityFailure(f"manifest segment {name} was written by recovery kit "
                                    f"{device}: a kit only ever adds a device, it never writes")
-        cut = chain.removed.get(device)
+        cut = cuts.get(device)
         if cut is not None and not pinning and name not in pinned.get(device, set()):
             raise Skip(f"manifest segment {name} of removed member {device} is not on the "
                        "chain its removal recorded; refused")
@@ -1180,7 +1216,8 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
         except BadData as exc:
             raise IntegrityFailure(f"manifest segment {name} has a bad signature") from exc
         pos, head_id = segment_head(blob)
-        head = chain.commits.get(head_id)
+        # "Void commits": a segment under a void commit is still read (writer rules apply)
+        head = chain.commits.get(head_id) or chain.voided.get(head_id)
         if head is None:
             raise Skip(f"manifest segment {name} names commit {head_id[:16]}... that is not "
                        "verified; skipped")
@@ -1210,7 +1247,7 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
         hashes[name] = digest
         return payload
 
-    for device, cut in sorted(chain.removed.items()):
+    for device, cut in sorted(cuts.items()):
         pinned[device] = pinned_segments(device, cut, segments, open_named, hashes)
     pinning = False
 

@@ -566,7 +566,7 @@ class Lab:
         """A merge of ``tips`` into ``parent`` (with member ``drop`` left out: a bad one)."""
         view = self.reference()
         scope = {a.id: a for c in (parent, *tips) for a in view.ancestry(view.commits[c.id])}
-        members, removed = chain._union(scope.values())
+        members, removed = chain._union(scope, chain._void(scope)[1])
         members.pop(drop or "", None)
         return self.commit(parent, signer, "merge", members, removed, [t.id for t in tips])
 
@@ -665,7 +665,8 @@ def reference_manifest(lab: Lab, cache: Path) -> tuple[dict[str, Any], dict[str,
     listing = {n: (lab.root / n).stat().st_size for n in lab.names("m/")}
     loaded = mf.load(listing, lambda n: (lab.root / n).read_bytes(), opener, "f" * 16, {},
                      mf.SegmentCache(cache), None,
-                     {r: (c.seq, c.hash) for r, c in view.removed.items()}, skipped)
+                     {r: (c.seq, c.hash) for r, c in view.removed.items()
+                      if c.seq != chain.UNLIMITED}, skipped)  # as vault._load
     return dict(loaded.state.items()), loaded.state.ctx, skipped
 
 
@@ -722,6 +723,82 @@ def test_removal_with_no_cutoff_hash_vouches_for_nothing(tmp_path: Path) -> None
     state, skipped = script.load_manifest(lab.root, lab.scripted())
     assert state.paths == paths == {} and state.ctx == ctx
     assert len(skipped) == len(ref_skipped) == 1 and "not on the chain" in skipped[0]
+
+
+def folder_op(path: str) -> list[dict[str, Any]]:
+    return [{"p": path, "e": {"t": "d", "x": 0o755}, "rm": []}]
+
+
+def test_counter_removal_sets_no_cutoff(tmp_path: Path) -> None:
+    """"Void commits": A removes X (cutoff 1) while X removes A (cutoff 0). The two are
+    counter-removals: neither is void, both members are removed with no cutoff at all, so
+    X's segment 2 and A's segment 1, written past the cutoffs the removals recorded, are
+    still restored. A rotation A signs on its removal of X is void (X's answer does not build
+    on it), but A's segment under it is read."""
+    lab = Lab(tmp_path / "remote")
+    a, x, k = lab.member(), lab.member(), lab.member("kit")
+    base = lab.add(lab.add(lab.genesis(a), a, x), a, k)
+    hx1 = lab.segment(x, 1, "d", base, deps={}, dh={}, ops=folder_op("x1"))
+    removal = lab.remove(base, a, x, 1, hx1)
+    answer = lab.remove(base, x, a, 0, None)
+    lab.segment(x, 2, "d", answer, deps={x: 1}, dh={}, prev=hx1, ops=folder_op("x2"))
+    ha1 = lab.segment(a, 1, "d", removal, deps={}, dh={}, ops=folder_op("a1"))
+    later = lab.commit(removal, a, "rotate", dict(removal.members), dict(removal.removed))
+    lab.segment(a, 2, "d", later, deps={a: 1}, dh={}, prev=ha1, ops=folder_op("a2"))
+    ref, got = assert_same_chain(lab)
+    assert ref.counters == got.counters == {removal.id, answer.id}
+    assert set(got.voided) == set(ref.voided) == {later.id}
+    assert {c.seq for c in got.removed.values()} == {script.UNLIMITED}
+    paths, ctx, ref_skipped = reference_manifest(lab, tmp_path / "cache")
+    state, skipped = script.load_manifest(lab.root, lab.scripted())
+    assert state.paths == paths and state.ctx == ctx == {a: 2, x: 2}
+    assert sorted(paths) == ["a1", "a2", "x1", "x2"]
+    assert skipped == ref_skipped == []
+
+
+def test_a_merge_does_not_bring_in_a_void_add(tmp_path: Path) -> None:
+    """Only a genesis or an add brings a member in: X adds E on a branch that B's removal of
+    X does not build on (void), and A merged that branch in before. The merge stays valid,
+    but E, listed in it, is not a member, and its segments are not accepted."""
+    lab = Lab(tmp_path / "remote")
+    a, x, b, e = lab.member(), lab.member(), lab.member(), lab.member()
+    base = lab.add(lab.add(lab.genesis(a), a, x), a, b)
+    rotated = lab.commit(base, a, "rotate", dict(base.members), dict(base.removed))
+    past = lab.add(base, x, e)
+    merge = lab.merge(rotated, a, [past])
+    assert e in merge.members
+    removal = lab.remove(base, b, x)
+    ref, got = assert_same_chain(lab)
+    assert {merge.id, removal.id} <= set(got.commits) and past.id in got.voided
+    assert e not in got.members and e not in ref.members and got.writer_key(e) is None
+    lab.segment(e, 1, "d", merge, deps={}, dh={}, ops=folder_op("e1"))
+    with pytest.raises(IntegrityError, match="not a member"):
+        reference_manifest(lab, tmp_path / "cache")
+    with pytest.raises(script.IntegrityFailure, match="not a member"):
+        script.load_manifest(lab.root, lab.scripted())
+
+
+def test_segments_under_a_void_commit_are_read(tmp_path: Path) -> None:
+    """"Void commits": X rotates on a branch A's removal of X does not build on; the rotation
+    is void, but its KEK still opens what was written under it by writers the rules accept:
+    B (a member) and X up to the segment its removal vouches for. The kit opens the void
+    commit's key object for that KEK."""
+    lab = Lab(tmp_path / "remote")
+    a, x, b, k = lab.member(), lab.member(), lab.member(), lab.member("kit")
+    base = lab.add(lab.add(lab.add(lab.genesis(a), a, x), a, b), a, k)
+    past = lab.commit(base, x, "rotate", dict(base.members), dict(base.removed))
+    hx1 = lab.segment(x, 1, "d", past, deps={}, dh={}, ops=folder_op("x1"))
+    lab.segment(b, 1, "d", past, deps={}, dh={}, ops=folder_op("b1"))
+    lab.remove(base, a, x, 1, hx1)
+    ref, got = assert_same_chain(lab)
+    assert set(got.voided) == set(ref.voided) == {past.id}
+    paths, ctx, ref_skipped = reference_manifest(lab, tmp_path / "cache")
+    kit = script.Kit(lab.vault_id, k, base.id, lab.secrets[k].x, lab.secrets[k].s)
+    keyed = script.load_keys(lab.root, script.Vault(DESCRIPTOR), kit)
+    assert keyed.keks[past.kek] == lab.keks[past.kek]
+    state, skipped = script.load_manifest(lab.root, keyed)
+    assert state.paths == paths and state.ctx == ctx == {b: 1, x: 1}
+    assert sorted(paths) == ["b1", "x1"] and skipped == ref_skipped == []
 
 
 def test_kit_writes_are_an_integrity_failure(tmp_path: Path) -> None:
