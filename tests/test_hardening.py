@@ -120,10 +120,23 @@ def test_nested_descriptor_is_exit_3_naming_it(local_remote: str, tmp_path: Path
     assert "cloudguard.json is not valid JSON: nested too deeply" in out
 
 
+def genesis(remote: str) -> Path:
+    """The genesis commit of the only vault on ``remote``."""
+    return next(p for p in (Path(remote) / "keys").iterdir() if p.name.startswith("00000000-")
+                and not p.name.endswith(".k"))
+
+
+def signed(magic: bytes, body: bytes) -> bytes:
+    """A signed-object frame around ``body``; the signature never gets checked first."""
+    return magic + len(body).to_bytes(4, "big") + body + bytes(64)
+
+
 def test_nested_key_object_is_exit_3_naming_it(local_remote: str, tmp_path: Path) -> None:
     a = one_device(local_remote, tmp_path)
-    (Path(local_remote) / "keys" / "00000001").write_bytes(NESTED)
-    assert "keys/00000001" in cg("pull", "--folder", str(a), code=3).output
+    commit = genesis(local_remote)
+    commit.write_bytes(signed(chain.COMMIT_MAGIC, NESTED))
+    out = cg("pull", "--folder", str(a), code=3).output
+    assert f"keys/{commit.name}" in out and "RecursionError" not in out
 
 
 def test_nested_or_duplicated_enrolment_request_is_exit_3_naming_it(local_remote: str,
@@ -131,17 +144,20 @@ def test_nested_or_duplicated_enrolment_request_is_exit_3_naming_it(local_remote
     a = one_device(local_remote, tmp_path)
     enroll = Path(local_remote) / "enroll"
     enroll.mkdir()
-    (enroll / "00000000000000aa").write_bytes(NESTED)
+    (enroll / "00000000000000aa").write_bytes(signed(chain.ENROLL_MAGIC, NESTED))
     out = cg("device", "approve", "AAAA-BBBB-CCCC-DDDD", "--folder", str(a), code=3).output
-    assert "enroll/00000000000000aa is not valid JSON: nested too deeply" in out
+    assert "enroll/00000000000000aa" in out and "nested too deeply" in out
     # a request whose id (or name) is given twice reads differently to different parsers
-    request = cg_json("clone", local_remote, str(tmp_path / "b"))
+    code = cg_json("device", "list", "--folder", str(a))["vault_code"]
+    request = cg_json("clone", local_remote, str(tmp_path / "b"), "--vault-code", code)
     (enroll / "00000000000000aa").unlink()
     path = enroll / request["device"]
-    path.write_text(path.read_text().replace('"rid":', '"rid": "0123456789abcdef", "rid":'))
+    data = path.read_bytes()
+    body = data[8:-64].replace(b'"rid":', b'"rid":"0123456789abcdef","rid":')
+    path.write_bytes(signed(chain.ENROLL_MAGIC, body)[:-64] + data[-64:])
     out = cg("device", "approve", request["fingerprint"], "--folder", str(a), code=3).output
-    assert f"enroll/{request['device']} is not valid JSON: the key 'rid' appears twice" in out
-    assert len(cg_json("device", "list", "--folder", str(a))) == 1  # not approved
+    assert f"enroll/{request['device']}" in out and "the key 'rid' appears twice" in out
+    assert len(cg_json("device", "list", "--folder", str(a))["members"]) == 1  # not approved
 
 
 def test_nested_recovery_kit_is_exit_3_naming_it(local_remote: str, tmp_path: Path) -> None:
@@ -188,16 +204,17 @@ def test_oversized_object_is_refused_while_it_arrives(local_remote: str) -> None
 def test_oversized_key_object_is_exit_3_naming_it(local_remote: str, tmp_path: Path) -> None:
     """Valid JSON, padded past the cap: refused on its listed size, never parsed."""
     a = one_device(local_remote, tmp_path)
-    slots = Path(local_remote) / "keys" / "00000001"
+    slots = genesis(local_remote).with_name(genesis(local_remote).name + ".k")
     slots.write_bytes(slots.read_bytes() + b" " * limits.MAX_KEYS)
     out = cg("pull", "--folder", str(a), code=3).output
-    assert "keys/00000001 holds more than 16777216 bytes" in out
+    assert f"keys/{slots.name} holds more than 16777216 bytes" in out
 
 
 def test_oversized_enrolment_request_is_exit_3_naming_it(local_remote: str,
                                                           tmp_path: Path) -> None:
     a = one_device(local_remote, tmp_path)
-    request = cg_json("clone", local_remote, str(tmp_path / "b"))
+    code = cg_json("device", "list", "--folder", str(a))["vault_code"]
+    request = cg_json("clone", local_remote, str(tmp_path / "b"), "--vault-code", code)
     path = Path(local_remote) / "enroll" / request["device"]
     path.write_bytes(path.read_bytes() + b" " * limits.MAX_ENROLMENT)
     out = cg("device", "approve", request["fingerprint"], "--folder", str(a), code=3).output
@@ -206,11 +223,11 @@ def test_oversized_enrolment_request_is_exit_3_naming_it(local_remote: str,
 
 def test_integrity_errors_name_the_key_object(local_remote: str, tmp_path: Path) -> None:
     a = one_device(local_remote, tmp_path)
-    slots = Path(local_remote) / "keys" / "00000001"
+    slots = genesis(local_remote).with_name(genesis(local_remote).name + ".k")
     doc = json.loads(slots.read_text())
-    doc["generation"] = 2  # a generation object copied under another name
+    doc["history"] = doc["history"][:-4] + "AAA="  # not what the signed commit names
     slots.write_text(json.dumps(doc))
-    assert "error: keys/00000001: " in cg("pull", "--folder", str(a), code=3).output
+    assert f"error: keys/{slots.name} " in cg("pull", "--folder", str(a), code=3).output
 
 
 def test_integrity_errors_name_the_manifest_segment(local_remote: str, tmp_path: Path) -> None:

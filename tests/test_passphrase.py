@@ -11,12 +11,12 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from helpers import PASSPHRASE, cg, cg_json, cg_proc, tree
 
 from cloudguard import format as fmt
 from cloudguard import keys
 from cloudguard import passphrase as pw
+from cloudguard.chain import Secret
 from cloudguard.errors import KeyStoreError, UsageError
 
 # The SHA-256 of eff_large_wordlist.txt as EFF publishes it (cloudguard/data/README.md).
@@ -58,7 +58,7 @@ def test_key_export_generates_a_passphrase_that_opens_the_kit(
     phrase = result["passphrase"]
     assert phrase != PASSPHRASE
     assert len(phrase.split(" ")) >= 8 and set(phrase.split(" ")) <= set(pw.wordlist())
-    assert keys.read_kit(kit, phrase)[1] == result["id"]
+    assert keys.read_kit(kit, phrase).rid == result["id"]
     with pytest.raises(KeyStoreError, match="wrong passphrase"):
         keys.read_kit(kit, PASSPHRASE)  # CLOUDGUARD_PASSPHRASE played no part
     assert phrase not in kit.read_text()
@@ -103,7 +103,7 @@ def test_strong_chosen_kit_passphrase_is_accepted(local_remote: str, tmp_path: P
     a, kit = vault(local_remote, tmp_path), tmp_path / "kit.json"
     result = cg_json("key", "export", str(kit), "--folder", str(a), "--choose-passphrase")
     assert "passphrase" not in result
-    assert keys.read_kit(kit, PASSPHRASE)[1] == result["id"]
+    assert keys.read_kit(kit, PASSPHRASE).rid == result["id"]
 
 
 def test_weak_device_key_passphrase_is_refused(local_remote: str, tmp_path: Path,
@@ -134,9 +134,9 @@ def test_reading_is_never_checked(local_remote: str, tmp_path: Path,
     assert proc.returncode == 0, proc.stderr
 
     kit = tmp_path / "weak-kit.json"
-    priv = X25519PrivateKey.generate()
-    keys.write_kit(kit, "v" * 32, "r" * 16, priv, "x")
-    assert keys.read_kit(kit, "x")[2].private_bytes_raw() == priv.private_bytes_raw()
+    secret = Secret.generate()
+    keys.write_kit(kit, "v" * 64, "r" * 16, "c" * 64, secret, "x")
+    assert keys.read_kit(kit, "x").secret.raw() == secret.raw()
     assert keys.get_passphrase("an existing file") == "x"
 
 
