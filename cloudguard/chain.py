@@ -437,8 +437,8 @@ def _void(verified: dict[str, Commit]) -> tuple[set[str], set[str]]:
     A removed member may answer its removal with a concurrent removal of its remover (neither
     an ancestor of the other). Nothing tells the two apart without letting the removed member
     grind ids, and every device must decide alike (so no local anchor may break the tie): both
-    stand (removals win). Each is a *counter-removal*: it sets no cutoff, and the pair does
-    not void each other.
+    stand (removals win). Each is a *counter-removal*: it sets no cutoff, the pair does not
+    void each other, and it never voids its target's other removals.
     """
     ancestors = {cid: {a.id for a in _ancestry(c, verified)} for cid, c in verified.items()}
     removals = []
@@ -457,6 +457,8 @@ def _void(verified: dict[str, Commit]) -> tuple[set[str], set[str]]:
     for r, gone in removals:
         for cid, c in verified.items():
             if c.signer in gone and cid not in ancestors[r.id] and cid not in counters:
+                if r.id in counters and c.action == "remove":
+                    continue  # a counter-removal never undoes its target's removals
                 hit.add(cid)
     return {cid for cid in verified if ancestors[cid] & hit}, counters
 

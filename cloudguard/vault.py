@@ -1223,6 +1223,9 @@ def _rotate(s: Session, reencrypt: bool, remove: str | None) -> dict[str, Any]:
     members = {r: k for r, k in s.ring.head.members.items() if r != remove}
     removed = dict(s.ring.head.removed)
     if remove is not None:
+        # a snapshot of ours covers the member's writes up to the cutoff before the removal
+        # lands, so no reader ever needs the removed member's own segments again
+        s.snapshot()
         removed[remove] = _cutoff(s, remove)
     s.ring.all_keks()  # every older KEK, for the history (and the re-wrap below)
     commit = trust.change(s.ring, s.transport, s.index, "remove" if remove else "rotate",
