@@ -379,7 +379,7 @@ def device_list(folder: str | None, as_json: bool) -> None:
 def device_approve(fingerprint: str, folder: str | None, as_json: bool) -> None:
     """Enrol the device whose request shows FINGERPRINT."""
     def go() -> None:
-        result = vault.device_approve(folder, fingerprint)
+        result = vault.device_approve(folder, fingerprint, _ui(as_json))
         _emit(result, as_json, lambda r: f"Approved {r['name']} ({r['approved']}). The new "
               f"device checks the vault code: {r['vault_code']}", always=True)
     _run(go)

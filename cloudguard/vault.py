@@ -1102,9 +1102,9 @@ def device_list(folder: str | None) -> dict[str, Any]:
                 "members": members, "removed": removed}
 
 
-def device_approve(folder: str | None, fp: str) -> dict[str, Any]:
+def device_approve(folder: str | None, fp: str, ui: UI | None = None) -> dict[str, Any]:
     wanted = _code(fp)
-    with session(folder) as s:
+    with session(folder, ui) as s:
         refused: list[str] = []  # not a request at all: tampering, reported if nothing matches
         for name in sorted(n for n in s.listing if n.startswith(keymod.ENROLL_PREFIX)):
             try:
