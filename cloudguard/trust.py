@@ -134,31 +134,33 @@ def open_ring(vault_id: str, listing: Iterable[str], fetch: Callable[[str], byte
 
 def write(transport: Transport, index: Index | None, commit: Commit, data: bytes,
           keyobj: bytes) -> None:
-    """Key object first, then the commit; the bytes are recorded before the upload, so a
-    crashed attempt is re-sent byte for byte and never re-made (which would equivocate)."""
+    """Key object first, then the commit. The bytes are recorded before the upload and kept
+    until a listing shows them: a crashed attempt is re-sent byte for byte and never re-made
+    (which would equivocate), and a listing that lags behind our own upload is not taken for
+    a rollback."""
     if index is not None:
-        index.set_meta("pending_commit", {"name": commit.name, "data": fmt.b64(data),
-                                          "keyobj": fmt.b64(keyobj)})
+        pending = list(index.get_meta("pending_commits", []))
+        pending.append({"name": commit.name, "data": fmt.b64(data), "keyobj": fmt.b64(keyobj)})
+        index.set_meta("pending_commits", pending)
     transport.put_bytes(commit.name + ".k", keyobj)
     transport.put_bytes(commit.name, data)
     if index is not None:
         index.set_meta("verified", sorted(set(index.get_meta("verified", [])) | {commit.id}))
-        index.set_meta("pending_commit", None)
 
 
 def resend_pending(transport: Transport, index: Index, listing: dict[str, int]) -> None:
-    pending = index.get_meta("pending_commit")
-    if not pending:
-        return
-    name = str(pending["name"])
-    data, keyobj = fmt.unb64(pending["data"]), fmt.unb64(pending["keyobj"])
-    if listing.get(name + ".k") != len(keyobj):
+    """Our own commits that a listing does not show (yet): send the recorded bytes again."""
+    kept = []
+    for pending in index.get_meta("pending_commits", []):
+        name = str(pending["name"])
+        data, keyobj = fmt.unb64(pending["data"]), fmt.unb64(pending["keyobj"])
+        if listing.get(name) == len(data):
+            continue  # seen: confirmed (its key object may since have been deleted on purpose)
         transport.put_bytes(name + ".k", keyobj)
-        listing[name + ".k"] = len(keyobj)
-    if listing.get(name) != len(data):
         transport.put_bytes(name, data)
-        listing[name] = len(data)
-    index.set_meta("pending_commit", None)
+        listing[name + ".k"], listing[name] = len(keyobj), len(data)
+        kept.append(pending)
+    index.set_meta("pending_commits", kept)
 
 
 def advance(ring: Ring, commit: Commit, kek: bytes, history: dict[str, bytes],
