@@ -305,16 +305,27 @@ class View:
             current = self.commits.get(current.parent) if current.parent else None
         return out
 
-    def covered(self) -> set[str]:
-        """Commits the head builds on: its ancestry and every branch a merge in it took in."""
+    def _reach(self, start: Commit) -> set[str]:
         out: set[str] = set()
-        todo = [self.head]
+        todo = [start]
         while todo:
             c = todo.pop()
             for a in self.ancestry(c):
                 if a.id not in out:
                     out.add(a.id)
                     todo += [self.commits[m] for m in a.merges if m in self.commits]
+        return out
+
+    def covered(self) -> set[str]:
+        """Commits the head builds on: its ancestry and every branch a merge in it took in.
+        A concurrent merge that took in nothing more and handed its KEK to exactly the head's
+        members is covered too, so two devices merging at once do not merge for ever."""
+        out = self._reach(self.head)
+        for c in self.commits.values():
+            if (c.id not in out and c.action == "merge"
+                    and set(c.members) == set(self.head.members)
+                    and self._reach(c) - {c.id} <= out):
+                out.add(c.id)
         return out
 
     def builds_on(self, later: str, earlier: str) -> bool:

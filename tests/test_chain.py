@@ -1,0 +1,78 @@
+"""The chain's pure rules on commits built in memory (no rclone): concurrent merges."""
+
+from __future__ import annotations
+
+from cloudguard import chain
+from cloudguard.chain import Commit, MemberKeys, Secret, View
+
+DESCRIPTOR = "11" * 32
+T = "2026-12-02T00:00:00Z"
+A, B = "a" * 16, "b" * 16
+
+
+class Lab:
+    """A vault's commits and key objects in memory; each change is built on a chosen commit."""
+
+    def __init__(self) -> None:
+        self.secrets = {A: Secret.generate(), B: Secret.generate()}
+        self.objects: dict[str, bytes] = {}
+        genesis, data, keyobj = chain.build(None, "", self.secrets[A], A, "genesis",
+                                            {A: self.keys(A)}, {}, chain.new_kek(), 1,
+                                            {A: "a"}, {}, DESCRIPTOR, T)
+        self.vault = genesis.id
+        self.objects[genesis.name], self.objects[genesis.name + ".k"] = data, keyobj
+
+    def keys(self, rid: str) -> MemberKeys:
+        return self.secrets[rid].public("device")
+
+    def view(self) -> View:
+        return chain.verify(self.vault, list(self.objects), self.objects.__getitem__, set(),
+                            DESCRIPTOR)
+
+    def kek(self, view: View, commit: Commit, rid: str) -> bytes:
+        return chain.open_keys(view, commit, self.objects[commit.name + ".k"], rid,
+                               self.secrets[rid].x)
+
+    def commit(self, on: Commit, signer: str, action: str, members: list[str],
+               merges: list[str] | None = None) -> Commit:
+        view = self.view()
+        view.head = view.commits[on.id]
+        same_key = action == "add"
+        kek = self.kek(view, on, signer) if same_key else chain.new_kek()
+        commit, data, keyobj = chain.build(
+            view, self.vault, self.secrets[signer], signer, action,
+            {r: self.keys(r) for r in members}, dict(on.removed), kek,
+            on.epoch if same_key else on.epoch + 1, {r: r[:1] for r in members}, {},
+            DESCRIPTOR, T, merges)
+        self.objects[commit.name], self.objects[commit.name + ".k"] = data, keyobj
+        return commit
+
+
+def test_concurrent_merges_that_change_nothing_more_do_not_merge_again() -> None:
+    lab = Lab()
+    add = lab.commit(lab.view().head, A, "add", [A, B])
+    r1 = lab.commit(add, A, "rotate", [A, B])
+    r2 = lab.commit(add, B, "rotate", [A, B])
+    view = lab.view()
+    assert view.needs_merge  # a race: one rotation's branch is not covered by the head
+    head, other = (r1, r2) if r1.id < r2.id else (r2, r1)
+    assert view.head.id == head.id
+    m1 = lab.commit(head, A, "merge", [A, B], [other.id])
+    m2 = lab.commit(head, B, "merge", [A, B], [other.id])
+    view = lab.view()
+    assert {m1.id, m2.id} <= set(view.commits)
+    assert view.head.id == min(m1.id, m2.id)
+    # both took in the same branch and handed their KEK to the same members: no third merge
+    assert not view.needs_merge
+
+
+def test_a_concurrent_merge_to_other_members_is_merged_again() -> None:
+    lab = Lab()
+    add = lab.commit(lab.view().head, A, "add", [A, B])
+    r1 = lab.commit(add, A, "rotate", [A, B])
+    r2 = lab.commit(add, B, "rotate", [A, B])
+    head, other = (r1, r2) if r1.id < r2.id else (r2, r1)
+    lab.commit(head, A, "merge", [A, B], [other.id])
+    rotation = lab.commit(head, B, "rotate", [A, B])  # a sibling that is not a merge
+    view = lab.view()
+    assert rotation.id in view.commits and view.needs_merge
