@@ -21,6 +21,11 @@ def test_lock_stops_registered_processes() -> None:
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
                              "cloudguard-daemon"])
     try:
+        # a daemon registers once it runs; right after the spawn its argv may not show yet
+        for _ in range(100):
+            if lock._is_ours(proc.pid):
+                break
+            time.sleep(0.05)
         record = lock.run_dir() / f"daemon-{proc.pid}.json"
         record.write_text(json.dumps({"pid": proc.pid, "kind": "daemon", "mountpoint": None}))
         result = cg_json("lock")
