@@ -154,7 +154,7 @@ def split_signed(magic: bytes, data: bytes) -> tuple[bytes, dict[str, Any], byte
     if 8 + length + 64 != len(data):
         raise IntegrityError()
     raw = data[8:8 + length]
-    doc = fmt.strict_json(raw)
+    doc = fmt.parse_json(raw, "a signed object")
     if not isinstance(doc, dict):
         raise IntegrityError()
     return raw, doc, data[8 + length:]
@@ -298,22 +298,22 @@ class View:
     voided: dict[str, Commit] = field(default_factory=dict)  # still name KEKs of segments
 
     def ancestry(self, commit: Commit) -> list[Commit]:
-        out = []
-        current: Commit | None = commit
-        while current is not None:
-            out.append(current)
-            current = self.commits.get(current.parent) if current.parent else None
-        return out
+        return _ancestry(commit, self.commits)
 
-    def _reach(self, start: Commit) -> set[str]:
+    def find(self, commit_id: str) -> Commit | None:
+        """A verified commit, void or not: a segment may name either (format.md)."""
+        return self.commits.get(commit_id) or self.voided.get(commit_id)
+
+    def _reach(self, start: Commit, commits: dict[str, Commit] | None = None) -> set[str]:
+        """``start``'s ancestry and every branch a merge in it took in."""
+        commits = self.commits if commits is None else commits
         out: set[str] = set()
         todo = [start]
         while todo:
-            c = todo.pop()
-            for a in self.ancestry(c):
+            for a in _ancestry(todo.pop(), commits):
                 if a.id not in out:
                     out.add(a.id)
-                    todo += [self.commits[m] for m in a.merges if m in self.commits]
+                    todo += [commits[m] for m in a.merges if m in commits]
         return out
 
     def covered(self) -> set[str]:
@@ -329,23 +329,11 @@ class View:
         return out
 
     def builds_on(self, later: str, earlier: str) -> bool:
-        """Does commit ``later`` cover ``earlier`` (its ancestry, merged branches included)?"""
-        if later == earlier:
-            return True
+        """Does commit ``later`` cover ``earlier`` (its ancestry, merged branches included)?
+        Void commits count here: segments written under them are still read."""
         every = {**self.voided, **self.commits}
-        todo = [every[later]] if later in every else []
-        seen: set[str] = set()
-        while todo:
-            c = todo.pop()
-            if c.id == earlier:
-                return True
-            if c.id in seen:
-                continue
-            seen.add(c.id)
-            if c.parent and c.parent in every:
-                todo.append(every[c.parent])
-            todo += [every[m] for m in c.merges if m in every]
-        return False
+        return later == earlier or (later in every and earlier in self._reach(every[later],
+                                                                               every))
 
     @property
     def needs_merge(self) -> bool:
@@ -557,7 +545,7 @@ def open_keys(view: View, commit: Commit, data: bytes, rid: str, priv: X25519Pri
         raise IntegrityError(f"{name} does not match its commit: a slot was swapped")
     ctx = commit.ctx(view.vault_id)
     try:
-        doc = fmt.strict_json(data)
+        doc = fmt.parse_json(data, name)
         if not isinstance(doc, dict) or set(doc) != {"slots", "history"}:
             raise IntegrityError()
         slots = doc["slots"]
@@ -691,7 +679,7 @@ def accept_segment(view: View, name: str, device: str, seq: int, data: bytes,
     except IntegrityError as exc:
         raise IntegrityError(f"manifest segment {name} has a bad signature") from exc
     pos, head = fmt.segment_head(data)
-    commit = view.commits.get(head) or view.voided.get(head)
+    commit = view.find(head)
     if commit is not None and commit.pos != pos:
         raise IntegrityError(f"manifest segment {name} names commit {head[:16]}... at the wrong "
                              "position")

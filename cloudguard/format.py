@@ -321,17 +321,12 @@ SEGMENT_MIN_SIZE = SEGMENT_HEADER_SIZE + SEGMENT_MIN_PLAIN + TAG_SIZE + SIGNATUR
 MAX_SEGMENT_PLAIN = 256 * 1024 * 1024
 
 
-def _segment_aad(vault_id: str, name: str, header: bytes) -> bytes:
-    return b"cloudguard/v2/segment\x00" + _segment_names(vault_id, name) + header
-
-
-def _segment_names(vault_id: str, name: str) -> bytes:
-    return vault_id.encode() + b"\x00" + name.encode() + b"\x00"
-
-
-def _segment_signed(vault_id: str, name: str, header_and_ct: bytes) -> bytes:
-    """The message after the label: the Ed25519 signer adds the label (chain.verify_sig)."""
-    return b"cloudguard/v2/segment\x00" + _segment_names(vault_id, name) + header_and_ct
+def _segment_bound(vault_id: str, name: str, tail: bytes) -> bytes:
+    """Label, vault and name before ``tail``: the associated data (tail = header) and the
+    signed message (tail = header and ciphertext) share it, so neither moves to another
+    vault or name."""
+    return (b"cloudguard/v2/segment\x00" + vault_id.encode() + b"\x00" + name.encode()
+            + b"\x00" + tail)
 
 
 def seal_segment(kek: bytes, head_pos: int, head_id: str, vault_id: str, name: str,
@@ -347,8 +342,8 @@ def seal_segment(kek: bytes, head_pos: int, head_id: str, vault_id: str, name: s
     plain = struct.pack(">I", len(body)) + body
     plain += bytes(padme(max(SEGMENT_MIN_PLAIN, len(plain))) - len(plain))
     key = _hkdf(kek, b"cloudguard/v2/manifest")
-    sealed = header + AESGCM(key).encrypt(nonce, plain, _segment_aad(vault_id, name, header))
-    return sealed + signer.sign(_segment_signed(vault_id, name, sealed))
+    sealed = header + AESGCM(key).encrypt(nonce, plain, _segment_bound(vault_id, name, header))
+    return sealed + signer.sign(_segment_bound(vault_id, name, sealed))
 
 
 def segment_head(blob: bytes) -> tuple[int, str]:
@@ -362,7 +357,7 @@ def verify_segment(blob: bytes, vault_id: str, name: str, signer_pub: bytes) -> 
     segment_head(blob)
     try:
         Ed25519PublicKey.from_public_bytes(signer_pub).verify(
-            blob[-SIGNATURE_SIZE:], _segment_signed(vault_id, name, blob[:-SIGNATURE_SIZE]))
+            blob[-SIGNATURE_SIZE:], _segment_bound(vault_id, name, blob[:-SIGNATURE_SIZE]))
     except (InvalidSignature, ValueError) as exc:
         raise IntegrityError() from exc
 
@@ -374,7 +369,7 @@ def open_segment(kek: bytes, vault_id: str, name: str, blob: bytes) -> dict[str,
     key = _hkdf(kek, b"cloudguard/v2/manifest")
     try:
         plain = AESGCM(key).decrypt(nonce, blob[SEGMENT_HEADER_SIZE:-SIGNATURE_SIZE],
-                                    _segment_aad(vault_id, name, header))
+                                    _segment_bound(vault_id, name, header))
         (length,) = struct.unpack(">I", plain[:4])
         if 4 + length > len(plain) or any(plain[4 + length:]):
             raise IntegrityError()
@@ -389,13 +384,6 @@ def open_segment(kek: bytes, vault_id: str, name: str, blob: bytes) -> dict[str,
     if not isinstance(payload, dict):
         raise IntegrityError()
     return payload
-
-
-# --- strict JSON --------------------------------------------------------------------------
-
-def strict_json(raw: bytes | str) -> Any:
-    """JSON from the remote, unnamed (the caller names the object): see :func:`parse_json`."""
-    return parse_json(raw, "JSON document")
 
 
 # --- key slots ----------------------------------------------------------------------------

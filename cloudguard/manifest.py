@@ -515,7 +515,7 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
                                              f"{segment_name(dev, nxt - 1, kind)}: a segment "
                                              "was replaced")
                 deps = _ctx(payload.get("deps"))
-                _same_history(found, payload.get("dh"), deps, heads_hash, parsed)
+                _same_history(found, payload.get("dh"), deps, heads_hash)
                 deps = _clamp(deps, limit)
                 if not state.dominates({d: s for d, s in deps.items() if d != dev}):
                     continue
@@ -597,8 +597,19 @@ def _pinned(dev: str, seq: int, digest: str | None, parsed: dict[str, tuple[str,
     return out
 
 
-def _same_history(name: str, raw: object, deps: dict[str, int], heads_hash: dict[str, str],
-                  parsed: dict[str, tuple[str, int, str]]) -> None:
+def applied_hash(consumed: dict[str, tuple[int, str, dict[str, int] | None]], device: str,
+                 seq: int) -> str | None:
+    """The SHA-256 of segment ``device``:``seq`` (delta or snapshot) as this state applied
+    it, if it did: what a delta's ``dh`` and a removal's cutoff name."""
+    for kind in ("d", "s"):
+        got = consumed.get(segment_name(device, seq, kind))
+        if got is not None:
+            return got[1]
+    return None
+
+
+def _same_history(name: str, raw: object, deps: dict[str, int], heads_hash: dict[str, str]
+                  ) -> None:
     """Dependencies name segment hashes: if the writer saw another segment under a name we
     applied, the provider showed us two histories (a fork)."""
     if raw is None:

@@ -6,6 +6,7 @@ docs/format.md, "The membership chain", is the normative text; chain.py has the 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -32,18 +33,17 @@ class Ring:
         return self.view.head
 
     def kek(self, commitment: str) -> bytes:
-        got = self.view.keks.get(commitment)
-        if got is not None:
-            return got
         every = [*self.view.commits.values(), *self.view.voided.values()]
         for c in sorted(every, key=lambda c: -c.pos):
-            if c.kek == commitment and self.rid in c.members and c.id not in self.view.opened:
-                try:
-                    return self.open(c)
-                except KeyStoreError:
-                    continue
-        raise IntegrityError(f"the key {commitment[:16]}... is not available to this device "
-                             "(no verified commit hands it to this device)")
+            if commitment in self.view.keks:
+                break
+            if c.kek == commitment:
+                self._try_open(c)
+        got = self.view.keks.get(commitment)
+        if got is None:
+            raise IntegrityError(f"the key {commitment[:16]}... is not available to this "
+                                 "device (no verified commit hands it to this device)")
+        return got
 
     def open(self, commit: Commit) -> bytes:
         try:
@@ -53,6 +53,12 @@ class Ring:
                 raise
             raise KeyStoreError(f"{commit.name}.k is not on the remote") from exc
         return chain.open_keys(self.view, commit, data, self.rid, self.secret.x)
+
+    def _try_open(self, commit: Commit) -> None:
+        """Open ``commit``'s key object if it holds a slot of ours and is still there."""
+        if self.rid in commit.members and commit.id not in self.view.opened:
+            with contextlib.suppress(KeyStoreError):
+                self.open(commit)
 
     def kek_of(self, commit: Commit) -> bytes:
         return self.kek(commit.kek)
@@ -64,25 +70,19 @@ class Ring:
     def all_keks(self) -> dict[str, bytes]:
         """Every KEK this member can reach, for history (opening key objects as needed)."""
         for c in self.view.commits.values():
-            if c.kek not in self.view.keks and self.rid in c.members:
-                try:
-                    self.open(c)
-                except KeyStoreError:
-                    pass
+            if c.kek not in self.view.keks:
+                self._try_open(c)
         return dict(self.view.keks)
 
     def learn_names(self, rids: Iterable[str]) -> None:
         """Names are sealed in each commit: open older ones for members not named yet."""
-        missing = {r for r in rids if r not in self.view.names}
+        wanted = set(rids)
         for c in sorted(self.view.commits.values(), key=lambda c: -c.pos):
+            missing = wanted - set(self.view.names)
             if not missing:
                 return
-            if missing & set(c.members) and self.rid in c.members and c.id not in self.view.opened:
-                try:
-                    self.open(c)
-                except KeyStoreError:
-                    continue
-                missing -= set(self.view.names)
+            if missing & set(c.members):
+                self._try_open(c)
 
     def name_of(self, rid: str) -> str:
         return self.view.names.get(rid, rid[:8])

@@ -140,12 +140,8 @@ class Session:
         deps = dict(self.state.ctx)
         prev = self.loaded.heads.get(own)
         consumed = self.state.consumed()
-        dh = {}
-        for dev, at in deps.items():  # fork consistency: name what we built on by hash
-            for kind in ("d", "s"):
-                got = consumed.get(mf.segment_name(dev, at, kind))
-                if got is not None:
-                    dh[dev] = got[1]
+        dh = {dev: digest for dev, at in deps.items()  # fork consistency: name it by hash
+              if (digest := mf.applied_hash(consumed, dev, at)) is not None}
         name, seq, digest = self.write_segment(
             "d", lambda seq: mf.delta_payload(own, seq, deps, prev, ops, dh))
         with self.state.transaction():
@@ -391,8 +387,9 @@ def _opener(ring: trust.Ring, index: Index) -> mf.Opener:
 
     def opener(name: str, dev: str, seq: int, data: bytes) -> dict[str, Any]:
         payload = chain.accept_segment(ring.view, name, dev, seq, data, ring.kek_of)
-        head_id = fmt.segment_head(data)[1]
-        written = ring.view.commits.get(head_id) or ring.view.voided[head_id]
+        written = ring.view.find(fmt.segment_head(data)[1])
+        if written is None:  # accept_segment has skipped such a segment already
+            raise IntegrityError(f"manifest segment {name} names no verified commit")
         before = heads.get(dev)
         if before is not None and before[0] == seq - 1 and not ring.view.builds_on(
                 written.id, before[1]):
@@ -1156,12 +1153,7 @@ def key_rotate(folder: str | None, reencrypt: bool = False, ui: UI | None = None
 def _cutoff(s: Session, rid: str) -> chain.Cutoff:
     """The last segment of ``rid`` that we applied: readers accept nothing of it after this."""
     seq = s.state.ctx.get(rid, 0)
-    digest = None
-    consumed = s.state.consumed()
-    for kind in ("d", "s"):
-        got = consumed.get(mf.segment_name(rid, seq, kind))
-        if got is not None:
-            digest = got[1]
+    digest = mf.applied_hash(s.state.consumed(), rid, seq)
     return chain.Cutoff(s.ring.head.members[rid].s, seq, digest)
 
 

@@ -678,32 +678,31 @@ def test_segment_fork_shown_to_two_devices(local_remote: str, provider: Provider
 # --- a removed member's branch from the past (review finding 1) ---------------------------
 
 
-@pytest.mark.parametrize("action", ["add"])
-def test_removed_device_branch_from_the_past_is_void(local_remote: str, provider: Provider,
-                                                     tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch,
-                                                     action: str) -> None:
-    """After its removal X signs, on the old parent where it was a member, an add of a fresh
-    key E it holds (same KEK) or a removal of A (new KEK). The commit is void: devices warn,
-    no merge takes it in, and E gets no slot in anything written later."""
-    a, b, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "x")
+def x_removed_by_a(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, remote: str,
+                   provider: Provider) -> tuple[list[Dev], str, View, Commit, Commit, Secret]:
+    """Devices a, b, x; a removes x. Returns the devices, the vault id, the view, the removal,
+    its parent (where x was still a member) and x's real secret."""
+    a, b, x = make_vault(monkeypatch, tmp_path, remote, "a", "b", "x")
     vid = vault_id_of(a)
     a.cg("device", "remove", x.rid)
     view = provider.view(vid)
     removal = view.head
-    parent = view.commits[str(removal.parent)]
-    xs = x.secret()
+    return [a, b, x], vid, view, removal, view.commits[str(removal.parent)], x.secret()
+
+
+def test_removed_device_branch_from_the_past_is_void(local_remote: str, provider: Provider,
+                                                     tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """After its removal X signs, on the old parent where it was a member, an add of a fresh
+    key E it holds (same KEK). The commit is void: devices warn, no merge takes it in, and E
+    gets no slot in anything written later."""
+    (a, b, x), vid, view, removal, parent, xs = x_removed_by_a(monkeypatch, tmp_path,
+                                                               local_remote, provider)
     evil, evil_rid = Secret.generate(), keys.new_member_id()
-    if action == "add":
-        kek = kek_via(provider, view, parent, x.rid, xs)
-        void = forge(provider, view, parent, xs, x.rid, "add",
-                     {**parent.members, evil_rid: evil.public("device")},
-                     dict(parent.removed), kek, parent.epoch)
-    else:
-        members = {r: k for r, k in parent.members.items() if r != a.rid}
-        removed = {**parent.removed, a.rid: chain.Cutoff(parent.members[a.rid].s, 0, None)}
-        void = forge(provider, view, parent, xs, x.rid, "remove", members, removed,
-                     os.urandom(32), parent.epoch + 1)
+    kek = kek_via(provider, view, parent, x.rid, xs)
+    void = forge(provider, view, parent, xs, x.rid, "add",
+                 {**parent.members, evil_rid: evil.public("device")},
+                 dict(parent.removed), kek, parent.epoch)
     for dev in (a, b):
         dev.write(f"{dev.name}.txt", "after the void branch")
         got = dev.run("push")
@@ -731,13 +730,8 @@ def test_removed_device_answering_with_a_removal_takes_its_remover_along(
     """X, removed by A in R, signs on R's parent a removal of A. Neither removal voids the
     other (that would let X grind ids): both stand, B merges them under a new KEK, and X gets
     no key written after its removal; A must re-enrol."""
-    a, b, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "x")
-    vid = vault_id_of(a)
-    a.cg("device", "remove", x.rid)
-    view = provider.view(vid)
-    removal = view.head
-    parent = view.commits[str(removal.parent)]
-    xs = x.secret()
+    (a, b, x), vid, view, _removal, parent, xs = x_removed_by_a(monkeypatch, tmp_path,
+                                                                local_remote, provider)
     members = {r: k for r, k in parent.members.items() if r != a.rid}
     removed = {**parent.removed, a.rid: chain.Cutoff(parent.members[a.rid].s, 0, None)}
     forge(provider, view, parent, xs, x.rid, "remove", members, removed, os.urandom(32),
