@@ -134,9 +134,11 @@ class IndexRow(NamedTuple):
     sha256: str
     dot: str
     target: str
+    ctime: int = 0  # status-change time and inode when synced (0: not recorded); a pull
+    ino: int = 0  # deletes or replaces a path only while both still match
 
 
-_COLUMNS = "path, kind, size, mtime, mode, sha256, dot, target"
+_COLUMNS = "path, kind, size, mtime, mode, sha256, dot, target, ctime, ino"
 
 
 def signature(kind: str, size: int, mtime: int, mode: int, target: str) -> str:
@@ -157,13 +159,18 @@ class Index:
         self.db.executescript(
             """
             CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, kind TEXT, size INTEGER,
-                mtime INTEGER, mode INTEGER, sha256 TEXT, dot TEXT, target TEXT, sig TEXT);
+                mtime INTEGER, mode INTEGER, sha256 TEXT, dot TEXT, target TEXT, sig TEXT,
+                ctime INTEGER NOT NULL DEFAULT 0, ino INTEGER NOT NULL DEFAULT 0);
             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
             CREATE TABLE IF NOT EXISTS pending (object TEXT PRIMARY KEY);
             CREATE TABLE IF NOT EXISTS orphans (object TEXT PRIMARY KEY, first_seen REAL);
             """
         )
         columns = [r[1] for r in self.db.execute("PRAGMA table_info(files)")]
+        if "ino" not in columns:  # an index from before ctime and inode were recorded
+            with self.transaction():
+                self.db.execute("ALTER TABLE files ADD COLUMN ctime INTEGER NOT NULL DEFAULT 0")
+                self.db.execute("ALTER TABLE files ADD COLUMN ino INTEGER NOT NULL DEFAULT 0")
         if "sig" not in columns:  # an index from before signatures: add and fill them
             with self.transaction():
                 self.db.execute("ALTER TABLE files ADD COLUMN sig TEXT")
@@ -209,10 +216,9 @@ class Index:
         return out
 
     def put(self, row: IndexRow) -> None:
-        self.db.execute("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?)",
-                        (row.path, row.kind, row.size, row.mtime, row.mode, row.sha256, row.dot,
-                         row.target, signature(row.kind, row.size, row.mtime, row.mode,
-                                               row.target)))
+        self.db.execute(f"INSERT OR REPLACE INTO files ({_COLUMNS}, sig) "
+                        "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                        (*row, signature(row.kind, row.size, row.mtime, row.mode, row.target)))
 
     def remove(self, path: str) -> None:
         self.db.execute("DELETE FROM files WHERE path = ?", (path,))

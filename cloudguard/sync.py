@@ -50,6 +50,8 @@ class LocalItem(NamedTuple):
     mtime: int = 0
     mode: int = 0
     target: str = ""
+    ctime: int = 0  # files and links: status-change time and inode, which any edit changes
+    ino: int = 0  # even one that keeps size and mtime (a pull checks them before replacing)
 
 
 def scan(folder: Path, warn: Callable[[str], None],
@@ -92,13 +94,15 @@ def scan(folder: Path, warn: Callable[[str], None],
                 continue
             mode = st.st_mode
             if is_reg(mode):
-                items[rel] = LocalItem(rel, "f", st.st_size, st.st_mtime_ns, mode & PERMISSIONS)
+                items[rel] = LocalItem(rel, "f", st.st_size, st.st_mtime_ns, mode & PERMISSIONS,
+                                       "", st.st_ctime_ns, st.st_ino)
             elif is_dir(mode):
                 items[rel] = LocalItem(rel, "d", mode=mode & PERMISSIONS)
                 stack.append(rel)
             elif is_lnk(mode):
                 items[rel] = LocalItem(rel, "l", mtime=st.st_mtime_ns,
-                                       target=os.readlink(entry.path))
+                                       target=os.readlink(entry.path), ctime=st.st_ctime_ns,
+                                       ino=st.st_ino)
             else:
                 warn(f"skipped {rel}: not a regular file, folder or symlink "
                      "(fifo, socket or device)")
@@ -133,6 +137,15 @@ def dirty(loc: LocalItem, row: IndexRow) -> bool:
     return False
 
 
+def synced(loc: LocalItem, row: IndexRow) -> bool:
+    """``loc`` still holds what was last synced at its path: not dirty, and for files and links
+    the same ctime and inode where the index recorded them. Only such a path may a pull delete
+    or replace; an edit that kept size and mtime still changed the ctime."""
+    if dirty(loc, row):
+        return False
+    return ((not row.ctime or row.ctime == loc.ctime) and (not row.ino or row.ino == loc.ino))
+
+
 def entry_matches(loc: LocalItem, entry: Entry, local_hash: Callable[[], str]) -> bool:
     if loc.kind != entry.get("t"):
         return False
@@ -144,7 +157,8 @@ def entry_matches(loc: LocalItem, entry: Entry, local_hash: Callable[[], str]) -
 
 
 def row_from(loc: LocalItem, dot: str, sha: str) -> IndexRow:
-    return IndexRow(loc.path, loc.kind, loc.size, loc.mtime, loc.mode, sha, dot, loc.target)
+    return IndexRow(loc.path, loc.kind, loc.size, loc.mtime, loc.mode, sha, dot, loc.target,
+                    loc.ctime, loc.ino)
 
 
 def row_from_entry(path: str, dot: str, entry: Entry) -> IndexRow:
@@ -348,7 +362,7 @@ def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
         if rem is None:
             if row is None:
                 continue
-            if loc is not None and not dirty(loc, row):
+            if loc is not None and synced(loc, row):
                 plan.delete.append(row)
             else:
                 plan.forget.append(path)
@@ -363,7 +377,7 @@ def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
         if entry_matches(loc, entry, functools.partial(hasher, path)):
             plan.adopt.append((loc, dot, entry))
             continue
-        local_untouched = row is not None and not dirty(loc, row)
+        local_untouched = row is not None and synced(loc, row)
         if local_untouched and loc.kind == kind and kind != "d":
             (plan.download if kind == "f" else plan.make).append((path, dot, entry))
         elif kind == "d" or loc.kind == "d":
@@ -722,11 +736,23 @@ def stage(folder: Path, dest: str, fill: Callable[[IO[bytes]], None], mode: int,
     return Staged(tmp, dest)
 
 
-def commit_staged(folder: Path, staged: Staged) -> None:
+def check_unchanged(folder: Path, rel: str, expect: LocalItem | None) -> None:
+    """Right before a pull replaces or deletes ``rel``: it must still be exactly what the plan
+    saw (``expect``, None for nothing), down to ctime and inode, or the user's edit would be
+    lost. Raises :class:`FileChangedError`; the caller keeps the path as it is."""
+    if local_item(folder, rel) != expect:
+        raise FileChangedError(rel)
+
+
+def commit_staged(folder: Path, staged: Staged, expect: LocalItem | None = None) -> None:
     target = folder / staged.dest
-    if os.path.isdir(target) and not os.path.islink(target):
+    try:
+        if os.path.isdir(target) and not os.path.islink(target):
+            raise CloudguardError(f"cannot replace folder {staged.dest} with a file")
+        check_unchanged(folder, staged.dest, expect)
+    except BaseException:
         staged.tmp.unlink(missing_ok=True)
-        raise CloudguardError(f"cannot replace folder {staged.dest} with a file")
+        raise
     os.replace(staged.tmp, target)
     dfd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -745,7 +771,8 @@ def discard(staged: list[Staged], created: list[Path]) -> None:
             pass
 
 
-def make_link(folder: Path, dest: str, target: str) -> None:
+def make_link(folder: Path, dest: str, target: str, expect: LocalItem | None = None) -> None:
+    """Land a symlink, replacing only what the plan saw at ``dest`` (see check_unchanged)."""
     head, _, base = dest.rpartition("/")
     parent = safe_dir(folder, head)
     tmp = parent / f".cg-{os.urandom(8).hex()}.tmp"
@@ -753,10 +780,25 @@ def make_link(folder: Path, dest: str, target: str) -> None:
     try:
         if os.path.isdir(parent / base) and not os.path.islink(parent / base):
             raise CloudguardError(f"cannot replace folder {dest} with a symlink")
+        check_unchanged(folder, dest, expect)
         os.replace(tmp, parent / base)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def remove_local(folder: Path, rel: str, expect: LocalItem) -> None:
+    """Delete a file, link or empty folder that the remote deleted, only while it is still what
+    the plan saw (see check_unchanged); a folder the user filled meanwhile fails to go."""
+    now = local_item(folder, rel)
+    if now is None:
+        return  # gone already
+    if now != expect:
+        raise FileChangedError(rel)
+    if expect.kind == "d":
+        os.rmdir(folder / rel)
+    else:
+        os.unlink(folder / rel)
 
 
 def make_dir(folder: Path, dest: str, mode: int) -> None:
@@ -772,7 +814,9 @@ def local_item(folder: Path, rel: str) -> LocalItem | None:
     except FileNotFoundError:
         return None
     if stat.S_ISLNK(st.st_mode):
-        return LocalItem(rel, "l", mtime=st.st_mtime_ns, target=os.readlink(folder / rel))
+        return LocalItem(rel, "l", mtime=st.st_mtime_ns, target=os.readlink(folder / rel),
+                         ctime=st.st_ctime_ns, ino=st.st_ino)
     if stat.S_ISDIR(st.st_mode):
         return LocalItem(rel, "d", mode=st.st_mode & PERMISSIONS)
-    return LocalItem(rel, "f", st.st_size, st.st_mtime_ns, st.st_mode & PERMISSIONS)
+    return LocalItem(rel, "f", st.st_size, st.st_mtime_ns, st.st_mode & PERMISSIONS, "",
+                     st.st_ctime_ns, st.st_ino)

@@ -29,7 +29,14 @@ from . import keys as keymod
 from . import manifest as mf
 from . import passphrase as passphrases
 from .chain import Secret
-from .errors import CloudguardError, IntegrityError, KeyStoreError, UsageError, named
+from .errors import (
+    CloudguardError,
+    FileChangedError,
+    IntegrityError,
+    KeyStoreError,
+    UsageError,
+    named,
+)
 from .keys import DeviceKey, now_iso
 from .state import Binding, Index, IndexRow, check_unbound, find_binding, folder_lock, signature
 from .transport import MissingObject, RcloneTransport, Transport
@@ -745,9 +752,11 @@ def _commit_ops(s: Session, ops: list[dict[str, Any]], local: dict[str, sync.Loc
                 s.index.remove(path)
                 continue
             loc = local[path]
-            if entry.get("t") == "f":
+            if entry.get("t") == "f":  # as read; its ctime and inode if the scan saw the same
+                same = loc[2:5] == (int(entry["s"]), int(entry["m"]), int(entry["x"]))
                 loc = sync.LocalItem(path, "f", int(entry["s"]), int(entry["m"]),
-                                     int(entry["x"]))
+                                     int(entry["x"]), "", loc.ctime if same else 0,
+                                     loc.ino if same else 0)
             s.index.put(sync.row_from(loc, dot, str(entry.get("h", ""))))
         s.index.clear_pending(set(objects))
 
@@ -892,22 +901,27 @@ def _pull(s: Session) -> dict[str, Any]:
         raise IntegrityError("integrity failure, nothing was written: " + "; ".join(failures))
     written: list[str] = []
     for item, dot, entry in staged:
-        if sync.local_item(s.folder, item.dest) != local.get(item.dest):
-            item.tmp.unlink(missing_ok=True)
+        try:
+            sync.commit_staged(s.folder, item, local.get(item.dest))
+        except FileChangedError:
             s.ui.warn(f"{item.dest} changed during the pull; kept it, pull again for the "
                       "remote version")
             continue
-        sync.commit_staged(s.folder, item)
         written.append(item.dest)
         if item.dest not in plan.conflicts:
-            s.index.put(sync.row_from_entry(item.dest, dot, entry))
+            s.index.put(_landed_row(s, item.dest, dot, entry))
     for dest, dot, entry in sorted(plan.make, key=lambda m: m[0]):
         if entry.get("t") == "d":
             sync.make_dir(s.folder, dest, int(entry.get("x", 0o700)))
             s.index.put(sync.row_from_entry(dest, dot, entry))
     for dest, dot, entry in plan.make:
         if entry.get("t") == "l":
-            sync.make_link(s.folder, dest, str(entry.get("l", "")))
+            try:
+                sync.make_link(s.folder, dest, str(entry.get("l", "")), local.get(dest))
+            except FileChangedError:
+                s.ui.warn(f"{dest} changed during the pull; kept it, pull again for the "
+                          "remote version")
+                continue
             link = sync.local_item(s.folder, dest)
             if link is not None and dest not in plan.conflicts:
                 s.index.put(sync.row_from(link, dot, ""))
@@ -920,7 +934,7 @@ def _pull(s: Session) -> dict[str, Any]:
             rem = remote.get(path)
             if rem is not None:  # conflict: remember the remote version, so ours replaces it
                 s.index.put(sync.row_from_entry(path, rem[0], rem[1]))
-    deleted = _delete_local(s, plan.delete)
+    deleted = _delete_local(s, plan.delete, local)
     return {"downloaded": sorted(written), "deleted": deleted, "conflicts": plan.conflicts,
             "skipped": plan.skipped}
 
@@ -937,16 +951,26 @@ def _stage(s: Session, dest: str, entry: dict[str, Any], reader: fmt.Reader,
                       created)
 
 
-def _delete_local(s: Session, rows: list[Any]) -> list[str]:
+def _landed_row(s: Session, dest: str, dot: str, entry: dict[str, Any]) -> IndexRow:
+    """The index row of a file just landed, with its ctime and inode: what a later pull checks
+    before it deletes or replaces the file."""
+    row = sync.row_from_entry(dest, dot, entry)
+    now = sync.local_item(s.folder, dest)
+    return row._replace(ctime=now.ctime, ino=now.ino) if now is not None else row
+
+
+def _delete_local(s: Session, rows: list[IndexRow], local: dict[str, sync.LocalItem]
+                  ) -> list[str]:
+    """Deepest first; a path the user changed since the plan is kept, and its index row goes,
+    so the next push uploads it as a new version."""
     deleted: list[str] = []
     for row in sorted(rows, key=lambda r: r.path.count("/"), reverse=True):
-        path = s.folder / row.path
         try:
-            if row.kind == "d":
-                os.rmdir(path)
-            else:
-                os.unlink(path)
+            sync.remove_local(s.folder, row.path, local[row.path])
             deleted.append(row.path)
+            s.index.remove(row.path)
+        except FileChangedError:
+            s.ui.warn(f"kept {row.path}: it changed during the pull; the next push uploads it")
             s.index.remove(row.path)
         except FileNotFoundError:
             s.index.remove(row.path)
