@@ -61,6 +61,14 @@ def _emit(result: Any, as_json: bool, human: Callable[[Any], str] | None = None,
             click.echo(text)
 
 
+def _path_errors(result: dict[str, Any]) -> None:
+    """A pull that landed everything else but some paths: one line each, then exit 1."""
+    for line in result.get("errors", []):
+        click.echo(f"cloudguard: error: {line}", err=True)
+    if result.get("errors"):
+        sys.exit(1)
+
+
 def _run(fn: Callable[[], None]) -> None:
     try:
         fn()
@@ -132,6 +140,7 @@ def clone(remote: str, folder: str, key_file: str | None, name: str | None,
                         "cloudguard pull")
             return f"Cloned into {r['folder']}: {len(r['downloaded'])} files."
         _emit(result, as_json, human, always=True)
+        _path_errors(result)
     _run(go)
 
 
@@ -160,6 +169,7 @@ def pull(folder: str | None, as_json: bool) -> None:
         _emit(result, as_json, lambda r: (
             f"Downloaded {len(r['downloaded'])}, deleted {len(r['deleted'])}"
             + (f", conflicts: {', '.join(r['conflicts'])}" if r["conflicts"] else "") + "."))
+        _path_errors(result)
     _run(go)
 
 

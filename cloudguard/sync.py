@@ -343,6 +343,8 @@ class PullPlan:
     forget: list[str] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    # (path, conflict name): the user's file or link where a folder arrives moves aside
+    aside: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def changes(self) -> int:
@@ -351,12 +353,31 @@ class PullPlan:
 
 def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
               remote: dict[str, tuple[str, Entry]], hasher: Callable[[str], str],
-              labels: dict[str, str], taken: Callable[[str], bool] | None = None) -> PullPlan:
+              labels: dict[str, str], taken: Callable[[str], bool] | None = None,
+              me: str = "local") -> PullPlan:
     """``index`` and ``remote`` may be cut down to the paths whose synced dot differs from the
     remote's (nothing happens to the others); ``taken`` then says which names exist at all,
-    so a conflict copy never takes the name of a path left out."""
+    so a conflict copy never takes the name of a path left out.
+
+    A type change (file, folder, symlink) lands like any other change where the local path is
+    as last synced (a folder: with nothing of the user's inside); otherwise both are kept, one
+    under a conflict name. ``me`` labels conflict copies of this device's own files.
+    """
     plan = PullPlan()
     exists = taken or (lambda p: p in local or p in remote or p in index)
+
+    def conflict(path: str, when: int, device: str) -> str:
+        name = conflict_name(path, when, labels.get(device, device[:8]),
+                             lambda p: exists(p) or p in plan.conflicts)
+        plan.conflicts.append(name)
+        return name
+
+    def clean_below(path: str) -> bool:
+        """Everything inside the local folder ``path`` is as synced and deleted remotely."""
+        prefix = path + "/"
+        return all(p in index and p not in remote and synced(local[p], index[p])
+                   for p in local if p.startswith(prefix))
+
     for path in sorted(set(remote) | set(index)):
         loc, row, rem = local.get(path), index.get(path), remote.get(path)
         if rem is None:
@@ -377,17 +398,19 @@ def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
         if entry_matches(loc, entry, functools.partial(hasher, path)):
             plan.adopt.append((loc, dot, entry))
             continue
-        local_untouched = row is not None and synced(loc, row)
-        if local_untouched and loc.kind == kind and kind != "d":
-            (plan.download if kind == "f" else plan.make).append((path, dot, entry))
-        elif kind == "d" or loc.kind == "d":
-            plan.skipped.append(path)
-        else:
-            writer = dot.partition(":")[0]
-            name = conflict_name(path, int(entry.get("m", 0)), labels.get(writer, writer[:8]),
-                                 lambda p: exists(p) or p in plan.conflicts)
-            plan.conflicts.append(name)
-            (plan.download if kind == "f" else plan.make).append((name, dot, entry))
+        land = plan.download if kind == "f" else plan.make
+        untouched = row is not None and synced(loc, row)
+        if untouched and loc.kind != "d" and kind != "d":  # file <-> symlink: replaced in place
+            land.append((path, dot, entry))
+        elif untouched and row is not None and (loc.kind != "d" or clean_below(path)):
+            plan.delete.append(row)  # file or link -> folder, empty(ied) folder -> file or link
+            land.append((path, dot, entry))
+        elif kind == "d":  # the user's file or link where a folder arrives: both stay
+            plan.aside.append((path, conflict(path, loc.mtime, me)))
+            land.append((path, dot, entry))
+        else:  # a true clash: the remote version lands as a conflict copy
+            name = conflict(path, int(entry.get("m", 0)), dot.partition(":")[0])
+            land.append((name, dot, entry))
             plan.forget.append(path)
     return plan
 
@@ -699,9 +722,28 @@ def safe_dir(folder: Path, rel_dir: str, created: list[Path] | None = None) -> P
                 created.append(current)
             continue
         if not stat.S_ISDIR(st.st_mode):
-            raise CloudguardError(f"cannot write inside {current}: it is not a folder "
-                                  "(a symlink or file is in the way)")
+            raise NotAFolder(f"cannot write inside {current}: it is not a folder "
+                             "(a symlink or file is in the way)")
     return current
+
+
+class NotAFolder(CloudguardError):
+    """A file or symlink stands where a folder must be."""
+
+
+def staging_dir(folder: Path, rel_dir: str, created: list[Path]) -> Path:
+    """Where to stage a file: its own folder (made if missing), or, while a file or link that
+    this pull replaces by a folder is in the way, the deepest real folder above that; the file
+    moves to its place once the way is clear (:func:`commit_staged`)."""
+    try:
+        return safe_dir(folder, rel_dir, created)
+    except NotAFolder:
+        current = folder
+        for part in [p for p in rel_dir.split("/") if p]:
+            if not stat.S_ISDIR(os.lstat(current / part).st_mode):
+                return current
+            current = current / part
+        raise
 
 
 TEMP_NAME = re.compile(r"^\.cg-[0-9a-f]{16}\.tmp$")
@@ -720,7 +762,7 @@ def stage(folder: Path, dest: str, fill: Callable[[IO[bytes]], None], mode: int,
     """Write and fsync a temp file beside the target; on any error nothing is left."""
     check_rel_path(dest)
     head, _, _base = dest.rpartition("/")
-    parent = safe_dir(folder, head, created)
+    parent = staging_dir(folder, head, created)
     tmp = parent / f".cg-{os.urandom(8).hex()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
@@ -747,6 +789,8 @@ def check_unchanged(folder: Path, rel: str, expect: LocalItem | None) -> None:
 def commit_staged(folder: Path, staged: Staged, expect: LocalItem | None = None) -> None:
     target = folder / staged.dest
     try:
+        if staged.tmp.parent != target.parent:  # staged above a file that was in the way
+            safe_dir(folder, staged.dest.rpartition("/")[0])
         if os.path.isdir(target) and not os.path.islink(target):
             raise CloudguardError(f"cannot replace folder {staged.dest} with a file")
         check_unchanged(folder, staged.dest, expect)
@@ -799,6 +843,16 @@ def remove_local(folder: Path, rel: str, expect: LocalItem) -> None:
         os.rmdir(folder / rel)
     else:
         os.unlink(folder / rel)
+
+
+def move_aside(folder: Path, rel: str, name: str, expect: LocalItem) -> None:
+    """Rename the user's file or link at ``rel`` to the conflict name ``name`` (a folder
+    arrives at ``rel``), only while it is what the plan saw and ``name`` is free."""
+    check_rel_path(name)
+    check_unchanged(folder, rel, expect)
+    if os.path.lexists(folder / name):
+        raise CloudguardError(f"cannot move {rel} aside: {name} exists")
+    os.rename(folder / rel, folder / name)
 
 
 def make_dir(folder: Path, dest: str, mode: int) -> None:

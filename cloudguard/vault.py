@@ -8,6 +8,7 @@ prints or dumps as JSON.
 from __future__ import annotations
 
 import calendar
+import errno
 import hashlib
 import json
 import os
@@ -868,59 +869,62 @@ def _pull_plan(s: Session, local: dict[str, sync.LocalItem]) -> tuple[
     remote = sync.view_of(s.state, wanted)
     rows = s.index.rows_for([*wanted, *gone])
     plan = sync.plan_pull(local, rows, remote, _hasher(s.folder), s.labels(),
-                          lambda p: p in local or p in heads or p in known)
+                          lambda p: p in local or p in heads or p in known, s.binding.device)
     return plan, remote, len(heads)
 
 
 def _pull(s: Session) -> dict[str, Any]:
+    """Stage every download (nothing lands unless all authenticate), then land path by path:
+    moves aside, deletes (deepest first), folders, files, links. An error on one path is
+    reported in ``errors`` (one line naming it) and the rest still arrives."""
     _resolve(s)
     local = _scan(s)
     plan, remote, _n = _pull_plan(s, local)
-    failures: list[str] = []
-    staged: list[tuple[sync.Staged, str, dict[str, Any]]] = []
-    created: list[Path] = []
-    total = sum(int(e.get("s", 0)) for _d, _t, e in plan.download)
-    dots = {d: t for d, t, _e in plan.download}
-    try:
-        with s.ui.progress("pull", total) as advance:
-            for obj, items in sync.group_by_object([(d, e) for d, _t, e in plan.download]).items():
-                for dest, entry, reader, err in sync.read_blobs(s.transport, obj, items):
-                    try:
-                        if reader is None:
-                            raise IntegrityError(str(err))
-                        staged.append((_stage(s, dest, entry, reader, created), dots[dest],
-                                       entry))
-                        advance(int(entry.get("s", 0)))
-                    except IntegrityError as exc:
-                        failures.append(f"{dest}: {exc}")
-    except BaseException:
-        sync.discard([st for st, _d, _e in staged], created)
-        raise
-    if failures:
-        sync.discard([st for st, _d, _e in staged], created)
-        raise IntegrityError("integrity failure, nothing was written: " + "; ".join(failures))
+    _check_space(s, plan.download)
+    errors: list[str] = []
+    staged = _stage_all(s, plan.download, errors)
+    expect = dict(local)  # what each path holds now, as far as this pull knows
+    for path, name in plan.aside:
+        try:
+            sync.move_aside(s.folder, path, name, expect[path])
+            expect.pop(path)
+            s.index.remove(path)
+        except FileChangedError:
+            s.ui.warn(f"{path} changed during the pull; kept it, pull again")
+        except (CloudguardError, OSError) as exc:
+            errors.append(_path_error(path, exc))
+    deleted = _delete_local(s, plan.delete, expect, errors)
+    for dest, dot, entry in sorted(plan.make, key=lambda m: m[0]):
+        if entry.get("t") == "d":
+            try:
+                sync.make_dir(s.folder, dest, int(entry.get("x", 0o700)))
+                s.index.put(sync.row_from_entry(dest, dot, entry))
+            except (CloudguardError, OSError) as exc:
+                errors.append(_path_error(dest, exc))
     written: list[str] = []
     for item, dot, entry in staged:
         try:
-            sync.commit_staged(s.folder, item, local.get(item.dest))
+            sync.commit_staged(s.folder, item, expect.get(item.dest))
         except FileChangedError:
             s.ui.warn(f"{item.dest} changed during the pull; kept it, pull again for the "
                       "remote version")
             continue
+        except (CloudguardError, OSError) as exc:
+            errors.append(_path_error(item.dest, exc))
+            continue
         written.append(item.dest)
         if item.dest not in plan.conflicts:
             s.index.put(_landed_row(s, item.dest, dot, entry))
-    for dest, dot, entry in sorted(plan.make, key=lambda m: m[0]):
-        if entry.get("t") == "d":
-            sync.make_dir(s.folder, dest, int(entry.get("x", 0o700)))
-            s.index.put(sync.row_from_entry(dest, dot, entry))
     for dest, dot, entry in plan.make:
         if entry.get("t") == "l":
             try:
-                sync.make_link(s.folder, dest, str(entry.get("l", "")), local.get(dest))
+                sync.make_link(s.folder, dest, str(entry.get("l", "")), expect.get(dest))
             except FileChangedError:
                 s.ui.warn(f"{dest} changed during the pull; kept it, pull again for the "
                           "remote version")
+                continue
+            except (CloudguardError, OSError) as exc:
+                errors.append(_path_error(dest, exc))
                 continue
             link = sync.local_item(s.folder, dest)
             if link is not None and dest not in plan.conflicts:
@@ -934,9 +938,82 @@ def _pull(s: Session) -> dict[str, Any]:
             rem = remote.get(path)
             if rem is not None:  # conflict: remember the remote version, so ours replaces it
                 s.index.put(sync.row_from_entry(path, rem[0], rem[1]))
-    deleted = _delete_local(s, plan.delete, local)
     return {"downloaded": sorted(written), "deleted": deleted, "conflicts": plan.conflicts,
-            "skipped": plan.skipped}
+            "skipped": plan.skipped, "errors": errors}
+
+
+def _path_error(path: str, exc: BaseException) -> str:
+    """One line naming the path, for a pull that goes on with the others."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+        return (f"skipped {path}: the path is too long for this device (this folder is deeper "
+                "than where it was made); move the folder up or shorten the name elsewhere")
+    if isinstance(exc, OSError):
+        return f"skipped {path}: {exc.strerror or exc}"
+    return f"skipped {path}: {exc}"
+
+
+def _stage_all(s: Session, downloads: list[tuple[str, str, dict[str, Any]]],
+               errors: list[str]) -> list[tuple[sync.Staged, str, dict[str, Any]]]:
+    """Every download decrypted into a temp file. Any integrity failure: nothing is kept and
+    exit 3; a full disk: nothing is kept and one line saying how much space is needed; any
+    other error on one file: that file is reported in ``errors``, the others go on."""
+    failures: list[str] = []
+    staged: list[tuple[sync.Staged, str, dict[str, Any]]] = []
+    created: list[Path] = []
+    total = sum(int(e.get("s", 0)) for _d, _t, e in downloads)
+    dots = {d: t for d, t, _e in downloads}
+    try:
+        with s.ui.progress("pull", total) as advance:
+            for obj, items in sync.group_by_object([(d, e) for d, _t, e in downloads]).items():
+                for dest, entry, reader, err in sync.read_blobs(s.transport, obj, items):
+                    try:
+                        if reader is None:
+                            raise IntegrityError(str(err))
+                        staged.append((_stage(s, dest, entry, reader, created), dots[dest],
+                                       entry))
+                        advance(int(entry.get("s", 0)))
+                    except IntegrityError as exc:
+                        failures.append(f"{dest}: {exc}")
+                    except OSError as exc:
+                        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                            raise
+                        errors.append(_path_error(dest, exc))
+                    except sync.NotAFolder as exc:
+                        errors.append(_path_error(dest, exc))
+    except BaseException as exc:
+        sync.discard([st for st, _d, _e in staged], created)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _no_space(s, total) from exc
+        raise
+    if failures:
+        sync.discard([st for st, _d, _e in staged], created)
+        raise IntegrityError("integrity failure, nothing was written: " + "; ".join(failures))
+    return staged
+
+
+def _free_bytes(folder: Path) -> int:
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1024 * 1024):.1f} MiB"
+
+
+def _no_space(s: Session, needed: int) -> CloudguardError:
+    free = _free_bytes(s.folder)
+    return CloudguardError(
+        f"not enough space for this pull in {s.folder}: it needs {_mib(needed)} and "
+        f"{_mib(free)} is free; free {_mib(max(needed - free, 1))} more and pull again "
+        "(nothing was written)")
+
+
+def _check_space(s: Session, downloads: list[tuple[str, str, dict[str, Any]]]) -> None:
+    """Every download is staged beside the files it replaces, so all of it must fit at once;
+    refused before anything is fetched."""
+    needed = sum(int(e.get("s", 0)) for _d, _t, e in downloads)
+    if needed and needed > _free_bytes(s.folder):
+        raise _no_space(s, needed)
 
 
 def _stage(s: Session, dest: str, entry: dict[str, Any], reader: fmt.Reader,
@@ -959,14 +1036,15 @@ def _landed_row(s: Session, dest: str, dot: str, entry: dict[str, Any]) -> Index
     return row._replace(ctime=now.ctime, ino=now.ino) if now is not None else row
 
 
-def _delete_local(s: Session, rows: list[IndexRow], local: dict[str, sync.LocalItem]
-                  ) -> list[str]:
+def _delete_local(s: Session, rows: list[IndexRow], expect: dict[str, sync.LocalItem],
+                  errors: list[str]) -> list[str]:
     """Deepest first; a path the user changed since the plan is kept, and its index row goes,
-    so the next push uploads it as a new version."""
+    so the next push uploads it as a new version. ``expect`` loses each path deleted."""
     deleted: list[str] = []
     for row in sorted(rows, key=lambda r: r.path.count("/"), reverse=True):
         try:
-            sync.remove_local(s.folder, row.path, local[row.path])
+            sync.remove_local(s.folder, row.path, expect[row.path])
+            expect.pop(row.path)
             deleted.append(row.path)
             s.index.remove(row.path)
         except FileChangedError:
@@ -975,7 +1053,10 @@ def _delete_local(s: Session, rows: list[IndexRow], local: dict[str, sync.LocalI
         except FileNotFoundError:
             s.index.remove(row.path)
         except OSError as exc:
-            s.ui.warn(f"kept {row.path}: {exc.strerror}")
+            if exc.errno != errno.ENOTEMPTY:  # kept as synced: the next pull tries again
+                errors.append(_path_error(row.path, exc))
+                continue
+            s.ui.warn(f"kept {row.path}: the user's files are inside; the next push uploads it")
             s.index.remove(row.path)
     return deleted
 

@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import Result
-from helpers import cg
+from click.testing import CliRunner, Result
+from helpers import cg, tree
 
-from cloudguard import keys, sync
+from cloudguard import keys, sync, vault
+from cloudguard.cli import main
 
 
 def after_plan(monkeypatch: pytest.MonkeyPatch, action: Callable[[], None]) -> None:
@@ -65,6 +68,12 @@ class Dev:
 
     def json(self, *args: str, code: int = 0) -> Any:
         return json.loads(self.cg(*args, "--json", code=code).stdout)
+
+    def run_pull_push(self) -> None:
+        """A sync round, whatever the pull's exit code (1 when a path could not land)."""
+        self.use()
+        CliRunner().invoke(main, ["pull", "--folder", str(self.folder)], catch_exceptions=False)
+        self.cg("push")
 
 
 def devices(mp: pytest.MonkeyPatch, tmp_path: Path, remote: str, files: dict[str, str],
@@ -145,3 +154,255 @@ def test_file_created_where_a_symlink_lands_is_kept(local_remote: str, tmp_path:
     pulled = b.json("pull")
     assert [os.readlink(b / c) for c in pulled["conflicts"]] == ["doc.txt"]
     assert (b / "link").read_text() == "mine"
+
+
+# --- item 6: file <-> folder <-> symlink changes propagate; an error never stops a pull -----
+
+
+def in_sync(*devs: Dev) -> None:
+    for dev in devs:
+        st = dev.json("status")
+        assert not st["to_push"] and not st["to_pull"], (dev.folder.name, st)
+    first = tree(devs[0].folder)
+    for dev in devs[1:]:
+        assert tree(dev.folder) == first, dev.folder.name
+
+
+def test_file_becomes_folder_and_back(local_remote: str, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = devices(monkeypatch, tmp_path, local_remote, {"x": "a file", "other.txt": "o"})
+    os.unlink(a / "x")
+    (a / "x").mkdir()
+    (a / "x" / "inner.txt").write_text("inside")
+    (a / "unrelated.txt").write_text("arrives too")
+    a.cg("push")
+    pulled = b.json("pull")
+    assert pulled["conflicts"] == [] and (b / "x" / "inner.txt").read_text() == "inside"
+    assert (b / "unrelated.txt").read_text() == "arrives too"
+    in_sync(a, b)
+    # and back: the folder becomes a file again
+    os.unlink(b / "x" / "inner.txt")
+    (b / "x").rmdir()
+    (b / "x").write_text("a file again")
+    b.cg("push")
+    a.cg("pull")
+    assert (a / "x").read_text() == "a file again"
+    in_sync(a, b)
+
+
+def test_file_becomes_symlink_and_back(local_remote: str, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = devices(monkeypatch, tmp_path, local_remote, {"x": "a file", "t.txt": "target"})
+    os.unlink(a / "x")
+    os.symlink("t.txt", a / "x")
+    a.cg("push")
+    assert b.json("pull")["conflicts"] == []
+    assert os.readlink(b / "x") == "t.txt"
+    in_sync(a, b)
+    assert a.json("pull")["conflicts"] == [] and b.json("pull")["conflicts"] == []
+    os.unlink(b / "x")
+    (b / "x").write_text("file again")
+    b.cg("push")
+    assert a.json("pull")["conflicts"] == []
+    in_sync(a, b)
+
+
+def test_folder_becomes_symlink(local_remote: str, tmp_path: Path,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = devices(monkeypatch, tmp_path, local_remote, {"d/in.txt": "in", "t.txt": "t"})
+    os.unlink(a / "d" / "in.txt")
+    (a / "d").rmdir()
+    os.symlink("t.txt", a / "d")
+    a.cg("push")
+    assert b.json("pull")["conflicts"] == []
+    assert os.readlink(b / "d") == "t.txt"
+    in_sync(a, b)
+
+
+def test_edited_file_where_a_folder_arrives_moves_aside(local_remote: str, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = devices(monkeypatch, tmp_path, local_remote, {"x": "a file"})
+    os.unlink(a / "x")
+    (a / "x").mkdir()
+    (a / "x" / "inner.txt").write_text("inside")
+    a.cg("push")
+    (b / "x").write_text("edited on b")
+    pulled = b.json("pull")
+    assert [(b / c).read_text() for c in pulled["conflicts"]] == ["edited on b"]
+    assert (b / "x" / "inner.txt").read_text() == "inside"
+    b.cg("push")
+    a.cg("pull")
+    in_sync(a, b)
+
+
+def test_folder_with_new_files_where_a_file_arrives(local_remote: str, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = devices(monkeypatch, tmp_path, local_remote, {"d/in.txt": "in"})
+    os.unlink(a / "d" / "in.txt")
+    (a / "d").rmdir()
+    (a / "d").write_text("now a file")
+    a.cg("push")
+    (b / "d" / "new.txt").write_text("new on b")
+    pulled = b.json("pull")
+    assert [(b / c).read_text() for c in pulled["conflicts"]] == ["now a file"]
+    assert (b / "d" / "new.txt").read_text() == "new on b"
+    assert not (b / "d" / "in.txt").exists()
+    b.cg("push")
+    a.cg("pull")
+    in_sync(a, b)
+
+
+def test_error_on_one_path_does_not_stop_the_pull(local_remote: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder arrives where b has a file it cannot move aside (the conflict name is taken by
+    a link it must not follow): that path is reported, everything else lands, exit 1."""
+    a, b = devices(monkeypatch, tmp_path, local_remote, {"ok.txt": "base"})
+    (a / "blocked").mkdir()
+    (a / "blocked" / "in.txt").write_text("in")
+    (a / "ok.txt").write_text("edited on a")
+    (a / "new.txt").write_text("new")
+    a.cg("push")
+    (b / "blocked").write_text("b's own file")
+    real = sync.move_aside
+
+    def failing(folder: Path, rel: str, name: str, expect: sync.LocalItem) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(sync, "move_aside", failing)
+    result = b.cg("pull", code=1)
+    monkeypatch.setattr(sync, "move_aside", real)
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("cloudguard: error:")]
+    assert errors and all("blocked" in ln for ln in errors), result.stderr
+    assert (b / "ok.txt").read_text() == "edited on a" and (b / "new.txt").read_text() == "new"
+    assert (b / "blocked").read_text() == "b's own file"
+    b.cg("pull")  # nothing in the way any more: the rest arrives
+    assert (b / "blocked" / "in.txt").read_text() == "in"
+
+
+# --- item 7: a path too long for this device is skipped, the rest arrives -------------------
+
+
+def test_path_too_long_for_a_deeper_root_is_skipped(local_remote: str, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    a, = devices(monkeypatch, tmp_path, local_remote, {"small.txt": "s"}, count=1)
+    room = 4000 - len(str(a.folder))  # a's own path stays under PATH_MAX (4096)
+    parts = ["p" * 200] * (room // 201)
+    deep = a.folder.joinpath(*parts)
+    deep.mkdir(parents=True)
+    (deep / "far.txt").write_text("far away")
+    (a / "near.txt").write_text("near")
+    a.cg("push")
+    (tmp_path / ("q" * 200)).mkdir()
+    b = Dev(monkeypatch, tmp_path / ("q" * 200), "b")  # b's root is 200 bytes deeper
+    b.use()
+    cg("clone", local_remote, str(b.folder), "--key-file", str(tmp_path / "kit.json"),
+       code=1)
+    assert (b / "near.txt").read_text() == "near" and (b / "small.txt").read_text() == "s"
+    result = b.cg("pull", code=1)
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("cloudguard: error:")]
+    assert lines and all("too long for this device" in ln for ln in lines), result.stderr
+    b.cg("push")  # what did not arrive is not deleted
+    a.cg("pull")
+    assert (deep / "far.txt").read_text() == "far away"
+
+
+def test_three_devices_file_and_folder_at_once(local_remote: str, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """a turns folder d into a file while c adds d/y.txt: the merged remote holds a file d
+    and a file d/y.txt. b lands what it can, names the path it cannot, exits 1; after c
+    resolves, all three converge with nothing lost."""
+    a, b, c = devices(monkeypatch, tmp_path, local_remote, {"d/x.txt": "x", "k.txt": "k"}, 3)
+    os.unlink(a / "d" / "x.txt")
+    (a / "d").rmdir()
+    (a / "d").write_text("d is a file now")
+    (a / "k.txt").write_text("k edited")
+    a.cg("push")
+    (c / "d" / "y.txt").write_text("added on c")
+    c.cg("push")
+    result = b.cg("pull", code=1)
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("cloudguard: error:")]
+    assert len(errors) == 1 and "skipped d" in errors[0], result.stderr
+    assert (b / "k.txt").read_text() == "k edited"
+    for _round in range(2):
+        for dev in (c, a, b):
+            dev.run_pull_push()
+    in_sync(a, b, c)
+    texts = sorted(p.read_text() for p in a.folder.rglob("*") if p.is_file())
+    assert texts == ["added on c", "d is a file now", "k edited"]
+
+
+# --- item 13: a full disk stops the pull with one line, and nothing is left ---------------
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs (needs root); skipped where it cannot be mounted."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+                          capture_output=True, check=False)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {proc.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def no_space_setup(mp: pytest.MonkeyPatch, tmp_path: Path, remote: str, small: Path
+                   ) -> tuple[Dev, Dev]:
+    a, = devices(mp, tmp_path, remote, {"small.txt": "s"}, count=1)
+    b = Dev(mp, small, "b")
+    b.home.rmdir()  # the state stays off the small disk: only the folder is on it
+    b.home = tmp_path / "home-b"
+    b.home.mkdir(mode=0o700)
+    b.use()
+    cg("clone", remote, str(b.folder), "--key-file", str(tmp_path / "kit.json"))
+    return a, b
+
+
+def test_disk_full_is_refused_before_anything_lands(local_remote: str, tmp_path: Path,
+                                                    small_fs: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = no_space_setup(monkeypatch, tmp_path, local_remote, small_fs)
+    (a / "big.bin").write_bytes(os.urandom(5 * 1024 * 1024))
+    (a / "more.txt").write_text("more")
+    a.cg("push")
+    before = tree(b.folder)
+    result = b.cg("pull", code=1)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not enough space" in lines[0] and "5.0 MiB" in lines[0], lines
+    assert str(b.folder) in lines[0]
+    assert tree(b.folder) == before  # nothing partial, no temp file
+    os.unlink(a / "big.bin")
+    a.cg("push")
+    b.cg("pull")
+    assert (b / "more.txt").read_text() == "more"
+
+
+def test_disk_filling_up_during_the_pull_frees_what_was_staged(
+        local_remote: str, tmp_path: Path, small_fs: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The space check passes, then another program fills the disk: ENOSPC while staging."""
+    a, b = no_space_setup(monkeypatch, tmp_path, local_remote, small_fs)
+    for name in ("one.bin", "two.bin", "three.bin"):
+        (a / name).write_bytes(os.urandom(900 * 1024))
+    a.cg("push")
+    before = tree(b.folder)
+    filler = small_fs / "filler"
+    real = vault._check_space
+
+    def then_fill(s: Any, downloads: Any) -> None:
+        real(s, downloads)
+        free = shutil.disk_usage(small_fs).free
+        filler.write_bytes(b"\0" * (free - 1024 * 1024))  # room for one file, not three
+
+    monkeypatch.setattr(vault, "_check_space", then_fill)
+    result = b.cg("pull", code=1)
+    monkeypatch.setattr(vault, "_check_space", real)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not enough space" in lines[0] and "2.6 MiB" in lines[0], lines
+    assert tree(b.folder) == before  # the staged files are freed, nothing partial
+    filler.unlink()
+    b.cg("pull")
+    assert (b / "three.bin").read_bytes() == (a / "three.bin").read_bytes()
