@@ -167,7 +167,8 @@ def pull(folder: str | None, as_json: bool) -> None:
     def go() -> None:
         result = vault.pull(folder, _ui(as_json))
         _emit(result, as_json, lambda r: (
-            f"Downloaded {len(r['downloaded'])}, deleted {len(r['deleted'])}"
+            f"Downloaded {len(r['downloaded'])}, updated {len(r['updated'])}, "
+            f"deleted {len(r['deleted'])}"
             + (f", conflicts: {', '.join(r['conflicts'])}" if r["conflicts"] else "") + "."))
         _path_errors(result)
     _run(go)

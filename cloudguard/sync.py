@@ -134,7 +134,15 @@ def dirty(loc: LocalItem, row: IndexRow) -> bool:
         return (loc.size, loc.mtime, loc.mode) != (row.size, row.mtime, row.mode)
     if loc.kind == "l":
         return loc.target != row.target
-    return False
+    return loc.mode != row.mode  # a folder: its mode is synced too
+
+
+def meta_differs(loc: LocalItem, entry: Entry) -> bool:
+    """Same content, other metadata: a file's mode or mtime, a folder's mode."""
+    mode = int(entry.get("x", 0)) & PERMISSIONS
+    if loc.kind == "f":
+        return (loc.mtime, loc.mode) != (entry.get("m"), mode)
+    return loc.kind == "d" and loc.mode != mode
 
 
 def synced(loc: LocalItem, row: IndexRow) -> bool:
@@ -323,8 +331,9 @@ def plan_push(local: dict[str, LocalItem], index: dict[str, IndexRow],
         rem = remote.get(path)
         if rem is not None and entry_matches(loc, rem[1], functools.partial(hasher, path)):
             entry = rem[1]
-            if loc.kind == "f" and (loc.mtime, loc.mode) != (entry.get("m"), entry.get("x")):
-                plan.put.append((loc, {**entry, "m": loc.mtime, "x": loc.mode}))
+            if meta_differs(loc, entry):
+                plan.put.append((loc, {**entry, "x": loc.mode} if loc.kind == "d"
+                                 else {**entry, "m": loc.mtime, "x": loc.mode}))
             else:
                 plan.adopt.append((loc, rem[0], str(entry.get("h", ""))))
         elif loc.kind == "f":
@@ -345,10 +354,13 @@ class PullPlan:
     skipped: list[str] = field(default_factory=list)
     # (path, conflict name): the user's file or link where a folder arrives moves aside
     aside: list[tuple[str, str]] = field(default_factory=list)
+    meta: list[tuple[str, str, Entry]] = field(default_factory=list)  # mode or mtime to apply
+    # same content, both sides changed metadata: record the remote's, the next push sends ours
+    restate: list[tuple[str, str, Entry]] = field(default_factory=list)
 
     @property
     def changes(self) -> int:
-        return len(self.download) + len(self.make) + len(self.delete)
+        return len(self.download) + len(self.make) + len(self.delete) + len(self.meta)
 
 
 def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
@@ -396,7 +408,12 @@ def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
             (plan.download if kind == "f" else plan.make).append((path, dot, entry))
             continue
         if entry_matches(loc, entry, functools.partial(hasher, path)):
-            plan.adopt.append((loc, dot, entry))
+            if not meta_differs(loc, entry):
+                plan.adopt.append((loc, dot, entry))
+            elif row is None or synced(loc, row):
+                plan.meta.append((path, dot, entry))
+            else:
+                plan.restate.append((path, dot, entry))
             continue
         land = plan.download if kind == "f" else plan.make
         untouched = row is not None and synced(loc, row)
@@ -853,6 +870,18 @@ def move_aside(folder: Path, rel: str, name: str, expect: LocalItem) -> None:
     if os.path.lexists(folder / name):
         raise CloudguardError(f"cannot move {rel} aside: {name} exists")
     os.rename(folder / rel, folder / name)
+
+
+def apply_meta(folder: Path, rel: str, expect: LocalItem | None, entry: Entry) -> None:
+    """A remote mode or mtime change to a file or folder whose content already matches,
+    applied only while the path is what the plan saw; never setuid, setgid or sticky."""
+    check_unchanged(folder, rel, expect)
+    path = folder / rel
+    if "x" in entry:
+        os.chmod(path, int(entry["x"]) & PERMISSIONS)
+    if entry.get("t") == "f" and "m" in entry:
+        mtime = int(entry["m"])
+        os.utime(path, ns=(mtime, mtime), follow_symlinks=False)
 
 
 def make_dir(folder: Path, dest: str, mode: int) -> None:

@@ -929,7 +929,21 @@ def _pull(s: Session) -> dict[str, Any]:
             link = sync.local_item(s.folder, dest)
             if link is not None and dest not in plan.conflicts:
                 s.index.put(sync.row_from(link, dot, ""))
+    updated: list[str] = []
+    for path, dot, entry in plan.meta:
+        try:
+            sync.apply_meta(s.folder, path, expect.get(path), entry)
+        except FileChangedError:
+            s.ui.warn(f"{path} changed during the pull; kept it")
+            continue
+        except (CloudguardError, OSError) as exc:
+            errors.append(_path_error(path, exc))
+            continue
+        updated.append(path)
+        s.index.put(_landed_row(s, path, dot, entry))
     with s.index.transaction():
+        for path, dot, entry in plan.restate:
+            s.index.put(sync.row_from_entry(path, dot, entry))
         for loc, dot, entry in plan.adopt:
             s.index.put(sync.row_from(loc, dot, str(entry.get("h", ""))))
         for path in plan.forget:
@@ -938,8 +952,8 @@ def _pull(s: Session) -> dict[str, Any]:
             rem = remote.get(path)
             if rem is not None:  # conflict: remember the remote version, so ours replaces it
                 s.index.put(sync.row_from_entry(path, rem[0], rem[1]))
-    return {"downloaded": sorted(written), "deleted": deleted, "conflicts": plan.conflicts,
-            "skipped": plan.skipped, "errors": errors}
+    return {"downloaded": sorted(written), "updated": updated, "deleted": deleted,
+            "conflicts": plan.conflicts, "skipped": plan.skipped, "errors": errors}
 
 
 def _path_error(path: str, exc: BaseException) -> str:
@@ -1076,7 +1090,7 @@ def status(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
             "files": s.state.count_files(), "exposed": _exposure(s),
             "to_push": sorted([i.path for i in up.upload] + [i.path for i, _ in up.put]
                               + [r.path for r in up.delete]),
-            "to_pull": sorted([d for d, _t, _e in down.download + down.make]
+            "to_pull": sorted([d for d, _t, _e in down.download + down.make + down.meta]
                               + [r.path for r in down.delete]),
             "conflicts": down.conflicts,
         }

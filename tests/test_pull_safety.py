@@ -406,3 +406,45 @@ def test_disk_filling_up_during_the_pull_frees_what_was_staged(
     filler.unlink()
     b.cg("pull")
     assert (b / "three.bin").read_bytes() == (a / "three.bin").read_bytes()
+
+
+# --- item 9: mode and mtime changes alone are applied, folder modes too ---------------------
+
+
+def mode(path: Path) -> int:
+    return path.lstat().st_mode & 0o7777
+
+
+def test_chmod_and_touch_are_pulled(local_remote: str, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = devices(monkeypatch, tmp_path, local_remote, {"run.sh": "#!/bin/sh\n", "d/f": "f"})
+    os.chmod(a / "run.sh", 0o755)
+    os.utime(a / "run.sh", ns=(1_600_000_000_000_000_000,) * 2)
+    os.chmod(a / "d", 0o2750)  # setgid is never synced
+    a.cg("push")
+    st = b.json("status")
+    assert st["to_pull"] == ["d", "run.sh"], st  # not "in sync" while modes differ
+    pulled = b.json("pull")
+    assert sorted(pulled["updated"]) == ["d", "run.sh"] and pulled["downloaded"] == []
+    assert mode(b / "run.sh") == 0o755
+    assert (b / "run.sh").stat().st_mtime_ns == 1_600_000_000_000_000_000
+    assert mode(b / "d") == 0o750
+    in_sync(a, b)
+    assert mode(a / "d") & 0o777 == mode(b / "d")
+
+
+def test_local_metadata_change_is_kept_and_pushed(local_remote: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both sides chmod the same file: b's own change stays and goes up next; nobody says
+    "in sync" until the modes agree."""
+    a, b = devices(monkeypatch, tmp_path, local_remote, {"f.txt": "same"})
+    os.chmod(a / "f.txt", 0o755)
+    a.cg("push")
+    os.chmod(b / "f.txt", 0o600)
+    b.cg("pull")
+    assert mode(b / "f.txt") == 0o600
+    assert b.json("status")["to_push"] == ["f.txt"]
+    b.cg("push")
+    a.cg("pull")
+    assert mode(a / "f.txt") == 0o600
+    in_sync(a, b)
