@@ -1005,9 +1005,10 @@ def _stage_all(s: Session, downloads: list[tuple[str, str, dict[str, Any]]],
     return staged
 
 
-def _free_bytes(folder: Path) -> int:
+def _free_bytes(folder: Path) -> int | None:
+    """None where the filesystem does not say (some FUSE mounts report no blocks at all)."""
     st = os.statvfs(folder)
-    return st.f_bavail * st.f_frsize
+    return st.f_bavail * st.f_frsize if st.f_blocks else None
 
 
 def _mib(n: int) -> str:
@@ -1015,7 +1016,7 @@ def _mib(n: int) -> str:
 
 
 def _no_space(s: Session, needed: int) -> CloudguardError:
-    free = _free_bytes(s.folder)
+    free = _free_bytes(s.folder) or 0
     return CloudguardError(
         f"not enough space for this pull in {s.folder}: it needs {_mib(needed)} and "
         f"{_mib(free)} is free; free {_mib(max(needed - free, 1))} more and pull again "
@@ -1026,7 +1027,8 @@ def _check_space(s: Session, downloads: list[tuple[str, str, dict[str, Any]]]) -
     """Every download is staged beside the files it replaces, so all of it must fit at once;
     refused before anything is fetched."""
     needed = sum(int(e.get("s", 0)) for _d, _t, e in downloads)
-    if needed and needed > _free_bytes(s.folder):
+    free = _free_bytes(s.folder) if needed else None
+    if free is not None and needed > free:
         raise _no_space(s, needed)
 
 
@@ -1070,7 +1072,7 @@ def _delete_local(s: Session, rows: list[IndexRow], expect: dict[str, sync.Local
             if exc.errno != errno.ENOTEMPTY:  # kept as synced: the next pull tries again
                 errors.append(_path_error(row.path, exc))
                 continue
-            s.ui.warn(f"kept {row.path}: the user's files are inside; the next push uploads it")
+            s.ui.warn(f"kept folder {row.path}: it is not empty; the next push uploads it")
             s.index.remove(row.path)
     return deleted
 
