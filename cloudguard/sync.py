@@ -795,15 +795,19 @@ def stage(folder: Path, dest: str, fill: Callable[[IO[bytes]], None], mode: int,
     return Staged(tmp, dest)
 
 
+# ``expect`` for a caller that has made its own checks and replaces whatever is there
+ANYTHING = LocalItem("", "*")
+
+
 def check_unchanged(folder: Path, rel: str, expect: LocalItem | None) -> None:
     """Right before a pull replaces or deletes ``rel``: it must still be exactly what the plan
     saw (``expect``, None for nothing), down to ctime and inode, or the user's edit would be
     lost. Raises :class:`FileChangedError`; the caller keeps the path as it is."""
-    if local_item(folder, rel) != expect:
+    if expect is not ANYTHING and local_item(folder, rel) != expect:
         raise FileChangedError(rel)
 
 
-def commit_staged(folder: Path, staged: Staged, expect: LocalItem | None = None) -> None:
+def commit_staged(folder: Path, staged: Staged, expect: LocalItem | None = ANYTHING) -> None:
     target = folder / staged.dest
     try:
         if staged.tmp.parent != target.parent:  # staged above a file that was in the way
@@ -832,7 +836,8 @@ def discard(staged: list[Staged], created: list[Path]) -> None:
             pass
 
 
-def make_link(folder: Path, dest: str, target: str, expect: LocalItem | None = None) -> None:
+def make_link(folder: Path, dest: str, target: str,
+              expect: LocalItem | None = ANYTHING) -> None:
     """Land a symlink, replacing only what the plan saw at ``dest`` (see check_unchanged)."""
     head, _, base = dest.rpartition("/")
     parent = safe_dir(folder, head)
