@@ -19,6 +19,7 @@ from helpers import cg, tree
 
 from cloudguard import keys, sync, vault
 from cloudguard.cli import main
+from cloudguard.state import IndexRow
 
 
 def after_plan(monkeypatch: pytest.MonkeyPatch, action: Callable[[], None]) -> None:
@@ -448,3 +449,78 @@ def test_local_metadata_change_is_kept_and_pushed(local_remote: str, tmp_path: P
     a.cg("pull")
     assert mode(a / "f.txt") == 0o600
     in_sync(a, b)
+
+
+# --- the pure plan: every kind change, both ways ----------------------------------------
+
+
+def _loc(path: str, kind: str, ctime: int = 5) -> sync.LocalItem:
+    if kind == "d":
+        return sync.LocalItem(path, "d", mode=0o755)
+    if kind == "l":
+        return sync.LocalItem(path, "l", mtime=1, target="t", ctime=ctime, ino=7)
+    return sync.LocalItem(path, "f", 1, 1, 0o644, "", ctime, 7)
+
+
+def _synced_row(loc: sync.LocalItem, dot: str = "d:1") -> IndexRow:
+    return sync.row_from(loc, dot, "h-" + loc.path if loc.kind == "f" else "")
+
+
+def _remote(kind: str) -> dict[str, Any]:
+    if kind == "d":
+        return {"t": "d", "x": 0o755}
+    if kind == "l":
+        return {"t": "l", "l": "other", "m": 2}
+    return {"t": "f", "s": 2, "m": 2, "x": 0o644, "h": "new"}
+
+
+@pytest.mark.parametrize("old,new", [(o, n) for o in "fdl" for n in "fdl" if o != n])
+def test_plan_type_change_of_an_untouched_path_lands_without_conflict(old: str, new: str
+                                                                      ) -> None:
+    loc = _loc("x", old)
+    plan = sync.plan_pull({"x": loc}, {"x": _synced_row(loc)}, {"x": ("e:1", _remote(new))},
+                          lambda p: "h-" + p, {})
+    landed = [d for d, _t, _e in plan.download + plan.make]
+    assert landed == ["x"] and not plan.conflicts and not plan.skipped and not plan.aside
+    assert [r.path for r in plan.delete] == ([] if "d" not in (old, new) else ["x"])
+
+
+@pytest.mark.parametrize("old,new", [(o, n) for o in "fl" for n in "fdl" if o != n])
+def test_plan_type_change_over_an_edited_path_keeps_both(old: str, new: str) -> None:
+    loc = _loc("x", old, ctime=6)  # changed since the sync (only the ctime says so)
+    plan = sync.plan_pull({"x": loc}, {"x": _synced_row(_loc("x", old))},
+                          {"x": ("e:1", _remote(new))}, lambda p: "h-" + p, {}, me="me")
+    assert not plan.delete and len(plan.conflicts) == 1
+    if new == "d":  # the user's file moves aside, the folder takes the name
+        assert plan.aside == [("x", plan.conflicts[0])] and "(conflict " in plan.conflicts[0]
+        assert [d for d, _t, _e in plan.make] == ["x"]
+    else:  # the remote version lands under a conflict name
+        assert [d for d, _t, _e in plan.download + plan.make] == plan.conflicts
+
+
+def test_plan_folder_with_user_content_is_not_replaced_by_a_file() -> None:
+    folder, inner = _loc("x", "d"), _loc("x/in", "f")
+    index = {"x": _synced_row(folder), "x/in": _synced_row(inner)}
+    remote = {"x": ("e:1", _remote("f"))}
+    clean = sync.plan_pull({"x": folder, "x/in": inner}, index, remote, lambda p: "h-" + p, {})
+    assert sorted(r.path for r in clean.delete) == ["x", "x/in"] and not clean.conflicts
+    new = _loc("x/new", "f")
+    busy = sync.plan_pull({"x": folder, "x/in": inner, "x/new": new}, index, remote,
+                          lambda p: "h-" + p, {})
+    assert [r.path for r in busy.delete] == ["x/in"] and len(busy.conflicts) == 1
+    assert [d for d, _t, _e in busy.download] == busy.conflicts
+
+
+def test_plan_metadata_only_changes() -> None:
+    loc = _loc("f", "f")
+    row = _synced_row(loc)
+    chmod = {"t": "f", "s": 1, "m": 1, "x": 0o755, "h": "h-f"}
+    plan = sync.plan_pull({"f": loc}, {"f": row}, {"f": ("e:1", chmod)}, lambda p: "h-" + p, {})
+    assert [p for p, _d, _e in plan.meta] == ["f"] and not plan.adopt
+    mine = loc._replace(mode=0o600, ctime=9)  # the user changed the mode too: theirs stays
+    plan = sync.plan_pull({"f": mine}, {"f": row}, {"f": ("e:1", chmod)}, lambda p: "h-" + p, {})
+    assert [p for p, _d, _e in plan.restate] == ["f"] and not plan.meta
+    folder = _loc("d", "d")
+    plan = sync.plan_pull({"d": folder}, {"d": _synced_row(folder)},
+                          {"d": ("e:1", {"t": "d", "x": 0o700})}, lambda p: "h-" + p, {})
+    assert [p for p, _d, _e in plan.meta] == ["d"]
