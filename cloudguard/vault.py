@@ -854,7 +854,7 @@ def pull(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
     with _audited("pull", folder), session(folder, ui, scan=True) as s:
         result = _pull(s)
         _log(s, "pull", files=len(result["downloaded"]), deleted=len(result["deleted"]),
-             conflicts=len(result["conflicts"]))
+             conflicts=len(result["conflicts"]), errors=len(result["errors"]) or None)
         return result
 
 
