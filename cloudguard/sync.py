@@ -355,7 +355,8 @@ class PullPlan:
     # (path, conflict name): the user's file or link where a folder arrives moves aside
     aside: list[tuple[str, str]] = field(default_factory=list)
     meta: list[tuple[str, str, Entry]] = field(default_factory=list)  # mode or mtime to apply
-    # same content, both sides changed metadata: record the remote's, the next push sends ours
+    # same content, both sides changed metadata: the index records the remote's entry, so
+    # the next push sends the fields changed here (``meta`` applies the others)
     restate: list[tuple[str, str, Entry]] = field(default_factory=list)
 
     @property
@@ -412,8 +413,13 @@ def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
                 plan.adopt.append((loc, dot, entry))
             elif row is None or synced(loc, row):
                 plan.meta.append((path, dot, entry))
-            else:
+            else:  # both sides changed metadata: each field from the side that changed it
                 plan.restate.append((path, dot, entry))
+                if loc.kind == "f":
+                    merged = {**entry, "x": entry.get("x") if loc.mode == row.mode else loc.mode,
+                              "m": entry.get("m") if loc.mtime == row.mtime else loc.mtime}
+                    if meta_differs(loc, merged):
+                        plan.meta.append((path, dot, merged))
             continue
         land = plan.download if kind == "f" else plan.make
         untouched = row is not None and synced(loc, row)

@@ -524,3 +524,18 @@ def test_plan_metadata_only_changes() -> None:
     plan = sync.plan_pull({"d": folder}, {"d": _synced_row(folder)},
                           {"d": ("e:1", {"t": "d", "x": 0o700})}, lambda p: "h-" + p, {})
     assert [p for p, _d, _e in plan.meta] == ["d"]
+
+
+def test_chmod_there_and_touch_here_both_survive(local_remote: str, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = devices(monkeypatch, tmp_path, local_remote, {"f.txt": "same"})
+    os.chmod(a / "f.txt", 0o755)
+    a.cg("push")
+    os.utime(b / "f.txt", ns=(1_500_000_000_000_000_000,) * 2)
+    b.cg("pull")
+    assert mode(b / "f.txt") == 0o755
+    assert (b / "f.txt").stat().st_mtime_ns == 1_500_000_000_000_000_000
+    b.cg("push")
+    a.cg("pull")
+    assert (a / "f.txt").stat().st_mtime_ns == 1_500_000_000_000_000_000
+    in_sync(a, b)
