@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 import threading
 import time
@@ -903,6 +904,7 @@ def _pull(s: Session) -> dict[str, Any]:
                 errors.append(_path_error(dest, exc))
     written: list[str] = []
     for item, dot, entry in staged:
+        item.dest = _around_folder(s, plan, item.dest, dot, entry)
         try:
             sync.commit_staged(s.folder, item, expect.get(item.dest))
         except FileChangedError:
@@ -917,6 +919,7 @@ def _pull(s: Session) -> dict[str, Any]:
             s.index.put(_landed_row(s, item.dest, dot, entry))
     for dest, dot, entry in plan.make:
         if entry.get("t") == "l":
+            dest = _around_folder(s, plan, dest, dot, entry)
             try:
                 sync.make_link(s.folder, dest, str(entry.get("l", "")), expect.get(dest))
             except FileChangedError:
@@ -954,6 +957,25 @@ def _pull(s: Session) -> dict[str, Any]:
                 s.index.put(sync.row_from_entry(path, rem[0], rem[1]))
     return {"downloaded": sorted(written), "updated": updated, "deleted": deleted,
             "conflicts": plan.conflicts, "skipped": plan.skipped, "errors": errors}
+
+
+def _around_folder(s: Session, plan: sync.PullPlan, dest: str, dot: str,
+                   entry: dict[str, Any]) -> str:
+    """Where a file or link lands: ``dest``, or a conflict name if a folder is still there (the
+    user filled it during the pull, so it was kept). The index then holds the remote version
+    at ``dest``, so the next push puts the folder in its place."""
+    try:
+        if dest in plan.conflicts or not stat.S_ISDIR(os.lstat(s.folder / dest).st_mode):
+            return dest
+    except FileNotFoundError:
+        return dest
+    writer = dot.partition(":")[0]
+    labels = s.labels()
+    name = sync.conflict_name(dest, int(entry.get("m", 0)), labels.get(writer, writer[:8]),
+                              lambda p: os.path.lexists(s.folder / p) or p in plan.conflicts)
+    plan.conflicts.append(name)
+    s.index.put(sync.row_from_entry(dest, dot, entry))
+    return name
 
 
 def _path_error(path: str, exc: BaseException) -> str:

@@ -253,6 +253,32 @@ def test_folder_with_new_files_where_a_file_arrives(local_remote: str, tmp_path:
     in_sync(a, b)
 
 
+def test_folder_filled_during_the_pull_is_kept(local_remote: str, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The remote removes folder e, or turns folder d into a file, while the user saves a
+    file inside: the folder stays with the file, the remote file lands as a conflict copy."""
+    a, b = devices(monkeypatch, tmp_path, local_remote, {"e/old.txt": "o", "d/in.txt": "i"})
+    for name in ("e", "d"):
+        os.unlink(a / name / os.listdir(a / name)[0])
+        (a / name).rmdir()
+    (a / "d").write_text("d is a file now")
+    a.cg("push")
+
+    def save() -> None:
+        (b / "e" / "saved.txt").write_text("saved during the pull")
+        (b / "d" / "saved.txt").write_text("saved during the pull too")
+
+    after_plan(monkeypatch, save)
+    pulled = b.json("pull")
+    assert (b / "e" / "saved.txt").exists() and (b / "d" / "saved.txt").exists()
+    assert not (b / "e" / "old.txt").exists() and not (b / "d" / "in.txt").exists()
+    assert [(b / c).read_text() for c in pulled["conflicts"]] == ["d is a file now"]
+    b.cg("push")
+    a.cg("pull")
+    in_sync(a, b)
+    assert (a / "e" / "saved.txt").read_text() == "saved during the pull"
+
+
 def test_error_on_one_path_does_not_stop_the_pull(local_remote: str, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A folder arrives where b has a file it cannot move aside (the conflict name is taken by
@@ -310,8 +336,8 @@ def test_path_too_long_for_a_deeper_root_is_skipped(local_remote: str, tmp_path:
 def test_three_devices_file_and_folder_at_once(local_remote: str, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """a turns folder d into a file while c adds d/y.txt: the merged remote holds a file d
-    and a file d/y.txt. b lands what it can, names the path it cannot, exits 1; after c
-    resolves, all three converge with nothing lost."""
+    and a file d/y.txt. Both land on b (one as a conflict copy), and all three converge with
+    nothing lost."""
     a, b, c = devices(monkeypatch, tmp_path, local_remote, {"d/x.txt": "x", "k.txt": "k"}, 3)
     os.unlink(a / "d" / "x.txt")
     (a / "d").rmdir()
@@ -320,9 +346,9 @@ def test_three_devices_file_and_folder_at_once(local_remote: str, tmp_path: Path
     a.cg("push")
     (c / "d" / "y.txt").write_text("added on c")
     c.cg("push")
-    result = b.cg("pull", code=1)
-    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("cloudguard: error:")]
-    assert len(errors) == 1 and "skipped d" in errors[0], result.stderr
+    pulled = b.json("pull")  # d/y.txt lands in the folder, so the file d becomes a copy
+    assert [(b / c).read_text() for c in pulled["conflicts"]] == ["d is a file now"]
+    assert (b / "d" / "y.txt").read_text() == "added on c"
     assert (b / "k.txt").read_text() == "k edited"
     for _round in range(2):
         for dev in (c, a, b):
