@@ -967,7 +967,7 @@ def _around_folder(s: Session, plan: sync.PullPlan, dest: str, dot: str,
     try:
         if dest in plan.conflicts or not stat.S_ISDIR(os.lstat(s.folder / dest).st_mode):
             return dest
-    except FileNotFoundError:
+    except OSError:  # nothing there, or a file where a parent folder should be
         return dest
     writer = dot.partition(":")[0]
     labels = s.labels()
