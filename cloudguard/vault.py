@@ -982,7 +982,8 @@ def _path_error(path: str, exc: BaseException) -> str:
     """One line naming the path, for a pull that goes on with the others."""
     if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
         return (f"skipped {path}: the path is too long for this device (this folder is deeper "
-                "than where it was made); move the folder up or shorten the name elsewhere")
+                "than where it was made, or its filesystem allows shorter names); rename it on "
+                "another device or move this folder up")
     if isinstance(exc, OSError):
         return f"skipped {path}: {exc.strerror or exc}"
     return f"skipped {path}: {exc}"
