@@ -1,6 +1,8 @@
 """Issue 8, pull side: a pull never loses a user's edit, never stops on one bad path, and
-lands type, mode and mtime changes. Two devices, each its own CLOUDGUARD_HOME, against a
-real local rclone remote."""
+lands type, mode and mtime changes. Two or three devices, each its own CLOUDGUARD_HOME,
+against a real local rclone remote; an edit racing the pull is injected between its plan and
+its execution (``after_plan``); a full disk is a real 4 MiB tmpfs (needs root, else skipped).
+The pure plan is tested at the end."""
 
 from __future__ import annotations
 
