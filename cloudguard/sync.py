@@ -145,13 +145,24 @@ def meta_differs(loc: LocalItem, entry: Entry) -> bool:
     return loc.kind == "d" and loc.mode != mode
 
 
-def synced(loc: LocalItem, row: IndexRow) -> bool:
-    """``loc`` still holds what was last synced at its path: not dirty, and for files and links
-    the same ctime and inode where the index recorded them. Only such a path may a pull delete
-    or replace; an edit that kept size and mtime still changed the ctime."""
+def synced(loc: LocalItem, row: IndexRow, local_hash: Callable[[], str] | None = None) -> bool:
+    """``loc`` still holds what was last synced at its path: only such a path may a pull
+    delete or replace. Not dirty, and for a file the same ctime and inode where the index
+    recorded them: an edit that kept size and mtime still moved the ctime. Where they moved
+    with size and mtime kept, the content decides (``local_hash`` against the synced SHA-256):
+    a remount renumbers inodes on FAT and some network filesystems, and a chmod and back or a
+    new hard link moves the ctime, none of which is an edit."""
     if dirty(loc, row):
         return False
-    return ((not row.ctime or row.ctime == loc.ctime) and (not row.ino or row.ino == loc.ino))
+    if loc.kind != "f" or ((not row.ctime or row.ctime == loc.ctime)
+                           and (not row.ino or row.ino == loc.ino)):
+        return True
+    if not row.sha256 or local_hash is None:
+        return False
+    try:
+        return local_hash() == row.sha256
+    except OSError:  # unreadable: not known to be as synced, so kept
+        return False
 
 
 def entry_matches(loc: LocalItem, entry: Entry, local_hash: Callable[[], str]) -> bool:
@@ -378,6 +389,13 @@ def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
     """
     plan = PullPlan()
     exists = taken or (lambda p: p in local or p in remote or p in index)
+    hashed: dict[str, str] = {}
+
+    def hash_of(path: str) -> str:
+        """Each local file is read at most once, however many checks ask."""
+        if path not in hashed:
+            hashed[path] = hasher(path)
+        return hashed[path]
 
     def conflict(path: str, when: int, device: str) -> str:
         name = conflict_name(path, when, labels.get(device, device[:8]),
@@ -388,15 +406,17 @@ def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
     def clean_below(path: str) -> bool:
         """Everything inside the local folder ``path`` is as synced and deleted remotely."""
         prefix = path + "/"
-        return all(p in index and p not in remote and synced(local[p], index[p])
+        return all(p in index and p not in remote
+                   and synced(local[p], index[p], functools.partial(hash_of, p))
                    for p in local if p.startswith(prefix))
 
     for path in sorted(set(remote) | set(index)):
         loc, row, rem = local.get(path), index.get(path), remote.get(path)
+        local_hash = functools.partial(hash_of, path)
         if rem is None:
             if row is None:
                 continue
-            if loc is not None and synced(loc, row):
+            if loc is not None and synced(loc, row, local_hash):
                 plan.delete.append(row)
             else:
                 plan.forget.append(path)
@@ -408,10 +428,10 @@ def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
         if loc is None:
             (plan.download if kind == "f" else plan.make).append((path, dot, entry))
             continue
-        if entry_matches(loc, entry, functools.partial(hasher, path)):
+        if entry_matches(loc, entry, local_hash):
             if not meta_differs(loc, entry):
                 plan.adopt.append((loc, dot, entry))
-            elif row is None or synced(loc, row):
+            elif row is None or synced(loc, row, local_hash):
                 plan.meta.append((path, dot, entry))
             else:  # both sides changed metadata: each field from the side that changed it
                 plan.restate.append((path, dot, entry))
@@ -422,7 +442,7 @@ def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
                         plan.meta.append((path, dot, merged))
             continue
         land = plan.download if kind == "f" else plan.make
-        untouched = row is not None and synced(loc, row)
+        untouched = row is not None and synced(loc, row, local_hash)
         if untouched and loc.kind != "d" and kind != "d":  # file <-> symlink: replaced in place
             land.append((path, dot, entry))
         elif untouched and row is not None and (loc.kind != "d" or clean_below(path)):

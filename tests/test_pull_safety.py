@@ -515,9 +515,11 @@ def test_plan_type_change_of_an_untouched_path_lands_without_conflict(old: str, 
 
 @pytest.mark.parametrize("old,new", [(o, n) for o in "fl" for n in "fdl" if o != n])
 def test_plan_type_change_over_an_edited_path_keeps_both(old: str, new: str) -> None:
-    loc = _loc("x", old, ctime=6)  # changed since the sync (only the ctime says so)
+    """Edited: a file with its size and mtime kept (only ctime and content tell), a link
+    pointing elsewhere."""
+    loc = _loc("x", old, ctime=6)._replace(target="elsewhere" if old == "l" else "")
     plan = sync.plan_pull({"x": loc}, {"x": _synced_row(_loc("x", old))},
-                          {"x": ("e:1", _remote(new))}, lambda p: "h-" + p, {}, me="me")
+                          {"x": ("e:1", _remote(new))}, lambda p: "edited", {}, me="me")
     assert not plan.delete and len(plan.conflicts) == 1
     if new == "d":  # the user's file moves aside, the folder takes the name
         assert plan.aside == [("x", plan.conflicts[0])] and "(conflict " in plan.conflicts[0]
@@ -537,6 +539,26 @@ def test_plan_folder_with_user_content_is_not_replaced_by_a_file() -> None:
                           lambda p: "h-" + p, {})
     assert [r.path for r in busy.delete] == ["x/in"] and len(busy.conflicts) == 1
     assert [d for d, _t, _e in busy.download] == busy.conflicts
+
+
+def test_plan_moved_ctime_or_inode_with_the_synced_content_is_no_edit() -> None:
+    """A remount (FAT renumbers inodes), a chmod and back, a new hard link: the content is
+    what was synced, so the remote delete or edit applies; read once, however many checks."""
+    row = _synced_row(_loc("x", "f"))
+    moved = _loc("x", "f", ctime=99)._replace(ino=123)
+    reads: list[str] = []
+
+    def hasher(p: str) -> str:
+        reads.append(p)
+        return "h-" + p
+
+    gone = sync.plan_pull({"x": moved}, {"x": row}, {}, hasher, {})
+    assert [r.path for r in gone.delete] == ["x"]
+    edited = sync.plan_pull({"x": moved}, {"x": row}, {"x": ("e:1", _remote("f"))}, hasher, {})
+    assert [d for d, _t, _e in edited.download] == ["x"] and not edited.conflicts
+    assert reads == ["x", "x"]  # once per plan
+    changed = sync.plan_pull({"x": moved}, {"x": row}, {}, lambda p: "other", {})
+    assert not changed.delete and changed.forget == ["x"]
 
 
 def test_plan_metadata_only_changes() -> None:
