@@ -220,16 +220,22 @@ class RcloneTransport:
         err = tempfile.TemporaryFile(dir=self.scratch)
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, bufsize=_IO_BUFFER)
         assert proc.stdout is not None
+        failed: BaseException | None = None
         try:
             yield proc.stdout
+        except BaseException as exc:
+            failed = exc
+            raise
         finally:
             proc.stdout.close()
             code = proc.wait()
             err.seek(0)
             stderr = err.read()
             err.close()
-        if code != 0 and code != -13:  # -13: SIGPIPE when we stopped reading early
-            raise self._error(f"downloading {name}", code, stderr)
+            if code not in (0, -13) and not isinstance(failed, (KeyboardInterrupt, SystemExit)):
+                # -13: SIGPIPE when we stopped reading early. Any other failure of rclone
+                # explains a short or garbled stream: a network error, not tampering (exit 3).
+                raise self._error(f"downloading {name}", code, stderr) from failed
 
     def put_bytes(self, name: str, data: bytes) -> None:
         """Whole or nothing under ``name`` (see the module docstring)."""
