@@ -675,7 +675,7 @@ def decode_commit(data: bytes, name: str, vault_id: str) -> Commit:
             raise BadData()
         if not is_int(cut["seq"]) or cut["seq"] < 0:
             raise BadData()
-        if cut["hash"] is not None and not is_hex(cut["hash"], 64):
+        if cut["hash"] is not None and (not is_hex(cut["hash"], 64) or cut["seq"] == 0):
             raise BadData()
         removed[_rid(rid)] = Cutoff(_key32(cut["s"]), cut["seq"], cut["hash"])
     if set(members) & set(removed):
@@ -712,7 +712,7 @@ def union(commits: dict[str, Commit], counters: set[str]
     removes the members it newly removes with no cutoff at all: seq UNLIMITED, hash null.
     (Same rule as cloudguard's chain._union.)"""
     added: dict[str, Member] = {}
-    removed: dict[str, Cutoff] = {}
+    cuts: dict[str, list[Cutoff]] = {}
     for c in commits.values():
         parent = commits.get(c.parent) if c.parent else None
         new: dict[str, Member] = {}
@@ -728,10 +728,19 @@ def union(commits: dict[str, Commit], counters: set[str]
         for rid, cut in c.removed.items():
             if c.id in counters and rid in fresh:
                 cut = Cutoff(cut.s, UNLIMITED, None)
-            old = removed.get(rid)
-            if old is None or (cut.seq, cut.hash or "") < (old.seq, old.hash or ""):
-                removed[rid] = cut
+            cuts.setdefault(rid, []).append(cut)
+    removed = {rid: earliest(found) for rid, found in cuts.items()}
     return {r: k for r, k in added.items() if r not in removed}, removed
+
+
+def earliest(cuts: list[Cutoff]) -> Cutoff:
+    """The lowest cutoff wins; two at that seq naming different segments vouch neither and
+    count up to the seq before ("Races, equivocation and the head")."""
+    low = min(c.seq for c in cuts)
+    at = {c.hash for c in cuts if c.seq == low}
+    if len(at) == 1:
+        return next(c for c in cuts if c.seq == low)
+    return Cutoff(cuts[0].s, low - 1, None)
 
 
 def check_commit(c: Commit, parent: Commit, verified: dict[str, Commit],
