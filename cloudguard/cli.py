@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from . import __version__, audit, passphrase, vault
+from . import __version__, audit, history, passphrase, vault
 from .errors import CloudguardError
 
 
@@ -396,6 +396,66 @@ def device_remove(device_id: str, folder: str | None, reencrypt: bool, as_json: 
         result = vault.device_remove(folder, device_id, reencrypt, _ui(as_json))
         _emit(result, as_json, lambda r: f"Removed {r['removed']}; key epoch "
               f"{r['epoch']} is current.", always=True)
+    _run(go)
+
+
+@main.command("history")
+@click.argument("path")
+@folder_option
+@json_option
+def history_cmd(path: str, folder: str | None, as_json: bool) -> None:
+    """List the current and kept versions of PATH (replaced or deleted ones stay restorable
+    for the folder's keep_days)."""
+    def go() -> None:
+        result = history.history(folder, path, _ui(as_json))
+
+        def human(r: dict[str, Any]) -> str:
+            lines = [f"{r['path']}: {len(r['versions'])} version(s), kept {r['keep_days']} days"]
+            for v in r["versions"]:
+                size = f"{v['size']} bytes" if v["size"] is not None else v["kind"]
+                when = "current" if v["current"] else f"replaced {v['replaced']}"
+                lines.append(f"  {v['version']}  pushed {v['pushed'] or 'unknown'}  {when}  "
+                             f"{size}  by {v['device']}")
+            return "\n".join(lines)
+        _emit(result, as_json, human, always=True)
+    _run(go)
+
+
+@main.command("restore")
+@click.argument("paths", nargs=-1)
+@click.option("--before", metavar="TIME", default=None,
+              help="Restore what was current at TIME: 2026-12-01T10:00 (local time) or 3h, 2d "
+                   "(ago). Without PATHS: the whole folder.")
+@click.option("--version", "version_id", metavar="ID", default=None,
+              help="Restore this version of one PATH (see cloudguard history).")
+@click.option("--force", is_flag=True, help="Also overwrite local changes never pushed.")
+@folder_option
+@json_option
+def restore_cmd(paths: tuple[str, ...], before: str | None, version_id: str | None,
+                force: bool, folder: str | None, as_json: bool) -> None:
+    """Write earlier versions back into the folder; the next push makes them current."""
+    def go() -> None:
+        result = history.restore(folder, list(paths), before, version_id, force, _ui(as_json))
+        _emit(result, as_json, lambda r: (
+            f"Restored {len(r['restored'])}, already as then {len(r['unchanged'])}, kept "
+            f"{len(r['refused'])} with unpushed changes. Run cloudguard push to make the "
+            "restored versions current on every device."), always=True)
+        if result["refused"]:
+            sys.exit(1)
+    _run(go)
+
+
+@main.command("settings")
+@click.option("--keep-days", type=int, default=None,
+              help="How many days replaced and deleted versions stay restorable (default 30).")
+@folder_option
+@json_option
+def settings_cmd(keep_days: int | None, folder: str | None, as_json: bool) -> None:
+    """Show or change the folder's settings."""
+    def go() -> None:
+        result = vault.settings(folder, keep_days)
+        _emit(result, as_json, lambda r: "\n".join(f"{k} = {v}" for k, v in r.items()),
+              always=True)
     _run(go)
 
 

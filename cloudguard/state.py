@@ -40,6 +40,9 @@ def bindings_root() -> Path:
     return path
 
 
+MAX_KEEP_DAYS = 3650
+
+
 @dataclass
 class Binding:
     """One plaintext folder bound to one vault on one remote, as this device."""
@@ -53,6 +56,12 @@ class Binding:
     keystore: str
     padding: str
     enrolled: bool = True
+    keep_days: int = 30  # how long replaced and deleted versions stay restorable
+
+    def __post_init__(self) -> None:
+        if type(self.keep_days) is not int or not 0 <= self.keep_days <= MAX_KEEP_DAYS:
+            raise CloudguardError(f"binding {self.id}: keep_days = {self.keep_days!r} is not a "
+                                  f"whole number of days from 0 to {MAX_KEEP_DAYS}")
 
     @property
     def dir(self) -> Path:

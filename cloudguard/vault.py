@@ -31,7 +31,16 @@ from . import passphrase as passphrases
 from .chain import Secret
 from .errors import CloudguardError, IntegrityError, KeyStoreError, UsageError, named
 from .keys import DeviceKey, now_iso
-from .state import Binding, Index, IndexRow, check_unbound, find_binding, folder_lock, signature
+from .state import (
+    MAX_KEEP_DAYS,
+    Binding,
+    Index,
+    IndexRow,
+    check_unbound,
+    find_binding,
+    folder_lock,
+    signature,
+)
 from .transport import MissingObject, RcloneTransport, Transport
 
 T = TypeVar("T")
@@ -142,10 +151,19 @@ class Session:
         consumed = self.state.consumed()
         dh = {dev: digest for dev, at in deps.items()  # fork consistency: name it by hash
               if (digest := mf.applied_hash(consumed, dev, at)) is not None}
-        name, seq, digest = self.write_segment(
-            "d", lambda seq: mf.delta_payload(own, seq, deps, prev, ops, dh))
+        now = int(time.time())
+        for op in ops:
+            if op.get("e") is not None and "reloc" not in op:
+                op["e"]["pt"] = now  # when this version was pushed: what restore goes by
+        made: list[dict[str, Any]] = []
+
+        def payload(seq: int) -> dict[str, Any]:
+            made.append(mf.delta_payload(own, seq, deps, prev, ops, dh))
+            return made[-1]
+
+        name, seq, digest = self.write_segment("d", payload)
         with self.state.transaction():
-            self.state.apply_delta(own, seq, ops)
+            self.state.apply_delta(own, seq, ops, mf.time_of(made[-1]))
             self.state.mark_consumed(name, self.listing[name], digest)
         self.index.set_meta("seen", self.state.ctx)
         self.index.set_meta("pending_segment", None)
@@ -768,7 +786,10 @@ def _collect_pending(s: Session) -> None:
 
 
 def _maintain(s: Session) -> None:
-    """Compaction, repacking and garbage collection after a successful commit."""
+    """Compaction, repacking and garbage collection after a successful commit. Versions
+    replaced longer than ``keep_days`` ago leave the history first, so their objects are
+    garbage too."""
+    s.state.prune_attic(int(time.time()) - s.binding.keep_days * 86400)
     if s.loaded.deltas >= COMPACT_AFTER:
         s.snapshot()
     _repack(s)
@@ -835,6 +856,18 @@ def _repack(s: Session) -> bool:
     # The old packs are now unreferenced; the garbage collector deletes them after the grace
     # period, so a concurrent push that still points at them keeps working meanwhile.
     return True
+
+
+def settings(folder: str | None, keep_days: int | None = None) -> dict[str, Any]:
+    """The folder's settings; a change is checked before it is saved."""
+    binding = find_binding(folder)
+    if keep_days is not None:
+        with folder_lock(binding):
+            if not 0 <= keep_days <= MAX_KEEP_DAYS:
+                raise UsageError(f"--keep-days {keep_days} is not from 0 to {MAX_KEEP_DAYS}")
+            binding.keep_days = keep_days
+            binding.save()
+    return {"folder": binding.folder, "keep_days": binding.keep_days}
 
 
 # --- pull ---------------------------------------------------------------------------------
@@ -1230,6 +1263,9 @@ def _rotate(s: Session, reencrypt: bool, remove: str | None) -> dict[str, Any]:
         old_objects = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
         if reencrypt:
             _reencrypt(s, new_kek, commit.kek)
+            # history holds content under DEKs a removed member could unwrap: it goes, on
+            # every device (the floor travels in the snapshot below)
+            s.state.raise_floor(int(time.time()))
         else:
             _rewrap(s, new_kek, commit.kek)
         doomed: set[str] = set()
