@@ -157,7 +157,7 @@ def row_from_entry(path: str, dot: str, entry: Entry) -> IndexRow:
 # --- the remote view ----------------------------------------------------------------------
 
 
-def _content_key(entry: Entry) -> tuple[Any, ...]:
+def content_key(entry: Entry) -> tuple[Any, ...]:
     return (entry.get("t"), entry.get("h"), entry.get("l"))
 
 
@@ -199,17 +199,17 @@ def resolve_siblings(state: State, labels: dict[str, str]) -> list[dict[str, Any
     chosen: set[str] = set()
     for path in state.conflicted():
         sibs = state.siblings(path)
-        distinct = {_content_key(e) for e in sibs.values()}
+        distinct = {content_key(e) for e in sibs.values()}
         if len(distinct) < 2:
             continue
         order = sorted(sibs.items(), key=lambda kv: (kv[1].get("m", 0), dot_key(kv[0])))
         winner_dot, winner = order[-1]
         ops.append({"p": path, "e": winner, "rm": sorted(sibs)})
-        seen = {_content_key(winner)}
+        seen = {content_key(winner)}
         for dot, entry in order[:-1]:
-            if _content_key(entry) in seen:
+            if content_key(entry) in seen:
                 continue
-            seen.add(_content_key(entry))
+            seen.add(content_key(entry))
             device = dot.partition(":")[0]
             name = conflict_name(path, int(entry.get("m", 0)), labels.get(device, device[:8]),
                                  lambda p: state.has_path(p) or p in chosen)

@@ -718,21 +718,21 @@ def _push(s: Session, dry_run: bool) -> dict[str, Any]:
 
     def landed(entries: dict[str, dict[str, Any]], objects: list[str]) -> None:
         """Each uploaded batch is committed as soon as it is on the remote."""
-        _commit_ops(s, _replacing(entries, index_rows), local, objects)
+        _commit_ops(s, _replacing(s, entries, index_rows), local, objects)
 
     with s.ui.progress("push", total) as advance:
         up = sync.upload(s.folder, plan.upload, s.transport, s.binding.dir / "spool",
                          s.ring.head_kek, s.ring.head.kek, s.binding.padding != "none",
                          s.index.add_pending, s.ui.warn, advance, landed)
-    ops = _replacing(up.entries, index_rows)  # the last batch
+    ops = _replacing(s, up.entries, index_rows)  # the last batch
     for item, entry in plan.put:
         row = index_rows.get(item.path)
         if entry is None:
             entry = ({"t": "d", "x": item.mode} if item.kind == "d"
                      else {"t": "l", "l": item.target, "m": item.mtime})
-        ops.append({"p": item.path, "e": entry, "rm": [row.dot] if row else []})
+        ops.append({"p": item.path, "e": entry, "rm": _based_on(s, row)})
     for row in plan.delete:
-        ops.append({"p": row.path, "e": None, "rm": [row.dot]})
+        ops.append({"p": row.path, "e": None, "rm": _based_on(s, row)})
     _commit_ops(s, ops, local, up.objects)
     result["uploaded"] = sorted(up.paths)
     result["skipped"] = up.skipped
@@ -743,11 +743,26 @@ def _push(s: Session, dry_run: bool) -> dict[str, Any]:
     return result
 
 
-def _replacing(entries: dict[str, dict[str, Any]], rows: dict[str, IndexRow]
+def _replacing(s: Session, entries: dict[str, dict[str, Any]], rows: dict[str, IndexRow]
                ) -> list[dict[str, Any]]:
     """Ops that put each entry in place of the version this device last synced there."""
-    return [{"p": path, "e": entry, "rm": [row.dot] if row else []}
-            for path, entry in entries.items() for row in [rows.get(path)]]
+    return [{"p": path, "e": entry, "rm": _based_on(s, rows.get(path))}
+            for path, entry in entries.items()]
+
+
+def _based_on(s: Session, row: IndexRow | None) -> list[str]:
+    """The dots a local edit or delete replaces: the version this device synced, and every
+    sibling of identical content (two devices pushed the same edit at once). A sibling of
+    other content is a concurrent edit this device never saw: it stays, as a conflict."""
+    if row is None:
+        return []
+    sibs = s.state.siblings(row.path)
+    base = sibs.get(row.dot)
+    if base is None:
+        return [row.dot]
+    same = sync.content_key(base)
+    return sorted({row.dot} | {d for d, e in sibs.items() if sync.content_key(e) == same},
+                  key=sync.dot_key)
 
 
 def _commit_ops(s: Session, ops: list[dict[str, Any]], local: dict[str, sync.LocalItem],
