@@ -195,6 +195,13 @@ class State:
                               (path, dot)).fetchone()
         return json.loads(row[0]) if row else None
 
+    def version(self, path: str, dot: str) -> Entry | None:
+        """One version, current or kept in the history."""
+        found = self.entry(path, dot)
+        if found is None:
+            found = next((e for _p, _d, e, _g in self._kept(path, dot)), None)
+        return found
+
     def count_files(self) -> int:
         return int(self.db.execute(
             "SELECT COUNT(DISTINCT path) FROM entries WHERE o IS NOT NULL").fetchone()[0])
@@ -786,12 +793,14 @@ def _ctx(raw: object) -> dict[str, int]:
 
 _DOT = re.compile(r"^[0-9a-f]{16}:[0-9]{1,12}$")
 _OBJECT_ID = re.compile(r"^[0-9a-f]{32}$")
+_WRITER = re.compile(r"^[0-9a-f]{16}$")
 _FIELD_TYPES: dict[str, type] = {
     "t": str, "s": int, "m": int, "x": int, "h": str, "o": str, "a": int, "n": int,
     "i": str, "k": str, "g": str, "w": str, "l": str, "r": int, "om": str, "pt": int,
+    "lc": int, "wb": str,
 }
 _FILE_FIELDS = frozenset(("o", "a", "n", "i", "k", "g", "h"))
-_UNSIGNED = frozenset(("s", "x", "a", "n", "r", "pt"))
+_UNSIGNED = frozenset(("s", "x", "a", "n", "r", "pt", "lc"))
 
 
 def check_entry(entry: object) -> Entry:
@@ -806,6 +815,9 @@ def check_entry(entry: object) -> Entry:
         if want is None or type(value) is not want or (
                 key in _UNSIGNED and value < 0):  # type: ignore[operator]  # "m" may be < 0
             raise IntegrityError("manifest entry is malformed")
+    writer = entry.get("wb")
+    if writer is not None and not _WRITER.match(writer):
+        raise IntegrityError("manifest entry is malformed")
     kind = entry.get("t")
     if kind == "f":
         if not _FILE_FIELDS <= entry.keys() or not _OBJECT_ID.match(entry["o"]):

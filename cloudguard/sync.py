@@ -202,7 +202,7 @@ def resolve_siblings(state: State, labels: dict[str, str]) -> list[dict[str, Any
         distinct = {content_key(e) for e in sibs.values()}
         if len(distinct) < 2:
             continue
-        order = sorted(sibs.items(), key=lambda kv: (kv[1].get("m", 0), dot_key(kv[0])))
+        order = sorted(sibs.items(), key=_precedence)
         winner_dot, winner = order[-1]
         ops.append({"p": path, "e": winner, "rm": sorted(sibs)})
         seen = {content_key(winner)}
@@ -210,12 +210,21 @@ def resolve_siblings(state: State, labels: dict[str, str]) -> list[dict[str, Any
             if content_key(entry) in seen:
                 continue
             seen.add(content_key(entry))
-            device = dot.partition(":")[0]
-            name = conflict_name(path, int(entry.get("m", 0)), labels.get(device, device[:8]),
+            device = str(entry.get("wb") or dot.partition(":")[0])  # who wrote this content
+            when = int(entry.get("m") or int(entry.get("pt", 0)) * 10**9)  # folders: no mtime
+            name = conflict_name(path, when, labels.get(device, device[:8]),
                                  lambda p: state.has_path(p) or p in chosen)
             chosen.add(name)
             ops.append({"p": name, "e": entry, "rm": []})
     return ops
+
+
+def _precedence(item: tuple[str, Entry]) -> tuple[int, int, tuple[int, str]]:
+    """Which concurrent version keeps the name: the content pushed with the most history seen
+    (a Lamport time, which a metadata-only change or a slow clock cannot raise), then mtime,
+    then the dot. Every device computes the same order."""
+    dot, entry = item
+    return int(entry.get("lc", 0)), int(entry.get("m", 0)), dot_key(dot)
 
 
 def newest(sibs: dict[str, Entry]) -> tuple[str, Entry]:
@@ -288,8 +297,14 @@ class PushPlan:
 
 
 def plan_push(local: dict[str, LocalItem], index: dict[str, IndexRow],
-              remote: Mapping[str, tuple[str, Entry]], hasher: Callable[[str], str]) -> PushPlan:
-    """Only paths that changed since the last sync touch ``remote`` (which may be lazy)."""
+              remote: Mapping[str, tuple[str, Entry]], hasher: Callable[[str], str],
+              synced: Callable[[str, str], Entry | None] = lambda _p, _d: None) -> PushPlan:
+    """Only paths that changed since the last sync touch ``remote`` (which may be lazy).
+
+    ``synced`` finds the version a row was synced from (current or kept in the history): a
+    file whose content is still that version's, while another device replaced it, only had
+    its metadata changed here. It is pushed as that old content with new metadata, so it
+    keeps the old content's causal time and loses to the real edit (a ``touch`` never wins)."""
     plan = PushPlan()
     changed: list[str] = []
     for path, item in local.items():
@@ -314,7 +329,13 @@ def plan_push(local: dict[str, LocalItem], index: dict[str, IndexRow],
             else:
                 plan.adopt.append((loc, rem[0], str(entry.get("h", ""))))
         elif loc.kind == "f":
-            plan.upload.append(loc)
+            base = synced(path, row.dot) if row is not None and row.sha256 else None
+            if (row is not None and rem is not None and base is not None
+                    and base.get("t") == "f" and base.get("h") == row.sha256
+                    and hasher(path) == row.sha256):
+                plan.put.append((loc, {**base, "m": loc.mtime, "x": loc.mode}))
+            else:
+                plan.upload.append(loc)
         else:
             plan.put.append((loc, None))
     return plan

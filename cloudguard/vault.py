@@ -152,9 +152,15 @@ class Session:
         dh = {dev: digest for dev, at in deps.items()  # fork consistency: name it by hash
               if (digest := mf.applied_hash(consumed, dev, at)) is not None}
         now = int(time.time())
+        lamport = sum(self.state.ctx.values()) + 1  # grows along every causal chain
         for op in ops:
             if op.get("e") is not None and "reloc" not in op:
-                op["e"]["pt"] = now  # when this version was pushed: what restore goes by
+                entry = op["e"]
+                entry["pt"] = now  # when this version was pushed: what restore goes by
+                # new content gets its writer and causal time; a metadata-only change or a
+                # conflict copy keeps those of the content it carries (sync.resolve_siblings)
+                entry.setdefault("lc", lamport)
+                entry.setdefault("wb", own)
         made: list[dict[str, Any]] = []
 
         def payload(seq: int) -> dict[str, Any]:
@@ -697,7 +703,8 @@ def _push_plan(s: Session, local: dict[str, sync.LocalItem]
                if sigs.get(p) != signature(item.kind, item.size, item.mtime, item.mode,
                                            item.target)}
     rows = s.index.rows_for([*changed, *(p for p in sigs if p not in local)])
-    return sync.plan_push(changed, rows, sync.LazyView(s.state), _hasher(s.folder)), rows
+    return sync.plan_push(changed, rows, sync.LazyView(s.state), _hasher(s.folder),
+                          s.state.version), rows
 
 
 def _push(s: Session, dry_run: bool) -> dict[str, Any]:

@@ -1392,6 +1392,9 @@ def check_entry(path: str, entry: Entry) -> None:
 
     need("t", kind in ("f", "d", "l"))
     need("m", "m" not in entry or is_int(entry["m"]))  # conflicts are ordered by it
+    for key in ("lc", "pt"):  # so are these: the Lamport time of the content, push time
+        need(key, key not in entry or (is_int(entry[key]) and entry[key] >= 0))
+    need("wb", "wb" not in entry or is_hex(entry["wb"], 16))
     if kind == "f":
         for key in ("s", "m", "a", "n"):
             need(key, is_int(entry.get(key)))
@@ -1424,9 +1427,10 @@ def check_entry(path: str, entry: Entry) -> None:
 # "Reading the manifest", step 5: a path with several dots of different content is a conflict.
 # Some details below are not in format.md; they follow cloudguard's own resolution so that
 # this reader restores the same names a device would: content is (t, h, l); the winner is the
-# sibling with the largest (m, dot) where dots compare as strings; each other distinct content
-# becomes a copy named NAME (conflict YYYY-MM-DD HHMMSS LABEL).EXT, from its own mtime in UTC
-# and its writer's member name (numbered "LABEL 2", "LABEL 3", ... when that name is taken).
+# sibling with the largest (lc, m, dot) where dots compare as strings; each other distinct
+# content becomes a copy named NAME (conflict YYYY-MM-DD HHMMSS LABEL).EXT, from its own mtime
+# (or, for a folder, its push time `pt`) in UTC and the member name of `wb` (else the dot's
+# device) (numbered "LABEL 2", "LABEL 3", ... when that name is taken).
 # Siblings of equal content collapse to the one with the highest (seq, dot).
 
 
@@ -1472,7 +1476,8 @@ def resolve_siblings(state: State, labels: dict[str, str]) -> None:
         siblings = state.paths[path]
         if len({content_key(e) for e in siblings.values()}) < 2:
             continue
-        order = sorted(siblings.items(), key=lambda kv: (kv[1].get("m", 0), kv[0]))
+        order = sorted(siblings.items(),
+                       key=lambda kv: (kv[1].get("lc", 0), kv[1].get("m", 0), kv[0]))
         winner = order[-1][1]
         ops.append((path, winner, sorted(siblings)))
         seen = {content_key(winner)}
@@ -1480,9 +1485,9 @@ def resolve_siblings(state: State, labels: dict[str, str]) -> None:
             if content_key(entry) in seen:
                 continue
             seen.add(content_key(entry))
-            device = dot_parts(dot)[0]
-            name = conflict_name(path, int(entry.get("m", 0)), labels.get(device, device[:8]),
-                                 taken)
+            device = str(entry.get("wb") or dot_parts(dot)[0])  # who wrote this content
+            when = int(entry.get("m") or int(entry.get("pt", 0)) * 10**9)
+            name = conflict_name(path, when, labels.get(device, device[:8]), taken)
             taken.add(name)
             ops.append((name, entry, []))
     for path, entry, rm in ops:

@@ -4,6 +4,7 @@ this device never saw is never replaced silently."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from helpers import cg, cg_json, share
@@ -46,3 +47,51 @@ def test_an_edit_does_not_replace_a_concurrent_edit_it_never_saw(local_remote: s
     texts = sorted(p.read_text() for p in a.iterdir())
     assert texts == ["a's edit", "b's edit"], texts
     assert sorted(p.read_text() for p in b.iterdir()) == texts
+
+
+def test_a_touch_does_not_win_over_a_concurrent_real_edit(local_remote: str,
+                                                          tmp_path: Path) -> None:
+    """Device a only touches the file (a newer mtime, same content); b edits it. b's content
+    keeps the name; a's old content is the conflict copy, named after its writer."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "doc.txt").write_text("original")
+    share(local_remote, a, b, tmp_path / "kit.json", names=("alpha", "beta"))
+    (b / "doc.txt").write_text("beta's real edit")
+    os.utime(b / "doc.txt", (1_000_000_000, 1_000_000_000))  # and an old clock at that
+    cg("push", "--folder", str(b))
+    os.utime(a / "doc.txt")  # touch: now
+    cg("push", "--folder", str(a))
+    cg("pull", "--folder", str(a))
+    cg("pull", "--folder", str(b))
+    assert (a / "doc.txt").read_text() == "beta's real edit"
+    copies = [p for p in a.iterdir() if p.name != "doc.txt"]
+    assert len(copies) == 1 and "alpha" in copies[0].name, copies
+    assert copies[0].read_text() == "original"
+    assert sorted(p.name for p in b.iterdir()) == sorted(p.name for p in a.iterdir())
+
+
+def test_a_conflict_copy_names_the_writer_not_the_resolver(local_remote: str,
+                                                           tmp_path: Path) -> None:
+    """Three devices: a and b edit at once; c resolves the conflict first. The copy names
+    the device whose edit it holds, and a conflicted folder gets a real date."""
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    a.mkdir()
+    (a / "doc.txt").write_text("original")
+    share(local_remote, a, b, tmp_path / "kit.json", names=("alpha", "beta"))
+    cg("clone", local_remote, str(c), "--key-file", str(tmp_path / "kit.json"),
+       "--name", "gamma")
+    (a / "doc.txt").write_text("alpha's edit")
+    (b / "doc.txt").write_text("beta's edit")
+    (a / "thing").mkdir()  # a folder here, a file there
+    (b / "thing").write_text("a file")
+    cg("push", "--folder", str(a))
+    cg("push", "--folder", str(b))
+    cg("pull", "--folder", str(c))  # c resolves and pushes the resolution
+    cg("push", "--folder", str(c))
+    cg("pull", "--folder", str(a))
+    names = sorted(p.name for p in a.iterdir())
+    copies = [n for n in names if "conflict" in n]
+    assert len(copies) == 2, names
+    assert not any("gamma" in n for n in copies), names
+    assert not any("1970" in n for n in copies), names
