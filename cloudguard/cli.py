@@ -194,10 +194,18 @@ def verify(folder: str | None, read_data: bool, as_json: bool) -> None:
     """Check the remote against the manifest."""
     def go() -> None:
         result = vault.verify(folder, read_data, _ui(as_json))
+        notes = {
+            "data": "every chunk downloaded and authenticated",
+            "md5": "sizes and the backend's MD5 of every object; contents not downloaded "
+                   "(verify --read-data authenticates them)",
+            "md5 and sizes": f"the backend's MD5 of {result['hash_checked']} objects, sizes "
+                             "only of the rest (run verify --read-data)",
+            "sizes": "sizes only: this backend keeps no hashes; run verify --read-data"}
         _emit(result, as_json, lambda r: (
             f"OK: {r['files']} files in {r['objects']} objects"
             + (f", {r['authenticated']} authenticated" if r["read_data"] else "")
-            + (f"; {len(r['unreferenced'])} unreferenced objects" if r["unreferenced"] else "")),
+            + (f"; {len(r['unreferenced'])} unreferenced objects" if r["unreferenced"] else "")
+            + f". Checked: {notes[r['checked']]}."),
             always=True)
     _run(go)
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
-from . import limits
+from . import limits, remotes
 from .errors import IntegrityError, TransportError, UsageError
 from .state import home
 
@@ -152,9 +152,11 @@ class RcloneTransport:
     def _error(self, what: str, code: int, stderr: bytes) -> TransportError:
         text = stderr.decode(errors="replace").strip().splitlines()
         last = text[-1] if text else f"exit code {code}"
+        shown = remotes.redact(self.remote)
+        last = last.replace(self.remote, shown)  # rclone may echo a connection string
         if "object not found" in last or "not found" in last.lower() and code in (3, 4):
-            return MissingObject(f"{what}: object missing on the remote ({self.remote})")
-        return TransportError(f"rclone failed on {what} at {self.remote}: {last}")
+            return MissingObject(f"{what}: object missing on the remote ({shown})")
+        return TransportError(f"rclone failed on {what} at {shown}: {last}")
 
     def list(self, prefix: str = "", with_hash: bool = False) -> dict[str, ObjectInfo]:
         args = self._cmd("lsjson", "-R", "--files-only", "--no-mimetype", "--no-modtime",

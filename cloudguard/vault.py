@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from . import audit, chain, limits, sync, trust
+from . import audit, chain, limits, remotes, sync, trust
 from . import format as fmt
 from . import keys as keymod
 from . import manifest as mf
@@ -489,10 +489,11 @@ def init_vault(folder: str, remote: str, padding: str = "padme", name: str | Non
     transport = RcloneTransport(remote)
     existing = transport.list()
     if DESCRIPTOR in existing:
-        raise UsageError(f"{transport.remote} already holds a cloudguard vault; use "
-                         "cloudguard clone")
+        raise UsageError(f"{remotes.redact(transport.remote)} already holds a cloudguard "
+                         "vault; use cloudguard clone")
     if existing:
-        raise UsageError(f"{transport.remote} is not empty; give an empty folder or bucket path")
+        raise UsageError(f"{remotes.redact(transport.remote)} is not empty; give an empty folder "
+                         "or bucket path")
     secret = Secret.generate()
     rid = keymod.new_member_id()
     device_name = name or socket.gethostname()
@@ -516,7 +517,7 @@ def init_vault(folder: str, remote: str, padding: str = "padme", name: str | Non
     index.set_meta("wrapped_under", genesis.kek)  # nothing to re-wrap in a new vault
     index.close()
     audit.record("init", vault=vault_id, device=binding.device)
-    return {"folder": str(path), "remote": transport.remote, "vault": vault_id,
+    return {"folder": str(path), "remote": remotes.redact(transport.remote), "vault": vault_id,
             "vault_code": fmt.vault_code(vault_id), "device": binding.device,
             "keystore": binding.keystore}
 
@@ -1020,7 +1021,8 @@ def status(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
         up, _rows = _push_plan(s, local)
         down, _remote, _n = _pull_plan(s, local)
         return {
-            "folder": s.binding.folder, "remote": s.binding.remote, "vault": s.binding.vault_id,
+            "folder": s.binding.folder, "remote": remotes.redact(s.binding.remote),
+            "vault": s.binding.vault_id,
             "device": s.binding.device, "epoch": s.ring.head.epoch,
             "vault_code": fmt.vault_code(s.binding.vault_id),
             "files": s.state.count_files(), "exposed": _exposure(s),
@@ -1088,9 +1090,15 @@ def _verify(s: Session, read_data: bool) -> dict[str, Any]:
                              + (f" (and {len(failures) - 20} more)" if len(failures) > 20 else ""))
     live = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
     unreferenced = sorted(n for n in s.listing if n.startswith(sync.DATA_PREFIX) and n not in live)
+    if authenticate:
+        checked_how = "data"
+    elif hashed == len(groups):
+        checked_how = "md5"
+    else:  # WebDAV and others keep no hash: a flipped byte keeps the size
+        checked_how = "sizes" if hashed == 0 else "md5 and sizes"
     return {"files": len(files), "objects": len(groups), "read_data": authenticate,
             "hash_checked": hashed, "authenticated": checked, "unreferenced": unreferenced,
-            "ok": True}
+            "checked": checked_how, "ok": True}
 
 
 class _Null:
@@ -1459,10 +1467,11 @@ def _doctor_remote(s: Session) -> list[Any]:
     live = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
     for name in sorted(s.listing):
         if not _KNOWN.match(name):
-            out.append(Finding("error", "remote-stray", f"{s.binding.remote}/{name} is not a "
-                               "cloudguard object (plaintext uploaded by another tool?)",
+            out.append(Finding("error", "remote-stray",
+                               f"{remotes.redact(s.binding.remote)}/{name} is not a cloudguard "
+                               "object (plaintext uploaded by another tool?)",
                                f"inspect and delete it: rclone deletefile "
-                               f"'{s.binding.remote}/{name}'"))
+                               f"'{remotes.redact(s.binding.remote)}/{name}'"))
             continue
         if name.startswith(sync.DATA_PREFIX):
             with s.transport.reader(name, count=4) as stream:
