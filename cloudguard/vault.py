@@ -570,8 +570,9 @@ def _clone(remote: str, path: Path, kit: str | None, name: str | None, ui: UI | 
     raw = listing_descriptor(transport.get_bytes, listing, transport.remote)
     doc = parse_descriptor(raw, transport.remote)
     opened = None
-    if kit is not None:
-        opened = keymod.read_kit(Path(kit), keymod.get_passphrase(f"recovery kit {kit}"))
+    if kit is not None:  # the kit's passphrase first: this device's new one is asked after
+        opened = keymod.read_kit(Path(kit), keymod.get_passphrase(
+            f"the recovery kit {kit}", var=keymod.KIT_PASSPHRASE_VAR))
     vault_id = _find_vault(listing, transport.remote, opened.vault if opened else None,
                            vault_code)
     binding = _new_binding(path, transport.remote, vault_id, str(doc.get("padding", "padme")),
@@ -1118,7 +1119,8 @@ def key_export(folder: str | None, path: str, name: str | None = None,
     with session(folder) as s:
         passphrase = (keymod.get_passphrase(
             f"the recovery kit {path}", confirm=True,
-            hint="or leave out --choose-passphrase to get a generated one")
+            hint="or leave out --choose-passphrase to get a generated one",
+            var=keymod.KIT_PASSPHRASE_VAR)
             if choose else passphrases.generate())
         secret = Secret.generate()
         rid = keymod.new_member_id()
