@@ -563,10 +563,22 @@ def _find_vault(listing: dict[str, int], remote: str, wanted: str | None,
     return matching[0]
 
 
+# What a vault leaves on its remote. A remote with none of them was never a vault (a wrong name
+# or path: exit 1); one with some but a missing or bad descriptor or chain is exit 3.
+_VAULT_PREFIXES = (chain.KEYS_PREFIX, mf.PREFIX, sync.DATA_PREFIX, keymod.ENROLL_PREFIX)
+
+
+def _holds_vault(listing: dict[str, int]) -> bool:
+    return DESCRIPTOR in listing or any(n.startswith(_VAULT_PREFIXES) for n in listing)
+
+
 def _clone(remote: str, path: Path, kit: str | None, name: str | None, ui: UI | None,
            made: list[Binding], vault_code: str | None) -> dict[str, Any]:
     transport = RcloneTransport(remote)
     listing = {n: o.size for n, o in transport.list().items()}
+    if not _holds_vault(listing):
+        raise CloudguardError(f"no vault at {transport.remote}: it holds no {DESCRIPTOR} and "
+                              "no vault objects; check the remote name and path")
     raw = listing_descriptor(transport.get_bytes, listing, transport.remote)
     doc = parse_descriptor(raw, transport.remote)
     opened = None
