@@ -338,6 +338,27 @@ class RcloneTransport:
     def ensure_root(self) -> None:
         self._run(self._cmd("mkdir", self.remote), "creating the remote folder")
 
+    def local_root(self) -> Path | None:
+        """The folder this remote stores into when it is rclone's local backend (a plain
+        path, ``:local:...`` or a configured remote of type local, also through an alias),
+        else None. rclone itself resolves the spec (``backend features``), so no config is
+        parsed here; a remote rclone cannot open now is taken as not local, and listing it
+        reports the error."""
+        if self.local:
+            return Path(self.remote)
+        if self.remote.startswith(":") and not self.remote.startswith((":local:", ":local,")):
+            return None  # a connection string for another backend
+        try:
+            proc = subprocess.run(self._cmd("backend", "features", self.remote),
+                                  capture_output=True, check=False, timeout=60)
+            info = json.loads(proc.stdout) if proc.returncode == 0 else {}
+        except (OSError, subprocess.TimeoutExpired, ValueError):
+            return None
+        if not isinstance(info, dict) or not str(info.get("String", "")).startswith(
+                "Local file system at "):
+            return None
+        return Path(os.path.abspath(str(info.get("Root", ""))))
+
 
 def _read_capped(path: Path, name: str) -> bytes | None:
     """A fetched copy, read only if within its kind's cap; else None, as if it had not

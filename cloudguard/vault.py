@@ -475,12 +475,31 @@ def _check_folder(folder: str) -> Path:
     return resolved
 
 
+def _check_apart(folder: str, transport: RcloneTransport) -> None:
+    """Refuse a local remote inside the folder (every push would encrypt the vault into
+    itself) and a folder inside a local remote (its plaintext would sit among the remote's
+    objects, where a sync client or a backup of the remote takes it)."""
+    root = transport.local_root()
+    if root is None:
+        return
+    path = Path(folder).expanduser().resolve()
+    root = root.resolve()
+    where = transport.remote if str(root) == transport.remote else f"{transport.remote} ({root})"
+    if root.is_relative_to(path):
+        raise UsageError(f"the remote {where} is inside the folder {path}: every push would "
+                         "encrypt the vault into itself; choose a remote outside the folder")
+    if path.is_relative_to(root):
+        raise UsageError(f"the folder {path} is inside the local remote {where}: its plaintext "
+                         "would sit in the remote; choose a folder outside the remote")
+
+
 def init_vault(folder: str, remote: str, padding: str = "padme", name: str | None = None
                ) -> dict[str, Any]:
     if padding not in ("padme", "none"):
         raise UsageError(f"--padding {padding!r}: use padme or none")
-    path = _check_folder(folder)
     transport = RcloneTransport(remote)
+    _check_apart(folder, transport)
+    path = _check_folder(folder)
     existing = transport.list()
     if DESCRIPTOR in existing:
         raise UsageError(f"{transport.remote} already holds a cloudguard vault; use "
@@ -575,6 +594,7 @@ def _holds_vault(listing: dict[str, int]) -> bool:
 def _clone(remote: str, path: Path, kit: str | None, name: str | None, ui: UI | None,
            made: list[Binding], vault_code: str | None) -> dict[str, Any]:
     transport = RcloneTransport(remote)
+    _check_apart(str(path), transport)
     listing = {n: o.size for n, o in transport.list().items()}
     if not _holds_vault(listing):
         raise CloudguardError(f"no vault at {transport.remote}: it holds no {DESCRIPTOR} and "

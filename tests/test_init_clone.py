@@ -9,6 +9,8 @@ every push would encrypt the vault into itself.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -101,3 +103,75 @@ def test_a_vault_that_fails_verification_is_still_exit_3(local_remote: str,
     code = cg_json("device", "list", "--folder", str(a))["vault_code"]
     proc = cg_proc("clone", local_remote, str(tmp_path / "c"), "--vault-code", code)
     assert proc.returncode == 0, proc.stderr  # the same remote, intact again: a request
+
+
+# --- item 15: a local remote and the folder must not nest --------------------------------
+
+
+def refused(proc: subprocess.CompletedProcess[str], *names: Path | str) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    line = one_line(proc.stderr)
+    for name in names:
+        assert str(name) in line, (name, line)
+    return line
+
+
+@pytest.mark.rclone
+def test_init_refuses_a_local_remote_inside_the_folder(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "documents"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "doc.txt").write_text("mine")
+    before = sorted(p.name for p in folder.rglob("*"))
+    monkeypatch.setenv("RCLONE_CONFIG_MYDISK_TYPE", "local")
+    link = tmp_path / "link-into-documents"
+    link.symlink_to(folder / "sub")
+    for remote in (str(folder / "cloud"), str(folder), f":local:{folder}/sub/cloud",
+                   f"mydisk:{folder}/vault", str(link / "vault")):
+        line = refused(cg_proc("init", str(folder), "--remote", remote), remote, folder)
+        assert "is inside the folder" in line and "encrypt the vault into itself" in line
+    # a relative path, from inside the folder
+    proc = cg_proc("init", ".", "--remote", "cloud", cwd=folder)
+    assert "is inside the folder" in refused(proc, folder / "cloud")
+    assert sorted(p.name for p in folder.rglob("*")) == before  # no remote folder was made
+    assert cg_proc("status", "--folder", str(folder)).returncode != 0  # nothing was bound
+
+
+@pytest.mark.rclone
+def test_init_refuses_a_folder_inside_a_local_remote(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    remote = tmp_path / "cloud"
+    remote.mkdir()
+    monkeypatch.setenv("RCLONE_CONFIG_MYDISK_TYPE", "local")
+    for spec in (str(remote), f":local:{remote}", f"mydisk:{remote}"):
+        line = refused(cg_proc("init", str(remote / "documents"), "--remote", spec), spec,
+                       remote / "documents")
+        assert "is inside the local remote" in line
+    assert list(remote.iterdir()) == []
+
+
+@pytest.mark.rclone
+def test_init_accepts_a_sibling_with_a_common_prefix(tmp_path: Path) -> None:
+    folder = tmp_path / "documents"
+    folder.mkdir()
+    proc = cg_proc("init", str(folder), "--remote", str(tmp_path / "documents-cloud"))
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.rclone
+def test_clone_refuses_a_folder_inside_the_local_remote(local_remote: str,
+                                                        tmp_path: Path) -> None:
+    a = a_vault(local_remote, tmp_path)
+    kit = tmp_path / "kit.json"
+    cg("key", "export", str(kit), "--folder", str(a), "--choose-passphrase")
+    inside = Path(local_remote) / "plain"
+    line = refused(cg_proc("clone", local_remote, str(inside), "--key-file", str(kit)),
+                   inside, local_remote)
+    assert "is inside the local remote" in line
+    assert not inside.exists()
+    outer = tmp_path / "outer"
+    shutil.copytree(local_remote, outer / "cloud")  # the same vault, inside the new folder
+    line = refused(cg_proc("clone", str(outer / "cloud"), str(outer), "--key-file", str(kit)),
+                   outer / "cloud", outer)
+    assert "is inside the folder" in line
+    assert sorted(p.name for p in outer.iterdir()) == ["cloud"]

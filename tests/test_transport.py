@@ -79,3 +79,23 @@ def test_cli_finds_rclone_beside_the_interpreter_without_path(local_remote: str,
     assert proc.returncode == 0, proc.stderr
     proc = cg_proc("push", "--folder", str(a))
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.rclone
+def test_local_root_asks_rclone_for_local_remotes_only(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """init's nesting check (issue 9 item 15) needs the folder behind a local remote in every
+    spelling rclone accepts, and must not contact other backends for it."""
+    monkeypatch.setenv("RCLONE_CONFIG_MYDISK_TYPE", "local")
+    monkeypatch.setenv("RCLONE_CONFIG_SHORTCUT_TYPE", "alias")
+    monkeypatch.setenv("RCLONE_CONFIG_SHORTCUT_REMOTE", f"mydisk:{tmp_path}/base")
+    for spec, root in ((str(tmp_path / "v"), tmp_path / "v"),
+                       (f":local:{tmp_path}/v", tmp_path / "v"),
+                       (f"mydisk:{tmp_path}/v", tmp_path / "v"),
+                       ("shortcut:sub", tmp_path / "base" / "sub")):
+        assert transport.RcloneTransport(spec).local_root() == root, spec
+    monkeypatch.chdir(tmp_path)
+    assert transport.RcloneTransport("mydisk:rel").local_root() == tmp_path / "rel"
+    # a server that is down: no connection is tried for a connection string of another backend
+    assert transport.RcloneTransport(":webdav,url='http://127.0.0.1:9':v").local_root() is None
+    assert transport.RcloneTransport("nosuchremote:v").local_root() is None
