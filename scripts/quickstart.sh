@@ -36,7 +36,7 @@ trap finish EXIT
 export CLOUDGUARD_HOME="$demo/home"            # local state of this demo only
 export CLOUDGUARD_KEYSTORE=file                # passphrase-protected key file, no OS keyring
 # A chosen passphrase must pass the strength check (cloudguard key passphrase prints one). The
-# device key file and the recovery kit each have their own (README: Passphrases).
+# device key file and the recovery kit each have their own (README, user guide).
 export CLOUDGUARD_PASSPHRASE="${CLOUDGUARD_PASSPHRASE:-demo only: quarry lantern vivid cobalt}"
 export CLOUDGUARD_KIT_PASSPHRASE="${CLOUDGUARD_KIT_PASSPHRASE:-demo kit: harbor thimble orchid gravel}"
 export RCLONE_CONFIG=/dev/null
