@@ -60,8 +60,9 @@ ensure_venv() {
         venv_log "reusing $dir"
     else
         check_python "$py" || exit 1
-        if [ ! -x "$dir/bin/python" ] || ! "$dir/bin/python" -m pip --version >/dev/null 2>&1
-        then
+        # Made again when it has no python, a too old one (made by an older python3), or no pip.
+        if ! { [ -x "$dir/bin/python" ] && check_python "$dir/bin/python" 2>/dev/null \
+                && "$dir/bin/python" -m pip --version >/dev/null 2>&1; }; then
             rm -rf "$dir"
             venv_log "creating $dir with $py"
             if ! "$py" -m venv "$dir" >/dev/null 2>&1; then

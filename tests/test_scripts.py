@@ -30,16 +30,21 @@ def fake(path: Path, body: str) -> Path:
     return path
 
 
-def fake_python(path: Path, version: str, log: Path, venv_works: bool = True) -> Path:
-    """A python3 that says it is ``version``, logs its arguments, and runs the real one for
-    everything else (so '-m venv' makes a real venv unless venv_works is False)."""
+def fake_python(path: Path, version: str, log: Path, venv_works: bool = True,
+                pip_works: bool = False) -> Path:
+    """A python3 that says it is ``version`` and logs its arguments. '-m venv DIR' makes DIR
+    with a copy of this fake as its python (or fails, as on Debian without python3-venv);
+    '-m pip install' installs nothing (and fails unless pip_works); anything else runs the
+    real interpreter."""
     major, minor = version.split(".")
+    venv = ('mkdir -p "$3/bin" && cp "$0" "$3/bin/python"; exit 0' if venv_works
+            else "echo 'ensurepip is not available' >&2; exit 1")
     return fake(path, f'''echo "$*" >> "{log}"
 case "$*" in
   *sys.version_info\\ \\<*) [ {major} -gt 3 ] || [ {minor} -ge 11 ]; exit $? ;;
   *version_info*) echo {version}; exit 0 ;;
-  "-m pip install"*) exit 1 ;;  # never install anything into the real interpreter
-  "-m venv "*) {"" if venv_works else "echo 'ensurepip is not available' >&2; exit 1"} ;;
+  "-m pip install"*) exit {0 if pip_works else 1} ;;
+  "-m venv "*) {venv} ;;
 esac
 exec "{sys.executable}" "$@"
 ''')
@@ -120,6 +125,22 @@ def test_a_good_venv_is_reused_without_pip(tmp_path: Path) -> None:
                    PYTHON=str(venv_python))
     assert "pip install -e '.[test]'" in proc.stderr
     assert "-m pip install" in log.read_text()
+
+
+def test_a_venv_of_a_too_old_python_is_made_again(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    (tmp_path / "pyproject.toml").write_text("[project]\n")
+    fake_python(tmp_path / ".venv" / "bin" / "python", "3.9", log)
+    stamp = subprocess.run(["cksum"], input="[project]\n", capture_output=True, text=True,
+                           check=True).stdout
+    (tmp_path / ".venv" / ".cloudguard-stamp-test").write_text(stamp)
+    python = fake_python(tmp_path / "bin" / "python3", "3.12", log, pip_works=True)
+    proc = venv_sh("ensure_venv .venv test", tmp_path, f"{python.parent}:/usr/bin:/bin")
+    assert proc.returncode == 0, proc.stderr
+    assert "creating .venv with python3" in proc.stderr
+    assert "echo 3.12" in (tmp_path / ".venv" / "bin" / "python").read_text()
+    assert "-m pip install -q --disable-pip-version-check -e .[test]" in log.read_text()
+    assert (tmp_path / ".venv" / ".cloudguard-stamp-test").read_text() == stamp
 
 
 def test_missing_venv_module_installs_python3_venv_with_apt(tmp_path: Path) -> None:
