@@ -350,7 +350,8 @@ class RcloneTransport:
             return None  # a connection string for another backend
         try:
             proc = subprocess.run(self._cmd("backend", "features", self.remote),
-                                  capture_output=True, check=False, timeout=60)
+                                  stdin=subprocess.DEVNULL, capture_output=True, check=False,
+                                  timeout=60)
             info = json.loads(proc.stdout) if proc.returncode == 0 else {}
         except (OSError, subprocess.TimeoutExpired, ValueError):
             return None
