@@ -327,8 +327,9 @@ def _show_kit_passphrase(words: str, kit: str) -> None:
 @folder_option
 @click.option("--name", default=None, help="A label for this kit.")
 @click.option("--choose-passphrase", "choose", is_flag=True,
-              help="Use your own passphrase (CLOUDGUARD_PASSPHRASE or a prompt) instead of a "
-                   "generated one; a weak one is refused.")
+              help="Use your own passphrase (CLOUDGUARD_KIT_PASSPHRASE, "
+                   "CLOUDGUARD_KIT_PASSPHRASE_FILE or a prompt) instead of a generated one; a "
+                   "weak one is refused.")
 @json_option
 def key_export(file: str, folder: str | None, name: str | None, choose: bool,
                as_json: bool) -> None:

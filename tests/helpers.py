@@ -15,7 +15,8 @@ from click.testing import CliRunner, Result
 from cloudguard.cli import main
 
 # What every test chooses for device key files and kits (conftest puts it in
-# CLOUDGUARD_PASSPHRASE); strong enough for cloudguard.passphrase.require_strong.
+# CLOUDGUARD_PASSPHRASE and CLOUDGUARD_KIT_PASSPHRASE); strong enough for
+# cloudguard.passphrase.require_strong.
 PASSPHRASE = "quarry lantern vivid cobalt harbor"
 
 

@@ -126,6 +126,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
         mp.setenv("RCLONE_CONFIG", "/dev/null")
         mp.setenv("CLOUDGUARD_KEYSTORE", "file")
         mp.setenv("CLOUDGUARD_PASSPHRASE", PASSPHRASE)
+        mp.setenv("CLOUDGUARD_KIT_PASSPHRASE", PASSPHRASE)
         mp.setattr(keymod, "TEST_KDF_LOG_N", CHEAP_KDF_LOG_N)
         remote = base / "remote"
         remote.mkdir()

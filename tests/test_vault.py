@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -263,7 +262,7 @@ def test_unknown_format_version_is_refused(local_remote: str, tmp_path: Path) ->
     assert not (tmp_path / "b").exists()
 
 
-@pytest.mark.skipif(shutil.which("rclone") is None, reason="rclone missing")
+@pytest.mark.rclone
 def test_rclone_override(local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                          ) -> None:
     monkeypatch.setenv("CLOUDGUARD_RCLONE", str(tmp_path / "nope"))
