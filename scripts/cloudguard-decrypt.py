@@ -17,8 +17,8 @@ Usage::
 
 COPY_OF_REMOTE is a local copy of the remote folder (for example ``rclone copy remote:path
 COPY``). The passphrase of the kit is read from the environment variable VAR (default
-CLOUDGUARD_PASSPHRASE) or, when that is unset or empty, asked for on the terminal. OUTPUT must
-be an empty or missing folder.
+CLOUDGUARD_KIT_PASSPHRASE, as for the CLI) or, when that is unset or empty, asked for on the
+terminal. OUTPUT must be an empty or missing folder.
 
 Exit codes: 0 everything was restored; 3 an integrity failure (tampered, truncated, swapped or
 missing data; the message names the file or object); 1 any other error (also bad arguments).
@@ -1706,7 +1706,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kit", required=True, type=Path, help="the recovery kit (JSON)")
     parser.add_argument("--out", required=True, type=Path,
                         help="an empty or missing folder to restore into")
-    parser.add_argument("--passphrase-env", default="CLOUDGUARD_PASSPHRASE", metavar="VAR",
+    parser.add_argument("--passphrase-env", default="CLOUDGUARD_KIT_PASSPHRASE", metavar="VAR",
                         help="environment variable holding the kit passphrase (default "
                              "%(default)s; prompts when unset)")
     args = parser.parse_args(argv)
