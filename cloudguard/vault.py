@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from . import audit, chain, limits, remotes, sync, trust
+from . import audit, chain, folding, limits, remotes, sync, trust
 from . import format as fmt
 from . import keys as keymod
 from . import manifest as mf
@@ -673,6 +673,13 @@ def _resolve(s: Session) -> int:
     ops = sync.resolve_siblings(s.state, s.labels())
     if ops:
         s.commit(ops)
+    if folding.folds(s.folder):  # names this folder cannot hold apart get names of their own
+        renamed = folding.resolve(s.state)
+        if renamed:
+            s.commit(renamed)
+            s.ui.warn(f"{len(renamed) // 2} path(s) differ from others only by case or Unicode "
+                      f"normalisation, which this folder cannot tell apart: renamed to "
+                      f"'... ({folding.SUFFIX})' on every device")
     return sum(1 for op in ops if not op["rm"])
 
 
@@ -689,6 +696,8 @@ def _scan(s: Session) -> dict[str, sync.LocalItem]:
         items = sync.scan(s.folder, s.ui.warn, leftovers)
     for path in leftovers:  # temp files of a pull that was killed; we hold the folder lock
         path.unlink(missing_ok=True)
+    if folding.folds(s.folder):  # the disk's spelling of a manifest path is that path
+        items = folding.alias(items, [p for p, _d in s.state.dots()])
     return items
 
 
