@@ -70,7 +70,10 @@ class CaseFold(fuse.Operations):  # type: ignore[misc]
         return 0
 
     def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
-        os.utime(self._real(path), ns=times, follow_symlinks=False)
+        if times is None:
+            os.utime(self._real(path), follow_symlinks=False)
+        else:
+            os.utime(self._real(path), ns=times, follow_symlinks=False)
         return 0
 
     def statfs(self, path: str) -> dict[str, Any]:
