@@ -290,6 +290,7 @@ class PushPlan:
     put: list[tuple[LocalItem, Entry | None]] = field(default_factory=list)  # dirs, links, meta
     delete: list[IndexRow] = field(default_factory=list)
     adopt: list[tuple[LocalItem, str, str]] = field(default_factory=list)  # (item, dot, sha)
+    renamed: dict[str, str] = field(default_factory=dict)  # old path -> new (also in delete)
 
     @property
     def changes(self) -> int:
@@ -338,7 +339,33 @@ def plan_push(local: dict[str, LocalItem], index: dict[str, IndexRow],
                 plan.upload.append(loc)
         else:
             plan.put.append((loc, None))
+    _pair_renames(plan, hasher, synced)
     return plan
+
+
+def _pair_renames(plan: PushPlan, hasher: Callable[[str], str],
+                  synced: Callable[[str, str], Entry | None]) -> None:
+    """A new file with the size and content of a vanished one is that file, moved: it is put
+    under its new path with the old blob (no upload), and the old path is deleted. Only files
+    whose size matches a vanished one are hashed, so an ordinary push reads nothing more."""
+    gone: dict[tuple[int, str], list[IndexRow]] = {}
+    for row in plan.delete:
+        if row.kind == "f" and row.sha256:
+            gone.setdefault((row.size, row.sha256), []).append(row)
+    if not gone:
+        return
+    sizes = {size for size, _sha in gone}
+    keep: list[LocalItem] = []
+    for loc in plan.upload:
+        rows = gone.get((loc.size, hasher(loc.path))) if loc.size in sizes else None
+        base = synced(rows[0].path, rows[0].dot) if rows else None
+        if rows and base is not None and base.get("t") == "f" and base.get(
+                "h") == rows[0].sha256:
+            plan.put.append((loc, {**base, "m": loc.mtime, "x": loc.mode}))
+            plan.renamed[rows.pop(0).path] = loc.path
+            continue
+        keep.append(loc)
+    plan.upload = keep
 
 
 @dataclass

@@ -756,7 +756,9 @@ def _push(s: Session, dry_run: bool) -> dict[str, Any]:
     plan, index_rows = _push_plan(s, local)
     result: dict[str, Any] = {
         "uploaded": [i.path for i in plan.upload], "updated": [i.path for i, _ in plan.put],
-        "deleted": [r.path for r in plan.delete], "dry_run": dry_run, "conflicts": conflicts}
+        "deleted": [r.path for r in plan.delete if r.path not in plan.renamed],
+        "renamed": dict(sorted(plan.renamed.items())), "dry_run": dry_run,
+        "conflicts": conflicts}
     if dry_run:
         return result
     _collect_pending(s)

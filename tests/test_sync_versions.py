@@ -95,3 +95,28 @@ def test_a_conflict_copy_names_the_writer_not_the_resolver(local_remote: str,
     assert len(copies) == 2, names
     assert not any("gamma" in n for n in copies), names
     assert not any("1970" in n for n in copies), names
+
+
+def test_a_renamed_folder_is_moved_without_an_upload(local_remote: str, tmp_path: Path) -> None:
+    """Issue 9, item 5: a folder rename with a big file in it uploads < 1 MiB, and the other
+    device gets the same tree; the old path stays in the version history."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    (a / "reports").mkdir(parents=True)
+    big = os.urandom(6 * 1024 * 1024)
+    (a / "reports" / "big.bin").write_bytes(big)
+    (a / "reports" / "small.txt").write_text("small")
+    (a / "same-size.bin").write_bytes(os.urandom(len(big)))  # a size twin: not a rename
+    share(local_remote, a, b, tmp_path / "kit.json")
+    (a / "reports").rename(a / "archive 2026")
+    (a / "dup.txt").write_text("small")  # same content as a vanished file, only one can be it
+    got = cg_json("push", "--folder", str(a))
+    assert got["bytes_uploaded"] < 1024 * 1024, got
+    assert got["renamed"] == {"reports/big.bin": "archive 2026/big.bin",
+                              "reports/small.txt": "archive 2026/small.txt"}
+    assert got["deleted"] == ["reports"]
+    cg("pull", "--folder", str(b))
+    assert (b / "archive 2026" / "big.bin").read_bytes() == big
+    assert (b / "dup.txt").read_text() == "small"
+    assert not (b / "reports").exists()
+    assert len(cg_json("history", "reports/big.bin", "--folder", str(b))["versions"]) == 1
+    cg("verify", "--read-data", "--folder", str(b))
