@@ -570,8 +570,21 @@ def upload(folder: Path, items: list[LocalItem], transport: Transport, spool: Pa
     batch_entries: dict[str, Entry] = {}
 
     def flush(last: bool = False) -> None:
+        """The bar moves with the bytes rclone reports on the remote, not with encryption
+        (which runs many times faster than most uplinks): plaintext sizes stand for them."""
         nonlocal batch, batch_bytes, batch_entries
-        transport.put_files(spool, batch, DATA_PREFIX)
+        plain = sum(int(e.get("s", 0)) for e in batch_entries.values())
+        shown = 0
+
+        def sent(count: int) -> None:
+            nonlocal shown
+            step = min(count, plain - shown)
+            if step > 0:
+                shown += step
+                progress(step)
+
+        transport.put_files(spool, batch, DATA_PREFIX, sent)
+        sent(plain)  # a local remote takes the batch by rename, moving no bytes
         if landed is not None and not last:
             landed(batch_entries, [DATA_PREFIX + o for o in batch])
         else:
@@ -596,7 +609,7 @@ def upload(folder: Path, items: list[LocalItem], transport: Transport, spool: Pa
                     offset = out.count
                     try:
                         entry = _encrypt_one(folder, item, out, kek, generation, padding,
-                                             progress)
+                                             _no_progress)
                     except (FileChangedError, OSError) as exc:
                         why = (exc.strerror if isinstance(exc, OSError) and exc.strerror
                                else "it changed while it was read")

@@ -215,6 +215,7 @@ class Device:
             env["CLOUDGUARD_RCLONE"] = os.environ["CLOUDGUARD_RCLONE"]
         env.update({"CLOUDGUARD_HOME": str(self.home), "CLOUDGUARD_KEYSTORE": "file",
                     "CLOUDGUARD_PASSPHRASE": PASSPHRASE,
+                    "CLOUDGUARD_KIT_PASSPHRASE": PASSPHRASE,
                     "CLOUDGUARD_GC_GRACE": "0", "RCLONE_CONFIG": "/dev/null",
                     "TMPDIR": str(self.spool)})
         if self.code is not None:
