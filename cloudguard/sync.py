@@ -761,7 +761,8 @@ def clear_staging(folder: Path) -> list[Path]:
     where = folder / MARKER_DIR / STAGING
     removed: list[Path] = []
     try:
-        names = os.listdir(where) if not os.path.islink(where) else []
+        linked = os.path.islink(where.parent) or os.path.islink(where)
+        names = [] if linked else os.listdir(where)  # never clean through a link
     except (FileNotFoundError, NotADirectoryError):
         return removed
     for name in names:
