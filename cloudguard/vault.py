@@ -951,8 +951,10 @@ def _pull_plan(s: Session, local: dict[str, sync.LocalItem]) -> tuple[
     entries and index rows are read, nothing else is (a big vault stays cheap to pull)."""
     heads = sync.heads(s.state)
     known = s.index.dots()
-    wanted = {p: d for p, d in heads.items() if known.get(p) != d and not sync.reserved(p)}
-    gone = [p for p in known if p not in heads]
+    # never .cloudguard (ours), nor what the scan could not read: that waits, as it was
+    held = [*s.unreadable, sync.MARKER_DIR]
+    wanted = {p: d for p, d in heads.items() if known.get(p) != d and not sync.under(p, held)}
+    gone = [p for p in known if p not in heads and not sync.under(p, held)]
     remote = sync.view_of(s.state, wanted)
     rows = s.index.rows_for([*wanted, *gone])
     plan = sync.plan_pull(local, rows, remote, _hasher(s.folder), s.labels(),

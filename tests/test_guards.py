@@ -335,7 +335,7 @@ def test_a_read_error_in_a_subfolder_is_not_a_delete(local_remote: str, tmp_path
     real = os.scandir
 
     def failing(path: Any) -> Any:
-        if isinstance(path, (str, os.PathLike)) and Path(path).name == "disk":
+        if isinstance(path, (str, os.PathLike)) and str(path) == str(a / "disk"):
             raise OSError(errno.EIO, "Input/output error")
         return real(path)
 
@@ -344,9 +344,19 @@ def test_a_read_error_in_a_subfolder_is_not_a_delete(local_remote: str, tmp_path
     assert result["deleted"] == [] and result["unreadable"] == ["disk"]
     status = cg_json("status", "--folder", str(a))
     assert status["to_push"] == [] and status["unreadable"] == ["disk"]
-    monkeypatch.setattr(sync.os, "scandir", real)
     cg("pull", "--folder", str(b))
     assert sorted(p.name for p in (b / "disk").iterdir()) == [f"f{i:03d}.txt" for i in range(4)]
+    # a pull leaves what is under the unreadable folder for later, and exits 1
+    (b / "disk" / "f000.txt").unlink()
+    (b / "disk" / "f001.txt").write_text("changed on b")
+    cg("push", "--folder", str(b))
+    pulled = cg_json("pull", "--folder", str(a), code=1)
+    assert pulled["unreadable"] == ["disk"] and pulled["deleted"] == []
+    assert pulled["downloaded"] == []
+    monkeypatch.setattr(sync.os, "scandir", real)
+    pulled = cg_json("pull", "--folder", str(a))
+    assert pulled["deleted"] == ["disk/f000.txt"] and pulled["downloaded"] == ["disk/f001.txt"]
+    assert tree(a) == tree(b)
 
 
 # --- 4. temp files ------------------------------------------------------------------------
