@@ -401,3 +401,18 @@ def test_staging_never_follows_a_planted_link(local_remote: str, tmp_path: Path)
     proc = cg_proc("pull", "--folder", str(b))
     assert proc.returncode == 1 and "staging is not a folder" in one_line_error(proc)
     assert list(elsewhere.iterdir()) == []
+
+
+def test_only_our_own_temp_names_are_cleared(tmp_path: Path) -> None:
+    """The staging folder is ours, yet only names of our pattern are ever removed from it."""
+    (tmp_path / "sub").mkdir()
+    ours = sync.temp_path(tmp_path)
+    ours.write_text("leftover")
+    stranger = ours.parent / "notes.txt"
+    stranger.write_text("not ours")
+    (tmp_path / OLD_TEMP).write_text("user file")
+    (tmp_path / "sub" / OLD_TEMP).write_text("user file")
+    assert sync.clear_staging(tmp_path) == [ours]
+    assert stranger.exists() and (tmp_path / OLD_TEMP).exists()
+    assert (tmp_path / "sub" / OLD_TEMP).exists()
+    assert sorted(sync.scan(tmp_path, lambda _m: None)) == [OLD_TEMP, "sub", f"sub/{OLD_TEMP}"]
