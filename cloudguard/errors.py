@@ -37,7 +37,7 @@ class FileChangedError(CloudguardError):
 
 
 class GuardError(CloudguardError):
-    """A push or pull that would likely lose files was refused; nothing was changed.
+    """A push or pull that could lose files, refused before it deleted or wrote anything.
 
     ``code`` and ``details`` make the refusal machine-readable (``--json``).
     """

@@ -758,7 +758,7 @@ def _check_mass_delete(s: Session, plan: sync.PushPlan, allow: bool) -> None:
             f"(more than {share:.0%} or {most} files)")
     if s.ui.confirm is not None and s.ui.confirm(f"{what}. Delete them everywhere?"):
         return
-    raise GuardError(f"{what}; nothing was changed. If that is right, run push "
+    raise GuardError(f"{what}; nothing was pushed. If that is right, run push "
                      "--allow-mass-delete", "mass-delete", folder=str(s.folder),
                      deleting=deleting, files=total, percent=round(share * 100, 2),
                      max_files=most)
