@@ -1468,6 +1468,15 @@ def doctor(folder: str | None, check_remote: bool = False) -> dict[str, Any]:
         findings += checks.check_exposure(binding, Path.home())
         findings += checks.check_sharing(binding)
         try:
+            check_marker(binding)
+            findings.append(checks.Finding("ok", "folder-marker",
+                                           f"{binding.folder} carries its marker"))
+        except GuardError as exc:
+            findings.append(checks.Finding(
+                "error", "folder-marker", str(exc),
+                f"mount the disk or move the folder back; or: cloudguard mark -C "
+                f"{binding.folder}"))
+        try:
             with session(binding.folder) as s:
                 now = time.time()
                 ages = [(c.epoch, (now - _epoch(c.created)) / 86400)

@@ -82,6 +82,8 @@ def test_push_and_pull_refuse_a_replaced_folder(local_remote: str, tmp_path: Pat
     assert str(a) in line and "cloudguard mark" in line
     refusal = json.loads(cg_proc("push", "--json", "--folder", str(a)).stdout)
     assert refusal["error"] == "marker-missing" and refusal["folder"] == str(a)
+    doctor = cg_json("doctor", "--folder", str(a), code=1)
+    assert [f["level"] for f in doctor["findings"] if f["check"] == "folder-marker"] == ["error"]
     # pull refuses too, rather than filling an unmounted mount point
     proc = cg_proc("pull", "--folder", str(a))
     assert proc.returncode == 1 and str(a) in one_line_error(proc)
