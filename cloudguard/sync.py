@@ -740,8 +740,8 @@ def _private_dir(path: Path) -> Path:
     except FileExistsError:
         st = os.lstat(path)
         if not stat.S_ISDIR(st.st_mode):
-            raise CloudguardError(f"{path} is not a folder; cloudguard keeps its own files "
-                                  "there (remove it, then run 'cloudguard mark')") from None
+            raise CloudguardError(f"{path} is not a folder (cloudguard keeps its own files "
+                                  "there); move it away and try again") from None
     return path
 
 

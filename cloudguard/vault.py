@@ -750,6 +750,8 @@ def _mass_delete_limits() -> tuple[float, int]:
 def _check_mass_delete(s: Session, plan: sync.PushPlan, allow: bool) -> None:
     """Ask before a push deletes a large part of the folder; without a terminal, refuse."""
     deleting = sum(1 for row in plan.delete if row.kind != "d")
+    if allow or not deleting:
+        return  # the common push: no count of the index needed
     total = s.index.count_files()
     share, most = _mass_delete_limits()
     if allow or not sync.mass_delete(deleting, total, share, most):
