@@ -747,23 +747,32 @@ def _mass_delete_limits() -> tuple[float, int]:
     return share, most
 
 
-def _check_mass_delete(s: Session, plan: sync.PushPlan, allow: bool) -> None:
-    """Ask before a push deletes a large part of the folder; without a terminal, refuse."""
+def _mass_delete(s: Session, plan: sync.PushPlan) -> GuardError | None:
+    """The refusal a push deleting a large part of the folder gets, or None."""
     deleting = sum(1 for row in plan.delete if row.kind != "d")
-    if allow or not deleting:
-        return  # the common push: no count of the index needed
+    if not deleting:
+        return None  # the common push: no count of the index needed
     total = s.index.count_files()
     share, most = _mass_delete_limits()
-    if allow or not sync.mass_delete(deleting, total, share, most):
-        return
+    if not sync.mass_delete(deleting, total, share, most):
+        return None
     what = (f"push would delete {deleting} of the {total} files in {s.folder} "
             f"(more than {share:.0%} or {most} files)")
-    if s.ui.confirm is not None and s.ui.confirm(f"{what}. Delete them everywhere?"):
+    return GuardError(f"{what}; nothing was pushed. If that is right, run push "
+                      "--allow-mass-delete", "mass-delete", folder=str(s.folder),
+                      deleting=deleting, files=total, percent=round(share * 100, 2),
+                      max_files=most, question=f"{what}. Delete them everywhere?")
+
+
+def _check_mass_delete(s: Session, plan: sync.PushPlan, allow: bool) -> None:
+    """Ask before a push deletes a large part of the folder; without a terminal, refuse."""
+    refusal = None if allow else _mass_delete(s, plan)
+    if refusal is None:
         return
-    raise GuardError(f"{what}; nothing was pushed. If that is right, run push "
-                     "--allow-mass-delete", "mass-delete", folder=str(s.folder),
-                     deleting=deleting, files=total, percent=round(share * 100, 2),
-                     max_files=most)
+    question = str(refusal.details.pop("question"))
+    if s.ui.confirm is not None and s.ui.confirm(question):
+        return
+    raise refusal
 
 
 def _push(s: Session, dry_run: bool, allow_mass_delete: bool = False) -> dict[str, Any]:
@@ -775,6 +784,7 @@ def _push(s: Session, dry_run: bool, allow_mass_delete: bool = False) -> dict[st
         "deleted": [r.path for r in plan.delete], "dry_run": dry_run, "conflicts": conflicts,
         "unreadable": sorted(s.unreadable)}
     if dry_run:
+        result["mass_delete"] = _mass_delete(s, plan) is not None  # push would ask first
         return result
     _check_mass_delete(s, plan, allow_mass_delete)
     _collect_pending(s)

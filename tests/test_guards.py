@@ -168,7 +168,8 @@ def test_mass_delete_is_refused_without_a_terminal(local_remote: str, tmp_path: 
     assert proc.returncode == 1
     refusal = json.loads(proc.stdout)
     assert (refusal["error"], refusal["deleting"], refusal["files"]) == ("mass-delete", 20, 30)
-    assert cg_json("push", "--dry-run", "--folder", str(a))["deleted"]  # a dry run shows it
+    dry = cg_json("push", "--dry-run", "--folder", str(a))  # a dry run says so, and passes
+    assert len(dry["deleted"]) == 20 and dry["mass_delete"] is True
     cg("pull", "--folder", str(b))
     assert len([p for p in b.iterdir() if p.suffix == ".txt"]) == 30  # nothing was deleted
     pushed = cg_json("push", "--allow-mass-delete", "--folder", str(a))
@@ -180,6 +181,7 @@ def test_mass_delete_is_refused_without_a_terminal(local_remote: str, tmp_path: 
 def test_small_deletions_need_no_confirmation(local_remote: str, tmp_path: Path) -> None:
     a, b = synced_pair(local_remote, tmp_path, count=1)
     (a / "f000.txt").unlink()
+    assert cg_json("push", "--dry-run", "--folder", str(a))["mass_delete"] is False
     assert cg_json("push", "--folder", str(a))["deleted"] == ["f000.txt"]
     cg("pull", "--folder", str(b))
     assert tree(a) == tree(b)

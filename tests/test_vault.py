@@ -121,6 +121,7 @@ def test_nothing_written_in_plaintext_folder_by_push(local_remote: str, tmp_path
     cg("init", str(a), "--remote", local_remote)
     cg("push", "--folder", str(a))
     assert tree(a) == before
+    assert os.listdir(a / ".cloudguard") == ["folder.json"]  # init's marker, nothing else
 
 
 def test_special_files_are_skipped_with_a_warning(local_remote: str, tmp_path: Path) -> None:
