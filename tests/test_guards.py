@@ -11,7 +11,9 @@ import json
 import os
 import pty
 import shutil
+import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -367,6 +369,17 @@ def test_a_read_error_in_a_subfolder_is_not_a_delete(local_remote: str, tmp_path
 
 OLD_TEMP = ".cg-0123456789abcdef.tmp"  # what a pull's temp file used to be called
 
+# A real pull, killed by SIGKILL right after its files are staged, before any rename.
+KILLED_PULL = """
+import os, signal, sys
+from cloudguard import keys, sync
+keys.TEST_KDF_LOG_N = 10
+sync.commit_staged = lambda folder, staged: os.kill(os.getpid(), signal.SIGKILL)
+from cloudguard.cli import main
+sys.argv = ["cloudguard", "pull", "--folder", sys.argv[1]]
+main()
+"""
+
 
 def test_user_files_named_like_temp_files_survive(local_remote: str, tmp_path: Path) -> None:
     a, b = synced_pair(local_remote, tmp_path)
@@ -379,14 +392,19 @@ def test_user_files_named_like_temp_files_survive(local_remote: str, tmp_path: P
     cg("pull", "--folder", str(b))
     assert (b / OLD_TEMP).read_text() == "mine, not a leftover"
     assert tree(a) == tree(b)
-    # a pull killed between staging and renaming left a temp file: only that one goes
+    # a pull killed (SIGKILL) between staging and renaming leaves a temp file: only that goes
     staging = b / ".cloudguard" / "staging"
     assert staging.is_dir() and list(staging.iterdir()) == []  # pull staged there, then renamed
-    (staging / "fedcba9876543210.tmp").write_text("a leftover of ours")
     (a / "f000.txt").write_text("v2")
     cg("push", "--folder", str(a))
+    killed = subprocess.run([sys.executable, "-c", KILLED_PULL, str(b)], capture_output=True,
+                            text=True, check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert [p.name for p in staging.iterdir()] != []  # the staged file, never renamed
+    assert (b / "f000.txt").read_text() != "v2" and (b / OLD_TEMP).exists()
     cg("pull", "--folder", str(b))
     assert list(staging.iterdir()) == []
+    assert (b / "f000.txt").read_text() == "v2"
     cg("push", "--folder", str(b))
     assert (b / OLD_TEMP).exists() and (b / "sub" / OLD_TEMP).exists()
     assert tree(a) == tree(b)
