@@ -525,6 +525,10 @@ def pack_groups(items: list[LocalItem]) -> list[list[LocalItem]]:
     return groups + large
 
 
+# A file deleted, or replaced by a link, since the scan: a change the next push sees, not an
+# error (the others - EACCES, EIO, ... - keep its last synced version and fail the push)
+_GONE = (errno.ENOENT, errno.ELOOP, errno.ENOTDIR)
+
 SPOOL_FLUSH = 256 * 1024 * 1024  # spooled ciphertext handed to rclone in one process
 SPOOL_FLUSH_FILES = 20_000  # ... or this many files, whichever comes first
 
@@ -580,9 +584,9 @@ def upload(folder: Path, items: list[LocalItem], transport: Transport, spool: Pa
                         entry = _encrypt_one(folder, item, out, kek, generation, padding,
                                              progress)
                     except (FileChangedError, OSError) as exc:
-                        if isinstance(exc, OSError):  # kept as last synced, and reported
-                            warn(f"cannot read {item.path}: {exc.strerror or exc}; kept its "
-                                 "last synced version")
+                        if isinstance(exc, OSError) and exc.errno not in _GONE:
+                            warn(f"could not push {item.path}: {exc.strerror or exc}; kept "
+                                 "its last synced version")  # and reported: exit 1
                             result.unreadable.append(item.path)
                         else:
                             warn(f"skipped {item.path}: it changed while it was read; it "
@@ -727,11 +731,6 @@ def safe_dir(folder: Path, rel_dir: str, created: list[Path] | None = None) -> P
 MARKER_DIR = ".cloudguard"  # the only name cloudguard writes in a folder; never synced
 STAGING = "staging"  # MARKER_DIR/STAGING: where a pull writes files before renaming them
 TEMP_NAME = re.compile(r"^[0-9a-f]{16}\.tmp$")
-
-
-def reserved(path: str) -> bool:
-    """Whether a folder-relative path is cloudguard's own (never synced, never written)."""
-    return path == MARKER_DIR or path.startswith(MARKER_DIR + "/")
 
 
 def _private_dir(path: Path) -> Path:
