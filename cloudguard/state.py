@@ -144,6 +144,10 @@ def check_marker(binding: Binding) -> None:
     folder = Path(binding.folder)
     fix = (f"mount its disk or move the folder back; if {folder} is right as it is, run "
            f"'cloudguard mark -C {folder}'")
+    if not folder.is_dir():
+        raise GuardError(f"the bound folder {folder} does not exist: is its disk mounted? "
+                         f"Nothing was changed; mount the disk or move the folder back",
+                         "folder-missing", folder=str(folder))
     if not _marker_path(folder).exists():
         raise GuardError(f"{folder} has no cloudguard marker ({MARKER}/{MARKER_FILE}): is it "
                          f"the bound folder? Nothing was changed; {fix}", "marker-missing",

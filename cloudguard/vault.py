@@ -291,7 +291,7 @@ def session(folder: str | None, ui: UI | None = None, refetch: bool = False,
     pull) refuses a folder without its marker before anything else happens."""
     binding = find_binding(folder)
     with folder_lock(binding):
-        if guard and Path(binding.folder).is_dir():
+        if guard:
             check_marker(binding)
         prescan = (_start_scan(Path(binding.folder))
                    if scan and Path(binding.folder).is_dir() else None)

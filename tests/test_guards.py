@@ -94,8 +94,12 @@ def test_push_and_pull_refuse_a_replaced_folder(local_remote: str, tmp_path: Pat
     cg("pull", "--folder", str(b))
     assert sorted(p.name for p in b.iterdir() if p.name != ".cloudguard") == [
         "f000.txt", "f001.txt", "f002.txt"]
-    # moving the folder back makes it work again
+    # a mount point removed on unmount: the same refusal
     a.rmdir()
+    proc = cg_proc("push", "--folder", str(a))
+    assert proc.returncode == 1 and "is its disk mounted" in one_line_error(proc)
+    assert not a.exists()
+    # moving the folder back makes it work again
     (tmp_path / "a.old").rename(a)
     assert cg_json("push", "--folder", str(a))["deleted"] == []
 
