@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from . import __version__, audit, history, passphrase, vault
-from .errors import CloudguardError
+from .errors import CloudguardError, GuardError
 
 
 def _tty() -> bool:
@@ -45,10 +45,38 @@ def _progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
         yield lambda n: bar.advance(task, n)
 
 
+def _confirm(question: str) -> bool:
+    return click.confirm(f"cloudguard: {question}", default=False, err=True)
+
+
 def _ui(as_json: bool) -> vault.UI:
     if as_json:
         return vault.UI(warn=_warn)
-    return vault.UI(warn=_warn, progress=_progress)
+    # a question only when someone can answer it: stdin and stdout on a terminal
+    ask = _confirm if sys.stdin.isatty() and _tty() else None
+    return vault.UI(warn=_warn, progress=_progress, confirm=ask)
+
+
+@contextmanager
+def _refusals(as_json: bool) -> Iterator[None]:
+    """With --json, a guard's refusal is also printed on stdout as a JSON document."""
+    try:
+        yield
+    except GuardError as exc:
+        if as_json:
+            click.echo(json.dumps({"error": exc.code, "message": str(exc), **exc.details},
+                                  indent=2, sort_keys=True))
+        raise
+
+
+def _unreadable(result: dict[str, Any]) -> None:
+    """Exit 1 once everything else is done if some paths could not be read."""
+    paths = result.get("unreadable") or []
+    if paths:
+        shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+        click.echo(f"cloudguard: error: could not read {len(paths)} path(s), kept as last "
+                   f"synced: {shown}", err=True)
+        sys.exit(1)
 
 
 def _emit(result: Any, as_json: bool, human: Callable[[Any], str] | None = None,
@@ -138,15 +166,25 @@ def clone(remote: str, folder: str, key_file: str | None, name: str | None,
 @main.command()
 @folder_option
 @click.option("--dry-run", is_flag=True, help="Show what would be uploaded.")
+@click.option("--allow-mass-delete", is_flag=True,
+              help="Delete even when that is more than half of the files (or more than "
+                   "1,000); without this, push asks on a terminal and refuses otherwise.")
 @json_option
-def push(folder: str | None, dry_run: bool, as_json: bool) -> None:
-    """Encrypt and upload local changes."""
+def push(folder: str | None, dry_run: bool, allow_mass_delete: bool, as_json: bool) -> None:
+    """Encrypt and upload local changes.
+
+    Refuses (exit 1, nothing changed) when the folder's .cloudguard marker is missing, and
+    when it would delete many files (see --allow-mass-delete). A path that cannot be read
+    keeps its last synced state; push then exits 1 after the rest is up.
+    """
     def go() -> None:
-        result = vault.push(folder, dry_run, _ui(as_json))
+        with _refusals(as_json):
+            result = vault.push(folder, dry_run, _ui(as_json), allow_mass_delete)
         _emit(result, as_json, lambda r: (
             f"{'Would upload' if r['dry_run'] else 'Uploaded'} {len(r['uploaded'])}, "
             f"updated {len(r['updated'])}, deleted {len(r['deleted'])}."),
             always=dry_run)
+        _unreadable(result)
     _run(go)
 
 
@@ -154,12 +192,30 @@ def push(folder: str | None, dry_run: bool, as_json: bool) -> None:
 @folder_option
 @json_option
 def pull(folder: str | None, as_json: bool) -> None:
-    """Download and decrypt remote changes."""
+    """Download and decrypt remote changes (refuses without the folder's marker)."""
     def go() -> None:
-        result = vault.pull(folder, _ui(as_json))
+        with _refusals(as_json):
+            result = vault.pull(folder, _ui(as_json))
         _emit(result, as_json, lambda r: (
             f"Downloaded {len(r['downloaded'])}, deleted {len(r['deleted'])}"
             + (f", conflicts: {', '.join(r['conflicts'])}" if r["conflicts"] else "") + "."))
+        _unreadable(result)
+    _run(go)
+
+
+@main.command()
+@folder_option
+@json_option
+def mark(folder: str | None, as_json: bool) -> None:
+    """Mark the bound folder, as it is now, as the right one.
+
+    push and pull refuse a folder whose .cloudguard marker is missing (a disk not mounted, a
+    folder moved away and replaced). Run this only when the folder really is the one: the
+    next push then deletes on the remote whatever is missing here.
+    """
+    def go() -> None:
+        result = vault.mark(folder)
+        _emit(result, as_json, lambda r: f"Marked {r['folder']}.", always=True)
     _run(go)
 
 
@@ -179,6 +235,7 @@ def status(folder: str | None, as_json: bool) -> None:
                       for e in r["exposed"]]
             lines += [f"  to push: {p}" for p in r["to_push"]]
             lines += [f"  to pull: {p}" for p in r["to_pull"]]
+            lines += [f"  unreadable, kept as last synced: {p}" for p in r["unreadable"]]
             if not r["to_push"] and not r["to_pull"]:
                 lines.append("  in sync")
             return "\n".join(lines)

@@ -8,6 +8,7 @@ user's folder (and in memory), and every file lands through temp-file + fsync + 
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import os
@@ -53,14 +54,15 @@ class LocalItem(NamedTuple):
 
 
 def scan(folder: Path, warn: Callable[[str], None],
-         leftovers: list[Path] | None = None) -> dict[str, LocalItem]:
+         unreadable: list[str] | None = None) -> dict[str, LocalItem]:
     """Walk without following links; skip what cannot be synced, naming it.
 
-    Our own temp files (from a pull killed between staging and renaming) are never synced;
-    they are collected in ``leftovers`` for the caller to delete under the folder lock.
+    The folder's own ``.cloudguard`` (marker and staging) is never part of it. A path that
+    cannot be read goes into ``unreadable`` instead of the result: it must never look deleted,
+    so the caller keeps its last synced state. An unreadable folder root is an error.
     """
-    if leftovers is None:
-        leftovers = []
+    if unreadable is None:
+        unreadable = []
     items: dict[str, LocalItem] = {}
     stack = [""]
     is_lnk, is_dir, is_reg = stat.S_ISLNK, stat.S_ISDIR, stat.S_ISREG
@@ -69,15 +71,21 @@ def scan(folder: Path, warn: Callable[[str], None],
         base = folder / rel_dir if rel_dir else folder
         prefix = f"{rel_dir}/" if rel_dir else ""
         try:
-            entries = list(os.scandir(base))
+            with os.scandir(base) as listing:
+                entries = list(listing)  # a read error part-way drops the whole folder
         except OSError as exc:
-            warn(f"cannot read folder {base}: {exc.strerror}")
+            if not rel_dir:
+                raise CloudguardError(f"cannot read the folder {folder}: "
+                                      f"{exc.strerror or exc}") from exc
+            warn(f"cannot read folder {rel_dir}: {exc.strerror or exc}; kept its last synced "
+                 "state")
+            unreadable.append(rel_dir)
+            items.pop(rel_dir, None)  # its mode too: what we see of it is not the truth
             continue
         for entry in entries:
             name = entry.name
             rel = prefix + name
-            if name.startswith(".cg-") and TEMP_NAME.match(name):
-                leftovers.append(Path(entry.path))
+            if not rel_dir and name == MARKER_DIR:
                 continue
             if not name.isascii():
                 try:
@@ -87,8 +95,10 @@ def scan(folder: Path, warn: Callable[[str], None],
                     continue
             try:
                 st = entry.stat(follow_symlinks=False)
+                target = os.readlink(entry.path) if is_lnk(st.st_mode) else ""
             except OSError as exc:
-                warn(f"skipped {rel}: {exc.strerror}")
+                warn(f"cannot read {rel}: {exc.strerror or exc}; kept its last synced state")
+                unreadable.append(rel)
                 continue
             mode = st.st_mode
             if is_reg(mode):
@@ -97,12 +107,16 @@ def scan(folder: Path, warn: Callable[[str], None],
                 items[rel] = LocalItem(rel, "d", mode=mode & PERMISSIONS)
                 stack.append(rel)
             elif is_lnk(mode):
-                items[rel] = LocalItem(rel, "l", mtime=st.st_mtime_ns,
-                                       target=os.readlink(entry.path))
+                items[rel] = LocalItem(rel, "l", mtime=st.st_mtime_ns, target=target)
             else:
                 warn(f"skipped {rel}: not a regular file, folder or symlink "
                      "(fifo, socket or device)")
     return items
+
+
+def under(path: str, roots: list[str]) -> bool:
+    """Whether ``path`` is one of ``roots`` or inside one of them."""
+    return any(path == root or path.startswith(root + "/") for root in roots)
 
 
 def hash_file(path: Path) -> str:
@@ -279,6 +293,21 @@ class LazyView(Mapping[str, tuple[str, Entry]]):
 
     def __len__(self) -> int:
         return len(self.state.paths)
+
+
+# --- guards -------------------------------------------------------------------------------
+
+MASS_DELETE_SHARE = 0.5  # a push deleting more than this share of the files asks first ...
+MASS_DELETE_FILES = 1000  # ... as does one deleting more than this many
+MASS_DELETE_FLOOR = 10  # fewer deletions than this never ask: a small folder stays usable
+
+
+def mass_delete(deleting: int, total: int, share: float = MASS_DELETE_SHARE,
+                most: int = MASS_DELETE_FILES) -> bool:
+    """Whether deleting ``deleting`` of ``total`` files is too many to do without asking."""
+    if deleting > most:
+        return True
+    return deleting >= MASS_DELETE_FLOOR and deleting > share * total
 
 
 # --- plans --------------------------------------------------------------------------------
@@ -524,6 +553,7 @@ class Uploaded:
     skipped: list[str]
     bytes_out: int
     paths: list[str] = field(default_factory=list)  # every file uploaded
+    unreadable: list[str] = field(default_factory=list)  # skipped on a read error
 
 
 def pack_groups(items: list[LocalItem]) -> list[list[LocalItem]]:
@@ -542,6 +572,10 @@ def pack_groups(items: list[LocalItem]) -> list[list[LocalItem]]:
         groups.append(current)
     return groups + large
 
+
+# A file deleted, or replaced by a link, since the scan: a change the next push sees, not an
+# error (the others - EACCES, EIO, ... - keep its last synced version and fail the push)
+_GONE = (errno.ENOENT, errno.ELOOP, errno.ENOTDIR)
 
 SPOOL_FLUSH = 256 * 1024 * 1024  # spooled ciphertext handed to rclone in one process
 SPOOL_FLUSH_FILES = 20_000  # ... or this many files, whichever comes first
@@ -611,9 +645,13 @@ def upload(folder: Path, items: list[LocalItem], transport: Transport, spool: Pa
                         entry = _encrypt_one(folder, item, out, kek, generation, padding,
                                              _no_progress)
                     except (FileChangedError, OSError) as exc:
-                        why = (exc.strerror if isinstance(exc, OSError) and exc.strerror
-                               else "it changed while it was read")
-                        warn(f"skipped {item.path}: {why}; it goes up on the next push")
+                        if isinstance(exc, OSError) and exc.errno not in _GONE:
+                            warn(f"could not push {item.path}: {exc.strerror or exc}; kept "
+                                 "its last synced version")  # and reported: exit 1
+                            result.unreadable.append(item.path)
+                        else:
+                            warn(f"skipped {item.path}: it changed while it was read; it "
+                                 "goes up on the next push")
                         result.skipped.append(item.path)
                         abandoned = not packed
                         continue  # in a pack, its partial blob stays as dead bytes
@@ -751,7 +789,47 @@ def safe_dir(folder: Path, rel_dir: str, created: list[Path] | None = None) -> P
     return current
 
 
-TEMP_NAME = re.compile(r"^\.cg-[0-9a-f]{16}\.tmp$")
+MARKER_DIR = ".cloudguard"  # the only name cloudguard writes in a folder; never synced
+STAGING = "staging"  # MARKER_DIR/STAGING: where a pull writes files before renaming them
+TEMP_NAME = re.compile(r"^[0-9a-f]{16}\.tmp$")
+
+
+def _private_dir(path: Path) -> Path:
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            raise CloudguardError(f"{path} is not a folder (cloudguard keeps its own files "
+                                  "there); move it away and try again") from None
+    return path
+
+
+def staging_dir(folder: Path) -> Path:
+    """The private folder where temp files live, inside the folder (so on its filesystem,
+    and a rename from there is atomic) but under a name no user file can have."""
+    return _private_dir(_private_dir(folder / MARKER_DIR) / STAGING)
+
+
+def temp_path(folder: Path) -> Path:
+    return staging_dir(folder) / f"{os.urandom(8).hex()}.tmp"
+
+
+def clear_staging(folder: Path) -> list[Path]:
+    """Delete what a killed pull left in the staging folder: only names we create there, so
+    nothing that cloudguard did not write is ever removed. The caller holds the folder lock."""
+    where = folder / MARKER_DIR / STAGING
+    removed: list[Path] = []
+    try:
+        linked = os.path.islink(where.parent) or os.path.islink(where)
+        names = [] if linked else os.listdir(where)  # never clean through a link
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for name in names:
+        if TEMP_NAME.match(name):
+            (where / name).unlink(missing_ok=True)
+            removed.append(where / name)
+    return removed
 
 
 @dataclass
@@ -764,11 +842,11 @@ class Staged:
 
 def stage(folder: Path, dest: str, fill: Callable[[IO[bytes]], None], mode: int, mtime: int,
           created: list[Path]) -> Staged:
-    """Write and fsync a temp file beside the target; on any error nothing is left."""
+    """Write and fsync a temp file in the staging folder; on any error nothing is left."""
     check_rel_path(dest)
     head, _, _base = dest.rpartition("/")
-    parent = safe_dir(folder, head, created)
-    tmp = parent / f".cg-{os.urandom(8).hex()}.tmp"
+    safe_dir(folder, head, created)
+    tmp = temp_path(folder)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -788,7 +866,14 @@ def commit_staged(folder: Path, staged: Staged) -> None:
     if os.path.isdir(target) and not os.path.islink(target):
         staged.tmp.unlink(missing_ok=True)
         raise CloudguardError(f"cannot replace folder {staged.dest} with a file")
-    os.replace(staged.tmp, target)
+    try:
+        os.replace(staged.tmp, target)
+    except OSError as exc:
+        staged.tmp.unlink(missing_ok=True)
+        if exc.errno == errno.EXDEV:  # staged on the folder's filesystem, not this one's
+            raise CloudguardError(f"cannot write {staged.dest}: it is on another filesystem "
+                                  f"than {folder} (a mount point inside the folder)") from exc
+        raise
     dfd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dfd)
@@ -809,7 +894,7 @@ def discard(staged: list[Staged], created: list[Path]) -> None:
 def make_link(folder: Path, dest: str, target: str) -> None:
     head, _, base = dest.rpartition("/")
     parent = safe_dir(folder, head)
-    tmp = parent / f".cg-{os.urandom(8).hex()}.tmp"
+    tmp = temp_path(folder)
     os.symlink(target, tmp)
     try:
         if os.path.isdir(parent / base) and not os.path.islink(parent / base):

@@ -29,17 +29,27 @@ from . import keys as keymod
 from . import manifest as mf
 from . import passphrase as passphrases
 from .chain import Secret
-from .errors import CloudguardError, IntegrityError, KeyStoreError, UsageError, named
+from .errors import (
+    CloudguardError,
+    GuardError,
+    IntegrityError,
+    KeyStoreError,
+    UsageError,
+    named,
+)
 from .keys import DeviceKey, now_iso
 from .state import (
     MAX_KEEP_DAYS,
     Binding,
     Index,
     IndexRow,
+    check_marker,
     check_unbound,
     find_binding,
     folder_lock,
+    remove_marker,
     signature,
+    write_marker,
 )
 from .transport import MissingObject, RcloneTransport, Transport
 
@@ -57,6 +67,8 @@ class UI:
     warn: Callable[[str], None] = lambda _m: None
     progress: Callable[[str, int], AbstractContextManager[Callable[[int], None]]] = (
         lambda _d, _t: nullcontext(lambda _n: None))
+    # asks a yes/no question on a terminal; None (scripts, --json, tests): the answer is no
+    confirm: Callable[[str], bool] | None = None
 
 
 def gc_grace() -> float:
@@ -108,6 +120,7 @@ class Session:
     segment_cache: mf.SegmentCache
     committed: list[str] = field(default_factory=list)
     prescan: Callable[[], Scanned] | None = None
+    unreadable: list[str] = field(default_factory=list)  # paths the last scan could not read
 
     @property
     def folder(self) -> Path:
@@ -272,26 +285,30 @@ def _in_background(work: Callable[[], T]) -> Callable[[], T]:
     return result
 
 
-Scanned = tuple[dict[str, sync.LocalItem], list[str], list[Path]]  # items, warnings, leftovers
+Scanned = tuple[dict[str, sync.LocalItem], list[str], list[str]]  # items, warnings, unreadable
 
 
 def _start_scan(folder: Path) -> Callable[[], Scanned]:
     """The folder scan, started as soon as the folder lock is held: it runs while the session
     mostly waits for rclone and the keyring, instead of after them."""
     warnings: list[str] = []
-    leftovers: list[Path] = []
-    return _in_background(lambda: (sync.scan(folder, warnings.append, leftovers), warnings,
-                                   leftovers))
+    unreadable: list[str] = []
+    return _in_background(lambda: (sync.scan(folder, warnings.append, unreadable), warnings,
+                                   unreadable))
 
 
 @contextmanager
 def session(folder: str | None, ui: UI | None = None, refetch: bool = False,
-            scan: bool = False, tolerate: frozenset[str] = frozenset()) -> Iterator[Session]:
+            scan: bool = False, tolerate: frozenset[str] = frozenset(),
+            guard: bool = False) -> Iterator[Session]:
     """``refetch`` ignores every local cache (segments and merged state), so verify
     re-authenticates every segment and rebuilds the manifest from them. ``scan`` starts
-    scanning the folder at once, for operations that will (:func:`_scan`)."""
+    scanning the folder at once, for operations that will (:func:`_scan`). ``guard`` (push,
+    pull) refuses a folder without its marker before anything else happens."""
     binding = find_binding(folder)
     with folder_lock(binding):
+        if guard:
+            check_marker(binding)
         prescan = (_start_scan(Path(binding.folder))
                    if scan and Path(binding.folder).is_dir() else None)
         index = Index(binding.dir / "index.db")
@@ -531,6 +548,7 @@ def init_vault(folder: str, remote: str, padding: str = "padme", name: str | Non
     transport.put_bytes(DESCRIPTOR, descriptor)
     trust.write(transport, None, genesis, data, keyobj)
     binding.save()
+    write_marker(binding)
     index = Index(binding.dir / "index.db")
     index.set_meta("verified", [vault_id])
     index.set_meta("wrapped_under", genesis.kek)  # nothing to re-wrap in a new vault
@@ -552,6 +570,7 @@ def clone_vault(remote: str, folder: str, kit: str | None = None, name: str | No
     except BaseException:
         for binding in made:
             if binding.enrolled or kit is not None:
+                remove_marker(binding)
                 _forget_binding(binding)
         if not existed and path.is_dir() and not any(path.iterdir()):
             path.rmdir()
@@ -625,6 +644,7 @@ def _clone(remote: str, path: Path, kit: str | None, name: str | None, ui: UI | 
         fp = chain.read_request(request).fingerprint
         transport.put_bytes(f"{keymod.ENROLL_PREFIX}{binding.device}", request)
         binding.save()
+        write_marker(binding)
         index = Index(binding.dir / "index.db")
         index.set_meta("fingerprint", fp)
         index.close()
@@ -645,6 +665,7 @@ def _clone(remote: str, path: Path, kit: str | None, name: str | None, ui: UI | 
         raise KeyStoreError(f"{kit}: this recovery kit was removed from the vault")
     _add_member(transport, None, ring, binding.device, me.public("device"), binding.device_name)
     binding.save()
+    write_marker(binding)
     index = Index(binding.dir / "index.db")
     index.set_meta("verified", sorted(ring.view.commits))
     index.close()
@@ -687,15 +708,15 @@ def _scan(s: Session) -> dict[str, sync.LocalItem]:
     """The folder as it is now: the scan started with the session, if nothing since could have
     changed it, else a fresh one."""
     if s.prescan is not None:
-        items, warnings, leftovers = s.prescan()
+        items, warnings, unreadable = s.prescan()
         s.prescan = None  # used once
         for warning in warnings:
             s.ui.warn(warning)
     else:
-        leftovers = []
-        items = sync.scan(s.folder, s.ui.warn, leftovers)
-    for path in leftovers:  # temp files of a pull that was killed; we hold the folder lock
-        path.unlink(missing_ok=True)
+        unreadable = []
+        items = sync.scan(s.folder, s.ui.warn, unreadable)
+    s.unreadable = unreadable
+    sync.clear_staging(s.folder)  # temp files of a pull that was killed; we hold the lock
     if folding.folds(s.folder):  # the disk's spelling of a manifest path is that path
         items = folding.alias(items, [p for p, _d in s.state.dots()])
     return items
@@ -728,9 +749,12 @@ def _binding_id(folder: str | None) -> str | None:
         return None
 
 
-def push(folder: str | None, dry_run: bool = False, ui: UI | None = None) -> dict[str, Any]:
-    with _audited("push", folder), session(folder, ui, scan=True) as s:
-        result = _push(s, dry_run)
+def push(folder: str | None, dry_run: bool = False, ui: UI | None = None,
+         allow_mass_delete: bool = False) -> dict[str, Any]:
+    """``result["unreadable"]`` lists paths that could not be read: they kept their last
+    synced state, and the CLI exits 1 after the rest was pushed."""
+    with _audited("push", folder), session(folder, ui, scan=True, guard=True) as s:
+        result = _push(s, dry_run, allow_mass_delete)
         if not dry_run:
             _log(s, "push", files=len(result["uploaded"]) + len(result["updated"]),
                  deleted=len(result["deleted"]), objects=result.get("object_ids", []),
@@ -745,12 +769,74 @@ def _push_plan(s: Session, local: dict[str, sync.LocalItem]
     changed = {p: item for p, item in local.items()
                if sigs.get(p) != signature(item.kind, item.size, item.mtime, item.mode,
                                            item.target)}
-    rows = s.index.rows_for([*changed, *(p for p in sigs if p not in local)])
-    return sync.plan_push(changed, rows, sync.LazyView(s.state), _hasher(s.folder),
+    # a path the scan could not read is not gone: it keeps its last synced state
+    gone = [p for p in sigs if p not in local
+            and not (s.unreadable and sync.under(p, s.unreadable))]
+    rows = s.index.rows_for([*changed, *gone])
+    return sync.plan_push(changed, rows, sync.LazyView(s.state), _safe_hasher(s.folder),
                           s.state.version), rows
 
 
-def _push(s: Session, dry_run: bool) -> dict[str, Any]:
+def _safe_hasher(folder: Path) -> Callable[[str], str]:
+    """A file that cannot be read matches nothing: it is then uploaded, which reports it."""
+    def digest(rel: str) -> str:
+        try:
+            return sync.hash_file(folder / rel)
+        except OSError:
+            return ""
+    return digest
+
+
+def _mass_delete_limits() -> tuple[float, int]:
+    """The mass-delete thresholds: CLOUDGUARD_MASS_DELETE_PERCENT and _FILES, if set."""
+    share, most = sync.MASS_DELETE_SHARE, sync.MASS_DELETE_FILES
+    raw = os.environ.get("CLOUDGUARD_MASS_DELETE_PERCENT")
+    if raw is not None:
+        try:
+            share = float(raw) / 100
+        except ValueError:
+            share = -1.0
+        if not 0 <= share <= 1:
+            raise UsageError(f"CLOUDGUARD_MASS_DELETE_PERCENT={raw!r} is not a percentage "
+                             "from 0 to 100")
+    raw = os.environ.get("CLOUDGUARD_MASS_DELETE_FILES")
+    if raw is not None:
+        if not raw.isdigit():
+            raise UsageError(f"CLOUDGUARD_MASS_DELETE_FILES={raw!r} is not a number of files")
+        most = int(raw)
+    return share, most
+
+
+def _mass_delete(s: Session, plan: sync.PushPlan) -> GuardError | None:
+    """The refusal a push deleting a large part of the folder gets, or None."""
+    deleting = sum(1 for row in plan.delete  # a renamed file is not deleted
+                   if row.kind != "d" and row.path not in plan.renamed)
+    if not deleting:
+        return None  # the common push: no count of the index needed
+    total = s.index.count_files()
+    share, most = _mass_delete_limits()
+    if not sync.mass_delete(deleting, total, share, most):
+        return None
+    what = (f"push would delete {deleting} of the {total} files in {s.folder} "
+            f"(more than {share:.0%} or {most} files)")
+    return GuardError(f"{what}; nothing was pushed. If that is right, run push "
+                      "--allow-mass-delete", "mass-delete", folder=str(s.folder),
+                      deleting=deleting, files=total, percent=round(share * 100, 2),
+                      max_files=most, question=f"{what}. Delete them everywhere?")
+
+
+def _check_mass_delete(s: Session, plan: sync.PushPlan, allow: bool) -> None:
+    """Ask before a push deletes a large part of the folder; without a terminal, refuse."""
+    refusal = None if allow else _mass_delete(s, plan)
+    if refusal is None:
+        return
+    question = str(refusal.details.pop("question"))
+    if s.ui.confirm is not None and s.ui.confirm(question):
+        return
+    raise refusal
+
+
+def _push(s: Session, dry_run: bool, allow_mass_delete: bool = False) -> dict[str, Any]:
     conflicts = 0 if dry_run else _resolve(s)
     local = _scan(s)
     plan, index_rows = _push_plan(s, local)
@@ -758,9 +844,11 @@ def _push(s: Session, dry_run: bool) -> dict[str, Any]:
         "uploaded": [i.path for i in plan.upload], "updated": [i.path for i, _ in plan.put],
         "deleted": [r.path for r in plan.delete if r.path not in plan.renamed],
         "renamed": dict(sorted(plan.renamed.items())), "dry_run": dry_run,
-        "conflicts": conflicts}
+        "conflicts": conflicts, "unreadable": sorted(s.unreadable)}
     if dry_run:
+        result["mass_delete"] = _mass_delete(s, plan) is not None  # push would ask first
         return result
+    _check_mass_delete(s, plan, allow_mass_delete)
     _collect_pending(s)
     _rewrap_stale(s)
     total = sum(i.size for i in plan.upload)
@@ -788,6 +876,7 @@ def _push(s: Session, dry_run: bool) -> dict[str, Any]:
     _commit_ops(s, ops, local, up.objects)
     result["uploaded"] = sorted(up.paths)
     result["skipped"] = up.skipped
+    result["unreadable"] = sorted({*s.unreadable, *up.unreadable})
     result["bytes_uploaded"] = up.bytes_out
     result["objects"] = len(up.objects)
     result["object_ids"] = [n[len(sync.DATA_PREFIX):] for n in up.objects]
@@ -937,12 +1026,24 @@ def settings(folder: str | None, keep_days: int | None = None) -> dict[str, Any]
     return {"folder": binding.folder, "keep_days": binding.keep_days}
 
 
+def mark(folder: str | None) -> dict[str, Any]:
+    """(Re)write the folder marker: the user says this folder, as it is, is the bound one."""
+    binding = find_binding(folder)
+    with folder_lock(binding):
+        if not Path(binding.folder).is_dir():
+            raise UsageError(f"the bound folder {binding.folder} does not exist")
+        path = write_marker(binding)
+    audit.record("mark", vault=binding.vault_id, device=binding.device, folder_id=binding.id)
+    return {"folder": binding.folder, "marker": str(path)}
+
+
 # --- pull ---------------------------------------------------------------------------------
 
 
 def pull(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
-    with _audited("pull", folder), session(folder, ui, scan=True) as s:
+    with _audited("pull", folder), session(folder, ui, scan=True, guard=True) as s:
         result = _pull(s)
+        result["unreadable"] = sorted(s.unreadable)
         _log(s, "pull", files=len(result["downloaded"]), deleted=len(result["deleted"]),
              conflicts=len(result["conflicts"]))
         return result
@@ -954,8 +1055,10 @@ def _pull_plan(s: Session, local: dict[str, sync.LocalItem]) -> tuple[
     entries and index rows are read, nothing else is (a big vault stays cheap to pull)."""
     heads = sync.heads(s.state)
     known = s.index.dots()
-    wanted = {p: d for p, d in heads.items() if known.get(p) != d}
-    gone = [p for p in known if p not in heads]
+    # never .cloudguard (ours), nor what the scan could not read: that waits, as it was
+    held = [*s.unreadable, sync.MARKER_DIR]
+    wanted = {p: d for p, d in heads.items() if known.get(p) != d and not sync.under(p, held)}
+    gone = [p for p in known if p not in heads and not sync.under(p, held)]
     remote = sync.view_of(s.state, wanted)
     rows = s.index.rows_for([*wanted, *gone])
     plan = sync.plan_pull(local, rows, remote, _hasher(s.folder), s.labels(),
@@ -1061,6 +1164,10 @@ def _delete_local(s: Session, rows: list[Any]) -> list[str]:
 
 def status(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
     with session(folder, ui, scan=True) as s:
+        try:
+            check_marker(s.binding)
+        except GuardError as exc:
+            s.ui.warn(str(exc))
         local = _scan(s)
         up, _rows = _push_plan(s, local)
         down, _remote, _n = _pull_plan(s, local)
@@ -1074,7 +1181,7 @@ def status(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
                               + [r.path for r in up.delete]),
             "to_pull": sorted([d for d, _t, _e in down.download + down.make]
                               + [r.path for r in down.delete]),
-            "conflicts": down.conflicts,
+            "conflicts": down.conflicts, "unreadable": sorted(s.unreadable),
         }
 
 
@@ -1475,6 +1582,15 @@ def doctor(folder: str | None, check_remote: bool = False) -> dict[str, Any]:
     for binding in bindings:
         findings += checks.check_exposure(binding, Path.home())
         findings += checks.check_sharing(binding)
+        try:
+            check_marker(binding)
+            findings.append(checks.Finding("ok", "folder-marker",
+                                           f"{binding.folder} carries its marker"))
+        except GuardError as exc:
+            findings.append(checks.Finding(
+                "error", "folder-marker", str(exc),
+                f"mount the disk or move the folder back; or: cloudguard mark -C "
+                f"{binding.folder}"))
         try:
             with session(binding.folder) as s:
                 now = time.time()

@@ -84,8 +84,15 @@ class CaseFold(fuse.Operations):  # type: ignore[misc]
 
     # --- folders -------------------------------------------------------------------------------
 
-    def readdir(self, path: str, fh: Any) -> list[str]:
-        return [".", "..", *os.listdir(self._real(path))]
+    def readdir(self, path: str, fh: Any) -> list[tuple[str, dict[str, int], int]]:
+        """With stable inode numbers (use_ino: both spellings of a name are one file), each
+        entry carries its own; an entry with inode 0 is one the C library skips."""
+        real = self._real(path)
+        out = []
+        for name in [".", "..", *os.listdir(real)]:
+            st = os.lstat(os.path.join(real, name))
+            out.append((name, {"st_mode": st.st_mode, "st_ino": st.st_ino}, 0))
+        return out
 
     def mkdir(self, path: str, mode: int) -> int:
         os.mkdir(self._real(path, create=True), mode)
@@ -155,5 +162,5 @@ class CaseFold(fuse.Operations):  # type: ignore[misc]
 
 
 if __name__ == "__main__":
-    fuse.FUSE(CaseFold(sys.argv[1]), sys.argv[2], foreground=True, nothreads=True,
+    fuse.FUSE(CaseFold(sys.argv[1]), sys.argv[2], foreground=True, nothreads=True, use_ino=True,
               default_permissions=False)

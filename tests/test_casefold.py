@@ -82,7 +82,7 @@ def test_names_that_differ_by_case_or_normalisation_become_case_conflicts(
         share(local_remote, linux, mac, tmp_path / "kit.json")
         contents = sorted(p.read_text() for p in mac.rglob("*.txt"))
         assert contents == ["composed", "decomposed", "in Docs", "in docs", "lower", "upper"]
-        assert sum("Case Conflict" in n for n in names(mac)) == 3, names(mac)
+        assert sum("Case Conflict" in n for n in names(mac) if "/" not in n) == 3, names(mac)
         cg("push", "--folder", str(mac))
         cg("pull", "--folder", str(linux))
         assert names(linux) == names(mac)

@@ -120,6 +120,7 @@ def test_nothing_written_in_plaintext_folder_by_push(local_remote: str, tmp_path
     cg("init", str(a), "--remote", local_remote)
     cg("push", "--folder", str(a))
     assert tree(a) == before
+    assert os.listdir(a / ".cloudguard") == ["folder.json"]  # init's marker, nothing else
 
 
 def test_special_files_are_skipped_with_a_warning(local_remote: str, tmp_path: Path) -> None:
@@ -168,7 +169,7 @@ def test_concurrent_pushes_lose_nothing(local_remote: str, tmp_path: Path) -> No
     cg("push", "--folder", str(a))
     cg("pull", "--folder", str(b))
     for side in (a, b):
-        contents = sorted(p.read_text() for p in side.iterdir())
+        contents = sorted(p.read_text() for p in side.iterdir() if p.name != ".cloudguard")
         assert contents == ["a", "b", "version A", "version B"], side
     assert tree(a) == tree(b)
 
