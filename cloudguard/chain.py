@@ -230,7 +230,10 @@ def decode_commit(data: bytes, name: str, vault_id: str) -> Commit:
             digest = cut["hash"]
             if digest is not None and not (isinstance(digest, str) and _ID.match(digest)):
                 raise IntegrityError()
-            removed[_rid(rid)] = Cutoff(_key(cut["s"]), _int(cut["seq"]), digest)
+            seq = _int(cut["seq"])
+            if seq == 0 and digest is not None:
+                raise IntegrityError()  # seq 0: nothing of it was applied, so no segment
+            removed[_rid(rid)] = Cutoff(_key(cut["s"]), seq, digest)
         if set(members) & set(removed):
             raise IntegrityError()
         for key in ("kek", "keyobj", "descriptor"):
@@ -260,7 +263,7 @@ def _union(commits: dict[str, Commit], counters: set[str] | None = None
     make readers drop what its target wrote."""
     counters = counters or set()
     added: dict[str, MemberKeys] = {}
-    removed: dict[str, Cutoff] = {}
+    cuts: dict[str, list[Cutoff]] = {}
     for c in commits.values():
         parent = commits.get(c.parent) if c.parent else None
         new = c.members if c.action == "genesis" else (
@@ -273,10 +276,20 @@ def _union(commits: dict[str, Commit], counters: set[str] | None = None
         for rid, cut in c.removed.items():
             if c.id in counters and rid in fresh:
                 cut = Cutoff(cut.s, UNLIMITED, None)
-            old = removed.get(rid)
-            if old is None or (cut.seq, cut.hash or "") < (old.seq, old.hash or ""):
-                removed[rid] = cut
+            cuts.setdefault(rid, []).append(cut)
+    removed = {rid: _earliest(found) for rid, found in cuts.items()}
     return {r: k for r, k in added.items() if r not in removed}, removed
+
+
+def _earliest(cuts: list[Cutoff]) -> Cutoff:
+    """The lowest cutoff wins. Two removals naming different segments at that seq mean the
+    removed member showed its removers two histories: neither is vouched, and its writes
+    count up to the seq before (every device decides alike, whatever order it lists)."""
+    low = min(c.seq for c in cuts)
+    at = {c.hash for c in cuts if c.seq == low}
+    if len(at) == 1:
+        return next(c for c in cuts if c.seq == low)
+    return Cutoff(cuts[0].s, low - 1, None)
 
 
 @dataclass

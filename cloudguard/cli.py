@@ -14,8 +14,8 @@ from typing import Any
 
 import click
 
-from . import __version__, audit, passphrase, vault
-from .errors import CloudguardError
+from . import __version__, audit, history, passphrase, vault
+from .errors import CloudguardError, GuardError
 
 
 def _tty() -> bool:
@@ -45,10 +45,38 @@ def _progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
         yield lambda n: bar.advance(task, n)
 
 
+def _confirm(question: str) -> bool:
+    return click.confirm(f"cloudguard: {question}", default=False, err=True)
+
+
 def _ui(as_json: bool) -> vault.UI:
     if as_json:
         return vault.UI(warn=_warn)
-    return vault.UI(warn=_warn, progress=_progress)
+    # a question only when someone can answer it: stdin and stdout on a terminal
+    ask = _confirm if sys.stdin.isatty() and _tty() else None
+    return vault.UI(warn=_warn, progress=_progress, confirm=ask)
+
+
+@contextmanager
+def _refusals(as_json: bool) -> Iterator[None]:
+    """With --json, a guard's refusal is also printed on stdout as a JSON document."""
+    try:
+        yield
+    except GuardError as exc:
+        if as_json:
+            click.echo(json.dumps({"error": exc.code, "message": str(exc), **exc.details},
+                                  indent=2, sort_keys=True))
+        raise
+
+
+def _unreadable(result: dict[str, Any]) -> None:
+    """Exit 1 once everything else is done if some paths could not be read."""
+    paths = result.get("unreadable") or []
+    if paths:
+        shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+        click.echo(f"cloudguard: error: could not read {len(paths)} path(s), kept as last "
+                   f"synced: {shown}", err=True)
+        sys.exit(1)
 
 
 def _emit(result: Any, as_json: bool, human: Callable[[Any], str] | None = None,
@@ -62,9 +90,11 @@ def _emit(result: Any, as_json: bool, human: Callable[[Any], str] | None = None,
 
 
 def _path_errors(result: dict[str, Any]) -> None:
-    """A pull that landed everything else but some paths: one line each, then exit 1."""
+    """A pull that landed everything else but some paths: one line each (and the unreadable
+    ones), then exit 1."""
     for line in result.get("errors", []):
         click.echo(f"cloudguard: error: {line}", err=True)
+    _unreadable(result)
     if result.get("errors"):
         sys.exit(1)
 
@@ -147,15 +177,25 @@ def clone(remote: str, folder: str, key_file: str | None, name: str | None,
 @main.command()
 @folder_option
 @click.option("--dry-run", is_flag=True, help="Show what would be uploaded.")
+@click.option("--allow-mass-delete", is_flag=True,
+              help="Delete even when that is more than half of the files (or more than "
+                   "1,000); without this, push asks on a terminal and refuses otherwise.")
 @json_option
-def push(folder: str | None, dry_run: bool, as_json: bool) -> None:
-    """Encrypt and upload local changes."""
+def push(folder: str | None, dry_run: bool, allow_mass_delete: bool, as_json: bool) -> None:
+    """Encrypt and upload local changes.
+
+    Refuses (exit 1, nothing changed) when the folder's .cloudguard marker is missing, and
+    when it would delete many files (see --allow-mass-delete). A path that cannot be read
+    keeps its last synced state; push then exits 1 after the rest is up.
+    """
     def go() -> None:
-        result = vault.push(folder, dry_run, _ui(as_json))
+        with _refusals(as_json):
+            result = vault.push(folder, dry_run, _ui(as_json), allow_mass_delete)
         _emit(result, as_json, lambda r: (
             f"{'Would upload' if r['dry_run'] else 'Uploaded'} {len(r['uploaded'])}, "
             f"updated {len(r['updated'])}, deleted {len(r['deleted'])}."),
             always=dry_run)
+        _unreadable(result)
     _run(go)
 
 
@@ -163,14 +203,31 @@ def push(folder: str | None, dry_run: bool, as_json: bool) -> None:
 @folder_option
 @json_option
 def pull(folder: str | None, as_json: bool) -> None:
-    """Download and decrypt remote changes."""
+    """Download and decrypt remote changes (refuses without the folder's marker)."""
     def go() -> None:
-        result = vault.pull(folder, _ui(as_json))
+        with _refusals(as_json):
+            result = vault.pull(folder, _ui(as_json))
         _emit(result, as_json, lambda r: (
             f"Downloaded {len(r['downloaded'])}, updated {len(r['updated'])}, "
             f"deleted {len(r['deleted'])}"
             + (f", conflicts: {', '.join(r['conflicts'])}" if r["conflicts"] else "") + "."))
         _path_errors(result)
+    _run(go)
+
+
+@main.command()
+@folder_option
+@json_option
+def mark(folder: str | None, as_json: bool) -> None:
+    """Mark the bound folder, as it is now, as the right one.
+
+    push and pull refuse a folder whose .cloudguard marker is missing (a disk not mounted, a
+    folder moved away and replaced). Run this only when the folder really is the one: the
+    next push then deletes on the remote whatever is missing here.
+    """
+    def go() -> None:
+        result = vault.mark(folder)
+        _emit(result, as_json, lambda r: f"Marked {r['folder']}.", always=True)
     _run(go)
 
 
@@ -190,6 +247,7 @@ def status(folder: str | None, as_json: bool) -> None:
                       for e in r["exposed"]]
             lines += [f"  to push: {p}" for p in r["to_push"]]
             lines += [f"  to pull: {p}" for p in r["to_pull"]]
+            lines += [f"  unreadable, kept as last synced: {p}" for p in r["unreadable"]]
             if not r["to_push"] and not r["to_pull"]:
                 lines.append("  in sync")
             return "\n".join(lines)
@@ -205,10 +263,18 @@ def verify(folder: str | None, read_data: bool, as_json: bool) -> None:
     """Check the remote against the manifest."""
     def go() -> None:
         result = vault.verify(folder, read_data, _ui(as_json))
+        notes = {
+            "data": "every chunk downloaded and authenticated",
+            "md5": "sizes and the backend's MD5 of every object; contents not downloaded "
+                   "(verify --read-data authenticates them)",
+            "md5 and sizes": f"the backend's MD5 of {result['hash_checked']} objects, sizes "
+                             "only of the rest (run verify --read-data)",
+            "sizes": "sizes only: this backend keeps no hashes; run verify --read-data"}
         _emit(result, as_json, lambda r: (
             f"OK: {r['files']} files in {r['objects']} objects"
             + (f", {r['authenticated']} authenticated" if r["read_data"] else "")
-            + (f"; {len(r['unreferenced'])} unreferenced objects" if r["unreferenced"] else "")),
+            + (f"; {len(r['unreferenced'])} unreferenced objects" if r["unreferenced"] else "")
+            + f". Checked: {notes[r['checked']]}."),
             always=True)
     _run(go)
 
@@ -330,8 +396,9 @@ def _show_kit_passphrase(words: str, kit: str) -> None:
 @folder_option
 @click.option("--name", default=None, help="A label for this kit.")
 @click.option("--choose-passphrase", "choose", is_flag=True,
-              help="Use your own passphrase (CLOUDGUARD_PASSPHRASE or a prompt) instead of a "
-                   "generated one; a weak one is refused.")
+              help="Use your own passphrase (CLOUDGUARD_KIT_PASSPHRASE, "
+                   "CLOUDGUARD_KIT_PASSPHRASE_FILE or a prompt) instead of a generated one; a "
+                   "weak one is refused.")
 @json_option
 def key_export(file: str, folder: str | None, name: str | None, choose: bool,
                as_json: bool) -> None:
@@ -407,6 +474,66 @@ def device_remove(device_id: str, folder: str | None, reencrypt: bool, as_json: 
         result = vault.device_remove(folder, device_id, reencrypt, _ui(as_json))
         _emit(result, as_json, lambda r: f"Removed {r['removed']}; key epoch "
               f"{r['epoch']} is current.", always=True)
+    _run(go)
+
+
+@main.command("history")
+@click.argument("path")
+@folder_option
+@json_option
+def history_cmd(path: str, folder: str | None, as_json: bool) -> None:
+    """List the current and kept versions of PATH (replaced or deleted ones stay restorable
+    for the folder's keep_days)."""
+    def go() -> None:
+        result = history.history(folder, path, _ui(as_json))
+
+        def human(r: dict[str, Any]) -> str:
+            lines = [f"{r['path']}: {len(r['versions'])} version(s), kept {r['keep_days']} days"]
+            for v in r["versions"]:
+                size = f"{v['size']} bytes" if v["size"] is not None else v["kind"]
+                when = "current" if v["current"] else f"replaced {v['replaced']}"
+                lines.append(f"  {v['version']}  pushed {v['pushed'] or 'unknown'}  {when}  "
+                             f"{size}  by {v['device']}")
+            return "\n".join(lines)
+        _emit(result, as_json, human, always=True)
+    _run(go)
+
+
+@main.command("restore")
+@click.argument("paths", nargs=-1)
+@click.option("--before", metavar="TIME", default=None,
+              help="Restore what was current at TIME: 2026-12-01T10:00 (local time) or 3h, 2d "
+                   "(ago). Without PATHS: the whole folder.")
+@click.option("--version", "version_id", metavar="ID", default=None,
+              help="Restore this version of one PATH (see cloudguard history).")
+@click.option("--force", is_flag=True, help="Also overwrite local changes never pushed.")
+@folder_option
+@json_option
+def restore_cmd(paths: tuple[str, ...], before: str | None, version_id: str | None,
+                force: bool, folder: str | None, as_json: bool) -> None:
+    """Write earlier versions back into the folder; the next push makes them current."""
+    def go() -> None:
+        result = history.restore(folder, list(paths), before, version_id, force, _ui(as_json))
+        _emit(result, as_json, lambda r: (
+            f"Restored {len(r['restored'])}, already as then {len(r['unchanged'])}, kept "
+            f"{len(r['refused'])} with unpushed changes. Run cloudguard push to make the "
+            "restored versions current on every device."), always=True)
+        if result["refused"]:
+            sys.exit(1)
+    _run(go)
+
+
+@main.command("settings")
+@click.option("--keep-days", type=int, default=None,
+              help="How many days replaced and deleted versions stay restorable (default 30).")
+@folder_option
+@json_option
+def settings_cmd(keep_days: int | None, folder: str | None, as_json: bool) -> None:
+    """Show or change the folder's settings."""
+    def go() -> None:
+        result = vault.settings(folder, keep_days)
+        _emit(result, as_json, lambda r: "\n".join(f"{k} = {v}" for k, v in r.items()),
+              always=True)
     _run(go)
 
 

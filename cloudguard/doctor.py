@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from . import keys as keymod
+from . import remotes
+from .errors import UsageError
+from .remotes import REDACTED
 from .state import Binding, all_bindings, home
 from .transport import rclone_binary
 
@@ -58,6 +61,8 @@ def _marker_hit(folder: Path) -> str | None:
         return None
     for client, markers in MARKERS.items():
         for marker in markers:
+            if marker == ".dropbox" and _dropbox_config(folder / marker):
+                continue  # ~/.dropbox is Dropbox's configuration; info.json names its folder
             if "*" in marker:
                 pattern = re.compile("^" + re.escape(marker).replace(r"\*", ".*") + "$")
                 if any(pattern.match(n) for n in names):
@@ -65,6 +70,13 @@ def _marker_hit(folder: Path) -> str | None:
             elif marker in names:
                 return client
     return None
+
+
+def _dropbox_config(path: Path) -> bool:
+    """Dropbox marks its synced folder with a *file* ``.dropbox``; the *folder* ``.dropbox``
+    (with info.json or instance1) in a home directory is its configuration."""
+    return path.is_dir() and not path.is_symlink() and (
+        (path / "info.json").exists() or any(path.glob("instance*")))
 
 
 def _configured_sync_roots(user_home: Path) -> list[tuple[str, Path]]:
@@ -147,23 +159,24 @@ _SHARE_KEYS = ("acl", "bucket_acl", "object_acl", "link_scope", "link_type", "pu
 
 
 def check_sharing(binding: Binding) -> list[Finding]:
-    remote = binding.remote
+    remote = remotes.redact(binding.remote)
     options: dict[str, str] = {}
-    if remote.startswith(":"):
-        head = remote[1:].split(":", 1)[0]
-        for part in head.split(",")[1:]:
-            key, _, value = part.partition("=")
-            options[key.strip()] = value.strip().strip("'\"")
-    elif ":" in remote and not remote.startswith("/"):
-        name = remote.split(":", 1)[0]
-        options = _rclone_config(name)
+    try:
+        spec = remotes.parse(binding.remote)
+    except UsageError as exc:
+        return [Finding("warning", "sharing", str(exc), "quote option values that hold ',' "
+                        "or ':' with ' or \"")]
+    if spec.name and not spec.name.startswith(":"):
+        options = _rclone_config(spec.name)  # a configured remote, then its inline overrides
+    options.update(spec.options)
     for env, value in os.environ.items():
         if env.startswith("RCLONE_") and env.endswith(("_ACL", "_BUCKET_ACL")):
             options[env.lower()] = value
     risky = {k: v for k, v in options.items()
              if any(k.endswith(s) for s in _SHARE_KEYS) and _PUBLIC.search(v)}
     if risky:
-        detail = ", ".join(f"{k}={v}" for k, v in sorted(risky.items()))
+        detail = ", ".join(f"{k}={REDACTED if remotes.is_secret(k) else v}"
+                           for k, v in sorted(risky.items()))
         return [Finding("warning", "sharing", f"remote {remote} makes objects public ({detail})",
                         "set acl=private and bucket_acl=private in the rclone config, and "
                         "turn off public links")]

@@ -5,6 +5,7 @@
     ├── KeyError_ (1)           keyring or passphrase problems
     ├── TransportError (1)      rclone failed
     ├── FileChangedError (1)    a file changed while it was read
+    ├── GuardError (1)          a push or pull refused to protect the folder (marker, mass delete)
     └── IntegrityError (3)      tampered, truncated, swapped, rolled back or missing data
 """
 
@@ -33,6 +34,18 @@ class TransportError(CloudguardError):
 
 class FileChangedError(CloudguardError):
     """A file changed while it was being encrypted; it is retried on the next push."""
+
+
+class GuardError(CloudguardError):
+    """A push or pull that could lose files, refused before it deleted or wrote anything.
+
+    ``code`` and ``details`` make the refusal machine-readable (``--json``).
+    """
+
+    def __init__(self, message: str, code: str, **details: object) -> None:
+        super().__init__(message)
+        self.code = code
+        self.details = details
 
 
 class IntegrityError(CloudguardError):

@@ -45,25 +45,74 @@ def scrypt_log_n(default: int) -> int:
     return default if TEST_KDF_LOG_N is None else TEST_KDF_LOG_N
 
 
+# Where a passphrase comes from without a prompt: the device key file has its own variables,
+# a recovery kit its own, so that one is never silently taken for the other.
+DEVICE_PASSPHRASE_VAR = "CLOUDGUARD_PASSPHRASE"
+KIT_PASSPHRASE_VAR = "CLOUDGUARD_KIT_PASSPHRASE"
+DEVICE_KEY_FILE = "this device's key file"
+PROMPT_ATTEMPTS = 3
+
+
+def passphrase_from_env(var: str) -> str | None:
+    """``$VAR``, else the first line of the file ``$VAR_FILE`` (a secret kept out of the
+    environment, as with docker's ``*_FILE`` convention); None when neither is set."""
+    value = os.environ.get(var)
+    file_var = f"{var}_FILE"
+    path = os.environ.get(file_var)
+    if value and path:
+        raise UsageError(f"both {var} and {file_var} are set; use one")
+    if value:
+        return value
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            line = handle.readline()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UsageError(f"cannot read the passphrase from {file_var}={path}: {why}") from exc
+    line = line.rstrip("\r\n")
+    if not line:
+        raise UsageError(f"{file_var}={path}: the first line is empty; it must hold the "
+                         "passphrase")
+    return line
+
+
 def get_passphrase(purpose: str, confirm: bool = False,
-                   hint: str = passphrases.GENERATED_HINT) -> str:
-    """confirm=True means a new passphrase is being chosen: asked twice, and refused if weak
-    (hint says where a strong one comes from). Reading an existing file never checks."""
-    env = os.environ.get("CLOUDGUARD_PASSPHRASE")
-    if env:
-        first = env
-    elif not sys.stdin.isatty():
-        raise KeyStoreError(f"a passphrase is needed for {purpose}: set CLOUDGUARD_PASSPHRASE "
+                   hint: str = passphrases.GENERATED_HINT,
+                   var: str = DEVICE_PASSPHRASE_VAR) -> str:
+    """The passphrase for ``purpose`` from ``$var`` or ``$var_FILE``, else asked for.
+
+    confirm=True means a new passphrase is being chosen: refused if weak (hint says where a
+    strong one comes from), and asked twice at a prompt. A prompt asks again after a typo (an
+    empty, weak or mismatched answer), PROMPT_ATTEMPTS times in all, as passwd does. Reading
+    an existing file never checks strength.
+    """
+    given = passphrase_from_env(var)
+    if given is not None:
+        if confirm:
+            passphrases.require_strong(given, purpose, hint)
+        return given
+    if not sys.stdin.isatty():
+        raise KeyStoreError(f"a passphrase is needed for {purpose}: set {var} (or {var}_FILE) "
                             "or run on a terminal")
-    else:
-        first = getpass.getpass(f"Passphrase for {purpose}: ")
-        if not first:
-            raise UsageError("an empty passphrase is not allowed")
-    if confirm:
-        passphrases.require_strong(first, purpose, hint)
-        if not env and getpass.getpass("Repeat passphrase: ") != first:
-            raise UsageError("the passphrases do not match")
-    return first
+    label = f"{'New passphrase' if confirm else 'Passphrase'} for {purpose}"
+    for attempt in range(1, PROMPT_ATTEMPTS + 1):
+        try:
+            first = getpass.getpass(f"{label}: ")
+            if not first:
+                raise UsageError("an empty passphrase is not allowed")
+            if not confirm:
+                return first
+            passphrases.require_strong(first, purpose, hint)
+            if getpass.getpass(f"Repeat the new passphrase for {purpose}: ") != first:
+                raise UsageError(f"the two passphrases for {purpose} do not match")
+            return first
+        except UsageError as exc:
+            if attempt == PROMPT_ATTEMPTS:
+                raise
+            print(f"cloudguard: {exc}; try again", file=sys.stderr)
+    raise AssertionError("unreachable")
 
 
 # --- where the device private key lives ---------------------------------------------------
@@ -144,7 +193,7 @@ class DeviceKey:
                 raise KeyStoreError(f"cannot store the device key in the keyring: {exc}") from exc
         else:
             doc = fmt.seal_with_passphrase(
-                raw, get_passphrase("the device key file", confirm=True),
+                raw, get_passphrase(DEVICE_KEY_FILE, confirm=True),
                 {"cloudguard": "device-key", "account": self.account},
                 log_n=scrypt_log_n(17))
             write_private_json(self.file_path, doc)
@@ -173,7 +222,7 @@ class DeviceKey:
             except (OSError, ValueError) as exc:
                 raise KeyStoreError(f"cannot read device key file {self.file_path}: {exc}") from exc
             try:
-                raw = fmt.open_with_passphrase(doc, get_passphrase("the device key file"))
+                raw = fmt.open_with_passphrase(doc, get_passphrase(DEVICE_KEY_FILE))
             except IntegrityError as exc:
                 raise KeyStoreError(f"wrong passphrase for {self.file_path} (or the file is "
                                     "damaged)") from exc

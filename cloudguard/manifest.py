@@ -24,6 +24,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,14 @@ CREATE TABLE IF NOT EXISTS entries (path TEXT NOT NULL, dot TEXT NOT NULL, e TEX
 CREATE TABLE IF NOT EXISTS ctx (device TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS segments (name TEXT PRIMARY KEY, size INTEGER NOT NULL,
     sha256 TEXT NOT NULL, ctx TEXT);
+CREATE TABLE IF NOT EXISTS attic (path TEXT NOT NULL, dot TEXT NOT NULL, e TEXT NOT NULL,
+    o TEXT, a INTEGER, n INTEGER, gone INTEGER NOT NULL, PRIMARY KEY (path, dot)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
 """
+
+# Objects that hold a blob someone may still read: current versions and the version history.
+_HELD = "SELECT o, a, n FROM entries WHERE o IS NOT NULL UNION ALL " \
+        "SELECT o, a, n FROM attic WHERE o IS NOT NULL"
 
 
 def _dump(entry: Entry) -> str:
@@ -187,6 +195,13 @@ class State:
                               (path, dot)).fetchone()
         return json.loads(row[0]) if row else None
 
+    def version(self, path: str, dot: str) -> Entry | None:
+        """One version, current or kept in the history."""
+        found = self.entry(path, dot)
+        if found is None:
+            found = next((e for _p, _d, e, _g in self._kept(path, dot)), None)
+        return found
+
     def count_files(self) -> int:
         return int(self.db.execute(
             "SELECT COUNT(DISTINCT path) FROM entries WHERE o IS NOT NULL").fetchone()[0])
@@ -197,21 +212,73 @@ class State:
             "SELECT path FROM entries GROUP BY path HAVING COUNT(*) > 1 ORDER BY path")]
 
     def live_objects(self) -> set[str]:
-        return {r[0] for r in self.db.execute(
-            "SELECT DISTINCT o FROM entries WHERE o IS NOT NULL")}
+        """Objects garbage collection keeps: current versions and the version history."""
+        return {r[0] for r in self.db.execute(f"SELECT DISTINCT o FROM ({_HELD})")}
 
     def usage(self) -> dict[str, tuple[int, int]]:
         """Object id -> (live blob bytes, lowest offset): what repacking decides on."""
         return {o: (int(n), int(a)) for o, n, a in self.db.execute(
-            "SELECT o, SUM(n), MIN(a) FROM entries WHERE o IS NOT NULL GROUP BY o")}
+            f"SELECT o, SUM(n), MIN(a) FROM ({_HELD}) GROUP BY o")}
 
     def in_objects(self, objects: Iterable[str]) -> list[tuple[str, str, Entry]]:
-        """(path, dot, entry) of every blob stored in one of ``objects``."""
+        """(path, dot, entry) of every blob stored in one of ``objects``, history included
+        (a repack that left a history blob behind would lose it)."""
         out: list[tuple[str, str, Entry]] = []
         for o in sorted(set(objects)):
-            out += [(p, d, json.loads(e)) for p, d, e in self.db.execute(
-                "SELECT path, dot, e FROM entries WHERE o = ? ORDER BY path, dot", (o,))]
+            for table in ("entries", "attic"):
+                out += [(p, d, json.loads(e)) for p, d, e in self.db.execute(
+                    f"SELECT path, dot, e FROM {table} WHERE o = ? ORDER BY path, dot", (o,))]
         return out
+
+    # --- version history ----------------------------------------------------------------------
+
+    @property
+    def floor(self) -> int:
+        """History replaced before this time (unix seconds) is gone for good: re-encryption
+        sets it, so no device brings back content under keys a removed member knew."""
+        row = self.db.execute("SELECT v FROM meta WHERE k = 'floor'").fetchone()
+        return int(row[0]) if row else 0
+
+    def raise_floor(self, when: int) -> None:
+        if when > self.floor:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('floor', ?)", (when,))
+            self.db.execute("DELETE FROM attic WHERE gone <= ?", (when,))
+
+    def to_attic(self, path: str, dot: str, entry: Entry, gone: int) -> None:
+        """Keep a replaced or deleted version. The same version reached two ways (a delta and
+        a snapshot) keeps the earliest time, so every device converges."""
+        floor = self.floor
+        if floor and gone <= floor:
+            return
+        row = self.db.execute("SELECT e, gone FROM attic WHERE path = ? AND dot = ?",
+                              (path, dot)).fetchone()
+        if row is not None:
+            entry = newer_location(json.loads(row[0]), entry)
+            gone = min(gone, int(row[1]))
+        is_file = entry.get("t") == "f"
+        self.db.execute("INSERT OR REPLACE INTO attic VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (path, dot, _dump(entry), entry.get("o") if is_file else None,
+                         entry.get("a") if is_file else None,
+                         entry.get("n") if is_file else None, gone))
+
+    def attic(self, path: str | None = None) -> Iterator[tuple[str, str, Entry, int]]:
+        """(path, dot, entry, replaced at) of kept versions, of one path or of all."""
+        query = "SELECT path, dot, e, gone FROM attic"
+        rows = (self.db.execute(query + " WHERE path = ? ORDER BY gone", (path,))
+                if path is not None else self.db.execute(query + " ORDER BY path, gone"))
+        for p, d, e, g in rows:
+            yield p, d, json.loads(e), int(g)
+
+    def attic_payload(self) -> dict[str, dict[str, dict[str, Any]]]:
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for p, d, e, g in self.attic():
+            out.setdefault(p, {})[d] = {"e": e, "g": g}
+        return out
+
+    def prune_attic(self, before: int) -> int:
+        """Forget versions replaced before ``before``; their objects become garbage."""
+        with self.transaction():
+            return self.db.execute("DELETE FROM attic WHERE gone < ?", (before,)).rowcount
 
     def dominates(self, ctx: dict[str, int]) -> bool:
         return all(self.ctx.get(d, 0) >= s for d, s in ctx.items())
@@ -229,7 +296,10 @@ class State:
     def _drop(self, path: str, dot: str) -> None:
         self.db.execute("DELETE FROM entries WHERE path = ? AND dot = ?", (path, dot))
 
-    def apply_delta(self, device: str, seq: int, ops: list[dict[str, Any]]) -> None:
+    def apply_delta(self, device: str, seq: int, ops: list[dict[str, Any]], when: int = 0
+                    ) -> None:
+        """``when`` (the delta's time) is when the versions it replaces left: history keeps
+        them from then on for the keep period."""
         dot = dot_of(device, seq)
         with self.transaction():
             for op in ops:
@@ -245,9 +315,12 @@ class State:
                         if now is not sibs[moved]:
                             sibs[moved] = now
                             self.put_entry(path, moved, now)
+                    else:
+                        for _p, _d, kept, gone in self._kept(path, moved):
+                            self.to_attic(path, moved, {**kept, **loc}, gone)
                 for old in rm:
                     if old in sibs:
-                        del sibs[old]
+                        self.to_attic(path, old, sibs.pop(old), when)
                         self._drop(path, old)
                 entry = op.get("e")
                 if entry is not None:
@@ -256,13 +329,23 @@ class State:
                     self.put_entry(path, dot, entry)
             self.ctx[device] = max(self.ctx.get(device, 0), seq)
 
-    def merge(self, other: State) -> None:
-        self.merge_snapshot(other.ctx, other.items())
+    def _kept(self, path: str, dot: str) -> list[tuple[str, str, Entry, int]]:
+        return [(path, dot, json.loads(e), int(g)) for e, g in self.db.execute(
+            "SELECT e, gone FROM attic WHERE path = ? AND dot = ?", (path, dot))]
 
-    def merge_snapshot(self, ctx: dict[str, int], paths: Iterable[tuple[str, Siblings]]
-                       ) -> None:
-        """Observed-remove merge: a dot one side lacks but has seen was deleted there."""
+    def merge(self, other: State) -> None:
+        self.merge_snapshot(other.ctx, other.items(), other.attic_payload(), other.floor)
+
+    def merge_snapshot(self, ctx: dict[str, int], paths: Iterable[tuple[str, Siblings]],
+                       attic: dict[str, dict[str, dict[str, Any]]] | None = None,
+                       floor: int = 0, when: int = 0) -> None:
+        """Observed-remove merge: a dot one side lacks but has seen was deleted there (and
+        joins the history as of ``when``, the snapshot's time). Histories are unions."""
         with self.transaction():
+            self.raise_floor(floor)
+            for path, kept in (attic or {}).items():
+                for dot, row in kept.items():
+                    self.to_attic(path, dot, row["e"], int(row["g"]))
             empty = not self.ctx and not self.has_any()
             theirs_paths: set[str] = set()
             for path, theirs in paths:
@@ -270,6 +353,7 @@ class State:
                 mine = {} if empty else self.siblings(path)
                 for dot in mine:
                     if dot not in theirs and covered(dot, ctx):
+                        self.to_attic(path, dot, mine[dot], when)
                         self._drop(path, dot)
                 for dot, entry in theirs.items():
                     if dot in mine:
@@ -278,8 +362,10 @@ class State:
                     elif not covered(dot, self.ctx):
                         self.put_entry(path, dot, entry)
             if not empty:
-                for path, dot in self.db.execute("SELECT path, dot FROM entries").fetchall():
+                for path, dot, e in self.db.execute(
+                        "SELECT path, dot, e FROM entries").fetchall():
                     if path not in theirs_paths and covered(dot, ctx):
+                        self.to_attic(path, dot, json.loads(e), when)
                         self._drop(path, dot)
             for device, seq in ctx.items():
                 self.ctx[device] = max(self.ctx.get(device, 0), seq)
@@ -305,6 +391,8 @@ class State:
         with self.transaction():
             self.db.execute("DELETE FROM entries")
             self.db.execute("DELETE FROM segments")
+            self.db.execute("DELETE FROM attic")
+            self.db.execute("DELETE FROM meta")
             self.ctx = {}
 
 
@@ -476,14 +564,20 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
         for name, payload in sorted(snaps.items()):
             ctx = _ctx(payload.get("ctx"))
             paths = _paths(payload.get("paths"))
+            kept = _attic(payload.get("attic"))
             if _late(ctx, limit):
                 skip_log.append(f"manifest segment {name} holds writes of a removed member "
                                 "past its removal; they are left out")
                 ctx = _clamp(ctx, limit)
                 paths = {p: {d: e for d, e in sibs.items() if not _late_dot(d, limit)}
                          for p, sibs in paths.items()}
+                kept = {p: {d: r for d, r in rows.items() if not _late_dot(d, limit)}
+                        for p, rows in kept.items()}
             if not state.dominates(ctx):
-                state.merge_snapshot(ctx, paths.items())
+                state.merge_snapshot(ctx, paths.items(), kept, _floor(payload),
+                                     time_of(payload))
+            elif kept or _floor(payload) > state.floor:
+                state.merge_snapshot({}, (), kept, _floor(payload))  # history only
             state.mark_consumed(name, listing[name], heads_hash[name], ctx)
 
         pending: dict[str, dict[int, str]] = {}
@@ -519,7 +613,7 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
                 deps = _clamp(deps, limit)
                 if not state.dominates({d: s for d, s in deps.items() if d != dev}):
                     continue
-                state.apply_delta(dev, nxt, check_ops(payload.get("ops")))
+                state.apply_delta(dev, nxt, check_ops(payload.get("ops")), time_of(payload))
                 state.mark_consumed(found, listing[found], heads_hash[found])
                 del pending[dev][nxt]
                 progress = True
@@ -654,6 +748,38 @@ def _still_valid(consumed: dict[str, tuple[int, str, dict[str, int] | None]],
     return True
 
 
+def time_of(payload: dict[str, Any]) -> int:
+    """A segment's time (unix seconds): when the versions it replaced joined the history."""
+    try:
+        return int(datetime.fromisoformat(str(payload.get("created"))).timestamp())
+    except ValueError as exc:
+        raise IntegrityError("manifest segment has a malformed time") from exc
+
+
+def _floor(payload: dict[str, Any]) -> int:
+    raw = payload.get("floor", 0)
+    if type(raw) is not int or raw < 0:
+        raise IntegrityError("manifest snapshot has a malformed history floor")
+    return raw
+
+
+def _attic(raw: object) -> dict[str, dict[str, dict[str, Any]]]:
+    """A snapshot's version history: {path: {dot: {"e": entry, "g": replaced at}}}."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise IntegrityError("manifest snapshot has a malformed history")
+    for rows in raw.values():
+        if not isinstance(rows, dict):
+            raise IntegrityError("manifest snapshot has a malformed history")
+        for dot, row in rows.items():
+            if (not isinstance(dot, str) or not _DOT.match(dot) or not isinstance(row, dict)
+                    or set(row) != {"e", "g"} or type(row["g"]) is not int or row["g"] < 0):
+                raise IntegrityError("manifest snapshot has a malformed history")
+            check_entry(row["e"])
+    return raw
+
+
 def _ctx(raw: object) -> dict[str, int]:
     if not isinstance(raw, dict):
         raise IntegrityError("manifest segment has no version vector")
@@ -667,12 +793,14 @@ def _ctx(raw: object) -> dict[str, int]:
 
 _DOT = re.compile(r"^[0-9a-f]{16}:[0-9]{1,12}$")
 _OBJECT_ID = re.compile(r"^[0-9a-f]{32}$")
+_WRITER = re.compile(r"^[0-9a-f]{16}$")
 _FIELD_TYPES: dict[str, type] = {
     "t": str, "s": int, "m": int, "x": int, "h": str, "o": str, "a": int, "n": int,
-    "i": str, "k": str, "g": str, "w": str, "l": str, "r": int, "om": str,
+    "i": str, "k": str, "g": str, "w": str, "l": str, "r": int, "om": str, "pt": int,
+    "lc": int, "wb": str,
 }
 _FILE_FIELDS = frozenset(("o", "a", "n", "i", "k", "g", "h"))
-_UNSIGNED = frozenset(("s", "x", "a", "n", "r"))
+_UNSIGNED = frozenset(("s", "x", "a", "n", "r", "pt", "lc"))
 
 
 def check_entry(entry: object) -> Entry:
@@ -687,6 +815,9 @@ def check_entry(entry: object) -> Entry:
         if want is None or type(value) is not want or (
                 key in _UNSIGNED and value < 0):  # type: ignore[operator]  # "m" may be < 0
             raise IntegrityError("manifest entry is malformed")
+    writer = entry.get("wb")
+    if writer is not None and not _WRITER.match(writer):
+        raise IntegrityError("manifest entry is malformed")
     kind = entry.get("t")
     if kind == "f":
         if not _FILE_FIELDS <= entry.keys() or not _OBJECT_ID.match(entry["o"]):
@@ -710,9 +841,12 @@ def _check_segment(name: str, payload: dict[str, Any]) -> None:
     :func:`load` calls on them) do not check them a second time (100,000 entries take a
     second)."""
     try:
+        time_of(payload)
         if payload.get("kind") == "snapshot":
             _ctx(payload.get("ctx"))
             payload["paths"] = _CheckedPaths(_paths(payload.get("paths")))
+            _attic(payload.get("attic"))
+            _floor(payload)
         else:
             _ctx(payload.get("deps"))
             payload["ops"] = _CheckedOps(check_ops(payload.get("ops")))
@@ -772,4 +906,5 @@ def snapshot_payload(device: str, seq: int, state: State, prev: str | None = Non
     """The whole state with ``device`` at ``seq``; the caller records that seq once uploaded.
     ``prev`` (the writer's previous segment's hash) chains snapshots like deltas."""
     return {"kind": "snapshot", "device": device, "seq": seq, "ctx": {**state.ctx, device: seq},
-            "prev": prev, "created": now_iso(), "paths": dict(state.items())}
+            "prev": prev, "created": now_iso(), "paths": dict(state.items()),
+            "attic": state.attic_payload(), "floor": state.floor}

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import platformdirs
 
-from .errors import CloudguardError, UsageError
+from .errors import CloudguardError, GuardError, UsageError
 
 
 def home() -> Path:
@@ -40,6 +40,9 @@ def bindings_root() -> Path:
     return path
 
 
+MAX_KEEP_DAYS = 3650
+
+
 @dataclass
 class Binding:
     """One plaintext folder bound to one vault on one remote, as this device."""
@@ -53,6 +56,12 @@ class Binding:
     keystore: str
     padding: str
     enrolled: bool = True
+    keep_days: int = 30  # how long replaced and deleted versions stay restorable
+
+    def __post_init__(self) -> None:
+        if type(self.keep_days) is not int or not 0 <= self.keep_days <= MAX_KEEP_DAYS:
+            raise CloudguardError(f"binding {self.id}: keep_days = {self.keep_days!r} is not a "
+                                  f"whole number of days from 0 to {MAX_KEEP_DAYS}")
 
     @property
     def dir(self) -> Path:
@@ -89,6 +98,74 @@ def write_private(path: Path, data: bytes) -> None:
         with suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+MARKER = ".cloudguard"  # sync.MARKER_DIR: the folder marker, beside the staging folder
+MARKER_FILE = "folder.json"
+
+
+def _marker_path(folder: Path) -> Path:
+    return folder / MARKER / MARKER_FILE
+
+
+def write_marker(binding: Binding) -> Path:
+    """Mark the bound folder as this binding's. It holds the binding id alone (a random local
+    name, no vault, remote, device or key), so a marker copied from another folder is told
+    apart and nothing about the vault leaks to whoever reads the folder."""
+    folder = Path(binding.folder)
+    where = folder / MARKER
+    try:
+        os.mkdir(where, 0o700)
+    except FileExistsError:
+        if not where.is_dir() or where.is_symlink():
+            raise CloudguardError(f"{where} is in the way of cloudguard's folder marker; move "
+                                  "it away and try again") from None
+    doc = {"cloudguard": "folder marker: push and pull refuse to run without it",
+           "binding": binding.id}
+    write_private(where / MARKER_FILE, json.dumps(doc, indent=1).encode() + b"\n")
+    return where / MARKER_FILE
+
+
+def remove_marker(binding: Binding) -> None:
+    """Undo :func:`write_marker` for a binding being forgotten (only if the marker is its)."""
+    where = Path(binding.folder) / MARKER
+    if marker_binding(Path(binding.folder)) != binding.id:
+        return
+    _marker_path(Path(binding.folder)).unlink(missing_ok=True)
+    for empty in (where / "staging", where):
+        with suppress(OSError):
+            empty.rmdir()
+
+
+def marker_binding(folder: Path) -> str | None:
+    """The binding id the folder's marker names, None without a (readable) marker."""
+    try:
+        doc = json.loads(_marker_path(folder).read_bytes())
+    except (OSError, ValueError):
+        return None
+    value = doc.get("binding") if isinstance(doc, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def check_marker(binding: Binding) -> None:
+    """Refuse to sync a folder that is not the one bound: a disk not mounted, or a folder moved
+    away and replaced, would otherwise look like every file was deleted."""
+    folder = Path(binding.folder)
+    fix = (f"mount its disk or move the folder back; if {folder} is right as it is, run "
+           f"'cloudguard mark -C {folder}'")
+    if not folder.is_dir():
+        raise GuardError(f"the bound folder {folder} does not exist: is its disk mounted? "
+                         f"Nothing was changed; mount the disk or move the folder back",
+                         "folder-missing", folder=str(folder))
+    if not _marker_path(folder).exists():
+        raise GuardError(f"{folder} has no cloudguard marker ({MARKER}/{MARKER_FILE}): is it "
+                         f"the bound folder? Nothing was changed; {fix}", "marker-missing",
+                         folder=str(folder))
+    found = marker_binding(folder)
+    if found != binding.id:
+        raise GuardError(f"{folder}/{MARKER}/{MARKER_FILE} is not this folder's marker "
+                         f"(unreadable, or copied from another cloudguard folder). Nothing was "
+                         f"changed; {fix}", "marker-mismatch", folder=str(folder))
 
 
 def all_bindings() -> list[Binding]:
@@ -203,6 +280,10 @@ class Index:
     def dots(self) -> dict[str, str]:
         """path -> the dot last synced: what a pull compares with the remote's."""
         return dict(self.db.execute("SELECT path, dot FROM files"))
+
+    def count_files(self) -> int:
+        """Synced files and symlinks (not folders): what the mass-delete guard compares."""
+        return int(self.db.execute("SELECT COUNT(*) FROM files WHERE kind != 'd'").fetchone()[0])
 
     def rows_for(self, paths: Iterable[str]) -> dict[str, IndexRow]:
         wanted = list(paths)

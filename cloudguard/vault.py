@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from . import audit, chain, limits, sync, trust
+from . import audit, chain, folding, limits, remotes, sync, trust
 from . import format as fmt
 from . import keys as keymod
 from . import manifest as mf
@@ -34,13 +34,26 @@ from .chain import Secret
 from .errors import (
     CloudguardError,
     FileChangedError,
+    GuardError,
     IntegrityError,
     KeyStoreError,
     UsageError,
     named,
 )
 from .keys import DeviceKey, now_iso
-from .state import Binding, Index, IndexRow, check_unbound, find_binding, folder_lock, signature
+from .state import (
+    MAX_KEEP_DAYS,
+    Binding,
+    Index,
+    IndexRow,
+    check_marker,
+    check_unbound,
+    find_binding,
+    folder_lock,
+    remove_marker,
+    signature,
+    write_marker,
+)
 from .transport import MissingObject, RcloneTransport, Transport
 
 T = TypeVar("T")
@@ -57,6 +70,8 @@ class UI:
     warn: Callable[[str], None] = lambda _m: None
     progress: Callable[[str, int], AbstractContextManager[Callable[[int], None]]] = (
         lambda _d, _t: nullcontext(lambda _n: None))
+    # asks a yes/no question on a terminal; None (scripts, --json, tests): the answer is no
+    confirm: Callable[[str], bool] | None = None
 
 
 def gc_grace() -> float:
@@ -108,6 +123,7 @@ class Session:
     segment_cache: mf.SegmentCache
     committed: list[str] = field(default_factory=list)
     prescan: Callable[[], Scanned] | None = None
+    unreadable: list[str] = field(default_factory=list)  # paths the last scan could not read
 
     @property
     def folder(self) -> Path:
@@ -151,10 +167,25 @@ class Session:
         consumed = self.state.consumed()
         dh = {dev: digest for dev, at in deps.items()  # fork consistency: name it by hash
               if (digest := mf.applied_hash(consumed, dev, at)) is not None}
-        name, seq, digest = self.write_segment(
-            "d", lambda seq: mf.delta_payload(own, seq, deps, prev, ops, dh))
+        now = int(time.time())
+        lamport = sum(self.state.ctx.values()) + 1  # grows along every causal chain
+        for op in ops:
+            if op.get("e") is not None and "reloc" not in op:
+                entry = op["e"]
+                entry["pt"] = now  # when this version was pushed: what restore goes by
+                # new content gets its writer and causal time; a metadata-only change or a
+                # conflict copy keeps those of the content it carries (sync.resolve_siblings)
+                entry.setdefault("lc", lamport)
+                entry.setdefault("wb", own)
+        made: list[dict[str, Any]] = []
+
+        def payload(seq: int) -> dict[str, Any]:
+            made.append(mf.delta_payload(own, seq, deps, prev, ops, dh))
+            return made[-1]
+
+        name, seq, digest = self.write_segment("d", payload)
         with self.state.transaction():
-            self.state.apply_delta(own, seq, ops)
+            self.state.apply_delta(own, seq, ops, mf.time_of(made[-1]))
             self.state.mark_consumed(name, self.listing[name], digest)
         self.index.set_meta("seen", self.state.ctx)
         self.index.set_meta("pending_segment", None)
@@ -257,26 +288,30 @@ def _in_background(work: Callable[[], T]) -> Callable[[], T]:
     return result
 
 
-Scanned = tuple[dict[str, sync.LocalItem], list[str], list[Path]]  # items, warnings, leftovers
+Scanned = tuple[dict[str, sync.LocalItem], list[str], list[str]]  # items, warnings, unreadable
 
 
 def _start_scan(folder: Path) -> Callable[[], Scanned]:
     """The folder scan, started as soon as the folder lock is held: it runs while the session
     mostly waits for rclone and the keyring, instead of after them."""
     warnings: list[str] = []
-    leftovers: list[Path] = []
-    return _in_background(lambda: (sync.scan(folder, warnings.append, leftovers), warnings,
-                                   leftovers))
+    unreadable: list[str] = []
+    return _in_background(lambda: (sync.scan(folder, warnings.append, unreadable), warnings,
+                                   unreadable))
 
 
 @contextmanager
 def session(folder: str | None, ui: UI | None = None, refetch: bool = False,
-            scan: bool = False, tolerate: frozenset[str] = frozenset()) -> Iterator[Session]:
+            scan: bool = False, tolerate: frozenset[str] = frozenset(),
+            guard: bool = False) -> Iterator[Session]:
     """``refetch`` ignores every local cache (segments and merged state), so verify
     re-authenticates every segment and rebuilds the manifest from them. ``scan`` starts
-    scanning the folder at once, for operations that will (:func:`_scan`)."""
+    scanning the folder at once, for operations that will (:func:`_scan`). ``guard`` (push,
+    pull) refuses a folder without its marker before anything else happens."""
     binding = find_binding(folder)
     with folder_lock(binding):
+        if guard:
+            check_marker(binding)
         prescan = (_start_scan(Path(binding.folder))
                    if scan and Path(binding.folder).is_dir() else None)
         index = Index(binding.dir / "index.db")
@@ -466,18 +501,38 @@ def _check_folder(folder: str) -> Path:
     return resolved
 
 
+def _check_apart(folder: str, transport: RcloneTransport) -> None:
+    """Refuse a local remote inside the folder (every push would encrypt the vault into
+    itself) and a folder inside a local remote (its plaintext would sit among the remote's
+    objects, where a sync client or a backup of the remote takes it)."""
+    root = transport.local_root()
+    if root is None:
+        return
+    path = Path(folder).expanduser().resolve()
+    root = root.resolve()
+    where = transport.remote if str(root) == transport.remote else f"{transport.remote} ({root})"
+    if root.is_relative_to(path):
+        raise UsageError(f"the remote {where} is inside the folder {path}: every push would "
+                         "encrypt the vault into itself; choose a remote outside the folder")
+    if path.is_relative_to(root):
+        raise UsageError(f"the folder {path} is inside the local remote {where}: its plaintext "
+                         "would sit in the remote; choose a folder outside the remote")
+
+
 def init_vault(folder: str, remote: str, padding: str = "padme", name: str | None = None
                ) -> dict[str, Any]:
     if padding not in ("padme", "none"):
         raise UsageError(f"--padding {padding!r}: use padme or none")
-    path = _check_folder(folder)
     transport = RcloneTransport(remote)
+    _check_apart(folder, transport)
+    path = _check_folder(folder)
     existing = transport.list()
     if DESCRIPTOR in existing:
-        raise UsageError(f"{transport.remote} already holds a cloudguard vault; use "
-                         "cloudguard clone")
+        raise UsageError(f"{remotes.redact(transport.remote)} already holds a cloudguard "
+                         "vault; use cloudguard clone")
     if existing:
-        raise UsageError(f"{transport.remote} is not empty; give an empty folder or bucket path")
+        raise UsageError(f"{remotes.redact(transport.remote)} is not empty; give an empty folder "
+                         "or bucket path")
     secret = Secret.generate()
     rid = keymod.new_member_id()
     device_name = name or socket.gethostname()
@@ -496,12 +551,13 @@ def init_vault(folder: str, remote: str, padding: str = "padme", name: str | Non
     transport.put_bytes(DESCRIPTOR, descriptor)
     trust.write(transport, None, genesis, data, keyobj)
     binding.save()
+    write_marker(binding)
     index = Index(binding.dir / "index.db")
     index.set_meta("verified", [vault_id])
     index.set_meta("wrapped_under", genesis.kek)  # nothing to re-wrap in a new vault
     index.close()
     audit.record("init", vault=vault_id, device=binding.device)
-    return {"folder": str(path), "remote": transport.remote, "vault": vault_id,
+    return {"folder": str(path), "remote": remotes.redact(transport.remote), "vault": vault_id,
             "vault_code": fmt.vault_code(vault_id), "device": binding.device,
             "keystore": binding.keystore}
 
@@ -517,6 +573,7 @@ def clone_vault(remote: str, folder: str, kit: str | None = None, name: str | No
     except BaseException:
         for binding in made:
             if binding.enrolled or kit is not None:
+                remove_marker(binding)
                 _forget_binding(binding)
         if not existed and path.is_dir() and not any(path.iterdir()):
             path.rmdir()
@@ -554,15 +611,29 @@ def _find_vault(listing: dict[str, int], remote: str, wanted: str | None,
     return matching[0]
 
 
+# What a vault leaves on its remote. A remote with none of them was never a vault (a wrong name
+# or path: exit 1); one with some but a missing or bad descriptor or chain is exit 3.
+_VAULT_PREFIXES = (chain.KEYS_PREFIX, mf.PREFIX, sync.DATA_PREFIX, keymod.ENROLL_PREFIX)
+
+
+def _holds_vault(listing: dict[str, int]) -> bool:
+    return DESCRIPTOR in listing or any(n.startswith(_VAULT_PREFIXES) for n in listing)
+
+
 def _clone(remote: str, path: Path, kit: str | None, name: str | None, ui: UI | None,
            made: list[Binding], vault_code: str | None) -> dict[str, Any]:
     transport = RcloneTransport(remote)
+    _check_apart(str(path), transport)
     listing = {n: o.size for n, o in transport.list().items()}
+    if not _holds_vault(listing):
+        raise CloudguardError(f"no vault at {transport.remote}: it holds no {DESCRIPTOR} and "
+                              "no vault objects; check the remote name and path")
     raw = listing_descriptor(transport.get_bytes, listing, transport.remote)
     doc = parse_descriptor(raw, transport.remote)
     opened = None
-    if kit is not None:
-        opened = keymod.read_kit(Path(kit), keymod.get_passphrase(f"recovery kit {kit}"))
+    if kit is not None:  # the kit's passphrase first: this device's new one is asked after
+        opened = keymod.read_kit(Path(kit), keymod.get_passphrase(
+            f"the recovery kit {kit}", var=keymod.KIT_PASSPHRASE_VAR))
     vault_id = _find_vault(listing, transport.remote, opened.vault if opened else None,
                            vault_code)
     binding = _new_binding(path, transport.remote, vault_id, str(doc.get("padding", "padme")),
@@ -576,6 +647,7 @@ def _clone(remote: str, path: Path, kit: str | None, name: str | None, ui: UI | 
         fp = chain.read_request(request).fingerprint
         transport.put_bytes(f"{keymod.ENROLL_PREFIX}{binding.device}", request)
         binding.save()
+        write_marker(binding)
         index = Index(binding.dir / "index.db")
         index.set_meta("fingerprint", fp)
         index.close()
@@ -596,6 +668,7 @@ def _clone(remote: str, path: Path, kit: str | None, name: str | None, ui: UI | 
         raise KeyStoreError(f"{kit}: this recovery kit was removed from the vault")
     _add_member(transport, None, ring, binding.device, me.public("device"), binding.device_name)
     binding.save()
+    write_marker(binding)
     index = Index(binding.dir / "index.db")
     index.set_meta("verified", sorted(ring.view.commits))
     index.close()
@@ -624,6 +697,13 @@ def _resolve(s: Session) -> int:
     ops = sync.resolve_siblings(s.state, s.labels())
     if ops:
         s.commit(ops)
+    if folding.folds(s.folder):  # names this folder cannot hold apart get names of their own
+        renamed = folding.resolve(s.state)
+        if renamed:
+            s.commit(renamed)
+            s.ui.warn(f"{len(renamed) // 2} path(s) differ from others only by case or Unicode "
+                      f"normalisation, which this folder cannot tell apart: renamed to "
+                      f"'... ({folding.SUFFIX})' on every device")
     return sum(1 for op in ops if not op["rm"])
 
 
@@ -631,15 +711,17 @@ def _scan(s: Session) -> dict[str, sync.LocalItem]:
     """The folder as it is now: the scan started with the session, if nothing since could have
     changed it, else a fresh one."""
     if s.prescan is not None:
-        items, warnings, leftovers = s.prescan()
+        items, warnings, unreadable = s.prescan()
         s.prescan = None  # used once
         for warning in warnings:
             s.ui.warn(warning)
     else:
-        leftovers = []
-        items = sync.scan(s.folder, s.ui.warn, leftovers)
-    for path in leftovers:  # temp files of a pull that was killed; we hold the folder lock
-        path.unlink(missing_ok=True)
+        unreadable = []
+        items = sync.scan(s.folder, s.ui.warn, unreadable)
+    s.unreadable = unreadable
+    sync.clear_staging(s.folder)  # temp files of a pull that was killed; we hold the lock
+    if folding.folds(s.folder):  # the disk's spelling of a manifest path is that path
+        items = folding.alias(items, [p for p, _d in s.state.dots()])
     return items
 
 
@@ -670,9 +752,12 @@ def _binding_id(folder: str | None) -> str | None:
         return None
 
 
-def push(folder: str | None, dry_run: bool = False, ui: UI | None = None) -> dict[str, Any]:
-    with _audited("push", folder), session(folder, ui, scan=True) as s:
-        result = _push(s, dry_run)
+def push(folder: str | None, dry_run: bool = False, ui: UI | None = None,
+         allow_mass_delete: bool = False) -> dict[str, Any]:
+    """``result["unreadable"]`` lists paths that could not be read: they kept their last
+    synced state, and the CLI exits 1 after the rest was pushed."""
+    with _audited("push", folder), session(folder, ui, scan=True, guard=True) as s:
+        result = _push(s, dry_run, allow_mass_delete)
         if not dry_run:
             _log(s, "push", files=len(result["uploaded"]) + len(result["updated"]),
                  deleted=len(result["deleted"]), objects=result.get("object_ids", []),
@@ -687,19 +772,86 @@ def _push_plan(s: Session, local: dict[str, sync.LocalItem]
     changed = {p: item for p, item in local.items()
                if sigs.get(p) != signature(item.kind, item.size, item.mtime, item.mode,
                                            item.target)}
-    rows = s.index.rows_for([*changed, *(p for p in sigs if p not in local)])
-    return sync.plan_push(changed, rows, sync.LazyView(s.state), _hasher(s.folder)), rows
+    # a path the scan could not read is not gone: it keeps its last synced state
+    gone = [p for p in sigs if p not in local
+            and not (s.unreadable and sync.under(p, s.unreadable))]
+    rows = s.index.rows_for([*changed, *gone])
+    return sync.plan_push(changed, rows, sync.LazyView(s.state), _safe_hasher(s.folder),
+                          s.state.version), rows
 
 
-def _push(s: Session, dry_run: bool) -> dict[str, Any]:
+def _safe_hasher(folder: Path) -> Callable[[str], str]:
+    """A file that cannot be read matches nothing: it is then uploaded, which reports it."""
+    def digest(rel: str) -> str:
+        try:
+            return sync.hash_file(folder / rel)
+        except OSError:
+            return ""
+    return digest
+
+
+def _mass_delete_limits() -> tuple[float, int]:
+    """The mass-delete thresholds: CLOUDGUARD_MASS_DELETE_PERCENT and _FILES, if set."""
+    share, most = sync.MASS_DELETE_SHARE, sync.MASS_DELETE_FILES
+    raw = os.environ.get("CLOUDGUARD_MASS_DELETE_PERCENT")
+    if raw is not None:
+        try:
+            share = float(raw) / 100
+        except ValueError:
+            share = -1.0
+        if not 0 <= share <= 1:
+            raise UsageError(f"CLOUDGUARD_MASS_DELETE_PERCENT={raw!r} is not a percentage "
+                             "from 0 to 100")
+    raw = os.environ.get("CLOUDGUARD_MASS_DELETE_FILES")
+    if raw is not None:
+        if not raw.isdigit():
+            raise UsageError(f"CLOUDGUARD_MASS_DELETE_FILES={raw!r} is not a number of files")
+        most = int(raw)
+    return share, most
+
+
+def _mass_delete(s: Session, plan: sync.PushPlan) -> GuardError | None:
+    """The refusal a push deleting a large part of the folder gets, or None."""
+    deleting = sum(1 for row in plan.delete  # a renamed file is not deleted
+                   if row.kind != "d" and row.path not in plan.renamed)
+    if not deleting:
+        return None  # the common push: no count of the index needed
+    total = s.index.count_files()
+    share, most = _mass_delete_limits()
+    if not sync.mass_delete(deleting, total, share, most):
+        return None
+    what = (f"push would delete {deleting} of the {total} files in {s.folder} "
+            f"(more than {share:.0%} or {most} files)")
+    return GuardError(f"{what}; nothing was pushed. If that is right, run push "
+                      "--allow-mass-delete", "mass-delete", folder=str(s.folder),
+                      deleting=deleting, files=total, percent=round(share * 100, 2),
+                      max_files=most, question=f"{what}. Delete them everywhere?")
+
+
+def _check_mass_delete(s: Session, plan: sync.PushPlan, allow: bool) -> None:
+    """Ask before a push deletes a large part of the folder; without a terminal, refuse."""
+    refusal = None if allow else _mass_delete(s, plan)
+    if refusal is None:
+        return
+    question = str(refusal.details.pop("question"))
+    if s.ui.confirm is not None and s.ui.confirm(question):
+        return
+    raise refusal
+
+
+def _push(s: Session, dry_run: bool, allow_mass_delete: bool = False) -> dict[str, Any]:
     conflicts = 0 if dry_run else _resolve(s)
     local = _scan(s)
     plan, index_rows = _push_plan(s, local)
     result: dict[str, Any] = {
         "uploaded": [i.path for i in plan.upload], "updated": [i.path for i, _ in plan.put],
-        "deleted": [r.path for r in plan.delete], "dry_run": dry_run, "conflicts": conflicts}
+        "deleted": [r.path for r in plan.delete if r.path not in plan.renamed],
+        "renamed": dict(sorted(plan.renamed.items())), "dry_run": dry_run,
+        "conflicts": conflicts, "unreadable": sorted(s.unreadable)}
     if dry_run:
+        result["mass_delete"] = _mass_delete(s, plan) is not None  # push would ask first
         return result
+    _check_mass_delete(s, plan, allow_mass_delete)
     _collect_pending(s)
     _rewrap_stale(s)
     total = sum(i.size for i in plan.upload)
@@ -709,24 +861,25 @@ def _push(s: Session, dry_run: bool) -> dict[str, Any]:
 
     def landed(entries: dict[str, dict[str, Any]], objects: list[str]) -> None:
         """Each uploaded batch is committed as soon as it is on the remote."""
-        _commit_ops(s, _replacing(entries, index_rows), local, objects)
+        _commit_ops(s, _replacing(s, entries, index_rows), local, objects)
 
     with s.ui.progress("push", total) as advance:
         up = sync.upload(s.folder, plan.upload, s.transport, s.binding.dir / "spool",
                          s.ring.head_kek, s.ring.head.kek, s.binding.padding != "none",
                          s.index.add_pending, s.ui.warn, advance, landed)
-    ops = _replacing(up.entries, index_rows)  # the last batch
+    ops = _replacing(s, up.entries, index_rows)  # the last batch
     for item, entry in plan.put:
         row = index_rows.get(item.path)
         if entry is None:
             entry = ({"t": "d", "x": item.mode} if item.kind == "d"
                      else {"t": "l", "l": item.target, "m": item.mtime})
-        ops.append({"p": item.path, "e": entry, "rm": [row.dot] if row else []})
+        ops.append({"p": item.path, "e": entry, "rm": _based_on(s, row)})
     for row in plan.delete:
-        ops.append({"p": row.path, "e": None, "rm": [row.dot]})
+        ops.append({"p": row.path, "e": None, "rm": _based_on(s, row)})
     _commit_ops(s, ops, local, up.objects)
     result["uploaded"] = sorted(up.paths)
     result["skipped"] = up.skipped
+    result["unreadable"] = sorted({*s.unreadable, *up.unreadable})
     result["bytes_uploaded"] = up.bytes_out
     result["objects"] = len(up.objects)
     result["object_ids"] = [n[len(sync.DATA_PREFIX):] for n in up.objects]
@@ -734,11 +887,26 @@ def _push(s: Session, dry_run: bool) -> dict[str, Any]:
     return result
 
 
-def _replacing(entries: dict[str, dict[str, Any]], rows: dict[str, IndexRow]
+def _replacing(s: Session, entries: dict[str, dict[str, Any]], rows: dict[str, IndexRow]
                ) -> list[dict[str, Any]]:
     """Ops that put each entry in place of the version this device last synced there."""
-    return [{"p": path, "e": entry, "rm": [row.dot] if row else []}
-            for path, entry in entries.items() for row in [rows.get(path)]]
+    return [{"p": path, "e": entry, "rm": _based_on(s, rows.get(path))}
+            for path, entry in entries.items()]
+
+
+def _based_on(s: Session, row: IndexRow | None) -> list[str]:
+    """The dots a local edit or delete replaces: the version this device synced, and every
+    sibling of identical content (two devices pushed the same edit at once). A sibling of
+    other content is a concurrent edit this device never saw: it stays, as a conflict."""
+    if row is None:
+        return []
+    sibs = s.state.siblings(row.path)
+    base = sibs.get(row.dot)
+    if base is None:
+        return [row.dot]
+    same = sync.content_key(base)
+    return sorted({row.dot} | {d for d, e in sibs.items() if sync.content_key(e) == same},
+                  key=sync.dot_key)
 
 
 def _commit_ops(s: Session, ops: list[dict[str, Any]], local: dict[str, sync.LocalItem],
@@ -779,7 +947,10 @@ def _collect_pending(s: Session) -> None:
 
 
 def _maintain(s: Session) -> None:
-    """Compaction, repacking and garbage collection after a successful commit."""
+    """Compaction, repacking and garbage collection after a successful commit. Versions
+    replaced longer than ``keep_days`` ago leave the history first, so their objects are
+    garbage too."""
+    s.state.prune_attic(int(time.time()) - s.binding.keep_days * 86400)
     if s.loaded.deltas >= COMPACT_AFTER:
         s.snapshot()
     _repack(s)
@@ -848,12 +1019,36 @@ def _repack(s: Session) -> bool:
     return True
 
 
+def settings(folder: str | None, keep_days: int | None = None) -> dict[str, Any]:
+    """The folder's settings; a change is checked before it is saved."""
+    binding = find_binding(folder)
+    if keep_days is not None:
+        with folder_lock(binding):
+            if not 0 <= keep_days <= MAX_KEEP_DAYS:
+                raise UsageError(f"--keep-days {keep_days} is not from 0 to {MAX_KEEP_DAYS}")
+            binding.keep_days = keep_days
+            binding.save()
+    return {"folder": binding.folder, "keep_days": binding.keep_days}
+
+
+def mark(folder: str | None) -> dict[str, Any]:
+    """(Re)write the folder marker: the user says this folder, as it is, is the bound one."""
+    binding = find_binding(folder)
+    with folder_lock(binding):
+        if not Path(binding.folder).is_dir():
+            raise UsageError(f"the bound folder {binding.folder} does not exist")
+        path = write_marker(binding)
+    audit.record("mark", vault=binding.vault_id, device=binding.device, folder_id=binding.id)
+    return {"folder": binding.folder, "marker": str(path)}
+
+
 # --- pull ---------------------------------------------------------------------------------
 
 
 def pull(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
-    with _audited("pull", folder), session(folder, ui, scan=True) as s:
+    with _audited("pull", folder), session(folder, ui, scan=True, guard=True) as s:
         result = _pull(s)
+        result["unreadable"] = sorted(s.unreadable)
         _log(s, "pull", files=len(result["downloaded"]), deleted=len(result["deleted"]),
              conflicts=len(result["conflicts"]), errors=len(result["errors"]) or None)
         return result
@@ -865,8 +1060,10 @@ def _pull_plan(s: Session, local: dict[str, sync.LocalItem]) -> tuple[
     entries and index rows are read, nothing else is (a big vault stays cheap to pull)."""
     heads = sync.heads(s.state)
     known = s.index.dots()
-    wanted = {p: d for p, d in heads.items() if known.get(p) != d}
-    gone = [p for p in known if p not in heads]
+    # never .cloudguard (ours), nor what the scan could not read: that waits, as it was
+    held = [*s.unreadable, sync.MARKER_DIR]
+    wanted = {p: d for p, d in heads.items() if known.get(p) != d and not sync.under(p, held)}
+    gone = [p for p in known if p not in heads and not sync.under(p, held)]
     remote = sync.view_of(s.state, wanted)
     rows = s.index.rows_for([*wanted, *gone])
     plan = sync.plan_pull(local, rows, remote, _hasher(s.folder), s.labels(),
@@ -1105,11 +1302,16 @@ def _delete_local(s: Session, rows: list[IndexRow], expect: dict[str, sync.Local
 
 def status(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
     with session(folder, ui, scan=True) as s:
+        try:
+            check_marker(s.binding)
+        except GuardError as exc:
+            s.ui.warn(str(exc))
         local = _scan(s)
         up, _rows = _push_plan(s, local)
         down, _remote, _n = _pull_plan(s, local)
         return {
-            "folder": s.binding.folder, "remote": s.binding.remote, "vault": s.binding.vault_id,
+            "folder": s.binding.folder, "remote": remotes.redact(s.binding.remote),
+            "vault": s.binding.vault_id,
             "device": s.binding.device, "epoch": s.ring.head.epoch,
             "vault_code": fmt.vault_code(s.binding.vault_id),
             "files": s.state.count_files(), "exposed": _exposure(s),
@@ -1117,7 +1319,7 @@ def status(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
                               + [r.path for r in up.delete]),
             "to_pull": sorted([d for d, _t, _e in down.download + down.make + down.meta]
                               + [r.path for r in down.delete]),
-            "conflicts": down.conflicts,
+            "conflicts": down.conflicts, "unreadable": sorted(s.unreadable),
         }
 
 
@@ -1177,9 +1379,15 @@ def _verify(s: Session, read_data: bool) -> dict[str, Any]:
                              + (f" (and {len(failures) - 20} more)" if len(failures) > 20 else ""))
     live = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
     unreferenced = sorted(n for n in s.listing if n.startswith(sync.DATA_PREFIX) and n not in live)
+    if authenticate:
+        checked_how = "data"
+    elif hashed == len(groups):
+        checked_how = "md5"
+    else:  # WebDAV and others keep no hash: a flipped byte keeps the size
+        checked_how = "sizes" if hashed == 0 else "md5 and sizes"
     return {"files": len(files), "objects": len(groups), "read_data": authenticate,
             "hash_checked": hashed, "authenticated": checked, "unreferenced": unreferenced,
-            "ok": True}
+            "checked": checked_how, "ok": True}
 
 
 class _Null:
@@ -1214,7 +1422,8 @@ def key_export(folder: str | None, path: str, name: str | None = None,
     with session(folder) as s:
         passphrase = (keymod.get_passphrase(
             f"the recovery kit {path}", confirm=True,
-            hint="or leave out --choose-passphrase to get a generated one")
+            hint="or leave out --choose-passphrase to get a generated one",
+            var=keymod.KIT_PASSPHRASE_VAR)
             if choose else passphrases.generate())
         secret = Secret.generate()
         rid = keymod.new_member_id()
@@ -1374,6 +1583,9 @@ def _rotate(s: Session, reencrypt: bool, remove: str | None) -> dict[str, Any]:
         old_objects = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
         if reencrypt:
             _reencrypt(s, new_kek, commit.kek)
+            # history holds content under DEKs a removed member could unwrap: it goes, on
+            # every device (the floor travels in the snapshot below)
+            s.state.raise_floor(int(time.time()))
         else:
             _rewrap(s, new_kek, commit.kek)
         doomed: set[str] = set()
@@ -1509,6 +1721,15 @@ def doctor(folder: str | None, check_remote: bool = False) -> dict[str, Any]:
         findings += checks.check_exposure(binding, Path.home())
         findings += checks.check_sharing(binding)
         try:
+            check_marker(binding)
+            findings.append(checks.Finding("ok", "folder-marker",
+                                           f"{binding.folder} carries its marker"))
+        except GuardError as exc:
+            findings.append(checks.Finding(
+                "error", "folder-marker", str(exc),
+                f"mount the disk or move the folder back; or: cloudguard mark -C "
+                f"{binding.folder}"))
+        try:
             with session(binding.folder) as s:
                 now = time.time()
                 ages = [(c.epoch, (now - _epoch(c.created)) / 86400)
@@ -1545,10 +1766,11 @@ def _doctor_remote(s: Session) -> list[Any]:
     live = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
     for name in sorted(s.listing):
         if not _KNOWN.match(name):
-            out.append(Finding("error", "remote-stray", f"{s.binding.remote}/{name} is not a "
-                               "cloudguard object (plaintext uploaded by another tool?)",
+            out.append(Finding("error", "remote-stray",
+                               f"{remotes.redact(s.binding.remote)}/{name} is not a cloudguard "
+                               "object (plaintext uploaded by another tool?)",
                                f"inspect and delete it: rclone deletefile "
-                               f"'{s.binding.remote}/{name}'"))
+                               f"'{remotes.redact(s.binding.remote)}/{name}'"))
             continue
         if name.startswith(sync.DATA_PREFIX):
             with s.transport.reader(name, count=4) as stream:

@@ -17,8 +17,8 @@ Usage::
 
 COPY_OF_REMOTE is a local copy of the remote folder (for example ``rclone copy remote:path
 COPY``). The passphrase of the kit is read from the environment variable VAR (default
-CLOUDGUARD_PASSPHRASE) or, when that is unset or empty, asked for on the terminal. OUTPUT must
-be an empty or missing folder.
+CLOUDGUARD_KIT_PASSPHRASE, as for the CLI) or, when that is unset or empty, asked for on the
+terminal. OUTPUT must be an empty or missing folder.
 
 Exit codes: 0 everything was restored; 3 an integrity failure (tampered, truncated, swapped or
 missing data; the message names the file or object); 1 any other error (also bad arguments).
@@ -675,7 +675,7 @@ def decode_commit(data: bytes, name: str, vault_id: str) -> Commit:
             raise BadData()
         if not is_int(cut["seq"]) or cut["seq"] < 0:
             raise BadData()
-        if cut["hash"] is not None and not is_hex(cut["hash"], 64):
+        if cut["hash"] is not None and (not is_hex(cut["hash"], 64) or cut["seq"] == 0):
             raise BadData()
         removed[_rid(rid)] = Cutoff(_key32(cut["s"]), cut["seq"], cut["hash"])
     if set(members) & set(removed):
@@ -712,7 +712,7 @@ def union(commits: dict[str, Commit], counters: set[str]
     removes the members it newly removes with no cutoff at all: seq UNLIMITED, hash null.
     (Same rule as cloudguard's chain._union.)"""
     added: dict[str, Member] = {}
-    removed: dict[str, Cutoff] = {}
+    cuts: dict[str, list[Cutoff]] = {}
     for c in commits.values():
         parent = commits.get(c.parent) if c.parent else None
         new: dict[str, Member] = {}
@@ -728,10 +728,19 @@ def union(commits: dict[str, Commit], counters: set[str]
         for rid, cut in c.removed.items():
             if c.id in counters and rid in fresh:
                 cut = Cutoff(cut.s, UNLIMITED, None)
-            old = removed.get(rid)
-            if old is None or (cut.seq, cut.hash or "") < (old.seq, old.hash or ""):
-                removed[rid] = cut
+            cuts.setdefault(rid, []).append(cut)
+    removed = {rid: earliest(found) for rid, found in cuts.items()}
     return {r: k for r, k in added.items() if r not in removed}, removed
+
+
+def earliest(cuts: list[Cutoff]) -> Cutoff:
+    """The lowest cutoff wins; two at that seq naming different segments vouch neither and
+    count up to the seq before ("Races, equivocation and the head")."""
+    low = min(c.seq for c in cuts)
+    at = {c.hash for c in cuts if c.seq == low}
+    if len(at) == 1:
+        return next(c for c in cuts if c.seq == low)
+    return Cutoff(cuts[0].s, low - 1, None)
 
 
 def check_commit(c: Commit, parent: Commit, verified: dict[str, Commit],
@@ -1383,6 +1392,9 @@ def check_entry(path: str, entry: Entry) -> None:
 
     need("t", kind in ("f", "d", "l"))
     need("m", "m" not in entry or is_int(entry["m"]))  # conflicts are ordered by it
+    for key in ("lc", "pt"):  # so are these: the Lamport time of the content, push time
+        need(key, key not in entry or (is_int(entry[key]) and entry[key] >= 0))
+    need("wb", "wb" not in entry or is_hex(entry["wb"], 16))
     if kind == "f":
         for key in ("s", "m", "a", "n"):
             need(key, is_int(entry.get(key)))
@@ -1415,9 +1427,10 @@ def check_entry(path: str, entry: Entry) -> None:
 # "Reading the manifest", step 5: a path with several dots of different content is a conflict.
 # Some details below are not in format.md; they follow cloudguard's own resolution so that
 # this reader restores the same names a device would: content is (t, h, l); the winner is the
-# sibling with the largest (m, dot) where dots compare as strings; each other distinct content
-# becomes a copy named NAME (conflict YYYY-MM-DD HHMMSS LABEL).EXT, from its own mtime in UTC
-# and its writer's member name (numbered "LABEL 2", "LABEL 3", ... when that name is taken).
+# sibling with the largest (lc, m, dot) where dots compare as strings; each other distinct
+# content becomes a copy named NAME (conflict YYYY-MM-DD HHMMSS LABEL).EXT, from its own mtime
+# (or, for a folder, its push time `pt`) in UTC and the member name of `wb` (else the dot's
+# device) (numbered "LABEL 2", "LABEL 3", ... when that name is taken).
 # Siblings of equal content collapse to the one with the highest (seq, dot).
 
 
@@ -1463,7 +1476,8 @@ def resolve_siblings(state: State, labels: dict[str, str]) -> None:
         siblings = state.paths[path]
         if len({content_key(e) for e in siblings.values()}) < 2:
             continue
-        order = sorted(siblings.items(), key=lambda kv: (kv[1].get("m", 0), kv[0]))
+        order = sorted(siblings.items(),
+                       key=lambda kv: (kv[1].get("lc", 0), kv[1].get("m", 0), kv[0]))
         winner = order[-1][1]
         ops.append((path, winner, sorted(siblings)))
         seen = {content_key(winner)}
@@ -1471,9 +1485,9 @@ def resolve_siblings(state: State, labels: dict[str, str]) -> None:
             if content_key(entry) in seen:
                 continue
             seen.add(content_key(entry))
-            device = dot_parts(dot)[0]
-            name = conflict_name(path, int(entry.get("m", 0)), labels.get(device, device[:8]),
-                                 taken)
+            device = str(entry.get("wb") or dot_parts(dot)[0])  # who wrote this content
+            when = int(entry.get("m") or int(entry.get("pt", 0)) * 10**9)
+            name = conflict_name(path, when, labels.get(device, device[:8]), taken)
             taken.add(name)
             ops.append((name, entry, []))
     for path, entry, rm in ops:
@@ -1692,7 +1706,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kit", required=True, type=Path, help="the recovery kit (JSON)")
     parser.add_argument("--out", required=True, type=Path,
                         help="an empty or missing folder to restore into")
-    parser.add_argument("--passphrase-env", default="CLOUDGUARD_PASSPHRASE", metavar="VAR",
+    parser.add_argument("--passphrase-env", default="CLOUDGUARD_KIT_PASSPHRASE", metavar="VAR",
                         help="environment variable holding the kit passphrase (default "
                              "%(default)s; prompts when unset)")
     args = parser.parse_args(argv)

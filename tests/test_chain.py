@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from cloudguard import chain
 from cloudguard.chain import Commit, MemberKeys, Secret, View
 
@@ -76,3 +78,50 @@ def test_a_concurrent_merge_to_other_members_is_merged_again() -> None:
     rotation = lab.commit(head, B, "rotate", [A, B])  # a sibling that is not a merge
     view = lab.view()
     assert rotation.id in view.commits and view.needs_merge
+
+
+def remove(lab: Lab, on: Commit, signer: str, rid: str, seq: int, digest: str | None
+           ) -> Commit:
+    view = lab.view()
+    view.head = view.commits[on.id]
+    members = [r for r in on.members if r != rid]
+    removed = {**on.removed, rid: chain.Cutoff(on.members[rid].s, seq, digest)}
+    commit, data, keyobj = chain.build(
+        view, lab.vault, lab.secrets[signer], signer, "remove",
+        {r: lab.keys(r) for r in members}, removed, chain.new_kek(), on.epoch + 1,
+        {r: r[:1] for r in members}, {}, DESCRIPTOR, T)
+    lab.objects[commit.name], lab.objects[commit.name + ".k"] = data, keyobj
+    return commit
+
+
+def test_two_removals_naming_different_segments_at_one_seq_vouch_neither() -> None:
+    """The removed member showed its two removers two histories (issue 7 review N9): every
+    device takes the seq before, vouching no segment, whatever order it lists the removals."""
+    x = "c" * 16
+    lab = Lab()
+    lab.secrets[x] = Secret.generate()
+    add = lab.commit(lab.view().head, A, "add", [A, B])
+    add_x = lab.commit(add, A, "add", [A, B, x])
+    by_a = remove(lab, add_x, A, x, 7, "aa" * 32)
+    by_b = remove(lab, add_x, B, x, 7, "bb" * 32)
+    view = lab.view()
+    assert {by_a.id, by_b.id} <= set(view.commits) and x not in view.members
+    assert (view.removed[x].seq, view.removed[x].hash) == (6, None)
+    cuts = [view.commits[by_a.id].removed[x], view.commits[by_b.id].removed[x]]
+    assert chain._earliest(cuts) == chain._earliest(cuts[::-1])
+    # one removal at a lower seq wins outright, with its hash
+    low = chain.Cutoff(cuts[0].s, 5, "cc" * 32)
+    assert chain._earliest([*cuts, low]) == chain._earliest([low, *cuts[::-1]]) == low
+    # agreeing removals keep the hash they agree on
+    assert chain._earliest([cuts[0], cuts[0]]) == cuts[0]
+
+
+def test_a_cutoff_at_seq_0_naming_a_segment_is_an_invalid_commit() -> None:
+    x = "c" * 16
+    lab = Lab()
+    lab.secrets[x] = Secret.generate()
+    add_x = lab.commit(lab.view().head, A, "add", [A, x])
+    with pytest.raises(chain.IntegrityError):  # the builder decodes what it built
+        remove(lab, add_x, A, x, 0, "aa" * 32)
+    good = remove(lab, add_x, A, x, 0, None)
+    assert lab.view().removed[x].hash is None and good.id in lab.view().commits

@@ -126,6 +126,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
         mp.setenv("RCLONE_CONFIG", "/dev/null")
         mp.setenv("CLOUDGUARD_KEYSTORE", "file")
         mp.setenv("CLOUDGUARD_PASSPHRASE", PASSPHRASE)
+        mp.setenv("CLOUDGUARD_KIT_PASSPHRASE", PASSPHRASE)
         mp.setattr(keymod, "TEST_KDF_LOG_N", CHEAP_KDF_LOG_N)
         remote = base / "remote"
         remote.mkdir()
@@ -336,12 +337,12 @@ def test_tampering_fails_with_exit_3_and_writes_nothing(built: Built, tmp_path: 
 def test_other_errors_exit_1(built: Built, tmp_path: Path) -> None:
     remote, kit = built.remote, built.kit
     out = tmp_path / "out"
-    wrong = decrypt(remote, kit, out, env={**os.environ, "CLOUDGUARD_PASSPHRASE": "wrong"})
+    wrong = decrypt(remote, kit, out, env={**os.environ, "CLOUDGUARD_KIT_PASSPHRASE": "wrong"})
     assert wrong.returncode == 1 and "passphrase" in wrong.stderr
     assert_nothing_written(out)
     out.mkdir()  # an existing empty folder is fine; the passphrase may come from another var
     other_var = decrypt(remote, kit, out, "--passphrase-env", "MY_PASS",
-                        env={**os.environ, "CLOUDGUARD_PASSPHRASE": "", "MY_PASS":
+                        env={**os.environ, "CLOUDGUARD_KIT_PASSPHRASE": "", "MY_PASS":
                              PASSPHRASE})
     assert other_var.returncode == 0, other_var.stderr
     assert tree(out) == built.original

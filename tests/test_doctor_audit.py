@@ -166,3 +166,24 @@ def test_audit_log_survives_a_kill_between_record_and_head(monkeypatch: pytest.M
     assert audit.verify() == 2
     audit.record("verify")
     assert audit.verify() == 3
+
+
+def test_dropbox_configuration_in_home_is_not_a_synced_folder(local_remote: str, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    """~/.dropbox (info.json) is Dropbox's configuration, not a marker of a synced folder:
+    a folder elsewhere under home is fine; the folder info.json names is not."""
+    fake_home = tmp_path / "home"
+    (fake_home / ".dropbox").mkdir(parents=True)
+    dropbox = fake_home / "Dropbox"
+    (dropbox / ".dropbox.cache").mkdir(parents=True)
+    (fake_home / ".dropbox" / "info.json").write_text(
+        json.dumps({"personal": {"path": str(dropbox)}}))
+    monkeypatch.setenv("HOME", str(fake_home))
+    outside = bound(local_remote, fake_home / "work")
+    result = json.loads(cg_proc("doctor", "--json", "--folder", str(outside)).stdout)
+    assert "plaintext-exposure" not in checks(result, "error"), result
+    inside = bound(str(tmp_path / "remote2"), dropbox / "secret")
+    proc = cg_proc("doctor", "--json", "--folder", str(inside))
+    assert proc.returncode == 1
+    assert "plaintext-exposure" in checks(json.loads(proc.stdout), "error")

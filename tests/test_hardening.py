@@ -16,7 +16,7 @@ from helpers import CHEAP_KDF_LOG_N, cg, cg_json, cg_proc, share
 from cloudguard import chain, keys, limits, sync, vault
 from cloudguard import format as fmt
 from cloudguard import manifest as mf
-from cloudguard.errors import IntegrityError
+from cloudguard.errors import IntegrityError, TransportError
 from cloudguard.state import write_private
 from cloudguard.transport import RcloneTransport
 
@@ -251,3 +251,45 @@ def test_integrity_errors_name_the_file_being_reencrypted(local_remote: str,
     blob.write_bytes(bytes(data))
     out = cg("key", "rotate", "--reencrypt", "--folder", str(a), code=3).output
     assert "error: doc.txt: " in out
+
+
+def test_a_failing_rclone_reader_is_a_transport_error_not_tampering(tmp_path: Path) -> None:
+    """rclone stopping mid-stream (here its own transfer limit) explains a short stream: the
+    caller's integrity failure on it becomes a transport error (exit 1), not exit 3."""
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    (remote / "obj").write_bytes(os.urandom(2_000_000))
+    whole = RcloneTransport(str(remote))
+    with whole.reader("obj") as stream:
+        assert len(stream.read()) == 2_000_000
+    cut = RcloneTransport(str(remote), ["--max-transfer", "100K", "--cutoff-mode", "hard"])
+    with pytest.raises(TransportError, match="^rclone failed on downloading obj at .*max "
+                                             "transfer") as caught:
+        with cut.reader("obj") as stream:
+            if len(stream.read()) != 2_000_000:
+                raise IntegrityError("obj: truncated")
+    assert caught.value.exit_code == 1
+    assert isinstance(caught.value.__cause__, IntegrityError)
+    # a stream that rclone delivered whole and we refused is still the caller's verdict
+    with pytest.raises(IntegrityError, match="^obj: refused"), whole.reader("obj") as stream:
+        stream.read(10)
+        raise IntegrityError("obj: refused")
+
+
+def test_pull_through_a_failing_transfer_exits_1_and_applies_nothing(
+        local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "small.txt").write_text("hello")
+    share(local_remote, a, b, tmp_path / "kit.json")
+    (a / "big.bin").write_bytes(os.urandom(3_000_000))
+    cg("push", "--folder", str(a))
+    monkeypatch.setenv("RCLONE_MAX_TRANSFER", "1M")
+    monkeypatch.setenv("RCLONE_CUTOFF_MODE", "hard")
+    out = cg_proc("pull", "--folder", str(b))
+    assert out.returncode == 1, (out.returncode, out.stderr)
+    assert "max transfer" in out.stderr
+    assert not (b / "big.bin").exists()
+    monkeypatch.delenv("RCLONE_MAX_TRANSFER")
+    cg("pull", "--folder", str(b))
+    assert (b / "big.bin").read_bytes() == (a / "big.bin").read_bytes()

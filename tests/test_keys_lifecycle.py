@@ -134,8 +134,7 @@ def test_wrong_kit_passphrase(local_remote: str, tmp_path: Path, monkeypatch: py
     a.mkdir()
     cg("init", str(a), "--remote", local_remote)
     cg("key", "export", str(tmp_path / "kit.json"), "--folder", str(a))
-    # strong, so that the new device's key file accepts it, but not the kit's
-    monkeypatch.setenv("CLOUDGUARD_PASSPHRASE", "wrong but strong: oyster gravel tundra")
+    monkeypatch.setenv("CLOUDGUARD_KIT_PASSPHRASE", "wrong but strong: oyster gravel tundra")
     proc = cg_proc("clone", local_remote, str(tmp_path / "b"), "--key-file",
                    str(tmp_path / "kit.json"))
     assert proc.returncode == 1 and "wrong passphrase" in proc.stderr

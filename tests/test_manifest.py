@@ -283,10 +283,11 @@ def test_incremental_load_equals_full_load(tmp_path_factory: pytest.TempPathFact
             ops = [{"p": path, "e": entry, "rm": sorted(view.paths.get(path, {}))}]
             name = mf.segment_name(dev, seq, "d")
             prev = [n for n in remote if (mf.parse_name(n) or ("", 0, ""))[:2] == (dev, seq - 1)]
-            remote[name] = _seal(ring, name, mf.delta_payload(
-                dev, seq, dict(view.ctx), hashlib.sha256(remote[prev[0]]).hexdigest()
-                if prev else None, ops))
-            view.apply_delta(dev, seq, ops)
+            payload = mf.delta_payload(dev, seq, dict(view.ctx), hashlib.sha256(
+                remote[prev[0]]).hexdigest() if prev else None, ops)
+            payload["created"] = f"2026-12-02T00:00:{step:02d}Z"  # history keeps this time
+            remote[name] = _seal(ring, name, payload)
+            view.apply_delta(dev, seq, ops, mf.time_of(payload))
         if rng.random() < 0.6:
             listing = {n: len(b) for n, b in remote.items()}
             got = mf.load(listing, remote.__getitem__, _opener, "f" * 16, seen, cache, observer)
@@ -296,6 +297,7 @@ def test_incremental_load_equals_full_load(tmp_path_factory: pytest.TempPathFact
             assert dict(observer.items()) == dict(fresh.state.items())
             assert observer.ctx == fresh.state.ctx
             assert observer.usage() == fresh.state.usage()
+            assert list(observer.attic()) == list(fresh.state.attic())
     observer.close()
 
 

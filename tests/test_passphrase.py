@@ -1,17 +1,23 @@
 """Passphrases (issue 7 item 9): kits get a generated one, chosen ones must be strong, and
-reading an existing file is never checked."""
+reading an existing file is never checked. Issue 9 item 20: a prompt asks again after a typo,
+clone asks for the kit's passphrase first, and the device key file and kits each have their
+own variable (CLOUDGUARD_PASSPHRASE, CLOUDGUARD_KIT_PASSPHRASE), or a file (``*_FILE``)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import pty
+import select
+import subprocess
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 
 import pytest
-from helpers import PASSPHRASE, cg, cg_json, cg_proc, tree
+from helpers import CLOUDGUARD, PASSPHRASE, cg, cg_json, cg_proc, tree
 
 from cloudguard import format as fmt
 from cloudguard import keys
@@ -62,8 +68,8 @@ def test_key_export_generates_a_passphrase_that_opens_the_kit(
     with pytest.raises(KeyStoreError, match="wrong passphrase"):
         keys.read_kit(kit, PASSPHRASE)  # CLOUDGUARD_PASSPHRASE played no part
     assert phrase not in kit.read_text()
-    # A second device joins with it (its new key file takes the same, strong, passphrase).
-    monkeypatch.setenv("CLOUDGUARD_PASSPHRASE", phrase)
+    # A second device joins with it; its new key file keeps CLOUDGUARD_PASSPHRASE.
+    monkeypatch.setenv("CLOUDGUARD_KIT_PASSPHRASE", phrase)
     b = tmp_path / "b"
     cg("clone", local_remote, str(b), "--key-file", str(kit))
     assert tree(b) == tree(a)
@@ -89,8 +95,7 @@ def test_weak_chosen_kit_passphrase_is_refused(local_remote: str, tmp_path: Path
     a, kit = vault(local_remote, tmp_path), tmp_path / "kit.json"
     listing = sorted(os.listdir(Path(local_remote) / "keys"))
     before = [(Path(local_remote) / "keys" / n).read_bytes() for n in listing]
-    # The device key stays cached in this process from init, so only the kit asks for one.
-    monkeypatch.setenv("CLOUDGUARD_PASSPHRASE", weak)
+    monkeypatch.setenv("CLOUDGUARD_KIT_PASSPHRASE", weak)
     result = cg("key", "export", str(kit), "--folder", str(a), "--choose-passphrase", code=2)
     message = result.output.strip()
     assert len(message.splitlines()) == 1 and "too weak" in message
@@ -113,7 +118,7 @@ def test_weak_device_key_passphrase_is_refused(local_remote: str, tmp_path: Path
     monkeypatch.setenv("CLOUDGUARD_PASSPHRASE", "x")
     proc = cg_proc("init", str(a), "--remote", local_remote)
     assert proc.returncode == 2
-    assert "passphrase for the device key file is too weak" in proc.stderr
+    assert "passphrase for this device's key file is too weak" in proc.stderr
     assert "cloudguard key passphrase" in proc.stderr
     assert not os.listdir(local_remote)
     monkeypatch.setenv("CLOUDGUARD_PASSPHRASE", PASSPHRASE)
@@ -140,29 +145,52 @@ def test_reading_is_never_checked(local_remote: str, tmp_path: Path,
     assert keys.get_passphrase("an existing file") == "x"
 
 
-def test_prompted_passphrase_is_checked_before_it_is_repeated(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("CLOUDGUARD_PASSPHRASE")
+def fake_prompts(monkeypatch: pytest.MonkeyPatch, answers: list[str]) -> list[str]:
+    """getpass answers ``answers`` in turn on a (pretend) terminal; returns the prompts."""
+    monkeypatch.delenv("CLOUDGUARD_PASSPHRASE", raising=False)
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)
     asked: list[str] = []
 
-    def answer(answers: list[str]) -> None:
-        def fake(prompt: str = "") -> str:
-            asked.append(prompt)
-            return answers.pop(0)
-        monkeypatch.setattr(keys.getpass, "getpass", fake)
+    def fake(prompt: str = "") -> str:
+        asked.append(prompt)
+        return answers.pop(0)
+    monkeypatch.setattr(keys.getpass, "getpass", fake)
+    return asked
 
-    answer(["hunter2"])
+
+NEW = "New passphrase for this device's key file: "
+REPEAT = "Repeat the new passphrase for this device's key file: "
+
+
+def test_prompted_passphrase_is_checked_before_it_is_repeated(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    asked = fake_prompts(monkeypatch, ["hunter2", PASSPHRASE, PASSPHRASE])
+    assert keys.get_passphrase(keys.DEVICE_KEY_FILE, confirm=True) == PASSPHRASE
+    assert asked == [NEW, NEW, REPEAT]  # a weak one is not repeated: asked for anew
+    assert "too weak" in capsys.readouterr().err
+    asked = fake_prompts(monkeypatch, ["hunter2"] * 3)
     with pytest.raises(UsageError, match="too weak"):
-        keys.get_passphrase("the device key file", confirm=True)
-    assert asked == ["Passphrase for the device key file: "]  # not asked to repeat a weak one
-    answer([PASSPHRASE, PASSPHRASE])
-    assert keys.get_passphrase("the device key file", confirm=True) == PASSPHRASE
-    answer([PASSPHRASE, PASSPHRASE + "!"])
-    with pytest.raises(UsageError, match="do not match"):
-        keys.get_passphrase("the device key file", confirm=True)
-    answer(["hunter2"])
+        keys.get_passphrase(keys.DEVICE_KEY_FILE, confirm=True)
+    assert asked == [NEW] * 3
+    fake_prompts(monkeypatch, ["hunter2"])
     assert keys.get_passphrase("an existing file") == "hunter2"  # reading: no check
+
+
+def test_mismatched_repeat_asks_again_up_to_three_times(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    asked = fake_prompts(monkeypatch, [PASSPHRASE, PASSPHRASE + "!", PASSPHRASE, PASSPHRASE])
+    assert keys.get_passphrase(keys.DEVICE_KEY_FILE, confirm=True) == PASSPHRASE
+    assert asked == [NEW, REPEAT, NEW, REPEAT]
+    assert capsys.readouterr().err == ("cloudguard: the two passphrases for this device's key "
+                                       "file do not match; try again\n")
+    asked = fake_prompts(monkeypatch, [PASSPHRASE, "typo"] * 3)
+    with pytest.raises(UsageError, match="the two passphrases for this device's key file do "
+                                         "not match"):
+        keys.get_passphrase(keys.DEVICE_KEY_FILE, confirm=True)
+    assert asked == [NEW, REPEAT] * 3
+    asked = fake_prompts(monkeypatch, ["", PASSPHRASE, PASSPHRASE])
+    assert keys.get_passphrase(keys.DEVICE_KEY_FILE, confirm=True) == PASSPHRASE
+    assert asked == [NEW, NEW, REPEAT]  # an empty answer too
 
 
 def test_long_passphrases_are_rated_on_their_first_72_characters() -> None:
@@ -176,3 +204,188 @@ def test_key_passphrase_command_prints_a_generated_one() -> None:
     result = cg_json("key", "passphrase")
     assert len(result["passphrase"].split(" ")) == 8 and result["bits"] >= 100
     assert cg("key", "passphrase").stdout.strip() != result["passphrase"]
+
+
+# --- issue 9 item 20: where passphrases come from, and what clone asks -------------------
+
+
+KIT_PASSPHRASE = "kit only: walnut ferry tundra magnet"
+
+
+def test_three_character_device_passphrase_is_refused_at_init_and_clone(
+        local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, kit = vault(local_remote, tmp_path), tmp_path / "kit.json"
+    cg("key", "export", str(kit), "--folder", str(a), "--choose-passphrase")
+    monkeypatch.setenv("CLOUDGUARD_PASSPHRASE", "abc")
+    proc = cg_proc("clone", local_remote, str(tmp_path / "b"), "--key-file", str(kit))
+    assert proc.returncode == 2, proc.stderr
+    assert "passphrase for this device's key file is too weak" in proc.stderr
+    assert not (tmp_path / "b").exists()
+    proc = cg_proc("init", str(tmp_path / "c"), "--remote", str(tmp_path / "remote-c"))
+    assert proc.returncode == 2 and "too weak" in proc.stderr
+    # from a file, too
+    secret = tmp_path / "pass.txt"
+    secret.write_text("abc\n")
+    monkeypatch.delenv("CLOUDGUARD_PASSPHRASE")
+    monkeypatch.setenv("CLOUDGUARD_PASSPHRASE_FILE", str(secret))
+    proc = cg_proc("init", str(tmp_path / "c"), "--remote", str(tmp_path / "remote-c"))
+    assert proc.returncode == 2 and "too weak" in proc.stderr
+
+
+def test_kit_passphrase_is_not_taken_from_the_device_passphrase(
+        local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, kit = vault(local_remote, tmp_path), tmp_path / "kit.json"
+    monkeypatch.delenv("CLOUDGUARD_KIT_PASSPHRASE")
+    proc = cg_proc("key", "export", str(kit), "--folder", str(a), "--choose-passphrase")
+    assert proc.returncode == 1 and not kit.exists()
+    assert proc.stderr.strip() == (f"cloudguard: error: a passphrase is needed for the recovery "
+                                   f"kit {kit}: set CLOUDGUARD_KIT_PASSPHRASE (or "
+                                   "CLOUDGUARD_KIT_PASSPHRASE_FILE) or run on a terminal")
+    monkeypatch.setenv("CLOUDGUARD_KIT_PASSPHRASE", KIT_PASSPHRASE)
+    cg("key", "export", str(kit), "--folder", str(a), "--choose-passphrase")
+    assert keys.read_kit(kit, KIT_PASSPHRASE)
+
+    monkeypatch.delenv("CLOUDGUARD_KIT_PASSPHRASE")
+    b = tmp_path / "b"
+    proc = cg_proc("clone", local_remote, str(b), "--key-file", str(kit))
+    assert proc.returncode == 1 and "set CLOUDGUARD_KIT_PASSPHRASE" in proc.stderr
+    assert not b.exists()
+    monkeypatch.setenv("CLOUDGUARD_KIT_PASSPHRASE", KIT_PASSPHRASE)
+    proc = cg_proc("clone", local_remote, str(b), "--key-file", str(kit))
+    assert proc.returncode == 0, proc.stderr
+    assert tree(b) == tree(a)
+    # the new device's key file took CLOUDGUARD_PASSPHRASE, not the kit's
+    key_files = sorted(Path(os.environ["CLOUDGUARD_HOME"]).rglob("device.key"))
+    assert len(key_files) == 2
+    for key_file in key_files:
+        fmt.open_with_passphrase(json.loads(key_file.read_text()), PASSPHRASE)
+
+
+def test_passphrase_file_gives_the_first_line(local_remote: str, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    device_file, kit_file = tmp_path / "device-pass", tmp_path / "kit-pass"
+    device_file.write_text(f"{PASSPHRASE}\nnot part of it\n")
+    kit_file.write_text(f"{KIT_PASSPHRASE}\r\n")
+    monkeypatch.delenv("CLOUDGUARD_PASSPHRASE")
+    monkeypatch.delenv("CLOUDGUARD_KIT_PASSPHRASE")
+    monkeypatch.setenv("CLOUDGUARD_PASSPHRASE_FILE", str(device_file))
+    monkeypatch.setenv("CLOUDGUARD_KIT_PASSPHRASE_FILE", str(kit_file))
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "doc.txt").write_text("sealed with a passphrase from a file")
+    assert cg_proc("init", str(a), "--remote", local_remote).returncode == 0
+    (key_file,) = Path(os.environ["CLOUDGUARD_HOME"]).rglob("device.key")
+    fmt.open_with_passphrase(json.loads(key_file.read_text()), PASSPHRASE)
+    assert cg_proc("push", "--folder", str(a)).returncode == 0  # a fresh process reads it
+    kit = tmp_path / "kit.json"
+    proc = cg_proc("key", "export", str(kit), "--folder", str(a), "--choose-passphrase")
+    assert proc.returncode == 0, proc.stderr
+    assert keys.read_kit(kit, KIT_PASSPHRASE)
+    proc = cg_proc("clone", local_remote, str(tmp_path / "b"), "--key-file", str(kit))
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_passphrase_file_errors_name_the_file(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    a = tmp_path / "a"
+    missing = tmp_path / "no-such-file"
+    monkeypatch.delenv("CLOUDGUARD_PASSPHRASE")
+    monkeypatch.setenv("CLOUDGUARD_PASSPHRASE_FILE", str(missing))
+    proc = cg_proc("init", str(a), "--remote", str(tmp_path / "remote"))
+    assert proc.returncode == 2
+    assert proc.stderr == (f"cloudguard: error: cannot read the passphrase from "
+                           f"CLOUDGUARD_PASSPHRASE_FILE={missing}: No such file or directory\n")
+    empty = tmp_path / "empty"
+    empty.write_text("\nsecond line\n")
+    monkeypatch.setenv("CLOUDGUARD_PASSPHRASE_FILE", str(empty))
+    with pytest.raises(UsageError, match=f"CLOUDGUARD_PASSPHRASE_FILE={empty}: the first line "
+                                         "is empty"):
+        keys.get_passphrase("a test")
+    monkeypatch.setenv("CLOUDGUARD_PASSPHRASE", PASSPHRASE)
+    with pytest.raises(UsageError, match="both CLOUDGUARD_PASSPHRASE and "
+                                         "CLOUDGUARD_PASSPHRASE_FILE are set"):
+        keys.get_passphrase("a test")
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe\n")
+    monkeypatch.delenv("CLOUDGUARD_PASSPHRASE")
+    monkeypatch.setenv("CLOUDGUARD_PASSPHRASE_FILE", str(binary))
+    with pytest.raises(UsageError, match=f"CLOUDGUARD_PASSPHRASE_FILE={binary}"):
+        keys.get_passphrase("a test")
+
+
+class Terminal:
+    """The CLI in a child process on a pseudo-terminal of its own, as a person runs it:
+    getpass reads from the controlling terminal, so prompts and answers are real."""
+
+    def __init__(self, *args: str, cwd: Path | None = None) -> None:
+        self.master, slave = pty.openpty()
+        # A new session, then opening the terminal, makes it the child's controlling one.
+        claim = ("import os, sys; os.setsid(); os.close(os.open(os.ttyname(0), os.O_RDWR)); "
+                 "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
+        self.proc = subprocess.Popen([sys.executable, "-c", claim, *CLOUDGUARD[1:], *args],
+                                     stdin=slave, stdout=slave, stderr=slave, cwd=cwd)
+        os.close(slave)
+        self.seen = ""
+
+    def expect(self, text: str, timeout: float = 30) -> str:
+        """Read until ``text`` appears; returns what came before it."""
+        deadline = time.monotonic() + timeout
+        while text not in self.seen:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.master], [], [], max(left, 0))
+            if not ready:
+                raise AssertionError(f"no {text!r} within {timeout} s; got {self.seen!r}")
+            try:
+                chunk = os.read(self.master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                chunk = b""
+            if not chunk:
+                raise AssertionError(f"the program ended before {text!r}; got {self.seen!r}")
+            self.seen += chunk.decode("utf-8", "replace")
+        before, _, self.seen = self.seen.partition(text)
+        return before
+
+    def answer(self, prompt: str, text: str) -> str:
+        before = self.expect(prompt)
+        os.write(self.master, text.encode() + b"\n")
+        return before
+
+    def wait(self) -> tuple[int, str]:
+        rest = self.seen
+        while True:
+            try:
+                chunk = os.read(self.master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            rest += chunk.decode("utf-8", "replace")
+        os.close(self.master)
+        return self.proc.wait(timeout=60), rest
+
+
+def test_clone_asks_for_the_kit_first_then_the_new_device_passphrase(
+        local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kit's passphrase first, then this device's new one, each named; a weak or
+    mismatched new one is asked for again instead of ending the clone."""
+    a, kit = vault(local_remote, tmp_path), tmp_path / "kit.json"
+    monkeypatch.setenv("CLOUDGUARD_KIT_PASSPHRASE", KIT_PASSPHRASE)
+    cg("key", "export", str(kit), "--folder", str(a), "--choose-passphrase")
+    monkeypatch.delenv("CLOUDGUARD_PASSPHRASE")
+    monkeypatch.delenv("CLOUDGUARD_KIT_PASSPHRASE")
+    b = tmp_path / "b"
+    term = Terminal("clone", local_remote, str(b), "--key-file", str(kit))
+    term.answer(f"Passphrase for the recovery kit {kit}: ", KIT_PASSPHRASE)
+    term.answer(NEW, "abc")
+    assert "passphrase for this device's key file is too weak" in term.answer(NEW, PASSPHRASE)
+    term.answer(REPEAT, PASSPHRASE + " typo")
+    assert "do not match; try again" in term.answer(NEW, PASSPHRASE)
+    term.answer(REPEAT, PASSPHRASE)
+    code, rest = term.wait()
+    assert code == 0, rest
+    assert "Cloned into" in rest and "Passphrase" not in rest
+    assert tree(b) == tree(a)
+    key_files = [k for k in Path(os.environ["CLOUDGUARD_HOME"]).rglob("device.key")]
+    assert len(key_files) == 2
+    for key_file in key_files:
+        fmt.open_with_passphrase(json.loads(key_file.read_text()), PASSPHRASE)

@@ -132,6 +132,7 @@ def test_environment_is_isolated(tmp_path: Path) -> None:
     assert os.environ["RCLONE_CONFIG"] == "/dev/null"
     assert os.environ["CLOUDGUARD_KEYSTORE"] == "file"
     assert os.environ["CLOUDGUARD_PASSPHRASE"] == PASSPHRASE
+    assert os.environ["CLOUDGUARD_KIT_PASSPHRASE"] == PASSPHRASE
     assert keys.TEST_KDF_LOG_N == CHEAP_KDF_LOG_N
     for var in (
         "CLOUDGUARD_HOME",
@@ -147,6 +148,7 @@ def test_environment_is_isolated(tmp_path: Path) -> None:
         "CLOUDGUARD_HOME",
         "CLOUDGUARD_KEYSTORE",
         "CLOUDGUARD_PASSPHRASE",
+        "CLOUDGUARD_KIT_PASSPHRASE",
         "CLOUDGUARD_TEST_KEYRING",
         "CLOUDGUARD_RCLONE",
     }

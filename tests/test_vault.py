@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -121,6 +120,7 @@ def test_nothing_written_in_plaintext_folder_by_push(local_remote: str, tmp_path
     cg("init", str(a), "--remote", local_remote)
     cg("push", "--folder", str(a))
     assert tree(a) == before
+    assert os.listdir(a / ".cloudguard") == ["folder.json"]  # init's marker, nothing else
 
 
 def test_special_files_are_skipped_with_a_warning(local_remote: str, tmp_path: Path) -> None:
@@ -169,7 +169,7 @@ def test_concurrent_pushes_lose_nothing(local_remote: str, tmp_path: Path) -> No
     cg("push", "--folder", str(a))
     cg("pull", "--folder", str(b))
     for side in (a, b):
-        contents = sorted(p.read_text() for p in side.iterdir())
+        contents = sorted(p.read_text() for p in side.iterdir() if p.name != ".cloudguard")
         assert contents == ["a", "b", "version A", "version B"], side
     assert tree(a) == tree(b)
 
@@ -263,7 +263,7 @@ def test_unknown_format_version_is_refused(local_remote: str, tmp_path: Path) ->
     assert not (tmp_path / "b").exists()
 
 
-@pytest.mark.skipif(shutil.which("rclone") is None, reason="rclone missing")
+@pytest.mark.rclone
 def test_rclone_override(local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                          ) -> None:
     monkeypatch.setenv("CLOUDGUARD_RCLONE", str(tmp_path / "nope"))

@@ -1,0 +1,219 @@
+"""Version history: every replaced or deleted version stays on the remote for the folder's
+``keep_days``, and ``restore`` brings any of them back.
+
+Why: without it, restoring an old backup over the folder, or ransomware encrypting it, and then
+one push, replaces the real versions on every device for good. The history is part of the
+replicated manifest (format.md, "Version history"), so any device can restore what another
+device's push replaced, and garbage collection keeps the objects it names.
+
+A restore only writes the chosen versions into the folder, as the user's own edits: the next
+push makes them current everywhere, and the versions they replace join the history in turn.
+A local file with changes that were never pushed is not overwritten without ``--force``.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import sync
+from .errors import IntegrityError, UsageError
+from .manifest import Entry
+from .vault import UI, Session, _audited, _log, _scan, _stage, session
+
+_AGO = re.compile(r"^(\d+)([smhd])$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@dataclass
+class Version:
+    path: str
+    dot: str
+    entry: Entry
+    pushed: int  # unix seconds; 0 for a version pushed before history kept times
+    replaced: int | None  # None: a current version
+
+    def current_at(self, when: int) -> bool:
+        return self.pushed <= when and (self.replaced is None or self.replaced > when)
+
+    def to_json(self, labels: dict[str, str]) -> dict[str, Any]:
+        device = self.dot.partition(":")[0]
+        kind = {"f": "file", "d": "folder", "l": "symlink"}[str(self.entry.get("t"))]
+        return {"path": self.path, "version": self.dot, "kind": kind,
+                "size": int(self.entry.get("s", 0)) if kind == "file" else None,
+                "device": labels.get(device, device), "pushed": _iso(self.pushed),
+                "replaced": _iso(self.replaced) if self.replaced is not None else None,
+                "current": self.replaced is None}
+
+
+def _iso(when: int | None) -> str | None:
+    if not when:
+        return None
+    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str, now: float | None = None) -> int:
+    """``2026-12-01T10:00`` (local time unless it names a zone), or ``90m``/``2h``/``3d`` ago."""
+    got = _AGO.match(text.strip())
+    if got:
+        return int((now if now is not None else time.time())
+                   - int(got.group(1)) * _UNIT[got.group(2)])
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError as exc:
+        raise UsageError(f"--before {text!r} is not a time: give 2026-12-01T10:00 or 3h, 2d "
+                         "(ago)") from exc
+    return int(moment.timestamp())
+
+
+def versions(s: Session, path: str | None = None) -> list[Version]:
+    """Current and kept versions, of one path or of all, oldest first per path."""
+    out: list[Version] = []
+    if path is None:
+        for p, sibs in s.state.items():
+            out += [Version(p, d, e, int(e.get("pt", 0)), None) for d, e in sibs.items()]
+    else:
+        out += [Version(path, d, e, int(e.get("pt", 0)), None)
+                for d, e in s.state.siblings(path).items()]
+    out += [Version(p, d, e, int(e.get("pt", 0)), gone) for p, d, e, gone in s.state.attic(path)]
+    return sorted(out, key=lambda v: (v.path, v.pushed, v.replaced is None, v.replaced or 0))
+
+
+def history(folder: str | None, path: str, ui: UI | None = None) -> dict[str, Any]:
+    with session(folder, ui) as s:
+        rel = _rel(s, path)
+        found = versions(s, rel)
+        if not found:
+            raise UsageError(f"{rel}: no version of it is current or kept (keep_days = "
+                             f"{s.binding.keep_days})")
+        labels = s.labels()
+        return {"path": rel, "keep_days": s.binding.keep_days,
+                "versions": [v.to_json(labels) for v in found]}
+
+
+def _rel(s: Session, path: str) -> str:
+    """A path as the manifest names it: relative to the folder, given either way."""
+    given = Path(path)
+    if given.is_absolute():
+        try:
+            given = given.relative_to(s.folder)
+        except ValueError as exc:
+            raise UsageError(f"{path} is not inside {s.folder}") from exc
+    rel = given.as_posix().strip("/")
+    if rel in ("", "."):
+        raise UsageError("give a path inside the folder")
+    return sync.check_rel_path(rel)
+
+
+def restore(folder: str | None, paths: list[str], before: str | None = None,
+            version: str | None = None, force: bool = False, ui: UI | None = None
+            ) -> dict[str, Any]:
+    """Write the versions current at ``before`` (or the one ``version``) into the folder."""
+    if (before is None) == (version is None):
+        raise UsageError("give either --before TIME or --version ID")
+    if version is not None and len(paths) != 1:
+        raise UsageError("--version restores one path: give exactly one")
+    when = parse_time(before) if before is not None else None
+    with _audited("restore", folder), session(folder, ui, scan=True) as s:
+        result = _restore(s, paths, when, version, force)
+        _log(s, "restore", restored=len(result["restored"]), refused=len(result["refused"]))
+        return result
+
+
+def _restore(s: Session, paths: list[str], when: int | None, dot: str | None, force: bool
+             ) -> dict[str, Any]:
+    local = _scan(s)
+    rows = s.index.rows()
+    wanted = [_rel(s, p) for p in paths]
+    chosen: dict[str, Version] = {}
+    absent: list[str] = []
+    if dot is not None:
+        pick = next((v for v in versions(s, wanted[0]) if v.dot == dot), None)
+        if pick is None:
+            raise UsageError(f"{wanted[0]}: no version {dot} is current or kept (see "
+                             f"cloudguard history {wanted[0]})")
+        chosen[pick.path] = pick
+    else:
+        assert when is not None
+        found: dict[str, list[Version]] = {}
+        for v in versions(s):
+            if not wanted or any(v.path == w or v.path.startswith(w + "/") for w in wanted):
+                found.setdefault(v.path, []).append(v)
+        missing = [w for w in wanted if w not in found and not any(
+            f.startswith(w + "/") for f in found)]
+        if missing:
+            raise UsageError(f"{missing[0]}: no version of it is current or kept")
+        for path, vs in sorted(found.items()):
+            live = [v for v in vs if v.current_at(when)]
+            if live:
+                chosen[path] = max(live, key=lambda v: (v.pushed, v.dot))
+            else:
+                absent.append(path)
+    same: list[str] = []
+    refused: list[str] = []
+    todo: list[Version] = []
+    for path, v in chosen.items():
+        loc = local.get(path)
+        if loc is not None and sync.entry_matches(loc, v.entry,
+                                                  functools.partial(sync.hash_file,
+                                                                    s.folder / path)):
+            if loc.kind != "f" or loc.mode == int(v.entry.get("x", loc.mode)):
+                same.append(path)
+                continue
+        row = rows.get(path)
+        unsynced = loc is not None and loc.kind != "d" and (row is None or sync.dirty(loc, row))
+        if unsynced and not force:
+            refused.append(path)
+            continue
+        if loc is not None and loc.kind == "d" and v.entry.get("t") != "d":
+            refused.append(path)  # never replace a folder (and what is in it) by a file
+            continue
+        todo.append(v)
+    written = _write(s, todo)
+    if refused:
+        s.ui.warn(f"kept {len(refused)} path(s) with changes that were never pushed (or a "
+                  f"folder in the way), e.g. {refused[0]}; --force overwrites them")
+    return {"restored": written, "unchanged": sorted(same), "refused": sorted(refused),
+            "not_present_then": sorted(absent),
+            "before": _iso(when) if when is not None else None, "version": dot}
+
+
+def _write(s: Session, todo: list[Version]) -> list[str]:
+    """Folders first, then files (authenticated into temp files, then renamed), then links.
+    Nothing is renamed into place until every file is authenticated."""
+    for v in sorted((v for v in todo if v.entry.get("t") == "d"), key=lambda v: v.path):
+        sync.make_dir(s.folder, v.path, int(v.entry.get("x", 0o700)))
+    files = [(v.path, v.entry) for v in todo if v.entry.get("t") == "f"]
+    staged: list[sync.Staged] = []
+    created: list[Path] = []
+    failures: list[str] = []
+    total = sum(int(e.get("s", 0)) for _p, e in files)
+    try:
+        with s.ui.progress("restore", total) as advance:
+            for obj, items in sync.group_by_object(files).items():
+                for dest, entry, reader, err in sync.read_blobs(s.transport, obj, items):
+                    try:
+                        if reader is None:
+                            raise IntegrityError(str(err))
+                        staged.append(_stage(s, dest, entry, reader, created))
+                        advance(int(entry.get("s", 0)))
+                    except IntegrityError as exc:
+                        failures.append(f"{dest}: {exc}")
+    except BaseException:
+        sync.discard(staged, created)
+        raise
+    if failures:
+        sync.discard(staged, created)
+        raise IntegrityError("integrity failure, nothing was restored: " + "; ".join(failures))
+    for item in staged:
+        sync.commit_staged(s.folder, item)
+    for v in todo:
+        if v.entry.get("t") == "l":
+            sync.make_link(s.folder, v.path, str(v.entry.get("l", "")))
+    return sorted(v.path for v in todo)
+
