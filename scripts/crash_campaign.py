@@ -1119,7 +1119,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     parser.add_argument("--kills", type=int, default=200, help="how many kills (default 200)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     parser.add_argument("--ops", default=",".join(OPS),
-                        help="comma-separated operations (default push,pull,rotate,reencrypt)")
+                        help="comma-separated operations (default: all of "
+                             f"{','.join(OPS)})")
     parser.add_argument("--modes", default=",".join(KILL_MODES),
                         help="kill modes: python (cloudguard only), group (with its rclone "
                              "children), rclone (one rclone child); default all")
