@@ -29,6 +29,11 @@ def _tty() -> bool:
     return sys.stdout.isatty()
 
 
+def _interactive() -> bool:
+    """Whether a question can be asked: stdin is a terminal."""
+    return sys.stdin.isatty()
+
+
 def _warn(message: str) -> None:
     click.echo(f"cloudguard: warning: {message}", err=True)
 
@@ -454,7 +459,7 @@ def key_export(file: str, folder: str | None, name: str | None, choose: bool,
     """
     def go() -> None:
         result = vault.key_export(folder, file, name, choose)
-        if "passphrase" in result and not as_json:
+        if result["passphrase"] and not as_json:
             _show_kit_passphrase(result["passphrase"], result["kit"])
         _emit(result, as_json, lambda r: f"Recovery kit {r['id']} written to {r['kit']}. "
               "Keep it offline; it opens the vault with its passphrase.", always=True)
@@ -507,7 +512,7 @@ def _confirmer(yes: bool, verb: str, effect: str) -> vault.Confirm:
                  if req.get("fingerprint") else f"request {req['id']}")
         if yes:
             return True
-        if not sys.stdin.isatty():
+        if not _interactive():
             raise CloudguardError(f"not {verb}d {shown}: no terminal to confirm on; compare the "
                              f"fingerprint with the new device, then pass --yes")
         click.echo(f"{verb.capitalize()} {shown}? {effect}", err=True)

@@ -1243,8 +1243,7 @@ def key_export(folder: str | None, path: str, name: str | None = None,
             raise
         s.index.set_meta("kit_exported", now_iso())
         _log(s, "key-export", kit_id=rid)
-        return {"kit": str(target), "id": rid,
-                **({} if choose else {"passphrase": passphrase})}
+        return {"kit": str(target), "id": rid, "passphrase": None if choose else passphrase}
 
 
 def device_list(folder: str | None) -> dict[str, Any]:
