@@ -138,11 +138,14 @@ def _things(counts: dict[str, int], none: str = "nothing") -> str:
 def _where(paths: list[str], top: int = 3) -> str:
     """Where most of the paths are: the top-level folders holding the most of them."""
     groups: dict[str, int] = {}
+    nested: set[str] = set()
     for path in paths:
         head, sep, _rest = path.partition("/")
-        key = head + "/" if sep else "(top level)"
-        groups[key] = groups.get(key, 0) + 1
-    ranked = sorted(groups.items(), key=lambda kv: (-kv[1], kv[0]))
+        groups[head] = groups.get(head, 0) + 1
+        if sep:
+            nested.add(head)
+    ranked = sorted(((k + "/" if k in nested else k, n) for k, n in groups.items()),
+                    key=lambda kv: (-kv[1], kv[0]))
     shown = ", ".join(f"{k} {n:,}" for k, n in ranked[:top])
     return shown + (f", {len(ranked) - top} more places" if len(ranked) > top else "")
 
