@@ -118,7 +118,9 @@ class _Main(click.Group):
             if "--json" in argv:
                 click.echo(json.dumps({"error": {"code": exc.exit_code,
                                                  "message": exc.format_message(),
-                                                 "kind": "usage"}}, indent=2, sort_keys=True))
+                                                 "kind": "usage" if isinstance(
+                                                     exc, click.UsageError) else "error"}},
+                                      indent=2, sort_keys=True))
             sys.exit(exc.exit_code)
         except click.Abort:
             _fail(1, "aborted", "interrupted", "--json" in argv, prefix="")
@@ -282,13 +284,16 @@ def status(folder: str | None, verbose: bool, as_json: bool) -> None:
     def go() -> None:
         result = vault.status(folder, _ui(as_json))
 
-        def side(label: str, key: str) -> list[str]:
+        def side(label: str, key: str, deletes: str) -> list[str]:
             paths = result[key]
             if not paths:
                 return []
             if verbose:
                 return [f"  {label}: {p}" for p in paths]
-            return [f"  {label}: {_things(result['counts'][key])}, under {_where(paths)}"]
+            gone = sum(result["counts"][deletes].values())
+            return [f"  {label}: {_things(result['counts'][key])}"
+                    + (f" ({gone:,} of them deletions)" if gone else "")
+                    + f", under {_where(paths)}"]
 
         def human(r: dict[str, Any]) -> str:
             lines = [f"folder {r['folder']} -> {r['remote']} (key epoch {r['epoch']},"
@@ -296,7 +301,8 @@ def status(folder: str | None, verbose: bool, as_json: bool) -> None:
             lines += [f"  exposed: {e['files']} files were readable by removed member "
                       f"{e['name']} (key rotate --reencrypt renews their keys)"
                       for e in r["exposed"]]
-            lines += side("to push", "to_push") + side("to pull", "to_pull")
+            lines += (side("to push", "to_push", "push_deletes")
+                      + side("to pull", "to_pull", "pull_deletes"))
             if r["conflicts"]:
                 lines.append(f"  pull would make {_copies(r['conflicts'])}")
             if not r["to_push"] and not r["to_pull"]:

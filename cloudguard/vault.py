@@ -566,7 +566,12 @@ def clone_vault(remote: str, folder: str, kit: str | None = None, name: str | No
     path = _check_folder(folder)
     made: list[Binding] = []
     try:
-        return {**_clone(remote, path, kit, name, ui, made, vault_code), "exposed": exposed}
+        # one shape whether enrolled at once (a kit: the first pull's keys) or requested
+        none: dict[str, Any] = {
+            "downloaded": [], "deleted": [], "conflicts": [], "skipped": [], "fingerprint": None,
+            "counts": {k: _counts(()) for k in ("downloaded", "made", "deleted")}}
+        return {**none, **_clone(remote, path, kit, name, ui, made, vault_code),
+                "exposed": exposed}
     except BaseException:
         for binding in made:
             if binding.enrolled or kit is not None:
@@ -1126,7 +1131,9 @@ def status(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
                                     *(r.kind for r in up.delete)]),
                 "to_pull": _counts([*("f" for _ in down.download),
                                     *(str(e.get("t")) for _d, _t, e in down.make),
-                                    *(r.kind for r in down.delete)])},
+                                    *(r.kind for r in down.delete)]),
+                "push_deletes": _counts(r.kind for r in up.delete),
+                "pull_deletes": _counts(r.kind for r in down.delete)},
         }
 
 
@@ -1549,9 +1556,8 @@ class _PlainStream:
 
 
 __all__ = ["UI", "clone_vault", "device_approve", "device_list", "device_reject", "device_remove",
-           "doctor",
-           "init_vault", "key_export", "key_list", "key_rotate", "pull", "push", "status",
-           "verify"]
+           "doctor", "init_vault", "key_export", "key_list", "key_rotate", "pull", "push",
+           "status", "verify"]
 
 
 # --- doctor -------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ def check(value: Any, spec: Any, where: str) -> None:
 
 def test_the_doc_parses_into_one_schema_per_command() -> None:
     found = schemas()
-    for name in ("error", "init", "clone", "clone (request)", "push", "pull", "status",
+    for name in ("error", "init", "clone", "push", "pull", "status",
                  "verify", "doctor", "key rotate", "key list", "key export", "key passphrase",
                  "device list", "device approve", "device reject", "device remove", "history",
                  "restore", "settings", "log", "log --verify", "lock"):
@@ -89,9 +89,9 @@ def test_every_command_prints_what_its_schema_says(local_remote: str, tmp_path: 
     (b / "top.txt").write_text("changed on b")
     cg("push", "--folder", str(b))
     run("pull", "pull", "--folder", str(a))
-    first = run("clone (request)", "clone", local_remote, str(tmp_path / "c"), "--vault-code",
+    first = run("clone", "clone", local_remote, str(tmp_path / "c"), "--vault-code",
                 made["vault_code"], "--name", "phone")
-    second = run("clone (request)", "clone", local_remote, str(tmp_path / "d"),
+    second = run("clone", "clone", local_remote, str(tmp_path / "d"),
                  "--vault-code", made["vault_code"], "--name", "tablet")
     run("device list", "device", "list", "--folder", str(a))
     run("device approve", "device", "approve", first["fingerprint"], "--folder", str(a),
@@ -115,6 +115,7 @@ def test_every_command_prints_what_its_schema_says(local_remote: str, tmp_path: 
         for out in outputs:
             check(out, docs[name], name)
     assert seen["pull"][0]["downloaded"] == ["top.txt"]
+    assert [c["enrolled"] for c in seen["clone"]] == [True, False, False]
 
 
 def test_dry_run_keeps_every_key(local_remote: str, tmp_path: Path) -> None:

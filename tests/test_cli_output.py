@@ -87,7 +87,8 @@ def test_status_gives_counts_and_lists_paths_only_with_verbose(local_remote: str
 
     out = cg("status", "--folder", str(a)).stdout
     assert len(out.splitlines()) <= 5, out
-    assert "to push: 240 files, 8 folders and 2 links, under photos/ 125, pictures/ 125" in out
+    assert ("to push: 240 files, 8 folders and 2 links (125 of them deletions), under "
+            "photos/ 125, pictures/ 125") in out
     assert "--verbose" in out
     verbose = cg("status", "--folder", str(a), "--verbose").stdout
     assert len([ln for ln in verbose.splitlines() if "to push: " in ln]) == 250
