@@ -513,7 +513,7 @@ def device_list(folder: str | None, as_json: bool) -> None:
     _run(go, as_json)
 
 
-def _confirmer(yes: bool, verb: str, effect: str) -> vault.Confirm:
+def _confirmer(yes: bool, verb: str, effect: str, hint: str) -> vault.Confirm:
     """Asks on the terminal with the request's name and fingerprint; without a terminal only
     --yes goes ahead, never a default."""
     def confirm(req: dict[str, Any]) -> bool:
@@ -522,8 +522,7 @@ def _confirmer(yes: bool, verb: str, effect: str) -> vault.Confirm:
         if yes:
             return True
         if not _interactive():
-            raise CloudguardError(f"not {verb}d {shown}: no terminal to confirm on; compare the "
-                             f"fingerprint with the new device, then pass --yes")
+            raise CloudguardError(f"not {verb}d {shown}: no terminal to confirm on; {hint}")
         click.echo(f"{verb.capitalize()} {shown}? {effect}", err=True)
         return click.confirm(f"{verb.capitalize()} it", default=False, err=True)
     return confirm
@@ -542,7 +541,8 @@ def device_approve(fingerprint: str, folder: str | None, yes: bool, as_json: boo
     """Enrol the device whose request shows FINGERPRINT, after showing its name and asking."""
     def go() -> None:
         confirm = _confirmer(yes, "approve", "It will read and write every file in the vault; "
-                             "check that the new device shows this fingerprint.")
+                             "check that the new device shows this fingerprint.",
+                             "compare the fingerprint with the new device's, then pass --yes")
         result = vault.device_approve(folder, fingerprint, _ui(as_json), confirm)
         _emit(result, as_json, lambda r: f"Approved {r['name']} ({r['approved']}, fingerprint "
               f"{r['fingerprint']}). The new device checks the vault code: {r['vault_code']}",
@@ -559,7 +559,8 @@ def device_reject(fingerprint: str, folder: str | None, yes: bool, as_json: bool
     """Delete the pending enrolment request with FINGERPRINT (or, for an invalid one, its id
     as device list shows it)."""
     def go() -> None:
-        confirm = _confirmer(yes, "reject", "Its enrolment request is deleted from the remote.")
+        confirm = _confirmer(yes, "reject", "Its enrolment request is deleted from the remote.",
+                             "pass --yes to delete the request")
         result = vault.device_reject(folder, fingerprint, confirm)
         _emit(result, as_json, lambda r: f"Rejected the enrolment request {r['rejected']}"
               + (f" of {r['name']}" if r["name"] else "") + ".", always=True)

@@ -183,6 +183,14 @@ def test_device_list_shows_pending_requests_and_reject_deletes_one(local_remote:
     waiting = cg_proc("pull", "--folder", str(tmp_path / "stranger"))
     assert waiting.returncode == 1
 
+    junk = Path(local_remote) / "enroll" / "0123456789abcdef"
+    junk.write_bytes(b"not a request")  # has no fingerprint: listed, rejected by its id
+    [row] = cg_json("device", "list", "--folder", str(a))["pending"]
+    assert row["id"] == junk.name and row["fingerprint"] is None and row["problem"]
+    assert "invalid" in cg("device", "list", "--folder", str(a)).stdout
+    cg("device", "reject", junk.name, "--folder", str(a), "--yes")
+    assert not junk.exists()
+
 
 def test_device_approve_shows_name_and_fingerprint_and_asks(local_remote: str, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch
