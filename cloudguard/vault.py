@@ -17,7 +17,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -516,12 +516,28 @@ def _check_apart(folder: str, transport: RcloneTransport) -> None:
                          "would sit in the remote; choose a folder outside the remote")
 
 
-def init_vault(folder: str, remote: str, padding: str = "padme", name: str | None = None
-               ) -> dict[str, Any]:
+def _check_exposed(folder: str, allow: bool) -> list[str]:
+    """A folder that another sync client uploads keeps no secret, whatever we encrypt: refused
+    before anything is made unless ``allow`` (--allow-exposed); then the findings are returned
+    for the result."""
+    from . import doctor as checks
+
+    path = Path(folder).expanduser().resolve()
+    found = [f for f in checks.exposure(path, Path.home()) if f.level == "error"]
+    if found and not allow:
+        more = f" ({len(found) - 1} more: cloudguard doctor)" if len(found) > 1 else ""
+        raise UsageError(f"{found[0].message}; {found[0].fix}, or pass --allow-exposed to "
+                         f"accept it{more}")
+    return [f.message for f in found]
+
+
+def init_vault(folder: str, remote: str, padding: str = "padme", name: str | None = None,
+               allow_exposed: bool = False) -> dict[str, Any]:
     if padding not in ("padme", "none"):
         raise UsageError(f"--padding {padding!r}: use padme or none")
     transport = RcloneTransport(remote)
     _check_apart(folder, transport)
+    exposed = _check_exposed(folder, allow_exposed)
     path = _check_folder(folder)
     existing = transport.list()
     if DESCRIPTOR in existing:
@@ -556,17 +572,24 @@ def init_vault(folder: str, remote: str, padding: str = "padme", name: str | Non
     audit.record("init", vault=vault_id, device=binding.device)
     return {"folder": str(path), "remote": remotes.redact(transport.remote), "vault": vault_id,
             "vault_code": fmt.vault_code(vault_id), "device": binding.device,
-            "keystore": binding.keystore}
+            "keystore": binding.keystore, "exposed": exposed}
 
 
 def clone_vault(remote: str, folder: str, kit: str | None = None, name: str | None = None,
-                ui: UI | None = None, vault_code: str | None = None) -> dict[str, Any]:
+                ui: UI | None = None, vault_code: str | None = None,
+                allow_exposed: bool = False) -> dict[str, Any]:
     """Bind a folder to an existing vault; on any failure, undo the binding and the key."""
+    exposed = _check_exposed(folder, allow_exposed)
     existed = Path(folder).expanduser().exists()
     path = _check_folder(folder)
     made: list[Binding] = []
     try:
-        return _clone(remote, path, kit, name, ui, made, vault_code)
+        # one shape whether enrolled at once (a kit: the first pull's keys) or requested
+        none: dict[str, Any] = {
+            "downloaded": [], "deleted": [], "conflicts": [], "skipped": [], "fingerprint": None,
+            "counts": {k: _counts(()) for k in ("downloaded", "made", "deleted")}}
+        return {**none, **_clone(remote, path, kit, name, ui, made, vault_code),
+                "exposed": exposed}
     except BaseException:
         for binding in made:
             if binding.enrolled or kit is not None:
@@ -656,13 +679,21 @@ def _clone(remote: str, path: Path, kit: str | None, name: str | None, ui: UI | 
     if not anchor:
         raise IntegrityError(f"{kit}: the commit that added this kit ({opened.anchor[:16]}...) "
                              "is gone from the remote: rolled back or deleted")
-    ring = trust.open_ring(vault_id, listing, transport.get_bytes, descriptor_hash(raw),
-                           opened.rid, opened.secret, None, warn)
+    try:
+        ring = trust.open_ring(vault_id, listing, transport.get_bytes, descriptor_hash(raw),
+                               opened.rid, opened.secret, None, warn)
+    except KeyStoreError as exc:  # its message is for a device (approve, removed)
+        raise KeyStoreError(f"{kit}: this recovery kit is no longer a member of the vault (it "
+                            "was removed, so it cannot enrol a device); use a current kit, or "
+                            "enrol by approval: cloudguard clone REMOTE FOLDER --vault-code "
+                            "CODE") from exc
     if opened.anchor not in ring.view.commits:
         raise IntegrityError(f"{kit}: the commit that added this kit is not in the vault's "
                              "verified chain")
     if ring.head.members.get(opened.rid) is None:
-        raise KeyStoreError(f"{kit}: this recovery kit was removed from the vault")
+        raise KeyStoreError(f"{kit}: this recovery kit was removed from the vault; use a "
+                            "current kit, or enrol by approval: cloudguard clone REMOTE FOLDER "
+                            "--vault-code CODE")
     _add_member(transport, None, ring, binding.device, me.public("device"), binding.device_name)
     binding.save()
     write_marker(binding)
@@ -690,7 +721,8 @@ def _add_member(transport: Transport, index: Index | None, ring: trust.Ring, rid
 # --- push ---------------------------------------------------------------------------------
 
 
-def _resolve(s: Session) -> int:
+def _resolve(s: Session) -> list[str]:
+    """The conflict copies made of concurrent versions (a list, as pull reports them)."""
     ops = sync.resolve_siblings(s.state, s.labels())
     if ops:
         s.commit(ops)
@@ -701,7 +733,15 @@ def _resolve(s: Session) -> int:
             s.ui.warn(f"{len(renamed) // 2} path(s) differ from others only by case or Unicode "
                       f"normalisation, which this folder cannot tell apart: renamed to "
                       f"'... ({folding.SUFFIX})' on every device")
-    return sum(1 for op in ops if not op["rm"])
+    return sorted(op["p"] for op in ops if not op["rm"])
+
+
+def _counts(kinds: Iterable[str]) -> dict[str, int]:
+    """Files, folders and links apart: "updated 42" must not call 40 folders files."""
+    out = {"files": 0, "folders": 0, "links": 0}
+    for kind in kinds:
+        out[{"d": "folders", "l": "links"}.get(kind, "files")] += 1
+    return out
 
 
 def _scan(s: Session) -> dict[str, sync.LocalItem]:
@@ -754,12 +794,23 @@ def push(folder: str | None, dry_run: bool = False, ui: UI | None = None,
     """``result["unreadable"]`` lists paths that could not be read: they kept their last
     synced state, and the CLI exits 1 after the rest was pushed."""
     with _audited("push", folder), session(folder, ui, scan=True, guard=True) as s:
+        _warn_exposed(s)
         result = _push(s, dry_run, allow_mass_delete)
         if not dry_run:
             _log(s, "push", files=len(result["uploaded"]) + len(result["updated"]),
                  deleted=len(result["deleted"]), objects=result.get("object_ids", []),
                  segments=s.committed)
         return result
+
+
+def _warn_exposed(s: Session) -> None:
+    """A sync client around the folder (found since init, or allowed there) is named on every
+    push; only around it: the scan already reads the inside."""
+    from . import doctor as checks
+
+    for f in checks.exposure(s.folder, Path.home(), inside=False):
+        if f.level == "error":
+            s.ui.warn(f"{f.message} ({f.fix}; cloudguard doctor)")
 
 
 def _push_plan(s: Session, local: dict[str, sync.LocalItem]
@@ -837,14 +888,20 @@ def _check_mass_delete(s: Session, plan: sync.PushPlan, allow: bool) -> None:
 
 
 def _push(s: Session, dry_run: bool, allow_mass_delete: bool = False) -> dict[str, Any]:
-    conflicts = 0 if dry_run else _resolve(s)
+    conflicts = [] if dry_run else _resolve(s)
     local = _scan(s)
     plan, index_rows = _push_plan(s, local)
+    # a dry run has every key a push has (what it would do; nothing uploaded)
     result: dict[str, Any] = {
         "uploaded": [i.path for i in plan.upload], "updated": [i.path for i, _ in plan.put],
         "deleted": [r.path for r in plan.delete if r.path not in plan.renamed],
         "renamed": dict(sorted(plan.renamed.items())), "dry_run": dry_run,
-        "conflicts": conflicts, "unreadable": sorted(s.unreadable)}
+        "conflicts": conflicts, "unreadable": sorted(s.unreadable),
+        "skipped": [], "bytes_uploaded": 0, "objects": 0, "object_ids": [],
+        "counts": {"uploaded": _counts("f" for _ in plan.upload),
+                   "updated": _counts(i.kind for i, _ in plan.put),
+                   "deleted": _counts(r.kind for r in plan.delete
+                                      if r.path not in plan.renamed)}}
     if dry_run:
         result["mass_delete"] = _mass_delete(s, plan) is not None  # push would ask first
         return result
@@ -875,6 +932,7 @@ def _push(s: Session, dry_run: bool, allow_mass_delete: bool = False) -> dict[st
         ops.append({"p": row.path, "e": None, "rm": _based_on(s, row)})
     _commit_ops(s, ops, local, up.objects)
     result["uploaded"] = sorted(up.paths)
+    result["counts"]["uploaded"] = _counts("f" for _ in up.paths)
     result["skipped"] = up.skipped
     result["unreadable"] = sorted({*s.unreadable, *up.unreadable})
     result["bytes_uploaded"] = up.bytes_out
@@ -1067,7 +1125,7 @@ def _pull_plan(s: Session, local: dict[str, sync.LocalItem]) -> tuple[
 
 
 def _pull(s: Session) -> dict[str, Any]:
-    _resolve(s)
+    resolved = _resolve(s)
     local = _scan(s)
     plan, remote, _n = _pull_plan(s, local)
     failures: list[str] = []
@@ -1124,8 +1182,13 @@ def _pull(s: Session) -> dict[str, Any]:
             if rem is not None:  # conflict: remember the remote version, so ours replaces it
                 s.index.put(sync.row_from_entry(path, rem[0], rem[1]))
     deleted = _delete_local(s, plan.delete)
-    return {"downloaded": sorted(written), "deleted": deleted, "conflicts": plan.conflicts,
-            "skipped": plan.skipped}
+    kinds = {r.path: r.kind for r in plan.delete}
+    return {"downloaded": sorted(written), "deleted": deleted,
+            "conflicts": sorted(resolved + plan.conflicts),
+            "skipped": plan.skipped,
+            "counts": {"downloaded": _counts("f" for _ in written),
+                       "made": _counts(str(e.get("t")) for _d, _t, e in plan.make),
+                       "deleted": _counts(kinds.get(p, "f") for p in deleted)}}
 
 
 def _stage(s: Session, dest: str, entry: dict[str, Any], reader: fmt.Reader,
@@ -1182,6 +1245,14 @@ def status(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
             "to_pull": sorted([d for d, _t, _e in down.download + down.make]
                               + [r.path for r in down.delete]),
             "conflicts": down.conflicts, "unreadable": sorted(s.unreadable),
+            "counts": {
+                "to_push": _counts([*("f" for _ in up.upload), *(i.kind for i, _ in up.put),
+                                    *(r.kind for r in up.delete)]),
+                "to_pull": _counts([*("f" for _ in down.download),
+                                    *(str(e.get("t")) for _d, _t, e in down.make),
+                                    *(r.kind for r in down.delete)]),
+                "push_deletes": _counts(r.kind for r in up.delete),
+                "pull_deletes": _counts(r.kind for r in down.delete)},
         }
 
 
@@ -1298,8 +1369,7 @@ def key_export(folder: str | None, path: str, name: str | None = None,
             raise
         s.index.set_meta("kit_exported", now_iso())
         _log(s, "key-export", kit_id=rid)
-        return {"kit": str(target), "id": rid,
-                **({} if choose else {"passphrase": passphrase})}
+        return {"kit": str(target), "id": rid, "passphrase": None if choose else passphrase}
 
 
 def device_list(folder: str | None) -> dict[str, Any]:
@@ -1311,10 +1381,55 @@ def device_list(folder: str | None) -> dict[str, Any]:
         removed = [{"id": rid, "name": s.ring.name_of(rid), "cutoff": cut.seq}
                    for rid, cut in sorted(s.ring.view.removed.items())]
         return {"vault": s.binding.vault_id, "vault_code": fmt.vault_code(s.binding.vault_id),
-                "members": members, "removed": removed}
+                "members": members, "removed": removed, "pending": _pending(s)}
 
 
-def device_approve(folder: str | None, fp: str, ui: UI | None = None) -> dict[str, Any]:
+def _pending(s: Session) -> list[dict[str, Any]]:
+    """Enrolment requests waiting on the remote; one that does not verify, or is for another
+    vault or under another name, is listed with its problem (never approvable)."""
+    out: list[dict[str, Any]] = []
+    for name in sorted(n for n in s.listing if n.startswith(keymod.ENROLL_PREFIX)):
+        rid = name[len(keymod.ENROLL_PREFIX):]
+        row: dict[str, Any] = {"id": rid, "name": None, "fingerprint": None, "created": None,
+                               "problem": None}
+        try:
+            req = chain.read_request(s.transport.get_bytes(name, limits.MAX_ENROLMENT))
+        except IntegrityError:
+            row["problem"] = f"{name} is not a valid enrolment request"
+            out.append(row)
+            continue
+        row.update(name=req.name, fingerprint=req.fingerprint, created=req.created)
+        if req.vault != s.binding.vault_id or req.rid != rid:
+            row["problem"] = f"{name} is for another vault or under another name"
+        out.append(row)
+    return out
+
+
+Confirm = Callable[[dict[str, Any]], bool]
+
+
+def device_reject(folder: str | None, wanted: str, confirm: Confirm | None = None
+                  ) -> dict[str, Any]:
+    """Delete a pending enrolment request, chosen by its fingerprint (or, for one that does not
+    verify and so has none, its id), once ``confirm`` agrees."""
+    with session(folder) as s:
+        for row in _pending(s):
+            if wanted.strip().lower() == row["id"] or (
+                    row["fingerprint"] and _code(row["fingerprint"]) == _code(wanted)):
+                if confirm is not None and not confirm(row):
+                    raise CloudguardError(f"not rejected: enrolment request {row['id']} stays")
+                s.transport.delete([keymod.ENROLL_PREFIX + row["id"]])
+                _log(s, "device-reject", rejected=row["id"])
+                return {"rejected": row["id"], "name": row["name"],
+                        "fingerprint": row["fingerprint"]}
+        raise UsageError(f"no pending enrolment request has fingerprint or id {wanted} (see "
+                         "cloudguard device list)")
+
+
+def device_approve(folder: str | None, fp: str, ui: UI | None = None,
+                   confirm: Confirm | None = None) -> dict[str, Any]:
+    """``confirm`` sees the verified request (name, fingerprint, id) before anything is
+    written; the CLI asks the person, or refuses without a terminal unless --yes."""
     wanted = _code(fp)
     with session(folder, ui) as s:
         refused: list[str] = []  # not a request at all: tampering, reported if nothing matches
@@ -1330,10 +1445,15 @@ def device_approve(folder: str | None, fp: str, ui: UI | None = None) -> dict[st
             if req.vault != s.binding.vault_id or name != keymod.ENROLL_PREFIX + req.rid:
                 raise IntegrityError(f"{name}: the enrolment request with fingerprint {fp} is "
                                      "for another vault or under another name; refused")
+            shown = {"id": req.rid, "name": req.name, "fingerprint": req.fingerprint,
+                     "created": req.created}
+            if confirm is not None and not confirm(shown):
+                raise CloudguardError(f"not approved: {req.name} ({req.fingerprint}) stays "
+                                      "pending; cloudguard device reject removes the request")
             _add_member(s.transport, s.index, s.ring, req.rid, req.keys, req.name)
             s.transport.delete([name])
             _log(s, "device-approve", approved=req.rid)
-            return {"approved": req.rid, "name": req.name,
+            return {"approved": req.rid, "name": req.name, "fingerprint": req.fingerprint,
                     "vault_code": fmt.vault_code(s.binding.vault_id)}
         if refused:
             raise IntegrityError(f"no valid pending enrolment request has fingerprint {fp}; "
@@ -1554,9 +1674,9 @@ class _PlainStream:
             raise IntegrityError("plaintext hash mismatch during re-encryption")
 
 
-__all__ = ["UI", "clone_vault", "device_approve", "device_list", "device_remove", "doctor",
-           "init_vault", "key_export", "key_list", "key_rotate", "pull", "push", "status",
-           "verify"]
+__all__ = ["UI", "clone_vault", "device_approve", "device_list", "device_reject", "device_remove",
+           "doctor", "init_vault", "key_export", "key_list", "key_rotate", "pull", "push",
+           "status", "verify"]
 
 
 # --- doctor -------------------------------------------------------------------------------
@@ -1597,12 +1717,15 @@ def doctor(folder: str | None, check_remote: bool = False) -> dict[str, Any]:
                 ages = [(c.epoch, (now - _epoch(c.created)) / 86400)
                         for c in s.ring.view.ancestry(s.ring.head) if c.action != "add"]
                 recovery = any(k.kind == "kit" for k in s.ring.head.members.values())
+                had_kit = any(k.kind == "kit" for c in s.ring.view.commits.values()
+                              for k in c.members.values())
                 for row in _exposure(s):
                     findings.append(checks.Finding(
                         "warning", "exposure", f"{row['files']} files were readable by removed "
                         f"member {row['name']} ({row['removed']}) and still are to its copies",
                         "cloudguard key rotate --reencrypt gives them new keys"))
-                findings += checks.check_keys(ages, recovery, checks.policy_days())
+                findings += checks.check_keys(ages, recovery, checks.policy_days(),
+                                              kit_removed=had_kit and not recovery)
                 if check_remote:
                     findings += _doctor_remote(s)
                 _log(s, "doctor", remote=check_remote,

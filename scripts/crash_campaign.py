@@ -950,10 +950,10 @@ class Campaign:
         stats["mass deleted"] = count
         res = run(vault.a, op_args("push", vault.a.folder), self.cfg.timeout)
         try:
-            refusal = json.loads(res.stdout) if res.code == 1 else {}
-        except ValueError:
+            refusal = json.loads(res.stdout)["error"] if res.code == 1 else {}
+        except (ValueError, KeyError, TypeError):
             refusal = {}
-        if refusal.get("error") != "mass-delete":
+        if refusal.get("kind") != "mass-delete":
             raise CampaignFailure("the mass-delete guard did not refuse a push deleting "
                                   f"{count} files", res.brief())
         self.must(vault.b, op_args("pull", vault.b.folder), "device b pull after a refusal")

@@ -247,7 +247,8 @@ def test_help_everywhere() -> None:
                  ["pull", "--help"], ["status", "--help"], ["verify", "--help"],
                  ["key", "rotate", "--help"], ["key", "list", "--help"],
                  ["key", "export", "--help"], ["device", "list", "--help"],
-                 ["device", "approve", "--help"], ["device", "remove", "--help"]):
+                 ["device", "approve", "--help"], ["device", "reject", "--help"],
+                 ["device", "remove", "--help"]):
         assert "Usage:" in cg(*args).stdout
     assert cg_proc("push", "--bogus").returncode == 2
 
