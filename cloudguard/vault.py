@@ -587,6 +587,7 @@ def clone_vault(remote: str, folder: str, kit: str | None = None, name: str | No
         # one shape whether enrolled at once (a kit: the first pull's keys) or requested
         none: dict[str, Any] = {
             "downloaded": [], "deleted": [], "conflicts": [], "skipped": [], "fingerprint": None,
+            "unreadable": [],
             "counts": {k: _counts(()) for k in ("downloaded", "made", "deleted")}}
         return {**none, **_clone(remote, path, kit, name, ui, made, vault_code),
                 "exposed": exposed}
@@ -898,6 +899,7 @@ def _push(s: Session, dry_run: bool, allow_mass_delete: bool = False) -> dict[st
         "renamed": dict(sorted(plan.renamed.items())), "dry_run": dry_run,
         "conflicts": conflicts, "unreadable": sorted(s.unreadable),
         "skipped": [], "bytes_uploaded": 0, "objects": 0, "object_ids": [],
+        "mass_delete": False,
         "counts": {"uploaded": _counts("f" for _ in plan.upload),
                    "updated": _counts(i.kind for i, _ in plan.put),
                    "deleted": _counts(r.kind for r in plan.delete
