@@ -177,6 +177,11 @@ def status(folder: str | None, as_json: bool) -> None:
             lines += [f"  exposed: {e['files']} files were readable by removed member "
                       f"{e['name']} (key rotate --reencrypt renews their keys)"
                       for e in r["exposed"]]
+            half = r.get("reencryption")
+            if half:
+                lines.append(f"  unfinished re-encryption to key epoch {half['epoch']}: "
+                             f"{half['files_left']} files still under older keys; "
+                             f"{half['fix']}")
             lines += [f"  to push: {p}" for p in r["to_push"]]
             lines += [f"  to pull: {p}" for p in r["to_pull"]]
             if not r["to_push"] and not r["to_pull"]:
@@ -298,8 +303,13 @@ def key_rotate(folder: str | None, reencrypt: bool, as_json: bool) -> None:
     """Start a new key epoch (a signed commit with a new KEK)."""
     def go() -> None:
         result = vault.key_rotate(folder, reencrypt, _ui(as_json))
-        _emit(result, as_json, lambda r: f"Key epoch {r['epoch']} is current.",
-              always=True)
+        _emit(result, as_json, lambda r: (
+            f"Key epoch {r['epoch']} is current"
+            + (f"; finished the interrupted re-encryption ({r['files']} files re-encrypted "
+               "now, those done before kept)"
+               if r.get("resumed") else "")
+            + (f"; {r['files']} files re-encrypted" if r["reencrypted"] and not r.get("resumed")
+               else "") + "."), always=True)
     _run(go)
 
 
@@ -312,7 +322,10 @@ def key_list(folder: str | None, as_json: bool) -> None:
         result = vault.key_list(folder)
         _emit(result, as_json, lambda rows: "\n".join(
             f"{'*' if r['current'] else ' '} epoch {r['epoch']} ({r['action']})  created "
-            f"{r['created']}  age {r['age_days']} days" for r in rows), always=True)
+            f"{r['created']}  age {r['age_days']} days"
+            + (f"  re-encryption UNFINISHED: {r['reencryption']['files_left']} files left; "
+               f"{r['reencryption']['fix']}" if r["reencryption"] else "")
+            for r in rows), always=True)
     _run(go)
 
 
