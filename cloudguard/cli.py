@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from . import __version__, audit, history, passphrase, vault
-from .errors import CloudguardError
+from .errors import CloudguardError, UsageError
 
 
 def _tty() -> bool:
@@ -212,6 +212,50 @@ def verify(folder: str | None, read_data: bool, as_json: bool) -> None:
             + (f"; {len(r['unreferenced'])} unreferenced objects" if r["unreferenced"] else "")
             + f". Checked: {notes[r['checked']]}."),
             always=True)
+    _run(go)
+
+
+@main.command("repair")
+@folder_option
+@click.option("--republish", is_flag=True,
+              help="After a detected rollback or fork of the manifest: publish this device's "
+                   "verified state as a new snapshot (asks first; audited).")
+@click.option("--yes", is_flag=True, help="Confirm --republish without a prompt.")
+@json_option
+def repair_cmd(folder: str | None, republish: bool, yes: bool, as_json: bool) -> None:
+    """Re-upload what verify --read-data finds lost or damaged, from local files that still
+    match the manifest, as new objects; report what cannot be repaired."""
+    def go() -> None:
+        from . import repair
+
+        if republish:
+            def confirm(question: str) -> bool:
+                if yes:
+                    return True
+                if not sys.stdin.isatty():
+                    raise UsageError("repair --republish needs your confirmation: run it on a "
+                                     "terminal, or add --yes")
+                return click.confirm(question, default=False, err=True)
+            done = repair.republish(folder, confirm, "--yes" if yes else "prompt",
+                                    _ui(as_json))
+            _emit(done, as_json, lambda r: r["message"] + ".", always=True)
+            return
+        if yes:
+            raise UsageError("--yes only confirms --republish")
+        result = repair.repair(folder, _ui(as_json))
+        _emit(result, as_json, lambda r: (
+            f"OK: {r['files']} files checked, every object authenticated; nothing to repair."
+            if not r["damaged_objects"] else
+            f"Repaired {len(r['repaired'])} files from local copies and moved "
+            f"{len(r['moved'])} intact ones out of {r['damaged_objects']} damaged objects."),
+            always=True)
+        for row in result["unrepairable"]:
+            click.echo(f"cloudguard: error: {row['path']}"
+                       + ("" if row["current"] else f" (history version {row['version']})")
+                       + f": object {row['object']} is {row['problem']}, and it cannot be "
+                       f"repaired: {row['reason']}", err=True)
+        if not result["ok"]:
+            sys.exit(3)
     _run(go)
 
 

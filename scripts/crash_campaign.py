@@ -214,7 +214,7 @@ class Device:
         if "CLOUDGUARD_RCLONE" in os.environ:
             env["CLOUDGUARD_RCLONE"] = os.environ["CLOUDGUARD_RCLONE"]
         env.update({"CLOUDGUARD_HOME": str(self.home), "CLOUDGUARD_KEYSTORE": "file",
-                    "CLOUDGUARD_PASSPHRASE": PASSPHRASE,
+                    "CLOUDGUARD_PASSPHRASE": PASSPHRASE, "CLOUDGUARD_KIT_PASSPHRASE": PASSPHRASE,
                     "CLOUDGUARD_GC_GRACE": "0", "RCLONE_CONFIG": "/dev/null",
                     "TMPDIR": str(self.spool)})
         if self.code is not None:
