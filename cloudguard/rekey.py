@@ -27,7 +27,7 @@ from typing import Any
 from . import audit, chain, sync
 from . import format as fmt
 from . import manifest as mf
-from .errors import IntegrityError, named
+from .errors import CloudguardError, IntegrityError, named
 from .keys import now_iso
 from .state import Binding, Index
 from .vault import Session, _log, _PlainStream
@@ -116,7 +116,13 @@ def run(s: Session, started: dict[str, Any], resumed: bool) -> dict[str, Any]:
         _log(s, "reencrypt-resume", epoch_to=started["epoch"], commit=started.get("commit"))
     fresh = _fresh(s, started)
     work = _undone(s, fresh)
-    redone = _reencrypt(s, started, work)
+    try:
+        redone = _reencrypt(s, started, work)
+    except KeyboardInterrupt as exc:
+        raise Unfinished(_left(s, fresh)) from exc
+    except CloudguardError:
+        s.ui.warn(_left(s, fresh))
+        raise
     if _undone(s, fresh):
         raise IntegrityError("an entry was not re-encrypted (a concurrent push?); run "
                              "cloudguard key rotate --reencrypt again")
@@ -125,6 +131,15 @@ def run(s: Session, started: dict[str, Any], resumed: bool) -> dict[str, Any]:
     return {"epoch": s.ring.head.epoch, "commit": s.ring.head.id, "reencrypted": True,
             "removed": started.get("removed"), "resumed": resumed, "files": redone,
             "deleted_objects": deleted}
+
+
+class Unfinished(CloudguardError):
+    """Interrupted (Ctrl-C): what is done is committed; the message says what is left."""
+
+
+def _left(s: Session, fresh: set[str]) -> str:
+    return (f"the re-encryption is unfinished: {len(_undone(s, fresh))} files are still under "
+            f"older keys (files done so far are committed); {FIX}")
 
 
 def _reencrypt(s: Session, started: dict[str, Any],

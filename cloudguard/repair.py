@@ -146,12 +146,11 @@ def _repair(s: Session) -> dict[str, Any]:
         else:
             copy.append((path, dot, entry))  # kept only if it authenticates on the way
             lost[(path, dot)] = why
-    ops: dict[str, dict[str, dict[str, Any]]] = {}
     if from_local or copy:
-        ops = _rehome(s, from_local, copy, lost, result)
-    if ops:
-        s.commit([{"p": p, "reloc": locs} for p, locs in sorted(ops.items())])
-        s.index.clear_pending(s.index.pending() & set(s.listing))
+        ops, name = _rehome(s, from_local, copy, lost, result)
+        if ops:
+            s.commit([{"p": p, "reloc": locs} for p, locs in sorted(ops.items())])
+            s.index.clear_pending({name})
     live = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
     gone = sorted(o for o in bad if o not in live and o in s.listing)
     s.transport.delete(gone)  # damaged and referenced by nothing now
@@ -167,7 +166,7 @@ def _repair(s: Session) -> dict[str, Any]:
 
 def _rehome(s: Session, from_local: list[Place], copy: list[Place],
             lost: dict[tuple[str, str], str], result: dict[str, Any]
-            ) -> dict[str, dict[str, dict[str, Any]]]:
+            ) -> tuple[dict[str, dict[str, dict[str, Any]]], str]:
     """One new pack: blobs encrypted anew from matching local files (fresh DEK and file id,
     under the head's KEK), and intact blobs copied byte for byte out of damaged objects."""
     padding = s.binding.padding != "none"
@@ -229,7 +228,7 @@ def _rehome(s: Session, from_local: list[Place], copy: list[Place],
         s.transport.delete([name])
         s.listing.pop(name, None)
         s.index.clear_pending({name})
-    return ops
+    return ops, name
 
 
 # --- republish ------------------------------------------------------------------------------
@@ -269,8 +268,15 @@ def republish(folder: str | None, confirm: Callable[[str], bool], how: str,
         name = s.snapshot()
         _log(s, "republish", reason=reason, confirmed=how, snapshot=name, files=files,
              seen=dict(seen))
-    with session(folder, ui):  # what every command does next must now pass
-        pass
+    try:
+        with session(folder, ui):  # what every command does next must now pass
+            pass
+    except HistoryError as exc:
+        still = str(exc).split("; if this device's copy")[0]
+        raise IntegrityError(
+            f"republished this device's state as {name}, but the remote is still blocked: "
+            f"{still}; the device that wrote those segments must run 'cloudguard repair "
+            "--republish' too") from exc
     return {"republished": True, "reason": reason, "snapshot": name, "files": files,
             "message": f"republished this device's state as {name}"}
 

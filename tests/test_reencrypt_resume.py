@@ -46,7 +46,8 @@ def test_interrupted_reencrypt_is_shown_audited_and_resumed(
 
     monkeypatch.setattr(rekey, "BATCH_FILES", 1)
     monkeypatch.setattr(rekey, "after_batch", interrupt)
-    cg("key", "rotate", "--reencrypt", "--folder", str(a), code=1)
+    out = cg("key", "rotate", "--reencrypt", "--folder", str(a), code=1)
+    assert "unfinished: 3 files" in out.stderr and "key rotate --reencrypt" in out.stderr
     failed = [r for r in events("rotate") if r.get("ok") is False]
     assert failed and failed[-1]["interrupted"] is True, audit.read()
     assert events("reencrypt-start")
@@ -125,3 +126,36 @@ def test_killed_device_remove_reencrypt_is_finished_by_key_rotate(
     assert cg_json("verify", "--read-data", "--folder", str(a))["ok"]
     assert cg_json("status", "--folder", str(a))["reencryption"] is None
     assert cg_proc("pull", "--folder", str(b)).returncode != 0  # b was removed for real
+
+
+def test_failure_mid_reencrypt_in_library_is_audited_and_resumable(
+        local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception injected into the third file's encryption (as a dropped network would
+    raise), through the library API."""
+    from cloudguard import format as fmt
+    from cloudguard import vault
+    from cloudguard.errors import TransportError
+
+    a, _b = five_files(local_remote, tmp_path, monkeypatch)
+    real = fmt.encrypt_blob
+    calls: list[int] = []
+
+    def failing(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 3:
+            raise TransportError("injected: the remote went away")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rekey, "BATCH_FILES", 1)
+    monkeypatch.setattr(fmt, "encrypt_blob", failing)
+    warnings: list[str] = []
+    with pytest.raises(TransportError):
+        vault.key_rotate(str(a), reencrypt=True, ui=vault.UI(warn=warnings.append))
+    assert any("3 files are still under older keys" in w for w in warnings), warnings
+    failed = events("rotate")[-1]
+    assert failed["ok"] is False and failed["error"] == "TransportError", failed
+    monkeypatch.setattr(fmt, "encrypt_blob", real)
+    assert vault.status(str(a))["reencryption"]["files_left"] == 3
+    done = vault.key_rotate(str(a), reencrypt=True)
+    assert done["resumed"] and done["files"] == 3 and done["epoch"] == 2
+    assert vault.status(str(a))["reencryption"] is None
