@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from helpers import cg, cg_json, cg_proc, share, stored, tree
 
-from cloudguard import audit, sync, vault
+from cloudguard import audit, rekey, sync, vault
 
 
 def blob_of(folder: Path, path: str) -> tuple[str, int, int]:
@@ -143,3 +145,42 @@ def test_republish_refuses_what_it_cannot_answer(local_remote: str, tmp_path: Pa
     proc = cg_proc("repair", "--republish", "--yes", "--folder", str(b))
     assert proc.returncode == 3, proc.stderr
     assert stored(Path(local_remote)) == before
+
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "cloudguard-decrypt.py"
+
+
+def recovered(remote: str, kit: Path, out: Path) -> dict[str, object]:
+    """What the stand-alone recovery script restores with the kit alone."""
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--remote-dir", remote, "--kit",
+                           str(kit), "--out", str(out)], capture_output=True, text=True,
+                          check=False, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    return tree(out)
+
+
+def test_recovery_script_reads_repaired_and_half_reencrypted_vaults(
+        local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Repair and an interrupted re-encryption leave ``reloc`` ops with new key fields in
+    delta segments: the recovery script follows them."""
+    monkeypatch.setattr(sync, "PACK_THRESHOLD", 1)  # one object per file
+    a, kit = tmp_path / "a", tmp_path / "kit.json"
+    a.mkdir()
+    for n in range(4):
+        (a / f"f{n}.bin").write_bytes(os.urandom(2000 + n))
+    cg("init", str(a), "--remote", local_remote)
+    cg("push", "--folder", str(a))
+    cg("key", "export", str(kit), "--folder", str(a), "--choose-passphrase")
+    (Path(local_remote) / "data" / blob_of(a, "f1.bin")[0]).unlink()
+    assert cg_json("repair", "--folder", str(a))["repaired"] == ["f1.bin"]
+    assert recovered(local_remote, kit, tmp_path / "out1") == tree(a)
+
+    def interrupt(batch: int) -> None:
+        if batch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(rekey, "BATCH_FILES", 1)
+    monkeypatch.setattr(rekey, "after_batch", interrupt)
+    cg("key", "rotate", "--reencrypt", "--folder", str(a), code=1)
+    assert cg_json("status", "--folder", str(a))["reencryption"]["files_left"] == 2
+    assert recovered(local_remote, kit, tmp_path / "out2") == tree(a)
