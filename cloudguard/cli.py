@@ -22,6 +22,10 @@ def _tty() -> bool:
     return sys.stdout.isatty()
 
 
+def _stdin_tty() -> bool:
+    return sys.stdin.isatty()
+
+
 def _warn(message: str) -> None:
     click.echo(f"cloudguard: warning: {message}", err=True)
 
@@ -232,7 +236,7 @@ def repair_cmd(folder: str | None, republish: bool, yes: bool, as_json: bool) ->
             def confirm(question: str) -> bool:
                 if yes:
                     return True
-                if not sys.stdin.isatty():
+                if not _stdin_tty():
                     raise UsageError("repair --republish needs your confirmation: run it on a "
                                      "terminal, or add --yes")
                 return click.confirm(question, default=False, err=True)

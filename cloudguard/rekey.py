@@ -45,11 +45,13 @@ def intent(index: Index) -> dict[str, Any] | None:
     return got if isinstance(got, dict) else None
 
 
-def begin(s: Session, remove: str | None) -> dict[str, Any]:
-    """Written before the new generation is published: a kill right after it is seen too."""
+def begin(s: Session, remove: str | None, earlier: dict[str, Any] | None = None
+          ) -> dict[str, Any]:
+    """Written before the new generation is published: a kill right after it is seen too.
+    An ``earlier`` unfinished run that this one supersedes hands on its old objects."""
     started: dict[str, Any] = {"epoch": s.ring.head.epoch + 1, "commit": None,
-                               "removed": remove, "started": now_iso(), "old": [],
-                               "noted": False}
+                               "removed": remove, "started": now_iso(),
+                               "old": list((earlier or {}).get("old", [])), "noted": False}
     s.index.set_meta(INTENT, started)
     _log(s, "reencrypt-start", epoch_to=started["epoch"], removed=remove)
     return started

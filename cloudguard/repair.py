@@ -246,6 +246,10 @@ def republish(folder: str | None, confirm: Callable[[str], bool], how: str,
                                "republish"}
     except HistoryError as exc:
         reason = str(exc).split("; if this device's copy")[0]
+    except IntegrityError as exc:
+        raise IntegrityError(f"{exc}; 'repair --republish' answers only a rolled-back, "
+                             "truncated or forked manifest, not this (docs/design.md, \"Ways "
+                             "out of exit 3\")") from exc
     binding = find_binding(folder)
     with _audited("republish", folder), folder_lock(binding), _parts(binding) as (index, state):
         s = _session_without_history(binding, index, state, ui)
@@ -264,6 +268,7 @@ def republish(folder: str | None, confirm: Callable[[str], bool], how: str,
             "too (their states merge); versions it replaces stay in the history. Do this only "
             "if you trust this device's copy. Republish?")
         if not confirm(question):
+            _log(s, "republish", ok=False, declined=True, reason=reason)
             raise UsageError("not confirmed: nothing was published")
         name = s.snapshot()
         _log(s, "republish", reason=reason, confirmed=how, snapshot=name, files=files,

@@ -1350,7 +1350,7 @@ def _rotate(s: Session, reencrypt: bool, remove: str | None) -> dict[str, Any]:
         s.snapshot()
         removed[remove] = _cutoff(s, remove)
     s.ring.all_keks()  # every older KEK, for the history (and the re-wrap below)
-    intent = rekey.begin(s, remove) if reencrypt else None
+    intent = rekey.begin(s, remove, started) if reencrypt else None
     commit = trust.change(s.ring, s.transport, s.index, "remove" if remove else "rotate",
                           members=members, removed=removed, new_key=True, names={},
                           reencrypt=reencrypt)

@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from helpers import cg, cg_json, cg_proc, share, stored, tree
 
-from cloudguard import audit, rekey, sync, vault
+from cloudguard import audit, cli, rekey, sync, vault
 
 
 def blob_of(folder: Path, path: str) -> tuple[str, int, int]:
@@ -92,7 +93,7 @@ def test_repair_gives_damaged_objects_new_homes(local_remote: str, tmp_path: Pat
 
 
 def test_republish_after_rollback_is_confirmed_audited_and_unblocks(
-        local_remote: str, tmp_path: Path) -> None:
+        local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = Path(local_remote)
     a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
     a.mkdir()
@@ -117,6 +118,12 @@ def test_republish_after_rollback_is_confirmed_audited_and_unblocks(
     assert stored(root) == untouched
     assert not [r for r in audit.read() if r.get("event") == "republish"]
     assert cg_proc("push", "--folder", str(b)).returncode == 3  # never automatic
+    monkeypatch.setattr(cli, "_stdin_tty", lambda: True)  # a person at a terminal says no
+    declined = CliRunner().invoke(cli.main, ["repair", "--republish", "--folder", str(b)],
+                                  input="n\n")
+    assert declined.exit_code == 2 and "Republish?" in declined.output, declined.output
+    assert stored(root) == untouched
+    assert [r.get("declined") for r in audit.read() if r.get("event") == "republish"] == [True]
 
     done = cg_json("repair", "--republish", "--yes", "--folder", str(b))
     assert done["republished"] and "older" in done["reason"], done
@@ -144,6 +151,7 @@ def test_republish_refuses_what_it_cannot_answer(local_remote: str, tmp_path: Pa
     before = stored(Path(local_remote))
     proc = cg_proc("repair", "--republish", "--yes", "--folder", str(b))
     assert proc.returncode == 3, proc.stderr
+    assert "answers only a rolled-back" in proc.stderr, proc.stderr
     assert stored(Path(local_remote)) == before
 
 
