@@ -184,8 +184,10 @@ def status(folder: str | None, as_json: bool) -> None:
             half = r.get("reencryption")
             if half:
                 lines.append(f"  unfinished re-encryption to key epoch {half['epoch']}: "
-                             f"{half['files_left']} files still under older keys; "
-                             f"{half['fix']}")
+                             f"{half['files_left']} files"
+                             + (f" and {half['kept_versions_left']} kept versions"
+                                if half["kept_versions_left"] else "")
+                             + f" still under older keys; {half['fix']}")
             lines += [f"  to push: {p}" for p in r["to_push"]]
             lines += [f"  to pull: {p}" for p in r["to_pull"]]
             if not r["to_push"] and not r["to_pull"]:

@@ -90,9 +90,12 @@ def unfinished(s: Session) -> dict[str, Any] | None:
     fresh = _fresh(s, started)
     total = sum(1 for _p, sibs in s.state.items() for e in sibs.values() if e.get("t") == "f")
     left = len(_undone(s, fresh))
+    kept = sum(1 for _p, _d, e, _g in s.state.attic()
+               if e.get("t") == "f" and str(e.get("w", e.get("g"))) not in fresh)
     return {"epoch": int(started["epoch"]), "commit": started.get("commit"),
             "removed": started.get("removed"), "started": started.get("started"),
-            "files_left": left, "files_done": total - left, "fix": FIX}
+            "files_left": left, "files_done": total - left, "kept_versions_left": kept,
+            "fix": FIX}
 
 
 def note_interrupted(index: Index, binding: Binding) -> None:

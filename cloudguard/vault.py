@@ -991,7 +991,9 @@ def _pull(s: Session) -> dict[str, Any]:
         raise
     if failures:
         sync.discard([st for st, _d, _e in staged], created)
-        raise IntegrityError("integrity failure, nothing was written: " + "; ".join(failures))
+        raise IntegrityError("integrity failure, nothing was written: " + "; ".join(failures)
+                             + "; 'cloudguard repair' on a device whose files still match "
+                             "re-uploads lost or damaged objects")
     written: list[str] = []
     for item, dot, entry in staged:
         if sync.local_item(s.folder, item.dest) != local.get(item.dest):

@@ -192,3 +192,30 @@ def test_recovery_script_reads_repaired_and_half_reencrypted_vaults(
     cg("key", "rotate", "--reencrypt", "--folder", str(a), code=1)
     assert cg_json("status", "--folder", str(a))["reencryption"]["files_left"] == 2
     assert recovered(local_remote, kit, tmp_path / "out2") == tree(a)
+
+
+def test_republish_after_a_deleted_segment(local_remote: str, tmp_path: Path) -> None:
+    """The provider deletes one of a's segments that b applied: b is stuck on a gap (the
+    manifest was truncated) until it republishes; then a and b both work again."""
+    root = Path(local_remote)
+    a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
+    a.mkdir()
+    (a / "doc.txt").write_text("v1")
+    share(local_remote, a, b, kit)
+    for version in ("v2", "v3"):
+        (a / "doc.txt").write_text(version)
+        cg("push", "--folder", str(a))
+    cg("pull", "--folder", str(b))
+    device = cg_json("status", "--folder", str(a))["device"]
+    mine = sorted(p for p in (root / "m").iterdir() if p.name.startswith(device))
+    mine[-2].unlink()  # v2's delta
+    stuck = cg_proc("pull", "--folder", str(b))
+    assert stuck.returncode == 3 and "missing" in stuck.stderr, stuck.stderr
+    assert "repair --republish" in stuck.stderr
+    done = cg_json("repair", "--republish", "--yes", "--folder", str(b))
+    assert done["republished"] and "missing" in done["reason"], done
+    (a / "doc.txt").write_text("v4")
+    cg("push", "--folder", str(a))
+    cg("pull", "--folder", str(b))
+    assert (b / "doc.txt").read_text() == "v4"
+    assert cg_json("verify", "--read-data", "--folder", str(b))["ok"]
