@@ -46,7 +46,8 @@ Place = tuple[str, str, dict[str, Any]]  # path, dot, entry
 
 
 def repair(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
-    with _audited("repair", folder), session(folder, ui) as s:
+    # refetch: every segment authenticated afresh, as verify does
+    with _audited("repair", folder), session(folder, ui, refetch=True) as s:
         result = _repair(s)
         _log(s, "repair", damaged=result["damaged_objects"], repaired=len(result["repaired"]),
              moved=len(result["moved"]), unrepairable=len(result["unrepairable"]),
