@@ -719,7 +719,7 @@ def _audited(event: str, folder: str | None, every: bool = False) -> Iterator[No
                      folder_id=_binding_id(folder))
         raise
     except BaseException as exc:
-        if every:
+        if every and not isinstance(exc, UsageError):  # a usage error never started anything
             audit.record(event, ok=False, interrupted=True, error=type(exc).__name__,
                          exit_code=getattr(exc, "exit_code", 1), folder_id=_binding_id(folder))
         raise

@@ -219,3 +219,31 @@ def test_republish_after_a_deleted_segment(local_remote: str, tmp_path: Path) ->
     cg("pull", "--folder", str(b))
     assert (b / "doc.txt").read_text() == "v4"
     assert cg_json("verify", "--read-data", "--folder", str(b))["ok"]
+
+
+def test_reloc_with_new_key_fields_is_all_or_nothing() -> None:
+    """A reloc moves a blob as it is, or carries all five key fields of a blob encrypted
+    anew; a reloc that swaps only the wrapped key (or only the file id) is malformed."""
+    from cloudguard import manifest as mf
+    from cloudguard.errors import IntegrityError
+
+    moved = {"o": "ab" * 16, "a": 16, "r": 1, "om": ""}
+    rekeyed = {**moved, "n": 100, "i": "cd" * 16, "k": "AAAA", "g": "ef" * 32, "w": "ef" * 32}
+    assert mf.check_ops([{"p": "x", "reloc": {"0123456789abcdef:3": moved}}])
+    assert mf.check_ops([{"p": "x", "reloc": {"0123456789abcdef:3": rekeyed}}])
+    for drop in ("n", "i", "k", "g", "w"):
+        partial = {k: v for k, v in rekeyed.items() if k != drop}
+        with pytest.raises(IntegrityError):
+            mf.check_ops([{"p": "x", "reloc": {"0123456789abcdef:3": partial}}])
+    for bad in ({**rekeyed, "n": -1}, {**rekeyed, "k": 5}, {**moved, "h": "00"},
+                {**rekeyed, "n": True}):
+        with pytest.raises(IntegrityError):
+            mf.check_ops([{"p": "x", "reloc": {"0123456789abcdef:3": bad}}])
+    state = mf.State()
+    entry = {"t": "f", "s": 5, "h": "11" * 32, "o": "22" * 16, "a": 0, "n": 50,
+             "i": "33" * 16, "k": "old", "g": "44" * 32, "w": "44" * 32}
+    state.apply_delta("0123456789abcdef", 3, [{"p": "x", "e": entry}])
+    state.apply_delta("0123456789abcdef", 4, [{"p": "x", "reloc": {
+        "0123456789abcdef:3": rekeyed}}])
+    now = state.entry("x", "0123456789abcdef:3")
+    assert now == {**entry, **rekeyed}  # same version (dot, h, s), new blob and key
