@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from . import chain, sync, trust
 from . import format as fmt
 from . import manifest as mf
-from . import sync, trust
 from .errors import FileChangedError, HistoryError, IntegrityError, UsageError
 from .state import Binding, Index, find_binding, folder_lock
 from .vault import (
@@ -255,7 +255,9 @@ def republish(folder: str | None, confirm: Callable[[str], bool], how: str,
     with _audited("republish", folder), folder_lock(binding), _parts(binding) as (index, state):
         s = _session_without_history(binding, index, state, ui)
         seen = index.get_meta("seen", {})
-        if not state.dominates(seen):
+        limit = {rid: cut.seq for rid, cut in s.ring.view.removed.items()
+                 if cut.seq != chain.UNLIMITED}
+        if not state.dominates(mf._clamp(seen, limit)):  # as mf.load compares them
             raise IntegrityError(
                 f"this device's own copy of the manifest is older than what it has seen "
                 f"({reason}): it holds no complete verified state to republish; republish "
