@@ -347,6 +347,13 @@ def status(folder: str | None, verbose: bool, as_json: bool) -> None:
             lines += [f"  exposed: {e['files']} files were readable by removed member "
                       f"{e['name']} (key rotate --reencrypt renews their keys)"
                       for e in r["exposed"]]
+            half = r.get("reencryption")
+            if half:
+                lines.append(f"  unfinished re-encryption to key epoch {half['epoch']}: "
+                             f"{half['files_left']} files"
+                             + (f" and {half['kept_versions_left']} kept versions"
+                                if half["kept_versions_left"] else "")
+                             + f" still under older keys; {half['fix']}")
             lines += (side("to push", "to_push", "push_deletes")
                       + side("to pull", "to_pull", "pull_deletes"))
             lines += [f"  unreadable, kept as last synced: {p}" for p in r["unreadable"]]
@@ -382,6 +389,50 @@ def verify(folder: str | None, read_data: bool, as_json: bool) -> None:
             + (f"; {len(r['unreferenced'])} unreferenced objects" if r["unreferenced"] else "")
             + f". Checked: {notes[r['checked']]}."),
             always=True)
+    _run(go, as_json)
+
+
+@main.command("repair")
+@folder_option
+@click.option("--republish", is_flag=True,
+              help="After a detected rollback or fork of the manifest: publish this device's "
+                   "verified state as a new snapshot (asks first; audited).")
+@click.option("--yes", is_flag=True, help="Confirm --republish without a prompt.")
+@json_option
+def repair_cmd(folder: str | None, republish: bool, yes: bool, as_json: bool) -> None:
+    """Re-upload what verify --read-data finds lost or damaged, from local files that still
+    match the manifest, as new objects; report what cannot be repaired."""
+    def go() -> None:
+        from . import repair
+
+        if republish:
+            def confirm(question: str) -> bool:
+                if yes:
+                    return True
+                if not _interactive():
+                    raise UsageError("repair --republish needs your confirmation: run it on a "
+                                     "terminal, or add --yes")
+                return click.confirm(question, default=False, err=True)
+            done = repair.republish(folder, confirm, "--yes" if yes else "prompt",
+                                    _ui(as_json))
+            _emit(done, as_json, lambda r: r["message"] + ".", always=True)
+            return
+        if yes:
+            raise UsageError("--yes only confirms --republish")
+        result = repair.repair(folder, _ui(as_json))
+        _emit(result, as_json, lambda r: (
+            f"OK: {r['files']} files checked, every object authenticated; nothing to repair."
+            if not r["damaged_objects"] else
+            f"Repaired {len(r['repaired'])} files from local copies and moved "
+            f"{len(r['moved'])} intact ones out of {r['damaged_objects']} damaged objects."),
+            always=True)
+        for row in result["unrepairable"]:
+            click.echo(f"cloudguard: error: {row['path']}"
+                       + ("" if row["current"] else f" (history version {row['version']})")
+                       + f": object {row['object']} is {row['problem']}, and it cannot be "
+                       f"repaired: {row['reason']}", err=True)
+        if not result["ok"]:
+            sys.exit(3)
     _run(go, as_json)
 
 
@@ -473,8 +524,13 @@ def key_rotate(folder: str | None, reencrypt: bool, as_json: bool) -> None:
     """Start a new key epoch (a signed commit with a new KEK)."""
     def go() -> None:
         result = vault.key_rotate(folder, reencrypt, _ui(as_json))
-        _emit(result, as_json, lambda r: f"Key epoch {r['epoch']} is current.",
-              always=True)
+        _emit(result, as_json, lambda r: (
+            f"Key epoch {r['epoch']} is current"
+            + (f"; finished the interrupted re-encryption ({r['files']} files re-encrypted "
+               "now, those done before kept)"
+               if r.get("resumed") else "")
+            + (f"; {r['files']} files re-encrypted" if r["reencrypted"] and not r.get("resumed")
+               else "") + "."), always=True)
     _run(go, as_json)
 
 
@@ -487,7 +543,10 @@ def key_list(folder: str | None, as_json: bool) -> None:
         result = vault.key_list(folder)
         _emit(result, as_json, lambda rows: "\n".join(
             f"{'*' if r['current'] else ' '} epoch {r['epoch']} ({r['action']})  created "
-            f"{r['created']}  age {r['age_days']} days" for r in rows), always=True)
+            f"{r['created']}  age {r['age_days']} days"
+            + (f"  re-encryption UNFINISHED: {r['reencryption']['files_left']} files left; "
+               f"{r['reencryption']['fix']}" if r["reencryption"] else "")
+            for r in rows), always=True)
     _run(go, as_json)
 
 

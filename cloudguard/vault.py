@@ -415,10 +415,17 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
                 raise
             time.sleep(0.5)  # another device compacted while we listed; list again
     index.set_meta("seen", loaded.state.ctx)
+    _note_interrupted(index, binding)
     if not binding.enrolled:
         binding.enrolled = True
         binding.save()
     return Session(binding, transport, index, me, ring, loaded, listing, ui, cache)
+
+
+def _note_interrupted(index: Index, binding: Binding) -> None:
+    from . import rekey
+
+    rekey.note_interrupted(index, binding)
 
 
 def _opener(ring: trust.Ring, index: Index) -> mf.Opener:
@@ -773,13 +780,19 @@ def _log(s: Session, event: str, **fields: Any) -> None:
 
 
 @contextmanager
-def _audited(event: str, folder: str | None) -> Iterator[None]:
-    """Integrity failures are logged too: they are what an audit is for."""
+def _audited(event: str, folder: str | None, every: bool = False) -> Iterator[None]:
+    """Integrity failures are logged too: they are what an audit is for. With ``every``, any
+    failure or interrupt is (an operation that leaves work unfinished, like re-encryption)."""
     try:
         yield
     except IntegrityError:
         audit.record(event, ok=False, exit_code=IntegrityError.exit_code,
                      folder_id=_binding_id(folder))
+        raise
+    except BaseException as exc:
+        if every and not isinstance(exc, UsageError):  # a usage error never started anything
+            audit.record(event, ok=False, interrupted=True, error=type(exc).__name__,
+                         exit_code=getattr(exc, "exit_code", 1), folder_id=_binding_id(folder))
         raise
 
 
@@ -1152,7 +1165,9 @@ def _pull(s: Session) -> dict[str, Any]:
         raise
     if failures:
         sync.discard([st for st, _d, _e in staged], created)
-        raise IntegrityError("integrity failure, nothing was written: " + "; ".join(failures))
+        raise IntegrityError("integrity failure, nothing was written: " + "; ".join(failures)
+                             + "; 'cloudguard repair' on a device whose files still match "
+                             "re-uploads lost or damaged objects")
     written: list[str] = []
     for item, dot, entry in staged:
         if sync.local_item(s.folder, item.dest) != local.get(item.dest):
@@ -1242,6 +1257,7 @@ def status(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
             "device": s.binding.device, "epoch": s.ring.head.epoch,
             "vault_code": fmt.vault_code(s.binding.vault_id),
             "files": s.state.count_files(), "exposed": _exposure(s),
+            "reencryption": _unfinished(s),
             "to_push": sorted([i.path for i in up.upload] + [i.path for i, _ in up.put]
                               + [r.path for r in up.delete]),
             "to_pull": sorted([d for d, _t, _e in down.download + down.make]
@@ -1256,6 +1272,12 @@ def status(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
                 "push_deletes": _counts(r.kind for r in up.delete),
                 "pull_deletes": _counts(r.kind for r in down.delete)},
         }
+
+
+def _unfinished(s: Session) -> dict[str, Any] | None:
+    from . import rekey
+
+    return rekey.unfinished(s)
 
 
 def verify(folder: str | None, read_data: bool = False, ui: UI | None = None
@@ -1311,7 +1333,9 @@ def _verify(s: Session, read_data: bool) -> dict[str, Any]:
                         failures.append(f"{path}: {exc}")
     if failures:
         raise IntegrityError("verify failed: " + "; ".join(failures[:20])
-                             + (f" (and {len(failures) - 20} more)" if len(failures) > 20 else ""))
+                             + (f" (and {len(failures) - 20} more)" if len(failures) > 20 else "")
+                             + "; 'cloudguard repair' re-uploads them from local files that "
+                             "still match")
     live = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
     unreferenced = sorted(n for n in s.listing if n.startswith(sync.DATA_PREFIX) and n not in live)
     if authenticate:
@@ -1338,13 +1362,15 @@ def key_list(folder: str | None) -> list[dict[str, Any]]:
     with session(folder) as s:
         now = time.time()
         out = []
+        half = _unfinished(s)
         for c in reversed(s.ring.view.ancestry(s.ring.head)):
             if c.action in ("add",):
                 continue
             out.append({"epoch": c.epoch, "commit": c.id, "action": c.action,
                         "created": c.created,
                         "age_days": round((now - _epoch(c.created)) / 86400, 1),
-                        "current": c.kek == s.ring.head.kek})
+                        "current": c.kek == s.ring.head.kek,
+                        "reencryption": half if half and half["epoch"] == c.epoch else None})
         return out
 
 
@@ -1468,7 +1494,8 @@ def device_remove(folder: str | None, rid: str, reencrypt: bool = False,
     if rid == find_binding(folder).device:
         raise UsageError("a device cannot remove itself (it would know the next key); "
                          "remove it from another device")
-    with session(folder, ui, tolerate=frozenset({rid})) as s:
+    with _audited("device-remove", folder, every=True), \
+            session(folder, ui, tolerate=frozenset({rid})) as s:
         if rid not in s.ring.head.members:
             raise UsageError(f"no device or recovery slot has id {rid} (see cloudguard device "
                              "list)")
@@ -1481,9 +1508,10 @@ def device_remove(folder: str | None, rid: str, reencrypt: bool = False,
 
 def key_rotate(folder: str | None, reencrypt: bool = False, ui: UI | None = None
                ) -> dict[str, Any]:
-    with _audited("rotate", folder), session(folder, ui) as s:
+    with _audited("rotate", folder, every=True), session(folder, ui) as s:
         result = _rotate(s, reencrypt, remove=None)
-        _log(s, "rotate", reencrypt=reencrypt, deleted=result["deleted_objects"])
+        _log(s, "rotate", reencrypt=reencrypt, deleted=result["deleted_objects"],
+             resumed=result.get("resumed"))
         return result
 
 
@@ -1541,14 +1569,21 @@ def _exposure(s: Session) -> list[dict[str, Any]]:
 
 def _rotate(s: Session, reencrypt: bool, remove: str | None) -> dict[str, Any]:
     """A new KEK in a signed commit, wrapped to the remaining members; DEKs re-wrapped, or
-    content redone.
+    content redone (:mod:`cloudguard.rekey`, which also resumes an interrupted run).
 
-    Order keeps every crash recoverable: the commit (with its key object), then
-    (re-encrypted) content as pending objects, then the snapshot that commits, then deletions.
+    Order keeps every crash recoverable: the commit (with its key object), then the re-wrapped
+    entries in a snapshot, or the re-encrypted content in committed batches, then deletions.
     """
+    from . import rekey
+
     _resolve(s)
     _collect_pending(s)  # objects of an earlier run that was killed before its commit
-    old_commits = [c for c in s.ring.view.commits.values()]
+    started = rekey.intent(s.index)
+    if started is not None and not rekey.landed(s, started):
+        s.index.set_meta(rekey.INTENT, None)  # killed before its new key was published
+        started = None
+    if reencrypt and remove is None and started is not None:
+        return rekey.run(s, started, resumed=True)
     members = {r: k for r, k in s.ring.head.members.items() if r != remove}
     removed = dict(s.ring.head.removed)
     if remove is not None:
@@ -1557,95 +1592,22 @@ def _rotate(s: Session, reencrypt: bool, remove: str | None) -> dict[str, Any]:
         s.snapshot()
         removed[remove] = _cutoff(s, remove)
     s.ring.all_keks()  # every older KEK, for the history (and the re-wrap below)
+    intent = rekey.begin(s, remove, started) if reencrypt else None
     commit = trust.change(s.ring, s.transport, s.index, "remove" if remove else "rotate",
                           members=members, removed=removed, new_key=True, names={},
                           reencrypt=reencrypt)
+    if intent is not None:
+        rekey.published(s, intent, commit)
+        return rekey.run(s, intent, resumed=False)
     new_kek = s.ring.head_kek
     # The entries change in place; until the snapshot that commits them is uploaded, a
     # failure must leave the local state as it was, so all of it is one transaction.
     with s.state.transaction():
-        old_objects = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
-        if reencrypt:
-            _reencrypt(s, new_kek, commit.kek)
-            # history holds content under DEKs a removed member could unwrap: it goes, on
-            # every device (the floor travels in the snapshot below)
-            s.state.raise_floor(int(time.time()))
-        else:
-            _rewrap(s, new_kek, commit.kek)
-        doomed: set[str] = set()
-        if reencrypt:
-            live = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
-            keyobjs = {c.name + ".k" for c in old_commits} & set(s.listing)
-            doomed = old_objects | (s.index.pending() - live) | keyobjs
-            # Written ahead: a crash after the commit leaves the deletions to the next run.
-            s.index.set_meta("pending_delete", {
-                "after": mf.segment_name(s.binding.device, s.next_seq(), "s"),
-                "names": sorted(doomed)})
+        _rewrap(s, new_kek, commit.kek)
         s.snapshot()
     s.index.set_meta("wrapped_under", commit.kek)
-    deleted: list[str] = []
-    if reencrypt:
-        s.transport.delete(doomed)
-        s.index.set_meta("pending_delete", None)
-        with s.index.transaction():
-            s.index.clear_pending(s.index.pending())
-        deleted = sorted(doomed)
-    return {"epoch": commit.epoch, "commit": commit.id, "reencrypted": reencrypt,
-            "removed": remove, "deleted_objects": len(deleted)}
-
-
-def _reencrypt(s: Session, new_kek: bytes, number: str) -> None:
-    """Fresh DEKs and file ids for every blob, streamed through memory: no plaintext on disk."""
-    work = [(f"{p}\x00{d}", e) for p, sibs in s.state.items() for d, e in sibs.items()
-            if e.get("t") == "f"]
-    padding = s.binding.padding != "none"
-    total = sum(int(e.get("s", 0)) for _k, e in work)
-    groups = sync.group_by_object(work)
-    replaced: dict[tuple[str, str], dict[str, Any]] = {}
-    with s.ui.progress("re-encrypt", total) as advance:
-        for obj, items in groups.items():
-            new_id = fmt.new_object_id()
-            name = sync.DATA_PREFIX + new_id
-            s.index.add_pending(name)
-            with s.transport.writer(name) as raw:
-                out = sync.ObjectWriter(raw, md5=not s.transport.local)
-                packed = len(items) > 1 or int(items[0][1]["a"]) != 0
-                if packed:
-                    out.write(fmt.pack_header(os.urandom(16)))
-                for key, entry, reader, err in sync.read_blobs(s.transport, obj, items):
-                    path, _, dot = key.partition("\x00")
-                    if reader is None:
-                        raise IntegrityError(f"{path}: {err}")
-                    try:
-                        dek, file_id = sync.dek_of(entry, s.ring.kek)
-                        source = _PlainStream(fmt.decrypt_blob_iter(reader, dek, file_id),
-                                              str(entry.get("h")))
-                        offset = out.count
-                        new_dek, new_fid = fmt.new_dek(), fmt.new_file_id()
-                        info = fmt.encrypt_blob(source, out, new_dek, new_fid, int(entry["s"]),
-                                                padding)
-                        source.finish()
-                        fmt.expect_end(reader)
-                    except IntegrityError as exc:
-                        raise named(path, exc) from exc
-                    replaced[(path, dot)] = {**entry, "o": new_id, "a": offset,
-                                             "n": out.count - offset, "i": new_fid.hex(),
-                                             "k": fmt.b64(fmt.wrap_dek(new_kek, new_dek, new_fid)),
-                                             "g": number, "w": number,
-                                             "r": int(entry.get("r", 0)) + 1}
-                    advance(info.size)
-                if packed and padding:
-                    sync.write_filler(out)
-            digest = out.md5()
-            for (_p, _d), entry in replaced.items():
-                if entry["o"] == new_id:
-                    entry["om"] = digest
-    for (path, dot), entry in replaced.items():
-        s.state.put_entry(path, dot, entry)
-    for path, sibs in s.state.items():
-        for entry in sibs.values():
-            if "k" in entry and entry.get("g") != number:
-                raise IntegrityError(f"{path}: an entry was not re-encrypted")
+    return {"epoch": commit.epoch, "commit": commit.id, "reencrypted": False,
+            "removed": remove, "deleted_objects": 0}
 
 
 class _PlainStream:
@@ -1726,6 +1688,14 @@ def doctor(folder: str | None, check_remote: bool = False) -> dict[str, Any]:
                         "warning", "exposure", f"{row['files']} files were readable by removed "
                         f"member {row['name']} ({row['removed']}) and still are to its copies",
                         "cloudguard key rotate --reencrypt gives them new keys"))
+                half = _unfinished(s)
+                if half is not None:
+                    findings.append(checks.Finding(
+                        "error", "reencryption", f"the re-encryption to key epoch "
+                        f"{half['epoch']} started {half['started']} was interrupted: "
+                        f"{half['files_left']} files are still under older keys"
+                        + (f" that removed member {half['removed']} could read"
+                           if half["removed"] else ""), half["fix"]))
                 findings += checks.check_keys(ages, recovery, checks.policy_days(),
                                               kit_removed=had_kit and not recovery)
                 if check_remote:
