@@ -242,7 +242,7 @@ def republish(folder: str | None, confirm: Callable[[str], bool], how: str,
     ui = ui or UI()
     try:
         with session(folder, ui):
-            return {"republished": False, "reason": None, "snapshot": None,
+            return {"republished": False, "reason": None, "snapshot": None, "files": 0,
                     "message": "the remote manifest is not rolled back or forked: nothing to "
                                "republish"}
     except HistoryError as exc:

@@ -1607,7 +1607,7 @@ def _rotate(s: Session, reencrypt: bool, remove: str | None) -> dict[str, Any]:
         s.snapshot()
     s.index.set_meta("wrapped_under", commit.kek)
     return {"epoch": commit.epoch, "commit": commit.id, "reencrypted": False,
-            "removed": remove, "deleted_objects": 0}
+            "removed": remove, "resumed": False, "files": 0, "deleted_objects": 0}
 
 
 class _PlainStream:

@@ -102,6 +102,8 @@ def test_every_command_prints_what_its_schema_says(local_remote: str, tmp_path: 
     run("restore", "restore", "top.txt", "--before", "1s", "--folder", str(a))
     run("settings", "settings", "--folder", str(a))
     run("mark", "mark", "--folder", str(a))
+    run("repair", "repair", "--folder", str(a))
+    run("repair --republish", "repair", "--republish", "--yes", "--folder", str(a))
     run("doctor", "doctor", "--folder", str(a))
     run("key rotate", "key", "rotate", "--folder", str(a))
     run("device remove", "device", "remove", kit_row["id"], "--folder", str(a))
