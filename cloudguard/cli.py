@@ -10,16 +10,29 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from . import __version__, audit, history, passphrase, vault
-from .errors import CloudguardError, GuardError
+from .errors import (
+    CloudguardError,
+    FileChangedError,
+    GuardError,
+    IntegrityError,
+    KeyStoreError,
+    TransportError,
+    UsageError,
+)
 
 
 def _tty() -> bool:
     return sys.stdout.isatty()
+
+
+def _interactive() -> bool:
+    """Whether a question can be asked: stdin is a terminal."""
+    return sys.stdin.isatty()
 
 
 def _warn(message: str) -> None:
@@ -57,18 +70,6 @@ def _ui(as_json: bool) -> vault.UI:
     return vault.UI(warn=_warn, progress=_progress, confirm=ask)
 
 
-@contextmanager
-def _refusals(as_json: bool) -> Iterator[None]:
-    """With --json, a guard's refusal is also printed on stdout as a JSON document."""
-    try:
-        yield
-    except GuardError as exc:
-        if as_json:
-            click.echo(json.dumps({"error": exc.code, "message": str(exc), **exc.details},
-                                  indent=2, sort_keys=True))
-        raise
-
-
 def _unreadable(result: dict[str, Any]) -> None:
     """Exit 1 once everything else is done if some paths could not be read."""
     paths = result.get("unreadable") or []
@@ -99,15 +100,91 @@ def _path_errors(result: dict[str, Any]) -> None:
         sys.exit(1)
 
 
-def _run(fn: Callable[[], None]) -> None:
+# The "kind" of a JSON error, most specific class first (docs/cli-json.md lists them).
+_KINDS: tuple[tuple[type[CloudguardError], str], ...] = (
+    (IntegrityError, "integrity"), (UsageError, "usage"), (TransportError, "transport"),
+    (KeyStoreError, "keystore"), (FileChangedError, "file-changed"))
+
+
+def _fail(code: int, message: str, kind: str, as_json: bool, prefix: str = "error: ",
+          details: dict[str, object] | None = None) -> NoReturn:
+    """The one-line error on stderr; with --json also ``{"error": {...}}`` on stdout, so a
+    script that reads stdout never gets nothing. A guard's refusal (kind ``mass-delete``,
+    ``marker-missing``, ...) adds its counts and folder there."""
+    click.echo(f"cloudguard: {prefix}{message}", err=True)
+    if as_json:
+        click.echo(json.dumps({"error": {**(details or {}), "code": code, "message": message,
+                                         "kind": kind}}, indent=2, sort_keys=True))
+    sys.exit(code)
+
+
+def _run(fn: Callable[[], None], as_json: bool = False) -> None:
     try:
         fn()
+    except GuardError as exc:
+        _fail(exc.exit_code, str(exc), exc.code, as_json, details=dict(exc.details))
     except CloudguardError as exc:
-        click.echo(f"cloudguard: error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        kind = next((name for cls, name in _KINDS if isinstance(exc, cls)), "error")
+        _fail(exc.exit_code, str(exc), kind, as_json)
     except KeyboardInterrupt:
-        click.echo("cloudguard: interrupted; nothing partial was left behind", err=True)
-        sys.exit(1)
+        _fail(1, "interrupted; nothing partial was left behind", "interrupted", as_json,
+              prefix="")
+
+
+class _Main(click.Group):
+    """Usage errors that click finds while parsing (a missing argument, an unknown option)
+    follow the same rule: with --json, an error object on stdout too."""
+
+    def main(self, args: Any = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            code = super().main(argv, prog_name, complete_var, False, **extra)
+        except click.ClickException as exc:
+            exc.show()
+            if "--json" in argv:
+                click.echo(json.dumps({"error": {"code": exc.exit_code,
+                                                 "message": exc.format_message(),
+                                                 "kind": "usage" if isinstance(
+                                                     exc, click.UsageError) else "error"}},
+                                      indent=2, sort_keys=True))
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            _fail(1, "aborted", "interrupted", "--json" in argv, prefix="")
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _things(counts: dict[str, int], none: str = "nothing") -> str:
+    """'3 files, 40 folders and 2 links': folders and links are never counted as files."""
+    words = [(counts.get("files", 0), "file"), (counts.get("folders", 0), "folder"),
+             (counts.get("links", 0), "link")]
+    parts = [f"{n:,} {w}{'' if n == 1 else 's'}" for n, w in words if n]
+    if not parts:
+        return none
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _where(paths: list[str], top: int = 3) -> str:
+    """Where most of the paths are: the top-level folders holding the most of them."""
+    groups: dict[str, int] = {}
+    nested: set[str] = set()
+    for path in paths:
+        head, sep, _rest = path.partition("/")
+        groups[head] = groups.get(head, 0) + 1
+        if sep:
+            nested.add(head)
+    ranked = sorted(((k + "/" if k in nested else k, n) for k, n in groups.items()),
+                    key=lambda kv: (-kv[1], kv[0]))
+    shown = ", ".join(f"{k} {n:,}" for k, n in ranked[:top])
+    return shown + (f", {len(ranked) - top} more places" if len(ranked) > top else "")
+
+
+def _copies(names: list[str], top: int = 3) -> str:
+    shown = ", ".join(names[:top]) + (", ..." if len(names) > top else "")
+    return f"{len(names)} conflict cop{'y' if len(names) == 1 else 'ies'} ({shown})"
 
 
 folder_option = click.option("--folder", "-C", metavar="F", default=None,
@@ -116,7 +193,13 @@ folder_option = click.option("--folder", "-C", metavar="F", default=None,
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+allow_exposed_option = click.option(
+    "--allow-exposed", is_flag=True,
+    help="Accept a folder inside (or around) another sync client's folder, which uploads its "
+         "plaintext (cloudguard doctor shows the finding).")
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cloudguard")
 def main() -> None:
     """Encrypt documents before they reach the cloud.
@@ -132,16 +215,20 @@ def main() -> None:
 @click.option("--padding", type=click.Choice(["padme", "none"]), default="padme",
               show_default=True, help="Hide exact file sizes by padding.")
 @click.option("--name", default=None, help="A name for this device (default: hostname).")
+@allow_exposed_option
 @json_option
-def init(folder: str, remote: str, padding: str, name: str | None, as_json: bool) -> None:
+def init(folder: str, remote: str, padding: str, name: str | None, allow_exposed: bool,
+         as_json: bool) -> None:
     """Create a new vault on REMOTE for FOLDER."""
     def go() -> None:
-        result = vault.init_vault(folder, remote, padding, name)
+        result = vault.init_vault(folder, remote, padding, name, allow_exposed)
+        for message in result["exposed"]:
+            _warn(f"{message} (allowed by --allow-exposed)")
         _emit(result, as_json, lambda r: f"Created vault {r['vault']} on {r['remote']} for "
               f"{r['folder']} (device key in {r['keystore']}).\nVault code (a new device "
               f"checks it): {r['vault_code']}\nNext: cloudguard push, and "
               "cloudguard key export KIT to keep a recovery kit in a safe place.", always=True)
-    _run(go)
+    _run(go, as_json)
 
 
 @main.command()
@@ -153,25 +240,37 @@ def init(folder: str, remote: str, padding: str, name: str | None, as_json: bool
 @click.option("--vault-code", default=None, metavar="CODE",
               help="The vault code shown by 'cloudguard device list' on an enrolled device "
                    "(needed without --key-file; compared in full).")
+@allow_exposed_option
 @json_option
 def clone(remote: str, folder: str, key_file: str | None, name: str | None,
-          vault_code: str | None, as_json: bool) -> None:
+          vault_code: str | None, allow_exposed: bool, as_json: bool) -> None:
     """Bind FOLDER on this device to the existing vault at REMOTE."""
     def go() -> None:
         code = vault_code
         if code is None and key_file is None and _tty() and not as_json:
             code = click.prompt("Vault code (cloudguard device list, on an enrolled device)")
-        result = vault.clone_vault(remote, folder, key_file, name, _ui(as_json), code)
+        result = vault.clone_vault(remote, folder, key_file, name, _ui(as_json), code,
+                                   allow_exposed)
+        for message in result["exposed"]:
+            _warn(f"{message} (allowed by --allow-exposed)")
 
         def human(r: dict[str, Any]) -> str:
             if not r["enrolled"]:
                 return (f"Enrolment requested. Fingerprint: {r['fingerprint']}\nOn an enrolled "
                         f"device run: cloudguard device approve {r['fingerprint']}\nThen here: "
                         "cloudguard pull")
-            return f"Cloned into {r['folder']}: {len(r['downloaded'])} files."
+            c = r["counts"]
+            made = _things(c["made"], "")
+            text = (f"Cloned into {r['folder']}: {_things(c['downloaded'], '0 files')}"
+                    + (f", {made}" if made else "") + ".")
+            if r["conflicts"]:
+                text += (f"\nThe folder already held other versions of some paths: made "
+                         f"{_copies(r['conflicts'])} of the vault's versions beside them; "
+                         "compare, keep one, then cloudguard push.")
+            return text
         _emit(result, as_json, human, always=True)
         _path_errors(result)
-    _run(go)
+    _run(go, as_json)
 
 
 @main.command()
@@ -189,14 +288,16 @@ def push(folder: str | None, dry_run: bool, allow_mass_delete: bool, as_json: bo
     keeps its last synced state; push then exits 1 after the rest is up.
     """
     def go() -> None:
-        with _refusals(as_json):
-            result = vault.push(folder, dry_run, _ui(as_json), allow_mass_delete)
+        result = vault.push(folder, dry_run, _ui(as_json), allow_mass_delete)
+        c = result["counts"]
         _emit(result, as_json, lambda r: (
-            f"{'Would upload' if r['dry_run'] else 'Uploaded'} {len(r['uploaded'])}, "
-            f"updated {len(r['updated'])}, deleted {len(r['deleted'])}."),
+            f"{'Would upload' if r['dry_run'] else 'Uploaded'} "
+            f"{_things(c['uploaded'], '0 files')}; updated {_things(c['updated'])}; deleted "
+            f"{_things(c['deleted'])}"
+            + (f"; made {_copies(r['conflicts'])}" if r["conflicts"] else "") + "."),
             always=dry_run)
         _unreadable(result)
-    _run(go)
+    _run(go, as_json)
 
 
 @main.command()
@@ -205,14 +306,15 @@ def push(folder: str | None, dry_run: bool, allow_mass_delete: bool, as_json: bo
 def pull(folder: str | None, as_json: bool) -> None:
     """Download and decrypt remote changes (refuses without the folder's marker)."""
     def go() -> None:
-        with _refusals(as_json):
-            result = vault.pull(folder, _ui(as_json))
+        result = vault.pull(folder, _ui(as_json))
+        c = result["counts"]
         _emit(result, as_json, lambda r: (
-            f"Downloaded {len(r['downloaded'])}, updated {len(r['updated'])}, "
-            f"deleted {len(r['deleted'])}"
-            + (f", conflicts: {', '.join(r['conflicts'])}" if r["conflicts"] else "") + "."))
+            f"Downloaded {_things(c['downloaded'], '0 files')}; made {_things(c['made'])}; "
+            + (f"updated the mode or mtime of {len(r['updated'])}; " if r["updated"] else "")
+            + f"deleted {_things(c['deleted'])}"
+            + (f"; {_copies(r['conflicts'])}" if r["conflicts"] else "") + "."))
         _path_errors(result)
-    _run(go)
+    _run(go, as_json)
 
 
 @main.command()
@@ -228,16 +330,28 @@ def mark(folder: str | None, as_json: bool) -> None:
     def go() -> None:
         result = vault.mark(folder)
         _emit(result, as_json, lambda r: f"Marked {r['folder']}.", always=True)
-    _run(go)
+    _run(go, as_json)
 
 
 @main.command()
 @folder_option
+@click.option("--verbose", "-v", is_flag=True, help="List every path to push and pull.")
 @json_option
-def status(folder: str | None, as_json: bool) -> None:
-    """Show what push and pull would do."""
+def status(folder: str | None, verbose: bool, as_json: bool) -> None:
+    """Show what push and pull would do: counts by default, the paths with --verbose."""
     def go() -> None:
         result = vault.status(folder, _ui(as_json))
+
+        def side(label: str, key: str, deletes: str) -> list[str]:
+            paths = result[key]
+            if not paths:
+                return []
+            if verbose:
+                return [f"  {label}: {p}" for p in paths]
+            gone = sum(result["counts"][deletes].values())
+            return [f"  {label}: {_things(result['counts'][key])}"
+                    + (f" ({gone:,} of them deletions)" if gone else "")
+                    + f", under {_where(paths)}"]
 
         def human(r: dict[str, Any]) -> str:
             lines = [f"folder {r['folder']} -> {r['remote']} (key epoch {r['epoch']},"
@@ -245,14 +359,25 @@ def status(folder: str | None, as_json: bool) -> None:
             lines += [f"  exposed: {e['files']} files were readable by removed member "
                       f"{e['name']} (key rotate --reencrypt renews their keys)"
                       for e in r["exposed"]]
-            lines += [f"  to push: {p}" for p in r["to_push"]]
-            lines += [f"  to pull: {p}" for p in r["to_pull"]]
+            half = r.get("reencryption")
+            if half:
+                lines.append(f"  unfinished re-encryption to key epoch {half['epoch']}: "
+                             f"{half['files_left']} files"
+                             + (f" and {half['kept_versions_left']} kept versions"
+                                if half["kept_versions_left"] else "")
+                             + f" still under older keys; {half['fix']}")
+            lines += (side("to push", "to_push", "push_deletes")
+                      + side("to pull", "to_pull", "pull_deletes"))
             lines += [f"  unreadable, kept as last synced: {p}" for p in r["unreadable"]]
+            if r["conflicts"]:
+                lines.append(f"  pull would make {_copies(r['conflicts'])}")
             if not r["to_push"] and not r["to_pull"]:
                 lines.append("  in sync")
+            elif not verbose:
+                lines.append("  (cloudguard status --verbose lists the paths)")
             return "\n".join(lines)
         _emit(result, as_json, human, always=True)
-    _run(go)
+    _run(go, as_json)
 
 
 @main.command()
@@ -276,7 +401,51 @@ def verify(folder: str | None, read_data: bool, as_json: bool) -> None:
             + (f"; {len(r['unreferenced'])} unreferenced objects" if r["unreferenced"] else "")
             + f". Checked: {notes[r['checked']]}."),
             always=True)
-    _run(go)
+    _run(go, as_json)
+
+
+@main.command("repair")
+@folder_option
+@click.option("--republish", is_flag=True,
+              help="After a detected rollback or fork of the manifest: publish this device's "
+                   "verified state as a new snapshot (asks first; audited).")
+@click.option("--yes", is_flag=True, help="Confirm --republish without a prompt.")
+@json_option
+def repair_cmd(folder: str | None, republish: bool, yes: bool, as_json: bool) -> None:
+    """Re-upload what verify --read-data finds lost or damaged, from local files that still
+    match the manifest, as new objects; report what cannot be repaired."""
+    def go() -> None:
+        from . import repair
+
+        if republish:
+            def confirm(question: str) -> bool:
+                if yes:
+                    return True
+                if not _interactive():
+                    raise UsageError("repair --republish needs your confirmation: run it on a "
+                                     "terminal, or add --yes")
+                return click.confirm(question, default=False, err=True)
+            done = repair.republish(folder, confirm, "--yes" if yes else "prompt",
+                                    _ui(as_json))
+            _emit(done, as_json, lambda r: r["message"] + ".", always=True)
+            return
+        if yes:
+            raise UsageError("--yes only confirms --republish")
+        result = repair.repair(folder, _ui(as_json))
+        _emit(result, as_json, lambda r: (
+            f"OK: {r['files']} files checked, every object authenticated; nothing to repair."
+            if not r["damaged_objects"] else
+            f"Repaired {len(r['repaired'])} files from local copies and moved "
+            f"{len(r['moved'])} intact ones out of {r['damaged_objects']} damaged objects."),
+            always=True)
+        for row in result["unrepairable"]:
+            click.echo(f"cloudguard: error: {row['path']}"
+                       + ("" if row["current"] else f" (history version {row['version']})")
+                       + f": object {row['object']} is {row['problem']}, and it cannot be "
+                       f"repaired: {row['reason']}", err=True)
+        if not result["ok"]:
+            sys.exit(3)
+    _run(go, as_json)
 
 
 @main.command()
@@ -301,7 +470,7 @@ def doctor(folder: str | None, check_remote: bool, as_json: bool) -> None:
         _emit(result, as_json, human, always=True)
         if not result["ok"]:
             sys.exit(1)
-    _run(go)
+    _run(go, as_json)
 
 
 @main.command("lock")
@@ -324,7 +493,7 @@ def lock_cmd(lock_keyring: bool, as_json: bool) -> None:
             _warn(problem)
         if result["problems"]:
             sys.exit(1)
-    _run(go)
+    _run(go, as_json)
 
 
 @main.command("log")
@@ -350,7 +519,7 @@ def log_cmd(check: bool, as_json: bool) -> None:
                 lines.append(f"{r.get('seq'):>5} {r.get('time')} {r.get('event'):<15} {details}")
             return "\n".join(lines)
         _emit(records, as_json, human, always=True)
-    _run(go)
+    _run(go, as_json)
 
 
 @main.group()
@@ -367,9 +536,14 @@ def key_rotate(folder: str | None, reencrypt: bool, as_json: bool) -> None:
     """Start a new key epoch (a signed commit with a new KEK)."""
     def go() -> None:
         result = vault.key_rotate(folder, reencrypt, _ui(as_json))
-        _emit(result, as_json, lambda r: f"Key epoch {r['epoch']} is current.",
-              always=True)
-    _run(go)
+        _emit(result, as_json, lambda r: (
+            f"Key epoch {r['epoch']} is current"
+            + (f"; finished the interrupted re-encryption ({r['files']} files re-encrypted "
+               "now, those done before kept)"
+               if r.get("resumed") else "")
+            + (f"; {r['files']} files re-encrypted" if r["reencrypted"] and not r.get("resumed")
+               else "") + "."), always=True)
+    _run(go, as_json)
 
 
 @key.command("list")
@@ -381,8 +555,11 @@ def key_list(folder: str | None, as_json: bool) -> None:
         result = vault.key_list(folder)
         _emit(result, as_json, lambda rows: "\n".join(
             f"{'*' if r['current'] else ' '} epoch {r['epoch']} ({r['action']})  created "
-            f"{r['created']}  age {r['age_days']} days" for r in rows), always=True)
-    _run(go)
+            f"{r['created']}  age {r['age_days']} days"
+            + (f"  re-encryption UNFINISHED: {r['reencryption']['files_left']} files left; "
+               f"{r['reencryption']['fix']}" if r["reencryption"] else "")
+            for r in rows), always=True)
+    _run(go, as_json)
 
 
 def _show_kit_passphrase(words: str, kit: str) -> None:
@@ -409,11 +586,11 @@ def key_export(file: str, folder: str | None, name: str | None, choose: bool,
     """
     def go() -> None:
         result = vault.key_export(folder, file, name, choose)
-        if "passphrase" in result and not as_json:
+        if result["passphrase"] and not as_json:
             _show_kit_passphrase(result["passphrase"], result["kit"])
         _emit(result, as_json, lambda r: f"Recovery kit {r['id']} written to {r['kit']}. "
               "Keep it offline; it opens the vault with its passphrase.", always=True)
-    _run(go)
+    _run(go, as_json)
 
 
 @key.command("passphrase")
@@ -427,7 +604,7 @@ def key_passphrase(as_json: bool) -> None:
         words = passphrase.generate()
         _emit({"passphrase": words, "bits": round(passphrase.entropy_bits(), 1)}, as_json,
               lambda r: str(r["passphrase"]), always=True)
-    _run(go)
+    _run(go, as_json)
 
 
 @main.group()
@@ -446,21 +623,66 @@ def device_list(folder: str | None, as_json: bool) -> None:
             [f"vault code: {r['vault_code']}"]
             + [f"{m['id']}  {m['kind']:<8}  {m['name']}"
                + ("  (this device)" if m["this_device"] else "") for m in r["members"]]
-            + [f"{m['id']}  removed   {m['name']}" for m in r["removed"]]), always=True)
-    _run(go)
+            + [f"{m['id']}  removed   {m['name']}" for m in r["removed"]]
+            + [f"{p['id']}  pending   {p['name']}  fingerprint {p['fingerprint']}  requested "
+               f"{p['created']}  (cloudguard device approve|reject FINGERPRINT)"
+               if not p["problem"] else f"{p['id']}  invalid   {p['problem']}  (cloudguard "
+               f"device reject {p['id']})" for p in r["pending"]]), always=True)
+    _run(go, as_json)
+
+
+def _confirmer(yes: bool, verb: str, effect: str, hint: str) -> vault.Confirm:
+    """Asks on the terminal with the request's name and fingerprint; without a terminal only
+    --yes goes ahead, never a default."""
+    def confirm(req: dict[str, Any]) -> bool:
+        shown = (f"{req['name']} (id {req['id']}, fingerprint {req['fingerprint']})"
+                 if req.get("fingerprint") else f"request {req['id']}")
+        if yes:
+            return True
+        if not _interactive():
+            raise CloudguardError(f"not {verb}d {shown}: no terminal to confirm on; {hint}")
+        click.echo(f"{verb.capitalize()} {shown}? {effect}", err=True)
+        return click.confirm(f"{verb.capitalize()} it", default=False, err=True)
+    return confirm
+
+
+yes_option = click.option("--yes", "-y", is_flag=True,
+                          help="Do not ask for confirmation (needed without a terminal).")
 
 
 @device.command("approve")
 @click.argument("fingerprint")
 @folder_option
+@yes_option
 @json_option
-def device_approve(fingerprint: str, folder: str | None, as_json: bool) -> None:
-    """Enrol the device whose request shows FINGERPRINT."""
+def device_approve(fingerprint: str, folder: str | None, yes: bool, as_json: bool) -> None:
+    """Enrol the device whose request shows FINGERPRINT, after showing its name and asking."""
     def go() -> None:
-        result = vault.device_approve(folder, fingerprint, _ui(as_json))
-        _emit(result, as_json, lambda r: f"Approved {r['name']} ({r['approved']}). The new "
-              f"device checks the vault code: {r['vault_code']}", always=True)
-    _run(go)
+        confirm = _confirmer(yes, "approve", "It will read and write every file in the vault; "
+                             "check that the new device shows this fingerprint.",
+                             "compare the fingerprint with the new device's, then pass --yes")
+        result = vault.device_approve(folder, fingerprint, _ui(as_json), confirm)
+        _emit(result, as_json, lambda r: f"Approved {r['name']} ({r['approved']}, fingerprint "
+              f"{r['fingerprint']}). The new device checks the vault code: {r['vault_code']}",
+              always=True)
+    _run(go, as_json)
+
+
+@device.command("reject")
+@click.argument("fingerprint")
+@folder_option
+@yes_option
+@json_option
+def device_reject(fingerprint: str, folder: str | None, yes: bool, as_json: bool) -> None:
+    """Delete the pending enrolment request with FINGERPRINT (or, for an invalid one, its id
+    as device list shows it)."""
+    def go() -> None:
+        confirm = _confirmer(yes, "reject", "Its enrolment request is deleted from the remote.",
+                             "pass --yes to delete the request")
+        result = vault.device_reject(folder, fingerprint, confirm)
+        _emit(result, as_json, lambda r: f"Rejected the enrolment request {r['rejected']}"
+              + (f" of {r['name']}" if r["name"] else "") + ".", always=True)
+    _run(go, as_json)
 
 
 @device.command("remove")
@@ -474,7 +696,7 @@ def device_remove(device_id: str, folder: str | None, reencrypt: bool, as_json: 
         result = vault.device_remove(folder, device_id, reencrypt, _ui(as_json))
         _emit(result, as_json, lambda r: f"Removed {r['removed']}; key epoch "
               f"{r['epoch']} is current.", always=True)
-    _run(go)
+    _run(go, as_json)
 
 
 @main.command("history")
@@ -496,7 +718,7 @@ def history_cmd(path: str, folder: str | None, as_json: bool) -> None:
                              f"{size}  by {v['device']}")
             return "\n".join(lines)
         _emit(result, as_json, human, always=True)
-    _run(go)
+    _run(go, as_json)
 
 
 @main.command("restore")
@@ -520,7 +742,7 @@ def restore_cmd(paths: tuple[str, ...], before: str | None, version_id: str | No
             "restored versions current on every device."), always=True)
         if result["refused"]:
             sys.exit(1)
-    _run(go)
+    _run(go, as_json)
 
 
 @main.command("settings")
@@ -534,7 +756,7 @@ def settings_cmd(keep_days: int | None, folder: str | None, as_json: bool) -> No
         result = vault.settings(folder, keep_days)
         _emit(result, as_json, lambda r: "\n".join(f"{k} = {v}" for k, v in r.items()),
               always=True)
-    _run(go)
+    _run(go, as_json)
 
 
 if __name__ == "__main__":

@@ -124,7 +124,13 @@ def _configured_sync_roots(user_home: Path) -> list[tuple[str, Path]]:
 
 
 def check_exposure(binding: Binding, user_home: Path) -> list[Finding]:
-    folder = Path(binding.folder)
+    return exposure(Path(binding.folder), user_home)
+
+
+def exposure(folder: Path, user_home: Path, inside: bool = True) -> list[Finding]:
+    """Sync clients that would upload the plaintext of ``folder``; init, clone and doctor
+    share it. ``inside=False`` skips the walk through the folder (push only looks around it,
+    which costs a few listdir calls, not a second scan)."""
     out: list[Finding] = []
     for parent in (folder, *folder.parents):
         client = _marker_hit(parent)
@@ -133,7 +139,7 @@ def check_exposure(binding: Binding, user_home: Path) -> list[Finding]:
                                f"{folder} is inside {parent}, a {client} folder: {client} "
                                "uploads the plaintext automatically",
                                f"move {folder} out of {parent}, or stop {client} syncing it"))
-    for dirpath, dirnames, _files in os.walk(folder):
+    for dirpath, dirnames, _files in os.walk(folder) if inside else ():
         client = _marker_hit(Path(dirpath))
         if client and Path(dirpath) != folder:
             out.append(Finding("error", "plaintext-exposure",
@@ -195,7 +201,8 @@ def _rclone_config(name: str) -> dict[str, str]:
 
 
 def check_keys(generations: Iterable[tuple[int, float]], has_recovery: bool,
-               policy_days: float) -> list[Finding]:
+               policy_days: float, kit_removed: bool = False) -> list[Finding]:
+    """``kit_removed``: the vault had a kit and has none now (it was revoked)."""
     out: list[Finding] = []
     newest = max(generations, default=None)
     if newest is not None and newest[1] > policy_days:
@@ -205,7 +212,12 @@ def check_keys(generations: Iterable[tuple[int, float]], has_recovery: bool,
     elif newest is not None:
         out.append(Finding("ok", "key-age", f"key generation {newest[0]} is "
                            f"{newest[1]:.0f} days old"))
-    if not has_recovery:
+    if not has_recovery and kit_removed:
+        out.append(Finding("warning", "recovery-kit", "the vault's recovery kits were all "
+                           "removed: losing this device loses the vault",
+                           "run: cloudguard key export KIT to export a new one, and keep it "
+                           "offline"))
+    elif not has_recovery:
         out.append(Finding("warning", "recovery-kit", "no recovery kit was ever exported: "
                            "losing this device loses the vault",
                            "run: cloudguard key export KIT and keep it offline"))
@@ -248,4 +260,4 @@ def policy_days() -> float:
 
 
 __all__ = ["Finding", "all_bindings", "check_exposure", "check_keys", "check_permissions",
-           "check_sharing", "findings_json", "policy_days"]
+           "check_sharing", "exposure", "findings_json", "policy_days"]

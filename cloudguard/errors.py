@@ -7,6 +7,7 @@
     ├── FileChangedError (1)    a file changed while it was read
     ├── GuardError (1)          a push or pull refused to protect the folder (marker, mass delete)
     └── IntegrityError (3)      tampered, truncated, swapped, rolled back or missing data
+        └── HistoryError (3)    the manifest was rolled back, truncated or forked
 """
 
 from __future__ import annotations
@@ -59,6 +60,17 @@ class IntegrityError(CloudguardError):
 
     def __init__(self, message: str = "integrity check failed") -> None:
         super().__init__(message)
+
+
+class HistoryError(IntegrityError):
+    """The remote manifest is older than, or diverges from, what this device verified: the
+    one exit-3 state that ``cloudguard repair --republish`` may answer (docs/design.md,
+    "Ways out of exit 3")."""
+
+
+REPUBLISH_HINT = ("; if this device's copy is the one to keep, 'cloudguard repair --republish' "
+                  "publishes it as a new snapshot after you confirm (docs/design.md, "
+                  "\"Ways out of exit 3\")")
 
 
 def named(what: str, exc: IntegrityError) -> IntegrityError:

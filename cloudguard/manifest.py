@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .chain import Skip
-from .errors import IntegrityError
+from .errors import REPUBLISH_HINT, HistoryError, IntegrityError
 from .keys import now_iso
 from .state import write_private
 
@@ -605,9 +605,9 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
                 for kind in ("d", "s"):  # the writer's own previous segment, if we opened it
                     before = heads_hash.get(segment_name(dev, nxt - 1, kind))
                     if before is not None and payload.get("prev") not in (None, before):
-                        raise IntegrityError(f"manifest segment {found} does not follow "
-                                             f"{segment_name(dev, nxt - 1, kind)}: a segment "
-                                             "was replaced")
+                        raise HistoryError(f"manifest segment {found} does not follow "
+                                           f"{segment_name(dev, nxt - 1, kind)}: a segment "
+                                           "was replaced" + REPUBLISH_HINT)
                 deps = _ctx(payload.get("deps"))
                 _same_history(found, payload.get("dh"), deps, heads_hash)
                 deps = _clamp(deps, limit)
@@ -620,13 +620,14 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
         for dev, rest in pending.items():
             if rest and not any(dev == got[0] for h in held if (got := parse_name(h))):
                 missing = segment_name(dev, state.ctx.get(dev, 0) + 1, "d")
-                raise IntegrityError(f"manifest segment {missing} is missing: the manifest "
-                                     "was truncated or a segment was deleted")
+                raise HistoryError(f"manifest segment {missing} is missing: the manifest "
+                                   "was truncated or a segment was deleted" + REPUBLISH_HINT)
         for dev, seq in seen.items():
             if state.ctx.get(dev, 0) < seq:
-                raise IntegrityError(
+                raise HistoryError(
                     f"the remote manifest is older than one this device has seen (device {dev} "
-                    f"at {state.ctx.get(dev, 0)}, seen {seq}): rollback or deleted manifest")
+                    f"at {state.ctx.get(dev, 0)}, seen {seq}): rollback or deleted manifest"
+                    + REPUBLISH_HINT)
         state.forget_consumed(n for n in consumed if n not in listing)
     own = max([seq for dev, seq, _k in parsed.values() if dev == device] + [0])
     deltas = sum(1 for _d, _s, k in parsed.values() if k == "d")
@@ -717,10 +718,10 @@ def _same_history(name: str, raw: object, deps: dict[str, int], heads_hash: dict
         for kind in ("d", "s"):
             mine = heads_hash.get(segment_name(dev, seq, kind))
             if mine is not None and mine != digest:
-                raise IntegrityError(f"fork: manifest segment {name} depends on a "
-                                     f"{segment_name(dev, seq, kind)} other than the one this "
-                                     "device applied; the provider shows devices different "
-                                     "histories")
+                raise HistoryError(f"fork: manifest segment {name} depends on a "
+                                   f"{segment_name(dev, seq, kind)} other than the one this "
+                                   "device applied; the provider shows devices different "
+                                   "histories" + REPUBLISH_HINT)
 
 
 def _still_valid(consumed: dict[str, tuple[int, str, dict[str, int] | None]],
@@ -869,15 +870,31 @@ def check_ops(ops: object) -> list[dict[str, Any]]:
             raise IntegrityError("manifest op is malformed")
         reloc = op.get("reloc") or {}
         if not isinstance(reloc, dict) or not all(
-                isinstance(d, str) and _DOT.match(d) and isinstance(loc, dict)
-                and set(loc) - {"om"} == {"o", "a", "r"} and isinstance(loc["o"], str)
-                and _OBJECT_ID.match(loc["o"]) is not None
-                and isinstance(loc.get("om", ""), str)
-                and all(isinstance(loc[k], int) and not isinstance(loc[k], bool)
-                        and loc[k] >= 0 for k in ("a", "r"))
+                isinstance(d, str) and _DOT.match(d) and _location(loc)
                 for d, loc in reloc.items()):
             raise IntegrityError("manifest op is malformed")
     return ops
+
+
+_REKEYED = frozenset(("n", "i", "k", "g", "w"))
+
+
+def _location(loc: object) -> bool:
+    """A ``reloc`` location: a blob moved as it is (``o``, ``a``, ``r``, ``om``), or a blob
+    encrypted anew under a fresh DEK (also ``n``, ``i``, ``k``, ``g``, ``w``, all five): what
+    re-encryption and repair write."""
+    if not isinstance(loc, dict):
+        return False
+    keys = set(loc) - {"om"}
+    if keys != {"o", "a", "r"} and keys != {"o", "a", "r"} | _REKEYED:
+        return False
+    if not isinstance(loc["o"], str) or _OBJECT_ID.match(loc["o"]) is None:
+        return False
+    if not isinstance(loc.get("om", ""), str):
+        return False
+    if not all(type(loc[k]) is int and loc[k] >= 0 for k in ("a", "r", "n") if k in loc):
+        return False
+    return all(type(loc[k]) is str for k in ("i", "k", "g", "w") if k in loc)
 
 
 def _paths(raw: object) -> dict[str, Siblings]:

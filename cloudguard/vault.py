@@ -19,7 +19,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -418,10 +418,17 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
                 raise
             time.sleep(0.5)  # another device compacted while we listed; list again
     index.set_meta("seen", loaded.state.ctx)
+    _note_interrupted(index, binding)
     if not binding.enrolled:
         binding.enrolled = True
         binding.save()
     return Session(binding, transport, index, me, ring, loaded, listing, ui, cache)
+
+
+def _note_interrupted(index: Index, binding: Binding) -> None:
+    from . import rekey
+
+    rekey.note_interrupted(index, binding)
 
 
 def _opener(ring: trust.Ring, index: Index) -> mf.Opener:
@@ -519,12 +526,28 @@ def _check_apart(folder: str, transport: RcloneTransport) -> None:
                          "would sit in the remote; choose a folder outside the remote")
 
 
-def init_vault(folder: str, remote: str, padding: str = "padme", name: str | None = None
-               ) -> dict[str, Any]:
+def _check_exposed(folder: str, allow: bool) -> list[str]:
+    """A folder that another sync client uploads keeps no secret, whatever we encrypt: refused
+    before anything is made unless ``allow`` (--allow-exposed); then the findings are returned
+    for the result."""
+    from . import doctor as checks
+
+    path = Path(folder).expanduser().resolve()
+    found = [f for f in checks.exposure(path, Path.home()) if f.level == "error"]
+    if found and not allow:
+        more = f" ({len(found) - 1} more: cloudguard doctor)" if len(found) > 1 else ""
+        raise UsageError(f"{found[0].message}; {found[0].fix}, or pass --allow-exposed to "
+                         f"accept it{more}")
+    return [f.message for f in found]
+
+
+def init_vault(folder: str, remote: str, padding: str = "padme", name: str | None = None,
+               allow_exposed: bool = False) -> dict[str, Any]:
     if padding not in ("padme", "none"):
         raise UsageError(f"--padding {padding!r}: use padme or none")
     transport = RcloneTransport(remote)
     _check_apart(folder, transport)
+    exposed = _check_exposed(folder, allow_exposed)
     path = _check_folder(folder)
     existing = transport.list()
     if DESCRIPTOR in existing:
@@ -559,17 +582,26 @@ def init_vault(folder: str, remote: str, padding: str = "padme", name: str | Non
     audit.record("init", vault=vault_id, device=binding.device)
     return {"folder": str(path), "remote": remotes.redact(transport.remote), "vault": vault_id,
             "vault_code": fmt.vault_code(vault_id), "device": binding.device,
-            "keystore": binding.keystore}
+            "keystore": binding.keystore, "exposed": exposed}
 
 
 def clone_vault(remote: str, folder: str, kit: str | None = None, name: str | None = None,
-                ui: UI | None = None, vault_code: str | None = None) -> dict[str, Any]:
+                ui: UI | None = None, vault_code: str | None = None,
+                allow_exposed: bool = False) -> dict[str, Any]:
     """Bind a folder to an existing vault; on any failure, undo the binding and the key."""
+    exposed = _check_exposed(folder, allow_exposed)
     existed = Path(folder).expanduser().exists()
     path = _check_folder(folder)
     made: list[Binding] = []
     try:
-        return _clone(remote, path, kit, name, ui, made, vault_code)
+        # one shape whether enrolled at once (a kit: the first pull's keys) or requested
+        none: dict[str, Any] = {
+            "downloaded": [], "updated": [], "deleted": [], "conflicts": [], "skipped": [],
+            "errors": [], "fingerprint": None,
+            "unreadable": [],
+            "counts": {k: _counts(()) for k in ("downloaded", "made", "deleted")}}
+        return {**none, **_clone(remote, path, kit, name, ui, made, vault_code),
+                "exposed": exposed}
     except BaseException:
         for binding in made:
             if binding.enrolled or kit is not None:
@@ -659,13 +691,21 @@ def _clone(remote: str, path: Path, kit: str | None, name: str | None, ui: UI | 
     if not anchor:
         raise IntegrityError(f"{kit}: the commit that added this kit ({opened.anchor[:16]}...) "
                              "is gone from the remote: rolled back or deleted")
-    ring = trust.open_ring(vault_id, listing, transport.get_bytes, descriptor_hash(raw),
-                           opened.rid, opened.secret, None, warn)
+    try:
+        ring = trust.open_ring(vault_id, listing, transport.get_bytes, descriptor_hash(raw),
+                               opened.rid, opened.secret, None, warn)
+    except KeyStoreError as exc:  # its message is for a device (approve, removed)
+        raise KeyStoreError(f"{kit}: this recovery kit is no longer a member of the vault (it "
+                            "was removed, so it cannot enrol a device); use a current kit, or "
+                            "enrol by approval: cloudguard clone REMOTE FOLDER --vault-code "
+                            "CODE") from exc
     if opened.anchor not in ring.view.commits:
         raise IntegrityError(f"{kit}: the commit that added this kit is not in the vault's "
                              "verified chain")
     if ring.head.members.get(opened.rid) is None:
-        raise KeyStoreError(f"{kit}: this recovery kit was removed from the vault")
+        raise KeyStoreError(f"{kit}: this recovery kit was removed from the vault; use a "
+                            "current kit, or enrol by approval: cloudguard clone REMOTE FOLDER "
+                            "--vault-code CODE")
     _add_member(transport, None, ring, binding.device, me.public("device"), binding.device_name)
     binding.save()
     write_marker(binding)
@@ -693,7 +733,8 @@ def _add_member(transport: Transport, index: Index | None, ring: trust.Ring, rid
 # --- push ---------------------------------------------------------------------------------
 
 
-def _resolve(s: Session) -> int:
+def _resolve(s: Session) -> list[str]:
+    """The conflict copies made of concurrent versions (a list, as pull reports them)."""
     ops = sync.resolve_siblings(s.state, s.labels())
     if ops:
         s.commit(ops)
@@ -704,7 +745,15 @@ def _resolve(s: Session) -> int:
             s.ui.warn(f"{len(renamed) // 2} path(s) differ from others only by case or Unicode "
                       f"normalisation, which this folder cannot tell apart: renamed to "
                       f"'... ({folding.SUFFIX})' on every device")
-    return sum(1 for op in ops if not op["rm"])
+    return sorted(op["p"] for op in ops if not op["rm"])
+
+
+def _counts(kinds: Iterable[str]) -> dict[str, int]:
+    """Files, folders and links apart: "updated 42" must not call 40 folders files."""
+    out = {"files": 0, "folders": 0, "links": 0}
+    for kind in kinds:
+        out[{"d": "folders", "l": "links"}.get(kind, "files")] += 1
+    return out
 
 
 def _scan(s: Session) -> dict[str, sync.LocalItem]:
@@ -735,13 +784,19 @@ def _log(s: Session, event: str, **fields: Any) -> None:
 
 
 @contextmanager
-def _audited(event: str, folder: str | None) -> Iterator[None]:
-    """Integrity failures are logged too: they are what an audit is for."""
+def _audited(event: str, folder: str | None, every: bool = False) -> Iterator[None]:
+    """Integrity failures are logged too: they are what an audit is for. With ``every``, any
+    failure or interrupt is (an operation that leaves work unfinished, like re-encryption)."""
     try:
         yield
     except IntegrityError:
         audit.record(event, ok=False, exit_code=IntegrityError.exit_code,
                      folder_id=_binding_id(folder))
+        raise
+    except BaseException as exc:
+        if every and not isinstance(exc, UsageError):  # a usage error never started anything
+            audit.record(event, ok=False, interrupted=True, error=type(exc).__name__,
+                         exit_code=getattr(exc, "exit_code", 1), folder_id=_binding_id(folder))
         raise
 
 
@@ -757,12 +812,23 @@ def push(folder: str | None, dry_run: bool = False, ui: UI | None = None,
     """``result["unreadable"]`` lists paths that could not be read: they kept their last
     synced state, and the CLI exits 1 after the rest was pushed."""
     with _audited("push", folder), session(folder, ui, scan=True, guard=True) as s:
+        _warn_exposed(s)
         result = _push(s, dry_run, allow_mass_delete)
         if not dry_run:
             _log(s, "push", files=len(result["uploaded"]) + len(result["updated"]),
                  deleted=len(result["deleted"]), objects=result.get("object_ids", []),
                  segments=s.committed)
         return result
+
+
+def _warn_exposed(s: Session) -> None:
+    """A sync client around the folder (found since init, or allowed there) is named on every
+    push; only around it: the scan already reads the inside."""
+    from . import doctor as checks
+
+    for f in checks.exposure(s.folder, Path.home(), inside=False):
+        if f.level == "error":
+            s.ui.warn(f"{f.message} ({f.fix}; cloudguard doctor)")
 
 
 def _push_plan(s: Session, local: dict[str, sync.LocalItem]
@@ -840,14 +906,21 @@ def _check_mass_delete(s: Session, plan: sync.PushPlan, allow: bool) -> None:
 
 
 def _push(s: Session, dry_run: bool, allow_mass_delete: bool = False) -> dict[str, Any]:
-    conflicts = 0 if dry_run else _resolve(s)
+    conflicts = [] if dry_run else _resolve(s)
     local = _scan(s)
     plan, index_rows = _push_plan(s, local)
+    # a dry run has every key a push has (what it would do; nothing uploaded)
     result: dict[str, Any] = {
         "uploaded": [i.path for i in plan.upload], "updated": [i.path for i, _ in plan.put],
         "deleted": [r.path for r in plan.delete if r.path not in plan.renamed],
         "renamed": dict(sorted(plan.renamed.items())), "dry_run": dry_run,
-        "conflicts": conflicts, "unreadable": sorted(s.unreadable)}
+        "conflicts": conflicts, "unreadable": sorted(s.unreadable),
+        "skipped": [], "bytes_uploaded": 0, "objects": 0, "object_ids": [],
+        "mass_delete": False,
+        "counts": {"uploaded": _counts("f" for _ in plan.upload),
+                   "updated": _counts(i.kind for i, _ in plan.put),
+                   "deleted": _counts(r.kind for r in plan.delete
+                                      if r.path not in plan.renamed)}}
     if dry_run:
         result["mass_delete"] = _mass_delete(s, plan) is not None  # push would ask first
         return result
@@ -878,6 +951,7 @@ def _push(s: Session, dry_run: bool, allow_mass_delete: bool = False) -> dict[st
         ops.append({"p": row.path, "e": None, "rm": _based_on(s, row)})
     _commit_ops(s, ops, local, up.objects)
     result["uploaded"] = sorted(up.paths)
+    result["counts"]["uploaded"] = _counts("f" for _ in up.paths)
     result["skipped"] = up.skipped
     result["unreadable"] = sorted({*s.unreadable, *up.unreadable})
     result["bytes_uploaded"] = up.bytes_out
@@ -1075,7 +1149,7 @@ def _pull(s: Session) -> dict[str, Any]:
     """Stage every download (nothing lands unless all authenticate), then land path by path:
     moves aside, deletes (deepest first), folders, files, links. An error on one path is
     reported in ``errors`` (one line naming it) and the rest still arrives."""
-    _resolve(s)
+    resolved = _resolve(s)
     local = _scan(s)
     plan, remote, _n = _pull_plan(s, local)
     _check_space(s, plan.download)
@@ -1152,8 +1226,13 @@ def _pull(s: Session) -> dict[str, Any]:
             rem = remote.get(path)
             if rem is not None:  # conflict: remember the remote version, so ours replaces it
                 s.index.put(sync.row_from_entry(path, rem[0], rem[1]))
+    kinds = {r.path: r.kind for r in plan.delete}
     return {"downloaded": sorted(written), "updated": updated, "deleted": deleted,
-            "conflicts": plan.conflicts, "skipped": plan.skipped, "errors": errors}
+            "conflicts": sorted(resolved + plan.conflicts), "skipped": plan.skipped,
+            "errors": errors,
+            "counts": {"downloaded": _counts("f" for _ in written),
+                       "made": _counts(str(e.get("t")) for _d, _t, e in plan.make),
+                       "deleted": _counts(kinds.get(p, "f") for p in deleted)}}
 
 
 def _around_folder(s: Session, plan: sync.PullPlan, dest: str, dot: str,
@@ -1221,7 +1300,9 @@ def _stage_all(s: Session, downloads: list[tuple[str, str, dict[str, Any]]],
         raise
     if failures:
         sync.discard([st for st, _d, _e in staged], created)
-        raise IntegrityError("integrity failure, nothing was written: " + "; ".join(failures))
+        raise IntegrityError("integrity failure, nothing was written: " + "; ".join(failures)
+                             + "; 'cloudguard repair' on a device whose files still match "
+                             "re-uploads lost or damaged objects")
     return staged
 
 
@@ -1315,12 +1396,27 @@ def status(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
             "device": s.binding.device, "epoch": s.ring.head.epoch,
             "vault_code": fmt.vault_code(s.binding.vault_id),
             "files": s.state.count_files(), "exposed": _exposure(s),
+            "reencryption": _unfinished(s),
             "to_push": sorted([i.path for i in up.upload] + [i.path for i, _ in up.put]
                               + [r.path for r in up.delete]),
             "to_pull": sorted([d for d, _t, _e in down.download + down.make + down.meta]
                               + [r.path for r in down.delete]),
             "conflicts": down.conflicts, "unreadable": sorted(s.unreadable),
+            "counts": {
+                "to_push": _counts([*("f" for _ in up.upload), *(i.kind for i, _ in up.put),
+                                    *(r.kind for r in up.delete)]),
+                "to_pull": _counts([*("f" for _ in down.download),
+                                    *(str(e.get("t")) for _d, _t, e in down.make + down.meta),
+                                    *(r.kind for r in down.delete)]),
+                "push_deletes": _counts(r.kind for r in up.delete),
+                "pull_deletes": _counts(r.kind for r in down.delete)},
         }
+
+
+def _unfinished(s: Session) -> dict[str, Any] | None:
+    from . import rekey
+
+    return rekey.unfinished(s)
 
 
 def verify(folder: str | None, read_data: bool = False, ui: UI | None = None
@@ -1376,7 +1472,9 @@ def _verify(s: Session, read_data: bool) -> dict[str, Any]:
                         failures.append(f"{path}: {exc}")
     if failures:
         raise IntegrityError("verify failed: " + "; ".join(failures[:20])
-                             + (f" (and {len(failures) - 20} more)" if len(failures) > 20 else ""))
+                             + (f" (and {len(failures) - 20} more)" if len(failures) > 20 else "")
+                             + "; 'cloudguard repair' re-uploads them from local files that "
+                             "still match")
     live = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
     unreferenced = sorted(n for n in s.listing if n.startswith(sync.DATA_PREFIX) and n not in live)
     if authenticate:
@@ -1403,13 +1501,15 @@ def key_list(folder: str | None) -> list[dict[str, Any]]:
     with session(folder) as s:
         now = time.time()
         out = []
+        half = _unfinished(s)
         for c in reversed(s.ring.view.ancestry(s.ring.head)):
             if c.action in ("add",):
                 continue
             out.append({"epoch": c.epoch, "commit": c.id, "action": c.action,
                         "created": c.created,
                         "age_days": round((now - _epoch(c.created)) / 86400, 1),
-                        "current": c.kek == s.ring.head.kek})
+                        "current": c.kek == s.ring.head.kek,
+                        "reencryption": half if half and half["epoch"] == c.epoch else None})
         return out
 
 
@@ -1436,8 +1536,7 @@ def key_export(folder: str | None, path: str, name: str | None = None,
             raise
         s.index.set_meta("kit_exported", now_iso())
         _log(s, "key-export", kit_id=rid)
-        return {"kit": str(target), "id": rid,
-                **({} if choose else {"passphrase": passphrase})}
+        return {"kit": str(target), "id": rid, "passphrase": None if choose else passphrase}
 
 
 def device_list(folder: str | None) -> dict[str, Any]:
@@ -1449,10 +1548,55 @@ def device_list(folder: str | None) -> dict[str, Any]:
         removed = [{"id": rid, "name": s.ring.name_of(rid), "cutoff": cut.seq}
                    for rid, cut in sorted(s.ring.view.removed.items())]
         return {"vault": s.binding.vault_id, "vault_code": fmt.vault_code(s.binding.vault_id),
-                "members": members, "removed": removed}
+                "members": members, "removed": removed, "pending": _pending(s)}
 
 
-def device_approve(folder: str | None, fp: str, ui: UI | None = None) -> dict[str, Any]:
+def _pending(s: Session) -> list[dict[str, Any]]:
+    """Enrolment requests waiting on the remote; one that does not verify, or is for another
+    vault or under another name, is listed with its problem (never approvable)."""
+    out: list[dict[str, Any]] = []
+    for name in sorted(n for n in s.listing if n.startswith(keymod.ENROLL_PREFIX)):
+        rid = name[len(keymod.ENROLL_PREFIX):]
+        row: dict[str, Any] = {"id": rid, "name": None, "fingerprint": None, "created": None,
+                               "problem": None}
+        try:
+            req = chain.read_request(s.transport.get_bytes(name, limits.MAX_ENROLMENT))
+        except IntegrityError:
+            row["problem"] = f"{name} is not a valid enrolment request"
+            out.append(row)
+            continue
+        row.update(name=req.name, fingerprint=req.fingerprint, created=req.created)
+        if req.vault != s.binding.vault_id or req.rid != rid:
+            row["problem"] = f"{name} is for another vault or under another name"
+        out.append(row)
+    return out
+
+
+Confirm = Callable[[dict[str, Any]], bool]
+
+
+def device_reject(folder: str | None, wanted: str, confirm: Confirm | None = None
+                  ) -> dict[str, Any]:
+    """Delete a pending enrolment request, chosen by its fingerprint (or, for one that does not
+    verify and so has none, its id), once ``confirm`` agrees."""
+    with session(folder) as s:
+        for row in _pending(s):
+            if wanted.strip().lower() == row["id"] or (
+                    row["fingerprint"] and _code(row["fingerprint"]) == _code(wanted)):
+                if confirm is not None and not confirm(row):
+                    raise CloudguardError(f"not rejected: enrolment request {row['id']} stays")
+                s.transport.delete([keymod.ENROLL_PREFIX + row["id"]])
+                _log(s, "device-reject", rejected=row["id"])
+                return {"rejected": row["id"], "name": row["name"],
+                        "fingerprint": row["fingerprint"]}
+        raise UsageError(f"no pending enrolment request has fingerprint or id {wanted} (see "
+                         "cloudguard device list)")
+
+
+def device_approve(folder: str | None, fp: str, ui: UI | None = None,
+                   confirm: Confirm | None = None) -> dict[str, Any]:
+    """``confirm`` sees the verified request (name, fingerprint, id) before anything is
+    written; the CLI asks the person, or refuses without a terminal unless --yes."""
     wanted = _code(fp)
     with session(folder, ui) as s:
         refused: list[str] = []  # not a request at all: tampering, reported if nothing matches
@@ -1468,10 +1612,15 @@ def device_approve(folder: str | None, fp: str, ui: UI | None = None) -> dict[st
             if req.vault != s.binding.vault_id or name != keymod.ENROLL_PREFIX + req.rid:
                 raise IntegrityError(f"{name}: the enrolment request with fingerprint {fp} is "
                                      "for another vault or under another name; refused")
+            shown = {"id": req.rid, "name": req.name, "fingerprint": req.fingerprint,
+                     "created": req.created}
+            if confirm is not None and not confirm(shown):
+                raise CloudguardError(f"not approved: {req.name} ({req.fingerprint}) stays "
+                                      "pending; cloudguard device reject removes the request")
             _add_member(s.transport, s.index, s.ring, req.rid, req.keys, req.name)
             s.transport.delete([name])
             _log(s, "device-approve", approved=req.rid)
-            return {"approved": req.rid, "name": req.name,
+            return {"approved": req.rid, "name": req.name, "fingerprint": req.fingerprint,
                     "vault_code": fmt.vault_code(s.binding.vault_id)}
         if refused:
             raise IntegrityError(f"no valid pending enrolment request has fingerprint {fp}; "
@@ -1484,7 +1633,8 @@ def device_remove(folder: str | None, rid: str, reencrypt: bool = False,
     if rid == find_binding(folder).device:
         raise UsageError("a device cannot remove itself (it would know the next key); "
                          "remove it from another device")
-    with session(folder, ui, tolerate=frozenset({rid})) as s:
+    with _audited("device-remove", folder, every=True), \
+            session(folder, ui, tolerate=frozenset({rid})) as s:
         if rid not in s.ring.head.members:
             raise UsageError(f"no device or recovery slot has id {rid} (see cloudguard device "
                              "list)")
@@ -1497,9 +1647,10 @@ def device_remove(folder: str | None, rid: str, reencrypt: bool = False,
 
 def key_rotate(folder: str | None, reencrypt: bool = False, ui: UI | None = None
                ) -> dict[str, Any]:
-    with _audited("rotate", folder), session(folder, ui) as s:
+    with _audited("rotate", folder, every=True), session(folder, ui) as s:
         result = _rotate(s, reencrypt, remove=None)
-        _log(s, "rotate", reencrypt=reencrypt, deleted=result["deleted_objects"])
+        _log(s, "rotate", reencrypt=reencrypt, deleted=result["deleted_objects"],
+             resumed=result.get("resumed"))
         return result
 
 
@@ -1557,14 +1708,21 @@ def _exposure(s: Session) -> list[dict[str, Any]]:
 
 def _rotate(s: Session, reencrypt: bool, remove: str | None) -> dict[str, Any]:
     """A new KEK in a signed commit, wrapped to the remaining members; DEKs re-wrapped, or
-    content redone.
+    content redone (:mod:`cloudguard.rekey`, which also resumes an interrupted run).
 
-    Order keeps every crash recoverable: the commit (with its key object), then
-    (re-encrypted) content as pending objects, then the snapshot that commits, then deletions.
+    Order keeps every crash recoverable: the commit (with its key object), then the re-wrapped
+    entries in a snapshot, or the re-encrypted content in committed batches, then deletions.
     """
+    from . import rekey
+
     _resolve(s)
     _collect_pending(s)  # objects of an earlier run that was killed before its commit
-    old_commits = [c for c in s.ring.view.commits.values()]
+    started = rekey.intent(s.index)
+    if started is not None and not rekey.landed(s, started):
+        s.index.set_meta(rekey.INTENT, None)  # killed before its new key was published
+        started = None
+    if reencrypt and remove is None and started is not None:
+        return rekey.run(s, started, resumed=True)
     members = {r: k for r, k in s.ring.head.members.items() if r != remove}
     removed = dict(s.ring.head.removed)
     if remove is not None:
@@ -1573,95 +1731,22 @@ def _rotate(s: Session, reencrypt: bool, remove: str | None) -> dict[str, Any]:
         s.snapshot()
         removed[remove] = _cutoff(s, remove)
     s.ring.all_keks()  # every older KEK, for the history (and the re-wrap below)
+    intent = rekey.begin(s, remove, started) if reencrypt else None
     commit = trust.change(s.ring, s.transport, s.index, "remove" if remove else "rotate",
                           members=members, removed=removed, new_key=True, names={},
                           reencrypt=reencrypt)
+    if intent is not None:
+        rekey.published(s, intent, commit)
+        return rekey.run(s, intent, resumed=False)
     new_kek = s.ring.head_kek
     # The entries change in place; until the snapshot that commits them is uploaded, a
     # failure must leave the local state as it was, so all of it is one transaction.
     with s.state.transaction():
-        old_objects = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
-        if reencrypt:
-            _reencrypt(s, new_kek, commit.kek)
-            # history holds content under DEKs a removed member could unwrap: it goes, on
-            # every device (the floor travels in the snapshot below)
-            s.state.raise_floor(int(time.time()))
-        else:
-            _rewrap(s, new_kek, commit.kek)
-        doomed: set[str] = set()
-        if reencrypt:
-            live = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
-            keyobjs = {c.name + ".k" for c in old_commits} & set(s.listing)
-            doomed = old_objects | (s.index.pending() - live) | keyobjs
-            # Written ahead: a crash after the commit leaves the deletions to the next run.
-            s.index.set_meta("pending_delete", {
-                "after": mf.segment_name(s.binding.device, s.next_seq(), "s"),
-                "names": sorted(doomed)})
+        _rewrap(s, new_kek, commit.kek)
         s.snapshot()
     s.index.set_meta("wrapped_under", commit.kek)
-    deleted: list[str] = []
-    if reencrypt:
-        s.transport.delete(doomed)
-        s.index.set_meta("pending_delete", None)
-        with s.index.transaction():
-            s.index.clear_pending(s.index.pending())
-        deleted = sorted(doomed)
-    return {"epoch": commit.epoch, "commit": commit.id, "reencrypted": reencrypt,
-            "removed": remove, "deleted_objects": len(deleted)}
-
-
-def _reencrypt(s: Session, new_kek: bytes, number: str) -> None:
-    """Fresh DEKs and file ids for every blob, streamed through memory: no plaintext on disk."""
-    work = [(f"{p}\x00{d}", e) for p, sibs in s.state.items() for d, e in sibs.items()
-            if e.get("t") == "f"]
-    padding = s.binding.padding != "none"
-    total = sum(int(e.get("s", 0)) for _k, e in work)
-    groups = sync.group_by_object(work)
-    replaced: dict[tuple[str, str], dict[str, Any]] = {}
-    with s.ui.progress("re-encrypt", total) as advance:
-        for obj, items in groups.items():
-            new_id = fmt.new_object_id()
-            name = sync.DATA_PREFIX + new_id
-            s.index.add_pending(name)
-            with s.transport.writer(name) as raw:
-                out = sync.ObjectWriter(raw, md5=not s.transport.local)
-                packed = len(items) > 1 or int(items[0][1]["a"]) != 0
-                if packed:
-                    out.write(fmt.pack_header(os.urandom(16)))
-                for key, entry, reader, err in sync.read_blobs(s.transport, obj, items):
-                    path, _, dot = key.partition("\x00")
-                    if reader is None:
-                        raise IntegrityError(f"{path}: {err}")
-                    try:
-                        dek, file_id = sync.dek_of(entry, s.ring.kek)
-                        source = _PlainStream(fmt.decrypt_blob_iter(reader, dek, file_id),
-                                              str(entry.get("h")))
-                        offset = out.count
-                        new_dek, new_fid = fmt.new_dek(), fmt.new_file_id()
-                        info = fmt.encrypt_blob(source, out, new_dek, new_fid, int(entry["s"]),
-                                                padding)
-                        source.finish()
-                        fmt.expect_end(reader)
-                    except IntegrityError as exc:
-                        raise named(path, exc) from exc
-                    replaced[(path, dot)] = {**entry, "o": new_id, "a": offset,
-                                             "n": out.count - offset, "i": new_fid.hex(),
-                                             "k": fmt.b64(fmt.wrap_dek(new_kek, new_dek, new_fid)),
-                                             "g": number, "w": number,
-                                             "r": int(entry.get("r", 0)) + 1}
-                    advance(info.size)
-                if packed and padding:
-                    sync.write_filler(out)
-            digest = out.md5()
-            for (_p, _d), entry in replaced.items():
-                if entry["o"] == new_id:
-                    entry["om"] = digest
-    for (path, dot), entry in replaced.items():
-        s.state.put_entry(path, dot, entry)
-    for path, sibs in s.state.items():
-        for entry in sibs.values():
-            if "k" in entry and entry.get("g") != number:
-                raise IntegrityError(f"{path}: an entry was not re-encrypted")
+    return {"epoch": commit.epoch, "commit": commit.id, "reencrypted": False,
+            "removed": remove, "resumed": False, "files": 0, "deleted_objects": 0}
 
 
 class _PlainStream:
@@ -1692,9 +1777,9 @@ class _PlainStream:
             raise IntegrityError("plaintext hash mismatch during re-encryption")
 
 
-__all__ = ["UI", "clone_vault", "device_approve", "device_list", "device_remove", "doctor",
-           "init_vault", "key_export", "key_list", "key_rotate", "pull", "push", "status",
-           "verify"]
+__all__ = ["UI", "clone_vault", "device_approve", "device_list", "device_reject", "device_remove",
+           "doctor", "init_vault", "key_export", "key_list", "key_rotate", "pull", "push",
+           "status", "verify"]
 
 
 # --- doctor -------------------------------------------------------------------------------
@@ -1735,12 +1820,23 @@ def doctor(folder: str | None, check_remote: bool = False) -> dict[str, Any]:
                 ages = [(c.epoch, (now - _epoch(c.created)) / 86400)
                         for c in s.ring.view.ancestry(s.ring.head) if c.action != "add"]
                 recovery = any(k.kind == "kit" for k in s.ring.head.members.values())
+                had_kit = any(k.kind == "kit" for c in s.ring.view.commits.values()
+                              for k in c.members.values())
                 for row in _exposure(s):
                     findings.append(checks.Finding(
                         "warning", "exposure", f"{row['files']} files were readable by removed "
                         f"member {row['name']} ({row['removed']}) and still are to its copies",
                         "cloudguard key rotate --reencrypt gives them new keys"))
-                findings += checks.check_keys(ages, recovery, checks.policy_days())
+                half = _unfinished(s)
+                if half is not None:
+                    findings.append(checks.Finding(
+                        "error", "reencryption", f"the re-encryption to key epoch "
+                        f"{half['epoch']} started {half['started']} was interrupted: "
+                        f"{half['files_left']} files are still under older keys"
+                        + (f" that removed member {half['removed']} could read"
+                           if half["removed"] else ""), half["fix"]))
+                findings += checks.check_keys(ages, recovery, checks.policy_days(),
+                                              kit_removed=had_kit and not recovery)
                 if check_remote:
                     findings += _doctor_remote(s)
                 _log(s, "doctor", remote=check_remote,

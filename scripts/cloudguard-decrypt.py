@@ -1063,8 +1063,9 @@ class State:
     def apply(self, dot: str, ops: list[dict[str, Any]]) -> None:
         """Applying a delta removes the rm dots at p and adds e under the delta's dot.
 
-        A "reloc" op (written by a repack) moves an existing dot's blob to a new location
-        without a new dot, if the dot is still there and the move is newer (newer_location)."""
+        A "reloc" op (written by a repack, re-encryption or repair) moves an existing dot's
+        blob to a new location without a new dot, if the dot is still there and the move is
+        newer (newer_location)."""
         for op in ops:
             siblings = self.paths.setdefault(op["p"], {})
             for moved, location in op.get("reloc", {}).items():
@@ -1084,7 +1085,35 @@ class State:
 
 def parse_ops(raw: object) -> list[dict[str, Any]]:
     """OP = {"p": path, "e": ENTRY | null, "rm": [dot, ...]}, or a relocation written by
-    cloudguard's repack: {"p": path, "reloc": {dot: {"o", "a", "r"[, "om"]}}}.
+    cloudguard's repack: {"p": path, "reloc": {dot: {"o", "a", "r"[, "om"]}}}, or by its
+    re-encryption and repair, which also carries the new blob's "n", "i", "k", "g", "w"
+    (the same content under a fresh DEK and file id)."""
+    return _parse_ops(raw)
+
+
+_REKEYED = {"n", "i", "k", "g", "w"}
+
+
+def _location(location: object) -> bool:
+    """A relocation changes where the blob is and, for a blob encrypted anew, its key fields;
+    nothing else. The optional "om" (hex MD5 of the new object, for cloudguard's verify) is
+    carried along and not used here."""
+    if not isinstance(location, dict) or not isinstance(location.get("om", ""), str):
+        return False
+    keys = set(location) - {"om"}
+    if keys not in ({"o", "a", "r"}, {"o", "a", "r"} | _REKEYED):
+        return False
+    if not (is_hex(location["o"], 32) and is_int(location["a"]) and location["a"] >= 0
+            and is_int(location["r"]) and location["r"] >= 0):
+        return False
+    if "n" in location:
+        return (is_int(location["n"]) and location["n"] >= 0
+                and all(isinstance(location[k], str) for k in ("i", "k", "g", "w")))
+    return True
+
+
+def _parse_ops(raw: object) -> list[dict[str, Any]]:
+    """See parse_ops.
     Missing "e" and "rm" mean null and [] (cloudguard reads them so)."""
     if not isinstance(raw, list):
         raise BadData()
@@ -1103,13 +1132,7 @@ def parse_ops(raw: object) -> list[dict[str, Any]]:
             raise BadData()
         for dot, location in reloc.items():
             dot_parts(dot)
-            # extra strictness: a relocation changes where the blob is, nothing else. The
-            # optional "om" (hex MD5 of the new object, for cloudguard's verify; NOT IN
-            # format.md when this was written) is carried along and not used here.
-            if not (isinstance(location, dict) and set(location) - {"om"} == {"o", "a", "r"}
-                    and isinstance(location.get("om", ""), str)
-                    and is_hex(location["o"], 32) and is_int(location["a"])
-                    and location["a"] >= 0 and is_int(location["r"]) and location["r"] >= 0):
+            if not _location(location):
                 raise BadData()
     return raw
 

@@ -9,7 +9,10 @@ and kills it with SIGKILL after a random delay between 0 and that operation's ty
 * ``push``      - ``cloudguard push`` on A;
 * ``pull``      - ``cloudguard pull`` on device B (A pushed the mutation first);
 * ``rotate``    - ``cloudguard key rotate`` on A;
-* ``reencrypt`` - ``cloudguard key rotate --reencrypt`` on A.
+* ``reencrypt`` - ``cloudguard key rotate --reencrypt`` on A;
+* ``restore``   - ``cloudguard restore --before T --force`` on A, where T is the moment before
+  the round mutated and pushed A's folder: every path A had then gets its content back, paths
+  made later stay; A then pushes, and device B must get the restored tree.
 
 How it kills (chosen at random per round):
 
@@ -81,7 +84,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-OPS = ("push", "pull", "rotate", "reencrypt")
+OPS = ("push", "pull", "rotate", "reencrypt", "restore")
 KILL_MODES = ("python", "group", "rclone")
 MIB = 1024 * 1024
 PACK_THRESHOLD = 4 * MIB  # cloudguard.sync.PACK_THRESHOLD: files below it share packs
@@ -748,8 +751,8 @@ class Campaign:
         pushed = False
         for op in self.cfg.ops:
             lean = self.cfg.lean_calibration
-            if lean and op in ("push", "pull"):
-                continue
+            if lean and op in ("push", "pull") or op == "restore":
+                continue  # a restore is about as long as a pull of the same change
             if not lean:
                 mutate(vault.a.folder, rng, self.cfg.small_files, self.cfg.large_files,
                        self.marker)
@@ -762,6 +765,8 @@ class Campaign:
                 self.durations[op] = res.seconds
         if pushed:
             self.must(vault.b, op_args("pull", vault.b.folder), "calibration pull on b")
+        with self.lock:
+            self.durations.setdefault("restore", self.durations.get("pull", 1.0))
         self.log("typical durations: " + ", ".join(f"{op} {self.durations[op]:.2f} s"
                                                    for op in self.cfg.ops))
 
@@ -853,16 +858,27 @@ class Campaign:
         lane.current = (mode, delay)
         t0 = time.monotonic()
         stats: dict[str, int] = {}
-        if op in self.cfg.mutate_before:
+        if op == "restore":
+            point, then = int(time.time()), snapshot_tree(vault.a.folder)
+            time.sleep(1.1)  # versions are timed in whole seconds
+        if op in self.cfg.mutate_before or op == "restore":
             stats = mutate(vault.a.folder, rng, self.cfg.small_files, self.cfg.large_files,
                            self.marker)
         if op != "push" and stats:
-            res = self.must(vault.a, op_args("push", vault.a.folder), "push before the round")
+            res = self.must(vault.a, op_args("push", vault.a.folder, "--allow-mass-delete"),
+                            "push before the round")
             self.note_duration("push", res.seconds)
         extra = self.mass_delete_round(vault, rng, stats) if op == "push" else []
         expected = snapshot_tree(vault.a.folder)
         dev = vault.b if op == "pull" else vault.a
-        args = op_args(op, dev.folder, *extra)
+        if op == "restore":
+            # every path A had at the point comes back as it was; later ones stay
+            expected = {**{p: v for p, v in expected.items() if p not in then}, **then}
+            args = cg_args("restore", "--before", time.strftime(
+                "%Y-%m-%dT%H:%M:%S", time.localtime(point)), "--force", "--folder",
+                str(dev.folder), "--json")
+        else:
+            args = op_args(op, dev.folder, *extra)
         outcome = run_killed(dev, args, delay, mode, rng, self.cfg.timeout)
         with self.lock:
             if outcome.killed:
@@ -899,6 +915,10 @@ class Campaign:
                                       f"first: {first.brief()} | second: {second.brief()}")
         elif op in ("rotate", "reencrypt"):
             self.note_duration(op, first.seconds)  # a rotation always does its full work
+        if op == "restore":
+            self.check_tree(vault.a, expected, "device a after the restore")
+            self.must(vault.a, op_args("push", vault.a.folder, "--allow-mass-delete"),
+                      "push of the restored versions")
         with self.lock:
             last = self.report.total_kills >= self.cfg.kills
         clone = self.cfg.clone_every > 0 and (rnd % self.cfg.clone_every == 0 or last)
@@ -930,10 +950,10 @@ class Campaign:
         stats["mass deleted"] = count
         res = run(vault.a, op_args("push", vault.a.folder), self.cfg.timeout)
         try:
-            refusal = json.loads(res.stdout) if res.code == 1 else {}
-        except ValueError:
+            refusal = json.loads(res.stdout)["error"] if res.code == 1 else {}
+        except (ValueError, KeyError, TypeError):
             refusal = {}
-        if refusal.get("error") != "mass-delete":
+        if refusal.get("kind") != "mass-delete":
             raise CampaignFailure("the mass-delete guard did not refuse a push deleting "
                                   f"{count} files", res.brief())
         self.must(vault.b, op_args("pull", vault.b.folder), "device b pull after a refusal")
@@ -1099,7 +1119,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     parser.add_argument("--kills", type=int, default=200, help="how many kills (default 200)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     parser.add_argument("--ops", default=",".join(OPS),
-                        help="comma-separated operations (default push,pull,rotate,reencrypt)")
+                        help="comma-separated operations (default: all of "
+                             f"{','.join(OPS)})")
     parser.add_argument("--modes", default=",".join(KILL_MODES),
                         help="kill modes: python (cloudguard only), group (with its rclone "
                              "children), rclone (one rclone child); default all")

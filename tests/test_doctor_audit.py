@@ -12,11 +12,13 @@ from helpers import cg, cg_json, cg_proc
 from cloudguard import audit
 
 
-def bound(remote: str, root: Path, name: str = "vault") -> Path:
+def bound(remote: str, root: Path, name: str = "vault", exposed: bool = False) -> Path:
+    """``exposed``: the folder is inside another sync client's; init refuses it without
+    --allow-exposed."""
     folder = root / name
     folder.mkdir(parents=True)
     (folder / "doc.txt").write_text("secret")
-    cg("init", str(folder), "--remote", remote)
+    cg("init", str(folder), "--remote", remote, *(["--allow-exposed"] if exposed else []))
     cg("push", "--folder", str(folder))
     return folder
 
@@ -33,7 +35,7 @@ def test_folder_inside_another_sync_client_is_an_error(local_remote: str, tmp_pa
     sync_root.mkdir()
     (sync_root / marker).mkdir() if not marker.endswith((".db", ".log")) else (
         sync_root / marker).write_text("")
-    folder = bound(local_remote, sync_root)
+    folder = bound(local_remote, sync_root, exposed=True)
     proc = cg_proc("doctor", "--json", "--folder", str(folder))
     assert proc.returncode == 1, proc.stderr
     result = json.loads(proc.stdout)
@@ -183,7 +185,7 @@ def test_dropbox_configuration_in_home_is_not_a_synced_folder(local_remote: str,
     outside = bound(local_remote, fake_home / "work")
     result = json.loads(cg_proc("doctor", "--json", "--folder", str(outside)).stdout)
     assert "plaintext-exposure" not in checks(result, "error"), result
-    inside = bound(str(tmp_path / "remote2"), dropbox / "secret")
+    inside = bound(str(tmp_path / "remote2"), dropbox / "secret", exposed=True)
     proc = cg_proc("doctor", "--json", "--folder", str(inside))
     assert proc.returncode == 1
     assert "plaintext-exposure" in checks(json.loads(proc.stdout), "error")

@@ -82,8 +82,9 @@ def test_push_and_pull_refuse_a_replaced_folder(local_remote: str, tmp_path: Pat
     assert proc.returncode == 1, proc.stderr
     line = one_line_error(proc)
     assert str(a) in line and "cloudguard mark" in line
-    refusal = json.loads(cg_proc("push", "--json", "--folder", str(a)).stdout)
-    assert refusal["error"] == "marker-missing" and refusal["folder"] == str(a)
+    refusal = json.loads(cg_proc("push", "--json", "--folder", str(a)).stdout)["error"]
+    assert refusal["kind"] == "marker-missing" and refusal["folder"] == str(a)
+    assert refusal["code"] == 1 and "cloudguard mark" in refusal["message"]
     doctor = cg_json("doctor", "--folder", str(a), code=1)
     assert [f["level"] for f in doctor["findings"] if f["check"] == "folder-marker"] == ["error"]
     # pull refuses too, rather than filling an unmounted mount point
@@ -127,8 +128,8 @@ def test_a_marker_copied_from_another_folder_is_refused(local_remote: str,
     proc = cg_proc("push", "--folder", str(a))
     assert proc.returncode == 1
     assert "copied from another cloudguard folder" in one_line_error(proc)
-    assert json.loads(cg_proc("push", "--json", "--folder", str(a)).stdout)["error"] == (
-        "marker-mismatch")
+    assert json.loads(cg_proc("push", "--json", "--folder", str(a)).stdout)["error"][
+        "kind"] == "marker-mismatch"
 
 
 def test_a_remote_entry_named_like_the_marker_is_never_written(local_remote: str,
@@ -172,8 +173,8 @@ def test_mass_delete_is_refused_without_a_terminal(local_remote: str, tmp_path: 
     assert "20 of the 30 files" in line and "--allow-mass-delete" in line
     proc = cg_proc("push", "--json", "--folder", str(a))
     assert proc.returncode == 1
-    refusal = json.loads(proc.stdout)
-    assert (refusal["error"], refusal["deleting"], refusal["files"]) == ("mass-delete", 20, 30)
+    refusal = json.loads(proc.stdout)["error"]
+    assert (refusal["kind"], refusal["deleting"], refusal["files"]) == ("mass-delete", 20, 30)
     dry = cg_json("push", "--dry-run", "--folder", str(a))  # a dry run says so, and passes
     assert len(dry["deleted"]) == 20 and dry["mass_delete"] is True
     cg("pull", "--folder", str(b))

@@ -110,7 +110,7 @@ def test_enrolment_by_approval(local_remote: str, tmp_path: Path) -> None:
     assert waiting.returncode == 1 and fp in waiting.stderr
     assert cg_proc("device", "approve", "AAAA-BBBB-CCCC-DDDD-EEEE-FFFF", "--folder",
                    str(a)).returncode == 2
-    cg("device", "approve", fp, "--folder", str(a))
+    cg("device", "approve", fp, "--folder", str(a), "--yes")
     cg("pull", "--folder", str(tmp_path / "b"))
     assert (tmp_path / "b" / "doc.txt").read_text() == "hello"
 
@@ -221,6 +221,6 @@ def test_device_key_in_real_secret_service(local_remote: str, tmp_path: Path,
     assert proc.returncode == 0, proc.stderr
     code = cg_json("device", "list", "--folder", str(a))["vault_code"]
     request = cg_json("clone", local_remote, str(tmp_path / "b"), "--vault-code", code)
-    cg("device", "approve", request["fingerprint"], "--folder", str(a))
+    cg("device", "approve", request["fingerprint"], "--folder", str(a), "--yes")
     cg("pull", "--folder", str(tmp_path / "b"))
     assert (tmp_path / "b" / "doc.txt").read_text() == "kept by the keyring"

@@ -10,6 +10,11 @@ from pathlib import Path
 from helpers import cg, cg_json, share
 
 
+def entries(folder: Path) -> list[Path]:
+    """What the user sees in the folder: everything but cloudguard's own marker folder."""
+    return sorted(p for p in folder.iterdir() if p.name != ".cloudguard")
+
+
 def test_a_delete_after_identical_concurrent_edits_stays_deleted(local_remote: str,
                                                                   tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
@@ -21,7 +26,7 @@ def test_a_delete_after_identical_concurrent_edits_stays_deleted(local_remote: s
     cg("push", "--folder", str(a))
     cg("push", "--folder", str(b))
     cg("pull", "--folder", str(a))
-    assert sorted(p.name for p in a.iterdir()) == ["doc.txt"]  # no conflict copy
+    assert sorted(p.name for p in entries(a)) == ["doc.txt"]  # no conflict copy
     (a / "doc.txt").unlink()
     cg("push", "--folder", str(a))
     cg("pull", "--folder", str(b))
@@ -44,9 +49,9 @@ def test_an_edit_does_not_replace_a_concurrent_edit_it_never_saw(local_remote: s
     cg("push", "--folder", str(a))
     cg("pull", "--folder", str(a))
     cg("pull", "--folder", str(b))
-    texts = sorted(p.read_text() for p in a.iterdir())
+    texts = sorted(p.read_text() for p in entries(a))
     assert texts == ["a's edit", "b's edit"], texts
-    assert sorted(p.read_text() for p in b.iterdir()) == texts
+    assert sorted(p.read_text() for p in entries(b)) == texts
 
 
 def test_a_touch_does_not_win_over_a_concurrent_real_edit(local_remote: str,
@@ -65,10 +70,10 @@ def test_a_touch_does_not_win_over_a_concurrent_real_edit(local_remote: str,
     cg("pull", "--folder", str(a))
     cg("pull", "--folder", str(b))
     assert (a / "doc.txt").read_text() == "beta's real edit"
-    copies = [p for p in a.iterdir() if p.name != "doc.txt"]
+    copies = [p for p in entries(a) if p.name != "doc.txt"]
     assert len(copies) == 1 and "alpha" in copies[0].name, copies
     assert copies[0].read_text() == "original"
-    assert sorted(p.name for p in b.iterdir()) == sorted(p.name for p in a.iterdir())
+    assert sorted(p.name for p in entries(b)) == sorted(p.name for p in entries(a))
 
 
 def test_a_conflict_copy_names_the_writer_not_the_resolver(local_remote: str,
@@ -90,7 +95,7 @@ def test_a_conflict_copy_names_the_writer_not_the_resolver(local_remote: str,
     cg("pull", "--folder", str(c))  # c resolves and pushes the resolution
     cg("push", "--folder", str(c))
     cg("pull", "--folder", str(a))
-    names = sorted(p.name for p in a.iterdir())
+    names = sorted(p.name for p in entries(a))
     copies = [n for n in names if "conflict" in n]
     assert len(copies) == 2, names
     assert not any("gamma" in n for n in copies), names

@@ -195,7 +195,7 @@ def make_vault(mp: pytest.MonkeyPatch, root: Path, remote: str, *names: str) -> 
         req = json.loads(cg("clone", remote, str(dev.folder), "--vault-code",
                             made["vault_code"], "--name", dev.name, "--json").stdout)
         dev.rid = req["device"]
-        first.cg("device", "approve", req["fingerprint"])
+        first.cg("device", "approve", req["fingerprint"], "--yes")
         dev.cg("pull")
     return devs
 
@@ -604,7 +604,7 @@ def test_enrolment_substitution_is_refused(local_remote: str, provider: Provider
     else:
         (provider.root / name).rename(provider.root / f"enroll/{fake_rid}")
     commits = provider.commit_names()
-    got = a.run("device", "approve", req["fingerprint"])
+    got = a.run("device", "approve", req["fingerprint"], "--yes")
     assert got.exit_code in (2, 3), got.output
     # an edited request no longer verifies (refused, exit 3, naming it); a re-signed one has
     # another fingerprint (exit 2); a moved one is under another name (exit 3)
@@ -773,7 +773,7 @@ def test_deeply_nested_json_is_an_integrity_error(local_remote: str, provider: P
     deep = b"[" * 20000 + b"]" * 20000  # within every size cap, far beyond the recursion limit
     provider.put("enroll/0123456789abcdef",
                  chain.ENROLL_MAGIC + len(deep).to_bytes(4, "big") + deep + bytes(64))
-    got = a.run("device", "approve", "AAAA-AAAA-AAAA-AAAA-AAAA-AAAA")
+    got = a.run("device", "approve", "AAAA-AAAA-AAAA-AAAA-AAAA-AAAA", "--yes")
     assert got.exit_code == 3 and "enroll/0123456789abcdef" in got.output, got.output
     kit = tmp_path / "deep-kit.json"
     kit.write_bytes(deep)

@@ -247,7 +247,8 @@ def test_help_everywhere() -> None:
                  ["pull", "--help"], ["status", "--help"], ["verify", "--help"],
                  ["key", "rotate", "--help"], ["key", "list", "--help"],
                  ["key", "export", "--help"], ["device", "list", "--help"],
-                 ["device", "approve", "--help"], ["device", "remove", "--help"]):
+                 ["device", "approve", "--help"], ["device", "reject", "--help"],
+                 ["device", "remove", "--help"]):
         assert "Usage:" in cg(*args).stdout
     assert cg_proc("push", "--bogus").returncode == 2
 
@@ -429,11 +430,12 @@ def test_big_push_commits_batch_by_batch_and_resumes(
     real = RcloneTransport.put_files
     calls = []
 
-    def flaky(self: RcloneTransport, folder: Path, names: list[str], prefix: str) -> None:
+    def flaky(self: RcloneTransport, folder: Path, names: list[str], prefix: str,
+              progress: object = None) -> None:
         calls.append(len(names))
         if len(calls) == 3:
             raise TransportError("the network went away")
-        real(self, folder, names, prefix)
+        real(self, folder, names, prefix, progress)  # type: ignore[arg-type]
 
     monkeypatch.setattr(RcloneTransport, "put_files", flaky)
     before = len(list((Path(local_remote) / "m").iterdir()))

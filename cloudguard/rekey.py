@@ -1,0 +1,253 @@
+"""Re-encryption (``key rotate --reencrypt``, ``device remove --reencrypt``) that survives an
+interruption and says so.
+
+Why: re-encryption is what makes a revocation real, and it reads and rewrites every file. Done
+as one all-or-nothing step, a kill (or a Ctrl-C, a dropped network) after the new key
+generation was published left every file under the old keys, while ``doctor`` said ok. Here:
+
+* the intent is recorded in the index before the new generation is published, and cleared
+  only when the old ciphertext is deleted; ``status``, ``doctor`` and ``key list`` show it;
+* re-encrypted blobs are committed in batches (``reloc`` ops that carry the new key fields,
+  format.md), so a re-run skips every file whose DEK was first wrapped under the new
+  generation or a later one, and finishes the rest;
+* the audit log gets a record when the operation starts, when a failure ends it, and when a
+  later run finds it was killed.
+
+The intent is local: the device that started the re-encryption is the one that sees it and
+finishes it (another device sees the exposure, not the unfinished run).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import audit, chain, sync
+from . import format as fmt
+from . import manifest as mf
+from .errors import CloudguardError, IntegrityError, named
+from .keys import now_iso
+from .state import Binding, Index
+from .vault import Session, _log, _PlainStream
+
+INTENT = "reencrypt"  # index meta: the re-encryption this device started and has not finished
+BATCH_BYTES = 64 * 1024 * 1024  # re-encrypted ciphertext committed in one delta segment ...
+BATCH_FILES = 1000  # ... or this many files, whichever comes first
+after_batch: Callable[[int], None] | None = None  # tests: called after each committed batch
+
+FIX = "cloudguard key rotate --reencrypt finishes it (files already done are not redone)"
+
+
+def intent(index: Index) -> dict[str, Any] | None:
+    got = index.get_meta(INTENT)
+    return got if isinstance(got, dict) else None
+
+
+def begin(s: Session, remove: str | None, earlier: dict[str, Any] | None = None
+          ) -> dict[str, Any]:
+    """Written before the new generation is published: a kill right after it is seen too.
+    An ``earlier`` unfinished run that this one supersedes hands on its old objects."""
+    started: dict[str, Any] = {"epoch": s.ring.head.epoch + 1, "commit": None,
+                               "removed": remove, "started": now_iso(),
+                               "old": list((earlier or {}).get("old", [])), "noted": False}
+    s.index.set_meta(INTENT, started)
+    _log(s, "reencrypt-start", epoch_to=started["epoch"], removed=remove)
+    return started
+
+
+def published(s: Session, started: dict[str, Any], commit: chain.Commit) -> None:
+    started["commit"] = commit.id
+    started["epoch"] = commit.epoch
+    s.index.set_meta(INTENT, started)
+
+
+def _fresh(s: Session, started: dict[str, Any]) -> set[str]:
+    """Generations a removed member never held: the re-encryption's and every later one."""
+    every = [*s.ring.view.commits.values(), *s.ring.view.voided.values()]
+    return {c.kek for c in every if c.epoch >= int(started["epoch"])}
+
+
+def _undone(s: Session, fresh: set[str]) -> list[tuple[str, str, dict[str, Any]]]:
+    """Current file versions whose DEK was first wrapped under an older generation."""
+    return [(p, d, e) for p, sibs in s.state.items() for d, e in sibs.items()
+            if e.get("t") == "f" and str(e.get("w", e.get("g"))) not in fresh]
+
+
+def landed(s: Session, started: dict[str, Any]) -> bool:
+    """Did the new generation reach the remote? If not, the run never began for real."""
+    if started.get("commit") in s.ring.view.commits:
+        return True
+    return s.ring.head.epoch >= int(started["epoch"]) and bool(_fresh(s, started))
+
+
+def unfinished(s: Session) -> dict[str, Any] | None:
+    """What ``status``, ``doctor`` and ``key list`` show about a re-encryption left half done."""
+    started = intent(s.index)
+    if started is None or not landed(s, started):
+        return None
+    fresh = _fresh(s, started)
+    total = sum(1 for _p, sibs in s.state.items() for e in sibs.values() if e.get("t") == "f")
+    left = len(_undone(s, fresh))
+    kept = sum(1 for _p, _d, e, _g in s.state.attic()
+               if e.get("t") == "f" and str(e.get("w", e.get("g"))) not in fresh)
+    return {"epoch": int(started["epoch"]), "commit": started.get("commit"),
+            "removed": started.get("removed"), "started": started.get("started"),
+            "files_left": left, "files_done": total - left, "kept_versions_left": kept,
+            "fix": FIX}
+
+
+def note_interrupted(index: Index, binding: Binding) -> None:
+    """A session found the intent of a run that is not running (we hold the folder lock): it
+    was killed. Recorded once per killed run."""
+    started = intent(index)
+    if started is None or started.get("noted"):
+        return
+    audit.record("reencrypt-interrupted", vault=binding.vault_id, device=binding.device,
+                 epoch_to=started.get("epoch"), commit=started.get("commit"),
+                 started=started.get("started"))
+    started["noted"] = True
+    index.set_meta(INTENT, started)
+
+
+def run(s: Session, started: dict[str, Any], resumed: bool) -> dict[str, Any]:
+    """Re-encrypt what is not done yet, in committed batches; then drop the history (its
+    blobs are under keys a removed member may know), snapshot, and delete old ciphertext and
+    key objects."""
+    if resumed:
+        started["noted"] = False
+        s.index.set_meta(INTENT, started)
+        _log(s, "reencrypt-resume", epoch_to=started["epoch"], commit=started.get("commit"))
+    fresh = _fresh(s, started)
+    work = _undone(s, fresh)
+    try:
+        redone = _reencrypt(s, started, work)
+    except KeyboardInterrupt as exc:
+        raise Unfinished(_left(s, fresh)) from exc
+    except CloudguardError:
+        s.ui.warn(_left(s, fresh))
+        raise
+    if _undone(s, fresh):
+        raise IntegrityError("an entry was not re-encrypted (a concurrent push?); run "
+                             "cloudguard key rotate --reencrypt again")
+    deleted = _finish(s, started)
+    s.index.set_meta(INTENT, None)
+    return {"epoch": s.ring.head.epoch, "commit": s.ring.head.id, "reencrypted": True,
+            "removed": started.get("removed"), "resumed": resumed, "files": redone,
+            "deleted_objects": deleted}
+
+
+class Unfinished(CloudguardError):
+    """Interrupted (Ctrl-C): what is done is committed; the message says what is left."""
+
+
+def _left(s: Session, fresh: set[str]) -> str:
+    return (f"the re-encryption is unfinished: {len(_undone(s, fresh))} files are still under "
+            f"older keys (files done so far are committed); {FIX}")
+
+
+def _reencrypt(s: Session, started: dict[str, Any],
+               work: list[tuple[str, str, dict[str, Any]]]) -> int:
+    """Fresh DEKs and file ids for every blob, streamed through memory: no plaintext on
+    disk. Each batch is one delta segment of ``reloc`` ops: the dot (and so the version, its
+    push time and its writer) stays, its blob and key fields change."""
+    padding = s.binding.padding != "none"
+    kek, number = s.ring.head_kek, s.ring.head.kek
+    groups = sync.group_by_object([(f"{p}\x00{d}", e) for p, d, e in work])
+    ops: dict[str, dict[str, dict[str, Any]]] = {}
+    objects: set[str] = set()
+    old: set[str] = set()
+    count = 0
+    size = 0
+    batches = 0
+
+    def flush() -> None:
+        nonlocal count, size, batches
+        if not ops:
+            return
+        s.commit([{"p": p, "reloc": locs} for p, locs in sorted(ops.items())])
+        s.index.clear_pending(set(objects))
+        started["old"] = sorted(set(started["old"]) | old)
+        s.index.set_meta(INTENT, started)
+        ops.clear()
+        objects.clear()
+        old.clear()
+        count = size = 0
+        batches += 1
+        if after_batch is not None:
+            after_batch(batches)
+
+    done = 0
+    total = sum(int(e.get("s", 0)) for _p, _d, e in work)
+    with s.ui.progress("re-encrypt", total) as advance:
+        for obj, items in groups.items():
+            new_id = fmt.new_object_id()
+            name = sync.DATA_PREFIX + new_id
+            s.index.add_pending(name)
+            placed: dict[tuple[str, str], dict[str, Any]] = {}
+            with s.transport.writer(name) as raw:
+                out = sync.ObjectWriter(raw, md5=not s.transport.local)
+                packed = len(items) > 1 or int(items[0][1]["a"]) != 0
+                if packed:
+                    out.write(fmt.pack_header(os.urandom(16)))
+                for key, entry, reader, err in sync.read_blobs(s.transport, obj, items):
+                    path, _, dot = key.partition("\x00")
+                    if reader is None:
+                        raise IntegrityError(f"{path}: {err}")
+                    try:
+                        dek, file_id = sync.dek_of(entry, s.ring.kek)
+                        source = _PlainStream(fmt.decrypt_blob_iter(reader, dek, file_id),
+                                              str(entry.get("h")))
+                        offset = out.count
+                        new_dek, new_fid = fmt.new_dek(), fmt.new_file_id()
+                        info = fmt.encrypt_blob(source, out, new_dek, new_fid, int(entry["s"]),
+                                                padding)
+                        source.finish()
+                        fmt.expect_end(reader)
+                    except IntegrityError as exc:
+                        raise named(path, exc) from exc
+                    placed[(path, dot)] = {
+                        "o": new_id, "a": offset, "n": out.count - offset, "i": new_fid.hex(),
+                        "k": fmt.b64(fmt.wrap_dek(kek, new_dek, new_fid)), "g": number,
+                        "w": number, "r": int(entry.get("r", 0)) + 1}
+                    advance(info.size)
+                if packed and padding:
+                    sync.write_filler(out)
+            digest = out.md5()
+            for (path, dot), loc in placed.items():
+                ops.setdefault(path, {})[dot] = {**loc, "om": digest}
+            objects.add(name)
+            old.add(obj)
+            count += len(placed)
+            done += len(placed)
+            size += out.count
+            if count >= BATCH_FILES or size >= BATCH_BYTES:
+                flush()
+        flush()
+    return done
+
+
+def _finish(s: Session, started: dict[str, Any]) -> int:
+    """The history goes (its DEKs were wrapped under keys a removed member may hold), on every
+    device: the floor travels in the snapshot. Then old ciphertext and older key objects."""
+    with s.state.transaction():
+        s.state.raise_floor(int(time.time()))
+        live = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
+        epoch = int(started["epoch"])
+        keyobjs = {c.name + ".k" for c in s.ring.view.commits.values() if c.epoch < epoch}
+        doomed = ((set(started["old"]) | (s.index.pending() - live) | keyobjs) - live
+                  ) & set(s.listing)
+        # written ahead: a kill after the snapshot leaves the deletions to the next session
+        s.index.set_meta("pending_delete", {
+            "after": mf.segment_name(s.binding.device, s.next_seq(), "s"),
+            "names": sorted(doomed)})
+        s.snapshot()
+    s.index.set_meta("wrapped_under", s.ring.head.kek)
+    s.transport.delete(doomed)
+    for name in doomed:
+        s.listing.pop(name, None)
+    s.index.set_meta("pending_delete", None)
+    with s.index.transaction():
+        s.index.clear_pending(s.index.pending())
+    return len(doomed)
