@@ -78,3 +78,7 @@ def named(what: str, exc: IntegrityError) -> IntegrityError:
     (the format layer's errors never say); left as it is if it names it already."""
     text = str(exc)
     return IntegrityError(text if what in text else f"{what}: {text}")
+
+
+class Interrupted(CloudguardError):
+    """Stopped by the user (Ctrl-C): the message says exactly what was kept."""

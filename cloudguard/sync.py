@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 from . import format as fmt
-from .errors import CloudguardError, FileChangedError, IntegrityError
+from .errors import CloudguardError, FileChangedError, IntegrityError, Interrupted
 from .manifest import Entry, State
 from .state import IndexRow
 from .transport import MissingObject, Transport
@@ -657,37 +657,94 @@ def pack_groups(items: list[LocalItem]) -> list[list[LocalItem]]:
 # error (the others - EACCES, EIO, ... - keep its last synced version and fail the push)
 _GONE = (errno.ENOENT, errno.ELOOP, errno.ENOTDIR)
 
-SPOOL_FLUSH = 256 * 1024 * 1024  # spooled ciphertext handed to rclone in one process
+SPOOL_FLUSH = 96 * 1024 * 1024  # spooled ciphertext handed to rclone in one process
 SPOOL_FLUSH_FILES = 20_000  # ... or this many files, whichever comes first
+STREAM_ABOVE = 32 * 1024 * 1024  # bigger files go straight into rclone, never to disk
+
+
+def _same_disk(spool: Path, transport: Transport) -> bool:
+    """A local remote on the spool's filesystem takes spool files by rename: no copy, and no
+    extra disk at all, so even a big file may be spooled there."""
+    if not transport.local:
+        return False
+    root = Path(getattr(transport, "remote", ""))
+    try:
+        return os.stat(spool).st_dev == os.stat(root if root.exists() else root.parent).st_dev
+    except OSError:
+        return False
+
+
+class _InFlight:
+    """One spool batch uploading on a thread while the next one is encrypted: encryption
+    overlaps the upload, and at most two batches (about 2 x SPOOL_FLUSH) sit on disk."""
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def start(self, work: Callable[[], None]) -> None:
+        def run() -> None:
+            try:
+                work()
+            except BaseException as exc:  # handed to the main thread by wait()
+                self.error = exc
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def wait(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
 
 
 def upload(folder: Path, items: list[LocalItem], transport: Transport, spool: Path, kek: bytes,
            generation: str, padding: bool, register: Callable[[str], None],
            warn: Callable[[str], None], progress: Progress = _no_progress,
            landed: Callable[[dict[str, Entry], list[str]], None] | None = None) -> Uploaded:
-    """Encrypt into spool files (ciphertext only), then let rclone move them in batches.
+    """Encrypt into spool files (ciphertext only) and let rclone move them in batches, one
+    batch uploading while the next is encrypted; files over STREAM_ABOVE are encrypted
+    straight into an rclone upload, so the disk never holds more than two batches.
 
-    A spool file rather than a pipe: rclone can retry a file and knows its size (multipart
-    uploads), one process moves many objects, and on the same filesystem a local remote
-    receives it by rename. Each object is registered as pending before it is written.
+    A spool file rather than a pipe for the rest: rclone can retry a file and knows its size
+    (multipart uploads), one process moves many objects, and on the same filesystem a local
+    remote receives it by rename. Each object is registered as pending before it is written.
 
-    ``landed`` receives each full batch's entries and objects once they are on the remote,
-    so the caller can commit them: a huge first push then keeps its progress across a crash,
-    and its entries are not all held in memory. Those entries are not kept in the result; the
-    last batch's are (``entries``), so the caller commits them with its other changes in one
-    segment.
+    ``landed`` receives each full batch's entries and objects once they are on the remote
+    (on this thread), so the caller can commit them: a huge first push then keeps its progress
+    across a crash or an interrupt, and its entries are not all held in memory. Those entries
+    are not kept in the result; the last batch's are (``entries``), so the caller commits them
+    with its other changes in one segment.
     """
     result = Uploaded({}, [], [], 0)
     spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+    stream_big = not _same_disk(spool, transport)
     batch: list[str] = []
     batch_bytes = 0
     batch_entries: dict[str, Entry] = {}
+    flight = _InFlight()
+    waiting: tuple[dict[str, Entry], list[str]] | None = None  # uploaded, not yet landed
 
-    def flush(last: bool = False) -> None:
+    def land() -> None:
+        """Hand the batch that finished uploading to the caller (on this thread: the caller
+        commits to SQLite)."""
+        nonlocal waiting
+        flight.wait()
+        if waiting is not None:
+            entries, names = waiting
+            waiting = None
+            if landed is not None:
+                landed(entries, [DATA_PREFIX + o for o in names])
+            else:
+                result.entries.update(entries)
+            result.paths += list(entries)
+
+    def send(entries: dict[str, Entry], names: list[str]) -> None:
         """The bar moves with the bytes rclone reports on the remote, not with encryption
         (which runs many times faster than most uplinks): plaintext sizes stand for them."""
-        nonlocal batch, batch_bytes, batch_entries
-        plain = sum(int(e.get("s", 0)) for e in batch_entries.values())
+        plain = sum(int(e.get("s", 0)) for e in entries.values())
         shown = 0
 
         def sent(count: int) -> None:
@@ -697,23 +754,79 @@ def upload(folder: Path, items: list[LocalItem], transport: Transport, spool: Pa
                 shown += step
                 progress(step)
 
-        transport.put_files(spool, batch, DATA_PREFIX, sent)
+        transport.put_files(spool, names, DATA_PREFIX, sent)
         sent(plain)  # a local remote takes the batch by rename, moving no bytes
-        if landed is not None and not last:
-            landed(batch_entries, [DATA_PREFIX + o for o in batch])
-        else:
-            result.entries.update(batch_entries)
-        result.paths += list(batch_entries)
+
+    def flush() -> None:
+        nonlocal batch, batch_bytes, batch_entries, waiting
+        land()
+        entries, names = batch_entries, batch
+        waiting = (entries, names)
+        flight.start(lambda: send(entries, names))
         batch, batch_bytes, batch_entries = [], 0, {}
 
-    for group in pack_groups(items):
-        object_id = fmt.new_object_id()
-        register(DATA_PREFIX + object_id)
-        packed = len(group) > 1 or group[0].size < PACK_THRESHOLD
-        entries: dict[str, Entry] = {}
-        path = spool / object_id
-        abandoned = False
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        for group in pack_groups(items):
+            object_id = fmt.new_object_id()
+            register(DATA_PREFIX + object_id)
+            packed = len(group) > 1 or group[0].size < PACK_THRESHOLD
+            if not packed and stream_big and group[0].size > STREAM_ABOVE:
+                streamed = _stream_one(folder, group[0], object_id, transport, kek,
+                                       generation, padding, warn, progress, result)
+                if streamed is not None:
+                    land()  # keep the order: an earlier batch lands first
+                    if landed is not None:
+                        landed({group[0].path: streamed}, [DATA_PREFIX + object_id])
+                    else:
+                        result.entries[group[0].path] = streamed
+                    result.paths.append(group[0].path)
+                continue
+            entries, out = _spool_group(folder, group, object_id, spool / object_id,
+                                        packed, transport, kek, generation, padding, warn,
+                                        result)
+            if out is None:
+                continue
+            batch_entries.update(entries)
+            result.objects.append(DATA_PREFIX + object_id)
+            result.bytes_out += out.count
+            batch.append(object_id)
+            batch_bytes += out.count
+            if batch_bytes >= SPOOL_FLUSH or len(batch_entries) >= SPOOL_FLUSH_FILES:
+                flush()
+        land()
+        if batch:  # the last batch: its entries go to the caller with its other changes
+            send(batch_entries, batch)
+            result.entries.update(batch_entries)
+            result.paths += list(batch_entries)
+    except BaseException as exc:
+        try:
+            flight.wait()  # never leave an upload running behind our back
+        except BaseException:
+            pass
+        for name in batch:
+            (spool / name).unlink(missing_ok=True)
+        if waiting is not None:
+            for name in waiting[1]:
+                (spool / name).unlink(missing_ok=True)
+        if isinstance(exc, KeyboardInterrupt):
+            kept = len(result.paths)
+            raise Interrupted(
+                f"interrupted: {kept} file(s) were committed on the remote before it and are "
+                "kept; the rest were not uploaded (no spool file was left) and go up on the "
+                "next push") from exc
+        raise
+    return result
+
+
+def _spool_group(folder: Path, group: list[LocalItem], object_id: str, path: Path,
+                 packed: bool, transport: Transport, kek: bytes, generation: str,
+                 padding: bool, warn: Callable[[str], None], result: Uploaded
+                 ) -> tuple[dict[str, Entry], ObjectWriter | None]:
+    """One object into a spool file; (entries, writer), or (.., None) if nothing was kept."""
+    entries: dict[str, Entry] = {}
+    abandoned = False
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
         with os.fdopen(fd, "wb", buffering=1024 * 1024) as raw:
             out = ObjectWriter(raw, md5=not transport.local)
             try:
@@ -721,18 +834,9 @@ def upload(folder: Path, items: list[LocalItem], transport: Transport, spool: Pa
                     out.write(fmt.pack_header(os.urandom(16)))
                 for item in group:
                     offset = out.count
-                    try:
-                        entry = _encrypt_one(folder, item, out, kek, generation, padding,
-                                             _no_progress)
-                    except (FileChangedError, OSError) as exc:
-                        if isinstance(exc, OSError) and exc.errno not in _GONE:
-                            warn(f"could not push {item.path}: {exc.strerror or exc}; kept "
-                                 "its last synced version")  # and reported: exit 1
-                            result.unreadable.append(item.path)
-                        else:
-                            warn(f"skipped {item.path}: it changed while it was read; it "
-                                 "goes up on the next push")
-                        result.skipped.append(item.path)
+                    entry = _encrypt_or_skip(folder, item, out, kek, generation, padding, warn,
+                                             result)
+                    if entry is None:
                         abandoned = not packed
                         continue  # in a pack, its partial blob stays as dead bytes
                     entry.update({"o": object_id, "a": offset, "n": out.count - offset})
@@ -741,23 +845,66 @@ def upload(folder: Path, items: list[LocalItem], transport: Transport, spool: Pa
                     write_filler(out)
             finally:
                 out.close()
-        if abandoned or not entries:
-            path.unlink()
-            continue
-        digest = out.md5()
-        if digest:
-            for entry in entries.values():
-                entry["om"] = digest
-        batch_entries.update(entries)
-        result.objects.append(DATA_PREFIX + object_id)
-        result.bytes_out += out.count
-        batch.append(object_id)
-        batch_bytes += out.count
-        if batch_bytes >= SPOOL_FLUSH or len(batch_entries) >= SPOOL_FLUSH_FILES:
-            flush()
-    if batch:
-        flush(last=True)
-    return result
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    if abandoned or not entries:
+        path.unlink()
+        return {}, None
+    digest = out.md5()
+    if digest:
+        for entry in entries.values():
+            entry["om"] = digest
+    return entries, out
+
+
+def _stream_one(folder: Path, item: LocalItem, object_id: str, transport: Transport,
+                kek: bytes, generation: str, padding: bool, warn: Callable[[str], None],
+                progress: Progress, result: Uploaded) -> Entry | None:
+    """A big file encrypted straight into an rclone upload: no disk, and the upload runs as
+    fast as encryption feeds it. A file that changes meanwhile ends the upload; the object
+    stays registered as pending, so the next run deletes whatever rclone left of it."""
+    name = DATA_PREFIX + object_id
+    try:
+        with transport.writer(name) as raw:
+            out = ObjectWriter(raw, md5=not transport.local)
+            try:
+                entry = _encrypt_or_skip(folder, item, out, kek, generation, padding, warn,
+                                         result, progress)
+            finally:
+                out.close()
+            if entry is None:
+                raise _Abandon()
+    except _Abandon:
+        return None
+    entry.update({"o": object_id, "a": 0, "n": out.count})
+    digest = out.md5()
+    if digest:
+        entry["om"] = digest
+    result.objects.append(name)
+    result.bytes_out += out.count
+    return entry
+
+
+class _Abandon(Exception):
+    """Ends a streamed upload whose file could not be read whole."""
+
+
+def _encrypt_or_skip(folder: Path, item: LocalItem, out: ObjectWriter, kek: bytes,
+                     generation: str, padding: bool, warn: Callable[[str], None],
+                     result: Uploaded, progress: Progress = _no_progress) -> Entry | None:
+    try:
+        return _encrypt_one(folder, item, out, kek, generation, padding, progress)
+    except (FileChangedError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno not in _GONE:
+            warn(f"could not push {item.path}: {exc.strerror or exc}; kept its last synced "
+                 "version")  # and reported: exit 1
+            result.unreadable.append(item.path)
+        else:
+            warn(f"skipped {item.path}: it changed while it was read; it goes up on the next "
+                 "push")
+        result.skipped.append(item.path)
+        return None
 
 
 def write_filler(out: ObjectWriter) -> None:

@@ -7,7 +7,10 @@ Scenarios (full size; ``--quick`` scales them down):
 * b  - 2,000 x 4 KiB files in 20 folders to a local remote;
 * b2 - the same files to ``rclone serve webdav`` on 127.0.0.1 (a fresh server root per tool);
 * c  - ``cloudguard key rotate`` on a vault of 10,000 files (cloudguard only);
-* d  - a push of one changed file in a vault of 100,000 files (cloudguard only).
+* d  - a push of one changed file in a vault of 100,000 files (cloudguard only);
+* e  - one 128 MiB file plus 300 x 4 KiB files to ``rclone serve sftp`` and ``rclone serve s3``
+  on 127.0.0.1, beside plain ``rclone copy`` of the same tree (encryption must overlap the
+  upload: target <= 1.15x on both).
 
 Every measured command is one fresh ``subprocess.Popen`` reaped with ``os.wait4(pid)``:
 
@@ -64,7 +67,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "docs" / "benchmarks.md"
-SCENARIOS = ("a", "b", "b2", "c", "d")
+SCENARIOS = ("a", "b", "b2", "c", "d", "e")
 MIB = 1024 * 1024
 KIB = 1024
 PASSPHRASE = "cloudguard bench passphrase, not a secret"  # passes the strength check
@@ -413,14 +416,23 @@ def port_open(port: int) -> bool:
 
 @contextlib.contextmanager
 def webdav_server(rclone: str, env: dict[str, str], root: Path, scratch: Path,
-                  sub: str = "data") -> Iterator[str]:
-    """``rclone serve webdav ROOT`` on 127.0.0.1 (defaults otherwise); yields a client spec."""
+                  sub: str = "data", kind: str = "webdav") -> Iterator[str]:
+    """``rclone serve webdav|sftp|s3 ROOT`` on 127.0.0.1 (defaults otherwise); yields a
+    client spec."""
     root.mkdir(parents=True, exist_ok=True)
     scratch.mkdir(parents=True, exist_ok=True)
+    extra: list[str] = []
+    if kind == "sftp":
+        extra = ["--no-auth", "--authorized-keys", os.devnull]
+        password = subprocess.run([rclone, "obscure", "x"], env=env, check=True,
+                                  capture_output=True, text=True).stdout.strip()
+    elif kind == "s3":
+        extra = ["--auth-key", "BENCHKEY,BENCHSECRET"]
+        (root / "bucket").mkdir(exist_ok=True)
     for _attempt in range(3):
         port = free_port()
-        argv = [rclone, "serve", "webdav", str(root), "--addr", f"127.0.0.1:{port}",
-                "--cache-dir", str(scratch / "cache")]
+        argv = [rclone, "serve", kind, str(root), "--addr", f"127.0.0.1:{port}",
+                "--cache-dir", str(scratch / "cache"), *extra]
         with open(scratch / "server.log", "wb") as log:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, env=env)
@@ -431,7 +443,14 @@ def webdav_server(rclone: str, env: dict[str, str], root: Path, scratch: Path,
                     raise BenchError("rclone serve webdav did not start within 15 s")
                 time.sleep(0.05)
             if proc.poll() is None:
-                yield f":webdav,url='http://127.0.0.1:{port}',vendor=rclone:{sub}"
+                if kind == "sftp":
+                    yield (f":sftp,host=127.0.0.1,port={port},user=x,pass={password},"
+                           f"known_hosts_file=none,shell_type=unix:{sub}")
+                elif kind == "s3":
+                    yield (f":s3,provider=Rclone,endpoint='http://127.0.0.1:{port}',"
+                           f"access_key_id=BENCHKEY,secret_access_key=BENCHSECRET:bucket/{sub}")
+                else:
+                    yield f":webdav,url='http://127.0.0.1:{port}',vendor=rclone:{sub}"
                 return
         finally:
             if proc.poll() is None:
@@ -441,7 +460,7 @@ def webdav_server(rclone: str, env: dict[str, str], root: Path, scratch: Path,
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-    raise BenchError("rclone serve webdav exited before listening (three ports tried)")
+    raise BenchError(f"rclone serve {kind} exited before listening (three ports tried)")
 
 
 # --- results ------------------------------------------------------------------------------
@@ -698,6 +717,50 @@ class Bench:
         result.rows = list(rows.values())
         ratio_check(result, rows["cloudguard push"], rows["rclone copy"], 0.1, "")
         rss_check(result, rows["cloudguard push"])
+        return result
+
+    def scenario_e(self) -> Result:
+        """A big file beside small ones, to real servers: a push that encrypted everything
+        before uploading (or spooled the big file first) would show here."""
+        src = self.work / "e-src"
+        big = 8 * MIB if self.cfg.quick else 128 * MIB
+        if not src.exists():
+            write_big_file(src / "big.bin", big)
+            write_tree(src / "small", 300, 10)
+        result = Result("e", f"(e) one {fmt_bytes(big)} file + 300 x 4 KiB files to rclone "
+                             "serve sftp and s3 on 127.0.0.1 (fresh server root per tool)")
+        base = self.work / "e"
+        rows: dict[str, Row] = {}
+        for kind in ("sftp", "s3"):
+            for name in ("rclone copy", "cloudguard push"):
+                label = f"{name} ({kind})"
+                slug = f"{kind}-{name.replace(' ', '-')}"
+                root = base / f"root-{slug}"
+                home = base / f"home-{slug}"
+                with webdav_server(self.tools.rclone, self.tools.env, root,
+                                   base / f"server-{slug}", kind=kind) as spec:
+                    if name == "cloudguard push":
+                        self.tools.cg_init(home, src, spec)
+                    flush_disks()
+                    self.settle()
+                    before = snapshot(root)
+                    reported: int | None = None
+                    if name == "rclone copy":
+                        got = self.tools.rclone_copy(src, spec)
+                    else:
+                        got, doc = self.tools.cg_push(home, src, profile_as=f"e-{kind}")
+                        reported = int(doc.get("bytes_uploaded", 0))
+                    d = diff(before, snapshot(root))
+                rows[label] = Row(label, [Run.of(got, d, reported)])
+                self.log(f"e {label}: {got.wall:.2f} s, {fmt_bytes(d.bytes_up)} in "
+                         f"{d.objects_up} objects, other load {got.other_cpu:.2f}")
+                shutil.rmtree(root, ignore_errors=True)
+                shutil.rmtree(home, ignore_errors=True)
+        result.rows = list(rows.values())
+        for kind in ("sftp", "s3"):
+            ratio_check(result, rows[f"cloudguard push ({kind})"], rows[f"rclone copy ({kind})"],
+                        1.15, f" ({kind})")
+        rss_check(result, rows["cloudguard push (s3)"])
         return result
 
     def vault(self, key: str, files: int) -> tuple[Path, Path, Path, Measured]:
@@ -988,7 +1051,7 @@ def render(results: list[Result], info: dict[str, str], cfg: Config, probe_mib: 
     shown = " ".join(argv) if argv else "(no options)"
     lines += ["", "## How to reproduce", "",
               "`pip install -e . && python scripts/bench.py` (full run: about 6-10 minutes "
-              "and ~3 GiB of temp space; `--quick` for a smoke run, `--only a,b,b2,c,d`, "
+              "and ~3 GiB of temp space; `--quick` for a smoke run, `--only a,b,b2,c,d,e`, "
               "`--runs N`, `--workdir DIR`, `--code REV|worktree|live`, `--quiet-wait S`, "
               "`--profile DIR` for cProfile dumps of every cloudguard command). This report "
               f"came from: `python scripts/bench.py {shown}`.", ""]
@@ -1023,7 +1086,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="scaled down: 64 MiB, 200 files, 1,000 for c, 5,000 for d; "
                              "one run each, no waiting for a quiet machine")
     parser.add_argument("--only", default=",".join(SCENARIOS),
-                        help="comma-separated scenarios among a,b,b2,c,d (default: all)")
+                        help=f"comma-separated scenarios among {','.join(SCENARIOS)} "
+                             "(default: all)")
     parser.add_argument("--runs", type=int, default=None,
                         help="runs per tool and scenario (b2: always one); the median is "
                              "reported (default 3; 1 with --quick)")
@@ -1097,7 +1161,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.log(f"workdir {work}; rclone {rclone}; scenarios {','.join(args.scenarios)}"
                   f"{' (quick)' if cfg.quick else ''}")
         runners = {"a": bench.scenario_a, "b": bench.scenario_b, "b2": bench.scenario_b2,
-                   "c": bench.scenario_c, "d": bench.scenario_d}
+                   "c": bench.scenario_c, "d": bench.scenario_d, "e": bench.scenario_e}
         for key in args.scenarios:
             t0 = time.perf_counter()
             results.append(runners[key]())

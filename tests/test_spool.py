@@ -1,0 +1,99 @@
+"""Bounded temporary disk (issue 9, item 8): a push never spools more than about two batches,
+whatever the file sizes, encryption overlaps the upload, and an interrupt leaves no spool file
+and says what was kept. Real rclone servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from helpers import cg, cg_json, cg_proc
+
+from cloudguard import sync
+from cloudguard.transport import RcloneTransport
+
+MIB = 1024 * 1024
+
+
+def spool_watch(home: Path) -> tuple[threading.Event, list[int]]:
+    """Sample the bytes under every spool folder of CLOUDGUARD_HOME until told to stop."""
+    stop = threading.Event()
+    peak = [0]
+
+    def run() -> None:
+        while not stop.is_set():
+            total = 0
+            for spool in home.glob("folders/*/spool"):
+                for f in spool.glob("*"):
+                    try:
+                        total += f.stat().st_size
+                    except OSError:
+                        pass
+            peak[0] = max(peak[0], total)
+            time.sleep(0.01)
+
+    threading.Thread(target=run, daemon=True).start()
+    return stop, peak
+
+
+@pytest.mark.server
+def test_spool_stays_bounded_and_big_files_stream(sftp_remote: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sync, "SPOOL_FLUSH", 2 * MIB)
+    monkeypatch.setattr(sync, "STREAM_ABOVE", 6 * MIB)
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    big = os.urandom(20 * MIB)
+    (folder / "big.bin").write_bytes(big)  # streamed: never on disk
+    for i in range(6):
+        (folder / f"mid{i}.bin").write_bytes(os.urandom(5 * MIB))  # spooled, one per object
+    for i in range(40):
+        (folder / f"small{i}.txt").write_text(f"small {i}")
+    cg("init", str(folder), "--remote", sftp_remote)
+    stop, peak = spool_watch(Path(os.environ["CLOUDGUARD_HOME"]))
+    try:
+        got = cg_json("push", "--folder", str(folder))
+    finally:
+        stop.set()
+    assert len(got["uploaded"]) == 47
+    # two batches at most: the one uploading and the one being written (each one object
+    # past the flush size), never the 20 MiB file
+    assert 0 < peak[0] <= 2 * (2 * MIB + 6 * MIB), peak[0]
+    clone = tmp_path / "clone"
+    cg("key", "export", str(tmp_path / "kit"), "--folder", str(folder), "--choose-passphrase")
+    cg("clone", sftp_remote, str(clone), "--key-file", str(tmp_path / "kit"))
+    assert (clone / "big.bin").read_bytes() == big
+    cg("verify", "--read-data", "--folder", str(clone))
+
+
+def test_an_interrupted_push_keeps_committed_batches_and_no_spool(
+        local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sync, "SPOOL_FLUSH_FILES", 4)
+    monkeypatch.setattr(sync, "PACK_TARGET", 1)  # one object per file: batches of 4 objects
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(14):
+        (folder / f"f{i:02d}.txt").write_text(f"file {i}")
+    cg("init", str(folder), "--remote", local_remote)
+    real = RcloneTransport.put_files
+    calls: list[int] = []
+
+    def ctrl_c_on_the_third(self: RcloneTransport, spool: Path, names: list[str],
+                            prefix: str, progress: object = None) -> None:
+        calls.append(len(names))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real(self, spool, names, prefix, progress)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(RcloneTransport, "put_files", ctrl_c_on_the_third)
+    out = cg("push", "--folder", str(folder), code=1)
+    assert "interrupted: 8 file(s) were committed on the remote" in out.stderr, out.stderr
+    home = Path(os.environ["CLOUDGUARD_HOME"])
+    assert not [f for f in home.glob("folders/*/spool/*")]
+    monkeypatch.setattr(RcloneTransport, "put_files", real)
+    done = cg_json("push", "--folder", str(folder))
+    assert len(done["uploaded"]) == 6  # only what the interrupt stopped goes up again
+    assert cg_proc("verify", "--read-data", "--folder", str(folder)).returncode == 0
