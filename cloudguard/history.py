@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import sync
-from .errors import IntegrityError, UsageError
+from .errors import FileChangedError, IntegrityError, UsageError
 from .manifest import Entry
 from .vault import UI, Session, _audited, _log, _scan, _stage, session
 
@@ -174,7 +174,8 @@ def _restore(s: Session, paths: list[str], when: int | None, dot: str | None, fo
             refused.append(path)  # never replace a folder (and what is in it) by a file
             continue
         todo.append(v)
-    written = _write(s, todo)
+    written, changed = _write(s, todo, local)
+    refused += changed
     if refused:
         s.ui.warn(f"kept {len(refused)} path(s) with changes that were never pushed (or a "
                   f"folder in the way), e.g. {refused[0]}; --force overwrites them")
@@ -183,9 +184,11 @@ def _restore(s: Session, paths: list[str], when: int | None, dot: str | None, fo
             "before": _iso(when) if when is not None else None, "version": dot}
 
 
-def _write(s: Session, todo: list[Version]) -> list[str]:
+def _write(s: Session, todo: list[Version], local: dict[str, sync.LocalItem]
+           ) -> tuple[list[str], list[str]]:
     """Folders first, then files (authenticated into temp files, then renamed), then links.
-    Nothing is renamed into place until every file is authenticated."""
+    Nothing is renamed into place until every file is authenticated, and a path the user
+    changed since the scan is left alone (returned second)."""
     for v in sorted((v for v in todo if v.entry.get("t") == "d"), key=lambda v: v.path):
         sync.make_dir(s.folder, v.path, int(v.entry.get("x", 0o700)))
     files = [(v.path, v.entry) for v in todo if v.entry.get("t") == "f"]
@@ -210,10 +213,17 @@ def _write(s: Session, todo: list[Version]) -> list[str]:
     if failures:
         sync.discard(staged, created)
         raise IntegrityError("integrity failure, nothing was restored: " + "; ".join(failures))
+    changed: list[str] = []
     for item in staged:
-        sync.commit_staged(s.folder, item)
+        try:
+            sync.commit_staged(s.folder, item, local.get(item.dest))
+        except FileChangedError:
+            changed.append(item.dest)
     for v in todo:
         if v.entry.get("t") == "l":
-            sync.make_link(s.folder, v.path, str(v.entry.get("l", "")))
-    return sorted(v.path for v in todo)
+            try:
+                sync.make_link(s.folder, v.path, str(v.entry.get("l", "")), local.get(v.path))
+            except FileChangedError:
+                changed.append(v.path)
+    return sorted(v.path for v in todo if v.path not in changed), changed
 
