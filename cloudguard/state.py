@@ -218,10 +218,16 @@ class IndexRow(NamedTuple):
 _COLUMNS = "path, kind, size, mtime, mode, sha256, dot, target, ctime, ino"
 
 
-def signature(kind: str, size: int, mtime: int, mode: int, target: str) -> str:
+def signature(kind: str, size: int, mtime: int, mode: int, target: str, ctime: int = 0,
+              ino: int = 0) -> str:
     """What a push compares between the folder and the index to skip unchanged entries; equal
-    signatures imply "not dirty" (sync.dirty), different ones get the full comparison."""
-    return f"{kind}:{size}:{mtime}:{mode}:{target}"
+    signatures imply "not dirty" (sync.dirty), different ones get the full comparison.
+
+    ctime and inode are in it, as in git's index: an edit that keeps size and mtime (same
+    second, or a tool that restores mtimes) still moves ctime. A row stored with ctime 0 (not
+    recorded, or racily clean: synced within moments of its last change) never matches, so
+    the next push hashes that file again."""
+    return f"{kind}:{size}:{mtime}:{mode}:{target}:{ctime}:{ino}"
 
 
 class Index:
@@ -299,7 +305,8 @@ class Index:
     def put(self, row: IndexRow) -> None:
         self.db.execute(f"INSERT OR REPLACE INTO files ({_COLUMNS}, sig) "
                         "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                        (*row, signature(row.kind, row.size, row.mtime, row.mode, row.target)))
+                        (*row, signature(row.kind, row.size, row.mtime, row.mode, row.target,
+                                          row.ctime, row.ino)))
 
     def remove(self, path: str) -> None:
         self.db.execute("DELETE FROM files WHERE path = ?", (path,))

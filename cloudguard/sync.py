@@ -168,9 +168,9 @@ def synced(loc: LocalItem, row: IndexRow, local_hash: Callable[[], str] | None =
     new hard link moves the ctime, none of which is an edit."""
     if dirty(loc, row):
         return False
-    if loc.kind != "f" or ((not row.ctime or row.ctime == loc.ctime)
+    if loc.kind != "f" or (row.ctime and row.ctime == loc.ctime
                            and (not row.ino or row.ino == loc.ino)):
-        return True
+        return True  # (ctime 0: not recorded or racily clean, so the content decides)
     if not row.sha256 or local_hash is None:
         return False
     try:
@@ -189,9 +189,19 @@ def entry_matches(loc: LocalItem, entry: Entry, local_hash: Callable[[], str]) -
     return True
 
 
+RACY_NS = 2_000_000_000  # a file changed this recently before its row is written
+
+
 def row_from(loc: LocalItem, dot: str, sha: str) -> IndexRow:
+    """A row for what was synced. A file whose last change (ctime) is within RACY_NS of now
+    is *racily clean* (git's term): an edit in the same clock tick as our read would leave
+    size, mtime and ctime alike, so its ctime is stored as 0, which makes the next push hash
+    it again instead of trusting the stat."""
+    ctime = loc.ctime
+    if ctime and time.time_ns() - ctime < RACY_NS:
+        ctime = 0
     return IndexRow(loc.path, loc.kind, loc.size, loc.mtime, loc.mode, sha, dot, loc.target,
-                    loc.ctime, loc.ino)
+                    ctime, loc.ino)
 
 
 def row_from_entry(path: str, dot: str, entry: Entry) -> IndexRow:
@@ -375,7 +385,14 @@ def plan_push(local: dict[str, LocalItem], index: dict[str, IndexRow],
         # the common case first: same kind, size, mtime and mode (and link target)
         if known is not None and (item[1:5] == known[1:5] and item.target == known.target
                                   or not dirty(item, known)):
-            continue
+            if (item.ctime, item.ino) == (known.ctime, known.ino) and (
+                    known.ctime or item.kind == "d"):
+                continue
+            # ctime or inode moved (or the row was racily clean): the content decides, as
+            # git does; unchanged content just refreshes the row
+            if item.kind != "f" or hasher(path) == known.sha256:
+                plan.adopt.append((item, known.dot, known.sha256))
+                continue
         changed.append(path)
     changed += [path for path in index if path not in local]
     for path in sorted(changed):

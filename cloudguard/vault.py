@@ -837,7 +837,7 @@ def _push_plan(s: Session, local: dict[str, sync.LocalItem]
     sigs = s.index.signatures()
     changed = {p: item for p, item in local.items()
                if sigs.get(p) != signature(item.kind, item.size, item.mtime, item.mode,
-                                           item.target)}
+                                           item.target, item.ctime, item.ino)}
     # a path the scan could not read is not gone: it keeps its last synced state
     gone = [p for p in sigs if p not in local
             and not (s.unreadable and sync.under(p, s.unreadable))]

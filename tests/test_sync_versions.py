@@ -5,6 +5,7 @@ this device never saw is never replaced silently."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from helpers import cg, cg_json, share
@@ -125,3 +126,47 @@ def test_a_renamed_folder_is_moved_without_an_upload(local_remote: str, tmp_path
     assert not (b / "reports").exists()
     assert len(cg_json("history", "reports/big.bin", "--folder", str(b))["versions"]) == 1
     cg("verify", "--read-data", "--folder", str(b))
+
+
+def test_an_edit_that_keeps_size_and_mtime_is_pushed(local_remote: str, tmp_path: Path) -> None:
+    """Issue 9, item 3: the same size and a restored mtime (a tool that preserves mtimes, or
+    an edit in the same second) still moves ctime, so the edit is pushed, as git would."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    doc = a / "doc.txt"
+    doc.write_text("version A")
+    share(local_remote, a, b, tmp_path / "kit.json")
+    before = doc.stat()
+    doc.write_text("version B")  # same length
+    os.utime(doc, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (doc.stat().st_size, doc.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    got = cg_json("push", "--folder", str(a))
+    assert got["uploaded"] == ["doc.txt"], got
+    cg("pull", "--folder", str(b))
+    assert (b / "doc.txt").read_text() == "version B"
+
+
+def test_a_racily_clean_row_is_hashed_again(local_remote: str, tmp_path: Path) -> None:
+    """A file synced within moments of its last change is stored as racily clean (ctime 0):
+    the next push hashes it instead of trusting the stat, refreshes the row once the file has
+    settled, and uploads nothing."""
+    from cloudguard import state
+
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "doc.txt").write_text("fresh")
+    cg("init", str(a), "--remote", local_remote)
+    cg("push", "--folder", str(a))
+
+    def row() -> state.IndexRow:
+        index = state.Index(state.find_binding(str(a)).dir / "index.db")
+        try:
+            return index.rows()["doc.txt"]
+        finally:
+            index.close()
+
+    assert row().ctime == 0  # written right after the file was: racy
+    time.sleep(2.1)
+    got = cg_json("push", "--folder", str(a))
+    assert got["uploaded"] == [] and got["updated"] == [], got
+    assert row().ctime == (a / "doc.txt").stat().st_ctime_ns
