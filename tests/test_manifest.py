@@ -159,12 +159,12 @@ def test_unsafe_manifest_paths_are_refused(bad: str) -> None:
         sync.check_rel_path(bad)
 
 
-def _row(path: str, dot: str, size: int = 1, mtime: int = 1) -> IndexRow:
-    return IndexRow(path, "f", size, mtime, 0o644, "h-" + path, dot, "")
+def _row(path: str, dot: str, size: int = 1, mtime: int = 1, ctime: int = 7) -> IndexRow:
+    return IndexRow(path, "f", size, mtime, 0o644, "h-" + path, dot, "", ctime, 9)
 
 
-def _item(path: str, size: int = 1, mtime: int = 1) -> sync.LocalItem:
-    return sync.LocalItem(path, "f", size, mtime, 0o644)
+def _item(path: str, size: int = 1, mtime: int = 1, ctime: int = 7) -> sync.LocalItem:
+    return sync.LocalItem(path, "f", size, mtime, 0o644, "", ctime, 9)
 
 
 def _entry(path: str, h: str | None = None) -> dict[str, Any]:
@@ -181,6 +181,19 @@ def test_plan_push_cases() -> None:
     assert [i.path for i in plan.upload] == ["changed", "new"]
     assert [r.path for r in plan.delete] == ["gone"]
     assert [a[0].path for a in plan.adopt] == ["adopt"]
+
+
+def test_plan_push_hashes_a_moved_ctime_or_a_racily_clean_row() -> None:
+    """Issue 9, item 3: ctime or inode moved with size and mtime kept, or a row stored racily
+    clean (ctime 0): the content decides; unchanged content only refreshes the row."""
+    local = {"touched": _item("touched", ctime=8), "racy": _item("racy"),
+             "edited": _item("edited", ctime=8)}
+    index = {"touched": _row("touched", "d:1"), "racy": _row("racy", "d:1", ctime=0),
+             "edited": _row("edited", "d:1")}
+    hashes = {"touched": "h-touched", "racy": "h-racy", "edited": "something else"}
+    plan = sync.plan_push(local, index, {}, hashes.__getitem__)
+    assert sorted(a[0].path for a in plan.adopt) == ["racy", "touched"]
+    assert [i.path for i in plan.upload] == ["edited"]
 
 
 def test_plan_pull_cases() -> None:
@@ -342,16 +355,19 @@ def test_index_signatures_match_the_scan_and_old_indexes_gain_them(tmp_path: Pat
     os.symlink("sub/doc.txt", folder / "link")
     items = sync.scan(folder, lambda _m: None)
     index = Index(tmp_path / "index.db")
-    for item in items.values():
-        index.put(sync.row_from(item, "d:1", "h"))
+    for item in items.values():  # settled rows (row_from stores a fresh file as racy)
+        index.put(IndexRow(item.path, item.kind, item.size, item.mtime, item.mode, "h", "d:1",
+                           item.target, item.ctime, item.ino))
     sigs = index.signatures()
-    assert sigs == {p: signature(i.kind, i.size, i.mtime, i.mode, i.target)
+    assert sigs == {p: signature(i.kind, i.size, i.mtime, i.mode, i.target, i.ctime, i.ino)
                     for p, i in items.items()}
+    racy = sync.row_from(items["sub/doc.txt"], "d:1", "h")  # just written: hashed next time
+    assert racy.ctime == 0
     assert index.rows_for(["link", "missing"]).keys() == {"link"}
     os.utime(folder / "sub" / "doc.txt", ns=(1, 2))
     again = sync.scan(folder, lambda _m: None)["sub/doc.txt"]
-    assert signature(again.kind, again.size, again.mtime, again.mode, again.target) != sigs[
-        "sub/doc.txt"]
+    assert signature(again.kind, again.size, again.mtime, again.mode, again.target, again.ctime,
+                     again.ino) != sigs["sub/doc.txt"]
     index.close()
     old = sqlite3.connect(tmp_path / "old.db")
     old.execute("CREATE TABLE files (path TEXT PRIMARY KEY, kind TEXT, size INTEGER, "
