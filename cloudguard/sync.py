@@ -472,7 +472,8 @@ class PullPlan:
 def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
               remote: dict[str, tuple[str, Entry]], hasher: Callable[[str], str],
               labels: dict[str, str], taken: Callable[[str], bool] | None = None,
-              me: str = "local") -> PullPlan:
+              me: str = "local", first: bool = False,
+              kept: Mapping[str, set[str]] | None = None) -> PullPlan:
     """``index`` and ``remote`` may be cut down to the paths whose synced dot differs from the
     remote's (nothing happens to the others); ``taken`` then says which names exist at all,
     so a conflict copy never takes the name of a path left out.
@@ -480,7 +481,15 @@ def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
     A type change (file, folder, symlink) lands like any other change where the local path is
     as last synced (a folder: with nothing of the user's inside); otherwise both are kept, one
     under a conflict name. ``me`` labels conflict copies of this device's own files.
+
+    ``first``: this device has synced nothing yet (a fresh clone into a folder that holds
+    files, or a re-clone after its local state was lost). Its files are then old copies, not
+    edits: where one differs from the vault's version the vault's keeps the name and the
+    local one moves aside as a conflict copy, or, if its content is a version the history
+    (``kept``: path -> SHA-256s of replaced and deleted versions) still holds, it is simply
+    replaced, or deleted where the vault deleted that path. Deleted files do not come back.
     """
+    kept = kept or {}
     plan = PullPlan()
     exists = taken or (lambda p: p in local or p in remote or p in index)
     hashed: dict[str, str] = {}
@@ -545,10 +554,20 @@ def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
         elif kind == "d":  # the user's file or link where a folder arrives: both stay
             plan.aside.append((path, conflict(path, loc.mtime, me)))
             land.append((path, dot, entry))
+        elif first and row is None and loc.kind == kind == "f":
+            if hash_of(path) not in kept.get(path, set()):  # not a known version: keep it
+                plan.aside.append((path, conflict(path, loc.mtime, me)))
+            land.append((path, dot, entry))  # the vault's version keeps the name
         else:  # a true clash: the remote version lands as a conflict copy
             name = conflict(path, int(entry.get("m", 0)), dot.partition(":")[0])
             land.append((name, dot, entry))
             plan.forget.append(path)
+    if first:  # local copies of versions the vault deleted go (the history still has them)
+        for path in sorted(kept):
+            loc = local.get(path)
+            if (path not in remote and path not in index and loc is not None
+                    and loc.kind == "f" and hash_of(path) in kept[path]):
+                plan.delete.append(row_from(loc, "", hash_of(path)))
     return plan
 
 

@@ -1140,8 +1140,17 @@ def _pull_plan(s: Session, local: dict[str, sync.LocalItem]) -> tuple[
     gone = [p for p in known if p not in heads and not sync.under(p, held)]
     remote = sync.view_of(s.state, wanted)
     rows = s.index.rows_for([*wanted, *gone])
+    first = not known  # nothing synced yet: the folder's files are old copies, not edits
+    kept: dict[str, set[str]] = {}
+    if first:
+        for path in [p for p in local if p not in heads or p in wanted]:
+            hashes = {str(e.get("h")) for _p, _d, e, _g in s.state.attic(path)
+                      if e.get("t") == "f"}
+            if hashes:
+                kept[path] = hashes
     plan = sync.plan_pull(local, rows, remote, _hasher(s.folder), s.labels(),
-                          lambda p: p in local or p in heads or p in known, s.binding.device)
+                          lambda p: p in local or p in heads or p in known, s.binding.device,
+                          first, kept)
     return plan, remote, len(heads)
 
 

@@ -138,9 +138,10 @@ def test_clone_into_a_non_empty_folder_counts_its_conflict_copies(local_remote: 
     cg("key", "export", str(tmp_path / "kit"), "--folder", str(a), "--choose-passphrase")
     out = cg("clone", local_remote, str(b), "--key-file", str(tmp_path / "kit")).stdout
     assert "2 conflict copies" in out, out
-    assert (b / "one.txt").read_text() == "already here"
+    assert (b / "one.txt").read_text() == "vault's one.txt"  # the vault's keeps the name
     copies = sorted(p.name for p in b.iterdir() if "conflict" in p.name)
     assert len(copies) == 2 and copies[0] in out
+    assert sorted((b / c).read_text() for c in copies) == ["already here", "also already here"]
 
 
 # --- item 21: enrolment -------------------------------------------------------------------

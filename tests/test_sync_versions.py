@@ -170,3 +170,53 @@ def test_a_racily_clean_row_is_hashed_again(local_remote: str, tmp_path: Path) -
     got = cg_json("push", "--folder", str(a))
     assert got["uploaded"] == [] and got["updated"] == [], got
     assert row().ctime == (a / "doc.txt").stat().st_ctime_ns
+
+
+def test_a_fresh_clone_does_not_let_old_local_copies_take_the_names(
+        local_remote: str, tmp_path: Path) -> None:
+    """Issue 8, item 11: cloning into a folder that holds older copies. A copy whose content is
+    a version the vault kept is simply replaced; an unknown one moves aside as a conflict copy;
+    the vault's version keeps the name either way."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "plan.txt").write_text("plan v1")
+    (a / "notes.txt").write_text("notes from the vault")
+    cg("init", str(a), "--remote", local_remote)
+    cg("push", "--folder", str(a))
+    (a / "plan.txt").write_text("plan v2")
+    cg("push", "--folder", str(a))
+    cg("key", "export", str(tmp_path / "kit.json"), "--folder", str(a), "--choose-passphrase")
+    b.mkdir()
+    (b / "plan.txt").write_text("plan v1")  # an old copy, say from a backup
+    (b / "notes.txt").write_text("notes typed here")  # not a version the vault knows
+    cg("clone", local_remote, str(b), "--key-file", str(tmp_path / "kit.json"))
+    assert (b / "plan.txt").read_text() == "plan v2"
+    assert (b / "notes.txt").read_text() == "notes from the vault"
+    copies = [p for p in entries(b) if "conflict" in p.name]
+    assert [p.read_text() for p in copies] == ["notes typed here"], copies
+    cg("push", "--folder", str(b))
+    cg("pull", "--folder", str(a))
+    assert (a / "plan.txt").read_text() == "plan v2"
+    assert (a / "notes.txt").read_text() == "notes from the vault"
+
+
+def test_a_re_clone_after_lost_state_does_not_bring_deleted_files_back(
+        local_remote: str, tmp_path: Path) -> None:
+    import shutil
+
+    from cloudguard import state
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "keep.txt").write_text("keep")
+    (a / "old.txt").write_text("deleted later")
+    share(local_remote, a, b, tmp_path / "kit.json")
+    (a / "old.txt").unlink()
+    cg("push", "--folder", str(a))
+    shutil.rmtree(state.find_binding(str(b)).dir)  # b's local state is lost
+    cg("clone", local_remote, str(b), "--key-file", str(tmp_path / "kit.json"))
+    assert not (b / "old.txt").exists()
+    cg("push", "--folder", str(b))
+    cg("pull", "--folder", str(a))
+    assert not (a / "old.txt").exists()
+    assert (a / "keep.txt").read_text() == "keep"
