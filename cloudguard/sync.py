@@ -1059,6 +1059,8 @@ class NotAFolder(CloudguardError):
 MARKER_DIR = ".cloudguard"  # the only name cloudguard writes in a folder; never synced
 STAGING = "staging"  # MARKER_DIR/STAGING: where a pull writes files before renaming them
 TEMP_NAME = re.compile(r"^[0-9a-f]{16}\.tmp$")
+KEPT_NAME = re.compile(r"^ok-([0-9a-f]{64})$")  # an authenticated download kept for reuse
+KEPT_FOR = 86400.0  # seconds an interrupted pull's authenticated downloads wait for the next
 
 
 def _private_dir(path: Path) -> Path:
@@ -1092,11 +1094,50 @@ def clear_staging(folder: Path) -> list[Path]:
         names = [] if linked else os.listdir(where)  # never clean through a link
     except (FileNotFoundError, NotADirectoryError):
         return removed
+    now = time.time()
     for name in names:
-        if TEMP_NAME.match(name):
+        stale = TEMP_NAME.match(name) is not None
+        if not stale and KEPT_NAME.match(name):
+            try:
+                stale = now - os.lstat(where / name).st_mtime > KEPT_FOR
+            except OSError:
+                continue
+        if stale:
             (where / name).unlink(missing_ok=True)
             removed.append(where / name)
     return removed
+
+
+def keep_staged(folder: Path, staged: Staged, sha256: str) -> None:
+    """An interrupted pull keeps a download it authenticated, named by its plaintext SHA-256,
+    so the next pull need not fetch it again (issue: a Ctrl-C at 105 of 524 MB restarted at
+    0). Its mtime is reset: KEPT_FOR counts from now."""
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        staged.tmp.unlink(missing_ok=True)
+        return
+    kept = staged.tmp.with_name(f"ok-{sha256}")
+    os.replace(staged.tmp, kept)
+    os.utime(kept)
+
+
+def reuse_staged(folder: Path, dest: str, sha256: str, size: int, mode: int, mtime: int
+                 ) -> Staged | None:
+    """A kept download of this content, checked again (its SHA-256 is read back, so a file
+    planted there is never trusted), as a fresh temp file for ``dest``; None if there is none
+    or it does not match (then it is deleted)."""
+    kept = staging_dir(folder) / f"ok-{sha256}"
+    try:
+        st = os.lstat(kept)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_size != size or hash_file(kept) != sha256:
+        kept.unlink(missing_ok=True)
+        return None
+    tmp = temp_path(folder)
+    os.replace(kept, tmp)
+    os.chmod(tmp, mode & PERMISSIONS)
+    os.utime(tmp, ns=(mtime, mtime))
+    return Staged(tmp, dest)
 
 
 @dataclass

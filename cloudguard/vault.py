@@ -36,7 +36,9 @@ from .errors import (
     FileChangedError,
     GuardError,
     IntegrityError,
+    Interrupted,
     KeyStoreError,
+    TransportError,
     UsageError,
     named,
 )
@@ -1284,9 +1286,19 @@ def _stage_all(s: Session, downloads: list[tuple[str, str, dict[str, Any]]],
     created: list[Path] = []
     total = sum(int(e.get("s", 0)) for _d, _t, e in downloads)
     dots = {d: t for d, t, _e in downloads}
+    fetch: list[tuple[str, dict[str, Any]]] = []
+    for dest, dot, entry in downloads:  # what an interrupted pull authenticated already
+        reused = sync.reuse_staged(s.folder, dest, str(entry.get("h", "")),
+                                   int(entry.get("s", 0)), int(entry.get("x", 0o600)),
+                                   int(entry.get("m", 0)))
+        if reused is not None:
+            staged.append((reused, dot, entry))
+        else:
+            fetch.append((dest, entry))
     try:
         with s.ui.progress("pull", total) as advance:
-            for obj, items in sync.group_by_object([(d, e) for d, _t, e in downloads]).items():
+            advance(sum(int(e.get("s", 0)) for _st, _d, e in staged))
+            for obj, items in sync.group_by_object(fetch).items():
                 for dest, entry, reader, err in sync.read_blobs(s.transport, obj, items):
                     try:
                         if reader is None:
@@ -1303,6 +1315,16 @@ def _stage_all(s: Session, downloads: list[tuple[str, str, dict[str, Any]]],
                     except sync.NotAFolder as exc:
                         errors.append(_path_error(dest, exc))
     except BaseException as exc:
+        if isinstance(exc, (KeyboardInterrupt, TransportError)):
+            # authenticated downloads wait for the next pull instead of being fetched again
+            for item, _d, entry in staged:
+                sync.keep_staged(s.folder, item, str(entry.get("h", "")))
+            sync.discard([], created)
+            if isinstance(exc, KeyboardInterrupt):
+                raise Interrupted(f"interrupted: {len(staged)} file(s) were downloaded and "
+                                  "authenticated; nothing was written into the folder, and the "
+                                  "next pull reuses them") from exc
+            raise
         sync.discard([st for st, _d, _e in staged], created)
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise _no_space(s, total) from exc

@@ -97,3 +97,53 @@ def test_an_interrupted_push_keeps_committed_batches_and_no_spool(
     done = cg_json("push", "--folder", str(folder))
     assert len(done["uploaded"]) == 6  # only what the interrupt stopped goes up again
     assert cg_proc("verify", "--read-data", "--folder", str(folder)).returncode == 0
+
+
+def test_an_interrupted_pull_reuses_what_it_authenticated(
+        local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 9, item 9: files downloaded and authenticated before a Ctrl-C are kept (in the
+    private staging folder, never in the folder itself) and reused, after their SHA-256 is
+    read back, so a planted or damaged one is fetched again."""
+    from helpers import share
+
+    from cloudguard import vault
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "seed.txt").write_text("seed")
+    share(local_remote, a, b, tmp_path / "kit.json")
+    contents = {f"big{i}.bin": os.urandom(5 * MIB) for i in range(4)}  # one object each
+    for name, data in contents.items():
+        (a / name).write_bytes(data)
+    cg("push", "--folder", str(a))
+    real_stage = vault._stage
+    staged: list[str] = []
+
+    def ctrl_c_on_the_fourth(*args: object) -> object:
+        if len(staged) == 3:
+            raise KeyboardInterrupt
+        result = real_stage(*args)  # type: ignore[arg-type]
+        staged.append(str(args[1]))
+        return result
+
+    monkeypatch.setattr(vault, "_stage", ctrl_c_on_the_fourth)
+    out = cg("pull", "--folder", str(b), code=1)
+    assert "3 file(s) were downloaded and authenticated" in out.stderr, out.stderr
+    assert not any((b / n).exists() for n in contents)  # nothing landed
+    kept = sorted((b / ".cloudguard" / "staging").glob("ok-*"))
+    assert len(kept) == 3
+    kept[0].write_bytes(b"planted" + kept[0].read_bytes()[7:])  # same size, other content
+    monkeypatch.setattr(vault, "_stage", real_stage)
+    reads: list[str] = []
+    real_reader = RcloneTransport.reader
+
+    def counting(self: RcloneTransport, name: str, *args: object, **kw: object) -> object:
+        reads.append(name)
+        return real_reader(self, name, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(RcloneTransport, "reader", counting)
+    cg("pull", "--folder", str(b))
+    assert len([r for r in reads if r.startswith("data/")]) == 2, reads  # 1 new + 1 planted
+    for name, data in contents.items():
+        assert (b / name).read_bytes() == data
+    assert not list((b / ".cloudguard" / "staging").glob("ok-*"))
