@@ -119,7 +119,7 @@ def restore(folder: str | None, paths: list[str], before: str | None = None,
     if version is not None and len(paths) != 1:
         raise UsageError("--version restores one path: give exactly one")
     when = parse_time(before) if before is not None else None
-    with _audited("restore", folder), session(folder, ui, scan=True) as s:
+    with _audited("restore", folder), session(folder, ui, scan=True, guard=True) as s:
         result = _restore(s, paths, when, version, force)
         _log(s, "restore", restored=len(result["restored"]), refused=len(result["refused"]))
         return result

@@ -175,3 +175,20 @@ def test_a_version_from_before_a_rotation_restores_on_another_device(
     assert len(rows) == 3
     cg("restore", "plan.txt", "--version", rows[0]["version"], "--folder", str(b))
     assert (b / "plan.txt").read_text() == "old plan"
+
+
+def test_restore_refuses_a_folder_without_its_marker(local_remote: str, tmp_path: Path
+                                                     ) -> None:
+    """A restore writes into the folder: like pull, it never fills an unmounted mount point."""
+    import shutil
+
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "doc.txt").write_text("v1")
+    cg("init", str(a), "--remote", local_remote)
+    cg("push", "--folder", str(a))
+    shutil.rmtree(a)
+    a.mkdir()
+    out = cg_proc("restore", "--before", "1s", "--force", "--folder", str(a))
+    assert out.returncode == 1 and "marker" in out.stderr, out.stderr
+    assert list(a.iterdir()) == []
