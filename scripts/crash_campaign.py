@@ -586,12 +586,18 @@ def find_temp_files(roots: Sequence[Path]) -> list[str]:
     return found
 
 
-def mass_delete(folder: Path, rng: random.Random) -> int:
-    """Delete just over half of the files and links (at least the guard's floor), small files
-    only; 0 (nothing deleted) if there are too few small files for that."""
-    total = sum(len(names) + sum(1 for d in dirs if (Path(p) / d).is_symlink())
-                for p, dirs, names in _walk(folder))
-    smalls = [f for f in _files(folder) if not f.startswith("big/")]
+def mass_delete(folder: Path, rng: random.Random, synced: set[str] | None = None) -> int:
+    """Delete just over half of the synced files and links (at least the guard's floor), small
+    files only; 0 (nothing deleted) if there are too few small files for that. ``synced`` (the
+    paths the last push left on the remote) is what the guard counts: files the round added
+    and did not push yet are neither counted nor deleted (deleting one is no deletion)."""
+    if synced is None:
+        total = sum(len(names) + sum(1 for d in dirs if (Path(p) / d).is_symlink())
+                    for p, dirs, names in _walk(folder))
+    else:
+        total = len(synced)
+    smalls = [f for f in _files(folder) if not f.startswith("big/")
+              and (synced is None or f in synced)]
     count = max(MASS_DELETE_FLOOR, total // 2 + 1)
     if count > len(smalls):
         return 0
@@ -943,8 +949,9 @@ class Campaign:
             due = every > 0 and (self.push_rounds - 1) % every == 0
         if not due:
             return []
-        before = snapshot_tree(vault.b.folder)
-        count = mass_delete(vault.a.folder, rng)
+        before = snapshot_tree(vault.b.folder)  # b pulled the last push: the synced tree
+        count = mass_delete(vault.a.folder, rng,
+                            {p for p, (kind, _c) in before.items() if kind != "d"})
         if not count:
             return []
         stats["mass deleted"] = count
