@@ -191,27 +191,28 @@ def _reencrypt(s: Session, started: dict[str, Any],
                 packed = len(items) > 1 or int(items[0][1]["a"]) != 0
                 if packed:
                     out.write(fmt.pack_header(os.urandom(16)))
-                for key, entry, reader, err in sync.read_blobs(s.transport, obj, items):
-                    path, _, dot = key.partition("\x00")
-                    if reader is None:
-                        raise IntegrityError(f"{path}: {err}")
-                    try:
-                        dek, file_id = sync.dek_of(entry, s.ring.kek)
-                        source = _PlainStream(fmt.decrypt_blob_iter(reader, dek, file_id),
-                                              str(entry.get("h")))
-                        offset = out.count
-                        new_dek, new_fid = fmt.new_dek(), fmt.new_file_id()
-                        info = fmt.encrypt_blob(source, out, new_dek, new_fid, int(entry["s"]),
-                                                padding)
-                        source.finish()
-                        fmt.expect_end(reader)
-                    except IntegrityError as exc:
-                        raise named(path, exc) from exc
-                    placed[(path, dot)] = {
-                        "o": new_id, "a": offset, "n": out.count - offset, "i": new_fid.hex(),
-                        "k": fmt.b64(fmt.wrap_dek(kek, new_dek, new_fid)), "g": number,
-                        "w": number, "r": int(entry.get("r", 0)) + 1}
-                    advance(info.size)
+                with sync.blobs(s.transport, obj, items) as found:
+                    for key, entry, reader, err in found:
+                        path, _, dot = key.partition("\x00")
+                        if reader is None:
+                            raise IntegrityError(f"{path}: {err}")
+                        try:
+                            dek, file_id = sync.dek_of(entry, s.ring.kek)
+                            source = _PlainStream(fmt.decrypt_blob_iter(reader, dek, file_id),
+                                                  str(entry.get("h")))
+                            offset = out.count
+                            new_dek, new_fid = fmt.new_dek(), fmt.new_file_id()
+                            info = fmt.encrypt_blob(source, out, new_dek, new_fid, int(entry["s"]),
+                                                    padding)
+                            source.finish()
+                            fmt.expect_end(reader)
+                        except IntegrityError as exc:
+                            raise named(path, exc) from exc
+                        placed[(path, dot)] = {
+                            "o": new_id, "a": offset, "n": out.count - offset, "i": new_fid.hex(),
+                            "k": fmt.b64(fmt.wrap_dek(kek, new_dek, new_fid)), "g": number,
+                            "w": number, "r": int(entry.get("r", 0)) + 1}
+                        advance(info.size)
                 if packed and padding:
                     sync.write_filler(out)
             digest = out.md5()

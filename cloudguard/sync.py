@@ -17,13 +17,14 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 from . import format as fmt
-from .errors import CloudguardError, FileChangedError, IntegrityError, Interrupted
+from .errors import CloudguardError, FileChangedError, IntegrityError, Interrupted, TransportError
 from .manifest import Entry, State
 from .state import IndexRow
 from .transport import MissingObject, Transport
@@ -993,7 +994,8 @@ def group_by_object(entries: list[tuple[str, Entry]]) -> dict[str, list[tuple[st
 
 
 def read_blobs(transport: Transport, name: str, items: list[tuple[str, Entry]]
-               ) -> Iterator[tuple[str, Entry, fmt.Reader | None, Exception | None]]:
+               ) -> Generator[tuple[str, Entry, fmt.Reader | None, Exception | None],
+                              None, None]:
     """One ranged download per object; yields a limited reader per blob, in offset order.
 
     A missing object yields an error for each of its files instead of a reader.
@@ -1015,6 +1017,25 @@ def read_blobs(transport: Transport, name: str, items: list[tuple[str, Entry]]
     except MissingObject as exc:
         for dest, entry in items:
             yield dest, entry, None, exc
+
+
+@contextmanager
+def blobs(transport: Transport, name: str, items: list[tuple[str, Entry]]
+          ) -> Iterator[Iterator[tuple[str, Entry, fmt.Reader | None, Exception | None]]]:
+    """:func:`read_blobs` for a caller that stops at the first integrity failure: the stream
+    is closed at once, and if rclone itself failed (killed, network) its transport error
+    (exit 1) is raised instead, since it explains the short or garbled data (not exit 3)."""
+    gen = read_blobs(transport, name, items)
+    try:
+        yield gen
+    except IntegrityError as exc:
+        try:
+            gen.close()
+        except TransportError as failed:
+            raise failed from exc
+        raise
+    finally:
+        gen.close()
 
 
 def _skip(stream: IO[bytes], count: int) -> None:

@@ -293,3 +293,21 @@ def test_pull_through_a_failing_transfer_exits_1_and_applies_nothing(
     monkeypatch.delenv("RCLONE_MAX_TRANSFER")
     cg("pull", "--folder", str(b))
     assert (b / "big.bin").read_bytes() == (a / "big.bin").read_bytes()
+
+
+def test_a_reencryption_whose_reader_fails_exits_1_and_finishes_later(
+        local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The crash campaign's last exit-3 case: rclone dying while a re-encryption reads a blob
+    is a transport failure (exit 1, resumable), not tampering."""
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "big.bin").write_bytes(os.urandom(3_000_000))
+    cg("init", str(a), "--remote", local_remote)
+    cg("push", "--folder", str(a))
+    monkeypatch.setenv("RCLONE_MAX_TRANSFER", "1M")
+    monkeypatch.setenv("RCLONE_CUTOFF_MODE", "hard")
+    out = cg_proc("key", "rotate", "--reencrypt", "--folder", str(a))
+    assert out.returncode == 1, (out.returncode, out.stderr)
+    monkeypatch.delenv("RCLONE_MAX_TRANSFER")
+    cg("key", "rotate", "--reencrypt", "--folder", str(a))
+    cg("verify", "--read-data", "--folder", str(a))
