@@ -30,6 +30,7 @@ from .vault import (
     UI,
     Session,
     _audited,
+    _authenticate,
     _device_key,
     _log,
     _Null,
@@ -82,11 +83,7 @@ def _inspect(s: Session) -> tuple[dict[str, str], int]:
                 continue
             for path, entry, reader, err in sync.read_blobs(s.transport, obj, items):
                 try:
-                    if reader is None:
-                        raise IntegrityError(str(err))
-                    dek, file_id = sync.dek_of(entry, s.ring.kek)
-                    fmt.decrypt_blob(reader, _Null(), dek, file_id, str(entry.get("h")))
-                    fmt.expect_end(reader)
+                    _authenticate(s, entry, reader, err)
                     advance(int(entry.get("s", 0)))
                 except IntegrityError as exc:
                     bad.setdefault(obj, f"{path} failed authentication ({exc})")

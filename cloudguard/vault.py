@@ -1492,11 +1492,7 @@ def _verify(s: Session, read_data: bool) -> dict[str, Any]:
             for obj, items in groups.items():
                 for path, entry, reader, err in sync.read_blobs(s.transport, obj, items):
                     try:
-                        if reader is None:
-                            raise IntegrityError(str(err))
-                        dek, file_id = sync.dek_of(entry, s.ring.kek)
-                        fmt.decrypt_blob(reader, _Null(), dek, file_id, str(entry.get("h")))
-                        fmt.expect_end(reader)
+                        _authenticate(s, entry, reader, err)
                         checked += 1
                         advance(int(entry.get("s", 0)))
                     except IntegrityError as exc:
@@ -1522,6 +1518,17 @@ def _verify(s: Session, read_data: bool) -> dict[str, Any]:
 class _Null:
     def write(self, data: bytes) -> int:
         return len(data)
+
+
+def _authenticate(s: Session, entry: dict[str, Any], reader: fmt.Reader | None,
+                  err: Exception | None) -> None:
+    """Read one blob to its end and check it, writing nothing: what verify --read-data and
+    repair ask of every file. Raises IntegrityError naming nothing (callers add the path)."""
+    if reader is None:
+        raise IntegrityError(str(err))
+    dek, file_id = sync.dek_of(entry, s.ring.kek)
+    fmt.decrypt_blob(reader, _Null(), dek, file_id, str(entry.get("h")))
+    fmt.expect_end(reader)
 
 
 # --- keys and devices ---------------------------------------------------------------------
