@@ -34,22 +34,27 @@ def fold(path: str) -> str:
 
 def folds(folder: Path) -> bool:
     """Does this folder's filesystem fold case? Probed with a name already there (the folder
-    marker, or any entry), so nothing is written."""
+    marker, or any entry), so nothing is written: its other spelling is found by a lookup but
+    not in the listing. Not by comparing inodes, which FUSE file systems without stable inode
+    numbers (fusefat, many network mounts) give per spelling."""
     try:
-        names = [".cloudguard", *os.listdir(folder)]
+        listed = os.listdir(folder)
     except OSError:
         return False
-    for name in names:
+    present = set(listed)
+    for name in sorted(present, key=lambda n: n != ".cloudguard"):
         other = name.swapcase()
         if other == name:
             continue
+        if other in present:
+            return False  # both spellings listed: the names are apart
         try:
-            return os.path.samefile(folder / name, folder / other)
+            os.lstat(folder / other)
         except FileNotFoundError:
-            if name == ".cloudguard" and (folder / name).exists():
-                return False  # the marker exists and its other spelling does not
+            return False
         except OSError:
             continue
+        return True
     return False
 
 

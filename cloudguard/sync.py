@@ -1156,7 +1156,7 @@ def reuse_staged(folder: Path, dest: str, sha256: str, size: int, mode: int, mti
         return None
     tmp = temp_path(folder)
     os.replace(kept, tmp)
-    os.chmod(tmp, mode & PERMISSIONS)
+    set_mode(tmp, mode)
     os.utime(tmp, ns=(mtime, mtime))
     return Staged(tmp, dest)
 
@@ -1185,7 +1185,7 @@ def stage(folder: Path, dest: str, fill: Callable[[IO[bytes]], None], mode: int,
             fill(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, mode & PERMISSIONS)
+        set_mode(tmp, mode)
         os.utime(tmp, ns=(mtime, mtime))
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -1289,13 +1289,28 @@ def move_aside(folder: Path, rel: str, name: str, expect: LocalItem) -> None:
     os.rename(folder / rel, folder / name)
 
 
+# What a file system without POSIX modes (FAT, exFAT, some FUSE and SMB mounts) answers a
+# chmod with; the mode then is whatever its mount options say, and the index records that.
+NO_MODES = frozenset({errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM})
+
+
+def set_mode(path: Path, mode: int) -> None:
+    """chmod that a folder on a file system without modes survives; never setuid, setgid or
+    sticky. EPERM counts as "no modes" because every path set here is one we just wrote."""
+    try:
+        os.chmod(path, mode & PERMISSIONS)
+    except OSError as exc:
+        if exc.errno not in NO_MODES:
+            raise
+
+
 def apply_meta(folder: Path, rel: str, expect: LocalItem | None, entry: Entry) -> None:
     """A remote mode or mtime change to a file or folder whose content already matches,
     applied only while the path is what the plan saw; never setuid, setgid or sticky."""
     check_unchanged(folder, rel, expect)
     path = folder / rel
     if "x" in entry:
-        os.chmod(path, int(entry["x"]) & PERMISSIONS)
+        set_mode(path, int(entry["x"]))
     if entry.get("t") == "f" and "m" in entry:
         mtime = int(entry["m"])
         os.utime(path, ns=(mtime, mtime), follow_symlinks=False)
@@ -1305,7 +1320,7 @@ def make_dir(folder: Path, dest: str, mode: int) -> None:
     check_rel_path(dest)
     safe_dir(folder, dest)
     if mode:
-        os.chmod(folder / dest, mode & PERMISSIONS)
+        set_mode(folder / dest, mode)
 
 
 def local_item(folder: Path, rel: str) -> LocalItem | None:

@@ -21,11 +21,15 @@ log() { printf '==> %s\n' "$*" >&2; }
 
 # --- 1. system packages ------------------------------------------------------
 # dbus-run-session is in dbus-daemon on Debian 12; gnome-keyring pulls in a
-# session bus itself. fuse3 gives /dev/fuse users fusermount3. No dbus-x11.
+# session bus itself. fuse3 gives /dev/fuse users fusermount3. fusefat and
+# dosfstools give a real FAT file system over an image (case-insensitive folder
+# tests; no loop device needed). No dbus-x11.
 missing=()
 command -v dbus-run-session >/dev/null 2>&1 || missing+=(dbus-daemon)
 command -v gnome-keyring-daemon >/dev/null 2>&1 || missing+=(gnome-keyring)
 command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
+command -v fusefat >/dev/null 2>&1 || missing+=(fusefat)
+command -v mkfs.vfat >/dev/null 2>&1 || missing+=(dosfstools)
 [ -s /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
 
 if ((${#missing[@]})); then
@@ -35,7 +39,7 @@ if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt_install() {
         "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
-            gnome-keyring dbus-daemon fuse3 ca-certificates >/dev/null
+            gnome-keyring dbus-daemon fuse3 fusefat dosfstools ca-certificates >/dev/null
     }
     # Update the package lists only if there are none, or if installing fails.
     if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
