@@ -239,6 +239,53 @@ def decrypt_blob_iter(src: Reader, dek: bytes, expected_file_id: bytes | None) -
             yield data[:keep] if keep < len(data) else data
 
 
+@dataclass(frozen=True)
+class OpenBlob:
+    """A blob whose header was authenticated: any one chunk can now be read and checked on its
+    own (random access for ranged reads). Truncation cannot hide: the chunk count comes from
+    the sealed length, and only the last index is opened with the final flag."""
+
+    header: BlobHeader
+    _aead: AESGCM
+
+    @property
+    def chunks(self) -> int:
+        return chunk_count(self.header.padded)
+
+    @property
+    def blob_len(self) -> int:
+        return BLOB_HEADER_SIZE + self.header.padded + TAG_SIZE * self.chunks
+
+    def chunk_span(self, index: int) -> tuple[int, int]:
+        """(offset in the blob, sealed length) of chunk ``index``."""
+        if not 0 <= index < self.chunks:
+            raise ValueError("chunk index out of range")
+        plain = min(CHUNK_SIZE, self.header.padded - index * CHUNK_SIZE)
+        return BLOB_HEADER_SIZE + index * (CHUNK_SIZE + TAG_SIZE), plain + TAG_SIZE
+
+
+def open_blob(header: bytes, dek: bytes, expected_file_id: bytes | None) -> OpenBlob:
+    opened = open_blob_header(header, dek, expected_file_id)
+    key, _ = _blob_keys(dek, opened.file_id)
+    return OpenBlob(opened, AESGCM(key))
+
+
+def decrypt_chunk(blob: OpenBlob, index: int, sealed: bytes) -> bytes:
+    """The plaintext of chunk ``index`` with the padding cut off (b"" for a chunk that is all
+    padding); IntegrityError if it is not that chunk of that blob."""
+    _offset, length = blob.chunk_span(index)
+    if len(sealed) != length:
+        raise IntegrityError()
+    final = index == blob.chunks - 1
+    try:
+        data = blob._aead.decrypt(_chunk_nonce(index, final), sealed,
+                                  _chunk_aad(blob.header.file_id, index, final))
+    except InvalidTag as exc:
+        raise IntegrityError() from exc
+    keep = max(0, min(len(data), blob.header.size - index * CHUNK_SIZE))
+    return data[:keep] if keep < len(data) else data
+
+
 def decrypt_blob(src: Reader, dst: _Writer, dek: bytes, expected_file_id: bytes | None,
                  expected_sha256: str | None = None) -> int:
     digest = hashlib.sha256()

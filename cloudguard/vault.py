@@ -30,6 +30,7 @@ from . import format as fmt
 from . import keys as keymod
 from . import manifest as mf
 from . import passphrase as passphrases
+from . import reader as readers
 from .chain import Secret
 from .errors import (
     CloudguardError,
@@ -1448,6 +1449,21 @@ def _unfinished(s: Session) -> dict[str, Any] | None:
     from . import rekey
 
     return rekey.unfinished(s)
+
+
+@contextmanager
+def open_reader(folder: str | None, path: str,
+                cache: readers.ChunkCache | None = None) -> Iterator[readers.FileReader]:
+    """The vault's current version of ``path``, read by byte ranges (``.read(offset, n)``)
+    without downloading the file or writing plaintext anywhere; the folder is not touched."""
+    with session(folder) as s:
+        sibs = s.state.siblings(sync.check_rel_path(path))
+        if not sibs:
+            raise UsageError(f"{path}: not in the vault")
+        _dot, entry = sync.newest(sibs)
+        if entry.get("t") != "f":
+            raise UsageError(f"{path}: not a file in the vault")
+        yield readers.FileReader(s.transport, entry, s.ring.kek, cache, path)
 
 
 def verify(folder: str | None, read_data: bool = False, ui: UI | None = None
