@@ -1451,11 +1451,11 @@ def _unfinished(s: Session) -> dict[str, Any] | None:
     return rekey.unfinished(s)
 
 
-@contextmanager
 def open_reader(folder: str | None, path: str,
-                cache: readers.ChunkCache | None = None) -> Iterator[readers.FileReader]:
+                cache: readers.ChunkCache | None = None) -> readers.FileReader:
     """The vault's current version of ``path``, read by byte ranges (``.read(offset, n)``)
-    without downloading the file or writing plaintext anywhere; the folder is not touched."""
+    without downloading the file or writing plaintext anywhere; the folder is not touched.
+    The reader outlives the session: it holds the version's entry and key, not the lock."""
     with session(folder) as s:
         sibs = s.state.siblings(sync.check_rel_path(path))
         if not sibs:
@@ -1463,7 +1463,7 @@ def open_reader(folder: str | None, path: str,
         _dot, entry = sync.newest(sibs)
         if entry.get("t") != "f":
             raise UsageError(f"{path}: not a file in the vault")
-        yield readers.FileReader(s.transport, entry, s.ring.kek, cache, path)
+        return readers.FileReader(s.transport, entry, s.ring.kek, cache, path)
 
 
 def verify(folder: str | None, read_data: bool = False, ui: UI | None = None
