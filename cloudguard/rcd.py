@@ -1,0 +1,297 @@
+"""The object store through one long-lived ``rclone rcd``, for long-lived faces.
+
+Every :class:`~cloudguard.transport.RcloneTransport` call starts an rclone process, 70-120 ms
+each (docs/design.md, "Talking to rclone"): fine for a CLI run, too slow for a daemon that
+pushes one file, or a mount that reads 4 KiB. :class:`RcdTransport` starts ``rclone rcd`` once
+and talks HTTP to it over a unix socket in a 0700 folder (rc access is shell access, so never a
+TCP port): listings, small objects, deletes and ranged reads (``--rc-serve`` answers Range
+requests) cost a round trip, not a process. Whole-object semantics stay those of the process
+transport: small objects are spooled and copied (``operations/copyfile``), never streamed.
+Streamed and batched uploads go through the process transport, where one process start is
+nothing beside the transfer.
+
+The rclone child dies with the thread that started it (``PR_SET_PDEATHSIG``), so a killed
+daemon leaves no rcd behind; :meth:`RcdTransport.close` stops it at once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import IO, Any, cast
+
+from . import limits, remotes
+from .errors import TransportError
+from .transport import (
+    _IO_BUFFER,
+    MissingObject,
+    ObjectInfo,
+    RcloneTransport,
+    scratch_dir,
+)
+
+__all__ = ["RcdTransport"]
+
+_PR_SET_PDEATHSIG = 1
+try:  # resolved here, not in the child: between fork and exec nothing may load a library
+    _PRCTL: Any = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):
+    _PRCTL = None
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class RcdTransport:
+    """The :class:`~cloudguard.transport.Transport` protocol over one ``rclone rcd``."""
+
+    def __init__(self, remote: str, inner: RcloneTransport | None = None) -> None:
+        self.inner = inner or RcloneTransport(remote)
+        self.remote = self.inner.remote
+        self.local = self.inner.local
+        self.stall = self.inner.stall
+        self._dir = Path(tempfile.mkdtemp(prefix="rcd-", dir=scratch_dir()))  # 0700
+        self._sock = str(self._dir / "rc.sock")
+        self._log = self._dir / "rclone.log"
+        with self._log.open("wb") as log:
+            self._proc = subprocess.Popen(
+                [self.inner.binary, "rcd", "--rc-addr", f"unix://{self._sock}", "--rc-no-auth",
+                 "--rc-serve", "--log-level", "NOTICE", *self.inner.extra],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                preexec_fn=_die_with_parent)  # noqa: PLW1509 (one ctypes call, no locks)
+        self._conn: _UnixConnection | None = None
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                self._call("rc/noop", {})
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = None
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    self.close()
+                    raise TransportError(f"rclone rcd did not start: {self._last_log()}") from exc
+                time.sleep(0.02)
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    def _connection(self) -> _UnixConnection:
+        if self._conn is None:
+            self._conn = _UnixConnection(self._sock, self.stall)
+        return self._conn
+
+    def _request(self, method: str, path: str, body: bytes | None = None,
+                 headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
+        for attempt in (0, 1):  # a kept-alive connection the server closed: reconnect once
+            conn = self._connection()
+            try:
+                conn.request(method, path, body=body, headers=headers or {})
+                return conn.getresponse()
+            except (ConnectionError, http.client.RemoteDisconnected, BrokenPipeError):
+                conn.close()
+                self._conn = None
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _call(self, command: str, params: dict[str, Any]) -> dict[str, Any]:
+        data = json.dumps(params).encode()
+        resp = self._request("POST", "/" + command, data, {"Content-Type": "application/json"})
+        raw = resp.read()
+        try:
+            doc = json.loads(raw or b"{}")
+        except ValueError as exc:
+            raise TransportError(f"rclone rcd answered {command} with malformed JSON") from exc
+        if resp.status != 200:
+            raise self._error(command, str(doc.get("error", raw[:200])))
+        return doc if isinstance(doc, dict) else {}
+
+    def _error(self, what: str, message: str) -> TransportError:
+        shown = remotes.redact(self.remote)
+        message = message.replace(self.remote, shown)
+        if "not found" in message.lower():
+            return MissingObject(f"{what}: object missing on the remote ({shown})")
+        return TransportError(f"rclone failed on {what} at {shown}: {message}")
+
+    def _last_log(self) -> str:
+        try:
+            lines = self._log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "no log"
+        return lines[-1] if lines else "no output"
+
+    def _split(self, name: str) -> tuple[str, str]:
+        """(fs, path inside it) for rc calls: the remote itself is the fs."""
+        return self.remote, name
+
+    # --- the Transport protocol -------------------------------------------------------------
+
+    def list(self, prefix: str = "", with_hash: bool = False) -> dict[str, ObjectInfo]:
+        fs, path = self._split(prefix.rstrip("/"))
+        try:
+            doc = self._call("operations/list", {
+                "fs": fs, "remote": path,
+                "opt": {"recurse": True, "filesOnly": True, "noModTime": True,
+                        "noMimeType": True, "showHash": with_hash}})
+        except MissingObject:
+            return {}  # an empty or missing prefix lists nothing, as lsjson does
+        out: dict[str, ObjectInfo] = {}
+        for item in doc.get("list") or []:
+            name = str(item["Path"])  # relative to the remote's root, prefix included
+            out[name] = ObjectInfo(name=name, size=int(item["Size"]),
+                                   hashes=dict(item.get("Hashes") or {}))
+        return out
+
+    def writer(self, name: str) -> Any:
+        return self.inner.writer(name)
+
+    @contextmanager
+    def reader(self, name: str, offset: int = 0, count: int | None = None
+               ) -> Iterator[IO[bytes]]:
+        if count == 0:
+            yield cast(IO[bytes], _Body(None))
+            return
+        quoted = urllib.parse.quote(f"[{self.remote}]/{name}", safe="/[]:")
+        headers = {}
+        if offset or count is not None:
+            end = "" if count is None else str(offset + count - 1)
+            headers["Range"] = f"bytes={offset}-{end}"
+        # a reader may be held while other calls run: a connection of its own
+        conn = _UnixConnection(self._sock, self.stall)
+        try:
+            conn.request("GET", "/" + quoted, headers=headers)
+            resp = conn.getresponse()
+            if resp.status == 404:
+                raise MissingObject(f"downloading {name}: object missing on the remote "
+                                    f"({remotes.redact(self.remote)})")
+            if resp.status not in (200, 206):
+                raise self._error(f"downloading {name}", f"HTTP {resp.status} "
+                                  f"{resp.read(200).decode(errors='replace')}")
+            if (offset or count is not None) and resp.status != 206:
+                raise TransportError(f"downloading {name}: the rcd ignored the byte range")
+            yield cast(IO[bytes], _Body(resp))
+        except (OSError, http.client.HTTPException) as exc:
+            raise TransportError(f"downloading {name} from {remotes.redact(self.remote)}: "
+                                 f"{exc}") from exc
+        finally:
+            conn.close()
+
+    def put_bytes(self, name: str, data: bytes) -> None:
+        """Whole or nothing under ``name``: spooled, then copied by rclone (as copyto)."""
+        with tempfile.TemporaryDirectory(prefix="cloudguard-put-", dir=scratch_dir()) as tmp:
+            spool = Path(tmp) / "object"
+            fd = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            fs, path = self._split(name)
+            self._call("operations/copyfile", {"srcFs": tmp, "srcRemote": "object",
+                                               "dstFs": fs, "dstRemote": path})
+
+    def get_bytes(self, name: str, limit: int | None = None) -> bytes:
+        most = limits.cap(name) if limit is None else limit
+        parts: list[bytes] = []
+        got = 0
+        with self.reader(name) as stream:
+            while block := stream.read(_IO_BUFFER):
+                got += len(block)
+                limits.check(name, got, most)
+                parts.append(block)
+        return b"".join(parts)
+
+    def get_many(self, names: Iterable[str]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        for name in sorted(set(names)):
+            with suppress(TransportError):
+                out[name] = self.get_bytes(name)
+        return out
+
+    def get_matching(self, patterns: Sequence[str]) -> dict[str, bytes]:
+        return self.inner.get_matching(patterns)
+
+    def put_files(self, folder: Path, names: Sequence[str], prefix: str,
+                  progress: Callable[[int], None] | None = None) -> None:
+        if len(names) > 8:  # a batch: one rclone copy with its parallel transfers wins
+            self.inner.put_files(folder, names, prefix, progress)
+            return
+        for name in names:
+            fs, path = self._split(prefix + name)
+            size = (folder / name).stat().st_size
+            self._call("operations/movefile", {"srcFs": str(folder), "srcRemote": name,
+                                               "dstFs": fs, "dstRemote": path})
+            (folder / name).unlink(missing_ok=True)
+            if progress is not None:
+                progress(size)
+
+    def delete(self, names: Iterable[str]) -> None:
+        for name in sorted(set(names)):
+            fs, path = self._split(name)
+            with suppress(MissingObject):  # already gone is what we wanted
+                self._call("operations/deletefile", {"fs": fs, "remote": path})
+
+    def ensure_root(self) -> None:
+        self.inner.ensure_root()
+
+    def local_root(self) -> Path | None:
+        return self.inner.local_root()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        with suppress(OSError):
+            for child in self._dir.iterdir():
+                child.unlink()
+            self._dir.rmdir()
+
+
+class _Body:
+    """An HTTP response body as the readable stream the engine expects."""
+
+    def __init__(self, resp: http.client.HTTPResponse | None) -> None:
+        self.resp = resp
+
+    def read(self, size: int = -1) -> bytes:
+        if self.resp is None:
+            return b""
+        return self.resp.read() if size < 0 else self.resp.read(size)
+
+    def close(self) -> None:
+        if self.resp is not None:
+            self.resp.close()

@@ -1,0 +1,84 @@
+"""The rcd transport (one long-lived ``rclone rcd`` on a unix socket) behaves like the
+process transport on every kind of real remote: listings, whole small objects, ranged reads,
+deletes, missing objects; and it leaves no rclone behind."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cloudguard.rcd import RcdTransport
+from cloudguard.transport import MissingObject, RcloneTransport
+
+
+def test_rcd_matches_the_process_transport(remote: str) -> None:
+    proc = RcloneTransport(remote)
+    proc.ensure_root()
+    rcd = RcdTransport(remote)
+    try:
+        blob = os.urandom(300_000)
+        rcd.put_bytes("m/big-object", blob)
+        rcd.put_bytes("m/dev-00000001.d", b"segment")
+        proc.put_bytes("keys/00000000-x", b"commit")
+        assert {n: o.size for n, o in rcd.list().items()} == \
+            {n: o.size for n, o in proc.list().items()} == {
+                "m/big-object": 300_000, "m/dev-00000001.d": 7, "keys/00000000-x": 6}
+        assert set(rcd.list("m/")) == {"m/dev-00000001.d", "m/big-object"}
+        assert rcd.list("nothing/") == {}
+        assert rcd.get_bytes("m/big-object") == proc.get_bytes("m/big-object") == blob
+        with rcd.reader("m/big-object", offset=100_000, count=70_000) as stream:
+            assert stream.read() == blob[100_000:170_000]
+        with rcd.reader("m/big-object", offset=299_990) as stream:
+            assert stream.read() == blob[299_990:]
+        assert rcd.get_many(["m/dev-00000001.d", "keys/00000000-x", "gone"]) == {
+            "m/dev-00000001.d": b"segment", "keys/00000000-x": b"commit"}
+        with pytest.raises(MissingObject):
+            rcd.get_bytes("data/none")
+        rcd.delete(["m/dev-00000001.d", "never/there"])
+        assert set(proc.list()) == {"m/big-object", "keys/00000000-x"}
+    finally:
+        rcd.close()
+
+
+def test_the_socket_is_private_and_nothing_outlives_close(local_remote: str) -> None:
+    rcd = RcdTransport(local_remote)
+    sock_dir = Path(rcd._sock).parent
+    assert stat.S_IMODE(sock_dir.stat().st_mode) == 0o700
+    pid = rcd._proc.pid
+    rcd.close()
+    assert rcd._proc.poll() is not None and not sock_dir.exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_the_rcd_dies_with_a_killed_owner(local_remote: str, tmp_path: Path) -> None:
+    """A daemon killed with SIGKILL must not leave an rclone serving the remote."""
+    pid_file = tmp_path / "pid"
+    code = ("import sys, time; from cloudguard.rcd import RcdTransport; "
+            f"t = RcdTransport({local_remote!r}); "
+            f"open({str(pid_file)!r}, 'w').write(str(t._proc.pid)); time.sleep(60)")
+    owner = subprocess.Popen([sys.executable, "-c", code], env={**os.environ})
+    deadline = time.monotonic() + 30
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline and owner.poll() is None
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    owner.kill()
+    owner.wait()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{child}/stat") as fh:  # a zombie waiting for init counts as gone
+            if fh.read().split()[2] == "Z":
+                break
+        assert time.monotonic() < deadline, "rclone rcd outlived its owner"
+        time.sleep(0.05)
