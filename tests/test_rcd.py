@@ -38,6 +38,8 @@ def test_rcd_matches_the_process_transport(remote: str) -> None:
             assert stream.read() == blob[299_990:]
         assert rcd.get_many(["m/dev-00000001.d", "keys/00000000-x", "gone"]) == {
             "m/dev-00000001.d": b"segment", "keys/00000000-x": b"commit"}
+        assert rcd.get_matching(["/keys/*", "/nothing.json"]) == \
+            proc.get_matching(["/keys/*", "/nothing.json"]) == {"keys/00000000-x": b"commit"}
         with pytest.raises(MissingObject):
             rcd.get_bytes("data/none")
         rcd.delete(["m/dev-00000001.d", "never/there"])
