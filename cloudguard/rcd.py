@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -89,16 +90,15 @@ class RcdTransport:
                  "--rc-serve", "--log-level", "NOTICE", *self.inner.extra],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
                 preexec_fn=_die_with_parent)  # noqa: PLW1509 (one ctypes call, no locks)
-        self._conn: _UnixConnection | None = None
+        self._all: list[_UnixConnection] = []
+        self._local = threading.local()  # http.client connections are not thread-safe: one each
         deadline = time.monotonic() + 15
         while True:
             try:
                 self._call("rc/noop", {})
                 break
             except (OSError, http.client.HTTPException) as exc:
-                if self._conn is not None:
-                    self._conn.close()
-                self._conn = None
+                self._drop_connection()
                 if self._proc.poll() is not None or time.monotonic() > deadline:
                     self.close()
                     raise TransportError(f"rclone rcd did not start: {self._last_log()}") from exc
@@ -107,9 +107,18 @@ class RcdTransport:
     # --- plumbing ------------------------------------------------------------------------
 
     def _connection(self) -> _UnixConnection:
-        if self._conn is None:
-            self._conn = _UnixConnection(self._sock, self.stall)
-        return self._conn
+        conn: _UnixConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _UnixConnection(self._sock, self.stall)
+            self._local.conn = conn
+            self._all.append(conn)
+        return conn
+
+    def _drop_connection(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
 
     def _request(self, method: str, path: str, body: bytes | None = None,
                  headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
@@ -119,8 +128,7 @@ class RcdTransport:
                 conn.request(method, path, body=body, headers=headers or {})
                 return conn.getresponse()
             except (ConnectionError, http.client.RemoteDisconnected, BrokenPipeError):
-                conn.close()
-                self._conn = None
+                self._drop_connection()
                 if attempt:
                     raise
         raise AssertionError("unreachable")
@@ -269,9 +277,9 @@ class RcdTransport:
         return self.inner.local_root()
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        for conn in self._all:
+            conn.close()
+        self._all.clear()
         if self._proc.poll() is None:
             self._proc.terminate()
             try:

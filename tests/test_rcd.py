@@ -84,3 +84,20 @@ def test_the_rcd_dies_with_a_killed_owner(local_remote: str, tmp_path: Path) -> 
                 break
         assert time.monotonic() < deadline, "rclone rcd outlived its owner"
         time.sleep(0.05)
+
+
+def test_calls_from_several_threads_at_once(local_remote: str) -> None:
+    """A session lists and fetches on two threads at once (http.client is not thread-safe)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rcd = RcdTransport(local_remote)
+    try:
+        for i in range(20):
+            rcd.put_bytes(f"m/seg-{i}", bytes([i]) * 100)
+        with ThreadPoolExecutor(8) as pool:
+            lists = list(pool.map(lambda _i: len(rcd.list("m/")), range(40)))
+            gets = list(pool.map(lambda i: rcd.get_bytes(f"m/seg-{i % 20}"), range(40)))
+        assert lists == [20] * 40
+        assert gets == [bytes([i % 20]) * 100 for i in range(40)]
+    finally:
+        rcd.close()
