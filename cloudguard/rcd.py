@@ -57,6 +57,17 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _socket_dir() -> Path:
+    """A fresh 0700 folder for the socket: under CLOUDGUARD_HOME when its path is short
+    enough for a unix socket (108 bytes), else in the runtime or temp folder."""
+    here = Path(tempfile.mkdtemp(prefix="rcd-", dir=scratch_dir()))
+    if len(str(here / "rc.sock").encode()) < 100:
+        return here
+    here.rmdir()
+    return Path(tempfile.mkdtemp(prefix="cloudguard-rcd-",
+                                 dir=os.environ.get("XDG_RUNTIME_DIR") or None))
+
+
 class _UnixConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
@@ -81,7 +92,7 @@ class RcdTransport:
         self.remote = self.inner.remote
         self.local = self.inner.local
         self.stall = self.inner.stall
-        self._dir = Path(tempfile.mkdtemp(prefix="rcd-", dir=scratch_dir()))  # 0700
+        self._dir = _socket_dir()
         self._sock = str(self._dir / "rc.sock")
         self._log = self._dir / "rclone.log"
         with self._log.open("wb") as log:

@@ -101,3 +101,19 @@ def test_calls_from_several_threads_at_once(local_remote: str) -> None:
         assert gets == [bytes([i % 20]) * 100 for i in range(40)]
     finally:
         rcd.close()
+
+
+def test_a_deep_cloudguard_home_still_gets_a_socket(local_remote: str, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A unix socket path holds at most 108 bytes; a deep CLOUDGUARD_HOME must not break it."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    monkeypatch.setenv("CLOUDGUARD_HOME", str(deep))
+    rcd = RcdTransport(local_remote)
+    try:
+        assert len(rcd._sock) < 108 and stat.S_IMODE(Path(rcd._sock).parent.stat().st_mode) \
+            == 0o700
+        rcd.put_bytes("m/x", b"x")
+        assert rcd.get_bytes("m/x") == b"x"
+    finally:
+        rcd.close()
