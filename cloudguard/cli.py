@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 import click
 
-from . import __version__, audit, history, passphrase, vault
+from . import __version__, audit, passphrase, vault
 from .errors import (
     CloudguardError,
     FileChangedError,
@@ -24,6 +24,7 @@ from .errors import (
     TransportError,
     UsageError,
 )
+from .ops import history
 
 
 def _tty() -> bool:
@@ -415,7 +416,7 @@ def repair_cmd(folder: str | None, republish: bool, yes: bool, as_json: bool) ->
     """Re-upload what verify --read-data finds lost or damaged, from local files that still
     match the manifest, as new objects; report what cannot be repaired."""
     def go() -> None:
-        from . import repair
+        from .ops import repair
 
         if republish:
             def confirm(question: str) -> bool:

@@ -21,7 +21,7 @@ from cloudguard import chain
 from cloudguard import format as fmt
 from cloudguard import manifest as mf
 from cloudguard.errors import CloudguardError, IntegrityError
-from cloudguard.vault import parse_descriptor
+from cloudguard.layout import parse_descriptor
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import CHEAP_KDF_LOG_N, cg, cg_json, cg_proc, share
 
-from cloudguard import chain, keys, limits, sync, vault
+from cloudguard import chain, keys, layout, limits, sync, vault
 from cloudguard import format as fmt
 from cloudguard import manifest as mf
 from cloudguard.errors import IntegrityError, TransportError
@@ -169,7 +169,7 @@ def test_nested_recovery_kit_is_exit_3_naming_it(local_remote: str, tmp_path: Pa
 
 
 def test_caps_cover_every_kind_of_object_read_whole() -> None:
-    assert limits.cap(vault.DESCRIPTOR) == limits.MAX_DESCRIPTOR
+    assert limits.cap(layout.DESCRIPTOR) == limits.MAX_DESCRIPTOR
     assert limits.cap(chain.commit_name(3, "ab" * 32)) == limits.MAX_KEYS
     assert limits.cap(chain.commit_name(3, "ab" * 32) + ".k") == limits.MAX_KEYS
     assert limits.cap(keys.ENROLL_PREFIX + "0123456789abcdef") == limits.MAX_ENROLMENT
@@ -180,20 +180,20 @@ def test_caps_cover_every_kind_of_object_read_whole() -> None:
 def test_oversized_object_is_refused_while_it_arrives(local_remote: str) -> None:
     """The listing is not trusted: reading stops at the cap, so memory stays bounded."""
     root = Path(local_remote)
-    with (root / vault.DESCRIPTOR).open("wb") as fh:
+    with (root / layout.DESCRIPTOR).open("wb") as fh:
         fh.truncate(64 * limits.MiB)
     (root / "keys").mkdir()
     (root / "keys" / "00000001").write_bytes(b"{}")
     transport = RcloneTransport(local_remote)
     tracemalloc.start()
     try:
-        with pytest.raises(IntegrityError, match=f"^{vault.DESCRIPTOR} holds more than "
+        with pytest.raises(IntegrityError, match=f"^{layout.DESCRIPTOR} holds more than "
                                                  f"{limits.MAX_DESCRIPTOR} bytes"):
-            transport.get_bytes(vault.DESCRIPTOR)
+            transport.get_bytes(layout.DESCRIPTOR)
         with pytest.raises(IntegrityError, match="^cloudguard.json holds more than 1048576"):
-            transport.get_bytes(vault.DESCRIPTOR, limits.MiB)
-        fetched = transport.get_many([vault.DESCRIPTOR, "keys/00000001"])
-        matched = transport.get_matching([f"/{vault.DESCRIPTOR}", "/keys/*"])
+            transport.get_bytes(layout.DESCRIPTOR, limits.MiB)
+        fetched = transport.get_many([layout.DESCRIPTOR, "keys/00000001"])
+        matched = transport.get_matching([f"/{layout.DESCRIPTOR}", "/keys/*"])
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from helpers import cg, cg_json, cg_proc, share
 
-from cloudguard import history
 from cloudguard.errors import UsageError
+from cloudguard.ops import history
 
 
 def _tick() -> None:

@@ -19,8 +19,9 @@ import pytest
 from click.testing import CliRunner, Result
 from helpers import cg, tree
 
-from cloudguard import keys, sync, vault
+from cloudguard import keys, sync
 from cloudguard.cli import main
+from cloudguard.ops import pull as pull_op
 from cloudguard.state import IndexRow
 
 
@@ -425,16 +426,16 @@ def test_disk_filling_up_during_the_pull_frees_what_was_staged(
     a.cg("push")
     before = tree(b.folder)
     filler = small_fs / "filler"
-    real = vault._check_space
+    real = pull_op._check_space
 
     def then_fill(s: Any, downloads: Any) -> None:
         real(s, downloads)
         free = shutil.disk_usage(small_fs).free
         filler.write_bytes(b"\0" * (free - 1024 * 1024))  # room for one file, not three
 
-    monkeypatch.setattr(vault, "_check_space", then_fill)
+    monkeypatch.setattr(pull_op, "_check_space", then_fill)
     result = b.cg("pull", code=1)
-    monkeypatch.setattr(vault, "_check_space", real)
+    monkeypatch.setattr(pull_op, "_check_space", real)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "not enough space" in lines[0] and "2.6 MiB" in lines[0], lines
     assert tree(b.folder) == before  # the staged files are freed, nothing partial

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from helpers import CHEAP_KDF_LOG_N, cg, cg_json, cg_proc, share, tree
 
-from cloudguard import audit, rekey, sync
+from cloudguard import audit, sync
+from cloudguard.ops import rekey
 
 
 def objects(remote: str) -> set[str]:
@@ -86,7 +87,8 @@ def test_interrupted_reencrypt_is_shown_audited_and_resumed(
 
 KILL_AFTER = """
 import os, signal, sys
-from cloudguard import keys, rekey
+from cloudguard import keys
+from cloudguard.ops import rekey
 keys.TEST_KDF_LOG_N = {log_n}
 rekey.BATCH_FILES = 1
 rekey.after_batch = lambda n: os.kill(os.getpid(), signal.SIGKILL) if n == 3 else None

@@ -14,7 +14,8 @@ import pytest
 from click.testing import CliRunner
 from helpers import cg, cg_json, cg_proc, share, stored, tree
 
-from cloudguard import audit, cli, rekey, sync, vault
+from cloudguard import audit, cli, sync, vault
+from cloudguard.ops import rekey
 
 
 def blob_of(folder: Path, path: str) -> tuple[str, int, int]:

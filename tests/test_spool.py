@@ -106,7 +106,7 @@ def test_an_interrupted_pull_reuses_what_it_authenticated(
     read back, so a planted or damaged one is fetched again."""
     from helpers import share
 
-    from cloudguard import vault
+    from cloudguard.ops import pull as pull_op
 
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
@@ -116,7 +116,7 @@ def test_an_interrupted_pull_reuses_what_it_authenticated(
     for name, data in contents.items():
         (a / name).write_bytes(data)
     cg("push", "--folder", str(a))
-    real_stage = vault._stage
+    real_stage = pull_op._stage
     staged: list[str] = []
 
     def ctrl_c_on_the_fourth(*args: object) -> object:
@@ -126,14 +126,14 @@ def test_an_interrupted_pull_reuses_what_it_authenticated(
         staged.append(str(args[1]))
         return result
 
-    monkeypatch.setattr(vault, "_stage", ctrl_c_on_the_fourth)
+    monkeypatch.setattr(pull_op, "_stage", ctrl_c_on_the_fourth)
     out = cg("pull", "--folder", str(b), code=1)
     assert "3 file(s) were downloaded and authenticated" in out.stderr, out.stderr
     assert not any((b / n).exists() for n in contents)  # nothing landed
     kept = sorted((b / ".cloudguard" / "staging").glob("ok-*"))
     assert len(kept) == 3
     kept[0].write_bytes(b"planted" + kept[0].read_bytes()[7:])  # same size, other content
-    monkeypatch.setattr(vault, "_stage", real_stage)
+    monkeypatch.setattr(pull_op, "_stage", real_stage)
     reads: list[str] = []
     real_reader = RcloneTransport.reader
 

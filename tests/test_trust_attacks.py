@@ -31,7 +31,7 @@ from cloudguard import manifest as mf
 from cloudguard.chain import Commit, Secret, View
 from cloudguard.cli import main
 from cloudguard.errors import IntegrityError
-from cloudguard.vault import descriptor_hash
+from cloudguard.layout import descriptor_hash
 
 # --- devices and the provider -------------------------------------------------------------
 

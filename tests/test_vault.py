@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import cg, cg_json, cg_proc, share, stored, tree
 
-from cloudguard.vault import _KNOWN
+from cloudguard.layout import _KNOWN
 
 HOSTILE = [
     "$(touch INJECTED).docx",
@@ -323,14 +323,14 @@ def test_local_manifest_state_follows_compaction_and_survives_damage(
     It must track another device's compactions (which delete segments it already applied),
     and a damaged or missing copy is rebuilt from the remote."""
     from cloudguard import manifest as mf
-    from cloudguard import vault
+    from cloudguard.ops import maintain
     from cloudguard.state import find_binding
 
     a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
     a.mkdir()
     (a / "base.txt").write_text("base")
     share(local_remote, a, b, kit)
-    monkeypatch.setattr(vault, "COMPACT_AFTER", 2)
+    monkeypatch.setattr(maintain, "COMPACT_AFTER", 2)
     for i in range(5):
         (a / f"f{i}.txt").write_text(f"version {i}")
         if i % 2:

@@ -19,30 +19,25 @@ finishes it (another device sees the exposure, not the unfinished run).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from . import audit, chain, sync
-from . import format as fmt
-from . import manifest as mf
-from .errors import CloudguardError, IntegrityError, named
-from .keys import now_iso
-from .state import Binding, Index
-from .vault import Session, _log, _PlainStream
+from .. import chain, sync
+from .. import format as fmt
+from .. import manifest as mf
+from ..errors import CloudguardError, IntegrityError, named
+from ..keys import now_iso
+from ..session import INTENT, Session, intent
+from .common import _log
 
-INTENT = "reencrypt"  # index meta: the re-encryption this device started and has not finished
 BATCH_BYTES = 64 * 1024 * 1024  # re-encrypted ciphertext committed in one delta segment ...
 BATCH_FILES = 1000  # ... or this many files, whichever comes first
 after_batch: Callable[[int], None] | None = None  # tests: called after each committed batch
 
 FIX = "cloudguard key rotate --reencrypt finishes it (files already done are not redone)"
-
-
-def intent(index: Index) -> dict[str, Any] | None:
-    got = index.get_meta(INTENT)
-    return got if isinstance(got, dict) else None
 
 
 def begin(s: Session, remove: str | None, earlier: dict[str, Any] | None = None
@@ -96,19 +91,6 @@ def unfinished(s: Session) -> dict[str, Any] | None:
             "removed": started.get("removed"), "started": started.get("started"),
             "files_left": left, "files_done": total - left, "kept_versions_left": kept,
             "fix": FIX}
-
-
-def note_interrupted(index: Index, binding: Binding) -> None:
-    """A session found the intent of a run that is not running (we hold the folder lock): it
-    was killed. Recorded once per killed run."""
-    started = intent(index)
-    if started is None or started.get("noted"):
-        return
-    audit.record("reencrypt-interrupted", vault=binding.vault_id, device=binding.device,
-                 epoch_to=started.get("epoch"), commit=started.get("commit"),
-                 started=started.get("started"))
-    started["noted"] = True
-    index.set_meta(INTENT, started)
 
 
 def run(s: Session, started: dict[str, Any], resumed: bool) -> dict[str, Any]:
@@ -252,3 +234,31 @@ def _finish(s: Session, started: dict[str, Any]) -> int:
     with s.index.transaction():
         s.index.clear_pending(s.index.pending())
     return len(doomed)
+
+
+class _PlainStream:
+    """Adapts decrypted pieces to a reader, checking the plaintext hash at the end."""
+
+    def __init__(self, pieces: Iterator[bytes], expected: str) -> None:
+        self.pieces = pieces
+        self.buffer = b""
+        self.digest = hashlib.sha256()
+        self.expected = expected
+        self.done = False
+
+    def read(self, size: int = -1) -> bytes:
+        while not self.done and (size < 0 or len(self.buffer) < size):
+            piece = next(self.pieces, None)
+            if piece is None:
+                self.done = True
+                break
+            self.digest.update(piece)
+            self.buffer += piece
+        if size < 0:
+            size = len(self.buffer)
+        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        return data
+
+    def finish(self) -> None:
+        if self.digest.hexdigest() != self.expected:
+            raise IntegrityError("plaintext hash mismatch during re-encryption")

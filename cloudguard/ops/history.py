@@ -21,10 +21,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import sync
-from .errors import FileChangedError, IntegrityError, UsageError
-from .manifest import Entry
-from .vault import UI, Session, _audited, _log, _scan, _stage, session
+from .. import sync
+from ..errors import FileChangedError, IntegrityError, UsageError
+from ..manifest import Entry
+from ..session import UI, Session, session
+from .common import _audited, _log, _scan
+from .pull import _stage
 
 _AGO = re.compile(r"^(\d+)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -21,27 +21,23 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from . import chain, sync, trust
-from . import format as fmt
-from . import manifest as mf
-from .errors import FileChangedError, HistoryError, IntegrityError, UsageError
-from .state import Binding, Index, find_binding, folder_lock
-from .vault import (
+from .. import chain, sync, trust
+from .. import format as fmt
+from .. import manifest as mf
+from ..errors import FileChangedError, HistoryError, IntegrityError, UsageError
+from ..layout import descriptor_hash, listing_descriptor, parse_descriptor
+from ..session import (
     UI,
     Session,
-    _audited,
-    _authenticate,
     _device_key,
-    _log,
-    _Null,
     _prefetch,
     _recover_torn_segment,
     _transport,
-    descriptor_hash,
-    listing_descriptor,
-    parse_descriptor,
     session,
 )
+from ..state import Binding, Index, find_binding, folder_lock
+from .common import _audited, _log
+from .verify import _authenticate, _Null
 
 Place = tuple[str, str, dict[str, Any]]  # path, dot, entry
 

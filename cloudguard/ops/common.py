@@ -1,0 +1,108 @@
+"""What several operations share: the audit record of each operation, the
+folder scan with case-folding resolution, and counting what changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .. import audit, folding, sync
+from ..errors import (
+    CloudguardError,
+    IntegrityError,
+    UsageError,
+)
+from ..session import Session
+from ..state import (
+    find_binding,
+)
+
+
+def _resolve(s: Session) -> list[str]:
+    """The conflict copies made of concurrent versions (a list, as pull reports them)."""
+    ops = sync.resolve_siblings(s.state, s.labels())
+    if ops:
+        s.commit(ops)
+    if folding.folds(s.folder):  # names this folder cannot hold apart get names of their own
+        renamed = folding.resolve(s.state)
+        if renamed:
+            s.commit(renamed)
+            s.ui.warn(f"{len(renamed) // 2} path(s) differ from others only by case or Unicode "
+                      f"normalisation, which this folder cannot tell apart: renamed to "
+                      f"'... ({folding.SUFFIX})' on every device")
+    return sorted(op["p"] for op in ops if not op["rm"])
+
+
+def _counts(kinds: Iterable[str]) -> dict[str, int]:
+    """Files, folders and links apart: "updated 42" must not call 40 folders files."""
+    out = {"files": 0, "folders": 0, "links": 0}
+    for kind in kinds:
+        out[{"d": "folders", "l": "links"}.get(kind, "files")] += 1
+    return out
+
+
+def _scan(s: Session) -> dict[str, sync.LocalItem]:
+    """The folder as it is now: the scan started with the session, if nothing since could have
+    changed it, else a fresh one."""
+    if s.prescan is not None:
+        items, warnings, unreadable = s.prescan()
+        s.prescan = None  # used once
+        for warning in warnings:
+            s.ui.warn(warning)
+    else:
+        unreadable = []
+        items = sync.scan(s.folder, s.ui.warn, unreadable)
+    s.unreadable = unreadable
+    sync.clear_staging(s.folder)  # temp files of a pull that was killed; we hold the lock
+    if folding.folds(s.folder):  # the disk's spelling of a manifest path is that path
+        items = folding.alias(items, [p for p, _d in s.state.dots()])
+    return items
+
+
+def _hasher(folder: Path) -> Callable[[str], str]:
+    return lambda rel: sync.hash_file(folder / rel)
+
+
+def _log(s: Session, event: str, **fields: Any) -> None:
+    audit.record(event, vault=s.binding.vault_id, device=s.binding.device,
+                 epoch=s.ring.head.epoch, **fields)
+
+
+@contextmanager
+def _audited(event: str, folder: str | None, every: bool = False) -> Iterator[None]:
+    """Integrity failures are logged too: they are what an audit is for. With ``every``, any
+    failure or interrupt is (an operation that leaves work unfinished, like re-encryption)."""
+    try:
+        yield
+    except IntegrityError:
+        audit.record(event, ok=False, exit_code=IntegrityError.exit_code,
+                     folder_id=_binding_id(folder))
+        raise
+    except BaseException as exc:
+        if every and not isinstance(exc, UsageError):  # a usage error never started anything
+            audit.record(event, ok=False, interrupted=True, error=type(exc).__name__,
+                         exit_code=getattr(exc, "exit_code", 1), folder_id=_binding_id(folder))
+        raise
+
+
+def _binding_id(folder: str | None) -> str | None:
+    try:
+        return find_binding(folder).id
+    except CloudguardError:
+        return None
+
+
+def _safe_hasher(folder: Path) -> Callable[[str], str]:
+    """A file that cannot be read matches nothing: it is then uploaded, which reports it."""
+    def digest(rel: str) -> str:
+        try:
+            return sync.hash_file(folder / rel)
+        except OSError:
+            return ""
+    return digest
+
+
+Confirm = Callable[[dict[str, Any]], bool]

@@ -1,0 +1,120 @@
+"""Maintenance after a push: compaction into snapshots, garbage collection
+after a grace period, and repacking half-empty packs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from typing import Any
+
+from .. import chain, sync
+from .. import format as fmt
+from .. import manifest as mf
+from ..errors import (
+    IntegrityError,
+    UsageError,
+)
+from ..session import Session
+
+COMPACT_AFTER = 32  # delta segments before a snapshot replaces them
+
+
+REPACK_BELOW = 0.5  # live fraction under which a pack is rewritten
+
+
+def gc_grace() -> float:
+    raw = os.environ.get("CLOUDGUARD_GC_GRACE", "86400")
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise UsageError(f"CLOUDGUARD_GC_GRACE={raw!r} is not a number of seconds") from exc
+
+
+def _collect_pending(s: Session) -> None:
+    """Objects we uploaded in a run that crashed before its commit are garbage: delete them,
+    and the spool files such a run left behind."""
+    shutil.rmtree(s.binding.dir / "spool", ignore_errors=True)
+    pending = s.index.pending()
+    if not pending:
+        return
+    live = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
+    stale = pending - live
+    if stale:
+        s.transport.delete(stale)
+    with s.index.transaction():
+        s.index.clear_pending(s.index.pending())
+
+
+def _maintain(s: Session) -> None:
+    """Compaction, repacking and garbage collection after a successful commit. Versions
+    replaced longer than ``keep_days`` ago leave the history first, so their objects are
+    garbage too."""
+    s.state.prune_attic(int(time.time()) - s.binding.keep_days * 86400)
+    if s.loaded.deltas >= COMPACT_AFTER:
+        s.snapshot()
+    _repack(s)
+    live = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
+    # rclone's temp names of a killed upload ("<name>.<hex>.partial") are garbage too
+    stored = {n for n in s.listing if n.startswith(sync.DATA_PREFIX) or (
+        n.startswith((mf.PREFIX, chain.KEYS_PREFIX)) and n.endswith(".partial"))}
+    mine = s.index.pending()
+    now = time.time()
+    seen = s.index.orphans()
+    orphans = {n: seen.get(n, now) for n in stored - live - mine}
+    doomed = {n for n, first in orphans.items() if now - first >= gc_grace()}
+    if doomed:
+        s.transport.delete(doomed)
+    with s.index.transaction():
+        s.index.set_orphans({n: t for n, t in orphans.items() if n not in doomed})
+
+
+def _repack(s: Session) -> bool:
+    """Copy live blobs of mostly-dead packs, as they are, into a fresh pack."""
+    victims: list[str] = []
+    for object_id, (live, lowest) in s.state.usage().items():
+        size = s.listing.get(sync.DATA_PREFIX + object_id)
+        if not size or lowest == 0:
+            continue  # a stand-alone object, or unknown
+        if live < REPACK_BELOW * size:
+            victims.append(object_id)
+    if not victims:
+        return False
+    moves = [(p, d, e) for p, d, e in s.state.in_objects(victims) if e.get("t") == "f"]
+    new_id = fmt.new_object_id()
+    name = sync.DATA_PREFIX + new_id
+    s.index.add_pending(name)
+    new_entries: dict[tuple[str, str], dict[str, Any]] = {}
+    with s.transport.writer(name) as raw:
+        out = sync.ObjectWriter(raw, md5=not s.transport.local)
+        pos = out.write(fmt.pack_header(os.urandom(16)))
+        groups = sync.group_by_object([(f"{p}\x00{d}", e) for p, d, e in moves])
+        for obj, items in groups.items():
+            for key, entry, reader, err in sync.read_blobs(s.transport, obj, items):
+                if reader is None:
+                    raise err or IntegrityError(obj)
+                data_len = int(entry["n"])
+                copied = 0
+                while copied < data_len:
+                    block = reader.read(min(1024 * 1024, data_len - copied))
+                    if not block:
+                        raise IntegrityError(f"{obj} is shorter than the manifest says")
+                    out.write(block)
+                    copied += len(block)
+                path, _, dot = key.partition("\x00")
+                new_entries[(path, dot)] = {**entry, "o": new_id, "a": pos}
+                pos += data_len
+        if s.binding.padding != "none":
+            sync.write_filler(out)
+            pos = out.count
+    digest = out.md5()
+    ops = [{"p": path, "reloc": {dot: {"o": new_id, "a": entry["a"], "om": digest,
+                                       "r": int(entry.get("r", 0)) + 1}}}
+           for (path, dot), entry in new_entries.items()]
+    s.commit(ops)
+    s.index.clear_pending({name})
+    s.listing[name] = pos
+    # The old packs are now unreferenced; the garbage collector deletes them after the grace
+    # period, so a concurrent push that still points at them keeps working meanwhile.
+    return True

@@ -1,0 +1,240 @@
+"""push: encrypt what changed in the folder, upload it, commit one delta segment.
+
+The guards run before anything is uploaded: the folder marker, the mass-delete
+limit, unreadable paths (never a delete).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .. import audit, sync
+from ..errors import (
+    GuardError,
+    UsageError,
+)
+from ..session import UI, Session, session
+from ..state import (
+    MAX_KEEP_DAYS,
+    IndexRow,
+    find_binding,
+    folder_lock,
+    signature,
+    write_marker,
+)
+from .common import _audited, _counts, _log, _resolve, _safe_hasher, _scan
+from .maintain import _collect_pending, _maintain
+from .rotate import _rewrap_stale
+
+
+def push(folder: str | None, dry_run: bool = False, ui: UI | None = None,
+         allow_mass_delete: bool = False) -> dict[str, Any]:
+    """``result["unreadable"]`` lists paths that could not be read: they kept their last
+    synced state, and the CLI exits 1 after the rest was pushed."""
+    with _audited("push", folder), session(folder, ui, scan=True, guard=True) as s:
+        _warn_exposed(s)
+        result = _push(s, dry_run, allow_mass_delete)
+        if not dry_run:
+            _log(s, "push", files=len(result["uploaded"]) + len(result["updated"]),
+                 deleted=len(result["deleted"]), objects=result.get("object_ids", []),
+                 segments=s.committed)
+        return result
+
+
+def _warn_exposed(s: Session) -> None:
+    """A sync client around the folder (found since init, or allowed there) is named on every
+    push; only around it: the scan already reads the inside."""
+    from .. import doctor as checks
+
+    for f in checks.exposure(s.folder, Path.home(), inside=False):
+        if f.level == "error":
+            s.ui.warn(f"{f.message} ({f.fix}; cloudguard doctor)")
+
+
+def _push_plan(s: Session, local: dict[str, sync.LocalItem]
+               ) -> tuple[sync.PushPlan, dict[str, IndexRow]]:
+    """Only what differs from the index needs a look: whole rows for those paths alone."""
+    sigs = s.index.signatures()
+    changed = {p: item for p, item in local.items()
+               if sigs.get(p) != signature(item.kind, item.size, item.mtime, item.mode,
+                                           item.target, item.ctime, item.ino)}
+    # a path the scan could not read is not gone: it keeps its last synced state
+    gone = [p for p in sigs if p not in local
+            and not (s.unreadable and sync.under(p, s.unreadable))]
+    rows = s.index.rows_for([*changed, *gone])
+    return sync.plan_push(changed, rows, sync.LazyView(s.state), _safe_hasher(s.folder),
+                          s.state.version), rows
+
+
+def _mass_delete_limits() -> tuple[float, int]:
+    """The mass-delete thresholds: CLOUDGUARD_MASS_DELETE_PERCENT and _FILES, if set."""
+    share, most = sync.MASS_DELETE_SHARE, sync.MASS_DELETE_FILES
+    raw = os.environ.get("CLOUDGUARD_MASS_DELETE_PERCENT")
+    if raw is not None:
+        try:
+            share = float(raw) / 100
+        except ValueError:
+            share = -1.0
+        if not 0 <= share <= 1:
+            raise UsageError(f"CLOUDGUARD_MASS_DELETE_PERCENT={raw!r} is not a percentage "
+                             "from 0 to 100")
+    raw = os.environ.get("CLOUDGUARD_MASS_DELETE_FILES")
+    if raw is not None:
+        if not raw.isdigit():
+            raise UsageError(f"CLOUDGUARD_MASS_DELETE_FILES={raw!r} is not a number of files")
+        most = int(raw)
+    return share, most
+
+
+def _mass_delete(s: Session, plan: sync.PushPlan) -> GuardError | None:
+    """The refusal a push deleting a large part of the folder gets, or None."""
+    deleting = sum(1 for row in plan.delete  # a renamed file is not deleted
+                   if row.kind != "d" and row.path not in plan.renamed)
+    if not deleting:
+        return None  # the common push: no count of the index needed
+    total = s.index.count_files()
+    share, most = _mass_delete_limits()
+    if not sync.mass_delete(deleting, total, share, most):
+        return None
+    what = (f"push would delete {deleting} of the {total} files in {s.folder} "
+            f"(more than {share:.0%} or {most} files)")
+    return GuardError(f"{what}; nothing was pushed. If that is right, run push "
+                      "--allow-mass-delete", "mass-delete", folder=str(s.folder),
+                      deleting=deleting, files=total, percent=round(share * 100, 2),
+                      max_files=most, question=f"{what}. Delete them everywhere?")
+
+
+def _check_mass_delete(s: Session, plan: sync.PushPlan, allow: bool) -> None:
+    """Ask before a push deletes a large part of the folder; without a terminal, refuse."""
+    refusal = None if allow else _mass_delete(s, plan)
+    if refusal is None:
+        return
+    question = str(refusal.details.pop("question"))
+    if s.ui.confirm is not None and s.ui.confirm(question):
+        return
+    raise refusal
+
+
+def _push(s: Session, dry_run: bool, allow_mass_delete: bool = False) -> dict[str, Any]:
+    conflicts = [] if dry_run else _resolve(s)
+    local = _scan(s)
+    plan, index_rows = _push_plan(s, local)
+    # a dry run has every key a push has (what it would do; nothing uploaded)
+    result: dict[str, Any] = {
+        "uploaded": [i.path for i in plan.upload], "updated": [i.path for i, _ in plan.put],
+        "deleted": [r.path for r in plan.delete if r.path not in plan.renamed],
+        "renamed": dict(sorted(plan.renamed.items())), "dry_run": dry_run,
+        "conflicts": conflicts, "unreadable": sorted(s.unreadable),
+        "skipped": [], "bytes_uploaded": 0, "objects": 0, "object_ids": [],
+        "mass_delete": False,
+        "counts": {"uploaded": _counts("f" for _ in plan.upload),
+                   "updated": _counts(i.kind for i, _ in plan.put),
+                   "deleted": _counts(r.kind for r in plan.delete
+                                      if r.path not in plan.renamed)}}
+    if dry_run:
+        result["mass_delete"] = _mass_delete(s, plan) is not None  # push would ask first
+        return result
+    _check_mass_delete(s, plan, allow_mass_delete)
+    _collect_pending(s)
+    _rewrap_stale(s)
+    total = sum(i.size for i in plan.upload)
+    with s.index.transaction():
+        for loc, dot, sha in plan.adopt:
+            s.index.put(sync.row_from(loc, dot, sha))
+
+    def landed(entries: dict[str, dict[str, Any]], objects: list[str]) -> None:
+        """Each uploaded batch is committed as soon as it is on the remote."""
+        _commit_ops(s, _replacing(s, entries, index_rows), local, objects)
+
+    with s.ui.progress("push", total) as advance:
+        up = sync.upload(s.folder, plan.upload, s.transport, s.binding.dir / "spool",
+                         s.ring.head_kek, s.ring.head.kek, s.binding.padding != "none",
+                         s.index.add_pending, s.ui.warn, advance, landed)
+    ops = _replacing(s, up.entries, index_rows)  # the last batch
+    for item, entry in plan.put:
+        row = index_rows.get(item.path)
+        if entry is None:
+            entry = ({"t": "d", "x": item.mode} if item.kind == "d"
+                     else {"t": "l", "l": item.target, "m": item.mtime})
+        ops.append({"p": item.path, "e": entry, "rm": _based_on(s, row)})
+    for row in plan.delete:
+        ops.append({"p": row.path, "e": None, "rm": _based_on(s, row)})
+    _commit_ops(s, ops, local, up.objects)
+    result["uploaded"] = sorted(up.paths)
+    result["counts"]["uploaded"] = _counts("f" for _ in up.paths)
+    result["skipped"] = up.skipped
+    result["unreadable"] = sorted({*s.unreadable, *up.unreadable})
+    result["bytes_uploaded"] = up.bytes_out
+    result["objects"] = len(up.objects)
+    result["object_ids"] = [n[len(sync.DATA_PREFIX):] for n in up.objects]
+    _maintain(s)
+    return result
+
+
+def _replacing(s: Session, entries: dict[str, dict[str, Any]], rows: dict[str, IndexRow]
+               ) -> list[dict[str, Any]]:
+    """Ops that put each entry in place of the version this device last synced there."""
+    return [{"p": path, "e": entry, "rm": _based_on(s, rows.get(path))}
+            for path, entry in entries.items()]
+
+
+def _based_on(s: Session, row: IndexRow | None) -> list[str]:
+    """The dots a local edit or delete replaces: the version this device synced, and every
+    sibling of identical content (two devices pushed the same edit at once). A sibling of
+    other content is a concurrent edit this device never saw: it stays, as a conflict."""
+    if row is None:
+        return []
+    sibs = s.state.siblings(row.path)
+    base = sibs.get(row.dot)
+    if base is None:
+        return [row.dot]
+    same = sync.content_key(base)
+    return sorted({row.dot} | {d for d, e in sibs.items() if sync.content_key(e) == same},
+                  key=sync.dot_key)
+
+
+def _commit_ops(s: Session, ops: list[dict[str, Any]], local: dict[str, sync.LocalItem],
+                objects: list[str]) -> None:
+    """One delta segment, then the index rows it settles and the objects it makes live."""
+    if not ops:
+        return
+    dot = s.commit(ops)
+    with s.index.transaction():
+        for op in ops:
+            path, entry = op["p"], op["e"]
+            if entry is None:
+                s.index.remove(path)
+                continue
+            loc = local[path]
+            if entry.get("t") == "f":  # as read; its ctime and inode if the scan saw the same
+                same = loc[2:5] == (int(entry["s"]), int(entry["m"]), int(entry["x"]))
+                loc = sync.LocalItem(path, "f", int(entry["s"]), int(entry["m"]),
+                                     int(entry["x"]), "", loc.ctime if same else 0,
+                                     loc.ino if same else 0)
+            s.index.put(sync.row_from(loc, dot, str(entry.get("h", ""))))
+        s.index.clear_pending(set(objects))
+
+
+def settings(folder: str | None, keep_days: int | None = None) -> dict[str, Any]:
+    """The folder's settings; a change is checked before it is saved."""
+    binding = find_binding(folder)
+    if keep_days is not None:
+        with folder_lock(binding):
+            if not 0 <= keep_days <= MAX_KEEP_DAYS:
+                raise UsageError(f"--keep-days {keep_days} is not from 0 to {MAX_KEEP_DAYS}")
+            binding.keep_days = keep_days
+            binding.save()
+    return {"folder": binding.folder, "keep_days": binding.keep_days}
+
+
+def mark(folder: str | None) -> dict[str, Any]:
+    """(Re)write the folder marker: the user says this folder, as it is, is the bound one."""
+    binding = find_binding(folder)
+    with folder_lock(binding):
+        if not Path(binding.folder).is_dir():
+            raise UsageError(f"the bound folder {binding.folder} does not exist")
+        path = write_marker(binding)
+    audit.record("mark", vault=binding.vault_id, device=binding.device, folder_id=binding.id)
+    return {"folder": binding.folder, "marker": str(path)}

@@ -1,0 +1,123 @@
+"""Key rotation: a new KEK under a signed commit, every DEK re-wrapped (no content
+is re-uploaded), and with --reencrypt the content redone by ops.rekey.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import chain, sync, trust
+from .. import format as fmt
+from .. import manifest as mf
+from ..errors import (
+    IntegrityError,
+    named,
+)
+from ..session import INTENT, UI, Session, session
+from ..session import intent as rekey_intent
+from .common import _audited, _log, _resolve
+from .maintain import _collect_pending
+
+
+def key_rotate(folder: str | None, reencrypt: bool = False, ui: UI | None = None
+               ) -> dict[str, Any]:
+    with _audited("rotate", folder, every=True), session(folder, ui) as s:
+        result = _rotate(s, reencrypt, remove=None)
+        _log(s, "rotate", reencrypt=reencrypt, deleted=result["deleted_objects"],
+             resumed=result.get("resumed"))
+        return result
+
+
+def _cutoff(s: Session, rid: str) -> chain.Cutoff:
+    """The last segment of ``rid`` that we applied: readers accept nothing of it after this."""
+    seq = s.state.ctx.get(rid, 0)
+    digest = mf.applied_hash(s.state.consumed(), rid, seq)
+    return chain.Cutoff(s.ring.head.members[rid].s, seq, digest)
+
+
+def _rewrap(s: Session, kek: bytes, commitment: str) -> None:
+    for path, sibs in list(s.state.items()):
+        for dot, entry in sibs.items():
+            if "k" in entry and entry.get("g") != commitment:
+                try:
+                    dek, file_id = sync.dek_of(entry, s.ring.kek)
+                except IntegrityError as exc:
+                    raise named(path, exc) from exc
+                entry["k"] = fmt.b64(fmt.wrap_dek(kek, dek, file_id))
+                entry["g"] = commitment
+                s.state.put_entry(path, dot, entry)
+
+
+def _rewrap_stale(s: Session) -> None:
+    """Entries a device wrote under an older KEK (it was frozen, or raced a rotation) move
+    to the head's KEK: that limits, but does not undo, what a removed member could read."""
+    head = s.ring.head.kek
+    if s.index.get_meta("wrapped_under") == head and not s.index.get_meta("rewrap_needed"):
+        return
+    stale = any("k" in e and e.get("g") != head for _p, sibs in s.state.items()
+                for e in sibs.values())
+    if stale:
+        with s.state.transaction():
+            _rewrap(s, s.ring.head_kek, head)
+            s.snapshot()
+    s.index.set_meta("wrapped_under", head)
+    s.index.set_meta("rewrap_needed", None)
+
+
+def _exposure(s: Session) -> list[dict[str, Any]]:
+    """Files whose DEK a removed member could unwrap: the DEK was first wrapped (``w``) under
+    a KEK it held. Re-wrapping does not change that; only re-encryption does."""
+    exposed = s.ring.view.exposed_to()
+    if not exposed:
+        return []
+    s.ring.learn_names(s.ring.view.removed)
+    counts: dict[str, int] = {}
+    for _path, sibs in s.state.items():
+        for entry in sibs.values():
+            for rid in exposed.get(str(entry.get("w", entry.get("g"))), []):
+                counts[rid] = counts.get(rid, 0) + 1
+    return [{"removed": rid, "name": s.ring.name_of(rid), "files": n}
+            for rid, n in sorted(counts.items())]
+
+
+def _rotate(s: Session, reencrypt: bool, remove: str | None) -> dict[str, Any]:
+    """A new KEK in a signed commit, wrapped to the remaining members; DEKs re-wrapped, or
+    content redone (:mod:`cloudguard.rekey`, which also resumes an interrupted run).
+
+    Order keeps every crash recoverable: the commit (with its key object), then the re-wrapped
+    entries in a snapshot, or the re-encrypted content in committed batches, then deletions.
+    """
+    from . import rekey
+
+    _resolve(s)
+    _collect_pending(s)  # objects of an earlier run that was killed before its commit
+    started = rekey_intent(s.index)
+    if started is not None and not rekey.landed(s, started):
+        s.index.set_meta(INTENT, None)  # killed before its new key was published
+        started = None
+    if reencrypt and remove is None and started is not None:
+        return rekey.run(s, started, resumed=True)
+    members = {r: k for r, k in s.ring.head.members.items() if r != remove}
+    removed = dict(s.ring.head.removed)
+    if remove is not None:
+        # a snapshot of ours covers the member's writes up to the cutoff before the removal
+        # lands, so no reader ever needs the removed member's own segments again
+        s.snapshot()
+        removed[remove] = _cutoff(s, remove)
+    s.ring.all_keks()  # every older KEK, for the history (and the re-wrap below)
+    intent = rekey.begin(s, remove, started) if reencrypt else None
+    commit = trust.change(s.ring, s.transport, s.index, "remove" if remove else "rotate",
+                          members=members, removed=removed, new_key=True, names={},
+                          reencrypt=reencrypt)
+    if intent is not None:
+        rekey.published(s, intent, commit)
+        return rekey.run(s, intent, resumed=False)
+    new_kek = s.ring.head_kek
+    # The entries change in place; until the snapshot that commits them is uploaded, a
+    # failure must leave the local state as it was, so all of it is one transaction.
+    with s.state.transaction():
+        _rewrap(s, new_kek, commit.kek)
+        s.snapshot()
+    s.index.set_meta("wrapped_under", commit.kek)
+    return {"epoch": commit.epoch, "commit": commit.id, "reencrypted": False,
+            "removed": remove, "resumed": False, "files": 0, "deleted_objects": 0}
