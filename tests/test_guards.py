@@ -323,7 +323,7 @@ def test_scan_keeps_unreadable_folders_out_of_the_result(tmp_path: Path,
             raise PermissionError(errno.EACCES, "Permission denied")
         return Failing(path) if name == "bad" else real(path)
 
-    monkeypatch.setattr(sync.os, "scandir", fake)
+    monkeypatch.setattr(sync.scanning.os, "scandir", fake)
     warnings: list[str] = []
     unreadable: list[str] = []
     items = sync.scan(tmp_path, warnings.append, unreadable)
@@ -331,7 +331,7 @@ def test_scan_keeps_unreadable_folders_out_of_the_result(tmp_path: Path,
     assert sorted(items) == ["f000.txt", "f001.txt", "ok", "ok/f000.txt"]
     assert len(warnings) == 2 and all("kept its last synced state" in w for w in warnings)
     assert sync.under("bad/f000.txt", unreadable) and not sync.under("badly", unreadable)
-    monkeypatch.setattr(sync.os, "scandir", lambda _p: (_ for _ in ()).throw(
+    monkeypatch.setattr(sync.scanning.os, "scandir", lambda _p: (_ for _ in ()).throw(
         PermissionError(errno.EACCES, "Permission denied")))
     with pytest.raises(CloudguardError, match="cannot read the folder"):
         sync.scan(tmp_path, warnings.append, [])
@@ -350,7 +350,7 @@ def test_a_read_error_in_a_subfolder_is_not_a_delete(local_remote: str, tmp_path
             raise OSError(errno.EIO, "Input/output error")
         return real(path)
 
-    monkeypatch.setattr(sync.os, "scandir", failing)
+    monkeypatch.setattr(sync.scanning.os, "scandir", failing)
     result = cg_json("push", "--folder", str(a), code=1)
     assert result["deleted"] == [] and result["unreadable"] == ["disk"]
     status = cg_json("status", "--folder", str(a))
@@ -364,7 +364,7 @@ def test_a_read_error_in_a_subfolder_is_not_a_delete(local_remote: str, tmp_path
     pulled = cg_json("pull", "--folder", str(a), code=1)
     assert pulled["unreadable"] == ["disk"] and pulled["deleted"] == []
     assert pulled["downloaded"] == []
-    monkeypatch.setattr(sync.os, "scandir", real)
+    monkeypatch.setattr(sync.scanning.os, "scandir", real)
     pulled = cg_json("pull", "--folder", str(a))
     assert pulled["deleted"] == ["disk/f000.txt"] and pulled["downloaded"] == ["disk/f001.txt"]
     assert tree(a) == tree(b)

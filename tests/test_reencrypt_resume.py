@@ -22,7 +22,7 @@ def objects(remote: str) -> set[str]:
 def five_files(remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                ) -> tuple[Path, Path]:
     """Five files, each in its own object (so re-encryption has five steps), on two devices."""
-    monkeypatch.setattr(sync, "PACK_THRESHOLD", 1)
+    monkeypatch.setattr(sync.uploader, "PACK_THRESHOLD", 1)
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     for n in range(5):

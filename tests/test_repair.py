@@ -33,7 +33,7 @@ def flip(path: Path, offset: int) -> None:
 
 def test_repair_gives_damaged_objects_new_homes(local_remote: str, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sync, "PACK_THRESHOLD", 10_000)  # solo.bin gets an object of its own
+    monkeypatch.setattr(sync.uploader, "PACK_THRESHOLD", 10_000)  # solo.bin: an object of its own
     root = Path(local_remote)
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
@@ -172,7 +172,7 @@ def test_recovery_script_reads_repaired_and_half_reencrypted_vaults(
         local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Repair and an interrupted re-encryption leave ``reloc`` ops with new key fields in
     delta segments: the recovery script follows them."""
-    monkeypatch.setattr(sync, "PACK_THRESHOLD", 1)  # one object per file
+    monkeypatch.setattr(sync.uploader, "PACK_THRESHOLD", 1)  # one object per file
     a, kit = tmp_path / "a", tmp_path / "kit.json"
     a.mkdir()
     for n in range(4):

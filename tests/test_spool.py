@@ -42,8 +42,8 @@ def spool_watch(home: Path) -> tuple[threading.Event, list[int]]:
 @pytest.mark.server
 def test_spool_stays_bounded_and_big_files_stream(sftp_remote: str, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sync, "SPOOL_FLUSH", 2 * MIB)
-    monkeypatch.setattr(sync, "STREAM_ABOVE", 6 * MIB)
+    monkeypatch.setattr(sync.uploader, "SPOOL_FLUSH", 2 * MIB)
+    monkeypatch.setattr(sync.uploader, "STREAM_ABOVE", 6 * MIB)
     folder = tmp_path / "docs"
     folder.mkdir()
     big = os.urandom(20 * MIB)
@@ -71,8 +71,8 @@ def test_spool_stays_bounded_and_big_files_stream(sftp_remote: str, tmp_path: Pa
 
 def test_an_interrupted_push_keeps_committed_batches_and_no_spool(
         local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sync, "SPOOL_FLUSH_FILES", 4)
-    monkeypatch.setattr(sync, "PACK_TARGET", 1)  # one object per file: batches of 4 objects
+    monkeypatch.setattr(sync.uploader, "SPOOL_FLUSH_FILES", 4)
+    monkeypatch.setattr(sync.uploader, "PACK_TARGET", 1)  # one object per file: 4 objects a batch
     folder = tmp_path / "docs"
     folder.mkdir()
     for i in range(14):

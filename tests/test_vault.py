@@ -426,7 +426,7 @@ def test_big_push_commits_batch_by_batch_and_resumes(
     share(local_remote, a, b, kit)
     for i in range(12):
         (a / f"f{i:02d}.bin").write_bytes(os.urandom(5 * 1024 * 1024))  # stand-alone objects
-    monkeypatch.setattr(sync, "SPOOL_FLUSH_FILES", 4)
+    monkeypatch.setattr(sync.uploader, "SPOOL_FLUSH_FILES", 4)
     real = RcloneTransport.put_files
     calls = []
 
