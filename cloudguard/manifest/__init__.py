@@ -1,0 +1,53 @@
+"""The encrypted manifest: an append-only log of segments per device, merged as a CRDT.
+
+Why this shape (docs/design.md, "Manifest"):
+
+* Every push writes one small *delta* segment ``m/<device>-<seq>.d``; nothing mutable is ever
+  overwritten, so two devices pushing at once cannot erase each other.
+* Each entry carries a *dot* ``device:seq`` naming the push that wrote it; each state carries a
+  version vector ``ctx``. A delta removes only the dots its writer had seen, so concurrent edits
+  of one path both survive as siblings (and become a conflict copy), never a lost update.
+* A *snapshot* ``m/<device>-<seq>.s`` holds the whole state with its ``ctx``; segments it
+  covers are deleted. Two snapshots merge losslessly (observed-remove map merge), so compaction
+  races are safe.
+* Each device remembers the highest ``ctx`` it has seen; a remote whose ``ctx`` is lower was
+  rolled back, and a gap in a device's sequence is a deleted segment.
+
+Everything is re-exported here, so callers say ``mf.X``.
+"""
+
+from __future__ import annotations
+
+from .crdt import Entry, State, dot_of
+from .loading import Loaded, Opener, _clamp, _pinned, load
+from .segments import (
+    PREFIX,
+    SegmentCache,
+    applied_hash,
+    check_ops,
+    delta_payload,
+    parse_name,
+    segment_name,
+    snapshot_payload,
+    time_of,
+)
+
+__all__ = [
+    "Entry",
+    "Loaded",
+    "Opener",
+    "PREFIX",
+    "SegmentCache",
+    "State",
+    "_clamp",
+    "_pinned",
+    "applied_hash",
+    "check_ops",
+    "delta_payload",
+    "dot_of",
+    "load",
+    "parse_name",
+    "segment_name",
+    "snapshot_payload",
+    "time_of",
+]

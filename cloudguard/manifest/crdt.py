@@ -1,0 +1,408 @@
+"""The merged manifest state: entries by path and dot, the version vector, the
+history attic; observed-remove merges and delta application, in SQLite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..errors import IntegrityError
+
+Entry = dict[str, Any]
+
+
+Siblings = dict[str, Entry]
+
+
+def dot_of(device: str, seq: int) -> str:
+    return f"{device}:{seq}"
+
+
+def covered(dot: str, ctx: dict[str, int]) -> bool:
+    device, _, seq = dot.partition(":")
+    return int(seq) <= ctx.get(device, 0)
+
+
+def newer_location(one: Entry, two: Entry) -> Entry:
+    """A repack moves a blob without a new dot; the move with the higher ``r`` wins.
+
+    A max-register, so the result is the same in any order and on every device. Ties (two
+    devices repacking at once) go to the higher object id; the loser becomes garbage.
+    """
+    return max(one, two, key=lambda e: (int(e.get("r", 0)), str(e.get("o", "")),
+                                        json.dumps(e, sort_keys=True)))
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (path TEXT NOT NULL, dot TEXT NOT NULL, e TEXT NOT NULL,
+    o TEXT, a INTEGER, n INTEGER, PRIMARY KEY (path, dot)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ctx (device TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS segments (name TEXT PRIMARY KEY, size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL, ctx TEXT);
+CREATE TABLE IF NOT EXISTS attic (path TEXT NOT NULL, dot TEXT NOT NULL, e TEXT NOT NULL,
+    o TEXT, a INTEGER, n INTEGER, gone INTEGER NOT NULL, PRIMARY KEY (path, dot)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+"""
+
+
+# Objects that hold a blob someone may still read: current versions and the version history.
+_HELD = "SELECT o, a, n FROM entries WHERE o IS NOT NULL UNION ALL " \
+        "SELECT o, a, n FROM attic WHERE o IS NOT NULL"
+
+
+def _dump(entry: Entry) -> str:
+    return json.dumps(entry, separators=(",", ":"))
+
+
+class State:
+    """The merged manifest, kept in SQLite so a push never has to hold or rebuild all of it.
+
+    With a path, the state persists between runs together with the list of segments it was
+    built from (``segments``), so each run applies only segments it has not seen yet
+    (:func:`load`). Without one it lives in memory (tests, ``verify``'s fresh rebuild).
+    Every change happens inside :meth:`transaction`; a failure rolls the state back to what
+    it was, so it always equals the merge of exactly the segments it records.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        try:
+            self.db = self._connect(path)
+        except sqlite3.DatabaseError:
+            if path is None:
+                raise
+            # only a cache of what the remote holds: a damaged one is rebuilt from the remote
+            for stale in (path, path.with_name(path.name + "-wal"),
+                          path.with_name(path.name + "-shm")):
+                stale.unlink(missing_ok=True)
+            self.db = self._connect(path)
+        self._depth = 0
+        self.ctx: dict[str, int] = {}
+        self._read_ctx()
+        self.paths = _Paths(self)
+
+    @staticmethod
+    def _connect(path: Path | None) -> sqlite3.Connection:
+        if path is None:
+            db = sqlite3.connect(":memory:", isolation_level=None)
+        else:
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # -wal/-shm inherit it
+            db = sqlite3.connect(path, isolation_level=None)
+        try:
+            if path is not None:
+                db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+            db.execute("SELECT COUNT(*) FROM entries").fetchone()
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _read_ctx(self) -> None:
+        self.ctx = {d: int(s) for d, s in self.db.execute("SELECT device, seq FROM ctx")}
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Nested calls join the outer transaction; only the outermost commits."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+            self.db.execute("DELETE FROM ctx")
+            self.db.executemany("INSERT INTO ctx VALUES (?, ?)", list(self.ctx.items()))
+        except BaseException:
+            self._depth = 0
+            self.db.execute("ROLLBACK")
+            self._read_ctx()
+            raise
+        self._depth = 0
+        self.db.execute("COMMIT")
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def siblings(self, path: str) -> Siblings:
+        return {dot: json.loads(e) for dot, e in
+                self.db.execute("SELECT dot, e FROM entries WHERE path = ?", (path,))}
+
+    def has_path(self, path: str) -> bool:
+        return self.db.execute("SELECT 1 FROM entries WHERE path = ? LIMIT 1",
+                               (path,)).fetchone() is not None
+
+    def items(self) -> Iterator[tuple[str, Siblings]]:
+        """Every path with its siblings, in path order, from one query."""
+        path: str | None = None
+        sibs: Siblings = {}
+        for p, dot, e in self.db.execute("SELECT path, dot, e FROM entries ORDER BY path"):
+            if p != path:
+                if path is not None:
+                    yield path, sibs
+                path, sibs = p, {}
+            sibs[dot] = json.loads(e)
+        if path is not None:
+            yield path, sibs
+
+    def dots(self) -> Iterator[tuple[str, str]]:
+        """(path, dot) of every entry, without parsing any entry."""
+        return iter(self.db.execute("SELECT path, dot FROM entries"))
+
+    def entry(self, path: str, dot: str) -> Entry | None:
+        row = self.db.execute("SELECT e FROM entries WHERE path = ? AND dot = ?",
+                              (path, dot)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def version(self, path: str, dot: str) -> Entry | None:
+        """One version, current or kept in the history."""
+        found = self.entry(path, dot)
+        if found is None:
+            found = next((e for _p, _d, e, _g in self._kept(path, dot)), None)
+        return found
+
+    def count_files(self) -> int:
+        return int(self.db.execute(
+            "SELECT COUNT(DISTINCT path) FROM entries WHERE o IS NOT NULL").fetchone()[0])
+
+    def conflicted(self) -> list[str]:
+        """Paths with more than one version (concurrent writes), in path order."""
+        return [r[0] for r in self.db.execute(
+            "SELECT path FROM entries GROUP BY path HAVING COUNT(*) > 1 ORDER BY path")]
+
+    def live_objects(self) -> set[str]:
+        """Objects garbage collection keeps: current versions and the version history."""
+        return {r[0] for r in self.db.execute(f"SELECT DISTINCT o FROM ({_HELD})")}
+
+    def usage(self) -> dict[str, tuple[int, int]]:
+        """Object id -> (live blob bytes, lowest offset): what repacking decides on."""
+        return {o: (int(n), int(a)) for o, n, a in self.db.execute(
+            f"SELECT o, SUM(n), MIN(a) FROM ({_HELD}) GROUP BY o")}
+
+    def in_objects(self, objects: Iterable[str]) -> list[tuple[str, str, Entry]]:
+        """(path, dot, entry) of every blob stored in one of ``objects``, history included
+        (a repack that left a history blob behind would lose it)."""
+        out: list[tuple[str, str, Entry]] = []
+        for o in sorted(set(objects)):
+            for table in ("entries", "attic"):
+                out += [(p, d, json.loads(e)) for p, d, e in self.db.execute(
+                    f"SELECT path, dot, e FROM {table} WHERE o = ? ORDER BY path, dot", (o,))]
+        return out
+
+    # --- version history ----------------------------------------------------------------------
+
+    @property
+    def floor(self) -> int:
+        """History replaced before this time (unix seconds) is gone for good: re-encryption
+        sets it, so no device brings back content under keys a removed member knew."""
+        row = self.db.execute("SELECT v FROM meta WHERE k = 'floor'").fetchone()
+        return int(row[0]) if row else 0
+
+    def raise_floor(self, when: int) -> None:
+        if when > self.floor:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('floor', ?)", (when,))
+            self.db.execute("DELETE FROM attic WHERE gone <= ?", (when,))
+
+    def to_attic(self, path: str, dot: str, entry: Entry, gone: int) -> None:
+        """Keep a replaced or deleted version. The same version reached two ways (a delta and
+        a snapshot) keeps the earliest time, so every device converges."""
+        floor = self.floor
+        if floor and gone <= floor:
+            return
+        row = self.db.execute("SELECT e, gone FROM attic WHERE path = ? AND dot = ?",
+                              (path, dot)).fetchone()
+        if row is not None:
+            entry = newer_location(json.loads(row[0]), entry)
+            gone = min(gone, int(row[1]))
+        is_file = entry.get("t") == "f"
+        self.db.execute("INSERT OR REPLACE INTO attic VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (path, dot, _dump(entry), entry.get("o") if is_file else None,
+                         entry.get("a") if is_file else None,
+                         entry.get("n") if is_file else None, gone))
+
+    def attic(self, path: str | None = None) -> Iterator[tuple[str, str, Entry, int]]:
+        """(path, dot, entry, replaced at) of kept versions, of one path or of all."""
+        query = "SELECT path, dot, e, gone FROM attic"
+        rows = (self.db.execute(query + " WHERE path = ? ORDER BY gone", (path,))
+                if path is not None else self.db.execute(query + " ORDER BY path, gone"))
+        for p, d, e, g in rows:
+            yield p, d, json.loads(e), int(g)
+
+    def attic_payload(self) -> dict[str, dict[str, dict[str, Any]]]:
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for p, d, e, g in self.attic():
+            out.setdefault(p, {})[d] = {"e": e, "g": g}
+        return out
+
+    def prune_attic(self, before: int) -> int:
+        """Forget versions replaced before ``before``; their objects become garbage."""
+        with self.transaction():
+            return self.db.execute("DELETE FROM attic WHERE gone < ?", (before,)).rowcount
+
+    def dominates(self, ctx: dict[str, int]) -> bool:
+        return all(self.ctx.get(d, 0) >= s for d, s in ctx.items())
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def put_entry(self, path: str, dot: str, entry: Entry) -> None:
+        """Store ``entry`` under an existing or new dot (rotation rewrites entries in place)."""
+        is_file = entry.get("t") == "f"
+        self.db.execute("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?)",
+                        (path, dot, _dump(entry), entry.get("o") if is_file else None,
+                         entry.get("a") if is_file else None,
+                         entry.get("n") if is_file else None))
+
+    def _drop(self, path: str, dot: str) -> None:
+        self.db.execute("DELETE FROM entries WHERE path = ? AND dot = ?", (path, dot))
+
+    def apply_delta(self, device: str, seq: int, ops: list[dict[str, Any]], when: int = 0
+                    ) -> None:
+        """``when`` (the delta's time) is when the versions it replaces left: history keeps
+        them from then on for the keep period."""
+        dot = dot_of(device, seq)
+        with self.transaction():
+            for op in ops:
+                path = op["p"]
+                if not isinstance(path, str):
+                    raise IntegrityError("manifest op is malformed")
+                reloc = op.get("reloc") or {}
+                rm = op.get("rm", [])
+                sibs = self.siblings(path) if reloc or rm else {}
+                for moved, loc in reloc.items():
+                    if moved in sibs:
+                        now = newer_location(sibs[moved], {**sibs[moved], **loc})
+                        if now is not sibs[moved]:
+                            sibs[moved] = now
+                            self.put_entry(path, moved, now)
+                    else:
+                        for _p, _d, kept, gone in self._kept(path, moved):
+                            self.to_attic(path, moved, {**kept, **loc}, gone)
+                for old in rm:
+                    if old in sibs:
+                        self.to_attic(path, old, sibs.pop(old), when)
+                        self._drop(path, old)
+                entry = op.get("e")
+                if entry is not None:
+                    if not isinstance(entry, dict):
+                        raise IntegrityError(f"manifest entry for {path!r} is malformed")
+                    self.put_entry(path, dot, entry)
+            self.ctx[device] = max(self.ctx.get(device, 0), seq)
+
+    def _kept(self, path: str, dot: str) -> list[tuple[str, str, Entry, int]]:
+        return [(path, dot, json.loads(e), int(g)) for e, g in self.db.execute(
+            "SELECT e, gone FROM attic WHERE path = ? AND dot = ?", (path, dot))]
+
+    def merge(self, other: State) -> None:
+        self.merge_snapshot(other.ctx, other.items(), other.attic_payload(), other.floor)
+
+    def merge_snapshot(self, ctx: dict[str, int], paths: Iterable[tuple[str, Siblings]],
+                       attic: dict[str, dict[str, dict[str, Any]]] | None = None,
+                       floor: int = 0, when: int = 0) -> None:
+        """Observed-remove merge: a dot one side lacks but has seen was deleted there (and
+        joins the history as of ``when``, the snapshot's time). Histories are unions."""
+        with self.transaction():
+            self.raise_floor(floor)
+            for path, kept in (attic or {}).items():
+                for dot, row in kept.items():
+                    self.to_attic(path, dot, row["e"], int(row["g"]))
+            empty = not self.ctx and not self.has_any()
+            theirs_paths: set[str] = set()
+            for path, theirs in paths:
+                theirs_paths.add(path)
+                mine = {} if empty else self.siblings(path)
+                for dot in mine:
+                    if dot not in theirs and covered(dot, ctx):
+                        self.to_attic(path, dot, mine[dot], when)
+                        self._drop(path, dot)
+                for dot, entry in theirs.items():
+                    if dot in mine:
+                        if newer_location(mine[dot], entry) is not mine[dot]:
+                            self.put_entry(path, dot, entry)
+                    elif not covered(dot, self.ctx):
+                        self.put_entry(path, dot, entry)
+            if not empty:
+                for path, dot, e in self.db.execute(
+                        "SELECT path, dot, e FROM entries").fetchall():
+                    if path not in theirs_paths and covered(dot, ctx):
+                        self.to_attic(path, dot, json.loads(e), when)
+                        self._drop(path, dot)
+            for device, seq in ctx.items():
+                self.ctx[device] = max(self.ctx.get(device, 0), seq)
+
+    def has_any(self) -> bool:
+        return self.db.execute("SELECT 1 FROM entries LIMIT 1").fetchone() is not None
+
+    # --- the segments this state was built from -----------------------------------------------
+
+    def consumed(self) -> dict[str, tuple[int, str, dict[str, int] | None]]:
+        return {n: (int(size), sha, json.loads(c) if c else None) for n, size, sha, c in
+                self.db.execute("SELECT name, size, sha256, ctx FROM segments")}
+
+    def mark_consumed(self, name: str, size: int, sha256: str,
+                      ctx: dict[str, int] | None = None) -> None:
+        self.db.execute("INSERT OR REPLACE INTO segments VALUES (?, ?, ?, ?)",
+                        (name, size, sha256, json.dumps(ctx) if ctx is not None else None))
+
+    def forget_consumed(self, names: Iterable[str]) -> None:
+        self.db.executemany("DELETE FROM segments WHERE name = ?", [(n,) for n in names])
+
+    def reset(self) -> None:
+        with self.transaction():
+            self.db.execute("DELETE FROM entries")
+            self.db.execute("DELETE FROM segments")
+            self.db.execute("DELETE FROM attic")
+            self.db.execute("DELETE FROM meta")
+            self.ctx = {}
+
+
+class _Paths:
+    """Read-only, dict-like view of path -> siblings over the database."""
+
+    def __init__(self, state: State) -> None:
+        self._state = state
+
+    def __getitem__(self, path: str) -> Siblings:
+        sibs = self._state.siblings(path)
+        if not sibs:
+            raise KeyError(path)
+        return sibs
+
+    def get(self, path: str, default: Siblings | None = None) -> Siblings | None:
+        return self._state.siblings(path) or default
+
+    def __contains__(self, path: object) -> bool:
+        return isinstance(path, str) and self._state.has_path(path)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([r[0] for r in self._state.db.execute(
+            "SELECT DISTINCT path FROM entries ORDER BY path")])
+
+    def __len__(self) -> int:
+        return int(self._state.db.execute(
+            "SELECT COUNT(DISTINCT path) FROM entries").fetchone()[0])
+
+    def items(self) -> Iterator[tuple[str, Siblings]]:
+        return self._state.items()
+
+    def values(self) -> Iterator[Siblings]:
+        return (sibs for _p, sibs in self._state.items())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, _Paths):
+            return dict(self.items()) == dict(other.items())
+        if isinstance(other, dict):
+            return dict(self.items()) == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]

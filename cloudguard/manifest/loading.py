@@ -1,0 +1,290 @@
+"""Loading: bring the state up to the listed segments, with the writer rules,
+the removed members' cutoffs (clamping), and the rollback and fork checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..chain import Skip
+from ..errors import REPUBLISH_HINT, HistoryError, IntegrityError
+from .crdt import State
+from .segments import (
+    SegmentCache,
+    _attic,
+    _check_segment,
+    _ctx,
+    _floor,
+    _paths,
+    check_ops,
+    parse_name,
+    segment_name,
+    time_of,
+)
+
+
+@dataclass
+class Loaded:
+    state: State
+    names: dict[str, int]  # segment name -> size
+    own_seq: int  # highest seq this device has used on the remote
+    deltas: int  # how many delta segments are stored (compaction trigger)
+    heads: dict[str, str]  # device -> sha256 of its newest segment (for the prev chain)
+
+
+Opener = Callable[[str, str, int, bytes], dict[str, Any]]
+
+
+def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
+         device: str, seen: dict[str, int], cache: SegmentCache,
+         state: State | None = None, cutoffs: dict[str, tuple[int, str | None]] | None = None,
+         skipped: list[str] | None = None) -> Loaded:
+    """Bring ``state`` up to the segments listed on the remote and check for rollback.
+
+    A persistent ``state`` already holds the merge of the segments it recorded; only new ones
+    are opened and applied. If a recorded segment vanished without a listed snapshot covering
+    it, or changed size, the state is rebuilt from every segment, which then reports the gap
+    or rollback as a full load would. Any failure leaves ``state`` as it was.
+
+    ``opener`` checks a segment's writer and signature and decrypts it (chain.accept_segment);
+    a segment it skips (deferred, or by a removed member past its ``cutoffs``) is treated as
+    not listed, and its reason goes to ``skipped``. A removed member's segments count only on
+    the ``prev`` chain that ends at the hash its removal recorded, and its writes past the
+    cutoff are left out of every snapshot, dependency and stored vector (format.md, "Writer
+    rules"). A state that holds such writes already is rebuilt.
+    """
+    state = state if state is not None else State()
+    cuts = cutoffs or {}
+    limit = {dev: seq for dev, (seq, _h) in cuts.items()}
+    seen = _clamp(seen, limit)
+    skip_log = skipped if skipped is not None else []
+    held: set[str] = set()
+    parsed: dict[str, tuple[str, int, str]] = {}
+    for name in listing:
+        got = parse_name(name)
+        if got is not None:
+            parsed[name] = got
+    heads_hash: dict[str, str] = {}
+
+    pinned: dict[str, set[str]] = {}
+    pinning = False
+
+    def open_named(name: str) -> dict[str, Any]:
+        data = cache.get(name, listing[name])
+        fresh = data is None
+        if data is None:
+            data = fetch(name)
+        dev, seq, kind = parsed[name]
+        if dev in cuts and name not in pinned.get(dev, set()) and not pinning:
+            raise Skip(f"manifest segment {name} of removed member {dev} is not on the chain "
+                       "its removal recorded; refused")
+        payload = opener(name, dev, seq, data)
+        if (payload.get("device"), payload.get("seq"), payload.get("kind")) != (
+                dev, seq, {"d": "delta", "s": "snapshot"}[kind]):
+            raise IntegrityError(f"manifest segment {name} does not match its name")
+        _check_segment(name, payload)
+        if fresh:
+            cache.put(name, data)
+        heads_hash[name] = hashlib.sha256(data).hexdigest()
+        return payload
+
+    pinning = True
+    for dev, (seq, digest) in sorted(cuts.items()):
+        pinned[dev] = _pinned(dev, seq, digest, parsed, open_named, heads_hash)
+    pinning = False
+    with state.transaction():
+        consumed = state.consumed()
+        if any(state.ctx.get(dev, 0) > seq for dev, seq in limit.items()):
+            consumed = {}
+            state.reset()  # it applied a removed member's late writes: rebuild without them
+        snaps: dict[str, dict[str, Any]] = {}
+        for name, (_dev, _seq, kind) in sorted(parsed.items()):
+            if kind == "s" and name not in consumed:
+                _open_or_skip(name, open_named, snaps, held, skip_log)
+        if not _still_valid(consumed, parsed, listing, snaps, device):
+            state.reset()
+            consumed = {}
+            for name, (_dev, _seq, kind) in sorted(parsed.items()):
+                if kind == "s" and name not in snaps and name not in held:
+                    _open_or_skip(name, open_named, snaps, held, skip_log)
+        for name, (_size, sha, _c) in consumed.items():
+            if name in listing:
+                heads_hash[name] = sha
+        for name, payload in sorted(snaps.items()):
+            ctx = _ctx(payload.get("ctx"))
+            paths = _paths(payload.get("paths"))
+            kept = _attic(payload.get("attic"))
+            if _late(ctx, limit):
+                skip_log.append(f"manifest segment {name} holds writes of a removed member "
+                                "past its removal; they are left out")
+                ctx = _clamp(ctx, limit)
+                paths = {p: {d: e for d, e in sibs.items() if not _late_dot(d, limit)}
+                         for p, sibs in paths.items()}
+                kept = {p: {d: r for d, r in rows.items() if not _late_dot(d, limit)}
+                        for p, rows in kept.items()}
+            if not state.dominates(ctx):
+                state.merge_snapshot(ctx, paths.items(), kept, _floor(payload),
+                                     time_of(payload))
+            elif kept or _floor(payload) > state.floor:
+                state.merge_snapshot({}, (), kept, _floor(payload))  # history only
+            state.mark_consumed(name, listing[name], heads_hash[name], ctx)
+
+        pending: dict[str, dict[int, str]] = {}
+        for name, (dev, seq, kind) in parsed.items():
+            if kind == "d" and seq > state.ctx.get(dev, 0) and name not in consumed:
+                if dev in limit and seq > limit[dev]:
+                    skip_log.append(f"manifest segment {name} was written by removed member "
+                                    f"{dev} after its removal; refused")
+                    continue
+                pending.setdefault(dev, {})[seq] = name
+        progress = True
+        while progress:
+            progress = False
+            for dev in sorted(pending):
+                nxt = state.ctx.get(dev, 0) + 1
+                found = pending[dev].get(nxt)
+                if found is None:
+                    continue
+                try:
+                    payload = open_named(found)
+                except Skip as exc:
+                    skip_log.append(str(exc))
+                    pending[dev] = {}
+                    continue
+                for kind in ("d", "s"):  # the writer's own previous segment, if we opened it
+                    before = heads_hash.get(segment_name(dev, nxt - 1, kind))
+                    if before is not None and payload.get("prev") not in (None, before):
+                        raise HistoryError(f"manifest segment {found} does not follow "
+                                           f"{segment_name(dev, nxt - 1, kind)}: a segment "
+                                           "was replaced" + REPUBLISH_HINT)
+                deps = _ctx(payload.get("deps"))
+                _same_history(found, payload.get("dh"), deps, heads_hash)
+                deps = _clamp(deps, limit)
+                if not state.dominates({d: s for d, s in deps.items() if d != dev}):
+                    continue
+                state.apply_delta(dev, nxt, check_ops(payload.get("ops")), time_of(payload))
+                state.mark_consumed(found, listing[found], heads_hash[found])
+                del pending[dev][nxt]
+                progress = True
+        for dev, rest in pending.items():
+            if rest and not any(dev == got[0] for h in held if (got := parse_name(h))):
+                missing = segment_name(dev, state.ctx.get(dev, 0) + 1, "d")
+                raise HistoryError(f"manifest segment {missing} is missing: the manifest "
+                                   "was truncated or a segment was deleted" + REPUBLISH_HINT)
+        for dev, seq in seen.items():
+            if state.ctx.get(dev, 0) < seq:
+                raise HistoryError(
+                    f"the remote manifest is older than one this device has seen (device {dev} "
+                    f"at {state.ctx.get(dev, 0)}, seen {seq}): rollback or deleted manifest"
+                    + REPUBLISH_HINT)
+        state.forget_consumed(n for n in consumed if n not in listing)
+    own = max([seq for dev, seq, _k in parsed.values() if dev == device] + [0])
+    deltas = sum(1 for _d, _s, k in parsed.values() if k == "d")
+    newest: dict[str, tuple[int, str]] = {}
+    for name, digest in heads_hash.items():
+        dev, seq, _k = parsed[name]
+        if seq > newest.get(dev, (-1, ""))[0]:
+            newest[dev] = (seq, digest)
+    cache.prune(parsed)
+    return Loaded(state, dict(listing), own, deltas, {d: h for d, (_s, h) in newest.items()})
+
+
+def _open_or_skip(name: str, open_named: Callable[[str], dict[str, Any]],
+                  snaps: dict[str, dict[str, Any]], held: set[str], log: list[str]) -> None:
+    try:
+        snaps[name] = open_named(name)
+    except Skip as exc:
+        held.add(name)
+        log.append(str(exc))
+
+
+def _late(ctx: dict[str, int], limit: dict[str, int]) -> bool:
+    return any(ctx.get(dev, 0) > seq for dev, seq in limit.items())
+
+
+def _clamp(ctx: dict[str, int], limit: dict[str, int]) -> dict[str, int]:
+    """A removed member's writes past its cutoff count as never seen: an honest device that
+    applied them before it saw the removal must not launder them into everyone's state."""
+    return {dev: min(seq, limit[dev]) if dev in limit else seq for dev, seq in ctx.items()}
+
+
+def _late_dot(dot: str, limit: dict[str, int]) -> bool:
+    dev, _, seq = dot.partition(":")
+    return dev in limit and int(seq) > limit[dev]
+
+
+def _pinned(dev: str, seq: int, digest: str | None, parsed: dict[str, tuple[str, int, str]],
+            open_named: Callable[[str], dict[str, Any]], hashes: dict[str, str]) -> set[str]:
+    """The removed member's segments its removal vouches for: the one with the recorded hash,
+    then back along each one's ``prev``. Anything else of it is refused, so it cannot slip in
+    a forged snapshot under a lower sequence number."""
+    out: set[str] = set()
+    expect = digest
+    while expect is not None and seq > 0:
+        names = [n for n in (segment_name(dev, seq, "d"), segment_name(dev, seq, "s"))
+                 if n in parsed]
+        match = None
+        for name in names:
+            try:
+                payload = open_named(name)
+            except Skip:
+                continue
+            if hashes.get(name) == expect:
+                match = name
+                break
+        if match is None:
+            break  # compacted away: an honest snapshot covers it
+        out.add(match)
+        prev = payload.get("prev")
+        expect = prev if isinstance(prev, str) else None
+        seq -= 1
+    return out
+
+
+def _same_history(name: str, raw: object, deps: dict[str, int], heads_hash: dict[str, str]
+                  ) -> None:
+    """Dependencies name segment hashes: if the writer saw another segment under a name we
+    applied, the provider showed us two histories (a fork)."""
+    if raw is None:
+        return
+    if not isinstance(raw, dict):
+        raise IntegrityError(f"manifest segment {name} has malformed dependencies")
+    for dev, digest in raw.items():
+        seq = deps.get(dev)
+        if seq is None or not isinstance(digest, str):
+            raise IntegrityError(f"manifest segment {name} has malformed dependencies")
+        for kind in ("d", "s"):
+            mine = heads_hash.get(segment_name(dev, seq, kind))
+            if mine is not None and mine != digest:
+                raise HistoryError(f"fork: manifest segment {name} depends on a "
+                                   f"{segment_name(dev, seq, kind)} other than the one this "
+                                   "device applied; the provider shows devices different "
+                                   "histories" + REPUBLISH_HINT)
+
+
+def _still_valid(consumed: dict[str, tuple[int, str, dict[str, int] | None]],
+                 parsed: dict[str, tuple[str, int, str]], listing: dict[str, int],
+                 snaps: dict[str, dict[str, Any]], device: str) -> bool:
+    """Can the recorded state be reused? Only if every segment it was built from is either
+    still listed, unchanged, or covered by a listed snapshot (compaction deleted it).
+
+    A snapshot of our own that the state does not record means we were killed between
+    uploading it and recording it; its entries may have been rewritten in place (rotation),
+    which a merge would not prefer, so the state is rebuilt from the remote instead.
+    """
+    if any(parsed[name][0] == device for name in snaps):
+        return False
+    cover = [c for n, (_s, _h, c) in consumed.items() if c is not None and n in listing]
+    cover += [_ctx(p.get("ctx")) for p in snaps.values()]
+    for name, (size, _sha, _c) in consumed.items():
+        if name in listing:
+            if listing[name] != size:
+                return False
+            continue
+        got = parse_name(name)
+        if got is None or not any(c.get(got[0], 0) >= got[1] for c in cover):
+            return False
+    return True
