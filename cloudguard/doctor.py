@@ -12,7 +12,6 @@ import json
 import os
 import re
 import stat
-import subprocess
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from . import remotes
 from .errors import UsageError
 from .remotes import REDACTED
 from .state import Binding, all_bindings, home
-from .transport import rclone_binary
+from .transport import remote_config
 
 ROTATION_DAYS_DEFAULT = 30
 
@@ -190,14 +189,7 @@ def check_sharing(binding: Binding) -> list[Finding]:
 
 
 def _rclone_config(name: str) -> dict[str, str]:
-    try:
-        proc = subprocess.run([rclone_binary(), "config", "dump"], capture_output=True,
-                              check=False, timeout=30)
-        dump = json.loads(proc.stdout or b"{}")
-    except (OSError, ValueError, subprocess.SubprocessError):
-        return {}
-    section = dump.get(name, {}) if isinstance(dump, dict) else {}
-    return {str(k): str(v) for k, v in section.items()}
+    return remote_config(name)
 
 
 def check_keys(generations: Iterable[tuple[int, float]], has_recovery: bool,

@@ -4,6 +4,7 @@
     ├── UsageError (2)          bad arguments, unknown folder, wrong setting
     ├── KeyError_ (1)           keyring or passphrase problems
     ├── TransportError (1)      rclone failed
+    ├── FolderBusy (1)          another process held the folder past the wait
     ├── FileChangedError (1)    a file changed while it was read
     ├── GuardError (1)          a push or pull refused to protect the folder (marker, mass delete)
     └── IntegrityError (3)      tampered, truncated, swapped, rolled back or missing data
@@ -31,6 +32,10 @@ class KeyStoreError(CloudguardError):
 
 class TransportError(CloudguardError):
     """rclone failed; the message names the object."""
+
+
+class FolderBusy(CloudguardError):
+    """Another process's operation held the folder longer than we were willing to wait."""
 
 
 class FileChangedError(CloudguardError):

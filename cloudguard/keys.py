@@ -300,3 +300,18 @@ def read_kit(path: Path, passphrase: str) -> Kit:
     except (IntegrityError, KeyError) as exc:
         raise KeyStoreError(f"wrong passphrase for recovery kit {path} (or it is damaged)"
                             ) from exc
+
+
+def lock_secret_service(problems: list[str]) -> bool:
+    """Lock the Secret Service collection (cloudguard lock --keyring): the next use needs the
+    user's login password. Problems are appended to ``problems``, never raised."""
+    try:
+        import secretstorage
+
+        with secretstorage.dbus_init() as conn:
+            collection = secretstorage.get_default_collection(conn)
+            collection.lock()
+            return bool(collection.is_locked())
+    except Exception as exc:  # noqa: BLE001 - any D-Bus failure is reported, not fatal
+        problems.append(f"cannot lock the Secret Service: {exc}")
+        return False

@@ -74,19 +74,6 @@ def lock(lock_keyring: bool = False) -> dict[str, Any]:
     keys.drop_cached_keys()
     locked = False
     if lock_keyring:
-        locked = _lock_secret_service(problems)
+        locked = keys.lock_secret_service(problems)
     return {"stopped": stopped, "unmounted": unmounted, "keyring_locked": locked,
             "problems": problems}
-
-
-def _lock_secret_service(problems: list[str]) -> bool:
-    try:
-        import secretstorage
-
-        with secretstorage.dbus_init() as conn:
-            collection = secretstorage.get_default_collection(conn)
-            collection.lock()
-            return bool(collection.is_locked())
-    except Exception as exc:  # noqa: BLE001 - any D-Bus failure is reported, not fatal
-        problems.append(f"cannot lock the Secret Service: {exc}")
-        return False

@@ -66,6 +66,7 @@ class Session:
     committed: list[str] = field(default_factory=list)
     prescan: Callable[[], Scanned] | None = None
     unreadable: list[str] = field(default_factory=list)  # paths the last scan could not read
+    ignore: Callable[[str], bool] | None = None  # paths a push never reads (ignore rules)
 
     @property
     def folder(self) -> Path:
@@ -158,8 +159,26 @@ class Session:
         return name
 
 
+# Transports a long-lived face opened for its folders (vault.Vault: one rclone rcd each);
+# sessions of this process use them instead of starting rclone per call.
+_OPEN_TRANSPORTS: dict[str, Transport] = {}
+
+
 def _transport(binding: Binding) -> Transport:
-    return RcloneTransport(binding.remote)
+    return _OPEN_TRANSPORTS.get(binding.id) or RcloneTransport(binding.remote)
+
+
+def long_lived(binding: Binding) -> bool:
+    """Is a long-lived face (daemon, mount) serving ``binding`` in this process?"""
+    return binding.id in _OPEN_TRANSPORTS
+
+
+def use_transport(binding: Binding, transport: Transport | None) -> None:
+    """Route this process's sessions of ``binding`` through ``transport`` (None: stop)."""
+    if transport is None:
+        _OPEN_TRANSPORTS.pop(binding.id, None)
+    else:
+        _OPEN_TRANSPORTS[binding.id] = transport
 
 
 def _recover_torn_segment(index: Index, transport: Transport, listing: dict[str, int],
@@ -205,6 +224,27 @@ def _finish_deletions(index: Index, transport: Transport, listing: dict[str, int
 
 def _device_key(binding: Binding) -> DeviceKey:
     return DeviceKey(binding.keystore, binding.key_account, binding.dir / "device.key")
+
+
+# Device secrets a long-lived face unlocked once (vault.Vault): sessions of this process use
+# them instead of the keyring or a passphrase. Memory only; `cloudguard lock` ends the process.
+_UNLOCKED: dict[str, Secret] = {}
+
+
+def unlock(binding: Binding) -> Secret:
+    """The device secret of ``binding``, read once and then kept for this process."""
+    secret = _UNLOCKED.get(binding.id)
+    if secret is None:
+        secret = _device_key(binding).load()
+        _UNLOCKED[binding.id] = secret
+    return secret
+
+
+def forget_unlocked(binding: Binding | None = None) -> None:
+    if binding is None:
+        _UNLOCKED.clear()
+    else:
+        _UNLOCKED.pop(binding.id, None)
 
 
 def _in_background(work: Callable[[], T]) -> Callable[[], T]:
@@ -290,7 +330,7 @@ def _open(binding: Binding, index: Index, ui: UI, cache_dir: Path, state: mf.Sta
     # slots in two processes at once, while the device key is read from the keyring
     early = _start_fetch(transport)
     try:
-        me = _device_key(binding).load()
+        me = _UNLOCKED.get(binding.id) or _device_key(binding).load()
     except BaseException:
         for wait in early:
             with suppress(Exception):

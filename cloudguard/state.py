@@ -12,7 +12,10 @@ import json
 import os
 import secrets
 import sqlite3
+import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
@@ -21,7 +24,7 @@ from typing import Any, NamedTuple
 
 import platformdirs
 
-from .errors import CloudguardError, GuardError, UsageError
+from .errors import CloudguardError, FolderBusy, GuardError, UsageError
 
 
 def home() -> Path:
@@ -303,6 +306,17 @@ class Index:
                 out[r[0]] = IndexRow._make(r)
         return out
 
+    def rows_under(self, paths: Iterable[str]) -> dict[str, IndexRow]:
+        """Rows at ``paths`` and everything under them: a range on the primary key, so a
+        push of a few paths reads what they hold, not the whole index."""
+        out: dict[str, IndexRow] = {}
+        for path in paths:
+            out.update(self.rows_for([path]))
+            for r in self.db.execute(f"SELECT {_COLUMNS} FROM files WHERE path >= ? AND path < ?",
+                                     (path + "/", path + "0")):  # '0' follows '/'
+                out[r[0]] = IndexRow._make(r)
+        return out
+
     def put(self, row: IndexRow) -> None:
         self.db.execute(f"INSERT OR REPLACE INTO files ({_COLUMNS}, sig) "
                         "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
@@ -336,17 +350,64 @@ class Index:
         self.db.executemany("INSERT INTO orphans VALUES (?, ?)", list(orphans.items()))
 
 
+_IN_PROCESS: dict[str, threading.Lock] = {}
+_IN_PROCESS_GUARD = threading.Lock()
+
+
 @contextmanager
 def folder_lock(binding: Binding) -> Iterator[None]:
-    """One cloudguard process per folder at a time; the daemon and a manual push must not race."""
+    """One cloudguard process per folder at a time; the daemon and a manual push must not race.
+    Threads of one process (a mount's callbacks, a daemon's worker) take turns: an flock is
+    held per open file, so a second session of the same process would be refused."""
+    with _IN_PROCESS_GUARD:
+        turn = _IN_PROCESS.setdefault(binding.id, threading.Lock())
+    with turn, _flock(binding):
+        yield
+
+
+def lock_wait() -> float:
+    """How long an operation waits for another process's operation on the same folder
+    (``CLOUDGUARD_LOCK_WAIT`` seconds, default 600; 0 fails at once)."""
+    raw = os.environ.get("CLOUDGUARD_LOCK_WAIT", "")
+    if not raw:
+        return LOCK_WAIT_DEFAULT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86400:
+        raise UsageError(f"CLOUDGUARD_LOCK_WAIT={raw!r} is not a number of seconds from 0 to "
+                         "86400")
+    return value
+
+
+LOCK_WAIT_DEFAULT = 600.0
+
+
+@contextmanager
+def _flock(binding: Binding) -> Iterator[None]:
+    """Waits for another process's operation (the daemon's push, a mount's commit) rather than
+    failing; says so once on a terminal."""
     binding.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    wait = lock_wait()
     fd = os.open(binding.dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise CloudguardError(f"another cloudguard process is working on {binding.folder}; "
-                                  "try again when it finishes") from exc
+        deadline = time.monotonic() + wait
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError as exc:
+                if time.monotonic() >= deadline:
+                    raise FolderBusy(f"another cloudguard process is working on "
+                                     f"{binding.folder} (waited {wait:g} s; "
+                                     "CLOUDGUARD_LOCK_WAIT sets the wait)") from exc
+                if not told and sys.stderr.isatty():
+                    print(f"cloudguard: waiting for another cloudguard process working on "
+                          f"{binding.folder}", file=sys.stderr)
+                    told = True
+                time.sleep(0.1)
         yield
     finally:
         os.close(fd)

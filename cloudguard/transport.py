@@ -243,6 +243,19 @@ def rclone_binary() -> str:
     return found
 
 
+def remote_config(name: str) -> dict[str, str]:
+    """The options of a configured rclone remote, from rclone's own ``config dump`` (so the
+    config file's location and encryption stay rclone's business); {} when unknown."""
+    try:
+        proc = subprocess.run([rclone_binary(), "config", "dump"], capture_output=True,
+                              check=False, timeout=30)
+        dump = json.loads(proc.stdout or b"{}")
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return {}
+    section = dump.get(name, {}) if isinstance(dump, dict) else {}
+    return {str(k): str(v) for k, v in section.items()} if isinstance(section, dict) else {}
+
+
 def normalize_remote(spec: str) -> str:
     """Local paths become absolute so the binding survives a change of working directory."""
     spec = spec.strip()

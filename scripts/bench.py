@@ -67,7 +67,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "docs" / "benchmarks.md"
-SCENARIOS = ("a", "b", "b2", "c", "d", "e")
+SCENARIOS = ("a", "b", "b2", "c", "d", "e", "f")
 MIB = 1024 * 1024
 KIB = 1024
 PASSPHRASE = "cloudguard bench passphrase, not a secret"  # passes the strength check
@@ -78,6 +78,51 @@ RSS_LIMIT_MIB = 200.0
 # Runs cloudguard's CLI exactly like the console script does, but records the Python
 # process's own peak RSS (RUSAGE_SELF, i.e. without rclone children) at exit, and can
 # profile it with cProfile. atexit handlers run after click's sys.exit().
+# Long-lived faces (issue 10): a Vault opened once (not timed), then push([one path]) per
+# changed file, timed inside the process; and ranged reads through a counting transport.
+_VAULT_PUSH_PROBE = """
+import json, os, sys, time
+from cloudguard.api import Vault
+folder, targets = sys.argv[1], sys.argv[2:]
+v = Vault(folder)
+v.refresh()
+out = []
+for rel in targets:
+    path = os.path.join(folder, rel)
+    with open(path, "wb") as fh:
+        fh.write(os.urandom(4096))
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+    start = time.perf_counter()
+    doc = v.push([rel])
+    out.append({"wall": time.perf_counter() - start, "bytes": doc["bytes_uploaded"],
+                "uploaded": doc["uploaded"]})
+print(json.dumps(out))
+"""
+
+_RANGED_READ_PROBE = """
+import contextlib, io, json, sys, time
+from cloudguard.api import Vault
+folder, rel, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+v = Vault(folder)
+reader = v.open_reader(rel)
+inner, counted = reader.transport, [0, 0]
+class Counting:
+    @contextlib.contextmanager
+    def reader(self, name, offset=0, count=None):
+        counted[1] += 1
+        with inner.reader(name, offset=offset, count=count) as stream:
+            data = stream.read()
+        counted[0] += len(data)
+        yield io.BytesIO(data)
+reader.transport = Counting()
+start = time.perf_counter()
+data = reader.read(size // 2, 4096)
+wall = time.perf_counter() - start
+print(json.dumps({"wall": wall, "downloaded": counted[0], "requests": counted[1],
+                  "got": len(data)}))
+"""
+
 _CLOUDGUARD_SHIM = """
 import atexit, os, resource, sys
 def _bench_report():
@@ -577,6 +622,7 @@ class Config:
     push_files: int
     tree_folders: int
     quiet_wait: float
+    ranged_size: int = 1024 * MIB
 
 
 QUIET_LOAD = 0.25  # CPUs busy with other processes below which the machine counts as quiet
@@ -585,7 +631,7 @@ QUIET_LOAD = 0.25  # CPUs busy with other processes below which the machine coun
 def make_config(quick: bool, runs: int, quiet_wait: float | None) -> Config:
     if quick:
         return Config(True, runs, 64 * MIB, 200, 20, 1_000, 5_000, 100,
-                      0.0 if quiet_wait is None else quiet_wait)
+                      0.0 if quiet_wait is None else quiet_wait, 32 * MIB)
     return Config(False, runs, 1024 * MIB, 2_000, 20, 10_000, 100_000, 1_000,
                   10.0 if quiet_wait is None else quiet_wait)
 
@@ -877,6 +923,60 @@ class Bench:
         result.notes.append(f"Set-up (not timed): the first push of {files:,} files took "
                             f"{first.wall:.1f} s, peak RSS {fmt_kib(first.rss_tree_kib)} "
                             f"(cloudguard python {fmt_kib(first.rss_self_kib)}).")
+        self.vault_push_probe(result, src, remote, home, files, folders)
+        self.cleanup(src, remote, home)
+        return result
+
+    def vault_push_probe(self, result: Result, src: Path, remote: Path, home: Path,
+                         files: int, folders: int) -> None:
+        """Vault.push([one path]) in a vault opened once: the daemon's push."""
+        runs = max(3, self.cfg.runs)
+        targets = [str(small_file_path(src, (files // 3 + rep * 104729) % files, folders)
+                       .relative_to(src)) for rep in range(runs)]
+        flush_disks()
+        self.settle()
+        before = snapshot(remote)
+        got = run_measured([sys.executable, "-c", _VAULT_PUSH_PROBE, str(src), *targets],
+                           self.tools.cloudguard_env(home), self.tools.scratch / "cloudguard")
+        d = diff(before, snapshot(remote))
+        runs_doc = json.loads(got.stdout)
+        walls = sorted(r["wall"] for r in runs_doc)
+        median = walls[len(walls) // 2]
+        new_m = sum(size for name, size in d.added.items() if name.startswith("m/"))
+        per_push = max(r["bytes"] for r in runs_doc) + new_m // max(1, len(runs_doc))
+        result.notes.append(
+            "Vault.push([one path]) in an open vault (in-process, key unlocked once): "
+            + ", ".join(f"{w:.3f} s" for w in (r["wall"] for r in runs_doc))
+            + f"; uploaded per push at most {fmt_bytes(per_push)} (content + m/ segments)")
+        self.log(f"d Vault.push([one]): median {median:.3f} s, {fmt_bytes(per_push)} a push")
+        result.checks.append(Check("Vault.push([one path]) in an open vault <= 0.3 s (median)",
+                                   median <= 0.3, f"{median:.3f} s"))
+        result.checks.append(Check("Vault.push([one path]) uploads < 1 MiB", per_push < MIB,
+                                   fmt_bytes(per_push)))
+
+    def scenario_f(self) -> Result:
+        size = self.cfg.ranged_size
+        result = Result("f", f"(f) ranged read of 4 KiB from the middle of a {fmt_bytes(size)} "
+                             "file, local remote", baseline="")
+        src, remote, home = (self.work / "f-src", self.work / "f-remote", self.work / "f-home")
+        src.mkdir(parents=True, exist_ok=True)
+        with (src / "big.bin").open("wb") as fh:
+            for _ in range(size // MIB):
+                fh.write(os.urandom(MIB))
+        self.tools.cg_init(home, src, str(remote))
+        self.tools.cg_push(home, src)
+        flush_disks()
+        self.settle()
+        got = run_measured([sys.executable, "-c", _RANGED_READ_PROBE, str(src), "big.bin",
+                            str(size)], self.tools.cloudguard_env(home),
+                           self.tools.scratch / "cloudguard")
+        doc = json.loads(got.stdout)
+        result.notes.append(f"one read of 4 KiB at offset {size // 2:,}: {doc['wall']:.3f} s, "
+                            f"{doc['requests']} ranged download(s), {fmt_bytes(doc['downloaded'])} "
+                            f"downloaded; process peak RSS {fmt_kib(got.rss_tree_kib)}")
+        result.checks.append(Check("a 4 KiB ranged read downloads <= 256 KiB",
+                                   doc["downloaded"] <= 256 * KIB and doc["got"] == 4096,
+                                   fmt_bytes(doc["downloaded"])))
         self.cleanup(src, remote, home)
         return result
 
@@ -1051,7 +1151,7 @@ def render(results: list[Result], info: dict[str, str], cfg: Config, probe_mib: 
     shown = " ".join(argv) if argv else "(no options)"
     lines += ["", "## How to reproduce", "",
               "`pip install -e . && python scripts/bench.py` (full run: about 6-10 minutes "
-              "and ~3 GiB of temp space; `--quick` for a smoke run, `--only a,b,b2,c,d,e`, "
+              "and ~3 GiB of temp space; `--quick` for a smoke run, `--only a,b,b2,c,d,e,f`, "
               "`--runs N`, `--workdir DIR`, `--code REV|worktree|live`, `--quiet-wait S`, "
               "`--profile DIR` for cProfile dumps of every cloudguard command). This report "
               f"came from: `python scripts/bench.py {shown}`.", ""]
@@ -1161,7 +1261,8 @@ def main(argv: list[str] | None = None) -> int:
         bench.log(f"workdir {work}; rclone {rclone}; scenarios {','.join(args.scenarios)}"
                   f"{' (quick)' if cfg.quick else ''}")
         runners = {"a": bench.scenario_a, "b": bench.scenario_b, "b2": bench.scenario_b2,
-                   "c": bench.scenario_c, "d": bench.scenario_d, "e": bench.scenario_e}
+                   "c": bench.scenario_c, "d": bench.scenario_d, "e": bench.scenario_e,
+                   "f": bench.scenario_f}
         for key in args.scenarios:
             t0 = time.perf_counter()
             results.append(runners[key]())

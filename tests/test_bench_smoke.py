@@ -15,12 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_bench_quick_runs_and_reports(tmp_path: Path) -> None:
     out = tmp_path / "bench.md"
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick",
-                           "--only", "a,b,c,d", "--code", "live", "--workdir", str(tmp_path / "w"),
-                           "--out", str(out)], capture_output=True, text=True, timeout=600,
-                          check=False, cwd=ROOT)
+                           "--only", "a,b,c,d,f", "--code", "live",
+                           "--workdir", str(tmp_path / "w"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, check=False, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = out.read_text()
     assert "## Summary" in report
-    for scenario in ("(a)", "(b)", "(c)", "(d)"):
+    for scenario in ("(a)", "(b)", "(c)", "(d)", "(f)"):
         assert scenario in report
     assert "rclone copy" in report and "cloudguard push" in report
+    assert "Vault.push([one path])" in report and "ranged read" in report

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 from helpers import cg, cg_json, cg_proc, share
 
+import cloudguard
 from cloudguard import cli
 
 # --- item 16: an exposed folder -----------------------------------------------------------
@@ -287,8 +288,8 @@ def test_rclone_bwlimit_slows_uploads_and_downloads(sftp_remote: str, tmp_path: 
 def test_no_subprocess_call_replaces_the_environment() -> None:
     """Every rclone call inherits the environment (so RCLONE_* settings apply): an ``env=``
     argument must extend os.environ, never replace it."""
-    package = Path(cli.__file__).parent
-    for source in sorted(package.glob("*.py")):
+    package = Path(cloudguard.__file__).parent
+    for source in sorted(package.rglob("*.py")):
         tree = ast.parse(source.read_text(), str(source))
         for node in ast.walk(tree):
             if isinstance(node, ast.Call):

@@ -156,6 +156,15 @@ class State:
         if path is not None:
             yield path, sibs
 
+    def subtree(self, path: str) -> Iterator[tuple[str, Siblings]]:
+        """``path`` and every path under it, with their siblings (a key range, not a scan)."""
+        got: dict[str, Siblings] = {}
+        for p, dot, e in self.db.execute(
+                "SELECT path, dot, e FROM entries WHERE path = ? OR (path >= ? AND path < ?)",
+                (path, path + "/", path + "0")):  # '0' follows '/'
+            got.setdefault(p, {})[dot] = json.loads(e)
+        return iter(sorted(got.items()))
+
     def dots(self) -> Iterator[tuple[str, str]]:
         """(path, dot) of every entry, without parsing any entry."""
         return iter(self.db.execute("SELECT path, dot FROM entries"))

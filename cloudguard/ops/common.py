@@ -44,10 +44,14 @@ def _counts(kinds: Iterable[str]) -> dict[str, int]:
     return out
 
 
-def _scan(s: Session) -> dict[str, sync.LocalItem]:
+def _scan(s: Session, scope: list[str] | None = None) -> dict[str, sync.LocalItem]:
     """The folder as it is now: the scan started with the session, if nothing since could have
-    changed it, else a fresh one."""
-    if s.prescan is not None:
+    changed it, else a fresh one. With a ``scope``, only those paths (and their parents and
+    contents)."""
+    if scope is not None:
+        unreadable: list[str] = []
+        items = sync.scan_paths(s.folder, scope, s.ui.warn, unreadable)
+    elif s.prescan is not None:
         items, warnings, unreadable = s.prescan()
         s.prescan = None  # used once
         for warning in warnings:
@@ -56,6 +60,9 @@ def _scan(s: Session) -> dict[str, sync.LocalItem]:
         unreadable = []
         items = sync.scan(s.folder, s.ui.warn, unreadable)
     s.unreadable = unreadable
+    if s.ignore is not None:
+        ignore = s.ignore
+        items = {p: item for p, item in items.items() if not ignore(p)}
     sync.clear_staging(s.folder)  # temp files of a pull that was killed; we hold the lock
     if folding.folds(s.folder):  # the disk's spelling of a manifest path is that path
         items = folding.alias(items, [p for p, _d in s.state.dots()])

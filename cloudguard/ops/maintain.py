@@ -16,7 +16,7 @@ from ..errors import (
     IntegrityError,
     UsageError,
 )
-from ..session import Session
+from ..session import Session, long_lived
 
 COMPACT_AFTER = 32  # delta segments before a snapshot replaces them
 
@@ -47,10 +47,23 @@ def _collect_pending(s: Session) -> None:
         s.index.clear_pending(s.index.pending())
 
 
+# A long-lived face pushes every few seconds: it repacks and collects garbage at most this
+# often (each pass reads every entry), a CLI run after every push. Compaction is never late.
+MAINTAIN_EVERY = 600.0
+_LAST_MAINTAINED: dict[str, float] = {}
+
+
 def _maintain(s: Session) -> None:
     """Compaction, repacking and garbage collection after a successful commit. Versions
     replaced longer than ``keep_days`` ago leave the history first, so their objects are
     garbage too."""
+    if long_lived(s.binding):
+        if s.loaded.deltas >= COMPACT_AFTER:
+            s.snapshot()
+        if time.monotonic() - _LAST_MAINTAINED.get(s.binding.id, -MAINTAIN_EVERY) \
+                < MAINTAIN_EVERY:
+            return
+        _LAST_MAINTAINED[s.binding.id] = time.monotonic()
     s.state.prune_attic(int(time.time()) - s.binding.keep_days * 86400)
     if s.loaded.deltas >= COMPACT_AFTER:
         s.snapshot()

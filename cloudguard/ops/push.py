@@ -7,6 +7,7 @@ limit, unreadable paths (never a delete).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,20 @@ from .rotate import _rewrap_stale
 
 
 def push(folder: str | None, dry_run: bool = False, ui: UI | None = None,
-         allow_mass_delete: bool = False) -> dict[str, Any]:
+         allow_mass_delete: bool = False, paths: list[str] | None = None,
+         ignore: Callable[[str], bool] | None = None) -> dict[str, Any]:
     """``result["unreadable"]`` lists paths that could not be read: they kept their last
-    synced state, and the CLI exits 1 after the rest was pushed."""
-    with _audited("push", folder), session(folder, ui, scan=True, guard=True) as s:
+    synced state, and the CLI exits 1 after the rest was pushed.
+
+    ``paths`` (relative to the folder, or absolute inside it) pushes only those paths and
+    what is under them; the rest of the folder is not scanned (the daemon's push).
+    ``ignore`` (cloudguard.ignore.Ignore) paths are never read nor uploaded, and a synced
+    one that is ignored now keeps its synced state (an ignore rule never deletes)."""
+    with _audited("push", folder), session(folder, ui, scan=paths is None, guard=True) as s:
         _warn_exposed(s)
-        result = _push(s, dry_run, allow_mass_delete)
+        s.ignore = ignore
+        result = _push(s, dry_run, allow_mass_delete,
+                       None if paths is None else _relative(s, paths))
         if not dry_run:
             _log(s, "push", files=len(result["uploaded"]) + len(result["updated"]),
                  deleted=len(result["deleted"]), objects=result.get("object_ids", []),
@@ -53,16 +62,42 @@ def _warn_exposed(s: Session) -> None:
             s.ui.warn(f"{f.message} ({f.fix}; cloudguard doctor)")
 
 
-def _push_plan(s: Session, local: dict[str, sync.LocalItem]
+def _relative(s: Session, paths: list[str]) -> list[str]:
+    """Folder-relative paths; an absolute path must lie inside the folder."""
+    root = s.folder.absolute()
+    out: list[str] = []
+    for raw in paths:
+        given = Path(raw)
+        if given.is_absolute():
+            try:
+                rel = given.relative_to(root).as_posix()
+            except ValueError as exc:
+                raise UsageError(f"{raw}: not inside the folder {root}") from exc
+        else:
+            rel = given.as_posix()
+        if rel in ("", "."):
+            raise UsageError(f"{raw}: the folder itself; push it without paths")
+        out.append(sync.check_rel_path(rel))
+    return sorted(set(out))
+
+
+def _push_plan(s: Session, local: dict[str, sync.LocalItem], scope: list[str] | None = None
                ) -> tuple[sync.PushPlan, dict[str, IndexRow]]:
-    """Only what differs from the index needs a look: whole rows for those paths alone."""
-    sigs = s.index.signatures()
+    """Only what differs from the index needs a look: whole rows for those paths alone.
+    With a ``scope``, only rows at or under those paths count (what was not scanned is not
+    gone)."""
+    if scope is None:
+        sigs = s.index.signatures()
+    else:
+        sigs = {p: signature(r.kind, r.size, r.mtime, r.mode, r.target, r.ctime, r.ino)
+                for p, r in s.index.rows_under(scope).items()}
     changed = {p: item for p, item in local.items()
                if sigs.get(p) != signature(item.kind, item.size, item.mtime, item.mode,
                                            item.target, item.ctime, item.ino)}
     # a path the scan could not read is not gone: it keeps its last synced state
     gone = [p for p in sigs if p not in local
-            and not (s.unreadable and sync.under(p, s.unreadable))]
+            and not (s.unreadable and sync.under(p, s.unreadable))
+            and not (s.ignore is not None and s.ignore(p))]
     rows = s.index.rows_for([*changed, *gone])
     return sync.plan_push(changed, rows, sync.LazyView(s.state), _safe_hasher(s.folder),
                           s.state.version), rows
@@ -117,10 +152,11 @@ def _check_mass_delete(s: Session, plan: sync.PushPlan, allow: bool) -> None:
     raise refusal
 
 
-def _push(s: Session, dry_run: bool, allow_mass_delete: bool = False) -> dict[str, Any]:
+def _push(s: Session, dry_run: bool, allow_mass_delete: bool = False,
+          scope: list[str] | None = None) -> dict[str, Any]:
     conflicts = [] if dry_run else _resolve(s)
-    local = _scan(s)
-    plan, index_rows = _push_plan(s, local)
+    local = _scan(s, scope)
+    plan, index_rows = _push_plan(s, local, scope)
     # a dry run has every key a push has (what it would do; nothing uploaded)
     result: dict[str, Any] = {
         "uploaded": [i.path for i in plan.upload], "updated": [i.path for i, _ in plan.put],

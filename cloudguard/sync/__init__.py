@@ -59,6 +59,7 @@ from .scanning import (
     row_from,
     row_from_entry,
     scan,
+    scan_paths,
     under,
 )
 from .uploader import PACK_THRESHOLD, ObjectWriter, _encrypt_one, upload, write_filler
@@ -110,6 +111,7 @@ __all__ = [
     "row_from",
     "row_from_entry",
     "scan",
+    "scan_paths",
     "stage",
     "temp_path",
     "under",

@@ -42,17 +42,18 @@ class LocalItem(NamedTuple):
 
 
 def scan(folder: Path, warn: Callable[[str], None],
-         unreadable: list[str] | None = None) -> dict[str, LocalItem]:
+         unreadable: list[str] | None = None, start: str = "") -> dict[str, LocalItem]:
     """Walk without following links; skip what cannot be synced, naming it.
 
     The folder's own ``.cloudguard`` (marker and staging) is never part of it. A path that
     cannot be read goes into ``unreadable`` instead of the result: it must never look deleted,
     so the caller keeps its last synced state. An unreadable folder root is an error.
+    ``start`` walks only that sub-folder (a relative path; the result holds paths under it).
     """
     if unreadable is None:
         unreadable = []
     items: dict[str, LocalItem] = {}
-    stack = [""]
+    stack = [start]
     is_lnk, is_dir, is_reg = stat.S_ISLNK, stat.S_ISDIR, stat.S_ISREG
     while stack:
         rel_dir = stack.pop()
@@ -62,7 +63,7 @@ def scan(folder: Path, warn: Callable[[str], None],
             with os.scandir(base) as listing:
                 entries = list(listing)  # a read error part-way drops the whole folder
         except OSError as exc:
-            if not rel_dir:
+            if not rel_dir and not start:
                 raise CloudguardError(f"cannot read the folder {folder}: "
                                       f"{exc.strerror or exc}") from exc
             warn(f"cannot read folder {rel_dir}: {exc.strerror or exc}; kept its last synced "
@@ -101,6 +102,36 @@ def scan(folder: Path, warn: Callable[[str], None],
             else:
                 warn(f"skipped {rel}: not a regular file, folder or symlink "
                      "(fifo, socket or device)")
+    return items
+
+
+def scan_paths(folder: Path, paths: list[str], warn: Callable[[str], None],
+               unreadable: list[str]) -> dict[str, LocalItem]:
+    """What is on disk at ``paths`` (relative), their parent folders, and everything under
+    the ones that are folders: a push of a few paths costs what they hold, not the folder."""
+    items: dict[str, LocalItem] = {}
+    for rel in paths:
+        parts = check_rel_path(rel).split("/")
+        for depth in range(1, len(parts) + 1):
+            path = "/".join(parts[:depth])
+            if path in items or (depth == 1 and path == MARKER_DIR):
+                continue
+            try:
+                item = local_item(folder, path)
+            except OSError as exc:
+                warn(f"cannot read {path}: {exc.strerror or exc}; kept its last synced state")
+                unreadable.append(path)
+                break
+            if item is None or (depth < len(parts) and item.kind != "d"):
+                break  # gone (or no longer a folder): so is everything below it
+            if item.kind == "f" and not stat.S_ISREG(os.lstat(folder / path).st_mode):
+                warn(f"skipped {path}: not a regular file, folder or symlink "
+                     "(fifo, socket or device)")
+                break
+            items[path] = item
+        else:
+            if items.get(rel) is not None and items[rel].kind == "d":
+                items.update(scan(folder, warn, unreadable, start=rel))
     return items
 
 

@@ -1,0 +1,131 @@
+"""The long-lived face of a vault: what the daemon and the mount hold open.
+
+A CLI run unlocks the device key, works and exits. A daemon or a mount works for hours, so
+:class:`Vault` unlocks the key once (memory only) and then serves many small calls. Each call
+still takes the folder lock for its own duration (waiting for another process's operation,
+never holding it between calls), and re-reads the remote through a session, so a push from
+the CLI and one from the daemon never race.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from . import manifest as mf
+from . import sync
+from .chain import KEYS_PREFIX
+from .format import Reader
+from .ops import write
+from .ops.pull import pull
+from .ops.push import push
+from .ops.status import open_reader, status
+from .ops.verify import verify
+from .rcd import RcdTransport
+from .reader import ChunkCache, FileReader
+from .session import UI, forget_unlocked, session, unlock, use_transport
+from .state import find_binding
+
+
+class Vault:
+    """One bound folder, opened once."""
+
+    def __init__(self, folder: str | None = None, ui: UI | None = None,
+                 cache_bytes: int = 8 * 1024 * 1024) -> None:
+        self.binding = find_binding(folder)
+        self.ui = ui or UI()
+        unlock(self.binding)  # the keyring or passphrase is asked once, here
+        self._transport = RcdTransport(self.binding.remote)  # one rclone for every call
+        use_transport(self.binding, self._transport)
+        self._seen: dict[str, int] | None = None
+        self._cache = ChunkCache(cache_bytes)
+
+    @property
+    def folder(self) -> str:
+        return self.binding.folder
+
+    def refresh(self) -> None:
+        """Pick up new manifest segments and key commits (verified as any session does)."""
+        with session(self.folder, self.ui):
+            pass
+        self._seen = self._listing()
+
+    def poll(self) -> bool:
+        """Has the remote changed since the last call (or refresh)? One listing of the
+        manifest and key prefixes: no data is listed or downloaded."""
+        now = self._listing()
+        changed = now != self._seen
+        self._seen = now
+        return changed
+
+    def _listing(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for prefix in (mf.PREFIX, KEYS_PREFIX):
+            out.update({n: o.size for n, o in self._transport.list(prefix).items()})
+        return out
+
+    def push(self, paths: list[str] | None = None, *, dry_run: bool = False,
+             allow_mass_delete: bool = False,
+             ignore: Callable[[str], bool] | None = None) -> dict[str, Any]:
+        """``paths`` (relative to the folder, or absolute inside it): only those and what is
+        under them are scanned and pushed; the cost does not grow with the folder."""
+        return push(self.folder, dry_run, self.ui, allow_mass_delete, paths, ignore)
+
+    def pull(self) -> dict[str, Any]:
+        return pull(self.folder, self.ui)
+
+    def status(self) -> dict[str, Any]:
+        return status(self.folder, self.ui)
+
+    def verify(self, read_data: bool = False) -> dict[str, Any]:
+        return verify(self.folder, read_data, self.ui)
+
+    def write_version(self, path: str, stream: Reader, size: int, mode: int = 0o644,
+                      mtime_ns: int = 0) -> dict[str, Any]:
+        """A new version of ``path`` from ``stream`` (exactly ``size`` bytes), committed."""
+        return write.write_version(self.folder, path, stream, size, mode, mtime_ns)
+
+    def stage_version(self, path: str, stream: Reader, size: int, mode: int = 0o644,
+                      mtime_ns: int = 0) -> None:
+        """Encrypted and durable on local disk, journaled; committed by :meth:`commit`."""
+        with session(self.folder, self.ui) as s:
+            write.stage_version(s, path, stream, size, mode, mtime_ns)
+
+    def commit(self) -> list[str]:
+        """Upload and commit every staged version in one delta segment."""
+        with session(self.folder, self.ui) as s:
+            return write.commit_staged(s)
+
+    def rename(self, old: str, new: str) -> dict[str, Any]:
+        return write.rename(self.folder, old, new)
+
+    def mkdir(self, path: str, mode: int = 0o755) -> dict[str, Any]:
+        return write.mkdir(self.folder, path, mode)
+
+    def delete(self, path: str) -> dict[str, Any]:
+        return write.delete(self.folder, path)
+
+    def files(self) -> dict[str, dict[str, Any]]:
+        """Path -> the entry the vault shows there now (what a mount lists)."""
+        with session(self.folder, self.ui) as s:
+            return {path: entry for path, (_dot, entry) in sync.view(s.state).items()}
+
+    def open_reader(self, path: str) -> FileReader:
+        """Ranged reads of the vault's current version of ``path`` (chunks cached in memory,
+        shared by every reader of this vault); the reader holds no lock."""
+        return open_reader(self.folder, path, self._cache)
+
+    def close(self) -> None:
+        """Forget the unlocked key and the cached plaintext; stop the rclone."""
+        forget_unlocked(self.binding)
+        use_transport(self.binding, None)
+        self._transport.close()
+        self._cache.clear()
+
+    def __enter__(self) -> Vault:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,76 @@
+"""The daemon's settings: ``CLOUDGUARD_HOME/config.toml`` (tomllib), defaults below.
+
+    [daemon]
+    poll_seconds = 15        # how often other devices' pushes are looked for
+    rescan_seconds = 600     # a full look at each folder (missed events, a resume)
+    quiet_closed = 0.3       # quiet period after a close-after-write
+    quiet_open = 2.0         # ... after a write without a close
+    max_wait = 30.0          # a file that never goes quiet is pushed after this
+    min_interval = 10.0      # a busy path is pushed at most this often
+    ignore = ["*.bak"]       # more ignore patterns (gitignore syntax) beyond the defaults
+
+Every value is checked; a bad one is one line naming the setting.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from ..state import home
+from .schedule import Timing
+from .worker import Intervals
+
+_NUMBERS = {"poll_seconds": (0.1, 86400.0), "rescan_seconds": (1.0, 7 * 86400.0),
+            "quiet_closed": (0.0, 3600.0), "quiet_open": (0.0, 3600.0),
+            "max_wait": (0.1, 86400.0), "min_interval": (0.0, 86400.0)}
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    timing: Timing
+    intervals: Intervals
+    ignore: tuple[str, ...]
+
+
+def config_path() -> Path:
+    return home() / "config.toml"
+
+
+def load(path: Path | None = None) -> DaemonConfig:
+    path = path or config_path()
+    doc: dict[str, Any] = {}
+    if path.exists():
+        try:
+            doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise UsageError(f"{path}: not valid TOML: {exc}") from exc
+    section = doc.get("daemon", {})
+    if not isinstance(section, dict):
+        raise UsageError(f"{path}: [daemon] must be a table")
+    unknown = sorted(set(section) - set(_NUMBERS) - {"ignore"})
+    if unknown:
+        raise UsageError(f"{path}: unknown setting daemon.{unknown[0]}")
+    values: dict[str, float] = {}
+    for key, (low, high) in _NUMBERS.items():
+        if key in section:
+            raw = section[key]
+            if isinstance(raw, bool) or not isinstance(raw, (int, float)) \
+                    or not low <= float(raw) <= high:
+                raise UsageError(f"{path}: daemon.{key} = {raw!r} is not a number of seconds "
+                                 f"from {low:g} to {high:g}")
+            values[key] = float(raw)
+    ignore = section.get("ignore", [])
+    if not isinstance(ignore, list) or not all(isinstance(p, str) for p in ignore):
+        raise UsageError(f"{path}: daemon.ignore must be a list of patterns")
+    base_t, base_i = Timing(), Intervals()
+    timing = Timing(values.get("quiet_closed", base_t.quiet_closed),
+                    values.get("quiet_open", base_t.quiet_open),
+                    values.get("max_wait", base_t.max_wait),
+                    values.get("min_interval", base_t.min_interval))
+    intervals = Intervals(values.get("poll_seconds", base_i.poll),
+                          values.get("rescan_seconds", base_i.rescan))
+    return DaemonConfig(timing, intervals, tuple(ignore))

@@ -1,0 +1,221 @@
+"""Controlling a running daemon: its status socket, start and stop, systemd.
+
+The daemon answers on ``CLOUDGUARD_HOME/run/daemon.sock`` (0600, in a 0700 folder) with one
+JSON document per connection: every folder's state. Nothing secret is in it, but paths and
+errors are, so only this user may read it. ``start`` runs ``daemon run`` detached; ``stop``
+sends SIGTERM to the registered daemon. ``install`` writes a systemd user unit of
+``Type=notify`` (READY=1 once keys are unlocked, before the first rescan) that restarts on
+failure and carries no secret in its environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import CloudguardError, UsageError
+from ..lock import run_dir
+
+SOCKET = "daemon.sock"
+UNIT = "cloudguard.service"
+
+
+def socket_path() -> Path:
+    """``CLOUDGUARD_HOME/run/daemon.sock``; when that path is too long for a unix socket
+    (108 bytes), a 0700 folder of ours in the runtime or temp folder named after the home."""
+    here = run_dir() / SOCKET
+    if len(str(here).encode()) < 100:
+        return here
+    tag = hashlib.sha256(str(run_dir().resolve()).encode()).hexdigest()[:16]
+    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+    folder = base / f"cloudguard-{os.getuid()}-{tag}"
+    try:
+        folder.mkdir(mode=0o700)
+    except FileExistsError:
+        st = folder.lstat()
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+            raise CloudguardError(f"{folder} is not a private folder of this user; remove it"
+                                  ) from None
+    return folder / SOCKET
+
+
+def serve_status(report: Callable[[], dict[str, Any]], stop: threading.Event) -> threading.Thread:
+    """Answer status requests until ``stop``; the socket is 0600 from birth."""
+    path = socket_path()
+    path.unlink(missing_ok=True)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        server.bind(str(path))
+    finally:
+        os.umask(old)
+    server.listen(4)
+    server.settimeout(0.5)
+
+    def loop() -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    conn, _addr = server.accept()
+                except TimeoutError:
+                    continue
+                with conn:
+                    conn.sendall(json.dumps(report(), sort_keys=True).encode())
+        finally:
+            server.close()
+            path.unlink(missing_ok=True)
+
+    thread = threading.Thread(target=loop, name="cloudguard-status", daemon=True)
+    thread.start()
+    return thread
+
+
+def query() -> dict[str, Any] | None:
+    """The running daemon's status, or None when none answers."""
+    path = socket_path()
+    if not path.exists():
+        return None
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(5)
+            conn.connect(str(path))
+            chunks = []
+            while chunk := conn.recv(65536):
+                chunks.append(chunk)
+    except OSError:
+        return None
+    try:
+        doc = json.loads(b"".join(chunks))
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+_NOTIFY: list[str] = []
+
+
+def take_notify_socket() -> None:
+    """Keep systemd's socket for ourselves and out of the environment (sd_notify's
+    unset_environment): rclone speaks sd_notify too, and its READY=1 is not ours."""
+    target = os.environ.pop("NOTIFY_SOCKET", None)
+    if target:
+        _NOTIFY[:] = [target]
+
+
+def notify(message: str) -> None:
+    """sd_notify: tell systemd (Type=notify) about the service; nothing without it."""
+    target = _NOTIFY[0] if _NOTIFY else None
+    if not target:
+        return
+    address = "\0" + target[1:] if target.startswith("@") else target
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(address)
+            sock.sendall(message.encode())
+        except OSError:
+            pass  # a service manager that went away must not stop the daemon
+
+
+def _daemon_pids() -> list[int]:
+    pids = []
+    for record in run_dir().glob("daemon-*.json"):
+        try:
+            pid = int(json.loads(record.read_text())["pid"])
+            os.kill(pid, 0)
+        except (OSError, ValueError, KeyError, TypeError):
+            record.unlink(missing_ok=True)
+            continue
+        pids.append(pid)
+    return pids
+
+
+def start(log: Path) -> dict[str, Any]:
+    if _daemon_pids():
+        raise UsageError("the daemon is already running (cloudguard daemon status)")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "cloudguard", "daemon", "run"],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True)
+    deadline = time.monotonic() + 30
+    while query() is None:
+        if proc.poll() is not None:
+            raise CloudguardError(f"the daemon exited at start (code {proc.returncode}); see "
+                                  f"{log}")
+        if time.monotonic() > deadline:
+            raise CloudguardError(f"the daemon did not answer within 30 s; see {log}")
+        time.sleep(0.1)
+    return {"pid": proc.pid, "log": str(log)}
+
+
+def stop(timeout: float = 10.0) -> dict[str, Any]:
+    pids = _daemon_pids()
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+    return {"stopped": pids}
+
+
+def unit_text(home: Path | None) -> str:
+    exec_start = shlex.join([sys.executable, "-m", "cloudguard", "daemon", "run"])
+    env = f"Environment=CLOUDGUARD_HOME={home}\n" if home else ""
+    return f"""[Unit]
+Description=cloudguard: encrypt bound folders and keep them in sync
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=notify
+ExecStart={exec_start}
+{env}Restart=on-failure
+RestartSec=5
+TimeoutStopSec=10
+# No secret ever goes in this file or the environment: the OS keyring unlocks the keys, or
+# (file keystore) a credential, e.g.
+#   LoadCredentialEncrypted=cloudguard-passphrase:/etc/credstore.encrypted/cloudguard
+#   Environment=CLOUDGUARD_PASSPHRASE_FILE=%d/cloudguard-passphrase
+NoNewPrivileges=yes
+PrivateTmp=yes
+
+[Install]
+WantedBy=default.target
+"""
+
+
+def install(print_only: bool) -> dict[str, Any]:
+    home = Path(os.environ["CLOUDGUARD_HOME"]) if os.environ.get("CLOUDGUARD_HOME") else None
+    text = unit_text(home)
+    if print_only:
+        return {"unit": text, "path": None}
+    config = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
+    path = config / "systemd" / "user" / UNIT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    for args in (["daemon-reload"], ["enable", "--now", UNIT]):
+        proc = subprocess.run(["systemctl", "--user", *args], capture_output=True, text=True,
+                              check=False)
+        if proc.returncode != 0:
+            raise CloudguardError(f"systemctl --user {' '.join(args)} failed: "
+                                  f"{proc.stderr.strip() or proc.stdout.strip()} (the unit is "
+                                  f"written to {path})")
+    return {"unit": text, "path": str(path)}

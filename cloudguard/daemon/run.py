@@ -1,0 +1,91 @@
+"""``cloudguard daemon run``: serve every bound folder of this CLOUDGUARD_HOME, one worker
+each, in the foreground (what the systemd unit runs). SIGTERM or SIGINT stops it within a few
+seconds; whatever was in flight is finished by the next start's rescan, as after a kill."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from dataclasses import asdict
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from .. import lock
+from ..errors import UsageError
+from ..ignore import Ignore
+from ..session import unlock
+from ..state import Binding, all_bindings, find_binding
+from . import control
+from .config import load as load_config
+from .schedule import Timing
+from .worker import FolderWorker, Intervals
+
+log = logging.getLogger("cloudguard.daemon")
+
+STOP_WITHIN = 2.5  # seconds the workers get after SIGTERM before the process exits
+
+
+def _nested(bindings: list[Binding]) -> str | None:
+    roots = sorted(Path(b.folder).resolve() for b in bindings)
+    for outer, inner in zip(roots, roots[1:], strict=False):
+        if inner == outer or outer in inner.parents:
+            return f"{inner} is inside {outer}"
+    return None
+
+
+def run(folders: list[str] | None = None, timing: Timing | None = None,
+        intervals: Intervals | None = None, stop: threading.Event | None = None) -> int:
+    control.take_notify_socket()
+    config = load_config()
+    timing = timing or config.timing
+    intervals = intervals or config.intervals
+    bindings = [find_binding(f) for f in folders] if folders else all_bindings()
+    if not bindings:
+        raise UsageError("no bound folder to serve; run cloudguard init or clone first")
+    nested = _nested(bindings)
+    if nested:
+        raise UsageError(f"bound folders may not nest: {nested}")
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = stop or threading.Event()
+
+    def on_signal(_sig: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    for binding in bindings:
+        unlock(binding)  # the keyring or passphrase, once, before systemd hears READY
+    record = lock.register("daemon")
+    ignore = Ignore(config.ignore)
+    workers = [FolderWorker(b, stop, timing, intervals, ignore) for b in bindings]
+
+    def report() -> dict[str, Any]:
+        return {"pid": os.getpid(), "folders": [
+            {**asdict(w.status), "queue": len(w.sched), "alive": w.is_alive()}
+            for w in workers]}
+
+    status_thread = control.serve_status(report, stop)
+    try:
+        control.notify("READY=1")
+        for worker in workers:
+            worker.start()
+        log.info("serving %d folder(s)", len(workers))
+        while not stop.wait(1.0):
+            if all(not w.is_alive() for w in workers):
+                break
+    finally:
+        stop.set()
+        for worker in workers:
+            worker._wake.set()
+        for worker in workers:
+            worker.join(timeout=STOP_WITHIN / max(1, len(workers)))
+        record.unlink(missing_ok=True)
+        control.notify("STOPPING=1")
+        status_thread.join(timeout=1)
+    return 0 if all(w.status.state != "stopped" for w in workers) else 1

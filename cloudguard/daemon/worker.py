@@ -1,0 +1,200 @@
+"""One worker per bound folder: inotify hints in, engine pushes and pulls out.
+
+The watcher only says where to look; after the quiet period the worker hands those paths to
+:meth:`cloudguard.api.Vault.push`, which compares them with the index (so an echo of the
+worker's own pull, whose rows it committed first, does nothing). Every few seconds it asks
+:meth:`~cloudguard.api.Vault.poll` whether other devices pushed, and pulls. A guard refusal or
+an integrity failure stops this folder only; a transport failure backs off (with jitter,
+capped) and keeps the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from watchdog.events import (
+    DirModifiedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileClosedNoWriteEvent,
+    FileMovedEvent,
+    FileOpenedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+
+from ..api import Vault
+from ..errors import CloudguardError, GuardError, IntegrityError
+from ..ignore import Ignore
+from ..state import Binding
+from .schedule import Scheduler, Timing
+
+log = logging.getLogger("cloudguard.daemon")
+
+MARKER = ".cloudguard"
+
+
+@dataclass(frozen=True)
+class Intervals:
+    poll: float = 15.0
+    rescan: float = 600.0
+    backoff_first: float = 2.0
+    backoff_max: float = 300.0
+
+
+@dataclass
+class FolderState:
+    """What ``cloudguard status`` shows of a folder the daemon serves."""
+
+    folder: str
+    state: str = "starting"  # syncing, idle, stopped
+    why: str = ""
+    queue: int = 0
+    last_push: float | None = None
+    last_pull: float | None = None
+    last_error: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _Hints(FileSystemEventHandler):
+    def __init__(self, root: Path, worker: FolderWorker) -> None:
+        self.root = str(root)
+        self.worker = worker
+
+    def _rel(self, path: str | bytes) -> str | None:
+        text = os.fsdecode(path)
+        if text == self.root:
+            return ""
+        if not text.startswith(self.root + os.sep):
+            return None
+        rel = text[len(self.root) + 1:].replace(os.sep, "/")
+        if rel == MARKER or rel.startswith(MARKER + "/"):
+            return None  # our own marker and staging folder
+        return rel
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if isinstance(event, (FileOpenedEvent, FileClosedNoWriteEvent, DirModifiedEvent)):
+            return  # a folder's own "modified" only repeats the events of what is in it
+        closed = isinstance(event, FileClosedEvent) or event.event_type in ("deleted", "moved")
+        paths = [event.src_path]
+        if isinstance(event, (FileMovedEvent, DirMovedEvent)):
+            paths.append(event.dest_path)
+        for raw in paths:
+            rel = self._rel(raw)
+            if rel == "":
+                self.worker.rescan()  # the folder itself was moved or deleted: look at all
+            elif rel is not None:
+                self.worker.hint(rel, closed)
+
+
+class FolderWorker(threading.Thread):
+    def __init__(self, binding: Binding, stop: threading.Event, timing: Timing | None = None,
+                 intervals: Intervals | None = None, ignore: Ignore | None = None) -> None:
+        super().__init__(name=f"cloudguard-{binding.id}", daemon=True)
+        self.binding = binding
+        self.stop = stop
+        self.intervals = intervals or Intervals()
+        self.ignore = ignore or Ignore()
+        self.sched = Scheduler(timing or Timing())
+        self.status = FolderState(binding.folder)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self.vault: Vault | None = None
+
+    def hint(self, rel: str, closed: bool) -> None:
+        if rel and self.ignore(rel):
+            return  # never looked at: an office lock, a swap file, a temp file
+        with self._lock:
+            self.sched.touched(rel, closed)
+        self._wake.set()
+
+    def rescan(self) -> None:
+        with self._lock:
+            self.sched.rescan()
+        self._wake.set()
+
+    def run(self) -> None:
+        try:
+            self._serve()
+        except Exception as exc:  # a worker never takes the daemon down
+            self._stopped(f"{type(exc).__name__}: {exc}")
+            log.exception("folder worker failed")
+
+    def _stopped(self, why: str) -> None:
+        self.status.state, self.status.why = "stopped", why
+        log.error("folder %s stopped: %s", self.binding.id, why)
+
+    def _serve(self) -> None:
+        folder = Path(self.binding.folder)
+        self.vault = Vault(str(folder))
+        observer = Observer()
+        observer.schedule(_Hints(folder, self), str(folder), recursive=True)
+        observer.start()
+        try:
+            self._loop()
+        finally:
+            observer.stop()
+            observer.join(timeout=2)
+            self.vault.close()
+
+    def _loop(self) -> None:
+        assert self.vault is not None
+        with self._lock:
+            self.sched.rescan()  # whatever happened while we were not running
+        now = time.monotonic()
+        next_poll, next_rescan = now, now + self.intervals.rescan
+        backoff, retry_at = 0.0, 0.0
+        while not self.stop.is_set():
+            now = time.monotonic()
+            with self._lock:
+                deadline = self.sched.next_deadline()
+            wake_at = min(x for x in (deadline, next_poll, next_rescan) if x is not None)
+            wake_at = max(wake_at, retry_at)
+            if wake_at > now:
+                self.status.state = "idle" if not len(self.sched) else "syncing"
+                self._wake.wait(timeout=wake_at - now)
+                self._wake.clear()
+                continue
+            if now >= next_rescan:
+                next_rescan = now + self.intervals.rescan
+                with self._lock:
+                    self.sched.rescan()
+            with self._lock:
+                rescan, paths = self.sched.due()
+                self.status.queue = len(self.sched)
+            try:
+                self.status.state = "syncing"
+                if rescan or paths:
+                    got = self.vault.push(None if rescan else paths, ignore=self.ignore)
+                    self.status.last_push = time.time()
+                    if got.get("skipped"):  # changed while read: look again when it settles
+                        with self._lock:
+                            self.sched.again([str(p) for p in got["skipped"]])
+                if now >= next_poll:
+                    next_poll = now + self.intervals.poll
+                    if self.vault.poll():
+                        self.vault.pull()
+                        self.status.last_pull = time.time()
+                backoff, retry_at = 0.0, 0.0
+            except (GuardError, IntegrityError) as exc:
+                self._stopped(str(exc))
+                return
+            except CloudguardError as exc:
+                self.status.last_error = str(exc)
+                backoff = min(self.intervals.backoff_max,
+                              max(self.intervals.backoff_first, backoff * 2))
+                retry_at = time.monotonic() + backoff * random.uniform(0.8, 1.2)
+                log.warning("folder %s: %s; retrying in %.0f s", self.binding.id, exc, backoff)
+                with self._lock:
+                    if rescan:
+                        self.sched.rescan()
+                    else:
+                        self.sched.again(paths, closed=True)

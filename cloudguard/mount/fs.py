@@ -1,0 +1,367 @@
+"""A vault as a FUSE file system (mfusepy on libfuse3): files are read by byte ranges, only the
+chunks asked for, decrypted into memory; nothing plaintext is written to disk.
+
+A file opened for writing is a :class:`~cloudguard.mount.draft.Draft` (changed chunks sealed
+under a key in memory); on release its new content streams into a staged version, committed
+at once. Folders, renames and deletes are manifest operations. Every callback is wrapped: a
+failure is logged without a file name and answered with the right errno (EIO for an integrity
+or transport failure), never mfusepy's default EINVAL. No lock is held across I/O: the tree
+is swapped whole after each refresh, and each open file has its own reader or draft.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import hashlib
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import mfusepy as fuse  # type: ignore[import-untyped]
+
+from ..api import Vault
+from ..errors import CloudguardError, IntegrityError
+from ..reader import FileReader
+from .draft import Draft
+
+log = logging.getLogger("cloudguard.mount")
+
+BLOCK = 128 * 1024  # st_blksize: readers ask in big pieces (chunks are 64 KiB)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _guarded(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except fuse.FuseOSError:
+            raise
+        except IntegrityError:
+            log.error("%s: integrity check failed", fn.__name__)
+            raise fuse.FuseOSError(errno.EIO) from None
+        except CloudguardError as exc:
+            log.error("%s: %s", fn.__name__, type(exc).__name__)
+            raise fuse.FuseOSError(errno.EIO) from None
+        except OSError as exc:
+            raise fuse.FuseOSError(exc.errno or errno.EIO) from None
+        except Exception:
+            log.exception("%s failed", fn.__name__)
+            raise fuse.FuseOSError(errno.EIO) from None
+    return wrapper  # type: ignore[return-value]
+
+
+def _ino(path: str) -> int:
+    """Stable inode numbers (use_ino) from the path; 1 is the root."""
+    if path == "/":
+        return 1
+    return int.from_bytes(hashlib.sha256(path.encode("utf-8", "surrogateescape")).digest()[:8],
+                          "big") >> 2 | 2
+
+
+@dataclass
+class Tree:
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)  # "/a/b" -> entry
+    children: dict[str, set[str]] = field(default_factory=lambda: {"/": set()})
+
+    @classmethod
+    def of(cls, view: dict[str, dict[str, Any]]) -> Tree:
+        tree = cls()
+        for rel, entry in view.items():
+            path = "/" + rel
+            tree.entries[path] = entry
+            parts = rel.split("/")
+            for depth in range(len(parts)):
+                parent = "/" + "/".join(parts[:depth]) if depth else "/"
+                tree.children.setdefault(parent, set()).add(parts[depth])
+            if entry.get("t") == "d":
+                tree.children.setdefault(path, set())
+        return tree
+
+    def is_dir(self, path: str) -> bool:
+        return path in self.children
+
+
+class VaultFS(fuse.Operations):  # type: ignore[misc]
+    use_ns = True
+
+    def __init__(self, vault: Vault, poll_seconds: float = 15.0, read_only: bool = False
+                 ) -> None:
+        self.vault = vault
+        self.read_only = read_only
+        self._drafts: dict[int, tuple[str, Draft, int]] = {}  # fh -> (path, draft, mode)
+        self._spool = vault.binding.dir / "drafts"
+        self._spool.mkdir(mode=0o700, exist_ok=True)
+        self.tree = Tree.of(vault.files())
+        self.uid, self.gid = os.getuid(), os.getgid()
+        self.started = time.time_ns()
+        self._handles: dict[int, FileReader] = {}
+        self._next = 1
+        self._lock = threading.Lock()  # guards the handle table only, never held over I/O
+        self.poll_seconds = poll_seconds
+        self._stop = threading.Event()
+
+    # --- background refresh: off the FUSE threads -------------------------------------------
+
+    def start_polling(self) -> threading.Thread:
+        def loop() -> None:
+            while not self._stop.wait(self.poll_seconds):
+                try:
+                    if self.vault.poll():
+                        self.tree = Tree.of(self.vault.files())  # swapped whole
+                except CloudguardError as exc:
+                    log.warning("refresh failed: %s", type(exc).__name__)
+        thread = threading.Thread(target=loop, name="cloudguard-mount-poll", daemon=True)
+        thread.start()
+        return thread
+
+    def destroy(self, path: str) -> None:
+        self._stop.set()
+
+    # --- attributes and folders --------------------------------------------------------------
+
+    @_guarded
+    def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
+        tree = self.tree
+        base = {"st_uid": self.uid, "st_gid": self.gid, "st_ino": _ino(path),
+                "st_blksize": BLOCK}
+        entry = tree.entries.get(path)
+        if entry is None:
+            entry = next((self._draft_entry(d, m) for p, d, m in list(self._drafts.values())
+                          if p == path), None)
+        if path == "/" or (tree.is_dir(path) and (entry is None or entry.get("t") == "d")):
+            mode = int(entry.get("x", 0o755)) if entry else 0o755
+            return {**base, "st_mode": stat.S_IFDIR | (mode & 0o777), "st_nlink": 2,
+                    "st_size": 0, "st_mtime": self.started, "st_atime": self.started,
+                    "st_ctime": self.started}
+        if entry is None:
+            raise fuse.FuseOSError(errno.ENOENT)
+        mtime = int(entry.get("m", self.started))
+        if entry.get("t") == "l":
+            target = str(entry.get("l", ""))
+            return {**base, "st_mode": stat.S_IFLNK | 0o777, "st_nlink": 1,
+                    "st_size": len(target.encode()), "st_mtime": mtime, "st_atime": mtime,
+                    "st_ctime": mtime}
+        size = int(entry.get("s", 0))
+        for draft_path, draft, _mode in list(self._drafts.values()):
+            if draft_path == path:
+                size = draft.size
+        return {**base, "st_mode": stat.S_IFREG | (int(entry.get("x", 0o644)) & 0o777),
+                "st_nlink": 1, "st_size": size, "st_blocks": -(-size // 512),
+                "st_mtime": mtime, "st_atime": mtime, "st_ctime": mtime}
+
+    @_guarded
+    def readdir(self, path: str, fh: Any) -> list[tuple[str, dict[str, int], int]]:
+        tree = self.tree
+        if not tree.is_dir(path):
+            raise fuse.FuseOSError(errno.ENOTDIR)
+        prefix = path.rstrip("/") + "/"
+        out = [(".", {"st_ino": _ino(path), "st_mode": stat.S_IFDIR}, 0),
+               ("..", {"st_ino": 1, "st_mode": stat.S_IFDIR}, 0)]
+        for name in sorted(tree.children[path]):
+            child = prefix + name
+            kind = stat.S_IFDIR if tree.is_dir(child) else stat.S_IFREG
+            out.append((name, {"st_ino": _ino(child), "st_mode": kind}, 0))
+        return out
+
+    @_guarded
+    def readlink(self, path: str) -> str:
+        entry = self.tree.entries.get(path)
+        if entry is None or entry.get("t") != "l":
+            raise fuse.FuseOSError(errno.EINVAL)
+        return str(entry["l"])
+
+    @_guarded
+    def statfs(self, path: str) -> dict[str, Any]:
+        files = len(self.tree.entries)
+        used = sum(int(e.get("s", 0)) for e in self.tree.entries.values()) // BLOCK + 1
+        return {"f_bsize": BLOCK, "f_frsize": BLOCK, "f_blocks": used, "f_bfree": 0,
+                "f_bavail": 0, "f_files": files, "f_ffree": 0, "f_favail": 0,
+                "f_namemax": 255}
+
+    # --- files ----------------------------------------------------------------------------
+
+    def _draft_entry(self, draft: Draft, mode: int) -> dict[str, Any]:
+        return {"t": "f", "s": draft.size, "x": mode, "m": time.time_ns()}
+
+    def _handle(self) -> int:
+        with self._lock:
+            fh = self._next
+            self._next += 1
+            return fh
+
+    @_guarded
+    def open(self, path: str, flags: int) -> int:
+        writing = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND))
+        if writing and self.read_only:
+            raise fuse.FuseOSError(errno.EROFS)
+        entry = self.tree.entries.get(path)
+        if entry is None or entry.get("t") != "f":
+            raise fuse.FuseOSError(errno.ENOENT if entry is None else errno.EISDIR)
+        reader = self.vault.open_reader(path.lstrip("/"))
+        fh = self._handle()
+        if writing:
+            draft = Draft(reader, int(entry.get("s", 0)), self._spool)
+            if flags & os.O_TRUNC:
+                draft.truncate(0)
+            self._drafts[fh] = (path, draft, int(entry.get("x", 0o644)))
+        else:
+            self._handles[fh] = reader
+        return fh
+
+    @_guarded
+    def create(self, path: str, mode: int, fi: Any = None) -> int:
+        if self.read_only:
+            raise fuse.FuseOSError(errno.EROFS)
+        if self.tree.is_dir(path):
+            raise fuse.FuseOSError(errno.EISDIR)
+        fh = self._handle()
+        draft = Draft(None, 0, self._spool)
+        draft.dirty = True  # an empty new file is a version too
+        self._drafts[fh] = (path, draft, mode & 0o777)
+        return fh
+
+    @_guarded
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        if fh in self._drafts:
+            return self._drafts[fh][1].read(offset, size)
+        reader = self._handles.get(fh)
+        if reader is None:
+            raise fuse.FuseOSError(errno.EBADF)
+        return reader.read(offset, size)
+
+    @_guarded
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        got = self._drafts.get(fh)
+        if got is None:
+            raise fuse.FuseOSError(errno.EBADF)
+        return got[1].write(offset, data)
+
+    @_guarded
+    def truncate(self, path: str, length: int, fh: Any = None) -> int:
+        if self.read_only:
+            raise fuse.FuseOSError(errno.EROFS)
+        if fh is not None and fh in self._drafts:
+            self._drafts[fh][1].truncate(length)
+            return 0
+        fh = self.open(path, os.O_WRONLY)
+        try:
+            self._drafts[fh][1].truncate(length)
+        finally:
+            self.release(path, fh)
+        return 0
+
+    def _save(self, fh: int) -> None:
+        path, draft, mode = self._drafts[fh]
+        if not draft.dirty:
+            return
+        self.vault.stage_version(path.lstrip("/"), draft.stream(), draft.size, mode,
+                                 time.time_ns())
+        self.vault.commit()
+        draft.dirty = False
+        self._reload()
+
+    @_guarded
+    def flush(self, path: str, fh: int) -> int:
+        """close() waits for flush, not for release (which the kernel sends later): the
+        version is committed here, so a rename right after the close finds it."""
+        if fh in self._drafts:
+            self._save(fh)
+        return 0
+
+    @_guarded
+    def fsync(self, path: str, datasync: int, fh: int) -> int:
+        if fh in self._drafts:
+            self._save(fh)
+        return 0
+
+    @_guarded
+    def release(self, path: str, fh: int) -> int:
+        with self._lock:
+            self._handles.pop(fh, None)
+        if fh in self._drafts:
+            try:
+                self._save(fh)
+            finally:
+                self._drafts.pop(fh)[1].close()
+        return 0
+
+    def _reload(self) -> None:
+        self.tree = Tree.of(self.vault.files())
+
+    # --- names -----------------------------------------------------------------------------
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise fuse.FuseOSError(errno.EROFS)
+
+    @_guarded
+    def mkdir(self, path: str, mode: int) -> int:
+        self._writable()
+        if path in self.tree.entries or self.tree.is_dir(path):
+            raise fuse.FuseOSError(errno.EEXIST)
+        self.vault.mkdir(path.lstrip("/"), mode)
+        self._reload()
+        return 0
+
+    @_guarded
+    def rmdir(self, path: str) -> int:
+        self._writable()
+        if not self.tree.is_dir(path):
+            raise fuse.FuseOSError(errno.ENOTDIR)
+        if self.tree.children.get(path):
+            raise fuse.FuseOSError(errno.ENOTEMPTY)
+        if path in self.tree.entries:
+            self.vault.delete(path.lstrip("/"))
+        self._reload()
+        return 0
+
+    @_guarded
+    def unlink(self, path: str) -> int:
+        self._writable()
+        if path not in self.tree.entries or self.tree.is_dir(path):
+            raise fuse.FuseOSError(errno.ENOENT if path not in self.tree.entries
+                                   else errno.EISDIR)
+        self.vault.delete(path.lstrip("/"))
+        self._reload()
+        return 0
+
+    @_guarded
+    def rename(self, old: str, new: str) -> int:
+        self._writable()
+        if old not in self.tree.entries and not self.tree.is_dir(old):
+            raise fuse.FuseOSError(errno.ENOENT)
+        if new in self.tree.entries and not self.tree.is_dir(new):
+            self.vault.delete(new.lstrip("/"))  # rename replaces its target
+        self.vault.rename(old.lstrip("/"), new.lstrip("/"))
+        self._reload()
+        return 0
+
+    @_guarded
+    def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
+        return 0  # a version's mtime is set when it is written
+
+    def link(self, target: str, source: str) -> int:
+        raise fuse.FuseOSError(errno.EPERM)
+
+    def _refuse(self, *args: Any) -> int:  # not in this slice: symlinks, modes, owners
+        raise fuse.FuseOSError(errno.EROFS if self.read_only else errno.EPERM)
+
+    symlink = chmod = chown = _refuse
+
+
+def mount(vault: Vault, mountpoint: str, poll_seconds: float = 15.0,
+          read_only: bool = False) -> None:
+    """Serve until unmounted (foreground; libfuse never forks). auto_unmount: a killed mount
+    leaves no dead mount point behind. Versions are committed when their file is closed."""
+    fs = VaultFS(vault, poll_seconds, read_only)
+    fs.start_polling()
+    fuse.FUSE(fs, mountpoint, foreground=True, nothreads=False, use_ino=True, ro=read_only,
+              auto_unmount=True, default_permissions=True, fsname="cloudguard",
+              subtype="cloudguard", attr_timeout=1.0, entry_timeout=1.0)

@@ -1,0 +1,146 @@
+"""Writing the vault without a folder: what the mount needs (issue 12).
+
+``write_version`` is two steps, because a mount closes files one at a time but should commit
+them together: :func:`stage_version` encrypts a stream into a spooled object (fsynced) and
+journals its entry, wrapped DEK included, in the local index; :func:`commit_staged` uploads
+every staged object and commits them in one delta segment. A kill between the two loses
+nothing: the journal survives and the next commit finishes it (objects already uploaded are
+not sent again). ``rename`` and ``delete`` are manifest-only: no content moves.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .. import format as fmt
+from .. import sync
+from ..errors import UsageError
+from ..session import Session, session
+from .common import _log
+
+STAGED = "staged_versions"  # index meta: versions written and not yet committed
+
+
+def _spool(s: Session) -> Path:
+    path = s.binding.dir / "staged"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+def stage_version(s: Session, path: str, stream: fmt.Reader, size: int, mode: int = 0o644,
+                  mtime_ns: int = 0) -> dict[str, Any]:
+    """Encrypt exactly ``size`` bytes of ``stream`` as a new version of ``path``, durable on
+    local disk; nothing reaches the remote until :func:`commit_staged`."""
+    path = sync.check_rel_path(path)
+    object_id = fmt.new_object_id()
+    dek, file_id = fmt.new_dek(), fmt.new_file_id()
+    spool = _spool(s) / object_id
+    fd = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            out = sync.ObjectWriter(fh, md5=not s.transport.local)
+            info = fmt.encrypt_blob(stream, out, dek, file_id, size,
+                                    s.binding.padding != "none")
+            out.close()
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        spool.unlink(missing_ok=True)
+        raise
+    head = s.ring.head  # the generation floor: only ever the newest verified KEK
+    entry: dict[str, Any] = {
+        "t": "f", "s": info.size, "m": mtime_ns, "x": mode & 0o777, "h": info.sha256,
+        "i": file_id.hex(), "k": fmt.b64(fmt.wrap_dek(s.ring.head_kek, dek, file_id)),
+        "g": head.kek, "w": head.kek, "o": object_id, "a": 0, "n": info.blob_len,
+        "om": out.md5()}
+    journal = list(s.index.get_meta(STAGED, []) or [])
+    journal.append({"p": path, "e": entry})
+    s.index.set_meta(STAGED, journal)
+    return entry
+
+
+def commit_staged(s: Session) -> list[str]:
+    """Upload every staged object and commit the versions in one delta; the paths committed.
+    Of several versions staged for one path, the last wins (the others become garbage)."""
+    journal: list[dict[str, Any]] = list(s.index.get_meta(STAGED, []) or [])
+    if not journal:
+        return []
+    last: dict[str, dict[str, Any]] = {}
+    for row in journal:
+        last[str(row["p"])] = row["e"]
+    spool = _spool(s)
+    objects = [str(row["e"]["o"]) for row in journal]
+    for name in objects:
+        s.index.add_pending(sync.DATA_PREFIX + name)  # garbage if this never commits
+    waiting = [o for o in objects if (spool / o).exists()]
+    if waiting:
+        s.transport.put_files(spool, waiting, sync.DATA_PREFIX)
+    unsent = [o for o in objects if o not in waiting]
+    stored = s.transport.list(sync.DATA_PREFIX) if unsent else {}
+    missing = [o for o in unsent if sync.DATA_PREFIX + o not in stored]
+    if missing:
+        raise UsageError(f"staged object {missing[0]} is neither staged nor uploaded; "
+                         "its version was lost before it was committed")
+    ops = [{"p": p, "e": e, "rm": sorted(s.state.siblings(p), key=sync.dot_key)}
+           for p, e in sorted(last.items())]
+    s.commit(ops)
+    with s.index.transaction():
+        s.index.clear_pending({sync.DATA_PREFIX + e["o"] for e in last.values()})
+        s.index.set_meta(STAGED, None)
+    _log(s, "write", files=len(ops), objects=len(objects), segments=s.committed)
+    return sorted(last)
+
+
+def write_version(folder: str | None, path: str, stream: fmt.Reader, size: int,
+                  mode: int = 0o644, mtime_ns: int = 0) -> dict[str, Any]:
+    """One new version of ``path`` from ``stream``, staged and committed at once."""
+    with session(folder) as s:
+        entry = stage_version(s, path, stream, size, mode, mtime_ns)
+        commit_staged(s)
+        return {"path": sync.check_rel_path(path), "size": entry["s"], "sha256": entry["h"]}
+
+
+def rename(folder: str | None, old: str, new: str) -> dict[str, Any]:
+    """Move a file or folder (with everything under it) in the manifest; no content moves."""
+    old, new = sync.check_rel_path(old), sync.check_rel_path(new)
+    if new == old or new.startswith(old + "/"):
+        raise UsageError(f"cannot move {old} into itself")
+    with session(folder) as s:
+        moved = list(s.state.subtree(old))
+        if not moved:
+            raise UsageError(f"{old}: not in the vault")
+        if s.state.has_path(new):
+            raise UsageError(f"{new}: already in the vault")
+        ops: list[dict[str, Any]] = []
+        for path, sibs in moved:
+            _dot, entry = sync.newest(sibs)
+            ops.append({"p": new + path[len(old):], "e": dict(entry), "rm": []})
+            ops.append({"p": path, "e": None, "rm": sorted(sibs, key=sync.dot_key)})
+        s.commit(ops)
+        _log(s, "rename", files=len(moved), segments=s.committed)
+        return {"renamed": {old: new}, "paths": len(moved)}
+
+
+def delete(folder: str | None, path: str) -> dict[str, Any]:
+    """Delete a file or folder (with everything under it); its versions stay in the
+    history for the folder's keep period."""
+    path = sync.check_rel_path(path)
+    with session(folder) as s:
+        gone = list(s.state.subtree(path))
+        if not gone:
+            raise UsageError(f"{path}: not in the vault")
+        s.commit([{"p": p, "e": None, "rm": sorted(sibs, key=sync.dot_key)} for p, sibs in gone])
+        _log(s, "delete", files=len(gone), segments=s.committed)
+        return {"deleted": [p for p, _s in gone]}
+
+
+def mkdir(folder: str | None, path: str, mode: int = 0o755) -> dict[str, Any]:
+    """A new, empty folder in the manifest."""
+    path = sync.check_rel_path(path)
+    with session(folder) as s:
+        if s.state.has_path(path):
+            raise UsageError(f"{path}: already in the vault")
+        s.commit([{"p": path, "e": {"t": "d", "x": mode & 0o777}, "rm": []}])
+        return {"created": path}

@@ -1,0 +1,213 @@
+"""The daemon (issue 11): the scheduler's rules on a fake clock, the ignore rules, and the real
+thing: `cloudguard daemon run` as a subprocess with real inotify, saving files the ways editors
+do, a second device pulling what arrives."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from helpers import CLOUDGUARD, cg, cg_json, share
+
+from cloudguard.daemon.schedule import Scheduler, Timing
+from cloudguard.errors import UsageError
+from cloudguard.ignore import Ignore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_a_closed_file_goes_after_the_short_quiet_an_open_one_after_the_long() -> None:
+    clock = Clock()
+    s = Scheduler(Timing(quiet_closed=0.3, quiet_open=2.0, max_wait=30, min_interval=10), clock)
+    s.touched("saved.txt", closed=True)
+    s.touched("writing.log", closed=False)
+    clock.t += 0.31
+    assert s.due() == (False, ["saved.txt"])
+    clock.t += 1.0
+    assert s.due() == (False, [])
+    s.touched("writing.log", closed=False)  # still being written
+    clock.t += 1.9
+    assert s.due() == (False, [])
+    clock.t += 0.2
+    assert s.due() == (False, ["writing.log"])
+
+
+def test_a_file_that_never_settles_goes_after_max_wait_and_a_busy_one_at_most_every_interval(
+        ) -> None:
+    clock = Clock()
+    s = Scheduler(Timing(quiet_closed=0.3, quiet_open=2.0, max_wait=30, min_interval=10), clock)
+    for _ in range(31):  # a write every second, never quiet
+        s.touched("busy.db")
+        clock.t += 1.0
+        rescan, paths = s.due()
+        if paths:
+            break
+    assert paths == ["busy.db"] and 29 <= clock.t - 1000 <= 31
+    s.touched("busy.db", closed=True)  # saved again right after its push
+    clock.t += 0.5
+    assert s.due() == (False, [])
+    clock.t += 9.6
+    assert s.due() == (False, ["busy.db"])
+
+
+def test_a_full_queue_becomes_one_rescan() -> None:
+    clock = Clock()
+    s = Scheduler(Timing(max_paths=3), clock)
+    for i in range(4):
+        s.touched(f"f{i}", closed=True)
+    assert s.rescan_pending and len(s) == 0
+    s.touched("later", closed=True)  # covered by the rescan
+    assert s.due() == (True, []) and s.due() == (False, [])
+
+
+def test_ignore_rules() -> None:
+    ignore = Ignore(["build/", "*.bak"])
+    for path in ("~$report.docx", ".~lock.report.odt#", "notes.txt.swp", "draft~", "x.tmp",
+                 ".DS_Store", "sub/Thumbs.db", ".#emacs", "build/out.o", "old.bak"):
+        assert ignore(path), path
+    for path in ("report.docx", "notes.txt", "sub/tmp.txt", "buildings/a", ""):
+        assert not ignore(path), path
+    assert ignore.lock_for("dir/report.odt", ["dir/.~lock.report.odt#"]) == \
+        "dir/.~lock.report.odt#"
+    with pytest.raises(UsageError):
+        Ignore(["ok", 3])  # type: ignore[list-item]
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+@contextmanager
+def daemon(home: Path, log: Path, *folders: Path) -> Iterator[subprocess.Popen[bytes]]:
+    (home / "config.toml").write_text("[daemon]\npoll_seconds = 0.5\nquiet_closed = 0.2\n"
+                                      "min_interval = 0.5\n")
+    env = {**os.environ, "CLOUDGUARD_HOME": str(home)}
+    with log.open("wb") as out:
+        proc = subprocess.Popen([*CLOUDGUARD, "daemon", "run",
+                                 *(arg for f in folders for arg in ("--folder", str(f)))],
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for("the daemon to start", lambda: b"serving" in log.read_bytes(), 30)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise AssertionError("the daemon did not stop within 10 s of SIGTERM") from None
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("*"))
+            if p.is_file() and ".cloudguard" not in p.relative_to(root).parts}
+
+
+def test_saves_arrive_on_the_other_device(local_remote: str, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "report.txt").write_text("v1")
+    (a / "gone.txt").write_text("to be deleted")
+    (a / "old-name.txt").write_text("renamed content")
+    share(local_remote, a, b, tmp_path / "kit.json")
+    home = Path(os.environ["CLOUDGUARD_HOME"])  # b is a second binding: the CLI serves it
+    with daemon(home, tmp_path / "daemon.log", a) as proc:
+        (a / "report.txt").write_text("v2 plain write")
+        tmp = a / ".report.txt.XYZ.tmp"  # an atomic save: temp file, then rename over
+        tmp.write_text("v3 atomic save")
+        os.replace(tmp, a / "report.txt")
+        (a / "vim.txt").write_text("vim v1")
+        os.rename(a / "vim.txt", a / "vim.txt~")  # vim: backup by rename, new file, drop backup
+        (a / "vim.txt").write_text("vim v2")
+        (a / "vim.txt~").unlink()
+        (a / ".~lock.report.txt#").write_text("locked by me")  # never uploaded
+        (a / "gone.txt").unlink()
+        os.rename(a / "old-name.txt", a / "new-name.txt")
+        outside = tmp_path / "incoming"
+        (outside / "deep").mkdir(parents=True)
+        (outside / "deep" / "x.txt").write_text("moved in")
+        os.rename(outside, a / "incoming")
+        subprocess.run([sys.executable, "-c", "import pathlib; p = pathlib.Path('sed.txt'); "
+                        "p.write_text('sed v1')"], cwd=a, check=True)
+        subprocess.run(["sed", "-i", "s/v1/v2/", "sed.txt"], cwd=a, check=True)
+        expected = {"report.txt": "v3 atomic save", "vim.txt": "vim v2",
+                    "new-name.txt": "renamed content", "incoming/deep/x.txt": "moved in",
+                    "sed.txt": "sed v2"}
+
+        def arrived() -> bool:
+            cg("pull", "--folder", str(b))
+            return _tree(b) == expected
+
+        wait_for("every save on device b", arrived)
+        assert proc.poll() is None
+        # the other way: b pushes, a's daemon pulls within its poll interval
+        (b / "from-b.txt").write_text("hello a")
+        cg("push", "--folder", str(b))
+        wait_for("b's file on a", lambda: (a / "from-b.txt").exists())
+        assert (a / "from-b.txt").read_text() == "hello a"
+        wait_for("a in sync", lambda: cg_json("status", "--folder", str(b))["to_pull"] == [])
+    assert proc.returncode == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+
+
+def test_the_unit_is_type_notify_and_holds_no_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cloudguard.daemon import control
+
+    monkeypatch.setenv("CLOUDGUARD_PASSPHRASE", "hunter2 hunter2 hunter2")
+    unit = cg("daemon", "install", "--print").output
+    assert "Type=notify" in unit and "Restart=on-failure" in unit
+    assert "daemon run" in unit and sys.executable in unit
+    assert "hunter2" not in unit and "PASSPHRASE=" not in unit.replace("PASSPHRASE_FILE", "")
+    assert unit.rstrip() == control.unit_text(Path(os.environ["CLOUDGUARD_HOME"])).rstrip()
+
+
+def test_ready_status_and_a_prompt_stop(local_remote: str, tmp_path: Path) -> None:
+    import socket as sockets
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a")
+    cg("init", str(folder), "--remote", local_remote)
+    home = Path(os.environ["CLOUDGUARD_HOME"])
+    listener = sockets.socket(sockets.AF_UNIX, sockets.SOCK_DGRAM)
+    listener.bind(str(tmp_path / "notify.sock"))
+    listener.settimeout(30)
+    os.environ["NOTIFY_SOCKET"] = str(tmp_path / "notify.sock")
+    try:
+        with daemon(home, tmp_path / "daemon.log") as proc:
+            assert listener.recv(100) == b"READY=1"
+            sock = home / "run" / "daemon.sock"
+            assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+            wait_for("the first push", lambda: cg_json("daemon", "status")["folders"][0][
+                "last_push"] is not None)
+            got = cg_json("daemon", "status")
+            assert got["running"] and got["pid"] == proc.pid
+            assert got["folders"][0]["folder"] == str(folder)
+            assert cg_json("status", "--folder", str(folder))["to_push"] == []
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=10)
+            assert time.monotonic() - started < 3.5
+            assert listener.recv(100) == b"STOPPING=1"
+        assert cg_json("daemon", "status") == {"running": False}
+    finally:
+        del os.environ["NOTIFY_SOCKET"]
+        listener.close()

@@ -1,0 +1,187 @@
+"""The mounted vault (issue 12), read-only slice: a real FUSE mount served by `cloudguard mount`
+in a subprocess; files read whole and by ranges, folders listed, changes refused, no plaintext
+written under CLOUDGUARD_HOME, and a killed mount leaves no dead mount point."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import fuse_available
+from helpers import CLOUDGUARD, cg
+
+pytestmark = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse")
+
+MARKER = b"PLAINTEXT-MARKER-7d1f"
+
+
+@contextmanager
+def mounted(folder: Path, mountpoint: Path, log: Path, *extra: str
+            ) -> Iterator[subprocess.Popen[bytes]]:
+    mountpoint.mkdir()
+    with log.open("wb") as out:
+        proc = subprocess.Popen([*CLOUDGUARD, "mount", str(mountpoint), "--folder", str(folder),
+                                 *extra],
+                                env={**os.environ}, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(mountpoint):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the mount did not appear"
+            time.sleep(0.05)
+        yield proc
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, check=False)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_read_only_mount_serves_the_vault(local_remote: str, tmp_path: Path) -> None:
+    folder = tmp_path / "docs"
+    (folder / "sub" / "deeper").mkdir(parents=True)
+    rng = random.Random(3)
+    big = MARKER + rng.randbytes(5 * 1024 * 1024 + 123)
+    (folder / "big.bin").write_bytes(big)
+    (folder / "sub" / "note.txt").write_bytes(MARKER + b" a note")
+    (folder / "sub" / "deeper" / "empty.txt").write_bytes(b"")
+    os.symlink("sub/note.txt", folder / "link")
+    os.chmod(folder / "sub" / "note.txt", 0o600)
+    cg("init", str(folder), "--remote", local_remote)
+    cg("push", "--folder", str(folder))
+    mnt = tmp_path / "mnt"
+    with mounted(folder, mnt, tmp_path / "mount.log", "--read-only") as proc:
+        assert sorted(os.listdir(mnt)) == ["big.bin", "link", "sub"]
+        assert sorted(os.listdir(mnt / "sub")) == ["deeper", "note.txt"]
+        assert (mnt / "big.bin").read_bytes() == big
+        assert (mnt / "sub" / "note.txt").read_bytes() == MARKER + b" a note"
+        assert (mnt / "sub" / "deeper" / "empty.txt").read_bytes() == b""
+        assert os.readlink(mnt / "link") == "sub/note.txt"
+        st = os.stat(mnt / "sub" / "note.txt")
+        assert st.st_size == len(MARKER) + 7 and st.st_mode & 0o777 == 0o600
+        assert st.st_ino == os.stat(mnt / "sub" / "note.txt").st_ino  # stable
+        with open(mnt / "big.bin", "rb") as fh:
+            for _ in range(20):
+                off = rng.randrange(len(big))
+                assert os.pread(fh.fileno(), 4096, off) == big[off:off + 4096]
+        for change in (lambda: (mnt / "new.txt").write_text("x"),
+                       lambda: (mnt / "big.bin").write_bytes(b"x"),
+                       lambda: os.mkdir(mnt / "d"),
+                       lambda: os.unlink(mnt / "sub" / "note.txt"),
+                       lambda: os.rename(mnt / "big.bin", mnt / "b2")):
+            with pytest.raises(OSError) as err:
+                change()
+            assert err.value.errno == errno.EROFS
+        with pytest.raises(FileNotFoundError):
+            os.stat(mnt / "nope")
+        assert proc.poll() is None
+    home = Path(os.environ["CLOUDGUARD_HOME"])
+    for path in home.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            assert MARKER not in path.read_bytes(), path  # plaintext never reached the disk
+
+
+def test_a_killed_mount_leaves_no_dead_mount_point(local_remote: str, tmp_path: Path) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a")
+    cg("init", str(folder), "--remote", local_remote)
+    cg("push", "--folder", str(folder))
+    mnt = tmp_path / "mnt"
+    with mounted(folder, mnt, tmp_path / "mount.log") as proc:
+        assert (mnt / "a.txt").read_text() == "a"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while os.path.ismount(mnt):
+            assert time.monotonic() < deadline, "auto_unmount did not remove the dead mount"
+            time.sleep(0.05)
+        assert os.listdir(mnt) == []
+
+
+def test_the_draft_matches_a_plain_buffer() -> None:
+    """Random writes, truncates and reads against a bytearray, over a base version."""
+    import tempfile
+
+    from cloudguard.mount.draft import CHUNK, Draft
+
+    rng = random.Random(11)
+    base_data = rng.randbytes(3 * CHUNK + 999)
+
+    class Base:
+        def read(self, offset: int, n: int) -> bytes:
+            return base_data[offset:offset + n]
+
+    with tempfile.TemporaryDirectory() as spool:
+        draft = Draft(Base(), len(base_data), Path(spool))  # type: ignore[arg-type]
+        model = bytearray(base_data)
+        for _ in range(300):
+            op = rng.random()
+            if op < 0.55:
+                off = rng.randrange(len(model) + CHUNK)
+                data = rng.randbytes(rng.randrange(1, 2 * CHUNK))
+                draft.write(off, data)
+                if off > len(model):
+                    model += bytes(off - len(model))
+                model[off:off + len(data)] = data
+            elif op < 0.7:
+                length = rng.randrange(len(model) + CHUNK)
+                draft.truncate(length)
+                model = model[:length] if length < len(model) else \
+                    model + bytes(length - len(model))
+            else:
+                off = rng.randrange(len(model) + 10)
+                n = rng.randrange(1, 3 * CHUNK)
+                assert draft.read(off, n) == bytes(model[off:off + n])
+            assert draft.size == len(model)
+        stream = draft.stream()
+        whole = b"".join(iter(lambda: stream.read(50_000), b""))
+        assert whole == bytes(model)
+        assert os.listdir(spool) == []  # the spool file has no name
+        draft.close()
+
+
+def test_writing_through_the_mount(local_remote: str, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "old.txt").write_text("old content")
+    (a / "edit.bin").write_bytes(b"0" * 200_000)
+    from helpers import share
+
+    share(local_remote, a, b, tmp_path / "kit.json")
+    mnt = tmp_path / "mnt"
+    with mounted(a, mnt, tmp_path / "mount.log"):
+        (mnt / "new.txt").write_bytes(MARKER + b" new")
+        with open(mnt / "edit.bin", "r+b") as fh:
+            fh.seek(100_000)
+            fh.write(b"XYZ")
+        os.mkdir(mnt / "folder")
+        (mnt / "folder" / "inside.txt").write_text("inside")
+        os.rename(mnt / "old.txt", mnt / "folder" / "renamed.txt")
+        (mnt / "gone.txt").write_text("short-lived")
+        os.unlink(mnt / "gone.txt")
+        tmp = mnt / ".save.tmp"  # an editor's atomic save through the mount
+        tmp.write_text("saved atomically")
+        os.rename(tmp, mnt / "new.txt")
+        assert (mnt / "new.txt").read_text() == "saved atomically"
+        assert sorted(os.listdir(mnt)) == ["edit.bin", "folder", "new.txt"]
+    cg("pull", "--folder", str(b))
+    files = {str(p.relative_to(b)): p.read_bytes() for p in b.rglob("*")
+             if p.is_file() and ".cloudguard" not in p.relative_to(b).parts}
+    expected_edit = b"0" * 100_000 + b"XYZ" + b"0" * 99_997
+    assert files == {"new.txt": b"saved atomically", "edit.bin": expected_edit,
+                     "folder/inside.txt": b"inside", "folder/renamed.txt": b"old content"}
+    home = Path(os.environ["CLOUDGUARD_HOME"])
+    for path in home.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            assert MARKER not in path.read_bytes(), path
