@@ -205,7 +205,7 @@ def test_device_approve_shows_name_and_fingerprint_and_asks(local_remote: str, t
     assert "\n" not in line and "laptop-b" in line and req["fingerprint"] in line
     assert "--yes" in line and members() == 1
 
-    monkeypatch.setattr(cli, "_interactive", lambda: True)
+    monkeypatch.setattr(cli.members, "_interactive", lambda: True)
     said_no = CliRunner().invoke(cli.main, ["device", "approve", req["fingerprint"],
                                             "--folder", str(a)], input="n\n")
     assert said_no.exit_code == 1

@@ -119,7 +119,7 @@ def test_republish_after_rollback_is_confirmed_audited_and_unblocks(
     assert stored(root) == untouched
     assert not [r for r in audit.read() if r.get("event") == "republish"]
     assert cg_proc("push", "--folder", str(b)).returncode == 3  # never automatic
-    monkeypatch.setattr(cli, "_interactive", lambda: True)  # a person at a terminal says no
+    monkeypatch.setattr(cli.files, "_interactive", lambda: True)  # a person at a terminal says no
     declined = CliRunner().invoke(cli.main, ["repair", "--republish", "--folder", str(b)],
                                   input="n\n")
     assert declined.exit_code == 2 and "Republish?" in declined.output, declined.output

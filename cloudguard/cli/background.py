@@ -1,0 +1,144 @@
+"""The long-lived faces: the daemon and the mount.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import click
+
+from ..errors import (
+    CloudguardError,
+    UsageError,
+)
+from . import _emit, _run, folder_option, json_option, main
+
+
+@main.group()
+def daemon() -> None:
+    """Keep bound folders in sync in the background."""
+
+
+@daemon.command("run")
+@click.option("--folder", "folders", multiple=True, metavar="FOLDER",
+              help="Serve only this bound folder (repeatable; default: every one).")
+def daemon_run(folders: tuple[str, ...]) -> None:
+    """Watch, encrypt and sync every bound folder until stopped (what the service runs).
+
+    Each folder has its own worker: a saved file is pushed once it goes quiet, other devices'
+    changes are pulled every few seconds, and a guard or integrity failure stops only that
+    folder. SIGTERM stops it; the next start rescans and finishes whatever was in flight."""
+    from ..daemon import run as daemon_runner
+
+    code = 0
+
+    def go() -> None:
+        nonlocal code
+        code = daemon_runner.run(list(folders) or None)
+
+    _run(go)
+    sys.exit(code)
+
+
+@daemon.command("start")
+@json_option
+def daemon_start(as_json: bool) -> None:
+    """Run the daemon in the background (without systemd); its log goes to CLOUDGUARD_HOME."""
+    from ..daemon import control
+    from ..state import home
+
+    def go() -> None:
+        result = control.start(home() / "daemon.log")
+        _emit(result, as_json, lambda r: f"The daemon runs (pid {r['pid']}); log: {r['log']}",
+              always=True)
+    _run(go, as_json)
+
+
+@daemon.command("stop")
+@json_option
+def daemon_stop(as_json: bool) -> None:
+    """Stop the running daemon (SIGTERM; it finishes nothing half-way that a restart cannot)."""
+    from ..daemon import control
+
+    def go() -> None:
+        result = control.stop()
+        _emit(result, as_json, lambda r: "Stopped." if r["stopped"] else "No daemon was running.",
+              always=True)
+    _run(go, as_json)
+
+
+@daemon.command("status")
+@json_option
+def daemon_status(as_json: bool) -> None:
+    """What the daemon does with each folder: state, queue, last push and pull, last error."""
+    from ..daemon import control
+
+    def human(r: dict[str, Any]) -> str:
+        if not r.get("running"):
+            return "The daemon is not running."
+        lines = [f"The daemon runs (pid {r['pid']})."]
+        for f in r["folders"]:
+            why = f": {f['why']}" if f.get("why") else ""
+            lines.append(f"  {f['folder']}: {f['state']}{why}, {f['queue']} queued"
+                         + (f", last error: {f['last_error']}" if f.get("last_error") else ""))
+        return "\n".join(lines)
+
+    def go() -> None:
+        got = control.query()
+        result = {"running": False} if got is None else {"running": True, **got}
+        _emit(result, as_json, human, always=True)
+    _run(go, as_json)
+
+
+@daemon.command("install")
+@click.option("--print", "print_only", is_flag=True,
+              help="Print the systemd user unit instead of installing and enabling it.")
+@json_option
+def daemon_install(print_only: bool, as_json: bool) -> None:
+    """Install and enable a systemd user unit that runs the daemon (Type=notify)."""
+    from ..daemon import control
+
+    def go() -> None:
+        result = control.install(print_only)
+        _emit(result, as_json, lambda r: r["unit"] if r["path"] is None
+              else f"Installed {r['path']} and started it (systemctl --user status "
+                   f"{control.UNIT}).", always=True)
+    _run(go, as_json)
+
+
+@main.command("mount")
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@folder_option
+@click.option("--read-only", is_flag=True, help="Serve the vault read-only.")
+def mount_cmd(mountpoint: str, folder: str | None, read_only: bool) -> None:
+    """Mount the vault bound to FOLDER at MOUNTPOINT: files decrypted into memory on demand,
+    no plaintext on disk. Runs in the foreground; unmount with cloudguard unmount."""
+    from .. import lock
+    from ..api import Vault
+    from ..mount import fs
+
+    def go() -> None:
+        if not os.path.isdir(mountpoint):
+            raise UsageError(f"{mountpoint} is not a folder")
+        with Vault(folder) as v:
+            record = lock.register("mount", os.path.abspath(mountpoint))
+            try:
+                fs.mount(v, mountpoint, read_only=read_only)
+            finally:
+                record.unlink(missing_ok=True)
+    _run(go)
+
+
+@main.command("unmount")
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+def unmount_cmd(mountpoint: str) -> None:
+    """Unmount a cloudguard mount."""
+    def go() -> None:
+        proc = subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True,
+                              text=True, check=False)
+        if proc.returncode != 0:
+            raise CloudguardError(f"cannot unmount {mountpoint}: {proc.stderr.strip()}")
+    _run(go)
