@@ -21,10 +21,9 @@ from . import keys as keymod
 from . import remotes
 from .errors import UsageError
 from .remotes import REDACTED
+from .settings import settings
 from .state import Binding, all_bindings, home
 from .transport import remote_config
-
-ROTATION_DAYS_DEFAULT = 30
 
 
 @dataclass
@@ -244,11 +243,7 @@ def findings_json(findings: list[Finding]) -> list[dict[str, Any]]:
 
 
 def policy_days() -> float:
-    raw = os.environ.get("CLOUDGUARD_ROTATE_DAYS", str(ROTATION_DAYS_DEFAULT))
-    try:
-        return float(raw)
-    except ValueError:
-        return float(ROTATION_DAYS_DEFAULT)
+    return settings().rotate_days
 
 
 __all__ = ["Finding", "all_bindings", "check_exposure", "check_keys", "check_permissions",

@@ -21,6 +21,7 @@ from . import format as fmt
 from . import passphrase as passphrases
 from .chain import Secret
 from .errors import IntegrityError, KeyStoreError, UsageError
+from .settings import settings
 from .state import write_private
 
 SERVICE = "cloudguard"
@@ -142,13 +143,11 @@ def keyring_status() -> tuple[str, str]:
 
 
 def choose_keystore() -> str:
-    forced = os.environ.get("CLOUDGUARD_KEYSTORE", "").strip().lower()
-    if forced in ("keyring", "file"):
+    forced = settings().keystore
+    if forced is not None:
         if forced == "keyring":
             _require_secure_keyring()
         return forced
-    if forced:
-        raise UsageError(f"CLOUDGUARD_KEYSTORE={forced!r}: use 'keyring' or 'file'")
     status, desc = keyring_status()
     if status == "insecure":
         _require_secure_keyring()

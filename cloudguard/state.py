@@ -25,12 +25,13 @@ from typing import Any, NamedTuple
 import platformdirs
 
 from .errors import CloudguardError, FolderBusy, GuardError, UsageError
+from .settings import settings
 
 
 def home() -> Path:
-    explicit = os.environ.get("CLOUDGUARD_HOME")
-    if explicit:
-        root = Path(explicit).expanduser()
+    explicit = settings().home
+    if explicit is not None:
+        root = explicit
     else:
         root = Path(platformdirs.user_data_dir("cloudguard"))
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -368,20 +369,7 @@ def folder_lock(binding: Binding) -> Iterator[None]:
 def lock_wait() -> float:
     """How long an operation waits for another process's operation on the same folder
     (``CLOUDGUARD_LOCK_WAIT`` seconds, default 600; 0 fails at once)."""
-    raw = os.environ.get("CLOUDGUARD_LOCK_WAIT", "")
-    if not raw:
-        return LOCK_WAIT_DEFAULT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 86400:
-        raise UsageError(f"CLOUDGUARD_LOCK_WAIT={raw!r} is not a number of seconds from 0 to "
-                         "86400")
-    return value
-
-
-LOCK_WAIT_DEFAULT = 600.0
+    return settings().lock_wait
 
 
 @contextmanager

@@ -33,6 +33,7 @@ from typing import IO, Protocol
 
 from . import limits, remotes
 from .errors import IntegrityError, TransportError, UsageError
+from .settings import settings
 from .state import home
 
 _IO_BUFFER = 1024 * 1024
@@ -60,7 +61,6 @@ def scratch_dir() -> Path:
     return root
 
 
-STALL_DEFAULT = 60.0
 _LOG_FLAGS = ["--use-json-log", "--stats=1s", "--stats-log-level=NOTICE"]
 _COUNTERS = ("bytes", "listed", "checks", "deletes", "renames", "transfers")
 
@@ -68,17 +68,7 @@ _COUNTERS = ("bytes", "listed", "checks", "deletes", "renames", "transfers")
 def stall_seconds() -> float:
     """How long a transfer may move nothing before it is stopped (``CLOUDGUARD_STALL_SECONDS``,
     default 60): a server that dies mid-upload must end a push, not hang it for minutes."""
-    raw = os.environ.get("CLOUDGUARD_STALL_SECONDS", "")
-    if not raw:
-        return STALL_DEFAULT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 1 <= value <= 86400:
-        raise UsageError(f"CLOUDGUARD_STALL_SECONDS={raw!r} is not a number of seconds from 1 "
-                         "to 86400")
-    return value
+    return settings().stall_seconds
 
 
 def _network_flags(stall: float) -> list[str]:
@@ -228,10 +218,8 @@ def rclone_binary() -> str:
     taken as it is, not resolved: a venv's python is a symlink to the base interpreter, and
     the rclone sits beside the link.
     """
-    explicit = os.environ.get("CLOUDGUARD_RCLONE")
+    explicit = settings().rclone
     if explicit:
-        if not os.access(explicit, os.X_OK):
-            raise UsageError(f"CLOUDGUARD_RCLONE={explicit} is not an executable file")
         return explicit
     beside = (shutil.which("rclone", path=os.path.dirname(os.path.abspath(sys.executable)))
               if sys.executable else None)

@@ -28,6 +28,7 @@ from typing import Any
 
 from ..errors import CloudguardError, UsageError
 from ..lock import run_dir
+from ..settings import settings
 
 SOCKET = "daemon.sock"
 UNIT = "cloudguard.service"
@@ -203,7 +204,7 @@ WantedBy=default.target
 
 
 def install(print_only: bool) -> dict[str, Any]:
-    home = Path(os.environ["CLOUDGUARD_HOME"]) if os.environ.get("CLOUDGUARD_HOME") else None
+    home = settings().home
     text = unit_text(home)
     if print_only:
         return {"unit": text, "path": None}

@@ -14,9 +14,9 @@ from .. import format as fmt
 from .. import manifest as mf
 from ..errors import (
     IntegrityError,
-    UsageError,
 )
 from ..session import Session, long_lived
+from ..settings import settings
 
 COMPACT_AFTER = 32  # delta segments before a snapshot replaces them
 
@@ -25,11 +25,7 @@ REPACK_BELOW = 0.5  # live fraction under which a pack is rewritten
 
 
 def gc_grace() -> float:
-    raw = os.environ.get("CLOUDGUARD_GC_GRACE", "86400")
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise UsageError(f"CLOUDGUARD_GC_GRACE={raw!r} is not a number of seconds") from exc
+    return settings().gc_grace
 
 
 def _collect_pending(s: Session) -> None:

@@ -6,7 +6,6 @@ limit, unreadable paths (never a delete).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from ..errors import (
     UsageError,
 )
 from ..session import UI, Session, session
+from ..settings import settings as env_settings
 from ..state import (
     MAX_KEEP_DAYS,
     IndexRow,
@@ -104,23 +104,9 @@ def _push_plan(s: Session, local: dict[str, sync.LocalItem], scope: list[str] | 
 
 
 def _mass_delete_limits() -> tuple[float, int]:
-    """The mass-delete thresholds: CLOUDGUARD_MASS_DELETE_PERCENT and _FILES, if set."""
-    share, most = sync.MASS_DELETE_SHARE, sync.MASS_DELETE_FILES
-    raw = os.environ.get("CLOUDGUARD_MASS_DELETE_PERCENT")
-    if raw is not None:
-        try:
-            share = float(raw) / 100
-        except ValueError:
-            share = -1.0
-        if not 0 <= share <= 1:
-            raise UsageError(f"CLOUDGUARD_MASS_DELETE_PERCENT={raw!r} is not a percentage "
-                             "from 0 to 100")
-    raw = os.environ.get("CLOUDGUARD_MASS_DELETE_FILES")
-    if raw is not None:
-        if not raw.isdigit():
-            raise UsageError(f"CLOUDGUARD_MASS_DELETE_FILES={raw!r} is not a number of files")
-        most = int(raw)
-    return share, most
+    """The mass-delete thresholds: CLOUDGUARD_MASS_DELETE_PERCENT and _FILES."""
+    got = env_settings()
+    return got.mass_delete_share, got.mass_delete_files
 
 
 def _mass_delete(s: Session, plan: sync.PushPlan) -> GuardError | None:
