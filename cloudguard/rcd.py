@@ -20,7 +20,6 @@ import ctypes
 import http.client
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -40,6 +39,7 @@ from .transport import (
     MissingObject,
     ObjectInfo,
     RcloneTransport,
+    rclone_glob,
     scratch_dir,
 )
 
@@ -257,7 +257,7 @@ class RcdTransport:
 
     def get_matching(self, patterns: Sequence[str]) -> dict[str, bytes]:
         """As the process transport's (rclone ``--include`` globs), from one listing."""
-        wanted = [_glob(p) for p in patterns]
+        wanted = [rclone_glob(p) for p in patterns]
         names = [n for n in self.list() if any(w.fullmatch(n) for w in wanted)]
         return self.get_many(names)
 
@@ -302,29 +302,6 @@ class RcdTransport:
             for child in self._dir.iterdir():
                 child.unlink()
             self._dir.rmdir()
-
-
-def _glob(pattern: str) -> re.Pattern[str]:
-    """An rclone filter glob: ``*`` within a name, ``**`` across folders, ``?`` one character;
-    a leading ``/`` anchors it at the root, else it matches at any depth."""
-    anchored = pattern.startswith("/")
-    body = pattern.lstrip("/")
-    out = ""
-    i = 0
-    while i < len(body):
-        if body.startswith("**", i):
-            out += ".*"
-            i += 2
-        elif body[i] == "*":
-            out += "[^/]*"
-            i += 1
-        elif body[i] == "?":
-            out += "[^/]"
-            i += 1
-        else:
-            out += re.escape(body[i])
-            i += 1
-    return re.compile(out if anchored else f"(?:.*/)?{out}")
 
 
 class _Body:

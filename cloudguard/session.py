@@ -36,7 +36,7 @@ from .state import (
     find_binding,
     folder_lock,
 )
-from .transport import MissingObject, RcloneTransport, Transport
+from .transport import MissingObject, Transport, open_transport
 
 T = TypeVar("T")
 
@@ -165,7 +165,7 @@ _OPEN_TRANSPORTS: dict[str, Transport] = {}
 
 
 def _transport(binding: Binding) -> Transport:
-    return _OPEN_TRANSPORTS.get(binding.id) or RcloneTransport(binding.remote)
+    return _OPEN_TRANSPORTS.get(binding.id) or open_transport(binding.remote)
 
 
 def long_lived(binding: Binding) -> bool:

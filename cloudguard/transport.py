@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -185,9 +186,12 @@ class ObjectInfo:
 
 
 class Transport(Protocol):
-    """The five things the sync engine needs from a cloud."""
+    """What the engine needs from an object store. Implementations: RcloneTransport (one
+    rclone process per call), rcd.RcdTransport (one long-lived rclone), and
+    memtransport.MemoryTransport (in-process, for tests)."""
 
     local: bool  # a plain folder: hashing an object there means reading it all
+    remote: str  # what the user named it (shown redacted in errors)
 
     def list(self, prefix: str = "", with_hash: bool = False) -> dict[str, ObjectInfo]: ...
 
@@ -208,6 +212,10 @@ class Transport(Protocol):
 
     def put_files(self, folder: Path, names: Sequence[str], prefix: str,
                   progress: Callable[[int], None] | None = None) -> None: ...
+
+    def ensure_root(self) -> None: ...
+
+    def local_root(self) -> Path | None: ...
 
 
 def rclone_binary() -> str:
@@ -242,6 +250,39 @@ def remote_config(name: str) -> dict[str, str]:
         return {}
     section = dump.get(name, {}) if isinstance(dump, dict) else {}
     return {str(k): str(v) for k, v in section.items()} if isinstance(section, dict) else {}
+
+
+def rclone_glob(pattern: str) -> re.Pattern[str]:
+    """An rclone filter glob: ``*`` within a name, ``**`` across folders, ``?`` one character;
+    a leading ``/`` anchors it at the root, else it matches at any depth."""
+    anchored = pattern.startswith("/")
+    body = pattern.lstrip("/")
+    out = ""
+    i = 0
+    while i < len(body):
+        if body.startswith("**", i):
+            out += ".*"
+            i += 2
+        elif body[i] == "*":
+            out += "[^/]*"
+            i += 1
+        elif body[i] == "?":
+            out += "[^/]"
+            i += 1
+        else:
+            out += re.escape(body[i])
+            i += 1
+    return re.compile(out if anchored else f"(?:.*/)?{out}")
+
+
+def open_transport(remote: str) -> Transport:
+    """The transport for a remote: rclone's, or an in-process store for ``memory:NAME``
+    (tests and embedding; it lives as long as the process)."""
+    if remote.startswith("memory:"):
+        from .memtransport import MemoryTransport
+
+        return MemoryTransport.named(remote)
+    return RcloneTransport(remote)
 
 
 def normalize_remote(spec: str) -> str:

@@ -37,7 +37,7 @@ from ..state import (
     remove_marker,
     write_marker,
 )
-from ..transport import RcloneTransport, Transport
+from ..transport import Transport, open_transport
 from .common import _counts
 from .pull import pull
 
@@ -60,7 +60,7 @@ def _check_folder(folder: str) -> Path:
     return resolved
 
 
-def _check_apart(folder: str, transport: RcloneTransport) -> None:
+def _check_apart(folder: str, transport: Transport) -> None:
     """Refuse a local remote inside the folder (every push would encrypt the vault into
     itself) and a folder inside a local remote (its plaintext would sit among the remote's
     objects, where a sync client or a backup of the remote takes it)."""
@@ -97,7 +97,7 @@ def init_vault(folder: str, remote: str, padding: str = "padme", name: str | Non
                allow_exposed: bool = False) -> dict[str, Any]:
     if padding not in ("padme", "none"):
         raise UsageError(f"--padding {padding!r}: use padme or none")
-    transport = RcloneTransport(remote)
+    transport = open_transport(remote)
     _check_apart(folder, transport)
     exposed = _check_exposed(folder, allow_exposed)
     path = _check_folder(folder)
@@ -197,7 +197,7 @@ def _find_vault(listing: dict[str, int], remote: str, wanted: str | None,
 
 def _clone(remote: str, path: Path, kit: str | None, name: str | None, ui: UI | None,
            made: list[Binding], vault_code: str | None) -> dict[str, Any]:
-    transport = RcloneTransport(remote)
+    transport = open_transport(remote)
     _check_apart(str(path), transport)
     listing = {n: o.size for n, o in transport.list().items()}
     if not _holds_vault(listing):
