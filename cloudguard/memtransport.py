@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import IO
 
 from . import limits
-from .transport import MissingObject, ObjectInfo, rclone_glob
+from .remotes import rclone_glob
+from .transport import MissingObject, ObjectInfo
 
 __all__ = ["MemoryTransport", "PREFIX"]
 

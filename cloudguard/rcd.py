@@ -34,12 +34,12 @@ from typing import IO, Any, cast
 
 from . import limits, remotes
 from .errors import TransportError
+from .remotes import rclone_glob
 from .transport import (
     _IO_BUFFER,
     MissingObject,
     ObjectInfo,
     RcloneTransport,
-    rclone_glob,
     scratch_dir,
 )
 

@@ -9,6 +9,7 @@ quoted with ``'`` or ``"``, and a quote inside is doubled.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -122,3 +123,37 @@ def _head(spec: str) -> str:
     """What is safe to show of a spec that does not parse: nothing after its first ','."""
     head, comma, _rest = spec.partition(",")
     return head + ("," + REDACTED if comma else "")
+
+
+def rclone_glob(pattern: str) -> re.Pattern[str]:
+    """An rclone filter glob: ``*`` within a name, ``**`` across folders, ``?`` one character;
+    a leading ``/`` anchors it at the root, else it matches at any depth."""
+    anchored = pattern.startswith("/")
+    body = pattern.lstrip("/")
+    out = ""
+    i = 0
+    while i < len(body):
+        if body.startswith("**", i):
+            out += ".*"
+            i += 2
+        elif body[i] == "*":
+            out += "[^/]*"
+            i += 1
+        elif body[i] == "?":
+            out += "[^/]"
+            i += 1
+        else:
+            out += re.escape(body[i])
+            i += 1
+    return re.compile(out if anchored else f"(?:.*/)?{out}")
+
+
+def normalize_remote(spec: str) -> str:
+    """Local paths become absolute so the binding survives a change of working directory."""
+    spec = spec.strip()
+    if not spec:
+        raise UsageError("--remote is empty")
+    is_remote = ":" in spec and not spec.startswith(("/", "./", "../"))
+    if not is_remote:
+        return os.path.abspath(os.path.expanduser(spec))
+    return spec

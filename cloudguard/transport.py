@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from typing import IO, Protocol
 
 from . import limits, remotes
 from .errors import IntegrityError, TransportError, UsageError
+from .remotes import normalize_remote
 from .settings import settings
 from .state import home
 
@@ -252,29 +252,6 @@ def remote_config(name: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in section.items()} if isinstance(section, dict) else {}
 
 
-def rclone_glob(pattern: str) -> re.Pattern[str]:
-    """An rclone filter glob: ``*`` within a name, ``**`` across folders, ``?`` one character;
-    a leading ``/`` anchors it at the root, else it matches at any depth."""
-    anchored = pattern.startswith("/")
-    body = pattern.lstrip("/")
-    out = ""
-    i = 0
-    while i < len(body):
-        if body.startswith("**", i):
-            out += ".*"
-            i += 2
-        elif body[i] == "*":
-            out += "[^/]*"
-            i += 1
-        elif body[i] == "?":
-            out += "[^/]"
-            i += 1
-        else:
-            out += re.escape(body[i])
-            i += 1
-    return re.compile(out if anchored else f"(?:.*/)?{out}")
-
-
 def open_transport(remote: str) -> Transport:
     """The transport for a remote: rclone's, or an in-process store for ``memory:NAME``
     (tests and embedding; it lives as long as the process)."""
@@ -283,17 +260,6 @@ def open_transport(remote: str) -> Transport:
 
         return MemoryTransport.named(remote)
     return RcloneTransport(remote)
-
-
-def normalize_remote(spec: str) -> str:
-    """Local paths become absolute so the binding survives a change of working directory."""
-    spec = spec.strip()
-    if not spec:
-        raise UsageError("--remote is empty")
-    is_remote = ":" in spec and not spec.startswith(("/", "./", "../"))
-    if not is_remote:
-        return os.path.abspath(os.path.expanduser(spec))
-    return spec
 
 
 class RcloneTransport:
