@@ -5,6 +5,7 @@
     ├── KeyError_ (1)           keyring or passphrase problems
     ├── TransportError (1)      rclone failed
     ├── FolderBusy (1)          another process held the folder past the wait
+    ├── UnsupportedFormat (1)   a vault format newer than this cloudguard
     ├── FileChangedError (1)    a file changed while it was read
     ├── GuardError (1)          a push or pull refused to protect the folder (marker, mass delete)
     └── IntegrityError (3)      tampered, truncated, swapped, rolled back or missing data
@@ -32,6 +33,10 @@ class KeyStoreError(CloudguardError):
 
 class TransportError(CloudguardError):
     """rclone failed; the message names the object."""
+
+
+class UnsupportedFormat(CloudguardError):
+    """The vault was written by a newer cloudguard (a format this build cannot read)."""
 
 
 class FolderBusy(CloudguardError):
@@ -63,8 +68,10 @@ class IntegrityError(CloudguardError):
 
     exit_code = 3
 
-    def __init__(self, message: str = "integrity check failed") -> None:
+    def __init__(self, message: str = "integrity check failed",
+                 paths: list[str] | None = None) -> None:
         super().__init__(message)
+        self.paths = list(paths or [])  # the files it concerns (``--json`` lists them)
 
 
 class HistoryError(IntegrityError):

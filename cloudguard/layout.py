@@ -17,10 +17,7 @@ from . import chain, sync
 from . import format as fmt
 from . import keys as keymod
 from . import manifest as mf
-from .errors import (
-    CloudguardError,
-    IntegrityError,
-)
+from .errors import IntegrityError, UnsupportedFormat
 from .keys import now_iso
 
 DESCRIPTOR = "cloudguard.json"
@@ -37,7 +34,7 @@ def parse_descriptor(raw: bytes, where: str) -> dict[str, Any]:
     if not isinstance(doc, dict) or doc.get("cloudguard") != "vault":
         raise IntegrityError(f"{where}: not a cloudguard vault descriptor")
     if doc.get("format") != fmt.VERSION:
-        raise CloudguardError(f"{where}: vault format {doc.get('format')!r} is unknown to this "
+        raise UnsupportedFormat(f"{where}: vault format {doc.get('format')!r} is unknown to this "
                               f"cloudguard (knows {fmt.VERSION}); upgrade cloudguard")
     if doc.get("chunk_size") != fmt.CHUNK_SIZE or doc.get("padding") not in ("padme", "none"):
         raise IntegrityError(f"{where}: the vault descriptor has altered parameters")

@@ -18,10 +18,12 @@ from .. import __version__, vault
 from ..errors import (
     CloudguardError,
     FileChangedError,
+    FolderBusy,
     GuardError,
     IntegrityError,
     KeyStoreError,
     TransportError,
+    UnsupportedFormat,
     UsageError,
 )
 
@@ -103,7 +105,8 @@ def _path_errors(result: dict[str, Any]) -> None:
 # The "kind" of a JSON error, most specific class first (docs/cli-json.md lists them).
 _KINDS: tuple[tuple[type[CloudguardError], str], ...] = (
     (IntegrityError, "integrity"), (UsageError, "usage"), (TransportError, "transport"),
-    (KeyStoreError, "keystore"), (FileChangedError, "file-changed"))
+    (KeyStoreError, "keystore"), (FileChangedError, "file-changed"),
+    (FolderBusy, "folder-busy"), (UnsupportedFormat, "unsupported-format"))
 
 
 def _fail(code: int, message: str, kind: str, as_json: bool, prefix: str = "error: ",
@@ -125,7 +128,8 @@ def _run(fn: Callable[[], None], as_json: bool = False) -> None:
         _fail(exc.exit_code, str(exc), exc.code, as_json, details=dict(exc.details))
     except CloudguardError as exc:
         kind = next((name for cls, name in _KINDS if isinstance(exc, cls)), "error")
-        _fail(exc.exit_code, str(exc), kind, as_json)
+        paths = getattr(exc, "paths", None)
+        _fail(exc.exit_code, str(exc), kind, as_json, details={"paths": paths} if paths else None)
     except KeyboardInterrupt:
         _fail(1, "interrupted; nothing partial was left behind", "interrupted", as_json,
               prefix="")

@@ -240,7 +240,8 @@ def _stage_all(s: Session, downloads: list[tuple[str, str, dict[str, Any]]],
         sync.discard([st for st, _d, _e in staged], created)
         raise IntegrityError("integrity failure, nothing was written: " + "; ".join(failures)
                              + "; 'cloudguard repair' on a device whose files still match "
-                             "re-uploads lost or damaged objects")
+                             "re-uploads lost or damaged objects",
+                             paths=[f.split(": ", 1)[0] for f in failures])
     return staged
 
 

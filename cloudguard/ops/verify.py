@@ -66,7 +66,7 @@ def _verify(s: Session, read_data: bool) -> dict[str, Any]:
         raise IntegrityError("verify failed: " + "; ".join(failures[:20])
                              + (f" (and {len(failures) - 20} more)" if len(failures) > 20 else "")
                              + "; 'cloudguard repair' re-uploads them from local files that "
-                             "still match")
+                             "still match", paths=sorted({f.split(": ", 1)[0] for f in failures}))
     live = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
     unreferenced = sorted(n for n in s.listing if n.startswith(sync.DATA_PREFIX) and n not in live)
     if authenticate:
