@@ -211,3 +211,41 @@ def test_ready_status_and_a_prompt_stop(local_remote: str, tmp_path: Path) -> No
     finally:
         del os.environ["NOTIFY_SOCKET"]
         listener.close()
+
+
+def test_pause_resume_and_a_guard_that_stops_only_its_folder(local_remote: str,
+                                                               tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    for i in range(12):
+        (a / f"f{i:02}.txt").write_text(f"file {i}")
+    share(local_remote, a, b, tmp_path / "kit.json")
+    home = Path(os.environ["CLOUDGUARD_HOME"])
+
+    def state() -> str:
+        return str(cg_json("daemon", "status")["folders"][0]["state"])
+
+    with daemon(home, tmp_path / "daemon.log", a):
+        wait_for("the first push", lambda: cg_json("daemon", "status")["folders"][0][
+            "last_push"] is not None)
+        assert cg_json("daemon", "pause", str(a))["done"] == "pause"
+        wait_for("paused", lambda: state() == "paused")
+        (a / "while-paused.txt").write_text("held back")
+        time.sleep(1.5)  # several quiet periods: nothing may go up while paused
+        cg("pull", "--folder", str(b))
+        assert not (b / "while-paused.txt").exists()
+        cg("daemon", "resume", str(a))
+        wait_for("the held-back file", lambda: cg("pull", "--folder", str(b)) is not None
+                 and (b / "while-paused.txt").exists())
+        # a mass delete: the guard stops this folder, and only a confirmed resume goes on
+        for i in range(10):
+            (a / f"f{i:02}.txt").unlink()
+        wait_for("the guard to stop the folder", lambda: state() == "stopped")
+        got = cg_json("daemon", "status")["folders"][0]
+        assert "delete" in got["why"], got
+        cg("pull", "--folder", str(b))
+        assert (b / "f00.txt").exists()  # nothing was deleted elsewhere
+        cg("daemon", "resume", str(a), "--accept-deletes")
+        wait_for("the confirmed deletes", lambda: cg("pull", "--folder", str(b)) is not None
+                 and not (b / "f00.txt").exists())
+        assert (b / "f10.txt").read_text() == "file 10"

@@ -142,3 +142,36 @@ def unmount_cmd(mountpoint: str) -> None:
         if proc.returncode != 0:
             raise CloudguardError(f"cannot unmount {mountpoint}: {proc.stderr.strip()}")
     _run(go)
+
+
+@daemon.command("pause")
+@click.argument("folder", required=False)
+@json_option
+def daemon_pause(folder: str | None, as_json: bool) -> None:
+    """Stop syncing FOLDER (default: every folder) until resume; changes are still noted."""
+    _control("pause", folder, False, as_json)
+
+
+@daemon.command("resume")
+@click.argument("folder", required=False)
+@click.option("--accept-deletes", is_flag=True,
+              help="Confirm the deletions a mass-delete guard stopped (for the next push).")
+@json_option
+def daemon_resume(folder: str | None, accept_deletes: bool, as_json: bool) -> None:
+    """Sync FOLDER again (default: every folder); a folder a guard or a failure stopped is
+    looked at from the start."""
+    _control("resume", folder, accept_deletes, as_json)
+
+
+def _control(command: str, folder: str | None, accept_deletes: bool, as_json: bool) -> None:
+    from ..daemon import control
+
+    def go() -> None:
+        got = control.request({"cmd": command, "accept_deletes": accept_deletes,
+                               **({"folder": os.path.abspath(folder)} if folder else {})})
+        if got is None:
+            raise CloudguardError("the daemon is not running (cloudguard daemon start)")
+        if "error" in got:
+            raise UsageError(str(got["error"]))
+        _emit(got, as_json, lambda r: f"{command.capitalize()}d.", always=True)
+    _run(go, as_json)

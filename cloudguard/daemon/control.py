@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +54,10 @@ def socket_path() -> Path:
     return folder / SOCKET
 
 
-def serve_status(report: Callable[[], dict[str, Any]], stop: threading.Event) -> threading.Thread:
-    """Answer status requests until ``stop``; the socket is 0600 from birth."""
+def serve(handle: Callable[[dict[str, Any]], dict[str, Any]], stop: threading.Event
+          ) -> threading.Thread:
+    """Answer requests (one JSON document each way per connection) until ``stop``; the
+    socket is 0600 from birth."""
     path = socket_path()
     path.unlink(missing_ok=True)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -74,7 +77,16 @@ def serve_status(report: Callable[[], dict[str, Any]], stop: threading.Event) ->
                 except TimeoutError:
                     continue
                 with conn:
-                    conn.sendall(json.dumps(report(), sort_keys=True).encode())
+                    conn.settimeout(5)
+                    try:
+                        request = json.loads(_read_all(conn) or b"{}")
+                        if not isinstance(request, dict):
+                            raise ValueError("not an object")
+                        answer = handle(request)
+                    except (OSError, ValueError) as exc:
+                        answer = {"error": f"bad request: {exc}"}
+                    with suppress(OSError):
+                        conn.sendall(json.dumps(answer, sort_keys=True).encode())
         finally:
             server.close()
             path.unlink(missing_ok=True)
@@ -84,25 +96,37 @@ def serve_status(report: Callable[[], dict[str, Any]], stop: threading.Event) ->
     return thread
 
 
-def query() -> dict[str, Any] | None:
-    """The running daemon's status, or None when none answers."""
+def _read_all(conn: socket.socket) -> bytes:
+    chunks = []
+    while chunk := conn.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def request(command: dict[str, Any]) -> dict[str, Any] | None:
+    """Ask the running daemon; None when none answers."""
     path = socket_path()
     if not path.exists():
         return None
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.settimeout(5)
+            conn.settimeout(10)
             conn.connect(str(path))
-            chunks = []
-            while chunk := conn.recv(65536):
-                chunks.append(chunk)
+            conn.sendall(json.dumps(command).encode())
+            conn.shutdown(socket.SHUT_WR)
+            raw = _read_all(conn)
     except OSError:
         return None
     try:
-        doc = json.loads(b"".join(chunks))
+        doc = json.loads(raw)
     except ValueError:
         return None
     return doc if isinstance(doc, dict) else None
+
+
+def query() -> dict[str, Any] | None:
+    """The running daemon's status, or None when none answers."""
+    return request({"cmd": "status"})
 
 
 _NOTIFY: list[str] = []

@@ -15,7 +15,7 @@ from types import FrameType
 from typing import Any
 
 from .. import lock
-from ..errors import UsageError
+from ..errors import CloudguardError, UsageError
 from ..ignore import Ignore
 from ..session import unlock
 from ..state import Binding, all_bindings, find_binding
@@ -70,15 +70,49 @@ def run(folders: list[str] | None = None, timing: Timing | None = None,
             {**asdict(w.status), "queue": len(w.sched), "alive": w.is_alive()}
             for w in workers]}
 
-    status_thread = control.serve_status(report, stop)
+    def chosen(request: dict[str, Any]) -> list[int]:
+        wanted = request.get("folder")
+        if wanted is None:
+            return list(range(len(workers)))
+        target = find_binding(str(wanted)).id
+        return [i for i, w in enumerate(workers) if w.binding.id == target]
+
+    def handle(request: dict[str, Any]) -> dict[str, Any]:
+        """status, pause and resume; resume restarts a folder a guard or a failure stopped."""
+        command = request.get("cmd")
+        if command == "status":
+            return report()
+        if command not in ("pause", "resume"):
+            return {"error": f"unknown command {command!r}"}
+        try:
+            picked = chosen(request)
+        except CloudguardError as exc:
+            return {"error": str(exc)}
+        if not picked:
+            return {"error": f"{request.get('folder')} is not served by this daemon"}
+        for i in picked:
+            worker = workers[i]
+            if command == "pause":
+                worker.paused = True
+                worker._wake.set()
+            elif worker.is_alive():
+                worker.accept_deletes = bool(request.get("accept_deletes"))
+                worker.resume()
+            else:  # stopped: a fresh worker rescans the folder from the start
+                fresh = FolderWorker(worker.binding, stop, timing, intervals, ignore)
+                fresh.accept_deletes = bool(request.get("accept_deletes"))
+                workers[i] = fresh
+                fresh.start()
+        return {**report(), "done": command}
+
+    status_thread = control.serve(handle, stop)
     try:
         control.notify("READY=1")
         for worker in workers:
             worker.start()
         log.info("serving %d folder(s)", len(workers))
-        while not stop.wait(1.0):
-            if all(not w.is_alive() for w in workers):
-                break
+        while not stop.wait(1.0):  # a stopped folder waits for `daemon resume`
+            pass
     finally:
         stop.set()
         for worker in workers:

@@ -108,12 +108,19 @@ class FolderWorker(threading.Thread):
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self.vault: Vault | None = None
+        self.paused = False
+        self.accept_deletes = False  # the user confirmed the deletes a guard stopped (once)
 
     def hint(self, rel: str, closed: bool) -> None:
         if rel and self.ignore(rel):
             return  # never looked at: an office lock, a swap file, a temp file
         with self._lock:
             self.sched.touched(rel, closed)
+        self._wake.set()
+
+    def resume(self) -> None:
+        self.paused = False
+        self.status.why = ""
         self._wake.set()
 
     def rescan(self) -> None:
@@ -158,6 +165,11 @@ class FolderWorker(threading.Thread):
                 deadline = self.sched.next_deadline()
             wake_at = min(x for x in (deadline, next_poll, next_rescan) if x is not None)
             wake_at = max(wake_at, retry_at)
+            if self.paused:
+                self.status.state, self.status.why = "paused", "daemon pause"
+                self._wake.wait()
+                self._wake.clear()
+                continue
             if wake_at > now:
                 self.status.state = "idle" if not len(self.sched) else "syncing"
                 self._wake.wait(timeout=wake_at - now)
@@ -173,7 +185,9 @@ class FolderWorker(threading.Thread):
             try:
                 self.status.state = "syncing"
                 if rescan or paths:
-                    got = self.vault.push(None if rescan else paths, ignore=self.ignore)
+                    got = self.vault.push(None if rescan else paths, ignore=self.ignore,
+                                          allow_mass_delete=self.accept_deletes)
+                    self.accept_deletes = False
                     self.status.last_push = time.time()
                     if got.get("skipped"):  # changed while read: look again when it settles
                         with self._lock:
