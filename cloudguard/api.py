@@ -22,7 +22,6 @@ from .ops.pull import pull
 from .ops.push import push
 from .ops.status import open_reader, status
 from .ops.verify import verify
-from .rcd import RcdTransport
 from .reader import ChunkCache, FileReader
 from .session import UI, forget_unlocked, session, unlock, use_transport
 from .state import find_binding
@@ -36,6 +35,8 @@ class Vault:
         self.binding = find_binding(folder)
         self.ui = ui or UI()
         unlock(self.binding)  # the keyring or passphrase is asked once, here
+        from .rcd import RcdTransport  # here, not at import: a CLI run never needs it
+
         self._transport = RcdTransport(self.binding.remote)  # one rclone for every call
         use_transport(self.binding, self._transport)
         self._seen: dict[str, int] | None = None
