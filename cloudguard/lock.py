@@ -33,6 +33,17 @@ def register(kind: str, mountpoint: str | None = None) -> Path:
     return record
 
 
+SERVICE = "cloudguard.service"  # the unit `cloudguard daemon install` writes
+
+
+def _under_systemd(pid: int) -> bool:
+    """systemd gives every service it starts an INVOCATION_ID."""
+    try:
+        return b"\0INVOCATION_ID=" in b"\0" + Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+
+
 def _is_ours(pid: int) -> bool:
     """A pid may have been reused since it registered: only signal a cloudguard process."""
     try:
@@ -60,6 +71,13 @@ def lock(lock_keyring: bool = False) -> dict[str, Any]:
                 unmounted.append(str(mountpoint))
             elif os.path.ismount(str(mountpoint)):
                 problems.append(f"cannot unmount {mountpoint}: "
+                                f"{proc.stderr.decode(errors='replace').strip()}")
+        if _is_ours(pid) and doc.get("kind") == "daemon" and _under_systemd(pid):
+            # a service: stop it through systemd, or Restart=on-failure brings it back
+            proc = subprocess.run(["systemctl", "--user", "stop", SERVICE],
+                                  capture_output=True, check=False)
+            if proc.returncode != 0:
+                problems.append(f"systemctl --user stop {SERVICE} failed: "
                                 f"{proc.stderr.decode(errors='replace').strip()}")
         if _is_ours(pid):
             os.kill(pid, signal.SIGTERM)

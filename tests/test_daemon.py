@@ -249,3 +249,28 @@ def test_pause_resume_and_a_guard_that_stops_only_its_folder(local_remote: str,
         wait_for("the confirmed deletes", lambda: cg("pull", "--folder", str(b)) is not None
                  and not (b / "f00.txt").exists())
         assert (b / "f10.txt").read_text() == "file 10"
+
+
+def test_lock_stops_a_service_daemon_through_systemd(local_remote: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under systemd (Restart=on-failure) a killed daemon would come back: lock asks systemd."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    cg("init", str(folder), "--remote", local_remote)
+    home = Path(os.environ["CLOUDGUARD_HOME"])
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    calls = tmp_path / "systemctl.calls"
+    (fake / "systemctl").write_text(  # stands in for systemd: records, then stops the service
+        f"#!/bin/sh\necho \"$@\" >> {calls}\n"
+        f"for f in {home}/run/daemon-*.json; do\n"
+        "  pid=$(sed 's/.*\"pid\": \\([0-9]*\\).*/\\1/' \"$f\"); kill -TERM \"$pid\"\ndone\n")
+    (fake / "systemctl").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    monkeypatch.setenv("INVOCATION_ID", "0123456789abcdef")  # what systemd sets for a service
+    with daemon(home, tmp_path / "daemon.log", folder) as proc:
+        monkeypatch.delenv("INVOCATION_ID")
+        result = cg_json("lock")
+        proc.wait(timeout=10)
+        assert calls.read_text().split() == ["--user", "stop", "cloudguard.service"]
+        assert result["stopped"] == [proc.pid] and result["problems"] == []

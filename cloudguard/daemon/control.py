@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CloudguardError, UsageError
-from ..lock import run_dir
+from ..lock import SERVICE, run_dir
 from ..settings import settings
 
 SOCKET = "daemon.sock"
-UNIT = "cloudguard.service"
+UNIT = SERVICE  # lock.py stops it by this name
 
 
 def socket_path() -> Path:
