@@ -156,7 +156,7 @@ def encrypt_blob(
     for index in range(total):
         want = min(CHUNK_SIZE, padded - index * CHUNK_SIZE)
         take = min(want, remaining)
-        data = _read_exact(src, take) if take else b""
+        data = read_exact(src, take) if take else b""
         if len(data) != take:
             raise FileChangedError("file shrank while it was read")
         digest.update(data)
@@ -171,7 +171,8 @@ def encrypt_blob(
     return BlobInfo(size=size, sha256=digest.hexdigest(), blob_len=written)
 
 
-def _read_exact(src: Reader, count: int) -> bytes:
+def read_exact(src: Reader, count: int) -> bytes:
+    """``count`` bytes, or fewer only at the end of ``src`` (a pipe returns short reads)."""
     parts: list[bytes] = []
     while count > 0:
         part = src.read(count)
@@ -217,14 +218,14 @@ def decrypt_blob_iter(src: Reader, dek: bytes, expected_file_id: bytes | None) -
     The caller must not act on the plaintext as final until the iterator is exhausted: only then
     is the final-chunk flag (truncation) checked.
     """
-    header = open_blob_header(_read_exact(src, BLOB_HEADER_SIZE), dek, expected_file_id)
+    header = open_blob_header(read_exact(src, BLOB_HEADER_SIZE), dek, expected_file_id)
     key, _ = _blob_keys(dek, header.file_id)
     aead = AESGCM(key)
     total = chunk_count(header.padded)
     remaining = header.size
     for index in range(total):
         plain_len = min(CHUNK_SIZE, header.padded - index * CHUNK_SIZE)
-        sealed = _read_exact(src, plain_len + TAG_SIZE)
+        sealed = read_exact(src, plain_len + TAG_SIZE)
         if len(sealed) != plain_len + TAG_SIZE:
             raise IntegrityError()
         final = index == total - 1

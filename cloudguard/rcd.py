@@ -32,14 +32,14 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any, cast
 
-from . import limits, remotes
+from . import remotes
 from .errors import TransportError
 from .remotes import rclone_glob
 from .transport import (
-    _IO_BUFFER,
     MissingObject,
     ObjectInfo,
     RcloneTransport,
+    read_capped,
     scratch_dir,
 )
 
@@ -238,15 +238,7 @@ class RcdTransport:
                                                "dstFs": fs, "dstRemote": path})
 
     def get_bytes(self, name: str, limit: int | None = None) -> bytes:
-        most = limits.cap(name) if limit is None else limit
-        parts: list[bytes] = []
-        got = 0
-        with self.reader(name) as stream:
-            while block := stream.read(_IO_BUFFER):
-                got += len(block)
-                limits.check(name, got, most)
-                parts.append(block)
-        return b"".join(parts)
+        return read_capped(self, name, limit)
 
     def get_many(self, names: Iterable[str]) -> dict[str, bytes]:
         out: dict[str, bytes] = {}

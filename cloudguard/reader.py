@@ -124,7 +124,7 @@ class FileReader:
                                    count=stop - start) as stream:
             for index in run:
                 _off, length = blob.chunk_span(index)
-                sealed = _read_exact(stream, length)
+                sealed = fmt.read_exact(stream, length)
                 try:
                     plain = fmt.decrypt_chunk(blob, index, sealed)
                 except IntegrityError as exc:
@@ -143,14 +143,3 @@ def _runs(indexes: list[int]) -> list[list[int]]:
         else:
             runs.append([index])
     return runs
-
-
-def _read_exact(stream: Any, count: int) -> bytes:
-    parts: list[bytes] = []
-    while count > 0:
-        part = stream.read(count)
-        if not part:
-            break
-        parts.append(part)
-        count -= len(part)
-    return b"".join(parts)

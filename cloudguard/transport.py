@@ -252,6 +252,20 @@ def remote_config(name: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in section.items()} if isinstance(section, dict) else {}
 
 
+def read_capped(transport: Transport, name: str, limit: int | None = None) -> bytes:
+    """A small object, whole. Past ``limit`` bytes (default: the cap of its kind,
+    :mod:`cloudguard.limits`) it is refused as they arrive, whatever the listing said."""
+    most = limits.cap(name) if limit is None else limit
+    parts: list[bytes] = []
+    got = 0
+    with transport.reader(name) as stream:
+        while block := stream.read(_IO_BUFFER):
+            got += len(block)
+            limits.check(name, got, most)
+            parts.append(block)
+    return b"".join(parts)
+
+
 def open_transport(remote: str) -> Transport:
     """The transport for a remote: rclone's, or an in-process store for ``memory:NAME``
     (tests and embedding; it lives as long as the process)."""
@@ -407,17 +421,7 @@ class RcloneTransport:
                       f"uploading {name}")
 
     def get_bytes(self, name: str, limit: int | None = None) -> bytes:
-        """A small object, whole. Past ``limit`` bytes (default: the cap of its kind,
-        :mod:`cloudguard.limits`) it is refused as they arrive, whatever the listing said."""
-        most = limits.cap(name) if limit is None else limit
-        parts: list[bytes] = []
-        got = 0
-        with self.reader(name) as stream:
-            while block := stream.read(_IO_BUFFER):
-                got += len(block)
-                limits.check(name, got, most)
-                parts.append(block)
-        return b"".join(parts)
+        return read_capped(self, name, limit)
 
     def get_many(self, names: Iterable[str]) -> dict[str, bytes]:
         """Small objects (descriptor, key slots, segments) in one rclone process, not one each.

@@ -93,13 +93,23 @@ def test_names_that_differ_by_case_or_normalisation_become_case_conflicts(
         assert sorted(p.read_text() for p in mac.rglob("*.txt")) == contents
 
 
-def test_a_case_only_rename_never_deletes_the_file(local_remote: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("layer", ["casefold", "fat"])
+def test_a_case_only_rename_never_deletes_the_file(layer: str, local_remote: str,
+                                                   tmp_path: Path) -> None:
     """Renamed on the case-sensitive device (notes.txt -> Notes.txt), the file must survive on
-    the case-insensitive one, where both names are the same file."""
+    the case-insensitive one (the folding layer, and a real FAT file system), where both names
+    are the same file."""
+    from test_casefold_vfat import pytestmark as fat_needs
+    from test_casefold_vfat import vfat_folder
+
+    if layer == "fat" and fat_needs.args[0]:
+        pytest.skip(fat_needs.kwargs["reason"])
     linux = tmp_path / "linux"
     linux.mkdir()
     (linux / "notes.txt").write_text("keep me")
-    with casefold_folder(tmp_path / "mac") as mac:
+    folder = casefold_folder(tmp_path / "mac") if layer == "casefold" else vfat_folder(
+        tmp_path / "fat")
+    with folder as mac:
         share(local_remote, linux, mac, tmp_path / "kit.json")
         (linux / "notes.txt").rename(linux / "Notes.txt")
         cg("push", "--folder", str(linux))

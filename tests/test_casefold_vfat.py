@@ -79,24 +79,3 @@ def test_names_that_differ_by_case_become_case_conflicts_on_fat(
             assert (got["to_push"], got["to_pull"]) == ([], []), (folder, got)
         cg("pull", "--folder", str(fat))
         assert sorted(p.read_text() for p in fat.rglob("*.txt")) == contents
-
-
-def test_a_case_only_rename_never_deletes_the_file_on_fat(
-        local_remote: str, tmp_path: Path) -> None:
-    linux = tmp_path / "linux"
-    linux.mkdir()
-    (linux / "notes.txt").write_text("keep me")
-    with vfat_folder(tmp_path / "fat") as fat:
-        share(local_remote, linux, fat, tmp_path / "kit.json")
-        (linux / "notes.txt").rename(linux / "Notes.txt")
-        cg("push", "--folder", str(linux))
-        cg("pull", "--folder", str(fat))
-        assert [p.read_text() for p in fat.iterdir() if p.suffix == ".txt"] == ["keep me"]
-        cg("push", "--folder", str(fat))
-        cg("pull", "--folder", str(linux))
-        assert (linux / "Notes.txt").read_text() == "keep me"
-        assert not (linux / "notes.txt").exists()
-        next(p for p in fat.iterdir() if p.suffix == ".txt").rename(fat / "NOTES.txt")
-        cg("push", "--folder", str(fat))
-        cg("pull", "--folder", str(linux))
-        assert [p.read_text() for p in linux.iterdir() if p.suffix == ".txt"] == ["keep me"]
