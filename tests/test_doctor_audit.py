@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from helpers import cg, cg_json, cg_proc
 
 from cloudguard import audit
+from cloudguard.ops import doctor as ops_doctor
 
 
 def bound(remote: str, root: Path, name: str = "vault", exposed: bool = False) -> Path:
@@ -82,8 +85,13 @@ def test_public_acl_is_a_warning(tmp_path: Path) -> None:
 
 def test_old_key_is_a_warning(local_remote: str, tmp_path: Path,
                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key two days old under a one-day policy: doctor's clock is moved, not the policy."""
     folder = bound(local_remote, tmp_path)
-    monkeypatch.setenv("CLOUDGUARD_ROTATE_DAYS", "-1")
+    monkeypatch.setenv("CLOUDGUARD_ROTATE_DAYS", "1")
+    assert "key-age" in checks(cg_json("doctor", "--folder", str(folder)), "ok")
+    later = time.time() + 2 * 86400
+    monkeypatch.setattr(ops_doctor, "time", SimpleNamespace(time=lambda: later,
+                                                          strptime=time.strptime))
     assert "key-age" in checks(cg_json("doctor", "--folder", str(folder)), "warning")
 
 

@@ -11,6 +11,7 @@ the clock is injected, so the rules are tested without sleeping.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -99,3 +100,28 @@ class Scheduler:
     @property
     def rescan_pending(self) -> bool:
         return self._rescan
+
+
+@dataclass
+class Recent:
+    """How many files the daemon's own pushes touched in the last ``span`` seconds.
+
+    The mass-delete guard of one push sees only that push; a folder emptied a few files per
+    quiet period would slip under it. The worker hands this count to the next push."""
+
+    span: float = 300.0
+    now: Callable[[], float] = time.monotonic
+    _events: deque[tuple[float, int]] = field(default_factory=deque)
+
+    def add(self, count: int) -> None:
+        if count > 0:
+            self._events.append((self.now(), count))
+
+    def total(self) -> int:
+        cutoff = self.now() - self.span
+        while self._events and self._events[0][0] < cutoff:
+            self._events.popleft()
+        return sum(n for _, n in self._events)
+
+    def clear(self) -> None:
+        self._events.clear()

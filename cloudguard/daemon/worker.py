@@ -35,7 +35,7 @@ from ..api import Vault
 from ..errors import CloudguardError, GuardError, IntegrityError
 from ..ignore import Ignore
 from ..state import Binding
-from .schedule import Scheduler, Timing
+from .schedule import Recent, Scheduler, Timing
 
 log = logging.getLogger("cloudguard.daemon")
 
@@ -110,6 +110,7 @@ class FolderWorker(threading.Thread):
         self.vault: Vault | None = None
         self.paused = False
         self.accept_deletes = False  # the user confirmed the deletes a guard stopped (once)
+        self.deleted = Recent()  # files this worker's pushes deleted lately (mass-delete guard)
 
     def hint(self, rel: str, closed: bool) -> None:
         if rel and self.ignore(rel):
@@ -186,7 +187,16 @@ class FolderWorker(threading.Thread):
                 self.status.state = "syncing"
                 if rescan or paths:
                     got = self.vault.push(None if rescan else paths, ignore=self.ignore,
-                                          allow_mass_delete=self.accept_deletes)
+                                          allow_mass_delete=self.accept_deletes,
+                                          deleted_before=self.deleted.total())
+                    gone = got["counts"]["deleted"]
+                    log.info("folder %s: pushed %d, deleted %d", self.binding.id,
+                             len(got["uploaded"]) + len(got["updated"]),
+                             gone["files"] + gone["links"])
+                    if self.accept_deletes:
+                        self.deleted.clear()  # confirmed: they no longer count against later
+                    else:
+                        self.deleted.add(gone["files"] + gone["links"])
                     self.accept_deletes = False
                     self.status.last_push = time.time()
                     if got.get("skipped"):  # changed while read: look again when it settles
@@ -198,7 +208,15 @@ class FolderWorker(threading.Thread):
                         self.vault.pull()
                         self.status.last_pull = time.time()
                 backoff, retry_at = 0.0, 0.0
-            except (GuardError, IntegrityError) as exc:
+            except GuardError as exc:
+                why = str(exc)
+                if exc.code == "mass-delete":  # the CLI's advice does not fit a daemon
+                    why = (why.split("; nothing was pushed")[0] + "; nothing was pushed. If "
+                           f"that is right, run: cloudguard daemon resume {self.binding.folder}"
+                           " --accept-deletes")
+                self._stopped(why)
+                return
+            except IntegrityError as exc:
                 self._stopped(str(exc))
                 return
             except CloudguardError as exc:

@@ -32,19 +32,22 @@ from .rotate import _rewrap_stale
 
 def push(folder: str | None, dry_run: bool = False, ui: UI | None = None,
          allow_mass_delete: bool = False, paths: list[str] | None = None,
-         ignore: Callable[[str], bool] | None = None) -> dict[str, Any]:
+         ignore: Callable[[str], bool] | None = None, deleted_before: int = 0
+         ) -> dict[str, Any]:
     """``result["unreadable"]`` lists paths that could not be read: they kept their last
     synced state, and the CLI exits 1 after the rest was pushed.
 
     ``paths`` (relative to the folder, or absolute inside it) pushes only those paths and
     what is under them; the rest of the folder is not scanned (the daemon's push).
     ``ignore`` (cloudguard.ignore.Ignore) paths are never read nor uploaded, and a synced
-    one that is ignored now keeps its synced state (an ignore rule never deletes)."""
+    one that is ignored now keeps its synced state (an ignore rule never deletes).
+    ``deleted_before``: files the caller deleted by its recent pushes (the daemon's window), so
+    that deletes spread over many small pushes meet the same mass-delete guard as one push."""
     with _audited("push", folder), session(folder, ui, scan=paths is None, guard=True) as s:
         _warn_exposed(s)
         s.ignore = ignore
         result = _push(s, dry_run, allow_mass_delete,
-                       None if paths is None else _relative(s, paths))
+                       None if paths is None else _relative(s, paths), deleted_before)
         if not dry_run:
             _log(s, "push", files=len(result["uploaded"]) + len(result["updated"]),
                  deleted=len(result["deleted"]), objects=result.get("object_ids", []),
@@ -109,17 +112,20 @@ def _mass_delete_limits() -> tuple[float, int]:
     return got.mass_delete_share, got.mass_delete_files
 
 
-def _mass_delete(s: Session, plan: sync.PushPlan) -> GuardError | None:
-    """The refusal a push deleting a large part of the folder gets, or None."""
+def _mass_delete(s: Session, plan: sync.PushPlan, before: int = 0) -> GuardError | None:
+    """The refusal a push deleting a large part of the folder gets, or None. ``before`` files
+    were deleted by the caller's recent pushes: they count as deleted now, out of a folder
+    that still held them."""
     deleting = sum(1 for row in plan.delete  # a renamed file is not deleted
                    if row.kind != "d" and row.path not in plan.renamed)
     if not deleting:
         return None  # the common push: no count of the index needed
-    total = s.index.count_files()
+    total = s.index.count_files() + before
     share, most = _mass_delete_limits()
-    if not sync.mass_delete(deleting, total, share, most):
+    if not sync.mass_delete(deleting + before, total, share, most):
         return None
-    what = (f"push would delete {deleting} of the {total} files in {s.folder} "
+    recent = f", after {before} deleted in the last minutes" if before else ""
+    what = (f"push would delete {deleting} of the {total} files in {s.folder}{recent} "
             f"(more than {share:.0%} or {most} files)")
     return GuardError(f"{what}; nothing was pushed. If that is right, run push "
                       "--allow-mass-delete", "mass-delete", folder=str(s.folder),
@@ -127,9 +133,9 @@ def _mass_delete(s: Session, plan: sync.PushPlan) -> GuardError | None:
                       max_files=most, question=f"{what}. Delete them everywhere?")
 
 
-def _check_mass_delete(s: Session, plan: sync.PushPlan, allow: bool) -> None:
+def _check_mass_delete(s: Session, plan: sync.PushPlan, allow: bool, before: int = 0) -> None:
     """Ask before a push deletes a large part of the folder; without a terminal, refuse."""
-    refusal = None if allow else _mass_delete(s, plan)
+    refusal = None if allow else _mass_delete(s, plan, before)
     if refusal is None:
         return
     question = str(refusal.details.pop("question"))
@@ -139,7 +145,7 @@ def _check_mass_delete(s: Session, plan: sync.PushPlan, allow: bool) -> None:
 
 
 def _push(s: Session, dry_run: bool, allow_mass_delete: bool = False,
-          scope: list[str] | None = None) -> dict[str, Any]:
+          scope: list[str] | None = None, deleted_before: int = 0) -> dict[str, Any]:
     conflicts = [] if dry_run else _resolve(s)
     local = _scan(s, scope)
     plan, index_rows = _push_plan(s, local, scope)
@@ -156,9 +162,10 @@ def _push(s: Session, dry_run: bool, allow_mass_delete: bool = False,
                    "deleted": _counts(r.kind for r in plan.delete
                                       if r.path not in plan.renamed)}}
     if dry_run:
-        result["mass_delete"] = _mass_delete(s, plan) is not None  # push would ask first
+        result["mass_delete"] = (  # push would ask first
+            _mass_delete(s, plan, deleted_before) is not None)
         return result
-    _check_mass_delete(s, plan, allow_mass_delete)
+    _check_mass_delete(s, plan, allow_mass_delete, deleted_before)
     _collect_pending(s)
     _rewrap_stale(s)
     total = sum(i.size for i in plan.upload)
