@@ -381,7 +381,7 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
             ring = trust.open_ring(binding.vault_id, listing, fetch, descriptor_hash(raw),
                                    binding.device, me, index, ui.warn, binding.enrolled,
                                    tolerate)
-            trust.merge_if_needed(ring, transport, index, ui.warn)
+            trust.merge_if_needed(ring, transport, index, ui.warn, tolerate)
             _recover_torn_segment(index, transport, listing, ring)
             seen = index.get_meta("seen", {})
             segs = {n: s for n, s in listing.items() if n.startswith(mf.PREFIX)}

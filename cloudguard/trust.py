@@ -10,11 +10,12 @@ import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from . import chain
+from . import chain, membership
 from . import format as fmt
-from .chain import Commit, Cutoff, MemberKeys, Secret, View
+from .chain import Commit, Cutoff, MemberKeys, Secret
 from .errors import IntegrityError, KeyStoreError
 from .keys import now_iso
+from .membership import View
 from .state import Index
 from .transport import Transport
 
@@ -101,7 +102,7 @@ def open_ring(vault_id: str, listing: Iterable[str], fetch: Callable[[str], byte
     if index is not None and not known and enrolled:
         warn("no record of the commits this device verified: re-anchoring from the genesis; "
              "rollback protection starts again from here")
-    view = chain.verify(vault_id, listing, fetch, known, descriptor, tolerate)
+    view = membership.verify(vault_id, listing, fetch, known, descriptor, tolerate)
     for name in view.deferred:
         warn(f"{name}: its parent is not listed yet; deferred")
     for name in view.void:
@@ -169,7 +170,8 @@ def advance(ring: Ring, commit: Commit, kek: bytes, history: dict[str, bytes],
     view = ring.view
     view.commits[commit.id] = commit
     view.head = commit
-    view.members, view.removed = chain._union(view.commits, view.counters)
+    view.members, view.removed = membership._union(view.commits, view.counters,
+                                              {**view.voided, **view.commits})
     view.keks[commit.kek] = kek
     view.keks.update(history)
     view.head_history = dict(history)
@@ -202,17 +204,24 @@ def change(ring: Ring, transport: Transport, index: Index | None, action: str, *
 
 
 def merge_if_needed(ring: Ring, transport: Transport, index: Index | None,
-                    warn: Callable[[str], None]) -> Commit | None:
-    """Two devices committed at once: write the merged member set under a new KEK."""
+                    warn: Callable[[str], None], skip: frozenset[str] = frozenset()
+                    ) -> Commit | None:
+    """Two devices committed at once: write the merged member set under a new KEK.
+
+    ``skip``: members about to be removed for equivocating; their branches are not taken in
+    (the removal, built on the head, voids them)."""
     view = ring.view
     if not view.needs_merge or ring.rid not in view.head.members:
         return None
-    if view.head.members[ring.rid].kind != "device":
-        raise KeyStoreError("the membership chain needs a merge, which only a device can sign")
     covered = view.covered()
     parents = {c.parent for c in view.commits.values()}
     tips = sorted(c.id for c in view.commits.values()
-                  if c.id not in covered and c.id not in parents)
+                  if c.id not in covered and c.id not in parents and c.signer not in skip)
+    if skip and not tips:
+        return None
+    if view.head.members[ring.rid].kind != "device":
+        raise KeyStoreError("the membership chain needs a merge, which only a device can sign")
+    members, removed = membership.merge_members(view, view.head, tips)
     warn(f"two devices changed membership at once; merging {len(tips) + 1} branches")
-    return change(ring, transport, index, "merge", members=dict(view.members),
-                  removed=dict(view.removed), new_key=True, names={}, merges=tips)
+    return change(ring, transport, index, "merge", members=members, removed=removed,
+                  new_key=True, names={}, merges=tips)

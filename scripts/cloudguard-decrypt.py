@@ -701,7 +701,7 @@ def ancestry(commit: Commit, verified: dict[str, Commit]) -> list[Commit]:
 UNLIMITED = 1 << 62  # the cutoff seq of a member removed only by a counter-removal: none
 
 
-def union(commits: dict[str, Commit], counters: set[str]
+def union(commits: dict[str, Commit], counters: set[str], every: dict[str, Commit]
           ) -> tuple[dict[str, Member], dict[str, Cutoff]]:
     """The two-phase set over commits: members ever added minus every member ever removed;
     for a member removed on several branches, the lowest cutoff (seq, then hash) wins.
@@ -710,27 +710,58 @@ def union(commits: dict[str, Commit], counters: set[str]
     in: a merge's or rotation's member list is checked, never used, so a member added on a
     void branch stays out. A removal in ``counters`` (a counter-removal, see void_commits)
     removes the members it newly removes with no cutoff at all: seq UNLIMITED, hash null.
-    (Same rule as cloudguard's chain._union.)"""
+    ``every`` holds the parents, void ones too. (Same rule as cloudguard's membership._union.)"""
     added: dict[str, Member] = {}
     cuts: dict[str, list[Cutoff]] = {}
     for c in commits.values():
-        parent = commits.get(c.parent) if c.parent else None
-        new: dict[str, Member] = {}
-        if c.action == "genesis":
-            new = c.members
-        elif c.action == "add":
-            new = {r: k for r, k in c.members.items() if parent is None or r not in parent.members}
-        for rid, keys in new.items():
+        for rid, keys in brought_in(c, every).items():
             if added.setdefault(rid, keys) != keys:
                 raise IntegrityFailure(f"{c.name}: member {rid} appears with two different "
                                        "keys")
-        fresh = set(c.removed) - set(parent.removed if parent else {})
+        gone = fresh(c, every)
         for rid, cut in c.removed.items():
-            if c.id in counters and rid in fresh:
+            if c.id in counters and rid in gone:
                 cut = Cutoff(cut.s, UNLIMITED, None)
             cuts.setdefault(rid, []).append(cut)
     removed = {rid: earliest(found) for rid, found in cuts.items()}
     return {r: k for r, k in added.items() if r not in removed}, removed
+
+
+def brought_in(c: Commit, every: dict[str, Commit]) -> dict[str, Member]:
+    """All members of a genesis, the new member of an add, nobody otherwise."""
+    if c.action == "genesis":
+        return c.members
+    if c.action != "add":
+        return {}
+    parent = every.get(c.parent) if c.parent else None
+    return {r: k for r, k in c.members.items() if parent is None or r not in parent.members}
+
+
+def fresh(c: Commit, every: dict[str, Commit]) -> set[str]:
+    """The members a commit removes that its parent had not removed."""
+    parent = every.get(c.parent) if c.parent else None
+    return set(c.removed) - set(parent.removed if parent else {})
+
+
+def closure(starts: list[Commit], commits: dict[str, Commit]) -> set[str]:
+    """"Builds on": ancestry through parents and through every tip a merge names."""
+    out: set[str] = set()
+    todo = list(starts)
+    while todo:
+        for a in ancestry(todo.pop(), commits):
+            if a.id not in out:
+                out.add(a.id)
+                todo += [commits[m] for m in a.merges if m in commits]
+    return out
+
+
+def merged(every: dict[str, Commit], starts: list[Commit]
+           ) -> tuple[dict[str, Member], dict[str, Cutoff]]:
+    """The member set of a merge: the two-phase set over the non-void commits that its parent
+    and its tips build on."""
+    scope = {cid: every[cid] for cid in closure(starts, every)}
+    void, counters = void_commits(scope)
+    return union({cid: c for cid, c in scope.items() if cid not in void}, counters, scope)
 
 
 def earliest(cuts: list[Cutoff]) -> Cutoff:
@@ -787,43 +818,73 @@ def check_commit(c: Commit, parent: Commit, verified: dict[str, Commit],
                 or c.removed[next(iter(gone))].s != parent.members[next(iter(gone))].s):
             raise Failure("not a valid removal")
     elif c.action == "merge":
-        scope = {a.id: a for a in ancestry(parent, verified)}
-        for tip in c.merges:
-            scope.update({a.id: a for a in ancestry(verified[tip], verified)})
-        if union(scope, void_commits(scope)[1]) != (c.members, c.removed):
+        if merged(verified, [parent, *(verified[t] for t in c.merges)]) != (c.members,
+                                                                             c.removed):
             raise Failure("the merge does not equal the merged member set")
 
 
 def void_commits(verified: dict[str, Commit]) -> tuple[set[str], set[str]]:
     """"Void commits": (void commits, counter-removals). A commit signed by member M counts
-    only if it is an ancestor of every verified commit that removes M (a removed member, or a
-    stolen kit after its removal, cannot sign a branch from the past); everything built on a
-    void commit is void too.
+    only if every counting removal of M builds on it (through parents and merges). Only M's
+    own commits are void; another member's commit built on one stands. A commit whose signer
+    no counting genesis or add brought in is void too.
 
-    The exception: removals c and r where r removes c's signer, c removes r's signer, and
-    neither is an ancestor of the other are *counter-removals*. They do not void each other
-    (a counter-removal is never hit), both stand and the merged view removes both, with no
-    cutoff (see union); each still voids the other signer's other commits it does not build
-    on. No local anchor breaks the tie. (Same rule as cloudguard's chain._void.)"""
-    ancestors = {cid: {a.id for a in ancestry(c, verified)} for cid, c in verified.items()}
-    removals: list[tuple[Commit, set[str]]] = []  # (commit, the members it newly removes)
-    for c in verified.values():
-        parent = verified.get(c.parent) if c.parent else None
-        gone = set(c.removed) - set(parent.removed if parent else {})
-        if gone:
-            removals.append((c, gone))
+    Removals void each other (a removal of M voids M's concurrent removals); which count is
+    decided from the unchallenged ones on, and those left undecided in a cycle all stand.
+    Counter-removals (c removes r's signer, r removes c's signer, neither builds on the other)
+    are never void, set no cutoff (see union), and never void their target's other removals.
+    Repeated until the members brought in stop changing. No local anchor breaks any tie.
+    (Same rule as cloudguard's membership._void.)"""
+    reach = {cid: closure([c], verified) for cid, c in verified.items()}
+
+    def concurrent(a: Commit, b: Commit) -> bool:
+        return a.id not in reach[b.id] and b.id not in reach[a.id]
+
+    def voids(r: Commit, gone: set[str], c: Commit, counters: set[str]) -> bool:
+        if c.signer not in gone or c.id in reach[r.id] or c.id in counters:
+            return False
+        return not (r.id in counters and c.action == "remove")
+
+    unsigned: set[str] = set()
+    void: set[str] = set()
     counters: set[str] = set()
-    for c, gone_c in removals:
-        for r, gone_r in removals:
-            if (c.signer in gone_r and r.signer in gone_c and r.id not in ancestors[c.id]
-                    and c.id not in ancestors[r.id]):
-                counters.add(c.id)
-    hit: set[str] = set()
-    for removal, gone in removals:
+    for _ in range(len(verified) + 1):
+        valid = {cid: c for cid, c in verified.items() if cid not in unsigned}
+        removals = {c.id: (c, fresh(c, verified)) for c in valid.values()
+                    if c.action == "remove"}
+        counters = {c.id for c, gone_c in removals.values() for r, gone_r in removals.values()
+                    if c.signer in gone_r and r.signer in gone_c and concurrent(c, r)}
+        attackers = {q: {r for r, (rc, gone) in removals.items()
+                         if voids(rc, gone, qc, counters)}
+                     for q, (qc, _) in removals.items()}
+        counted: set[str] = set()
+        refused: set[str] = set()
+        changed = True
+        while changed:
+            changed = False
+            for q, by in attackers.items():
+                if q in counted or q in refused:
+                    continue
+                if by & counted:
+                    refused.add(q)
+                    changed = True
+                elif by <= refused:
+                    counted.add(q)
+                    changed = True
+        standing = [removals[r] for r in removals if r not in refused]
+        void = unsigned | refused | {
+            cid for cid, c in valid.items()
+            if cid not in removals and any(voids(r, gone, c, counters) for r, gone in standing)}
+        ever: set[str] = set()
         for cid, c in verified.items():
-            if c.signer in gone and cid not in ancestors[removal.id] and cid not in counters:
-                hit.add(cid)
-    return {cid for cid in verified if ancestors[cid] & hit}, counters
+            if cid not in void:
+                ever |= set(brought_in(c, verified))
+        now = {cid for cid, c in verified.items()
+               if c.action != "genesis" and c.signer not in ever}
+        if now == unsigned:
+            break
+        unsigned = now
+    return void, counters
 
 
 @dataclass
@@ -909,7 +970,7 @@ def verify_chain(remote: Path, vault_id: str, descriptor: str) -> Chain:
     head = genesis
     while children.get(head.id):
         head = min(children[head.id], key=lambda c: c.id)
-    members, removed = union(verified, counters)
+    members, removed = union(verified, counters, {**voided, **verified})
     warnings = [f"{c.name}: its parent is not listed; deferred (skipped)"
                 for c in sorted(waiting.values(), key=lambda c: c.name)]
     warnings += [f"{decoded[cid].name}: void (signed by a member on a branch its removal does "

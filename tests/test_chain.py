@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from cloudguard import chain
-from cloudguard.chain import Commit, MemberKeys, Secret, View
+from cloudguard import chain, membership
+from cloudguard.chain import Commit, MemberKeys, Secret
+from cloudguard.membership import View
 
 DESCRIPTOR = "11" * 32
 T = "2026-12-02T00:00:00Z"
@@ -28,7 +29,7 @@ class Lab:
         return self.secrets[rid].public("device")
 
     def view(self) -> View:
-        return chain.verify(self.vault, list(self.objects), self.objects.__getitem__, set(),
+        return membership.verify(self.vault, list(self.objects), self.objects.__getitem__, set(),
                             DESCRIPTOR)
 
     def kek(self, view: View, commit: Commit, rid: str) -> bytes:
@@ -38,7 +39,7 @@ class Lab:
     def commit(self, on: Commit, signer: str, action: str, members: list[str],
                merges: list[str] | None = None) -> Commit:
         view = self.view()
-        view.head = view.commits[on.id]
+        view.head = view.find(on.id) or on
         same_key = action == "add"
         kek = self.kek(view, on, signer) if same_key else chain.new_kek()
         commit, data, keyobj = chain.build(
@@ -83,7 +84,7 @@ def test_a_concurrent_merge_to_other_members_is_merged_again() -> None:
 def remove(lab: Lab, on: Commit, signer: str, rid: str, seq: int, digest: str | None
            ) -> Commit:
     view = lab.view()
-    view.head = view.commits[on.id]
+    view.head = view.find(on.id) or on
     members = [r for r in on.members if r != rid]
     removed = {**on.removed, rid: chain.Cutoff(on.members[rid].s, seq, digest)}
     commit, data, keyobj = chain.build(
@@ -108,12 +109,12 @@ def test_two_removals_naming_different_segments_at_one_seq_vouch_neither() -> No
     assert {by_a.id, by_b.id} <= set(view.commits) and x not in view.members
     assert (view.removed[x].seq, view.removed[x].hash) == (6, None)
     cuts = [view.commits[by_a.id].removed[x], view.commits[by_b.id].removed[x]]
-    assert chain._earliest(cuts) == chain._earliest(cuts[::-1])
+    assert membership._earliest(cuts) == membership._earliest(cuts[::-1])
     # one removal at a lower seq wins outright, with its hash
     low = chain.Cutoff(cuts[0].s, 5, "cc" * 32)
-    assert chain._earliest([*cuts, low]) == chain._earliest([low, *cuts[::-1]]) == low
+    assert membership._earliest([*cuts, low]) == membership._earliest([low, *cuts[::-1]]) == low
     # agreeing removals keep the hash they agree on
-    assert chain._earliest([cuts[0], cuts[0]]) == cuts[0]
+    assert membership._earliest([cuts[0], cuts[0]]) == cuts[0]
 
 
 def test_a_cutoff_at_seq_0_naming_a_segment_is_an_invalid_commit() -> None:
@@ -125,3 +126,77 @@ def test_a_cutoff_at_seq_0_naming_a_segment_is_an_invalid_commit() -> None:
         remove(lab, add_x, A, x, 0, "aa" * 32)
     good = remove(lab, add_x, A, x, 0, None)
     assert lab.view().removed[x].hash is None and good.id in lab.view().commits
+
+
+def lab_with_x() -> tuple[Lab, Commit, str]:
+    """A, B and X are members (``add_x``); X is the one to be removed."""
+    x = "c" * 16
+    lab = Lab()
+    lab.secrets[x] = Secret.generate()
+    add = lab.commit(lab.view().head, A, "add", [A, B])
+    return lab, lab.commit(add, A, "add", [A, B, x]), x
+
+
+def test_a_removed_members_backdated_removal_voids_nobody_elses_commits() -> None:
+    """X, removed by A, signs on the old parent a removal of B (not of its remover). It is void,
+    and a void removal has no say: B's later commits stand (review round 2, N2)."""
+    lab, add_x, x = lab_with_x()
+    by_a = remove(lab, add_x, A, x, 0, None)
+    by_x = remove(lab, add_x, x, B, 0, None)
+    b_rot = lab.commit(by_a, B, "rotate", [A, B])
+    view = lab.view()
+    assert by_x.id in view.voided and b_rot.id in view.commits
+    assert set(view.members) == {A, B} and B not in view.removed
+    assert view.head.id == b_rot.id and not view.needs_merge
+
+
+def test_an_honest_commit_built_on_a_void_one_stands_and_is_merged() -> None:
+    """X, removed by A, rotates on the old parent; B, kept from seeing the removal, adds D on
+    X's rotation. Only X's commit is void: B's add stands, D is a member, X is not, and the
+    merge that takes B's branch in verifies (N2 (1)-(3))."""
+    d = "d" * 16
+    lab, add_x, x = lab_with_x()
+    lab.secrets[d] = Secret.generate()
+    by_a = remove(lab, add_x, A, x, 0, None)
+    x_rot = lab.commit(add_x, x, "rotate", [A, B, x])
+    b_add = lab.commit(x_rot, B, "add", [A, B, x, d])
+    view = lab.view()
+    assert x_rot.id in view.voided and b_add.id in view.commits
+    assert set(view.members) == {A, B, d}
+    assert view.head.id == by_a.id and view.needs_merge
+    assert membership.merge_members(view, view.head, [b_add.id]) == (view.members, view.removed)
+    merged = lab.commit(by_a, A, "merge", [A, B, d], [b_add.id])
+    view = lab.view()
+    assert view.head.id == merged.id and not view.needs_merge
+    assert set(view.head.members) == {A, B, d}
+
+
+def test_a_member_added_only_by_a_void_commit_signs_nothing() -> None:
+    """X, removed, adds E on the old parent; E's own commits are void too: E was never added
+    by a commit that counts."""
+    e = "e" * 16
+    lab, add_x, x = lab_with_x()
+    lab.secrets[e] = Secret.generate()
+    remove(lab, add_x, A, x, 0, None)
+    x_add = lab.commit(add_x, x, "add", [A, B, x, e])
+    e_rot = lab.commit(x_add, e, "rotate", [A, B, x, e])
+    view = lab.view()
+    assert {x_add.id, e_rot.id} <= set(view.voided)
+    assert e not in view.members and not view.needs_merge
+
+
+def test_a_merge_counts_the_branches_an_earlier_merge_took_in() -> None:
+    """A merge's check takes the ancestry of its parent and tips through earlier merges: an
+    add that an earlier merge took in (not on any parent path) still counts."""
+    c = "c" * 16
+    lab = Lab()
+    lab.secrets[c] = Secret.generate()
+    add = lab.commit(lab.view().head, A, "add", [A, B])
+    add_c = lab.commit(add, A, "add", [A, B, c])
+    b_rot = lab.commit(add, B, "rotate", [A, B])
+    m1 = lab.commit(b_rot, B, "merge", [A, B, c], [add_c.id])  # add_c only through merges
+    r1 = lab.commit(m1, A, "rotate", [A, B, c])
+    r2 = lab.commit(m1, B, "rotate", [A, B, c])
+    m2 = lab.commit(r1, A, "merge", [A, B, c], [r2.id])  # its check once missed add_c
+    view = lab.view()
+    assert m2.id in view.commits and set(view.members) == {A, B, c}

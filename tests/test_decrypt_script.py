@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from helpers import CHEAP_KDF_LOG_N, PASSPHRASE, cg, cg_json, tree
 
-from cloudguard import chain, session
+from cloudguard import chain, membership, session
 from cloudguard import format as fmt
 from cloudguard import keys as keymod
 from cloudguard import manifest as mf
@@ -362,7 +362,7 @@ def test_other_errors_exit_1(built: Built, tmp_path: Path) -> None:
     assert_nothing_written(out)
 
 
-def open_chain(remote: Path, kit: Path) -> tuple[keymod.Kit, chain.View, bytes]:
+def open_chain(remote: Path, kit: Path) -> tuple[keymod.Kit, membership.View, bytes]:
     """The kit, the verified chain and the head's KEK, read with the package (test input only)."""
     opened = keymod.read_kit(kit, PASSPHRASE)
     names = [f"keys/{n}" for n in os.listdir(remote / "keys")]
@@ -371,7 +371,7 @@ def open_chain(remote: Path, kit: Path) -> tuple[keymod.Kit, chain.View, bytes]:
     def fetch(name: str) -> bytes:
         return (remote / name).read_bytes()
 
-    view = chain.verify(opened.vault, names, fetch, set(), descriptor)
+    view = membership.verify(opened.vault, names, fetch, set(), descriptor)
     kek = chain.open_keys(view, view.head, fetch(view.head.name + ".k"), opened.rid,
                           opened.secret.x)
     return opened, view, kek
@@ -546,7 +546,7 @@ class Lab:
                merges: list[str] | None = None) -> chain.Commit:
         kek = self.keks[parent.kek] if action == "add" else os.urandom(32)
         epoch = parent.epoch + (action != "add")
-        view = chain.View(self.vault_id, {}, parent, {}, {})
+        view = membership.View(self.vault_id, {}, parent, {}, {})
         made = chain.build(view, self.vault_id, self.secrets[signer], signer, action, members,
                            removed, kek, epoch, {r: "member" for r in members}, {}, DESCRIPTOR,
                            "2024-01-01T00:00:00Z", merges)
@@ -566,8 +566,7 @@ class Lab:
               drop: str | None = None) -> chain.Commit:
         """A merge of ``tips`` into ``parent`` (with member ``drop`` left out: a bad one)."""
         view = self.reference()
-        scope = {a.id: a for c in (parent, *tips) for a in view.ancestry(view.commits[c.id])}
-        members, removed = chain._union(scope, chain._void(scope)[1])
+        members, removed = membership.merge_members(view, parent, [t.id for t in tips])
         members.pop(drop or "", None)
         return self.commit(parent, signer, "merge", members, removed, [t.id for t in tips])
 
@@ -585,8 +584,8 @@ class Lab:
     def names(self, prefix: str) -> list[str]:
         return sorted(f"{prefix}{n}" for n in os.listdir(self.root / prefix.rstrip("/")))
 
-    def reference(self) -> chain.View:
-        return chain.verify(self.vault_id, self.names("keys/"),
+    def reference(self) -> membership.View:
+        return membership.verify(self.vault_id, self.names("keys/"),
                             lambda n: (self.root / n).read_bytes(), set(), DESCRIPTOR)
 
     def scripted(self) -> Any:
@@ -596,7 +595,7 @@ class Lab:
         return got
 
 
-def assert_same_chain(lab: Lab) -> tuple[chain.View, Any]:
+def assert_same_chain(lab: Lab) -> tuple[membership.View, Any]:
     ref, got = lab.reference(), lab.scripted()
     assert set(got.commits) == set(ref.commits)
     assert got.head.id == ref.head.id
@@ -629,6 +628,26 @@ def test_void_commits_follow_cloudguard(tmp_path: Path) -> None:
     assert {removal.id, answer.id} <= set(got.commits) and not got.warnings
     assert set(got.removed) == {a, x} and set(got.members) == {k}
     assert got.head.id == min(removal.id, answer.id)
+
+
+def test_only_the_removed_members_own_commits_are_void_in_both(tmp_path: Path) -> None:
+    """Review round 2, N2: B, kept from seeing A's removal of X, adds D on X's backdated
+    rotation (B's add stands, D is a member); X's backdated removal of B voids none of B's
+    commits. The script decides as cloudguard does."""
+    lab = Lab(tmp_path / "remote")
+    a, x, b, d = lab.member(), lab.member(), lab.member(), lab.member()
+    base = lab.add(lab.add(lab.genesis(a), a, x), a, b)
+    removal = lab.remove(base, a, x)
+    x_rot = lab.commit(base, x, "rotate", dict(base.members), dict(base.removed))
+    b_add = lab.add(x_rot, b, d)
+    lab.remove(base, x, b)  # backdated, and not of its remover
+    b_rot = lab.commit(removal, b, "rotate", dict(removal.members), dict(removal.removed))
+    ref, got = assert_same_chain(lab)
+    assert {b_add.id, b_rot.id} <= set(got.commits) and x_rot.id in got.voided
+    assert set(got.members) == set(ref.members) == {a, b, d}
+    merge = lab.merge(b_rot, a, [b_add])
+    _ref, got = assert_same_chain(lab)
+    assert got.head.id == merge.id and set(got.head.members) == {a, b, d}
 
 
 def test_head_and_merges_follow_cloudguard(tmp_path: Path) -> None:

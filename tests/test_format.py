@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from cloudguard import chain
+from cloudguard import chain, membership
 from cloudguard import format as fmt
 from cloudguard.errors import FileChangedError, IntegrityError
 
@@ -245,7 +245,7 @@ def test_chain_vectors_verify_and_open() -> None:
     objects, fetch = _chain_fetch()
     genesis, add = CHAIN["commits"]
     assert genesis["id"] == vault_id and genesis["name"] == f"keys/00000000-{vault_id}"
-    view = chain.verify(vault_id, list(objects), fetch, set(), descriptor)
+    view = membership.verify(vault_id, list(objects), fetch, set(), descriptor)
     assert set(view.commits) == {genesis["id"], add["id"]} and view.head.id == add["id"]
     assert not view.deferred and not view.void
     kek = bytes.fromhex(CHAIN["kek"])
@@ -258,9 +258,9 @@ def test_chain_vectors_verify_and_open() -> None:
     assert view.names == {"0123456789abcdef": "laptop", "fedcba9876543210": "kit"}
     # the wrong descriptor, or a commit that lost its genesis, does not verify
     with pytest.raises(IntegrityError):
-        chain.verify(vault_id, list(objects), fetch, set(), "0" * 64)
+        membership.verify(vault_id, list(objects), fetch, set(), "0" * 64)
     with pytest.raises(IntegrityError):
-        chain.verify(vault_id, [add["name"]], fetch, set(), descriptor)
+        membership.verify(vault_id, [add["name"]], fetch, set(), descriptor)
 
 
 def test_chain_vectors_match_build() -> None:
@@ -283,7 +283,7 @@ def test_chain_vectors_match_build() -> None:
     assert {k: v for k, v in json.loads(built.body).items() if k not in random_fields} == {
         k: v for k, v in want.items() if k not in random_fields}
     assert set(json.loads(keyobj)) == set(json.loads(genesis["keyobj"])) == {"slots", "history"}
-    view = chain.verify(vault_id, [genesis["name"]], fetch, set(), descriptor)
+    view = membership.verify(vault_id, [genesis["name"]], fetch, set(), descriptor)
     built, _data, keyobj = chain.build(view, vault_id, device, device_rid, "add", members, {},
                                        kek, 1, {"0123456789abcdef": "laptop",
                                                 "fedcba9876543210": "kit"}, {}, descriptor,

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cloudguard import chain
+from cloudguard import chain, membership
 from cloudguard import format as fmt
 from cloudguard import manifest as mf
 from cloudguard.errors import CloudguardError, IntegrityError
@@ -72,7 +72,8 @@ GENESIS, GENESIS_BYTES, GENESIS_KEYS = chain.build(
 
 
 def _verify(data: bytes) -> None:
-    chain.verify(GENESIS.id, [GENESIS.name], {GENESIS.name: data}.__getitem__, set(), "11" * 32)
+    membership.verify(GENESIS.id, [GENESIS.name], {GENESIS.name: data}.__getitem__, set(),
+                      "11" * 32)
 
 
 @SETTINGS
@@ -99,7 +100,7 @@ def test_commit_bytes(raw: bytes) -> None:
 
 
 def test_commit_roundtrip() -> None:
-    view = chain.verify(GENESIS.id, [GENESIS.name], {GENESIS.name: GENESIS_BYTES}.__getitem__,
+    view = membership.verify(GENESIS.id, [GENESIS.name], {GENESIS.name: GENESIS_BYTES}.__getitem__,
                         set(), "11" * 32)
     assert chain.open_keys(view, view.head, GENESIS_KEYS, RID, ME.x) == KEK
 

@@ -25,13 +25,14 @@ import pytest
 from click.testing import CliRunner, Result
 from helpers import cg, tree
 
-from cloudguard import chain, keys, state
+from cloudguard import chain, keys, membership, state
 from cloudguard import format as fmt
 from cloudguard import manifest as mf
-from cloudguard.chain import Commit, Secret, View
+from cloudguard.chain import Commit, Secret
 from cloudguard.cli import main
 from cloudguard.errors import IntegrityError
 from cloudguard.layout import descriptor_hash
+from cloudguard.membership import View
 
 # --- devices and the provider -------------------------------------------------------------
 
@@ -139,7 +140,7 @@ class Provider:
 
     def view(self, vault_id: str) -> View:
         names = [n for n in self.objects() if n.startswith("keys/")]
-        return chain.verify(vault_id, names, self.get, set(),
+        return membership.verify(vault_id, names, self.get, set(),
                             descriptor_hash(self.get("cloudguard.json")))
 
     def decode(self, name: str, vault_id: str) -> Commit:
@@ -722,6 +723,37 @@ def test_removed_device_branch_from_the_past_is_void(local_remote: str, provider
             assert evil_rid not in json.loads(provider.get(name))["slots"], name
     for name in [*heads_of(provider, a.rid), *heads_of(provider, b.rid)]:
         assert fmt.segment_head(provider.get(name))[1] != void.id
+
+
+def test_an_honest_commit_on_a_void_branch_stands_and_is_merged_without_the_removed(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """X, removed by A, rotates on the old parent. B, kept by the provider from seeing the
+    removal, adds D on X's rotation (B's real key). Only X's commit is void (review round 2,
+    N2): B's add stands, so D is a member; the merge leaves X out and ends X's KEKs."""
+    (a, b, x), vid, view, removal, parent, xs = x_removed_by_a(monkeypatch, tmp_path,
+                                                               local_remote, provider)
+    x_kek = os.urandom(32)
+    x_rot = forge(provider, view, parent, xs, x.rid, "rotate", dict(parent.members),
+                  dict(parent.removed), x_kek, parent.epoch + 1)
+    d, d_rid = Secret.generate(), keys.new_member_id()
+    view = provider.view(vid)
+    b_add = forge(provider, view, x_rot, b.secret(), b.rid, "add",
+                  {**x_rot.members, d_rid: d.public("device")}, dict(x_rot.removed), x_kek,
+                  x_rot.epoch)
+    a.write("a.txt", "after the void branch")
+    got = a.run("push")
+    assert got.exit_code == 0, got.output
+    assert x_rot.name in got.output and "void" in got.output
+    view = provider.view(vid)
+    assert x_rot.name in view.void and b_add.id in view.commits
+    assert view.head.action == "merge" and b_add.id in view.head.merges
+    assert set(view.head.members) == {a.rid, b.rid, d_rid} and x.rid in view.head.removed
+    assert x.rid not in json.loads(provider.get(view.head.name + ".k"))["slots"]
+    assert view.head.kek not in {c.kek for c in view.commits.values() if x.rid in c.members}
+    assert_nothing_under(provider, vid, x_kek, x_rot.id)
+    b.cg("pull")
+    assert (b.folder / "a.txt").read_text() == "after the void branch"
 
 
 def test_removed_device_answering_with_a_removal_takes_its_remover_along(

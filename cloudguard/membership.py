@@ -1,0 +1,391 @@
+"""Which verified commits count, and the view a device builds from them.
+
+Normative text: docs/format.md, "Void commits", "Authority rules" and "Races, equivocation and
+the head". Every decision here depends only on the commits given (never on a local anchor or
+the order of a listing), so all devices that see the same commits decide alike, and a merge's
+verifier reproduces the merge's member set from the merge's own ancestry. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from .chain import (
+    UNLIMITED,
+    Commit,
+    Cutoff,
+    MemberKeys,
+    commit_name,
+    decode_commit,
+    parse_name,
+    verify_sig,
+)
+from .errors import IntegrityError
+
+
+def _union(commits: dict[str, Commit], counters: set[str] | None = None,
+           every: dict[str, Commit] | None = None
+           ) -> tuple[dict[str, MemberKeys], dict[str, Cutoff]]:
+    """Two-phase set over commits: once removed, never a member; the earliest cutoff wins.
+
+    Only a genesis or an add brings a member in (a merge's member list is a claim, not an
+    addition, so a member added on a void branch stays out). A removal in ``counters`` (a
+    removed member's answer to its removal) removes its target but sets no cutoff: it cannot
+    make readers drop what its target wrote. ``every`` holds the parents (void ones too)."""
+    counters = counters or set()
+    every = commits if every is None else every
+    added: dict[str, MemberKeys] = {}
+    cuts: dict[str, list[Cutoff]] = {}
+    for c in commits.values():
+        for rid, keys in _brought_in(c, every).items():
+            if added.setdefault(rid, keys) != keys:
+                raise IntegrityError(f"{c.name}: member {rid} has two different keys")
+        fresh = _fresh(c, every)
+        for rid, cut in c.removed.items():
+            if c.id in counters and rid in fresh:
+                cut = Cutoff(cut.s, UNLIMITED, None)
+            cuts.setdefault(rid, []).append(cut)
+    removed = {rid: _earliest(found) for rid, found in cuts.items()}
+    return {r: k for r, k in added.items() if r not in removed}, removed
+
+
+def _brought_in(c: Commit, every: dict[str, Commit]) -> dict[str, MemberKeys]:
+    """The members a commit adds: all of a genesis, the new one of an add, none otherwise."""
+    if c.action == "genesis":
+        return c.members
+    if c.action != "add":
+        return {}
+    parent = every.get(c.parent) if c.parent else None
+    return {r: k for r, k in c.members.items() if parent is None or r not in parent.members}
+
+
+def _fresh(c: Commit, every: dict[str, Commit]) -> set[str]:
+    """The rids a commit removes that its parent had not removed."""
+    parent = every.get(c.parent) if c.parent else None
+    return set(c.removed) - set(parent.removed if parent else {})
+
+
+def _closure(starts: Iterable[Commit], commits: dict[str, Commit]) -> set[str]:
+    """Ancestry through parents and through every tip a merge names."""
+    out: set[str] = set()
+    todo = list(starts)
+    while todo:
+        for a in _ancestry(todo.pop(), commits):
+            if a.id not in out:
+                out.add(a.id)
+                todo += [commits[m] for m in a.merges if m in commits]
+    return out
+
+
+def merge_members(view: View, parent: Commit, tips: Iterable[str]
+                  ) -> tuple[dict[str, MemberKeys], dict[str, Cutoff]]:
+    """The member set a merge on ``parent`` taking in ``tips`` must carry: what its verifiers
+    compute from its own ancestry (format.md), so writer and readers agree by construction."""
+    every = {**view.voided, **view.commits}
+    return _merged(every, [parent, *(every[t] for t in tips)])
+
+
+def _merged(every: dict[str, Commit], starts: list[Commit]
+            ) -> tuple[dict[str, MemberKeys], dict[str, Cutoff]]:
+    scope = {cid: every[cid] for cid in _closure(starts, every)}
+    void, counters = _void(scope)
+    return _union({cid: c for cid, c in scope.items() if cid not in void}, counters, scope)
+
+
+def _earliest(cuts: list[Cutoff]) -> Cutoff:
+    """The lowest cutoff wins. Two removals naming different segments at that seq mean the
+    removed member showed its removers two histories: neither is vouched, and its writes
+    count up to the seq before (every device decides alike, whatever order it lists)."""
+    low = min(c.seq for c in cuts)
+    at = {c.hash for c in cuts if c.seq == low}
+    if len(at) == 1:
+        return next(c for c in cuts if c.seq == low)
+    return Cutoff(cuts[0].s, low - 1, None)
+
+
+@dataclass
+class View:
+    """Every commit this device verified, the head it writes under, and the KEKs it holds."""
+
+    vault_id: str
+    commits: dict[str, Commit]
+    head: Commit
+    members: dict[str, MemberKeys]  # merged view: ever added minus removed
+    removed: dict[str, Cutoff]
+    keks: dict[str, bytes] = field(default_factory=dict)  # commitment -> KEK
+    names: dict[str, str] = field(default_factory=dict)
+    head_history: dict[str, bytes] = field(default_factory=dict)
+    opened: set[str] = field(default_factory=set)
+    deferred: list[str] = field(default_factory=list)
+    void: list[str] = field(default_factory=list)
+    counters: set[str] = field(default_factory=set)
+    voided: dict[str, Commit] = field(default_factory=dict)  # still name KEKs of segments
+
+    def ancestry(self, commit: Commit) -> list[Commit]:
+        return _ancestry(commit, self.commits)
+
+    def find(self, commit_id: str) -> Commit | None:
+        """A verified commit, void or not: a segment may name either (format.md)."""
+        return self.commits.get(commit_id) or self.voided.get(commit_id)
+
+    def _reach(self, start: Commit, commits: dict[str, Commit] | None = None) -> set[str]:
+        """``start``'s ancestry and every branch a merge in it took in."""
+        return _closure([start], self.commits if commits is None else commits)
+
+    def covered(self) -> set[str]:
+        """Commits the head builds on: its ancestry and every branch a merge in it took in.
+        A concurrent merge that took in nothing more and handed its KEK to exactly the head's
+        members is covered too, so two devices merging at once do not merge for ever."""
+        out = self._reach(self.head)
+        for c in self.commits.values():
+            if (c.id not in out and c.action == "merge"
+                    and set(c.members) == set(self.head.members)
+                    and self._reach(c) - {c.id} <= out):
+                out.add(c.id)
+        return out
+
+    def builds_on(self, later: str, earlier: str) -> bool:
+        """Does commit ``later`` cover ``earlier`` (its ancestry, merged branches included)?
+        Void commits count here: segments written under them are still read."""
+        every = {**self.voided, **self.commits}
+        return later == earlier or (later in every and earlier in self._reach(every[later],
+                                                                               every))
+
+    @property
+    def needs_merge(self) -> bool:
+        """Any branch the head does not cover needs a merge under a new KEK: a racing add
+        must not put the head back on a KEK that a racing rotation retired."""
+        if set(self.commits) - self.covered():
+            return True
+        # the head's slots went to members the merged view does not hold (a branch that
+        # counted for its writer turned out void here): merge before encrypting under it
+        return set(self.head.members) != set(self.members)
+
+    def signer_key(self, rid: str) -> bytes | None:
+        if rid in self.members:
+            return self.members[rid].s
+        cut = self.removed.get(rid)
+        return cut.s if cut else None
+
+    def exposed_to(self) -> dict[str, list[str]]:
+        """KEK commitment -> removed members who held that KEK (or a later one wrapping it)."""
+        out: dict[str, list[str]] = {}
+        for rid in self.removed:
+            spans = [c for c in self.commits.values() if rid in c.members]
+            if not spans:
+                continue
+            last = max(c.pos for c in spans)
+            for c in self.commits.values():
+                if c.pos <= last:
+                    out.setdefault(c.kek, [])
+                    if rid not in out[c.kek]:
+                        out[c.kek].append(rid)
+        return out
+
+
+def verify(vault_id: str, listing: Iterable[str], fetch: Callable[[str], bytes],
+           known: set[str], descriptor: str, tolerate: frozenset[str] = frozenset()) -> View:
+    """Verify every listed commit whose parent is verified, from the genesis forward."""
+    names = {n: p for n in listing if (p := parse_name(n)) is not None and not p[2]
+             and (p[0] > 0 or p[1] == vault_id)}  # another vault's genesis is not ours
+    listed = {p[1] for p in names.values()}
+    lost = sorted(known - listed)
+    if lost:
+        raise IntegrityError(f"commit {lost[0][:16]}... that this device verified is gone from "
+                             "keys/: the remote was rolled back or a commit was deleted")
+    genesis_name = commit_name(0, vault_id)
+    if genesis_name not in names:
+        raise IntegrityError(f"{genesis_name}: the genesis commit of vault {vault_id} is "
+                             "missing (wrong remote, or it was deleted)")
+    decoded: dict[str, Commit] = {}
+    for name in sorted(names, key=lambda n: names[n][0]):
+        try:
+            commit = decode_commit(fetch(name), name, vault_id)
+        except IntegrityError as exc:
+            raise IntegrityError(f"{name}: invalid commit") from exc
+        decoded[commit.id] = commit
+    genesis = decoded[vault_id]
+    _check_genesis(genesis, descriptor)
+    verified: dict[str, Commit] = {genesis.id: genesis}
+    waiting = {cid: c for cid, c in decoded.items() if cid != vault_id}
+    progress = True
+    while progress:
+        progress = False
+        for cid, c in sorted(waiting.items(), key=lambda item: item[1].pos):
+            if c.parent not in verified or any(m not in verified for m in c.merges):
+                continue
+            try:
+                _check(c, verified[c.parent], verified, descriptor)
+            except IntegrityError as exc:
+                raise IntegrityError(f"{c.name}: invalid commit ({exc})") from exc
+            verified[cid] = c
+            del waiting[cid]
+            progress = True
+    void, counters = _void(verified)
+    voided = {cid: verified.pop(cid) for cid in void}
+    children: dict[str, list[Commit]] = {}
+    for c in verified.values():
+        if c.parent:
+            children.setdefault(c.parent, []).append(c)
+    for kids in children.values():
+        signers: dict[str, Commit] = {}
+        for kid in kids:
+            other = signers.setdefault(kid.signer, kid)
+            if other is not kid and kid.signer not in tolerate:
+                raise IntegrityError(f"equivocation: member {kid.signer} signed both "
+                                     f"{other.name} and {kid.name} on one parent; remove it "
+                                     f"from another device (cloudguard device remove "
+                                     f"{kid.signer}), which voids one of them")
+    head = genesis
+    while children.get(head.id):
+        head = min(children[head.id], key=lambda c: c.id)
+    members, removed = _union(verified, counters, {**voided, **verified})
+    view = View(vault_id, verified, head, members, removed,
+                deferred=sorted(c.name for c in waiting.values()))
+    view.counters = counters
+    view.voided = voided
+    view.void = sorted(decoded[cid].name for cid in void)
+    return view
+
+
+def _void(verified: dict[str, Commit]) -> tuple[set[str], set[str]]:
+    """(void commits, counter-removals); depends only on the commits given.
+
+    A commit signed by M counts only if it is an ancestor (through parents and merges) of
+    every removal of M that counts: a removed member cannot sign a branch from the past (nor a
+    stolen kit). Only the removed member's own commits are void: another member's commit built
+    on one stands, and a merge takes it in (its slots may reach the removed member, which the
+    merge's new KEK ends). A commit whose signer no counting commit ever added is void too.
+
+    Removals can void each other (a removal of M's signer voids M's concurrent removal). They
+    are decided like arguments, from the unchallenged ones on: a removal that a counting
+    removal voids counts for nothing, so a removed member's backdated removal of a third
+    member voids none of that member's commits. Removals left undecided (each voids another
+    in a cycle) all stand: removals win, and every device decides alike.
+
+    A removed member may answer its removal with a concurrent removal of its remover. Nothing
+    tells the two apart without letting the removed member grind ids: both stand. Each is a
+    *counter-removal*: it sets no cutoff, the pair does not void each other, and it never voids
+    its target's other removals.
+    """
+    reach = {cid: _closure([c], verified) for cid, c in verified.items()}
+
+    def concurrent(a: Commit, b: Commit) -> bool:
+        return a.id not in reach[b.id] and b.id not in reach[a.id]
+
+    def voids(r: Commit, gone: set[str], c: Commit, counters: set[str]) -> bool:
+        if c.signer not in gone or c.id in reach[r.id] or c.id in counters:
+            return False
+        return not (r.id in counters and c.action == "remove")
+
+    unsigned: set[str] = set()  # signed by a rid that no counting commit added
+    void: set[str] = set()
+    counters: set[str] = set()
+    for _ in range(len(verified) + 1):  # each round starts afresh: deterministic either way
+        valid = {cid: c for cid, c in verified.items() if cid not in unsigned}
+        removals = {c.id: (c, _fresh(c, verified)) for c in valid.values()
+                    if c.action == "remove"}
+        counters = {c.id for c, gone_c in removals.values() for r, gone_r in removals.values()
+                    if c.signer in gone_r and r.signer in gone_c and concurrent(c, r)}
+        attackers = {q: {r for r, (rc, gone) in removals.items()
+                         if voids(rc, gone, qc, counters)}
+                     for q, (qc, _) in removals.items()}
+        counted: set[str] = set()
+        refused: set[str] = set()
+        changed = True
+        while changed:
+            changed = False
+            for q, by in attackers.items():
+                if q in counted or q in refused:
+                    continue
+                if by & counted:
+                    refused.add(q)
+                    changed = True
+                elif by <= refused:
+                    counted.add(q)
+                    changed = True
+        standing = [removals[r] for r in removals if r not in refused]
+        void = unsigned | refused | {
+            cid for cid, c in valid.items()
+            if cid not in removals and any(voids(r, gone, c, counters) for r, gone in standing)}
+        ever: set[str] = set()
+        for cid, c in verified.items():
+            if cid not in void:
+                ever |= set(_brought_in(c, verified))
+        now = {cid for cid, c in verified.items()
+               if c.action != "genesis" and c.signer not in ever}
+        if now == unsigned:
+            break
+        unsigned = now
+    return void, counters
+
+
+def _check_genesis(c: Commit, descriptor: str) -> None:
+    if (len(c.members) != 1 or c.removed or c.signer not in c.members
+            or c.members[c.signer].kind != "device" or c.descriptor != descriptor):
+        raise IntegrityError(f"{c.name}: invalid genesis commit")
+    try:
+        verify_sig(c.members[c.signer].s, b"cloudguard/v2/commit", c.body, c.sig)
+    except IntegrityError as exc:
+        raise IntegrityError(f"{c.name}: bad signature") from exc
+
+
+def _ancestry(c: Commit, verified: dict[str, Commit]) -> list[Commit]:
+    out = []
+    current: Commit | None = c
+    while current is not None:
+        out.append(current)
+        current = verified.get(current.parent) if current.parent else None
+    return out
+
+
+def _check(c: Commit, parent: Commit, verified: dict[str, Commit], descriptor: str) -> None:
+    """The authority rules of format.md; the message names the broken one."""
+    if c.pos != parent.pos + 1:
+        raise IntegrityError("wrong position")
+    signer = parent.members.get(c.signer)
+    if signer is None:
+        raise IntegrityError(f"signer {c.signer} is not a member of the parent")
+    verify_sig(signer.s, b"cloudguard/v2/commit", c.body, c.sig)
+    if c.descriptor != descriptor:
+        raise IntegrityError("descriptor hash differs")
+    ever: set[str] = set()
+    kek_seen: set[str] = set()
+    for a in _ancestry(parent, verified):
+        ever |= set(a.members) | set(a.removed)
+        kek_seen.add(a.kek)
+    same_keys = c.kek == parent.kek and c.epoch == parent.epoch
+    new_key = c.kek not in kek_seen and c.epoch == parent.epoch + 1
+    if c.action == "add":
+        added = set(c.members) - set(parent.members)
+        if (len(added) != 1 or set(parent.members) - set(c.members) or c.removed != parent.removed
+                or added & ever or not same_keys):
+            raise IntegrityError("not a valid add")
+        if any(parent.members[r] != c.members[r] for r in parent.members):
+            raise IntegrityError("an add changed a member's keys")
+        if signer.kind == "kit" and c.members[next(iter(added))].kind != "device":
+            raise IntegrityError("a kit may add only a device")
+        return
+    if signer.kind != "device":
+        raise IntegrityError(f"a kit may not {c.action}")
+    if not new_key:
+        raise IntegrityError("a new KEK and the next epoch are required")
+    if c.action == "rotate":
+        if c.members != parent.members or c.removed != parent.removed:
+            raise IntegrityError("a rotation changed members")
+    elif c.action == "remove":
+        gone = set(parent.members) - set(c.members)
+        if (len(gone) != 1 or set(c.members) - set(parent.members)
+                or set(c.removed) != set(parent.removed) | gone
+                or any(c.removed[r] != parent.removed[r] for r in parent.removed)):
+            raise IntegrityError("not a valid removal")
+        rid = next(iter(gone))
+        if c.removed[rid].s != parent.members[rid].s:
+            raise IntegrityError("the removal names another key")
+    elif c.action == "merge":
+        members, removed = _merged(verified, [parent, *(verified[t] for t in c.merges)])
+        if c.members != members or c.removed != removed:
+            raise IntegrityError("the merge does not equal the merged member set")
+
+
