@@ -1093,6 +1093,28 @@ def newer_location(one: Entry, two: Entry) -> Entry:
     return max(one, two, key=lambda e: (int(e.get("r", 0)), str(e.get("o", ""))))
 
 
+LOCATION_FIELDS = ("o", "a", "r", "om", "n", "i", "k", "g", "w")
+MOVE_FIELDS = ("rd", "rt", "pl")
+
+
+def moved_entry(entry: Entry, location: dict[str, Any], dot: str) -> Entry:
+    """"Moves": the entry at its new location, with the dot of the move ("rd") and the
+    location before it ("pl"). ("rt", the move's time, only matters to a writer.)"""
+    base = {k: v for k, v in entry.items() if k not in MOVE_FIELDS}
+    return {**base, **location, "rd": dot, "rt": 0,
+            "pl": {k: base[k] for k in LOCATION_FIELDS if k in base}}
+
+
+def unmoved(entry: Entry, limit: dict[str, int]) -> Entry:
+    """"Moves": an entry moved by a removed member past its cutoff goes back where it was."""
+    rd, previous = entry.get("rd"), entry.get("pl")
+    if not isinstance(rd, str) or not late_dot(rd, limit) or not isinstance(previous, dict):
+        return entry
+    base = {k: v for k, v in entry.items()
+            if k not in MOVE_FIELDS and k not in LOCATION_FIELDS}
+    return {**base, **previous}
+
+
 @dataclass
 class State:
     ctx: dict[str, int] = field(default_factory=dict)
@@ -1129,10 +1151,10 @@ class State:
         newer (newer_location)."""
         for op in ops:
             siblings = self.paths.setdefault(op["p"], {})
-            for moved, location in op.get("reloc", {}).items():
-                if moved in siblings:
-                    siblings[moved] = newer_location(siblings[moved],
-                                                     {**siblings[moved], **location})
+            for target, location in op.get("reloc", {}).items():
+                if target in siblings:
+                    siblings[target] = newer_location(
+                        siblings[target], moved_entry(siblings[target], location, dot))
             for old in op.get("rm", []):
                 siblings.pop(old, None)
             if op.get("e") is not None:
@@ -1366,7 +1388,8 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
             skipped.append(f"manifest segment {name} holds writes of a removed member past "
                            "its removal; they are left out")
             snapshot.ctx = clamp(snapshot.ctx, limit)
-            snapshot.paths = {p: {d: e for d, e in sibs.items() if not late_dot(d, limit)}
+            snapshot.paths = {p: {d: unmoved(e, limit) for d, e in sibs.items()
+                                  if not late_dot(d, limit)}
                               for p, sibs in snapshot.paths.items()}
         if not state.dominates(snapshot.ctx):
             state.merge(snapshot)

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -247,4 +248,9 @@ def test_reloc_with_new_key_fields_is_all_or_nothing() -> None:
     state.apply_delta("0123456789abcdef", 4, [{"p": "x", "reloc": {
         "0123456789abcdef:3": rekeyed}}])
     now = state.entry("x", "0123456789abcdef:3")
-    assert now == {**entry, **rekeyed}  # same version (dot, h, s), new blob and key
+    # same version (dot, h, s), new blob and key; where it was is kept, to undo the move
+    previous = {k: entry[k] for k in ("o", "a", "n", "i", "k", "g", "w")}
+    assert now["rt"] >= int(time.time()) - 60  # when this device applied the move
+    assert now == {**entry, **rekeyed, "rd": "0123456789abcdef:4", "rt": now["rt"],
+                   "pl": previous}
+    assert mf.unmoved(now) == entry

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +26,7 @@ import pytest
 from click.testing import CliRunner, Result
 from helpers import cg, tree
 
-from cloudguard import chain, keys, membership, state
+from cloudguard import chain, keys, membership, state, vault
 from cloudguard import format as fmt
 from cloudguard import manifest as mf
 from cloudguard.chain import Commit, Secret
@@ -141,7 +142,7 @@ class Provider:
     def view(self, vault_id: str) -> View:
         names = [n for n in self.objects() if n.startswith("keys/")]
         return membership.verify(vault_id, names, self.get, set(),
-                            descriptor_hash(self.get("cloudguard.json")))
+                                 descriptor_hash(self.get("cloudguard.json")))
 
     def decode(self, name: str, vault_id: str) -> Commit:
         return chain.decode_commit(self.get(name), name, vault_id)
@@ -356,6 +357,58 @@ def test_removed_device_snapshot_below_cutoff_is_refused(local_remote: str,
         got = dev.run("pull")
         assert got.exit_code in (0, 3), got.output
         assert tree(dev.folder) == before, f"{dev.name} applied X's forged snapshot"
+
+
+def test_a_removed_members_late_move_is_undone(local_remote: str, provider: Provider,
+                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                               ) -> None:
+    """Review round 2, N4: a move (repack) keeps its dot, so clamping dots alone missed it.
+    X, removed by A, is shown the old remote and repacks A's file into its own pack; B, kept
+    from seeing the removal, applies that and writes a snapshot. Every device then puts the
+    blob back where it was, garbage collection keeps that pack, and X's pack (which the
+    provider then damages) is never read."""
+    monkeypatch.setenv("CLOUDGUARD_GC_GRACE", "0")
+    a, b, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "x")
+    a.write("paper.txt", "original")
+    (a.folder / "bulk.bin").write_bytes(os.urandom(300_000))  # shares paper.txt's pack
+    a.cg("push")
+    b.cg("pull")
+    x.cg("pull")
+    x.cg("settings", "--keep-days", "0")  # a deleted version leaves at once: X repacks
+    a.use()
+    with vault.session(str(a.folder)) as s:
+        home = next(iter(s.state.siblings("paper.txt").values()))["o"]
+    old = provider.objects()
+    a.cg("device", "remove", x.rid)
+    with provider.showing(old) as written:
+        (x.folder / "bulk.bin").unlink()
+        x.cg("push")
+        time.sleep(1.1)  # history keeps what left in this second
+        x.write("x.txt", "late")
+        x.cg("push")  # its maintenance moves paper.txt out of the mostly dead pack
+    moved_to = {n for n in written if n.startswith("data/")}
+    assert moved_to, "X's client repacked nothing"
+    frozen = {**old, **written}
+    with provider.showing(frozen) as by_b:
+        b.cg("pull")
+        b.use()
+        with vault.session(str(b.folder)) as s:
+            assert next(iter(s.state.siblings("paper.txt").values()))["o"] != home  # X's move
+            s.snapshot()
+    assert any(n.startswith(f"m/{b.rid}-") and n.endswith(".s") for n in by_b)
+    for name in moved_to:  # the provider now damages X's pack
+        provider.put(name, b"\0" * len(provider.get(name)))
+    for dev in (a, b):
+        got = dev.run("pull")
+        assert got.exit_code == 0, got.output
+        dev.write(f"{dev.name}.txt", "after")
+        dev.cg("push")  # garbage collection runs, grace 0
+        dev.use()
+        with vault.session(str(dev.folder)) as s:
+            assert next(iter(s.state.siblings("paper.txt").values()))["o"] == home, dev.name
+        assert f"data/{home}" in provider.objects(), "the pack the move left was collected"
+        assert (dev.folder / "paper.txt").read_text() == "original"
+        assert dev.json("verify", "--read-data")["ok"]
 
 
 # --- freeze ---------------------------------------------------------------------------------

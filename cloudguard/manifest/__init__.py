@@ -18,7 +18,7 @@ Everything is re-exported here, so callers say ``mf.X``.
 
 from __future__ import annotations
 
-from .crdt import Entry, State, dot_of
+from .crdt import Entry, State, dot_of, moved, unmoved
 from .loading import Loaded, Opener, _clamp, _pinned, load
 from .segments import (
     PREFIX,
@@ -46,8 +46,10 @@ __all__ = [
     "delta_payload",
     "dot_of",
     "load",
+    "moved",
     "parse_name",
     "segment_name",
     "snapshot_payload",
     "time_of",
+    "unmoved",
 ]

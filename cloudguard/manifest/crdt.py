@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,9 +52,40 @@ CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
 """
 
 
-# Objects that hold a blob someone may still read: current versions and the version history.
+# Objects that hold a blob someone may still read: current versions, the version history,
+# and the place a blob was moved from (a move by a member whose removal turns out to come
+# before it is undone, format.md "Moves").
 _HELD = "SELECT o, a, n FROM entries WHERE o IS NOT NULL UNION ALL " \
-        "SELECT o, a, n FROM attic WHERE o IS NOT NULL"
+        "SELECT o, a, n FROM attic WHERE o IS NOT NULL UNION ALL " \
+        "SELECT json_extract(e, '$.pl.o'), json_extract(e, '$.pl.a'), " \
+        "coalesce(json_extract(e, '$.pl.n'), n) FROM entries " \
+        "WHERE json_extract(e, '$.pl.o') IS NOT NULL UNION ALL " \
+        "SELECT json_extract(e, '$.pl.o'), json_extract(e, '$.pl.a'), " \
+        "coalesce(json_extract(e, '$.pl.n'), n) FROM attic " \
+        "WHERE json_extract(e, '$.pl.o') IS NOT NULL"
+
+# What a move changes: where the blob is, and (re-encryption) its key fields.
+LOCATION_FIELDS = ("o", "a", "r", "om", "n", "i", "k", "g", "w")
+_MOVE_FIELDS = ("rd", "rt", "pl")
+
+
+def moved(entry: Entry, loc: dict[str, Any], dot: str, when: int) -> Entry:
+    """``entry`` moved to ``loc`` by the push ``dot`` at ``when``: the previous location is
+    kept (``pl``), so that a move by a member removed before it (``rd`` past its cutoff) can be
+    undone on every device."""
+    base = {k: v for k, v in entry.items() if k not in _MOVE_FIELDS}
+    return {**base, **loc, "rd": dot, "rt": when,
+            "pl": {k: base[k] for k in LOCATION_FIELDS if k in base}}
+
+
+def unmoved(entry: Entry) -> Entry:
+    """``entry`` back at the location it had before its last move."""
+    if not entry.get("pl"):
+        return entry
+    base = {k: v for k, v in entry.items()
+            if k not in _MOVE_FIELDS and k not in LOCATION_FIELDS}
+    base.update(entry["pl"])
+    return base
 
 
 def _dump(entry: Entry) -> str:
@@ -255,9 +287,31 @@ class State:
         return out
 
     def prune_attic(self, before: int) -> int:
-        """Forget versions replaced before ``before``; their objects become garbage."""
+        """Forget versions replaced before ``before``, and the places blobs were moved from
+        before then; their objects become garbage."""
         with self.transaction():
+            self.forget_moves(before)
             return self.db.execute("DELETE FROM attic WHERE gone < ?", (before,)).rowcount
+
+    def forget_moves(self, before: int | None = None, objects: Iterable[str] | None = None
+                     ) -> None:
+        """Drop the previous locations of moves made before ``before``, or away from
+        ``objects`` (neither: of every move)."""
+        strip = "json_remove(e, '$.pl', '$.rd', '$.rt')"
+        where = "json_extract(e, '$.pl') IS NOT NULL"
+        args: list[Any] = []
+        if before is not None:
+            where += " AND json_extract(e, '$.rt') < ?"
+            args.append(before)
+        if objects is not None:
+            ids = sorted(set(objects))
+            if not ids:
+                return
+            where += f" AND json_extract(e, '$.pl.o') IN ({', '.join('?' * len(ids))})"
+            args += ids
+        with self.transaction():
+            for table in ("entries", "attic"):
+                self.db.execute(f"UPDATE {table} SET e = {strip} WHERE {where}", args)
 
     def dominates(self, ctx: dict[str, int]) -> bool:
         return all(self.ctx.get(d, 0) >= s for d, s in ctx.items())
@@ -280,6 +334,7 @@ class State:
         """``when`` (the delta's time) is when the versions it replaces left: history keeps
         them from then on for the keep period."""
         dot = dot_of(device, seq)
+        at = int(time.time())  # a move's time is ours: its writer's clock could end the undo
         with self.transaction():
             for op in ops:
                 path = op["p"]
@@ -288,15 +343,15 @@ class State:
                 reloc = op.get("reloc") or {}
                 rm = op.get("rm", [])
                 sibs = self.siblings(path) if reloc or rm else {}
-                for moved, loc in reloc.items():
-                    if moved in sibs:
-                        now = newer_location(sibs[moved], {**sibs[moved], **loc})
-                        if now is not sibs[moved]:
-                            sibs[moved] = now
-                            self.put_entry(path, moved, now)
+                for target, loc in reloc.items():
+                    if target in sibs:
+                        now = newer_location(sibs[target], moved(sibs[target], loc, dot, at))
+                        if now is not sibs[target]:
+                            sibs[target] = now
+                            self.put_entry(path, target, now)
                     else:
-                        for _p, _d, kept, gone in self._kept(path, moved):
-                            self.to_attic(path, moved, {**kept, **loc}, gone)
+                        for _p, _d, kept, gone in self._kept(path, target):
+                            self.to_attic(path, target, moved(kept, loc, dot, at), gone)
                 for old in rm:
                     if old in sibs:
                         self.to_attic(path, old, sibs.pop(old), when)

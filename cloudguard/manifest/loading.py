@@ -11,7 +11,7 @@ from typing import Any
 
 from ..chain import Skip
 from ..errors import REPUBLISH_HINT, HistoryError, IntegrityError
-from .crdt import State
+from .crdt import State, unmoved
 from .segments import (
     SegmentCache,
     _attic,
@@ -121,9 +121,11 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
                 skip_log.append(f"manifest segment {name} holds writes of a removed member "
                                 "past its removal; they are left out")
                 ctx = _clamp(ctx, limit)
-                paths = {p: {d: e for d, e in sibs.items() if not _late_dot(d, limit)}
+                paths = {p: {d: _unmove_late(e, limit) for d, e in sibs.items()
+                             if not _late_dot(d, limit)}
                          for p, sibs in paths.items()}
-                kept = {p: {d: r for d, r in rows.items() if not _late_dot(d, limit)}
+                kept = {p: {d: {**r, "e": _unmove_late(r["e"], limit)}
+                            for d, r in rows.items() if not _late_dot(d, limit)}
                         for p, rows in kept.items()}
             if not state.dominates(ctx):
                 state.merge_snapshot(ctx, paths.items(), kept, _floor(payload),
@@ -214,6 +216,13 @@ def _clamp(ctx: dict[str, int], limit: dict[str, int]) -> dict[str, int]:
 def _late_dot(dot: str, limit: dict[str, int]) -> bool:
     dev, _, seq = dot.partition(":")
     return dev in limit and int(seq) > limit[dev]
+
+
+def _unmove_late(entry: dict[str, Any], limit: dict[str, int]) -> dict[str, Any]:
+    """A blob moved by a removed member past its cutoff goes back where it was: the move kept
+    no dot of its own, so clamping dots alone would keep it (review round 2, N4)."""
+    rd = entry.get("rd")
+    return unmoved(entry) if isinstance(rd, str) and _late_dot(rd, limit) else entry
 
 
 def _pinned(dev: str, seq: int, digest: str | None, parsed: dict[str, tuple[str, int, str]],

@@ -134,14 +134,14 @@ _WRITER = re.compile(r"^[0-9a-f]{16}$")
 _FIELD_TYPES: dict[str, type] = {
     "t": str, "s": int, "m": int, "x": int, "h": str, "o": str, "a": int, "n": int,
     "i": str, "k": str, "g": str, "w": str, "l": str, "r": int, "om": str, "pt": int,
-    "lc": int, "wb": str,
+    "lc": int, "wb": str, "rd": str, "rt": int, "pl": dict,
 }
 
 
 _FILE_FIELDS = frozenset(("o", "a", "n", "i", "k", "g", "h"))
 
 
-_UNSIGNED = frozenset(("s", "x", "a", "n", "r", "pt", "lc"))
+_UNSIGNED = frozenset(("s", "x", "a", "n", "r", "pt", "lc", "rt"))
 
 
 def check_entry(entry: object) -> Entry:
@@ -159,6 +159,10 @@ def check_entry(entry: object) -> Entry:
     writer = entry.get("wb")
     if writer is not None and not _WRITER.match(writer):
         raise IntegrityError("manifest entry is malformed")
+    if "pl" in entry or "rd" in entry or "rt" in entry:  # a moved blob: all three
+        if not ("pl" in entry and "rt" in entry and _DOT.match(entry.get("rd", ""))
+                and _location(entry["pl"], previous=True)):
+            raise IntegrityError("manifest entry is malformed")
     kind = entry.get("t")
     if kind == "f":
         if not _FILE_FIELDS <= entry.keys() or not _OBJECT_ID.match(entry["o"]):
@@ -219,14 +223,18 @@ def check_ops(ops: object) -> list[dict[str, Any]]:
 _REKEYED = frozenset(("n", "i", "k", "g", "w"))
 
 
-def _location(loc: object) -> bool:
+def _location(loc: object, previous: bool = False) -> bool:
     """A ``reloc`` location: a blob moved as it is (``o``, ``a``, ``r``, ``om``), or a blob
     encrypted anew under a fresh DEK (also ``n``, ``i``, ``k``, ``g``, ``w``, all five): what
-    re-encryption and repair write."""
+    re-encryption and repair write. ``previous``: an entry's ``pl``, the location before its
+    last move (any of those fields, ``o`` and ``a`` at least)."""
     if not isinstance(loc, dict):
         return False
     keys = set(loc) - {"om"}
-    if keys != {"o", "a", "r"} and keys != {"o", "a", "r"} | _REKEYED:
+    if previous:
+        if not {"o", "a"} <= keys or not keys <= {"o", "a", "r"} | _REKEYED:
+            return False
+    elif keys != {"o", "a", "r"} and keys != {"o", "a", "r"} | _REKEYED:
         return False
     if not isinstance(loc["o"], str) or _OBJECT_ID.match(loc["o"]) is None:
         return False

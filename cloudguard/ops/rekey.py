@@ -216,6 +216,7 @@ def _finish(s: Session, started: dict[str, Any]) -> int:
     device: the floor travels in the snapshot. Then old ciphertext and older key objects."""
     with s.state.transaction():
         s.state.raise_floor(int(time.time()))
+        s.state.forget_moves()  # where blobs were before: old ciphertext, which goes too
         live = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
         epoch = int(started["epoch"])
         keyobjs = {c.name + ".k" for c in s.ring.view.commits.values() if c.epoch < epoch}

@@ -145,6 +145,8 @@ def _repair(s: Session) -> dict[str, Any]:
         if ops:
             s.commit([{"p": p, "reloc": locs} for p, locs in sorted(ops.items())])
             s.index.clear_pending({name})
+    # a damaged object is no place to go back to: it is not kept for undoing these moves
+    s.state.forget_moves(objects=[o[len(sync.DATA_PREFIX):] for o in bad])
     live = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
     gone = sorted(o for o in bad if o not in live and o in s.listing)
     s.transport.delete(gone)  # damaged and referenced by nothing now
