@@ -428,3 +428,29 @@ def test_plan_pull_on_changed_paths_only_equals_the_full_plan() -> None:
                           lambda p: p in local or p in remote or p in index) == full
     blind = sync.plan_pull(local, cut_index, cut_remote, hasher, {"d": "dev"})
     assert blind.conflicts == [clash] != full.conflicts  # what ``taken`` prevents
+
+
+def test_a_state_made_before_moves_were_kept_gains_their_columns(tmp_path: Path) -> None:
+    """A state database from before "Moves" opens, and moves then keep the old place."""
+    import sqlite3
+
+    path = tmp_path / "state.db"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE entries (path TEXT NOT NULL, dot TEXT NOT NULL, e TEXT NOT NULL,
+            o TEXT, a INTEGER, n INTEGER, PRIMARY KEY (path, dot)) WITHOUT ROWID;
+        CREATE TABLE attic (path TEXT NOT NULL, dot TEXT NOT NULL, e TEXT NOT NULL,
+            o TEXT, a INTEGER, n INTEGER, gone INTEGER NOT NULL,
+            PRIMARY KEY (path, dot)) WITHOUT ROWID;""")
+    db.close()
+    state = mf.State(path)
+    entry = {"t": "f", "s": 5, "h": "11" * 32, "o": "22" * 16, "a": 16, "n": 50,
+             "i": "33" * 16, "k": "kk", "g": "44" * 32}
+    state.apply_delta("0123456789abcdef", 1, [{"p": "x", "e": entry}])
+    state.apply_delta("0123456789abcdef", 2, [{"p": "x", "reloc": {
+        "0123456789abcdef:1": {"o": "55" * 16, "a": 16, "r": 1, "om": ""}}}])
+    assert state.live_objects() == {"22" * 16, "55" * 16}
+    state.forget_moves(objects=["22" * 16])
+    assert state.live_objects() == {"55" * 16}
+    assert "pl" not in state.siblings("x")["0123456789abcdef:1"]
+    state.close()

@@ -57,16 +57,34 @@ CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
 # before it is undone, format.md "Moves").
 _HELD = "SELECT o, a, n FROM entries WHERE o IS NOT NULL UNION ALL " \
         "SELECT o, a, n FROM attic WHERE o IS NOT NULL UNION ALL " \
-        "SELECT json_extract(e, '$.pl.o'), json_extract(e, '$.pl.a'), " \
-        "coalesce(json_extract(e, '$.pl.n'), n) FROM entries " \
-        "WHERE json_extract(e, '$.pl.o') IS NOT NULL UNION ALL " \
-        "SELECT json_extract(e, '$.pl.o'), json_extract(e, '$.pl.a'), " \
-        "coalesce(json_extract(e, '$.pl.n'), n) FROM attic " \
-        "WHERE json_extract(e, '$.pl.o') IS NOT NULL"
+        "SELECT po, pa, pn FROM entries WHERE po IS NOT NULL UNION ALL " \
+        "SELECT po, pa, pn FROM attic WHERE po IS NOT NULL"
+
+# the previous location of a moved blob, in columns (added to a state made before them)
+_MOVE_COLUMNS = (("po", "TEXT"), ("pa", "INTEGER"), ("pn", "INTEGER"))
+_MOVE_INDEXES = """
+CREATE INDEX IF NOT EXISTS entries_po ON entries (po) WHERE po IS NOT NULL;
+CREATE INDEX IF NOT EXISTS attic_po ON attic (po) WHERE po IS NOT NULL;
+"""
 
 # What a move changes: where the blob is, and (re-encryption) its key fields.
 LOCATION_FIELDS = ("o", "a", "r", "om", "n", "i", "k", "g", "w")
 _MOVE_FIELDS = ("rd", "rt", "pl")
+
+
+def _where(entry: Entry) -> tuple[Any, Any, Any]:
+    """(o, a, n) of a file's blob; none for folders and links."""
+    if entry.get("t") != "f":
+        return None, None, None
+    return entry.get("o"), entry.get("a"), entry.get("n")
+
+
+def _was(entry: Entry) -> tuple[Any, Any, Any]:
+    """(o, a, n) of where a moved file's blob was before its last move (``pl``)."""
+    before = entry.get("pl")
+    if entry.get("t") != "f" or not isinstance(before, dict):
+        return None, None, None
+    return before.get("o"), before.get("a"), before.get("n", entry.get("n"))
 
 
 def moved(entry: Entry, loc: dict[str, Any], dot: str, when: int) -> Entry:
@@ -129,6 +147,12 @@ class State:
             if path is not None:
                 db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            for table in ("entries", "attic"):
+                have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                for column, kind in _MOVE_COLUMNS:
+                    if column not in have:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            db.executescript(_MOVE_INDEXES)
             db.execute("SELECT COUNT(*) FROM entries").fetchone()
         except sqlite3.DatabaseError:
             db.close()
@@ -266,11 +290,9 @@ class State:
         if row is not None:
             entry = newer_location(json.loads(row[0]), entry)
             gone = min(gone, int(row[1]))
-        is_file = entry.get("t") == "f"
-        self.db.execute("INSERT OR REPLACE INTO attic VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (path, dot, _dump(entry), entry.get("o") if is_file else None,
-                         entry.get("a") if is_file else None,
-                         entry.get("n") if is_file else None, gone))
+        self.db.execute("INSERT OR REPLACE INTO attic (path, dot, e, o, a, n, gone, po, pa, pn) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (path, dot, _dump(entry), *_where(entry), gone, *_was(entry)))
 
     def attic(self, path: str | None = None) -> Iterator[tuple[str, str, Entry, int]]:
         """(path, dot, entry, replaced at) of kept versions, of one path or of all."""
@@ -297,8 +319,8 @@ class State:
                      ) -> None:
         """Drop the previous locations of moves made before ``before``, or away from
         ``objects`` (neither: of every move)."""
-        strip = "json_remove(e, '$.pl', '$.rd', '$.rt')"
-        where = "json_extract(e, '$.pl') IS NOT NULL"
+        strip = "e = json_remove(e, '$.pl', '$.rd', '$.rt'), po = NULL, pa = NULL, pn = NULL"
+        where = "po IS NOT NULL"
         args: list[Any] = []
         if before is not None:
             where += " AND json_extract(e, '$.rt') < ?"
@@ -307,11 +329,11 @@ class State:
             ids = sorted(set(objects))
             if not ids:
                 return
-            where += f" AND json_extract(e, '$.pl.o') IN ({', '.join('?' * len(ids))})"
+            where += f" AND po IN ({', '.join('?' * len(ids))})"
             args += ids
         with self.transaction():
             for table in ("entries", "attic"):
-                self.db.execute(f"UPDATE {table} SET e = {strip} WHERE {where}", args)
+                self.db.execute(f"UPDATE {table} SET {strip} WHERE {where}", args)
 
     def dominates(self, ctx: dict[str, int]) -> bool:
         return all(self.ctx.get(d, 0) >= s for d, s in ctx.items())
@@ -320,11 +342,9 @@ class State:
 
     def put_entry(self, path: str, dot: str, entry: Entry) -> None:
         """Store ``entry`` under an existing or new dot (rotation rewrites entries in place)."""
-        is_file = entry.get("t") == "f"
-        self.db.execute("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?)",
-                        (path, dot, _dump(entry), entry.get("o") if is_file else None,
-                         entry.get("a") if is_file else None,
-                         entry.get("n") if is_file else None))
+        self.db.execute("INSERT OR REPLACE INTO entries (path, dot, e, o, a, n, po, pa, pn) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (path, dot, _dump(entry), *_where(entry), *_was(entry)))
 
     def _drop(self, path: str, dot: str) -> None:
         self.db.execute("DELETE FROM entries WHERE path = ? AND dot = ?", (path, dot))
