@@ -1234,6 +1234,28 @@ def parse_snapshot_paths(raw: object) -> dict[str, dict[str, Entry]]:
     return raw
 
 
+def removed_late(raw: object, limit: dict[str, int]) -> dict[str, dict[str, Entry]]:
+    """"Version history": from a snapshot's "attic" ({path: {dot: {"e": ENTRY, "g": T,
+    "rb": dot}}}), the versions a removed member's delta past its cutoff removed ("rb"),
+    by path. Only these are read here: they come back where the path holds nothing else."""
+    out: dict[str, dict[str, Entry]] = {}
+    if raw is None:
+        return out
+    if not isinstance(raw, dict):
+        raise BadData()
+    for path, rows in raw.items():
+        if not isinstance(rows, dict):
+            raise BadData()
+        for dot, row in rows.items():
+            dot_parts(dot)
+            if not isinstance(row, dict) or not isinstance(row.get("e"), dict):
+                raise BadData()
+            rb = row.get("rb")
+            if rb and isinstance(rb, str) and not late_dot(dot, limit) and late_dot(rb, limit):
+                out.setdefault(path, {})[dot] = row["e"]
+    return out
+
+
 class Skip(Exception):
     """A segment that is treated as not listed: its writer's head commit is not in the
     verified chain (yet), or its writer was removed and its removal does not vouch for it."""
@@ -1391,6 +1413,13 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
             snapshot.paths = {p: {d: unmoved(e, limit) for d, e in sibs.items()
                                   if not late_dot(d, limit)}
                               for p, sibs in snapshot.paths.items()}
+            try:
+                back = removed_late(payload.get("attic"), limit)
+            except BadData as exc:
+                raise IntegrityFailure(f"manifest segment {name} is malformed") from exc
+            for where, versions in back.items():  # a late edit must not become a delete
+                if not snapshot.paths.get(where):
+                    snapshot.paths[where] = {d: unmoved(e, limit) for d, e in versions.items()}
         if not state.dominates(snapshot.ctx):
             state.merge(snapshot)
 

@@ -454,3 +454,27 @@ def test_a_state_made_before_moves_were_kept_gains_their_columns(tmp_path: Path)
     assert state.live_objects() == {"55" * 16}
     assert "pl" not in state.siblings("x")["0123456789abcdef:1"]
     state.close()
+
+
+def test_the_remover_of_a_kept_version_joins_alike_in_any_order() -> None:
+    """"rb": unknown yields, equal stays, two different names disagree for good; every device
+    ends with the same value whatever order it learns them in."""
+    import itertools
+
+    names = [None, "aaaaaaaaaaaaaaaa:3", "bbbbbbbbbbbbbbbb:4"]
+    for values in itertools.product(names, repeat=3):
+        results = set()
+        for order in itertools.permutations(values):
+            got: str | None = None
+            for value in order:
+                got = mf.join_remover(got, value)
+            results.add(got)
+        assert len(results) == 1, values
+    assert mf.join_remover(None, "aaaaaaaaaaaaaaaa:3") == "aaaaaaaaaaaaaaaa:3"
+    assert mf.join_remover("aaaaaaaaaaaaaaaa:3", "bbbbbbbbbbbbbbbb:4") == ""
+    state = mf.State()  # an observed-remove drop first, the named removal after: it is kept
+    entry = {"t": "d"}
+    state.to_attic("p", "aaaaaaaaaaaaaaaa:1", entry, 10)
+    state.to_attic("p", "aaaaaaaaaaaaaaaa:1", entry, 12, "cccccccccccccccc:9")
+    assert state.attic_payload()["p"]["aaaaaaaaaaaaaaaa:1"] == {
+        "e": entry, "g": 10, "rb": "cccccccccccccccc:9"}

@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -359,6 +361,18 @@ def test_removed_device_snapshot_below_cutoff_is_refused(local_remote: str,
         assert tree(dev.folder) == before, f"{dev.name} applied X's forged snapshot"
 
 
+def script_restores(dev: Dev, remote: str, root: Path) -> Path:
+    """The vault as scripts/cloudguard-decrypt.py restores it with a kit ``dev`` exports."""
+    kit, out = root / "check-kit.json", root / "check-out"
+    dev.cg("key", "export", str(kit), "--choose-passphrase")
+    script = Path(__file__).resolve().parent.parent / "scripts" / "cloudguard-decrypt.py"
+    got = subprocess.run([sys.executable, str(script), "--remote-dir", remote, "--kit",
+                          str(kit), "--out", str(out)], capture_output=True, text=True,
+                         check=False, stdin=subprocess.DEVNULL)
+    assert got.returncode == 0, got.stderr
+    return out
+
+
 def test_a_removed_members_late_move_is_undone(local_remote: str, provider: Provider,
                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                                ) -> None:
@@ -409,6 +423,44 @@ def test_a_removed_members_late_move_is_undone(local_remote: str, provider: Prov
         assert f"data/{home}" in provider.objects(), "the pack the move left was collected"
         assert (dev.folder / "paper.txt").read_text() == "original"
         assert dev.json("verify", "--read-data")["ok"]
+    assert (script_restores(a, local_remote, tmp_path) / "paper.txt").read_text() == "original"
+
+
+def test_a_removed_members_late_edit_does_not_become_a_delete(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 2, N5 (a): X, removed by A, is shown the old remote and edits paper.txt
+    (its version replaces A's). B, kept from seeing the removal, applies that and writes a
+    snapshot. Clamping drops X's version; A's version, which X's edit sent to the history,
+    comes back instead of the file vanishing for everyone."""
+    a, b, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "x")
+    a.write("paper.txt", "original")
+    a.cg("push")
+    b.cg("pull")
+    x.cg("pull")
+    old = provider.objects()
+    a.cg("device", "remove", x.rid)
+    with provider.showing(old) as written:
+        x.write("paper.txt", "rewritten by the removed device")
+        x.cg("push")
+    with provider.showing({**old, **written}) as by_b:
+        b.cg("pull")
+        assert (b.folder / "paper.txt").read_text() == "rewritten by the removed device"
+        b.use()
+        with vault.session(str(b.folder)) as s:
+            s.snapshot()
+    assert any(n.startswith(f"m/{b.rid}-") and n.endswith(".s") for n in by_b)
+    for dev in (a, b):
+        got = dev.run("pull")
+        assert got.exit_code == 0, got.output
+        dev.use()
+        with vault.session(str(dev.folder)) as s:
+            assert list(s.state.siblings("paper.txt")), f"{dev.name} lost paper.txt"
+        assert (dev.folder / "paper.txt").read_text() == "original", dev.name
+    b.cg("push")  # B's copy of X's version is not pushed back as B's own edit
+    a.cg("pull")
+    assert (a.folder / "paper.txt").read_text() == "original"
+    assert (script_restores(a, local_remote, tmp_path) / "paper.txt").read_text() == "original"
 
 
 # --- freeze ---------------------------------------------------------------------------------

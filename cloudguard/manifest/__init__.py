@@ -18,7 +18,7 @@ Everything is re-exported here, so callers say ``mf.X``.
 
 from __future__ import annotations
 
-from .crdt import Entry, State, dot_of, moved, unmoved
+from .crdt import Entry, State, dot_of, join_remover, moved, unmoved
 from .loading import Loaded, Opener, _clamp, _pinned, load
 from .segments import (
     PREFIX,
@@ -45,6 +45,7 @@ __all__ = [
     "check_ops",
     "delta_payload",
     "dot_of",
+    "join_remover",
     "load",
     "moved",
     "parse_name",

@@ -62,10 +62,24 @@ _HELD = "SELECT o, a, n FROM entries WHERE o IS NOT NULL UNION ALL " \
 
 # the previous location of a moved blob, in columns (added to a state made before them)
 _MOVE_COLUMNS = (("po", "TEXT"), ("pa", "INTEGER"), ("pn", "INTEGER"))
+# who removed a kept version: the dot of the delta whose rm sent it to the history (none
+# when an observed-remove merge did, or when two removals disagree)
+_ATTIC_COLUMNS = (("rb", "TEXT"),)
 _MOVE_INDEXES = """
 CREATE INDEX IF NOT EXISTS entries_po ON entries (po) WHERE po IS NOT NULL;
 CREATE INDEX IF NOT EXISTS attic_po ON attic (po) WHERE po IS NOT NULL;
 """
+
+def join_remover(one: str | None, two: str | None) -> str | None:
+    """Who removed a kept version, as a join: None is unknown (an observed-remove drop only
+    propagates some removal), equal names stay, two different names give "" (disagreement,
+    for good). Commutative and associative, so every device ends with the same value."""
+    if one is None:
+        return two
+    if two is None or one == two:
+        return one
+    return ""
+
 
 # What a move changes: where the blob is, and (re-encryption) its key fields.
 LOCATION_FIELDS = ("o", "a", "r", "om", "n", "i", "k", "g", "w")
@@ -149,7 +163,8 @@ class State:
             db.executescript(_SCHEMA)
             for table in ("entries", "attic"):
                 have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-                for column, kind in _MOVE_COLUMNS:
+                more = _ATTIC_COLUMNS if table == "attic" else ()
+                for column, kind in (*_MOVE_COLUMNS, *more):
                     if column not in have:
                         db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             db.executescript(_MOVE_INDEXES)
@@ -279,20 +294,24 @@ class State:
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('floor', ?)", (when,))
             self.db.execute("DELETE FROM attic WHERE gone <= ?", (when,))
 
-    def to_attic(self, path: str, dot: str, entry: Entry, gone: int) -> None:
+    def to_attic(self, path: str, dot: str, entry: Entry, gone: int,
+                 rb: str | None = None) -> None:
         """Keep a replaced or deleted version. The same version reached two ways (a delta and
-        a snapshot) keeps the earliest time, so every device converges."""
+        a snapshot) keeps the earliest time, so every device converges. ``rb``: the dot of the
+        delta that removed it (None: unknown), joined with what is recorded (join_remover), so
+        that a removed member's late edit can be undone (format.md "Version history")."""
         floor = self.floor
         if floor and gone <= floor:
             return
-        row = self.db.execute("SELECT e, gone FROM attic WHERE path = ? AND dot = ?",
+        row = self.db.execute("SELECT e, gone, rb FROM attic WHERE path = ? AND dot = ?",
                               (path, dot)).fetchone()
         if row is not None:
             entry = newer_location(json.loads(row[0]), entry)
             gone = min(gone, int(row[1]))
-        self.db.execute("INSERT OR REPLACE INTO attic (path, dot, e, o, a, n, gone, po, pa, pn) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (path, dot, _dump(entry), *_where(entry), gone, *_was(entry)))
+            rb = join_remover(row[2], rb)
+        self.db.execute("INSERT OR REPLACE INTO attic (path, dot, e, o, a, n, gone, po, pa, pn, "
+                        "rb) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (path, dot, _dump(entry), *_where(entry), gone, *_was(entry), rb))
 
     def attic(self, path: str | None = None) -> Iterator[tuple[str, str, Entry, int]]:
         """(path, dot, entry, replaced at) of kept versions, of one path or of all."""
@@ -304,8 +323,12 @@ class State:
 
     def attic_payload(self) -> dict[str, dict[str, dict[str, Any]]]:
         out: dict[str, dict[str, dict[str, Any]]] = {}
-        for p, d, e, g in self.attic():
-            out.setdefault(p, {})[d] = {"e": e, "g": g}
+        for p, d, e, g, rb in self.db.execute(
+                "SELECT path, dot, e, gone, rb FROM attic ORDER BY path, gone"):
+            row: dict[str, Any] = {"e": json.loads(e), "g": int(g)}
+            if rb is not None:
+                row["rb"] = rb
+            out.setdefault(p, {})[d] = row
         return out
 
     def prune_attic(self, before: int) -> int:
@@ -374,7 +397,7 @@ class State:
                             self.to_attic(path, target, moved(kept, loc, dot, at), gone)
                 for old in rm:
                     if old in sibs:
-                        self.to_attic(path, old, sibs.pop(old), when)
+                        self.to_attic(path, old, sibs.pop(old), when, dot)
                         self._drop(path, old)
                 entry = op.get("e")
                 if entry is not None:
@@ -399,7 +422,7 @@ class State:
             self.raise_floor(floor)
             for path, kept in (attic or {}).items():
                 for dot, row in kept.items():
-                    self.to_attic(path, dot, row["e"], int(row["g"]))
+                    self.to_attic(path, dot, row["e"], int(row["g"]), row.get("rb"))
             empty = not self.ctx and not self.has_any()
             theirs_paths: set[str] = set()
             for path, theirs in paths:

@@ -127,6 +127,7 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
                 kept = {p: {d: {**r, "e": _unmove_late(r["e"], limit)}
                             for d, r in rows.items() if not _late_dot(d, limit)}
                         for p, rows in kept.items()}
+                paths, kept = _revive(paths, kept, limit)
             if not state.dominates(ctx):
                 state.merge_snapshot(ctx, paths.items(), kept, _floor(payload),
                                      time_of(payload))
@@ -216,6 +217,23 @@ def _clamp(ctx: dict[str, int], limit: dict[str, int]) -> dict[str, int]:
 def _late_dot(dot: str, limit: dict[str, int]) -> bool:
     dev, _, seq = dot.partition(":")
     return dev in limit and int(seq) > limit[dev]
+
+
+def _revive(paths: dict[str, dict[str, Any]], kept: dict[str, dict[str, dict[str, Any]]],
+            limit: dict[str, int]) -> tuple[dict[str, dict[str, Any]],
+                                            dict[str, dict[str, dict[str, Any]]]]:
+    """Versions that only a removed member's late delta sent to the history come back where
+    that path holds nothing else now: clamping its edit must not turn it into a delete
+    (review round 2, N5 (a))."""
+    for path, rows in kept.items():
+        if paths.get(path):
+            continue
+        back = {d: r["e"] for d, r in rows.items()
+                if r.get("rb") and _late_dot(str(r["rb"]), limit)}
+        if back:
+            paths[path] = back
+            kept[path] = {d: r for d, r in rows.items() if d not in back}
+    return paths, kept
 
 
 def _unmove_late(entry: dict[str, Any], limit: dict[str, int]) -> dict[str, Any]:

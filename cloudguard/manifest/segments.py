@@ -95,7 +95,8 @@ def _floor(payload: dict[str, Any]) -> int:
 
 
 def _attic(raw: object) -> dict[str, dict[str, dict[str, Any]]]:
-    """A snapshot's version history: {path: {dot: {"e": entry, "g": replaced at}}}."""
+    """A snapshot's version history: {path: {dot: {"e": entry, "g": replaced at[, "rb": the
+    dot whose delta removed it, or "" where two disagree]}}}."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -105,7 +106,10 @@ def _attic(raw: object) -> dict[str, dict[str, dict[str, Any]]]:
             raise IntegrityError("manifest snapshot has a malformed history")
         for dot, row in rows.items():
             if (not isinstance(dot, str) or not _DOT.match(dot) or not isinstance(row, dict)
-                    or set(row) != {"e", "g"} or type(row["g"]) is not int or row["g"] < 0):
+                    or set(row) - {"rb"} != {"e", "g"} or type(row["g"]) is not int
+                    or row["g"] < 0 or ("rb" in row and not (
+                        row["rb"] == "" or isinstance(row["rb"], str)
+                        and _DOT.match(row["rb"])))):
                 raise IntegrityError("manifest snapshot has a malformed history")
             check_entry(row["e"])
     return raw
