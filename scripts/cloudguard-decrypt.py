@@ -1507,8 +1507,34 @@ def check_history(name: str, payload: dict[str, Any], deps: dict[str, int],
 # --- entries and paths -------------------------------------------------------------------
 
 
+ESC = "\u241b"  # "Paths": ESC + two hex digits is a byte that is not UTF-8; ESC ESC is ESC
+
+
+def on_disk(path: str) -> str:
+    """A manifest path as the name os functions take (undecodable bytes as the lone
+    surrogates of Python's surrogateescape); raises IntegrityFailure if an escape is bad."""
+    if ESC not in path:
+        return path
+    out: list[str] = []
+    i = 0
+    while i < len(path):
+        if path[i] != ESC:
+            out.append(path[i])
+            i += 1
+        elif path[i + 1:i + 2] == ESC:
+            out.append(ESC)
+            i += 2
+        elif re.fullmatch("[89a-f][0-9a-f]", path[i + 1:i + 3]):
+            out.append(chr(0xDC00 + int(path[i + 1:i + 3], 16)))
+            i += 3
+        else:
+            raise IntegrityFailure(f"the manifest holds a malformed name escape in {q(path)}")
+    return "".join(out)
+
+
 def check_path(path: str) -> None:
-    """Paths are /-separated, relative, with no empty, "." or ".." component."""
+    """Paths are /-separated, relative, with no empty, "." or ".." component, and every
+    name escape well formed."""
     try:
         path.encode("utf-8")  # strict: no lone surrogates
     except UnicodeEncodeError as exc:
@@ -1516,6 +1542,7 @@ def check_path(path: str) -> None:
     if (not path or path.startswith("/") or "\x00" in path
             or any(part in ("", ".", "..") for part in path.split("/"))):
         raise IntegrityFailure(f"the manifest holds an unsafe path {q(path)}")
+    on_disk(path)
 
 
 def check_entry(path: str, entry: Entry) -> None:
@@ -1788,6 +1815,8 @@ def restore(remote: Path, kit_path: Path, out: Path, passphrase_env: str) -> dic
     for path in view:
         check_path(path)  # conflict names too
     check_tree(view)
+    view = {on_disk(p): ({**e, "l": on_disk(e["l"])} if e["t"] == "l" else e)
+            for p, e in view.items()}
     # ... then decrypt and verify everything into a private staging folder inside OUT ...
     made_out = not out.exists()
     if made_out:

@@ -129,8 +129,15 @@ def test_special_files_are_skipped_with_a_warning(local_remote: str, tmp_path: P
     os.mkfifo(a / "my-fifo")
     (a / "ok.txt").write_text("ok")
     cg("init", str(a), "--remote", local_remote)
-    result = cg("push", "--folder", str(a))
+    result = cg("push", "--folder", str(a), code=1)  # issue 9 item 4: never a silent skip
     assert "my-fifo" in result.stderr and "skipped" in result.stderr
+    assert "could not read or sync 1 path(s)" in result.stderr
+    status = cg_json("status", "--folder", str(a))
+    assert not status["in_sync"] and status["unreadable"] == ["my-fifo"]
+    assert status["to_push"] == []
+    os.unlink(a / "my-fifo")
+    cg("push", "--folder", str(a))
+    assert cg_json("status", "--folder", str(a))["in_sync"]
 
 
 def test_conflicts_keep_both_versions(local_remote: str, tmp_path: Path) -> None:

@@ -73,12 +73,19 @@ def _ui(as_json: bool) -> vault.UI:
 
 
 def _unreadable(result: dict[str, Any]) -> None:
-    """Exit 1 once everything else is done if some paths could not be read."""
-    paths = result.get("unreadable") or []
-    if paths:
-        shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
-        click.echo(f"cloudguard: error: could not read {len(paths)} path(s), kept as last "
-                   f"synced: {shown}", err=True)
+    """Exit 1 once everything else is done if some paths could not be synced: unreadable, not
+    a file, folder or symlink (kept as last synced), or changed while read (next time)."""
+    problems = []
+    for key, what in (("unreadable", "could not read or sync {n} path(s), kept as last "
+                                      "synced"),
+                      ("skipped", "{n} file(s) changed while read, pushed next time")):
+        paths = result.get(key) or []
+        if paths:
+            shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more"
+                                            if len(paths) > 5 else "")
+            problems.append(f"{what.format(n=len(paths))}: {shown}")
+    if problems:
+        click.echo(f"cloudguard: error: {'; '.join(problems)}", err=True)
         sys.exit(1)
 
 

@@ -195,8 +195,10 @@ def status(folder: str | None, verbose: bool, as_json: bool) -> None:
             lines += [f"  unreadable, kept as last synced: {p}" for p in r["unreadable"]]
             if r["conflicts"]:
                 lines.append(f"  pull would make {_copies(r['conflicts'])}")
-            if not r["to_push"] and not r["to_pull"]:
+            if r["in_sync"]:
                 lines.append("  in sync")
+            elif not r["to_push"] and not r["to_pull"]:
+                lines.append(f"  not in sync: {len(r['unreadable'])} path(s) cannot be synced")
             elif not verbose:
                 lines.append("  (cloudguard status --verbose lists the paths)")
             return "\n".join(lines)

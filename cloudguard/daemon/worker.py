@@ -34,6 +34,7 @@ from watchdog.observers import Observer
 from ..api import Vault
 from ..errors import CloudguardError, GuardError, IntegrityError
 from ..ignore import Ignore
+from ..names import from_disk
 from ..state import Binding
 from .schedule import Recent, Scheduler, Timing
 
@@ -78,7 +79,7 @@ class _Hints(FileSystemEventHandler):
         rel = text[len(self.root) + 1:].replace(os.sep, "/")
         if rel == MARKER or rel.startswith(MARKER + "/"):
             return None  # our own marker and staging folder
-        return rel
+        return from_disk(rel)  # the manifest's form of a name that is not UTF-8
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if isinstance(event, (FileOpenedEvent, FileClosedNoWriteEvent, DirModifiedEvent)):

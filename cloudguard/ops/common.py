@@ -15,6 +15,7 @@ from ..errors import (
     IntegrityError,
     UsageError,
 )
+from ..names import local
 from ..session import Session
 from ..state import (
     find_binding,
@@ -70,7 +71,7 @@ def _scan(s: Session, scope: list[str] | None = None) -> dict[str, sync.LocalIte
 
 
 def _hasher(folder: Path) -> Callable[[str], str]:
-    return lambda rel: sync.hash_file(folder / rel)
+    return lambda rel: sync.hash_file(local(folder, rel))
 
 
 def _log(s: Session, event: str, **fields: Any) -> None:
@@ -106,7 +107,7 @@ def _safe_hasher(folder: Path) -> Callable[[str], str]:
     """A file that cannot be read matches nothing: it is then uploaded, which reports it."""
     def digest(rel: str) -> str:
         try:
-            return sync.hash_file(folder / rel)
+            return sync.hash_file(local(folder, rel))
         except OSError:
             return ""
     return digest

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .. import sync
+from .. import names, sync
 from ..errors import FileChangedError, IntegrityError, UsageError
 from ..manifest import Entry
 from ..session import UI, Session, session
@@ -163,7 +163,7 @@ def _restore(s: Session, paths: list[str], when: int | None, dot: str | None, fo
         loc = local.get(path)
         if loc is not None and sync.entry_matches(loc, v.entry,
                                                   functools.partial(sync.hash_file,
-                                                                    s.folder / path)):
+                                                                    names.local(s.folder, path))):
             if loc.kind != "f" or loc.mode == int(v.entry.get("x", loc.mode)):
                 same.append(path)
                 continue

@@ -21,6 +21,7 @@ from ..errors import (
     Interrupted,
     TransportError,
 )
+from ..names import local
 from ..session import UI, Session, session
 from ..state import (
     IndexRow,
@@ -159,14 +160,14 @@ def _around_folder(s: Session, plan: sync.PullPlan, dest: str, dot: str,
     user filled it during the pull, so it was kept). The index then holds the remote version
     at ``dest``, so the next push puts the folder in its place."""
     try:
-        if dest in plan.conflicts or not stat.S_ISDIR(os.lstat(s.folder / dest).st_mode):
+        if dest in plan.conflicts or not stat.S_ISDIR(os.lstat(local(s.folder, dest)).st_mode):
             return dest
     except OSError:  # nothing there, or a file where a parent folder should be
         return dest
     writer = dot.partition(":")[0]
     labels = s.labels()
     name = sync.conflict_name(dest, int(entry.get("m", 0)), labels.get(writer, writer[:8]),
-                              lambda p: os.path.lexists(s.folder / p) or p in plan.conflicts)
+                              lambda p: os.path.lexists(local(s.folder, p)) or p in plan.conflicts)
     plan.conflicts.append(name)
     s.index.put(sync.row_from_entry(dest, dot, entry))
     return name

@@ -15,6 +15,7 @@ from ..errors import (
     GuardError,
     UsageError,
 )
+from ..names import from_disk
 from ..session import UI, Session, session
 from ..settings import settings as env_settings
 from ..state import (
@@ -78,6 +79,7 @@ def _relative(s: Session, paths: list[str]) -> list[str]:
                 raise UsageError(f"{raw}: not inside the folder {root}") from exc
         else:
             rel = given.as_posix()
+        rel = from_disk(rel)  # a name that is not UTF-8, as the manifest writes it
         if rel in ("", "."):
             raise UsageError(f"{raw}: the folder itself; push it without paths")
         out.append(sync.check_rel_path(rel))

@@ -26,6 +26,7 @@ from .. import format as fmt
 from .. import manifest as mf
 from ..errors import FileChangedError, HistoryError, IntegrityError, UsageError
 from ..layout import descriptor_hash, listing_descriptor, parse_descriptor
+from ..names import local
 from ..session import (
     UI,
     Session,
@@ -88,7 +89,7 @@ def _inspect(s: Session) -> tuple[dict[str, str], int]:
 
 def _local_match(s: Session, path: str, entry: dict[str, Any]) -> tuple[bool, str]:
     """Is the local file the content the manifest names? (the size first, then SHA-256)"""
-    full = s.folder / path
+    full = local(s.folder, path)
     try:
         st = os.lstat(full)
     except OSError:

@@ -44,6 +44,8 @@ def status(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
             "to_pull": sorted([d for d, _t, _e in down.download + down.make + down.meta]
                               + [r.path for r in down.delete]),
             "conflicts": down.conflicts, "unreadable": sorted(s.unreadable),
+            "in_sync": not (up.upload or up.put or up.delete or down.download or down.make
+                            or down.meta or down.delete or s.unreadable),
             "counts": {
                 "to_push": _counts([*("f" for _ in up.upload), *(i.kind for i, _ in up.put),
                                     *(r.kind for r in up.delete)]),

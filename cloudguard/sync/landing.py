@@ -16,6 +16,7 @@ from typing import IO
 
 from ..errors import CloudguardError, FileChangedError
 from ..manifest import Entry
+from ..names import local, to_disk
 from .scanning import (
     MARKER_DIR,
     PERMISSIONS,
@@ -30,7 +31,7 @@ def safe_dir(folder: Path, rel_dir: str, created: list[Path] | None = None) -> P
     """Create parents without ever following a symlink out of the folder."""
     current = folder
     for part in [p for p in rel_dir.split("/") if p]:
-        current = current / part
+        current = current / to_disk(part)
         try:
             st = os.lstat(current)
         except FileNotFoundError:
@@ -189,7 +190,7 @@ def _real_dir(path: Path) -> bool:
 
 
 def commit_staged(folder: Path, staged: Staged, expect: LocalItem | None = ANYTHING) -> None:
-    target = folder / staged.dest
+    target = local(folder, staged.dest)
     try:
         if not _real_dir(target.parent):  # a file was in the way when it was staged
             safe_dir(folder, staged.dest.rpartition("/")[0])
@@ -229,8 +230,9 @@ def make_link(folder: Path, dest: str, target: str,
     """Land a symlink, replacing only what the plan saw at ``dest`` (see check_unchanged)."""
     head, _, base = dest.rpartition("/")
     parent = safe_dir(folder, head)
+    base = to_disk(base)
     tmp = temp_path(folder)
-    os.symlink(target, tmp)
+    os.symlink(to_disk(target), tmp)
     try:
         if os.path.isdir(parent / base) and not os.path.islink(parent / base):
             raise CloudguardError(f"cannot replace folder {dest} with a symlink")
@@ -250,9 +252,9 @@ def remove_local(folder: Path, rel: str, expect: LocalItem) -> None:
     if now != expect:
         raise FileChangedError(rel)
     if expect.kind == "d":
-        os.rmdir(folder / rel)
+        os.rmdir(local(folder, rel))
     else:
-        os.unlink(folder / rel)
+        os.unlink(local(folder, rel))
 
 
 def move_aside(folder: Path, rel: str, name: str, expect: LocalItem) -> None:
@@ -260,9 +262,9 @@ def move_aside(folder: Path, rel: str, name: str, expect: LocalItem) -> None:
     arrives at ``rel``), only while it is what the plan saw and ``name`` is free."""
     check_rel_path(name)
     check_unchanged(folder, rel, expect)
-    if os.path.lexists(folder / name):
+    if os.path.lexists(local(folder, name)):
         raise CloudguardError(f"cannot move {rel} aside: {name} exists")
-    os.rename(folder / rel, folder / name)
+    os.rename(local(folder, rel), local(folder, name))
 
 
 # What a file system without POSIX modes (FAT, exFAT, some FUSE and SMB mounts) answers a
@@ -284,7 +286,7 @@ def apply_meta(folder: Path, rel: str, expect: LocalItem | None, entry: Entry) -
     """A remote mode or mtime change to a file or folder whose content already matches,
     applied only while the path is what the plan saw; never setuid, setgid or sticky."""
     check_unchanged(folder, rel, expect)
-    path = folder / rel
+    path = local(folder, rel)
     if "x" in entry:
         set_mode(path, int(entry["x"]))
     if entry.get("t") == "f" and "m" in entry:
@@ -296,4 +298,4 @@ def make_dir(folder: Path, dest: str, mode: int) -> None:
     check_rel_path(dest)
     safe_dir(folder, dest)
     if mode:
-        set_mode(folder / dest, mode)
+        set_mode(local(folder, dest), mode)

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from ..errors import CloudguardError, IntegrityError
 from ..manifest import Entry
+from ..names import ESC, from_disk, local, to_disk
 from ..state import IndexRow
 
 # Only these mode bits are synced, stored or applied: setuid, setgid and sticky never are, so
@@ -57,7 +58,7 @@ def scan(folder: Path, warn: Callable[[str], None],
     is_lnk, is_dir, is_reg = stat.S_ISLNK, stat.S_ISDIR, stat.S_ISREG
     while stack:
         rel_dir = stack.pop()
-        base = folder / rel_dir if rel_dir else folder
+        base = local(folder, rel_dir)
         prefix = f"{rel_dir}/" if rel_dir else ""
         try:
             with os.scandir(base) as listing:
@@ -73,18 +74,12 @@ def scan(folder: Path, warn: Callable[[str], None],
             continue
         for entry in entries:
             name = entry.name
-            rel = prefix + name
             if not rel_dir and name == MARKER_DIR:
                 continue
-            if not name.isascii():
-                try:
-                    rel.encode("utf-8")
-                except UnicodeEncodeError:
-                    warn(f"skipped {base / name!s}: the name is not valid UTF-8")
-                    continue
+            rel = prefix + from_disk(name)  # bytes that are not UTF-8: escaped, not skipped
             try:
                 st = entry.stat(follow_symlinks=False)
-                target = os.readlink(entry.path) if is_lnk(st.st_mode) else ""
+                target = from_disk(os.readlink(entry.path)) if is_lnk(st.st_mode) else ""
             except OSError as exc:
                 warn(f"cannot read {rel}: {exc.strerror or exc}; kept its last synced state")
                 unreadable.append(rel)
@@ -99,9 +94,10 @@ def scan(folder: Path, warn: Callable[[str], None],
             elif is_lnk(mode):
                 items[rel] = LocalItem(rel, "l", mtime=st.st_mtime_ns, target=target,
                                        ctime=st.st_ctime_ns, ino=st.st_ino)
-            else:
+            else:  # never synced, never taken as a delete: reported, and push exits 1
                 warn(f"skipped {rel}: not a regular file, folder or symlink "
-                     "(fifo, socket or device)")
+                     "(fifo, socket or device); kept its last synced state")
+                unreadable.append(rel)
     return items
 
 
@@ -124,9 +120,10 @@ def scan_paths(folder: Path, paths: list[str], warn: Callable[[str], None],
                 break
             if item is None or (depth < len(parts) and item.kind != "d"):
                 break  # gone (or no longer a folder): so is everything below it
-            if item.kind == "f" and not stat.S_ISREG(os.lstat(folder / path).st_mode):
+            if item.kind == "f" and not stat.S_ISREG(os.lstat(local(folder, path)).st_mode):
                 warn(f"skipped {path}: not a regular file, folder or symlink "
-                     "(fifo, socket or device)")
+                     "(fifo, socket or device); kept its last synced state")
+                unreadable.append(path)
                 break
             items[path] = item
         else:
@@ -155,6 +152,12 @@ def check_rel_path(path: str) -> str:
     if (not path or "//" in wrapped or "/./" in wrapped or "/../" in wrapped
             or "\x00" in path):
         raise IntegrityError(f"the manifest holds an unsafe path {path!r}")
+    if ESC in path:
+        try:
+            to_disk(path)
+        except ValueError as exc:
+            raise IntegrityError(f"the manifest holds a malformed name escape in {path!r}") \
+                from exc
     return path
 
 
@@ -233,11 +236,12 @@ MARKER_DIR = ".cloudguard"  # the only name cloudguard writes in a folder; never
 
 def local_item(folder: Path, rel: str) -> LocalItem | None:
     try:
-        st = os.lstat(folder / rel)
+        st = os.lstat(local(folder, rel))
     except FileNotFoundError:
         return None
     if stat.S_ISLNK(st.st_mode):
-        return LocalItem(rel, "l", mtime=st.st_mtime_ns, target=os.readlink(folder / rel),
+        return LocalItem(rel, "l", mtime=st.st_mtime_ns,
+                         target=from_disk(os.readlink(local(folder, rel))),
                          ctime=st.st_ctime_ns, ino=st.st_ino)
     if stat.S_ISDIR(st.st_mode):
         return LocalItem(rel, "d", mode=st.st_mode & PERMISSIONS)

@@ -18,6 +18,7 @@ from typing import IO
 from .. import format as fmt
 from ..errors import FileChangedError, Interrupted
 from ..manifest import Entry
+from ..names import local
 from ..transport import Transport
 from .reading import DATA_PREFIX
 from .scanning import PERMISSIONS, LocalItem, Progress, _no_progress
@@ -413,7 +414,7 @@ def write_filler(out: ObjectWriter) -> None:
 
 def _encrypt_one(folder: Path, item: LocalItem, out: ObjectWriter, kek: bytes, generation: str,
                  padding: bool, progress: Progress) -> Entry:
-    fd = os.open(folder / item.path, os.O_RDONLY | os.O_NOFOLLOW)
+    fd = os.open(local(folder, item.path), os.O_RDONLY | os.O_NOFOLLOW)
     with os.fdopen(fd, "rb", buffering=0) as fh:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
