@@ -69,12 +69,13 @@ class Vault:
     def push(self, paths: list[str] | None = None, *, dry_run: bool = False,
              allow_mass_delete: bool = False,
              ignore: Callable[[str], bool] | None = None,
-             deleted_before: int = 0) -> dict[str, Any]:
+             deleted_before: int = 0, rewritten_before: int | None = None,
+             allow_mass_change: bool = False) -> dict[str, Any]:
         """``paths`` (relative to the folder, or absolute inside it): only those and what is
         under them are scanned and pushed; the cost does not grow with the folder.
         ``deleted_before``: files deleted by this caller's recent pushes (mass-delete guard)."""
         return push(self.folder, dry_run, self.ui, allow_mass_delete, paths, ignore,
-                    deleted_before)
+                    deleted_before, rewritten_before, allow_mass_change)
 
     def pull(self) -> dict[str, Any]:
         return pull(self.folder, self.ui)

@@ -21,7 +21,8 @@ from .errors import UsageError
 
 VARIABLES = ("CLOUDGUARD_HOME", "CLOUDGUARD_KEYSTORE", "CLOUDGUARD_RCLONE",
              "CLOUDGUARD_STALL_SECONDS", "CLOUDGUARD_GC_GRACE", "CLOUDGUARD_MASS_DELETE_PERCENT",
-             "CLOUDGUARD_MASS_DELETE_FILES", "CLOUDGUARD_ROTATE_DAYS", "CLOUDGUARD_LOCK_WAIT")
+             "CLOUDGUARD_MASS_DELETE_FILES", "CLOUDGUARD_ROTATE_DAYS", "CLOUDGUARD_LOCK_WAIT",
+             "CLOUDGUARD_MASS_CHANGE_PERCENT")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Settings:
     gc_grace: float = 86400.0
     mass_delete_share: float = 0.5
     mass_delete_files: int = 1000
+    mass_change_share: float = 0.5  # the daemon's ransomware guard: files rewritten in 5 min
     rotate_days: float = 30.0
     lock_wait: float = 600.0
 
@@ -74,6 +76,9 @@ class Settings:
                                      base.mass_delete_share * 100, 0, 100,
                                      "a percentage") / 100,
             mass_delete_files=int(files) if files else base.mass_delete_files,
+            mass_change_share=number("CLOUDGUARD_MASS_CHANGE_PERCENT",
+                                     base.mass_change_share * 100, 0, 100,
+                                     "a percentage") / 100,
             rotate_days=number("CLOUDGUARD_ROTATE_DAYS", base.rotate_days, 1, 3650,
                                "a number of days"),
             lock_wait=number("CLOUDGUARD_LOCK_WAIT", base.lock_wait, 0, 86400,

@@ -296,6 +296,38 @@ def test_pause_resume_and_a_guard_that_stops_only_its_folder(local_remote: str,
         assert (b / "f10.txt").read_text() == "file 10"
 
 
+def test_a_mass_rewrite_stops_only_its_folder_until_confirmed(local_remote: str,
+                                                              tmp_path: Path) -> None:
+    """The ransomware pattern: most files rewritten within minutes. The daemon stops the folder
+    before the rewrites that cross the line go up; `resume --accept-changes` lets them go."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    for i in range(12):
+        (a / f"f{i:02}.txt").write_text(f"file {i}")
+    share(local_remote, a, b, tmp_path / "kit.json")
+    home = Path(os.environ["CLOUDGUARD_HOME"])
+
+    def folder() -> dict[str, object]:
+        return dict(cg_json("daemon", "status")["folders"][0])
+
+    with daemon(home, tmp_path / "daemon.log", a):
+        wait_for("the first push", lambda: folder()["last_push"] is not None)
+        (a / "new.txt").write_text("a new file is no rewrite")
+        wait_for("the new file", lambda: cg("pull", "--folder", str(b)) is not None
+                 and (b / "new.txt").exists())
+        for i in range(10):
+            (a / f"f{i:02}.txt").write_text(f"encrypted by ransomware {i}")
+        wait_for("the guard to stop the folder", lambda: folder()["state"] == "stopped")
+        why = str(folder()["why"])
+        assert "rewrite" in why and "--accept-changes" in why, why
+        cg("pull", "--folder", str(b))
+        assert (b / "f09.txt").read_text() == "file 9"  # the batch that crossed the line
+        cg("daemon", "resume", str(a), "--accept-changes")
+        wait_for("the confirmed rewrites", lambda: cg("pull", "--folder", str(b)) is not None
+                 and (b / "f09.txt").read_text() == "encrypted by ransomware 9")
+        assert folder()["state"] != "stopped"
+
+
 def test_lock_stops_a_service_daemon_through_systemd(local_remote: str, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Under systemd (Restart=on-failure) a killed daemon would come back: lock asks systemd."""

@@ -149,25 +149,31 @@ def unmount_cmd(mountpoint: str) -> None:
 @json_option
 def daemon_pause(folder: str | None, as_json: bool) -> None:
     """Stop syncing FOLDER (default: every folder) until resume; changes are still noted."""
-    _control("pause", folder, False, as_json)
+    _control("pause", folder, False, False, as_json)
 
 
 @daemon.command("resume")
 @click.argument("folder", required=False)
 @click.option("--accept-deletes", is_flag=True,
               help="Confirm the deletions a mass-delete guard stopped (for the next push).")
+@click.option("--accept-changes", is_flag=True,
+              help="Confirm the rewrites a mass-change (ransomware) guard stopped (for the "
+                   "next push).")
 @json_option
-def daemon_resume(folder: str | None, accept_deletes: bool, as_json: bool) -> None:
+def daemon_resume(folder: str | None, accept_deletes: bool, accept_changes: bool,
+                  as_json: bool) -> None:
     """Sync FOLDER again (default: every folder); a folder a guard or a failure stopped is
     looked at from the start."""
-    _control("resume", folder, accept_deletes, as_json)
+    _control("resume", folder, accept_deletes, accept_changes, as_json)
 
 
-def _control(command: str, folder: str | None, accept_deletes: bool, as_json: bool) -> None:
+def _control(command: str, folder: str | None, accept_deletes: bool, accept_changes: bool,
+             as_json: bool) -> None:
     from ..daemon import control
 
     def go() -> None:
         got = control.request({"cmd": command, "accept_deletes": accept_deletes,
+                               "accept_changes": accept_changes,
                                **({"folder": os.path.abspath(folder)} if folder else {})})
         if got is None:
             raise CloudguardError("the daemon is not running (cloudguard daemon start)")

@@ -97,10 +97,12 @@ def run(folders: list[str] | None = None, timing: Timing | None = None,
                 worker._wake.set()
             elif worker.is_alive():
                 worker.accept_deletes = bool(request.get("accept_deletes"))
+                worker.accept_changes = bool(request.get("accept_changes"))
                 worker.resume()
             else:  # stopped: a fresh worker rescans the folder from the start
                 fresh = FolderWorker(worker.binding, stop, timing, intervals, ignore)
                 fresh.accept_deletes = bool(request.get("accept_deletes"))
+                fresh.accept_changes = bool(request.get("accept_changes"))
                 workers[i] = fresh
                 fresh.start()
         return {**report(), "done": command}

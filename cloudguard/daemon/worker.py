@@ -112,6 +112,8 @@ class FolderWorker(threading.Thread):
         self.paused = False
         self.accept_deletes = False  # the user confirmed the deletes a guard stopped (once)
         self.deleted = Recent()  # files this worker's pushes deleted lately (mass-delete guard)
+        self.rewritten = Recent()  # ... and rewrote (mass-change guard: ransomware)
+        self.accept_changes = False  # the user confirmed the rewrites a guard stopped (once)
 
     def hint(self, rel: str, closed: bool) -> None:
         if rel and self.ignore(rel):
@@ -189,7 +191,9 @@ class FolderWorker(threading.Thread):
                 if rescan or paths:
                     got = self.vault.push(None if rescan else paths, ignore=self.ignore,
                                           allow_mass_delete=self.accept_deletes,
-                                          deleted_before=self.deleted.total())
+                                          deleted_before=self.deleted.total(),
+                                          rewritten_before=self.rewritten.total(),
+                                          allow_mass_change=self.accept_changes)
                     gone = got["counts"]["deleted"]
                     log.info("folder %s: pushed %d, deleted %d", self.binding.id,
                              len(got["uploaded"]) + len(got["updated"]),
@@ -198,7 +202,11 @@ class FolderWorker(threading.Thread):
                         self.deleted.clear()  # confirmed: they no longer count against later
                     else:
                         self.deleted.add(gone["files"] + gone["links"])
-                    self.accept_deletes = False
+                    if self.accept_changes:
+                        self.rewritten.clear()
+                    else:
+                        self.rewritten.add(int(got["rewritten"]))
+                    self.accept_deletes = self.accept_changes = False
                     self.status.last_push = time.time()
                     if got.get("skipped"):  # changed while read: look again when it settles
                         with self._lock:
@@ -215,6 +223,9 @@ class FolderWorker(threading.Thread):
                     why = (why.split("; nothing was pushed")[0] + "; nothing was pushed. If "
                            f"that is right, run: cloudguard daemon resume {self.binding.folder}"
                            " --accept-deletes")
+                elif exc.code == "mass-change":
+                    why += (". If that is right, run: cloudguard daemon resume "
+                            f"{self.binding.folder} --accept-changes")
                 self._stopped(why)
                 return
             except IntegrityError as exc:

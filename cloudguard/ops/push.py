@@ -33,7 +33,8 @@ from .rotate import _rewrap_stale
 
 def push(folder: str | None, dry_run: bool = False, ui: UI | None = None,
          allow_mass_delete: bool = False, paths: list[str] | None = None,
-         ignore: Callable[[str], bool] | None = None, deleted_before: int = 0
+         ignore: Callable[[str], bool] | None = None, deleted_before: int = 0,
+         rewritten_before: int | None = None, allow_mass_change: bool = False
          ) -> dict[str, Any]:
     """``result["unreadable"]`` lists paths that could not be read: they kept their last
     synced state, and the CLI exits 1 after the rest was pushed.
@@ -43,12 +44,16 @@ def push(folder: str | None, dry_run: bool = False, ui: UI | None = None,
     ``ignore`` (cloudguard.ignore.Ignore) paths are never read nor uploaded, and a synced
     one that is ignored now keeps its synced state (an ignore rule never deletes).
     ``deleted_before``: files the caller deleted by its recent pushes (the daemon's window), so
-    that deletes spread over many small pushes meet the same mass-delete guard as one push."""
+    that deletes spread over many small pushes meet the same mass-delete guard as one push.
+    ``rewritten_before`` (the daemon's, None for none): files its recent pushes rewrote; a push
+    that would bring that past CLOUDGUARD_MASS_CHANGE_PERCENT of the folder (the ransomware
+    pattern) is refused, unless ``allow_mass_change``."""
     with _audited("push", folder), session(folder, ui, scan=paths is None, guard=True) as s:
         _warn_exposed(s)
         s.ignore = ignore
         result = _push(s, dry_run, allow_mass_delete,
-                       None if paths is None else _relative(s, paths), deleted_before)
+                       None if paths is None else _relative(s, paths), deleted_before,
+                       None if allow_mass_change else rewritten_before)
         if not dry_run:
             _log(s, "push", files=len(result["uploaded"]) + len(result["updated"]),
                  deleted=len(result["deleted"]), objects=result.get("object_ids", []),
@@ -146,8 +151,33 @@ def _check_mass_delete(s: Session, plan: sync.PushPlan, allow: bool, before: int
     raise refusal
 
 
+def _rewriting(plan: sync.PushPlan, rows: dict[str, IndexRow]) -> int:
+    """Uploads that replace the content of a synced file (not new files, not renames)."""
+    return sum(1 for item in plan.upload
+               if (row := rows.get(item.path)) is not None and row.kind == "f")
+
+
+def _check_mass_change(s: Session, plan: sync.PushPlan, rows: dict[str, IndexRow],
+                       before: int) -> None:
+    """The daemon's guard against the ransomware pattern: a large part of the folder rewritten
+    within minutes stops the folder before any of this push goes up."""
+    rewriting = _rewriting(plan, rows)
+    if not rewriting:
+        return
+    total = s.index.count_files()
+    share = env_settings().mass_change_share
+    if rewriting + before < sync.MASS_DELETE_FLOOR or rewriting + before <= share * total:
+        return
+    raise GuardError(f"push would rewrite {rewriting} of the {total} files in {s.folder}"
+                     + (f", after {before} rewritten in the last minutes" if before else "")
+                     + f" (more than {share:.0%}): the pattern of ransomware; nothing was "
+                     "pushed", "mass-change", folder=str(s.folder), rewriting=rewriting,
+                     files=total, percent=round(share * 100, 2))
+
+
 def _push(s: Session, dry_run: bool, allow_mass_delete: bool = False,
-          scope: list[str] | None = None, deleted_before: int = 0) -> dict[str, Any]:
+          scope: list[str] | None = None, deleted_before: int = 0,
+          rewritten_before: int | None = None) -> dict[str, Any]:
     conflicts = [] if dry_run else _resolve(s)
     local = _scan(s, scope)
     plan, index_rows = _push_plan(s, local, scope)
@@ -159,6 +189,7 @@ def _push(s: Session, dry_run: bool, allow_mass_delete: bool = False,
         "conflicts": conflicts, "unreadable": sorted(s.unreadable),
         "skipped": [], "bytes_uploaded": 0, "objects": 0, "object_ids": [],
         "mass_delete": False,
+        "rewritten": _rewriting(plan, index_rows),
         "counts": {"uploaded": _counts("f" for _ in plan.upload),
                    "updated": _counts(i.kind for i, _ in plan.put),
                    "deleted": _counts(r.kind for r in plan.delete
@@ -168,6 +199,8 @@ def _push(s: Session, dry_run: bool, allow_mass_delete: bool = False,
             _mass_delete(s, plan, deleted_before) is not None)
         return result
     _check_mass_delete(s, plan, allow_mass_delete, deleted_before)
+    if rewritten_before is not None:
+        _check_mass_change(s, plan, index_rows, rewritten_before)
     _collect_pending(s)
     _rewrap_stale(s)
     total = sum(i.size for i in plan.upload)
