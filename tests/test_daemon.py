@@ -5,6 +5,7 @@ do, a second device pulling what arrives."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -207,6 +208,95 @@ def test_saves_arrive_on_the_other_device(local_remote: str, tmp_path: Path) -> 
         assert (a / "from-b.txt").read_text() == "hello a"
         wait_for("a in sync", lambda: cg_json("status", "--folder", str(b))["to_pull"] == [])
     assert proc.returncode == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+
+
+def test_real_programs_save_and_the_other_device_gets_it(local_remote: str,
+                                                        tmp_path: Path) -> None:
+    """The save patterns of issue 11 with the real programs: vim in ex mode (backup by
+    rename), sed -i, cp -a of a tree, a git checkout of many files, Python's atomic-save
+    recipe, and appends to a file held open."""
+    if shutil.which("vim") is None or shutil.which("git") is None:
+        pytest.skip("vim and git are not installed")
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "vimmed.txt").write_text("line one\n")
+    share(local_remote, a, b, tmp_path / "kit.json")
+    source = tmp_path / "src"  # a repository with two branches that differ in 40 files
+    source.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "-c",
+           "init.defaultBranch=main"]
+    subprocess.run([*git, "init", "-q"], cwd=source, check=True)
+    for i in range(40):
+        (source / f"f{i:02}.txt").write_text(f"main {i}\n")
+    subprocess.run([*git, "add", "."], cwd=source, check=True)
+    subprocess.run([*git, "commit", "-qm", "main"], cwd=source, check=True)
+    subprocess.run([*git, "checkout", "-qb", "other"], cwd=source, check=True)
+    for i in range(40):
+        (source / f"f{i:02}.txt").write_text(f"other {i}\n")
+    subprocess.run([*git, "commit", "-qam", "other"], cwd=source, check=True)
+    subprocess.run([*git, "checkout", "-q", "main"], cwd=source, check=True)
+    tree_src = tmp_path / "tree"
+    (tree_src / "deep" / "deeper").mkdir(parents=True)
+    for i in range(25):
+        (tree_src / "deep" / "deeper" / f"c{i}.bin").write_bytes(os.urandom(1000 + i))
+    home = Path(os.environ["CLOUDGUARD_HOME"])
+    with daemon(home, tmp_path / "daemon.log", a):
+        subprocess.run(["vim", "-E", "-s", "-u", "NONE", "-N", "-c",
+                        "set backup writebackup backupcopy=no", "-c", "%s/one/two/", "-c",
+                        "wq", "vimmed.txt"], cwd=a, check=True, stdin=subprocess.DEVNULL)
+        subprocess.run([sys.executable, "-c", "import pathlib; "
+                        "pathlib.Path('sedded.txt').write_text('sed v1')"], cwd=a, check=True)
+        subprocess.run(["sed", "-i", "s/v1/v2/", "sedded.txt"], cwd=a, check=True)
+        subprocess.run(["cp", "-a", str(tree_src), str(a / "copied")], check=True)
+        subprocess.run([*git, "clone", "-q", str(source), str(a / "repo")], check=True)
+        subprocess.run([*git, "checkout", "-q", "other"], cwd=a / "repo", check=True)
+        subprocess.run([sys.executable, "-c", (  # the atomic-save recipe: temp, fsync, replace
+            "import os, tempfile\n"
+            "fd, tmp = tempfile.mkstemp(dir='.', prefix='.atomic-')\n"
+            "os.write(fd, b'atomic v2'); os.fsync(fd); os.close(fd)\n"
+            "os.replace(tmp, 'atomic.txt')\n")], cwd=a, check=True)
+        with (a / "appended.log").open("w") as log:  # appends while the file stays open
+            for i in range(5):
+                log.write(f"entry {i}\n")
+                log.flush()
+                time.sleep(0.1)
+        want = {os.path.relpath(p, a): p.read_bytes() for p in a.rglob("*")
+                if p.is_file() and ".cloudguard" not in p.parts}
+        assert (a / "vimmed.txt").read_text() == "line two\n"
+        assert (a / "repo" / "f07.txt").read_text() == "other 7\n"
+
+        def arrived() -> bool:
+            cg("pull", "--folder", str(b))
+            got = {os.path.relpath(p, b): p.read_bytes() for p in b.rglob("*")
+                   if p.is_file() and ".cloudguard" not in p.parts}
+            return got == want
+
+        wait_for("every program's save on device b", arrived, timeout=120)
+
+
+def test_a_killed_daemon_loses_no_save_of_a_burst(local_remote: str, tmp_path: Path) -> None:
+    """kill -9 during a burst of 200 saves, then a restart: every file arrives with its last
+    content (the start-up rescan compares the folder with the index)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "seed.txt").write_text("seed")
+    share(local_remote, a, b, tmp_path / "kit.json")
+    home = Path(os.environ["CLOUDGUARD_HOME"])
+    with daemon(home, tmp_path / "daemon.log", a) as proc:
+        for i in range(200):
+            (a / f"burst-{i % 40:02}.txt").write_text(f"save {i}")
+            if i == 120:
+                proc.kill()  # SIGKILL: no clean-up at all
+        proc.wait()
+    with daemon(home, tmp_path / "daemon2.log", a):
+        want = {f"burst-{n:02}.txt": f"save {160 + n}" for n in range(40)}
+        want["seed.txt"] = "seed"
+
+        def arrived() -> bool:
+            cg("pull", "--folder", str(b))
+            return _tree(b) == want
+
+        wait_for("every last save after the restart", arrived, timeout=120)
 
 
 def test_the_unit_is_type_notify_and_holds_no_secret(monkeypatch: pytest.MonkeyPatch) -> None:
