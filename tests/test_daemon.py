@@ -137,12 +137,13 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
 
 
 @contextmanager
-def daemon(home: Path, log: Path, *folders: Path) -> Iterator[subprocess.Popen[bytes]]:
+def daemon(home: Path, log: Path, *folders: Path, extra: tuple[str, ...] = ()
+           ) -> Iterator[subprocess.Popen[bytes]]:
     (home / "config.toml").write_text("[daemon]\npoll_seconds = 0.5\nquiet_closed = 0.2\n"
                                       "min_interval = 0.5\n")
     env = {**os.environ, "CLOUDGUARD_HOME": str(home)}
     with log.open("wb") as out:
-        proc = subprocess.Popen([*CLOUDGUARD, "daemon", "run",
+        proc = subprocess.Popen([*CLOUDGUARD, "daemon", "run", *extra,
                                  *(arg for f in folders for arg in ("--folder", str(f)))],
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -416,6 +417,31 @@ def test_a_mass_rewrite_stops_only_its_folder_until_confirmed(local_remote: str,
         wait_for("the confirmed rewrites", lambda: cg("pull", "--folder", str(b)) is not None
                  and (b / "f09.txt").read_text() == "encrypted by ransomware 9")
         assert folder()["state"] != "stopped"
+
+
+def test_a_folder_inside_another_sync_client_is_not_served(local_remote: str,
+                                                           tmp_path: Path) -> None:
+    """The advisories' rule, enforced unattended: a bound folder that another client's folder
+    holds (here a fake Dropbox) is stopped with the client and the fix named; --allow-exposed
+    serves it, with a warning in the log."""
+    dropbox = tmp_path / "Dropbox"
+    dropbox.mkdir()
+    (dropbox / ".dropbox").write_text("")  # what Dropbox puts in the folder it syncs
+    folder = dropbox / "secret"
+    folder.mkdir()
+    (folder / "plan.txt").write_text("plaintext that Dropbox would upload")
+    cg("init", str(folder), "--remote", local_remote, "--allow-exposed")
+    home = Path(os.environ["CLOUDGUARD_HOME"])
+    with daemon(home, tmp_path / "daemon.log", folder):
+        wait_for("the folder to stop", lambda: cg_json("daemon", "status")["folders"][0][
+            "state"] == "stopped")
+        why = cg_json("daemon", "status")["folders"][0]["why"]
+        assert "Dropbox" in why and "--allow-exposed" in why, why
+        assert cg_json("status", "--folder", str(folder))["to_push"] == ["plan.txt"]
+    with daemon(home, tmp_path / "daemon2.log", folder, extra=("--allow-exposed",)):
+        wait_for("the push", lambda: cg_json("status", "--folder", str(folder))[
+            "to_push"] == [])
+        assert b"--allow-exposed" in (tmp_path / "daemon2.log").read_bytes()
 
 
 def test_lock_stops_a_service_daemon_through_systemd(local_remote: str, tmp_path: Path,

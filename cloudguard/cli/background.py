@@ -25,7 +25,10 @@ def daemon() -> None:
 @daemon.command("run")
 @click.option("--folder", "folders", multiple=True, metavar="FOLDER",
               help="Serve only this bound folder (repeatable; default: every one).")
-def daemon_run(folders: tuple[str, ...]) -> None:
+@click.option("--allow-exposed", is_flag=True,
+              help="Sync a folder even where another sync client uploads its plaintext "
+                   "(logged as a warning).")
+def daemon_run(folders: tuple[str, ...], allow_exposed: bool) -> None:
     """Watch, encrypt and sync every bound folder until stopped (what the service runs).
 
     Each folder has its own worker: a saved file is pushed once it goes quiet, other devices'
@@ -37,7 +40,7 @@ def daemon_run(folders: tuple[str, ...]) -> None:
 
     def go() -> None:
         nonlocal code
-        code = daemon_runner.run(list(folders) or None)
+        code = daemon_runner.run(list(folders) or None, allow_exposed=allow_exposed)
 
     _run(go)
     sys.exit(code)

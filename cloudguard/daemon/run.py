@@ -38,7 +38,8 @@ def _nested(bindings: list[Binding]) -> str | None:
 
 
 def run(folders: list[str] | None = None, timing: Timing | None = None,
-        intervals: Intervals | None = None, stop: threading.Event | None = None) -> int:
+        intervals: Intervals | None = None, stop: threading.Event | None = None,
+        allow_exposed: bool = False) -> int:
     control.take_notify_socket()
     config = load_config()
     timing = timing or config.timing
@@ -63,7 +64,8 @@ def run(folders: list[str] | None = None, timing: Timing | None = None,
         unlock(binding)  # the keyring or passphrase, once, before systemd hears READY
     record = lock.register("daemon")
     ignore = Ignore(config.ignore)
-    workers = [FolderWorker(b, stop, timing, intervals, ignore) for b in bindings]
+    workers = [FolderWorker(b, stop, timing, intervals, ignore, allow_exposed)
+               for b in bindings]
 
     def report() -> dict[str, Any]:
         return {"pid": os.getpid(), "folders": [
@@ -100,7 +102,8 @@ def run(folders: list[str] | None = None, timing: Timing | None = None,
                 worker.accept_changes = bool(request.get("accept_changes"))
                 worker.resume()
             else:  # stopped: a fresh worker rescans the folder from the start
-                fresh = FolderWorker(worker.binding, stop, timing, intervals, ignore)
+                fresh = FolderWorker(worker.binding, stop, timing, intervals, ignore,
+                                     allow_exposed)
                 fresh.accept_deletes = bool(request.get("accept_deletes"))
                 fresh.accept_changes = bool(request.get("accept_changes"))
                 workers[i] = fresh

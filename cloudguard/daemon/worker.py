@@ -31,6 +31,7 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
+from .. import doctor
 from ..api import Vault
 from ..errors import CloudguardError, GuardError, IntegrityError
 from ..ignore import Ignore
@@ -98,7 +99,8 @@ class _Hints(FileSystemEventHandler):
 
 class FolderWorker(threading.Thread):
     def __init__(self, binding: Binding, stop: threading.Event, timing: Timing | None = None,
-                 intervals: Intervals | None = None, ignore: Ignore | None = None) -> None:
+                 intervals: Intervals | None = None, ignore: Ignore | None = None,
+                 allow_exposed: bool = False) -> None:
         super().__init__(name=f"cloudguard-{binding.id}", daemon=True)
         self.binding = binding
         self.stop = stop
@@ -111,6 +113,7 @@ class FolderWorker(threading.Thread):
         self.vault: Vault | None = None
         self.paused = False
         self.accept_deletes = False  # the user confirmed the deletes a guard stopped (once)
+        self.allow_exposed = allow_exposed
         self.deleted = Recent()  # files this worker's pushes deleted lately (mass-delete guard)
         self.rewritten = Recent()  # ... and rewrote (mass-change guard: ransomware)
         self.accept_changes = False  # the user confirmed the rewrites a guard stopped (once)
@@ -139,12 +142,31 @@ class FolderWorker(threading.Thread):
             self._stopped(f"{type(exc).__name__}: {exc}")
             log.exception("folder worker failed")
 
+    def _safe_from_other_clients(self, folder: Path) -> bool:
+        """The advisories' first rule: never let another sync client upload the plaintext. A
+        folder inside (or around) a Dropbox, OneDrive, Baidu Netdisk... folder is not served
+        unless --allow-exposed; then each start says so in the log."""
+        found = [f for f in doctor.exposure(folder, Path.home(), inside=False)
+                 if f.level == "error"]
+        if not found:
+            return True
+        if self.allow_exposed:
+            for f in found:
+                log.warning("folder %s: %s (served anyway: --allow-exposed)",
+                            self.binding.id, f.message)
+            return True
+        self._stopped(f"{found[0].message}; {found[0].fix}, or run the daemon with "
+                      "--allow-exposed")
+        return False
+
     def _stopped(self, why: str) -> None:
         self.status.state, self.status.why = "stopped", why
         log.error("folder %s stopped: %s", self.binding.id, why)
 
     def _serve(self) -> None:
         folder = Path(self.binding.folder)
+        if not self._safe_from_other_clients(folder):
+            return
         self.vault = Vault(str(folder))
         observer = Observer()
         observer.schedule(_Hints(folder, self), str(folder), recursive=True)
