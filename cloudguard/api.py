@@ -9,6 +9,7 @@ the CLI and one from the daemon never race.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -18,8 +19,10 @@ from . import sync
 from .chain import KEYS_PREFIX
 from .format import Reader
 from .ops import write
+from .ops.doctor import _epoch
 from .ops.pull import pull
 from .ops.push import push
+from .ops.rotate import key_rotate
 from .ops.status import open_reader, status
 from .ops.verify import verify
 from .reader import ChunkCache, FileReader
@@ -51,6 +54,19 @@ class Vault:
         with session(self.folder, self.ui):
             pass
         self._seen = self._listing()
+
+    def key_schedule(self) -> tuple[float, bool]:
+        """(age in days of the newest key, is this device the one that rotates on schedule:
+        the device member with the lowest id, so that the others do not rotate at once)."""
+        with session(self.folder, self.ui) as s:
+            newest = next(c for c in s.ring.view.ancestry(s.ring.head) if c.action != "add")
+            devices = sorted(r for r, k in s.ring.view.members.items() if k.kind == "device")
+            age = (time.time() - _epoch(newest.created)) / 86400
+            return age, bool(devices) and devices[0] == s.binding.device
+
+    def rotate(self) -> dict[str, Any]:
+        """A new key generation (no re-encryption), through the engine's own rotation."""
+        return key_rotate(self.folder, False, self.ui)
 
     def poll(self) -> bool:
         """Has the remote changed since the last call (or refresh)? One listing of the

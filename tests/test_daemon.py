@@ -137,10 +137,10 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
 
 
 @contextmanager
-def daemon(home: Path, log: Path, *folders: Path, extra: tuple[str, ...] = ()
-           ) -> Iterator[subprocess.Popen[bytes]]:
+def daemon(home: Path, log: Path, *folders: Path, extra: tuple[str, ...] = (),
+           config: str = "") -> Iterator[subprocess.Popen[bytes]]:
     (home / "config.toml").write_text("[daemon]\npoll_seconds = 0.5\nquiet_closed = 0.2\n"
-                                      "min_interval = 0.5\n")
+                                      "min_interval = 0.5\n" + config)
     env = {**os.environ, "CLOUDGUARD_HOME": str(home)}
     with log.open("wb") as out:
         proc = subprocess.Popen([*CLOUDGUARD, "daemon", "run", *extra,
@@ -442,6 +442,47 @@ def test_a_folder_inside_another_sync_client_is_not_served(local_remote: str,
         wait_for("the push", lambda: cg_json("status", "--folder", str(folder))[
             "to_push"] == [])
         assert b"--allow-exposed" in (tmp_path / "daemon2.log").read_bytes()
+
+
+def test_the_key_is_rotated_on_schedule(local_remote: str, tmp_path: Path) -> None:
+    """Past rotation_days the lowest-id device rotates through the engine, and logs it; the
+    other device keeps working under the new key."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "doc.txt").write_text("v1")
+    share(local_remote, a, b, tmp_path / "kit.json")
+    home = Path(os.environ["CLOUDGUARD_HOME"])
+    first = cg_json("status", "--folder", str(a))["epoch"]
+    devices = sorted(m["id"] for m in cg_json("device", "list", "--folder", str(a))["members"]
+                     if m.get("kind", "device") == "device")
+    lowest = a if cg_json("status", "--folder", str(a))["device"] == devices[0] else b
+    with daemon(home, tmp_path / "daemon.log", lowest, config="rotation_days = 0.00003\n"):
+        wait_for("a rotation", lambda: cg_json("status", "--folder", str(lowest))["epoch"]
+                 > first)
+        assert b"rotated the key" in (tmp_path / "daemon.log").read_bytes()
+    other = b if lowest is a else a
+    (other / "after.txt").write_text("under the new key")
+    cg("push", "--folder", str(other))
+    cg("pull", "--folder", str(lowest))
+    assert (lowest / "after.txt").read_text() == "under the new key"
+
+
+def test_only_the_lowest_id_device_rotates_on_schedule(local_remote: str,
+                                                       tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    share(local_remote, a, b, tmp_path / "kit.json")
+    with Vault(str(a)) as va, Vault(str(b)) as vb:
+        (age_a, mine_a), (age_b, mine_b) = va.key_schedule(), vb.key_schedule()
+    assert mine_a != mine_b and 0 <= age_a < 1 and 0 <= age_b < 1
+
+
+def test_a_bad_rotation_days_names_the_setting(tmp_path: Path) -> None:
+    from cloudguard.daemon.config import load
+    path = tmp_path / "config.toml"
+    path.write_text("[daemon]\nrotation_days = 0\n")
+    with pytest.raises(UsageError, match="daemon.rotation_days = 0 is not"):
+        load(path)
 
 
 def test_lock_stops_a_service_daemon_through_systemd(local_remote: str, tmp_path: Path,

@@ -8,6 +8,7 @@
     max_wait = 30.0          # a file that never goes quiet is pushed after this
     min_interval = 10.0      # a busy path is pushed at most this often
     ignore = ["*.bak"]       # more ignore patterns (gitignore syntax) beyond the defaults
+    rotation_days = 30       # the lowest-id device rotates a key older than this
 
 Every value is checked; a bad one is one line naming the setting.
 """
@@ -51,7 +52,7 @@ def load(path: Path | None = None) -> DaemonConfig:
     section = doc.get("daemon", {})
     if not isinstance(section, dict):
         raise UsageError(f"{path}: [daemon] must be a table")
-    unknown = sorted(set(section) - set(_NUMBERS) - {"ignore"})
+    unknown = sorted(set(section) - set(_NUMBERS) - {"ignore", "rotation_days"})
     if unknown:
         raise UsageError(f"{path}: unknown setting daemon.{unknown[0]}")
     values: dict[str, float] = {}
@@ -63,6 +64,11 @@ def load(path: Path | None = None) -> DaemonConfig:
                 raise UsageError(f"{path}: daemon.{key} = {raw!r} is not a number of seconds "
                                  f"from {low:g} to {high:g}")
             values[key] = float(raw)
+    rotation = section.get("rotation_days", Intervals().rotation_days)
+    if isinstance(rotation, bool) or not isinstance(rotation, (int, float)) \
+            or not 0.00001 <= float(rotation) <= 3650:
+        raise UsageError(f"{path}: daemon.rotation_days = {rotation!r} is not a number of "
+                         "days from 0.00001 to 3650")
     ignore = section.get("ignore", [])
     if not isinstance(ignore, list) or not all(isinstance(p, str) for p in ignore):
         raise UsageError(f"{path}: daemon.ignore must be a list of patterns")
@@ -72,5 +78,6 @@ def load(path: Path | None = None) -> DaemonConfig:
                     values.get("max_wait", base_t.max_wait),
                     values.get("min_interval", base_t.min_interval))
     intervals = Intervals(values.get("poll_seconds", base_i.poll),
-                          values.get("rescan_seconds", base_i.rescan))
+                          values.get("rescan_seconds", base_i.rescan),
+                          rotation_days=float(rotation))
     return DaemonConfig(timing, intervals, tuple(ignore))

@@ -50,6 +50,7 @@ class Intervals:
     rescan: float = 600.0
     backoff_first: float = 2.0
     backoff_max: float = 300.0
+    rotation_days: float = 30.0  # key age at which the lowest-id device rotates
 
 
 @dataclass
@@ -142,6 +143,18 @@ class FolderWorker(threading.Thread):
             self._stopped(f"{type(exc).__name__}: {exc}")
             log.exception("folder worker failed")
 
+    def _rotate_if_due(self) -> None:
+        """The advisories' "change keys often", unattended: past rotation_days the device
+        with the lowest id rotates (two at once merge by the chain's sibling rule)."""
+        assert self.vault is not None
+        age, mine = self.vault.key_schedule()
+        self.status.extra["key_age_days"] = round(age, 3)
+        if age < self.intervals.rotation_days or not mine:
+            return
+        got = self.vault.rotate()
+        log.info("folder %s: rotated the key (it was %.1f days old): epoch %s",
+                 self.binding.id, age, got.get("epoch"))
+
     def _safe_from_other_clients(self, folder: Path) -> bool:
         """The advisories' first rule: never let another sync client upload the plaintext. A
         folder inside (or around) a Dropbox, OneDrive, Baidu Netdisk... folder is not served
@@ -184,6 +197,7 @@ class FolderWorker(threading.Thread):
             self.sched.rescan()  # whatever happened while we were not running
         now = time.monotonic()
         next_poll, next_rescan = now, now + self.intervals.rescan
+        next_key_check = now
         backoff, retry_at = 0.0, 0.0
         while not self.stop.is_set():
             now = time.monotonic()
@@ -233,6 +247,10 @@ class FolderWorker(threading.Thread):
                     if got.get("skipped"):  # changed while read: look again when it settles
                         with self._lock:
                             self.sched.again([str(p) for p in got["skipped"]])
+                if now >= next_key_check:
+                    next_key_check = now + min(self.intervals.rescan,
+                                               self.intervals.rotation_days * 86400 / 4)
+                    self._rotate_if_due()
                 if now >= next_poll:
                     next_poll = now + self.intervals.poll
                     if self.vault.poll():
