@@ -333,13 +333,18 @@ def test_ready_status_and_a_prompt_stop(local_remote: str, tmp_path: Path) -> No
             got = cg_json("daemon", "status")
             assert got["running"] and got["pid"] == proc.pid
             assert got["folders"][0]["folder"] == str(folder)
-            assert cg_json("status", "--folder", str(folder))["to_push"] == []
+            got = cg_json("status", "--folder", str(folder))
+            assert got["to_push"] == [] and got["daemon"]["state"] in ("idle", "syncing")
+            assert got["daemon"]["last_push"] is not None
+            assert got["daemon"]["key_age_days"] is not None
+            assert "daemon: " in cg("status", "--folder", str(folder)).stdout
             started = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=10)
             assert time.monotonic() - started < 3.5
             assert listener.recv(100) == b"STOPPING=1"
         assert cg_json("daemon", "status") == {"running": False}
+        assert cg_json("status", "--folder", str(folder))["daemon"] is None
     finally:
         del os.environ["NOTIFY_SOCKET"]
         listener.close()

@@ -165,6 +165,7 @@ def status(folder: str | None, verbose: bool, as_json: bool) -> None:
     """Show what push and pull would do: counts by default, the paths with --verbose."""
     def go() -> None:
         result = vault.status(folder, _ui(as_json))
+        result["daemon"] = _daemon_view(result["folder"])
 
         def side(label: str, key: str, deletes: str) -> list[str]:
             paths = result[key]
@@ -195,6 +196,14 @@ def status(folder: str | None, verbose: bool, as_json: bool) -> None:
             lines += [f"  unreadable, kept as last synced: {p}" for p in r["unreadable"]]
             if r["conflicts"]:
                 lines.append(f"  pull would make {_copies(r['conflicts'])}")
+            served = r["daemon"]
+            if served is not None:
+                why = f" ({served['why']})" if served.get("why") else ""
+                age = served.get("key_age_days")
+                lines.append(f"  daemon: {served['state']}{why}, {served['queue']} queued"
+                             + (f", key {age:.1f} days old" if age is not None else "")
+                             + (f", last error: {served['last_error']}"
+                                if served.get("last_error") else ""))
             if r["in_sync"]:
                 lines.append("  in sync")
             elif not r["to_push"] and not r["to_pull"]:
@@ -406,3 +415,16 @@ def settings_cmd(keep_days: int | None, folder: str | None, as_json: bool) -> No
         _emit(result, as_json, lambda r: "\n".join(f"{k} = {v}" for k, v in r.items()),
               always=True)
     _run(go, as_json)
+
+
+def _daemon_view(folder: str) -> dict[str, Any] | None:
+    """What the running daemon does with ``folder`` (None: no daemon serves it)."""
+    from ..daemon import control
+
+    got = control.query()
+    for served in (got or {}).get("folders", []):
+        if served.get("folder") == folder:
+            extra = served.pop("extra", {}) or {}
+            return {**served, "key_age_days": extra.get("key_age_days"),
+                    "next_rotation_in_days": extra.get("next_rotation_in_days")}
+    return None

@@ -149,6 +149,8 @@ class FolderWorker(threading.Thread):
         assert self.vault is not None
         age, mine = self.vault.key_schedule()
         self.status.extra["key_age_days"] = round(age, 3)
+        self.status.extra["next_rotation_in_days"] = round(
+            max(0.0, self.intervals.rotation_days - age), 3) if mine else None
         if age < self.intervals.rotation_days or not mine:
             return
         got = self.vault.rotate()
