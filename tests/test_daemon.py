@@ -300,6 +300,55 @@ def test_a_killed_daemon_loses_no_save_of_a_burst(local_remote: str, tmp_path: P
         wait_for("every last save after the restart", arrived, timeout=120)
 
 
+@contextmanager
+def webdav_on(root: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """rclone serve webdav on a fixed port, so that it can be stopped and started again."""
+    from servers import _port_open, rclone_binary, rclone_env
+
+    proc = subprocess.Popen([rclone_binary(), "serve", "webdav", str(root), "--addr",
+                             f"127.0.0.1:{port}"], env=rclone_env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for("the server to listen", lambda: _port_open(port), 30)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_an_outage_loses_no_save_and_retries_are_bounded(tmp_path: Path) -> None:
+    """The server stops; 50 files are saved; it comes back: all 50 arrive, and the log shows
+    a few spaced retries, not a storm."""
+    from servers import free_port
+
+    port = free_port()
+    remote = f":webdav,url='http://127.0.0.1:{port}',vendor=rclone:data"
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "seed.txt").write_text("seed")
+    home = Path(os.environ["CLOUDGUARD_HOME"])
+    log = tmp_path / "daemon.log"
+    with webdav_on(tmp_path / "root", port):
+        share(remote, a, b, tmp_path / "kit.json")
+    with daemon(home, log, a):
+        for i in range(50):
+            (a / f"offline-{i:02}.txt").write_text(f"saved while offline {i}")
+        wait_for("a failed push", lambda: bool(cg_json("daemon", "status")["folders"][0][
+            "last_error"]))
+        time.sleep(3)  # a few more attempts while the server is down
+        with webdav_on(tmp_path / "root", port):
+            want = {f"offline-{i:02}.txt": f"saved while offline {i}" for i in range(50)}
+            want["seed.txt"] = "seed"
+
+            def arrived() -> bool:
+                cg("pull", "--folder", str(b))
+                return _tree(b) == want
+
+            wait_for("all 50 files after the outage", arrived, timeout=120)
+    retries = log.read_text().count("retrying in")
+    assert 1 <= retries <= 10, log.read_text()[-3000:]
+
+
 def test_the_unit_is_type_notify_and_holds_no_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     from cloudguard.daemon import control
 
