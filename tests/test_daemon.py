@@ -349,6 +349,44 @@ def test_an_outage_loses_no_save_and_retries_are_bounded(tmp_path: Path) -> None
     assert 1 <= retries <= 10, log.read_text()[-3000:]
 
 
+def test_two_devices_with_daemons_converge_with_one_conflict_copy(local_remote: str,
+                                                                   tmp_path: Path) -> None:
+    """Both devices run under the daemon. Edits to different files converge; both editing one
+    file leaves exactly one conflict copy on both; a rotation on one device reaches the other
+    without a restart."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "shared.txt").write_text("base")
+    share(local_remote, a, b, tmp_path / "kit.json")
+    home = Path(os.environ["CLOUDGUARD_HOME"])
+    with daemon(home, tmp_path / "daemon.log", a, b):
+        (a / "from-a.txt").write_text("a wrote this")
+        (b / "from-b.txt").write_text("b wrote this")
+        wait_for("different files to converge", lambda: _tree(a) == _tree(b)
+                 and {"from-a.txt", "from-b.txt"} <= set(_tree(a)))
+        cg("daemon", "pause")  # both edit one file before either hears of the other
+        wait_for("both paused", lambda: all(f["state"] == "paused" for f in cg_json(
+            "daemon", "status")["folders"]))
+        (a / "shared.txt").write_text("a's edit")
+        (b / "shared.txt").write_text("b's edit")
+        cg("daemon", "resume")
+
+        def one_copy_each() -> bool:
+            ta, tb = _tree(a), _tree(b)
+            copies = [p for p in ta if p.startswith("shared (conflict")]
+            return ta == tb and len(copies) == 1
+
+        wait_for("one conflict copy on both", one_copy_each, timeout=90)
+        got = _tree(a)
+        copy = next(p for p in got if p.startswith("shared (conflict"))
+        assert {got["shared.txt"], got[copy]} == {"a's edit", "b's edit"}
+        epoch = cg_json("status", "--folder", str(b))["epoch"]
+        cg("key", "rotate", "--folder", str(a))
+        (a / "after-rotation.txt").write_text("under the new key")
+        wait_for("the new key and file on b", lambda: (b / "after-rotation.txt").exists())
+        assert cg_json("status", "--folder", str(b))["epoch"] > epoch
+
+
 def test_the_unit_is_type_notify_and_holds_no_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     from cloudguard.daemon import control
 
