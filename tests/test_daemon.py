@@ -4,16 +4,19 @@ do, a second device pulling what arrives."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import CLOUDGUARD, cg, cg_json, share
@@ -385,6 +388,71 @@ def test_two_devices_with_daemons_converge_with_one_conflict_copy(local_remote: 
         (a / "after-rotation.txt").write_text("under the new key")
         wait_for("the new key and file on b", lambda: (b / "after-rotation.txt").exists())
         assert cg_json("status", "--folder", str(b))["epoch"] > epoch
+
+
+def _worker(folder: Path, rescan: float = 3600.0) -> tuple[Any, threading.Event]:
+    from cloudguard.daemon.worker import FolderWorker, Intervals
+    from cloudguard.state import find_binding
+
+    stop = threading.Event()
+    worker = FolderWorker(find_binding(str(folder)), stop,
+                          Timing(quiet_closed=0.1, quiet_open=0.2, min_interval=0.2),
+                          Intervals(poll=0.5, rescan=rescan))
+    return worker, stop
+
+
+def test_an_inotify_overflow_misses_nothing(local_remote: str, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Injected at the watcher boundary: the kernel drops the events of a save (every hint is
+    lost), then watchdog reports the overflow; the worker rescans and the save goes up."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    cg("init", str(folder), "--remote", local_remote)
+    worker, stop = _worker(folder)
+    monkeypatch.setattr(worker, "hint", lambda rel, closed: None)  # events lost
+    worker.start()
+    try:
+        wait_for("the start-up push", lambda: worker.status.last_push is not None)
+        (folder / "lost.txt").write_text("its events never arrived")
+        time.sleep(1.0)
+        assert cg_json("status", "--folder", str(folder))["to_push"] == ["lost.txt"]
+        logging.getLogger("watchdog.observers.inotify_c").warning(
+            "Inotify queue overflowed; filesystem events were lost")
+        wait_for("the rescan's push", lambda: cg_json("status", "--folder", str(folder))[
+            "to_push"] == [])
+    finally:
+        stop.set()
+        worker._wake.set()
+        worker.join(timeout=10)
+
+
+def test_a_folder_that_cannot_be_watched_is_rescanned(local_remote: str, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC from inotify (max_user_watches): the worker says so and falls back to rescans."""
+    import errno
+
+    from cloudguard.daemon import worker as worker_module
+
+    class Full:
+        def schedule(self, *_args: Any, **_kw: Any) -> None:
+            raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    monkeypatch.setattr(worker_module, "Observer", Full)
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    cg("init", str(folder), "--remote", local_remote)
+    worker, stop = _worker(folder, rescan=1.0)
+    worker.start()
+    try:
+        wait_for("the start-up push", lambda: worker.status.last_push is not None)
+        assert worker.status.extra["watching"] is False
+        (folder / "unwatched.txt").write_text("found by a rescan")
+        wait_for("the rescan's push", lambda: cg_json("status", "--folder", str(folder))[
+            "to_push"] == [])
+    finally:
+        stop.set()
+        worker._wake.set()
+        worker.join(timeout=10)
 
 
 def test_the_unit_is_type_notify_and_holds_no_secret(monkeypatch: pytest.MonkeyPatch) -> None:

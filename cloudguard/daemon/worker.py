@@ -15,7 +15,8 @@ import os
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+import weakref
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,26 @@ class FolderState:
     last_pull: float | None = None
     last_error: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+FALLBACK_RESCAN = 30.0  # seconds between full rescans of a folder that cannot be watched
+
+
+class _Overflow(logging.Handler):
+    """Watchdog only logs a kernel queue overflow (events were lost): every worker then looks
+    at its whole folder, so nothing is missed."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            for worker in list(_LISTENING):
+                log.warning("folder %s: inotify queue overflowed; rescanning",
+                            worker.binding.id)
+                worker.rescan()
+
+
+_LISTENING: weakref.WeakSet[FolderWorker] = weakref.WeakSet()
+for _name in ("watchdog.observers.inotify_c", "watchdog.observers.inotify"):
+    logging.getLogger(_name).addHandler(_Overflow())
 
 
 class _Hints(FileSystemEventHandler):
@@ -183,14 +204,27 @@ class FolderWorker(threading.Thread):
         if not self._safe_from_other_clients(folder):
             return
         self.vault = Vault(str(folder))
-        observer = Observer()
-        observer.schedule(_Hints(folder, self), str(folder), recursive=True)
-        observer.start()
+        observer: Any = Observer()
+        try:
+            observer.schedule(_Hints(folder, self), str(folder), recursive=True)
+            observer.start()
+            self.status.extra["watching"] = True
+        except OSError as exc:  # ENOSPC: max_user_watches; EMFILE: max_user_instances
+            observer = None
+            self.intervals = replace(self.intervals,
+                                     rescan=min(self.intervals.rescan, FALLBACK_RESCAN))
+            self.status.extra["watching"] = False
+            log.warning("folder %s: cannot watch it (%s); falling back to a full rescan every "
+                        "%.0f s (raise fs.inotify.max_user_watches)", self.binding.id,
+                        exc.strerror or exc, self.intervals.rescan)
+        _LISTENING.add(self)
         try:
             self._loop()
         finally:
-            observer.stop()
-            observer.join(timeout=2)
+            _LISTENING.discard(self)
+            if observer is not None:
+                observer.stop()
+                observer.join(timeout=2)
             self.vault.close()
 
     def _loop(self) -> None:
