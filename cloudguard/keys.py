@@ -54,9 +54,13 @@ DEVICE_KEY_FILE = "this device's key file"
 PROMPT_ATTEMPTS = 3
 
 
+CREDENTIAL_NAMES = {"CLOUDGUARD_PASSPHRASE": "cloudguard-passphrase"}
+
+
 def passphrase_from_env(var: str) -> str | None:
     """``$VAR``, else the first line of the file ``$VAR_FILE`` (a secret kept out of the
-    environment, as with docker's ``*_FILE`` convention); None when neither is set."""
+    environment, as with docker's ``*_FILE`` convention), else the systemd credential
+    ``$CREDENTIALS_DIRECTORY/cloudguard-passphrase``; None when none is there."""
     value = os.environ.get(var)
     file_var = f"{var}_FILE"
     path = os.environ.get(file_var)
@@ -65,7 +69,13 @@ def passphrase_from_env(var: str) -> str | None:
     if value:
         return value
     if not path:
-        return None
+        # a systemd credential (LoadCredential[Encrypted]=cloudguard-passphrase:...) needs no
+        # Environment= line: systemd names the folder it decrypted it into
+        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+        name = CREDENTIAL_NAMES.get(var)
+        if not credentials or not name or not os.path.isfile(os.path.join(credentials, name)):
+            return None
+        path, file_var = os.path.join(credentials, name), "the systemd credential"
     try:
         with open(path, encoding="utf-8") as handle:
             line = handle.readline()

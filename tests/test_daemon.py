@@ -500,6 +500,9 @@ def test_ready_status_and_a_prompt_stop(local_remote: str, tmp_path: Path) -> No
             assert listener.recv(100) == b"STOPPING=1"
         assert cg_json("daemon", "status") == {"running": False}
         assert cg_json("status", "--folder", str(folder))["daemon"] is None
+        kept = Path(os.environ["CLOUDGUARD_HOME"]) / "log" / "daemon.log"  # the log file
+        assert b"serving 1 folder" in kept.read_bytes()
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o600
     finally:
         del os.environ["NOTIFY_SOCKET"]
         listener.close()

@@ -389,3 +389,23 @@ def test_clone_asks_for_the_kit_first_then_the_new_device_passphrase(
     assert len(key_files) == 2
     for key_file in key_files:
         fmt.open_with_passphrase(json.loads(key_file.read_text()), PASSPHRASE)
+
+
+def test_a_systemd_credential_unlocks_the_file_keystore(local_remote: str, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service unit's way (issue 11): LoadCredentialEncrypted=cloudguard-passphrase:...
+    puts the passphrase in $CREDENTIALS_DIRECTORY; no Environment= line holds it."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    cg("init", str(folder), "--remote", local_remote)
+    creds = tmp_path / "credentials"
+    creds.mkdir(mode=0o700)
+    (creds / "cloudguard-passphrase").write_text(PASSPHRASE + "\n")
+    monkeypatch.delenv("CLOUDGUARD_PASSPHRASE")
+    keys.drop_cached_keys()
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert cg_json("status", "--folder", str(folder))["in_sync"]
+    keys.drop_cached_keys()
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "empty"))
+    refused = cg_proc("status", "--folder", str(folder))
+    assert refused.returncode == 1 and "CLOUDGUARD_PASSPHRASE" in refused.stderr

@@ -216,9 +216,9 @@ ExecStart={exec_start}
 RestartSec=5
 TimeoutStopSec=10
 # No secret ever goes in this file or the environment: the OS keyring unlocks the keys, or
-# (file keystore) a credential, e.g.
+# (file keystore) a systemd credential named cloudguard-passphrase, which the daemon finds
+# in $CREDENTIALS_DIRECTORY, e.g.
 #   LoadCredentialEncrypted=cloudguard-passphrase:/etc/credstore.encrypted/cloudguard
-#   Environment=CLOUDGUARD_PASSPHRASE_FILE=%d/cloudguard-passphrase
 NoNewPrivileges=yes
 PrivateTmp=yes
 

@@ -5,6 +5,7 @@ seconds; whatever was in flight is finished by the next start's rescan, as after
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import signal
 import sys
@@ -18,7 +19,7 @@ from .. import lock
 from ..errors import CloudguardError, UsageError
 from ..ignore import Ignore
 from ..session import unlock
-from ..state import Binding, all_bindings, find_binding
+from ..state import Binding, all_bindings, find_binding, home
 from . import control
 from .config import load as load_config
 from .schedule import Timing
@@ -37,6 +38,22 @@ def _nested(bindings: list[Binding]) -> str | None:
     return None
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_BYTES, LOG_KEPT = 1 << 20, 3  # CLOUDGUARD_HOME/log/daemon.log: 1 MiB, three old ones
+
+
+def _log_file() -> None:
+    """Besides stderr (journald under systemd), a rotating file only this user can read."""
+    where = home() / "log"
+    where.mkdir(mode=0o700, exist_ok=True)
+    path = where / "daemon.log"
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=LOG_BYTES,
+                                                   backupCount=LOG_KEPT)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger().addHandler(handler)
+
+
 def run(folders: list[str] | None = None, timing: Timing | None = None,
         intervals: Intervals | None = None, stop: threading.Event | None = None,
         allow_exposed: bool = False) -> int:
@@ -50,8 +67,8 @@ def run(folders: list[str] | None = None, timing: Timing | None = None,
     nested = _nested(bindings)
     if nested:
         raise UsageError(f"bound folders may not nest: {nested}")
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format=LOG_FORMAT)
+    _log_file()
     stop = stop or threading.Event()
 
     def on_signal(_sig: int, _frame: FrameType | None) -> None:
