@@ -124,6 +124,9 @@ class Vault:
     def mkdir(self, path: str, mode: int = 0o755) -> dict[str, Any]:
         return write.mkdir(self.folder, path, mode)
 
+    def set_mode(self, path: str, mode: int) -> dict[str, Any]:
+        return write.set_mode(self.folder, path, mode)
+
     def delete(self, path: str) -> dict[str, Any]:
         return write.delete(self.folder, path)
 

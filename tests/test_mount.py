@@ -185,3 +185,62 @@ def test_writing_through_the_mount(local_remote: str, tmp_path: Path) -> None:
     for path in home.rglob("*"):
         if path.is_file() and not path.is_symlink():
             assert MARKER not in path.read_bytes(), path
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*")
+            if p.is_file() and not p.is_symlink()
+            and ".cloudguard" not in p.relative_to(root).parts}
+
+
+def test_real_programs_on_the_mount(local_remote: str, tmp_path: Path) -> None:
+    """cp -a of a tree in and out (byte for byte), tar x of an archive, sed -i, vim, a rename
+    over an open file, and SQLite in WAL mode (one process)."""
+    import shutil
+    import tarfile
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    cg("init", str(folder), "--remote", local_remote)
+    tree = tmp_path / "tree"
+    (tree / "a" / "b").mkdir(parents=True)
+    for i in range(30):
+        (tree / "a" / "b" / f"f{i}.bin").write_bytes(os.urandom(500 + 97 * i))
+    (tree / "top.txt").write_text("top")
+    archive = tmp_path / "src.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(tree, arcname="src")
+    mnt = tmp_path / "mnt"
+    with mounted(folder, mnt, tmp_path / "mount.log"):
+        subprocess.run(["cp", "-a", str(tree), str(mnt / "copied")], check=True)
+        subprocess.run(["tar", "xf", str(archive), "-C", str(mnt)], check=True)
+        (mnt / "sed.txt").write_text("sed v1\n")
+        subprocess.run(["sed", "-i", "s/v1/v2/", str(mnt / "sed.txt")], check=True)
+        if shutil.which("vim"):
+            (mnt / "vim.txt").write_text("line one\n")
+            subprocess.run(["vim", "-E", "-s", "-u", "NONE", "-N", "-c", "%s/one/two/", "-c",
+                            "wq", str(mnt / "vim.txt")], check=True, stdin=subprocess.DEVNULL)
+            assert (mnt / "vim.txt").read_text() == "line two\n"
+        (mnt / "held.txt").write_text("old held")
+        with open(mnt / "held.txt", "rb") as held:  # a rename over an open file
+            (mnt / "incoming.txt").write_text("new held")
+            os.rename(mnt / "incoming.txt", mnt / "held.txt")
+            assert held.read() == b"old held"
+        assert (mnt / "held.txt").read_text() == "new held"
+        import sqlite3  # WAL mode (shared mmap of -shm), one process; two: see issue 12 note
+        con = sqlite3.connect(str(mnt / "app.db"))
+        assert con.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+        con.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+        for i in range(200):
+            with con:
+                con.execute("INSERT INTO t (v) VALUES (?)", (f"row {i}",))
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        con.close()
+        con = sqlite3.connect(str(mnt / "app.db"))
+        assert con.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 200
+        con.close()
+        out = tmp_path / "out"
+        subprocess.run(["cp", "-a", str(mnt / "copied"), str(out)], check=True)
+        assert _files(out) == _files(tree)
+        assert _files(mnt / "src") == _files(tree)
+        assert (mnt / "sed.txt").read_text() == "sed v2\n"

@@ -347,13 +347,43 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
     def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
         return 0  # a version's mtime is set when it is written
 
+    @_guarded
+    def chmod(self, path: str, mode: int) -> int:
+        self._writable()
+        open_drafts = [fh for fh, (p, _d, _m) in self._drafts.items() if p == path]
+        for fh in open_drafts:  # an open file (cp -a sets the mode before it closes)
+            p, draft, _old = self._drafts[fh]
+            self._drafts[fh] = (p, draft, mode & 0o777)
+            draft.dirty = True
+        if open_drafts and path not in self.tree.entries:
+            return 0  # its first version gets the mode when it is committed
+        if path not in self.tree.entries and not self.tree.is_dir(path):
+            raise fuse.FuseOSError(errno.ENOENT)
+        if path in ("", "/"):
+            raise fuse.FuseOSError(errno.EPERM)
+        self.vault.set_mode(path.lstrip("/"), mode)
+        self._reload()
+        return 0
+
+    @_guarded
+    def chown(self, path: str, uid: int, gid: int) -> int:
+        """The vault keeps no owners: a chown to the mount's own owner (what cp -a and tar
+        ask for) changes nothing and succeeds; any other is refused."""
+        if (path not in self.tree.entries and not self.tree.is_dir(path) and path != "/"
+                and not any(p == path for p, _d, _m in self._drafts.values())):
+            raise fuse.FuseOSError(errno.ENOENT)
+        same = {-1, 0xFFFFFFFF}
+        if uid not in same | {self.uid} or gid not in same | {self.gid}:
+            raise fuse.FuseOSError(errno.EPERM)
+        return 0
+
     def link(self, target: str, source: str) -> int:
         raise fuse.FuseOSError(errno.EPERM)
 
-    def _refuse(self, *args: Any) -> int:  # not in this slice: symlinks, modes, owners
+    def _refuse(self, *args: Any) -> int:  # not in this slice: symlinks
         raise fuse.FuseOSError(errno.EROFS if self.read_only else errno.EPERM)
 
-    symlink = chmod = chown = _refuse
+    symlink = _refuse
 
 
 def mount(vault: Vault, mountpoint: str, poll_seconds: float = 15.0,

@@ -123,6 +123,25 @@ def rename(folder: str | None, old: str, new: str) -> dict[str, Any]:
         return {"renamed": {old: new}, "paths": len(moved)}
 
 
+def set_mode(folder: str | None, path: str, mode: int) -> dict[str, Any]:
+    """A new version of ``path`` with permission bits ``mode`` (never setuid, setgid or sticky)
+    and the same content: a manifest-only change."""
+    path = sync.check_rel_path(path)
+    with session(folder) as s:
+        sibs = s.state.siblings(path)
+        if not sibs:
+            raise UsageError(f"{path}: not in the vault")
+        _dot, entry = sync.newest(sibs)
+        if entry.get("t") == "l":
+            raise UsageError(f"{path}: a symlink has no mode of its own")
+        mode &= 0o777
+        if int(entry.get("x", -1)) == mode:
+            return {"path": path, "mode": mode, "changed": False}
+        s.commit([{"p": path, "e": {**entry, "x": mode}, "rm": sorted(sibs, key=sync.dot_key)}])
+        _log(s, "chmod", files=1, segments=s.committed)
+        return {"path": path, "mode": mode, "changed": True}
+
+
 def delete(folder: str | None, path: str) -> dict[str, Any]:
     """Delete a file or folder (with everything under it); its versions stay in the
     history for the folder's keep period."""
