@@ -29,8 +29,10 @@ def _union(commits: dict[str, Commit], counters: set[str] | None = None,
            ) -> tuple[dict[str, MemberKeys], dict[str, Cutoff]]:
     """Two-phase set over commits: once removed, never a member; the earliest cutoff wins.
 
-    Only a genesis or an add brings a member in (a merge's member list is a claim, not an
-    addition, so a member added on a void branch stays out). A removal in ``counters`` (a
+    Only a genesis or an add brings a member in, and only a remove takes one out with its
+    cutoff: every other commit's ``members`` and ``removed`` are claims, checked but never
+    used, so a member added, or removed, on a void branch is not, even where an honest commit
+    built on that branch repeats it (review round 3, R4). A removal in ``counters`` (a
     removed member's answer to its removal) removes its target but sets no cutoff: it cannot
     make readers drop what its target wrote. ``every`` holds the parents (void ones too)."""
     counters = counters or set()
@@ -41,9 +43,11 @@ def _union(commits: dict[str, Commit], counters: set[str] | None = None,
         for rid, keys in _brought_in(c, every).items():
             if added.setdefault(rid, keys) != keys:
                 raise IntegrityError(f"{c.name}: member {rid} has two different keys")
-        fresh = _fresh(c, every)
-        for rid, cut in c.removed.items():
-            if c.id in counters and rid in fresh:
+        if c.action != "remove":
+            continue
+        for rid in _fresh(c, every):
+            cut = c.removed[rid]
+            if c.id in counters:
                 cut = Cutoff(cut.s, UNLIMITED, None)
             cuts.setdefault(rid, []).append(cut)
     removed = {rid: _earliest(found) for rid, found in cuts.items()}

@@ -718,9 +718,11 @@ def union(commits: dict[str, Commit], counters: set[str], every: dict[str, Commi
             if added.setdefault(rid, keys) != keys:
                 raise IntegrityFailure(f"{c.name}: member {rid} appears with two different "
                                        "keys")
-        gone = fresh(c, every)
-        for rid, cut in c.removed.items():
-            if c.id in counters and rid in gone:
+        if c.action != "remove":  # any other commit's "removed" is a claim, never used
+            continue
+        for rid in fresh(c, every):
+            cut = c.removed[rid]
+            if c.id in counters:
                 cut = Cutoff(cut.s, UNLIMITED, None)
             cuts.setdefault(rid, []).append(cut)
     removed = {rid: earliest(found) for rid, found in cuts.items()}

@@ -200,3 +200,23 @@ def test_a_merge_counts_the_branches_an_earlier_merge_took_in() -> None:
     m2 = lab.commit(r1, A, "merge", [A, B, c], [r2.id])  # its check once missed add_c
     view = lab.view()
     assert m2.id in view.commits and set(view.members) == {A, B, c}
+
+
+def test_a_removal_on_a_void_branch_that_an_honest_commit_repeats_removes_nobody() -> None:
+    """Review round 3, R4: X, removed by A, removes B on the old parent; C, kept from seeing
+    A's removal, rotates on X's commit, so C's commit repeats B in its cumulative `removed`.
+    Only counting `remove` commits take a member out: B stays, and a merge brings B back into
+    the head's slots."""
+    c_rid = "d" * 16
+    lab, add_x, x = lab_with_x()
+    lab.secrets[c_rid] = Secret.generate()
+    add_c = lab.commit(add_x, A, "add", [A, B, x, c_rid])
+    by_a = remove(lab, add_c, A, x, 0, None)
+    x_rm_b = remove(lab, add_c, x, B, 0, None)
+    c_rot = lab.commit(x_rm_b, c_rid, "rotate", [A, x, c_rid])
+    view = lab.view()
+    assert x_rm_b.id in view.voided and c_rot.id in view.commits
+    assert B in view.members and B not in view.removed and x in view.removed
+    assert view.needs_merge
+    members, removed = membership.merge_members(view, view.head, [c_rot.id])
+    assert B in members and x in removed and by_a.id in view.commits
