@@ -1258,6 +1258,11 @@ def removed_late(raw: object, limit: dict[str, int]) -> dict[str, dict[str, Entr
     return out
 
 
+def rb_of(payload: dict[str, Any], path: str, dot: str) -> object:
+    """The "rb" of attic version ``dot`` at ``path`` in a snapshot payload (None if absent)."""
+    return payload.get("attic", {}).get(path, {}).get(dot, {}).get("rb")
+
+
 class Skip(Exception):
     """A segment that is treated as not listed: its writer's head commit is not in the
     verified chain (yet), or its writer was removed and its removal does not vouch for it."""
@@ -1412,6 +1417,7 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
             skipped.append(f"manifest segment {name} holds writes of a removed member past "
                            "its removal; they are left out")
             snapshot.ctx = clamp(snapshot.ctx, limit)
+            unclamped = snapshot.paths
             snapshot.paths = {p: {d: unmoved(e, limit) for d, e in sibs.items()
                                   if not late_dot(d, limit)}
                               for p, sibs in snapshot.paths.items()}
@@ -1420,7 +1426,9 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
             except BadData as exc:
                 raise IntegrityFailure(f"manifest segment {name} is malformed") from exc
             for where, versions in back.items():  # a late edit must not become a delete
-                if not snapshot.paths.get(where):
+                live = unclamped.get(where, {})  # ... while the late version is still there
+                versions = {d: e for d, e in versions.items() if rb_of(payload, where, d) in live}
+                if versions and not snapshot.paths.get(where):
                     snapshot.paths[where] = {d: unmoved(e, limit) for d, e in versions.items()}
         if not state.dominates(snapshot.ctx):
             state.merge(snapshot)

@@ -463,6 +463,35 @@ def test_a_removed_members_late_edit_does_not_become_a_delete(
     assert (script_restores(a, local_remote, tmp_path) / "paper.txt").read_text() == "original"
 
 
+def test_an_honest_delete_of_a_late_edit_stays_a_delete(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 3, R10: X's late edit of paper.txt reaches frozen B, whose user then
+    deletes the file. Undoing X's edit must not bring back the version the user deleted."""
+    a, b, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "x")
+    a.write("paper.txt", "original")
+    a.cg("push")
+    b.cg("pull")
+    x.cg("pull")
+    old = provider.objects()
+    a.cg("device", "remove", x.rid)
+    with provider.showing(old) as written:
+        x.write("paper.txt", "rewritten by the removed device")
+        x.cg("push")
+    with provider.showing({**old, **written}):
+        b.cg("pull")
+        (b.folder / "paper.txt").unlink()  # B's user deletes it, on purpose
+        b.cg("push")
+        b.use()
+        with vault.session(str(b.folder)) as s:
+            s.snapshot()
+    for dev in (a, b):
+        got = dev.run("pull")
+        assert got.exit_code == 0, got.output
+        assert not (dev.folder / "paper.txt").exists(), dev.name
+    assert not (script_restores(a, local_remote, tmp_path) / "paper.txt").exists()
+
+
 # --- freeze ---------------------------------------------------------------------------------
 
 

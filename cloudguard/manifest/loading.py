@@ -121,13 +121,14 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
                 skip_log.append(f"manifest segment {name} holds writes of a removed member "
                                 "past its removal; they are left out")
                 ctx = _clamp(ctx, limit)
+                unclamped = paths
                 paths = {p: {d: _unmove_late(e, limit) for d, e in sibs.items()
                              if not _late_dot(d, limit)}
                          for p, sibs in paths.items()}
                 kept = {p: {d: {**r, "e": _unmove_late(r["e"], limit)}
                             for d, r in rows.items() if not _late_dot(d, limit)}
                         for p, rows in kept.items()}
-                paths, kept = _revive(paths, kept, limit)
+                paths, kept = _revive(paths, kept, limit, unclamped)
             if not state.dominates(ctx):
                 state.merge_snapshot(ctx, paths.items(), kept, _floor(payload),
                                      time_of(payload))
@@ -220,16 +221,19 @@ def _late_dot(dot: str, limit: dict[str, int]) -> bool:
 
 
 def _revive(paths: dict[str, dict[str, Any]], kept: dict[str, dict[str, dict[str, Any]]],
-            limit: dict[str, int]) -> tuple[dict[str, dict[str, Any]],
-                                            dict[str, dict[str, dict[str, Any]]]]:
-    """Versions that only a removed member's late delta sent to the history come back where
+            limit: dict[str, int], unclamped: dict[str, dict[str, Any]]
+            ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, dict[str, Any]]]]:
+    """Versions that only a removed member's late edit sent to the history come back where
     that path holds nothing else now: clamping its edit must not turn it into a delete
-    (review round 2, N5 (a))."""
+    (review round 2, N5 (a)). Only while the late version that replaced them is still live in
+    the snapshot: an honest delete of it since (review round 3, R10) stays a delete, and so
+    does a late delete (documented)."""
     for path, rows in kept.items():
         if paths.get(path):
             continue
+        live = unclamped.get(path, {})
         back = {d: r["e"] for d, r in rows.items()
-                if r.get("rb") and _late_dot(str(r["rb"]), limit)}
+                if r.get("rb") and _late_dot(str(r["rb"]), limit) and r["rb"] in live}
         if back:
             paths[path] = back
             kept[path] = {d: r for d, r in rows.items() if d not in back}
