@@ -359,6 +359,8 @@ def _check(c: Commit, parent: Commit, verified: dict[str, Commit], descriptor: s
     for a in _ancestry(parent, verified):
         ever |= set(a.members) | set(a.removed)
         kek_seen.add(a.kek)
+    for tip in c.merges:  # a merge's KEK is new to the branches it takes in too
+        kek_seen |= {a.kek for a in _ancestry(verified[tip], verified)}
     same_keys = c.kek == parent.kek and c.epoch == parent.epoch
     new_key = c.kek not in kek_seen and c.epoch == parent.epoch + 1
     if c.action == "add":

@@ -796,6 +796,8 @@ def check_commit(c: Commit, parent: Commit, verified: dict[str, Commit],
     for a in ancestry(parent, verified):
         ever |= set(a.members) | set(a.removed)
         keks_seen.add(a.kek)
+    for tip in c.merges:  # a merge's KEK is new to the branches it takes in too
+        keks_seen |= {a.kek for a in ancestry(verified[tip], verified)}
     if c.action == "add":
         added = set(c.members) - set(parent.members)
         if (len(added) != 1 or set(parent.members) - set(c.members) or c.removed != parent.removed
