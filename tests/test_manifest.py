@@ -478,3 +478,19 @@ def test_the_remover_of_a_kept_version_joins_alike_in_any_order() -> None:
     state.to_attic("p", "aaaaaaaaaaaaaaaa:1", entry, 12, "cccccccccccccccc:9")
     assert state.attic_payload()["p"]["aaaaaaaaaaaaaaaa:1"] == {
         "e": entry, "g": 10, "rb": "cccccccccccccccc:9"}
+
+
+def test_times_from_a_segment_never_lie_in_the_future() -> None:
+    """Review round 3, R7: a writer's clock cannot keep history for ever, nor end it with a
+    history floor in year 9999 (the floor never passes the snapshot's own time)."""
+    import time
+
+    from cloudguard.manifest.segments import _floor
+
+    now = int(time.time())
+    future = {"created": "9999-01-01T00:00:00+00:00", "floor": 253370764800}
+    assert now <= mf.time_of(future) <= int(time.time())
+    assert _floor(future) <= int(time.time())
+    past = {"created": "2020-01-01T00:00:00+00:00", "floor": 1_700_000_000}
+    assert mf.time_of(past) == 1_577_836_800 and _floor(past) == 1_577_836_800
+    assert _floor({"created": "2024-01-01T00:00:00+00:00", "floor": 5}) == 5

@@ -5,6 +5,7 @@ checks every decoded payload passes before it is applied.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -80,18 +81,23 @@ def applied_hash(consumed: dict[str, tuple[int, str, dict[str, int] | None]], de
 
 
 def time_of(payload: dict[str, Any]) -> int:
-    """A segment's time (unix seconds): when the versions it replaced joined the history."""
+    """A segment's time (unix seconds): when the versions it replaced joined the history. A
+    time in the future counts as now: a writer's clock must not keep history, or objects,
+    for ever (review round 3, R7)."""
     try:
-        return int(datetime.fromisoformat(str(payload.get("created"))).timestamp())
+        written = int(datetime.fromisoformat(str(payload.get("created"))).timestamp())
     except ValueError as exc:
         raise IntegrityError("manifest segment has a malformed time") from exc
+    return min(written, int(time.time()))
 
 
 def _floor(payload: dict[str, Any]) -> int:
+    """A snapshot's history floor, never later than the snapshot itself: a floor in the future
+    would end the version history of the vault for good (review round 3, R7 (a))."""
     raw = payload.get("floor", 0)
     if type(raw) is not int or raw < 0:
         raise IntegrityError("manifest snapshot has a malformed history floor")
-    return raw
+    return min(raw, time_of(payload))
 
 
 def _attic(raw: object) -> dict[str, dict[str, dict[str, Any]]]:
