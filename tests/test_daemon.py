@@ -163,6 +163,15 @@ def daemon(home: Path, log: Path, *folders: Path, extra: tuple[str, ...] = (),
                 raise AssertionError("the daemon did not stop within 10 s of SIGTERM") from None
 
 
+def wait_for_tree(device: Path, want: dict[str, str], what: str, timeout: float = 120) -> None:
+    """Pull on ``device`` until its files are ``want``."""
+    def arrived() -> bool:
+        cg("pull", "--folder", str(device))
+        return _tree(device) == want
+
+    wait_for(what, arrived, timeout)
+
+
 def _tree(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("*"))
             if p.is_file() and ".cloudguard" not in p.relative_to(root).parts}
@@ -294,13 +303,7 @@ def test_a_killed_daemon_loses_no_save_of_a_burst(local_remote: str, tmp_path: P
         proc.wait()
     with daemon(home, tmp_path / "daemon2.log", a):
         want = {f"burst-{n:02}.txt": f"save {160 + n}" for n in range(40)}
-        want["seed.txt"] = "seed"
-
-        def arrived() -> bool:
-            cg("pull", "--folder", str(b))
-            return _tree(b) == want
-
-        wait_for("every last save after the restart", arrived, timeout=120)
+        wait_for_tree(b, {**want, "seed.txt": "seed"}, "every last save after the restart")
 
 
 @contextmanager
@@ -341,13 +344,7 @@ def test_an_outage_loses_no_save_and_retries_are_bounded(tmp_path: Path) -> None
         time.sleep(3)  # a few more attempts while the server is down
         with webdav_on(tmp_path / "root", port):
             want = {f"offline-{i:02}.txt": f"saved while offline {i}" for i in range(50)}
-            want["seed.txt"] = "seed"
-
-            def arrived() -> bool:
-                cg("pull", "--folder", str(b))
-                return _tree(b) == want
-
-            wait_for("all 50 files after the outage", arrived, timeout=120)
+            wait_for_tree(b, {**want, "seed.txt": "seed"}, "all 50 files after the outage")
     retries = log.read_text().count("retrying in")
     assert 1 <= retries <= 10, log.read_text()[-3000:]
 
@@ -390,7 +387,9 @@ def test_two_devices_with_daemons_converge_with_one_conflict_copy(local_remote: 
         assert cg_json("status", "--folder", str(b))["epoch"] > epoch
 
 
-def _worker(folder: Path, rescan: float = 3600.0) -> tuple[Any, threading.Event]:
+@contextmanager
+def running(folder: Path, rescan: float = 3600.0) -> Iterator[Any]:
+    """A folder worker in this process (the caller starts it), stopped at the end."""
     from cloudguard.daemon.worker import FolderWorker, Intervals
     from cloudguard.state import find_binding
 
@@ -398,7 +397,13 @@ def _worker(folder: Path, rescan: float = 3600.0) -> tuple[Any, threading.Event]
     worker = FolderWorker(find_binding(str(folder)), stop,
                           Timing(quiet_closed=0.1, quiet_open=0.2, min_interval=0.2),
                           Intervals(poll=0.5, rescan=rescan))
-    return worker, stop
+    try:
+        yield worker
+    finally:
+        stop.set()
+        worker._wake.set()
+        if worker.is_alive():
+            worker.join(timeout=10)
 
 
 def test_an_inotify_overflow_misses_nothing(local_remote: str, tmp_path: Path,
@@ -408,10 +413,9 @@ def test_an_inotify_overflow_misses_nothing(local_remote: str, tmp_path: Path,
     folder = tmp_path / "docs"
     folder.mkdir()
     cg("init", str(folder), "--remote", local_remote)
-    worker, stop = _worker(folder)
-    monkeypatch.setattr(worker, "hint", lambda rel, closed: None)  # events lost
-    worker.start()
-    try:
+    with running(folder) as worker:
+        monkeypatch.setattr(worker, "hint", lambda rel, closed: None)  # events lost
+        worker.start()
         wait_for("the start-up push", lambda: worker.status.last_push is not None)
         (folder / "lost.txt").write_text("its events never arrived")
         time.sleep(1.0)
@@ -420,10 +424,6 @@ def test_an_inotify_overflow_misses_nothing(local_remote: str, tmp_path: Path,
             "Inotify queue overflowed; filesystem events were lost")
         wait_for("the rescan's push", lambda: cg_json("status", "--folder", str(folder))[
             "to_push"] == [])
-    finally:
-        stop.set()
-        worker._wake.set()
-        worker.join(timeout=10)
 
 
 def test_a_folder_that_cannot_be_watched_is_rescanned(local_remote: str, tmp_path: Path,
@@ -441,18 +441,13 @@ def test_a_folder_that_cannot_be_watched_is_rescanned(local_remote: str, tmp_pat
     folder = tmp_path / "docs"
     folder.mkdir()
     cg("init", str(folder), "--remote", local_remote)
-    worker, stop = _worker(folder, rescan=1.0)
-    worker.start()
-    try:
+    with running(folder, rescan=1.0) as worker:
+        worker.start()
         wait_for("the start-up push", lambda: worker.status.last_push is not None)
         assert worker.status.extra["watching"] is False
         (folder / "unwatched.txt").write_text("found by a rescan")
         wait_for("the rescan's push", lambda: cg_json("status", "--folder", str(folder))[
             "to_push"] == [])
-    finally:
-        stop.set()
-        worker._wake.set()
-        worker.join(timeout=10)
 
 
 def test_the_unit_is_type_notify_and_holds_no_secret(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -426,14 +426,11 @@ def test_a_removed_members_late_move_is_undone(local_remote: str, provider: Prov
     assert (script_restores(a, local_remote, tmp_path) / "paper.txt").read_text() == "original"
 
 
-def test_a_removed_members_late_edit_does_not_become_a_delete(
-        local_remote: str, provider: Provider, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Review round 2, N5 (a): X, removed by A, is shown the old remote and edits paper.txt
-    (its version replaces A's). B, kept from seeing the removal, applies that and writes a
-    snapshot. Clamping drops X's version; A's version, which X's edit sent to the history,
-    comes back instead of the file vanishing for everyone."""
-    a, b, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "x")
+def x_edits_late(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, remote: str,
+                 provider: Provider) -> tuple[list[Dev], dict[str, bytes]]:
+    """A removes X; X, shown the remote as it was, rewrites A's paper.txt. Returns the devices
+    and the remote a device that has not seen the removal is shown (X's late writes in it)."""
+    a, b, x = make_vault(monkeypatch, tmp_path, remote, "a", "b", "x")
     a.write("paper.txt", "original")
     a.cg("push")
     b.cg("pull")
@@ -443,7 +440,18 @@ def test_a_removed_members_late_edit_does_not_become_a_delete(
     with provider.showing(old) as written:
         x.write("paper.txt", "rewritten by the removed device")
         x.cg("push")
-    with provider.showing({**old, **written}) as by_b:
+    return [a, b, x], {**old, **written}
+
+
+def test_a_removed_members_late_edit_does_not_become_a_delete(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 2, N5 (a): X, removed by A, is shown the old remote and edits paper.txt
+    (its version replaces A's). B, kept from seeing the removal, applies that and writes a
+    snapshot. Clamping drops X's version; A's version, which X's edit sent to the history,
+    comes back instead of the file vanishing for everyone."""
+    (a, b, _x), frozen = x_edits_late(monkeypatch, tmp_path, local_remote, provider)
+    with provider.showing(frozen) as by_b:
         b.cg("pull")
         assert (b.folder / "paper.txt").read_text() == "rewritten by the removed device"
         b.use()
@@ -468,17 +476,8 @@ def test_an_honest_delete_of_a_late_edit_stays_a_delete(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Review round 3, R10: X's late edit of paper.txt reaches frozen B, whose user then
     deletes the file. Undoing X's edit must not bring back the version the user deleted."""
-    a, b, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "x")
-    a.write("paper.txt", "original")
-    a.cg("push")
-    b.cg("pull")
-    x.cg("pull")
-    old = provider.objects()
-    a.cg("device", "remove", x.rid)
-    with provider.showing(old) as written:
-        x.write("paper.txt", "rewritten by the removed device")
-        x.cg("push")
-    with provider.showing({**old, **written}):
+    (a, b, _x), frozen = x_edits_late(monkeypatch, tmp_path, local_remote, provider)
+    with provider.showing(frozen):
         b.cg("pull")
         (b.folder / "paper.txt").unlink()  # B's user deletes it, on purpose
         b.cg("push")
