@@ -110,6 +110,7 @@ def test_every_command_prints_what_its_schema_says(local_remote: str, tmp_path: 
     run("log", "log")
     run("log --verify", "log", "--verify")
     run("lock", "lock")
+    run("config show", "config", "show")
     run("error", "status", "--folder", str(tmp_path / "not-bound"), code=2)
 
     docs = schemas()

@@ -666,3 +666,15 @@ def test_lock_stops_a_service_daemon_through_systemd(local_remote: str, tmp_path
         proc.wait(timeout=10)
         assert calls.read_text().split() == ["--user", "stop", "cloudguard.service"]
         assert result["stopped"] == [proc.pid] and result["problems"] == []
+
+
+def test_config_show_prints_the_effective_settings_and_names_a_bad_one() -> None:
+    home = Path(os.environ["CLOUDGUARD_HOME"])
+    (home / "config.toml").write_text("[daemon]\npoll_seconds = 7\nrotation_days = 14\n")
+    got = cg_json("config", "show")
+    assert got["daemon"]["poll"] == 7.0 and got["daemon"]["rotation_days"] == 14.0
+    assert got["daemon"]["quiet_closed"] == 0.3  # a default
+    assert got["config_file"] == str(home / "config.toml")
+    (home / "config.toml").write_text("[daemon]\npoll_seconds = \"often\"\n")
+    bad = cg("config", "show", code=2)
+    assert "daemon.poll_seconds = 'often'" in bad.output

@@ -184,3 +184,37 @@ def _control(command: str, folder: str | None, accept_deletes: bool, accept_chan
             raise UsageError(str(got["error"]))
         _emit(got, as_json, lambda r: f"{command.capitalize()}d.", always=True)
     _run(go, as_json)
+
+
+@main.group("config")
+def config_group() -> None:
+    """The daemon's settings (CLOUDGUARD_HOME/config.toml) and the environment's."""
+
+
+@config_group.command("show")
+@json_option
+def config_show(as_json: bool) -> None:
+    """Print the effective settings: config.toml over the defaults, and the CLOUDGUARD_*
+    variables; a bad value is refused with the setting named."""
+    from dataclasses import asdict
+
+    from ..daemon.config import config_path, load
+    from ..settings import settings
+
+    def go() -> None:
+        daemon_config = load()
+        env = {k: (str(v) if v is not None else None) for k, v in asdict(settings()).items()}
+        result = {"config_file": str(config_path()),
+                  "daemon": {**asdict(daemon_config.timing), **asdict(daemon_config.intervals),
+                             "ignore": list(daemon_config.ignore)},
+                  "environment": env}
+
+        def human(r: dict[str, Any]) -> str:
+            lines = [f"daemon ({r['config_file']}):"]
+            lines += [f"  {k} = {v}" for k, v in r["daemon"].items()]
+            lines.append("environment:")
+            lines += [f"  {k} = {v}" for k, v in r["environment"].items()]
+            return "\n".join(lines)
+
+        _emit(result, as_json, human, always=True)
+    _run(go, as_json)
