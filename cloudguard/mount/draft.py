@@ -33,6 +33,7 @@ class Draft:
         self._fd = fd
         self._written: dict[int, int] = {}  # chunk index -> bytes of it that are real
         self.dirty = False
+        self.refs = 1  # open handles sharing this draft (every writer of one file sees one)
 
     def _chunk(self, index: int) -> bytes:
         """The current plaintext of chunk ``index`` (zero-filled past what exists)."""

@@ -196,11 +196,28 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
             self._next += 1
             return fh
 
+    def _shared(self, path: str) -> tuple[Draft, int] | None:
+        """The draft another handle has open on ``path``: every handle of one file reads and
+        writes one draft, or two writers would each commit their own and one would be lost."""
+        for draft_path, draft, mode in self._drafts.values():
+            if draft_path == path:
+                return draft, mode
+        return None
+
     @_guarded
     def open(self, path: str, flags: int) -> int:
         writing = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND))
         if writing and self.read_only:
             raise fuse.FuseOSError(errno.EROFS)
+        shared = self._shared(path)
+        if shared is not None:  # open elsewhere: this handle joins that draft
+            draft, mode = shared
+            draft.refs += 1
+            if flags & os.O_TRUNC:
+                draft.truncate(0)
+            fh = self._handle()
+            self._drafts[fh] = (path, draft, mode)
+            return fh
         entry = self.tree.entries.get(path)
         if entry is None or entry.get("t") != "f":
             raise fuse.FuseOSError(errno.ENOENT if entry is None else errno.EISDIR)
@@ -221,7 +238,12 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
             raise fuse.FuseOSError(errno.EROFS)
         if self.tree.is_dir(path):
             raise fuse.FuseOSError(errno.EISDIR)
+        shared = self._shared(path)
         fh = self._handle()
+        if shared is not None:  # created again while open elsewhere (O_CREAT without O_EXCL)
+            shared[0].refs += 1
+            self._drafts[fh] = (path, shared[0], shared[1])
+            return fh
         draft = Draft(None, 0, self._spool)
         draft.dirty = True  # an empty new file is a version too
         self._drafts[fh] = (path, draft, mode & 0o777)
@@ -259,8 +281,8 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
 
     def _save(self, fh: int) -> None:
         path, draft, mode = self._drafts[fh]
-        if not draft.dirty:
-            return
+        if not draft.dirty or not path:
+            return  # nothing new, or the file was unlinked while open (hard_remove)
         self.vault.stage_version(path.lstrip("/"), draft.stream(), draft.size, mode,
                                  time.time_ns())
         self.vault.commit()
@@ -289,8 +311,20 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
             try:
                 self._save(fh)
             finally:
-                self._drafts.pop(fh)[1].close()
+                draft = self._drafts.pop(fh)[1]
+                draft.refs -= 1
+                if draft.refs <= 0:
+                    draft.close()
         return 0
+
+    def _follow(self, old: str, new: str) -> None:
+        """Open drafts follow their file: a rename moves them, an unlink ("" as ``new``)
+        leaves them nameless, so a later close never brings the old name back."""
+        for fh, (path, draft, mode) in list(self._drafts.items()):
+            if path == old:
+                self._drafts[fh] = (new, draft, mode)
+            elif new and path.startswith(old.rstrip("/") + "/"):
+                self._drafts[fh] = (new + path[len(old):], draft, mode)
 
     def _reload(self) -> None:
         self.tree = Tree.of(self.vault.files())
@@ -325,10 +359,14 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
     @_guarded
     def unlink(self, path: str) -> int:
         self._writable()
+        if path not in self.tree.entries and self._shared(path) is not None:
+            self._follow(path, "")  # created and still open, never committed: nothing to delete
+            return 0
         if path not in self.tree.entries or self.tree.is_dir(path):
             raise fuse.FuseOSError(errno.ENOENT if path not in self.tree.entries
                                    else errno.EISDIR)
         self.vault.delete(path.lstrip("/"))
+        self._follow(path, "")
         self._reload()
         return 0
 
@@ -336,10 +374,14 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
     def rename(self, old: str, new: str) -> int:
         self._writable()
         if old not in self.tree.entries and not self.tree.is_dir(old):
-            raise fuse.FuseOSError(errno.ENOENT)
+            if self._shared(old) is None:
+                raise fuse.FuseOSError(errno.ENOENT)
+            self._save(next(fh for fh, d in self._drafts.items() if d[0] == old))
         if new in self.tree.entries and not self.tree.is_dir(new):
             self.vault.delete(new.lstrip("/"))  # rename replaces its target
+            self._follow(new, "")
         self.vault.rename(old.lstrip("/"), new.lstrip("/"))
+        self._follow(old, new)
         self._reload()
         return 0
 
