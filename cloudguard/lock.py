@@ -26,11 +26,27 @@ def run_dir() -> Path:
     return path
 
 
-def register(kind: str, mountpoint: str | None = None) -> Path:
+def register(kind: str, mountpoint: str | None = None, folder: str | None = None) -> Path:
     """Called by a daemon or mount at start; the record is removed when it exits cleanly."""
     record = run_dir() / f"{kind}-{os.getpid()}.json"
-    record.write_text(json.dumps({"pid": os.getpid(), "kind": kind, "mountpoint": mountpoint}))
+    record.write_text(json.dumps({"pid": os.getpid(), "kind": kind, "mountpoint": mountpoint,
+                                  "folder": folder}))
     return record
+
+
+def mounts(folder: str) -> list[str]:
+    """Mount points where a live mount of ours serves the vault bound to ``folder``."""
+    out: list[str] = []
+    for record in sorted(run_dir().glob("mount-*.json")):
+        try:
+            doc = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
+        where = doc.get("mountpoint")
+        if (doc.get("folder") == folder and isinstance(where, str)
+                and _is_ours(int(doc.get("pid", 0))) and os.path.ismount(where)):
+            out.append(where)
+    return out
 
 
 SERVICE = "cloudguard.service"  # the unit `cloudguard daemon install` writes

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import fuse_available
-from helpers import CLOUDGUARD, cg
+from helpers import CLOUDGUARD, cg, cg_json
 
 pytestmark = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse")
 
@@ -86,6 +86,9 @@ def test_a_read_only_mount_serves_the_vault(local_remote: str, tmp_path: Path) -
         with pytest.raises(FileNotFoundError):
             os.stat(mnt / "nope")
         assert proc.poll() is None
+        assert cg_json("status", "--folder", str(folder))["mounts"] == [str(mnt)]
+        assert f"mounted at {mnt}" in cg("status", "--folder", str(folder)).output
+    assert cg_json("status", "--folder", str(folder))["mounts"] == []
     home = Path(os.environ["CLOUDGUARD_HOME"])
     for path in home.rglob("*"):
         if path.is_file() and not path.is_symlink():

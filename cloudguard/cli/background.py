@@ -127,7 +127,7 @@ def mount_cmd(mountpoint: str, folder: str | None, read_only: bool) -> None:
         if not os.path.isdir(mountpoint):
             raise UsageError(f"{mountpoint} is not a folder")
         with Vault(folder) as v:
-            record = lock.register("mount", os.path.abspath(mountpoint))
+            record = lock.register("mount", os.path.abspath(mountpoint), v.folder)
             try:
                 fs.mount(v, mountpoint, read_only=read_only)
             finally:

@@ -166,6 +166,9 @@ def status(folder: str | None, verbose: bool, as_json: bool) -> None:
     def go() -> None:
         result = vault.status(folder, _ui(as_json))
         result["daemon"] = _daemon_view(result["folder"])
+        from .. import lock
+
+        result["mounts"] = lock.mounts(result["folder"])
 
         def side(label: str, key: str, deletes: str) -> list[str]:
             paths = result[key]
@@ -196,6 +199,7 @@ def status(folder: str | None, verbose: bool, as_json: bool) -> None:
             lines += [f"  unreadable, kept as last synced: {p}" for p in r["unreadable"]]
             if r["conflicts"]:
                 lines.append(f"  pull would make {_copies(r['conflicts'])}")
+            lines += [f"  mounted at {m}" for m in r["mounts"]]
             served = r["daemon"]
             if served is not None:
                 why = f" ({served['why']})" if served.get("why") else ""
