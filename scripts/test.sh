@@ -23,13 +23,16 @@ log() { printf '==> %s\n' "$*" >&2; }
 # dbus-run-session is in dbus-daemon on Debian 12; gnome-keyring pulls in a
 # session bus itself. fuse3 gives /dev/fuse users fusermount3. fusefat and
 # dosfstools give a real FAT file system over an image (case-insensitive folder
-# tests; no loop device needed). No dbus-x11.
+# tests; no loop device needed). vim and git: the daemon's save-pattern tests. No dbus-x11.
 missing=()
 command -v dbus-run-session >/dev/null 2>&1 || missing+=(dbus-daemon)
 command -v gnome-keyring-daemon >/dev/null 2>&1 || missing+=(gnome-keyring)
 command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
 command -v fusefat >/dev/null 2>&1 || missing+=(fusefat)
 command -v mkfs.vfat >/dev/null 2>&1 || missing+=(dosfstools)
+# the daemon's save-pattern tests run the real editors and tools users have
+command -v vim >/dev/null 2>&1 || missing+=(vim)
+command -v git >/dev/null 2>&1 || missing+=(git)
 [ -s /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
 
 if ((${#missing[@]})); then
@@ -39,7 +42,8 @@ if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt_install() {
         "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
-            gnome-keyring dbus-daemon fuse3 fusefat dosfstools ca-certificates >/dev/null
+            gnome-keyring dbus-daemon fuse3 fusefat dosfstools ca-certificates vim git \
+            >/dev/null
     }
     # Update the package lists only if there are none, or if installing fails.
     if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
