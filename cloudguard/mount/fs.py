@@ -132,9 +132,9 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
         base = {"st_uid": self.uid, "st_gid": self.gid, "st_ino": _ino(path),
                 "st_blksize": BLOCK}
         entry = tree.entries.get(path)
-        if entry is None:
-            entry = next((self._draft_entry(d, m) for p, d, m in list(self._drafts.values())
-                          if p == path), None)
+        shared = self._shared(path)
+        if entry is None and shared is not None:
+            entry = self._draft_entry(*shared)
         if path == "/" or (tree.is_dir(path) and (entry is None or entry.get("t") == "d")):
             mode = int(entry.get("x", 0o755)) if entry else 0o755
             return {**base, "st_mode": stat.S_IFDIR | (mode & 0o777), "st_nlink": 2,
@@ -148,10 +148,7 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
             return {**base, "st_mode": stat.S_IFLNK | 0o777, "st_nlink": 1,
                     "st_size": len(target.encode()), "st_mtime": mtime, "st_atime": mtime,
                     "st_ctime": mtime}
-        size = int(entry.get("s", 0))
-        for draft_path, draft, _mode in list(self._drafts.values()):
-            if draft_path == path:
-                size = draft.size
+        size = shared[0].size if shared is not None else int(entry.get("s", 0))
         return {**base, "st_mode": stat.S_IFREG | (int(entry.get("x", 0o644)) & 0o777),
                 "st_nlink": 1, "st_size": size, "st_blocks": -(-size // 512),
                 "st_mtime": mtime, "st_atime": mtime, "st_ctime": mtime}
@@ -199,7 +196,7 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
     def _shared(self, path: str) -> tuple[Draft, int] | None:
         """The draft another handle has open on ``path``: every handle of one file reads and
         writes one draft, or two writers would each commit their own and one would be lost."""
-        for draft_path, draft, mode in self._drafts.values():
+        for draft_path, draft, mode in list(self._drafts.values()):  # FUSE threads change it
             if draft_path == path:
                 return draft, mode
         return None
@@ -412,7 +409,7 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
         """The vault keeps no owners: a chown to the mount's own owner (what cp -a and tar
         ask for) changes nothing and succeeds; any other is refused."""
         if (path not in self.tree.entries and not self.tree.is_dir(path) and path != "/"
-                and not any(p == path for p, _d, _m in self._drafts.values())):
+                and self._shared(path) is None):
             raise fuse.FuseOSError(errno.ENOENT)
         same = {-1, 0xFFFFFFFF}
         if uid not in same | {self.uid} or gid not in same | {self.gid}:

@@ -6,6 +6,7 @@ limit, unreadable paths (never a delete).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -166,8 +167,8 @@ def _check_mass_change(s: Session, plan: sync.PushPlan, rows: dict[str, IndexRow
         return
     total = s.index.count_files()
     share = env_settings().mass_change_share
-    if rewriting + before < sync.MASS_DELETE_FLOOR or rewriting + before <= share * total:
-        return
+    if not sync.mass_delete(rewriting + before, total, share, most=sys.maxsize):
+        return  # the mass-delete rule by share (and floor); no cap on the number alone
     raise GuardError(f"push would rewrite {rewriting} of the {total} files in {s.folder}"
                      + (f", after {before} rewritten in the last minutes" if before else "")
                      + f" (more than {share:.0%}): the pattern of ransomware; nothing was "
