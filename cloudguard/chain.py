@@ -250,7 +250,6 @@ def decode_commit(data: bytes, name: str, vault_id: str) -> Commit:
         raise IntegrityError() from exc
 
 
-UNLIMITED = 1 << 62  # the cutoff of a member removed only by a counter-removal: none
 
 
 # --- key objects --------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .chain import (
-    UNLIMITED,
     Commit,
     Cutoff,
     MemberKeys,
@@ -24,21 +23,24 @@ from .chain import (
 from .errors import IntegrityError
 
 
-def _union(commits: dict[str, Commit], counters: set[str] | None = None,
+def _union(commits: dict[str, Commit], disputed: set[str] | None = None,
            every: dict[str, Commit] | None = None
-           ) -> tuple[dict[str, MemberKeys], dict[str, Cutoff]]:
+           ) -> tuple[dict[str, MemberKeys], dict[str, Cutoff], set[str]]:
     """Two-phase set over commits: once removed, never a member; the earliest cutoff wins.
 
     Only a genesis or an add brings a member in, and only a remove takes one out with its
     cutoff: every other commit's ``members`` and ``removed`` are claims, checked but never
     used, so a member added, or removed, on a void branch is not, even where an honest commit
-    built on that branch repeats it (review round 3, R4). A removal in ``counters`` (a
-    removed member's answer to its removal) removes its target but sets no cutoff: it cannot
-    make readers drop what its target wrote. ``every`` holds the parents (void ones too)."""
-    counters = counters or set()
+    built on that branch repeats it (review round 3, R4). A removal in ``disputed`` removes its
+    target too; its cutoff counts only where no counting removal gives one, and then it pins
+    which segments are read but clamps nothing (the third value: those targets), so neither
+    side of a dispute can make readers drop what the other wrote. ``every`` holds the parents
+    (void ones too)."""
+    disputed = disputed or set()
     every = commits if every is None else every
     added: dict[str, MemberKeys] = {}
     cuts: dict[str, list[Cutoff]] = {}
+    weak: dict[str, list[Cutoff]] = {}
     for c in commits.values():
         for rid, keys in _brought_in(c, every).items():
             if added.setdefault(rid, keys) != keys:
@@ -46,12 +48,11 @@ def _union(commits: dict[str, Commit], counters: set[str] | None = None,
         if c.action != "remove":
             continue
         for rid in _fresh(c, every):
-            cut = c.removed[rid]
-            if c.id in counters:
-                cut = Cutoff(cut.s, UNLIMITED, None)
-            cuts.setdefault(rid, []).append(cut)
+            (weak if c.id in disputed else cuts).setdefault(rid, []).append(c.removed[rid])
     removed = {rid: _earliest(found) for rid, found in cuts.items()}
-    return {r: k for r, k in added.items() if r not in removed}, removed
+    soft = {rid for rid in weak if rid not in removed}
+    removed.update({rid: _earliest(weak[rid]) for rid in soft})
+    return {r: k for r, k in added.items() if r not in removed}, removed, soft
 
 
 def _brought_in(c: Commit, every: dict[str, Commit]) -> dict[str, MemberKeys]:
@@ -93,8 +94,10 @@ def merge_members(view: View, parent: Commit, tips: Iterable[str]
 def _merged(every: dict[str, Commit], starts: list[Commit]
             ) -> tuple[dict[str, MemberKeys], dict[str, Cutoff]]:
     scope = {cid: every[cid] for cid in _closure(starts, every)}
-    void, counters = _void(scope)
-    return _union({cid: c for cid, c in scope.items() if cid not in void}, counters, scope)
+    void, disputed = _void(scope)
+    members, removed, _soft = _union({cid: c for cid, c in scope.items() if cid not in void},
+                                     disputed, scope)
+    return members, removed
 
 
 def _earliest(cuts: list[Cutoff]) -> Cutoff:
@@ -123,7 +126,8 @@ class View:
     opened: set[str] = field(default_factory=set)
     deferred: list[str] = field(default_factory=list)
     void: list[str] = field(default_factory=list)
-    counters: set[str] = field(default_factory=set)
+    disputes: set[str] = field(default_factory=set)  # removals neither side wins (format.md)
+    disputed: set[str] = field(default_factory=set)  # members removed only by those: no clamp
     voided: dict[str, Commit] = field(default_factory=dict)  # still name KEKs of segments
 
     def ancestry(self, commit: Commit) -> list[Commit]:
@@ -226,8 +230,9 @@ def verify(vault_id: str, listing: Iterable[str], fetch: Callable[[str], bytes],
             verified[cid] = c
             del waiting[cid]
             progress = True
-    void, counters = _void(verified)
+    void, disputes = _void(verified)
     voided = {cid: verified.pop(cid) for cid in void}
+    members, removed, disputed = _union(verified, disputes, {**voided, **verified})
     children: dict[str, list[Commit]] = {}
     for c in verified.values():
         if c.parent:
@@ -236,93 +241,85 @@ def verify(vault_id: str, listing: Iterable[str], fetch: Callable[[str], bytes],
         signers: dict[str, Commit] = {}
         for kid in kids:
             other = signers.setdefault(kid.signer, kid)
-            if other is not kid and kid.signer not in tolerate:
+            # a removed member's word counts for nothing: its two children stop nobody (N3)
+            if other is not kid and kid.signer not in tolerate and kid.signer not in removed:
                 raise IntegrityError(f"equivocation: member {kid.signer} signed both "
                                      f"{other.name} and {kid.name} on one parent; remove it "
                                      f"from another device (cloudguard device remove "
                                      f"{kid.signer}), which voids one of them")
-    head = genesis
-    while children.get(head.id):
-        head = min(children[head.id], key=lambda c: c.id)
-    members, removed = _union(verified, counters, {**voided, **verified})
-    view = View(vault_id, verified, head, members, removed,
+    view = View(vault_id, verified, head_of(verified, children, genesis), members, removed,
                 deferred=sorted(c.name for c in waiting.values()))
-    view.counters = counters
+    view.disputes, view.disputed = disputes, disputed
     view.voided = voided
     view.void = sorted(decoded[cid].name for cid in void)
     return view
 
 
 def _void(verified: dict[str, Commit]) -> tuple[set[str], set[str]]:
-    """(void commits, counter-removals); depends only on the commits given.
+    """(void commits, disputed removals); depends only on the commits given.
 
-    A commit signed by M counts only if it is an ancestor (through parents and merges) of
-    every removal of M that counts: a removed member cannot sign a branch from the past (nor a
-    stolen kit). Only the removed member's own commits are void: another member's commit built
-    on one stands, and a merge takes it in (its slots may reach the removed member, which the
-    merge's new KEK ends). A commit whose signer no counting commit ever added is void too.
+    One attack graph, decided by its grounded labelling (review round 3, R9): unique, found
+    from the unattacked commits upward, and independent of listing order. A removal ``r`` of
+    member M attacks every commit ``c`` signed by M that ``r`` does not build on, and every
+    commit whose signer was brought in, directly or through further adds, by such a commit of
+    M: a member that a removed member added on a branch from the past signs nothing.
 
-    Removals can void each other (a removal of M's signer voids M's concurrent removal). They
-    are decided like arguments, from the unchallenged ones on: a removal that a counting
-    removal voids counts for nothing, so a removed member's backdated removal of a third
-    member voids none of that member's commits. Removals left undecided (each voids another
-    in a cycle) all stand: removals win, and every device decides alike.
-
-    A removed member may answer its removal with a concurrent removal of its remover. Nothing
-    tells the two apart without letting the removed member grind ids: both stand. Each is a
-    *counter-removal*: it sets no cutoff, the pair does not void each other, and it never voids
-    its target's other removals.
+    A commit counts (IN) when every removal attacking it is OUT; it is void (OUT) when a
+    counting removal attacks it. Commits that neither rule decides (removals that attack each
+    other: a removed member answering with a removal of its remover, or a cycle through
+    several) are *disputed*. Nothing tells the sides apart (each could be the thief), so a
+    disputed removal still takes its target out, with its recorded cutoff pinning what is read
+    but clamping nothing, and every other disputed commit is void: nobody in a dispute gets a
+    new key, nobody's word in it adds or keeps anyone, and a removal it disputes is not undone.
     """
     reach = {cid: _closure([c], verified) for cid, c in verified.items()}
+    removals = {c.id: _fresh(c, verified) for c in verified.values() if c.action == "remove"}
 
-    def concurrent(a: Commit, b: Commit) -> bool:
-        return a.id not in reach[b.id] and b.id not in reach[a.id]
+    def introduced(c: Commit) -> set[str]:
+        """``c`` and the commits that brought its signer in, back to the genesis."""
+        out: set[str] = set()
+        todo = [c]
+        while todo:
+            x = todo.pop()
+            if x.id in out:
+                continue
+            out.add(x.id)
+            todo += [verified[a] for a in reach[x.id]
+                     if a != x.id and x.signer in _brought_in(verified[a], verified)]
+        return out
 
-    def voids(r: Commit, gone: set[str], c: Commit, counters: set[str]) -> bool:
-        if c.signer not in gone or c.id in reach[r.id] or c.id in counters:
-            return False
-        return not (r.id in counters and c.action == "remove")
+    chains = {cid: introduced(c) for cid, c in verified.items()}
+    unsigned = {cid for cid, c in verified.items() if c.action != "genesis" and not any(
+        c.signer in _brought_in(verified[a], verified) for a in reach[cid])}
+    attackers = {cid: {r for r, gone in removals.items()
+                       if any(verified[x].signer in gone and x not in reach[r]
+                              for x in chains[cid])}
+                 for cid in verified}
+    counted: set[str] = set()
+    out: set[str] = set(unsigned)
+    changed = True
+    while changed:
+        changed = False
+        for cid, by in attackers.items():
+            if cid in counted or cid in out:
+                continue
+            if by & counted:
+                out.add(cid)
+                changed = True
+            elif by <= out:
+                counted.add(cid)
+                changed = True
+    disputed = {cid for cid in removals if cid not in counted and cid not in out}
+    return set(verified) - counted - disputed, disputed
 
-    unsigned: set[str] = set()  # signed by a rid that no counting commit added
-    void: set[str] = set()
-    counters: set[str] = set()
-    for _ in range(len(verified) + 1):  # each round starts afresh: deterministic either way
-        valid = {cid: c for cid, c in verified.items() if cid not in unsigned}
-        removals = {c.id: (c, _fresh(c, verified)) for c in valid.values()
-                    if c.action == "remove"}
-        counters = {c.id for c, gone_c in removals.values() for r, gone_r in removals.values()
-                    if c.signer in gone_r and r.signer in gone_c and concurrent(c, r)}
-        attackers = {q: {r for r, (rc, gone) in removals.items()
-                         if voids(rc, gone, qc, counters)}
-                     for q, (qc, _) in removals.items()}
-        counted: set[str] = set()
-        refused: set[str] = set()
-        changed = True
-        while changed:
-            changed = False
-            for q, by in attackers.items():
-                if q in counted or q in refused:
-                    continue
-                if by & counted:
-                    refused.add(q)
-                    changed = True
-                elif by <= refused:
-                    counted.add(q)
-                    changed = True
-        standing = [removals[r] for r in removals if r not in refused]
-        void = unsigned | refused | {
-            cid for cid, c in valid.items()
-            if cid not in removals and any(voids(r, gone, c, counters) for r, gone in standing)}
-        ever: set[str] = set()
-        for cid, c in verified.items():
-            if cid not in void:
-                ever |= set(_brought_in(c, verified))
-        now = {cid for cid, c in verified.items()
-               if c.action != "genesis" and c.signer not in ever}
-        if now == unsigned:
-            break
-        unsigned = now
-    return void, counters
+
+def head_of(commits: dict[str, Commit], children: dict[str, list[Commit]],
+            genesis: Commit) -> Commit:
+    """The tip with the highest epoch, then position, then lowest id (review round 3, R5):
+    a stale or void branch never becomes the head, so a merge on it never falls below the
+    epoch floor."""
+    tips = [c for c in commits.values() if not children.get(c.id)] or [genesis]
+    return min(tips, key=lambda c: (-c.epoch, -c.pos, c.id))
 
 
 def _check_genesis(c: Commit, descriptor: str) -> None:
@@ -362,7 +359,9 @@ def _check(c: Commit, parent: Commit, verified: dict[str, Commit], descriptor: s
     for tip in c.merges:  # a merge's KEK is new to the branches it takes in too
         kek_seen |= {a.kek for a in _ancestry(verified[tip], verified)}
     same_keys = c.kek == parent.kek and c.epoch == parent.epoch
-    new_key = c.kek not in kek_seen and c.epoch == parent.epoch + 1
+    # a merge's epoch is above every branch it takes in, so it is never below the floor (R5)
+    top = max([parent.epoch, *(verified[t].epoch for t in c.merges)])
+    new_key = c.kek not in kek_seen and c.epoch == top + 1
     if c.action == "add":
         added = set(c.members) - set(parent.members)
         if (len(added) != 1 or set(parent.members) - set(c.members) or c.removed != parent.removed

@@ -387,10 +387,9 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
             segs = {n: s for n, s in listing.items() if n.startswith(mf.PREFIX)}
             skipped: list[str] = []
 
-            cutoffs = {rid: (cut.seq, cut.hash) for rid, cut in ring.view.removed.items()
-                       if cut.seq != chain.UNLIMITED}
+            cutoffs = {rid: (cut.seq, cut.hash) for rid, cut in ring.view.removed.items()}
             loaded = mf.load(segs, fetch, _opener(ring, index), binding.device, seen, cache, state,
-                             cutoffs, skipped)
+                             cutoffs, skipped, ring.view.disputed)
             for reason in skipped:
                 ui.warn(reason)
             _finish_deletions(index, transport, listing, loaded)

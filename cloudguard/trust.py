@@ -107,6 +107,11 @@ def open_ring(vault_id: str, listing: Iterable[str], fetch: Callable[[str], byte
         warn(f"{name}: its parent is not listed yet; deferred")
     for name in view.void:
         warn(f"{name}: signed by a member on a branch its removal does not build on; void")
+    if view.disputes:
+        who = ", ".join(sorted(view.disputed)) or "none"
+        warn(f"{len(view.disputes)} removals dispute each other (members removing their "
+             f"removers): all their targets are out (removed without a say: {who}); nothing is "
+             "deleted from the remote while the dispute stands (docs/threat-model.md)")
     me = view.members.get(rid)
     if me is None or me.x != fmt.public_bytes(secret.x) or me.s != fmt.public_bytes(secret.s):
         if rid in view.removed:
@@ -170,8 +175,8 @@ def advance(ring: Ring, commit: Commit, kek: bytes, history: dict[str, bytes],
     view = ring.view
     view.commits[commit.id] = commit
     view.head = commit
-    view.members, view.removed = membership._union(view.commits, view.counters,
-                                              {**view.voided, **view.commits})
+    view.members, view.removed, view.disputed = membership._union(
+        view.commits, view.disputes, {**view.voided, **view.commits})
     view.keks[commit.kek] = kek
     view.keks.update(history)
     view.head_history = dict(history)
@@ -188,7 +193,7 @@ def change(ring: Ring, transport: Transport, index: Index | None, action: str, *
     if new_key:
         kek = chain.new_kek()
         history = {} if reencrypt else {**ring.all_keks()}
-        epoch = head.epoch + 1
+        epoch = max([head.epoch, *(ring.view.commits[t].epoch for t in merges or [])]) + 1
     else:
         kek = ring.head_kek
         history = dict(ring.view.head_history)

@@ -41,9 +41,9 @@ ignored, but a segment written under one is still read by the writer rules ("Voi
 Only a genesis or an add brings a member in. A removed member's segments count only if its
 removal vouches for them (the cutoff hash, then back along "prev"); its other segments are
 skipped, and its writes past the cutoff are left out of honest snapshots and dependencies. A
-member removed only by a counter-removal (two members removing each other concurrently) has no
-cutoff: its segments are read as a member's would be. A commit whose parent is missing from
-the copy is skipped, as cloudguard defers it; so is a segment written under a commit that is
+member removed only by a disputed removal (members removing each other concurrently) has its
+segments pinned by that cutoff, but nothing of it is left out of snapshots. A commit whose
+parent is missing from the copy is skipped, as cloudguard defers it; so is a segment written under a commit that is
 not verified. Every such skip is reported as a warning on stderr.
 
 Limits: a stand-alone reader has no memory of what it saw before, so it cannot tell a copy
@@ -698,21 +698,20 @@ def ancestry(commit: Commit, verified: dict[str, Commit]) -> list[Commit]:
     return out
 
 
-UNLIMITED = 1 << 62  # the cutoff seq of a member removed only by a counter-removal: none
-
-
-def union(commits: dict[str, Commit], counters: set[str], every: dict[str, Commit]
-          ) -> tuple[dict[str, Member], dict[str, Cutoff]]:
+def union(commits: dict[str, Commit], disputes: set[str], every: dict[str, Commit]
+          ) -> tuple[dict[str, Member], dict[str, Cutoff], set[str]]:
     """The two-phase set over commits: members ever added minus every member ever removed;
     for a member removed on several branches, the lowest cutoff (seq, then hash) wins.
 
     Only a genesis (all its members) or an add (the member its parent lacks) brings a member
     in: a merge's or rotation's member list is checked, never used, so a member added on a
-    void branch stays out. A removal in ``counters`` (a counter-removal, see void_commits)
-    removes the members it newly removes with no cutoff at all: seq UNLIMITED, hash null.
-    ``every`` holds the parents, void ones too. (Same rule as cloudguard's membership._union.)"""
+    void branch stays out. A removal in ``disputes`` (see void_commits) removes its target
+    too; its cutoff counts only where no counting removal gives one, and then it pins which
+    segments are read but clamps nothing: the third value holds those members. ``every``
+    holds the parents, void ones too. (Same rule as cloudguard's membership._union.)"""
     added: dict[str, Member] = {}
     cuts: dict[str, list[Cutoff]] = {}
+    weak: dict[str, list[Cutoff]] = {}
     for c in commits.values():
         for rid, keys in brought_in(c, every).items():
             if added.setdefault(rid, keys) != keys:
@@ -721,12 +720,11 @@ def union(commits: dict[str, Commit], counters: set[str], every: dict[str, Commi
         if c.action != "remove":  # any other commit's "removed" is a claim, never used
             continue
         for rid in fresh(c, every):
-            cut = c.removed[rid]
-            if c.id in counters:
-                cut = Cutoff(cut.s, UNLIMITED, None)
-            cuts.setdefault(rid, []).append(cut)
+            (weak if c.id in disputes else cuts).setdefault(rid, []).append(c.removed[rid])
     removed = {rid: earliest(found) for rid, found in cuts.items()}
-    return {r: k for r, k in added.items() if r not in removed}, removed
+    soft = {rid for rid in weak if rid not in removed}
+    removed.update({rid: earliest(weak[rid]) for rid in soft})
+    return {r: k for r, k in added.items() if r not in removed}, removed, soft
 
 
 def brought_in(c: Commit, every: dict[str, Commit]) -> dict[str, Member]:
@@ -762,8 +760,10 @@ def merged(every: dict[str, Commit], starts: list[Commit]
     """The member set of a merge: the two-phase set over the non-void commits that its parent
     and its tips build on."""
     scope = {cid: every[cid] for cid in closure(starts, every)}
-    void, counters = void_commits(scope)
-    return union({cid: c for cid, c in scope.items() if cid not in void}, counters, scope)
+    void, disputes = void_commits(scope)
+    members, removed, _soft = union({cid: c for cid, c in scope.items() if cid not in void},
+                                    disputes, scope)
+    return members, removed
 
 
 def earliest(cuts: list[Cutoff]) -> Cutoff:
@@ -809,7 +809,9 @@ def check_commit(c: Commit, parent: Commit, verified: dict[str, Commit],
         return
     if signer.kind != "device":
         raise Failure(f"a kit may not {c.action}")
-    if c.kek in keks_seen or c.epoch != parent.epoch + 1:  # remove, rotate, merge: a new KEK
+    # remove, rotate, merge: a new KEK; a merge's epoch is above every branch it takes in
+    top = max([parent.epoch, *(verified[t].epoch for t in c.merges)])
+    if c.kek in keks_seen or c.epoch != top + 1:
         raise Failure("a new KEK and the next epoch are required")
     if c.action == "rotate":
         if c.members != parent.members or c.removed != parent.removed:
@@ -828,67 +830,51 @@ def check_commit(c: Commit, parent: Commit, verified: dict[str, Commit],
 
 
 def void_commits(verified: dict[str, Commit]) -> tuple[set[str], set[str]]:
-    """"Void commits": (void commits, counter-removals). A commit signed by member M counts
-    only if every counting removal of M builds on it (through parents and merges). Only M's
-    own commits are void; another member's commit built on one stands. A commit whose signer
-    no counting genesis or add brought in is void too.
-
-    Removals void each other (a removal of M voids M's concurrent removals); which count is
-    decided from the unchallenged ones on, and those left undecided in a cycle all stand.
-    Counter-removals (c removes r's signer, r removes c's signer, neither builds on the other)
-    are never void, set no cutoff (see union), and never void their target's other removals.
-    Repeated until the members brought in stop changing. No local anchor breaks any tie.
-    (Same rule as cloudguard's membership._void.)"""
+    """"Void commits": (void commits, disputed removals), the grounded labelling of one
+    attack graph. A removal of M attacks every commit signed by M that it does not build on
+    (through parents and merges), and every commit whose signer such a commit of M brought
+    in, directly or through further adds. A commit counts when every removal attacking it is
+    void; it is void when a counting removal attacks it. Removals neither rule decides are
+    disputed: each still removes its target (see union); every other undecided commit is
+    void. No local anchor breaks any tie. (Same rule as cloudguard's membership._void.)"""
     reach = {cid: closure([c], verified) for cid, c in verified.items()}
+    removals = {c.id: fresh(c, verified) for c in verified.values() if c.action == "remove"}
 
-    def concurrent(a: Commit, b: Commit) -> bool:
-        return a.id not in reach[b.id] and b.id not in reach[a.id]
+    def introduced(c: Commit) -> set[str]:
+        out: set[str] = set()
+        todo = [c]
+        while todo:
+            x = todo.pop()
+            if x.id in out:
+                continue
+            out.add(x.id)
+            todo += [verified[a] for a in reach[x.id]
+                     if a != x.id and x.signer in brought_in(verified[a], verified)]
+        return out
 
-    def voids(r: Commit, gone: set[str], c: Commit, counters: set[str]) -> bool:
-        if c.signer not in gone or c.id in reach[r.id] or c.id in counters:
-            return False
-        return not (r.id in counters and c.action == "remove")
-
-    unsigned: set[str] = set()
-    void: set[str] = set()
-    counters: set[str] = set()
-    for _ in range(len(verified) + 1):
-        valid = {cid: c for cid, c in verified.items() if cid not in unsigned}
-        removals = {c.id: (c, fresh(c, verified)) for c in valid.values()
-                    if c.action == "remove"}
-        counters = {c.id for c, gone_c in removals.values() for r, gone_r in removals.values()
-                    if c.signer in gone_r and r.signer in gone_c and concurrent(c, r)}
-        attackers = {q: {r for r, (rc, gone) in removals.items()
-                         if voids(rc, gone, qc, counters)}
-                     for q, (qc, _) in removals.items()}
-        counted: set[str] = set()
-        refused: set[str] = set()
-        changed = True
-        while changed:
-            changed = False
-            for q, by in attackers.items():
-                if q in counted or q in refused:
-                    continue
-                if by & counted:
-                    refused.add(q)
-                    changed = True
-                elif by <= refused:
-                    counted.add(q)
-                    changed = True
-        standing = [removals[r] for r in removals if r not in refused]
-        void = unsigned | refused | {
-            cid for cid, c in valid.items()
-            if cid not in removals and any(voids(r, gone, c, counters) for r, gone in standing)}
-        ever: set[str] = set()
-        for cid, c in verified.items():
-            if cid not in void:
-                ever |= set(brought_in(c, verified))
-        now = {cid for cid, c in verified.items()
-               if c.action != "genesis" and c.signer not in ever}
-        if now == unsigned:
-            break
-        unsigned = now
-    return void, counters
+    chains = {cid: introduced(c) for cid, c in verified.items()}
+    unsigned = {cid for cid, c in verified.items() if c.action != "genesis" and not any(
+        c.signer in brought_in(verified[a], verified) for a in reach[cid])}
+    attackers = {cid: {r for r, gone in removals.items()
+                       if any(verified[x].signer in gone and x not in reach[r]
+                              for x in chains[cid])}
+                 for cid in verified}
+    counted: set[str] = set()
+    out: set[str] = set(unsigned)
+    changed = True
+    while changed:
+        changed = False
+        for cid, by in attackers.items():
+            if cid in counted or cid in out:
+                continue
+            if by & counted:
+                out.add(cid)
+                changed = True
+            elif by <= out:
+                counted.add(cid)
+                changed = True
+    disputes = {cid for cid in removals if cid not in counted and cid not in out}
+    return set(verified) - counted - disputes, disputes
 
 
 @dataclass
@@ -896,13 +882,14 @@ class Chain:
     remote: Path
     vault_id: str
     commits: dict[str, Commit]   # every verified commit
-    head: Commit                 # from the genesis, the lowest child id at every fork
+    head: Commit                 # the tip with the highest epoch, then pos, then lowest id
     members: dict[str, Member]   # merged view: ever added minus removed
     removed: dict[str, Cutoff]
     keks: dict[str, bytes] = field(default_factory=dict)   # kek_commit -> KEK
     labels: dict[str, str] = field(default_factory=dict)   # rid -> member name
     warnings: list[str] = field(default_factory=list)      # deferred and void commits
-    counters: set[str] = field(default_factory=set)        # counter-removals
+    disputes: set[str] = field(default_factory=set)        # disputed removals
+    disputed: set[str] = field(default_factory=set)        # removed only by those: no clamp
     # void commits: out of the view, but they still name the head and KEK of segments
     voided: dict[str, Commit] = field(default_factory=dict)
 
@@ -958,8 +945,9 @@ def verify_chain(remote: Path, vault_id: str, descriptor: str) -> Chain:
             verified[cid] = c
             del waiting[cid]
             progress = True
-    void, counters = void_commits(verified)
+    void, disputes = void_commits(verified)
     voided = {cid: verified.pop(cid) for cid in void}
+    members, removed, disputed = union(verified, disputes, {**voided, **verified})
     children: dict[str, list[Commit]] = {}
     for c in verified.values():
         if c.parent:
@@ -968,19 +956,17 @@ def verify_chain(remote: Path, vault_id: str, descriptor: str) -> Chain:
         by_signer: dict[str, Commit] = {}
         for kid in kids:
             other = by_signer.setdefault(kid.signer, kid)
-            if other is not kid:
+            if other is not kid and kid.signer not in removed:  # a removed member stops nobody
                 raise IntegrityFailure(f"equivocation: member {kid.signer} signed both "
                                        f"{other.name} and {kid.name} on one parent")
-    head = genesis
-    while children.get(head.id):
-        head = min(children[head.id], key=lambda c: c.id)
-    members, removed = union(verified, counters, {**voided, **verified})
+    tips = [c for c in verified.values() if not children.get(c.id)] or [genesis]
+    head = min(tips, key=lambda c: (-c.epoch, -c.pos, c.id))
     warnings = [f"{c.name}: its parent is not listed; deferred (skipped)"
                 for c in sorted(waiting.values(), key=lambda c: c.name)]
     warnings += [f"{decoded[cid].name}: void (signed by a member on a branch its removal does "
                  "not build on); ignored" for cid in sorted(void, key=lambda c: decoded[c].name)]
     return Chain(remote, vault_id, verified, head, members, removed, warnings=warnings,
-                 counters=counters, voided=voided)
+                 disputes=disputes, disputed=disputed, voided=voided)
 
 
 # --- key objects -------------------------------------------------------------------------
@@ -1331,10 +1317,9 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
             segments[f"m/{path.name}"] = (match.group(1), int(match.group(2)), match.group(3))
     hashes: dict[str, str] = {}  # SHA-256 of every segment opened
     skipped: list[str] = []
-    # a member removed only by a counter-removal has no cutoff: its segments are read as a
-    # member's would be (no limit, no pinning)
-    cuts = {rid: cut for rid, cut in chain.removed.items() if cut.seq != UNLIMITED}
-    limit = {rid: cut.seq for rid, cut in cuts.items()}
+    # a member removed only in a dispute: its cutoff pins what is read, but clamps nothing
+    cuts = dict(chain.removed)
+    limit = {rid: cut.seq for rid, cut in cuts.items() if rid not in chain.disputed}
     pinned: dict[str, set[str]] = {}  # removed member -> the segments its removal vouches for
     pinning = True  # while the pinned chains are being walked
 

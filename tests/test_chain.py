@@ -41,11 +41,16 @@ class Lab:
         view = self.view()
         view.head = view.find(on.id) or on
         same_key = action == "add"
+        removed = dict(on.removed)
+        if action == "merge":  # what its verifiers compute from its own ancestry
+            removed = membership.merge_members(view, on, merges or [])[1]
         kek = self.kek(view, on, signer) if same_key else chain.new_kek()
         commit, data, keyobj = chain.build(
             view, self.vault, self.secrets[signer], signer, action,
-            {r: self.keys(r) for r in members}, dict(on.removed), kek,
-            on.epoch if same_key else on.epoch + 1, {r: r[:1] for r in members}, {},
+            {r: self.keys(r) for r in members}, removed, kek,
+            on.epoch if same_key else max([on.epoch, *(view.find(t).epoch  # type: ignore[union-attr]
+                                                       for t in merges or [])]) + 1,
+            {r: r[:1] for r in members}, {},
             DESCRIPTOR, T, merges)
         self.objects[commit.name], self.objects[commit.name + ".k"] = data, keyobj
         return commit
@@ -163,9 +168,10 @@ def test_an_honest_commit_built_on_a_void_one_stands_and_is_merged() -> None:
     view = lab.view()
     assert x_rot.id in view.voided and b_add.id in view.commits
     assert set(view.members) == {A, B, d}
-    assert view.head.id == by_a.id and view.needs_merge
-    assert membership.merge_members(view, view.head, [b_add.id]) == (view.members, view.removed)
-    merged = lab.commit(by_a, A, "merge", [A, B, d], [b_add.id])
+    # the head is the highest tip: B's add (by_a's epoch, one position further on)
+    assert view.head.id == b_add.id and view.needs_merge
+    assert membership.merge_members(view, view.head, [by_a.id]) == (view.members, view.removed)
+    merged = lab.commit(b_add, A, "merge", [A, B, d], [by_a.id])
     view = lab.view()
     assert view.head.id == merged.id and not view.needs_merge
     assert set(view.head.members) == {A, B, d}
@@ -217,6 +223,132 @@ def test_a_removal_on_a_void_branch_that_an_honest_commit_repeats_removes_nobody
     view = lab.view()
     assert x_rm_b.id in view.voided and c_rot.id in view.commits
     assert B in view.members and B not in view.removed and x in view.removed
-    assert view.needs_merge
-    members, removed = membership.merge_members(view, view.head, [c_rot.id])
+    assert view.needs_merge and view.head.id == c_rot.id  # C's rotation: the highest epoch
+    members, removed = membership.merge_members(view, view.head, [by_a.id])
     assert B in members and x in removed and by_a.id in view.commits
+
+
+def members_lab(*rids: str) -> tuple[Lab, Commit]:
+    """A vault of A, B and the given rids, all added by A; returns the last add."""
+    lab = Lab()
+    head = lab.commit(lab.view().head, A, "add", [A, B])
+    for rid in rids:
+        lab.secrets[rid] = Secret.generate()
+        head = lab.commit(head, A, "add", [*head.members, rid])
+    return lab, head
+
+
+def test_a_counter_removal_ejects_nobody_the_remover_approved_back_in() -> None:
+    """Review round 3, R1. A approved D, D removed kit K (which the thief also holds), then A
+    removed X. X answers on the commit before D's add with a removal of A, and adds its own T
+    there. The two removals are disputed: both targets go, and nobody's word in the dispute
+    keeps or brings anyone back. K stays removed, T and D are not members, B carries on, and
+    garbage collection waits (the view says the dispute is open)."""
+    x, k, d, t = "c" * 16, "e" * 16, "d" * 16, "f" * 16
+    lab, before = members_lab(x, k)
+    lab.secrets[d], lab.secrets[t] = Secret.generate(), Secret.generate()
+    add_d = lab.commit(before, A, "add", [*before.members, d])
+    d_rm_k = remove(lab, add_d, d, k, 0, None)
+    by_a = remove(lab, d_rm_k, A, x, 0, None)
+    by_x = remove(lab, before, x, A, 0, None)
+    add_t = lab.commit(before, x, "add", [*before.members, t])
+    view = lab.view()
+    assert view.disputes == {by_a.id, by_x.id, d_rm_k.id}
+    assert {A, x, k} <= set(view.removed) and view.disputed == {A, x, k}
+    assert set(view.members) == {B}
+    assert {add_d.id, add_t.id} <= set(view.voided)
+    assert view.needs_merge
+    members, removed = membership.merge_members(view, view.head, sorted(
+        c.id for c in view.commits.values() if c.id not in view.covered()
+        and not any(o.parent == c.id for o in view.commits.values())))
+    assert set(members) == {B} and {A, x, k} <= set(removed)
+
+
+def test_two_removed_members_cannot_cut_off_their_removers() -> None:
+    """Review round 3, R2: A removed X, B removed Y; X removes B and Y removes A on the old
+    parent. The four removals are disputed: all four go, but no cutoff of a disputed removal
+    clamps what A or B wrote (it only pins which of their segments are read), and no one in
+    the dispute voids the kit's membership."""
+    x, y, k = "c" * 16, "d" * 16, "e" * 16
+    lab, base = members_lab(x, y, k)
+    by_a = remove(lab, base, A, x, 3, None)
+    by_b = remove(lab, by_a, B, y, 4, None)
+    x_rm_b = remove(lab, base, x, B, 0, None)
+    y_rm_a = remove(lab, base, y, A, 0, None)
+    view = lab.view()
+    assert view.disputes == {by_a.id, by_b.id, x_rm_b.id, y_rm_a.id}
+    assert set(view.members) == {k} and view.disputed == {A, B, x, y}
+    assert (view.removed[x].seq, view.removed[A].seq) == (3, 0)
+
+
+def test_a_second_counting_removal_settles_a_dispute() -> None:
+    """X answered A's removal with a removal of A; B, untouched by X, removes X too. B's
+    removal is unattacked, so it counts: X's answer is void and A's removal counts again."""
+    x = "c" * 16
+    lab, base = members_lab(x)
+    by_a = remove(lab, base, A, x, 2, None)
+    by_x = remove(lab, base, x, A, 0, None)
+    by_b = remove(lab, base, B, x, 2, None)  # B had not seen A's removal yet
+    view = lab.view()
+    assert not view.disputes and by_x.id in view.voided
+    assert {by_a.id, by_b.id} <= set(view.commits) and set(view.members) == {A, B}
+    assert view.disputed == set()
+
+
+def test_the_void_computation_has_one_answer_for_a_cycle_through_an_add() -> None:
+    """Review round 3, R9: M adds P; S1 removes M without building on that add; S2 removes S1;
+    P removes S2. Once looped for ever; now one grounded answer in any listing order."""
+    m, s1, s2, p = "c" * 16, "d" * 16, "e" * 16, "f" * 16
+    lab, base = members_lab(m, s1, s2)
+    lab.secrets[p] = Secret.generate()
+    add_p = lab.commit(base, m, "add", [*base.members, p])
+    r1 = remove(lab, base, s1, m, 0, None)
+    r2 = remove(lab, base, s2, s1, 0, None)
+    r3 = remove(lab, add_p, p, s2, 0, None)
+    view = lab.view()
+    assert view.disputes == {r1.id, r2.id, r3.id} and add_p.id in view.voided
+    assert set(view.members) == {A, B}
+    commits = {**view.commits, **view.voided}
+    for order in (sorted(commits), sorted(commits, reverse=True)):
+        assert membership._void({c: commits[c] for c in order}) == (
+            set(view.voided), view.disputes)
+
+
+def test_a_stale_branch_never_becomes_the_head_and_a_merge_is_above_every_tip() -> None:
+    """Review round 3, R5: B comes back from weeks offline and rotates on an old parent. The
+    head stays on the main chain (highest epoch), and the merge's epoch is above both."""
+    lab, base = members_lab()
+    main = base
+    for _ in range(3):
+        main = lab.commit(main, A, "rotate", [A, B])
+    stale = lab.commit(base, B, "rotate", [A, B])
+    view = lab.view()
+    assert view.head.id == main.id and view.needs_merge
+    merged = lab.commit(main, B, "merge", [A, B], [stale.id])
+    assert merged.epoch == main.epoch + 1
+    view = lab.view()
+    assert view.head.id == merged.id and not view.needs_merge
+    # a merge that claims its parent's epoch + 1 below a higher tip is invalid
+    low = lab.commit(stale, A, "merge", [A, B], [main.id])
+    assert low.epoch == main.epoch + 1  # the builder follows the rule; forge one that does not
+    view = lab.view()
+    forged, data, keyobj = chain.build(view, lab.vault, lab.secrets[A], A, "merge",
+                                       {r: lab.keys(r) for r in (A, B)}, {}, chain.new_kek(),
+                                       stale.epoch + 1, {A: "a", B: "b"}, {}, DESCRIPTOR, T,
+                                       [main.id])
+    assert forged.parent == view.head.id  # chain.build builds on the view's head
+    lab.objects[forged.name], lab.objects[forged.name + ".k"] = data, keyobj
+    with pytest.raises(chain.IntegrityError, match="next epoch"):
+        lab.view()
+
+
+def test_a_removed_members_two_children_of_one_parent_stop_nobody() -> None:
+    """Review round 3, N3: X, removed, signs two rotations on one old parent. Both are void;
+    no device stops at exit 3 over a removed member's equivocation."""
+    x = "c" * 16
+    lab, base = members_lab(x)
+    remove(lab, base, A, x, 0, None)
+    one = lab.commit(base, x, "rotate", [*base.members])
+    two = lab.commit(base, x, "rotate", [*base.members])
+    view = lab.view()
+    assert {one.id, two.id} <= set(view.voided) and set(view.members) == {A, B}

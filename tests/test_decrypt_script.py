@@ -685,8 +685,8 @@ def reference_manifest(lab: Lab, cache: Path) -> tuple[dict[str, Any], dict[str,
     listing = {n: (lab.root / n).stat().st_size for n in lab.names("m/")}
     loaded = mf.load(listing, lambda n: (lab.root / n).read_bytes(), opener, "f" * 16, {},
                      mf.SegmentCache(cache), None,
-                     {r: (c.seq, c.hash) for r, c in view.removed.items()
-                      if c.seq != chain.UNLIMITED}, skipped)  # as session._load
+                     {r: (c.seq, c.hash) for r, c in view.removed.items()}, skipped,
+                     view.disputed)  # as session._load
     return dict(loaded.state.items()), loaded.state.ctx, skipped
 
 
@@ -749,12 +749,12 @@ def folder_op(path: str) -> list[dict[str, Any]]:
     return [{"p": path, "e": {"t": "d", "x": 0o755}, "rm": []}]
 
 
-def test_counter_removal_sets_no_cutoff(tmp_path: Path) -> None:
-    """"Void commits": A removes X (cutoff 1) while X removes A (cutoff 0). The two are
-    counter-removals: neither is void, both members are removed with no cutoff at all, so
-    X's segment 2 and A's segment 1, written past the cutoffs the removals recorded, are
-    still restored. A rotation A signs on its removal of X is void (X's answer does not build
-    on it), but A's segment under it is read."""
+def test_disputed_removals_pin_but_clamp_nothing(tmp_path: Path) -> None:
+    """"Void commits": A removes X (cutoff 1) while X removes A (cutoff 0). Neither removal
+    wins: both are disputed, both members are removed, and each cutoff pins which of its
+    target's segments are read (X's segment 2 and A's segments 1 and 2 are refused) but
+    clamps nothing. A rotation A signs on its removal of X is void (X's answer does not build
+    on it), and so is everything else either side says in the dispute."""
     lab = Lab(tmp_path / "remote")
     a, x, k = lab.member(), lab.member(), lab.member("kit")
     base = lab.add(lab.add(lab.genesis(a), a, x), a, k)
@@ -766,14 +766,15 @@ def test_counter_removal_sets_no_cutoff(tmp_path: Path) -> None:
     later = lab.commit(removal, a, "rotate", dict(removal.members), dict(removal.removed))
     lab.segment(a, 2, "d", later, deps={a: 1}, dh={}, prev=ha1, ops=folder_op("a2"))
     ref, got = assert_same_chain(lab)
-    assert ref.counters == got.counters == {removal.id, answer.id}
+    assert ref.disputes == got.disputes == {removal.id, answer.id}
+    assert ref.disputed == got.disputed == {a, x}
     assert set(got.voided) == set(ref.voided) == {later.id}
-    assert {c.seq for c in got.removed.values()} == {script.UNLIMITED}
+    assert {r: c.seq for r, c in got.removed.items()} == {a: 0, x: 1}
     paths, ctx, ref_skipped = reference_manifest(lab, tmp_path / "cache")
     state, skipped = script.load_manifest(lab.root, lab.scripted())
-    assert state.paths == paths and state.ctx == ctx == {a: 2, x: 2}
-    assert sorted(paths) == ["a1", "a2", "x1", "x2"]
-    assert skipped == ref_skipped == []
+    assert state.paths == paths and state.ctx == ctx == {x: 1}
+    assert sorted(paths) == ["x1"]
+    assert len(skipped) == len(ref_skipped) and any(f"{x}-000000000002" in r for r in skipped)
 
 
 def test_a_merge_does_not_bring_in_a_void_add(tmp_path: Path) -> None:

@@ -880,7 +880,7 @@ def test_an_honest_commit_on_a_void_branch_stands_and_is_merged_without_the_remo
     assert x_rot.name in got.output and "void" in got.output
     view = provider.view(vid)
     assert x_rot.name in view.void and b_add.id in view.commits
-    assert view.head.action == "merge" and b_add.id in view.head.merges
+    assert view.head.action == "merge" and b_add.id in [view.head.parent, *view.head.merges]
     assert set(view.head.members) == {a.rid, b.rid, d_rid} and x.rid in view.head.removed
     assert x.rid not in json.loads(provider.get(view.head.name + ".k"))["slots"]
     assert view.head.kek not in {c.kek for c in view.commits.values() if x.rid in c.members}
@@ -892,9 +892,10 @@ def test_an_honest_commit_on_a_void_branch_stands_and_is_merged_without_the_remo
 def test_removed_device_answering_with_a_removal_takes_its_remover_along(
         local_remote: str, provider: Provider, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """X, removed by A in R, signs on R's parent a removal of A. Neither removal voids the
-    other (that would let X grind ids): both stand, B merges them under a new KEK, and X gets
-    no key written after its removal; A must re-enrol."""
+    """X, removed by A in R, signs on R's parent a removal of A. Nothing tells the two apart
+    (picking one would let X grind ids): both are disputed, both targets are out, B merges
+    under a new KEK and says so, X gets no key written after its removal, garbage collection
+    waits, and A must re-enrol."""
     (a, b, x), vid, view, _removal, parent, xs = x_removed_by_a(monkeypatch, tmp_path,
                                                                 local_remote, provider)
     members = {r: k for r, k in parent.members.items() if r != a.rid}
@@ -904,6 +905,7 @@ def test_removed_device_answering_with_a_removal_takes_its_remover_along(
     b.write("b.txt", "after the mutual removal")
     got = b.run("push")
     assert got.exit_code == 0, got.output
+    assert "dispute each other" in got.output and "nothing is deleted" in got.output
     view = provider.view(vid)
     assert view.head.action == "merge"
     assert set(view.head.members) == {b.rid} and {a.rid, x.rid} <= set(view.head.removed)
@@ -912,6 +914,15 @@ def test_removed_device_answering_with_a_removal_takes_its_remover_along(
     assert x.rid not in json.loads(provider.get(view.head.name + ".k"))["slots"]
     refused = a.run("push")
     assert refused.exit_code == 1 and "removed" in refused.output
+    # garbage collection waits while the dispute stands: a replaced blob stays on the remote
+    monkeypatch.setenv("CLOUDGUARD_GC_GRACE", "0")
+    assert b.run("settings", "--keep-days", "0").exit_code == 0
+    before = {n for n in provider.objects() if n.startswith("data/")}
+    b.write("b.txt", "replaced while the dispute stands")
+    assert b.run("push").exit_code == 0
+    b.write("c.txt", "another push runs maintenance again")
+    assert b.run("push").exit_code == 0
+    assert before and before <= {n for n in provider.objects() if n.startswith("data/")}
 
 
 # --- local hardening and parser limits ------------------------------------------------------

@@ -41,7 +41,7 @@ Opener = Callable[[str, str, int, bytes], dict[str, Any]]
 def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
          device: str, seen: dict[str, int], cache: SegmentCache,
          state: State | None = None, cutoffs: dict[str, tuple[int, str | None]] | None = None,
-         skipped: list[str] | None = None) -> Loaded:
+         skipped: list[str] | None = None, disputed: set[str] | None = None) -> Loaded:
     """Bring ``state`` up to the segments listed on the remote and check for rollback.
 
     A persistent ``state`` already holds the merge of the segments it recorded; only new ones
@@ -54,12 +54,15 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
     not listed, and its reason goes to ``skipped``. A removed member's segments count only on
     the ``prev`` chain that ends at the hash its removal recorded, and its writes past the
     cutoff are left out of every snapshot, dependency and stored vector (format.md, "Writer
-    rules"). A state that holds such writes already is rebuilt.
+    rules"). A state that holds such writes already is rebuilt. Members in ``disputed`` are
+    pinned but not clamped: neither side of a dispute decides what the other loses.
     """
     state = state if state is not None else State()
     cuts = cutoffs or {}
-    limit = {dev: seq for dev, (seq, _h) in cuts.items()}
-    seen = _clamp(seen, limit)
+    # a member removed only in a dispute: its cutoff pins what is read, but clamps nothing
+    limit = {dev: seq for dev, (seq, _h) in cuts.items() if dev not in (disputed or set())}
+    # what the writer rules refuse is not expected back: no rollback is read into it
+    seen = _clamp(seen, {dev: seq for dev, (seq, _h) in cuts.items()})
     skip_log = skipped if skipped is not None else []
     held: set[str] = set()
     parsed: dict[str, tuple[str, int, str]] = {}

@@ -245,7 +245,8 @@ def _clone(remote: str, path: Path, kit: str | None, name: str | None, ui: UI | 
     if opened.anchor not in ring.view.commits:
         raise IntegrityError(f"{kit}: the commit that added this kit is not in the vault's "
                              "verified chain")
-    if ring.head.members.get(opened.rid) is None:
+    if ring.view.members.get(opened.rid) is None or opened.rid not in ring.head.members:
+        # the merged view decides (review round 3, R5); the head holds it once merged
         raise KeyStoreError(f"{kit}: this recovery kit was removed from the vault; use a "
                             "current kit, or enrol by approval: cloudguard clone REMOTE FOLDER "
                             "--vault-code CODE")

@@ -73,6 +73,10 @@ def _maintain(s: Session) -> None:
     seen = s.index.orphans()
     orphans = {n: seen.get(n, now) for n in stored - live - mine}
     doomed = {n for n, first in orphans.items() if now - first >= gc_grace()}
+    if s.ring.view.disputes:
+        # removals that neither side wins (format.md, "Void commits"): what either side wrote
+        # may be read again once the user settles it, so nothing is deleted meanwhile
+        doomed = set()
     if doomed:
         s.transport.delete(doomed)
     with s.index.transaction():

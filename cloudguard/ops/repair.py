@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .. import chain, sync, trust
 from .. import format as fmt
 from .. import manifest as mf
+from .. import sync, trust
 from ..errors import FileChangedError, HistoryError, IntegrityError, UsageError
 from ..layout import descriptor_hash, listing_descriptor, parse_descriptor
 from ..names import local
@@ -252,7 +252,7 @@ def republish(folder: str | None, confirm: Callable[[str], bool], how: str,
         s = _session_without_history(binding, index, state, ui)
         seen = index.get_meta("seen", {})
         limit = {rid: cut.seq for rid, cut in s.ring.view.removed.items()
-                 if cut.seq != chain.UNLIMITED}
+                 if rid not in s.ring.view.disputed}
         if not state.dominates(mf._clamp(seen, limit)):  # as mf.load compares them
             raise IntegrityError(
                 f"this device's own copy of the manifest is older than what it has seen "
