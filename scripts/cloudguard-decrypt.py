@@ -43,8 +43,8 @@ removal vouches for them (the cutoff hash, then back along "prev"); its other se
 skipped, and its writes past the cutoff are left out of honest snapshots and dependencies. A
 member removed only by a disputed removal (members removing each other concurrently) has its
 segments pinned by that cutoff, but nothing of it is left out of snapshots. A commit whose
-parent is missing from the copy is skipped, as cloudguard defers it; so is a segment written under a commit that is
-not verified. Every such skip is reported as a warning on stderr.
+parent is missing from the copy is skipped, as cloudguard defers it; so is a segment written
+under a commit that is not verified. Every such skip is reported as a warning on stderr.
 
 Limits: a stand-alone reader has no memory of what it saw before, so it cannot tell a copy
 of a rolled-back remote (or one whose newest commits after the kit's anchor, or newest manifest
