@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import format as fmt
+from . import keycache
 from . import passphrase as passphrases
 from .chain import Secret
 from .errors import IntegrityError, KeyStoreError, UsageError
@@ -206,6 +207,7 @@ class DeviceKey:
                 {"cloudguard": "device-key", "account": self.account},
                 log_n=scrypt_log_n(17))
             write_private_json(self.file_path, doc)
+            keycache.put(keycache.entry_name(self.file_path), raw, settings().key_cache_seconds)
         _CACHE[self.account] = priv
         return priv
 
@@ -226,15 +228,22 @@ class DeviceKey:
                                     "keyring; re-clone this folder with a recovery kit")
             raw = fmt.unb64(value)
         else:
-            try:
-                doc = json.loads(self.file_path.read_text())
-            except (OSError, ValueError) as exc:
-                raise KeyStoreError(f"cannot read device key file {self.file_path}: {exc}") from exc
-            try:
-                raw = fmt.open_with_passphrase(doc, get_passphrase(DEVICE_KEY_FILE))
-            except IntegrityError as exc:
-                raise KeyStoreError(f"wrong passphrase for {self.file_path} (or the file is "
-                                    "damaged)") from exc
+            entry = keycache.entry_name(self.file_path)
+            cached_raw = keycache.get(entry) if settings().key_cache_seconds > 0 else None
+            if cached_raw is not None:
+                raw = cached_raw  # unlocked in the last few minutes (keycache)
+            else:
+                try:
+                    doc = json.loads(self.file_path.read_text())
+                except (OSError, ValueError) as exc:
+                    raise KeyStoreError(f"cannot read device key file {self.file_path}: "
+                                        f"{exc}") from exc
+                try:
+                    raw = fmt.open_with_passphrase(doc, get_passphrase(DEVICE_KEY_FILE))
+                except IntegrityError as exc:
+                    raise KeyStoreError(f"wrong passphrase for {self.file_path} (or the file "
+                                        "is damaged)") from exc
+                keycache.put(entry, raw, settings().key_cache_seconds)
         try:
             priv = Secret.from_raw(raw)
         except IntegrityError as exc:
@@ -245,6 +254,8 @@ class DeviceKey:
 
     def forget(self) -> None:
         _CACHE.pop(self.account, None)
+        if self.store != "keyring":
+            keycache.drop(keycache.entry_name(self.file_path))
 
     def delete(self) -> None:
         """Used when a clone fails half-way, so no orphan key is left in the keyring."""
@@ -261,7 +272,9 @@ class DeviceKey:
 
 
 def drop_cached_keys() -> None:
+    """Forget every unlocked key: this process's, and the kernel keyring's cache."""
     _CACHE.clear()
+    keycache.clear()
 
 
 def write_private_json(path: Path, doc: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ from .errors import UsageError
 VARIABLES = ("CLOUDGUARD_HOME", "CLOUDGUARD_KEYSTORE", "CLOUDGUARD_RCLONE",
              "CLOUDGUARD_STALL_SECONDS", "CLOUDGUARD_GC_GRACE", "CLOUDGUARD_MASS_DELETE_PERCENT",
              "CLOUDGUARD_MASS_DELETE_FILES", "CLOUDGUARD_ROTATE_DAYS", "CLOUDGUARD_LOCK_WAIT",
-             "CLOUDGUARD_MASS_CHANGE_PERCENT")
+             "CLOUDGUARD_MASS_CHANGE_PERCENT", "CLOUDGUARD_KEY_CACHE_SECONDS")
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class Settings:
     mass_change_share: float = 0.5  # the daemon's ransomware guard: files rewritten in 5 min
     rotate_days: float = 30.0
     lock_wait: float = 600.0
+    key_cache_seconds: float = 300.0  # unlocked key file in the kernel keyring (keycache)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -83,6 +84,8 @@ class Settings:
                                "a number of days"),
             lock_wait=number("CLOUDGUARD_LOCK_WAIT", base.lock_wait, 0, 86400,
                              "a number of seconds"),
+            key_cache_seconds=number("CLOUDGUARD_KEY_CACHE_SECONDS", base.key_cache_seconds,
+                                     0, 86400, "a number of seconds"),
         )
 
 
