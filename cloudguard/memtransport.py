@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO
 
 from . import limits
+from .errors import TransportError
 from .remotes import rclone_glob
 from .transport import MissingObject, ObjectInfo
 
@@ -47,9 +48,11 @@ class MemoryTransport:
                               else {}) for n, d in items}
 
     @contextmanager
-    def writer(self, name: str) -> Iterator[IO[bytes]]:
+    def writer(self, name: str, size: int | None = None) -> Iterator[IO[bytes]]:
         buffer = io.BytesIO()
         yield buffer  # whole or nothing: stored only when the writer closes cleanly
+        if size is not None and buffer.tell() != size:
+            raise TransportError(f"{name}: {buffer.tell()} bytes streamed, {size} announced")
         with self._lock:
             self.objects[name] = buffer.getvalue()
 

@@ -192,8 +192,8 @@ class RcdTransport:
                                    hashes=dict(item.get("Hashes") or {}))
         return out
 
-    def writer(self, name: str) -> Any:
-        return self.inner.writer(name)
+    def writer(self, name: str, size: int | None = None) -> Any:
+        return self.inner.writer(name, size)
 
     @contextmanager
     def reader(self, name: str, offset: int = 0, count: int | None = None

@@ -364,6 +364,10 @@ def base_env(rclone: str) -> dict[str, str]:
            if not k.startswith(("RCLONE_", "CLOUDGUARD_"))}
     env["RCLONE_CONFIG"] = "/dev/null"
     env["CLOUDGUARD_RCLONE"] = rclone
+    # an installed package has its bytecode (pip compiles it; Python writes it on first
+    # import): a sandbox's PYTHONDONTWRITEBYTECODE would make every command compile cloudguard
+    # again (~0.17 s), a cost no user pays
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
 
@@ -403,8 +407,9 @@ class Tools:
                             self.scratch / "crypt")
 
     def cloudguard_env(self, home: Path) -> dict[str, str]:
-        # file (default): the headless fallback, scrypt on every command; keyring: what a
-        # workstation has (run under a Secret Service, e.g. scripts/test.sh's dbus session)
+        # file (default): the headless fallback, scrypt once, then the kernel keyring's session
+        # cache (keycache) as a user has it; keyring: what a workstation has (run under a
+        # Secret Service, e.g. scripts/test.sh's dbus session)
         keystore = os.environ.get("CLOUDGUARD_BENCH_KEYSTORE", "file")
         env = {**self.env, "CLOUDGUARD_HOME": str(home), "CLOUDGUARD_KEYSTORE": keystore,
                "CLOUDGUARD_PASSPHRASE": PASSPHRASE}
@@ -1247,6 +1252,8 @@ def main(argv: list[str] | None = None) -> int:
             module = tools.cloudguard_module()
             if not module.startswith(str(tools.pythonpath)):
                 raise BenchError(f"cloudguard imported from {module}, not the frozen copy")
+            subprocess.run([sys.executable, "-m", "compileall", "-q",
+                            str(tools.pythonpath / "cloudguard")], check=True, timeout=120)
             what = ("a copy of the working tree's cloudguard/ taken at start"
                     if args.code == "worktree" else
                     f"cloudguard/ as committed at {git_rev(args.code)} (git archive)")

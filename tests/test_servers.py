@@ -133,6 +133,7 @@ def test_environment_is_isolated(tmp_path: Path) -> None:
     assert os.environ["CLOUDGUARD_KEYSTORE"] == "file"
     assert os.environ["CLOUDGUARD_PASSPHRASE"] == PASSPHRASE
     assert os.environ["CLOUDGUARD_KIT_PASSPHRASE"] == PASSPHRASE
+    assert os.environ["CLOUDGUARD_KEY_CACHE_SECONDS"] == "0"
     assert keys.TEST_KDF_LOG_N == CHEAP_KDF_LOG_N
     for var in (
         "CLOUDGUARD_HOME",
@@ -149,6 +150,7 @@ def test_environment_is_isolated(tmp_path: Path) -> None:
         "CLOUDGUARD_KEYSTORE",
         "CLOUDGUARD_PASSPHRASE",
         "CLOUDGUARD_KIT_PASSPHRASE",
+        "CLOUDGUARD_KEY_CACHE_SECONDS",
         "CLOUDGUARD_TEST_KEYRING",
         "CLOUDGUARD_RCLONE",
     }

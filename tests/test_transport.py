@@ -12,7 +12,8 @@ import pytest
 from helpers import cg_proc
 
 from cloudguard import transport
-from cloudguard.errors import UsageError
+from cloudguard.errors import TransportError, UsageError
+from cloudguard.memtransport import MemoryTransport
 
 
 def executable(path: Path) -> Path:
@@ -99,3 +100,17 @@ def test_local_root_asks_rclone_for_local_remotes_only(tmp_path: Path,
     # a server that is down: no connection is tried for a connection string of another backend
     assert transport.RcloneTransport(":webdav,url='http://127.0.0.1:9':v").local_root() is None
     assert transport.RcloneTransport("nosuchremote:v").local_root() is None
+
+
+@pytest.mark.parametrize("memory", [False, True])
+def test_a_streamed_upload_of_an_announced_size_gets_exactly_that_many_bytes(
+        local_remote: str, memory: bool) -> None:
+    """writer(name, size) tells rclone the length (one PUT on S3, not a multipart stream);
+    a stream of any other length fails the upload instead of storing it as complete."""
+    t = MemoryTransport() if memory else transport.RcloneTransport(local_remote)
+    with t.writer("data/exact", 5) as out:
+        out.write(b"12345")
+    assert t.get_bytes("data/exact") == b"12345"
+    for wrong in (b"1234", b"123456"):
+        with pytest.raises(TransportError), t.writer("data/wrong", 5) as out:
+            out.write(wrong)

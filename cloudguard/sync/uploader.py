@@ -362,11 +362,13 @@ def _stream_one(folder: Path, item: LocalItem, object_id: str, transport: Transp
     stays registered as pending, so the next run deletes whatever rclone left of it."""
     name = DATA_PREFIX + object_id
     try:
-        with transport.writer(name) as raw:
+        # the object is one blob of the size the scan saw; a file of another size by the
+        # time it is opened is skipped before a byte is sent
+        with transport.writer(name, fmt.blob_size(item.size, padding)) as raw:
             out = ObjectWriter(raw, md5=not transport.local)
             try:
                 entry = _encrypt_or_skip(folder, item, out, kek, generation, padding, warn,
-                                         result, progress)
+                                         result, progress, expect=item.size)
             finally:
                 out.close()
             if entry is None:
@@ -388,9 +390,10 @@ class _Abandon(Exception):
 
 def _encrypt_or_skip(folder: Path, item: LocalItem, out: ObjectWriter, kek: bytes,
                      generation: str, padding: bool, warn: Callable[[str], None],
-                     result: Uploaded, progress: Progress = _no_progress) -> Entry | None:
+                     result: Uploaded, progress: Progress = _no_progress,
+                     expect: int | None = None) -> Entry | None:
     try:
-        return _encrypt_one(folder, item, out, kek, generation, padding, progress)
+        return _encrypt_one(folder, item, out, kek, generation, padding, progress, expect)
     except (FileChangedError, OSError) as exc:
         if isinstance(exc, OSError) and exc.errno not in _GONE:
             warn(f"could not push {item.path}: {exc.strerror or exc}; kept its last synced "
@@ -413,11 +416,11 @@ def write_filler(out: ObjectWriter) -> None:
 
 
 def _encrypt_one(folder: Path, item: LocalItem, out: ObjectWriter, kek: bytes, generation: str,
-                 padding: bool, progress: Progress) -> Entry:
+                 padding: bool, progress: Progress, expect: int | None = None) -> Entry:
     fd = os.open(local(folder, item.path), os.O_RDONLY | os.O_NOFOLLOW)
     with os.fdopen(fd, "rb", buffering=0) as fh:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(st.st_mode) or expect not in (None, st.st_size):
             raise FileChangedError(item.path)
         dek, file_id = fmt.new_dek(), fmt.new_file_id()
         # a big file's SHA-256 runs on the other core, beside its encryption
