@@ -12,8 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "cloudguard"
 # lower number = lower layer; a module may import its own layer and those below
 LAYERS: dict[str, int] = {
     "errors": 0, "limits": 0, "format": 0, "remotes": 0, "passphrase": 0, "settings": 0,
-    "names": 0,
-    "state": 1, "chain": 1, "membership": 1, "keys": 1, "transport": 1, "rcd": 1, "memtransport": 1,
+    "names": 0, "keycache": 0,
+    "state": 1, "rclone_run": 1, "chain": 1, "membership": 1, "keys": 1, "transport": 1, "rcd": 1, "memtransport": 1,
     "manifest": 2, "sync": 2, "trust": 2, "folding": 2, "ignore": 2, "doctor": 2, "layout": 2,
     "audit": 2,
     "session": 3, "reader": 3, "lock": 3,
@@ -87,9 +87,8 @@ def test_keyring_only_in_keys_and_rclone_only_in_the_transports() -> None:
 
 
 def test_no_module_is_much_over_500_lines() -> None:
-    """A ratchet: the byte format stays whole (issue 10); the others named here are still to
-    be split and must not grow meanwhile."""
-    allowed = {"format.py": 650, "transport.py": 560}
+    """The byte format stays whole (issue 10); every other module is about 500 lines at most."""
+    allowed = {"format.py": 650}
     for path in PACKAGE.rglob("*.py"):
         lines = len(path.read_text().splitlines())
-        assert lines <= allowed.get(path.name, 560), f"{path.relative_to(PACKAGE)}: {lines}"
+        assert lines <= allowed.get(path.name, 510), f"{path.relative_to(PACKAGE)}: {lines}"

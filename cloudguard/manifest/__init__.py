@@ -18,8 +18,9 @@ Everything is re-exported here, so callers say ``mf.X``.
 
 from __future__ import annotations
 
-from .crdt import Entry, State, dot_of, join_remover, moved, unmoved
+from .crdt import State, dot_of
 from .loading import Loaded, Opener, _clamp, _pinned, load
+from .moves import Entry, join_remover, moved, unmoved
 from .segments import (
     PREFIX,
     SegmentCache,

@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import IntegrityError
-
-Entry = dict[str, Any]
-
+from .moves import Entry, _was, _where, join_remover, moved, newer_location
 
 Siblings = dict[str, Entry]
 
@@ -28,16 +26,6 @@ def dot_of(device: str, seq: int) -> str:
 def covered(dot: str, ctx: dict[str, int]) -> bool:
     device, _, seq = dot.partition(":")
     return int(seq) <= ctx.get(device, 0)
-
-
-def newer_location(one: Entry, two: Entry) -> Entry:
-    """A repack moves a blob without a new dot; the move with the higher ``r`` wins.
-
-    A max-register, so the result is the same in any order and on every device. Ties (two
-    devices repacking at once) go to the higher object id; the loser becomes garbage.
-    """
-    return max(one, two, key=lambda e: (int(e.get("r", 0)), str(e.get("o", "")),
-                                        json.dumps(e, sort_keys=True)))
 
 
 _SCHEMA = """
@@ -69,56 +57,6 @@ _MOVE_INDEXES = """
 CREATE INDEX IF NOT EXISTS entries_po ON entries (po) WHERE po IS NOT NULL;
 CREATE INDEX IF NOT EXISTS attic_po ON attic (po) WHERE po IS NOT NULL;
 """
-
-def join_remover(one: str | None, two: str | None) -> str | None:
-    """Who removed a kept version, as a join: None is unknown (an observed-remove drop only
-    propagates some removal), equal names stay, two different names give "" (disagreement,
-    for good). Commutative and associative, so every device ends with the same value."""
-    if one is None:
-        return two
-    if two is None or one == two:
-        return one
-    return ""
-
-
-# What a move changes: where the blob is, and (re-encryption) its key fields.
-LOCATION_FIELDS = ("o", "a", "r", "om", "n", "i", "k", "g", "w")
-_MOVE_FIELDS = ("rd", "rt", "pl")
-
-
-def _where(entry: Entry) -> tuple[Any, Any, Any]:
-    """(o, a, n) of a file's blob; none for folders and links."""
-    if entry.get("t") != "f":
-        return None, None, None
-    return entry.get("o"), entry.get("a"), entry.get("n")
-
-
-def _was(entry: Entry) -> tuple[Any, Any, Any]:
-    """(o, a, n) of where a moved file's blob was before its last move (``pl``)."""
-    before = entry.get("pl")
-    if entry.get("t") != "f" or not isinstance(before, dict):
-        return None, None, None
-    return before.get("o"), before.get("a"), before.get("n", entry.get("n"))
-
-
-def moved(entry: Entry, loc: dict[str, Any], dot: str, when: int) -> Entry:
-    """``entry`` moved to ``loc`` by the push ``dot`` at ``when``: the previous location is
-    kept (``pl``), so that a move by a member removed before it (``rd`` past its cutoff) can be
-    undone on every device."""
-    base = {k: v for k, v in entry.items() if k not in _MOVE_FIELDS}
-    return {**base, **loc, "rd": dot, "rt": when,
-            "pl": {k: base[k] for k in LOCATION_FIELDS if k in base}}
-
-
-def unmoved(entry: Entry) -> Entry:
-    """``entry`` back at the location it had before its last move."""
-    if not entry.get("pl"):
-        return entry
-    base = {k: v for k, v in entry.items()
-            if k not in _MOVE_FIELDS and k not in LOCATION_FIELDS}
-    base.update(entry["pl"])
-    return base
-
 
 def _dump(entry: Entry) -> str:
     return json.dumps(entry, separators=(",", ":"))

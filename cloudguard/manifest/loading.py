@@ -11,7 +11,8 @@ from typing import Any
 
 from ..chain import Skip
 from ..errors import REPUBLISH_HINT, HistoryError, IntegrityError
-from .crdt import State, unmoved
+from .crdt import State
+from .moves import unmoved
 from .segments import (
     SegmentCache,
     _attic,

@@ -14,7 +14,8 @@ from typing import Any
 from ..errors import IntegrityError
 from ..keys import now_iso
 from ..state import write_private
-from .crdt import Entry, Siblings, State
+from .crdt import Siblings, State
+from .moves import Entry
 
 PREFIX = "m/"
 

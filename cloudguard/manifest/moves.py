@@ -1,0 +1,72 @@
+"""Moves of a blob that keep the version's dot (a repack, a re-encryption): which of two
+locations wins, and the previous location kept so that a late move can be undone
+(format.md, "Moves"). Also who removed a kept version (``rb``), as a join. Pure functions
+over entries; crdt.py stores what they decide.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+Entry = dict[str, Any]
+
+
+def newer_location(one: Entry, two: Entry) -> Entry:
+    """A repack moves a blob without a new dot; the move with the higher ``r`` wins.
+
+    A max-register, so the result is the same in any order and on every device. Ties (two
+    devices repacking at once) go to the higher object id; the loser becomes garbage.
+    """
+    return max(one, two, key=lambda e: (int(e.get("r", 0)), str(e.get("o", "")),
+                                        json.dumps(e, sort_keys=True)))
+
+
+def join_remover(one: str | None, two: str | None) -> str | None:
+    """Who removed a kept version, as a join: None is unknown (an observed-remove drop only
+    propagates some removal), equal names stay, two different names give "" (disagreement,
+    for good). Commutative and associative, so every device ends with the same value."""
+    if one is None:
+        return two
+    if two is None or one == two:
+        return one
+    return ""
+
+
+# What a move changes: where the blob is, and (re-encryption) its key fields.
+LOCATION_FIELDS = ("o", "a", "r", "om", "n", "i", "k", "g", "w")
+_MOVE_FIELDS = ("rd", "rt", "pl")
+
+
+def _where(entry: Entry) -> tuple[Any, Any, Any]:
+    """(o, a, n) of a file's blob; none for folders and links."""
+    if entry.get("t") != "f":
+        return None, None, None
+    return entry.get("o"), entry.get("a"), entry.get("n")
+
+
+def _was(entry: Entry) -> tuple[Any, Any, Any]:
+    """(o, a, n) of where a moved file's blob was before its last move (``pl``)."""
+    before = entry.get("pl")
+    if entry.get("t") != "f" or not isinstance(before, dict):
+        return None, None, None
+    return before.get("o"), before.get("a"), before.get("n", entry.get("n"))
+
+
+def moved(entry: Entry, loc: dict[str, Any], dot: str, when: int) -> Entry:
+    """``entry`` moved to ``loc`` by the push ``dot`` at ``when``: the previous location is
+    kept (``pl``), so that a move by a member removed before it (``rd`` past its cutoff) can be
+    undone on every device."""
+    base = {k: v for k, v in entry.items() if k not in _MOVE_FIELDS}
+    return {**base, **loc, "rd": dot, "rt": when,
+            "pl": {k: base[k] for k in LOCATION_FIELDS if k in base}}
+
+
+def unmoved(entry: Entry) -> Entry:
+    """``entry`` back at the location it had before its last move."""
+    if not entry.get("pl"):
+        return entry
+    base = {k: v for k, v in entry.items()
+            if k not in _MOVE_FIELDS and k not in LOCATION_FIELDS}
+    base.update(entry["pl"])
+    return base
