@@ -93,8 +93,10 @@ class Vault:
         return push(self.folder, dry_run, self.ui, allow_mass_delete, paths, ignore,
                     deleted_before, rewritten_before, allow_mass_change)
 
-    def pull(self) -> dict[str, Any]:
-        return pull(self.folder, self.ui)
+    def pull(self, paths: list[str] | None = None) -> dict[str, Any]:
+        """``paths``: only those (and what is under them, and the folders above them) are
+        brought down; the rest of the folder is not scanned."""
+        return pull(self.folder, self.ui, paths)
 
     def status(self) -> dict[str, Any]:
         return status(self.folder, self.ui)

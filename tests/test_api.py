@@ -104,6 +104,39 @@ def test_poll_sees_another_devices_push_and_no_more(local_remote: str, tmp_path:
         assert reader.read(0, 10) == b"2"
 
 
+def test_pull_of_given_paths_brings_only_those(local_remote: str, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Vault.pull(paths) and `cloudguard pull PATHS` (relative to the current folder): only
+    those paths, what is under them and the folders above them; no whole-folder scan."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "one.txt").write_text("1")
+    share(local_remote, a, b, tmp_path / "kit.json")
+    (a / "deep" / "er").mkdir(parents=True)
+    (a / "deep" / "er" / "x.txt").write_text("x")
+    (a / "deep" / "y.txt").write_text("y")
+    (a / "one.txt").write_text("1 edited")
+    (a / "other.txt").write_text("other")
+    cg("push", "--folder", str(a))
+    full_scans: list[object] = []
+    with Vault(str(b)) as vb, monkeypatch.context() as m:
+        m.setattr(sync, "scan", lambda *args, **_k: full_scans.append(args) or {})
+        got = vb.pull(["deep/er/x.txt"])
+        assert sorted(got["downloaded"]) == ["deep/er/x.txt"], got
+    assert full_scans == []
+    assert (b / "deep" / "er" / "x.txt").read_text() == "x"
+    assert not (b / "deep" / "y.txt").exists() and not (b / "other.txt").exists()
+    assert (b / "one.txt").read_text() == "1"
+    monkeypatch.chdir(b / "deep")
+    got = cg_json("pull", "--folder", str(b), "y.txt")
+    assert got["downloaded"] == ["deep/y.txt"], got
+    assert (b / "deep" / "y.txt").read_text() == "y" and not (b / "other.txt").exists()
+    refused = cg("pull", "--folder", str(b), str(tmp_path), code=2)
+    assert "not inside the folder" in refused.output
+    cg("pull", "--folder", str(b))
+    assert (b / "other.txt").read_text() == "other" and (b / "one.txt").read_text() == "1 edited"
+
+
 def test_a_long_lived_vault_maintains_now_and_then(local_remote: str, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Garbage collection reads every entry: a daemon pushing every few seconds must not pay

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -97,6 +98,11 @@ def clone(remote: str, folder: str, key_file: str | None, name: str | None,
     _run(go, as_json)
 
 
+def _here(paths: tuple[str, ...]) -> list[str] | None:
+    """PATHS as a shell user means them: relative to the current folder."""
+    return [os.path.abspath(p) for p in paths] or None
+
+
 @main.command()
 @folder_option
 @click.option("--dry-run", is_flag=True, help="Show what would be uploaded.")
@@ -104,15 +110,18 @@ def clone(remote: str, folder: str, key_file: str | None, name: str | None,
               help="Delete even when that is more than half of the files (or more than "
                    "1,000); without this, push asks on a terminal and refuses otherwise.")
 @json_option
-def push(folder: str | None, dry_run: bool, allow_mass_delete: bool, as_json: bool) -> None:
-    """Encrypt and upload local changes.
+@click.argument("paths", nargs=-1, type=click.Path())
+def push(folder: str | None, dry_run: bool, allow_mass_delete: bool, as_json: bool,
+         paths: tuple[str, ...]) -> None:
+    """Encrypt and upload local changes (only PATHS and what is under them, if given).
 
     Refuses (exit 1, nothing changed) when the folder's .cloudguard marker is missing, and
     when it would delete many files (see --allow-mass-delete). A path that cannot be read
     keeps its last synced state; push then exits 1 after the rest is up.
     """
     def go() -> None:
-        result = vault.push(folder, dry_run, _ui(as_json), allow_mass_delete)
+        result = vault.push(folder, dry_run, _ui(as_json), allow_mass_delete,
+                            _here(paths))
         c = result["counts"]
         _emit(result, as_json, lambda r: (
             f"{'Would upload' if r['dry_run'] else 'Uploaded'} "
@@ -127,10 +136,13 @@ def push(folder: str | None, dry_run: bool, allow_mass_delete: bool, as_json: bo
 @main.command()
 @folder_option
 @json_option
-def pull(folder: str | None, as_json: bool) -> None:
-    """Download and decrypt remote changes (refuses without the folder's marker)."""
+@click.argument("paths", nargs=-1, type=click.Path())
+def pull(folder: str | None, as_json: bool, paths: tuple[str, ...]) -> None:
+    """Download and decrypt remote changes (only PATHS and what is under them, if given).
+
+    Refuses without the folder's marker."""
     def go() -> None:
-        result = vault.pull(folder, _ui(as_json))
+        result = vault.pull(folder, _ui(as_json), _here(paths))
         c = result["counts"]
         _emit(result, as_json, lambda r: (
             f"Downloaded {_things(c['downloaded'], '0 files')}; made {_things(c['made'])}; "

@@ -15,7 +15,7 @@ from ..errors import (
     IntegrityError,
     UsageError,
 )
-from ..names import local
+from ..names import from_disk, local
 from ..session import Session
 from ..state import (
     find_binding,
@@ -68,6 +68,26 @@ def _scan(s: Session, scope: list[str] | None = None) -> dict[str, sync.LocalIte
     if folding.folds(s.folder):  # the disk's spelling of a manifest path is that path
         items = folding.alias(items, [p for p, _d in s.state.dots()])
     return items
+
+
+def relative_paths(s: Session, paths: list[str], verb: str) -> list[str]:
+    """Folder-relative paths; an absolute path must lie inside the folder."""
+    root = s.folder.absolute()
+    out: list[str] = []
+    for raw in paths:
+        given = Path(raw)
+        if given.is_absolute():
+            try:
+                rel = given.relative_to(root).as_posix()
+            except ValueError as exc:
+                raise UsageError(f"{raw}: not inside the folder {root}") from exc
+        else:
+            rel = given.as_posix()
+        rel = from_disk(rel)  # a name that is not UTF-8, as the manifest writes it
+        if rel in ("", "."):
+            raise UsageError(f"{raw}: the folder itself; {verb} it without paths")
+        out.append(sync.check_rel_path(rel))
+    return sorted(set(out))
 
 
 def _hasher(folder: Path) -> Callable[[str], str]:

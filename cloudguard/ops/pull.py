@@ -26,28 +26,39 @@ from ..session import UI, Session, session
 from ..state import (
     IndexRow,
 )
-from .common import _audited, _counts, _hasher, _log, _resolve, _scan
+from .common import _audited, _counts, _hasher, _log, _resolve, _scan, relative_paths
 
 
-def pull(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
-    with _audited("pull", folder), session(folder, ui, scan=True, guard=True) as s:
-        result = _pull(s)
+def pull(folder: str | None, ui: UI | None = None, paths: list[str] | None = None
+         ) -> dict[str, Any]:
+    """``paths`` (relative to the folder, or absolute inside it): only those, what is under
+    them and the folders above them are scanned and brought down; the rest waits."""
+    with _audited("pull", folder), session(folder, ui, scan=paths is None, guard=True) as s:
+        result = _pull(s, None if paths is None else relative_paths(s, paths, "pull"))
         result["unreadable"] = sorted(s.unreadable)
         _log(s, "pull", files=len(result["downloaded"]), deleted=len(result["deleted"]),
              conflicts=len(result["conflicts"]), errors=len(result["errors"]) or None)
         return result
 
 
-def _pull_plan(s: Session, local: dict[str, sync.LocalItem]) -> tuple[
-        sync.PullPlan, dict[str, tuple[str, dict[str, Any]]], int]:
+def _pull_plan(s: Session, local: dict[str, sync.LocalItem], scope: list[str] | None = None
+               ) -> tuple[sync.PullPlan, dict[str, tuple[str, dict[str, Any]]], int]:
     """Only paths whose remote dot differs from the one last synced need a look: their
-    entries and index rows are read, nothing else is (a big vault stays cheap to pull)."""
+    entries and index rows are read, nothing else is (a big vault stays cheap to pull).
+    With a ``scope``, only paths at or under it, and the folders above it."""
     heads = sync.heads(s.state)
     known = s.index.dots()
     # never .cloudguard (ours), nor what the scan could not read: that waits, as it was
     held = [*s.unreadable, sync.MARKER_DIR]
-    wanted = {p: d for p, d in heads.items() if known.get(p) != d and not sync.under(p, held)}
-    gone = [p for p in known if p not in heads and not sync.under(p, held)]
+
+    def looked_at(p: str) -> bool:
+        if sync.under(p, held):
+            return False
+        return scope is None or sync.under(p, scope) or any(
+            root.startswith(p + "/") for root in scope)
+
+    wanted = {p: d for p, d in heads.items() if known.get(p) != d and looked_at(p)}
+    gone = [p for p in known if p not in heads and looked_at(p)]
     remote = sync.view_of(s.state, wanted)
     rows = s.index.rows_for([*wanted, *gone])
     first = not known  # nothing synced yet: the folder's files are old copies, not edits
@@ -64,13 +75,13 @@ def _pull_plan(s: Session, local: dict[str, sync.LocalItem]) -> tuple[
     return plan, remote, len(heads)
 
 
-def _pull(s: Session) -> dict[str, Any]:
+def _pull(s: Session, scope: list[str] | None = None) -> dict[str, Any]:
     """Stage every download (nothing lands unless all authenticate), then land path by path:
     moves aside, deletes (deepest first), folders, files, links. An error on one path is
     reported in ``errors`` (one line naming it) and the rest still arrives."""
     resolved = _resolve(s)
-    local = _scan(s)
-    plan, remote, _n = _pull_plan(s, local)
+    local = _scan(s, scope)
+    plan, remote, _n = _pull_plan(s, local, scope)
     _check_space(s, plan.download)
     errors: list[str] = []
     staged = _stage_all(s, plan.download, errors)

@@ -16,7 +16,6 @@ from ..errors import (
     GuardError,
     UsageError,
 )
-from ..names import from_disk
 from ..session import UI, Session, session
 from ..settings import settings as env_settings
 from ..state import (
@@ -27,7 +26,7 @@ from ..state import (
     signature,
     write_marker,
 )
-from .common import _audited, _counts, _log, _resolve, _safe_hasher, _scan
+from .common import _audited, _counts, _log, _resolve, _safe_hasher, _scan, relative_paths
 from .maintain import _collect_pending, _maintain
 from .rotate import _rewrap_stale
 
@@ -52,8 +51,8 @@ def push(folder: str | None, dry_run: bool = False, ui: UI | None = None,
     with _audited("push", folder), session(folder, ui, scan=paths is None, guard=True) as s:
         _warn_exposed(s)
         s.ignore = ignore
-        result = _push(s, dry_run, allow_mass_delete,
-                       None if paths is None else _relative(s, paths), deleted_before,
+        scope = None if paths is None else relative_paths(s, paths, "push")
+        result = _push(s, dry_run, allow_mass_delete, scope, deleted_before,
                        None if allow_mass_change else rewritten_before)
         if not dry_run:
             _log(s, "push", files=len(result["uploaded"]) + len(result["updated"]),
@@ -70,26 +69,6 @@ def _warn_exposed(s: Session) -> None:
     for f in checks.exposure(s.folder, Path.home(), inside=False):
         if f.level == "error":
             s.ui.warn(f"{f.message} ({f.fix}; cloudguard doctor)")
-
-
-def _relative(s: Session, paths: list[str]) -> list[str]:
-    """Folder-relative paths; an absolute path must lie inside the folder."""
-    root = s.folder.absolute()
-    out: list[str] = []
-    for raw in paths:
-        given = Path(raw)
-        if given.is_absolute():
-            try:
-                rel = given.relative_to(root).as_posix()
-            except ValueError as exc:
-                raise UsageError(f"{raw}: not inside the folder {root}") from exc
-        else:
-            rel = given.as_posix()
-        rel = from_disk(rel)  # a name that is not UTF-8, as the manifest writes it
-        if rel in ("", "."):
-            raise UsageError(f"{raw}: the folder itself; push it without paths")
-        out.append(sync.check_rel_path(rel))
-    return sorted(set(out))
 
 
 def _push_plan(s: Session, local: dict[str, sync.LocalItem], scope: list[str] | None = None
