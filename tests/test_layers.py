@@ -13,7 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "cloudguard"
 LAYERS: dict[str, int] = {
     "errors": 0, "limits": 0, "format": 0, "remotes": 0, "passphrase": 0, "settings": 0,
     "names": 0, "keycache": 0,
-    "state": 1, "rclone_run": 1, "chain": 1, "membership": 1, "keys": 1, "transport": 1, "rcd": 1, "memtransport": 1,
+    "state": 1, "rclone_run": 1, "chain": 1, "membership": 1, "keys": 1, "transport": 1,
+    "rcd": 1, "memtransport": 1,
     "manifest": 2, "sync": 2, "trust": 2, "folding": 2, "ignore": 2, "doctor": 2, "layout": 2,
     "audit": 2,
     "session": 3, "reader": 3, "lock": 3,

@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+from faults import inject, nth
 from helpers import cg, cg_json, cg_proc
 
 from cloudguard import sync
-from cloudguard.transport import RcloneTransport
 
 MIB = 1024 * 1024
 
@@ -78,22 +78,13 @@ def test_an_interrupted_push_keeps_committed_batches_and_no_spool(
     for i in range(14):
         (folder / f"f{i:02d}.txt").write_text(f"file {i}")
     cg("init", str(folder), "--remote", local_remote)
-    real = RcloneTransport.put_files
-    calls: list[int] = []
-
-    def ctrl_c_on_the_third(self: RcloneTransport, spool: Path, names: list[str],
-                            prefix: str, progress: object = None) -> None:
-        calls.append(len(names))
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        real(self, spool, names, prefix, progress)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(RcloneTransport, "put_files", ctrl_c_on_the_third)
-    out = cg("push", "--folder", str(folder), code=1)
+    with pytest.MonkeyPatch.context() as m:
+        made = inject(m, nth("put_files", 3, KeyboardInterrupt()))
+        out = cg("push", "--folder", str(folder), code=1)
+    assert [len(a[1]) for t in made for n, a in t.calls if n == "put_files"] == [4, 4, 4]
     assert "interrupted: 8 file(s) were committed on the remote" in out.stderr, out.stderr
     home = Path(os.environ["CLOUDGUARD_HOME"])
     assert not [f for f in home.glob("folders/*/spool/*")]
-    monkeypatch.setattr(RcloneTransport, "put_files", real)
     done = cg_json("push", "--folder", str(folder))
     assert len(done["uploaded"]) == 6  # only what the interrupt stopped goes up again
     assert cg_proc("verify", "--read-data", "--folder", str(folder)).returncode == 0
@@ -134,15 +125,10 @@ def test_an_interrupted_pull_reuses_what_it_authenticated(
     assert len(kept) == 3
     kept[0].write_bytes(b"planted" + kept[0].read_bytes()[7:])  # same size, other content
     monkeypatch.setattr(pull_op, "_stage", real_stage)
-    reads: list[str] = []
-    real_reader = RcloneTransport.reader
-
-    def counting(self: RcloneTransport, name: str, *args: object, **kw: object) -> object:
-        reads.append(name)
-        return real_reader(self, name, *args, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(RcloneTransport, "reader", counting)
-    cg("pull", "--folder", str(b))
+    with pytest.MonkeyPatch.context() as m:
+        made = inject(m, lambda *_a: None)  # no fault: count the reads
+        cg("pull", "--folder", str(b))
+    reads = [str(a[0]) for t in made for n, a in t.calls if n == "reader"]
     assert len([r for r in reads if r.startswith("data/")]) == 2, reads  # 1 new + 1 planted
     for name, data in contents.items():
         assert (b / name).read_bytes() == data

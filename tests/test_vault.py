@@ -423,9 +423,10 @@ def test_big_push_commits_batch_by_batch_and_resumes(
         local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each spool batch is committed once it is on the remote: a push that dies half-way keeps
     what it finished, and the next push uploads only the rest."""
+    from faults import inject, nth
+
     from cloudguard import sync
     from cloudguard.errors import TransportError
-    from cloudguard.transport import RcloneTransport
 
     a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
     a.mkdir()
@@ -434,25 +435,15 @@ def test_big_push_commits_batch_by_batch_and_resumes(
     for i in range(12):
         (a / f"f{i:02d}.bin").write_bytes(os.urandom(5 * 1024 * 1024))  # stand-alone objects
     monkeypatch.setattr(sync.uploader, "SPOOL_FLUSH_FILES", 4)
-    real = RcloneTransport.put_files
-    calls = []
-
-    def flaky(self: RcloneTransport, folder: Path, names: list[str], prefix: str,
-              progress: object = None) -> None:
-        calls.append(len(names))
-        if len(calls) == 3:
-            raise TransportError("the network went away")
-        real(self, folder, names, prefix, progress)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(RcloneTransport, "put_files", flaky)
     before = len(list((Path(local_remote) / "m").iterdir()))
-    cg("push", "--folder", str(a), code=1)
-    assert calls == [4, 4, 4]
+    with pytest.MonkeyPatch.context() as m:
+        made = inject(m, nth("put_files", 3, TransportError("the network went away")))
+        cg("push", "--folder", str(a), code=1)
+    assert [len(args[1]) for t in made for n, args in t.calls if n == "put_files"] == [4, 4, 4]
     assert len(list((Path(local_remote) / "m").iterdir())) == before + 2  # two batches landed
     cg("pull", "--folder", str(b))
     assert sorted(p.name for p in b.iterdir() if p.suffix == ".bin") == [
         f"f{i:02d}.bin" for i in range(8)]
-    monkeypatch.setattr(RcloneTransport, "put_files", real)
     resumed = cg_json("push", "--folder", str(a))
     assert resumed["uploaded"] == [f"f{i:02d}.bin" for i in range(8, 12)]
     cg("pull", "--folder", str(b))
