@@ -31,6 +31,11 @@ class KeyStoreError(CloudguardError):
     """The device key cannot be stored or opened."""
 
 
+class PassphraseNeeded(KeyStoreError):
+    """A key file is to be opened, and no terminal, variable or credential gives its
+    passphrase: the daemon then waits, locked, for ``cloudguard unlock``."""
+
+
 class TransportError(CloudguardError):
     """rclone failed; the message names the object."""
 

@@ -21,6 +21,7 @@ from pathlib import Path
 _USER_KEYRING = -4  # KEY_SPEC_USER_KEYRING
 _RING = b"cloudguard"
 _MAX = 4096
+HANDOVER_SECONDS = 60.0  # `cloudguard unlock` to a running daemon, even with the cache off
 
 _lib: ctypes.CDLL | None = None
 _loaded = False

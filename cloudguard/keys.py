@@ -21,7 +21,7 @@ from . import format as fmt
 from . import keycache
 from . import passphrase as passphrases
 from .chain import Secret
-from .errors import IntegrityError, KeyStoreError, UsageError
+from .errors import IntegrityError, KeyStoreError, PassphraseNeeded, UsageError
 from .settings import settings
 from .state import write_private
 
@@ -106,8 +106,8 @@ def get_passphrase(purpose: str, confirm: bool = False,
             passphrases.require_strong(given, purpose, hint)
         return given
     if not sys.stdin.isatty():
-        raise KeyStoreError(f"a passphrase is needed for {purpose}: set {var} (or {var}_FILE) "
-                            "or run on a terminal")
+        raise PassphraseNeeded(f"a passphrase is needed for {purpose}: set {var} (or "
+                               f"{var}_FILE) or run on a terminal")
     label = f"{'New passphrase' if confirm else 'Passphrase'} for {purpose}"
     for attempt in range(1, PROMPT_ATTEMPTS + 1):
         try:
@@ -211,7 +211,10 @@ class DeviceKey:
         _CACHE[self.account] = priv
         return priv
 
-    def load(self) -> Secret:
+    def load(self, cache_seconds: float | None = None) -> Secret:
+        """``cache_seconds``: how long the kernel keyring keeps it (default: the setting);
+        ``cloudguard unlock`` hands the daemon its key that way."""
+        keep = settings().key_cache_seconds if cache_seconds is None else cache_seconds
         cached = _CACHE.get(self.account)
         if cached is not None:
             return cached
@@ -229,9 +232,11 @@ class DeviceKey:
             raw = fmt.unb64(value)
         else:
             entry = keycache.entry_name(self.file_path)
-            cached_raw = keycache.get(entry) if settings().key_cache_seconds > 0 else None
+            cached_raw = keycache.get(entry)
             if cached_raw is not None:
                 raw = cached_raw  # unlocked in the last few minutes (keycache)
+                if settings().key_cache_seconds <= 0:
+                    keycache.drop(entry)  # a handover from `cloudguard unlock`: taken once
             else:
                 try:
                     doc = json.loads(self.file_path.read_text())
@@ -243,7 +248,7 @@ class DeviceKey:
                 except IntegrityError as exc:
                     raise KeyStoreError(f"wrong passphrase for {self.file_path} (or the file "
                                         "is damaged)") from exc
-                keycache.put(entry, raw, settings().key_cache_seconds)
+                keycache.put(entry, raw, keep)
         try:
             priv = Secret.from_raw(raw)
         except IntegrityError as exc:

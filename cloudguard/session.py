@@ -231,11 +231,12 @@ def _device_key(binding: Binding) -> DeviceKey:
 _UNLOCKED: dict[str, Secret] = {}
 
 
-def unlock(binding: Binding) -> Secret:
-    """The device secret of ``binding``, read once and then kept for this process."""
+def unlock(binding: Binding, cache_seconds: float | None = None) -> Secret:
+    """The device secret of ``binding``, read once and then kept for this process.
+    ``cache_seconds``: see keys.DeviceKey.load."""
     secret = _UNLOCKED.get(binding.id)
     if secret is None:
-        secret = _device_key(binding).load()
+        secret = _device_key(binding).load(cache_seconds)
         _UNLOCKED[binding.id] = secret
     return secret
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import CLOUDGUARD, cg, cg_json, share
+from helpers import CLOUDGUARD, PASSPHRASE, cg, cg_json, cg_proc, share
 
 from cloudguard.api import Vault
 from cloudguard.daemon.schedule import Recent, Scheduler, Timing
@@ -148,7 +148,8 @@ def daemon(home: Path, log: Path, *folders: Path, extra: tuple[str, ...] = (),
     with log.open("wb") as out:
         proc = subprocess.Popen([*CLOUDGUARD, "daemon", "run", *extra,
                                  *(arg for f in folders for arg in ("--folder", str(f)))],
-                                env=env, stdout=out, stderr=subprocess.STDOUT)
+                                env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT)
     try:
         wait_for("the daemon to start", lambda: b"serving" in log.read_bytes(), 30)
         yield proc
@@ -503,6 +504,43 @@ def test_ready_status_and_a_prompt_stop(local_remote: str, tmp_path: Path) -> No
         listener.close()
 
 
+def test_without_a_passphrase_the_daemon_starts_locked_until_unlock(
+        local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """File keystore, no terminal, no variable, no credential: the daemon starts (READY, so
+    systemd does not restart it), serves nothing and says so, until `cloudguard unlock` hands
+    it the key through the kernel keyring (here with the cache off: a one-time handover)."""
+    from cloudguard import keycache, keys
+
+    if keycache._ring(create=True) is None:
+        pytest.skip("no kernel keyring here")
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a")
+    cg("init", str(folder), "--remote", local_remote)
+    home = Path(os.environ["CLOUDGUARD_HOME"])
+    monkeypatch.delenv("CLOUDGUARD_PASSPHRASE")
+    keys.drop_cached_keys()
+    segments = lambda: sorted((Path(local_remote) / "m").glob("*"))  # noqa: E731
+    before = segments()
+    with daemon(home, tmp_path / "daemon.log") as proc:
+        got = cg_json("daemon", "status")["folders"][0]
+        assert got["state"] == "locked" and "cloudguard unlock" in got["why"], got
+        (folder / "b.txt").write_text("b")
+        refused = cg_proc("daemon", "resume")
+        assert refused.returncode == 2 and "locked" in refused.stderr, refused.stderr
+        time.sleep(2)
+        assert segments() == before and proc.poll() is None  # nothing pushed while locked
+        assert b"waiting for `cloudguard unlock`" in (tmp_path / "daemon.log").read_bytes()
+        monkeypatch.setenv("CLOUDGUARD_PASSPHRASE", PASSPHRASE)  # what the prompt would read
+        got_unlock = cg_proc("unlock")
+        assert got_unlock.returncode == 0 and "the daemon has them" in got_unlock.stdout
+        wait_for("the push after unlock", lambda: len(segments()) > len(before))
+        wait_for("the folder to be served", lambda: cg_json("daemon", "status")["folders"][0][
+            "state"] in ("idle", "syncing"))
+        assert cg_json("status", "--folder", str(folder))["to_push"] == []
+    assert proc.returncode == 0
+
+
 def test_pause_resume_and_a_guard_that_stops_only_its_folder(local_remote: str,
                                                                tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
@@ -600,6 +638,74 @@ def test_a_folder_inside_another_sync_client_is_not_served(local_remote: str,
         wait_for("the push", lambda: cg_json("status", "--folder", str(folder))[
             "to_push"] == [])
         assert b"--allow-exposed" in (tmp_path / "daemon2.log").read_bytes()
+
+
+@contextmanager
+def notification_server() -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
+    """A private session bus (the real dbus-daemon) with a notification server on it that
+    records every Notify call, as a desktop's would show it."""
+    from jeepney import HeaderFields, MessageType, new_method_return
+    from jeepney.bus_messages import message_bus
+    from jeepney.io.blocking import open_dbus_connection
+
+    bus = subprocess.Popen(["dbus-daemon", "--session", "--nofork", "--print-address=1"],
+                           stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert bus.stdout is not None
+    address = bus.stdout.readline().decode().strip()
+    got: list[tuple[Any, ...]] = []
+    stop, ready = threading.Event(), threading.Event()
+
+    def serve() -> None:
+        with open_dbus_connection(bus=address) as conn:
+            conn.send_and_get_reply(message_bus.RequestName("org.freedesktop.Notifications"))
+            ready.set()
+            while not stop.is_set():
+                try:
+                    msg = conn.receive(timeout=0.2)
+                except TimeoutError:
+                    continue
+                if (msg.header.message_type == MessageType.method_call
+                        and msg.header.fields.get(HeaderFields.member) == "Notify"):
+                    got.append(msg.body)
+                    conn.send(new_method_return(msg, "u", (len(got),)))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(10), "the notification server did not start"
+        yield address, got
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        bus.terminate()
+        bus.wait(timeout=10)
+        bus.stdout.close()
+
+
+def test_a_stopped_folder_is_a_desktop_notification(local_remote: str, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder the daemon stops reaches the desktop over D-Bus, not only the log; without a
+    session bus nothing is sent and nothing fails."""
+    from cloudguard.daemon import desktop
+
+    dropbox = tmp_path / "Dropbox"
+    dropbox.mkdir()
+    (dropbox / ".dropbox").write_text("")
+    folder = dropbox / "secret"
+    folder.mkdir()
+    cg("init", str(folder), "--remote", local_remote, "--allow-exposed")
+    home = Path(os.environ["CLOUDGUARD_HOME"])
+    with notification_server() as (address, got):
+        monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", address)
+        with daemon(home, tmp_path / "daemon.log", folder):
+            wait_for("the notification", lambda: bool(got))
+        app, _replaces, _icon, summary, body, _actions, hints, _timeout = got[0]
+        assert app == "cloudguard" and str(folder) in summary and "Dropbox" in body
+        assert hints["urgency"] == ("y", 2)
+        assert desktop.notify("cloudguard: 2 conflict copies", "both kept")
+        assert got[-1][3] == "cloudguard: 2 conflict copies"
+    monkeypatch.delenv("DBUS_SESSION_BUS_ADDRESS")
+    assert desktop.notify("nobody listens", "") is False
 
 
 def test_the_key_is_rotated_on_schedule(local_remote: str, tmp_path: Path) -> None:

@@ -186,6 +186,36 @@ def _control(command: str, folder: str | None, accept_deletes: bool, accept_chan
     _run(go, as_json)
 
 
+@main.command("unlock")
+@click.option("--folder", "folders", multiple=True, metavar="FOLDER",
+              help="Unlock only this bound folder's key (repeatable; default: every one).")
+@json_option
+def unlock_cmd(folders: tuple[str, ...], as_json: bool) -> None:
+    """Open the device key files (asking for their passphrases) and hand them to a daemon
+    that started locked, through the kernel keyring: never on disk, never over a socket."""
+    from ..daemon import control
+    from ..keycache import HANDOVER_SECONDS
+    from ..session import unlock
+    from ..settings import settings
+    from ..state import all_bindings, find_binding
+
+    def go() -> None:
+        bindings = [find_binding(f) for f in folders] if folders else all_bindings()
+        if not bindings:
+            raise UsageError("no bound folder here; run cloudguard init or clone first")
+        keep = max(settings().key_cache_seconds, HANDOVER_SECONDS)
+        for binding in bindings:
+            unlock(binding, keep)
+        got = control.request({"cmd": "unlock"})
+        result = {"unlocked": [b.folder for b in bindings], "daemon": got is not None}
+        _emit(result, as_json, lambda r: (
+            f"Unlocked {len(r['unlocked'])} folder(s)"
+            + ("; the daemon has them." if r["daemon"] else
+               f"; no daemon is running (the keys stay in the kernel keyring for {keep:g} s).")),
+            always=True)
+    _run(go, as_json)
+
+
 @main.group("config")
 def config_group() -> None:
     """The daemon's settings (CLOUDGUARD_HOME/config.toml) and the environment's."""

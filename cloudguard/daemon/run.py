@@ -16,7 +16,7 @@ from types import FrameType
 from typing import Any
 
 from .. import lock
-from ..errors import CloudguardError, UsageError
+from ..errors import CloudguardError, PassphraseNeeded, UsageError
 from ..ignore import Ignore
 from ..session import unlock
 from ..state import Binding, all_bindings, find_binding, home
@@ -54,6 +54,16 @@ def _log_file() -> None:
     logging.getLogger().addHandler(handler)
 
 
+def _unlocked(binding: Binding) -> bool:
+    """Unlock now if nothing needs asking (the keyring, a variable, a credential, a terminal,
+    or a key that `cloudguard unlock` just left in the kernel keyring); else stay locked."""
+    try:
+        unlock(binding)
+    except PassphraseNeeded:
+        return False
+    return True
+
+
 def run(folders: list[str] | None = None, timing: Timing | None = None,
         intervals: Intervals | None = None, stop: threading.Event | None = None,
         allow_exposed: bool = False) -> int:
@@ -77,16 +87,18 @@ def run(folders: list[str] | None = None, timing: Timing | None = None,
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-    for binding in bindings:
-        unlock(binding)  # the keyring or passphrase, once, before systemd hears READY
+    locked = [b for b in bindings if not _unlocked(b)]  # asks once on a terminal
     record = lock.register("daemon")
     ignore = Ignore(config.ignore)
     workers = [FolderWorker(b, stop, timing, intervals, ignore, allow_exposed)
                for b in bindings]
 
     def report() -> dict[str, Any]:
+        waiting = {b.id for b in locked}
         return {"pid": os.getpid(), "folders": [
             {**asdict(w.status), "queue": len(w.sched), "alive": w.is_alive()}
+            | ({"state": "locked", "why": "run cloudguard unlock"}
+               if w.binding.id in waiting else {})
             for w in workers]}
 
     def chosen(request: dict[str, Any]) -> list[int]:
@@ -101,6 +113,9 @@ def run(folders: list[str] | None = None, timing: Timing | None = None,
         command = request.get("cmd")
         if command == "status":
             return report()
+        if command == "unlock":  # `cloudguard unlock` put the keys in the kernel keyring
+            unlocked.set()
+            return report()
         if command not in ("pause", "resume"):
             return {"error": f"unknown command {command!r}"}
         try:
@@ -111,6 +126,8 @@ def run(folders: list[str] | None = None, timing: Timing | None = None,
             return {"error": f"{request.get('folder')} is not served by this daemon"}
         for i in picked:
             worker = workers[i]
+            if worker.binding in locked:
+                return {"error": f"{worker.binding.folder} is locked: run cloudguard unlock"}
             if command == "pause":
                 worker.paused = True
                 worker._wake.set()
@@ -127,14 +144,29 @@ def run(folders: list[str] | None = None, timing: Timing | None = None,
                 fresh.start()
         return {**report(), "done": command}
 
+    unlocked = threading.Event()
     status_thread = control.serve(handle, stop)
     try:
+        # locked folders do not hold up READY: systemd would time the start out and restart
         control.notify("READY=1")
+        if locked:
+            names = ", ".join(b.folder for b in locked)
+            control.notify(f"STATUS=locked: run cloudguard unlock ({names})")
+            log.warning("locked: no passphrase for %d folder(s); waiting for `cloudguard "
+                        "unlock`", len(locked))
         for worker in workers:
-            worker.start()
-        log.info("serving %d folder(s)", len(workers))
-        while not stop.wait(1.0):  # a stopped folder waits for `daemon resume`
-            pass
+            if worker.binding not in locked:
+                worker.start()
+        log.info("serving %d folder(s)", len(workers) - len(locked))
+        while not stop.is_set():  # a stopped folder waits for `daemon resume`
+            if unlocked.wait(1.0) or locked:
+                unlocked.clear()
+                for binding in [b for b in locked if _unlocked(b)]:
+                    locked.remove(binding)
+                    next(w for w in workers if w.binding is binding).start()
+                    log.info("unlocked %s", binding.folder)
+                if not locked:
+                    control.notify("STATUS=serving")
     finally:
         stop.set()
         for worker in workers:

@@ -38,6 +38,7 @@ from ..errors import CloudguardError, GuardError, IntegrityError
 from ..ignore import Ignore
 from ..names import from_disk
 from ..state import Binding
+from . import desktop
 from .schedule import Recent, Scheduler, Timing
 
 log = logging.getLogger("cloudguard.daemon")
@@ -198,6 +199,17 @@ class FolderWorker(threading.Thread):
     def _stopped(self, why: str) -> None:
         self.status.state, self.status.why = "stopped", why
         log.error("folder %s stopped: %s", self.binding.id, why)
+        desktop.notify(f"cloudguard stopped syncing {self.binding.folder}", why, urgent=True)
+
+    def _conflicts(self, got: dict[str, Any]) -> None:
+        """Both sides changed a file: both versions are kept; say so on the desktop."""
+        made = len(got.get("conflicts") or [])
+        if made:
+            log.info("folder %s: %d conflict copies", self.binding.id, made)
+            desktop.notify(f"cloudguard: {made} conflict cop{'y' if made == 1 else 'ies'} in "
+                           f"{self.binding.folder}",
+                           "A file was changed here and on another device; both versions are "
+                           "kept side by side (NAME (conflict ...)).")
 
     def _serve(self) -> None:
         folder = Path(self.binding.folder)
@@ -280,6 +292,7 @@ class FolderWorker(threading.Thread):
                         self.rewritten.add(int(got["rewritten"]))
                     self.accept_deletes = self.accept_changes = False
                     self.status.last_push = time.time()
+                    self._conflicts(got)
                     if got.get("skipped"):  # changed while read: look again when it settles
                         with self._lock:
                             self.sched.again([str(p) for p in got["skipped"]])
@@ -290,7 +303,7 @@ class FolderWorker(threading.Thread):
                 if now >= next_poll:
                     next_poll = now + self.intervals.poll
                     if self.vault.poll():
-                        self.vault.pull()
+                        self._conflicts(self.vault.pull())
                         self.status.last_pull = time.time()
                 backoff, retry_at = 0.0, 0.0
             except GuardError as exc:

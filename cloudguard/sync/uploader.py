@@ -158,6 +158,11 @@ SPOOL_FLUSH_FILES = 20_000  # ... or this many files, whichever comes first
 STREAM_ABOVE = 32 * 1024 * 1024  # bigger files go straight into rclone, never to disk
 
 
+LAND_EVERY = 256 * 1024 * 1024  # uploaded plaintext bytes committed together (or
+# SPOOL_FLUSH_FILES files): a crash loses at most that much upload, and a push of a few big
+# files and some small ones commits once
+
+
 def _same_disk(spool: Path, transport: Transport) -> bool:
     """A local remote on the spool's filesystem takes spool files by rename: no copy, and no
     extra disk at all, so even a big file may be spooled there."""
@@ -208,11 +213,13 @@ def upload(folder: Path, items: list[LocalItem], transport: Transport, spool: Pa
     (multipart uploads), one process moves many objects, and on the same filesystem a local
     remote receives it by rename. Each object is registered as pending before it is written.
 
-    ``landed`` receives each full batch's entries and objects once they are on the remote
-    (on this thread), so the caller can commit them: a huge first push then keeps its progress
-    across a crash or an interrupt, and its entries are not all held in memory. Those entries
-    are not kept in the result; the last batch's are (``entries``), so the caller commits them
-    with its other changes in one segment.
+    ``landed`` receives uploaded entries and objects once they are on the remote (on this
+    thread) whenever LAND_EVERY bytes or SPOOL_FLUSH_FILES files of them have gathered, so the
+    caller can commit them: a huge first push then keeps its progress across a crash or an
+    interrupt, and its entries are not all held in memory. Those entries are not kept in the
+    result; the rest are (``entries``), so the caller commits them with its other changes in
+    one segment. Before a big file is streamed, the spooled batch starts uploading, so small
+    files go up beside it.
     """
     result = Uploaded({}, [], [], 0)
     spool.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -222,6 +229,24 @@ def upload(folder: Path, items: list[LocalItem], transport: Transport, spool: Pa
     batch_entries: dict[str, Entry] = {}
     flight = _InFlight()
     waiting: tuple[dict[str, Entry], list[str]] | None = None  # uploaded, not yet landed
+    carried: dict[str, Entry] = {}  # on the remote, not yet handed to ``landed``
+    carried_names: list[str] = []
+    carried_bytes = 0
+    committed = 0  # files handed to ``landed``
+
+    def carry(entries: dict[str, Entry], names: list[str]) -> None:
+        nonlocal carried_bytes, committed
+        carried.update(entries)
+        carried_names.extend(names)
+        carried_bytes += sum(int(e.get("s", 0)) for e in entries.values())
+        result.paths += list(entries)
+        if landed is not None and (carried_bytes >= LAND_EVERY
+                                   or len(carried) >= SPOOL_FLUSH_FILES):
+            landed(dict(carried), list(carried_names))
+            committed += len(carried)
+            carried.clear()
+            carried_names.clear()
+            carried_bytes = 0
 
     def land() -> None:
         """Hand the batch that finished uploading to the caller (on this thread: the caller
@@ -231,11 +256,7 @@ def upload(folder: Path, items: list[LocalItem], transport: Transport, spool: Pa
         if waiting is not None:
             entries, names = waiting
             waiting = None
-            if landed is not None:
-                landed(entries, [DATA_PREFIX + o for o in names])
-            else:
-                result.entries.update(entries)
-            result.paths += list(entries)
+            carry(entries, [DATA_PREFIX + o for o in names])
 
     def send(entries: dict[str, Entry], names: list[str]) -> None:
         """The bar moves with the bytes rclone reports on the remote, not with encryption
@@ -267,15 +288,13 @@ def upload(folder: Path, items: list[LocalItem], transport: Transport, spool: Pa
             register(DATA_PREFIX + object_id)
             packed = len(group) > 1 or group[0].size < PACK_THRESHOLD
             if not packed and stream_big and group[0].size > STREAM_ABOVE:
+                if batch:
+                    flush()  # the small files go up beside the big one
                 streamed = _stream_one(folder, group[0], object_id, transport, kek,
                                        generation, padding, warn, progress, result)
+                land()  # keep the order: an earlier batch lands first
                 if streamed is not None:
-                    land()  # keep the order: an earlier batch lands first
-                    if landed is not None:
-                        landed({group[0].path: streamed}, [DATA_PREFIX + object_id])
-                    else:
-                        result.entries[group[0].path] = streamed
-                    result.paths.append(group[0].path)
+                    carry({group[0].path: streamed}, [DATA_PREFIX + object_id])
                 continue
             entries, out = _spool_group(folder, group, object_id, spool / object_id,
                                         packed, transport, kek, generation, padding, warn,
@@ -294,6 +313,7 @@ def upload(folder: Path, items: list[LocalItem], transport: Transport, spool: Pa
             send(batch_entries, batch)
             result.entries.update(batch_entries)
             result.paths += list(batch_entries)
+        result.entries.update(carried)
     except BaseException as exc:
         try:
             flight.wait()  # never leave an upload running behind our back
@@ -305,7 +325,7 @@ def upload(folder: Path, items: list[LocalItem], transport: Transport, spool: Pa
             for name in waiting[1]:
                 (spool / name).unlink(missing_ok=True)
         if isinstance(exc, KeyboardInterrupt):
-            kept = len(result.paths)
+            kept = committed
             raise Interrupted(
                 f"interrupted: {kept} file(s) were committed on the remote before it and are "
                 "kept; the rest were not uploaded (no spool file was left) and go up on the "
