@@ -93,9 +93,9 @@ class Faulty(MemoryTransport):
         super().put_bytes(name, data)
 
     @contextmanager
-    def writer(self, name: str) -> Iterator[IO[bytes]]:
+    def writer(self, name: str, size: int | None = None) -> Iterator[IO[bytes]]:
         self._tick("writer")
-        with super().writer(name) as out:
+        with super().writer(name, size) as out:
             yield out
 
 
@@ -128,4 +128,27 @@ def test_operations_on_the_memory_transport_and_an_injected_fault(
     vault.push(str(a))
     assert vault.status(str(a))["to_push"] == []
     assert vault.open_reader(str(a), "one.txt").read(0, 100) == b"one, edited"
+    assert vault.verify(str(a), read_data=True)["ok"]
+
+
+def test_a_big_file_streams_beside_the_small_ones_and_one_segment_commits_all(
+        tmp_path: Path) -> None:
+    """Issue 9 item 8: the spooled small files start uploading before the big file is
+    streamed (its exact size announced), and the whole push commits one delta segment, not
+    one per uploaded batch."""
+    import os
+
+    remote = f"memory:{tmp_path.name}"
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "big.bin").write_bytes(os.urandom(sync.uploader.STREAM_ABOVE + 12345))
+    for i in range(20):
+        (a / f"small{i:02}.txt").write_text(f"small {i}")
+    vault.init_vault(str(a), remote)
+    store = MemoryTransport.named(remote)
+    before = {n for n in store.objects if n.startswith("m/")}
+    got = vault.push(str(a))
+    assert len(got["uploaded"]) == 21 and got["objects"] == 2, got
+    assert len({n for n in store.objects if n.startswith("m/")} - before) == 1
+    assert vault.open_reader(str(a), "big.bin").read(0, 5) == (a / "big.bin").read_bytes()[:5]
     assert vault.verify(str(a), read_data=True)["ok"]
