@@ -308,12 +308,15 @@ def test_a_killed_daemon_loses_no_save_of_a_burst(local_remote: str, tmp_path: P
 
 
 @contextmanager
-def webdav_on(root: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """rclone serve webdav on a fixed port, so that it can be stopped and started again."""
+def server_on(kind: str, root: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """rclone serve webdav|sftp on a fixed port, so that it can be stopped and started
+    again (an sftp server makes a new host key each start; the client does not pin it)."""
     from servers import _port_open, rclone_binary, rclone_env
 
-    proc = subprocess.Popen([rclone_binary(), "serve", "webdav", str(root), "--addr",
-                             f"127.0.0.1:{port}"], env=rclone_env(), stdin=subprocess.DEVNULL,
+    extra = ["--no-auth", "--authorized-keys", os.devnull] if kind == "sftp" else []
+    proc = subprocess.Popen([rclone_binary(), "serve", kind, str(root), "--addr",
+                             f"127.0.0.1:{port}", "--cache-dir", str(root.parent / "cache"),
+                             *extra], env=rclone_env(), stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for("the server to listen", lambda: _port_open(port), 30)
@@ -323,19 +326,23 @@ def webdav_on(root: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
         proc.wait(timeout=10)
 
 
-def test_an_outage_loses_no_save_and_retries_are_bounded(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["webdav", "sftp"])
+def test_an_outage_loses_no_save_and_retries_are_bounded(tmp_path: Path, kind: str) -> None:
     """The server stops; 50 files are saved; it comes back: all 50 arrive, and the log shows
     a few spaced retries, not a storm."""
-    from servers import free_port
+    from servers import _obscure, free_port
 
     port = free_port()
-    remote = f":webdav,url='http://127.0.0.1:{port}',vendor=rclone:data"
+    remote = (f":webdav,url='http://127.0.0.1:{port}',vendor=rclone:data" if kind == "webdav"
+              else f":sftp,host=127.0.0.1,port={port},user=x,pass={_obscure('x')},"
+              "known_hosts_file=none,shell_type=unix,md5sum_command=md5sum,"
+              "sha1sum_command=sha1sum:data")
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     (a / "seed.txt").write_text("seed")
     home = Path(os.environ["CLOUDGUARD_HOME"])
     log = tmp_path / "daemon.log"
-    with webdav_on(tmp_path / "root", port):
+    with server_on(kind, tmp_path / "root", port):
         share(remote, a, b, tmp_path / "kit.json")
     with daemon(home, log, a):
         for i in range(50):
@@ -343,7 +350,7 @@ def test_an_outage_loses_no_save_and_retries_are_bounded(tmp_path: Path) -> None
         wait_for("a failed push", lambda: bool(cg_json("daemon", "status")["folders"][0][
             "last_error"]))
         time.sleep(3)  # a few more attempts while the server is down
-        with webdav_on(tmp_path / "root", port):
+        with server_on(kind, tmp_path / "root", port):
             want = {f"offline-{i:02}.txt": f"saved while offline {i}" for i in range(50)}
             wait_for_tree(b, {**want, "seed.txt": "seed"}, "all 50 files after the outage")
     retries = log.read_text().count("retrying in")
