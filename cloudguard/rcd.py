@@ -59,13 +59,18 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 def _socket_dir() -> Path:
     """A fresh 0700 folder for the socket: under CLOUDGUARD_HOME when its path is short
-    enough for a unix socket (108 bytes), else in the runtime or temp folder."""
-    here = Path(tempfile.mkdtemp(prefix="rcd-", dir=scratch_dir()))
-    if len(str(here / "rc.sock").encode()) < 100:
-        return here
-    here.rmdir()
-    return Path(tempfile.mkdtemp(prefix="cloudguard-rcd-",
-                                 dir=os.environ.get("XDG_RUNTIME_DIR") or None))
+    enough for a unix socket (108 bytes), else in the runtime folder, the temp folder, or
+    /tmp (a long TMPDIR must not keep the daemon or a mount from starting)."""
+    for where in (str(scratch_dir()), os.environ.get("XDG_RUNTIME_DIR"),
+                  tempfile.gettempdir(), "/tmp"):
+        if not where or len(os.path.join(where, "cloudguard-rcd-12345678", "rc.sock")) >= 100:
+            continue
+        here = Path(tempfile.mkdtemp(prefix="cloudguard-rcd-", dir=where))
+        if len(str(here / "rc.sock").encode()) < 100:
+            return here
+        here.rmdir()
+    raise TransportError("no folder with a path short enough for rclone rcd's unix socket "
+                         "(CLOUDGUARD_HOME, XDG_RUNTIME_DIR, TMPDIR and /tmp are all too long)")
 
 
 class _UnixConnection(http.client.HTTPConnection):

@@ -12,7 +12,10 @@ and kills it with SIGKILL after a random delay between 0 and that operation's ty
 * ``reencrypt`` - ``cloudguard key rotate --reencrypt`` on A;
 * ``restore``   - ``cloudguard restore --before T --force`` on A, where T is the moment before
   the round mutated and pushed A's folder: every path A had then gets its content back, paths
-  made later stay; A then pushes, and device B must get the restored tree.
+  made later stay; A then pushes, and device B must get the restored tree;
+* ``daemon``    - ``cloudguard daemon run`` on A, which pushes the mutation by itself; it is
+  always killed (python or group: its rclone rcd lives as long as it does), then started
+  again until ``status`` shows nothing left to push, and stopped with SIGTERM (exit 0).
 
 How it kills (chosen at random per round):
 
@@ -84,7 +87,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-OPS = ("push", "pull", "rotate", "reencrypt", "restore")
+OPS = ("push", "pull", "rotate", "reencrypt", "restore", "daemon")
+DAEMON_MODES = ("python", "group")  # its rclone rcd is long-lived: "rclone" has no end state
+# the daemon's settings in a campaign: short quiet periods, so a round is seconds long
+DAEMON_CONFIG = ("[daemon]\npoll_seconds = 0.5\nquiet_closed = 0.2\nquiet_open = 1.0\n"
+                 "min_interval = 0.3\n")
 KILL_MODES = ("python", "group", "rclone")
 MIB = 1024 * 1024
 PACK_THRESHOLD = 4 * MIB  # cloudguard.sync.PACK_THRESHOLD: files below it share packs
@@ -747,6 +754,37 @@ class Campaign:
         self.check_tree(b, snapshot_tree(a.folder), "device b after clone")
         return vault
 
+    def daemon_until_synced(self, device: Device) -> None:
+        """The daemon's completion run: start it again, wait until the folder has nothing to
+        push, then stop it with SIGTERM (it must exit 0)."""
+        args = cg_args("daemon", "run", "--folder", str(device.folder))
+        with tempfile.TemporaryFile(dir=device.spool.parent) as err, \
+                subprocess.Popen(args, env=device.env(), cwd=device.cwd, stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=err,
+                                 start_new_session=True) as proc:
+            try:
+                deadline = time.monotonic() + self.cfg.timeout
+                while True:
+                    res = run(device, cg_args("status", "--folder", str(device.folder),
+                                              "--json"), self.cfg.timeout)
+                    doc = json.loads(res.stdout) if res.code == 0 else {}
+                    daemon = doc.get("daemon") or {}
+                    if (doc.get("to_push") == [] and daemon.get("last_push")
+                            and daemon.get("queue") == 0):
+                        break
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise CampaignFailure("the restarted daemon did not bring the folder "
+                                              "in sync", f"{res.brief()} | {_read(err)[-400:]}")
+                    time.sleep(0.3)
+                proc.send_signal(signal.SIGTERM)
+                code = proc.wait(30)
+            except BaseException:
+                _signal(proc.pid, group=True)
+                proc.wait()
+                raise
+            if code != 0:
+                raise CampaignFailure("the daemon did not stop cleanly", _read(err)[-400:])
+
     def calibrate(self, vault: Vault) -> None:
         """Measure each operation once, uncrashed, on a typical change.
 
@@ -757,8 +795,8 @@ class Campaign:
         pushed = False
         for op in self.cfg.ops:
             lean = self.cfg.lean_calibration
-            if lean and op in ("push", "pull") or op == "restore":
-                continue  # a restore is about as long as a pull of the same change
+            if lean and op in ("push", "pull") or op in ("restore", "daemon"):
+                continue  # a restore is about as long as a pull; the daemon as a push
             if not lean:
                 mutate(vault.a.folder, rng, self.cfg.small_files, self.cfg.large_files,
                        self.marker)
@@ -773,6 +811,8 @@ class Campaign:
             self.must(vault.b, op_args("pull", vault.b.folder), "calibration pull on b")
         with self.lock:
             self.durations.setdefault("restore", self.durations.get("pull", 1.0))
+            # the daemon starts (imports, unlock, watches), then pushes after a quiet period
+            self.durations.setdefault("daemon", self.durations.get("push", 1.0) + 1.5)
         self.log("typical durations: " + ", ".join(f"{op} {self.durations[op]:.2f} s"
                                                    for op in self.cfg.ops))
 
@@ -859,6 +899,9 @@ class Campaign:
     def play(self, lane: Lane, vault: Vault, rnd: int, op: str) -> None:
         rng = random.Random(f"{self.cfg.seed}:{rnd}")
         mode = rng.choice(self.cfg.modes)
+        if op == "daemon":
+            mode = rng.choice([m for m in self.cfg.modes if m in DAEMON_MODES] or ["python"])
+            (vault.a.home / "config.toml").write_text(DAEMON_CONFIG)
         with self.lock:
             delay = rng.uniform(0, self.durations.get(op, 1.0))
         lane.current = (mode, delay)
@@ -870,7 +913,7 @@ class Campaign:
         if op in self.cfg.mutate_before or op == "restore":
             stats = mutate(vault.a.folder, rng, self.cfg.small_files, self.cfg.large_files,
                            self.marker)
-        if op != "push" and stats:
+        if op not in ("push", "daemon") and stats:
             res = self.must(vault.a, op_args("push", vault.a.folder, "--allow-mass-delete"),
                             "push before the round")
             self.note_duration("push", res.seconds)
@@ -883,6 +926,8 @@ class Campaign:
             args = cg_args("restore", "--before", time.strftime(
                 "%Y-%m-%dT%H:%M:%S", time.localtime(point)), "--force", "--folder",
                 str(dev.folder), "--json")
+        elif op == "daemon":  # runs until killed: the kill always lands
+            args = cg_args("daemon", "run", "--folder", str(dev.folder))
         else:
             args = op_args(op, dev.folder, *extra)
         outcome = run_killed(dev, args, delay, mode, rng, self.cfg.timeout)
@@ -910,7 +955,11 @@ class Campaign:
         if self.cfg.probe_window and outcome.killed and op != "pull":
             self.probe(vault, op, rnd)
         t1 = time.monotonic()
-        first = run(dev, args, self.cfg.timeout)
+        if op == "daemon":
+            self.daemon_until_synced(dev)
+            first = RunResult(args, 0, "", "", time.monotonic() - t1)
+        else:
+            first = run(dev, args, self.cfg.timeout)
         if first.code != 0:
             with self.lock:
                 self.report.retried.append(f"round {rnd} {op}/{outcome.killed or 'none'}: "

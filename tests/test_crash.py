@@ -1,6 +1,7 @@
-"""A short crash-consistency campaign: about a dozen SIGKILLs across push, pull and both kinds
-of key rotation, each followed by a completion run and the full invariant checks (verify,
-a second device's tree, a fresh clone at the end, temp files, plaintext markers).
+"""A short crash-consistency campaign: about a dozen SIGKILLs across push, pull, both kinds
+of key rotation, restore and the daemon, each followed by a completion run and the full
+invariant checks (verify, a second device's tree, a fresh clone at the end, temp files,
+plaintext markers).
 
 The full campaign is ``python scripts/crash_campaign.py`` (200 kills by default).
 """
@@ -24,7 +25,7 @@ def test_short_crash_campaign(tmp_path: Path) -> None:
         small_files=16,
         large_files=1,
         clone_every=1000,  # a fresh clone in the last round only
-        mutate_before=("push", "pull"),
+        mutate_before=("push", "pull", "daemon"),
         lean_calibration=True,
         final_gc_check=False,
         audit_every=1000,  # the audit log check in the last round only
