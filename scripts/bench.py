@@ -783,30 +783,32 @@ class Bench:
         base = self.work / "e"
         rows: dict[str, Row] = {}
         for kind in ("sftp", "s3"):
-            for name in ("rclone copy", "cloudguard push"):
-                label = f"{name} ({kind})"
-                slug = f"{kind}-{name.replace(' ', '-')}"
-                root = base / f"root-{slug}"
-                home = base / f"home-{slug}"
-                with webdav_server(self.tools.rclone, self.tools.env, root,
-                                   base / f"server-{slug}", kind=kind) as spec:
-                    if name == "cloudguard push":
-                        self.tools.cg_init(home, src, spec)
-                    flush_disks()
-                    self.settle()
-                    before = snapshot(root)
-                    reported: int | None = None
-                    if name == "rclone copy":
-                        got = self.tools.rclone_copy(src, spec)
-                    else:
-                        got, doc = self.tools.cg_push(home, src, profile_as=f"e-{kind}")
-                        reported = int(doc.get("bytes_uploaded", 0))
-                    d = diff(before, snapshot(root))
-                rows[label] = Row(label, [Run.of(got, d, reported)])
-                self.log(f"e {label}: {got.wall:.2f} s, {fmt_bytes(d.bytes_up)} in "
-                         f"{d.objects_up} objects, other load {got.other_cpu:.2f}")
-                shutil.rmtree(root, ignore_errors=True)
-                shutil.rmtree(home, ignore_errors=True)
+            for rep in range(self.cfg.runs):  # the tools alternate: drift hits both alike
+                for name in ("rclone copy", "cloudguard push"):
+                    label = f"{name} ({kind})"
+                    slug = f"{kind}-{name.replace(' ', '-')}"
+                    root = base / f"root-{slug}"
+                    home = base / f"home-{slug}"
+                    with webdav_server(self.tools.rclone, self.tools.env, root,
+                                       base / f"server-{slug}", kind=kind) as spec:
+                        if name == "cloudguard push":
+                            self.tools.cg_init(home, src, spec)
+                        flush_disks()
+                        self.settle()
+                        before = snapshot(root)
+                        reported: int | None = None
+                        if name == "rclone copy":
+                            got = self.tools.rclone_copy(src, spec)
+                        else:
+                            got, doc = self.tools.cg_push(home, src, profile_as=f"e-{kind}")
+                            reported = int(doc.get("bytes_uploaded", 0))
+                        d = diff(before, snapshot(root))
+                    rows.setdefault(label, Row(label, [])).runs.append(Run.of(got, d, reported))
+                    self.log(f"e run {rep + 1}/{self.cfg.runs} {label}: {got.wall:.2f} s, "
+                             f"{fmt_bytes(d.bytes_up)} in {d.objects_up} objects, other load "
+                             f"{got.other_cpu:.2f}")
+                    shutil.rmtree(root, ignore_errors=True)
+                    shutil.rmtree(home, ignore_errors=True)
         result.rows = list(rows.values())
         for kind in ("sftp", "s3"):
             ratio_check(result, rows[f"cloudguard push ({kind})"], rows[f"rclone copy ({kind})"],
