@@ -283,3 +283,32 @@ def test_real_programs_on_the_mount(local_remote: str, tmp_path: Path) -> None:
         assert _files(out) == _files(tree)
         assert _files(mnt / "src") == _files(tree)
         assert (mnt / "sed.txt").read_text() == "sed v2\n"
+
+
+def test_other_devices_changes_show_at_once_despite_the_kernel_cache(
+        local_remote: str, tmp_path: Path) -> None:
+    """The kernel keeps names and attributes for 10 s (fewer callbacks); after a poll brings
+    another device's changes, the mount invalidates exactly those paths, so a changed size and
+    a deleted file show within the poll interval, not 10 s later."""
+    from helpers import share
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "report.txt").write_text("short")
+    (a / "gone.txt").write_text("to be deleted")
+    share(local_remote, a, b, tmp_path / "kit.json")
+    mnt = tmp_path / "mnt"
+    with mounted(a, mnt, tmp_path / "mount.log", "--poll", "0.3"):
+        assert os.stat(mnt / "report.txt").st_size == 5  # now cached by the kernel
+        assert os.stat(mnt / "gone.txt").st_size == 13
+        (b / "report.txt").write_text("a much longer report")
+        (b / "gone.txt").unlink()
+        cg("push", "--folder", str(b))
+        started = time.monotonic()
+        while os.stat(mnt / "report.txt").st_size != 20:
+            assert time.monotonic() - started < 5, "the cached size outlived the poll"
+            time.sleep(0.1)
+        assert (mnt / "report.txt").read_text() == "a much longer report"
+        while (mnt / "gone.txt").exists():
+            assert time.monotonic() - started < 5, "the deleted file outlived the poll"
+            time.sleep(0.1)

@@ -116,7 +116,10 @@ def daemon_install(print_only: bool, as_json: bool) -> None:
 @click.argument("mountpoint", type=click.Path(file_okay=False))
 @folder_option
 @click.option("--read-only", is_flag=True, help="Serve the vault read-only.")
-def mount_cmd(mountpoint: str, folder: str | None, read_only: bool) -> None:
+@click.option("--poll", "poll_seconds", type=click.FloatRange(0.1, 3600), default=15.0,
+              show_default=True, help="Seconds between looks for other devices' changes.")
+def mount_cmd(mountpoint: str, folder: str | None, read_only: bool,
+              poll_seconds: float) -> None:
     """Mount the vault bound to FOLDER at MOUNTPOINT: files decrypted into memory on demand,
     no plaintext on disk. Runs in the foreground; unmount with cloudguard unmount."""
     from .. import lock
@@ -129,7 +132,7 @@ def mount_cmd(mountpoint: str, folder: str | None, read_only: bool) -> None:
         with Vault(folder) as v:
             record = lock.register("mount", os.path.abspath(mountpoint), v.folder)
             try:
-                fs.mount(v, mountpoint, read_only=read_only)
+                fs.mount(v, mountpoint, poll_seconds, read_only=read_only)
             finally:
                 record.unlink(missing_ok=True)
     _run(go)

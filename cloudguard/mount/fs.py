@@ -11,6 +11,8 @@ is swapped whole after each refresh, and each open file has its own reader or dr
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import functools
 import hashlib
@@ -23,7 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import mfusepy as fuse  # type: ignore[import-untyped]
+if "FUSE_LIBRARY_NAME" not in os.environ and ctypes.util.find_library("fuse3"):
+    # mfusepy takes libfuse2 when both are installed; we are built for libfuse3 (auto_unmount,
+    # fuse_invalidate_path), so ask for it before mfusepy loads its library
+    os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
+
+import mfusepy as fuse  # type: ignore[import-untyped]  # noqa: E402
 
 from ..api import Vault
 from ..errors import CloudguardError, IntegrityError
@@ -33,6 +40,13 @@ from .draft import Draft
 log = logging.getLogger("cloudguard.mount")
 
 BLOCK = 128 * 1024  # st_blksize: readers ask in big pieces (chunks are 64 KiB)
+CACHE_SECONDS = 10.0  # the kernel keeps names and attributes this long; a poll invalidates
+
+# fuse_invalidate_path (libfuse >= 3.1), which mfusepy does not wrap
+_INVALIDATE: Any = getattr(fuse._libfuse, "fuse_invalidate_path", None)
+if _INVALIDATE is not None:
+    _INVALIDATE.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    _INVALIDATE.restype = ctypes.c_int
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -106,15 +120,35 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
         self._lock = threading.Lock()  # guards the handle table only, never held over I/O
         self.poll_seconds = poll_seconds
         self._stop = threading.Event()
+        self._fuse: int | None = None
 
     # --- background refresh: off the FUSE threads -------------------------------------------
+
+    def init(self, path: str) -> None:
+        """libfuse's handle, for telling the kernel which cached paths went stale."""
+        self._fuse = fuse._libfuse.fuse_get_context().contents.fuse
+
+    def _invalidate(self, old: Tree, new: Tree) -> int:
+        """After a poll brought other devices' changes: drop the kernel's cached attributes,
+        names and pages of every path that changed, so the long cache times stay correct.
+        Called from the poll thread only, never inside a FUSE callback."""
+        if not self._fuse or _INVALIDATE is None:
+            return 0
+        changed = {p for p in old.entries.keys() | new.entries.keys()
+                   if old.entries.get(p) != new.entries.get(p)}
+        changed |= {p for p in old.children.keys() | new.children.keys()
+                    if old.children.get(p) != new.children.get(p)}
+        for path in sorted(changed, key=len, reverse=True):  # deepest first
+            _INVALIDATE(self._fuse, path.encode("utf-8", "surrogateescape"))  # -ENOENT: uncached
+        return len(changed)
 
     def start_polling(self) -> threading.Thread:
         def loop() -> None:
             while not self._stop.wait(self.poll_seconds):
                 try:
                     if self.vault.poll():
-                        self.tree = Tree.of(self.vault.files())  # swapped whole
+                        old, self.tree = self.tree, Tree.of(self.vault.files())  # swapped whole
+                        self._invalidate(old, self.tree)
                 except CloudguardError as exc:
                     log.warning("refresh failed: %s", type(exc).__name__)
         thread = threading.Thread(target=loop, name="cloudguard-mount-poll", daemon=True)
@@ -433,4 +467,4 @@ def mount(vault: Vault, mountpoint: str, poll_seconds: float = 15.0,
     fs.start_polling()
     fuse.FUSE(fs, mountpoint, foreground=True, nothreads=False, use_ino=True, ro=read_only,
               auto_unmount=True, default_permissions=True, fsname="cloudguard",
-              subtype="cloudguard", attr_timeout=1.0, entry_timeout=1.0)
+              subtype="cloudguard", attr_timeout=CACHE_SECONDS, entry_timeout=CACHE_SECONDS)
