@@ -15,8 +15,9 @@ import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import msgspec
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -31,11 +32,7 @@ KEYS_PREFIX = "keys/"
 COMMIT_MAGIC = b"CGC" + bytes([fmt.VERSION])
 ENROLL_MAGIC = b"CGE" + bytes([fmt.VERSION])
 ACTIONS = ("genesis", "add", "remove", "rotate", "merge")
-_NAME = re.compile(r"^keys/([0-9]{8})-([0-9a-f]{64})(\.k)?$")
-_RID = re.compile(r"^[0-9a-f]{16}$")
-_ID = re.compile(r"^[0-9a-f]{64}$")
-_BODY_KEYS = {"type", "format", "vault", "pos", "parent", "merges", "action", "signer", "created",
-              "members", "removed", "epoch", "kek", "keyobj", "names", "descriptor"}
+_NAME = re.compile(r"^keys/([0-9]{8})-([0-9a-f]{64})(\.k)?\Z")  # \Z: no trailing newline
 
 
 # --- member secrets -----------------------------------------------------------------------
@@ -163,18 +160,6 @@ def split_signed(magic: bytes, data: bytes) -> tuple[bytes, dict[str, Any], byte
     return raw, doc, data[8 + length:]
 
 
-def _str(value: object) -> str:
-    if not isinstance(value, str):
-        raise IntegrityError()
-    return value
-
-
-def _int(value: object) -> int:
-    if type(value) is not int or value < 0:
-        raise IntegrityError()
-    return value
-
-
 def _key(value: object) -> bytes:
     raw = fmt.unb64(value)
     if len(raw) != 32:
@@ -182,74 +167,80 @@ def _key(value: object) -> bytes:
     return raw
 
 
-def _rid(value: object) -> str:
-    if not isinstance(value, str) or not _RID.match(value):
-        raise IntegrityError()
-    return value
+_HEX64 = msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")
+_RID16 = msgspec.Meta(pattern=r"^[0-9a-f]{16}\Z")
+_KEY32 = msgspec.Meta(pattern=r"^[A-Za-z0-9+/]{43}=\Z")  # standard base64 of 32 bytes
+_COUNT = msgspec.Meta(ge=0)
+_Id = Annotated[str, _HEX64]
+_Rid = Annotated[str, _RID16]
+_Pub = Annotated[str, _KEY32]
+
+
+class _Keys(msgspec.Struct, forbid_unknown_fields=True):
+    kind: Literal["device", "kit"]
+    x: _Pub
+    s: _Pub
+
+
+class _Cut(msgspec.Struct, forbid_unknown_fields=True):
+    s: _Pub
+    seq: Annotated[int, _COUNT]
+    hash: _Id | None
+
+
+class _Body(msgspec.Struct, forbid_unknown_fields=True):
+    """A commit's body as format.md lists it: every key present, no other, each typed."""
+
+    type: Literal["cloudguard/commit"]
+    format: Literal[2]
+    vault: _Id | None
+    pos: Annotated[int, _COUNT]
+    parent: _Id | None
+    merges: list[_Id]
+    action: Literal["genesis", "add", "remove", "rotate", "merge"]
+    signer: _Rid
+    created: str
+    members: Annotated[dict[_Rid, _Keys], msgspec.Meta(min_length=1)]
+    removed: dict[_Rid, _Cut]
+    epoch: Annotated[int, _COUNT]
+    kek: _Id
+    keyobj: _Id
+    names: str
+    descriptor: _Id
+
+
+_BODY_KEYS = frozenset(_Body.__struct_fields__)
 
 
 def decode_commit(data: bytes, name: str, vault_id: str) -> Commit:
-    """Structure only (format.md check 1 and 5); the signature needs the parent."""
+    """Structure only (format.md check 1 and 5); the signature needs the parent. The strict
+    JSON parse (no duplicate keys) comes first, then msgspec checks every field's type."""
     parsed = parse_name(name)
     raw, doc, sig = split_signed(COMMIT_MAGIC, data)
     try:
-        if set(doc) != _BODY_KEYS or doc["type"] != "cloudguard/commit" or doc["format"] != 2:
-            raise IntegrityError()
-        pos = _int(doc["pos"])
-        cid = commit_id(raw)
-        if parsed is None or parsed[2] or parsed[0] != pos or parsed[1] != cid:
-            raise IntegrityError()
-        action = _str(doc["action"])
-        if action not in ACTIONS or (action == "genesis") != (pos == 0):
-            raise IntegrityError()
-        if pos == 0:
-            if doc["vault"] is not None or doc["parent"] is not None or cid != vault_id:
-                raise IntegrityError()
-            parent = None
-        else:
-            if doc["vault"] != vault_id or not _ID.match(_str(doc["parent"])):
-                raise IntegrityError()
-            parent = _str(doc["parent"])
-        merges = doc["merges"]
-        if not isinstance(merges, list) or not all(isinstance(m, str) and _ID.match(m)
-                                                   for m in merges):
-            raise IntegrityError()
-        if bool(merges) != (action == "merge"):
-            raise IntegrityError()
-        members: dict[str, MemberKeys] = {}
-        if not isinstance(doc["members"], dict) or not doc["members"]:
-            raise IntegrityError()
-        for rid, keys in doc["members"].items():
-            if not isinstance(keys, dict) or set(keys) != {"kind", "x", "s"} or keys[
-                    "kind"] not in ("device", "kit"):
-                raise IntegrityError()
-            members[_rid(rid)] = MemberKeys(keys["kind"], _key(keys["x"]), _key(keys["s"]))
-        removed: dict[str, Cutoff] = {}
-        if not isinstance(doc["removed"], dict):
-            raise IntegrityError()
-        for rid, cut in doc["removed"].items():
-            if not isinstance(cut, dict) or set(cut) != {"s", "seq", "hash"}:
-                raise IntegrityError()
-            digest = cut["hash"]
-            if digest is not None and not (isinstance(digest, str) and _ID.match(digest)):
-                raise IntegrityError()
-            seq = _int(cut["seq"])
-            if seq == 0 and digest is not None:
-                raise IntegrityError()  # seq 0: nothing of it was applied, so no segment
-            removed[_rid(rid)] = Cutoff(_key(cut["s"]), seq, digest)
-        if set(members) & set(removed):
-            raise IntegrityError()
-        for key in ("kek", "keyobj", "descriptor"):
-            if not _ID.match(_str(doc[key])):
-                raise IntegrityError()
-        return Commit(cid, pos, parent, list(merges), action, _rid(doc["signer"]),
-                      _str(doc["created"]), members, removed, _int(doc["epoch"]),
-                      doc["kek"], doc["keyobj"], _str(doc["names"]), doc["descriptor"], raw,
-                      sig)
-    except (KeyError, TypeError, AttributeError) as exc:
+        body = msgspec.convert(doc, _Body)
+    except msgspec.ValidationError as exc:
         raise IntegrityError() from exc
-
-
+    cid = commit_id(raw)
+    if parsed is None or parsed[2] or parsed[0] != body.pos or parsed[1] != cid:
+        raise IntegrityError()
+    if (body.action == "genesis") != (body.pos == 0) or bool(body.merges) != (
+            body.action == "merge"):
+        raise IntegrityError()
+    if body.pos == 0:
+        if body.vault is not None or body.parent is not None or cid != vault_id:
+            raise IntegrityError()
+    elif body.vault != vault_id or body.parent is None:
+        raise IntegrityError()
+    if any(cut.seq == 0 and cut.hash is not None for cut in body.removed.values()):
+        raise IntegrityError()  # seq 0: nothing of it was applied, so no segment
+    if set(body.members) & set(body.removed):
+        raise IntegrityError()
+    members = {rid: MemberKeys(k.kind, _key(k.x), _key(k.s)) for rid, k in body.members.items()}
+    removed = {rid: Cutoff(_key(c.s), c.seq, c.hash) for rid, c in body.removed.items()}
+    return Commit(cid, body.pos, body.parent, list(body.merges), body.action, body.signer,
+                  body.created, members, removed, body.epoch, body.kek, body.keyobj,
+                  body.names, body.descriptor, raw, sig)
 
 
 # --- key objects --------------------------------------------------------------------------
@@ -355,20 +346,28 @@ def make_request(vault_id: str, rid: str, name: str, created: str, me: Secret) -
     return encode_signed(ENROLL_MAGIC, body, me.s, b"cloudguard/v2/enroll")[0]
 
 
+class _EnrollBody(msgspec.Struct, forbid_unknown_fields=True):
+    type: Literal["cloudguard/enroll"]
+    format: Literal[2]
+    vault: str
+    rid: _Rid
+    name: str
+    created: str
+    x: _Pub
+    s: _Pub
+
+
 def read_request(data: bytes) -> Request:
     """A request signed by the key it introduces: proof of possession; the fingerprint,
     compared by a person, is what authenticates it."""
     raw, doc, sig = split_signed(ENROLL_MAGIC, data)
     try:
-        if set(doc) != {"type", "format", "vault", "rid", "name", "created", "x", "s"} or (
-                doc["type"] != "cloudguard/enroll" or doc["format"] != 2):
-            raise IntegrityError()
-        keys = MemberKeys("device", _key(doc["x"]), _key(doc["s"]))
-        verify_sig(keys.s, b"cloudguard/v2/enroll", raw, sig)
-        return Request(_str(doc["vault"]), _rid(doc["rid"]), _str(doc["name"]),
-                       _str(doc["created"]), keys, fmt.fingerprint(raw))
-    except (KeyError, TypeError) as exc:
+        body = msgspec.convert(doc, _EnrollBody)
+    except msgspec.ValidationError as exc:
         raise IntegrityError() from exc
+    keys = MemberKeys("device", _key(body.x), _key(body.s))
+    verify_sig(keys.s, b"cloudguard/v2/enroll", raw, sig)
+    return Request(body.vault, body.rid, body.name, body.created, keys, fmt.fingerprint(raw))
 
 
 # --- segments: who may have written them --------------------------------------------------

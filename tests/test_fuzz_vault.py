@@ -150,3 +150,33 @@ def test_manifest_ops(ops: list[dict[str, Any]]) -> None:
 def test_typed_only_rejects_other_errors() -> None:
     with pytest.raises(AssertionError):
         typed_only(KeyError("x"))
+
+
+def _rebuilt(doc: dict[str, Any]) -> tuple[bytes, str]:
+    """The genesis with ``doc`` as its body, under the name that body's id gives."""
+    body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    name = chain.commit_name(0, chain.commit_id(body))
+    return GENESIS_BYTES[:4] + len(body).to_bytes(4, "big") + body + GENESIS.sig, name
+
+
+@pytest.mark.parametrize("change", [
+    {"pos": False},  # a bool is not a position (JSON false == 0 in Python)
+    {"epoch": 1.0},
+    {"signer": RID + "\n"},  # a trailing newline passes a ^...$ pattern
+    {"members": {}},
+    {"extra": 1},
+    {"format": "2"},
+])
+def test_decoding_a_commit_is_typed(change: dict[str, Any]) -> None:
+    """msgspec checks every field's type before anything reads it (issue 10): a wrong type,
+    a missing or an extra key is an integrity error, never a crash or a silent coercion."""
+    data, name = _rebuilt({**json.loads(GENESIS.body), **change})
+    with pytest.raises(IntegrityError):  # a genesis's own id is the vault id
+        chain.decode_commit(data, name, chain.commit_id(data[8:-64]))
+    data, name = _rebuilt(json.loads(GENESIS.body))
+    assert chain.decode_commit(data, name, chain.commit_id(data[8:-64])).pos == 0  # control
+    doc = json.loads(GENESIS.body)
+    del doc["kek"]
+    data, name = _rebuilt(doc)
+    with pytest.raises(IntegrityError):
+        chain.decode_commit(data, name, chain.commit_id(data[8:-64]))

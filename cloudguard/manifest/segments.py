@@ -20,7 +20,7 @@ from .moves import Entry
 PREFIX = "m/"
 
 
-_NAME = re.compile(r"^m/([0-9a-f]{16})-([0-9]{12})\.([ds])$")
+_NAME = re.compile(r"^m/([0-9a-f]{16})-([0-9]{12})\.([ds])\Z")
 
 
 def segment_name(device: str, seq: int, kind: str) -> str:
@@ -133,13 +133,13 @@ def _ctx(raw: object) -> dict[str, int]:
     return out
 
 
-_DOT = re.compile(r"^[0-9a-f]{16}:[0-9]{1,12}$")
+_DOT = re.compile(r"^[0-9a-f]{16}:[0-9]{1,12}\Z")
 
 
-_OBJECT_ID = re.compile(r"^[0-9a-f]{32}$")
+_OBJECT_ID = re.compile(r"^[0-9a-f]{32}\Z")
 
 
-_WRITER = re.compile(r"^[0-9a-f]{16}$")
+_WRITER = re.compile(r"^[0-9a-f]{16}\Z")
 
 
 _FIELD_TYPES: dict[str, type] = {

@@ -28,7 +28,7 @@ from ..session import UI, Session, session
 from .common import _audited, _log, _scan
 from .pull import _stage
 
-_AGO = re.compile(r"^(\d+)([smhd])$")
+_AGO = re.compile(r"^(\d+)([smhd])\Z")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 

@@ -52,10 +52,10 @@ class NotAFolder(CloudguardError):
 STAGING = "staging"  # MARKER_DIR/STAGING: where a pull writes files before renaming them
 
 
-TEMP_NAME = re.compile(r"^[0-9a-f]{16}\.tmp$")
+TEMP_NAME = re.compile(r"^[0-9a-f]{16}\.tmp\Z")
 
 
-KEPT_NAME = re.compile(r"^ok-([0-9a-f]{64})$")  # an authenticated download kept for reuse
+KEPT_NAME = re.compile(r"^ok-([0-9a-f]{64})\Z")  # an authenticated download kept for reuse
 
 
 KEPT_FOR = 86400.0  # seconds an interrupted pull's authenticated downloads wait for the next
