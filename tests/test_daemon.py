@@ -791,3 +791,31 @@ def test_config_show_prints_the_effective_settings_and_names_a_bad_one() -> None
     (home / "config.toml").write_text("[daemon]\npoll_seconds = \"often\"\n")
     bad = cg("config", "show", code=2)
     assert "daemon.poll_seconds = 'often'" in bad.output
+
+
+def test_a_folder_section_overrides_the_daemon_section_for_that_folder(tmp_path: Path) -> None:
+    """Issue 11: [folder."PATH"] holds any [daemon] setting for one folder; its ignore
+    patterns add to [daemon]'s; every bad value names its section."""
+    from cloudguard.daemon.config import load
+
+    home = Path(os.environ["CLOUDGUARD_HOME"])
+    work, other = tmp_path / "work", tmp_path / "other"
+    path = home / "config.toml"
+    path.write_text(f'[daemon]\npoll_seconds = 7\nignore = ["*.bak"]\n\n'
+                    f'[folder."{work}"]\npoll_seconds = 60\nquiet_closed = 1.5\n'
+                    f'ignore = ["*.iso"]\nrotation_days = 7\n')
+    config = load()
+    mine, rest = config.for_folder(str(work)), config.for_folder(str(other))
+    assert (mine.intervals.poll, mine.timing.quiet_closed, mine.intervals.rotation_days) == (
+        60.0, 1.5, 7.0)
+    assert mine.ignore == ("*.bak", "*.iso") and mine.timing.max_wait == 30.0
+    assert (rest.intervals.poll, rest.ignore) == (7.0, ("*.bak",))
+    got = cg_json("config", "show")
+    assert got["folders"][str(work.resolve())]["poll"] == 60.0
+    for text, named in ((f'[folder."{work}"]\nquiet_open = -1\n', f'folder."{work}".quiet_open'),
+                        ('[folder."relative/path"]\npoll_seconds = 1\n', "absolute path"),
+                        ("[folders]\n", "unknown section [folders]"),
+                        (f'[folder."{work}"]\ncolour = "blue"\n', "colour")):
+        path.write_text(text)
+        bad = cg("config", "show", code=2)
+        assert named in bad.output, bad.output

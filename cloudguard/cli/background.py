@@ -237,14 +237,21 @@ def config_show(as_json: bool) -> None:
     def go() -> None:
         daemon_config = load()
         env = {k: (str(v) if v is not None else None) for k, v in asdict(settings()).items()}
-        result = {"config_file": str(config_path()),
-                  "daemon": {**asdict(daemon_config.timing), **asdict(daemon_config.intervals),
-                             "ignore": list(daemon_config.ignore)},
+
+        def flat(c: Any) -> dict[str, Any]:
+            return {**asdict(c.timing), **asdict(c.intervals), "ignore": list(c.ignore)}
+
+        result = {"config_file": str(config_path()), "daemon": flat(daemon_config),
+                  "folders": {f: flat(c) for f, c in daemon_config.folders.items()},
                   "environment": env}
 
         def human(r: dict[str, Any]) -> str:
             lines = [f"daemon ({r['config_file']}):"]
             lines += [f"  {k} = {v}" for k, v in r["daemon"].items()]
+            for folder, values in r["folders"].items():
+                lines.append(f"folder {folder}:")
+                lines += [f"  {k} = {v}" for k, v in values.items()
+                          if v != r["daemon"].get(k)]
             lines.append("environment:")
             lines += [f"  {k} = {v}" for k, v in r["environment"].items()]
             return "\n".join(lines)

@@ -69,8 +69,6 @@ def run(folders: list[str] | None = None, timing: Timing | None = None,
         allow_exposed: bool = False) -> int:
     control.take_notify_socket()
     config = load_config()
-    timing = timing or config.timing
-    intervals = intervals or config.intervals
     bindings = [find_binding(f) for f in folders] if folders else all_bindings()
     if not bindings:
         raise UsageError("no bound folder to serve; run cloudguard init or clone first")
@@ -89,9 +87,13 @@ def run(folders: list[str] | None = None, timing: Timing | None = None,
         signal.signal(signal.SIGINT, on_signal)
     locked = [b for b in bindings if not _unlocked(b)]  # asks once on a terminal
     record = lock.register("daemon")
-    ignore = Ignore(config.ignore)
-    workers = [FolderWorker(b, stop, timing, intervals, ignore, allow_exposed)
-               for b in bindings]
+    def worker_for(binding: Binding) -> FolderWorker:
+        """Its [folder."..."] section over [daemon]; a caller's timing wins (tests)."""
+        own = config.for_folder(binding.folder)
+        return FolderWorker(binding, stop, timing or own.timing, intervals or own.intervals,
+                            Ignore(own.ignore), allow_exposed)
+
+    workers = [worker_for(b) for b in bindings]
 
     def report() -> dict[str, Any]:
         waiting = {b.id for b in locked}
@@ -136,8 +138,7 @@ def run(folders: list[str] | None = None, timing: Timing | None = None,
                 worker.accept_changes = bool(request.get("accept_changes"))
                 worker.resume()
             else:  # stopped: a fresh worker rescans the folder from the start
-                fresh = FolderWorker(worker.binding, stop, timing, intervals, ignore,
-                                     allow_exposed)
+                fresh = worker_for(worker.binding)
                 fresh.accept_deletes = bool(request.get("accept_deletes"))
                 fresh.accept_changes = bool(request.get("accept_changes"))
                 workers[i] = fresh
