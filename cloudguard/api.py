@@ -34,13 +34,15 @@ class Vault:
     """One bound folder, opened once."""
 
     def __init__(self, folder: str | None = None, ui: UI | None = None,
-                 cache_bytes: int = 8 * 1024 * 1024) -> None:
+                 cache_bytes: int = 8 * 1024 * 1024, deadline: float | None = None) -> None:
+        """``deadline``: seconds a remote call may go without progress (default: the
+        CLOUDGUARD_STALL_SECONDS setting); the mount passes a short one."""
         self.binding = find_binding(folder)
         self.ui = ui or UI()
         unlock(self.binding)  # the keyring or passphrase is asked once, here
         from .rcd import RcdTransport  # here, not at import: a CLI run never needs it
 
-        self._transport = RcdTransport(self.binding.remote)  # one rclone for every call
+        self._transport = RcdTransport(self.binding.remote, stall=deadline)  # one rclone, all calls
         use_transport(self.binding, self._transport)
         self._seen: dict[str, int] | None = None
         self._cache = ChunkCache(cache_bytes)

@@ -92,8 +92,9 @@ class _UnixConnection(http.client.HTTPConnection):
 class RcdTransport:
     """The :class:`~cloudguard.transport.Transport` protocol over one ``rclone rcd``."""
 
-    def __init__(self, remote: str, inner: RcloneTransport | None = None) -> None:
-        self.inner = inner or RcloneTransport(remote)
+    def __init__(self, remote: str, inner: RcloneTransport | None = None,
+                 stall: float | None = None) -> None:
+        self.inner = inner or RcloneTransport(remote, stall=stall)
         self.remote = self.inner.remote
         self.local = self.inner.local
         self.stall = self.inner.stall

@@ -162,11 +162,14 @@ def open_transport(remote: str) -> Transport:
 
 
 class RcloneTransport:
-    def __init__(self, remote: str, extra_args: list[str] | None = None) -> None:
+    def __init__(self, remote: str, extra_args: list[str] | None = None,
+                 stall: float | None = None) -> None:
+        """``stall``: seconds without progress before a call ends (default: the setting); the
+        mount's deadline is shorter, so a dead server is EIO, not a hung program."""
         self.remote = normalize_remote(remote)
         self.local = self.remote.startswith("/")
         self.binary = rclone_binary()
-        self.stall = stall_seconds()
+        self.stall = stall if stall is not None else stall_seconds()
         self.extra = [*_network_flags(self.stall), *(extra_args or [])]
         self.scratch = scratch_dir()
 

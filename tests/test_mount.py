@@ -312,3 +312,67 @@ def test_other_devices_changes_show_at_once_despite_the_kernel_cache(
         while (mnt / "gone.txt").exists():
             assert time.monotonic() - started < 5, "the deleted file outlived the poll"
             time.sleep(0.1)
+
+
+def test_a_server_that_stops_answering_is_eio_within_the_deadline(tmp_path: Path) -> None:
+    """A remote that accepts connections and never answers (a hung server, a dead link)
+    turns a read on the mount into EIO after --deadline seconds, never a hung program."""
+    import socket
+    import threading
+
+    from servers import _port_open, free_port, rclone_binary, rclone_env
+
+    port = free_port()
+    remote = f":webdav,url='http://127.0.0.1:{port}',vendor=rclone:data"
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.bin").write_bytes(os.urandom(300_000))
+    server = subprocess.Popen([rclone_binary(), "serve", "webdav", str(tmp_path / "root"),
+                               "--addr", f"127.0.0.1:{port}"], env=rclone_env(),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not _port_open(port):
+            assert time.monotonic() < deadline, "the WebDAV server did not start"
+            time.sleep(0.05)
+        cg("init", str(folder), "--remote", remote)
+        cg("push", "--folder", str(folder))
+        mnt = tmp_path / "mnt"
+        with mounted(folder, mnt, tmp_path / "mount.log", "--deadline", "2", "--poll", "3600"):
+            assert os.stat(mnt / "a.bin").st_size == 300_000  # from the manifest, no fetch
+            server.terminate()
+            server.wait(timeout=10)
+            hole = socket.socket()  # accepts, reads, never answers
+            hole.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            hole.bind(("127.0.0.1", port))
+            hole.listen(16)
+            held: list[socket.socket] = []
+            stop = threading.Event()
+
+            def swallow() -> None:
+                hole.settimeout(0.2)
+                while not stop.is_set():
+                    try:
+                        held.append(hole.accept()[0])
+                    except TimeoutError:
+                        continue
+
+            thread = threading.Thread(target=swallow, daemon=True)
+            thread.start()
+            try:
+                started = time.monotonic()
+                with pytest.raises(OSError) as err:
+                    (mnt / "a.bin").read_bytes()
+                assert err.value.errno == errno.EIO
+                assert time.monotonic() - started < 15, "the read outlived its deadline"
+            finally:
+                stop.set()
+                thread.join(timeout=5)
+                for conn in held:
+                    conn.close()
+                hole.close()
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            server.wait(timeout=10)

@@ -118,8 +118,11 @@ def daemon_install(print_only: bool, as_json: bool) -> None:
 @click.option("--read-only", is_flag=True, help="Serve the vault read-only.")
 @click.option("--poll", "poll_seconds", type=click.FloatRange(0.1, 3600), default=15.0,
               show_default=True, help="Seconds between looks for other devices' changes.")
+@click.option("--deadline", type=click.FloatRange(1, 3600), default=20.0, show_default=True,
+              help="Seconds a remote call may go without progress before the file operation "
+                   "fails with EIO (a dead server never hangs the programs using the mount).")
 def mount_cmd(mountpoint: str, folder: str | None, read_only: bool,
-              poll_seconds: float) -> None:
+              poll_seconds: float, deadline: float) -> None:
     """Mount the vault bound to FOLDER at MOUNTPOINT: files decrypted into memory on demand,
     no plaintext on disk. Runs in the foreground; unmount with cloudguard unmount."""
     from .. import lock
@@ -129,7 +132,7 @@ def mount_cmd(mountpoint: str, folder: str | None, read_only: bool,
     def go() -> None:
         if not os.path.isdir(mountpoint):
             raise UsageError(f"{mountpoint} is not a folder")
-        with Vault(folder) as v:
+        with Vault(folder, deadline=deadline) as v:
             record = lock.register("mount", os.path.abspath(mountpoint), v.folder)
             try:
                 fs.mount(v, mountpoint, poll_seconds, read_only=read_only)
