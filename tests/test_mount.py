@@ -376,3 +376,54 @@ def test_a_server_that_stops_answering_is_eio_within_the_deadline(tmp_path: Path
         if server.poll() is None:
             server.terminate()
             server.wait(timeout=10)
+
+
+def test_a_burst_of_saves_is_one_commit_and_reads_back_at_once(local_remote: str,
+                                                                tmp_path: Path) -> None:
+    """Each close or fsync stages its version (ciphertext durable on local disk) and the
+    file reads back new at once; the staged versions go up in one delta once writes pause,
+    and another device gets every one of them."""
+    from helpers import share
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "seed.txt").write_text("seed")
+    share(local_remote, a, b, tmp_path / "kit.json")
+    segments = lambda: set((Path(local_remote) / "m").glob("*.d"))  # noqa: E731
+    mnt = tmp_path / "mnt"
+    with mounted(a, mnt, tmp_path / "mount.log"):
+        before = segments()
+        for i in range(20):
+            with open(mnt / f"f{i:02}.txt", "w") as fh:
+                fh.write(f"version {i}")
+                fh.flush()
+                os.fsync(fh.fileno())  # what SQLite does at every commit
+            assert (mnt / f"f{i:02}.txt").read_text() == f"version {i}"  # from the draft
+        assert sorted(os.listdir(mnt))[:2] == ["f00.txt", "f01.txt"]  # listed before commit
+        deadline = time.monotonic() + 30
+        while cg_json("status", "--folder", str(b))["to_pull"] != [f"f{i:02}.txt"
+                                                                for i in range(20)]:
+            assert time.monotonic() < deadline, "the staged versions were never committed"
+            time.sleep(0.3)
+        assert len(segments() - before) <= 3, "one delta per save instead of one per burst"
+    cg("pull", "--folder", str(b))
+    assert all((b / f"f{i:02}.txt").read_text() == f"version {i}" for i in range(20))
+
+
+def test_a_version_staged_before_a_kill_is_committed_at_the_next_mount(
+        local_remote: str, tmp_path: Path) -> None:
+    """close() stages; a kill -9 before the idle commit loses nothing: the next mount commits
+    what was staged (ciphertext and journal were on local disk)."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    cg("init", str(folder), "--remote", local_remote)
+    mnt = tmp_path / "mnt"
+    with mounted(folder, mnt, tmp_path / "mount.log") as proc:
+        (mnt / "saved.txt").write_text("staged, then the mount died")
+        proc.kill()  # at once: the commit waits for a second of quiet
+        proc.wait(timeout=10)
+    assert cg_json("status", "--folder", str(folder))["to_pull"] == []  # not committed yet
+    mnt.rmdir()
+    with mounted(folder, mnt, tmp_path / "mount2.log"):
+        assert (mnt / "saved.txt").read_text() == "staged, then the mount died"
+    assert cg_json("status", "--folder", str(folder))["to_pull"] == ["saved.txt"]

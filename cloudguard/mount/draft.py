@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -34,6 +35,10 @@ class Draft:
         self._written: dict[int, int] = {}  # chunk index -> bytes of it that are real
         self.dirty = False
         self.refs = 1  # open handles sharing this draft (every writer of one file sees one)
+        self.staged = 0  # versions staged from it (the mount's committer compares counts)
+        # its content's time: stable between writes (an editor compares it before saving),
+        # and the time its version is committed with
+        self.mtime = time.time_ns()
 
     def _chunk(self, index: int) -> bytes:
         """The current plaintext of chunk ``index`` (zero-filled past what exists)."""
@@ -80,6 +85,7 @@ class Draft:
             done += len(piece)
         self.size = max(self.size, offset + len(data))
         self.dirty = True
+        self.mtime = time.time_ns()
         return len(data)
 
     def truncate(self, length: int) -> None:
@@ -94,6 +100,7 @@ class Draft:
             self.base_size = min(self.base_size, length)
         self.size = length
         self.dirty = True
+        self.mtime = time.time_ns()
 
     def stream(self) -> _Stream:
         return _Stream(self)

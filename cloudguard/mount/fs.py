@@ -2,8 +2,11 @@
 chunks asked for, decrypted into memory; nothing plaintext is written to disk.
 
 A file opened for writing is a :class:`~cloudguard.mount.draft.Draft` (changed chunks sealed
-under a key in memory); on release its new content streams into a staged version, committed
-at once. Folders, renames and deletes are manifest operations. Every callback is wrapped: a
+under a key in memory); on flush, fsync or release its new content streams into a staged
+version (ciphertext durable on local disk), and staged versions are committed together, in
+one delta, once writes pause for COMMIT_IDLE (or before a rename, delete, mkdir or chmod, and
+at unmount). Until then the file reads and lists from its draft. Folders, renames and
+deletes are manifest operations. Every callback is wrapped: a
 failure is logged without a file name and answered with the right errno (EIO for an integrity
 or transport failure), never mfusepy's default EINVAL. No lock is held across I/O: the tree
 is swapped whole after each refresh, and each open file has its own reader or draft.
@@ -41,6 +44,7 @@ log = logging.getLogger("cloudguard.mount")
 
 BLOCK = 128 * 1024  # st_blksize: readers ask in big pieces (chunks are 64 KiB)
 CACHE_SECONDS = 10.0  # the kernel keeps names and attributes this long; a poll invalidates
+COMMIT_IDLE = 1.0  # staged versions are committed (one delta) once no new one came this long
 
 # fuse_invalidate_path (libfuse >= 3.1), which mfusepy does not wrap
 _INVALIDATE: Any = getattr(fuse._libfuse, "fuse_invalidate_path", None)
@@ -121,6 +125,12 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
         self.poll_seconds = poll_seconds
         self._stop = threading.Event()
         self._fuse: int | None = None
+        # versions staged (durable on local disk) but not yet committed: their drafts stay
+        # parked under negative handles, so the file reads and lists as written meanwhile
+        self._staged_at = 0.0
+        self._commit_soon = threading.Event()
+        self._commit_lock = threading.Lock()
+        self._parked = 0
 
     # --- background refresh: off the FUSE threads -------------------------------------------
 
@@ -155,8 +165,58 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
         thread.start()
         return thread
 
+    def start_committing(self) -> threading.Thread:
+        """Commit staged versions once writes pause (COMMIT_IDLE): a burst of closes and
+        fsyncs (SQLite commits each transaction so) becomes one delta, not one each."""
+        def loop() -> None:
+            backoff = COMMIT_IDLE
+            while not self._stop.is_set():
+                self._commit_soon.wait(1.0)
+                if not self._commit_soon.is_set():
+                    continue
+                idle = time.monotonic() - self._staged_at
+                if idle < COMMIT_IDLE:
+                    self._stop.wait(COMMIT_IDLE - idle)
+                    continue
+                self._commit_soon.clear()
+                try:
+                    self._commit_now()
+                    backoff = COMMIT_IDLE
+                except CloudguardError as exc:  # staged versions are durable: try again
+                    log.warning("commit failed: %s; retrying in %.0f s", type(exc).__name__,
+                                backoff)
+                    self._commit_soon.set()
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, 60.0)
+        thread = threading.Thread(target=loop, name="cloudguard-mount-commit", daemon=True)
+        thread.start()
+        return thread
+
+    def _commit_now(self) -> None:
+        """Every staged version in one delta; then the parked drafts of those files go,
+        unless a newer version of one was staged meanwhile (it waits for the next commit)."""
+        with self._commit_lock:
+            with self._lock:
+                before = {fh: d.staged for fh, (_p, d, _m) in self._drafts.items() if fh < 0}
+            if self.vault.commit():
+                self._reload()
+            with self._lock:
+                for fh, count in before.items():
+                    got = self._drafts.get(fh)
+                    if got is None or got[1].staged != count or got[1].dirty:
+                        continue
+                    del self._drafts[fh]
+                    got[1].refs -= 1
+                    if got[1].refs <= 0:
+                        got[1].close()
+
     def destroy(self, path: str) -> None:
         self._stop.set()
+        try:
+            self._commit_now()  # unmount: nothing staged is left for the next start
+        except CloudguardError as exc:
+            log.error("commit at unmount failed: %s; the versions stay staged and are "
+                      "committed at the next mount", type(exc).__name__)
 
     # --- attributes and folders --------------------------------------------------------------
 
@@ -176,7 +236,7 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
                     "st_ctime": self.started}
         if entry is None:
             raise fuse.FuseOSError(errno.ENOENT)
-        mtime = int(entry.get("m", self.started))
+        mtime = shared[0].mtime if shared is not None else int(entry.get("m", self.started))
         if entry.get("t") == "l":
             target = str(entry.get("l", ""))
             return {**base, "st_mode": stat.S_IFLNK | 0o777, "st_nlink": 1,
@@ -195,7 +255,11 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
         prefix = path.rstrip("/") + "/"
         out = [(".", {"st_ino": _ino(path), "st_mode": stat.S_IFDIR}, 0),
                ("..", {"st_ino": 1, "st_mode": stat.S_IFDIR}, 0)]
-        for name in sorted(tree.children[path]):
+        names = set(tree.children[path])
+        for draft_path, _d, _m in list(self._drafts.values()):  # written, not committed yet
+            if draft_path.startswith(prefix) and "/" not in draft_path[len(prefix):]:
+                names.add(draft_path[len(prefix):])
+        for name in sorted(names):
             child = prefix + name
             kind = stat.S_IFDIR if tree.is_dir(child) else stat.S_IFREG
             out.append((name, {"st_ino": _ino(child), "st_mode": kind}, 0))
@@ -219,7 +283,7 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
     # --- files ----------------------------------------------------------------------------
 
     def _draft_entry(self, draft: Draft, mode: int) -> dict[str, Any]:
-        return {"t": "f", "s": draft.size, "x": mode, "m": time.time_ns()}
+        return {"t": "f", "s": draft.size, "x": mode, "m": draft.mtime}
 
     def _handle(self) -> int:
         with self._lock:
@@ -311,19 +375,33 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
         return 0
 
     def _save(self, fh: int) -> None:
+        """Stage the draft's content as a version (durable on local disk: what fsync asks
+        for); the committer uploads it with whatever else is staged once writes pause."""
         path, draft, mode = self._drafts[fh]
         if not draft.dirty or not path:
             return  # nothing new, or the file was unlinked while open (hard_remove)
         self.vault.stage_version(path.lstrip("/"), draft.stream(), draft.size, mode,
-                                 time.time_ns())
-        self.vault.commit()
+                                 draft.mtime)
         draft.dirty = False
-        self._reload()
+        with self._lock:  # parking and the committer's unparking never interleave
+            draft.staged += 1
+            if not any(k < 0 and d is draft for k, (_p, d, _m) in self._drafts.items()):
+                self._parked += 1
+                draft.refs += 1
+                self._drafts[-self._parked] = (path, draft, mode)
+        self._staged_at = time.monotonic()
+        self._commit_soon.set()
+
+    def _settle(self) -> None:
+        """Before a change of names or modes: commit what is staged, so the manifest holds
+        every closed file the operation may touch."""
+        if any(k < 0 for k in list(self._drafts)):
+            self._commit_now()
 
     @_guarded
     def flush(self, path: str, fh: int) -> int:
         """close() waits for flush, not for release (which the kernel sends later): the
-        version is committed here, so a rename right after the close finds it."""
+        version is staged here; a rename right after the close commits it first."""
         if fh in self._drafts:
             self._save(fh)
         return 0
@@ -369,6 +447,7 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
     @_guarded
     def mkdir(self, path: str, mode: int) -> int:
         self._writable()
+        self._settle()
         if path in self.tree.entries or self.tree.is_dir(path):
             raise fuse.FuseOSError(errno.EEXIST)
         self.vault.mkdir(path.lstrip("/"), mode)
@@ -378,6 +457,7 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
     @_guarded
     def rmdir(self, path: str) -> int:
         self._writable()
+        self._settle()
         if not self.tree.is_dir(path):
             raise fuse.FuseOSError(errno.ENOTDIR)
         if self.tree.children.get(path):
@@ -390,6 +470,7 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
     @_guarded
     def unlink(self, path: str) -> int:
         self._writable()
+        self._settle()
         if path not in self.tree.entries and self._shared(path) is not None:
             self._follow(path, "")  # created and still open, never committed: nothing to delete
             return 0
@@ -404,10 +485,12 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
     @_guarded
     def rename(self, old: str, new: str) -> int:
         self._writable()
+        self._settle()
         if old not in self.tree.entries and not self.tree.is_dir(old):
             if self._shared(old) is None:
                 raise fuse.FuseOSError(errno.ENOENT)
             self._save(next(fh for fh, d in self._drafts.items() if d[0] == old))
+            self._commit_now()  # a file created and still open: its first version, now
         if new in self.tree.entries and not self.tree.is_dir(new):
             self.vault.delete(new.lstrip("/"))  # rename replaces its target
             self._follow(new, "")
@@ -423,6 +506,7 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
     @_guarded
     def chmod(self, path: str, mode: int) -> int:
         self._writable()
+        self._settle()
         open_drafts = [fh for fh, (p, _d, _m) in self._drafts.items() if p == path]
         for fh in open_drafts:  # an open file (cp -a sets the mode before it closes)
             p, draft, _old = self._drafts[fh]
@@ -462,8 +546,13 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
 def mount(vault: Vault, mountpoint: str, poll_seconds: float = 15.0,
           read_only: bool = False) -> None:
     """Serve until unmounted (foreground; libfuse never forks). auto_unmount: a killed mount
-    leaves no dead mount point behind. Versions are committed when their file is closed."""
+    leaves no dead mount point behind. Versions are staged when their file is closed and
+    committed together once writes pause; versions a killed mount staged are committed here."""
     fs = VaultFS(vault, poll_seconds, read_only)
+    if not read_only:
+        vault.commit()  # versions a killed mount staged and never committed
+        fs._reload()
+        fs.start_committing()
     fs.start_polling()
     fuse.FUSE(fs, mountpoint, foreground=True, nothreads=False, use_ino=True, ro=read_only,
               auto_unmount=True, default_permissions=True, fsname="cloudguard",
