@@ -109,6 +109,7 @@ def test_every_command_prints_what_its_schema_says(local_remote: str, tmp_path: 
     run("device remove", "device", "remove", kit_row["id"], "--folder", str(a))
     run("log", "log")
     run("log --verify", "log", "--verify")
+    run("unlock", "unlock", "--folder", str(a))
     run("lock", "lock")
     run("config show", "config", "show")
     run("error", "status", "--folder", str(tmp_path / "not-bound"), code=2)
