@@ -17,28 +17,21 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
-import functools
-import hashlib
 import logging
 import os
 import stat
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-if "FUSE_LIBRARY_NAME" not in os.environ and ctypes.util.find_library("fuse3"):
-    # mfusepy takes libfuse2 when both are installed; we are built for libfuse3 (auto_unmount,
-    # fuse_invalidate_path), so ask for it before mfusepy loads its library
-    os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
-
-import mfusepy as fuse  # type: ignore[import-untyped]  # noqa: E402
+import mfusepy as fuse  # type: ignore[import-untyped]
 
 from ..api import Vault
-from ..errors import CloudguardError, IntegrityError
+from ..errors import CloudguardError
 from ..reader import FileReader
 from .draft import Draft
+from .errnos import _guarded
+from .tree import Tree, _ino
 
 log = logging.getLogger("cloudguard.mount")
 
@@ -51,59 +44,6 @@ _INVALIDATE: Any = getattr(fuse._libfuse, "fuse_invalidate_path", None)
 if _INVALIDATE is not None:
     _INVALIDATE.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
     _INVALIDATE.restype = ctypes.c_int
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _guarded(fn: F) -> F:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except fuse.FuseOSError:
-            raise
-        except IntegrityError:
-            log.error("%s: integrity check failed", fn.__name__)
-            raise fuse.FuseOSError(errno.EIO) from None
-        except CloudguardError as exc:
-            log.error("%s: %s", fn.__name__, type(exc).__name__)
-            raise fuse.FuseOSError(errno.EIO) from None
-        except OSError as exc:
-            raise fuse.FuseOSError(exc.errno or errno.EIO) from None
-        except Exception:
-            log.exception("%s failed", fn.__name__)
-            raise fuse.FuseOSError(errno.EIO) from None
-    return wrapper  # type: ignore[return-value]
-
-
-def _ino(path: str) -> int:
-    """Stable inode numbers (use_ino) from the path; 1 is the root."""
-    if path == "/":
-        return 1
-    return int.from_bytes(hashlib.sha256(path.encode("utf-8", "surrogateescape")).digest()[:8],
-                          "big") >> 2 | 2
-
-
-@dataclass
-class Tree:
-    entries: dict[str, dict[str, Any]] = field(default_factory=dict)  # "/a/b" -> entry
-    children: dict[str, set[str]] = field(default_factory=lambda: {"/": set()})
-
-    @classmethod
-    def of(cls, view: dict[str, dict[str, Any]]) -> Tree:
-        tree = cls()
-        for rel, entry in view.items():
-            path = "/" + rel
-            tree.entries[path] = entry
-            parts = rel.split("/")
-            for depth in range(len(parts)):
-                parent = "/" + "/".join(parts[:depth]) if depth else "/"
-                tree.children.setdefault(parent, set()).add(parts[depth])
-            if entry.get("t") == "d":
-                tree.children.setdefault(path, set())
-        return tree
-
-    def is_dir(self, path: str) -> bool:
-        return path in self.children
 
 
 class VaultFS(fuse.Operations):  # type: ignore[misc]
@@ -144,10 +84,7 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
         Called from the poll thread only, never inside a FUSE callback."""
         if not self._fuse or _INVALIDATE is None:
             return 0
-        changed = {p for p in old.entries.keys() | new.entries.keys()
-                   if old.entries.get(p) != new.entries.get(p)}
-        changed |= {p for p in old.children.keys() | new.children.keys()
-                    if old.children.get(p) != new.children.get(p)}
+        changed = old.changed(new)
         for path in sorted(changed, key=len, reverse=True):  # deepest first
             _INVALIDATE(self._fuse, path.encode("utf-8", "surrogateescape"))  # -ENOENT: uncached
         return len(changed)
