@@ -123,12 +123,16 @@ class Session:
         made: list[dict[str, Any]] = []
 
         def payload(seq: int) -> dict[str, Any]:
+            dot = mf.dot_of(own, seq)
+            for op in ops:  # every version this push writes, signed by us (R3)
+                if op.get("e") is not None:
+                    mf.sign_entry(self.me.s, self.binding.vault_id, op["p"], dot, op["e"])
             made.append(mf.delta_payload(own, seq, deps, prev, ops, dh))
             return made[-1]
 
         name, seq, digest = self.write_segment("d", payload)
         with self.state.transaction():
-            self.state.apply_delta(own, seq, ops, mf.time_of(made[-1]))
+            self.state.apply_delta(own, seq, ops)
             self.state.mark_consumed(name, self.listing[name], digest)
         self.index.set_meta("seen", self.state.ctx)
         self.index.set_meta("pending_segment", None)
@@ -390,7 +394,8 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
 
             cutoffs = {rid: (cut.seq, cut.hash) for rid, cut in ring.view.removed.items()}
             loaded = mf.load(segs, fetch, _opener(ring, index), binding.device, seen, cache, state,
-                             cutoffs, skipped, ring.view.disputed)
+                             cutoffs, skipped, ring.view.disputed,
+                             mf.Verifier(binding.vault_id, ring.view.signer_key))
             for reason in skipped:
                 ui.warn(reason)
             _finish_deletions(index, transport, listing, loaded)

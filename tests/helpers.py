@@ -84,3 +84,22 @@ def stored(root: Path) -> dict[str, bytes]:
 
 def data_objects(root: Path) -> list[Path]:
     return sorted((root / "data").iterdir(), key=lambda p: p.stat().st_size)
+
+
+def sign_entries(payload: dict[str, Any], key: Any, vault_id: str) -> dict[str, Any]:
+    """Sign every entry of a hand-made segment payload as its dot's writer would (one key
+    for all: unit tests that load without checking entry signatures, or one writer)."""
+    from cloudguard import manifest as mf
+
+    if payload.get("kind") == "delta":
+        dot = mf.dot_of(payload["device"], payload["seq"])
+        for op in payload.get("ops", []):
+            if op.get("e") is not None:
+                mf.sign_entry(key, vault_id, op["p"], dot, op["e"])
+    for path, sibs in (payload.get("paths") or {}).items():
+        for dot, entry in sibs.items():
+            mf.sign_entry(key, vault_id, path, dot, entry)
+    for path, rows in (payload.get("attic") or {}).items():
+        for dot, row in rows.items():
+            mf.sign_entry(key, vault_id, path, dot, row["e"])
+    return payload

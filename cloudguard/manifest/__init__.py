@@ -32,9 +32,13 @@ from .segments import (
     snapshot_payload,
     time_of,
 )
+from .signing import Verifier
+from .signing import sign as sign_entry
 
 __all__ = [
     "Entry",
+    "Verifier",
+    "sign_entry",
     "Loaded",
     "Opener",
     "PREFIX",

@@ -8,15 +8,17 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..errors import IntegrityError
 from .moves import Entry, _was, _where, join_remover, moved, newer_location
+from .signing import SIG_FIELD, content
 
 Siblings = dict[str, Entry]
+Vouch = Callable[[str, str, Entry], None]
 
 
 def dot_of(device: str, seq: int) -> str:
@@ -84,6 +86,9 @@ class State:
                 stale.unlink(missing_ok=True)
             self.db = self._connect(path)
         self._depth = 0
+        # checks the signature of every entry that enters from a segment (loading sets it;
+        # a device's own pushes and rewraps need none)
+        self.vouch: Vouch | None = None
         self.ctx: dict[str, int] = {}
         self._read_ctx()
         self.paths = _Paths(self)
@@ -233,9 +238,11 @@ class State:
             self.db.execute("DELETE FROM attic WHERE gone <= ?", (when,))
 
     def to_attic(self, path: str, dot: str, entry: Entry, gone: int,
-                 rb: str | None = None) -> None:
+                 rb: str | None = None, checked: bool = True) -> None:
         """Keep a replaced or deleted version. The same version reached two ways (a delta and
-        a snapshot) keeps the earliest time, so every device converges. ``rb``: the dot of the
+        a snapshot) keeps the latest time, so every device converges and no merge shortens
+        history (review round 3, R7). ``checked``: False for a version that a segment states
+        (its signature is checked unless this exact version is held already). ``rb``: the dot of the
         delta that removed it (None: unknown), joined with what is recorded (join_remover), so
         that a removed member's late edit can be undone (format.md "Version history")."""
         floor = self.floor
@@ -244,9 +251,13 @@ class State:
         row = self.db.execute("SELECT e, gone, rb FROM attic WHERE path = ? AND dot = ?",
                               (path, dot)).fetchone()
         if row is not None:
-            entry = newer_location(json.loads(row[0]), entry)
-            gone = min(gone, int(row[1]))
+            had = json.loads(row[0])
+            self._same_version(path, dot, had, entry)
+            entry = newer_location(had, entry)
+            gone = max(gone, int(row[1]))
             rb = join_remover(row[2], rb)
+        elif checked is False:
+            self._check(path, dot, entry)
         self.db.execute("INSERT OR REPLACE INTO attic (path, dot, e, o, a, n, gone, po, pa, pn, "
                         "rb) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (path, dot, _dump(entry), *_where(entry), gone, *_was(entry), rb))
@@ -301,6 +312,20 @@ class State:
 
     # --- writing ----------------------------------------------------------------------------
 
+    def _check(self, path: str, dot: str, entry: Entry) -> None:
+        if self.vouch is not None:
+            self.vouch(path, dot, entry)
+
+    def _same_version(self, path: str, dot: str, had: Entry, entry: Entry) -> None:
+        """One dot, one content (format.md, "Entry signatures"): a copy that differs from
+        the one held is checked, and a correctly signed different content is a fork."""
+        if had.get(SIG_FIELD) == entry.get(SIG_FIELD) and content(had) == content(entry):
+            return
+        self._check(path, dot, entry)
+        if content(had) != content(entry):
+            raise IntegrityError(f"fork: two versions of manifest entry {dot} at one path, "
+                                 "both signed by its writer")
+
     def put_entry(self, path: str, dot: str, entry: Entry) -> None:
         """Store ``entry`` under an existing or new dot (rotation rewrites entries in place)."""
         self.db.execute("INSERT OR REPLACE INTO entries (path, dot, e, o, a, n, po, pa, pn) "
@@ -310,12 +335,11 @@ class State:
     def _drop(self, path: str, dot: str) -> None:
         self.db.execute("DELETE FROM entries WHERE path = ? AND dot = ?", (path, dot))
 
-    def apply_delta(self, device: str, seq: int, ops: list[dict[str, Any]], when: int = 0
-                    ) -> None:
-        """``when`` (the delta's time) is when the versions it replaces left: history keeps
-        them from then on for the keep period."""
+    def apply_delta(self, device: str, seq: int, ops: list[dict[str, Any]]) -> None:
+        """The versions a delta replaces join the history as of this device's clock: a time
+        the delta states could send them straight past ``keep_days`` (review round 3, R7)."""
         dot = dot_of(device, seq)
-        at = int(time.time())  # a move's time is ours: its writer's clock could end the undo
+        at = int(time.time())  # ours: a writer's clock could end the undo or the history
         with self.transaction():
             for op in ops:
                 path = op["p"]
@@ -335,12 +359,13 @@ class State:
                             self.to_attic(path, target, moved(kept, loc, dot, at), gone)
                 for old in rm:
                     if old in sibs:
-                        self.to_attic(path, old, sibs.pop(old), when, dot)
+                        self.to_attic(path, old, sibs.pop(old), at, dot)
                         self._drop(path, old)
                 entry = op.get("e")
                 if entry is not None:
                     if not isinstance(entry, dict):
                         raise IntegrityError(f"manifest entry for {path!r} is malformed")
+                    self._check(path, dot, entry)
                     self.put_entry(path, dot, entry)
             self.ctx[device] = max(self.ctx.get(device, 0), seq)
 
@@ -355,12 +380,15 @@ class State:
                        attic: dict[str, dict[str, dict[str, Any]]] | None = None,
                        floor: int = 0, when: int = 0) -> None:
         """Observed-remove merge: a dot one side lacks but has seen was deleted there (and
-        joins the history as of ``when``, the snapshot's time). Histories are unions."""
+        joins the history as of now: this device's clock, never a time a segment states).
+        Histories are unions; their times are no later than ``when``, the snapshot's time."""
+        now = int(time.time())
         with self.transaction():
             self.raise_floor(floor)
             for path, kept in (attic or {}).items():
                 for dot, row in kept.items():
-                    self.to_attic(path, dot, row["e"], int(row["g"]), row.get("rb"))
+                    self.to_attic(path, dot, row["e"], min(int(row["g"]), when or now),
+                                  row.get("rb"), checked=False)
             empty = not self.ctx and not self.has_any()
             theirs_paths: set[str] = set()
             for path, theirs in paths:
@@ -368,19 +396,21 @@ class State:
                 mine = {} if empty else self.siblings(path)
                 for dot in mine:
                     if dot not in theirs and covered(dot, ctx):
-                        self.to_attic(path, dot, mine[dot], when)
+                        self.to_attic(path, dot, mine[dot], now)
                         self._drop(path, dot)
                 for dot, entry in theirs.items():
                     if dot in mine:
+                        self._same_version(path, dot, mine[dot], entry)
                         if newer_location(mine[dot], entry) is not mine[dot]:
                             self.put_entry(path, dot, entry)
                     elif not covered(dot, self.ctx):
+                        self._check(path, dot, entry)
                         self.put_entry(path, dot, entry)
             if not empty:
                 for path, dot, e in self.db.execute(
                         "SELECT path, dot, e FROM entries").fetchall():
                     if path not in theirs_paths and covered(dot, ctx):
-                        self.to_attic(path, dot, json.loads(e), when)
+                        self.to_attic(path, dot, json.loads(e), now)
                         self._drop(path, dot)
             for device, seq in ctx.items():
                 self.ctx[device] = max(self.ctx.get(device, 0), seq)

@@ -5,13 +5,14 @@ the removed members' cutoffs (clamping), and the rollback and fork checks.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from ..chain import Skip
-from ..errors import REPUBLISH_HINT, HistoryError, IntegrityError
-from .crdt import State
+from ..errors import REPUBLISH_HINT, HistoryError, IntegrityError, named
+from .crdt import State, Vouch
 from .moves import unmoved
 from .segments import (
     SegmentCache,
@@ -42,7 +43,8 @@ Opener = Callable[[str, str, int, bytes], dict[str, Any]]
 def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
          device: str, seen: dict[str, int], cache: SegmentCache,
          state: State | None = None, cutoffs: dict[str, tuple[int, str | None]] | None = None,
-         skipped: list[str] | None = None, disputed: set[str] | None = None) -> Loaded:
+         skipped: list[str] | None = None, disputed: set[str] | None = None,
+         vouch: Vouch | None = None) -> Loaded:
     """Bring ``state`` up to the segments listed on the remote and check for rollback.
 
     A persistent ``state`` already holds the merge of the segments it recorded; only new ones
@@ -57,8 +59,23 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
     cutoff are left out of every snapshot, dependency and stored vector (format.md, "Writer
     rules"). A state that holds such writes already is rebuilt. Members in ``disputed`` are
     pinned but not clamped: neither side of a dispute decides what the other loses.
+
+    ``vouch`` checks the writer's signature of every entry that enters the state (format.md,
+    "Entry signatures").
     """
     state = state if state is not None else State()
+    state.vouch = vouch
+    try:
+        return _load(listing, fetch, opener, device, seen, cache, state, cutoffs, skipped,
+                     disputed)
+    finally:
+        state.vouch = None
+
+
+def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
+          device: str, seen: dict[str, int], cache: SegmentCache, state: State,
+          cutoffs: dict[str, tuple[int, str | None]] | None,
+          skipped: list[str] | None, disputed: set[str] | None) -> Loaded:
     cuts = cutoffs or {}
     # a member removed only in a dispute: its cutoff pins what is read, but clamps nothing
     limit = {dev: seq for dev, (seq, _h) in cuts.items() if dev not in (disputed or set())}
@@ -133,11 +150,13 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
                             for d, r in rows.items() if not _late_dot(d, limit)}
                         for p, rows in kept.items()}
                 paths, kept = _revive(paths, kept, limit, unclamped)
-            if not state.dominates(ctx):
-                state.merge_snapshot(ctx, paths.items(), kept, _floor(payload),
-                                     time_of(payload))
-            elif kept or _floor(payload) > state.floor:
-                state.merge_snapshot({}, (), kept, _floor(payload))  # history only
+            with _naming(name):
+                if not state.dominates(ctx):
+                    state.merge_snapshot(ctx, paths.items(), kept, _floor(payload),
+                                         time_of(payload))
+                elif kept or _floor(payload) > state.floor:
+                    state.merge_snapshot({}, (), kept, _floor(payload),  # history only
+                                         time_of(payload))
             state.mark_consumed(name, listing[name], heads_hash[name], ctx)
 
         pending: dict[str, dict[int, str]] = {}
@@ -173,7 +192,8 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
                 deps = _clamp(deps, limit)
                 if not state.dominates({d: s for d, s in deps.items() if d != dev}):
                     continue
-                state.apply_delta(dev, nxt, check_ops(payload.get("ops")), time_of(payload))
+                with _naming(found):
+                    state.apply_delta(dev, nxt, check_ops(payload.get("ops")))
                 state.mark_consumed(found, listing[found], heads_hash[found])
                 del pending[dev][nxt]
                 progress = True
@@ -198,6 +218,17 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
             newest[dev] = (seq, digest)
     cache.prune(parsed)
     return Loaded(state, dict(listing), own, deltas, {d: h for d, (_s, h) in newest.items()})
+
+
+@contextmanager
+def _naming(name: str) -> Iterator[None]:
+    """An entry that fails its checks is reported with the segment that carried it."""
+    try:
+        yield
+    except HistoryError:
+        raise
+    except IntegrityError as exc:
+        raise named(f"manifest segment {name}", exc) from exc
 
 
 def _open_or_skip(name: str, open_named: Callable[[str], dict[str, Any]],

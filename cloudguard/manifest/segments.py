@@ -145,7 +145,7 @@ _WRITER = re.compile(r"^[0-9a-f]{16}\Z")
 _FIELD_TYPES: dict[str, type] = {
     "t": str, "s": int, "m": int, "x": int, "h": str, "o": str, "a": int, "n": int,
     "i": str, "k": str, "g": str, "w": str, "l": str, "r": int, "om": str, "pt": int,
-    "lc": int, "wb": str, "rd": str, "rt": int, "pl": dict,
+    "lc": int, "wb": str, "rd": str, "rt": int, "pl": dict, "sg": str,
 }
 
 
@@ -168,7 +168,7 @@ def check_entry(entry: object) -> Entry:
                 key in _UNSIGNED and value < 0):  # type: ignore[operator]  # "m" may be < 0
             raise IntegrityError("manifest entry is malformed")
     writer = entry.get("wb")
-    if writer is not None and not _WRITER.match(writer):
+    if "sg" not in entry or (writer is not None and not _WRITER.match(writer)):
         raise IntegrityError("manifest entry is malformed")
     if "pl" in entry or "rd" in entry or "rt" in entry:  # a moved blob: all three
         if not ("pl" in entry and "rt" in entry and _DOT.match(entry.get("rd", ""))
