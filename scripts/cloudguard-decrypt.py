@@ -1105,6 +1105,48 @@ def unmoved(entry: Entry, limit: dict[str, int]) -> Entry:
     return {**base, **previous}
 
 
+# "Entry signatures": the writer of a dot signs what the version is
+ENTRY_CONTENT = ("t", "s", "m", "x", "h", "l", "lc", "wb", "pt")
+
+
+def entry_message(vault_id: str, path: str, dot: str, entry: Entry) -> bytes:
+    """utf8(vault) || 0x00 || utf8(path) || 0x00 || utf8(dot) || 0x00 || CONTENT, where
+    CONTENT is FIELD(k, v) for the content keys present, in order: utf8(k) || 0x00 ||
+    (0x01 || i64be(v)) for an integer, (0x02 || u32be(len) || utf8(v)) for a text."""
+    out = [vault_id.encode(), b"\x00", path.encode(), b"\x00", dot.encode(), b"\x00"]
+    for key in ENTRY_CONTENT:
+        if key not in entry:
+            continue
+        value = entry[key]
+        if is_int(value):
+            out.append(key.encode() + b"\x00\x01" + struct.pack(">q", value))
+        elif isinstance(value, str):
+            raw = value.encode()
+            out.append(key.encode() + b"\x00\x02" + struct.pack(">I", len(raw)) + raw)
+        else:
+            raise BadData()
+    return b"".join(out)
+
+
+def same_content(one: Entry, two: Entry) -> bool:
+    """"One dot, one content": two copies of one dot differ only in location fields."""
+    return all(one.get(k) == two.get(k) for k in ENTRY_CONTENT)
+
+
+def check_entry_signature(chain: Chain, path: str, dot: str, entry: Entry) -> None:
+    device, _seq = dot_parts(dot)
+    key = chain.writer_key(device)
+    if key is None:
+        raise IntegrityFailure(f"manifest entry {dot} of {path!r} names {device}, who was "
+                               "never a member")
+    try:
+        verify_sig(key, b"cloudguard/v2/entry", entry_message(chain.vault_id, path, dot, entry),
+                   unb64(entry.get("sg")))
+    except (BadData, UnicodeEncodeError) as exc:
+        raise IntegrityFailure(f"manifest entry {dot} of {path!r} is not signed by its "
+                               "writer") from exc
+
+
 @dataclass
 class State:
     ctx: dict[str, int] = field(default_factory=dict)
@@ -1123,6 +1165,9 @@ class State:
                     keep[dot] = entry
             for dot, entry in theirs.items():
                 if dot in mine:
+                    if not same_content(mine[dot], entry):
+                        raise IntegrityFailure(f"manifest entry {dot} of {path!r} has two "
+                                               "contents")
                     keep[dot] = newer_location(mine[dot], entry)
                 elif not covered(dot, self.ctx):
                     keep[dot] = entry
@@ -1469,6 +1514,10 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
                                        "that is missing")
             raise IntegrityFailure(f"manifest segment m/{device}-{nxt:012d}.d is missing: the "
                                    "manifest was truncated or a segment was deleted")
+    # "Entry signatures": every version restored was signed by the writer of its dot
+    for path, siblings in state.paths.items():
+        for dot, entry in siblings.items():
+            check_entry_signature(chain, path, dot, entry)
     return state, skipped
 
 

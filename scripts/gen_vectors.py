@@ -158,6 +158,32 @@ def segment_vectors() -> list[dict[str, Any]]:
     return out
 
 
+def entry_signature_vectors() -> list[dict[str, Any]]:
+    """format.md "Entry signatures": the exact message and the (deterministic) Ed25519
+    signature of a file, a folder and a symlink entry."""
+    from cloudguard.manifest import signing
+
+    signer = _secret("entry writer")
+    device = "0123456789abcdef"
+    cases: list[tuple[str, str, dict[str, Any]]] = [
+        ("docs/Ärger.txt", f"{device}:7",
+         {"t": "f", "s": 11, "m": -5_000_000_000, "x": 0o644, "h": "ab" * 32,
+          "lc": 9, "wb": device, "pt": 1_700_000_000, "o": "cd" * 16, "a": 0, "n": 127,
+          "i": "ef" * 16, "k": "AAAA", "g": "12" * 32, "w": "12" * 32}),
+        ("docs", f"{device}:1", {"t": "d", "x": 0o755, "pt": 0}),
+        ("link\u241b80", f"{device}:123456789012", {"t": "l", "l": "../x", "m": 1}),
+    ]
+    out = []
+    for path, dot, entry in cases:
+        message = signing.message(SEGMENT_VAULT, path, dot, entry)
+        sig = _signer(signer).sign(message)
+        out.append({"vault_id": SEGMENT_VAULT, "path": path, "dot": dot, "entry": entry,
+                    "signer_secret": signer.hex(),
+                    "signer_public": fmt.public_bytes(_signer(signer)).hex(),
+                    "message": message.hex(), "sg": fmt.b64(sig)})
+    return out
+
+
 def slot_vectors() -> list[dict[str, Any]]:
     out = []
     for i, (vault_id, pos, parent, rid) in enumerate([
@@ -303,6 +329,7 @@ def build() -> dict[str, Any]:
         "padme": padme_vectors(),
         "wrap_dek": wrap_dek_vectors(),
         "segments": segment_vectors(),
+        "entry_signatures": entry_signature_vectors(),
         "slots": slot_vectors(),
         "sealed_json": sealed_json_vectors(),
         "kek_commit": kek_commit_vectors(),

@@ -87,19 +87,26 @@ def data_objects(root: Path) -> list[Path]:
 
 
 def sign_entries(payload: dict[str, Any], key: Any, vault_id: str) -> dict[str, Any]:
-    """Sign every entry of a hand-made segment payload as its dot's writer would (one key
-    for all: unit tests that load without checking entry signatures, or one writer)."""
+    """Sign every entry of a hand-made segment payload as its dot's writer would: ``key`` is
+    one signing key for every dot, or a function from a device id to its key. Entries are
+    copied, so one dict used in several payloads gets each its own signature."""
     from cloudguard import manifest as mf
+
+    def signed(path: str, dot: str, entry: dict[str, Any]) -> dict[str, Any]:
+        entry = dict(entry)
+        mf.sign_entry(key(dot.partition(":")[0]) if callable(key) else key, vault_id, path,
+                      dot, entry)
+        return entry
 
     if payload.get("kind") == "delta":
         dot = mf.dot_of(payload["device"], payload["seq"])
-        for op in payload.get("ops", []):
-            if op.get("e") is not None:
-                mf.sign_entry(key, vault_id, op["p"], dot, op["e"])
-    for path, sibs in (payload.get("paths") or {}).items():
-        for dot, entry in sibs.items():
-            mf.sign_entry(key, vault_id, path, dot, entry)
-    for path, rows in (payload.get("attic") or {}).items():
-        for dot, row in rows.items():
-            mf.sign_entry(key, vault_id, path, dot, row["e"])
+        payload["ops"] = [{**op, "e": signed(op["p"], dot, op["e"])}
+                          if op.get("e") is not None else op for op in payload.get("ops", [])]
+    if payload.get("paths"):
+        payload["paths"] = {path: {dot: signed(path, dot, e) for dot, e in sibs.items()}
+                            for path, sibs in payload["paths"].items()}
+    if payload.get("attic"):
+        payload["attic"] = {path: {dot: {**row, "e": signed(path, dot, row["e"])}
+                                   for dot, row in rows.items()}
+                            for path, rows in payload["attic"].items()}
     return payload

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import CHEAP_KDF_LOG_N, PASSPHRASE, cg, cg_json, tree
+from helpers import CHEAP_KDF_LOG_N, PASSPHRASE, cg, cg_json, sign_entries, tree
 
 from cloudguard import chain, membership, session
 from cloudguard import format as fmt
@@ -407,7 +407,8 @@ def add_delta(remote: Path, kit: Path, ops: list[dict[str, Any]],
                "prev": None, "created": "2024-01-01T00:00:00Z", "ops": ops}
     (remote / name).write_bytes(fmt.seal_segment(kek, view.head.pos + pos_offset,
                                                  head or view.head.id, view.vault_id, name,
-                                                 payload, signer.s))
+                                                 sign_entries(payload, signer.s,
+                                                              view.vault_id), signer.s))
     return name
 
 
@@ -577,7 +578,9 @@ class Lab:
         payload = {"kind": {"d": "delta", "s": "snapshot"}[kind], "device": writer, "seq": seq,
                    "prev": None, "created": "2024-01-01T00:00:00Z", **fields}
         data = fmt.seal_segment(self.keks[head.kek], head.pos, head.id, self.vault_id, name,
-                                payload, self.secrets[writer].s)
+                                sign_entries(payload, lambda dev: self.secrets[dev].s,
+                                             self.vault_id),
+                                self.secrets[writer].s)
         (self.root / name).write_bytes(data)
         return hashlib.sha256(data).hexdigest()
 
@@ -686,7 +689,8 @@ def reference_manifest(lab: Lab, cache: Path) -> tuple[dict[str, Any], dict[str,
     loaded = mf.load(listing, lambda n: (lab.root / n).read_bytes(), opener, "f" * 16, {},
                      mf.SegmentCache(cache), None,
                      {r: (c.seq, c.hash) for r, c in view.removed.items()}, skipped,
-                     view.disputed)  # as session._load
+                     view.disputed,  # as session._load
+                     mf.Verifier(view.vault_id, view.signer_key))
     return dict(loaded.state.items()), loaded.state.ctx, skipped
 
 

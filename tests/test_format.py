@@ -170,6 +170,35 @@ def test_segment_vectors() -> None:
         assert fmt.open_segment(kek, vec["vault_id"], vec["name"], sealed) == vec["payload"]
 
 
+def test_entry_signature_vectors() -> None:
+    from cloudguard.manifest import signing
+
+    assert VECTORS["entry_signatures"]
+    for vec in VECTORS["entry_signatures"]:
+        entry = dict(vec["entry"])
+        message = signing.message(vec["vault_id"], vec["path"], vec["dot"], entry)
+        assert message.hex() == vec["message"]
+        signing.sign(_signer(vec["signer_secret"]), vec["vault_id"], vec["path"], vec["dot"],
+                     entry)
+        assert entry["sg"] == vec["sg"]
+        public = bytes.fromhex(vec["signer_public"])
+        check = signing.Verifier(vec["vault_id"], lambda _d, key=public: key)
+        check(vec["path"], vec["dot"], entry)
+        for changed in ({**entry, "h": "00" * 32}, {**entry, "pt": 1}, {**entry, "t": "x"}):
+            if changed != entry:
+                with pytest.raises(IntegrityError, match="not signed"):
+                    check(vec["path"], vec["dot"], changed)
+        with pytest.raises(IntegrityError, match="not signed"):  # another path, dot, vault
+            check(vec["path"] + "2", vec["dot"], entry)
+        with pytest.raises(IntegrityError, match="not signed"):
+            check(vec["path"], vec["dot"] + "0", entry)
+        with pytest.raises(IntegrityError, match="not signed"):
+            signing.Verifier("00" * 32, lambda _d, key=public: key)(
+                vec["path"], vec["dot"], entry)
+        moved = {**entry, "o": "99" * 16, "r": 3, "k": "BBBB"}  # location is not signed
+        check(vec["path"], vec["dot"], moved)
+
+
 def test_slot_vectors() -> None:
     for vec in VECTORS["slots"]:
         priv = X25519PrivateKey.from_private_bytes(bytes.fromhex(vec["recipient_private"]))

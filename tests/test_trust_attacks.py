@@ -491,6 +491,78 @@ def test_an_honest_delete_of_a_late_edit_stays_a_delete(
     assert not (script_restores(a, local_remote, tmp_path) / "paper.txt").exists()
 
 
+def test_a_removed_members_late_snapshot_cannot_rewrite_anothers_version(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 3, R3: X, removed by A and shown the old remote, pushes its own file and
+    then writes a snapshot in which A's version of paper.txt (A's dot) holds X's content. B,
+    kept from seeing the removal, must not take it: the entry is not signed by A (format.md,
+    "Entry signatures"). Exit 3 naming X's segment, B's folder untouched; once the removal
+    shows, X's segment is refused and B goes on with A's content."""
+    a, b, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "x")
+    a.write("paper.txt", "original")
+    a.cg("push")
+    b.cg("pull")
+    x.cg("pull")
+    old = provider.objects()
+    a.cg("device", "remove", x.rid)
+    with provider.showing(old) as written:
+        x.write("evil.txt", "content chosen by the removed device")
+        x.cg("push")
+        x.use()
+        with vault.session(str(x.folder)) as s:
+            (a_dot, real), = s.state.siblings("paper.txt").items()
+            (_x_dot, evil), = s.state.siblings("evil.txt").items()
+            forged = {**evil, "sg": real["sg"]}  # X's content under A's dot and signature
+            with s.state.transaction():
+                s.state.put_entry("paper.txt", a_dot, forged)
+            s.snapshot()
+    late = [n for n in written if n.startswith(f"m/{x.rid}-") and n.endswith(".s")]
+    assert late, "X wrote no snapshot"
+    frozen = {**old, **written}
+    with provider.showing(frozen):
+        before = tree(b.folder)
+        got = b.run("pull")
+        assert got.exit_code == 3, got.output
+        assert late[0] in got.output and "not signed by its writer" in got.output
+        assert tree(b.folder) == before
+        assert (b.folder / "paper.txt").read_text() == "original"
+    for dev in (a, b):
+        got = dev.run("pull")
+        assert got.exit_code == 0, got.output
+        assert (dev.folder / "paper.txt").read_text() == "original", dev.name
+        assert not (dev.folder / "evil.txt").exists()
+    assert (script_restores(a, local_remote, tmp_path) / "paper.txt").read_text() == "original"
+
+
+def test_a_member_cannot_resign_anothers_version_in_its_snapshot(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same rewrite by a current member, which signs the changed entry itself: the entry
+    is checked under the key of its dot's writer (A), not of the snapshot's (X)."""
+    a, b, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "x")
+    a.write("paper.txt", "original")
+    a.cg("push")
+    x.cg("pull")
+    x.write("evil.txt", "content chosen by x")
+    x.cg("push")
+    x.use()
+    with vault.session(str(x.folder)) as s:
+        (a_dot, _real), = s.state.siblings("paper.txt").items()
+        (_x_dot, evil), = s.state.siblings("evil.txt").items()
+        forged = dict(evil)
+        mf.sign_entry(s.me.s, s.binding.vault_id, "paper.txt", a_dot, forged)
+        with s.state.transaction():
+            s.state.put_entry("paper.txt", a_dot, forged)
+        s.snapshot()
+    for dev in (a, b):
+        before = tree(dev.folder)
+        got = dev.run("pull")
+        assert got.exit_code == 3, got.output
+        assert "not signed by its writer" in got.output
+        assert tree(dev.folder) == before
+
+
 # --- freeze ---------------------------------------------------------------------------------
 
 
