@@ -1088,17 +1088,22 @@ MOVE_FIELDS = ("rd", "rt", "pl")
 
 
 def moved_entry(entry: Entry, location: dict[str, Any], dot: str) -> Entry:
-    """"Moves": the entry at its new location, with the dot of the move ("rd") and the
-    location before it ("pl"). ("rt", the move's time, only matters to a writer.)"""
+    """"Moves": the entry at its new location; "rd" lists the dots of the moves since the
+    location "pl" (kept from an earlier move, else the location before this one). ("rt", the
+    move's time, only matters to a writer.)"""
     base = {k: v for k, v in entry.items() if k not in MOVE_FIELDS}
-    return {**base, **location, "rd": dot, "rt": 0,
+    if isinstance(entry.get("pl"), dict) and isinstance(entry.get("rd"), list):
+        return {**base, **location, "rd": [*entry["rd"], dot], "rt": 0, "pl": entry["pl"]}
+    return {**base, **location, "rd": [dot], "rt": 0,
             "pl": {k: base[k] for k in LOCATION_FIELDS if k in base}}
 
 
 def unmoved(entry: Entry, limit: dict[str, int]) -> Entry:
-    """"Moves": an entry moved by a removed member past its cutoff goes back where it was."""
+    """"Moves": an entry moved by a removed member past its cutoff (any dot of "rd") goes back
+    to "pl"."""
     rd, previous = entry.get("rd"), entry.get("pl")
-    if not isinstance(rd, str) or not late_dot(rd, limit) or not isinstance(previous, dict):
+    if not isinstance(rd, list) or not isinstance(previous, dict) or not any(
+            isinstance(d, str) and late_dot(d, limit) for d in rd):
         return entry
     base = {k: v for k, v in entry.items()
             if k not in MOVE_FIELDS and k not in LOCATION_FIELDS}

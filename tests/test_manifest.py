@@ -500,3 +500,48 @@ def test_times_from_a_segment_never_lie_in_the_future() -> None:
     past = {"created": "2020-01-01T00:00:00+00:00", "floor": 1_700_000_000}
     assert mf.time_of(past) == 1_577_836_800 and _floor(past) == 1_577_836_800
     assert _floor({"created": "2024-01-01T00:00:00+00:00", "floor": 5}) == 5
+
+
+def test_every_move_since_the_kept_place_is_listed_and_any_late_one_goes_back() -> None:
+    """Review round 3, R6 (a): X, removed with cutoff 10, moves a blob twice late. Going back
+    "one move" would land on X's first object; the place before the first remembered move
+    (kept with every move's dot) is where it goes, even after an honest move in between."""
+    from cloudguard.manifest.loading import _unmove_late
+
+    a, x = "aaaaaaaaaaaaaaaa", "cccccccccccccccc"
+    home = {"o": "11" * 16, "a": 0, "r": 0}
+    entry = {"t": "f", "h": "0", "s": 1, "n": 100, "i": "0" * 32, "k": "x", "g": "ab" * 32,
+             **home}
+    state = mf.State()
+    state.apply_delta(a, 1, [{"p": "f", "e": entry}])
+    moves = [(a, 5, "22"), (x, 12, "33"), (x, 13, "44")]
+    for n, (dev, seq, obj) in enumerate(moves, start=1):
+        state.apply_delta(dev, seq, [{"p": "f", "reloc": {f"{a}:1": {
+            "o": obj * 16, "a": 0, "r": n}}}])
+    got = state.entry("f", f"{a}:1")
+    assert got is not None
+    assert got["rd"] == [f"{a}:5", f"{x}:12", f"{x}:13"] and got["o"] == "44" * 16
+    assert {k: got["pl"][k] for k in ("o", "a", "r")} == home
+    back = _unmove_late(got, {x: 10})
+    assert {k: back[k] for k in ("o", "a", "r")} == home and "rd" not in back
+    assert _unmove_late(got, {x: 20}) is got  # no move past a cutoff: stays
+
+
+def test_a_snapshot_cannot_plant_a_move_or_a_time_in_the_future() -> None:
+    """Review round 3, R6 (c): a move whose dot the snapshot's writer never saw is planted
+    (refused), and a move's time is never later than the snapshot."""
+    from cloudguard.manifest.segments import _check_segment
+
+    dev = "aaaaaaaaaaaaaaaa"
+    moved = {"t": "d", "sg": "x", "rd": [f"{dev}:9"], "rt": 4_000_000_000,
+             "pl": {"o": "11" * 16, "a": 0}}
+
+    def snap(ctx: int) -> dict[str, Any]:
+        return {"kind": "snapshot", "device": dev, "seq": ctx, "ctx": {dev: ctx},
+                "created": "2024-01-01T00:00:00+00:00", "paths": {"p": {f"{dev}:1": dict(moved)}}}
+
+    with pytest.raises(IntegrityError, match="never saw"):
+        _check_segment("m/x", snap(8))
+    ok = snap(9)
+    _check_segment("m/x", ok)
+    assert ok["paths"]["p"][f"{dev}:1"]["rt"] == 1_704_067_200

@@ -251,6 +251,6 @@ def test_reloc_with_new_key_fields_is_all_or_nothing() -> None:
     # same version (dot, h, s), new blob and key; where it was is kept, to undo the move
     previous = {k: entry[k] for k in ("o", "a", "n", "i", "k", "g", "w")}
     assert now["rt"] >= int(time.time()) - 60  # when this device applied the move
-    assert now == {**entry, **rekeyed, "rd": "0123456789abcdef:4", "rt": now["rt"],
+    assert now == {**entry, **rekeyed, "rd": ["0123456789abcdef:4"], "rt": now["rt"],
                    "pl": previous}
     assert mf.unmoved(now) == entry

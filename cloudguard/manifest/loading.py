@@ -279,7 +279,8 @@ def _unmove_late(entry: dict[str, Any], limit: dict[str, int]) -> dict[str, Any]
     """A blob moved by a removed member past its cutoff goes back where it was: the move kept
     no dot of its own, so clamping dots alone would keep it (review round 2, N4)."""
     rd = entry.get("rd")
-    return unmoved(entry) if isinstance(rd, str) and _late_dot(rd, limit) else entry
+    late = isinstance(rd, list) and any(_late_dot(str(d), limit) for d in rd)
+    return unmoved(entry) if late else entry
 
 
 def _pinned(dev: str, seq: int, digest: str | None, parsed: dict[str, tuple[str, int, str]],

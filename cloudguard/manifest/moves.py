@@ -54,11 +54,16 @@ def _was(entry: Entry) -> tuple[Any, Any, Any]:
 
 
 def moved(entry: Entry, loc: dict[str, Any], dot: str, when: int) -> Entry:
-    """``entry`` moved to ``loc`` by the push ``dot`` at ``when``: the previous location is
-    kept (``pl``), so that a move by a member removed before it (``rd`` past its cutoff) can be
-    undone on every device."""
+    """``entry`` moved to ``loc`` by the push ``dot`` at ``when``. The location before the
+    first move still remembered is kept (``pl``) with the dots of every move since (``rd``), so
+    that if any of them was made by a member removed before it, the blob goes back to a place
+    none of them chose (review round 3, R6 (a): two late moves must not leave the first one's
+    object as the place to go back to)."""
     base = {k: v for k, v in entry.items() if k not in _MOVE_FIELDS}
-    return {**base, **loc, "rd": dot, "rt": when,
+    before = entry.get("pl")
+    if isinstance(before, dict) and isinstance(entry.get("rd"), list):
+        return {**base, **loc, "rd": [*entry["rd"], dot], "rt": when, "pl": before}
+    return {**base, **loc, "rd": [dot], "rt": when,
             "pl": {k: base[k] for k in LOCATION_FIELDS if k in base}}
 
 

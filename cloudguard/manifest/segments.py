@@ -145,7 +145,7 @@ _WRITER = re.compile(r"^[0-9a-f]{16}\Z")
 _FIELD_TYPES: dict[str, type] = {
     "t": str, "s": int, "m": int, "x": int, "h": str, "o": str, "a": int, "n": int,
     "i": str, "k": str, "g": str, "w": str, "l": str, "r": int, "om": str, "pt": int,
-    "lc": int, "wb": str, "rd": str, "rt": int, "pl": dict, "sg": str,
+    "lc": int, "wb": str, "rd": list, "rt": int, "pl": dict, "sg": str,
 }
 
 
@@ -171,7 +171,9 @@ def check_entry(entry: object) -> Entry:
     if "sg" not in entry or (writer is not None and not _WRITER.match(writer)):
         raise IntegrityError("manifest entry is malformed")
     if "pl" in entry or "rd" in entry or "rt" in entry:  # a moved blob: all three
-        if not ("pl" in entry and "rt" in entry and _DOT.match(entry.get("rd", ""))
+        rd = entry.get("rd")
+        if not ("pl" in entry and "rt" in entry and rd and all(
+                type(d) is str and _DOT.match(d) for d in rd)
                 and _location(entry["pl"], previous=True)):
             raise IntegrityError("manifest entry is malformed")
     kind = entry.get("t")
@@ -199,15 +201,34 @@ def _check_segment(name: str, payload: dict[str, Any]) -> None:
     try:
         time_of(payload)
         if payload.get("kind") == "snapshot":
-            _ctx(payload.get("ctx"))
+            ctx = _ctx(payload.get("ctx"))
             payload["paths"] = _CheckedPaths(_paths(payload.get("paths")))
             _attic(payload.get("attic"))
             _floor(payload)
+            _check_moves(payload, ctx, time_of(payload))
         else:
             _ctx(payload.get("deps"))
             payload["ops"] = _CheckedOps(check_ops(payload.get("ops")))
     except IntegrityError as exc:
         raise IntegrityError(f"manifest segment {name}: {exc}") from exc
+
+
+def _check_moves(payload: dict[str, Any], ctx: dict[str, int], until: int) -> None:
+    """Moves a snapshot carries (review round 3, R6 (c)): a move its writer had not seen is
+    planted, and a move's time is never later than the snapshot (a time in the future would
+    keep the old place, and its object, for ever)."""
+    entries = [e for sibs in payload["paths"].values() for e in sibs.values()]
+    entries += [r["e"] for rows in (payload.get("attic") or {}).values() for r in rows.values()]
+    for entry in entries:
+        rd = entry.get("rd")
+        if rd is None:
+            continue
+        for dot in rd:
+            device, _, seq = dot.partition(":")
+            if int(seq) > ctx.get(device, 0):
+                raise IntegrityError("manifest entry names a move its writer never saw")
+        if entry["rt"] > until:
+            entry["rt"] = until
 
 
 def check_ops(ops: object) -> list[dict[str, Any]]:
