@@ -93,6 +93,11 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
     pinned: dict[str, set[str]] = {}
     pinning = False
 
+    # how far each device really wrote: compaction keeps every device's newest segment
+    highest: dict[str, int] = {}
+    for dev, seq, _kind in parsed.values():
+        highest[dev] = max(highest.get(dev, 0), seq)
+
     def open_named(name: str) -> dict[str, Any]:
         data = cache.get(name, listing[name])
         fresh = data is None
@@ -107,6 +112,8 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
                 dev, seq, {"d": "delta", "s": "snapshot"}[kind]):
             raise IntegrityError(f"manifest segment {name} does not match its name")
         _check_segment(name, payload)
+        if kind == "s":
+            payload["ctx"] = _bounded(name, dev, _ctx(payload.get("ctx")), highest, skip_log)
         if fresh:
             cache.put(name, data)
         heads_hash[name] = hashlib.sha256(data).hexdigest()
@@ -189,6 +196,7 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
                                            "was replaced" + REPUBLISH_HINT)
                 deps = _ctx(payload.get("deps"))
                 _same_history(found, payload.get("dh"), deps, heads_hash)
+                deps = _bounded(found, dev, deps, highest, skip_log)
                 deps = _clamp(deps, limit)
                 if not state.dominates({d: s for d, s in deps.items() if d != dev}):
                     continue
@@ -229,6 +237,19 @@ def _naming(name: str) -> Iterator[None]:
         raise
     except IntegrityError as exc:
         raise named(f"manifest segment {name}", exc) from exc
+
+
+def _bounded(name: str, writer: str, claims: dict[str, int], highest: dict[str, int],
+             log: list[str]) -> dict[str, int]:
+    """A vector claiming more of a device than its newest listed segment (compaction keeps
+    every device's newest) is planted, or shown segments the provider hides: what no listed
+    segment holds is not taken as seen (review round 2, N11)."""
+    over = sorted(d for d, s in claims.items() if s > highest.get(d, 0) and d != writer)
+    if not over:
+        return claims
+    log.append(f"manifest segment {name} claims writes of {over[0]} that no listed segment "
+               "holds; they are not taken as seen")
+    return {d: s if d == writer else min(s, highest.get(d, 0)) for d, s in claims.items()}
 
 
 def _open_or_skip(name: str, open_named: Callable[[str], dict[str, Any]],
