@@ -138,9 +138,10 @@ class Session:
         self.index.set_meta("pending_segment", None)
         return mf.dot_of(own, seq)
 
-    def snapshot(self) -> str:
+    def snapshot(self, keep_newest: bool = True) -> str:
         """Replace every segment the state covers by one snapshot, then delete them (but
-        the newest of each other device)."""
+        the newest of each other device; re-encryption deletes those too: they are sealed
+        under keys it retires)."""
         own = self.binding.device
         prev = self.loaded.heads.get(own)
         name, seq, digest = self.write_segment(
@@ -160,7 +161,7 @@ class Session:
         for other in list(self.listing):
             parsed = mf.parse_name(other)
             if parsed and other != name and parsed[1] <= self.state.ctx.get(parsed[0], 0) and (
-                    parsed[0] == own or parsed[1] < newest[parsed[0]]):
+                    parsed[0] == own or parsed[1] < newest[parsed[0]] or not keep_newest):
                 doomed.append(other)
         self.transport.delete(doomed)
         for other in doomed:

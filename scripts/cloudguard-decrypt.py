@@ -1276,8 +1276,9 @@ def parse_snapshot_paths(raw: object) -> dict[str, dict[str, Entry]]:
 
 def removed_late(raw: object, limit: dict[str, int]) -> dict[str, dict[str, Entry]]:
     """"Version history": from a snapshot's "attic" ({path: {dot: {"e": ENTRY, "g": T,
-    "rb": dot}}}), the versions a removed member's delta past its cutoff removed ("rb"),
-    by path. Only these are read here: they come back where the path holds nothing else."""
+    "rb": dot}}}), the versions a removed member's delta or snapshot past its cutoff removed
+    ("rb"), by path. Only these are read here: they come back where the path holds nothing
+    else ("Writer rules")."""
     out: dict[str, dict[str, Entry]] = {}
     if raw is None:
         return out
@@ -1439,11 +1440,12 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
         highest[device] = max(highest.get(device, 0), seq)
 
     def bounded(name: str, writer: str, claims: dict[str, int]) -> dict[str, int]:
-        over = sorted(d for d, s in claims.items() if s > highest.get(d, 0) and d != writer)
+        over = sorted(d for d, s in claims.items() if d in highest and s > highest[d]
+                      and d != writer)
         if over:
             skipped.append(f"manifest segment {name} claims writes of {over[0]} that no "
                            "listed segment holds; they are not taken as seen")
-        return {d: s if d == writer else min(s, highest.get(d, 0)) for d, s in claims.items()}
+        return {d: min(s, highest[d]) if d in over else s for d, s in claims.items()}
 
     # 1. open every snapshot and merge them
     state = State()
@@ -1478,7 +1480,10 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
                 raise IntegrityFailure(f"manifest segment {name} is malformed") from exc
             for where, versions in back.items():  # a late edit must not become a delete
                 live = unclamped.get(where, {})  # ... while the late version is still there
-                versions = {d: e for d, e in versions.items() if rb_of(payload, where, d) in live}
+                gone = payload.get("attic", {}).get(where, {})  # a late version deleted since
+                versions = {d: e for d, e in versions.items()
+                            if rb_of(payload, where, d) in live
+                            or rb_of(payload, where, d) not in gone}
                 if versions and not snapshot.paths.get(where):
                     snapshot.paths[where] = {d: unmoved(e, limit) for d, e in versions.items()}
         if not state.dominates(snapshot.ctx):

@@ -471,6 +471,35 @@ def test_a_removed_members_late_edit_does_not_become_a_delete(
     assert (script_restores(a, local_remote, tmp_path) / "paper.txt").read_text() == "original"
 
 
+def test_a_removed_members_late_delete_is_undone(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """X, removed by A and shown the old remote, deletes paper.txt. B, kept from seeing the
+    removal, applies the delete and compacts. No version at the path has the late delta's dot,
+    so the version it removed comes back on every device once the removal shows."""
+    a, b, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "x")
+    a.write("paper.txt", "original")
+    a.cg("push")
+    b.cg("pull")
+    x.cg("pull")
+    old = provider.objects()
+    a.cg("device", "remove", x.rid)
+    with provider.showing(old) as written:
+        (x.folder / "paper.txt").unlink()
+        x.cg("push")
+    with provider.showing({**old, **written}):
+        b.cg("pull")
+        assert not (b.folder / "paper.txt").exists()
+        b.use()
+        with vault.session(str(b.folder)) as s:
+            s.snapshot()
+    for dev in (a, b):
+        got = dev.run("pull")
+        assert got.exit_code == 0, got.output
+        assert (dev.folder / "paper.txt").read_text() == "original", dev.name
+    assert (script_restores(a, local_remote, tmp_path) / "paper.txt").read_text() == "original"
+
+
 def test_an_honest_delete_of_a_late_edit_stays_a_delete(
         local_remote: str, provider: Provider, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -533,6 +562,59 @@ def test_a_removed_members_late_snapshot_cannot_rewrite_anothers_version(
         assert (dev.folder / "paper.txt").read_text() == "original", dev.name
         assert not (dev.folder / "evil.txt").exists()
     assert (script_restores(a, local_remote, tmp_path) / "paper.txt").read_text() == "original"
+
+
+def test_a_late_snapshots_drops_and_moves_are_undone_after_a_frozen_device_compacts(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 3, R3 (the unsigned part): X, removed by A and shown the old remote, writes
+    a snapshot that drops A's keep.txt and moves A's moved.txt onto X's own object. B, kept
+    from seeing the removal, applies it and compacts, so X's word becomes B's snapshot and A's
+    deltas are gone. B recorded X's snapshot as the remover and the mover, so once the removal
+    shows both files come back where they were, on every device; X's object (which the
+    provider then damages) is never read."""
+    a, b, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "x")
+    a.write("keep.txt", "keep me")
+    a.write("moved.txt", "leave me where I am")
+    a.cg("push")
+    b.cg("pull")
+    x.cg("pull")
+    old = provider.objects()
+    a.cg("device", "remove", x.rid)
+    with provider.showing(old) as written:
+        x.write("x.txt", "x's own object")
+        x.cg("push")
+        x.use()
+        with vault.session(str(x.folder)) as s:
+            (x_dot, mine), = s.state.siblings("x.txt").items()
+            (m_dot, target), = s.state.siblings("moved.txt").items()
+            (k_dot, _keep), = s.state.siblings("keep.txt").items()
+            with s.state.transaction():
+                s.state._drop("keep.txt", k_dot)
+                s.state.put_entry("moved.txt", m_dot, {
+                    **target, "o": mine["o"], "a": mine["a"], "r": 50})
+            s.snapshot()
+    xs = {n for n in written if n.startswith("data/")}
+    frozen = {**old, **written}
+    with provider.showing(frozen) as by_b:
+        got = b.run("pull")
+        assert got.exit_code == 0, got.output
+        assert not (b.folder / "keep.txt").exists()  # X's drop, applied
+        b.use()
+        with vault.session(str(b.folder)) as s:
+            s.snapshot()  # B compacts: A's segments go, X's word is B's now
+    assert any(n.startswith(f"m/{b.rid}-") and n.endswith(".s") for n in by_b)
+    for name in xs:
+        provider.put(name, b"\0" * len(provider.get(name)))
+    for dev in (a, b):
+        got = dev.run("pull")
+        assert got.exit_code == 0, got.output
+        assert (dev.folder / "keep.txt").read_text() == "keep me", dev.name
+        assert (dev.folder / "moved.txt").read_text() == "leave me where I am", dev.name
+        assert dev.json("verify", "--read-data")["ok"], dev.name
+    restored = script_restores(a, local_remote, tmp_path)
+    assert (restored / "keep.txt").read_text() == "keep me"
+    assert (restored / "moved.txt").read_text() == "leave me where I am"
 
 
 def test_a_member_cannot_resign_anothers_version_in_its_snapshot(

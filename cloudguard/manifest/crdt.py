@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import IntegrityError
-from .moves import Entry, _was, _where, join_remover, moved, newer_location
+from .moves import Entry, _was, _where, carried, join_remover, moved, newer_location
 from .signing import SIG_FIELD, content
 
 Siblings = dict[str, Entry]
@@ -378,10 +378,15 @@ class State:
 
     def merge_snapshot(self, ctx: dict[str, int], paths: Iterable[tuple[str, Siblings]],
                        attic: dict[str, dict[str, dict[str, Any]]] | None = None,
-                       floor: int = 0, when: int = 0) -> None:
+                       floor: int = 0, when: int = 0, by: str | None = None) -> None:
         """Observed-remove merge: a dot one side lacks but has seen was deleted there (and
         joins the history as of now: this device's clock, never a time a segment states).
-        Histories are unions; their times are no later than ``when``, the snapshot's time."""
+        Histories are unions; their times are no later than ``when``, the snapshot's time.
+
+        ``by`` (the snapshot's own dot) is recorded as the remover of what it drops and as a
+        mover of what it moves, so that if its writer turns out to be a removed member past
+        its cutoff, both are undone (format.md, "Writer rules").
+        """
         now = int(time.time())
         with self.transaction():
             self.raise_floor(floor)
@@ -396,13 +401,14 @@ class State:
                 mine = {} if empty else self.siblings(path)
                 for dot in mine:
                     if dot not in theirs and covered(dot, ctx):
-                        self.to_attic(path, dot, mine[dot], now)
+                        self.to_attic(path, dot, mine[dot], now, by)
                         self._drop(path, dot)
                 for dot, entry in theirs.items():
                     if dot in mine:
                         self._same_version(path, dot, mine[dot], entry)
                         if newer_location(mine[dot], entry) is not mine[dot]:
-                            self.put_entry(path, dot, entry)
+                            self.put_entry(path, dot, carried(mine[dot], entry, by, now)
+                                           if by else entry)
                     elif not covered(dot, self.ctx):
                         self._check(path, dot, entry)
                         self.put_entry(path, dot, entry)
@@ -410,7 +416,7 @@ class State:
                 for path, dot, e in self.db.execute(
                         "SELECT path, dot, e FROM entries").fetchall():
                     if path not in theirs_paths and covered(dot, ctx):
-                        self.to_attic(path, dot, json.loads(e), now)
+                        self.to_attic(path, dot, json.loads(e), now, by)
                         self._drop(path, dot)
             for device, seq in ctx.items():
                 self.ctx[device] = max(self.ctx.get(device, 0), seq)

@@ -149,18 +149,18 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
                 skip_log.append(f"manifest segment {name} holds writes of a removed member "
                                 "past its removal; they are left out")
                 ctx = _clamp(ctx, limit)
-                unclamped = paths
+                unclamped, unclamped_kept = paths, kept
                 paths = {p: {d: _unmove_late(e, limit) for d, e in sibs.items()
                              if not _late_dot(d, limit)}
                          for p, sibs in paths.items()}
                 kept = {p: {d: {**r, "e": _unmove_late(r["e"], limit)}
                             for d, r in rows.items() if not _late_dot(d, limit)}
                         for p, rows in kept.items()}
-                paths, kept = _revive(paths, kept, limit, unclamped)
+                paths, kept = _revive(paths, kept, limit, unclamped, unclamped_kept)
             with _naming(name):
                 if not state.dominates(ctx):
                     state.merge_snapshot(ctx, paths.items(), kept, _floor(payload),
-                                         time_of(payload))
+                                         time_of(payload), f"{parsed[name][0]}:{parsed[name][1]}")
                 elif kept or _floor(payload) > state.floor:
                     state.merge_snapshot({}, (), kept, _floor(payload),  # history only
                                          time_of(payload))
@@ -243,13 +243,15 @@ def _bounded(name: str, writer: str, claims: dict[str, int], highest: dict[str, 
              log: list[str]) -> dict[str, int]:
     """A vector claiming more of a device than its newest listed segment (compaction keeps
     every device's newest) is planted, or shown segments the provider hides: what no listed
-    segment holds is not taken as seen (review round 2, N11)."""
-    over = sorted(d for d, s in claims.items() if s > highest.get(d, 0) and d != writer)
+    segment holds is not taken as seen (review round 2, N11). A device with no listed
+    segment at all (none written yet, or all retired by a re-encryption) is not bounded."""
+    over = sorted(d for d, s in claims.items() if d in highest and s > highest[d]
+                  and d != writer)
     if not over:
         return claims
     log.append(f"manifest segment {name} claims writes of {over[0]} that no listed segment "
                "holds; they are not taken as seen")
-    return {d: s if d == writer else min(s, highest.get(d, 0)) for d, s in claims.items()}
+    return {d: min(s, highest[d]) if d in over else s for d, s in claims.items()}
 
 
 def _open_or_skip(name: str, open_named: Callable[[str], dict[str, Any]],
@@ -277,19 +279,23 @@ def _late_dot(dot: str, limit: dict[str, int]) -> bool:
 
 
 def _revive(paths: dict[str, dict[str, Any]], kept: dict[str, dict[str, dict[str, Any]]],
-            limit: dict[str, int], unclamped: dict[str, dict[str, Any]]
+            limit: dict[str, int], unclamped: dict[str, dict[str, Any]],
+            unclamped_kept: dict[str, dict[str, dict[str, Any]]]
             ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, dict[str, Any]]]]:
-    """Versions that only a removed member's late edit sent to the history come back where
+    """Versions that only a removed member's late write sent to the history come back where
     that path holds nothing else now: clamping its edit must not turn it into a delete
-    (review round 2, N5 (a)). Only while the late version that replaced them is still live in
-    the snapshot: an honest delete of it since (review round 3, R10) stays a delete, and so
-    does a late delete (documented)."""
+    (review round 2, N5 (a)), nor its late snapshot's drops (review round 3, R3: ``rb`` is
+    then that snapshot's dot, and no version at the path has it). For a late edit, only while
+    the late version that replaced them is still live in the snapshot: an honest delete of it
+    since (review round 3, R10) stays a delete, and so does a late delete (documented)."""
     for path, rows in kept.items():
         if paths.get(path):
             continue
         live = unclamped.get(path, {})
+        gone = unclamped_kept.get(path, {})
         back = {d: r["e"] for d, r in rows.items()
-                if r.get("rb") and _late_dot(str(r["rb"]), limit) and r["rb"] in live}
+                if r.get("rb") and _late_dot(str(r["rb"]), limit)
+                and (r["rb"] in live or r["rb"] not in gone)}
         if back:
             paths[path] = back
             kept[path] = {d: r for d, r in rows.items() if d not in back}

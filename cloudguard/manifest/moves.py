@@ -67,6 +67,25 @@ def moved(entry: Entry, loc: dict[str, Any], dot: str, when: int) -> Entry:
             "pl": {k: base[k] for k in LOCATION_FIELDS if k in base}}
 
 
+def carried(mine: Entry, theirs: Entry, by: str, when: int) -> Entry:
+    """``theirs`` (from the snapshot ``by``) puts the blob of an entry we hold somewhere else:
+    the snapshot's writer is recorded as a mover, so that if it is a removed member past its
+    cutoff the blob goes back to where we had it (review round 3, R3: a late snapshot applied
+    during a freeze must not move other devices' blobs for good). A rewrap (same object,
+    offset and move count) is not a move."""
+    if all(mine.get(k) == theirs.get(k) for k in ("o", "a", "r")):
+        return theirs
+    if isinstance(theirs.get("pl"), dict) and isinstance(theirs.get("rd"), list):
+        pl, rd = theirs["pl"], list(theirs["rd"])
+    elif isinstance(mine.get("pl"), dict) and isinstance(mine.get("rd"), list):
+        pl, rd = mine["pl"], list(mine["rd"])
+    else:
+        pl, rd = {k: mine[k] for k in LOCATION_FIELDS if k in mine}, []
+    if by not in rd:
+        rd.append(by)
+    return {**theirs, "rd": rd, "rt": when, "pl": pl}
+
+
 def unmoved(entry: Entry) -> Entry:
     """``entry`` back at the location it had before its last move."""
     if not entry.get("pl"):
