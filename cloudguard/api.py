@@ -34,15 +34,20 @@ class Vault:
     """One bound folder, opened once."""
 
     def __init__(self, folder: str | None = None, ui: UI | None = None,
-                 cache_bytes: int = 8 * 1024 * 1024, deadline: float | None = None) -> None:
+                 cache_bytes: int = 8 * 1024 * 1024, deadline: float | None = None,
+                 bandwidth: str | None = None) -> None:
         """``deadline``: seconds a remote call may go without progress (default: the
-        CLOUDGUARD_STALL_SECONDS setting); the mount passes a short one."""
+        CLOUDGUARD_STALL_SECONDS setting); the mount passes a short one. ``bandwidth``:
+        rclone's ``--bwlimit`` for every transfer of this folder (the daemon's setting)."""
         self.binding = find_binding(folder)
         self.ui = ui or UI()
         unlock(self.binding)  # the keyring or passphrase is asked once, here
         from .rcd import RcdTransport  # here, not at import: a CLI run never needs it
+        from .transport import RcloneTransport
 
-        self._transport = RcdTransport(self.binding.remote, stall=deadline)  # one rclone, all calls
+        inner = RcloneTransport(self.binding.remote, stall=deadline,
+                                extra_args=["--bwlimit", bandwidth] if bandwidth else None)
+        self._transport = RcdTransport(self.binding.remote, inner)  # one rclone, all calls
         use_transport(self.binding, self._transport)
         self._seen: dict[str, int] | None = None
         self._cache = ChunkCache(cache_bytes)

@@ -396,7 +396,7 @@ def test_two_devices_with_daemons_converge_with_one_conflict_copy(local_remote: 
 
 
 @contextmanager
-def running(folder: Path, rescan: float = 3600.0) -> Iterator[Any]:
+def running(folder: Path, rescan: float = 3600.0, limits: Any = None) -> Iterator[Any]:
     """A folder worker in this process (the caller starts it), stopped at the end."""
     from cloudguard.daemon.worker import FolderWorker, Intervals
     from cloudguard.state import find_binding
@@ -404,7 +404,7 @@ def running(folder: Path, rescan: float = 3600.0) -> Iterator[Any]:
     stop = threading.Event()
     worker = FolderWorker(find_binding(str(folder)), stop,
                           Timing(quiet_closed=0.1, quiet_open=0.2, min_interval=0.2),
-                          Intervals(poll=0.5, rescan=rescan))
+                          Intervals(poll=0.5, rescan=rescan), limits=limits)
     try:
         yield worker
     finally:
@@ -816,6 +816,53 @@ def test_a_folder_section_overrides_the_daemon_section_for_that_folder(tmp_path:
                         ('[folder."relative/path"]\npoll_seconds = 1\n', "absolute path"),
                         ("[folders]\n", "unknown section [folders]"),
                         (f'[folder."{work}"]\ncolour = "blue"\n', "colour")):
+        path.write_text(text)
+        bad = cg("config", "show", code=2)
+        assert named in bad.output, bad.output
+
+
+def test_bandwidth_min_free_disk_and_log_level_per_folder(local_remote: str,
+                                                          tmp_path: Path) -> None:
+    """Issue 11's per-folder limits: the folder's rclone runs with its --bwlimit; below
+    min_free_mb a remote change is not pulled (status says why) until there is room; the
+    folder's logger has its own level. Bad values name their setting."""
+    from cloudguard.daemon.config import load
+    from cloudguard.daemon.worker import Limits
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "doc.txt").write_text("v1")
+    share(local_remote, a, b, tmp_path / "kit.json")
+    free = shutil.disk_usage(b).free // (1024 * 1024)
+    with running(b, limits=Limits(bandwidth="4M", min_free_mb=free * 1000,
+                                  log_level="warning")) as worker:
+        worker.start()
+        wait_for("the worker's vault", lambda: worker.vault is not None)
+        rcd = worker.vault._transport._proc.pid
+        argv = Path(f"/proc/{rcd}/cmdline").read_bytes().split(b"\0")
+        assert argv[argv.index(b"--bwlimit") + 1] == b"4M"  # the real rclone, as started
+        assert worker.log.getEffectiveLevel() == logging.WARNING
+        (a / "doc.txt").write_text("v2")
+        cg("push", "--folder", str(a))
+        wait_for("the refusal", lambda: "min_free_mb" in worker.status.last_error)
+        time.sleep(1.5)  # three polls
+        assert (b / "doc.txt").read_text() == "v1"
+        worker.limits = Limits()
+        wait_for("the pull once there is room", lambda: (b / "doc.txt").read_text() == "v2")
+        wait_for("the error cleared", lambda: not worker.status.last_error)
+    home = Path(os.environ["CLOUDGUARD_HOME"])
+    path = home / "config.toml"
+    path.write_text(f'[daemon]\nbandwidth = "1M:off"\nmin_free_mb = 100\n\n'
+                    f'[folder."{a}"]\nbandwidth = "off"\nlog_level = "DEBUG"\n')
+    config = load()
+    mine, rest = config.for_folder(str(a)).limits, config.for_folder(str(b)).limits
+    assert (mine.bandwidth, mine.min_free_mb, mine.log_level) == (None, 100.0, "debug")
+    assert (rest.bandwidth, rest.log_level) == ("1M:off", "info")
+    assert cg_json("config", "show")["daemon"]["bandwidth"] == "1M:off"
+    for text, named in (('[daemon]\nbandwidth = "fast"\n', "daemon.bandwidth = 'fast'"),
+                        ('[daemon]\nbandwidth = "1M --dump"\n', "daemon.bandwidth"),
+                        ("[daemon]\nmin_free_mb = -1\n", "daemon.min_free_mb = -1"),
+                        (f'[folder."{a}"]\nlog_level = "loud"\n', "log_level = 'loud'")):
         path.write_text(text)
         bad = cg("config", "show", code=2)
         assert named in bad.output, bad.output

@@ -242,7 +242,8 @@ def config_show(as_json: bool) -> None:
         env = {k: (str(v) if v is not None else None) for k, v in asdict(settings()).items()}
 
         def flat(c: Any) -> dict[str, Any]:
-            return {**asdict(c.timing), **asdict(c.intervals), "ignore": list(c.ignore)}
+            return {**asdict(c.timing), **asdict(c.intervals), "ignore": list(c.ignore),
+                    **asdict(c.limits)}
 
         result = {"config_file": str(config_path()), "daemon": flat(daemon_config),
                   "folders": {f: flat(c) for f, c in daemon_config.folders.items()},

@@ -9,6 +9,9 @@
     min_interval = 10.0      # a busy path is pushed at most this often
     ignore = ["*.bak"]       # more ignore patterns (gitignore syntax) beyond the defaults
     rotation_days = 30       # the lowest-id device rotates a key older than this
+    bandwidth = "2M"         # rclone's --bwlimit for this folder's transfers ("off": none)
+    min_free_mb = 500        # no pull while the folder's disk has less free (0: off)
+    log_level = "info"       # debug, info, warning or error
 
     [folder."/home/me/Documents"]   # any of the above for one bound folder (over [daemon])
     poll_seconds = 60
@@ -19,6 +22,7 @@ Every value is checked; a bad one is one line naming the setting.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +31,18 @@ from typing import Any
 from ..errors import UsageError
 from ..state import home
 from .schedule import Timing
-from .worker import Intervals
+from .worker import Intervals, Limits
 
 _NUMBERS = {"poll_seconds": (0.1, 86400.0), "rescan_seconds": (1.0, 7 * 86400.0),
             "quiet_closed": (0.0, 3600.0), "quiet_open": (0.0, 3600.0),
             "max_wait": (0.1, 86400.0), "min_interval": (0.0, 86400.0)}
+
+
+# rclone's --bwlimit: a rate with an optional unit (B, K, M, G, T, P; bytes per second), or
+# upload:download ("1M:off"); no timetables, so one value means the same all day
+_RATE = r"(?:off|[0-9]+(?:\.[0-9]+)?[bkmgtp]?)"
+_BANDWIDTH = re.compile(rf"{_RATE}(?::{_RATE})?\Z", re.IGNORECASE)
+_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,7 @@ class DaemonConfig:
     intervals: Intervals
     ignore: tuple[str, ...]
     folders: dict[str, DaemonConfig] = field(default_factory=dict)  # resolved path -> its own
+    limits: Limits = field(default_factory=Limits)
 
     def for_folder(self, folder: str) -> DaemonConfig:
         """This folder's settings: its [folder."..."] section over [daemon]."""
@@ -71,14 +83,15 @@ def load(path: Path | None = None) -> DaemonConfig:
         if not Path(name).is_absolute():
             raise UsageError(f"{path}: [folder.\"{name}\"] must name an absolute path")
         own[str(Path(name).resolve())] = _section(path, f'folder."{name}"', section, base)
-    return DaemonConfig(base.timing, base.intervals, base.ignore, own)
+    return DaemonConfig(base.timing, base.intervals, base.ignore, own, base.limits)
 
 
 def _section(path: Path, where: str, section: object, base: DaemonConfig) -> DaemonConfig:
     """One table's settings over ``base``; every value checked, naming ``where.key``."""
     if not isinstance(section, dict):
         raise UsageError(f"{path}: [{where}] must be a table")
-    unknown = sorted(set(section) - set(_NUMBERS) - {"ignore", "rotation_days"})
+    unknown = sorted(set(section) - set(_NUMBERS) - {"ignore", "rotation_days", "bandwidth",
+                                                      "min_free_mb", "log_level"})
     if unknown:
         raise UsageError(f"{path}: unknown setting {where}.{unknown[0]}")
     values: dict[str, float] = {}
@@ -106,4 +119,22 @@ def _section(path: Path, where: str, section: object, base: DaemonConfig) -> Dae
     intervals = Intervals(values.get("poll_seconds", base_i.poll),
                           values.get("rescan_seconds", base_i.rescan),
                           rotation_days=float(rotation))
-    return DaemonConfig(timing, intervals, (*base.ignore, *ignore))
+    return DaemonConfig(timing, intervals, (*base.ignore, *ignore),
+                        limits=_limits(path, where, section, base.limits))
+
+
+def _limits(path: Path, where: str, section: dict[str, Any], base: Limits) -> Limits:
+    bandwidth = section.get("bandwidth", base.bandwidth or "off")
+    if not isinstance(bandwidth, str) or not _BANDWIDTH.match(bandwidth):
+        raise UsageError(f"{path}: {where}.bandwidth = {bandwidth!r} is not a rate such as "
+                         '"512k", "2M" or "off" (bytes per second; "UP:DOWN" for two)')
+    free = section.get("min_free_mb", base.min_free_mb)
+    if isinstance(free, bool) or not isinstance(free, (int, float)) or not 0 <= free <= 10**9:
+        raise UsageError(f"{path}: {where}.min_free_mb = {free!r} is not a number of MiB "
+                         "from 0 to 1000000000")
+    level = section.get("log_level", base.log_level)
+    if not isinstance(level, str) or level.lower() not in _LEVELS:
+        raise UsageError(f"{path}: {where}.log_level = {level!r} is not one of "
+                         f"{', '.join(_LEVELS)}")
+    return Limits(None if bandwidth.lower() == "off" else bandwidth, float(free),
+                  level.lower())

@@ -91,7 +91,7 @@ def run(folders: list[str] | None = None, timing: Timing | None = None,
         """Its [folder."..."] section over [daemon]; a caller's timing wins (tests)."""
         own = config.for_folder(binding.folder)
         return FolderWorker(binding, stop, timing or own.timing, intervals or own.intervals,
-                            Ignore(own.ignore), allow_exposed)
+                            Ignore(own.ignore), allow_exposed, own.limits)
 
     workers = [worker_for(b) for b in bindings]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shutil
 import threading
 import time
 import weakref
@@ -53,6 +54,15 @@ class Intervals:
     backoff_first: float = 2.0
     backoff_max: float = 300.0
     rotation_days: float = 30.0  # key age at which the lowest-id device rotates
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a folder may take from the machine, and how much it says (config.toml)."""
+
+    bandwidth: str | None = None  # rclone --bwlimit value; None: no limit
+    min_free_mb: float = 0.0  # no pull while the folder's disk has less free
+    log_level: str = "info"
 
 
 @dataclass
@@ -123,9 +133,14 @@ class _Hints(FileSystemEventHandler):
 class FolderWorker(threading.Thread):
     def __init__(self, binding: Binding, stop: threading.Event, timing: Timing | None = None,
                  intervals: Intervals | None = None, ignore: Ignore | None = None,
-                 allow_exposed: bool = False) -> None:
+                 allow_exposed: bool = False, limits: Limits | None = None) -> None:
         super().__init__(name=f"cloudguard-{binding.id}", daemon=True)
         self.binding = binding
+        self.limits = limits or Limits()
+        self._pull_owed = False  # the remote changed and no pull has taken it in yet
+        # one logger per folder, so its log_level is its own
+        self.log = logging.getLogger(f"cloudguard.daemon.{binding.id}")
+        self.log.setLevel(self.limits.log_level.upper())
         self.stop = stop
         self.intervals = intervals or Intervals()
         self.ignore = ignore or Ignore()
@@ -163,7 +178,7 @@ class FolderWorker(threading.Thread):
             self._serve()
         except Exception as exc:  # a worker never takes the daemon down
             self._stopped(f"{type(exc).__name__}: {exc}")
-            log.exception("folder worker failed")
+            self.log.exception("folder worker failed")
 
     def _rotate_if_due(self) -> None:
         """The advisories' "change keys often", unattended: past rotation_days the device
@@ -176,7 +191,7 @@ class FolderWorker(threading.Thread):
         if age < self.intervals.rotation_days or not mine:
             return
         got = self.vault.rotate()
-        log.info("folder %s: rotated the key (it was %.1f days old): epoch %s",
+        self.log.info("folder %s: rotated the key (it was %.1f days old): epoch %s",
                  self.binding.id, age, got.get("epoch"))
 
     def _safe_from_other_clients(self, folder: Path) -> bool:
@@ -189,7 +204,7 @@ class FolderWorker(threading.Thread):
             return True
         if self.allow_exposed:
             for f in found:
-                log.warning("folder %s: %s (served anyway: --allow-exposed)",
+                self.log.warning("folder %s: %s (served anyway: --allow-exposed)",
                             self.binding.id, f.message)
             return True
         self._stopped(f"{found[0].message}; {found[0].fix}, or run the daemon with "
@@ -198,24 +213,41 @@ class FolderWorker(threading.Thread):
 
     def _stopped(self, why: str) -> None:
         self.status.state, self.status.why = "stopped", why
-        log.error("folder %s stopped: %s", self.binding.id, why)
+        self.log.error("folder %s stopped: %s", self.binding.id, why)
         desktop.notify(f"cloudguard stopped syncing {self.binding.folder}", why, urgent=True)
 
     def _conflicts(self, got: dict[str, Any]) -> None:
         """Both sides changed a file: both versions are kept; say so on the desktop."""
         made = len(got.get("conflicts") or [])
         if made:
-            log.info("folder %s: %d conflict copies", self.binding.id, made)
+            self.log.info("folder %s: %d conflict copies", self.binding.id, made)
             desktop.notify(f"cloudguard: {made} conflict cop{'y' if made == 1 else 'ies'} in "
                            f"{self.binding.folder}",
                            "A file was changed here and on another device; both versions are "
                            "kept side by side (NAME (conflict ...)).")
 
+    def _room_to_pull(self) -> bool:
+        """A pull writes new versions beside the old ones before it renames them into place:
+        below min_free_mb it waits (and says so) rather than fill the disk."""
+        free = shutil.disk_usage(self.binding.folder).free / (1024 * 1024) \
+            if self.limits.min_free_mb > 0 else 0.0
+        if self.limits.min_free_mb <= 0 or free >= self.limits.min_free_mb:
+            if self.status.extra.pop("low_disk", None):
+                self.status.last_error = ""
+            return True
+        why = (f"not pulling: {free:.0f} MiB free on the folder's disk, below min_free_mb = "
+               f"{self.limits.min_free_mb:g}")
+        if not self.status.extra.get("low_disk"):
+            self.log.warning("folder %s: %s", self.binding.id, why)
+        self.status.extra["low_disk"] = True
+        self.status.last_error = why
+        return False
+
     def _serve(self) -> None:
         folder = Path(self.binding.folder)
         if not self._safe_from_other_clients(folder):
             return
-        self.vault = Vault(str(folder))
+        self.vault = Vault(str(folder), bandwidth=self.limits.bandwidth)
         observer: Any = Observer()
         try:
             observer.schedule(_Hints(folder, self), str(folder), recursive=True)
@@ -226,7 +258,7 @@ class FolderWorker(threading.Thread):
             self.intervals = replace(self.intervals,
                                      rescan=min(self.intervals.rescan, FALLBACK_RESCAN))
             self.status.extra["watching"] = False
-            log.warning("folder %s: cannot watch it (%s); falling back to a full rescan every "
+            self.log.warning("folder %s: cannot watch it (%s); falling back to a full rescan every "
                         "%.0f s (raise fs.inotify.max_user_watches)", self.binding.id,
                         exc.strerror or exc, self.intervals.rescan)
         _LISTENING.add(self)
@@ -279,7 +311,7 @@ class FolderWorker(threading.Thread):
                                           rewritten_before=self.rewritten.total(),
                                           allow_mass_change=self.accept_changes)
                     gone = got["counts"]["deleted"]
-                    log.info("folder %s: pushed %d, deleted %d", self.binding.id,
+                    self.log.info("folder %s: pushed %d, deleted %d", self.binding.id,
                              len(got["uploaded"]) + len(got["updated"]),
                              gone["files"] + gone["links"])
                     if self.accept_deletes:
@@ -303,7 +335,10 @@ class FolderWorker(threading.Thread):
                 if now >= next_poll:
                     next_poll = now + self.intervals.poll
                     if self.vault.poll():
+                        self._pull_owed = True  # until a pull succeeds
+                    if self._pull_owed and self._room_to_pull():
                         self._conflicts(self.vault.pull())
+                        self._pull_owed = False
                         self.status.last_pull = time.time()
                 backoff, retry_at = 0.0, 0.0
             except GuardError as exc:
@@ -325,7 +360,7 @@ class FolderWorker(threading.Thread):
                 backoff = min(self.intervals.backoff_max,
                               max(self.intervals.backoff_first, backoff * 2))
                 retry_at = time.monotonic() + backoff * random.uniform(0.8, 1.2)
-                log.warning("folder %s: %s; retrying in %.0f s", self.binding.id, exc, backoff)
+                self.log.warning("folder %s: %s; retrying in %.0f s", self.binding.id, exc, backoff)
                 with self._lock:
                     if rescan:
                         self.sched.rescan()
