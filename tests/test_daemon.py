@@ -396,7 +396,8 @@ def test_two_devices_with_daemons_converge_with_one_conflict_copy(local_remote: 
 
 
 @contextmanager
-def running(folder: Path, rescan: float = 3600.0, limits: Any = None) -> Iterator[Any]:
+def running(folder: Path, rescan: float = 3600.0, limits: Any = None,
+            log_paths: bool = False) -> Iterator[Any]:
     """A folder worker in this process (the caller starts it), stopped at the end."""
     from cloudguard.daemon.worker import FolderWorker, Intervals
     from cloudguard.state import find_binding
@@ -404,7 +405,8 @@ def running(folder: Path, rescan: float = 3600.0, limits: Any = None) -> Iterato
     stop = threading.Event()
     worker = FolderWorker(find_binding(str(folder)), stop,
                           Timing(quiet_closed=0.1, quiet_open=0.2, min_interval=0.2),
-                          Intervals(poll=0.5, rescan=rescan), limits=limits)
+                          Intervals(poll=0.5, rescan=rescan), limits=limits,
+                          log_paths=log_paths)
     try:
         yield worker
     finally:
@@ -866,3 +868,34 @@ def test_bandwidth_min_free_disk_and_log_level_per_folder(local_remote: str,
         path.write_text(text)
         bad = cg("config", "show", code=2)
         assert named in bad.output, bad.output
+
+
+@pytest.mark.parametrize("log_paths", [False, True])
+def test_the_log_names_files_only_with_log_paths(local_remote: str, tmp_path: Path,
+                                                 caplog: pytest.LogCaptureFixture,
+                                                 log_paths: bool) -> None:
+    """Issue 11: "paths are logged only with --log-paths". The remote's descriptor goes away
+    under a folder the daemon serves: the folder stops, the log says so by kind only (the
+    reason names the remote's path), `cloudguard status` has it in full; with --log-paths
+    the log has it too."""
+    folder = tmp_path / "secret-project"
+    folder.mkdir()
+    (folder / "doc.txt").write_text("v1")
+    share(local_remote, folder, tmp_path / "other", tmp_path / "kit.json")
+    caplog.set_level(logging.INFO, logger="cloudguard.daemon")
+    descriptor = Path(local_remote) / "cloudguard.json"
+    with running(folder, log_paths=log_paths) as worker:
+        worker.start()
+        wait_for("the worker's vault", lambda: worker.vault is not None)
+        kept = descriptor.read_bytes()
+        descriptor.unlink()
+        try:
+            (folder / "secret-name.txt").write_text("new")
+            wait_for("the stop", lambda: worker.status.state == "stopped")
+        finally:
+            descriptor.write_bytes(kept)
+        assert local_remote in worker.status.why  # status has it in full
+        logged = "\n".join(r.getMessage() for r in caplog.records)
+        assert "stopped" in logged
+        assert (local_remote in logged) == log_paths, logged
+        assert "secret-project" not in logged or log_paths

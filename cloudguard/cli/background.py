@@ -28,7 +28,11 @@ def daemon() -> None:
 @click.option("--allow-exposed", is_flag=True,
               help="Sync a folder even where another sync client uploads its plaintext "
                    "(logged as a warning).")
-def daemon_run(folders: tuple[str, ...], allow_exposed: bool) -> None:
+@click.option("--log-paths", is_flag=True,
+              help="Let the log name files (errors and warnings in full); without it the log "
+                   "says only what kind of thing happened, and `cloudguard status` has the "
+                   "rest.")
+def daemon_run(folders: tuple[str, ...], allow_exposed: bool, log_paths: bool) -> None:
     """Watch, encrypt and sync every bound folder until stopped (what the service runs).
 
     Each folder has its own worker: a saved file is pushed once it goes quiet, other devices'
@@ -40,7 +44,8 @@ def daemon_run(folders: tuple[str, ...], allow_exposed: bool) -> None:
 
     def go() -> None:
         nonlocal code
-        code = daemon_runner.run(list(folders) or None, allow_exposed=allow_exposed)
+        code = daemon_runner.run(list(folders) or None, allow_exposed=allow_exposed,
+                                 log_paths=log_paths)
 
     _run(go)
     sys.exit(code)

@@ -66,7 +66,7 @@ def _unlocked(binding: Binding) -> bool:
 
 def run(folders: list[str] | None = None, timing: Timing | None = None,
         intervals: Intervals | None = None, stop: threading.Event | None = None,
-        allow_exposed: bool = False) -> int:
+        allow_exposed: bool = False, log_paths: bool = False) -> int:
     control.take_notify_socket()
     config = load_config()
     bindings = [find_binding(f) for f in folders] if folders else all_bindings()
@@ -91,7 +91,7 @@ def run(folders: list[str] | None = None, timing: Timing | None = None,
         """Its [folder."..."] section over [daemon]; a caller's timing wins (tests)."""
         own = config.for_folder(binding.folder)
         return FolderWorker(binding, stop, timing or own.timing, intervals or own.intervals,
-                            Ignore(own.ignore), allow_exposed, own.limits)
+                            Ignore(own.ignore), allow_exposed, own.limits, log_paths)
 
     workers = [worker_for(b) for b in bindings]
 
@@ -165,7 +165,7 @@ def run(folders: list[str] | None = None, timing: Timing | None = None,
                 for binding in [b for b in locked if _unlocked(b)]:
                     locked.remove(binding)
                     next(w for w in workers if w.binding is binding).start()
-                    log.info("unlocked %s", binding.folder)
+                    log.info("unlocked %s", binding.folder if log_paths else binding.id)
                 if not locked:
                     control.notify("STATUS=serving")
     finally:

@@ -38,6 +38,7 @@ from ..api import Vault
 from ..errors import CloudguardError, GuardError, IntegrityError
 from ..ignore import Ignore
 from ..names import from_disk
+from ..session import UI
 from ..state import Binding
 from . import desktop
 from .schedule import Recent, Scheduler, Timing
@@ -133,11 +134,13 @@ class _Hints(FileSystemEventHandler):
 class FolderWorker(threading.Thread):
     def __init__(self, binding: Binding, stop: threading.Event, timing: Timing | None = None,
                  intervals: Intervals | None = None, ignore: Ignore | None = None,
-                 allow_exposed: bool = False, limits: Limits | None = None) -> None:
+                 allow_exposed: bool = False, limits: Limits | None = None,
+                 log_paths: bool = False) -> None:
         super().__init__(name=f"cloudguard-{binding.id}", daemon=True)
         self.binding = binding
         self.limits = limits or Limits()
         self._pull_owed = False  # the remote changed and no pull has taken it in yet
+        self.log_paths = log_paths
         # one logger per folder, so its log_level is its own
         self.log = logging.getLogger(f"cloudguard.daemon.{binding.id}")
         self.log.setLevel(self.limits.log_level.upper())
@@ -205,7 +208,8 @@ class FolderWorker(threading.Thread):
         if self.allow_exposed:
             for f in found:
                 self.log.warning("folder %s: %s (served anyway: --allow-exposed)",
-                            self.binding.id, f.message)
+                                 self.binding.id, self._tell(f.message, "exposed to "
+                                                             "another sync client"))
             return True
         self._stopped(f"{found[0].message}; {found[0].fix}, or run the daemon with "
                       "--allow-exposed")
@@ -213,7 +217,7 @@ class FolderWorker(threading.Thread):
 
     def _stopped(self, why: str) -> None:
         self.status.state, self.status.why = "stopped", why
-        self.log.error("folder %s stopped: %s", self.binding.id, why)
+        self.log.error("folder %s stopped: %s", self.binding.id, self._tell(why, "stopped"))
         desktop.notify(f"cloudguard stopped syncing {self.binding.folder}", why, urgent=True)
 
     def _conflicts(self, got: dict[str, Any]) -> None:
@@ -225,6 +229,17 @@ class FolderWorker(threading.Thread):
                            f"{self.binding.folder}",
                            "A file was changed here and on another device; both versions are "
                            "kept side by side (NAME (conflict ...)).")
+
+    def _tell(self, text: str, kind: str) -> str:
+        """What the log may say: ``text`` may name files, so it goes there only with
+        --log-paths; otherwise only its ``kind``, and `cloudguard status` has it in full."""
+        if self.log_paths:
+            return text
+        return f"{kind} (details: cloudguard status; paths are logged only with --log-paths)"
+
+    def _engine_warning(self, text: str) -> None:
+        """The engine's warnings (a file changed while read, a dispute...) name files."""
+        self.log.warning("folder %s: %s", self.binding.id, self._tell(text, "a warning"))
 
     def _room_to_pull(self) -> bool:
         """A pull writes new versions beside the old ones before it renames them into place:
@@ -247,7 +262,8 @@ class FolderWorker(threading.Thread):
         folder = Path(self.binding.folder)
         if not self._safe_from_other_clients(folder):
             return
-        self.vault = Vault(str(folder), bandwidth=self.limits.bandwidth)
+        self.vault = Vault(str(folder), UI(warn=self._engine_warning),
+                           bandwidth=self.limits.bandwidth)
         observer: Any = Observer()
         try:
             observer.schedule(_Hints(folder, self), str(folder), recursive=True)
@@ -360,7 +376,8 @@ class FolderWorker(threading.Thread):
                 backoff = min(self.intervals.backoff_max,
                               max(self.intervals.backoff_first, backoff * 2))
                 retry_at = time.monotonic() + backoff * random.uniform(0.8, 1.2)
-                self.log.warning("folder %s: %s; retrying in %.0f s", self.binding.id, exc, backoff)
+                self.log.warning("folder %s: %s; retrying in %.0f s", self.binding.id,
+                                 self._tell(str(exc), type(exc).__name__), backoff)
                 with self._lock:
                     if rescan:
                         self.sched.rescan()
