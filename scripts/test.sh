@@ -23,7 +23,8 @@ log() { printf '==> %s\n' "$*" >&2; }
 # dbus-run-session is in dbus-daemon on Debian 12; gnome-keyring pulls in a
 # session bus itself. fuse3 gives /dev/fuse users fusermount3. fusefat and
 # dosfstools give a real FAT file system over an image (case-insensitive folder
-# tests; no loop device needed). vim and git: the daemon's save-pattern tests. No dbus-x11.
+# tests; no loop device needed). vim, git and rsync: the daemon's save-pattern tests.
+# No dbus-x11.
 missing=()
 command -v dbus-run-session >/dev/null 2>&1 || missing+=(dbus-daemon)
 command -v gnome-keyring-daemon >/dev/null 2>&1 || missing+=(gnome-keyring)
@@ -33,6 +34,7 @@ command -v mkfs.vfat >/dev/null 2>&1 || missing+=(dosfstools)
 # the daemon's save-pattern tests run the real editors and tools users have
 command -v vim >/dev/null 2>&1 || missing+=(vim)
 command -v git >/dev/null 2>&1 || missing+=(git)
+command -v rsync >/dev/null 2>&1 || missing+=(rsync)
 [ -s /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
 
 if ((${#missing[@]})); then
@@ -42,7 +44,7 @@ if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt_install() {
         "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
-            gnome-keyring dbus-daemon fuse3 fusefat dosfstools ca-certificates vim git \
+            gnome-keyring dbus-daemon fuse3 fusefat dosfstools ca-certificates vim git rsync \
             >/dev/null
     }
     # Update the package lists only if there are none, or if installing fails.

@@ -899,3 +899,67 @@ def test_the_log_names_files_only_with_log_paths(local_remote: str, tmp_path: Pa
         assert "stopped" in logged
         assert (local_remote in logged) == log_paths, logged
         assert "secret-project" not in logged or log_paths
+
+
+def test_a_document_open_in_an_office_program_gets_a_remote_change_as_a_conflict_copy(
+        local_remote: str, tmp_path: Path) -> None:
+    """Issue 11: while LibreOffice's ``.~lock.NAME#`` (or Office's ``~$NAME``) is beside a
+    document, a remote change to it lands as a conflict copy: the program's next save would
+    overwrite it otherwise. Without the lock it lands in place."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "report.odt").write_text("v1")
+    (a / "budget.xlsx").write_text("v1")
+    share(local_remote, a, b, tmp_path / "kit.json")
+    (b / "report.odt").write_text("v2 from b")
+    (b / "budget.xlsx").write_text("v2 from b")
+    cg("push", "--folder", str(b))
+    (a / ".~lock.report.odt#").write_text(",me,host,01.01.2026 10:00,me;")
+    (a / "~$budget.xlsx").write_text("owner")
+    got = cg_json("pull", "--folder", str(a))
+    assert (a / "report.odt").read_text() == "v1" and (a / "budget.xlsx").read_text() == "v1"
+    copies = sorted(p.name for p in a.iterdir() if "(conflict" in p.name)
+    assert len(copies) == 2 and len(got["conflicts"]) == 2, copies
+    assert {(a / c).read_text() for c in copies} == {"v2 from b"}
+    (b / "notes.txt").write_text("unlocked")  # a document without a lock lands in place
+    cg("push", "--folder", str(b))
+    cg("pull", "--folder", str(a))
+    assert (a / "notes.txt").read_text() == "unlocked"
+
+
+def test_rsync_and_an_office_save_pattern_under_the_daemon(local_remote: str,
+                                                           tmp_path: Path) -> None:
+    """The save patterns issue 11 names that the other test does not play: rsync of a tree
+    (temp names, then renames) and LibreOffice's save (lock file, temp file, rename over the
+    document, lock removed). The other device gets the documents, never a lock or temp."""
+    if shutil.which("rsync") is None:
+        pytest.skip("rsync is not installed")
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "report.odt").write_text("draft 1")
+    share(local_remote, a, b, tmp_path / "kit.json")
+    tree_src = tmp_path / "tree"
+    (tree_src / "sub").mkdir(parents=True)
+    for i in range(30):
+        (tree_src / "sub" / f"r{i}.bin").write_bytes(os.urandom(2000 + i))
+    home = Path(os.environ["CLOUDGUARD_HOME"])
+    with daemon(home, tmp_path / "daemon.log", a):
+        subprocess.run(["rsync", "-a", f"{tree_src}/", str(a / "synced")], check=True)
+        lock = a / ".~lock.report.odt#"
+        lock.write_text(",me,host,01.01.2026 10:00,me;")
+        temp = a / "lu98765abcd.tmp"
+        temp.write_text("draft 2, saved by the office program")
+        os.replace(temp, a / "report.odt")
+        time.sleep(0.5)
+        lock.unlink()
+        want = {os.path.relpath(p, a): p.read_bytes() for p in a.rglob("*")
+                if p.is_file() and ".cloudguard" not in p.parts}
+
+        def arrived() -> bool:
+            cg("pull", "--folder", str(b))
+            got = {os.path.relpath(p, b): p.read_bytes() for p in b.rglob("*")
+                   if p.is_file() and ".cloudguard" not in p.parts}
+            return got == want
+
+        wait_for("rsync's tree and the office save on device b", arrived, timeout=120)
+        assert (b / "report.odt").read_text() == "draft 2, saved by the office program"

@@ -7,6 +7,7 @@ replaced only while it is still what the plan saw.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
 from pathlib import Path
@@ -21,6 +22,7 @@ from ..errors import (
     Interrupted,
     TransportError,
 )
+from ..ignore import open_in_office
 from ..names import local
 from ..session import UI, Session, session
 from ..state import (
@@ -71,7 +73,7 @@ def _pull_plan(s: Session, local: dict[str, sync.LocalItem], scope: list[str] | 
                 kept[path] = hashes
     plan = sync.plan_pull(local, rows, remote, _hasher(s.folder), s.labels(),
                           lambda p: p in local or p in heads or p in known, s.binding.device,
-                          first, kept)
+                          first, kept, functools.partial(open_in_office, s.folder))
     return plan, remote, len(heads)
 
 

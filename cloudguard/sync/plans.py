@@ -283,7 +283,8 @@ def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
               remote: dict[str, tuple[str, Entry]], hasher: Callable[[str], str],
               labels: dict[str, str], taken: Callable[[str], bool] | None = None,
               me: str = "local", first: bool = False,
-              kept: Mapping[str, set[str]] | None = None) -> PullPlan:
+              kept: Mapping[str, set[str]] | None = None,
+              busy: Callable[[str], bool] | None = None) -> PullPlan:
     """``index`` and ``remote`` may be cut down to the paths whose synced dot differs from the
     remote's (nothing happens to the others); ``taken`` then says which names exist at all,
     so a conflict copy never takes the name of a path left out.
@@ -298,6 +299,9 @@ def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
     local one moves aside as a conflict copy, or, if its content is a version the history
     (``kept``: path -> SHA-256s of replaced and deleted versions) still holds, it is simply
     replaced, or deleted where the vault deleted that path. Deleted files do not come back.
+
+    ``busy``: is this file open in an office program (its lock file is there)? Its save
+    would overwrite whatever lands, so a remote change lands as a conflict copy instead.
     """
     kept = kept or {}
     plan = PullPlan()
@@ -355,6 +359,11 @@ def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
                         plan.meta.append((path, dot, merged))
             continue
         land = plan.download if kind == "f" else plan.make
+        if kind == "f" and loc.kind == "f" and busy is not None and busy(path):
+            name = conflict(path, int(entry.get("m", 0)), dot.partition(":")[0])
+            land.append((name, dot, entry))
+            plan.forget.append(path)
+            continue
         untouched = row is not None and synced(loc, row, local_hash)
         if untouched and loc.kind != "d" and kind != "d":  # file <-> symlink: replaced in place
             land.append((path, dot, entry))
