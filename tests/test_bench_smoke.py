@@ -25,3 +25,16 @@ def test_bench_quick_runs_and_reports(tmp_path: Path) -> None:
         assert scenario in report
     assert "rclone copy" in report and "cloudguard push" in report
     assert "Vault.push([one path])" in report and "ranged read" in report
+
+
+def test_daemon_bench_quick_runs_and_reports(tmp_path: Path) -> None:
+    """scripts/bench_daemon.py (issue 11's daemon figures) end to end, scaled down."""
+    out = tmp_path / "daemon.md"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_daemon.py"), "--quick",
+                           "--remotes", "local", "--workdir", str(tmp_path), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, check=False, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = out.read_text()
+    for row in ("save to segment, local", "on B's disk", "idle CPU", "daemon RSS",
+                "first sync of"):
+        assert row in report, report
