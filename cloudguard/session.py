@@ -138,10 +138,8 @@ class Session:
         self.index.set_meta("pending_segment", None)
         return mf.dot_of(own, seq)
 
-    def snapshot(self, keep_newest: bool = True) -> str:
-        """Replace every segment the state covers by one snapshot, then delete them (but
-        the newest of each other device; re-encryption deletes those too: they are sealed
-        under keys it retires)."""
+    def snapshot(self) -> str:
+        """Replace every segment the state covers by one snapshot, then delete them."""
         own = self.binding.device
         prev = self.loaded.heads.get(own)
         name, seq, digest = self.write_segment(
@@ -151,17 +149,10 @@ class Session:
             self.state.mark_consumed(name, self.listing[name], digest, dict(self.state.ctx))
         self.index.set_meta("seen", self.state.ctx)
         self.index.set_meta("pending_segment", None)
-        # every other device's newest segment stays, so a reader can tell how far each
-        # device really wrote: a version vector claiming more is planted (round 2, N11)
-        newest: dict[str, int] = {}
-        for other in self.listing:
-            if (parsed := mf.parse_name(other)) is not None:
-                newest[parsed[0]] = max(newest.get(parsed[0], 0), parsed[1])
         doomed = []
         for other in list(self.listing):
             parsed = mf.parse_name(other)
-            if parsed and other != name and parsed[1] <= self.state.ctx.get(parsed[0], 0) and (
-                    parsed[0] == own or parsed[1] < newest[parsed[0]] or not keep_newest):
+            if parsed and other != name and parsed[1] <= self.state.ctx.get(parsed[0], 0):
                 doomed.append(other)
         self.transport.delete(doomed)
         for other in doomed:

@@ -1433,20 +1433,6 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
         pinned[device] = pinned_segments(device, cut, segments, open_named, hashes)
     pinning = False
 
-    # "Reading the manifest": a vector claiming writes of a device past its newest listed
-    # segment (compaction keeps every device's newest) is planted, or hidden: not taken
-    highest: dict[str, int] = {}
-    for device, seq, _kind in segments.values():
-        highest[device] = max(highest.get(device, 0), seq)
-
-    def bounded(name: str, writer: str, claims: dict[str, int]) -> dict[str, int]:
-        over = sorted(d for d, s in claims.items() if d in highest and s > highest[d]
-                      and d != writer)
-        if over:
-            skipped.append(f"manifest segment {name} claims writes of {over[0]} that no "
-                           "listed segment holds; they are not taken as seen")
-        return {d: min(s, highest[d]) if d in over else s for d, s in claims.items()}
-
     # 1. open every snapshot and merge them
     state = State()
     held: set[str] = set()  # devices with a snapshot skipped
@@ -1464,7 +1450,6 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
                              parse_snapshot_paths(payload.get("paths")))
         except BadData as exc:
             raise IntegrityFailure(f"manifest segment {name} is malformed") from exc
-        snapshot.ctx = bounded(name, device, snapshot.ctx)
         if any(snapshot.ctx.get(rid, 0) > seq for rid, seq in limit.items()):
             # "Writer rules": late writes of a removed member are left out, not refused
             skipped.append(f"manifest segment {name} holds writes of a removed member past "
@@ -1521,7 +1506,6 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
                 except BadData as exc:
                     raise IntegrityFailure(f"manifest segment {found} is malformed") from exc
                 check_history(found, payload, deps, hashes, seq)
-                deps = bounded(found, device, deps)
                 opened[found] = (clamp(deps, limit), opened[found][1])
             deps, ops = opened[found]
             if not state.dominates({d: s for d, s in deps.items() if d != device}):

@@ -93,11 +93,6 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
     pinned: dict[str, set[str]] = {}
     pinning = False
 
-    # how far each device really wrote: compaction keeps every device's newest segment
-    highest: dict[str, int] = {}
-    for dev, seq, _kind in parsed.values():
-        highest[dev] = max(highest.get(dev, 0), seq)
-
     def open_named(name: str) -> dict[str, Any]:
         data = cache.get(name, listing[name])
         fresh = data is None
@@ -112,8 +107,6 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
                 dev, seq, {"d": "delta", "s": "snapshot"}[kind]):
             raise IntegrityError(f"manifest segment {name} does not match its name")
         _check_segment(name, payload)
-        if kind == "s":
-            payload["ctx"] = _bounded(name, dev, _ctx(payload.get("ctx")), highest, skip_log)
         if fresh:
             cache.put(name, data)
         heads_hash[name] = hashlib.sha256(data).hexdigest()
@@ -196,7 +189,6 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
                                            "was replaced" + REPUBLISH_HINT)
                 deps = _ctx(payload.get("deps"))
                 _same_history(found, payload.get("dh"), deps, heads_hash)
-                deps = _bounded(found, dev, deps, highest, skip_log)
                 deps = _clamp(deps, limit)
                 if not state.dominates({d: s for d, s in deps.items() if d != dev}):
                     continue
@@ -237,21 +229,6 @@ def _naming(name: str) -> Iterator[None]:
         raise
     except IntegrityError as exc:
         raise named(f"manifest segment {name}", exc) from exc
-
-
-def _bounded(name: str, writer: str, claims: dict[str, int], highest: dict[str, int],
-             log: list[str]) -> dict[str, int]:
-    """A vector claiming more of a device than its newest listed segment (compaction keeps
-    every device's newest) is planted, or shown segments the provider hides: what no listed
-    segment holds is not taken as seen (review round 2, N11). A device with no listed
-    segment at all (none written yet, or all retired by a re-encryption) is not bounded."""
-    over = sorted(d for d, s in claims.items() if d in highest and s > highest[d]
-                  and d != writer)
-    if not over:
-        return claims
-    log.append(f"manifest segment {name} claims writes of {over[0]} that no listed segment "
-               "holds; they are not taken as seen")
-    return {d: min(s, highest[d]) if d in over else s for d, s in claims.items()}
 
 
 def _open_or_skip(name: str, open_named: Callable[[str], dict[str, Any]],

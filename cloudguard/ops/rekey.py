@@ -226,7 +226,7 @@ def _finish(s: Session, started: dict[str, Any]) -> int:
         s.index.set_meta("pending_delete", {
             "after": mf.segment_name(s.binding.device, s.next_seq(), "s"),
             "names": sorted(doomed)})
-        s.snapshot(keep_newest=False)
+        s.snapshot()
     s.index.set_meta("wrapped_under", s.ring.head.kek)
     s.transport.delete(doomed)
     for name in doomed:
