@@ -133,6 +133,9 @@ class Vault:
     def mkdir(self, path: str, mode: int = 0o755) -> dict[str, Any]:
         return write.mkdir(self.folder, path, mode)
 
+    def symlink(self, path: str, target: str) -> dict[str, Any]:
+        return write.symlink(self.folder, path, target)
+
     def set_mode(self, path: str, mode: int) -> dict[str, Any]:
         return write.set_mode(self.folder, path, mode)
 

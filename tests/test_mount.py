@@ -427,3 +427,33 @@ def test_a_version_staged_before_a_kill_is_committed_at_the_next_mount(
     with mounted(folder, mnt, tmp_path / "mount2.log"):
         assert (mnt / "saved.txt").read_text() == "staged, then the mount died"
     assert cg_json("status", "--folder", str(folder))["to_pull"] == ["saved.txt"]
+
+
+def test_symlinks_made_through_the_mount(local_remote: str, tmp_path: Path) -> None:
+    """Issue 12: symlink and readlink. A link made on the mount is stored, never followed
+    (its target may point anywhere, even outside), lists as a link, refuses a taken name,
+    and arrives on another device as the same link, a target that is not UTF-8 included."""
+    from helpers import share
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "doc.txt").write_text("the document")
+    share(local_remote, a, b, tmp_path / "kit.json")
+    mnt = tmp_path / "mnt"
+    odd = os.fsdecode(b"caf\xe9.txt")  # a target that is not UTF-8
+    with mounted(a, mnt, tmp_path / "mount.log"):
+        os.symlink("doc.txt", mnt / "near")
+        os.symlink("/etc/passwd", mnt / "outside")
+        os.symlink(odd, mnt / "odd")
+        assert os.readlink(mnt / "near") == "doc.txt"
+        assert (mnt / "near").read_text() == "the document"  # the kernel follows it, we do not
+        assert os.path.islink(mnt / "outside") and os.readlink(mnt / "outside") == "/etc/passwd"
+        assert os.fsencode(os.readlink(mnt / "odd")) == b"caf\xe9.txt"
+        with os.scandir(mnt) as it:
+            assert {e.name for e in it if e.is_symlink()} == {"near", "outside", "odd"}
+        with pytest.raises(FileExistsError):
+            os.symlink("elsewhere", mnt / "doc.txt")
+    cg("pull", "--folder", str(b))
+    assert os.readlink(b / "near") == "doc.txt"
+    assert os.readlink(b / "outside") == "/etc/passwd"
+    assert os.fsencode(os.readlink(b / "odd")) == b"caf\xe9.txt"

@@ -28,6 +28,7 @@ import mfusepy as fuse  # type: ignore[import-untyped]
 
 from ..api import Vault
 from ..errors import CloudguardError
+from ..names import to_disk
 from ..reader import FileReader
 from .draft import Draft
 from .errnos import _guarded
@@ -198,7 +199,8 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
                 names.add(draft_path[len(prefix):])
         for name in sorted(names):
             child = prefix + name
-            kind = stat.S_IFDIR if tree.is_dir(child) else stat.S_IFREG
+            kind = stat.S_IFDIR if tree.is_dir(child) else (
+                stat.S_IFLNK if tree.entries.get(child, {}).get("t") == "l" else stat.S_IFREG)
             out.append((name, {"st_ino": _ino(child), "st_mode": kind}, 0))
         return out
 
@@ -207,7 +209,7 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
         entry = self.tree.entries.get(path)
         if entry is None or entry.get("t") != "l":
             raise fuse.FuseOSError(errno.EINVAL)
-        return str(entry["l"])
+        return to_disk(str(entry["l"]))  # bytes that are not UTF-8 come back as they were
 
     @_guarded
     def statfs(self, path: str) -> dict[str, Any]:
@@ -474,10 +476,16 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
     def link(self, target: str, source: str) -> int:
         raise fuse.FuseOSError(errno.EPERM)
 
-    def _refuse(self, *args: Any) -> int:  # not in this slice: symlinks
-        raise fuse.FuseOSError(errno.EROFS if self.read_only else errno.EPERM)
-
-    symlink = _refuse
+    @_guarded
+    def symlink(self, target: str, source: str) -> int:
+        """``ln -s SOURCE TARGET``: a new link ``target`` whose content is ``source``."""
+        self._writable()
+        self._settle()
+        if target in self.tree.entries or self.tree.is_dir(target):
+            raise fuse.FuseOSError(errno.EEXIST)
+        self.vault.symlink(target.lstrip("/"), source)
+        self._reload()
+        return 0
 
 
 def mount(vault: Vault, mountpoint: str, poll_seconds: float = 15.0,

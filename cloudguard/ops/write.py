@@ -11,12 +11,14 @@ not sent again). ``rename`` and ``delete`` are manifest-only: no content moves.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from .. import format as fmt
 from .. import sync
 from ..errors import UsageError
+from ..names import from_disk
 from ..session import Session, session
 from .common import _log
 
@@ -153,6 +155,21 @@ def delete(folder: str | None, path: str) -> dict[str, Any]:
         s.commit([{"p": p, "e": None, "rm": sorted(sibs, key=sync.dot_key)} for p, sibs in gone])
         _log(s, "delete", files=len(gone), segments=s.committed)
         return {"deleted": [p for p, _s in gone]}
+
+
+def symlink(folder: str | None, path: str, target: str) -> dict[str, Any]:
+    """A new symlink ``path`` -> ``target`` (the target as ``os`` gives it: a name that is not
+    UTF-8 is kept byte for byte, format.md "paths"). It is stored, never followed."""
+    path = sync.check_rel_path(path)
+    if not target or "\0" in target:
+        raise UsageError(f"{path}: a symlink needs a target")
+    with session(folder) as s:
+        if s.state.has_path(path):
+            raise UsageError(f"{path}: already in the vault")
+        s.commit([{"p": path, "e": {"t": "l", "l": from_disk(target), "m": time.time_ns()},
+                   "rm": []}])
+        _log(s, "symlink", files=1, segments=s.committed)
+        return {"created": path}
 
 
 def mkdir(folder: str | None, path: str, mode: int = 0o755) -> dict[str, Any]:
