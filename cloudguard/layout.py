@@ -11,7 +11,9 @@ import json
 import os
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Literal
+
+import msgspec
 
 from . import chain, sync
 from . import format as fmt
@@ -29,16 +31,32 @@ def make_descriptor(padding: str) -> bytes:
     return json.dumps(doc, indent=1, sort_keys=True).encode()
 
 
-def parse_descriptor(raw: bytes, where: str) -> dict[str, Any]:
+class Descriptor(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``cloudguard.json`` as format.md lists it: every key present, no other, each typed."""
+
+    cloudguard: Literal["vault"]
+    format: int
+    chunk_size: int
+    padding: Literal["padme", "none"]
+    created: str
+    salt: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}\Z")]
+
+
+def parse_descriptor(raw: bytes, where: str) -> Descriptor:
+    """The format is checked first, so a newer vault says "upgrade", not "tampered"."""
     doc = fmt.parse_json(raw, f"{where}: the vault descriptor {DESCRIPTOR}")
     if not isinstance(doc, dict) or doc.get("cloudguard") != "vault":
         raise IntegrityError(f"{where}: not a cloudguard vault descriptor")
     if doc.get("format") != fmt.VERSION:
         raise UnsupportedFormat(f"{where}: vault format {doc.get('format')!r} is unknown to this "
                               f"cloudguard (knows {fmt.VERSION}); upgrade cloudguard")
-    if doc.get("chunk_size") != fmt.CHUNK_SIZE or doc.get("padding") not in ("padme", "none"):
+    try:
+        desc = msgspec.convert(doc, Descriptor)
+    except msgspec.ValidationError as exc:
+        raise IntegrityError(f"{where}: the vault descriptor is malformed: {exc}") from exc
+    if desc.chunk_size != fmt.CHUNK_SIZE:
         raise IntegrityError(f"{where}: the vault descriptor has altered parameters")
-    return doc
+    return desc
 
 
 def descriptor_hash(raw: bytes) -> str:

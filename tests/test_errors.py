@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from helpers import cg, cg_proc
 
+from cloudguard import layout
+from cloudguard.errors import IntegrityError, UnsupportedFormat
 from cloudguard.state import find_binding
 
 
@@ -75,3 +77,18 @@ def test_a_busy_folder_is_its_own_kind(local_remote: str, tmp_path: Path,
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_the_descriptor_is_typed_every_key_present_none_extra() -> None:
+    """Issue 10: the descriptor decodes through a msgspec Struct; a newer format says
+    'upgrade', anything else malformed is an integrity failure naming the object."""
+    good = json.loads(layout.make_descriptor("padme"))
+    assert layout.parse_descriptor(json.dumps(good).encode(), "r:").padding == "padme"
+    bad = [{**good, "extra": 1}, {k: v for k, v in good.items() if k != "salt"},
+           {**good, "salt": "zz"}, {**good, "padding": "other"}, {**good, "chunk_size": 4096},
+           {**good, "created": 5}]
+    for doc in bad:
+        with pytest.raises(IntegrityError, match="r:: the vault descriptor"):
+            layout.parse_descriptor(json.dumps(doc).encode(), "r:")
+    with pytest.raises(UnsupportedFormat, match="upgrade"):
+        layout.parse_descriptor(json.dumps({**good, "format": 99}).encode(), "r:")

@@ -211,7 +211,7 @@ def _clone(remote: str, path: Path, kit: str | None, name: str | None, ui: UI | 
             f"the recovery kit {kit}", var=keymod.KIT_PASSPHRASE_VAR))
     vault_id = _find_vault(listing, transport.remote, opened.vault if opened else None,
                            vault_code)
-    binding = _new_binding(path, transport.remote, vault_id, str(doc.get("padding", "padme")),
+    binding = _new_binding(path, transport.remote, vault_id, doc.padding,
                            name)
     made.append(binding)
     me = _device_key(binding).create()
