@@ -963,3 +963,50 @@ def test_rsync_and_an_office_save_pattern_under_the_daemon(local_remote: str,
 
         wait_for("rsync's tree and the office save on device b", arrived, timeout=120)
         assert (b / "report.odt").read_text() == "draft 2, saved by the office program"
+
+
+def test_the_file_system_type_comes_from_mountinfo() -> None:
+    """The longest mount point above the folder wins; mountinfo escapes spaces as \\040."""
+    from cloudguard.daemon.worker import fs_type, polled
+
+    info = ("22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"
+            "40 22 0:50 / /home/u/My\\040Share rw - cifs //nas/share rw\n"
+            "41 22 0:51 / /home/u/My rw - nfs4 nas:/x rw\n"
+            "42 22 0:52 / /mnt/fat rw,nosuid - fuse.fusefat /dev/fuse rw\n")
+    assert fs_type(Path("/home/u/My Share/docs"), info) == "cifs"
+    assert fs_type(Path("/home/u/My/docs"), info) == "nfs4"
+    assert fs_type(Path("/home/u/Mydocs"), info) == "ext4"  # a prefix of a name is not above
+    assert fs_type(Path("/mnt/fat"), info) == "fuse.fusefat"
+    assert [polled(k) for k in ("cifs", "nfs4", "fuse.fusefat", "ext4", "tmpfs")] == [
+        True, True, True, False, False]
+    assert fs_type(Path("/anything"), "garbage line\n") == ""
+
+
+@pytest.mark.skipif(not shutil.which("fusefat") or not os.path.exists("/dev/fuse"),
+                    reason="needs /dev/fuse and fusefat (Debian fusefat, dosfstools)")
+def test_a_folder_on_fuse_is_polled_and_its_saves_go_up(local_remote: str,
+                                                       tmp_path: Path) -> None:
+    """inotify sees no change another machine (or a FUSE server) makes: on NFS, SMB and FUSE
+    folders the worker polls instead, and a save still arrives."""
+    from test_casefold_vfat import vfat_folder
+
+    with vfat_folder(tmp_path / "fat") as folder:
+        cg("init", str(folder), "--remote", local_remote)
+        with running(folder) as worker:
+            worker.start()
+            wait_for("the start-up push", lambda: worker.status.last_push is not None)
+            assert worker.status.extra["watch"] == "polling"
+            (folder / "polled.txt").write_text("seen by a poll")
+            wait_for("the polled save's push", lambda: cg_json(
+                "status", "--folder", str(folder))["to_push"] == [], 60)
+
+
+def test_a_folder_on_a_local_disk_is_watched_by_inotify(local_remote: str,
+                                                       tmp_path: Path) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    cg("init", str(folder), "--remote", local_remote)
+    with running(folder) as worker:
+        worker.start()
+        wait_for("the start-up push", lambda: worker.status.last_push is not None)
+        assert worker.status.extra["watch"] == "inotify"
