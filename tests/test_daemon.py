@@ -1010,3 +1010,55 @@ def test_a_folder_on_a_local_disk_is_watched_by_inotify(local_remote: str,
         worker.start()
         wait_for("the start-up push", lambda: worker.status.last_push is not None)
         assert worker.status.extra["watch"] == "inotify"
+
+
+def test_a_suspend_or_a_clock_step_is_noticed_once() -> None:
+    from cloudguard.daemon.schedule import Jumps
+
+    clocks = {"boot": 100.0, "mono": 50.0, "wall": 1_000_000.0}
+    jumps = Jumps(boot=lambda: clocks["boot"], mono=lambda: clocks["mono"],
+                  wall=lambda: clocks["wall"])
+    assert jumps.check() is None  # the first look sets the base
+
+    def advance(mono: float, boot: float, wall: float) -> str | None:
+        clocks["mono"] += mono
+        clocks["boot"] += boot
+        clocks["wall"] += wall
+        return jumps.check()
+
+    assert advance(10, 10, 10) is None  # time passing
+    assert advance(1, 3601, 3601) == "resume"  # an hour asleep: boot ran, monotonic did not
+    assert advance(1, 1, 1) is None  # said once
+    assert advance(1, 1, -7200) == "clock step"  # the wall clock set back two hours
+    assert advance(1, 1, 30) is None  # an NTP slew within the limit is no step
+    assert advance(1, 1, 1) is None
+
+
+def test_after_a_resume_the_worker_rescans_what_it_missed(local_remote: str, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """While the machine slept no event was read (injected: every hint is lost); the resume
+    (injected at the clock boundary) makes the worker rescan, and the save goes up."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    cg("init", str(folder), "--remote", local_remote)
+    with running(folder) as worker:
+        monkeypatch.setattr(worker, "hint", lambda rel, closed: None)  # events lost
+        woke = threading.Event()
+
+        def check() -> str | None:  # "resume" once, after woke is set
+            if not woke.is_set():
+                return None
+            woke.clear()
+            return "resume"
+
+        monkeypatch.setattr(worker.jumps, "check", check)
+        worker.start()
+        wait_for("the start-up push", lambda: worker.status.last_push is not None)
+        (folder / "slept.txt").write_text("written while the events were lost")
+        time.sleep(1.0)
+        assert cg_json("status", "--folder", str(folder))["to_push"] == ["slept.txt"]
+        woke.set()
+        worker._wake.set()
+        wait_for("the resume's push", lambda: cg_json("status", "--folder", str(folder))[
+            "to_push"] == [])

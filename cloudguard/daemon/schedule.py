@@ -125,3 +125,36 @@ class Recent:
 
     def clear(self) -> None:
         self._events.clear()
+
+
+@dataclass
+class Jumps:
+    """A suspend or a wall-clock step, which neither inotify nor the monotonic clock shows:
+    the machine slept (CLOCK_BOOTTIME ran ahead of CLOCK_MONOTONIC) or someone set the clock
+    (the wall clock moved against the monotonic one). Either calls for a rescan and a poll:
+    files may have changed while events were not read, and mtimes compared with the old clock
+    may mislead. Pure: the clocks are injected."""
+
+    boot: Callable[[], float] = field(
+        default=lambda: time.clock_gettime(time.CLOCK_BOOTTIME))
+    mono: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
+    slept_after: float = 5.0  # seconds of suspend that count
+    stepped_after: float = 60.0  # seconds of clock step that count
+    _base: tuple[float, float] | None = None
+
+    def _offsets(self) -> tuple[float, float]:
+        mono = self.mono()
+        return self.boot() - mono, self.wall() - mono
+
+    def check(self) -> str | None:
+        """"resume", "clock step" or None, since the last call."""
+        now = self._offsets()
+        base, self._base = self._base, now
+        if base is None:
+            return None
+        if now[0] - base[0] > self.slept_after:
+            return "resume"
+        if abs(now[1] - base[1]) > self.stepped_after:
+            return "clock step"
+        return None

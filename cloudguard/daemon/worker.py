@@ -48,7 +48,7 @@ from ..names import from_disk
 from ..session import UI
 from ..state import Binding
 from . import desktop
-from .schedule import Recent, Scheduler, Timing
+from .schedule import Jumps, Recent, Scheduler, Timing
 
 log = logging.getLogger("cloudguard.daemon")
 
@@ -195,6 +195,7 @@ class FolderWorker(threading.Thread):
         self.intervals = intervals or Intervals()
         self.ignore = ignore or Ignore()
         self.sched = Scheduler(timing or Timing())
+        self.jumps = Jumps()
         self.status = FolderState(binding.folder)
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -349,8 +350,15 @@ class FolderWorker(threading.Thread):
         next_poll, next_rescan = now, now + self.intervals.rescan
         next_key_check = now
         backoff, retry_at = 0.0, 0.0
+        self.jumps.check()
         while not self.stop.is_set():
             now = time.monotonic()
+            jump = self.jumps.check()
+            if jump:  # events may be lost, the remote may have moved on: look at everything
+                self.log.info("folder %s: %s; rescanning and polling", self.binding.id, jump)
+                with self._lock:
+                    self.sched.rescan()
+                next_poll, backoff, retry_at = now, 0.0, 0.0
             with self._lock:
                 deadline = self.sched.next_deadline()
             wake_at = min(x for x in (deadline, next_poll, next_rescan) if x is not None)
