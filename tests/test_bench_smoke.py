@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_bench_quick_runs_and_reports(tmp_path: Path) -> None:
     out = tmp_path / "bench.md"
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick",
@@ -27,6 +30,7 @@ def test_bench_quick_runs_and_reports(tmp_path: Path) -> None:
     assert "Vault.push([one path])" in report and "ranged read" in report
 
 
+@pytest.mark.slow
 def test_daemon_bench_quick_runs_and_reports(tmp_path: Path) -> None:
     """scripts/bench_daemon.py (issue 11's daemon figures) end to end, scaled down."""
     out = tmp_path / "daemon.md"

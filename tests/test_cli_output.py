@@ -265,6 +265,7 @@ def test_rclone_bwlimit_reaches_every_rclone_call(local_remote: str, tmp_path: P
     assert (b / "doc.txt").read_text() == "doc"
 
 
+@pytest.mark.slow
 @pytest.mark.server
 def test_rclone_bwlimit_slows_uploads_and_downloads(sftp_remote: str, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,6 +12,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 from helpers import CLOUDGUARD, cg, share, tree
 
 ROUNDS = int(os.environ.get("CLOUDGUARD_CONCURRENT_ROUNDS", "20"))
@@ -32,6 +33,7 @@ def contents(folder: Path) -> set[str]:
             if p.is_file() and ".cloudguard" not in p.relative_to(folder).parts}
 
 
+@pytest.mark.slow
 def test_concurrent_devices_never_lose_an_update(local_remote: str, tmp_path: Path) -> None:
     a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
     a.mkdir()

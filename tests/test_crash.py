@@ -11,11 +11,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 import crash_campaign as cc  # noqa: E402
 
 
+@pytest.mark.slow
 def test_short_crash_campaign(tmp_path: Path) -> None:
     config = cc.Config(
         kills=12,

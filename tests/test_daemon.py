@@ -326,6 +326,7 @@ def server_on(kind: str, root: Path, port: int) -> Iterator[subprocess.Popen[byt
         proc.wait(timeout=10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["webdav", "sftp"])
 def test_an_outage_loses_no_save_and_retries_are_bounded(tmp_path: Path, kind: str) -> None:
     """The server stops; 50 files are saved; it comes back: all 50 arrive, and the log shows

@@ -314,6 +314,7 @@ def test_other_devices_changes_show_at_once_despite_the_kernel_cache(
             time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_a_server_that_stops_answering_is_eio_within_the_deadline(tmp_path: Path) -> None:
     """A remote that accepts connections and never answers (a hung server, a dead link)
     turns a read on the mount into EIO after --deadline seconds, never a hung program."""

@@ -39,6 +39,7 @@ def webdav(root: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         proc.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.server
 def test_a_server_frozen_mid_upload_ends_the_push(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
