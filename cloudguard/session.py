@@ -80,8 +80,17 @@ class Session:
         return {rid: self.ring.name_of(rid) for rid in self.ring.view.members}
 
     def next_seq(self) -> int:
+        """Past every claim on our writes: a planted claim (N11) would make a lower seq look
+        covered to every reader that took it in."""
         own = self.binding.device
-        return max(self.loaded.own_seq, self.state.ctx.get(own, 0)) + 1
+        floor = int(self.index.get_meta("seq_floor", 0))
+        seq = max(self.loaded.own_seq, self.state.ctx.get(own, 0), floor) + 1
+        if seq > mf.MAX_SEQ:
+            raise IntegrityError(f"this device has no segment number left: another device's "
+                                 f"version vector claimed {seq - 1} of its writes; remove "
+                                 "the device that claimed them (format.md, \"Claims about "
+                                 "this device\")")
+        return seq
 
     def write_segment(self, kind: str, payload_for: Callable[[int], dict[str, Any]]
                       ) -> tuple[str, int, str]:
@@ -95,6 +104,7 @@ class Session:
         self.segment_cache.put(name, blob)  # a rebuild of the state then needs no download
         digest = hashlib.sha256(blob).hexdigest()
         self.loaded.own_seq = seq
+        self.index.set_meta("written", max(seq, int(self.index.get_meta("written", 0))))
         self.loaded.heads[self.binding.device] = digest
         self.listing[name] = len(blob)
         if kind == "d":
@@ -395,7 +405,8 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
             cutoffs = {rid: (cut.seq, cut.hash) for rid, cut in ring.view.removed.items()}
             loaded = mf.load(segs, fetch, _opener(ring, index), binding.device, seen, cache, state,
                              cutoffs, skipped, ring.view.disputed,
-                             mf.Verifier(binding.vault_id, ring.view.signer_key))
+                             mf.Verifier(binding.vault_id, ring.view.signer_key),
+                             index.get_meta("written", None))
             for reason in skipped:
                 ui.warn(reason)
             _finish_deletions(index, transport, listing, loaded)
@@ -405,6 +416,10 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
                 raise
             time.sleep(0.5)  # another device compacted while we listed; list again
     index.set_meta("seen", loaded.state.ctx)
+    if loaded.claimed:  # N11: our next segments go past the claim; push writes these again
+        index.set_meta("seq_floor", max(loaded.claimed, int(index.get_meta("seq_floor", 0))))
+        index.set_meta("reissue", sorted({*map(tuple, index.get_meta("reissue", [])),
+                                          *loaded.reissue}))
     _note_interrupted(index, binding)
     if not binding.enrolled:
         binding.enrolled = True

@@ -645,6 +645,60 @@ def test_a_member_cannot_resign_anothers_version_in_its_snapshot(
         assert tree(dev.folder) == before
 
 
+def test_a_planted_version_vector_cannot_hide_or_delete_a_devices_writes(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 2, N11: member X compacts with a vector claiming 10**6 writes of B. B's
+    delta that X never saw looks covered to every reader (and X's compaction deletes it), and B
+    itself would take X's snapshot as X's delete of it. B knows what it wrote: it keeps its
+    version, warns, numbers its next segments past the claim and writes the hidden version
+    again, so it reaches A."""
+    a, b, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "x")
+    b.write("b.txt", "from b")
+    b.cg("push")
+    x.cg("pull")
+    x.use()
+    with vault.session(str(x.folder)) as s:  # X has listed the remote
+        b.write("window.txt", "written while X lied")  # a delta X never sees
+        b.cg("push")
+        x.use()
+        with s.state.transaction():
+            s.state.ctx[b.rid] = 10**6
+        s.snapshot()
+    a.cg("pull")
+    assert not (a.folder / "window.txt").exists()  # hidden from A, as the attack intends
+    got = b.run("pull")
+    assert got.exit_code == 0, got.output
+    assert "claims 1000000 segments of this device" in got.output
+    assert (b.folder / "window.txt").read_text() == "written while X lied"  # B kept it
+    b.cg("push")  # writes it again, past the claim
+    assert any(n.startswith(f"m/{b.rid}-00000100000") for n in provider.segments())
+    a.cg("pull")
+    assert (a.folder / "window.txt").read_text() == "written while X lied"
+    assert (a.folder / "b.txt").read_text() == "from b"
+    b.write("later.txt", "later")
+    b.cg("push")
+    for dev in (a, x):
+        dev.cg("pull")
+        assert (dev.folder / "later.txt").read_text() == "later"
+        assert (dev.folder / "window.txt").read_text() == "written while X lied"
+    assert "claims" not in b.run("pull").output  # said once
+
+
+def test_a_claim_that_exhausts_segment_numbers_stops_the_device_with_advice(
+        local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A planted claim of 10**12 - 1 writes leaves no 12-digit segment number: the device
+    says so and names the way out, instead of writing a segment no reader can name."""
+    (a,) = make_vault(monkeypatch, tmp_path, local_remote, "a")
+    a.use()
+    with vault.session(str(a.folder)) as s:
+        s.index.set_meta("seq_floor", mf.MAX_SEQ)
+    a.write("new.txt", "cannot go up")
+    got = a.run("push")
+    assert got.exit_code == 3
+    assert "no segment number left" in got.output and "remove the device" in got.output
+
+
 # --- freeze ---------------------------------------------------------------------------------
 
 

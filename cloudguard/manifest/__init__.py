@@ -22,6 +22,7 @@ from .crdt import State, dot_of
 from .loading import Loaded, Opener, _clamp, _pinned, load
 from .moves import Entry, join_remover, moved, unmoved
 from .segments import (
+    MAX_SEQ,
     PREFIX,
     SegmentCache,
     applied_hash,
@@ -40,6 +41,7 @@ __all__ = [
     "Verifier",
     "sign_entry",
     "Loaded",
+    "MAX_SEQ",
     "Opener",
     "PREFIX",
     "SegmentCache",

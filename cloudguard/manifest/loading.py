@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..chain import Skip
@@ -35,6 +35,10 @@ class Loaded:
     own_seq: int  # highest seq this device has used on the remote
     deltas: int  # how many delta segments are stored (compaction trigger)
     heads: dict[str, str]  # device -> sha256 of its newest segment (for the prev chain)
+    # N11: the most of this device's segments another's vector claimed beyond what it wrote,
+    # and its own versions such a vector's writer did not hold (to be written again)
+    claimed: int = 0
+    reissue: list[tuple[str, str]] = field(default_factory=list)
 
 
 Opener = Callable[[str, str, int, bytes], dict[str, Any]]
@@ -44,7 +48,7 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
          device: str, seen: dict[str, int], cache: SegmentCache,
          state: State | None = None, cutoffs: dict[str, tuple[int, str | None]] | None = None,
          skipped: list[str] | None = None, disputed: set[str] | None = None,
-         vouch: Vouch | None = None) -> Loaded:
+         vouch: Vouch | None = None, written: int | None = None) -> Loaded:
     """Bring ``state`` up to the segments listed on the remote and check for rollback.
 
     A persistent ``state`` already holds the merge of the segments it recorded; only new ones
@@ -62,12 +66,16 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
 
     ``vouch`` checks the writer's signature of every entry that enters the state (format.md,
     "Entry signatures").
+
+    ``written`` is the highest seq this device knows it wrote (None: not known, as after a
+    clone). Another writer's snapshot claiming more of it is planted (review round 2, N11):
+    its word about this device counts for nothing (format.md, "Claims about this device").
     """
     state = state if state is not None else State()
     state.vouch = vouch
     try:
         return _load(listing, fetch, opener, device, seen, cache, state, cutoffs, skipped,
-                     disputed)
+                     disputed, written)
     finally:
         state.vouch = None
 
@@ -75,7 +83,8 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
 def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
           device: str, seen: dict[str, int], cache: SegmentCache, state: State,
           cutoffs: dict[str, tuple[int, str | None]] | None,
-          skipped: list[str] | None, disputed: set[str] | None) -> Loaded:
+          skipped: list[str] | None, disputed: set[str] | None,
+          written: int | None = None) -> Loaded:
     cuts = cutoffs or {}
     # a member removed only in a dispute: its cutoff pins what is read, but clamps nothing
     limit = {dev: seq for dev, (seq, _h) in cuts.items() if dev not in (disputed or set())}
@@ -92,6 +101,7 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
 
     pinned: dict[str, set[str]] = {}
     pinning = False
+    claimed, reissue = 0, set()
 
     def open_named(name: str) -> dict[str, Any]:
         data = cache.get(name, listing[name])
@@ -150,6 +160,18 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
                             for d, r in rows.items() if not _late_dot(d, limit)}
                         for p, rows in kept.items()}
                 paths, kept = _revive(paths, kept, limit, unclamped, unclamped_kept)
+            claim = ctx.get(device, 0)
+            if written is not None and claim > written and parsed[name][0] != device:
+                skip_log.append(
+                    f"manifest segment {name} claims {claim} segments of this device, which "
+                    f"wrote {written}: a planted version vector (remove device "
+                    f"{parsed[name][0]} if it is not yours); this device keeps its versions "
+                    "and writes them again")
+                claimed = max(claimed, claim)
+                ctx = {**ctx, device: 0}  # its word about our writes counts for nothing
+                held_dots = {d for sibs in paths.values() for d in sibs}
+            else:
+                held_dots = None
             with _naming(name):
                 if not state.dominates(ctx):
                     state.merge_snapshot(ctx, paths.items(), kept, _floor(payload),
@@ -158,6 +180,9 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
                     state.merge_snapshot({}, (), kept, _floor(payload),  # history only
                                          time_of(payload))
             state.mark_consumed(name, listing[name], heads_hash[name], ctx)
+            if held_dots is not None:
+                reissue |= {(p, d) for p, d in state.dots()
+                            if d.startswith(device + ":") and d not in held_dots}
 
         pending: dict[str, dict[int, str]] = {}
         for name, (dev, seq, kind) in parsed.items():
@@ -217,7 +242,8 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
         if seq > newest.get(dev, (-1, ""))[0]:
             newest[dev] = (seq, digest)
     cache.prune(parsed)
-    return Loaded(state, dict(listing), own, deltas, {d: h for d, (_s, h) in newest.items()})
+    return Loaded(state, dict(listing), own, deltas, {d: h for d, (_s, h) in newest.items()},
+                  claimed, sorted(reissue))
 
 
 @contextmanager

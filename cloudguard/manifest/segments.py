@@ -27,6 +27,9 @@ def segment_name(device: str, seq: int, kind: str) -> str:
     return f"{PREFIX}{device}-{seq:012d}.{kind}"
 
 
+MAX_SEQ = 10**12 - 1  # the most a segment name's 12 digits hold
+
+
 def parse_name(name: str) -> tuple[str, int, str] | None:
     match = _NAME.match(name)
     if not match:
