@@ -32,6 +32,8 @@ from cloudguard import keys
 
 # CLOUDGUARD_* variables that describe the test machine, not the program's
 # configuration; the isolation fixture keeps them.
+pytest_plugins = ["ci_skips"]  # in CI (CI=true) a skip is a failure
+
 KEEP_VARS = {"CLOUDGUARD_TEST_KEYRING", "CLOUDGUARD_RCLONE"}
 
 _counter = itertools.count(1)
