@@ -32,7 +32,7 @@ from ..names import to_disk
 from ..reader import FileReader
 from .draft import Draft
 from .errnos import _guarded
-from .tree import Tree, _ino
+from .tree import Tree, _ino, file_attr
 
 log = logging.getLogger("cloudguard.mount")
 
@@ -159,10 +159,17 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
     # --- attributes and folders --------------------------------------------------------------
 
     @_guarded
-    def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
+    def getattr(self, path: str | None, fh: Any = None) -> dict[str, Any]:
         tree = self.tree
-        base = {"st_uid": self.uid, "st_gid": self.gid, "st_ino": _ino(path),
+        base = {"st_uid": self.uid, "st_gid": self.gid, "st_ino": _ino(path or f"\0{fh}"),
                 "st_blksize": BLOCK}
+        if path is None:  # unlinked while open (hard_remove): known by its handle alone
+            if fh in self._drafts:
+                _p, draft, mode = self._drafts[fh]
+                return file_attr(base, mode, draft.size, draft.mtime)
+            if fh not in self._handles:
+                raise fuse.FuseOSError(errno.EBADF)
+            return file_attr(base, 0o444, self._handles[fh].size, self.started)
         entry = tree.entries.get(path)
         shared = self._shared(path)
         if entry is None and shared is not None:
@@ -181,9 +188,7 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
                     "st_size": len(target.encode()), "st_mtime": mtime, "st_atime": mtime,
                     "st_ctime": mtime}
         size = shared[0].size if shared is not None else int(entry.get("s", 0))
-        return {**base, "st_mode": stat.S_IFREG | (int(entry.get("x", 0o644)) & 0o777),
-                "st_nlink": 1, "st_size": size, "st_blocks": -(-size // 512),
-                "st_mtime": mtime, "st_atime": mtime, "st_ctime": mtime}
+        return file_attr(base, int(entry.get("x", 0o644)), size, mtime)
 
     @_guarded
     def readdir(self, path: str, fh: Any) -> list[tuple[str, dict[str, int], int]]:
@@ -500,5 +505,5 @@ def mount(vault: Vault, mountpoint: str, poll_seconds: float = 15.0,
         fs.start_committing()
     fs.start_polling()
     fuse.FUSE(fs, mountpoint, foreground=True, nothreads=False, use_ino=True, ro=read_only,
-              auto_unmount=True, default_permissions=True, fsname="cloudguard",
+              auto_unmount=True, default_permissions=True, fsname="cloudguard", hard_remove=True,
               subtype="cloudguard", attr_timeout=CACHE_SECONDS, entry_timeout=CACHE_SECONDS)
