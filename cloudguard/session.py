@@ -113,8 +113,10 @@ class Session:
         return name, seq, digest
 
     def commit(self, ops: list[dict[str, Any]]) -> str:
-        """Upload one delta segment: the commit point of a push."""
+        """Upload one delta segment: the commit point of a push (of any write: versions of
+        ours a planted claim hid ride along, see :meth:`reissue_ops`)."""
         own = self.binding.device
+        ops = ops + self.reissue_ops({op["p"] for op in ops})
         deps = dict(self.state.ctx)
         prev = self.loaded.heads.get(own)
         consumed = self.state.consumed()
@@ -146,7 +148,11 @@ class Session:
             self.state.mark_consumed(name, self.listing[name], digest)
         self.index.set_meta("seen", self.state.ctx)
         self.index.set_meta("pending_segment", None)
+        self.index.set_meta("reissue", [])
         return mf.dot_of(own, seq)
+
+    def reissue_ops(self, skip: set[str]) -> list[dict[str, Any]]:
+        return mf.reissue_ops(self.state, self.index.get_meta("reissue", []), skip)
 
     def snapshot(self) -> str:
         """Replace every segment the state covers by one snapshot, then delete them."""

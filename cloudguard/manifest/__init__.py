@@ -19,7 +19,7 @@ Everything is re-exported here, so callers say ``mf.X``.
 from __future__ import annotations
 
 from .crdt import State, dot_of
-from .loading import Loaded, Opener, _clamp, _pinned, load
+from .loading import Loaded, Opener, _clamp, _pinned, load, reissue_ops
 from .moves import Entry, join_remover, moved, unmoved
 from .segments import (
     MAX_SEQ,
@@ -56,6 +56,7 @@ __all__ = [
     "load",
     "moved",
     "parse_name",
+    "reissue_ops",
     "segment_name",
     "snapshot_payload",
     "time_of",

@@ -385,3 +385,19 @@ def _still_valid(consumed: dict[str, tuple[int, str, dict[str, int] | None]],
         if got is None or not any(c.get(got[0], 0) >= got[1] for c in cover):
             return False
     return True
+
+
+def reissue_ops(state: State, todo: list[tuple[str, str]], skip: set[str]
+                ) -> list[dict[str, Any]]:
+    """Review round 2, N11: another writer's vector claimed more of our writes than we made,
+    so readers that took it in think they hold versions of ours they never got. Each such
+    version of ours (``todo``, from :class:`Loaded`), still live, is written again under a dot
+    past the claim (same content, same writer: a manifest-only change); a path the commit
+    writes anyway (``skip``) needs none."""
+    ops = []
+    for path, dot in todo:
+        entry = state.entry(path, dot)
+        if entry is not None and path not in skip:
+            ops.append({"p": path, "e": {k: v for k, v in entry.items() if k != "sg"},
+                        "rm": [dot]})
+    return ops
