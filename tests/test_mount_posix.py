@@ -267,6 +267,18 @@ def unlink_a_file_open_for_writing(d: Path) -> object:
 
 
 @case
+def ftruncate_an_unlinked_open_file(d: Path) -> object:
+    touch(d / "f", b"0123456789")
+    fd = os.open(d / "f", os.O_RDWR)
+    try:
+        os.unlink(d / "f")
+        result = attempt(os.ftruncate, fd, 4), os.fstat(fd).st_size, os.pread(fd, 100, 0)
+    finally:
+        os.close(fd)
+    return result, listing(d)
+
+
+@case
 def unlink_a_new_open_file(d: Path) -> object:
     fd = os.open(d / "f", os.O_CREAT | os.O_RDWR, 0o644)
     try:

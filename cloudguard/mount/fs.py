@@ -385,6 +385,15 @@ class VaultFS(Names, fuse.Operations):  # type: ignore[misc]
         self.tree = Tree.of(self.vault.files())
 
 
+class _FUSE(fuse.FUSE):  # type: ignore[misc]
+    """mfusepy drops ftruncate's handle on libfuse3 (truncate_fuse_3 ignores ``fip``): pass it
+    on, so an ftruncate changes that handle's draft and stages no version, and works on a file
+    unlinked while open (no path)."""
+
+    def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
+        return int(self.ftruncate(path, length, fip))
+
+
 def mount(vault: Vault, mountpoint: str, poll_seconds: float = 15.0,
           read_only: bool = False) -> None:
     """Serve until unmounted (foreground; libfuse never forks). auto_unmount: a killed mount
@@ -398,7 +407,7 @@ def mount(vault: Vault, mountpoint: str, poll_seconds: float = 15.0,
     fs.start_polling()
     # hard_remove: an unlinked open file goes at once (its handles keep their draft or
     # reader), never renamed to a .fuse_hidden file that would be committed to the vault
-    fuse.FUSE(fs, mountpoint, foreground=True, nothreads=False, use_ino=True, ro=read_only,
+    _FUSE(fs, mountpoint, foreground=True, nothreads=False, use_ino=True, ro=read_only,
               auto_unmount=True, default_permissions=True, hard_remove=True,
               fsname="cloudguard", subtype="cloudguard", attr_timeout=CACHE_SECONDS,
               entry_timeout=CACHE_SECONDS)
