@@ -32,8 +32,6 @@ from cloudguard import keys
 
 # CLOUDGUARD_* variables that describe the test machine, not the program's
 # configuration; the isolation fixture keeps them.
-pytest_plugins = ["ci_skips"]  # in CI (CI=true) a skip is a failure
-
 KEEP_VARS = {"CLOUDGUARD_TEST_KEYRING", "CLOUDGUARD_RCLONE"}
 
 _counter = itertools.count(1)
@@ -47,6 +45,23 @@ def secret_service_available() -> bool:
 
 def fuse_available() -> bool:
     return os.path.exists("/dev/fuse") and os.access("/dev/fuse", os.R_OK | os.W_OK)
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Iterator[None]:
+    """Under CI=true a skipped test marked ``fuse`` (a real mount) is a failure: CI must have
+    /dev/fuse, and a mount test that quietly skips there tests nothing."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.skipped and in_ci() and item.get_closest_marker("fuse") is not None:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"a FUSE test was skipped under CI=true (skips fail there): {reason}"
 
 
 def _rclone_version() -> str:

@@ -19,7 +19,8 @@ import pytest
 from conftest import fuse_available
 from helpers import CLOUDGUARD, cg, cg_json
 
-pytestmark = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse")
+pytestmark = [pytest.mark.fuse,  # under CI=true a skip is a failure (conftest.py)
+              pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse")]
 
 MARKER = b"PLAINTEXT-MARKER-7d1f"
 

@@ -6,7 +6,7 @@ under a key in memory); on flush, fsync or release its new content streams into 
 version (ciphertext durable on local disk), and staged versions are committed together, in
 one delta, once writes pause for COMMIT_IDLE (or before a rename, delete, mkdir or chmod, and
 at unmount). Until then the file reads and lists from its draft. Folders, renames and
-deletes are manifest operations. Every callback is wrapped: a
+deletes are manifest operations (mount/names.py). Every callback is wrapped: a
 failure is logged without a file name and answered with the right errno (EIO for an integrity
 or transport failure), never mfusepy's default EINVAL. No lock is held across I/O: the tree
 is swapped whole after each refresh, and each open file has its own reader or draft.
@@ -32,7 +32,8 @@ from ..names import to_disk
 from ..reader import FileReader
 from .draft import Draft
 from .errnos import _guarded
-from .tree import Tree, _ino, file_attr
+from .names import Names
+from .tree import Tree, _ino
 
 log = logging.getLogger("cloudguard.mount")
 
@@ -47,7 +48,7 @@ if _INVALIDATE is not None:
     _INVALIDATE.restype = ctypes.c_int
 
 
-class VaultFS(fuse.Operations):  # type: ignore[misc]
+class VaultFS(Names, fuse.Operations):  # type: ignore[misc]
     use_ns = True
 
     def __init__(self, vault: Vault, poll_seconds: float = 15.0, read_only: bool = False
@@ -61,6 +62,7 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
         self.uid, self.gid = os.getuid(), os.getgid()
         self.started = time.time_ns()
         self._handles: dict[int, FileReader] = {}
+        self._opened: dict[int, tuple[str, dict[str, Any]]] = {}  # fh -> path, entry at open
         self._next = 1
         self._lock = threading.Lock()  # guards the handle table only, never held over I/O
         self.poll_seconds = poll_seconds
@@ -160,27 +162,32 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
 
     @_guarded
     def getattr(self, path: str | None, fh: Any = None) -> dict[str, Any]:
-        tree = self.tree
-        base = {"st_uid": self.uid, "st_gid": self.gid, "st_ino": _ino(path or f"\0{fh}"),
-                "st_blksize": BLOCK}
-        if path is None:  # unlinked while open (hard_remove): known by its handle alone
-            if fh in self._drafts:
-                _p, draft, mode = self._drafts[fh]
-                return file_attr(base, mode, draft.size, draft.mtime)
-            if fh not in self._handles:
+        if path is None:  # a file unlinked while open (hard_remove): its handle knows it
+            if fh not in self._opened:
                 raise fuse.FuseOSError(errno.EBADF)
-            return file_attr(base, 0o444, self._handles[fh].size, self.started)
+            was, at_open = self._opened[fh]
+            got = self._drafts.get(fh)
+            return self._file_attr(was, self._draft_entry(got[1], got[2]) if got else at_open,
+                                   (got[1], got[2]) if got else None)
+        tree = self.tree
         entry = tree.entries.get(path)
         shared = self._shared(path)
         if entry is None and shared is not None:
             entry = self._draft_entry(*shared)
         if path == "/" or (tree.is_dir(path) and (entry is None or entry.get("t") == "d")):
             mode = int(entry.get("x", 0o755)) if entry else 0o755
-            return {**base, "st_mode": stat.S_IFDIR | (mode & 0o777), "st_nlink": 2,
-                    "st_size": 0, "st_mtime": self.started, "st_atime": self.started,
-                    "st_ctime": self.started}
+            return {"st_uid": self.uid, "st_gid": self.gid, "st_ino": _ino(path),
+                    "st_blksize": BLOCK, "st_mode": stat.S_IFDIR | (mode & 0o777),
+                    "st_nlink": 2, "st_size": 0, "st_mtime": self.started,
+                    "st_atime": self.started, "st_ctime": self.started}
         if entry is None:
             raise fuse.FuseOSError(errno.ENOENT)
+        return self._file_attr(path, entry, shared)
+
+    def _file_attr(self, path: str, entry: dict[str, Any], shared: tuple[Draft, int] | None
+                   ) -> dict[str, Any]:
+        base = {"st_uid": self.uid, "st_gid": self.gid, "st_ino": _ino(path),
+                "st_blksize": BLOCK}
         mtime = shared[0].mtime if shared is not None else int(entry.get("m", self.started))
         if entry.get("t") == "l":
             target = str(entry.get("l", ""))
@@ -188,7 +195,9 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
                     "st_size": len(target.encode()), "st_mtime": mtime, "st_atime": mtime,
                     "st_ctime": mtime}
         size = shared[0].size if shared is not None else int(entry.get("s", 0))
-        return file_attr(base, int(entry.get("x", 0o644)), size, mtime)
+        return {**base, "st_mode": stat.S_IFREG | (int(entry.get("x", 0o644)) & 0o777),
+                "st_nlink": 1, "st_size": size, "st_blocks": -(-size // 512),
+                "st_mtime": mtime, "st_atime": mtime, "st_ctime": mtime}
 
     @_guarded
     def readdir(self, path: str, fh: Any) -> list[tuple[str, dict[str, int], int]]:
@@ -229,10 +238,11 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
     def _draft_entry(self, draft: Draft, mode: int) -> dict[str, Any]:
         return {"t": "f", "s": draft.size, "x": mode, "m": draft.mtime}
 
-    def _handle(self) -> int:
+    def _handle(self, path: str, entry: dict[str, Any] | None = None) -> int:
         with self._lock:
             fh = self._next
             self._next += 1
+            self._opened[fh] = (path, entry or {"t": "f"})
             return fh
 
     def _shared(self, path: str) -> tuple[Draft, int] | None:
@@ -254,14 +264,14 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
             draft.refs += 1
             if flags & os.O_TRUNC:
                 draft.truncate(0)
-            fh = self._handle()
+            fh = self._handle(path)
             self._drafts[fh] = (path, draft, mode)
             return fh
         entry = self.tree.entries.get(path)
         if entry is None or entry.get("t") != "f":
             raise fuse.FuseOSError(errno.ENOENT if entry is None else errno.EISDIR)
         reader = self.vault.open_reader(path.lstrip("/"))
-        fh = self._handle()
+        fh = self._handle(path, entry)
         if writing:
             draft = Draft(reader, int(entry.get("s", 0)), self._spool)
             if flags & os.O_TRUNC:
@@ -278,7 +288,7 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
         if self.tree.is_dir(path):
             raise fuse.FuseOSError(errno.EISDIR)
         shared = self._shared(path)
-        fh = self._handle()
+        fh = self._handle(path)
         if shared is not None:  # created again while open elsewhere (O_CREAT without O_EXCL)
             shared[0].refs += 1
             self._drafts[fh] = (path, shared[0], shared[1])
@@ -360,6 +370,7 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
     def release(self, path: str, fh: int) -> int:
         with self._lock:
             self._handles.pop(fh, None)
+            self._opened.pop(fh, None)
         if fh in self._drafts:
             try:
                 self._save(fh)
@@ -370,127 +381,17 @@ class VaultFS(fuse.Operations):  # type: ignore[misc]
                     draft.close()
         return 0
 
-    def _follow(self, old: str, new: str) -> None:
-        """Open drafts follow their file: a rename moves them, an unlink ("" as ``new``)
-        leaves them nameless, so a later close never brings the old name back."""
-        for fh, (path, draft, mode) in list(self._drafts.items()):
-            if path == old:
-                self._drafts[fh] = (new, draft, mode)
-            elif new and path.startswith(old.rstrip("/") + "/"):
-                self._drafts[fh] = (new + path[len(old):], draft, mode)
-
     def _reload(self) -> None:
         self.tree = Tree.of(self.vault.files())
 
-    # --- names -----------------------------------------------------------------------------
 
-    def _writable(self) -> None:
-        if self.read_only:
-            raise fuse.FuseOSError(errno.EROFS)
+class _FUSE(fuse.FUSE):  # type: ignore[misc]
+    """mfusepy drops ftruncate's handle on libfuse3 (truncate_fuse_3 ignores ``fip``): pass it
+    on, so an ftruncate changes that handle's draft and stages no version, and works on a file
+    unlinked while open (no path)."""
 
-    @_guarded
-    def mkdir(self, path: str, mode: int) -> int:
-        self._writable()
-        self._settle()
-        if path in self.tree.entries or self.tree.is_dir(path):
-            raise fuse.FuseOSError(errno.EEXIST)
-        self.vault.mkdir(path.lstrip("/"), mode)
-        self._reload()
-        return 0
-
-    @_guarded
-    def rmdir(self, path: str) -> int:
-        self._writable()
-        self._settle()
-        if not self.tree.is_dir(path):
-            raise fuse.FuseOSError(errno.ENOTDIR)
-        if self.tree.children.get(path):
-            raise fuse.FuseOSError(errno.ENOTEMPTY)
-        if path in self.tree.entries:
-            self.vault.delete(path.lstrip("/"))
-        self._reload()
-        return 0
-
-    @_guarded
-    def unlink(self, path: str) -> int:
-        self._writable()
-        self._settle()
-        if path not in self.tree.entries and self._shared(path) is not None:
-            self._follow(path, "")  # created and still open, never committed: nothing to delete
-            return 0
-        if path not in self.tree.entries or self.tree.is_dir(path):
-            raise fuse.FuseOSError(errno.ENOENT if path not in self.tree.entries
-                                   else errno.EISDIR)
-        self.vault.delete(path.lstrip("/"))
-        self._follow(path, "")
-        self._reload()
-        return 0
-
-    @_guarded
-    def rename(self, old: str, new: str) -> int:
-        self._writable()
-        self._settle()
-        if old not in self.tree.entries and not self.tree.is_dir(old):
-            if self._shared(old) is None:
-                raise fuse.FuseOSError(errno.ENOENT)
-            self._save(next(fh for fh, d in self._drafts.items() if d[0] == old))
-            self._commit_now()  # a file created and still open: its first version, now
-        if new in self.tree.entries and not self.tree.is_dir(new):
-            self.vault.delete(new.lstrip("/"))  # rename replaces its target
-            self._follow(new, "")
-        self.vault.rename(old.lstrip("/"), new.lstrip("/"))
-        self._follow(old, new)
-        self._reload()
-        return 0
-
-    @_guarded
-    def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
-        return 0  # a version's mtime is set when it is written
-
-    @_guarded
-    def chmod(self, path: str, mode: int) -> int:
-        self._writable()
-        self._settle()
-        open_drafts = [fh for fh, (p, _d, _m) in self._drafts.items() if p == path]
-        for fh in open_drafts:  # an open file (cp -a sets the mode before it closes)
-            p, draft, _old = self._drafts[fh]
-            self._drafts[fh] = (p, draft, mode & 0o777)
-            draft.dirty = True
-        if open_drafts and path not in self.tree.entries:
-            return 0  # its first version gets the mode when it is committed
-        if path not in self.tree.entries and not self.tree.is_dir(path):
-            raise fuse.FuseOSError(errno.ENOENT)
-        if path in ("", "/"):
-            raise fuse.FuseOSError(errno.EPERM)
-        self.vault.set_mode(path.lstrip("/"), mode)
-        self._reload()
-        return 0
-
-    @_guarded
-    def chown(self, path: str, uid: int, gid: int) -> int:
-        """The vault keeps no owners: a chown to the mount's own owner (what cp -a and tar
-        ask for) changes nothing and succeeds; any other is refused."""
-        if (path not in self.tree.entries and not self.tree.is_dir(path) and path != "/"
-                and self._shared(path) is None):
-            raise fuse.FuseOSError(errno.ENOENT)
-        same = {-1, 0xFFFFFFFF}
-        if uid not in same | {self.uid} or gid not in same | {self.gid}:
-            raise fuse.FuseOSError(errno.EPERM)
-        return 0
-
-    def link(self, target: str, source: str) -> int:
-        raise fuse.FuseOSError(errno.EPERM)
-
-    @_guarded
-    def symlink(self, target: str, source: str) -> int:
-        """``ln -s SOURCE TARGET``: a new link ``target`` whose content is ``source``."""
-        self._writable()
-        self._settle()
-        if target in self.tree.entries or self.tree.is_dir(target):
-            raise fuse.FuseOSError(errno.EEXIST)
-        self.vault.symlink(target.lstrip("/"), source)
-        self._reload()
-        return 0
+    def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
+        return int(self.ftruncate(path, length, fip))
 
 
 def mount(vault: Vault, mountpoint: str, poll_seconds: float = 15.0,
@@ -504,6 +405,9 @@ def mount(vault: Vault, mountpoint: str, poll_seconds: float = 15.0,
         fs._reload()
         fs.start_committing()
     fs.start_polling()
-    fuse.FUSE(fs, mountpoint, foreground=True, nothreads=False, use_ino=True, ro=read_only,
-              auto_unmount=True, default_permissions=True, fsname="cloudguard", hard_remove=True,
-              subtype="cloudguard", attr_timeout=CACHE_SECONDS, entry_timeout=CACHE_SECONDS)
+    # hard_remove: an unlinked open file goes at once (its handles keep their draft or
+    # reader), never renamed to a .fuse_hidden file that would be committed to the vault
+    _FUSE(fs, mountpoint, foreground=True, nothreads=False, use_ino=True, ro=read_only,
+              auto_unmount=True, default_permissions=True, hard_remove=True,
+              fsname="cloudguard", subtype="cloudguard", attr_timeout=CACHE_SECONDS,
+              entry_timeout=CACHE_SECONDS)

@@ -4,7 +4,6 @@ stable inode numbers, and which paths differ between two views (what a poll inva
 from __future__ import annotations
 
 import hashlib
-import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,10 +45,3 @@ class Tree:
         out |= {p for p in self.children.keys() | new.children.keys()
                 if self.children.get(p) != new.children.get(p)}
         return out
-
-
-def file_attr(base: dict[str, Any], mode: int, size: int, mtime: int) -> dict[str, Any]:
-    """A regular file's attributes (st_mode from the manifest's permission bits)."""
-    return {**base, "st_mode": stat.S_IFREG | (mode & 0o777), "st_nlink": 1, "st_size": size,
-            "st_blocks": -(-size // 512), "st_mtime": mtime, "st_atime": mtime,
-            "st_ctime": mtime}
