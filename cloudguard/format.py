@@ -16,7 +16,7 @@ import json
 import os
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -378,15 +378,21 @@ def _segment_bound(vault_id: str, name: str, tail: bytes) -> bytes:
 
 
 def seal_segment(kek: bytes, head_pos: int, head_id: str, vault_id: str, name: str,
-                 payload: dict[str, Any], signer: Ed25519PrivateKey,
+                 payload: dict[str, Any] | Iterable[bytes], signer: Ed25519PrivateKey,
                  nonce: bytes | None = None) -> bytes:
     """Compressed, padded JSON under the KEK of the writer's head commit, signed by the writer
-    over name, header and ciphertext: a reader checks who wrote it before decrypting."""
+    over name, header and ciphertext: a reader checks who wrote it before decrypting.
+
+    ``payload`` is a dict, or its compact, key-sorted JSON text in pieces: a snapshot of a big
+    vault is compressed as it is written, never held whole as objects or text."""
+    pieces = ([json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()]
+              if isinstance(payload, dict) else payload)
     nonce = _nonce(nonce)
     header = SEGMENT_MAGIC + struct.pack(">I", head_pos) + bytes.fromhex(head_id) + nonce
     if len(header) != SEGMENT_HEADER_SIZE:
         raise ValueError("head id must be 32 bytes")
-    body = zlib.compress(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode(), 6)
+    packer = zlib.compressobj(6)
+    body = b"".join([*(packer.compress(piece) for piece in pieces), packer.flush()])
     plain = struct.pack(">I", len(body)) + body
     plain += bytes(padme(max(SEGMENT_MIN_PLAIN, len(plain))) - len(plain))
     key = _hkdf(kek, b"cloudguard/v2/manifest")

@@ -92,7 +92,8 @@ class Session:
                                  "this device\")")
         return seq
 
-    def write_segment(self, kind: str, payload_for: Callable[[int], dict[str, Any]]
+    def write_segment(self, kind: str,
+                      payload_for: Callable[[int], dict[str, Any] | Iterator[bytes]]
                       ) -> tuple[str, int, str]:
         seq = self.next_seq()
         name = mf.segment_name(self.binding.device, seq, kind)
@@ -159,7 +160,7 @@ class Session:
         own = self.binding.device
         prev = self.loaded.heads.get(own)
         name, seq, digest = self.write_segment(
-            "s", lambda seq: mf.snapshot_payload(own, seq, self.state, prev))
+            "s", lambda seq: mf.snapshot_json(own, seq, self.state, prev))
         with self.state.transaction():
             self.state.ctx[own] = seq
             self.state.mark_consumed(name, self.listing[name], digest, dict(self.state.ctx))

@@ -10,6 +10,7 @@ capped) and keeps the queue.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import random
@@ -128,6 +129,15 @@ def fs_type(path: Path, mountinfo: str | None = None) -> str:
 
 def polled(kind: str) -> bool:
     return kind in _REMOTE_FS or kind.startswith("fuse.")
+
+
+def _give_back() -> None:
+    """A rescan or a pull of a big vault allocates, then frees, a few hundred MiB of small
+    objects; glibc keeps them until asked. A daemon runs for weeks: ask."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc
 
 
 class _Overflow(logging.Handler):
@@ -406,6 +416,8 @@ class FolderWorker(threading.Thread):
                     if got.get("skipped"):  # changed while read: look again when it settles
                         with self._lock:
                             self.sched.again([str(p) for p in got["skipped"]])
+                    if rescan:
+                        _give_back()
                 if now >= next_key_check:
                     next_key_check = now + min(self.intervals.rescan,
                                                self.intervals.rotation_days * 86400 / 4)
@@ -416,6 +428,7 @@ class FolderWorker(threading.Thread):
                         self._pull_owed = True  # until a pull succeeds
                     if self._pull_owed and self._room_to_pull():
                         self._conflicts(self.vault.pull())
+                        _give_back()
                         self._pull_owed = False
                         self.status.last_pull = time.time()
                 backoff, retry_at = 0.0, 0.0

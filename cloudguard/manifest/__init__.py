@@ -30,6 +30,7 @@ from .segments import (
     delta_payload,
     parse_name,
     segment_name,
+    snapshot_json,
     snapshot_payload,
     time_of,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "parse_name",
     "reissue_ops",
     "segment_name",
+    "snapshot_json",
     "snapshot_payload",
     "time_of",
     "unmoved",

@@ -271,14 +271,24 @@ class State:
             yield p, d, json.loads(e), int(g)
 
     def attic_payload(self) -> dict[str, dict[str, dict[str, Any]]]:
-        out: dict[str, dict[str, dict[str, Any]]] = {}
+        return dict(self.attic_rows())
+
+    def attic_rows(self) -> Iterator[tuple[str, dict[str, dict[str, Any]]]]:
+        """The history as a snapshot carries it, one path at a time, in path order."""
+        path: str | None = None
+        rows: dict[str, dict[str, Any]] = {}
         for p, d, e, g, rb in self.db.execute(
                 "SELECT path, dot, e, gone, rb FROM attic ORDER BY path, gone"):
+            if p != path:
+                if path is not None:
+                    yield path, rows
+                path, rows = p, {}
             row: dict[str, Any] = {"e": json.loads(e), "g": int(g)}
             if rb is not None:
                 row["rb"] = rb
-            out.setdefault(p, {})[d] = row
-        return out
+            rows[d] = row
+        if path is not None:
+            yield path, rows
 
     def prune_attic(self, before: int) -> int:
         """Forget versions replaced before ``before``, and the places blobs were moved from

@@ -4,9 +4,10 @@ checks every decoded payload passes before it is applied.
 
 from __future__ import annotations
 
+import json
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -299,6 +300,30 @@ def delta_payload(device: str, seq: int, deps: dict[str, int], prev: str | None,
                   ) -> dict[str, Any]:
     return {"kind": "delta", "device": device, "seq": seq, "deps": deps, "dh": dh or {},
             "prev": prev, "created": now_iso(), "ops": ops}
+
+
+def snapshot_json(device: str, seq: int, state: State, prev: str | None = None
+                  ) -> Iterator[bytes]:
+    """The JSON text of :func:`snapshot_payload` (compact, keys sorted: the same bytes), one
+    path at a time, so a snapshot of 100,000 entries is never held as objects or as text."""
+    def dump(value: Any) -> bytes:
+        return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+
+    def rows(pairs: Iterator[tuple[str, Any]]) -> Iterator[bytes]:
+        yield b"{"
+        for i, (path, value) in enumerate(pairs):
+            yield (b"," if i else b"") + dump(path) + b":" + dump(value)
+        yield b"}"
+
+    head = {"created": now_iso(), "ctx": {**state.ctx, device: seq}, "device": device,
+            "floor": state.floor, "kind": "snapshot", "prev": prev, "seq": seq}
+    yield b'{"attic":'
+    yield from rows(state.attic_rows())
+    for key in ("created", "ctx", "device", "floor", "kind"):
+        yield b"," + dump(key) + b":" + dump(head[key])
+    yield b',"paths":'
+    yield from rows(state.items())
+    yield b',"prev":' + dump(prev) + b',"seq":' + dump(seq) + b"}"
 
 
 def snapshot_payload(device: str, seq: int, state: State, prev: str | None = None
