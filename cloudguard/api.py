@@ -139,6 +139,9 @@ class Vault:
     def set_mode(self, path: str, mode: int) -> dict[str, Any]:
         return write.set_mode(self.folder, path, mode)
 
+    def set_mtime(self, path: str, mtime_ns: int) -> dict[str, Any]:
+        return write.set_mtime(self.folder, path, mtime_ns)
+
     def delete(self, path: str) -> dict[str, Any]:
         return write.delete(self.folder, path)
 

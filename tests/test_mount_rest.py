@@ -7,6 +7,7 @@ the rule that under CI=true a skipped mount test fails."""
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -179,3 +180,33 @@ def test_under_ci_a_skipped_mount_test_fails(tmp_path: Path) -> None:
     # the skipif one fails in setup, which pytest counts as an error: a failed run either way
     assert run("true").startswith("1 failed, 1 skipped, 1 error in")
     assert run(None).startswith("3 skipped in")
+
+
+def test_modification_times_set_through_the_mount_are_kept_and_reach_other_devices(
+        local_remote: str, tmp_path: Path) -> None:
+    """`cp -a` and `touch -d` set a file's mtime (utimens): each becomes a manifest-only
+    version, read back on the mount, kept after a remount, and written by another device's
+    pull."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    cg("init", str(folder), "--remote", local_remote)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "old.txt").write_text("from 2020")
+    os.utime(src / "old.txt", ns=(1_600_000_000_000_000_000, 1_600_000_000_123_456_789))
+    mnt = tmp_path / "mnt"
+    with mounted(folder, mnt, tmp_path / "mount.log"):
+        subprocess.run(["cp", "-a", str(src / "old.txt"), str(mnt / "old.txt")], check=True)
+        (mnt / "touched.txt").write_text("touched")
+        subprocess.run(["touch", "-d", "2021-01-02 03:04:05 UTC", str(mnt / "touched.txt")],
+                       check=True)
+        assert os.stat(mnt / "old.txt").st_mtime_ns == 1_600_000_000_123_456_789
+        assert os.stat(mnt / "touched.txt").st_mtime == 1609556645
+    shutil.rmtree(mnt)
+    with mounted(folder, mnt, tmp_path / "mount2.log"):
+        assert os.stat(mnt / "old.txt").st_mtime_ns == 1_600_000_000_123_456_789
+        assert os.stat(mnt / "touched.txt").st_mtime == 1609556645
+    cg("pull", "--folder", str(folder))  # the bound folder is another device's view here
+    assert os.stat(folder / "old.txt").st_mtime_ns == 1_600_000_000_123_456_789
+    assert (folder / "touched.txt").read_text() == "touched"
+    assert os.stat(folder / "touched.txt").st_mtime == 1609556645

@@ -5,11 +5,15 @@ file it may touch). A mixin of :class:`~cloudguard.mount.fs.VaultFS`, which hold
 from __future__ import annotations
 
 import errno
+import time
 from typing import TYPE_CHECKING
 
 import mfusepy as fuse  # type: ignore[import-untyped]
 
 from .errnos import _guarded
+
+# utimensat(2)'s special tv_nsec values, which libfuse passes on
+_UTIME_NOW, _UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 
 if TYPE_CHECKING:
     from ..api import Vault
@@ -115,8 +119,29 @@ class Names:
         return 0
 
     @_guarded
+    @_guarded
     def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
-        return 0  # a version's mtime is set when it is written
+        """The modification time a version carries (`touch -d`, `rsync -t`, `cp -a`); the
+        vault keeps no access time. An open file takes it into its next version."""
+        self._writable()
+        mtime = time.time_ns() if times is None else times[1]
+        if mtime % 10**9 == _UTIME_OMIT:
+            return 0
+        if mtime % 10**9 == _UTIME_NOW:
+            mtime = time.time_ns()
+        self._settle()  # a closed file's staged version is committed first, then retimed
+        open_drafts = [d for p, d, _m in self._drafts.values() if p == path]
+        for draft in open_drafts:
+            draft.mtime = mtime
+        if open_drafts and path not in self.tree.entries:
+            return 0
+        if path not in self.tree.entries and not self.tree.is_dir(path):
+            raise fuse.FuseOSError(errno.ENOENT)
+        if path not in self.tree.entries:  # a folder: it has no time of its own
+            return 0
+        self.vault.set_mtime(path.lstrip("/"), mtime)
+        self._reload()
+        return 0
 
     @_guarded
     def chmod(self, path: str, mode: int) -> int:

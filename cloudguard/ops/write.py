@@ -144,6 +144,23 @@ def set_mode(folder: str | None, path: str, mode: int) -> dict[str, Any]:
         return {"path": path, "mode": mode, "changed": True}
 
 
+def set_mtime(folder: str | None, path: str, mtime_ns: int) -> dict[str, Any]:
+    """A new version of ``path`` with modification time ``mtime_ns`` and the same content
+    (what `touch -d`, `rsync -t` and `cp -a` ask of a mount): a manifest-only change."""
+    path = sync.check_rel_path(path)
+    with session(folder) as s:
+        sibs = s.state.siblings(path)
+        if not sibs:
+            raise UsageError(f"{path}: not in the vault")
+        _dot, entry = sync.newest(sibs)
+        if entry.get("t") == "d" or int(entry.get("m", -1)) == mtime_ns:
+            return {"path": path, "mtime_ns": mtime_ns, "changed": False}
+        s.commit([{"p": path, "e": {**entry, "m": mtime_ns},
+                   "rm": sorted(sibs, key=sync.dot_key)}])
+        _log(s, "touch", files=1, segments=s.committed)
+        return {"path": path, "mtime_ns": mtime_ns, "changed": True}
+
+
 def delete(folder: str | None, path: str) -> dict[str, Any]:
     """Delete a file or folder (with everything under it); its versions stay in the
     history for the folder's keep period."""
