@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import stat
@@ -968,7 +969,7 @@ def test_rsync_and_an_office_save_pattern_under_the_daemon(local_remote: str,
 
 def test_the_file_system_type_comes_from_mountinfo() -> None:
     """The longest mount point above the folder wins; mountinfo escapes spaces as \\040."""
-    from cloudguard.daemon.worker import fs_type, polled
+    from cloudguard.daemon.watching import fs_type, polled
 
     info = ("22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"
             "40 22 0:50 / /home/u/My\\040Share rw - cifs //nas/share rw\n"
@@ -1063,3 +1064,53 @@ def test_after_a_resume_the_worker_rescans_what_it_missed(local_remote: str, tmp
         worker._wake.set()
         wait_for("the resume's push", lambda: cg_json("status", "--folder", str(folder))[
             "to_push"] == [])
+
+
+
+def _userns_watch_limit() -> bool:
+    """Whether this machine lets a user namespace set its own inotify watch limit."""
+    if not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "-Ur", "sh", "-c",
+                            "echo 5 > /proc/sys/user/max_inotify_watches"],
+                           capture_output=True, check=False)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _userns_watch_limit(),
+                    reason="needs unshare and a user namespace with its own inotify limit")
+def test_a_watch_limit_keeps_the_watches_held_and_rescans_the_rest(local_remote: str,
+                                                                  tmp_path: Path) -> None:
+    """ENOSPC for real: the daemon runs in a user namespace allowed 6 inotify watches, over a
+    folder of 16 folders. watchdog drops the refused watches without a word; the worker counts
+    what the kernel holds, says "watching N of 17 folders" (N <= 6), and a save deep in an
+    unwatched folder still goes up, by a rescan."""
+    folder = tmp_path / "docs"
+    for i in range(16):
+        (folder / f"sub{i:02d}").mkdir(parents=True)
+    cg("init", str(folder), "--remote", local_remote)
+    home = Path(os.environ["CLOUDGUARD_HOME"])
+    (home / "config.toml").write_text("[daemon]\npoll_seconds = 0.5\nrescan_seconds = 2\n"
+                                      "quiet_closed = 0.2\nmin_interval = 0.5\n")
+    log = tmp_path / "daemon.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            ["unshare", "-Ur", "sh", "-c",
+             'echo 6 > /proc/sys/user/max_inotify_watches && exec "$@"', "sh",
+             *CLOUDGUARD, "daemon", "run", "--folder", str(folder)],
+            env={**os.environ}, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for("the coverage warning", lambda: re.search(
+            rb"watching ([0-6]) of 17 folders", log.read_bytes()) is not None, 60)
+        deep = sorted(folder.glob("sub*"))[-1] / "deep.txt"
+        deep.write_text("found by a rescan")
+        wait_for("the rescan's push", lambda: cg_json("status", "--folder", str(folder))[
+            "to_push"] == [], 60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert "fs.inotify.max_user_watches" in log.read_text()

@@ -14,7 +14,6 @@ import ctypes
 import logging
 import os
 import random
-import re
 import shutil
 import threading
 import time
@@ -50,6 +49,7 @@ from ..session import UI
 from ..state import Binding
 from . import desktop
 from .schedule import Jumps, Recent, Scheduler, Timing
+from .watching import coverage, fs_type, polled
 
 log = logging.getLogger("cloudguard.daemon")
 
@@ -97,39 +97,6 @@ POLL_WATCH = 5.0  # seconds between the polling watcher's looks on NFS, SMB and 
 EVENTS: list[type[FileSystemEvent]] = [
     FileCreatedEvent, DirCreatedEvent, FileModifiedEvent, FileDeletedEvent, DirDeletedEvent,
     FileMovedEvent, DirMovedEvent, FileClosedEvent]
-
-# File systems whose changes inotify does not see when another machine makes them (or whose
-# FUSE server may not report them): the worker polls these instead.
-_REMOTE_FS = frozenset(("nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs", "9p", "afs",
-                        "ceph", "glusterfs", "lustre", "gpfs", "ncpfs", "davfs", "fuse",
-                        "fuseblk"))
-
-
-def fs_type(path: Path, mountinfo: str | None = None) -> str:
-    """The type of the file system holding ``path``, from /proc/self/mountinfo ("" if
-    unknown): the mount with the longest mount point above the path."""
-    if mountinfo is None:
-        try:
-            mountinfo = Path("/proc/self/mountinfo").read_text()
-        except OSError:
-            return ""
-    target = os.path.realpath(path)
-    best, kind = -1, ""
-    for line in mountinfo.splitlines():
-        left, sep, right = line.partition(" - ")
-        fields = left.split()
-        if not sep or len(fields) < 5 or not right.split():
-            continue
-        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
-        inside = target == point or target.startswith(point.rstrip("/") + "/")
-        if inside and len(point) > best:
-            best, kind = len(point), right.split()[0]
-    return kind
-
-
-def polled(kind: str) -> bool:
-    return kind in _REMOTE_FS or kind.startswith("fuse.")
-
 
 def _give_back() -> None:
     """A rescan or a pull of a big vault allocates, then frees, a few hundred MiB of small
@@ -334,6 +301,8 @@ class FolderWorker(threading.Thread):
                               event_filter=EVENTS)
             observer.start()
             self.status.extra["watching"] = True
+            if not polled(kind):
+                self._check_coverage()
         except OSError as exc:  # ENOSPC: max_user_watches; EMFILE: max_user_instances
             observer = None
             self.intervals = replace(self.intervals,
@@ -351,6 +320,21 @@ class FolderWorker(threading.Thread):
                 observer.stop()
                 observer.join(timeout=2)
             self.vault.close()
+
+    def _check_coverage(self) -> None:
+        """watchdog drops, without a word, every subfolder watch the kernel refuses (ENOSPC:
+        fs.inotify.max_user_watches): those folders are seen by rescans only, so rescan them
+        often and say so."""
+        held, total = coverage(Path(self.binding.folder))
+        told = self.status.extra.get("watched")
+        self.status.extra["watched"] = f"{held} of {total} folders"
+        if held < total:
+            self.intervals = replace(self.intervals,
+                                     rescan=min(self.intervals.rescan, FALLBACK_RESCAN))
+            if told != self.status.extra["watched"]:
+                self.log.warning("folder %s: watching %d of %d folders (raise "
+                                 "fs.inotify.max_user_watches); the rest is rescanned every "
+                                 "%.0f s", self.binding.id, held, total, self.intervals.rescan)
 
     def _loop(self) -> None:
         assert self.vault is not None
@@ -387,6 +371,8 @@ class FolderWorker(threading.Thread):
                 next_rescan = now + self.intervals.rescan
                 with self._lock:
                     self.sched.rescan()
+                if self.status.extra.get("watch") == "inotify" and self.status.extra["watching"]:
+                    self._check_coverage()  # folders made since may have found no watch
             with self._lock:
                 rescan, paths = self.sched.due()
                 self.status.queue = len(self.sched)
