@@ -61,6 +61,9 @@ class Binding:
     padding: str
     enrolled: bool = True
     keep_days: int = 30  # how long replaced and deleted versions stay restorable
+    # a folderless mount's membership (`cloudguard mount REMOTE MOUNTPOINT`): its folder is an
+    # empty placeholder under CLOUDGUARD_HOME that nothing syncs (the daemon skips it)
+    mount_only: bool = False
 
     def __post_init__(self) -> None:
         if type(self.keep_days) is not int or not 0 <= self.keep_days <= MAX_KEEP_DAYS:

@@ -6,6 +6,7 @@ the rule that under CI=true a skipped mount test fails."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import fuse_available
-from helpers import cg
+from helpers import CLOUDGUARD, cg
 from test_mount import mounted
 
 WRITER = """import sqlite3, sys
@@ -210,3 +211,101 @@ def test_modification_times_set_through_the_mount_are_kept_and_reach_other_devic
     assert os.stat(folder / "old.txt").st_mtime_ns == 1_600_000_000_123_456_789
     assert (folder / "touched.txt").read_text() == "touched"
     assert os.stat(folder / "touched.txt").st_mtime == 1609556645
+
+
+@pytest.mark.fuse
+@pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse")
+def test_a_mount_of_a_remote_needs_no_plaintext_folder_anywhere(local_remote: str,
+                                                                tmp_path: Path) -> None:
+    """`cloudguard mount REMOTE MOUNTPOINT --key-file KIT` on a machine with no bound folder:
+    the mount enrols as a member device of its own, reads and writes the vault, and leaves no
+    plaintext on that machine; mounting again reuses that membership; the daemon has nothing
+    of it to sync."""
+    canary = f"canary-{uuid.uuid4().hex}"
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "report.txt").write_text(f"report {canary}")
+    kit = tmp_path / "kit.json"
+    cg("init", str(a), "--remote", local_remote)
+    cg("push", "--folder", str(a))
+    cg("key", "export", str(kit), "--folder", str(a), "--choose-passphrase")
+    b_home = tmp_path / "home-b"
+    b_home.mkdir(mode=0o700)
+    b_env = {**os.environ, "CLOUDGUARD_HOME": str(b_home)}
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+
+    def mount_b() -> subprocess.Popen[bytes]:
+        with (tmp_path / "mount-b.log").open("ab") as log:
+            proc = subprocess.Popen([*CLOUDGUARD, "mount", local_remote, str(mnt),
+                                     "--key-file", str(kit), "--name", "laptop-mount"],
+                                    env=b_env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while not os.path.ismount(mnt):
+            assert proc.poll() is None, (tmp_path / "mount-b.log").read_text()
+            assert time.monotonic() < deadline, "the mount did not appear"
+            time.sleep(0.05)
+        return proc
+
+    def unmount_b(proc: subprocess.Popen[bytes]) -> None:
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+        assert proc.wait(timeout=30) == 0, (tmp_path / "mount-b.log").read_text()
+
+    proc = mount_b()
+    try:
+        assert (mnt / "report.txt").read_text() == f"report {canary}"
+        (mnt / "from-mount.txt").write_text(f"written on the mount {canary}")
+    finally:
+        unmount_b(proc)
+    cg("pull", "--folder", str(a))
+    assert (a / "from-mount.txt").read_text() == f"written on the mount {canary}"
+    members = json.loads(cg("device", "list", "--folder", str(a), "--json").stdout)
+    proc = mount_b()  # again: the same membership, no new device
+    try:
+        assert (mnt / "from-mount.txt").exists()
+    finally:
+        unmount_b(proc)
+    assert json.loads(cg("device", "list", "--folder", str(a), "--json").stdout) == members
+    for path in b_home.rglob("*"):  # no plaintext, no name, anywhere under its home
+        assert canary.encode() not in path.name.encode()
+        if path.is_file() and not path.is_symlink():
+            assert canary.encode() not in path.read_bytes(), path
+    placeholders = list((b_home / "mounts").iterdir())
+    assert len(placeholders) == 1
+    assert [p.name for p in placeholders[0].iterdir()] == [".cloudguard"]
+    served = subprocess.run([*CLOUDGUARD, "daemon", "run"], env=b_env, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert served.returncode == 2 and "no bound folder" in served.stderr
+
+
+@pytest.mark.fuse
+@pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse")
+def test_a_mount_of_a_remote_can_join_by_approval(local_remote: str, tmp_path: Path) -> None:
+    """Without a kit the mount asks to join (exit 1 naming the approval to run); once a
+    member approves it, the same command mounts."""
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "doc.txt").write_text("shared")
+    made = json.loads(cg("init", str(a), "--remote", local_remote, "--json").stdout)
+    cg("push", "--folder", str(a))
+    b_env = {**os.environ, "CLOUDGUARD_HOME": str(tmp_path / "home-b")}
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    argv = [*CLOUDGUARD, "mount", local_remote, str(mnt), "--vault-code", made["vault_code"]]
+    asked = subprocess.run(argv, env=b_env, capture_output=True, text=True, timeout=60,
+                           check=False)
+    assert asked.returncode == 1, asked.stderr
+    fp = asked.stderr.split("cloudguard device approve ")[1].split(")")[0]
+    cg("device", "approve", fp, "--folder", str(a), "--yes")
+    with (tmp_path / "mount.log").open("wb") as log:
+        proc = subprocess.Popen(argv, env=b_env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.ismount(mnt):
+            assert proc.poll() is None, (tmp_path / "mount.log").read_text()
+            assert time.monotonic() < deadline, "the mount did not appear"
+            time.sleep(0.05)
+        assert (mnt / "doc.txt").read_text() == "shared"
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+        proc.wait(timeout=30)

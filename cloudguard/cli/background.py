@@ -12,9 +12,10 @@ import click
 
 from ..errors import (
     CloudguardError,
+    KeyStoreError,
     UsageError,
 )
-from . import _emit, _run, folder_option, json_option, main
+from . import _emit, _run, _ui, folder_option, json_option, main
 
 
 @main.group()
@@ -118,26 +119,60 @@ def daemon_install(print_only: bool, as_json: bool) -> None:
 
 
 @main.command("mount")
-@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.argument("where", nargs=-1, required=True, metavar="[REMOTE] MOUNTPOINT")
 @folder_option
+@click.option("--key-file", type=click.Path(dir_okay=False, exists=True),
+              help="With REMOTE: enrol this mount as a new device with a recovery kit.")
+@click.option("--vault-code", help="With REMOTE: the vault code, to ask for approval instead.")
+@click.option("--name", help="With REMOTE: this mount's device name (default: the host name).")
 @click.option("--read-only", is_flag=True, help="Serve the vault read-only.")
 @click.option("--poll", "poll_seconds", type=click.FloatRange(0.1, 3600), default=15.0,
               show_default=True, help="Seconds between looks for other devices' changes.")
 @click.option("--deadline", type=click.FloatRange(1, 3600), default=20.0, show_default=True,
               help="Seconds a remote call may go without progress before the file operation "
                    "fails with EIO (a dead server never hangs the programs using the mount).")
-def mount_cmd(mountpoint: str, folder: str | None, read_only: bool,
+def mount_cmd(where: tuple[str, ...], folder: str | None, key_file: str | None,
+              vault_code: str | None, name: str | None, read_only: bool,
               poll_seconds: float, deadline: float) -> None:
-    """Mount the vault bound to FOLDER at MOUNTPOINT: files decrypted into memory on demand,
-    no plaintext on disk. Runs in the foreground; unmount with cloudguard unmount."""
+    """Mount a vault at MOUNTPOINT: files decrypted into memory on demand, no plaintext on
+    disk. With REMOTE, no plaintext folder is needed anywhere: the mount uses this device's
+    membership of that vault, or becomes a member device of its own (--key-file KIT, or
+    --vault-code CODE and an approval). Without it, the vault bound to FOLDER. Runs in the
+    foreground; unmount with cloudguard unmount."""
     from .. import lock
     from ..api import Vault
     from ..mount import fs
+    from ..ops.enrol import mount_binding
 
     def go() -> None:
+        if len(where) > 2 or (len(where) == 2 and folder is not None):
+            raise UsageError("mount takes [REMOTE] MOUNTPOINT, and REMOTE or --folder, not both")
+        mountpoint = where[-1]
         if not os.path.isdir(mountpoint):
             raise UsageError(f"{mountpoint} is not a folder")
-        with Vault(folder, deadline=deadline) as v:
+        bound = folder
+        if len(where) == 2:
+            binding = mount_binding(where[0], key_file, name, _ui(False), vault_code)
+            if not binding.enrolled:
+                from ..session import session
+
+                try:
+                    with session(binding.folder):  # takes in an approval given since
+                        pass
+                except KeyStoreError:
+                    from ..state import Index
+
+                    index = Index(binding.dir / "index.db")
+                    fp = index.get_meta("fingerprint", "?")
+                    index.close()
+                    raise CloudguardError(
+                        "this mount asked to join the vault as a new device; approve it on "
+                        f"an enrolled device (cloudguard device approve {fp}), then mount "
+                        "again") from None
+            bound = binding.folder
+        elif key_file or vault_code or name:
+            raise UsageError("--key-file, --vault-code and --name go with a REMOTE")
+        with Vault(bound, deadline=deadline) as v:
             record = lock.register("mount", os.path.abspath(mountpoint), v.folder)
             try:
                 fs.mount(v, mountpoint, poll_seconds, read_only=read_only)

@@ -69,7 +69,8 @@ def run(folders: list[str] | None = None, timing: Timing | None = None,
         allow_exposed: bool = False, log_paths: bool = False) -> int:
     control.take_notify_socket()
     config = load_config()
-    bindings = [find_binding(f) for f in folders] if folders else all_bindings()
+    bindings = ([find_binding(f) for f in folders] if folders
+                else [b for b in all_bindings() if not b.mount_only])  # a mount's: no folder
     if not bindings:
         raise UsageError("no bound folder to serve; run cloudguard init or clone first")
     nested = _nested(bindings)

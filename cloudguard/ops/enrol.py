@@ -33,7 +33,10 @@ from ..session import UI, _device_key
 from ..state import (
     Binding,
     Index,
+    all_bindings,
     check_unbound,
+    find_binding,
+    home,
     remove_marker,
     write_marker,
 )
@@ -195,8 +198,33 @@ def _find_vault(listing: dict[str, int], remote: str, wanted: str | None,
     return matching[0]
 
 
+def mount_binding(remote: str, kit: str | None = None, name: str | None = None,
+                  ui: UI | None = None, vault_code: str | None = None) -> Binding:
+    """The membership a mount of ``remote`` uses: this device's binding of that remote where
+    there is one (a bound folder, or an earlier mount's), else a new member device of its own
+    with no plaintext folder anywhere, enrolled by a kit or asked for by approval (the request
+    stays; mount again once it is approved)."""
+    spec = open_transport(remote).remote
+    for binding in all_bindings():
+        if binding.remote == spec and (binding.enrolled or binding.mount_only):
+            return binding
+    placeholder = home() / "mounts" / fmt.new_object_id()
+    placeholder.mkdir(parents=True, mode=0o700)
+    made: list[Binding] = []
+    try:
+        _clone(remote, placeholder, kit, name, ui, made, vault_code, mount_only=True)
+    except BaseException:
+        for binding in made:
+            if binding.enrolled or kit is not None:
+                _forget_binding(binding)
+        shutil.rmtree(placeholder, ignore_errors=True)
+        raise
+    return find_binding(str(placeholder))
+
+
 def _clone(remote: str, path: Path, kit: str | None, name: str | None, ui: UI | None,
-           made: list[Binding], vault_code: str | None) -> dict[str, Any]:
+           made: list[Binding], vault_code: str | None, mount_only: bool = False
+           ) -> dict[str, Any]:
     transport = open_transport(remote)
     _check_apart(str(path), transport)
     listing = {n: o.size for n, o in transport.list().items()}
@@ -213,6 +241,7 @@ def _clone(remote: str, path: Path, kit: str | None, name: str | None, ui: UI | 
                            vault_code)
     binding = _new_binding(path, transport.remote, vault_id, doc.padding,
                            name)
+    binding.mount_only = mount_only
     made.append(binding)
     me = _device_key(binding).create()
     if opened is None:
@@ -257,6 +286,9 @@ def _clone(remote: str, path: Path, kit: str | None, name: str | None, ui: UI | 
     index.set_meta("verified", sorted(ring.view.commits))
     index.close()
     made.clear()  # enrolled: from here on the binding stands, even if the first pull fails
+    if mount_only:  # nothing is ever written to its placeholder folder
+        return {"folder": str(path), "vault": vault_id, "enrolled": True,
+                "device": binding.device}
     result = pull(str(path), ui)
     result.update({"folder": str(path), "vault": vault_id, "enrolled": True,
                    "device": binding.device})
