@@ -49,6 +49,28 @@ def mounts(folder: str) -> list[str]:
     return out
 
 
+def alive(pid: int) -> bool:
+    """Running: a process that exited but was not waited for yet (a zombie) is not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def mount_process(mountpoint: str) -> tuple[int, str] | None:
+    """(pid, bound folder) of the live mount of ours at ``mountpoint``, if any."""
+    for record in sorted(run_dir().glob("mount-*.json")):
+        try:
+            doc = json.loads(record.read_text())
+            pid = int(doc["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if doc.get("mountpoint") == mountpoint and _is_ours(pid):
+            return pid, str(doc.get("folder"))
+    return None
+
+
 SERVICE = "cloudguard.service"  # the unit `cloudguard daemon install` writes
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import fuse_available
-from helpers import CLOUDGUARD, cg, cg_json
+from helpers import CLOUDGUARD, cg, cg_json, cg_proc
 
 pytestmark = [pytest.mark.fuse,  # under CI=true a skip is a failure (conftest.py)
               pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse")]
@@ -459,3 +459,25 @@ def test_symlinks_made_through_the_mount(local_remote: str, tmp_path: Path) -> N
     assert os.readlink(b / "near") == "doc.txt"
     assert os.readlink(b / "outside") == "/etc/passwd"
     assert os.fsencode(os.readlink(b / "odd")) == b"caf\xe9.txt"
+
+
+def test_unmount_returns_once_the_staged_versions_are_committed(local_remote: str,
+                                                                tmp_path: Path) -> None:
+    """`cloudguard unmount` unmounts, then waits for the mount to upload and commit what it
+    staged: when it returns, another device can pull the last save at once."""
+    from helpers import share
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "seed.txt").write_text("seed")
+    share(local_remote, a, b, tmp_path / "kit.json")
+    mnt = tmp_path / "mnt"
+    with mounted(a, mnt, tmp_path / "mount.log") as proc:
+        (mnt / "last.bin").write_bytes(os.urandom(3 << 20))  # staged, not yet committed
+        got = cg_proc("unmount", str(mnt))
+        assert got.returncode == 0, got.stderr
+        assert not os.path.ismount(mnt)
+        assert proc.wait(timeout=30) == 0
+    assert cg_json("status", "--folder", str(b))["to_pull"] == ["last.bin"]
+    cg("pull", "--folder", str(b))
+    assert (b / "last.bin").stat().st_size == 3 << 20

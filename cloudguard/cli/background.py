@@ -184,12 +184,43 @@ def mount_cmd(where: tuple[str, ...], folder: str | None, key_file: str | None,
 @main.command("unmount")
 @click.argument("mountpoint", type=click.Path(file_okay=False))
 def unmount_cmd(mountpoint: str) -> None:
-    """Unmount a cloudguard mount."""
+    """Unmount a cloudguard mount, and wait until the versions it staged are uploaded and
+    committed (it says how many are left while it waits)."""
+    import time
+
+    from .. import lock
+    from ..ops.write import STAGED
+    from ..state import Index, find_binding
+
+    def staged(folder: str) -> int:
+        index = Index(find_binding(folder).dir / "index.db")
+        try:
+            return len(index.get_meta(STAGED, []) or [])
+        finally:
+            index.close()
+
     def go() -> None:
+        where = os.path.abspath(mountpoint)
+        serving = lock.mount_process(where)
         proc = subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True,
                               text=True, check=False)
         if proc.returncode != 0:
             raise CloudguardError(f"cannot unmount {mountpoint}: {proc.stderr.strip()}")
+        if serving is None:
+            return
+        pid, folder = serving
+        said = 0.0
+        while lock.alive(pid):  # it commits what it staged, then exits
+            if time.monotonic() - said >= 5 and sys.stderr.isatty():
+                said = time.monotonic()
+                click.echo(f"uploading {staged(folder)} staged version(s) of {mountpoint}...",
+                           err=True)
+            time.sleep(0.1)
+        left = staged(folder)
+        if left:
+            raise CloudguardError(f"{mountpoint} is unmounted, but {left} staged version(s) "
+                                  "could not be uploaded; they are kept on this disk, "
+                                  "encrypted, and committed at the next mount")
     _run(go)
 
 
