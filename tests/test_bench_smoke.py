@@ -42,3 +42,21 @@ def test_daemon_bench_quick_runs_and_reports(tmp_path: Path) -> None:
     for row in ("save to segment, local", "on B's disk", "idle CPU", "daemon RSS",
                 "first sync of"):
         assert row in report, report
+
+
+@pytest.mark.slow
+@pytest.mark.fuse
+@pytest.mark.skipif(not Path("/dev/fuse").exists(), reason="needs /dev/fuse")
+def test_mount_bench_quick_runs_and_reports(tmp_path: Path) -> None:
+    """scripts/bench_mount.py (issue 12's mount figures, beside rclone mount over crypt and
+    gocryptfs where installed) end to end, scaled down."""
+    out = tmp_path / "mount.md"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_mount.py"), "--quick",
+                           "--workdir", str(tmp_path), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, check=False, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = out.read_text()
+    assert "| cloudguard | rclone mount crypt |" in report
+    for row in ("sequential write", "sequential read", "x 4 KiB created", "`ls -lR`",
+                "peak RSS"):
+        assert row in report, report
