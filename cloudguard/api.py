@@ -51,6 +51,7 @@ class Vault:
         use_transport(self.binding, self._transport)
         self._seen: dict[str, int] | None = None
         self._cache = ChunkCache(cache_bytes)
+        self._stager: write.Stager | None = None  # what staging needs of the last session
 
     @property
     def folder(self) -> str:
@@ -58,8 +59,8 @@ class Vault:
 
     def refresh(self) -> None:
         """Pick up new manifest segments and key commits (verified as any session does)."""
-        with session(self.folder, self.ui):
-            pass
+        with session(self.folder, self.ui) as s:
+            self._stager = write.Stager.of(s)
         self._seen = self._listing()
 
     def key_schedule(self) -> tuple[float, bool]:
@@ -73,6 +74,7 @@ class Vault:
 
     def rotate(self) -> dict[str, Any]:
         """A new key generation (no re-encryption), through the engine's own rotation."""
+        self._stager = None  # the next stage takes the new head
         return key_rotate(self.folder, False, self.ui)
 
     def poll(self) -> bool:
@@ -118,13 +120,18 @@ class Vault:
 
     def stage_version(self, path: str, stream: Reader, size: int, mode: int = 0o644,
                       mtime_ns: int = 0) -> None:
-        """Encrypted and durable on local disk, journaled; committed by :meth:`commit`."""
-        with session(self.folder, self.ui) as s:
-            write.stage_version(s, path, stream, size, mode, mtime_ns)
+        """Encrypted and durable on local disk, journaled; committed by :meth:`commit`.
+        Under the newest head verified by this Vault's last session (write.Stager)."""
+        stager = self._stager
+        if stager is None:
+            with session(self.folder, self.ui) as s:
+                stager = self._stager = write.Stager.of(s)
+        stager.stage(path, stream, size, mode, mtime_ns)
 
     def commit(self) -> list[str]:
         """Upload and commit every staged version in one delta segment."""
         with session(self.folder, self.ui) as s:
+            self._stager = write.Stager.of(s)  # the head this session verified, from now
             return write.commit_staged(s)
 
     def rename(self, old: str, new: str) -> dict[str, Any]:

@@ -255,6 +255,8 @@ class Index:
             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
             CREATE TABLE IF NOT EXISTS pending (object TEXT PRIMARY KEY);
             CREATE TABLE IF NOT EXISTS orphans (object TEXT PRIMARY KEY, first_seen REAL);
+            CREATE TABLE IF NOT EXISTS staged (id INTEGER PRIMARY KEY AUTOINCREMENT,
+                p TEXT NOT NULL, e TEXT NOT NULL);
             """
         )
         columns = [r[1] for r in self.db.execute("PRAGMA table_info(files)")]
@@ -270,6 +272,19 @@ class Index:
 
     def close(self) -> None:
         self.db.close()
+
+    def add_staged(self, path: str, entry: dict[str, Any]) -> None:
+        """A version staged (durable ciphertext in the spool) and not committed yet: one row,
+        so a stage never rewrites the others and a commit drops only the rows it read."""
+        self.db.execute("INSERT INTO staged (p, e) VALUES (?, ?)", (path, json.dumps(entry)))
+
+    def staged(self) -> list[tuple[int, str, dict[str, Any]]]:
+        """(row id, path, entry) of every staged version, oldest first."""
+        return [(int(i), str(p), json.loads(e)) for i, p, e in
+                self.db.execute("SELECT id, p, e FROM staged ORDER BY id")]
+
+    def drop_staged(self, ids: list[int]) -> None:
+        self.db.executemany("DELETE FROM staged WHERE id = ?", [(i,) for i in ids])
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

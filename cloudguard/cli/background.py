@@ -189,13 +189,12 @@ def unmount_cmd(mountpoint: str) -> None:
     import time
 
     from .. import lock
-    from ..ops.write import STAGED
     from ..state import Index, find_binding
 
     def staged(folder: str) -> int:
         index = Index(find_binding(folder).dir / "index.db")
         try:
-            return len(index.get_meta(STAGED, []) or [])
+            return len(index.staged())
         finally:
             index.close()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from .. import sync
 from ..errors import UsageError
 from ..names import from_disk
 from ..session import Session, session
+from ..state import Index
 from .common import _log
 
 STAGED = "staged_versions"  # index meta: versions written and not yet committed
@@ -31,49 +33,79 @@ def _spool(s: Session) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class Stager:
+    """What staging a version needs of a session: the newest verified head's KEK, the spool
+    and the index. A long-lived Vault keeps one between commits, so a close (the mount stages
+    at every close) costs an encryption and a journal row, not a session (8 ms each)."""
+
+    index_path: Path
+    spool: Path
+    kek_id: str  # the head's KEK commitment, recorded in the entry
+    kek: bytes
+    padding: bool
+    md5: bool
+
+    @classmethod
+    def of(cls, s: Session) -> Stager:
+        head = s.ring.head  # the generation floor: only ever the newest verified KEK
+        return cls(s.binding.dir / "index.db", _spool(s), head.kek, s.ring.head_kek,
+                   s.binding.padding != "none", not s.transport.local)
+
+    def stage(self, path: str, stream: fmt.Reader, size: int, mode: int = 0o644,
+              mtime_ns: int = 0) -> dict[str, Any]:
+        """Encrypt exactly ``size`` bytes of ``stream`` as a new version of ``path``, durable
+        on local disk; nothing reaches the remote until :func:`commit_staged`."""
+        path = sync.check_rel_path(path)
+        object_id = fmt.new_object_id()
+        dek, file_id = fmt.new_dek(), fmt.new_file_id()
+        spool = self.spool / object_id
+        fd = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                out = sync.ObjectWriter(fh, md5=self.md5)
+                info = fmt.encrypt_blob(stream, out, dek, file_id, size, self.padding)
+                out.close()
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            spool.unlink(missing_ok=True)
+            raise
+        entry: dict[str, Any] = {
+            "t": "f", "s": info.size, "m": mtime_ns, "x": mode & 0o777, "h": info.sha256,
+            "i": file_id.hex(), "k": fmt.b64(fmt.wrap_dek(self.kek, dek, file_id)),
+            "g": self.kek_id, "w": self.kek_id, "o": object_id, "a": 0, "n": info.blob_len,
+            "om": out.md5()}
+        index = Index(self.index_path)
+        try:
+            index.add_staged(path, entry)
+        finally:
+            index.close()
+        return entry
+
+
 def stage_version(s: Session, path: str, stream: fmt.Reader, size: int, mode: int = 0o644,
                   mtime_ns: int = 0) -> dict[str, Any]:
-    """Encrypt exactly ``size`` bytes of ``stream`` as a new version of ``path``, durable on
-    local disk; nothing reaches the remote until :func:`commit_staged`."""
-    path = sync.check_rel_path(path)
-    object_id = fmt.new_object_id()
-    dek, file_id = fmt.new_dek(), fmt.new_file_id()
-    spool = _spool(s) / object_id
-    fd = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            out = sync.ObjectWriter(fh, md5=not s.transport.local)
-            info = fmt.encrypt_blob(stream, out, dek, file_id, size,
-                                    s.binding.padding != "none")
-            out.close()
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        spool.unlink(missing_ok=True)
-        raise
-    head = s.ring.head  # the generation floor: only ever the newest verified KEK
-    entry: dict[str, Any] = {
-        "t": "f", "s": info.size, "m": mtime_ns, "x": mode & 0o777, "h": info.sha256,
-        "i": file_id.hex(), "k": fmt.b64(fmt.wrap_dek(s.ring.head_kek, dek, file_id)),
-        "g": head.kek, "w": head.kek, "o": object_id, "a": 0, "n": info.blob_len,
-        "om": out.md5()}
-    journal = list(s.index.get_meta(STAGED, []) or [])
-    journal.append({"p": path, "e": entry})
-    s.index.set_meta(STAGED, journal)
-    return entry
+    return Stager.of(s).stage(path, stream, size, mode, mtime_ns)
 
 
 def commit_staged(s: Session) -> list[str]:
     """Upload every staged object and commit the versions in one delta; the paths committed.
     Of several versions staged for one path, the last wins (the others become garbage)."""
-    journal: list[dict[str, Any]] = list(s.index.get_meta(STAGED, []) or [])
+    legacy = s.index.get_meta(STAGED, []) or []  # a journal from before the staged table
+    if legacy:
+        with s.index.transaction():
+            for row in legacy:
+                s.index.add_staged(str(row["p"]), row["e"])
+            s.index.set_meta(STAGED, None)
+    journal = s.index.staged()
     if not journal:
         return []
     last: dict[str, dict[str, Any]] = {}
-    for row in journal:
-        last[str(row["p"])] = row["e"]
+    for _id, path, entry in journal:
+        last[path] = entry
     spool = _spool(s)
-    objects = [str(row["e"]["o"]) for row in journal]
+    objects = [str(entry["o"]) for _id, _p, entry in journal]
     for name in objects:
         s.index.add_pending(sync.DATA_PREFIX + name)  # garbage if this never commits
     waiting = [o for o in objects if (spool / o).exists()]
@@ -90,7 +122,7 @@ def commit_staged(s: Session) -> list[str]:
     s.commit(ops)
     with s.index.transaction():
         s.index.clear_pending({sync.DATA_PREFIX + e["o"] for e in last.values()})
-        s.index.set_meta(STAGED, None)
+        s.index.drop_staged([i for i, _p, _e in journal])  # a stage since stays staged
     _log(s, "write", files=len(ops), objects=len(objects), segments=s.committed)
     return sorted(last)
 
