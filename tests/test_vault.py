@@ -449,3 +449,19 @@ def test_big_push_commits_batch_by_batch_and_resumes(
     cg("pull", "--folder", str(b))
     assert tree(a) == tree(b)
     cg("verify", "--read-data", "--folder", str(b))
+
+
+def test_staged_versions_are_rows_and_a_commit_drops_only_what_it_read(tmp_path: Path) -> None:
+    """A version staged while a commit runs must stay staged for the next one."""
+    from cloudguard.state import Index
+
+    index = Index(tmp_path / "index.db")
+    index.add_staged("a.txt", {"o": "1"})
+    index.add_staged("b.txt", {"o": "2"})
+    read = index.staged()  # what a commit reads
+    other = Index(tmp_path / "index.db")  # a stage from another thread, meanwhile
+    other.add_staged("c.txt", {"o": "3"})
+    other.close()
+    index.drop_staged([i for i, _p, _e in read])
+    assert [(p, e) for _i, p, e in index.staged()] == [("c.txt", {"o": "3"})]
+    index.close()
