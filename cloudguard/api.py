@@ -26,7 +26,7 @@ from .ops.rotate import key_rotate
 from .ops.status import open_reader, status
 from .ops.verify import verify
 from .reader import ChunkCache, FileReader
-from .session import UI, forget_unlocked, session, unlock, use_transport
+from .session import UI, Session, forget_unlocked, session, unlock, use_transport
 from .state import find_binding
 
 
@@ -60,7 +60,8 @@ class Vault:
     def refresh(self) -> None:
         """Pick up new manifest segments and key commits (verified as any session does)."""
         with session(self.folder, self.ui) as s:
-            self._stager = write.Stager.of(s)
+            if self._stager is not None:
+                self._stager.renew(s)
         self._seen = self._listing()
 
     def key_schedule(self) -> tuple[float, bool]:
@@ -74,8 +75,11 @@ class Vault:
 
     def rotate(self) -> dict[str, Any]:
         """A new key generation (no re-encryption), through the engine's own rotation."""
-        self._stager = None  # the next stage takes the new head
-        return key_rotate(self.folder, False, self.ui)
+        got = key_rotate(self.folder, False, self.ui)
+        if self._stager is not None:
+            with session(self.folder, self.ui) as s:  # the next stage takes the new head
+                self._stager.renew(s)
+        return got
 
     def poll(self) -> bool:
         """Has the remote changed since the last call (or refresh)? One listing of the
@@ -119,19 +123,32 @@ class Vault:
         return write.write_version(self.folder, path, stream, size, mode, mtime_ns)
 
     def stage_version(self, path: str, stream: Reader, size: int, mode: int = 0o644,
-                      mtime_ns: int = 0) -> None:
-        """Encrypted and durable on local disk, journaled; committed by :meth:`commit`.
-        Under the newest head verified by this Vault's last session (write.Stager)."""
-        stager = self._stager
-        if stager is None:
-            with session(self.folder, self.ui) as s:
-                stager = self._stager = write.Stager.of(s)
-        stager.stage(path, stream, size, mode, mtime_ns)
+                      mtime_ns: int = 0, durable: bool = False) -> None:
+        """Encrypted and journaled on local disk (``durable``: also against a power cut, as
+        fsync asks); committed by :meth:`commit`. Under the newest head verified by this
+        Vault's last session (write.Stager)."""
+        self._staging().stage(path, stream, size, mode, mtime_ns, durable)
+
+    def sync_staged(self) -> None:
+        """Every staged version so far, durable against a power cut (what fsync asks)."""
+        if self._stager is not None:
+            self._stager.sync()
+
+    def _staging(self, s: Session | None = None) -> write.Stager:
+        if s is not None and self._stager is not None:
+            self._stager.renew(s)
+        elif self._stager is None:
+            if s is None:
+                with session(self.folder, self.ui) as opened:
+                    self._stager = write.Stager(opened)
+            else:
+                self._stager = write.Stager(s)
+        return self._stager
 
     def commit(self) -> list[str]:
         """Upload and commit every staged version in one delta segment."""
         with session(self.folder, self.ui) as s:
-            self._stager = write.Stager.of(s)  # the head this session verified, from now
+            self._staging(s)  # the head this session verified, from now on
             return write.commit_staged(s)
 
     def rename(self, old: str, new: str) -> dict[str, Any]:
@@ -164,6 +181,9 @@ class Vault:
 
     def close(self) -> None:
         """Forget the unlocked key and the cached plaintext; stop the rclone."""
+        if self._stager is not None:
+            self._stager.close()
+            self._stager = None
         forget_unlocked(self.binding)
         use_transport(self.binding, None)
         self._transport.close()

@@ -10,9 +10,12 @@ not sent again). ``rename`` and ``delete`` are manifest-only: no content moves.
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
+import threading
 import time
-from dataclasses import dataclass
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,6 @@ from .. import sync
 from ..errors import UsageError
 from ..names import from_disk
 from ..session import Session, session
-from ..state import Index
 from .common import _log
 
 STAGED = "staged_versions"  # index meta: versions written and not yet committed
@@ -33,60 +35,98 @@ def _spool(s: Session) -> Path:
     return path
 
 
-@dataclass(frozen=True)
 class Stager:
     """What staging a version needs of a session: the newest verified head's KEK, the spool
-    and the index. A long-lived Vault keeps one between commits, so a close (the mount stages
-    at every close) costs an encryption and a journal row, not a session (8 ms each)."""
+    and the index. A long-lived Vault keeps one between commits (:meth:`renew` after each), so
+    a close (the mount stages at every close) costs an encryption and a journal row, not a
+    session (8 ms each).
 
-    index_path: Path
-    spool: Path
-    kek_id: str  # the head's KEK commitment, recorded in the entry
-    kek: bytes
-    padding: bool
-    md5: bool
+    A stage is durable against a killed process at once (the blob is written and the row
+    committed). ``durable`` (fsync) also makes it, and every stage before it, durable against
+    a power cut; a plain close, as on any file system, waits for the next :meth:`sync`."""
 
-    @classmethod
-    def of(cls, s: Session) -> Stager:
-        head = s.ring.head  # the generation floor: only ever the newest verified KEK
-        return cls(s.binding.dir / "index.db", _spool(s), head.kek, s.ring.head_kek,
-                   s.binding.padding != "none", not s.transport.local)
+    def __init__(self, s: Session) -> None:
+        self.spool = _spool(s)
+        self.padding = s.binding.padding != "none"
+        self.md5 = not s.transport.local
+        self._lock = threading.Lock()
+        self._unsynced: list[Path] = []
+        # the session's index made the staged table; this connection may serve FUSE threads
+        self._db = sqlite3.connect(s.binding.dir / "index.db", isolation_level=None,
+                                   check_same_thread=False, timeout=60)
+        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: safe when a process dies
+        self.renew(s)
+
+    def renew(self, s: Session) -> None:
+        """The head the latest session verified (the generation floor)."""
+        with self._lock:
+            self.kek_id, self.kek = s.ring.head.kek, s.ring.head_kek
 
     def stage(self, path: str, stream: fmt.Reader, size: int, mode: int = 0o644,
-              mtime_ns: int = 0) -> dict[str, Any]:
-        """Encrypt exactly ``size`` bytes of ``stream`` as a new version of ``path``, durable
+              mtime_ns: int = 0, durable: bool = False) -> dict[str, Any]:
+        """Encrypt exactly ``size`` bytes of ``stream`` as a new version of ``path``, journaled
         on local disk; nothing reaches the remote until :func:`commit_staged`."""
         path = sync.check_rel_path(path)
         object_id = fmt.new_object_id()
         dek, file_id = fmt.new_dek(), fmt.new_file_id()
         spool = self.spool / object_id
+        with self._lock:
+            kek_id, kek = self.kek_id, self.kek
         fd = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             with os.fdopen(fd, "wb") as fh:
                 out = sync.ObjectWriter(fh, md5=self.md5)
                 info = fmt.encrypt_blob(stream, out, dek, file_id, size, self.padding)
                 out.close()
-                fh.flush()
-                os.fsync(fh.fileno())
         except BaseException:
             spool.unlink(missing_ok=True)
             raise
         entry: dict[str, Any] = {
             "t": "f", "s": info.size, "m": mtime_ns, "x": mode & 0o777, "h": info.sha256,
-            "i": file_id.hex(), "k": fmt.b64(fmt.wrap_dek(self.kek, dek, file_id)),
-            "g": self.kek_id, "w": self.kek_id, "o": object_id, "a": 0, "n": info.blob_len,
+            "i": file_id.hex(), "k": fmt.b64(fmt.wrap_dek(kek, dek, file_id)),
+            "g": kek_id, "w": kek_id, "o": object_id, "a": 0, "n": info.blob_len,
             "om": out.md5()}
-        index = Index(self.index_path)
-        try:
-            index.add_staged(path, entry)
-        finally:
-            index.close()
+        with self._lock:
+            self._db.execute("INSERT INTO staged (p, e) VALUES (?, ?)",
+                             (path, json.dumps(entry)))
+            self._unsynced.append(spool)
+        if durable:
+            self.sync()
         return entry
+
+    def sync(self) -> None:
+        """Every stage so far, durable against a power cut: blobs, their folder, the rows."""
+        with self._lock:
+            for spool in self._unsynced:
+                with suppress(FileNotFoundError):  # committed and removed since
+                    fd = os.open(spool, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+            self._unsynced.clear()
+            fd = os.open(self.spool, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._db.execute("PRAGMA synchronous=FULL")  # this commit syncs the whole WAL
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('staged_synced', ?)",
+                             (json.dumps(time.time()),))
+            self._db.execute("PRAGMA synchronous=NORMAL")
+
+    def close(self) -> None:
+        self.sync()
+        self._db.close()
 
 
 def stage_version(s: Session, path: str, stream: fmt.Reader, size: int, mode: int = 0o644,
                   mtime_ns: int = 0) -> dict[str, Any]:
-    return Stager.of(s).stage(path, stream, size, mode, mtime_ns)
+    stager = Stager(s)
+    try:
+        return stager.stage(path, stream, size, mode, mtime_ns, durable=True)
+    finally:
+        stager.close()
 
 
 def commit_staged(s: Session) -> list[str]:
