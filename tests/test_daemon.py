@@ -142,12 +142,14 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
 
 @contextmanager
 def daemon(home: Path, log: Path, *folders: Path, extra: tuple[str, ...] = (),
-           config: str = "") -> Iterator[subprocess.Popen[bytes]]:
+           config: str = "", prefix: tuple[str, ...] = ()
+           ) -> Iterator[subprocess.Popen[bytes]]:
+    """``prefix``: a command the daemon runs under (e.g. unshare into a user namespace)."""
     (home / "config.toml").write_text("[daemon]\npoll_seconds = 0.5\nquiet_closed = 0.2\n"
                                       "min_interval = 0.5\n" + config)
     env = {**os.environ, "CLOUDGUARD_HOME": str(home)}
     with log.open("wb") as out:
-        proc = subprocess.Popen([*CLOUDGUARD, "daemon", "run", *extra,
+        proc = subprocess.Popen([*prefix, *CLOUDGUARD, "daemon", "run", *extra,
                                  *(arg for f in folders for arg in ("--folder", str(f)))],
                                 env=env, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT)
@@ -1089,28 +1091,15 @@ def test_a_watch_limit_keeps_the_watches_held_and_rescans_the_rest(local_remote:
     for i in range(16):
         (folder / f"sub{i:02d}").mkdir(parents=True)
     cg("init", str(folder), "--remote", local_remote)
-    home = Path(os.environ["CLOUDGUARD_HOME"])
-    (home / "config.toml").write_text("[daemon]\npoll_seconds = 0.5\nrescan_seconds = 2\n"
-                                      "quiet_closed = 0.2\nmin_interval = 0.5\n")
     log = tmp_path / "daemon.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            ["unshare", "-Ur", "sh", "-c",
-             'echo 6 > /proc/sys/user/max_inotify_watches && exec "$@"', "sh",
-             *CLOUDGUARD, "daemon", "run", "--folder", str(folder)],
-            env={**os.environ}, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-    try:
+    limited = ("unshare", "-Ur", "sh", "-c",
+               'echo 6 > /proc/sys/user/max_inotify_watches && exec "$@"', "sh")
+    with daemon(Path(os.environ["CLOUDGUARD_HOME"]), log, folder, prefix=limited,
+                config="rescan_seconds = 2\n"):
         wait_for("the coverage warning", lambda: re.search(
             rb"watching ([0-6]) of 17 folders", log.read_bytes()) is not None, 60)
         deep = sorted(folder.glob("sub*"))[-1] / "deep.txt"
         deep.write_text("found by a rescan")
         wait_for("the rescan's push", lambda: cg_json("status", "--folder", str(folder))[
             "to_push"] == [], 60)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     assert "fs.inotify.max_user_watches" in log.read_text()

@@ -15,6 +15,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -197,40 +198,40 @@ def rename(folder: str | None, old: str, new: str) -> dict[str, Any]:
         return {"renamed": {old: new}, "paths": len(moved)}
 
 
-def set_mode(folder: str | None, path: str, mode: int) -> dict[str, Any]:
-    """A new version of ``path`` with permission bits ``mode`` (never setuid, setgid or sticky)
-    and the same content: a manifest-only change."""
+def _retouch(folder: str | None, path: str, field: str, value: int, event: str,
+             refuse: Callable[[dict[str, Any]], str | None]) -> bool:
+    """A new version of ``path`` with one metadata field changed and the same content (a
+    manifest-only change); False when it already had that value."""
     path = sync.check_rel_path(path)
     with session(folder) as s:
         sibs = s.state.siblings(path)
         if not sibs:
             raise UsageError(f"{path}: not in the vault")
         _dot, entry = sync.newest(sibs)
-        if entry.get("t") == "l":
-            raise UsageError(f"{path}: a symlink has no mode of its own")
-        mode &= 0o777
-        if int(entry.get("x", -1)) == mode:
-            return {"path": path, "mode": mode, "changed": False}
-        s.commit([{"p": path, "e": {**entry, "x": mode}, "rm": sorted(sibs, key=sync.dot_key)}])
-        _log(s, "chmod", files=1, segments=s.committed)
-        return {"path": path, "mode": mode, "changed": True}
+        why = refuse(entry)
+        if why:
+            raise UsageError(f"{path}: {why}")
+        if entry.get("t") == "d" and field == "m" or int(entry.get(field, -1)) == value:
+            return False  # a folder has no time of its own
+        s.commit([{"p": path, "e": {**entry, field: value},
+                   "rm": sorted(sibs, key=sync.dot_key)}])
+        _log(s, event, files=1, segments=s.committed)
+        return True
+
+
+def set_mode(folder: str | None, path: str, mode: int) -> dict[str, Any]:
+    """Permission bits ``mode`` (never setuid, setgid or sticky) for ``path``."""
+    mode &= 0o777
+    changed = _retouch(folder, path, "x", mode, "chmod", lambda e: (
+        "a symlink has no mode of its own" if e.get("t") == "l" else None))
+    return {"path": sync.check_rel_path(path), "mode": mode, "changed": changed}
 
 
 def set_mtime(folder: str | None, path: str, mtime_ns: int) -> dict[str, Any]:
-    """A new version of ``path`` with modification time ``mtime_ns`` and the same content
-    (what `touch -d`, `rsync -t` and `cp -a` ask of a mount): a manifest-only change."""
-    path = sync.check_rel_path(path)
-    with session(folder) as s:
-        sibs = s.state.siblings(path)
-        if not sibs:
-            raise UsageError(f"{path}: not in the vault")
-        _dot, entry = sync.newest(sibs)
-        if entry.get("t") == "d" or int(entry.get("m", -1)) == mtime_ns:
-            return {"path": path, "mtime_ns": mtime_ns, "changed": False}
-        s.commit([{"p": path, "e": {**entry, "m": mtime_ns},
-                   "rm": sorted(sibs, key=sync.dot_key)}])
-        _log(s, "touch", files=1, segments=s.committed)
-        return {"path": path, "mtime_ns": mtime_ns, "changed": True}
+    """Modification time ``mtime_ns`` for ``path`` (what `touch -d`, `rsync -t` and `cp -a`
+    ask of a mount)."""
+    changed = _retouch(folder, path, "m", mtime_ns, "touch", lambda e: None)
+    return {"path": sync.check_rel_path(path), "mtime_ns": mtime_ns, "changed": changed}
 
 
 def delete(folder: str | None, path: str) -> dict[str, Any]:
