@@ -566,3 +566,22 @@ def test_a_streamed_snapshot_is_the_same_bytes_as_the_dict(seed: int, steps: int
     args = (bytes(32), 3, "cd" * 32, "ef" * 32, "m/x")
     assert fmt.seal_segment(*args, whole, signer, nonce=bytes(12)) == fmt.seal_segment(
         *args, [text[:7], text[7:50], text[50:]], signer, nonce=bytes(12))
+
+
+def test_a_snapshot_cannot_plant_a_remover() -> None:
+    """Review round 4, S10: a history row whose remover (``rb``) the snapshot's writer never
+    saw is planted (refused), like a move."""
+    from cloudguard.manifest.segments import _check_segment
+
+    dev, other = "aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"
+
+    def snap(rb: str) -> dict[str, Any]:
+        row = {"e": {"t": "d", "sg": "x"}, "g": 5, "rb": rb}
+        return {"kind": "snapshot", "device": dev, "seq": 3, "ctx": {dev: 3, other: 7},
+                "created": "2024-01-01T00:00:00+00:00", "paths": {},
+                "attic": {"p": {f"{dev}:1": row}}}
+
+    with pytest.raises(IntegrityError, match="removal its writer never saw"):
+        _check_segment("m/x", snap(f"{other}:999999"))
+    _check_segment("m/x", snap(f"{other}:7"))
+    _check_segment("m/x", snap(""))

@@ -210,6 +210,7 @@ def _check_segment(name: str, payload: dict[str, Any]) -> None:
             _attic(payload.get("attic"))
             _floor(payload)
             _check_moves(payload, ctx, time_of(payload))
+            _check_removers(payload, ctx)
         else:
             _ctx(payload.get("deps"))
             payload["ops"] = _CheckedOps(check_ops(payload.get("ops")))
@@ -233,6 +234,20 @@ def _check_moves(payload: dict[str, Any], ctx: dict[str, int], until: int) -> No
                 raise IntegrityError("manifest entry names a move its writer never saw")
         if entry["rt"] > until:
             entry["rt"] = until
+
+
+def _check_removers(payload: dict[str, Any], ctx: dict[str, int]) -> None:
+    """A history row names the delta that removed the version (``rb``): one its writer had
+    not seen is planted (review round 4, S10), as a move is: after that writer's removal it
+    would bring back versions a user deleted on purpose."""
+    for rows in (payload.get("attic") or {}).values():
+        for row in rows.values():
+            remover = row.get("rb")
+            if remover:
+                device, _, seq = remover.partition(":")
+                if int(seq) > ctx.get(device, 0):
+                    raise IntegrityError("manifest history names a removal its writer never "
+                                         "saw")
 
 
 def check_ops(ops: object) -> list[dict[str, Any]]:
