@@ -533,7 +533,7 @@ def test_a_snapshot_cannot_plant_a_move_or_a_time_in_the_future() -> None:
     from cloudguard.manifest.segments import _check_segment
 
     dev = "aaaaaaaaaaaaaaaa"
-    moved = {"t": "d", "sg": "x", "rd": [f"{dev}:9"], "rt": 4_000_000_000,
+    moved = {"t": "d", "sg": "x", "rd": [f"{dev}:9"], "rt": 4_000_000_000, "r": 1,
              "pl": {"o": "11" * 16, "a": 0}}
 
     def snap(ctx: int) -> dict[str, Any]:
@@ -585,3 +585,31 @@ def test_a_snapshot_cannot_plant_a_remover() -> None:
         _check_segment("m/x", snap(f"{other}:999999"))
     _check_segment("m/x", snap(f"{other}:7"))
     _check_segment("m/x", snap(""))
+
+
+def test_a_kept_place_ranks_below_its_entry_and_one_place_holds_one_blob() -> None:
+    """Review round 4, S5: a `pl` is the place before a move, and every move raises `r`, so a
+    `pl` that does not rank below its entry is planted (it would win the max-register when a
+    late move is undone); and two copies of one dot at one place (`r`, `o`) naming another
+    offset, length or file id are refused, not resolved by the tie-break."""
+    from cloudguard.manifest.segments import check_entry
+
+    moved = {"t": "d", "sg": "x", "rd": ["aaaaaaaaaaaaaaaa:9"], "rt": 5, "r": 2,
+             "pl": {"o": "11" * 16, "a": 0, "r": 1}}
+    check_entry(moved)
+    for planted in (1_000_000_000, 2):
+        with pytest.raises(IntegrityError):
+            check_entry({**moved, "pl": {**moved["pl"], "r": planted}})
+    state = mf.State()
+    signer = Ed25519PrivateKey.generate()
+    dev = "aaaaaaaaaaaaaaaa"
+    entry = {"t": "f", "s": 1, "m": 1, "x": 0o644, "h": "00" * 32, "o": "22" * 16, "a": 0,
+             "n": 100, "i": "33" * 16, "k": "k", "g": "g", "r": 1}
+    ops = [{"p": "f", "e": dict(entry), "rm": []}]
+    sign_entries({"device": dev, "seq": 1, "ops": ops}, signer, "v" * 64)
+    state.apply_delta(dev, 1, ops)
+    held = state.entry("f", f"{dev}:1")
+    assert held is not None
+    with pytest.raises(IntegrityError, match="two blobs at one place"):
+        state.merge_snapshot({dev: 1}, [("f", {f"{dev}:1": {**held, "a": 4096}})])
+    state.merge_snapshot({dev: 1}, [("f", {f"{dev}:1": {**held, "k": "rewrapped"}})])

@@ -329,6 +329,10 @@ class State:
     def _same_version(self, path: str, dot: str, had: Entry, entry: Entry) -> None:
         """One dot, one content (format.md, "Entry signatures"): a copy that differs from
         the one held is checked, and a correctly signed different content is a fork."""
+        if all(had.get(k) == entry.get(k) for k in ("r", "o")) and any(
+                had.get(k) != entry.get(k) for k in ("a", "n", "i")):
+            # one place, one blob (review round 4, S5): only a rewrap's key fields may differ
+            raise IntegrityError(f"manifest entry {dot} names two blobs at one place")
         if had.get(SIG_FIELD) == entry.get(SIG_FIELD) and content(had) == content(entry):
             return
         self._check(path, dot, entry)

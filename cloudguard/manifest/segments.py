@@ -178,7 +178,9 @@ def check_entry(entry: object) -> Entry:
         rd = entry.get("rd")
         if not ("pl" in entry and "rt" in entry and rd and all(
                 type(d) is str and _DOT.match(d) for d in rd)
-                and _location(entry["pl"], previous=True)):
+                and _location(entry["pl"], previous=True)
+                # every move raises r: a place kept from before one is lower (round 4, S5)
+                and int(entry["pl"].get("r", 0)) < int(entry.get("r", 0))):
             raise IntegrityError("manifest entry is malformed")
     kind = entry.get("t")
     if kind == "f":
