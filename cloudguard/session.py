@@ -413,7 +413,7 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
             loaded = mf.load(segs, fetch, _opener(ring, index), binding.device, seen, cache, state,
                              cutoffs, skipped, ring.view.disputed,
                              mf.Verifier(binding.vault_id, ring.view.signer_key),
-                             index.get_meta("written", None))
+                             mf.written(index.get_meta("written", None), segs, binding.device))
             for reason in skipped:
                 ui.warn(reason)
             _finish_deletions(index, transport, listing, loaded)

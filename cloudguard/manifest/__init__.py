@@ -19,7 +19,7 @@ Everything is re-exported here, so callers say ``mf.X``.
 from __future__ import annotations
 
 from .crdt import State, dot_of
-from .loading import Loaded, Opener, _clamp, _pinned, load, reissue_ops
+from .loading import Loaded, Opener, _clamp, _pinned, load, reissue_ops, written
 from .moves import Entry, join_remover, moved, unmoved
 from .segments import (
     MAX_SEQ,
@@ -63,4 +63,5 @@ __all__ = [
     "snapshot_payload",
     "time_of",
     "unmoved",
+    "written",
 ]

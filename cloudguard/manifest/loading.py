@@ -401,3 +401,12 @@ def reissue_ops(state: State, todo: list[tuple[str, str]], skip: set[str]
             ops.append({"p": path, "e": {k: v for k, v in entry.items() if k != "sg"},
                         "rm": [dot]})
     return ops
+
+
+def written(recorded: int | None, segments: dict[str, int], device: str) -> int | None:
+    """The highest seq ``device`` wrote: its own record, or a listed segment of its own above
+    it (a state restored from a backup). None when it never recorded one (a clone)."""
+    if recorded is None:
+        return None
+    listed = [got[1] for n in segments if (got := parse_name(n)) and got[0] == device]
+    return max([int(recorded), *listed])
