@@ -107,7 +107,8 @@ class RcdTransport:
                  "--rc-serve", "--log-level", "NOTICE", *self.inner.extra],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
                 preexec_fn=_die_with_parent)  # noqa: PLW1509 (one ctypes call, no locks)
-        self._all: list[_UnixConnection] = []
+        self._all: list[tuple[threading.Thread, _UnixConnection]] = []
+        self._all_lock = threading.Lock()
         self._local = threading.local()  # http.client connections are not thread-safe: one each
         deadline = time.monotonic() + 15
         while True:
@@ -128,7 +129,11 @@ class RcdTransport:
         if conn is None:
             conn = _UnixConnection(self._sock, self.stall)
             self._local.conn = conn
-            self._all.append(conn)
+            with self._all_lock:  # threads come and go (a session's fetches, FUSE's workers):
+                for thread, old in [t for t in self._all if not t[0].is_alive()]:
+                    old.close()  # a dead thread's connection would hold its socket for ever
+                    self._all.remove((thread, old))
+                self._all.append((threading.current_thread(), conn))
         return conn
 
     def _drop_connection(self) -> None:
@@ -286,9 +291,10 @@ class RcdTransport:
         return self.inner.local_root()
 
     def close(self) -> None:
-        for conn in self._all:
-            conn.close()
-        self._all.clear()
+        with self._all_lock:
+            for _thread, conn in self._all:
+                conn.close()
+            self._all.clear()
         if self._proc.poll() is None:
             self._proc.terminate()
             try:
