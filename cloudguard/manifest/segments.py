@@ -321,32 +321,31 @@ def delta_payload(device: str, seq: int, deps: dict[str, int], prev: str | None,
 
 def snapshot_json(device: str, seq: int, state: State, prev: str | None = None
                   ) -> Iterator[bytes]:
-    """The JSON text of :func:`snapshot_payload` (compact, keys sorted: the same bytes), one
-    path at a time, so a snapshot of 100,000 entries is never held as objects or as text."""
+    """The whole state with ``device`` at ``seq`` as compact, key-sorted JSON text, one path
+    at a time, so a snapshot of 100,000 entries is never held as objects or as text; the
+    caller records that seq once uploaded. ``prev`` (the writer's previous segment's hash)
+    chains snapshots like deltas."""
     def dump(value: Any) -> bytes:
         return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
 
-    def rows(pairs: Iterator[tuple[str, Any]]) -> Iterator[bytes]:
-        yield b"{"
-        for i, (path, value) in enumerate(pairs):
-            yield (b"," if i else b"") + dump(path) + b":" + dump(value)
-        yield b"}"
-
-    head = {"created": now_iso(), "ctx": {**state.ctx, device: seq}, "device": device,
-            "floor": state.floor, "kind": "snapshot", "prev": prev, "seq": seq}
-    yield b'{"attic":'
-    yield from rows(state.attic_rows())
-    for key in ("created", "ctx", "device", "floor", "kind"):
-        yield b"," + dump(key) + b":" + dump(head[key])
-    yield b',"paths":'
-    yield from rows(state.items())
-    yield b',"prev":' + dump(prev) + b',"seq":' + dump(seq) + b"}"
+    streamed = {"attic": state.attic_rows(), "paths": state.items()}
+    fields: dict[str, Any] = {
+        "kind": "snapshot", "device": device, "seq": seq, "ctx": {**state.ctx, device: seq},
+        "prev": prev, "created": now_iso(), "floor": state.floor, **streamed}
+    for i, key in enumerate(sorted(fields)):
+        yield (b"{" if i == 0 else b",") + dump(key) + b":"
+        if key in streamed:
+            yield b"{"
+            for j, (path, value) in enumerate(fields[key]):
+                yield (b"," if j else b"") + dump(path) + b":" + dump(value)
+            yield b"}"
+        else:
+            yield dump(fields[key])
+    yield b"}"
 
 
 def snapshot_payload(device: str, seq: int, state: State, prev: str | None = None
                      ) -> dict[str, Any]:
-    """The whole state with ``device`` at ``seq``; the caller records that seq once uploaded.
-    ``prev`` (the writer's previous segment's hash) chains snapshots like deltas."""
-    return {"kind": "snapshot", "device": device, "seq": seq, "ctx": {**state.ctx, device: seq},
-            "prev": prev, "created": now_iso(), "paths": dict(state.items()),
-            "attic": state.attic_payload(), "floor": state.floor}
+    """:func:`snapshot_json` as one dict (tests and small states)."""
+    parsed: dict[str, Any] = json.loads(b"".join(snapshot_json(device, seq, state, prev)))
+    return parsed
