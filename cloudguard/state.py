@@ -241,10 +241,12 @@ def signature(kind: str, size: int, mtime: int, mode: int, target: str, ctime: i
 class Index:
     """SQLite in WAL mode: what was last synced, so changes on either side can be told apart."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, threads: bool = False) -> None:
+        """``threads``: one connection for several threads (the caller serialises its use)."""
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # SQLite's -wal/-shm inherit it
-        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=not threads,
+                                  timeout=60 if threads else 5)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(

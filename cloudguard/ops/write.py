@@ -10,9 +10,7 @@ not sent again). ``rename`` and ``delete`` are manifest-only: no content moves.
 
 from __future__ import annotations
 
-import json
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +23,7 @@ from .. import sync
 from ..errors import UsageError
 from ..names import from_disk
 from ..session import Session, session
+from ..state import Index
 from .common import _log
 
 STAGED = "staged_versions"  # index meta: versions written and not yet committed
@@ -52,10 +51,8 @@ class Stager:
         self.md5 = not s.transport.local
         self._lock = threading.Lock()
         self._unsynced: list[Path] = []
-        # the session's index made the staged table; this connection may serve FUSE threads
-        self._db = sqlite3.connect(s.binding.dir / "index.db", isolation_level=None,
-                                   check_same_thread=False, timeout=60)
-        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: safe when a process dies
+        self._index = Index(s.binding.dir / "index.db", threads=True)  # FUSE's threads
+        self._index.db.execute("PRAGMA synchronous=NORMAL")  # WAL: safe when a process dies
         self.renew(s)
 
     def renew(self, s: Session) -> None:
@@ -88,8 +85,7 @@ class Stager:
             "g": kek_id, "w": kek_id, "o": object_id, "a": 0, "n": info.blob_len,
             "om": out.md5()}
         with self._lock:
-            self._db.execute("INSERT INTO staged (p, e) VALUES (?, ?)",
-                             (path, json.dumps(entry)))
+            self._index.add_staged(path, entry)
             self._unsynced.append(spool)
         if durable:
             self.sync()
@@ -98,27 +94,21 @@ class Stager:
     def sync(self) -> None:
         """Every stage so far, durable against a power cut: blobs, their folder, the rows."""
         with self._lock:
-            for spool in self._unsynced:
-                with suppress(FileNotFoundError):  # committed and removed since
-                    fd = os.open(spool, os.O_RDONLY)
+            for path in [*self._unsynced, self.spool]:
+                with suppress(FileNotFoundError):  # a blob committed and removed since
+                    fd = os.open(path, os.O_RDONLY)
                     try:
                         os.fsync(fd)
                     finally:
                         os.close(fd)
             self._unsynced.clear()
-            fd = os.open(self.spool, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            self._db.execute("PRAGMA synchronous=FULL")  # this commit syncs the whole WAL
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('staged_synced', ?)",
-                             (json.dumps(time.time()),))
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._index.db.execute("PRAGMA synchronous=FULL")  # this commit syncs the WAL
+            self._index.set_meta("staged_synced", time.time())
+            self._index.db.execute("PRAGMA synchronous=NORMAL")
 
     def close(self) -> None:
         self.sync()
-        self._db.close()
+        self._index.close()
 
 
 def stage_version(s: Session, path: str, stream: fmt.Reader, size: int, mode: int = 0o644,
