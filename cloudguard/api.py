@@ -135,14 +135,15 @@ class Vault:
             self._stager.sync()
 
     def _staging(self, s: Session | None = None) -> write.Stager:
-        if s is not None and self._stager is not None:
-            self._stager.renew(s)
-        elif self._stager is None:
-            if s is None:
+        """The stager, under the head ``s`` verified (or a session of its own at first)."""
+        if s is None:
+            if self._stager is None:
                 with session(self.folder, self.ui) as opened:
                     self._stager = write.Stager(opened)
-            else:
-                self._stager = write.Stager(s)
+        elif self._stager is None:
+            self._stager = write.Stager(s)
+        else:
+            self._stager.renew(s)
         return self._stager
 
     def commit(self) -> list[str]:

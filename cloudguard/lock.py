@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,19 +35,23 @@ def register(kind: str, mountpoint: str | None = None, folder: str | None = None
     return record
 
 
-def mounts(folder: str) -> list[str]:
-    """Mount points where a live mount of ours serves the vault bound to ``folder``."""
-    out: list[str] = []
+def _live_mounts() -> Iterator[tuple[int, dict[str, Any]]]:
+    """(pid, record) of every mount of ours still running."""
     for record in sorted(run_dir().glob("mount-*.json")):
         try:
             doc = json.loads(record.read_text())
-        except (OSError, ValueError):
+            pid = int(doc["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
             continue
-        where = doc.get("mountpoint")
-        if (doc.get("folder") == folder and isinstance(where, str)
-                and _is_ours(int(doc.get("pid", 0))) and os.path.ismount(where)):
-            out.append(where)
-    return out
+        if _is_ours(pid):
+            yield pid, doc
+
+
+def mounts(folder: str) -> list[str]:
+    """Mount points where a live mount of ours serves the vault bound to ``folder``."""
+    return [where for _pid, doc in _live_mounts()
+            if doc.get("folder") == folder and isinstance(where := doc.get("mountpoint"), str)
+            and os.path.ismount(where)]
 
 
 def alive(pid: int) -> bool:
@@ -60,13 +65,8 @@ def alive(pid: int) -> bool:
 
 def mount_process(mountpoint: str) -> tuple[int, str] | None:
     """(pid, bound folder) of the live mount of ours at ``mountpoint``, if any."""
-    for record in sorted(run_dir().glob("mount-*.json")):
-        try:
-            doc = json.loads(record.read_text())
-            pid = int(doc["pid"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if doc.get("mountpoint") == mountpoint and _is_ours(pid):
+    for pid, doc in _live_mounts():
+        if doc.get("mountpoint") == mountpoint:
             return pid, str(doc.get("folder"))
     return None
 

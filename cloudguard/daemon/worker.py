@@ -290,9 +290,10 @@ class FolderWorker(threading.Thread):
         self.vault = Vault(str(folder), UI(warn=self._engine_warning),
                            bandwidth=self.limits.bandwidth)
         kind = fs_type(folder)
-        observer: Any = PollingObserver(timeout=POLL_WATCH) if polled(kind) else Observer()
-        self.status.extra["watch"] = "polling" if polled(kind) else "inotify"
-        if polled(kind):
+        polling = polled(kind)
+        observer: Any = PollingObserver(timeout=POLL_WATCH) if polling else Observer()
+        self.status.extra["watch"] = "polling" if polling else "inotify"
+        if polling:
             self.log.info("folder %s is on %s: looking for changes every %.0f s (inotify "
                           "does not see other machines' changes there)", self.binding.id,
                           kind, POLL_WATCH)
@@ -301,7 +302,7 @@ class FolderWorker(threading.Thread):
                               event_filter=EVENTS)
             observer.start()
             self.status.extra["watching"] = True
-            if not polled(kind):
+            if not polling:
                 self._check_coverage()
         except OSError as exc:  # ENOSPC: max_user_watches; EMFILE: max_user_instances
             observer = None
