@@ -23,36 +23,35 @@ from .chain import (
 from .errors import IntegrityError
 
 
-def _union(commits: dict[str, Commit], disputed: set[str] | None = None,
+def _union(commits: dict[str, Commit], challenged: Iterable[Commit] = (),
            every: dict[str, Commit] | None = None
            ) -> tuple[dict[str, MemberKeys], dict[str, Cutoff], set[str]]:
     """Two-phase set over commits: once removed, never a member; the earliest cutoff wins.
 
     Only a genesis or an add brings a member in, and only a remove takes one out with its
     cutoff: every other commit's ``members`` and ``removed`` are claims, checked but never
-    used, so a member added, or removed, on a void branch is not, even where an honest commit
-    built on that branch repeats it (review round 3, R4). A removal in ``disputed`` removes its
-    target too; its cutoff counts only where no counting removal gives one, and then it pins
-    which segments are read but clamps nothing (the third value: those targets), so neither
-    side of a dispute can make readers drop what the other wrote. ``every`` holds the parents
-    (void ones too)."""
-    disputed = disputed or set()
+    used, so a member added on a void branch is not, even where an honest commit built on
+    that branch repeats it (review round 3, R4). A ``challenged`` removal (void, attacked by
+    another) takes its target out too: removals win (review round 4, S2). The third value is
+    the members that only challenged removals took out, which devices report. ``every``
+    holds the parents (void ones too)."""
     every = commits if every is None else every
     added: dict[str, MemberKeys] = {}
     cuts: dict[str, list[Cutoff]] = {}
-    weak: dict[str, list[Cutoff]] = {}
+    firm: set[str] = set()
     for c in commits.values():
         for rid, keys in _brought_in(c, every).items():
             if added.setdefault(rid, keys) != keys:
                 raise IntegrityError(f"{c.name}: member {rid} has two different keys")
+    for c, counts in [*((c, True) for c in commits.values()), *((c, False) for c in challenged)]:
         if c.action != "remove":
             continue
         for rid in _fresh(c, every):
-            (weak if c.id in disputed else cuts).setdefault(rid, []).append(c.removed[rid])
+            cuts.setdefault(rid, []).append(c.removed[rid])
+            if counts:
+                firm.add(rid)
     removed = {rid: _earliest(found) for rid, found in cuts.items()}
-    soft = {rid for rid in weak if rid not in removed}
-    removed.update({rid: _earliest(weak[rid]) for rid in soft})
-    return {r: k for r, k in added.items() if r not in removed}, removed, soft
+    return {r: k for r, k in added.items() if r not in removed}, removed, set(removed) - firm
 
 
 def _brought_in(c: Commit, every: dict[str, Commit]) -> dict[str, MemberKeys]:
@@ -94,9 +93,9 @@ def merge_members(view: View, parent: Commit, tips: Iterable[str]
 def _merged(every: dict[str, Commit], starts: list[Commit]
             ) -> tuple[dict[str, MemberKeys], dict[str, Cutoff]]:
     scope = {cid: every[cid] for cid in _closure(starts, every)}
-    void, disputed = _void(scope)
-    members, removed, _soft = _union({cid: c for cid, c in scope.items() if cid not in void},
-                                     disputed, scope)
+    void, challenged = _void(scope)
+    members, removed, _only = _union({cid: c for cid, c in scope.items() if cid not in void},
+                                     [scope[cid] for cid in challenged], scope)
     return members, removed
 
 
@@ -126,8 +125,8 @@ class View:
     opened: set[str] = field(default_factory=set)
     deferred: list[str] = field(default_factory=list)
     void: list[str] = field(default_factory=list)
-    disputes: set[str] = field(default_factory=set)  # removals neither side wins (format.md)
-    disputed: set[str] = field(default_factory=set)  # members removed only by those: no clamp
+    challenged: set[str] = field(default_factory=set)  # void removals that still remove
+    contested: set[str] = field(default_factory=set)  # members only those took out
     voided: dict[str, Commit] = field(default_factory=dict)  # still name KEKs of segments
 
     def ancestry(self, commit: Commit) -> list[Commit]:
@@ -136,6 +135,12 @@ class View:
     def find(self, commit_id: str) -> Commit | None:
         """A verified commit, void or not: a segment may name either (format.md)."""
         return self.commits.get(commit_id) or self.voided.get(commit_id)
+
+    def must_find(self, commit_id: str) -> Commit:
+        found = self.find(commit_id)
+        if found is None:
+            raise KeyError(commit_id)
+        return found
 
     def _reach(self, start: Commit, commits: dict[str, Commit] | None = None) -> set[str]:
         """``start``'s ancestry and every branch a merge in it took in."""
@@ -169,6 +174,18 @@ class View:
         # the head's slots went to members the merged view does not hold (a branch that
         # counted for its writer turned out void here): merge before encrypting under it
         return set(self.head.members) != set(self.members)
+
+    def merge_tips(self, skip: frozenset[str] = frozenset()) -> list[str]:
+        """What a merge on the head takes in: every branch tip it does not cover, and every
+        challenged removal its ancestry does not name. A challenged removal is void (no tip),
+        but its target is out, and the merge's verifiers see that only from the merge's own
+        ancestry (review round 4, S2). ``skip``: signers whose branches stay out."""
+        covered = self.covered()
+        parents = {c.parent for c in self.commits.values()}
+        tips = {c.id for c in self.commits.values()
+                if c.id not in covered and c.id not in parents and c.signer not in skip}
+        named = _closure([self.head], {**self.voided, **self.commits})
+        return sorted(tips | (self.challenged - named))
 
     def signer_key(self, rid: str) -> bytes | None:
         if rid in self.members:
@@ -230,9 +247,10 @@ def verify(vault_id: str, listing: Iterable[str], fetch: Callable[[str], bytes],
             verified[cid] = c
             del waiting[cid]
             progress = True
-    void, disputes = _void(verified)
+    void, challenged = _void(verified)
     voided = {cid: verified.pop(cid) for cid in void}
-    members, removed, disputed = _union(verified, disputes, {**voided, **verified})
+    members, removed, contested = _union(verified, [voided[cid] for cid in challenged],
+                                         {**voided, **verified})
     children: dict[str, list[Commit]] = {}
     for c in verified.values():
         if c.parent:
@@ -249,31 +267,25 @@ def verify(vault_id: str, listing: Iterable[str], fetch: Callable[[str], bytes],
                                      f"{kid.signer}), which voids one of them")
     view = View(vault_id, verified, head_of(verified, children, genesis), members, removed,
                 deferred=sorted(c.name for c in waiting.values()))
-    view.disputes, view.disputed = disputes, disputed
+    view.challenged, view.contested = challenged, contested
     view.voided = voided
     view.void = sorted(decoded[cid].name for cid in void)
     return view
 
 
 def _void(verified: dict[str, Commit]) -> tuple[set[str], set[str]]:
-    """(void commits, disputed removals); depends only on the commits given.
+    """(void commits, challenged removals); depends only on the commits given.
 
-    One attack graph, decided by its grounded labelling (review round 3, R9): unique, found
-    from the unattacked commits upward, and independent of listing order. A removal ``r`` of
-    member M attacks every commit ``c`` signed by M that ``r`` does not build on, and every
-    commit whose signer was brought in, directly or through further adds, by such a commit of
-    M: a member that a removed member added on a branch from the past signs nothing.
-
-    A commit counts (IN) when every removal attacking it is OUT; it is void (OUT) when a
-    counting removal attacks it. Commits that neither rule decides (removals that attack each
-    other: a removed member answering with a removal of its remover, or a cycle through
-    several) are *disputed*. Nothing tells the sides apart (each could be the thief), so a
-    disputed removal still takes its target out, with its recorded cutoff pinning what is read
-    but clamping nothing, and every other disputed commit is void: nobody in a dispute gets a
-    new key, nobody's word in it adds or keeps anyone, and a removal it disputes is not undone.
+    A removal ``r`` of member M attacks every commit ``c`` signed by M that ``r`` does not
+    build on, and every commit whose signer was brought in, directly or through further adds,
+    by such a commit of M: a member that a removed member added on a branch from the past signs
+    nothing. Removals win (review round 4, S2): every removal attacks, attacked or not, and an
+    attacked commit is void. A removal that another attacks is *challenged*: void, yet it still
+    takes its target out. Two concurrent removals are symmetric in the chain (a thief's
+    backdated answer looks like an honest race), so sparing one side would spare the other,
+    and a counting removal that voided its target's removals brought a revoked kit back.
     """
     reach = {cid: _closure([c], verified) for cid, c in verified.items()}
-    removals = {c.id: _fresh(c, verified) for c in verified.values() if c.action == "remove"}
 
     def introduced(c: Commit) -> set[str]:
         """``c`` and the commits that brought its signer in, back to the genesis."""
@@ -288,29 +300,16 @@ def _void(verified: dict[str, Commit]) -> tuple[set[str], set[str]]:
                      if a != x.id and x.signer in _brought_in(verified[a], verified)]
         return out
 
-    chains = {cid: introduced(c) for cid, c in verified.items()}
     unsigned = {cid for cid, c in verified.items() if c.action != "genesis" and not any(
         c.signer in _brought_in(verified[a], verified) for a in reach[cid])}
-    attackers = {cid: {r for r, gone in removals.items()
-                       if any(verified[x].signer in gone and x not in reach[r]
-                              for x in chains[cid])}
-                 for cid in verified}
-    counted: set[str] = set()
-    out: set[str] = set(unsigned)
-    changed = True
-    while changed:
-        changed = False
-        for cid, by in attackers.items():
-            if cid in counted or cid in out:
-                continue
-            if by & counted:
-                out.add(cid)
-                changed = True
-            elif by <= out:
-                counted.add(cid)
-                changed = True
-    disputed = {cid for cid in removals if cid not in counted and cid not in out}
-    return set(verified) - counted - disputed, disputed
+    removals = {c.id: _fresh(c, verified) for c in verified.values()
+                if c.action == "remove" and c.id not in unsigned}
+    chains = {cid: introduced(c) for cid, c in verified.items()}
+    attacked = {cid for cid in verified
+                if any(verified[x].signer in gone and x not in reach[r]
+                       for r, gone in removals.items() for x in chains[cid])}
+    challenged = {r for r in removals if r in attacked}
+    return unsigned | attacked, challenged
 
 
 def head_of(commits: dict[str, Commit], children: dict[str, list[Commit]],

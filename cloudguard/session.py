@@ -411,7 +411,7 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
 
             cutoffs = {rid: (cut.seq, cut.hash) for rid, cut in ring.view.removed.items()}
             loaded = mf.load(segs, fetch, _opener(ring, index), binding.device, seen, cache, state,
-                             cutoffs, skipped, ring.view.disputed,
+                             cutoffs, skipped,
                              mf.Verifier(binding.vault_id, ring.view.signer_key),
                              mf.written(index.get_meta("written", None), segs, binding.device))
             for reason in skipped:

@@ -107,11 +107,13 @@ def open_ring(vault_id: str, listing: Iterable[str], fetch: Callable[[str], byte
         warn(f"{name}: its parent is not listed yet; deferred")
     for name in view.void:
         warn(f"{name}: signed by a member on a branch its removal does not build on; void")
-    if view.disputes:
-        who = ", ".join(sorted(view.disputed)) or "none"
-        warn(f"{len(view.disputes)} removals dispute each other (members removing their "
-             f"removers): all their targets are out (removed without a say: {who}); nothing is "
-             "deleted from the remote while the dispute stands (docs/threat-model.md)")
+    if view.challenged:
+        who = ", ".join(sorted(view.contested)) or "none"
+        warn(f"{len(view.challenged)} removals are challenged by other removals (a removed "
+             f"member answering its removal, or a race): removals win, so every target is out "
+             f"(taken out only by a challenged removal: {who}); their versions are in the "
+             "history (cloudguard restore), and nothing is deleted from the remote while this "
+             "stands (docs/threat-model.md, \"Removals win\")")
     me = view.members.get(rid)
     if me is None or me.x != fmt.public_bytes(secret.x) or me.s != fmt.public_bytes(secret.s):
         if rid in view.removed:
@@ -175,8 +177,9 @@ def advance(ring: Ring, commit: Commit, kek: bytes, history: dict[str, bytes],
     view = ring.view
     view.commits[commit.id] = commit
     view.head = commit
-    view.members, view.removed, view.disputed = membership._union(
-        view.commits, view.disputes, {**view.voided, **view.commits})
+    view.members, view.removed, view.contested = membership._union(
+        view.commits, [view.voided[cid] for cid in view.challenged],
+        {**view.voided, **view.commits})
     view.keks[commit.kek] = kek
     view.keks.update(history)
     view.head_history = dict(history)
@@ -193,7 +196,7 @@ def change(ring: Ring, transport: Transport, index: Index | None, action: str, *
     if new_key:
         kek = chain.new_kek()
         history = {} if reencrypt else {**ring.all_keks()}
-        epoch = max([head.epoch, *(ring.view.commits[t].epoch for t in merges or [])]) + 1
+        epoch = max([head.epoch, *(ring.view.must_find(t).epoch for t in merges or [])]) + 1
     else:
         kek = ring.head_kek
         history = dict(ring.view.head_history)
@@ -218,10 +221,7 @@ def merge_if_needed(ring: Ring, transport: Transport, index: Index | None,
     view = ring.view
     if not view.needs_merge or ring.rid not in view.head.members:
         return None
-    covered = view.covered()
-    parents = {c.parent for c in view.commits.values()}
-    tips = sorted(c.id for c in view.commits.values()
-                  if c.id not in covered and c.id not in parents and c.signer not in skip)
+    tips = view.merge_tips(skip)
     if skip and not tips:
         return None
     if view.head.members[ring.rid].kind != "device":

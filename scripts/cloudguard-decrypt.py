@@ -40,9 +40,11 @@ member on a branch its removal does not build on are void: their membership chan
 ignored, but a segment written under one is still read by the writer rules ("Void commits").
 Only a genesis or an add brings a member in. A removed member's segments count only if its
 removal vouches for them (the cutoff hash, then back along "prev"); its other segments are
-skipped, and its writes past the cutoff are left out of honest snapshots and dependencies. A
-member removed only by a disputed removal (members removing each other concurrently) has its
-segments pinned by that cutoff, but nothing of it is left out of snapshots. A commit whose
+skipped, and its writes past the cutoff are left out of honest snapshots and dependencies.
+Removals win: a removal that another removal attacks (members removing each other
+concurrently) is void but still takes its target out, and its cutoff clamps like any other;
+the versions a clamp leaves out are in the vault's history, which this script does not
+restore (cloudguard restore does). A commit whose
 parent is missing from the copy is skipped, as cloudguard defers it; so is a segment written
 under a commit that is not verified. Every such skip is reported as a warning on stderr.
 
@@ -698,33 +700,34 @@ def ancestry(commit: Commit, verified: dict[str, Commit]) -> list[Commit]:
     return out
 
 
-def union(commits: dict[str, Commit], disputes: set[str], every: dict[str, Commit]
+def union(commits: dict[str, Commit], challenged: list[Commit], every: dict[str, Commit]
           ) -> tuple[dict[str, Member], dict[str, Cutoff], set[str]]:
     """The two-phase set over commits: members ever added minus every member ever removed;
     for a member removed on several branches, the lowest cutoff (seq, then hash) wins.
 
     Only a genesis (all its members) or an add (the member its parent lacks) brings a member
     in: a merge's or rotation's member list is checked, never used, so a member added on a
-    void branch stays out. A removal in ``disputes`` (see void_commits) removes its target
-    too; its cutoff counts only where no counting removal gives one, and then it pins which
-    segments are read but clamps nothing: the third value holds those members. ``every``
-    holds the parents, void ones too. (Same rule as cloudguard's membership._union.)"""
+    void branch stays out. A ``challenged`` removal (see void_commits) removes its target too:
+    removals win. The third value holds the members only challenged removals took out.
+    ``every`` holds the parents, void ones too. (Same rule as cloudguard's
+    membership._union.)"""
     added: dict[str, Member] = {}
     cuts: dict[str, list[Cutoff]] = {}
-    weak: dict[str, list[Cutoff]] = {}
+    firm: set[str] = set()
     for c in commits.values():
         for rid, keys in brought_in(c, every).items():
             if added.setdefault(rid, keys) != keys:
                 raise IntegrityFailure(f"{c.name}: member {rid} appears with two different "
                                        "keys")
+    for c, counts in [*((c, True) for c in commits.values()), *((c, False) for c in challenged)]:
         if c.action != "remove":  # any other commit's "removed" is a claim, never used
             continue
         for rid in fresh(c, every):
-            (weak if c.id in disputes else cuts).setdefault(rid, []).append(c.removed[rid])
+            cuts.setdefault(rid, []).append(c.removed[rid])
+            if counts:
+                firm.add(rid)
     removed = {rid: earliest(found) for rid, found in cuts.items()}
-    soft = {rid for rid in weak if rid not in removed}
-    removed.update({rid: earliest(weak[rid]) for rid in soft})
-    return {r: k for r, k in added.items() if r not in removed}, removed, soft
+    return {r: k for r, k in added.items() if r not in removed}, removed, set(removed) - firm
 
 
 def brought_in(c: Commit, every: dict[str, Commit]) -> dict[str, Member]:
@@ -760,9 +763,9 @@ def merged(every: dict[str, Commit], starts: list[Commit]
     """The member set of a merge: the two-phase set over the non-void commits that its parent
     and its tips build on."""
     scope = {cid: every[cid] for cid in closure(starts, every)}
-    void, disputes = void_commits(scope)
-    members, removed, _soft = union({cid: c for cid, c in scope.items() if cid not in void},
-                                    disputes, scope)
+    void, challenged = void_commits(scope)
+    members, removed, _only = union({cid: c for cid, c in scope.items() if cid not in void},
+                                    [scope[cid] for cid in challenged], scope)
     return members, removed
 
 
@@ -830,15 +833,13 @@ def check_commit(c: Commit, parent: Commit, verified: dict[str, Commit],
 
 
 def void_commits(verified: dict[str, Commit]) -> tuple[set[str], set[str]]:
-    """"Void commits": (void commits, disputed removals), the grounded labelling of one
-    attack graph. A removal of M attacks every commit signed by M that it does not build on
-    (through parents and merges), and every commit whose signer such a commit of M brought
-    in, directly or through further adds. A commit counts when every removal attacking it is
-    void; it is void when a counting removal attacks it. Removals neither rule decides are
-    disputed: each still removes its target (see union); every other undecided commit is
-    void. No local anchor breaks any tie. (Same rule as cloudguard's membership._void.)"""
+    """"Void commits": (void commits, challenged removals). A removal of M attacks every
+    commit signed by M that it does not build on (through parents and merges), and every
+    commit whose signer such a commit of M brought in, directly or through further adds.
+    Removals win: every removal attacks, attacked or not, and an attacked commit is void; an
+    attacked removal is challenged, and still removes its target (see union). (Same rule as
+    cloudguard's membership._void.)"""
     reach = {cid: closure([c], verified) for cid, c in verified.items()}
-    removals = {c.id: fresh(c, verified) for c in verified.values() if c.action == "remove"}
 
     def introduced(c: Commit) -> set[str]:
         out: set[str] = set()
@@ -852,29 +853,15 @@ def void_commits(verified: dict[str, Commit]) -> tuple[set[str], set[str]]:
                      if a != x.id and x.signer in brought_in(verified[a], verified)]
         return out
 
-    chains = {cid: introduced(c) for cid, c in verified.items()}
     unsigned = {cid for cid, c in verified.items() if c.action != "genesis" and not any(
         c.signer in brought_in(verified[a], verified) for a in reach[cid])}
-    attackers = {cid: {r for r, gone in removals.items()
-                       if any(verified[x].signer in gone and x not in reach[r]
-                              for x in chains[cid])}
-                 for cid in verified}
-    counted: set[str] = set()
-    out: set[str] = set(unsigned)
-    changed = True
-    while changed:
-        changed = False
-        for cid, by in attackers.items():
-            if cid in counted or cid in out:
-                continue
-            if by & counted:
-                out.add(cid)
-                changed = True
-            elif by <= out:
-                counted.add(cid)
-                changed = True
-    disputes = {cid for cid in removals if cid not in counted and cid not in out}
-    return set(verified) - counted - disputes, disputes
+    removals = {c.id: fresh(c, verified) for c in verified.values()
+                if c.action == "remove" and c.id not in unsigned}
+    chains = {cid: introduced(c) for cid, c in verified.items()}
+    attacked = {cid for cid in verified
+                if any(verified[x].signer in gone and x not in reach[r]
+                       for r, gone in removals.items() for x in chains[cid])}
+    return unsigned | attacked, {r for r in removals if r in attacked}
 
 
 @dataclass
@@ -888,8 +875,8 @@ class Chain:
     keks: dict[str, bytes] = field(default_factory=dict)   # kek_commit -> KEK
     labels: dict[str, str] = field(default_factory=dict)   # rid -> member name
     warnings: list[str] = field(default_factory=list)      # deferred and void commits
-    disputes: set[str] = field(default_factory=set)        # disputed removals
-    disputed: set[str] = field(default_factory=set)        # removed only by those: no clamp
+    challenged: set[str] = field(default_factory=set)      # void removals that still remove
+    contested: set[str] = field(default_factory=set)       # members only those took out
     # void commits: out of the view, but they still name the head and KEK of segments
     voided: dict[str, Commit] = field(default_factory=dict)
 
@@ -945,9 +932,10 @@ def verify_chain(remote: Path, vault_id: str, descriptor: str) -> Chain:
             verified[cid] = c
             del waiting[cid]
             progress = True
-    void, disputes = void_commits(verified)
+    void, challenged = void_commits(verified)
     voided = {cid: verified.pop(cid) for cid in void}
-    members, removed, disputed = union(verified, disputes, {**voided, **verified})
+    members, removed, contested = union(verified, [voided[cid] for cid in challenged],
+                                        {**voided, **verified})
     children: dict[str, list[Commit]] = {}
     for c in verified.values():
         if c.parent:
@@ -965,8 +953,11 @@ def verify_chain(remote: Path, vault_id: str, descriptor: str) -> Chain:
                 for c in sorted(waiting.values(), key=lambda c: c.name)]
     warnings += [f"{decoded[cid].name}: void (signed by a member on a branch its removal does "
                  "not build on); ignored" for cid in sorted(void, key=lambda c: decoded[c].name)]
+    if challenged:
+        warnings.append(f"{len(challenged)} removals are challenged by other removals: every "
+                        "target is out; versions the clamp left out are in the history")
     return Chain(remote, vault_id, verified, head, members, removed, warnings=warnings,
-                 disputes=disputes, disputed=disputed, voided=voided)
+                 challenged=challenged, contested=contested, voided=voided)
 
 
 # --- key objects -------------------------------------------------------------------------
@@ -1368,9 +1359,8 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
             segments[f"m/{path.name}"] = (match.group(1), int(match.group(2)), match.group(3))
     hashes: dict[str, str] = {}  # SHA-256 of every segment opened
     skipped: list[str] = []
-    # a member removed only in a dispute: its cutoff pins what is read, but clamps nothing
     cuts = dict(chain.removed)
-    limit = {rid: cut.seq for rid, cut in cuts.items() if rid not in chain.disputed}
+    limit = {rid: cut.seq for rid, cut in cuts.items()}
     pinned: dict[str, set[str]] = {}  # removed member -> the segments its removal vouches for
     pinning = True  # while the pinned chains are being walked
 
@@ -1453,7 +1443,7 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
         if any(snapshot.ctx.get(rid, 0) > seq for rid, seq in limit.items()):
             # "Writer rules": late writes of a removed member are left out, not refused
             skipped.append(f"manifest segment {name} holds writes of a removed member past "
-                           "its removal; they are left out")
+                           "its removal; they are left out (they are in the vault's history)")
             snapshot.ctx = clamp(snapshot.ctx, limit)
             unclamped = snapshot.paths
             snapshot.paths = {p: {d: unmoved(e, limit) for d, e in sibs.items()

@@ -142,17 +142,45 @@ def lab_with_x() -> tuple[Lab, Commit, str]:
     return lab, lab.commit(add, A, "add", [A, B, x]), x
 
 
-def test_a_removed_members_backdated_removal_voids_nobody_elses_commits() -> None:
-    """X, removed by A, signs on the old parent a removal of B (not of its remover). It is void,
-    and a void removal has no say: B's later commits stand (review round 2, N2)."""
+def test_a_removed_members_backdated_removal_still_takes_its_target_out() -> None:
+    """X, removed by A, signs on the old parent a removal of B. Removals win (review round 4,
+    S2): X's removal is challenged (void: no tip, no key), but B is out and B's later commits
+    are void. The cost is availability, never a key: the merge leaves out both X and B."""
     lab, add_x, x = lab_with_x()
     by_a = remove(lab, add_x, A, x, 0, None)
     by_x = remove(lab, add_x, x, B, 0, None)
     b_rot = lab.commit(by_a, B, "rotate", [A, B])
     view = lab.view()
-    assert by_x.id in view.voided and b_rot.id in view.commits
-    assert set(view.members) == {A, B} and B not in view.removed
-    assert view.head.id == b_rot.id and not view.needs_merge
+    assert by_x.id in view.voided and b_rot.id in view.voided
+    assert view.challenged == {by_x.id} and view.contested == {B}
+    assert set(view.members) == {A} and {x, B} <= set(view.removed)
+    assert view.head.id == by_a.id and view.needs_merge  # by_a's slots went to B
+    members, removed = membership.merge_members(view, view.head, view.merge_tips())
+    assert set(members) == {A} and {x, B} <= set(removed)
+
+
+def test_a_retirement_never_brings_back_a_kit_its_target_removed() -> None:
+    """Review round 4, S2: A removes kit K, and the provider hides that from B; B retires A.
+    B's removal attacks A's removal of K, but removals win: K stays out, and K's finder's add
+    of T on the old parent (void through A's removal) stays void. Neither K nor T ever gets a
+    slot: the merge is keyed to B alone."""
+    k, t = "e" * 16, "f" * 16
+    lab, base = members_lab(k)
+    lab.secrets[t] = Secret.generate()
+    a_rm_k = remove(lab, base, A, k, 0, None)
+    b_rm_a = remove(lab, base, B, A, 0, None)
+    k_add_t = lab.commit(base, k, "add", [*base.members, t])
+    view = lab.view()
+    assert view.challenged == {a_rm_k.id} and view.contested == {k}
+    assert {a_rm_k.id, k_add_t.id} <= set(view.voided) and b_rm_a.id in view.commits
+    assert set(view.members) == {B} and {A, k} <= set(view.removed)
+    assert t not in view.members and t not in view.removed
+    members, _removed = membership.merge_members(view, view.head, view.merge_tips())
+    assert set(members) == {B} and view.needs_merge  # b_rm_a's slots went to K
+    merged = lab.commit(view.head, B, "merge", [B], view.merge_tips())
+    view = lab.view()
+    assert view.head.id == merged.id and set(view.head.members) == {B}
+    assert not view.needs_merge
 
 
 def test_an_honest_commit_built_on_a_void_one_stands_and_is_merged() -> None:
@@ -208,11 +236,11 @@ def test_a_merge_counts_the_branches_an_earlier_merge_took_in() -> None:
     assert m2.id in view.commits and set(view.members) == {A, B, c}
 
 
-def test_a_removal_on_a_void_branch_that_an_honest_commit_repeats_removes_nobody() -> None:
+def test_a_removal_on_a_void_branch_that_an_honest_commit_repeats() -> None:
     """Review round 3, R4: X, removed by A, removes B on the old parent; C, kept from seeing
     A's removal, rotates on X's commit, so C's commit repeats B in its cumulative `removed`.
-    Only counting `remove` commits take a member out: B stays, and a merge brings B back into
-    the head's slots."""
+    B is out through X's own removal (challenged, and removals win), never through C's claim;
+    C's honest rotation stands, and the merge leaves out X and B."""
     c_rid = "d" * 16
     lab, add_x, x = lab_with_x()
     lab.secrets[c_rid] = Secret.generate()
@@ -222,10 +250,10 @@ def test_a_removal_on_a_void_branch_that_an_honest_commit_repeats_removes_nobody
     c_rot = lab.commit(x_rm_b, c_rid, "rotate", [A, x, c_rid])
     view = lab.view()
     assert x_rm_b.id in view.voided and c_rot.id in view.commits
-    assert B in view.members and B not in view.removed and x in view.removed
+    assert view.challenged == {x_rm_b.id} and B in view.removed and x in view.removed
     assert view.needs_merge and view.head.id == c_rot.id  # C's rotation: the highest epoch
     members, removed = membership.merge_members(view, view.head, [by_a.id])
-    assert B in members and x in removed and by_a.id in view.commits
+    assert set(members) == {A, c_rid} and {B, x} <= set(removed)
 
 
 def members_lab(*rids: str) -> tuple[Lab, Commit]:
@@ -241,9 +269,8 @@ def members_lab(*rids: str) -> tuple[Lab, Commit]:
 def test_a_counter_removal_ejects_nobody_the_remover_approved_back_in() -> None:
     """Review round 3, R1. A approved D, D removed kit K (which the thief also holds), then A
     removed X. X answers on the commit before D's add with a removal of A, and adds its own T
-    there. The two removals are disputed: both targets go, and nobody's word in the dispute
-    keeps or brings anyone back. K stays removed, T and D are not members, B carries on, and
-    garbage collection waits (the view says the dispute is open)."""
+    there. Removals win: every target is out, and nobody's word brings anyone back. K stays
+    removed, T and D are not members, B carries on."""
     x, k, d, t = "c" * 16, "e" * 16, "d" * 16, "f" * 16
     lab, before = members_lab(x, k)
     lab.secrets[d], lab.secrets[t] = Secret.generate(), Secret.generate()
@@ -253,22 +280,20 @@ def test_a_counter_removal_ejects_nobody_the_remover_approved_back_in() -> None:
     by_x = remove(lab, before, x, A, 0, None)
     add_t = lab.commit(before, x, "add", [*before.members, t])
     view = lab.view()
-    assert view.disputes == {by_a.id, by_x.id, d_rm_k.id}
-    assert {A, x, k} <= set(view.removed) and view.disputed == {A, x, k}
+    assert view.challenged == {by_a.id, by_x.id, d_rm_k.id}
+    assert {A, x, k} <= set(view.removed) and view.contested == {A, x, k}
     assert set(view.members) == {B}
     assert {add_d.id, add_t.id} <= set(view.voided)
     assert view.needs_merge
-    members, removed = membership.merge_members(view, view.head, sorted(
-        c.id for c in view.commits.values() if c.id not in view.covered()
-        and not any(o.parent == c.id for o in view.commits.values())))
+    members, removed = membership.merge_members(view, view.head, view.merge_tips())
     assert set(members) == {B} and {A, x, k} <= set(removed)
 
 
-def test_two_removed_members_cannot_cut_off_their_removers() -> None:
+def test_two_removed_members_take_out_their_removers_with_the_cutoffs_stated() -> None:
     """Review round 3, R2: A removed X, B removed Y; X removes B and Y removes A on the old
-    parent. The four removals are disputed: all four go, but no cutoff of a disputed removal
-    clamps what A or B wrote (it only pins which of their segments are read), and no one in
-    the dispute voids the kit's membership."""
+    parent. All four removals are challenged and all four targets are out; each cutoff is the
+    one its removal states (it clamps into the history, never away: see the loading tests),
+    and no removal voids the kit's membership."""
     x, y, k = "c" * 16, "d" * 16, "e" * 16
     lab, base = members_lab(x, y, k)
     by_a = remove(lab, base, A, x, 3, None)
@@ -276,28 +301,30 @@ def test_two_removed_members_cannot_cut_off_their_removers() -> None:
     x_rm_b = remove(lab, base, x, B, 0, None)
     y_rm_a = remove(lab, base, y, A, 0, None)
     view = lab.view()
-    assert view.disputes == {by_a.id, by_b.id, x_rm_b.id, y_rm_a.id}
-    assert set(view.members) == {k} and view.disputed == {A, B, x, y}
+    assert view.challenged == {by_a.id, by_b.id, x_rm_b.id, y_rm_a.id}
+    assert set(view.members) == {k} and view.contested == {A, B, x, y}
     assert (view.removed[x].seq, view.removed[A].seq) == (3, 0)
 
 
-def test_a_second_counting_removal_settles_a_dispute() -> None:
-    """X answered A's removal with a removal of A; B, untouched by X, removes X too. B's
-    removal is unattacked, so it counts: X's answer is void and A's removal counts again."""
+def test_a_second_removal_does_not_undo_a_challenged_one() -> None:
+    """X answered A's removal with a removal of A; B, untouched by X, removes X too. Removals
+    win: A stays out (X's answer is challenged, not undone), X is out firmly, and B is the
+    only member. (Rounds 2-4 let B's removal "settle" this; that same rule brought back a
+    kit a retired device had removed, review round 4, S2.)"""
     x = "c" * 16
     lab, base = members_lab(x)
     by_a = remove(lab, base, A, x, 2, None)
     by_x = remove(lab, base, x, A, 0, None)
     by_b = remove(lab, base, B, x, 2, None)  # B had not seen A's removal yet
     view = lab.view()
-    assert not view.disputes and by_x.id in view.voided
-    assert {by_a.id, by_b.id} <= set(view.commits) and set(view.members) == {A, B}
-    assert view.disputed == set()
+    assert view.challenged == {by_a.id, by_x.id} and by_b.id in view.commits
+    assert set(view.members) == {B} and view.contested == {A}
 
 
 def test_the_void_computation_has_one_answer_for_a_cycle_through_an_add() -> None:
     """Review round 3, R9: M adds P; S1 removes M without building on that add; S2 removes S1;
-    P removes S2. Once looped for ever; now one grounded answer in any listing order."""
+    P removes S2. One answer in any listing order: every removal is challenged, every target
+    and P are out."""
     m, s1, s2, p = "c" * 16, "d" * 16, "e" * 16, "f" * 16
     lab, base = members_lab(m, s1, s2)
     lab.secrets[p] = Secret.generate()
@@ -306,12 +333,12 @@ def test_the_void_computation_has_one_answer_for_a_cycle_through_an_add() -> Non
     r2 = remove(lab, base, s2, s1, 0, None)
     r3 = remove(lab, add_p, p, s2, 0, None)
     view = lab.view()
-    assert view.disputes == {r1.id, r2.id, r3.id} and add_p.id in view.voided
+    assert view.challenged == {r1.id, r2.id, r3.id} and add_p.id in view.voided
     assert set(view.members) == {A, B}
     commits = {**view.commits, **view.voided}
     for order in (sorted(commits), sorted(commits, reverse=True)):
         assert membership._void({c: commits[c] for c in order}) == (
-            set(view.voided), view.disputes)
+            set(view.voided), view.challenged)
 
 
 def test_a_stale_branch_never_becomes_the_head_and_a_merge_is_above_every_tip() -> None:

@@ -610,8 +610,8 @@ def assert_same_chain(lab: Lab) -> tuple[membership.View, Any]:
 
 def test_void_commits_follow_cloudguard(tmp_path: Path) -> None:
     """"Void commits": A removes X in R. A branch X signs from the past (an add of a key it
-    holds, and what is built on it) is void; X answering with a concurrent removal of A is
-    not: both removals stand, and the merged view removes both."""
+    holds, and what is built on it) is void; X answering with a concurrent removal of A
+    challenges A's removal: removals win, so both are void but both targets are out."""
     lab = Lab(tmp_path / "past")
     a, x, e, k = lab.member(), lab.member(), lab.member(), lab.member("kit")
     base = lab.add(lab.add(lab.genesis(a), a, x), a, k)
@@ -627,30 +627,32 @@ def test_void_commits_follow_cloudguard(tmp_path: Path) -> None:
     a, x, k = lab.member(), lab.member(), lab.member("kit")
     base = lab.add(lab.add(lab.genesis(a), a, x), a, k)
     removal, answer = lab.remove(base, a, x), lab.remove(base, x, a)
-    _ref, got = assert_same_chain(lab)
-    assert {removal.id, answer.id} <= set(got.commits) and not got.warnings
+    ref, got = assert_same_chain(lab)
+    assert {removal.id, answer.id} <= set(got.voided)
+    assert got.challenged == ref.challenged == {removal.id, answer.id}
+    assert got.contested == ref.contested == {a, x}
     assert set(got.removed) == {a, x} and set(got.members) == {k}
-    assert got.head.id == min(removal.id, answer.id)
+    assert got.head.id == base.id and any("challenged" in w for w in got.warnings)
 
 
-def test_only_the_removed_members_own_commits_are_void_in_both(tmp_path: Path) -> None:
-    """Review round 2, N2: B, kept from seeing A's removal of X, adds D on X's backdated
-    rotation (B's add stands, D is a member); X's backdated removal of B voids none of B's
-    commits. The script decides as cloudguard does."""
+def test_removals_win_in_both(tmp_path: Path) -> None:
+    """Review round 4, S2: B, kept from seeing A's removal of X, adds D on X's backdated
+    rotation, and X also removes B on the old parent. Removals win in both readers: B is out,
+    every commit of B that X's removal does not build on is void (D's add with them), and
+    only A is left."""
     lab = Lab(tmp_path / "remote")
     a, x, b, d = lab.member(), lab.member(), lab.member(), lab.member()
     base = lab.add(lab.add(lab.genesis(a), a, x), a, b)
     removal = lab.remove(base, a, x)
     x_rot = lab.commit(base, x, "rotate", dict(base.members), dict(base.removed))
     b_add = lab.add(x_rot, b, d)
-    lab.remove(base, x, b)  # backdated, and not of its remover
+    x_rm_b = lab.remove(base, x, b)  # backdated, and not of its remover
     b_rot = lab.commit(removal, b, "rotate", dict(removal.members), dict(removal.removed))
     ref, got = assert_same_chain(lab)
-    assert {b_add.id, b_rot.id} <= set(got.commits) and x_rot.id in got.voided
-    assert set(got.members) == set(ref.members) == {a, b, d}
-    merge = lab.merge(b_rot, a, [b_add])
-    _ref, got = assert_same_chain(lab)
-    assert got.head.id == merge.id and set(got.head.members) == {a, b, d}
+    assert {b_add.id, b_rot.id, x_rot.id, x_rm_b.id} <= set(got.voided)
+    assert got.challenged == ref.challenged == {x_rm_b.id}
+    assert set(got.members) == set(ref.members) == {a} and set(got.removed) == {x, b}
+    assert got.head.id == removal.id
 
 
 def test_head_and_merges_follow_cloudguard(tmp_path: Path) -> None:
@@ -689,7 +691,6 @@ def reference_manifest(lab: Lab, cache: Path) -> tuple[dict[str, Any], dict[str,
     loaded = mf.load(listing, lambda n: (lab.root / n).read_bytes(), opener, "f" * 16, {},
                      mf.SegmentCache(cache), None,
                      {r: (c.seq, c.hash) for r, c in view.removed.items()}, skipped,
-                     view.disputed,  # as session._load
                      mf.Verifier(view.vault_id, view.signer_key))
     return dict(loaded.state.items()), loaded.state.ctx, skipped
 
@@ -753,12 +754,11 @@ def folder_op(path: str) -> list[dict[str, Any]]:
     return [{"p": path, "e": {"t": "d", "x": 0o755}, "rm": []}]
 
 
-def test_disputed_removals_pin_but_clamp_nothing(tmp_path: Path) -> None:
-    """"Void commits": A removes X (cutoff 1) while X removes A (cutoff 0). Neither removal
-    wins: both are disputed, both members are removed, and each cutoff pins which of its
-    target's segments are read (X's segment 2 and A's segments 1 and 2 are refused) but
-    clamps nothing. A rotation A signs on its removal of X is void (X's answer does not build
-    on it), and so is everything else either side says in the dispute."""
+def test_challenged_removals_clamp_like_any_other(tmp_path: Path) -> None:
+    """"Void commits": A removes X (cutoff 1) while X removes A (cutoff 0). Removals win: both
+    are challenged (void), both members are out, and each cutoff pins and clamps like any
+    other (X's segment 2 and A's segments 1 and 2 are refused; the live state holds X's first
+    write only). A rotation A signs on its removal of X is void too."""
     lab = Lab(tmp_path / "remote")
     a, x, k = lab.member(), lab.member(), lab.member("kit")
     base = lab.add(lab.add(lab.genesis(a), a, x), a, k)
@@ -770,9 +770,9 @@ def test_disputed_removals_pin_but_clamp_nothing(tmp_path: Path) -> None:
     later = lab.commit(removal, a, "rotate", dict(removal.members), dict(removal.removed))
     lab.segment(a, 2, "d", later, deps={a: 1}, dh={}, prev=ha1, ops=folder_op("a2"))
     ref, got = assert_same_chain(lab)
-    assert ref.disputes == got.disputes == {removal.id, answer.id}
-    assert ref.disputed == got.disputed == {a, x}
-    assert set(got.voided) == set(ref.voided) == {later.id}
+    assert ref.challenged == got.challenged == {removal.id, answer.id}
+    assert ref.contested == got.contested == {a, x}
+    assert set(got.voided) == set(ref.voided) == {later.id, removal.id, answer.id}
     assert {r: c.seq for r, c in got.removed.items()} == {a: 0, x: 1}
     paths, ctx, ref_skipped = reference_manifest(lab, tmp_path / "cache")
     state, skipped = script.load_manifest(lab.root, lab.scripted())

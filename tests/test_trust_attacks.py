@@ -471,6 +471,52 @@ def test_a_removed_members_late_edit_does_not_become_a_delete(
     assert (script_restores(a, local_remote, tmp_path) / "paper.txt").read_text() == "original"
 
 
+def test_a_challenge_does_not_make_a_removed_members_late_edit_live(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 4, S3: X, removed by A, edits B's paper.txt late; C, kept from seeing the
+    removal, applies that and compacts. Then X signs a removal of A on the old parent, which
+    challenges A's removal. Under rounds 2-4 a disputed cutoff clamped nothing, so X's edit
+    became everyone's current version. Now every cutoff clamps (into the history): B's
+    version is current on every device, and X's is only in the history."""
+    a, b, c, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "c", "x")
+    b.write("paper.txt", "original by B")
+    b.cg("push")
+    for dev in (a, c, x):
+        dev.cg("pull")
+    old = provider.objects()
+    a.cg("device", "remove", x.rid)
+    vid = vault_id_of(a)
+    view = provider.view(vid)
+    parent = view.commits[str(view.head.parent)]
+    with provider.showing(old) as written:
+        x.write("paper.txt", "rewritten by the removed device")
+        x.cg("push")
+    with provider.showing({**old, **written}):
+        c.cg("pull")
+        assert (c.folder / "paper.txt").read_text() == "rewritten by the removed device"
+        c.use()
+        with vault.session(str(c.folder)) as s:
+            s.snapshot()
+    members = {r: k for r, k in parent.members.items() if r != a.rid}
+    removed = {**parent.removed, a.rid: chain.Cutoff(parent.members[a.rid].s, 0, None)}
+    forge(provider, view, parent, x.secret(), x.rid, "remove", members, removed,
+          os.urandom(32), parent.epoch + 1)
+    for dev in (b, c):
+        got = dev.run("pull")
+        assert got.exit_code == 0, got.output
+        assert "challenged" in got.output
+        assert (dev.folder / "paper.txt").read_text() == "original by B", dev.name
+        versions = dev.json("history", "paper.txt")["versions"]
+        assert [v["current"] for v in versions].count(True) == 1
+    b.write("other.txt", "B carries on")
+    assert b.run("push").exit_code == 0
+    c.cg("pull")
+    assert (c.folder / "paper.txt").read_text() == "original by B"
+    assert (script_restores(c, local_remote, tmp_path) / "paper.txt").read_text() == \
+        "original by B"
+
+
 def test_a_removed_members_late_delete_is_undone(
         local_remote: str, provider: Provider, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1100,12 +1146,17 @@ def test_an_honest_commit_on_a_void_branch_stands_and_is_merged_without_the_remo
 def test_removed_device_answering_with_a_removal_takes_its_remover_along(
         local_remote: str, provider: Provider, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """X, removed by A in R, signs on R's parent a removal of A. Nothing tells the two apart
-    (picking one would let X grind ids): both are disputed, both targets are out, B merges
-    under a new KEK and says so, X gets no key written after its removal, garbage collection
-    waits, and A must re-enrol."""
+    """X, removed by A in R, signs on R's parent a removal of A (cutoff 0). Nothing tells the
+    two apart (picking one would let X grind ids): removals win, both targets are out, B
+    merges under a new KEK and says so, X gets no key written after its removal, and A must
+    re-enrol. A's own versions are clamped into the history, never away (review round 4, S3,
+    S4): B restores them, and garbage collection deletes nothing while the challenge stands."""
     (a, b, x), vid, view, _removal, parent, xs = x_removed_by_a(monkeypatch, tmp_path,
                                                                 local_remote, provider)
+    a.write("a-report.txt", "A's work after removing X")
+    assert a.run("push").exit_code == 0
+    b.cg("pull")
+    assert (b.folder / "a-report.txt").read_text() == "A's work after removing X"
     members = {r: k for r, k in parent.members.items() if r != a.rid}
     removed = {**parent.removed, a.rid: chain.Cutoff(parent.members[a.rid].s, 0, None)}
     forge(provider, view, parent, xs, x.rid, "remove", members, removed, os.urandom(32),
@@ -1113,7 +1164,7 @@ def test_removed_device_answering_with_a_removal_takes_its_remover_along(
     b.write("b.txt", "after the mutual removal")
     got = b.run("push")
     assert got.exit_code == 0, got.output
-    assert "dispute each other" in got.output and "nothing is deleted" in got.output
+    assert "challenged by other removals" in got.output and "nothing is deleted" in got.output
     view = provider.view(vid)
     assert view.head.action == "merge"
     assert set(view.head.members) == {b.rid} and {a.rid, x.rid} <= set(view.head.removed)
@@ -1122,15 +1173,25 @@ def test_removed_device_answering_with_a_removal_takes_its_remover_along(
     assert x.rid not in json.loads(provider.get(view.head.name + ".k"))["slots"]
     refused = a.run("push")
     assert refused.exit_code == 1 and "removed" in refused.output
-    # garbage collection waits while the dispute stands: a replaced blob stays on the remote
+    # A's version left the live state for the history: kept, and B brings it back
+    b.cg("pull")
+    assert not (b.folder / "a-report.txt").exists()
+    versions = b.json("history", "a-report.txt")["versions"]
+    assert len(versions) == 1 and not versions[0]["current"], versions
+    restored = b.run("restore", "a-report.txt", "--version", versions[0]["version"])
+    assert restored.exit_code == 0, restored.output
+    assert (b.folder / "a-report.txt").read_text() == "A's work after removing X"
+    assert b.run("push").exit_code == 0
+    # garbage collection waits while the challenge stands: a replaced blob stays on the remote
     monkeypatch.setenv("CLOUDGUARD_GC_GRACE", "0")
     assert b.run("settings", "--keep-days", "0").exit_code == 0
     before = {n for n in provider.objects() if n.startswith("data/")}
-    b.write("b.txt", "replaced while the dispute stands")
+    b.write("b.txt", "replaced while the challenge stands")
     assert b.run("push").exit_code == 0
     b.write("c.txt", "another push runs maintenance again")
     assert b.run("push").exit_code == 0
     assert before and before <= {n for n in provider.objects() if n.startswith("data/")}
+    assert len(b.json("history", "a-report.txt")["versions"]) >= 2, "a version was forgotten"
 
 
 # --- local hardening and parser limits ------------------------------------------------------

@@ -290,12 +290,19 @@ class State:
         if path is not None:
             yield path, rows
 
-    def prune_attic(self, before: int) -> int:
+    def prune_attic(self, before: int, cutoffs: dict[str, int] | None = None) -> int:
         """Forget versions replaced before ``before``, and the places blobs were moved from
-        before then; their objects become garbage."""
+        before then; their objects become garbage. Versions with a dot past its writer's
+        ``cutoffs`` stay: a clamp is never a deletion (format.md, "Writer rules")."""
+        cuts = cutoffs or {}
         with self.transaction():
             self.forget_moves(before)
-            return self.db.execute("DELETE FROM attic WHERE gone < ?", (before,)).rowcount
+            old = self.db.execute("SELECT path, dot FROM attic WHERE gone < ?",
+                                  (before,)).fetchall()
+            doomed = [(p, d) for p, d in old
+                      if int(d.partition(":")[2]) <= cuts.get(d.partition(":")[0], 1 << 62)]
+            self.db.executemany("DELETE FROM attic WHERE path = ? AND dot = ?", doomed)
+            return len(doomed)
 
     def forget_moves(self, before: int | None = None, objects: Iterable[str] | None = None
                      ) -> None:

@@ -5,6 +5,7 @@ the removed members' cutoffs (clamping), and the rollback and fork checks.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -47,8 +48,8 @@ Opener = Callable[[str, str, int, bytes], dict[str, Any]]
 def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
          device: str, seen: dict[str, int], cache: SegmentCache,
          state: State | None = None, cutoffs: dict[str, tuple[int, str | None]] | None = None,
-         skipped: list[str] | None = None, disputed: set[str] | None = None,
-         vouch: Vouch | None = None, written: int | None = None) -> Loaded:
+         skipped: list[str] | None = None, vouch: Vouch | None = None,
+         written: int | None = None) -> Loaded:
     """Bring ``state`` up to the segments listed on the remote and check for rollback.
 
     A persistent ``state`` already holds the merge of the segments it recorded; only new ones
@@ -60,9 +61,10 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
     a segment it skips (deferred, or by a removed member past its ``cutoffs``) is treated as
     not listed, and its reason goes to ``skipped``. A removed member's segments count only on
     the ``prev`` chain that ends at the hash its removal recorded, and its writes past the
-    cutoff are left out of every snapshot, dependency and stored vector (format.md, "Writer
-    rules"). A state that holds such writes already is rebuilt. Members in ``disputed`` are
-    pinned but not clamped: neither side of a dispute decides what the other loses.
+    cutoff are never live: a snapshot's are moved to the history, where they are kept (a
+    clamp is never a deletion: the target of a removed member's backdated removal may be
+    honest), and they are left out of every dependency and stored vector (format.md, "Writer
+    rules"). A state that holds such writes already is rebuilt.
 
     ``vouch`` checks the writer's signature of every entry that enters the state (format.md,
     "Entry signatures").
@@ -75,7 +77,7 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
     state.vouch = vouch
     try:
         return _load(listing, fetch, opener, device, seen, cache, state, cutoffs, skipped,
-                     disputed, written)
+                     written)
     finally:
         state.vouch = None
 
@@ -83,13 +85,11 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
 def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
           device: str, seen: dict[str, int], cache: SegmentCache, state: State,
           cutoffs: dict[str, tuple[int, str | None]] | None,
-          skipped: list[str] | None, disputed: set[str] | None,
-          written: int | None = None) -> Loaded:
+          skipped: list[str] | None, written: int | None = None) -> Loaded:
     cuts = cutoffs or {}
-    # a member removed only in a dispute: its cutoff pins what is read, but clamps nothing
-    limit = {dev: seq for dev, (seq, _h) in cuts.items() if dev not in (disputed or set())}
+    limit = {dev: seq for dev, (seq, _h) in cuts.items()}
     # what the writer rules refuse is not expected back: no rollback is read into it
-    seen = _clamp(seen, {dev: seq for dev, (seq, _h) in cuts.items()})
+    seen = _clamp(seen, limit)
     skip_log = skipped if skipped is not None else []
     held: set[str] = set()
     parsed: dict[str, tuple[str, int, str]] = {}
@@ -128,9 +128,9 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
     pinning = False
     with state.transaction():
         consumed = state.consumed()
-        if any(state.ctx.get(dev, 0) > seq for dev, seq in limit.items()):
+        if _late(state.ctx, limit):
             consumed = {}
-            state.reset()  # it applied a removed member's late writes: rebuild without them
+            _clamp_own(state, limit)
         snaps: dict[str, dict[str, Any]] = {}
         for name, (_dev, _seq, kind) in sorted(parsed.items()):
             if kind == "s" and name not in consumed:
@@ -150,15 +150,10 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
             kept = _attic(payload.get("attic"))
             if _late(ctx, limit):
                 skip_log.append(f"manifest segment {name} holds writes of a removed member "
-                                "past its removal; they are left out")
+                                "past its removal; they are moved to the history")
                 ctx = _clamp(ctx, limit)
                 unclamped, unclamped_kept = paths, kept
-                paths = {p: {d: _unmove_late(e, limit) for d, e in sibs.items()
-                             if not _late_dot(d, limit)}
-                         for p, sibs in paths.items()}
-                kept = {p: {d: {**r, "e": _unmove_late(r["e"], limit)}
-                            for d, r in rows.items() if not _late_dot(d, limit)}
-                        for p, rows in kept.items()}
+                paths, kept = _clamped(paths, kept, limit, time_of(payload))
                 paths, kept = _revive(paths, kept, limit, unclamped, unclamped_kept)
             claim = ctx.get(device, 0)
             if written is not None and claim > written and parsed[name][0] != device:
@@ -281,6 +276,39 @@ def _late_dot(dot: str, limit: dict[str, int]) -> bool:
     return dev in limit and int(seq) > limit[dev]
 
 
+def _clamp_own(state: State, limit: dict[str, int]) -> None:
+    """This device applied a removed member's late writes before it saw the removal, or
+    holds the writes of a member that a removed member's challenged removal took out. The
+    state is rebuilt from its own clamped copy, as a snapshot would be: late versions go to
+    the history (never away: the writes of an honest target of a backdated removal may be
+    in no snapshot, review round 4, S4), what they replaced comes back, and every snapshot and
+    delta is read again. Rare, so the copy is held in memory."""
+    paths, kept, ctx, floor = dict(state.items()), state.attic_payload(), dict(state.ctx), \
+        state.floor
+    live, history = _clamped(paths, kept, limit, int(time.time()))
+    live, history = _revive(live, history, limit, paths, kept)
+    state.reset()
+    state.merge_snapshot(_clamp(ctx, limit), live.items(), history, floor, int(time.time()))
+
+
+def _clamped(paths: dict[str, dict[str, Any]], kept: dict[str, dict[str, dict[str, Any]]],
+             limit: dict[str, int], when: int
+             ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, dict[str, Any]]]]:
+    """A snapshot with late dots (past their writer's cutoff): those versions leave the live
+    state for the history, where they stay and are never live again (review round 4, S3, S4).
+    Late moves of anyone's blob are undone."""
+    live = {p: {d: _unmove_late(e, limit) for d, e in sibs.items() if not _late_dot(d, limit)}
+            for p, sibs in paths.items()}
+    history = {p: {d: {**r, "e": _unmove_late(r["e"], limit)} for d, r in rows.items()}
+               for p, rows in kept.items()}
+    for p, sibs in paths.items():
+        for d, e in sibs.items():
+            if _late_dot(d, limit):
+                history.setdefault(p, {}).setdefault(d, {"e": _unmove_late(e, limit),
+                                                         "g": when})
+    return live, history
+
+
 def _revive(paths: dict[str, dict[str, Any]], kept: dict[str, dict[str, dict[str, Any]]],
             limit: dict[str, int], unclamped: dict[str, dict[str, Any]],
             unclamped_kept: dict[str, dict[str, dict[str, Any]]]
@@ -297,7 +325,7 @@ def _revive(paths: dict[str, dict[str, Any]], kept: dict[str, dict[str, dict[str
         live = unclamped.get(path, {})
         gone = unclamped_kept.get(path, {})
         back = {d: r["e"] for d, r in rows.items()
-                if r.get("rb") and _late_dot(str(r["rb"]), limit)
+                if r.get("rb") and _late_dot(str(r["rb"]), limit) and not _late_dot(d, limit)
                 and (r["rb"] in live or r["rb"] not in gone)}
         if back:
             paths[path] = back

@@ -60,7 +60,8 @@ def _maintain(s: Session) -> None:
                 < MAINTAIN_EVERY:
             return
         _LAST_MAINTAINED[s.binding.id] = time.monotonic()
-    s.state.prune_attic(int(time.time()) - s.binding.keep_days * 86400)
+    cutoffs = {rid: cut.seq for rid, cut in s.ring.view.removed.items()}
+    s.state.prune_attic(int(time.time()) - s.binding.keep_days * 86400, cutoffs)
     if s.loaded.deltas >= COMPACT_AFTER:
         s.snapshot()
     _repack(s)
@@ -73,14 +74,27 @@ def _maintain(s: Session) -> None:
     seen = s.index.orphans()
     orphans = {n: seen.get(n, now) for n in stored - live - mine}
     doomed = {n for n, first in orphans.items() if now - first >= gc_grace()}
-    if s.ring.view.disputes:
-        # removals that neither side wins (format.md, "Void commits"): what either side wrote
-        # may be read again once the user settles it, so nothing is deleted meanwhile
+    if _holding(s, now):
         doomed = set()
     if doomed:
         s.transport.delete(doomed)
     with s.index.transaction():
         s.index.set_orphans({n: t for n, t in orphans.items() if n not in doomed})
+
+
+def _holding(s: Session, now: float) -> bool:
+    """Garbage collection waits while a removal is challenged, and for ``keep_days`` after
+    this device first saw each removal: a removed member's backdated removal that this device
+    is kept from seeing challenged must not get its target's uncompacted writes deleted here
+    (review round 4, S4; format.md, "Writer rules")."""
+    first: dict[str, float] = s.index.get_meta("removal_seen", {})
+    fresh = {rid: now for rid in s.ring.view.removed if rid not in first}
+    if fresh:
+        with s.index.transaction():
+            s.index.set_meta("removal_seen", {**first, **fresh})
+        first = {**first, **fresh}
+    return bool(s.ring.view.challenged) or any(
+        now - t < s.binding.keep_days * 86400 for t in first.values())
 
 
 def _repack(s: Session) -> bool:
