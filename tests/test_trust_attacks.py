@@ -1194,6 +1194,52 @@ def test_removed_device_answering_with_a_removal_takes_its_remover_along(
     assert len(b.json("history", "a-report.txt")["versions"]) >= 2, "a version was forgotten"
 
 
+def test_a_frozen_device_never_deletes_what_a_backdated_removal_took_out(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 4, S4: the provider hides A's removal of X from B, and X signs a removal of
+    A (cutoff 0) on the old parent. On B nothing challenges X's removal: A is out there. B
+    must not destroy A's work: what B held of A moves to the history (kept whatever
+    keep_days), and B's garbage collection keeps even the blob of a file A wrote that B never
+    applied. Once B sees A's removal, the challenge is reported and B restores A's file."""
+    a, b, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "x")
+    a.write("held.txt", "A's file that B holds")
+    assert a.run("push").exit_code == 0
+    b.cg("pull")
+    vid = vault_id_of(a)
+    parent = provider.view(vid).head
+    a.cg("device", "remove", x.rid)
+    view = provider.view(vid)
+    removal = view.head
+    members = {r: k for r, k in parent.members.items() if r != a.rid}
+    removed = {**parent.removed, a.rid: chain.Cutoff(parent.members[a.rid].s, 0, None)}
+    answer = forge(provider, view, parent, x.secret(), x.rid, "remove", members, removed,
+                   os.urandom(32), parent.epoch + 1)
+    with provider.hiding(answer.name, answer.name + ".k"):  # A has not seen it yet
+        a.write("unseen.txt", "A's file that B never applied")
+        assert a.run("push").exit_code == 0
+    data = {n for n in provider.objects() if n.startswith("data/")}
+    monkeypatch.setenv("CLOUDGUARD_GC_GRACE", "0")
+    with provider.hiding(removal.name, removal.name + ".k"):
+        got = b.run("pull")
+        assert got.exit_code == 0, got.output
+        assert "challenged" not in got.output  # B cannot see the challenge
+        assert not (b.folder / "held.txt").exists()
+        assert b.json("history", "held.txt")["versions"], "A's version left B's history"
+        for name in ("b1.txt", "b2.txt"):  # two pushes: maintenance runs, GC may delete
+            b.write(name, "B carries on")
+            got = b.run("push")
+            assert got.exit_code == 0, got.output
+        assert data <= {n for n in provider.objects() if n.startswith("data/")}, \
+            "B deleted blobs of A's that only a backdated removal took out"
+    got = b.run("pull")
+    assert got.exit_code == 0 and "challenged" in got.output, got.output
+    restored = b.run("restore", "held.txt", "--version",
+                     b.json("history", "held.txt")["versions"][0]["version"])
+    assert restored.exit_code == 0, restored.output
+    assert (b.folder / "held.txt").read_text() == "A's file that B holds"
+
+
 # --- local hardening and parser limits ------------------------------------------------------
 
 
