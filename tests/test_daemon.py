@@ -133,10 +133,13 @@ def test_ignore_rules() -> None:
         Ignore(["ok", 3])  # type: ignore[list-item]
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 60,
+             log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}" + (
+            f"; the daemon's log:\n{log.read_text(errors='replace')[-3000:]}"
+            if log is not None and log.exists() else "")
         time.sleep(0.2)
 
 
@@ -1097,7 +1100,7 @@ def test_a_watch_limit_keeps_the_watches_held_and_rescans_the_rest(local_remote:
     with daemon(Path(os.environ["CLOUDGUARD_HOME"]), log, folder, prefix=limited,
                 config="rescan_seconds = 2\n"):
         wait_for("the coverage warning", lambda: re.search(
-            rb"watching ([0-6]) of 17 folders", log.read_bytes()) is not None, 60)
+            rb"watching ([0-6]) of 17 folders", log.read_bytes()) is not None, 60, log)
         deep = sorted(folder.glob("sub*"))[-1] / "deep.txt"
         deep.write_text("found by a rescan")
         wait_for("the rescan's push", lambda: cg_json("status", "--folder", str(folder))[
