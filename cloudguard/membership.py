@@ -54,6 +54,22 @@ def _union(commits: dict[str, Commit], challenged: Iterable[Commit] = (),
     return {r: k for r, k in added.items() if r not in removed}, removed, set(removed) - firm
 
 
+def _ghosts(view: View) -> dict[str, Cutoff]:
+    """Members that only a void add brought in (an add by a member another removal took out,
+    or an honest race of an add and a removal of its signer; review round 4, S6). They are
+    out, as if removed with cutoff 0: their dots are checked under the keys that add gave
+    them, every segment they wrote is refused, and honest snapshots' copies of their versions
+    are clamped into the history, where any member restores them. Not part of any merge's
+    member set (its verifiers count removals only)."""
+    every = {**view.voided, **view.commits}
+    out: dict[str, Cutoff] = {}
+    for c in view.voided.values():
+        for rid, keys in _brought_in(c, every).items():
+            if rid not in view.members and rid not in view.removed:
+                out.setdefault(rid, Cutoff(keys.s, 0, None))
+    return out
+
+
 def _brought_in(c: Commit, every: dict[str, Commit]) -> dict[str, MemberKeys]:
     """The members a commit adds: all of a genesis, the new one of an add, none otherwise."""
     if c.action == "genesis":
@@ -127,6 +143,7 @@ class View:
     void: list[str] = field(default_factory=list)
     challenged: set[str] = field(default_factory=set)  # void removals that still remove
     contested: set[str] = field(default_factory=set)  # members only those took out
+    ghosts: dict[str, Cutoff] = field(default_factory=dict)  # brought in by void adds only
     voided: dict[str, Commit] = field(default_factory=dict)  # still name KEKs of segments
 
     def ancestry(self, commit: Commit) -> list[Commit]:
@@ -269,6 +286,8 @@ def verify(vault_id: str, listing: Iterable[str], fetch: Callable[[str], bytes],
                 deferred=sorted(c.name for c in waiting.values()))
     view.challenged, view.contested = challenged, contested
     view.voided = voided
+    view.ghosts = _ghosts(view)
+    view.removed = {**view.ghosts, **view.removed}
     view.void = sorted(decoded[cid].name for cid in void)
     return view
 

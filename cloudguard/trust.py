@@ -114,8 +114,17 @@ def open_ring(vault_id: str, listing: Iterable[str], fetch: Callable[[str], byte
              f"(taken out only by a challenged removal: {who}); their versions are in the "
              "history (cloudguard restore), and nothing is deleted from the remote while this "
              "stands (docs/threat-model.md, \"Removals win\")")
+    if view.ghosts:
+        warn(f"members approved only by commits a removal voided are out: "
+             f"{', '.join(sorted(view.ghosts))}; their versions are in the history "
+             "(cloudguard restore), and they must enrol again")
     me = view.members.get(rid)
     if me is None or me.x != fmt.public_bytes(secret.x) or me.s != fmt.public_bytes(secret.s):
+        if rid in view.ghosts:
+            raise KeyStoreError("this device's approval was voided by a removal of the member "
+                                "that approved it (docs/threat-model.md, \"Removals win\"): "
+                                "enrol again (cloudguard clone), then restore its versions "
+                                "from the history")
         if rid in view.removed:
             raise KeyStoreError("this device was removed from the vault")
         raise KeyStoreError("this device is not a member of the vault: its enrolment was not "
@@ -177,9 +186,10 @@ def advance(ring: Ring, commit: Commit, kek: bytes, history: dict[str, bytes],
     view = ring.view
     view.commits[commit.id] = commit
     view.head = commit
-    view.members, view.removed, view.contested = membership._union(
+    view.members, removed, view.contested = membership._union(
         view.commits, [view.voided[cid] for cid in view.challenged],
         {**view.voided, **view.commits})
+    view.removed = {**view.ghosts, **removed}
     view.keks[commit.kek] = kek
     view.keks.update(history)
     view.head_history = dict(history)

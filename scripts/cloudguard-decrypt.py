@@ -953,6 +953,12 @@ def verify_chain(remote: Path, vault_id: str, descriptor: str) -> Chain:
                 for c in sorted(waiting.values(), key=lambda c: c.name)]
     warnings += [f"{decoded[cid].name}: void (signed by a member on a branch its removal does "
                  "not build on); ignored" for cid in sorted(void, key=lambda c: decoded[c].name)]
+    every = {**voided, **verified}
+    for c in voided.values():  # members only a void add brought in are out, cutoff 0 (S6)
+        for rid, keys in brought_in(c, every).items():
+            if rid not in members and rid not in removed:
+                removed[rid] = Cutoff(keys.s, 0, None)
+                warnings.append(f"member {rid} was approved only by a void commit: it is out")
     if challenged:
         warnings.append(f"{len(challenged)} removals are challenged by other removals: every "
                         "target is out; versions the clamp left out are in the history")

@@ -1240,6 +1240,52 @@ def test_a_frozen_device_never_deletes_what_a_backdated_removal_took_out(
     assert (b.folder / "held.txt").read_text() == "A's file that B holds"
 
 
+def test_a_device_whose_approval_a_removal_voids_bricks_no_one(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 4, S6: an honest race. A approves D while B, not seeing that, retires A;
+    D pushes a file and C, also not seeing the retirement, pulls it and compacts. B's removal
+    voids A's add of D, so D was never a member. D's dots in C's snapshot still verify (under
+    the keys the void add gave D): nobody stops at exit 3. D's version moves to the history on
+    every device, D's segments are refused, and D itself is told to enrol again."""
+    a, b, c = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "c")
+    vid = vault_id_of(a)
+    code = a.json("device", "list")["vault_code"]
+    before = provider.objects()
+    b.cg("device", "remove", a.rid)
+    assert provider.view(vid).head.action == "remove"
+    with provider.showing(before):  # A, C and D are kept from seeing the retirement
+        d = Dev(monkeypatch, tmp_path, "d")
+        d.use()
+        req = json.loads(cg("clone", local_remote, str(d.folder), "--vault-code", code,
+                            "--name", "d", "--json").stdout)
+        d.rid = req["device"]
+        a.cg("device", "approve", req["fingerprint"], "--yes")
+        d.cg("pull")
+        d.write("d-notes.txt", "D's work")
+        assert d.run("push").exit_code == 0
+        c.cg("pull")
+        assert (c.folder / "d-notes.txt").read_text() == "D's work"
+        c.use()
+        with vault.session(str(c.folder)) as s:
+            s.snapshot()
+    for dev in (b, c):
+        got = dev.run("pull")
+        assert got.exit_code == 0, got.output
+        assert "approved only by commits a removal voided" in got.output
+        assert not (dev.folder / "d-notes.txt").exists()
+        assert dev.json("history", "d-notes.txt")["versions"], dev.name
+    refused = d.run("push")
+    assert refused.exit_code == 1 and "enrol again" in refused.output, refused.output
+    restored = c.run("restore", "d-notes.txt", "--version",
+                     c.json("history", "d-notes.txt")["versions"][0]["version"])
+    assert restored.exit_code == 0, restored.output
+    assert c.run("push").exit_code == 0
+    b.cg("pull")
+    assert (b.folder / "d-notes.txt").read_text() == "D's work"
+    assert d.rid not in {m["id"] for m in b.json("device", "list")["members"]}
+
+
 # --- local hardening and parser limits ------------------------------------------------------
 
 
