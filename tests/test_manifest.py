@@ -613,3 +613,33 @@ def test_a_kept_place_ranks_below_its_entry_and_one_place_holds_one_blob() -> No
     with pytest.raises(IntegrityError, match="two blobs at one place"):
         state.merge_snapshot({dev: 1}, [("f", {f"{dev}:1": {**held, "a": 4096}})])
     state.merge_snapshot({dev: 1}, [("f", {f"{dev}:1": {**held, "k": "rewrapped"}})])
+
+
+def test_a_snapshot_never_plants_move_fields_on_an_entry_the_reader_holds() -> None:
+    """Review round 4, S5 (2): ``pl``, ``rd`` and ``rt`` are unsigned. A snapshot that wins the
+    location max-register gives its place and key fields, never its move fields: the place to
+    go back to stays one this device held, and the snapshot's dot is recorded as a mover."""
+    from cloudguard.manifest.moves import carried, unmoved
+
+    mine = {"t": "f", "o": "a" * 32, "a": 0, "n": 10, "r": 0, "k": "K1", "sg": "s"}
+    planted = {"o": "e" * 32, "a": 0, "n": 10, "r": 0}
+    # equal place, other key fields (a rewrap) plus a planted move: keys taken, moves not
+    theirs = {**mine, "k": "K2", "rd": ["X:9"], "rt": 5, "pl": planted}
+    got = carried(mine, theirs, "X:9", 100)
+    assert got["k"] == "K2" and "pl" not in got and "rd" not in got
+    # a real move (higher r) with a planted pl: pl is where we had the blob
+    theirs = {**mine, "o": "b" * 32, "r": 2, "rd": ["C:4", "X:9"], "rt": 5,
+              "pl": {**planted, "r": 1}}
+    got = carried(mine, theirs, "C:7", 100)
+    assert got["pl"] == {k: mine[k] for k in ("o", "a", "r", "n", "k")}
+    assert set(got["rd"]) == {"C:4", "X:9", "C:7"} and got["rt"] == 100
+    assert unmoved(got)["o"] == mine["o"]
+    # what we had recorded stays: our pl, our movers first
+    held = {**mine, "o": "c" * 32, "r": 1, "rd": ["B:2"], "rt": 50,
+            "pl": {k: mine[k] for k in ("o", "a", "r", "n", "k")}}
+    got = carried(held, theirs, "C:7", 100)
+    assert got["pl"] == held["pl"] and got["rd"][0] == "B:2"
+    # two repacks at one move count: no lower place exists, so no malformed pl is made
+    bare = {**mine, "o": "c" * 32, "r": 2}
+    got = carried(bare, {**bare, "o": "d" * 32}, "C:7", 100)
+    assert "pl" not in got and got["o"] == "d" * 32

@@ -68,22 +68,28 @@ def moved(entry: Entry, loc: dict[str, Any], dot: str, when: int) -> Entry:
 
 
 def carried(mine: Entry, theirs: Entry, by: str, when: int) -> Entry:
-    """``theirs`` (from the snapshot ``by``) puts the blob of an entry we hold somewhere else:
-    the snapshot's writer is recorded as a mover, so that if it is a removed member past its
-    cutoff the blob goes back to where we had it (review round 3, R3: a late snapshot applied
-    during a freeze must not move other devices' blobs for good). A rewrap (same object,
-    offset and move count) is not a move."""
+    """``theirs`` (from the snapshot ``by``) wins the location max-register over an entry we
+    hold. Its place and key fields are taken, never its move fields: ``pl``, ``rd`` and ``rt``
+    are unsigned, and a snapshot that planted a ``pl`` could make the revert of a late move
+    point a version at an object its writer chose (review round 4, S5). So ``pl`` stays the
+    place we held (ours, or where we had the blob), ``rd`` is the union with the snapshot's
+    dot added as a mover, so that if its writer is a removed member past its cutoff the blob
+    goes back to where we had it (review round 3, R3). A rewrap (same object, offset and move
+    count: only key fields differ, and key commitment checks those) is not a move."""
+    base = {k: v for k, v in theirs.items() if k not in _MOVE_FIELDS}
+    kept = {k: mine[k] for k in _MOVE_FIELDS if k in mine}
     if all(mine.get(k) == theirs.get(k) for k in ("o", "a", "r")):
-        return theirs
-    if isinstance(theirs.get("pl"), dict) and isinstance(theirs.get("rd"), list):
-        pl, rd = theirs["pl"], list(theirs["rd"])
-    elif isinstance(mine.get("pl"), dict) and isinstance(mine.get("rd"), list):
+        return {**base, **kept}
+    if isinstance(mine.get("pl"), dict) and isinstance(mine.get("rd"), list):
         pl, rd = mine["pl"], list(mine["rd"])
     else:
         pl, rd = {k: mine[k] for k in LOCATION_FIELDS if k in mine}, []
-    if by not in rd:
-        rd.append(by)
-    return {**theirs, "rd": rd, "rt": when, "pl": pl}
+    if int(pl.get("r", 0)) >= int(theirs.get("r", 0)):
+        return base  # two moves at one count (concurrent repacks): no lower place to keep
+    for dot in [*(theirs.get("rd") if isinstance(theirs.get("rd"), list) else []), by]:
+        if dot not in rd:
+            rd.append(dot)
+    return {**base, "rd": rd, "rt": when, "pl": pl}
 
 
 def unmoved(entry: Entry) -> Entry:
