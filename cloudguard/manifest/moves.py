@@ -86,7 +86,8 @@ def carried(mine: Entry, theirs: Entry, by: str, when: int) -> Entry:
         pl, rd = {k: mine[k] for k in LOCATION_FIELDS if k in mine}, []
     if int(pl.get("r", 0)) >= int(theirs.get("r", 0)):
         return base  # two moves at one count (concurrent repacks): no lower place to keep
-    for dot in [*(theirs.get("rd") if isinstance(theirs.get("rd"), list) else []), by]:
+    moves = theirs.get("rd")
+    for dot in [*(moves if isinstance(moves, list) else []), by]:
         if dot not in rd:
             rd.append(dot)
     return {**base, "rd": rd, "rt": when, "pl": pl}
