@@ -1238,6 +1238,12 @@ def test_a_frozen_device_never_deletes_what_a_backdated_removal_took_out(
                      b.json("history", "held.txt")["versions"][0]["version"])
     assert restored.exit_code == 0, restored.output
     assert (b.folder / "held.txt").read_text() == "A's file that B holds"
+    assert b.run("push").exit_code == 0
+    # only a re-encryption ends those kept versions, and it says so first
+    got = b.run("key", "rotate", "--reencrypt")
+    assert got.exit_code == 0, got.output
+    assert "forgets the versions of" in got.output
+    assert [v["current"] for v in b.json("history", "held.txt")["versions"]] == [True]
 
 
 def test_a_device_whose_approval_a_removal_voids_bricks_no_one(

@@ -28,7 +28,7 @@ from typing import Any
 from .. import chain, sync
 from .. import format as fmt
 from .. import manifest as mf
-from ..errors import CloudguardError, IntegrityError, named
+from ..errors import CloudguardError, IntegrityError, UsageError, named
 from ..keys import now_iso
 from ..session import INTENT, Session, intent
 from .common import _log
@@ -44,6 +44,7 @@ def begin(s: Session, remove: str | None, earlier: dict[str, Any] | None = None
           ) -> dict[str, Any]:
     """Written before the new generation is published: a kill right after it is seen too.
     An ``earlier`` unfinished run that this one supersedes hands on its old objects."""
+    _warn_clamped(s)
     started: dict[str, Any] = {"epoch": s.ring.head.epoch + 1, "commit": None,
                                "removed": remove, "started": now_iso(),
                                "old": list((earlier or {}).get("old", [])), "noted": False}
@@ -118,6 +119,23 @@ def run(s: Session, started: dict[str, Any], resumed: bool) -> dict[str, Any]:
     return {"epoch": s.ring.head.epoch, "commit": s.ring.head.id, "reencrypted": True,
             "removed": started.get("removed"), "resumed": resumed, "files": redone,
             "deleted_objects": deleted}
+
+
+def _warn_clamped(s: Session) -> None:
+    """Versions a clamp moved into the history (a removed member's late writes, or those of a
+    member that a challenged removal took out) are kept until a re-encryption ends the
+    history: say how many before that happens, so that the user can restore what it needs."""
+    cuts = {rid: cut.seq for rid, cut in s.ring.view.removed.items()}
+    clamped = {path for path, dot, _e, _g in s.state.attic()
+               if int(dot.partition(":")[2]) > cuts.get(dot.partition(":")[0], 1 << 62)}
+    if not clamped:
+        return
+    what = (f"this re-encryption forgets the versions of {len(clamped)} files that removals "
+            f"moved into the history (e.g. {sorted(clamped)[0]}); a member taken out by a "
+            "removed one may have written them (cloudguard history, restore)")
+    if s.ui.confirm is not None and not s.ui.confirm(f"{what}. Forget them?"):
+        raise UsageError(f"{what}; nothing was re-encrypted")
+    s.ui.warn(what)
 
 
 class Unfinished(CloudguardError):
