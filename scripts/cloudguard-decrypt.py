@@ -1294,6 +1294,21 @@ def removed_late(raw: object, limit: dict[str, int]) -> dict[str, dict[str, Entr
     return out
 
 
+def late_chain(rb: object, live: dict[str, Any], gone: dict[str, Any],
+               limit: dict[str, int]) -> bool:
+    """"Writer rules": the removers of a kept version, followed from its "rb", are late dots
+    only and end at a late version still live or at none (round 5, T1; as cloudguard's
+    manifest._late_chain)."""
+    seen: set[str] = set()
+    while isinstance(rb, str) and rb and late_dot(rb, limit) and rb not in seen:
+        if rb in live or rb not in gone:
+            return True
+        seen.add(rb)
+        row = gone[rb]
+        rb = row.get("rb") if isinstance(row, dict) else None
+    return False
+
+
 def rb_of(payload: dict[str, Any], path: str, dot: str) -> object:
     """The "rb" of attic version ``dot`` at ``path`` in a snapshot payload (None if absent)."""
     return payload.get("attic", {}).get(path, {}).get(dot, {}).get("rb")
@@ -1463,8 +1478,7 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
                 live = unclamped.get(where, {})  # ... while the late version is still there
                 gone = payload.get("attic", {}).get(where, {})  # a late version deleted since
                 versions = {d: e for d, e in versions.items()
-                            if rb_of(payload, where, d) in live
-                            or rb_of(payload, where, d) not in gone}
+                            if late_chain(rb_of(payload, where, d), live, gone, limit)}
                 if versions and not snapshot.paths.get(where):
                     snapshot.paths[where] = {d: unmoved(e, limit) for d, e in versions.items()}
         if not state.dominates(snapshot.ctx):

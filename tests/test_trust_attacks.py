@@ -517,6 +517,41 @@ def test_a_challenge_does_not_make_a_removed_members_late_edit_live(
         "original by B"
 
 
+@pytest.mark.parametrize("then", ["delete", "edit"])
+def test_two_late_writes_to_one_file_do_not_become_a_delete(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, then: str) -> None:
+    """Review round 5, T1: X, removed by A and shown the old remote, edits paper.txt and then
+    deletes (or edits) it again. B, kept from seeing the removal, applies both and compacts.
+    The chain of removers from A's version is late only, so A's version comes back on every
+    device once the removal shows."""
+    a, b, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "x")
+    a.write("paper.txt", "original")
+    a.cg("push")
+    b.cg("pull")
+    x.cg("pull")
+    old = provider.objects()
+    a.cg("device", "remove", x.rid)
+    with provider.showing(old) as written:
+        x.write("paper.txt", "first late edit")
+        x.cg("push")
+        if then == "delete":
+            (x.folder / "paper.txt").unlink()
+        else:
+            x.write("paper.txt", "second late edit, longer")
+        x.cg("push")
+    with provider.showing({**old, **written}):
+        b.cg("pull")
+        b.use()
+        with vault.session(str(b.folder)) as s:
+            s.snapshot()
+    for dev in (a, b):
+        got = dev.run("pull")
+        assert got.exit_code == 0, got.output
+        assert (dev.folder / "paper.txt").read_text() == "original", dev.name
+    assert (script_restores(a, local_remote, tmp_path) / "paper.txt").read_text() == "original"
+
+
 def test_a_removed_members_late_delete_is_undone(
         local_remote: str, provider: Provider, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:

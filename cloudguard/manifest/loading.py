@@ -317,20 +317,34 @@ def _revive(paths: dict[str, dict[str, Any]], kept: dict[str, dict[str, dict[str
     that path holds nothing else now: clamping its edit must not turn it into a delete
     (review round 2, N5 (a)), nor its late snapshot's drops (review round 3, R3: ``rb`` is
     then that snapshot's dot, and no version at the path has it). For a late edit, only while
-    the late version that replaced them is still live in the snapshot: an honest delete of it
-    since (review round 3, R10) stays a delete, and so does a late delete (documented)."""
+    the late writes that replaced them end at a late version still live in the snapshot, or
+    at no version: an honest delete of a late version since (review round 3, R10) stays a
+    delete, while a late edit then a late delete (review round 5, T1) does not."""
     for path, rows in kept.items():
         if paths.get(path):
             continue
         live = unclamped.get(path, {})
         gone = unclamped_kept.get(path, {})
         back = {d: r["e"] for d, r in rows.items()
-                if r.get("rb") and _late_dot(str(r["rb"]), limit) and not _late_dot(d, limit)
-                and (r["rb"] in live or r["rb"] not in gone)}
+                if not _late_dot(d, limit) and _late_chain(r.get("rb"), live, gone, limit)}
         if back:
             paths[path] = back
             kept[path] = {d: r for d, r in rows.items() if d not in back}
     return paths, kept
+
+
+def _late_chain(rb: object, live: dict[str, Any], gone: dict[str, dict[str, Any]],
+                limit: dict[str, int]) -> bool:
+    """Do the removers of a kept version, followed from its ``rb`` (the late version that
+    replaced it, then whatever replaced that, ...), consist of late dots only, ending at a late
+    version still live or at none? An honest or unknown remover anywhere stops the revival."""
+    seen: set[str] = set()
+    while isinstance(rb, str) and rb and _late_dot(rb, limit) and rb not in seen:
+        if rb in live or rb not in gone:
+            return True
+        seen.add(rb)
+        rb = gone[rb].get("rb")
+    return False
 
 
 def _unmove_late(entry: dict[str, Any], limit: dict[str, int]) -> dict[str, Any]:
