@@ -552,6 +552,41 @@ def test_two_late_writes_to_one_file_do_not_become_a_delete(
     assert (script_restores(a, local_remote, tmp_path) / "paper.txt").read_text() == "original"
 
 
+def test_a_late_snapshots_floor_does_not_end_the_history(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 5, T3: X, removed by A and shown the old remote, writes a snapshot whose
+    history floor is now (what a re-encryption writes). B, kept from seeing the removal,
+    applies it (its history is gone) and compacts. The floor names the late snapshot that set
+    it, so once the removal shows every device ignores it, and B gets the history back."""
+    a, b, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "x")
+    a.write("paper.txt", "first draft")
+    a.cg("push")
+    a.write("paper.txt", "second draft, longer")
+    a.cg("push")
+    b.cg("pull")
+    x.cg("pull")
+    assert len(b.json("history", "paper.txt")["versions"]) == 2
+    old = provider.objects()
+    a.cg("device", "remove", x.rid)
+    with provider.showing(old) as written:
+        x.use()
+        with vault.session(str(x.folder)) as s:
+            s.state.raise_floor(int(time.time()))
+            s.snapshot()
+    with provider.showing({**old, **written}):
+        b.cg("pull")
+        assert len(b.json("history", "paper.txt")["versions"]) == 1  # the floor took it
+        b.use()
+        with vault.session(str(b.folder)) as s:
+            s.snapshot()
+    for dev in (a, b):
+        got = dev.run("pull")
+        assert got.exit_code == 0, got.output
+        versions = dev.json("history", "paper.txt")["versions"]
+        assert len(versions) == 2, (dev.name, versions)
+
+
 def test_a_removed_members_late_delete_is_undone(
         local_remote: str, provider: Provider, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:

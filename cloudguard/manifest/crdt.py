@@ -232,9 +232,21 @@ class State:
         row = self.db.execute("SELECT v FROM meta WHERE k = 'floor'").fetchone()
         return int(row[0]) if row else 0
 
-    def raise_floor(self, when: int) -> None:
+    @property
+    def floor_by(self) -> str | None:
+        """The dot of the snapshot that set the floor (None: set here, by a re-encryption),
+        so that a floor a removed member's late snapshot set is discarded like its other late
+        writes (review round 5, T3)."""
+        row = self.db.execute("SELECT v FROM meta WHERE k = 'floor_by'").fetchone()
+        return str(row[0]) if row else None
+
+    def raise_floor(self, when: int, by: str | None = None) -> None:
         if when > self.floor:
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('floor', ?)", (when,))
+            if by is None:
+                self.db.execute("DELETE FROM meta WHERE k = 'floor_by'")
+            else:
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('floor_by', ?)", (by,))
             self.db.execute("DELETE FROM attic WHERE gone <= ?", (when,))
 
     def to_attic(self, path: str, dot: str, entry: Entry, gone: int,
@@ -395,11 +407,13 @@ class State:
             "SELECT e, gone FROM attic WHERE path = ? AND dot = ?", (path, dot))]
 
     def merge(self, other: State) -> None:
-        self.merge_snapshot(other.ctx, other.items(), other.attic_payload(), other.floor)
+        self.merge_snapshot(other.ctx, other.items(), other.attic_payload(), other.floor,
+                            floor_by=other.floor_by)
 
     def merge_snapshot(self, ctx: dict[str, int], paths: Iterable[tuple[str, Siblings]],
                        attic: dict[str, dict[str, dict[str, Any]]] | None = None,
-                       floor: int = 0, when: int = 0, by: str | None = None) -> None:
+                       floor: int = 0, when: int = 0, by: str | None = None,
+                       floor_by: str | None = None) -> None:
         """Observed-remove merge: a dot one side lacks but has seen was deleted there (and
         joins the history as of now: this device's clock, never a time a segment states).
         Histories are unions; their times are no later than ``when``, the snapshot's time.
@@ -410,7 +424,7 @@ class State:
         """
         now = int(time.time())
         with self.transaction():
-            self.raise_floor(floor)
+            self.raise_floor(floor, floor_by)
             for path, kept in (attic or {}).items():
                 for dot, row in kept.items():
                     self.to_attic(path, dot, row["e"], min(int(row["g"]), when or now),

@@ -23,6 +23,7 @@ from .segments import (
     _floor,
     _paths,
     check_ops,
+    floor_by,
     parse_name,
     segment_name,
     time_of,
@@ -167,13 +168,18 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
                 held_dots = {d for sibs in paths.values() for d in sibs}
             else:
                 held_dots = None
+            floor, fb = _floor(payload), floor_by(payload)
+            if fb is not None and _late_dot(fb, limit):
+                skip_log.append(f"manifest segment {name} carries a history floor that a "
+                                f"removed member set after its removal ({fb}); ignored")
+                floor, fb = 0, None
             with _naming(name):
                 if not state.dominates(ctx):
-                    state.merge_snapshot(ctx, paths.items(), kept, _floor(payload),
-                                         time_of(payload), f"{parsed[name][0]}:{parsed[name][1]}")
-                elif kept or _floor(payload) > state.floor:
-                    state.merge_snapshot({}, (), kept, _floor(payload),  # history only
-                                         time_of(payload))
+                    state.merge_snapshot(ctx, paths.items(), kept, floor, time_of(payload),
+                                         f"{parsed[name][0]}:{parsed[name][1]}", fb)
+                elif kept or floor > state.floor:
+                    state.merge_snapshot({}, (), kept, floor, time_of(payload),  # history only
+                                         floor_by=fb)
             state.mark_consumed(name, listing[name], heads_hash[name], ctx)
             if held_dots is not None:
                 reissue |= {(p, d) for p, d in state.dots()
@@ -283,12 +289,15 @@ def _clamp_own(state: State, limit: dict[str, int]) -> None:
     the history (never away: the writes of an honest target of a backdated removal may be
     in no snapshot, review round 4, S4), what they replaced comes back, and every snapshot and
     delta is read again. Rare, so the copy is held in memory."""
-    paths, kept, ctx, floor = dict(state.items()), state.attic_payload(), dict(state.ctx), \
-        state.floor
+    paths, kept, ctx = dict(state.items()), state.attic_payload(), dict(state.ctx)
+    floor, fb = state.floor, state.floor_by
+    if fb is not None and _late_dot(fb, limit):
+        floor, fb = 0, None  # a late snapshot's floor (round 5, T3): the history comes back
     live, history = _clamped(paths, kept, limit, int(time.time()))
     live, history = _revive(live, history, limit, paths, kept)
     state.reset()
-    state.merge_snapshot(_clamp(ctx, limit), live.items(), history, floor, int(time.time()))
+    state.merge_snapshot(_clamp(ctx, limit), live.items(), history, floor, int(time.time()),
+                         floor_by=fb)
 
 
 def _clamped(paths: dict[str, dict[str, Any]], kept: dict[str, dict[str, dict[str, Any]]],
