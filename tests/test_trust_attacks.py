@@ -587,6 +587,40 @@ def test_a_late_snapshots_floor_does_not_end_the_history(
         assert len(versions) == 2, (dev.name, versions)
 
 
+def test_a_restore_by_time_never_brings_back_a_late_write(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 5, T2: X, removed by A, creates invoice.txt late; B, kept from seeing the
+    removal, applies it. Once the removal shows, the clamp keeps X's version in B's history.
+    A restore by time, the remedy the docs give, must not write it back as B's own version:
+    a late version is never current at any time, is marked in the history, and comes back
+    only when named."""
+    from datetime import datetime
+
+    a, b, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "x")
+    old = provider.objects()
+    a.cg("device", "remove", x.rid)
+    with provider.showing(old) as written:
+        x.write("invoice.txt", "pay the thief")
+        x.cg("push")
+    with provider.showing({**old, **written}):
+        b.cg("pull")
+        assert (b.folder / "invoice.txt").read_text() == "pay the thief"
+    applied = time.time()
+    time.sleep(4)
+    got = b.run("pull")
+    assert got.exit_code == 0, got.output
+    assert not (b.folder / "invoice.txt").exists()
+    versions = b.json("history", "invoice.txt")["versions"]
+    assert [v["late"] for v in versions] == [True], versions
+    assert "WRITTEN AFTER ITS WRITER WAS REMOVED" in b.run("history", "invoice.txt").output
+    mid = datetime.fromtimestamp(applied + 2).isoformat(timespec="seconds")
+    b.run("restore", "--before", mid)
+    assert not (b.folder / "invoice.txt").exists(), "a restore by time brought X's write back"
+    b.run("restore", "invoice.txt", "--before", mid)
+    assert not (b.folder / "invoice.txt").exists()
+
+
 def test_a_removed_members_late_delete_is_undone(
         local_remote: str, provider: Provider, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:

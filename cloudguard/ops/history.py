@@ -39,9 +39,15 @@ class Version:
     entry: Entry
     pushed: int  # unix seconds; 0 for a version pushed before history kept times
     replaced: int | None  # None: a current version
+    late: bool = False  # written past its writer's removal cutoff: kept, never current
 
     def current_at(self, when: int) -> bool:
-        return self.pushed <= when and (self.replaced is None or self.replaced > when)
+        """A late version (a removed member's late write, or a version of a member that a
+        removed member's backdated removal took out) is never current at any time: its
+        writer chose its ``pt``, so a restore by time would bring it back as an honest
+        member's write (review round 5, T2). It is restored only by naming it."""
+        return not self.late and self.pushed <= when and (
+            self.replaced is None or self.replaced > when)
 
     def to_json(self, labels: dict[str, str]) -> dict[str, Any]:
         device = self.dot.partition(":")[0]
@@ -50,7 +56,7 @@ class Version:
                 "size": int(self.entry.get("s", 0)) if kind == "file" else None,
                 "device": labels.get(device, device), "pushed": _iso(self.pushed),
                 "replaced": _iso(self.replaced) if self.replaced is not None else None,
-                "current": self.replaced is None}
+                "current": self.replaced is None, "late": self.late}
 
 
 def _iso(when: int | None) -> str | None:
@@ -82,7 +88,10 @@ def versions(s: Session, path: str | None = None) -> list[Version]:
     else:
         out += [Version(path, d, e, int(e.get("pt", 0)), None)
                 for d, e in s.state.siblings(path).items()]
-    out += [Version(p, d, e, int(e.get("pt", 0)), gone) for p, d, e, gone in s.state.attic(path)]
+    cuts = {rid: cut.seq for rid, cut in s.ring.view.removed.items()}
+    out += [Version(p, d, e, int(e.get("pt", 0)), gone,
+                    int(d.partition(":")[2]) > cuts.get(d.partition(":")[0], 1 << 62))
+            for p, d, e, gone in s.state.attic(path)]
     return sorted(out, key=lambda v: (v.path, v.pushed, v.replaced is None, v.replaced or 0))
 
 
