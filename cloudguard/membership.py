@@ -32,26 +32,29 @@ def _union(commits: dict[str, Commit], challenged: Iterable[Commit] = (),
     cutoff: every other commit's ``members`` and ``removed`` are claims, checked but never
     used, so a member added on a void branch is not, even where an honest commit built on
     that branch repeats it (review round 3, R4). A ``challenged`` removal (void, attacked by
-    another) takes its target out too: removals win (review round 4, S2). The third value is
-    the members that only challenged removals took out, which devices report. ``every``
-    holds the parents (void ones too)."""
+    another) takes its target out too: removals win (review round 4, S2); its cutoff counts
+    only for a member that no counting removal took out. The third value is the members that
+    only challenged removals took out, which devices report. ``every`` holds the parents (void
+    ones too)."""
     every = commits if every is None else every
     added: dict[str, MemberKeys] = {}
-    cuts: dict[str, list[Cutoff]] = {}
-    firm: set[str] = set()
+    firm: dict[str, list[Cutoff]] = {}
+    weak: dict[str, list[Cutoff]] = {}
     for c in commits.values():
         for rid, keys in _brought_in(c, every).items():
             if added.setdefault(rid, keys) != keys:
                 raise IntegrityError(f"{c.name}: member {rid} has two different keys")
-    for c, counts in [*((c, True) for c in commits.values()), *((c, False) for c in challenged)]:
+    for c, cuts in [*((c, firm) for c in commits.values()), *((c, weak) for c in challenged)]:
         if c.action != "remove":
             continue
         for rid in _fresh(c, every):
             cuts.setdefault(rid, []).append(c.removed[rid])
-            if counts:
-                firm.add(rid)
-    removed = {rid: _earliest(found) for rid, found in cuts.items()}
-    return {r: k for r, k in added.items() if r not in removed}, removed, set(removed) - firm
+    # a counting removal's cutoff stands: a removed member's backdated removal of a member
+    # retired long ago must not lower it (review round 5, T4)
+    removed = {rid: _earliest(found) for rid, found in weak.items() if rid not in firm}
+    only = set(removed)
+    removed.update({rid: _earliest(found) for rid, found in firm.items()})
+    return {r: k for r, k in added.items() if r not in removed}, removed, only
 
 
 def _ghosts(view: View) -> dict[str, Cutoff]:

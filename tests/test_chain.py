@@ -174,7 +174,7 @@ def test_a_retirement_never_brings_back_a_kit_its_target_removed() -> None:
     assert view.challenged == {a_rm_k.id} and view.contested == {k}
     assert {a_rm_k.id, k_add_t.id} <= set(view.voided) and b_rm_a.id in view.commits
     assert set(view.members) == {B} and {A, k} <= set(view.removed)
-    assert t not in view.members and t not in view.removed
+    assert t not in view.members and set(view.ghosts) == {t}  # out, cutoff 0 (S6)
     members, _removed = membership.merge_members(view, view.head, view.merge_tips())
     assert set(members) == {B} and view.needs_merge  # b_rm_a's slots went to K
     merged = lab.commit(view.head, B, "merge", [B], view.merge_tips())
@@ -379,3 +379,25 @@ def test_a_removed_members_two_children_of_one_parent_stop_nobody() -> None:
     two = lab.commit(base, x, "rotate", [*base.members])
     view = lab.view()
     assert {one.id, two.id} <= set(view.voided) and set(view.members) == {A, B}
+
+
+def test_a_backdated_removal_does_not_lower_a_retired_members_cutoff() -> None:
+    """Review round 5, T4: A retired laptop L long ago (cutoff 800); X, later removed, signs
+    on a commit from before that retirement a removal of L with cutoff 0. The counting
+    removal's cutoff stands, so none of L's 800 writes turns late; X's removal is still
+    challenged and reported."""
+    x, lap = "c" * 16, "d" * 16
+    lab, base = members_lab(x, lap)
+    retire = remove(lab, base, A, lap, 800, None)
+    by_b = remove(lab, retire, B, x, 0, None)
+    x_rm_l = remove(lab, base, x, lap, 0, None)
+    view = lab.view()
+    assert x_rm_l.id in view.challenged and {retire.id, by_b.id} <= set(view.commits)
+    assert view.removed[lap].seq == 800 and lap not in view.contested
+    # a member only challenged removals took out keeps the lowest of theirs
+    y = "e" * 16
+    lab, base = members_lab(x, y)
+    remove(lab, base, A, x, 3, None)
+    remove(lab, base, x, y, 0, None)
+    view = lab.view()
+    assert view.removed[y].seq == 0 and view.contested == {y}
