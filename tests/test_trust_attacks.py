@@ -1286,16 +1286,29 @@ def test_removed_device_answering_with_a_removal_takes_its_remover_along(
     assert restored.exit_code == 0, restored.output
     assert (b.folder / "a-report.txt").read_text() == "A's work after removing X"
     assert b.run("push").exit_code == 0
-    # garbage collection waits while the challenge stands: a replaced blob stays on the remote
+    # garbage collection waits keep_days after the removals were first seen: a replaced blob
+    # stays on the remote
     monkeypatch.setenv("CLOUDGUARD_GC_GRACE", "0")
-    assert b.run("settings", "--keep-days", "0").exit_code == 0
     before = {n for n in provider.objects() if n.startswith("data/")}
-    b.write("b.txt", "replaced while the challenge stands")
+    b.write("b.txt", "replaced while the challenge is fresh")
     assert b.run("push").exit_code == 0
     b.write("c.txt", "another push runs maintenance again")
     assert b.run("push").exit_code == 0
     assert before and before <= {n for n in provider.objects() if n.startswith("data/")}
+    # the hold ends (review round 5, T5), but a version the clamp moved is never forgotten,
+    # nor its object
+    assert b.run("settings", "--keep-days", "0").exit_code == 0
+    for text in ("b again", "b once more"):
+        b.write("b.txt", text)
+        assert b.run("push").exit_code == 0
+    assert not before <= {n for n in provider.objects() if n.startswith("data/")}
     assert len(b.json("history", "a-report.txt")["versions"]) >= 2, "a version was forgotten"
+    late = [v for v in b.json("history", "a-report.txt")["versions"] if v["late"]]
+    assert late
+    (b.folder / "a-report.txt").unlink()  # so the restore reads the kept blob
+    again = b.run("restore", "a-report.txt", "--version", late[0]["version"], "--force")
+    assert again.exit_code == 0, again.output
+    assert (b.folder / "a-report.txt").read_text() == "A's work after removing X"
 
 
 def test_a_frozen_device_never_deletes_what_a_backdated_removal_took_out(

@@ -83,18 +83,23 @@ def _maintain(s: Session) -> None:
 
 
 def _holding(s: Session, now: float) -> bool:
-    """Garbage collection waits while a removal is challenged, and for ``keep_days`` after
-    this device first saw each removal: a removed member's backdated removal that this device
-    is kept from seeing challenged must not get its target's uncompacted writes deleted here
-    (review round 4, S4; format.md, "Writer rules")."""
+    """Garbage collection waits for ``keep_days`` after this device first saw each removal
+    (counting or challenged) and each void add: what a removal's target, or a device whose
+    approval was voided, wrote in segments no snapshot covers is refused everywhere, and a
+    device kept from seeing a challenge must not delete it (review round 4, S4). Its versions
+    that honest snapshots carry are in the history and kept as such; the rest can be restored
+    from the writer's folder meanwhile. Bounded, so one honest race never stops garbage
+    collection for the life of the vault (review round 5, T5)."""
+    view = s.ring.view
+    changes = {c.id for c in view.commits.values() if c.action == "remove"} | set(
+        view.challenged) | {c.id for c in view.voided.values() if c.action == "add"}
     first: dict[str, float] = s.index.get_meta("removal_seen", {})
-    fresh = {rid: now for rid in s.ring.view.removed if rid not in first}
+    fresh = {cid: now for cid in changes if cid not in first}
     if fresh:
         with s.index.transaction():
             s.index.set_meta("removal_seen", {**first, **fresh})
         first = {**first, **fresh}
-    return bool(s.ring.view.challenged) or any(
-        now - t < s.binding.keep_days * 86400 for t in first.values())
+    return any(now - t < s.binding.keep_days * 86400 for t in first.values())
 
 
 def _repack(s: Session) -> bool:
