@@ -112,8 +112,8 @@ def open_ring(vault_id: str, listing: Iterable[str], fetch: Callable[[str], byte
         warn(f"{len(view.challenged)} removals are challenged by other removals (a removed "
              f"member answering its removal, or a race): removals win, so every target is out "
              f"(taken out only by a challenged removal: {who}); their versions are in the "
-             "history (cloudguard restore), and nothing is deleted from the remote while this "
-             "stands (docs/threat-model.md, \"Removals win\")")
+             "history (cloudguard restore --version), and nothing is deleted from the remote "
+             "for keep_days (docs/threat-model.md, \"Removals win\")")
     if view.ghosts:
         warn(f"members approved only by commits a removal voided are out: "
              f"{', '.join(sorted(view.ghosts))}; their versions are in the history "
