@@ -440,7 +440,8 @@ def _note_interrupted(index: Index, binding: Binding) -> None:
 
 def _opener(ring: trust.Ring, index: Index) -> mf.Opener:
     """Writer rules (chain.accept_segment), plus: a writer's heads only move forward along
-    the chain, and a segment written under an older KEK marks the state for re-wrapping."""
+    the chain (or off a head that turned void), and a segment written under an older KEK
+    marks the state for re-wrapping."""
     heads: dict[str, tuple[int, str]] = {}
 
     def opener(name: str, dev: str, seq: int, data: bytes) -> dict[str, Any]:
@@ -449,8 +450,10 @@ def _opener(ring: trust.Ring, index: Index) -> mf.Opener:
         if written is None:  # accept_segment has skipped such a segment already
             raise IntegrityError(f"manifest segment {name} names no verified commit")
         before = heads.get(dev)
-        if before is not None and before[0] == seq - 1 and not ring.view.builds_on(
-                written.id, before[1]):
+        # a writer whose head turned void (an add a removal voided) moves to another branch:
+        # that is the removal's doing, which no provider can forge, not a fork
+        if before is not None and before[0] == seq - 1 and before[1] not in ring.view.voided \
+                and not ring.view.builds_on(written.id, before[1]):
             raise IntegrityError(f"fork: manifest segment {name} names a head that does not "
                                  "build on its writer's previous one")
         heads[dev] = (seq, written.id)

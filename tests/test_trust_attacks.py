@@ -1407,6 +1407,15 @@ def test_a_device_whose_approval_a_removal_voids_bricks_no_one(
     b.cg("pull")
     assert (b.folder / "d-notes.txt").read_text() == "D's work"
     assert d.rid not in {m["id"] for m in b.json("device", "list")["members"]}
+    # D enrols again, as told (a fresh request, a fresh id), and B approves it
+    d2 = Dev(monkeypatch, tmp_path, "d2")
+    d2.use()
+    req = json.loads(cg("clone", local_remote, str(d2.folder), "--vault-code", code, "--name",
+                        "d2", "--json").stdout)
+    assert req["device"] != d.rid
+    b.cg("device", "approve", req["fingerprint"], "--yes")
+    d2.cg("pull")
+    assert (d2.folder / "d-notes.txt").read_text() == "D's work"
 
 
 # --- local hardening and parser limits ------------------------------------------------------

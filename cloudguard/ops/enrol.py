@@ -300,7 +300,9 @@ def _add_member(transport: Transport, index: Index | None, ring: trust.Ring, rid
     """An add commit on the head: same KEK, one more member with its own slot."""
     if rid in ring.view.members or rid in ring.view.removed or any(
             rid in c.members for c in ring.view.commits.values()):
-        raise UsageError(f"member id {rid} already exists in this vault; refused")
+        raise UsageError(f"member id {rid} already exists in this vault (or a commit that "
+                         "turned out void named it); refused: the new device enrols again "
+                         "with a fresh request")
     members = {**ring.head.members, rid: keys}
     return trust.change(ring, transport, index, "add", members=members,
                         removed=dict(ring.head.removed), new_key=False, names={rid: name})
