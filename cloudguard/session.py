@@ -449,9 +449,7 @@ def _opener(ring: trust.Ring, index: Index) -> mf.Opener:
         written = ring.view.find(fmt.segment_head(data)[1])
         if written is None:  # accept_segment has skipped such a segment already
             raise IntegrityError(f"manifest segment {name} names no verified commit")
-        before = heads.get(dev)
-        # a writer whose head turned void (an add a removal voided) moves to another branch:
-        # that is the removal's doing, which no provider can forge, not a fork
+        before = heads.get(dev)  # leaving a head that turned void is the removal's doing
         if before is not None and before[0] == seq - 1 and before[1] not in ring.view.voided \
                 and not ring.view.builds_on(written.id, before[1]):
             raise IntegrityError(f"fork: manifest segment {name} names a head that does not "

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from .crdt import State, dot_of
 from .loading import Loaded, Opener, _clamp, _pinned, load, reissue_ops, written
-from .moves import Entry, join_remover, moved, unmoved
+from .moves import Entry, join_remover, late_dot, moved, unmoved
 from .segments import (
     MAX_SEQ,
     PREFIX,
@@ -39,6 +39,7 @@ from .signing import sign as sign_entry
 
 __all__ = [
     "Entry",
+    "late_dot",
     "Verifier",
     "sign_entry",
     "Loaded",

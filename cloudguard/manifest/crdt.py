@@ -14,7 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import IntegrityError
-from .moves import Entry, _was, _where, carried, join_remover, moved, newer_location
+from .moves import (
+    Entry,
+    _was,
+    _where,
+    carried,
+    join_remover,
+    late_dot,
+    moved,
+    newer_location,
+)
+from .paths import Paths
 from .signing import SIG_FIELD, content
 
 Siblings = dict[str, Entry]
@@ -91,7 +101,7 @@ class State:
         self.vouch: Vouch | None = None
         self.ctx: dict[str, int] = {}
         self._read_ctx()
-        self.paths = _Paths(self)
+        self.paths = Paths(self)
 
     @staticmethod
     def _connect(path: Path | None) -> sqlite3.Connection:
@@ -311,8 +321,7 @@ class State:
             self.forget_moves(before)
             old = self.db.execute("SELECT path, dot FROM attic WHERE gone < ?",
                                   (before,)).fetchall()
-            doomed = [(p, d) for p, d in old
-                      if int(d.partition(":")[2]) <= cuts.get(d.partition(":")[0], 1 << 62)]
+            doomed = [(p, d) for p, d in old if not late_dot(d, cuts)]
             self.db.executemany("DELETE FROM attic WHERE path = ? AND dot = ?", doomed)
             return len(doomed)
 
@@ -480,45 +489,3 @@ class State:
             self.db.execute("DELETE FROM attic")
             self.db.execute("DELETE FROM meta")
             self.ctx = {}
-
-
-class _Paths:
-    """Read-only, dict-like view of path -> siblings over the database."""
-
-    def __init__(self, state: State) -> None:
-        self._state = state
-
-    def __getitem__(self, path: str) -> Siblings:
-        sibs = self._state.siblings(path)
-        if not sibs:
-            raise KeyError(path)
-        return sibs
-
-    def get(self, path: str, default: Siblings | None = None) -> Siblings | None:
-        return self._state.siblings(path) or default
-
-    def __contains__(self, path: object) -> bool:
-        return isinstance(path, str) and self._state.has_path(path)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter([r[0] for r in self._state.db.execute(
-            "SELECT DISTINCT path FROM entries ORDER BY path")])
-
-    def __len__(self) -> int:
-        return int(self._state.db.execute(
-            "SELECT COUNT(DISTINCT path) FROM entries").fetchone()[0])
-
-    def items(self) -> Iterator[tuple[str, Siblings]]:
-        return self._state.items()
-
-    def values(self) -> Iterator[Siblings]:
-        return (sibs for _p, sibs in self._state.items())
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, _Paths):
-            return dict(self.items()) == dict(other.items())
-        if isinstance(other, dict):
-            return dict(self.items()) == other
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]

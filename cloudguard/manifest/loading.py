@@ -14,7 +14,7 @@ from typing import Any
 from ..chain import Skip
 from ..errors import REPUBLISH_HINT, HistoryError, IntegrityError, named
 from .crdt import State, Vouch
-from .moves import unmoved
+from .moves import late_dot, unmoved
 from .segments import (
     SegmentCache,
     _attic,
@@ -169,7 +169,7 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
             else:
                 held_dots = None
             floor, fb = _floor(payload), floor_by(payload)
-            if fb is not None and _late_dot(fb, limit):
+            if fb is not None and late_dot(fb, limit):
                 skip_log.append(f"manifest segment {name} carries a history floor that a "
                                 f"removed member set after its removal ({fb}); ignored")
                 floor, fb = 0, None
@@ -277,11 +277,6 @@ def _clamp(ctx: dict[str, int], limit: dict[str, int]) -> dict[str, int]:
     return {dev: min(seq, limit[dev]) if dev in limit else seq for dev, seq in ctx.items()}
 
 
-def _late_dot(dot: str, limit: dict[str, int]) -> bool:
-    dev, _, seq = dot.partition(":")
-    return dev in limit and int(seq) > limit[dev]
-
-
 def _clamp_own(state: State, limit: dict[str, int]) -> None:
     """This device applied a removed member's late writes before it saw the removal, or
     holds the writes of a member that a removed member's challenged removal took out. The
@@ -291,7 +286,7 @@ def _clamp_own(state: State, limit: dict[str, int]) -> None:
     delta is read again. Rare, so the copy is held in memory."""
     paths, kept, ctx = dict(state.items()), state.attic_payload(), dict(state.ctx)
     floor, fb = state.floor, state.floor_by
-    if fb is not None and _late_dot(fb, limit):
+    if fb is not None and late_dot(fb, limit):
         floor, fb = 0, None  # a late snapshot's floor (round 5, T3): the history comes back
     live, history = _clamped(paths, kept, limit, int(time.time()))
     live, history = _revive(live, history, limit, paths, kept)
@@ -306,13 +301,13 @@ def _clamped(paths: dict[str, dict[str, Any]], kept: dict[str, dict[str, dict[st
     """A snapshot with late dots (past their writer's cutoff): those versions leave the live
     state for the history, where they stay and are never live again (review round 4, S3, S4).
     Late moves of anyone's blob are undone."""
-    live = {p: {d: _unmove_late(e, limit) for d, e in sibs.items() if not _late_dot(d, limit)}
+    live = {p: {d: _unmove_late(e, limit) for d, e in sibs.items() if not late_dot(d, limit)}
             for p, sibs in paths.items()}
     history = {p: {d: {**r, "e": _unmove_late(r["e"], limit)} for d, r in rows.items()}
                for p, rows in kept.items()}
     for p, sibs in paths.items():
         for d, e in sibs.items():
-            if _late_dot(d, limit):
+            if late_dot(d, limit):
                 history.setdefault(p, {}).setdefault(d, {"e": _unmove_late(e, limit),
                                                          "g": when})
     return live, history
@@ -335,7 +330,7 @@ def _revive(paths: dict[str, dict[str, Any]], kept: dict[str, dict[str, dict[str
         live = unclamped.get(path, {})
         gone = unclamped_kept.get(path, {})
         back = {d: r["e"] for d, r in rows.items()
-                if not _late_dot(d, limit) and _late_chain(r.get("rb"), live, gone, limit)}
+                if not late_dot(d, limit) and _late_chain(r.get("rb"), live, gone, limit)}
         if back:
             paths[path] = back
             kept[path] = {d: r for d, r in rows.items() if d not in back}
@@ -348,7 +343,7 @@ def _late_chain(rb: object, live: dict[str, Any], gone: dict[str, dict[str, Any]
     replaced it, then whatever replaced that, ...), consist of late dots only, ending at a late
     version still live or at none? An honest or unknown remover anywhere stops the revival."""
     seen: set[str] = set()
-    while isinstance(rb, str) and rb and _late_dot(rb, limit) and rb not in seen:
+    while isinstance(rb, str) and rb and late_dot(rb, limit) and rb not in seen:
         if rb in live or rb not in gone:
             return True
         seen.add(rb)
@@ -360,7 +355,7 @@ def _unmove_late(entry: dict[str, Any], limit: dict[str, int]) -> dict[str, Any]
     """A blob moved by a removed member past its cutoff goes back where it was: the move kept
     no dot of its own, so clamping dots alone would keep it (review round 2, N4)."""
     rd = entry.get("rd")
-    late = isinstance(rd, list) and any(_late_dot(str(d), limit) for d in rd)
+    late = isinstance(rd, list) and any(late_dot(str(d), limit) for d in rd)
     return unmoved(entry) if late else entry
 
 

@@ -22,6 +22,13 @@ def newer_location(one: Entry, two: Entry) -> Entry:
                                         json.dumps(e, sort_keys=True)))
 
 
+def late_dot(dot: str, cutoffs: dict[str, int]) -> bool:
+    """Is ``dot`` (``W:k``) past its writer's removal cutoff: a write no reader makes live
+    (format.md, "Writer rules")?"""
+    dev, _, seq = dot.partition(":")
+    return dev in cutoffs and int(seq) > cutoffs[dev]
+
+
 def join_remover(one: str | None, two: str | None) -> str | None:
     """Who removed a kept version, as a join: None is unknown (an observed-remove drop only
     propagates some removal), equal names stay, two different names give "" (disagreement,

@@ -23,7 +23,7 @@ from typing import Any
 
 from .. import names, sync
 from ..errors import FileChangedError, IntegrityError, UsageError
-from ..manifest import Entry
+from ..manifest import Entry, late_dot
 from ..session import UI, Session, session
 from .common import _audited, _log, _scan
 from .pull import _stage
@@ -90,7 +90,7 @@ def versions(s: Session, path: str | None = None) -> list[Version]:
                 for d, e in s.state.siblings(path).items()]
     cuts = {rid: cut.seq for rid, cut in s.ring.view.removed.items()}
     out += [Version(p, d, e, int(e.get("pt", 0)), gone,
-                    int(d.partition(":")[2]) > cuts.get(d.partition(":")[0], 1 << 62))
+                    late_dot(d, cuts))
             for p, d, e, gone in s.state.attic(path)]
     return sorted(out, key=lambda v: (v.path, v.pushed, v.replaced is None, v.replaced or 0))
 

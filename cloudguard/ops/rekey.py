@@ -127,7 +127,7 @@ def _warn_clamped(s: Session) -> None:
     history: say how many before that happens, so that the user can restore what it needs."""
     cuts = {rid: cut.seq for rid, cut in s.ring.view.removed.items()}
     clamped = {path for path, dot, _e, _g in s.state.attic()
-               if int(dot.partition(":")[2]) > cuts.get(dot.partition(":")[0], 1 << 62)}
+               if mf.late_dot(dot, cuts)}
     if not clamped:
         return
     what = (f"this re-encryption forgets the versions of {len(clamped)} files that removals "
