@@ -32,8 +32,8 @@ def _union(commits: dict[str, Commit], challenged: Iterable[Commit] = (),
     cutoff: every other commit's ``members`` and ``removed`` are claims, checked but never
     used, so a member added on a void branch is not, even where an honest commit built on
     that branch repeats it (review round 3, R4). A ``challenged`` removal (void, attacked by
-    another) takes its target out too: removals win (review round 4, S2); its cutoff counts
-    only for a member that no counting removal took out. The third value is the members that
+    another) takes its target out too: removals win (review round 4, S2), and its cutoff
+    counts like any other. The third value is the members that
     only challenged removals took out, which devices report. ``every`` holds the parents (void
     ones too)."""
     every = commits if every is None else every
@@ -49,11 +49,12 @@ def _union(commits: dict[str, Commit], challenged: Iterable[Commit] = (),
             continue
         for rid in _fresh(c, every):
             cuts.setdefault(rid, []).append(c.removed[rid])
-    # a counting removal's cutoff stands: a removed member's backdated removal of a member
-    # retired long ago must not lower it (review round 5, T4)
-    removed = {rid: _earliest(found) for rid, found in weak.items() if rid not in firm}
-    only = set(removed)
-    removed.update({rid: _earliest(found) for rid, found in firm.items()})
+    # the lowest cutoff over every removal, counting or challenged: it only ever falls, so a
+    # late dot stays late (a precedence of counting removals let a lagging remover raise it
+    # and make a removed member's late writes live: review round 6, U3)
+    only = set(weak) - set(firm)
+    removed = {rid: _earliest([*firm.get(rid, []), *weak.get(rid, [])])
+               for rid in {*firm, *weak}}
     return {r: k for r, k in added.items() if r not in removed}, removed, only
 
 

@@ -724,10 +724,10 @@ def union(commits: dict[str, Commit], challenged: list[Commit], every: dict[str,
             continue
         for rid in fresh(c, every):
             cuts.setdefault(rid, []).append(c.removed[rid])
-    # a counting removal's cutoff stands over challenged ones (round 5, T4)
-    removed = {rid: earliest(found) for rid, found in weak.items() if rid not in firm}
-    only = set(removed)
-    removed.update({rid: earliest(found) for rid, found in firm.items()})
+    # the lowest cutoff over every removal: it only ever falls (round 6, U3)
+    only = set(weak) - set(firm)
+    removed = {rid: earliest([*firm.get(rid, []), *weak.get(rid, [])])
+               for rid in {*firm, *weak}}
     return {r: k for r, k in added.items() if r not in removed}, removed, only
 
 

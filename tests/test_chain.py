@@ -381,11 +381,11 @@ def test_a_removed_members_two_children_of_one_parent_stop_nobody() -> None:
     assert {one.id, two.id} <= set(view.voided) and set(view.members) == {A, B}
 
 
-def test_a_backdated_removal_does_not_lower_a_retired_members_cutoff() -> None:
-    """Review round 5, T4: A retired laptop L long ago (cutoff 800); X, later removed, signs
-    on a commit from before that retirement a removal of L with cutoff 0. The counting
-    removal's cutoff stands, so none of L's 800 writes turns late; X's removal is still
-    challenged and reported."""
+def test_a_cutoff_only_ever_falls() -> None:
+    """Review round 6, U3: the cutoff is the lowest over every removal, counting or
+    challenged, so no later removal raises it and no late dot turns live again. The cost,
+    stated in the threat model: X's backdated removal of laptop L, retired by A long ago
+    with cutoff 800, lowers L's cutoff to 0 (L's writes go to the history)."""
     x, lap = "c" * 16, "d" * 16
     lab, base = members_lab(x, lap)
     retire = remove(lab, base, A, lap, 800, None)
@@ -393,11 +393,13 @@ def test_a_backdated_removal_does_not_lower_a_retired_members_cutoff() -> None:
     x_rm_l = remove(lab, base, x, lap, 0, None)
     view = lab.view()
     assert x_rm_l.id in view.challenged and {retire.id, by_b.id} <= set(view.commits)
-    assert view.removed[lap].seq == 800 and lap not in view.contested
-    # a member only challenged removals took out keeps the lowest of theirs
+    assert view.removed[lap].seq == 0 and lap not in view.contested
+    # a challenged removal of X at 3, then a counting one at 9: X's cutoff stays 3
     y = "e" * 16
     lab, base = members_lab(x, y)
-    remove(lab, base, A, x, 3, None)
-    remove(lab, base, x, y, 0, None)
+    first = remove(lab, base, A, x, 3, None)
+    answer = remove(lab, base, x, A, 0, None)
+    later = remove(lab, base, y, x, 9, None)
     view = lab.view()
-    assert view.removed[y].seq == 0 and view.contested == {y}
+    assert {first.id, answer.id} <= view.challenged and later.id in view.commits
+    assert view.removed[x].seq == 3

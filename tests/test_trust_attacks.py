@@ -19,7 +19,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -202,6 +202,24 @@ def make_vault(mp: pytest.MonkeyPatch, root: Path, remote: str, *names: str) -> 
         first.cg("device", "approve", req["fingerprint"], "--yes")
         dev.cg("pull")
     return devs
+
+
+def compact(dev: Dev) -> None:
+    """The device writes a snapshot of its state now (as maintenance would)."""
+    dev.use()
+    with vault.session(str(dev.folder)) as s:
+        s.snapshot()
+
+
+def pulled_everywhere(devs: list[Dev], path: str, text: str, remote: str,
+                      tmp_path: Path) -> None:
+    """Every device pulls cleanly and holds ``text`` at ``path``; so does the recovery
+    script's restore of the remote as the first device sees it."""
+    for dev in devs:
+        got = dev.run("pull")
+        assert got.exit_code == 0, got.output
+        assert (dev.folder / path).read_text() == text, dev.name
+    assert (script_restores(devs[0], remote, tmp_path) / path).read_text() == text
 
 
 def vault_id_of(dev: Dev) -> str:
@@ -426,10 +444,12 @@ def test_a_removed_members_late_move_is_undone(local_remote: str, provider: Prov
     assert (script_restores(a, local_remote, tmp_path) / "paper.txt").read_text() == "original"
 
 
-def x_edits_late(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, remote: str,
-                 provider: Provider) -> tuple[list[Dev], dict[str, bytes]]:
-    """A removes X; X, shown the remote as it was, rewrites A's paper.txt. Returns the devices
-    and the remote a device that has not seen the removal is shown (X's late writes in it)."""
+def x_acts_late(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, remote: str,
+                provider: Provider, act: Callable[[Dev], object]
+                ) -> tuple[list[Dev], dict[str, bytes]]:
+    """A writes paper.txt and removes X; X, shown the remote as it was, does ``act``. Returns
+    the devices and the remote a device that has not seen the removal is shown (X's late
+    writes in it)."""
     a, b, x = make_vault(monkeypatch, tmp_path, remote, "a", "b", "x")
     a.write("paper.txt", "original")
     a.cg("push")
@@ -438,9 +458,17 @@ def x_edits_late(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, remote: str,
     old = provider.objects()
     a.cg("device", "remove", x.rid)
     with provider.showing(old) as written:
+        act(x)
+    return [a, b, x], {**old, **written}
+
+
+def x_edits_late(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, remote: str,
+                 provider: Provider) -> tuple[list[Dev], dict[str, bytes]]:
+    """X, removed, rewrites A's paper.txt late (x_acts_late)."""
+    def edit(x: Dev) -> None:
         x.write("paper.txt", "rewritten by the removed device")
         x.cg("push")
-    return [a, b, x], {**old, **written}
+    return x_acts_late(monkeypatch, tmp_path, remote, provider, edit)
 
 
 def test_a_removed_members_late_edit_does_not_become_a_delete(
@@ -454,9 +482,7 @@ def test_a_removed_members_late_edit_does_not_become_a_delete(
     with provider.showing(frozen) as by_b:
         b.cg("pull")
         assert (b.folder / "paper.txt").read_text() == "rewritten by the removed device"
-        b.use()
-        with vault.session(str(b.folder)) as s:
-            s.snapshot()
+        compact(b)
     assert any(n.startswith(f"m/{b.rid}-") and n.endswith(".s") for n in by_b)
     for dev in (a, b):
         got = dev.run("pull")
@@ -495,9 +521,7 @@ def test_a_challenge_does_not_make_a_removed_members_late_edit_live(
     with provider.showing({**old, **written}):
         c.cg("pull")
         assert (c.folder / "paper.txt").read_text() == "rewritten by the removed device"
-        c.use()
-        with vault.session(str(c.folder)) as s:
-            s.snapshot()
+        compact(c)
     members = {r: k for r, k in parent.members.items() if r != a.rid}
     removed = {**parent.removed, a.rid: chain.Cutoff(parent.members[a.rid].s, 0, None)}
     forge(provider, view, parent, x.secret(), x.rid, "remove", members, removed,
@@ -525,14 +549,7 @@ def test_two_late_writes_to_one_file_do_not_become_a_delete(
     deletes (or edits) it again. B, kept from seeing the removal, applies both and compacts.
     The chain of removers from A's version is late only, so A's version comes back on every
     device once the removal shows."""
-    a, b, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "x")
-    a.write("paper.txt", "original")
-    a.cg("push")
-    b.cg("pull")
-    x.cg("pull")
-    old = provider.objects()
-    a.cg("device", "remove", x.rid)
-    with provider.showing(old) as written:
+    def twice(x: Dev) -> None:
         x.write("paper.txt", "first late edit")
         x.cg("push")
         if then == "delete":
@@ -540,16 +557,12 @@ def test_two_late_writes_to_one_file_do_not_become_a_delete(
         else:
             x.write("paper.txt", "second late edit, longer")
         x.cg("push")
-    with provider.showing({**old, **written}):
+
+    (a, b, _x), frozen = x_acts_late(monkeypatch, tmp_path, local_remote, provider, twice)
+    with provider.showing(frozen):
         b.cg("pull")
-        b.use()
-        with vault.session(str(b.folder)) as s:
-            s.snapshot()
-    for dev in (a, b):
-        got = dev.run("pull")
-        assert got.exit_code == 0, got.output
-        assert (dev.folder / "paper.txt").read_text() == "original", dev.name
-    assert (script_restores(a, local_remote, tmp_path) / "paper.txt").read_text() == "original"
+        compact(b)
+    pulled_everywhere([a, b], "paper.txt", "original", local_remote, tmp_path)
 
 
 def test_a_late_snapshots_floor_does_not_end_the_history(
@@ -577,9 +590,7 @@ def test_a_late_snapshots_floor_does_not_end_the_history(
     with provider.showing({**old, **written}):
         b.cg("pull")
         assert len(b.json("history", "paper.txt")["versions"]) == 1  # the floor took it
-        b.use()
-        with vault.session(str(b.folder)) as s:
-            s.snapshot()
+        compact(b)
     for dev in (a, b):
         got = dev.run("pull")
         assert got.exit_code == 0, got.output
@@ -640,14 +651,8 @@ def test_a_removed_members_late_delete_is_undone(
     with provider.showing({**old, **written}):
         b.cg("pull")
         assert not (b.folder / "paper.txt").exists()
-        b.use()
-        with vault.session(str(b.folder)) as s:
-            s.snapshot()
-    for dev in (a, b):
-        got = dev.run("pull")
-        assert got.exit_code == 0, got.output
-        assert (dev.folder / "paper.txt").read_text() == "original", dev.name
-    assert (script_restores(a, local_remote, tmp_path) / "paper.txt").read_text() == "original"
+        compact(b)
+    pulled_everywhere([a, b], "paper.txt", "original", local_remote, tmp_path)
 
 
 def test_an_honest_delete_of_a_late_edit_stays_a_delete(
@@ -660,9 +665,7 @@ def test_an_honest_delete_of_a_late_edit_stays_a_delete(
         b.cg("pull")
         (b.folder / "paper.txt").unlink()  # B's user deletes it, on purpose
         b.cg("push")
-        b.use()
-        with vault.session(str(b.folder)) as s:
-            s.snapshot()
+        compact(b)
     for dev in (a, b):
         got = dev.run("pull")
         assert got.exit_code == 0, got.output
@@ -1277,6 +1280,10 @@ def test_removed_device_answering_with_a_removal_takes_its_remover_along(
     assert x.rid not in json.loads(provider.get(view.head.name + ".k"))["slots"]
     refused = a.run("push")
     assert refused.exit_code == 1 and "removed" in refused.output
+    # A's own pull stops before it touches the folder: its copy stays (review round 6, U6)
+    refused = a.run("pull")
+    assert refused.exit_code == 1 and "removed" in refused.output
+    assert (a.folder / "a-report.txt").read_text() == "A's work after removing X"
     # A's version left the live state for the history: kept, and B brings it back
     b.cg("pull")
     assert not (b.folder / "a-report.txt").exists()
@@ -1289,17 +1296,20 @@ def test_removed_device_answering_with_a_removal_takes_its_remover_along(
     # garbage collection waits keep_days after the removals were first seen: a replaced blob
     # stays on the remote
     monkeypatch.setenv("CLOUDGUARD_GC_GRACE", "0")
+    b.write("big.bin", "a" * (5 << 20))  # 4 MiB or more: an object of its own
+    assert b.run("push").exit_code == 0
     before = {n for n in provider.objects() if n.startswith("data/")}
-    b.write("b.txt", "replaced while the challenge is fresh")
+    b.write("big.bin", "b" * (5 << 20))
     assert b.run("push").exit_code == 0
     b.write("c.txt", "another push runs maintenance again")
     assert b.run("push").exit_code == 0
-    assert before and before <= {n for n in provider.objects() if n.startswith("data/")}
+    assert before <= {n for n in provider.objects() if n.startswith("data/")}
     # the hold ends (review round 5, T5), but a version the clamp moved is never forgotten,
     # nor its object
     assert b.run("settings", "--keep-days", "0").exit_code == 0
+    time.sleep(1.1)  # history times are in whole seconds: "older than 0 days" is a second on
     for text in ("b again", "b once more"):
-        b.write("b.txt", text)
+        b.write("c.txt", text)
         assert b.run("push").exit_code == 0
     assert not before <= {n for n in provider.objects() if n.startswith("data/")}
     assert len(b.json("history", "a-report.txt")["versions"]) >= 2, "a version was forgotten"
@@ -1389,9 +1399,7 @@ def test_a_device_whose_approval_a_removal_voids_bricks_no_one(
         assert d.run("push").exit_code == 0
         c.cg("pull")
         assert (c.folder / "d-notes.txt").read_text() == "D's work"
-        c.use()
-        with vault.session(str(c.folder)) as s:
-            s.snapshot()
+        compact(c)
     for dev in (b, c):
         got = dev.run("pull")
         assert got.exit_code == 0, got.output
