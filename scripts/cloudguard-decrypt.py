@@ -1290,7 +1290,8 @@ def removed_late(raw: object, limit: dict[str, int]) -> dict[str, dict[str, Entr
             if not isinstance(row, dict) or not isinstance(row.get("e"), dict):
                 raise BadData()
             rb = row.get("rb")
-            if rb and isinstance(rb, str) and not late_dot(dot, limit) and late_dot(rb, limit):
+            if isinstance(rb, str) and not late_dot(dot, limit) and (
+                    rb == "" or late_dot(rb, limit)):
                 out.setdefault(path, {})[dot] = row["e"]
     return out
 
@@ -1301,9 +1302,9 @@ def late_chain(rb: object, live: dict[str, Any], gone: dict[str, Any],
     only and end at a late version still live or at none (round 5, T1; as cloudguard's
     manifest._late_chain)."""
     seen: set[str] = set()
-    while isinstance(rb, str) and rb and late_dot(rb, limit) and rb not in seen:
-        if rb in live or rb not in gone:
-            return True
+    while rb == "" or isinstance(rb, str) and late_dot(rb, limit):
+        if rb == "" or rb in seen or rb in live or rb not in gone:
+            return True  # disagreeing removers or a late cycle revive (round 6, U1)
         seen.add(rb)
         row = gone[rb]
         rb = row.get("rb") if isinstance(row, dict) else None

@@ -643,3 +643,22 @@ def test_a_snapshot_never_plants_move_fields_on_an_entry_the_reader_holds() -> N
     bare = {**mine, "o": "c" * 32, "r": 2}
     got = carried(bare, {**bare, "o": "d" * 32}, "C:7", 100)
     assert "pl" not in got and got["o"] == "d" * 32
+
+
+def test_the_remover_walk_revives_through_disagreement_and_late_cycles() -> None:
+    """Review rounds 5-6, T1 and U1: a kept version comes back when its removers are late
+    only; removers that disagree ("") or a cycle of late dots (both makeable by a late
+    snapshot's unsigned rb) revive too; an honest remover stops it (round 3, R10)."""
+    from cloudguard.manifest.loading import _late_chain
+
+    x, c = "c" * 16, "d" * 16
+    limit = {x: 10}
+    late11, late12, honest = f"{x}:11", f"{x}:12", f"{c}:5"
+    assert _late_chain(late11, {late11: {}}, {}, limit)  # the late edit is still live
+    assert _late_chain(late12, {}, {}, limit)  # a late delete: no version has its dot
+    assert _late_chain(late11, {}, {late11: {"rb": late12}}, limit)  # edit, then delete
+    assert not _late_chain(late11, {}, {late11: {"rb": honest}}, limit)  # honest delete
+    assert not _late_chain(honest, {}, {}, limit) and not _late_chain(None, {}, {}, limit)
+    assert _late_chain("", {}, {}, limit)
+    assert _late_chain(late11, {}, {late11: {"rb": ""}}, limit)
+    assert _late_chain(late11, {}, {late11: {"rb": late12}, late12: {"rb": late11}}, limit)

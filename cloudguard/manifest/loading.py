@@ -341,10 +341,13 @@ def _late_chain(rb: object, live: dict[str, Any], gone: dict[str, dict[str, Any]
                 limit: dict[str, int]) -> bool:
     """Do the removers of a kept version, followed from its ``rb`` (the late version that
     replaced it, then whatever replaced that, ...), consist of late dots only, ending at a late
-    version still live or at none? An honest or unknown remover anywhere stops the revival."""
+    version still live or at none? An honest or unknown remover anywhere stops the revival.
+    Removers that disagree (``""``) revive, and so does a cycle of late dots: a late snapshot
+    can make either with unsigned ``rb`` fields, and the cost of a wrong revival is a deleted
+    file back, against the loss of a real one (review round 6, U1)."""
     seen: set[str] = set()
-    while isinstance(rb, str) and rb and late_dot(rb, limit) and rb not in seen:
-        if rb in live or rb not in gone:
+    while rb == "" or isinstance(rb, str) and late_dot(rb, limit):
+        if rb == "" or rb in seen or rb in live or rb not in gone:
             return True
         seen.add(rb)
         rb = gone[rb].get("rb")
