@@ -1426,6 +1426,39 @@ def test_a_device_whose_approval_a_removal_voids_bricks_no_one(
     assert (d2.folder / "d-notes.txt").read_text() == "D's work"
 
 
+def test_void_adds_that_write_nothing_do_not_hold_garbage_collection(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 6, U5: X, removed, signs a void add of a fresh id on the old parent now
+    and then. The member it brings in writes nothing, so it holds nothing: once the hold for
+    X's removal has run out, garbage collection is not held. A void add whose member wrote
+    segments holds it (their blobs may be nowhere else)."""
+    from cloudguard.ops.maintain import _holding
+
+    (a, b, x), _vid, view, _removal, parent, xs = x_removed_by_a(monkeypatch, tmp_path,
+                                                                local_remote, provider)
+    assert b.run("settings", "--keep-days", "1").exit_code == 0
+    b.cg("pull")
+    b.use()
+    with vault.session(str(b.folder)) as s:
+        assert _holding(s, time.time())  # X's removal was seen just now
+        seen = s.index.get_meta("removal_seen", {})
+        with s.index.transaction():  # ... and now two days ago
+            s.index.set_meta("removal_seen", {k: t - 2 * 86400 for k, t in seen.items()})
+        assert not _holding(s, time.time())
+    kek = kek_via(provider, view, parent, x.rid, xs)
+    ghost = keys.new_member_id()
+    forge(provider, view, parent, xs, x.rid, "add",
+          {**parent.members, ghost: Secret.generate().public("device")},
+          dict(parent.removed), kek, parent.epoch)
+    with vault.session(str(b.folder)) as s:
+        assert ghost in s.ring.view.ghosts
+        assert not _holding(s, time.time()), "a void add that wrote nothing held GC"
+    provider.put(f"m/{ghost}-{1:012d}.d", os.urandom(5000))  # it wrote (refused, held)
+    with vault.session(str(b.folder)) as s:
+        assert _holding(s, time.time())
+
+
 # --- local hardening and parser limits ------------------------------------------------------
 
 

@@ -91,8 +91,12 @@ def _holding(s: Session, now: float) -> bool:
     from the writer's folder meanwhile. Bounded, so one honest race never stops garbage
     collection for the life of the vault (review round 5, T5)."""
     view = s.ring.view
+    # a void add counts only if the member it brought in wrote something: a thief's void
+    # adds of fresh ids must not keep garbage collection off for ever (review round 6, U5)
+    wrote = {parsed[0] for n in s.listing if (parsed := mf.parse_name(n))}
     changes = {c.id for c in view.commits.values() if c.action == "remove"} | set(
-        view.challenged) | {c.id for c in view.voided.values() if c.action == "add"}
+        view.challenged) | {c.id for c in view.voided.values()
+                            if c.action == "add" and set(c.members) & set(view.ghosts) & wrote}
     first: dict[str, float] = s.index.get_meta("removal_seen", {})
     fresh = {cid: now for cid in changes if cid not in first}
     if fresh:
