@@ -38,24 +38,24 @@ def _union(commits: dict[str, Commit], challenged: Iterable[Commit] = (),
     ones too)."""
     every = commits if every is None else every
     added: dict[str, MemberKeys] = {}
-    firm: dict[str, list[Cutoff]] = {}
-    weak: dict[str, list[Cutoff]] = {}
+    cuts: dict[str, list[Cutoff]] = {}
+    firm: set[str] = set()
     for c in commits.values():
         for rid, keys in _brought_in(c, every).items():
             if added.setdefault(rid, keys) != keys:
                 raise IntegrityError(f"{c.name}: member {rid} has two different keys")
-    for c, cuts in [*((c, firm) for c in commits.values()), *((c, weak) for c in challenged)]:
+    for c, counts in [*((c, True) for c in commits.values()), *((c, False) for c in challenged)]:
         if c.action != "remove":
             continue
         for rid in _fresh(c, every):
             cuts.setdefault(rid, []).append(c.removed[rid])
+            if counts:
+                firm.add(rid)
     # the lowest cutoff over every removal, counting or challenged: it only ever falls, so a
     # late dot stays late (a precedence of counting removals let a lagging remover raise it
     # and make a removed member's late writes live: review round 6, U3)
-    only = set(weak) - set(firm)
-    removed = {rid: _earliest([*firm.get(rid, []), *weak.get(rid, [])])
-               for rid in {*firm, *weak}}
-    return {r: k for r, k in added.items() if r not in removed}, removed, only
+    removed = {rid: _earliest(found) for rid, found in cuts.items()}
+    return {r: k for r, k in added.items() if r not in removed}, removed, set(removed) - firm
 
 
 def _ghosts(view: View) -> dict[str, Cutoff]:
@@ -195,6 +195,12 @@ class View:
         # the head's slots went to members the merged view does not hold (a branch that
         # counted for its writer turned out void here): merge before encrypting under it
         return set(self.head.members) != set(self.members)
+
+    @property
+    def cutoffs(self) -> dict[str, int]:
+        """Each removed member's cutoff seq: its dots above it are late (format.md, "Writer
+        rules")."""
+        return {rid: cut.seq for rid, cut in self.removed.items()}
 
     def merge_tips(self, skip: frozenset[str] = frozenset()) -> list[str]:
         """What a merge on the head takes in: every branch tip it does not cover, and every

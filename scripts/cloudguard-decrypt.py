@@ -712,23 +712,23 @@ def union(commits: dict[str, Commit], challenged: list[Commit], every: dict[str,
     ``every`` holds the parents, void ones too. (Same rule as cloudguard's
     membership._union.)"""
     added: dict[str, Member] = {}
-    firm: dict[str, list[Cutoff]] = {}
-    weak: dict[str, list[Cutoff]] = {}
+    cuts: dict[str, list[Cutoff]] = {}
+    firm: set[str] = set()
     for c in commits.values():
         for rid, keys in brought_in(c, every).items():
             if added.setdefault(rid, keys) != keys:
                 raise IntegrityFailure(f"{c.name}: member {rid} appears with two different "
                                        "keys")
-    for c, cuts in [*((c, firm) for c in commits.values()), *((c, weak) for c in challenged)]:
+    for c, counts in [*((c, True) for c in commits.values()), *((c, False) for c in challenged)]:
         if c.action != "remove":  # any other commit's "removed" is a claim, never used
             continue
         for rid in fresh(c, every):
             cuts.setdefault(rid, []).append(c.removed[rid])
+            if counts:
+                firm.add(rid)
     # the lowest cutoff over every removal: it only ever falls (round 6, U3)
-    only = set(weak) - set(firm)
-    removed = {rid: earliest([*firm.get(rid, []), *weak.get(rid, [])])
-               for rid in {*firm, *weak}}
-    return {r: k for r, k in added.items() if r not in removed}, removed, only
+    removed = {rid: earliest(found) for rid, found in cuts.items()}
+    return {r: k for r, k in added.items() if r not in removed}, removed, set(removed) - firm
 
 
 def brought_in(c: Commit, every: dict[str, Commit]) -> dict[str, Member]:

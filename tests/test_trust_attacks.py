@@ -164,6 +164,16 @@ def forge(p: Provider, view: View, parent: Commit, signer: Secret, signer_rid: s
     return commit
 
 
+def backdated_removal(p: Provider, view: View, parent: Commit, signer: Secret,
+                      signer_rid: str, target: str) -> Commit:
+    """``signer`` (a removed member) removes ``target`` on the old ``parent``, with cutoff 0:
+    nothing of the target vouched."""
+    removed = {**parent.removed, target: chain.Cutoff(parent.members[target].s, 0, None)}
+    return forge(p, view, parent, signer, signer_rid, "remove",
+                 {r: k for r, k in parent.members.items() if r != target}, removed,
+                 os.urandom(32), parent.epoch + 1)
+
+
 def kek_via(p: Provider, view: View, commit: Commit, rid: str, secret: Secret) -> bytes:
     """The KEK of ``commit`` as member ``rid`` opens it (attackers use their own slots)."""
     return chain.open_keys(view, commit, p.get(commit.name + ".k"), rid, secret.x)
@@ -522,10 +532,7 @@ def test_a_challenge_does_not_make_a_removed_members_late_edit_live(
         c.cg("pull")
         assert (c.folder / "paper.txt").read_text() == "rewritten by the removed device"
         compact(c)
-    members = {r: k for r, k in parent.members.items() if r != a.rid}
-    removed = {**parent.removed, a.rid: chain.Cutoff(parent.members[a.rid].s, 0, None)}
-    forge(provider, view, parent, x.secret(), x.rid, "remove", members, removed,
-          os.urandom(32), parent.epoch + 1)
+    backdated_removal(provider, view, parent, x.secret(), x.rid, a.rid)
     for dev in (b, c):
         got = dev.run("pull")
         assert got.exit_code == 0, got.output
@@ -1264,10 +1271,7 @@ def test_removed_device_answering_with_a_removal_takes_its_remover_along(
     assert a.run("push").exit_code == 0
     b.cg("pull")
     assert (b.folder / "a-report.txt").read_text() == "A's work after removing X"
-    members = {r: k for r, k in parent.members.items() if r != a.rid}
-    removed = {**parent.removed, a.rid: chain.Cutoff(parent.members[a.rid].s, 0, None)}
-    forge(provider, view, parent, xs, x.rid, "remove", members, removed, os.urandom(32),
-          parent.epoch + 1)
+    backdated_removal(provider, view, parent, xs, x.rid, a.rid)
     b.write("b.txt", "after the mutual removal")
     got = b.run("push")
     assert got.exit_code == 0, got.output
@@ -1338,10 +1342,7 @@ def test_a_frozen_device_never_deletes_what_a_backdated_removal_took_out(
     a.cg("device", "remove", x.rid)
     view = provider.view(vid)
     removal = view.head
-    members = {r: k for r, k in parent.members.items() if r != a.rid}
-    removed = {**parent.removed, a.rid: chain.Cutoff(parent.members[a.rid].s, 0, None)}
-    answer = forge(provider, view, parent, x.secret(), x.rid, "remove", members, removed,
-                   os.urandom(32), parent.epoch + 1)
+    answer = backdated_removal(provider, view, parent, x.secret(), x.rid, a.rid)
     with provider.hiding(answer.name, answer.name + ".k"):  # A has not seen it yet
         a.write("unseen.txt", "A's file that B never applied")
         assert a.run("push").exit_code == 0

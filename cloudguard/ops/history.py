@@ -88,9 +88,8 @@ def versions(s: Session, path: str | None = None) -> list[Version]:
     else:
         out += [Version(path, d, e, int(e.get("pt", 0)), None)
                 for d, e in s.state.siblings(path).items()]
-    cuts = {rid: cut.seq for rid, cut in s.ring.view.removed.items()}
-    out += [Version(p, d, e, int(e.get("pt", 0)), gone,
-                    late_dot(d, cuts))
+    cuts = s.ring.view.cutoffs
+    out += [Version(p, d, e, int(e.get("pt", 0)), gone, late_dot(d, cuts))
             for p, d, e, gone in s.state.attic(path)]
     return sorted(out, key=lambda v: (v.path, v.pushed, v.replaced is None, v.replaced or 0))
 

@@ -60,8 +60,7 @@ def _maintain(s: Session) -> None:
                 < MAINTAIN_EVERY:
             return
         _LAST_MAINTAINED[s.binding.id] = time.monotonic()
-    cutoffs = {rid: cut.seq for rid, cut in s.ring.view.removed.items()}
-    s.state.prune_attic(int(time.time()) - s.binding.keep_days * 86400, cutoffs)
+    s.state.prune_attic(int(time.time()) - s.binding.keep_days * 86400, s.ring.view.cutoffs)
     if s.loaded.deltas >= COMPACT_AFTER:
         s.snapshot()
     _repack(s)
@@ -93,7 +92,8 @@ def _holding(s: Session, now: float) -> bool:
     view = s.ring.view
     # a void add counts only if the member it brought in wrote something: a thief's void
     # adds of fresh ids must not keep garbage collection off for ever (review round 6, U5)
-    wrote = {parsed[0] for n in s.listing if (parsed := mf.parse_name(n))}
+    wrote = {parsed[0] for n in s.listing
+             if n.startswith(mf.PREFIX) and (parsed := mf.parse_name(n))}
     changes = {c.id for c in view.commits.values() if c.action == "remove"} | set(
         view.challenged) | {c.id for c in view.voided.values()
                             if c.action == "add" and set(c.members) & set(view.ghosts) & wrote}

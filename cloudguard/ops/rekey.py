@@ -125,9 +125,8 @@ def _warn_clamped(s: Session) -> None:
     """Versions a clamp moved into the history (a removed member's late writes, or those of a
     member that a challenged removal took out) are kept until a re-encryption ends the
     history: say how many before that happens, so that the user can restore what it needs."""
-    cuts = {rid: cut.seq for rid, cut in s.ring.view.removed.items()}
-    clamped = {path for path, dot, _e, _g in s.state.attic()
-               if mf.late_dot(dot, cuts)}
+    cuts = s.ring.view.cutoffs
+    clamped = {path for path, dot, _e, _g in s.state.attic() if mf.late_dot(dot, cuts)}
     if not clamped:
         return
     what = (f"this re-encryption forgets the versions of {len(clamped)} files that removals "
