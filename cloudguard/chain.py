@@ -113,6 +113,7 @@ class Commit:
     descriptor: str
     body: bytes
     sig: bytes
+    reencrypt: bool = False  # a re-encryption starts here: the older history ends (U2)
 
     @property
     def name(self) -> str:
@@ -207,6 +208,7 @@ class _Body(msgspec.Struct, forbid_unknown_fields=True):
     keyobj: _Id
     names: str
     descriptor: _Id
+    reencrypt: bool
 
 
 _BODY_KEYS = frozenset(_Body.__struct_fields__)
@@ -236,11 +238,13 @@ def decode_commit(data: bytes, name: str, vault_id: str) -> Commit:
         raise IntegrityError()  # seq 0: nothing of it was applied, so no segment
     if set(body.members) & set(body.removed):
         raise IntegrityError()
+    if body.reencrypt and body.action not in ("rotate", "remove"):
+        raise IntegrityError()  # only a new KEK can start a re-encryption
     members = {rid: MemberKeys(k.kind, _key(k.x), _key(k.s)) for rid, k in body.members.items()}
     removed = {rid: Cutoff(_key(c.s), c.seq, c.hash) for rid, c in body.removed.items()}
     return Commit(cid, body.pos, body.parent, list(body.merges), body.action, body.signer,
                   body.created, members, removed, body.epoch, body.kek, body.keyobj,
-                  body.names, body.descriptor, raw, sig)
+                  body.names, body.descriptor, raw, sig, body.reencrypt)
 
 
 # --- key objects --------------------------------------------------------------------------
@@ -295,8 +299,11 @@ def open_keys(view: View, commit: Commit, data: bytes, rid: str, priv: X25519Pri
 def build(view: View | None, vault_id: str, me: Secret, my_rid: str, action: str,
           members: dict[str, MemberKeys], removed: dict[str, Cutoff], kek: bytes, epoch: int,
           names: dict[str, str], history: dict[str, bytes], descriptor: str,
-          created: str, merges: list[str] | None = None) -> tuple[Commit, bytes, bytes]:
-    """A new commit on ``view.head`` (or a genesis): (commit, commit bytes, key object bytes)."""
+          created: str, merges: list[str] | None = None, reencrypt: bool = False
+          ) -> tuple[Commit, bytes, bytes]:
+    """A new commit on ``view.head`` (or a genesis): (commit, commit bytes, key object bytes).
+    ``reencrypt``: the commit starts a re-encryption, which ends the history under older
+    KEKs; signed here, so that only a current member's commit ends it (review round 6, U2)."""
     parent = view.head if view is not None else None
     pos = parent.pos + 1 if parent else 0
     ctx = context(vault_id if parent else "", pos, parent.id if parent else None)
@@ -315,7 +322,7 @@ def build(view: View | None, vault_id: str, me: Secret, my_rid: str, action: str
             "keyobj": hashlib.sha256(keyobj).hexdigest(),
             "names": fmt.seal_json(kek, b"cloudguard/v2/names", ctx,
                                    {r: names[r] for r in members}, pad=True),
-            "descriptor": descriptor}
+            "descriptor": descriptor, "reencrypt": reencrypt}
     data, raw = encode_signed(COMMIT_MAGIC, body, me.s, b"cloudguard/v2/commit")
     cid = commit_id(raw)
     commit = decode_commit(data, commit_name(pos, cid), vault_id if parent else cid)

@@ -202,6 +202,19 @@ class View:
         rules")."""
         return {rid: cut.seq for rid, cut in self.removed.items()}
 
+    def ended(self, counting: Callable[[Commit], bool] = lambda _c: True) -> frozenset[str]:
+        """Generations (KEK commitments) whose history a re-encryption ended: every one below
+        the epoch of the newest non-void commit that started one, so only a current member
+        ends it, and a removed member's backdated one stops counting once its removal shows
+        (format.md "Version history"; review round 6, U2). ``counting``: which of those
+        commits count (garbage collection: the ones this device saw ``keep_days`` ago)."""
+        starts = [c.epoch for c in self.commits.values() if c.reencrypt and counting(c)]
+        if not starts:
+            return frozenset()
+        top = max(starts)
+        return frozenset(c.kek for c in [*self.commits.values(), *self.voided.values()]
+                         if c.epoch < top)
+
     def merge_tips(self, skip: frozenset[str] = frozenset()) -> list[str]:
         """What a merge on the head takes in: every branch tip it does not cover, and every
         challenged removal its ancestry does not name. A challenged removal is void (no tip),

@@ -414,6 +414,7 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
                              cutoffs, skipped,
                              mf.Verifier(binding.vault_id, ring.view.signer_key),
                              mf.written(index.get_meta("written", None), segs, binding.device))
+            loaded.state.ended = ring.view.ended()
             for reason in skipped:
                 ui.warn(reason)
             _finish_deletions(index, transport, listing, loaded)

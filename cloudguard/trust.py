@@ -215,7 +215,8 @@ def change(ring: Ring, transport: Transport, index: Index | None, action: str, *
     all_names = {**{r: ring.name_of(r) for r in members}, **names}
     commit, data, keyobj = chain.build(ring.view, ring.view.vault_id, ring.secret, ring.rid,
                                        action, members, removed, kek, epoch, all_names,
-                                       history, head.descriptor, now_iso(), merges)
+                                       history, head.descriptor, now_iso(), merges,
+                                       reencrypt)
     write(transport, index, commit, data, keyobj)
     advance(ring, commit, kek, history, all_names)
     return commit

@@ -567,7 +567,7 @@ def read_kit(path: Path, passphrase_env: str) -> Kit:
 COMMIT_MAGIC = b"CGC" + bytes([VERSION])
 COMMIT_NAME = re.compile(r"([0-9]{8})-([0-9a-f]{64})")
 BODY_KEYS = {"type", "format", "vault", "pos", "parent", "merges", "action", "signer", "created",
-             "members", "removed", "epoch", "kek", "keyobj", "names", "descriptor"}
+             "members", "removed", "epoch", "kek", "keyobj", "names", "descriptor", "reencrypt"}
 ACTIONS = ("genesis", "add", "remove", "rotate", "merge")
 
 
@@ -682,6 +682,9 @@ def decode_commit(data: bytes, name: str, vault_id: str) -> Commit:
         removed[_rid(rid)] = Cutoff(_key32(cut["s"]), cut["seq"], cut["hash"])
     if set(members) & set(removed):
         raise BadData()
+    if doc["reencrypt"] is not False and (doc["reencrypt"] is not True
+                                         or action not in ("rotate", "remove")):
+        raise BadData()  # only a new KEK starts a re-encryption
     if not (is_hex(doc["kek"], 64) and is_hex(doc["keyobj"], 64)
             and is_hex(doc["descriptor"], 64) and isinstance(doc["names"], str)
             and isinstance(doc["created"], str) and is_int(doc["epoch"]) and doc["epoch"] >= 0):

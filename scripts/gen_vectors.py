@@ -258,7 +258,7 @@ def make_commit(vault_id: str, pos: int, parent: str | None, action: str, signer
             "keyobj": hashlib.sha256(keyobj).hexdigest(),
             "names": fmt.seal_json(kek, b"cloudguard/v2/names", ctx, names, nonce=names_nonce,
                                    pad=True),
-            "descriptor": hashlib.sha256(DESCRIPTOR.encode()).hexdigest()}
+            "descriptor": hashlib.sha256(DESCRIPTOR.encode()).hexdigest(), "reencrypt": False}
     data, raw = chain.encode_signed(chain.COMMIT_MAGIC, body, _signer(signer),
                                     b"cloudguard/v2/commit")
     cid = chain.commit_id(raw)

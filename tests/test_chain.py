@@ -37,7 +37,7 @@ class Lab:
                                self.secrets[rid].x)
 
     def commit(self, on: Commit, signer: str, action: str, members: list[str],
-               merges: list[str] | None = None) -> Commit:
+               merges: list[str] | None = None, reencrypt: bool = False) -> Commit:
         view = self.view()
         view.head = view.find(on.id) or on
         same_key = action == "add"
@@ -51,9 +51,26 @@ class Lab:
             on.epoch if same_key else max([on.epoch, *(view.find(t).epoch  # type: ignore[union-attr]
                                                        for t in merges or [])]) + 1,
             {r: r[:1] for r in members}, {},
-            DESCRIPTOR, T, merges)
+            DESCRIPTOR, T, merges, reencrypt)
         self.objects[commit.name], self.objects[commit.name + ".k"] = data, keyobj
         return commit
+
+
+def test_only_a_verified_reencryption_commit_ends_history() -> None:
+    """Review round 6, U2: the history a re-encryption ends is named by a signed commit, by
+    epoch: every generation below the newest re-encrypting commit, and none on a commit that
+    keeps the KEK (a void one ends nothing: test_trust_attacks)."""
+    lab = Lab()
+    add = lab.commit(lab.view().head, A, "add", [A, B])
+    rotate = lab.commit(add, A, "rotate", [A, B])
+    assert lab.view().ended() == frozenset()
+    with pytest.raises(chain.IntegrityError):
+        lab.commit(rotate, A, "add", [A, B], reencrypt=True)  # an add keeps the KEK
+    redo = lab.commit(rotate, B, "rotate", [A, B], reencrypt=True)
+    view = lab.view()
+    assert view.ended() == {c.kek for c in (view.head, add, rotate) if c.epoch < redo.epoch}
+    assert redo.kek not in view.ended() and rotate.kek in view.ended()
+    assert view.ended(lambda c: c.id != redo.id) == frozenset()  # not counted: ends nothing
 
 
 def test_concurrent_merges_that_change_nothing_more_do_not_merge_again() -> None:

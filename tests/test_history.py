@@ -114,8 +114,10 @@ def test_history_keeps_objects_until_keep_days_then_collects_them(
 
 def test_reencrypt_drops_history_on_every_device(local_remote: str, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """History holds content under DEKs that a removed member could unwrap: a re-encryption
-    deletes it, and no other device's snapshot brings it back."""
+    """History holds content under DEKs that a removed member could unwrap: a re-encryption's
+    signed commit ends it on every device at once, and no other device's snapshot brings it
+    back. It is forgotten (and its objects collected) ``keep_days`` after a device first saw
+    the commit, so a commit that turns void later ends nothing (review round 6, U2)."""
     monkeypatch.setenv("CLOUDGUARD_GC_GRACE", "0")
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
@@ -125,15 +127,24 @@ def test_reencrypt_drops_history_on_every_device(local_remote: str, tmp_path: Pa
     cg("push", "--folder", str(a))
     cg("pull", "--folder", str(b))
     assert len(cg_json("history", "doc.txt", "--folder", str(b))["versions"]) == 2
+    data = Path(local_remote) / "data"
+    before = set(os.listdir(data))
     cg("key", "rotate", "--reencrypt", "--folder", str(a))
+    assert len(cg_json("history", "doc.txt", "--folder", str(a))["versions"]) == 1
     cg("pull", "--folder", str(b))
     assert len(cg_json("history", "doc.txt", "--folder", str(b))["versions"]) == 1
-    _tick()  # the floor is in whole seconds: what is replaced in its second goes too
     (b / "doc.txt").write_text("v3")
     cg("push", "--folder", str(b))  # b's snapshot, if any, must not resurrect it
     cg("pull", "--folder", str(a))
     rows = cg_json("history", "doc.txt", "--folder", str(a))["versions"]
     assert [r["current"] for r in rows] == [False, True]
+    cg("verify", "--read-data", "--folder", str(a))
+    held = before & set(os.listdir(data))
+    assert held, "v1's object went before keep_days: a void re-encryption could not undo it"
+    cg("settings", "--keep-days", "0", "--folder", str(a))
+    (a / "doc.txt").write_text("v4")
+    cg("push", "--folder", str(a))  # keep_days after the commit: forgotten, then collected
+    assert not before & set(os.listdir(data))
     cg("verify", "--read-data", "--folder", str(a))
 
 

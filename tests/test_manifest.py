@@ -487,19 +487,26 @@ def test_the_remover_of_a_kept_version_joins_alike_in_any_order() -> None:
 
 
 def test_times_from_a_segment_never_lie_in_the_future() -> None:
-    """Review round 3, R7: a writer's clock cannot keep history for ever, nor end it with a
-    history floor in year 9999 (the floor never passes the snapshot's own time)."""
+    """Review round 3, R7: a writer's clock cannot keep history for ever."""
     import time
 
-    from cloudguard.manifest.segments import _floor
-
     now = int(time.time())
-    future = {"created": "9999-01-01T00:00:00+00:00", "floor": 253370764800}
+    future = {"created": "9999-01-01T00:00:00+00:00"}
     assert now <= mf.time_of(future) <= int(time.time())
-    assert _floor(future) <= int(time.time())
-    past = {"created": "2020-01-01T00:00:00+00:00", "floor": 1_700_000_000}
-    assert mf.time_of(past) == 1_577_836_800 and _floor(past) == 1_577_836_800
-    assert _floor({"created": "2024-01-01T00:00:00+00:00", "floor": 5}) == 5
+    assert mf.time_of({"created": "2020-01-01T00:00:00+00:00"}) == 1_577_836_800
+
+
+def test_a_snapshot_never_carries_a_history_floor() -> None:
+    """Review round 6, U2: only a signed re-encryption commit ends history, so a snapshot that
+    carries a floor (which nothing binds to an honest re-encryption) is refused."""
+    from cloudguard.manifest.segments import _check_segment
+
+    snap = {"kind": "snapshot", "device": "a" * 16, "seq": 1, "ctx": {"a" * 16: 1},
+            "created": "2024-01-01T00:00:00+00:00", "paths": {}, "attic": {}}
+    _check_segment("m/s", dict(snap))
+    for extra in ({"floor": 5}, {"floor": 5, "fb": "a" * 16 + ":1"}, {"fb": "a" * 16 + ":1"}):
+        with pytest.raises(IntegrityError, match="history floor"):
+            _check_segment("m/s", {**snap, **extra})
 
 
 def test_every_move_since_the_kept_place_is_listed_and_any_late_one_goes_back() -> None:

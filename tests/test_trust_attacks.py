@@ -36,6 +36,7 @@ from cloudguard.cli import main
 from cloudguard.errors import IntegrityError
 from cloudguard.layout import descriptor_hash
 from cloudguard.membership import View
+from cloudguard.ops import maintain
 
 # --- devices and the provider -------------------------------------------------------------
 
@@ -572,13 +573,15 @@ def test_two_late_writes_to_one_file_do_not_become_a_delete(
     pulled_everywhere([a, b], "paper.txt", "original", local_remote, tmp_path)
 
 
-def test_a_late_snapshots_floor_does_not_end_the_history(
+def test_a_removed_members_reencryption_ends_no_history(
         local_remote: str, provider: Provider, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Review round 5, T3: X, removed by A and shown the old remote, writes a snapshot whose
-    history floor is now (what a re-encryption writes). B, kept from seeing the removal,
-    applies it (its history is gone) and compacts. The floor names the late snapshot that set
-    it, so once the removal shows every device ignores it, and B gets the history back."""
+    """Review round 6, U2 (round 5, T3): X, removed by A and shown the old remote, runs a
+    re-encryption, whose signed commit ends the history under older keys. B, kept from seeing
+    the removal, takes the commit in (its history is hidden) and compacts. A device forgets
+    ended history only ``keep_days`` after it first saw the commit, so B's snapshot still
+    carries it; once the removal shows, X's commit is void and every device has its history
+    back. (A snapshot can no longer carry a floor at all: test_manifest.)"""
     a, b, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "x")
     a.write("paper.txt", "first draft")
     a.cg("push")
@@ -590,19 +593,23 @@ def test_a_late_snapshots_floor_does_not_end_the_history(
     old = provider.objects()
     a.cg("device", "remove", x.rid)
     with provider.showing(old) as written:
-        x.use()
-        with vault.session(str(x.folder)) as s:
-            s.state.raise_floor(int(time.time()))
-            s.snapshot()
+        x.cg("key", "rotate", "--reencrypt")
     with provider.showing({**old, **written}):
         b.cg("pull")
-        assert len(b.json("history", "paper.txt")["versions"]) == 1  # the floor took it
-        compact(b)
-    for dev in (a, b):
+        assert len(b.json("history", "paper.txt")["versions"]) == 1  # X's commit ended it
+        b.use()
+        with vault.session(str(b.folder)) as s:
+            maintain._maintain(s)  # forgets what ended keep_days ago: nothing yet
+            carried = dict(s.state.attic_rows()).get("paper.txt", {})
+            assert len(carried) == 1, "ended history was forgotten before keep_days"
+            s.snapshot()  # B's snapshot carries it: a device that reads only it gets it
+    for dev in (b, a):
         got = dev.run("pull")
         assert got.exit_code == 0, got.output
         versions = dev.json("history", "paper.txt")["versions"]
         assert len(versions) == 2, (dev.name, versions)
+        assert dev.cg("restore", "paper.txt", "--version", versions[0]["version"]).exit_code == 0
+        assert (dev.folder / "paper.txt").read_text() == "first draft"
 
 
 def test_a_restore_by_time_never_brings_back_a_late_write(

@@ -70,6 +70,13 @@ CREATE INDEX IF NOT EXISTS entries_po ON entries (po) WHERE po IS NOT NULL;
 CREATE INDEX IF NOT EXISTS attic_po ON attic (po) WHERE po IS NOT NULL;
 """
 
+def _generation(raw: str) -> str | None:
+    """The generation a stored entry's DEK was first wrapped under (what re-encryption ends)."""
+    entry = json.loads(raw)
+    got = entry.get("w", entry.get("g"))
+    return None if got is None else str(got)
+
+
 def _dump(entry: Entry) -> str:
     return json.dumps(entry, separators=(",", ":"))
 
@@ -100,6 +107,9 @@ class State:
         # a device's own pushes and rewraps need none)
         self.vouch: Vouch | None = None
         self.ctx: dict[str, int] = {}
+        # generations whose history a re-encryption ended: hidden at once, forgotten after
+        # keep_days (the session sets them from the verified chain; review round 6, U2)
+        self.ended: frozenset[str] = frozenset()
         self._read_ctx()
         self.paths = Paths(self)
 
@@ -218,6 +228,17 @@ class State:
         """Objects garbage collection keeps: current versions and the version history."""
         return {r[0] for r in self.db.execute(f"SELECT DISTINCT o FROM ({_HELD})")}
 
+    def unended_objects(self) -> set[str]:
+        """What a re-encryption keeps: the objects of current versions and of the history it
+        did not end. Its deletions are not held (format.md "Version history")."""
+        out = {r[0] for r in self.db.execute(
+            "SELECT o FROM entries WHERE o IS NOT NULL UNION SELECT po FROM entries "
+            "WHERE po IS NOT NULL")}
+        for e, o, po in self.db.execute("SELECT e, o, po FROM attic"):
+            if _generation(e) not in self.ended:
+                out |= {o, po} - {None}
+        return out
+
     def usage(self) -> dict[str, tuple[int, int]]:
         """Object id -> (live blob bytes, lowest offset): what repacking decides on."""
         return {o: (int(n), int(a)) for o, n, a in self.db.execute(
@@ -235,29 +256,8 @@ class State:
 
     # --- version history ----------------------------------------------------------------------
 
-    @property
-    def floor(self) -> int:
-        """History replaced before this time (unix seconds) is gone for good: re-encryption
-        sets it, so no device brings back content under keys a removed member knew."""
-        row = self.db.execute("SELECT v FROM meta WHERE k = 'floor'").fetchone()
-        return int(row[0]) if row else 0
-
-    @property
-    def floor_by(self) -> str | None:
-        """The dot of the snapshot that set the floor (None: set here, by a re-encryption),
-        so that a floor a removed member's late snapshot set is discarded like its other late
-        writes (review round 5, T3)."""
-        row = self.db.execute("SELECT v FROM meta WHERE k = 'floor_by'").fetchone()
-        return str(row[0]) if row else None
-
-    def raise_floor(self, when: int, by: str | None = None) -> None:
-        if when > self.floor:
-            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('floor', ?)", (when,))
-            if by is None:
-                self.db.execute("DELETE FROM meta WHERE k = 'floor_by'")
-            else:
-                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('floor_by', ?)", (by,))
-            self.db.execute("DELETE FROM attic WHERE gone <= ?", (when,))
+    def _ended(self, entry: Entry) -> bool:
+        return str(entry.get("w", entry.get("g"))) in self.ended if self.ended else False
 
     def to_attic(self, path: str, dot: str, entry: Entry, gone: int,
                  rb: str | None = None, checked: bool = True) -> None:
@@ -267,9 +267,6 @@ class State:
         (its signature is checked unless this exact version is held already). ``rb``: the dot of the
         delta that removed it (None: unknown), joined with what is recorded (join_remover), so
         that a removed member's late edit can be undone (format.md "Version history")."""
-        floor = self.floor
-        if floor and gone <= floor:
-            return
         row = self.db.execute("SELECT e, gone, rb FROM attic WHERE path = ? AND dot = ?",
                               (path, dot)).fetchone()
         if row is not None:
@@ -285,12 +282,15 @@ class State:
                         (path, dot, _dump(entry), *_where(entry), gone, *_was(entry), rb))
 
     def attic(self, path: str | None = None) -> Iterator[tuple[str, str, Entry, int]]:
-        """(path, dot, entry, replaced at) of kept versions, of one path or of all."""
+        """(path, dot, entry, replaced at) of kept versions, of one path or of all; none that
+        a re-encryption ended (``ended``), which its snapshots still carry for a while."""
         query = "SELECT path, dot, e, gone FROM attic"
         rows = (self.db.execute(query + " WHERE path = ? ORDER BY gone", (path,))
                 if path is not None else self.db.execute(query + " ORDER BY path, gone"))
         for p, d, e, g in rows:
-            yield p, d, json.loads(e), int(g)
+            entry = json.loads(e)
+            if not self._ended(entry):
+                yield p, d, entry, int(g)
 
     def attic_payload(self) -> dict[str, dict[str, dict[str, Any]]]:
         return dict(self.attic_rows())
@@ -312,16 +312,19 @@ class State:
         if path is not None:
             yield path, rows
 
-    def prune_attic(self, before: int, cutoffs: dict[str, int] | None = None) -> int:
+    def prune_attic(self, before: int, cutoffs: dict[str, int] | None = None,
+                    ended: frozenset[str] = frozenset()) -> int:
         """Forget versions replaced before ``before``, and the places blobs were moved from
         before then; their objects become garbage. Versions with a dot past its writer's
-        ``cutoffs`` stay: a clamp is never a deletion (format.md, "Writer rules")."""
+        ``cutoffs`` stay: a clamp is never a deletion (format.md, "Writer rules"). Versions
+        wrapped under an ``ended`` generation go, late or not, whatever their age: a
+        re-encryption ended them ``keep_days`` ago (format.md, "Version history")."""
         cuts = cutoffs or {}
         with self.transaction():
             self.forget_moves(before)
-            old = self.db.execute("SELECT path, dot FROM attic WHERE gone < ?",
-                                  (before,)).fetchall()
-            doomed = [(p, d) for p, d in old if not late_dot(d, cuts)]
+            doomed = [(p, d) for p, d, e, g in self.db.execute(
+                "SELECT path, dot, e, gone FROM attic").fetchall()
+                if (int(g) < before and not late_dot(d, cuts)) or _generation(e) in ended]
             self.db.executemany("DELETE FROM attic WHERE path = ? AND dot = ?", doomed)
             return len(doomed)
 
@@ -416,13 +419,11 @@ class State:
             "SELECT e, gone FROM attic WHERE path = ? AND dot = ?", (path, dot))]
 
     def merge(self, other: State) -> None:
-        self.merge_snapshot(other.ctx, other.items(), other.attic_payload(), other.floor,
-                            floor_by=other.floor_by)
+        self.merge_snapshot(other.ctx, other.items(), other.attic_payload())
 
     def merge_snapshot(self, ctx: dict[str, int], paths: Iterable[tuple[str, Siblings]],
                        attic: dict[str, dict[str, dict[str, Any]]] | None = None,
-                       floor: int = 0, when: int = 0, by: str | None = None,
-                       floor_by: str | None = None) -> None:
+                       when: int = 0, by: str | None = None) -> None:
         """Observed-remove merge: a dot one side lacks but has seen was deleted there (and
         joins the history as of now: this device's clock, never a time a segment states).
         Histories are unions; their times are no later than ``when``, the snapshot's time.
@@ -433,7 +434,6 @@ class State:
         """
         now = int(time.time())
         with self.transaction():
-            self.raise_floor(floor, floor_by)
             for path, kept in (attic or {}).items():
                 for dot, row in kept.items():
                     self.to_attic(path, dot, row["e"], min(int(row["g"]), when or now),

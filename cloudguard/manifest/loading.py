@@ -20,10 +20,8 @@ from .segments import (
     _attic,
     _check_segment,
     _ctx,
-    _floor,
     _paths,
     check_ops,
-    floor_by,
     parse_name,
     segment_name,
     time_of,
@@ -168,18 +166,12 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
                 held_dots = {d for sibs in paths.values() for d in sibs}
             else:
                 held_dots = None
-            floor, fb = _floor(payload), floor_by(payload)
-            if fb is not None and late_dot(fb, limit):
-                skip_log.append(f"manifest segment {name} carries a history floor that a "
-                                f"removed member set after its removal ({fb}); ignored")
-                floor, fb = 0, None
             with _naming(name):
                 if not state.dominates(ctx):
-                    state.merge_snapshot(ctx, paths.items(), kept, floor, time_of(payload),
-                                         f"{parsed[name][0]}:{parsed[name][1]}", fb)
-                elif kept or floor > state.floor:
-                    state.merge_snapshot({}, (), kept, floor, time_of(payload),  # history only
-                                         floor_by=fb)
+                    state.merge_snapshot(ctx, paths.items(), kept, time_of(payload),
+                                         f"{parsed[name][0]}:{parsed[name][1]}")
+                elif kept:
+                    state.merge_snapshot({}, (), kept, time_of(payload))  # history only
             state.mark_consumed(name, listing[name], heads_hash[name], ctx)
             if held_dots is not None:
                 reissue |= {(p, d) for p, d in state.dots()
@@ -285,14 +277,10 @@ def _clamp_own(state: State, limit: dict[str, int]) -> None:
     in no snapshot, review round 4, S4), what they replaced comes back, and every snapshot and
     delta is read again. Rare, so the copy is held in memory."""
     paths, kept, ctx = dict(state.items()), state.attic_payload(), dict(state.ctx)
-    floor, fb = state.floor, state.floor_by
-    if fb is not None and late_dot(fb, limit):
-        floor, fb = 0, None  # a late snapshot's floor (round 5, T3): the history comes back
     live, history = _clamped(paths, kept, limit, int(time.time()))
     live, history = _revive(live, history, limit, paths, kept)
     state.reset()
-    state.merge_snapshot(_clamp(ctx, limit), live.items(), history, floor, int(time.time()),
-                         floor_by=fb)
+    state.merge_snapshot(_clamp(ctx, limit), live.items(), history, int(time.time()))
 
 
 def _clamped(paths: dict[str, dict[str, Any]], kept: dict[str, dict[str, dict[str, Any]]],

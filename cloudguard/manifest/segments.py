@@ -96,32 +96,6 @@ def time_of(payload: dict[str, Any]) -> int:
     return min(written, int(time.time()))
 
 
-def _floor(payload: dict[str, Any]) -> int:
-    """A snapshot's history floor, never later than the snapshot itself: a floor in the future
-    would end the version history of the vault for good (review round 3, R7 (a))."""
-    raw = payload.get("floor", 0)
-    if type(raw) is not int or raw < 0:
-        raise IntegrityError("manifest snapshot has a malformed history floor")
-    return min(raw, time_of(payload))
-
-
-def floor_by(payload: dict[str, Any]) -> str | None:
-    """The dot of the snapshot that set a snapshot's floor (``fb``): required with a floor,
-    and one its writer saw (its ``ctx`` covers it), like ``rb`` (review round 5, T3)."""
-    fb = payload.get("fb")
-    if not _floor(payload):
-        if fb is not None:
-            raise IntegrityError("manifest snapshot has a malformed history floor")
-        return None
-    if not isinstance(fb, str) or not _DOT.match(fb):
-        raise IntegrityError("manifest snapshot has a malformed history floor")
-    dev, _, seq = fb.partition(":")
-    if int(seq) > _ctx(payload.get("ctx")).get(dev, 0) and (
-            dev, int(seq)) != (payload.get("device"), payload.get("seq")):
-        raise IntegrityError("manifest snapshot names a history floor its writer never saw")
-    return fb
-
-
 def _attic(raw: object) -> dict[str, dict[str, dict[str, Any]]]:
     """A snapshot's version history: {path: {dot: {"e": entry, "g": replaced at[, "rb": the
     dot whose delta removed it, or "" where two disagree]}}}."""
@@ -227,7 +201,8 @@ def _check_segment(name: str, payload: dict[str, Any]) -> None:
             ctx = _ctx(payload.get("ctx"))
             payload["paths"] = _CheckedPaths(_paths(payload.get("paths")))
             _attic(payload.get("attic"))
-            floor_by(payload)
+            if "floor" in payload or "fb" in payload:  # the chain ends history (round 6, U2)
+                raise IntegrityError("manifest snapshot carries a history floor")
             _check_moves(payload, ctx, time_of(payload))
             _check_removers(payload, ctx)
         else:
@@ -348,9 +323,7 @@ def snapshot_json(device: str, seq: int, state: State, prev: str | None = None
     streamed = {"attic": state.attic_rows(), "paths": state.items()}
     fields: dict[str, Any] = {
         "kind": "snapshot", "device": device, "seq": seq, "ctx": {**state.ctx, device: seq},
-        "prev": prev, "created": now_iso(), "floor": state.floor, **streamed}
-    if state.floor:  # who set it: a floor set by a late snapshot is discarded (round 5, T3)
-        fields["fb"] = state.floor_by or f"{device}:{seq}"
+        "prev": prev, "created": now_iso(), **streamed}
     for i, key in enumerate(sorted(fields)):
         yield (b"{" if i == 0 else b",") + dump(key) + b":"
         if key in streamed:

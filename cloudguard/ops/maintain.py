@@ -60,7 +60,8 @@ def _maintain(s: Session) -> None:
                 < MAINTAIN_EVERY:
             return
         _LAST_MAINTAINED[s.binding.id] = time.monotonic()
-    s.state.prune_attic(int(time.time()) - s.binding.keep_days * 86400, s.ring.view.cutoffs)
+    s.state.prune_attic(int(time.time()) - s.binding.keep_days * 86400, s.ring.view.cutoffs,
+                        _ended_long_ago(s, time.time()))
     if s.loaded.deltas >= COMPACT_AFTER:
         s.snapshot()
     _repack(s)
@@ -79,6 +80,22 @@ def _maintain(s: Session) -> None:
         s.transport.delete(doomed)
     with s.index.transaction():
         s.index.set_orphans({n: t for n, t in orphans.items() if n not in doomed})
+
+
+def _ended_long_ago(s: Session, now: float) -> frozenset[str]:
+    """Generations whose history a re-encryption ended, counting only the commits this device
+    first saw ``keep_days`` ago: until then its snapshots still carry that history, so a
+    removed member's backdated re-encryption, accepted while its removal was hidden, ends
+    nothing once the removal shows, even on a device that compacted meanwhile (review round
+    6, U2)."""
+    first: dict[str, float] = s.index.get_meta("reencrypt_seen", {})
+    fresh = {c.id: now for c in s.ring.view.commits.values()
+             if c.reencrypt and c.id not in first}
+    if fresh:
+        first = {**first, **fresh}
+        with s.index.transaction():
+            s.index.set_meta("reencrypt_seen", first)
+    return s.ring.view.ended(lambda c: now - first[c.id] >= s.binding.keep_days * 86400)
 
 
 def _holding(s: Session, now: float) -> bool:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -54,6 +53,7 @@ def begin(s: Session, remove: str | None, earlier: dict[str, Any] | None = None
 
 
 def published(s: Session, started: dict[str, Any], commit: chain.Commit) -> None:
+    s.state.ended = s.ring.view.ended()  # the commit ends the older history (format.md)
     started["commit"] = commit.id
     started["epoch"] = commit.epoch
     s.index.set_meta(INTENT, started)
@@ -229,12 +229,12 @@ def _reencrypt(s: Session, started: dict[str, Any],
 
 
 def _finish(s: Session, started: dict[str, Any]) -> int:
-    """The history goes (its DEKs were wrapped under keys a removed member may hold), on every
-    device: the floor travels in the snapshot. Then old ciphertext and older key objects."""
+    """Old ciphertext and older key objects go. The history under older keys (its DEKs were
+    wrapped under keys a removed member may hold) ended when the commit was published: every
+    device hides it at once and forgets it ``keep_days`` after it saw the commit."""
     with s.state.transaction():
-        s.state.raise_floor(int(time.time()))
         s.state.forget_moves()  # where blobs were before: old ciphertext, which goes too
-        live = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
+        live = {sync.DATA_PREFIX + o for o in s.state.unended_objects()}
         epoch = int(started["epoch"])
         keyobjs = {c.name + ".k" for c in s.ring.view.commits.values() if c.epoch < epoch}
         doomed = ((set(started["old"]) | (s.index.pending() - live) | keyobjs) - live
