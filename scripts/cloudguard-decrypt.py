@@ -1277,9 +1277,9 @@ def parse_snapshot_paths(raw: object) -> dict[str, dict[str, Entry]]:
 
 def removed_late(raw: object, limit: dict[str, int]) -> dict[str, dict[str, Entry]]:
     """"Version history": from a snapshot's "attic" ({path: {dot: {"e": ENTRY, "g": T,
-    "rb": dot}}}), the versions a removed member's delta or snapshot past its cutoff removed
-    ("rb"), by path. Only these are read here: they come back where the path holds nothing
-    else ("Writer rules")."""
+    "rb": [dot, ...]}}}), the versions that are not late themselves and have removers
+    ("rb"), by path; late_chain decides which of them a late write removed. Only these are
+    read here: they come back where the path holds nothing else ("Writer rules")."""
     out: dict[str, dict[str, Entry]] = {}
     if raw is None:
         return out
@@ -1293,24 +1293,47 @@ def removed_late(raw: object, limit: dict[str, int]) -> dict[str, dict[str, Entr
             if not isinstance(row, dict) or not isinstance(row.get("e"), dict):
                 raise BadData()
             rb = row.get("rb")
-            if isinstance(rb, str) and not late_dot(dot, limit) and (
-                    rb == "" or late_dot(rb, limit)):
+            if rb is not None and (not isinstance(rb, list) or not rb or not all(
+                    isinstance(d, str) for d in rb)):
+                raise BadData()
+            if rb and not late_dot(dot, limit):
                 out.setdefault(path, {})[dot] = row["e"]
     return out
 
 
+def carriers_of(payload: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """A snapshot's "rc": {carrier dot: the version vector that snapshot had}."""
+    raw = payload.get("rc", {})
+    if not isinstance(raw, dict) or not all(
+            isinstance(v, dict) and all(is_int(n) for n in v.values()) for v in raw.values()):
+        raise BadData()
+    return raw
+
+
 def late_chain(rb: object, live: dict[str, Any], gone: dict[str, Any],
-               limit: dict[str, int]) -> bool:
-    """"Writer rules": the removers of a kept version, followed from its "rb", are late dots
-    only and end at a late version still live or at none (round 5, T1; as cloudguard's
-    manifest._late_chain)."""
+               limit: dict[str, int], carriers: dict[str, dict[str, int]]) -> bool:
+    """"Version history": did a late write remove this kept version? One late remover is
+    enough: a late carrier, a carrier whose vector covers a late write, or a late version
+    still live, without a row, or itself removed by a late write, followed each dot once (a
+    late cycle counts as late); honest and unknown removers revive nothing (round 6, U1; as
+    cloudguard's manifest._late_removal)."""
+    todo = list(rb) if isinstance(rb, list) else []
     seen: set[str] = set()
-    while rb == "" or isinstance(rb, str) and late_dot(rb, limit):
-        if rb == "" or rb in seen or rb in live or rb not in gone:
-            return True  # disagreeing removers or a late cycle revive (round 6, U1)
-        seen.add(rb)
-        row = gone[rb]
-        rb = row.get("rb") if isinstance(row, dict) else None
+    while todo:
+        dot = str(todo.pop())
+        if dot in seen:
+            return True
+        seen.add(dot)
+        vv = carriers.get(dot)
+        if vv is not None and any(vv.get(dev, 0) > seq for dev, seq in limit.items()):
+            return True
+        if not late_dot(dot, limit):
+            continue
+        if dot in live or dot not in gone:
+            return True
+        row = gone[dot]
+        more = row.get("rb") if isinstance(row, dict) else None
+        todo += more if isinstance(more, list) else []
     return False
 
 
@@ -1477,13 +1500,14 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
                               for p, sibs in snapshot.paths.items()}
             try:
                 back = removed_late(payload.get("attic"), limit)
+                rc = carriers_of(payload)
             except BadData as exc:
                 raise IntegrityFailure(f"manifest segment {name} is malformed") from exc
             for where, versions in back.items():  # a late edit must not become a delete
                 live = unclamped.get(where, {})  # ... while the late version is still there
                 gone = payload.get("attic", {}).get(where, {})  # a late version deleted since
                 versions = {d: e for d, e in versions.items()
-                            if late_chain(rb_of(payload, where, d), live, gone, limit)}
+                            if late_chain(rb_of(payload, where, d), live, gone, limit, rc)}
                 if versions and not snapshot.paths.get(where):
                     snapshot.paths[where] = {d: unmoved(e, limit) for d, e in versions.items()}
         if not state.dominates(snapshot.ctx):

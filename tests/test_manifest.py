@@ -463,8 +463,9 @@ def test_a_state_made_before_moves_were_kept_gains_their_columns(tmp_path: Path)
 
 
 def test_the_remover_of_a_kept_version_joins_alike_in_any_order() -> None:
-    """"rb": unknown yields, equal stays, two different names disagree for good; every device
-    ends with the same value whatever order it learns them in."""
+    """"rb" is a union (review round 6, U1): unknown yields, and two removers are both kept,
+    so a late one is never hidden behind a disagreement; every device ends with the same value
+    whatever order it learns them in."""
     import itertools
 
     names = [None, "aaaaaaaaaaaaaaaa:3", "bbbbbbbbbbbbbbbb:4"]
@@ -477,13 +478,14 @@ def test_the_remover_of_a_kept_version_joins_alike_in_any_order() -> None:
             results.add(got)
         assert len(results) == 1, values
     assert mf.join_remover(None, "aaaaaaaaaaaaaaaa:3") == "aaaaaaaaaaaaaaaa:3"
-    assert mf.join_remover("aaaaaaaaaaaaaaaa:3", "bbbbbbbbbbbbbbbb:4") == ""
+    assert mf.join_remover("bbbbbbbbbbbbbbbb:4", "aaaaaaaaaaaaaaaa:3") == \
+        "aaaaaaaaaaaaaaaa:3 bbbbbbbbbbbbbbbb:4"
     state = mf.State()  # an observed-remove drop first, the named removal after: it is kept
     entry = {"t": "d"}
     state.to_attic("p", "aaaaaaaaaaaaaaaa:1", entry, 10)
     state.to_attic("p", "aaaaaaaaaaaaaaaa:1", entry, 12, "cccccccccccccccc:9")
     assert state.attic_payload()["p"]["aaaaaaaaaaaaaaaa:1"] == {
-        "e": entry, "g": 12, "rb": "cccccccccccccccc:9"}  # the later time (R7)
+        "e": entry, "g": 12, "rb": ["cccccccccccccccc:9"]}  # the later time (R7)
 
 
 def test_times_from_a_segment_never_lie_in_the_future() -> None:
@@ -582,16 +584,18 @@ def test_a_snapshot_cannot_plant_a_remover() -> None:
 
     dev, other = "aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"
 
-    def snap(rb: str) -> dict[str, Any]:
+    def snap(rb: list[str]) -> dict[str, Any]:
         row = {"e": {"t": "d", "sg": "x"}, "g": 5, "rb": rb}
         return {"kind": "snapshot", "device": dev, "seq": 3, "ctx": {dev: 3, other: 7},
                 "created": "2024-01-01T00:00:00+00:00", "paths": {},
                 "attic": {"p": {f"{dev}:1": row}}}
 
     with pytest.raises(IntegrityError, match="removal its writer never saw"):
-        _check_segment("m/x", snap(f"{other}:999999"))
-    _check_segment("m/x", snap(f"{other}:7"))
-    _check_segment("m/x", snap(""))
+        _check_segment("m/x", snap([f"{dev}:1", f"{other}:999999"]))
+    _check_segment("m/x", snap([f"{dev}:1", f"{other}:7"]))
+    for bad in ([], [f"{other}:7", f"{dev}:1"], [f"{dev}:1", f"{dev}:1"], "", f"{dev}:1"):
+        with pytest.raises(IntegrityError, match="malformed history"):  # a sorted union
+            _check_segment("m/x", snap(bad))  # type: ignore[arg-type]
 
 
 def test_a_kept_place_ranks_below_its_entry_and_one_place_holds_one_blob() -> None:
@@ -652,20 +656,59 @@ def test_a_snapshot_never_plants_move_fields_on_an_entry_the_reader_holds() -> N
     assert "pl" not in got and got["o"] == "d" * 32
 
 
-def test_the_remover_walk_revives_through_disagreement_and_late_cycles() -> None:
-    """Review rounds 5-6, T1 and U1: a kept version comes back when its removers are late
-    only; removers that disagree ("") or a cycle of late dots (both makeable by a late
-    snapshot's unsigned rb) revive too; an honest remover stops it (round 3, R10)."""
-    from cloudguard.manifest.loading import _late_chain
+def test_the_remover_walk_revives_on_any_late_remover_or_tainted_carrier() -> None:
+    """Review rounds 5-6, T1 and U1: a kept version comes back when one of its removers is
+    late: a late version still live or without a row, one removed by a late write in turn, a
+    cycle of late dots (makeable by a late snapshot's unsigned rb), or a carrier snapshot
+    whose vector covers a late write (an honest device that merged a late drop). An honest
+    remover alone, or a clean carrier, stops it (round 3, R10)."""
+    from cloudguard.manifest.loading import _late_removal as walk
 
     x, c = "c" * 16, "d" * 16
     limit = {x: 10}
-    late11, late12, honest = f"{x}:11", f"{x}:12", f"{c}:5"
-    assert _late_chain(late11, {late11: {}}, {}, limit)  # the late edit is still live
-    assert _late_chain(late12, {}, {}, limit)  # a late delete: no version has its dot
-    assert _late_chain(late11, {}, {late11: {"rb": late12}}, limit)  # edit, then delete
-    assert not _late_chain(late11, {}, {late11: {"rb": honest}}, limit)  # honest delete
-    assert not _late_chain(honest, {}, {}, limit) and not _late_chain(None, {}, {}, limit)
-    assert _late_chain("", {}, {}, limit)
-    assert _late_chain(late11, {}, {late11: {"rb": ""}}, limit)
-    assert _late_chain(late11, {}, {late11: {"rb": late12}, late12: {"rb": late11}}, limit)
+    late11, late12, honest, carrier = f"{x}:11", f"{x}:12", f"{c}:5", f"{c}:50"
+    assert walk([late11], {late11: {}}, {}, limit, {})  # the late edit is still live
+    assert walk([late12], {}, {}, limit, {})  # a late delete: no version has its dot
+    assert walk([late11], {}, {late11: {"rb": [late12]}}, limit, {})  # edit, then delete
+    assert not walk([late11], {}, {late11: {"rb": [honest]}}, limit, {})  # honest delete
+    assert not walk([honest], {}, {}, limit, {}) and not walk(None, {}, {}, limit, {})
+    assert walk([honest, late12], {}, {}, limit, {})  # one late remover is enough
+    assert walk([late11], {}, {late11: {"rb": [late12]}, late12: {"rb": [late11]}}, limit, {})
+    assert walk([carrier], {}, {}, limit, {carrier: {c: 50, x: 13}})  # it carried X:13
+    assert not walk([carrier], {}, {}, limit, {carrier: {c: 50, x: 10}})  # a clean one
+    assert walk([late11], {}, {late11: {"rb": [carrier]}}, limit, {carrier: {x: 12}})
+
+
+def test_a_clamp_revives_what_a_late_write_removed_and_no_honest_delete() -> None:
+    """Review round 6, U1, on a device's own state: a version two honest devices removed (a
+    delta and a snapshot: removers that disagreed and revived before) stays deleted when a
+    clamp runs; one that an honest snapshot dropped while it carried a removed member's late
+    write comes back, though no late dot is left in its row."""
+    from cloudguard.manifest.loading import _clamp_own
+
+    a, b, c, x = "a" * 16, "b" * 16, "c" * 16, "e" * 16
+    state = mf.State()
+    entry = {"t": "d"}
+    with state.transaction():
+        for path, seq in (("honest", 1), ("carried", 2), ("live", 3)):
+            state.put_entry(path, f"{a}:{seq}", entry)
+        state.merge_snapshot({a: 3, b: 5}, [("carried", {f"{a}:2": entry}),
+                                            ("live", {f"{a}:3": entry})], {
+            "honest": {f"{a}:1": {"e": entry, "g": 5, "rb": [f"{b}:4"]}}}, 10, f"{b}:5")
+        state.merge_snapshot({a: 3, c: 60, x: 13}, [("live", {f"{a}:3": entry})], {}, 10,
+                             f"{c}:60")  # C's snapshot had taken in X:13
+    rows = dict(state.attic_rows())
+    assert rows["honest"][f"{a}:1"]["rb"] == [f"{b}:4", f"{b}:5"]
+    assert rows["carried"][f"{a}:2"]["rb"] == [f"{c}:60"]
+    _clamp_own(state, {x: 10})
+    live = dict(state.items())
+    assert set(live) == {"carried", "live"}, live
+    assert f"{x}" not in " ".join(str(r.get("rb")) for rs in state.attic_payload().values()
+                                  for r in rs.values())
+    clean = mf.State()
+    with clean.transaction():
+        clean.put_entry("honest", f"{a}:1", entry)
+        clean.merge_snapshot({a: 3, c: 60}, [], {}, 10, f"{c}:60")  # a clean carrier
+        clean.ctx[x] = 13
+    _clamp_own(clean, {x: 10})
+    assert not dict(clean.items())  # an honest snapshot's drop stays a drop

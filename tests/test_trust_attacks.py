@@ -784,6 +784,64 @@ def test_a_late_snapshots_drops_and_moves_are_undone_after_a_frozen_device_compa
     assert (restored / "moved.txt").read_text() == "leave me where I am"
 
 
+def test_a_late_drop_carried_by_honest_snapshots_is_undone_and_honest_deletes_stay(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 6, U1: X, removed by A and shown the old remote, drops keep.txt in a
+    snapshot whose history names an honest remover. B, kept from seeing the removal, applies
+    it and compacts; C, also lagging, never sees X's snapshot, only B's, and compacts too. No
+    late dot is left in C's record of the drop, only B's honest snapshot, whose vector covers
+    X's write: once the removal shows, keep.txt comes back on every device. gone.txt, which B
+    deleted honestly and which reached devices two ways (a delta and a snapshot: removers that
+    disagreed, and so revived, before), stays deleted everywhere."""
+    a, b, c, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "c", "x")
+    a.write("keep.txt", "keep me")
+    a.write("gone.txt", "delete me")
+    a.cg("push")
+    for dev in (b, c, x):
+        dev.cg("pull")
+    (b.folder / "gone.txt").unlink()
+    b.cg("push")
+    c.cg("pull")  # the delete reaches C as B's delta ...
+    compact(b)
+    a.cg("pull")  # ... and A as B's snapshot
+    compact(a)
+    c.cg("pull")  # C takes in A's history row: two removers of gone.txt
+    old = provider.objects()
+    a.cg("device", "remove", x.rid)
+    with provider.showing(old) as written:
+        x.use()
+        with vault.session(str(x.folder)) as s:
+            (k_dot, keep), = s.state.siblings("keep.txt").items()
+            honest = next(d for p, sibs in s.state.items() for d in sibs if p != "keep.txt")
+            with s.state.transaction():
+                s.state._drop("keep.txt", k_dot)
+                s.state.to_attic("keep.txt", k_dot, keep, int(time.time()), honest)
+            s.snapshot()
+    with provider.showing({**old, **written}) as by_b:
+        assert b.run("pull").exit_code == 0
+        assert not (b.folder / "keep.txt").exists()  # X's drop, applied
+        compact(b)
+    with provider.showing({**old, **by_b}) as by_c:
+        assert c.run("pull").exit_code == 0
+        assert not (c.folder / "keep.txt").exists()  # carried by B's honest snapshot
+        c.use()
+        with vault.session(str(c.folder)) as s:
+            rb = set(mf.removers(s.state.db.execute(
+                "SELECT rb FROM attic WHERE path = 'keep.txt'").fetchone()[0]))
+            assert f"{b.rid}:" in " ".join(rb)
+            s.snapshot()
+    assert any(n.startswith(f"m/{c.rid}-") for n in by_c)
+    for dev in (a, b, c):
+        got = dev.run("pull")
+        assert got.exit_code == 0, got.output
+        assert (dev.folder / "keep.txt").read_text() == "keep me", dev.name
+        assert not (dev.folder / "gone.txt").exists(), dev.name
+    restored = script_restores(a, local_remote, tmp_path)
+    assert (restored / "keep.txt").read_text() == "keep me"
+    assert not (restored / "gone.txt").exists()
+
+
 def test_a_member_cannot_resign_anothers_version_in_its_snapshot(
         local_remote: str, provider: Provider, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from .crdt import State, dot_of
 from .loading import Loaded, Opener, _clamp, _pinned, load, reissue_ops, written
-from .moves import Entry, join_remover, late_dot, moved, unmoved
+from .moves import Entry, join_remover, late_dot, moved, removers, unmoved
 from .segments import (
     MAX_SEQ,
     PREFIX,
@@ -55,6 +55,7 @@ __all__ = [
     "delta_payload",
     "dot_of",
     "join_remover",
+    "removers",
     "load",
     "moved",
     "parse_name",

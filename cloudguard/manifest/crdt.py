@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import IntegrityError
+from .carriers import Carriers
 from .moves import (
     Entry,
     _was,
@@ -23,6 +24,7 @@ from .moves import (
     late_dot,
     moved,
     newer_location,
+    removers,
 )
 from .paths import Paths
 from .signing import SIG_FIELD, content
@@ -112,6 +114,7 @@ class State:
         self.ended: frozenset[str] = frozenset()
         self._read_ctx()
         self.paths = Paths(self)
+        self.carriers = Carriers(self.db)
 
     @staticmethod
     def _connect(path: Path | None) -> sqlite3.Connection:
@@ -264,9 +267,10 @@ class State:
         """Keep a replaced or deleted version. The same version reached two ways (a delta and
         a snapshot) keeps the latest time, so every device converges and no merge shortens
         history (review round 3, R7). ``checked``: False for a version that a segment states
-        (its signature is checked unless this exact version is held already). ``rb``: the dot of the
-        delta that removed it (None: unknown), joined with what is recorded (join_remover), so
-        that a removed member's late edit can be undone (format.md "Version history")."""
+        (its signature is checked unless this exact version is held already). ``rb``: the dots of
+        the deltas that removed it and of the snapshots whose merge dropped it (None: unknown),
+        joined with what is recorded (join_remover), so that a removed member's late edit can
+        be undone (format.md "Version history")."""
         row = self.db.execute("SELECT e, gone, rb FROM attic WHERE path = ? AND dot = ?",
                               (path, dot)).fetchone()
         if row is not None:
@@ -295,8 +299,10 @@ class State:
     def attic_payload(self) -> dict[str, dict[str, dict[str, Any]]]:
         return dict(self.attic_rows())
 
-    def attic_rows(self) -> Iterator[tuple[str, dict[str, dict[str, Any]]]]:
-        """The history as a snapshot carries it, one path at a time, in path order."""
+    def attic_rows(self, named: set[str] | None = None
+                   ) -> Iterator[tuple[str, dict[str, dict[str, Any]]]]:
+        """The history as a snapshot carries it, one path at a time, in path order; the dots
+        its rows name as removers are added to ``named``."""
         path: str | None = None
         rows: dict[str, dict[str, Any]] = {}
         for p, d, e, g, rb in self.db.execute(
@@ -306,8 +312,10 @@ class State:
                     yield path, rows
                 path, rows = p, {}
             row: dict[str, Any] = {"e": json.loads(e), "g": int(g)}
-            if rb is not None:
-                row["rb"] = rb
+            if rb:
+                row["rb"] = sorted(removers(rb))
+                if named is not None:
+                    named.update(row["rb"])
             rows[d] = row
         if path is not None:
             yield path, rows
@@ -326,6 +334,8 @@ class State:
                 "SELECT path, dot, e, gone FROM attic").fetchall()
                 if (int(g) < before and not late_dot(d, cuts)) or _generation(e) in ended]
             self.db.executemany("DELETE FROM attic WHERE path = ? AND dot = ?", doomed)
+            self.carriers.keep_only({d for (rb,) in self.db.execute(
+                "SELECT rb FROM attic WHERE rb IS NOT NULL") for d in removers(rb)})
             return len(doomed)
 
     def forget_moves(self, before: int | None = None, objects: Iterable[str] | None = None
@@ -419,25 +429,29 @@ class State:
             "SELECT e, gone FROM attic WHERE path = ? AND dot = ?", (path, dot))]
 
     def merge(self, other: State) -> None:
-        self.merge_snapshot(other.ctx, other.items(), other.attic_payload())
+        self.merge_snapshot(other.ctx, other.items(), other.attic_payload(),
+                            carriers=other.carriers.everything())
 
     def merge_snapshot(self, ctx: dict[str, int], paths: Iterable[tuple[str, Siblings]],
                        attic: dict[str, dict[str, dict[str, Any]]] | None = None,
-                       when: int = 0, by: str | None = None) -> None:
+                       when: int = 0, by: str | None = None,
+                       carriers: dict[str, dict[str, int]] | None = None) -> None:
         """Observed-remove merge: a dot one side lacks but has seen was deleted there (and
         joins the history as of now: this device's clock, never a time a segment states).
         Histories are unions; their times are no later than ``when``, the snapshot's time.
 
         ``by`` (the snapshot's own dot) is recorded as the remover of what it drops and as a
         mover of what it moves, so that if its writer turns out to be a removed member past
-        its cutoff, both are undone (format.md, "Writer rules").
+        its cutoff, both are undone (format.md, "Writer rules"). ``carriers``: the vectors of
+        the carriers the history names (the snapshot's ``rc``); ``by`` is one too, with ``ctx``.
         """
         now = int(time.time())
         with self.transaction():
+            self.carriers.note({**(carriers or {}), **({by: ctx} if by else {})})
             for path, kept in (attic or {}).items():
                 for dot, row in kept.items():
                     self.to_attic(path, dot, row["e"], min(int(row["g"]), when or now),
-                                  row.get("rb"), checked=False)
+                                  " ".join(row.get("rb") or ()) or None, checked=False)
             empty = not self.ctx and not self.has_any()
             theirs_paths: set[str] = set()
             for path, theirs in paths:

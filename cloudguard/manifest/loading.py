@@ -13,6 +13,7 @@ from typing import Any
 
 from ..chain import Skip
 from ..errors import REPUBLISH_HINT, HistoryError, IntegrityError, named
+from .carriers import tainted
 from .crdt import State, Vouch
 from .moves import late_dot, unmoved
 from .segments import (
@@ -21,6 +22,7 @@ from .segments import (
     _check_segment,
     _ctx,
     _paths,
+    carriers_of,
     check_ops,
     parse_name,
     segment_name,
@@ -147,13 +149,14 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
             ctx = _ctx(payload.get("ctx"))
             paths = _paths(payload.get("paths"))
             kept = _attic(payload.get("attic"))
+            rc = carriers_of(payload)
             if _late(ctx, limit):
                 skip_log.append(f"manifest segment {name} holds writes of a removed member "
                                 "past its removal; they are moved to the history")
                 ctx = _clamp(ctx, limit)
                 unclamped, unclamped_kept = paths, kept
                 paths, kept = _clamped(paths, kept, limit, time_of(payload))
-                paths, kept = _revive(paths, kept, limit, unclamped, unclamped_kept)
+                paths, kept = _revive(paths, kept, limit, unclamped, unclamped_kept, rc)
             claim = ctx.get(device, 0)
             if written is not None and claim > written and parsed[name][0] != device:
                 skip_log.append(
@@ -169,9 +172,10 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
             with _naming(name):
                 if not state.dominates(ctx):
                     state.merge_snapshot(ctx, paths.items(), kept, time_of(payload),
-                                         f"{parsed[name][0]}:{parsed[name][1]}")
+                                         f"{parsed[name][0]}:{parsed[name][1]}", rc)
                 elif kept:
-                    state.merge_snapshot({}, (), kept, time_of(payload))  # history only
+                    state.merge_snapshot({}, (), kept, time_of(payload),  # history only
+                                         carriers=rc)
             state.mark_consumed(name, listing[name], heads_hash[name], ctx)
             if held_dots is not None:
                 reissue |= {(p, d) for p, d in state.dots()
@@ -277,10 +281,12 @@ def _clamp_own(state: State, limit: dict[str, int]) -> None:
     in no snapshot, review round 4, S4), what they replaced comes back, and every snapshot and
     delta is read again. Rare, so the copy is held in memory."""
     paths, kept, ctx = dict(state.items()), state.attic_payload(), dict(state.ctx)
+    rc = state.carriers.everything()
     live, history = _clamped(paths, kept, limit, int(time.time()))
-    live, history = _revive(live, history, limit, paths, kept)
+    live, history = _revive(live, history, limit, paths, kept, rc)
     state.reset()
-    state.merge_snapshot(_clamp(ctx, limit), live.items(), history, int(time.time()))
+    state.merge_snapshot(_clamp(ctx, limit), live.items(), history, int(time.time()),
+                         carriers=rc)
 
 
 def _clamped(paths: dict[str, dict[str, Any]], kept: dict[str, dict[str, dict[str, Any]]],
@@ -303,42 +309,59 @@ def _clamped(paths: dict[str, dict[str, Any]], kept: dict[str, dict[str, dict[st
 
 def _revive(paths: dict[str, dict[str, Any]], kept: dict[str, dict[str, dict[str, Any]]],
             limit: dict[str, int], unclamped: dict[str, dict[str, Any]],
-            unclamped_kept: dict[str, dict[str, dict[str, Any]]]
+            unclamped_kept: dict[str, dict[str, dict[str, Any]]],
+            carriers: dict[str, dict[str, int]]
             ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, dict[str, Any]]]]:
-    """Versions that only a removed member's late write sent to the history come back where
-    that path holds nothing else now: clamping its edit must not turn it into a delete
-    (review round 2, N5 (a)), nor its late snapshot's drops (review round 3, R3: ``rb`` is
-    then that snapshot's dot, and no version at the path has it). For a late edit, only while
-    the late writes that replaced them end at a late version still live in the snapshot, or
-    at no version: an honest delete of a late version since (review round 3, R10) stays a
-    delete, while a late edit then a late delete (review round 5, T1) does not."""
+    """Versions that a removed member's late write sent to the history come back where that
+    path holds nothing else now: clamping its edit must not turn it into a delete (review
+    round 2, N5 (a)), nor its late snapshot's drops (round 3, R3), nor an honest snapshot's
+    drops that only carried them (round 6, U1). For a late edit, only while the late writes
+    that replaced them end at a late version still live in the snapshot, or at no version: an
+    honest delete of a late version since (round 3, R10) stays a delete, while a late edit
+    then a late delete (round 5, T1) does not. Late removers then leave every row: the writes
+    are never seen, and the next snapshot's vector no longer covers them (S10)."""
     for path, rows in kept.items():
         if paths.get(path):
             continue
         live = unclamped.get(path, {})
         gone = unclamped_kept.get(path, {})
-        back = {d: r["e"] for d, r in rows.items()
-                if not late_dot(d, limit) and _late_chain(r.get("rb"), live, gone, limit)}
+        back = {d: r["e"] for d, r in rows.items() if not late_dot(d, limit)
+                and _late_removal(r.get("rb"), live, gone, limit, carriers)}
         if back:
             paths[path] = back
             kept[path] = {d: r for d, r in rows.items() if d not in back}
+    for rows in kept.values():
+        for dot, row in rows.items():
+            if any(late_dot(r, limit) for r in row.get("rb") or ()):
+                honest = [r for r in row["rb"] if not late_dot(r, limit)]
+                rows[dot] = {k: v for k, v in row.items() if k != "rb"} | (
+                    {"rb": honest} if honest else {})
     return paths, kept
 
 
-def _late_chain(rb: object, live: dict[str, Any], gone: dict[str, dict[str, Any]],
-                limit: dict[str, int]) -> bool:
-    """Do the removers of a kept version, followed from its ``rb`` (the late version that
-    replaced it, then whatever replaced that, ...), consist of late dots only, ending at a late
-    version still live or at none? An honest or unknown remover anywhere stops the revival.
-    Removers that disagree (``""``) revive, and so does a cycle of late dots: a late snapshot
-    can make either with unsigned ``rb`` fields, and the cost of a wrong revival is a deleted
-    file back, against the loss of a real one (review round 6, U1)."""
+def _late_removal(rb: object, live: dict[str, Any], gone: dict[str, dict[str, Any]],
+                  limit: dict[str, int], carriers: dict[str, dict[str, int]]) -> bool:
+    """Did a late write remove this kept version? Its removers (``rb``, a union) are walked:
+    a late carrier, or an honest carrier whose vector covers a late write, is late; a late
+    version that replaced it counts while it is still live, or has no row, or was itself
+    removed by a late write (followed the same way, each dot once, so a cycle of late dots
+    counts as late). One late remover is enough: the cost of a wrong revival is a deleted file
+    back, against the loss of a real one (review round 6, U1). An honest or unknown remover
+    revives nothing."""
+    todo = list(rb) if isinstance(rb, list) else []
     seen: set[str] = set()
-    while rb == "" or isinstance(rb, str) and late_dot(rb, limit):
-        if rb == "" or rb in seen or rb in live or rb not in gone:
+    while todo:
+        dot = str(todo.pop())
+        if dot in seen:
+            return True  # only late dots are followed: a late cycle
+        seen.add(dot)
+        if dot in carriers and tainted(carriers[dot], limit):
             return True
-        seen.add(rb)
-        rb = gone[rb].get("rb")
+        if not late_dot(dot, limit):
+            continue
+        if dot in live or dot not in gone:
+            return True
+        todo += gone[dot].get("rb") or []
     return False
 
 

@@ -1,6 +1,6 @@
 """Moves of a blob that keep the version's dot (a repack, a re-encryption): which of two
 locations wins, and the previous location kept so that a late move can be undone
-(format.md, "Moves"). Also who removed a kept version (``rb``), as a join. Pure functions
+(format.md, "Moves"). Also who removed a kept version (``rb``), as a union. Pure functions
 over entries; crdt.py stores what they decide.
 """
 
@@ -29,15 +29,18 @@ def late_dot(dot: str, cutoffs: dict[str, int]) -> bool:
     return dev in cutoffs and int(seq) > cutoffs[dev]
 
 
+def removers(raw: str | None) -> set[str]:
+    """The dots of a kept version's ``rb`` as stored (space-separated)."""
+    return set(raw.split()) if raw else set()
+
+
 def join_remover(one: str | None, two: str | None) -> str | None:
-    """Who removed a kept version, as a join: None is unknown (an observed-remove drop only
-    propagates some removal), equal names stay, two different names give "" (disagreement,
-    for good). Commutative and associative, so every device ends with the same value."""
-    if one is None:
-        return two
-    if two is None or one == two:
-        return one
-    return ""
+    """Who removed a kept version, as a join: the union of every delta that removed it and
+    every snapshot whose merge dropped it (a carrier), so a late remover is never hidden
+    behind a disagreement (review round 6, U1). None: unknown. Commutative, associative and
+    idempotent, so every device ends with the same value."""
+    both = removers(one) | removers(two)
+    return " ".join(sorted(both)) if both else None
 
 
 # What a move changes: where the blob is, and (re-encryption) its key fields.

@@ -98,7 +98,7 @@ def time_of(payload: dict[str, Any]) -> int:
 
 def _attic(raw: object) -> dict[str, dict[str, dict[str, Any]]]:
     """A snapshot's version history: {path: {dot: {"e": entry, "g": replaced at[, "rb": the
-    dot whose delta removed it, or "" where two disagree]}}}."""
+    dots of the deltas that removed it and of the snapshots whose merge dropped it]}}}."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -109,12 +109,29 @@ def _attic(raw: object) -> dict[str, dict[str, dict[str, Any]]]:
         for dot, row in rows.items():
             if (not isinstance(dot, str) or not _DOT.match(dot) or not isinstance(row, dict)
                     or set(row) - {"rb"} != {"e", "g"} or type(row["g"]) is not int
-                    or row["g"] < 0 or ("rb" in row and not (
-                        row["rb"] == "" or isinstance(row["rb"], str)
-                        and _DOT.match(row["rb"])))):
+                    or row["g"] < 0 or ("rb" in row and not _dots(row["rb"]))):
                 raise IntegrityError("manifest snapshot has a malformed history")
             check_entry(row["e"])
     return raw
+
+
+def _dots(raw: object) -> bool:
+    """A non-empty, sorted list of distinct dots (a union, so every device writes it alike)."""
+    return (isinstance(raw, list) and bool(raw) and all(
+        isinstance(d, str) and _DOT.match(d) for d in raw) and raw == sorted(set(raw)))
+
+
+def carriers_of(payload: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """A snapshot's ``rc``: the version vector of each carrier its history names."""
+    raw = payload.get("rc", {})
+    if not isinstance(raw, dict):
+        raise IntegrityError("manifest snapshot has malformed carriers")
+    out: dict[str, dict[str, int]] = {}
+    for dot, ctx in raw.items():
+        if not isinstance(dot, str) or not _DOT.match(dot):
+            raise IntegrityError("manifest snapshot has malformed carriers")
+        out[dot] = _ctx(ctx)
+    return out
 
 
 def _ctx(raw: object) -> dict[str, int]:
@@ -201,6 +218,7 @@ def _check_segment(name: str, payload: dict[str, Any]) -> None:
             ctx = _ctx(payload.get("ctx"))
             payload["paths"] = _CheckedPaths(_paths(payload.get("paths")))
             _attic(payload.get("attic"))
+            carriers_of(payload)
             if "floor" in payload or "fb" in payload:  # the chain ends history (round 6, U2)
                 raise IntegrityError("manifest snapshot carries a history floor")
             _check_moves(payload, ctx, time_of(payload))
@@ -231,13 +249,12 @@ def _check_moves(payload: dict[str, Any], ctx: dict[str, int], until: int) -> No
 
 
 def _check_removers(payload: dict[str, Any], ctx: dict[str, int]) -> None:
-    """A history row names the delta that removed the version (``rb``): one its writer had
-    not seen is planted (review round 4, S10), as a move is: after that writer's removal it
-    would bring back versions a user deleted on purpose."""
+    """A history row names the deltas and snapshots that removed the version (``rb``): one its
+    writer had not seen is planted (review round 4, S10), as a move is: after that writer's
+    removal it would bring back versions a user deleted on purpose."""
     for rows in (payload.get("attic") or {}).values():
         for row in rows.values():
-            remover = row.get("rb")
-            if remover:
+            for remover in row.get("rb") or ():
                 device, _, seq = remover.partition(":")
                 if int(seq) > ctx.get(device, 0):
                     raise IntegrityError("manifest history names a removal its writer never "
@@ -320,7 +337,12 @@ def snapshot_json(device: str, seq: int, state: State, prev: str | None = None
     def dump(value: Any) -> bytes:
         return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
 
-    streamed = {"attic": state.attic_rows(), "paths": state.items()}
+    named: set[str] = set()  # filled while the attic streams; "rc" comes after it
+
+    def carriers() -> Iterator[tuple[str, dict[str, int]]]:
+        yield from state.carriers.of(named).items()
+
+    streamed = {"attic": state.attic_rows(named), "paths": state.items(), "rc": carriers()}
     fields: dict[str, Any] = {
         "kind": "snapshot", "device": device, "seq": seq, "ctx": {**state.ctx, device: seq},
         "prev": prev, "created": now_iso(), **streamed}
