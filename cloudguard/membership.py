@@ -67,7 +67,9 @@ def _ghosts(view: View) -> dict[str, Cutoff]:
     member set (its verifiers count removals only)."""
     every = {**view.voided, **view.commits}
     out: dict[str, Cutoff] = {}
-    for c in view.voided.values():
+    # the first add of a rid (by position, then id) fixes its keys on every device alike
+    # (review round 5, T7)
+    for c in sorted(view.voided.values(), key=lambda c: (c.pos, c.id)):
         for rid, keys in _brought_in(c, every).items():
             if rid not in view.members and rid not in view.removed:
                 out.setdefault(rid, Cutoff(keys.s, 0, None))

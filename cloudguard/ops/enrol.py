@@ -299,7 +299,8 @@ def _add_member(transport: Transport, index: Index | None, ring: trust.Ring, rid
                 keys: chain.MemberKeys, name: str) -> chain.Commit:
     """An add commit on the head: same KEK, one more member with its own slot."""
     if rid in ring.view.members or rid in ring.view.removed or any(
-            rid in c.members for c in ring.view.commits.values()):
+            rid in c.members for c in [*ring.view.commits.values(),
+                                       *ring.view.voided.values()]):
         raise UsageError(f"member id {rid} already exists in this vault (or a commit that "
                          "turned out void named it); refused: the new device enrols again "
                          "with a fresh request")
