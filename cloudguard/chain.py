@@ -386,8 +386,10 @@ class Skip(Exception):
 
 
 def accept_segment(view: View, name: str, device: str, seq: int, data: bytes,
-                   kek_of: Callable[[Commit], bytes]) -> dict[str, Any]:
-    """Writer rules of format.md: check the writer and its signature before decrypting."""
+                   kek_of: Callable[[Commit], bytes], late: bool = False) -> dict[str, Any]:
+    """Writer rules of format.md: check the writer and its signature before decrypting.
+    ``late``: a removed member's segment past its cutoff is opened too (for the history only,
+    manifest/refused.py)."""
     key = view.signer_key(device)
     if key is None:
         raise IntegrityError(f"manifest segment {name} was written by {device}, who is not a "
@@ -396,7 +398,7 @@ def accept_segment(view: View, name: str, device: str, seq: int, data: bytes,
         raise IntegrityError(f"manifest segment {name} was written by recovery kit {device}: "
                              "a kit only ever adds a device, it never writes")
     cut = view.removed.get(device)
-    if cut is not None and seq > cut.seq:
+    if cut is not None and seq > cut.seq and not late:
         raise Skip(f"manifest segment {name} was written by removed member {device} after its "
                    "removal; refused")
     try:

@@ -415,6 +415,9 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
                              mf.Verifier(binding.vault_id, ring.view.signer_key),
                              mf.written(index.get_meta("written", None), segs, binding.device))
             loaded.state.ended = ring.view.ended()
+            mf.keep_refused(loaded.state, segs, fetch, _late_opener(ring),
+                            {*ring.view.contested, *ring.view.ghosts}, ring.view.cutoffs,
+                            mf.Verifier(binding.vault_id, ring.view.signer_key), skipped)
             for reason in skipped:
                 ui.warn(reason)
             _finish_deletions(index, transport, listing, loaded)
@@ -437,6 +440,13 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
 
 def _note_interrupted(index: Index, binding: Binding) -> None:
     note_interrupted(index, binding)
+
+
+def _late_opener(ring: trust.Ring) -> mf.Opener:
+    """Opens a removed member's segments past its cutoff, for the history only."""
+    def opener(name: str, dev: str, seq: int, data: bytes) -> dict[str, Any]:
+        return chain.accept_segment(ring.view, name, dev, seq, data, ring.kek_of, late=True)
+    return opener
 
 
 def _opener(ring: trust.Ring, index: Index) -> mf.Opener:

@@ -1427,6 +1427,14 @@ def test_a_frozen_device_never_deletes_what_a_backdated_removal_took_out(
             "B deleted blobs of A's that only a backdated removal took out"
     got = b.run("pull")
     assert got.exit_code == 0 and "challenged" in got.output, got.output
+    # review round 5, T6: A's push that no snapshot covered is refused, yet kept as late
+    assert "kept in the history as late" in got.output, got.output
+    unseen = b.json("history", "unseen.txt")["versions"]
+    assert [(v["late"], v["current"]) for v in unseen] == [(True, False)], unseen
+    assert not (b.folder / "unseen.txt").exists()  # never live
+    restored = b.run("restore", "unseen.txt", "--version", unseen[0]["version"])
+    assert restored.exit_code == 0, restored.output
+    assert (b.folder / "unseen.txt").read_text() == "A's file that B never applied"
     restored = b.run("restore", "held.txt", "--version",
                      b.json("history", "held.txt")["versions"][0]["version"])
     assert restored.exit_code == 0, restored.output

@@ -21,6 +21,7 @@ from __future__ import annotations
 from .crdt import State, dot_of
 from .loading import Loaded, Opener, _clamp, _pinned, load, reissue_ops, written
 from .moves import Entry, join_remover, late_dot, moved, removers, unmoved
+from .refused import keep_refused
 from .segments import (
     MAX_SEQ,
     PREFIX,
@@ -55,6 +56,7 @@ __all__ = [
     "delta_payload",
     "dot_of",
     "join_remover",
+    "keep_refused",
     "removers",
     "load",
     "moved",

@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS segments (name TEXT PRIMARY KEY, size INTEGER NOT NUL
 CREATE TABLE IF NOT EXISTS attic (path TEXT NOT NULL, dot TEXT NOT NULL, e TEXT NOT NULL,
     o TEXT, a INTEGER, n INTEGER, gone INTEGER NOT NULL, PRIMARY KEY (path, dot)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS late_read (name TEXT PRIMARY KEY) WITHOUT ROWID;
 """
 
 
@@ -501,5 +502,6 @@ class State:
             self.db.execute("DELETE FROM entries")
             self.db.execute("DELETE FROM segments")
             self.db.execute("DELETE FROM attic")
+            self.db.execute("DELETE FROM late_read")  # refused.py reads them again
             self.db.execute("DELETE FROM meta")
             self.ctx = {}
