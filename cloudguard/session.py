@@ -410,12 +410,12 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
             skipped: list[str] = []
 
             cutoffs = {rid: (cut.seq, cut.hash) for rid, cut in ring.view.removed.items()}
-            loaded = mf.load(segs, fetch, _opener(ring, index), binding.device, seen, cache, state,
-                             cutoffs, skipped,
+            loaded = mf.load(segs, fetch, trust.segment_opener(ring, index), binding.device,
+                             seen, cache, state, cutoffs, skipped,
                              mf.Verifier(binding.vault_id, ring.view.signer_key),
                              mf.written(index.get_meta("written", None), segs, binding.device))
             loaded.state.ended = ring.view.ended()
-            mf.keep_refused(loaded.state, segs, fetch, _late_opener(ring),
+            mf.keep_refused(loaded.state, segs, fetch, trust.late_opener(ring),
                             {*ring.view.contested, *ring.view.ghosts}, ring.view.cutoffs,
                             mf.Verifier(binding.vault_id, ring.view.signer_key), skipped)
             for reason in skipped:
@@ -440,36 +440,6 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
 
 def _note_interrupted(index: Index, binding: Binding) -> None:
     note_interrupted(index, binding)
-
-
-def _late_opener(ring: trust.Ring) -> mf.Opener:
-    """Opens a removed member's segments past its cutoff, for the history only."""
-    def opener(name: str, dev: str, seq: int, data: bytes) -> dict[str, Any]:
-        return chain.accept_segment(ring.view, name, dev, seq, data, ring.kek_of, late=True)
-    return opener
-
-
-def _opener(ring: trust.Ring, index: Index) -> mf.Opener:
-    """Writer rules (chain.accept_segment), plus: a writer's heads only move forward along
-    the chain (or off a head that turned void), and a segment written under an older KEK
-    marks the state for re-wrapping."""
-    heads: dict[str, tuple[int, str]] = {}
-
-    def opener(name: str, dev: str, seq: int, data: bytes) -> dict[str, Any]:
-        payload = chain.accept_segment(ring.view, name, dev, seq, data, ring.kek_of)
-        written = ring.view.find(fmt.segment_head(data)[1])
-        if written is None:  # accept_segment has skipped such a segment already
-            raise IntegrityError(f"manifest segment {name} names no verified commit")
-        before = heads.get(dev)  # leaving a head that turned void is the removal's doing
-        if before is not None and before[0] == seq - 1 and before[1] not in ring.view.voided \
-                and not ring.view.builds_on(written.id, before[1]):
-            raise IntegrityError(f"fork: manifest segment {name} names a head that does not "
-                                 "build on its writer's previous one")
-        heads[dev] = (seq, written.id)
-        if written.kek != ring.head.kek:  # a frozen or racing writer: re-wrap later
-            index.set_meta("rewrap_needed", True)
-        return payload
-    return opener
 
 
 def _prefetch(transport: Transport, listing: dict[str, int], cache: mf.SegmentCache,

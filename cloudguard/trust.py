@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from . import chain, membership
 from . import format as fmt
@@ -241,3 +242,36 @@ def merge_if_needed(ring: Ring, transport: Transport, index: Index | None,
     warn(f"two devices changed membership at once; merging {len(tips) + 1} branches")
     return change(ring, transport, index, "merge", members=members, removed=removed,
                   new_key=True, names={}, merges=tips)
+
+
+Opener = Callable[[str, str, int, bytes], dict[str, Any]]
+
+
+def late_opener(ring: Ring) -> Opener:
+    """Opens a removed member's segments past its cutoff, for the history only."""
+    def opener(name: str, dev: str, seq: int, data: bytes) -> dict[str, Any]:
+        return chain.accept_segment(ring.view, name, dev, seq, data, ring.kek_of, late=True)
+    return opener
+
+
+def segment_opener(ring: Ring, index: Index) -> Opener:
+    """Writer rules (chain.accept_segment), plus: a writer's heads only move forward along
+    the chain (or off a head that turned void), and a segment written under an older KEK
+    marks the state for re-wrapping."""
+    heads: dict[str, tuple[int, str]] = {}
+
+    def opener(name: str, dev: str, seq: int, data: bytes) -> dict[str, Any]:
+        payload = chain.accept_segment(ring.view, name, dev, seq, data, ring.kek_of)
+        written = ring.view.find(fmt.segment_head(data)[1])
+        if written is None:  # accept_segment has skipped such a segment already
+            raise IntegrityError(f"manifest segment {name} names no verified commit")
+        before = heads.get(dev)  # leaving a head that turned void is the removal's doing
+        if before is not None and before[0] == seq - 1 and before[1] not in ring.view.voided \
+                and not ring.view.builds_on(written.id, before[1]):
+            raise IntegrityError(f"fork: manifest segment {name} names a head that does not "
+                                 "build on its writer's previous one")
+        heads[dev] = (seq, written.id)
+        if written.kek != ring.head.kek:  # a frozen or racing writer: re-wrap later
+            index.set_meta("rewrap_needed", True)
+        return payload
+    return opener
