@@ -413,7 +413,9 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
             loaded = mf.load(segs, fetch, trust.segment_opener(ring, index), binding.device,
                              seen, cache, state, cutoffs, skipped,
                              mf.Verifier(binding.vault_id, ring.view.signer_key),
-                             mf.written(index.get_meta("written", None), segs, binding.device))
+                             mf.written(index.get_meta("written", None), segs, binding.device),
+                             {n[len(sync.DATA_PREFIX):] for n in listing
+                              if n.startswith(sync.DATA_PREFIX)}.__contains__)
             loaded.state.ended = ring.view.ended()
             mf.keep_refused(loaded.state, segs, fetch, trust.late_opener(ring),
                             {*ring.view.contested, *ring.view.ghosts}, ring.view.cutoffs,

@@ -1099,12 +1099,14 @@ def moved_entry(entry: Entry, location: dict[str, Any], dot: str) -> Entry:
             "pl": {k: base[k] for k in LOCATION_FIELDS if k in base}}
 
 
-def unmoved(entry: Entry, limit: dict[str, int]) -> Entry:
+def unmoved(entry: Entry, limit: dict[str, int], listed: set[str]) -> Entry:
     """"Moves": an entry moved by a removed member past its cutoff (any dot of "rd") goes back
-    to "pl"."""
+    to "pl", unless the object there is no longer listed (round 7, V1)."""
     rd, previous = entry.get("rd"), entry.get("pl")
     if not isinstance(rd, list) or not isinstance(previous, dict) or not any(
             isinstance(d, str) and late_dot(d, limit) for d in rd):
+        return entry
+    if "o" in previous and previous["o"] not in listed:
         return entry
     base = {k: v for k, v in entry.items()
             if k not in MOVE_FIELDS and k not in LOCATION_FIELDS}
@@ -1401,6 +1403,8 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
     this reader does not have: a copy of a rolled-back remote restores the older manifest).
     Returns the state and the segments skipped (with the reason)."""
     m_dir = remote / "m"
+    d_dir = remote / "data"
+    listed = {p.name for p in d_dir.iterdir()} if d_dir.is_dir() else set()
     segments: SegmentIndex = {}
     for path in sorted(m_dir.iterdir()) if m_dir.is_dir() else []:
         match = SEGMENT_NAME.fullmatch(f"m/{path.name}")
@@ -1495,7 +1499,7 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
                            "its removal; they are left out (they are in the vault's history)")
             snapshot.ctx = clamp(snapshot.ctx, limit)
             unclamped = snapshot.paths
-            snapshot.paths = {p: {d: unmoved(e, limit) for d, e in sibs.items()
+            snapshot.paths = {p: {d: unmoved(e, limit, listed) for d, e in sibs.items()
                                   if not late_dot(d, limit)}
                               for p, sibs in snapshot.paths.items()}
             try:
@@ -1509,7 +1513,8 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
                 versions = {d: e for d, e in versions.items()
                             if late_chain(rb_of(payload, where, d), live, gone, limit, rc)}
                 if versions and not snapshot.paths.get(where):
-                    snapshot.paths[where] = {d: unmoved(e, limit) for d, e in versions.items()}
+                    snapshot.paths[where] = {d: unmoved(e, limit, listed)
+                                             for d, e in versions.items()}
         if not state.dominates(snapshot.ctx):
             state.merge(snapshot)
 

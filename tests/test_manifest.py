@@ -498,17 +498,23 @@ def test_times_from_a_segment_never_lie_in_the_future() -> None:
     assert mf.time_of({"created": "2020-01-01T00:00:00+00:00"}) == 1_577_836_800
 
 
-def test_a_snapshot_never_carries_a_history_floor() -> None:
-    """Review round 6, U2: only a signed re-encryption commit ends history, so a snapshot that
-    carries a floor (which nothing binds to an honest re-encryption) is refused."""
+def test_a_snapshot_floor_ends_nothing_and_an_old_remover_reads_as_a_list() -> None:
+    """Review round 6, U2: only a signed re-encryption commit ends history, so a snapshot's
+    floor (the earlier design, which nothing binds to an honest re-encryption) is read as
+    nothing; a remover written as one string (before the union) reads as a list of one
+    (round 7, V8)."""
     from cloudguard.manifest.segments import _check_segment
 
-    snap = {"kind": "snapshot", "device": "a" * 16, "seq": 1, "ctx": {"a" * 16: 1},
-            "created": "2024-01-01T00:00:00+00:00", "paths": {}, "attic": {}}
-    _check_segment("m/s", dict(snap))
-    for extra in ({"floor": 5}, {"floor": 5, "fb": "a" * 16 + ":1"}, {"fb": "a" * 16 + ":1"}):
-        with pytest.raises(IntegrityError, match="history floor"):
-            _check_segment("m/s", {**snap, **extra})
+    dev = "a" * 16
+    row = {"e": {"t": "d", "sg": "x"}, "g": 5, "rb": f"{dev}:1"}
+    snap = {"kind": "snapshot", "device": dev, "seq": 1, "ctx": {dev: 1},
+            "created": "2024-01-01T00:00:00+00:00", "paths": {},
+            "attic": {"p": {f"{dev}:1": row, f"{dev}:0": {**row, "rb": ""}}},
+            "floor": 1_700_000_000, "fb": f"{dev}:1"}
+    _check_segment("m/s", snap)
+    assert "floor" not in snap and "fb" not in snap
+    assert snap["attic"]["p"][f"{dev}:1"]["rb"] == [f"{dev}:1"]
+    assert "rb" not in snap["attic"]["p"][f"{dev}:0"]
 
 
 def test_every_move_since_the_kept_place_is_listed_and_any_late_one_goes_back() -> None:
@@ -531,9 +537,12 @@ def test_every_move_since_the_kept_place_is_listed_and_any_late_one_goes_back() 
     assert got is not None
     assert got["rd"] == [f"{a}:5", f"{x}:12", f"{x}:13"] and got["o"] == "44" * 16
     assert {k: got["pl"][k] for k in ("o", "a", "r")} == home
-    back = _unmove_late(got, {x: 10})
+    listed = {home["o"], "44" * 16}.__contains__
+    back = _unmove_late(got, {x: 10}, listed)
     assert {k: back[k] for k in ("o", "a", "r")} == home and "rd" not in back
-    assert _unmove_late(got, {x: 20}) is got  # no move past a cutoff: stays
+    assert _unmove_late(got, {x: 20}, listed) is got  # no move past a cutoff: stays
+    # never back to a place whose object is gone (review round 7, V1)
+    assert _unmove_late(got, {x: 10}, {"44" * 16}.__contains__) is got
 
 
 def test_a_snapshot_cannot_plant_a_move_or_a_time_in_the_future() -> None:
@@ -593,7 +602,7 @@ def test_a_snapshot_cannot_plant_a_remover() -> None:
     with pytest.raises(IntegrityError, match="removal its writer never saw"):
         _check_segment("m/x", snap([f"{dev}:1", f"{other}:999999"]))
     _check_segment("m/x", snap([f"{dev}:1", f"{other}:7"]))
-    for bad in ([], [f"{other}:7", f"{dev}:1"], [f"{dev}:1", f"{dev}:1"], "", f"{dev}:1"):
+    for bad in ([], [f"{other}:7", f"{dev}:1"], [f"{dev}:1", f"{dev}:1"], 7, ["x:1"]):
         with pytest.raises(IntegrityError, match="malformed history"):  # a sorted union
             _check_segment("m/x", snap(bad))  # type: ignore[arg-type]
 

@@ -1447,6 +1447,42 @@ def test_a_frozen_device_never_deletes_what_a_backdated_removal_took_out(
     assert [v["current"] for v in b.json("history", "held.txt")["versions"]] == [True]
 
 
+def test_a_reencryption_its_writer_is_taken_out_of_keeps_every_file_readable(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 7, V1: A answers the theft of X with `device remove X --reencrypt`, which
+    moves every blob to a new object and deletes the old ones at once. X then takes A out with
+    a removal signed on the old head (S1): A's moves are late, and undoing them would send
+    every file back to a deleted object. A move is never undone to a place that is gone, so
+    every device still reads every file."""
+    a, b, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "x")
+    a.write("paper.txt", "A's paper")
+    a.cg("push")
+    b.cg("pull")
+    vid = vault_id_of(a)
+    parent = provider.view(vid).head
+    before = {n for n in provider.objects() if n.startswith("data/")}
+    got = a.run("device", "remove", x.rid, "--reencrypt")
+    assert got.exit_code == 0, got.output
+    assert not before & {n for n in provider.objects() if n.startswith("data/")}
+    b.cg("pull")
+    view = provider.view(vid)
+    backdated_removal(provider, view, parent, x.secret(), x.rid, a.rid)
+    got = b.run("pull")  # the head's key object is gone too: B merges under a new KEK
+    assert got.exit_code == 0 and "challenged" in got.output, got.output
+    # A is out with cutoff 0 (S1): its versions are in the history, late, and readable
+    for path, text in (("paper.txt", "A's paper"), ("doc.txt", "original")):
+        (version,) = b.json("history", path)["versions"]
+        assert version["late"], version
+        got = b.run("restore", path, "--version", version["version"])
+        assert got.exit_code == 0, got.output
+        assert (b.folder / path).read_text() == text
+    assert b.run("push").exit_code == 0
+    assert b.json("verify", "--read-data")["ok"]
+    restored = script_restores(b, local_remote, tmp_path)
+    assert (restored / "paper.txt").read_text() == "A's paper"
+
+
 def test_a_device_whose_approval_a_removal_voids_bricks_no_one(
         local_remote: str, provider: Provider, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -50,7 +50,7 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
          device: str, seen: dict[str, int], cache: SegmentCache,
          state: State | None = None, cutoffs: dict[str, tuple[int, str | None]] | None = None,
          skipped: list[str] | None = None, vouch: Vouch | None = None,
-         written: int | None = None) -> Loaded:
+         written: int | None = None, listed: Callable[[str], bool] | None = None) -> Loaded:
     """Bring ``state`` up to the segments listed on the remote and check for rollback.
 
     A persistent ``state`` already holds the merge of the segments it recorded; only new ones
@@ -78,7 +78,7 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
     state.vouch = vouch
     try:
         return _load(listing, fetch, opener, device, seen, cache, state, cutoffs, skipped,
-                     written)
+                     written, listed or (lambda _o: True))
     finally:
         state.vouch = None
 
@@ -86,7 +86,8 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
 def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
           device: str, seen: dict[str, int], cache: SegmentCache, state: State,
           cutoffs: dict[str, tuple[int, str | None]] | None,
-          skipped: list[str] | None, written: int | None = None) -> Loaded:
+          skipped: list[str] | None, written: int | None = None,
+          listed: Callable[[str], bool] = lambda _o: True) -> Loaded:
     cuts = cutoffs or {}
     limit = {dev: seq for dev, (seq, _h) in cuts.items()}
     # what the writer rules refuse is not expected back: no rollback is read into it
@@ -131,7 +132,7 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
         consumed = state.consumed()
         if _late(state.ctx, limit):
             consumed = {}
-            _clamp_own(state, limit)
+            _clamp_own(state, limit, listed)
         snaps: dict[str, dict[str, Any]] = {}
         for name, (_dev, _seq, kind) in sorted(parsed.items()):
             if kind == "s" and name not in consumed:
@@ -155,7 +156,7 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
                                 "past its removal; they are moved to the history")
                 ctx = _clamp(ctx, limit)
                 unclamped, unclamped_kept = paths, kept
-                paths, kept = _clamped(paths, kept, limit, time_of(payload))
+                paths, kept = _clamped(paths, kept, limit, time_of(payload), listed)
                 paths, kept = _revive(paths, kept, limit, unclamped, unclamped_kept, rc)
             claim = ctx.get(device, 0)
             if written is not None and claim > written and parsed[name][0] != device:
@@ -273,7 +274,8 @@ def _clamp(ctx: dict[str, int], limit: dict[str, int]) -> dict[str, int]:
     return {dev: min(seq, limit[dev]) if dev in limit else seq for dev, seq in ctx.items()}
 
 
-def _clamp_own(state: State, limit: dict[str, int]) -> None:
+def _clamp_own(state: State, limit: dict[str, int],
+               listed: Callable[[str], bool] = lambda _o: True) -> None:
     """This device applied a removed member's late writes before it saw the removal, or
     holds the writes of a member that a removed member's challenged removal took out. The
     state is rebuilt from its own clamped copy, as a snapshot would be: late versions go to
@@ -282,7 +284,7 @@ def _clamp_own(state: State, limit: dict[str, int]) -> None:
     delta is read again. Rare, so the copy is held in memory."""
     paths, kept, ctx = dict(state.items()), state.attic_payload(), dict(state.ctx)
     rc = state.carriers.everything()
-    live, history = _clamped(paths, kept, limit, int(time.time()))
+    live, history = _clamped(paths, kept, limit, int(time.time()), listed)
     live, history = _revive(live, history, limit, paths, kept, rc)
     state.reset()
     state.merge_snapshot(_clamp(ctx, limit), live.items(), history, int(time.time()),
@@ -290,19 +292,19 @@ def _clamp_own(state: State, limit: dict[str, int]) -> None:
 
 
 def _clamped(paths: dict[str, dict[str, Any]], kept: dict[str, dict[str, dict[str, Any]]],
-             limit: dict[str, int], when: int
+             limit: dict[str, int], when: int, listed: Callable[[str], bool]
              ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, dict[str, Any]]]]:
     """A snapshot with late dots (past their writer's cutoff): those versions leave the live
     state for the history, where they stay and are never live again (review round 4, S3, S4).
-    Late moves of anyone's blob are undone."""
-    live = {p: {d: _unmove_late(e, limit) for d, e in sibs.items() if not late_dot(d, limit)}
-            for p, sibs in paths.items()}
-    history = {p: {d: {**r, "e": _unmove_late(r["e"], limit)} for d, r in rows.items()}
+    Late moves of anyone's blob are undone, unless the place before is no longer listed."""
+    live = {p: {d: _unmove_late(e, limit, listed) for d, e in sibs.items()
+                if not late_dot(d, limit)} for p, sibs in paths.items()}
+    history = {p: {d: {**r, "e": _unmove_late(r["e"], limit, listed)} for d, r in rows.items()}
                for p, rows in kept.items()}
     for p, sibs in paths.items():
         for d, e in sibs.items():
             if late_dot(d, limit):
-                history.setdefault(p, {}).setdefault(d, {"e": _unmove_late(e, limit),
+                history.setdefault(p, {}).setdefault(d, {"e": _unmove_late(e, limit, listed),
                                                          "g": when})
     return live, history
 
@@ -365,12 +367,20 @@ def _late_removal(rb: object, live: dict[str, Any], gone: dict[str, dict[str, An
     return False
 
 
-def _unmove_late(entry: dict[str, Any], limit: dict[str, int]) -> dict[str, Any]:
+def _unmove_late(entry: dict[str, Any], limit: dict[str, int],
+                 listed: Callable[[str], bool]) -> dict[str, Any]:
     """A blob moved by a removed member past its cutoff goes back where it was: the move kept
-    no dot of its own, so clamping dots alone would keep it (review round 2, N4)."""
+    no dot of its own, so clamping dots alone would keep it (review round 2, N4). Never to a
+    place whose object is gone: a re-encryption deletes the old objects at once, and its
+    writer may be taken out later by a removed member (S1) or an honest race; the current
+    place stays, and the signed ``h``, checked on every read, keeps it honest (review round
+    7, V1)."""
     rd = entry.get("rd")
     late = isinstance(rd, list) and any(late_dot(str(d), limit) for d in rd)
-    return unmoved(entry) if late else entry
+    if not late:
+        return entry
+    back = unmoved(entry)
+    return back if back.get("o") is None or listed(str(back["o"])) else entry
 
 
 def _pinned(dev: str, seq: int, digest: str | None, parsed: dict[str, tuple[str, int, str]],
