@@ -325,15 +325,17 @@ class State:
                     ended: frozenset[str] = frozenset()) -> int:
         """Forget versions replaced before ``before``, and the places blobs were moved from
         before then; their objects become garbage. Versions with a dot past its writer's
-        ``cutoffs`` stay: a clamp is never a deletion (format.md, "Writer rules"). Versions
-        wrapped under an ``ended`` generation go, late or not, whatever their age: a
-        re-encryption ended them ``keep_days`` ago (format.md, "Version history")."""
+        ``cutoffs`` stay: a clamp is never a deletion (format.md, "Writer rules"), unless
+        they are wrapped under an ``ended`` generation (a re-encryption that this device saw
+        ``keep_days`` ago ended them). Nothing goes before it is ``keep_days`` old: a version
+        replaced after the re-encryption under an older key is hidden, not lost at once
+        (review round 7, V2 (a))."""
         cuts = cutoffs or {}
         with self.transaction():
             self.forget_moves(before)
             doomed = [(p, d) for p, d, e, g in self.db.execute(
                 "SELECT path, dot, e, gone FROM attic").fetchall()
-                if (int(g) < before and not late_dot(d, cuts)) or _generation(e) in ended]
+                if int(g) < before and (not late_dot(d, cuts) or _generation(e) in ended)]
             self.db.executemany("DELETE FROM attic WHERE path = ? AND dot = ?", doomed)
             self.carriers.keep_only({d for (rb,) in self.db.execute(
                 "SELECT rb FROM attic WHERE rb IS NOT NULL") for d in removers(rb)})
