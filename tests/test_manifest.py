@@ -721,3 +721,19 @@ def test_a_clamp_revives_what_a_late_write_removed_and_no_honest_delete() -> Non
         clean.ctx[x] = 13
     _clamp_own(clean, {x: 10})
     assert not dict(clean.items())  # an honest snapshot's drop stays a drop
+
+
+def test_a_clamp_never_revives_a_file_whose_object_is_gone() -> None:
+    """Review round 7, V4: a late snapshot can name versions forgotten long ago; one whose
+    object garbage collection has deleted must not come back (it would stop every pull)."""
+    from cloudguard.manifest.loading import _clamp_own
+
+    a, c, x = "a" * 16, "c" * 16, "e" * 16
+    for listed, back in ((lambda _o: True, True), (lambda _o: False, False)):
+        state = mf.State()
+        with state.transaction():
+            state.put_entry("f", f"{a}:1", {"t": "f", "o": "11" * 16, "a": 0, "n": 9})
+            state.merge_snapshot({a: 1, c: 60, x: 13}, [], {}, 10, f"{c}:60")
+        _clamp_own(state, {x: 10}, listed)
+        assert ("f" in dict(state.items())) is back
+        assert ("f" in state.attic_payload()) is not back  # kept in the history instead

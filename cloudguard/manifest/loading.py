@@ -157,7 +157,8 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
                 ctx = _clamp(ctx, limit)
                 unclamped, unclamped_kept = paths, kept
                 paths, kept = _clamped(paths, kept, limit, time_of(payload), listed)
-                paths, kept = _revive(paths, kept, limit, unclamped, unclamped_kept, rc)
+                paths, kept = _revive(paths, kept, limit, unclamped, unclamped_kept, rc,
+                                      listed)
             claim = ctx.get(device, 0)
             if written is not None and claim > written and parsed[name][0] != device:
                 skip_log.append(
@@ -285,7 +286,7 @@ def _clamp_own(state: State, limit: dict[str, int],
     paths, kept, ctx = dict(state.items()), state.attic_payload(), dict(state.ctx)
     rc = state.carriers.everything()
     live, history = _clamped(paths, kept, limit, int(time.time()), listed)
-    live, history = _revive(live, history, limit, paths, kept, rc)
+    live, history = _revive(live, history, limit, paths, kept, rc, listed)
     state.reset()
     state.merge_snapshot(_clamp(ctx, limit), live.items(), history, int(time.time()),
                          carriers=rc)
@@ -312,7 +313,7 @@ def _clamped(paths: dict[str, dict[str, Any]], kept: dict[str, dict[str, dict[st
 def _revive(paths: dict[str, dict[str, Any]], kept: dict[str, dict[str, dict[str, Any]]],
             limit: dict[str, int], unclamped: dict[str, dict[str, Any]],
             unclamped_kept: dict[str, dict[str, dict[str, Any]]],
-            carriers: dict[str, dict[str, int]]
+            carriers: dict[str, dict[str, int]], listed: Callable[[str], bool]
             ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, dict[str, Any]]]]:
     """Versions that a removed member's late write sent to the history come back where that
     path holds nothing else now: clamping its edit must not turn it into a delete (review
@@ -321,13 +322,16 @@ def _revive(paths: dict[str, dict[str, Any]], kept: dict[str, dict[str, dict[str
     that replaced them end at a late version still live in the snapshot, or at no version: an
     honest delete of a late version since (round 3, R10) stays a delete, while a late edit
     then a late delete (round 5, T1) does not. Late removers then leave every row: the writes
-    are never seen, and the next snapshot's vector no longer covers them (S10)."""
+    are never seen, and the next snapshot's vector no longer covers them (S10). A file whose
+    object is gone never comes back: a late snapshot may name long-forgotten versions, and
+    one that cannot be read would stop every pull (review round 7, V4)."""
     for path, rows in kept.items():
         if paths.get(path):
             continue
         live = unclamped.get(path, {})
         gone = unclamped_kept.get(path, {})
         back = {d: r["e"] for d, r in rows.items() if not late_dot(d, limit)
+                and (r["e"].get("o") is None or listed(str(r["e"]["o"])))
                 and _late_removal(r.get("rb"), live, gone, limit, carriers)}
         if back:
             paths[path] = back
