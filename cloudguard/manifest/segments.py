@@ -345,9 +345,10 @@ def snapshot_json(device: str, seq: int, state: State, prev: str | None = None
     def dump(value: Any) -> bytes:
         return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
 
-    streamed = {"attic": state.attic_rows(), "paths": state.items()}
+    ctx = {**state.ctx, device: seq}
+    streamed = {"attic": _seen_removers(state.attic_rows(), ctx), "paths": state.items()}
     fields: dict[str, Any] = {
-        "kind": "snapshot", "device": device, "seq": seq, "ctx": {**state.ctx, device: seq},
+        "kind": "snapshot", "device": device, "seq": seq, "ctx": ctx,
         "prev": prev, "created": now_iso(), "floor": state.floor, **streamed}
     if state.floor:  # who set it: a floor set by a late snapshot is discarded (round 5, T3)
         fields["fb"] = state.floor_by or f"{device}:{seq}"
@@ -361,6 +362,23 @@ def snapshot_json(device: str, seq: int, state: State, prev: str | None = None
         else:
             yield dump(fields[key])
     yield b"}"
+
+
+def _seen_removers(rows: Iterator[tuple[str, dict[str, dict[str, Any]]]], ctx: dict[str, int]
+                   ) -> Iterator[tuple[str, dict[str, dict[str, Any]]]]:
+    """A kept version whose remover the vector does not cover goes out with its remover
+    unknown: readers refuse such a remover as planted (_check_removers), and a clamp leaves
+    exactly that behind, a late version removed by a later late dot of its writer (a member
+    that a backdated removal took out edited a file twice; review round 6, U4)."""
+    for path, kept in rows:
+        yield path, {d: ({k: v for k, v in row.items() if k != "rb"}
+                         if row.get("rb") and not _covers(ctx, str(row["rb"])) else row)
+                     for d, row in kept.items()}
+
+
+def _covers(ctx: dict[str, int], dot: str) -> bool:
+    device, _, seq = dot.partition(":")
+    return int(seq or 0) <= ctx.get(device, 0)
 
 
 def snapshot_payload(device: str, seq: int, state: State, prev: str | None = None
