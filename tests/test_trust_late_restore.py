@@ -154,6 +154,11 @@ def test_restore_late_of_a_really_removed_member_asks_first(
     assert result["counting"] is True and result["restored"] == ["paper.txt"]
     assert [(r["by"], r["challenged"]) for r in result["removals"]] == [("a", False)]
     assert (a.folder / "paper.txt").read_text() == "rewritten by the removed device"
+    # a re-encryption keeps no late version of a member an honest one removed, and says so
+    got = a.run("key", "rotate", "--reencrypt")
+    assert got.exit_code == 0, got.output
+    assert "forgets the versions of 1 files" in got.output and "keeps" not in got.output
+    assert not [v for v in a.json("history", "paper.txt")["versions"] if v["late"]]
 
 
 def test_restore_late_of_a_member_that_is_not_removed_is_refused(
@@ -166,3 +171,29 @@ def test_restore_late_of_a_member_that_is_not_removed_is_refused(
     assert got.exit_code == 2 and "no device" in got.output, got.output
     got = a.run("restore", "--late-of", "b", "--version", "a:1", "doc.txt")
     assert got.exit_code == 2, got.output
+
+
+def test_reencryption_keeps_the_late_versions_of_a_member_only_challenged_removals_took_out(
+        local_remote: str, provider: Provider, tmp_path: Path,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The standard response to a thief, ``key rotate --reencrypt``, must not end the work of
+    the member the thief took out: B's late versions are re-encrypted and kept, on A and on
+    a device that pulls afterwards, and still restore (their old objects are gone)."""
+    a, b, _x, c = b_taken_out(monkeypatch, tmp_path, local_remote, provider)
+    assert a.run("pull").exit_code == 0
+    data = {n for n in provider.objects() if n.startswith("data/")}
+    got = a.run("key", "rotate", "--reencrypt")
+    assert got.exit_code == 0, got.output
+    assert "keeps the late versions of 4 files" in got.output and "forgets" not in got.output
+    late = [v for v in a.json("history", "notes.txt")["versions"] if v["late"]]
+    assert late, "the re-encryption forgot B's late versions"
+    assert not data & {n for n in provider.objects() if n.startswith("data/")}, \
+        "old ciphertext stayed"
+    pulled = c.run("pull")
+    assert pulled.exit_code == 0, pulled.output
+    assert [v for v in c.json("history", "notes.txt")["versions"] if v["late"]]
+    for dev in (a, c):  # names were sealed under the old keys, which went: the id
+        result = dev.json("restore", "--late-of", b.rid[:8])
+        assert sorted(result["restored"]) == ["doc.txt", "kept.txt", "notes.txt"], dev.name
+        assert (dev.folder / "notes.txt").read_text() == "B's own notes"
+        assert (dev.folder / "doc.txt").read_text() == "B's newest edit"
