@@ -1411,6 +1411,11 @@ def test_a_device_whose_approval_a_removal_voids_bricks_no_one(
         assert dev.json("history", "d-notes.txt")["versions"], dev.name
     refused = d.run("push")
     assert refused.exit_code == 1 and "enrol again" in refused.output, refused.output
+    # only a void add vouched for D: a member-wide restore asks first (review round 6, U4)
+    asked = c.run("restore", "--late-of", d.rid)
+    assert asked.exit_code == 2 and "--yes" in asked.output, asked.output
+    assert "brought in only by an add that a removal voided" in asked.output
+    assert not (c.folder / "d-notes.txt").exists()
     restored = c.run("restore", "d-notes.txt", "--version",
                      c.json("history", "d-notes.txt")["versions"][0]["version"])
     assert restored.exit_code == 0, restored.output

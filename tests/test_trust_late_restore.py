@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_trust_attacks import (
@@ -197,3 +198,32 @@ def test_reencryption_keeps_the_late_versions_of_a_member_only_challenged_remova
         assert sorted(result["restored"]) == ["doc.txt", "kept.txt", "notes.txt"], dev.name
         assert (dev.folder / "notes.txt").read_text() == "B's own notes"
         assert (dev.folder / "doc.txt").read_text() == "B's newest edit"
+
+
+def test_the_question_comes_before_anything_is_restored() -> None:
+    """On a terminal the user is asked; no means nothing restored, and a challenged-only
+    removal asks nothing."""
+    from types import SimpleNamespace
+
+    from cloudguard.errors import UsageError
+    from cloudguard.ops import late
+    from cloudguard.session import UI
+
+    info = {"late_of": {"id": "b" * 16, "name": "b"}, "ghost": False, "ask": True,
+            "removals": [{"commit": "keys/3", "by": "a", "cutoff": 4, "challenged": False}]}
+    asked: list[str] = []
+
+    def no(question: str) -> bool:
+        asked.append(question)
+        return False
+    s: Any = SimpleNamespace(ui=UI(confirm=no))
+    with pytest.raises(UsageError, match="nothing was restored"):
+        late.confirm(s, info, False)
+    assert "removed by a in keys/3 with cutoff 4 (counting)" in asked[0]
+    s.ui = UI(confirm=lambda _q: True)
+    late.confirm(s, info, False)
+    s.ui = UI()
+    late.confirm(s, info, True)
+    late.confirm(s, {**info, "ask": False}, False)
+    with pytest.raises(UsageError, match="no terminal"):
+        late.confirm(s, info, False)
