@@ -229,6 +229,16 @@ class View:
         named = _closure([self.head], {**self.voided, **self.commits})
         return sorted(tips | (self.challenged - named))
 
+    def removals_of(self, rid: str) -> list[tuple[Commit, bool]]:
+        """The removals that took ``rid`` out, each with whether it is challenged (void, yet
+        it still removes): what ``restore --late-of`` names (review round 6, U4)."""
+        every = {**self.voided, **self.commits}
+        found = [(c, False) for c in self.commits.values()]
+        found += [(every[cid], True) for cid in sorted(self.challenged) if cid in every]
+        return sorted(((c, challenged) for c, challenged in found
+                       if c.action == "remove" and rid in _fresh(c, every)),
+                      key=lambda item: (item[0].pos, item[0].id))
+
     def signer_key(self, rid: str) -> bytes | None:
         if rid in self.members:
             return self.members[rid].s

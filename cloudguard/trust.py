@@ -113,12 +113,12 @@ def open_ring(vault_id: str, listing: Iterable[str], fetch: Callable[[str], byte
         warn(f"{len(view.challenged)} removals are challenged by other removals (a removed "
              f"member answering its removal, or a race): removals win, so every target is out "
              f"(taken out only by a challenged removal: {who}); their versions are in the "
-             "history (cloudguard restore --version), and nothing is deleted from the remote "
-             "for keep_days (docs/threat-model.md, \"Removals win\")")
+             "history (cloudguard restore --late-of MEMBER), and nothing is deleted from the "
+             "remote for keep_days (docs/threat-model.md, \"Removals win\")")
     if view.ghosts:
         warn(f"members approved only by commits a removal voided are out: "
              f"{', '.join(sorted(view.ghosts))}; their versions are in the history "
-             "(cloudguard restore), and they must enrol again")
+             "(cloudguard restore --late-of MEMBER), and they must enrol again")
     me = view.members.get(rid)
     if me is None or me.x != fmt.public_bytes(secret.x) or me.s != fmt.public_bytes(secret.s):
         if rid in view.ghosts:

@@ -1440,11 +1440,13 @@ def test_a_frozen_device_never_deletes_what_a_backdated_removal_took_out(
     assert restored.exit_code == 0, restored.output
     assert (b.folder / "held.txt").read_text() == "A's file that B holds"
     assert b.run("push").exit_code == 0
-    # only a re-encryption ends those kept versions, and it says so first
+    # a re-encryption keeps them too: only challenged removals took A out (review round 6,
+    # U4), and it says so
     got = b.run("key", "rotate", "--reencrypt")
     assert got.exit_code == 0, got.output
-    assert "forgets the versions of" in got.output
-    assert [v["current"] for v in b.json("history", "held.txt")["versions"]] == [True]
+    assert "keeps the late versions of" in got.output and "forgets" not in got.output
+    assert sorted((v["current"], v["late"]) for v in b.json("history", "held.txt")["versions"]
+                  ) == [(False, True), (True, False)]
 
 
 def test_a_reencryption_its_writer_is_taken_out_of_keeps_every_file_readable(
@@ -1518,6 +1520,11 @@ def test_a_device_whose_approval_a_removal_voids_bricks_no_one(
         assert dev.json("history", "d-notes.txt")["versions"], dev.name
     refused = d.run("push")
     assert refused.exit_code == 1 and "enrol again" in refused.output, refused.output
+    # only a void add vouched for D: a member-wide restore asks first (review round 6, U4)
+    asked = c.run("restore", "--late-of", d.rid)
+    assert asked.exit_code == 2 and "--yes" in asked.output, asked.output
+    assert "brought in only by an add that a removal voided" in asked.output
+    assert not (c.folder / "d-notes.txt").exists()
     restored = c.run("restore", "d-notes.txt", "--version",
                      c.json("history", "d-notes.txt")["versions"][0]["version"])
     assert restored.exit_code == 0, restored.output

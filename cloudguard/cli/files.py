@@ -388,8 +388,8 @@ def history_cmd(path: str, folder: str | None, as_json: bool) -> None:
             for v in r["versions"]:
                 size = f"{v['size']} bytes" if v["size"] is not None else v["kind"]
                 when = "current" if v["current"] else f"replaced {v['replaced']}"
-                late = ("  WRITTEN AFTER ITS WRITER WAS REMOVED: restored only by --version"
-                        if v["late"] else "")
+                late = ("  WRITTEN AFTER ITS WRITER WAS REMOVED: restored only by "
+                        "--version or --late-of" if v["late"] else "")
                 lines.append(f"  {v['version']}  pushed {v['pushed'] or 'unknown'}  {when}  "
                              f"{size}  by {v['device']}{late}")
             return "\n".join(lines)
@@ -404,21 +404,37 @@ def history_cmd(path: str, folder: str | None, as_json: bool) -> None:
                    "(ago). Without PATHS: the whole folder.")
 @click.option("--version", "version_id", metavar="ID", default=None,
               help="Restore this version of one PATH (see cloudguard history).")
+@click.option("--late-of", "late_of", metavar="MEMBER", default=None,
+              help="Restore the newest late version of every path (or of PATHS) that the "
+                   "removed MEMBER (a name or id, see cloudguard device list) wrote, unless "
+                   "a member not removed replaced it since.")
+@click.option("--yes", "-y", is_flag=True,
+              help="With --late-of: do not ask before restoring the writes of a member that "
+                   "was really removed (needed without a terminal).")
 @click.option("--force", is_flag=True, help="Also overwrite local changes never pushed.")
 @folder_option
 @json_option
 def restore_cmd(paths: tuple[str, ...], before: str | None, version_id: str | None,
-                force: bool, folder: str | None, as_json: bool) -> None:
+                late_of: str | None, yes: bool, force: bool, folder: str | None,
+                as_json: bool) -> None:
     """Write earlier versions back into the folder; the next push makes them current."""
     def go() -> None:
-        result = history.restore(folder, list(paths), before, version_id, force, _ui(as_json))
-        _emit(result, as_json, lambda r: (
-            f"Restored {len(r['restored'])}, already as then {len(r['unchanged'])}, kept "
-            f"{len(r['refused'])} with unpushed changes. Run cloudguard push to make the "
-            "restored versions current on every device."), always=True)
+        result = history.restore(folder, list(paths), before, version_id, force, _ui(as_json),
+                                 late_of, yes)
+        _emit(result, as_json, _restored, always=True)
         if result["refused"]:
             sys.exit(1)
     _run(go, as_json)
+
+
+def _restored(r: dict[str, Any]) -> str:
+    text = (f"Restored {len(r['restored'])}, already as then {len(r['unchanged'])}, kept "
+            f"{len(r['refused'])} with unpushed changes.")
+    if "late_of" in r:
+        text += (f" Not restored: {len(r['replaced_since'])} replaced since by a member not "
+                 f"removed, {len(r['deleted_by_member'])} deleted by "
+                 f"{r['late_of']['name']} itself.")
+    return text + " Run cloudguard push to make the restored versions current on every device."
 
 
 @main.command("settings")

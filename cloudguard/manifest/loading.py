@@ -130,14 +130,18 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
     pinning = False
     with state.transaction():
         consumed = state.consumed()
-        if _late(state.ctx, limit):
+        clamped = _late(state.ctx, limit)
+        if clamped:
             consumed = {}
             _clamp_own(state, limit, listed)
         snaps: dict[str, dict[str, Any]] = {}
         for name, (_dev, _seq, kind) in sorted(parsed.items()):
             if kind == "s" and name not in consumed:
                 _open_or_skip(name, open_named, snaps, held, skip_log)
-        if not _still_valid(consumed, parsed, listing, snaps, device):
+        # a clamped state records no segment, so our own snapshot is read again, not taken
+        # for a torn one: a rebuild from the remote would lose the late versions it just
+        # kept, which no snapshot may hold (a removed target's refused deltas; U4)
+        if not clamped and not _still_valid(consumed, parsed, listing, snaps, device):
             state.reset()
             consumed = {}
             for name, (_dev, _seq, kind) in sorted(parsed.items()):

@@ -343,14 +343,16 @@ def snapshot_json(device: str, seq: int, state: State, prev: str | None = None
     def dump(value: Any) -> bytes:
         return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
 
+    ctx = {**state.ctx, device: seq}
     named: set[str] = set()  # filled while the attic streams; "rc" comes after it
 
     def carriers() -> Iterator[tuple[str, dict[str, int]]]:
         yield from state.carriers.of(named).items()
 
-    streamed = {"attic": state.attic_rows(named), "paths": state.items(), "rc": carriers()}
+    streamed = {"attic": _seen_removers(state.attic_rows(), ctx, named),
+                "paths": state.items(), "rc": carriers()}
     fields: dict[str, Any] = {
-        "kind": "snapshot", "device": device, "seq": seq, "ctx": {**state.ctx, device: seq},
+        "kind": "snapshot", "device": device, "seq": seq, "ctx": ctx,
         "prev": prev, "created": now_iso(), **streamed}
     for i, key in enumerate(sorted(fields)):
         yield (b"{" if i == 0 else b",") + dump(key) + b":"
@@ -362,6 +364,26 @@ def snapshot_json(device: str, seq: int, state: State, prev: str | None = None
         else:
             yield dump(fields[key])
     yield b"}"
+
+
+def _seen_removers(rows: Iterator[tuple[str, dict[str, dict[str, Any]]]], ctx: dict[str, int],
+                   named: set[str]) -> Iterator[tuple[str, dict[str, dict[str, Any]]]]:
+    """A kept version's removers that the vector does not cover are left out (readers refuse
+    such a remover as planted, _check_removers): a clamp can leave one behind, a late version
+    removed by a later late dot of its writer (a member that a backdated removal took out
+    edited a file twice; review round 6, U4). The removers written go to ``named``."""
+    for path, kept in rows:
+        out: dict[str, dict[str, Any]] = {}
+        for d, row in kept.items():
+            seen = [r for r in row.get("rb") or () if _covers(ctx, r)]
+            out[d] = {k: v for k, v in row.items() if k != "rb"} | ({"rb": seen} if seen else {})
+            named.update(seen)
+        yield path, out
+
+
+def _covers(ctx: dict[str, int], dot: str) -> bool:
+    device, _, seq = dot.partition(":")
+    return int(seq or 0) <= ctx.get(device, 0)
 
 
 def snapshot_payload(device: str, seq: int, state: State, prev: str | None = None

@@ -25,6 +25,7 @@ from .. import names, sync
 from ..errors import FileChangedError, IntegrityError, UsageError
 from ..manifest import Entry, late_dot
 from ..session import UI, Session, session
+from . import late
 from .common import _audited, _log, _scan
 from .pull import _stage
 
@@ -121,24 +122,60 @@ def _rel(s: Session, path: str) -> str:
 
 
 def restore(folder: str | None, paths: list[str], before: str | None = None,
-            version: str | None = None, force: bool = False, ui: UI | None = None
-            ) -> dict[str, Any]:
-    """Write the versions current at ``before`` (or the one ``version``) into the folder."""
-    if (before is None) == (version is None):
-        raise UsageError("give either --before TIME or --version ID")
+            version: str | None = None, force: bool = False, ui: UI | None = None,
+            late_of: str | None = None, yes: bool = False) -> dict[str, Any]:
+    """Write the versions current at ``before``, the one ``version``, or the newest late
+    versions of the removed member ``late_of`` (ops/late.py) into the folder."""
+    if sum(x is not None for x in (before, version, late_of)) != 1:
+        raise UsageError("give exactly one of --before TIME or --version ID or --late-of "
+                         "MEMBER")
     if version is not None and len(paths) != 1:
         raise UsageError("--version restores one path: give exactly one")
+    if yes and late_of is None:
+        raise UsageError("--yes only confirms --late-of")
     when = parse_time(before) if before is not None else None
     with _audited("restore", folder), session(folder, ui, scan=True, guard=True) as s:
-        result = _restore(s, paths, when, version, force)
-        _log(s, "restore", restored=len(result["restored"]), refused=len(result["refused"]))
+        if late_of is not None:
+            result = _restore_late(s, paths, late_of, force, yes)
+        else:
+            result = _restore(s, paths, when, version, force)
+        _log(s, "restore", restored=len(result["restored"]), refused=len(result["refused"]),
+             **({"late_of": result["late_of"]["id"]} if late_of is not None else {}))
         return result
+
+
+def _found(s: Session, wanted: list[str]) -> dict[str, list[Version]]:
+    """Every version of the paths ``wanted`` and under them (all paths: none wanted)."""
+    found: dict[str, list[Version]] = {}
+    for v in versions(s):
+        if not wanted or any(v.path == w or v.path.startswith(w + "/") for w in wanted):
+            found.setdefault(v.path, []).append(v)
+    missing = [w for w in wanted if w not in found and not any(
+        f.startswith(w + "/") for f in found)]
+    if missing:
+        raise UsageError(f"{missing[0]}: no version of it is current or kept")
+    return found
+
+
+def _restore_late(s: Session, paths: list[str], given: str, force: bool, yes: bool
+                  ) -> dict[str, Any]:
+    """``restore --late-of``: the removals are named first, and a member that may be a thief
+    is asked about before anything is read or written."""
+    rid = late.member(s, given)
+    info = late.removals(s, rid)
+    late.confirm(s, info, yes)
+    s.ui.warn(late.describe(info))
+    found = _found(s, [_rel(s, p) for p in paths])
+    chosen, since, deleted = late.pick(found, rid, late.removers(s.state.attic_rows()),
+                                       s.ring.view.cutoffs, s.state.carriers.everything())
+    result = _apply(s, chosen, force)
+    del info["ask"]
+    return {**result, **info, "replaced_since": since, "deleted_by_member": deleted,
+            "before": None, "version": None}
 
 
 def _restore(s: Session, paths: list[str], when: int | None, dot: str | None, force: bool
              ) -> dict[str, Any]:
-    local = _scan(s)
-    rows = s.index.rows()
     wanted = [_rel(s, p) for p in paths]
     chosen: dict[str, Version] = {}
     absent: list[str] = []
@@ -150,20 +187,21 @@ def _restore(s: Session, paths: list[str], when: int | None, dot: str | None, fo
         chosen[pick.path] = pick
     else:
         assert when is not None
-        found: dict[str, list[Version]] = {}
-        for v in versions(s):
-            if not wanted or any(v.path == w or v.path.startswith(w + "/") for w in wanted):
-                found.setdefault(v.path, []).append(v)
-        missing = [w for w in wanted if w not in found and not any(
-            f.startswith(w + "/") for f in found)]
-        if missing:
-            raise UsageError(f"{missing[0]}: no version of it is current or kept")
-        for path, vs in sorted(found.items()):
+        for path, vs in sorted(_found(s, wanted).items()):
             live = [v for v in vs if v.current_at(when)]
             if live:
                 chosen[path] = max(live, key=lambda v: (v.pushed, v.dot))
             else:
                 absent.append(path)
+    return {**_apply(s, chosen, force), "not_present_then": sorted(absent),
+            "before": _iso(when) if when is not None else None, "version": dot}
+
+
+def _apply(s: Session, chosen: dict[str, Version], force: bool) -> dict[str, Any]:
+    """Write ``chosen`` into the folder: a path already as chosen is left, and one with
+    local changes never pushed (or a folder in the way) is kept unless ``force``."""
+    local = _scan(s)
+    rows = s.index.rows()
     same: list[str] = []
     refused: list[str] = []
     todo: list[Version] = []
@@ -189,9 +227,7 @@ def _restore(s: Session, paths: list[str], when: int | None, dot: str | None, fo
     if refused:
         s.ui.warn(f"kept {len(refused)} path(s) with changes that were never pushed (or a "
                   f"folder in the way), e.g. {refused[0]}; --force overwrites them")
-    return {"restored": written, "unchanged": sorted(same), "refused": sorted(refused),
-            "not_present_then": sorted(absent),
-            "before": _iso(when) if when is not None else None, "version": dot}
+    return {"restored": written, "unchanged": sorted(same), "refused": sorted(refused)}
 
 
 def _write(s: Session, todo: list[Version], local: dict[str, sync.LocalItem]

@@ -66,9 +66,30 @@ def _fresh(s: Session, started: dict[str, Any]) -> set[str]:
 
 
 def _undone(s: Session, fresh: set[str]) -> list[tuple[str, str, dict[str, Any]]]:
-    """Current file versions whose DEK was first wrapped under an older generation."""
-    return [(p, d, e) for p, sibs in s.state.items() for d, e in sibs.items()
+    """Current file versions, and kept late ones of spared members (_spared), whose DEK was
+    first wrapped under an older generation."""
+    every = [*((p, d, e) for p, sibs in s.state.items() for d, e in sibs.items()),
+             *((p, d, e) for p, d, e, _rb in _spared_late(s))]
+    return [(p, d, e) for p, d, e in every
             if e.get("t") == "f" and str(e.get("w", e.get("g"))) not in fresh]
+
+
+def _spared(s: Session) -> set[str]:
+    """Removed members whose late versions a re-encryption keeps: no counting removal took
+    them out (only challenged ones, or only a void add brought them in). A thief's backdated
+    removal of an honest member must not end that member's work when the victims answer it
+    with a re-encryption (review round 6, U4); a counting removal's late versions may be a
+    thief's writes, and go (after _warn_clamped)."""
+    view = s.ring.view
+    return set(view.contested) | set(view.ghosts)
+
+
+def _spared_late(s: Session) -> list[tuple[str, str, dict[str, Any], Any]]:
+    """(path, dot, entry, remover) of every kept late version of a spared member."""
+    spared, cuts = _spared(s), s.ring.view.cutoffs
+    return [(p, d, row["e"], row.get("rb")) for p, kept in s.state.attic_rows()
+            for d, row in kept.items()
+            if d.partition(":")[0] in spared and mf.late_dot(d, cuts)]
 
 
 def landed(s: Session, started: dict[str, Any]) -> bool:
@@ -85,6 +106,7 @@ def unfinished(s: Session) -> dict[str, Any] | None:
         return None
     fresh = _fresh(s, started)
     total = sum(1 for _p, sibs in s.state.items() for e in sibs.values() if e.get("t") == "f")
+    total += sum(1 for _p, _d, e, _rb in _spared_late(s) if e.get("t") == "f")
     left = len(_undone(s, fresh))
     kept = sum(1 for _p, _d, e, _g in s.state.attic()
                if e.get("t") == "f" and str(e.get("w", e.get("g"))) not in fresh)
@@ -122,16 +144,23 @@ def run(s: Session, started: dict[str, Any], resumed: bool) -> dict[str, Any]:
 
 
 def _warn_clamped(s: Session) -> None:
-    """Versions a clamp moved into the history (a removed member's late writes, or those of a
-    member that a challenged removal took out) are kept until a re-encryption ends the
-    history: say how many before that happens, so that the user can restore what it needs."""
-    cuts = s.ring.view.cutoffs
-    clamped = {path for path, dot, _e, _g in s.state.attic() if mf.late_dot(dot, cuts)}
+    """Versions a clamp moved into the history are kept until a re-encryption ends the
+    history. Those of members that only challenged removals took out are re-encrypted and
+    kept (_spared); say so, and say how many others it forgets before that happens, so that
+    the user can restore what it needs."""
+    cuts, spared = s.ring.view.cutoffs, _spared(s)
+    late = [(path, dot) for path, dot, _e, _g in s.state.attic() if mf.late_dot(dot, cuts)]
+    kept = {path for path, dot in late if dot.partition(":")[0] in spared}
+    clamped = {path for path, dot in late if dot.partition(":")[0] not in spared}
+    if kept:
+        s.ui.warn(f"this re-encryption keeps the late versions of {len(kept)} files of members "
+                  "that only challenged removals took out (e.g. "
+                  f"{sorted(kept)[0]}; cloudguard restore --late-of MEMBER)")
     if not clamped:
         return
     what = (f"this re-encryption forgets the versions of {len(clamped)} files that removals "
-            f"moved into the history (e.g. {sorted(clamped)[0]}); a member taken out by a "
-            "removed one may have written them (cloudguard history, restore)")
+            f"moved into the history (e.g. {sorted(clamped)[0]}); a removed member wrote "
+            "them after its removal (cloudguard history, restore --late-of)")
     if s.ui.confirm is not None and not s.ui.confirm(f"{what}. Forget them?"):
         raise UsageError(f"{what}; nothing was re-encrypted")
     s.ui.warn(what)
