@@ -333,9 +333,9 @@ class State:
         cuts = cutoffs or {}
         with self.transaction():
             self.forget_moves(before)
-            doomed = [(p, d) for p, d, e, g in self.db.execute(
-                "SELECT path, dot, e, gone FROM attic").fetchall()
-                if int(g) < before and (not late_dot(d, cuts) or _generation(e) in ended)]
+            doomed = [(p, d) for p, d, e in self.db.execute(
+                "SELECT path, dot, e FROM attic WHERE gone < ?", (before,)).fetchall()
+                if not late_dot(d, cuts) or _generation(e) in ended]
             self.db.executemany("DELETE FROM attic WHERE path = ? AND dot = ?", doomed)
             self.carriers.keep_only({d for (rb,) in self.db.execute(
                 "SELECT rb FROM attic WHERE rb IS NOT NULL") for d in removers(rb)})
