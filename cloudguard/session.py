@@ -414,12 +414,15 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
                              seen, cache, state, cutoffs, skipped,
                              mf.Verifier(binding.vault_id, ring.view.signer_key),
                              mf.written(index.get_meta("written", None), segs, binding.device),
-                             {n[len(sync.DATA_PREFIX):] for n in listing
-                              if n.startswith(sync.DATA_PREFIX)}.__contains__)
+                             (objects := {n[len(sync.DATA_PREFIX):] for n in listing
+                                          if n.startswith(sync.DATA_PREFIX)}).__contains__)
             loaded.state.ended = ring.view.ended()
-            mf.keep_refused(loaded.state, segs, fetch, trust.late_opener(ring),
+            late = trust.late_opener(ring)
+            mf.keep_refused(loaded.state, segs, fetch, late,
                             {*ring.view.contested, *ring.view.ghosts}, ring.view.cutoffs,
                             mf.Verifier(binding.vault_id, ring.view.signer_key), skipped)
+            mf.adopt_places(loaded.state, segs, fetch, late, ring.view.cutoffs,
+                            objects.__contains__, skipped)
             for reason in skipped:
                 ui.warn(reason)
             _finish_deletions(index, transport, listing, loaded)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from .crdt import State, dot_of
 from .loading import Loaded, Opener, _clamp, _pinned, load, reissue_ops, written
 from .moves import Entry, join_remover, late_dot, moved, removers, unmoved
-from .refused import keep_refused
+from .refused import adopt_places, keep_refused
 from .segments import (
     MAX_SEQ,
     PREFIX,
@@ -57,6 +57,7 @@ __all__ = [
     "dot_of",
     "join_remover",
     "keep_refused",
+    "adopt_places",
     "removers",
     "load",
     "moved",

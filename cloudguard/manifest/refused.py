@@ -17,6 +17,7 @@ from ..chain import Skip
 from ..errors import IntegrityError
 from .crdt import State, Vouch
 from .loading import Opener
+from .moves import LOCATION_FIELDS, moved
 from .segments import _check_segment, parse_name
 
 MAX_KEPT = 20_000  # late versions kept per such member: a thief must not fill every history
@@ -84,3 +85,66 @@ def _own(payload: dict[str, Any], dev: str, seq: int, cut: int
             who, _, n = dot.partition(":")
             if who == dev and int(n) > cut and entry.get("t") in ("f", "l"):
                 yield path, (int(n), entry)
+
+
+def adopt_places(state: State, listing: Iterable[str], fetch: Callable[[str], bytes],
+                 opener: Opener, cutoffs: dict[str, int], listed: Callable[[str], bool],
+                 log: list[str]) -> int:
+    """A version whose object is gone takes the place that a removed member's refused segment
+    moved it to, if that object is listed. A re-encryption deletes the objects it moved away
+    from at once, and an honest retirement of its writer that races it makes those moves late
+    (review round 7, V1): without this, every reader that did not apply them names deleted
+    objects. Only the place is taken (the version's signed content, checked by ``h`` on every
+    read, stays), and only for a version no listed object holds; nothing is read otherwise."""
+    missing = {o for o in state.live_objects() if not listed(o)}
+    if not missing:
+        return 0
+    names = set(listing)
+    adopted = 0
+    for dev, cut in sorted(cutoffs.items()):
+        todo = sorted((got[1], n) for n in names
+                      if (got := parse_name(n)) and got[0] == dev and got[1] > cut)
+        for seq, name in todo:
+            try:
+                payload = opener(name, dev, seq, fetch(name))
+                _check_segment(name, payload)
+            except (IntegrityError, Skip):
+                continue
+            with state.transaction():
+                for path, dot, loc in _places(payload):
+                    if listed(str(loc.get("o"))):
+                        adopted += _adopt(state, path, dot, loc, f"{dev}:{seq}", missing)
+    if adopted:
+        log.append(f"{adopted} versions whose objects are gone take the place a removed "
+                   "member's re-encryption moved them to")
+    return adopted
+
+
+def _places(payload: dict[str, Any]) -> Iterable[tuple[str, str, dict[str, Any]]]:
+    """(path, dot, location) of every move a segment states: a delta's ``reloc``s, or the
+    places of a snapshot's versions."""
+    if payload.get("kind") == "delta":
+        for op in payload.get("ops") or ():
+            for dot, loc in (op.get("reloc") or {}).items():
+                yield op["p"], dot, loc
+        return
+    for path, sibs in (payload.get("paths") or {}).items():
+        for dot, entry in sibs.items():
+            yield path, dot, {k: entry[k] for k in LOCATION_FIELDS if k in entry}
+
+
+def _adopt(state: State, path: str, dot: str, loc: dict[str, Any], by: str,
+           missing: set[str]) -> int:
+    now = int(time.time())
+    live = state.siblings(path).get(dot)
+    if live is not None:
+        if str(live.get("o")) not in missing:
+            return 0
+        state.put_entry(path, dot, moved(live, loc, by, now))
+        return 1
+    count = 0
+    for _p, _d, kept, gone in state._kept(path, dot):
+        if str(kept.get("o")) in missing:
+            state.to_attic(path, dot, moved(kept, loc, by, now), gone)
+            count += 1
+    return count
