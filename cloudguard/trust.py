@@ -70,8 +70,10 @@ class Ring:
         return self.kek(self.head.kek)
 
     def all_keks(self) -> dict[str, bytes]:
-        """Every KEK this member can reach, for history (opening key objects as needed)."""
-        for c in self.view.commits.values():
+        """Every KEK this member can reach, for history (opening key objects as needed). Void
+        commits' too: a blob a raced re-encryption moved is wrapped under its void commit's
+        KEK, and members added later read it only through a history (review round 7, V1)."""
+        for c in [*self.view.commits.values(), *self.view.voided.values()]:
             if c.kek not in self.view.keks:
                 self._try_open(c)
         return dict(self.view.keks)

@@ -542,7 +542,8 @@ def test_every_move_since_the_kept_place_is_listed_and_any_late_one_goes_back() 
     assert {k: back[k] for k in ("o", "a", "r")} == home and "rd" not in back
     assert _unmove_late(got, {x: 20}, listed) is got  # no move past a cutoff: stays
     # never back to a place whose object is gone (review round 7, V1)
-    assert _unmove_late(got, {x: 10}, {"44" * 16}.__contains__) is got
+    kept = _unmove_late(got, {x: 10}, {"44" * 16}.__contains__)
+    assert kept["o"] == "44" * 16 and not {"pl", "rd", "rt"} & set(kept)  # no late mover left
 
 
 def test_a_snapshot_cannot_plant_a_move_or_a_time_in_the_future() -> None:

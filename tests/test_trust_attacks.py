@@ -1537,6 +1537,18 @@ def test_a_reencryption_raced_by_its_writers_retirement_reads_fresh(
         assert got.exit_code == 0, got.output
         assert dev.json("verify", "--read-data")["ok"], dev.name
     assert (b.folder / "paper.txt").read_text() == "A's paper"
+    # a device added later reads them too, once a member's next key carries the void one
+    assert c.run("key", "rotate").exit_code == 0
+    code = c.json("device", "list")["vault_code"]
+    d = Dev(monkeypatch, tmp_path, "d")
+    d.use()
+    req = json.loads(cg("clone", local_remote, str(d.folder), "--vault-code", code, "--name",
+                        "d", "--json").stdout)
+    c.cg("device", "approve", req["fingerprint"], "--yes")
+    got = d.run("pull")
+    assert got.exit_code == 0, got.output
+    assert (d.folder / "paper.txt").read_text() == "A's paper"
+    assert d.json("verify", "--read-data")["ok"]
 
 
 def test_a_device_whose_approval_a_removal_voids_bricks_no_one(

@@ -388,7 +388,11 @@ def _unmove_late(entry: dict[str, Any], limit: dict[str, int],
     if not late:
         return entry
     back = unmoved(entry)
-    return back if back.get("o") is None or listed(str(back["o"])) else entry
+    if back.get("o") is None or listed(str(back["o"])):
+        return back
+    # stays; the move record goes with its place (a late dot in ``rd`` would be one the
+    # clamped vector no longer covers, which readers refuse as planted)
+    return {k: v for k, v in entry.items() if k not in ("pl", "rd", "rt")}
 
 
 def _pinned(dev: str, seq: int, digest: str | None, parsed: dict[str, tuple[str, int, str]],

@@ -17,7 +17,7 @@ from ..chain import Skip
 from ..errors import IntegrityError
 from .crdt import State, Vouch
 from .loading import Opener
-from .moves import LOCATION_FIELDS, moved
+from .moves import LOCATION_FIELDS
 from .segments import _check_segment, parse_name
 
 MAX_KEPT = 20_000  # late versions kept per such member: a thief must not fill every history
@@ -113,7 +113,7 @@ def adopt_places(state: State, listing: Iterable[str], fetch: Callable[[str], by
             with state.transaction():
                 for path, dot, loc in _places(payload):
                     if listed(str(loc.get("o"))):
-                        adopted += _adopt(state, path, dot, loc, f"{dev}:{seq}", missing)
+                        adopted += _adopt(state, path, dot, loc, missing)
     if adopted:
         log.append(f"{adopted} versions whose objects are gone take the place a removed "
                    "member's re-encryption moved them to")
@@ -133,18 +133,22 @@ def _places(payload: dict[str, Any]) -> Iterable[tuple[str, str, dict[str, Any]]
             yield path, dot, {k: entry[k] for k in LOCATION_FIELDS if k in entry}
 
 
-def _adopt(state: State, path: str, dot: str, loc: dict[str, Any], by: str,
-           missing: set[str]) -> int:
-    now = int(time.time())
+def _adopt(state: State, path: str, dot: str, loc: dict[str, Any], missing: set[str]) -> int:
+    def placed(entry: dict[str, Any]) -> dict[str, Any]:
+        """The version at ``loc``, with no move record: the place before is gone, and a late
+        mover in ``rd`` would be a dot the clamped vector no longer covers (refused)."""
+        return {k: v for k, v in entry.items()
+                if k not in LOCATION_FIELDS and k not in ("pl", "rd", "rt")} | loc
+
     live = state.siblings(path).get(dot)
     if live is not None:
         if str(live.get("o")) not in missing:
             return 0
-        state.put_entry(path, dot, moved(live, loc, by, now))
+        state.put_entry(path, dot, placed(live))
         return 1
     count = 0
     for _p, _d, kept, gone in state._kept(path, dot):
         if str(kept.get("o")) in missing:
-            state.to_attic(path, dot, moved(kept, loc, by, now), gone)
+            state.to_attic(path, dot, placed(kept), gone)
             count += 1
     return count
