@@ -8,6 +8,7 @@ here, before anything else reads the state.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import tempfile
 import threading
@@ -422,7 +423,9 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
                             {*ring.view.contested, *ring.view.ghosts}, ring.view.cutoffs,
                             mf.Verifier(binding.vault_id, ring.view.signer_key), skipped)
             mf.adopt_places(loaded.state, segs, fetch, late, ring.view.cutoffs,
-                            objects.__contains__, skipped)
+                            objects.__contains__,
+                            functools.partial(sync.blob_matches, transport, keks=ring.kek),
+                            skipped)
             for reason in skipped:
                 ui.warn(reason)
             _finish_deletions(index, transport, listing, loaded)

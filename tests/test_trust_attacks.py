@@ -1551,6 +1551,44 @@ def test_a_reencryption_raced_by_its_writers_retirement_reads_fresh(
     assert d.json("verify", "--read-data")["ok"]
 
 
+def test_a_removed_members_move_to_junk_is_never_adopted_for_a_hidden_object(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 7, V1, the other side: a version whose object is gone takes the place a
+    removed member's refused segment moved it to. X, removed, writes a late move of A's
+    paper.txt to an object of junk, and the provider hides the real object from B. The junk
+    does not decrypt to the signed hash, so B never takes that place: once the provider shows
+    the real object again, B reads it (had B taken the place, garbage collection would have
+    deleted the real object)."""
+    from cloudguard.manifest.moves import LOCATION_FIELDS
+
+    a, b, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "x")
+    a.write("paper.txt", "A's paper, in a blob of its own")
+    a.cg("push")
+    b.cg("pull")
+    x.cg("pull")
+    old = provider.objects()
+    a.cg("device", "remove", x.rid)
+    junk = os.urandom(16).hex()
+    with provider.showing(old) as written:
+        x.use()
+        with vault.session(str(x.folder)) as s:
+            (dot, entry), = s.state.siblings("paper.txt").items()
+            real = f"data/{entry['o']}"
+            loc = {k: entry[k] for k in LOCATION_FIELDS if k in entry}
+            s.commit([{"p": "paper.txt", "reloc": {dot: {
+                **loc, "o": junk, "r": int(entry.get("r", 0)) + 1}}}])
+        provider.put(f"data/{junk}", os.urandom(provider.objects()[real].__len__()))
+    assert any(n.startswith(f"m/{x.rid}-") for n in written)
+    with provider.hiding(real):
+        b.run("pull")
+        b.use()
+        with vault.session(str(b.folder)) as s:
+            assert s.state.siblings("paper.txt")[dot]["o"] == entry["o"]
+    assert b.json("verify", "--read-data")["ok"]
+    assert (b.folder / "paper.txt").read_text() == "A's paper, in a blob of its own"
+
+
 def test_a_device_whose_approval_a_removal_voids_bricks_no_one(
         local_remote: str, provider: Provider, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -89,13 +89,15 @@ def _own(payload: dict[str, Any], dev: str, seq: int, cut: int
 
 def adopt_places(state: State, listing: Iterable[str], fetch: Callable[[str], bytes],
                  opener: Opener, cutoffs: dict[str, int], listed: Callable[[str], bool],
-                 log: list[str]) -> int:
+                 matches: Callable[[dict[str, Any]], bool], log: list[str]) -> int:
     """A version whose object is gone takes the place that a removed member's refused segment
     moved it to, if that object is listed. A re-encryption deletes the objects it moved away
     from at once, and an honest retirement of its writer that races it makes those moves late
     (review round 7, V1): without this, every reader that did not apply them names deleted
-    objects. Only the place is taken (the version's signed content, checked by ``h`` on every
-    read, stays), and only for a version no listed object holds; nothing is read otherwise."""
+    objects. Only the place is taken, only for a version no listed object holds, and only once
+    the blob there has been read and ``matches`` its signed hash: a removed member's reloc to
+    junk, with the real object hidden by the provider, must not replace the real place for
+    good (garbage collection would then delete it). Nothing is read otherwise."""
     missing = {o for o in state.live_objects() if not listed(o)}
     if not missing:
         return 0
@@ -113,7 +115,7 @@ def adopt_places(state: State, listing: Iterable[str], fetch: Callable[[str], by
             with state.transaction():
                 for path, dot, loc in _places(payload):
                     if listed(str(loc.get("o"))):
-                        adopted += _adopt(state, path, dot, loc, missing)
+                        adopted += _adopt(state, path, dot, loc, missing, matches)
     if adopted:
         log.append(f"{adopted} versions whose objects are gone take the place a removed "
                    "member's re-encryption moved them to")
@@ -133,7 +135,8 @@ def _places(payload: dict[str, Any]) -> Iterable[tuple[str, str, dict[str, Any]]
             yield path, dot, {k: entry[k] for k in LOCATION_FIELDS if k in entry}
 
 
-def _adopt(state: State, path: str, dot: str, loc: dict[str, Any], missing: set[str]) -> int:
+def _adopt(state: State, path: str, dot: str, loc: dict[str, Any], missing: set[str],
+           matches: Callable[[dict[str, Any]], bool]) -> int:
     def placed(entry: dict[str, Any]) -> dict[str, Any]:
         """The version at ``loc``, with no move record: the place before is gone, and a late
         mover in ``rd`` would be a dot the clamped vector no longer covers (refused)."""
@@ -142,13 +145,13 @@ def _adopt(state: State, path: str, dot: str, loc: dict[str, Any], missing: set[
 
     live = state.siblings(path).get(dot)
     if live is not None:
-        if str(live.get("o")) not in missing:
+        if str(live.get("o")) not in missing or not matches(placed(live)):
             return 0
         state.put_entry(path, dot, placed(live))
         return 1
     count = 0
     for _p, _d, kept, gone in state._kept(path, dot):
-        if str(kept.get("o")) in missing:
+        if str(kept.get("o")) in missing and matches(placed(kept)):
             state.to_attic(path, dot, placed(kept), gone)
             count += 1
     return count

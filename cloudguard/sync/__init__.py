@@ -47,7 +47,15 @@ from .plans import (
     view,
     view_of,
 )
-from .reading import DATA_PREFIX, blob_reader, blobs, dek_of, group_by_object, read_blobs
+from .reading import (
+    DATA_PREFIX,
+    blob_matches,
+    blob_reader,
+    blobs,
+    dek_of,
+    group_by_object,
+    read_blobs,
+)
 from .scanning import (
     MARKER_DIR,
     LocalItem,
@@ -66,6 +74,7 @@ from .uploader import PACK_THRESHOLD, ObjectWriter, _encrypt_one, upload, write_
 
 __all__ = [
     "DATA_PREFIX",
+    "blob_matches",
     "LazyView",
     "LocalItem",
     "MARKER_DIR",

@@ -92,3 +92,25 @@ def dek_of(entry: Entry, keks: Callable[[str], bytes]) -> tuple[bytes, bytes]:
         return fmt.unwrap_dek(keks(str(entry["g"])), fmt.unb64(entry["k"]), file_id), file_id
     except (KeyError, TypeError, ValueError) as exc:
         raise IntegrityError("a manifest entry is malformed") from exc
+
+
+class _Discard:
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+
+def blob_matches(transport: Transport, entry: Entry, keks: Callable[[str], bytes]) -> bool:
+    """Does the blob ``entry`` names decrypt, to its end, to the plaintext its signed ``h``
+    names? Read before a place a removed member stated is taken (manifest/refused.py): a
+    place that fails is never adopted, so no one's word can point a version at junk."""
+    try:
+        name = DATA_PREFIX + str(entry["o"])
+        for _dest, found, reader, _err in read_blobs(transport, name, [("", entry)]):
+            if reader is None:
+                return False
+            dek, file_id = dek_of(found, keks)
+            fmt.decrypt_blob(reader, _Discard(), dek, file_id, str(found.get("h")))
+            fmt.expect_end(reader)
+        return True
+    except (IntegrityError, TransportError, MissingObject, KeyError, ValueError):
+        return False
