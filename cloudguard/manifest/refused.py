@@ -98,6 +98,8 @@ def adopt_places(state: State, listing: Iterable[str], fetch: Callable[[str], by
     the blob there has been read and ``matches`` its signed hash: a removed member's reloc to
     junk, with the real object hidden by the provider, must not replace the real place for
     good (garbage collection would then delete it). Nothing is read otherwise."""
+    if not cutoffs:
+        return 0  # no removed member: no refused segment to take a place from
     missing = {o for o in state.live_objects() if not listed(o)}
     if not missing:
         return 0
