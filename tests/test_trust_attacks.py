@@ -1562,31 +1562,29 @@ def test_a_removed_members_move_to_junk_is_never_adopted_for_a_hidden_object(
     deleted the real object)."""
     from cloudguard.manifest.moves import LOCATION_FIELDS
 
-    a, b, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "x")
-    a.write("paper.txt", "A's paper, in a blob of its own")
-    a.cg("push")
-    b.cg("pull")
-    x.cg("pull")
-    old = provider.objects()
-    a.cg("device", "remove", x.rid)
     junk = os.urandom(16).hex()
-    with provider.showing(old) as written:
+    moved: dict[str, Any] = {}
+
+    def move_to_junk(x: Dev) -> None:
         x.use()
         with vault.session(str(x.folder)) as s:
             (dot, entry), = s.state.siblings("paper.txt").items()
-            real = f"data/{entry['o']}"
             loc = {k: entry[k] for k in LOCATION_FIELDS if k in entry}
             s.commit([{"p": "paper.txt", "reloc": {dot: {
                 **loc, "o": junk, "r": int(entry.get("r", 0)) + 1}}}])
-        provider.put(f"data/{junk}", os.urandom(provider.objects()[real].__len__()))
-    assert any(n.startswith(f"m/{x.rid}-") for n in written)
+        moved.update(dot=dot, o=entry["o"])
+        provider.put(f"data/{junk}", os.urandom(len(provider.get(f"data/{entry['o']}"))))
+
+    (_a, b, x), late = x_acts_late(monkeypatch, tmp_path, local_remote, provider, move_to_junk)
+    assert any(n.startswith(f"m/{x.rid}-") for n in late)
+    dot, real = moved["dot"], f"data/{moved['o']}"
     with provider.hiding(real):
         b.run("pull")
         b.use()
         with vault.session(str(b.folder)) as s:
-            assert s.state.siblings("paper.txt")[dot]["o"] == entry["o"]
+            assert s.state.siblings("paper.txt")[dot]["o"] == moved["o"]
     assert b.json("verify", "--read-data")["ok"]
-    assert (b.folder / "paper.txt").read_text() == "A's paper, in a blob of its own"
+    assert (b.folder / "paper.txt").read_text() == "original"
 
 
 def test_a_device_whose_approval_a_removal_voids_bricks_no_one(
