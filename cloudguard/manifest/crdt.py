@@ -14,17 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import IntegrityError
+from .attic import History, _dump, _generation
 from .carriers import Carriers
 from .moves import (
     Entry,
     _was,
     _where,
     carried,
-    join_remover,
-    late_dot,
     moved,
     newer_location,
-    removers,
 )
 from .paths import Paths
 from .signing import SIG_FIELD, content
@@ -73,18 +71,8 @@ CREATE INDEX IF NOT EXISTS entries_po ON entries (po) WHERE po IS NOT NULL;
 CREATE INDEX IF NOT EXISTS attic_po ON attic (po) WHERE po IS NOT NULL;
 """
 
-def _generation(raw: str) -> str | None:
-    """The generation a stored entry's DEK was first wrapped under (what re-encryption ends)."""
-    entry = json.loads(raw)
-    got = entry.get("w", entry.get("g"))
-    return None if got is None else str(got)
 
-
-def _dump(entry: Entry) -> str:
-    return json.dumps(entry, separators=(",", ":"))
-
-
-class State:
+class State(History):
     """The merged manifest, kept in SQLite so a push never has to hold or rebuild all of it.
 
     With a path, the state persists between runs together with the list of segments it was
@@ -258,109 +246,6 @@ class State:
                     f"SELECT path, dot, e FROM {table} WHERE o = ? ORDER BY path, dot", (o,))]
         return out
 
-    # --- version history ----------------------------------------------------------------------
-
-    def _ended(self, entry: Entry) -> bool:
-        return str(entry.get("w", entry.get("g"))) in self.ended if self.ended else False
-
-    def to_attic(self, path: str, dot: str, entry: Entry, gone: int,
-                 rb: str | None = None, checked: bool = True) -> None:
-        """Keep a replaced or deleted version. The same version reached two ways (a delta and
-        a snapshot) keeps the latest time, so every device converges and no merge shortens
-        history (review round 3, R7). ``checked``: False for a version that a segment states
-        (its signature is checked unless this exact version is held already). ``rb``: the dots of
-        the deltas that removed it and of the snapshots whose merge dropped it (None: unknown),
-        joined with what is recorded (join_remover), so that a removed member's late edit can
-        be undone (format.md "Version history")."""
-        row = self.db.execute("SELECT e, gone, rb FROM attic WHERE path = ? AND dot = ?",
-                              (path, dot)).fetchone()
-        if row is not None:
-            had = json.loads(row[0])
-            self._same_version(path, dot, had, entry)
-            entry = newer_location(had, entry)
-            gone = max(gone, int(row[1]))
-            rb = join_remover(row[2], rb)
-        elif checked is False:
-            self._check(path, dot, entry)
-        self.db.execute("INSERT OR REPLACE INTO attic (path, dot, e, o, a, n, gone, po, pa, pn, "
-                        "rb) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (path, dot, _dump(entry), *_where(entry), gone, *_was(entry), rb))
-
-    def attic(self, path: str | None = None) -> Iterator[tuple[str, str, Entry, int]]:
-        """(path, dot, entry, replaced at) of kept versions, of one path or of all; none that
-        a re-encryption ended (``ended``), which its snapshots still carry for a while."""
-        query = "SELECT path, dot, e, gone FROM attic"
-        rows = (self.db.execute(query + " WHERE path = ? ORDER BY gone", (path,))
-                if path is not None else self.db.execute(query + " ORDER BY path, gone"))
-        for p, d, e, g in rows:
-            entry = json.loads(e)
-            if not self._ended(entry):
-                yield p, d, entry, int(g)
-
-    def attic_payload(self) -> dict[str, dict[str, dict[str, Any]]]:
-        return dict(self.attic_rows())
-
-    def attic_rows(self, named: set[str] | None = None
-                   ) -> Iterator[tuple[str, dict[str, dict[str, Any]]]]:
-        """The history as a snapshot carries it, one path at a time, in path order; the dots
-        its rows name as removers are added to ``named``."""
-        path: str | None = None
-        rows: dict[str, dict[str, Any]] = {}
-        for p, d, e, g, rb in self.db.execute(
-                "SELECT path, dot, e, gone, rb FROM attic ORDER BY path, gone"):
-            if p != path:
-                if path is not None:
-                    yield path, rows
-                path, rows = p, {}
-            row: dict[str, Any] = {"e": json.loads(e), "g": int(g)}
-            if rb:
-                row["rb"] = sorted(removers(rb))
-                if named is not None:
-                    named.update(row["rb"])
-            rows[d] = row
-        if path is not None:
-            yield path, rows
-
-    def prune_attic(self, before: int, cutoffs: dict[str, int] | None = None,
-                    ended: frozenset[str] = frozenset()) -> int:
-        """Forget versions replaced before ``before``, and the places blobs were moved from
-        before then; their objects become garbage. Versions with a dot past its writer's
-        ``cutoffs`` stay: a clamp is never a deletion (format.md, "Writer rules"), unless
-        they are wrapped under an ``ended`` generation (a re-encryption that this device saw
-        ``keep_days`` ago ended them). Nothing goes before it is ``keep_days`` old: a version
-        replaced after the re-encryption under an older key is hidden, not lost at once
-        (review round 7, V2 (a))."""
-        cuts = cutoffs or {}
-        with self.transaction():
-            self.forget_moves(before)
-            doomed = [(p, d) for p, d, e in self.db.execute(
-                "SELECT path, dot, e FROM attic WHERE gone < ?", (before,)).fetchall()
-                if not late_dot(d, cuts) or _generation(e) in ended]
-            self.db.executemany("DELETE FROM attic WHERE path = ? AND dot = ?", doomed)
-            self.carriers.keep_only({d for (rb,) in self.db.execute(
-                "SELECT rb FROM attic WHERE rb IS NOT NULL") for d in removers(rb)})
-            return len(doomed)
-
-    def forget_moves(self, before: int | None = None, objects: Iterable[str] | None = None
-                     ) -> None:
-        """Drop the previous locations of moves made before ``before``, or away from
-        ``objects`` (neither: of every move)."""
-        strip = "e = json_remove(e, '$.pl', '$.rd', '$.rt'), po = NULL, pa = NULL, pn = NULL"
-        where = "po IS NOT NULL"
-        args: list[Any] = []
-        if before is not None:
-            where += " AND json_extract(e, '$.rt') < ?"
-            args.append(before)
-        if objects is not None:
-            ids = sorted(set(objects))
-            if not ids:
-                return
-            where += f" AND po IN ({', '.join('?' * len(ids))})"
-            args += ids
-        with self.transaction():
-            for table in ("entries", "attic"):
-                self.db.execute(f"UPDATE {table} SET {strip} WHERE {where}", args)
-
     def dominates(self, ctx: dict[str, int]) -> bool:
         return all(self.ctx.get(d, 0) >= s for d, s in ctx.items())
 
@@ -426,10 +311,6 @@ class State:
                     self._check(path, dot, entry)
                     self.put_entry(path, dot, entry)
             self.ctx[device] = max(self.ctx.get(device, 0), seq)
-
-    def _kept(self, path: str, dot: str) -> list[tuple[str, str, Entry, int]]:
-        return [(path, dot, json.loads(e), int(g)) for e, g in self.db.execute(
-            "SELECT e, gone FROM attic WHERE path = ? AND dot = ?", (path, dot))]
 
     def merge(self, other: State) -> None:
         self.merge_snapshot(other.ctx, other.items(), other.attic_payload(),
