@@ -1315,19 +1315,21 @@ def carriers_of(payload: dict[str, Any]) -> dict[str, dict[str, int]]:
 def late_chain(rb: object, live: dict[str, Any], gone: dict[str, Any],
                limit: dict[str, int], carriers: dict[str, dict[str, int]]) -> bool:
     """"Version history": did a late write remove this kept version? One late remover is
-    enough: a late carrier, a carrier whose vector covers a late write, or a late version
-    still live, without a row, or itself removed by a late write, followed each dot once (a
-    late cycle counts as late); honest and unknown removers revive nothing (round 6, U1; as
-    cloudguard's manifest._late_removal)."""
-    todo = list(rb) if isinstance(rb, list) else []
+    enough: a late carrier, a carrier that names no other remover beside it and whose vector
+    covers a late write (round 7, V5), or a late version still live, without a row, or
+    itself removed by a late write, followed each dot once (a late cycle counts as late);
+    honest and unknown removers revive nothing (round 6, U1; as cloudguard's
+    manifest._late_removal)."""
+    todo = [(str(d), rb) for d in rb] if isinstance(rb, list) else []
     seen: set[str] = set()
     while todo:
-        dot = str(todo.pop())
+        dot, row_rb = todo.pop()
         if dot in seen:
             return True
         seen.add(dot)
         vv = carriers.get(dot)
-        if vv is not None and any(vv.get(dev, 0) > seq for dev, seq in limit.items()):
+        if vv is not None and any(vv.get(dev, 0) > seq for dev, seq in limit.items()) and \
+                not any(other != dot and covers(vv, str(other)) for other in row_rb):
             return True
         if not late_dot(dot, limit):
             continue
@@ -1335,8 +1337,15 @@ def late_chain(rb: object, live: dict[str, Any], gone: dict[str, Any],
             return True
         row = gone[dot]
         more = row.get("rb") if isinstance(row, dict) else None
-        todo += more if isinstance(more, list) else []
+        more = more if isinstance(more, list) else []
+        todo += [(str(d), more) for d in more]
     return False
+
+
+def covers(vv: dict[str, int], dot: str) -> bool:
+    """Does version vector ``vv`` cover ``dot``?"""
+    device, _, seq = dot.partition(":")
+    return seq.isdigit() and int(seq) <= vv.get(device, 0)
 
 
 def rb_of(payload: dict[str, Any], path: str, dot: str) -> object:

@@ -687,6 +687,9 @@ def test_the_remover_walk_revives_on_any_late_remover_or_tainted_carrier() -> No
     assert walk([carrier], {}, {}, limit, {carrier: {c: 50, x: 13}})  # it carried X:13
     assert not walk([carrier], {}, {}, limit, {carrier: {c: 50, x: 10}})  # a clean one
     assert walk([late11], {}, {late11: {"rb": [carrier]}}, limit, {carrier: {x: 12}})
+    # round 7, V5 (a): a carrier that names the removers it saw is judged by them
+    assert not walk([honest, carrier], {}, {}, limit, {carrier: {c: 50, x: 13}})
+    assert walk([late12, carrier], {}, {}, limit, {carrier: {c: 50, x: 13}})
 
 
 def test_a_clamp_revives_what_a_late_write_removed_and_no_honest_delete() -> None:
@@ -738,3 +741,83 @@ def test_a_clamp_never_revives_a_file_whose_object_is_gone() -> None:
         _clamp_own(state, {x: 10}, listed)
         assert ("f" in dict(state.items())) is back
         assert ("f" in state.attic_payload()) is not back  # kept in the history instead
+
+
+def test_a_held_version_takes_no_remover_from_a_snapshot_and_a_forgotten_one_stays_out(
+        ) -> None:
+    """Review round 7, V4: who removed a version is what this device saw. A snapshot's
+    history gives no remover to a version the reader holds (live or kept), gives its own dot
+    and the removers it names to a version its merge drops, and a version the reader has
+    forgotten (its vector covers it) is not taken in again."""
+    a, c, x = "a" * 16, "c" * 16, "e" * 16
+    entry = {"t": "d"}
+    state = mf.State()
+    with state.transaction():
+        state.put_entry("kept", f"{a}:1", entry)
+        state.put_entry("live", f"{a}:2", entry)
+        state.put_entry("dropped", f"{a}:3", entry)
+        state.ctx[a] = 4
+        state.apply_delta(c, 1, [{"p": "kept", "rm": [f"{a}:1"]}])
+        claims = {"kept": {f"{a}:1": {"e": entry, "g": 5, "rb": [f"{c}:1", f"{x}:1"]}},
+                  "live": {f"{a}:2": {"e": entry, "g": 5, "rb": [f"{x}:1"]}},
+                  "dropped": {f"{a}:3": {"e": entry, "g": 5, "rb": [f"{c}:1"]}},
+                  "forgotten": {f"{a}:4": {"e": entry, "g": 5, "rb": [f"{x}:1"]}},
+                  "new": {f"{c}:9": {"e": entry, "g": 5, "rb": [f"{x}:1"]}}}
+        state.merge_snapshot({a: 4, c: 9, x: 2}, [("live", {f"{a}:2": entry})], claims, 10,
+                             f"{x}:2")
+    rows = dict(state.attic_rows())
+    assert rows["kept"][f"{a}:1"]["rb"] == [f"{c}:1"]
+    assert "live" not in rows and state.entry("live", f"{a}:2") is not None
+    assert rows["dropped"][f"{a}:3"]["rb"] == [f"{c}:1", f"{x}:2"]
+    assert "forgotten" not in rows
+    assert rows["new"][f"{c}:9"]["rb"] == [f"{x}:1"]
+
+
+def test_a_snapshots_carriers_and_removers_are_bounded() -> None:
+    """Review round 7, V3 and V5 (b): a row names at most two removers of one device, and
+    ``rc`` gives vectors only for carriers the history names, none past the writer's vector;
+    a writer never writes what a reader refuses."""
+    from cloudguard.manifest.segments import _check_segment, snapshot_payload
+
+    dev, other = "a" * 16, "b" * 16
+
+    def snap(rb: list[str], rc: dict[str, dict[str, int]]) -> dict[str, Any]:
+        row = {"e": {"t": "d", "sg": "x"}, "g": 5, "rb": rb}
+        return {"kind": "snapshot", "device": dev, "seq": 3, "ctx": {dev: 3, other: 7},
+                "created": "2024-01-01T00:00:00+00:00", "paths": {},
+                "attic": {"p": {f"{dev}:1": row}}, "rc": rc}
+
+    _check_segment("m/x", snap([f"{other}:5", f"{other}:6"], {f"{other}:6": {other: 6}}))
+    with pytest.raises(IntegrityError, match="more than 2 removers of one device"):
+        _check_segment("m/x", snap([f"{other}:5", f"{other}:6", f"{other}:7"], {}))
+    with pytest.raises(IntegrityError, match="carrier its history does not name"):
+        _check_segment("m/x", snap([f"{other}:5"], {f"{other}:6": {other: 6}}))
+    with pytest.raises(IntegrityError, match="vector its writer never saw"):
+        _check_segment("m/x", snap([f"{other}:6"], {f"{other}:6": {other: 6, "f" * 16: 9}}))
+    state = mf.State()
+    with state.transaction():
+        state.ctx.update({dev: 2, other: 7})
+        state.to_attic("p", f"{dev}:1", {"t": "d", "sg": "x"}, 5,
+                       f"{other}:4 {other}:5 {other}:6")
+        state.carriers.note({f"{other}:6": {other: 6, "f" * 16: 9}})
+    written = snapshot_payload(dev, 3, state)
+    assert written["attic"]["p"][f"{dev}:1"]["rb"] == [f"{other}:5", f"{other}:6"]
+    assert written["rc"] == {f"{other}:6": {other: 6, "f" * 16: 0}}
+    _check_segment("m/x", written)
+
+
+def test_a_clamp_leaves_no_carrier_late() -> None:
+    """Review round 7, V5 (c): once a clamp has revived what a late carrier dropped, the
+    carrier's vector is clamped too, so a later clamp does not revive its drops again."""
+    from cloudguard.manifest.carriers import tainted
+    from cloudguard.manifest.loading import _clamp_own
+
+    a, c, x = "a" * 16, "c" * 16, "e" * 16
+    entry = {"t": "d"}
+    state = mf.State()
+    with state.transaction():
+        state.put_entry("carried", f"{a}:1", entry)
+        state.merge_snapshot({a: 1, c: 60, x: 13}, [], {}, 10, f"{c}:60")
+    _clamp_own(state, {x: 10})
+    assert set(dict(state.items())) == {"carried"}
+    assert not any(tainted(v, {x: 10}) for v in state.carriers.everything().values())

@@ -20,6 +20,32 @@ def tainted(ctx: dict[str, int], limit: dict[str, int]) -> bool:
     return any(ctx.get(dev, 0) > seq for dev, seq in limit.items())
 
 
+def late_carrier(dot: str, rb: Iterable[str], carriers: dict[str, dict[str, int]],
+                 limit: dict[str, int]) -> bool:
+    """Is ``dot``, one of a kept version's removers ``rb``, a carrier judged late by its
+    vector? Only a carrier that named no remover of the version is: one that did is judged by
+    the removers it named, which sit beside it in ``rb`` (review round 7, V5 (a)); its vector
+    covers them, as a snapshot's history names only removers it saw."""
+    ctx = carriers.get(dot)
+    if ctx is None or not tainted(ctx, limit):
+        return False
+    return not any(other != dot and _covers(ctx, other) for other in rb)
+
+
+def clamped(carriers: dict[str, dict[str, int]], limit: dict[str, int]
+            ) -> dict[str, dict[str, int]]:
+    """Carrier vectors with a removed member's writes past its cutoff left out, as a clamped
+    version vector leaves them: once a clamp has revived what a late carrier dropped, the
+    carrier is honest, and no later clamp revives its drops again (review round 7, V5 (c))."""
+    return {dot: {d: min(s, limit[d]) if d in limit else s for d, s in ctx.items()}
+            for dot, ctx in carriers.items()}
+
+
+def _covers(ctx: dict[str, int], dot: str) -> bool:
+    device, _, seq = dot.partition(":")
+    return seq.isdigit() and int(seq) <= ctx.get(device, 0)
+
+
 class Carriers:
     """A join of {dot: version vector}: the same carrier seen twice keeps, per device, the
     higher seq (an honest carrier's vector never changes; a lie can only make it later, which

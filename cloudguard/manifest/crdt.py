@@ -322,29 +322,37 @@ class State(History):
                        carriers: dict[str, dict[str, int]] | None = None) -> None:
         """Observed-remove merge: a dot one side lacks but has seen was deleted there (and
         joins the history as of now: this device's clock, never a time a segment states).
-        Histories are unions; their times are no later than ``when``, the snapshot's time.
+        Histories are unions of versions; their times are no later than ``when``, the
+        snapshot's time.
 
-        ``by`` (the snapshot's own dot) is recorded as the remover of what it drops and as a
-        mover of what it moves, so that if its writer turns out to be a removed member past
-        its cutoff, both are undone (format.md, "Writer rules"). ``carriers``: the vectors of
-        the carriers the history names (the snapshot's ``rc``); ``by`` is one too, with ``ctx``.
+        Who removed a version is what this device saw (review round 7, V4): for a version it
+        drops, ``by`` (the snapshot's own dot) and the removers that snapshot's history names
+        for it; a version it already holds, live or kept, takes no remover from a snapshot,
+        and one it has forgotten (its vector covers it) is not taken in again. If ``by``'s
+        writer turns out to be a removed member past its cutoff, what it dropped and moved is
+        undone (format.md, "Writer rules"). ``carriers``: the vectors of the carriers the
+        history names (the snapshot's ``rc``); ``by`` is one too, with ``ctx``.
         """
         now = int(time.time())
+        kept = attic or {}
         with self.transaction():
+            seen = dict(self.ctx)
             self.carriers.note({**(carriers or {}), **({by: ctx} if by else {})})
-            for path, kept in (attic or {}).items():
-                for dot, row in kept.items():
-                    self.to_attic(path, dot, row["e"], min(int(row["g"]), when or now),
-                                  " ".join(row.get("rb") or ()) or None, checked=False)
             empty = not self.ctx and not self.has_any()
+
+            def drop(path: str, dot: str, entry: Entry) -> None:
+                named = (kept.get(path, {}).get(dot) or {}).get("rb") or []
+                rb = {*named, *([by] if by else [])}
+                self.to_attic(path, dot, entry, now, " ".join(sorted(rb)) or None)
+                self._drop(path, dot)
+
             theirs_paths: set[str] = set()
             for path, theirs in paths:
                 theirs_paths.add(path)
                 mine = {} if empty else self.siblings(path)
                 for dot in mine:
                     if dot not in theirs and covered(dot, ctx):
-                        self.to_attic(path, dot, mine[dot], now, by)
-                        self._drop(path, dot)
+                        drop(path, dot, mine[dot])
                 for dot, entry in theirs.items():
                     if dot in mine:
                         self._same_version(path, dot, mine[dot], entry)
@@ -358,8 +366,18 @@ class State(History):
                 for path, dot, e in self.db.execute(
                         "SELECT path, dot, e FROM entries").fetchall():
                     if path not in theirs_paths and covered(dot, ctx):
-                        self.to_attic(path, dot, json.loads(e), now, by)
-                        self._drop(path, dot)
+                        drop(path, dot, json.loads(e))
+            for path, rows in kept.items():
+                for dot, row in rows.items():
+                    if self.entry(path, dot) is not None:
+                        continue  # live here: its own record decides
+                    held = self.db.execute("SELECT 1 FROM attic WHERE path = ? AND dot = ?",
+                                           (path, dot)).fetchone() is not None
+                    if not held and covered(dot, seen):
+                        continue  # forgotten here (review round 7, V4)
+                    self.to_attic(path, dot, row["e"], min(int(row["g"]), when or now),
+                                  None if held else " ".join(row.get("rb") or ()) or None,
+                                  checked=False)
             for device, seq in ctx.items():
                 self.ctx[device] = max(self.ctx.get(device, 0), seq)
 
@@ -386,5 +404,6 @@ class State(History):
             self.db.execute("DELETE FROM segments")
             self.db.execute("DELETE FROM attic")
             self.db.execute("DELETE FROM late_read")  # refused.py reads them again
+            self.db.execute("DELETE FROM carriers")
             self.db.execute("DELETE FROM meta")
             self.ctx = {}

@@ -13,7 +13,8 @@ from typing import Any
 
 from ..chain import Skip
 from ..errors import REPUBLISH_HINT, HistoryError, IntegrityError, named
-from .carriers import tainted
+from .carriers import clamped as clamped_carriers
+from .carriers import late_carrier
 from .crdt import State, Vouch
 from .moves import late_dot, unmoved
 from .segments import (
@@ -163,6 +164,7 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
                 paths, kept = _clamped(paths, kept, limit, time_of(payload), listed)
                 paths, kept = _revive(paths, kept, limit, unclamped, unclamped_kept, rc,
                                       listed)
+                rc = clamped_carriers(rc, limit)
             claim = ctx.get(device, 0)
             if written is not None and claim > written and parsed[name][0] != device:
                 skip_log.append(
@@ -293,7 +295,7 @@ def _clamp_own(state: State, limit: dict[str, int],
     live, history = _revive(live, history, limit, paths, kept, rc, listed)
     state.reset()
     state.merge_snapshot(_clamp(ctx, limit), live.items(), history, int(time.time()),
-                         carriers=rc)
+                         carriers=clamped_carriers(rc, limit))
 
 
 def _clamped(paths: dict[str, dict[str, Any]], kept: dict[str, dict[str, dict[str, Any]]],
@@ -351,27 +353,28 @@ def _revive(paths: dict[str, dict[str, Any]], kept: dict[str, dict[str, dict[str
 
 def _late_removal(rb: object, live: dict[str, Any], gone: dict[str, dict[str, Any]],
                   limit: dict[str, int], carriers: dict[str, dict[str, int]]) -> bool:
-    """Did a late write remove this kept version? Its removers (``rb``, a union) are walked:
-    a late carrier, or an honest carrier whose vector covers a late write, is late; a late
-    version that replaced it counts while it is still live, or has no row, or was itself
-    removed by a late write (followed the same way, each dot once, so a cycle of late dots
-    counts as late). One late remover is enough: the cost of a wrong revival is a deleted file
-    back, against the loss of a real one (review round 6, U1). An honest or unknown remover
-    revives nothing."""
-    todo = list(rb) if isinstance(rb, list) else []
+    """Did a late write remove this kept version? Its removers (``rb``: what this device saw)
+    are walked: a late carrier, or an honest one that named no remover and whose vector
+    covers a late write (carriers.late_carrier), is late; a late version that replaced it
+    counts while it is still live, or has no row, or was itself removed by a late write
+    (followed the same way, each dot once, so a cycle of late dots counts as late). One
+    late remover is enough: the cost of a wrong revival is a deleted file back, against the
+    loss of a real one (review round 6, U1). An honest or unknown remover revives nothing."""
+    todo = [(str(d), rb) for d in rb] if isinstance(rb, list) else []
     seen: set[str] = set()
     while todo:
-        dot = str(todo.pop())
+        dot, row = todo.pop()
         if dot in seen:
             return True  # only late dots are followed: a late cycle
         seen.add(dot)
-        if dot in carriers and tainted(carriers[dot], limit):
+        if late_carrier(dot, row, carriers, limit):
             return True
         if not late_dot(dot, limit):
             continue
         if dot in live or dot not in gone:
             return True
-        todo += gone[dot].get("rb") or []
+        more = gone[dot].get("rb") or []
+        todo += [(str(d), more) for d in more]
     return False
 
 

@@ -254,17 +254,41 @@ def _check_moves(payload: dict[str, Any], ctx: dict[str, int], until: int) -> No
             entry["rt"] = until
 
 
+# How many removers of one device a kept version may name: the delta that removed it, and a
+# snapshot of the same device that dropped it (review round 7, V3)
+MAX_REMOVERS_PER_DEVICE = 2
+
+
 def _check_removers(payload: dict[str, Any], ctx: dict[str, int]) -> None:
     """A history row names the deltas and snapshots that removed the version (``rb``): one its
     writer had not seen is planted (review round 4, S10), as a move is: after that writer's
-    removal it would bring back versions a user deleted on purpose."""
+    removal it would bring back versions a user deleted on purpose. The checks are on the
+    snapshot as written, before any clamp. A row names at most two removers of one device,
+    and ``rc`` holds only carriers the history names, each with a vector its writer had seen:
+    otherwise a removed member's snapshot could make every device's state grow without bound,
+    or make an honest carrier late for ever (review round 7, V3, V5 (b))."""
+    named: set[str] = set()
     for rows in (payload.get("attic") or {}).values():
         for row in rows.values():
+            per_device: dict[str, int] = {}
             for remover in row.get("rb") or ():
                 device, _, seq = remover.partition(":")
                 if int(seq) > ctx.get(device, 0):
                     raise IntegrityError("manifest history names a removal its writer never "
                                          "saw")
+                per_device[device] = per_device.get(device, 0) + 1
+                if per_device[device] > MAX_REMOVERS_PER_DEVICE:
+                    raise IntegrityError("manifest history names more than "
+                                         f"{MAX_REMOVERS_PER_DEVICE} removers of one device "
+                                         "for one version")
+            named.update(row.get("rb") or ())
+    for dot, vector in carriers_of(payload).items():
+        if dot not in named:
+            raise IntegrityError("manifest snapshot gives the vector of a carrier its history "
+                                 "does not name")
+        if any(seq > ctx.get(device, 0) for device, seq in vector.items()):
+            raise IntegrityError("manifest snapshot gives a carrier a vector its writer never "
+                                 "saw")
 
 
 def check_ops(ops: object) -> list[dict[str, Any]]:
@@ -347,7 +371,8 @@ def snapshot_json(device: str, seq: int, state: State, prev: str | None = None
     named: set[str] = set()  # filled while the attic streams; "rc" comes after it
 
     def carriers() -> Iterator[tuple[str, dict[str, int]]]:
-        yield from state.carriers.of(named).items()
+        for dot, vector in state.carriers.of(named).items():  # never past what we saw
+            yield dot, {d: min(s, ctx.get(d, 0)) for d, s in vector.items()}
 
     streamed = {"attic": _seen_removers(state.attic_rows(), ctx, named),
                 "paths": state.items(), "rc": carriers()}
@@ -375,10 +400,20 @@ def _seen_removers(rows: Iterator[tuple[str, dict[str, dict[str, Any]]]], ctx: d
     for path, kept in rows:
         out: dict[str, dict[str, Any]] = {}
         for d, row in kept.items():
-            seen = [r for r in row.get("rb") or () if _covers(ctx, r)]
+            seen = _latest(r for r in row.get("rb") or () if _covers(ctx, r))
             out[d] = {k: v for k, v in row.items() if k != "rb"} | ({"rb": seen} if seen else {})
             named.update(seen)
         yield path, out
+
+
+def _latest(dots: Iterable[str]) -> list[str]:
+    """At most MAX_REMOVERS_PER_DEVICE dots of each device, its latest, sorted."""
+    by_device: dict[str, list[int]] = {}
+    for dot in dots:
+        device, _, seq = dot.partition(":")
+        by_device.setdefault(device, []).append(int(seq))
+    return sorted(f"{d}:{s}" for d, seqs in by_device.items()
+                  for s in sorted(set(seqs))[-MAX_REMOVERS_PER_DEVICE:])
 
 
 def _covers(ctx: dict[str, int], dot: str) -> bool:

@@ -1,0 +1,114 @@
+"""Review round 7, V3, V4 and V5: who removed a kept version is what this device saw itself,
+never what a snapshot claims for a version it already holds; a carrier that names the
+version's removers is not judged by its vector; and the remover records are bounded.
+
+Played like tests/test_trust_attacks.py: every device has its own CLOUDGUARD_HOME, and the
+test is the provider, showing a device an older remote and handing on what it wrote.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from test_trust_attacks import (
+    Provider,
+    compact,
+    make_vault,
+    provider,  # noqa: F401 (a fixture)
+    script_restores,
+)
+
+from cloudguard import vault
+
+__all__ = ["provider"]
+
+
+def test_a_late_snapshot_naming_itself_a_remover_does_not_bring_back_an_honest_delete(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """V4: C deletes gone.txt. X, removed by A and shown the old remote, pushes a harmless
+    late write and then a snapshot whose history adds that write to gone.txt's removers. B,
+    kept from seeing the removal, merges it and compacts. A union of removers would make the
+    delete late once the removal shows, and bring gone.txt back in every folder. B already
+    held gone.txt's removal, so it keeps the remover it saw: the delete stays."""
+    a, b, c, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "c", "x")
+    a.write("gone.txt", "delete me")
+    a.write("keep.txt", "keep me")
+    a.cg("push")
+    for dev in (b, c, x):
+        dev.cg("pull")
+    old = provider.objects()
+    a.cg("device", "remove", x.rid)
+    with provider.showing(old) as by_c:  # C, lagging, deletes: only its delta says so
+        (c.folder / "gone.txt").unlink()
+        c.cg("push")
+    with provider.showing({**old, **by_c}):
+        assert b.run("pull").exit_code == 0  # B, lagging, holds C's delete
+        assert not (b.folder / "gone.txt").exists()
+    with provider.showing({**old, **by_c}) as by_x:
+        assert x.run("pull").exit_code == 0
+        x.write("other.txt", "harmless")
+        x.cg("push")
+        x.use()
+        with vault.session(str(x.folder)) as s:
+            mine = f"{x.rid}:{s.state.ctx[x.rid]}"
+            with s.state.transaction():
+                (rb,) = s.state.db.execute(
+                    "SELECT rb FROM attic WHERE path = 'gone.txt'").fetchone()
+                s.state.db.execute("UPDATE attic SET rb = ? WHERE path = 'gone.txt'",
+                                   (f"{rb} {mine}",))
+            s.snapshot()
+    with provider.showing({**old, **by_c, **by_x}) as by_b:
+        assert b.run("pull").exit_code == 0
+        assert not (b.folder / "gone.txt").exists()
+        compact(b)
+    assert any(n.startswith(f"m/{b.rid}-") and n.endswith(".s") for n in by_b)
+    for dev in (b, a, c):
+        got = dev.run("pull")
+        assert got.exit_code == 0, got.output
+        assert not (dev.folder / "gone.txt").exists(), dev.name
+        assert (dev.folder / "keep.txt").read_text() == "keep me", dev.name
+        assert not (dev.folder / "other.txt").exists(), dev.name
+    assert not (script_restores(a, local_remote, tmp_path) / "gone.txt").exists()
+
+
+def test_an_honest_compaction_covering_a_late_write_does_not_revive_its_deletes(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """V5 (a): C, lagging, applies a harmless late write of X, then deletes paper.txt and
+    compacts. D, also lagging, learns of the delete only through C's snapshot, whose history
+    names C's delete. Its vector covers X's late write, but a carrier that names the
+    version's removers is judged by them, not by its vector: once the removal shows,
+    paper.txt stays deleted on D, as on every other device (it used to come back on D only,
+    and flicker)."""
+    a, c, d, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "c", "d", "x")
+    a.write("paper.txt", "delete me")
+    a.cg("push")
+    for dev in (c, d, x):
+        dev.cg("pull")
+    old = provider.objects()
+    a.cg("device", "remove", x.rid)
+    with provider.showing(old) as by_x:
+        x.write("other.txt", "harmless")
+        x.cg("push")
+    with provider.showing({**old, **by_x}) as by_c:
+        assert c.run("pull").exit_code == 0
+        assert (c.folder / "other.txt").exists()
+        (c.folder / "paper.txt").unlink()
+        c.cg("push")
+        compact(c)
+    # compacting deleted C's delta: D learns of the delete only through C's snapshot
+    assert [n for n in by_c if n.startswith(f"m/{c.rid}-")] == [
+        n for n in by_c if n.startswith(f"m/{c.rid}-") and n.endswith(".s")] != []
+    with provider.showing({**old, **by_x, **by_c}):
+        assert d.run("pull").exit_code == 0
+        assert not (d.folder / "paper.txt").exists()
+    time.sleep(0.01)
+    for dev in (d, c, a):
+        got = dev.run("pull")
+        assert got.exit_code == 0, got.output
+        assert not (dev.folder / "paper.txt").exists(), dev.name
+        assert not (dev.folder / "other.txt").exists(), dev.name
+    assert not (script_restores(a, local_remote, tmp_path) / "paper.txt").exists()
