@@ -416,7 +416,8 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
                              mf.Verifier(binding.vault_id, ring.view.signer_key),
                              mf.written(index.get_meta("written", None), segs, binding.device),
                              (objects := {n[len(sync.DATA_PREFIX):] for n in listing
-                                          if n.startswith(sync.DATA_PREFIX)}).__contains__)
+                                          if n.startswith(sync.DATA_PREFIX)}).__contains__,
+                             trust.limits(ring))
             loaded.state.ended = ring.view.ended()
             late = trust.late_opener(ring)
             mf.keep_refused(loaded.state, segs, fetch, late,

@@ -16,6 +16,7 @@ from . import format as fmt
 from .chain import Commit, Cutoff, MemberKeys, Secret
 from .errors import IntegrityError, KeyStoreError
 from .keys import now_iso
+from .manifest import Limits
 from .membership import View
 from .state import Index
 from .transport import Transport
@@ -254,6 +255,15 @@ def merge_if_needed(ring: Ring, transport: Transport, index: Index | None,
 
 
 Opener = Callable[[str, str, int, bytes], dict[str, Any]]
+
+
+def limits(ring: Ring) -> Limits:
+    """What loading's clamp needs from the chain beyond the cutoffs (manifest.Limits)."""
+    view = ring.view
+    every = [*view.commits.values(), *view.voided.values()]
+    return Limits(ended=view.ended(),
+                  counted=frozenset(set(view.removed) - view.contested - set(view.ghosts)),
+                  keks=frozenset(c.kek for c in every))
 
 
 def late_opener(ring: Ring) -> Opener:

@@ -521,7 +521,7 @@ def test_every_move_since_the_kept_place_is_listed_and_any_late_one_goes_back() 
     """Review round 3, R6 (a): X, removed with cutoff 10, moves a blob twice late. Going back
     "one move" would land on X's first object; the place before the first remembered move
     (kept with every move's dot) is where it goes, even after an honest move in between."""
-    from cloudguard.manifest.loading import _unmove_late
+    from cloudguard.manifest.clamp import unmove_late as _unmove_late
 
     a, x = "aaaaaaaaaaaaaaaa", "cccccccccccccccc"
     home = {"o": "11" * 16, "a": 0, "r": 0}
@@ -672,7 +672,7 @@ def test_the_remover_walk_revives_on_any_late_remover_or_tainted_carrier() -> No
     cycle of late dots (makeable by a late snapshot's unsigned rb), or a carrier snapshot
     whose vector covers a late write (an honest device that merged a late drop). An honest
     remover alone, or a clean carrier, stops it (round 3, R10)."""
-    from cloudguard.manifest.loading import _late_removal as walk
+    from cloudguard.manifest.clamp import late_removal as walk
 
     x, c = "c" * 16, "d" * 16
     limit = {x: 10}
@@ -697,7 +697,7 @@ def test_a_clamp_revives_what_a_late_write_removed_and_no_honest_delete() -> Non
     delta and a snapshot: removers that disagreed and revived before) stays deleted when a
     clamp runs; one that an honest snapshot dropped while it carried a removed member's late
     write comes back, though no late dot is left in its row."""
-    from cloudguard.manifest.loading import _clamp_own
+    from cloudguard.manifest.clamp import Limits, clamp_own
 
     a, b, c, x = "a" * 16, "b" * 16, "c" * 16, "e" * 16
     state = mf.State()
@@ -713,7 +713,7 @@ def test_a_clamp_revives_what_a_late_write_removed_and_no_honest_delete() -> Non
     rows = dict(state.attic_rows())
     assert rows["honest"][f"{a}:1"]["rb"] == [f"{b}:4", f"{b}:5"]
     assert rows["carried"][f"{a}:2"]["rb"] == [f"{c}:60"]
-    _clamp_own(state, {x: 10})
+    clamp_own(state, Limits({x: 10}))
     live = dict(state.items())
     assert set(live) == {"carried", "live"}, live
     assert f"{x}" not in " ".join(str(r.get("rb")) for rs in state.attic_payload().values()
@@ -723,14 +723,14 @@ def test_a_clamp_revives_what_a_late_write_removed_and_no_honest_delete() -> Non
         clean.put_entry("honest", f"{a}:1", entry)
         clean.merge_snapshot({a: 3, c: 60}, [], {}, 10, f"{c}:60")  # a clean carrier
         clean.ctx[x] = 13
-    _clamp_own(clean, {x: 10})
+    clamp_own(clean, Limits({x: 10}))
     assert not dict(clean.items())  # an honest snapshot's drop stays a drop
 
 
 def test_a_clamp_never_revives_a_file_whose_object_is_gone() -> None:
     """Review round 7, V4: a late snapshot can name versions forgotten long ago; one whose
     object garbage collection has deleted must not come back (it would stop every pull)."""
-    from cloudguard.manifest.loading import _clamp_own
+    from cloudguard.manifest.clamp import Limits, clamp_own
 
     a, c, x = "a" * 16, "c" * 16, "e" * 16
     for listed, back in ((lambda _o: True, True), (lambda _o: False, False)):
@@ -738,7 +738,7 @@ def test_a_clamp_never_revives_a_file_whose_object_is_gone() -> None:
         with state.transaction():
             state.put_entry("f", f"{a}:1", {"t": "f", "o": "11" * 16, "a": 0, "n": 9})
             state.merge_snapshot({a: 1, c: 60, x: 13}, [], {}, 10, f"{c}:60")
-        _clamp_own(state, {x: 10}, listed)
+        clamp_own(state, Limits({x: 10}, listed))
         assert ("f" in dict(state.items())) is back
         assert ("f" in state.attic_payload()) is not back  # kept in the history instead
 
@@ -810,7 +810,7 @@ def test_a_clamp_leaves_no_carrier_late() -> None:
     """Review round 7, V5 (c): once a clamp has revived what a late carrier dropped, the
     carrier's vector is clamped too, so a later clamp does not revive its drops again."""
     from cloudguard.manifest.carriers import tainted
-    from cloudguard.manifest.loading import _clamp_own
+    from cloudguard.manifest.clamp import Limits, clamp_own
 
     a, c, x = "a" * 16, "c" * 16, "e" * 16
     entry = {"t": "d"}
@@ -818,6 +818,36 @@ def test_a_clamp_leaves_no_carrier_late() -> None:
     with state.transaction():
         state.put_entry("carried", f"{a}:1", entry)
         state.merge_snapshot({a: 1, c: 60, x: 13}, [], {}, 10, f"{c}:60")
-    _clamp_own(state, {x: 10})
+    clamp_own(state, Limits({x: 10}))
     assert set(dict(state.items())) == {"carried"}
     assert not any(tainted(v, {x: 10}) for v in state.carriers.everything().values())
+
+
+def test_a_clamp_bounds_what_a_counted_removal_leaves_and_keeps_a_victims_work(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 7, V3: a member with a counting removal keeps at most MAX_KEPT late
+    versions (its earliest), and none whose key names no commit on the chain; a member that
+    only challenged removals took out keeps all of its work. A version a re-encryption ended
+    never comes back live (V4)."""
+    from cloudguard.manifest import clamp as cl
+
+    monkeypatch.setattr(cl, "MAX_KEPT", 2)
+    x, v, a = "e" * 16, "f" * 16, "a" * 16
+    good, forged, old = "k" * 64, "z" * 64, "o" * 64
+    paths = {f"x{i}": {f"{x}:{i}": {"t": "f", "g": good, "o": "1" * 32}} for i in range(1, 5)}
+    paths["forged"] = {f"{x}:9": {"t": "f", "g": forged, "o": "1" * 32}}
+    paths["dir"] = {f"{x}:8": {"t": "d"}}
+    paths |= {f"v{i}": {f"{v}:{i}": {"t": "f", "g": good, "o": "1" * 32}} for i in range(1, 5)}
+    kept = {"ended": {f"{a}:1": {"e": {"t": "f", "g": old, "o": "1" * 32}, "g": 5,
+                                 "rb": [f"{x}:7"]}}}
+    lim = cl.Limits({x: 0, v: 0}, ended=frozenset({old}), counted=frozenset({x}),
+                    keks=frozenset({good, old}))
+    live, history, _rc = cl.clamp_snapshot(paths, kept, {}, 10, lim)
+    assert live.get("ended") is None or not live["ended"]  # ended: never back
+    late_x = sorted(d for rows in history.values() for d in rows if d.startswith(x))
+    assert late_x == [f"{x}:1", f"{x}:2"]  # the earliest two; the forged key is gone
+    late_v = sorted(d for rows in history.values() for d in rows if d.startswith(v))
+    assert late_v == [f"{v}:{i}" for i in range(1, 5)]  # a victim keeps everything
+    lim = cl.Limits({x: 0}, keks=frozenset({good}))  # counted None: every removed member
+    _live, history, _rc = cl.clamp_snapshot({"dir": paths["dir"]}, {}, {}, 10, lim)
+    assert f"{x}:8" in history["dir"]  # no key to check: only the cap applies

@@ -112,3 +112,4 @@ def test_an_honest_compaction_covering_a_late_write_does_not_revive_its_deletes(
         assert not (dev.folder / "paper.txt").exists(), dev.name
         assert not (dev.folder / "other.txt").exists(), dev.name
     assert not (script_restores(a, local_remote, tmp_path) / "paper.txt").exists()
+

@@ -18,8 +18,9 @@ Everything is re-exported here, so callers say ``mf.X``.
 
 from __future__ import annotations
 
+from .clamp import MAX_KEPT, Limits, clamp_ctx
 from .crdt import State, dot_of
-from .loading import Loaded, Opener, _clamp, _pinned, load, reissue_ops, written
+from .loading import Loaded, Opener, _pinned, load, reissue_ops, written
 from .moves import Entry, join_remover, late_dot, moved, removers, unmoved
 from .refused import adopt_places, keep_refused
 from .segments import (
@@ -49,7 +50,9 @@ __all__ = [
     "PREFIX",
     "SegmentCache",
     "State",
-    "_clamp",
+    "MAX_KEPT",
+    "Limits",
+    "clamp_ctx",
     "_pinned",
     "applied_hash",
     "check_ops",

@@ -15,8 +15,11 @@ from .moves import Entry, _was, _where, join_remover, late_dot, newer_location, 
 
 
 def _generation(raw: str) -> str | None:
-    """The generation a stored entry's DEK was first wrapped under (what re-encryption ends)."""
-    entry = json.loads(raw)
+    return _generation_of(json.loads(raw))
+
+
+def _generation_of(entry: Entry) -> str | None:
+    """The generation an entry's DEK was first wrapped under (what re-encryption ends)."""
     got = entry.get("w", entry.get("g"))
     return None if got is None else str(got)
 

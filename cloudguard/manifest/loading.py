@@ -5,18 +5,15 @@ the removed members' cutoffs (clamping), and the rollback and fork checks.
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..chain import Skip
 from ..errors import REPUBLISH_HINT, HistoryError, IntegrityError, named
-from .carriers import clamped as clamped_carriers
-from .carriers import late_carrier
+from .clamp import Limits, clamp_ctx, clamp_own, clamp_snapshot, late
 from .crdt import State, Vouch
-from .moves import late_dot, unmoved
 from .segments import (
     SegmentCache,
     _attic,
@@ -51,7 +48,8 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
          device: str, seen: dict[str, int], cache: SegmentCache,
          state: State | None = None, cutoffs: dict[str, tuple[int, str | None]] | None = None,
          skipped: list[str] | None = None, vouch: Vouch | None = None,
-         written: int | None = None, listed: Callable[[str], bool] | None = None) -> Loaded:
+         written: int | None = None, listed: Callable[[str], bool] | None = None,
+         limits: Limits | None = None) -> Loaded:
     """Bring ``state`` up to the segments listed on the remote and check for rollback.
 
     A persistent ``state`` already holds the merge of the segments it recorded; only new ones
@@ -71,6 +69,9 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
     ``vouch`` checks the writer's signature of every entry that enters the state (format.md,
     "Entry signatures").
 
+    ``limits``: what the chain says beyond the cutoffs (ended generations, members with a
+    counting removal, every commit's KEK), for the clamp (clamp.Limits).
+
     ``written`` is the highest seq this device knows it wrote (None: not known, as after a
     clone). Another writer's snapshot claiming more of it is planted (review round 2, N11):
     its word about this device counts for nothing (format.md, "Claims about this device").
@@ -79,7 +80,7 @@ def load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener,
     state.vouch = vouch
     try:
         return _load(listing, fetch, opener, device, seen, cache, state, cutoffs, skipped,
-                     written, listed or (lambda _o: True))
+                     written, listed or (lambda _o: True), limits or Limits())
     finally:
         state.vouch = None
 
@@ -88,11 +89,13 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
           device: str, seen: dict[str, int], cache: SegmentCache, state: State,
           cutoffs: dict[str, tuple[int, str | None]] | None,
           skipped: list[str] | None, written: int | None = None,
-          listed: Callable[[str], bool] = lambda _o: True) -> Loaded:
+          listed: Callable[[str], bool] = lambda _o: True,
+          limits: Limits | None = None) -> Loaded:
     cuts = cutoffs or {}
     limit = {dev: seq for dev, (seq, _h) in cuts.items()}
+    lim = replace(limits or Limits(), cuts=limit, listed=listed)
     # what the writer rules refuse is not expected back: no rollback is read into it
-    seen = _clamp(seen, limit)
+    seen = clamp_ctx(seen, limit)
     skip_log = skipped if skipped is not None else []
     held: set[str] = set()
     parsed: dict[str, tuple[str, int, str]] = {}
@@ -131,10 +134,10 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
     pinning = False
     with state.transaction():
         consumed = state.consumed()
-        clamped = _late(state.ctx, limit)
+        clamped = late(state.ctx, limit)
         if clamped:
             consumed = {}
-            _clamp_own(state, limit, listed)
+            clamp_own(state, lim)
         snaps: dict[str, dict[str, Any]] = {}
         for name, (_dev, _seq, kind) in sorted(parsed.items()):
             if kind == "s" and name not in consumed:
@@ -156,15 +159,11 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
             paths = _paths(payload.get("paths"))
             kept = _attic(payload.get("attic"))
             rc = carriers_of(payload)
-            if _late(ctx, limit):
+            if late(ctx, limit):
                 skip_log.append(f"manifest segment {name} holds writes of a removed member "
                                 "past its removal; they are moved to the history")
-                ctx = _clamp(ctx, limit)
-                unclamped, unclamped_kept = paths, kept
-                paths, kept = _clamped(paths, kept, limit, time_of(payload), listed)
-                paths, kept = _revive(paths, kept, limit, unclamped, unclamped_kept, rc,
-                                      listed)
-                rc = clamped_carriers(rc, limit)
+                ctx = clamp_ctx(ctx, limit)
+                paths, kept, rc = clamp_snapshot(paths, kept, rc, time_of(payload), lim)
             claim = ctx.get(device, 0)
             if written is not None and claim > written and parsed[name][0] != device:
                 skip_log.append(
@@ -219,7 +218,7 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
                                            "was replaced" + REPUBLISH_HINT)
                 deps = _ctx(payload.get("deps"))
                 _same_history(found, payload.get("dh"), deps, heads_hash)
-                deps = _clamp(deps, limit)
+                deps = clamp_ctx(deps, limit)
                 if not state.dominates({d: s for d, s in deps.items() if d != dev}):
                     continue
                 with _naming(found):
@@ -269,133 +268,6 @@ def _open_or_skip(name: str, open_named: Callable[[str], dict[str, Any]],
     except Skip as exc:
         held.add(name)
         log.append(str(exc))
-
-
-def _late(ctx: dict[str, int], limit: dict[str, int]) -> bool:
-    return any(ctx.get(dev, 0) > seq for dev, seq in limit.items())
-
-
-def _clamp(ctx: dict[str, int], limit: dict[str, int]) -> dict[str, int]:
-    """A removed member's writes past its cutoff count as never seen: an honest device that
-    applied them before it saw the removal must not launder them into everyone's state."""
-    return {dev: min(seq, limit[dev]) if dev in limit else seq for dev, seq in ctx.items()}
-
-
-def _clamp_own(state: State, limit: dict[str, int],
-               listed: Callable[[str], bool] = lambda _o: True) -> None:
-    """This device applied a removed member's late writes before it saw the removal, or
-    holds the writes of a member that a removed member's challenged removal took out. The
-    state is rebuilt from its own clamped copy, as a snapshot would be: late versions go to
-    the history (never away: the writes of an honest target of a backdated removal may be
-    in no snapshot, review round 4, S4), what they replaced comes back, and every snapshot and
-    delta is read again. Rare, so the copy is held in memory."""
-    paths, kept, ctx = dict(state.items()), state.attic_payload(), dict(state.ctx)
-    rc = state.carriers.everything()
-    live, history = _clamped(paths, kept, limit, int(time.time()), listed)
-    live, history = _revive(live, history, limit, paths, kept, rc, listed)
-    state.reset()
-    state.merge_snapshot(_clamp(ctx, limit), live.items(), history, int(time.time()),
-                         carriers=clamped_carriers(rc, limit))
-
-
-def _clamped(paths: dict[str, dict[str, Any]], kept: dict[str, dict[str, dict[str, Any]]],
-             limit: dict[str, int], when: int, listed: Callable[[str], bool]
-             ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, dict[str, Any]]]]:
-    """A snapshot with late dots (past their writer's cutoff): those versions leave the live
-    state for the history, where they stay and are never live again (review round 4, S3, S4).
-    Late moves of anyone's blob are undone, unless the place before is no longer listed."""
-    live = {p: {d: _unmove_late(e, limit, listed) for d, e in sibs.items()
-                if not late_dot(d, limit)} for p, sibs in paths.items()}
-    history = {p: {d: {**r, "e": _unmove_late(r["e"], limit, listed)} for d, r in rows.items()}
-               for p, rows in kept.items()}
-    for p, sibs in paths.items():
-        for d, e in sibs.items():
-            if late_dot(d, limit):
-                history.setdefault(p, {}).setdefault(d, {"e": _unmove_late(e, limit, listed),
-                                                         "g": when})
-    return live, history
-
-
-def _revive(paths: dict[str, dict[str, Any]], kept: dict[str, dict[str, dict[str, Any]]],
-            limit: dict[str, int], unclamped: dict[str, dict[str, Any]],
-            unclamped_kept: dict[str, dict[str, dict[str, Any]]],
-            carriers: dict[str, dict[str, int]], listed: Callable[[str], bool]
-            ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, dict[str, Any]]]]:
-    """Versions that a removed member's late write sent to the history come back where that
-    path holds nothing else now: clamping its edit must not turn it into a delete (review
-    round 2, N5 (a)), nor its late snapshot's drops (round 3, R3), nor an honest snapshot's
-    drops that only carried them (round 6, U1). For a late edit, only while the late writes
-    that replaced them end at a late version still live in the snapshot, or at no version: an
-    honest delete of a late version since (round 3, R10) stays a delete, while a late edit
-    then a late delete (round 5, T1) does not. Late removers then leave every row: the writes
-    are never seen, and the next snapshot's vector no longer covers them (S10). A file whose
-    object is gone never comes back: a late snapshot may name long-forgotten versions, and
-    one that cannot be read would stop every pull (review round 7, V4)."""
-    for path, rows in kept.items():
-        if paths.get(path):
-            continue
-        live = unclamped.get(path, {})
-        gone = unclamped_kept.get(path, {})
-        back = {d: r["e"] for d, r in rows.items() if not late_dot(d, limit)
-                and (r["e"].get("o") is None or listed(str(r["e"]["o"])))
-                and _late_removal(r.get("rb"), live, gone, limit, carriers)}
-        if back:
-            paths[path] = back
-            kept[path] = {d: r for d, r in rows.items() if d not in back}
-    for rows in kept.values():
-        for dot, row in rows.items():
-            if any(late_dot(r, limit) for r in row.get("rb") or ()):
-                honest = [r for r in row["rb"] if not late_dot(r, limit)]
-                rows[dot] = {k: v for k, v in row.items() if k != "rb"} | (
-                    {"rb": honest} if honest else {})
-    return paths, kept
-
-
-def _late_removal(rb: object, live: dict[str, Any], gone: dict[str, dict[str, Any]],
-                  limit: dict[str, int], carriers: dict[str, dict[str, int]]) -> bool:
-    """Did a late write remove this kept version? Its removers (``rb``: what this device saw)
-    are walked: a late carrier, or an honest one that named no remover and whose vector
-    covers a late write (carriers.late_carrier), is late; a late version that replaced it
-    counts while it is still live, or has no row, or was itself removed by a late write
-    (followed the same way, each dot once, so a cycle of late dots counts as late). One
-    late remover is enough: the cost of a wrong revival is a deleted file back, against the
-    loss of a real one (review round 6, U1). An honest or unknown remover revives nothing."""
-    todo = [(str(d), rb) for d in rb] if isinstance(rb, list) else []
-    seen: set[str] = set()
-    while todo:
-        dot, row = todo.pop()
-        if dot in seen:
-            return True  # only late dots are followed: a late cycle
-        seen.add(dot)
-        if late_carrier(dot, row, carriers, limit):
-            return True
-        if not late_dot(dot, limit):
-            continue
-        if dot in live or dot not in gone:
-            return True
-        more = gone[dot].get("rb") or []
-        todo += [(str(d), more) for d in more]
-    return False
-
-
-def _unmove_late(entry: dict[str, Any], limit: dict[str, int],
-                 listed: Callable[[str], bool]) -> dict[str, Any]:
-    """A blob moved by a removed member past its cutoff goes back where it was: the move kept
-    no dot of its own, so clamping dots alone would keep it (review round 2, N4). Never to a
-    place whose object is gone: a re-encryption deletes the old objects at once, and its
-    writer may be taken out later by a removed member (S1) or an honest race; the current
-    place stays, and the signed ``h``, checked on every read, keeps it honest (review round
-    7, V1)."""
-    rd = entry.get("rd")
-    late = isinstance(rd, list) and any(late_dot(str(d), limit) for d in rd)
-    if not late:
-        return entry
-    back = unmoved(entry)
-    if back.get("o") is None or listed(str(back["o"])):
-        return back
-    # stays; the move record goes with its place (a late dot in ``rd`` would be one the
-    # clamped vector no longer covers, which readers refuse as planted)
-    return {k: v for k, v in entry.items() if k not in ("pl", "rd", "rt")}
 
 
 def _pinned(dev: str, seq: int, digest: str | None, parsed: dict[str, tuple[str, int, str]],

@@ -15,12 +15,11 @@ from typing import Any
 
 from ..chain import Skip
 from ..errors import IntegrityError
+from .clamp import MAX_KEPT
 from .crdt import State, Vouch
 from .loading import Opener
 from .moves import LOCATION_FIELDS
 from .segments import _check_segment, parse_name
-
-MAX_KEPT = 20_000  # late versions kept per such member: a thief must not fill every history
 
 
 def keep_refused(state: State, listing: Iterable[str], fetch: Callable[[str], bytes],

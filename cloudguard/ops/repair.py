@@ -251,7 +251,7 @@ def republish(folder: str | None, confirm: Callable[[str], bool], how: str,
     with _audited("republish", folder), folder_lock(binding), _parts(binding) as (index, state):
         s = _session_without_history(binding, index, state, ui)
         seen = index.get_meta("seen", {})
-        if not state.dominates(mf._clamp(seen, s.ring.view.cutoffs)):  # as mf.load compares them
+        if not state.dominates(mf.clamp_ctx(seen, s.ring.view.cutoffs)):  # as mf.load compares them
             raise IntegrityError(
                 f"this device's own copy of the manifest is older than what it has seen "
                 f"({reason}): it holds no complete verified state to republish; republish "

@@ -1,0 +1,202 @@
+"""The clamp: what a device does with a removed member's writes past its cutoff ("late"),
+once the removal shows. They leave the live state for the history, what they replaced or
+removed comes back, and what a removed member with a counting removal may leave there is
+bounded (format.md, "Writer rules", "Version history").
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .attic import _generation_of
+from .carriers import clamped as clamped_carriers
+from .carriers import late_carrier
+from .crdt import State
+from .moves import late_dot, unmoved
+
+# Late versions kept per removed member with a counting removal: a thief must not fill every
+# history (review round 6, T6; round 7, V3). A member that only challenged removals took out
+# (the honest target of a backdated removal) keeps all of its work.
+MAX_KEPT = 20_000
+
+Rows = dict[str, dict[str, dict[str, Any]]]
+Live = dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the verified chain says about removed members, for a clamp."""
+
+    cuts: dict[str, int] = field(default_factory=dict)  # removed member -> cutoff seq
+    listed: Callable[[str], bool] = lambda _o: True  # is this data object on the remote?
+    # generations a re-encryption ended: such a version never comes back (review round 7, V4)
+    ended: frozenset[str] = frozenset()
+    # members with a counting removal: their late versions are capped at MAX_KEPT, and one
+    # whose key names no commit on the chain is malformed (round 7, V3); None: every member
+    counted: frozenset[str] | None = None
+    keks: frozenset[str] | None = None  # KEK commitments of every commit, void or not
+
+    def capped(self, dev: str) -> bool:
+        return dev in self.cuts and (self.counted is None or dev in self.counted)
+
+
+def late(ctx: dict[str, int], limit: dict[str, int]) -> bool:
+    return any(ctx.get(dev, 0) > seq for dev, seq in limit.items())
+
+
+def clamp_ctx(ctx: dict[str, int], limit: dict[str, int]) -> dict[str, int]:
+    """A removed member's writes past its cutoff count as never seen: an honest device that
+    applied them before it saw the removal must not launder them into everyone's state."""
+    return {dev: min(seq, limit[dev]) if dev in limit else seq for dev, seq in ctx.items()}
+
+
+def clamp_own(state: State, lim: Limits) -> None:
+    """This device applied a removed member's late writes before it saw the removal, or
+    holds the writes of a member that a removed member's challenged removal took out. The
+    state is rebuilt from its own clamped copy, as a snapshot would be: late versions go to
+    the history (never away: the writes of an honest target of a backdated removal may be
+    in no snapshot, review round 4, S4), what they replaced comes back, and every snapshot and
+    delta is read again. Rare, so the copy is held in memory."""
+    paths, kept, ctx = dict(state.items()), state.attic_payload(), dict(state.ctx)
+    live, history, rc = clamp_snapshot(paths, kept, state.carriers.everything(),
+                                       int(time.time()), lim)
+    state.reset()
+    state.merge_snapshot(clamp_ctx(ctx, lim.cuts), live.items(), history, int(time.time()),
+                         carriers=rc)
+
+
+def clamp_snapshot(paths: Live, kept: Rows, rc: dict[str, dict[str, int]], when: int,
+                   lim: Limits) -> tuple[Live, Rows, dict[str, dict[str, int]]]:
+    """A snapshot (or this device's own state) with late dots: its live versions, history
+    and carriers as they are once the late writes are never seen."""
+    live, history = _clamped(paths, kept, lim, when)
+    live, history = _revive(live, history, lim, paths, kept, rc)
+    return live, _bounded(history, lim), clamped_carriers(rc, lim.cuts)
+
+
+def _clamped(paths: Live, kept: Rows, lim: Limits, when: int) -> tuple[Live, Rows]:
+    """Late versions leave the live state for the history, where they stay and are never
+    live again (review round 4, S3, S4). Late moves of anyone's blob are undone, unless the
+    place before is no longer listed."""
+    limit = lim.cuts
+    live = {p: {d: unmove_late(e, limit, lim.listed) for d, e in sibs.items()
+                if not late_dot(d, limit)} for p, sibs in paths.items()}
+    history = {p: {d: {**r, "e": unmove_late(r["e"], limit, lim.listed)}
+                   for d, r in rows.items()} for p, rows in kept.items()}
+    for p, sibs in paths.items():
+        for d, e in sibs.items():
+            if late_dot(d, limit):
+                history.setdefault(p, {}).setdefault(
+                    d, {"e": unmove_late(e, limit, lim.listed), "g": when})
+    return live, history
+
+
+def _bounded(history: Rows, lim: Limits) -> Rows:
+    """A member with a counting removal keeps at most MAX_KEPT late versions, its earliest,
+    and none whose key names no commit on the chain, void or not: such a version is no one's
+    honest work, and no re-encryption would ever end it (review round 7, V3)."""
+    late_rows: dict[str, list[tuple[int, str, str]]] = {}
+    for p, rows in history.items():
+        for d in rows:
+            dev, _, seq = d.partition(":")
+            if late_dot(d, lim.cuts) and lim.capped(dev):
+                late_rows.setdefault(dev, []).append((int(seq), p, d))
+    drop: set[tuple[str, str]] = set()
+    for found in late_rows.values():
+        found.sort()
+        if lim.keks is not None:
+            keks = lim.keks
+            bad = {(p, d) for _s, p, d in found
+                   if (g := _generation_of(history[p][d]["e"])) is not None and g not in keks}
+            drop |= bad
+            found = [f for f in found if (f[1], f[2]) not in bad]
+        drop |= {(p, d) for _s, p, d in found[MAX_KEPT:]}
+    if not drop:
+        return history
+    return {p: kept for p, rows in history.items()
+            if (kept := {d: r for d, r in rows.items() if (p, d) not in drop})}
+
+
+def _revive(paths: Live, kept: Rows, lim: Limits, unclamped: Live, unclamped_kept: Rows,
+            carriers: dict[str, dict[str, int]]) -> tuple[Live, Rows]:
+    """Versions that a removed member's late write sent to the history come back where that
+    path holds nothing else now: clamping its edit must not turn it into a delete (review
+    round 2, N5 (a)), nor its late snapshot's drops (round 3, R3), nor an honest snapshot's
+    drops that only carried them (round 6, U1). For a late edit, only while the late writes
+    that replaced them end at a late version still live in the snapshot, or at no version: an
+    honest delete of a late version since (round 3, R10) stays a delete, while a late edit
+    then a late delete (round 5, T1) does not. Late removers then leave every row: the writes
+    are never seen, and the next snapshot's vector no longer covers them (S10). A file whose
+    object is gone never comes back: a late snapshot may name long-forgotten versions, and
+    one that cannot be read would stop every pull; nor does one a re-encryption ended
+    (review round 7, V4)."""
+    limit = lim.cuts
+    for path, rows in kept.items():
+        if paths.get(path):
+            continue
+        live = unclamped.get(path, {})
+        gone = unclamped_kept.get(path, {})
+        back = {d: r["e"] for d, r in rows.items() if not late_dot(d, limit)
+                and (r["e"].get("o") is None or lim.listed(str(r["e"]["o"])))
+                and _generation_of(r["e"]) not in lim.ended
+                and late_removal(r.get("rb"), live, gone, limit, carriers)}
+        if back:
+            paths[path] = back
+            kept[path] = {d: r for d, r in rows.items() if d not in back}
+    for rows in kept.values():
+        for dot, row in rows.items():
+            if any(late_dot(r, limit) for r in row.get("rb") or ()):
+                honest = [r for r in row["rb"] if not late_dot(r, limit)]
+                rows[dot] = {k: v for k, v in row.items() if k != "rb"} | (
+                    {"rb": honest} if honest else {})
+    return paths, kept
+
+
+def late_removal(rb: object, live: dict[str, Any], gone: dict[str, dict[str, Any]],
+                 limit: dict[str, int], carriers: dict[str, dict[str, int]]) -> bool:
+    """Did a late write remove this kept version? Its removers (``rb``: what this device saw)
+    are walked: a late carrier, or an honest one that named no remover and whose vector
+    covers a late write (carriers.late_carrier), is late; a late version that replaced it
+    counts while it is still live, or has no row, or was itself removed by a late write
+    (followed the same way, each dot once, so a cycle of late dots counts as late). One
+    late remover is enough: the cost of a wrong revival is a deleted file back, against the
+    loss of a real one (review round 6, U1). An honest or unknown remover revives nothing."""
+    todo = [(str(d), rb) for d in rb] if isinstance(rb, list) else []
+    seen: set[str] = set()
+    while todo:
+        dot, row = todo.pop()
+        if dot in seen:
+            return True  # only late dots are followed: a late cycle
+        seen.add(dot)
+        if late_carrier(dot, row, carriers, limit):
+            return True
+        if not late_dot(dot, limit):
+            continue
+        if dot in live or dot not in gone:
+            return True
+        more = gone[dot].get("rb") or []
+        todo += [(str(d), more) for d in more]
+    return False
+
+
+def unmove_late(entry: dict[str, Any], limit: dict[str, int],
+                listed: Callable[[str], bool]) -> dict[str, Any]:
+    """A blob moved by a removed member past its cutoff goes back where it was: the move kept
+    no dot of its own, so clamping dots alone would keep it (review round 2, N4). Never to a
+    place whose object is gone: a re-encryption deletes the old objects at once, and its
+    writer may be taken out later by a removed member (S1) or an honest race; the current
+    place stays, and the signed ``h``, checked on every read, keeps it honest (review round
+    7, V1)."""
+    rd = entry.get("rd")
+    is_late = isinstance(rd, list) and any(late_dot(str(d), limit) for d in rd)
+    if not is_late:
+        return entry
+    back = unmoved(entry)
+    if back.get("o") is None or listed(str(back["o"])):
+        return back
+    # stays; the move record goes with its place (a late dot in ``rd`` would be one the
+    # clamped vector no longer covers, which readers refuse as planted)
+    return {k: v for k, v in entry.items() if k not in ("pl", "rd", "rt")}
