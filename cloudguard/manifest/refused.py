@@ -10,7 +10,7 @@ kept per member is bounded.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..chain import Skip
@@ -26,29 +26,19 @@ def keep_refused(state: State, listing: Iterable[str], fetch: Callable[[str], by
                  opener: Opener, members: Iterable[str], cutoffs: dict[str, int],
                  vouch: Vouch, log: list[str]) -> int:
     """Read each member's refused segments not read before; returns the versions kept."""
-    names = set(listing)
-    done = {n for (n,) in state.db.execute("SELECT name FROM late_read")}
+    names = set(listing) - {n for (n,) in state.db.execute("SELECT name FROM late_read")}
     total = 0
     for dev in sorted(set(members)):
         cut = cutoffs.get(dev, 0)
-        todo = sorted((got[1], n) for n in names - done
-                      if (got := parse_name(n)) and got[0] == dev and got[1] > cut)
-        if not todo:
-            continue
         kept = state.db.execute("SELECT COUNT(*) FROM attic WHERE dot LIKE ?",
                                 (f"{dev}:%",)).fetchone()[0]
         added = 0
-        for seq, name in todo:
+        for seq, name, payload in _refused(names, dev, cut, fetch, opener,
+                                           lambda e: log.append(f"{e}; not kept in the history")):
             if kept + added >= MAX_KEPT:
                 log.append(f"member {dev} was taken out and wrote more than {MAX_KEPT} versions "
                            "after its cutoff; the rest are not kept")
                 break
-            try:
-                payload = opener(name, dev, seq, fetch(name))
-                _check_segment(name, payload)
-            except (IntegrityError, Skip) as exc:
-                log.append(f"{exc}; not kept in the history")
-                continue
             state.vouch = vouch
             try:
                 with state.transaction():
@@ -66,6 +56,23 @@ def keep_refused(state: State, listing: Iterable[str], fetch: Callable[[str], by
                        "kept in the history as late (cloudguard history, restore)")
         total += added
     return total
+
+
+def _refused(names: set[str], dev: str, cut: int, fetch: Callable[[str], bytes],
+             opener: Opener, failed: Callable[[Exception], object] = lambda _e: None
+             ) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """(seq, name, checked payload) of ``dev``'s listed segments past its cutoff, in order;
+    one that does not open or check goes to ``failed`` and is passed over."""
+    todo = sorted((got[1], n) for n in names
+                  if (got := parse_name(n)) and got[0] == dev and got[1] > cut)
+    for seq, name in todo:
+        try:
+            payload = opener(name, dev, seq, fetch(name))
+            _check_segment(name, payload)
+        except (IntegrityError, Skip) as exc:
+            failed(exc)
+            continue
+        yield seq, name, payload
 
 
 def _own(payload: dict[str, Any], dev: str, seq: int, cut: int
@@ -105,14 +112,7 @@ def adopt_places(state: State, listing: Iterable[str], fetch: Callable[[str], by
     names = set(listing)
     adopted = 0
     for dev, cut in sorted(cutoffs.items()):
-        todo = sorted((got[1], n) for n in names
-                      if (got := parse_name(n)) and got[0] == dev and got[1] > cut)
-        for seq, name in todo:
-            try:
-                payload = opener(name, dev, seq, fetch(name))
-                _check_segment(name, payload)
-            except (IntegrityError, Skip):
-                continue
+        for _seq, _name, payload in _refused(names, dev, cut, fetch, opener):
             with state.transaction():
                 for path, dot, loc in _places(payload):
                     if listed(str(loc.get("o"))):
