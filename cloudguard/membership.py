@@ -205,17 +205,24 @@ class View:
         return {rid: cut.seq for rid, cut in self.removed.items()}
 
     def ended(self, counting: Callable[[Commit], bool] = lambda _c: True) -> frozenset[str]:
-        """Generations (KEK commitments) whose history a re-encryption ended: every one below
-        the epoch of the newest non-void commit that started one, so only a current member
-        ends it, and a removed member's backdated one stops counting once its removal shows
-        (format.md "Version history"; review round 6, U2). ``counting``: which of those
-        commits count (garbage collection: the ones this device saw ``keep_days`` ago)."""
-        starts = [c.epoch for c in self.commits.values() if c.reencrypt and counting(c)]
+        """Generations (KEK commitments) whose history a re-encryption ended: those of every
+        commit, void or not, that does not build on a non-void commit that started one (its
+        ancestors, and concurrent branches, whose KEKs a removed member may hold however high
+        their epoch; review round 7, V2 (b)). So only a current member ends history, and a
+        removed member's backdated one stops counting once its removal shows (format.md
+        "Version history"; review round 6, U2). ``counting``: which of those commits count
+        (garbage collection: the ones this device saw ``keep_days`` ago)."""
+        starts = {c.id for c in self.commits.values() if c.reencrypt and counting(c)}
         if not starts:
             return frozenset()
-        top = max(starts)
-        return frozenset(c.kek for c in [*self.commits.values(), *self.voided.values()]
-                         if c.epoch < top)
+        every = {**self.voided, **self.commits}
+        return frozenset(c.kek for c in every.values()
+                         if not starts <= self._reach(c, every))
+
+    def built_on(self, commit: str) -> list[Commit]:
+        """Every commit, void or not, that builds on ``commit`` (itself included)."""
+        every = {**self.voided, **self.commits}
+        return [c for c in every.values() if commit in self._reach(c, every)]
 
     def merge_tips(self, skip: frozenset[str] = frozenset()) -> list[str]:
         """What a merge on the head takes in: every branch tip it does not cover, and every

@@ -73,6 +73,26 @@ def test_only_a_verified_reencryption_commit_ends_history() -> None:
     assert view.ended(lambda c: c.id != redo.id) == frozenset()  # not counted: ends nothing
 
 
+def test_a_reencryption_ends_what_does_not_build_on_it_whatever_its_epoch() -> None:
+    """Review round 7, V2 (b): a branch that did not see the re-encryption rotated twice, so
+    its epochs are higher; a removed member may hold its KEKs, so they are ended too. What
+    builds on the re-encryption (a merge of both branches, and later) is not."""
+    lab = Lab()
+    add = lab.commit(lab.view().head, A, "add", [A, B])
+    redo = lab.commit(add, A, "rotate", [A, B], reencrypt=True)
+    r1 = lab.commit(add, B, "rotate", [A, B])
+    r2 = lab.commit(r1, B, "rotate", [A, B])
+    assert r2.epoch > redo.epoch
+    view = lab.view()
+    assert {r1.kek, r2.kek, add.kek} <= view.ended() and redo.kek not in view.ended()
+    merged = lab.commit(redo, A, "merge", [A, B], [r2.id])
+    later = lab.commit(merged, A, "rotate", [A, B])
+    view = lab.view()
+    assert {merged.kek, later.kek, redo.kek}.isdisjoint(view.ended())
+    assert {r1.kek, r2.kek} <= view.ended()
+    assert {c.id for c in view.built_on(redo.id)} == {redo.id, merged.id, later.id}
+
+
 def test_concurrent_merges_that_change_nothing_more_do_not_merge_again() -> None:
     lab = Lab()
     add = lab.commit(lab.view().head, A, "add", [A, B])

@@ -60,7 +60,11 @@ def published(s: Session, started: dict[str, Any], commit: chain.Commit) -> None
 
 
 def _fresh(s: Session, started: dict[str, Any]) -> set[str]:
-    """Generations a removed member never held: the re-encryption's and every later one."""
+    """Generations a removed member never held: the re-encryption's commit and every one that
+    builds on it (before it is published: its epoch and every later one). A concurrent
+    branch's generation is not fresh, however high its epoch (review round 7, V2 (b))."""
+    if started.get("commit") is not None and s.ring.view.find(started["commit"]):
+        return {c.kek for c in s.ring.view.built_on(started["commit"])}
     every = [*s.ring.view.commits.values(), *s.ring.view.voided.values()]
     return {c.kek for c in every if c.epoch >= int(started["epoch"])}
 
@@ -264,8 +268,9 @@ def _finish(s: Session, started: dict[str, Any]) -> int:
     with s.state.transaction():
         s.state.forget_moves()  # where blobs were before: old ciphertext, which goes too
         live = {sync.DATA_PREFIX + o for o in s.state.unended_objects()}
-        epoch = int(started["epoch"])
-        keyobjs = {c.name + ".k" for c in s.ring.view.commits.values() if c.epoch < epoch}
+        fresh, covered = _fresh(s, started), s.ring.view.covered()
+        keyobjs = {c.name + ".k" for c in s.ring.view.commits.values()
+                   if c.kek not in fresh and c.id in covered}  # an unmerged branch keeps it
         doomed = ((set(started["old"]) | (s.index.pending() - live) | keyobjs) - live
                   ) & set(s.listing)
         # written ahead: a kill after the snapshot leaves the deletions to the next session
