@@ -463,9 +463,10 @@ def test_a_state_made_before_moves_were_kept_gains_their_columns(tmp_path: Path)
 
 
 def test_the_remover_of_a_kept_version_joins_alike_in_any_order() -> None:
-    """"rb" is a union (review round 6, U1): unknown yields, and two removers are both kept,
-    so a late one is never hidden behind a disagreement; every device ends with the same value
-    whatever order it learns them in."""
+    """Where a device itself sees two removals of one version, "rb" joins them (review round
+    6, U1): unknown yields, and both are kept, so a late one is never hidden; the join is the
+    same in any order. (What a snapshot says about a version the device holds adds nothing:
+    round 7, V4, test_a_held_version_takes_no_remover_from_a_snapshot...)"""
     import itertools
 
     names = [None, "aaaaaaaaaaaaaaaa:3", "bbbbbbbbbbbbbbbb:4"]
