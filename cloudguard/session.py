@@ -66,6 +66,7 @@ class Session:
     segment_cache: mf.SegmentCache
     committed: list[str] = field(default_factory=list)
     prescan: Callable[[], Scanned] | None = None
+    early: sync.EarlyStreams | None = None  # a push's big files already going up
     unreadable: list[str] = field(default_factory=list)  # paths the last scan could not read
     ignore: Callable[[str], bool] | None = None  # paths a push never reads (ignore rules)
 
@@ -308,11 +309,12 @@ def _start_scan(folder: Path) -> Callable[[], Scanned]:
 @contextmanager
 def session(folder: str | None, ui: UI | None = None, refetch: bool = False,
             scan: bool = False, tolerate: frozenset[str] = frozenset(),
-            guard: bool = False) -> Iterator[Session]:
+            guard: bool = False, early: bool = False) -> Iterator[Session]:
     """``refetch`` ignores every local cache (segments and merged state), so verify
     re-authenticates every segment and rebuilds the manifest from them. ``scan`` starts
     scanning the folder at once, for operations that will (:func:`_scan`). ``guard`` (push,
-    pull) refuses a folder without its marker before anything else happens."""
+    pull) refuses a folder without its marker before anything else happens. ``early`` (a
+    push) streams big new files while the session opens (sync.early, ``Session.early``)."""
     binding = find_binding(folder)
     with folder_lock(binding):
         if guard:
@@ -320,23 +322,32 @@ def session(folder: str | None, ui: UI | None = None, refetch: bool = False,
         prescan = (_start_scan(Path(binding.folder))
                    if scan and Path(binding.folder).is_dir() else None)
         index = Index(binding.dir / "index.db")
+        transport = _transport(binding)
+        streams = (sync.EarlyStreams(Path(binding.folder), binding.dir, transport,
+                                     binding.padding != "none", prescan)
+                   if early and prescan is not None and not refetch else None)
         try:
             if refetch:
                 with tempfile.TemporaryDirectory(dir=binding.dir) as scratch:
                     state = mf.State()
                     try:
                         yield _open(binding, index, ui or UI(), Path(scratch), state, prescan,
-                                    tolerate)
+                                    tolerate, transport)
                     finally:
                         state.close()
             else:
                 state = mf.State(binding.dir / "manifest.db")
                 try:
-                    yield _open(binding, index, ui or UI(), binding.dir / "segments", state,
-                                prescan, tolerate)
+                    opened = _open(binding, index, ui or UI(), binding.dir / "segments",
+                                   state, prescan, tolerate, transport)
+                    opened.early = streams
+                    yield opened
                 finally:
                     state.close()
         finally:
+            if streams is not None:
+                with suppress(Exception):
+                    streams.close()
             index.close()
             if prescan is not None:
                 with suppress(Exception):
@@ -345,10 +356,11 @@ def session(folder: str | None, ui: UI | None = None, refetch: bool = False,
 
 def _open(binding: Binding, index: Index, ui: UI, cache_dir: Path, state: mf.State,
           prescan: Callable[[], Scanned] | None = None,
-          tolerate: frozenset[str] = frozenset()) -> Session:
+          tolerate: frozenset[str] = frozenset(), transport: Transport | None = None
+          ) -> Session:
     if not Path(binding.folder).is_dir():
         raise UsageError(f"the bound folder {binding.folder} does not exist any more")
-    transport = _transport(binding)
+    transport = transport or _transport(binding)
     # rclone costs ~50 ms a process to start: list the remote and fetch the descriptor and key
     # slots in two processes at once, while the device key is read from the keyring
     early = _start_fetch(transport)
@@ -440,15 +452,11 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
         index.set_meta("seq_floor", max(loaded.claimed, int(index.get_meta("seq_floor", 0))))
         index.set_meta("reissue", sorted({*map(tuple, index.get_meta("reissue", [])),
                                           *loaded.reissue}))
-    _note_interrupted(index, binding)
+    note_interrupted(index, binding)
     if not binding.enrolled:
         binding.enrolled = True
         binding.save()
     return Session(binding, transport, index, me, ring, loaded, listing, ui, cache)
-
-
-def _note_interrupted(index: Index, binding: Binding) -> None:
-    note_interrupted(index, binding)
 
 
 def _prefetch(transport: Transport, listing: dict[str, int], cache: mf.SegmentCache,

@@ -4,6 +4,7 @@ and says what was kept. Real rclone servers on 127.0.0.1."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -133,3 +134,93 @@ def test_an_interrupted_pull_reuses_what_it_authenticated(
     for name, data in contents.items():
         assert (b / name).read_bytes() == data
     assert not list((b / ".cloudguard" / "staging").glob("ok-*"))
+
+
+def _spy_early(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Paths whose entry came from an early stream (sync.early), push by push."""
+    taken: list[str] = []
+    real = sync.early.EarlyStreams.take
+
+    def take(self: sync.EarlyStreams, item: sync.LocalItem, kek: bytes, generation: str
+             ) -> dict[str, object] | None:
+        got = real(self, item, kek, generation)
+        if got is not None:
+            taken.append(item.path)
+        return got
+    monkeypatch.setattr(sync.early.EarlyStreams, "take", take)
+    return taken
+
+
+def _objects(root: Path) -> set[str]:
+    return {p.name for p in (root / "data").glob("*")} if (root / "data").is_dir() else set()
+
+
+@pytest.mark.server
+def test_a_big_new_file_goes_up_while_the_session_opens(
+        sftp_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 9, item 8: a big new or resized file is encrypted (under a fresh DEK: the KEK is
+    not known yet) and uploaded while the push lists the remote and verifies the chain. What
+    could be a rename, an unchanged size or a file another device pushed waits for the plan,
+    so a rename still uploads nothing; nothing is left behind."""
+    from conftest import _BACKING
+
+    monkeypatch.setattr(sync.uploader, "STREAM_ABOVE", 6 * MIB)
+    taken = _spy_early(monkeypatch)
+    root = _BACKING[sftp_remote]
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    big = os.urandom(20 * MIB)
+    (folder / "big.bin").write_bytes(big)
+    (folder / "small.txt").write_text("small")
+    cg("init", str(folder), "--remote", sftp_remote)
+    got = cg_json("push", "--folder", str(folder))
+    assert taken == ["big.bin"] and sorted(got["uploaded"]) == ["big.bin", "small.txt"]
+    assert _objects(root) == set(got["object_ids"])  # the early object is the one committed
+    (folder / "big.bin").write_bytes(big + b"more")  # resized: early again
+    got = cg_json("push", "--folder", str(folder))
+    assert taken == ["big.bin", "big.bin"] and got["uploaded"] == ["big.bin"]
+    os.rename(folder / "big.bin", folder / "renamed.bin")  # a rename: no early stream
+    got = cg_json("push", "--folder", str(folder))
+    assert taken == ["big.bin", "big.bin"] and got["bytes_uploaded"] < MIB, got
+    home = Path(os.environ["CLOUDGUARD_HOME"])
+    assert not list(home.glob("folders/*/early-*"))
+    clone = tmp_path / "clone"
+    cg("key", "export", str(tmp_path / "kit"), "--folder", str(folder), "--choose-passphrase")
+    cg("clone", sftp_remote, str(clone), "--key-file", str(tmp_path / "kit"))
+    assert (clone / "renamed.bin").read_bytes() == big + b"more"
+    cg("verify", "--read-data", "--folder", str(clone))
+
+
+@pytest.mark.server
+def test_an_early_stream_a_push_does_not_commit_is_deleted(
+        sftp_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mass-delete guard refuses a push whose big new file already went up early: its
+    object is deleted as the push ends. A push killed meanwhile leaves a journal beside the
+    index; the next push deletes what it names."""
+    from conftest import _BACKING
+
+    monkeypatch.setattr(sync.uploader, "STREAM_ABOVE", 6 * MIB)
+    taken = _spy_early(monkeypatch)
+    root = _BACKING[sftp_remote]
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(20):
+        (folder / f"f{i:02d}.txt").write_text(f"file {i}")
+    cg("init", str(folder), "--remote", sftp_remote)
+    cg("push", "--folder", str(folder))
+    before = _objects(root)
+    for i in range(19):
+        (folder / f"f{i:02d}.txt").unlink()
+    (folder / "big.bin").write_bytes(os.urandom(8 * MIB))
+    cg("push", "--folder", str(folder), code=1)
+    assert _objects(root) == before  # it had gone up early, and it is gone
+    assert taken == []
+    home = Path(os.environ["CLOUDGUARD_HOME"])
+    (binding,) = home.glob("folders/*/index.db")
+    stray = "00" * 16
+    (root / "data" / stray).write_bytes(b"left by a killed push")
+    (binding.parent / "early-1-abcd.json").write_text(json.dumps([f"data/{stray}"]))
+    got = cg_json("push", "--folder", str(folder), "--allow-mass-delete")
+    assert taken == ["big.bin"] and "big.bin" in got["uploaded"]
+    assert stray not in _objects(root)
+    assert not list(home.glob("folders/*/early-*"))

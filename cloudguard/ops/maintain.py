@@ -17,6 +17,7 @@ from ..errors import (
 )
 from ..session import Session, long_lived
 from ..settings import settings
+from ..sync.early import forget, left_behind
 
 COMPACT_AFTER = 32  # delta segments before a snapshot replaces them
 
@@ -32,13 +33,15 @@ def _collect_pending(s: Session) -> None:
     """Objects we uploaded in a run that crashed before its commit are garbage: delete them,
     and the spool files such a run left behind."""
     shutil.rmtree(s.binding.dir / "spool", ignore_errors=True)
+    early, journals = left_behind(s.binding.dir, s.early.journal if s.early else None)
     pending = s.index.pending()
-    if not pending:
+    if not pending and not early:
         return
     live = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
-    stale = pending - live
+    stale = (pending | early) - live
     if stale:
         s.transport.delete(stale)
+    forget(journals)
     with s.index.transaction():
         s.index.clear_pending(s.index.pending())
 

@@ -6,6 +6,7 @@ limit, unreadable paths (never a delete).
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -48,7 +49,9 @@ def push(folder: str | None, dry_run: bool = False, ui: UI | None = None,
     ``rewritten_before`` (the daemon's, None for none): files its recent pushes rewrote; a push
     that would bring that past CLOUDGUARD_MASS_CHANGE_PERCENT of the folder (the ransomware
     pattern) is refused, unless ``allow_mass_change``."""
-    with _audited("push", folder), session(folder, ui, scan=paths is None, guard=True) as s:
+    whole = paths is None and ignore is None  # big new files may go up while it opens
+    with _audited("push", folder), session(folder, ui, scan=paths is None, guard=True,
+                                           early=whole and not dry_run) as s:
         _warn_exposed(s)
         s.ignore = ignore
         scope = None if paths is None else relative_paths(s, paths, "push")
@@ -206,7 +209,9 @@ def _push(s: Session, dry_run: bool, allow_mass_delete: bool = False,
     with s.ui.progress("push", total) as advance:
         up = sync.upload(s.folder, plan.upload, s.transport, s.binding.dir / "spool",
                          s.ring.head_kek, s.ring.head.kek, s.binding.padding != "none",
-                         s.index.add_pending, s.ui.warn, advance, landed)
+                         s.index.add_pending, s.ui.warn, advance, landed,
+                         None if s.early is None else functools.partial(
+                             s.early.take, kek=s.ring.head_kek, generation=s.ring.head.kek))
     ops = _replacing(s, up.entries, index_rows)  # the last batch
     for item, entry in plan.put:
         row = index_rows.get(item.path)

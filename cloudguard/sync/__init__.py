@@ -12,6 +12,7 @@ Everything is re-exported here, so callers say ``sync.X``.
 
 from __future__ import annotations
 
+from .early import EarlyStreams
 from .landing import (
     NotAFolder,
     Staged,
@@ -73,6 +74,7 @@ from .scanning import (
 from .uploader import PACK_THRESHOLD, ObjectWriter, _encrypt_one, upload, write_filler
 
 __all__ = [
+    "EarlyStreams",
     "DATA_PREFIX",
     "blob_matches",
     "LazyView",

@@ -204,7 +204,8 @@ class _InFlight:
 def upload(folder: Path, items: list[LocalItem], transport: Transport, spool: Path, kek: bytes,
            generation: str, padding: bool, register: Callable[[str], None],
            warn: Callable[[str], None], progress: Progress = _no_progress,
-           landed: Callable[[dict[str, Entry], list[str]], None] | None = None) -> Uploaded:
+           landed: Callable[[dict[str, Entry], list[str]], None] | None = None,
+           early: Callable[[LocalItem], Entry | None] | None = None) -> Uploaded:
     """Encrypt into spool files (ciphertext only) and let rclone move them in batches, one
     batch uploading while the next is encrypted; files over STREAM_ABOVE are encrypted
     straight into an rclone upload, so the disk never holds more than two batches.
@@ -219,7 +220,8 @@ def upload(folder: Path, items: list[LocalItem], transport: Transport, spool: Pa
     interrupt, and its entries are not all held in memory. Those entries are not kept in the
     result; the rest are (``entries``), so the caller commits them with its other changes in
     one segment. Before a big file is streamed, the spooled batch starts uploading, so small
-    files go up beside it.
+    files go up beside it. ``early`` gives the entry of a big file that went up while the
+    session opened (sync.early), if it did.
     """
     result = Uploaded({}, [], [], 0)
     spool.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -290,6 +292,15 @@ def upload(folder: Path, items: list[LocalItem], transport: Transport, spool: Pa
             if not packed and stream_big and group[0].size > STREAM_ABOVE:
                 if batch:
                     flush()  # the small files go up beside the big one
+                ahead = early(group[0]) if early is not None else None
+                if ahead is not None:
+                    register(DATA_PREFIX + str(ahead["o"]))
+                    progress(group[0].size)
+                    result.objects.append(DATA_PREFIX + str(ahead["o"]))
+                    result.bytes_out += int(ahead["n"])
+                    land()
+                    carry({group[0].path: ahead}, [DATA_PREFIX + str(ahead["o"])])
+                    continue
                 streamed = _stream_one(folder, group[0], object_id, transport, kek,
                                        generation, padding, warn, progress, result)
                 land()  # keep the order: an earlier batch lands first
