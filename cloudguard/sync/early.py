@@ -78,7 +78,8 @@ class EarlyStreams:
         with closing(_read_only(self.home / "index.db")) as index, \
                 closing(_read_only(self.home / "manifest.db")) as state:
             sizes = {int(s) for (s,) in index.execute(
-                "SELECT size FROM files WHERE kind = 'f' AND size > ?", (above,))}
+                "SELECT size FROM files WHERE kind = 'f' AND size > ?", (above,))
+                } if _has(index, "files") else set()
             remote = {int(s) for (s,) in state.execute(
                 "SELECT json_extract(e, '$.s') FROM entries WHERE json_extract(e, '$.s') > ?",
                 (above,))} if _has(state, "entries") else set()
@@ -99,8 +100,8 @@ class EarlyStreams:
                 out = ObjectWriter(raw, md5=not self.transport.local)
                 digest = ThreadedHash("sha256")  # on the other core, beside the encryption
                 try:
-                    info = fmt.encrypt_blob(fh, out, dek, file_id, item.size, self.padding,
-                                            digest)
+                    info = fmt.encrypt_blob(_Stoppable(fh, self._stop), out, dek, file_id,
+                                            item.size, self.padding, digest)
                 finally:
                     digest.close()
                     out.close()
@@ -138,8 +139,26 @@ class EarlyStreams:
             self.journal.unlink(missing_ok=True)
 
 
+class _Stoppable:
+    """A file that stops being read once the push no longer wants the stream (it ended, was
+    refused or interrupted): the upload is abandoned instead of finished for nothing."""
+
+    def __init__(self, inner: Any, stop: threading.Event) -> None:
+        self.inner, self.stop = inner, stop
+
+    def read(self, size: int = -1) -> bytes:
+        if self.stop.is_set():
+            raise InterruptedError("early stream no longer wanted")
+        data: bytes = self.inner.read(size)
+        return data
+
+
 def _read_only(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    """A connection only for reading (WAL lets it read beside the session's writer); a
+    database not created yet reads as empty."""
+    db = sqlite3.connect(path if path.exists() else ":memory:", timeout=5)
+    db.execute("PRAGMA query_only = ON")
+    return db
 
 
 def _has(db: sqlite3.Connection, table: str) -> bool:
