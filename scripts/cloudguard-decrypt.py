@@ -41,6 +41,9 @@ ignored, but a segment written under one is still read by the writer rules ("Voi
 Only a genesis or an add brings a member in. A removed member's segments count only if its
 removal vouches for them (the cutoff hash, then back along "prev"); its other segments are
 skipped, and its writes past the cutoff are left out of honest snapshots and dependencies.
+Its segments past the cutoff are read for one thing only: a file version whose object is gone
+takes a place they state, once the blob there decrypts to the version's signed hash (a
+re-encryption raced by its writer's removal, "Moves").
 Removals win: a removal that another removal attacks (members removing each other
 concurrently) is void but still takes its target out, and its cutoff clamps like any other;
 the versions a clamp leaves out are in the vault's history, which this script does not
