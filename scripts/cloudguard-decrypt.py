@@ -41,6 +41,9 @@ ignored, but a segment written under one is still read by the writer rules ("Voi
 Only a genesis or an add brings a member in. A removed member's segments count only if its
 removal vouches for them (the cutoff hash, then back along "prev"); its other segments are
 skipped, and its writes past the cutoff are left out of honest snapshots and dependencies.
+Its segments past the cutoff are read for one thing only: a file version whose object is gone
+takes a place they state, once the blob there decrypts to the version's signed hash (a
+re-encryption raced by its writer's removal, "Moves").
 Removals win: a removal that another removal attacks (members removing each other
 concurrently) is void but still takes its target out, and its cutoff clamps like any other;
 the versions a clamp leaves out are in the vault's history, which this script does not
@@ -1426,8 +1429,9 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
     pinned: dict[str, set[str]] = {}  # removed member -> the segments its removal vouches for
     pinning = True  # while the pinned chains are being walked
 
-    def open_named(name: str) -> dict[str, Any]:
-        """"Writer rules" and the segment checks, in the order format.md gives."""
+    def open_named(name: str, late: bool = False) -> dict[str, Any]:
+        """"Writer rules" and the segment checks, in the order format.md gives. ``late``: a
+        removed member's segment past its cutoff is opened too (only to take places from)."""
         device, seq, kind = segments[name]
         writer = chain.writer_key(device)
         if writer is None:
@@ -1438,10 +1442,12 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
             raise IntegrityFailure(f"manifest segment {name} was written by recovery kit "
                                    f"{device}: a kit only ever adds a device, it never writes")
         cut = cuts.get(device)
-        if cut is not None and not pinning and name not in pinned.get(device, set()):
+        late = late and cut is not None and seq > cut.seq
+        if cut is not None and not pinning and not late and name not in pinned.get(device,
+                                                                                      set()):
             raise Skip(f"manifest segment {name} of removed member {device} is not on the "
                        "chain its removal recorded; refused")
-        if cut is not None and seq > cut.seq:
+        if cut is not None and seq > cut.seq and not late:
             raise Skip(f"manifest segment {name} was written by removed member {device} after "
                        "its removal; refused")
         blob = (remote / name).read_bytes()
@@ -1580,7 +1586,83 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
     for path, siblings in state.paths.items():
         for dot, entry in siblings.items():
             check_entry_signature(chain, path, dot, entry)
+    late = sorted((n for n, (device, seq, _k) in segments.items()
+                   if device in limit and seq > limit[device]), key=segments.__getitem__)
+    adopt_places(state, late, listed, lambda n: open_named(n, late=True),
+                 lambda path, entry: blob_matches(remote, chain, path, entry), skipped)
     return state, skipped
+
+
+def adopt_places(state: State, late: list[str], listed: set[str],
+                 open_late: Callable[[str], dict[str, Any]],
+                 matches: Callable[[str, Entry], bool], warnings: list[str]) -> None:
+    """"Moves": a file version whose object is not listed takes the place that a removed
+    member's segment past its cutoff (``late``, read in order) moved it to, if that object is
+    listed and its blob decrypts to the version's signed "h". A re-encryption deletes the
+    objects it moved away from at once; if its writer is retired meanwhile, its moves are
+    late and only its refused segments name the new objects (round 7, V1). A place whose blob
+    does not match is never taken: a removed member's move to junk must not stand in for an
+    object the provider hides. Nothing is read when every object is listed. (As cloudguard's
+    manifest.adopt_places.)"""
+    missing = {(p, d) for p, sibs in state.paths.items() for d, e in sibs.items()
+               if e.get("t") == "f" and str(e.get("o")) not in listed}
+    adopted = 0
+    for name in late if missing else []:
+        try:
+            places = stated_places(open_late(name))
+        except (Skip, IntegrityFailure) as exc:
+            warnings.append(f"{exc}; the places it states are not taken")
+            continue
+        except BadData:
+            warnings.append(f"manifest segment {name} is malformed; the places it states are "
+                            "not taken")
+            continue
+        for path, dot, loc in places:
+            where = loc.get("o")
+            if (path, dot) not in missing or not isinstance(where, str) or where not in listed:
+                continue
+            entry = {k: v for k, v in state.paths[path][dot].items()
+                     if k not in LOCATION_FIELDS and k not in MOVE_FIELDS} | loc
+            if not matches(path, entry):
+                warnings.append(f"manifest segment {name} moves {q(path)} to data/{where}, "
+                                "which does not hold the version its writer signed; not taken")
+                continue
+            state.paths[path][dot] = entry
+            missing.discard((path, dot))
+            adopted += 1
+    if adopted:
+        warnings.append(f"{adopted} versions whose objects are gone take the place a removed "
+                        "member's segment past its cutoff moved them to")
+
+
+def stated_places(payload: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(path, dot, location) of every move a segment states: a delta's "reloc"s, or the
+    location fields of a snapshot's entries."""
+    if payload.get("kind") == "delta":
+        return [(op["p"], dot, loc) for op in parse_ops(payload.get("ops"))
+                for dot, loc in op.get("reloc", {}).items()]
+    return [(path, dot, {k: entry[k] for k in LOCATION_FIELDS if k in entry})
+            for path, sibs in parse_snapshot_paths(payload.get("paths")).items()
+            for dot, entry in sibs.items()]
+
+
+def blob_matches(remote: Path, chain: Chain, path: str, entry: Entry) -> bool:
+    """Does the blob ``entry`` names decrypt, to its end, to the plaintext its signed "h"
+    names? Streamed to nowhere, one chunk at a time."""
+    try:
+        check_entry(path, entry)
+        kek = chain.keks.get(entry["g"])
+        if kek is None:
+            return False
+        file_id = bytes.fromhex(entry["i"])
+        dek = unwrap_dek(kek, unb64(entry["k"]), file_id)
+        with open(remote / "data" / entry["o"], "rb") as src, open(os.devnull, "wb") as sink:
+            src.seek(entry["a"])
+            decrypt_blob(LimitedReader(src, entry["n"]), dek, file_id, entry["h"], entry["s"],
+                         sink)
+    except (BadData, IntegrityFailure, OSError):
+        return False
+    return True
 
 
 def check_history(name: str, payload: dict[str, Any], deps: dict[str, int],

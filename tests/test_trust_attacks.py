@@ -390,14 +390,22 @@ def test_removed_device_snapshot_below_cutoff_is_refused(local_remote: str,
         assert tree(dev.folder) == before, f"{dev.name} applied X's forged snapshot"
 
 
-def script_restores(dev: Dev, remote: str, root: Path) -> Path:
-    """The vault as scripts/cloudguard-decrypt.py restores it with a kit ``dev`` exports."""
-    kit, out = root / "check-kit.json", root / "check-out"
-    dev.cg("key", "export", str(kit), "--choose-passphrase")
+def run_script(kit: Path, remote: str, out: Path) -> subprocess.CompletedProcess[str]:
+    """scripts/cloudguard-decrypt.py on the remote, with ``kit``, into ``out``."""
     script = Path(__file__).resolve().parent.parent / "scripts" / "cloudguard-decrypt.py"
-    got = subprocess.run([sys.executable, str(script), "--remote-dir", remote, "--kit",
-                          str(kit), "--out", str(out)], capture_output=True, text=True,
-                         check=False, stdin=subprocess.DEVNULL)
+    return subprocess.run([sys.executable, str(script), "--remote-dir", remote, "--kit",
+                           str(kit), "--out", str(out)], capture_output=True, text=True,
+                          check=False, stdin=subprocess.DEVNULL)
+
+
+def script_restores(dev: Dev, remote: str, root: Path, kit: Path | None = None) -> Path:
+    """The vault as scripts/cloudguard-decrypt.py restores it with ``kit``, else with a kit
+    ``dev`` exports now."""
+    out = root / "check-out"
+    if kit is None:
+        kit = root / "check-kit.json"
+        dev.cg("key", "export", str(kit), "--choose-passphrase")
+    got = run_script(kit, remote, out)
     assert got.returncode == 0, got.stderr
     return out
 
@@ -1485,15 +1493,19 @@ def test_a_reencryption_its_writer_is_taken_out_of_keeps_every_file_readable(
     assert (restored / "paper.txt").read_text() == "A's paper"
 
 
-def raced_reencryption(mp: pytest.MonkeyPatch, root: Path, remote: str, provider: Provider
-                       ) -> list[Dev]:
+def raced_reencryption(mp: pytest.MonkeyPatch, root: Path, remote: str, provider: Provider,
+                       kit: Path | None = None) -> list[Dev]:
     """Review round 7, V1, the honest race: A re-encrypts (every blob moves to a new object,
     the old ones are deleted at once) while B, shown the remote as it was, retires A. B's
-    removal counts, and its cutoff comes before A's moves, so they are late. C applied them."""
+    removal counts, and its cutoff comes before A's moves, so they are late. C applied them.
+    ``kit``: B exports a recovery kit there first (a member when A re-encrypts)."""
     a, b, c = make_vault(mp, root, remote, "a", "b", "c")
     a.write("paper.txt", "A's paper")
     a.cg("push")
     b.cg("pull")
+    if kit is not None:
+        b.cg("key", "export", str(kit), "--choose-passphrase")
+        a.cg("pull")
     c.cg("pull")
     old = provider.objects()
     got = a.run("key", "rotate", "--reencrypt")
@@ -1551,6 +1563,20 @@ def test_a_reencryption_raced_by_its_writers_retirement_reads_fresh(
     assert d.json("verify", "--read-data")["ok"]
 
 
+def test_the_script_restores_a_reencryption_raced_by_its_writers_retirement(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 7, V1, the recovery script: a fresh restore, before any device read the
+    race, takes the places from A's refused segments as cloudguard does. The kit was a member
+    when A re-encrypted, so it opens the void commit's KEK through its own slot."""
+    kit = tmp_path / "early-kit.json"
+    _a, b, _c = raced_reencryption(monkeypatch, tmp_path, local_remote, provider, kit)
+    restored = script_restores(b, local_remote, tmp_path, kit)
+    assert sorted(p.name for p in restored.iterdir()) == ["doc.txt", "paper.txt"]
+    assert (restored / "paper.txt").read_text() == "A's paper"
+    assert (restored / "doc.txt").read_text() == "original"
+
+
 def test_a_removed_members_move_to_junk_is_never_adopted_for_a_hidden_object(
         local_remote: str, provider: Provider, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1578,13 +1604,21 @@ def test_a_removed_members_move_to_junk_is_never_adopted_for_a_hidden_object(
     (_a, b, x), late = x_acts_late(monkeypatch, tmp_path, local_remote, provider, move_to_junk)
     assert any(n.startswith(f"m/{x.rid}-") for n in late)
     dot, real = moved["dot"], f"data/{moved['o']}"
+    kit = tmp_path / "kit.json"
+    b.cg("key", "export", str(kit), "--choose-passphrase")
     with provider.hiding(real):
         b.run("pull")
         b.use()
         with vault.session(str(b.folder)) as s:
             assert s.state.siblings("paper.txt")[dot]["o"] == moved["o"]
+        # nor does the recovery script: it stops on the missing object, never reads junk
+        got = run_script(kit, local_remote, tmp_path / "hidden-out")
+        assert got.returncode == 3 and f"{real} is missing" in got.stderr, got.stderr
+        assert "not taken" in got.stderr, got.stderr
     assert b.json("verify", "--read-data")["ok"]
     assert (b.folder / "paper.txt").read_text() == "original"
+    restored = script_restores(b, local_remote, tmp_path, kit)
+    assert (restored / "paper.txt").read_text() == "original"
 
 
 def test_a_device_whose_approval_a_removal_voids_bricks_no_one(
