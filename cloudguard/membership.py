@@ -206,23 +206,23 @@ class View:
 
     def ended(self, counting: Callable[[Commit], bool] = lambda _c: True) -> frozenset[str]:
         """Generations (KEK commitments) whose history a re-encryption ended: those of every
-        commit, void or not, that does not build on a non-void commit that started one (its
-        ancestors, and concurrent branches, whose KEKs a removed member may hold however high
-        their epoch; review round 7, V2 (b)). So only a current member ends history, and a
+        commit, void or not, that a non-void commit that started one builds on, and of every
+        concurrent branch that gave a member now out a slot, however high its epoch (review
+        round 7, V2 (b); round 8, W4). So only a current member ends history, and a
         removed member's backdated one stops counting once its removal shows (format.md
         "Version history"; review round 6, U2). ``counting``: which of those commits count
         (garbage collection: the ones this device saw ``keep_days`` ago)."""
-        starts = {c.id for c in self.commits.values() if c.reencrypt and counting(c)}
-        if not starts:
-            return frozenset()
-        every = {**self.voided, **self.commits}
-        return frozenset(c.kek for c in every.values()
-                         if not starts <= self._reach(c, every))
+        starts = [c for c in self.commits.values() if c.reencrypt and counting(c)]
+        return frozenset(k for r in starts for k in self.ended_by(r))
 
-    def built_on(self, commit: str) -> list[Commit]:
-        """Every commit, void or not, that builds on ``commit`` (itself included)."""
+    def ended_by(self, r: Commit) -> set[str]:
+        """The generations re-encrypting commit ``r`` ends: every commit it builds on, and
+        every concurrent branch that gave a member now out a slot (two honest re-encryptions
+        racing must not end each other's history; review round 8, W4)."""
         every = {**self.voided, **self.commits}
-        return [c for c in every.values() if commit in self._reach(c, every)]
+        mine, out_now = self._reach(r, every), set(self.removed)
+        return {c.kek for c in every.values() if r.id not in self._reach(c, every)
+                and (c.id in mine or set(c.members) & out_now)}
 
     def merge_tips(self, skip: frozenset[str] = frozenset()) -> list[str]:
         """What a merge on the head takes in: every branch tip it does not cover, and every

@@ -74,23 +74,39 @@ def test_only_a_verified_reencryption_commit_ends_history() -> None:
 
 
 def test_a_reencryption_ends_what_does_not_build_on_it_whatever_its_epoch() -> None:
-    """Review round 7, V2 (b): a branch that did not see the re-encryption rotated twice, so
-    its epochs are higher; a removed member may hold its KEKs, so they are ended too. What
-    builds on the re-encryption (a merge of both branches, and later) is not."""
+    """Review round 7, V2 (b): A removes X and re-encrypts; B, which did not see it, rotated
+    twice with X still a member, so its epochs are higher. X may hold those KEKs, so they are
+    ended too. What builds on the re-encryption (a merge of both branches, and later) is
+    not."""
+    x = "c" * 16
     lab = Lab()
-    add = lab.commit(lab.view().head, A, "add", [A, B])
-    redo = lab.commit(add, A, "rotate", [A, B], reencrypt=True)
-    r1 = lab.commit(add, B, "rotate", [A, B])
-    r2 = lab.commit(r1, B, "rotate", [A, B])
-    assert r2.epoch > redo.epoch
+    lab.secrets[x] = Secret.generate()
+    add = lab.commit(lab.commit(lab.view().head, A, "add", [A, B]), A, "add", [A, B, x])
+    out = remove(lab, add, A, x, 0, None, reencrypt=True)
+    r1 = lab.commit(add, B, "rotate", [A, B, x])
+    r2 = lab.commit(r1, B, "rotate", [A, B, x])
+    assert r2.epoch > out.epoch
     view = lab.view()
-    assert {r1.kek, r2.kek, add.kek} <= view.ended() and redo.kek not in view.ended()
-    merged = lab.commit(redo, A, "merge", [A, B], [r2.id])
+    assert {r1.kek, r2.kek, add.kek} <= view.ended() and out.kek not in view.ended()
+    merged = lab.commit(out, A, "merge", [A, B], [r2.id])
     later = lab.commit(merged, A, "rotate", [A, B])
     view = lab.view()
-    assert {merged.kek, later.kek, redo.kek}.isdisjoint(view.ended())
+    assert {merged.kek, later.kek, out.kek}.isdisjoint(view.ended())
     assert {r1.kek, r2.kek} <= view.ended()
-    assert {c.id for c in view.built_on(redo.id)} == {redo.id, merged.id, later.id}
+    assert view.ended_by(out) == {c.kek for c in (add, r1, r2)} | {
+        c.kek for c in view.commits.values() if c.pos < add.pos}
+
+
+def test_two_concurrent_reencryptions_do_not_end_each_others_history() -> None:
+    """Review round 8, W4: two honest re-encryptions race (no member is out). Neither ends
+    the other's generation; both end what they built on."""
+    lab = Lab()
+    add = lab.commit(lab.view().head, A, "add", [A, B])
+    one = lab.commit(add, A, "rotate", [A, B], reencrypt=True)
+    two = lab.commit(add, B, "rotate", [A, B], reencrypt=True)
+    view = lab.view()
+    assert add.kek in view.ended()
+    assert one.kek not in view.ended() and two.kek not in view.ended()
 
 
 def test_concurrent_merges_that_change_nothing_more_do_not_merge_again() -> None:
@@ -123,8 +139,8 @@ def test_a_concurrent_merge_to_other_members_is_merged_again() -> None:
     assert rotation.id in view.commits and view.needs_merge
 
 
-def remove(lab: Lab, on: Commit, signer: str, rid: str, seq: int, digest: str | None
-           ) -> Commit:
+def remove(lab: Lab, on: Commit, signer: str, rid: str, seq: int, digest: str | None,
+           reencrypt: bool = False) -> Commit:
     view = lab.view()
     view.head = view.find(on.id) or on
     members = [r for r in on.members if r != rid]
@@ -132,7 +148,7 @@ def remove(lab: Lab, on: Commit, signer: str, rid: str, seq: int, digest: str | 
     commit, data, keyobj = chain.build(
         view, lab.vault, lab.secrets[signer], signer, "remove",
         {r: lab.keys(r) for r in members}, removed, chain.new_kek(), on.epoch + 1,
-        {r: r[:1] for r in members}, {}, DESCRIPTOR, T)
+        {r: r[:1] for r in members}, {}, DESCRIPTOR, T, None, reencrypt)
     lab.objects[commit.name], lab.objects[commit.name + ".k"] = data, keyobj
     return commit
 

@@ -60,11 +60,15 @@ def published(s: Session, started: dict[str, Any], commit: chain.Commit) -> None
 
 
 def _fresh(s: Session, started: dict[str, Any]) -> set[str]:
-    """Generations a removed member never held: the re-encryption's commit and every one that
-    builds on it (before it is published: its epoch and every later one). A concurrent
-    branch's generation is not fresh, however high its epoch (review round 7, V2 (b))."""
-    if started.get("commit") is not None and s.ring.view.find(started["commit"]):
-        return {c.kek for c in s.ring.view.built_on(started["commit"])}
+    """Generations a removed member never held: every one the re-encryption's commit does not
+    end (before it is published: its epoch and every later one). A concurrent branch that
+    gave a member now out a slot is not fresh, however high its epoch (review round 7, V2
+    (b); round 8, W4)."""
+    found = s.ring.view.find(started["commit"]) if started.get("commit") else None
+    if found is not None:
+        ended = s.ring.view.ended_by(found)
+        return {c.kek for c in [*s.ring.view.commits.values(), *s.ring.view.voided.values()]
+                if c.kek not in ended}
     every = [*s.ring.view.commits.values(), *s.ring.view.voided.values()]
     return {c.kek for c in every if c.epoch >= int(started["epoch"])}
 
