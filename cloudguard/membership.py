@@ -204,6 +204,19 @@ class View:
         rules")."""
         return {rid: cut.seq for rid, cut in self.removed.items()}
 
+    def vouched(self) -> dict[str, int]:
+        """For each member a counting removal took out, the highest cutoff such a removal
+        records: its dots up to there are writes an honest remover applied, even when a
+        removed member's backdated removal lowered the cutoff below them (review round 8,
+        W3). Members only challenged removals or void adds took out have none."""
+        every = {**self.voided, **self.commits}
+        out: dict[str, int] = {}
+        for c in self.commits.values():
+            if c.action == "remove":
+                for rid in _fresh(c, every):
+                    out[rid] = max(out.get(rid, 0), c.removed[rid].seq)
+        return out
+
     def ended(self, counting: Callable[[Commit], bool] = lambda _c: True) -> frozenset[str]:
         """Generations (KEK commitments) whose history a re-encryption ended: those of every
         commit, void or not, that a non-void commit that started one builds on, and of every

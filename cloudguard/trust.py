@@ -261,8 +261,7 @@ def limits(ring: Ring) -> Limits:
     """What loading's clamp needs from the chain beyond the cutoffs (manifest.Limits)."""
     view = ring.view
     every = [*view.commits.values(), *view.voided.values()]
-    return Limits(ended=view.ended(),
-                  counted=frozenset(set(view.removed) - view.contested - set(view.ghosts)),
+    return Limits(ended=view.ended(), vouched=view.vouched(),
                   keks=frozenset(c.kek for c in every))
 
 

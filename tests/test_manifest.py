@@ -841,7 +841,7 @@ def test_a_clamp_bounds_what_a_counted_removal_leaves_and_keeps_a_victims_work(
     paths |= {f"v{i}": {f"{v}:{i}": {"t": "f", "g": good, "o": "1" * 32}} for i in range(1, 5)}
     kept = {"ended": {f"{a}:1": {"e": {"t": "f", "g": old, "o": "1" * 32}, "g": 5,
                                  "rb": [f"{x}:7"]}}}
-    lim = cl.Limits({x: 0, v: 0}, ended=frozenset({old}), counted=frozenset({x}),
+    lim = cl.Limits({x: 0, v: 0}, ended=frozenset({old}), vouched={x: 0},
                     keks=frozenset({good, old}))
     live, history, _rc = cl.clamp_snapshot(paths, kept, {}, 10, lim)
     assert live.get("ended") is None or not live["ended"]  # ended: never back
@@ -849,6 +849,15 @@ def test_a_clamp_bounds_what_a_counted_removal_leaves_and_keeps_a_victims_work(
     assert late_x == [f"{x}:1", f"{x}:2"]  # the earliest two; the forged key is gone
     late_v = sorted(d for rows in history.values() for d in rows if d.startswith(v))
     assert late_v == [f"{v}:{i}" for i in range(1, 5)]  # a victim keeps everything
-    lim = cl.Limits({x: 0}, keks=frozenset({good}))  # counted None: every removed member
+    lim = cl.Limits({x: 0}, keks=frozenset({good}))  # vouched None: every removed member
     _live, history, _rc = cl.clamp_snapshot({"dir": paths["dir"]}, {}, {}, 10, lim)
     assert f"{x}:8" in history["dir"]  # no key to check: only the cap applies
+    # round 8, W3: a backdated removal lowered retired L's cutoff to 0 below the 800 an honest
+    # removal vouched for: L's dots up to 800 are kept whole, only those past it are capped
+    ell = "d" * 16
+    work = {f"l{i}": {f"{ell}:{i}": {"t": "f", "g": forged, "o": "1" * 32}}
+            for i in (1, 2, 3, 799, 801, 802, 803)}
+    lim = cl.Limits({ell: 0}, vouched={ell: 800}, keks=frozenset({good}))
+    _live, history, _rc = cl.clamp_snapshot(work, {}, {}, 10, lim)
+    assert sorted(int(d.partition(":")[2]) for rows in history.values() for d in rows) == [
+        1, 2, 3, 799]  # past 800: forged keys, dropped

@@ -34,13 +34,18 @@ class Limits:
     listed: Callable[[str], bool] = lambda _o: True  # is this data object on the remote?
     # generations a re-encryption ended: such a version never comes back (review round 7, V4)
     ended: frozenset[str] = frozenset()
-    # members with a counting removal: their late versions are capped at MAX_KEPT, and one
-    # whose key names no commit on the chain is malformed (round 7, V3); None: every member
-    counted: frozenset[str] | None = None
+    # members a counting removal took out, with the highest cutoff one records: their late
+    # dots past it are capped at MAX_KEPT, and one whose key names no commit on the chain is
+    # malformed (round 7, V3); dots up to it were vouched by an honest remover and are kept
+    # like a victim's (round 8, W3). None: every removed member, from its cutoff.
+    vouched: dict[str, int] | None = None
     keks: frozenset[str] | None = None  # KEK commitments of every commit, void or not
 
-    def capped(self, dev: str) -> bool:
-        return dev in self.cuts and (self.counted is None or dev in self.counted)
+    def capped(self, dot: str) -> bool:
+        dev, _, seq = dot.partition(":")
+        if self.vouched is None:
+            return late_dot(dot, self.cuts)
+        return dev in self.vouched and int(seq) > self.vouched[dev]
 
 
 def late(ctx: dict[str, int], limit: dict[str, int]) -> bool:
@@ -95,14 +100,15 @@ def _clamped(paths: Live, kept: Rows, lim: Limits, when: int) -> tuple[Live, Row
 
 
 def _bounded(history: Rows, lim: Limits) -> Rows:
-    """A member with a counting removal keeps at most MAX_KEPT late versions, its earliest,
-    and none whose key names no commit on the chain, void or not: such a version is no one's
-    honest work, and no re-encryption would ever end it (review round 7, V3)."""
+    """A member with a counting removal keeps at most MAX_KEPT late versions past the cutoffs
+    such removals vouch for, its earliest (by dot, then path), and none whose key names no
+    commit on the chain, void or not: such a version is no one's honest work, and no
+    re-encryption would ever end it (review round 7, V3)."""
     late_rows: dict[str, list[tuple[int, str, str]]] = {}
     for p, rows in history.items():
         for d in rows:
             dev, _, seq = d.partition(":")
-            if late_dot(d, lim.cuts) and lim.capped(dev):
+            if late_dot(d, lim.cuts) and lim.capped(d):
                 late_rows.setdefault(dev, []).append((int(seq), p, d))
     drop: set[tuple[str, str]] = set()
     for found in late_rows.values():

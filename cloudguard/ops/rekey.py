@@ -82,22 +82,26 @@ def _undone(s: Session, fresh: set[str]) -> list[tuple[str, str, dict[str, Any]]
             if e.get("t") == "f" and str(e.get("w", e.get("g"))) not in fresh]
 
 
-def _spared(s: Session) -> set[str]:
-    """Removed members whose late versions a re-encryption keeps: no counting removal took
-    them out (only challenged ones, or only a void add brought them in). A thief's backdated
-    removal of an honest member must not end that member's work when the victims answer it
-    with a re-encryption (review round 6, U4); a counting removal's late versions may be a
-    thief's writes, and go (after _warn_clamped)."""
-    view = s.ring.view
-    return set(view.contested) | set(view.ghosts)
+def _spared(s: Session) -> Callable[[str], bool]:
+    """Late dots a re-encryption keeps: those of members no counting removal took out (only
+    challenged ones, or only a void add brought them in), and those a counting removal
+    vouched for (at or below its cutoff) that a backdated removal made late. A thief's
+    backdated removal of an honest member must not end that member's work when the victims
+    answer it with a re-encryption (review round 6, U4; round 8, W3); a counting removal's
+    late versions past its cutoff may be a thief's writes, and go (after _warn_clamped)."""
+    vouched = s.ring.view.vouched()
+
+    def spared(dot: str) -> bool:
+        dev, _, seq = dot.partition(":")
+        return dev not in vouched or int(seq) <= vouched[dev]
+    return spared
 
 
 def _spared_late(s: Session) -> list[tuple[str, str, dict[str, Any], Any]]:
-    """(path, dot, entry, remover) of every kept late version of a spared member."""
+    """(path, dot, entry, remover) of every kept late version a re-encryption keeps."""
     spared, cuts = _spared(s), s.ring.view.cutoffs
     return [(p, d, row["e"], row.get("rb")) for p, kept in s.state.attic_rows()
-            for d, row in kept.items()
-            if d.partition(":")[0] in spared and mf.late_dot(d, cuts)]
+            for d, row in kept.items() if mf.late_dot(d, cuts) and spared(d)]
 
 
 def landed(s: Session, started: dict[str, Any]) -> bool:
@@ -158,8 +162,8 @@ def _warn_clamped(s: Session) -> None:
     the user can restore what it needs."""
     cuts, spared = s.ring.view.cutoffs, _spared(s)
     late = [(path, dot) for path, dot, _e, _g in s.state.attic() if mf.late_dot(dot, cuts)]
-    kept = {path for path, dot in late if dot.partition(":")[0] in spared}
-    clamped = {path for path, dot in late if dot.partition(":")[0] not in spared}
+    kept = {path for path, dot in late if spared(dot)}
+    clamped = {path for path, dot in late if not spared(dot)}
     if kept:
         s.ui.warn(f"this re-encryption keeps the late versions of {len(kept)} files of members "
                   "that only challenged removals took out (e.g. "
