@@ -771,7 +771,7 @@ def test_a_held_version_takes_no_remover_from_a_snapshot_and_a_forgotten_one_sta
     assert "live" not in rows and state.entry("live", f"{a}:2") is not None
     assert rows["dropped"][f"{a}:3"]["rb"] == [f"{c}:1", f"{x}:2"]
     assert "forgotten" not in rows
-    assert rows["new"][f"{c}:9"]["rb"] == [f"{x}:1"]
+    assert rows["new"][f"{c}:9"]["rb"] == [f"{x}:1", f"{x}:2"]  # and its carrier (W2)
 
 
 def test_a_snapshots_carriers_and_removers_are_bounded() -> None:

@@ -113,3 +113,47 @@ def test_an_honest_compaction_covering_a_late_write_does_not_revive_its_deletes(
         assert not (dev.folder / "other.txt").exists(), dev.name
     assert not (script_restores(a, local_remote, tmp_path) / "paper.txt").exists()
 
+
+
+def test_a_late_snapshot_cannot_hand_a_lagging_device_an_honest_delete(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 8, W2: A writes new.txt. X, removed by A and shown the old remote, writes
+    a snapshot that drops it and names an honest dot of C as its remover. B, lagging, never
+    applied A's write: it takes the row in as X's snapshot wrote it, and compacts. The row
+    records X's snapshot as its carrier too, so once the removal shows new.txt comes back on
+    B, and A's copy is never dropped by B's snapshot."""
+    a, b, c, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "c", "x")
+    c.write("c.txt", "from C")
+    c.cg("push")
+    for dev in (a, b, x):
+        dev.cg("pull")
+    before_new = provider.objects()
+    a.write("new.txt", "A's new file")
+    a.cg("push")
+    x.cg("pull")
+    a_delta = [n for n in provider.objects() if n not in before_new and n.startswith("m/")]
+    assert a_delta
+    old = provider.objects()
+    a.cg("device", "remove", x.rid)
+    with provider.showing(old) as by_x:
+        x.use()
+        with vault.session(str(x.folder)) as s:
+            honest = f"{c.rid}:{s.state.ctx[c.rid]}"
+            with s.state.transaction():
+                ((dot, entry),) = s.state.siblings("new.txt").items()
+                s.state._drop("new.txt", dot)
+                s.state.to_attic("new.txt", dot, entry, int(time.time()), honest)
+            s.snapshot()
+    lagging = {n: v for n, v in {**old, **by_x}.items() if n not in a_delta}
+    with provider.showing(lagging) as by_b:
+        assert b.run("pull").exit_code == 0
+        assert not (b.folder / "new.txt").exists()
+        compact(b)
+    assert any(n.startswith(f"m/{b.rid}-") and n.endswith(".s") for n in by_b)
+    for dev in (b, a, c, b):
+        got = dev.run("pull")
+        assert got.exit_code == 0, got.output
+        assert (dev.folder / "new.txt").read_text() == "A's new file", dev.name
+    assert (script_restores(a, local_remote, tmp_path) / "new.txt").read_text() == \
+        "A's new file"

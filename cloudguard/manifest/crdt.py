@@ -326,8 +326,9 @@ class State(History):
         snapshot's time.
 
         Who removed a version is what this device saw (review round 7, V4): for a version it
-        drops, ``by`` (the snapshot's own dot) and the removers that snapshot's history names
-        for it; a version it already holds, live or kept, takes no remover from a snapshot,
+        drops or takes in from the history, ``by`` (the snapshot's own dot) and the removers
+        that snapshot's history names for it; a version it already holds, live or kept, takes
+        no remover from a snapshot,
         and one it has forgotten (its vector covers it) is not taken in again. If ``by``'s
         writer turns out to be a removed member past its cutoff, what it dropped and moved is
         undone (format.md, "Writer rules"). ``carriers``: the vectors of the carriers the
@@ -375,8 +376,11 @@ class State(History):
                                            (path, dot)).fetchone() is not None
                     if not held and covered(dot, seen):
                         continue  # forgotten here (review round 7, V4)
+                    # taken in: the removers it names, and this snapshot as its carrier (a
+                    # late snapshot must not hand over a delete as honest; round 8, W2)
+                    taken = {*(row.get("rb") or ()), *([by] if by else [])}
                     self.to_attic(path, dot, row["e"], min(int(row["g"]), when or now),
-                                  None if held else " ".join(row.get("rb") or ()) or None,
+                                  None if held else " ".join(sorted(taken)) or None,
                                   checked=False)
             for device, seq in ctx.items():
                 self.ctx[device] = max(self.ctx.get(device, 0), seq)
