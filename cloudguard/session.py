@@ -424,21 +424,20 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
 
             cutoffs = {rid: (cut.seq, cut.hash) for rid, cut in ring.view.removed.items()}
             verifier = mf.Verifier(binding.vault_id, ring.view.signer_key)
+            matches = functools.partial(sync.blob_matches, transport, keks=ring.kek)
             loaded = mf.load(segs, fetch, trust.segment_opener(ring, index), binding.device,
                              seen, cache, state, cutoffs, skipped, verifier,
                              mf.written(index.get_meta("written", None), segs, binding.device),
                              (objects := {n[len(sync.DATA_PREFIX):] for n in listing
                                           if n.startswith(sync.DATA_PREFIX)}).__contains__,
-                             trust.limits(ring))
+                             trust.limits(ring, matches))
             loaded.state.ended = ring.view.ended()
             late = trust.late_opener(ring)
             mf.keep_refused(loaded.state, segs, fetch, late,
                             {*ring.view.contested, *ring.view.ghosts}, ring.view.cutoffs,
                             verifier, skipped)
             mf.adopt_places(loaded.state, segs, fetch, late, ring.view.cutoffs,
-                            objects.__contains__,
-                            functools.partial(sync.blob_matches, transport, keks=ring.kek),
-                            skipped)
+                            objects.__contains__, matches, skipped)
             for reason in skipped:
                 ui.warn(reason)
             _finish_deletions(index, transport, listing, loaded)

@@ -257,12 +257,20 @@ def merge_if_needed(ring: Ring, transport: Transport, index: Index | None,
 Opener = Callable[[str, str, int, bytes], dict[str, Any]]
 
 
-def limits(ring: Ring) -> Limits:
-    """What loading's clamp needs from the chain beyond the cutoffs (manifest.Limits)."""
+def limits(ring: Ring, matches: Callable[[dict[str, Any]], bool]) -> Limits:
+    """What loading's clamp needs from the chain beyond the cutoffs (manifest.Limits);
+    ``matches`` checks a blob against its signed hash."""
     view = ring.view
     every = [*view.commits.values(), *view.voided.values()]
+    checked: dict[tuple[str, ...], bool] = {}
+
+    def once(entry: dict[str, Any]) -> bool:  # several late snapshots name one place
+        key = tuple(str(entry.get(k)) for k in ("o", "a", "n", "h", "k", "g", "i"))
+        if key not in checked:
+            checked[key] = matches(entry)
+        return checked[key]
     return Limits(ended=view.ended(), vouched=view.vouched(),
-                  keks=frozenset(c.kek for c in every))
+                  keks=frozenset(c.kek for c in every), matches=once)
 
 
 def late_opener(ring: Ring) -> Opener:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from test_trust_attacks import (
+    Dev,
     Provider,
     compact,
     make_vault,
@@ -157,3 +158,49 @@ def test_a_late_snapshot_cannot_hand_a_lagging_device_an_honest_delete(
         assert (dev.folder / "new.txt").read_text() == "A's new file", dev.name
     assert (script_restores(a, local_remote, tmp_path) / "new.txt").read_text() == \
         "A's new file"
+
+
+def test_a_late_move_to_junk_is_undone_though_the_place_before_is_hidden(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 8, W6: X, removed, moves A's paper.txt to an object of junk late; B,
+    lagging, applies the move. When the removal shows, the provider hides the real object
+    from B. A late move is not undone to a place that is gone, but the junk place is kept only
+    if it decrypts to the signed hash: it does not, so B goes back to the real place, reads
+    it once it is shown again, and its snapshots never spread the junk place."""
+    import os
+
+    from test_trust_attacks import x_acts_late
+
+    from cloudguard.manifest.moves import LOCATION_FIELDS
+
+    junk = os.urandom(16).hex()
+    moved: dict[str, str] = {}
+
+    def move_to_junk(x: Dev) -> None:
+        x.use()
+        with vault.session(str(x.folder)) as s:
+            (dot, entry), = s.state.siblings("paper.txt").items()
+            loc = {k: entry[k] for k in LOCATION_FIELDS if k in entry}
+            s.commit([{"p": "paper.txt", "reloc": {dot: {
+                **loc, "o": junk, "r": int(entry.get("r", 0)) + 1}}}])
+        moved.update(dot=dot, o=entry["o"])
+        provider.put(f"data/{junk}", os.urandom(len(provider.get(f"data/{entry['o']}"))))
+
+    (a, b, _x), late = x_acts_late(monkeypatch, tmp_path, local_remote, provider, move_to_junk)
+    with provider.showing(late):
+        assert b.run("pull").exit_code == 0  # B, lagging, applies the move
+        b.use()
+        with vault.session(str(b.folder)) as s:
+            assert s.state.siblings("paper.txt")[moved["dot"]]["o"] == junk
+    with provider.hiding(f"data/{moved['o']}"):
+        b.run("pull")  # the removal shows; the real object does not
+        compact(b)
+        b.use()
+        with vault.session(str(b.folder)) as s:
+            assert s.state.siblings("paper.txt")[moved["dot"]]["o"] == moved["o"]
+    for dev in (b, a):
+        got = dev.run("pull")
+        assert got.exit_code == 0, got.output
+        assert (dev.folder / "paper.txt").read_text() == "original", dev.name
+        assert dev.json("verify", "--read-data")["ok"], dev.name

@@ -40,6 +40,8 @@ class Limits:
     # like a victim's (round 8, W3). None: every removed member, from its cutoff.
     vouched: dict[str, int] | None = None
     keks: frozenset[str] | None = None  # KEK commitments of every commit, void or not
+    # does the blob an entry names decrypt to its signed hash? (None: not checked)
+    matches: Callable[[dict[str, Any]], bool] | None = None
 
     def capped(self, dot: str) -> bool:
         dev, _, seq = dot.partition(":")
@@ -87,7 +89,7 @@ def _clamped(paths: Live, kept: Rows, lim: Limits, when: int) -> tuple[Live, Row
     live again (review round 4, S3, S4). Late moves of anyone's blob are undone, unless the
     place before is no longer listed."""
     limit = lim.cuts
-    live = {p: {d: unmove_late(e, limit, lim.listed) for d, e in sibs.items()
+    live = {p: {d: unmove_late(e, limit, lim.listed, lim.matches) for d, e in sibs.items()
                 if not late_dot(d, limit)} for p, sibs in paths.items()}
     history = {p: {d: {**r, "e": unmove_late(r["e"], limit, lim.listed)}
                    for d, r in rows.items()} for p, rows in kept.items()}
@@ -188,20 +190,25 @@ def late_removal(rb: object, live: dict[str, Any], gone: dict[str, dict[str, Any
     return False
 
 
-def unmove_late(entry: dict[str, Any], limit: dict[str, int],
-                listed: Callable[[str], bool]) -> dict[str, Any]:
+def unmove_late(entry: dict[str, Any], limit: dict[str, int], listed: Callable[[str], bool],
+                matches: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
     """A blob moved by a removed member past its cutoff goes back where it was: the move kept
     no dot of its own, so clamping dots alone would keep it (review round 2, N4). Never to a
     place whose object is gone: a re-encryption deletes the old objects at once, and its
     writer may be taken out later by a removed member (S1) or an honest race; the current
-    place stays, and the signed ``h``, checked on every read, keeps it honest (review round
-    7, V1)."""
+    place stays (review round 7, V1), but only once its blob decrypts to the signed ``h``
+    (``matches``, for live versions): a late move to junk while the provider hides the place
+    before from this device must not become the place for good (review round 8, W6). A
+    place that fails goes back to the place before, which a read then reports missing until
+    it is listed again."""
     rd = entry.get("rd")
     is_late = isinstance(rd, list) and any(late_dot(str(d), limit) for d in rd)
     if not is_late:
         return entry
     back = unmoved(entry)
     if back.get("o") is None or listed(str(back["o"])):
+        return back
+    if matches is not None and not matches(entry):
         return back
     # stays; the move record goes with its place (a late dot in ``rd`` would be one the
     # clamped vector no longer covers, which readers refuse as planted)
