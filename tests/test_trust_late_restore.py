@@ -227,3 +227,33 @@ def test_the_question_comes_before_anything_is_restored() -> None:
     late.confirm(s, {**info, "ask": False}, False)
     with pytest.raises(UsageError, match="no terminal"):
         late.confirm(s, info, False)
+
+
+def test_a_late_version_that_cannot_be_read_does_not_stop_a_reencryption(
+        local_remote: str, provider: Provider, tmp_path: Path,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 8, W5 (c): the late versions of a member that only challenged removals
+    took out are re-encrypted and kept; one whose blob is junk (a removed member's, or
+    damaged) is left under its old key, ends with it, and is named. The re-encryption
+    finishes: the old key objects and ciphertext must not stay readable for ever."""
+    import os
+
+    from cloudguard import vault
+
+    a, b, _x, _c = b_taken_out(monkeypatch, tmp_path, local_remote, provider)
+    assert a.run("pull").exit_code == 0
+    a.use()
+    with vault.session(str(a.folder)) as s:
+        live = {e["o"] for _p, sibs in s.state.items() for e in sibs.values() if "o" in e}
+        late = {e["o"] for _p, d, e, _g in s.state.attic()
+                if d.startswith(b.rid + ":") and "o" in e} - live
+    assert late
+    for o in late:
+        provider.put(f"data/{o}", os.urandom(len(provider.get(f"data/{o}"))))
+    got = a.run("key", "rotate", "--reencrypt")
+    assert got.exit_code == 0, got.output
+    assert "could not be read" in got.output and "ends with the old keys" in got.output
+    st = a.json("status")
+    assert "reencryption" in st and st["reencryption"] is None, st
+    assert (a.folder / "doc.txt").read_text() == "original"
+    assert a.json("verify", "--read-data")["ok"]
