@@ -270,7 +270,8 @@ def limits(ring: Ring, matches: Callable[[dict[str, Any]], bool]) -> Limits:
             checked[key] = matches(entry)
         return checked[key]
     return Limits(ended=view.ended(), vouched=view.vouched(),
-                  keks=frozenset(c.kek for c in every), matches=once)
+                  keks=frozenset(c.kek for c in every), matches=once,
+                  known=frozenset(r for c in every for r in (*c.members, *c.removed)))
 
 
 def late_opener(ring: Ring) -> Opener:

@@ -861,3 +861,21 @@ def test_a_clamp_bounds_what_a_counted_removal_leaves_and_keeps_a_victims_work(
     _live, history, _rc = cl.clamp_snapshot(work, {}, {}, 10, lim)
     assert sorted(int(d.partition(":")[2]) for rows in history.values() for d in rows) == [
         1, 2, 3, 799]  # past 800: forged keys, dropped
+
+
+def test_a_snapshot_naming_a_device_no_commit_names_is_refused() -> None:
+    """Review round 8, W5 (b): made-up device ids in a snapshot's vector, removers or carriers
+    would make every per-device bound meaningless; such a snapshot is refused."""
+    from cloudguard.manifest.loading import _known_devices
+
+    dev, other, made_up = "a" * 16, "b" * 16, "f" * 16
+    row = {"e": {"t": "d"}, "g": 5, "rb": [f"{other}:2"]}
+    known = frozenset({dev, other})
+    _known_devices("m/s", {dev: 3, other: 2}, {"p": {f"{dev}:1": row}}, {}, known)
+    _known_devices("m/s", {made_up: 3}, {}, {}, None)  # not checked
+    for ctx, kept, rc in (({made_up: 1}, {}, {}),
+                          ({dev: 3}, {"p": {f"{dev}:1": {**row, "rb": [f"{made_up}:1"]}}}, {}),
+                          ({dev: 3}, {}, {f"{made_up}:1": {dev: 1}}),
+                          ({dev: 3}, {}, {f"{dev}:1": {made_up: 1}})):
+        with pytest.raises(IntegrityError, match="no commit on the chain names"):
+            _known_devices("m/s", ctx, kept, rc, known)

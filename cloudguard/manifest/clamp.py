@@ -40,6 +40,7 @@ class Limits:
     # like a victim's (round 8, W3). None: every removed member, from its cutoff.
     vouched: dict[str, int] | None = None
     keks: frozenset[str] | None = None  # KEK commitments of every commit, void or not
+    known: frozenset[str] | None = None  # every device any commit names (None: unchecked)
     # does the blob an entry names decrypt to its signed hash? (None: not checked)
     matches: Callable[[dict[str, Any]], bool] | None = None
 
