@@ -421,6 +421,14 @@ def accept_segment(view: View, name: str, device: str, seq: int, data: bytes,
         raise IntegrityError(f"manifest segment {name} is not the one its writer's removal "
                              "recorded")
     try:
-        return fmt.open_segment(kek_of(commit), view.vault_id, name, data)
+        kek = kek_of(commit)
+    except IntegrityError as exc:
+        # its writer had not seen a re-encryption, which deleted that key: the writer writes
+        # it again under the current key once it sees the re-encryption (rotate._rewrap_stale)
+        raise Skip(f"manifest segment {name} is sealed under a key this device cannot open "
+                   f"any more ({exc}); waiting for its writer {device} to write it again "
+                   "under the current key") from exc
+    try:
+        return fmt.open_segment(kek, view.vault_id, name, data)
     except IntegrityError as exc:
         raise IntegrityError(f"manifest segment {name} failed authentication") from exc

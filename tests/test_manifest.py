@@ -728,20 +728,25 @@ def test_a_clamp_revives_what_a_late_write_removed_and_no_honest_delete() -> Non
     assert not dict(clean.items())  # an honest snapshot's drop stays a drop
 
 
-def test_a_clamp_never_revives_a_file_whose_object_is_gone() -> None:
-    """Review round 7, V4: a late snapshot can name versions forgotten long ago; one whose
-    object garbage collection has deleted must not come back (it would stop every pull)."""
+def test_a_clamp_revives_by_the_dot_and_the_freshest_copy_wins() -> None:
+    """Review round 8, W1: the row a late removal left may be stale (its object deleted by a
+    re-encryption, its key ended). The version comes back anyway, and the location
+    max-register takes the re-encrypted copy when it arrives; deciding by the stale row
+    would drop the real version everywhere."""
     from cloudguard.manifest.clamp import Limits, clamp_own
 
     a, c, x = "a" * 16, "c" * 16, "e" * 16
-    for listed, back in ((lambda _o: True, True), (lambda _o: False, False)):
-        state = mf.State()
-        with state.transaction():
-            state.put_entry("f", f"{a}:1", {"t": "f", "o": "11" * 16, "a": 0, "n": 9})
-            state.merge_snapshot({a: 1, c: 60, x: 13}, [], {}, 10, f"{c}:60")
-        clamp_own(state, Limits({x: 10}, listed))
-        assert ("f" in dict(state.items())) is back
-        assert ("f" in state.attic_payload()) is not back  # kept in the history instead
+    stale = {"t": "f", "o": "11" * 16, "a": 0, "n": 9, "r": 0, "w": "old"}
+    state = mf.State()
+    with state.transaction():
+        state.put_entry("f", f"{a}:1", stale)
+        state.merge_snapshot({a: 1, c: 60, x: 13}, [], {}, 10, f"{c}:60")
+    clamp_own(state, Limits({x: 10}, lambda _o: False, ended=frozenset({"old"})))
+    assert dict(state.items())["f"] == {f"{a}:1": stale}
+    fresh = {**stale, "o": "22" * 16, "r": 1, "w": "new"}
+    state.merge_snapshot({a: 1}, [("f", {f"{a}:1": fresh})], {}, 10, f"{a}:1")
+    got = dict(state.items())["f"][f"{a}:1"]
+    assert (got["o"], got["w"]) == (fresh["o"], "new")
 
 
 def test_a_held_version_takes_no_remover_from_a_snapshot_and_a_forgotten_one_stays_out(
@@ -828,8 +833,7 @@ def test_a_clamp_bounds_what_a_counted_removal_leaves_and_keeps_a_victims_work(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Review round 7, V3: a member with a counting removal keeps at most MAX_KEPT late
     versions (its earliest), and none whose key names no commit on the chain; a member that
-    only challenged removals took out keeps all of its work. A version a re-encryption ended
-    never comes back live (V4)."""
+    only challenged removals took out keeps all of its work."""
     from cloudguard.manifest import clamp as cl
 
     monkeypatch.setattr(cl, "MAX_KEPT", 2)
@@ -844,7 +848,7 @@ def test_a_clamp_bounds_what_a_counted_removal_leaves_and_keeps_a_victims_work(
     lim = cl.Limits({x: 0, v: 0}, ended=frozenset({old}), vouched={x: 0},
                     keks=frozenset({good, old}))
     live, history, _rc = cl.clamp_snapshot(paths, kept, {}, 10, lim)
-    assert live.get("ended") is None or not live["ended"]  # ended: never back
+    assert f"{a}:1" in live["ended"]  # back by its dot; a fresher copy wins later (W1)
     late_x = sorted(d for rows in history.values() for d in rows if d.startswith(x))
     assert late_x == [f"{x}:1", f"{x}:2"]  # the earliest two; the forged key is gone
     late_v = sorted(d for rows in history.values() for d in rows if d.startswith(v))

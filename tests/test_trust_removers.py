@@ -204,3 +204,38 @@ def test_a_late_move_to_junk_is_undone_though_the_place_before_is_hidden(
         assert got.exit_code == 0, got.output
         assert (dev.folder / "paper.txt").read_text() == "original", dev.name
         assert dev.json("verify", "--read-data")["ok"], dev.name
+
+
+def test_a_late_delete_survives_the_reencryption_that_answers_the_theft(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 8, W1: A answers the theft with `device remove X --reencrypt`, which moves
+    paper.txt to a new object, deletes the old one and ends the old key. X, shown the old
+    remote, deletes paper.txt; B, lagging, applies that and compacts. The row B's snapshot
+    holds names the deleted object and the ended key: deciding the revival by that stale row
+    dropped the real, re-encrypted paper.txt on every device. It comes back by its dot, and
+    the re-encrypted copy wins."""
+    a, b, c, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "c", "x")
+    a.write("paper.txt", "original")
+    a.cg("push")
+    for dev in (b, c, x):
+        dev.cg("pull")
+    old = provider.objects()
+    got = a.run("device", "remove", x.rid, "--reencrypt")
+    assert got.exit_code == 0, got.output
+    with provider.showing(old) as by_x:
+        (x.folder / "paper.txt").unlink()
+        x.cg("push")
+    with provider.showing({**old, **by_x}) as by_b:
+        assert b.run("pull").exit_code == 0
+        assert not (b.folder / "paper.txt").exists()
+        compact(b)
+    assert any(n.startswith(f"m/{b.rid}-") and n.endswith(".s") for n in by_b)
+    for dev in (c, b, a, c):
+        got = dev.run("pull")
+        assert got.exit_code == 0, f"{dev.name}: {got.output}"
+        assert (dev.folder / "paper.txt").read_text() == "original", dev.name
+    got = b.run("push")  # B writes again what it wrote under the deleted key (test_trust_lag)
+    assert got.exit_code == 0, got.output
+    assert b.json("verify", "--read-data")["ok"]
+    assert (script_restores(a, local_remote, tmp_path) / "paper.txt").read_text() == "original"

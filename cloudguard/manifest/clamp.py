@@ -138,10 +138,15 @@ def _revive(paths: Live, kept: Rows, lim: Limits, unclamped: Live, unclamped_kep
     that replaced them end at a late version still live in the snapshot, or at no version: an
     honest delete of a late version since (round 3, R10) stays a delete, while a late edit
     then a late delete (round 5, T1) does not. Late removers then leave every row: the writes
-    are never seen, and the next snapshot's vector no longer covers them (S10). A file whose
-    object is gone never comes back: a late snapshot may name long-forgotten versions, and
-    one that cannot be read would stop every pull; nor does one a re-encryption ended
-    (review round 7, V4)."""
+    are never seen, and the next snapshot's vector no longer covers them (S10). A version
+    comes back whatever its place or key in this row: the row may be stale (a re-encryption
+    moved the version and deleted its old object since, and ended its old key), and the
+    location max-register then takes the freshest copy another device holds. Deciding by the
+    stale row would drop the real, re-encrypted version everywhere, since an observed-remove
+    merge settles towards the drop (review round 8, W1). A late snapshot can no longer name
+    long-forgotten versions to a device that held them (round 7, V4: forgotten ones are not
+    taken in); a fresh clone's revived version whose object no device holds is reported
+    missing, not dropped."""
     limit = lim.cuts
     for path, rows in kept.items():
         if paths.get(path):
@@ -149,8 +154,6 @@ def _revive(paths: Live, kept: Rows, lim: Limits, unclamped: Live, unclamped_kep
         live = unclamped.get(path, {})
         gone = unclamped_kept.get(path, {})
         back = {d: r["e"] for d, r in rows.items() if not late_dot(d, limit)
-                and (r["e"].get("o") is None or lim.listed(str(r["e"]["o"])))
-                and _generation_of(r["e"]) not in lim.ended
                 and late_removal(r.get("rb"), live, gone, limit, carriers)}
         if back:
             paths[path] = back

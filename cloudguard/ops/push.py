@@ -196,7 +196,7 @@ def _push(s: Session, dry_run: bool, allow_mass_delete: bool = False,
     if rewritten_before is not None:
         _check_mass_change(s, plan, index_rows, rewritten_before)
     _collect_pending(s)
-    _rewrap_stale(s)
+    _upload_again(s, _rewrap_stale(s), plan, local, index_rows)
     total = sum(i.size for i in plan.upload)
     with s.index.transaction():
         for loc, dot, sha in plan.adopt:
@@ -231,6 +231,24 @@ def _push(s: Session, dry_run: bool, allow_mass_delete: bool = False,
     result["object_ids"] = [n[len(sync.DATA_PREFIX):] for n in up.objects]
     _maintain(s)
     return result
+
+
+def _upload_again(s: Session, lost: dict[str, str], plan: sync.PushPlan,
+                  local: dict[str, sync.LocalItem], rows: dict[str, IndexRow]) -> None:
+    """Versions this device wrote while it had not seen a re-encryption, which deleted their
+    key: no one can read them, but the folder holds what was synced as that dot, so it goes
+    up again as a new version that replaces it."""
+    planned = {i.path for i in plan.upload}
+    for path, dot in sorted(lost.items()):
+        row, item = rows.get(path), local.get(path)
+        if row is not None and row.dot == dot and item is not None and item.kind == "f" \
+                and path not in planned:
+            plan.upload.append(item)
+            s.ui.warn(f"{path}: its key went with a re-encryption this device had not seen; "
+                      "it is uploaded again from the folder")
+        elif path not in planned:
+            s.ui.warn(f"{path}: its key went with a re-encryption this device had not seen, "
+                      "and the folder no longer holds that version; it cannot be read")
 
 
 def _replacing(s: Session, entries: dict[str, dict[str, Any]], rows: dict[str, IndexRow]
