@@ -425,6 +425,7 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
             cutoffs = {rid: (cut.seq, cut.hash) for rid, cut in ring.view.removed.items()}
             verifier = mf.Verifier(binding.vault_id, ring.view.signer_key)
             matches = functools.partial(sync.blob_matches, transport, keks=ring.kek)
+            state.keycheck = functools.partial(sync.true_key, transport, keks=ring.kek)
             loaded = mf.load(segs, fetch, trust.segment_opener(ring, index), binding.device,
                              seen, cache, state, cutoffs, skipped, verifier,
                              mf.written(index.get_meta("written", None), segs, binding.device),

@@ -239,3 +239,50 @@ def test_a_late_delete_survives_the_reencryption_that_answers_the_theft(
     assert got.exit_code == 0, got.output
     assert b.json("verify", "--read-data")["ok"]
     assert (script_restores(a, local_remote, tmp_path) / "paper.txt").read_text() == "original"
+
+
+def test_a_late_rewrap_to_a_junk_key_never_wins(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 8, W7: X, removed, writes a late snapshot whose copy of A's paper.txt sits
+    at the same place but wraps a junk DEK (a valid wrap under the old key, ground until it
+    wins the location tie-break). B, lagging, merges it. Two copies at one place whose DEKs
+    differ are judged by the blob's key commitment: the real one stays, on B and on everyone
+    who merges B's snapshot."""
+    import json
+    import os
+
+    from cloudguard import format as fmt
+
+    a, b, c, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "c", "x")
+    a.write("paper.txt", "original")
+    a.cg("push")
+    for dev in (b, c, x):
+        dev.cg("pull")
+    old = provider.objects()
+    a.cg("device", "remove", x.rid)
+    with provider.showing(old) as by_x:
+        x.use()
+        with vault.session(str(x.folder)) as s:
+            ((dot, real),) = s.state.siblings("paper.txt").items()
+            while True:
+                junk = {**real, "k": fmt.b64(fmt.wrap_dek(
+                    s.ring.kek(str(real["g"])), os.urandom(32), bytes.fromhex(real["i"])))}
+                if json.dumps(junk, sort_keys=True) > json.dumps(real, sort_keys=True):
+                    break
+            with s.state.transaction():
+                s.state.put_entry("paper.txt", dot, junk)
+                s.state.ctx[x.rid] = s.state.ctx.get(x.rid, 0) + 1  # past the cutoff
+            s.snapshot()
+    with provider.showing({**old, **by_x}) as by_b:
+        assert b.run("pull").exit_code == 0
+        b.use()
+        with vault.session(str(b.folder)) as s:
+            assert s.state.siblings("paper.txt")[dot]["k"] == real["k"]
+        compact(b)
+    assert any(n.startswith(f"m/{b.rid}-") and n.endswith(".s") for n in by_b)
+    for dev in (a, b, c):
+        got = dev.run("pull")
+        assert got.exit_code == 0, got.output
+        assert dev.json("verify", "--read-data")["ok"], dev.name
+    assert (script_restores(a, local_remote, tmp_path) / "paper.txt").read_text() == "original"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -44,6 +44,24 @@ class History:
     def _same_version(self, path: str, dot: str, had: Entry, entry: Entry) -> None:
         raise NotImplementedError
 
+    keycheck: Callable[[Entry, Entry], Entry | None] | None
+
+    def fresher(self, had: Entry, entry: Entry) -> Entry:
+        """The location max-register (newer_location), except at one place (a rewrap: only
+        key fields differ): a copy whose DEK does not open the blob loses to one whose does,
+        and a copy that names another first generation (``w``) than the one held is not
+        taken, whatever the tie-break says. A removed member's late snapshot could otherwise
+        hand over a junk DEK, or a ``w`` that decides what a re-encryption ends, with no mover
+        to undo it (review round 8, W7)."""
+        won = newer_location(had, entry)
+        if any(had.get(k) != entry.get(k) for k in ("o", "a", "r")):
+            return won
+        if had.get("w") != entry.get("w"):
+            return had
+        if self.keycheck is None or had.get("k") == entry.get("k"):
+            return won
+        return self.keycheck(had, entry) or won
+
 
     def _ended(self, entry: Entry) -> bool:
         return str(entry.get("w", entry.get("g"))) in self.ended if self.ended else False
@@ -62,7 +80,7 @@ class History:
         if row is not None:
             had = json.loads(row[0])
             self._same_version(path, dot, had, entry)
-            entry = newer_location(had, entry)
+            entry = self.fresher(had, entry)
             gone = max(gone, int(row[1]))
             rb = join_remover(row[2], rb)
         elif checked is False:

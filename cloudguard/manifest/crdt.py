@@ -97,6 +97,9 @@ class State(History):
         # checks the signature of every entry that enters from a segment (loading sets it;
         # a device's own pushes and rewraps need none)
         self.vouch: Vouch | None = None
+        # of two copies at one place whose DEKs differ, the one whose DEK opens the blob
+        # (sync.true_key; the session sets it; None: unchecked)
+        self.keycheck: Callable[[Entry, Entry], Entry | None] | None = None
         self.ctx: dict[str, int] = {}
         # generations whose history a re-encryption ended: hidden at once, forgotten after
         # keep_days (the session sets them from the verified chain; review round 6, U2)
@@ -357,7 +360,7 @@ class State(History):
                 for dot, entry in theirs.items():
                     if dot in mine:
                         self._same_version(path, dot, mine[dot], entry)
-                        if newer_location(mine[dot], entry) is not mine[dot]:
+                        if self.fresher(mine[dot], entry) is not mine[dot]:
                             self.put_entry(path, dot, carried(mine[dot], entry, by, now)
                                            if by else entry)
                     elif not covered(dot, self.ctx):

@@ -56,6 +56,7 @@ from .reading import (
     dek_of,
     group_by_object,
     read_blobs,
+    true_key,
 )
 from .scanning import (
     MARKER_DIR,
@@ -77,6 +78,7 @@ __all__ = [
     "EarlyStreams",
     "DATA_PREFIX",
     "blob_matches",
+    "true_key",
     "LazyView",
     "LocalItem",
     "MARKER_DIR",

@@ -94,6 +94,46 @@ def dek_of(entry: Entry, keks: Callable[[str], bytes]) -> tuple[bytes, bytes]:
         raise IntegrityError("a manifest entry is malformed") from exc
 
 
+def true_key(transport: Transport, one: Entry, two: Entry, keks: Callable[[str], bytes]
+             ) -> Entry | None:
+    """Two copies of one version at one place may differ only in how the DEK is wrapped (a
+    rewrap). When both unwrap here to different DEKs, one is junk (a removed member's late
+    snapshot, review round 8, W7): the copy whose DEK opens its blob's header (the key
+    commitment, one small ranged read) is returned. None when both give one DEK (the usual
+    rewrap: nothing read) or when this device cannot tell."""
+    deks = [_dek_or_none(e, keks) for e in (one, two)]
+    if None in deks or deks[0] == deks[1]:
+        return None
+    opens = [_opens(transport, e, d) for e, d in zip((one, two), deks, strict=True)]
+    if opens == [True, False]:
+        return one
+    if opens == [False, True]:
+        return two
+    return None
+
+
+def _dek_or_none(entry: Entry, keks: Callable[[str], bytes]) -> bytes | None:
+    try:
+        return dek_of(entry, keks)[0]
+    except IntegrityError:
+        return None
+
+
+def _opens(transport: Transport, entry: Entry, dek: bytes | None) -> bool | None:
+    if dek is None:
+        return None
+    try:
+        with transport.reader(DATA_PREFIX + str(entry["o"]), offset=int(entry.get("a", 0)),
+                              count=fmt.BLOB_HEADER_SIZE) as stream:
+            fmt.open_blob_header(fmt.read_exact(stream, fmt.BLOB_HEADER_SIZE), dek,
+                                 bytes.fromhex(str(entry["i"])))
+        return True
+    except (IntegrityError, KeyError, TypeError, ValueError):
+        return False
+    except (TransportError, MissingObject):
+        return None
+
+
 class _Discard:
     def write(self, data: bytes) -> int:
         return len(data)
