@@ -204,6 +204,18 @@ class View:
         rules")."""
         return {rid: cut.seq for rid, cut in self.removed.items()}
 
+    def introducers(self) -> dict[str, str]:
+        """For each member only void adds brought in (a ghost), the signer of its first void
+        add: a removed member's void adds are free commits, so their versions count against
+        the signer's bound, not one each (review round 8, W5 (a))."""
+        every = {**self.voided, **self.commits}
+        out: dict[str, str] = {}
+        for c in sorted(self.voided.values(), key=lambda c: (c.pos, c.id)):
+            for rid in _brought_in(c, every):
+                if rid in self.ghosts:
+                    out.setdefault(rid, c.signer)
+        return out
+
     def vouched(self) -> dict[str, int]:
         """For each member a counting removal took out, the highest cutoff such a removal
         records: its dots up to there are writes an honest remover applied, even when a

@@ -436,7 +436,7 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
             late = trust.late_opener(ring)
             mf.keep_refused(loaded.state, segs, fetch, late,
                             {*ring.view.contested, *ring.view.ghosts}, ring.view.cutoffs,
-                            verifier, skipped)
+                            verifier, skipped, ring.view.introducers())
             mf.adopt_places(loaded.state, segs, fetch, late, ring.view.cutoffs,
                             objects.__contains__, matches, skipped)
             for reason in skipped:

@@ -269,7 +269,7 @@ def limits(ring: Ring, matches: Callable[[dict[str, Any]], bool]) -> Limits:
         if key not in checked:
             checked[key] = matches(entry)
         return checked[key]
-    return Limits(ended=view.ended(), vouched=view.vouched(),
+    return Limits(ended=view.ended(), vouched=view.vouched(), ghosts=view.introducers(),
                   keks=frozenset(c.kek for c in every), matches=once,
                   known=frozenset(r for c in every for r in (*c.members, *c.removed)))
 

@@ -883,3 +883,19 @@ def test_a_snapshot_naming_a_device_no_commit_names_is_refused() -> None:
                           ({dev: 3}, {}, {f"{dev}:1": {made_up: 1}})):
         with pytest.raises(IntegrityError, match="no commit on the chain names"):
             _known_devices("m/s", ctx, kept, rc, known)
+
+
+def test_ghosts_count_against_the_bound_of_the_member_that_added_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 8, W5 (a): each void add is a free commit for a removed member, so the
+    versions of the members only its void adds brought in share its bound."""
+    from cloudguard.manifest import clamp as cl
+
+    monkeypatch.setattr(cl, "MAX_KEPT", 3)
+    x, g1, g2 = "e" * 16, "1" * 16, "2" * 16
+    paths = {f"{g}-{i}": {f"{g}:{i}": {"t": "f", "g": "k", "o": "1" * 32}}
+             for g in (g1, g2) for i in (1, 2)}
+    lim = cl.Limits({x: 0, g1: 0, g2: 0}, vouched={x: 0}, ghosts={g1: x, g2: x},
+                    keks=frozenset({"k"}))
+    _live, history, _rc = cl.clamp_snapshot(paths, {}, {}, 10, lim)
+    assert sum(len(rows) for rows in history.values()) == 3

@@ -39,6 +39,8 @@ class Limits:
     # malformed (round 7, V3); dots up to it were vouched by an honest remover and are kept
     # like a victim's (round 8, W3). None: every removed member, from its cutoff.
     vouched: dict[str, int] | None = None
+    # members only void adds brought in, with the signer of the first: capped with it (W5)
+    ghosts: dict[str, str] = field(default_factory=dict)
     keks: frozenset[str] | None = None  # KEK commitments of every commit, void or not
     known: frozenset[str] | None = None  # every device any commit names (None: unchecked)
     # does the blob an entry names decrypt to its signed hash? (None: not checked)
@@ -46,9 +48,13 @@ class Limits:
 
     def capped(self, dot: str) -> bool:
         dev, _, seq = dot.partition(":")
-        if self.vouched is None:
+        if self.vouched is None or dev in self.ghosts:
             return late_dot(dot, self.cuts)
         return dev in self.vouched and int(seq) > self.vouched[dev]
+
+    def group(self, dev: str) -> str:
+        """Whose bound a member's late versions count against."""
+        return self.ghosts.get(dev, dev)
 
 
 def late(ctx: dict[str, int], limit: dict[str, int]) -> bool:
@@ -112,7 +118,7 @@ def _bounded(history: Rows, lim: Limits) -> Rows:
         for d in rows:
             dev, _, seq = d.partition(":")
             if late_dot(d, lim.cuts) and lim.capped(d):
-                late_rows.setdefault(dev, []).append((int(seq), p, d))
+                late_rows.setdefault(lim.group(dev), []).append((int(seq), p, d))
     drop: set[tuple[str, str]] = set()
     for found in late_rows.values():
         found.sort()

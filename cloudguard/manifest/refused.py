@@ -24,14 +24,19 @@ from .segments import _check_segment, parse_name
 
 def keep_refused(state: State, listing: Iterable[str], fetch: Callable[[str], bytes],
                  opener: Opener, members: Iterable[str], cutoffs: dict[str, int],
-                 vouch: Vouch, log: list[str]) -> int:
-    """Read each member's refused segments not read before; returns the versions kept."""
+                 vouch: Vouch, log: list[str], ghosts: dict[str, str] | None = None) -> int:
+    """Read each member's refused segments not read before; returns the versions kept.
+    ``ghosts``: members only void adds brought in, with the signer of the first; they count
+    against one bound with it (review round 8, W5 (a))."""
     names = set(listing) - {n for (n,) in state.db.execute("SELECT name FROM late_read")}
     total = 0
-    for dev in sorted(set(members)):
+    group = ghosts or {}
+    members = sorted(set(members))
+    for dev in members:
         cut = cutoffs.get(dev, 0)
-        kept = state.db.execute("SELECT COUNT(*) FROM attic WHERE dot LIKE ?",
-                                (f"{dev}:%",)).fetchone()[0]
+        mates = {m for m in members if group.get(m, m) == group.get(dev, dev)}
+        kept = sum(state.db.execute("SELECT COUNT(*) FROM attic WHERE dot LIKE ?",
+                                    (f"{m}:%",)).fetchone()[0] for m in mates)
         added = 0
         for seq, name, payload in _refused(names, dev, cut, fetch, opener,
                                            lambda e: log.append(f"{e}; not kept in the history")):
