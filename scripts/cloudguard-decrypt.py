@@ -1472,9 +1472,10 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
             raise IntegrityFailure(f"manifest segment {name} is not the one its writer's "
                                    "removal recorded")
         kek = chain.keks.get(head.kek)
-        if kek is None:
-            raise IntegrityFailure(f"manifest segment {name} is sealed under the key of "
-                                   f"{head.name}, which this kit cannot open")
+        if kek is None:  # its writer had not seen a re-encryption that deleted that key
+            raise Skip(f"manifest segment {name} is sealed under the key of {head.name}, "
+                       "which this kit cannot open (its writer had not seen a re-encryption); "
+                       "left out, as cloudguard leaves it out until its writer writes it again")
         try:
             payload = open_segment(kek, chain.vault_id, name, blob)
         except BadData as exc:

@@ -481,6 +481,25 @@ def x_acts_late(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, remote: str,
     return [a, b, x], {**old, **written}
 
 
+def junk_mover(provider: Provider, moved: dict[str, Any]) -> Callable[[Dev], None]:
+    """What X does (x_acts_late): a move of A's paper.txt to a new object of junk, its old
+    dot and object put in ``moved`` (review round 7, V1; round 8, W6)."""
+    from cloudguard.manifest.moves import LOCATION_FIELDS
+
+    junk = os.urandom(16).hex()
+
+    def move_to_junk(x: Dev) -> None:
+        x.use()
+        with vault.session(str(x.folder)) as s:
+            (dot, entry), = s.state.siblings("paper.txt").items()
+            loc = {k: entry[k] for k in LOCATION_FIELDS if k in entry}
+            s.commit([{"p": "paper.txt", "reloc": {dot: {
+                **loc, "o": junk, "r": int(entry.get("r", 0)) + 1}}}])
+        moved.update(dot=dot, o=entry["o"], junk=junk)
+        provider.put(f"data/{junk}", os.urandom(len(provider.get(f"data/{entry['o']}"))))
+    return move_to_junk
+
+
 def x_edits_late(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, remote: str,
                  provider: Provider) -> tuple[list[Dev], dict[str, bytes]]:
     """X, removed, rewrites A's paper.txt late (x_acts_late)."""
@@ -1586,21 +1605,8 @@ def test_a_removed_members_move_to_junk_is_never_adopted_for_a_hidden_object(
     does not decrypt to the signed hash, so B never takes that place: once the provider shows
     the real object again, B reads it (had B taken the place, garbage collection would have
     deleted the real object)."""
-    from cloudguard.manifest.moves import LOCATION_FIELDS
-
-    junk = os.urandom(16).hex()
     moved: dict[str, Any] = {}
-
-    def move_to_junk(x: Dev) -> None:
-        x.use()
-        with vault.session(str(x.folder)) as s:
-            (dot, entry), = s.state.siblings("paper.txt").items()
-            loc = {k: entry[k] for k in LOCATION_FIELDS if k in entry}
-            s.commit([{"p": "paper.txt", "reloc": {dot: {
-                **loc, "o": junk, "r": int(entry.get("r", 0)) + 1}}}])
-        moved.update(dot=dot, o=entry["o"])
-        provider.put(f"data/{junk}", os.urandom(len(provider.get(f"data/{entry['o']}"))))
-
+    move_to_junk = junk_mover(provider, moved)
     (_a, b, x), late = x_acts_late(monkeypatch, tmp_path, local_remote, provider, move_to_junk)
     assert any(n.startswith(f"m/{x.rid}-") for n in late)
     dot, real = moved["dot"], f"data/{moved['o']}"

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from test_trust_attacks import (
     Provider,
-    make_vault,
     provider,  # noqa: F401 (a fixture)
     script_restores,
 )
+from test_trust_removers import paper_everywhere
 
 __all__ = ["provider"]
 
@@ -26,11 +26,8 @@ def test_a_push_made_while_a_reencryption_was_hidden_stops_no_one_and_goes_up_ag
     to be an integrity failure (exit 3) on every device for good. Now readers wait for it,
     and B, once it sees the re-encryption, uploads b.txt again from its folder under the
     current key."""
-    a, b, c, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "c", "x")
-    a.write("paper.txt", "original")
-    a.cg("push")
-    for dev in (b, c, x):
-        dev.cg("pull")
+    a, b, c, x = paper_everywhere(monkeypatch, tmp_path, local_remote, "original",
+                                  "a", "b", "c", "x")
     old = provider.objects()
     got = a.run("device", "remove", x.rid, "--reencrypt")
     assert got.exit_code == 0, got.output

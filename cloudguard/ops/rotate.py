@@ -56,17 +56,19 @@ def _rewrap(s: Session, kek: bytes, commitment: str) -> dict[str, str]:
 def _rewrap_stale(s: Session) -> dict[str, str]:
     """Entries a device wrote under an older KEK (it was frozen, or raced a rotation) move
     to the head's KEK: that limits, but does not undo, what a removed member could read.
-    Runs once per new head. Returns the versions whose key went with a re-encryption
-    (``_rewrap``)."""
+    Returns the versions whose key went with a re-encryption (``_rewrap``)."""
     head = s.ring.head.kek
     if s.index.get_meta("wrapped_under") == head and not s.index.get_meta("rewrap_needed"):
         return {}
+    stale = any("k" in e and e.get("g") != head for _p, sibs in s.state.items()
+                for e in sibs.values())
     lost: dict[str, str] = {}
-    with s.state.transaction():
-        # a snapshot under the head's key also covers segments this device wrote under a key
-        # a re-encryption has deleted since, which no one can open any more (test_trust_lag)
-        lost = _rewrap(s, s.ring.head_kek, head)
-        s.snapshot()
+    if stale:
+        with s.state.transaction():
+            # the snapshot, under the head's key, also covers what this device wrote under
+            # a key a re-encryption has deleted since, which no one can open (test_trust_lag)
+            lost = _rewrap(s, s.ring.head_kek, head)
+            s.snapshot()
     s.index.set_meta("wrapped_under", head)
     s.index.set_meta("rewrap_needed", None)
     return lost
