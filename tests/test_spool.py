@@ -224,3 +224,45 @@ def test_an_early_stream_a_push_does_not_commit_is_deleted(
     assert taken == ["big.bin"] and "big.bin" in got["uploaded"]
     assert stray not in _objects(root)
     assert not list(home.glob("folders/*/early-*"))
+
+
+@pytest.mark.server
+def test_a_push_killed_during_an_early_stream_leaves_nothing_behind(
+        sftp_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kill -9 while a big file goes up early (its upload slowed by rclone's bandwidth
+    limit): the journal names the object, the next push deletes what the killed one left and
+    pushes the file; every object on the remote is then one the manifest names."""
+    import signal
+    import subprocess
+
+    from conftest import _BACKING
+    from helpers import CLOUDGUARD
+
+    root = _BACKING[sftp_remote]
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    cg("init", str(folder), "--remote", sftp_remote)
+    big = os.urandom(40 * MIB)
+    (folder / "big.bin").write_bytes(big)
+    home = Path(os.environ["CLOUDGUARD_HOME"])
+    proc = subprocess.Popen([*CLOUDGUARD, "push", "--folder", str(folder)],
+                            env={**os.environ, "RCLONE_BWLIMIT": "4M"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not list(home.glob("folders/*/early-*.json")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert list(home.glob("folders/*/early-*.json")), "no early stream started"
+        time.sleep(1.0)  # part of the object is up
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    got = cg_json("push", "--folder", str(folder))
+    assert got["uploaded"] == ["big.bin"]
+    assert not list(home.glob("folders/*/early-*"))
+    assert _objects(root) == set(got["object_ids"])
+    clone = tmp_path / "clone"
+    cg("key", "export", str(tmp_path / "kit"), "--folder", str(folder), "--choose-passphrase")
+    cg("clone", sftp_remote, str(clone), "--key-file", str(tmp_path / "kit"))
+    assert (clone / "big.bin").read_bytes() == big
