@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from test_trust_attacks import (
     Provider,
+    make_vault,
     provider,  # noqa: F401 (a fixture)
     script_restores,
 )
@@ -48,3 +49,38 @@ def test_a_push_made_while_a_reencryption_was_hidden_stops_no_one_and_goes_up_ag
     assert b.json("verify", "--read-data")["ok"]
     assert (script_restores(a, local_remote, tmp_path) / "b.txt").read_text() == \
         "B while lagging"
+
+
+def test_two_reencryptions_at_once_keep_each_others_history(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 8, W4: A and B each run `key rotate --reencrypt`, B not seeing A's. No
+    member is out, so neither ends the history under the other's key: after the merge, the
+    version replaced by the next edit is still in the history on both devices."""
+    a, b = make_vault(monkeypatch, tmp_path, local_remote, "a", "b")
+    a.write("paper.txt", "first")
+    a.cg("push")
+    b.cg("pull")
+    old = provider.objects()
+    got = a.run("key", "rotate", "--reencrypt")
+    assert got.exit_code == 0, got.output
+    with provider.showing(old):
+        got = b.run("key", "rotate", "--reencrypt")
+        assert got.exit_code == 0, got.output
+    for dev in (a, b, a):
+        got = dev.run("pull")
+        assert got.exit_code == 0, f"{dev.name}: {got.output}"
+    a.write("paper.txt", "second")
+    assert a.run("push").exit_code == 0
+    for dev in (a, b):
+        got = dev.run("pull")
+        assert got.exit_code == 0, f"{dev.name}: {got.output}"
+        versions = dev.json("history", "paper.txt")["versions"]
+        texts = []
+        for v in (v for v in versions if not v["current"]):
+            got = dev.run("restore", "paper.txt", "--version", v["version"], "--force")
+            assert got.exit_code == 0, got.output
+            texts.append((dev.folder / "paper.txt").read_text())
+        assert "first" in texts, (dev.name, versions, texts)
+        dev.write("paper.txt", "second")  # as it was, for the next device's check
+        assert dev.run("push").exit_code == 0
