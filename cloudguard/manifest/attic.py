@@ -62,9 +62,8 @@ class History:
             return won
         return self.keycheck(had, entry) or won
 
-
     def _ended(self, entry: Entry) -> bool:
-        return str(entry.get("w", entry.get("g"))) in self.ended if self.ended else False
+        return bool(self.ended) and _generation_of(entry) in self.ended
 
     def to_attic(self, path: str, dot: str, entry: Entry, gone: int,
                  rb: str | None = None, checked: bool = True) -> None:

@@ -24,10 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import format as fmt
+from ..errors import FileChangedError
+from ..names import local
 from ..transport import Transport
 from . import uploader
-from .scanning import PERMISSIONS, LocalItem
-from .uploader import ObjectWriter, ThreadedHash, _same_disk
+from .reading import DATA_PREFIX
+from .scanning import LocalItem
+from .uploader import ObjectWriter, _same_disk, encrypt_file
 
 Scanned = tuple[dict[str, LocalItem], list[str], list[str]]
 MAX_EARLY = 4  # files streamed early by one push: the rest wait for the plan
@@ -87,30 +90,26 @@ class EarlyStreams:
 
     def _stream(self, item: LocalItem) -> Streamed | None:
         object_id = fmt.new_object_id()
-        name = "data/" + object_id
+        name = DATA_PREFIX + object_id
+        st = os.stat(local(self.folder, item.path), follow_symlinks=False)
+        if st.st_size != item.size or st.st_mtime_ns != item.mtime:
+            return None  # changed since the scan: the plan sees it as it is now
         self._names.append(name)
         _write_journal(self.journal, self._names)  # before a byte goes up
-        fd = os.open(self.folder / item.path, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd, "rb", buffering=0) as fh:
-            st = os.fstat(fd)
-            if st.st_size != item.size or st.st_mtime_ns != item.mtime:
-                return None
-            dek, file_id = fmt.new_dek(), fmt.new_file_id()
+        try:
             with self.transport.writer(name, fmt.blob_size(item.size, self.padding)) as raw:
                 out = ObjectWriter(raw, md5=not self.transport.local)
-                digest = ThreadedHash("sha256")  # on the other core, beside the encryption
                 try:
-                    info = fmt.encrypt_blob(_Stoppable(fh, self._stop), out, dek, file_id,
-                                            item.size, self.padding, digest)
+                    entry, dek, file_id = encrypt_file(
+                        self.folder, item, out, self.padding,
+                        lambda fh: _Stoppable(fh, self._stop), item.size)
                 finally:
-                    digest.close()
                     out.close()
-            after = os.fstat(fd)
-            if after.st_size != st.st_size or after.st_mtime_ns != st.st_mtime_ns:
-                return None
-        entry: dict[str, Any] = {
-            "t": "f", "s": info.size, "m": st.st_mtime_ns, "x": st.st_mode & PERMISSIONS,
-            "h": info.sha256, "i": file_id.hex(), "o": object_id, "a": 0, "n": out.count}
+        except FileChangedError:
+            return None
+        if entry["m"] != item.mtime:
+            return None
+        entry.update({"o": object_id, "a": 0, "n": out.count})
         if out.md5():
             entry["om"] = out.md5()
         return Streamed(item, object_id, dek, file_id, entry)
@@ -131,7 +130,7 @@ class EarlyStreams:
         push's: committed, or pending in the index)."""
         self._stop.set()
         self._thread.join()
-        unused = [n for n in self._names if n[len("data/"):] not in self.taken]
+        unused = [n for n in self._names if n[len(DATA_PREFIX):] not in self.taken]
         try:
             if unused:
                 self.transport.delete(unused)
@@ -183,7 +182,7 @@ def left_behind(home: Path, mine: Path | None = None) -> tuple[set[str], list[Pa
         with suppress(OSError, ValueError):
             found = json.loads(path.read_text(encoding="utf-8"))
             if isinstance(found, list):
-                names |= {n for n in found if isinstance(n, str) and n.startswith("data/")}
+                names |= {n for n in found if isinstance(n, str) and n.startswith(DATA_PREFIX)}
     return names, journals
 
 

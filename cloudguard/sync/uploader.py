@@ -448,6 +448,18 @@ def write_filler(out: ObjectWriter) -> None:
 
 def _encrypt_one(folder: Path, item: LocalItem, out: ObjectWriter, kek: bytes, generation: str,
                  padding: bool, progress: Progress, expect: int | None = None) -> Entry:
+    entry, dek, file_id = encrypt_file(folder, item, out, padding,
+                                       lambda fh: _ProgressReader(fh, progress), expect)
+    return {**entry, "k": fmt.b64(fmt.wrap_dek(kek, dek, file_id)), "g": generation,
+            "w": generation}
+
+
+def encrypt_file(folder: Path, item: LocalItem, out: ObjectWriter, padding: bool,
+                 source: Callable[[IO[bytes]], fmt.Reader], expect: int | None = None
+                 ) -> tuple[Entry, bytes, bytes]:
+    """One file as a blob under a fresh DEK: its entry without the wrapped key, the DEK and
+    the file id. The KEK is not needed yet (sync.early wraps the DEK later); ``source``
+    wraps the open file (progress, or a stop)."""
     fd = os.open(local(folder, item.path), os.O_RDONLY | os.O_NOFOLLOW)
     with os.fdopen(fd, "rb", buffering=0) as fh:
         st = os.fstat(fd)
@@ -457,14 +469,12 @@ def _encrypt_one(folder: Path, item: LocalItem, out: ObjectWriter, kek: bytes, g
         # a big file's SHA-256 runs on the other core, beside its encryption
         digest = ThreadedHash("sha256") if st.st_size >= PACK_THRESHOLD else None
         try:
-            info = fmt.encrypt_blob(_ProgressReader(fh, progress), out, dek, file_id,
-                                    st.st_size, padding, digest)
+            info = fmt.encrypt_blob(source(fh), out, dek, file_id, st.st_size, padding, digest)
         finally:
             if digest is not None:
                 digest.close()
         after = os.fstat(fd)
         if after.st_mtime_ns != st.st_mtime_ns or after.st_size != st.st_size:
             raise FileChangedError(item.path)
-    return {"t": "f", "s": info.size, "m": st.st_mtime_ns, "x": st.st_mode & PERMISSIONS,
-            "h": info.sha256, "i": file_id.hex(), "k": fmt.b64(fmt.wrap_dek(kek, dek, file_id)),
-            "g": generation, "w": generation}
+    return ({"t": "f", "s": info.size, "m": st.st_mtime_ns, "x": st.st_mode & PERMISSIONS,
+             "h": info.sha256, "i": file_id.hex()}, dek, file_id)
