@@ -18,12 +18,24 @@ from test_trust_attacks import (
     compact,
     make_vault,
     provider,  # noqa: F401 (a fixture)
+    pulled_everywhere,
     script_restores,
 )
 
 from cloudguard import vault
 
 __all__ = ["provider"]
+
+
+def lagging_compaction(provider: Provider, dev: Dev, shown: dict[str, bytes], gone: str
+                       ) -> None:
+    """``dev``, shown ``shown`` (a lag), pulls (``gone`` leaves its folder) and compacts;
+    its snapshot is on the remote afterwards."""
+    with provider.showing(shown) as wrote:
+        assert dev.run("pull").exit_code == 0
+        assert not (dev.folder / gone).exists()
+        compact(dev)
+    assert any(n.startswith(f"m/{dev.rid}-") and n.endswith(".s") for n in wrote)
 
 
 def paper_everywhere(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, remote: str, text: str,
@@ -72,11 +84,7 @@ def test_a_late_snapshot_naming_itself_a_remover_does_not_bring_back_an_honest_d
                 s.state.db.execute("UPDATE attic SET rb = ? WHERE path = 'gone.txt'",
                                    (f"{rb} {mine}",))
             s.snapshot()
-    with provider.showing({**old, **by_c, **by_x}) as by_b:
-        assert b.run("pull").exit_code == 0
-        assert not (b.folder / "gone.txt").exists()
-        compact(b)
-    assert any(n.startswith(f"m/{b.rid}-") and n.endswith(".s") for n in by_b)
+    lagging_compaction(provider, b, {**old, **by_c, **by_x}, "gone.txt")
     for dev in (b, a, c):
         got = dev.run("pull")
         assert got.exit_code == 0, got.output
@@ -155,17 +163,8 @@ def test_a_late_snapshot_cannot_hand_a_lagging_device_an_honest_delete(
                 s.state.to_attic("new.txt", dot, entry, int(time.time()), honest)
             s.snapshot()
     lagging = {n: v for n, v in {**old, **by_x}.items() if n not in a_delta}
-    with provider.showing(lagging) as by_b:
-        assert b.run("pull").exit_code == 0
-        assert not (b.folder / "new.txt").exists()
-        compact(b)
-    assert any(n.startswith(f"m/{b.rid}-") and n.endswith(".s") for n in by_b)
-    for dev in (b, a, c, b):
-        got = dev.run("pull")
-        assert got.exit_code == 0, got.output
-        assert (dev.folder / "new.txt").read_text() == "A's new file", dev.name
-    assert (script_restores(a, local_remote, tmp_path) / "new.txt").read_text() == \
-        "A's new file"
+    lagging_compaction(provider, b, lagging, "new.txt")
+    pulled_everywhere([b, a, c, b], "new.txt", "A's new file", local_remote, tmp_path)
 
 
 def test_a_late_move_to_junk_is_undone_though_the_place_before_is_hidden(
@@ -217,18 +216,10 @@ def test_a_late_delete_survives_the_reencryption_that_answers_the_theft(
     with provider.showing(old) as by_x:
         (x.folder / "paper.txt").unlink()
         x.cg("push")
-    with provider.showing({**old, **by_x}) as by_b:
-        assert b.run("pull").exit_code == 0
-        assert not (b.folder / "paper.txt").exists()
-        compact(b)
-    assert any(n.startswith(f"m/{b.rid}-") and n.endswith(".s") for n in by_b)
-    for dev in (c, b, a, c):
-        got = dev.run("pull")
-        assert got.exit_code == 0, f"{dev.name}: {got.output}"
-        assert (dev.folder / "paper.txt").read_text() == "original", dev.name
+    lagging_compaction(provider, b, {**old, **by_x}, "paper.txt")
+    pulled_everywhere([c, b, a, c], "paper.txt", "original", local_remote, tmp_path)
     for dev in (a, c):
         assert dev.json("verify", "--read-data")["ok"], dev.name
-    assert (script_restores(a, local_remote, tmp_path) / "paper.txt").read_text() == "original"
 
 
 def test_a_late_rewrap_to_a_junk_key_never_wins(
