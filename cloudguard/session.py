@@ -431,12 +431,12 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
                              mf.written(index.get_meta("written", None), segs, binding.device),
                              (objects := {n[len(sync.DATA_PREFIX):] for n in listing
                                           if n.startswith(sync.DATA_PREFIX)}).__contains__,
-                             trust.limits(ring, matches))
-            loaded.state.ended = ring.view.ended()
+                             limits := trust.limits(ring, matches))
+            loaded.state.ended = limits.ended
             late = trust.late_opener(ring)
             mf.keep_refused(loaded.state, segs, fetch, late,
                             {*ring.view.contested, *ring.view.ghosts}, ring.view.cutoffs,
-                            verifier, skipped, ring.view.introducers())
+                            verifier, skipped, limits.ghosts)
             mf.adopt_places(loaded.state, segs, fetch, late, ring.view.cutoffs,
                             objects.__contains__, matches, skipped)
             for reason in skipped:
