@@ -165,14 +165,11 @@ class Session:
             "s", lambda seq: mf.snapshot_json(own, seq, self.state, prev))
         with self.state.transaction():
             self.state.ctx[own] = seq
-            self.state.mark_consumed(name, self.listing[name], digest, dict(self.state.ctx))
+            claimed = self.state.honest()  # what the snapshot covers (manifest/raises.py)
+            self.state.mark_consumed(name, self.listing[name], digest, claimed)
         self.index.set_meta("seen", self.state.ctx)
         self.index.set_meta("pending_segment", None)
-        doomed = []
-        for other in list(self.listing):
-            parsed = mf.parse_name(other)
-            if parsed and other != name and parsed[1] <= self.state.ctx.get(parsed[0], 0):
-                doomed.append(other)
+        doomed = mf.doomed(self.listing, name, claimed, self.state.consumed())
         self.transport.delete(doomed)
         for other in doomed:
             self.listing.pop(other, None)
@@ -426,6 +423,7 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
             verifier = mf.Verifier(binding.vault_id, ring.view.signer_key)
             matches = functools.partial(sync.blob_matches, transport, keks=ring.kek)
             state.keycheck = functools.partial(sync.true_key, transport, keks=ring.kek)
+            state.ended_since = trust.ended_since(ring.view, index, time.time())
             loaded = mf.load(segs, fetch, trust.segment_opener(ring, index), binding.device,
                              seen, cache, state, cutoffs, skipped, verifier,
                              mf.written(index.get_meta("written", None), segs, binding.device),

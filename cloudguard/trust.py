@@ -274,6 +274,31 @@ def limits(ring: Ring, matches: Callable[[dict[str, Any]], bool]) -> Limits:
                   known=frozenset(r for c in every for r in (*c.members, *c.removed)))
 
 
+def reencrypt_seen(view: View, index: Index, now: float) -> dict[str, float]:
+    """When this device first saw each re-encrypting commit (recorded the first time)."""
+    first: dict[str, float] = index.get_meta("reencrypt_seen", {})
+    fresh = {c.id: now for c in view.commits.values() if c.reencrypt and c.id not in first}
+    if fresh:
+        first = {**first, **fresh}
+        with index.transaction():
+            index.set_meta("reencrypt_seen", first)
+    return first
+
+
+def ended_since(view: View, index: Index, now: float) -> dict[str, int]:
+    """Each ended generation, with when this device first saw a re-encryption end it: a
+    version under it that joined the history later was not there for the re-encryption to
+    redo (an interrupted run, a lagging device's push), and stays listed until it is
+    ``keep_days`` old (review round 7, V2 (a))."""
+    first = reencrypt_seen(view, index, now)
+    out: dict[str, int] = {}
+    for c in view.commits.values():
+        if c.reencrypt:
+            for gen in view.ended_by(c):
+                out[gen] = min(out.get(gen, int(first[c.id])), int(first[c.id]))
+    return out
+
+
 def late_opener(ring: Ring) -> Opener:
     """Opens a removed member's segments past its cutoff, for the history only."""
     def opener(name: str, dev: str, seq: int, data: bytes) -> dict[str, Any]:

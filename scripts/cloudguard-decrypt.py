@@ -1162,17 +1162,33 @@ def check_entry_signature(chain: Chain, path: str, dot: str, entry: Entry) -> No
 class State:
     ctx: dict[str, int] = field(default_factory=dict)
     paths: dict[str, dict[str, Entry]] = field(default_factory=dict)  # path -> {dot: ENTRY}
+    # "Suspect stretches": seqs a snapshot covering a late write lifted the vector over
+    suspect: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    # versions a snapshot's history holds: a suspect stretch does not bring them back
+    gone: set[tuple[str, str]] = field(default_factory=set)
 
-    def merge(self, other: State) -> None:
+    def in_suspect(self, dot: str) -> bool:
+        device, seq = dot_parts(dot)
+        return any(lo < seq <= hi for lo, hi in self.suspect.get(device, ()))
+
+    def merge(self, other: State, hearsay: bool = False, writer: str = "",
+              removed: set[tuple[str, str]] | None = None) -> None:
         """Observed-remove merge: an entry one side lacks survives unless that side's ctx covers
         its dot (it saw the entry and removed it). Version vectors merge by maximum. When both
-        sides hold the same dot, the side with the higher (r, o) wins (newer_location)."""
+        sides hold the same dot, the side with the higher (r, o) wins (newer_location).
+
+        ``hearsay``: ``other`` is a snapshot whose vector covers a late write ("Suspect
+        stretches"): it removes only the versions its history holds (``removed``; what a
+        late write removed is back in its paths), and what it lifts the vector over, beyond
+        its ``writer``'s own seqs, is suspect: a version there is taken when another snapshot
+        holds it, and its delta is applied."""
         for path in set(self.paths) | set(other.paths):
             mine = self.paths.get(path, {})
             theirs = other.paths.get(path, {})
             keep: dict[str, Entry] = {}
             for dot, entry in mine.items():
-                if dot in theirs or not covered(dot, other.ctx):
+                if dot in theirs or not covered(dot, other.ctx) or (
+                        hearsay and (path, dot) not in (removed or set())):
                     keep[dot] = entry
             for dot, entry in theirs.items():
                 if dot in mine:
@@ -1180,14 +1196,21 @@ class State:
                         raise IntegrityFailure(f"manifest entry {dot} of {path!r} has two "
                                                "contents")
                     keep[dot] = newer_location(mine[dot], entry)
-                elif not covered(dot, self.ctx):
+                elif not covered(dot, self.ctx) or (
+                        self.in_suspect(dot) and (path, dot) not in self.gone):
                     keep[dot] = entry
             if keep:
                 self.paths[path] = keep
             else:
                 self.paths.pop(path, None)
         for device, seq in other.ctx.items():
-            self.ctx[device] = max(self.ctx.get(device, 0), seq)
+            before = self.ctx.get(device, 0)
+            if hearsay and device != writer and seq > before:
+                self.suspect.setdefault(device, []).append((before, seq))
+            elif not hearsay:  # an honest snapshot answers for what it covers
+                self.suspect[device] = [(max(lo, seq), hi) for lo, hi in
+                                        self.suspect.get(device, []) if hi > seq]
+            self.ctx[device] = max(before, seq)
 
     def apply(self, dot: str, ops: list[dict[str, Any]]) -> None:
         """Applying a delta removes the rm dots at p and adds e under the delta's dot.
@@ -1495,7 +1518,7 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
     # 1. open every snapshot and merge them
     state = State()
     held: set[str] = set()  # devices with a snapshot skipped
-    for name, (device, _seq, kind) in sorted(segments.items()):
+    for name, (device, own_seq, kind) in sorted(segments.items()):
         if kind != "s":
             continue
         try:
@@ -1509,7 +1532,12 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
                              parse_snapshot_paths(payload.get("paths")))
         except BadData as exc:
             raise IntegrityFailure(f"manifest segment {name} is malformed") from exc
-        if any(snapshot.ctx.get(rid, 0) > seq for rid, seq in limit.items()):
+        if snapshot.ctx.get(device) != own_seq:
+            raise IntegrityFailure(f"manifest segment {name}: its version vector does not name "
+                                   "its own seq")
+        hearsay = any(snapshot.ctx.get(rid, 0) > seq for rid, seq in limit.items())
+        removed: set[tuple[str, str]] = set()
+        if hearsay:
             # "Writer rules": late writes of a removed member are left out, not refused
             skipped.append(f"manifest segment {name} holds writes of a removed member past "
                            "its removal; they are left out (they are in the vault's history)")
@@ -1531,8 +1559,30 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
                 if versions and not snapshot.paths.get(where):
                     snapshot.paths[where] = {d: unmoved(e, limit, listed)
                                              for d, e in versions.items()}
-        if not state.dominates(snapshot.ctx):
-            state.merge(snapshot)
+        attic = payload.get("attic")
+        for where, rows in attic.items() if isinstance(attic, dict) else ():
+            removed |= {(where, d) for d in (rows if isinstance(rows, dict) else ())
+                        if d not in snapshot.paths.get(where, {})}  # not brought back
+        state.gone |= removed
+        if not state.dominates(snapshot.ctx) or any(
+                snapshot.ctx.get(dev, 0) > lo for dev, st in state.suspect.items()
+                for lo, _hi in st):
+            state.merge(snapshot, hearsay, device, removed)
+
+    # 1b. deltas in a suspect stretch, in order ("Suspect stretches")
+    for name, (device, seq, kind) in sorted(segments.items(), key=lambda i: i[1][:2]):
+        if kind != "d" or not state.in_suspect(f"{device}:{seq}") or late_dot(
+                f"{device}:{seq}", limit):
+            continue
+        try:
+            payload = open_named(name)
+            ops = [{k: v for k, v in op.items() if k != "e" or (op["p"], f"{device}:{seq}")
+                    not in state.gone} for op in parse_ops(payload.get("ops"))]
+            state.apply(f"{device}:{seq}", ops)
+        except Skip as exc:
+            skipped.append(str(exc))
+        except BadData as exc:
+            raise IntegrityFailure(f"manifest segment {name} is malformed") from exc
 
     # 2. apply the deltas the merged vector does not cover, in causal order: D:S applies when
     #    the vector holds D:S-1 and dominates the delta's deps

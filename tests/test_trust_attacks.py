@@ -619,6 +619,7 @@ def test_a_removed_members_reencryption_ends_no_history(
     assert len(b.json("history", "paper.txt")["versions"]) == 2
     old = provider.objects()
     a.cg("device", "remove", x.rid)
+    time.sleep(1.1)  # the draft left B's live state a second before B first sees the commit
     with provider.showing(old) as written:
         x.cg("key", "rotate", "--reencrypt")
     with provider.showing({**old, **written}):

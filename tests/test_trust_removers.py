@@ -264,3 +264,69 @@ def test_a_late_rewrap_to_a_junk_key_never_wins(
         assert got.exit_code == 0, got.output
         assert dev.json("verify", "--read-data")["ok"], dev.name
     assert (script_restores(a, local_remote, tmp_path) / "paper.txt").read_text() == "original"
+
+
+def _x_covers_new_txt_without_a_row(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                    remote: str, provider: Provider
+                                    ) -> tuple[list[Dev], dict[str, bytes], list[str]]:
+    """A writes new.txt; X, removed by A and shown the old remote, writes a late snapshot whose
+    vector covers A's write and which holds no row for it at all, live or kept. Returns the
+    devices, the remote a lagging device is shown (X's snapshot, not A's delta) and the
+    name of A's delta."""
+    a, b, c, x = make_vault(monkeypatch, tmp_path, remote, "a", "b", "c", "x")
+    before_new = provider.objects()
+    a.write("new.txt", "A's new file")
+    a.cg("push")
+    x.cg("pull")
+    a_delta = [n for n in provider.objects() if n not in before_new and n.startswith("m/")]
+    assert a_delta
+    old = provider.objects()
+    a.cg("device", "remove", x.rid)
+    with provider.showing(old) as by_x:
+        x.use()
+        with vault.session(str(x.folder)) as s:
+            with s.state.transaction():
+                ((dot, _entry),) = s.state.siblings("new.txt").items()
+                s.state._drop("new.txt", dot)  # no history row: only the vector says so
+            s.snapshot()
+    lagging = {n: v for n, v in {**old, **by_x}.items() if n not in a_delta}
+    return [a, b, c, x], lagging, a_delta
+
+
+def test_a_late_vector_covering_a_write_never_held_is_no_delete(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 8, W2 (c): X's late snapshot covers A's new.txt in its vector and names it
+    nowhere. B, lagging, never applied A's write: the vector made B count it as seen and
+    deleted, so A's delta could not add it, and B's snapshot (clean once the removal showed)
+    dropped new.txt on every device. A raise of the vector by a late snapshot is undone once
+    the removal shows, and a snapshot that covered a late write drops nothing it does not
+    name as removed."""
+    (a, b, c, _x), lagging, _delta = _x_covers_new_txt_without_a_row(
+        monkeypatch, tmp_path, local_remote, provider)
+    lagging_compaction(provider, b, lagging, "new.txt")
+    compact(b)  # the removal shows first: B's snapshot is clean, and must not drop it
+    pulled_everywhere([c, a, b, c, a], "new.txt", "A's new file", local_remote, tmp_path)
+
+
+def test_a_late_vector_does_not_keep_out_a_write_that_comes_after_it(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """W2 (c), the order the review asked for: B, lagging, merges X's late snapshot first and
+    A's own snapshot (which holds new.txt) after it; A's delta is gone by then. The late
+    vector kept A's version out of B. Once the removal shows, B takes it, and B's snapshots
+    never drop it anywhere."""
+    (a, b, c, _x), lagging, a_delta = _x_covers_new_txt_without_a_row(
+        monkeypatch, tmp_path, local_remote, provider)
+    with provider.showing(lagging):
+        assert b.run("pull").exit_code == 0
+        assert not (b.folder / "new.txt").exists()
+    with provider.showing({n: v for n, v in provider.objects().items() if n not in a_delta}):
+        compact(a)  # A's snapshot holds new.txt; its delta is gone
+        with provider.showing({**lagging, **{n: v for n, v in provider.objects().items()
+                                              if n.startswith(f"m/{a.rid}-")}}):
+            assert b.run("pull").exit_code == 0  # still lagging: X's word still counts
+        assert b.run("pull").exit_code == 0  # the removal shows
+        assert (b.folder / "new.txt").read_text() == "A's new file"
+        compact(b)
+    pulled_everywhere([c, a, b], "new.txt", "A's new file", local_remote, tmp_path)

@@ -33,6 +33,7 @@ class History:
 
     db: sqlite3.Connection
     ended: frozenset[str]
+    ended_since: dict[str, int]
     carriers: Carriers
 
     def transaction(self) -> AbstractContextManager[None]:
@@ -62,8 +63,12 @@ class History:
             return won
         return self.keycheck(had, entry) or won
 
-    def _ended(self, entry: Entry) -> bool:
-        return bool(self.ended) and _generation_of(entry) in self.ended
+    def _ended(self, entry: Entry, gone: int | None = None) -> bool:
+        """Hidden from the history: ended by a re-encryption, and (``gone``: when it joined
+        the history) there before the second this device first saw that re-encryption."""
+        if not self.ended or (gen := _generation_of(entry)) not in self.ended:
+            return False
+        return gone is None or gen not in self.ended_since or gone < self.ended_since[gen]
 
     def to_attic(self, path: str, dot: str, entry: Entry, gone: int,
                  rb: str | None = None, checked: bool = True) -> None:
@@ -96,7 +101,7 @@ class History:
                 if path is not None else self.db.execute(query + " ORDER BY path, gone"))
         for p, d, e, g in rows:
             entry = json.loads(e)
-            if not self._ended(entry):
+            if not self._ended(entry, int(g)):
                 yield p, d, entry, int(g)
 
     def attic_payload(self) -> dict[str, dict[str, dict[str, Any]]]:

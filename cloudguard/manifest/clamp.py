@@ -77,7 +77,9 @@ def clamp_own(state: State, lim: Limits) -> None:
     paths, kept, ctx = dict(state.items()), state.attic_payload(), dict(state.ctx)
     live, history, rc = clamp_snapshot(paths, kept, state.carriers.everything(),
                                        int(time.time()), lim)
+    raised = state.raises.rows()  # which snapshot lifted the vector where: still true
     state.reset()
+    state.raises.restore(raised)
     state.merge_snapshot(clamp_ctx(ctx, lim.cuts), live.items(), history, int(time.time()),
                          carriers=rc)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import IntegrityError
 from .attic import History, _dump, _generation
-from .carriers import Carriers
+from .carriers import Carriers, tainted
 from .moves import (
     Entry,
     _was,
@@ -25,6 +25,7 @@ from .moves import (
     newer_location,
 )
 from .paths import Paths
+from .raises import Raises, in_stretch
 from .signing import SIG_FIELD, content
 
 Siblings = dict[str, Entry]
@@ -104,9 +105,15 @@ class State(History):
         # generations whose history a re-encryption ended: hidden at once, forgotten after
         # keep_days (the session sets them from the verified chain; review round 6, U2)
         self.ended: frozenset[str] = frozenset()
+        # when this device first saw each of those ended: a version that joined the history
+        # later stays listed (attic.History.attic; review round 7, V2 (a))
+        self.ended_since: dict[str, int] = {}
         self._read_ctx()
         self.paths = Paths(self)
         self.carriers = Carriers(self.db)
+        self.raises = Raises(self.db)
+        # removed members' cutoffs as the last load saw them (raises.py: suspect stretches)
+        self.cuts: dict[str, int] = {}
 
     @staticmethod
     def _connect(path: Path | None) -> sqlite3.Connection:
@@ -252,6 +259,14 @@ class State(History):
     def dominates(self, ctx: dict[str, int]) -> bool:
         return all(self.ctx.get(d, 0) >= s for d, s in ctx.items())
 
+    def honest(self) -> dict[str, int]:
+        """The vector this device's snapshots claim: no stretch a late word lifted."""
+        return self.raises.honest(self.ctx, self.cuts)
+
+    def _kept_here(self, path: str, dot: str) -> bool:
+        return self.db.execute("SELECT 1 FROM attic WHERE path = ? AND dot = ?",
+                               (path, dot)).fetchone() is not None
+
     # --- writing ----------------------------------------------------------------------------
 
     def _check(self, path: str, dot: str, entry: Entry) -> None:
@@ -286,6 +301,9 @@ class State(History):
         the delta states could send them straight past ``keep_days`` (review round 3, R7)."""
         dot = dot_of(device, seq)
         at = int(time.time())  # ours: a writer's clock could end the undo or the history
+        # read again because a late word had lifted the vector over it (raises.py): a
+        # version this device holds as removed stays removed
+        again = seq <= self.ctx.get(device, 0)
         with self.transaction():
             for op in ops:
                 path = op["p"]
@@ -312,7 +330,8 @@ class State(History):
                     if not isinstance(entry, dict):
                         raise IntegrityError(f"manifest entry for {path!r} is malformed")
                     self._check(path, dot, entry)
-                    self.put_entry(path, dot, entry)
+                    if not (again and self._kept_here(path, dot)):
+                        self.put_entry(path, dot, entry)
             self.ctx[device] = max(self.ctx.get(device, 0), seq)
 
     def merge(self, other: State) -> None:
@@ -322,7 +341,8 @@ class State(History):
     def merge_snapshot(self, ctx: dict[str, int], paths: Iterable[tuple[str, Siblings]],
                        attic: dict[str, dict[str, dict[str, Any]]] | None = None,
                        when: int = 0, by: str | None = None,
-                       carriers: dict[str, dict[str, int]] | None = None) -> None:
+                       carriers: dict[str, dict[str, int]] | None = None,
+                       raw: dict[str, int] | None = None) -> None:
         """Observed-remove merge: a dot one side lacks but has seen was deleted there (and
         joins the history as of now: this device's clock, never a time a segment states).
         Histories are unions of versions; their times are no later than ``when``, the
@@ -336,6 +356,12 @@ class State(History):
         writer turns out to be a removed member past its cutoff, what it dropped and moved is
         undone (format.md, "Writer rules"). ``carriers``: the vectors of the carriers the
         history names (the snapshot's ``rc``); ``by`` is one too, with ``ctx``.
+
+        ``raw``: the snapshot's vector as written, before a clamp (raises.py). One that
+        covers a late write may carry a late snapshot's word: what it omits is dropped only
+        where its history (clamped: what a late write removed came back) holds the version
+        (review round 8, W2 (c)), and a version in a stretch a late word lifted is taken when
+        it arrives.
         """
         now = int(time.time())
         kept = attic or {}
@@ -343,8 +369,12 @@ class State(History):
             seen = dict(self.ctx)
             self.carriers.note({**(carriers or {}), **({by: ctx} if by else {})})
             empty = not self.ctx and not self.has_any()
+            suspect = self.raises.suspect(self.cuts)
+            hearsay = raw is not None and tainted(raw, self.cuts)
 
             def drop(path: str, dot: str, entry: Entry) -> None:
+                if hearsay and dot not in kept.get(path, {}):
+                    return  # only its vector says so (review round 8, W2 (c))
                 named = (kept.get(path, {}).get(dot) or {}).get("rb") or []
                 rb = {*named, *([by] if by else [])}
                 self.to_attic(path, dot, entry, now, " ".join(sorted(rb)) or None)
@@ -363,7 +393,8 @@ class State(History):
                         if self.fresher(mine[dot], entry) is not mine[dot]:
                             self.put_entry(path, dot, carried(mine[dot], entry, by, now)
                                            if by else entry)
-                    elif not covered(dot, self.ctx):
+                    elif not covered(dot, self.ctx) or (
+                            in_stretch(dot, suspect) and not self._kept_here(path, dot)):
                         self._check(path, dot, entry)
                         self.put_entry(path, dot, entry)
             if not empty:
@@ -377,7 +408,7 @@ class State(History):
                         continue  # live here: its own record decides
                     held = self.db.execute("SELECT 1 FROM attic WHERE path = ? AND dot = ?",
                                            (path, dot)).fetchone() is not None
-                    if not held and covered(dot, seen):
+                    if not held and covered(dot, seen) and not in_stretch(dot, suspect):
                         continue  # forgotten here (review round 7, V4)
                     # taken in: the removers it names, and this snapshot as its carrier (a
                     # late snapshot must not hand over a delete as honest; round 8, W2)
@@ -385,8 +416,13 @@ class State(History):
                     self.to_attic(path, dot, row["e"], min(int(row["g"]), when or now),
                                   None if held else " ".join(sorted(taken)) or None,
                                   checked=False)
+            before = dict(self.ctx)
             for device, seq in ctx.items():
                 self.ctx[device] = max(self.ctx.get(device, 0), seq)
+            if by:
+                self.raises.note(by, raw if raw is not None else ctx, before, self.ctx)
+                if not hearsay:
+                    self.raises.vouched(ctx, self.cuts)
 
     def has_any(self) -> bool:
         return self.db.execute("SELECT 1 FROM entries LIMIT 1").fetchone() is not None
@@ -412,5 +448,6 @@ class State(History):
             self.db.execute("DELETE FROM attic")
             self.db.execute("DELETE FROM late_read")  # refused.py reads them again
             self.db.execute("DELETE FROM carriers")
+            self.raises.clear()
             self.db.execute("DELETE FROM meta")
             self.ctx = {}

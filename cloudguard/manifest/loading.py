@@ -14,6 +14,7 @@ from ..chain import Skip
 from ..errors import REPUBLISH_HINT, HistoryError, IntegrityError, named
 from .clamp import Limits, clamp_ctx, clamp_own, clamp_snapshot, late
 from .crdt import State, Vouch
+from .raises import in_stretch
 from .segments import (
     SegmentCache,
     _attic,
@@ -94,6 +95,7 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
     cuts = cutoffs or {}
     limit = {dev: seq for dev, (seq, _h) in cuts.items()}
     lim = replace(limits or Limits(), cuts=limit, listed=listed)
+    state.cuts = limit
     # what the writer rules refuse is not expected back: no rollback is read into it
     seen = clamp_ctx(seen, limit)
     skip_log = skipped if skipped is not None else []
@@ -155,7 +157,7 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
             if name in listing:
                 heads_hash[name] = sha
         for name, payload in sorted(snaps.items()):
-            ctx = _ctx(payload.get("ctx"))
+            ctx = raw = _ctx(payload.get("ctx"))
             paths = _paths(payload.get("paths"))
             kept = _attic(payload.get("attic"))
             rc = carriers_of(payload)
@@ -166,7 +168,10 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
                 ctx = clamp_ctx(ctx, limit)
                 paths, kept, rc = clamp_snapshot(paths, kept, rc, time_of(payload), lim)
             claim = ctx.get(device, 0)
-            if written is not None and claim > written and parsed[name][0] != device:
+            if written is not None and claim > written and late(raw, limit):
+                ctx = {**ctx, device: 0}  # a late word, and suspect anywhere (raises.py)
+                held_dots = None
+            elif written is not None and claim > written and parsed[name][0] != device:
                 skip_log.append(
                     f"manifest segment {name} claims {claim} segments of this device, which "
                     f"wrote {written}: a planted version vector (remove device "
@@ -178,9 +183,9 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
             else:
                 held_dots = None
             with _naming(name):
-                if not state.dominates(ctx):
+                if not state.dominates(ctx) or _lifts(ctx, state.raises.suspect(limit)):
                     state.merge_snapshot(ctx, paths.items(), kept, time_of(payload),
-                                         f"{parsed[name][0]}:{parsed[name][1]}", rc)
+                                         f"{parsed[name][0]}:{parsed[name][1]}", rc, raw)
                 elif kept:
                     state.merge_snapshot({}, (), kept, time_of(payload),  # history only
                                          carriers=rc)
@@ -189,6 +194,7 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
                 reissue |= {(p, d) for p, d in state.dots()
                             if d.startswith(device + ":") and d not in held_dots}
 
+        _read_again(state, parsed, consumed, limit, open_named, listing, heads_hash, skip_log)
         pending: dict[str, dict[int, str]] = {}
         for name, (dev, seq, kind) in parsed.items():
             if kind == "d" and seq > state.ctx.get(dev, 0) and name not in consumed:
@@ -249,6 +255,39 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
     cache.prune(parsed)
     return Loaded(state, dict(listing), own, deltas, {d: h for d, (_s, h) in newest.items()},
                   claimed, sorted(reissue))
+
+
+def _lifts(ctx: dict[str, int], suspect: dict[str, list[tuple[int, int]]]) -> bool:
+    """Does a snapshot cover part of a stretch a late word lifted (raises.py)? Then its
+    rows are read although this device's vector covers it."""
+    return any(ctx.get(dev, 0) > lo for dev, stretches in suspect.items()
+               for lo, _hi in stretches)
+
+
+def _read_again(state: State, parsed: dict[str, tuple[str, int, str]],
+                consumed: dict[str, tuple[int, str, dict[str, int] | None]],
+                limit: dict[str, int], open_named: Callable[[str], dict[str, Any]],
+                listing: dict[str, int], heads_hash: dict[str, str], skip_log: list[str]
+                ) -> None:
+    """Deltas in a stretch a late word lifted, which this device never applied, are
+    applied now, in order: the late snapshot's vector kept them out (review round 8,
+    W2 (c)). A version this device holds as removed stays removed (State.apply_delta)."""
+    suspect = state.raises.suspect(limit)
+    if not suspect:
+        return
+    for name, (dev, seq, kind) in sorted(parsed.items(), key=lambda item: item[1][:2]):
+        if kind != "d" or name in consumed or seq > state.ctx.get(dev, 0):
+            continue
+        if not in_stretch(f"{dev}:{seq}", suspect) or (dev in limit and seq > limit[dev]):
+            continue
+        try:
+            payload = open_named(name)
+        except Skip as exc:
+            skip_log.append(str(exc))
+            continue
+        with _naming(name):
+            state.apply_delta(dev, seq, check_ops(payload.get("ops")))
+        state.mark_consumed(name, listing[name], heads_hash[name])
 
 
 def _known_devices(name: str, ctx: dict[str, int], kept: dict[str, dict[str, dict[str, Any]]],

@@ -220,6 +220,9 @@ def _check_segment(name: str, payload: dict[str, Any]) -> None:
         time_of(payload)
         if payload.get("kind") == "snapshot":
             ctx = _ctx(payload.get("ctx"))
+            if ctx.get(str(payload.get("device"))) != payload.get("seq"):
+                # a late snapshot that hid itself from the vector would carry no taint
+                raise IntegrityError("its version vector does not name its own seq")
             payload["paths"] = _CheckedPaths(_paths(payload.get("paths")))
             _attic(payload.get("attic"))
             carriers_of(payload)
@@ -367,7 +370,7 @@ def snapshot_json(device: str, seq: int, state: State, prev: str | None = None
     def dump(value: Any) -> bytes:
         return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
 
-    ctx = {**state.ctx, device: seq}
+    ctx = {**state.honest(), device: seq}  # never a stretch a late word lifted (raises.py)
     named: set[str] = set()  # filled while the attic streams; "rc" comes after it
 
     def carriers() -> Iterator[tuple[str, dict[str, int]]]:
@@ -426,3 +429,20 @@ def snapshot_payload(device: str, seq: int, state: State, prev: str | None = Non
     """:func:`snapshot_json` as one dict (tests and small states)."""
     parsed: dict[str, Any] = json.loads(b"".join(snapshot_json(device, seq, state, prev)))
     return parsed
+
+
+def doomed(names: Iterable[str], own: str, claimed: dict[str, int],
+           consumed: dict[str, tuple[int, str, dict[str, int] | None]]) -> list[str]:
+    """The segments a snapshot with vector ``claimed`` replaces: each one whose seq it covers,
+    except a snapshot whose own vector reaches past ``claimed`` (a suspect stretch left out
+    of it): that one still answers for the rest, so readers need it."""
+    out = []
+    for name in names:
+        parsed = parse_name(name)
+        if not parsed or name == own or parsed[1] > claimed.get(parsed[0], 0):
+            continue
+        ctx = consumed.get(name, (0, "", None))[2]
+        if parsed[2] == "s" and ctx and any(s > claimed.get(d, 0) for d, s in ctx.items()):
+            continue
+        out.append(name)
+    return out

@@ -9,7 +9,7 @@ import shutil
 import time
 from typing import Any
 
-from .. import chain, sync
+from .. import chain, sync, trust
 from .. import format as fmt
 from .. import manifest as mf
 from ..errors import (
@@ -91,13 +91,7 @@ def _ended_long_ago(s: Session, now: float) -> frozenset[str]:
     removed member's backdated re-encryption, accepted while its removal was hidden, ends
     nothing once the removal shows, even on a device that compacted meanwhile (review round
     6, U2)."""
-    first: dict[str, float] = s.index.get_meta("reencrypt_seen", {})
-    fresh = {c.id: now for c in s.ring.view.commits.values()
-             if c.reencrypt and c.id not in first}
-    if fresh:
-        first = {**first, **fresh}
-        with s.index.transaction():
-            s.index.set_meta("reencrypt_seen", first)
+    first = trust.reencrypt_seen(s.ring.view, s.index, now)
     return s.ring.view.ended(lambda c: now - first[c.id] >= s.binding.keep_days * 86400)
 
 

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .. import chain, sync
+from .. import chain, sync, trust
 from .. import format as fmt
 from .. import manifest as mf
 from ..errors import CloudguardError, IntegrityError, UsageError, named
@@ -54,6 +55,7 @@ def begin(s: Session, remove: str | None, earlier: dict[str, Any] | None = None
 
 def published(s: Session, started: dict[str, Any], commit: chain.Commit) -> None:
     s.state.ended = s.ring.view.ended()  # the commit ends the older history (format.md)
+    s.state.ended_since = trust.ended_since(s.ring.view, s.index, time.time())
     started["commit"] = commit.id
     started["epoch"] = commit.epoch
     s.index.set_meta(INTENT, started)

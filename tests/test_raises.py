@@ -1,0 +1,101 @@
+"""Suspect stretches (manifest/raises.py; format.md "Suspect stretches"; review round 8,
+W2 (c)): a removed member's late vector covering a write it omits counts as seen and deleted
+only until the removal shows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from cloudguard import manifest as mf
+from cloudguard.errors import IntegrityError
+from cloudguard.manifest.clamp import Limits, clamp_own
+
+A, B, C, X = "a" * 16, "b" * 16, "c" * 16, "e" * 16
+ENTRY: dict[str, Any] = {"t": "d"}
+
+
+def _lagging() -> mf.State:
+    """B held A:1 and A:2; X's late snapshot X:12 covers A:3, which it omits."""
+    state = mf.State()
+    with state.transaction():
+        state.apply_delta(A, 1, [{"p": "one", "e": ENTRY, "rm": []}])
+        state.apply_delta(A, 2, [{"p": "two", "e": ENTRY, "rm": []}])
+        state.merge_snapshot({A: 3, X: 12}, [("one", {f"{A}:1": ENTRY}),
+                                             ("two", {f"{A}:2": ENTRY})], {}, 10, f"{X}:12")
+    return state
+
+
+def test_a_late_vector_keeps_a_write_out_only_until_the_removal_shows() -> None:
+    state = _lagging()
+    a_snapshot = [("one", {f"{A}:1": ENTRY}), ("two", {f"{A}:2": ENTRY}),
+                  ("three", {f"{A}:3": ENTRY})]
+    with state.transaction():  # the removal is hidden: X's word counts
+        state.merge_snapshot({A: 4}, a_snapshot, {}, 10, f"{A}:4")
+    assert state.entry("three", f"{A}:3") is None
+    assert state.honest() == state.ctx
+    clamp_own(state, Limits({X: 10}))  # the removal shows
+    state.cuts = {X: 10}
+    assert state.honest()[A] == 2  # what its snapshots may claim
+    with state.transaction():
+        state.merge_snapshot({A: 4}, a_snapshot, {}, 10, f"{A}:4")
+    assert state.entry("three", f"{A}:3") is not None
+    assert state.honest()[A] == 4  # A's own snapshot answers for the stretch now
+
+
+def test_a_suspect_delta_is_applied_but_a_version_held_as_removed_stays_removed() -> None:
+    state = _lagging()
+    state.cuts = {X: 10}
+    with state.transaction():
+        state.to_attic("gone", f"{A}:3", ENTRY, 5, f"{C}:1")
+        state.apply_delta(A, 3, [{"p": "gone", "e": ENTRY, "rm": []},
+                                 {"p": "one", "e": ENTRY, "rm": [f"{A}:1"]}])
+    assert state.entry("gone", f"{A}:3") is None
+    assert state.entry("one", f"{A}:1") is None  # the rest of the delta applies
+    assert state.entry("one", f"{A}:3") is not None
+
+
+def test_a_hearsay_snapshot_drops_only_what_its_history_holds() -> None:
+    state = mf.State()
+    state.cuts = {X: 10}
+    with state.transaction():
+        for seq, path in ((1, "kept"), (2, "named")):
+            state.apply_delta(A, seq, [{"p": path, "e": ENTRY, "rm": []}])
+        # C, lagging, compacted with X's late write in its vector: it omits both
+        state.merge_snapshot({A: 2, C: 5, X: 10}, [], {
+            "named": {f"{A}:2": {"e": ENTRY, "g": 5, "rb": [f"{C}:4"]}}}, 10, f"{C}:5",
+            raw={A: 2, C: 5, X: 11})
+    assert state.entry("kept", f"{A}:1") is not None
+    assert state.entry("named", f"{A}:2") is None
+
+
+def test_a_writers_word_about_itself_is_never_suspect() -> None:
+    """C's vector covers X's late write: what it says of A (and of X) is suspect, what it
+    says of its own writes is not."""
+    state = mf.State()
+    state.cuts = {X: 10}
+    with state.transaction():
+        state.merge_snapshot({A: 4, C: 5, X: 10}, [], {}, 10, f"{C}:5",
+                             raw={A: 4, C: 5, X: 11})
+    assert state.honest() == {A: 0, C: 5, X: 0}
+
+
+def test_a_snapshot_must_name_its_own_seq() -> None:
+    from cloudguard.manifest.segments import _check_segment
+
+    snap = {"kind": "snapshot", "device": X, "seq": 12, "ctx": {X: 10, A: 3},
+            "created": "2024-01-01T00:00:00+00:00", "paths": {}, "attic": {}, "rc": {}}
+    with pytest.raises(IntegrityError, match="does not name its own seq"):
+        _check_segment("m/x", snap)
+    _check_segment("m/x", {**snap, "ctx": {X: 12, A: 3}})
+
+
+def test_a_snapshot_keeps_the_snapshots_that_answer_for_a_stretch_it_leaves_out() -> None:
+    c_snap = mf.segment_name(C, 5, "s")
+    names = [mf.segment_name(A, 2, "d"), mf.segment_name(A, 3, "d"), c_snap,
+             mf.segment_name(C, 4, "s"), mf.segment_name(B, 7, "s")]
+    consumed: dict[str, tuple[int, str, dict[str, int] | None]] = {
+        c_snap: (1, "", {A: 3, C: 5}), mf.segment_name(C, 4, "s"): (1, "", {A: 2, C: 4})}
+    got = mf.doomed(names, mf.segment_name(B, 7, "s"), {A: 2, B: 7, C: 5}, consumed)
+    assert got == [mf.segment_name(A, 2, "d"), mf.segment_name(C, 4, "s")]
