@@ -385,6 +385,14 @@ class Skip(Exception):
     its writer was removed before writing it (refused for good)."""
 
 
+class KeyGone(Skip):
+    """A segment sealed under a key this device cannot reach (``kek``: its commitment)."""
+
+    def __init__(self, message: str, kek: str) -> None:
+        super().__init__(message)
+        self.kek = kek
+
+
 def accept_segment(view: View, name: str, device: str, seq: int, data: bytes,
                    kek_of: Callable[[Commit], bytes], late: bool = False) -> dict[str, Any]:
     """Writer rules of format.md: check the writer and its signature before decrypting.
@@ -425,9 +433,9 @@ def accept_segment(view: View, name: str, device: str, seq: int, data: bytes,
     except IntegrityError as exc:
         # its writer had not seen a re-encryption, which deleted that key: the writer writes
         # it again under the current key once it sees the re-encryption (rotate._rewrap_stale)
-        raise Skip(f"manifest segment {name} is sealed under a key this device cannot open "
-                   f"any more ({exc}); waiting for its writer {device} to write it again "
-                   "under the current key") from exc
+        raise KeyGone(f"manifest segment {name} is sealed under a key this device cannot "
+                      f"open any more ({exc}); waiting for its writer {device} to write it "
+                      "again under the current key", commit.kek) from exc
     try:
         return fmt.open_segment(kek, view.vault_id, name, data)
     except IntegrityError as exc:

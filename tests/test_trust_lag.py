@@ -84,3 +84,33 @@ def test_two_reencryptions_at_once_keep_each_others_history(
         assert "first" in texts, (dev.name, versions, texts)
         dev.write("paper.txt", "second")  # as it was, for the next device's check
         assert dev.run("push").exit_code == 0
+
+
+def test_a_snapshot_under_a_key_a_reencryption_ended_is_no_rollback_and_is_written_again(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """B, kept from seeing A's `device remove X --reencrypt`, compacts: its snapshot is sealed
+    under the key the re-encryption deleted, and it wrote no version of its own. No one can
+    read that snapshot. B's own `verify` (a fresh rebuild) used to call that a rollback
+    (exit 3) until B's next compaction; it now says what it is, and B's next push writes a
+    snapshot under the current key, which everyone reads."""
+    a, b, c, x = paper_everywhere(monkeypatch, tmp_path, local_remote, "original",
+                                  "a", "b", "c", "x")
+    old = provider.objects()
+    got = a.run("device", "remove", x.rid, "--reencrypt")
+    assert got.exit_code == 0, got.output
+    with provider.showing(old) as by_b:
+        from test_trust_attacks import compact
+        compact(b)
+    assert any(n.startswith(f"m/{b.rid}-") and n.endswith(".s") for n in by_b)
+    got = b.run("verify")
+    assert got.exit_code == 0, got.output
+    assert "a re-encryption ended" in got.output
+    got = b.run("push")
+    assert got.exit_code == 0, got.output
+    for dev in (b, c, a):
+        got = dev.run("verify")
+        assert got.exit_code == 0, f"{dev.name}: {got.output}"
+        assert "a re-encryption ended" not in got.output, dev.name
+        assert (dev.folder / "paper.txt").read_text() == "original"
+    assert (script_restores(a, local_remote, tmp_path) / "paper.txt").read_text() == "original"

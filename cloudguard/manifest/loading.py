@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..chain import Skip
+from ..chain import KeyGone, Skip
 from ..errors import REPUBLISH_HINT, HistoryError, IntegrityError, named
 from .clamp import Limits, clamp_ctx, clamp_own, clamp_snapshot, late
 from .crdt import State, Vouch
@@ -40,6 +40,9 @@ class Loaded:
     # and its own versions such a vector's writer did not hold (to be written again)
     claimed: int = 0
     reissue: list[tuple[str, str]] = field(default_factory=list)
+    # device -> its highest segment sealed under a key a verified re-encryption ended: no one
+    # reads it until its writer writes again (rotate._rewrap_stale)
+    keyless: dict[str, int] = field(default_factory=dict)
 
 
 Opener = Callable[[str, str, int, bytes], dict[str, Any]]
@@ -108,6 +111,7 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
     heads_hash: dict[str, str] = {}
 
     pinned: dict[str, set[str]] = {}
+    keyless: dict[str, int] = {}
     pinning = False
     claimed, reissue = 0, set()
 
@@ -120,7 +124,12 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
         if dev in cuts and name not in pinned.get(dev, set()) and not pinning:
             raise Skip(f"manifest segment {name} of removed member {dev} is not on the chain "
                        "its removal recorded; refused")
-        payload = opener(name, dev, seq, data)
+        try:
+            payload = opener(name, dev, seq, data)
+        except KeyGone as exc:
+            if exc.kek in lim.ended:
+                keyless[dev] = max(keyless.get(dev, 0), seq)
+            raise
         if (payload.get("device"), payload.get("seq"), payload.get("kind")) != (
                 dev, seq, {"d": "delta", "s": "snapshot"}[kind]):
             raise IntegrityError(f"manifest segment {name} does not match its name")
@@ -239,7 +248,11 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
                 raise HistoryError(f"manifest segment {missing} is missing: the manifest "
                                    "was truncated or a segment was deleted" + REPUBLISH_HINT)
         for dev, seq in seen.items():
-            if state.ctx.get(dev, 0) < seq:
+            if state.ctx.get(dev, 0) < seq and keyless.get(dev, 0) >= seq:
+                skip_log.append(f"device {dev}'s manifest is read up to "
+                                f"{state.ctx.get(dev, 0)} of {seq}: the rest is under a key a "
+                                "re-encryption ended, until its writer writes it again")
+            elif state.ctx.get(dev, 0) < seq:
                 raise HistoryError(
                     f"the remote manifest is older than one this device has seen (device {dev} "
                     f"at {state.ctx.get(dev, 0)}, seen {seq}): rollback or deleted manifest"
@@ -254,7 +267,7 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
             newest[dev] = (seq, digest)
     cache.prune(parsed)
     return Loaded(state, dict(listing), own, deltas, {d: h for d, (_s, h) in newest.items()},
-                  claimed, sorted(reissue))
+                  claimed, sorted(reissue), keyless)
 
 
 def _lifts(ctx: dict[str, int], suspect: dict[str, list[tuple[int, int]]]) -> bool:

@@ -63,15 +63,34 @@ def _rewrap_stale(s: Session) -> dict[str, str]:
     stale = any("k" in e and e.get("g") != head for _p, sibs in s.state.items()
                 for e in sibs.values())
     lost: dict[str, str] = {}
-    if stale:
+    if stale or _sealed_under_ended(s):
         with s.state.transaction():
             # the snapshot, under the head's key, also covers what this device wrote under
             # a key a re-encryption has deleted since, which no one can open (test_trust_lag)
-            lost = _rewrap(s, s.ring.head_kek, head)
+            lost = _rewrap(s, s.ring.head_kek, head) if stale else {}
             s.snapshot()
     s.index.set_meta("wrapped_under", head)
     s.index.set_meta("rewrap_needed", None)
     return lost
+
+
+def _sealed_under_ended(s: Session) -> bool:
+    """Is one of this device's listed segments sealed under a key a re-encryption ended?
+    No one opens it any more, not even this device's own fresh rebuild (``verify``), so a
+    snapshot under the head's key replaces it, even when every version was redone."""
+    ended = s.ring.view.ended()
+    every = {**s.ring.view.voided, **s.ring.view.commits}
+    for name, size in s.listing.items():
+        parsed = mf.parse_name(name)
+        if parsed is None or parsed[0] != s.binding.device:
+            continue
+        blob = s.segment_cache.get(name, size)
+        if blob is None:
+            continue  # not read since it was written here: the header tells nothing cheaply
+        commit = every.get(fmt.segment_head(blob)[1])
+        if commit is not None and commit.kek in ended:
+            return True
+    return False
 
 
 def _exposure(s: Session) -> list[dict[str, Any]]:
