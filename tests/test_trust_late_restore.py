@@ -29,11 +29,11 @@ __all__ = ["provider"]
 
 
 def b_taken_out(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, remote: str,
-                p: Provider) -> tuple[Dev, Dev, Dev, Dev]:
+                p: Provider, retired: bool = False) -> tuple[Dev, Dev, Dev, Dev]:
     """A removes X. B then edits A's doc.txt twice, writes its own notes.txt, edits
     shared.txt (which A edits again over B's version) and deletes gone.txt. X signs, on the
     parent of its removal, a removal of B with cutoff 0: challenged, yet B is out and every
-    dot of B is late. C looks on."""
+    dot of B is late (``retired``: A removed B first, counting). C looks on."""
     a, b, x, c = make_vault(monkeypatch, tmp_path, remote, "a", "b", "x", "c")
     vid = vault_id_of(a)
     a.cg("device", "remove", x.rid)
@@ -57,6 +57,8 @@ def b_taken_out(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, remote: str,
     a.write("shared.txt", "A's edit over B's")
     assert a.run("push").exit_code == 0
     c.cg("pull")
+    if retired:  # A retires B first, honestly: a counting removal vouching for all B wrote
+        a.cg("device", "remove", b.rid)
     backdated_removal(p, view, parent, xs, x.rid, b.rid)
     return a, b, x, c
 
@@ -257,3 +259,25 @@ def test_a_late_version_that_cannot_be_read_does_not_stop_a_reencryption(
     assert "reencryption" in st and st["reencryption"] is None, st
     assert (a.folder / "doc.txt").read_text() == "original"
     assert a.json("verify", "--read-data")["ok"]
+
+
+def test_a_retired_members_work_is_kept_whole_when_a_thief_lowers_its_cutoff(
+        local_remote: str, provider: Provider, tmp_path: Path,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 8, W3: A retires B honestly (a counting removal, which vouches for all of
+    B's work); X, already removed, signs a backdated removal of B with cutoff 0, so every dot
+    of B is late. B's vouched work is neither capped nor ended: a re-encryption re-encrypts
+    and keeps it, and it still restores on every device."""
+    a, b, _x, c = b_taken_out(monkeypatch, tmp_path, local_remote, provider, retired=True)
+    assert a.run("pull").exit_code == 0
+    got = a.run("key", "rotate", "--reencrypt")
+    assert got.exit_code == 0, got.output
+    assert "keeps the late versions of" in got.output and "forgets" not in got.output
+    assert [v for v in a.json("history", "notes.txt")["versions"] if v["late"]]
+    pulled = c.run("pull")
+    assert pulled.exit_code == 0, pulled.output
+    for dev in (a, c):
+        result = dev.json("restore", "--late-of", b.rid[:8], "--yes")
+        assert "notes.txt" in result["restored"], (dev.name, result)
+        assert (dev.folder / "notes.txt").read_text() == "B's own notes"
+        assert (dev.folder / "doc.txt").read_text() == "B's newest edit"
