@@ -128,6 +128,34 @@ class _Hash(Protocol):
     def hexdigest(self) -> str: ...
 
 
+class BlobSealer:
+    """One blob's keys: its header and any chunk, sealed or opened on its own (encrypt_blob
+    streams; a mount's draft seals chunks as writes come). The nonce comes from (index, final)
+    alone, so a caller must seal each pair once only under one DEK and file id."""
+
+    def __init__(self, dek: bytes, file_id: bytes) -> None:
+        if len(file_id) != FILE_ID_SIZE:
+            raise ValueError("file id must be 16 bytes")  # else the header would not parse back
+        key, self.commitment = _blob_keys(dek, file_id)
+        self.file_id, self.aead = file_id, AESGCM(key)
+
+    def header(self, size: int, padded: int) -> bytes:
+        return BLOB_MAGIC + self.file_id + self.commitment + self.aead.encrypt(
+            _LENGTH_NONCE, struct.pack(">QQ", size, padded),
+            b"cloudguard/v2/length" + bytes([VERSION]) + self.file_id)
+
+    def seal(self, index: int, data: bytes, final: bool) -> bytes:
+        return self.aead.encrypt(_chunk_nonce(index, final), data,
+                                 _chunk_aad(self.file_id, index, final))
+
+    def open(self, index: int, sealed: bytes, final: bool) -> bytes:
+        try:
+            return self.aead.decrypt(_chunk_nonce(index, final), sealed,
+                                     _chunk_aad(self.file_id, index, final))
+        except InvalidTag as exc:
+            raise IntegrityError() from exc
+
+
 def encrypt_blob(
     src: Reader, dst: _Writer, dek: bytes, file_id: bytes, size: int, padding: bool = True,
     digest: _Hash | None = None,
@@ -138,17 +166,9 @@ def encrypt_blob(
     streaming, without holding anything back. ``digest`` (SHA-256 of the plaintext) may be
     computed elsewhere, e.g. on another thread for a big file.
     """
-    if len(file_id) != FILE_ID_SIZE:
-        raise ValueError("file id must be 16 bytes")  # else the header would not parse back
+    sealer = BlobSealer(dek, file_id)
     padded = padded_length(size, padding)
-    key, commitment = _blob_keys(dek, file_id)
-    aead = AESGCM(key)
-    length_ct = aead.encrypt(
-        _LENGTH_NONCE,
-        struct.pack(">QQ", size, padded),
-        b"cloudguard/v2/length" + bytes([VERSION]) + file_id,
-    )
-    written = dst.write(BLOB_MAGIC + file_id + commitment + length_ct)
+    written = dst.write(sealer.header(size, padded))
     if digest is None:
         digest = hashlib.sha256()
     total = chunk_count(padded)
@@ -163,9 +183,7 @@ def encrypt_blob(
         remaining -= take
         if take < want:
             data += bytes(want - take)
-        final = index == total - 1
-        written += dst.write(aead.encrypt(_chunk_nonce(index, final), data,
-                                          _chunk_aad(file_id, index, final)))
+        written += dst.write(sealer.seal(index, data, index == total - 1))
     if src.read(1):
         raise FileChangedError("file grew while it was read")
     return BlobInfo(size=size, sha256=digest.hexdigest(), blob_len=written)
@@ -196,11 +214,11 @@ def open_blob_header(header: bytes, dek: bytes, expected_file_id: bytes | None) 
     file_id = header[4:20]
     if expected_file_id is not None and not hmac.compare_digest(file_id, expected_file_id):
         raise IntegrityError()
-    key, commitment = _blob_keys(dek, file_id)
-    if not hmac.compare_digest(header[20:52], commitment):
+    sealer = BlobSealer(dek, file_id)
+    if not hmac.compare_digest(header[20:52], sealer.commitment):
         raise IntegrityError()
     try:
-        plain = AESGCM(key).decrypt(
+        plain = sealer.aead.decrypt(
             _LENGTH_NONCE, header[52:], b"cloudguard/v2/length" + bytes([VERSION]) + file_id
         )
     except InvalidTag as exc:
@@ -219,8 +237,7 @@ def decrypt_blob_iter(src: Reader, dek: bytes, expected_file_id: bytes | None) -
     is the final-chunk flag (truncation) checked.
     """
     header = open_blob_header(read_exact(src, BLOB_HEADER_SIZE), dek, expected_file_id)
-    key, _ = _blob_keys(dek, header.file_id)
-    aead = AESGCM(key)
+    sealer = BlobSealer(dek, header.file_id)
     total = chunk_count(header.padded)
     remaining = header.size
     for index in range(total):
@@ -228,12 +245,7 @@ def decrypt_blob_iter(src: Reader, dek: bytes, expected_file_id: bytes | None) -
         sealed = read_exact(src, plain_len + TAG_SIZE)
         if len(sealed) != plain_len + TAG_SIZE:
             raise IntegrityError()
-        final = index == total - 1
-        try:
-            data = aead.decrypt(_chunk_nonce(index, final), sealed,
-                                _chunk_aad(header.file_id, index, final))
-        except InvalidTag as exc:
-            raise IntegrityError() from exc
+        data = sealer.open(index, sealed, index == total - 1)
         keep = min(len(data), remaining)
         remaining -= keep
         if keep:
@@ -247,7 +259,7 @@ class OpenBlob:
     the sealed length, and only the last index is opened with the final flag."""
 
     header: BlobHeader
-    _aead: AESGCM
+    sealer: BlobSealer
 
     @property
     def chunks(self) -> int:
@@ -267,8 +279,7 @@ class OpenBlob:
 
 def open_blob(header: bytes, dek: bytes, expected_file_id: bytes | None) -> OpenBlob:
     opened = open_blob_header(header, dek, expected_file_id)
-    key, _ = _blob_keys(dek, opened.file_id)
-    return OpenBlob(opened, AESGCM(key))
+    return OpenBlob(opened, BlobSealer(dek, opened.file_id))
 
 
 def decrypt_chunk(blob: OpenBlob, index: int, sealed: bytes) -> bytes:
@@ -277,12 +288,7 @@ def decrypt_chunk(blob: OpenBlob, index: int, sealed: bytes) -> bytes:
     _offset, length = blob.chunk_span(index)
     if len(sealed) != length:
         raise IntegrityError()
-    final = index == blob.chunks - 1
-    try:
-        data = blob._aead.decrypt(_chunk_nonce(index, final), sealed,
-                                  _chunk_aad(blob.header.file_id, index, final))
-    except InvalidTag as exc:
-        raise IntegrityError() from exc
+    data = blob.sealer.open(index, sealed, index == blob.chunks - 1)
     keep = max(0, min(len(data), blob.header.size - index * CHUNK_SIZE))
     return data[:keep] if keep < len(data) else data
 
