@@ -19,6 +19,7 @@ from . import sync
 from .chain import KEYS_PREFIX
 from .format import Reader
 from .ops import write
+from .ops.blobstream import BlobStream
 from .ops.doctor import _epoch
 from .ops.pull import pull
 from .ops.push import push
@@ -128,6 +129,17 @@ class Vault:
         fsync asks); committed by :meth:`commit`. Under the newest head verified by this
         Vault's last session (write.Stager)."""
         self._staging().stage(path, stream, size, mode, mtime_ns, durable)
+
+    def new_stream(self) -> BlobStream:
+        """A new version's blob, sealed as it is written (ops/blobstream.py); stage it with
+        :meth:`stage_stream`, or close it to forget it."""
+        return self._staging().stream()
+
+    def stage_stream(self, path: str, blob: BlobStream, mode: int = 0o644, mtime_ns: int = 0,
+                     durable: bool = False) -> None:
+        """As :meth:`stage_version`, for a blob sealed as it was written: no second
+        encryption."""
+        self._staging().stage_stream(path, blob, mode, mtime_ns, durable)
 
     def sync_staged(self) -> None:
         """Every staged version so far, durable against a power cut (what fsync asks)."""

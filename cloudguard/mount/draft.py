@@ -1,11 +1,17 @@
 """A file open for writing in the mount: its changed chunks, never plaintext on disk.
 
-Writes land in 64 KiB chunks. A chunk that was written is kept in a temp file of this device,
-sealed with AES-GCM under a key that lives only in this object's memory (and a fresh nonce per
-write), so memory stays flat for any file size and the disk only ever holds ciphertext that
-no one can open once the process is gone. Chunks never written come from the version the file
-was opened on (a ranged reader). On release the whole new content streams, chunk by chunk,
-into the engine's :func:`~cloudguard.ops.write.stage_version`.
+A file written from its start (a new file, or one truncated to nothing) is sealed as it is
+written, straight into its version's blob (:class:`~cloudguard.ops.blobstream.BlobStream`):
+a close then seals only the last chunk and the header. Any other change (a write into a
+chunk already sealed, a file opened on existing content) takes the general path below, with
+what was sealed so far as its base.
+
+There, writes land in 64 KiB chunks. A chunk that was written is kept in a temp file of this
+device, sealed with AES-GCM under a key that lives only in this object's memory (and a fresh
+nonce per write), so memory stays flat for any file size and the disk only ever holds
+ciphertext that no one can open once the process is gone. Chunks never written come from the
+version the file was opened on (a ranged reader). On release the whole new content streams,
+chunk by chunk, into the engine's :func:`~cloudguard.ops.write.stage_version`.
 """
 
 from __future__ import annotations
@@ -13,36 +19,76 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..reader import FileReader
+from ..ops.blobstream import BlobStream
 
 CHUNK = 64 * 1024
 _SLOT = 12 + CHUNK + 16  # nonce, sealed chunk (padded to a full chunk), tag
 
 
+class _Content(Protocol):
+    def read(self, offset: int, n: int, /) -> bytes: ...
+
+
 class Draft:
-    def __init__(self, base: FileReader | None, size: int, spool: Path) -> None:
-        self.base = base
+    def __init__(self, base: _Content | None, size: int, spool: Path,
+                 streams: Callable[[], BlobStream] | None = None) -> None:
+        self.base = base  # the version opened on, or a blob stream this draft sealed
         self.size = size
         self.base_size = size
-        self._aead = AESGCM(AESGCM.generate_key(256))
-        fd, name = tempfile.mkstemp(prefix="draft-", dir=spool)
-        os.unlink(name)  # nothing to clean up after a crash: the file has no name
-        self._fd = fd
+        self._spool = spool
+        self._streams = streams
+        self._aead: AESGCM | None = None  # the general path's, made at its first chunk
+        self._fd = -1
         self._written: dict[int, int] = {}  # chunk index -> bytes of it that are real
+        self.blob: BlobStream | None = None  # sealing as written (content from its start)
+        self._owned: list[BlobStream] = []  # closed with the draft
         self.dirty = False
         self.refs = 1  # open handles sharing this draft (every writer of one file sees one)
         self.staged = 0  # versions staged from it (the mount's committer compares counts)
         # its content's time: stable between writes (an editor compares it before saving),
         # and the time its version is committed with
         self.mtime = time.time_ns()
+        if base is None and size == 0:
+            self._restart()
+
+    def _restart(self) -> None:
+        """Empty content: drop what was, and seal what comes next as it comes."""
+        for blob in self._owned:
+            blob.close()
+        self._owned, self.blob, self.base, self.base_size = [], None, None, 0
+        self._written.clear()
+        if self._streams is not None:
+            try:
+                self.blob = self._streams()
+            except OSError:  # no stream (a full disk, say): the general path still works
+                return
+            self._owned.append(self.blob)
+
+    def _spill(self) -> None:
+        """Leave the sealing path: what was sealed (and the tail) is the base from now on."""
+        if self.blob is not None:
+            self.base, self.base_size, self.blob = self.blob, self.blob.size, None
+
+    def sealing(self) -> BlobStream | None:
+        """The blob stream to stage (its content is the draft's), or None: the general
+        path (stage the content afresh)."""
+        if self.blob is not None and not self.blob.usable:
+            self._spill()
+        return self.blob
+
+    def staged_stream(self) -> None:
+        """The stream was staged and is finished: it reads on as the base."""
+        self._spill()
 
     def _chunk(self, index: int) -> bytes:
         """The current plaintext of chunk ``index`` (zero-filled past what exists)."""
-        if index in self._written:
+        if index in self._written and self._aead is not None:
             slot = os.pread(self._fd, _SLOT, index * _SLOT)
             plain = self._aead.decrypt(slot[:12], slot[12:], index.to_bytes(8, "big"))
             return plain[:self._written[index]]
@@ -52,12 +98,19 @@ class Draft:
         return self.base.read(start, min(CHUNK, self.base_size - start))
 
     def _put(self, index: int, plain: bytes) -> None:
+        if self._aead is None:
+            self._aead = AESGCM(AESGCM.generate_key(256))
+            fd, name = tempfile.mkstemp(prefix="draft-", dir=self._spool)
+            os.unlink(name)  # nothing to clean up after a crash: the file has no name
+            self._fd = fd
         nonce = os.urandom(12)
         sealed = self._aead.encrypt(nonce, plain.ljust(CHUNK, b"\0"), index.to_bytes(8, "big"))
         os.pwrite(self._fd, nonce + sealed, index * _SLOT)
         self._written[index] = len(plain)
 
     def read(self, offset: int, n: int) -> bytes:
+        if self.blob is not None:
+            return self.blob.read(offset, n)
         end = min(offset + n, self.size)
         out = bytearray()
         pos = offset
@@ -72,6 +125,13 @@ class Draft:
         return bytes(out)
 
     def write(self, offset: int, data: bytes) -> int:
+        if self.blob is not None:
+            if self.blob.write(offset, data):
+                self.size = self.blob.size
+                self.dirty = True
+                self.mtime = time.time_ns()
+                return len(data)
+            self._spill()
         pos, done = offset, 0
         while done < len(data):
             index, within = divmod(pos, CHUNK)
@@ -89,6 +149,16 @@ class Draft:
         return len(data)
 
     def truncate(self, length: int) -> None:
+        self.dirty = True
+        self.mtime = time.time_ns()
+        if self.blob is not None and self.blob.truncate(length):
+            self.size = length
+            return
+        if length == 0:
+            self._restart()
+            self.size = 0
+            return
+        self._spill()
         if length < self.size:
             index, within = divmod(length, CHUNK)
             if within:
@@ -109,6 +179,9 @@ class Draft:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        for blob in self._owned:
+            blob.close()
+        self._owned, self.blob = [], None
 
 
 class _Stream:

@@ -273,7 +273,7 @@ class VaultFS(Names, fuse.Operations):  # type: ignore[misc]
         reader = self.vault.open_reader(path.lstrip("/"))
         fh = self._handle(path, entry)
         if writing:
-            draft = Draft(reader, int(entry.get("s", 0)), self._spool)
+            draft = Draft(reader, int(entry.get("s", 0)), self._spool, self.vault.new_stream)
             if flags & os.O_TRUNC:
                 draft.truncate(0)
             self._drafts[fh] = (path, draft, int(entry.get("x", 0o644)))
@@ -293,7 +293,7 @@ class VaultFS(Names, fuse.Operations):  # type: ignore[misc]
             shared[0].refs += 1
             self._drafts[fh] = (path, shared[0], shared[1])
             return fh
-        draft = Draft(None, 0, self._spool)
+        draft = Draft(None, 0, self._spool, self.vault.new_stream)
         draft.dirty = True  # an empty new file is a version too
         self._drafts[fh] = (path, draft, mode & 0o777)
         return fh
@@ -334,8 +334,13 @@ class VaultFS(Names, fuse.Operations):  # type: ignore[misc]
         path, draft, mode = self._drafts[fh]
         if not draft.dirty or not path:
             return  # nothing new, or the file was unlinked while open (hard_remove)
-        self.vault.stage_version(path.lstrip("/"), draft.stream(), draft.size, mode,
-                                 draft.mtime)
+        blob = draft.sealing()
+        if blob is not None:  # sealed as it was written: only its end is left to seal
+            self.vault.stage_stream(path.lstrip("/"), blob, mode, draft.mtime)
+            draft.staged_stream()
+        else:
+            self.vault.stage_version(path.lstrip("/"), draft.stream(), draft.size, mode,
+                                     draft.mtime)
         draft.dirty = False
         with self._lock:  # parking and the committer's unparking never interleave
             draft.staged += 1

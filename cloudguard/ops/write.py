@@ -24,6 +24,7 @@ from ..errors import UsageError
 from ..names import from_disk
 from ..session import Session, session
 from ..state import Index
+from .blobstream import BlobStream, sweep
 from .common import _log
 
 STAGED = "staged_versions"  # index meta: versions written and not yet committed
@@ -47,6 +48,7 @@ class Stager:
 
     def __init__(self, s: Session) -> None:
         self.spool = _spool(s)
+        sweep(self.spool)  # what a killed mount was sealing, never staged
         self.padding = s.binding.padding != "none"
         self.md5 = not s.transport.local
         self._lock = threading.Lock()
@@ -68,8 +70,6 @@ class Stager:
         object_id = fmt.new_object_id()
         dek, file_id = fmt.new_dek(), fmt.new_file_id()
         spool = self.spool / object_id
-        with self._lock:
-            kek_id, kek = self.kek_id, self.kek
         fd = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -79,14 +79,44 @@ class Stager:
         except BaseException:
             spool.unlink(missing_ok=True)
             raise
+        return self._journal(path, object_id, info, dek, file_id, mode, mtime_ns, out.md5(),
+                             durable)
+
+    def stream(self) -> BlobStream:
+        """A new version's blob, sealed as it is written (ops/blobstream.py), in the spool."""
+        return BlobStream(self.spool, self.padding, self.md5)
+
+    def stage_stream(self, path: str, blob: BlobStream, mode: int = 0o644, mtime_ns: int = 0,
+                     durable: bool = False) -> dict[str, Any]:
+        """As :meth:`stage`, for a blob sealed as it was written: its last chunks and header
+        are sealed, and the spool file takes its object name; nothing is encrypted twice.
+        A stream file removed meanwhile (swept) is encrypted afresh from its descriptor."""
+        path = sync.check_rel_path(path)
+        info = blob.finish()
+        object_id = fmt.new_object_id()
+        if blob.path is None:
+            raise ValueError("this blob was staged already")
+        try:
+            os.rename(blob.path, self.spool / object_id)
+        except FileNotFoundError:
+            return self.stage(path, _Content(blob), info.size, mode, mtime_ns, durable)
+        blob.path = None  # staged: closing the stream keeps the object
+        return self._journal(path, object_id, info, blob.dek, blob.file_id, mode, mtime_ns,
+                             blob.object_md5(), durable)
+
+    def _journal(self, path: str, object_id: str, info: fmt.BlobInfo, dek: bytes,
+                 file_id: bytes, mode: int, mtime_ns: int, md5: str, durable: bool
+                 ) -> dict[str, Any]:
+        """The staged version's entry, wrapped DEK included, as a journal row."""
+        with self._lock:
+            kek_id, kek = self.kek_id, self.kek
         entry: dict[str, Any] = {
             "t": "f", "s": info.size, "m": mtime_ns, "x": mode & 0o777, "h": info.sha256,
             "i": file_id.hex(), "k": fmt.b64(fmt.wrap_dek(kek, dek, file_id)),
-            "g": kek_id, "w": kek_id, "o": object_id, "a": 0, "n": info.blob_len,
-            "om": out.md5()}
+            "g": kek_id, "w": kek_id, "o": object_id, "a": 0, "n": info.blob_len, "om": md5}
         with self._lock:
             self._index.add_staged(path, entry)
-            self._unsynced.append(spool)
+            self._unsynced.append(self.spool / object_id)
         if durable:
             self.sync()
         return entry
@@ -109,6 +139,18 @@ class Stager:
     def close(self) -> None:
         self.sync()
         self._index.close()
+
+
+class _Content:
+    """A finished blob stream's plaintext, read in order (a fallback's source)."""
+
+    def __init__(self, blob: BlobStream) -> None:
+        self.blob, self.pos = blob, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.blob.read(self.pos, fmt.CHUNK_SIZE if size < 0 else size)
+        self.pos += len(data)
+        return data
 
 
 def stage_version(s: Session, path: str, stream: fmt.Reader, size: int, mode: int = 0o644,
