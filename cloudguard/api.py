@@ -141,6 +141,10 @@ class Vault:
         encryption."""
         self._staging().stage_stream(path, blob, mode, mtime_ns, durable)
 
+    def stage_dir(self, path: str, mode: int = 0o755) -> None:
+        """A new folder, committed with the staged versions by :meth:`commit`."""
+        self._staging().stage_dir(path, mode)
+
     def sync_staged(self) -> None:
         """Every staged version so far, durable against a power cut (what fsync asks)."""
         if self._stager is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +52,7 @@ class Draft:
         self.dirty = False
         self.refs = 1  # open handles sharing this draft (every writer of one file sees one)
         self.staged = 0  # versions staged from it (the mount's committer compares counts)
+        self.parked = False  # kept under a negative handle until its version is committed
         # its content's time: stable between writes (an editor compares it before saving),
         # and the time its version is committed with
         self.mtime = time.time_ns()
@@ -197,3 +199,50 @@ class _Stream:
         data = self.draft.read(self.pos, min(size, CHUNK))
         self.pos += len(data)
         return data
+
+
+class Drafts(dict[int, tuple[str, Draft, int]]):
+    """The mount's drafts by handle (fh -> path, draft, mode; parked ones under negative
+    handles), also indexed by path: finding the draft of a path is a lookup, not a scan, for
+    a burst of new files parks one draft each until their commit (2,000 x 4 KiB: 2,000)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._paths: dict[str, dict[int, None]] = {}  # path -> its handles, in order
+        self._lock = threading.RLock()  # FUSE threads change it at once
+
+    def __setitem__(self, fh: int, value: tuple[str, Draft, int]) -> None:
+        with self._lock:
+            old = self.get(fh)
+            if old is not None:
+                self._unindex(fh, old[0])
+            super().__setitem__(fh, value)
+            self._paths.setdefault(value[0], {})[fh] = None
+
+    def __delitem__(self, fh: int) -> None:
+        with self._lock:
+            self._unindex(fh, self[fh][0])
+            super().__delitem__(fh)
+
+    def pop(self, fh: int) -> tuple[str, Draft, int]:  # type: ignore[override]
+        with self._lock:
+            value = self[fh]
+            del self[fh]
+            return value
+
+    def _unindex(self, fh: int, path: str) -> None:
+        handles = self._paths.get(path, {})
+        handles.pop(fh, None)
+        if not handles:
+            self._paths.pop(path, None)
+
+    def on(self, path: str) -> tuple[Draft, int] | None:
+        """The draft open (or parked) on ``path``, and its mode."""
+        with self._lock:
+            for fh in self._paths.get(path, ()):
+                return self[fh][1], self[fh][2]
+            return None
+
+    def paths(self) -> list[str]:
+        with self._lock:
+            return list(self._paths)

@@ -30,7 +30,7 @@ from ..api import Vault
 from ..errors import CloudguardError
 from ..names import to_disk
 from ..reader import FileReader
-from .draft import Draft
+from .draft import Draft, Drafts
 from .errnos import _guarded
 from .names import Names
 from .tree import Tree, _ino
@@ -55,9 +55,10 @@ class VaultFS(Names, fuse.Operations):  # type: ignore[misc]
                  ) -> None:
         self.vault = vault
         self.read_only = read_only
-        self._drafts: dict[int, tuple[str, Draft, int]] = {}  # fh -> (path, draft, mode)
+        self._drafts = Drafts()  # fh -> (path, draft, mode)
         self._spool = vault.binding.dir / "drafts"
         self._spool.mkdir(mode=0o700, exist_ok=True)
+        self._dirs: dict[str, int] = {}  # folders made and staged, not committed: path -> mode
         self.tree = Tree.of(vault.files())
         self.uid, self.gid = os.getuid(), os.getgid()
         self.started = time.time_ns()
@@ -97,7 +98,7 @@ class VaultFS(Names, fuse.Operations):  # type: ignore[misc]
             while not self._stop.wait(self.poll_seconds):
                 try:
                     if self.vault.poll():
-                        old, self.tree = self.tree, Tree.of(self.vault.files())  # swapped whole
+                        old = self._install(Tree.of(self.vault.files()))  # swapped whole
                         self._invalidate(old, self.tree)
                 except CloudguardError as exc:
                     log.warning("refresh failed: %s", type(exc).__name__)
@@ -138,7 +139,13 @@ class VaultFS(Names, fuse.Operations):  # type: ignore[misc]
         with self._commit_lock:
             with self._lock:
                 before = {fh: d.staged for fh, (_p, d, _m) in self._drafts.items() if fh < 0}
-            if self.vault.commit():
+                dirs = dict(self._dirs)
+            committed = self.vault.commit()
+            with self._lock:
+                for path, mode in dirs.items():  # committed, or in the vault already
+                    if self._dirs.get(path) == mode:
+                        del self._dirs[path]
+            if committed:
                 self._reload()
             with self._lock:
                 for fh, count in before.items():
@@ -146,6 +153,7 @@ class VaultFS(Names, fuse.Operations):  # type: ignore[misc]
                     if got is None or got[1].staged != count or got[1].dirty:
                         continue
                     del self._drafts[fh]
+                    got[1].parked = False
                     got[1].refs -= 1
                     if got[1].refs <= 0:
                         got[1].close()
@@ -208,7 +216,7 @@ class VaultFS(Names, fuse.Operations):  # type: ignore[misc]
         out = [(".", {"st_ino": _ino(path), "st_mode": stat.S_IFDIR}, 0),
                ("..", {"st_ino": 1, "st_mode": stat.S_IFDIR}, 0)]
         names = set(tree.children[path])
-        for draft_path, _d, _m in list(self._drafts.values()):  # written, not committed yet
+        for draft_path in self._drafts.paths():  # written, not committed yet
             if draft_path.startswith(prefix) and "/" not in draft_path[len(prefix):]:
                 names.add(draft_path[len(prefix):])
         for name in sorted(names):
@@ -248,10 +256,7 @@ class VaultFS(Names, fuse.Operations):  # type: ignore[misc]
     def _shared(self, path: str) -> tuple[Draft, int] | None:
         """The draft another handle has open on ``path``: every handle of one file reads and
         writes one draft, or two writers would each commit their own and one would be lost."""
-        for draft_path, draft, mode in list(self._drafts.values()):  # FUSE threads change it
-            if draft_path == path:
-                return draft, mode
-        return None
+        return self._drafts.on(path)
 
     @_guarded
     def open(self, path: str, flags: int) -> int:
@@ -344,7 +349,8 @@ class VaultFS(Names, fuse.Operations):  # type: ignore[misc]
         draft.dirty = False
         with self._lock:  # parking and the committer's unparking never interleave
             draft.staged += 1
-            if not any(k < 0 and d is draft for k, (_p, d, _m) in self._drafts.items()):
+            if not draft.parked:
+                draft.parked = True
                 self._parked += 1
                 draft.refs += 1
                 self._drafts[-self._parked] = (path, draft, mode)
@@ -354,7 +360,7 @@ class VaultFS(Names, fuse.Operations):  # type: ignore[misc]
     def _settle(self) -> None:
         """Before a change of names or modes: commit what is staged, so the manifest holds
         every closed file the operation may touch."""
-        if any(k < 0 for k in list(self._drafts)):
+        if self._dirs or any(k < 0 for k in list(self._drafts)):
             self._commit_now()
 
     @_guarded
@@ -389,17 +395,42 @@ class VaultFS(Names, fuse.Operations):  # type: ignore[misc]
                     draft.close()
         return 0
 
+    def _stage_dir(self, path: str, mode: int) -> None:
+        """mkdir: a journal row, committed with the next batch; shown at once."""
+        self.vault.stage_dir(path.lstrip("/"), mode)
+        with self._lock:
+            self._dirs[path] = mode & 0o777
+            self.tree = self.tree.with_dir(path, mode)
+        self._staged_at = time.monotonic()
+        self._commit_soon.set()
+
+    def _install(self, tree: Tree) -> Tree:
+        """Serve ``tree`` (the vault's entries, read now), with the folders staged and not
+        committed yet (also one made while it was read); the view it replaces."""
+        with self._lock:
+            for path, mode in self._dirs.items():
+                if path not in tree.entries and not tree.is_dir(path):
+                    tree = tree.with_dir(path, mode)
+            old, self.tree = self.tree, tree
+        return old
+
     def _reload(self) -> None:
-        self.tree = Tree.of(self.vault.files())
+        self._install(Tree.of(self.vault.files()))
 
 
 class _FUSE(fuse.FUSE):  # type: ignore[misc]
     """mfusepy drops ftruncate's handle on libfuse3 (truncate_fuse_3 ignores ``fip``): pass it
     on, so an ftruncate changes that handle's draft and stages no version, and works on a file
-    unlinked while open (no path)."""
+    unlinked while open (no path). ``create`` skips a per-call signature check."""
 
     def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
         return int(self.ftruncate(path, length, fip))
+
+    def create(self, path: bytes, mode: int, fip: Any) -> int:
+        """As mfusepy's, without the ``inspect.signature`` it runs on every create."""
+        fi = fip.contents
+        fi.fh = self.operations.create(path.decode(self.encoding, self.errors), mode, fi.flags)
+        return 0
 
 
 def mount(vault: Vault, mountpoint: str, poll_seconds: float = 15.0,

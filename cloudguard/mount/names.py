@@ -17,7 +17,7 @@ _UTIME_NOW, _UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 
 if TYPE_CHECKING:
     from ..api import Vault
-    from .draft import Draft
+    from .draft import Draft, Drafts
     from .tree import Tree
 
 
@@ -28,9 +28,10 @@ class Names:
         read_only: bool
         uid: int
         gid: int
-        _drafts: dict[int, tuple[str, Draft, int]]
+        _drafts: Drafts
 
         def _settle(self) -> None: ...
+        def _stage_dir(self, path: str, mode: int) -> None: ...
         def _reload(self) -> None: ...
         def _commit_now(self) -> None: ...
         def _save(self, fh: int) -> None: ...
@@ -58,12 +59,12 @@ class Names:
 
     @_guarded
     def mkdir(self, path: str, mode: int) -> int:
+        """Staged with the file versions (committed in their delta), not a commit of its
+        own: ``mkdir -p`` and ``tar x`` make many."""
         self._writable()
-        self._settle()
-        if path in self.tree.entries or self.tree.is_dir(path):
+        if path in self.tree.entries or self.tree.is_dir(path) or self._shared(path):
             raise fuse.FuseOSError(errno.EEXIST)
-        self.vault.mkdir(path.lstrip("/"), mode)
-        self._reload()
+        self._stage_dir(path, mode)
         return 0
 
     @_guarded

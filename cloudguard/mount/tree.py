@@ -35,6 +35,15 @@ class Tree:
                 tree.children.setdefault(path, set())
         return tree
 
+    def with_dir(self, path: str, mode: int) -> Tree:
+        """This view and one more, empty folder (a copy: a view is never changed in place,
+        other threads may be reading it)."""
+        parent, _, name = path.rpartition("/")
+        parent = parent or "/"
+        children = {**self.children, parent: self.children.get(parent, set()) | {name},
+                    path: set()}
+        return Tree({**self.entries, path: {"t": "d", "x": mode & 0o777}}, children)
+
     def is_dir(self, path: str) -> bool:
         return path in self.children
 

@@ -121,6 +121,12 @@ class Stager:
             self.sync()
         return entry
 
+    def stage_dir(self, path: str, mode: int = 0o755) -> None:
+        """A new folder, journaled with the versions and committed in their delta (a mount's
+        ``mkdir`` costs a journal row, not a commit)."""
+        with self._lock:
+            self._index.add_staged(sync.check_rel_path(path), {"t": "d", "x": mode & 0o777})
+
     def sync(self) -> None:
         """Every stage so far, durable against a power cut: blobs, their folder, the rows."""
         with self._lock:
@@ -178,7 +184,7 @@ def commit_staged(s: Session) -> list[str]:
     for _id, path, entry in journal:
         last[path] = entry
     spool = _spool(s)
-    objects = [str(entry["o"]) for _id, _p, entry in journal]
+    objects = [str(entry["o"]) for _id, _p, entry in journal if "o" in entry]  # not folders
     for name in objects:
         s.index.add_pending(sync.DATA_PREFIX + name)  # garbage if this never commits
     waiting = [o for o in objects if (spool / o).exists()]
@@ -190,11 +196,14 @@ def commit_staged(s: Session) -> list[str]:
     if missing:
         raise UsageError(f"staged object {missing[0]} is neither staged nor uploaded; "
                          "its version was lost before it was committed")
+    # a staged folder that is in the vault by now (as a folder, or a file from elsewhere)
+    # changes nothing
     ops = [{"p": p, "e": e, "rm": sorted(s.state.siblings(p), key=sync.dot_key)}
-           for p, e in sorted(last.items())]
-    s.commit(ops)
+           for p, e in sorted(last.items()) if e.get("t") != "d" or not s.state.has_path(p)]
+    if ops:
+        s.commit(ops)
     with s.index.transaction():
-        s.index.clear_pending({sync.DATA_PREFIX + e["o"] for e in last.values()})
+        s.index.clear_pending({sync.DATA_PREFIX + e["o"] for e in last.values() if "o" in e})
         s.index.drop_staged([i for i, _p, _e in journal])  # a stage since stays staged
     _log(s, "write", files=len(ops), objects=len(objects), segments=s.committed)
     return sorted(last)
