@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import threading
 from contextlib import suppress
 from pathlib import Path
@@ -35,6 +36,52 @@ _SEALED = CHUNK + fmt.TAG_SIZE
 PREFIX = "draft-"  # a draft's file, as the general path's unnamed ones
 
 
+class _Digest:
+    """SHA-256 of the content, inline while the file is small; past THREAD_AFTER bytes on a
+    thread of its own (hashlib lets go of the GIL), so hashing a big file runs on the other
+    core beside its sealing and writing (0.8 s per GiB here). Order is kept; the pieces
+    queued are immutable bytes."""
+
+    THREAD_AFTER = 4 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._count = 0
+        self._queue: queue.Queue[tuple[bytes, int, int] | None] | None = None
+        self._thread: threading.Thread | None = None
+
+    def update(self, data: bytes, start: int = 0, stop: int | None = None) -> None:
+        stop = len(data) if stop is None else stop
+        if self._queue is not None:
+            self._queue.put((data, start, stop))
+            return
+        with memoryview(data) as view:
+            self._hash.update(view[start:stop])
+        self._count += stop - start
+        if self._count >= self.THREAD_AFTER:
+            self._queue = queue.Queue(maxsize=16)
+            self._thread = threading.Thread(target=self._run, name="cloudguard-digest",
+                                            daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        assert self._queue is not None
+        while (item := self._queue.get()) is not None:
+            data, start, stop = item
+            with memoryview(data) as view:
+                self._hash.update(view[start:stop])
+
+    def hexdigest(self) -> str:
+        self.stop()
+        return self._hash.hexdigest()
+
+    def stop(self) -> None:
+        if self._thread is not None and self._queue is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+
 class BlobStream:
     def __init__(self, spool: Path, padding: bool, md5: bool) -> None:
         self.dek, self.file_id = fmt.new_dek(), fmt.new_file_id()
@@ -44,7 +91,7 @@ class BlobStream:
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         self.sealed = 0  # full chunks sealed (not final), from index 0
         self._tail = bytearray()  # the content after them: at most one chunk, in memory only
-        self._digest = hashlib.sha256()
+        self._digest = _Digest()
         self._lock = threading.Lock()  # a read sees sealed and tail of one moment
         self.info: fmt.BlobInfo | None = None  # once finished
         self._blob: fmt.OpenBlob | None = None
@@ -76,12 +123,16 @@ class BlobStream:
     def _append(self, data: bytes) -> None:
         """``data`` after the tail: the tail's chunk completed from it, then whole chunks of
         it sealed in place; what is left (at least one byte) is the new tail."""
+        data = bytes(data)  # immutable: the digest's thread may read it later
         head = CHUNK - len(self._tail)
         full = (len(data) - head - 1) // CHUNK  # whole chunks of data after the tail's
+        first = bytes(self._tail) + data[:head]
+        self._digest.update(first)
+        self._digest.update(data, head, head + full * CHUNK)
         with memoryview(data) as view:
-            first = bytes(self._tail) + view[:head]
             body = view[head:head + full * CHUNK]
             self._seal([first, *(body[k * CHUNK:(k + 1) * CHUNK] for k in range(full))])
+            body.release()
             tail = bytearray(view[head + full * CHUNK:])
         with self._lock:
             self.sealed += full + 1
@@ -104,7 +155,10 @@ class BlobStream:
         full = (len(tail) - 1) // CHUNK if tail else 0
         if full > 0:
             with memoryview(tail) as view:
-                self._seal([bytes(view[k * CHUNK:(k + 1) * CHUNK]) for k in range(full)])
+                chunks = [bytes(view[k * CHUNK:(k + 1) * CHUNK]) for k in range(full)]
+            for chunk in chunks:
+                self._digest.update(chunk)
+            self._seal(chunks)
             del tail[:full * CHUNK]
         with self._lock:
             self.sealed += full
@@ -114,10 +168,8 @@ class BlobStream:
         """Seal ``chunks`` (full, not final) from index ``sealed`` on, in one write. A failure
         leaves the stream broken: a chunk of it may be on disk, never to be sealed again."""
         self._broken = True  # until this write is whole
-        pieces = []
-        for k, plain in enumerate(chunks):
-            self._digest.update(plain)
-            pieces.append(self._sealer.seal(self.sealed + k, plain, False))
+        pieces = [self._sealer.seal(self.sealed + k, plain, False)
+                  for k, plain in enumerate(chunks)]
         at = fmt.BLOB_HEADER_SIZE + self.sealed * _SEALED
         if os.pwritev(self.fd, pieces, at) != len(pieces) * _SEALED:
             raise OSError("short write to the spool")
@@ -161,7 +213,7 @@ class BlobStream:
             size = self.size
             padded = fmt.padded_length(size, self.padding)
             total = fmt.chunk_count(padded)
-            self._digest.update(self._tail)
+            self._digest.update(bytes(self._tail))
             pieces = []
             rest = bytes(self._tail)
             for index in range(self.sealed, total):
@@ -198,6 +250,7 @@ class BlobStream:
 
     def close(self) -> None:
         """Forget the blob: the descriptor, and the file unless it was staged (renamed)."""
+        self._digest.stop()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
