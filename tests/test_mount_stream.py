@@ -159,6 +159,35 @@ def test_a_failed_write_breaks_the_stream_and_the_draft_falls_back(
     draft.close()
 
 
+def test_a_failed_write_on_the_writer_thread_keeps_the_content(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A big stream writes on a thread of its own: a write failing there keeps its sealed
+    chunks in memory, the next write raises, and the draft stages the content afresh."""
+    draft = Draft(None, 0, tmp_path, lambda: BlobStream(tmp_path, True, False))
+    content = os.urandom(6 * (1 << 20))
+    for off in range(0, len(content), 1 << 20):
+        draft.write(off, content[off:off + (1 << 20)])
+    real = os.pwritev
+
+    def full(*args: Any) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "pwritev", full)
+    more = os.urandom(3 * (1 << 20))
+    with pytest.raises(OSError):  # the failure shows on a later write, at the latest
+        for off in range(0, len(more), 1 << 20):
+            draft.write(len(content) + off, more[off:off + (1 << 20)])
+            draft.read(len(content) + off, 1)  # waits for the writer
+    monkeypatch.setattr(os, "pwritev", real)
+    assert draft.blob is not None and not draft.blob.usable
+    assert draft.sealing() is None
+    got = draft.read(0, draft.size)
+    assert got == (content + more)[:draft.size] and draft.size >= len(content)
+    stream = draft.stream()
+    assert b"".join(iter(lambda: stream.read(1 << 20), b"")) == got
+    draft.close()
+
+
 def test_sweep_removes_only_dead_processes_streams(tmp_path: Path) -> None:
     live = BlobStream(tmp_path, True, False)
     live.write(0, os.urandom(3 * CHUNK))

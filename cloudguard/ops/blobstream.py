@@ -21,6 +21,7 @@ a killed mount leaves such files behind, ciphertext under a key nobody has, whic
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import queue
@@ -82,6 +83,53 @@ class _Digest:
             self._thread = None
 
 
+class _Writer:
+    """Writes sealed chunks to the spool file on a thread of its own once a file is big, so
+    the FUSE thread takes the next write while this one reaches the page cache (the write
+    was 60 % of a streamed write's time). A failed write keeps its ciphertext, and that of
+    every piece queued after it, in memory: the content stays readable, and the stream's
+    next seal raises the error (the stream is then broken, as after an inline failure)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.written = 0  # chunks on disk (or kept in ``failed``), from index 0
+        self.failed: dict[int, bytes] = {}
+        self.error: OSError | None = None
+        self._queue: queue.Queue[tuple[int, int, list[bytes]] | None] = queue.Queue(maxsize=4)
+        self._done = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="cloudguard-spool", daemon=True)
+        self._thread.start()
+
+    def put(self, first: int, pieces: list[bytes]) -> None:
+        self._queue.put((first, fmt.BLOB_HEADER_SIZE + first * _SEALED, pieces))
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            first, at, pieces = item
+            try:
+                if self.error is not None:
+                    raise self.error
+                if os.pwritev(self.fd, pieces, at) != len(pieces) * _SEALED:
+                    raise OSError(errno.EIO, "short write to the spool")
+            except OSError as exc:
+                self.error = self.error or exc
+                self.failed.update({first + k: piece for k, piece in enumerate(pieces)})
+            with self._done:
+                self.written = first + len(pieces)
+                self._done.notify_all()
+
+    def wait(self, chunks: int) -> None:
+        """Until the first ``chunks`` chunks are written (or kept)."""
+        with self._done:
+            while self.written < chunks:
+                self._done.wait()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+
 class BlobStream:
     def __init__(self, spool: Path, padding: bool, md5: bool) -> None:
         self.dek, self.file_id = fmt.new_dek(), fmt.new_file_id()
@@ -95,7 +143,9 @@ class BlobStream:
         self._lock = threading.Lock()  # a read sees sealed and tail of one moment
         self.info: fmt.BlobInfo | None = None  # once finished
         self._blob: fmt.OpenBlob | None = None
+        self._header: bytes | None = None  # once finished
         self._broken = False  # a failed write: never seal again (an index may be on disk)
+        self._writer: _Writer | None = None  # once the file passes _Digest.THREAD_AFTER
 
     @property
     def size(self) -> int:
@@ -165,11 +215,21 @@ class BlobStream:
             self._tail = tail
 
     def _seal(self, chunks: list[Any]) -> None:
-        """Seal ``chunks`` (full, not final) from index ``sealed`` on, in one write. A failure
-        leaves the stream broken: a chunk of it may be on disk, never to be sealed again."""
+        """Seal ``chunks`` (full, not final) from index ``sealed`` on, in one write (on the
+        writer's thread once the file is big). A failure leaves the stream broken: a chunk of
+        it may be on disk, never to be sealed again."""
         self._broken = True  # until this write is whole
+        if self._writer is not None and self._writer.error is not None:
+            raise OSError(self._writer.error.errno or errno.EIO,
+                          f"writing the spool: {self._writer.error.strerror}")
         pieces = [self._sealer.seal(self.sealed + k, plain, False)
                   for k, plain in enumerate(chunks)]
+        if self._writer is None and self.sealed * CHUNK >= _Digest.THREAD_AFTER:
+            self._writer = _Writer(self.fd)
+        if self._writer is not None:
+            self._writer.put(self.sealed, pieces)
+            self._broken = False
+            return
         at = fmt.BLOB_HEADER_SIZE + self.sealed * _SEALED
         if os.pwritev(self.fd, pieces, at) != len(pieces) * _SEALED:
             raise OSError("short write to the spool")
@@ -179,6 +239,8 @@ class BlobStream:
         """Up to ``n`` bytes of the content from ``offset``, opened from the spool file (and
         the unsealed tail in memory)."""
         with self._lock:
+            if self._blob is None and self._header is not None:
+                self._blob = fmt.open_blob(self._header, self.dek, self.file_id)
             sealed, tail, blob = self.sealed, bytes(self._tail), self._blob
         size = sealed * CHUNK + len(tail) if blob is None else blob.header.size
         end = min(offset + n, size)
@@ -190,8 +252,7 @@ class BlobStream:
                 span_at, span_len = blob.chunk_span(index)
                 plain = fmt.decrypt_chunk(blob, index, os.pread(self.fd, span_len, span_at))
             elif index < sealed:
-                at = fmt.BLOB_HEADER_SIZE + index * _SEALED
-                plain = self._sealer.open(index, os.pread(self.fd, _SEALED, at), False)
+                plain = self._sealer.open(index, self._sealed_chunk(index), False)
             else:
                 plain = tail
             take = plain[within:within + end - pos]
@@ -201,11 +262,24 @@ class BlobStream:
             pos += len(take)
         return bytes(out)
 
+    def _sealed_chunk(self, index: int) -> bytes:
+        """Sealed chunk ``index`` (< sealed) as written, once its write is done."""
+        writer = self._writer
+        if writer is not None:
+            writer.wait(index + 1)
+            if index in writer.failed:
+                return writer.failed[index]
+        return os.pread(self.fd, _SEALED, fmt.BLOB_HEADER_SIZE + index * _SEALED)
+
     def finish(self) -> fmt.BlobInfo:
         """Seal the rest (the tail, the padding, the final flag on the last chunk) and the
         header; from now on the blob only reads."""
         if self.info is not None:
             return self.info
+        if self._writer is not None:
+            self._writer.wait(self.sealed)  # every sealed chunk on disk before the end
+            if self._writer.error is not None:
+                self._broken = True
         if self._broken or self.fd < 0:
             raise OSError("this blob stream failed or was closed; it cannot be finished")
         self._broken = True  # until the last chunks and the header are whole
@@ -222,12 +296,15 @@ class BlobStream:
                 rest = rest[want:]
                 pieces.append(self._sealer.seal(index, plain, index == total - 1))
             header = self._sealer.header(size, padded)
-            os.pwritev(self.fd, pieces, fmt.BLOB_HEADER_SIZE + self.sealed * _SEALED)
-            os.pwrite(self.fd, header, 0)
+            if self.sealed:
+                os.pwritev(self.fd, pieces, fmt.BLOB_HEADER_SIZE + self.sealed * _SEALED)
+                os.pwrite(self.fd, header, 0)
+            else:  # a small file: the whole blob in one write
+                os.pwritev(self.fd, [header, *pieces], 0)
             blob_len = fmt.BLOB_HEADER_SIZE + padded + fmt.TAG_SIZE * total
             self.info = fmt.BlobInfo(size=size, sha256=self._digest.hexdigest(),
                                      blob_len=blob_len)
-            self._blob = fmt.open_blob(header, self.dek, self.file_id)
+            self._header = header  # opened when first read (most small files never are)
             self._tail = bytearray()
         self._broken = False
         return self.info
@@ -246,11 +323,14 @@ class BlobStream:
     @property
     def usable(self) -> bool:
         """Can still be written or finished (not failed, not closed)."""
-        return self.fd >= 0 and not self._broken
+        return self.fd >= 0 and not self._broken and (
+            self._writer is None or self._writer.error is None)
 
     def close(self) -> None:
         """Forget the blob: the descriptor, and the file unless it was staged (renamed)."""
         self._digest.stop()
+        if self._writer is not None:
+            self._writer.stop()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
