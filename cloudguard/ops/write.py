@@ -96,13 +96,21 @@ class Stager:
         object_id = fmt.new_object_id()
         if blob.path is None:
             raise ValueError("this blob was staged already")
+        named = self.spool / object_id
         try:
-            os.rename(blob.path, self.spool / object_id)
+            os.rename(blob.path, named)
         except FileNotFoundError:
             return self.stage(path, _Content(blob), info.size, mode, mtime_ns, durable)
+        try:
+            entry = self._journal(path, object_id, info, blob.dek, blob.file_id, mode,
+                                  mtime_ns, blob.object_md5(), False)
+        except BaseException:
+            os.rename(named, blob.path)  # no journal row: the stream's own file again
+            raise
         blob.path = None  # staged: closing the stream keeps the object
-        return self._journal(path, object_id, info, blob.dek, blob.file_id, mode, mtime_ns,
-                             blob.object_md5(), durable)
+        if durable:
+            self.sync()
+        return entry
 
     def _journal(self, path: str, object_id: str, info: fmt.BlobInfo, dek: bytes,
                  file_id: bytes, mode: int, mtime_ns: int, md5: str, durable: bool
