@@ -1,0 +1,52 @@
+"""A few of git's own t/ scripts with --root on the mount (issue 12, "Real programs").
+
+git's test suite is in no binary package: scripts/git_t.sh fetches Debian's source package
+of the installed git and builds the helpers t/test-lib.sh needs beside it, then prints the
+folder to put in CLOUDGUARD_GIT_T. Without it these tests are skipped (they are not marked
+``fuse``, so CI does not fail on the skip: the fetch and build cost 3-4 minutes and a C
+toolchain there). Each script runs against the installed git (GIT_TEST_INSTALLED), with its
+trash folder on the mount (--root); --debug keeps the trash, so the run ends without an
+``rm -rf`` of thousands of files, which the mount commits one by one (so t3600-rm.sh, with its
+submodules, ran for over 10 minutes and is left out)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import fuse_available
+from helpers import cg
+
+GIT_T = os.environ.get("CLOUDGUARD_GIT_T", "")
+SCRIPTS = ["t0010-racy-git.sh", "t2200-add-update.sh", "t3000-ls-files-others.sh"]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse"),
+    pytest.mark.skipif(not (GIT_T and (Path(GIT_T) / "t" / "helper" / "test-tool").exists()),
+                       reason="set CLOUDGUARD_GIT_T to the folder scripts/git_t.sh prints"),
+]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_gits_own_test_scripts_pass_on_the_mount(script: str, local_remote: str,
+                                                 tmp_path: Path) -> None:
+    from test_mount import mounted
+
+    git = shutil.which("git")
+    assert git is not None
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    cg("init", str(folder), "--remote", local_remote)
+    mnt = tmp_path / "mnt"
+    with mounted(folder, mnt, tmp_path / "mount.log"):
+        run = subprocess.run(
+            [f"./{script}", f"--root={mnt / 'trash'}", "--debug"],
+            cwd=Path(GIT_T) / "t", capture_output=True, text=True, timeout=600,
+            env={**os.environ, "GIT_TEST_INSTALLED": str(Path(git).parent)})
+        tail = (run.stdout + run.stderr)[-3000:]
+        assert run.returncode == 0, tail
+        assert "# passed all" in run.stdout, tail
