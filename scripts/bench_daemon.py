@@ -20,7 +20,9 @@ What it measures, on a vault of ``--files`` small files in ``--folders`` folders
   samples after start-up) and peak (VmHWM).
 
 Full targets: 100,000 files in 1,000 folders, 200 saves, 30 min idle (about 1.5 hours).
-``--quick`` is a smoke run of a few minutes. Processes are started from argument lists only.
+``--quick`` is a smoke run of a few minutes; ``--only first-sync`` measures the first sync
+alone (run it a few times: the machine is shared). Processes are started from argument lists
+only.
 
     python scripts/bench_daemon.py --out /tmp/daemon.md
     python scripts/bench_daemon.py --files 10000 --folders 100 --saves 60 --idle 300
@@ -205,7 +207,7 @@ def run(args: argparse.Namespace) -> str:
              "", "| measure | figure | target |", "|---|---:|---|"]
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
-        for kind in args.remotes.split(","):
+        for kind in ([] if args.only == "first-sync" else args.remotes.split(",")):
             where = work / kind
             where.mkdir()
             with contextlib.ExitStack() as stack:
@@ -284,8 +286,8 @@ def first_sync(work: Path, env: dict[str, str], args: argparse.Namespace) -> str
                 times[how] = time.monotonic() - start  # not the daemon's stop
         if dev.cg("status", "--folder", str(dev.folder)).get("to_push"):  # not timed
             raise bench.BenchError(f"first sync ({how}) left files to push")
-    return (f"| first sync of {args.first_files:,} files | daemon {times['daemon']:.1f} s, "
-            f"push {times['push']:.1f} s | daemon <= push |")
+    return (f"| first sync of {args.first_files:,} files | daemon {times['daemon']:.2f} s, "
+            f"push {times['push']:.2f} s | daemon <= push |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -303,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--out", default=None, help="write the table here (default: stdout)")
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few minutes")
+    parser.add_argument("--only", choices=("first-sync",), default=None,
+                        help="measure only this (first-sync: --first-files, under a minute)")
     args = parser.parse_args(argv)
     if args.quick:
         args.files, args.folders, args.saves, args.pace = 300, 10, 5, 1.0
