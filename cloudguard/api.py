@@ -35,10 +35,13 @@ class Vault:
 
     def __init__(self, folder: str | None = None, ui: UI | None = None,
                  cache_bytes: int = 8 * 1024 * 1024, deadline: float | None = None,
-                 bandwidth: str | None = None) -> None:
+                 bandwidth: str | None = None, wait: bool = True) -> None:
         """``deadline``: seconds a remote call may go without progress (default: the
         CLOUDGUARD_STALL_SECONDS setting); the mount passes a short one. ``bandwidth``:
-        rclone's ``--bwlimit`` for every transfer of this folder (the daemon's setting)."""
+        rclone's ``--bwlimit`` for every transfer of this folder (the daemon's setting).
+        ``wait=False``: return while rclone starts; the first remote call waits for it (the
+        daemon's worker sets up its watches meanwhile), and :attr:`broken` tells a failed
+        start from an outage."""
         self.binding = find_binding(folder)
         self.ui = ui or UI()
         unlock(self.binding)  # the keyring or passphrase is asked once, here
@@ -47,7 +50,8 @@ class Vault:
 
         inner = RcloneTransport(self.binding.remote, stall=deadline,
                                 extra_args=["--bwlimit", bandwidth] if bandwidth else None)
-        self._transport = RcdTransport(self.binding.remote, inner)  # one rclone, all calls
+        self._transport = RcdTransport(self.binding.remote, inner,  # one rclone, all calls
+                                       wait=wait)
         use_transport(self.binding, self._transport)
         self._seen: dict[str, int] | None = None
         self._cache = ChunkCache(cache_bytes)
@@ -56,6 +60,11 @@ class Vault:
     @property
     def folder(self) -> str:
         return self.binding.folder
+
+    @property
+    def broken(self) -> bool:
+        """rclone did not start: no retry will help (an outage, by contrast, ends)."""
+        return self._transport.failed is not None
 
     def refresh(self) -> None:
         """Pick up new manifest segments and key commits (verified as any session does)."""

@@ -287,8 +287,12 @@ class FolderWorker(threading.Thread):
         folder = Path(self.binding.folder)
         if not self._safe_from_other_clients(folder):
             return
+        # rclone starts while the watches are set up; the first push waits for it. The
+        # watches are in place (observer.start returns after adding them) before that push's
+        # scan reads any folder, so a change made during start-up is either seen by the scan
+        # or reported by an event: never neither.
         self.vault = Vault(str(folder), UI(warn=self._engine_warning),
-                           bandwidth=self.limits.bandwidth)
+                           bandwidth=self.limits.bandwidth, wait=False)
         kind = fs_type(folder)
         polling = polled(kind)
         observer: Any = PollingObserver(timeout=POLL_WATCH) if polling else Observer()
@@ -434,6 +438,8 @@ class FolderWorker(threading.Thread):
                 self._stopped(str(exc))
                 return
             except CloudguardError as exc:
+                if self.vault.broken:
+                    raise  # rclone did not start: the folder stops, as no retry helps
                 self.status.last_error = str(exc)
                 backoff = min(self.intervals.backoff_max,
                               max(self.intervals.backoff_first, backoff * 2))
