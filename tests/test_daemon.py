@@ -107,11 +107,11 @@ def test_deletes_spread_over_small_pushes_meet_the_mass_delete_guard(
         vault.push()
         for i in range(6):
             (folder / f"f{i:02}.txt").unlink()
-        assert vault.push()["counts"]["deleted"]["files"] == 6  # under the floor of 10
+        assert vault.push().counts.deleted.files == 6  # under the floor of 10
         for i in range(6, 12):
             (folder / f"f{i:02}.txt").unlink()
-        assert vault.push(dry_run=True, deleted_before=6)["mass_delete"]
-        assert not vault.push(dry_run=True)["mass_delete"]  # alone, 6 would pass
+        assert vault.push(dry_run=True, deleted_before=6).mass_delete
+        assert not vault.push(dry_run=True).mass_delete  # alone, 6 would pass
         with pytest.raises(GuardError, match="after 6 deleted in the last minutes") as got:
             vault.push(deleted_before=6)
         assert got.value.code == "mass-delete"

@@ -170,10 +170,10 @@ def test_failure_mid_reencrypt_in_library_is_audited_and_resumable(
     failed = events("rotate")[-1]
     assert failed["ok"] is False and failed["error"] == "TransportError", failed
     monkeypatch.setattr(fmt, "encrypt_blob", real)
-    assert vault.status(str(a))["reencryption"]["files_left"] == 3
+    assert vault.status(str(a)).reencryption.files_left == 3
     done = vault.key_rotate(str(a), reencrypt=True)
-    assert done["resumed"] and done["files"] == 3 and done["epoch"] == 2
-    assert vault.status(str(a))["reencryption"] is None
+    assert done.resumed and done.files == 3 and done.epoch == 2
+    assert vault.status(str(a)).reencryption is None
 
 
 def test_a_version_the_interrupted_reencryption_had_not_reached_stays_in_the_history(
