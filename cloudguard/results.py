@@ -226,6 +226,45 @@ class DoctorResult(Result):
     findings: list[Finding]
 
 
+class Damage(Result):
+    object: str  # the data object's id (its name without ``data/``)
+    problem: str  # missing, the wrong size, altered, or why it did not authenticate
+
+
+class Unrepairable(Result):
+    """A version with no good copy anywhere: neither the folder nor its own blob."""
+
+    path: str
+    version: str
+    current: bool  # the current version, not one of the history
+    object: str
+    problem: str
+    reason: str
+
+
+class RepairResult(Result):
+    """``cloudguard repair``: anything ``unrepairable`` makes ``ok`` false and exit 3."""
+
+    files: int
+    damaged_objects: int
+    damaged: list[Damage]
+    repaired: list[str]  # re-encrypted from matching local files into new objects
+    moved: list[str]  # copied out of a damaged object: their own blob still authenticates
+    unrepairable: list[Unrepairable]
+    ok: bool
+
+
+class RepublishResult(Result):
+    """``cloudguard repair --republish``: this device's verified state over a rolled-back or
+    forked remote manifest (nothing written when it is neither)."""
+
+    republished: bool
+    reason: str | None  # the rollback or fork found
+    snapshot: str | None
+    files: int
+    message: str
+
+
 class RotateResult(Result):
     """``key rotate`` and ``device remove``: the new key generation."""
 
@@ -283,8 +322,9 @@ def decode(data: bytes | str, kind: type[Result]) -> Any:
 
 
 __all__ = [
-    "CloneResult", "Counts", "DaemonView", "DoctorResult", "Exposure", "Finding",
-    "InitResult", "KeyEpoch", "MarkResult", "PullCounts", "PullResult", "PushCounts", "PushResult",
-    "Reencryption", "Result", "RotateResult", "SettingsResult", "StatusCounts",
-    "StatusResult", "UnlockResult", "VerifyResult", "decode", "to_json",
+    "CloneResult", "Counts", "DaemonView", "Damage", "DoctorResult", "Exposure", "Finding",
+    "InitResult", "KeyEpoch", "MarkResult", "PullCounts", "PullResult", "PushCounts",
+    "PushResult", "Reencryption", "RepairResult", "RepublishResult", "Result", "RotateResult",
+    "SettingsResult", "StatusCounts", "StatusResult", "UnlockResult", "Unrepairable",
+    "VerifyResult", "decode", "to_json",
 ]

@@ -23,6 +23,7 @@ TYPED: dict[str, type[r.Result]] = {
     "status": r.StatusResult, "verify": r.VerifyResult, "doctor": r.DoctorResult,
     "key rotate": r.RotateResult, "device remove": r.RotateResult, "key list": r.KeyEpoch,
     "mark": r.MarkResult, "settings": r.SettingsResult, "unlock": r.UnlockResult,
+    "repair": r.RepairResult, "repair --republish": r.RepublishResult,
 }
 
 
@@ -74,6 +75,9 @@ def test_every_typed_commands_output_decodes_into_its_struct(local_remote: str, 
     run("settings", "settings", "--folder", str(a))
     run("mark", "mark", "--folder", str(a))
     run("doctor", "doctor", "--folder", str(a))
+    assert run("repair", "repair", "--folder", str(a)).ok
+    assert not run("repair --republish", "repair", "--republish", "--yes", "--folder",
+                   str(a)).republished
     assert run("key rotate", "key", "rotate", "--folder", str(a)).epoch == 2
     epochs = run("key list", "key", "list", "--folder", str(a))
     assert [e.current for e in epochs] == [False, True]

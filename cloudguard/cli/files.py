@@ -280,23 +280,23 @@ def repair_cmd(folder: str | None, republish: bool, yes: bool, as_json: bool) ->
                 return click.confirm(question, default=False, err=True)
             done = repair.republish(folder, confirm, "--yes" if yes else "prompt",
                                     _ui(as_json))
-            _emit(done, as_json, lambda r: r["message"] + ".", always=True)
+            _emit(done, as_json, lambda r: r.message + ".", always=True)
             return
         if yes:
             raise UsageError("--yes only confirms --republish")
         result = repair.repair(folder, _ui(as_json))
         _emit(result, as_json, lambda r: (
-            f"OK: {r['files']} files checked, every object authenticated; nothing to repair."
-            if not r["damaged_objects"] else
-            f"Repaired {len(r['repaired'])} files from local copies and moved "
-            f"{len(r['moved'])} intact ones out of {r['damaged_objects']} damaged objects."),
+            f"OK: {r.files} files checked, every object authenticated; nothing to repair."
+            if not r.damaged_objects else
+            f"Repaired {len(r.repaired)} files from local copies and moved "
+            f"{len(r.moved)} intact ones out of {r.damaged_objects} damaged objects."),
             always=True)
-        for row in result["unrepairable"]:
-            click.echo(f"cloudguard: error: {row['path']}"
-                       + ("" if row["current"] else f" (history version {row['version']})")
-                       + f": object {row['object']} is {row['problem']}, and it cannot be "
-                       f"repaired: {row['reason']}", err=True)
-        if not result["ok"]:
+        for row in result.unrepairable:
+            click.echo(f"cloudguard: error: {row.path}"
+                       + ("" if row.current else f" (history version {row.version})")
+                       + f": object {row.object} is {row.problem}, and it cannot be "
+                       f"repaired: {row.reason}", err=True)
+        if not result.ok:
             sys.exit(3)
     _run(go, as_json)
 
