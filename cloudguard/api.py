@@ -27,6 +27,7 @@ from .ops.rotate import key_rotate
 from .ops.status import open_reader, status
 from .ops.verify import verify
 from .reader import ChunkCache, FileReader
+from .results import PullResult, PushResult, RotateResult, StatusResult, VerifyResult
 from .session import UI, Session, forget_unlocked, session, unlock, use_transport
 from .state import find_binding
 
@@ -36,10 +37,13 @@ class Vault:
 
     def __init__(self, folder: str | None = None, ui: UI | None = None,
                  cache_bytes: int = 8 * 1024 * 1024, deadline: float | None = None,
-                 bandwidth: str | None = None) -> None:
+                 bandwidth: str | None = None, wait: bool = True) -> None:
         """``deadline``: seconds a remote call may go without progress (default: the
         CLOUDGUARD_STALL_SECONDS setting); the mount passes a short one. ``bandwidth``:
-        rclone's ``--bwlimit`` for every transfer of this folder (the daemon's setting)."""
+        rclone's ``--bwlimit`` for every transfer of this folder (the daemon's setting).
+        ``wait=False``: return while rclone starts; the first remote call waits for it (the
+        daemon's worker sets up its watches meanwhile), and :attr:`broken` tells a failed
+        start from an outage."""
         self.binding = find_binding(folder)
         self.ui = ui or UI()
         unlock(self.binding)  # the keyring or passphrase is asked once, here
@@ -48,7 +52,8 @@ class Vault:
 
         inner = RcloneTransport(self.binding.remote, stall=deadline,
                                 extra_args=["--bwlimit", bandwidth] if bandwidth else None)
-        self._transport = RcdTransport(self.binding.remote, inner)  # one rclone, all calls
+        self._transport = RcdTransport(self.binding.remote, inner,  # one rclone, all calls
+                                       wait=wait)
         use_transport(self.binding, self._transport)
         self._seen: dict[str, int] | None = None
         self._cache = ChunkCache(cache_bytes)
@@ -57,6 +62,11 @@ class Vault:
     @property
     def folder(self) -> str:
         return self.binding.folder
+
+    @property
+    def broken(self) -> bool:
+        """rclone did not start: no retry will help (an outage, by contrast, ends)."""
+        return self._transport.failed is not None
 
     def refresh(self) -> None:
         """Pick up new manifest segments and key commits (verified as any session does)."""
@@ -74,7 +84,7 @@ class Vault:
             age = (time.time() - _epoch(newest.created)) / 86400
             return age, bool(devices) and devices[0] == s.binding.device
 
-    def rotate(self) -> dict[str, Any]:
+    def rotate(self) -> RotateResult:
         """A new key generation (no re-encryption), through the engine's own rotation."""
         got = key_rotate(self.folder, False, self.ui)
         if self._stager is not None:
@@ -100,22 +110,23 @@ class Vault:
              allow_mass_delete: bool = False,
              ignore: Callable[[str], bool] | None = None,
              deleted_before: int = 0, rewritten_before: int | None = None,
-             allow_mass_change: bool = False) -> dict[str, Any]:
+             allow_mass_change: bool = False) -> PushResult:
         """``paths`` (relative to the folder, or absolute inside it): only those and what is
         under them are scanned and pushed; the cost does not grow with the folder.
         ``deleted_before``: files deleted by this caller's recent pushes (mass-delete guard)."""
         return push(self.folder, dry_run, self.ui, allow_mass_delete, paths, ignore,
                     deleted_before, rewritten_before, allow_mass_change)
 
-    def pull(self, paths: list[str] | None = None) -> dict[str, Any]:
+    def pull(self, paths: list[str] | None = None) -> PullResult:
         """``paths``: only those (and what is under them, and the folders above them) are
         brought down; the rest of the folder is not scanned."""
         return pull(self.folder, self.ui, paths)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StatusResult:
+        """What push and pull would do (``daemon`` and ``mounts`` are the CLI's to fill)."""
         return status(self.folder, self.ui)
 
-    def verify(self, read_data: bool = False) -> dict[str, Any]:
+    def verify(self, read_data: bool = False) -> VerifyResult:
         return verify(self.folder, read_data, self.ui)
 
     def write_version(self, path: str, stream: Reader, size: int, mode: int = 0o644,

@@ -93,7 +93,10 @@ class RcdTransport:
     """The :class:`~cloudguard.transport.Transport` protocol over one ``rclone rcd``."""
 
     def __init__(self, remote: str, inner: RcloneTransport | None = None,
-                 stall: float | None = None) -> None:
+                 stall: float | None = None, wait: bool = True) -> None:
+        """``wait=False``: rclone is started, not waited for; the first call waits until it
+        answers (the daemon sets up its watches meanwhile). Its failure to start is then
+        that call's error, and every later call's (:attr:`failed`)."""
         self.inner = inner or RcloneTransport(remote, stall=stall)
         self.remote = self.inner.remote
         self.local = self.inner.local
@@ -101,7 +104,7 @@ class RcdTransport:
         self._dir = _socket_dir()
         self._sock = str(self._dir / "rc.sock")
         self._log = self._dir / "rclone.log"
-        with self._log.open("wb") as log:
+        with self._log.open("wb") as log:  # from this thread: the child dies with it
             self._proc = subprocess.Popen(
                 [self.inner.binary, "rcd", "--rc-addr", f"unix://{self._sock}", "--rc-no-auth",
                  "--rc-serve", "--log-level", "NOTICE", *self.inner.extra],
@@ -110,17 +113,33 @@ class RcdTransport:
         self._all: list[tuple[threading.Thread, _UnixConnection]] = []
         self._all_lock = threading.Lock()
         self._local = threading.local()  # http.client connections are not thread-safe: one each
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                self._call("rc/noop", {})
-                break
-            except (OSError, http.client.HTTPException) as exc:
-                self._drop_connection()
-                if self._proc.poll() is not None or time.monotonic() > deadline:
-                    self.close()
-                    raise TransportError(f"rclone rcd did not start: {self._last_log()}") from exc
-                time.sleep(0.02)
+        self._up = False  # rclone answered once
+        self._up_lock = threading.Lock()
+        self.failed: TransportError | None = None  # it did not start: every call says so
+        self._deadline = time.monotonic() + 15
+        if wait:
+            self._started()
+
+    def _started(self) -> None:
+        """Wait (once, whichever thread comes first) until rclone answers its socket."""
+        with self._up_lock:
+            if self._up:
+                return
+            if self.failed is not None:
+                raise TransportError(str(self.failed))
+            while True:
+                try:
+                    self._call("rc/noop", {}, booting=True)
+                    self._up = True
+                    return
+                except (OSError, http.client.HTTPException) as exc:
+                    self._drop_connection()
+                    if self._proc.poll() is not None or time.monotonic() > self._deadline:
+                        self.failed = TransportError(
+                            f"rclone rcd did not start: {self._last_log()}")
+                        self.close()
+                        raise TransportError(str(self.failed)) from exc
+                    time.sleep(0.02)
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -143,7 +162,10 @@ class RcdTransport:
             self._local.conn = None
 
     def _request(self, method: str, path: str, body: bytes | None = None,
-                 headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
+                 headers: dict[str, str] | None = None, booting: bool = False
+                 ) -> http.client.HTTPResponse:
+        if not self._up and not booting:
+            self._started()
         for attempt in (0, 1):  # a kept-alive connection the server closed: reconnect once
             conn = self._connection()
             try:
@@ -155,9 +177,11 @@ class RcdTransport:
                     raise
         raise AssertionError("unreachable")
 
-    def _call(self, command: str, params: dict[str, Any]) -> dict[str, Any]:
+    def _call(self, command: str, params: dict[str, Any], booting: bool = False
+              ) -> dict[str, Any]:
         data = json.dumps(params).encode()
-        resp = self._request("POST", "/" + command, data, {"Content-Type": "application/json"})
+        resp = self._request("POST", "/" + command, data, {"Content-Type": "application/json"},
+                             booting)
         raw = resp.read()
         try:
             doc = json.loads(raw or b"{}")
@@ -221,6 +245,8 @@ class RcdTransport:
         if offset or count is not None:
             end = "" if count is None else str(offset + count - 1)
             headers["Range"] = f"bytes={offset}-{end}"
+        if not self._up:
+            self._started()
         # a reader may be held while other calls run: a connection of its own
         conn = _UnixConnection(self._sock, self.stall)
         try:

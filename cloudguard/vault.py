@@ -1,9 +1,10 @@
 """The library API: the operations the CLI (and later the daemon and the mount) call.
 
 Each opens a session (folder lock, index, remote listing, device key, key ring, merged
-manifest with rollback checks), does its work and returns a plain dict that the CLI
-prints or dumps as JSON. The code lives in :mod:`cloudguard.session` and
-:mod:`cloudguard.ops`; this module is the one place a face imports from.
+manifest with rollback checks), does its work and returns a typed result
+(:mod:`cloudguard.results`) that the CLI prints or dumps as JSON. The code lives in
+:mod:`cloudguard.session` and :mod:`cloudguard.ops`; this module is the one place a face
+imports from.
 """
 
 from __future__ import annotations

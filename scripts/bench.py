@@ -95,8 +95,8 @@ for rel in targets:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
     start = time.perf_counter()
     doc = v.push([rel])
-    out.append({"wall": time.perf_counter() - start, "bytes": doc["bytes_uploaded"],
-                "uploaded": doc["uploaded"]})
+    out.append({"wall": time.perf_counter() - start, "bytes": doc.bytes_uploaded,
+                "uploaded": doc.uploaded})
 print(json.dumps(out))
 """
 

@@ -13,12 +13,16 @@ normative specification docs/format.md and nothing else. It needs Python 3.11+ a
 Usage::
 
     python3 cloudguard-decrypt.py --remote-dir COPY_OF_REMOTE --kit KIT.json --out OUTPUT \\
-        [--passphrase-env VAR]
+        [--passphrase-env VAR] [--history DIR]
 
 COPY_OF_REMOTE is a local copy of the remote folder (for example ``rclone copy remote:path
 COPY``). The passphrase of the kit is read from the environment variable VAR (default
 CLOUDGUARD_KIT_PASSPHRASE, as for the CLI) or, when that is unset or empty, asked for on the
-terminal. OUTPUT must be an empty or missing folder.
+terminal. OUTPUT must be an empty or missing folder. With --history, every earlier version
+that can still be read (the vault's history, and the late writes of removed members, which
+the current tree leaves out) is written to DIR, also an empty or missing folder, as
+DIR/PATH/STAMP DEVICE-SEQ.EXT; a version whose object was collected or re-encrypted, or that
+fails a check, is left out with a warning.
 
 Exit codes: 0 everything was restored; 3 an integrity failure (tampered, truncated, swapped or
 missing data; the message names the file or object); 1 any other error (also bad arguments).
@@ -46,10 +50,10 @@ takes a place they state, once the blob there decrypts to the version's signed h
 re-encryption raced by its writer's removal, "Moves").
 Removals win: a removal that another removal attacks (members removing each other
 concurrently) is void but still takes its target out, and its cutoff clamps like any other;
-the versions a clamp leaves out are in the vault's history, which this script does not
-restore (cloudguard restore does). A commit whose
-parent is missing from the copy is skipped, as cloudguard defers it; so is a segment written
-under a commit that is not verified. Every such skip is reported as a warning on stderr.
+the versions a clamp leaves out are in the vault's history, which --history writes out. A
+commit whose parent is missing from the copy is skipped, as cloudguard defers it; so is a
+segment written under a commit that is not verified. Every such skip is reported as a
+warning on stderr.
 
 Limits: a stand-alone reader has no memory of what it saw before, so it cannot tell a copy
 of a rolled-back remote (or one whose newest commits after the kit's anchor, or newest manifest
@@ -1166,6 +1170,8 @@ class State:
     suspect: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     # versions a snapshot's history holds: a suspect stretch does not bring them back
     gone: set[tuple[str, str]] = field(default_factory=set)
+    # "Version history": every version a snapshot keeps or this load removed (--history)
+    kept: dict[str, dict[str, Entry]] = field(default_factory=dict)
 
     def in_suspect(self, dot: str) -> bool:
         device, seq = dot_parts(dot)
@@ -1190,6 +1196,8 @@ class State:
                 if dot in theirs or not covered(dot, other.ctx) or (
                         hearsay and (path, dot) not in (removed or set())):
                     keep[dot] = entry
+                else:
+                    self.kept.setdefault(path, {})[dot] = entry
             for dot, entry in theirs.items():
                 if dot in mine:
                     if not same_content(mine[dot], entry):
@@ -1225,7 +1233,8 @@ class State:
                     siblings[target] = newer_location(
                         siblings[target], moved_entry(siblings[target], location, dot))
             for old in op.get("rm", []):
-                siblings.pop(old, None)
+                if old in siblings:
+                    self.kept.setdefault(op["p"], {})[old] = siblings.pop(old)
             if op.get("e") is not None:
                 siblings[dot] = op["e"]
             if not siblings:
@@ -1563,6 +1572,9 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
         for where, rows in attic.items() if isinstance(attic, dict) else ():
             removed |= {(where, d) for d in (rows if isinstance(rows, dict) else ())
                         if d not in snapshot.paths.get(where, {})}  # not brought back
+            for d, row in rows.items() if isinstance(rows, dict) else ():
+                if isinstance(row, dict) and isinstance(row.get("e"), dict) and DOT.fullmatch(d):
+                    state.kept.setdefault(where, {})[d] = row["e"]
         state.gone |= removed
         if not state.dominates(snapshot.ctx) or any(
                 snapshot.ctx.get(dev, 0) > lo for dev, st in state.suspect.items()
@@ -1641,6 +1653,17 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
                    if device in limit and seq > limit[device]), key=segments.__getitem__)
     adopt_places(state, late, listed, lambda n: open_named(n, late=True),
                  lambda path, entry: blob_matches(remote, chain, path, entry), skipped)
+    for name in late:  # "Writer rules": late writes are kept in the history, never live
+        device, seq, kind = segments[name]
+        if kind != "d":
+            continue
+        try:
+            ops = parse_ops(open_named(name, late=True).get("ops"))
+        except (Skip, Failure, BadData):
+            continue  # already reported as refused; only the history misses it
+        for op in ops:
+            if isinstance(op.get("e"), dict):
+                state.kept.setdefault(op["p"], {}).setdefault(f"{device}:{seq}", op["e"])
     return state, skipped
 
 
@@ -2035,11 +2058,64 @@ def build(stage: Path, remote: Path, view: dict[str, Entry], chain: Chain) -> No
         set_dir_mode(stage / path, view[path]["x"])
 
 
-def restore(remote: Path, kit_path: Path, out: Path, passphrase_env: str) -> dict[str, int]:
+def history_view(state: State) -> dict[str, tuple[str, str, Entry]]:
+    """"Version history": every kept file version that is not current, by the name it is
+    written under (PATH/STAMP DEVICE-SEQ.EXT, STAMP its mtime in UTC), with its path and
+    dot."""
+    out: dict[str, tuple[str, str, Entry]] = {}
+    for path, versions in sorted(state.kept.items()):
+        for dot, entry in sorted(versions.items()):
+            if dot in state.paths.get(path, {}) or entry.get("t") != "f":
+                continue
+            device, seq = dot_parts(dot)
+            m = entry.get("m")
+            stamp = "undated"
+            if isinstance(m, int) and 0 <= m < 2**62:
+                stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime(m / 1e9))
+            ext = posixpath.splitext(posixpath.basename(path))[1]
+            name = f"{path}/{stamp} {device[:8]}-{seq}{ext if len(ext) <= 16 else ''}"
+            out[name] = (path, dot, entry)
+    return out
+
+
+def restore_history(remote: Path, state: State, chain: Chain, out: Path) -> int:
+    """Write every earlier version that checks into OUT (a missing or empty folder). The
+    history is best effort: a version whose object was collected, whose key this kit cannot
+    open, or whose signature or content fails its check is left out with a warning."""
+    view: dict[str, Entry] = {}
+    for name, (path, dot, entry) in history_view(state).items():
+        try:
+            check_path(path)
+            check_entry(path, entry)
+            check_entry_signature(chain, path, dot, entry)
+            view[on_disk(name)] = entry
+        except (Failure, BadData) as exc:
+            print(f"{PROG}: warning: version {dot} of {q(path)} is left out: {exc}",
+                  file=sys.stderr)
+    os.makedirs(out, exist_ok=True)
+    written = 0
+    for name, entry in sorted(view.items()):
+        data_path = remote / "data" / str(entry["o"])
+        try:
+            if not data_path.is_file():
+                raise Failure(f"data/{entry['o']} is gone (collected or re-encrypted)")
+            with open(data_path, "rb") as src:
+                write_file(out, remote, name, entry, chain, src)
+            written += 1
+        except Failure as exc:
+            print(f"{PROG}: warning: {q(name)} is left out: {exc}", file=sys.stderr)
+    return written
+
+
+def restore(remote: Path, kit_path: Path, out: Path, passphrase_env: str,
+            history: Path | None = None) -> dict[str, int]:
     if not remote.is_dir():
         raise Failure(f"{remote} is not a folder")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise Failure(f"{out} must be an empty or missing folder")
+    if history is not None and history.exists() and (
+            not history.is_dir() or any(history.iterdir())):
+        raise Failure(f"{history} must be an empty or missing folder")
     # everything that can fail on the vault's contents before anything is written ...
     vault = read_descriptor(remote)
     kit = read_kit(kit_path, passphrase_env)
@@ -2093,7 +2169,9 @@ def restore(remote: Path, kit_path: Path, out: Path, passphrase_env: str) -> dic
                 pass
         raise
     kinds = [e["t"] for e in view.values()]
-    return {"files": kinds.count("f"), "folders": kinds.count("d"), "links": kinds.count("l")}
+    earlier = 0 if history is None else restore_history(remote, state, chain, history)
+    return {"files": kinds.count("f"), "folders": kinds.count("d"), "links": kinds.count("l"),
+            "earlier": earlier}
 
 
 # --- command line ------------------------------------------------------------------------
@@ -2115,9 +2193,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--passphrase-env", default="CLOUDGUARD_KIT_PASSPHRASE", metavar="VAR",
                         help="environment variable holding the kit passphrase (default "
                              "%(default)s; prompts when unset)")
+    parser.add_argument("--history", type=Path, metavar="DIR",
+                        help="also write every earlier version that can still be read into "
+                             "DIR (an empty or missing folder), as DIR/PATH/STAMP DEVICE-SEQ")
     args = parser.parse_args(argv)
     try:
-        counts = restore(args.remote_dir, args.kit, args.out, args.passphrase_env)
+        counts = restore(args.remote_dir, args.kit, args.out, args.passphrase_env,
+                         args.history)
     except Failure as exc:
         kind = "integrity failure" if isinstance(exc, IntegrityFailure) else "error"
         message = " ".join(str(exc).split("\n"))
@@ -2135,6 +2217,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"restored {counts['files']} files, {counts['folders']} folders and "
           f"{counts['links']} symlinks into {args.out}")
+    if args.history is not None:
+        print(f"restored {counts['earlier']} earlier file versions into {args.history}")
     return 0
 
 

@@ -55,14 +55,14 @@ def test_push_of_given_paths_scans_nothing_else(local_remote: str, tmp_path: Pat
     with monkeypatch.context() as m:  # what a whole-folder push calls (not a sub-walk)
         m.setattr(sync, "scan", no_full_scan)
         got = v.push(["a.txt"])
-        assert got["updated"] == [] and got["uploaded"] == ["a.txt"], got
+        assert got.updated == [] and got.uploaded == ["a.txt"], got
         # absolute paths inside the folder, a new folder with its parents, a deletion
         (folder / "new" / "deep").mkdir(parents=True)
         (folder / "new" / "deep" / "x.txt").write_text("x")
         (folder / "sub" / "b.txt").unlink()
         got = v.push([str(folder / "new" / "deep" / "x.txt"), "sub/b.txt"])
-        assert got["uploaded"] == ["new/deep/x.txt"] and got["deleted"] == ["sub/b.txt"], got
-        assert sorted(got["updated"]) == ["new", "new/deep"], got
+        assert got.uploaded == ["new/deep/x.txt"] and got.deleted == ["sub/b.txt"], got
+        assert sorted(got.updated) == ["new", "new/deep"], got
         with pytest.raises(UsageError, match="not inside the folder"):
             v.push([str(tmp_path / "elsewhere.txt")])
     assert full_scans == []
@@ -79,11 +79,11 @@ def test_push_of_a_folder_takes_what_it_holds(local_remote: str, tmp_path: Path)
         (folder / "sub" / "inner" / "y.txt").write_text("y")
         (folder / "a.txt").write_text("a2 not pushed")
         got = v.push(["sub"])
-        assert sorted(got["uploaded"]) == ["sub/b.txt", "sub/inner/y.txt"], got
+        assert sorted(got.uploaded) == ["sub/b.txt", "sub/inner/y.txt"], got
         os.mkfifo(folder / "sub" / "pipe")
         got = v.push(["sub/pipe"])  # skipped with a line, never uploaded
-        assert got["uploaded"] == [] and got["deleted"] == [], got
-        assert v.status()["to_push"] == ["a.txt"]
+        assert got.uploaded == [] and got.deleted == [], got
+        assert v.status().to_push == ["a.txt"]
 
 
 def test_poll_sees_another_devices_push_and_no_more(local_remote: str, tmp_path: Path) -> None:
@@ -122,7 +122,7 @@ def test_pull_of_given_paths_brings_only_those(local_remote: str, tmp_path: Path
     with Vault(str(b)) as vb, monkeypatch.context() as m:
         m.setattr(sync, "scan", lambda *args, **_k: full_scans.append(args) or {})
         got = vb.pull(["deep/er/x.txt"])
-        assert sorted(got["downloaded"]) == ["deep/er/x.txt"], got
+        assert sorted(got.downloaded) == ["deep/er/x.txt"], got
     assert full_scans == []
     assert (b / "deep" / "er" / "x.txt").read_text() == "x"
     assert not (b / "deep" / "y.txt").exists() and not (b / "other.txt").exists()

@@ -110,7 +110,7 @@ def test_operations_on_the_memory_transport_and_an_injected_fault(
     (a / "sub" / "two.txt").write_text("two")
     vault.init_vault(str(a), remote)
     got = vault.push(str(a))
-    assert sorted(got["uploaded"]) == ["one.txt", "sub/two.txt"]
+    assert sorted(got.uploaded) == ["one.txt", "sub/two.txt"]
     store = MemoryTransport.named(remote)
     assert any(n.startswith("data/") for n in store.objects)
     assert not any(b"one" == d for d in store.objects.values())  # ciphertext only
@@ -124,11 +124,11 @@ def test_operations_on_the_memory_transport_and_an_injected_fault(
             vault.push(str(a))
     finally:
         use_transport(binding, None)
-    assert vault.status(str(a))["to_push"] == ["one.txt"]
+    assert vault.status(str(a)).to_push == ["one.txt"]
     vault.push(str(a))
-    assert vault.status(str(a))["to_push"] == []
+    assert vault.status(str(a)).to_push == []
     assert vault.open_reader(str(a), "one.txt").read(0, 100) == b"one, edited"
-    assert vault.verify(str(a), read_data=True)["ok"]
+    assert vault.verify(str(a), read_data=True).ok
 
 
 def test_a_big_file_streams_beside_the_small_ones_and_one_segment_commits_all(
@@ -148,7 +148,7 @@ def test_a_big_file_streams_beside_the_small_ones_and_one_segment_commits_all(
     store = MemoryTransport.named(remote)
     before = {n for n in store.objects if n.startswith("m/")}
     got = vault.push(str(a))
-    assert len(got["uploaded"]) == 21 and got["objects"] == 2, got
+    assert len(got.uploaded) == 21 and got.objects == 2, got
     assert len({n for n in store.objects if n.startswith("m/")} - before) == 1
     assert vault.open_reader(str(a), "big.bin").read(0, 5) == (a / "big.bin").read_bytes()[:5]
-    assert vault.verify(str(a), read_data=True)["ok"]
+    assert vault.verify(str(a), read_data=True).ok

@@ -99,3 +99,89 @@ def test_a_snapshot_keeps_the_snapshots_that_answer_for_a_stretch_it_leaves_out(
         c_snap: (1, "", {A: 3, C: 5}), mf.segment_name(C, 4, "s"): (1, "", {A: 2, C: 4})}
     got = mf.doomed(names, mf.segment_name(B, 7, "s"), {A: 2, B: 7, C: 5}, consumed)
     assert got == [mf.segment_name(A, 2, "d"), mf.segment_name(C, 4, "s")]
+
+
+def test_a_flood_of_small_raises_never_pushes_a_suspect_stretch_out() -> None:
+    """Review round 9, X1: X's late X:12 lifts A over 5..100, then 300 more snapshots lift
+    it by one each. Past the cap the oldest stretches are coalesced, never dropped: the
+    stretch X lifted is still suspect once the removal shows."""
+    from cloudguard.manifest.raises import MAX_PER_DEVICE
+
+    state = mf.State()
+    with state.transaction():
+        state.ctx[A] = 5
+        state.merge_snapshot({A: 100, X: 12}, [], {}, 10, f"{X}:12")
+        for i in range(MAX_PER_DEVICE + 44):
+            state.merge_snapshot({A: 101 + i, X: 13 + i}, [], {}, 10, f"{X}:{13 + i}")
+    assert state.db.execute("SELECT COUNT(*) FROM raises WHERE device = ?",
+                            (A,)).fetchone()[0] <= MAX_PER_DEVICE
+    state.cuts = {X: 11}
+    assert state.honest()[A] == 5
+
+
+def test_a_forgotten_version_never_comes_back_through_a_suspect_stretch() -> None:
+    """Review round 9, X2: once this device forgot A:3 (keep_days), a replay of a snapshot
+    holding it live does not bring it back, though the stretch is suspect; a snapshot of
+    A itself clears A's stretch even when its vector carries the late word."""
+    state = _lagging()
+    with state.transaction():
+        state.to_attic("three", f"{A}:3", ENTRY, 1, f"{C}:1")
+    state.prune_attic(5)
+    state.cuts = {X: 10}
+    with state.transaction():
+        state.merge_snapshot({A: 3, X: 10}, [("three", {f"{A}:3": ENTRY})], {}, 10, f"{B}:9",
+                             raw={A: 3, X: 12})  # a replay that carries the late word too
+    assert state.entry("three", f"{A}:3") is None
+    assert state.honest()[A] == 2  # still not claimed
+    with state.transaction():
+        state.merge_snapshot({A: 4, X: 12}, [], {}, 10, f"{A}:4", raw={A: 4, X: 12})
+    assert state.honest()[A] == 4
+
+
+def test_only_a_removed_members_word_taints() -> None:
+    """Review round 9, X2: writes of a member only challenged removals took out (an honest
+    target) taint nothing; a counting removal's member taints past the highest cutoff such a
+    removal vouches for; a member only void adds brought in, past its cutoff."""
+    from cloudguard.manifest.loading import _taint
+
+    cuts = {X: 3, B: 0, C: 2}
+    assert _taint(cuts, Limits(cuts, vouched={X: 7}, ghosts={C: X})) == {X: 7, C: 2}
+    assert _taint(cuts, Limits(cuts)) == cuts
+
+
+def test_a_writers_own_delete_counts_though_its_vector_leaves_the_version_out() -> None:
+    """Review round 9, X3: B deleted A:3 inside a stretch its snapshots do not claim; its
+    snapshot's history names B's own delete, and that removes A:3 on a reader that still
+    holds it."""
+    state = mf.State()
+    with state.transaction():
+        state.apply_delta(A, 3, [{"p": "three", "e": ENTRY, "rm": []}])
+        state.merge_snapshot({A: 2, B: 9}, [], {
+            "three": {f"{A}:3": {"e": ENTRY, "g": 5, "rb": [f"{B}:8"]}}}, 10, f"{B}:9")
+    assert state.entry("three", f"{A}:3") is None
+    assert dict(state.attic_rows())["three"][f"{A}:3"]["rb"] == [f"{B}:8", f"{B}:9"]
+
+
+def test_a_snapshot_leaving_a_stretch_out_leaves_out_the_moves_it_does_not_cover() -> None:
+    """Its vector lowered, a snapshot would otherwise name a move past it, which every
+    reader refuses as planted (a whole snapshot refused: exit 3 everywhere)."""
+    from cloudguard.manifest.segments import _check_moves, snapshot_payload
+
+    blob = {"t": "f", "h": "0", "s": 1, "n": 100, "i": "0" * 32, "k": "x", "g": "ab" * 32,
+            "o": "11" * 16, "a": 0, "r": 0}
+    state = mf.State()
+    with state.transaction():
+        state.apply_delta(A, 1, [{"p": "f", "e": blob}])
+        state.apply_delta(A, 2, [{"p": "f", "reloc": {f"{A}:1": {"o": "22" * 16, "a": 0,
+                                                                  "r": 1}}}])
+        state.merge_snapshot({A: 3, X: 12}, [("f", {f"{A}:1": state.entry("f", f"{A}:1")})],
+                             {}, 10, f"{X}:12")
+        state.cuts = {X: 10}
+        state.apply_delta(A, 3, [{"p": "f", "reloc": {f"{A}:1": {"o": "33" * 16, "a": 0,
+                                                                  "r": 2}}}])
+    assert state.entry("f", f"{A}:1")["rd"] == [f"{A}:2", f"{A}:3"]
+    payload = snapshot_payload(B, 1, state)
+    assert payload["ctx"][A] == 2
+    assert payload["paths"]["f"][f"{A}:1"]["rd"] == [f"{A}:2"]
+    assert payload["paths"]["f"][f"{A}:1"]["o"] == "33" * 16
+    _check_moves(payload, payload["ctx"], 10**12)  # what every reader checks

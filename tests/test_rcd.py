@@ -167,3 +167,44 @@ def test_connections_of_finished_threads_are_closed(local_remote: str) -> None:
         assert sockets() <= before + 2
     finally:
         transport.close()
+
+
+def test_a_transport_that_does_not_wait_starts_on_the_first_call(local_remote: str) -> None:
+    """wait=False (the daemon): construction returns while rclone starts; the first calls,
+    from several threads at once, wait for it, then all work."""
+    import threading
+
+    RcloneTransport(local_remote).ensure_root()
+    rcd = RcdTransport(local_remote, wait=False)
+    try:
+        got: list[object] = []
+        threads = [threading.Thread(target=lambda: got.append(rcd.list())) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        rcd.put_bytes("m/one", b"x")
+        for thread in threads:
+            thread.join(timeout=20)
+        assert len(got) == 3 and rcd.failed is None
+        assert set(rcd.list()) == {"m/one"}
+    finally:
+        rcd.close()
+
+
+def test_a_failed_start_is_every_calls_error(local_remote: str, tmp_path: Path) -> None:
+    """An rclone that dies at once: with wait=False the first call says it did not start,
+    and so does every later one (``failed``); nothing is left behind."""
+    from cloudguard.errors import TransportError
+
+    inner = RcloneTransport(local_remote)
+    inner.binary = "/bin/false"
+    rcd = RcdTransport(local_remote, inner, wait=False)
+    sock_dir = Path(rcd._sock).parent
+    with pytest.raises(TransportError, match="rclone rcd did not start"):
+        rcd.list()
+    assert rcd.failed is not None
+    with pytest.raises(TransportError, match="rclone rcd did not start"):
+        rcd.get_bytes("m/x")
+    assert not sock_dir.exists()
+    rcd.close()  # again: harmless
+    with pytest.raises(TransportError, match="rclone rcd did not start"):
+        RcdTransport(local_remote, inner)  # waiting (the default): the constructor says so

@@ -31,6 +31,19 @@ def five_files(remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     return a, b
 
 
+def interrupted_reencrypt(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`key rotate --reencrypt` in ``folder``, stopped by a Ctrl-C after two files (one per
+    batch)."""
+    def interrupt(batch: int) -> None:
+        if batch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(rekey, "BATCH_FILES", 1)
+    monkeypatch.setattr(rekey, "after_batch", interrupt)
+    cg("key", "rotate", "--reencrypt", "--folder", str(folder), code=1)
+    monkeypatch.setattr(rekey, "after_batch", None)
+
+
 def events(name: str) -> list[dict[str, object]]:
     return [r for r in audit.read() if r.get("event") == name]
 
@@ -157,10 +170,10 @@ def test_failure_mid_reencrypt_in_library_is_audited_and_resumable(
     failed = events("rotate")[-1]
     assert failed["ok"] is False and failed["error"] == "TransportError", failed
     monkeypatch.setattr(fmt, "encrypt_blob", real)
-    assert vault.status(str(a))["reencryption"]["files_left"] == 3
+    assert vault.status(str(a)).reencryption.files_left == 3
     done = vault.key_rotate(str(a), reencrypt=True)
-    assert done["resumed"] and done["files"] == 3 and done["epoch"] == 2
-    assert vault.status(str(a))["reencryption"] is None
+    assert done.resumed and done.files == 3 and done.epoch == 2
+    assert vault.status(str(a)).reencryption is None
 
 
 def test_a_version_the_interrupted_reencryption_had_not_reached_stays_in_the_history(
@@ -170,15 +183,7 @@ def test_a_version_the_interrupted_reencryption_had_not_reached_stays_in_the_his
     the versions they replace were never redone by the re-encryption. They used to be hidden
     at once (every edit lost the version before it); they stay listed, on both devices."""
     a, b = five_files(local_remote, tmp_path, monkeypatch)
-
-    def interrupt(batch: int) -> None:
-        if batch == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(rekey, "BATCH_FILES", 1)
-    monkeypatch.setattr(rekey, "after_batch", interrupt)
-    cg("key", "rotate", "--reencrypt", "--folder", str(a), code=1)
-    monkeypatch.setattr(rekey, "after_batch", None)
+    interrupted_reencrypt(a, monkeypatch)
     cg("pull", "--folder", str(b))
     for n in range(5):
         (b / f"f{n}.bin").write_bytes(os.urandom(100 + n))

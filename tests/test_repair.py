@@ -16,7 +16,6 @@ from click.testing import CliRunner
 from helpers import cg, cg_json, cg_proc, share, stored, tree
 
 from cloudguard import audit, cli, sync, vault
-from cloudguard.ops import rekey
 
 
 def blob_of(folder: Path, path: str) -> tuple[str, int, int]:
@@ -184,14 +183,9 @@ def test_recovery_script_reads_repaired_and_half_reencrypted_vaults(
     (Path(local_remote) / "data" / blob_of(a, "f1.bin")[0]).unlink()
     assert cg_json("repair", "--folder", str(a))["repaired"] == ["f1.bin"]
     assert recovered(local_remote, kit, tmp_path / "out1") == tree(a)
+    from test_reencrypt_resume import interrupted_reencrypt
 
-    def interrupt(batch: int) -> None:
-        if batch == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(rekey, "BATCH_FILES", 1)
-    monkeypatch.setattr(rekey, "after_batch", interrupt)
-    cg("key", "rotate", "--reencrypt", "--folder", str(a), code=1)
+    interrupted_reencrypt(a, monkeypatch)
     assert cg_json("status", "--folder", str(a))["reencryption"]["files_left"] == 2
     assert recovered(local_remote, kit, tmp_path / "out2") == tree(a)
 

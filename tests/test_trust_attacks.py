@@ -390,12 +390,13 @@ def test_removed_device_snapshot_below_cutoff_is_refused(local_remote: str,
         assert tree(dev.folder) == before, f"{dev.name} applied X's forged snapshot"
 
 
-def run_script(kit: Path, remote: str, out: Path) -> subprocess.CompletedProcess[str]:
+def run_script(kit: Path, remote: str, out: Path, *more: str
+               ) -> subprocess.CompletedProcess[str]:
     """scripts/cloudguard-decrypt.py on the remote, with ``kit``, into ``out``."""
     script = Path(__file__).resolve().parent.parent / "scripts" / "cloudguard-decrypt.py"
     return subprocess.run([sys.executable, str(script), "--remote-dir", remote, "--kit",
-                           str(kit), "--out", str(out)], capture_output=True, text=True,
-                          check=False, stdin=subprocess.DEVNULL)
+                           str(kit), "--out", str(out), *more], capture_output=True,
+                          text=True, check=False, stdin=subprocess.DEVNULL)
 
 
 def script_restores(dev: Dev, remote: str, root: Path, kit: Path | None = None) -> Path:

@@ -281,3 +281,34 @@ def test_a_retired_members_work_is_kept_whole_when_a_thief_lowers_its_cutoff(
         assert "notes.txt" in result["restored"], (dev.name, result)
         assert (dev.folder / "notes.txt").read_text() == "B's own notes"
         assert (dev.folder / "doc.txt").read_text() == "B's newest edit"
+
+
+def test_the_recovery_script_restores_the_history_and_a_taken_out_members_work(
+        local_remote: str, provider: Provider, tmp_path: Path,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 7 (round 7, V1, the rest): without cloudguard, `--history DIR` writes every
+    earlier version that can still be read, including the late versions of a member a
+    backdated removal took out, which the current tree leaves out."""
+    from test_trust_attacks import run_script
+
+    a, b, _x, _c = b_taken_out(monkeypatch, tmp_path, local_remote, provider)
+    assert a.run("pull").exit_code == 0
+    for text in ("first", "second"):
+        a.write("honest.txt", text)
+        assert a.run("push").exit_code == 0
+    kit = tmp_path / "kit.json"
+    a.cg("key", "export", str(kit), "--choose-passphrase")
+    got = run_script(kit, local_remote, tmp_path / "out", "--history", str(tmp_path / "h"))
+    assert got.returncode == 0, got.stderr
+    assert not (tmp_path / "out" / "notes.txt").exists()  # B's work is late: not current
+    texts = {p.relative_to(tmp_path / "h").parent.as_posix(): [] for p in
+             (tmp_path / "h").rglob("*") if p.is_file()}
+    for p in (tmp_path / "h").rglob("*"):
+        if p.is_file():
+            texts[p.relative_to(tmp_path / "h").parent.as_posix()].append(p.read_text())
+    assert "B's own notes" in texts["notes.txt"], texts
+    assert {"B's first edit", "B's newest edit"} <= set(texts["doc.txt"]), texts
+    assert texts["honest.txt"] == ["first"], texts
+    assert (tmp_path / "out" / "honest.txt").read_text() == "second"
+    assert "restored" in got.stdout and "earlier file versions" in got.stdout
+    assert b.rid[:8] in " ".join(p.name for p in (tmp_path / "h" / "notes.txt").iterdir())

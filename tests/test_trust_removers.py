@@ -9,7 +9,9 @@ test is the provider, showing a device an older remote and handing on what it wr
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_trust_attacks import (
@@ -140,29 +142,13 @@ def test_a_late_snapshot_cannot_hand_a_lagging_device_an_honest_delete(
     applied A's write: it takes the row in as X's snapshot wrote it, and compacts. The row
     records X's snapshot as its carrier too, so once the removal shows new.txt comes back on
     B, and A's copy is never dropped by B's snapshot."""
-    a, b, c, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "c", "x")
-    c.write("c.txt", "from C")
-    c.cg("push")
-    for dev in (a, b, x):
-        dev.cg("pull")
-    before_new = provider.objects()
-    a.write("new.txt", "A's new file")
-    a.cg("push")
-    x.cg("pull")
-    a_delta = [n for n in provider.objects() if n not in before_new and n.startswith("m/")]
-    assert a_delta
-    old = provider.objects()
-    a.cg("device", "remove", x.rid)
-    with provider.showing(old) as by_x:
-        x.use()
-        with vault.session(str(x.folder)) as s:
-            honest = f"{c.rid}:{s.state.ctx[c.rid]}"
-            with s.state.transaction():
-                ((dot, entry),) = s.state.siblings("new.txt").items()
-                s.state._drop("new.txt", dot)
-                s.state.to_attic("new.txt", dot, entry, int(time.time()), honest)
-            s.snapshot()
-    lagging = {n: v for n, v in {**old, **by_x}.items() if n not in a_delta}
+    def drop_naming_c(s: Any, c: Dev, dot: str, entry: dict[str, object]) -> None:
+        honest = f"{c.rid}:{s.state.ctx[c.rid]}"
+        s.state._drop("new.txt", dot)
+        s.state.to_attic("new.txt", dot, entry, int(time.time()), honest)
+
+    (a, b, c, _x), lagging, _delta = x_drops_a_new_file(
+        monkeypatch, tmp_path, local_remote, provider, drop_naming_c)
     lagging_compaction(provider, b, lagging, "new.txt")
     pulled_everywhere([b, a, c, b], "new.txt", "A's new file", local_remote, tmp_path)
 
@@ -266,14 +252,19 @@ def test_a_late_rewrap_to_a_junk_key_never_wins(
     assert (script_restores(a, local_remote, tmp_path) / "paper.txt").read_text() == "original"
 
 
-def _x_covers_new_txt_without_a_row(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                    remote: str, provider: Provider
-                                    ) -> tuple[list[Dev], dict[str, bytes], list[str]]:
-    """A writes new.txt; X, removed by A and shown the old remote, writes a late snapshot whose
-    vector covers A's write and which holds no row for it at all, live or kept. Returns the
-    devices, the remote a lagging device is shown (X's snapshot, not A's delta) and the
-    name of A's delta."""
+def x_drops_a_new_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, remote: str,
+                       provider: Provider,
+                       drop: Callable[[Any, Dev, str, dict[str, Any]], None]
+                       ) -> tuple[list[Dev], dict[str, bytes], list[str]]:
+    """C writes c.txt, then A writes new.txt; X, removed by A and shown the old remote, writes
+    a late snapshot after ``drop`` (given X's session, C, the dot and the entry) took new.txt
+    out of its state. Returns the devices, the remote a lagging device is shown (X's
+    snapshot, not A's delta) and the name of A's delta."""
     a, b, c, x = make_vault(monkeypatch, tmp_path, remote, "a", "b", "c", "x")
+    c.write("c.txt", "from C")
+    c.cg("push")
+    for dev in (a, b, x):
+        dev.cg("pull")
     before_new = provider.objects()
     a.write("new.txt", "A's new file")
     a.cg("push")
@@ -286,11 +277,16 @@ def _x_covers_new_txt_without_a_row(monkeypatch: pytest.MonkeyPatch, tmp_path: P
         x.use()
         with vault.session(str(x.folder)) as s:
             with s.state.transaction():
-                ((dot, _entry),) = s.state.siblings("new.txt").items()
-                s.state._drop("new.txt", dot)  # no history row: only the vector says so
+                ((dot, entry),) = s.state.siblings("new.txt").items()
+                drop(s, c, dot, entry)
             s.snapshot()
     lagging = {n: v for n, v in {**old, **by_x}.items() if n not in a_delta}
     return [a, b, c, x], lagging, a_delta
+
+
+def _no_row(s: Any, _c: Dev, dot: str, _entry: dict[str, Any]) -> None:
+    """Only X's vector says new.txt is gone: no row, live or kept (review round 8, W2 (c))."""
+    s.state._drop("new.txt", dot)
 
 
 def test_a_late_vector_covering_a_write_never_held_is_no_delete(
@@ -302,8 +298,8 @@ def test_a_late_vector_covering_a_write_never_held_is_no_delete(
     dropped new.txt on every device. A raise of the vector by a late snapshot is undone once
     the removal shows, and a snapshot that covered a late write drops nothing it does not
     name as removed."""
-    (a, b, c, _x), lagging, _delta = _x_covers_new_txt_without_a_row(
-        monkeypatch, tmp_path, local_remote, provider)
+    (a, b, c, _x), lagging, _delta = x_drops_a_new_file(
+        monkeypatch, tmp_path, local_remote, provider, _no_row)
     lagging_compaction(provider, b, lagging, "new.txt")
     compact(b)  # the removal shows first: B's snapshot is clean, and must not drop it
     pulled_everywhere([c, a, b, c, a], "new.txt", "A's new file", local_remote, tmp_path)
@@ -316,8 +312,8 @@ def test_a_late_vector_does_not_keep_out_a_write_that_comes_after_it(
     A's own snapshot (which holds new.txt) after it; A's delta is gone by then. The late
     vector kept A's version out of B. Once the removal shows, B takes it, and B's snapshots
     never drop it anywhere."""
-    (a, b, c, _x), lagging, a_delta = _x_covers_new_txt_without_a_row(
-        monkeypatch, tmp_path, local_remote, provider)
+    (a, b, c, _x), lagging, a_delta = x_drops_a_new_file(
+        monkeypatch, tmp_path, local_remote, provider, _no_row)
     with provider.showing(lagging):
         assert b.run("pull").exit_code == 0
         assert not (b.folder / "new.txt").exists()

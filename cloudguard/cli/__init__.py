@@ -10,11 +10,11 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 
-from .. import __version__, vault
+from .. import __version__, results, vault
 from ..errors import (
     CloudguardError,
     FileChangedError,
@@ -26,6 +26,9 @@ from ..errors import (
     UnsupportedFormat,
     UsageError,
 )
+from ..results import CloneResult, Counts, PullResult, PushResult
+
+_R = TypeVar("_R")
 
 
 def _tty() -> bool:
@@ -72,14 +75,14 @@ def _ui(as_json: bool) -> vault.UI:
     return vault.UI(warn=_warn, progress=_progress, confirm=ask)
 
 
-def _unreadable(result: dict[str, Any]) -> None:
+def _unreadable(result: PushResult | PullResult | CloneResult) -> None:
     """Exit 1 once everything else is done if some paths could not be synced: unreadable, not
     a file, folder or symlink (kept as last synced), or changed while read (next time)."""
     problems = []
     for key, what in (("unreadable", "could not read or sync {n} path(s), kept as last "
                                       "synced"),
                       ("skipped", "{n} file(s) changed while read, pushed next time")):
-        paths = result.get(key) or []
+        paths: list[str] = getattr(result, key)
         if paths:
             shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more"
                                             if len(paths) > 5 else "")
@@ -89,23 +92,25 @@ def _unreadable(result: dict[str, Any]) -> None:
         sys.exit(1)
 
 
-def _emit(result: Any, as_json: bool, human: Callable[[Any], str] | None = None,
+def _emit(result: _R, as_json: bool, human: Callable[[_R], str] | None = None,
           always: bool = False) -> None:
+    """``result`` as JSON (a typed result of cloudguard.results, or builtins), or the human
+    line made from it: typed, so a formatter reading a field that is not there fails mypy."""
     if as_json:
-        click.echo(json.dumps(result, indent=2, sort_keys=True))
+        click.echo(results.to_json(result))
     elif human is not None and (always or _tty()):
         text = human(result)
         if text:
             click.echo(text)
 
 
-def _path_errors(result: dict[str, Any]) -> None:
+def _path_errors(result: PullResult | CloneResult) -> None:
     """A pull that landed everything else but some paths: one line each (and the unreadable
     ones), then exit 1."""
-    for line in result.get("errors", []):
+    for line in result.errors:
         click.echo(f"cloudguard: error: {line}", err=True)
     _unreadable(result)
-    if result.get("errors"):
+    if result.errors:
         sys.exit(1)
 
 
@@ -168,10 +173,9 @@ class _Main(click.Group):
         sys.exit(code if isinstance(code, int) else 0)
 
 
-def _things(counts: dict[str, int], none: str = "nothing") -> str:
+def _things(counts: Counts, none: str = "nothing") -> str:
     """'3 files, 40 folders and 2 links': folders and links are never counted as files."""
-    words = [(counts.get("files", 0), "file"), (counts.get("folders", 0), "folder"),
-             (counts.get("links", 0), "link")]
+    words = [(counts.files, "file"), (counts.folders, "folder"), (counts.links, "link")]
     parts = [f"{n:,} {w}{'' if n == 1 else 's'}" for n, w in words if n]
     if not parts:
         return none

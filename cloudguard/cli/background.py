@@ -15,6 +15,7 @@ from ..errors import (
     KeyStoreError,
     UsageError,
 )
+from ..results import UnlockResult
 from . import _emit, _run, _ui, folder_option, json_option, main
 
 
@@ -283,10 +284,10 @@ def unlock_cmd(folders: tuple[str, ...], as_json: bool) -> None:
         for binding in bindings:
             unlock(binding, keep)
         got = control.request({"cmd": "unlock"})
-        result = {"unlocked": [b.folder for b in bindings], "daemon": got is not None}
+        result = UnlockResult(unlocked=[b.folder for b in bindings], daemon=got is not None)
         _emit(result, as_json, lambda r: (
-            f"Unlocked {len(r['unlocked'])} folder(s)"
-            + ("; the daemon has them." if r["daemon"] else
+            f"Unlocked {len(r.unlocked)} folder(s)"
+            + ("; the daemon has them." if r.daemon else
                f"; no daemon is running (the keys stay in the kernel keyring for {keep:g} s).")),
             always=True)
     _run(go, as_json)

@@ -8,12 +8,14 @@ import sys
 from typing import Any
 
 import click
+import msgspec
 
 from .. import audit, vault
 from ..errors import (
     UsageError,
 )
 from ..ops import history
+from ..results import CloneResult, Counts, DaemonView, DoctorResult, StatusResult
 from . import (
     _copies,
     _emit,
@@ -47,11 +49,11 @@ def init(folder: str, remote: str, padding: str, name: str | None, allow_exposed
     """Create a new vault on REMOTE for FOLDER."""
     def go() -> None:
         result = vault.init_vault(folder, remote, padding, name, allow_exposed)
-        for message in result["exposed"]:
+        for message in result.exposed:
             _warn(f"{message} (allowed by --allow-exposed)")
-        _emit(result, as_json, lambda r: f"Created vault {r['vault']} on {r['remote']} for "
-              f"{r['folder']} (device key in {r['keystore']}).\nVault code (a new device "
-              f"checks it): {r['vault_code']}\nNext: cloudguard push, and "
+        _emit(result, as_json, lambda r: f"Created vault {r.vault} on {r.remote} for "
+              f"{r.folder} (device key in {r.keystore}).\nVault code (a new device "
+              f"checks it): {r.vault_code}\nNext: cloudguard push, and "
               "cloudguard key export KIT to keep a recovery kit in a safe place.", always=True)
     _run(go, as_json)
 
@@ -76,21 +78,21 @@ def clone(remote: str, folder: str, key_file: str | None, name: str | None,
             code = click.prompt("Vault code (cloudguard device list, on an enrolled device)")
         result = vault.clone_vault(remote, folder, key_file, name, _ui(as_json), code,
                                    allow_exposed)
-        for message in result["exposed"]:
+        for message in result.exposed:
             _warn(f"{message} (allowed by --allow-exposed)")
 
-        def human(r: dict[str, Any]) -> str:
-            if not r["enrolled"]:
-                return (f"Enrolment requested. Fingerprint: {r['fingerprint']}\nOn an enrolled "
-                        f"device run: cloudguard device approve {r['fingerprint']}\nThen here: "
+        def human(r: CloneResult) -> str:
+            if not r.enrolled:
+                return (f"Enrolment requested. Fingerprint: {r.fingerprint}\nOn an enrolled "
+                        f"device run: cloudguard device approve {r.fingerprint}\nThen here: "
                         "cloudguard pull")
-            c = r["counts"]
-            made = _things(c["made"], "")
-            text = (f"Cloned into {r['folder']}: {_things(c['downloaded'], '0 files')}"
+            c = r.counts
+            made = _things(c.made, "")
+            text = (f"Cloned into {r.folder}: {_things(c.downloaded, '0 files')}"
                     + (f", {made}" if made else "") + ".")
-            if r["conflicts"]:
+            if r.conflicts:
                 text += (f"\nThe folder already held other versions of some paths: made "
-                         f"{_copies(r['conflicts'])} of the vault's versions beside them; "
+                         f"{_copies(r.conflicts)} of the vault's versions beside them; "
                          "compare, keep one, then cloudguard push.")
             return text
         _emit(result, as_json, human, always=True)
@@ -122,12 +124,12 @@ def push(folder: str | None, dry_run: bool, allow_mass_delete: bool, as_json: bo
     def go() -> None:
         result = vault.push(folder, dry_run, _ui(as_json), allow_mass_delete,
                             _here(paths))
-        c = result["counts"]
+        c = result.counts
         _emit(result, as_json, lambda r: (
-            f"{'Would upload' if r['dry_run'] else 'Uploaded'} "
-            f"{_things(c['uploaded'], '0 files')}; updated {_things(c['updated'])}; deleted "
-            f"{_things(c['deleted'])}"
-            + (f"; made {_copies(r['conflicts'])}" if r["conflicts"] else "") + "."),
+            f"{'Would upload' if r.dry_run else 'Uploaded'} "
+            f"{_things(c.uploaded, '0 files')}; updated {_things(c.updated)}; deleted "
+            f"{_things(c.deleted)}"
+            + (f"; made {_copies(r.conflicts)}" if r.conflicts else "") + "."),
             always=dry_run)
         _unreadable(result)
     _run(go, as_json)
@@ -143,12 +145,12 @@ def pull(folder: str | None, as_json: bool, paths: tuple[str, ...]) -> None:
     Refuses without the folder's marker."""
     def go() -> None:
         result = vault.pull(folder, _ui(as_json), _here(paths))
-        c = result["counts"]
+        c = result.counts
         _emit(result, as_json, lambda r: (
-            f"Downloaded {_things(c['downloaded'], '0 files')}; made {_things(c['made'])}; "
-            + (f"updated the mode or mtime of {len(r['updated'])}; " if r["updated"] else "")
-            + f"deleted {_things(c['deleted'])}"
-            + (f"; {_copies(r['conflicts'])}" if r["conflicts"] else "") + "."))
+            f"Downloaded {_things(c.downloaded, '0 files')}; made {_things(c.made)}; "
+            + (f"updated the mode or mtime of {len(r.updated)}; " if r.updated else "")
+            + f"deleted {_things(c.deleted)}"
+            + (f"; {_copies(r.conflicts)}" if r.conflicts else "") + "."))
         _path_errors(result)
     _run(go, as_json)
 
@@ -165,7 +167,7 @@ def mark(folder: str | None, as_json: bool) -> None:
     """
     def go() -> None:
         result = vault.mark(folder)
-        _emit(result, as_json, lambda r: f"Marked {r['folder']}.", always=True)
+        _emit(result, as_json, lambda r: f"Marked {r.folder}.", always=True)
     _run(go, as_json)
 
 
@@ -177,53 +179,53 @@ def status(folder: str | None, verbose: bool, as_json: bool) -> None:
     """Show what push and pull would do: counts by default, the paths with --verbose."""
     def go() -> None:
         result = vault.status(folder, _ui(as_json))
-        result["daemon"] = _daemon_view(result["folder"])
+        result.daemon = _daemon_view(result.folder)
         from .. import lock
 
-        result["mounts"] = lock.mounts(result["folder"])
+        result.mounts = lock.mounts(result.folder)
 
-        def side(label: str, key: str, deletes: str) -> list[str]:
-            paths = result[key]
+        def side(label: str, paths: list[str], counts: Counts, deletes: Counts) -> list[str]:
             if not paths:
                 return []
             if verbose:
                 return [f"  {label}: {p}" for p in paths]
-            gone = sum(result["counts"][deletes].values())
-            return [f"  {label}: {_things(result['counts'][key])}"
+            gone = deletes.files + deletes.folders + deletes.links
+            return [f"  {label}: {_things(counts)}"
                     + (f" ({gone:,} of them deletions)" if gone else "")
                     + f", under {_where(paths)}"]
 
-        def human(r: dict[str, Any]) -> str:
-            lines = [f"folder {r['folder']} -> {r['remote']} (key epoch {r['epoch']},"
-                     f" {r['files']} files)"]
-            lines += [f"  exposed: {e['files']} files were readable by removed member "
-                      f"{e['name']} (key rotate --reencrypt renews their keys)"
-                      for e in r["exposed"]]
-            half = r.get("reencryption")
+        def human(r: StatusResult) -> str:
+            lines = [f"folder {r.folder} -> {r.remote} (key epoch {r.epoch},"
+                     f" {r.files} files)"]
+            lines += [f"  exposed: {e.files} files were readable by removed member "
+                      f"{e.name} (key rotate --reencrypt renews their keys)"
+                      for e in r.exposed]
+            half = r.reencryption
             if half:
-                lines.append(f"  unfinished re-encryption to key epoch {half['epoch']}: "
-                             f"{half['files_left']} files"
-                             + (f" and {half['kept_versions_left']} kept versions"
-                                if half["kept_versions_left"] else "")
-                             + f" still under older keys; {half['fix']}")
-            lines += (side("to push", "to_push", "push_deletes")
-                      + side("to pull", "to_pull", "pull_deletes"))
-            lines += [f"  unreadable, kept as last synced: {p}" for p in r["unreadable"]]
-            if r["conflicts"]:
-                lines.append(f"  pull would make {_copies(r['conflicts'])}")
-            lines += [f"  mounted at {m}" for m in r["mounts"]]
-            served = r["daemon"]
+                lines.append(f"  unfinished re-encryption to key epoch {half.epoch}: "
+                             f"{half.files_left} files"
+                             + (f" and {half.kept_versions_left} kept versions"
+                                if half.kept_versions_left else "")
+                             + f" still under older keys; {half.fix}")
+            c = r.counts
+            lines += (side("to push", r.to_push, c.to_push, c.push_deletes)
+                      + side("to pull", r.to_pull, c.to_pull, c.pull_deletes))
+            lines += [f"  unreadable, kept as last synced: {p}" for p in r.unreadable]
+            if r.conflicts:
+                lines.append(f"  pull would make {_copies(r.conflicts)}")
+            lines += [f"  mounted at {m}" for m in r.mounts]
+            served = r.daemon
             if served is not None:
-                why = f" ({served['why']})" if served.get("why") else ""
-                age = served.get("key_age_days")
-                lines.append(f"  daemon: {served['state']}{why}, {served['queue']} queued"
+                why = f" ({served.why})" if served.why else ""
+                age = served.key_age_days
+                lines.append(f"  daemon: {served.state}{why}, {served.queue} queued"
                              + (f", key {age:.1f} days old" if age is not None else "")
-                             + (f", last error: {served['last_error']}"
-                                if served.get("last_error") else ""))
-            if r["in_sync"]:
+                             + (f", last error: {served.last_error}"
+                                if served.last_error else ""))
+            if r.in_sync:
                 lines.append("  in sync")
-            elif not r["to_push"] and not r["to_pull"]:
-                lines.append(f"  not in sync: {len(r['unreadable'])} path(s) cannot be synced")
+            elif not r.to_push and not r.to_pull:
+                lines.append(f"  not in sync: {len(r.unreadable)} path(s) cannot be synced")
             elif not verbose:
                 lines.append("  (cloudguard status --verbose lists the paths)")
             return "\n".join(lines)
@@ -243,14 +245,14 @@ def verify(folder: str | None, read_data: bool, as_json: bool) -> None:
             "data": "every chunk downloaded and authenticated",
             "md5": "sizes and the backend's MD5 of every object; contents not downloaded "
                    "(verify --read-data authenticates them)",
-            "md5 and sizes": f"the backend's MD5 of {result['hash_checked']} objects, sizes "
+            "md5 and sizes": f"the backend's MD5 of {result.hash_checked} objects, sizes "
                              "only of the rest (run verify --read-data)",
             "sizes": "sizes only: this backend keeps no hashes; run verify --read-data"}
         _emit(result, as_json, lambda r: (
-            f"OK: {r['files']} files in {r['objects']} objects"
-            + (f", {r['authenticated']} authenticated" if r["read_data"] else "")
-            + (f"; {len(r['unreferenced'])} unreferenced objects" if r["unreferenced"] else "")
-            + f". Checked: {notes[r['checked']]}."),
+            f"OK: {r.files} files in {r.objects} objects"
+            + (f", {r.authenticated} authenticated" if r.read_data else "")
+            + (f"; {len(r.unreferenced)} unreferenced objects" if r.unreferenced else "")
+            + f". Checked: {notes[r.checked]}."),
             always=True)
     _run(go, as_json)
 
@@ -278,23 +280,23 @@ def repair_cmd(folder: str | None, republish: bool, yes: bool, as_json: bool) ->
                 return click.confirm(question, default=False, err=True)
             done = repair.republish(folder, confirm, "--yes" if yes else "prompt",
                                     _ui(as_json))
-            _emit(done, as_json, lambda r: r["message"] + ".", always=True)
+            _emit(done, as_json, lambda r: r.message + ".", always=True)
             return
         if yes:
             raise UsageError("--yes only confirms --republish")
         result = repair.repair(folder, _ui(as_json))
         _emit(result, as_json, lambda r: (
-            f"OK: {r['files']} files checked, every object authenticated; nothing to repair."
-            if not r["damaged_objects"] else
-            f"Repaired {len(r['repaired'])} files from local copies and moved "
-            f"{len(r['moved'])} intact ones out of {r['damaged_objects']} damaged objects."),
+            f"OK: {r.files} files checked, every object authenticated; nothing to repair."
+            if not r.damaged_objects else
+            f"Repaired {len(r.repaired)} files from local copies and moved "
+            f"{len(r.moved)} intact ones out of {r.damaged_objects} damaged objects."),
             always=True)
-        for row in result["unrepairable"]:
-            click.echo(f"cloudguard: error: {row['path']}"
-                       + ("" if row["current"] else f" (history version {row['version']})")
-                       + f": object {row['object']} is {row['problem']}, and it cannot be "
-                       f"repaired: {row['reason']}", err=True)
-        if not result["ok"]:
+        for row in result.unrepairable:
+            click.echo(f"cloudguard: error: {row.path}"
+                       + ("" if row.current else f" (history version {row.version})")
+                       + f": object {row.object} is {row.problem}, and it cannot be "
+                       f"repaired: {row.reason}", err=True)
+        if not result.ok:
             sys.exit(3)
     _run(go, as_json)
 
@@ -310,16 +312,16 @@ def doctor(folder: str | None, check_remote: bool, as_json: bool) -> None:
     def go() -> None:
         result = vault.doctor(folder, check_remote)
 
-        def human(r: dict[str, Any]) -> str:
+        def human(r: DoctorResult) -> str:
             marks = {"error": "ERROR", "warning": "warn ", "ok": "ok   "}
             lines = []
-            for f in r["findings"]:
-                lines.append(f"{marks[f['level']]} {f['check']}: {f['message']}")
-                if f["fix"] and f["level"] != "ok":
-                    lines.append(f"      fix: {f['fix']}")
+            for f in r.findings:
+                lines.append(f"{marks[f.level]} {f.check}: {f.message}")
+                if f.fix and f.level != "ok":
+                    lines.append(f"      fix: {f.fix}")
             return "\n".join(lines)
         _emit(result, as_json, human, always=True)
-        if not result["ok"]:
+        if not result.ok:
             sys.exit(1)
     _run(go, as_json)
 
@@ -446,12 +448,12 @@ def settings_cmd(keep_days: int | None, folder: str | None, as_json: bool) -> No
     """Show or change the folder's settings."""
     def go() -> None:
         result = vault.settings(folder, keep_days)
-        _emit(result, as_json, lambda r: "\n".join(f"{k} = {v}" for k, v in r.items()),
+        _emit(result, as_json, lambda r: f"folder = {r.folder}\nkeep_days = {r.keep_days}",
               always=True)
     _run(go, as_json)
 
 
-def _daemon_view(folder: str) -> dict[str, Any] | None:
+def _daemon_view(folder: str) -> DaemonView | None:
     """What the running daemon does with ``folder`` (None: no daemon serves it)."""
     from ..daemon import control
 
@@ -459,6 +461,7 @@ def _daemon_view(folder: str) -> dict[str, Any] | None:
     for served in (got or {}).get("folders", []):
         if served.get("folder") == folder:
             extra = served.pop("extra", {}) or {}
-            return {**served, "key_age_days": extra.get("key_age_days"),
-                    "next_rotation_in_days": extra.get("next_rotation_in_days")}
+            return msgspec.convert(
+                {**served, "key_age_days": extra.get("key_age_days"),
+                 "next_rotation_in_days": extra.get("next_rotation_in_days")}, DaemonView)
     return None

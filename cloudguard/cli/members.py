@@ -29,11 +29,11 @@ def key_rotate(folder: str | None, reencrypt: bool, as_json: bool) -> None:
     def go() -> None:
         result = vault.key_rotate(folder, reencrypt, _ui(as_json))
         _emit(result, as_json, lambda r: (
-            f"Key epoch {r['epoch']} is current"
-            + (f"; finished the interrupted re-encryption ({r['files']} files re-encrypted "
+            f"Key epoch {r.epoch} is current"
+            + (f"; finished the interrupted re-encryption ({r.files} files re-encrypted "
                "now, those done before kept)"
-               if r.get("resumed") else "")
-            + (f"; {r['files']} files re-encrypted" if r["reencrypted"] and not r.get("resumed")
+               if r.resumed else "")
+            + (f"; {r.files} files re-encrypted" if r.reencrypted and not r.resumed
                else "") + "."), always=True)
     _run(go, as_json)
 
@@ -46,10 +46,10 @@ def key_list(folder: str | None, as_json: bool) -> None:
     def go() -> None:
         result = vault.key_list(folder)
         _emit(result, as_json, lambda rows: "\n".join(
-            f"{'*' if r['current'] else ' '} epoch {r['epoch']} ({r['action']})  created "
-            f"{r['created']}  age {r['age_days']} days"
-            + (f"  re-encryption UNFINISHED: {r['reencryption']['files_left']} files left; "
-               f"{r['reencryption']['fix']}" if r["reencryption"] else "")
+            f"{'*' if r.current else ' '} epoch {r.epoch} ({r.action})  created "
+            f"{r.created}  age {r.age_days} days"
+            + (f"  re-encryption UNFINISHED: {r.reencryption.files_left} files left; "
+               f"{r.reencryption.fix}" if r.reencryption else "")
             for r in rows), always=True)
     _run(go, as_json)
 
@@ -186,6 +186,6 @@ def device_remove(device_id: str, folder: str | None, reencrypt: bool, as_json: 
     """Remove a device or recovery slot and rotate the key."""
     def go() -> None:
         result = vault.device_remove(folder, device_id, reencrypt, _ui(as_json))
-        _emit(result, as_json, lambda r: f"Removed {r['removed']}; key epoch "
-              f"{r['epoch']} is current.", always=True)
+        _emit(result, as_json, lambda r: f"Removed {r.removed}; key epoch "
+              f"{r.epoch} is current.", always=True)
     _run(go, as_json)

@@ -45,6 +45,7 @@ from ..api import Vault
 from ..errors import CloudguardError, GuardError, IntegrityError
 from ..ignore import Ignore
 from ..names import from_disk
+from ..results import PullResult, PushResult
 from ..session import UI
 from ..state import Binding
 from . import desktop
@@ -220,7 +221,7 @@ class FolderWorker(threading.Thread):
             return
         got = self.vault.rotate()
         self.log.info("folder %s: rotated the key (it was %.1f days old): epoch %s",
-                 self.binding.id, age, got.get("epoch"))
+                 self.binding.id, age, got.epoch)
 
     def _safe_from_other_clients(self, folder: Path) -> bool:
         """The advisories' first rule: never let another sync client upload the plaintext. A
@@ -245,9 +246,9 @@ class FolderWorker(threading.Thread):
         self.log.error("folder %s stopped: %s", self.binding.id, self._tell(why, "stopped"))
         desktop.notify(f"cloudguard stopped syncing {self.binding.folder}", why, urgent=True)
 
-    def _conflicts(self, got: dict[str, Any]) -> None:
+    def _conflicts(self, got: PushResult | PullResult) -> None:
         """Both sides changed a file: both versions are kept; say so on the desktop."""
-        made = len(got.get("conflicts") or [])
+        made = len(got.conflicts)
         if made:
             self.log.info("folder %s: %d conflict copies", self.binding.id, made)
             desktop.notify(f"cloudguard: {made} conflict cop{'y' if made == 1 else 'ies'} in "
@@ -287,8 +288,12 @@ class FolderWorker(threading.Thread):
         folder = Path(self.binding.folder)
         if not self._safe_from_other_clients(folder):
             return
+        # rclone starts while the watches are set up; the first push waits for it. The
+        # watches are in place (observer.start returns after adding them) before that push's
+        # scan reads any folder, so a change made during start-up is either seen by the scan
+        # or reported by an event: never neither.
         self.vault = Vault(str(folder), UI(warn=self._engine_warning),
-                           bandwidth=self.limits.bandwidth)
+                           bandwidth=self.limits.bandwidth, wait=False)
         kind = fs_type(folder)
         polling = polled(kind)
         observer: Any = PollingObserver(timeout=POLL_WATCH) if polling else Observer()
@@ -385,24 +390,24 @@ class FolderWorker(threading.Thread):
                                           deleted_before=self.deleted.total(),
                                           rewritten_before=self.rewritten.total(),
                                           allow_mass_change=self.accept_changes)
-                    gone = got["counts"]["deleted"]
+                    gone = got.counts.deleted
                     self.log.info("folder %s: pushed %d, deleted %d", self.binding.id,
-                             len(got["uploaded"]) + len(got["updated"]),
-                             gone["files"] + gone["links"])
+                             len(got.uploaded) + len(got.updated),
+                             gone.files + gone.links)
                     if self.accept_deletes:
                         self.deleted.clear()  # confirmed: they no longer count against later
                     else:
-                        self.deleted.add(gone["files"] + gone["links"])
+                        self.deleted.add(gone.files + gone.links)
                     if self.accept_changes:
                         self.rewritten.clear()
                     else:
-                        self.rewritten.add(int(got["rewritten"]))
+                        self.rewritten.add(got.rewritten)
                     self.accept_deletes = self.accept_changes = False
                     self.status.last_push = time.time()
                     self._conflicts(got)
-                    if got.get("skipped"):  # changed while read: look again when it settles
+                    if got.skipped:  # changed while read: look again when it settles
                         with self._lock:
-                            self.sched.again([str(p) for p in got["skipped"]])
+                            self.sched.again([str(p) for p in got.skipped])
                     if rescan:
                         _give_back()
                 if now >= next_key_check:
@@ -434,6 +439,8 @@ class FolderWorker(threading.Thread):
                 self._stopped(str(exc))
                 return
             except CloudguardError as exc:
+                if self.vault.broken:
+                    raise  # rclone did not start: the folder stops, as no retry helps
                 self.status.last_error = str(exc)
                 backoff = min(self.intervals.backoff_max,
                               max(self.intervals.backoff_first, backoff * 2))

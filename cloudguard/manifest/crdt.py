@@ -369,7 +369,7 @@ class State(History):
             seen = dict(self.ctx)
             self.carriers.note({**(carriers or {}), **({by: ctx} if by else {})})
             empty = not self.ctx and not self.has_any()
-            suspect = self.raises.suspect(self.cuts)
+            suspect = self.raises.takeable(self.cuts)
             hearsay = raw is not None and tainted(raw, self.cuts)
 
             def drop(path: str, dot: str, entry: Entry) -> None:
@@ -402,6 +402,14 @@ class State(History):
                         "SELECT path, dot, e FROM entries").fetchall():
                     if path not in theirs_paths and covered(dot, ctx):
                         drop(path, dot, json.loads(e))
+            writer = (by or "").partition(":")[0]
+            for path, rows in kept.items():  # the writer's own removals, whatever its vector
+                for dot, row in rows.items():  # leaves out (raises.honest; round 9, X3)
+                    if writer and not covered(dot, ctx) and any(
+                            r.partition(":")[0] == writer and covered(r, ctx)
+                            for r in row.get("rb") or ()) and (
+                            live := self.entry(path, dot)) is not None:
+                        drop(path, dot, live)
             for path, rows in kept.items():
                 for dot, row in rows.items():
                     if self.entry(path, dot) is not None:
@@ -421,8 +429,9 @@ class State(History):
                 self.ctx[device] = max(self.ctx.get(device, 0), seq)
             if by:
                 self.raises.note(by, raw if raw is not None else ctx, before, self.ctx)
-                if not hearsay:
-                    self.raises.vouched(ctx, self.cuts)
+                writer = by.partition(":")[0]  # its word about its own writes is its own
+                self.raises.vouched(ctx if not hearsay else {writer: ctx.get(writer, 0)},
+                                    self.cuts)
 
     def has_any(self) -> bool:
         return self.db.execute("SELECT 1 FROM entries LIMIT 1").fetchone() is not None

@@ -98,7 +98,7 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
     cuts = cutoffs or {}
     limit = {dev: seq for dev, (seq, _h) in cuts.items()}
     lim = replace(limits or Limits(), cuts=limit, listed=listed)
-    state.cuts = limit
+    state.cuts = _taint(limit, lim)
     # what the writer rules refuse is not expected back: no rollback is read into it
     seen = clamp_ctx(seen, limit)
     skip_log = skipped if skipped is not None else []
@@ -192,7 +192,7 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
             else:
                 held_dots = None
             with _naming(name):
-                if not state.dominates(ctx) or _lifts(ctx, state.raises.suspect(limit)):
+                if not state.dominates(ctx) or _lifts(ctx, state.raises.takeable(state.cuts)):
                     state.merge_snapshot(ctx, paths.items(), kept, time_of(payload),
                                          f"{parsed[name][0]}:{parsed[name][1]}", rc, raw)
                 elif kept:
@@ -270,6 +270,19 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
                   claimed, sorted(reissue), keyless)
 
 
+def _taint(limit: dict[str, int], lim: Limits) -> dict[str, int]:
+    """Whose writes past which seq make a snapshot that covers them carry a removed
+    member's word (raises.py): a member a counting removal took out, past the highest cutoff
+    such a removal vouches for, and one only void adds brought in, past its cutoff. A member
+    only challenged removals took out is an honest target whose work every snapshot may
+    carry (review round 9, X2: one backdated removal must not make all history suspect)."""
+    if lim.vouched is None:
+        return dict(limit)
+    out = {d: c for d, c in limit.items() if d in lim.ghosts}
+    out.update({d: max(c, limit[d]) for d, c in lim.vouched.items() if d in limit})
+    return out
+
+
 def _lifts(ctx: dict[str, int], suspect: dict[str, list[tuple[int, int]]]) -> bool:
     """Does a snapshot cover part of a stretch a late word lifted (raises.py)? Then its
     rows are read although this device's vector covers it."""
@@ -285,7 +298,7 @@ def _read_again(state: State, parsed: dict[str, tuple[str, int, str]],
     """Deltas in a stretch a late word lifted, which this device never applied, are
     applied now, in order: the late snapshot's vector kept them out (review round 8,
     W2 (c)). A version this device holds as removed stays removed (State.apply_delta)."""
-    suspect = state.raises.suspect(limit)
+    suspect = state.raises.takeable(state.cuts)
     if not suspect:
         return
     for name, (dev, seq, kind) in sorted(parsed.items(), key=lambda item: item[1][:2]):

@@ -25,7 +25,9 @@ from .moves import late_dot
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS raises (device TEXT NOT NULL, lo INTEGER NOT NULL, "
            "hi INTEGER NOT NULL, src TEXT NOT NULL, ctx TEXT NOT NULL, "
            "PRIMARY KEY (device, hi)) WITHOUT ROWID")
-# stretches kept per device; older ones count as honest (as before these records existed)
+# per device, the highest seq whose version this device forgot (the history's keep_days)
+_FORGOT = "CREATE TABLE IF NOT EXISTS forgot (device TEXT PRIMARY KEY, seq INTEGER NOT NULL)"
+# stretches kept per device; past it the oldest two are coalesced (never dropped)
 MAX_PER_DEVICE = 256
 
 Row = tuple[str, int, int, str, str]
@@ -33,9 +35,24 @@ Stretches = dict[str, list[tuple[int, int]]]
 
 
 def suspect_row(device: str, src: str, raw: dict[str, int], cuts: dict[str, int]) -> bool:
+    """``src``: one snapshot's dot, or (a stretch coalesced past the cap) the JSON vector of
+    the highest seq each coalesced source had, which has no writer of its own."""
+    if src.startswith("{"):
+        return tainted(json.loads(src), cuts) or tainted(raw, cuts)
     if late_dot(src, cuts):
         return True
     return device != src.partition(":")[0] and tainted(raw, cuts)
+
+
+def _as_vector(src: str) -> dict[str, int]:
+    if src.startswith("{"):
+        return {d: int(s) for d, s in json.loads(src).items()}
+    dev, _, seq = src.partition(":")
+    return {dev: int(seq)}
+
+
+def _join(one: dict[str, int], two: dict[str, int]) -> dict[str, int]:
+    return {d: max(one.get(d, 0), two.get(d, 0)) for d in {*one, *two}}
 
 
 def in_stretch(dot: str, stretches: Stretches) -> bool:
@@ -48,6 +65,33 @@ class Raises:
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
         db.execute(_SCHEMA)
+        db.execute(_FORGOT)
+
+    def forgot(self, dots: Iterable[str]) -> None:
+        """This device forgot these versions: a replay of their segments must not bring them
+        back through a suspect stretch (review round 9, X2)."""
+        high: dict[str, int] = {}
+        for dot in dots:
+            dev, _, seq = dot.partition(":")
+            if seq.isdigit():
+                high[dev] = max(high.get(dev, 0), int(seq))
+        for rid, upto in high.items():
+            self.db.execute("INSERT INTO forgot VALUES (?, ?) ON CONFLICT (device) DO UPDATE "
+                            "SET seq = max(seq, excluded.seq)", (rid, upto))
+
+    def takeable(self, cuts: dict[str, int]) -> Stretches:
+        """The suspect stretches above what this device has forgotten: a version there may be
+        taken in, and its delta applied. Below, a version is one it held and forgot, or one a
+        late word kept from it long ago; either way it stays out (and its snapshots still do
+        not claim it: :meth:`honest`)."""
+        floor = {str(d): int(s) for d, s in self.db.execute("SELECT device, seq FROM forgot")}
+        out: Stretches = {}
+        for device, stretches in self.suspect(cuts).items():
+            kept = [(max(lo, floor.get(device, 0)), hi) for lo, hi in stretches
+                    if hi > floor.get(device, 0)]
+            if kept:
+                out[device] = kept
+        return out
 
     def note(self, src: str, raw: dict[str, int], before: dict[str, int],
              after: dict[str, int]) -> None:
@@ -58,9 +102,26 @@ class Raises:
             if hi > lo:
                 self.db.execute("INSERT OR REPLACE INTO raises VALUES (?, ?, ?, ?, ?)",
                                 (device, lo, hi, src, json.dumps(raw, sort_keys=True)))
-                self.db.execute(
-                    "DELETE FROM raises WHERE device = ? AND hi NOT IN (SELECT hi FROM raises "
-                    "WHERE device = ? ORDER BY hi DESC LIMIT ?)", (device, device, MAX_PER_DEVICE))
+                self._coalesce(device)
+
+    def _coalesce(self, device: str) -> None:
+        """Past the cap, the two oldest stretches of ``device`` become one: their union, with
+        the join of their sources and vectors, suspect if either part was. A stretch is never
+        dropped: a late snapshot could otherwise push its own out with a flood of small
+        raises (review round 9, X1)."""
+        rows = self.db.execute("SELECT lo, hi, src, ctx FROM raises WHERE device = ? "
+                               "ORDER BY hi LIMIT 3", (device,)).fetchall()
+        count = self.db.execute("SELECT COUNT(*) FROM raises WHERE device = ?",
+                                (device,)).fetchone()[0]
+        if count <= MAX_PER_DEVICE or len(rows) < 2:
+            return
+        (lo1, hi1, src1, raw1), (lo2, hi2, src2, raw2) = rows[0], rows[1]
+        src = json.dumps(_join(_as_vector(src1), _as_vector(src2)), sort_keys=True)
+        raw = json.dumps(_join(json.loads(raw1), json.loads(raw2)), sort_keys=True)
+        self.db.execute("DELETE FROM raises WHERE device = ? AND hi IN (?, ?)",
+                        (device, hi1, hi2))
+        self.db.execute("INSERT INTO raises VALUES (?, ?, ?, ?, ?)",
+                        (device, min(lo1, lo2), max(hi1, hi2), src, raw))
 
     def suspect(self, cuts: dict[str, int]) -> Stretches:
         """The stretches a late word lifted, by device (none while no removal shows)."""

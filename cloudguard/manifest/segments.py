@@ -378,7 +378,7 @@ def snapshot_json(device: str, seq: int, state: State, prev: str | None = None
             yield dot, {d: min(s, ctx.get(d, 0)) for d, s in vector.items()}
 
     streamed = {"attic": _seen_removers(state.attic_rows(), ctx, named),
-                "paths": state.items(), "rc": carriers()}
+                "paths": _seen_moves(state.items(), ctx), "rc": carriers()}
     fields: dict[str, Any] = {
         "kind": "snapshot", "device": device, "seq": seq, "ctx": ctx,
         "prev": prev, "created": now_iso(), **streamed}
@@ -405,8 +405,29 @@ def _seen_removers(rows: Iterator[tuple[str, dict[str, dict[str, Any]]]], ctx: d
         for d, row in kept.items():
             seen = _latest(r for r in row.get("rb") or () if _covers(ctx, r))
             out[d] = {k: v for k, v in row.items() if k != "rb"} | ({"rb": seen} if seen else {})
+            out[d]["e"] = _moves_seen(out[d]["e"], ctx)
             named.update(seen)
         yield path, out
+
+
+def _seen_moves(paths: Iterator[tuple[str, dict[str, Any]]], ctx: dict[str, int]
+                ) -> Iterator[tuple[str, dict[str, Any]]]:
+    for path, sibs in paths:
+        yield path, {d: _moves_seen(e, ctx) for d, e in sibs.items()}
+
+
+def _moves_seen(entry: dict[str, Any], ctx: dict[str, int]) -> dict[str, Any]:
+    """An entry's moves that the written vector does not cover are left out (readers refuse
+    them as planted, _check_moves): a vector that leaves out a suspect stretch (raises.py) may
+    not cover a move this device applied there. The place stays; only the record of the move
+    goes, and with no move left, the kept place before it too."""
+    rd = entry.get("rd")
+    if not rd or all(_covers(ctx, d) for d in rd):
+        return entry
+    seen = [d for d in rd if _covers(ctx, d)]
+    if seen:
+        return {**entry, "rd": seen}
+    return {k: v for k, v in entry.items() if k not in ("pl", "rd", "rt")}
 
 
 def _latest(dots: Iterable[str]) -> list[str]:

@@ -16,6 +16,7 @@ from ..errors import (
     UsageError,
 )
 from ..names import from_disk, local
+from ..results import Counts
 from ..session import Session
 from ..state import (
     find_binding,
@@ -37,12 +38,9 @@ def _resolve(s: Session) -> list[str]:
     return sorted(op["p"] for op in ops if not op["rm"])
 
 
-def _counts(kinds: Iterable[str]) -> dict[str, int]:
+def _counts(kinds: Iterable[str]) -> Counts:
     """Files, folders and links apart: "updated 42" must not call 40 folders files."""
-    out = {"files": 0, "folders": 0, "links": 0}
-    for kind in kinds:
-        out[{"d": "folders", "l": "links"}.get(kind, "files")] += 1
-    return out
+    return Counts.of(kinds)
 
 
 def _scan(s: Session, scope: list[str] | None = None) -> dict[str, sync.LocalItem]:

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from .. import format as fmt
 from .. import remotes, sync
 from ..errors import (
@@ -17,17 +19,18 @@ from ..errors import (
     GuardError,
 )
 from ..layout import _KNOWN
+from ..results import DoctorResult
+from ..results import Finding as FindingRow
 from ..session import Session, session
 from ..state import (
     check_marker,
     find_binding,
 )
 from .common import _binding_id, _log
-from .rotate import _exposure
-from .status import _unfinished
+from .status import exposure, unfinished
 
 
-def doctor(folder: str | None, check_remote: bool = False) -> dict[str, Any]:
+def doctor(folder: str | None, check_remote: bool = False) -> DoctorResult:
     """Run every check on one bound folder (or all of them); ``ok`` is False on any error."""
     from .. import doctor as checks
 
@@ -60,19 +63,19 @@ def doctor(folder: str | None, check_remote: bool = False) -> dict[str, Any]:
                 recovery = any(k.kind == "kit" for k in s.ring.head.members.values())
                 had_kit = any(k.kind == "kit" for c in s.ring.view.commits.values()
                               for k in c.members.values())
-                for row in _exposure(s):
+                for row in exposure(s):
                     findings.append(checks.Finding(
-                        "warning", "exposure", f"{row['files']} files were readable by removed "
-                        f"member {row['name']} ({row['removed']}) and still are to its copies",
+                        "warning", "exposure", f"{row.files} files were readable by removed "
+                        f"member {row.name} ({row.removed}) and still are to its copies",
                         "cloudguard key rotate --reencrypt gives them new keys"))
-                half = _unfinished(s)
+                half = unfinished(s)
                 if half is not None:
                     findings.append(checks.Finding(
                         "error", "reencryption", f"the re-encryption to key epoch "
-                        f"{half['epoch']} started {half['started']} was interrupted: "
-                        f"{half['files_left']} files are still under older keys"
-                        + (f" that removed member {half['removed']} could read"
-                           if half["removed"] else ""), half["fix"]))
+                        f"{half.epoch} started {half.started} was interrupted: "
+                        f"{half.files_left} files are still under older keys"
+                        + (f" that removed member {half.removed} could read"
+                           if half.removed else ""), half.fix))
                 findings += checks.check_keys(ages, recovery, checks.policy_days(),
                                               kit_removed=had_kit and not recovery)
                 if check_remote:
@@ -84,9 +87,10 @@ def doctor(folder: str | None, check_remote: bool = False) -> dict[str, Any]:
             findings.append(checks.Finding(level, "vault", f"{binding.folder}: {exc}",
                                            "see the message; cloudguard verify for details"))
     errors = [f for f in findings if f.level == "error"]
-    return {"ok": not errors, "errors": len(errors),
-            "warnings": sum(1 for f in findings if f.level == "warning"),
-            "findings": checks.findings_json(findings)}
+    return DoctorResult(ok=not errors, errors=len(errors),
+                        warnings=sum(1 for f in findings if f.level == "warning"),
+                        findings=msgspec.convert(checks.findings_json(findings),
+                                                 list[FindingRow]))
 
 
 def _epoch(iso: str) -> float:

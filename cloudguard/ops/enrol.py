@@ -8,7 +8,6 @@ from __future__ import annotations
 import shutil
 import socket
 from pathlib import Path
-from typing import Any
 
 from .. import audit, chain, remotes, trust
 from .. import format as fmt
@@ -29,6 +28,7 @@ from ..layout import (
     make_descriptor,
     parse_descriptor,
 )
+from ..results import CloneResult, InitResult
 from ..session import UI, _device_key
 from ..state import (
     Binding,
@@ -41,7 +41,6 @@ from ..state import (
     write_marker,
 )
 from ..transport import Transport, open_transport
-from .common import _counts
 from .pull import pull
 
 
@@ -97,7 +96,7 @@ def _check_exposed(folder: str, allow: bool) -> list[str]:
 
 
 def init_vault(folder: str, remote: str, padding: str = "padme", name: str | None = None,
-               allow_exposed: bool = False) -> dict[str, Any]:
+               allow_exposed: bool = False) -> InitResult:
     if padding not in ("padme", "none"):
         raise UsageError(f"--padding {padding!r}: use padme or none")
     transport = open_transport(remote)
@@ -135,28 +134,24 @@ def init_vault(folder: str, remote: str, padding: str = "padme", name: str | Non
     index.set_meta("wrapped_under", genesis.kek)  # nothing to re-wrap in a new vault
     index.close()
     audit.record("init", vault=vault_id, device=binding.device)
-    return {"folder": str(path), "remote": remotes.redact(transport.remote), "vault": vault_id,
-            "vault_code": fmt.vault_code(vault_id), "device": binding.device,
-            "keystore": binding.keystore, "exposed": exposed}
+    return InitResult(folder=str(path), remote=remotes.redact(transport.remote), vault=vault_id,
+                      vault_code=fmt.vault_code(vault_id), device=binding.device,
+                      keystore=binding.keystore, exposed=exposed)
 
 
 def clone_vault(remote: str, folder: str, kit: str | None = None, name: str | None = None,
                 ui: UI | None = None, vault_code: str | None = None,
-                allow_exposed: bool = False) -> dict[str, Any]:
+                allow_exposed: bool = False) -> CloneResult:
     """Bind a folder to an existing vault; on any failure, undo the binding and the key."""
     exposed = _check_exposed(folder, allow_exposed)
     existed = Path(folder).expanduser().exists()
     path = _check_folder(folder)
     made: list[Binding] = []
     try:
-        # one shape whether enrolled at once (a kit: the first pull's keys) or requested
-        none: dict[str, Any] = {
-            "downloaded": [], "updated": [], "deleted": [], "conflicts": [], "skipped": [],
-            "errors": [], "fingerprint": None,
-            "unreadable": [],
-            "counts": {k: _counts(()) for k in ("downloaded", "made", "deleted")}}
-        return {**none, **_clone(remote, path, kit, name, ui, made, vault_code),
-                "exposed": exposed}
+        # one shape whether enrolled at once (a kit: the first pull's fields) or requested
+        done = _clone(remote, path, kit, name, ui, made, vault_code)
+        done.exposed = exposed
+        return done
     except BaseException:
         for binding in made:
             if binding.enrolled or kit is not None:
@@ -224,7 +219,7 @@ def mount_binding(remote: str, kit: str | None = None, name: str | None = None,
 
 def _clone(remote: str, path: Path, kit: str | None, name: str | None, ui: UI | None,
            made: list[Binding], vault_code: str | None, mount_only: bool = False
-           ) -> dict[str, Any]:
+           ) -> CloneResult:
     transport = open_transport(remote)
     _check_apart(str(path), transport)
     listing = {n: o.size for n, o in transport.list().items()}
@@ -255,8 +250,8 @@ def _clone(remote: str, path: Path, kit: str | None, name: str | None, ui: UI | 
         index = Index(binding.dir / "index.db")
         index.set_meta("fingerprint", fp)
         index.close()
-        return {"folder": str(path), "vault": vault_id, "enrolled": False,
-                "fingerprint": fp, "device": binding.device}
+        return CloneResult(folder=str(path), vault=vault_id, enrolled=False,
+                           fingerprint=fp, device=binding.device)
     warn = (ui or UI()).warn
     anchor = [n for n in listing if (p := chain.parse_name(n)) and p[1] == opened.anchor
               and not p[2]]
@@ -287,12 +282,13 @@ def _clone(remote: str, path: Path, kit: str | None, name: str | None, ui: UI | 
     index.close()
     made.clear()  # enrolled: from here on the binding stands, even if the first pull fails
     if mount_only:  # nothing is ever written to its placeholder folder
-        return {"folder": str(path), "vault": vault_id, "enrolled": True,
-                "device": binding.device}
-    result = pull(str(path), ui)
-    result.update({"folder": str(path), "vault": vault_id, "enrolled": True,
-                   "device": binding.device})
-    return result
+        return CloneResult(folder=str(path), vault=vault_id, enrolled=True,
+                           fingerprint=None, device=binding.device)
+    got = pull(str(path), ui)
+    return CloneResult(folder=str(path), vault=vault_id, enrolled=True, fingerprint=None,
+                       device=binding.device, downloaded=got.downloaded, updated=got.updated,
+                       deleted=got.deleted, conflicts=got.conflicts, skipped=got.skipped,
+                       errors=got.errors, unreadable=got.unreadable, counts=got.counts)
 
 
 def _add_member(transport: Transport, index: Index | None, ring: trust.Ring, rid: str,

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from .. import chain, limits
 from .. import format as fmt
 from .. import keys as keymod
@@ -20,6 +22,7 @@ from ..errors import (
     named,
 )
 from ..keys import now_iso
+from ..results import KeyEpoch, RotateResult
 from ..session import UI, Session, session
 from ..state import (
     find_binding,
@@ -28,23 +31,23 @@ from .common import Confirm, _audited, _log
 from .doctor import _epoch
 from .enrol import _add_member, _code
 from .rotate import _rotate
-from .status import _unfinished
+from .status import unfinished
 
 
-def key_list(folder: str | None) -> list[dict[str, Any]]:
+def key_list(folder: str | None) -> list[KeyEpoch]:
     """One row per KEK epoch on the head's ancestry: when it started, and whether current."""
     with session(folder) as s:
         now = time.time()
         out = []
-        half = _unfinished(s)
+        half = unfinished(s)
         for c in reversed(s.ring.view.ancestry(s.ring.head)):
             if c.action in ("add",):
                 continue
-            out.append({"epoch": c.epoch, "commit": c.id, "action": c.action,
-                        "created": c.created,
-                        "age_days": round((now - _epoch(c.created)) / 86400, 1),
-                        "current": c.kek == s.ring.head.kek,
-                        "reencryption": half if half and half["epoch"] == c.epoch else None})
+            out.append(KeyEpoch(epoch=c.epoch, commit=c.id, action=c.action,
+                                created=c.created,
+                                age_days=round((now - _epoch(c.created)) / 86400, 1),
+                                current=c.kek == s.ring.head.kek,
+                                reencryption=half if half and half.epoch == c.epoch else None))
         return out
 
 
@@ -161,7 +164,7 @@ def device_approve(folder: str | None, fp: str, ui: UI | None = None,
 
 
 def device_remove(folder: str | None, rid: str, reencrypt: bool = False,
-                  ui: UI | None = None) -> dict[str, Any]:
+                  ui: UI | None = None) -> RotateResult:
     if rid == find_binding(folder).device:
         raise UsageError("a device cannot remove itself (it would know the next key); "
                          "remove it from another device")
@@ -174,4 +177,4 @@ def device_remove(folder: str | None, rid: str, reencrypt: bool = False,
             raise UsageError("refusing to remove the last member: nobody could sign again")
         result = _rotate(s, reencrypt, remove=rid)
         _log(s, "device-remove", removed=rid, reencrypt=reencrypt)
-        return result
+        return msgspec.convert(result, RotateResult)

@@ -24,6 +24,7 @@ from ..errors import (
 )
 from ..ignore import open_in_office
 from ..names import local
+from ..results import PullCounts, PullResult
 from ..session import UI, Session, session
 from ..state import (
     IndexRow,
@@ -32,14 +33,14 @@ from .common import _audited, _counts, _hasher, _log, _resolve, _scan, relative_
 
 
 def pull(folder: str | None, ui: UI | None = None, paths: list[str] | None = None
-         ) -> dict[str, Any]:
+         ) -> PullResult:
     """``paths`` (relative to the folder, or absolute inside it): only those, what is under
     them and the folders above them are scanned and brought down; the rest waits."""
     with _audited("pull", folder), session(folder, ui, scan=paths is None, guard=True) as s:
         result = _pull(s, None if paths is None else relative_paths(s, paths, "pull"))
-        result["unreadable"] = sorted(s.unreadable)
-        _log(s, "pull", files=len(result["downloaded"]), deleted=len(result["deleted"]),
-             conflicts=len(result["conflicts"]), errors=len(result["errors"]) or None)
+        result.unreadable = sorted(s.unreadable)
+        _log(s, "pull", files=len(result.downloaded), deleted=len(result.deleted),
+             conflicts=len(result.conflicts), errors=len(result.errors) or None)
         return result
 
 
@@ -77,7 +78,7 @@ def _pull_plan(s: Session, local: dict[str, sync.LocalItem], scope: list[str] | 
     return plan, remote, len(heads)
 
 
-def _pull(s: Session, scope: list[str] | None = None) -> dict[str, Any]:
+def _pull(s: Session, scope: list[str] | None = None) -> PullResult:
     """Stage every download (nothing lands unless all authenticate), then land path by path:
     moves aside, deletes (deepest first), folders, files, links. An error on one path is
     reported in ``errors`` (one line naming it) and the rest still arrives."""
@@ -159,12 +160,13 @@ def _pull(s: Session, scope: list[str] | None = None) -> dict[str, Any]:
             if rem is not None:  # conflict: remember the remote version, so ours replaces it
                 s.index.put(sync.row_from_entry(path, rem[0], rem[1]))
     kinds = {r.path: r.kind for r in plan.delete}
-    return {"downloaded": sorted(written), "updated": updated, "deleted": deleted,
-            "conflicts": sorted(resolved + plan.conflicts), "skipped": plan.skipped,
-            "errors": errors,
-            "counts": {"downloaded": _counts("f" for _ in written),
-                       "made": _counts(str(e.get("t")) for _d, _t, e in plan.make),
-                       "deleted": _counts(kinds.get(p, "f") for p in deleted)}}
+    return PullResult(
+        downloaded=sorted(written), updated=updated, deleted=deleted,
+        conflicts=sorted(resolved + plan.conflicts), skipped=plan.skipped, errors=errors,
+        unreadable=[],  # pull() fills it: the scan's
+        counts=PullCounts(downloaded=_counts("f" for _ in written),
+                          made=_counts(str(e.get("t")) for _d, _t, e in plan.make),
+                          deleted=_counts(kinds.get(p, "f") for p in deleted)))
 
 
 def _around_folder(s: Session, plan: sync.PullPlan, dest: str, dot: str,

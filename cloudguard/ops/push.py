@@ -17,6 +17,7 @@ from ..errors import (
     GuardError,
     UsageError,
 )
+from ..results import MarkResult, PushCounts, PushResult, SettingsResult
 from ..session import UI, Session, session
 from ..settings import settings as env_settings
 from ..state import (
@@ -36,8 +37,8 @@ def push(folder: str | None, dry_run: bool = False, ui: UI | None = None,
          allow_mass_delete: bool = False, paths: list[str] | None = None,
          ignore: Callable[[str], bool] | None = None, deleted_before: int = 0,
          rewritten_before: int | None = None, allow_mass_change: bool = False
-         ) -> dict[str, Any]:
-    """``result["unreadable"]`` lists paths that could not be read: they kept their last
+         ) -> PushResult:
+    """``result.unreadable`` lists paths that could not be read: they kept their last
     synced state, and the CLI exits 1 after the rest was pushed.
 
     ``paths`` (relative to the folder, or absolute inside it) pushes only those paths and
@@ -60,8 +61,8 @@ def push(folder: str | None, dry_run: bool = False, ui: UI | None = None,
         result = _push(s, dry_run, allow_mass_delete, scope, deleted_before,
                        None if allow_mass_change else rewritten_before)
         if not dry_run:
-            _log(s, "push", files=len(result["uploaded"]) + len(result["updated"]),
-                 deleted=len(result["deleted"]), objects=result.get("object_ids", []),
+            _log(s, "push", files=len(result.uploaded) + len(result.updated),
+                 deleted=len(result.deleted), objects=result.object_ids,
                  segments=s.committed)
         return result
 
@@ -171,25 +172,25 @@ def _check_mass_change(s: Session, plan: sync.PushPlan, rows: dict[str, IndexRow
 
 def _push(s: Session, dry_run: bool, allow_mass_delete: bool = False,
           scope: list[str] | None = None, deleted_before: int = 0,
-          rewritten_before: int | None = None) -> dict[str, Any]:
+          rewritten_before: int | None = None) -> PushResult:
     conflicts = [] if dry_run else _resolve(s)
     local = _scan(s, scope)
     plan, index_rows = _push_plan(s, local, scope)
-    # a dry run has every key a push has (what it would do; nothing uploaded)
-    result: dict[str, Any] = {
-        "uploaded": [i.path for i in plan.upload], "updated": [i.path for i, _ in plan.put],
-        "deleted": [r.path for r in plan.delete if r.path not in plan.renamed],
-        "renamed": dict(sorted(plan.renamed.items())), "dry_run": dry_run,
-        "conflicts": conflicts, "unreadable": sorted(s.unreadable),
-        "skipped": [], "bytes_uploaded": 0, "objects": 0, "object_ids": [],
-        "mass_delete": False,
-        "rewritten": _rewriting(plan, index_rows),
-        "counts": {"uploaded": _counts("f" for _ in plan.upload),
-                   "updated": _counts(i.kind for i, _ in plan.put),
-                   "deleted": _counts(r.kind for r in plan.delete
-                                      if r.path not in plan.renamed)}}
+    # a dry run has every field a push has (what it would do; nothing uploaded)
+    result = PushResult(
+        uploaded=[i.path for i in plan.upload], updated=[i.path for i, _ in plan.put],
+        deleted=[r.path for r in plan.delete if r.path not in plan.renamed],
+        renamed=dict(sorted(plan.renamed.items())), dry_run=dry_run,
+        conflicts=conflicts, unreadable=sorted(s.unreadable),
+        skipped=[], bytes_uploaded=0, objects=0, object_ids=[],
+        mass_delete=False,
+        rewritten=_rewriting(plan, index_rows),
+        counts=PushCounts(uploaded=_counts("f" for _ in plan.upload),
+                          updated=_counts(i.kind for i, _ in plan.put),
+                          deleted=_counts(r.kind for r in plan.delete
+                                          if r.path not in plan.renamed)))
     if dry_run:
-        result["mass_delete"] = (  # push would ask first
+        result.mass_delete = (  # push would ask first
             _mass_delete(s, plan, deleted_before) is not None)
         return result
     _check_mass_delete(s, plan, allow_mass_delete, deleted_before)
@@ -222,13 +223,13 @@ def _push(s: Session, dry_run: bool, allow_mass_delete: bool = False,
     for row in plan.delete:
         ops.append({"p": row.path, "e": None, "rm": _based_on(s, row)})
     _commit_ops(s, ops, local, up.objects)
-    result["uploaded"] = sorted(up.paths)
-    result["counts"]["uploaded"] = _counts("f" for _ in up.paths)
-    result["skipped"] = up.skipped
-    result["unreadable"] = sorted({*s.unreadable, *up.unreadable})
-    result["bytes_uploaded"] = up.bytes_out
-    result["objects"] = len(up.objects)
-    result["object_ids"] = [n[len(sync.DATA_PREFIX):] for n in up.objects]
+    result.uploaded = sorted(up.paths)
+    result.counts.uploaded = _counts("f" for _ in up.paths)
+    result.skipped = up.skipped
+    result.unreadable = sorted({*s.unreadable, *up.unreadable})
+    result.bytes_uploaded = up.bytes_out
+    result.objects = len(up.objects)
+    result.object_ids = [n[len(sync.DATA_PREFIX):] for n in up.objects]
     _maintain(s)
     return result
 
@@ -295,7 +296,7 @@ def _commit_ops(s: Session, ops: list[dict[str, Any]], local: dict[str, sync.Loc
         s.index.clear_pending(set(objects))
 
 
-def settings(folder: str | None, keep_days: int | None = None) -> dict[str, Any]:
+def settings(folder: str | None, keep_days: int | None = None) -> SettingsResult:
     """The folder's settings; a change is checked before it is saved."""
     binding = find_binding(folder)
     if keep_days is not None:
@@ -304,10 +305,10 @@ def settings(folder: str | None, keep_days: int | None = None) -> dict[str, Any]
                 raise UsageError(f"--keep-days {keep_days} is not from 0 to {MAX_KEEP_DAYS}")
             binding.keep_days = keep_days
             binding.save()
-    return {"folder": binding.folder, "keep_days": binding.keep_days}
+    return SettingsResult(folder=binding.folder, keep_days=binding.keep_days)
 
 
-def mark(folder: str | None) -> dict[str, Any]:
+def mark(folder: str | None) -> MarkResult:
     """(Re)write the folder marker: the user says this folder, as it is, is the bound one."""
     binding = find_binding(folder)
     with folder_lock(binding):
@@ -315,4 +316,4 @@ def mark(folder: str | None) -> dict[str, Any]:
             raise UsageError(f"the bound folder {binding.folder} does not exist")
         path = write_marker(binding)
     audit.record("mark", vault=binding.vault_id, device=binding.device, folder_id=binding.id)
-    return {"folder": binding.folder, "marker": str(path)}
+    return MarkResult(folder=binding.folder, marker=str(path))

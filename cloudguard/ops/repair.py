@@ -21,12 +21,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import msgspec
+
 from .. import format as fmt
 from .. import manifest as mf
 from .. import sync, trust
 from ..errors import FileChangedError, HistoryError, IntegrityError, UsageError
 from ..layout import descriptor_hash, listing_descriptor, parse_descriptor
 from ..names import local
+from ..results import RepairResult, RepublishResult
 from ..session import (
     UI,
     Session,
@@ -43,14 +46,14 @@ from .verify import _authenticate, _Null
 Place = tuple[str, str, dict[str, Any]]  # path, dot, entry
 
 
-def repair(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
+def repair(folder: str | None, ui: UI | None = None) -> RepairResult:
     # refetch: every segment authenticated afresh, as verify does
     with _audited("repair", folder), session(folder, ui, refetch=True) as s:
         result = _repair(s)
         _log(s, "repair", damaged=result["damaged_objects"], repaired=len(result["repaired"]),
              moved=len(result["moved"]), unrepairable=len(result["unrepairable"]),
              segments=s.committed)
-        return result
+        return msgspec.convert(result, RepairResult)
 
 
 def _inspect(s: Session) -> tuple[dict[str, str], int]:
@@ -232,15 +235,16 @@ def _rehome(s: Session, from_local: list[Place], copy: list[Place],
 
 
 def republish(folder: str | None, confirm: Callable[[str], bool], how: str,
-              ui: UI | None = None) -> dict[str, Any]:
+              ui: UI | None = None) -> RepublishResult:
     """Publish this device's verified state over a rolled-back or forked remote manifest,
     after ``confirm`` (the user's explicit yes; ``how`` says how it was given, for the audit)."""
     ui = ui or UI()
     try:
         with session(folder, ui):
-            return {"republished": False, "reason": None, "snapshot": None, "files": 0,
-                    "message": "the remote manifest is not rolled back or forked: nothing to "
-                               "republish"}
+            return RepublishResult(
+                republished=False, reason=None, snapshot=None, files=0,
+                message="the remote manifest is not rolled back or forked: nothing to "
+                        "republish")
     except HistoryError as exc:
         reason = str(exc).split("; if this device's copy")[0]
     except IntegrityError as exc:
@@ -279,8 +283,8 @@ def republish(folder: str | None, confirm: Callable[[str], bool], how: str,
             f"republished this device's state as {name}, but the remote is still blocked: "
             f"{still}; the device that wrote those segments must run 'cloudguard repair "
             "--republish' too") from exc
-    return {"republished": True, "reason": reason, "snapshot": name, "files": files,
-            "message": f"republished this device's state as {name}"}
+    return RepublishResult(republished=True, reason=reason, snapshot=name, files=files,
+                           message=f"republished this device's state as {name}")
 
 
 @contextmanager

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from .. import chain, sync, trust
 from .. import format as fmt
 from .. import manifest as mf
 from ..errors import (
     IntegrityError,
 )
+from ..results import RotateResult
 from ..session import INTENT, UI, Session, session
 from ..session import intent as rekey_intent
 from .common import _audited, _log, _resolve
@@ -19,12 +22,12 @@ from .maintain import _collect_pending
 
 
 def key_rotate(folder: str | None, reencrypt: bool = False, ui: UI | None = None
-               ) -> dict[str, Any]:
+               ) -> RotateResult:
     with _audited("rotate", folder, every=True), session(folder, ui) as s:
         result = _rotate(s, reencrypt, remove=None)
         _log(s, "rotate", reencrypt=reencrypt, deleted=result["deleted_objects"],
              resumed=result.get("resumed"))
-        return result
+        return msgspec.convert(result, RotateResult)
 
 
 def _cutoff(s: Session, rid: str) -> chain.Cutoff:

@@ -4,7 +4,7 @@ reading one file of the vault without the folder.
 
 from __future__ import annotations
 
-from typing import Any
+import msgspec
 
 from .. import format as fmt
 from .. import reader as readers
@@ -13,6 +13,7 @@ from ..errors import (
     GuardError,
     UsageError,
 )
+from ..results import Exposure, Reencryption, StatusCounts, StatusResult
 from ..session import UI, Session, session
 from ..state import (
     check_marker,
@@ -23,7 +24,7 @@ from .push import _push_plan
 from .rotate import _exposure
 
 
-def status(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
+def status(folder: str | None, ui: UI | None = None) -> StatusResult:
     with session(folder, ui, scan=True) as s:
         try:
             check_marker(s.binding)
@@ -32,35 +33,42 @@ def status(folder: str | None, ui: UI | None = None) -> dict[str, Any]:
         local = _scan(s)
         up, _rows = _push_plan(s, local)
         down, _remote, _n = _pull_plan(s, local)
-        return {
-            "folder": s.binding.folder, "remote": remotes.redact(s.binding.remote),
-            "vault": s.binding.vault_id,
-            "device": s.binding.device, "epoch": s.ring.head.epoch,
-            "vault_code": fmt.vault_code(s.binding.vault_id),
-            "files": s.state.count_files(), "exposed": _exposure(s),
-            "reencryption": _unfinished(s),
-            "to_push": sorted([i.path for i in up.upload] + [i.path for i, _ in up.put]
-                              + [r.path for r in up.delete]),
-            "to_pull": sorted([d for d, _t, _e in down.download + down.make + down.meta]
-                              + [r.path for r in down.delete]),
-            "conflicts": down.conflicts, "unreadable": sorted(s.unreadable),
-            "in_sync": not (up.upload or up.put or up.delete or down.download or down.make
-                            or down.meta or down.delete or s.unreadable),
-            "counts": {
-                "to_push": _counts([*("f" for _ in up.upload), *(i.kind for i, _ in up.put),
-                                    *(r.kind for r in up.delete)]),
-                "to_pull": _counts([*("f" for _ in down.download),
-                                    *(str(e.get("t")) for _d, _t, e in down.make + down.meta),
-                                    *(r.kind for r in down.delete)]),
-                "push_deletes": _counts(r.kind for r in up.delete),
-                "pull_deletes": _counts(r.kind for r in down.delete)},
-        }
+        return StatusResult(
+            folder=s.binding.folder, remote=remotes.redact(s.binding.remote),
+            vault=s.binding.vault_id,
+            device=s.binding.device, epoch=s.ring.head.epoch,
+            vault_code=fmt.vault_code(s.binding.vault_id),
+            files=s.state.count_files(), exposed=exposure(s),
+            reencryption=unfinished(s),
+            to_push=sorted([i.path for i in up.upload] + [i.path for i, _ in up.put]
+                           + [r.path for r in up.delete]),
+            to_pull=sorted([d for d, _t, _e in down.download + down.make + down.meta]
+                           + [r.path for r in down.delete]),
+            conflicts=down.conflicts, unreadable=sorted(s.unreadable),
+            in_sync=not (up.upload or up.put or up.delete or down.download or down.make
+                         or down.meta or down.delete or s.unreadable),
+            counts=StatusCounts(
+                to_push=_counts([*("f" for _ in up.upload), *(i.kind for i, _ in up.put),
+                                 *(r.kind for r in up.delete)]),
+                to_pull=_counts([*("f" for _ in down.download),
+                                 *(str(e.get("t")) for _d, _t, e in down.make + down.meta),
+                                 *(r.kind for r in down.delete)]),
+                push_deletes=_counts(r.kind for r in up.delete),
+                pull_deletes=_counts(r.kind for r in down.delete)),
+        )
 
 
-def _unfinished(s: Session) -> dict[str, Any] | None:
+def unfinished(s: Session) -> Reencryption | None:
+    """A re-encryption left half done (ops.rekey keeps the record), typed for the results."""
     from . import rekey
 
-    return rekey.unfinished(s)
+    half = rekey.unfinished(s)
+    return None if half is None else msgspec.convert(half, Reencryption)
+
+
+def exposure(s: Session) -> list[Exposure]:
+    """Files a removed member could read, per member (ops.rotate counts them)."""
+    return msgspec.convert(_exposure(s), list[Exposure])
 
 
 def open_reader(folder: str | None, path: str,

@@ -4,27 +4,27 @@ authenticate every blob as a pull would.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from .. import format as fmt
 from .. import sync
 from ..errors import (
     IntegrityError,
 )
+from ..results import VerifyResult
 from ..session import UI, Session, session
 from .common import _audited, _log
 
 
 def verify(folder: str | None, read_data: bool = False, ui: UI | None = None
-           ) -> dict[str, Any]:
+           ) -> VerifyResult:
     with _audited("verify", folder), session(folder, ui, refetch=True) as s:
         result = _verify(s, read_data)
-        _log(s, "verify", read_data=read_data, files=result["files"],
-             objects=result["objects"])
+        _log(s, "verify", read_data=read_data, files=result.files, objects=result.objects)
         return result
 
 
-def _verify(s: Session, read_data: bool) -> dict[str, Any]:
+def _verify(s: Session, read_data: bool) -> VerifyResult:
     failures: list[str] = []
     files = [(p, e) for p, (_d, e) in sync.view(s.state).items() if e.get("t") == "f"]
     groups = sync.group_by_object(files)
@@ -69,15 +69,16 @@ def _verify(s: Session, read_data: bool) -> dict[str, Any]:
                              "still match", paths=sorted({f.split(": ", 1)[0] for f in failures}))
     live = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
     unreferenced = sorted(n for n in s.listing if n.startswith(sync.DATA_PREFIX) and n not in live)
+    checked_how: Literal["data", "md5", "md5 and sizes", "sizes"]
     if authenticate:
         checked_how = "data"
     elif hashed == len(groups):
         checked_how = "md5"
     else:  # WebDAV and others keep no hash: a flipped byte keeps the size
         checked_how = "sizes" if hashed == 0 else "md5 and sizes"
-    return {"files": len(files), "objects": len(groups), "read_data": authenticate,
-            "hash_checked": hashed, "authenticated": checked, "unreferenced": unreferenced,
-            "checked": checked_how, "ok": True}
+    return VerifyResult(files=len(files), objects=len(groups), read_data=authenticate,
+                        hash_checked=hashed, authenticated=checked, unreferenced=unreferenced,
+                        checked=checked_how, ok=True)
 
 
 class _Null:
