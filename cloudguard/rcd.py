@@ -237,6 +237,8 @@ class RcdTransport:
             yield cast(IO[bytes], _Body(None))
             return
         if self.local:  # a plain path: the object is a file here, read without a round trip
+            if self.failed is not None:  # an rcd that did not start fails every call alike
+                raise TransportError(str(self.failed))
             with self._local_reader(name, offset, count) as body:
                 yield body
             return
