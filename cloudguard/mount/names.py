@@ -120,7 +120,6 @@ class Names:
         return 0
 
     @_guarded
-    @_guarded
     def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
         """The modification time a version carries (`touch -d`, `rsync -t`, `cp -a`); the
         vault keeps no access time. An open file takes it into its next version."""
