@@ -36,6 +36,7 @@ class History:
     ended: frozenset[str]
     ended_since: dict[str, int]
     raises: Raises
+    cuts: dict[str, int]
     carriers: Carriers
 
     def transaction(self) -> AbstractContextManager[None]:
@@ -103,7 +104,9 @@ class History:
                 if path is not None else self.db.execute(query + " ORDER BY path, gone"))
         for p, d, e, g in rows:
             entry = json.loads(e)
-            if not self._ended(entry, int(g)):
+            # a removed member's late version was there for the re-encryption, which ended
+            # it on purpose: hidden at once, whenever it joined the history
+            if not self._ended(entry, None if late_dot(d, self.cuts) else int(g)):
                 yield p, d, entry, int(g)
 
     def attic_payload(self) -> dict[str, dict[str, dict[str, Any]]]:
