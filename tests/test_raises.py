@@ -138,17 +138,6 @@ def test_a_forgotten_version_never_comes_back_through_a_suspect_stretch() -> Non
     assert state.honest()[A] == 4
 
 
-def test_only_a_removed_members_word_taints() -> None:
-    """Review round 9, X2: writes of a member only challenged removals took out (an honest
-    target) taint nothing; a counting removal's member taints past the highest cutoff such a
-    removal vouches for; a member only void adds brought in, past its cutoff."""
-    from cloudguard.manifest.loading import _taint
-
-    cuts = {X: 3, B: 0, C: 2}
-    assert _taint(cuts, Limits(cuts, vouched={X: 7}, ghosts={C: X})) == {X: 7, C: 2}
-    assert _taint(cuts, Limits(cuts)) == cuts
-
-
 def test_a_writers_own_delete_counts_though_its_vector_leaves_the_version_out() -> None:
     """Review round 9, X3: B deleted A:3 inside a stretch its snapshots do not claim; its
     snapshot's history names B's own delete, and that removes A:3 on a reader that still

@@ -98,7 +98,9 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
     cuts = cutoffs or {}
     limit = {dev: seq for dev, (seq, _h) in cuts.items()}
     lim = replace(limits or Limits(), cuts=limit, listed=listed)
-    state.cuts = _taint(limit, lim)
+    # every late write is a removed member's word: a member that only challenged removals
+    # took out may be the thief answering its own removal (review round 10, Y1)
+    state.cuts = dict(limit)
     # what the writer rules refuse is not expected back: no rollback is read into it
     seen = clamp_ctx(seen, limit)
     skip_log = skipped if skipped is not None else []
@@ -268,19 +270,6 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
     cache.prune(parsed)
     return Loaded(state, dict(listing), own, deltas, {d: h for d, (_s, h) in newest.items()},
                   claimed, sorted(reissue), keyless)
-
-
-def _taint(limit: dict[str, int], lim: Limits) -> dict[str, int]:
-    """Whose writes past which seq make a snapshot that covers them carry a removed
-    member's word (raises.py): a member a counting removal took out, past the highest cutoff
-    such a removal vouches for, and one only void adds brought in, past its cutoff. A member
-    only challenged removals took out is an honest target whose work every snapshot may
-    carry (review round 9, X2: one backdated removal must not make all history suspect)."""
-    if lim.vouched is None:
-        return dict(limit)
-    out = {d: c for d, c in limit.items() if d in lim.ghosts}
-    out.update({d: max(c, limit[d]) for d, c in lim.vouched.items() if d in limit})
-    return out
 
 
 def _lifts(ctx: dict[str, int], suspect: dict[str, list[tuple[int, int]]]) -> bool:
