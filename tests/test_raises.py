@@ -119,25 +119,6 @@ def test_a_flood_of_small_raises_never_pushes_a_suspect_stretch_out() -> None:
     assert state.honest()[A] == 5
 
 
-def test_a_forgotten_version_never_comes_back_through_a_suspect_stretch() -> None:
-    """Review round 9, X2: once this device forgot A:3 (keep_days), a replay of a snapshot
-    holding it live does not bring it back, though the stretch is suspect; a snapshot of
-    A itself clears A's stretch even when its vector carries the late word."""
-    state = _lagging()
-    with state.transaction():
-        state.to_attic("three", f"{A}:3", ENTRY, 1, f"{C}:1")
-    state.prune_attic(5)
-    state.cuts = {X: 10}
-    with state.transaction():
-        state.merge_snapshot({A: 3, X: 10}, [("three", {f"{A}:3": ENTRY})], {}, 10, f"{B}:9",
-                             raw={A: 3, X: 12})  # a replay that carries the late word too
-    assert state.entry("three", f"{A}:3") is None
-    assert state.honest()[A] == 2  # still not claimed
-    with state.transaction():
-        state.merge_snapshot({A: 4, X: 12}, [], {}, 10, f"{A}:4", raw={A: 4, X: 12})
-    assert state.honest()[A] == 4
-
-
 def test_a_writers_own_delete_counts_though_its_vector_leaves_the_version_out() -> None:
     """Review round 9, X3: B deleted A:3 inside a stretch its snapshots do not claim; its
     snapshot's history names B's own delete, and that removes A:3 on a reader that still

@@ -12,7 +12,6 @@ from typing import Any
 
 from .carriers import Carriers
 from .moves import Entry, _was, _where, join_remover, late_dot, newer_location, removers
-from .raises import Raises
 
 
 def _generation(raw: str) -> str | None:
@@ -35,7 +34,6 @@ class History:
     db: sqlite3.Connection
     ended: frozenset[str]
     ended_since: dict[str, int]
-    raises: Raises
     cuts: dict[str, int]
     carriers: Carriers
 
@@ -149,7 +147,6 @@ class History:
                 "SELECT path, dot, e FROM attic WHERE gone < ?", (before,)).fetchall()
                 if not late_dot(d, cuts) or _generation(e) in ended]
             self.db.executemany("DELETE FROM attic WHERE path = ? AND dot = ?", doomed)
-            self.raises.forgot(d for _p, d in doomed)
             self.carriers.keep_only({d for (rb,) in self.db.execute(
                 "SELECT rb FROM attic WHERE rb IS NOT NULL") for d in removers(rb)})
             return len(doomed)

@@ -369,7 +369,7 @@ class State(History):
             seen = dict(self.ctx)
             self.carriers.note({**(carriers or {}), **({by: ctx} if by else {})})
             empty = not self.ctx and not self.has_any()
-            suspect = self.raises.takeable(self.cuts)
+            suspect = self.raises.suspect(self.cuts)
             hearsay = raw is not None and tainted(raw, self.cuts)
 
             def drop(path: str, dot: str, entry: Entry) -> None:

@@ -25,8 +25,6 @@ from .moves import late_dot
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS raises (device TEXT NOT NULL, lo INTEGER NOT NULL, "
            "hi INTEGER NOT NULL, src TEXT NOT NULL, ctx TEXT NOT NULL, "
            "PRIMARY KEY (device, hi)) WITHOUT ROWID")
-# per device, the highest seq whose version this device forgot (the history's keep_days)
-_FORGOT = "CREATE TABLE IF NOT EXISTS forgot (device TEXT PRIMARY KEY, seq INTEGER NOT NULL)"
 # stretches kept per device; past it the oldest two are coalesced (never dropped)
 MAX_PER_DEVICE = 256
 
@@ -65,33 +63,6 @@ class Raises:
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
         db.execute(_SCHEMA)
-        db.execute(_FORGOT)
-
-    def forgot(self, dots: Iterable[str]) -> None:
-        """This device forgot these versions: a replay of their segments must not bring them
-        back through a suspect stretch (review round 9, X2)."""
-        high: dict[str, int] = {}
-        for dot in dots:
-            dev, _, seq = dot.partition(":")
-            if seq.isdigit():
-                high[dev] = max(high.get(dev, 0), int(seq))
-        for rid, upto in high.items():
-            self.db.execute("INSERT INTO forgot VALUES (?, ?) ON CONFLICT (device) DO UPDATE "
-                            "SET seq = max(seq, excluded.seq)", (rid, upto))
-
-    def takeable(self, cuts: dict[str, int]) -> Stretches:
-        """The suspect stretches above what this device has forgotten: a version there may be
-        taken in, and its delta applied. Below, a version is one it held and forgot, or one a
-        late word kept from it long ago; either way it stays out (and its snapshots still do
-        not claim it: :meth:`honest`)."""
-        floor = {str(d): int(s) for d, s in self.db.execute("SELECT device, seq FROM forgot")}
-        out: Stretches = {}
-        for device, stretches in self.suspect(cuts).items():
-            kept = [(max(lo, floor.get(device, 0)), hi) for lo, hi in stretches
-                    if hi > floor.get(device, 0)]
-            if kept:
-                out[device] = kept
-        return out
 
     def note(self, src: str, raw: dict[str, int], before: dict[str, int],
              after: dict[str, int]) -> None:
