@@ -149,7 +149,7 @@ class Session:
         with self.state.transaction():
             self.state.apply_delta(own, seq, ops)
             self.state.mark_consumed(name, self.listing[name], digest)
-        self.index.set_meta("seen", self.state.honest())
+        self.index.set_meta("seen", self.state.seen())
         self.index.set_meta("pending_segment", None)
         self.index.set_meta("reissue", [])
         return mf.dot_of(own, seq)
@@ -167,7 +167,7 @@ class Session:
             self.state.ctx[own] = seq
             claimed = self.state.honest()  # what the snapshot covers (manifest/raises.py)
             self.state.mark_consumed(name, self.listing[name], digest, claimed)
-        self.index.set_meta("seen", self.state.honest())
+        self.index.set_meta("seen", self.state.seen())
         self.index.set_meta("pending_segment", None)
         doomed = mf.doomed(self.listing, name, claimed, self.state.consumed())
         self.transport.delete(doomed)
@@ -445,7 +445,7 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
             if attempt == 2:
                 raise
             time.sleep(0.5)  # another device compacted while we listed; list again
-    index.set_meta("seen", loaded.state.honest())
+    index.set_meta("seen", loaded.state.seen())
     if loaded.claimed:  # N11: our next segments go past the claim; push writes these again
         index.set_meta("seq_floor", max(loaded.claimed, int(index.get_meta("seq_floor", 0))))
         index.set_meta("reissue", sorted({*map(tuple, index.get_meta("reissue", [])),

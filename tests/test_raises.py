@@ -155,3 +155,92 @@ def test_a_snapshot_leaving_a_stretch_out_leaves_out_the_moves_it_does_not_cover
     assert payload["paths"]["f"][f"{A}:1"]["rd"] == [f"{A}:2"]
     assert payload["paths"]["f"][f"{A}:1"]["o"] == "33" * 16
     _check_moves(payload, payload["ctx"], 10**12)  # what every reader checks
+
+
+def _held_and_forgot() -> mf.State:
+    """B took A:3 from X's late snapshot X:12 (a stretch X lifted), then applied C:1, which
+    deleted it, and forgot it past keep_days: its forget floor for A is 3."""
+    state = mf.State()
+    with state.transaction():
+        state.apply_delta(A, 1, [{"p": "one", "e": ENTRY, "rm": []}])
+        state.apply_delta(A, 2, [{"p": "two", "e": ENTRY, "rm": []}])
+        state.merge_snapshot({A: 3, X: 12}, [("one", {f"{A}:1": ENTRY}),
+                                             ("two", {f"{A}:2": ENTRY}),
+                                             ("three", {f"{A}:3": ENTRY})], {}, 10, f"{X}:12")
+        state.apply_delta(C, 1, [{"p": "three", "e": None, "rm": [f"{A}:3"]}])
+    assert state.prune_attic(10**12) == 1
+    assert state.raises.floor() == {A: 3}
+    state.cuts = {X: 10}
+    return state
+
+
+def test_a_version_this_device_held_and_forgot_never_comes_back_through_a_suspect_stretch(
+        ) -> None:
+    """Review round 9, X2: a replay of an old snapshot holding A:3 live does not bring it
+    back, though the stretch is suspect; a snapshot of A that covers A:3 and does not hold
+    it clears A's stretch."""
+    state = _held_and_forgot()
+    with state.transaction():
+        state.merge_snapshot({A: 3, X: 10}, [("three", {f"{A}:3": ENTRY})], {}, 10, f"{B}:9",
+                             raw={A: 3, X: 12})  # a replay that carries the late word too
+    assert state.entry("three", f"{A}:3") is None
+    assert state.honest()[A] == 2  # still not claimed
+    with state.transaction():
+        state.merge_snapshot({A: 4, X: 12}, [], {}, 10, f"{A}:4", raw={A: 4, X: 12})
+    assert state.honest()[A] == 4
+
+
+def test_a_history_row_a_snapshot_stated_raises_no_forget_floor() -> None:
+    """Review round 10, Y2: X's late snapshot covers A:3, omits it, and states a history row
+    for it dated 1970. B takes the row in and forgets it at once; that must not raise B's
+    floor, or A's own snapshot holding A:3 live would clear the stretch without B taking
+    A:3, and B's next clean snapshot would drop A:3 on every device."""
+    state = mf.State()
+    with state.transaction():
+        state.apply_delta(A, 1, [{"p": "one", "e": ENTRY, "rm": []}])
+        state.apply_delta(A, 2, [{"p": "two", "e": ENTRY, "rm": []}])
+        state.merge_snapshot({A: 3, X: 12}, [("one", {f"{A}:1": ENTRY}),
+                                             ("two", {f"{A}:2": ENTRY})], {
+            "three": {f"{A}:3": {"e": ENTRY, "g": 0, "rb": [f"{X}:11"]}}}, 10, f"{X}:12")
+    assert state.prune_attic(5) == 1
+    assert state.raises.floor() == {}
+    state.cuts = {X: 10}
+    with state.transaction():
+        state.merge_snapshot({A: 4}, [("three", {f"{A}:3": ENTRY})], {}, 10, f"{A}:4")
+    assert state.entry("three", f"{A}:3") is not None
+    assert state.honest()[A] == 4
+
+
+def test_a_snapshot_holding_live_what_the_floor_keeps_out_does_not_clear_it() -> None:
+    """Review round 10, Y2 (3): A's own snapshot holds A:3 live, which B held, saw deleted
+    and forgot. B keeps it out (the floor), so A's snapshot does not answer for it on B:
+    B's snapshots go on leaving A:3 out of their vector, so they never drop it elsewhere. A
+    snapshot that covers A:3 without holding it does clear it."""
+    state = _held_and_forgot()
+    with state.transaction():
+        state.merge_snapshot({A: 4}, [("three", {f"{A}:3": ENTRY})], {}, 10, f"{A}:4")
+    assert state.entry("three", f"{A}:3") is None
+    assert state.honest()[A] == 2
+    with state.transaction():
+        state.merge_snapshot({A: 4, C: 2}, [], {}, 10, f"{C}:2")
+    assert state.honest()[A] == 4
+
+
+def test_the_vector_stored_as_seen_keeps_what_came_from_the_writer_itself() -> None:
+    """Review round 10, Y3: B's stretch of A (2,3] is suspect; B then applies A:4 and A:5
+    from A's own deltas. Its snapshots claim A only up to 2, but the vector it stores as
+    seen keeps A:5, so a rebuild that hides A's deltas is a rollback (exit 3), not a quiet
+    loss. Hearsay stays out of it: X's late claim about C does not count."""
+    state = _lagging()
+    clamp_own(state, Limits({X: 10}))
+    state.cuts = {X: 10}
+    with state.transaction():
+        state.apply_delta(A, 4, [{"p": "four", "e": ENTRY, "rm": []}])
+        state.apply_delta(A, 5, [{"p": "five", "e": ENTRY, "rm": []}])
+        state.merge_snapshot({A: 5, B: 3, C: 40, X: 10}, [], {}, 10, f"{B}:3",
+                             raw={A: 5, B: 3, C: 40, X: 12})
+    assert state.honest()[A] == 2
+    assert state.seen()[A] == 5
+    assert state.seen()[C] == 0  # B's hearsay about C
+    assert state.seen()[B] == 3  # B's word about itself
+    assert state.seen()[X] == 10

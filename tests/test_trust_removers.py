@@ -326,3 +326,37 @@ def test_a_late_vector_does_not_keep_out_a_write_that_comes_after_it(
         assert (b.folder / "new.txt").read_text() == "A's new file"
         compact(b)
     pulled_everywhere([c, a, b], "new.txt", "A's new file", local_remote, tmp_path)
+
+
+def _row_dated_1970(s: Any, _c: Dev, dot: str, entry: dict[str, Any]) -> None:
+    """X drops new.txt and states a history row for it dated 1970, its own late dot as the
+    remover (review round 10, Y2)."""
+    s.state._drop("new.txt", dot)
+    own = s.binding.device
+    s.state.to_attic("new.txt", dot, entry, 0, f"{own}:{s.state.ctx.get(own, 0) + 1}")
+
+
+def test_a_late_history_row_forgotten_at_once_raises_no_floor(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 10, Y2: B, lagging, takes in X's row for new.txt, dated 1970, and its
+    next push forgets it at once (older than keep_days). Had that raised B's forget floor over
+    A's write, A's own snapshot holding new.txt would not bring it to B but would clear B's
+    suspect stretch, and B's next snapshot would drop new.txt on every device."""
+    (a, b, c, _x), lagging, a_delta = x_drops_a_new_file(
+        monkeypatch, tmp_path, local_remote, provider, _row_dated_1970)
+    with provider.showing(lagging):
+        assert b.run("pull").exit_code == 0
+        assert not (b.folder / "new.txt").exists()
+        b.write("b.txt", "B's file")
+        assert b.run("push").exit_code == 0  # maintenance forgets the 1970 row
+    b.use()
+    with vault.session(str(b.folder)) as s:
+        assert s.state.raises.floor() == {}
+        assert not any(p == "new.txt" for p, *_ in s.state.attic())
+    with provider.showing({n: v for n, v in provider.objects().items() if n not in a_delta}):
+        compact(a)  # A's snapshot holds new.txt; its delta is gone
+        assert b.run("pull").exit_code == 0  # the removal shows
+        assert (b.folder / "new.txt").read_text() == "A's new file"
+        compact(b)
+    pulled_everywhere([c, a, b], "new.txt", "A's new file", local_remote, tmp_path)

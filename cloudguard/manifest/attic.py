@@ -12,6 +12,7 @@ from typing import Any
 
 from .carriers import Carriers
 from .moves import Entry, _was, _where, join_remover, late_dot, newer_location, removers
+from .raises import Raises
 
 
 def _generation(raw: str) -> str | None:
@@ -34,6 +35,7 @@ class History:
     db: sqlite3.Connection
     ended: frozenset[str]
     ended_since: dict[str, int]
+    raises: Raises
     cuts: dict[str, int]
     carriers: Carriers
 
@@ -72,15 +74,17 @@ class History:
         return gone is None or gen not in self.ended_since or gone < self.ended_since[gen]
 
     def to_attic(self, path: str, dot: str, entry: Entry, gone: int,
-                 rb: str | None = None, checked: bool = True) -> None:
+                 rb: str | None = None, checked: bool = True, own: bool = False) -> None:
         """Keep a replaced or deleted version. The same version reached two ways (a delta and
         a snapshot) keeps the latest time, so every device converges and no merge shortens
         history (review round 3, R7). ``checked``: False for a version that a segment states
         (its signature is checked unless this exact version is held already). ``rb``: the dots of
         the deltas that removed it and of the snapshots whose merge dropped it (None: unknown),
         joined with what is recorded (join_remover), so that a removed member's late edit can
-        be undone (format.md "Version history")."""
-        row = self.db.execute("SELECT e, gone, rb FROM attic WHERE path = ? AND dot = ?",
+        be undone (format.md "Version history"). ``own``: it leaves this device's live state
+        now (a row a snapshot's history states is not: it may be a fake, review round 10,
+        Y2); once set, it stays."""
+        row = self.db.execute("SELECT e, gone, rb, own FROM attic WHERE path = ? AND dot = ?",
                               (path, dot)).fetchone()
         if row is not None:
             had = json.loads(row[0])
@@ -88,11 +92,13 @@ class History:
             entry = self.fresher(had, entry)
             gone = max(gone, int(row[1]))
             rb = join_remover(row[2], rb)
+            own = own or bool(row[3])
         elif checked is False:
             self._check(path, dot, entry)
         self.db.execute("INSERT OR REPLACE INTO attic (path, dot, e, o, a, n, gone, po, pa, pn, "
-                        "rb) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (path, dot, _dump(entry), *_where(entry), gone, *_was(entry), rb))
+                        "rb, own) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (path, dot, _dump(entry), *_where(entry), gone, *_was(entry), rb,
+                         1 if own else None))
 
     def attic(self, path: str | None = None) -> Iterator[tuple[str, str, Entry, int]]:
         """(path, dot, entry, replaced at) of kept versions, of one path or of all; none that
@@ -143,10 +149,12 @@ class History:
         cuts = cutoffs or {}
         with self.transaction():
             self.forget_moves(before)
-            doomed = [(p, d) for p, d, e in self.db.execute(
-                "SELECT path, dot, e FROM attic WHERE gone < ?", (before,)).fetchall()
+            doomed = [(p, d, own) for p, d, e, own in self.db.execute(
+                "SELECT path, dot, e, own FROM attic WHERE gone < ?", (before,)).fetchall()
                 if not late_dot(d, cuts) or _generation(e) in ended]
-            self.db.executemany("DELETE FROM attic WHERE path = ? AND dot = ?", doomed)
+            self.db.executemany("DELETE FROM attic WHERE path = ? AND dot = ?",
+                                [(p, d) for p, d, _own in doomed])
+            self.raises.forgot(d for _p, d, own in doomed if own)
             self.carriers.keep_only({d for (rb,) in self.db.execute(
                 "SELECT rb FROM attic WHERE rb IS NOT NULL") for d in removers(rb)})
             return len(doomed)

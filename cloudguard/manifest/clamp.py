@@ -78,10 +78,12 @@ def clamp_own(state: State, lim: Limits) -> None:
     live, history, rc = clamp_snapshot(paths, kept, state.carriers.everything(),
                                        int(time.time()), lim)
     raised = state.raises.rows()  # which snapshot lifted the vector where: still true
+    own = state.db.execute("SELECT path, dot FROM attic WHERE own IS NOT NULL").fetchall()
     state.reset()
     state.raises.restore(raised)
     state.merge_snapshot(clamp_ctx(ctx, lim.cuts), live.items(), history, int(time.time()),
                          carriers=rc)
+    state.db.executemany("UPDATE attic SET own = 1 WHERE path = ? AND dot = ?", own)
 
 
 def clamp_snapshot(paths: Live, kept: Rows, rc: dict[str, dict[str, int]], when: int,

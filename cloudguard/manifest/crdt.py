@@ -66,7 +66,9 @@ _HELD = "SELECT o, a, n FROM entries WHERE o IS NOT NULL UNION ALL " \
 _MOVE_COLUMNS = (("po", "TEXT"), ("pa", "INTEGER"), ("pn", "INTEGER"))
 # who removed a kept version: the dot of the delta whose rm sent it to the history (none
 # when an observed-remove merge did, or when two removals disagree)
-_ATTIC_COLUMNS = (("rb", "TEXT"),)
+# own: 1 when the version left this device's live state (its time is this device's clock):
+# only such a version, once forgotten, raises the forget floor (raises.py; round 10, Y2)
+_ATTIC_COLUMNS = (("rb", "TEXT"), ("own", "INTEGER"))
 _MOVE_INDEXES = """
 CREATE INDEX IF NOT EXISTS entries_po ON entries (po) WHERE po IS NOT NULL;
 CREATE INDEX IF NOT EXISTS attic_po ON attic (po) WHERE po IS NOT NULL;
@@ -263,6 +265,10 @@ class State(History):
         """The vector this device's snapshots claim: no stretch a late word lifted."""
         return self.raises.honest(self.ctx, self.cuts)
 
+    def seen(self) -> dict[str, int]:
+        """The vector this device stores as seen (format.md, "Reading the manifest" 4)."""
+        return self.raises.seen(self.honest(), self.ctx)
+
     def _kept_here(self, path: str, dot: str) -> bool:
         return self.db.execute("SELECT 1 FROM attic WHERE path = ? AND dot = ?",
                                (path, dot)).fetchone() is not None
@@ -323,7 +329,7 @@ class State(History):
                             self.to_attic(path, target, moved(kept, loc, dot, at), gone)
                 for old in rm:
                     if old in sibs:
-                        self.to_attic(path, old, sibs.pop(old), at, dot)
+                        self.to_attic(path, old, sibs.pop(old), at, dot, own=True)
                         self._drop(path, old)
                 entry = op.get("e")
                 if entry is not None:
@@ -333,6 +339,7 @@ class State(History):
                     if not (again and self._kept_here(path, dot)):
                         self.put_entry(path, dot, entry)
             self.ctx[device] = max(self.ctx.get(device, 0), seq)
+            self.raises.word(device, seq)
 
     def merge(self, other: State) -> None:
         self.merge_snapshot(other.ctx, other.items(), other.attic_payload(),
@@ -370,6 +377,8 @@ class State(History):
             self.carriers.note({**(carriers or {}), **({by: ctx} if by else {})})
             empty = not self.ctx and not self.has_any()
             suspect = self.raises.suspect(self.cuts)
+            take = self.raises.takeable(self.cuts)  # rule 4 before this snapshot clears any
+            held_out: dict[str, int] = {}  # live there, kept out here by the forget floor
             hearsay = raw is not None and tainted(raw, self.cuts)
 
             def drop(path: str, dot: str, entry: Entry) -> None:
@@ -377,7 +386,7 @@ class State(History):
                     return  # only its vector says so (review round 8, W2 (c))
                 named = (kept.get(path, {}).get(dot) or {}).get("rb") or []
                 rb = {*named, *([by] if by else [])}
-                self.to_attic(path, dot, entry, now, " ".join(sorted(rb)) or None)
+                self.to_attic(path, dot, entry, now, " ".join(sorted(rb)) or None, own=True)
                 self._drop(path, dot)
 
             theirs_paths: set[str] = set()
@@ -394,9 +403,12 @@ class State(History):
                             self.put_entry(path, dot, carried(mine[dot], entry, by, now)
                                            if by else entry)
                     elif not covered(dot, self.ctx) or (
-                            in_stretch(dot, suspect) and not self._kept_here(path, dot)):
+                            in_stretch(dot, take) and not self._kept_here(path, dot)):
                         self._check(path, dot, entry)
                         self.put_entry(path, dot, entry)
+                    elif in_stretch(dot, suspect) and not self._kept_here(path, dot):
+                        dev, _, at = dot.partition(":")
+                        held_out[dev] = min(held_out.get(dev, int(at)), int(at))
             if not empty:
                 for path, dot, e in self.db.execute(
                         "SELECT path, dot, e FROM entries").fetchall():
@@ -416,7 +428,7 @@ class State(History):
                         continue  # live here: its own record decides
                     held = self.db.execute("SELECT 1 FROM attic WHERE path = ? AND dot = ?",
                                            (path, dot)).fetchone() is not None
-                    if not held and covered(dot, seen) and not in_stretch(dot, suspect):
+                    if not held and covered(dot, seen) and not in_stretch(dot, take):
                         continue  # forgotten here (review round 7, V4)
                     # taken in: the removers it names, and this snapshot as its carrier (a
                     # late snapshot must not hand over a delete as honest; round 8, W2)
@@ -429,9 +441,10 @@ class State(History):
                 self.ctx[device] = max(self.ctx.get(device, 0), seq)
             if by:
                 self.raises.note(by, raw if raw is not None else ctx, before, self.ctx)
-                writer = by.partition(":")[0]  # its word about its own writes is its own
+                writer, _, own = by.partition(":")  # its word about its own writes is its own
+                self.raises.word(writer, int(own))
                 self.raises.vouched(ctx if not hearsay else {writer: ctx.get(writer, 0)},
-                                    self.cuts)
+                                    self.cuts, held_out)
 
     def has_any(self) -> bool:
         return self.db.execute("SELECT 1 FROM entries LIMIT 1").fetchone() is not None

@@ -194,7 +194,7 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
             else:
                 held_dots = None
             with _naming(name):
-                if not state.dominates(ctx) or _lifts(ctx, state.raises.suspect(state.cuts)):
+                if not state.dominates(ctx) or _lifts(ctx, state.raises.takeable(state.cuts)):
                     state.merge_snapshot(ctx, paths.items(), kept, time_of(payload),
                                          f"{parsed[name][0]}:{parsed[name][1]}", rc, raw)
                 elif kept:
@@ -287,7 +287,7 @@ def _read_again(state: State, parsed: dict[str, tuple[str, int, str]],
     """Deltas in a stretch a late word lifted, which this device never applied, are
     applied now, in order: the late snapshot's vector kept them out (review round 8,
     W2 (c)). A version this device holds as removed stays removed (State.apply_delta)."""
-    suspect = state.raises.suspect(state.cuts)
+    suspect = state.raises.takeable(state.cuts)
     if not suspect:
         return
     for name, (dev, seq, kind) in sorted(parsed.items(), key=lambda item: item[1][:2]):

@@ -25,6 +25,12 @@ from .moves import late_dot
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS raises (device TEXT NOT NULL, lo INTEGER NOT NULL, "
            "hi INTEGER NOT NULL, src TEXT NOT NULL, ctx TEXT NOT NULL, "
            "PRIMARY KEY (device, hi)) WITHOUT ROWID")
+# per device, the highest seq of a version this device held live, removed and then forgot
+# (the history's keep_days): a replay of old segments must not bring it back
+_FORGOT = "CREATE TABLE IF NOT EXISTS forgot (device TEXT PRIMARY KEY, seq INTEGER NOT NULL)"
+# per device, the highest of its seqs this device applied from its own delta or snapshot:
+# the device's own word, which a rollback check may count on (review round 10, Y3)
+_WORDS = "CREATE TABLE IF NOT EXISTS words (device TEXT PRIMARY KEY, seq INTEGER NOT NULL)"
 # stretches kept per device; past it the oldest two are coalesced (never dropped)
 MAX_PER_DEVICE = 256
 
@@ -63,6 +69,53 @@ class Raises:
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
         db.execute(_SCHEMA)
+        db.execute(_FORGOT)
+        db.execute(_WORDS)
+
+    def word(self, device: str, seq: int) -> None:
+        self.db.execute("INSERT INTO words VALUES (?, ?) ON CONFLICT (device) DO UPDATE "
+                        "SET seq = max(seq, excluded.seq)", (device, seq))
+
+    def seen(self, honest: dict[str, int], ctx: dict[str, int]) -> dict[str, int]:
+        """What a rebuild must reach: ``honest``, raised to each device's own word (never
+        hearsay, so a late word's claim is not in it: review round 9, X4 (a)). Lowered to
+        ``honest`` alone, the stored vector would let the provider hide what this device
+        read from a writer itself, for as long as a stretch stays suspect (round 10, Y3)."""
+        out = dict(honest)
+        for device, seq in self.db.execute("SELECT device, seq FROM words"):
+            if device in ctx:
+                out[device] = max(out.get(device, 0), min(int(seq), ctx[device]))
+        return out
+
+    def forgot(self, dots: Iterable[str]) -> None:
+        """This device forgot these versions, each of which left its own live state (never a
+        row a snapshot's history stated: a late snapshot's fake row, forgotten at once, would
+        raise the floor over honest writes; review round 10, Y2)."""
+        high: dict[str, int] = {}
+        for dot in dots:
+            dev, _, seq = dot.partition(":")
+            if seq.isdigit():
+                high[dev] = max(high.get(dev, 0), int(seq))
+        for rid, upto in high.items():
+            self.db.execute("INSERT INTO forgot VALUES (?, ?) ON CONFLICT (device) DO UPDATE "
+                            "SET seq = max(seq, excluded.seq)", (rid, upto))
+
+    def floor(self) -> dict[str, int]:
+        return {str(d): int(s) for d, s in self.db.execute("SELECT device, seq FROM forgot")}
+
+    def takeable(self, cuts: dict[str, int]) -> Stretches:
+        """The suspect stretches above the forget floor: a version there is taken, and its
+        delta applied. At or below it, a version may be one this device held and forgot, so
+        it stays out, and a snapshot that holds it live does not clear it (:meth:`vouched`):
+        this device's snapshots never claim it (review round 9, X2; round 10, Y2)."""
+        floor = self.floor()
+        out: Stretches = {}
+        for device, stretches in self.suspect(cuts).items():
+            low = floor.get(device, 0)
+            kept = [(max(lo, low), hi) for lo, hi in stretches if hi > low]
+            if kept:
+                out[device] = kept
+        return out
 
     def note(self, src: str, raw: dict[str, int], before: dict[str, int],
              after: dict[str, int]) -> None:
@@ -104,11 +157,15 @@ class Raises:
                 out.setdefault(device, []).append((lo, hi))
         return out
 
-    def vouched(self, ctx: dict[str, int], cuts: dict[str, int]) -> None:
+    def vouched(self, ctx: dict[str, int], cuts: dict[str, int],
+                held_out: dict[str, int] | None = None) -> None:
         """An honest snapshot with vector ``ctx`` was merged: it answers for the suspect
-        stretches it covers."""
+        stretches it covers, up to (not including) the lowest seq per device it holds live
+        that this device kept out under the forget floor (``held_out``)."""
         for device, stretches in self.suspect(cuts).items():
             upto = ctx.get(device, 0)
+            if held_out and device in held_out:
+                upto = min(upto, held_out[device] - 1)
             for lo, hi in stretches:
                 if upto >= hi:
                     self.db.execute("DELETE FROM raises WHERE device = ? AND hi = ?",
