@@ -360,3 +360,52 @@ def test_a_late_history_row_forgotten_at_once_raises_no_floor(
         assert (b.folder / "new.txt").read_text() == "A's new file"
         compact(b)
     pulled_everywhere([c, a, b], "new.txt", "A's new file", local_remote, tmp_path)
+
+
+def test_a_suspect_stretch_does_not_hide_a_rollback_of_the_writers_own_segments(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 10, Y3: X, removed by A, covers C's c2.txt in its late snapshot and omits
+    it; B, lagging, merges that snapshot. Once the removal shows, B's stretch over C's write
+    is suspect (A's snapshot does not cover it, and C has written no snapshot since), so B's
+    snapshots claim C only below it. B then reads C's next push, made while C was kept from
+    the removal, from C's own delta. The provider hiding that delta from B's rebuild is a
+    rollback (exit 3): the vector B stores as seen keeps what it read from C itself."""
+    a, b, c, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "c", "x")
+    c.write("c1.txt", "from C")
+    c.cg("push")
+    for dev in (a, b, x):
+        dev.cg("pull")
+    before = provider.objects()
+    c.write("c2.txt", "C's second file")
+    c.cg("push")
+    x.cg("pull")
+    pre = provider.objects()  # C's view until the end: no removal
+    with provider.showing(before):
+        a.cg("device", "remove", x.rid)  # A never saw c2.txt
+    with provider.showing(pre) as by_x:
+        x.use()
+        with vault.session(str(x.folder)) as s:
+            with s.state.transaction():
+                ((dot, _entry),) = s.state.siblings("c2.txt").items()
+                s.state._drop("c2.txt", dot)
+            s.snapshot()
+    with provider.showing({**before, **by_x}):
+        assert b.run("pull").exit_code == 0
+        assert not (b.folder / "c2.txt").exists()
+    assert b.run("pull").exit_code == 0  # the removal shows
+    assert (b.folder / "c2.txt").read_text() == "C's second file"
+    with provider.showing(pre) as by_c:
+        c.write("c3.txt", "C's next file")
+        c.cg("push")
+    later = [n for n in by_c if n.startswith("m/")]
+    assert later and not any(n.endswith(".s") for n in later)
+    assert b.run("pull").exit_code == 0
+    assert (b.folder / "c3.txt").read_text() == "C's next file"
+    b.use()
+    with vault.session(str(b.folder)) as s:
+        assert s.state.honest()[c.rid] < s.state.ctx[c.rid]  # still suspect
+    with provider.showing({n: v for n, v in provider.objects().items() if n not in later}):
+        got = b.run("verify")
+        assert got.exit_code == 3, got.output
+        assert "rollback" in got.output
