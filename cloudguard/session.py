@@ -446,8 +446,11 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
                 raise
             time.sleep(0.5)  # another device compacted while we listed; list again
     index.set_meta("seen", loaded.state.seen())
-    if loaded.claimed:  # N11: our next segments go past the claim; push writes these again
-        index.set_meta("seq_floor", max(loaded.claimed, int(index.get_meta("seq_floor", 0))))
+    claims, floor = mf.claim_floor(index.get_meta("seq_claims", None),  # N11: our next
+                                   int(index.get_meta("seq_floor", 0)), loaded)  # segments
+    index.set_meta("seq_claims", claims)  # go past a claim; push writes these again
+    index.set_meta("seq_floor", floor)
+    if loaded.claimed:
         index.set_meta("reissue", sorted({*map(tuple, index.get_meta("reissue", [])),
                                           *loaded.reissue}))
     note_interrupted(index, binding)

@@ -409,3 +409,42 @@ def test_a_suspect_stretch_does_not_hide_a_rollback_of_the_writers_own_segments(
         got = b.run("verify")
         assert got.exit_code == 3, got.output
         assert "rollback" in got.output
+
+
+def test_a_claim_taken_in_during_a_lag_stops_counting_once_the_removal_shows(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 10, Y1 (c) and N11: X, removed by A, writes a late snapshot claiming
+    10^12 - 1 writes of B. B, kept from the removal, takes the claim in: it has no segment
+    number left and stops with advice. Once the removal shows, the claim is a removed
+    member's word, which every reader treats as suspect, so B numbers its segments as before
+    and its new file reaches A."""
+    from cloudguard import manifest as mf
+
+    a, b, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "x")
+    b.write("b.txt", "from b")
+    b.cg("push")
+    for dev in (a, x):
+        dev.cg("pull")
+    old = provider.objects()
+    a.cg("device", "remove", x.rid)
+    with provider.showing(old) as by_x:
+        x.use()
+        with vault.session(str(x.folder)) as s:
+            with s.state.transaction():
+                s.state.ctx[b.rid] = mf.MAX_SEQ
+            s.snapshot()
+    b.write("new.txt", "B's new file")
+    with provider.showing({**old, **by_x}):
+        got = b.run("pull")
+        assert got.exit_code == 0, got.output
+        assert f"claims {mf.MAX_SEQ} segments of this device" in got.output
+        got = b.run("push")
+        assert got.exit_code == 3 and "no segment number left" in got.output, got.output
+    got = b.run("push")  # the removal shows
+    assert got.exit_code == 0, got.output
+    assert not any(n.startswith(f"m/{b.rid}-00000") and int(n[19:31]) > 1000
+                   for n in provider.segments())
+    a.cg("pull")
+    assert (a.folder / "new.txt").read_text() == "B's new file"
+    assert (a.folder / "b.txt").read_text() == "from b"

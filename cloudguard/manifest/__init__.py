@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from .clamp import MAX_KEPT, Limits, clamp_ctx
 from .crdt import State, dot_of
-from .loading import Loaded, Opener, _pinned, load, reissue_ops, written
+from .loading import Loaded, Opener, _pinned, claim_floor, load, reissue_ops, written
 from .moves import Entry, join_remover, late_dot, moved, removers, unmoved
 from .refused import adopt_places, keep_refused
 from .segments import (
@@ -64,6 +64,7 @@ __all__ = [
     "keep_refused",
     "adopt_places",
     "removers",
+    "claim_floor",
     "load",
     "moved",
     "parse_name",

@@ -40,6 +40,9 @@ class Loaded:
     # and its own versions such a vector's writer did not hold (to be written again)
     claimed: int = 0
     reissue: list[tuple[str, str]] = field(default_factory=list)
+    # each such claim by the snapshot that made it, with that snapshot's vector as written:
+    # once a removal shows that it covers a late write, the claim stops counting (claim_floor)
+    claims: dict[str, tuple[int, dict[str, int]]] = field(default_factory=dict)
     # device -> its highest segment sealed under a key a verified re-encryption ended: no one
     # reads it until its writer writes again (rotate._rewrap_stale)
     keyless: dict[str, int] = field(default_factory=dict)
@@ -116,6 +119,7 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
     keyless: dict[str, int] = {}
     pinning = False
     claimed, reissue = 0, set()
+    claims: dict[str, tuple[int, dict[str, int]]] = {}
 
     def open_named(name: str) -> dict[str, Any]:
         data = cache.get(name, listing[name])
@@ -189,6 +193,7 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
                     f"{parsed[name][0]} if it is not yours); this device keeps its versions "
                     "and writes them again")
                 claimed = max(claimed, claim)
+                claims[name] = (claim, raw)
                 ctx = {**ctx, device: 0}  # its word about our writes counts for nothing
                 held_dots = {d for sibs in paths.values() for d in sibs}
             else:
@@ -269,7 +274,22 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
             newest[dev] = (seq, digest)
     cache.prune(parsed)
     return Loaded(state, dict(listing), own, deltas, {d: h for d, (_s, h) in newest.items()},
-                  claimed, sorted(reissue), keyless)
+                  claimed, sorted(reissue), claims, keyless)
+
+
+def claim_floor(stored: dict[str, Any] | None, floor: int, loaded: Loaded
+                ) -> tuple[dict[str, Any], int]:
+    """The claims on this device's writes that still count, by the snapshot that made each,
+    and the floor they set for its next seq. A claim taken in during a lag stops counting
+    once a removal shows that its snapshot covers a late write: every reader treats what it
+    raised as suspect, so this device need not number past it (a claim near 10^12 would
+    leave it none; review round 10, Y1 (c))."""
+    claims = {n: (int(c), dict(raw)) for n, (c, raw) in (stored or {}).items()}
+    if floor > max((c for c, _raw in claims.values()), default=0):
+        claims[""] = (floor, {})  # a floor with no claim recorded (older local state)
+    claims.update(loaded.claims)
+    kept = {n: (c, raw) for n, (c, raw) in claims.items() if not late(raw, loaded.state.cuts)}
+    return kept, max((c for c, _raw in kept.values()), default=0)
 
 
 def _lifts(ctx: dict[str, int], suspect: dict[str, list[tuple[int, int]]]) -> bool:
