@@ -899,3 +899,43 @@ def test_ghosts_count_against_the_bound_of_the_member_that_added_them(
                     keks=frozenset({"k"}))
     _live, history, _rc = cl.clamp_snapshot(paths, {}, {}, 10, lim)
     assert sum(len(rows) for rows in history.values()) == 3
+
+
+def test_a_shortfall_is_excused_only_where_the_chain_stops_at_an_ended_key(
+        tmp_path: Path) -> None:
+    """Review round 9, X5: one listed segment under a key a re-encryption ended excused the
+    writer's whole shortfall, so the provider could hide readable segments below it. It is
+    excused only when the first segment not read is that one, and the vector stored as seen
+    keeps what was seen."""
+    from cloudguard.chain import KeyGone
+    from cloudguard.manifest.clamp import Limits
+
+    ring = _ring()
+    blobs: dict[str, bytes] = {}
+    dev = DEVICES[0]
+    for seq in range(1, 5):
+        name = mf.segment_name(dev, seq, "d")
+        payload = mf.delta_payload(dev, seq, {dev: seq - 1} if seq > 1 else {}, None,
+                                   [{"p": f"f{seq}", "e": {"t": "d"}, "rm": []}])
+        blobs[name] = _seal(ring, name, payload)
+    ended = mf.segment_name(dev, 5, "s")  # its writer's snapshot, under the ended key
+    blobs[ended] = b"sealed under a key no one holds"
+
+    def opener(name: str, d: str, seq: int, data: bytes) -> dict[str, Any]:
+        if name == ended:
+            raise KeyGone(f"{name}: its key is gone", "ended")
+        return _opener(name, d, seq, data)
+
+    lim = Limits(ended=frozenset({"ended"}))
+    listing = {n: len(b) for n, b in blobs.items()}
+    skipped: list[str] = []
+    loaded = mf.load(listing, blobs.__getitem__, opener, dev, {dev: 5},
+                     mf.SegmentCache(tmp_path / "a"), skipped=skipped, limits=lim)
+    assert loaded.state.ctx[dev] == 4
+    assert any("re-encryption ended" in r for r in skipped)
+    assert loaded.state.seen()[dev] == 5  # kept, reported until its writer writes again
+    hidden = {n: s for n, s in listing.items()
+              if n not in (mf.segment_name(dev, 3, "d"), mf.segment_name(dev, 4, "d"))}
+    with pytest.raises(IntegrityError, match="rollback"):
+        mf.load(hidden, blobs.__getitem__, opener, dev, {dev: 4},
+                mf.SegmentCache(tmp_path / "b"), skipped=[], limits=lim)

@@ -116,6 +116,8 @@ class State(History):
         self.raises = Raises(self.db)
         # removed members' cutoffs as the last load saw them (raises.py: suspect stretches)
         self.cuts: dict[str, int] = {}
+        # device -> the seen seq the last load fell short of under an ended key (step 4)
+        self.short: dict[str, int] = {}
 
     @staticmethod
     def _connect(path: Path | None) -> sqlite3.Connection:
@@ -266,8 +268,10 @@ class State(History):
         return self.raises.honest(self.ctx, self.cuts)
 
     def seen(self) -> dict[str, int]:
-        """The vector this device stores as seen (format.md, "Reading the manifest" 4)."""
-        return self.raises.seen(self.honest(), self.ctx)
+        """The vector this device stores as seen (format.md, "Reading the manifest" 4): a
+        shortfall excused as under an ended key keeps what was seen (``short``)."""
+        out = self.raises.seen(self.honest(), self.ctx)
+        return {**out, **{d: max(s, out.get(d, 0)) for d, s in self.short.items()}}
 
     def _kept_here(self, path: str, dot: str) -> bool:
         return self.db.execute("SELECT 1 FROM attic WHERE path = ? AND dot = ?",

@@ -45,7 +45,7 @@ class Loaded:
     claims: dict[str, tuple[int, dict[str, int]]] = field(default_factory=dict)
     # device -> its highest segment sealed under a key a verified re-encryption ended: no one
     # reads it until its writer writes again (rotate._rewrap_stale)
-    keyless: dict[str, int] = field(default_factory=dict)
+    keyless: dict[str, set[int]] = field(default_factory=dict)
 
 
 Opener = Callable[[str, str, int, bytes], dict[str, Any]]
@@ -116,7 +116,8 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
     heads_hash: dict[str, str] = {}
 
     pinned: dict[str, set[str]] = {}
-    keyless: dict[str, int] = {}
+    keyless: dict[str, set[int]] = {}
+    state.short = {}
     pinning = False
     claimed, reissue = 0, set()
     claims: dict[str, tuple[int, dict[str, int]]] = {}
@@ -134,7 +135,7 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
             payload = opener(name, dev, seq, data)
         except KeyGone as exc:
             if exc.kek in lim.ended:
-                keyless[dev] = max(keyless.get(dev, 0), seq)
+                keyless.setdefault(dev, set()).add(seq)
             raise
         if (payload.get("device"), payload.get("seq"), payload.get("kind")) != (
                 dev, seq, {"d": "delta", "s": "snapshot"}[kind]):
@@ -255,7 +256,10 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
                 raise HistoryError(f"manifest segment {missing} is missing: the manifest "
                                    "was truncated or a segment was deleted" + REPUBLISH_HINT)
         for dev, seq in seen.items():
-            if state.ctx.get(dev, 0) < seq and keyless.get(dev, 0) >= seq:
+            if state.ctx.get(dev, 0) < seq and state.ctx.get(dev, 0) + 1 in keyless.get(dev, ()):
+                # only a chain that stops right at the unreadable segment, and the vector
+                # stored as seen stays (review round 9, X5)
+                state.short[dev] = seq
                 skip_log.append(f"device {dev}'s manifest is read up to "
                                 f"{state.ctx.get(dev, 0)} of {seq}: the rest is under a key a "
                                 "re-encryption ended, until its writer writes it again")
