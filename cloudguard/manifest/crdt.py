@@ -160,6 +160,7 @@ class State(History):
                 self._depth -= 1
             return
         self.db.execute("BEGIN IMMEDIATE")
+        self.raises.changed()  # another process may have written since
         self._depth = 1
         try:
             yield
@@ -169,6 +170,7 @@ class State(History):
             self._depth = 0
             self.db.execute("ROLLBACK")
             self._read_ctx()
+            self.raises.changed()
             raise
         self._depth = 0
         self.db.execute("COMMIT")

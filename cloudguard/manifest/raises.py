@@ -68,6 +68,9 @@ def in_stretch(dot: str, stretches: Stretches) -> bool:
 class Raises:
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
+        # suspect() by the cutoffs it was asked for, until the stretches change: a load asks
+        # once per snapshot and a merge several times (each a query and JSON decoding)
+        self._suspect: tuple[dict[str, int], Stretches] | None = None
         db.execute(_SCHEMA)
         db.execute(_FORGOT)
         db.execute(_WORDS)
@@ -124,6 +127,7 @@ class Raises:
         for device, hi in after.items():
             lo = before.get(device, 0)
             if hi > lo:
+                self._suspect = None
                 self.db.execute("INSERT OR REPLACE INTO raises VALUES (?, ?, ?, ?, ?)",
                                 (device, lo, hi, src, json.dumps(raw, sort_keys=True)))
                 self._coalesce(device)
@@ -147,14 +151,20 @@ class Raises:
         self.db.execute("INSERT INTO raises VALUES (?, ?, ?, ?, ?)",
                         (device, min(lo1, lo2), max(hi1, hi2), src, raw))
 
+    def changed(self) -> None:
+        self._suspect = None
+
     def suspect(self, cuts: dict[str, int]) -> Stretches:
         """The stretches a late word lifted, by device (none while no removal shows)."""
         if not cuts:
             return {}
+        if self._suspect is not None and self._suspect[0] == cuts:
+            return {d: list(s) for d, s in self._suspect[1].items()}
         out: Stretches = {}
         for device, lo, hi, src, raw in self.rows():
             if suspect_row(device, src, json.loads(raw), cuts):
                 out.setdefault(device, []).append((lo, hi))
+        self._suspect = (dict(cuts), {d: list(s) for d, s in out.items()})
         return out
 
     def vouched(self, ctx: dict[str, int], cuts: dict[str, int],
@@ -168,9 +178,11 @@ class Raises:
                 upto = min(upto, held_out[device] - 1)
             for lo, hi in stretches:
                 if upto >= hi:
+                    self._suspect = None
                     self.db.execute("DELETE FROM raises WHERE device = ? AND hi = ?",
                                     (device, hi))
                 elif upto > lo:
+                    self._suspect = None
                     self.db.execute("UPDATE raises SET lo = ? WHERE device = ? AND hi = ?",
                                     (upto, device, hi))
 
@@ -187,8 +199,10 @@ class Raises:
                 self.db.execute("SELECT device, lo, hi, src, ctx FROM raises")]
 
     def restore(self, rows: Iterable[Row]) -> None:
+        self._suspect = None
         self.db.executemany("INSERT OR REPLACE INTO raises VALUES (?, ?, ?, ?, ?)", list(rows))
 
     def clear(self) -> None:
+        self._suspect = None
         self.db.execute("DELETE FROM raises")
 
