@@ -161,8 +161,8 @@ class Session:
         """Replace every segment the state covers by one snapshot, then delete them."""
         own = self.binding.device
         prev = self.loaded.heads.get(own)
-        name, seq, digest = self.write_segment(
-            "s", lambda seq: mf.snapshot_json(own, seq, self.state, prev))
+        name, seq, digest = self.write_segment("s", lambda seq: mf.snapshot_json(
+            own, seq, self.state, prev, lambda o: sync.DATA_PREFIX + o in self.listing))
         with self.state.transaction():
             self.state.ctx[own] = seq
             claimed = self.state.honest()  # what the snapshot covers (manifest/raises.py)

@@ -244,3 +244,37 @@ def test_the_vector_stored_as_seen_keeps_what_came_from_the_writer_itself() -> N
     assert state.seen()[C] == 0  # B's hearsay about C
     assert state.seen()[B] == 3  # B's word about itself
     assert state.seen()[X] == 10
+
+
+def test_a_move_the_written_vector_leaves_out_goes_back_to_the_place_before() -> None:
+    """Review round 10, Y5: the move A:3 lies in a stretch B's snapshot leaves out. Written at
+    A:3's place with no record of the move, readers would take it as B's word and could no
+    longer undo it if A:3 turns out to be late. The snapshot writes the place before the
+    first recorded move instead, when that object is listed; otherwise the place stays."""
+    import json
+
+    from cloudguard.manifest.segments import _check_moves, snapshot_json
+
+    blob = {"t": "f", "h": "0", "s": 1, "n": 100, "i": "0" * 32, "k": "x", "g": "ab" * 32,
+            "o": "11" * 16, "a": 0, "r": 0}
+    state = mf.State()
+    with state.transaction():
+        state.apply_delta(A, 1, [{"p": "f", "e": blob}])
+        state.apply_delta(A, 2, [{"p": "f", "reloc": {f"{A}:1": {"o": "22" * 16, "a": 0,
+                                                                  "r": 1}}}])
+        state.merge_snapshot({A: 3, X: 12}, [("f", {f"{A}:1": state.entry("f", f"{A}:1")})],
+                             {}, 10, f"{X}:12")
+        state.cuts = {X: 10}
+        state.apply_delta(A, 3, [{"p": "f", "reloc": {f"{A}:1": {"o": "33" * 16, "a": 0,
+                                                                  "r": 2}}}])
+
+    def written(listed: Any) -> dict[str, Any]:
+        payload: dict[str, Any] = json.loads(b"".join(snapshot_json(B, 1, state, None, listed)))
+        _check_moves(payload, payload["ctx"], 10**12)
+        return dict(payload["paths"]["f"][f"{A}:1"])
+
+    back = written(lambda _o: True)
+    assert back["o"] == "11" * 16 and back.get("r", 0) == 0
+    assert not {"rd", "pl", "rt"} & set(back)
+    stays = written(lambda o: o != "11" * 16)  # the place before is gone: it stays
+    assert stays["o"] == "33" * 16 and stays["rd"] == [f"{A}:2"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from ..errors import IntegrityError
 from ..keys import now_iso
 from ..state import write_private
 from .crdt import Siblings, State
-from .moves import Entry
+from .moves import LOCATION_FIELDS, Entry
 
 PREFIX = "m/"
 
@@ -361,12 +361,13 @@ def delta_payload(device: str, seq: int, deps: dict[str, int], prev: str | None,
             "prev": prev, "created": now_iso(), "ops": ops}
 
 
-def snapshot_json(device: str, seq: int, state: State, prev: str | None = None
-                  ) -> Iterator[bytes]:
+def snapshot_json(device: str, seq: int, state: State, prev: str | None = None,
+                  listed: Callable[[str], bool] | None = None) -> Iterator[bytes]:
     """The whole state with ``device`` at ``seq`` as compact, key-sorted JSON text, one path
     at a time, so a snapshot of 100,000 entries is never held as objects or as text; the
     caller records that seq once uploaded. ``prev`` (the writer's previous segment's hash)
-    chains snapshots like deltas."""
+    chains snapshots like deltas. ``listed``: is this data object on the remote (None:
+    unknown, so a move the vector leaves out is never undone in the snapshot)."""
     def dump(value: Any) -> bytes:
         return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
 
@@ -377,8 +378,8 @@ def snapshot_json(device: str, seq: int, state: State, prev: str | None = None
         for dot, vector in state.carriers.of(named).items():  # never past what we saw
             yield dot, {d: min(s, ctx.get(d, 0)) for d, s in vector.items()}
 
-    streamed = {"attic": _seen_removers(state.attic_rows(), ctx, named),
-                "paths": _seen_moves(state.items(), ctx), "rc": carriers()}
+    streamed = {"attic": _seen_removers(state.attic_rows(), ctx, named, listed),
+                "paths": _seen_moves(state.items(), ctx, listed), "rc": carriers()}
     fields: dict[str, Any] = {
         "kind": "snapshot", "device": device, "seq": seq, "ctx": ctx,
         "prev": prev, "created": now_iso(), **streamed}
@@ -395,7 +396,8 @@ def snapshot_json(device: str, seq: int, state: State, prev: str | None = None
 
 
 def _seen_removers(rows: Iterator[tuple[str, dict[str, dict[str, Any]]]], ctx: dict[str, int],
-                   named: set[str]) -> Iterator[tuple[str, dict[str, dict[str, Any]]]]:
+                   named: set[str], listed: Callable[[str], bool] | None = None
+                   ) -> Iterator[tuple[str, dict[str, dict[str, Any]]]]:
     """A kept version's removers that the vector does not cover are left out (readers refuse
     such a remover as planted, _check_removers): a clamp can leave one behind, a late version
     removed by a later late dot of its writer (a member that a backdated removal took out
@@ -405,25 +407,35 @@ def _seen_removers(rows: Iterator[tuple[str, dict[str, dict[str, Any]]]], ctx: d
         for d, row in kept.items():
             seen = _latest(r for r in row.get("rb") or () if _covers(ctx, r))
             out[d] = {k: v for k, v in row.items() if k != "rb"} | ({"rb": seen} if seen else {})
-            out[d]["e"] = _moves_seen(out[d]["e"], ctx)
+            out[d]["e"] = _moves_seen(out[d]["e"], ctx, listed)
             named.update(seen)
         yield path, out
 
 
-def _seen_moves(paths: Iterator[tuple[str, dict[str, Any]]], ctx: dict[str, int]
+def _seen_moves(paths: Iterator[tuple[str, dict[str, Any]]], ctx: dict[str, int],
+                listed: Callable[[str], bool] | None = None
                 ) -> Iterator[tuple[str, dict[str, Any]]]:
     for path, sibs in paths:
-        yield path, {d: _moves_seen(e, ctx) for d, e in sibs.items()}
+        yield path, {d: _moves_seen(e, ctx, listed) for d, e in sibs.items()}
 
 
-def _moves_seen(entry: dict[str, Any], ctx: dict[str, int]) -> dict[str, Any]:
+def _moves_seen(entry: dict[str, Any], ctx: dict[str, int],
+                listed: Callable[[str], bool] | None = None) -> dict[str, Any]:
     """An entry's moves that the written vector does not cover are left out (readers refuse
     them as planted, _check_moves): a vector that leaves out a suspect stretch (raises.py) may
-    not cover a move this device applied there. The place stays; only the record of the move
-    goes, and with no move left, the kept place before it too."""
+    not cover a move this device applied there. Such a move may be a removed member's, which
+    readers could no longer undo once its dot is no longer named, so the entry goes back to
+    the place before its first recorded move (``pl``) when that object is listed: a reader
+    holding a newer place keeps it (the location max-register), and one that has none gets a
+    place no late mover chose (review round 10, Y5). Otherwise the place stays; only the
+    record of the move goes, and with no move left, the kept place before it too."""
     rd = entry.get("rd")
     if not rd or all(_covers(ctx, d) for d in rd):
         return entry
+    before = entry.get("pl")
+    if listed is not None and isinstance(before, dict) and listed(str(before.get("o"))):
+        return {k: v for k, v in entry.items()
+                if k not in LOCATION_FIELDS and k not in ("pl", "rd", "rt")} | before
     seen = [d for d in rd if _covers(ctx, d)]
     if seen:
         return {**entry, "rd": seen}
