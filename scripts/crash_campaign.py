@@ -130,6 +130,8 @@ class Config:
     lanes: int = 1  # independent vaults played side by side (one thread each)
     probe_window: bool = False  # B pulls right after each kill, before A's re-run (reported)
     mass_delete_every: int = 10  # every N push rounds (the first included) delete over half
+    backend: str = "local"  # "local" (a folder) or "sftp" (rclone serve sftp on 127.0.0.1)
+    stream_files: int = 0  # files over the streaming threshold (32 MiB): early streams
 
 
 @dataclass
@@ -469,8 +471,13 @@ def _subdirs(folder: Path) -> list[str]:
     return sorted(out)
 
 
+def stream_size(rng: random.Random) -> int:
+    """Over the 32 MiB streaming threshold: such a file streams, and early (sync/early.py)."""
+    return 32 * MIB + rng.randint(1, 12 * MIB)
+
+
 def populate(folder: Path, rng: random.Random, small: int, large: int,
-             marker: bytes = MARKER) -> None:
+             marker: bytes = MARKER, stream: int = 0) -> None:
     dirs = ["docs", "docs/old", "photos", "src/a", "src/b"]
     for _ in range(small):
         rel = _new_name(rng, folder, dirs, rng.choice([".txt", ".bin", ""]))
@@ -478,18 +485,32 @@ def populate(folder: Path, rng: random.Random, small: int, large: int,
     for i in range(large):
         rel = f"big/large-{i}.bin"
         _write(folder, rel, make_content(rng, rel, large_size(rng), marker))
+    for i in range(stream):
+        rel = f"big/stream-{i}.bin"
+        _write(folder, rel, make_content(rng, rel, stream_size(rng), marker))
     (folder / "links").mkdir(exist_ok=True)
     os.symlink("../docs", folder / "links" / "to-docs")
 
 
 def mutate(folder: Path, rng: random.Random, small: int, large: int,
-           marker: bytes = MARKER) -> dict[str, int]:
+           marker: bytes = MARKER, stream: int = 0) -> dict[str, int]:
     """Edit, append, add and delete files; sometimes large files, links, whole folders."""
     files = _files(folder)
     smalls = [f for f in files if not f.startswith("big/")]
     bigs = [f for f in files if f.startswith("big/")]
+    if stream and rng.random() < 0.5:  # a big file rewritten, or a new one: streams early
+        streams = [f for f in bigs if f.startswith("big/stream-")]
+        rel = (rng.choice(streams) if streams and rng.random() < 0.7
+               else f"big/stream-{rng.getrandbits(24):06x}.bin")
+        _write(folder, rel, make_content(rng, rel, stream_size(rng), marker))
+        stats0 = "stream written"
+    else:
+        stats0 = ""
+    bigs = [f for f in bigs if not f.startswith("big/stream-")]
     rng.shuffle(smalls)
     stats: Counter[str] = Counter()
+    if stats0:
+        stats[stats0] += 1
     scale = max(1, small // 12)
     n_edit, n_append = rng.randint(1, scale), rng.randint(0, scale)
     n_del = rng.randint(0, scale) if len(smalls) > small // 2 else 0
@@ -666,10 +687,15 @@ class CampaignFailure(Exception):
 @dataclass
 class Vault:
     root: Path
-    remote: Path
+    remote: Path  # the folder that holds the remote's objects (served, for sftp)
     kit: Path
     a: Device
     b: Device
+    spec: str = ""  # what cloudguard is given as the remote (the folder, or an sftp spec)
+
+    @property
+    def target(self) -> str:
+        return self.spec or str(self.remote)
 
 
 @dataclass
@@ -699,6 +725,7 @@ class Campaign:
         self.lock = threading.Lock()  # guards the report, the durations and the round counter
         self.calibrated = threading.Event()
         self.stop = threading.Event()
+        self.servers = contextlib.ExitStack()  # rclone serve sftp of each vault (--backend)
         self.push_rounds = 0
 
     # -- plumbing
@@ -730,6 +757,14 @@ class Campaign:
 
     # -- setup
 
+    def serve(self, root: Path) -> str:
+        """A real SFTP server (rclone serve sftp on 127.0.0.1) over ``root``, until the end."""
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        from servers import sftp_server  # the test suite's server helper
+
+        with self.lock:
+            return self.servers.enter_context(sftp_server(root))
+
     def new_vault(self, lane: Lane) -> Vault:
         lane.vaults += 1
         tag = f"{lane.index}-{lane.vaults}" if self.cfg.lanes > 1 else f"{lane.vaults}"
@@ -739,18 +774,20 @@ class Campaign:
         remote, kit = root / "remote", root / "kit.json"
         rng = random.Random(f"{self.cfg.seed}:setup:{tag}")
         a.folder.mkdir()
-        populate(a.folder, rng, self.cfg.small_files, self.cfg.large_files, self.marker)
-        self.must(a, cg_args("init", str(a.folder), "--remote", str(remote), "--name", "a"),
-                  "init")
+        populate(a.folder, rng, self.cfg.small_files, self.cfg.large_files, self.marker,
+                 self.cfg.stream_files)
+        spec = self.serve(remote) if self.cfg.backend == "sftp" else ""
+        self.must(a, cg_args("init", str(a.folder), "--remote", spec or str(remote),
+                             "--name", "a"), "init")
         res = self.must(a, op_args("push", a.folder), "first push")
         self.note_duration("push", res.seconds)
         self.must(a, cg_args("key", "export", str(kit), "--folder", str(a.folder),
                              "--choose-passphrase"), "key export")
-        res = self.must(b, cg_args("clone", str(remote), str(b.folder), "--key-file", str(kit),
-                                   "--name", "b"), "clone b")
+        res = self.must(b, cg_args("clone", spec or str(remote), str(b.folder), "--key-file",
+                                   str(kit), "--name", "b"), "clone b")
         with self.lock:
             self.durations.setdefault("pull", res.seconds)
-        vault = Vault(root, remote, kit, a, b)
+        vault = Vault(root, remote, kit, a, b, spec)
         self.check_tree(b, snapshot_tree(a.folder), "device b after clone")
         return vault
 
@@ -799,7 +836,7 @@ class Campaign:
                 continue  # a restore is about as long as a pull; the daemon as a push
             if not lean:
                 mutate(vault.a.folder, rng, self.cfg.small_files, self.cfg.large_files,
-                       self.marker)
+                       self.marker, self.cfg.stream_files)
                 if op != "push":
                     self.must(vault.a, op_args("push", vault.a.folder), "calibration push")
                 pushed = True
@@ -856,7 +893,7 @@ class Campaign:
         if clone:
             c = self.device(vault.root, f"c{rnd}")
             try:
-                res = run(c, cg_args("clone", str(vault.remote), str(c.folder), "--key-file",
+                res = run(c, cg_args("clone", vault.target, str(c.folder), "--key-file",
                                      str(vault.kit), "--name", f"c{rnd}"), self.cfg.timeout)
                 if res.code != 0:
                     raise CampaignFailure("a fresh clone failed", res.brief())
@@ -912,7 +949,7 @@ class Campaign:
             time.sleep(1.1)  # versions are timed in whole seconds
         if op in self.cfg.mutate_before or op == "restore":
             stats = mutate(vault.a.folder, rng, self.cfg.small_files, self.cfg.large_files,
-                           self.marker)
+                           self.marker, self.cfg.stream_files)
         if op not in ("push", "daemon") and stats:
             res = self.must(vault.a, op_args("push", vault.a.folder, "--allow-mass-delete"),
                             "push before the round")
@@ -1161,6 +1198,7 @@ class Campaign:
                         self.report.rounds, "final", "", 0.0, exc.what, exc.detail,
                         self.workdir))
         finally:
+            self.servers.close()
             self.report.seconds = time.monotonic() - t0
             if not self.report.failures and not self.cfg.keep and made_workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)
@@ -1197,6 +1235,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     parser.add_argument("--probe-window", action="store_true",
                         help="after each kill, device B pulls before the re-run (its exit "
                              "codes are reported, not counted as failures)")
+    parser.add_argument("--backend", choices=("local", "sftp"), default="local",
+                        help="the remote: a local folder, or a real SFTP server on 127.0.0.1")
+    parser.add_argument("--stream-files", type=int, default=0,
+                        help="files over the 32 MiB streaming threshold (early streams)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--stop-on-failure", action="store_true")
     parser.add_argument("--quiet", action="store_true", help="print only the summary")
@@ -1212,7 +1254,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
                   clone_every=ns.clone_every, modes=modes, keep=ns.keep,
                   stop_on_failure=ns.stop_on_failure, quiet=ns.quiet,
                   snapshot_code=not ns.live_code, lanes=ns.lanes,
-                  probe_window=ns.probe_window, mass_delete_every=ns.mass_delete_every)
+                  probe_window=ns.probe_window, mass_delete_every=ns.mass_delete_every,
+                  backend=ns.backend, stream_files=ns.stream_files)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
