@@ -132,11 +132,9 @@ def test_a_writers_own_delete_counts_though_its_vector_leaves_the_version_out() 
     assert dict(state.attic_rows())["three"][f"{A}:3"]["rb"] == [f"{B}:8", f"{B}:9"]
 
 
-def test_a_snapshot_leaving_a_stretch_out_leaves_out_the_moves_it_does_not_cover() -> None:
-    """Its vector lowered, a snapshot would otherwise name a move past it, which every
-    reader refuses as planted (a whole snapshot refused: exit 3 everywhere)."""
-    from cloudguard.manifest.segments import _check_moves, snapshot_payload
-
+def _moved_in_a_stretch() -> mf.State:
+    """A:1's blob moved by A:2 (22..) and by A:3 (33..); A:3 lies in a stretch X's late
+    snapshot lifted, so B's snapshots leave it out of their vector."""
     blob = {"t": "f", "h": "0", "s": 1, "n": 100, "i": "0" * 32, "k": "x", "g": "ab" * 32,
             "o": "11" * 16, "a": 0, "r": 0}
     state = mf.State()
@@ -149,6 +147,15 @@ def test_a_snapshot_leaving_a_stretch_out_leaves_out_the_moves_it_does_not_cover
         state.cuts = {X: 10}
         state.apply_delta(A, 3, [{"p": "f", "reloc": {f"{A}:1": {"o": "33" * 16, "a": 0,
                                                                   "r": 2}}}])
+    return state
+
+
+def test_a_snapshot_leaving_a_stretch_out_leaves_out_the_moves_it_does_not_cover() -> None:
+    """Its vector lowered, a snapshot would otherwise name a move past it, which every
+    reader refuses as planted (a whole snapshot refused: exit 3 everywhere)."""
+    from cloudguard.manifest.segments import _check_moves, snapshot_payload
+
+    state = _moved_in_a_stretch()
     assert state.entry("f", f"{A}:1")["rd"] == [f"{A}:2", f"{A}:3"]
     payload = snapshot_payload(B, 1, state)
     assert payload["ctx"][A] == 2
@@ -255,18 +262,7 @@ def test_a_move_the_written_vector_leaves_out_goes_back_to_the_place_before() ->
 
     from cloudguard.manifest.segments import _check_moves, snapshot_json
 
-    blob = {"t": "f", "h": "0", "s": 1, "n": 100, "i": "0" * 32, "k": "x", "g": "ab" * 32,
-            "o": "11" * 16, "a": 0, "r": 0}
-    state = mf.State()
-    with state.transaction():
-        state.apply_delta(A, 1, [{"p": "f", "e": blob}])
-        state.apply_delta(A, 2, [{"p": "f", "reloc": {f"{A}:1": {"o": "22" * 16, "a": 0,
-                                                                  "r": 1}}}])
-        state.merge_snapshot({A: 3, X: 12}, [("f", {f"{A}:1": state.entry("f", f"{A}:1")})],
-                             {}, 10, f"{X}:12")
-        state.cuts = {X: 10}
-        state.apply_delta(A, 3, [{"p": "f", "reloc": {f"{A}:1": {"o": "33" * 16, "a": 0,
-                                                                  "r": 2}}}])
+    state = _moved_in_a_stretch()
 
     def written(listed: Any) -> dict[str, Any]:
         payload: dict[str, Any] = json.loads(b"".join(snapshot_json(B, 1, state, None, listed)))

@@ -252,6 +252,31 @@ def test_a_late_rewrap_to_a_junk_key_never_wins(
     assert (script_restores(a, local_remote, tmp_path) / "paper.txt").read_text() == "original"
 
 
+def c_wrote_and_all_pulled(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, remote: str
+                           ) -> list[Dev]:
+    """Devices A, B, C and X; C wrote c.txt and every other device pulled it."""
+    a, b, c, x = make_vault(monkeypatch, tmp_path, remote, "a", "b", "c", "x")
+    c.write("c.txt", "from C")
+    c.cg("push")
+    for dev in (a, b, x):
+        dev.cg("pull")
+    return [a, b, c, x]
+
+
+def late_snapshot(provider: Provider, x: Dev, shown: dict[str, bytes], path: str,
+                  drop: Callable[[Any, str, dict[str, Any]], None]) -> dict[str, bytes]:
+    """X, shown ``shown`` (no removal), writes a snapshot after ``drop`` (given its session,
+    the dot and the entry) took ``path`` out of its state; returns what it wrote."""
+    with provider.showing(shown) as by_x:
+        x.use()
+        with vault.session(str(x.folder)) as s:
+            with s.state.transaction():
+                ((dot, entry),) = s.state.siblings(path).items()
+                drop(s, dot, entry)
+            s.snapshot()
+    return by_x
+
+
 def x_drops_a_new_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, remote: str,
                        provider: Provider,
                        drop: Callable[[Any, Dev, str, dict[str, Any]], None]
@@ -260,11 +285,7 @@ def x_drops_a_new_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, remote: 
     a late snapshot after ``drop`` (given X's session, C, the dot and the entry) took new.txt
     out of its state. Returns the devices, the remote a lagging device is shown (X's
     snapshot, not A's delta) and the name of A's delta."""
-    a, b, c, x = make_vault(monkeypatch, tmp_path, remote, "a", "b", "c", "x")
-    c.write("c.txt", "from C")
-    c.cg("push")
-    for dev in (a, b, x):
-        dev.cg("pull")
+    a, b, c, x = c_wrote_and_all_pulled(monkeypatch, tmp_path, remote)
     before_new = provider.objects()
     a.write("new.txt", "A's new file")
     a.cg("push")
@@ -273,13 +294,7 @@ def x_drops_a_new_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, remote: 
     assert a_delta
     old = provider.objects()
     a.cg("device", "remove", x.rid)
-    with provider.showing(old) as by_x:
-        x.use()
-        with vault.session(str(x.folder)) as s:
-            with s.state.transaction():
-                ((dot, entry),) = s.state.siblings("new.txt").items()
-                drop(s, c, dot, entry)
-            s.snapshot()
+    by_x = late_snapshot(provider, x, old, "new.txt", lambda s, dot, e: drop(s, c, dot, e))
     lagging = {n: v for n, v in {**old, **by_x}.items() if n not in a_delta}
     return [a, b, c, x], lagging, a_delta
 
@@ -371,11 +386,7 @@ def test_a_suspect_stretch_does_not_hide_a_rollback_of_the_writers_own_segments(
     snapshots claim C only below it. B then reads C's next push, made while C was kept from
     the removal, from C's own delta. The provider hiding that delta from B's rebuild is a
     rollback (exit 3): the vector B stores as seen keeps what it read from C itself."""
-    a, b, c, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "c", "x")
-    c.write("c1.txt", "from C")
-    c.cg("push")
-    for dev in (a, b, x):
-        dev.cg("pull")
+    a, b, c, x = c_wrote_and_all_pulled(monkeypatch, tmp_path, local_remote)
     before = provider.objects()
     c.write("c2.txt", "C's second file")
     c.cg("push")
@@ -383,13 +394,8 @@ def test_a_suspect_stretch_does_not_hide_a_rollback_of_the_writers_own_segments(
     pre = provider.objects()  # C's view until the end: no removal
     with provider.showing(before):
         a.cg("device", "remove", x.rid)  # A never saw c2.txt
-    with provider.showing(pre) as by_x:
-        x.use()
-        with vault.session(str(x.folder)) as s:
-            with s.state.transaction():
-                ((dot, _entry),) = s.state.siblings("c2.txt").items()
-                s.state._drop("c2.txt", dot)
-            s.snapshot()
+    by_x = late_snapshot(provider, x, pre, "c2.txt", lambda s, dot, _e: s.state._drop(
+        "c2.txt", dot))
     with provider.showing({**before, **by_x}):
         assert b.run("pull").exit_code == 0
         assert not (b.folder / "c2.txt").exists()
