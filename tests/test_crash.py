@@ -43,6 +43,34 @@ def test_short_crash_campaign(tmp_path: Path) -> None:
         assert sum(report.kills.get(op, {}).values()) >= 1, summary
 
 
+@pytest.mark.slow
+def test_short_crash_campaign_over_sftp_with_streamed_files(tmp_path: Path) -> None:
+    """The same over a real SFTP server, with a file over the 32 MiB streaming threshold
+    written in most rounds, so pushes are killed while early streams upload (the full run:
+    ``crash_campaign.py --backend sftp --stream-files 2``)."""
+    config = cc.Config(
+        kills=4,
+        seed=20261204,
+        ops=("push", "pull"),
+        workdir=tmp_path / "campaign",
+        small_files=12,
+        large_files=1,
+        clone_every=1000,
+        mutate_before=("push", "pull"),
+        lean_calibration=True,
+        final_gc_check=True,
+        audit_every=1000,
+        quiet=True,
+        backend="sftp",
+        stream_files=1,
+    )
+    report = cc.Campaign(config).run()
+    summary = report.render()
+    assert not report.failures, summary
+    assert report.total_kills >= 4, summary
+    assert sum(report.kills.get("push", {}).values()) >= 1, summary
+
+
 KILLED_PUT = """
 import sys
 from cloudguard.transport import RcloneTransport
