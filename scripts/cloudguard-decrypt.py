@@ -1316,7 +1316,8 @@ def removed_late(raw: object, limit: dict[str, int]) -> dict[str, dict[str, Entr
     """"Version history": from a snapshot's "attic" ({path: {dot: {"e": ENTRY, "g": T,
     "rb": [dot, ...]}}}), the versions that are not late themselves and have removers
     ("rb"), by path; late_chain decides which of them a late write removed. Only these are
-    read here: they come back where the path holds nothing else ("Writer rules")."""
+    read here: they come back unless a version live at the path was written over them
+    ("Writer rules", "Version history")."""
     out: dict[str, dict[str, Entry]] = {}
     if raw is None:
         return out
@@ -1374,6 +1375,25 @@ def late_chain(rb: object, live: dict[str, Any], gone: dict[str, Any],
         more = row.get("rb") if isinstance(row, dict) else None
         more = more if isinstance(more, list) else []
         todo += [(str(d), more) for d in more]
+    return False
+
+
+def descends(rb: object, live: dict[str, Any], gone: dict[str, Any]) -> bool:
+    """"Version history": was a version live at the path written over this kept one,
+    directly or through versions since replaced? Only such a version stops it coming back;
+    another live one is concurrent with it, and a conflict keeps both (round 11, Z1; as
+    cloudguard's manifest.clamp.descends)."""
+    todo = [str(d) for d in rb] if isinstance(rb, list) else []
+    seen: set[str] = set()
+    while todo:
+        dot = todo.pop()
+        if dot in live:
+            return True
+        if dot in seen or not isinstance(gone.get(dot), dict):
+            continue
+        seen.add(dot)
+        more = gone[dot].get("rb")
+        todo += [str(d) for d in more] if isinstance(more, list) else []
     return False
 
 
@@ -1563,11 +1583,13 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
             for where, versions in back.items():  # a late edit must not become a delete
                 live = unclamped.get(where, {})  # ... while the late version is still there
                 gone = payload.get("attic", {}).get(where, {})  # a late version deleted since
+                now = snapshot.paths.get(where, {})
                 versions = {d: e for d, e in versions.items()
-                            if late_chain(rb_of(payload, where, d), live, gone, limit, rc)}
-                if versions and not snapshot.paths.get(where):
-                    snapshot.paths[where] = {d: unmoved(e, limit, listed)
-                                             for d, e in versions.items()}
+                            if late_chain(rb_of(payload, where, d), live, gone, limit, rc)
+                            and not descends(rb_of(payload, where, d), now, gone)}
+                if versions:
+                    snapshot.paths[where] = {**now, **{d: unmoved(e, limit, listed)
+                                                       for d, e in versions.items()}}
         attic = payload.get("attic")
         for where, rows in attic.items() if isinstance(attic, dict) else ():
             removed |= {(where, d) for d in (rows if isinstance(rows, dict) else ())

@@ -274,3 +274,44 @@ def test_a_move_the_written_vector_leaves_out_goes_back_to_the_place_before() ->
     assert not {"rd", "pl", "rt"} & set(back)
     stays = written(lambda o: o != "11" * 16)  # the place before is gone: it stays
     assert stays["o"] == "33" * 16 and stays["rd"] == [f"{A}:2"]
+
+
+def test_a_late_history_row_does_not_keep_the_current_version_out() -> None:
+    """Review round 11, Z1: X's late snapshot keeps D's old A:3 live at P and states a row
+    for A's edit A:50 with X's own late dot as its remover. At the clamp, the live A:3 does not
+    stop A:50 coming back: A:3 was not written over A:50 (A:50 was written over it)."""
+    edit: dict[str, Any] = {"t": "d", "x": 0o700}
+    state = mf.State()
+    with state.transaction():
+        state.apply_delta(A, 3, [{"p": "P", "e": ENTRY, "rm": []}])
+        state.merge_snapshot({A: 150, X: 13}, [("P", {f"{A}:3": ENTRY})], {
+            "P": {f"{A}:50": {"e": edit, "g": 10, "rb": [f"{X}:12"]}}}, 10, f"{X}:13")
+    assert state.entry("P", f"{A}:50") is None
+    clamp_own(state, Limits({X: 10}))
+    state.cuts = {X: 10}
+    assert state.entry("P", f"{A}:50") == edit
+
+
+def test_a_row_whose_only_removers_are_late_is_not_held_as_removed() -> None:
+    state = _lagging()
+    with state.transaction():
+        state.to_attic("P", f"{A}:3", ENTRY, 5, f"{X}:12")
+        state.to_attic("Q", f"{A}:3", ENTRY, 5, f"{C}:1 {X}:12")
+    state.cuts = {X: 10}
+    assert not state._kept_here("P", f"{A}:3")
+    assert state._kept_here("Q", f"{A}:3")
+
+
+def test_a_snapshot_holding_live_what_is_held_as_removed_here_does_not_clear_it() -> None:
+    """Review round 11, Z1: every version rule 4 keeps out stops the clearing, not only one
+    under the floor; a snapshot that covers it without holding it clears."""
+    state = _lagging()
+    state.cuts = {X: 10}
+    with state.transaction():
+        state.to_attic("three", f"{A}:3", ENTRY, 5, f"{C}:1")
+        state.merge_snapshot({A: 4}, [("three", {f"{A}:3": ENTRY})], {}, 10, f"{A}:4")
+    assert state.entry("three", f"{A}:3") is None
+    assert state.honest()[A] == 2
+    with state.transaction():
+        state.merge_snapshot({A: 4, C: 2}, [], {}, 10, f"{C}:2")
+    assert state.honest()[A] == 4

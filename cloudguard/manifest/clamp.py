@@ -78,9 +78,11 @@ def clamp_own(state: State, lim: Limits) -> None:
     live, history, rc = clamp_snapshot(paths, kept, state.carriers.everything(),
                                        int(time.time()), lim)
     raised = state.raises.rows()  # which snapshot lifted the vector where: still true
+    words = state.raises.words()  # and what each writer's own segments said
     own = state.db.execute("SELECT path, dot FROM attic WHERE own IS NOT NULL").fetchall()
     state.reset()
     state.raises.restore(raised)
+    state.raises.restore_words(words)
     state.merge_snapshot(clamp_ctx(ctx, lim.cuts), live.items(), history, int(time.time()),
                          carriers=rc)
     state.db.executemany("UPDATE attic SET own = 1 WHERE path = ? AND dot = ?", own)
@@ -141,9 +143,10 @@ def _bounded(history: Rows, lim: Limits) -> Rows:
 
 def _revive(paths: Live, kept: Rows, lim: Limits, unclamped: Live, unclamped_kept: Rows,
             carriers: dict[str, dict[str, int]]) -> tuple[Live, Rows]:
-    """Versions that a removed member's late write sent to the history come back where that
-    path holds nothing else now: clamping its edit must not turn it into a delete (review
-    round 2, N5 (a)), nor its late snapshot's drops (round 3, R3), nor an honest snapshot's
+    """Versions that a removed member's late write sent to the history come back unless a
+    version live at that path now was written over them (``descends``): clamping its edit
+    must not turn it into a delete (review round 2, N5 (a)), nor its late snapshot's drops
+    (round 3, R3), nor an honest snapshot's
     drops that only carried them (round 6, U1). For a late edit, only while the late writes
     that replaced them end at a late version still live in the snapshot, or at no version: an
     honest delete of a late version since (round 3, R10) stays a delete, while a late edit
@@ -159,14 +162,14 @@ def _revive(paths: Live, kept: Rows, lim: Limits, unclamped: Live, unclamped_kep
     missing, not dropped."""
     limit = lim.cuts
     for path, rows in kept.items():
-        if paths.get(path):
-            continue
+        now = paths.get(path, {})
         live = unclamped.get(path, {})
         gone = unclamped_kept.get(path, {})
         back = {d: r["e"] for d, r in rows.items() if not late_dot(d, limit)
-                and late_removal(r.get("rb"), live, gone, limit, carriers)}
+                and late_removal(r.get("rb"), live, gone, limit, carriers)
+                and not descends(r.get("rb"), now, rows)}
         if back:
-            paths[path] = back
+            paths[path] = {**now, **back}
             kept[path] = {d: r for d, r in rows.items() if d not in back}
     for rows in kept.values():
         for dot, row in rows.items():
@@ -175,6 +178,26 @@ def _revive(paths: Live, kept: Rows, lim: Limits, unclamped: Live, unclamped_kep
                 rows[dot] = {k: v for k, v in row.items() if k != "rb"} | (
                     {"rb": honest} if honest else {})
     return paths, kept
+
+
+def descends(rb: object, live: dict[str, Any], gone: dict[str, dict[str, Any]]) -> bool:
+    """Was a version live at the path written over this kept one, directly or through
+    versions since replaced (its removers, followed through the history)? Only such a
+    version stops a revival: another live version is concurrent with it (an older one a
+    late snapshot kept live, or a new file), and a conflict keeps both (review round 11,
+    Z1)."""
+    todo = [str(d) for d in rb] if isinstance(rb, list) else []
+    seen: set[str] = set()
+    while todo:
+        dot = todo.pop()
+        if dot in live:
+            return True
+        if dot in seen or dot not in gone:
+            continue
+        seen.add(dot)
+        more = gone[dot].get("rb")
+        todo += [str(d) for d in more] if isinstance(more, list) else []
+    return False
 
 
 def late_removal(rb: object, live: dict[str, Any], gone: dict[str, dict[str, Any]],

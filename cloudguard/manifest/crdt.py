@@ -15,14 +15,16 @@ from typing import Any
 
 from ..errors import IntegrityError
 from .attic import History, _dump, _generation
-from .carriers import Carriers, tainted
+from .carriers import Carriers, late_carrier, tainted
 from .moves import (
     Entry,
     _was,
     _where,
     carried,
+    late_dot,
     moved,
     newer_location,
+    removers,
 )
 from .paths import Paths
 from .raises import Raises, in_stretch
@@ -272,12 +274,23 @@ class State(History):
     def seen(self) -> dict[str, int]:
         """The vector this device stores as seen (format.md, "Reading the manifest" 4): a
         shortfall excused as under an ended key keeps what was seen (``short``)."""
-        out = self.raises.seen(self.honest(), self.ctx)
+        out = self.raises.seen(self.honest(), self.ctx, self.cuts)
         return {**out, **{d: max(s, out.get(d, 0)) for d, s in self.short.items()}}
 
     def _kept_here(self, path: str, dot: str) -> bool:
-        return self.db.execute("SELECT 1 FROM attic WHERE path = ? AND dot = ?",
-                               (path, dot)).fetchone() is not None
+        """Held as removed (rule 4 of "Suspect stretches"): in the history, with a remover
+        that is no late write and no carrier judged late. A row whose only removers are
+        late is X's word, like a history row a late snapshot states (review round 11, Z1)."""
+        row = self.db.execute("SELECT rb FROM attic WHERE path = ? AND dot = ?",
+                              (path, dot)).fetchone()
+        if row is None:
+            return False
+        rb = sorted(removers(row[0]))
+        if not self.cuts:
+            return True
+        vectors = self.carriers.of(rb)
+        return any(not late_dot(r, self.cuts) and not late_carrier(r, rb, vectors, self.cuts)
+                   for r in rb)
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -412,8 +425,8 @@ class State(History):
                             in_stretch(dot, take) and not self._kept_here(path, dot)):
                         self._check(path, dot, entry)
                         self.put_entry(path, dot, entry)
-                    elif in_stretch(dot, suspect) and not self._kept_here(path, dot):
-                        dev, _, at = dot.partition(":")
+                    elif in_stretch(dot, suspect):  # kept out here: under the floor, or
+                        dev, _, at = dot.partition(":")  # held as removed (round 11, Z1)
                         held_out[dev] = min(held_out.get(dev, int(at)), int(at))
             if not empty:
                 for path, dot, e in self.db.execute(

@@ -79,15 +79,26 @@ class Raises:
         self.db.execute("INSERT INTO words VALUES (?, ?) ON CONFLICT (device) DO UPDATE "
                         "SET seq = max(seq, excluded.seq)", (device, seq))
 
-    def seen(self, honest: dict[str, int], ctx: dict[str, int]) -> dict[str, int]:
+    def words(self) -> dict[str, int]:
+        return {str(d): int(s) for d, s in self.db.execute("SELECT device, seq FROM words")}
+
+    def restore_words(self, words: dict[str, int]) -> None:
+        for device, seq in words.items():
+            self.word(device, seq)
+
+    def seen(self, honest: dict[str, int], ctx: dict[str, int],
+             cuts: dict[str, int] | None = None) -> dict[str, int]:
         """What a rebuild must reach: ``honest``, raised to each device's own word (never
         hearsay, so a late word's claim is not in it: review round 9, X4 (a)). Lowered to
         ``honest`` alone, the stored vector would let the provider hide what this device
-        read from a writer itself, for as long as a stretch stays suspect (round 10, Y3)."""
+        read from a writer itself, for as long as a stretch stays suspect (round 10, Y3).
+        Never past a removed member's cutoff (``cuts``): its late writes are never applied
+        again, so a rebuild could never reach them (round 11, Z3)."""
         out = dict(honest)
-        for device, seq in self.db.execute("SELECT device, seq FROM words"):
+        for device, seq in self.words().items():
             if device in ctx:
-                out[device] = max(out.get(device, 0), min(int(seq), ctx[device]))
+                top = min(seq, ctx[device], (cuts or {}).get(device, seq))
+                out[device] = max(out.get(device, 0), top)
         return out
 
     def forgot(self, dots: Iterable[str]) -> None:
@@ -205,4 +216,5 @@ class Raises:
     def clear(self) -> None:
         self._suspect = None
         self.db.execute("DELETE FROM raises")
+        self.db.execute("DELETE FROM words")  # a rebuild counts only what it reads again
 
