@@ -34,6 +34,8 @@ from .pull import _stage
 
 _AGO = re.compile(r"^(\d+)([smhd])\Z")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_KINDS: dict[str, Literal["file", "folder", "symlink"]] = {
+    "f": "file", "d": "folder", "l": "symlink"}
 
 
 @dataclass
@@ -63,10 +65,6 @@ class Version:
             device=labels.get(device, device), pushed=_iso(self.pushed),
             replaced=_iso(self.replaced) if self.replaced is not None else None,
             current=self.replaced is None, late=self.late)
-
-
-_KINDS: dict[str, Literal["file", "folder", "symlink"]] = {
-    "f": "file", "d": "folder", "l": "symlink"}
 
 
 def _iso(when: int | None) -> str | None:
