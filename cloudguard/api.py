@@ -223,3 +223,6 @@ class Vault:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+__all__ = ["Vault"]

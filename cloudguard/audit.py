@@ -20,6 +20,7 @@ from typing import Any
 
 from .errors import IntegrityError
 from .keys import now_iso
+from .results import AuditRecord, LogVerifyResult
 from .state import home
 
 GENESIS = "0" * 64
@@ -97,7 +98,7 @@ def _write_head(digest: str, seq: int) -> None:
     os.replace(tmp, _head_path())
 
 
-def read() -> list[dict[str, Any]]:
+def read() -> list[AuditRecord]:
     path = log_path()
     if not path.exists():
         return []
@@ -134,3 +135,8 @@ def verify() -> int:
         raise IntegrityError(f"{path}: records after {len(records)} were cut off (the head "
                              f"says {count})")
     return len(records)
+
+
+def verified() -> LogVerifyResult:
+    """``cloudguard log --verify``: the chain checked (a broken one raises)."""
+    return LogVerifyResult(ok=True, records=verify())

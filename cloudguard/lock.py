@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import keys
+from .results import LockResult
 from .state import home
 
 
@@ -90,7 +91,7 @@ def _is_ours(pid: int) -> bool:
         return False
 
 
-def lock(lock_keyring: bool = False) -> dict[str, Any]:
+def lock(lock_keyring: bool = False) -> LockResult:
     stopped: list[int] = []
     unmounted: list[str] = []
     problems: list[str] = []
@@ -131,5 +132,5 @@ def lock(lock_keyring: bool = False) -> dict[str, Any]:
     locked = False
     if lock_keyring:
         locked = keys.lock_secret_service(problems)
-    return {"stopped": stopped, "unmounted": unmounted, "keyring_locked": locked,
-            "problems": problems}
+    return LockResult(stopped=stopped, unmounted=unmounted, keyring_locked=locked,
+                      problems=problems)

@@ -17,6 +17,7 @@ import secrets
 from importlib import resources
 
 from .errors import CloudguardError, UsageError
+from .results import PassphraseResult
 
 WORDLIST = "eff_large_wordlist.txt"
 WORDLIST_SIZE = 7776  # 6**5: five dice per word
@@ -50,6 +51,11 @@ def generate(words: int = GENERATED_WORDS) -> str:
     """Space-separated words, each drawn uniformly with `secrets`."""
     choices = wordlist()
     return " ".join(secrets.choice(choices) for _ in range(words))
+
+
+def offered() -> PassphraseResult:
+    """``cloudguard key passphrase``: a new generated passphrase and its strength."""
+    return PassphraseResult(passphrase=generate(), bits=round(entropy_bits(), 1))
 
 
 def rate(passphrase: str) -> tuple[float, str]:

@@ -11,7 +11,7 @@ import pytest
 from helpers import cg, cg_json, share
 
 import cloudguard
-from cloudguard import sync, vault
+from cloudguard import api, sync, vault
 from cloudguard.api import Vault
 from cloudguard.errors import UsageError
 
@@ -25,6 +25,7 @@ def test_the_public_api_is_pinned() -> None:
     assert sorted(vault.__all__) == sorted(PUBLIC)
     for name in PUBLIC:
         assert getattr(vault, name) is not None
+    assert api.__all__ == ["Vault"] and vault.Vault is api.Vault
     assert cloudguard.__version__
 
 

@@ -207,12 +207,16 @@ def test_the_question_comes_before_anything_is_restored() -> None:
     removal asks nothing."""
     from types import SimpleNamespace
 
+    import msgspec
+
     from cloudguard.errors import UsageError
     from cloudguard.ops import late
+    from cloudguard.results import LateMember, LateRemovals, Removal
     from cloudguard.session import UI
 
-    info = {"late_of": {"id": "b" * 16, "name": "b"}, "ghost": False, "ask": True,
-            "removals": [{"commit": "keys/3", "by": "a", "cutoff": 4, "challenged": False}]}
+    info = LateRemovals(late_of=LateMember(id="b" * 16, name="b"), ghost=False, counting=True,
+                        cutoff=4, removals=[Removal(commit="keys/3", by="a", by_id="a" * 16,
+                                                    cutoff=4, challenged=False)])
     asked: list[str] = []
 
     def no(question: str) -> bool:
@@ -226,7 +230,7 @@ def test_the_question_comes_before_anything_is_restored() -> None:
     late.confirm(s, info, False)
     s.ui = UI()
     late.confirm(s, info, True)
-    late.confirm(s, {**info, "ask": False}, False)
+    late.confirm(s, msgspec.structs.replace(info, counting=False), False)  # challenged only
     with pytest.raises(UsageError, match="no terminal"):
         late.confirm(s, info, False)
 

@@ -6,16 +6,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from typing import Any
 
 import click
+import msgspec
 
 from ..errors import (
     CloudguardError,
     KeyStoreError,
     UsageError,
 )
-from ..results import UnlockResult
+from ..results import ConfigResult, DaemonStatus, UnlockResult
 from . import _emit, _run, _ui, folder_option, json_option, main
 
 
@@ -62,7 +62,7 @@ def daemon_start(as_json: bool) -> None:
 
     def go() -> None:
         result = control.start(home() / "daemon.log")
-        _emit(result, as_json, lambda r: f"The daemon runs (pid {r['pid']}); log: {r['log']}",
+        _emit(result, as_json, lambda r: f"The daemon runs (pid {r.pid}); log: {r.log}",
               always=True)
     _run(go, as_json)
 
@@ -75,7 +75,7 @@ def daemon_stop(as_json: bool) -> None:
 
     def go() -> None:
         result = control.stop()
-        _emit(result, as_json, lambda r: "Stopped." if r["stopped"] else "No daemon was running.",
+        _emit(result, as_json, lambda r: "Stopped." if r.stopped else "No daemon was running.",
               always=True)
     _run(go, as_json)
 
@@ -86,20 +86,18 @@ def daemon_status(as_json: bool) -> None:
     """What the daemon does with each folder: state, queue, last push and pull, last error."""
     from ..daemon import control
 
-    def human(r: dict[str, Any]) -> str:
-        if not r.get("running"):
+    def human(r: DaemonStatus) -> str:
+        if not r.running:
             return "The daemon is not running."
-        lines = [f"The daemon runs (pid {r['pid']})."]
-        for f in r["folders"]:
-            why = f": {f['why']}" if f.get("why") else ""
-            lines.append(f"  {f['folder']}: {f['state']}{why}, {f['queue']} queued"
-                         + (f", last error: {f['last_error']}" if f.get("last_error") else ""))
+        lines = [f"The daemon runs (pid {r.pid})."]
+        for f in r.folders or []:
+            why = f": {f.why}" if f.why else ""
+            lines.append(f"  {f.folder}: {f.state}{why}, {f.queue} queued"
+                         + (f", last error: {f.last_error}" if f.last_error else ""))
         return "\n".join(lines)
 
     def go() -> None:
-        got = control.query()
-        result = {"running": False} if got is None else {"running": True, **got}
-        _emit(result, as_json, human, always=True)
+        _emit(control.status(), as_json, human, always=True)
     _run(go, as_json)
 
 
@@ -113,8 +111,8 @@ def daemon_install(print_only: bool, as_json: bool) -> None:
 
     def go() -> None:
         result = control.install(print_only)
-        _emit(result, as_json, lambda r: r["unit"] if r["path"] is None
-              else f"Installed {r['path']} and started it (systemctl --user status "
+        _emit(result, as_json, lambda r: r.unit if r.path is None
+              else f"Installed {r.path} and started it (systemctl --user status "
                    f"{control.UNIT}).", always=True)
     _run(go, as_json)
 
@@ -252,14 +250,8 @@ def _control(command: str, folder: str | None, accept_deletes: bool, accept_chan
     from ..daemon import control
 
     def go() -> None:
-        got = control.request({"cmd": command, "accept_deletes": accept_deletes,
-                               "accept_changes": accept_changes,
-                               **({"folder": os.path.abspath(folder)} if folder else {})})
-        if got is None:
-            raise CloudguardError("the daemon is not running (cloudguard daemon start)")
-        if "error" in got:
-            raise UsageError(str(got["error"]))
-        _emit(got, as_json, lambda r: f"{command.capitalize()}d.", always=True)
+        done = control.command(command, folder, accept_deletes, accept_changes)
+        _emit(done, as_json, lambda r: f"{r.done.capitalize()}d.", always=True)
     _run(go, as_json)
 
 
@@ -303,33 +295,21 @@ def config_group() -> None:
 def config_show(as_json: bool) -> None:
     """Print the effective settings: config.toml over the defaults, and the CLOUDGUARD_*
     variables; a bad value is refused with the setting named."""
-    from dataclasses import asdict
-
-    from ..daemon.config import config_path, load
-    from ..settings import settings
+    from ..daemon.config import show
 
     def go() -> None:
-        daemon_config = load()
-        env = {k: (str(v) if v is not None else None) for k, v in asdict(settings()).items()}
-
-        def flat(c: Any) -> dict[str, Any]:
-            return {**asdict(c.timing), **asdict(c.intervals), "ignore": list(c.ignore),
-                    **asdict(c.limits)}
-
-        result = {"config_file": str(config_path()), "daemon": flat(daemon_config),
-                  "folders": {f: flat(c) for f, c in daemon_config.folders.items()},
-                  "environment": env}
-
-        def human(r: dict[str, Any]) -> str:
-            lines = [f"daemon ({r['config_file']}):"]
-            lines += [f"  {k} = {v}" for k, v in r["daemon"].items()]
-            for folder, values in r["folders"].items():
+        def human(r: ConfigResult) -> str:
+            shared = msgspec.structs.asdict(r.daemon)
+            lines = [f"daemon ({r.config_file}):"]
+            lines += [f"  {k} = {v}" for k, v in shared.items()]
+            for folder, values in r.folders.items():
                 lines.append(f"folder {folder}:")
-                lines += [f"  {k} = {v}" for k, v in values.items()
-                          if v != r["daemon"].get(k)]
+                lines += [f"  {k} = {v}" for k, v in msgspec.structs.asdict(values).items()
+                          if v != shared.get(k)]
             lines.append("environment:")
-            lines += [f"  {k} = {v}" for k, v in r["environment"].items()]
+            lines += [f"  {k} = {v}"
+                      for k, v in msgspec.structs.asdict(r.environment).items()]
             return "\n".join(lines)
 
-        _emit(result, as_json, human, always=True)
+        _emit(show(), as_json, human, always=True)
     _run(go, as_json)

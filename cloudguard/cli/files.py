@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
 
 import click
 import msgspec
@@ -15,7 +14,17 @@ from ..errors import (
     UsageError,
 )
 from ..ops import history
-from ..results import CloneResult, Counts, DaemonView, DoctorResult, StatusResult
+from ..results import (
+    AuditRecord,
+    CloneResult,
+    Counts,
+    DaemonView,
+    DoctorResult,
+    HistoryResult,
+    LateRestoreResult,
+    RestoreResult,
+    StatusResult,
+)
 from . import (
     _copies,
     _emit,
@@ -336,15 +345,14 @@ def lock_cmd(lock_keyring: bool, as_json: bool) -> None:
         from .. import lock
 
         result = lock.lock(lock_keyring)
-        audit.record("lock", stopped=len(result["stopped"]),
-                     unmounted=len(result["unmounted"]), keyring=result["keyring_locked"])
+        audit.record("lock", stopped=len(result.stopped), unmounted=len(result.unmounted),
+                     keyring=result.keyring_locked)
         _emit(result, as_json, lambda r: (
-            f"Locked: stopped {len(r['stopped'])} processes, unmounted "
-            f"{len(r['unmounted'])} folders" + (", keyring locked" if r["keyring_locked"]
-                                                 else "") + "."), always=True)
-        for problem in result["problems"]:
+            f"Locked: stopped {len(r.stopped)} processes, unmounted {len(r.unmounted)} "
+            "folders" + (", keyring locked" if r.keyring_locked else "") + "."), always=True)
+        for problem in result.problems:
             _warn(problem)
-        if result["problems"]:
+        if result.problems:
             sys.exit(1)
     _run(go, as_json)
 
@@ -356,13 +364,12 @@ def log_cmd(check: bool, as_json: bool) -> None:
     """Print the local audit log (push, pull, rotate, ... events; never content or keys)."""
     def go() -> None:
         if check:
-            count = audit.verify()
-            _emit({"ok": True, "records": count}, as_json,
-                  lambda r: f"Audit log intact: {r['records']} records.", always=True)
+            _emit(audit.verified(), as_json,
+                  lambda r: f"Audit log intact: {r.records} records.", always=True)
             return
         records = audit.read()
 
-        def human(rows: list[dict[str, Any]]) -> str:
+        def human(rows: list[AuditRecord]) -> str:
             lines = []
             for r in rows:
                 extra = {k: v for k, v in r.items()
@@ -385,15 +392,15 @@ def history_cmd(path: str, folder: str | None, as_json: bool) -> None:
     def go() -> None:
         result = history.history(folder, path, _ui(as_json))
 
-        def human(r: dict[str, Any]) -> str:
-            lines = [f"{r['path']}: {len(r['versions'])} version(s), kept {r['keep_days']} days"]
-            for v in r["versions"]:
-                size = f"{v['size']} bytes" if v["size"] is not None else v["kind"]
-                when = "current" if v["current"] else f"replaced {v['replaced']}"
+        def human(r: HistoryResult) -> str:
+            lines = [f"{r.path}: {len(r.versions)} version(s), kept {r.keep_days} days"]
+            for v in r.versions:
+                size = f"{v.size} bytes" if v.size is not None else v.kind
+                when = "current" if v.current else f"replaced {v.replaced}"
                 late = ("  WRITTEN AFTER ITS WRITER WAS REMOVED: restored only by "
-                        "--version or --late-of" if v["late"] else "")
-                lines.append(f"  {v['version']}  pushed {v['pushed'] or 'unknown'}  {when}  "
-                             f"{size}  by {v['device']}{late}")
+                        "--version or --late-of" if v.late else "")
+                lines.append(f"  {v.version}  pushed {v.pushed or 'unknown'}  {when}  "
+                             f"{size}  by {v.device}{late}")
             return "\n".join(lines)
         _emit(result, as_json, human, always=True)
     _run(go, as_json)
@@ -424,18 +431,17 @@ def restore_cmd(paths: tuple[str, ...], before: str | None, version_id: str | No
         result = history.restore(folder, list(paths), before, version_id, force, _ui(as_json),
                                  late_of, yes)
         _emit(result, as_json, _restored, always=True)
-        if result["refused"]:
+        if result.refused:
             sys.exit(1)
     _run(go, as_json)
 
 
-def _restored(r: dict[str, Any]) -> str:
-    text = (f"Restored {len(r['restored'])}, already as then {len(r['unchanged'])}, kept "
-            f"{len(r['refused'])} with unpushed changes.")
-    if "late_of" in r:
-        text += (f" Not restored: {len(r['replaced_since'])} replaced since by a member not "
-                 f"removed, {len(r['deleted_by_member'])} deleted by "
-                 f"{r['late_of']['name']} itself.")
+def _restored(r: RestoreResult | LateRestoreResult) -> str:
+    text = (f"Restored {len(r.restored)}, already as then {len(r.unchanged)}, kept "
+            f"{len(r.refused)} with unpushed changes.")
+    if isinstance(r, LateRestoreResult):
+        text += (f" Not restored: {len(r.replaced_since)} replaced since by a member not "
+                 f"removed, {len(r.deleted_by_member)} deleted by {r.late_of.name} itself.")
     return text + " Run cloudguard push to make the restored versions current on every device."
 
 

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
 from .. import passphrase, vault
 from ..errors import (
     CloudguardError,
 )
+from ..results import Request
 from . import _emit, _interactive, _run, _ui, folder_option, json_option, main
 
 
@@ -78,9 +77,9 @@ def key_export(file: str, folder: str | None, name: str | None, choose: bool,
     """
     def go() -> None:
         result = vault.key_export(folder, file, name, choose)
-        if result["passphrase"] and not as_json:
-            _show_kit_passphrase(result["passphrase"], result["kit"])
-        _emit(result, as_json, lambda r: f"Recovery kit {r['id']} written to {r['kit']}. "
+        if result.passphrase and not as_json:
+            _show_kit_passphrase(result.passphrase, result.kit)
+        _emit(result, as_json, lambda r: f"Recovery kit {r.id} written to {r.kit}. "
               "Keep it offline; it opens the vault with its passphrase.", always=True)
     _run(go, as_json)
 
@@ -93,9 +92,7 @@ def key_passphrase(as_json: bool) -> None:
     8 words drawn with the secrets module from the EFF large wordlist: 103 bits.
     """
     def go() -> None:
-        words = passphrase.generate()
-        _emit({"passphrase": words, "bits": round(passphrase.entropy_bits(), 1)}, as_json,
-              lambda r: str(r["passphrase"]), always=True)
+        _emit(passphrase.offered(), as_json, lambda r: r.passphrase, always=True)
     _run(go, as_json)
 
 
@@ -112,23 +109,23 @@ def device_list(folder: str | None, as_json: bool) -> None:
     def go() -> None:
         result = vault.device_list(folder)
         _emit(result, as_json, lambda r: "\n".join(
-            [f"vault code: {r['vault_code']}"]
-            + [f"{m['id']}  {m['kind']:<8}  {m['name']}"
-               + ("  (this device)" if m["this_device"] else "") for m in r["members"]]
-            + [f"{m['id']}  removed   {m['name']}" for m in r["removed"]]
-            + [f"{p['id']}  pending   {p['name']}  fingerprint {p['fingerprint']}  requested "
-               f"{p['created']}  (cloudguard device approve|reject FINGERPRINT)"
-               if not p["problem"] else f"{p['id']}  invalid   {p['problem']}  (cloudguard "
-               f"device reject {p['id']})" for p in r["pending"]]), always=True)
+            [f"vault code: {r.vault_code}"]
+            + [f"{m.id}  {m.kind:<8}  {m.name}" + ("  (this device)" if m.this_device else "")
+               for m in r.members]
+            + [f"{m.id}  removed   {m.name}" for m in r.removed]
+            + [f"{p.id}  pending   {p.name}  fingerprint {p.fingerprint}  requested "
+               f"{p.created}  (cloudguard device approve|reject FINGERPRINT)"
+               if not p.problem else f"{p.id}  invalid   {p.problem}  (cloudguard "
+               f"device reject {p.id})" for p in r.pending]), always=True)
     _run(go, as_json)
 
 
 def _confirmer(yes: bool, verb: str, effect: str, hint: str) -> vault.Confirm:
     """Asks on the terminal with the request's name and fingerprint; without a terminal only
     --yes goes ahead, never a default."""
-    def confirm(req: dict[str, Any]) -> bool:
-        shown = (f"{req['name']} (id {req['id']}, fingerprint {req['fingerprint']})"
-                 if req.get("fingerprint") else f"request {req['id']}")
+    def confirm(req: Request) -> bool:
+        shown = (f"{req.name} (id {req.id}, fingerprint {req.fingerprint})"
+                 if req.fingerprint else f"request {req.id}")
         if yes:
             return True
         if not _interactive():
@@ -154,8 +151,8 @@ def device_approve(fingerprint: str, folder: str | None, yes: bool, as_json: boo
                              "check that the new device shows this fingerprint.",
                              "compare the fingerprint with the new device's, then pass --yes")
         result = vault.device_approve(folder, fingerprint, _ui(as_json), confirm)
-        _emit(result, as_json, lambda r: f"Approved {r['name']} ({r['approved']}, fingerprint "
-              f"{r['fingerprint']}). The new device checks the vault code: {r['vault_code']}",
+        _emit(result, as_json, lambda r: f"Approved {r.name} ({r.approved}, fingerprint "
+              f"{r.fingerprint}). The new device checks the vault code: {r.vault_code}",
               always=True)
     _run(go, as_json)
 
@@ -172,8 +169,8 @@ def device_reject(fingerprint: str, folder: str | None, yes: bool, as_json: bool
         confirm = _confirmer(yes, "reject", "Its enrolment request is deleted from the remote.",
                              "pass --yes to delete the request")
         result = vault.device_reject(folder, fingerprint, confirm)
-        _emit(result, as_json, lambda r: f"Rejected the enrolment request {r['rejected']}"
-              + (f" of {r['name']}" if r["name"] else "") + ".", always=True)
+        _emit(result, as_json, lambda r: f"Rejected the enrolment request {r.rejected}"
+              + (f" of {r.name}" if r.name else "") + ".", always=True)
     _run(go, as_json)
 
 

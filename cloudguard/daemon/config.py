@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..results import ConfigResult, EnvironmentSettings, FolderSettings
+from ..settings import settings
 from ..state import home
 from .schedule import Timing
 from .worker import Intervals, Limits
@@ -138,3 +140,18 @@ def _limits(path: Path, where: str, section: dict[str, Any], base: Limits) -> Li
                          f"{', '.join(_LEVELS)}")
     return Limits(None if bandwidth.lower() == "off" else bandwidth, float(free),
                   level.lower())
+
+
+def show() -> ConfigResult:
+    """``cloudguard config show``: the effective settings of the daemon and of each folder
+    section, and the CLOUDGUARD_* variables as read; a bad value raises, naming it."""
+    config = load()
+    env = {k: (str(v) if v is not None else None) for k, v in asdict(settings()).items()}
+    return ConfigResult(config_file=str(config_path()), daemon=_effective(config),
+                        folders={f: _effective(c) for f, c in config.folders.items()},
+                        environment=EnvironmentSettings(**env))
+
+
+def _effective(config: DaemonConfig) -> FolderSettings:
+    return FolderSettings(**asdict(config.timing), **asdict(config.intervals),
+                          ignore=list(config.ignore), **asdict(config.limits))

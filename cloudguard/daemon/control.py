@@ -27,8 +27,11 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from ..errors import CloudguardError, UsageError
 from ..lock import SERVICE, run_dir
+from ..results import DaemonDone, DaemonStarted, DaemonStatus, DaemonStopped, UnitResult
 from ..settings import settings
 
 SOCKET = "daemon.sock"
@@ -129,6 +132,28 @@ def query() -> dict[str, Any] | None:
     return request({"cmd": "status"})
 
 
+def status() -> DaemonStatus:
+    """``cloudguard daemon status``: the running daemon's report, typed."""
+    got = query()
+    if got is None:
+        return DaemonStatus(running=False)
+    return msgspec.convert({**got, "running": True}, DaemonStatus)
+
+
+def command(cmd: str, folder: str | None = None, accept_deletes: bool = False,
+            accept_changes: bool = False) -> DaemonDone:
+    """``daemon pause`` or ``resume`` of ``folder`` (None: every folder); the daemon's
+    refusal (a folder it does not serve, or one that is locked) is a usage error."""
+    got = request({"cmd": cmd, "accept_deletes": accept_deletes,
+                   "accept_changes": accept_changes,
+                   **({"folder": os.path.abspath(folder)} if folder else {})})
+    if got is None:
+        raise CloudguardError("the daemon is not running (cloudguard daemon start)")
+    if "error" in got:
+        raise UsageError(str(got["error"]))
+    return msgspec.convert(got, DaemonDone)
+
+
 _NOTIFY: list[str] = []
 
 
@@ -167,7 +192,7 @@ def _daemon_pids() -> list[int]:
     return pids
 
 
-def start(log: Path) -> dict[str, Any]:
+def start(log: Path) -> DaemonStarted:
     if _daemon_pids():
         raise UsageError("the daemon is already running (cloudguard daemon status)")
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -183,10 +208,10 @@ def start(log: Path) -> dict[str, Any]:
         if time.monotonic() > deadline:
             raise CloudguardError(f"the daemon did not answer within 30 s; see {log}")
         time.sleep(0.1)
-    return {"pid": proc.pid, "log": str(log)}
+    return DaemonStarted(pid=proc.pid, log=str(log))
 
 
-def stop(timeout: float = 10.0) -> dict[str, Any]:
+def stop(timeout: float = 10.0) -> DaemonStopped:
     pids = _daemon_pids()
     for pid in pids:
         os.kill(pid, signal.SIGTERM)
@@ -198,7 +223,7 @@ def stop(timeout: float = 10.0) -> dict[str, Any]:
             except ProcessLookupError:
                 break
             time.sleep(0.1)
-    return {"stopped": pids}
+    return DaemonStopped(stopped=pids)
 
 
 def unit_text(home: Path | None) -> str:
@@ -227,11 +252,11 @@ WantedBy=default.target
 """
 
 
-def install(print_only: bool) -> dict[str, Any]:
+def install(print_only: bool) -> UnitResult:
     home = settings().home
     text = unit_text(home)
     if print_only:
-        return {"unit": text, "path": None}
+        return UnitResult(unit=text, path=None)
     config = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
     path = config / "systemd" / "user" / UNIT
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -243,4 +268,4 @@ def install(print_only: bool) -> dict[str, Any]:
             raise CloudguardError(f"systemctl --user {' '.join(args)} failed: "
                                   f"{proc.stderr.strip() or proc.stdout.strip()} (the unit is "
                                   f"written to {path})")
-    return {"unit": text, "path": str(path)}
+    return UnitResult(unit=text, path=str(path))

@@ -16,7 +16,7 @@ from ..errors import (
     UsageError,
 )
 from ..names import from_disk, local
-from ..results import Counts
+from ..results import Counts, Request
 from ..session import Session
 from ..state import (
     find_binding,
@@ -131,4 +131,5 @@ def _safe_hasher(folder: Path) -> Callable[[str], str]:
     return digest
 
 
-Confirm = Callable[[dict[str, Any]], bool]
+# Asked with the verified enrolment request before ``device approve`` or ``reject`` acts.
+Confirm = Callable[[Request], bool]

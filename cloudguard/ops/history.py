@@ -19,11 +19,14 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Literal
+
+import msgspec
 
 from .. import names, sync
 from ..errors import FileChangedError, IntegrityError, UsageError
 from ..manifest import Entry, late_dot
+from ..results import HistoryResult, HistoryVersion, LateRestoreResult, RestoreResult
 from ..session import UI, Session, session
 from . import late
 from .common import _audited, _log, _scan
@@ -31,6 +34,8 @@ from .pull import _stage
 
 _AGO = re.compile(r"^(\d+)([smhd])\Z")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_KINDS: dict[str, Literal["file", "folder", "symlink"]] = {
+    "f": "file", "d": "folder", "l": "symlink"}
 
 
 @dataclass
@@ -50,14 +55,16 @@ class Version:
         return not self.late and self.pushed <= when and (
             self.replaced is None or self.replaced > when)
 
-    def to_json(self, labels: dict[str, str]) -> dict[str, Any]:
+    def shown(self, labels: dict[str, str]) -> HistoryVersion:
+        """As ``history`` lists it: the writer by name (``labels``), times as text."""
         device = self.dot.partition(":")[0]
-        kind = {"f": "file", "d": "folder", "l": "symlink"}[str(self.entry.get("t"))]
-        return {"path": self.path, "version": self.dot, "kind": kind,
-                "size": int(self.entry.get("s", 0)) if kind == "file" else None,
-                "device": labels.get(device, device), "pushed": _iso(self.pushed),
-                "replaced": _iso(self.replaced) if self.replaced is not None else None,
-                "current": self.replaced is None, "late": self.late}
+        kind = _KINDS[str(self.entry.get("t"))]
+        return HistoryVersion(
+            path=self.path, version=self.dot, kind=kind,
+            size=int(self.entry.get("s", 0)) if kind == "file" else None,
+            device=labels.get(device, device), pushed=_iso(self.pushed),
+            replaced=_iso(self.replaced) if self.replaced is not None else None,
+            current=self.replaced is None, late=self.late)
 
 
 def _iso(when: int | None) -> str | None:
@@ -95,7 +102,7 @@ def versions(s: Session, path: str | None = None) -> list[Version]:
     return sorted(out, key=lambda v: (v.path, v.pushed, v.replaced is None, v.replaced or 0))
 
 
-def history(folder: str | None, path: str, ui: UI | None = None) -> dict[str, Any]:
+def history(folder: str | None, path: str, ui: UI | None = None) -> HistoryResult:
     with session(folder, ui) as s:
         rel = _rel(s, path)
         found = versions(s, rel)
@@ -103,8 +110,8 @@ def history(folder: str | None, path: str, ui: UI | None = None) -> dict[str, An
             raise UsageError(f"{rel}: no version of it is current or kept (keep_days = "
                              f"{s.binding.keep_days})")
         labels = s.labels()
-        return {"path": rel, "keep_days": s.binding.keep_days,
-                "versions": [v.to_json(labels) for v in found]}
+        return HistoryResult(path=rel, keep_days=s.binding.keep_days,
+                             versions=[v.shown(labels) for v in found])
 
 
 def _rel(s: Session, path: str) -> str:
@@ -123,7 +130,8 @@ def _rel(s: Session, path: str) -> str:
 
 def restore(folder: str | None, paths: list[str], before: str | None = None,
             version: str | None = None, force: bool = False, ui: UI | None = None,
-            late_of: str | None = None, yes: bool = False) -> dict[str, Any]:
+            late_of: str | None = None, yes: bool = False
+            ) -> RestoreResult | LateRestoreResult:
     """Write the versions current at ``before``, the one ``version``, or the newest late
     versions of the removed member ``late_of`` (ops/late.py) into the folder."""
     if sum(x is not None for x in (before, version, late_of)) != 1:
@@ -135,12 +143,14 @@ def restore(folder: str | None, paths: list[str], before: str | None = None,
         raise UsageError("--yes only confirms --late-of")
     when = parse_time(before) if before is not None else None
     with _audited("restore", folder), session(folder, ui, scan=True, guard=True) as s:
+        result: RestoreResult | LateRestoreResult
         if late_of is not None:
             result = _restore_late(s, paths, late_of, force, yes)
         else:
             result = _restore(s, paths, when, version, force)
-        _log(s, "restore", restored=len(result["restored"]), refused=len(result["refused"]),
-             **({"late_of": result["late_of"]["id"]} if late_of is not None else {}))
+        _log(s, "restore", restored=len(result.restored), refused=len(result.refused),
+             **({"late_of": result.late_of.id} if isinstance(result, LateRestoreResult)
+                else {}))
         return result
 
 
@@ -158,7 +168,7 @@ def _found(s: Session, wanted: list[str]) -> dict[str, list[Version]]:
 
 
 def _restore_late(s: Session, paths: list[str], given: str, force: bool, yes: bool
-                  ) -> dict[str, Any]:
+                  ) -> LateRestoreResult:
     """``restore --late-of``: the removals are named first, and a member that may be a thief
     is asked about before anything is read or written."""
     rid = late.member(s, given)
@@ -168,14 +178,14 @@ def _restore_late(s: Session, paths: list[str], given: str, force: bool, yes: bo
     found = _found(s, [_rel(s, p) for p in paths])
     chosen, since, deleted = late.pick(found, rid, late.removers(s.state.attic_rows()),
                                        s.ring.view.cutoffs, s.state.carriers.everything())
-    result = _apply(s, chosen, force)
-    del info["ask"]
-    return {**result, **info, "replaced_since": since, "deleted_by_member": deleted,
-            "before": None, "version": None}
+    restored, unchanged, refused = _apply(s, chosen, force)
+    return LateRestoreResult(**msgspec.structs.asdict(info), restored=restored,
+                             unchanged=unchanged, refused=refused, replaced_since=since,
+                             deleted_by_member=deleted)
 
 
 def _restore(s: Session, paths: list[str], when: int | None, dot: str | None, force: bool
-             ) -> dict[str, Any]:
+             ) -> RestoreResult:
     wanted = [_rel(s, p) for p in paths]
     chosen: dict[str, Version] = {}
     absent: list[str] = []
@@ -193,13 +203,17 @@ def _restore(s: Session, paths: list[str], when: int | None, dot: str | None, fo
                 chosen[path] = max(live, key=lambda v: (v.pushed, v.dot))
             else:
                 absent.append(path)
-    return {**_apply(s, chosen, force), "not_present_then": sorted(absent),
-            "before": _iso(when) if when is not None else None, "version": dot}
+    restored, unchanged, refused = _apply(s, chosen, force)
+    return RestoreResult(restored=restored, unchanged=unchanged, refused=refused,
+                         not_present_then=sorted(absent),
+                         before=_iso(when) if when is not None else None, version=dot)
 
 
-def _apply(s: Session, chosen: dict[str, Version], force: bool) -> dict[str, Any]:
+def _apply(s: Session, chosen: dict[str, Version], force: bool
+           ) -> tuple[list[str], list[str], list[str]]:
     """Write ``chosen`` into the folder: a path already as chosen is left, and one with
-    local changes never pushed (or a folder in the way) is kept unless ``force``."""
+    local changes never pushed (or a folder in the way) is kept unless ``force``. Returns
+    (restored, unchanged, refused)."""
     local = _scan(s)
     rows = s.index.rows()
     same: list[str] = []
@@ -227,7 +241,7 @@ def _apply(s: Session, chosen: dict[str, Version], force: bool) -> dict[str, Any
     if refused:
         s.ui.warn(f"kept {len(refused)} path(s) with changes that were never pushed (or a "
                   f"folder in the way), e.g. {refused[0]}; --force overwrites them")
-    return {"restored": written, "unchanged": sorted(same), "refused": sorted(refused)}
+    return written, sorted(same), sorted(refused)
 
 
 def _write(s: Session, todo: list[Version], local: dict[str, sync.LocalItem]

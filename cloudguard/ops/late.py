@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from ..manifest import late_dot
+from ..results import LateMember, LateRemovals, Removal, ReplacedSince
 from ..session import Session
 
 if TYPE_CHECKING:
@@ -67,39 +68,36 @@ def member(s: Session, given: str) -> str:
     return rid
 
 
-def removals(s: Session, rid: str) -> dict[str, Any]:
+def removals(s: Session, rid: str) -> LateRemovals:
     """What made ``rid``'s dots late: each removal (who signed it, its cutoff, challenged or
-    counting), or a void add that alone brought it in (a ghost). ``ask``: the late versions
-    may be a thief's writes (an honest member removed ``rid``, or only a void add vouched
-    for it), so the restore asks first."""
+    counting), or a void add that alone brought it in (a ghost)."""
     view = s.ring.view
     found = view.removals_of(rid)
     s.ring.learn_names({c.signer for c, _ch in found})
-    rows = [{"commit": c.name, "by": s.ring.name_of(c.signer), "by_id": c.signer,
-             "cutoff": c.removed[rid].seq, "challenged": challenged}
+    rows = [Removal(commit=c.name, by=s.ring.name_of(c.signer), by_id=c.signer,
+                    cutoff=c.removed[rid].seq, challenged=challenged)
             for c, challenged in found]
-    counting = any(not r["challenged"] for r in rows)
-    ghost = rid in view.ghosts and not rows
-    return {"late_of": {"id": rid, "name": s.ring.name_of(rid)}, "removals": rows,
-            "counting": counting, "ghost": ghost, "cutoff": view.removed[rid].seq,
-            "ask": counting or ghost}
+    return LateRemovals(late_of=LateMember(id=rid, name=s.ring.name_of(rid)), removals=rows,
+                        counting=any(not r.challenged for r in rows),
+                        ghost=rid in view.ghosts and not rows, cutoff=view.removed[rid].seq)
 
 
-def describe(info: dict[str, Any]) -> str:
+def describe(info: LateRemovals) -> str:
     """One line naming the removals, for the question and the refusal."""
-    who = f"{info['late_of']['name']} ({info['late_of']['id']})"
-    if info["ghost"]:
+    who = f"{info.late_of.name} ({info.late_of.id})"
+    if info.ghost:
         return f"{who} was brought in only by an add that a removal voided"
-    parts = [f"removed by {r['by']} in {r['commit']} with cutoff {r['cutoff']} ("
-             + ("challenged" if r["challenged"] else "counting") + ")"
-             for r in info["removals"]]
+    parts = [f"removed by {r.by} in {r.commit} with cutoff {r.cutoff} ("
+             + ("challenged" if r.challenged else "counting") + ")"
+             for r in info.removals]
     return f"{who} was " + "; ".join(parts)
 
 
-def confirm(s: Session, info: dict[str, Any], yes: bool) -> None:
-    """A member with a counting removal (or a ghost) may be a thief: its late versions are
-    written back only once the user agrees (``--yes``, or a terminal to ask on)."""
-    if not info["ask"] or yes:
+def confirm(s: Session, info: LateRemovals, yes: bool) -> None:
+    """A member with a counting removal (an honest member removed it), or a ghost (only a void
+    add vouched for it), may be a thief: its late versions are written back only once the
+    user agrees (``--yes``, or a terminal to ask on)."""
+    if not (info.counting or info.ghost) or yes:
         return
     what = (f"{describe(info)}: its late versions may be a thief's writes, and the next "
             "push makes them current on every device")
@@ -112,12 +110,12 @@ def confirm(s: Session, info: dict[str, Any], yes: bool) -> None:
 
 def pick(found: dict[str, list[Version]], rid: str, removers: dict[tuple[str, str], Any],
          cuts: dict[str, int], carriers: Iterable[str] = ()
-         ) -> tuple[dict[str, Version], list[dict[str, Any]], list[str]]:
+         ) -> tuple[dict[str, Version], list[ReplacedSince], list[str]]:
     """(path -> version to write back, versions replaced since, paths ``rid`` deleted).
     ``carriers``: dots of snapshots that only passed a drop on (manifest/carriers.py)."""
     passed = set(carriers)
     chosen: dict[str, Version] = {}
-    since: list[dict[str, Any]] = []
+    since: list[ReplacedSince] = []
     deleted: list[str] = []
     for path, vs in sorted(found.items()):
         mine = [v for v in vs if v.late and writer(v.dot) == rid]
@@ -131,7 +129,7 @@ def pick(found: dict[str, list[Version]], rid: str, removers: dict[tuple[str, st
             continue
         by = _replaced_since(newest, vs, removers, cuts, passed)
         if by is not None:
-            since.append({"path": path, "version": newest.dot, "since": by})
+            since.append(ReplacedSince(path=path, version=newest.dot, since=by))
         else:
             chosen[path] = newest
     return chosen, since, deleted

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
@@ -22,7 +21,17 @@ from ..errors import (
     named,
 )
 from ..keys import now_iso
-from ..results import KeyEpoch, RotateResult
+from ..results import (
+    ApproveResult,
+    DeviceListResult,
+    KeyEpoch,
+    KitResult,
+    Member,
+    RejectResult,
+    RemovedMember,
+    Request,
+    RotateResult,
+)
 from ..session import UI, Session, session
 from ..state import (
     find_binding,
@@ -52,7 +61,7 @@ def key_list(folder: str | None) -> list[KeyEpoch]:
 
 
 def key_export(folder: str | None, path: str, name: str | None = None,
-               choose: bool = False) -> dict[str, Any]:
+               choose: bool = False) -> KitResult:
     """The kit's passphrase is generated (and returned, to be shown once) unless choose."""
     target = Path(path).expanduser()
     if target.exists():
@@ -74,62 +83,59 @@ def key_export(folder: str | None, path: str, name: str | None = None,
             raise
         s.index.set_meta("kit_exported", now_iso())
         _log(s, "key-export", kit_id=rid)
-        return {"kit": str(target), "id": rid, "passphrase": None if choose else passphrase}
+        return KitResult(kit=str(target), id=rid, passphrase=None if choose else passphrase)
 
 
-def device_list(folder: str | None) -> dict[str, Any]:
+def device_list(folder: str | None) -> DeviceListResult:
     with session(folder) as s:
-        members = [{"id": rid, "kind": keys.kind, "name": s.ring.name_of(rid),
-                    "this_device": rid == s.binding.device}
+        members = [Member(id=rid, kind=keys.kind, name=s.ring.name_of(rid),
+                          this_device=rid == s.binding.device)
                    for rid, keys in sorted(s.ring.view.members.items())]
         s.ring.learn_names(s.ring.view.removed)
-        removed = [{"id": rid, "name": s.ring.name_of(rid), "cutoff": cut.seq}
+        removed = [RemovedMember(id=rid, name=s.ring.name_of(rid), cutoff=cut.seq)
                    for rid, cut in sorted(s.ring.view.removed.items())]
-        return {"vault": s.binding.vault_id, "vault_code": fmt.vault_code(s.binding.vault_id),
-                "members": members, "removed": removed, "pending": _pending(s)}
+        return DeviceListResult(vault=s.binding.vault_id,
+                                vault_code=fmt.vault_code(s.binding.vault_id),
+                                members=members, removed=removed, pending=_pending(s))
 
 
-def _pending(s: Session) -> list[dict[str, Any]]:
+def _pending(s: Session) -> list[Request]:
     """Enrolment requests waiting on the remote; one that does not verify, or is for another
     vault or under another name, is listed with its problem (never approvable)."""
-    out: list[dict[str, Any]] = []
+    out: list[Request] = []
     for name in sorted(n for n in s.listing if n.startswith(keymod.ENROLL_PREFIX)):
         rid = name[len(keymod.ENROLL_PREFIX):]
-        row: dict[str, Any] = {"id": rid, "name": None, "fingerprint": None, "created": None,
-                               "problem": None}
         try:
             req = chain.read_request(s.transport.get_bytes(name, limits.MAX_ENROLMENT))
         except IntegrityError:
-            row["problem"] = f"{name} is not a valid enrolment request"
-            out.append(row)
+            out.append(Request(id=rid, problem=f"{name} is not a valid enrolment request"))
             continue
-        row.update(name=req.name, fingerprint=req.fingerprint, created=req.created)
-        if req.vault != s.binding.vault_id or req.rid != rid:
-            row["problem"] = f"{name} is for another vault or under another name"
-        out.append(row)
+        out.append(Request(id=rid, name=req.name, fingerprint=req.fingerprint,
+                           created=req.created,
+                           problem=f"{name} is for another vault or under another name"
+                           if req.vault != s.binding.vault_id or req.rid != rid else None))
     return out
 
 
 def device_reject(folder: str | None, wanted: str, confirm: Confirm | None = None
-                  ) -> dict[str, Any]:
+                  ) -> RejectResult:
     """Delete a pending enrolment request, chosen by its fingerprint (or, for one that does not
     verify and so has none, its id), once ``confirm`` agrees."""
     with session(folder) as s:
         for row in _pending(s):
-            if wanted.strip().lower() == row["id"] or (
-                    row["fingerprint"] and _code(row["fingerprint"]) == _code(wanted)):
+            if wanted.strip().lower() == row.id or (
+                    row.fingerprint and _code(row.fingerprint) == _code(wanted)):
                 if confirm is not None and not confirm(row):
-                    raise CloudguardError(f"not rejected: enrolment request {row['id']} stays")
-                s.transport.delete([keymod.ENROLL_PREFIX + row["id"]])
-                _log(s, "device-reject", rejected=row["id"])
-                return {"rejected": row["id"], "name": row["name"],
-                        "fingerprint": row["fingerprint"]}
+                    raise CloudguardError(f"not rejected: enrolment request {row.id} stays")
+                s.transport.delete([keymod.ENROLL_PREFIX + row.id])
+                _log(s, "device-reject", rejected=row.id)
+                return RejectResult(rejected=row.id, name=row.name, fingerprint=row.fingerprint)
         raise UsageError(f"no pending enrolment request has fingerprint or id {wanted} (see "
                          "cloudguard device list)")
 
 
 def device_approve(folder: str | None, fp: str, ui: UI | None = None,
-                   confirm: Confirm | None = None) -> dict[str, Any]:
+                   confirm: Confirm | None = None) -> ApproveResult:
     """``confirm`` sees the verified request (name, fingerprint, id) before anything is
     written; the CLI asks the person, or refuses without a terminal unless --yes."""
     wanted = _code(fp)
@@ -147,16 +153,16 @@ def device_approve(folder: str | None, fp: str, ui: UI | None = None,
             if req.vault != s.binding.vault_id or name != keymod.ENROLL_PREFIX + req.rid:
                 raise IntegrityError(f"{name}: the enrolment request with fingerprint {fp} is "
                                      "for another vault or under another name; refused")
-            shown = {"id": req.rid, "name": req.name, "fingerprint": req.fingerprint,
-                     "created": req.created}
+            shown = Request(id=req.rid, name=req.name, fingerprint=req.fingerprint,
+                            created=req.created)
             if confirm is not None and not confirm(shown):
                 raise CloudguardError(f"not approved: {req.name} ({req.fingerprint}) stays "
                                       "pending; cloudguard device reject removes the request")
             _add_member(s.transport, s.index, s.ring, req.rid, req.keys, req.name)
             s.transport.delete([name])
             _log(s, "device-approve", approved=req.rid)
-            return {"approved": req.rid, "name": req.name, "fingerprint": req.fingerprint,
-                    "vault_code": fmt.vault_code(s.binding.vault_id)}
+            return ApproveResult(approved=req.rid, name=req.name, fingerprint=req.fingerprint,
+                                 vault_code=fmt.vault_code(s.binding.vault_id))
         if refused:
             raise IntegrityError(f"no valid pending enrolment request has fingerprint {fp}; "
                                  "refused: " + "; ".join(refused))
