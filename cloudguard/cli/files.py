@@ -398,7 +398,9 @@ def history_cmd(path: str, folder: str | None, as_json: bool) -> None:
                 size = f"{v.size} bytes" if v.size is not None else v.kind
                 when = "current" if v.current else f"replaced {v.replaced}"
                 late = ("  WRITTEN AFTER ITS WRITER WAS REMOVED: restored only by "
-                        "--version or --late-of" if v.late else "")
+                        "--version or --late-of" if v.late else "") + (
+                    "  ended (old key): a re-encryption ended its key; its object may be gone"
+                    if v.ended else "")
                 lines.append(f"  {v.version}  pushed {v.pushed or 'unknown'}  {when}  "
                              f"{size}  by {v.device}{late}")
             return "\n".join(lines)

@@ -46,6 +46,7 @@ class Version:
     pushed: int  # unix seconds; 0 for a version pushed before history kept times
     replaced: int | None  # None: a current version
     late: bool = False  # written past its writer's removal cutoff: kept, never current
+    ended: bool = False  # under a key a re-encryption ended: listed for keep_days at most
 
     def current_at(self, when: int) -> bool:
         """A late version (a removed member's late write, or a version of a member that a
@@ -64,7 +65,7 @@ class Version:
             size=int(self.entry.get("s", 0)) if kind == "file" else None,
             device=labels.get(device, device), pushed=_iso(self.pushed),
             replaced=_iso(self.replaced) if self.replaced is not None else None,
-            current=self.replaced is None, late=self.late)
+            current=self.replaced is None, late=self.late, ended=self.ended)
 
 
 def _iso(when: int | None) -> str | None:
@@ -97,7 +98,8 @@ def versions(s: Session, path: str | None = None) -> list[Version]:
         out += [Version(path, d, e, int(e.get("pt", 0)), None)
                 for d, e in s.state.siblings(path).items()]
     cuts = s.ring.view.cutoffs
-    out += [Version(p, d, e, int(e.get("pt", 0)), gone, late_dot(d, cuts))
+    out += [Version(p, d, e, int(e.get("pt", 0)), gone, late_dot(d, cuts),
+                    str(e.get("w", e.get("g"))) in s.state.ended)
             for p, d, e, gone in s.state.attic(path)]
     return sorted(out, key=lambda v: (v.path, v.pushed, v.replaced is None, v.replaced or 0))
 

@@ -20,6 +20,7 @@ class HistoryVersion(Result):
     replaced: str | None  # None: the current version
     current: bool
     late: bool  # written past its writer's removal cutoff: never current at any time
+    ended: bool  # under a key a re-encryption ended (its object may be gone already)
 
 
 class HistoryResult(Result):
