@@ -1378,12 +1378,18 @@ def late_chain(rb: object, live: dict[str, Any], gone: dict[str, Any],
     return False
 
 
-def descends(rb: object, live: dict[str, Any], gone: dict[str, Any]) -> bool:
+def descends(rb: object, live: dict[str, Any], gone: dict[str, Any],
+             limit: dict[str, int]) -> bool:
     """"Version history": was a version live at the path written over this kept one,
     directly or through versions since replaced? Only such a version stops it coming back;
-    another live one is concurrent with it, and a conflict keeps both (round 11, Z1; as
-    cloudguard's manifest.clamp.descends)."""
-    todo = [str(d) for d in rb] if isinstance(rb, list) else []
+    another live one is concurrent with it, and a conflict keeps both (round 11, Z1). A
+    remover list naming a late dot is the removed member's word as a whole (round 12, AA1;
+    as cloudguard's manifest.clamp.descends)."""
+    def trusted(raw: object) -> list[str]:
+        dots = [str(d) for d in raw] if isinstance(raw, list) else []
+        return [] if any(late_dot(d, limit) for d in dots) else dots
+
+    todo = trusted(rb)
     seen: set[str] = set()
     while todo:
         dot = todo.pop()
@@ -1392,8 +1398,7 @@ def descends(rb: object, live: dict[str, Any], gone: dict[str, Any]) -> bool:
         if dot in seen or not isinstance(gone.get(dot), dict):
             continue
         seen.add(dot)
-        more = gone[dot].get("rb")
-        todo += [str(d) for d in more] if isinstance(more, list) else []
+        todo += trusted(gone[dot].get("rb"))
     return False
 
 
@@ -1586,7 +1591,7 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
                 now = snapshot.paths.get(where, {})
                 versions = {d: e for d, e in versions.items()
                             if late_chain(rb_of(payload, where, d), live, gone, limit, rc)
-                            and not descends(rb_of(payload, where, d), now, gone)}
+                            and not descends(rb_of(payload, where, d), now, gone, limit)}
                 if versions:
                     snapshot.paths[where] = {**now, **{d: unmoved(e, limit, listed)
                                                        for d, e in versions.items()}}

@@ -296,10 +296,12 @@ def test_a_row_whose_only_removers_are_late_is_not_held_as_removed() -> None:
     state = _lagging()
     with state.transaction():
         state.to_attic("P", f"{A}:3", ENTRY, 5, f"{X}:12")
-        state.to_attic("Q", f"{A}:3", ENTRY, 5, f"{C}:1 {X}:12")
+        state.to_attic("Q", f"{A}:3", ENTRY, 5, f"{C}:1")
+        state.to_attic("R", f"{A}:3", ENTRY, 5, f"{C}:1 {X}:12")
     state.cuts = {X: 10}
     assert not state._kept_here("P", f"{A}:3")
     assert state._kept_here("Q", f"{A}:3")
+    assert not state._kept_here("R", f"{A}:3")  # X's word as a whole (round 12, AA1)
 
 
 def test_a_snapshot_holding_live_what_is_held_as_removed_here_does_not_clear_it() -> None:
@@ -315,3 +317,20 @@ def test_a_snapshot_holding_live_what_is_held_as_removed_here_does_not_clear_it(
     with state.transaction():
         state.merge_snapshot({A: 4, C: 2}, [], {}, 10, f"{C}:2")
     assert state.honest()[A] == 4
+
+
+def test_a_late_row_naming_an_honest_remover_does_not_stop_the_revival() -> None:
+    """Review round 12, AA1: X's late row for A:50 names A:3, the older version still live,
+    beside its own dot, so A:3 would look written over A:50. A remover list that names a late
+    dot is X's word as a whole: A:50 comes back, and is not held as removed."""
+    edit: dict[str, Any] = {"t": "d", "x": 0o700}
+    state = mf.State()
+    with state.transaction():
+        state.apply_delta(A, 3, [{"p": "P", "e": ENTRY, "rm": []}])
+        state.merge_snapshot({A: 150, X: 13}, [("P", {f"{A}:3": ENTRY})], {
+            "P": {f"{A}:50": {"e": edit, "g": 10, "rb": [f"{A}:3", f"{X}:12"]}}}, 10,
+            f"{X}:13")
+    state.cuts = {X: 10}
+    assert not state._kept_here("P", f"{A}:50")
+    clamp_own(state, Limits({X: 10}))
+    assert state.entry("P", f"{A}:50") == edit

@@ -167,7 +167,7 @@ def _revive(paths: Live, kept: Rows, lim: Limits, unclamped: Live, unclamped_kep
         gone = unclamped_kept.get(path, {})
         back = {d: r["e"] for d, r in rows.items() if not late_dot(d, limit)
                 and late_removal(r.get("rb"), live, gone, limit, carriers)
-                and not descends(r.get("rb"), now, rows)}
+                and not descends(r.get("rb"), now, rows, limit)}
         if back:
             paths[path] = {**now, **back}
             kept[path] = {d: r for d, r in rows.items() if d not in back}
@@ -180,13 +180,19 @@ def _revive(paths: Live, kept: Rows, lim: Limits, unclamped: Live, unclamped_kep
     return paths, kept
 
 
-def descends(rb: object, live: dict[str, Any], gone: dict[str, dict[str, Any]]) -> bool:
+def descends(rb: object, live: dict[str, Any], gone: dict[str, dict[str, Any]],
+             limit: dict[str, int]) -> bool:
     """Was a version live at the path written over this kept one, directly or through
     versions since replaced (its removers, followed through the history)? Only such a
     version stops a revival: another live version is concurrent with it (an older one a
     late snapshot kept live, or a new file), and a conflict keeps both (review round 11,
-    Z1)."""
-    todo = [str(d) for d in rb] if isinstance(rb, list) else []
+    Z1). A remover list that names a late dot is the removed member's word as a whole: it
+    could name an honest dot beside its own (review round 12, AA1)."""
+    def trusted(raw: object) -> list[str]:
+        dots = [str(d) for d in raw] if isinstance(raw, list) else []
+        return [] if any(late_dot(d, limit) for d in dots) else dots
+
+    todo = trusted(rb)
     seen: set[str] = set()
     while todo:
         dot = todo.pop()
@@ -195,8 +201,7 @@ def descends(rb: object, live: dict[str, Any], gone: dict[str, dict[str, Any]]) 
         if dot in seen or dot not in gone:
             continue
         seen.add(dot)
-        more = gone[dot].get("rb")
-        todo += [str(d) for d in more] if isinstance(more, list) else []
+        todo += trusted(gone[dot].get("rb"))
     return False
 
 

@@ -288,6 +288,8 @@ class State(History):
         rb = sorted(removers(row[0]))
         if not self.cuts:
             return True
+        if any(late_dot(r, self.cuts) for r in rb):
+            return False  # the removed member's word as a whole (review round 12, AA1)
         vectors = self.carriers.of(rb)
         return any(not late_dot(r, self.cuts) and not late_carrier(r, rb, vectors, self.cuts)
                    for r in rb)
