@@ -454,3 +454,44 @@ def test_a_claim_taken_in_during_a_lag_stops_counting_once_the_removal_shows(
     a.cg("pull")
     assert (a.folder / "new.txt").read_text() == "B's new file"
     assert (a.folder / "b.txt").read_text() == "from b"
+
+
+def test_a_kept_hearsay_claim_does_not_silently_cover_a_rollback(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 11, Z2 (a): X's late snapshot claims 10^6 writes of D; B, lagging, takes
+    the claim in and compacts, and its snapshot stays listed. Every later rebuild merges it,
+    so its vector reaches any seq of D: the provider hiding D's newer segments from A's
+    `verify` passed silently. A rebuild now checks what it read from D itself, and reports
+    the shortfall."""
+    a, b, d, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "d", "x")
+    d.write("d1.txt", "D's first file")
+    d.cg("push")
+    for dev in (a, b, x):
+        dev.cg("pull")
+    old = provider.objects()
+    a.cg("device", "remove", x.rid)
+
+    def claim(s: Any, _dot: str, _entry: dict[str, Any]) -> None:
+        s.state.ctx[d.rid] = 10**6
+
+    by_x = late_snapshot(provider, x, old, "d1.txt", claim)
+    with provider.showing({**old, **by_x}) as by_b:
+        assert b.run("pull").exit_code == 0
+        compact(b)
+    assert any(n.startswith(f"m/{b.rid}-") and n.endswith(".s") for n in by_b)
+    before = provider.objects()
+    d.write("d2.txt", "D's second file")
+    d.cg("push")
+    later = [n for n in provider.objects() if n not in before and n.startswith("m/")
+             and n.endswith(".d")]  # the delta with d2.txt (not D's snapshot before it)
+    got = a.run("pull")
+    assert got.exit_code == 0, got.output
+    assert (a.folder / "d2.txt").read_text() == "D's second file"
+    shown = {n: v for n, v in provider.objects().items() if n not in later}
+    # the provider keeps B's snapshot in view, whether or not a compaction deleted it
+    shown |= {n: v for n, v in by_b.items() if n.startswith(f"m/{b.rid}-")}
+    with provider.showing(shown):
+        got = a.run("verify")
+        assert got.exit_code == 0, got.output
+        assert "is read from its own segments up to" in got.output, got.output

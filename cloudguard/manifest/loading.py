@@ -152,6 +152,7 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
     pinning = False
     with state.transaction():
         consumed = state.consumed()
+        rebuilt = not consumed  # a fresh state (verify's, a lost one): read from the remote
         clamped = late(state.ctx, limit)
         if clamped:
             consumed = {}
@@ -165,7 +166,7 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
         # kept, which no snapshot may hold (a removed target's refused deltas; U4)
         if not clamped and not _still_valid(consumed, parsed, listing, snaps, device):
             state.reset()
-            consumed = {}
+            consumed, rebuilt = {}, True
             for name, (_dev, _seq, kind) in sorted(parsed.items()):
                 if kind == "s" and name not in snaps and name not in held:
                     _open_or_skip(name, open_named, snaps, held, skip_log)
@@ -268,6 +269,8 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
                     f"the remote manifest is older than one this device has seen (device {dev} "
                     f"at {state.ctx.get(dev, 0)}, seen {seq}): rollback or deleted manifest"
                     + REPUBLISH_HINT)
+        if rebuilt and state.cuts:
+            _own_reach(state, seen, skip_log)
         state.forget_consumed(n for n in consumed if n not in listing)
     own = max([seq for dev, seq, _k in parsed.values() if dev == device] + [0])
     deltas = sum(1 for _d, _s, k in parsed.values() if k == "d")
@@ -279,6 +282,27 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
     cache.prune(parsed)
     return Loaded(state, dict(listing), own, deltas, {d: h for d, (_s, h) in newest.items()},
                   claimed, sorted(reissue), claims, keyless)
+
+
+def _own_reach(state: State, seen: dict[str, int], log: list[str]) -> None:
+    """Step 4 on a rebuild once a removal shows: the merged vector may reach ``seen`` only
+    through a snapshot that took in a removed member's inflated claim during a lag, and such
+    a snapshot stays listed while it answers for a suspect stretch. So what the rebuild read
+    from each writer itself (its own words, and the highest dot of an entry it signed) must
+    reach ``seen`` too; where it does not, the shortfall is reported (a lagging compaction
+    may have deleted the writer's deltas honestly, so it is not failed; review round 11,
+    Z2)."""
+    own = state.seen()
+    short = [d for d, q in seen.items() if state.ctx.get(d, 0) >= q > own.get(d, 0)]
+    for dev in short:
+        signed = [int(d.partition(":")[2]) for (d,) in state.db.execute(
+            "SELECT dot FROM entries WHERE dot LIKE ? UNION SELECT dot FROM attic "
+            "WHERE dot LIKE ?", (dev + ":%", dev + ":%"))]
+        reach = max([own.get(dev, 0), *signed])
+        if reach < seen[dev]:
+            log.append(f"device {dev}'s manifest is read from its own segments up to {reach} "
+                       f"of {seen[dev]}; only a snapshot that carried a removed member's word "
+                       f"covers the rest: if {dev} wrote more, the remote is hiding it")
 
 
 def claim_floor(stored: dict[str, Any] | None, floor: int, loaded: Loaded
