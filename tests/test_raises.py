@@ -334,3 +334,20 @@ def test_a_late_row_naming_an_honest_remover_does_not_stop_the_revival() -> None
     assert not state._kept_here("P", f"{A}:50")
     clamp_own(state, Limits({X: 10}))
     assert state.entry("P", f"{A}:50") == edit
+
+
+def test_a_later_forget_does_not_keep_an_earlier_stretch_out() -> None:
+    """Review round 11, Z4: X's late snapshot lifted A over 2..3, omitting A:3. B later held
+    A:10 (from A's own delta), saw it deleted and forgot it. With one floor per device, A:10
+    kept A:3 out of B for good; each stretch has its own floor, and nothing of this one was
+    forgotten, so A's snapshot holding A:3 brings it."""
+    state = _lagging()
+    with state.transaction():
+        state.apply_delta(A, 10, [{"p": "ten", "e": ENTRY, "rm": []}])
+        state.apply_delta(C, 1, [{"p": "ten", "e": None, "rm": [f"{A}:10"]}])
+    assert state.prune_attic(10**12) == 1
+    assert state.raises.floor() == {}
+    state.cuts = {X: 10}
+    with state.transaction():
+        state.merge_snapshot({A: 11}, [("three", {f"{A}:3": ENTRY})], {}, 10, f"{A}:11")
+    assert state.entry("three", f"{A}:3") is not None

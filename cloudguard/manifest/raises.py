@@ -22,19 +22,20 @@ from collections.abc import Iterable
 from .carriers import tainted
 from .moves import late_dot
 
+# floor: the highest seq in the stretch of a version this device held live, removed and
+# then forgot (the history's keep_days): a replay of old segments must not bring it back.
+# One per stretch: a device-wide floor let a later forget keep an earlier stretch's
+# versions out for good (review round 11, Z4)
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS raises (device TEXT NOT NULL, lo INTEGER NOT NULL, "
            "hi INTEGER NOT NULL, src TEXT NOT NULL, ctx TEXT NOT NULL, "
-           "PRIMARY KEY (device, hi)) WITHOUT ROWID")
-# per device, the highest seq of a version this device held live, removed and then forgot
-# (the history's keep_days): a replay of old segments must not bring it back
-_FORGOT = "CREATE TABLE IF NOT EXISTS forgot (device TEXT PRIMARY KEY, seq INTEGER NOT NULL)"
+           "floor INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (device, hi)) WITHOUT ROWID")
 # per device, the highest of its seqs this device applied from its own delta or snapshot:
 # the device's own word, which a rollback check may count on (review round 10, Y3)
 _WORDS = "CREATE TABLE IF NOT EXISTS words (device TEXT PRIMARY KEY, seq INTEGER NOT NULL)"
 # stretches kept per device; past it the oldest two are coalesced (never dropped)
 MAX_PER_DEVICE = 256
 
-Row = tuple[str, int, int, str, str]
+Row = tuple[str, int, int, str, str, int]
 Stretches = dict[str, list[tuple[int, int]]]
 
 
@@ -72,7 +73,8 @@ class Raises:
         # once per snapshot and a merge several times (each a query and JSON decoding)
         self._suspect: tuple[dict[str, int], Stretches] | None = None
         db.execute(_SCHEMA)
-        db.execute(_FORGOT)
+        if "floor" not in {r[1] for r in db.execute("PRAGMA table_info(raises)")}:
+            db.execute("ALTER TABLE raises ADD COLUMN floor INTEGER NOT NULL DEFAULT 0")
         db.execute(_WORDS)
 
     def word(self, device: str, seq: int) -> None:
@@ -104,29 +106,34 @@ class Raises:
     def forgot(self, dots: Iterable[str]) -> None:
         """This device forgot these versions, each of which left its own live state (never a
         row a snapshot's history stated: a late snapshot's fake row, forgotten at once, would
-        raise the floor over honest writes; review round 10, Y2)."""
-        high: dict[str, int] = {}
+        raise the floor over honest writes; review round 10, Y2). Each raises the floor of the
+        stretch it lies in, and no other's."""
         for dot in dots:
             dev, _, seq = dot.partition(":")
             if seq.isdigit():
-                high[dev] = max(high.get(dev, 0), int(seq))
-        for rid, upto in high.items():
-            self.db.execute("INSERT INTO forgot VALUES (?, ?) ON CONFLICT (device) DO UPDATE "
-                            "SET seq = max(seq, excluded.seq)", (rid, upto))
+                self.db.execute("UPDATE raises SET floor = max(floor, ?) WHERE device = ? "
+                                "AND lo < ? AND hi >= ?", (int(seq), dev, int(seq), int(seq)))
 
     def floor(self) -> dict[str, int]:
-        return {str(d): int(s) for d, s in self.db.execute("SELECT device, seq FROM forgot")}
+        """The highest stretch floor per device (none: nothing forgotten in a stretch)."""
+        return {str(d): int(s) for d, s in self.db.execute(
+            "SELECT device, max(floor) FROM raises WHERE floor > 0 GROUP BY device")}
 
     def takeable(self, cuts: dict[str, int]) -> Stretches:
         """The suspect stretches above the forget floor: a version there is taken, and its
         delta applied. At or below it, a version may be one this device held and forgot, so
         it stays out, and a snapshot that holds it live does not clear it (:meth:`vouched`):
-        this device's snapshots never claim it (review round 9, X2; round 10, Y2)."""
-        floor = self.floor()
+        this device's snapshots never claim it (review round 9, X2; round 10, Y2; the floor
+        of each stretch: round 11, Z4)."""
+        suspect = self.suspect(cuts)
+        if not suspect:
+            return {}
+        floors = {(str(d), int(hi)): int(f) for d, hi, f in self.db.execute(
+            "SELECT device, hi, floor FROM raises WHERE floor > 0")}
         out: Stretches = {}
-        for device, stretches in self.suspect(cuts).items():
-            low = floor.get(device, 0)
-            kept = [(max(lo, low), hi) for lo, hi in stretches if hi > low]
+        for device, stretches in suspect.items():
+            kept = [(max(lo, low), hi) for lo, hi in stretches
+                    if hi > (low := floors.get((device, hi), 0))]
             if kept:
                 out[device] = kept
         return out
@@ -139,7 +146,9 @@ class Raises:
             lo = before.get(device, 0)
             if hi > lo:
                 self._suspect = None
-                self.db.execute("INSERT OR REPLACE INTO raises VALUES (?, ?, ?, ?, ?)",
+                self.db.execute("INSERT INTO raises (device, lo, hi, src, ctx) VALUES "
+                                "(?, ?, ?, ?, ?) ON CONFLICT (device, hi) DO UPDATE SET "
+                                "lo = excluded.lo, src = excluded.src, ctx = excluded.ctx",
                                 (device, lo, hi, src, json.dumps(raw, sort_keys=True)))
                 self._coalesce(device)
 
@@ -148,19 +157,19 @@ class Raises:
         the join of their sources and vectors, suspect if either part was. A stretch is never
         dropped: a late snapshot could otherwise push its own out with a flood of small
         raises (review round 9, X1)."""
-        rows = self.db.execute("SELECT lo, hi, src, ctx FROM raises WHERE device = ? "
+        rows = self.db.execute("SELECT lo, hi, src, ctx, floor FROM raises WHERE device = ? "
                                "ORDER BY hi LIMIT 3", (device,)).fetchall()
         count = self.db.execute("SELECT COUNT(*) FROM raises WHERE device = ?",
                                 (device,)).fetchone()[0]
         if count <= MAX_PER_DEVICE or len(rows) < 2:
             return
-        (lo1, hi1, src1, raw1), (lo2, hi2, src2, raw2) = rows[0], rows[1]
+        (lo1, hi1, src1, raw1, f1), (lo2, hi2, src2, raw2, f2) = rows[0], rows[1]
         src = json.dumps(_join(_as_vector(src1), _as_vector(src2)), sort_keys=True)
         raw = json.dumps(_join(json.loads(raw1), json.loads(raw2)), sort_keys=True)
         self.db.execute("DELETE FROM raises WHERE device = ? AND hi IN (?, ?)",
                         (device, hi1, hi2))
-        self.db.execute("INSERT INTO raises VALUES (?, ?, ?, ?, ?)",
-                        (device, min(lo1, lo2), max(hi1, hi2), src, raw))
+        self.db.execute("INSERT INTO raises VALUES (?, ?, ?, ?, ?, ?)",
+                        (device, min(lo1, lo2), max(hi1, hi2), src, raw, max(f1, f2)))
 
     def changed(self) -> None:
         self._suspect = None
@@ -172,7 +181,7 @@ class Raises:
         if self._suspect is not None and self._suspect[0] == cuts:
             return {d: list(s) for d, s in self._suspect[1].items()}
         out: Stretches = {}
-        for device, lo, hi, src, raw in self.rows():
+        for device, lo, hi, src, raw, _floor in self.rows():
             if suspect_row(device, src, json.loads(raw), cuts):
                 out.setdefault(device, []).append((lo, hi))
         self._suspect = (dict(cuts), {d: list(s) for d, s in out.items()})
@@ -206,12 +215,13 @@ class Raises:
         return out
 
     def rows(self) -> list[Row]:
-        return [(str(d), int(lo), int(hi), str(s), str(c)) for d, lo, hi, s, c in
-                self.db.execute("SELECT device, lo, hi, src, ctx FROM raises")]
+        return [(str(d), int(lo), int(hi), str(s), str(c), int(f)) for d, lo, hi, s, c, f in
+                self.db.execute("SELECT device, lo, hi, src, ctx, floor FROM raises")]
 
     def restore(self, rows: Iterable[Row]) -> None:
         self._suspect = None
-        self.db.executemany("INSERT OR REPLACE INTO raises VALUES (?, ?, ?, ?, ?)", list(rows))
+        self.db.executemany("INSERT OR REPLACE INTO raises VALUES (?, ?, ?, ?, ?, ?)",
+                            list(rows))
 
     def clear(self) -> None:
         self._suspect = None
