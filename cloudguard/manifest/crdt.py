@@ -399,7 +399,7 @@ class State(History):
             empty = not self.ctx and not self.has_any()
             suspect = self.raises.suspect(self.cuts)
             take = self.raises.takeable(self.cuts)  # rule 4 before this snapshot clears any
-            held_out: dict[str, int] = {}  # live there, kept out here by the forget floor
+            held_out: dict[str, int] = {}  # live there, kept out here (floor, held removed)
             hearsay = raw is not None and tainted(raw, self.cuts)
 
             def drop(path: str, dot: str, entry: Entry) -> None:
