@@ -31,6 +31,8 @@ from .results import PullResult, PushResult, RotateResult, StatusResult, VerifyR
 from .session import UI, Session, forget_unlocked, session, unlock, use_transport
 from .state import find_binding
 
+_POLLED = (mf.PREFIX, KEYS_PREFIX)  # what a poll lists: the manifest and the key commits
+
 
 class Vault:
     """One bound folder, opened once."""
@@ -53,7 +55,7 @@ class Vault:
         inner = RcloneTransport(self.binding.remote, stall=deadline,
                                 extra_args=["--bwlimit", bandwidth] if bandwidth else None)
         self._transport = RcdTransport(self.binding.remote, inner,  # one rclone, all calls
-                                       wait=wait)
+                                       wait=wait, record=_POLLED)
         use_transport(self.binding, self._transport)
         self._seen: dict[str, int] | None = None
         self._cache = ChunkCache(cache_bytes)
@@ -73,6 +75,7 @@ class Vault:
         with session(self.folder, self.ui) as s:
             if self._stager is not None:
                 self._stager.renew(s)
+        self._transport.own_changes()  # the listing below has them
         self._seen = self._listing()
 
     def key_schedule(self) -> tuple[float, bool]:
@@ -93,16 +96,31 @@ class Vault:
         return got
 
     def poll(self) -> bool:
-        """Has the remote changed since the last call (or refresh)? One listing of the
-        manifest and key prefixes: no data is listed or downloaded."""
+        """Has the remote changed since the last call (or refresh), other than by this Vault's
+        own writes? One listing of the manifest and key prefixes: no data is listed or
+        downloaded. A segment this Vault uploaded (a push's, a compaction's, a rotation's) is
+        expected there and is no change; another device's is, even one that a session of
+        ours took in and a compaction of ours already deleted."""
+        own = self._transport.own_changes()  # first: a write after it shows as a change
         now = self._listing()
-        changed = now != self._seen
+        if self._seen is None:
+            self._seen = now
+            return True
+        expected, foreign = dict(self._seen), False
+        mine: set[str] = set()
+        for name, size in own:
+            if size is None:  # deleted: a name we never listed nor wrote was another's
+                foreign |= name not in expected and name not in mine
+                expected.pop(name, None)
+            else:
+                expected[name] = size
+                mine.add(name)
         self._seen = now
-        return changed
+        return foreign or now != expected
 
     def _listing(self) -> dict[str, int]:
         out: dict[str, int] = {}
-        for prefix in (mf.PREFIX, KEYS_PREFIX):
+        for prefix in _POLLED:
             out.update({n: o.size for n, o in self._transport.list(prefix).items()})
         return out
 

@@ -1150,3 +1150,77 @@ def test_a_watch_limit_keeps_the_watches_held_and_rescans_the_rest(local_remote:
         wait_for("the rescan's push", lambda: cg_json("status", "--folder", str(folder))[
             "to_push"] == [], 60)
     assert "fs.inotify.max_user_watches" in log.read_text()
+
+
+def test_a_poll_tells_this_vaults_own_segments_from_another_devices(
+        local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A poll after this Vault's own push (its delta, and a compaction's snapshot and
+    deletes) finds nothing new; after another device's push it does, also when a push of
+    ours took that device's segment in and compacted it away before the poll."""
+    from cloudguard.ops import maintain
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    share(local_remote, a, b, tmp_path / "kit.json")
+    every = maintain.COMPACT_AFTER
+    with Vault(str(a)) as vault:
+        assert vault.poll()  # the first: everything is news
+        monkeypatch.setattr(maintain, "COMPACT_AFTER", 1)  # a's pushes compact (and delete)
+        for i in range(2):
+            (a / f"mine-{i}.txt").write_text("ours")
+            vault.push([f"mine-{i}.txt"])
+            assert not vault.poll()
+        monkeypatch.setattr(maintain, "COMPACT_AFTER", every)  # b's (in-process) do not
+        (b / "theirs.txt").write_text("b's")
+        cg("push", "--folder", str(b))
+        assert vault.poll()
+        assert not vault.poll()
+        (b / "again.txt").write_text("b's, compacted away by a's push")
+        cg("push", "--folder", str(b))
+        theirs = set(vault._listing()) - set(vault._seen or {})
+        monkeypatch.setattr(maintain, "COMPACT_AFTER", 1)
+        (a / "mine-2.txt").write_text("ours")
+        vault.push(["mine-2.txt"])
+        assert theirs and not theirs & set(vault._listing())  # the snapshot covered b's
+        assert vault.poll()
+        vault.pull()
+    assert (a / "again.txt").read_text() == "b's, compacted away by a's push"
+
+
+def test_a_push_is_not_pulled_back_and_another_devices_push_arrives(
+        local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each push of the daemon's used to bring one needless pull, when the next poll saw the
+    push's own segment; now none does. A push from another device still arrives at the next
+    poll, by one pull."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    share(local_remote, a, b, tmp_path / "kit.json")
+    calls = {"poll": 0, "pull": 0}
+    poll, pull = Vault.poll, Vault.pull
+
+    def counted_poll(vault: Vault) -> bool:
+        calls["poll"] += 1
+        return poll(vault)
+
+    def counted_pull(vault: Vault, paths: list[str] | None = None) -> Any:
+        calls["pull"] += 1
+        return pull(vault, paths)
+
+    monkeypatch.setattr(Vault, "poll", counted_poll)
+    monkeypatch.setattr(Vault, "pull", counted_pull)
+    with running(a) as worker:  # polls every 0.5 s
+        worker.start()
+        wait_for("the start-up pull", lambda: worker.status.last_pull is not None)
+        pulls = calls["pull"]
+        for i in range(3):
+            saved = time.time()
+            (a / f"save-{i}.txt").write_text(f"save {i}")
+            wait_for(f"save {i}'s push", lambda t=saved: (worker.status.last_push or 0) > t)
+            polled = calls["poll"]
+            wait_for("two polls after it", lambda n=polled: calls["poll"] >= n + 2)
+        assert calls["pull"] == pulls
+        (b / "theirs.txt").write_text("from b")
+        cg("push", "--folder", str(b))
+        wait_for("b's push on a", lambda: (a / "theirs.txt").exists(), timeout=10)
+        assert calls["pull"] == pulls + 1
+    assert cg_json("status", "--folder", str(a))["to_push"] == []
