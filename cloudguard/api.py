@@ -60,6 +60,8 @@ class Vault:
         self._seen: dict[str, int] | None = None
         self._cache = ChunkCache(cache_bytes)
         self._stager: write.Stager | None = None  # what staging needs of the last session
+        # the key commits listed, the newest key's creation, ours to rotate? (key_schedule)
+        self._schedule: tuple[frozenset[tuple[str, int]], float, bool] | None = None
 
     @property
     def folder(self) -> str:
@@ -80,12 +82,22 @@ class Vault:
 
     def key_schedule(self) -> tuple[float, bool]:
         """(age in days of the newest key, is this device the one that rotates on schedule:
-        the device member with the lowest id, so that the others do not rotate at once)."""
-        with session(self.folder, self.ui) as s:
-            newest = next(c for c in s.ring.view.ancestry(s.ring.head) if c.action != "add")
-            devices = sorted(r for r, k in s.ring.view.members.items() if k.kind == "device")
-            age = (time.time() - _epoch(newest.created)) / 86400
-            return age, bool(devices) and devices[0] == s.binding.device
+        the device member with the lowest id, so that the others do not rotate at once).
+
+        A session verifies the key chain only when its commits changed since the last call
+        (a rotation, a member added or removed: one listing of the small key prefix says);
+        otherwise the answer is the last verified one's, aged by the clock."""
+        keys = frozenset((n, o.size) for n, o in self._transport.list(KEYS_PREFIX).items())
+        if self._schedule is None or self._schedule[0] != keys:
+            with session(self.folder, self.ui) as s:
+                newest = next(c for c in s.ring.view.ancestry(s.ring.head)
+                              if c.action != "add")
+                devices = sorted(r for r, k in s.ring.view.members.items()
+                                 if k.kind == "device")
+                mine = bool(devices) and devices[0] == s.binding.device
+                self._schedule = keys, _epoch(newest.created), mine
+        _keys, created, mine = self._schedule
+        return (time.time() - created) / 86400, mine
 
     def rotate(self) -> RotateResult:
         """A new key generation (no re-encryption), through the engine's own rotation."""

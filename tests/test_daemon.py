@@ -797,6 +797,39 @@ def test_only_the_lowest_id_device_rotates_on_schedule(local_remote: str,
     assert mine_a != mine_b and 0 <= age_a < 1 and 0 <= age_b < 1
 
 
+def test_the_rotation_check_opens_a_session_only_when_the_keys_changed(
+        local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon asks for the key's age every few minutes: one listing of keys/, and a
+    session (a listing of the whole remote, the chain verified) only after the chain changed.
+    The age still grows with the clock, and a rotation on another device resets it."""
+    from cloudguard import api
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    share(local_remote, a, b, tmp_path / "kit.json")
+    opened = []
+    real = api.session
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        opened.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api, "session", counted)
+    with Vault(str(a)) as vault:
+        age, mine = vault.key_schedule()
+        assert len(opened) == 1 and 0 <= age < 1
+        clock, later = time.time, time.time() + 86400
+        monkeypatch.setattr(time, "time", lambda: later)  # a day later
+        aged, still = vault.key_schedule()
+        monkeypatch.setattr(time, "time", clock)
+        assert len(opened) == 1 and still == mine and 0.99 < aged - age < 1.01
+        cg("key", "rotate", "--folder", str(b))  # another device's rotation: keys/ changed
+        fresh, _mine = vault.key_schedule()
+        assert len(opened) == 2 and fresh < 0.01
+        vault.key_schedule()
+        assert len(opened) == 2
+
+
 def test_a_bad_rotation_days_names_the_setting(tmp_path: Path) -> None:
     from cloudguard.daemon.config import load
     path = tmp_path / "config.toml"
