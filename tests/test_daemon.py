@@ -294,9 +294,13 @@ def test_real_programs_save_and_the_other_device_gets_it(local_remote: str,
         wait_for("every program's save on device b", arrived, timeout=120)
 
 
-def test_a_killed_daemon_loses_no_save_of_a_burst(local_remote: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+def test_a_killed_daemon_loses_no_save_of_a_burst(local_remote: str, tmp_path: Path,
+                                                  how: signal.Signals) -> None:
     """kill -9 during a burst of 200 saves, then a restart: every file arrives with its last
-    content (the start-up rescan compares the folder with the index)."""
+    content (the start-up rescan compares the folder with the index). SIGTERM in the middle
+    of the burst: the daemon finishes or abandons what was in flight, within 3 s, and the
+    next start finishes it."""
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     (a / "seed.txt").write_text("seed")
@@ -306,8 +310,10 @@ def test_a_killed_daemon_loses_no_save_of_a_burst(local_remote: str, tmp_path: P
         for i in range(200):
             (a / f"burst-{i % 40:02}.txt").write_text(f"save {i}")
             if i == 120:
-                proc.kill()  # SIGKILL: no clean-up at all
-        proc.wait()
+                proc.send_signal(how)  # SIGKILL: no clean-up at all
+                sent = time.monotonic()
+        proc.wait(timeout=10)
+        assert time.monotonic() - sent < 3.0
     with daemon(home, tmp_path / "daemon2.log", a):
         want = {f"burst-{n:02}.txt": f"save {160 + n}" for n in range(40)}
         wait_for_tree(b, {**want, "seed.txt": "seed"}, "every last save after the restart")
@@ -558,6 +564,57 @@ def test_ready_status_and_a_prompt_stop(local_remote: str, tmp_path: Path) -> No
     finally:
         del os.environ["NOTIFY_SOCKET"]
         listener.close()
+
+
+def test_sigterm_is_noticed_at_once(local_remote: str, tmp_path: Path) -> None:
+    """The signal wakes the daemon's wait: it used to be noticed at the next one-second tick
+    of the main loop, and the status socket's half-second one; an idle daemon now says
+    "stopping" within a fraction of a second and exits soon after."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    cg("init", str(folder), "--remote", local_remote)
+    home = Path(os.environ["CLOUDGUARD_HOME"])
+    log = tmp_path / "daemon.log"
+    with daemon(home, log, folder) as proc:
+        wait_for("the daemon to be idle", lambda: cg_json("daemon", "status")["folders"][0][
+            "state"] == "idle")
+        sent, started = time.time(), time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+        took = time.monotonic() - started
+    stamp = re.search(rb"^(\S+ [0-9:]+),(\d{3}) INFO cloudguard.daemon: stopping$",
+                      log.read_bytes(), re.MULTILINE)
+    assert stamp, log.read_text()
+    said = time.mktime(time.strptime(stamp[1].decode(), "%Y-%m-%d %H:%M:%S")) + int(
+        stamp[2]) / 1000
+    assert said - sent < 0.3 and took < 2.0, (said - sent, took)
+
+
+def test_a_stop_abandons_work_past_the_grace_and_stops_its_rclone(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A worker still in a transfer when the grace is over is abandoned, as a kill would
+    abandon it (nothing is committed without its segment; the next start rescans): its
+    rclone processes are killed rather than left uploading after the daemon is gone."""
+    from types import SimpleNamespace
+
+    from cloudguard import rclone_run
+    from cloudguard.daemon import run as runner
+
+    transfer = rclone_run._Watched(["sleep", "60"], stall=600)  # a long upload's rclone
+
+    class Busy(threading.Thread):
+        binding = SimpleNamespace(id="busy")
+
+    worker = Busy(target=transfer.finish, daemon=True)
+    worker.start()
+    monkeypatch.setattr(runner, "STOP_WITHIN", 0.2)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, "cloudguard.daemon"):
+        runner._finish([worker])  # type: ignore[list-item]
+    assert time.monotonic() - started < 2
+    worker.join(timeout=5)
+    assert not worker.is_alive() and transfer.proc.returncode == -signal.SIGKILL
+    assert "stopping in the middle of a push or pull of busy" in caplog.text
 
 
 def test_without_a_passphrase_the_daemon_starts_locked_until_unlock(
