@@ -31,6 +31,8 @@ from .results import PullResult, PushResult, RotateResult, StatusResult, VerifyR
 from .session import UI, Session, forget_unlocked, session, unlock, use_transport
 from .state import find_binding
 
+_POLLED = (mf.PREFIX, KEYS_PREFIX)  # what a poll lists: the manifest and the key commits
+
 
 class Vault:
     """One bound folder, opened once."""
@@ -53,11 +55,13 @@ class Vault:
         inner = RcloneTransport(self.binding.remote, stall=deadline,
                                 extra_args=["--bwlimit", bandwidth] if bandwidth else None)
         self._transport = RcdTransport(self.binding.remote, inner,  # one rclone, all calls
-                                       wait=wait)
+                                       wait=wait, record=_POLLED)
         use_transport(self.binding, self._transport)
         self._seen: dict[str, int] | None = None
         self._cache = ChunkCache(cache_bytes)
         self._stager: write.Stager | None = None  # what staging needs of the last session
+        # the key commits listed, the newest key's creation, ours to rotate? (key_schedule)
+        self._schedule: tuple[frozenset[tuple[str, int]], float, bool] | None = None
 
     @property
     def folder(self) -> str:
@@ -73,16 +77,27 @@ class Vault:
         with session(self.folder, self.ui) as s:
             if self._stager is not None:
                 self._stager.renew(s)
+        self._transport.own_changes()  # the listing below has them
         self._seen = self._listing()
 
     def key_schedule(self) -> tuple[float, bool]:
         """(age in days of the newest key, is this device the one that rotates on schedule:
-        the device member with the lowest id, so that the others do not rotate at once)."""
-        with session(self.folder, self.ui) as s:
-            newest = next(c for c in s.ring.view.ancestry(s.ring.head) if c.action != "add")
-            devices = sorted(r for r, k in s.ring.view.members.items() if k.kind == "device")
-            age = (time.time() - _epoch(newest.created)) / 86400
-            return age, bool(devices) and devices[0] == s.binding.device
+        the device member with the lowest id, so that the others do not rotate at once).
+
+        A session verifies the key chain only when its commits changed since the last call
+        (a rotation, a member added or removed: one listing of the small key prefix says);
+        otherwise the answer is the last verified one's, aged by the clock."""
+        keys = frozenset((n, o.size) for n, o in self._transport.list(KEYS_PREFIX).items())
+        if self._schedule is None or self._schedule[0] != keys:
+            with session(self.folder, self.ui) as s:
+                newest = next(c for c in s.ring.view.ancestry(s.ring.head)
+                              if c.action != "add")
+                devices = sorted(r for r, k in s.ring.view.members.items()
+                                 if k.kind == "device")
+                mine = bool(devices) and devices[0] == s.binding.device
+                self._schedule = keys, _epoch(newest.created), mine
+        _keys, created, mine = self._schedule
+        return (time.time() - created) / 86400, mine
 
     def rotate(self) -> RotateResult:
         """A new key generation (no re-encryption), through the engine's own rotation."""
@@ -93,16 +108,31 @@ class Vault:
         return got
 
     def poll(self) -> bool:
-        """Has the remote changed since the last call (or refresh)? One listing of the
-        manifest and key prefixes: no data is listed or downloaded."""
+        """Has the remote changed since the last call (or refresh), other than by this Vault's
+        own writes? One listing of the manifest and key prefixes: no data is listed or
+        downloaded. A segment this Vault uploaded (a push's, a compaction's, a rotation's) is
+        expected there and is no change; another device's is, even one that a session of
+        ours took in and a compaction of ours already deleted."""
+        own = self._transport.own_changes()  # first: a write after it shows as a change
         now = self._listing()
-        changed = now != self._seen
+        if self._seen is None:
+            self._seen = now
+            return True
+        expected, foreign = dict(self._seen), False
+        mine: set[str] = set()
+        for name, size in own:
+            if size is None:  # deleted: a name we never listed nor wrote was another's
+                foreign |= name not in expected and name not in mine
+                expected.pop(name, None)
+            else:
+                expected[name] = size
+                mine.add(name)
         self._seen = now
-        return changed
+        return foreign or now != expected
 
     def _listing(self) -> dict[str, int]:
         out: dict[str, int] = {}
-        for prefix in (mf.PREFIX, KEYS_PREFIX):
+        for prefix in _POLLED:
             out.update({n: o.size for n, o in self._transport.list(prefix).items()})
         return out
 

@@ -93,10 +93,12 @@ class RcdTransport:
     """The :class:`~cloudguard.transport.Transport` protocol over one ``rclone rcd``."""
 
     def __init__(self, remote: str, inner: RcloneTransport | None = None,
-                 stall: float | None = None, wait: bool = True) -> None:
+                 stall: float | None = None, wait: bool = True,
+                 record: tuple[str, ...] = ()) -> None:
         """``wait=False``: rclone is started, not waited for; the first call waits until it
         answers (the daemon sets up its watches meanwhile). Its failure to start is then
-        that call's error, and every later call's (:attr:`failed`)."""
+        that call's error, and every later call's (:attr:`failed`). ``record``: the name
+        prefixes whose writes and deletes :meth:`own_changes` reports."""
         self.inner = inner or RcloneTransport(remote, stall=stall)
         self.remote = self.inner.remote
         self.local = self.inner.local
@@ -117,6 +119,9 @@ class RcdTransport:
         self._up_lock = threading.Lock()
         self.failed: TransportError | None = None  # it did not start: every call says so
         self._deadline = time.monotonic() + 15
+        self._record = record
+        self._own: list[tuple[str, int | None]] = []
+        self._own_lock = threading.Lock()
         if wait:
             self._started()
 
@@ -140,6 +145,19 @@ class RcdTransport:
                         self.close()
                         raise TransportError(str(self.failed)) from exc
                     time.sleep(0.02)
+
+    def own_changes(self) -> list[tuple[str, int | None]]:
+        """What this transport wrote (name, size) or deleted (name, None) under the recorded
+        prefixes since the last call, in order: a poll tells its own segments from other
+        devices' by it."""
+        with self._own_lock:
+            got, self._own = self._own, []
+        return got
+
+    def _changed(self, name: str, size: int | None) -> None:
+        if name.startswith(self._record):  # () matches nothing
+            with self._own_lock:
+                self._own.append((name, size))
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -301,6 +319,7 @@ class RcdTransport:
             fs, path = self._split(name)
             self._call("operations/copyfile", {"srcFs": tmp, "srcRemote": "object",
                                                "dstFs": fs, "dstRemote": path})
+        self._changed(name, len(data))
 
     def get_bytes(self, name: str, limit: int | None = None) -> bytes:
         return read_capped(self, name, limit)
@@ -335,8 +354,11 @@ class RcdTransport:
     def delete(self, names: Iterable[str]) -> None:
         for name in sorted(set(names)):
             fs, path = self._split(name)
-            with suppress(MissingObject):  # already gone is what we wanted
+            try:
                 self._call("operations/deletefile", {"fs": fs, "remote": path})
+            except MissingObject:
+                continue  # already gone is what we wanted (and not our change)
+            self._changed(name, None)
 
     def ensure_root(self) -> None:
         self.inner.ensure_root()

@@ -13,7 +13,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import IO
 
 from .errors import TransportError
@@ -23,6 +23,21 @@ _IO_BUFFER = 1024 * 1024
 
 _LOG_FLAGS = ["--use-json-log", "--stats=1s", "--stats-log-level=NOTICE"]
 _COUNTERS = ("bytes", "listed", "checks", "deletes", "renames", "transfers")
+
+
+# rclone processes running now: a daemon that stops in the middle of a push stops them too
+_RUNNING: set[subprocess.Popen[bytes]] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def stop_all() -> None:
+    """Kill every rclone process of ours still running (an abandoned transfer: a commit is a
+    segment upload, which never happens after this, so nothing half-done is left committed)."""
+    with _RUNNING_LOCK:
+        procs = list(_RUNNING)
+    for proc in procs:
+        with suppress(OSError):
+            proc.kill()
 
 
 def stall_seconds() -> float:
@@ -68,6 +83,8 @@ class _Watched:
                                          stderr=subprocess.PIPE, bufsize=_IO_BUFFER)
         except OSError as exc:
             raise TransportError(f"cannot run rclone: {exc}") from exc
+        with _RUNNING_LOCK:
+            _RUNNING.add(self.proc)
         self._reader = threading.Thread(target=self._read_log, daemon=True)
         self._reader.start()
         self._watchdog = threading.Thread(target=self._watch, daemon=True)
@@ -126,6 +143,8 @@ class _Watched:
         self.waiting = True
         self.touch()
         code = self.proc.wait()
+        with _RUNNING_LOCK:
+            _RUNNING.discard(self.proc)
         self._done.set()
         self._reader.join()
         self._watchdog.join()

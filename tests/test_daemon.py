@@ -294,9 +294,13 @@ def test_real_programs_save_and_the_other_device_gets_it(local_remote: str,
         wait_for("every program's save on device b", arrived, timeout=120)
 
 
-def test_a_killed_daemon_loses_no_save_of_a_burst(local_remote: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+def test_a_killed_daemon_loses_no_save_of_a_burst(local_remote: str, tmp_path: Path,
+                                                  how: signal.Signals) -> None:
     """kill -9 during a burst of 200 saves, then a restart: every file arrives with its last
-    content (the start-up rescan compares the folder with the index)."""
+    content (the start-up rescan compares the folder with the index). SIGTERM in the middle
+    of the burst: the daemon finishes or abandons what was in flight, within 3 s, and the
+    next start finishes it."""
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     (a / "seed.txt").write_text("seed")
@@ -306,8 +310,10 @@ def test_a_killed_daemon_loses_no_save_of_a_burst(local_remote: str, tmp_path: P
         for i in range(200):
             (a / f"burst-{i % 40:02}.txt").write_text(f"save {i}")
             if i == 120:
-                proc.kill()  # SIGKILL: no clean-up at all
-        proc.wait()
+                proc.send_signal(how)  # SIGKILL: no clean-up at all
+                sent = time.monotonic()
+        proc.wait(timeout=10)
+        assert time.monotonic() - sent < 3.0
     with daemon(home, tmp_path / "daemon2.log", a):
         want = {f"burst-{n:02}.txt": f"save {160 + n}" for n in range(40)}
         wait_for_tree(b, {**want, "seed.txt": "seed"}, "every last save after the restart")
@@ -560,6 +566,57 @@ def test_ready_status_and_a_prompt_stop(local_remote: str, tmp_path: Path) -> No
         listener.close()
 
 
+def test_sigterm_is_noticed_at_once(local_remote: str, tmp_path: Path) -> None:
+    """The signal wakes the daemon's wait: it used to be noticed at the next one-second tick
+    of the main loop, and the status socket's half-second one; an idle daemon now says
+    "stopping" within a fraction of a second and exits soon after."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    cg("init", str(folder), "--remote", local_remote)
+    home = Path(os.environ["CLOUDGUARD_HOME"])
+    log = tmp_path / "daemon.log"
+    with daemon(home, log, folder) as proc:
+        wait_for("the daemon to be idle", lambda: cg_json("daemon", "status")["folders"][0][
+            "state"] == "idle")
+        sent, started = time.time(), time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+        took = time.monotonic() - started
+    stamp = re.search(rb"^(\S+ [0-9:]+),(\d{3}) INFO cloudguard.daemon: stopping$",
+                      log.read_bytes(), re.MULTILINE)
+    assert stamp, log.read_text()
+    said = time.mktime(time.strptime(stamp[1].decode(), "%Y-%m-%d %H:%M:%S")) + int(
+        stamp[2]) / 1000
+    assert said - sent < 0.3 and took < 2.0, (said - sent, took)
+
+
+def test_a_stop_abandons_work_past_the_grace_and_stops_its_rclone(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A worker still in a transfer when the grace is over is abandoned, as a kill would
+    abandon it (nothing is committed without its segment; the next start rescans): its
+    rclone processes are killed rather than left uploading after the daemon is gone."""
+    from types import SimpleNamespace
+
+    from cloudguard import rclone_run
+    from cloudguard.daemon import run as runner
+
+    transfer = rclone_run._Watched(["sleep", "60"], stall=600)  # a long upload's rclone
+
+    class Busy(threading.Thread):
+        binding = SimpleNamespace(id="busy")
+
+    worker = Busy(target=transfer.finish, daemon=True)
+    worker.start()
+    monkeypatch.setattr(runner, "STOP_WITHIN", 0.2)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, "cloudguard.daemon"):
+        runner._finish([worker])  # type: ignore[list-item]
+    assert time.monotonic() - started < 2
+    worker.join(timeout=5)
+    assert not worker.is_alive() and transfer.proc.returncode == -signal.SIGKILL
+    assert "stopping in the middle of a push or pull of busy" in caplog.text
+
+
 def test_without_a_passphrase_the_daemon_starts_locked_until_unlock(
         local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """File keystore, no terminal, no variable, no credential: the daemon starts (READY, so
@@ -795,6 +852,39 @@ def test_only_the_lowest_id_device_rotates_on_schedule(local_remote: str,
     with Vault(str(a)) as va, Vault(str(b)) as vb:
         (age_a, mine_a), (age_b, mine_b) = va.key_schedule(), vb.key_schedule()
     assert mine_a != mine_b and 0 <= age_a < 1 and 0 <= age_b < 1
+
+
+def test_the_rotation_check_opens_a_session_only_when_the_keys_changed(
+        local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon asks for the key's age every few minutes: one listing of keys/, and a
+    session (a listing of the whole remote, the chain verified) only after the chain changed.
+    The age still grows with the clock, and a rotation on another device resets it."""
+    from cloudguard import api
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    share(local_remote, a, b, tmp_path / "kit.json")
+    opened = []
+    real = api.session
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        opened.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api, "session", counted)
+    with Vault(str(a)) as vault:
+        age, mine = vault.key_schedule()
+        assert len(opened) == 1 and 0 <= age < 1
+        clock, later = time.time, time.time() + 86400
+        monkeypatch.setattr(time, "time", lambda: later)  # a day later
+        aged, still = vault.key_schedule()
+        monkeypatch.setattr(time, "time", clock)
+        assert len(opened) == 1 and still == mine and 0.99 < aged - age < 1.01
+        cg("key", "rotate", "--folder", str(b))  # another device's rotation: keys/ changed
+        fresh, _mine = vault.key_schedule()
+        assert len(opened) == 2 and fresh < 0.01
+        vault.key_schedule()
+        assert len(opened) == 2
 
 
 def test_a_bad_rotation_days_names_the_setting(tmp_path: Path) -> None:
@@ -1150,3 +1240,77 @@ def test_a_watch_limit_keeps_the_watches_held_and_rescans_the_rest(local_remote:
         wait_for("the rescan's push", lambda: cg_json("status", "--folder", str(folder))[
             "to_push"] == [], 60)
     assert "fs.inotify.max_user_watches" in log.read_text()
+
+
+def test_a_poll_tells_this_vaults_own_segments_from_another_devices(
+        local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A poll after this Vault's own push (its delta, and a compaction's snapshot and
+    deletes) finds nothing new; after another device's push it does, also when a push of
+    ours took that device's segment in and compacted it away before the poll."""
+    from cloudguard.ops import maintain
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    share(local_remote, a, b, tmp_path / "kit.json")
+    every = maintain.COMPACT_AFTER
+    with Vault(str(a)) as vault:
+        assert vault.poll()  # the first: everything is news
+        monkeypatch.setattr(maintain, "COMPACT_AFTER", 1)  # a's pushes compact (and delete)
+        for i in range(2):
+            (a / f"mine-{i}.txt").write_text("ours")
+            vault.push([f"mine-{i}.txt"])
+            assert not vault.poll()
+        monkeypatch.setattr(maintain, "COMPACT_AFTER", every)  # b's (in-process) do not
+        (b / "theirs.txt").write_text("b's")
+        cg("push", "--folder", str(b))
+        assert vault.poll()
+        assert not vault.poll()
+        (b / "again.txt").write_text("b's, compacted away by a's push")
+        cg("push", "--folder", str(b))
+        theirs = set(vault._listing()) - set(vault._seen or {})
+        monkeypatch.setattr(maintain, "COMPACT_AFTER", 1)
+        (a / "mine-2.txt").write_text("ours")
+        vault.push(["mine-2.txt"])
+        assert theirs and not theirs & set(vault._listing())  # the snapshot covered b's
+        assert vault.poll()
+        vault.pull()
+    assert (a / "again.txt").read_text() == "b's, compacted away by a's push"
+
+
+def test_a_push_is_not_pulled_back_and_another_devices_push_arrives(
+        local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each push of the daemon's used to bring one needless pull, when the next poll saw the
+    push's own segment; now none does. A push from another device still arrives at the next
+    poll, by one pull."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    share(local_remote, a, b, tmp_path / "kit.json")
+    calls = {"poll": 0, "pull": 0}
+    poll, pull = Vault.poll, Vault.pull
+
+    def counted_poll(vault: Vault) -> bool:
+        calls["poll"] += 1
+        return poll(vault)
+
+    def counted_pull(vault: Vault, paths: list[str] | None = None) -> Any:
+        calls["pull"] += 1
+        return pull(vault, paths)
+
+    monkeypatch.setattr(Vault, "poll", counted_poll)
+    monkeypatch.setattr(Vault, "pull", counted_pull)
+    with running(a) as worker:  # polls every 0.5 s
+        worker.start()
+        wait_for("the start-up pull", lambda: worker.status.last_pull is not None)
+        pulls = calls["pull"]
+        for i in range(3):
+            saved = time.time()
+            (a / f"save-{i}.txt").write_text(f"save {i}")
+            wait_for(f"save {i}'s push", lambda t=saved: (worker.status.last_push or 0) > t)
+            polled = calls["poll"]
+            wait_for("two polls after it", lambda n=polled: calls["poll"] >= n + 2)
+        assert calls["pull"] == pulls
+        (b / "theirs.txt").write_text("from b")
+        cg("push", "--folder", str(b))
+        wait_for("b's push on a", lambda: (a / "theirs.txt").exists(), timeout=10)
+        assert calls["pull"] == pulls + 1
+    assert cg_json("status", "--folder", str(a))["to_push"] == []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import select
 import shlex
 import signal
 import socket
@@ -57,10 +58,11 @@ def socket_path() -> Path:
     return folder / SOCKET
 
 
-def serve(handle: Callable[[dict[str, Any]], dict[str, Any]], stop: threading.Event
-          ) -> threading.Thread:
-    """Answer requests (one JSON document each way per connection) until ``stop``; the
-    socket is 0600 from birth."""
+def serve(handle: Callable[[dict[str, Any]], dict[str, Any]]
+          ) -> Callable[[float], None]:
+    """Answer requests (one JSON document each way per connection) until the returned
+    ``finish(timeout)`` is called, which wakes the loop at once and waits for it (no timeout
+    polls: an idle daemon sleeps). The socket is 0600 from birth."""
     path = socket_path()
     path.unlink(missing_ok=True)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -70,15 +72,15 @@ def serve(handle: Callable[[dict[str, Any]], dict[str, Any]], stop: threading.Ev
     finally:
         os.umask(old)
     server.listen(4)
-    server.settimeout(0.5)
+    woken, wake = os.pipe()
 
     def loop() -> None:
         try:
-            while not stop.is_set():
-                try:
-                    conn, _addr = server.accept()
-                except TimeoutError:
-                    continue
+            while True:
+                ready, _w, _x = select.select([server.fileno(), woken], [], [])
+                if woken in ready:
+                    return
+                conn, _addr = server.accept()
                 with conn:
                     conn.settimeout(5)
                     try:
@@ -92,11 +94,19 @@ def serve(handle: Callable[[dict[str, Any]], dict[str, Any]], stop: threading.Ev
                         conn.sendall(json.dumps(answer, sort_keys=True).encode())
         finally:
             server.close()
+            os.close(woken)
             path.unlink(missing_ok=True)
 
     thread = threading.Thread(target=loop, name="cloudguard-status", daemon=True)
     thread.start()
-    return thread
+
+    def finish(timeout: float) -> None:
+        with suppress(OSError):
+            os.write(wake, b"x")
+        os.close(wake)
+        thread.join(timeout)
+
+    return finish
 
 
 def _read_all(conn: socket.socket) -> bytes:

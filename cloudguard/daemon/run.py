@@ -1,21 +1,26 @@
 """``cloudguard daemon run``: serve every bound folder of this CLOUDGUARD_HOME, one worker
-each, in the foreground (what the systemd unit runs). SIGTERM or SIGINT stops it within a few
-seconds; whatever was in flight is finished by the next start's rescan, as after a kill."""
+each, in the foreground (what the systemd unit runs). SIGTERM or SIGINT wakes it at once
+(its main loop and status socket have no timer ticks), and it exits within STOP_WITHIN: each
+worker finishes its push or pull, or is abandoned as a kill would abandon it, and the next
+start's rescan finishes the work."""
 
 from __future__ import annotations
 
 import logging
 import logging.handlers
 import os
+import select
 import signal
 import sys
 import threading
+import time
+from contextlib import suppress
 from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from .. import lock
+from .. import lock, rclone_run
 from ..errors import CloudguardError, PassphraseNeeded, UsageError
 from ..ignore import Ignore
 from ..session import unlock
@@ -54,6 +59,49 @@ def _log_file() -> None:
     logging.getLogger().addHandler(handler)
 
 
+class _Signals:
+    """SIGTERM and SIGINT, noticed at once. The handler only writes a byte to a pipe, which
+    wakes the main loop's wait: it may take no lock (the main thread, which it interrupts, may
+    hold that very lock, as in an Event's wait)."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        self._old: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._caught)
+
+    def _caught(self, _sig: int, _frame: FrameType | None) -> None:
+        with suppress(OSError):  # the pipe is full: a signal is waiting already
+            os.write(self._write, b"!")
+
+    def wait(self, timeout: float | None) -> bool:
+        """Has a signal come (waiting up to ``timeout`` seconds; None: until one does)?"""
+        return bool(select.select([self._read], [], [], timeout)[0])
+
+    def close(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        os.close(self._read)
+        os.close(self._write)
+
+
+def _finish(workers: list[FolderWorker]) -> None:
+    """Each worker finishes what it is doing, within STOP_WITHIN for all; what is still
+    running then is abandoned, as a kill would: its rclone processes are stopped, and the next
+    start's rescan finds whatever it had not committed (a commit is one segment upload)."""
+    deadline = time.monotonic() + STOP_WITHIN
+    for worker in workers:
+        if worker.is_alive():
+            worker.join(timeout=max(0.0, deadline - time.monotonic()))
+    busy = [w.binding.id for w in workers if w.is_alive()]
+    if busy:
+        log.warning("stopping in the middle of a push or pull of %s; the next start "
+                    "finishes it", ", ".join(busy))
+        rclone_run.stop_all()
+
+
 def _unlocked(binding: Binding) -> bool:
     """Unlock now if nothing needs asking (the keyring, a variable, a credential, a terminal,
     or a key that `cloudguard unlock` just left in the kernel keyring); else stay locked."""
@@ -78,14 +126,7 @@ def run(folders: list[str] | None = None, timing: Timing | None = None,
         raise UsageError(f"bound folders may not nest: {nested}")
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format=LOG_FORMAT)
     _log_file()
-    stop = stop or threading.Event()
-
-    def on_signal(_sig: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+    given, stop = stop is not None, stop or threading.Event()
     locked = [b for b in bindings if not _unlocked(b)]  # asks once on a terminal
     record = lock.register("daemon")
     def worker_for(binding: Binding) -> FolderWorker:
@@ -95,6 +136,21 @@ def run(folders: list[str] | None = None, timing: Timing | None = None,
                             Ignore(own.ignore), allow_exposed, own.limits, log_paths)
 
     workers = [worker_for(b) for b in bindings]
+    unlocking = threading.Lock()
+
+    def take_unlocked() -> None:
+        """Start the workers of locked folders whose keys are at hand now (`cloudguard
+        unlock` asks over the socket; while any is locked, the main loop also looks each
+        second)."""
+        with unlocking:
+            for binding in [b for b in locked if _unlocked(b)]:
+                if stop.is_set():
+                    return
+                locked.remove(binding)
+                next(w for w in workers if w.binding is binding).start()
+                log.info("unlocked %s", binding.folder if log_paths else binding.id)
+            if not locked:
+                control.notify("STATUS=serving")
 
     def report() -> dict[str, Any]:
         waiting = {b.id for b in locked}
@@ -117,7 +173,7 @@ def run(folders: list[str] | None = None, timing: Timing | None = None,
         if command == "status":
             return report()
         if command == "unlock":  # `cloudguard unlock` put the keys in the kernel keyring
-            unlocked.set()
+            take_unlocked()
             return report()
         if command not in ("pause", "resume"):
             return {"error": f"unknown command {command!r}"}
@@ -146,8 +202,8 @@ def run(folders: list[str] | None = None, timing: Timing | None = None,
                 fresh.start()
         return {**report(), "done": command}
 
-    unlocked = threading.Event()
-    status_thread = control.serve(handle, stop)
+    finish_status = control.serve(handle)
+    signalled = _Signals()
     try:
         # locked folders do not hold up READY: systemd would time the start out and restart
         control.notify("READY=1")
@@ -160,22 +216,19 @@ def run(folders: list[str] | None = None, timing: Timing | None = None,
             if worker.binding not in locked:
                 worker.start()
         log.info("serving %d folder(s)", len(workers) - len(locked))
-        while not stop.is_set():  # a stopped folder waits for `daemon resume`
-            if unlocked.wait(1.0) or locked:
-                unlocked.clear()
-                for binding in [b for b in locked if _unlocked(b)]:
-                    locked.remove(binding)
-                    next(w for w in workers if w.binding is binding).start()
-                    log.info("unlocked %s", binding.folder if log_paths else binding.id)
-                if not locked:
-                    control.notify("STATUS=serving")
+        # nothing to do here but wait for a signal, which wakes this at once; while a folder
+        # is locked, look for its key each second (and for a caller's stop: tests)
+        while not stop.is_set() and not signalled.wait(1.0 if locked or given else None):
+            if locked:
+                take_unlocked()
+        log.info("stopping")
     finally:
         stop.set()
         for worker in workers:
             worker._wake.set()
-        for worker in workers:
-            worker.join(timeout=STOP_WITHIN / max(1, len(workers)))
+        _finish(workers)
         record.unlink(missing_ok=True)
         control.notify("STOPPING=1")
-        status_thread.join(timeout=1)
+        finish_status(1.0)
+        signalled.close()
     return 0 if all(w.status.state != "stopped" for w in workers) else 1
