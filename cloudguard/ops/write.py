@@ -24,6 +24,7 @@ from ..errors import UsageError
 from ..names import from_disk
 from ..session import Session, session
 from ..state import Index
+from . import namelog
 from .blobstream import BlobStream, sweep
 from .common import _log
 
@@ -129,11 +130,21 @@ class Stager:
             self.sync()
         return entry
 
-    def stage_dir(self, path: str, mode: int = 0o755) -> None:
+    def stage_dir(self, path: str, mode: int = 0o755) -> int:
         """A new folder, journaled with the versions and committed in their delta (a mount's
-        ``mkdir`` costs a journal row, not a commit)."""
+        ``mkdir`` costs a journal row, not a commit); its row id."""
+        return self.stage_row(path, {"t": "d", "x": mode & 0o777})
+
+    def stage_row(self, path: str, row: dict[str, Any]) -> int:
+        """A row with no blob (a folder, a symlink or a name operation, ops/namelog.py),
+        journaled after every stage so far and committed with them; its row id."""
         with self._lock:
-            self._index.add_staged(sync.check_rel_path(path), {"t": "d", "x": mode & 0o777})
+            return self._index.add_staged(sync.check_rel_path(path), row)
+
+    def staged_ids(self) -> set[int]:
+        """The rows not committed yet (a commit drops the rows it read)."""
+        with self._lock:
+            return self._index.staged_ids()
 
     def sync(self) -> None:
         """Every stage so far, durable against a power cut: blobs, their folder, the rows."""
@@ -176,9 +187,31 @@ def stage_version(s: Session, path: str, stream: fmt.Reader, size: int, mode: in
         stager.close()
 
 
+class _Planned:
+    """The vault as the journal leaves it: the newest entry of each path, with the rows
+    replayed so far (``touched``) over it (a namelog.View)."""
+
+    def __init__(self, s: Session) -> None:
+        self.state = s.state
+        self.touched: dict[str, dict[str, Any] | None] = {}
+
+    def get(self, path: str) -> dict[str, Any] | None:
+        if path in self.touched:
+            return self.touched[path]
+        sibs = self.state.siblings(path)
+        return sync.newest(sibs)[1] if sibs else None
+
+    def under(self, path: str) -> list[str]:
+        found = {p for p, _sibs in self.state.subtree(path) if p != path}
+        found |= {p for p in self.touched if p.startswith(path + "/")}
+        return sorted(p for p in found if self.get(p) is not None)
+
+
 def commit_staged(s: Session) -> list[str]:
-    """Upload every staged object and commit the versions in one delta; the paths committed.
-    Of several versions staged for one path, the last wins (the others become garbage)."""
+    """Upload the staged objects and commit the journal in one delta; the paths it touched.
+    The rows are replayed in order (ops/namelog.py), so only the result is committed: of
+    several versions staged for one path the last wins, and a version deleted or renamed
+    over before its commit is never uploaded."""
     legacy = s.index.get_meta(STAGED, []) or []  # a journal from before the staged table
     if legacy:
         with s.index.transaction():
@@ -188,13 +221,22 @@ def commit_staged(s: Session) -> list[str]:
     journal = s.index.staged()
     if not journal:
         return []
-    last: dict[str, dict[str, Any]] = {}
-    for _id, path, entry in journal:
-        last[path] = entry
-    spool = _spool(s)
-    objects = [str(entry["o"]) for _id, _p, entry in journal if "o" in entry]  # not folders
+    planned = _Planned(s)
+    for _id, path, row in journal:
+        planned.touched.update(namelog.changes(planned, path, row))
+    ops: list[dict[str, Any]] = []
+    for path, entry in sorted(planned.touched.items()):
+        sibs = s.state.siblings(path)
+        if entry is None and not sibs or len(sibs) == 1 and entry in sibs.values():
+            continue  # made and removed in this batch, or back as it was
+        ops.append({"p": path, "e": None if entry is None else dict(entry),
+                    "rm": sorted(sibs, key=sync.dot_key)})
+    staged = {str(row["o"]) for _id, _p, row in journal if "o" in row}
+    objects = sorted({str(op["e"]["o"]) for op in ops if op["e"] is not None
+                      and op["e"].get("o") in staged})  # not a renamed version's
     for name in objects:
         s.index.add_pending(sync.DATA_PREFIX + name)  # garbage if this never commits
+    spool = _spool(s)
     waiting = [o for o in objects if (spool / o).exists()]
     if waiting:
         s.transport.put_files(spool, waiting, sync.DATA_PREFIX)
@@ -204,17 +246,15 @@ def commit_staged(s: Session) -> list[str]:
     if missing:
         raise UsageError(f"staged object {missing[0]} is neither staged nor uploaded; "
                          "its version was lost before it was committed")
-    # a staged folder that is in the vault by now (as a folder, or a file from elsewhere)
-    # changes nothing
-    ops = [{"p": p, "e": e, "rm": sorted(s.state.siblings(p), key=sync.dot_key)}
-           for p, e in sorted(last.items()) if e.get("t") != "d" or not s.state.has_path(p)]
     if ops:
         s.commit(ops)
     with s.index.transaction():
-        s.index.clear_pending({sync.DATA_PREFIX + e["o"] for e in last.values() if "o" in e})
+        s.index.clear_pending({sync.DATA_PREFIX + o for o in objects})
         s.index.drop_staged([i for i, _p, _e in journal])  # a stage since stays staged
+    for name in staged.difference(objects):  # superseded before it was committed
+        (spool / name).unlink(missing_ok=True)
     _log(s, "write", files=len(ops), objects=len(objects), segments=s.committed)
-    return sorted(last)
+    return sorted(planned.touched)
 
 
 def write_version(folder: str | None, path: str, stream: fmt.Reader, size: int,
