@@ -45,7 +45,7 @@ class Tree:
         copied: set[str] = set()
 
         def kids(path: str) -> set[str]:
-            if path not in copied:
+            if path not in copied or path not in children:  # (copied, then pruned)
                 children[path] = set(children.get(path, ()))
                 copied.add(path)
             return children[path]
@@ -54,8 +54,13 @@ class Tree:
                            key=lambda p: p.count("/"), reverse=True):  # deepest first
             entries.pop(path, None)
             node = path
-            while node != "/" and node not in entries and not children.get(node):
+            while node != "/" and not children.get(node):
+                entry = entries.get(node)
+                if entry is not None and entry.get("t") == "d":
+                    break  # an empty folder of its own
                 children.pop(node, None)
+                if entry is not None:
+                    break  # a file, listed where it is
                 parent, _, name = node.rpartition("/")
                 node = parent or "/"
                 if node in children:
@@ -83,7 +88,7 @@ class Tree:
         what the vault shows once they are committed."""
         tree = self
         for path, row in rows:
-            got = namelog.changes(_Relative(tree), path, row)
+            got = namelog.changes(_Relative(tree), path, row, drafts=True)
             if got:
                 tree = tree.apply({"/" + p: e for p, e in got.items()})
         return tree

@@ -53,9 +53,13 @@ def mtime(ns: int) -> Entry:
     return {"op": "m", "m": ns}
 
 
-def changes(view: View, path: str, row: Entry) -> dict[str, Entry | None]:
+def changes(view: View, path: str, row: Entry, drafts: bool = False
+            ) -> dict[str, Entry | None]:
     """What ``row`` (staged for ``path``) does to ``view``: path -> its new entry (None: it
-    goes). Paths are relative (``a/b``)."""
+    goes). Paths are relative (``a/b``). ``drafts``: the view lacks the versions staged and
+    not committed (a mount shows them from its drafts), so a rename of nothing there still
+    replaces its target; in the vault, a rename of what is gone meanwhile (another device
+    deleted it) leaves the target as it is."""
     op = row.get("op")
     if op is None:  # a version, a symlink or a folder
         if row.get("t") == "d" and view.get(path) is not None:
@@ -68,12 +72,13 @@ def changes(view: View, path: str, row: Entry) -> dict[str, Entry | None]:
         to = str(row["to"])
         if to == path or to.startswith(path + "/") or path.startswith(to + "/"):
             return {}  # the mount refuses these; a row never moves a folder into itself
+        moved = [p for p in [path, *view.under(path)] if view.get(p) is not None]
+        if not moved and not drafts:
+            return {}
         out: dict[str, Entry | None] = {} if view.get(to) is None else {to: None}
-        for old in [path, *view.under(path)]:
-            entry = view.get(old)
-            if entry is not None:
-                out[old] = None
-                out[to + old[len(path):]] = entry
+        for old in moved:
+            out[old] = None
+            out[to + old[len(path):]] = view.get(old)
         return out
     if op == "x":
         bits = int(row["x"]) & 0o777

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import format as fmt
+from .. import manifest as mf
 from .. import sync
 from ..errors import UsageError
 from ..names import from_disk
@@ -29,6 +30,10 @@ from .blobstream import BlobStream, sweep
 from .common import _log
 
 STAGED = "staged_versions"  # index meta: versions written and not yet committed
+# index meta: the delta segment that commits the journal up to a row, set while it is written
+# (a kill after it landed and before the rows were dropped must not replay them: a rename
+# replayed over its own result would replace the file it moved)
+COMMITTING = "staged_commit"
 
 
 def _spool(s: Session) -> Path:
@@ -207,6 +212,24 @@ class _Planned:
         return sorted(p for p in found if self.get(p) is not None)
 
 
+def _finish_commit(s: Session) -> None:
+    """A commit killed after its segment landed and before its rows were dropped: drop them
+    now (its segment is in the listing; a torn one was removed when the session opened)."""
+    intent = s.index.get_meta(COMMITTING)
+    if not intent:
+        return
+    done = []
+    if str(intent.get("segment")) in s.listing:
+        done = [(i, e) for i, _p, e in s.index.staged() if i <= int(intent.get("last", 0))]
+    with s.index.transaction():
+        s.index.drop_staged([i for i, _e in done])
+        s.index.set_meta(COMMITTING, None)
+    spool = _spool(s)
+    for _i, row in done:  # uploaded (moved) already, or superseded
+        if "o" in row:
+            (spool / str(row["o"])).unlink(missing_ok=True)
+
+
 def commit_staged(s: Session) -> list[str]:
     """Upload the staged objects and commit the journal in one delta; the paths it touched.
     The rows are replayed in order (ops/namelog.py), so only the result is committed: of
@@ -218,6 +241,7 @@ def commit_staged(s: Session) -> list[str]:
             for row in legacy:
                 s.index.add_staged(str(row["p"]), row["e"])
             s.index.set_meta(STAGED, None)
+    _finish_commit(s)
     journal = s.index.staged()
     if not journal:
         return []
@@ -247,10 +271,14 @@ def commit_staged(s: Session) -> list[str]:
         raise UsageError(f"staged object {missing[0]} is neither staged nor uploaded; "
                          "its version was lost before it was committed")
     if ops:
+        s.index.set_meta(COMMITTING, {"segment": mf.segment_name(s.binding.device,
+                                                                 s.next_seq(), "d"),
+                                      "last": journal[-1][0]})
         s.commit(ops)
     with s.index.transaction():
         s.index.clear_pending({sync.DATA_PREFIX + o for o in objects})
         s.index.drop_staged([i for i, _p, _e in journal])  # a stage since stays staged
+        s.index.set_meta(COMMITTING, None)
     for name in staged.difference(objects):  # superseded before it was committed
         (spool / name).unlink(missing_ok=True)
     _log(s, "write", files=len(ops), objects=len(objects), segments=s.committed)
