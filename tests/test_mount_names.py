@@ -267,7 +267,7 @@ def _script(root: Path) -> list[Callable[[], Any]]:
 
 @pytest.mark.fuse
 @needs_fuse
-@pytest.mark.parametrize("seed", range(1, 7))
+@pytest.mark.parametrize("seed", range(1, 5))
 def test_a_kill_during_name_operations_leaves_a_journaled_prefix(local_remote: str,
                                                                 tmp_path: Path,
                                                                 seed: int) -> None:
