@@ -322,27 +322,55 @@ def test_a_kill_during_name_operations_leaves_a_journaled_prefix(local_remote: s
     assert _state(b) == {**got, ".cloudguard": _state(b / ".cloudguard")}
 
 
-def test_a_kill_after_the_segment_before_the_journal_drop_replays_nothing(
-        local_remote: str, tmp_path: Path) -> None:
-    """A commit killed after its delta landed and before its rows were dropped: the next
-    commit must not replay them (a rename replayed over its own result would replace the
-    file it moved)."""
-    from cloudguard.api import Vault
-
-    folder = tmp_path / "docs"
-    folder.mkdir()
-    (folder / "a.txt").write_text("the file")
-    cg("init", str(folder), "--remote", local_remote)
-    cg("push", "--folder", str(folder))
-    code = ("import os; from cloudguard.api import Vault; from cloudguard import state; "
-            "state.Index.drop_staged = lambda *a: os._exit(9); "
+def _commit_killed(folder: Path, patch: str) -> None:
+    """Stage a rename of a.txt to b.txt and a new a.txt, then commit in a process that
+    ``patch`` kills midway."""
+    code = ("import io, os; from cloudguard.api import Vault; " + patch + "; "
             f"v = Vault({str(folder)!r}); v.stage_row('a.txt', {namelog.mv('b.txt')!r}); "
-            "v.commit()")
+            "v.stage_version('a.txt', io.BytesIO(b'again'), 5); v.commit()")
     proc = subprocess.run([sys.executable, "-c", code], env={**os.environ}, check=False,
                           capture_output=True, text=True)
     assert proc.returncode == 9, proc.stderr
+
+
+def _vault_with_a_file(folder: Path, remote: str) -> None:
+    folder.mkdir()
+    (folder / "a.txt").write_text("the file")
+    cg("init", str(folder), "--remote", remote)
+    cg("push", "--folder", str(folder))
+
+
+def test_a_kill_after_the_segment_before_the_journal_drop_replays_nothing(
+        local_remote: str, tmp_path: Path) -> None:
+    """A commit killed after its delta landed and before its rows were dropped: the next
+    commit must not replay them (the rename, replayed, would move the new a.txt over b.txt)."""
+    from cloudguard.api import Vault
+
+    folder = tmp_path / "docs"
+    _vault_with_a_file(folder, local_remote)
+    _commit_killed(folder, "from cloudguard import state; "
+                           "state.Index.drop_staged = lambda *a: os._exit(9)")
     with Vault(str(folder)) as v:
-        assert sorted(v.files()) == ["b.txt"]  # the delta landed
+        assert sorted(v.files()) == ["a.txt", "b.txt"]  # the delta landed
         assert v.commit() == []  # its rows are dropped, not replayed
-        assert sorted(v.files()) == ["b.txt"]
         assert v.open_reader("b.txt").read(0, 100) == b"the file"
+        assert v.open_reader("a.txt").read(0, 100) == b"again"
+
+
+def test_a_kill_before_the_upload_then_a_push_of_that_segment_name_replays_the_rows(
+        local_remote: str, tmp_path: Path) -> None:
+    """Killed before its delta was uploaded, the commit's segment name is taken by the next
+    push of this device; the rows are not mistaken for committed: they are replayed."""
+    from cloudguard.api import Vault
+
+    folder = tmp_path / "docs"
+    _vault_with_a_file(folder, local_remote)
+    _commit_killed(folder, "from cloudguard.rcd import RcdTransport; "
+                           "RcdTransport.put_bytes = lambda *a: os._exit(9)")
+    (folder / "c.txt").write_text("pushed meanwhile")
+    cg("push", "--folder", str(folder))  # writes the segment the killed commit had named
+    with Vault(str(folder)) as v:
+        assert sorted(v.commit()) == ["a.txt", "b.txt"]
+        assert sorted(v.files()) == ["a.txt", "b.txt", "c.txt"]
+        assert v.open_reader("b.txt").read(0, 100) == b"the file"
+        assert v.open_reader("a.txt").read(0, 100) == b"again"

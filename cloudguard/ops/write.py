@@ -5,7 +5,10 @@ them together: :func:`stage_version` encrypts a stream into a spooled object (fs
 journals its entry, wrapped DEK included, in the local index; :func:`commit_staged` uploads
 every staged object and commits them in one delta segment. A kill between the two loses
 nothing: the journal survives and the next commit finishes it (objects already uploaded are
-not sent again). ``rename`` and ``delete`` are manifest-only: no content moves.
+not sent again). ``rename`` and ``delete`` are manifest-only: no content moves. A mount also
+journals its folders, symlinks, deletes, renames, modes and times as rows
+(:meth:`Stager.stage_row`, ops/namelog.py); the commit replays the journal in order and
+commits the result.
 """
 
 from __future__ import annotations
@@ -30,9 +33,10 @@ from .blobstream import BlobStream, sweep
 from .common import _log
 
 STAGED = "staged_versions"  # index meta: versions written and not yet committed
-# index meta: the delta segment that commits the journal up to a row, set while it is written
-# (a kill after it landed and before the rows were dropped must not replay them: a rename
-# replayed over its own result would replace the file it moved)
+# index meta: the delta segment that commits the journal up to a row, with its dot and a few
+# paths it writes, set while it is written (a kill after it landed and before the rows were
+# dropped must not replay them: a rename replayed over its own result would replace the file
+# it moved)
 COMMITTING = "staged_commit"
 
 
@@ -214,12 +218,17 @@ class _Planned:
 
 def _finish_commit(s: Session) -> None:
     """A commit killed after its segment landed and before its rows were dropped: drop them
-    now (its segment is in the listing; a torn one was removed when the session opened)."""
+    now. It landed if its segment is listed (a torn one was removed when the session opened)
+    and holds its versions: another command of this device, after a kill before the upload,
+    may have written a segment of that name since (then the rows are replayed, which is
+    safe: nothing of theirs was committed)."""
     intent = s.index.get_meta(COMMITTING)
     if not intent:
         return
     done = []
-    if str(intent.get("segment")) in s.listing:
+    dot = str(intent.get("dot"))
+    if str(intent.get("segment")) in s.listing and any(
+            dot in s.state.siblings(p) for p in intent.get("paths", [])):
         done = [(i, e) for i, _p, e in s.index.staged() if i <= int(intent.get("last", 0))]
     with s.index.transaction():
         s.index.drop_staged([i for i, _e in done])
@@ -271,9 +280,11 @@ def commit_staged(s: Session) -> list[str]:
         raise UsageError(f"staged object {missing[0]} is neither staged nor uploaded; "
                          "its version was lost before it was committed")
     if ops:
-        s.index.set_meta(COMMITTING, {"segment": mf.segment_name(s.binding.device,
-                                                                 s.next_seq(), "d"),
-                                      "last": journal[-1][0]})
+        seq = s.next_seq()  # the one s.commit takes
+        s.index.set_meta(COMMITTING, {
+            "segment": mf.segment_name(s.binding.device, seq, "d"), "last": journal[-1][0],
+            "dot": mf.dot_of(s.binding.device, seq),
+            "paths": [op["p"] for op in ops if op["e"] is not None][:16]})
         s.commit(ops)
     with s.index.transaction():
         s.index.clear_pending({sync.DATA_PREFIX + o for o in objects})
