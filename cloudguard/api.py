@@ -182,9 +182,18 @@ class Vault:
         encryption."""
         self._staging().stage_stream(path, blob, mode, mtime_ns, durable)
 
-    def stage_dir(self, path: str, mode: int = 0o755) -> None:
-        """A new folder, committed with the staged versions by :meth:`commit`."""
-        self._staging().stage_dir(path, mode)
+    def stage_dir(self, path: str, mode: int = 0o755) -> int:
+        """A new folder, committed with the staged versions by :meth:`commit`; its row id."""
+        return self._staging().stage_dir(path, mode)
+
+    def stage_row(self, path: str, row: dict[str, Any]) -> int:
+        """A symlink or a name operation (ops/namelog.py: rm, mv, x, m), journaled after what
+        is staged so far and committed with it by :meth:`commit`; its row id."""
+        return self._staging().stage_row(path, row)
+
+    def staged_ids(self) -> set[int]:
+        """The row ids staged and not committed yet."""
+        return self._staging().staged_ids()
 
     def sync_staged(self) -> None:
         """Every staged version so far, durable against a power cut (what fsync asks)."""
@@ -236,6 +245,12 @@ class Vault:
         """Ranged reads of the vault's current version of ``path`` (chunks cached in memory,
         shared by every reader of this vault); the reader holds no lock."""
         return open_reader(self.folder, path, self._cache)
+
+    def open_entry(self, entry: dict[str, Any], path: str = "") -> FileReader:
+        """Ranged reads of the version ``entry`` (one of :meth:`files`, which a mount may show
+        under another name until a staged rename is committed)."""
+        with session(self.folder, self.ui) as s:
+            return FileReader(s.transport, entry, s.ring.kek, self._cache, path)
 
     def close(self) -> None:
         """Forget the unlocked key and the cached plaintext; stop the rclone."""

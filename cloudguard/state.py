@@ -275,10 +275,17 @@ class Index:
     def close(self) -> None:
         self.db.close()
 
-    def add_staged(self, path: str, entry: dict[str, Any]) -> None:
-        """A version staged (durable ciphertext in the spool) and not committed yet: one row,
-        so a stage never rewrites the others and a commit drops only the rows it read."""
-        self.db.execute("INSERT INTO staged (p, e) VALUES (?, ?)", (path, json.dumps(entry)))
+    def add_staged(self, path: str, entry: dict[str, Any]) -> int:
+        """A version staged (durable ciphertext in the spool), or a name operation
+        (ops/namelog.py), not committed yet: one row, so a stage never rewrites the others
+        and a commit drops only the rows it read. Its row id."""
+        cur = self.db.execute("INSERT INTO staged (p, e) VALUES (?, ?)",
+                              (path, json.dumps(entry)))
+        return int(cur.lastrowid or 0)
+
+    def staged_ids(self) -> set[int]:
+        """The row ids of what is staged and not committed."""
+        return {int(i) for (i,) in self.db.execute("SELECT id FROM staged")}
 
     def staged(self) -> list[tuple[int, str, dict[str, Any]]]:
         """(row id, path, entry) of every staged version, oldest first."""

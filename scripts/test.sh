@@ -7,6 +7,7 @@
 # 2. makes the virtual environment .venv (scripts/venv.sh: Python >= 3.11, python3-venv from
 #    apt-get if 'python3 -m venv' fails) and installs the package with its test extra into it
 #    (pip, editable); an existing .venv made from the same pyproject.toml is reused as it is,
+#    then prepares git's own test suite for tests/test_mount_git.py (scripts/git_t.sh, cached),
 # 3. runs ruff and mypy with the venv's python,
 # 4. runs pytest inside a private D-Bus session with a real Secret Service
 #    (gnome-keyring), so keyring tests use the real thing; such tests see
@@ -35,6 +36,12 @@ command -v mkfs.vfat >/dev/null 2>&1 || missing+=(dosfstools)
 command -v vim >/dev/null 2>&1 || missing+=(vim)
 command -v git >/dev/null 2>&1 || missing+=(git)
 command -v rsync >/dev/null 2>&1 || missing+=(rsync)
+# git's own t/ scripts on the mount (tests/test_mount_git.py): scripts/git_t.sh builds their
+# helpers from git's source package
+command -v make >/dev/null 2>&1 || missing+=(make)
+command -v cc >/dev/null 2>&1 || missing+=(gcc)
+[ -f /usr/include/zlib.h ] || missing+=(zlib1g-dev)
+command -v xz >/dev/null 2>&1 || missing+=(xz-utils)
 [ -s /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
 
 if ((${#missing[@]})); then
@@ -45,7 +52,7 @@ if ((${#missing[@]})); then
     apt_install() {
         "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
             gnome-keyring dbus-daemon fuse3 fusefat dosfstools ca-certificates vim git rsync \
-            >/dev/null
+            make gcc libc6-dev zlib1g-dev xz-utils >/dev/null
     }
     # Update the package lists only if there are none, or if installing fails.
     if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
@@ -62,6 +69,21 @@ fi
 # .venv/bin first on PATH: tests that spawn python3, rclone or cloudguard get the venv's.
 ensure_venv .venv test
 py="$VENV_PYTHON"
+
+# --- 2b. git's own test suite, for tests/test_mount_git.py ------------------------
+# scripts/git_t.sh fetches git's source package and builds the helpers its t/ scripts need
+# (cached under ~/.cache; about 25 s cold on 2 cores). Under CI=true a failure here fails the
+# run (and those tests are marked fuse: a skip there fails too); elsewhere they skip.
+if [ -z "${CLOUDGUARD_GIT_T:-}" ]; then
+    log "git's test suite (scripts/git_t.sh)"
+    if git_t="$(scripts/git_t.sh)"; then
+        export CLOUDGUARD_GIT_T="$git_t"
+    elif [ "${CI:-}" = true ]; then
+        exit 1
+    else
+        log "scripts/git_t.sh failed: tests/test_mount_git.py will be skipped"
+    fi
+fi
 
 # --- 3. static checks --------------------------------------------------------
 log "ruff check"

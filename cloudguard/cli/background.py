@@ -211,14 +211,14 @@ def unmount_cmd(mountpoint: str) -> None:
         while lock.alive(pid):  # it commits what it staged, then exits
             if time.monotonic() - said >= 5 and sys.stderr.isatty():
                 said = time.monotonic()
-                click.echo(f"uploading {staged(folder)} staged version(s) of {mountpoint}...",
+                click.echo(f"committing {staged(folder)} staged change(s) of {mountpoint}...",
                            err=True)
             time.sleep(0.1)
         left = staged(folder)
         if left:
-            raise CloudguardError(f"{mountpoint} is unmounted, but {left} staged version(s) "
-                                  "could not be uploaded; they are kept on this disk, "
-                                  "encrypted, and committed at the next mount")
+            raise CloudguardError(f"{mountpoint} is unmounted, but {left} staged change(s) "
+                                  "could not be committed; they are kept on this disk "
+                                  "(versions encrypted) and committed at the next mount")
     _run(go)
 
 

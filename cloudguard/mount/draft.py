@@ -243,6 +243,25 @@ class Drafts(dict[int, tuple[str, Draft, int]]):
                 return self[fh][1], self[fh][2]
             return None
 
+    def handles(self, path: str) -> list[int]:
+        """The handles open (or parked) on ``path``."""
+        with self._lock:
+            return list(self._paths.get(path, ()))
+
+    def follow(self, old: str, new: str) -> None:
+        """Drafts follow their file: a rename moves those of ``old`` and of what is under it,
+        an unlink ("" as ``new``) leaves those of ``old`` nameless, so that a later close
+        never brings the old name back."""
+        with self._lock:
+            moved = [old] if old in self._paths else []
+            if new:
+                prefix = old.rstrip("/") + "/"
+                moved += [p for p in self._paths if p.startswith(prefix)]
+            for path in moved:
+                for fh in list(self._paths.get(path, ())):
+                    _was, draft, mode = self[fh]
+                    self[fh] = (new + path[len(old):] if new else "", draft, mode)
+
     def paths(self) -> list[str]:
         with self._lock:
             return list(self._paths)

@@ -4,9 +4,10 @@ chunks asked for, decrypted into memory; nothing plaintext is written to disk.
 A file opened for writing is a :class:`~cloudguard.mount.draft.Draft` (changed chunks sealed
 under a key in memory); on flush, fsync or release its new content streams into a staged
 version (ciphertext durable on local disk), and staged versions are committed together, in
-one delta, once writes pause for COMMIT_IDLE (or before a rename, delete, mkdir or chmod, and
-at unmount). Until then the file reads and lists from its draft. Folders, renames and
-deletes are manifest operations (mount/names.py). Every callback is wrapped: a
+one delta, once writes pause for COMMIT_IDLE, and at unmount. Until then the file reads and
+lists from its draft. Folders, symlinks, deletes, renames, modes and times are journal rows
+staged in order with the versions and committed in the same delta (mount/names.py,
+ops/namelog.py); until then they are replayed over the view served. Every callback is wrapped: a
 failure is logged without a file name and answered with the right errno (EIO for an integrity
 or transport failure), never mfusepy's default EINVAL. No lock is held across I/O: the tree
 is swapped whole after each refresh, and each open file has its own reader or draft.
@@ -58,7 +59,10 @@ class VaultFS(Names, fuse.Operations):  # type: ignore[misc]
         self._drafts = Drafts()  # fh -> (path, draft, mode)
         self._spool = vault.binding.dir / "drafts"
         self._spool.mkdir(mode=0o700, exist_ok=True)
-        self._dirs: dict[str, int] = {}  # folders made and staged, not committed: path -> mode
+        # rows staged and not committed (row id, relative path, row: ops/namelog.py): folders,
+        # symlinks and name operations, replayed over every view served until committed
+        self._rows: list[tuple[int, str, dict[str, Any]]] = []
+        self._names = threading.Lock()  # rows are journaled and shown in one order
         self.tree = Tree.of(vault.files())
         self.uid, self.gid = os.getuid(), os.getgid()
         self.started = time.time_ns()
@@ -98,7 +102,8 @@ class VaultFS(Names, fuse.Operations):  # type: ignore[misc]
             while not self._stop.wait(self.poll_seconds):
                 try:
                     if self.vault.poll():
-                        old = self._install(Tree.of(self.vault.files()))  # swapped whole
+                        with self._commit_lock:  # no commit drops rows while they replay
+                            old = self._install(Tree.of(self.vault.files()))  # swapped whole
                         self._invalidate(old, self.tree)
                 except CloudguardError as exc:
                     log.warning("refresh failed: %s", type(exc).__name__)
@@ -139,13 +144,11 @@ class VaultFS(Names, fuse.Operations):  # type: ignore[misc]
         with self._commit_lock:
             with self._lock:
                 before = {fh: d.staged for fh, (_p, d, _m) in self._drafts.items() if fh < 0}
-                dirs = dict(self._dirs)
             committed = self.vault.commit()
+            left = self.vault.staged_ids()  # rows staged while it committed stay
             with self._lock:
-                for path, mode in dirs.items():  # committed, or in the vault already
-                    if self._dirs.get(path) == mode:
-                        del self._dirs[path]
-            if committed:
+                rows, self._rows = self._rows, [row for row in self._rows if row[0] in left]
+            if committed or len(rows) != len(self._rows):
                 self._reload()
             with self._lock:
                 for fh, count in before.items():
@@ -275,7 +278,7 @@ class VaultFS(Names, fuse.Operations):  # type: ignore[misc]
         entry = self.tree.entries.get(path)
         if entry is None or entry.get("t") != "f":
             raise fuse.FuseOSError(errno.ENOENT if entry is None else errno.EISDIR)
-        reader = self.vault.open_reader(path.lstrip("/"))
+        reader = self.vault.open_entry(entry, path.lstrip("/"))  # the version shown there
         fh = self._handle(path, entry)
         if writing:
             draft = Draft(reader, int(entry.get("s", 0)), self._spool, self.vault.new_stream)
@@ -357,12 +360,6 @@ class VaultFS(Names, fuse.Operations):  # type: ignore[misc]
         self._staged_at = time.monotonic()
         self._commit_soon.set()
 
-    def _settle(self) -> None:
-        """Before a change of names or modes: commit what is staged, so the manifest holds
-        every closed file the operation may touch."""
-        if self._dirs or any(k < 0 for k in list(self._drafts)):
-            self._commit_now()
-
     @_guarded
     def flush(self, path: str, fh: int) -> int:
         """close() waits for flush, not for release (which the kernel sends later): the
@@ -395,24 +392,31 @@ class VaultFS(Names, fuse.Operations):  # type: ignore[misc]
                     draft.close()
         return 0
 
-    def _stage_dir(self, path: str, mode: int) -> None:
-        """mkdir: a journal row, committed with the next batch; shown at once."""
-        self.vault.stage_dir(path.lstrip("/"), mode)
-        with self._lock:
-            self._dirs[path] = mode & 0o777
-            self.tree = self.tree.with_dir(path, mode)
+    def _stage(self, path: str, row: dict[str, Any]) -> None:
+        """A folder, a symlink or a name operation (ops/namelog.py): a journal row (safe from
+        a killed mount at once), shown at once, committed with the next batch."""
+        rel = path.lstrip("/")
+        with self._names:
+            row_id = self.vault.stage_row(rel, row)
+            with self._lock:
+                self._rows.append((row_id, rel, row))
+                self.tree = self.tree.replayed([(rel, row)])
         self._staged_at = time.monotonic()
         self._commit_soon.set()
 
     def _install(self, tree: Tree) -> Tree:
-        """Serve ``tree`` (the vault's entries, read now), with the folders staged and not
-        committed yet (also one made while it was read); the view it replaces."""
-        with self._lock:
-            for path, mode in self._dirs.items():
-                if path not in tree.entries and not tree.is_dir(path):
-                    tree = tree.with_dir(path, mode)
-            old, self.tree = self.tree, tree
-        return old
+        """Serve ``tree`` (the vault's entries, read now) with the rows staged and not
+        committed replayed over it (also those staged while it replays); the view it
+        replaces. Callers hold the commit lock: only a commit drops rows."""
+        done = 0
+        while True:
+            with self._lock:
+                rows = self._rows[done:]
+                if not rows:
+                    old, self.tree = self.tree, tree
+                    return old
+            tree = tree.replayed([(rel, row) for _id, rel, row in rows])
+            done += len(rows)
 
     def _reload(self) -> None:
         self._install(Tree.of(self.vault.files()))

@@ -1,15 +1,19 @@
-"""The mount's operations on names (folders, renames, deletes, modes, owners, links): manifest
-operations, each after the staged versions are committed (so the manifest holds every closed
-file it may touch). A mixin of :class:`~cloudguard.mount.fs.VaultFS`, which holds the state."""
+"""The mount's operations on names (folders, renames, deletes, modes, times, owners, links):
+journal rows staged after the versions staged so far (ops/namelog.py), shown at once and
+committed with them in one delta once writes pause (``rm -rf`` of a tree or git's own test
+scripts make thousands), never a commit each. A mixin of :class:`~cloudguard.mount.fs.VaultFS`,
+which holds the state."""
 
 from __future__ import annotations
 
 import errno
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import mfusepy as fuse  # type: ignore[import-untyped]
 
+from ..names import from_disk
+from ..ops import namelog
 from .errnos import _guarded
 
 # utimensat(2)'s special tv_nsec values, which libfuse passes on
@@ -30,21 +34,9 @@ class Names:
         gid: int
         _drafts: Drafts
 
-        def _settle(self) -> None: ...
-        def _stage_dir(self, path: str, mode: int) -> None: ...
-        def _reload(self) -> None: ...
-        def _commit_now(self) -> None: ...
+        def _stage(self, path: str, row: dict[str, Any]) -> None: ...
         def _save(self, fh: int) -> None: ...
         def _shared(self, path: str) -> tuple[Draft, int] | None: ...
-
-    def _follow(self, old: str, new: str) -> None:
-        """Open drafts follow their file: a rename moves them, an unlink ("" as ``new``)
-        leaves them nameless, so a later close never brings the old name back."""
-        for fh, (path, draft, mode) in list(self._drafts.items()):
-            if path == old:
-                self._drafts[fh] = (new, draft, mode)
-            elif new and path.startswith(old.rstrip("/") + "/"):
-                self._drafts[fh] = (new + path[len(old):], draft, mode)
 
     def _writable(self) -> None:
         if self.read_only:
@@ -55,7 +47,7 @@ class Names:
         (created and still open)."""
         prefix = path.rstrip("/") + "/"
         return not self.tree.children.get(path) and not any(
-            p.startswith(prefix) for p, _d, _m in list(self._drafts.values()))
+            p.startswith(prefix) for p in self._drafts.paths())
 
     @_guarded
     def mkdir(self, path: str, mode: int) -> int:
@@ -64,59 +56,50 @@ class Names:
         self._writable()
         if path in self.tree.entries or self.tree.is_dir(path) or self._shared(path):
             raise fuse.FuseOSError(errno.EEXIST)
-        self._stage_dir(path, mode)
+        self._stage(path, {"t": "d", "x": mode & 0o777})
         return 0
 
     @_guarded
     def rmdir(self, path: str) -> int:
         self._writable()
-        self._settle()
         if not self.tree.is_dir(path):
             raise fuse.FuseOSError(errno.ENOTDIR)
         if not self._empty(path):
             raise fuse.FuseOSError(errno.ENOTEMPTY)
-        if path in self.tree.entries:
-            self.vault.delete(path.lstrip("/"))
-        self._reload()
+        self._stage(path, namelog.rm())
         return 0
 
     @_guarded
     def unlink(self, path: str) -> int:
+        """A journal row (``rm -rf`` and git make many): gone from the view at once, from
+        the vault with the next batch. An open file keeps its handles (hard_remove)."""
         self._writable()
-        self._settle()
-        if path not in self.tree.entries and self._shared(path) is not None:
-            self._follow(path, "")  # created and still open, never committed: nothing to delete
-            return 0
-        if path not in self.tree.entries or self.tree.is_dir(path):
-            raise fuse.FuseOSError(errno.ENOENT if path not in self.tree.entries
-                                   else errno.EISDIR)
-        self.vault.delete(path.lstrip("/"))
-        self._follow(path, "")
-        self._reload()
+        if path not in self.tree.entries and self._shared(path) is None:
+            raise fuse.FuseOSError(errno.ENOENT)
+        if self.tree.is_dir(path):
+            raise fuse.FuseOSError(errno.EISDIR)
+        self._drafts.follow(path, "")  # first: a close meanwhile stages nothing under it
+        self._stage(path, namelog.rm())
         return 0
 
     @_guarded
     def rename(self, old: str, new: str) -> int:
+        """A journal row: the file or folder (with everything under it) moves in the view at
+        once, and in the vault with the next batch; what was at ``new`` is replaced (a file,
+        or an empty folder), and its open handles keep their content (hard_remove)."""
         self._writable()
-        self._settle()
         if old not in self.tree.entries and not self.tree.is_dir(old):
-            if self._shared(old) is None:
+            handles = self._drafts.handles(old)
+            if not handles:
                 raise fuse.FuseOSError(errno.ENOENT)
-            self._save(next(fh for fh, d in self._drafts.items() if d[0] == old))
-            self._commit_now()  # a file created and still open: its first version, now
+            self._save(handles[0])  # created and still open: its first version, staged
         if old == new:
             return 0
-        if self.tree.is_dir(new):  # the kernel refused a file over a folder: both folders
-            if not self._empty(new):
-                raise fuse.FuseOSError(errno.ENOTEMPTY)
-            if new in self.tree.entries:
-                self.vault.delete(new.lstrip("/"))  # an empty folder is replaced
-        elif new in self.tree.entries:
-            self.vault.delete(new.lstrip("/"))  # rename replaces its target
-            self._follow(new, "")
-        self.vault.rename(old.lstrip("/"), new.lstrip("/"))
-        self._follow(old, new)
-        self._reload()
+        if self.tree.is_dir(new) and not self._empty(new):  # the kernel refused the rest
+            raise fuse.FuseOSError(errno.ENOTEMPTY)
+        self._drafts.follow(new, "")  # a file renamed over is unlinked
+        self._drafts.follow(old, new)
+        self._stage(old, namelog.mv(new.lstrip("/")))
         return 0
 
     @_guarded
@@ -129,37 +112,28 @@ class Names:
             return 0
         if mtime % 10**9 == _UTIME_NOW:
             mtime = time.time_ns()
-        self._settle()  # a closed file's staged version is committed first, then retimed
-        open_drafts = [d for p, d, _m in self._drafts.values() if p == path]
-        for draft in open_drafts:
-            draft.mtime = mtime
-        if open_drafts and path not in self.tree.entries:
-            return 0
-        if path not in self.tree.entries and not self.tree.is_dir(path):
-            raise fuse.FuseOSError(errno.ENOENT)
-        if path not in self.tree.entries:  # a folder: it has no time of its own
-            return 0
-        self.vault.set_mtime(path.lstrip("/"), mtime)
-        self._reload()
+        handles = self._drafts.handles(path)
+        for fh in handles:
+            self._drafts[fh][1].mtime = mtime
+        if path not in self.tree.entries and not handles:
+            if not self.tree.is_dir(path):
+                raise fuse.FuseOSError(errno.ENOENT)
+            return 0  # a folder: it has no time of its own
+        self._stage(path, namelog.mtime(mtime))
         return 0
 
     @_guarded
     def chmod(self, path: str, mode: int) -> int:
         self._writable()
-        self._settle()
-        open_drafts = [fh for fh, (p, _d, _m) in self._drafts.items() if p == path]
-        for fh in open_drafts:  # an open file (cp -a sets the mode before it closes)
-            p, draft, _old = self._drafts[fh]
-            self._drafts[fh] = (p, draft, mode & 0o777)
-            draft.dirty = True
-        if open_drafts and path not in self.tree.entries:
-            return 0  # its first version gets the mode when it is committed
-        if path not in self.tree.entries and not self.tree.is_dir(path):
-            raise fuse.FuseOSError(errno.ENOENT)
         if path in ("", "/"):
             raise fuse.FuseOSError(errno.EPERM)
-        self.vault.set_mode(path.lstrip("/"), mode)
-        self._reload()
+        handles = self._drafts.handles(path)
+        for fh in handles:  # an open file (cp -a sets the mode before it closes)
+            was, draft, _old = self._drafts[fh]
+            self._drafts[fh] = (was, draft, mode & 0o777)
+        if path not in self.tree.entries and not self.tree.is_dir(path) and not handles:
+            raise fuse.FuseOSError(errno.ENOENT)
+        self._stage(path, namelog.mode(mode))
         return 0
 
     @_guarded
@@ -179,11 +153,10 @@ class Names:
 
     @_guarded
     def symlink(self, target: str, source: str) -> int:
-        """``ln -s SOURCE TARGET``: a new link ``target`` whose content is ``source``."""
+        """``ln -s SOURCE TARGET``: a new link ``target`` whose content is ``source`` (kept
+        byte for byte when it is not UTF-8, format.md "paths"); stored, never followed."""
         self._writable()
-        self._settle()
-        if target in self.tree.entries or self.tree.is_dir(target):
+        if target in self.tree.entries or self.tree.is_dir(target) or self._shared(target):
             raise fuse.FuseOSError(errno.EEXIST)
-        self.vault.symlink(target.lstrip("/"), source)
-        self._reload()
+        self._stage(target, {"t": "l", "l": from_disk(source), "m": time.time_ns()})
         return 0

@@ -31,19 +31,21 @@ def gc_grace() -> float:
 
 def _collect_pending(s: Session) -> None:
     """Objects we uploaded in a run that crashed before its commit are garbage: delete them,
-    and the spool files such a run left behind."""
+    and the spool files such a run left behind. Not those of versions a mount staged: its
+    next commit sends them no more (ops/write.py), so they stay, pending."""
     shutil.rmtree(s.binding.dir / "spool", ignore_errors=True)
     early, journals = left_behind(s.binding.dir, s.early.journal if s.early else None)
     pending = s.index.pending()
     if not pending and not early:
         return
     live = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
-    stale = (pending | early) - live
+    staged = {sync.DATA_PREFIX + str(e["o"]) for _i, _p, e in s.index.staged() if "o" in e}
+    stale = (pending | early) - live - staged
     if stale:
         s.transport.delete(stale)
     forget(journals)
     with s.index.transaction():
-        s.index.clear_pending(s.index.pending())
+        s.index.clear_pending(s.index.pending() - staged)
 
 
 # A long-lived face pushes every few seconds: it repacks and collects garbage at most this

@@ -5,7 +5,10 @@ them together: :func:`stage_version` encrypts a stream into a spooled object (fs
 journals its entry, wrapped DEK included, in the local index; :func:`commit_staged` uploads
 every staged object and commits them in one delta segment. A kill between the two loses
 nothing: the journal survives and the next commit finishes it (objects already uploaded are
-not sent again). ``rename`` and ``delete`` are manifest-only: no content moves.
+not sent again). ``rename`` and ``delete`` are manifest-only: no content moves. A mount also
+journals its folders, symlinks, deletes, renames, modes and times as rows
+(:meth:`Stager.stage_row`, ops/namelog.py); the commit replays the journal in order and
+commits the result.
 """
 
 from __future__ import annotations
@@ -19,15 +22,22 @@ from pathlib import Path
 from typing import Any
 
 from .. import format as fmt
+from .. import manifest as mf
 from .. import sync
 from ..errors import UsageError
 from ..names import from_disk
 from ..session import Session, session
 from ..state import Index
+from . import namelog
 from .blobstream import BlobStream, sweep
 from .common import _log
 
 STAGED = "staged_versions"  # index meta: versions written and not yet committed
+# index meta: the delta segment that commits the journal up to a row, with its dot and a few
+# paths it writes, set while it is written (a kill after it landed and before the rows were
+# dropped must not replay them: a rename replayed over its own result would replace the file
+# it moved)
+COMMITTING = "staged_commit"
 
 
 def _spool(s: Session) -> Path:
@@ -129,11 +139,21 @@ class Stager:
             self.sync()
         return entry
 
-    def stage_dir(self, path: str, mode: int = 0o755) -> None:
+    def stage_dir(self, path: str, mode: int = 0o755) -> int:
         """A new folder, journaled with the versions and committed in their delta (a mount's
-        ``mkdir`` costs a journal row, not a commit)."""
+        ``mkdir`` costs a journal row, not a commit); its row id."""
+        return self.stage_row(path, {"t": "d", "x": mode & 0o777})
+
+    def stage_row(self, path: str, row: dict[str, Any]) -> int:
+        """A row with no blob (a folder, a symlink or a name operation, ops/namelog.py),
+        journaled after every stage so far and committed with them; its row id."""
         with self._lock:
-            self._index.add_staged(sync.check_rel_path(path), {"t": "d", "x": mode & 0o777})
+            return self._index.add_staged(sync.check_rel_path(path), row)
+
+    def staged_ids(self) -> set[int]:
+        """The rows not committed yet (a commit drops the rows it read)."""
+        with self._lock:
+            return self._index.staged_ids()
 
     def sync(self) -> None:
         """Every stage so far, durable against a power cut: blobs, their folder, the rows."""
@@ -176,25 +196,80 @@ def stage_version(s: Session, path: str, stream: fmt.Reader, size: int, mode: in
         stager.close()
 
 
+class _Planned:
+    """The vault as the journal leaves it: the newest entry of each path, with the rows
+    replayed so far (``touched``) over it (a namelog.View)."""
+
+    def __init__(self, s: Session) -> None:
+        self.state = s.state
+        self.touched: dict[str, dict[str, Any] | None] = {}
+
+    def get(self, path: str) -> dict[str, Any] | None:
+        if path in self.touched:
+            return self.touched[path]
+        sibs = self.state.siblings(path)
+        return sync.newest(sibs)[1] if sibs else None
+
+    def under(self, path: str) -> list[str]:
+        found = {p for p, _sibs in self.state.subtree(path) if p != path}
+        found |= {p for p in self.touched if p.startswith(path + "/")}
+        return sorted(p for p in found if self.get(p) is not None)
+
+
+def _finish_commit(s: Session) -> None:
+    """A commit killed after its segment landed and before its rows were dropped: drop them
+    now. It landed if its segment is listed (a torn one was removed when the session opened)
+    and holds its versions: another command of this device, after a kill before the upload,
+    may have written a segment of that name since (then the rows are replayed, which is
+    safe: nothing of theirs was committed)."""
+    intent = s.index.get_meta(COMMITTING)
+    if not intent:
+        return
+    done = []
+    dot = str(intent.get("dot"))
+    if str(intent.get("segment")) in s.listing and any(
+            dot in s.state.siblings(p) for p in intent.get("paths", [])):
+        done = [(i, e) for i, _p, e in s.index.staged() if i <= int(intent.get("last", 0))]
+    with s.index.transaction():
+        s.index.drop_staged([i for i, _e in done])
+        s.index.set_meta(COMMITTING, None)
+    spool = _spool(s)
+    for _i, row in done:  # uploaded (moved) already, or superseded
+        if "o" in row:
+            (spool / str(row["o"])).unlink(missing_ok=True)
+
+
 def commit_staged(s: Session) -> list[str]:
-    """Upload every staged object and commit the versions in one delta; the paths committed.
-    Of several versions staged for one path, the last wins (the others become garbage)."""
+    """Upload the staged objects and commit the journal in one delta; the paths it touched.
+    The rows are replayed in order (ops/namelog.py), so only the result is committed: of
+    several versions staged for one path the last wins, and a version deleted or renamed
+    over before its commit is never uploaded."""
     legacy = s.index.get_meta(STAGED, []) or []  # a journal from before the staged table
     if legacy:
         with s.index.transaction():
             for row in legacy:
                 s.index.add_staged(str(row["p"]), row["e"])
             s.index.set_meta(STAGED, None)
+    _finish_commit(s)
     journal = s.index.staged()
     if not journal:
         return []
-    last: dict[str, dict[str, Any]] = {}
-    for _id, path, entry in journal:
-        last[path] = entry
-    spool = _spool(s)
-    objects = [str(entry["o"]) for _id, _p, entry in journal if "o" in entry]  # not folders
+    planned = _Planned(s)
+    for _id, path, row in journal:
+        planned.touched.update(namelog.changes(planned, path, row))
+    ops: list[dict[str, Any]] = []
+    for path, entry in sorted(planned.touched.items()):
+        sibs = s.state.siblings(path)
+        if entry is None and not sibs or len(sibs) == 1 and entry in sibs.values():
+            continue  # made and removed in this batch, or back as it was
+        ops.append({"p": path, "e": None if entry is None else dict(entry),
+                    "rm": sorted(sibs, key=sync.dot_key)})
+    staged = {str(row["o"]) for _id, _p, row in journal if "o" in row}
+    objects = sorted({str(op["e"]["o"]) for op in ops if op["e"] is not None
+                      and op["e"].get("o") in staged})  # not a renamed version's
     for name in objects:
         s.index.add_pending(sync.DATA_PREFIX + name)  # garbage if this never commits
+    spool = _spool(s)
     waiting = [o for o in objects if (spool / o).exists()]
     if waiting:
         s.transport.put_files(spool, waiting, sync.DATA_PREFIX)
@@ -204,17 +279,21 @@ def commit_staged(s: Session) -> list[str]:
     if missing:
         raise UsageError(f"staged object {missing[0]} is neither staged nor uploaded; "
                          "its version was lost before it was committed")
-    # a staged folder that is in the vault by now (as a folder, or a file from elsewhere)
-    # changes nothing
-    ops = [{"p": p, "e": e, "rm": sorted(s.state.siblings(p), key=sync.dot_key)}
-           for p, e in sorted(last.items()) if e.get("t") != "d" or not s.state.has_path(p)]
     if ops:
+        seq = s.next_seq()  # the one s.commit takes
+        s.index.set_meta(COMMITTING, {
+            "segment": mf.segment_name(s.binding.device, seq, "d"), "last": journal[-1][0],
+            "dot": mf.dot_of(s.binding.device, seq),
+            "paths": [op["p"] for op in ops if op["e"] is not None][:16]})
         s.commit(ops)
     with s.index.transaction():
-        s.index.clear_pending({sync.DATA_PREFIX + e["o"] for e in last.values() if "o" in e})
+        s.index.clear_pending({sync.DATA_PREFIX + o for o in objects})
         s.index.drop_staged([i for i, _p, _e in journal])  # a stage since stays staged
+        s.index.set_meta(COMMITTING, None)
+    for name in staged.difference(objects):  # superseded before it was committed
+        (spool / name).unlink(missing_ok=True)
     _log(s, "write", files=len(ops), objects=len(objects), segments=s.committed)
-    return sorted(last)
+    return sorted(planned.touched)
 
 
 def write_version(folder: str | None, path: str, stream: fmt.Reader, size: int,
