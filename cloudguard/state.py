@@ -292,6 +292,14 @@ class Index:
         return [(int(i), str(p), json.loads(e)) for i, p, e in
                 self.db.execute("SELECT id, p, e FROM staged ORDER BY id")]
 
+    def staged_objects(self) -> set[str]:
+        """The object ids of staged versions: uploaded, or to be, for a commit still to come
+        (a mount's), so no garbage collection may take them."""
+        return {str(e["o"]) for _i, _p, e in self.staged() if "o" in e}
+
+    def replace_staged(self, row: int, entry: dict[str, Any]) -> None:
+        self.db.execute("UPDATE staged SET e = ? WHERE id = ?", (json.dumps(entry), row))
+
     def drop_staged(self, ids: list[int]) -> None:
         self.db.executemany("DELETE FROM staged WHERE id = ?", [(i,) for i in ids])
 

@@ -374,3 +374,23 @@ def test_a_kill_before_the_upload_then_a_push_of_that_segment_name_replays_the_r
         assert sorted(v.files()) == ["a.txt", "b.txt", "c.txt"]
         assert v.open_reader("b.txt").read(0, 100) == b"the file"
         assert v.open_reader("a.txt").read(0, 100) == b"again"
+
+
+def test_a_reencryption_after_a_killed_commit_keeps_the_staged_versions(
+        local_remote: str, tmp_path: Path) -> None:
+    """A commit killed before its delta was uploaded leaves staged versions whose objects are
+    uploaded and pending. A `key rotate --reencrypt` then deleted every pending object, so
+    the mount could never commit what it had acknowledged; it keeps staged ones, and the
+    next commit lands them."""
+    from cloudguard.api import Vault
+
+    folder = tmp_path / "docs"
+    _vault_with_a_file(folder, local_remote)
+    _commit_killed(folder, "from cloudguard.rcd import RcdTransport; "
+                           "RcdTransport.put_bytes = lambda *a: os._exit(9)")
+    cg("key", "rotate", "--reencrypt", "--folder", str(folder))
+    with Vault(str(folder)) as v:
+        assert sorted(v.commit()) == ["a.txt", "b.txt"]
+        assert v.open_reader("b.txt").read(0, 100) == b"the file"
+        assert v.open_reader("a.txt").read(0, 100) == b"again"
+    cg("verify", "--read-data", "--folder", str(folder))

@@ -39,7 +39,7 @@ def _collect_pending(s: Session) -> None:
     if not pending and not early:
         return
     live = {sync.DATA_PREFIX + o for o in s.state.live_objects()}
-    staged = {sync.DATA_PREFIX + str(e["o"]) for _i, _p, e in s.index.staged() if "o" in e}
+    staged = {sync.DATA_PREFIX + o for o in s.index.staged_objects()}
     stale = (pending | early) - live - staged
     if stale:
         s.transport.delete(stale)

@@ -294,13 +294,16 @@ def _finish(s: Session, started: dict[str, Any]) -> int:
     """Old ciphertext and older key objects go. The history under older keys (its DEKs were
     wrapped under keys a removed member may hold) ended when the commit was published: every
     device hides it at once and forgets it ``keep_days`` after it saw the commit."""
+    _rewrap_staged(s)
     with s.state.transaction():
         s.state.forget_moves()  # where blobs were before: old ciphertext, which goes too
         live = {sync.DATA_PREFIX + o for o in s.state.unended_objects()}
+        # a mount's staged versions wait for their commit: not garbage (as _collect_pending)
+        staged = {sync.DATA_PREFIX + o for o in s.index.staged_objects()}
         fresh, covered = _fresh(s, started), s.ring.view.covered()
         keyobjs = {c.name + ".k" for c in s.ring.view.commits.values()
                    if c.kek not in fresh and c.id in covered}  # an unmerged branch keeps it
-        doomed = ((set(started["old"]) | (s.index.pending() - live) | keyobjs) - live
+        doomed = ((set(started["old"]) | (s.index.pending() - live) | keyobjs) - live - staged
                   ) & set(s.listing)
         # written ahead: a kill after the snapshot leaves the deletions to the next session
         s.index.set_meta("pending_delete", {
@@ -313,8 +316,23 @@ def _finish(s: Session, started: dict[str, Any]) -> int:
         s.listing.pop(name, None)
     s.index.set_meta("pending_delete", None)
     with s.index.transaction():
-        s.index.clear_pending(s.index.pending())
+        s.index.clear_pending(s.index.pending() - staged)
     return len(doomed)
+
+
+def _rewrap_staged(s: Session) -> None:
+    """A mount's staged versions (a commit still to come) carry DEKs wrapped under the key
+    of the head they were staged at, which this re-encryption is about to delete: they move
+    to the new head's key first, or their commit would land versions no one can read. Such
+    a wrap was never on the remote, so the new key is also the first (``w``) they had."""
+    head = s.ring.head.kek
+    with s.index.transaction():
+        for row, _path, entry in s.index.staged():
+            if "k" in entry and entry.get("g") != head:
+                dek, file_id = sync.dek_of(entry, s.ring.kek)
+                entry["k"] = fmt.b64(fmt.wrap_dek(s.ring.head_kek, dek, file_id))
+                entry["g"] = entry["w"] = head
+                s.index.replace_staged(row, entry)
 
 
 class _PlainStream:
