@@ -36,16 +36,20 @@ class Loaded:
     own_seq: int  # highest seq this device has used on the remote
     deltas: int  # how many delta segments are stored (compaction trigger)
     heads: dict[str, str]  # device -> sha256 of its newest segment (for the prev chain)
-    # N11: the most of this device's segments another's vector claimed beyond what it wrote,
-    # and its own versions such a vector's writer did not hold (to be written again)
-    claimed: int = 0
+    # N11: its own versions a vector that claimed more of this device's segments than it
+    # wrote did not hold (to be written again)
     reissue: list[tuple[str, str]] = field(default_factory=list)
     # each such claim by the snapshot that made it, with that snapshot's vector as written:
     # once a removal shows that it covers a late write, the claim stops counting (claim_floor)
     claims: dict[str, tuple[int, dict[str, int]]] = field(default_factory=dict)
-    # device -> its highest segment sealed under a key a verified re-encryption ended: no one
+    # device -> its segments (seqs) sealed under a key a verified re-encryption ended: no one
     # reads it until its writer writes again (rotate._rewrap_stale)
     keyless: dict[str, set[int]] = field(default_factory=dict)
+
+    @property
+    def claimed(self) -> int:
+        """The most of this device's segments another's vector claimed beyond what it wrote."""
+        return max((c for c, _raw in self.claims.values()), default=0)
 
 
 Opener = Callable[[str, str, int, bytes], dict[str, Any]]
@@ -119,7 +123,7 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
     keyless: dict[str, set[int]] = {}
     state.short = {}
     pinning = False
-    claimed, reissue = 0, set()
+    reissue = set()
     claims: dict[str, tuple[int, dict[str, int]]] = {}
 
     def open_named(name: str) -> dict[str, Any]:
@@ -194,7 +198,6 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
                     f"wrote {written}: a planted version vector (remove device "
                     f"{parsed[name][0]} if it is not yours); this device keeps its versions "
                     "and writes them again")
-                claimed = max(claimed, claim)
                 claims[name] = (claim, raw)
                 ctx = {**ctx, device: 0}  # its word about our writes counts for nothing
                 held_dots = {d for sibs in paths.values() for d in sibs}
@@ -281,7 +284,7 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
             newest[dev] = (seq, digest)
     cache.prune(parsed)
     return Loaded(state, dict(listing), own, deltas, {d: h for d, (_s, h) in newest.items()},
-                  claimed, sorted(reissue), claims, keyless)
+                  sorted(reissue), claims, keyless)
 
 
 def _own_reach(state: State, seen: dict[str, int], log: list[str]) -> None:
