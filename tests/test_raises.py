@@ -218,12 +218,9 @@ def test_a_history_row_a_snapshot_stated_raises_no_forget_floor() -> None:
     assert state.honest()[A] == 4
 
 
-def test_a_snapshot_holding_live_what_the_floor_keeps_out_does_not_clear_it() -> None:
-    """Review round 10, Y2 (3): A's own snapshot holds A:3 live, which B held, saw deleted
-    and forgot. B keeps it out (the floor), so A's snapshot does not answer for it on B:
-    B's snapshots go on leaving A:3 out of their vector, so they never drop it elsewhere. A
-    snapshot that covers A:3 without holding it does clear it."""
-    state = _held_and_forgot()
+def _kept_out_until_a_snapshot_covers_it_without_holding_it(state: mf.State) -> None:
+    """A's snapshot holds A:3 live, which B keeps out: it does not clear B's stretch; C's
+    snapshot, covering A:3 without holding it, does."""
     with state.transaction():
         state.merge_snapshot({A: 4}, [("three", {f"{A}:3": ENTRY})], {}, 10, f"{A}:4")
     assert state.entry("three", f"{A}:3") is None
@@ -231,6 +228,15 @@ def test_a_snapshot_holding_live_what_the_floor_keeps_out_does_not_clear_it() ->
     with state.transaction():
         state.merge_snapshot({A: 4, C: 2}, [], {}, 10, f"{C}:2")
     assert state.honest()[A] == 4
+
+
+def test_a_snapshot_holding_live_what_the_floor_keeps_out_does_not_clear_it() -> None:
+    """Review round 10, Y2 (3): A's own snapshot holds A:3 live, which B held, saw deleted
+    and forgot. B keeps it out (the floor), so A's snapshot does not answer for it on B:
+    B's snapshots go on leaving A:3 out of their vector, so they never drop it elsewhere. A
+    snapshot that covers A:3 without holding it does clear it."""
+    state = _held_and_forgot()
+    _kept_out_until_a_snapshot_covers_it_without_holding_it(state)
 
 
 def test_the_vector_stored_as_seen_keeps_what_came_from_the_writer_itself() -> None:
@@ -311,12 +317,7 @@ def test_a_snapshot_holding_live_what_is_held_as_removed_here_does_not_clear_it(
     state.cuts = {X: 10}
     with state.transaction():
         state.to_attic("three", f"{A}:3", ENTRY, 5, f"{C}:1")
-        state.merge_snapshot({A: 4}, [("three", {f"{A}:3": ENTRY})], {}, 10, f"{A}:4")
-    assert state.entry("three", f"{A}:3") is None
-    assert state.honest()[A] == 2
-    with state.transaction():
-        state.merge_snapshot({A: 4, C: 2}, [], {}, 10, f"{C}:2")
-    assert state.honest()[A] == 4
+    _kept_out_until_a_snapshot_covers_it_without_holding_it(state)
 
 
 def test_a_late_row_naming_an_honest_remover_does_not_stop_the_revival() -> None:
