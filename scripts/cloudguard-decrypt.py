@@ -1121,7 +1121,7 @@ def unmoved(entry: Entry, limit: dict[str, int], listed: set[str]) -> Entry:
 
 
 # "Entry signatures": the writer of a dot signs what the version is
-ENTRY_CONTENT = ("t", "s", "m", "x", "h", "l", "lc", "wb", "pt")
+ENTRY_CONTENT = ("t", "s", "m", "x", "h", "l", "lc", "wb", "pt", "cf")
 
 
 def entry_message(vault_id: str, path: str, dot: str, entry: Entry) -> bytes:
@@ -1166,6 +1166,7 @@ def check_entry_signature(chain: Chain, path: str, dot: str, entry: Entry) -> No
 class State:
     ctx: dict[str, int] = field(default_factory=dict)
     paths: dict[str, dict[str, Entry]] = field(default_factory=dict)  # path -> {dot: ENTRY}
+    limit: dict[str, int] = field(default_factory=dict)  # removed member -> cutoff seq
     # "Suspect stretches": seqs a snapshot covering a late write lifted the vector over
     suspect: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     # versions a snapshot's history holds: a suspect stretch does not bring them back
@@ -1227,6 +1228,9 @@ class State:
         blob to a new location without a new dot, if the dot is still there and the move is
         newer (newer_location)."""
         for op in ops:
+            if poisoned(op.get("e"), self.limit):  # a resolution a late write took part in:
+                self.kept.setdefault(op["p"], {})[dot] = op["e"]  # what it removed stays
+                continue
             siblings = self.paths.setdefault(op["p"], {})
             for target, location in op.get("reloc", {}).items():
                 if target in siblings:
@@ -1334,7 +1338,7 @@ def removed_late(raw: object, limit: dict[str, int]) -> dict[str, dict[str, Entr
             if rb is not None and (not isinstance(rb, list) or not rb or not all(
                     isinstance(d, str) for d in rb)):
                 raise BadData()
-            if rb and not late_dot(dot, limit):
+            if rb and not late_dot(dot, limit) and not poisoned(row["e"], limit):
                 out.setdefault(path, {})[dot] = row["e"]
     return out
 
@@ -1367,6 +1371,9 @@ def late_chain(rb: object, live: dict[str, Any], gone: dict[str, Any],
         if vv is not None and any(vv.get(dev, 0) > seq for dev, seq in limit.items()) and \
                 not any(other != dot and covers(vv, str(other)) for other in row_rb):
             return True
+        here = live.get(dot) if dot in live else gone.get(dot, {}).get("e")
+        if poisoned(here if isinstance(here, dict) else None, limit):
+            return True  # a resolution of a conflict with a late write (round 12, AA2)
         if not late_dot(dot, limit):
             continue
         if dot in live or dot not in gone:
@@ -1432,6 +1439,14 @@ def late_dot(dot: str, limit: dict[str, int]) -> bool:
     """A dot W:k of a removed member W with k above its cutoff seq."""
     device, seq = dot_parts(dot)
     return device in limit and seq > limit[device]
+
+
+def poisoned(entry: Entry | None, limit: dict[str, int]) -> bool:
+    """"Writer rules": a version a conflict resolution wrote ("cf": the conflict's dots,
+    comma-separated) where a late write took part in that conflict: it is late itself."""
+    raw = entry.get("cf") if entry is not None else None
+    return bool(limit) and isinstance(raw, str) and any(
+        late_dot(d, limit) for d in raw.split(",") if DOT.fullmatch(d))
 
 
 def pinned_segments(device: str, cut: Cutoff, segments: SegmentIndex,
@@ -1550,7 +1565,7 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
     pinning = False
 
     # 1. open every snapshot and merge them
-    state = State()
+    state = State(limit=limit)
     held: set[str] = set()  # devices with a snapshot skipped
     for name, (device, own_seq, kind) in sorted(segments.items()):
         if kind != "s":
@@ -1578,7 +1593,7 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
             snapshot.ctx = clamp(snapshot.ctx, limit)
             unclamped = snapshot.paths
             snapshot.paths = {p: {d: unmoved(e, limit, listed) for d, e in sibs.items()
-                                  if not late_dot(d, limit)}
+                                  if not late_dot(d, limit) and not poisoned(e, limit)}
                               for p, sibs in snapshot.paths.items()}
             try:
                 back = removed_late(payload.get("attic"), limit)
@@ -1849,6 +1864,8 @@ def check_entry(path: str, entry: Entry) -> None:
     for key in ("lc", "pt"):  # so are these: the Lamport time of the content, push time
         need(key, key not in entry or (is_int(entry[key]) and entry[key] >= 0))
     need("wb", "wb" not in entry or is_hex(entry["wb"], 16))
+    need("cf", "cf" not in entry or (isinstance(entry["cf"], str) and all(
+        DOT.fullmatch(d) for d in entry["cf"].split(","))))
     if kind == "f":
         for key in ("s", "m", "a", "n"):
             need(key, is_int(entry.get(key)))

@@ -16,6 +16,7 @@ from .carriers import clamped as clamped_carriers
 from .carriers import late_carrier
 from .crdt import State
 from .moves import late_dot, unmoved
+from .resolutions import poisoned
 
 # Late versions kept per removed member with a counting removal: a thief must not fill every
 # history (review round 6, T6; round 7, V3). A member that only challenged removals took out
@@ -103,15 +104,21 @@ def _clamped(paths: Live, kept: Rows, lim: Limits, when: int) -> tuple[Live, Row
     place before is no longer listed."""
     limit = lim.cuts
     live = {p: {d: unmove_late(e, limit, lim.listed, lim.matches) for d, e in sibs.items()
-                if not late_dot(d, limit)} for p, sibs in paths.items()}
+                if not _late_version(d, e, limit)} for p, sibs in paths.items()}
     history = {p: {d: {**r, "e": unmove_late(r["e"], limit, lim.listed)}
                    for d, r in rows.items()} for p, rows in kept.items()}
     for p, sibs in paths.items():
         for d, e in sibs.items():
-            if late_dot(d, limit):
+            if _late_version(d, e, limit):
                 history.setdefault(p, {}).setdefault(
                     d, {"e": unmove_late(e, limit, lim.listed), "g": when})
     return live, history
+
+
+def _late_version(dot: str, entry: dict[str, Any], limit: dict[str, int]) -> bool:
+    """A late write, or a conflict resolution a late write took part in (review round 12,
+    AA2: an honest dot must not keep the late content live)."""
+    return late_dot(dot, limit) or poisoned(entry, limit)
 
 
 def _bounded(history: Rows, lim: Limits) -> Rows:
@@ -165,7 +172,7 @@ def _revive(paths: Live, kept: Rows, lim: Limits, unclamped: Live, unclamped_kep
         now = paths.get(path, {})
         live = unclamped.get(path, {})
         gone = unclamped_kept.get(path, {})
-        back = {d: r["e"] for d, r in rows.items() if not late_dot(d, limit)
+        back = {d: r["e"] for d, r in rows.items() if not _late_version(d, r["e"], limit)
                 and late_removal(r.get("rb"), live, gone, limit, carriers)
                 and not descends(r.get("rb"), now, rows, limit)}
         if back:
@@ -223,6 +230,8 @@ def late_removal(rb: object, live: dict[str, Any], gone: dict[str, dict[str, Any
         seen.add(dot)
         if late_carrier(dot, row, carriers, limit):
             return True
+        if poisoned(live.get(dot) or gone.get(dot, {}).get("e"), limit):
+            return True  # a resolution of a conflict with a late write (AA2)
         if not late_dot(dot, limit):
             continue
         if dot in live or dot not in gone:

@@ -28,6 +28,7 @@ from .moves import (
 )
 from .paths import Paths
 from .raises import Raises, in_stretch
+from .resolutions import poisoned
 from .signing import SIG_FIELD, content
 
 Siblings = dict[str, Entry]
@@ -336,6 +337,11 @@ class State(History):
                 path = op["p"]
                 if not isinstance(path, str):
                     raise IntegrityError("manifest op is malformed")
+                entry = op.get("e")
+                if isinstance(entry, dict) and poisoned(entry, self.cuts):
+                    self._check(path, dot, entry)  # it resolved a conflict with a late write:
+                    self.to_attic(path, dot, entry, at)  # kept, and what it removed stays (AA2)
+                    continue
                 reloc = op.get("reloc") or {}
                 rm = op.get("rm", [])
                 sibs = self.siblings(path) if reloc or rm else {}

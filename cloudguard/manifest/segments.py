@@ -15,6 +15,7 @@ from typing import Any
 from ..errors import IntegrityError
 from ..keys import now_iso
 from ..state import write_private
+from . import resolutions
 from .crdt import Siblings, State
 from .moves import LOCATION_FIELDS, Entry
 
@@ -162,6 +163,7 @@ _FIELD_TYPES: dict[str, type] = {
     "t": str, "s": int, "m": int, "x": int, "h": str, "o": str, "a": int, "n": int,
     "i": str, "k": str, "g": str, "w": str, "l": str, "r": int, "om": str, "pt": int,
     "lc": int, "wb": str, "rd": list, "rt": int, "pl": dict, "sg": str,
+    "cf": str,
 }
 
 
@@ -186,6 +188,10 @@ def check_entry(entry: object) -> Entry:
     writer = entry.get("wb")
     if "sg" not in entry or (writer is not None and not _WRITER.match(writer)):
         raise IntegrityError("manifest entry is malformed")
+    if "cf" in entry:  # a conflict resolution's dots (review round 12, AA2)
+        named = resolutions.dots(entry)
+        if not 0 < len(named) <= resolutions.MAX_DOTS or not all(map(_DOT.match, named)):
+            raise IntegrityError("manifest entry is malformed")
     if "pl" in entry or "rd" in entry or "rt" in entry:  # a moved blob: all three
         rd = entry.get("rd")
         if not ("pl" in entry and "rt" in entry and rd and all(

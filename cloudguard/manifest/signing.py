@@ -22,7 +22,7 @@ from ..errors import IntegrityError
 from .moves import Entry
 
 LABEL = b"cloudguard/v2/entry"
-CONTENT_FIELDS = ("t", "s", "m", "x", "h", "l", "lc", "wb", "pt")
+CONTENT_FIELDS = ("t", "s", "m", "x", "h", "l", "lc", "wb", "pt", "cf")
 SIG_FIELD = "sg"
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import CloudguardError
-from ..manifest import Entry, State
+from ..manifest import Entry, State, resolutions
 from ..state import IndexRow
 from .scanning import (
     LocalItem,
@@ -72,7 +72,8 @@ def resolve_siblings(state: State, labels: dict[str, str]) -> list[dict[str, Any
             continue
         order = sorted(sibs.items(), key=_precedence)
         winner_dot, winner = order[-1]
-        ops.append({"p": path, "e": winner, "rm": sorted(sibs)})
+        cf = resolutions.named(sibs)  # so a late write's part is undone at the clamp (AA2)
+        ops.append({"p": path, "e": {**winner, resolutions.FIELD: cf}, "rm": sorted(sibs)})
         seen = {content_key(winner)}
         for dot, entry in order[:-1]:
             if content_key(entry) in seen:
@@ -83,7 +84,7 @@ def resolve_siblings(state: State, labels: dict[str, str]) -> list[dict[str, Any
             name = conflict_name(path, when, labels.get(device, device[:8]),
                                  lambda p: state.has_path(p) or p in chosen)
             chosen.add(name)
-            ops.append({"p": name, "e": entry, "rm": []})
+            ops.append({"p": name, "e": {**entry, resolutions.FIELD: cf}, "rm": []})
     return ops
 
 

@@ -1,0 +1,45 @@
+"""Conflict resolutions that a removed member's late write took part in (review round 12,
+AA2). A resolution is an honest device's dot, so without more it would keep a late write's
+content live for good: as the copy of the loser, or at the path itself when the late write
+won (its Lamport time is what the removed member signed). Each version a resolution writes
+names, in its signed ``cf``, every dot the conflict held (and those its siblings' own ``cf``
+named: a resolution of a resolution). Once a removal shows, a version whose ``cf`` names a
+late dot is treated like a late version: it goes to the history and never comes back, and as
+a remover it is late, so what it replaced comes back (format.md, "Writer rules").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from .moves import late_dot
+
+FIELD = "cf"
+MAX_DOTS = 4096  # one path's chain of resolutions, each naming the ones before
+
+
+def dots(entry: dict[str, Any]) -> list[str]:
+    raw = entry.get(FIELD)
+    return raw.split(",") if isinstance(raw, str) and raw else []
+
+
+def named(siblings: dict[str, dict[str, Any]]) -> str:
+    """The ``cf`` of a resolution of ``siblings``: deterministic, so that two devices resolving
+    one conflict write the same versions."""
+    out: set[str] = set(siblings)
+    for entry in siblings.values():
+        out.update(dots(entry))
+    return ",".join(sorted(out))
+
+
+def poisoned(entry: dict[str, Any] | None, cuts: dict[str, int]) -> bool:
+    """Did a removed member's late write take part in the conflict this version resolved?"""
+    return bool(cuts) and entry is not None and any(late_dot(d, cuts) for d in dots(entry))
+
+
+def poisoned_remover(dot: str, at_path: Iterable[dict[str, Any] | None],
+                     cuts: dict[str, int]) -> bool:
+    """Is ``dot`` a resolution with a late write, judged by any copy of its version at the
+    path (live or kept)?"""
+    return any(poisoned(entry, cuts) for entry in at_path)

@@ -1,0 +1,162 @@
+"""Review round 12, AA2: a conflict an honest device resolved while it had not seen a removal
+(a lag), between an honest version and a removed member's late one. The resolution is an
+honest dot: without more, it would keep the late content live on every device for good (as a
+conflict copy, or at the path itself with a forged Lamport time), where every other late write
+goes to the history once the removal shows.
+
+Played like tests/test_trust_attacks.py: every device has its own CLOUDGUARD_HOME, and the
+test is the provider, showing a device an older remote and handing on what it wrote.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_trust_attacks import (
+    Dev,
+    Provider,
+    compact,
+    make_vault,
+    provider,  # noqa: F401 (a fixture)
+    script_restores,
+)
+
+from cloudguard import session as session_mod
+
+__all__ = ["provider"]
+
+LATE = "rewritten by the removed device"
+
+
+def _texts(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): p.read_text() for p in folder.rglob("*")
+            if p.is_file() and ".cloudguard" not in p.parts}
+
+
+def lamport_forger(monkeypatch: pytest.MonkeyPatch, lc: int) -> None:
+    """X signs the Lamport time it likes: a low one loses the conflict (its content becomes
+    the copy), a high one wins it (the honest version is moved aside)."""
+    real = session_mod.Session.commit
+
+    def commit(self: Any, ops: list[dict[str, Any]]) -> str:
+        for op in ops:
+            if op.get("e") is not None:
+                op["e"]["lc"] = lc
+        return real(self, ops)
+    monkeypatch.setattr(session_mod.Session, "commit", commit)
+
+
+def a_conflict_resolved_during_the_lag(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                       remote: str, provider: Provider, lc: int,
+                                       compacts: bool = True) -> list[Dev]:
+    """A edits paper.txt, then removes X. X, shown the remote from before A's edit, edits it
+    late (its version and A's both replace the first: a conflict). B, kept from seeing the
+    removal, pulls both, resolves the conflict, pushes and (``compacts``) compacts."""
+    a, b, c, x = make_vault(monkeypatch, tmp_path, remote, "a", "b", "c", "x")
+    a.write("paper.txt", "original")
+    a.cg("push")
+    for dev in (b, c, x):
+        dev.cg("pull")
+    before = provider.objects()
+    a.write("paper.txt", "A's edit")
+    a.cg("push")
+    edited = provider.objects()
+    a.cg("device", "remove", x.rid)
+    with provider.showing(before) as late:
+        x.write("paper.txt", LATE)
+        with monkeypatch.context() as m:
+            lamport_forger(m, lc)
+            x.cg("push")
+    with provider.showing({**edited, **late}) as by_b:
+        got = b.run("pull")
+        assert got.exit_code == 0, got.output
+        assert LATE in _texts(b.folder).values()  # B's user sees X's write: the lag
+        assert b.run("push").exit_code == 0
+        if compacts:
+            compact(b)
+    kind = ".s" if compacts else ".d"
+    assert any(n.startswith(f"m/{b.rid}-") and n.endswith(kind) for n in by_b)
+    return [a, b, c]
+
+
+@pytest.mark.parametrize("compacts", [True, False], ids=["snapshot", "delta"])
+@pytest.mark.parametrize("lc", [1, 10**9], ids=["late-loses", "late-wins"])
+def test_a_conflict_resolved_during_a_lag_does_not_keep_the_late_content_live(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, lc: int, compacts: bool) -> None:
+    """Once the removal shows, the resolution is undone like the late write it resolved:
+    paper.txt holds A's edit on every device, under its name, and no file anywhere holds X's
+    content (it stays in the history, as every late write does). A and C never held X's
+    write: they read the resolution from B's snapshot, or apply B's delta."""
+    a, b, c = a_conflict_resolved_during_the_lag(monkeypatch, tmp_path, local_remote,
+                                                 provider, lc, compacts)
+    for dev in (b, a, c, b):
+        got = dev.run("pull")
+        assert got.exit_code == 0, f"{dev.name}: {got.output}"
+        texts = _texts(dev.folder)
+        assert texts.get("paper.txt") == "A's edit", (dev.name, texts)
+        assert LATE not in texts.values(), (dev.name, texts)
+    for dev in (a, b, c):
+        assert dev.json("verify")["ok"], dev.name
+    restored = _texts(script_restores(a, local_remote, tmp_path))
+    assert restored.get("paper.txt") == "A's edit" and LATE not in restored.values(), restored
+
+
+D, E, F, B, X = ("d" * 16, "e" * 16, "f" * 16, "b" * 16, "c" * 16)
+
+
+def _file(text: str, **more: object) -> dict[str, Any]:
+    return {"t": "f", "h": text, **more}
+
+
+def test_a_resolution_names_the_dots_its_siblings_resolutions_named() -> None:
+    """A resolution of a resolution must still name the late write the first one resolved,
+    or resolving the conflict twice would launder it (AA2)."""
+    from cloudguard.manifest import resolutions
+
+    first = resolutions.named({f"{D}:50": _file("d"), f"{X}:12": _file("x")})
+    assert first == ",".join(sorted([f"{D}:50", f"{X}:12"]))
+    again = resolutions.named({f"{B}:3": _file("x", cf=first), f"{E}:61": _file("e")})
+    assert resolutions.dots({"cf": again}) == sorted([f"{B}:3", f"{D}:50", f"{E}:61",
+                                                      f"{X}:12"])
+    assert resolutions.poisoned({"cf": again}, {X: 11})
+    assert not resolutions.poisoned({"cf": again}, {X: 12})
+    assert not resolutions.poisoned({"cf": again}, {})
+
+
+def test_the_clamp_undoes_a_resolution_of_a_resolution_of_a_late_write() -> None:
+    """D:50 and X:12 (late) conflicted; B:3 resolved it (X's content won); F:5 then resolved
+    B:3 against E's honest edit E:61. At the clamp both resolutions go to the history, and the
+    honest versions they replaced, D:50 and E:61, come back (a conflict, resolved again)."""
+    from cloudguard.manifest.clamp import Limits, clamp_snapshot
+
+    p = "paper.txt"
+    b3 = _file("x", cf=f"{D}:50,{X}:12")
+    f5 = _file("x", cf=",".join(sorted([f"{B}:3", f"{D}:50", f"{E}:61", f"{X}:12"])))
+    kept = {p: {f"{D}:50": {"e": _file("d"), "g": 1, "rb": [f"{B}:3"]},
+                f"{X}:12": {"e": _file("x"), "g": 1, "rb": [f"{B}:3"]},
+                f"{B}:3": {"e": b3, "g": 2, "rb": [f"{F}:5"]},
+                f"{E}:61": {"e": _file("e"), "g": 2, "rb": [f"{F}:5"]}}}
+    live, history, _rc = clamp_snapshot({p: {f"{F}:5": f5}}, kept, {}, 3,
+                                        Limits(cuts={X: 11}))
+    assert sorted(live[p]) == [f"{D}:50", f"{E}:61"]
+    assert {f"{B}:3", f"{F}:5", f"{X}:12"} <= set(history[p])
+    # with no removal, nothing moves
+    live, history, _rc = clamp_snapshot({p: {f"{F}:5": f5}}, kept, {}, 3, Limits(cuts={X: 12}))
+    assert sorted(live[p]) == [f"{F}:5"]
+
+
+def test_a_resolution_an_honest_edit_replaced_since_stays_replaced() -> None:
+    """E edited what B's resolution left at the path (E:61 replaces B:3): E's content stays,
+    and D:50, written over through B:3, does not come back beside it."""
+    from cloudguard.manifest.clamp import Limits, clamp_snapshot
+
+    p = "paper.txt"
+    kept = {p: {f"{D}:50": {"e": _file("d"), "g": 1, "rb": [f"{B}:3"]},
+                f"{B}:3": {"e": _file("x", cf=f"{D}:50,{X}:12"), "g": 2,
+                           "rb": [f"{E}:61"]}}}
+    live, _history, _rc = clamp_snapshot({p: {f"{E}:61": _file("e")}}, kept, {}, 3,
+                                         Limits(cuts={X: 11}))
+    assert sorted(live[p]) == [f"{E}:61"]
