@@ -1149,7 +1149,13 @@ def same_content(one: Entry, two: Entry) -> bool:
 
 
 def check_entry_signature(chain: Chain, path: str, dot: str, entry: Entry) -> None:
-    device, _seq = dot_parts(dot)
+    device, seq = dot_parts(dot)
+    cf = entry.get("cf")
+    if isinstance(cf, str) and any(
+            (m := DOT.fullmatch(d)) and m[1] == device and int(m[2]) >= seq
+            for d in cf.split(",")):  # "Manifest payloads", cf: only versions it saw
+        raise IntegrityFailure(f"manifest entry {dot} of {path!r} names a later push of its "
+                               "own writer as a conflict it resolved")
     key = chain.writer_key(device)
     if key is None:
         raise IntegrityFailure(f"manifest entry {dot} of {path!r} names {device}, who was "

@@ -160,3 +160,69 @@ def test_a_resolution_an_honest_edit_replaced_since_stays_replaced() -> None:
     live, _history, _rc = clamp_snapshot({p: {f"{E}:61": _file("e")}}, kept, {}, 3,
                                          Limits(cuts={X: 11}))
     assert sorted(live[p]) == [f"{E}:61"]
+
+
+def test_a_late_delete_learned_first_does_not_bring_back_an_honestly_deleted_version(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 12, AA3 (b): X, removed, deletes paper.txt late, and lagging B learns of
+    that first. E, honest, had deleted paper.txt too and then written a new one (and
+    compacted). Once the removal shows, the late delete is undone on B, which brings the old
+    version back beside E's new one; E's snapshot covers the old version without holding it
+    (an honest delete), so the same load drops it again before any conflict is resolved: no
+    device gets a conflict copy of the deleted file."""
+    a, b, e, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "e", "x")
+    a.write("paper.txt", "original")
+    a.cg("push")
+    for dev in (b, e, x):
+        dev.cg("pull")
+    before = provider.objects()
+    a.cg("device", "remove", x.rid)
+    with provider.showing(before) as late:
+        (x.folder / "paper.txt").unlink()
+        x.cg("push")
+    with provider.showing({**before, **late}):
+        assert b.run("pull").exit_code == 0
+        assert not (b.folder / "paper.txt").exists()
+    with provider.showing(before) as by_e:
+        (e.folder / "paper.txt").unlink()
+        e.cg("push")
+        e.write("paper.txt", "E's new paper")
+        e.cg("push")
+        compact(e)
+    with provider.showing({**before, **late, **by_e}):
+        assert b.run("pull").exit_code == 0
+        assert (b.folder / "paper.txt").read_text() == "E's new paper"
+    for dev in (b, a, e, b):
+        got = dev.run("pull")
+        assert got.exit_code == 0, f"{dev.name}: {got.output}"
+        texts = _texts(dev.folder)
+        assert texts.get("paper.txt") == "E's new paper", (dev.name, texts)
+        assert "original" not in {t for p, t in texts.items() if p.startswith("paper")}, (
+            dev.name, texts)
+    restored = _texts(script_restores(a, local_remote, tmp_path))
+    assert restored.get("paper.txt") == "E's new paper" and "original" not in {
+        t for p, t in restored.items() if p.startswith("paper")}, restored
+
+
+def test_a_version_naming_a_later_push_of_its_own_writer_as_resolved_is_refused() -> None:
+    """A member must not plant its own future dot in ``cf``: once removed with a cutoff below
+    it, its honest versions (and honest metadata changes of them, which keep ``cf``) would be
+    treated as late. Earlier dots of its own and any dot of others are fine."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from cloudguard.errors import IntegrityError
+    from cloudguard.manifest.signing import Verifier, sign
+
+    key = Ed25519PrivateKey.generate()
+    raw = key.public_key().public_bytes_raw()
+    check = Verifier("vault", lambda dev: raw if dev == X else None)
+    for cf, ok in ((f"{D}:50,{X}:4", True), (f"{D}:50,{X}:5", False),
+                   (f"{X}:999", False), (f"{E}:999", True)):
+        entry = _file("x", cf=cf)
+        sign(key, "vault", "p", f"{X}:5", entry)
+        if ok:
+            check("p", f"{X}:5", entry)
+        else:
+            with pytest.raises(IntegrityError, match="later push of its own writer"):
+                check("p", f"{X}:5", entry)

@@ -204,7 +204,11 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
             else:
                 held_dots = None
             with _naming(name):
-                if not state.dominates(ctx) or _lifts(ctx, state.raises.takeable(state.cuts)):
+                # at a clamp, every snapshot's observed-remove runs again: a version it
+                # revived that a clean snapshot covers without holding was removed honestly,
+                # and must not come back beside the current one (review round 12, AA3)
+                if clamped or not state.dominates(ctx) or _lifts(
+                        ctx, state.raises.takeable(state.cuts)):
                     state.merge_snapshot(ctx, paths.items(), kept, time_of(payload),
                                          f"{parsed[name][0]}:{parsed[name][1]}", rc, raw)
                 elif kept:

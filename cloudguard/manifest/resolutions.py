@@ -33,6 +33,16 @@ def named(siblings: dict[str, dict[str, Any]]) -> str:
     return ",".join(sorted(out))
 
 
+def names_later(dot: str, entry: dict[str, Any]) -> bool:
+    """Does ``cf`` name a dot of the version's own writer at or past the version itself? A
+    resolution names versions it saw, so never one of its writer's later pushes: a member
+    must not plant its own future (late) dot so that its removal would undo its honest work
+    and what honest devices built on it."""
+    dev, _, seq = dot.partition(":")
+    return any(d.partition(":")[0] == dev and int(d.partition(":")[2]) >= int(seq)
+               for d in dots(entry))
+
+
 def poisoned(entry: dict[str, Any] | None, cuts: dict[str, int]) -> bool:
     """Did a removed member's late write take part in the conflict this version resolved?"""
     return bool(cuts) and entry is not None and any(late_dot(d, cuts) for d in dots(entry))
