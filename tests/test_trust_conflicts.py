@@ -162,15 +162,18 @@ def test_a_resolution_an_honest_edit_replaced_since_stays_replaced() -> None:
     assert sorted(live[p]) == [f"{E}:61"]
 
 
+@pytest.mark.parametrize("compacts", [True, False], ids=["snapshot", "delta"])
 def test_a_late_delete_learned_first_does_not_bring_back_an_honestly_deleted_version(
         local_remote: str, provider: Provider, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, compacts: bool) -> None:
     """Review round 12, AA3 (b): X, removed, deletes paper.txt late, and lagging B learns of
     that first. E, honest, had deleted paper.txt too and then written a new one (and
-    compacted). Once the removal shows, the late delete is undone on B, which brings the old
-    version back beside E's new one; E's snapshot covers the old version without holding it
-    (an honest delete), so the same load drops it again before any conflict is resolved: no
-    device gets a conflict copy of the deleted file."""
+    compacted, or not). Once the removal shows, the late delete is undone on B, which would
+    bring the old version back beside E's new one. E's snapshot covers the old version without
+    holding it (an honest delete), so the same load drops it again before any conflict is
+    resolved; without a snapshot, B read E's delete in E's own delta, which it records (`rw`)
+    and which keeps the version from coming back. No device gets a conflict copy of the
+    deleted file."""
     a, b, e, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "e", "x")
     a.write("paper.txt", "original")
     a.cg("push")
@@ -189,7 +192,8 @@ def test_a_late_delete_learned_first_does_not_bring_back_an_honestly_deleted_ver
         e.cg("push")
         e.write("paper.txt", "E's new paper")
         e.cg("push")
-        compact(e)
+        if compacts:
+            compact(e)
     with provider.showing({**before, **late, **by_e}):
         assert b.run("pull").exit_code == 0
         assert (b.folder / "paper.txt").read_text() == "E's new paper"

@@ -10,9 +10,10 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
-from .carriers import Carriers
+from .carriers import Carriers, late_carrier
 from .moves import Entry, _was, _where, join_remover, late_dot, newer_location, removers
 from .raises import Raises
+from .resolutions import poisoned
 
 
 def _generation(raw: str) -> str | None:
@@ -74,7 +75,8 @@ class History:
         return gone is None or gen not in self.ended_since or gone < self.ended_since[gen]
 
     def to_attic(self, path: str, dot: str, entry: Entry, gone: int,
-                 rb: str | None = None, checked: bool = True, own: bool = False) -> None:
+                 rb: str | None = None, checked: bool = True, own: bool = False,
+                 rw: str | None = None) -> None:
         """Keep a replaced or deleted version. The same version reached two ways (a delta and
         a snapshot) keeps the latest time, so every device converges and no merge shortens
         history (review round 3, R7). ``checked``: False for a version that a segment states
@@ -83,9 +85,10 @@ class History:
         joined with what is recorded (join_remover), so that a removed member's late edit can
         be undone (format.md "Version history"). ``own``: it leaves this device's live state
         now (a row a snapshot's history states is not: it may be a fake, review round 10,
-        Y2); once set, it stays."""
-        row = self.db.execute("SELECT e, gone, rb, own FROM attic WHERE path = ? AND dot = ?",
-                              (path, dot)).fetchone()
+        Y2); once set, it stays. ``rw``: the remover, when this device read that removal in
+        its writer's own signed delta (never hearsay: ``witness``)."""
+        row = self.db.execute("SELECT e, gone, rb, own, rw FROM attic "
+                              "WHERE path = ? AND dot = ?", (path, dot)).fetchone()
         if row is not None:
             had = json.loads(row[0])
             self._same_version(path, dot, had, entry)
@@ -93,12 +96,51 @@ class History:
             gone = max(gone, int(row[1]))
             rb = join_remover(row[2], rb)
             own = own or bool(row[3])
+            rw = join_remover(row[4], rw)
         elif checked is False:
             self._check(path, dot, entry)
         self.db.execute("INSERT OR REPLACE INTO attic (path, dot, e, o, a, n, gone, po, pa, pn, "
-                        "rb, own) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "rb, own, rw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (path, dot, _dump(entry), *_where(entry), gone, *_was(entry), rb,
-                         1 if own else None))
+                         1 if own else None, rw))
+
+    def _kept_here(self, path: str, dot: str) -> bool:
+        """Held as removed (rule 4 of "Suspect stretches"): in the history, with a remover
+        that is no late write and no carrier judged late, or one whose own delta this device
+        read (``rw``, AA3 (b)). A row whose only removers are late is X's word, like a history
+        row a late snapshot states (review round 11, Z1)."""
+        row = self.db.execute("SELECT rb, rw FROM attic WHERE path = ? AND dot = ?",
+                              (path, dot)).fetchone()
+        if row is None:
+            return False
+        if not self.cuts or any(self._honest(path, r) for r in removers(row[1])):
+            return True
+        rb = sorted(removers(row[0]))
+        if any(late_dot(r, self.cuts) for r in rb):
+            return False  # the removed member's word as a whole (review round 12, AA1)
+        vectors = self.carriers.of(rb)
+        return any(not late_dot(r, self.cuts) and not late_carrier(r, rb, vectors, self.cuts)
+                   for r in rb)
+
+    def _honest(self, path: str, dot: str) -> bool:
+        """A remover that is no late write and no resolution a late write took part in."""
+        if late_dot(dot, self.cuts):
+            return False
+        found = self.db.execute("SELECT e FROM entries WHERE path = ? AND dot = ? UNION ALL "
+                                "SELECT e FROM attic WHERE path = ? AND dot = ?",
+                                (path, dot, path, dot)).fetchone()
+        return found is None or not poisoned(json.loads(found[0]), self.cuts)
+
+    def witness(self, path: str, dot: str, by: str) -> None:
+        """A delta of ``by``'s writer names ``dot``, which this device holds as removed
+        already (a removed member's late write, learned first, removed it too): that honest
+        removal is recorded, so undoing the late one does not bring the version back
+        (review round 12, AA3 (b))."""
+        row = self.db.execute("SELECT rw FROM attic WHERE path = ? AND dot = ?",
+                              (path, dot)).fetchone()
+        if row is not None:
+            self.db.execute("UPDATE attic SET rw = ? WHERE path = ? AND dot = ?",
+                            (join_remover(row[0], by), path, dot))
 
     def attic(self, path: str | None = None) -> Iterator[tuple[str, str, Entry, int]]:
         """(path, dot, entry, replaced at) of kept versions, of one path or of all; none that

@@ -15,7 +15,7 @@ from .attic import _generation_of
 from .carriers import clamped as clamped_carriers
 from .carriers import late_carrier
 from .crdt import State
-from .moves import late_dot, unmoved
+from .moves import late_dot, removers, unmoved
 from .resolutions import poisoned
 
 # Late versions kept per removed member with a counting removal: a thief must not fill every
@@ -76,8 +76,11 @@ def clamp_own(state: State, lim: Limits) -> None:
     in no snapshot, review round 4, S4), what they replaced comes back, and every snapshot and
     delta is read again. Rare, so the copy is held in memory."""
     paths, kept, ctx = dict(state.items()), state.attic_payload(), dict(state.ctx)
+    witnessed = state.db.execute("SELECT rw, path, dot FROM attic WHERE rw IS NOT NULL"
+                                 ).fetchall()
     live, history, rc = clamp_snapshot(paths, kept, state.carriers.everything(),
-                                       int(time.time()), lim)
+                                       int(time.time()), lim,
+                                       _removed_honestly(witnessed, paths, kept, lim.cuts))
     raised = state.raises.rows()  # which snapshot lifted the vector where: still true
     words = state.raises.words()  # and what each writer's own segments said
     own = state.db.execute("SELECT path, dot FROM attic WHERE own IS NOT NULL").fetchall()
@@ -87,14 +90,29 @@ def clamp_own(state: State, lim: Limits) -> None:
     state.merge_snapshot(clamp_ctx(ctx, lim.cuts), live.items(), history, int(time.time()),
                          carriers=rc)
     state.db.executemany("UPDATE attic SET own = 1 WHERE path = ? AND dot = ?", own)
+    state.db.executemany("UPDATE attic SET rw = ? WHERE path = ? AND dot = ?", witnessed)
+
+
+def _removed_honestly(witnessed: list[tuple[str, str, str]], paths: Live, kept: Rows,
+                      cuts: dict[str, int]) -> frozenset[tuple[str, str]]:
+    """Kept versions that an honest writer's own delta removed too, as this device read it
+    (``rw``): undoing a late removal must not bring them back (review round 12, AA3 (b)).
+    A late remover, or a resolution a late write took part in (AA2), is no such witness."""
+    def honest(path: str, dot: str) -> bool:
+        entry = paths.get(path, {}).get(dot) or kept.get(path, {}).get(dot, {}).get("e")
+        return not late_dot(dot, cuts) and not poisoned(entry, cuts)
+
+    return frozenset((p, d) for rw, p, d in witnessed if any(honest(p, r) for r in removers(rw)))
 
 
 def clamp_snapshot(paths: Live, kept: Rows, rc: dict[str, dict[str, int]], when: int,
-                   lim: Limits) -> tuple[Live, Rows, dict[str, dict[str, int]]]:
+                   lim: Limits, stay: frozenset[tuple[str, str]] = frozenset()
+                   ) -> tuple[Live, Rows, dict[str, dict[str, int]]]:
     """A snapshot (or this device's own state) with late dots: its live versions, history
-    and carriers as they are once the late writes are never seen."""
+    and carriers as they are once the late writes are never seen. ``stay``: (path, dot) of
+    kept versions that are not revived (this device saw an honest removal of them)."""
     live, history = _clamped(paths, kept, lim, when)
-    live, history = _revive(live, history, lim, paths, kept, rc)
+    live, history = _revive(live, history, lim, paths, kept, rc, stay)
     return live, _bounded(history, lim), clamped_carriers(rc, lim.cuts)
 
 
@@ -149,7 +167,8 @@ def _bounded(history: Rows, lim: Limits) -> Rows:
 
 
 def _revive(paths: Live, kept: Rows, lim: Limits, unclamped: Live, unclamped_kept: Rows,
-            carriers: dict[str, dict[str, int]]) -> tuple[Live, Rows]:
+            carriers: dict[str, dict[str, int]], stay: frozenset[tuple[str, str]]
+            ) -> tuple[Live, Rows]:
     """Versions that a removed member's late write sent to the history come back unless a
     version live at that path now was written over them (``descends``): clamping its edit
     must not turn it into a delete (review round 2, N5 (a)), nor its late snapshot's drops
@@ -173,6 +192,7 @@ def _revive(paths: Live, kept: Rows, lim: Limits, unclamped: Live, unclamped_kep
         live = unclamped.get(path, {})
         gone = unclamped_kept.get(path, {})
         back = {d: r["e"] for d, r in rows.items() if not _late_version(d, r["e"], limit)
+                and (path, d) not in stay
                 and late_removal(r.get("rb"), live, gone, limit, carriers)
                 and not descends(r.get("rb"), now, rows, limit)}
         if back:

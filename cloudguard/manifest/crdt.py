@@ -15,16 +15,14 @@ from typing import Any
 
 from ..errors import IntegrityError
 from .attic import History, _dump, _generation
-from .carriers import Carriers, late_carrier, tainted
+from .carriers import Carriers, tainted
 from .moves import (
     Entry,
     _was,
     _where,
     carried,
-    late_dot,
     moved,
     newer_location,
-    removers,
 )
 from .paths import Paths
 from .raises import Raises, in_stretch
@@ -71,7 +69,7 @@ _MOVE_COLUMNS = (("po", "TEXT"), ("pa", "INTEGER"), ("pn", "INTEGER"))
 # when an observed-remove merge did, or when two removals disagree)
 # own: 1 when the version left this device's live state (its time is this device's clock):
 # only such a version, once forgotten, raises the forget floor (raises.py; round 10, Y2)
-_ATTIC_COLUMNS = (("rb", "TEXT"), ("own", "INTEGER"))
+_ATTIC_COLUMNS = (("rb", "TEXT"), ("own", "INTEGER"), ("rw", "TEXT"))
 _MOVE_INDEXES = """
 CREATE INDEX IF NOT EXISTS entries_po ON entries (po) WHERE po IS NOT NULL;
 CREATE INDEX IF NOT EXISTS attic_po ON attic (po) WHERE po IS NOT NULL;
@@ -278,23 +276,6 @@ class State(History):
         out = self.raises.seen(self.honest(), self.ctx, self.cuts)
         return {**out, **{d: max(s, out.get(d, 0)) for d, s in self.short.items()}}
 
-    def _kept_here(self, path: str, dot: str) -> bool:
-        """Held as removed (rule 4 of "Suspect stretches"): in the history, with a remover
-        that is no late write and no carrier judged late. A row whose only removers are
-        late is X's word, like a history row a late snapshot states (review round 11, Z1)."""
-        row = self.db.execute("SELECT rb FROM attic WHERE path = ? AND dot = ?",
-                              (path, dot)).fetchone()
-        if row is None:
-            return False
-        rb = sorted(removers(row[0]))
-        if not self.cuts:
-            return True
-        if any(late_dot(r, self.cuts) for r in rb):
-            return False  # the removed member's word as a whole (review round 12, AA1)
-        vectors = self.carriers.of(rb)
-        return any(not late_dot(r, self.cuts) and not late_carrier(r, rb, vectors, self.cuts)
-                   for r in rb)
-
     # --- writing ----------------------------------------------------------------------------
 
     def _check(self, path: str, dot: str, entry: Entry) -> None:
@@ -354,10 +335,12 @@ class State(History):
                     else:
                         for _p, _d, kept, gone in self._kept(path, target):
                             self.to_attic(path, target, moved(kept, loc, dot, at), gone)
-                for old in rm:
+                for old in rm:  # its writer's own word that it removed ``old`` (``rw``)
                     if old in sibs:
-                        self.to_attic(path, old, sibs.pop(old), at, dot, own=True)
+                        self.to_attic(path, old, sibs.pop(old), at, dot, own=True, rw=dot)
                         self._drop(path, old)
+                    else:
+                        self.witness(path, old, dot)
                 entry = op.get("e")
                 if entry is not None:
                     if not isinstance(entry, dict):
