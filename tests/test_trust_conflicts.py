@@ -230,3 +230,39 @@ def test_a_version_naming_a_later_push_of_its_own_writer_as_resolved_is_refused(
         else:
             with pytest.raises(IntegrityError, match="later push of its own writer"):
                 check("p", f"{X}:5", entry)
+
+
+def test_an_honest_edit_racing_a_late_edit_keeps_the_old_version_out(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """AA1's cost, where the device read the honest edit itself: X, removed, edits paper.txt
+    late and lagging B learns of it first; E, honest, edits paper.txt too, never having seen
+    X's edit. B sees a conflict and resolves it during the lag. Once the removal shows, X's
+    edit and B's resolution are undone; E's edit stays at paper.txt, and the original, which
+    B read E's own delta replace, does not come back beside it."""
+    a, b, e, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "e", "x")
+    a.write("paper.txt", "original")
+    a.cg("push")
+    for dev in (b, e, x):
+        dev.cg("pull")
+    before = provider.objects()
+    a.cg("device", "remove", x.rid)
+    with provider.showing(before) as late:
+        x.write("paper.txt", LATE)
+        x.cg("push")
+    with provider.showing({**before, **late}):
+        assert b.run("pull").exit_code == 0
+        assert (b.folder / "paper.txt").read_text() == LATE
+    with provider.showing(before) as by_e:
+        e.write("paper.txt", "E's edit")
+        e.cg("push")
+    with provider.showing({**before, **late, **by_e}):
+        assert b.run("pull").exit_code == 0
+        assert LATE in _texts(b.folder).values() and "E's edit" in _texts(b.folder).values()
+    for dev in (b, a, e, b):
+        got = dev.run("pull")
+        assert got.exit_code == 0, f"{dev.name}: {got.output}"
+        texts = _texts(dev.folder)
+        assert texts.get("paper.txt") == "E's edit", (dev.name, texts)
+        assert {t for p, t in texts.items() if p.startswith("paper")} == {"E's edit"}, (
+            dev.name, texts)
