@@ -162,6 +162,20 @@ def test_a_resolution_an_honest_edit_replaced_since_stays_replaced() -> None:
     assert sorted(live[p]) == [f"{E}:61"]
 
 
+def x_removed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, remote: str,
+              provider: Provider) -> tuple[list[Dev], dict[str, bytes]]:
+    """A, B, E and X hold A's paper.txt; A removes X. Returns them and the remote from before
+    the removal (what X and a lagging device are shown)."""
+    a, b, e, x = make_vault(monkeypatch, tmp_path, remote, "a", "b", "e", "x")
+    a.write("paper.txt", "original")
+    a.cg("push")
+    for dev in (b, e, x):
+        dev.cg("pull")
+    before = provider.objects()
+    a.cg("device", "remove", x.rid)
+    return [a, b, e, x], before
+
+
 @pytest.mark.parametrize("compacts", [True, False], ids=["snapshot", "delta"])
 def test_a_late_delete_learned_first_does_not_bring_back_an_honestly_deleted_version(
         local_remote: str, provider: Provider, tmp_path: Path,
@@ -174,13 +188,7 @@ def test_a_late_delete_learned_first_does_not_bring_back_an_honestly_deleted_ver
     resolved; without a snapshot, B read E's delete in E's own delta, which it records (`rw`)
     and which keeps the version from coming back. No device gets a conflict copy of the
     deleted file."""
-    a, b, e, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "e", "x")
-    a.write("paper.txt", "original")
-    a.cg("push")
-    for dev in (b, e, x):
-        dev.cg("pull")
-    before = provider.objects()
-    a.cg("device", "remove", x.rid)
+    (a, b, e, x), before = x_removed(monkeypatch, tmp_path, local_remote, provider)
     with provider.showing(before) as late:
         (x.folder / "paper.txt").unlink()
         x.cg("push")
@@ -240,13 +248,7 @@ def test_an_honest_edit_racing_a_late_edit_keeps_the_old_version_out(
     X's edit. B sees a conflict and resolves it during the lag. Once the removal shows, X's
     edit and B's resolution are undone; E's edit stays at paper.txt, and the original, which
     B read E's own delta replace, does not come back beside it."""
-    a, b, e, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "e", "x")
-    a.write("paper.txt", "original")
-    a.cg("push")
-    for dev in (b, e, x):
-        dev.cg("pull")
-    before = provider.objects()
-    a.cg("device", "remove", x.rid)
+    (a, b, e, x), before = x_removed(monkeypatch, tmp_path, local_remote, provider)
     with provider.showing(before) as late:
         x.write("paper.txt", LATE)
         x.cg("push")
