@@ -10,7 +10,6 @@ a remover it is late, so what it replaced comes back (format.md, "Writer rules")
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from .moves import late_dot
@@ -39,17 +38,11 @@ def names_later(dot: str, entry: dict[str, Any]) -> bool:
     must not plant its own future (late) dot so that its removal would undo its honest work
     and what honest devices built on it."""
     dev, _, seq = dot.partition(":")
-    return any(d.partition(":")[0] == dev and int(d.partition(":")[2]) >= int(seq)
-               for d in dots(entry))
+    return any(d.partition(":")[0] == dev and (not d.partition(":")[2].isdigit() or int(
+        d.partition(":")[2]) >= int(seq)) for d in dots(entry))
 
 
 def poisoned(entry: dict[str, Any] | None, cuts: dict[str, int]) -> bool:
     """Did a removed member's late write take part in the conflict this version resolved?"""
     return bool(cuts) and entry is not None and any(late_dot(d, cuts) for d in dots(entry))
 
-
-def poisoned_remover(dot: str, at_path: Iterable[dict[str, Any] | None],
-                     cuts: dict[str, int]) -> bool:
-    """Is ``dot`` a resolution with a late write, judged by any copy of its version at the
-    path (live or kept)?"""
-    return any(poisoned(entry, cuts) for entry in at_path)
