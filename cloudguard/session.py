@@ -90,8 +90,8 @@ class Session:
         if seq > mf.MAX_SEQ:
             raise IntegrityError(f"this device has no segment number left: another device's "
                                  f"version vector claimed {seq - 1} of its writes; remove "
-                                 "the device that claimed them (format.md, \"Claims about "
-                                 "this device\")")
+                                 "that device, and if this persists, enrol this folder again "
+                                 "as a new device (format.md, \"Claims about this device\")")
         return seq
 
     def write_segment(self, kind: str,

@@ -1121,7 +1121,7 @@ def unmoved(entry: Entry, limit: dict[str, int], listed: set[str]) -> Entry:
 
 
 # "Entry signatures": the writer of a dot signs what the version is
-ENTRY_CONTENT = ("t", "s", "m", "x", "h", "l", "lc", "wb", "pt", "cf")
+ENTRY_CONTENT = ("t", "s", "m", "x", "h", "l", "lc", "wb", "pt", "cs")
 
 
 def entry_message(vault_id: str, path: str, dot: str, entry: Entry) -> bytes:
@@ -1149,13 +1149,7 @@ def same_content(one: Entry, two: Entry) -> bool:
 
 
 def check_entry_signature(chain: Chain, path: str, dot: str, entry: Entry) -> None:
-    device, seq = dot_parts(dot)
-    cf = entry.get("cf")
-    if isinstance(cf, str) and any(
-            (m := DOT.fullmatch(d)) and m[1] == device and int(m[2]) >= seq
-            for d in cf.split(",")):  # "Manifest payloads", cf: only versions it saw
-        raise IntegrityFailure(f"manifest entry {dot} of {path!r} names a later push of its "
-                               "own writer as a conflict it resolved")
+    device, _seq = dot_parts(dot)
     key = chain.writer_key(device)
     if key is None:
         raise IntegrityFailure(f"manifest entry {dot} of {path!r} names {device}, who was "
@@ -1448,11 +1442,11 @@ def late_dot(dot: str, limit: dict[str, int]) -> bool:
 
 
 def poisoned(entry: Entry | None, limit: dict[str, int]) -> bool:
-    """"Writer rules": a version a conflict resolution wrote ("cf": the conflict's dots,
-    comma-separated) where a late write took part in that conflict: it is late itself."""
-    raw = entry.get("cf") if entry is not None else None
-    return bool(limit) and isinstance(raw, str) and any(
-        late_dot(d, limit) for d in raw.split(",") if DOT.fullmatch(d))
+    """"Writer rules": a version a conflict resolution wrote carrying a late dot's content
+    ("cs", the dot that first pushed it): it is late itself."""
+    raw = entry.get("cs") if entry is not None else None
+    return bool(limit) and isinstance(raw, str) and DOT.fullmatch(raw) is not None and \
+        late_dot(raw, limit)
 
 
 def pinned_segments(device: str, cut: Cutoff, segments: SegmentIndex,
@@ -1870,8 +1864,8 @@ def check_entry(path: str, entry: Entry) -> None:
     for key in ("lc", "pt"):  # so are these: the Lamport time of the content, push time
         need(key, key not in entry or (is_int(entry[key]) and entry[key] >= 0))
     need("wb", "wb" not in entry or is_hex(entry["wb"], 16))
-    need("cf", "cf" not in entry or (isinstance(entry["cf"], str) and all(
-        DOT.fullmatch(d) for d in entry["cf"].split(","))))
+    need("cs", "cs" not in entry or (isinstance(entry["cs"], str)
+                                     and DOT.fullmatch(entry["cs"]) is not None))
     if kind == "f":
         for key in ("s", "m", "a", "n"):
             need(key, is_int(entry.get(key)))

@@ -872,9 +872,9 @@ def test_entries_may_carry_w(built: Built) -> None:
 
 def test_the_script_signs_entries_as_the_vectors_say() -> None:
     """format.md "Entry signatures": the script's message is byte for byte the vectors' (a
-    conflict copy's ``cf`` included); the label goes to the signature check apart."""
+    conflict copy's ``cs`` included); the label goes to the signature check apart."""
     vectors = json.loads((SCRIPT.parent.parent / "tests" / "vectors.json").read_text())
     for vec in vectors["entry_signatures"]:
         got = script.entry_message(vec["vault_id"], vec["path"], vec["dot"], vec["entry"])
         assert (b"cloudguard/v2/entry\x00" + got).hex() == vec["message"], vec["path"]
-    assert any("cf" in vec["entry"] for vec in vectors["entry_signatures"])
+    assert any("cs" in vec["entry"] for vec in vectors["entry_signatures"])

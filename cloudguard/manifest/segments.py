@@ -163,7 +163,7 @@ _FIELD_TYPES: dict[str, type] = {
     "t": str, "s": int, "m": int, "x": int, "h": str, "o": str, "a": int, "n": int,
     "i": str, "k": str, "g": str, "w": str, "l": str, "r": int, "om": str, "pt": int,
     "lc": int, "wb": str, "rd": list, "rt": int, "pl": dict, "sg": str,
-    "cf": str,
+    "cs": str,
 }
 
 
@@ -188,10 +188,8 @@ def check_entry(entry: object) -> Entry:
     writer = entry.get("wb")
     if "sg" not in entry or (writer is not None and not _WRITER.match(writer)):
         raise IntegrityError("manifest entry is malformed")
-    if "cf" in entry:  # a conflict resolution's dots (review round 12, AA2)
-        named = resolutions.dots(entry)
-        if not 0 < len(named) <= resolutions.MAX_DOTS or not all(map(_DOT.match, named)):
-            raise IntegrityError("manifest entry is malformed")
+    if not resolutions.well_formed(entry):  # whose content a resolution carries (AA2)
+        raise IntegrityError("manifest entry is malformed")
     if "pl" in entry or "rd" in entry or "rt" in entry:  # a moved blob: all three
         rd = entry.get("rd")
         if not ("pl" in entry and "rt" in entry and rd and all(
@@ -239,8 +237,12 @@ def _check_segment(name: str, payload: dict[str, Any]) -> None:
             _check_moves(payload, ctx, time_of(payload))
             _check_removers(payload, ctx)
         else:
-            _ctx(payload.get("deps"))
+            deps = _ctx(payload.get("deps"))
             payload["ops"] = _CheckedOps(check_ops(payload.get("ops")))
+            device, seq = str(payload.get("device")), int(payload.get("seq") or 0)
+            if not all(resolutions.saw(op["e"], device, seq, deps) for op in payload["ops"]
+                       if op.get("e") is not None):
+                raise IntegrityError("a resolution carries content its writer had not seen")
     except IntegrityError as exc:
         raise IntegrityError(f"manifest segment {name}: {exc}") from exc
 
