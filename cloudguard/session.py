@@ -127,6 +127,7 @@ class Session:
               if (digest := mf.applied_hash(consumed, dev, at)) is not None}
         now = int(time.time())
         lamport = sum(self.state.ctx.values()) + 1  # grows along every causal chain
+        mf.resolutions.stamp(self.state, ops)  # carried content names its first dot (CC2)
         for op in ops:
             if op.get("e") is not None and "reloc" not in op:
                 entry = op["e"]

@@ -1353,17 +1353,18 @@ def carriers_of(payload: dict[str, Any]) -> dict[str, dict[str, int]]:
 
 
 def late_chain(rb: object, live: dict[str, Any], gone: dict[str, Any],
-               limit: dict[str, int], carriers: dict[str, dict[str, int]]) -> bool:
+               limit: dict[str, int], carriers: dict[str, dict[str, int]],
+               moves: set[tuple[str, str]]) -> bool:
     """"Version history": did a late write remove this kept version? One late remover is
     enough: a late carrier, a carrier that names no other remover beside it and whose vector
     covers a late write (round 7, V5), or a late version still live, without a row, or
     itself removed by a late write, followed each dot once (a late cycle counts as late);
     honest and unknown removers revive nothing (round 6, U1; as cloudguard's
     manifest._late_removal)."""
-    todo = [(str(d), rb) for d in rb] if isinstance(rb, list) else []
+    todo = [(str(d), rb, "") for d in rb] if isinstance(rb, list) else []
     seen: set[str] = set()
     while todo:
-        dot, row_rb = todo.pop()
+        dot, row_rb, removed = todo.pop()
         if dot in seen:
             return True
         seen.add(dot)
@@ -1374,6 +1375,8 @@ def late_chain(rb: object, live: dict[str, Any], gone: dict[str, Any],
         here = live.get(dot) if dot in live else gone.get(dot, {}).get("e")
         if poisoned(here if isinstance(here, dict) else None, limit):
             return True  # a resolution of a conflict with a late write (round 12, AA2)
+        if (dot, removed) in moves:
+            return True  # it carried the late version's content elsewhere (round 14, CC2)
         if not late_dot(dot, limit):
             continue
         if dot in live or dot not in gone:
@@ -1381,7 +1384,7 @@ def late_chain(rb: object, live: dict[str, Any], gone: dict[str, Any],
         row = gone[dot]
         more = row.get("rb") if isinstance(row, dict) else None
         more = more if isinstance(more, list) else []
-        todo += [(str(d), more) for d in more]
+        todo += [(str(d), more, dot) for d in more]
     return False
 
 
@@ -1439,6 +1442,15 @@ def late_dot(dot: str, limit: dict[str, int]) -> bool:
     """A dot W:k of a removed member W with k above its cutoff seq."""
     device, seq = dot_parts(dot)
     return device in limit and seq > limit[device]
+
+
+def carried(paths: dict[str, dict[str, Entry]], attic: object) -> set[tuple[str, str]]:
+    """(dot, the dot whose content it carries: "cs") of a snapshot's versions, live or kept:
+    a remover that carried a late version's content elsewhere moved it (round 14, CC2)."""
+    rows = [(d, r.get("e")) for kept in (attic.values() if isinstance(attic, dict) else ())
+            if isinstance(kept, dict) for d, r in kept.items() if isinstance(r, dict)]
+    rows += [(d, e) for sibs in paths.values() for d, e in sibs.items()]
+    return {(d, e["cs"]) for d, e in rows if isinstance(e, dict) and isinstance(e.get("cs"), str)}
 
 
 def poisoned(entry: Entry | None, limit: dict[str, int]) -> bool:
@@ -1600,12 +1612,13 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
                 rc = carriers_of(payload)
             except BadData as exc:
                 raise IntegrityFailure(f"manifest segment {name} is malformed") from exc
+            moves = carried(unclamped, payload.get("attic"))
             for where, versions in back.items():  # a late edit must not become a delete
                 live = unclamped.get(where, {})  # ... while the late version is still there
                 gone = payload.get("attic", {}).get(where, {})  # a late version deleted since
                 now = snapshot.paths.get(where, {})
                 versions = {d: e for d, e in versions.items()
-                            if late_chain(rb_of(payload, where, d), live, gone, limit, rc)
+                            if late_chain(rb_of(payload, where, d), live, gone, limit, rc, moves)
                             and not descends(rb_of(payload, where, d), now, gone, limit)}
                 if versions:
                     snapshot.paths[where] = {**now, **{d: unmoved(e, limit, listed)

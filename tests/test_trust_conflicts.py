@@ -284,3 +284,37 @@ def test_a_delta_whose_resolution_names_content_it_had_not_seen_is_refused() -> 
     for deps, cs in (({X: 11}, f"{X}:12"), ({}, f"{B}:3"), ({X: 12}, f"{F}:1")):
         with pytest.raises(IntegrityError, match="m/d: a resolution carries content"):
             _check_segment("m/d", delta(deps, cs))
+
+
+@pytest.mark.parametrize("act", ["rename", "chmod"])
+def test_a_late_edit_renamed_or_touched_during_the_lag_is_undone_not_kept(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, act: str) -> None:
+    """Review round 14, CC2: X, removed, edits A's paper.txt late; lagging B renames the file
+    (or changes its mode) and pushes. The renamed or touched version carries X's content
+    under B's honest dot. Once the removal shows it goes to the history like X's own, and B's
+    rename is no honest delete of X's version: A's paper.txt comes back on every device, and
+    X's content is live nowhere."""
+    import os
+
+    (a, b, _e, x), before = x_removed(monkeypatch, tmp_path, local_remote, provider)
+    with provider.showing(before) as late:
+        x.write("paper.txt", LATE)
+        x.cg("push")
+    with provider.showing({**before, **late}):
+        assert b.run("pull").exit_code == 0
+        if act == "rename":
+            os.rename(b.folder / "paper.txt", b.folder / "renamed.txt")
+        else:
+            os.chmod(b.folder / "paper.txt", 0o600)
+        got = b.run("push")
+        assert got.exit_code == 0, got.output
+        compact(b)
+    for dev in (b, a, b):
+        got = dev.run("pull")
+        assert got.exit_code == 0, f"{dev.name}: {got.output}"
+        texts = _texts(dev.folder)
+        assert texts.get("paper.txt") == "original", (dev.name, texts)
+        assert LATE not in texts.values(), (dev.name, texts)
+    restored = _texts(script_restores(a, local_remote, tmp_path))
+    assert restored.get("paper.txt") == "original" and LATE not in restored.values(), restored

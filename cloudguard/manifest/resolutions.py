@@ -13,6 +13,7 @@ the conflict held: only the late content leaves (format.md, "Writer rules").
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from .moves import late_dot
@@ -51,3 +52,27 @@ def poisoned(entry: dict[str, Any] | None, cuts: dict[str, int]) -> bool:
     raw = entry.get(FIELD) if entry is not None else None
     return bool(cuts) and isinstance(raw, str) and _DOT.match(raw) is not None and late_dot(
         raw, cuts)
+
+
+def stamp(state: Any, ops: list[dict[str, Any]]) -> None:
+    """Every version a push carries over from another dot (a rename, a metadata-only change,
+    which keep the content's ``lc``) names that content's first dot, as a resolution's do: a
+    late write renamed or touched during a lag must not live on under an honest dot (review
+    round 14, CC2). The source is the version whose blob it shares; folders and links carry
+    no blob, and so no content a removed member could have chosen beyond a name."""
+    for op in ops:
+        entry = op.get("e")
+        if entry is None or "reloc" in op or "lc" not in entry or FIELD in entry:
+            continue
+        if entry.get("t") != "f" or not isinstance(entry.get("o"), str):
+            continue
+        for _path, dot, had in state.in_objects([entry["o"]]):
+            if had.get("a") == entry.get("a") and had.get("h") == entry.get("h"):
+                entry[FIELD] = source(dot, had)
+                break
+
+
+def carried(versions: Iterable[tuple[str, dict[str, Any]]]) -> set[tuple[str, str]]:
+    """(dot, the dot whose content it carries) of every carried version: a remover that
+    carried the late version's content elsewhere moved it, it did not delete it (CC2)."""
+    return {(dot, str(e[FIELD])) for dot, e in versions if isinstance(e.get(FIELD), str)}
