@@ -950,7 +950,8 @@ def test_a_claim_that_exhausts_segment_numbers_stops_the_device_with_advice(
     a.write("new.txt", "cannot go up")
     got = a.run("push")
     assert got.exit_code == 3
-    assert "no segment number left" in got.output and "remove the device" in got.output
+    assert "no segment number left" in got.output and "remove that device" in got.output
+    assert "as a new device" in got.output
 
 
 # --- freeze ---------------------------------------------------------------------------------
