@@ -90,8 +90,8 @@ class Session:
         if seq > mf.MAX_SEQ:
             raise IntegrityError(f"this device has no segment number left: another device's "
                                  f"version vector claimed {seq - 1} of its writes; remove "
-                                 "the device that claimed them (format.md, \"Claims about "
-                                 "this device\")")
+                                 "that device, and if this persists, enrol this folder again "
+                                 "as a new device (format.md, \"Claims about this device\")")
         return seq
 
     def write_segment(self, kind: str,
@@ -127,6 +127,7 @@ class Session:
               if (digest := mf.applied_hash(consumed, dev, at)) is not None}
         now = int(time.time())
         lamport = sum(self.state.ctx.values()) + 1  # grows along every causal chain
+        mf.resolutions.stamp(self.state, ops)  # carried content names its first dot (CC2)
         for op in ops:
             if op.get("e") is not None and "reloc" not in op:
                 entry = op["e"]

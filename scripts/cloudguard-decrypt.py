@@ -1121,7 +1121,7 @@ def unmoved(entry: Entry, limit: dict[str, int], listed: set[str]) -> Entry:
 
 
 # "Entry signatures": the writer of a dot signs what the version is
-ENTRY_CONTENT = ("t", "s", "m", "x", "h", "l", "lc", "wb", "pt", "cf")
+ENTRY_CONTENT = ("t", "s", "m", "x", "h", "l", "lc", "wb", "pt", "cs")
 
 
 def entry_message(vault_id: str, path: str, dot: str, entry: Entry) -> bytes:
@@ -1149,13 +1149,7 @@ def same_content(one: Entry, two: Entry) -> bool:
 
 
 def check_entry_signature(chain: Chain, path: str, dot: str, entry: Entry) -> None:
-    device, seq = dot_parts(dot)
-    cf = entry.get("cf")
-    if isinstance(cf, str) and any(
-            (m := DOT.fullmatch(d)) and m[1] == device and int(m[2]) >= seq
-            for d in cf.split(",")):  # "Manifest payloads", cf: only versions it saw
-        raise IntegrityFailure(f"manifest entry {dot} of {path!r} names a later push of its "
-                               "own writer as a conflict it resolved")
+    device, _seq = dot_parts(dot)
     key = chain.writer_key(device)
     if key is None:
         raise IntegrityFailure(f"manifest entry {dot} of {path!r} names {device}, who was "
@@ -1359,17 +1353,18 @@ def carriers_of(payload: dict[str, Any]) -> dict[str, dict[str, int]]:
 
 
 def late_chain(rb: object, live: dict[str, Any], gone: dict[str, Any],
-               limit: dict[str, int], carriers: dict[str, dict[str, int]]) -> bool:
+               limit: dict[str, int], carriers: dict[str, dict[str, int]],
+               moves: set[tuple[str, str]]) -> bool:
     """"Version history": did a late write remove this kept version? One late remover is
     enough: a late carrier, a carrier that names no other remover beside it and whose vector
     covers a late write (round 7, V5), or a late version still live, without a row, or
     itself removed by a late write, followed each dot once (a late cycle counts as late);
     honest and unknown removers revive nothing (round 6, U1; as cloudguard's
     manifest._late_removal)."""
-    todo = [(str(d), rb) for d in rb] if isinstance(rb, list) else []
+    todo = [(str(d), rb, "") for d in rb] if isinstance(rb, list) else []
     seen: set[str] = set()
     while todo:
-        dot, row_rb = todo.pop()
+        dot, row_rb, removed = todo.pop()
         if dot in seen:
             return True
         seen.add(dot)
@@ -1380,6 +1375,8 @@ def late_chain(rb: object, live: dict[str, Any], gone: dict[str, Any],
         here = live.get(dot) if dot in live else gone.get(dot, {}).get("e")
         if poisoned(here if isinstance(here, dict) else None, limit):
             return True  # a resolution of a conflict with a late write (round 12, AA2)
+        if (dot, removed) in moves:
+            return True  # it carried the late version's content elsewhere (round 14, CC2)
         if not late_dot(dot, limit):
             continue
         if dot in live or dot not in gone:
@@ -1387,7 +1384,7 @@ def late_chain(rb: object, live: dict[str, Any], gone: dict[str, Any],
         row = gone[dot]
         more = row.get("rb") if isinstance(row, dict) else None
         more = more if isinstance(more, list) else []
-        todo += [(str(d), more) for d in more]
+        todo += [(str(d), more, dot) for d in more]
     return False
 
 
@@ -1447,12 +1444,21 @@ def late_dot(dot: str, limit: dict[str, int]) -> bool:
     return device in limit and seq > limit[device]
 
 
+def carried(paths: dict[str, dict[str, Entry]], attic: object) -> set[tuple[str, str]]:
+    """(dot, the dot whose content it carries: "cs") of a snapshot's versions, live or kept:
+    a remover that carried a late version's content elsewhere moved it (round 14, CC2)."""
+    rows = [(d, r.get("e")) for kept in (attic.values() if isinstance(attic, dict) else ())
+            if isinstance(kept, dict) for d, r in kept.items() if isinstance(r, dict)]
+    rows += [(d, e) for sibs in paths.values() for d, e in sibs.items()]
+    return {(d, e["cs"]) for d, e in rows if isinstance(e, dict) and isinstance(e.get("cs"), str)}
+
+
 def poisoned(entry: Entry | None, limit: dict[str, int]) -> bool:
-    """"Writer rules": a version a conflict resolution wrote ("cf": the conflict's dots,
-    comma-separated) where a late write took part in that conflict: it is late itself."""
-    raw = entry.get("cf") if entry is not None else None
-    return bool(limit) and isinstance(raw, str) and any(
-        late_dot(d, limit) for d in raw.split(",") if DOT.fullmatch(d))
+    """"Writer rules": a version a conflict resolution wrote carrying a late dot's content
+    ("cs", the dot that first pushed it): it is late itself."""
+    raw = entry.get("cs") if entry is not None else None
+    return bool(limit) and isinstance(raw, str) and DOT.fullmatch(raw) is not None and \
+        late_dot(raw, limit)
 
 
 def pinned_segments(device: str, cut: Cutoff, segments: SegmentIndex,
@@ -1606,12 +1612,13 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
                 rc = carriers_of(payload)
             except BadData as exc:
                 raise IntegrityFailure(f"manifest segment {name} is malformed") from exc
+            moves = carried(unclamped, payload.get("attic"))
             for where, versions in back.items():  # a late edit must not become a delete
                 live = unclamped.get(where, {})  # ... while the late version is still there
                 gone = payload.get("attic", {}).get(where, {})  # a late version deleted since
                 now = snapshot.paths.get(where, {})
                 versions = {d: e for d, e in versions.items()
-                            if late_chain(rb_of(payload, where, d), live, gone, limit, rc)
+                            if late_chain(rb_of(payload, where, d), live, gone, limit, rc, moves)
                             and not descends(rb_of(payload, where, d), now, gone, limit)}
                 if versions:
                     snapshot.paths[where] = {**now, **{d: unmoved(e, limit, listed)
@@ -1870,8 +1877,8 @@ def check_entry(path: str, entry: Entry) -> None:
     for key in ("lc", "pt"):  # so are these: the Lamport time of the content, push time
         need(key, key not in entry or (is_int(entry[key]) and entry[key] >= 0))
     need("wb", "wb" not in entry or is_hex(entry["wb"], 16))
-    need("cf", "cf" not in entry or (isinstance(entry["cf"], str) and all(
-        DOT.fullmatch(d) for d in entry["cf"].split(","))))
+    need("cs", "cs" not in entry or (isinstance(entry["cs"], str)
+                                     and DOT.fullmatch(entry["cs"]) is not None))
     if kind == "f":
         for key in ("s", "m", "a", "n"):
             need(key, is_int(entry.get(key)))

@@ -160,7 +160,7 @@ def segment_vectors() -> list[dict[str, Any]]:
 
 def entry_signature_vectors() -> list[dict[str, Any]]:
     """format.md "Entry signatures": the exact message and the (deterministic) Ed25519
-    signature of a file, a folder and a symlink entry."""
+    signature of a file, a folder, a symlink and a conflict copy's entry."""
     from cloudguard.manifest import signing
 
     signer = _secret("entry writer")
@@ -172,6 +172,12 @@ def entry_signature_vectors() -> list[dict[str, Any]]:
           "i": "ef" * 16, "k": "AAAA", "g": "12" * 32, "w": "12" * 32}),
         ("docs", f"{device}:1", {"t": "d", "x": 0o755, "pt": 0}),
         ("link\u241b80", f"{device}:123456789012", {"t": "l", "l": "../x", "m": 1}),
+        # a conflict resolution's copy: the content's lc and wb, and its first dot (cs)
+        ("paper (conflict 2026-12-04 101010 x).txt", f"{device}:8",
+         {"t": "f", "s": 3, "m": 1_700_000_000_000_000_000, "x": 0o600, "h": "cd" * 32,
+          "lc": 4, "wb": "fedcba9876543210", "pt": 1_700_000_100,
+          "cs": "fedcba9876543210:5", "o": "ab" * 16, "a": 0, "n": 99,
+          "i": "01" * 16, "k": "AAAA", "g": "34" * 32}),
     ]
     out = []
     for path, dot, entry in cases:

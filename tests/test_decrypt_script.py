@@ -868,3 +868,13 @@ def test_entries_may_carry_w(built: Built) -> None:
     script.check_entry("a.txt", files[0])
     with pytest.raises(script.IntegrityFailure, match="'w'"):
         script.check_entry("a.txt", {**files[0], "w": "not hex"})
+
+
+def test_the_script_signs_entries_as_the_vectors_say() -> None:
+    """format.md "Entry signatures": the script's message is byte for byte the vectors' (a
+    conflict copy's ``cs`` included); the label goes to the signature check apart."""
+    vectors = json.loads((SCRIPT.parent.parent / "tests" / "vectors.json").read_text())
+    for vec in vectors["entry_signatures"]:
+        got = script.entry_message(vec["vault_id"], vec["path"], vec["dot"], vec["entry"])
+        assert (b"cloudguard/v2/entry\x00" + got).hex() == vec["message"], vec["path"]
+    assert any("cs" in vec["entry"] for vec in vectors["entry_signatures"])

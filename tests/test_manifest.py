@@ -903,14 +903,20 @@ def test_a_snapshot_naming_a_device_no_commit_names_is_refused() -> None:
     dev, other, made_up = "a" * 16, "b" * 16, "f" * 16
     row = {"e": {"t": "d"}, "g": 5, "rb": [f"{other}:2"]}
     known = frozenset({dev, other})
-    _known_devices("m/s", {dev: 3, other: 2}, {"p": {f"{dev}:1": row}}, {}, known)
-    _known_devices("m/s", {made_up: 3}, {}, {}, None)  # not checked
-    for ctx, kept, rc in (({made_up: 1}, {}, {}),
-                          ({dev: 3}, {"p": {f"{dev}:1": {**row, "rb": [f"{made_up}:1"]}}}, {}),
-                          ({dev: 3}, {}, {f"{made_up}:1": {dev: 1}}),
-                          ({dev: 3}, {}, {f"{dev}:1": {made_up: 1}})):
+    copy = {"t": "d", "cs": f"{other}:1"}
+    _known_devices("m/s", {dev: 3, other: 2}, {"p": {f"{dev}:1": row}}, {}, known,
+                   {"q": {f"{dev}:2": copy}})
+    _known_devices("m/s", {made_up: 3}, {}, {}, None, {})  # not checked
+    planted = {"t": "d", "cs": f"{made_up}:1"}  # round 13, BB3: a source void-added later
+    for ctx, kept, rc, paths in (
+            ({made_up: 1}, {}, {}, {}),
+            ({dev: 3}, {"p": {f"{dev}:1": {**row, "rb": [f"{made_up}:1"]}}}, {}, {}),
+            ({dev: 3}, {}, {f"{made_up}:1": {dev: 1}}, {}),
+            ({dev: 3}, {}, {f"{dev}:1": {made_up: 1}}, {}),
+            ({dev: 3}, {}, {}, {"q": {f"{dev}:2": planted}}),
+            ({dev: 3}, {"p": {f"{dev}:1": {**row, "e": planted}}}, {}, {})):
         with pytest.raises(IntegrityError, match="no commit on the chain names"):
-            _known_devices("m/s", ctx, kept, rc, known)
+            _known_devices("m/s", ctx, kept, rc, known, paths)
 
 
 def test_ghosts_count_against_the_bound_of_the_member_that_added_them(

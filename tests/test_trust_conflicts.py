@@ -111,30 +111,34 @@ def _file(text: str, **more: object) -> dict[str, Any]:
     return {"t": "f", "h": text, **more}
 
 
-def test_a_resolution_names_the_dots_its_siblings_resolutions_named() -> None:
-    """A resolution of a resolution must still name the late write the first one resolved,
-    or resolving the conflict twice would launder it (AA2)."""
+def test_a_resolution_names_the_first_dot_of_the_content_it_carries() -> None:
+    """A resolution of a resolution must still name the late write whose content it carries,
+    or resolving the conflict twice would launder it (AA2); content it had not seen it cannot
+    name (round 13, BB3)."""
     from cloudguard.manifest import resolutions
 
-    first = resolutions.named({f"{D}:50": _file("d"), f"{X}:12": _file("x")})
-    assert first == ",".join(sorted([f"{D}:50", f"{X}:12"]))
-    again = resolutions.named({f"{B}:3": _file("x", cf=first), f"{E}:61": _file("e")})
-    assert resolutions.dots({"cf": again}) == sorted([f"{B}:3", f"{D}:50", f"{E}:61",
-                                                      f"{X}:12"])
-    assert resolutions.poisoned({"cf": again}, {X: 11})
-    assert not resolutions.poisoned({"cf": again}, {X: 12})
-    assert not resolutions.poisoned({"cf": again}, {})
+    assert resolutions.source(f"{D}:50", _file("d")) == f"{D}:50"
+    assert resolutions.source(f"{B}:3", _file("x", cs=f"{X}:12")) == f"{X}:12"
+    assert resolutions.poisoned(_file("x", cs=f"{X}:12"), {X: 11})
+    assert not resolutions.poisoned(_file("x", cs=f"{X}:12"), {X: 12})
+    assert not resolutions.poisoned(_file("x", cs=f"{X}:12"), {})
+    assert not resolutions.poisoned(_file("d"), {X: 11})
+    assert resolutions.saw(_file("x", cs=f"{X}:12"), B, 3, {X: 12})
+    assert not resolutions.saw(_file("x", cs=f"{X}:12"), B, 3, {X: 11})
+    assert not resolutions.saw(_file("x", cs=f"{B}:3"), B, 3, {})  # its own later push
+    assert resolutions.saw(_file("x", cs=f"{B}:2"), B, 3, {})
+    assert not resolutions.well_formed(_file("x", cs=f"{B}:2,{B}:1"))
 
 
 def test_the_clamp_undoes_a_resolution_of_a_resolution_of_a_late_write() -> None:
     """D:50 and X:12 (late) conflicted; B:3 resolved it (X's content won); F:5 then resolved
-    B:3 against E's honest edit E:61. At the clamp both resolutions go to the history, and the
-    honest versions they replaced, D:50 and E:61, come back (a conflict, resolved again)."""
+    B:3 against E's honest edit E:61, keeping X's content again. At the clamp both resolutions
+    go to the history, and the honest versions they replaced, D:50 and E:61, come back (a
+    conflict, resolved again)."""
     from cloudguard.manifest.clamp import Limits, clamp_snapshot
 
     p = "paper.txt"
-    b3 = _file("x", cf=f"{D}:50,{X}:12")
-    f5 = _file("x", cf=",".join(sorted([f"{B}:3", f"{D}:50", f"{E}:61", f"{X}:12"])))
+    b3 = f5 = _file("x", cs=f"{X}:12")
     kept = {p: {f"{D}:50": {"e": _file("d"), "g": 1, "rb": [f"{B}:3"]},
                 f"{X}:12": {"e": _file("x"), "g": 1, "rb": [f"{B}:3"]},
                 f"{B}:3": {"e": b3, "g": 2, "rb": [f"{F}:5"]},
@@ -148,6 +152,22 @@ def test_the_clamp_undoes_a_resolution_of_a_resolution_of_a_late_write() -> None
     assert sorted(live[p]) == [f"{F}:5"]
 
 
+def test_a_resolution_that_kept_honest_content_stays_whoever_else_took_part() -> None:
+    """Round 13, BB1: M and D conflicted long ago; E:60 kept D's content at the path and E:61
+    is M's copy. A removed member's backdated removal of M (cutoff 0) makes M's dots late:
+    M's content leaves the live state (kept in the history), D's content stays where it is,
+    and nothing of either is forgotten."""
+    from cloudguard.manifest.clamp import Limits, clamp_snapshot
+
+    M = "a" * 16
+    live, history, _rc = clamp_snapshot(
+        {"p": {f"{E}:60": _file("d", cs=f"{D}:50")},
+         "p (conflict m)": {f"{E}:61": _file("m", cs=f"{M}:40")}}, {}, {}, 3,
+        Limits(cuts={M: 0}))
+    assert live["p"] == {f"{E}:60": _file("d", cs=f"{D}:50")}
+    assert not live.get("p (conflict m)") and f"{E}:61" in history["p (conflict m)"]
+
+
 def test_a_resolution_an_honest_edit_replaced_since_stays_replaced() -> None:
     """E edited what B's resolution left at the path (E:61 replaces B:3): E's content stays,
     and D:50, written over through B:3, does not come back beside it."""
@@ -155,11 +175,25 @@ def test_a_resolution_an_honest_edit_replaced_since_stays_replaced() -> None:
 
     p = "paper.txt"
     kept = {p: {f"{D}:50": {"e": _file("d"), "g": 1, "rb": [f"{B}:3"]},
-                f"{B}:3": {"e": _file("x", cf=f"{D}:50,{X}:12"), "g": 2,
+                f"{B}:3": {"e": _file("x", cs=f"{X}:12"), "g": 2,
                            "rb": [f"{E}:61"]}}}
     live, _history, _rc = clamp_snapshot({p: {f"{E}:61": _file("e")}}, kept, {}, 3,
                                          Limits(cuts={X: 11}))
     assert sorted(live[p]) == [f"{E}:61"]
+
+
+def x_removed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, remote: str,
+              provider: Provider) -> tuple[list[Dev], dict[str, bytes]]:
+    """A, B, E and X hold A's paper.txt; A removes X. Returns them and the remote from before
+    the removal (what X and a lagging device are shown)."""
+    a, b, e, x = make_vault(monkeypatch, tmp_path, remote, "a", "b", "e", "x")
+    a.write("paper.txt", "original")
+    a.cg("push")
+    for dev in (b, e, x):
+        dev.cg("pull")
+    before = provider.objects()
+    a.cg("device", "remove", x.rid)
+    return [a, b, e, x], before
 
 
 @pytest.mark.parametrize("compacts", [True, False], ids=["snapshot", "delta"])
@@ -174,13 +208,7 @@ def test_a_late_delete_learned_first_does_not_bring_back_an_honestly_deleted_ver
     resolved; without a snapshot, B read E's delete in E's own delta, which it records (`rw`)
     and which keeps the version from coming back. No device gets a conflict copy of the
     deleted file."""
-    a, b, e, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "e", "x")
-    a.write("paper.txt", "original")
-    a.cg("push")
-    for dev in (b, e, x):
-        dev.cg("pull")
-    before = provider.objects()
-    a.cg("device", "remove", x.rid)
+    (a, b, e, x), before = x_removed(monkeypatch, tmp_path, local_remote, provider)
     with provider.showing(before) as late:
         (x.folder / "paper.txt").unlink()
         x.cg("push")
@@ -209,24 +237,84 @@ def test_a_late_delete_learned_first_does_not_bring_back_an_honestly_deleted_ver
         t for p, t in restored.items() if p.startswith("paper")}, restored
 
 
-def test_a_version_naming_a_later_push_of_its_own_writer_as_resolved_is_refused() -> None:
-    """A member must not plant its own future dot in ``cf``: once removed with a cutoff below
-    it, its honest versions (and honest metadata changes of them, which keep ``cf``) would be
-    treated as late. Earlier dots of its own and any dot of others are fine."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+def test_an_honest_edit_racing_a_late_edit_keeps_the_old_version_out(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """AA1's cost, where the device read the honest edit itself: X, removed, edits paper.txt
+    late and lagging B learns of it first; E, honest, edits paper.txt too, never having seen
+    X's edit. B sees a conflict and resolves it during the lag. Once the removal shows, X's
+    edit and B's resolution are undone; E's edit stays at paper.txt, and the original, which
+    B read E's own delta replace, does not come back beside it."""
+    (a, b, e, x), before = x_removed(monkeypatch, tmp_path, local_remote, provider)
+    with provider.showing(before) as late:
+        x.write("paper.txt", LATE)
+        x.cg("push")
+    with provider.showing({**before, **late}):
+        assert b.run("pull").exit_code == 0
+        assert (b.folder / "paper.txt").read_text() == LATE
+    with provider.showing(before) as by_e:
+        e.write("paper.txt", "E's edit")
+        e.cg("push")
+    with provider.showing({**before, **late, **by_e}):
+        assert b.run("pull").exit_code == 0
+        assert LATE in _texts(b.folder).values() and "E's edit" in _texts(b.folder).values()
+    for dev in (b, a, e, b):
+        got = dev.run("pull")
+        assert got.exit_code == 0, f"{dev.name}: {got.output}"
+        texts = _texts(dev.folder)
+        assert texts.get("paper.txt") == "E's edit", (dev.name, texts)
+        assert {t for p, t in texts.items() if p.startswith("paper")} == {"E's edit"}, (
+            dev.name, texts)
 
+
+def test_a_delta_whose_resolution_names_content_it_had_not_seen_is_refused() -> None:
+    """Round 13, BB3: a ``cs`` the delta's ``deps`` do not cover (a device made up now and
+    void-added later would turn the version late at will) is an integrity failure naming
+    the segment."""
     from cloudguard.errors import IntegrityError
-    from cloudguard.manifest.signing import Verifier, sign
+    from cloudguard.manifest.segments import _check_segment
 
-    key = Ed25519PrivateKey.generate()
-    raw = key.public_key().public_bytes_raw()
-    check = Verifier("vault", lambda dev: raw if dev == X else None)
-    for cf, ok in ((f"{D}:50,{X}:4", True), (f"{D}:50,{X}:5", False),
-                   (f"{X}:999", False), (f"{E}:999", True)):
-        entry = _file("x", cf=cf)
-        sign(key, "vault", "p", f"{X}:5", entry)
-        if ok:
-            check("p", f"{X}:5", entry)
+    def delta(deps: dict[str, int], cs: str) -> dict[str, Any]:
+        return {"kind": "delta", "device": B, "seq": 3, "deps": deps, "prev": None, "dh": {},
+                "created": "2026-12-04T10:00:00Z",
+                "ops": [{"p": "p", "e": {"t": "d", "sg": "AAAA", "cs": cs}, "rm": []}]}
+
+    _check_segment("m/d", delta({X: 12}, f"{X}:12"))
+    _check_segment("m/d", delta({}, f"{B}:2"))
+    for deps, cs in (({X: 11}, f"{X}:12"), ({}, f"{B}:3"), ({X: 12}, f"{F}:1")):
+        with pytest.raises(IntegrityError, match="m/d: a resolution carries content"):
+            _check_segment("m/d", delta(deps, cs))
+
+
+@pytest.mark.parametrize("act", ["rename", "chmod"])
+def test_a_late_edit_renamed_or_touched_during_the_lag_is_undone_not_kept(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, act: str) -> None:
+    """Review round 14, CC2: X, removed, edits A's paper.txt late; lagging B renames the file
+    (or changes its mode) and pushes. The renamed or touched version carries X's content
+    under B's honest dot. Once the removal shows it goes to the history like X's own, and B's
+    rename is no honest delete of X's version: A's paper.txt comes back on every device, and
+    X's content is live nowhere."""
+    import os
+
+    (a, b, _e, x), before = x_removed(monkeypatch, tmp_path, local_remote, provider)
+    with provider.showing(before) as late:
+        x.write("paper.txt", LATE)
+        x.cg("push")
+    with provider.showing({**before, **late}):
+        assert b.run("pull").exit_code == 0
+        if act == "rename":
+            os.rename(b.folder / "paper.txt", b.folder / "renamed.txt")
         else:
-            with pytest.raises(IntegrityError, match="later push of its own writer"):
-                check("p", f"{X}:5", entry)
+            os.chmod(b.folder / "paper.txt", 0o600)
+        got = b.run("push")
+        assert got.exit_code == 0, got.output
+        compact(b)
+    for dev in (b, a, b):
+        got = dev.run("pull")
+        assert got.exit_code == 0, f"{dev.name}: {got.output}"
+        texts = _texts(dev.folder)
+        assert texts.get("paper.txt") == "original", (dev.name, texts)
+        assert LATE not in texts.values(), (dev.name, texts)
+    restored = _texts(script_restores(a, local_remote, tmp_path))
+    assert restored.get("paper.txt") == "original" and LATE not in restored.values(), restored

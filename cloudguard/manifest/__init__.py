@@ -18,6 +18,7 @@ Everything is re-exported here, so callers say ``mf.X``.
 
 from __future__ import annotations
 
+from . import resolutions
 from .clamp import MAX_KEPT, Limits, clamp_ctx
 from .crdt import State, dot_of
 from .loading import Loaded, Opener, _pinned, claim_floor, load, reissue_ops, written
@@ -41,6 +42,7 @@ from .signing import Verifier
 from .signing import sign as sign_entry
 
 __all__ = [
+    "resolutions",
     "Entry",
     "late_dot",
     "Verifier",

@@ -183,7 +183,8 @@ class History:
                     ended: frozenset[str] = frozenset()) -> int:
         """Forget versions replaced before ``before``, and the places blobs were moved from
         before then; their objects become garbage. Versions with a dot past its writer's
-        ``cutoffs`` stay: a clamp is never a deletion (format.md, "Writer rules"), unless
+        ``cutoffs`` stay, and so do versions carrying such a dot's content (``cs``, review round
+        13, BB1): a clamp is never a deletion (format.md, "Writer rules"), unless
         they are wrapped under an ``ended`` generation (a re-encryption that this device saw
         ``keep_days`` ago ended them). Nothing goes before it is ``keep_days`` old: a version
         replaced after the re-encryption under an older key is hidden, not lost at once
@@ -193,7 +194,8 @@ class History:
             self.forget_moves(before)
             doomed = [(p, d, own) for p, d, e, own in self.db.execute(
                 "SELECT path, dot, e, own FROM attic WHERE gone < ?", (before,)).fetchall()
-                if not late_dot(d, cuts) or _generation(e) in ended]
+                if not (late_dot(d, cuts) or '"cs"' in e and poisoned(json.loads(e), cuts))
+                or _generation(e) in ended]  # late content is kept, under any dot (BB1)
             self.db.executemany("DELETE FROM attic WHERE path = ? AND dot = ?",
                                 [(p, d) for p, d, _own in doomed])
             self.raises.forgot(d for _p, d, own in doomed if own)

@@ -16,7 +16,7 @@ from .carriers import clamped as clamped_carriers
 from .carriers import late_carrier
 from .crdt import State
 from .moves import late_dot, removers, unmoved
-from .resolutions import poisoned
+from .resolutions import carried, poisoned
 
 # Late versions kept per removed member with a counting removal: a thief must not fill every
 # history (review round 6, T6; round 7, V3). A member that only challenged removals took out
@@ -111,8 +111,10 @@ def clamp_snapshot(paths: Live, kept: Rows, rc: dict[str, dict[str, int]], when:
     """A snapshot (or this device's own state) with late dots: its live versions, history
     and carriers as they are once the late writes are never seen. ``stay``: (path, dot) of
     kept versions that are not revived (this device saw an honest removal of them)."""
+    moves = carried([*((d, e) for sibs in paths.values() for d, e in sibs.items()),
+                     *((d, r["e"]) for rows in kept.values() for d, r in rows.items())])
     live, history = _clamped(paths, kept, lim, when)
-    live, history = _revive(live, history, lim, paths, kept, rc, stay)
+    live, history = _revive(live, history, lim, paths, kept, rc, stay, moves)
     return live, _bounded(history, lim), clamped_carriers(rc, lim.cuts)
 
 
@@ -167,8 +169,8 @@ def _bounded(history: Rows, lim: Limits) -> Rows:
 
 
 def _revive(paths: Live, kept: Rows, lim: Limits, unclamped: Live, unclamped_kept: Rows,
-            carriers: dict[str, dict[str, int]], stay: frozenset[tuple[str, str]]
-            ) -> tuple[Live, Rows]:
+            carriers: dict[str, dict[str, int]], stay: frozenset[tuple[str, str]],
+            moves: set[tuple[str, str]]) -> tuple[Live, Rows]:
     """Versions that a removed member's late write sent to the history come back unless a
     version live at that path now was written over them (``descends``): clamping its edit
     must not turn it into a delete (review round 2, N5 (a)), nor its late snapshot's drops
@@ -193,7 +195,7 @@ def _revive(paths: Live, kept: Rows, lim: Limits, unclamped: Live, unclamped_kep
         gone = unclamped_kept.get(path, {})
         back = {d: r["e"] for d, r in rows.items() if not _late_version(d, r["e"], limit)
                 and (path, d) not in stay
-                and late_removal(r.get("rb"), live, gone, limit, carriers)
+                and late_removal(r.get("rb"), live, gone, limit, carriers, moves)
                 and not descends(r.get("rb"), now, rows, limit)}
         if back:
             paths[path] = {**now, **back}
@@ -233,7 +235,8 @@ def descends(rb: object, live: dict[str, Any], gone: dict[str, dict[str, Any]],
 
 
 def late_removal(rb: object, live: dict[str, Any], gone: dict[str, dict[str, Any]],
-                 limit: dict[str, int], carriers: dict[str, dict[str, int]]) -> bool:
+                 limit: dict[str, int], carriers: dict[str, dict[str, int]],
+                 moves: set[tuple[str, str]] = set()) -> bool:  # noqa: B006 (read only)
     """Did a late write remove this kept version? Its removers (``rb``: what this device saw)
     are walked: a late carrier, or an honest one that named no remover and whose vector
     covers a late write (carriers.late_carrier), is late; a late version that replaced it
@@ -241,10 +244,10 @@ def late_removal(rb: object, live: dict[str, Any], gone: dict[str, dict[str, Any
     (followed the same way, each dot once, so a cycle of late dots counts as late). One
     late remover is enough: the cost of a wrong revival is a deleted file back, against the
     loss of a real one (review round 6, U1). An honest or unknown remover revives nothing."""
-    todo = [(str(d), rb) for d in rb] if isinstance(rb, list) else []
+    todo = [(str(d), rb, "") for d in rb] if isinstance(rb, list) else []
     seen: set[str] = set()
     while todo:
-        dot, row = todo.pop()
+        dot, row, removed = todo.pop()
         if dot in seen:
             return True  # only late dots are followed: a late cycle
         seen.add(dot)
@@ -252,12 +255,14 @@ def late_removal(rb: object, live: dict[str, Any], gone: dict[str, dict[str, Any
             return True
         if poisoned(live.get(dot) or gone.get(dot, {}).get("e"), limit):
             return True  # a resolution of a conflict with a late write (AA2)
+        if (dot, removed) in moves:
+            return True  # it moved the late version's content elsewhere (a rename, CC2)
         if not late_dot(dot, limit):
             continue
         if dot in live or dot not in gone:
             return True
         more = gone[dot].get("rb") or []
-        todo += [(str(d), more) for d in more]
+        todo += [(str(d), more, dot) for d in more]
     return False
 
 

@@ -178,7 +178,7 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
             paths = payload["paths"]
             kept = payload["attic"]
             rc = carriers_of(payload)
-            _known_devices(name, ctx, kept, rc, lim.known)
+            _known_devices(name, ctx, kept, rc, lim.known, paths)
             if late(ctx, limit):
                 skip_log.append(f"manifest segment {name} holds writes of a removed member "
                                 "past its removal; they are moved to the history")
@@ -357,15 +357,21 @@ def _read_again(state: State, parsed: dict[str, tuple[str, int, str]],
 
 
 def _known_devices(name: str, ctx: dict[str, int], kept: dict[str, dict[str, dict[str, Any]]],
-                   rc: dict[str, dict[str, int]], known: frozenset[str] | None) -> None:
-    """Every device a snapshot's vectors and removers name is one the chain ever named: a
-    removed member's made-up ids would make "two removers of one device" no bound at all
-    (review round 8, W5 (b))."""
+                   rc: dict[str, dict[str, int]], known: frozenset[str] | None,
+                   paths: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """Every device a snapshot's vectors, removers and content sources (``cs``) name is one
+    the chain ever named: a removed member's made-up ids would make "two removers of one
+    device" no bound at all (review round 8, W5 (b)), and a made-up source, void-added
+    later, a time bomb (round 13, BB3)."""
     if known is None:
         return
     named = {*ctx, *(d for v in rc.values() for d in v), *(c.partition(":")[0] for c in rc)}
     named |= {r.partition(":")[0] for rows in kept.values() for row in rows.values()
               for r in row.get("rb") or ()}
+    named |= {str(e["cs"]).partition(":")[0] for sibs in paths.values() for e in sibs.values()
+              if "cs" in e}
+    named |= {str(row["e"]["cs"]).partition(":")[0] for rows in kept.values()
+              for row in rows.values() if "cs" in row["e"]}
     strange = sorted(named - known)
     if strange:
         raise IntegrityError(f"manifest segment {name} names device {strange[0]}, which no "

@@ -1,55 +1,78 @@
-"""Conflict resolutions that a removed member's late write took part in (review round 12,
-AA2). A resolution is an honest device's dot, so without more it would keep a late write's
-content live for good: as the copy of the loser, or at the path itself when the late write
-won (its Lamport time is what the removed member signed). Each version a resolution writes
-names, in its signed ``cf``, every dot the conflict held (and those its siblings' own ``cf``
-named: a resolution of a resolution). Once a removal shows, a version whose ``cf`` names a
-late dot is treated like a late version: it goes to the history and never comes back, and as
-a remover it is late, so what it replaced comes back (format.md, "Writer rules").
+"""Conflict resolutions that carry a removed member's late write (review round 12, AA2;
+round 13, BB1). A resolution is an honest device's dot, so without more it would keep a late
+write's content live for good: as the copy of the loser, or at the path itself when the late
+write won (its Lamport time is what the removed member signed). Each version a resolution
+writes names, in its signed ``cs``, the dot that first pushed the content it carries (its
+sibling's own ``cs`` if it has one: a resolution of a resolution). Once a removal shows, a
+version whose ``cs`` is a late dot holds that late content under an honest dot: it is treated
+like a late version (to the history, kept there, never revived), and as a remover it is late,
+so what it replaced comes back. A version carrying honest content stays live, whatever else
+the conflict held: only the late content leaves (format.md, "Writer rules").
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
 from .moves import late_dot
 
-FIELD = "cf"
-MAX_DOTS = 4096  # one path's chain of resolutions, each naming the ones before
+FIELD = "cs"
+_DOT = re.compile(r"^([0-9a-f]{16}):([0-9]{1,12})\Z")
 
 
-def dots(entry: dict[str, Any]) -> list[str]:
+def source(dot: str, entry: dict[str, Any]) -> str:
+    """The dot that first pushed ``entry``'s content."""
     raw = entry.get(FIELD)
-    return raw.split(",") if isinstance(raw, str) and raw else []
+    return raw if isinstance(raw, str) else dot
 
 
-def named(siblings: dict[str, dict[str, Any]]) -> str:
-    """The ``cf`` of a resolution of ``siblings``: deterministic, so that two devices resolving
-    one conflict write the same versions."""
-    out: set[str] = set(siblings)
-    for entry in siblings.values():
-        out.update(dots(entry))
-    return ",".join(sorted(out))
+def well_formed(entry: dict[str, Any]) -> bool:
+    raw = entry.get(FIELD)
+    return raw is None or (isinstance(raw, str) and _DOT.match(raw) is not None)
 
 
-def names_later(dot: str, entry: dict[str, Any]) -> bool:
-    """Does ``cf`` name a dot of the version's own writer at or past the version itself? A
-    resolution names versions it saw, so never one of its writer's later pushes: a member
-    must not plant its own future (late) dot so that its removal would undo its honest work
-    and what honest devices built on it."""
-    dev, _, seq = dot.partition(":")
-    return any(d.partition(":")[0] == dev and int(d.partition(":")[2]) >= int(seq)
-               for d in dots(entry))
+def saw(entry: dict[str, Any], device: str, seq: int, deps: dict[str, int]) -> bool:
+    """A resolution carries content it had seen: its ``cs`` is covered by the delta's ``deps``
+    or is an earlier push of its own writer (review round 13, BB3: a dot of a device made up
+    now, void-added later, would be a time bomb)."""
+    raw = entry.get(FIELD)
+    if not isinstance(raw, str):
+        return True
+    found = _DOT.match(raw)
+    if found is None:
+        return False
+    dev, seq_cs = found[1], int(found[2])
+    return seq_cs < seq if dev == device else seq_cs <= deps.get(dev, 0)
 
 
 def poisoned(entry: dict[str, Any] | None, cuts: dict[str, int]) -> bool:
-    """Did a removed member's late write take part in the conflict this version resolved?"""
-    return bool(cuts) and entry is not None and any(late_dot(d, cuts) for d in dots(entry))
+    """Does this version carry a removed member's late content under another dot?"""
+    raw = entry.get(FIELD) if entry is not None else None
+    return bool(cuts) and isinstance(raw, str) and _DOT.match(raw) is not None and late_dot(
+        raw, cuts)
 
 
-def poisoned_remover(dot: str, at_path: Iterable[dict[str, Any] | None],
-                     cuts: dict[str, int]) -> bool:
-    """Is ``dot`` a resolution with a late write, judged by any copy of its version at the
-    path (live or kept)?"""
-    return any(poisoned(entry, cuts) for entry in at_path)
+def stamp(state: Any, ops: list[dict[str, Any]]) -> None:
+    """Every version a push carries over from another dot (a rename, a metadata-only change,
+    which keep the content's ``lc``) names that content's first dot, as a resolution's do: a
+    late write renamed or touched during a lag must not live on under an honest dot (review
+    round 14, CC2). The source is the version whose blob it shares; folders and links carry
+    no blob, and so no content a removed member could have chosen beyond a name."""
+    for op in ops:
+        entry = op.get("e")
+        if entry is None or "reloc" in op or "lc" not in entry or FIELD in entry:
+            continue
+        if entry.get("t") != "f" or not isinstance(entry.get("o"), str):
+            continue
+        for _path, dot, had in state.in_objects([entry["o"]]):
+            if had.get("a") == entry.get("a") and had.get("h") == entry.get("h"):
+                entry[FIELD] = source(dot, had)
+                break
+
+
+def carried(versions: Iterable[tuple[str, dict[str, Any]]]) -> set[tuple[str, str]]:
+    """(dot, the dot whose content it carries) of every carried version: a remover that
+    carried the late version's content elsewhere moved it, it did not delete it (CC2)."""
+    return {(dot, str(e[FIELD])) for dot, e in versions if isinstance(e.get(FIELD), str)}

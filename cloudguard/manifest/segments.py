@@ -18,7 +18,7 @@ from msgspec import UNSET
 from ..errors import IntegrityError
 from ..keys import now_iso
 from ..state import write_private
-from . import types
+from . import resolutions, types
 from .crdt import State
 from .moves import LOCATION_FIELDS, Entry
 
@@ -178,6 +178,9 @@ def _check_segment(name: str, payload: dict[str, Any]) -> None:
             payload.pop("fb", None)
             _check_moves(payload, seg.ctx, time_of(payload))
             _check_removers(seg)
+        elif not all(resolutions.saw(op["e"], seg.device, seg.seq, seg.deps)
+                     for op in payload["ops"] if op.get("e") is not None):
+            raise IntegrityError("a resolution carries content its writer had not seen")
     except IntegrityError as exc:
         raise IntegrityError(f"manifest segment {name}: {exc}") from exc
 

@@ -19,11 +19,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from .. import format as fmt
 from ..errors import IntegrityError
-from . import resolutions
 from .moves import Entry
 
 LABEL = b"cloudguard/v2/entry"
-CONTENT_FIELDS = ("t", "s", "m", "x", "h", "l", "lc", "wb", "pt", "cf")
+CONTENT_FIELDS = ("t", "s", "m", "x", "h", "l", "lc", "wb", "pt", "cs")
 SIG_FIELD = "sg"
 
 
@@ -79,9 +78,6 @@ class Verifier:
             sig = b""
         if len(sig) != 64:
             raise IntegrityError(f"manifest entry {dot} has no valid signature")
-        if resolutions.names_later(dot, entry):
-            raise IntegrityError(f"manifest entry {dot} names a later push of its own writer "
-                                 "as a conflict it resolved")
         try:
             self._key(dot.partition(":")[0]).verify(
                 sig, message(self.vault_id, path, dot, entry))

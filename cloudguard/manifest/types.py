@@ -16,8 +16,6 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from . import resolutions
-
 DOT_PATTERN = r"^[0-9a-f]{16}:[0-9]{1,12}\Z"
 DOT = re.compile(DOT_PATTERN)
 
@@ -85,16 +83,12 @@ class Entry(Struct, forbid_unknown_fields=True, gc=False):
     pt: Unsigned | UnsetType = UNSET
     lc: Unsigned | UnsetType = UNSET
     wb: Writer | UnsetType = UNSET
-    cf: str | UnsetType = UNSET
+    cs: Dot | UnsetType = UNSET  # the first dot of the content a carried version holds
     rd: list[Dot] | UnsetType = UNSET
     rt: Unsigned | UnsetType = UNSET
     pl: PlacedBefore | UnsetType = UNSET
 
     def __post_init__(self) -> None:
-        if self.cf is not UNSET:  # a conflict resolution's dots (review round 12, AA2)
-            named = self.cf.split(",") if self.cf else []
-            if not 0 < len(named) <= resolutions.MAX_DOTS or not all(map(DOT.match, named)):
-                raise ValueError("malformed cf")
         if self.rd is not UNSET or self.rt is not UNSET or self.pl is not UNSET:
             # a moved blob: all three; every move raises r, so a place kept from before one
             # is lower (review round 4, S5)

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
-from ..manifest import late_dot
+from ..manifest import late_dot, resolutions
 from ..results import LateMember, LateRemovals, Removal, ReplacedSince
 from ..session import Session
 
@@ -118,10 +118,11 @@ def pick(found: dict[str, list[Version]], rid: str, removers: dict[tuple[str, st
     since: list[ReplacedSince] = []
     deleted: list[str] = []
     for path, vs in sorted(found.items()):
-        mine = [v for v in vs if v.late and writer(v.dot) == rid]
+        # its own dots, and an honest resolution's copy of its content (``cs``, round 13 BB1)
+        mine = [v for v in vs if v.late and writer(resolutions.source(v.dot, v.entry)) == rid]
         if not mine:
             continue
-        newest = max(mine, key=lambda v: _seq(v.dot))
+        newest = max(mine, key=lambda v: (_seq(resolutions.source(v.dot, v.entry)), _seq(v.dot)))
         rb = removers.get((path, newest.dot)) or []
         if any(writer(d) == rid and late_dot(d, cuts) and d not in passed for d in rb) and not \
                 _honest(rb, cuts, passed):

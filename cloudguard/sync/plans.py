@@ -72,8 +72,9 @@ def resolve_siblings(state: State, labels: dict[str, str]) -> list[dict[str, Any
             continue
         order = sorted(sibs.items(), key=_precedence)
         winner_dot, winner = order[-1]
-        cf = resolutions.named(sibs)  # so a late write's part is undone at the clamp (AA2)
-        ops.append({"p": path, "e": {**winner, resolutions.FIELD: cf}, "rm": sorted(sibs)})
+        # each version names whose content it carries, so a late write's is undone (AA2)
+        ops.append({"p": path, "e": {**winner, resolutions.FIELD: resolutions.source(
+            winner_dot, winner)}, "rm": sorted(sibs)})
         seen = {content_key(winner)}
         for dot, entry in order[:-1]:
             if content_key(entry) in seen:
@@ -84,7 +85,8 @@ def resolve_siblings(state: State, labels: dict[str, str]) -> list[dict[str, Any
             name = conflict_name(path, when, labels.get(device, device[:8]),
                                  lambda p: state.has_path(p) or p in chosen)
             chosen.add(name)
-            ops.append({"p": name, "e": {**entry, resolutions.FIELD: cf}, "rm": []})
+            ops.append({"p": name, "e": {**entry, resolutions.FIELD: resolutions.source(
+                dot, entry)}, "rm": []})
     return ops
 
 

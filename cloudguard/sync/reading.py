@@ -32,6 +32,15 @@ def group_by_object(entries: list[tuple[str, Entry]]) -> dict[str, list[tuple[st
     return groups
 
 
+def _again(transport: Transport, name: str, dest: str, entry: Entry, offset: int, length: int
+           ) -> Generator[tuple[str, Entry, fmt.Reader | None, Exception | None], None, None]:
+    """A blob the stream has passed already, read once more on its own."""
+    with transport.reader(name, offset=offset, count=length) as again:
+        limited = fmt.read_blob_stream(again, length)
+        yield dest, entry, limited, None
+        limited.read()
+
+
 def read_blobs(transport: Transport, name: str, items: list[tuple[str, Entry]]
                ) -> Generator[tuple[str, Entry, fmt.Reader | None, Exception | None],
                               None, None]:
@@ -43,11 +52,15 @@ def read_blobs(transport: Transport, name: str, items: list[tuple[str, Entry]]
     end = max(a + n for _o, a, n in (blob_reader(e) for _d, e in items))
     try:
         with transport.reader(name, offset=start, count=end - start) as stream:
-            pos = start
+            pos, last = start, (-1, -1)
             for dest, entry in items:
                 _obj, offset, length = blob_reader(entry)
+                if (offset, length) == last:  # one blob at two paths (a conflict copy of
+                    yield from _again(transport, name, dest, entry, offset, length)  # a kept one)
+                    continue
                 if offset < pos:
                     raise IntegrityError(f"overlapping blobs in {name}")
+                last = (offset, length)
                 _skip(stream, offset - pos)
                 limited = fmt.read_blob_stream(stream, length)
                 yield dest, entry, limited, None
