@@ -609,6 +609,34 @@ def test_a_snapshot_cannot_plant_a_remover() -> None:
             _check_segment("m/x", snap(bad))  # type: ignore[arg-type]
 
 
+def test_a_malformed_payload_names_the_segment_and_what_is_wrong() -> None:
+    """Payloads are checked by converting them into the Structs of manifest/types.py: a shape
+    error is the integrity error naming the segment, the kind of object and where it is (the
+    one-line error a user can act on), never a msgspec error."""
+    from cloudguard.manifest.segments import _check_segment
+
+    dev = "aaaaaaaaaaaaaaaa"
+    entry = {"t": "f", "s": 1, "m": 1, "x": 0o644, "h": "00" * 32, "o": "22" * 16, "a": 0,
+             "n": 100, "i": "33" * 16, "k": "k", "g": "g", "sg": "x"}
+
+    def snap(**changed: Any) -> dict[str, Any]:
+        return {"kind": "snapshot", "device": dev, "seq": 1, "ctx": {dev: 1},
+                "created": "2024-01-01T00:00:00+00:00",
+                "paths": {"p": {f"{dev}:1": {**entry, **changed}}}}
+
+    _check_segment("m/x", snap())
+    for changed, where in (({"s": True}, "paths"), ({"zz": 1}, "zz"), ({"t": "socket"}, "t"),
+                           ({"o": "not an id"}, "a file needs"), ({"x": -1}, ">= 0")):
+        with pytest.raises(IntegrityError, match="manifest segment m/x: manifest entry is "
+                           f"malformed .*{where}"):
+            _check_segment("m/x", snap(**changed))
+    delta = {"kind": "delta", "device": dev, "seq": 1, "deps": {}, "created": "2024-01-01",
+             "ops": [{"p": "p", "reloc": {f"{dev}:1": {"o": "22" * 16, "a": 0, "r": 1,
+                                                       "n": 5}}}]}
+    with pytest.raises(IntegrityError, match=r"manifest op is malformed .*\$\.ops\[0\]"):
+        _check_segment("m/x", delta)
+
+
 def test_a_kept_place_ranks_below_its_entry_and_one_place_holds_one_blob() -> None:
     """Review round 4, S5: a `pl` is the place before a move, and every move raises `r`, so a
     `pl` that does not rank below its entry is planted (it would win the max-register when a

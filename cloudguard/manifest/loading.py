@@ -17,12 +17,8 @@ from .crdt import State, Vouch
 from .raises import in_stretch
 from .segments import (
     SegmentCache,
-    _attic,
     _check_segment,
-    _ctx,
-    _paths,
     carriers_of,
-    check_ops,
     parse_name,
     segment_name,
     time_of,
@@ -178,9 +174,9 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
             if name in listing:
                 heads_hash[name] = sha
         for name, payload in sorted(snaps.items()):
-            ctx = raw = _ctx(payload.get("ctx"))
-            paths = _paths(payload.get("paths"))
-            kept = _attic(payload.get("attic"))
+            ctx = raw = dict(payload["ctx"])  # checked by open_named, as the rest
+            paths = payload["paths"]
+            kept = payload["attic"]
             rc = carriers_of(payload)
             _known_devices(name, ctx, kept, rc, lim.known, paths)
             if late(ctx, limit):
@@ -248,13 +244,13 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
                         raise HistoryError(f"manifest segment {found} does not follow "
                                            f"{segment_name(dev, nxt - 1, kind)}: a segment "
                                            "was replaced" + REPUBLISH_HINT)
-                deps = _ctx(payload.get("deps"))
+                deps = dict(payload["deps"])
                 _same_history(found, payload.get("dh"), deps, heads_hash)
                 deps = clamp_ctx(deps, limit)
                 if not state.dominates({d: s for d, s in deps.items() if d != dev}):
                     continue
                 with _naming(found):
-                    state.apply_delta(dev, nxt, check_ops(payload.get("ops")))
+                    state.apply_delta(dev, nxt, payload["ops"])
                 state.mark_consumed(found, listing[found], heads_hash[found])
                 del pending[dev][nxt]
                 progress = True
@@ -356,7 +352,7 @@ def _read_again(state: State, parsed: dict[str, tuple[str, int, str]],
             skip_log.append(str(exc))
             continue
         with _naming(name):
-            state.apply_delta(dev, seq, check_ops(payload.get("ops")))
+            state.apply_delta(dev, seq, payload["ops"])
         state.mark_consumed(name, listing[name], heads_hash[name])
 
 
@@ -464,7 +460,7 @@ def _still_valid(consumed: dict[str, tuple[int, str, dict[str, int] | None]],
     if any(parsed[name][0] == device for name in snaps):
         return False
     cover = [c for n, (_s, _h, c) in consumed.items() if c is not None and n in listing]
-    cover += [_ctx(p.get("ctx")) for p in snaps.values()]
+    cover += [dict(p["ctx"]) for p in snaps.values()]
     for name, (size, _sha, _c) in consumed.items():
         if name in listing:
             if listing[name] != size:

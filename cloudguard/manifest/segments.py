@@ -12,11 +12,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
+from msgspec import UNSET
+
 from ..errors import IntegrityError
 from ..keys import now_iso
 from ..state import write_private
-from . import resolutions
-from .crdt import Siblings, State
+from . import resolutions, types
+from .crdt import State
 from .moves import LOCATION_FIELDS, Entry
 
 PREFIX = "m/"
@@ -97,152 +100,87 @@ def time_of(payload: dict[str, Any]) -> int:
     return min(written, int(time.time()))
 
 
-def _attic(raw: object) -> dict[str, dict[str, dict[str, Any]]]:
-    """A snapshot's version history: {path: {dot: {"e": entry, "g": replaced at[, "rb": the
-    dots of the deltas that removed it and of the snapshots whose merge dropped it]}}}."""
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise IntegrityError("manifest snapshot has a malformed history")
-    for rows in raw.values():
-        if not isinstance(rows, dict):
-            raise IntegrityError("manifest snapshot has a malformed history")
-        for dot, row in rows.items():
-            if isinstance(row, dict) and isinstance(row.get("rb"), str):  # before adda486
-                legacy = row.pop("rb")
-                if legacy:
-                    row["rb"] = [legacy]
-            if (not isinstance(dot, str) or not _DOT.match(dot) or not isinstance(row, dict)
-                    or set(row) - {"rb"} != {"e", "g"} or type(row["g"]) is not int
-                    or row["g"] < 0 or ("rb" in row and not _dots(row["rb"]))):
-                raise IntegrityError("manifest snapshot has a malformed history")
-            check_entry(row["e"])
-    return raw
-
-
-def _dots(raw: object) -> bool:
-    """A non-empty, sorted list of distinct dots (a union, so every device writes it alike)."""
-    return (isinstance(raw, list) and bool(raw) and all(
-        isinstance(d, str) and _DOT.match(d) for d in raw) and raw == sorted(set(raw)))
-
-
 def carriers_of(payload: dict[str, Any]) -> dict[str, dict[str, int]]:
-    """A snapshot's ``rc``: the version vector of each carrier its history names."""
-    raw = payload.get("rc", {})
-    if not isinstance(raw, dict):
-        raise IntegrityError("manifest snapshot has malformed carriers")
-    out: dict[str, dict[str, int]] = {}
-    for dot, ctx in raw.items():
-        if not isinstance(dot, str) or not _DOT.match(dot):
-            raise IntegrityError("manifest snapshot has malformed carriers")
-        out[dot] = _ctx(ctx)
-    return out
+    """A checked snapshot's ``rc``: the version vector of each carrier its history names."""
+    rc: dict[str, dict[str, int]] = payload.get("rc", {})
+    return rc
 
 
-def _ctx(raw: object) -> dict[str, int]:
-    if not isinstance(raw, dict):
-        raise IntegrityError("manifest segment has no version vector")
-    out: dict[str, int] = {}
-    for k, v in raw.items():
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise IntegrityError("manifest version vector is malformed")
-        out[str(k)] = v
-    return out
-
-
-_DOT = re.compile(r"^[0-9a-f]{16}:[0-9]{1,12}\Z")
-
-
-_OBJECT_ID = re.compile(r"^[0-9a-f]{32}\Z")
-
-
-_WRITER = re.compile(r"^[0-9a-f]{16}\Z")
-
-
-_FIELD_TYPES: dict[str, type] = {
-    "t": str, "s": int, "m": int, "x": int, "h": str, "o": str, "a": int, "n": int,
-    "i": str, "k": str, "g": str, "w": str, "l": str, "r": int, "om": str, "pt": int,
-    "lc": int, "wb": str, "rd": list, "rt": int, "pl": dict, "sg": str,
-    "cs": str,
-}
-
-
-_FILE_FIELDS = frozenset(("o", "a", "n", "i", "k", "g", "h"))
-
-
-_UNSIGNED = frozenset(("s", "x", "a", "n", "r", "pt", "lc", "rt"))
+_DOT = types.DOT
 
 
 def check_entry(entry: object) -> Entry:
-    """Entries come from a keyholder, but a reader still refuses anything malformed.
-
-    Runs once per entry per load (100,000 times in a big vault), hence the flat loop.
-    """
-    if type(entry) is not dict:
-        raise IntegrityError("manifest entry is malformed")
-    for key, value in entry.items():
-        want = _FIELD_TYPES.get(key)
-        if want is None or type(value) is not want or (
-                key in _UNSIGNED and value < 0):  # type: ignore[operator]  # "m" may be < 0
-            raise IntegrityError("manifest entry is malformed")
-    writer = entry.get("wb")
-    if "sg" not in entry or (writer is not None and not _WRITER.match(writer)):
-        raise IntegrityError("manifest entry is malformed")
-    if not resolutions.well_formed(entry):  # whose content a resolution carries (AA2)
-        raise IntegrityError("manifest entry is malformed")
-    if "pl" in entry or "rd" in entry or "rt" in entry:  # a moved blob: all three
-        rd = entry.get("rd")
-        if not ("pl" in entry and "rt" in entry and rd and all(
-                type(d) is str and _DOT.match(d) for d in rd)
-                and _location(entry["pl"], previous=True)
-                # every move raises r: a place kept from before one is lower (round 4, S5)
-                and int(entry["pl"].get("r", 0)) < int(entry.get("r", 0))):
-            raise IntegrityError("manifest entry is malformed")
-    kind = entry.get("t")
-    if kind == "f":
-        if not _FILE_FIELDS <= entry.keys() or not _OBJECT_ID.match(entry["o"]):
-            raise IntegrityError("manifest entry is malformed")
-    elif kind not in ("d", "l"):
-        raise IntegrityError("manifest entry is malformed")
-    return entry
+    """Entries come from a keyholder, but a reader still refuses anything malformed."""
+    try:
+        msgspec.convert(entry, types.Entry, strict=True)
+    except msgspec.ValidationError as exc:
+        raise IntegrityError(f"manifest entry is malformed ({exc})") from exc
+    return entry  # type: ignore[return-value]  # checked
 
 
-class _CheckedOps(list[dict[str, Any]]):
-    """A delta's ops that :func:`_check_segment` validated already."""
+def _legacy_removers(attic: object) -> None:
+    """A history row's ``rb`` before adda486 was one dot as a string: read as a list."""
+    if type(attic) is not dict:
+        return
+    for rows in attic.values():
+        if type(rows) is dict:
+            for row in rows.values():
+                if type(row) is dict and type(row.get("rb")) is str:
+                    legacy = row.pop("rb")
+                    if legacy:
+                        row["rb"] = [legacy]
 
 
-class _CheckedPaths(dict[str, Siblings]):
-    """A snapshot's paths that :func:`_check_segment` validated already."""
+# what a shape error is about, by where msgspec found it (the first that matches)
+_WHAT = (
+    (re.compile(r"\$\.paths\[\.\.\.\]\[\.\.\.\]|\]\.e\b"), "manifest entry is malformed"),
+    (re.compile(r"\$\.ops\["), "manifest op is malformed"),
+    (re.compile(r"\$\.ops\b|field `ops`"), "manifest delta is malformed"),
+    (re.compile(r"\$\.attic\b"), "manifest snapshot has a malformed history"),
+    (re.compile(r"\$\.rc\b"), "manifest snapshot has malformed carriers"),
+    (re.compile(r"\$\.(ctx|deps)\b"), "manifest version vector is malformed"),
+    (re.compile(r"field `(ctx|deps)`"), "manifest segment has no version vector"),
+    (re.compile(r"\$\.created\b|field `created`"), "manifest segment has a malformed time"),
+    (re.compile(r"\$\.dh\b"), "manifest segment has malformed dependencies"),
+    (re.compile(r"\$\.paths\b|field `paths`"), "manifest snapshot is malformed"),
+)
+
+
+def _shape_error(exc: msgspec.ValidationError) -> IntegrityError:
+    said = str(exc)
+    what = next((w for pattern, w in _WHAT if pattern.search(said)), "manifest delta is malformed"
+                if "delta" in said else "manifest segment is malformed")
+    return IntegrityError(f"{what} ({said})")
 
 
 def _check_segment(name: str, payload: dict[str, Any]) -> None:
-    """Validate a segment's payload as soon as it is opened, so an error names the segment;
-    the parts that pass are marked, and :func:`check_ops` and :func:`_paths` (which
-    :func:`load` calls on them) do not check them a second time (100,000 entries take a
-    second)."""
+    """Validate a segment's payload as soon as it is opened, so an error names the segment:
+    its shape by decoding it into :mod:`.types` (the typed copy is dropped: the payload as
+    stored is what signatures cover and what the state takes), then what the shape cannot
+    say. Each segment is checked once, so :func:`load` reads its payload as it is."""
     try:
-        time_of(payload)
         if payload.get("kind") == "snapshot":
-            ctx = _ctx(payload.get("ctx"))
-            if ctx.get(str(payload.get("device"))) != payload.get("seq"):
+            _legacy_removers(payload.get("attic"))
+        try:
+            seg = types.segment(payload)
+        except msgspec.ValidationError as exc:
+            raise _shape_error(exc) from exc
+        time_of(payload)
+        if isinstance(seg, types.Snapshot):
+            if seg.ctx.get(seg.device) != seg.seq:
                 # a late snapshot that hid itself from the vector would carry no taint
                 raise IntegrityError("its version vector does not name its own seq")
-            payload["paths"] = _CheckedPaths(_paths(payload.get("paths")))
-            _attic(payload.get("attic"))
-            carriers_of(payload)
+            if payload.get("attic") is None:
+                payload["attic"] = {}
             # a floor (before a89cc32) is read as nothing: only the chain ends history now
             # (review round 6, U2), and what an old floor dropped is not in the snapshot
             payload.pop("floor", None)
             payload.pop("fb", None)
-            _check_moves(payload, ctx, time_of(payload))
-            _check_removers(payload, ctx)
-        else:
-            deps = _ctx(payload.get("deps"))
-            payload["ops"] = _CheckedOps(check_ops(payload.get("ops")))
-            device, seq = str(payload.get("device")), int(payload.get("seq") or 0)
-            if not all(resolutions.saw(op["e"], device, seq, deps) for op in payload["ops"]
-                       if op.get("e") is not None):
-                raise IntegrityError("a resolution carries content its writer had not seen")
+            _check_moves(payload, seg.ctx, time_of(payload))
+            _check_removers(seg)
+        elif not all(resolutions.saw(op["e"], seg.device, seg.seq, seg.deps)
+                     for op in payload["ops"] if op.get("e") is not None):
+            raise IntegrityError("a resolution carries content its writer had not seen")
     except IntegrityError as exc:
         raise IntegrityError(f"manifest segment {name}: {exc}") from exc
 
@@ -250,7 +188,8 @@ def _check_segment(name: str, payload: dict[str, Any]) -> None:
 def _check_moves(payload: dict[str, Any], ctx: dict[str, int], until: int) -> None:
     """Moves a snapshot carries (review round 3, R6 (c)): a move its writer had not seen is
     planted, and a move's time is never later than the snapshot (a time in the future would
-    keep the old place, and its object, for ever)."""
+    keep the old place, and its object, for ever). On the payload's dicts, not the typed copy:
+    a time is lowered where the state takes it (and writers check what they write with it)."""
     entries = [e for sibs in payload["paths"].values() for e in sibs.values()]
     entries += [r["e"] for rows in (payload.get("attic") or {}).values() for r in rows.values()]
     for entry in entries:
@@ -270,7 +209,7 @@ def _check_moves(payload: dict[str, Any], ctx: dict[str, int], until: int) -> No
 MAX_REMOVERS_PER_DEVICE = 2
 
 
-def _check_removers(payload: dict[str, Any], ctx: dict[str, int]) -> None:
+def _check_removers(snap: types.Snapshot) -> None:
     """A history row names the deltas and snapshots that removed the version (``rb``): one its
     writer had not seen is planted (review round 4, S10), as a move is: after that writer's
     removal it would bring back versions a user deleted on purpose. The checks are on the
@@ -278,11 +217,14 @@ def _check_removers(payload: dict[str, Any], ctx: dict[str, int]) -> None:
     and ``rc`` holds only carriers the history names, each with a vector its writer had seen:
     otherwise a removed member's snapshot could make every device's state grow without bound,
     or make an honest carrier late for ever (review round 7, V3, V5 (b))."""
+    ctx = snap.ctx
     named: set[str] = set()
-    for rows in (payload.get("attic") or {}).values():
+    for rows in (snap.attic or {}).values():
         for row in rows.values():
+            if row.rb is UNSET:
+                continue
             per_device: dict[str, int] = {}
-            for remover in row.get("rb") or ():
+            for remover in row.rb:
                 device, _, seq = remover.partition(":")
                 if int(seq) > ctx.get(device, 0):
                     raise IntegrityError("manifest history names a removal its writer never "
@@ -292,8 +234,8 @@ def _check_removers(payload: dict[str, Any], ctx: dict[str, int]) -> None:
                     raise IntegrityError("manifest history names more than "
                                          f"{MAX_REMOVERS_PER_DEVICE} removers of one device "
                                          "for one version")
-            named.update(row.get("rb") or ())
-    for dot, vector in carriers_of(payload).items():
+            named.update(row.rb)
+    for dot, vector in snap.rc.items():
         if dot not in named:
             raise IntegrityError("manifest snapshot gives the vector of a carrier its history "
                                  "does not name")
@@ -303,63 +245,12 @@ def _check_removers(payload: dict[str, Any], ctx: dict[str, int]) -> None:
 
 
 def check_ops(ops: object) -> list[dict[str, Any]]:
-    if isinstance(ops, _CheckedOps):
-        return ops
-    if not isinstance(ops, list):
-        raise IntegrityError("manifest delta is malformed")
-    for op in ops:
-        if not isinstance(op, dict) or not isinstance(op.get("p"), str):
-            raise IntegrityError("manifest op is malformed")
-        if op.get("e") is not None:
-            check_entry(op["e"])
-        rm = op.get("rm", [])
-        if not isinstance(rm, list) or not all(isinstance(d, str) and _DOT.match(d) for d in rm):
-            raise IntegrityError("manifest op is malformed")
-        reloc = op.get("reloc") or {}
-        if not isinstance(reloc, dict) or not all(
-                isinstance(d, str) and _DOT.match(d) and _location(loc)
-                for d, loc in reloc.items()):
-            raise IntegrityError("manifest op is malformed")
-    return ops
-
-
-_REKEYED = frozenset(("n", "i", "k", "g", "w"))
-
-
-def _location(loc: object, previous: bool = False) -> bool:
-    """A ``reloc`` location: a blob moved as it is (``o``, ``a``, ``r``, ``om``), or a blob
-    encrypted anew under a fresh DEK (also ``n``, ``i``, ``k``, ``g``, ``w``, all five): what
-    re-encryption and repair write. ``previous``: an entry's ``pl``, the location before its
-    last move (any of those fields, ``o`` and ``a`` at least)."""
-    if not isinstance(loc, dict):
-        return False
-    keys = set(loc) - {"om"}
-    if previous:
-        if not {"o", "a"} <= keys or not keys <= {"o", "a", "r"} | _REKEYED:
-            return False
-    elif keys != {"o", "a", "r"} and keys != {"o", "a", "r"} | _REKEYED:
-        return False
-    if not isinstance(loc["o"], str) or _OBJECT_ID.match(loc["o"]) is None:
-        return False
-    if not isinstance(loc.get("om", ""), str):
-        return False
-    if not all(type(loc[k]) is int and loc[k] >= 0 for k in ("a", "r", "n") if k in loc):
-        return False
-    return all(type(loc[k]) is str for k in ("i", "k", "g", "w") if k in loc)
-
-
-def _paths(raw: object) -> dict[str, Siblings]:
-    if isinstance(raw, _CheckedPaths):
-        return raw
-    if not isinstance(raw, dict):
-        raise IntegrityError("manifest snapshot is malformed")
-    for sibs in raw.values():
-        if not isinstance(sibs, dict) or not all(
-                isinstance(d, str) and _DOT.match(d) for d in sibs):
-            raise IntegrityError("manifest snapshot is malformed")
-        for entry in sibs.values():
-            check_entry(entry)
-    return raw
+    """Ops (a delta's, or ones about to be written) that have the shape of OP."""
+    try:
+        msgspec.convert(ops, list[types.Op], strict=True)
+    except msgspec.ValidationError as exc:
+        raise IntegrityError(f"manifest op is malformed ({exc})") from exc
+    return ops  # type: ignore[return-value]  # checked
 
 
 def delta_payload(device: str, seq: int, deps: dict[str, int], prev: str | None,
