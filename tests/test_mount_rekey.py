@@ -64,3 +64,29 @@ def test_a_reencryption_by_another_process_loses_nothing_the_mount_writes(
         assert (folder / "big.bin").read_bytes() == big
         assert (folder / "old.txt").read_text() == "from before"
         cg("verify", "--read-data", "--folder", str(folder))
+
+
+def test_a_staged_version_whose_key_is_gone_everywhere_is_refused_not_landed(
+        local_remote: str, tmp_path: Path) -> None:
+    """A mount killed with a version staged, then a re-encryption on another device deletes
+    the key it was wrapped under: no process holds that KEK any more, so the commit is
+    refused with the path named (exit 1 class, nothing landed), never committed unreadable."""
+    import io
+
+    from cloudguard.api import Vault
+    from cloudguard.errors import IntegrityError
+
+    a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
+    a.mkdir()
+    (a / "old.txt").write_text("from before")
+    share(local_remote, a, b, kit)
+    with Vault(str(a)) as v:
+        v.stage_version("staged.txt", io.BytesIO(b"staged"), 6)
+    cg("key", "rotate", "--reencrypt", "--folder", str(b))
+    before = _segments(local_remote)
+    with Vault(str(a)) as v, pytest.raises(IntegrityError, match="staged.txt: .* is gone"):
+        v.commit()
+    assert _segments(local_remote) == before
+    cg("pull", "--folder", str(b))
+    assert not (b / "staged.txt").exists()
+    cg("verify", "--read-data", "--folder", str(b))
