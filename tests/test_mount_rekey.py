@@ -70,7 +70,7 @@ def test_a_staged_version_whose_key_is_gone_everywhere_is_refused_not_landed(
         local_remote: str, tmp_path: Path) -> None:
     """A mount killed with a version staged, then a re-encryption on another device deletes
     the key it was wrapped under: no process holds that KEK any more, so the commit is
-    refused with the path named (exit 1 class, nothing landed), never committed unreadable."""
+    refused with the path named (nothing landed), never committed unreadable."""
     import io
 
     from cloudguard.api import Vault
