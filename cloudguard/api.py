@@ -215,8 +215,8 @@ class Vault:
     def commit(self) -> list[str]:
         """Upload and commit every staged version in one delta segment."""
         with session(self.folder, self.ui) as s:
-            self._staging(s)  # the head this session verified, from now on
-            return write.commit_staged(s)
+            stager = self._staging(s)  # the head this session verified, from now on
+            return write.commit_staged(s, stager.known)
 
     def rename(self, old: str, new: str) -> dict[str, Any]:
         return write.rename(self.folder, old, new)

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 import platformdirs
 
-from .errors import CloudguardError, FolderBusy, GuardError, UsageError
+from .errors import CloudguardError, FolderBusy, GuardError, UnsupportedFormat, UsageError
 from .settings import settings
 
 
@@ -85,6 +85,18 @@ class Binding:
     @staticmethod
     def new_id() -> str:
         return secrets.token_hex(8)
+
+
+def create_db_file(path: Path) -> None:
+    """A SQLite file, 0600 from birth (its -wal and -shm inherit the mode), made only when
+    missing: opening and closing a descriptor of a database this process already has open
+    drops every POSIX lock SQLite holds on it, so another process's last close checkpoints
+    and deletes the WAL under the live connection ("database disk image is malformed": a
+    mount's journal when a CLI command of the same folder exited)."""
+    if path.exists():
+        return
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -238,13 +250,17 @@ def signature(kind: str, size: int, mtime: int, mode: int, target: str, ctime: i
     return f"{kind}:{size}:{mtime}:{mode}:{target}:{ctime}:{ino}"
 
 
+JOURNAL_KEY = "journal_version"  # meta: the version of the staged-version journal's rows
+JOURNAL_VERSION = 1
+
+
 class Index:
     """SQLite in WAL mode: what was last synced, so changes on either side can be told apart."""
 
     def __init__(self, path: Path, threads: bool = False) -> None:
         """``threads``: one connection for several threads (the caller serialises its use)."""
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # SQLite's -wal/-shm inherit it
+        create_db_file(path)
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=not threads,
                                   timeout=60 if threads else 5)
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -261,6 +277,7 @@ class Index:
                 p TEXT NOT NULL, e TEXT NOT NULL);
             """
         )
+        self._check_journal(path)
         columns = [r[1] for r in self.db.execute("PRAGMA table_info(files)")]
         if "ino" not in columns:  # an index from before ctime and inode were recorded
             with self.transaction():
@@ -271,6 +288,19 @@ class Index:
                 self.db.execute("ALTER TABLE files ADD COLUMN sig TEXT")
                 for row in self.rows().values():
                     self.put(row)
+
+    def _check_journal(self, path: Path) -> None:
+        """The staged-version journal (table ``staged``, docs/format.md "Local state") carries
+        its version: one written by a newer cloudguard is refused, never misread (a row
+        misread could commit a version no one can open, or drop one a mount acknowledged)."""
+        got = self.get_meta(JOURNAL_KEY)
+        if got is None:
+            self.set_meta(JOURNAL_KEY, JOURNAL_VERSION)
+        elif type(got) is not int or not 1 <= got <= JOURNAL_VERSION:
+            self.db.close()
+            raise UnsupportedFormat(
+                f"{path}: its staged-version journal is version {got!r}; this cloudguard "
+                f"reads versions 1 to {JOURNAL_VERSION} (upgrade cloudguard)")
 
     def close(self) -> None:
         self.db.close()

@@ -5,7 +5,6 @@ history attic; observed-remove merges and delta application, in SQLite.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import IntegrityError
+from ..state import create_db_file
 from .attic import History, _dump, _generation
 from .carriers import Carriers, tainted
 from .moves import (
@@ -125,7 +125,7 @@ class State(History):
         if path is None:
             db = sqlite3.connect(":memory:", isolation_level=None)
         else:
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # -wal/-shm inherit it
+            create_db_file(path)  # never a descriptor of an open database (state.py)
             db = sqlite3.connect(path, isolation_level=None)
         try:
             if path is not None:

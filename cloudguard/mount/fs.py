@@ -30,10 +30,10 @@ import mfusepy as fuse  # type: ignore[import-untyped]
 from ..api import Vault
 from ..errors import CloudguardError
 from ..names import to_disk
-from ..reader import FileReader
 from .draft import Draft, Drafts
 from .errnos import _guarded
 from .names import Names
+from .relocate import Following
 from .tree import Tree, _ino
 
 log = logging.getLogger("cloudguard.mount")
@@ -66,7 +66,7 @@ class VaultFS(Names, fuse.Operations):  # type: ignore[misc]
         self.tree = Tree.of(vault.files())
         self.uid, self.gid = os.getuid(), os.getgid()
         self.started = time.time_ns()
-        self._handles: dict[int, FileReader] = {}
+        self._handles: dict[int, Following] = {}
         self._opened: dict[int, tuple[str, dict[str, Any]]] = {}  # fh -> path, entry at open
         self._next = 1
         self._lock = threading.Lock()  # guards the handle table only, never held over I/O
@@ -278,7 +278,8 @@ class VaultFS(Names, fuse.Operations):  # type: ignore[misc]
         entry = self.tree.entries.get(path)
         if entry is None or entry.get("t") != "f":
             raise fuse.FuseOSError(errno.ENOENT if entry is None else errno.EISDIR)
-        reader = self.vault.open_entry(entry, path.lstrip("/"))  # the version shown there
+        reader = Following(entry, path, lambda e: self.vault.open_entry(e, path.lstrip("/")),
+                           self._refreshed)  # the version shown there
         fh = self._handle(path, entry)
         if writing:
             draft = Draft(reader, int(entry.get("s", 0)), self._spool, self.vault.new_stream)
@@ -420,6 +421,14 @@ class VaultFS(Names, fuse.Operations):  # type: ignore[misc]
 
     def _reload(self) -> None:
         self._install(Tree.of(self.vault.files()))
+
+    def _refreshed(self, path: str) -> dict[str, Any] | None:
+        """The entry at ``path`` once the view is read again (an open or a read failed: a
+        re-encryption may have moved it, mount/relocate.py). The kernel's cache is left to
+        the next poll: invalidating from inside a callback can deadlock."""
+        with self._commit_lock:
+            self._reload()
+        return self.tree.entries.get(path)
 
 
 class _FUSE(fuse.FUSE):  # type: ignore[misc]

@@ -24,7 +24,7 @@ from typing import Any
 from .. import format as fmt
 from .. import manifest as mf
 from .. import sync
-from ..errors import UsageError
+from ..errors import IntegrityError, KeyStoreError, UsageError
 from ..names import from_disk
 from ..session import Session, session
 from ..state import Index
@@ -63,14 +63,23 @@ class Stager:
         self.md5 = not s.transport.local
         self._lock = threading.Lock()
         self._unsynced: list[Path] = []
+        self._keks: dict[str, bytes] = {}  # every head KEK held, by commitment
         self._index = Index(s.binding.dir / "index.db", threads=True)  # FUSE's threads
         self._index.db.execute("PRAGMA synchronous=NORMAL")  # WAL: safe when a process dies
         self.renew(s)
 
     def renew(self, s: Session) -> None:
-        """The head the latest session verified (the generation floor)."""
+        """The head the latest session verified (the generation floor). Every KEK it held
+        stays known (:meth:`known`): a version staged under one that a re-encryption of
+        another process deleted meanwhile is re-wrapped at its commit (_rewrap)."""
         with self._lock:
             self.kek_id, self.kek = s.ring.head.kek, s.ring.head_kek
+            self._keks[self.kek_id] = self.kek
+
+    def known(self, kek_id: str) -> bytes | None:
+        """A KEK this stager wrapped staged DEKs under, by commitment (None: never held)."""
+        with self._lock:
+            return self._keks.get(kek_id)
 
     def stage(self, path: str, stream: fmt.Reader, size: int, mode: int = 0o644,
               mtime_ns: int = 0, durable: bool = False) -> dict[str, Any]:
@@ -239,11 +248,46 @@ def _finish_commit(s: Session) -> None:
             (spool / str(row["o"])).unlink(missing_ok=True)
 
 
-def commit_staged(s: Session) -> list[str]:
+def _rewrap(s: Session, known: Callable[[str], bytes | None] | None) -> None:
+    """Staged versions wrapped under a KEK other than the head's move to the head's before
+    they are committed. A stager keeps the KEK it was given at its last commit, and a
+    re-encryption run meanwhile by another process or device publishes a new head and
+    deletes the old key objects: committed as they were, those versions would be wrapped
+    under a key no one can open any more. The old KEK comes from the session's ring or, once
+    deleted, from the stager that used it (``known``); a version staged under a key neither
+    has cannot be committed readable, and is refused, never landed. The wrap was never on
+    the remote, so the head's key is also the first (``w``) it has."""
+    head = s.ring.head.kek
+    moved = []
+    for row, path, entry in s.index.staged():
+        if "k" not in entry or entry.get("g") == head:
+            continue
+        kek_id = str(entry.get("g"))
+        kek = known(kek_id) if known is not None else None
+        if kek is None:
+            try:
+                kek = s.ring.kek(kek_id)
+            except (IntegrityError, KeyStoreError) as exc:
+                raise IntegrityError(
+                    f"{path}: a staged version's key {kek_id[:16]}... is gone (a "
+                    "re-encryption deleted it before the version was committed); it cannot "
+                    "be committed readable") from exc
+        dek, file_id = sync.dek_of(entry, {kek_id: kek}.__getitem__)
+        entry["k"] = fmt.b64(fmt.wrap_dek(s.ring.head_kek, dek, file_id))
+        entry["g"] = entry["w"] = head
+        moved.append((row, entry))
+    if moved:
+        with s.index.transaction():
+            for row, entry in moved:
+                s.index.replace_staged(row, entry)
+
+
+def commit_staged(s: Session, known: Callable[[str], bytes | None] | None = None
+                  ) -> list[str]:
     """Upload the staged objects and commit the journal in one delta; the paths it touched.
     The rows are replayed in order (ops/namelog.py), so only the result is committed: of
     several versions staged for one path the last wins, and a version deleted or renamed
-    over before its commit is never uploaded."""
+    over before its commit is never uploaded. ``known``: KEKs the stager held (_rewrap)."""
     legacy = s.index.get_meta(STAGED, []) or []  # a journal from before the staged table
     if legacy:
         with s.index.transaction():
@@ -251,6 +295,7 @@ def commit_staged(s: Session) -> list[str]:
                 s.index.add_staged(str(row["p"]), row["e"])
             s.index.set_meta(STAGED, None)
     _finish_commit(s)
+    _rewrap(s, known)
     journal = s.index.staged()
     if not journal:
         return []
