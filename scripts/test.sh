@@ -70,7 +70,7 @@ fi
 ensure_venv .venv test
 py="$VENV_PYTHON"
 
-# --- 2b. git's own test suite, for tests/mount/test_mount_git.py ------------------------
+# --- 2b. git's own test suite, for tests/mount/test_mount_git.py ----------
 # scripts/git_t.sh fetches git's source package and builds the helpers its t/ scripts need
 # (cached under ~/.cache; about 25 s cold on 2 cores). Under CI=true a failure here fails the
 # run (and those tests are marked fuse: a skip there fails too); elsewhere they skip.
