@@ -2,7 +2,7 @@
 
 Pure functions over bytes and streams. Randomness enters only through ``os.urandom`` in
 the ``new_*`` helpers, so tests can pass fixed values to the inner functions and compare exact
-bytes against tests/vectors.json. Every authentication or parse failure raises the same
+bytes against tests/format/vectors.json. Every authentication or parse failure raises the same
 :class:`IntegrityError`; callers add the object or file name.
 """
 

@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
-"""Generate tests/vectors.json: fixed-input test vectors for format v2 (docs/format.md).
+"""Generate tests/format/vectors.json: fixed-input test vectors for format v2 (docs/format.md).
 
 Every random input (keys, file ids, nonces, ephemeral keys, salts, member secrets) is fixed
 here and passed explicitly into cloudguard.format and cloudguard.chain, so the output is
-deterministic (Ed25519 signatures are deterministic too). tests/test_format.py
+deterministic (Ed25519 signatures are deterministic too). tests/format/test_format.py
 recomputes every vector from the inputs stored in the JSON and checks that this script still
 reproduces the file byte for byte; a format change therefore fails the tests until the vectors
 are regenerated on purpose:
 
-    python3 scripts/gen_vectors.py            # rewrite tests/vectors.json
+    python3 scripts/gen_vectors.py            # rewrite tests/format/vectors.json
     python3 scripts/gen_vectors.py --check    # exit 1 if it is out of date
 
 Blob plaintexts are not stored; they are ``pattern(size)`` (see below). Full ciphertexts are
@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey  #
 from cloudguard import chain  # noqa: E402
 from cloudguard import format as fmt  # noqa: E402
 
-VECTORS_PATH = ROOT / "tests" / "vectors.json"
+VECTORS_PATH = ROOT / "tests" / "format" / "vectors.json"
 
 PATTERN = "bytes((i * 7 + 3) % 256 for i in range(size))"
 BLOB_SIZES = [0, 1, 100, 65535, 65536, 65537, 150000]

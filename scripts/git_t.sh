@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepare git's own test suite (t/) for tests/test_mount_git.py (issue 12: "a few of git's own
+# Prepare git's own test suite (t/) for tests/mount/test_mount_git.py (issue 12: "a few of git's own
 # t/ scripts run with --root on the mount"), and print the folder to put in CLOUDGUARD_GIT_T.
 #
 # The suite is not in any binary package: this fetches Debian's source package of the git that
@@ -11,7 +11,7 @@
 # 50 s with git's default -O2). Cached: a second run prints at once. scripts/test.sh runs it.
 #
 #   export CLOUDGUARD_GIT_T="$(scripts/git_t.sh)"
-#   .venv/bin/pytest tests/test_mount_git.py
+#   .venv/bin/pytest tests/mount/test_mount_git.py
 set -euo pipefail
 
 cache="${CLOUDGUARD_GIT_T_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cloudguard-git-t}"

@@ -7,7 +7,7 @@
 # 2. makes the virtual environment .venv (scripts/venv.sh: Python >= 3.11, python3-venv from
 #    apt-get if 'python3 -m venv' fails) and installs the package with its test extra into it
 #    (pip, editable); an existing .venv made from the same pyproject.toml is reused as it is,
-#    then prepares git's own test suite for tests/test_mount_git.py (scripts/git_t.sh, cached),
+#    then prepares git's own test suite for tests/mount/test_mount_git.py (scripts/git_t.sh, cached),
 # 3. runs ruff and mypy with the venv's python,
 # 4. runs pytest inside a private D-Bus session with a real Secret Service
 #    (gnome-keyring), so keyring tests use the real thing; such tests see
@@ -36,7 +36,7 @@ command -v mkfs.vfat >/dev/null 2>&1 || missing+=(dosfstools)
 command -v vim >/dev/null 2>&1 || missing+=(vim)
 command -v git >/dev/null 2>&1 || missing+=(git)
 command -v rsync >/dev/null 2>&1 || missing+=(rsync)
-# git's own t/ scripts on the mount (tests/test_mount_git.py): scripts/git_t.sh builds their
+# git's own t/ scripts on the mount (tests/mount/test_mount_git.py): scripts/git_t.sh builds their
 # helpers from git's source package
 command -v make >/dev/null 2>&1 || missing+=(make)
 command -v cc >/dev/null 2>&1 || missing+=(gcc)
@@ -70,7 +70,7 @@ fi
 ensure_venv .venv test
 py="$VENV_PYTHON"
 
-# --- 2b. git's own test suite, for tests/test_mount_git.py ------------------------
+# --- 2b. git's own test suite, for tests/mount/test_mount_git.py ----------
 # scripts/git_t.sh fetches git's source package and builds the helpers its t/ scripts need
 # (cached under ~/.cache; about 25 s cold on 2 cores). Under CI=true a failure here fails the
 # run (and those tests are marked fuse: a skip there fails too); elsewhere they skip.
@@ -81,7 +81,7 @@ if [ -z "${CLOUDGUARD_GIT_T:-}" ]; then
     elif [ "${CI:-}" = true ]; then
         exit 1
     else
-        log "scripts/git_t.sh failed: tests/test_mount_git.py will be skipped"
+        log "scripts/git_t.sh failed: tests/mount/test_mount_git.py will be skipped"
     fi
 fi
 

@@ -132,7 +132,7 @@ def _isolated_env(
     monkeypatch.setenv("CLOUDGUARD_KEYSTORE", "file")
     monkeypatch.setenv("CLOUDGUARD_PASSPHRASE", PASSPHRASE)
     monkeypatch.setenv("CLOUDGUARD_KIT_PASSPHRASE", PASSPHRASE)
-    monkeypatch.setenv("CLOUDGUARD_KEY_CACHE_SECONDS", "0")  # tests/test_keycache.py turn it on
+    monkeypatch.setenv("CLOUDGUARD_KEY_CACHE_SECONDS", "0")  # keys/test_keycache.py turns it on
     monkeypatch.setattr(keys, "TEST_KDF_LOG_N", CHEAP_KDF_LOG_N)
     yield
 

@@ -1,7 +1,7 @@
 """What the operations return and ``--json`` prints: one typed Struct per command.
 
 This package is the schema of the results (docs/cli-json.md explains each command's fields in
-prose; tests/test_results.py holds the two together, and decodes every command's real output
+prose; tests/cli/test_results.py holds the two together, and decodes every command's real output
 into its Struct with strict typing). The operations build these, the library API
 (:mod:`cloudguard.api`, :mod:`cloudguard.vault`) returns them, and the faces read their
 attributes: no result crosses a module as a loose dict any more. One module per area:

@@ -393,7 +393,7 @@ def test_removed_device_snapshot_below_cutoff_is_refused(local_remote: str,
 def run_script(kit: Path, remote: str, out: Path, *more: str
                ) -> subprocess.CompletedProcess[str]:
     """scripts/cloudguard-decrypt.py on the remote, with ``kit``, into ``out``."""
-    script = Path(__file__).resolve().parent.parent / "scripts" / "cloudguard-decrypt.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "cloudguard-decrypt.py"
     return subprocess.run([sys.executable, str(script), "--remote-dir", remote, "--kit",
                            str(kit), "--out", str(out), *more], capture_output=True,
                           text=True, check=False, stdin=subprocess.DEVNULL)

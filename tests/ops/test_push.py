@@ -1,4 +1,6 @@
-"""End-to-end behaviour of the CLI against real rclone remotes."""
+"""push end to end against real rclone remotes, and the round trip through clone and pull on
+every kind of remote (the rest of the former test_vault.py is in test_pull, test_verify,
+test_maintain, test_init_clone, transport/test_transport and cli/test_cli_output)."""
 
 from __future__ import annotations
 
@@ -101,18 +103,6 @@ def test_folder_inferred_from_cwd_like_git(local_remote: str, tmp_path: Path) ->
     assert outside.returncode == 2 and "not a cloudguard folder" in outside.stderr
 
 
-def test_init_refuses_existing_vault_and_nonempty_remote(local_remote: str,
-                                                          tmp_path: Path) -> None:
-    cg("init", str(tmp_path / "a"), "--remote", local_remote)
-    proc = cg_proc("init", str(tmp_path / "b"), "--remote", local_remote)
-    assert proc.returncode == 2 and "already holds a cloudguard vault" in proc.stderr
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / "stray").write_text("x")
-    proc = cg_proc("init", str(tmp_path / "c"), "--remote", str(other))
-    assert proc.returncode == 2 and "not empty" in proc.stderr
-
-
 def test_nothing_written_in_plaintext_folder_by_push(local_remote: str, tmp_path: Path) -> None:
     a = tmp_path / "a"
     populate(a)
@@ -138,65 +128,6 @@ def test_special_files_are_skipped_with_a_warning(local_remote: str, tmp_path: P
     os.unlink(a / "my-fifo")
     cg("push", "--folder", str(a))
     assert cg_json("status", "--folder", str(a))["in_sync"]
-
-
-def test_conflicts_keep_both_versions(local_remote: str, tmp_path: Path) -> None:
-    a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
-    a.mkdir()
-    (a / "doc.txt").write_text("base")
-    share(local_remote, a, b, kit)
-    (a / "doc.txt").write_text("edit from a")
-    (b / "doc.txt").write_text("edit from b, longer")
-    cg("push", "--folder", str(a))
-    pulled = cg_json("pull", "--folder", str(b))
-    assert len(pulled["conflicts"]) == 1
-    assert (b / "doc.txt").read_text() == "edit from b, longer"
-    copy = b / pulled["conflicts"][0]
-    assert copy.read_text() == "edit from a" and "(conflict " in copy.name
-    assert copy.name.endswith(".txt")
-    cg("push", "--folder", str(b))
-    cg("pull", "--folder", str(a))
-    assert tree(a) == tree(b)
-
-
-def test_concurrent_pushes_lose_nothing(local_remote: str, tmp_path: Path) -> None:
-    """Both devices push without pulling: both versions survive, one as a conflict copy."""
-    a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
-    a.mkdir()
-    (a / "doc.txt").write_text("base")
-    share(local_remote, a, b, kit)
-    (a / "doc.txt").write_text("version A")
-    (b / "doc.txt").write_text("version B")
-    (a / "only-a.txt").write_text("a")
-    (b / "only-b.txt").write_text("b")
-    cg("push", "--folder", str(a))
-    cg("push", "--folder", str(b))
-    cg("pull", "--folder", str(a))
-    cg("pull", "--folder", str(b))
-    cg("push", "--folder", str(a))
-    cg("pull", "--folder", str(b))
-    for side in (a, b):
-        contents = sorted(p.read_text() for p in side.iterdir() if p.name != ".cloudguard")
-        assert contents == ["a", "b", "version A", "version B"], side
-    assert tree(a) == tree(b)
-
-
-def test_deletions_propagate_and_local_edits_survive(local_remote: str, tmp_path: Path) -> None:
-    a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
-    a.mkdir()
-    for name in ("gone.txt", "kept.txt", "edited.txt"):
-        (a / name).write_text(name)
-    share(local_remote, a, b, kit)
-    os.unlink(a / "gone.txt")
-    os.unlink(a / "edited.txt")
-    cg("push", "--folder", str(a))
-    (b / "edited.txt").write_text("edited on b before the pull")
-    cg("pull", "--folder", str(b))
-    assert not (b / "gone.txt").exists()
-    assert (b / "edited.txt").read_text() == "edited on b before the pull"
-    cg("push", "--folder", str(b))
-    cg("pull", "--folder", str(a))
-    assert (a / "edited.txt").read_text() == "edited on b before the pull"
 
 
 def test_metadata_only_change_reuses_ciphertext(local_remote: str, tmp_path: Path) -> None:
@@ -236,76 +167,6 @@ def test_status_and_dry_run(local_remote: str, tmp_path: Path) -> None:
     assert cg_json("status", "--folder", str(a))["to_push"] == []
 
 
-def test_failed_clone_leaves_nothing_behind(local_remote: str, tmp_path: Path) -> None:
-    a = tmp_path / "a"
-    a.mkdir()
-    cg("init", str(a), "--remote", local_remote)
-    bogus = tmp_path / "bogus.json"
-    bogus.write_text("{}")
-    proc = cg_proc("clone", local_remote, str(tmp_path / "b"), "--key-file", str(bogus))
-    assert proc.returncode == 2 and "not a cloudguard recovery kit" in proc.stderr
-    assert not (tmp_path / "b").exists()
-    home = Path(os.environ["CLOUDGUARD_HOME"]) / "folders"
-    assert len(list(home.iterdir())) == 1
-
-
-def test_help_everywhere() -> None:
-    for args in (["--help"], ["init", "--help"], ["clone", "--help"], ["push", "--help"],
-                 ["pull", "--help"], ["status", "--help"], ["verify", "--help"],
-                 ["key", "rotate", "--help"], ["key", "list", "--help"],
-                 ["key", "export", "--help"], ["device", "list", "--help"],
-                 ["device", "approve", "--help"], ["device", "reject", "--help"],
-                 ["device", "remove", "--help"]):
-        assert "Usage:" in cg(*args).stdout
-    assert cg_proc("push", "--bogus").returncode == 2
-
-
-def test_unknown_format_version_is_refused(local_remote: str, tmp_path: Path) -> None:
-    a = tmp_path / "a"
-    a.mkdir()
-    cg("init", str(a), "--remote", local_remote)
-    descriptor = Path(local_remote) / "cloudguard.json"
-    descriptor.write_text(descriptor.read_text().replace('"format": 2', '"format": 99'))
-    proc = cg_proc("clone", local_remote, str(tmp_path / "b"))
-    assert proc.returncode == 1 and "format 99 is unknown" in proc.stderr
-    assert not (tmp_path / "b").exists()
-
-
-@pytest.mark.rclone
-def test_rclone_override(local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                         ) -> None:
-    monkeypatch.setenv("CLOUDGUARD_RCLONE", str(tmp_path / "nope"))
-    proc = cg_proc("init", str(tmp_path / "a"), "--remote", local_remote)
-    assert proc.returncode == 2 and "CLOUDGUARD_RCLONE" in proc.stderr
-
-
-def test_verify_uses_backend_hashes_without_download(remote: str, remote_dir: Path,
-                                                     tmp_path: Path) -> None:
-    a = tmp_path / "a"
-    a.mkdir()
-    (a / "big.bin").write_bytes(os.urandom(5 * 1024 * 1024))
-    cg("init", str(a), "--remote", remote)
-    cg("push", "--folder", str(a))
-    clean = cg_json("verify", "--folder", str(a))
-    local = remote.startswith("/")
-    has_md5 = "webdav" not in remote and not local
-    assert clean["hash_checked"] == (1 if has_md5 else 0)
-    # a local remote records no MD5 (hashing there means reading): verify authenticates
-    assert clean["authenticated"] == (1 if local else 0) and clean["read_data"] == local
-    (obj,) = (remote_dir / "data").iterdir()
-    data = bytearray(obj.read_bytes())
-    data[len(data) // 2] ^= 1
-    obj.write_bytes(bytes(data))
-    proc = cg_proc("verify", "--folder", str(a))
-    if has_md5:
-        assert proc.returncode == 3 and "big.bin" in proc.stderr and "MD5" in proc.stderr
-    elif local:
-        assert proc.returncode == 3 and "big.bin" in proc.stderr
-    else:
-        assert proc.returncode == 0  # no backend hash: only --read-data can tell
-    assert cg_proc("verify", "--read-data", "--folder", str(a)).returncode == 3
-
-
 def test_files_from_before_1970_and_odd_extensions(local_remote: str, tmp_path: Path) -> None:
     a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
     a.mkdir()
@@ -322,76 +183,6 @@ def test_files_from_before_1970_and_odd_extensions(local_remote: str, tmp_path: 
     pulled = cg_json("pull", "--folder", str(b))
     assert len(pulled["conflicts"]) == 1
     assert len(pulled["conflicts"][0].encode()) <= 255
-
-
-def test_local_manifest_state_follows_compaction_and_survives_damage(
-        local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each device keeps the merged manifest in CLOUDGUARD_HOME and applies only new segments.
-    It must track another device's compactions (which delete segments it already applied),
-    and a damaged or missing copy is rebuilt from the remote."""
-    from cloudguard import manifest as mf
-    from cloudguard.ops import maintain
-    from cloudguard.state import find_binding
-
-    a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
-    a.mkdir()
-    (a / "base.txt").write_text("base")
-    share(local_remote, a, b, kit)
-    monkeypatch.setattr(maintain, "COMPACT_AFTER", 2)
-    for i in range(5):
-        (a / f"f{i}.txt").write_text(f"version {i}")
-        if i % 2:
-            (a / "base.txt").write_text(f"base {i}")
-        cg("push", "--folder", str(a))
-        if i in (1, 3):
-            cg("pull", "--folder", str(b))
-            assert tree(a) == tree(b)
-    assert any(p.suffix == ".s" for p in (Path(local_remote) / "m").iterdir())  # compacted
-    cg("pull", "--folder", str(b))
-    assert tree(a) == tree(b)
-    db = find_binding(str(b)).dir / "manifest.db"
-    state = mf.State(db)
-    recorded = dict(state.items())
-    state.close()
-    assert set(recorded) == {"base.txt", *(f"f{i}.txt" for i in range(5))}
-    db.write_bytes(b"this is not a database" * 100)
-    (a / "after.txt").write_text("after damage")
-    cg("push", "--folder", str(a))
-    cg("pull", "--folder", str(b))
-    assert tree(a) == tree(b)
-    db.unlink()
-    (b / "from-b.txt").write_text("b again")
-    cg("push", "--folder", str(b))
-    cg("pull", "--folder", str(a))
-    assert tree(a) == tree(b)
-    cg("verify", "--folder", str(b))
-    assert oct(db.stat().st_mode & 0o777) == "0o600"
-
-
-def test_stray_partial_uploads_are_ignored_then_collected(
-        local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """What a killed upload leaves (rclone's ``NAME.<hex>.partial``) must not stop any device,
-    and the garbage collector removes it after the grace period."""
-    a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
-    a.mkdir()
-    (a / "doc.txt").write_text("one")
-    share(local_remote, a, b, kit)
-    root = Path(local_remote)
-    segment = sorted((root / "m").iterdir())[-1]
-    strays = [root / "m" / f"{segment.name}x.1a2b3c4d.partial",
-              root / "keys" / "00000009.5e6f7a8b.partial"]
-    for stray in strays:
-        stray.write_bytes(segment.read_bytes()[:100])
-    (a / "doc.txt").write_text("two")
-    cg("push", "--folder", str(a))
-    cg("pull", "--folder", str(b))
-    assert tree(a) == tree(b)
-    assert all(s.exists() for s in strays)  # within the grace period: left alone
-    monkeypatch.setenv("CLOUDGUARD_GC_GRACE", "0")
-    (a / "doc.txt").write_text("three")
-    cg("push", "--folder", str(a))
-    assert not any(s.exists() for s in strays)
-    cg("verify", "--folder", str(b))
 
 
 def test_no_temp_files_outside_cloudguard_home(local_remote: str, tmp_path: Path,

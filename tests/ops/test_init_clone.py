@@ -9,6 +9,7 @@ every push would encrypt the vault into itself.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -175,3 +176,39 @@ def test_clone_refuses_a_folder_inside_the_local_remote(local_remote: str,
                    outer / "cloud", outer)
     assert "is inside the folder" in line
     assert sorted(p.name for p in outer.iterdir()) == ["cloud"]
+
+
+def test_init_refuses_existing_vault_and_nonempty_remote(local_remote: str,
+                                                          tmp_path: Path) -> None:
+    cg("init", str(tmp_path / "a"), "--remote", local_remote)
+    proc = cg_proc("init", str(tmp_path / "b"), "--remote", local_remote)
+    assert proc.returncode == 2 and "already holds a cloudguard vault" in proc.stderr
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "stray").write_text("x")
+    proc = cg_proc("init", str(tmp_path / "c"), "--remote", str(other))
+    assert proc.returncode == 2 and "not empty" in proc.stderr
+
+
+def test_failed_clone_leaves_nothing_behind(local_remote: str, tmp_path: Path) -> None:
+    a = tmp_path / "a"
+    a.mkdir()
+    cg("init", str(a), "--remote", local_remote)
+    bogus = tmp_path / "bogus.json"
+    bogus.write_text("{}")
+    proc = cg_proc("clone", local_remote, str(tmp_path / "b"), "--key-file", str(bogus))
+    assert proc.returncode == 2 and "not a cloudguard recovery kit" in proc.stderr
+    assert not (tmp_path / "b").exists()
+    home = Path(os.environ["CLOUDGUARD_HOME"]) / "folders"
+    assert len(list(home.iterdir())) == 1
+
+
+def test_unknown_format_version_is_refused(local_remote: str, tmp_path: Path) -> None:
+    a = tmp_path / "a"
+    a.mkdir()
+    cg("init", str(a), "--remote", local_remote)
+    descriptor = Path(local_remote) / "cloudguard.json"
+    descriptor.write_text(descriptor.read_text().replace('"format": 2', '"format": 99'))
+    proc = cg_proc("clone", local_remote, str(tmp_path / "b"))
+    assert proc.returncode == 1 and "format 99 is unknown" in proc.stderr
+    assert not (tmp_path / "b").exists()

@@ -2,7 +2,7 @@
 never what a snapshot claims for a version it already holds; a carrier that names the
 version's removers is not judged by its vector; and the remover records are bounded.
 
-Played like tests/test_trust_attacks.py: every device has its own CLOUDGUARD_HOME, and the
+Played like tests/trust/test_trust_attacks.py: every device has its own CLOUDGUARD_HOME, and the
 test is the provider, showing a device an older remote and handing on what it wrote.
 """
 

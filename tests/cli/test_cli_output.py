@@ -298,3 +298,14 @@ def test_no_subprocess_call_replaces_the_environment() -> None:
                     if kw.arg == "env":
                         text = ast.unparse(kw.value)
                         assert "os.environ" in text, f"{source.name}:{node.lineno}: env={text}"
+
+
+def test_help_everywhere() -> None:
+    for args in (["--help"], ["init", "--help"], ["clone", "--help"], ["push", "--help"],
+                 ["pull", "--help"], ["status", "--help"], ["verify", "--help"],
+                 ["key", "rotate", "--help"], ["key", "list", "--help"],
+                 ["key", "export", "--help"], ["device", "list", "--help"],
+                 ["device", "approve", "--help"], ["device", "reject", "--help"],
+                 ["device", "remove", "--help"]):
+        assert "Usage:" in cg(*args).stdout
+    assert cg_proc("push", "--bogus").returncode == 2

@@ -17,7 +17,7 @@ from cloudguard.errors import IntegrityError
 from cloudguard.names import ESC, from_disk, to_disk
 from cloudguard.sync import check_rel_path
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "cloudguard-decrypt.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "cloudguard-decrypt.py"
 
 
 @given(st.binary(min_size=1, max_size=40).filter(lambda b: b"/" not in b and b"\0" not in b))

@@ -156,7 +156,7 @@ def test_republish_refuses_what_it_cannot_answer(local_remote: str, tmp_path: Pa
     assert stored(Path(local_remote)) == before
 
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "cloudguard-decrypt.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "cloudguard-decrypt.py"
 
 
 def recovered(remote: str, kit: Path, out: Path) -> dict[str, object]:

@@ -1,5 +1,5 @@
 """A device that writes while it has not seen a re-encryption (a lag or a freeze), under a
-key the re-encryption then deleted. Played like tests/test_trust_attacks.py: every device has
+key the re-encryption then deleted. Played like tests/trust/test_trust_attacks.py: every device has
 its own CLOUDGUARD_HOME, and the test is the provider showing one device an older remote.
 """
 

@@ -1,7 +1,7 @@
 """POSIX semantics of the mount (issue 12), in the spirit of pjdfstest (which Debian 12 does not
 package, nor xfstests or fsstress): a table of small cases, each run on the mount and on a
 plain folder under tmp, their observations (data, sizes, modes, listings, the errno of a
-failure) compared. tests/mount_expected_failures.txt lists the cases where the mount differs
+failure) compared. tests/mount/mount_expected_failures.txt lists the cases where the mount differs
 on purpose, each with its reason: a case that differs and is not listed fails, and so does a
 listed case that now matches (the list stays true). Then what only the mount promises
 (statfs fields, st_blksize) and a read-only mount refusing every change with EROFS."""

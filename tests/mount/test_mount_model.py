@@ -11,7 +11,7 @@
   fsynced is its old or its new version, never a mix.
 
 fsx and fsstress (xfstests) are not packaged in Debian 12, nor is pjdfstest; these tests are
-their small, self-contained counterparts (tests/test_mount_posix.py has the POSIX cases).
+their small, self-contained counterparts (tests/mount/test_mount_posix.py has the POSIX cases).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ honest dot: without more, it would keep the late content live on every device fo
 conflict copy, or at the path itself with a forged Lamport time), where every other late write
 goes to the history once the removal shows.
 
-Played like tests/test_trust_attacks.py: every device has its own CLOUDGUARD_HOME, and the
+Played like tests/trust/test_trust_attacks.py: every device has its own CLOUDGUARD_HOME, and the
 test is the provider, showing a device an older remote and handing on what it wrote.
 """
 

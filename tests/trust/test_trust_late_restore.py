@@ -1,7 +1,7 @@
 """Review round 6, U4: a member that a removed member's backdated removal takes out gets its
 work back in one command, and a re-encryption does not end it.
 
-Played like tests/test_trust_attacks.py: every device has its own CLOUDGUARD_HOME, and the
+Played like tests/trust/test_trust_attacks.py: every device has its own CLOUDGUARD_HOME, and the
 test is the provider, forging a removed member's backdated removal with its real key.
 """
 

@@ -33,15 +33,15 @@ from cloudguard import chain, membership
 from cloudguard import format as fmt
 from cloudguard.errors import FileChangedError, IntegrityError
 
-ROOT = Path(__file__).resolve().parent.parent
-VECTORS_FILE = ROOT / "tests" / "vectors.json"
+ROOT = Path(__file__).resolve().parents[2]
+VECTORS_FILE = ROOT / "tests" / "format" / "vectors.json"
 VECTORS: dict[str, Any] = json.loads(VECTORS_FILE.read_text(encoding="utf-8"))
 BLOBS: list[dict[str, Any]] = VECTORS["blobs"]
 KiB, MiB = 1024, 1024 * 1024
 
 
 def pattern(size: int) -> bytes:
-    """The vector plaintext, written exactly as tests/vectors.json states it."""
+    """The vector plaintext, written exactly as tests/format/vectors.json states it."""
     return bytes((i * 7 + 3) % 256 for i in range(size))
 
 

@@ -32,7 +32,7 @@ from cloudguard import manifest as mf
 from cloudguard.errors import IntegrityError
 from cloudguard.state import find_binding
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "cloudguard-decrypt.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "cloudguard-decrypt.py"
 MiB = 1024 * 1024
 T0 = 1_600_000_000_123_456_789  # a fixed mtime in ns (with sub-second digits)
 
@@ -873,7 +873,7 @@ def test_entries_may_carry_w(built: Built) -> None:
 def test_the_script_signs_entries_as_the_vectors_say() -> None:
     """format.md "Entry signatures": the script's message is byte for byte the vectors' (a
     conflict copy's ``cs`` included); the label goes to the signature check apart."""
-    vectors = json.loads((SCRIPT.parent.parent / "tests" / "vectors.json").read_text())
+    vectors = json.loads((Path(__file__).with_name("vectors.json")).read_text())
     for vec in vectors["entry_signatures"]:
         got = script.entry_message(vec["vault_id"], vec["path"], vec["dot"], vec["entry"])
         assert (b"cloudguard/v2/entry\x00" + got).hex() == vec["message"], vec["path"]

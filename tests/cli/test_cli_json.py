@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from helpers import cg, cg_json, cg_proc, share
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "cli-json.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "cli-json.md"
 COUNTS = {"files": "integer", "folders": "integer", "links": "integer"}
-# The daemon's commands: tests/test_results.py runs them against one real daemon, and checks
+# The daemon's commands: tests/cli/test_results.py runs them against one real daemon, and checks
 # them against this page there.
 DAEMON = {"daemon start", "daemon stop", "daemon status", "daemon pause", "daemon resume",
           "daemon install"}

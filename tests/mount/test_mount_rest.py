@@ -164,7 +164,7 @@ def test_under_ci_a_skipped_mount_test_fails(tmp_path: Path) -> None:
         "def test_marked_skip(): pytest.skip('no mount here')\n"
         "def test_other_skip(): pytest.skip('not a mount test')\n")
     (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    fuse: a real mount\n")
-    tests = Path(__file__).parent
+    tests = Path(__file__).resolve().parents[1]  # conftest.py
 
     def run(ci: str | None) -> str:
         env = {k: v for k, v in os.environ.items() if k != "CI"}

@@ -114,3 +114,11 @@ def test_a_streamed_upload_of_an_announced_size_gets_exactly_that_many_bytes(
     for wrong in (b"1234", b"123456"):
         with pytest.raises(TransportError), t.writer("data/wrong", 5) as out:
             out.write(wrong)
+
+
+@pytest.mark.rclone
+def test_rclone_override(local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                         ) -> None:
+    monkeypatch.setenv("CLOUDGUARD_RCLONE", str(tmp_path / "nope"))
+    proc = cg_proc("init", str(tmp_path / "a"), "--remote", local_remote)
+    assert proc.returncode == 2 and "CLOUDGUARD_RCLONE" in proc.stderr
