@@ -256,9 +256,12 @@ def _rewrap(s: Session, known: Callable[[str], bytes | None] | None) -> None:
     under a key no one can open any more. The old KEK comes from the session's ring or, once
     deleted, from the stager that used it (``known``); a version staged under a key neither
     has cannot be committed readable, and is refused, never landed. The wrap was never on
-    the remote, so the head's key is also the first (``w``) it has."""
+    the remote, so the head's key is also the first (``w``) it has. A version whose key a
+    re-encryption ended (the chain says so: never a passing fetch error) can never be read
+    by anyone: it leaves the journal with a warning naming it, so that it does not hold up
+    every version staged after it; its path keeps its last committed version."""
     head = s.ring.head.kek
-    moved = []
+    moved, lost = [], []
     for row, path, entry in s.index.staged():
         if "k" not in entry or entry.get("g") == head:
             continue
@@ -268,6 +271,9 @@ def _rewrap(s: Session, known: Callable[[str], bytes | None] | None) -> None:
             try:
                 kek = s.ring.kek(kek_id)
             except (IntegrityError, KeyStoreError) as exc:
+                if kek_id in s.state.ended:
+                    lost.append((row, path))
+                    continue
                 raise IntegrityError(
                     f"{path}: a staged version's key {kek_id[:16]}... is gone (a "
                     "re-encryption deleted it before the version was committed); it cannot "
@@ -276,10 +282,17 @@ def _rewrap(s: Session, known: Callable[[str], bytes | None] | None) -> None:
         entry["k"] = fmt.b64(fmt.wrap_dek(s.ring.head_kek, dek, file_id))
         entry["g"] = entry["w"] = head
         moved.append((row, entry))
-    if moved:
+    if moved or lost:
         with s.index.transaction():
             for row, entry in moved:
                 s.index.replace_staged(row, entry)
+            s.index.drop_staged([row for row, _path in lost])
+    if lost:
+        s.ui.warn(f"{len(lost)} staged version(s) could not be committed, e.g. {lost[0][1]}: "
+                  "a re-encryption deleted the key they were written under before they were "
+                  "committed (the mount was stopped meanwhile); those paths keep their last "
+                  "committed version")
+        _log(s, "write-lost", files=len(lost))
 
 
 def commit_staged(s: Session, known: Callable[[str], bytes | None] | None = None
