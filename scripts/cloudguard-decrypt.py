@@ -1354,14 +1354,14 @@ def carriers_of(payload: dict[str, Any]) -> dict[str, dict[str, int]]:
 
 def late_chain(rb: object, live: dict[str, Any], gone: dict[str, Any],
                limit: dict[str, int], carriers: dict[str, dict[str, int]],
-               moves: set[tuple[str, str]]) -> bool:
+               moves: set[tuple[str, str]], content: str) -> bool:
     """"Version history": did a late write remove this kept version? One late remover is
     enough: a late carrier, a carrier that names no other remover beside it and whose vector
     covers a late write (round 7, V5), or a late version still live, without a row, or
     itself removed by a late write, followed each dot once (a late cycle counts as late);
     honest and unknown removers revive nothing (round 6, U1; as cloudguard's
     manifest._late_removal)."""
-    todo = [(str(d), rb, "") for d in rb] if isinstance(rb, list) else []
+    todo = [(str(d), rb, content) for d in rb] if isinstance(rb, list) else []
     seen: set[str] = set()
     while todo:
         dot, row_rb, removed = todo.pop()
@@ -1444,13 +1444,23 @@ def late_dot(dot: str, limit: dict[str, int]) -> bool:
     return device in limit and seq > limit[device]
 
 
-def carried(paths: dict[str, dict[str, Entry]], attic: object) -> set[tuple[str, str]]:
-    """(dot, the dot whose content it carries: "cs") of a snapshot's versions, live or kept:
-    a remover that carried a late version's content elsewhere moved it (round 14, CC2)."""
+def carried(paths: dict[str, dict[str, Entry]], attic: object, limit: dict[str, int]
+            ) -> set[tuple[str, str]]:
+    """(dot, the dot whose content it carries: "cs") of a snapshot's versions, live or kept,
+    and (dot, content) of those that carry late content: a remover that carried a late
+    version's content elsewhere moved it (round 14, CC2), and one that moved a version's
+    content into such a version is undone with it (as cloudguard's resolutions.carried)."""
     rows = [(d, r.get("e")) for kept in (attic.values() if isinstance(attic, dict) else ())
             if isinstance(kept, dict) for d, r in kept.items() if isinstance(r, dict)]
     rows += [(d, e) for sibs in paths.values() for d, e in sibs.items()]
-    return {(d, e["cs"]) for d, e in rows if isinstance(e, dict) and isinstance(e.get("cs"), str)}
+    out = {(d, e["cs"]) for d, e in rows if isinstance(e, dict) and isinstance(e.get("cs"), str)}
+    return out | {(d, content_tag(e)) for d, e in rows
+                  if isinstance(e, dict) and poisoned(e, limit)}
+
+
+def content_tag(entry: Entry) -> str:
+    """What a version is, as text (its kind, hash and link target)."""
+    return f"={entry.get('t')}|{entry.get('h')}|{entry.get('l')}"
 
 
 def poisoned(entry: Entry | None, limit: dict[str, int]) -> bool:
@@ -1612,13 +1622,14 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
                 rc = carriers_of(payload)
             except BadData as exc:
                 raise IntegrityFailure(f"manifest segment {name} is malformed") from exc
-            moves = carried(unclamped, payload.get("attic"))
+            moves = carried(unclamped, payload.get("attic"), limit)
             for where, versions in back.items():  # a late edit must not become a delete
                 live = unclamped.get(where, {})  # ... while the late version is still there
                 gone = payload.get("attic", {}).get(where, {})  # a late version deleted since
                 now = snapshot.paths.get(where, {})
                 versions = {d: e for d, e in versions.items()
-                            if late_chain(rb_of(payload, where, d), live, gone, limit, rc, moves)
+                            if late_chain(rb_of(payload, where, d), live, gone, limit, rc, moves,
+                                          content_tag(e))
                             and not descends(rb_of(payload, where, d), now, gone, limit)}
                 if versions:
                     snapshot.paths[where] = {**now, **{d: unmoved(e, limit, listed)

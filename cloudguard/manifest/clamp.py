@@ -16,7 +16,7 @@ from .carriers import clamped as clamped_carriers
 from .carriers import late_carrier
 from .crdt import State
 from .moves import late_dot, removers, unmoved
-from .resolutions import carried, poisoned
+from .resolutions import carried, content_tag, poisoned
 
 # Late versions kept per removed member with a counting removal: a thief must not fill every
 # history (review round 6, T6; round 7, V3). A member that only challenged removals took out
@@ -112,7 +112,8 @@ def clamp_snapshot(paths: Live, kept: Rows, rc: dict[str, dict[str, int]], when:
     and carriers as they are once the late writes are never seen. ``stay``: (path, dot) of
     kept versions that are not revived (this device saw an honest removal of them)."""
     moves = carried([*((d, e) for sibs in paths.values() for d, e in sibs.items()),
-                     *((d, r["e"]) for rows in kept.values() for d, r in rows.items())])
+                     *((d, r["e"]) for rows in kept.values() for d, r in rows.items())],
+                    lim.cuts)
     live, history = _clamped(paths, kept, lim, when)
     live, history = _revive(live, history, lim, paths, kept, rc, stay, moves)
     return live, _bounded(history, lim), clamped_carriers(rc, lim.cuts)
@@ -195,7 +196,8 @@ def _revive(paths: Live, kept: Rows, lim: Limits, unclamped: Live, unclamped_kep
         gone = unclamped_kept.get(path, {})
         back = {d: r["e"] for d, r in rows.items() if not _late_version(d, r["e"], limit)
                 and (path, d) not in stay
-                and late_removal(r.get("rb"), live, gone, limit, carriers, moves)
+                and late_removal(r.get("rb"), live, gone, limit, carriers, moves,
+                                 content_tag(r["e"]))
                 and not descends(r.get("rb"), now, rows, limit)}
         if back:
             paths[path] = {**now, **back}
@@ -236,7 +238,8 @@ def descends(rb: object, live: dict[str, Any], gone: dict[str, dict[str, Any]],
 
 def late_removal(rb: object, live: dict[str, Any], gone: dict[str, dict[str, Any]],
                  limit: dict[str, int], carriers: dict[str, dict[str, int]],
-                 moves: set[tuple[str, str]] = set()) -> bool:  # noqa: B006 (read only)
+                 moves: set[tuple[str, str]] = set(),  # noqa: B006 (read only)
+                 content: str = "") -> bool:
     """Did a late write remove this kept version? Its removers (``rb``: what this device saw)
     are walked: a late carrier, or an honest one that named no remover and whose vector
     covers a late write (carriers.late_carrier), is late; a late version that replaced it
@@ -244,7 +247,7 @@ def late_removal(rb: object, live: dict[str, Any], gone: dict[str, dict[str, Any
     (followed the same way, each dot once, so a cycle of late dots counts as late). One
     late remover is enough: the cost of a wrong revival is a deleted file back, against the
     loss of a real one (review round 6, U1). An honest or unknown remover revives nothing."""
-    todo = [(str(d), rb, "") for d in rb] if isinstance(rb, list) else []
+    todo = [(str(d), rb, content) for d in rb] if isinstance(rb, list) else []
     seen: set[str] = set()
     while todo:
         dot, row, removed = todo.pop()

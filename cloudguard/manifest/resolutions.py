@@ -72,7 +72,22 @@ def stamp(state: Any, ops: list[dict[str, Any]]) -> None:
                 break
 
 
-def carried(versions: Iterable[tuple[str, dict[str, Any]]]) -> set[tuple[str, str]]:
-    """(dot, the dot whose content it carries) of every carried version: a remover that
-    carried the late version's content elsewhere moved it, it did not delete it (CC2)."""
-    return {(dot, str(e[FIELD])) for dot, e in versions if isinstance(e.get(FIELD), str)}
+def content_tag(entry: dict[str, Any]) -> str:
+    """What a version is, as text (its kind, hash and link target)."""
+    return f"={entry.get('t')}|{entry.get('h')}|{entry.get('l')}"
+
+
+def carried(versions: Iterable[tuple[str, dict[str, Any]]], cuts: dict[str, int]
+            ) -> set[tuple[str, str]]:
+    """(dot, the dot whose content it carries) of every carried version, and (dot, content)
+    of every carried version that is poisoned: a remover that carried the late version's
+    content elsewhere moved it, it did not delete it (CC2), and one that moved a version's
+    content into a poisoned version (a source it took for a late copy of the same content)
+    is undone with it, so that version comes back."""
+    out: set[tuple[str, str]] = set()
+    for dot, e in versions:
+        if isinstance(e.get(FIELD), str):
+            out.add((dot, str(e[FIELD])))
+            if poisoned(e, cuts):
+                out.add((dot, content_tag(e)))
+    return out

@@ -318,3 +318,18 @@ def test_a_late_edit_renamed_or_touched_during_the_lag_is_undone_not_kept(
         assert LATE not in texts.values(), (dev.name, texts)
     restored = _texts(script_restores(a, local_remote, tmp_path))
     assert restored.get("paper.txt") == "original" and LATE not in restored.values(), restored
+
+
+def test_a_rename_that_took_a_late_copy_of_the_same_content_for_its_source_is_undone() -> None:
+    """X's late version X:12 points at A's blob with A's hash (identical siblings at P); B's
+    rename to Q carries it and names X:12 as the source. At the clamp the renamed version is
+    late, and the rename, which removed A:3 too, is undone for it: A:3 comes back at P."""
+    from cloudguard.manifest.clamp import Limits, clamp_snapshot
+
+    a3 = "a" * 16 + ":3"
+    kept = {"p": {a3: {"e": _file("same"), "g": 1, "rb": [f"{B}:7"]},
+                  f"{X}:12": {"e": _file("same"), "g": 1, "rb": [f"{B}:7"]}}}
+    live, history, _rc = clamp_snapshot({"q": {f"{B}:7": _file("same", cs=f"{X}:12")}}, kept,
+                                        {}, 3, Limits(cuts={X: 11}))
+    assert sorted(live["p"]) == [a3]
+    assert not live.get("q") and f"{B}:7" in history["q"]
