@@ -1378,6 +1378,8 @@ def late_chain(rb: object, live: dict[str, Any], gone: dict[str, Any],
         if (dot, removed) in moves:
             return True  # it carried the late version's content elsewhere (round 14, CC2)
         if not late_dot(dot, limit):
+            if DOT.fullmatch(removed) and late_dot(removed, limit) and dot not in live:
+                return True  # an honest delete of a late version (round 15, DD1, DD2)
             continue
         if dot in live or dot not in gone:
             return True

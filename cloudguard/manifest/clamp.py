@@ -246,7 +246,9 @@ def late_removal(rb: object, live: dict[str, Any], gone: dict[str, dict[str, Any
     counts while it is still live, or has no row, or was itself removed by a late write
     (followed the same way, each dot once, so a cycle of late dots counts as late). One
     late remover is enough: the cost of a wrong revival is a deleted file back, against the
-    loss of a real one (review round 6, U1). An honest or unknown remover revives nothing."""
+    loss of a real one (review round 6, U1). An honest or unknown remover revives nothing,
+    but of a late version only an honest edit (still live) stands: an honest delete of it
+    brings back what it replaced (round 15, DD1, DD2; round 3's R10 kept such a delete)."""
     todo = [(str(d), rb, content) for d in rb] if isinstance(rb, list) else []
     seen: set[str] = set()
     while todo:
@@ -261,6 +263,11 @@ def late_removal(rb: object, live: dict[str, Any], gone: dict[str, dict[str, Any
         if (dot, removed) in moves:
             return True  # it moved the late version's content elsewhere (a rename, CC2)
         if not late_dot(dot, limit):
+            if late_dot(removed, limit) and dot not in live:
+                # an honest remover of the late version that is no live version here (a
+                # delete, a rename away, a file turned link): only an honest *edit* of the
+                # late version stands; a delete of it is no delete of what it replaced
+                return True  # (review round 15, DD1, DD2: that would lose a real file)
             continue
         if dot in live or dot not in gone:
             return True

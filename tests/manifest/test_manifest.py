@@ -709,7 +709,10 @@ def test_the_remover_walk_revives_on_any_late_remover_or_tainted_carrier() -> No
     assert walk([late11], {late11: {}}, {}, limit, {})  # the late edit is still live
     assert walk([late12], {}, {}, limit, {})  # a late delete: no version has its dot
     assert walk([late11], {}, {late11: {"rb": [late12]}}, limit, {})  # edit, then delete
-    assert not walk([late11], {}, {late11: {"rb": [honest]}}, limit, {})  # honest delete
+    # an honest delete of the late edit brings back what it replaced (round 15, DD1/DD2);
+    # an honest edit of it (still live) stands
+    assert walk([late11], {}, {late11: {"rb": [honest]}}, limit, {})
+    assert not walk([late11], {honest: {}}, {late11: {"rb": [honest]}}, limit, {})
     assert not walk([honest], {}, {}, limit, {}) and not walk(None, {}, {}, limit, {})
     assert walk([honest, late12], {}, {}, limit, {})  # one late remover is enough
     assert walk([late11], {}, {late11: {"rb": [late12]}, late12: {"rb": [late11]}}, limit, {})

@@ -698,22 +698,25 @@ def test_a_removed_members_late_delete_is_undone(
     pulled_everywhere([a, b], "paper.txt", "original", local_remote, tmp_path)
 
 
-def test_an_honest_delete_of_a_late_edit_stays_a_delete(
+def test_an_honest_delete_of_a_late_edit_brings_back_what_it_replaced(
         local_remote: str, provider: Provider, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Review round 3, R10: X's late edit of paper.txt reaches frozen B, whose user then
-    deletes the file. Undoing X's edit must not bring back the version the user deleted."""
+    """Review round 3, R10, as round 15 (DD1, DD2) changed it: X's late edit of paper.txt
+    reaches frozen B, whose user then deletes the file. B deleted X's content, not A's: once
+    the removal shows, A's version comes back on every device (R10 kept the delete, and B's
+    next clean snapshot then deleted A's file on A too, a loss where a rename away or a
+    link in its place let X choose it). Only an honest *edit* of a late version stands."""
     (a, b, _x), frozen = x_edits_late(monkeypatch, tmp_path, local_remote, provider)
     with provider.showing(frozen):
         b.cg("pull")
-        (b.folder / "paper.txt").unlink()  # B's user deletes it, on purpose
+        (b.folder / "paper.txt").unlink()  # B's user deletes X's version
         b.cg("push")
         compact(b)
-    for dev in (a, b):
+    for dev in (a, b, a):
         got = dev.run("pull")
         assert got.exit_code == 0, got.output
-        assert not (dev.folder / "paper.txt").exists(), dev.name
-    assert not (script_restores(a, local_remote, tmp_path) / "paper.txt").exists()
+        assert (dev.folder / "paper.txt").read_text() == "original", dev.name
+    assert (script_restores(a, local_remote, tmp_path) / "paper.txt").read_text() == "original"
 
 
 def test_a_removed_members_late_snapshot_cannot_rewrite_anothers_version(
