@@ -12,6 +12,7 @@ the conflict held: only the late content leaves (format.md, "Writer rules").
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -22,10 +23,22 @@ FIELD = "cs"
 _DOT = re.compile(r"^([0-9a-f]{16}):([0-9]{1,12})\Z")
 
 
-def source(dot: str, entry: dict[str, Any]) -> str:
-    """The dot that first pushed ``entry``'s content."""
+def source(dot: str, entry: dict[str, Any], state: Any = None) -> str:
+    """The dot that first pushed ``entry``'s content. With ``state``, an inherited ``cs`` is
+    believed only where this device holds that version with the same content: a removed
+    member could name an honest dot as the source of its late content (review round 15,
+    DD1); otherwise the carried version names ``dot`` itself."""
     raw = entry.get(FIELD)
-    return raw if isinstance(raw, str) else dot
+    if not isinstance(raw, str):
+        return dot
+    if state is None:
+        return raw
+    tag = content_tag(entry)
+    for table in ("entries", "attic"):
+        for (e,) in state.db.execute(f"SELECT e FROM {table} WHERE dot = ?", (raw,)):
+            if content_tag(json.loads(e)) == tag:
+                return raw
+    return dot
 
 
 def well_formed(entry: dict[str, Any]) -> bool:
@@ -59,16 +72,24 @@ def stamp(state: Any, ops: list[dict[str, Any]]) -> None:
     which keep the content's ``lc``) names that content's first dot, as a resolution's do: a
     late write renamed or touched during a lag must not live on under an honest dot (review
     round 14, CC2). The source is the version whose blob it shares; folders and links carry
-    no blob, and so no content a removed member could have chosen beyond a name."""
+    no blob, and so no content a removed member could have chosen beyond a name (an honest
+    delete of a late version brings back what it replaced, so no file is lost to such a
+    carry). Only a live source counts, and only one this device's vector covers: a carry out
+    of the history after a clamp would name a dot its deps no longer cover (round 15, DD3)."""
     for op in ops:
         entry = op.get("e")
         if entry is None or "reloc" in op or "lc" not in entry or FIELD in entry:
             continue
         if entry.get("t") != "f" or not isinstance(entry.get("o"), str):
             continue
-        for _path, dot, had in state.in_objects([entry["o"]]):
+        live = state.db.execute("SELECT dot, e FROM entries WHERE o = ?", (entry["o"],))
+        for dot, raw in live.fetchall():
+            had = json.loads(raw)
             if had.get("a") == entry.get("a") and had.get("h") == entry.get("h"):
-                entry[FIELD] = source(dot, had)
+                src = source(dot, had, state)
+                dev, _, seq = src.partition(":")
+                if state.ctx.get(dev, 0) >= int(seq):
+                    entry[FIELD] = src
                 break
 
 

@@ -74,7 +74,7 @@ def resolve_siblings(state: State, labels: dict[str, str]) -> list[dict[str, Any
         winner_dot, winner = order[-1]
         # each version names whose content it carries, so a late write's is undone (AA2)
         ops.append({"p": path, "e": {**winner, resolutions.FIELD: resolutions.source(
-            winner_dot, winner)}, "rm": sorted(sibs)})
+            winner_dot, winner, state)}, "rm": sorted(sibs)})
         seen = {content_key(winner)}
         for dot, entry in order[:-1]:
             if content_key(entry) in seen:
@@ -86,7 +86,7 @@ def resolve_siblings(state: State, labels: dict[str, str]) -> list[dict[str, Any
                                  lambda p: state.has_path(p) or p in chosen)
             chosen.add(name)
             ops.append({"p": name, "e": {**entry, resolutions.FIELD: resolutions.source(
-                dot, entry)}, "rm": []})
+                dot, entry, state)}, "rm": []})
     return ops
 
 

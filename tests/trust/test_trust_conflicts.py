@@ -333,3 +333,18 @@ def test_a_rename_that_took_a_late_copy_of_the_same_content_for_its_source_is_un
                                         {}, 3, Limits(cuts={X: 11}))
     assert sorted(live["p"]) == [a3]
     assert not live.get("q") and f"{B}:7" in history["q"]
+
+
+def test_a_carried_source_is_believed_only_where_its_content_is_held() -> None:
+    """Review round 15, DD1: X's late version names A:2 as its source while carrying other
+    content. A device carrying it (a rename, a resolution) names X's dot instead, so the
+    carried version is late once the removal shows; a source held with the same content
+    is inherited."""
+    from cloudguard.manifest import State, resolutions
+
+    state = State()
+    a2 = "a" * 16 + ":2"
+    state.put_entry("p", a2, _file("honest"))
+    assert resolutions.source(f"{X}:12", _file("late", cs=a2), state) == f"{X}:12"
+    assert resolutions.source(f"{B}:7", _file("honest", cs=a2), state) == a2
+    assert resolutions.source(f"{B}:7", _file("honest", cs=f"{E}:9"), state) == f"{B}:7"
