@@ -113,7 +113,7 @@ class History:
                               (path, dot)).fetchone()
         if row is None:
             return False
-        if not self.cuts or any(self._honest(path, r) for r in removers(row[1])):
+        if not self.cuts or any(self.honest_remover(path, r) for r in removers(row[1])):
             return True
         rb = sorted(removers(row[0]))
         if any(late_dot(r, self.cuts) for r in rb):
@@ -122,8 +122,8 @@ class History:
         return any(not late_dot(r, self.cuts) and not late_carrier(r, rb, vectors, self.cuts)
                    for r in rb)
 
-    def _honest(self, path: str, dot: str) -> bool:
-        """A remover that is no late write and no resolution a late write took part in."""
+    def honest_remover(self, path: str, dot: str) -> bool:
+        """A remover that is no late write and no version carrying late content (``cs``)."""
         if late_dot(dot, self.cuts):
             return False
         found = self.db.execute("SELECT e FROM entries WHERE path = ? AND dot = ? UNION ALL "

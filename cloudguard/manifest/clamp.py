@@ -16,7 +16,7 @@ from .carriers import clamped as clamped_carriers
 from .carriers import late_carrier
 from .crdt import State
 from .moves import late_dot, removers, unmoved
-from .resolutions import carried, content_tag, poisoned
+from .resolutions import carried, content_tag, late_version, poisoned
 
 # Late versions kept per removed member with a counting removal: a thief must not fill every
 # history (review round 6, T6; round 7, V3). A member that only challenged removals took out
@@ -78,9 +78,12 @@ def clamp_own(state: State, lim: Limits) -> None:
     paths, kept, ctx = dict(state.items()), state.attic_payload(), dict(state.ctx)
     witnessed = state.db.execute("SELECT rw, path, dot FROM attic WHERE rw IS NOT NULL"
                                  ).fetchall()
+    # kept versions an honest writer's own delta removed too, as this device read it: undoing
+    # a late removal must not bring them back (review round 12, AA3 (b))
+    stay = frozenset((p, d) for rw, p, d in witnessed
+                     if any(state.honest_remover(p, r) for r in removers(rw)))
     live, history, rc = clamp_snapshot(paths, kept, state.carriers.everything(),
-                                       int(time.time()), lim,
-                                       _removed_honestly(witnessed, paths, kept, lim.cuts))
+                                       int(time.time()), lim, stay)
     raised = state.raises.rows()  # which snapshot lifted the vector where: still true
     words = state.raises.words()  # and what each writer's own segments said
     own = state.db.execute("SELECT path, dot FROM attic WHERE own IS NOT NULL").fetchall()
@@ -91,18 +94,6 @@ def clamp_own(state: State, lim: Limits) -> None:
                          carriers=rc)
     state.db.executemany("UPDATE attic SET own = 1 WHERE path = ? AND dot = ?", own)
     state.db.executemany("UPDATE attic SET rw = ? WHERE path = ? AND dot = ?", witnessed)
-
-
-def _removed_honestly(witnessed: list[tuple[str, str, str]], paths: Live, kept: Rows,
-                      cuts: dict[str, int]) -> frozenset[tuple[str, str]]:
-    """Kept versions that an honest writer's own delta removed too, as this device read it
-    (``rw``): undoing a late removal must not bring them back (review round 12, AA3 (b)).
-    A late remover, or a resolution a late write took part in (AA2), is no such witness."""
-    def honest(path: str, dot: str) -> bool:
-        entry = paths.get(path, {}).get(dot) or kept.get(path, {}).get(dot, {}).get("e")
-        return not late_dot(dot, cuts) and not poisoned(entry, cuts)
-
-    return frozenset((p, d) for rw, p, d in witnessed if any(honest(p, r) for r in removers(rw)))
 
 
 def clamp_snapshot(paths: Live, kept: Rows, rc: dict[str, dict[str, int]], when: int,
@@ -125,21 +116,15 @@ def _clamped(paths: Live, kept: Rows, lim: Limits, when: int) -> tuple[Live, Row
     place before is no longer listed."""
     limit = lim.cuts
     live = {p: {d: unmove_late(e, limit, lim.listed, lim.matches) for d, e in sibs.items()
-                if not _late_version(d, e, limit)} for p, sibs in paths.items()}
+                if not late_version(d, e, limit)} for p, sibs in paths.items()}
     history = {p: {d: {**r, "e": unmove_late(r["e"], limit, lim.listed)}
                    for d, r in rows.items()} for p, rows in kept.items()}
     for p, sibs in paths.items():
         for d, e in sibs.items():
-            if _late_version(d, e, limit):
+            if late_version(d, e, limit):
                 history.setdefault(p, {}).setdefault(
                     d, {"e": unmove_late(e, limit, lim.listed), "g": when})
     return live, history
-
-
-def _late_version(dot: str, entry: dict[str, Any], limit: dict[str, int]) -> bool:
-    """A late write, or a conflict resolution a late write took part in (review round 12,
-    AA2: an honest dot must not keep the late content live)."""
-    return late_dot(dot, limit) or poisoned(entry, limit)
 
 
 def _bounded(history: Rows, lim: Limits) -> Rows:
@@ -194,7 +179,7 @@ def _revive(paths: Live, kept: Rows, lim: Limits, unclamped: Live, unclamped_kep
         now = paths.get(path, {})
         live = unclamped.get(path, {})
         gone = unclamped_kept.get(path, {})
-        back = {d: r["e"] for d, r in rows.items() if not _late_version(d, r["e"], limit)
+        back = {d: r["e"] for d, r in rows.items() if not late_version(d, r["e"], limit)
                 and (path, d) not in stay
                 and late_removal(r.get("rb"), live, gone, limit, carriers, moves,
                                  content_tag(r["e"]))

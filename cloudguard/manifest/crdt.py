@@ -341,7 +341,6 @@ class State(History):
                         self._drop(path, old)
                     else:
                         self.witness(path, old, dot)
-                entry = op.get("e")
                 if entry is not None:
                     if not isinstance(entry, dict):
                         raise IntegrityError(f"manifest entry for {path!r} is malformed")

@@ -13,14 +13,13 @@ the conflict held: only the late content leaves (format.md, "Writer rules").
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from typing import Any
 
 from .moves import late_dot
+from .types import DOT
 
 FIELD = "cs"
-_DOT = re.compile(r"^([0-9a-f]{16}):([0-9]{1,12})\Z")
 
 
 def source(dot: str, entry: dict[str, Any], state: Any = None) -> str:
@@ -41,11 +40,6 @@ def source(dot: str, entry: dict[str, Any], state: Any = None) -> str:
     return dot
 
 
-def well_formed(entry: dict[str, Any]) -> bool:
-    raw = entry.get(FIELD)
-    return raw is None or (isinstance(raw, str) and _DOT.match(raw) is not None)
-
-
 def saw(entry: dict[str, Any], device: str, seq: int, deps: dict[str, int]) -> bool:
     """A resolution carries content it had seen: its ``cs`` is covered by the delta's ``deps``
     or is an earlier push of its own writer (review round 13, BB3: a dot of a device made up
@@ -53,18 +47,23 @@ def saw(entry: dict[str, Any], device: str, seq: int, deps: dict[str, int]) -> b
     raw = entry.get(FIELD)
     if not isinstance(raw, str):
         return True
-    found = _DOT.match(raw)
-    if found is None:
+    if DOT.match(raw) is None:
         return False
-    dev, seq_cs = found[1], int(found[2])
-    return seq_cs < seq if dev == device else seq_cs <= deps.get(dev, 0)
+    dev, _, seq_cs = raw.partition(":")
+    return int(seq_cs) < seq if dev == device else int(seq_cs) <= deps.get(dev, 0)
 
 
 def poisoned(entry: dict[str, Any] | None, cuts: dict[str, int]) -> bool:
     """Does this version carry a removed member's late content under another dot?"""
     raw = entry.get(FIELD) if entry is not None else None
-    return bool(cuts) and isinstance(raw, str) and _DOT.match(raw) is not None and late_dot(
+    return bool(cuts) and isinstance(raw, str) and DOT.match(raw) is not None and late_dot(
         raw, cuts)
+
+
+def late_version(dot: str, entry: dict[str, Any], cuts: dict[str, int]) -> bool:
+    """A late write, or a version carrying one's content under another dot (review round
+    12, AA2): neither is ever live again once the removal shows."""
+    return late_dot(dot, cuts) or poisoned(entry, cuts)
 
 
 def stamp(state: Any, ops: list[dict[str, Any]]) -> None:

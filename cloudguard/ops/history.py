@@ -25,7 +25,7 @@ import msgspec
 
 from .. import names, sync
 from ..errors import FileChangedError, IntegrityError, UsageError
-from ..manifest import Entry, late_dot, resolutions
+from ..manifest import Entry, resolutions
 from ..results import HistoryResult, HistoryVersion, LateRestoreResult, RestoreResult
 from ..session import UI, Session, session
 from . import late
@@ -99,7 +99,7 @@ def versions(s: Session, path: str | None = None) -> list[Version]:
                 for d, e in s.state.siblings(path).items()]
     cuts = s.ring.view.cutoffs
     out += [Version(p, d, e, int(e.get("pt", 0)), gone,
-                    late_dot(d, cuts) or resolutions.poisoned(e, cuts),  # late content (BB1)
+                    resolutions.late_version(d, e, cuts),  # late content too (BB1)
                     str(e.get("w", e.get("g"))) in s.state.ended)
             for p, d, e, gone in s.state.attic(path)]
     return sorted(out, key=lambda v: (v.path, v.pushed, v.replaced is None, v.replaced or 0))

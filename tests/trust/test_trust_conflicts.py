@@ -127,7 +127,12 @@ def test_a_resolution_names_the_first_dot_of_the_content_it_carries() -> None:
     assert not resolutions.saw(_file("x", cs=f"{X}:12"), B, 3, {X: 11})
     assert not resolutions.saw(_file("x", cs=f"{B}:3"), B, 3, {})  # its own later push
     assert resolutions.saw(_file("x", cs=f"{B}:2"), B, 3, {})
-    assert not resolutions.well_formed(_file("x", cs=f"{B}:2,{B}:1"))
+    from cloudguard.errors import IntegrityError
+    from cloudguard.manifest.segments import check_entry
+
+    check_entry({"t": "d", "sg": "AAAA", "cs": f"{B}:2"})
+    with pytest.raises(IntegrityError, match="malformed"):  # one dot, never a list
+        check_entry({"t": "d", "sg": "AAAA", "cs": f"{B}:2,{B}:1"})
 
 
 def test_the_clamp_undoes_a_resolution_of_a_resolution_of_a_late_write() -> None:
