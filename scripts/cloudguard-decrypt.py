@@ -1465,6 +1465,14 @@ def content_tag(entry: Entry) -> str:
     return f"={entry.get('t')}|{entry.get('h')}|{entry.get('l')}"
 
 
+def sees(entry: Entry, vv: dict[str, int]) -> bool:
+    """"Entries", `cs`: a delta's is covered by its deps or is an earlier push of its own
+    writer, a snapshot's live version's by its ctx (a carry names only content it saw)."""
+    raw = entry.get("cs")
+    return raw is None or (isinstance(raw, str) and DOT.fullmatch(raw) is not None
+                           and covered(raw, vv))
+
+
 def poisoned(entry: Entry | None, limit: dict[str, int]) -> bool:
     """"Writer rules": a version a conflict resolution wrote carrying a late dot's content
     ("cs", the dot that first pushed it): it is late itself."""
@@ -1608,6 +1616,10 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
         if snapshot.ctx.get(device) != own_seq:
             raise IntegrityFailure(f"manifest segment {name}: its version vector does not name "
                                    "its own seq")
+        if not all(sees(e, snapshot.ctx) for sibs in snapshot.paths.values()
+                   for e in sibs.values()):
+            raise IntegrityFailure(f"manifest segment {name}: a version carries content its "
+                                   "writer had not seen")
         hearsay = any(snapshot.ctx.get(rid, 0) > seq for rid, seq in limit.items())
         removed: set[tuple[str, str]] = set()
         if hearsay:
@@ -1696,6 +1708,11 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
                 except BadData as exc:
                     raise IntegrityFailure(f"manifest segment {found} is malformed") from exc
                 check_history(found, payload, deps, hashes, seq)
+                own = {**deps, device: seq - 1}  # an earlier push of its own writer
+                if not all(sees(op["e"], own) for op in opened[found][1]
+                           if isinstance(op.get("e"), dict)):
+                    raise IntegrityFailure(f"manifest segment {found}: a resolution carries "
+                                           "content its writer had not seen")
                 opened[found] = (clamp(deps, limit), opened[found][1])
             deps, ops = opened[found]
             if not state.dominates({d: s for d, s in deps.items() if d != device}):

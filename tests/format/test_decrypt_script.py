@@ -878,3 +878,28 @@ def test_the_script_signs_entries_as_the_vectors_say() -> None:
         got = script.entry_message(vec["vault_id"], vec["path"], vec["dot"], vec["entry"])
         assert (b"cloudguard/v2/entry\x00" + got).hex() == vec["message"], vec["path"]
     assert any("cs" in vec["entry"] for vec in vectors["entry_signatures"])
+
+
+def test_a_source_its_writer_had_not_seen_is_refused_as_cloudguard_refuses_it(
+        built: Built, tmp_path: Path) -> None:
+    """format.md, the `cs` row: a delta's ``cs`` is covered by its deps or is an earlier push
+    of its own writer (review round 15, DD3: the devices refused such a delta and the script
+    restored it); a snapshot's live version's ``cs`` is covered by its ctx (DD4 (c))."""
+    secret, rid = built.device
+    folder = {"t": "d", "x": 0o755}
+    for case, cs, code in (("own-future", f"{rid}:999", 3), ("other", "0123456789abcdef:1", 3),
+                           ("own-earlier", f"{rid}:1", 0)):
+        copy = copy_of(built, tmp_path / f"copy-{case}")
+        add_delta(copy, built.kit, [{"p": "carried", "e": {**folder, "cs": cs}, "rm": []}],
+                  writer=built.device)
+        out = tmp_path / f"out-{case}"
+        result = decrypt(copy, built.kit, out)
+        assert result.returncode == code, (case, result.stderr)
+        if code:
+            assert "content its writer had not seen" in result.stderr, result.stderr
+            assert_nothing_written(out)
+    dev = "ab" * 8
+    assert script.sees({"t": "d", "cs": f"{dev}:4"}, {dev: 4})
+    assert not script.sees({"t": "d", "cs": f"{dev}:5"}, {dev: 4})
+    assert not script.sees({"t": "d", "cs": "nonsense"}, {dev: 4})
+    assert script.sees({"t": "d"}, {})
