@@ -1378,8 +1378,13 @@ def late_chain(rb: object, live: dict[str, Any], gone: dict[str, Any],
         if (dot, removed) in moves:
             return True  # it carried the late version's content elsewhere (round 14, CC2)
         if not late_dot(dot, limit):
-            if DOT.fullmatch(removed) and late_dot(removed, limit) and dot not in live:
-                return True  # an honest delete of a late version (round 15, DD1, DD2)
+            if DOT.fullmatch(removed) and late_dot(removed, limit) and (
+                    dot not in live or isinstance(gone.get(removed), dict) and isinstance(
+                        live[dot], dict) and isinstance(gone[removed].get("e"), dict)
+                    and content_tag(live[dot]) == content_tag(gone[removed]["e"])):
+                # an honest delete of a late version, or a change of its metadata only (a
+                # chmod, a touch): only an honest edit of it stands (round 15, DD1, DD2)
+                return True
             continue
         if dot in live or dot not in gone:
             return True

@@ -157,22 +157,21 @@ def _bounded(history: Rows, lim: Limits) -> Rows:
 def _revive(paths: Live, kept: Rows, lim: Limits, unclamped: Live, unclamped_kept: Rows,
             carriers: dict[str, dict[str, int]], stay: frozenset[tuple[str, str]],
             moves: set[tuple[str, str]]) -> tuple[Live, Rows]:
-    """Versions that a removed member's late write sent to the history come back unless a
-    version live at that path now was written over them (``descends``): clamping its edit
-    must not turn it into a delete (review round 2, N5 (a)), nor its late snapshot's drops
-    (round 3, R3), nor an honest snapshot's
-    drops that only carried them (round 6, U1). For a late edit, only while the late writes
-    that replaced them end at a late version still live in the snapshot, or at no version: an
-    honest delete of a late version since (round 3, R10) stays a delete, while a late edit
-    then a late delete (round 5, T1) does not. Late removers then leave every row: the writes
-    are never seen, and the next snapshot's vector no longer covers them (S10). A version
-    comes back whatever its place or key in this row: the row may be stale (a re-encryption
-    moved the version and deleted its old object since, and ended its old key), and the
-    location max-register then takes the freshest copy another device holds. Deciding by the
-    stale row would drop the real, re-encrypted version everywhere, since an observed-remove
-    merge settles towards the drop (review round 8, W1). A late snapshot can no longer name
-    long-forgotten versions to a device that held them (round 7, V4: forgotten ones are not
-    taken in); a fresh clone's revived version whose object no device holds is reported
+    """Versions that a removed member's late write sent to the history come back unless a version
+    live at that path now was written over them (``descends``): clamping its edit must not turn
+    it into a delete (review round 2, N5 (a)), nor its late snapshot's drops (round 3, R3), nor
+    an honest snapshot's drops that only carried them (round 6, U1). For a late edit, only while
+    the late writes that replaced them end at a late version still live in the snapshot, or at
+    no version: an honest edit of a late version since (round 3, R10, as round 15 narrowed it)
+    stands, while a late edit then a late delete (round 5, T1) does not. Late removers then
+    leave every row: the writes are never seen, and the next snapshot's vector no longer covers
+    them (S10). A version comes back whatever its place or key in this row: the row may be stale
+    (a re-encryption moved the version and deleted its old object since, and ended its old key),
+    and the location max-register then takes the freshest copy another device holds. Deciding
+    by the stale row would drop the real, re-encrypted version everywhere, since an
+    observed-remove merge settles towards the drop (review round 8, W1). A late snapshot can no
+    longer name long-forgotten versions to a device that held them (round 7, V4: forgotten ones
+    are not taken in); a fresh clone's revived version whose object no device holds is reported
     missing, not dropped."""
     limit = lim.cuts
     for path, rows in kept.items():
@@ -232,8 +231,8 @@ def late_removal(rb: object, live: dict[str, Any], gone: dict[str, dict[str, Any
     (followed the same way, each dot once, so a cycle of late dots counts as late). One
     late remover is enough: the cost of a wrong revival is a deleted file back, against the
     loss of a real one (review round 6, U1). An honest or unknown remover revives nothing,
-    but of a late version only an honest edit (still live) stands: an honest delete of it
-    brings back what it replaced (round 15, DD1, DD2; round 3's R10 kept such a delete)."""
+    but of a late version only an honest edit (still live, other content) stands: a delete or
+    a metadata-only change of it brings back what it replaced (round 15, DD1, DD2)."""
     todo = [(str(d), rb, content) for d in rb] if isinstance(rb, list) else []
     seen: set[str] = set()
     while todo:
@@ -248,17 +247,25 @@ def late_removal(rb: object, live: dict[str, Any], gone: dict[str, dict[str, Any
         if (dot, removed) in moves:
             return True  # it moved the late version's content elsewhere (a rename, CC2)
         if not late_dot(dot, limit):
-            if late_dot(removed, limit) and dot not in live:
+            if late_dot(removed, limit) and (dot not in live or _same(live[dot], gone.get(
+                    removed))):
                 # an honest remover of the late version that is no live version here (a
-                # delete, a rename away, a file turned link): only an honest *edit* of the
-                # late version stands; a delete of it is no delete of what it replaced
-                return True  # (review round 15, DD1, DD2: that would lose a real file)
+                # delete, a rename away, a file turned link) or holds its content (a chmod,
+                # a touch): only an honest *edit* of the late version stands; anything else
+                # would lose what it replaced (review round 15, DD1, DD2)
+                return True
             continue
         if dot in live or dot not in gone:
             return True
         more = gone[dot].get("rb") or []
         todo += [(str(d), more, dot) for d in more]
     return False
+
+
+def _same(entry: dict[str, Any], row: dict[str, Any] | None) -> bool:
+    """Does a live version hold the content of this history row's version (no edit)?"""
+    return row is not None and isinstance(row.get("e"), dict) and content_tag(
+        entry) == content_tag(row["e"])
 
 
 def unmove_late(entry: dict[str, Any], limit: dict[str, int], listed: Callable[[str], bool],

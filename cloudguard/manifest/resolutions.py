@@ -88,17 +88,28 @@ def stamp(state: Any, ops: list[dict[str, Any]]) -> None:
     no blob, and so no content a removed member could have chosen beyond a name (an honest
     delete of a late version brings back what it replaced, so no file is lost to such a
     carry). Only a live source counts, and only one this device's vector covers: a carry out
-    of the history after a clamp would name a dot its deps no longer cover (round 15, DD3)."""
+    of the history after a clamp would name a dot its deps no longer cover (round 15, DD3).
+    A folder or link has no blob: its source is a version this same push removes with the
+    same kind, target, writer and causal time (a chmod in place, a moved link or a folder
+    the mount renamed), or a late link's target, or a late folder an honest chmod made an
+    edit of, would live on under an honest dot (review round 15, DD2)."""
+    removed = [(op["p"], str(d)) for op in ops for d in op.get("rm") or ()]
     for op in ops:
         entry = op.get("e")
         if entry is None or "reloc" in op or "lc" not in entry or FIELD in entry:
             continue
-        if entry.get("t") != "f" or not isinstance(entry.get("o"), str):
+        if entry.get("t") == "f" and isinstance(entry.get("o"), str):
+            found = state.db.execute("SELECT dot, e FROM entries WHERE o = ?", (entry["o"],))
+            same: tuple[str, ...] = ("a", "h")
+        elif entry.get("t") in ("d", "l"):
+            found = (row for path, dot in removed for row in state.db.execute(
+                "SELECT dot, e FROM entries WHERE path = ? AND dot = ?", (path, dot)))
+            same = ("t", "l", "lc", "wb")
+        else:
             continue
-        live = state.db.execute("SELECT dot, e FROM entries WHERE o = ?", (entry["o"],))
-        for dot, raw in live.fetchall():
+        for dot, raw in list(found):
             had = json.loads(raw)
-            if had.get("a") == entry.get("a") and had.get("h") == entry.get("h"):
+            if all(had.get(k) == entry.get(k) for k in same):
                 src = source(dot, had, state)
                 dev, _, seq = src.partition(":")
                 if state.ctx.get(dev, 0) >= int(seq):

@@ -241,6 +241,7 @@ def _pair_renames(plan: PushPlan, hasher: Callable[[str], str],
     """A new file with the size and content of a vanished one is that file, moved: it is put
     under its new path with the old blob (no upload), and the old path is deleted. Only files
     whose size matches a vanished one are hashed, so an ordinary push reads nothing more."""
+    _pair_links(plan, synced)
     gone: dict[tuple[int, str], list[IndexRow]] = {}
     for row in plan.delete:
         if row.kind == "f" and row.sha256:
@@ -259,6 +260,23 @@ def _pair_renames(plan: PushPlan, hasher: Callable[[str], str],
             continue
         keep.append(loc)
     plan.upload = keep
+
+
+def _pair_links(plan: PushPlan, synced: Callable[[str, str], Entry | None]) -> None:
+    """A new link with the target of a vanished one is that link, moved: it keeps the old
+    version's content fields, so the push names where its target came from (``cs``) and a
+    removed member's late link renamed during a lag is undone with it (review round 15,
+    DD2)."""
+    gone: dict[str, list[IndexRow]] = {}
+    for row in plan.delete:
+        if row.kind == "l":
+            gone.setdefault(row.target, []).append(row)
+    for i, (loc, entry) in enumerate(plan.put):
+        rows = gone.get(loc.target) if entry is None and loc.kind == "l" else None
+        base = synced(rows[0].path, rows[0].dot) if rows else None
+        if rows and base is not None and base.get("t") == "l" and base.get("l") == loc.target:
+            plan.put[i] = (loc, {**base, "m": loc.mtime})
+            plan.renamed[rows.pop(0).path] = loc.path
 
 
 @dataclass

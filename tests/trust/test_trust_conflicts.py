@@ -348,6 +348,118 @@ def test_a_late_edit_renamed_or_touched_during_the_lag_is_undone_not_kept(
     assert restored.get("paper.txt") == "original" and LATE not in restored.values(), restored
 
 
+@pytest.mark.parametrize("kind,act", [("link", "rename"), ("folder", "chmod"),
+                                      ("folder", "rename")])
+def test_a_late_link_or_folder_kept_during_the_lag_gives_back_what_it_replaced(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, kind: str, act: str) -> None:
+    """Review round 15, DD2, and what the fix left: X replaces A's paper.txt late with a link
+    (its target X's choice) or a folder; lagging B renames it, or changes the folder's mode in
+    place. A chmod is no edit (the content is X's), so it stands no more than a delete: A's
+    file comes back on every device and in the script. A moved link names its source (cs), so
+    X's target leaves with X's version."""
+    import os
+
+    (a, b, _e, x), before = x_removed(monkeypatch, tmp_path, local_remote, provider)
+    with provider.showing(before) as late:
+        (x.folder / "paper.txt").unlink()
+        if kind == "link":
+            os.symlink("pay-here.txt", x.folder / "paper.txt")
+        else:
+            (x.folder / "paper.txt").mkdir()
+        x.cg("push")
+    with provider.showing({**before, **late}):
+        assert b.run("pull").exit_code == 0
+        assert (b.folder / "paper.txt").is_symlink() == (kind == "link")
+        if act == "rename":
+            os.rename(b.folder / "paper.txt", b.folder / "renamed")
+        else:
+            os.chmod(b.folder / "paper.txt", 0o700)
+        got = b.run("push")
+        assert got.exit_code == 0, got.output
+        compact(b)
+    for dev in (b, a, b):
+        got = dev.run("pull")
+        assert got.exit_code == 0, f"{dev.name}: {got.output}"
+        paper = dev.folder / "paper.txt"
+        assert paper.is_file() and not paper.is_symlink(), (dev.name, list(dev.folder.iterdir()))
+        assert paper.read_text() == "original", dev.name
+        links = [p for p in dev.folder.rglob("*") if p.is_symlink()]
+        assert not links, (dev.name, links)  # X's target lives nowhere
+    restored = script_restores(a, local_remote, tmp_path)
+    assert (restored / "paper.txt").read_text() == "original"
+    assert not [p for p in restored.rglob("*") if p.is_symlink()]
+
+
+def test_a_touch_of_a_late_copy_of_honest_content_does_not_cost_the_file_it_replaced(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Round 15, DD1, where the fix left it: X's late paper.txt holds the bytes of A's q.txt
+    and names q.txt's dot as its source, which every device believes (it holds that version
+    with the same content). Lagging B's chmod carries that honest ``cs``, so the touched
+    version is not late. It stands no more than a delete: A's paper.txt comes back (here as
+    a conflict beside the copy), on every device and in the script."""
+    import os
+
+    from cloudguard import vault
+
+    a, b, e, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "e", "x")
+    a.write("paper.txt", "original")
+    a.write("q.txt", "A's other file")
+    a.cg("push")
+    for dev in (b, e, x):
+        dev.cg("pull")
+    x.use()
+    with vault.session(str(x.folder)) as s:
+        (q_dot, _q), = s.state.siblings("q.txt").items()
+    before = provider.objects()
+    a.cg("device", "remove", x.rid)
+    real = session_mod.Session.commit
+
+    def commit(self: Any, ops: list[dict[str, Any]]) -> str:
+        for op in ops:
+            if op["p"] == "paper.txt" and op.get("e") is not None:
+                op["e"]["cs"] = q_dot  # X names an honest source for its late content
+        return real(self, ops)
+
+    with provider.showing(before) as late:
+        x.write("paper.txt", "A's other file")
+        with monkeypatch.context() as m:
+            m.setattr(session_mod.Session, "commit", commit)
+            x.cg("push")
+    with provider.showing({**before, **late}):
+        assert b.run("pull").exit_code == 0
+        os.chmod(b.folder / "paper.txt", 0o600)
+        got = b.run("push")
+        assert got.exit_code == 0, got.output
+        compact(b)
+    # the script first, from B's snapshot alone (the devices' pulls below resolve the
+    # conflict and push it, which the script would then only follow)
+    restored = _texts(script_restores(a, local_remote, tmp_path))
+    assert "original" in {t for p, t in restored.items() if p.startswith("paper")}, restored
+    for dev in (b, a, e, b):
+        got = dev.run("pull")
+        assert got.exit_code == 0, f"{dev.name}: {got.output}"
+        texts = _texts(dev.folder)
+        assert "original" in {t for p, t in texts.items() if p.startswith("paper")}, (
+            dev.name, texts)
+
+
+def test_a_touch_of_late_content_is_no_edit_of_it() -> None:
+    """Round 15, DD1 at the clamp: X's late version names an honest source and holds the same
+    content as it (a copy of A's other file), so B's touch of it carries an honest ``cs``.
+    The touch changed no content: it stands no more than a delete, and A:2 comes back beside
+    it (a conflict, no loss). An honest edit (new content) of the late version still stands."""
+    from cloudguard.manifest.clamp import late_removal
+    from cloudguard.manifest.resolutions import content_tag
+
+    a2, b7, x12 = content_tag(_file("A's")), f"{B}:7", f"{X}:12"
+    gone = {x12: {"e": _file("copy of q", cs="a" * 16 + ":5"), "g": 1, "rb": [b7]}}
+    assert late_removal([x12], {b7: _file("copy of q", cs="a" * 16 + ":5")}, gone, {X: 11},
+                        {}, set(), a2)
+    assert not late_removal([x12], {b7: _file("B's edit")}, gone, {X: 11}, {}, set(), a2)
+
+
 def test_a_rename_that_took_a_late_copy_of_the_same_content_for_its_source_is_undone() -> None:
     """X's late version X:12 points at A's blob with A's hash (identical siblings at P); B's
     rename to Q carries it and names X:12 as the source. At the clamp the renamed version is
