@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .manifest import State
+from .manifest import State, resolutions
 from .sync import LocalItem, newest
 
 SUFFIX = "Case Conflict"
@@ -91,7 +91,7 @@ def resolve(state: State) -> list[dict[str, Any]]:
             moved[path] = target
             sibs = state.siblings(path)
             _dot, entry = newest(sibs)
-            ops.append({"p": target, "e": dict(entry), "rm": []})
+            ops.append({"p": target, "e": resolutions.carry(entry), "rm": []})
             ops.append({"p": path, "e": None, "rm": sorted(sibs)})
     return ops
 

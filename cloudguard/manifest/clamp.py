@@ -247,12 +247,8 @@ def late_removal(rb: object, live: dict[str, Any], gone: dict[str, dict[str, Any
         if (dot, removed) in moves:
             return True  # it moved the late version's content elsewhere (a rename, CC2)
         if not late_dot(dot, limit):
-            if late_dot(removed, limit) and (dot not in live or _same(live[dot], gone.get(
-                    removed))):
-                # an honest remover of the late version that is no live version here (a
-                # delete, a rename away, a file turned link) or holds its content (a chmod,
-                # a touch): only an honest *edit* of the late version stands; anything else
-                # would lose what it replaced (review round 15, DD1, DD2)
+            if late_dot(removed, limit) and _undoes(dot, gone.get(removed), live, gone,
+                                                    content):
                 return True
             continue
         if dot in live or dot not in gone:
@@ -262,10 +258,22 @@ def late_removal(rb: object, live: dict[str, Any], gone: dict[str, dict[str, Any
     return False
 
 
-def _same(entry: dict[str, Any], row: dict[str, Any] | None) -> bool:
-    """Does a live version hold the content of this history row's version (no edit)?"""
-    return row is not None and isinstance(row.get("e"), dict) and content_tag(
-        entry) == content_tag(row["e"])
+def _undoes(dot: str, late: dict[str, Any] | None, live: dict[str, Any],
+            gone: dict[str, dict[str, Any]], content: str) -> bool:
+    """Is honest ``dot``'s removal of a late version no removal of what that replaced?
+    Where the late version held the kept content (a late touch), removing it removes that
+    content (review round 16, EE4). Otherwise only an honest *edit* stands, judged by
+    whether ``dot`` wrote a version at this path at all, live or since replaced, so a chain
+    of edits stands in any delivery order (EE5): a delete, a rename away, or a version with
+    the late content (a chmod, a touch) brings back what the late version replaced (round
+    15, DD1, DD2)."""
+    held = late.get("e") if isinstance(late, dict) else None
+    if isinstance(held, dict) and content_tag(held) == content:
+        return False
+    mine = live.get(dot) if dot in live else (gone.get(dot) or {}).get("e")
+    if not isinstance(mine, dict):
+        return True
+    return isinstance(held, dict) and content_tag(mine) == content_tag(held)
 
 
 def unmove_late(entry: dict[str, Any], limit: dict[str, int], listed: Callable[[str], bool],

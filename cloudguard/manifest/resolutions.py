@@ -53,20 +53,6 @@ def saw(entry: dict[str, Any], device: str, seq: int, deps: dict[str, int]) -> b
     return int(seq_cs) < seq if dev == device else int(seq_cs) <= deps.get(dev, 0)
 
 
-def covered(entry: dict[str, Any], ctx: dict[str, int]) -> bool:
-    """A live version in a snapshot names a source its vector covers: an honest writer's
-    vector covers every delta it applied and so their deps, which cover each ``cs`` (as
-    ``saw`` checks). History rows are exempt: a late version kept there names a dot the
-    clamped vector leaves out (review round 15, DD4 (c))."""
-    raw = entry.get(FIELD)
-    if not isinstance(raw, str):
-        return True
-    if DOT.match(raw) is None:
-        return False
-    dev, _, seq = raw.partition(":")
-    return int(seq) <= ctx.get(dev, 0)
-
-
 def poisoned(entry: dict[str, Any] | None, cuts: dict[str, int]) -> bool:
     """Does this version carry a removed member's late content under another dot?"""
     raw = entry.get(FIELD) if entry is not None else None
@@ -115,6 +101,14 @@ def stamp(state: Any, ops: list[dict[str, Any]]) -> None:
                 if state.ctx.get(dev, 0) >= int(seq):
                     entry[FIELD] = src
                 break
+
+
+def carry(entry: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """A version carried over from another (a rename, a metadata-only change), without the
+    source's ``cs``: that is its writer's claim, a removed member's lie if the source is late
+    (review round 16, EE1); the push's :func:`stamp` names the source, believed only where
+    this device holds what it names."""
+    return {**{k: v for k, v in entry.items() if k != FIELD}, **changes}
 
 
 def content_tag(entry: dict[str, Any]) -> str:

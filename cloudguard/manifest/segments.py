@@ -178,9 +178,6 @@ def _check_segment(name: str, payload: dict[str, Any]) -> None:
             payload.pop("fb", None)
             _check_moves(payload, seg.ctx, time_of(payload))
             _check_removers(seg)
-            if not all(resolutions.covered(e, seg.ctx) for sibs in payload["paths"].values()
-                       for e in sibs.values()):
-                raise IntegrityError("a version carries content its writer had not seen")
         elif not all(resolutions.saw(op["e"], seg.device, seg.seq, seg.deps)
                      for op in payload["ops"] if op.get("e") is not None):
             raise IntegrityError("a resolution carries content its writer had not seen")

@@ -320,7 +320,7 @@ def commit_staged(s: Session, known: Callable[[str], bytes | None] | None = None
         sibs = s.state.siblings(path)
         if entry is None and not sibs or len(sibs) == 1 and entry in sibs.values():
             continue  # made and removed in this batch, or back as it was
-        ops.append({"p": path, "e": None if entry is None else dict(entry),
+        ops.append({"p": path, "e": None if entry is None else mf.resolutions.carry(entry),
                     "rm": sorted(sibs, key=sync.dot_key)})
     staged = {str(row["o"]) for _id, _p, row in journal if "o" in row}
     objects = sorted({str(op["e"]["o"]) for op in ops if op["e"] is not None
@@ -377,7 +377,7 @@ def rename(folder: str | None, old: str, new: str) -> dict[str, Any]:
         ops: list[dict[str, Any]] = []
         for path, sibs in moved:
             _dot, entry = sync.newest(sibs)
-            ops.append({"p": new + path[len(old):], "e": dict(entry), "rm": []})
+            ops.append({"p": new + path[len(old):], "e": mf.resolutions.carry(entry), "rm": []})
             ops.append({"p": path, "e": None, "rm": sorted(sibs, key=sync.dot_key)})
         s.commit(ops)
         _log(s, "rename", files=len(moved), segments=s.committed)
@@ -399,7 +399,7 @@ def _retouch(folder: str | None, path: str, field: str, value: int, event: str,
             raise UsageError(f"{path}: {why}")
         if entry.get("t") == "d" and field == "m" or int(entry.get(field, -1)) == value:
             return False  # a folder has no time of its own
-        s.commit([{"p": path, "e": {**entry, field: value},
+        s.commit([{"p": path, "e": mf.resolutions.carry(entry, **{field: value}),
                    "rm": sorted(sibs, key=sync.dot_key)}])
         _log(s, event, files=1, segments=s.committed)
         return True

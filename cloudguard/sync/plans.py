@@ -218,8 +218,8 @@ def plan_push(local: dict[str, LocalItem], index: dict[str, IndexRow],
         if rem is not None and entry_matches(loc, rem[1], functools.partial(hasher, path)):
             entry = rem[1]
             if meta_differs(loc, entry):
-                plan.put.append((loc, {**entry, "x": loc.mode} if loc.kind == "d"
-                                 else {**entry, "m": loc.mtime, "x": loc.mode}))
+                plan.put.append((loc, resolutions.carry(entry, x=loc.mode) if loc.kind == "d"
+                                 else resolutions.carry(entry, m=loc.mtime, x=loc.mode)))
             else:
                 plan.adopt.append((loc, rem[0], str(entry.get("h", ""))))
         elif loc.kind == "f":
@@ -227,7 +227,7 @@ def plan_push(local: dict[str, LocalItem], index: dict[str, IndexRow],
             if (row is not None and rem is not None and base is not None
                     and base.get("t") == "f" and base.get("h") == row.sha256
                     and hasher(path) == row.sha256):
-                plan.put.append((loc, {**base, "m": loc.mtime, "x": loc.mode}))
+                plan.put.append((loc, resolutions.carry(base, m=loc.mtime, x=loc.mode)))
             else:
                 plan.upload.append(loc)
         else:
@@ -255,7 +255,7 @@ def _pair_renames(plan: PushPlan, hasher: Callable[[str], str],
         base = synced(rows[0].path, rows[0].dot) if rows else None
         if rows and base is not None and base.get("t") == "f" and base.get(
                 "h") == rows[0].sha256:
-            plan.put.append((loc, {**base, "m": loc.mtime, "x": loc.mode}))
+            plan.put.append((loc, resolutions.carry(base, m=loc.mtime, x=loc.mode)))
             plan.renamed[rows.pop(0).path] = loc.path
             continue
         keep.append(loc)
@@ -275,7 +275,7 @@ def _pair_links(plan: PushPlan, synced: Callable[[str, str], Entry | None]) -> N
         rows = gone.get(loc.target) if entry is None and loc.kind == "l" else None
         base = synced(rows[0].path, rows[0].dot) if rows else None
         if rows and base is not None and base.get("t") == "l" and base.get("l") == loc.target:
-            plan.put[i] = (loc, {**base, "m": loc.mtime})
+            plan.put[i] = (loc, resolutions.carry(base, m=loc.mtime))
             plan.renamed[rows.pop(0).path] = loc.path
 
 

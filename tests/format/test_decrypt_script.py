@@ -884,7 +884,7 @@ def test_a_source_its_writer_had_not_seen_is_refused_as_cloudguard_refuses_it(
         built: Built, tmp_path: Path) -> None:
     """format.md, the `cs` row: a delta's ``cs`` is covered by its deps or is an earlier push
     of its own writer (review round 15, DD3: the devices refused such a delta and the script
-    restored it); a snapshot's live version's ``cs`` is covered by its ctx (DD4 (c))."""
+    restored it)."""
     secret, rid = built.device
     folder = {"t": "d", "x": 0o755}
     for case, cs, code in (("own-future", f"{rid}:999", 3), ("other", "0123456789abcdef:1", 3),
