@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import audit, folding, sync
+from .. import manifest as mf
 from ..errors import (
     CloudguardError,
     IntegrityError,
@@ -133,3 +134,16 @@ def _safe_hasher(folder: Path) -> Callable[[str], str]:
 
 # Asked with the verified enrolment request before ``device approve`` or ``reject`` acts.
 Confirm = Callable[[Request], bool]
+
+
+def _late(s: Session, hasher: Callable[[str], str]) -> Callable[[sync.LocalItem], bool]:
+    """Does a local file or link hold only a removed member's late content?"""
+    tags, sizes = mf.resolutions.late_content(s.state)
+
+    def late(item: sync.LocalItem) -> bool:
+        if not tags or item.kind == "f" and item.size not in sizes:
+            return False
+        tag = mf.resolutions.local_tag(item.kind, hasher(item.path) if item.kind == "f"
+                                       else None, item.target)
+        return tag in tags and not mf.resolutions.held_live(s.state, tag)
+    return late

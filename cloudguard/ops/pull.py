@@ -29,7 +29,7 @@ from ..session import UI, Session, session
 from ..state import (
     IndexRow,
 )
-from .common import _audited, _counts, _hasher, _log, _resolve, _scan, relative_paths
+from .common import _audited, _counts, _hasher, _late, _log, _resolve, _scan, relative_paths
 
 
 def pull(folder: str | None, ui: UI | None = None, paths: list[str] | None = None
@@ -72,9 +72,11 @@ def _pull_plan(s: Session, local: dict[str, sync.LocalItem], scope: list[str] | 
                       if e.get("t") == "f"}
             if hashes:
                 kept[path] = hashes
-    plan = sync.plan_pull(local, rows, remote, _hasher(s.folder), s.labels(),
+    hasher = _hasher(s.folder)
+    plan = sync.plan_pull(local, rows, remote, hasher, s.labels(),
                           lambda p: p in local or p in heads or p in known, s.binding.device,
-                          first, kept, functools.partial(open_in_office, s.folder))
+                          first, kept, functools.partial(open_in_office, s.folder),
+                          _late(s, hasher))
     return plan, remote, len(heads)
 
 

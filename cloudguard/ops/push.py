@@ -28,7 +28,16 @@ from ..state import (
     signature,
     write_marker,
 )
-from .common import _audited, _counts, _log, _resolve, _safe_hasher, _scan, relative_paths
+from .common import (
+    _audited,
+    _counts,
+    _late,
+    _log,
+    _resolve,
+    _safe_hasher,
+    _scan,
+    relative_paths,
+)
 from .maintain import _collect_pending, _maintain
 from .rotate import _rewrap_stale
 
@@ -104,8 +113,9 @@ def _push_plan(s: Session, local: dict[str, sync.LocalItem], scope: list[str] | 
             and not (s.unreadable and sync.under(p, s.unreadable))
             and not (s.ignore is not None and s.ignore(p))]
     rows = s.index.rows_for([*changed, *gone])
-    return sync.plan_push(changed, rows, sync.LazyView(s.state), _safe_hasher(s.folder),
-                          s.state.version), rows
+    hasher = _safe_hasher(s.folder)
+    return sync.plan_push(changed, rows, sync.LazyView(s.state), hasher, s.state.version,
+                          _late(s, hasher)), rows
 
 
 def _mass_delete_limits() -> tuple[float, int]:
@@ -182,13 +192,16 @@ def _push(s: Session, dry_run: bool, allow_mass_delete: bool = False,
         deleted=[r.path for r in plan.delete if r.path not in plan.renamed],
         renamed=dict(sorted(plan.renamed.items())), dry_run=dry_run,
         conflicts=conflicts, unreadable=sorted(s.unreadable),
-        skipped=[], bytes_uploaded=0, objects=0, object_ids=[],
+        skipped=[], late=list(plan.late), bytes_uploaded=0, objects=0, object_ids=[],
         mass_delete=False,
         rewritten=_rewriting(plan, index_rows),
         counts=PushCounts(uploaded=_counts("f" for _ in plan.upload),
                           updated=_counts(i.kind for i, _ in plan.put),
                           deleted=_counts(r.kind for r in plan.delete
                                           if r.path not in plan.renamed)))
+    for path in plan.late:
+        s.ui.warn(f"{path}: holds what a removed member wrote after its removal; not pushed "
+                  "(delete it, or edit it to push it as this device's own)")
     if dry_run:
         result.mass_delete = (  # push would ask first
             _mass_delete(s, plan, deleted_before) is not None)

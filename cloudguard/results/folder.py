@@ -27,6 +27,7 @@ class PushResult(Result):
     conflicts: list[str]  # conflict copies made: two devices changed one file
     unreadable: list[str]  # kept as last synced; the CLI exits 1
     skipped: list[str]  # changed while read: pushed next time; the CLI exits 1
+    late: list[str]  # a removed member's late content only: never pushed (a warning)
     bytes_uploaded: int
     objects: int
     object_ids: list[str]  # what the audit log records, to trace a push's ciphertext

@@ -176,6 +176,7 @@ class PushPlan:
     delete: list[IndexRow] = field(default_factory=list)
     adopt: list[tuple[LocalItem, str, str]] = field(default_factory=list)  # (item, dot, sha)
     renamed: dict[str, str] = field(default_factory=dict)  # old path -> new (also in delete)
+    late: list[str] = field(default_factory=list)  # a removed member's late content: not sent
 
     @property
     def changes(self) -> int:
@@ -184,13 +185,16 @@ class PushPlan:
 
 def plan_push(local: dict[str, LocalItem], index: dict[str, IndexRow],
               remote: Mapping[str, tuple[str, Entry]], hasher: Callable[[str], str],
-              synced: Callable[[str, str], Entry | None] = lambda _p, _d: None) -> PushPlan:
+              synced: Callable[[str, str], Entry | None] = lambda _p, _d: None,
+              late: Callable[[LocalItem], bool] = lambda _i: False) -> PushPlan:
     """Only paths that changed since the last sync touch ``remote`` (which may be lazy).
 
     ``synced`` finds the version a row was synced from (current or kept in the history): a
     file whose content is still that version's, while another device replaced it, only had
     its metadata changed here. It is pushed as that old content with new metadata, so it
-    keeps the old content's causal time and loses to the real edit (a ``touch`` never wins)."""
+    keeps the old content's causal time and loses to the real edit (a ``touch`` never wins).
+    A file or link that holds a removed member's late content (``late``) is not sent at all:
+    not as a carry, not as this device's own (review round 16, EE3)."""
     plan = PushPlan()
     changed: list[str] = []
     for path, item in local.items():
@@ -215,6 +219,9 @@ def plan_push(local: dict[str, LocalItem], index: dict[str, IndexRow],
                 plan.delete.append(row)
             continue
         rem = remote.get(path)
+        if loc.kind != "d" and late(loc):
+            plan.late.append(path)
+            continue
         if rem is not None and entry_matches(loc, rem[1], functools.partial(hasher, path)):
             entry = rem[1]
             if meta_differs(loc, entry):
@@ -305,7 +312,8 @@ def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
               labels: dict[str, str], taken: Callable[[str], bool] | None = None,
               me: str = "local", first: bool = False,
               kept: Mapping[str, set[str]] | None = None,
-              busy: Callable[[str], bool] | None = None) -> PullPlan:
+              busy: Callable[[str], bool] | None = None,
+              late: Callable[[LocalItem], bool] = lambda _i: False) -> PullPlan:
     """``index`` and ``remote`` may be cut down to the paths whose synced dot differs from the
     remote's (nothing happens to the others); ``taken`` then says which names exist at all,
     so a conflict copy never takes the name of a path left out.
@@ -385,7 +393,9 @@ def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
             land.append((name, dot, entry))
             plan.forget.append(path)
             continue
-        untouched = row is not None and synced(loc, row, local_hash)
+        # a removed member's late content, only touched here (a chmod), is no edit: the
+        # version that comes back replaces it (review round 16, EE3)
+        untouched = row is not None and (synced(loc, row, local_hash) or late(loc))
         if untouched and loc.kind != "d" and kind != "d":  # file <-> symlink: replaced in place
             land.append((path, dot, entry))
         elif untouched and row is not None and (loc.kind != "d" or clean_below(path)):

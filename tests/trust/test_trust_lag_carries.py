@@ -258,3 +258,38 @@ def test_a_revival_where_the_honest_user_made_a_folder_keeps_both(
     for v in [*got.values(), restored]:
         assert v.get("paper.txt/notes.txt") == "B's notes", (got, restored)
         assert "original" in {t for p, t in v.items() if p.startswith("paper")}, (got, restored)
+
+
+@pytest.mark.parametrize("act", ["chmod", "rename"])
+def test_a_late_file_touched_or_renamed_offline_is_not_pushed_as_this_devices(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, act: str) -> None:
+    """EE3: lagging B pulls X's late edit; offline, its user chmods or renames the file; B's
+    next push is the first load that shows the removal. The file holds only X's late
+    content: it is not pushed (as a carry it would have no source left to name, as new
+    content it would be X's write under B's dot), B is told so, and the pull gives A's
+    version back. A renamed copy stays on B alone, unsynced, however often B pushes."""
+    (a, b, e, x), before = x_removed(monkeypatch, tmp_path, local_remote, provider)
+    with provider.showing(before) as late:
+        x.write("paper.txt", LATE)
+        x.cg("push")
+    with provider.showing({**before, **late}):
+        assert b.run("pull").exit_code == 0
+        assert (b.folder / "paper.txt").read_text() == LATE
+    kept = "renamed.txt" if act == "rename" else "paper.txt"
+    if act == "chmod":
+        os.chmod(b.folder / "paper.txt", 0o600)
+    else:
+        os.rename(b.folder / "paper.txt", b.folder / "renamed.txt")
+    warned = f"{kept}: holds what a removed member wrote after its removal"
+    for again in (False, True):
+        got = b.run("push")
+        assert got.exit_code == 0, got.output
+        # the pull replaced the touched file with A's version; the renamed copy stays
+        assert (warned in got.output) == (not again or act == "rename"), got.output
+        b.cg("pull")
+    got = _pull_all([a, e, b])
+    restored = _texts(script_restores(a, local_remote, tmp_path))
+    for name, v in [*got.items(), ("script", restored)]:
+        assert v.get("paper.txt") == "original", (name, v)
+        assert LATE not in v.values() or name == "b" and v.get("renamed.txt") == LATE, (name, v)
