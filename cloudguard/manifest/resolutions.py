@@ -111,39 +111,6 @@ def carry(entry: dict[str, Any], **changes: Any) -> dict[str, Any]:
     return {**{k: v for k, v in entry.items() if k != FIELD}, **changes}
 
 
-def late_content(state: Any) -> tuple[set[str], set[int]]:
-    """Content tags (and file sizes) of late versions: what a removed member wrote after its
-    removal, kept in the history. A push never sends such content as this device's own, or
-    a lagging user's rename or chmod of it would launder it under an honest dot (review
-    round 16, EE3); content an honest live version also holds (:func:`held_live`) is not
-    late."""
-    cuts = state.cuts
-    if not cuts:
-        return set(), set()
-    marks = " OR ".join(["substr(dot, 1, 16) = ?"] * len(cuts))
-    tags: dict[str, int] = {}
-    for dot, raw in state.db.execute(
-            f"SELECT dot, e FROM attic WHERE {marks} OR instr(e, '\"cs\"') > 0", list(cuts)):
-        e = json.loads(raw)
-        if late_version(dot, e, cuts) and e.get("t") in ("f", "l"):
-            tags[content_tag(e)] = int(e.get("s") or 0)
-    return set(tags), {size for tag, size in tags.items() if tag.startswith("=f|")}
-
-
-def held_live(state: Any, tag: str) -> bool:
-    """Does a live version hold this content? (Asked only of a local item whose content a
-    late version holds: rare, so a scan of the live entries is fine.)"""
-    _kind, h, _target = tag[1:].split("|", 2)
-    needle = h if h != "None" else '"l"'
-    return any(content_tag(json.loads(raw)) == tag for (raw,) in state.db.execute(
-        "SELECT e FROM entries WHERE instr(e, ?) > 0", (needle,)))
-
-
-def local_tag(kind: str, sha256: str | None, target: str | None) -> str:
-    """A local item's :func:`content_tag` (a folder has no content to be late)."""
-    return f"={kind}|{sha256 if kind == 'f' else None}|{target if kind == 'l' else None}"
-
-
 def content_tag(entry: dict[str, Any]) -> str:
     """What a version is, as text (its kind, hash and link target)."""
     return f"={entry.get('t')}|{entry.get('h')}|{entry.get('l')}"

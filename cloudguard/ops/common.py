@@ -20,6 +20,7 @@ from ..names import from_disk, local
 from ..results import Counts, Request
 from ..session import Session
 from ..state import (
+    IndexRow,
     find_binding,
 )
 
@@ -136,14 +137,21 @@ def _safe_hasher(folder: Path) -> Callable[[str], str]:
 Confirm = Callable[[Request], bool]
 
 
-def _late(s: Session, hasher: Callable[[str], str]) -> Callable[[sync.LocalItem], bool]:
-    """Does a local file or link hold only a removed member's late content?"""
-    tags, sizes = mf.resolutions.late_content(s.state)
+def _late(s: Session, hasher: Callable[[str], str]
+          ) -> Callable[[sync.LocalItem, IndexRow], bool]:
+    """Does a local file or link still hold what this folder took from a removed member's
+    late write (its synced row names a late version, same content)? Such a copy is never
+    pushed as this device's, and a pull replaces it (review round 16, EE3; round 17, FF1:
+    judged by what this folder itself received, never by content found in the history)."""
+    cuts = s.state.cuts
 
-    def late(item: sync.LocalItem) -> bool:
-        if not tags or item.kind == "f" and item.size not in sizes:
+    def late(item: sync.LocalItem, row: IndexRow) -> bool:
+        if not cuts or not row.dot or item.kind != row.kind or item.kind not in ("f", "l"):
             return False
-        tag = mf.resolutions.local_tag(item.kind, hasher(item.path) if item.kind == "f"
-                                       else None, item.target)
-        return tag in tags and not mf.resolutions.held_live(s.state, tag)
+        entry = s.state.version(row.path, row.dot)
+        if entry is None or not mf.resolutions.late_version(row.dot, entry, cuts):
+            return False
+        if item.kind == "l":
+            return item.target == row.target
+        return item.size == row.size and hasher(item.path) == row.sha256
     return late

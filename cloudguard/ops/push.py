@@ -200,8 +200,9 @@ def _push(s: Session, dry_run: bool, allow_mass_delete: bool = False,
                           deleted=_counts(r.kind for r in plan.delete
                                           if r.path not in plan.renamed)))
     for path in plan.late:
-        s.ui.warn(f"{path}: holds what a removed member wrote after its removal; not pushed "
-                  "(delete it, or edit it to push it as this device's own)")
+        s.ui.warn(f"{path}: holds what a removed member wrote after its removal; not pushed, "
+                  "and the next pull puts back what it replaced (cloudguard history; "
+                  "restore --late-of brings it back as this device's own)")
     if dry_run:
         result.mass_delete = (  # push would ask first
             _mass_delete(s, plan, deleted_before) is not None)
@@ -209,6 +210,10 @@ def _push(s: Session, dry_run: bool, allow_mass_delete: bool = False,
     _check_mass_delete(s, plan, allow_mass_delete, deleted_before)
     if rewritten_before is not None:
         _check_mass_change(s, plan, index_rows, rewritten_before)
+    for old, new in plan.late_moves.items():  # the late copy's row follows it (EE3)
+        moved = index_rows[old]
+        s.index.put(sync.row_from(local[new], moved.dot, moved.sha256))
+        s.index.remove(old)
     _collect_pending(s)
     _upload_again(s, _rewrap_stale(s), plan, local, index_rows)
     total = sum(i.size for i in plan.upload)

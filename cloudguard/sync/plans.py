@@ -177,6 +177,8 @@ class PushPlan:
     adopt: list[tuple[LocalItem, str, str]] = field(default_factory=list)  # (item, dot, sha)
     renamed: dict[str, str] = field(default_factory=dict)  # old path -> new (also in delete)
     late: list[str] = field(default_factory=list)  # a removed member's late content: not sent
+    # old path -> new: a late copy renamed here; its row moves with it (nothing is sent)
+    late_moves: dict[str, str] = field(default_factory=dict)
 
     @property
     def changes(self) -> int:
@@ -186,15 +188,17 @@ class PushPlan:
 def plan_push(local: dict[str, LocalItem], index: dict[str, IndexRow],
               remote: Mapping[str, tuple[str, Entry]], hasher: Callable[[str], str],
               synced: Callable[[str, str], Entry | None] = lambda _p, _d: None,
-              late: Callable[[LocalItem], bool] = lambda _i: False) -> PushPlan:
+              late: Callable[[LocalItem, IndexRow], bool] = lambda _i, _r: False
+              ) -> PushPlan:
     """Only paths that changed since the last sync touch ``remote`` (which may be lazy).
 
     ``synced`` finds the version a row was synced from (current or kept in the history): a
     file whose content is still that version's, while another device replaced it, only had
     its metadata changed here. It is pushed as that old content with new metadata, so it
     keeps the old content's causal time and loses to the real edit (a ``touch`` never wins).
-    A file or link that holds a removed member's late content (``late``) is not sent at all:
-    not as a carry, not as this device's own (review round 16, EE3)."""
+    A file or link that still holds what this folder took from a removed member's late write
+    (``late``: its row names a late version), here or renamed, is not sent at all: not as a
+    carry, not as this device's own (review round 16, EE3)."""
     plan = PushPlan()
     changed: list[str] = []
     for path, item in local.items():
@@ -219,7 +223,7 @@ def plan_push(local: dict[str, LocalItem], index: dict[str, IndexRow],
                 plan.delete.append(row)
             continue
         rem = remote.get(path)
-        if loc.kind != "d" and late(loc):
+        if row is not None and late(loc, row):
             plan.late.append(path)
             continue
         if rem is not None and entry_matches(loc, rem[1], functools.partial(hasher, path)):
@@ -239,16 +243,17 @@ def plan_push(local: dict[str, LocalItem], index: dict[str, IndexRow],
                 plan.upload.append(loc)
         else:
             plan.put.append((loc, None))
-    _pair_renames(plan, hasher, synced)
+    _pair_renames(plan, hasher, synced, late)
     return plan
 
 
 def _pair_renames(plan: PushPlan, hasher: Callable[[str], str],
-                  synced: Callable[[str, str], Entry | None]) -> None:
+                  synced: Callable[[str, str], Entry | None],
+                  late: Callable[[LocalItem, IndexRow], bool]) -> None:
     """A new file with the size and content of a vanished one is that file, moved: it is put
     under its new path with the old blob (no upload), and the old path is deleted. Only files
     whose size matches a vanished one are hashed, so an ordinary push reads nothing more."""
-    _pair_links(plan, synced)
+    _pair_links(plan, synced, late)
     gone: dict[tuple[int, str], list[IndexRow]] = {}
     for row in plan.delete:
         if row.kind == "f" and row.sha256:
@@ -259,6 +264,9 @@ def _pair_renames(plan: PushPlan, hasher: Callable[[str], str],
     keep: list[LocalItem] = []
     for loc in plan.upload:
         rows = gone.get((loc.size, hasher(loc.path))) if loc.size in sizes else None
+        if rows and late(loc, rows[0]):
+            _late_move(plan, rows.pop(0), loc.path)
+            continue
         base = synced(rows[0].path, rows[0].dot) if rows else None
         if rows and base is not None and base.get("t") == "f" and base.get(
                 "h") == rows[0].sha256:
@@ -269,7 +277,16 @@ def _pair_renames(plan: PushPlan, hasher: Callable[[str], str],
     plan.upload = keep
 
 
-def _pair_links(plan: PushPlan, synced: Callable[[str, str], Entry | None]) -> None:
+def _late_move(plan: PushPlan, row: IndexRow, new: str) -> None:
+    """A late copy renamed here: nothing is sent, and its row follows it, so the next push
+    still knows it and a pull removes it (the late write is in the history)."""
+    plan.late.append(new)
+    plan.late_moves[row.path] = new
+    plan.delete = [r for r in plan.delete if r.path != row.path]
+
+
+def _pair_links(plan: PushPlan, synced: Callable[[str, str], Entry | None],
+                late: Callable[[LocalItem, IndexRow], bool]) -> None:
     """A new link with the target of a vanished one is that link, moved: it keeps the old
     version's content fields, so the push names where its target came from (``cs``) and a
     removed member's late link renamed during a lag is undone with it (review round 15,
@@ -278,12 +295,18 @@ def _pair_links(plan: PushPlan, synced: Callable[[str, str], Entry | None]) -> N
     for row in plan.delete:
         if row.kind == "l":
             gone.setdefault(row.target, []).append(row)
-    for i, (loc, entry) in enumerate(plan.put):
+    put: list[tuple[LocalItem, Entry | None]] = []
+    for loc, entry in plan.put:
         rows = gone.get(loc.target) if entry is None and loc.kind == "l" else None
+        if rows and late(loc, rows[0]):
+            _late_move(plan, rows.pop(0), loc.path)
+            continue
         base = synced(rows[0].path, rows[0].dot) if rows else None
         if rows and base is not None and base.get("t") == "l" and base.get("l") == loc.target:
-            plan.put[i] = (loc, resolutions.carry(base, m=loc.mtime))
+            entry = resolutions.carry(base, m=loc.mtime)
             plan.renamed[rows.pop(0).path] = loc.path
+        put.append((loc, entry))
+    plan.put = put
 
 
 @dataclass
@@ -313,7 +336,8 @@ def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
               me: str = "local", first: bool = False,
               kept: Mapping[str, set[str]] | None = None,
               busy: Callable[[str], bool] | None = None,
-              late: Callable[[LocalItem], bool] = lambda _i: False) -> PullPlan:
+              late: Callable[[LocalItem, IndexRow], bool] = lambda _i, _r: False
+              ) -> PullPlan:
     """``index`` and ``remote`` may be cut down to the paths whose synced dot differs from the
     remote's (nothing happens to the others); ``taken`` then says which names exist at all,
     so a conflict copy never takes the name of a path left out.
@@ -362,7 +386,7 @@ def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
         if rem is None:
             if row is None:
                 continue
-            if loc is not None and synced(loc, row, local_hash):
+            if loc is not None and (synced(loc, row, local_hash) or late(loc, row)):
                 plan.delete.append(row)
             else:
                 plan.forget.append(path)
@@ -395,7 +419,7 @@ def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
             continue
         # a removed member's late content, only touched here (a chmod), is no edit: the
         # version that comes back replaces it (review round 16, EE3)
-        untouched = row is not None and (synced(loc, row, local_hash) or late(loc))
+        untouched = row is not None and (synced(loc, row, local_hash) or late(loc, row))
         if untouched and loc.kind != "d" and kind != "d":  # file <-> symlink: replaced in place
             land.append((path, dot, entry))
         elif untouched and row is not None and (loc.kind != "d" or clean_below(path)):
