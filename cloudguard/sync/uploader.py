@@ -345,19 +345,6 @@ def upload(folder: Path, items: list[LocalItem], transport: Transport, spool: Pa
     return result
 
 
-def _reserve(fd: int, size: int) -> int:
-    """Allocate a big spool file's blocks in one call (its ciphertext size is known): ext4
-    then maps no blocks per write, which cost a 1 GiB push several seconds of kernel CPU
-    (rclone copy preallocates too). 0 where the filesystem cannot (nothing reserved)."""
-    if size < STREAM_ABOVE or not hasattr(os, "posix_fallocate"):
-        return 0
-    try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError:
-        return 0
-    return size
-
-
 def _spool_group(folder: Path, group: list[LocalItem], object_id: str, path: Path,
                  packed: bool, transport: Transport, kek: bytes, generation: str,
                  padding: bool, warn: Callable[[str], None], result: Uploaded
@@ -366,7 +353,6 @@ def _spool_group(folder: Path, group: list[LocalItem], object_id: str, path: Pat
     entries: dict[str, Entry] = {}
     abandoned = False
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    reserved = 0 if packed else _reserve(fd, fmt.blob_size(group[0].size, padding))
     try:
         with os.fdopen(fd, "wb", buffering=1024 * 1024) as raw:
             out = ObjectWriter(raw, md5=not transport.local)
@@ -384,9 +370,6 @@ def _spool_group(folder: Path, group: list[LocalItem], object_id: str, path: Pat
                     entries[item.path] = entry
                 if packed and padding:
                     write_filler(out)
-                if reserved and reserved != out.count:
-                    raw.flush()
-                    os.ftruncate(raw.fileno(), out.count)  # a file that shrank while read
             finally:
                 out.close()
     except BaseException:
