@@ -112,7 +112,8 @@ def carry(entry: dict[str, Any], **changes: Any) -> dict[str, Any]:
 
 
 def content_tag(entry: dict[str, Any]) -> str:
-    """What a version is, as text (its kind, hash and link target)."""
+    """What a version is, as text (its kind, hash and link target): one key for every layer
+    that asks whether two versions hold the same content (conflicts, carries, removers)."""
     return f"={entry.get('t')}|{entry.get('h')}|{entry.get('l')}"
 
 

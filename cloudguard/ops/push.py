@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import audit, sync
+from .. import manifest as mf
 from ..errors import (
     GuardError,
     UsageError,
@@ -287,8 +288,8 @@ def _based_on(s: Session, row: IndexRow | None) -> list[str]:
     base = sibs.get(row.dot)
     if base is None:
         return [row.dot]
-    same = sync.content_key(base)
-    return sorted({row.dot} | {d for d, e in sibs.items() if sync.content_key(e) == same},
+    same = mf.resolutions.content_tag(base)
+    return sorted({row.dot} | {d for d, e in sibs.items() if mf.resolutions.content_tag(e) == same},
                   key=sync.dot_key)
 
 

@@ -25,10 +25,6 @@ from .scanning import (
 )
 
 
-def content_key(entry: Entry) -> tuple[Any, ...]:
-    return (entry.get("t"), entry.get("h"), entry.get("l"))
-
-
 def dot_key(dot: str) -> tuple[int, str]:
     """Dots order by sequence number, then device: "d:10" comes after "d:9"."""
     device, _, seq = dot.partition(":")
@@ -67,7 +63,7 @@ def resolve_siblings(state: State, labels: dict[str, str]) -> list[dict[str, Any
     chosen: set[str] = set()
     for path in state.conflicted():
         sibs = state.siblings(path)
-        distinct = {content_key(e) for e in sibs.values()}
+        distinct = {resolutions.content_tag(e) for e in sibs.values()}
         if len(distinct) < 2:
             continue
         order = sorted(sibs.items(), key=_precedence)
@@ -75,11 +71,11 @@ def resolve_siblings(state: State, labels: dict[str, str]) -> list[dict[str, Any
         # each version names whose content it carries, so a late write's is undone (AA2)
         ops.append({"p": path, "e": {**winner, resolutions.FIELD: resolutions.source(
             winner_dot, winner, state)}, "rm": sorted(sibs)})
-        seen = {content_key(winner)}
+        seen = {resolutions.content_tag(winner)}
         for dot, entry in order[:-1]:
-            if content_key(entry) in seen:
+            if resolutions.content_tag(entry) in seen:
                 continue
-            seen.add(content_key(entry))
+            seen.add(resolutions.content_tag(entry))
             device = str(entry.get("wb") or dot.partition(":")[0])  # who wrote this content
             when = int(entry.get("m") or int(entry.get("pt", 0)) * 10**9)  # folders: no mtime
             name = conflict_name(path, when, labels.get(device, device[:8]),
