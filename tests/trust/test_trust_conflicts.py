@@ -188,11 +188,11 @@ def test_a_resolution_an_honest_edit_replaced_since_stays_replaced() -> None:
 
 
 def x_removed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, remote: str,
-              provider: Provider) -> tuple[list[Dev], dict[str, bytes]]:
-    """A, B, E and X hold A's paper.txt; A removes X. Returns them and the remote from before
-    the removal (what X and a lagging device are shown)."""
+              provider: Provider, text: str = "original") -> tuple[list[Dev], dict[str, bytes]]:
+    """A, B, E and X hold A's paper.txt (``text``); A removes X. Returns them and the remote
+    from before the removal (what X and a lagging device are shown)."""
     a, b, e, x = make_vault(monkeypatch, tmp_path, remote, "a", "b", "e", "x")
-    a.write("paper.txt", "original")
+    a.write("paper.txt", text)
     a.cg("push")
     for dev in (b, e, x):
         dev.cg("pull")

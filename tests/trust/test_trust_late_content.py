@@ -16,11 +16,11 @@ from test_trust_attacks import (  # noqa: F401
     Dev,
     Provider,
     compact,
-    make_vault,
     provider,
     script_restores,
 )
 from test_trust_conflicts import _texts, x_removed
+from test_trust_lag_carries import _pull_all
 
 from cloudguard import session as session_mod
 
@@ -31,26 +31,9 @@ FIRST = "A's first draft"
 
 def _x_removed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, remote: str,
                provider: Provider) -> tuple[list[Dev], dict[str, bytes]]:
-    """As test_trust_conflicts.x_removed, with content no other file holds (make_vault's
-    doc.txt holds "original")."""
-    a, b, e, x = make_vault(monkeypatch, tmp_path, remote, "a", "b", "e", "x")
-    a.write("paper.txt", FIRST)
-    a.cg("push")
-    for dev in (b, e, x):
-        dev.cg("pull")
-    before = provider.objects()
-    a.cg("device", "remove", x.rid)
-    return [a, b, e, x], before
-
-
-
-def _pull_all(devs: list[Dev]) -> dict[str, dict[str, str]]:
-    out = {}
-    for dev in devs:
-        got = dev.run("pull")
-        assert got.exit_code == 0, f"{dev.name}: {got.output}"
-        out[dev.name] = _texts(dev.folder)
-    return out
+    """As x_removed, with content no other file holds (make_vault's doc.txt holds
+    "original")."""
+    return x_removed(monkeypatch, tmp_path, remote, provider, FIRST)
 
 
 def _push(dev: Dev) -> dict[str, Any]:
