@@ -91,8 +91,8 @@ def test_holds_restore_late_of_brings_back_an_honest_rename_of_the_members_file(
     carry names B's dot, so it is late too and rolls back; B's notes.txt was replaced by A's
     honest rename, so `restore --late-of b` skips it. Safe outcome: B's notes come back
     somewhere on A."""
-    from test_trust_late_restore import b_taken_out
     import test_trust_late_restore as tlr
+    from test_trust_late_restore import b_taken_out
     orig = tlr.backdated_removal
     a_ref = {}
 
@@ -103,7 +103,6 @@ def test_holds_restore_late_of_brings_back_an_honest_rename_of_the_members_file(
         assert a.run("push").exit_code == 0
         return orig(p, view, parent, xs, xid, bid)
 
-    import test_trust_attacks as tta
     real_make = tlr.make_vault
 
     def make(*args, **kw):  # type: ignore[no-untyped-def]
@@ -120,7 +119,6 @@ def test_holds_restore_late_of_brings_back_an_honest_rename_of_the_members_file(
     texts = _texts(a.folder)
     print("GG2", after_pull, texts)
     assert "B's own notes" in texts.values(), (after_pull, texts, result.get("replaced_since"))
-    del tta
 
 
 def test_holds_late_copy_moved_over_an_honest_file(local_remote, provider, tmp_path,  # type: ignore[no-untyped-def]
