@@ -4,6 +4,7 @@ folder scan with case-folding resolution, and counting what changed.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -143,15 +144,33 @@ def _late(s: Session, hasher: Callable[[str], str]
     late write (its synced row names a late version, same content)? Such a copy is never
     pushed as this device's, and a pull replaces it (review round 16, EE3; round 17, FF1:
     judged by what this folder itself received, never by content found in the history)."""
-    cuts = s.state.cuts
-
     def late(item: sync.LocalItem, row: IndexRow) -> bool:
-        if not cuts or not row.dot or item.kind != row.kind or item.kind not in ("f", "l"):
-            return False
-        entry = s.state.version(row.path, row.dot)
-        if entry is None or not mf.resolutions.late_version(row.dot, entry, cuts):
+        if item.kind != row.kind or not _late_row(s, row):
             return False
         if item.kind == "l":
             return item.target == row.target
         return item.size == row.size and hasher(item.path) == row.sha256
     return late
+
+
+def _late_row(s: Session, row: IndexRow) -> bool:
+    """Does this index row name a removed member's late version (file or link)?"""
+    cuts = s.state.cuts
+    if not cuts or not row.dot or row.kind not in ("f", "l"):
+        return False
+    entry = s.state.version(row.path, row.dot) or _moved_version(s, row)
+    return entry is not None and mf.resolutions.late_version(row.dot, entry, cuts)
+
+
+def _moved_version(s: Session, row: IndexRow) -> dict[str, Any] | None:
+    """The version a row names where the row has moved since (a late copy renamed here, its
+    row following it): found by dot and content, so renaming it again or changing its mode
+    does not make it this device's (review round 18, GG1)."""
+    tag = mf.resolutions.content_tag({"t": row.kind, "h": row.sha256 if row.kind == "f"
+                                      else None, "l": row.target if row.kind == "l" else None})
+    for table in ("entries", "attic"):
+        for (raw,) in s.state.db.execute(f"SELECT e FROM {table} WHERE dot = ?", (row.dot,)):
+            entry: dict[str, Any] = json.loads(raw)
+            if mf.resolutions.content_tag(entry) == tag:
+                return entry
+    return None

@@ -202,8 +202,8 @@ def _push(s: Session, dry_run: bool, allow_mass_delete: bool = False,
                                           if r.path not in plan.renamed)))
     for path in plan.late:
         s.ui.warn(f"{path}: holds what a removed member wrote after its removal; not pushed, "
-                  "and the next pull puts back what it replaced (cloudguard history; "
-                  "restore --late-of brings it back as this device's own)")
+                  "and the next pull puts back what it replaced (cloudguard history; after "
+                  "that pull, restore --late-of brings it back as this device's own)")
     if dry_run:
         result.mass_delete = (  # push would ask first
             _mass_delete(s, plan, deleted_before) is not None)

@@ -292,3 +292,57 @@ def test_a_late_file_touched_or_renamed_offline_is_not_pushed_as_this_devices(
     restored = _texts(script_restores(a, local_remote, tmp_path))
     for name, v in [*got.items(), ("script", restored)]:
         assert v.get("paper.txt") == "original" and LATE not in v.values(), (name, v)
+
+
+@pytest.mark.parametrize("second", ["chmod", "rename", "chmod-then-pull", "link"])
+def test_a_moved_late_copy_stays_late_whatever_the_user_does_next(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, second: str) -> None:
+    """Review round 18, GG1: B's user renames X's late file (or link); the push refuses it
+    and its row follows it. Before any pull the user changes its mode, renames it again, or
+    pulls after the chmod, and pushes again: the row still names X's version (found by dot
+    and content, not by path), so X's late content reaches no other device."""
+    (a, b, e, x), before = x_removed(monkeypatch, tmp_path, local_remote, provider)
+    name = "x-link" if second == "link" else "paper.txt"
+    with provider.showing(before) as late:
+        if second == "link":
+            os.symlink("../x-target", x.folder / name)
+        else:
+            x.write(name, LATE)
+        x.cg("push")
+    with provider.showing({**before, **late}):
+        assert b.run("pull").exit_code == 0
+    os.rename(b.folder / name, b.folder / "renamed")
+    assert b.json("push")["late"] == ["renamed"]
+    if second in ("chmod", "chmod-then-pull"):
+        os.chmod(b.folder / "renamed", 0o600)
+    else:
+        os.rename(b.folder / "renamed", b.folder / "final")
+    if second == "chmod-then-pull":
+        assert b.run("pull").exit_code == 0
+    again = b.json("push")
+    assert not again["uploaded"] and not again["updated"], again
+    got = _pull_all([a, e, b])
+    restored = _texts(script_restores(a, local_remote, tmp_path))
+    for where, v in [*got.items(), ("script", restored)]:
+        assert LATE not in v.values(), (where, v)
+    for dev in (a, e, b):
+        assert not [p for p in dev.folder.iterdir() if p.is_symlink()], dev.name
+
+
+def test_restore_late_of_a_copy_the_push_refused_makes_it_this_devices(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 18, GG2: X's backdated removal takes honest B out; C's user had changed
+    the mode of B's notes.txt, so C's push refuses it as late. `restore --late-of` (what the
+    warning names), before any pull, makes it C's: the next push sends it and A gets it."""
+    from test_trust_late_restore import b_taken_out
+
+    a, _b, _x, c = b_taken_out(monkeypatch, tmp_path, local_remote, provider)
+    os.chmod(c.folder / "notes.txt", 0o600)
+    assert "notes.txt" in c.json("push")["late"]
+    got = c.run("restore", "--late-of", "b", "--json")
+    assert got.exit_code == 0, got.output
+    assert "notes.txt" in c.json("push")["uploaded"]
+    assert a.run("pull").exit_code == 0
+    assert (a.folder / "notes.txt").exists()
