@@ -30,14 +30,20 @@ def source(dot: str, entry: dict[str, Any], state: Any = None) -> str:
     raw = entry.get(FIELD)
     if not isinstance(raw, str):
         return dot
-    if state is None:
+    if state is None or held(state, raw, content_tag(entry)) is not None:
         return raw
-    tag = content_tag(entry)
-    for table in ("entries", "attic"):
-        for (e,) in state.db.execute(f"SELECT e FROM {table} WHERE dot = ?", (raw,)):
-            if content_tag(json.loads(e)) == tag:
-                return raw
     return dot
+
+
+def held(state: Any, dot: str, tag: str) -> dict[str, Any] | None:
+    """The version ``dot`` as this device holds it (live or in the history), if it holds
+    content ``tag``: a dot alone is a writer's claim, its content is what binds it."""
+    for table in ("entries", "attic"):
+        for (raw,) in state.db.execute(f"SELECT e FROM {table} WHERE dot = ?", (dot,)):
+            entry: dict[str, Any] = json.loads(raw)
+            if content_tag(entry) == tag:
+                return entry
+    return None
 
 
 def saw(entry: dict[str, Any], device: str, seq: int, deps: dict[str, int]) -> bool:
@@ -70,37 +76,52 @@ def stamp(state: Any, ops: list[dict[str, Any]]) -> None:
     """Every version a push carries over from another dot (a rename, a metadata-only change,
     which keep the content's ``lc``) names that content's first dot, as a resolution's do: a
     late write renamed or touched during a lag must not live on under an honest dot (review
-    round 14, CC2). The source is the version whose blob it shares; folders and links carry
-    no blob, and so no content a removed member could have chosen beyond a name (an honest
-    delete of a late version brings back what it replaced, so no file is lost to such a
-    carry). Only a live source counts, and only one this device's vector covers: a carry out
-    of the history after a clamp would name a dot its deps no longer cover (round 15, DD3).
-    A folder or link has no blob: its source is a version this same push removes with the
-    same kind, target, writer and causal time (a chmod in place, a moved link or a folder
-    the mount renamed), or a late link's target, or a late folder an honest chmod made an
-    edit of, would live on under an honest dot (review round 15, DD2)."""
-    removed = [(op["p"], str(d)) for op in ops for d in op.get("rm") or ()]
+    round 14, CC2). A file's source is the live version whose blob it shares. A folder or
+    link has no blob: its source is a live version this same push removes with the same
+    kind, target, writer and causal time (a chmod in place, a moved link, a folder the mount
+    renamed), or a late link's target, or a late folder an honest chmod made an edit of,
+    would live on under an honest dot (review round 15, DD2). Only a source this device's
+    vector covers counts: a carry out of the history after a clamp would name a dot its
+    deps no longer cover (round 15, DD3)."""
+    removed: dict[tuple[Any, ...], tuple[str, dict[str, Any]]] | None = None
+
+    def removed_by_push() -> dict[tuple[Any, ...], tuple[str, dict[str, Any]]]:
+        """The folders and links this push removes, read once (only if one is carried)."""
+        nonlocal removed
+        if removed is None:
+            removed = {}
+            for op in ops:
+                for d in op.get("rm") or ():
+                    for (raw,) in state.db.execute(
+                            "SELECT e FROM entries WHERE path = ? AND dot = ?",
+                            (op["p"], str(d))):
+                        had = json.loads(raw)
+                        if had.get("t") in ("d", "l"):
+                            removed.setdefault(_carried_as(had), (str(d), had))
+        return removed
+
     for op in ops:
         entry = op.get("e")
         if entry is None or "reloc" in op or "lc" not in entry or FIELD in entry:
             continue
+        found: tuple[str, dict[str, Any]] | None = None
         if entry.get("t") == "f" and isinstance(entry.get("o"), str):
-            found = state.db.execute("SELECT dot, e FROM entries WHERE o = ?", (entry["o"],))
-            same: tuple[str, ...] = ("a", "h")
+            found = next(((dot, had) for dot, raw in state.db.execute(
+                "SELECT dot, e FROM entries WHERE o = ?", (entry["o"],))
+                if (had := json.loads(raw)).get("a") == entry.get("a")
+                and had.get("h") == entry.get("h")), None)
         elif entry.get("t") in ("d", "l"):
-            found = (row for path, dot in removed for row in state.db.execute(
-                "SELECT dot, e FROM entries WHERE path = ? AND dot = ?", (path, dot)))
-            same = ("t", "l", "lc", "wb")
-        else:
-            continue
-        for dot, raw in list(found):
-            had = json.loads(raw)
-            if all(had.get(k) == entry.get(k) for k in same):
-                src = source(dot, had, state)
-                dev, _, seq = src.partition(":")
-                if state.ctx.get(dev, 0) >= int(seq):
-                    entry[FIELD] = src
-                break
+            found = removed_by_push().get(_carried_as(entry))
+        if found is not None:
+            src = source(*found, state)
+            dev, _, seq = src.partition(":")
+            if state.ctx.get(dev, 0) >= int(seq):
+                entry[FIELD] = src
+
+
+def _carried_as(entry: dict[str, Any]) -> tuple[Any, ...]:
+    """What a folder or link keeps when carried: kind, target, writer and causal time."""
+    return tuple(entry.get(k) for k in ("t", "l", "lc", "wb"))
 
 
 def carry(entry: dict[str, Any], **changes: Any) -> dict[str, Any]:

@@ -4,7 +4,6 @@ folder scan with case-folding resolution, and counting what changed.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -166,11 +165,6 @@ def _moved_version(s: Session, row: IndexRow) -> dict[str, Any] | None:
     """The version a row names where the row has moved since (a late copy renamed here, its
     row following it): found by dot and content, so renaming it again or changing its mode
     does not make it this device's (review round 18, GG1)."""
-    tag = mf.resolutions.content_tag({"t": row.kind, "h": row.sha256 if row.kind == "f"
-                                      else None, "l": row.target if row.kind == "l" else None})
-    for table in ("entries", "attic"):
-        for (raw,) in s.state.db.execute(f"SELECT e FROM {table} WHERE dot = ?", (row.dot,)):
-            entry: dict[str, Any] = json.loads(raw)
-            if mf.resolutions.content_tag(entry) == tag:
-                return entry
-    return None
+    return mf.resolutions.held(s.state, row.dot, mf.resolutions.content_tag(
+        {"t": row.kind, "h": row.sha256 if row.kind == "f" else None,
+         "l": row.target if row.kind == "l" else None}))
