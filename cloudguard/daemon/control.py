@@ -41,21 +41,35 @@ UNIT = SERVICE  # lock.py stops it by this name
 
 def socket_path() -> Path:
     """``CLOUDGUARD_HOME/run/daemon.sock``; when that path is too long for a unix socket
-    (108 bytes), a 0700 folder of ours in the runtime or temp folder named after the home."""
+    (108 bytes), a 0700 folder of ours named after the home in the runtime folder, /tmp, or
+    the temp folder, the first whose path fits. /tmp comes before TMPDIR so that a daemon and
+    a client with different TMPDIRs (the crash campaign's spool) meet at the same socket."""
     here = run_dir() / SOCKET
-    if len(str(here).encode()) < 100:
+    if _fits(here):
         return here
     tag = hashlib.sha256(str(run_dir().resolve()).encode()).hexdigest()[:16]
-    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
-    folder = base / f"cloudguard-{os.getuid()}-{tag}"
-    try:
-        folder.mkdir(mode=0o700)
-    except FileExistsError:
-        st = folder.lstat()
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-            raise CloudguardError(f"{folder} is not a private folder of this user; remove it"
-                                  ) from None
-    return folder / SOCKET
+    for base in (os.environ.get("XDG_RUNTIME_DIR"), "/tmp", tempfile.gettempdir()):
+        if not base:
+            continue
+        folder = Path(base) / f"cloudguard-{os.getuid()}-{tag}"
+        if not _fits(folder / SOCKET):
+            continue
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            st = folder.lstat()
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+                raise CloudguardError(f"{folder} is not a private folder of this user; remove "
+                                      "it") from None
+        except OSError:
+            continue  # a runtime folder that is gone or not ours to write
+        return folder / SOCKET
+    raise CloudguardError("no folder with a path short enough for the daemon's status socket "
+                          "(CLOUDGUARD_HOME, XDG_RUNTIME_DIR, /tmp and TMPDIR are all too long)")
+
+
+def _fits(path: Path) -> bool:
+    return len(str(path).encode()) < 100
 
 
 def serve(handle: Callable[[dict[str, Any]], dict[str, Any]]

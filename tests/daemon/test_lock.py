@@ -92,3 +92,30 @@ def test_lock_keyring_locks_the_secret_service(tmp_path: Path) -> None:
     assert report["before"] is False, report
     assert report["code"] == 0 and report["result"]["keyring_locked"] is True, report
     assert report["after"] is True, report
+
+
+def test_the_status_socket_is_found_where_home_and_tmpdir_are_too_long(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A unix socket path holds at most 108 bytes. With a long CLOUDGUARD_HOME and a long
+    TMPDIR (the crash campaign's; CI's pytest folders grow with its run counter) the daemon
+    used to die at bind: the socket goes to /tmp, and a client with another TMPDIR finds it."""
+    import tempfile
+
+    from cloudguard.daemon import control
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    monkeypatch.setenv("CLOUDGUARD_HOME", str(deep))
+    monkeypatch.setenv("TMPDIR", str(deep))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+    path = control.socket_path()
+    assert path.parent.parent == Path("/tmp") and len(str(path).encode()) < 108
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    finish = control.serve(lambda request: {"seen": request})
+    try:
+        monkeypatch.setenv("TMPDIR", str(tmp_path))  # the client's TMPDIR differs
+        monkeypatch.setattr(tempfile, "tempdir", None)
+        assert control.request({"cmd": "ping"}) == {"seen": {"cmd": "ping"}}
+    finally:
+        finish(5)
+        shutil.rmtree(path.parent, ignore_errors=True)
