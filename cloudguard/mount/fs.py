@@ -23,6 +23,7 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import mfusepy as fuse  # type: ignore[import-untyped]
@@ -422,13 +423,13 @@ class VaultFS(Names, fuse.Operations):  # type: ignore[misc]
     def _reload(self) -> None:
         self._install(Tree.of(self.vault.files()))
 
-    def _refreshed(self, path: str) -> dict[str, Any] | None:
-        """The entry at ``path`` once the view is read again (an open or a read failed: a
+    def _refreshed(self) -> Mapping[str, dict[str, Any]]:
+        """The served entries once the view is read again (an open or a read failed: a
         re-encryption may have moved it, mount/relocate.py). The kernel's cache is left to
         the next poll: invalidating from inside a callback can deadlock."""
         with self._commit_lock:
             self._reload()
-        return self.tree.entries.get(path)
+        return self.tree.entries
 
 
 class _FUSE(fuse.FUSE):  # type: ignore[misc]

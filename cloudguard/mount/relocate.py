@@ -7,12 +7,14 @@ entry it serves names a deleted blob and a KEK nobody can open, so an open faile
 so did the next read of a file open across the re-encryption, and a draft's unchanged
 chunks, which come from the version it was opened on. Here a failed open or read refreshes
 the served view once and, when the path now holds the same content (size and SHA-256) under
-another blob or key, carries on from it.
+another blob or key, carries on from it. A file renamed since it was opened (in the mount or
+on another device) is no longer at its path: then any served file with that content will do,
+since equal signed SHA-256 means equal bytes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import CloudguardError
@@ -29,14 +31,23 @@ def relocated(old: dict[str, Any], new: dict[str, Any] | None) -> bool:
             and any(new.get(k) != old.get(k) for k in _MOVED))
 
 
+def relocation(old: dict[str, Any], path: str,
+               entries: Mapping[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The version now holding ``old``'s content: at ``path`` if it is there, else at any
+    path (the file was renamed), else None."""
+    if relocated(old, entries.get(path)):
+        return entries[path]
+    return next((e for e in entries.values() if relocated(old, e)), None)
+
+
 class Following:
     """A reader of ``entry`` (shown at ``path``) that, when a read fails, asks ``refresh``
-    for the entry now at that path (after reloading the view) and reads the relocated
-    version instead, once per relocation."""
+    for the served entries (after reloading the view) and reads the relocated version
+    instead, once per relocation."""
 
     def __init__(self, entry: dict[str, Any], path: str,
                  open_entry: Callable[[dict[str, Any]], FileReader],
-                 refresh: Callable[[str], dict[str, Any] | None]) -> None:
+                 refresh: Callable[[], Mapping[str, dict[str, Any]]]) -> None:
         self.entry, self.path = entry, path
         self._open, self._refresh = open_entry, refresh
         self.reader = self._first()
@@ -50,10 +61,9 @@ class Following:
             return self._open(self.entry)
 
     def _follow(self) -> bool:
-        new = self._refresh(self.path)
-        if not relocated(self.entry, new):
+        new = relocation(self.entry, self.path, self._refresh())
+        if new is None:
             return False
-        assert new is not None
         self.entry = new
         return True
 
