@@ -220,6 +220,8 @@ def status(folder: str | None, verbose: bool, as_json: bool) -> None:
             lines += (side("to push", r.to_push, c.to_push, c.push_deletes)
                       + side("to pull", r.to_pull, c.to_pull, c.pull_deletes))
             lines += [f"  unreadable, kept as last synced: {p}" for p in r.unreadable]
+            lines += [f"  holds a removed member's late write, never pushed (the next pull "
+                      f"puts back what it replaced): {p}" for p in r.late]
             if r.conflicts:
                 lines.append(f"  pull would make {_copies(r.conflicts)}")
             lines += [f"  mounted at {m}" for m in r.mounts]
@@ -234,7 +236,8 @@ def status(folder: str | None, verbose: bool, as_json: bool) -> None:
             if r.in_sync:
                 lines.append("  in sync")
             elif not r.to_push and not r.to_pull:
-                lines.append(f"  not in sync: {len(r.unreadable)} path(s) cannot be synced")
+                lines.append(f"  not in sync: {len(r.unreadable) + len(r.late)} path(s) "
+                             "cannot be synced")
             elif not verbose:
                 lines.append("  (cloudguard status --verbose lists the paths)")
             return "\n".join(lines)

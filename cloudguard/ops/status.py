@@ -44,9 +44,9 @@ def status(folder: str | None, ui: UI | None = None) -> StatusResult:
                            + [r.path for r in up.delete]),
             to_pull=sorted([d for d, _t, _e in down.download + down.make + down.meta]
                            + [r.path for r in down.delete]),
-            conflicts=down.conflicts, unreadable=sorted(s.unreadable),
+            conflicts=down.conflicts, unreadable=sorted(s.unreadable), late=sorted(up.late),
             in_sync=not (up.upload or up.put or up.delete or down.download or down.make
-                         or down.meta or down.delete or s.unreadable),
+                         or down.meta or down.delete or s.unreadable or up.late),
             counts=StatusCounts(
                 to_push=_counts([*("f" for _ in up.upload), *(i.kind for i, _ in up.put),
                                  *(r.kind for r in up.delete)]),

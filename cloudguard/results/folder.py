@@ -137,8 +137,9 @@ class StatusResult(Result):
     to_pull: list[str]
     conflicts: list[str]  # conflict copies a pull would make
     unreadable: list[str]
-    in_sync: bool  # never with an unreadable path
+    in_sync: bool  # never with an unreadable or a late path
     counts: StatusCounts
+    late: list[str] = []  # hold a removed member's late content: push never sends them
     daemon: DaemonView | None = None  # filled by the CLI, which asks the daemon
     mounts: list[str] = []  # filled by the CLI: where `cloudguard mount` serves this vault
 

@@ -313,6 +313,10 @@ def test_a_moved_late_copy_stays_late_whatever_the_user_does_next(
     with provider.showing({**before, **late}):
         assert b.run("pull").exit_code == 0
     os.rename(b.folder / name, b.folder / "renamed")
+    status = b.json("status")
+    assert status["late"] == ["renamed"] and not status["in_sync"], status
+    assert "renamed" not in status["to_push"], status
+    assert "late write, never pushed" in b.run("status").output
     assert b.json("push")["late"] == ["renamed"]
     if second in ("chmod", "chmod-then-pull"):
         os.chmod(b.folder / "renamed", 0o600)
