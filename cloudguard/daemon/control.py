@@ -39,33 +39,40 @@ SOCKET = "daemon.sock"
 UNIT = SERVICE  # lock.py stops it by this name
 
 
-def socket_path() -> Path:
+def socket_path(create: bool = False) -> Path:
     """``CLOUDGUARD_HOME/run/daemon.sock``; when that path is too long for a unix socket
     (108 bytes), a 0700 folder of ours named after the home in the runtime folder, /tmp, or
-    the temp folder, the first whose path fits. /tmp comes before TMPDIR so that a daemon and
-    a client with different TMPDIRs (the crash campaign's spool) meet at the same socket."""
+    the temp folder, the first whose path fits and that can be made. /tmp comes before TMPDIR
+    so that a daemon and a client with different TMPDIRs (the crash campaign's spool) meet at
+    the same socket. Only the daemon makes that folder (``create``): a client takes the first
+    that exists, and leaves none behind."""
     here = run_dir() / SOCKET
     if _fits(here):
         return here
     tag = hashlib.sha256(str(run_dir().resolve()).encode()).hexdigest()[:16]
-    for base in (os.environ.get("XDG_RUNTIME_DIR"), "/tmp", tempfile.gettempdir()):
-        if not base:
-            continue
-        folder = Path(base) / f"cloudguard-{os.getuid()}-{tag}"
-        if not _fits(folder / SOCKET):
-            continue
+    folders = [Path(base) / f"cloudguard-{os.getuid()}-{tag}"
+               for base in (os.environ.get("XDG_RUNTIME_DIR"), "/tmp", tempfile.gettempdir())
+               if base]
+    folders = [f for f in folders if _fits(f / SOCKET)]
+    if not folders:
+        raise CloudguardError("no folder with a path short enough for the daemon's status "
+                              "socket (CLOUDGUARD_HOME, XDG_RUNTIME_DIR, /tmp and TMPDIR are "
+                              "all too long)")
+    for folder in folders:
         try:
-            folder.mkdir(mode=0o700)
+            folder.mkdir(mode=0o700) if create else folder.lstat()
         except FileExistsError:
-            st = folder.lstat()
-            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-                raise CloudguardError(f"{folder} is not a private folder of this user; remove "
-                                      "it") from None
+            pass
         except OSError:
-            continue  # a runtime folder that is gone or not ours to write
+            continue  # not there (a client), or a runtime folder gone or not ours to write
+        st = folder.lstat()
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+            raise CloudguardError(f"{folder} is not a private folder of this user; remove it")
         return folder / SOCKET
-    raise CloudguardError("no folder with a path short enough for the daemon's status socket "
-                          "(CLOUDGUARD_HOME, XDG_RUNTIME_DIR, /tmp and TMPDIR are all too long)")
+    if create:
+        raise CloudguardError(f"cannot make a folder for the daemon's status socket: tried "
+                              f"{', '.join(map(str, folders))}")
+    return folders[0] / SOCKET  # no daemon has made one: nothing answers there
 
 
 def _fits(path: Path) -> bool:
@@ -77,7 +84,7 @@ def serve(handle: Callable[[dict[str, Any]], dict[str, Any]]
     """Answer requests (one JSON document each way per connection) until the returned
     ``finish(timeout)`` is called, which wakes the loop at once and waits for it (no timeout
     polls: an idle daemon sleeps). The socket is 0600 from birth."""
-    path = socket_path()
+    path = socket_path(create=True)
     path.unlink(missing_ok=True)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
@@ -110,6 +117,9 @@ def serve(handle: Callable[[dict[str, Any]], dict[str, Any]]
             server.close()
             os.close(woken)
             path.unlink(missing_ok=True)
+            if path.parent != run_dir():  # our fallback folder in /tmp or the runtime folder
+                with suppress(OSError):
+                    path.parent.rmdir()
 
     thread = threading.Thread(target=loop, name="cloudguard-status", daemon=True)
     thread.start()

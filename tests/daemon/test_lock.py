@@ -108,14 +108,38 @@ def test_the_status_socket_is_found_where_home_and_tmpdir_are_too_long(
     monkeypatch.setenv("TMPDIR", str(deep))
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+    finish = control.serve(lambda request: {"seen": request})
     path = control.socket_path()
     assert path.parent.parent == Path("/tmp") and len(str(path).encode()) < 108
     assert path.parent.stat().st_mode & 0o777 == 0o700
-    finish = control.serve(lambda request: {"seen": request})
     try:
         monkeypatch.setenv("TMPDIR", str(tmp_path))  # the client's TMPDIR differs
         monkeypatch.setattr(tempfile, "tempdir", None)
         assert control.request({"cmd": "ping"}) == {"seen": {"cmd": "ping"}}
     finally:
         finish(5)
-        shutil.rmtree(path.parent, ignore_errors=True)
+    assert not path.parent.exists()  # a stopped daemon leaves nothing in /tmp
+
+
+def test_a_client_finds_the_daemons_fallback_socket_and_makes_none_itself(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runtime folder may be unusable for the daemon (here: a file in its way); the daemon
+    then uses /tmp, and a client that asks must look there too, and make nothing anywhere."""
+    from cloudguard.daemon import control
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    monkeypatch.setenv("CLOUDGUARD_HOME", str(deep))
+    runtime = tmp_path / "rt"
+    runtime.write_text("not a folder")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    assert control.request({"cmd": "ping"}) is None  # no daemon: the client made nothing
+    assert not [p for p in Path("/tmp").glob(f"cloudguard-{os.getuid()}-*")
+                if p.name.endswith(control.socket_path().parent.name[-16:])]
+    finish = control.serve(lambda request: {"seen": request})
+    path = control.socket_path()
+    try:
+        assert path.parent.parent == Path("/tmp")
+        assert control.request({"cmd": "ping"}) == {"seen": {"cmd": "ping"}}
+    finally:
+        finish(5)
+    assert not path.parent.exists()
