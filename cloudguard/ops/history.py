@@ -219,15 +219,15 @@ def _apply(s: Session, chosen: dict[str, Version], force: bool
     (restored, unchanged, refused)."""
     local = _scan(s)
     rows = s.index.rows()
-    late = _late(s, lambda p: sync.hash_file(names.local(s.folder, p)))
+    hashed = functools.cache(lambda p: sync.hash_file(names.local(s.folder, p)))
+    late = _late(s, hashed)  # hashes a path at most once, whichever asks first
     same: list[str] = []
     refused: list[str] = []
     todo: list[Version] = []
     for path, v in chosen.items():
         loc = local.get(path)
         if loc is not None and sync.entry_matches(loc, v.entry,
-                                                  functools.partial(sync.hash_file,
-                                                                    names.local(s.folder, path))):
+                                                  functools.partial(hashed, path)):
             if loc.kind != "f" or loc.mode == int(v.entry.get("x", loc.mode)):
                 same.append(path)
                 continue
