@@ -215,3 +215,18 @@ def remote(request: pytest.FixtureRequest) -> str:
 def remote_dir(remote: str) -> Path:
     """The local folder where ``remote`` keeps its objects (may not exist yet)."""
     return _BACKING[remote]
+
+
+@pytest.fixture
+def socket_paths_too_long(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """CLOUDGUARD_HOME and TMPDIR both too long for a unix socket (108 bytes), no runtime
+    folder: the crash campaign's setting, where sockets must go to /tmp. Returns the home."""
+    import tempfile
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    monkeypatch.setenv("CLOUDGUARD_HOME", str(deep))
+    monkeypatch.setenv("TMPDIR", str(deep))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+    return deep

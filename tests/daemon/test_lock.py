@@ -94,6 +94,7 @@ def test_lock_keyring_locks_the_secret_service(tmp_path: Path) -> None:
     assert report["after"] is True, report
 
 
+@pytest.mark.usefixtures("socket_paths_too_long")
 def test_the_status_socket_is_found_where_home_and_tmpdir_are_too_long(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A unix socket path holds at most 108 bytes. With a long CLOUDGUARD_HOME and a long
@@ -102,12 +103,6 @@ def test_the_status_socket_is_found_where_home_and_tmpdir_are_too_long(
     import tempfile
 
     from cloudguard.daemon import control
-    deep = tmp_path / ("d" * 60) / ("e" * 60)
-    deep.mkdir(parents=True)
-    monkeypatch.setenv("CLOUDGUARD_HOME", str(deep))
-    monkeypatch.setenv("TMPDIR", str(deep))
-    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
-    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
     finish = control.serve(lambda request: {"seen": request})
     path = control.socket_path()
     assert path.parent.parent == Path("/tmp") and len(str(path).encode()) < 108
@@ -121,14 +116,12 @@ def test_the_status_socket_is_found_where_home_and_tmpdir_are_too_long(
     assert not path.parent.exists()  # a stopped daemon leaves nothing in /tmp
 
 
+@pytest.mark.usefixtures("socket_paths_too_long")
 def test_a_client_finds_the_daemons_fallback_socket_and_makes_none_itself(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The runtime folder may be unusable for the daemon (here: a file in its way); the daemon
     then uses /tmp, and a client that asks must look there too, and make nothing anywhere."""
     from cloudguard.daemon import control
-    deep = tmp_path / ("d" * 60) / ("e" * 60)
-    deep.mkdir(parents=True)
-    monkeypatch.setenv("CLOUDGUARD_HOME", str(deep))
     runtime = tmp_path / "rt"
     runtime.write_text("not a folder")
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))

@@ -119,17 +119,10 @@ def test_a_deep_cloudguard_home_still_gets_a_socket(local_remote: str, tmp_path:
         rcd.close()
 
 
-def test_rcd_starts_where_home_and_tmpdir_are_too_long_for_a_socket(
-        local_remote: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.usefixtures("socket_paths_too_long")
+def test_rcd_starts_where_home_and_tmpdir_are_too_long_for_a_socket(local_remote: str) -> None:
     """A unix socket path holds at most 108 bytes: with a long CLOUDGUARD_HOME and a long
     TMPDIR (the crash campaign has both) the socket goes to /tmp, not nowhere."""
-    deep = tmp_path / ("d" * 60) / ("e" * 60)
-    deep.mkdir(parents=True)
-    monkeypatch.setenv("CLOUDGUARD_HOME", str(deep))
-    monkeypatch.setenv("TMPDIR", str(deep))
-    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
-    import tempfile
-    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
     rcd = RcdTransport(local_remote)
     try:
         rcd.put_bytes("m/x", b"x")
