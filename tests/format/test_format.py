@@ -1,4 +1,4 @@
-"""Format v2 (cloudguard/format.py, docs/format.md): vectors, an independent reading of the
+"""Format v2 (cloudguard/format/, docs/format.md): vectors, an independent reading of the
 byte layout, tampering, padding and memory use."""
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cloudguard import chain, membership
 from cloudguard import format as fmt
 from cloudguard.errors import FileChangedError, IntegrityError
+from cloudguard.format import slots
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS_FILE = ROOT / "tests" / "format" / "vectors.json"
@@ -324,7 +325,7 @@ def test_chain_vectors_match_build() -> None:
     assert built.ctx(vault_id).hex() == add["ctx"]
 
 
-# --- the byte layout, read independently of format.py's helpers ---------------------------
+# --- the byte layout, read independently of the format package's helpers -----------------
 #
 # Written from docs/format.md only: cryptography's HKDF and AESGCM, no fmt._* helpers.
 
@@ -904,13 +905,13 @@ def test_passphrase_kit_tampering(monkeypatch: pytest.MonkeyPatch) -> None:
         fmt.open_with_passphrase({k: v for k, v in doc.items() if k != "vault"}, "pw")
     # KDF parameters outside what seal_with_passphrase writes never reach scrypt
     calls: list[int] = []
-    real = fmt.Scrypt
+    real = slots.Scrypt
 
     def counting_scrypt(**kw: Any) -> Any:
         calls.append(kw["n"])
         return real(**kw)
 
-    monkeypatch.setattr(fmt, "Scrypt", counting_scrypt)
+    monkeypatch.setattr(slots, "Scrypt", counting_scrypt)
     for change in [{"log_n": fmt.MAX_LOG_N + 1}, {"log_n": 64}, {"log_n": 10**100},
                    {"log_n": 0}, {"log_n": -1}, {"log_n": "10"}, {"log_n": 10.0},
                    {"log_n": True}, {"r": 16}, {"r": 32}, {"p": 16}, {"p": 2}, {"r": 0},
@@ -1021,7 +1022,8 @@ def test_streaming_memory_stays_flat(tmp_path: Path) -> None:
 
 def test_spec_names_every_label_and_its_examples_hold() -> None:
     doc = (ROOT / "docs" / "format.md").read_text(encoding="utf-8")
-    code = (ROOT / "cloudguard" / "format.py").read_text(encoding="utf-8")
+    code = "".join(path.read_text(encoding="utf-8")
+                   for path in sorted((ROOT / "cloudguard" / "format").glob("*.py")))
     chain_code = (ROOT / "cloudguard" / "chain.py").read_text(encoding="utf-8")
     labels = set(re.findall(r'b"(cloudguard/v2/[a-z-]+)', code + chain_code))
     assert len(labels) >= 16

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from cloudguard import format as fmt
 from cloudguard.errors import IntegrityError
+from cloudguard.format import slots
 
 # hypothesis' failure report touches mypy_extensions.TypedDict, whose DeprecationWarning the
 # project-wide filterwarnings=error would turn into an INTERNALERROR hiding the real failure
@@ -299,7 +300,7 @@ def test_sealed_json_roundtrip(payload: dict[str, Any], aad: bytes) -> None:
 
 # --- passphrase kits ----------------------------------------------------------------------
 
-_real_scrypt = fmt.Scrypt
+_real_scrypt = slots.Scrypt
 _scrypt_calls: list[tuple[int, int, int]] = []
 
 
@@ -315,7 +316,7 @@ def _guarded_scrypt(*, salt: bytes, length: int, n: int, r: int, p: int) -> Any:
 @pytest.fixture(autouse=True, scope="module")
 def _cheap_scrypt() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(fmt, "Scrypt", _guarded_scrypt)
+        mp.setattr(slots, "Scrypt", _guarded_scrypt)
         yield
 
 
