@@ -18,6 +18,7 @@ from . import manifest as mf
 from . import sync
 from .chain import KEYS_PREFIX
 from .format import Reader
+from .held import forget_unlocked, unlock, use_transport
 from .ops import write
 from .ops.blobstream import BlobStream
 from .ops.doctor import _epoch
@@ -28,7 +29,7 @@ from .ops.status import open_reader, status
 from .ops.verify import verify
 from .reader import ChunkCache, FileReader
 from .results import PullResult, PushResult, RotateResult, StatusResult, VerifyResult
-from .session import UI, Session, forget_unlocked, session, unlock, use_transport
+from .session import UI, Session, session
 from .state import find_binding
 
 _POLLED = (mf.PREFIX, KEYS_PREFIX)  # what a poll lists: the manifest and the key commits

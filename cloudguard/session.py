@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from . import audit, chain, limits, sync, trust
+from . import audit, chain, held, limits, sync, trust
 from . import format as fmt
 from . import manifest as mf
 from .chain import Secret
@@ -28,7 +28,6 @@ from .errors import (
     KeyStoreError,
     UsageError,
 )
-from .keys import DeviceKey
 from .layout import DESCRIPTOR, descriptor_hash, listing_descriptor, parse_descriptor
 from .state import (
     Binding,
@@ -180,26 +179,9 @@ class Session:
         return name
 
 
-# Transports a long-lived face opened for its folders (vault.Vault: one rclone rcd each);
-# sessions of this process use them instead of starting rclone per call.
-_OPEN_TRANSPORTS: dict[str, Transport] = {}
-
-
 def _transport(binding: Binding) -> Transport:
-    return _OPEN_TRANSPORTS.get(binding.id) or open_transport(binding.remote)
-
-
-def long_lived(binding: Binding) -> bool:
-    """Is a long-lived face (daemon, mount) serving ``binding`` in this process?"""
-    return binding.id in _OPEN_TRANSPORTS
-
-
-def use_transport(binding: Binding, transport: Transport | None) -> None:
-    """Route this process's sessions of ``binding`` through ``transport`` (None: stop)."""
-    if transport is None:
-        _OPEN_TRANSPORTS.pop(binding.id, None)
-    else:
-        _OPEN_TRANSPORTS[binding.id] = transport
+    """A long-lived face's transport for ``binding`` (held.py), else a new one."""
+    return held.held_transport(binding) or open_transport(binding.remote)
 
 
 def _recover_torn_segment(index: Index, transport: Transport, listing: dict[str, int],
@@ -241,32 +223,6 @@ def _finish_deletions(index: Index, transport: Transport, listing: dict[str, int
         for name in doomed:
             listing.pop(name, None)
     index.set_meta("pending_delete", None)
-
-
-def _device_key(binding: Binding) -> DeviceKey:
-    return DeviceKey(binding.keystore, binding.key_account, binding.dir / "device.key")
-
-
-# Device secrets a long-lived face unlocked once (vault.Vault): sessions of this process use
-# them instead of the keyring or a passphrase. Memory only; `cloudguard lock` ends the process.
-_UNLOCKED: dict[str, Secret] = {}
-
-
-def unlock(binding: Binding, cache_seconds: float | None = None) -> Secret:
-    """The device secret of ``binding``, read once and then kept for this process.
-    ``cache_seconds``: see keys.DeviceKey.load."""
-    secret = _UNLOCKED.get(binding.id)
-    if secret is None:
-        secret = _device_key(binding).load(cache_seconds)
-        _UNLOCKED[binding.id] = secret
-    return secret
-
-
-def forget_unlocked(binding: Binding | None = None) -> None:
-    if binding is None:
-        _UNLOCKED.clear()
-    else:
-        _UNLOCKED.pop(binding.id, None)
 
 
 def _in_background(work: Callable[[], T]) -> Callable[[], T]:
@@ -363,7 +319,7 @@ def _open(binding: Binding, index: Index, ui: UI, cache_dir: Path, state: mf.Sta
     # slots in two processes at once, while the device key is read from the keyring
     early = _start_fetch(transport)
     try:
-        me = _UNLOCKED.get(binding.id) or _device_key(binding).load()
+        me = held.unlocked(binding) or held.device_key(binding).load()
     except BaseException:
         for wait in early:
             with suppress(Exception):

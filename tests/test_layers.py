@@ -17,7 +17,7 @@ LAYERS: dict[str, int] = {
     "rcd": 1, "memtransport": 1,
     "manifest": 2, "sync": 2, "trust": 2, "folding": 2, "ignore": 2, "doctor": 2, "layout": 2,
     "audit": 2,
-    "session": 3, "reader": 3, "lock": 3,
+    "session": 3, "held": 3, "reader": 3, "lock": 3,
     "ops": 4,
     "api": 5, "vault": 5,
     "cli": 6, "daemon": 6, "mount": 6, "__main__": 6, "__init__": 6,

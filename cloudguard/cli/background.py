@@ -263,8 +263,8 @@ def unlock_cmd(folders: tuple[str, ...], as_json: bool) -> None:
     """Open the device key files (asking for their passphrases) and hand them to a daemon
     that started locked, through the kernel keyring: never on disk, never over a socket."""
     from ..daemon import control
+    from ..held import unlock
     from ..keycache import HANDOVER_SECONDS
-    from ..session import unlock
     from ..settings import settings
     from ..state import all_bindings, find_binding
 

@@ -22,8 +22,8 @@ from typing import Any
 
 from .. import lock, rclone_run
 from ..errors import CloudguardError, PassphraseNeeded, UsageError
+from ..held import unlock
 from ..ignore import Ignore
-from ..session import unlock
 from ..state import Binding, all_bindings, find_binding, home
 from . import control
 from .config import load as load_config

@@ -19,6 +19,7 @@ from ..errors import (
     KeyStoreError,
     UsageError,
 )
+from ..held import device_key
 from ..keys import now_iso
 from ..layout import (
     DESCRIPTOR,
@@ -29,7 +30,7 @@ from ..layout import (
     parse_descriptor,
 )
 from ..results import CloneResult, InitResult
-from ..session import UI, _device_key
+from ..session import UI
 from ..state import (
     Binding,
     Index,
@@ -123,7 +124,7 @@ def init_vault(folder: str, remote: str, padding: str = "padme", name: str | Non
     binding = Binding(id=Binding.new_id(), folder=str(path), remote=transport.remote,
                       vault_id=vault_id, device=rid, device_name=device_name,
                       keystore=keymod.choose_keystore(), padding=padding)
-    _device_key(binding).create(secret)
+    device_key(binding).create(secret)
     transport.ensure_root()
     transport.put_bytes(DESCRIPTOR, descriptor)
     trust.write(transport, None, genesis, data, keyobj)
@@ -163,7 +164,7 @@ def clone_vault(remote: str, folder: str, kit: str | None = None, name: str | No
 
 
 def _forget_binding(binding: Binding) -> None:
-    _device_key(binding).delete()
+    device_key(binding).delete()
     shutil.rmtree(binding.dir, ignore_errors=True)
 
 
@@ -238,7 +239,7 @@ def _clone(remote: str, path: Path, kit: str | None, name: str | None, ui: UI | 
                            name)
     binding.mount_only = mount_only
     made.append(binding)
-    me = _device_key(binding).create()
+    me = device_key(binding).create()
     if opened is None:
         binding.enrolled = False
         request = chain.make_request(vault_id, binding.device, binding.device_name, now_iso(),

@@ -15,7 +15,8 @@ from .. import manifest as mf
 from ..errors import (
     IntegrityError,
 )
-from ..session import Session, long_lived
+from ..held import long_lived
+from ..session import Session
 from ..settings import settings
 from ..sync.early import forget, left_behind
 

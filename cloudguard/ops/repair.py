@@ -27,13 +27,13 @@ from .. import format as fmt
 from .. import manifest as mf
 from .. import sync, trust
 from ..errors import FileChangedError, HistoryError, IntegrityError, UsageError
+from ..held import device_key
 from ..layout import descriptor_hash, listing_descriptor, parse_descriptor
 from ..names import local
 from ..results import RepairResult, RepublishResult
 from ..session import (
     UI,
     Session,
-    _device_key,
     _prefetch,
     _recover_torn_segment,
     _transport,
@@ -306,7 +306,7 @@ def _session_without_history(binding: Binding, index: Index, state: mf.State, ui
     earlier, and left as it was by the load that failed), with the key chain verified as
     always; the remote's manifest segments are not applied."""
     transport = _transport(binding)
-    me = _device_key(binding).load()
+    me = device_key(binding).load()
     listing = {n: o.size for n, o in transport.list().items()}
     cache = mf.SegmentCache(binding.dir / "segments")
     segments = {n: size for n, size in listing.items() if n.startswith(mf.PREFIX)}

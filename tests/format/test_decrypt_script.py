@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from helpers import CHEAP_KDF_LOG_N, PASSPHRASE, cg, cg_json, sign_entries, tree
 
-from cloudguard import chain, membership, session
+from cloudguard import chain, held, membership
 from cloudguard import format as fmt
 from cloudguard import keys as keymod
 from cloudguard import manifest as mf
@@ -134,7 +134,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
         write(a / "second-push.txt", b"one more delta\n")
         cg("push", "--folder", str(a))
         binding = find_binding(str(a))
-        yield Built(remote, kit, tree(a), (session._device_key(binding).load(), binding.device))
+        yield Built(remote, kit, tree(a), (held.device_key(binding).load(), binding.device))
 
 
 def copy_of(built: Built, dest: Path) -> Path:
@@ -451,7 +451,7 @@ def test_removed_device(local_remote: str, tmp_path: Path) -> None:
     write(b / "from-b.txt", b"b\n", T0 + 1)
     cg("push", "--folder", str(b))
     cg("pull", "--folder", str(a))
-    desk_secret = session._device_key(find_binding(str(b))).load()
+    desk_secret = held.device_key(find_binding(str(b))).load()
     listed = cg_json("device", "list", "--folder", str(a))
     desk = next(m["id"] for m in listed["members"] if m["name"] == "desk")
     cg("device", "remove", desk, "--folder", str(a))

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from cloudguard import sync, vault
 from cloudguard.errors import TransportError
+from cloudguard.held import use_transport
 from cloudguard.memtransport import MemoryTransport
-from cloudguard.session import use_transport
 from cloudguard.state import find_binding
 
 NAMES = st.text(alphabet="abcdef", min_size=1, max_size=3)
