@@ -42,6 +42,15 @@ def share(remote: str, a: Path, b: Path, kit: Path, names: tuple[str, str] | Non
     cg("clone", remote, str(b), "--key-file", str(kit), *(["--name", names[1]] if names else []))
 
 
+def setup_two(remote: str, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """Devices A and B (laptop-a, desk-b) share a vault holding doc.txt; returns A, B, the kit."""
+    a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
+    a.mkdir()
+    (a / "doc.txt").write_text("first")
+    share(remote, a, b, kit, ("laptop-a", "desk-b"))
+    return a, b, kit
+
+
 CHEAP_KDF_LOG_N = 10  # the cheapest scrypt cost, for every key file and kit a test makes
 
 # The real CLI in a child process, with the test suite's KDF hook set first (the hook is a

@@ -1,4 +1,5 @@
-"""Devices, recovery kits, rotation and revocation across several devices."""
+"""Devices, recovery kits and revocation across several devices; rotation is in
+tests/ops/test_rotate.py, re-encryption in test_rekey.py, enrolment in test_enrol.py."""
 
 from __future__ import annotations
 
@@ -8,39 +9,10 @@ from pathlib import Path
 
 import keyring
 import pytest
-from helpers import cg, cg_json, cg_proc, share, stored, tree
+from helpers import cg, cg_json, cg_proc, setup_two
 
 from cloudguard import keys
 from cloudguard.errors import KeyStoreError
-
-
-def setup_two(remote: str, tmp_path: Path) -> tuple[Path, Path, Path]:
-    a, b, kit = tmp_path / "a", tmp_path / "b", tmp_path / "kit.json"
-    a.mkdir()
-    (a / "doc.txt").write_text("first")
-    share(remote, a, b, kit, ("laptop-a", "desk-b"))
-    return a, b, kit
-
-
-def test_rotation_reaches_other_device_and_old_kit_still_opens(local_remote: str,
-                                                                tmp_path: Path) -> None:
-    a, b, kit = setup_two(local_remote, tmp_path)
-    before = stored(Path(local_remote))
-    rotated = cg_json("key", "rotate", "--folder", str(a))
-    assert rotated["epoch"] == 2
-    after = stored(Path(local_remote))
-    changed = {n for n in after if before.get(n) != after[n]}
-    assert changed and all(n.startswith(("m/", "keys/")) for n in changed), changed
-    assert not any(n.startswith("data/") for n in changed)
-    (a / "after.txt").write_text("written under epoch 2")
-    cg("push", "--folder", str(a))
-    cg("pull", "--folder", str(b))  # no manual step on b
-    assert (b / "after.txt").read_text() == "written under epoch 2"
-    epochs = cg_json("key", "list", "--folder", str(b))
-    assert [g["epoch"] for g in epochs if g["current"]] == [2]
-    c = tmp_path / "c"
-    cg("clone", local_remote, str(c), "--key-file", str(kit))
-    assert tree(c) == tree(a)
 
 
 def test_device_list_json_shape(local_remote: str, tmp_path: Path) -> None:
@@ -55,29 +27,6 @@ def test_device_list_json_shape(local_remote: str, tmp_path: Path) -> None:
     assert len(listed["vault_code"]) == 29 and listed["removed"] == []
 
 
-def test_remove_kit_with_reencrypt_revokes_it(local_remote: str, tmp_path: Path) -> None:
-    a, b, kit = setup_two(local_remote, tmp_path)
-    (a / "big.bin").write_bytes(os.urandom(5 * 1024 * 1024))
-    cg("push", "--folder", str(a))
-    old = set(stored(Path(local_remote)))
-    kit_id = json.loads(kit.read_text())["rid"]
-    cg("device", "remove", kit_id, "--reencrypt", "--folder", str(a))
-    now = set(stored(Path(local_remote)))
-    commits = {n for n in now if n.startswith("keys/") and not n.endswith(".k")}
-    # signed commits are never deleted; every secret (key objects, data, manifests) is new
-    assert not (old & now) - {"cloudguard.json"} - commits, "an old object survived --reencrypt"
-    assert not any(n.endswith(".k") for n in old & now)
-    proc = cg_proc("clone", local_remote, str(tmp_path / "thief"), "--key-file", str(kit))
-    assert proc.returncode != 0 and "removed" in proc.stderr
-    assert not (tmp_path / "thief").exists()
-    cg("pull", "--folder", str(b))
-    assert tree(a) == tree(b)
-    cg("verify", "--read-data", "--folder", str(b))
-    listed = cg_json("device", "list", "--folder", str(b))
-    assert kit_id not in {r["id"] for r in listed["members"]}
-    assert kit_id in {r["id"] for r in listed["removed"]}
-
-
 def test_removed_device_cannot_read_new_pushes(local_remote: str, tmp_path: Path) -> None:
     a, b, _kit = setup_two(local_remote, tmp_path)
     b_id = [r["id"] for r in cg_json("device", "list", "--folder", str(b))["members"]
@@ -88,31 +37,6 @@ def test_removed_device_cannot_read_new_pushes(local_remote: str, tmp_path: Path
     proc = cg_proc("pull", "--folder", str(b))
     assert proc.returncode == 1 and "removed" in proc.stderr
     assert not (b / "secret-after-removal.txt").exists()
-
-
-def test_enrolment_by_approval(local_remote: str, tmp_path: Path) -> None:
-    a = tmp_path / "a"
-    a.mkdir()
-    (a / "doc.txt").write_text("hello")
-    cg("init", str(a), "--remote", local_remote)
-    cg("push", "--folder", str(a))
-    code = cg_json("device", "list", "--folder", str(a))["vault_code"]
-    refused = cg_proc("clone", local_remote, str(tmp_path / "x"))
-    assert refused.returncode == 2 and "vault code" in refused.stderr
-    wrong = cg_proc("clone", local_remote, str(tmp_path / "x"), "--vault-code",
-                    "AAAA-BBBB-CCCC-DDDD-EEEE-FFFF")
-    assert wrong.returncode == 3 and "fake vault" in wrong.stderr
-    request = cg_json("clone", local_remote, str(tmp_path / "b"), "--vault-code",
-                      code.lower().replace("-", " "))
-    assert request["enrolled"] is False
-    fp = request["fingerprint"]
-    waiting = cg_proc("pull", "--folder", str(tmp_path / "b"))
-    assert waiting.returncode == 1 and fp in waiting.stderr
-    assert cg_proc("device", "approve", "AAAA-BBBB-CCCC-DDDD-EEEE-FFFF", "--folder",
-                   str(a)).returncode == 2
-    cg("device", "approve", fp, "--folder", str(a), "--yes")
-    cg("pull", "--folder", str(tmp_path / "b"))
-    assert (tmp_path / "b" / "doc.txt").read_text() == "hello"
 
 
 def test_slipped_in_key_slot_is_rejected(local_remote: str, tmp_path: Path) -> None:

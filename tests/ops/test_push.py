@@ -1,6 +1,6 @@
 """push end to end against real rclone remotes, and the round trip through clone and pull on
 every kind of remote (the rest of the former test_vault.py is in test_pull, test_verify,
-test_maintain, test_init_clone, transport/test_transport and cli/test_cli_output)."""
+test_maintain, test_enrol, transport/test_transport and cli/test_cli_output)."""
 
 from __future__ import annotations
 

@@ -183,7 +183,7 @@ def test_recovery_script_reads_repaired_and_half_reencrypted_vaults(
     (Path(local_remote) / "data" / blob_of(a, "f1.bin")[0]).unlink()
     assert cg_json("repair", "--folder", str(a))["repaired"] == ["f1.bin"]
     assert recovered(local_remote, kit, tmp_path / "out1") == tree(a)
-    from test_reencrypt_resume import interrupted_reencrypt
+    from test_rekey import interrupted_reencrypt
 
     interrupted_reencrypt(a, monkeypatch)
     assert cg_json("status", "--folder", str(a))["reencryption"]["files_left"] == 2

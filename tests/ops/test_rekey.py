@@ -1,15 +1,17 @@
-"""Issue 9 item 11: an interrupted re-encryption is shown, audited and finished by a re-run
-that does not redo what is done, against a real local remote."""
+"""Re-encryption (ops/rekey.py: ``key rotate --reencrypt``, ``device remove --reencrypt``)
+against a real local remote: it replaces every secret object, and (issue 9 item 11) an
+interrupted one is shown, audited and finished by a re-run that does not redo what is done."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import CHEAP_KDF_LOG_N, cg, cg_json, cg_proc, share, tree
+from helpers import CHEAP_KDF_LOG_N, cg, cg_json, cg_proc, setup_two, share, stored, tree
 
 from cloudguard import audit, sync
 from cloudguard.ops import rekey
@@ -198,3 +200,26 @@ def test_a_version_the_interrupted_reencryption_had_not_reached_stays_in_the_his
         # re-encryption redid are not
         ended = [n for n in kept if shown[n][0]["ended"]]
         assert len(ended) >= 3 and not any(shown[n][1]["ended"] for n in kept), shown
+
+
+def test_remove_kit_with_reencrypt_revokes_it(local_remote: str, tmp_path: Path) -> None:
+    a, b, kit = setup_two(local_remote, tmp_path)
+    (a / "big.bin").write_bytes(os.urandom(5 * 1024 * 1024))
+    cg("push", "--folder", str(a))
+    old = set(stored(Path(local_remote)))
+    kit_id = json.loads(kit.read_text())["rid"]
+    cg("device", "remove", kit_id, "--reencrypt", "--folder", str(a))
+    now = set(stored(Path(local_remote)))
+    commits = {n for n in now if n.startswith("keys/") and not n.endswith(".k")}
+    # signed commits are never deleted; every secret (key objects, data, manifests) is new
+    assert not (old & now) - {"cloudguard.json"} - commits, "an old object survived --reencrypt"
+    assert not any(n.endswith(".k") for n in old & now)
+    proc = cg_proc("clone", local_remote, str(tmp_path / "thief"), "--key-file", str(kit))
+    assert proc.returncode != 0 and "removed" in proc.stderr
+    assert not (tmp_path / "thief").exists()
+    cg("pull", "--folder", str(b))
+    assert tree(a) == tree(b)
+    cg("verify", "--read-data", "--folder", str(b))
+    listed = cg_json("device", "list", "--folder", str(b))
+    assert kit_id not in {r["id"] for r in listed["members"]}
+    assert kit_id in {r["id"] for r in listed["removed"]}

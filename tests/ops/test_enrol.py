@@ -1,4 +1,5 @@
-"""init and clone against the wrong place (issue 9 items 15 and 19).
+"""Making and joining a vault (ops/enrol.py): init, clone by kit or by approval, and init and
+clone against the wrong place (issue 9 items 15 and 19).
 
 Item 19: a remote path that holds no vault is a mistake (exit 1, "no vault at ..."), not
 tampering; exit 3 stays for a vault that is there but fails verification.
@@ -212,3 +213,28 @@ def test_unknown_format_version_is_refused(local_remote: str, tmp_path: Path) ->
     proc = cg_proc("clone", local_remote, str(tmp_path / "b"))
     assert proc.returncode == 1 and "format 99 is unknown" in proc.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_enrolment_by_approval(local_remote: str, tmp_path: Path) -> None:
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "doc.txt").write_text("hello")
+    cg("init", str(a), "--remote", local_remote)
+    cg("push", "--folder", str(a))
+    code = cg_json("device", "list", "--folder", str(a))["vault_code"]
+    refused = cg_proc("clone", local_remote, str(tmp_path / "x"))
+    assert refused.returncode == 2 and "vault code" in refused.stderr
+    wrong = cg_proc("clone", local_remote, str(tmp_path / "x"), "--vault-code",
+                    "AAAA-BBBB-CCCC-DDDD-EEEE-FFFF")
+    assert wrong.returncode == 3 and "fake vault" in wrong.stderr
+    request = cg_json("clone", local_remote, str(tmp_path / "b"), "--vault-code",
+                      code.lower().replace("-", " "))
+    assert request["enrolled"] is False
+    fp = request["fingerprint"]
+    waiting = cg_proc("pull", "--folder", str(tmp_path / "b"))
+    assert waiting.returncode == 1 and fp in waiting.stderr
+    assert cg_proc("device", "approve", "AAAA-BBBB-CCCC-DDDD-EEEE-FFFF", "--folder",
+                   str(a)).returncode == 2
+    cg("device", "approve", fp, "--folder", str(a), "--yes")
+    cg("pull", "--folder", str(tmp_path / "b"))
+    assert (tmp_path / "b" / "doc.txt").read_text() == "hello"
