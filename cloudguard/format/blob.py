@@ -19,6 +19,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from ..errors import FileChangedError, IntegrityError
 from .common import CHUNK_SIZE, FILE_ID_SIZE, KEY_SIZE, TAG_SIZE, VERSION, _hkdf, _nonce, padme
 
+__all__ = [
+    "BLOB_HEADER_SIZE", "BLOB_MAGIC", "DEK_WRAP_SIZE", "PACK_HEADER_SIZE", "PACK_MAGIC",
+    "BlobHeader", "BlobInfo", "BlobSealer", "OpenBlob", "Reader", "blob_size", "chunk_count",
+    "decrypt_blob", "decrypt_blob_iter", "decrypt_chunk", "encrypt_blob", "expect_end",
+    "new_dek", "new_file_id", "new_object_id", "open_blob", "open_blob_header", "pack_header",
+    "padded_length", "read_blob_stream", "read_exact", "unwrap_dek", "wrap_dek",
+]
+
 BLOB_MAGIC = b"CGB" + bytes([VERSION])
 PACK_MAGIC = b"CGP" + bytes([VERSION])
 BLOB_HEADER_SIZE = 4 + FILE_ID_SIZE + 32 + (16 + TAG_SIZE)

@@ -13,6 +13,11 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..errors import IntegrityError
 
+__all__ = [
+    "CHUNK_SIZE", "FILE_ID_SIZE", "KEY_SIZE", "TAG_SIZE", "VERSION", "b64", "padme",
+    "parse_json", "unb64",
+]
+
 VERSION = 2
 CHUNK_SIZE = 64 * 1024
 TAG_SIZE = 16

@@ -16,6 +16,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from ..errors import IntegrityError
 from .common import TAG_SIZE, VERSION, _hkdf, _nonce, padme, parse_json
 
+__all__ = [
+    "MAX_SEGMENT_PLAIN", "SEGMENT_HEADER_SIZE", "SEGMENT_MAGIC", "SEGMENT_MIN_PLAIN",
+    "SEGMENT_MIN_SIZE", "SIGNATURE_SIZE", "open_segment", "seal_segment", "segment_head",
+    "verify_segment",
+]
+
 SEGMENT_MAGIC = b"CGM" + bytes([VERSION])
 
 SEGMENT_HEADER_SIZE = 4 + 4 + 32 + 12

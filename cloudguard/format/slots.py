@@ -20,6 +20,12 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from ..errors import IntegrityError
 from .common import TAG_SIZE, _hkdf, _nonce, b64, padme, parse_json, unb64
 
+__all__ = [
+    "KIT_LOG_N", "MAX_LOG_N", "SCRYPT_P", "SCRYPT_R", "fingerprint", "kek_commit", "open_json",
+    "open_with_passphrase", "public_bytes", "seal_json", "seal_with_passphrase",
+    "unwrap_from_slot", "vault_code", "wrap_to_recipient",
+]
+
 # --- key slots ----------------------------------------------------------------------------
 
 
