@@ -165,14 +165,27 @@ LAND_EVERY = 256 * 1024 * 1024  # uploaded plaintext bytes committed together (o
 
 def _same_disk(spool: Path, transport: Transport) -> bool:
     """A local remote on the spool's filesystem takes spool files by rename: no copy, and no
-    extra disk at all, so even a big file may be spooled there."""
+    extra disk at all, so even a big file may be spooled there.
+
+    Either folder may not exist yet (the spool does not before a binding's first push): its
+    nearest existing parent stands for it. Early streams ask this before the uploader makes
+    the spool; a False there streamed a first push's big files twice (rcat, then the spool).
+    """
     if not transport.local:
         return False
     root = Path(getattr(transport, "remote", ""))
     try:
-        return os.stat(spool).st_dev == os.stat(root if root.exists() else root.parent).st_dev
+        return os.stat(_existing(spool)).st_dev == os.stat(_existing(root)).st_dev
     except OSError:
         return False
+
+
+def _existing(path: Path) -> Path:
+    """``path`` or its nearest parent that exists."""
+    path = path.absolute()
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
 
 
 class _InFlight:
