@@ -152,19 +152,31 @@ def _late(s: Session, hasher: Callable[[str], str]
     return late
 
 
+LATE_MOVED = "late_moved"  # index meta: paths a late copy was moved onto (round 19, HH2)
+
+
+def late_moved(s: Session) -> list[str]:
+    """Where a push moved a late copy's row: the pull looks at these paths even when the
+    row's dot is the live one's (the late copy was moved onto a path its carrying push also
+    wrote), or the copy would stay in the folder for good (review round 19, HH2)."""
+    got = s.index.get_meta(LATE_MOVED, [])
+    return [p for p in got if isinstance(p, str)] if isinstance(got, list) else []
+
+
 def _late_row(s: Session, row: IndexRow) -> bool:
-    """Does this index row name a removed member's late version (file or link)?"""
+    """Does this index row name a removed member's late version (file or link)? The version
+    is the one of the row's dot with the row's content, wherever it is: a late copy renamed
+    here takes its row along, so renaming it again or changing its mode does not make it
+    this device's (review round 18, GG1); and one dot names a whole push, so the version
+    found at the row's path counts only with the row's content, or a late copy moved onto a
+    path the same push wrote would be judged by that other version (round 19, HH1)."""
     cuts = s.state.cuts
     if not cuts or not row.dot or row.kind not in ("f", "l"):
         return False
-    entry = s.state.version(row.path, row.dot) or _moved_version(s, row)
+    tag = mf.resolutions.content_tag({"t": row.kind,
+                                      "h": row.sha256 if row.kind == "f" else None,
+                                      "l": row.target if row.kind == "l" else None})
+    entry = s.state.version(row.path, row.dot)
+    if entry is None or mf.resolutions.content_tag(entry) != tag:
+        entry = mf.resolutions.held(s.state, row.dot, tag)
     return entry is not None and mf.resolutions.late_version(row.dot, entry, cuts)
-
-
-def _moved_version(s: Session, row: IndexRow) -> dict[str, Any] | None:
-    """The version a row names where the row has moved since (a late copy renamed here, its
-    row following it): found by dot and content, so renaming it again or changing its mode
-    does not make it this device's (review round 18, GG1)."""
-    return mf.resolutions.held(s.state, row.dot, mf.resolutions.content_tag(
-        {"t": row.kind, "h": row.sha256 if row.kind == "f" else None,
-         "l": row.target if row.kind == "l" else None}))

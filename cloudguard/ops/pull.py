@@ -29,7 +29,19 @@ from ..session import UI, Session, session
 from ..state import (
     IndexRow,
 )
-from .common import _audited, _counts, _hasher, _late, _log, _resolve, _scan, relative_paths
+from .common import (
+    LATE_MOVED,
+    _audited,
+    _counts,
+    _hasher,
+    _late,
+    _late_row,
+    _log,
+    _resolve,
+    _scan,
+    late_moved,
+    relative_paths,
+)
 
 
 def pull(folder: str | None, ui: UI | None = None, paths: list[str] | None = None
@@ -60,7 +72,9 @@ def _pull_plan(s: Session, local: dict[str, sync.LocalItem], scope: list[str] | 
         return scope is None or sync.under(p, scope) or any(
             root.startswith(p + "/") for root in scope)
 
-    wanted = {p: d for p, d in heads.items() if known.get(p) != d and looked_at(p)}
+    onto = set(late_moved(s))  # a late copy moved onto a path with that very dot (HH2)
+    wanted = {p: d for p, d in heads.items()
+              if (known.get(p) != d or p in onto) and looked_at(p)}
     gone = [p for p in known if p not in heads and looked_at(p)]
     remote = sync.view_of(s.state, wanted)
     rows = s.index.rows_for([*wanted, *gone])
@@ -161,6 +175,11 @@ def _pull(s: Session, scope: list[str] | None = None) -> PullResult:
             rem = remote.get(path)
             if rem is not None:  # conflict: remember the remote version, so ours replaces it
                 s.index.put(sync.row_from_entry(path, rem[0], rem[1]))
+    onto = late_moved(s)
+    if onto:  # a late copy replaced or removed now needs no more looks
+        rows = s.index.rows_for(onto)
+        s.index.set_meta(LATE_MOVED, [p for p in onto
+                                      if p in rows and _late_row(s, rows[p])])
     kinds = {r.path: r.kind for r in plan.delete}
     return PullResult(
         downloaded=sorted(written), updated=updated, deleted=deleted,

@@ -30,6 +30,7 @@ from ..state import (
     write_marker,
 )
 from .common import (
+    LATE_MOVED,
     _audited,
     _counts,
     _late,
@@ -37,6 +38,7 @@ from .common import (
     _resolve,
     _safe_hasher,
     _scan,
+    late_moved,
     relative_paths,
 )
 from .maintain import _collect_pending, _maintain
@@ -211,10 +213,14 @@ def _push(s: Session, dry_run: bool, allow_mass_delete: bool = False,
     _check_mass_delete(s, plan, allow_mass_delete, deleted_before)
     if rewritten_before is not None:
         _check_mass_change(s, plan, index_rows, rewritten_before)
+    moved_onto = set(late_moved(s))
     for old, new in plan.late_moves.items():  # the late copy's row follows it (EE3)
         moved = index_rows[old]
         s.index.put(sync.row_from(local[new], moved.dot, moved.sha256))
         s.index.remove(old)
+        moved_onto = (moved_onto - {old}) | {new}
+    if plan.late_moves:
+        s.index.set_meta(LATE_MOVED, sorted(moved_onto))
     _collect_pending(s)
     _upload_again(s, _rewrap_stale(s), plan, local, index_rows)
     total = sum(i.size for i in plan.upload)

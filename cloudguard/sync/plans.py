@@ -388,7 +388,9 @@ def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
                 plan.forget.append(path)
             continue
         dot, entry = rem
-        if row is not None and row.dot == dot:
+        # a late copy moved onto a path its carrying push also wrote has the live dot and
+        # other content: the version there replaces it, as any late copy (round 19, HH2)
+        if row is not None and row.dot == dot and not (loc is not None and late(loc, row)):
             continue
         kind = entry.get("t")
         if loc is None:

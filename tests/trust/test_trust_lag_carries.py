@@ -350,3 +350,48 @@ def test_restore_late_of_a_copy_the_push_refused_makes_it_this_devices(
     assert "notes.txt" in c.json("push")["uploaded"]
     assert a.run("pull").exit_code == 0
     assert (a.folder / "notes.txt").exists()
+
+
+def _b_carried_late_with_another_path(x: Dev, b: Dev, provider: Provider,
+                                      before: dict[str, bytes]) -> None:
+    """X rewrites paper.txt late; lagging B pulls it, renames it to b.txt and writes
+    notes.txt in the same push: one dot for both, b.txt's naming X's as its source (cs)."""
+    with provider.showing(before) as late:
+        x.write("paper.txt", LATE)
+        x.cg("push")
+    with provider.showing({**before, **late}):
+        assert b.run("pull").exit_code == 0
+        os.rename(b.folder / "paper.txt", b.folder / "b.txt")
+        b.write("notes.txt", "B's own notes")
+        assert not b.json("push")["late"]
+
+
+@pytest.mark.parametrize("second", ["none", "chmod", "rename"])
+def test_a_late_copy_moved_onto_a_path_its_carrying_push_wrote_stays_late(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, second: str) -> None:
+    """Review round 19, HH1/HH2: once the removal shows, B's user moves the late copy over
+    notes.txt, which the same lag push wrote (same dot, other content). The row's version
+    was found by path and dot alone, so it was B's honest notes: a chmod or a rename then
+    sent X's content as B's (HH1); and the pull compared dots only, so B's folder kept X's
+    text at notes.txt for good while status said in sync (HH2). Safe: X's content reaches no
+    device, and B's pull puts B's notes back."""
+    (a, b, e, x), before = x_removed(monkeypatch, tmp_path, local_remote, provider)
+    _b_carried_late_with_another_path(x, b, provider, before)
+    os.replace(b.folder / "b.txt", b.folder / "notes.txt")
+    assert b.json("push")["late"] == ["notes.txt"]
+    if second == "none":
+        status = b.json("status")
+        assert not status["in_sync"] and "notes.txt" in status["to_pull"], status
+    elif second == "chmod":
+        os.chmod(b.folder / "notes.txt", 0o600)
+    else:
+        os.rename(b.folder / "notes.txt", b.folder / "final.txt")
+    again = b.json("push")
+    assert not again["uploaded"] and not again["updated"], again
+    got = _pull_all([a, e, b, b])
+    restored = _texts(script_restores(a, local_remote, tmp_path))
+    for where, v in [*got.items(), ("script", restored)]:
+        assert LATE not in v.values(), (where, v)
+        assert v.get("notes.txt") == "B's own notes", (where, v)
+    assert b.json("status")["in_sync"]
