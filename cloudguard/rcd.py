@@ -22,6 +22,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import threading
@@ -57,6 +58,45 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+OWNER = "owner"  # the pid of the process whose rclone rcd the folder is for
+_UNOWNED_AGE = 3600.0  # a folder without an owner file (one being made) is left this long
+
+
+def _sweep(where: Path) -> None:
+    """Remove the socket folders of processes that died without closing (``kill -9``): each
+    start cleans up after earlier ones, so /tmp does not fill with them. Only this user's
+    folders whose owner is gone (or that have had no owner file for an hour) are touched."""
+    now = time.time()
+    for stale in where.glob("cloudguard-rcd-*"):
+        try:
+            info = stale.lstat()
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+                continue
+            try:
+                pid = int((stale / OWNER).read_text())
+            except FileNotFoundError:
+                if now - info.st_mtime < _UNOWNED_AGE:
+                    continue
+            else:
+                if _alive(pid):
+                    continue
+            for child in stale.iterdir():
+                child.unlink()
+            stale.rmdir()
+        except (OSError, ValueError):
+            continue  # in use, changed meanwhile, or not ours to judge: left alone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _socket_dir() -> Path:
     """A fresh 0700 folder for the socket: under CLOUDGUARD_HOME when its path is short
     enough for a unix socket (108 bytes), else in the runtime folder, the temp folder, or
@@ -65,8 +105,10 @@ def _socket_dir() -> Path:
                   tempfile.gettempdir(), "/tmp"):
         if not where or len(os.path.join(where, "cloudguard-rcd-12345678", "rc.sock")) >= 100:
             continue
+        _sweep(Path(where))
         here = Path(tempfile.mkdtemp(prefix="cloudguard-rcd-", dir=where))
         if len(str(here / "rc.sock").encode()) < 100:
+            (here / OWNER).write_text(str(os.getpid()))
             return here
         here.rmdir()
     raise TransportError("no folder with a path short enough for rclone rcd's unix socket "

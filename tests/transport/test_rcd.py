@@ -60,10 +60,12 @@ def test_the_socket_is_private_and_nothing_outlives_close(local_remote: str) -> 
 
 
 def test_the_rcd_dies_with_a_killed_owner(local_remote: str, tmp_path: Path) -> None:
-    """A daemon killed with SIGKILL must not leave an rclone serving the remote."""
-    pid_file = tmp_path / "pid"
+    """A daemon killed with SIGKILL must not leave an rclone serving the remote, and the next
+    start removes the socket folder it left (only a dead owner's)."""
+    pid_file, dir_file = tmp_path / "pid", tmp_path / "dir"
     code = ("import sys, time; from cloudguard.rcd import RcdTransport; "
             f"t = RcdTransport({local_remote!r}); "
+            f"open({str(dir_file)!r}, 'w').write(str(t._dir)); "
             f"open({str(pid_file)!r}, 'w').write(str(t._proc.pid)); time.sleep(60)")
     owner = subprocess.Popen([sys.executable, "-c", code], env={**os.environ})
     deadline = time.monotonic() + 30
@@ -84,6 +86,19 @@ def test_the_rcd_dies_with_a_killed_owner(local_remote: str, tmp_path: Path) -> 
                 break
         assert time.monotonic() < deadline, "rclone rcd outlived its owner"
         time.sleep(0.05)
+    left = Path(dir_file.read_text())
+    assert left.is_dir()  # nothing closed it: the next start removes it
+    live = left.parent / "cloudguard-rcd-live"  # a running owner's (this process) stays
+    live.mkdir()
+    (live / "owner").write_text(str(os.getpid()))
+    young = left.parent / "cloudguard-rcd-young"  # one being made (no owner file yet) stays
+    young.mkdir()
+    rcd = RcdTransport(local_remote)
+    try:
+        assert not left.exists() and live.is_dir() and young.is_dir()
+        assert (Path(rcd._sock).parent / "owner").read_text() == str(os.getpid())
+    finally:
+        rcd.close()
 
 
 def test_calls_from_several_threads_at_once(local_remote: str) -> None:
