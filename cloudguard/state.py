@@ -251,7 +251,9 @@ def signature(kind: str, size: int, mtime: int, mode: int, target: str, ctime: i
 
 
 JOURNAL_KEY = "journal_version"  # meta: the version of the staged-version journal's rows
-JOURNAL_VERSION = 1
+# 2: a staged version's row also holds its DEK wrapped under a key of this device's own secret
+# (``lk``, ops/localwrap.py); a row of 1 (none) is read as before and given one at a commit
+JOURNAL_VERSION = 2
 
 
 class Index:
@@ -294,13 +296,14 @@ class Index:
         its version: one written by a newer cloudguard is refused, never misread (a row
         misread could commit a version no one can open, or drop one a mount acknowledged)."""
         got = self.get_meta(JOURNAL_KEY)
-        if got is None:
-            self.set_meta(JOURNAL_KEY, JOURNAL_VERSION)
-        elif type(got) is not int or not 1 <= got <= JOURNAL_VERSION:
+        if got is not None and (type(got) is not int or not 1 <= got <= JOURNAL_VERSION):
             self.db.close()
             raise UnsupportedFormat(
                 f"{path}: its staged-version journal is version {got!r}; this cloudguard "
                 f"reads versions 1 to {JOURNAL_VERSION} (upgrade cloudguard)")
+        if got != JOURNAL_VERSION:  # new, or an older version's: its rows read as they are,
+            self.set_meta(JOURNAL_KEY, JOURNAL_VERSION)  # and an older cloudguard never
+            # commits a row of this one (it would send its local wrap to the remote)
 
     def close(self) -> None:
         self.db.close()

@@ -28,9 +28,10 @@ from typing import Any
 from .. import chain, sync, trust
 from .. import format as fmt
 from .. import manifest as mf
-from ..errors import CloudguardError, IntegrityError, UsageError, named
+from ..errors import CloudguardError, IntegrityError, KeyStoreError, UsageError, named
 from ..keys import now_iso
 from ..session import INTENT, Session, intent
+from . import localwrap
 from .common import _log
 
 BATCH_BYTES = 64 * 1024 * 1024  # re-encrypted ciphertext committed in one delta segment ...
@@ -324,12 +325,21 @@ def _rewrap_staged(s: Session) -> None:
     """A mount's staged versions (a commit still to come) carry DEKs wrapped under the key
     of the head they were staged at, which this re-encryption is about to delete: they move
     to the new head's key first, or their commit would land versions no one can read. Such
-    a wrap was never on the remote, so the new key is also the first (``w``) they had."""
+    a wrap was never on the remote, so the new key is also the first (``w``) they had. One
+    whose key an earlier re-encryption (another device's) ended already comes from its local
+    wrap (ops/localwrap.py); one that has none that opens is left to the commit (_rewrap)."""
     head = s.ring.head.kek
+    local = localwrap.key(s.me, s.binding.vault_id, s.binding.device)
     with s.index.transaction():
         for row, _path, entry in s.index.staged():
             if "k" in entry and entry.get("g") != head:
-                dek, file_id = sync.dek_of(entry, s.ring.kek)
+                try:
+                    dek, file_id = sync.dek_of(entry, s.ring.kek)
+                except (IntegrityError, KeyStoreError):
+                    opened = localwrap.unwrap(local, entry)
+                    if opened is None:
+                        continue  # unchanged: its key is gone already, whatever this does
+                    dek, file_id = opened
                 entry["k"] = fmt.b64(fmt.wrap_dek(s.ring.head_kek, dek, file_id))
                 entry["g"] = entry["w"] = head
                 s.index.replace_staged(row, entry)

@@ -4,6 +4,8 @@ reading one file of the vault without the folder.
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 
 from .. import format as fmt
@@ -30,6 +32,7 @@ def status(folder: str | None, ui: UI | None = None) -> StatusResult:
             check_marker(s.binding)
         except GuardError as exc:
             s.ui.warn(str(exc))
+        _lost_note(s)
         local = _scan(s)
         up, _rows = _push_plan(s, local)
         down, _remote, _n = _pull_plan(s, local)
@@ -56,6 +59,24 @@ def status(folder: str | None, ui: UI | None = None) -> StatusResult:
                 push_deletes=_counts(r.kind for r in up.delete),
                 pull_deletes=_counts(r.kind for r in down.delete)),
         )
+
+
+LOST_DAYS = 7  # how long status repeats that a commit had to drop staged versions
+
+
+def _lost_note(s: Session) -> None:
+    """Staged versions a commit dropped (no key opens them any more, ops/write._lost): a
+    mount runs unattended, so status says so too, for a week after the last."""
+    from .write import LOST
+
+    note = s.index.get_meta(LOST, None)
+    if not isinstance(note, dict) or time.time() - float(note.get("at", 0)) > LOST_DAYS * 86400:
+        return
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(note["at"])))
+    s.ui.warn(f"{int(note.get('files', 0))} staged version(s) of a mount of this vault could "
+              f"not be committed (last on {when}): a re-encryption deleted the key they were "
+              "written under and this device's key does not open them; their paths keep "
+              "their last committed version (the audit log has the write-lost record)")
 
 
 def unfinished(s: Session) -> Reencryption | None:

@@ -13,6 +13,7 @@ commits the result.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -28,7 +29,7 @@ from ..errors import IntegrityError, KeyStoreError, UsageError
 from ..names import from_disk
 from ..session import Session, session
 from ..state import Index
-from . import namelog
+from . import localwrap, namelog
 from .blobstream import BlobStream, sweep
 from .common import _log
 
@@ -38,6 +39,7 @@ STAGED = "staged_versions"  # index meta: versions written and not yet committed
 # dropped must not replay them: a rename replayed over its own result would replace the file
 # it moved)
 COMMITTING = "staged_commit"
+log = logging.getLogger("cloudguard.write")
 
 
 def _spool(s: Session) -> Path:
@@ -64,6 +66,7 @@ class Stager:
         self._lock = threading.Lock()
         self._unsynced: list[Path] = []
         self._keks: dict[str, bytes] = {}  # every head KEK held, by commitment
+        self._local = localwrap.key(s.me, s.binding.vault_id, s.binding.device)
         self._index = Index(s.binding.dir / "index.db", threads=True)  # FUSE's threads
         self._index.db.execute("PRAGMA synchronous=NORMAL")  # WAL: safe when a process dies
         self.renew(s)
@@ -140,7 +143,8 @@ class Stager:
         entry: dict[str, Any] = {
             "t": "f", "s": info.size, "m": mtime_ns, "x": mode & 0o777, "h": info.sha256,
             "i": file_id.hex(), "k": fmt.b64(fmt.wrap_dek(kek, dek, file_id)),
-            "g": kek_id, "w": kek_id, "o": object_id, "a": 0, "n": info.blob_len, "om": md5}
+            "g": kek_id, "w": kek_id, "o": object_id, "a": 0, "n": info.blob_len, "om": md5,
+            localwrap.FIELD: localwrap.wrap(self._local, dek, file_id)}
         with self._lock:
             self._index.add_staged(path, entry)
             self._unsynced.append(self.spool / object_id)
@@ -254,33 +258,42 @@ def _rewrap(s: Session, known: Callable[[str], bytes | None] | None) -> None:
     re-encryption run meanwhile by another process or device publishes a new head and
     deletes the old key objects: committed as they were, those versions would be wrapped
     under a key no one can open any more. The old KEK comes from the session's ring or, once
-    deleted, from the stager that used it (``known``); a version staged under a key neither
-    has cannot be committed readable, and is refused, never landed. The wrap was never on
-    the remote, so the head's key is also the first (``w``) it has. A version whose key a
-    re-encryption ended (the chain says so: never a passing fetch error) can never be read
-    by anyone: it leaves the journal with a warning naming it, so that it does not hold up
-    every version staged after it; its path keeps its last committed version."""
+    deleted, from the stager that used it (``known``); when neither has it (the mount was
+    stopped while another device re-encrypted), the DEK comes from the row's local wrap
+    (ops/localwrap.py, journal version 2). The wrap was never on the remote, so the head's
+    key is also the first (``w``) it has. A row of journal version 1 (no local wrap) is given
+    one while its key is known. A version whose key a re-encryption ended (the chain says
+    so: never a passing fetch error) and that no local wrap of this device opens can never be
+    read by anyone: it leaves the journal (_lost), so that it does not hold up every version
+    staged after it; its path keeps its last committed version."""
     head = s.ring.head.kek
+    local = localwrap.key(s.me, s.binding.vault_id, s.binding.device)
     moved, lost = [], []
     for row, path, entry in s.index.staged():
-        if "k" not in entry or entry.get("g") == head:
+        if "k" not in entry or entry.get("g") == head and localwrap.FIELD in entry:
             continue
         kek_id = str(entry.get("g"))
         kek = known(kek_id) if known is not None else None
+        opened = None
         if kek is None:
             try:
                 kek = s.ring.kek(kek_id)
             except (IntegrityError, KeyStoreError) as exc:
-                if kek_id in s.state.ended:
+                opened = localwrap.unwrap(local, entry)
+                if opened is None and kek_id in s.state.ended:
                     lost.append((row, path))
                     continue
-                raise IntegrityError(
-                    f"{path}: a staged version's key {kek_id[:16]}... is gone (a "
-                    "re-encryption deleted it before the version was committed); it cannot "
-                    "be committed readable") from exc
-        dek, file_id = sync.dek_of(entry, {kek_id: kek}.__getitem__)
-        entry["k"] = fmt.b64(fmt.wrap_dek(s.ring.head_kek, dek, file_id))
-        entry["g"] = entry["w"] = head
+                if opened is None:
+                    raise IntegrityError(
+                        f"{path}: a staged version's key {kek_id[:16]}... is gone (a "
+                        "re-encryption deleted it before the version was committed); it "
+                        "cannot be committed readable") from exc
+        held = {} if kek is None else {kek_id: kek}
+        dek, file_id = opened or sync.dek_of(entry, held.__getitem__)
+        if kek_id != head:
+            entry["k"] = fmt.b64(fmt.wrap_dek(s.ring.head_kek, dek, file_id))
+            entry["g"] = entry["w"] = head
+        entry.setdefault(localwrap.FIELD, localwrap.wrap(local, dek, file_id))
         moved.append((row, entry))
     if moved or lost:
         with s.index.transaction():
@@ -288,11 +301,27 @@ def _rewrap(s: Session, known: Callable[[str], bytes | None] | None) -> None:
                 s.index.replace_staged(row, entry)
             s.index.drop_staged([row for row, _path in lost])
     if lost:
-        s.ui.warn(f"{len(lost)} staged version(s) could not be committed, e.g. {lost[0][1]}: "
-                  "a re-encryption deleted the key they were written under before they were "
-                  "committed (the mount was stopped meanwhile); those paths keep their last "
-                  "committed version")
-        _log(s, "write-lost", files=len(lost))
+        _lost(s, [path for _row, path in lost])
+
+
+LOST = "staged_lost"  # index meta: versions a commit had to drop (count, when); status says so
+
+
+def _lost(s: Session, paths: list[str]) -> None:
+    """Saved data that no one can read any more is said everywhere the user may look: the
+    terminal (naming a path), the audit log, the log (a mount's; no file names there) and
+    ``cloudguard status`` (ops/status.py, from index meta ``staged_lost``)."""
+    s.ui.warn(f"{len(paths)} staged version(s) could not be committed, e.g. {paths[0]}: "
+              "a re-encryption deleted the key they were written under before they were "
+              "committed (the mount was stopped meanwhile), and this device's own key does "
+              "not open them; those paths keep their last committed version")
+    log.warning("%d staged version(s) could not be committed: a re-encryption deleted the key "
+                "they were written under and this device's key does not open them; their "
+                "paths keep their last committed version (see the audit log)", len(paths))
+    before = s.index.get_meta(LOST, None) or {}
+    s.index.set_meta(LOST, {"files": int(before.get("files", 0)) + len(paths),
+                            "at": time.time()})
+    _log(s, "write-lost", files=len(paths))
 
 
 def commit_staged(s: Session, known: Callable[[str], bytes | None] | None = None
@@ -320,6 +349,8 @@ def commit_staged(s: Session, known: Callable[[str], bytes | None] | None = None
         sibs = s.state.siblings(path)
         if entry is None and not sibs or len(sibs) == 1 and entry in sibs.values():
             continue  # made and removed in this batch, or back as it was
+        if entry is not None:
+            entry = localwrap.strip(entry)  # local state: never committed
         ops.append({"p": path, "e": None if entry is None else mf.resolutions.carry(entry),
                     "rm": sorted(sibs, key=sync.dot_key)})
     staged = {str(row["o"]) for _id, _p, row in journal if "o" in row}
