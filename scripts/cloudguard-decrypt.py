@@ -1737,12 +1737,20 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
             del pending[device][seq]
             progress = True
     # 3. a delta that can never apply means a segment is missing
+    refused = sorted(n for n, (dev, seq, kind) in segments.items()
+                     if kind == "s" and dev in limit and seq > limit[dev])
     for device, rest in sorted(pending.items()):
         if rest and device not in held:
             nxt = state.ctx.get(device, 0) + 1
             if nxt in rest:
                 raise IntegrityFailure(f"manifest segment {rest[nxt]} depends on a segment "
                                        "that is missing")
+            if refused:  # "Writer rules": a late snapshot replaced it (review round 20, II1)
+                raise IntegrityFailure(
+                    f"manifest segment m/{device}-{nxt:012d}.d is missing; the snapshot that "
+                    f"replaced it may be {refused[0]}, written by a removed member after its "
+                    "removal (refused): a pull or push by a current member that holds the "
+                    "vault writes a snapshot of its own")
             raise IntegrityFailure(f"manifest segment m/{device}-{nxt:012d}.d is missing: the "
                                    "manifest was truncated or a segment was deleted")
     # "Entry signatures": every version restored was signed by the writer of its dot
