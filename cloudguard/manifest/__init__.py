@@ -40,6 +40,7 @@ from .segments import (
 )
 from .signing import Verifier
 from .signing import sign as sign_entry
+from .unseen import replaced_by_unseen
 
 __all__ = [
     "resolutions",
@@ -65,6 +66,7 @@ __all__ = [
     "join_remover",
     "keep_refused",
     "adopt_places",
+    "replaced_by_unseen",
     "removers",
     "claim_floor",
     "load",
