@@ -10,14 +10,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..errors import IntegrityError
 from ..state import create_db_file
 from .attic import History, _dump, _generation
 from .carriers import Carriers, tainted
+from .entry import Entry
 from .moves import (
-    Entry,
     _was,
     _where,
     carried,
@@ -318,7 +318,7 @@ class State(History):
                 path = op["p"]
                 if not isinstance(path, str):
                     raise IntegrityError("manifest op is malformed")
-                entry = op.get("e")
+                entry = cast("Entry | None", op.get("e"))  # shape checked (types.py)
                 if isinstance(entry, dict) and poisoned(entry, self.cuts):
                     self._check(path, dot, entry)  # it resolved a conflict with a late write:
                     self.to_attic(path, dot, entry, at)  # kept, and what it removed stays (AA2)

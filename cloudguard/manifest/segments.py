@@ -20,7 +20,8 @@ from ..keys import now_iso
 from ..state import write_private
 from . import resolutions, types
 from .crdt import State
-from .moves import LOCATION_FIELDS, Entry
+from .entry import Entry
+from .moves import LOCATION_FIELDS
 
 PREFIX = "m/"
 

@@ -228,7 +228,7 @@ def _push(s: Session, dry_run: bool, allow_mass_delete: bool = False,
         for loc, dot, sha in plan.adopt:
             s.index.put(sync.row_from(loc, dot, sha))
 
-    def landed(entries: dict[str, dict[str, Any]], objects: list[str]) -> None:
+    def landed(entries: dict[str, mf.Entry], objects: list[str]) -> None:
         """Each uploaded batch is committed as soon as it is on the remote."""
         _commit_ops(s, _replacing(s, entries, index_rows), local, objects)
 
@@ -277,7 +277,7 @@ def _upload_again(s: Session, lost: dict[str, str], plan: sync.PushPlan,
                       "and the folder no longer holds that version; it cannot be read")
 
 
-def _replacing(s: Session, entries: dict[str, dict[str, Any]], rows: dict[str, IndexRow]
+def _replacing(s: Session, entries: dict[str, mf.Entry], rows: dict[str, IndexRow]
                ) -> list[dict[str, Any]]:
     """Ops that put each entry in place of the version this device last synced there."""
     return [{"p": path, "e": entry, "rm": _based_on(s, rows.get(path))}

@@ -9,7 +9,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from ..errors import CloudguardError
 from ..manifest import Entry, State, resolutions
@@ -404,8 +404,9 @@ def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
             else:  # both sides changed metadata: each field from the side that changed it
                 plan.restate.append((path, dot, entry))
                 if loc.kind == "f":
-                    merged = {**entry, "x": entry.get("x") if loc.mode == row.mode else loc.mode,
-                              "m": entry.get("m") if loc.mtime == row.mtime else loc.mtime}
+                    merged = cast(Entry, {
+                        **entry, "x": entry.get("x") if loc.mode == row.mode else loc.mode,
+                        "m": entry.get("m") if loc.mtime == row.mtime else loc.mtime})
                     if meta_differs(loc, merged):
                         plan.meta.append((path, dot, merged))
             continue
