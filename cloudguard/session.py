@@ -394,6 +394,7 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
                             verifier, skipped, limits.ghosts)
             mf.adopt_places(loaded.state, segs, fetch, late, ring.view.cutoffs,
                             objects.__contains__, matches, skipped)
+            mf.replaced_by_unseen(loaded.state, segs, fetch, late, skipped)
             for reason in skipped:
                 ui.warn(reason)
             _finish_deletions(index, transport, listing, loaded)

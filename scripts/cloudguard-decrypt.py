@@ -1173,6 +1173,8 @@ class State:
     gone: set[tuple[str, str]] = field(default_factory=set)
     # "Version history": every version a snapshot keeps or this load removed (--history)
     kept: dict[str, dict[str, Entry]] = field(default_factory=dict)
+    # (path, late dot, honest dot): a delta removed a late version this reader never held
+    unseen: list[tuple[str, str, str]] = field(default_factory=list)
 
     def in_suspect(self, dot: str) -> bool:
         device, seq = dot_parts(dot)
@@ -1239,6 +1241,8 @@ class State:
             for old in op.get("rm", []):
                 if old in siblings:
                     self.kept.setdefault(op["p"], {})[old] = siblings.pop(old)
+                elif late_dot(old, self.limit):
+                    self.unseen.append((op["p"], old, dot))
             if op.get("e") is not None:
                 siblings[dot] = op["e"]
             if not siblings:
@@ -1737,12 +1741,20 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
             del pending[device][seq]
             progress = True
     # 3. a delta that can never apply means a segment is missing
+    refused = sorted(n for n, (dev, seq, kind) in segments.items()
+                     if kind == "s" and dev in limit and seq > limit[dev])
     for device, rest in sorted(pending.items()):
         if rest and device not in held:
             nxt = state.ctx.get(device, 0) + 1
             if nxt in rest:
                 raise IntegrityFailure(f"manifest segment {rest[nxt]} depends on a segment "
                                        "that is missing")
+            if refused:  # "Writer rules": a late snapshot replaced it (review round 20, II1)
+                raise IntegrityFailure(
+                    f"manifest segment m/{device}-{nxt:012d}.d is missing; the snapshot that "
+                    f"replaced it may be {refused[0]}, written by a removed member after its "
+                    "removal (refused): a pull or push by a current member that holds the "
+                    "vault writes a snapshot of its own")
             raise IntegrityFailure(f"manifest segment m/{device}-{nxt:012d}.d is missing: the "
                                    "manifest was truncated or a segment was deleted")
     # "Entry signatures": every version restored was signed by the writer of its dot
@@ -1753,6 +1765,7 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
                    if device in limit and seq > limit[device]), key=segments.__getitem__)
     adopt_places(state, late, listed, lambda n: open_named(n, late=True),
                  lambda path, entry: blob_matches(remote, chain, path, entry), skipped)
+    late_ops: dict[str, dict[str, dict[str, Any]]] = {}
     for name in late:  # "Writer rules": late writes are kept in the history, never live
         device, seq, kind = segments[name]
         if kind != "d":
@@ -1761,10 +1774,44 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
             ops = parse_ops(open_named(name, late=True).get("ops"))
         except (Skip, Failure, BadData):
             continue  # already reported as refused; only the history misses it
+        late_ops[f"{device}:{seq}"] = {op["p"]: op for op in ops}
         for op in ops:
             if isinstance(op.get("e"), dict):
                 state.kept.setdefault(op["p"], {}).setdefault(f"{device}:{seq}", op["e"])
+    replaced_by_unseen(state, late_ops)
     return state, skipped
+
+
+def replaced_by_unseen(state: State, late_ops: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """"Version history": a delta of this reader removed a late version it never held (its
+    delta was refused). Where that removal is an honest edit, what the late version replaced
+    leaves the live tree too, as on a device that applied both (review round 20, II2; as
+    cloudguard's manifest.unseen)."""
+    todo = list(state.unseen)
+    seen: set[tuple[str, str]] = set()
+    while todo:
+        path, late, honest = todo.pop()
+        if (path, late) in seen:
+            continue
+        seen.add((path, late))
+        op = late_ops.get(late, {}).get(path)
+        if op is None or not isinstance(op.get("e"), dict):
+            continue
+        live = state.paths.get(path, {})
+        gone = {d: {"e": e} for d, e in state.kept.get(path, {}).items()}
+        for old in op.get("rm", []):
+            if old == honest:
+                continue
+            if old not in live:  # a chain of late edits: follow it
+                if late_dot(old, state.limit):
+                    todo.append((path, old, honest))
+                continue
+            if late_dot(old, state.limit) or undoes(honest, {"e": op["e"]}, live, gone,
+                                                    content_tag(live[old])):
+                continue  # a delete, rename away or touch of it: what it replaced stays
+            state.kept.setdefault(path, {})[old] = live.pop(old)
+        if path in state.paths and not live:
+            del state.paths[path]
 
 
 def adopt_places(state: State, late: list[str], listed: set[str],

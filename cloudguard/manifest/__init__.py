@@ -41,6 +41,7 @@ from .segments import (
 )
 from .signing import Verifier
 from .signing import sign as sign_entry
+from .unseen import replaced_by_unseen
 
 __all__ = [
     "resolutions",
@@ -66,6 +67,7 @@ __all__ = [
     "join_remover",
     "keep_refused",
     "adopt_places",
+    "replaced_by_unseen",
     "removers",
     "claim_floor",
     "load",

@@ -21,6 +21,7 @@ from .moves import (
     _was,
     _where,
     carried,
+    late_dot,
     moved,
     newer_location,
 )
@@ -119,6 +120,9 @@ class State(History):
         self.cuts: dict[str, int] = {}
         # device -> the seen seq the last load fell short of under an ended key (step 4)
         self.short: dict[str, int] = {}
+        # (path, late dot, honest dot): a delta removed a late version this state never held
+        # (its delta was refused here); unseen.py looks at what that late version replaced
+        self.unseen: list[tuple[str, str, str]] = []
 
     @staticmethod
     def _connect(path: Path | None) -> sqlite3.Connection:
@@ -341,6 +345,8 @@ class State(History):
                         self._drop(path, old)
                     else:
                         self.witness(path, old, dot)
+                        if late_dot(old, self.cuts):
+                            self.unseen.append((path, old, dot))
                 if entry is not None:
                     if not isinstance(entry, dict):
                         raise IntegrityError(f"manifest entry for {path!r} is malformed")

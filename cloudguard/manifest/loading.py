@@ -12,6 +12,7 @@ from typing import Any
 
 from ..chain import KeyGone, Skip
 from ..errors import REPUBLISH_HINT, HistoryError, IntegrityError, named
+from . import cover
 from .clamp import Limits, clamp_ctx, clamp_own, clamp_snapshot, late
 from .crdt import State, Vouch
 from .raises import in_stretch
@@ -41,6 +42,10 @@ class Loaded:
     # device -> its segments (seqs) sealed under a key a verified re-encryption ended: no one
     # reads it until its writer writes again (rotate._rewrap_stale)
     keyless: dict[str, set[int]] = field(default_factory=dict)
+    # II1 (cover.py): the late snapshots listed, and whether this device holds honest writes
+    # a fresh reader could not reach past them (the next push or pull writes a snapshot)
+    late_snapshots: list[str] = field(default_factory=list)
+    uncovered: bool = False
 
     @property
     def claimed(self) -> int:
@@ -257,8 +262,7 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
         for dev, rest in pending.items():
             if rest and not any(dev == got[0] for h in held if (got := parse_name(h))):
                 missing = segment_name(dev, state.ctx.get(dev, 0) + 1, "d")
-                raise HistoryError(f"manifest segment {missing} is missing: the manifest "
-                                   "was truncated or a segment was deleted" + REPUBLISH_HINT)
+                raise HistoryError(cover.missing(missing, cover.late_snapshots(parsed, limit)))
         for dev, seq in seen.items():
             if state.ctx.get(dev, 0) < seq and state.ctx.get(dev, 0) + 1 in keyless.get(dev, ()):
                 # only a chain that stops right at the unreadable segment, and the vector
@@ -283,8 +287,12 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
         if seq > newest.get(dev, (-1, ""))[0]:
             newest[dev] = (seq, digest)
     cache.prune(parsed)
+    refused = cover.late_snapshots(parsed, limit)
+    bases = {**{n: c for n, (_s, _h, c) in consumed.items() if c is not None},
+             **{n: p["ctx"] for n, p in snaps.items()}}
     return Loaded(state, dict(listing), own, deltas, {d: h for d, (_s, h) in newest.items()},
-                  sorted(reissue), claims, keyless)
+                  sorted(reissue), claims, keyless, refused,
+                  bool(refused) and cover.uncovered(parsed, bases, state.ctx, limit))
 
 
 def _own_reach(state: State, seen: dict[str, int], log: list[str]) -> None:

@@ -24,9 +24,22 @@ from ..state import (
     find_binding,
 )
 
+HEALED = "healed_over"  # index meta: the late snapshots listed when this device last mended
+
+
+def _mend(s: Session) -> None:
+    """A removed member's late snapshot that replaced honest segments leaves readers that hold
+    nothing without a base (manifest/cover.py, II1): this device, which holds those writes,
+    writes a snapshot of its own, once for each set of late snapshots it finds."""
+    if s.loaded.uncovered and s.index.get_meta(HEALED) != s.loaded.late_snapshots:
+        s.snapshot()
+        s.index.set_meta(HEALED, s.loaded.late_snapshots)
+
 
 def _resolve(s: Session) -> list[str]:
-    """The conflict copies made of concurrent versions (a list, as pull reports them)."""
+    """The conflict copies made of concurrent versions (a list, as pull reports them); first
+    a snapshot where readers that hold nothing would have no base (_mend)."""
+    _mend(s)
     ops = sync.resolve_siblings(s.state, s.labels())
     if ops:
         s.commit(ops)

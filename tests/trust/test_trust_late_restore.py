@@ -8,6 +8,7 @@ test is the provider, forging a removed member's backdated removal with its real
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,13 @@ __all__ = ["provider"]
 
 
 def b_taken_out(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, remote: str,
-                p: Provider, retired: bool = False) -> tuple[Dev, Dev, Dev, Dev]:
+                p: Provider, retired: bool = False,
+                after_b: Callable[[Dev], None] | None = None) -> tuple[Dev, Dev, Dev, Dev]:
     """A removes X. B then edits A's doc.txt twice, writes its own notes.txt, edits
     shared.txt (which A edits again over B's version) and deletes gone.txt. X signs, on the
     parent of its removal, a removal of B with cutoff 0: challenged, yet B is out and every
-    dot of B is late (``retired``: A removed B first, counting). C looks on."""
+    dot of B is late (``retired``: A removed B first, counting). C looks on. ``after_b``
+    runs on B after its pushes (a compaction, say)."""
     a, b, x, c = make_vault(monkeypatch, tmp_path, remote, "a", "b", "x", "c")
     vid = vault_id_of(a)
     a.cg("device", "remove", x.rid)
@@ -52,6 +55,8 @@ def b_taken_out(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, remote: str,
     b.write("doc.txt", "B's newest edit")
     (b.folder / "gone.txt").unlink()
     assert b.run("push").exit_code == 0
+    if after_b is not None:
+        after_b(b)
     a.cg("pull")
     assert (a.folder / "doc.txt").read_text() == "B's newest edit"
     a.write("shared.txt", "A's edit over B's")
