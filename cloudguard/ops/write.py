@@ -431,7 +431,7 @@ def _retouch(folder: str | None, path: str, field: str, value: int, event: str,
         if why:
             raise UsageError(f"{path}: {why}")
         fields = cast(dict[str, Any], entry)
-        if entry.get("t") == "d" and field == "m" or fields.get(field) == value:
+        if entry.get("t") == "d" and field == "m" or int(fields.get(field, -1)) == value:
             return False  # a folder has no time of its own
         s.commit([{"p": path, "e": mf.resolutions.carry(entry, **{field: value}),
                    "rm": sorted(sibs, key=sync.dot_key)}])
