@@ -10,13 +10,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from ..errors import IntegrityError
 from ..state import create_db_file
 from .attic import History, _dump, _generation
 from .carriers import Carriers, tainted
-from .entry import Entry
+from .entry import Entry, Op
 from .moves import (
     _was,
     _where,
@@ -309,7 +309,7 @@ class State(History):
     def _drop(self, path: str, dot: str) -> None:
         self.db.execute("DELETE FROM entries WHERE path = ? AND dot = ?", (path, dot))
 
-    def apply_delta(self, device: str, seq: int, ops: list[dict[str, Any]]) -> None:
+    def apply_delta(self, device: str, seq: int, ops: list[Op]) -> None:
         """The versions a delta replaces join the history as of this device's clock: a time
         the delta states could send them straight past ``keep_days`` (review round 3, R7)."""
         dot = dot_of(device, seq)
@@ -322,7 +322,7 @@ class State(History):
                 path = op["p"]
                 if not isinstance(path, str):
                     raise IntegrityError("manifest op is malformed")
-                entry = cast("Entry | None", op.get("e"))  # shape checked (types.py)
+                entry = op.get("e")
                 if isinstance(entry, dict) and poisoned(entry, self.cuts):
                     self._check(path, dot, entry)  # it resolved a conflict with a late write:
                     self.to_attic(path, dot, entry, at)  # kept, and what it removed stays (AA2)

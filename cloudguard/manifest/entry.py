@@ -6,9 +6,9 @@ this TypedDict, whose keys are the short wire names, each said here in words.
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import Any, Required, TypedDict
 
-__all__ = ["Entry"]
+__all__ = ["Entry", "Op"]
 
 
 class Entry(TypedDict, total=False):
@@ -36,3 +36,13 @@ class Entry(TypedDict, total=False):
     rt: int  # time of the last move
     pl: dict[str, Any]  # where the blob was before its first remembered move
     lk: str  # local only (a staged version's journal row): the DEK under this device's key
+
+
+class Op(TypedDict, total=False):
+    """One change of a delta (format.md, OP): a new version of ``p`` (``e``; None: the path
+    goes) replacing the versions ``rm`` names, or blobs of versions moved (``reloc``)."""
+
+    p: Required[str]  # the path
+    e: Entry | None  # the new version, or None (a delete)
+    rm: list[str]  # the dots it replaces
+    reloc: dict[str, dict[str, Any]]  # dot -> its blob's new location (a repack, a rekey)

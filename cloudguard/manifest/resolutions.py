@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterable
 from typing import Any, cast
 
-from .entry import Entry
+from .entry import Entry, Op
 from .moves import late_dot
 from .types import DOT
 
@@ -73,7 +73,7 @@ def late_version(dot: str, entry: Entry, cuts: dict[str, int]) -> bool:
     return late_dot(dot, cuts) or poisoned(entry, cuts)
 
 
-def stamp(state: Any, ops: list[dict[str, Any]]) -> None:
+def stamp(state: Any, ops: list[Op]) -> None:
     """Every version a push carries over from another dot (a rename, a metadata-only change,
     which keep the content's ``lc``) names that content's first dot, as a resolution's do: a
     late write renamed or touched during a lag must not live on under an honest dot (review
@@ -117,7 +117,7 @@ def stamp(state: Any, ops: list[dict[str, Any]]) -> None:
             src = source(found[0], cast(Entry, found[1]), state)
             dev, _, seq = src.partition(":")
             if state.ctx.get(dev, 0) >= int(seq):
-                entry[FIELD] = src
+                entry["cs"] = src
 
 
 def _carried_as(entry: Entry) -> tuple[Any, ...]:

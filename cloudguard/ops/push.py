@@ -10,7 +10,6 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from .. import audit, sync
 from .. import manifest as mf
@@ -278,7 +277,7 @@ def _upload_again(s: Session, lost: dict[str, str], plan: sync.PushPlan,
 
 
 def _replacing(s: Session, entries: dict[str, mf.Entry], rows: dict[str, IndexRow]
-               ) -> list[dict[str, Any]]:
+               ) -> list[mf.Op]:
     """Ops that put each entry in place of the version this device last synced there."""
     return [{"p": path, "e": entry, "rm": _based_on(s, rows.get(path))}
             for path, entry in entries.items()]
@@ -299,7 +298,7 @@ def _based_on(s: Session, row: IndexRow | None) -> list[str]:
                   key=sync.dot_key)
 
 
-def _commit_ops(s: Session, ops: list[dict[str, Any]], local: dict[str, sync.LocalItem],
+def _commit_ops(s: Session, ops: list[mf.Op], local: dict[str, sync.LocalItem],
                 objects: list[str]) -> None:
     """One delta segment, then the index rows it settles and the objects it makes live."""
     if not ops:

@@ -346,7 +346,7 @@ def commit_staged(s: Session, known: Callable[[str], bytes | None] | None = None
     planned = _Planned(s)
     for _id, path, row in journal:
         planned.touched.update(namelog.changes(planned, path, row))
-    ops: list[dict[str, Any]] = []
+    ops: list[mf.Op] = []
     for path, entry in sorted(planned.touched.items()):
         sibs = s.state.siblings(path)
         if entry is None and not sibs or len(sibs) == 1 and entry in sibs.values():
@@ -407,7 +407,7 @@ def rename(folder: str | None, old: str, new: str) -> dict[str, Any]:
             raise UsageError(f"{old}: not in the vault")
         if s.state.has_path(new):
             raise UsageError(f"{new}: already in the vault")
-        ops: list[dict[str, Any]] = []
+        ops: list[mf.Op] = []
         for path, sibs in moved:
             _dot, entry = sync.newest(sibs)
             ops.append({"p": new + path[len(old):], "e": mf.resolutions.carry(entry), "rm": []})
