@@ -19,6 +19,7 @@ from . import sync
 from .chain import KEYS_PREFIX
 from .format import Reader
 from .held import forget_unlocked, unlock, use_transport
+from .manifest.entry import Entry
 from .ops import write
 from .ops.blobstream import BlobStream
 from .ops.doctor import _epoch
@@ -237,7 +238,7 @@ class Vault:
     def delete(self, path: str) -> dict[str, Any]:
         return write.delete(self.folder, path)
 
-    def files(self) -> dict[str, dict[str, Any]]:
+    def files(self) -> dict[str, Entry]:
         """Path -> the entry the vault shows there now (what a mount lists)."""
         with session(self.folder, self.ui) as s:
             return {path: entry for path, (_dot, entry) in sync.view(s.state).items()}
@@ -247,7 +248,7 @@ class Vault:
         shared by every reader of this vault); the reader holds no lock."""
         return open_reader(self.folder, path, self._cache)
 
-    def open_entry(self, entry: dict[str, Any], path: str = "") -> FileReader:
+    def open_entry(self, entry: Entry, path: str = "") -> FileReader:
         """Ranged reads of the version ``entry`` (one of :meth:`files`, which a mount may show
         under another name until a staged rename is committed)."""
         with session(self.folder, self.ui) as s:

@@ -20,9 +20,9 @@ import os
 import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from .manifest import State, resolutions
+from .manifest.entry import Op
 from .sync import LocalItem, newest
 
 SUFFIX = "Case Conflict"
@@ -74,12 +74,12 @@ def _renamed(prefix: str, base: str, taken: set[str]) -> str:
     raise ValueError(f"too many case conflicts of {prefix}{base}")
 
 
-def resolve(state: State) -> list[dict[str, Any]]:
+def resolve(state: State) -> list[Op]:
     """Ops that give every path a name no other path folds to (see the module docstring)."""
     paths = [p for p, _dot in state.dots()]
     moved: dict[str, str] = {}  # original -> new, for folders whose children follow
     taken: set[str] = set()
-    ops: list[dict[str, Any]] = []
+    ops: list[Op] = []
     for path in sorted(set(paths), key=lambda p: (p.count("/"), p)):
         head, _, base = path.rpartition("/")
         new_head = moved.get(head, head) if head else ""

@@ -16,6 +16,7 @@ from typing import Any
 
 from . import format as fmt
 from .errors import IntegrityError, named
+from .manifest.entry import Entry
 from .sync import blob_reader, dek_of
 from .transport import Transport
 
@@ -65,7 +66,7 @@ class FileReader:
     Errors name the object; a missing object is the transport's MissingObject.
     """
 
-    def __init__(self, transport: Transport, entry: dict[str, Any],
+    def __init__(self, transport: Transport, entry: Entry,
                  keks: Any, cache: ChunkCache | None = None, path: str = "") -> None:
         if entry.get("t") != "f":
             raise IntegrityError(f"{path or 'entry'}: not a file")

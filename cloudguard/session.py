@@ -114,7 +114,7 @@ class Session:
         self.committed.append(name)
         return name, seq, digest
 
-    def commit(self, ops: list[dict[str, Any]]) -> str:
+    def commit(self, ops: list[mf.Op]) -> str:
         """Upload one delta segment: the commit point of a push (of any write: versions of
         ours a planted claim hid ride along, see :meth:`reissue_ops`)."""
         own = self.binding.device
@@ -128,8 +128,8 @@ class Session:
         lamport = sum(self.state.ctx.values()) + 1  # grows along every causal chain
         mf.resolutions.stamp(self.state, ops)  # carried content names its first dot (CC2)
         for op in ops:
-            if op.get("e") is not None and "reloc" not in op:
-                entry = op["e"]
+            entry = op.get("e")
+            if entry is not None and "reloc" not in op:
                 entry["pt"] = now  # when this version was pushed: what restore goes by
                 # new content gets its writer and causal time; a metadata-only change or a
                 # conflict copy keeps those of the content it carries (sync.resolve_siblings)
@@ -140,8 +140,8 @@ class Session:
         def payload(seq: int) -> dict[str, Any]:
             dot = mf.dot_of(own, seq)
             for op in ops:  # every version this push writes, signed by us (R3)
-                if op.get("e") is not None:
-                    mf.sign_entry(self.me.s, self.binding.vault_id, op["p"], dot, op["e"])
+                if (version := op.get("e")) is not None:
+                    mf.sign_entry(self.me.s, self.binding.vault_id, op["p"], dot, version)
             made.append(mf.delta_payload(own, seq, deps, prev, ops, dh))
             return made[-1]
 
@@ -154,7 +154,7 @@ class Session:
         self.index.set_meta("reissue", [])
         return mf.dot_of(own, seq)
 
-    def reissue_ops(self, skip: set[str]) -> list[dict[str, Any]]:
+    def reissue_ops(self, skip: set[str]) -> list[mf.Op]:
         return mf.reissue_ops(self.state, self.index.get_meta("reissue", []), skip)
 
     def snapshot(self) -> str:

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -308,7 +308,7 @@ class Index:
     def close(self) -> None:
         self.db.close()
 
-    def add_staged(self, path: str, entry: dict[str, Any]) -> int:
+    def add_staged(self, path: str, entry: Mapping[str, Any]) -> int:
         """A version staged (durable ciphertext in the spool), or a name operation
         (ops/namelog.py), not committed yet: one row, so a stage never rewrites the others
         and a commit drops only the rows it read. Its row id."""
@@ -330,7 +330,7 @@ class Index:
         (a mount's), so no garbage collection may take them."""
         return {str(e["o"]) for _i, _p, e in self.staged() if "o" in e}
 
-    def replace_staged(self, row: int, entry: dict[str, Any]) -> None:
+    def replace_staged(self, row: int, entry: Mapping[str, Any]) -> None:
         self.db.execute("UPDATE staged SET e = ? WHERE id = ?", (json.dumps(entry), row))
 
     def drop_staged(self, ids: list[int]) -> None:

@@ -17,6 +17,7 @@ from .chain import Commit, Cutoff, MemberKeys, Secret
 from .errors import IntegrityError, KeyStoreError
 from .keys import now_iso
 from .manifest import Limits
+from .manifest.entry import Entry
 from .membership import View
 from .state import Index
 from .transport import Transport
@@ -257,14 +258,14 @@ def merge_if_needed(ring: Ring, transport: Transport, index: Index | None,
 Opener = Callable[[str, str, int, bytes], dict[str, Any]]
 
 
-def limits(ring: Ring, matches: Callable[[dict[str, Any]], bool]) -> Limits:
+def limits(ring: Ring, matches: Callable[[Entry], bool]) -> Limits:
     """What loading's clamp needs from the chain beyond the cutoffs (manifest.Limits);
     ``matches`` checks a blob against its signed hash."""
     view = ring.view
     every = [*view.commits.values(), *view.voided.values()]
     checked: dict[tuple[str, ...], bool] = {}
 
-    def once(entry: dict[str, Any]) -> bool:  # several late snapshots name one place
+    def once(entry: Entry) -> bool:  # several late snapshots name one place
         key = tuple(str(entry.get(k)) for k in ("o", "a", "n", "h", "k", "g", "i"))
         if key not in checked:
             checked[key] = matches(entry)

@@ -21,8 +21,9 @@ from __future__ import annotations
 from . import resolutions
 from .clamp import MAX_KEPT, Limits, clamp_ctx
 from .crdt import State, dot_of
+from .entry import Entry, Op
 from .loading import Loaded, Opener, _pinned, claim_floor, load, reissue_ops, written
-from .moves import Entry, join_remover, late_dot, moved, removers, unmoved
+from .moves import join_remover, late_dot, moved, removers, unmoved
 from .refused import adopt_places, keep_refused
 from .segments import (
     MAX_SEQ,
@@ -45,6 +46,7 @@ from .unseen import replaced_by_unseen
 __all__ = [
     "resolutions",
     "Entry",
+    "Op",
     "late_dot",
     "Verifier",
     "sign_entry",

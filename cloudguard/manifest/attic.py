@@ -11,7 +11,8 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from .carriers import Carriers, late_carrier
-from .moves import Entry, _was, _where, join_remover, late_dot, newer_location, removers
+from .entry import Entry
+from .moves import _was, _where, join_remover, late_dot, newer_location, removers
 from .raises import Raises
 from .resolutions import poisoned
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from .attic import _generation_of
 from .carriers import clamped as clamped_carriers
 from .carriers import late_carrier
 from .crdt import State
+from .entry import Entry
 from .moves import late_dot, removers, unmoved
 from .resolutions import carried, content_tag, late_version, poisoned
 
@@ -24,7 +25,7 @@ from .resolutions import carried, content_tag, late_version, poisoned
 MAX_KEPT = 20_000
 
 Rows = dict[str, dict[str, dict[str, Any]]]
-Live = dict[str, dict[str, Any]]
+Live = dict[str, dict[str, Entry]]
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class Limits:
     keks: frozenset[str] | None = None  # KEK commitments of every commit, void or not
     known: frozenset[str] | None = None  # every device any commit names (None: unchecked)
     # does the blob an entry names decrypt to its signed hash? (None: not checked)
-    matches: Callable[[dict[str, Any]], bool] | None = None
+    matches: Callable[[Entry], bool] | None = None
 
     def capped(self, dot: str) -> bool:
         dev, _, seq = dot.partition(":")
@@ -258,7 +259,7 @@ def late_removal(rb: object, live: dict[str, Any], gone: dict[str, dict[str, Any
     return False
 
 
-def _undoes(dot: str, late: dict[str, Any] | None, live: dict[str, Any],
+def _undoes(dot: str, late: dict[str, Any] | None, live: dict[str, Entry],
             gone: dict[str, dict[str, Any]], content: str) -> bool:
     """Is honest ``dot``'s removal of a late version no removal of what that replaced?
     Where the late version held the kept content (a late touch), removing it removes that
@@ -267,17 +268,17 @@ def _undoes(dot: str, late: dict[str, Any] | None, live: dict[str, Any],
     of edits stands in any delivery order (EE5): a delete, a rename away, or a version with
     the late content (a chmod, a touch) brings back what the late version replaced (round
     15, DD1, DD2)."""
-    held = late.get("e") if isinstance(late, dict) else None
+    held: Entry | None = late.get("e") if isinstance(late, dict) else None
     if isinstance(held, dict) and content_tag(held) == content:
         return False
-    mine = live.get(dot) if dot in live else (gone.get(dot) or {}).get("e")
+    mine: Entry | None = live.get(dot) if dot in live else (gone.get(dot) or {}).get("e")
     if not isinstance(mine, dict):
         return True
     return isinstance(held, dict) and content_tag(mine) == content_tag(held)
 
 
-def unmove_late(entry: dict[str, Any], limit: dict[str, int], listed: Callable[[str], bool],
-                matches: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+def unmove_late(entry: Entry, limit: dict[str, int], listed: Callable[[str], bool],
+                matches: Callable[[Entry], bool] | None = None) -> Entry:
     """A blob moved by a removed member past its cutoff goes back where it was: the move kept
     no dot of its own, so clamping dots alone would keep it (review round 2, N4). Never to a
     place whose object is gone: a re-encryption deletes the old objects at once, and its
@@ -298,4 +299,4 @@ def unmove_late(entry: dict[str, Any], limit: dict[str, int], listed: Callable[[
         return back
     # stays; the move record goes with its place (a late dot in ``rd`` would be one the
     # clamped vector no longer covers, which readers refuse as planted)
-    return {k: v for k, v in entry.items() if k not in ("pl", "rd", "rt")}
+    return cast(Entry, {k: v for k, v in entry.items() if k not in ("pl", "rd", "rt")})

@@ -16,8 +16,8 @@ from ..errors import IntegrityError
 from ..state import create_db_file
 from .attic import History, _dump, _generation
 from .carriers import Carriers, tainted
+from .entry import Entry, Op
 from .moves import (
-    Entry,
     _was,
     _where,
     carried,
@@ -309,7 +309,7 @@ class State(History):
     def _drop(self, path: str, dot: str) -> None:
         self.db.execute("DELETE FROM entries WHERE path = ? AND dot = ?", (path, dot))
 
-    def apply_delta(self, device: str, seq: int, ops: list[dict[str, Any]]) -> None:
+    def apply_delta(self, device: str, seq: int, ops: list[Op]) -> None:
         """The versions a delta replaces join the history as of this device's clock: a time
         the delta states could send them straight past ``keep_days`` (review round 3, R7)."""
         dot = dot_of(device, seq)

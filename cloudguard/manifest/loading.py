@@ -8,13 +8,14 @@ import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 from ..chain import KeyGone, Skip
 from ..errors import REPUBLISH_HINT, HistoryError, IntegrityError, named
 from . import cover
 from .clamp import Limits, clamp_ctx, clamp_own, clamp_snapshot, late
 from .crdt import State, Vouch
+from .entry import Entry, Op
 from .raises import in_stretch
 from .segments import (
     SegmentCache,
@@ -481,18 +482,18 @@ def _still_valid(consumed: dict[str, tuple[int, str, dict[str, int] | None]],
 
 
 def reissue_ops(state: State, todo: list[tuple[str, str]], skip: set[str]
-                ) -> list[dict[str, Any]]:
+                ) -> list[Op]:
     """Review round 2, N11: another writer's vector claimed more of our writes than we made,
     so readers that took it in think they hold versions of ours they never got. Each such
     version of ours (``todo``, from :class:`Loaded`), still live, is written again under a dot
     past the claim (same content, same writer: a manifest-only change); a path the commit
     writes anyway (``skip``) needs none."""
-    ops = []
+    ops: list[Op] = []
     for path, dot in todo:
         entry = state.entry(path, dot)
         if entry is not None and path not in skip:
-            ops.append({"p": path, "e": {k: v for k, v in entry.items() if k != "sg"},
-                        "rm": [dot]})
+            ops.append({"p": path, "e": cast(Entry, {k: v for k, v in entry.items()
+                                                      if k != "sg"}), "rm": [dot]})
     return ops
 
 

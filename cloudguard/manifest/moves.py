@@ -7,9 +7,11 @@ over entries; crdt.py stores what they decide.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
-Entry = dict[str, Any]
+from .entry import Entry
+
+Raw = dict[str, Any]  # an entry's fields taken apart and put together again by name
 
 
 def newer_location(one: Entry, two: Entry) -> Entry:
@@ -72,9 +74,10 @@ def moved(entry: Entry, loc: dict[str, Any], dot: str, when: int) -> Entry:
     base = {k: v for k, v in entry.items() if k not in _MOVE_FIELDS}
     before = entry.get("pl")
     if isinstance(before, dict) and isinstance(entry.get("rd"), list):
-        return {**base, **loc, "rd": [*entry["rd"], dot], "rt": when, "pl": before}
-    return {**base, **loc, "rd": [dot], "rt": when,
-            "pl": {k: base[k] for k in LOCATION_FIELDS if k in base}}
+        return cast(Entry, {**base, **loc, "rd": [*entry["rd"], dot], "rt": when,
+                            "pl": before})
+    return cast(Entry, {**base, **loc, "rd": [dot], "rt": when,
+                        "pl": {k: base[k] for k in LOCATION_FIELDS if k in base}})
 
 
 def carried(mine: Entry, theirs: Entry, by: str, when: int) -> Entry:
@@ -86,28 +89,29 @@ def carried(mine: Entry, theirs: Entry, by: str, when: int) -> Entry:
     dot added as a mover, so that if its writer is a removed member past its cutoff the blob
     goes back to where we had it (review round 3, R3). A rewrap (same object, offset and move
     count: only key fields differ, and key commitment checks those) is not a move."""
-    base = {k: v for k, v in theirs.items() if k not in _MOVE_FIELDS}
-    kept = {k: mine[k] for k in _MOVE_FIELDS if k in mine}
+    base: Raw = {k: v for k, v in theirs.items() if k not in _MOVE_FIELDS}
+    had = cast(Raw, mine)
+    kept = {k: had[k] for k in _MOVE_FIELDS if k in had}
     if all(mine.get(k) == theirs.get(k) for k in ("o", "a", "r")):
-        return {**base, **kept}
+        return cast(Entry, {**base, **kept})
     if isinstance(mine.get("pl"), dict) and isinstance(mine.get("rd"), list):
         pl, rd = mine["pl"], list(mine["rd"])
     else:
-        pl, rd = {k: mine[k] for k in LOCATION_FIELDS if k in mine}, []
+        pl, rd = {k: had[k] for k in LOCATION_FIELDS if k in had}, []
     if int(pl.get("r", 0)) >= int(theirs.get("r", 0)):
-        return base  # two moves at one count (concurrent repacks): no lower place to keep
+        return cast(Entry, base)  # two moves at one count (concurrent repacks): none lower
     moves = theirs.get("rd")
     for dot in [*(moves if isinstance(moves, list) else []), by]:
         if dot not in rd:
             rd.append(dot)
-    return {**base, "rd": rd, "rt": when, "pl": pl}
+    return cast(Entry, {**base, "rd": rd, "rt": when, "pl": pl})
 
 
 def unmoved(entry: Entry) -> Entry:
     """``entry`` back at the location it had before its last move."""
     if not entry.get("pl"):
         return entry
-    base = {k: v for k, v in entry.items()
-            if k not in _MOVE_FIELDS and k not in LOCATION_FIELDS}
+    base: Raw = {k: v for k, v in entry.items()
+                 if k not in _MOVE_FIELDS and k not in LOCATION_FIELDS}
     base.update(entry["pl"])
-    return base
+    return cast(Entry, base)

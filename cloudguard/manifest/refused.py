@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from ..chain import Skip
 from ..errors import IntegrityError
 from .clamp import MAX_KEPT
 from .crdt import State, Vouch
+from .entry import Entry
 from .loading import Opener
 from .moves import LOCATION_FIELDS
 from .segments import _check_segment, parse_name
@@ -81,13 +82,13 @@ def _refused(names: set[str], dev: str, cut: int, fetch: Callable[[str], bytes],
 
 
 def _own(payload: dict[str, Any], dev: str, seq: int, cut: int
-         ) -> Iterable[tuple[str, tuple[int, dict[str, Any]]]]:
+         ) -> Iterable[tuple[str, tuple[int, Entry]]]:
     """The files and links the segment's writer itself wrote past its cutoff: a delta's new
     versions, or a snapshot's versions with the writer's own late dots (not others': a late
     snapshot speaks for no one else)."""
     if payload.get("kind") == "delta":
         for op in payload.get("ops") or ():
-            entry = op.get("e")
+            entry: Entry | None = op.get("e")
             if isinstance(entry, dict) and entry.get("t") in ("f", "l"):
                 yield op["p"], (seq, entry)
         return
@@ -100,7 +101,7 @@ def _own(payload: dict[str, Any], dev: str, seq: int, cut: int
 
 def adopt_places(state: State, listing: Iterable[str], fetch: Callable[[str], bytes],
                  opener: Opener, cutoffs: dict[str, int], listed: Callable[[str], bool],
-                 matches: Callable[[dict[str, Any]], bool], log: list[str]) -> int:
+                 matches: Callable[[Entry], bool], log: list[str]) -> int:
     """A version whose object is gone takes the place that a removed member's refused segment
     moved it to, if that object is listed. A re-encryption deletes the objects it moved away
     from at once, and an honest retirement of its writer that races it makes those moves late
@@ -142,12 +143,12 @@ def _places(payload: dict[str, Any]) -> Iterable[tuple[str, str, dict[str, Any]]
 
 
 def _adopt(state: State, path: str, dot: str, loc: dict[str, Any], missing: set[str],
-           matches: Callable[[dict[str, Any]], bool]) -> int:
-    def placed(entry: dict[str, Any]) -> dict[str, Any]:
+           matches: Callable[[Entry], bool]) -> int:
+    def placed(entry: Entry) -> Entry:
         """The version at ``loc``, with no move record: the place before is gone, and a late
         mover in ``rd`` would be a dot the clamped vector no longer covers (refused)."""
-        return {k: v for k, v in entry.items()
-                if k not in LOCATION_FIELDS and k not in ("pl", "rd", "rt")} | loc
+        return cast(Entry, {k: v for k, v in entry.items()
+                            if k not in LOCATION_FIELDS and k not in ("pl", "rd", "rt")} | loc)
 
     live = state.siblings(path).get(dot)
     if live is not None:

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
+from .entry import Entry, Op
 from .moves import late_dot
 from .types import DOT
 
 FIELD = "cs"
 
 
-def source(dot: str, entry: dict[str, Any], state: Any = None) -> str:
+def source(dot: str, entry: Entry, state: Any = None) -> str:
     """The dot that first pushed ``entry``'s content. With ``state``, an inherited ``cs`` is
     believed only where this device holds that version with the same content: a removed
     member could name an honest dot as the source of its late content (review round 15,
@@ -35,18 +36,18 @@ def source(dot: str, entry: dict[str, Any], state: Any = None) -> str:
     return dot
 
 
-def held(state: Any, dot: str, tag: str) -> dict[str, Any] | None:
+def held(state: Any, dot: str, tag: str) -> Entry | None:
     """The version ``dot`` as this device holds it (live or in the history), if it holds
     content ``tag``: a dot alone is a writer's claim, its content is what binds it."""
     for table in ("entries", "attic"):
         for (raw,) in state.db.execute(f"SELECT e FROM {table} WHERE dot = ?", (dot,)):
-            entry: dict[str, Any] = json.loads(raw)
+            entry: Entry = json.loads(raw)
             if content_tag(entry) == tag:
                 return entry
     return None
 
 
-def saw(entry: dict[str, Any], device: str, seq: int, deps: dict[str, int]) -> bool:
+def saw(entry: Entry, device: str, seq: int, deps: dict[str, int]) -> bool:
     """A resolution carries content it had seen: its ``cs`` is covered by the delta's ``deps``
     or is an earlier push of its own writer (review round 13, BB3: a dot of a device made up
     now, void-added later, would be a time bomb)."""
@@ -59,20 +60,20 @@ def saw(entry: dict[str, Any], device: str, seq: int, deps: dict[str, int]) -> b
     return int(seq_cs) < seq if dev == device else int(seq_cs) <= deps.get(dev, 0)
 
 
-def poisoned(entry: dict[str, Any] | None, cuts: dict[str, int]) -> bool:
+def poisoned(entry: Entry | None, cuts: dict[str, int]) -> bool:
     """Does this version carry a removed member's late content under another dot?"""
     raw = entry.get(FIELD) if entry is not None else None
     return bool(cuts) and isinstance(raw, str) and DOT.match(raw) is not None and late_dot(
         raw, cuts)
 
 
-def late_version(dot: str, entry: dict[str, Any], cuts: dict[str, int]) -> bool:
+def late_version(dot: str, entry: Entry, cuts: dict[str, int]) -> bool:
     """A late write, or a version carrying one's content under another dot (review round
     12, AA2): neither is ever live again once the removal shows."""
     return late_dot(dot, cuts) or poisoned(entry, cuts)
 
 
-def stamp(state: Any, ops: list[dict[str, Any]]) -> None:
+def stamp(state: Any, ops: list[Op]) -> None:
     """Every version a push carries over from another dot (a rename, a metadata-only change,
     which keep the content's ``lc``) names that content's first dot, as a resolution's do: a
     late write renamed or touched during a lag must not live on under an honest dot (review
@@ -113,32 +114,32 @@ def stamp(state: Any, ops: list[dict[str, Any]]) -> None:
         elif entry.get("t") in ("d", "l"):
             found = removed_by_push().get(_carried_as(entry))
         if found is not None:
-            src = source(*found, state)
+            src = source(found[0], cast(Entry, found[1]), state)
             dev, _, seq = src.partition(":")
             if state.ctx.get(dev, 0) >= int(seq):
-                entry[FIELD] = src
+                entry["cs"] = src
 
 
-def _carried_as(entry: dict[str, Any]) -> tuple[Any, ...]:
+def _carried_as(entry: Entry) -> tuple[Any, ...]:
     """What a folder or link keeps when carried: kind, target, writer and causal time."""
     return tuple(entry.get(k) for k in ("t", "l", "lc", "wb"))
 
 
-def carry(entry: dict[str, Any], **changes: Any) -> dict[str, Any]:
+def carry(entry: Entry, **changes: Any) -> Entry:
     """A version carried over from another (a rename, a metadata-only change), without the
     source's ``cs``: that is its writer's claim, a removed member's lie if the source is late
     (review round 16, EE1); the push's :func:`stamp` names the source, believed only where
     this device holds what it names."""
-    return {**{k: v for k, v in entry.items() if k != FIELD}, **changes}
+    return cast(Entry, {**{k: v for k, v in entry.items() if k != FIELD}, **changes})
 
 
-def content_tag(entry: dict[str, Any]) -> str:
+def content_tag(entry: Entry) -> str:
     """What a version is, as text (its kind, hash and link target): one key for every layer
     that asks whether two versions hold the same content (conflicts, carries, removers)."""
     return f"={entry.get('t')}|{entry.get('h')}|{entry.get('l')}"
 
 
-def carried(versions: Iterable[tuple[str, dict[str, Any]]], cuts: dict[str, int]
+def carried(versions: Iterable[tuple[str, Entry]], cuts: dict[str, int]
             ) -> set[tuple[str, str]]:
     """(dot, the dot whose content it carries) of every carried version, and (dot, content)
     of every carried version that is poisoned: a remover that carried the late version's
@@ -147,8 +148,8 @@ def carried(versions: Iterable[tuple[str, dict[str, Any]]], cuts: dict[str, int]
     is undone with it, so that version comes back."""
     out: set[tuple[str, str]] = set()
     for dot, e in versions:
-        if isinstance(e.get(FIELD), str):
-            out.add((dot, str(e[FIELD])))
+        if isinstance(e.get("cs"), str):
+            out.add((dot, str(e["cs"])))
             if poisoned(e, cuts):
                 out.add((dot, content_tag(e)))
     return out

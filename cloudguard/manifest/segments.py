@@ -20,7 +20,8 @@ from ..keys import now_iso
 from ..state import write_private
 from . import resolutions, types
 from .crdt import State
-from .moves import LOCATION_FIELDS, Entry
+from .entry import Entry, Op
+from .moves import LOCATION_FIELDS
 
 PREFIX = "m/"
 
@@ -244,7 +245,7 @@ def _check_removers(snap: types.Snapshot) -> None:
                                  "saw")
 
 
-def check_ops(ops: object) -> list[dict[str, Any]]:
+def check_ops(ops: object) -> list[Op]:
     """Ops (a delta's, or ones about to be written) that have the shape of OP."""
     try:
         msgspec.convert(ops, list[types.Op], strict=True)
@@ -254,7 +255,7 @@ def check_ops(ops: object) -> list[dict[str, Any]]:
 
 
 def delta_payload(device: str, seq: int, deps: dict[str, int], prev: str | None,
-                  ops: list[dict[str, Any]], dh: dict[str, str] | None = None
+                  ops: list[Op], dh: dict[str, str] | None = None
                   ) -> dict[str, Any]:
     return {"kind": "delta", "device": device, "seq": seq, "deps": deps, "dh": dh or {},
             "prev": prev, "created": now_iso(), "ops": ops}

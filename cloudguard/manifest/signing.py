@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from typing import Any, cast
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from .. import format as fmt
 from ..errors import IntegrityError
-from .moves import Entry
+from .entry import Entry
 
 LABEL = b"cloudguard/v2/entry"
 CONTENT_FIELDS = ("t", "s", "m", "x", "h", "l", "lc", "wb", "pt", "cs")
@@ -41,14 +42,15 @@ def content(entry: Entry) -> tuple[object, ...]:
 
 
 def message(vault_id: str, path: str, dot: str, entry: Entry) -> bytes:
-    body = b"".join(_field(k, entry[k]) for k in CONTENT_FIELDS if k in entry)
+    fields = cast(dict[str, Any], entry)  # by name, in CONTENT_FIELDS' order
+    body = b"".join(_field(k, fields[k]) for k in CONTENT_FIELDS if k in fields)
     return (LABEL + b"\x00" + vault_id.encode() + b"\x00" + path.encode()
             + b"\x00" + dot.encode() + b"\x00" + body)
 
 
 def sign(key: Ed25519PrivateKey, vault_id: str, path: str, dot: str, entry: Entry) -> None:
     """Set ``entry``'s signature (in place: the writer's own state keeps the signed entry)."""
-    entry[SIG_FIELD] = fmt.b64(key.sign(message(vault_id, path, dot, entry)))
+    entry["sg"] = fmt.b64(key.sign(message(vault_id, path, dot, entry)))
 
 
 class Verifier:

@@ -30,6 +30,7 @@ import mfusepy as fuse  # type: ignore[import-untyped]
 
 from ..api import Vault
 from ..errors import CloudguardError
+from ..manifest.entry import Entry
 from ..names import to_disk
 from .draft import Draft, Drafts
 from .errnos import _guarded
@@ -68,7 +69,7 @@ class VaultFS(Names, fuse.Operations):  # type: ignore[misc]
         self.uid, self.gid = os.getuid(), os.getgid()
         self.started = time.time_ns()
         self._handles: dict[int, Following] = {}
-        self._opened: dict[int, tuple[str, dict[str, Any]]] = {}  # fh -> path, entry at open
+        self._opened: dict[int, tuple[str, Entry]] = {}  # fh -> path, entry at open
         self._next = 1
         self._lock = threading.Lock()  # guards the handle table only, never held over I/O
         self.poll_seconds = poll_seconds
@@ -196,7 +197,7 @@ class VaultFS(Names, fuse.Operations):  # type: ignore[misc]
             raise fuse.FuseOSError(errno.ENOENT)
         return self._file_attr(path, entry, shared)
 
-    def _file_attr(self, path: str, entry: dict[str, Any], shared: tuple[Draft, int] | None
+    def _file_attr(self, path: str, entry: Entry, shared: tuple[Draft, int] | None
                    ) -> dict[str, Any]:
         base = {"st_uid": self.uid, "st_gid": self.gid, "st_ino": _ino(path),
                 "st_blksize": BLOCK}
@@ -247,10 +248,10 @@ class VaultFS(Names, fuse.Operations):  # type: ignore[misc]
 
     # --- files ----------------------------------------------------------------------------
 
-    def _draft_entry(self, draft: Draft, mode: int) -> dict[str, Any]:
+    def _draft_entry(self, draft: Draft, mode: int) -> Entry:
         return {"t": "f", "s": draft.size, "x": mode, "m": draft.mtime}
 
-    def _handle(self, path: str, entry: dict[str, Any] | None = None) -> int:
+    def _handle(self, path: str, entry: Entry | None = None) -> int:
         with self._lock:
             fh = self._next
             self._next += 1
@@ -423,7 +424,7 @@ class VaultFS(Names, fuse.Operations):  # type: ignore[misc]
     def _reload(self) -> None:
         self._install(Tree.of(self.vault.files()))
 
-    def _refreshed(self) -> Mapping[str, dict[str, Any]]:
+    def _refreshed(self) -> Mapping[str, Entry]:
         """The served entries once the view is read again (an open or a read failed: a
         re-encryption may have moved it, mount/relocate.py). The kernel's cache is left to
         the next poll: invalidating from inside a callback can deadlock."""

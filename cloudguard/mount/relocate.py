@@ -15,24 +15,24 @@ since equal signed SHA-256 means equal bytes.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from ..errors import CloudguardError
+from ..manifest.entry import Entry
 from ..reader import FileReader
 
 _SAME = ("s", "h")  # what a relocation keeps
 _MOVED = ("o", "a", "k", "g", "i")  # what it changes
 
 
-def relocated(old: dict[str, Any], new: dict[str, Any] | None) -> bool:
+def relocated(old: Entry, new: Entry | None) -> bool:
     """Is ``new`` the content of ``old`` under another blob or key (a re-encryption)?"""
     return (new is not None and new.get("t") == "f"
             and all(new.get(k) == old.get(k) for k in _SAME)
             and any(new.get(k) != old.get(k) for k in _MOVED))
 
 
-def relocation(old: dict[str, Any], path: str,
-               entries: Mapping[str, dict[str, Any]]) -> dict[str, Any] | None:
+def relocation(old: Entry, path: str,
+               entries: Mapping[str, Entry]) -> Entry | None:
     """The version now holding ``old``'s content: at ``path`` if it is there, else at any
     path (the file was renamed), else None."""
     if relocated(old, entries.get(path)):
@@ -45,9 +45,9 @@ class Following:
     for the served entries (after reloading the view) and reads the relocated version
     instead, once per relocation."""
 
-    def __init__(self, entry: dict[str, Any], path: str,
-                 open_entry: Callable[[dict[str, Any]], FileReader],
-                 refresh: Callable[[], Mapping[str, dict[str, Any]]]) -> None:
+    def __init__(self, entry: Entry, path: str,
+                 open_entry: Callable[[Entry], FileReader],
+                 refresh: Callable[[], Mapping[str, Entry]]) -> None:
         self.entry, self.path = entry, path
         self._open, self._refresh = open_entry, refresh
         self.reader = self._first()

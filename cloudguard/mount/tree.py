@@ -7,6 +7,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..manifest.entry import Entry
 from ..ops import namelog
 
 
@@ -20,11 +21,11 @@ def _ino(path: str) -> int:
 
 @dataclass
 class Tree:
-    entries: dict[str, dict[str, Any]] = field(default_factory=dict)  # "/a/b" -> entry
+    entries: dict[str, Entry] = field(default_factory=dict)  # "/a/b" -> entry
     children: dict[str, set[str]] = field(default_factory=lambda: {"/": set()})
 
     @classmethod
-    def of(cls, view: dict[str, dict[str, Any]]) -> Tree:
+    def of(cls, view: dict[str, Entry]) -> Tree:
         tree = cls()
         for rel, entry in view.items():
             path = "/" + rel
@@ -37,7 +38,7 @@ class Tree:
                 tree.children.setdefault(path, set())
         return tree
 
-    def apply(self, changes: dict[str, dict[str, Any] | None]) -> Tree:
+    def apply(self, changes: dict[str, Entry | None]) -> Tree:
         """This view with ``changes`` made (path -> its new entry, None: it goes), as a copy: a
         view is never changed in place, other threads may be reading it. A folder left with
         no entry and nothing in it goes, as :meth:`of` would leave it."""
@@ -111,7 +112,7 @@ class _Relative:
     def __init__(self, tree: Tree) -> None:
         self.tree = tree
 
-    def get(self, path: str) -> dict[str, Any] | None:
+    def get(self, path: str) -> Entry | None:
         return self.tree.entries.get("/" + path)
 
     def under(self, path: str) -> list[str]:

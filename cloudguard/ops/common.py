@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .. import audit, folding, sync
 from .. import manifest as mf
@@ -186,9 +186,9 @@ def _late_row(s: Session, row: IndexRow) -> bool:
     cuts = s.state.cuts
     if not cuts or not row.dot or row.kind not in ("f", "l"):
         return False
-    tag = mf.resolutions.content_tag({"t": row.kind,
-                                      "h": row.sha256 if row.kind == "f" else None,
-                                      "l": row.target if row.kind == "l" else None})
+    tag = mf.resolutions.content_tag(cast(mf.Entry, {
+        "t": row.kind, "h": row.sha256 if row.kind == "f" else None,
+        "l": row.target if row.kind == "l" else None}))
     entry = s.state.version(row.path, row.dot)
     if entry is None or mf.resolutions.content_tag(entry) != tag:
         entry = mf.resolutions.held(s.state, row.dot, tag)

@@ -13,7 +13,7 @@ is committed, so not a byte on the remote changes.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from .. import format as fmt
 from ..chain import Secret
 from ..format.common import _hkdf
+from ..manifest.entry import Entry
 
 FIELD = "lk"  # a journal row's local wrap (version 2); never committed
 _LABEL = b"cloudguard/v2/staged-local-wrap"
@@ -40,7 +41,7 @@ def wrap(local: AESGCM, dek: bytes, file_id: bytes) -> str:
     return fmt.b64(nonce + local.encrypt(nonce, dek, _AAD + file_id))
 
 
-def unwrap(local: AESGCM, entry: dict[str, Any]) -> tuple[bytes, bytes] | None:
+def unwrap(local: AESGCM, entry: Entry) -> tuple[bytes, bytes] | None:
     """(DEK, file id) from a row's local wrap; None when it has none (a version 1 row) or this
     device's key does not open it (the device key changed since it was staged)."""
     sealed = entry.get(FIELD)
@@ -55,6 +56,6 @@ def unwrap(local: AESGCM, entry: dict[str, Any]) -> tuple[bytes, bytes] | None:
     return (dek, file_id) if len(dek) == 32 else None
 
 
-def strip(entry: dict[str, Any]) -> dict[str, Any]:
+def strip(entry: Entry) -> Entry:
     """The entry as it is committed: without its local wrap."""
-    return {k: v for k, v in entry.items() if k != FIELD} if FIELD in entry else entry
+    return cast(Entry, {k: v for k, v in entry.items() if k != FIELD}) if FIELD in entry else entry

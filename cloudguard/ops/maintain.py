@@ -162,7 +162,7 @@ def _repack(s: Session) -> bool:
             sync.write_filler(out)
             pos = out.count
     digest = out.md5()
-    ops = [{"p": path, "reloc": {dot: {"o": new_id, "a": entry["a"], "om": digest,
+    ops: list[mf.Op] = [{"p": path, "reloc": {dot: {"o": new_id, "a": entry["a"], "om": digest,
                                        "r": int(entry.get("r", 0)) + 1}}}
            for (path, dot), entry in new_entries.items()]
     s.commit(ops)

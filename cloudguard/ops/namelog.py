@@ -20,11 +20,12 @@ with it at commit, the mount replays what is not committed yet over each view it
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from ..errors import UsageError
+from ..manifest.entry import Entry
 
-Entry = dict[str, Any]
+Row = dict[str, Any]  # a staged row: a version (an entry) or a name operation (``op``)
 
 
 class View(Protocol):
@@ -37,23 +38,23 @@ class View(Protocol):
         ...
 
 
-def rm() -> Entry:
+def rm() -> Row:
     return {"op": "rm"}
 
 
-def mv(to: str) -> Entry:
+def mv(to: str) -> Row:
     return {"op": "mv", "to": to}
 
 
-def mode(bits: int) -> Entry:
+def mode(bits: int) -> Row:
     return {"op": "x", "x": bits & 0o777}
 
 
-def mtime(ns: int) -> Entry:
+def mtime(ns: int) -> Row:
     return {"op": "m", "m": ns}
 
 
-def changes(view: View, path: str, row: Entry, drafts: bool = False
+def changes(view: View, path: str, row: Row, drafts: bool = False
             ) -> dict[str, Entry | None]:
     """What ``row`` (staged for ``path``) does to ``view``: path -> its new entry (None: it
     goes). Paths are relative (``a/b``). ``drafts``: the view lacks the versions staged and
@@ -64,7 +65,7 @@ def changes(view: View, path: str, row: Entry, drafts: bool = False
     if op is None:  # a version, a symlink or a folder
         if row.get("t") == "d" and view.get(path) is not None:
             return {}  # a folder that is there by now (or a file from elsewhere) stays
-        return {path: row}
+        return {path: cast(Entry, row)}
     here = view.get(path)
     if op == "rm":
         return {} if here is None else {path: None}

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import format as fmt
+from .. import manifest as mf
 from .. import sync
 from ..errors import (
     CloudguardError,
@@ -57,7 +58,7 @@ def pull(folder: str | None, ui: UI | None = None, paths: list[str] | None = Non
 
 
 def _pull_plan(s: Session, local: dict[str, sync.LocalItem], scope: list[str] | None = None
-               ) -> tuple[sync.PullPlan, dict[str, tuple[str, dict[str, Any]]], int]:
+               ) -> tuple[sync.PullPlan, dict[str, tuple[str, mf.Entry]], int]:
     """Only paths whose remote dot differs from the one last synced need a look: their
     entries and index rows are read, nothing else is (a big vault stays cheap to pull).
     With a ``scope``, only paths at or under it, and the folders above it."""
@@ -191,7 +192,7 @@ def _pull(s: Session, scope: list[str] | None = None) -> PullResult:
 
 
 def _around_folder(s: Session, plan: sync.PullPlan, dest: str, dot: str,
-                   entry: dict[str, Any]) -> str:
+                   entry: mf.Entry) -> str:
     """Where a file or link lands: ``dest``, or a conflict name if a folder is still there (the
     user filled it during the pull, so it was kept). The index then holds the remote version
     at ``dest``, so the next push puts the folder in its place."""
@@ -220,17 +221,17 @@ def _path_error(path: str, exc: BaseException) -> str:
     return f"skipped {path}: {exc}"
 
 
-def _stage_all(s: Session, downloads: list[tuple[str, str, dict[str, Any]]],
-               errors: list[str]) -> list[tuple[sync.Staged, str, dict[str, Any]]]:
+def _stage_all(s: Session, downloads: list[tuple[str, str, mf.Entry]],
+               errors: list[str]) -> list[tuple[sync.Staged, str, mf.Entry]]:
     """Every download decrypted into a temp file. Any integrity failure: nothing is kept and
     exit 3; a full disk: nothing is kept and one line saying how much space is needed; any
     other error on one file: that file is reported in ``errors``, the others go on."""
     failures: list[str] = []
-    staged: list[tuple[sync.Staged, str, dict[str, Any]]] = []
+    staged: list[tuple[sync.Staged, str, mf.Entry]] = []
     created: list[Path] = []
     total = sum(int(e.get("s", 0)) for _d, _t, e in downloads)
     dots = {d: t for d, t, _e in downloads}
-    fetch: list[tuple[str, dict[str, Any]]] = []
+    fetch: list[tuple[str, mf.Entry]] = []
     for dest, dot, entry in downloads:  # what an interrupted pull authenticated already
         reused = sync.reuse_staged(s.folder, dest, str(entry.get("h", "")),
                                    int(entry.get("s", 0)), int(entry.get("x", 0o600)),
@@ -300,7 +301,7 @@ def _no_space(s: Session, needed: int) -> CloudguardError:
         "(nothing was written)")
 
 
-def _check_space(s: Session, downloads: list[tuple[str, str, dict[str, Any]]]) -> None:
+def _check_space(s: Session, downloads: list[tuple[str, str, mf.Entry]]) -> None:
     """Every download is staged beside the files it replaces, so all of it must fit at once;
     refused before anything is fetched."""
     needed = sum(int(e.get("s", 0)) for _d, _t, e in downloads)
@@ -309,7 +310,7 @@ def _check_space(s: Session, downloads: list[tuple[str, str, dict[str, Any]]]) -
         raise _no_space(s, needed)
 
 
-def _stage(s: Session, dest: str, entry: dict[str, Any], reader: fmt.Reader,
+def _stage(s: Session, dest: str, entry: mf.Entry, reader: fmt.Reader,
            created: list[Path]) -> sync.Staged:
     dek, file_id = sync.dek_of(entry, s.ring.kek)
 
@@ -321,7 +322,7 @@ def _stage(s: Session, dest: str, entry: dict[str, Any], reader: fmt.Reader,
                       created)
 
 
-def _landed_row(s: Session, dest: str, dot: str, entry: dict[str, Any]) -> IndexRow:
+def _landed_row(s: Session, dest: str, dot: str, entry: mf.Entry) -> IndexRow:
     """The index row of a file just landed, with its ctime and inode: what a later pull checks
     before it deletes or replaces the file."""
     row = sync.row_from_entry(dest, dot, entry)

@@ -10,7 +10,6 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from .. import audit, sync
 from .. import manifest as mf
@@ -228,7 +227,7 @@ def _push(s: Session, dry_run: bool, allow_mass_delete: bool = False,
         for loc, dot, sha in plan.adopt:
             s.index.put(sync.row_from(loc, dot, sha))
 
-    def landed(entries: dict[str, dict[str, Any]], objects: list[str]) -> None:
+    def landed(entries: dict[str, mf.Entry], objects: list[str]) -> None:
         """Each uploaded batch is committed as soon as it is on the remote."""
         _commit_ops(s, _replacing(s, entries, index_rows), local, objects)
 
@@ -277,8 +276,8 @@ def _upload_again(s: Session, lost: dict[str, str], plan: sync.PushPlan,
                       "and the folder no longer holds that version; it cannot be read")
 
 
-def _replacing(s: Session, entries: dict[str, dict[str, Any]], rows: dict[str, IndexRow]
-               ) -> list[dict[str, Any]]:
+def _replacing(s: Session, entries: dict[str, mf.Entry], rows: dict[str, IndexRow]
+               ) -> list[mf.Op]:
     """Ops that put each entry in place of the version this device last synced there."""
     return [{"p": path, "e": entry, "rm": _based_on(s, rows.get(path))}
             for path, entry in entries.items()]
@@ -299,7 +298,7 @@ def _based_on(s: Session, row: IndexRow | None) -> list[str]:
                   key=sync.dot_key)
 
 
-def _commit_ops(s: Session, ops: list[dict[str, Any]], local: dict[str, sync.LocalItem],
+def _commit_ops(s: Session, ops: list[mf.Op], local: dict[str, sync.LocalItem],
                 objects: list[str]) -> None:
     """One delta segment, then the index rows it settles and the objects it makes live."""
     if not ops:

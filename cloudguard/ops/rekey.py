@@ -23,7 +23,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from .. import chain, sync, trust
 from .. import format as fmt
@@ -76,7 +76,7 @@ def _fresh(s: Session, started: dict[str, Any]) -> set[str]:
     return {c.kek for c in every if c.epoch >= int(started["epoch"])}
 
 
-def _undone(s: Session, fresh: set[str]) -> list[tuple[str, str, dict[str, Any]]]:
+def _undone(s: Session, fresh: set[str]) -> list[tuple[str, str, mf.Entry]]:
     """Current file versions, and kept late ones of spared members (_spared), whose DEK was
     first wrapped under an older generation."""
     every = [*((p, d, e) for p, sibs in s.state.items() for d, e in sibs.items()),
@@ -100,7 +100,7 @@ def _spared(s: Session) -> Callable[[str], bool]:
     return spared
 
 
-def _spared_late(s: Session) -> list[tuple[str, str, dict[str, Any], Any]]:
+def _spared_late(s: Session) -> list[tuple[str, str, mf.Entry, Any]]:
     """(path, dot, entry, remover) of every kept late version a re-encryption keeps."""
     spared, cuts = _spared(s), s.ring.view.cutoffs
     return [(p, d, row["e"], row.get("rb")) for p, kept in s.state.attic_rows()
@@ -199,7 +199,7 @@ def _left(s: Session, fresh: set[str]) -> str:
 
 
 def _reencrypt(s: Session, started: dict[str, Any],
-               work: list[tuple[str, str, dict[str, Any]]],
+               work: list[tuple[str, str, mf.Entry]],
                late: set[tuple[str, str]] = frozenset(),  # type: ignore[assignment]
                unread: set[tuple[str, str]] | None = None) -> int:
     """Fresh DEKs and file ids for every blob, streamed through memory: no plaintext on
@@ -331,7 +331,8 @@ def _rewrap_staged(s: Session) -> None:
     head = s.ring.head.kek
     local = localwrap.key(s.me, s.binding.vault_id, s.binding.device)
     with s.index.transaction():
-        for row, _path, entry in s.index.staged():
+        for row, _path, staged in s.index.staged():
+            entry = cast(mf.Entry, staged)  # a version's row (a name operation has no "k")
             if "k" in entry and entry.get("g") != head:
                 try:
                     dek, file_id = sync.dek_of(entry, s.ring.kek)

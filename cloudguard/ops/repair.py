@@ -43,7 +43,7 @@ from ..state import Binding, Index, find_binding, folder_lock
 from .common import _audited, _log
 from .verify import _authenticate, _Null
 
-Place = tuple[str, str, dict[str, Any]]  # path, dot, entry
+Place = tuple[str, str, mf.Entry]  # path, dot, entry
 
 
 def repair(folder: str | None, ui: UI | None = None) -> RepairResult:
@@ -90,7 +90,7 @@ def _inspect(s: Session) -> tuple[dict[str, str], int]:
     return bad, len(files)
 
 
-def _local_match(s: Session, path: str, entry: dict[str, Any]) -> tuple[bool, str]:
+def _local_match(s: Session, path: str, entry: mf.Entry) -> tuple[bool, str]:
     """Is the local file the content the manifest names? (the size first, then SHA-256)"""
     full = local(s.folder, path)
     try:

@@ -4,9 +4,10 @@ authenticate every blob as a pull would.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from .. import format as fmt
+from .. import manifest as mf
 from .. import sync
 from ..errors import (
     IntegrityError,
@@ -86,7 +87,7 @@ class _Null:
         return len(data)
 
 
-def _authenticate(s: Session, entry: dict[str, Any], reader: fmt.Reader | None,
+def _authenticate(s: Session, entry: mf.Entry, reader: fmt.Reader | None,
                   err: Exception | None) -> None:
     """Read one blob to its end and check it, writing nothing: what verify --read-data and
     repair ask of every file. Raises IntegrityError naming nothing (callers add the path)."""

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .. import format as fmt
 from .. import manifest as mf
@@ -215,9 +215,9 @@ class _Planned:
 
     def __init__(self, s: Session) -> None:
         self.state = s.state
-        self.touched: dict[str, dict[str, Any] | None] = {}
+        self.touched: dict[str, mf.Entry | None] = {}
 
-    def get(self, path: str) -> dict[str, Any] | None:
+    def get(self, path: str) -> mf.Entry | None:
         if path in self.touched:
             return self.touched[path]
         sibs = self.state.siblings(path)
@@ -269,7 +269,8 @@ def _rewrap(s: Session, known: Callable[[str], bytes | None] | None) -> None:
     head = s.ring.head.kek
     local = localwrap.key(s.me, s.binding.vault_id, s.binding.device)
     moved, lost = [], []
-    for row, path, entry in s.index.staged():
+    for row, path, staged in s.index.staged():
+        entry = cast(mf.Entry, staged)  # a version's row (a name operation has no "k")
         if "k" not in entry or entry.get("g") == head and localwrap.FIELD in entry:
             continue
         kek_id = str(entry.get("g"))
@@ -292,8 +293,9 @@ def _rewrap(s: Session, known: Callable[[str], bytes | None] | None) -> None:
         dek, file_id = opened or sync.dek_of(entry, held.__getitem__)
         if kek_id != head:
             entry["k"] = fmt.b64(fmt.wrap_dek(s.ring.head_kek, dek, file_id))
-            entry["g"] = entry["w"] = head
-        entry.setdefault(localwrap.FIELD, localwrap.wrap(local, dek, file_id))
+            entry["g"] = head
+            entry["w"] = head
+        entry.setdefault("lk", localwrap.wrap(local, dek, file_id))
         moved.append((row, entry))
     if moved or lost:
         with s.index.transaction():
@@ -344,7 +346,7 @@ def commit_staged(s: Session, known: Callable[[str], bytes | None] | None = None
     planned = _Planned(s)
     for _id, path, row in journal:
         planned.touched.update(namelog.changes(planned, path, row))
-    ops: list[dict[str, Any]] = []
+    ops: list[mf.Op] = []
     for path, entry in sorted(planned.touched.items()):
         sibs = s.state.siblings(path)
         if entry is None and not sibs or len(sibs) == 1 and entry in sibs.values():
@@ -405,7 +407,7 @@ def rename(folder: str | None, old: str, new: str) -> dict[str, Any]:
             raise UsageError(f"{old}: not in the vault")
         if s.state.has_path(new):
             raise UsageError(f"{new}: already in the vault")
-        ops: list[dict[str, Any]] = []
+        ops: list[mf.Op] = []
         for path, sibs in moved:
             _dot, entry = sync.newest(sibs)
             ops.append({"p": new + path[len(old):], "e": mf.resolutions.carry(entry), "rm": []})
@@ -416,7 +418,7 @@ def rename(folder: str | None, old: str, new: str) -> dict[str, Any]:
 
 
 def _retouch(folder: str | None, path: str, field: str, value: int, event: str,
-             refuse: Callable[[dict[str, Any]], str | None]) -> bool:
+             refuse: Callable[[mf.Entry], str | None]) -> bool:
     """A new version of ``path`` with one metadata field changed and the same content (a
     manifest-only change); False when it already had that value."""
     path = sync.check_rel_path(path)
@@ -428,7 +430,8 @@ def _retouch(folder: str | None, path: str, field: str, value: int, event: str,
         why = refuse(entry)
         if why:
             raise UsageError(f"{path}: {why}")
-        if entry.get("t") == "d" and field == "m" or int(entry.get(field, -1)) == value:
+        fields = cast(dict[str, Any], entry)
+        if entry.get("t") == "d" and field == "m" or int(fields.get(field, -1)) == value:
             return False  # a folder has no time of its own
         s.commit([{"p": path, "e": mf.resolutions.carry(entry, **{field: value}),
                    "rm": sorted(sibs, key=sync.dot_key)}])

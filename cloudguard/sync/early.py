@@ -25,6 +25,7 @@ from typing import Any
 
 from .. import format as fmt
 from ..errors import FileChangedError
+from ..manifest.entry import Entry
 from ..names import local
 from ..transport import Transport
 from . import uploader
@@ -44,7 +45,7 @@ class Streamed:
     object_id: str
     dek: bytes
     file_id: bytes
-    entry: dict[str, Any]
+    entry: Entry
 
 
 class EarlyStreams:
@@ -114,7 +115,7 @@ class EarlyStreams:
             entry["om"] = out.md5()
         return Streamed(item, object_id, dek, file_id, entry)
 
-    def take(self, item: LocalItem, kek: bytes, generation: str) -> dict[str, Any] | None:
+    def take(self, item: LocalItem, kek: bytes, generation: str) -> Entry | None:
         """The entry of ``item`` if it went up early and the file is as the plan saw it."""
         self._thread.join()
         got = self.done.get(item.path)

@@ -9,10 +9,11 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import cast
 
 from ..errors import CloudguardError
 from ..manifest import Entry, State, resolutions
+from ..manifest.entry import Op
 from ..state import IndexRow
 from .scanning import (
     LocalItem,
@@ -53,13 +54,13 @@ def conflict_name(path: str, when_ns: int, device: str,
     raise CloudguardError(f"too many conflict copies of {path}")
 
 
-def resolve_siblings(state: State, labels: dict[str, str]) -> list[dict[str, Any]]:
+def resolve_siblings(state: State, labels: dict[str, str]) -> list[Op]:
     """Ops that turn concurrent versions of one path into the path plus conflict copies.
 
     Deterministic, so every device computes the same resolution; if two devices both write it,
     the copies are identical and collapse on the next merge.
     """
-    ops: list[dict[str, Any]] = []
+    ops: list[Op] = []
     chosen: set[str] = set()
     for path in state.conflicted():
         sibs = state.siblings(path)
@@ -69,7 +70,7 @@ def resolve_siblings(state: State, labels: dict[str, str]) -> list[dict[str, Any
         order = sorted(sibs.items(), key=_precedence)
         winner_dot, winner = order[-1]
         # each version names whose content it carries, so a late write's is undone (AA2)
-        ops.append({"p": path, "e": {**winner, resolutions.FIELD: resolutions.source(
+        ops.append({"p": path, "e": {**winner, "cs": resolutions.source(
             winner_dot, winner, state)}, "rm": sorted(sibs)})
         seen = {resolutions.content_tag(winner)}
         for dot, entry in order[:-1]:
@@ -81,7 +82,7 @@ def resolve_siblings(state: State, labels: dict[str, str]) -> list[dict[str, Any
             name = conflict_name(path, when, labels.get(device, device[:8]),
                                  lambda p: state.has_path(p) or p in chosen)
             chosen.add(name)
-            ops.append({"p": name, "e": {**entry, resolutions.FIELD: resolutions.source(
+            ops.append({"p": name, "e": {**entry, "cs": resolutions.source(
                 dot, entry, state)}, "rm": []})
     return ops
 
@@ -404,8 +405,9 @@ def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
             else:  # both sides changed metadata: each field from the side that changed it
                 plan.restate.append((path, dot, entry))
                 if loc.kind == "f":
-                    merged = {**entry, "x": entry.get("x") if loc.mode == row.mode else loc.mode,
-                              "m": entry.get("m") if loc.mtime == row.mtime else loc.mtime}
+                    merged = cast(Entry, {
+                        **entry, "x": entry.get("x") if loc.mode == row.mode else loc.mode,
+                        "m": entry.get("m") if loc.mtime == row.mtime else loc.mtime})
                     if meta_differs(loc, merged):
                         plan.meta.append((path, dot, merged))
             continue
