@@ -459,6 +459,9 @@ def mount(vault: Vault, mountpoint: str, poll_seconds: float = 15.0,
         fs._reload()
         fs.start_committing()
     fs.start_polling()
+    # Request sizes need no option: libfuse 3.14's max_write is already its 1 MiB buffer (the
+    # kernel sends 1 MiB writes); reads come as the bdi's readahead (128 KiB), which init's
+    # max_readahead can only lower (docs/benchmarks.md, 2026-12-05 day).
     # hard_remove: an unlinked open file goes at once (its handles keep their draft or
     # reader), never renamed to a .fuse_hidden file that would be committed to the vault
     _FUSE(fs, mountpoint, foreground=True, nothreads=False, use_ino=True, ro=read_only,

@@ -321,6 +321,41 @@ def test_big_writes_and_random_writes_read_back_exact(local_remote: str, tmp_pat
 
 @pytest.mark.fuse
 @needs_fuse
+def test_one_big_unaligned_write_into_a_file_reads_back_after_remount(local_remote: str,
+                                                                     tmp_path: Path) -> None:
+    """One write() of 1 MiB + 17 bytes at an odd offset into a pushed file, and one across its
+    end: the kernel passes each on in requests of up to 1 MiB (libfuse 3.14's default
+    max_write; the first cut at the page edge), so one callback rewrites 16 chunks of a draft
+    over a base version, partial at both ends. Exact while open, after a remount and a pull."""
+    from test_mount import mounted
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    rng = random.Random(17)
+    model = bytearray(rng.randbytes(3 * (1 << 20) + 5))
+    (folder / "big.bin").write_bytes(model)
+    cg("init", str(folder), "--remote", local_remote)
+    cg("push", "--folder", str(folder))
+    mnt = tmp_path / "mnt"
+    with mounted(folder, mnt, tmp_path / "mount.log"):
+        fd = os.open(mnt / "big.bin", os.O_RDWR)
+        try:
+            for off in (3 * CHUNK + 12_345, len(model) - 1_001):
+                data = rng.randbytes((1 << 20) + 17)
+                assert os.pwrite(fd, data, off) == len(data)
+                model[off:off + len(data)] = data
+            assert os.pread(fd, len(model) + 10, 0) == bytes(model)
+        finally:
+            os.close(fd)
+    mnt.rmdir()
+    with mounted(folder, mnt, tmp_path / "mount2.log"):
+        assert (mnt / "big.bin").read_bytes() == bytes(model)
+    cg("pull", "--folder", str(folder))
+    assert (folder / "big.bin").read_bytes() == bytes(model)
+
+
+@pytest.mark.fuse
+@needs_fuse
 def test_mkdir_is_staged_and_behaves(local_remote: str, tmp_path: Path) -> None:
     """A staged folder shows at once, refuses a second mkdir and a file of its name, can be
     removed while empty, and reaches the vault with the versions in one commit."""
