@@ -88,12 +88,13 @@ def _sweep(where: Path) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Running, or another user's (not ours to judge)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
 
 

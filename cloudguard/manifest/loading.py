@@ -120,6 +120,7 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
         if got is not None:
             parsed[name] = got
     heads_hash: dict[str, str] = {}
+    refused = cover.late_snapshots(parsed, limit)  # every reader refuses these (cover.py)
 
     pinned: dict[str, set[str]] = {}
     keyless: dict[str, set[int]] = {}
@@ -263,7 +264,7 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
         for dev, rest in pending.items():
             if rest and not any(dev == got[0] for h in held if (got := parse_name(h))):
                 missing = segment_name(dev, state.ctx.get(dev, 0) + 1, "d")
-                raise HistoryError(cover.missing(missing, cover.late_snapshots(parsed, limit)))
+                raise HistoryError(cover.missing(missing, refused))
         for dev, seq in seen.items():
             if state.ctx.get(dev, 0) < seq and state.ctx.get(dev, 0) + 1 in keyless.get(dev, ()):
                 # only a chain that stops right at the unreadable segment, and the vector
@@ -288,7 +289,6 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
         if seq > newest.get(dev, (-1, ""))[0]:
             newest[dev] = (seq, digest)
     cache.prune(parsed)
-    refused = cover.late_snapshots(parsed, limit)
     bases = {**{n: c for n, (_s, _h, c) in consumed.items() if c is not None},
              **{n: p["ctx"] for n, p in snaps.items()}}
     return Loaded(state, dict(listing), own, deltas, {d: h for d, (_s, h) in newest.items()},

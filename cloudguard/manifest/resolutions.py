@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from .entry import Entry, Op
 from .moves import late_dot
 from .types import DOT
 
-FIELD = "cs"
+FIELD: Final = "cs"  # Final: a literal, so the Entry TypedDict takes it as its key
 
 
 def source(dot: str, entry: Entry, state: Any = None) -> str:
@@ -117,7 +117,7 @@ def stamp(state: Any, ops: list[Op]) -> None:
             src = source(found[0], cast(Entry, found[1]), state)
             dev, _, seq = src.partition(":")
             if state.ctx.get(dev, 0) >= int(seq):
-                entry["cs"] = src
+                entry[FIELD] = src
 
 
 def _carried_as(entry: Entry) -> tuple[Any, ...]:
@@ -148,8 +148,8 @@ def carried(versions: Iterable[tuple[str, Entry]], cuts: dict[str, int]
     is undone with it, so that version comes back."""
     out: set[tuple[str, str]] = set()
     for dot, e in versions:
-        if isinstance(e.get("cs"), str):
-            out.add((dot, str(e["cs"])))
+        if isinstance(e.get(FIELD), str):
+            out.add((dot, str(e[FIELD])))
             if poisoned(e, cuts):
                 out.add((dot, content_tag(e)))
     return out

@@ -13,7 +13,7 @@ is committed, so not a byte on the remote changes.
 from __future__ import annotations
 
 import os
-from typing import cast
+from typing import Final, cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -23,7 +23,7 @@ from ..chain import Secret
 from ..format.common import _hkdf
 from ..manifest.entry import Entry
 
-FIELD = "lk"  # a journal row's local wrap (version 2); never committed
+FIELD: Final = "lk"  # a journal row's local wrap (version 2); never committed
 _LABEL = b"cloudguard/v2/staged-local-wrap"
 _AAD = b"cloudguard/v2/staged-dek"
 

@@ -295,7 +295,7 @@ def _rewrap(s: Session, known: Callable[[str], bytes | None] | None) -> None:
             entry["k"] = fmt.b64(fmt.wrap_dek(s.ring.head_kek, dek, file_id))
             entry["g"] = head
             entry["w"] = head
-        entry.setdefault("lk", localwrap.wrap(local, dek, file_id))
+        entry.setdefault(localwrap.FIELD, localwrap.wrap(local, dek, file_id))
         moved.append((row, entry))
     if moved or lost:
         with s.index.transaction():

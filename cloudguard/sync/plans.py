@@ -70,7 +70,7 @@ def resolve_siblings(state: State, labels: dict[str, str]) -> list[Op]:
         order = sorted(sibs.items(), key=_precedence)
         winner_dot, winner = order[-1]
         # each version names whose content it carries, so a late write's is undone (AA2)
-        ops.append({"p": path, "e": {**winner, "cs": resolutions.source(
+        ops.append({"p": path, "e": {**winner, resolutions.FIELD: resolutions.source(
             winner_dot, winner, state)}, "rm": sorted(sibs)})
         seen = {resolutions.content_tag(winner)}
         for dot, entry in order[:-1]:
@@ -82,7 +82,7 @@ def resolve_siblings(state: State, labels: dict[str, str]) -> list[Op]:
             name = conflict_name(path, when, labels.get(device, device[:8]),
                                  lambda p: state.has_path(p) or p in chosen)
             chosen.add(name)
-            ops.append({"p": name, "e": {**entry, "cs": resolutions.source(
+            ops.append({"p": name, "e": {**entry, resolutions.FIELD: resolutions.source(
                 dot, entry, state)}, "rm": []})
     return ops
 
