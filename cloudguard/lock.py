@@ -55,15 +55,6 @@ def mounts(folder: str) -> list[str]:
             and os.path.ismount(where)]
 
 
-def alive(pid: int) -> bool:
-    """Running: a process that exited but was not waited for yet (a zombie) is not."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def mount_process(mountpoint: str) -> tuple[int, str] | None:
     """(pid, bound folder) of the live mount of ours at ``mountpoint``, if any."""
     for pid, doc in _live_mounts():

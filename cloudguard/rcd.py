@@ -35,6 +35,7 @@ from typing import IO, Any, cast
 
 from . import remotes
 from .errors import TransportError
+from .procs import running
 from .remotes import rclone_glob
 from .transport import (
     MissingObject,
@@ -78,24 +79,13 @@ def _sweep(where: Path) -> None:
                 if now - info.st_mtime < _UNOWNED_AGE:
                     continue
             else:
-                if _alive(pid):
+                if running(pid):
                     continue
             for child in stale.iterdir():
                 child.unlink()
             stale.rmdir()
         except (OSError, ValueError):
             continue  # in use, changed meanwhile, or not ours to judge: left alone
-
-
-def _alive(pid: int) -> bool:
-    """Running, or another user's (not ours to judge)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 def _socket_dir() -> Path:

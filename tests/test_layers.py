@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "cloudguard"
 # lower number = lower layer; a module may import its own layer and those below
 LAYERS: dict[str, int] = {
     "errors": 0, "limits": 0, "format": 0, "remotes": 0, "passphrase": 0, "settings": 0,
-    "names": 0, "keycache": 0, "results": 0,
+    "names": 0, "keycache": 0, "results": 0, "procs": 0,
     "state": 1, "rclone_run": 1, "chain": 1, "membership": 1, "keys": 1, "transport": 1,
     "rcd": 1, "memtransport": 1,
     "manifest": 2, "sync": 2, "trust": 2, "folding": 2, "ignore": 2, "doctor": 2, "layout": 2,

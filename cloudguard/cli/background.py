@@ -15,6 +15,7 @@ from ..errors import (
     KeyStoreError,
     UsageError,
 )
+from ..procs import running
 from ..results import ConfigResult, DaemonStatus, UnlockResult
 from . import _emit, _run, _ui, folder_option, json_option, main
 
@@ -208,7 +209,7 @@ def unmount_cmd(mountpoint: str) -> None:
             return
         pid, folder = serving
         said = 0.0
-        while lock.alive(pid):  # it commits what it staged, then exits
+        while running(pid):  # it commits what it staged, then exits
             if time.monotonic() - said >= 5 and sys.stderr.isatty():
                 said = time.monotonic()
                 click.echo(f"committing {staged(folder)} staged change(s) of {mountpoint}...",

@@ -32,6 +32,7 @@ import msgspec
 
 from ..errors import CloudguardError, UsageError
 from ..lock import SERVICE, run_dir
+from ..procs import running
 from ..results import DaemonDone, DaemonStarted, DaemonStatus, DaemonStopped, UnitResult
 from ..settings import settings
 
@@ -218,8 +219,9 @@ def _daemon_pids() -> list[int]:
     for record in run_dir().glob("daemon-*.json"):
         try:
             pid = int(json.loads(record.read_text())["pid"])
-            os.kill(pid, 0)
         except (OSError, ValueError, KeyError, TypeError):
+            pid = 0
+        if not running(pid):
             record.unlink(missing_ok=True)
             continue
         pids.append(pid)
@@ -251,11 +253,7 @@ def stop(timeout: float = 10.0) -> DaemonStopped:
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     for pid in pids:
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
+        while running(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
     return DaemonStopped(stopped=pids)
 

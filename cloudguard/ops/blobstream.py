@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import format as fmt
+from ..procs import running
 
 CHUNK = fmt.CHUNK_SIZE
 _SEALED = CHUNK + fmt.TAG_SIZE
@@ -346,12 +347,10 @@ def sweep(spool: Path) -> int:
     gone = 0
     for child in spool.glob(PREFIX + "*"):
         try:
-            os.kill(int(child.name.split("-")[1]), 0)
-            continue  # its process lives (or another user's does: not ours to judge)
-        except ProcessLookupError:
-            pass
-        except (ValueError, IndexError, PermissionError):
-            continue
+            if running(int(child.name.split("-")[1])):
+                continue
+        except (ValueError, IndexError):
+            continue  # not named by us
         with suppress(FileNotFoundError):
             child.unlink()
             gone += 1

@@ -1,0 +1,28 @@
+"""Is a process still running: the one answer every stale-file sweep and wait needs.
+
+Files named after a process (rcd sockets, stream spools, daemon and mount records) are left
+alone while it runs. Another user's process counts as running (not ours to judge), and a
+zombie (exited, not yet waited for) does not, or a wait on a child would never end.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def running(pid: int) -> bool:
+    """Alive, or another user's. Pid 0 and negative pids name groups to ``kill``: never."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False  # gone between the two looks
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
