@@ -51,6 +51,7 @@ class History:
         raise NotImplementedError
 
     keycheck: Callable[[Entry, Entry], Entry | None] | None
+    head_g: str | None
 
     def fresher(self, had: Entry, entry: Entry) -> Entry:
         """The location max-register (newer_location), except at one place (a rewrap: only
@@ -66,7 +67,15 @@ class History:
             return had
         if self.keycheck is None or had.get("k") == entry.get("k"):
             return won
-        return self.keycheck(had, entry) or won
+        return self.keycheck(had, entry) or self._under_head(had, entry) or won
+
+    def _under_head(self, had: Entry, entry: Entry) -> Entry | None:
+        """Of two good wraps of one DEK, the one under the head's KEK: the other would make
+        this device's next push rewrap and write a snapshot for nothing (and a tie-break on
+        random wrap bytes made that a coin toss after every rotation)."""
+        if self.head_g is None or had.get("g") == entry.get("g"):
+            return None
+        return next((e for e in (had, entry) if e.get("g") == self.head_g), None)
 
     def _ended(self, entry: Entry, gone: int | None = None) -> bool:
         """Hidden from the history: ended by a re-encryption, and (``gone``: when it joined

@@ -105,6 +105,8 @@ class State(History):
         # of two copies at one place whose DEKs differ, the one whose DEK opens the blob
         # (sync.true_key; the session sets it; None: unchecked)
         self.keycheck: Callable[[Entry, Entry], Entry | None] | None = None
+        # the head's KEK commitment: of two good wraps of one DEK, the one under it is kept
+        self.head_g: str | None = None
         self.ctx: dict[str, int] = {}
         # generations whose history a re-encryption ended: hidden at once, forgotten after
         # keep_days (the session sets them from the verified chain; review round 6, U2)

@@ -976,3 +976,20 @@ def test_a_shortfall_is_excused_only_where_the_chain_stops_at_an_ended_key(
     with pytest.raises(IntegrityError, match="rollback"):
         mf.load(hidden, blobs.__getitem__, opener, dev, {dev: 4},
                 mf.SegmentCache(tmp_path / "b"), skipped=[], limits=lim)
+
+
+def test_of_two_good_wraps_of_one_dek_the_one_under_the_head_is_kept() -> None:
+    """A rewrap at a rotation gives one version two copies that differ only in their key wrap.
+    Both open the blob (keycheck: None), so the copy under the head's KEK is kept, in either
+    order: the other would make the next push rewrap and write a snapshot for nothing. The
+    bytes are chosen so that the old tie-break (JSON of the wrap) would keep the old copy."""
+    state = mf.State()
+    state.keycheck = lambda _one, _two: None
+    state.head_g = "aa" * 32
+    base = {"t": "f", "o": "obj", "a": 0, "r": 0, "w": "ww", "h": "hh", "s": 1}
+    old = {**base, "g": "zz" * 32, "k": "ff" * 40}
+    new = {**base, "g": "aa" * 32, "k": "00" * 40}
+    assert state.fresher(old, new) is new  # type: ignore[arg-type]
+    assert state.fresher(new, old) is new  # type: ignore[arg-type]
+    state.head_g = None  # no session: the max-register alone decides, the same both ways
+    assert state.fresher(old, new) == state.fresher(new, old)
