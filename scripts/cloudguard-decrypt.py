@@ -1455,6 +1455,24 @@ class Skip(Exception):
 SegmentIndex = dict[str, tuple[str, int, str]]  # name -> (device, seq, "d" or "s")
 
 
+def first_missing(stuck: dict[str, dict[int, str]],
+                  opened: dict[str, tuple[dict[str, int], list[dict[str, Any]]]],
+                  ctx: dict[str, int]) -> tuple[str, int]:
+    """(writer, seq) of the segment to name when deltas can never apply: a writer's next one
+    that is not listed, else one a waiting delta depends on (its own next when none is
+    found). Naming the waiting delta, which is there, sends a user after the wrong object."""
+    for device, rest in stuck.items():
+        if ctx.get(device, 0) + 1 not in rest:
+            return device, ctx.get(device, 0) + 1
+    for device, rest in stuck.items():
+        deps = opened.get(rest[ctx.get(device, 0) + 1], ({}, []))[0]
+        for writer, seq in sorted(deps.items()):
+            if writer != device and seq > ctx.get(writer, 0) and not stuck.get(writer):
+                return writer, ctx.get(writer, 0) + 1
+    device = min(stuck)
+    return device, ctx.get(device, 0) + 1
+
+
 def clamp(vv: dict[str, int], limit: dict[str, int]) -> dict[str, int]:
     """"Writer rules": a removed member's writes past its cutoff count as never seen, so
     ctx and deps are clamped to the cutoff (an honest device may have applied them before it
@@ -1743,20 +1761,20 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
     # 3. a delta that can never apply means a segment is missing
     refused = sorted(n for n, (dev, seq, kind) in segments.items()
                      if kind == "s" and dev in limit and seq > limit[dev])
-    for device, rest in sorted(pending.items()):
-        if rest and device not in held:
-            nxt = state.ctx.get(device, 0) + 1
-            if nxt in rest:
-                raise IntegrityFailure(f"manifest segment {rest[nxt]} depends on a segment "
-                                       "that is missing")
-            if refused:  # "Writer rules": a late snapshot replaced it (review round 20, II1)
-                raise IntegrityFailure(
-                    f"manifest segment m/{device}-{nxt:012d}.d is missing; the snapshot that "
-                    f"replaced it may be {refused[0]}, written by a removed member after its "
-                    "removal (refused): a pull or push by a current member that holds the "
-                    "vault writes a snapshot of its own")
-            raise IntegrityFailure(f"manifest segment m/{device}-{nxt:012d}.d is missing: the "
-                                   "manifest was truncated or a segment was deleted")
+    stuck = {d: rest for d, rest in sorted(pending.items()) if rest and d not in held}
+    if stuck:
+        device, nxt = first_missing(stuck, opened, state.ctx)
+        if nxt in stuck.get(device, {}):  # none found: say which delta waits
+            raise IntegrityFailure(f"manifest segment {stuck[device][nxt]} depends on a "
+                                   "segment that is missing")
+        if refused:  # "Writer rules": a late snapshot replaced it (review round 20, II1)
+            raise IntegrityFailure(
+                f"manifest segment m/{device}-{nxt:012d}.d is missing; the snapshot that "
+                f"replaced it may be {refused[0]}, written by a removed member after its "
+                "removal (refused): a pull or push by a current member that holds the "
+                "vault writes a snapshot of its own")
+        raise IntegrityFailure(f"manifest segment m/{device}-{nxt:012d}.d is missing: the "
+                               "manifest was truncated or a segment was deleted")
     # "Entry signatures": every version restored was signed by the writer of its dot
     for path, siblings in state.paths.items():
         for dot, entry in siblings.items():

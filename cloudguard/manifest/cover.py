@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from ..errors import REPUBLISH_HINT
 from .clamp import clamp_ctx
 
-__all__ = ["late_snapshots", "missing", "uncovered"]
+__all__ = ["first_missing", "late_snapshots", "missing", "uncovered"]
 
 Parsed = Mapping[str, tuple[str, int, str]]  # segment name -> (device, seq, "d" or "s")
 
@@ -53,6 +53,22 @@ def uncovered(parsed: Parsed, snapshot_ctx: Mapping[str, Mapping[str, int]],
         if reach < have:
             return True
     return False
+
+
+def first_missing(pending: Mapping[str, Mapping[int, str]], waits: Mapping[str, Mapping[str, int]],
+                  ctx: Mapping[str, int]) -> tuple[str, int]:
+    """(writer, seq) of the segment to name when deltas can never apply: a writer's next one
+    that is not listed, else one a waiting delta depends on. Naming the waiting delta, which
+    is there, would send a user looking for the wrong object."""
+    for dev in sorted(pending):
+        if pending[dev] and ctx.get(dev, 0) + 1 not in pending[dev]:
+            return dev, ctx.get(dev, 0) + 1
+    for dev in sorted(waits):
+        for writer, seq in sorted(waits[dev].items()):
+            if writer != dev and seq > ctx.get(writer, 0) and not pending.get(writer):
+                return writer, ctx.get(writer, 0) + 1
+    dev = min(d for d in pending if pending[d])
+    return dev, ctx.get(dev, 0) + 1
 
 
 def missing(name: str, refused: list[str]) -> str:

@@ -232,6 +232,7 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
                     continue
                 pending.setdefault(dev, {})[seq] = name
         progress = True
+        waits: dict[str, dict[str, int]] = {}  # what a delta that cannot apply yet waits on
         while progress:
             progress = False
             for dev in sorted(pending):
@@ -255,16 +256,17 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
                 _same_history(found, payload.get("dh"), deps, heads_hash)
                 deps = clamp_ctx(deps, limit)
                 if not state.dominates({d: s for d, s in deps.items() if d != dev}):
+                    waits[dev] = deps
                     continue
                 with _naming(found):
                     state.apply_delta(dev, nxt, payload["ops"])
                 state.mark_consumed(found, listing[found], heads_hash[found])
                 del pending[dev][nxt]
                 progress = True
-        for dev, rest in pending.items():
-            if rest and not any(dev == got[0] for h in held if (got := parse_name(h))):
-                missing = segment_name(dev, state.ctx.get(dev, 0) + 1, "d")
-                raise HistoryError(cover.missing(missing, refused))
+        if stuck := {dev: rest for dev, rest in pending.items()
+                     if rest and not any(dev == got[0] for h in held if (got := parse_name(h)))}:
+            gone = cover.first_missing(stuck, waits, state.ctx)
+            raise HistoryError(cover.missing(segment_name(*gone, "d"), refused))
         for dev, seq in seen.items():
             if state.ctx.get(dev, 0) < seq and state.ctx.get(dev, 0) + 1 in keyless.get(dev, ()):
                 # only a chain that stops right at the unreadable segment, and the vector

@@ -313,16 +313,20 @@ def test_tampering_fails_with_exit_3_and_writes_nothing(built: Built, tmp_path: 
     def wrong_position(r: Path) -> None:  # a verified commit named at another position
         add_delta(r, kit, [], writer=built.device, pos_offset=1)
 
+    def waits_on_a_missing_one(r: Path) -> None:  # named: the missing one, not the waiting one
+        add_delta(r, kit, [], writer=built.device, deps={"0123456789abcdef": 1})
+
     outsider = "m/0123456789abcdef-000000000001.d"
     cases = [(tamper_big, "stand-alone.bin"), (tamper_pack, "data/" + pack),
              (truncate_big, "stand-alone.bin"), (delete_big, "data/" + big),
-             (tamper_segment, segment), (delete_first_delta, "is missing"),
+             (tamper_segment, segment), (delete_first_delta, f"m/{segment} is missing"),
              (alter_descriptor, "cloudguard.json"), (add_slot, head + ".k"),
              (tamper_commit, head), (delete_genesis, genesis),
              (outsider_commit, "not a member of the parent"),
              (outsider_segment, outsider + " was written by 0123456789abcdef, who is not a member"),
              (device_segment_signed_by_another, "bad signature"),
-             (kit_segment, "recovery kit"), (wrong_position, "at the wrong position")]
+             (kit_segment, "recovery kit"), (wrong_position, "at the wrong position"),
+             (waits_on_a_missing_one, "m/0123456789abcdef-000000000001.d is missing")]
     for i, (tamper, named) in enumerate(cases):
         copy = copy_of(built, tmp_path / f"copy{i}")
         tamper(copy)
@@ -391,7 +395,7 @@ def forge_commit(remote: Path, kit: Path, signer: chain.Secret, rid: str) -> Non
 
 def add_delta(remote: Path, kit: Path, ops: list[dict[str, Any]],
               writer: tuple[chain.Secret, str | None] | None = None, pos_offset: int = 0,
-              head: str | None = None) -> str:
+              head: str | None = None, deps: dict[str, int] | None = None) -> str:
     """Append a validly sealed delta, the writer's next segment: written by the kit's member,
     or signed by ``writer`` (key, member id; None: the kit's id), under the head commit (or
     the id ``head``, at the head's position + ``pos_offset``). Returns its name. Uses the
@@ -403,7 +407,7 @@ def add_delta(remote: Path, kit: Path, ops: list[dict[str, Any]],
     seq = 1 + max([int(n[17:29]) for n in os.listdir(remote / "m") if n.startswith(device)],
                   default=0)
     name = f"m/{device}-{seq:012d}.d"
-    payload = {"kind": "delta", "device": device, "seq": seq, "deps": {}, "dh": {},
+    payload = {"kind": "delta", "device": device, "seq": seq, "deps": deps or {}, "dh": {},
                "prev": None, "created": "2024-01-01T00:00:00Z", "ops": ops}
     (remote / name).write_bytes(fmt.seal_segment(kek, view.head.pos + pos_offset,
                                                  head or view.head.id, view.vault_id, name,

@@ -993,3 +993,19 @@ def test_of_two_good_wraps_of_one_dek_the_one_under_the_head_is_kept() -> None:
     assert state.fresher(new, old) is new  # type: ignore[arg-type]
     state.head_g = None  # no session: the max-register alone decides, the same both ways
     assert state.fresher(old, new) == state.fresher(new, old)
+
+
+def test_a_missing_segment_is_named_not_the_delta_that_waits_on_it(tmp_path: Path) -> None:
+    """B's first delta depends on A's, which is gone: the error names A's segment, which a
+    user can look for, not B's, which is there."""
+    ring = _ring()
+    a, b = DEVICES[0], DEVICES[1]
+    blobs: dict[str, bytes] = {}
+    for dev, deps in ((a, {}), (b, {a: 1})):
+        name = mf.segment_name(dev, 1, "d")
+        payload = mf.delta_payload(dev, 1, deps, None, [{"p": dev, "e": {"t": "d"}, "rm": []}])
+        blobs[name] = _seal(ring, name, payload)
+    listing = {n: len(x) for n, x in blobs.items() if n != mf.segment_name(a, 1, "d")}
+    with pytest.raises(IntegrityError) as got:
+        mf.load(listing, blobs.__getitem__, _opener, DEVICES[2], {}, mf.SegmentCache(tmp_path))
+    assert f"segment {mf.segment_name(a, 1, 'd')} is missing" in str(got.value), got.value
