@@ -24,16 +24,18 @@ from ..state import (
     find_binding,
 )
 
-HEALED = "healed_over"  # index meta: the late snapshots listed when this device last mended
+HEALED = "healed_over"  # index meta: every late snapshot this device has mended over
 
 
 def _mend(s: Session) -> None:
     """A removed member's late snapshot that replaced honest segments leaves readers that hold
     nothing without a base (manifest/cover.py, II1): this device, which holds those writes,
-    writes a snapshot of its own, once for each set of late snapshots it finds."""
-    if s.loaded.uncovered and s.index.get_meta(HEALED) != s.loaded.late_snapshots:
+    writes a snapshot of its own, once for each late snapshot it finds: a provider that shows
+    one subset of them at a time must not make it write a snapshot at every run."""
+    healed = set(s.index.get_meta(HEALED) or ())
+    if s.loaded.uncovered and not healed.issuperset(s.loaded.late_snapshots):
         s.snapshot()
-        s.index.set_meta(HEALED, s.loaded.late_snapshots)
+        s.index.set_meta(HEALED, sorted(healed.union(s.loaded.late_snapshots)))
 
 
 def _resolve(s: Session) -> list[str]:
