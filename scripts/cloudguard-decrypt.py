@@ -1789,15 +1789,27 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
         if kind != "d":
             continue
         try:
-            ops = parse_ops(open_named(name, late=True).get("ops"))
+            payload = open_named(name, late=True)
+            ops = parse_ops(payload.get("ops"))
+            deps = parse_vv(payload.get("deps"))
         except (Skip, Failure, BadData):
             continue  # already reported as refused; only the history misses it
-        late_ops[f"{device}:{seq}"] = {op["p"]: op for op in ops}
+        # only the dots its writer had seen: a removed member could name an honest edit it
+        # never saw (dot names are predictable) and hide it (review round 20, JJ1)
+        late_ops[f"{device}:{seq}"] = {op["p"]: {**op, "rm": [
+            d for d in op.get("rm", []) if seen_by(dot_parts(d), device, seq, deps)]}
+            for op in ops}
         for op in ops:
             if isinstance(op.get("e"), dict):
                 state.kept.setdefault(op["p"], {}).setdefault(f"{device}:{seq}", op["e"])
     replaced_by_unseen(state, late_ops)
     return state, skipped
+
+
+def seen_by(dot: tuple[str, int], writer: str, seq: int, deps: dict[str, int]) -> bool:
+    """Had the writer of delta ``writer:seq`` seen ``dot``: one of its own earlier ones or one
+    its ``deps`` cover (as cloudguard's manifest.unseen)."""
+    return dot[1] < seq if dot[0] == writer else dot[1] <= deps.get(dot[0], 0)
 
 
 def replaced_by_unseen(state: State, late_ops: dict[str, dict[str, dict[str, Any]]]) -> None:

@@ -29,6 +29,22 @@ from .segments import _check_segment, segment_name
 __all__ = ["replaced_by_unseen"]
 
 
+def _seen(rm: Any, writer: str, seq: int, deps: Any) -> list[str]:
+    """The dots of a late op's ``rm`` that its writer had seen: its own earlier ones and those
+    its delta's ``deps`` cover. Dot names are predictable, so a removed member could name an
+    honest edit it never saw, and a reader would hide that edit (review round 20, JJ1)."""
+    if not isinstance(rm, list):
+        return []
+    deps = deps if isinstance(deps, dict) else {}
+    kept = []
+    for dot in rm:
+        dev, _, k = dot.partition(":") if isinstance(dot, str) else ("", "", "")
+        if k.isdigit() and (int(k) < seq if dev == writer else
+                            isinstance(deps.get(dev), int) and int(k) <= deps[dev]):
+            kept.append(dot)
+    return kept
+
+
 def replaced_by_unseen(state: State, listing: Mapping[str, int],
                        fetch: Callable[[str], bytes], opener: Opener, log: list[str]) -> int:
     """Move to the history what each unseen late version replaced where an honest edit
@@ -50,7 +66,9 @@ def replaced_by_unseen(state: State, listing: Mapping[str, int],
                 except (IntegrityError, Skip) as exc:
                     log.append(f"{exc}; what it replaced stays as it is")
                 else:
-                    ops[name] = {op["p"]: op for op in payload.get("ops") or ()
+                    ops[name] = {op["p"]: {**op, "rm": _seen(op.get("rm"), dev, int(seq),
+                                                           payload.get("deps"))}
+                                 for op in payload.get("ops") or ()
                                  if isinstance(op, dict) and isinstance(op.get("p"), str)}
         return ops[name].get(path)
 

@@ -26,10 +26,11 @@ from test_trust_attacks import (
     script_restores,
     vault_id_of,
 )
-from test_trust_conflicts import _texts
+from test_trust_conflicts import LATE, _texts, x_removed
 from test_trust_late_restore import b_taken_out
 
 from cloudguard import format as fmt
+from cloudguard import session as cg_session
 from cloudguard.manifest import attic
 
 __all__ = ["provider"]
@@ -126,3 +127,53 @@ def test_a_fresh_reader_keeps_out_what_an_honest_edit_of_a_late_version_replaced
     got = d.run("pull")
     assert got.exit_code == 0, got.output
     assert _texts(d.folder) == held
+
+
+def test_a_late_op_cannot_hide_an_honest_edit_it_never_saw(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 20, JJ1. X, removed, rewrites paper.txt late, and its op there also names
+    in ``rm`` the dots A will write next (segment names make them predictable). A edits
+    paper.txt; lagging B applies X's delta and edits over X's version without having seen
+    A's edit. A reader that never applied X's delta (A, E, a fresh device, the script) reads
+    X's op when B's removes X's dot (II2): it must count only what X had seen (its deps),
+    or A's edit leaves every such reader's live tree, no conflict copy, no word."""
+    (a, b, e, x), before = x_removed(monkeypatch, tmp_path, local_remote, provider)
+    a.write("other.txt", "A's other file")  # A rewraps and compacts; E takes that snapshot
+    assert a.run("push").exit_code == 0
+    assert e.run("pull").exit_code == 0
+    nxt = 1 + max(int(n.split("-")[-1].split(".")[0]) for n in _segments(local_remote)
+                  if n.startswith(a.rid + "-"))
+    future = [f"{a.rid}:{n}" for n in range(nxt, nxt + 6)]
+    real = cg_session.Session.commit
+
+    def naming_more(self: cg_session.Session, ops: list[Any]) -> Any:
+        for op in ops:  # X's own client, its real key: its op also names A's future dots
+            if op["p"] == "paper.txt":
+                op["rm"] = [*op.get("rm", []), *future]
+        return real(self, ops)
+
+    with provider.showing(before) as late:
+        monkeypatch.setattr(cg_session.Session, "commit", naming_more)
+        x.write("paper.txt", LATE)
+        x.cg("push")
+        monkeypatch.setattr(cg_session.Session, "commit", real)
+    assert a.run("pull").exit_code == 0
+    a.write("paper.txt", "A's concurrent edit")
+    assert a.run("push").exit_code == 0
+    with provider.showing({**before, **late}):
+        assert b.run("pull").exit_code == 0
+        assert (b.folder / "paper.txt").read_text() == LATE
+        b.write("paper.txt", "B's edit over X's")
+        assert b.run("push").exit_code == 0
+    restored = _texts(script_restores(a, local_remote, tmp_path))
+    d = _fresh_device(monkeypatch, tmp_path, local_remote, a)
+    for reader in (d, e, a, b):
+        got = reader.run("pull")
+        assert got.exit_code == 0, got.output
+        held = _texts(reader.folder)
+        assert "A's concurrent edit" in held.values(), (reader.name, held)
+        assert "B's edit over X's" in held.values(), (reader.name, held)
+        assert LATE not in held.values(), (reader.name, held)
+    assert "A's concurrent edit" in restored.values(), restored
+    assert LATE not in restored.values(), restored
