@@ -103,6 +103,9 @@ def _pull(s: Session, scope: list[str] | None = None) -> PullResult:
     local = _scan(s, scope)
     plan, remote, _n = _pull_plan(s, local, scope)
     _check_space(s, plan.download)
+    for path in plan.held_open:
+        s.ui.warn(f"{path} holds a removed member's late content and is open in an office "
+                  "program: close it and pull again (until then it is not pushed)")
     errors: list[str] = []
     staged = _stage_all(s, plan.download, errors)
     expect = dict(local)  # what each path holds now, as far as this pull knows

@@ -321,6 +321,9 @@ class PullPlan:
     # same content, both sides changed metadata: the index records the remote's entry, so
     # the next push sends the fields changed here (``meta`` applies the others)
     restate: list[tuple[str, str, Entry]] = field(default_factory=list)
+    # a removed member's late content open in an office program: its late row stays, so no
+    # push takes it as this device's, and a pull after it is closed replaces it (round 20, JJ2)
+    held_open: list[str] = field(default_factory=list)
 
     @property
     def changes(self) -> int:
@@ -413,6 +416,9 @@ def plan_pull(local: dict[str, LocalItem], index: dict[str, IndexRow],
             continue
         land = plan.download if kind == "f" else plan.make
         if kind == "f" and loc.kind == "f" and busy is not None and busy(path):
+            if row is not None and late(loc, row):
+                plan.held_open.append(path)
+                continue
             name = conflict(path, int(entry.get("m", 0)), dot.partition(":")[0])
             land.append((name, dot, entry))
             plan.forget.append(path)

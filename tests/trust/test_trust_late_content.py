@@ -19,7 +19,7 @@ from test_trust_attacks import (  # noqa: F401
     provider,
     script_restores,
 )
-from test_trust_conflicts import _texts, x_removed
+from test_trust_conflicts import LATE, _texts, x_removed
 from test_trust_lag_carries import _pull_all
 
 from cloudguard import session as session_mod
@@ -218,3 +218,33 @@ def test_a_late_touch_naming_no_source_then_an_honest_action(
             assert "original" not in {t for p, t in v.items() if p != "doc.txt"}, v
         else:  # A's file is somewhere, X's content nowhere but where it held A's
             assert "original" in {t for p, t in v.items() if p != "doc.txt"}, v
+
+
+def test_a_late_copy_open_in_an_office_program_is_never_pushed_as_the_devices_own(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 20, JJ2. Lagging B pulls X's late rewrite of paper.txt and its user opens
+    it in LibreOffice (the lock file beside it). The removal shows and B pulls: the office
+    rule (land the remote version as a conflict copy) must not drop the late row, or B's
+    next push sends X's text as B's edit. The pull keeps the row and says so; after the file
+    is closed, a pull replaces it."""
+    (a, b, e, x), before = x_removed(monkeypatch, tmp_path, local_remote, provider)
+    with provider.showing(before) as late:
+        x.write("paper.txt", LATE)
+        x.cg("push")
+    with provider.showing({**before, **late}):
+        assert b.run("pull").exit_code == 0
+        assert (b.folder / "paper.txt").read_text() == LATE
+    lock = b.folder / ".~lock.paper.txt#"
+    lock.write_text("b,user,host,01.01.2026 10:00,file:///home/b/.config/libreoffice/4;")
+    got = b.run("pull")
+    assert got.exit_code == 0, got.output
+    assert "paper.txt holds a removed member's late content" in got.output, got.output
+    assert (b.folder / "paper.txt").read_text() == LATE  # the open file is left alone
+    lock.unlink()  # closed without saving
+    got = b.run("push")
+    assert got.exit_code == 0, got.output
+    held = _pull_all([a, e, b])
+    held["script"] = _texts(script_restores(a, local_remote, tmp_path))
+    assert all(LATE not in v.values() for v in held.values()), held
+    assert held["b"]["paper.txt"] == held["a"]["paper.txt"] != LATE, held
