@@ -116,3 +116,32 @@ def test_JJ1_a_late_op_naming_an_honest_dot_it_never_saw_hides_it_on_fresh_reade
     assert "A's concurrent edit" in restored.values(), restored
     assert "A's concurrent edit" in fresh.values(), fresh
     del pre_a
+
+
+def test_JJ2_a_late_copy_open_in_an_office_program_is_pushed_as_bs(  # type: ignore[no-untyped-def]
+        local_remote, provider, tmp_path, monkeypatch):
+    """X, removed, rewrites paper.txt late; lagging B pulls it. B's user opens it (LibreOffice
+    keeps .~lock.paper.txt# beside it). The removal shows and B pulls: the version that comes
+    back is "remote changed" at a busy path, so it lands as a conflict copy and the index row
+    becomes A's version (plan_pull's busy branch comes before its late-copy rule). B's user
+    closes the file without saving; B's next push sees paper.txt differ from that row and
+    uploads X's content as B's edit. Safe outcome: X's content reaches no other reader."""
+    (a, b, e, x), before = x_removed(monkeypatch, tmp_path, local_remote, provider)
+    with provider.showing(before) as late:
+        x.write("paper.txt", LATE)
+        x.cg("push")
+    with provider.showing({**before, **late}):
+        assert b.run("pull").exit_code == 0
+        assert (b.folder / "paper.txt").read_text() == LATE
+    lock = b.folder / ".~lock.paper.txt#"
+    lock.write_text("b,user,host,01.01.2026 10:00,file:///home/b/.config/libreoffice/4;")
+    got = b.run("pull", "--json")
+    print("B pull while open", got.exit_code, got.output[-400:])
+    lock.unlink()  # closed, not saved
+    print("B folder", _texts(b.folder))
+    pushed = _push(b)
+    print("B push late", pushed.get("late"), "uploaded", pushed.get("uploaded"))
+    got_all = _pull_all([a, e])
+    restored = _texts(script_restores(a, local_remote, tmp_path))
+    bad = [n for n, v in [*got_all.items(), ("script", restored)] if LATE in v.values()]
+    assert not bad, (bad, got_all, restored)
