@@ -11,7 +11,6 @@ import json
 import os
 from pathlib import Path
 
-import pytest
 from test_trust_attacks import (  # noqa: F401
     Dev,
     compact,
@@ -94,7 +93,7 @@ def test_JJ1_a_late_op_naming_an_honest_dot_it_never_saw_hides_it_on_fresh_reade
         x.write("paper.txt", LATE)
         x.cg("push")
         monkeypatch.setattr(cg_session.Session, "commit", real)
-    pre_a = provider.objects()
+
     assert a.run("pull").exit_code == 0
     a.write("paper.txt", "A's concurrent edit")
     _push(a)
@@ -120,7 +119,7 @@ def test_JJ1_a_late_op_naming_an_honest_dot_it_never_saw_hides_it_on_fresh_reade
     assert all("A's concurrent edit" in v.values() for v in got.values()), got
     assert "A's concurrent edit" in restored.values(), restored
     assert "A's concurrent edit" in fresh.values(), fresh
-    del pre_a
+
 
 
 def test_JJ2_a_late_copy_open_in_an_office_program_is_pushed_as_bs(  # type: ignore[no-untyped-def]
