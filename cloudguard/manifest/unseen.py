@@ -39,10 +39,15 @@ def _seen(rm: Any, writer: str, seq: int, deps: Any) -> list[str]:
     kept = []
     for dot in rm:
         dev, _, k = dot.partition(":") if isinstance(dot, str) else ("", "", "")
-        if k.isdigit() and (int(k) < seq if dev == writer else
-                            isinstance(deps.get(dev), int) and int(k) <= deps[dev]):
+        if not (k.isascii() and k.isdigit()):  # "²".isdigit(), and int() would raise
+            continue
+        if int(k) < seq if dev == writer else int(k) <= _int(deps.get(dev)):
             kept.append(dot)
     return kept
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def replaced_by_unseen(state: State, listing: Mapping[str, int],
