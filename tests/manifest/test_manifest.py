@@ -1009,3 +1009,12 @@ def test_a_missing_segment_is_named_not_the_delta_that_waits_on_it(tmp_path: Pat
     with pytest.raises(IntegrityError) as got:
         mf.load(listing, blobs.__getitem__, _opener, DEVICES[2], {}, mf.SegmentCache(tmp_path))
     assert f"segment {mf.segment_name(a, 1, 'd')} is missing" in str(got.value), got.value
+
+
+def test_a_late_ops_rm_counts_only_what_its_writer_had_seen() -> None:
+    """Review round 20, JJ1: its own earlier dots and those its deps cover; malformed dots
+    (a signed rm can hold anything) are dropped, never a traceback."""
+    from cloudguard.manifest.unseen import _seen
+    rm = ["a:1", "a:5", "b:2", "b:3", "b:\u00b2", 5, "c:1", "d:1"]
+    assert _seen(rm, "a", 5, {"b": 2, "c": True, "d": "1"}) == ["a:1", "b:2"]
+    assert _seen("a:1", "a", 5, {}) == []
