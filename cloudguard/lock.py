@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import keys
+from .procs import ours
 from .results import LockResult
 from .state import home
 
@@ -44,7 +45,7 @@ def _live_mounts() -> Iterator[tuple[int, dict[str, Any]]]:
             pid = int(doc["pid"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if _is_ours(pid):
+        if ours(pid):
             yield pid, doc
 
 
@@ -74,13 +75,6 @@ def _under_systemd(pid: int) -> bool:
         return False
 
 
-def _is_ours(pid: int) -> bool:
-    """A pid may have been reused since it registered: only signal a cloudguard process."""
-    try:
-        return b"cloudguard" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-
 
 def lock(lock_keyring: bool = False) -> LockResult:
     stopped: list[int] = []
@@ -102,17 +96,17 @@ def lock(lock_keyring: bool = False) -> LockResult:
             elif os.path.ismount(str(mountpoint)):
                 problems.append(f"cannot unmount {mountpoint}: "
                                 f"{proc.stderr.decode(errors='replace').strip()}")
-        if _is_ours(pid) and doc.get("kind") == "daemon" and _under_systemd(pid):
+        if ours(pid) and doc.get("kind") == "daemon" and _under_systemd(pid):
             # a service: stop it through systemd, or Restart=on-failure brings it back
             proc = subprocess.run(["systemctl", "--user", "stop", SERVICE],
                                   capture_output=True, check=False)
             if proc.returncode != 0:
                 problems.append(f"systemctl --user stop {SERVICE} failed: "
                                 f"{proc.stderr.decode(errors='replace').strip()}")
-        if _is_ours(pid):
+        if ours(pid):
             os.kill(pid, signal.SIGTERM)
             for _ in range(50):
-                if not _is_ours(pid):
+                if not ours(pid):
                     break
                 time.sleep(0.1)
             else:

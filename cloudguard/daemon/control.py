@@ -32,7 +32,7 @@ import msgspec
 
 from ..errors import CloudguardError, UsageError
 from ..lock import SERVICE, run_dir
-from ..procs import running
+from ..procs import ours, running
 from ..results import DaemonDone, DaemonStarted, DaemonStatus, DaemonStopped, UnitResult
 from ..settings import settings
 
@@ -221,7 +221,7 @@ def _daemon_pids() -> list[int]:
             pid = int(json.loads(record.read_text())["pid"])
         except (OSError, ValueError, KeyError, TypeError):
             pid = 0
-        if not running(pid):
+        if not ours(pid):  # gone, or its pid reused since a hard kill: never signal that
             record.unlink(missing_ok=True)
             continue
         pids.append(pid)
@@ -250,7 +250,8 @@ def start(log: Path) -> DaemonStarted:
 def stop(timeout: float = 10.0) -> DaemonStopped:
     pids = _daemon_pids()
     for pid in pids:
-        os.kill(pid, signal.SIGTERM)
+        with suppress(ProcessLookupError):  # exited since the look
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     for pid in pids:
         while running(pid) and time.monotonic() < deadline:

@@ -14,6 +14,8 @@ import pytest
 from helpers import cg_json
 
 from cloudguard import lock
+from cloudguard.daemon import control
+from cloudguard.procs import ours, running
 
 
 def test_lock_stops_registered_processes() -> None:
@@ -23,7 +25,7 @@ def test_lock_stops_registered_processes() -> None:
     try:
         # a daemon registers once it runs; right after the spawn its argv may not show yet
         for _ in range(100):
-            if lock._is_ours(proc.pid):
+            if ours(proc.pid):
                 break
             time.sleep(0.05)
         record = lock.run_dir() / f"daemon-{proc.pid}.json"
@@ -46,6 +48,36 @@ def test_lock_never_signals_a_reused_pid() -> None:
         assert cg_json("lock")["stopped"] == []
         time.sleep(0.2)
         assert other.poll() is None and not record.exists()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_daemon_stop_and_start_never_take_a_reused_pid_for_the_daemon() -> None:
+    # a daemon killed hard left its record; its pid now names another program of this user
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        record = lock.run_dir() / f"daemon-{other.pid}.json"
+        record.write_text(json.dumps({"pid": other.pid, "kind": "daemon", "mountpoint": None}))
+        assert control.stop(timeout=1).stopped == []
+        time.sleep(0.2)
+        assert other.poll() is None and not record.exists()
+    finally:
+        other.kill()
+        other.wait()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="starting another user's process needs root")
+def test_another_users_cloudguard_is_not_ours() -> None:
+    sleep = shutil.which("sleep")
+    assert sleep
+    other = subprocess.Popen(["cloudguard-daemon", "120"], executable=sleep, user=65534, cwd="/")
+    try:
+        for _ in range(100):  # its argv shows once the exec is done
+            if b"cloudguard" in Path(f"/proc/{other.pid}/cmdline").read_bytes():
+                break
+            time.sleep(0.05)
+        assert running(other.pid) and not ours(other.pid)
     finally:
         other.kill()
         other.wait()
