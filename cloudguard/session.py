@@ -147,7 +147,7 @@ class Session:
 
         name, seq, digest = self.write_segment("d", payload)
         with self.state.transaction():
-            self.state.apply_delta(own, seq, ops)
+            self.state.apply_delta(own, seq, ops, deps)
             self.state.mark_consumed(name, self.listing[name], digest)
         self.index.set_meta("seen", self.state.seen())
         self.index.set_meta("pending_segment", None)

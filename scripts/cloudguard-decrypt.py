@@ -1174,7 +1174,7 @@ class State:
     # "Version history": every version a snapshot keeps or this load removed (--history)
     kept: dict[str, dict[str, Entry]] = field(default_factory=dict)
     # (path, late dot, honest dot): a delta removed a late version this reader never held
-    unseen: list[tuple[str, str, str]] = field(default_factory=list)
+    unseen: list[tuple[str, str, str, dict[str, int]]] = field(default_factory=list)
 
     def in_suspect(self, dot: str) -> bool:
         device, seq = dot_parts(dot)
@@ -1223,7 +1223,7 @@ class State:
                                         self.suspect.get(device, []) if hi > seq]
             self.ctx[device] = max(before, seq)
 
-    def apply(self, dot: str, ops: list[dict[str, Any]]) -> None:
+    def apply(self, dot: str, ops: list[dict[str, Any]], deps: dict[str, int]) -> None:
         """Applying a delta removes the rm dots at p and adds e under the delta's dot.
 
         A "reloc" op (written by a repack, re-encryption or repair) moves an existing dot's
@@ -1242,7 +1242,7 @@ class State:
                 if old in siblings:
                     self.kept.setdefault(op["p"], {})[old] = siblings.pop(old)
                 elif late_dot(old, self.limit):
-                    self.unseen.append((op["p"], old, dot))
+                    self.unseen.append((op["p"], old, dot, deps))
             if op.get("e") is not None:
                 siblings[dot] = op["e"]
             if not siblings:
@@ -1707,7 +1707,8 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
             payload = open_named(name)
             ops = [{k: v for k, v in op.items() if k != "e" or (op["p"], f"{device}:{seq}")
                     not in state.gone} for op in parse_ops(payload.get("ops"))]
-            state.apply(f"{device}:{seq}", ops)
+            state.apply(f"{device}:{seq}", ops,
+                        firm(clamp(parse_vv(payload.get("deps")), limit), payload))
         except Skip as exc:
             skipped.append(str(exc))
         except BadData as exc:
@@ -1724,6 +1725,7 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
                 continue
             pending.setdefault(device, {})[seq] = name
     opened: dict[str, tuple[dict[str, int], list[dict[str, Any]]]] = {}
+    firmed: dict[str, dict[str, int]] = {}  # what each delta's writer had applied itself
     progress = True
     while progress:
         progress = False
@@ -1751,10 +1753,11 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
                     raise IntegrityFailure(f"manifest segment {found}: a resolution carries "
                                            "content its writer had not seen")
                 opened[found] = (clamp(deps, limit), opened[found][1])
+                firmed[found] = firm(opened[found][0], payload)
             deps, ops = opened[found]
             if not state.dominates({d: s for d, s in deps.items() if d != device}):
                 continue
-            state.apply(f"{device}:{seq}", ops)
+            state.apply(f"{device}:{seq}", ops, firmed[found])
             state.ctx[device] = seq
             del pending[device][seq]
             progress = True
@@ -1806,6 +1809,13 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
     return state, skipped
 
 
+def firm(deps: dict[str, int], payload: dict[str, Any]) -> dict[str, int]:
+    """What a delta's writer had applied itself: its deps where "dh" names the segment (as
+    cloudguard's manifest.loading.firm)."""
+    dh = payload.get("dh")
+    return {d: s for d, s in deps.items() if isinstance(dh, dict) and d in dh}
+
+
 def seen_by(dot: tuple[str, int], writer: str, seq: int, deps: dict[str, int]) -> bool:
     """Had the writer of delta ``writer:seq`` seen ``dot``: one of its own earlier ones or one
     its ``deps`` cover (as cloudguard's manifest.unseen)."""
@@ -1820,7 +1830,8 @@ def replaced_by_unseen(state: State, late_ops: dict[str, dict[str, dict[str, Any
     todo = list(state.unseen)
     seen: set[tuple[str, str]] = set()
     while todo:
-        path, late, honest = todo.pop()
+        path, late, honest, deps = todo.pop()
+        writer, _, at = honest.partition(":")
         if (path, late) in seen:
             continue
         seen.add((path, late))
@@ -1834,8 +1845,10 @@ def replaced_by_unseen(state: State, late_ops: dict[str, dict[str, dict[str, Any
                 continue
             if old not in live:  # a chain of late edits: follow it
                 if late_dot(old, state.limit):
-                    todo.append((path, old, honest))
+                    todo.append((path, old, honest, deps))
                 continue
+            if not seen_by(dot_parts(old), writer, int(at), deps):
+                continue  # the honest editor never saw it: the late op's word alone (KK1)
             if late_dot(old, state.limit) or undoes(honest, {"e": op["e"]}, live, gone,
                                                     content_tag(live[old])):
                 continue  # a delete, rename away or touch of it: what it replaced stays

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -122,9 +122,10 @@ class State(History):
         self.cuts: dict[str, int] = {}
         # device -> the seen seq the last load fell short of under an ended key (step 4)
         self.short: dict[str, int] = {}
-        # (path, late dot, honest dot): a delta removed a late version this state never held
-        # (its delta was refused here); unseen.py looks at what that late version replaced
-        self.unseen: list[tuple[str, str, str]] = []
+        # (path, late dot, honest dot, the honest delta's deps): a delta removed a late version
+        # this state never held (its delta was refused here); unseen.py looks at what that
+        # late version replaced
+        self.unseen: list[tuple[str, str, str, Mapping[str, int]]] = []
 
     @staticmethod
     def _connect(path: Path | None) -> sqlite3.Connection:
@@ -311,9 +312,12 @@ class State(History):
     def _drop(self, path: str, dot: str) -> None:
         self.db.execute("DELETE FROM entries WHERE path = ? AND dot = ?", (path, dot))
 
-    def apply_delta(self, device: str, seq: int, ops: list[Op]) -> None:
+    def apply_delta(self, device: str, seq: int, ops: list[Op],
+                    deps: Mapping[str, int] | None = None) -> None:
         """The versions a delta replaces join the history as of this device's clock: a time
-        the delta states could send them straight past ``keep_days`` (review round 3, R7)."""
+        the delta states could send them straight past ``keep_days`` (review round 3, R7).
+        ``deps``, the delta's own, bound what a late version it removed may have replaced
+        (unseen.py)."""
         dot = dot_of(device, seq)
         at = int(time.time())  # ours: a writer's clock could end the undo or the history
         # read again because a late word had lifted the vector over it (raises.py): a
@@ -348,7 +352,7 @@ class State(History):
                     else:
                         self.witness(path, old, dot)
                         if late_dot(old, self.cuts):
-                            self.unseen.append((path, old, dot))
+                            self.unseen.append((path, old, dot, deps or {}))
                 if entry is not None:
                     if not isinstance(entry, dict):
                         raise IntegrityError(f"manifest entry for {path!r} is malformed")

@@ -21,6 +21,7 @@ from .segments import (
     SegmentCache,
     _check_segment,
     carriers_of,
+    firm,
     parse_name,
     segment_name,
     time_of,
@@ -259,7 +260,7 @@ def _load(listing: dict[str, int], fetch: Callable[[str], bytes], opener: Opener
                     waits[dev] = deps
                     continue
                 with _naming(found):
-                    state.apply_delta(dev, nxt, payload["ops"])
+                    state.apply_delta(dev, nxt, payload["ops"], firm(deps, payload))
                 state.mark_consumed(found, listing[found], heads_hash[found])
                 del pending[dev][nxt]
                 progress = True
@@ -363,7 +364,8 @@ def _read_again(state: State, parsed: dict[str, tuple[str, int, str]],
             skip_log.append(str(exc))
             continue
         with _naming(name):
-            state.apply_delta(dev, seq, payload["ops"])
+            state.apply_delta(dev, seq, payload["ops"],
+                              firm(clamp_ctx(dict(payload["deps"]), limit), payload))
         state.mark_consumed(name, listing[name], heads_hash[name])
 
 

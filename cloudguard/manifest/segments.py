@@ -90,6 +90,14 @@ def applied_hash(consumed: dict[str, tuple[int, str, dict[str, int] | None]], de
     return None
 
 
+def firm(deps: dict[str, int], payload: dict[str, Any]) -> dict[str, int]:
+    """What a delta's writer had applied itself: its ``deps`` where ``dh`` names the segment
+    (a snapshot's vector can lift a lagging device's over seqs it never held, and a removed
+    member's late snapshot can claim any; review round 21, KK1)."""
+    dh = payload.get("dh")
+    return {d: s for d, s in deps.items() if isinstance(dh, dict) and d in dh}
+
+
 def time_of(payload: dict[str, Any]) -> int:
     """A segment's time (unix seconds): when the versions it replaced joined the history. A
     time in the future counts as now: a writer's clock must not keep history, or objects,

@@ -30,9 +30,12 @@ __all__ = ["replaced_by_unseen"]
 
 
 def _seen(rm: Any, writer: str, seq: int, deps: Any) -> list[str]:
-    """The dots of a late op's ``rm`` that its writer had seen: its own earlier ones and those
-    its delta's ``deps`` cover. Dot names are predictable, so a removed member could name an
-    honest edit it never saw, and a reader would hide that edit (review round 20, JJ1)."""
+    """The dots of ``rm`` that the writer of delta ``writer:seq`` had seen: its own earlier
+    ones and those its ``deps`` cover. Dot names are predictable, so a removed member could
+    name an honest edit it never saw, and a reader would hide that edit (review round 20,
+    JJ1). Its deps are its own word too, unchecked where a reader took its late snapshot
+    instead of the delta: the honest editor's deps must cover the dot as well (round 21,
+    KK1)."""
     if not isinstance(rm, list):
         return []
     deps = deps if isinstance(deps, dict) else {}
@@ -82,7 +85,8 @@ def replaced_by_unseen(state: State, listing: Mapping[str, int],
     now = int(time.time())
     with state.transaction():
         while todo:
-            path, late, honest = todo.pop()
+            path, late, honest, deps = todo.pop()
+            writer, _, at = honest.partition(":")
             if (path, late) in seen:
                 continue
             seen.add((path, late))
@@ -96,8 +100,10 @@ def replaced_by_unseen(state: State, listing: Mapping[str, int],
                     continue
                 if old not in live:  # a chain of late edits: follow it
                     if late_dot(old, state.cuts):
-                        todo.append((path, old, honest))
+                        todo.append((path, old, honest, deps))
                     continue
+                if not _seen([old], writer, int(at), deps):
+                    continue  # the honest editor never saw it: the late op's word alone (KK1)
                 if late_dot(old, state.cuts) or _undoes(
                         honest, {"e": op["e"]}, live, gone, content_tag(live[old])):
                     continue  # a delete, rename away or touch of it: what it replaced stays

@@ -30,6 +30,7 @@ from test_trust_conflicts import LATE, _texts, x_removed
 from test_trust_late_restore import b_taken_out
 
 from cloudguard import format as fmt
+from cloudguard import manifest as mf
 from cloudguard import session as cg_session
 from cloudguard.manifest import attic
 
@@ -177,3 +178,85 @@ def test_a_late_op_cannot_hide_an_honest_edit_it_never_saw(
         assert LATE not in held.values(), (reader.name, held)
     assert "A's concurrent edit" in restored.values(), restored
     assert LATE not in restored.values(), restored
+
+
+def test_a_late_op_cannot_hide_an_honest_edit_by_forging_its_deps(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 21, KK1. JJ1's bound counted what X's deps cover, and X signs its deps.
+    X's late op names A's next dots and its deps claim them; X then compacts, so lagging B
+    takes X's version through the late snapshot and never checks the delta's deps (the
+    provider keeps the delta listed). A edits paper.txt, B edits over X's version. A reader
+    that never took X's segments must count only what B, the honest editor, had seen too."""
+    (a, b, e, x), before = x_removed(monkeypatch, tmp_path, local_remote, provider)
+    a.write("other.txt", "A's other file")  # A rewraps and compacts; E takes that snapshot
+    assert a.run("push").exit_code == 0
+    assert e.run("pull").exit_code == 0
+    nxt = 1 + max(int(n.split("-")[-1].split(".")[0]) for n in _segments(local_remote)
+                  if n.startswith(a.rid + "-"))
+    real = mf.delta_payload
+
+    def forged(device: str, seq: int, deps: dict[str, int], prev: Any, ops: list[Any],
+               dh: Any = None) -> Any:
+        for op in ops:  # X's own client, its real key: it names A's next dots and claims them
+            if op["p"] == "paper.txt":
+                op["rm"] = [*op.get("rm", []), *(f"{a.rid}:{n}" for n in range(nxt, nxt + 6))]
+        return real(device, seq, {**deps, a.rid: nxt + 5}, prev, ops, dh)
+
+    with provider.showing(before) as late:
+        monkeypatch.setattr(mf, "delta_payload", forged)
+        x.write("paper.txt", LATE)
+        x.cg("push")
+        monkeypatch.setattr(mf, "delta_payload", real)
+        name = mf.segment_name(x.rid, max(int(n.split("-")[-1].split(".")[0]) for n in
+                                          _segments(local_remote)
+                                          if n.startswith(x.rid + "-")), "d")
+        kept = provider.get(name)
+        compact(x)  # X's late snapshot covers its delta, which the compaction deletes
+    late[name] = kept  # the provider lists it again: X signed it
+    provider.put(name, kept)
+    assert a.run("pull").exit_code == 0
+    a.write("paper.txt", "A's concurrent edit")
+    assert a.run("push").exit_code == 0
+    with provider.showing({**before, **late}):
+        assert b.run("pull").exit_code == 0
+        assert (b.folder / "paper.txt").read_text() == LATE
+        b.write("paper.txt", "B's edit over X's")
+        assert b.run("push").exit_code == 0
+    restored = _texts(script_restores(a, local_remote, tmp_path))
+    d = _fresh_device(monkeypatch, tmp_path, local_remote, a)
+    for reader in (d, e, a, b):
+        got = reader.run("pull")
+        assert got.exit_code == 0, got.output
+        held = _texts(reader.folder)
+        assert "A's concurrent edit" in held.values(), (reader.name, held)
+        assert "B's edit over X's" in held.values(), (reader.name, held)
+    assert "A's concurrent edit" in restored.values(), restored
+
+
+def test_what_a_late_edit_replaced_of_another_writer_leaves_every_reader_alike(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """II2 where the version the late edit replaced is not the honest editor's own: lagging B
+    applied X's late rewrite of A's paper.txt and edits over it. B holds A's text in the
+    history only; so must a reader that refused X's delta (B's delta names, in dh, the A
+    segment it had applied: firm), a fresh device and the script."""
+    (a, b, e, x), before = x_removed(monkeypatch, tmp_path, local_remote, provider)
+    with provider.showing(before) as late:
+        x.write("paper.txt", LATE)
+        x.cg("push")
+    with provider.showing({**before, **late}):
+        assert b.run("pull").exit_code == 0
+        assert (b.folder / "paper.txt").read_text() == LATE
+        b.write("paper.txt", "B's edit over X's")
+        assert b.run("push").exit_code == 0
+    restored = _texts(script_restores(a, local_remote, tmp_path))
+    d = _fresh_device(monkeypatch, tmp_path, local_remote, a)
+    for reader in (d, e, a, b):
+        got = reader.run("pull")
+        assert got.exit_code == 0, got.output
+        held = _texts(reader.folder)
+        assert held == restored, (reader.name, held, restored)
+    assert sorted(restored.values()).count("B's edit over X's") == 1, restored
+    assert "original" not in (restored.get(k) for k in restored if k.startswith("paper")), \
+        restored
