@@ -1175,6 +1175,29 @@ class State:
     kept: dict[str, dict[str, Entry]] = field(default_factory=dict)
     # (path, late dot, honest dot): a delta removed a late version this reader never held
     unseen: list[tuple[str, str, str, dict[str, int]]] = field(default_factory=list)
+    keks: dict[str, bytes] = field(default_factory=dict)  # the kit's, by commitment
+
+    def fresher(self, one: Entry, two: Entry) -> Entry:
+        """Of two copies of one version at one place that differ only in their key wrap, one
+        whose wrap fails under a KEK the kit holds loses (review round 21, KK2: a removed
+        member's late snapshot can carry bytes that are no wrap at all)."""
+        if (one.get("r", 0), one.get("o")) == (two.get("r", 0), two.get("o")):
+            ok = [self.unwraps(e) for e in (one, two)]
+            if ok == [True, False]:
+                return one
+            if ok == [False, True]:
+                return two
+        return newer_location(one, two)
+
+    def unwraps(self, entry: Entry) -> bool | None:
+        kek = self.keks.get(str(entry.get("g")))
+        if kek is None:
+            return None
+        try:
+            unwrap_dek(kek, unb64(entry["k"]), bytes.fromhex(entry["i"]))
+        except (BadData, KeyError, TypeError, ValueError):
+            return False
+        return True
 
     def in_suspect(self, dot: str) -> bool:
         device, seq = dot_parts(dot)
@@ -1206,7 +1229,7 @@ class State:
                     if not same_content(mine[dot], entry):
                         raise IntegrityFailure(f"manifest entry {dot} of {path!r} has two "
                                                "contents")
-                    keep[dot] = newer_location(mine[dot], entry)
+                    keep[dot] = self.fresher(mine[dot], entry)
                 elif not covered(dot, self.ctx) or (
                         self.in_suspect(dot) and (path, dot) not in self.gone):
                     keep[dot] = entry
@@ -1638,7 +1661,7 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
     pinning = False
 
     # 1. open every snapshot and merge them
-    state = State(limit=limit)
+    state = State(limit=limit, keks=chain.keks)
     held: set[str] = set()  # devices with a snapshot skipped
     for name, (device, own_seq, kind) in sorted(segments.items()):
         if kind != "s":

@@ -112,10 +112,14 @@ def true_key(transport: Transport, one: Entry, two: Entry, keks: Callable[[str],
     """Two copies of one version at one place may differ only in how the DEK is wrapped (a
     rewrap). When both unwrap here to different DEKs, one is junk (a removed member's late
     snapshot, review round 8, W7): the copy whose DEK opens its blob's header (the key
-    commitment, one small ranged read) is returned. None when both give one DEK (the usual
-    rewrap: nothing read) or when this device cannot tell."""
+    commitment, one small ranged read) is returned. A copy whose wrap fails under a KEK this
+    device holds is junk too, and loses to one that unwraps (round 21, KK2: else the
+    tie-break on bytes the removed member grinds decided). None when both give one DEK (the
+    usual rewrap: nothing read) or when this device cannot tell."""
     deks = [_dek_or_none(e, keks) for e in (one, two)]
-    if None in deks or deks[0] == deks[1]:
+    if deks.count(_JUNK) == 1 and None not in deks:
+        return two if deks[0] == _JUNK else one
+    if None in deks or _JUNK in deks or deks[0] == deks[1]:
         return None
     opens = [_opens(transport, e, d) for e, d in zip((one, two), deks, strict=True)]
     if opens == [True, False]:
@@ -125,11 +129,19 @@ def true_key(transport: Transport, one: Entry, two: Entry, keks: Callable[[str],
     return None
 
 
+_JUNK = b""  # the wrap fails under a KEK this device holds
+
+
 def _dek_or_none(entry: Entry, keks: Callable[[str], bytes]) -> bytes | None:
+    """The DEK; ``_JUNK`` when the wrap fails under a KEK held here; None when not held."""
+    try:
+        keks(str(entry.get("g")))
+    except IntegrityError:
+        return None
     try:
         return dek_of(entry, keks)[0]
     except IntegrityError:
-        return None
+        return _JUNK
 
 
 def _opens(transport: Transport, entry: Entry, dek: bytes | None) -> bool | None:

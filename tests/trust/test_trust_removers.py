@@ -24,7 +24,7 @@ from test_trust_attacks import (
     script_restores,
 )
 
-from cloudguard import vault
+from cloudguard import sync, vault
 
 __all__ = ["provider"]
 
@@ -208,14 +208,18 @@ def test_a_late_delete_survives_the_reencryption_that_answers_the_theft(
         assert dev.json("verify", "--read-data")["ok"], dev.name
 
 
+@pytest.mark.parametrize("junk_kind", ["junk-dek", "no-wrap", "no-wrap-b-spreads-it"])
 def test_a_late_rewrap_to_a_junk_key_never_wins(
         local_remote: str, provider: Provider, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, junk_kind: str) -> None:
     """Review round 8, W7: X, removed, writes a late snapshot whose copy of A's paper.txt sits
     at the same place but wraps a junk DEK (a valid wrap under the old key, ground until it
     wins the location tie-break). B, lagging, merges it. Two copies at one place whose DEKs
     differ are judged by the blob's key commitment: the real one stays, on B and on everyone
-    who merges B's snapshot."""
+    who merges B's snapshot. Round 21, KK2: the same with bytes that are no wrap at all,
+    which once left it to the tie-break (and the recovery script then restored nothing); and
+    where B (an older client) keeps the junk and its compaction spreads it, devices and the
+    script keep the copy that unwraps."""
     import json
     import os
 
@@ -230,19 +234,24 @@ def test_a_late_rewrap_to_a_junk_key_never_wins(
         with vault.session(str(x.folder)) as s:
             ((dot, real),) = s.state.siblings("paper.txt").items()
             while True:
-                junk = {**real, "k": fmt.b64(fmt.wrap_dek(
-                    s.ring.kek(str(real["g"])), os.urandom(32), bytes.fromhex(real["i"])))}
+                k = fmt.wrap_dek(s.ring.kek(str(real["g"])), os.urandom(32),
+                                 bytes.fromhex(real["i"])) if junk_kind == "junk-dek" \
+                    else os.urandom(len(fmt.unb64(real["k"])))  # no wrap at all (KK2)
+                junk = {**real, "k": fmt.b64(k)}
                 if json.dumps(junk, sort_keys=True) > json.dumps(real, sort_keys=True):
                     break
             with s.state.transaction():
                 s.state.put_entry("paper.txt", dot, junk)
                 s.state.ctx[x.rid] = s.state.ctx.get(x.rid, 0) + 1  # past the cutoff
             s.snapshot()
-    with provider.showing({**old, **by_x}) as by_b:
+    with provider.showing({**old, **by_x}) as by_b, monkeypatch.context() as m:
+        if junk_kind == "no-wrap-b-spreads-it":
+            m.setattr(sync, "true_key", lambda *_a, **_k: None)  # B cannot tell: tie-break
         assert b.run("pull").exit_code == 0
         b.use()
         with vault.session(str(b.folder)) as s:
-            assert s.state.siblings("paper.txt")[dot]["k"] == real["k"]
+            kept = s.state.siblings("paper.txt")[dot]["k"]
+        assert kept == (junk["k"] if junk_kind == "no-wrap-b-spreads-it" else real["k"])
         compact(b)
     assert any(n.startswith(f"m/{b.rid}-") and n.endswith(".s") for n in by_b)
     for dev in (a, b, c):
