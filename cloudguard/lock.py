@@ -14,11 +14,12 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 from . import keys
-from .procs import ours
+from .procs import ours, started
 from .results import LockResult
 from .state import home
 
@@ -32,8 +33,8 @@ def run_dir() -> Path:
 def register(kind: str, mountpoint: str | None = None, folder: str | None = None) -> Path:
     """Called by a daemon or mount at start; the record is removed when it exits cleanly."""
     record = run_dir() / f"{kind}-{os.getpid()}.json"
-    record.write_text(json.dumps({"pid": os.getpid(), "kind": kind, "mountpoint": mountpoint,
-                                  "folder": folder}))
+    record.write_text(json.dumps({"pid": os.getpid(), "start": started(os.getpid()),
+                                  "kind": kind, "mountpoint": mountpoint, "folder": folder}))
     return record
 
 
@@ -45,7 +46,7 @@ def _live_mounts() -> Iterator[tuple[int, dict[str, Any]]]:
             pid = int(doc["pid"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if ours(pid):
+        if ours(pid, doc.get("start")):
             yield pid, doc
 
 
@@ -96,21 +97,23 @@ def lock(lock_keyring: bool = False) -> LockResult:
             elif os.path.ismount(str(mountpoint)):
                 problems.append(f"cannot unmount {mountpoint}: "
                                 f"{proc.stderr.decode(errors='replace').strip()}")
-        if ours(pid) and doc.get("kind") == "daemon" and _under_systemd(pid):
+        mine = ours(pid, start := doc.get("start"))
+        if mine and doc.get("kind") == "daemon" and _under_systemd(pid):
             # a service: stop it through systemd, or Restart=on-failure brings it back
             proc = subprocess.run(["systemctl", "--user", "stop", SERVICE],
                                   capture_output=True, check=False)
             if proc.returncode != 0:
                 problems.append(f"systemctl --user stop {SERVICE} failed: "
                                 f"{proc.stderr.decode(errors='replace').strip()}")
-        if ours(pid):
-            os.kill(pid, signal.SIGTERM)
-            for _ in range(50):
-                if not ours(pid):
-                    break
-                time.sleep(0.1)
-            else:
-                os.kill(pid, signal.SIGKILL)
+        if mine:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+                for _ in range(50):
+                    if not ours(pid, start):
+                        break
+                    time.sleep(0.1)
+                else:
+                    os.kill(pid, signal.SIGKILL)
             stopped.append(pid)
         record.unlink(missing_ok=True)
     keys.drop_cached_keys()

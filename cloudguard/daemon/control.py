@@ -218,10 +218,11 @@ def _daemon_pids() -> list[int]:
     pids = []
     for record in run_dir().glob("daemon-*.json"):
         try:
-            pid = int(json.loads(record.read_text())["pid"])
+            doc = json.loads(record.read_text())
+            pid, start = int(doc["pid"]), doc.get("start")
         except (OSError, ValueError, KeyError, TypeError):
-            pid = 0
-        if not ours(pid):  # gone, or its pid reused since a hard kill: never signal that
+            pid, start = 0, None
+        if not ours(pid, start):  # gone, or its pid reused since a hard kill: never signal that
             record.unlink(missing_ok=True)
             continue
         pids.append(pid)

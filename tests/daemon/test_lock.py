@@ -15,21 +15,25 @@ from helpers import cg_json
 
 from cloudguard import lock
 from cloudguard.daemon import control
-from cloudguard.procs import ours, running
+from cloudguard.procs import ours, running, started
+
+
+def _sleeper(*argv: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", *argv])
+
+
+def _record(pid: int, start: int | None) -> Path:
+    """What a daemon writes at start (lock.register), for process ``pid`` started at ``start``."""
+    record = lock.run_dir() / f"daemon-{pid}.json"
+    record.write_text(json.dumps({"pid": pid, "start": start, "kind": "daemon",
+                                  "mountpoint": None}))
+    return record
 
 
 def test_lock_stops_registered_processes() -> None:
-    # argv carries "cloudguard", as the daemon's does; the record is what it would write
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
-                             "cloudguard-daemon"])
+    proc = _sleeper()
     try:
-        # a daemon registers once it runs; right after the spawn its argv may not show yet
-        for _ in range(100):
-            if ours(proc.pid):
-                break
-            time.sleep(0.05)
-        record = lock.run_dir() / f"daemon-{proc.pid}.json"
-        record.write_text(json.dumps({"pid": proc.pid, "kind": "daemon", "mountpoint": None}))
+        record = _record(proc.pid, started(proc.pid))
         result = cg_json("lock")
         assert result["stopped"] == [proc.pid]
         assert proc.wait(timeout=10) != 0
@@ -40,44 +44,37 @@ def test_lock_stops_registered_processes() -> None:
         proc.wait()
 
 
-def test_lock_never_signals_a_reused_pid() -> None:
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+@pytest.mark.parametrize("argv", [(), ("/home/u/cloudguard/notes.txt",)],
+                         ids=["any", "naming-cloudguard"])
+@pytest.mark.parametrize("how", ["lock", "daemon-stop"])
+def test_a_reused_pid_is_never_signalled(argv: tuple[str, ...], how: str) -> None:
+    # a daemon killed hard left its record; its pid now names another program of this user,
+    # perhaps one whose command line names cloudguard (review round 21, KK3)
+    other = _sleeper(*argv)
     try:
-        record = lock.run_dir() / f"daemon-{other.pid}.json"
-        record.write_text(json.dumps({"pid": other.pid, "kind": "daemon", "mountpoint": None}))
-        assert cg_json("lock")["stopped"] == []
-        time.sleep(0.2)
-        assert other.poll() is None and not record.exists()
-    finally:
-        other.kill()
-        other.wait()
-
-
-def test_daemon_stop_and_start_never_take_a_reused_pid_for_the_daemon() -> None:
-    # a daemon killed hard left its record; its pid now names another program of this user
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    try:
-        record = lock.run_dir() / f"daemon-{other.pid}.json"
-        record.write_text(json.dumps({"pid": other.pid, "kind": "daemon", "mountpoint": None}))
-        assert control.stop(timeout=1).stopped == []
-        time.sleep(0.2)
-        assert other.poll() is None and not record.exists()
+        start = started(other.pid)
+        assert start is not None
+        for record in (_record(other.pid, start - 1), _record(other.pid, None)):
+            if how == "lock":
+                assert cg_json("lock")["stopped"] == []
+            else:
+                assert control.stop(timeout=1).stopped == []
+            time.sleep(0.2)
+            assert other.poll() is None and not record.exists()
     finally:
         other.kill()
         other.wait()
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="starting another user's process needs root")
-def test_another_users_cloudguard_is_not_ours() -> None:
+def test_another_users_process_is_not_ours() -> None:
     sleep = shutil.which("sleep")
     assert sleep
     other = subprocess.Popen(["cloudguard-daemon", "120"], executable=sleep, user=65534, cwd="/")
     try:
-        for _ in range(100):  # its argv shows once the exec is done
-            if b"cloudguard" in Path(f"/proc/{other.pid}/cmdline").read_bytes():
-                break
-            time.sleep(0.05)
-        assert running(other.pid) and not ours(other.pid)
+        start = started(other.pid)
+        assert running(other.pid) and start is not None and not ours(other.pid, start)
+        assert ours(os.getpid(), started(os.getpid()))
     finally:
         other.kill()
         other.wait()
