@@ -129,3 +129,57 @@ def test_KK1_forged_deps_under_a_late_snapshot_hide_an_honest_edit(  # type: ign
     assert "A's concurrent edit" in fresh.values(), fresh
     assert all("A's concurrent edit" in v.values() for v in got_all.values()), got_all
     assert "A's concurrent edit" in restored.values(), restored
+
+
+def test_KK2_a_late_rewrap_that_does_not_unwrap_wins_the_tie_break(  # type: ignore[no-untyped-def]
+        local_remote, provider, tmp_path, monkeypatch):
+    """52baf0c's tie-break under the head, and round 8's W7 before it: sync.true_key returns
+    None ("cannot tell") when either copy's k fails to unwrap, even under a KEK the reader
+    holds, so a copy whose k is garbage (not a wrap at all) is left to _under_head (same g:
+    no answer) and then to the tie-break on canonical JSON, which X grinds. This is W7's own
+    run (tests/trust/test_trust_removers.py) with garbage in k instead of a valid wrap of a
+    junk DEK. Safe outcome: B keeps the real wrap; every device verifies its data; the
+    script restores paper.txt."""
+    from test_trust_removers import paper_everywhere
+
+    from cloudguard import format as fmt
+    from cloudguard import vault
+
+    a, b, c, x = paper_everywhere(monkeypatch, tmp_path, local_remote, "original",
+                                  "a", "b", "c", "x")
+    old = provider.objects()
+    a.cg("device", "remove", x.rid)
+    with provider.showing(old) as by_x:
+        x.use()
+        with vault.session(str(x.folder)) as s:
+            ((dot, real),) = s.state.siblings("paper.txt").items()
+            size = len(fmt.unb64(real["k"]))
+            while True:  # not a wrap of anything: no KEK is needed to make it
+                junk = {**real, "k": fmt.b64(os.urandom(size))}
+                if json.dumps(junk, sort_keys=True) > json.dumps(real, sort_keys=True):
+                    break
+            with s.state.transaction():
+                s.state.put_entry("paper.txt", dot, junk)
+                s.state.ctx[x.rid] = s.state.ctx.get(x.rid, 0) + 1  # past the cutoff
+            s.snapshot()
+    with provider.showing({**old, **by_x}) as by_b:
+        assert b.run("pull").exit_code == 0
+        b.use()
+        with vault.session(str(b.folder)) as s:
+            kept = s.state.siblings("paper.txt")[dot]["k"]
+        print("B keeps the real wrap:", kept == real["k"])
+        compact(b)
+    ok = {}
+    for dev in (a, b, c):
+        got = dev.run("pull")
+        print(dev.name, "pull", got.exit_code, got.output[-300:])
+        ok[dev.name] = dev.run("verify", "--read-data", "--json").output[-400:]
+    print(json.dumps(ok, indent=1))
+    out = tmp_path / "script-out"
+    from test_trust_attacks import run_script
+    kit = tmp_path / "kit.json"
+    a.cg("key", "export", str(kit), "--choose-passphrase")
+    got = run_script(kit, local_remote, out)
+    print("script", got.returncode, got.stderr[-500:])
+    assert kept == real["k"]
+    assert got.returncode == 0 and (out / "paper.txt").read_text() == "original"
