@@ -183,3 +183,34 @@ def test_KK2_a_late_rewrap_that_does_not_unwrap_wins_the_tie_break(  # type: ign
     print("script", got.returncode, got.stderr[-500:])
     assert kept == real["k"]
     assert got.returncode == 0 and (out / "paper.txt").read_text() == "original"
+
+
+def test_KK3_a_reused_pid_of_any_program_naming_cloudguard_is_signalled() -> None:
+    """d5127cf (procs.ours, after 903aa77's procs.running): a record's pid is signalled when it
+    is this user's and its cmdline holds b"cloudguard" anywhere. A daemon killed hard leaves
+    its record; its pid, reused, may name an editor on a file under ~/cloudguard/, a
+    'cloudguard pull' in the middle of landing files, or cloudguard's own rclone child (its
+    socket path names cloudguard). 'daemon stop' (and 'lock', which SIGKILLs after 5 s)
+    then signals it. Safe outcome: the program is left alone."""
+    import subprocess
+    import sys
+    import time
+
+    from cloudguard import lock
+    from cloudguard.daemon import control
+
+    editor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
+                               str(Path.home() / "cloudguard" / "notes.txt")])
+    try:
+        for _ in range(100):  # its argv shows once the exec is done
+            if b"cloudguard" in Path(f"/proc/{editor.pid}/cmdline").read_bytes():
+                break
+            time.sleep(0.05)
+        record = lock.run_dir() / f"daemon-{editor.pid}.json"
+        record.write_text(json.dumps({"pid": editor.pid, "kind": "daemon", "mountpoint": None}))
+        print("stopped", control.stop(timeout=1).stopped)
+        time.sleep(0.2)
+        assert editor.poll() is None, "the editor was sent SIGTERM"
+    finally:
+        editor.kill()
+        editor.wait()
