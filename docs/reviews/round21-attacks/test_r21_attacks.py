@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from test_trust_attacks import (  # noqa: F401
     Dev,
     compact,
@@ -23,7 +22,6 @@ from test_trust_attacks import (  # noqa: F401
 from test_trust_conflicts import LATE, _texts, x_removed
 
 from cloudguard import manifest as mf
-from cloudguard import session as cg_session
 
 __all__ = ["provider"]
 
@@ -162,7 +160,7 @@ def test_KK2_a_late_rewrap_that_does_not_unwrap_wins_the_tie_break(  # type: ign
                 s.state.put_entry("paper.txt", dot, junk)
                 s.state.ctx[x.rid] = s.state.ctx.get(x.rid, 0) + 1  # past the cutoff
             s.snapshot()
-    with provider.showing({**old, **by_x}) as by_b:
+    with provider.showing({**old, **by_x}):
         assert b.run("pull").exit_code == 0
         b.use()
         with vault.session(str(b.folder)) as s:
