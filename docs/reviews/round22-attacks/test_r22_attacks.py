@@ -210,3 +210,32 @@ def test_LL2_a_hidden_blob_leaves_a_valid_junk_wrap_to_the_tie_break_and_the_scr
     print("script", got.returncode, got.stderr[-300:])
     assert got.returncode == 0 and (out / "paper.txt").read_text() == "original", got.stderr
     assert kept == real["k"]
+
+
+def test_LL3_a_record_without_a_start_is_dropped_and_its_process_left_running() -> None:
+    """58b2b90: procs.ours answers False for a record with no int ``start``, and lock and
+    daemon stop then delete the record. A daemon or mount started before the upgrade (its
+    record has no start) is therefore neither stopped nor reported by `cloudguard lock`,
+    which is meant to leave no process holding keys; and the record that named it is gone,
+    so no later lock finds it either. Stands in for such a daemon: a child of this user,
+    recorded as the old code did. Safe outcome: lock stops it, or says it could not."""
+    import subprocess
+    import sys
+    import time
+
+    from cloudguard import lock
+
+    old = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
+                            "-m", "cloudguard", "daemon", "run"])
+    try:
+        time.sleep(0.3)
+        record = lock.run_dir() / f"daemon-{old.pid}.json"
+        record.write_text(json.dumps({"pid": old.pid, "kind": "daemon", "mountpoint": None,
+                                      "folder": None}))
+        got = lock.lock()
+        time.sleep(0.2)
+        print("lock", got, "record left", record.exists())
+        assert old.poll() is not None or got.problems, "lock left the daemon running, silently"
+    finally:
+        old.kill()
+        old.wait()
