@@ -239,3 +239,58 @@ def test_LL3_a_record_without_a_start_is_dropped_and_its_process_left_running() 
     finally:
         old.kill()
         old.wait()
+
+
+def test_LL_holds_a_lift_over_a_device_the_editor_applied_itself_keeps_readers_agreeing(  # type: ignore[no-untyped-def]
+        local_remote, provider, tmp_path, monkeypatch):
+    """39e09ca's cost, as the threat model states it: where the honest editor knew the
+    replaced version "only through another member's snapshot", a reader that never held the
+    late version keeps it live as a conflict copy. firm() drops a device unless the honest
+    editor consumed that device's segment at exactly deps[dev]; any snapshot that lifted its
+    vector entry one seq higher drops the device, though the editor applied the replaced
+    version from its writer's own delta. Honest run: E writes paper.txt (E:1); every device
+    pulls it. E writes other.txt (E:2); X pulls it, lagging B does not. A removes X; X edits
+    paper.txt late (its real deps cover E:1) and compacts; B merges X's snapshot (vector
+    lifted to E:2) and edits over the late text. Safe outcome: the fresh device, A, E and
+    the script show what B shows. It holds at main: every reader, B too, keeps E:1 live as a
+    conflict copy (the stated cost; no reader disagrees, nothing is lost)."""
+    from test_trust_attacks import make_vault
+
+    a, b, e, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "e", "x")
+    e.write("paper.txt", "original")
+    _push(e)
+    for dev in (a, b, x):
+        assert dev.run("pull").exit_code == 0
+    segs = set(provider.segments())
+    e.write("other.txt", "E's other file")
+    _push(e)
+    assert x.run("pull").exit_code == 0
+    before = provider.objects()
+    # what B is shown: the remote before the removal, without E's second delta
+    lagging = {n: d for n, d in before.items() if not n.startswith("m/") or n in segs}
+    a.cg("device", "remove", x.rid)
+    with provider.showing(before) as late:
+        x.write("paper.txt", LATE)
+        x.cg("push")
+        dname = [n for n in _names(local_remote, x.rid) if n.endswith(".d")][-1]
+        kept = provider.get(f"m/{dname}")
+        compact(x)
+    late[f"m/{dname}"] = kept
+    provider.put(f"m/{dname}", kept)
+    with provider.showing({**lagging, **late}):
+        got = b.run("pull")
+        assert got.exit_code == 0, got.output
+        assert (b.folder / "paper.txt").read_text() == LATE
+        b.write("paper.txt", "B's edit over X's")
+        _push(b)
+    restored = _texts(script_restores(a, local_remote, tmp_path))
+    print("script", json.dumps(restored, sort_keys=True))
+    d = _fresh(monkeypatch, tmp_path, local_remote, a)
+    fresh = _pull_all([d])["d"]
+    got_all = _pull_all([b, a, e])
+    print("fresh D", json.dumps(fresh, sort_keys=True))
+    print("devices", json.dumps(got_all, sort_keys=True))
+    shown = sorted(got_all["b"].values())
+    assert sorted(fresh.values()) == shown, fresh
+    assert all(sorted(v.values()) == shown for v in got_all.values()), got_all
+    assert sorted(restored.values()) == shown, restored
