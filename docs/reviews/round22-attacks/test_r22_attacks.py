@@ -148,8 +148,10 @@ def test_LL2_a_hidden_blob_leaves_a_valid_junk_wrap_to_the_tie_break_and_the_scr
     wraps a random DEK under the old KEK, grinds the JSON tie-break, and the provider hides
     data/<o> while lagging B merges X's late snapshot: B keeps the junk wrap, and its
     compaction writes it into an honest snapshot. The script has no header check
-    (State.fresher only asks "does it unwrap": both do), so its tie-break takes the junk
-    and it restores nothing. Safe outcome: B keeps the real wrap (or heals), every device
+    (State.fresher only asks "does it unwrap": both do), and its newer_location keeps the
+    copy it merged first on an (r, o) tie: B's snapshot, by name, over the remover's
+    rotation snapshot (the real key under the new head), so it restores nothing. Safe
+    outcome: B keeps the real wrap (or heals), every device
     verifies, and the script restores paper.txt."""
     from test_trust_removers import paper_everywhere
 
