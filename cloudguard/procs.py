@@ -43,13 +43,26 @@ def ours(pid: int, start: object) -> bool:
     """The running process of this user that wrote a record (``start``: its ``started``): the
     only kind a record may have us signal. A daemon killed hard leaves its record behind, and
     its pid may since name any process; a command line that merely mentions cloudguard (an
-    editor on ~/cloudguard/notes.txt) proves nothing (review round 21, KK3).
+    editor on ~/cloudguard/notes.txt) proves nothing (review round 21, KK3). A record with no
+    start (written before records had one) names a process that runs cloudguard itself, or
+    ``lock`` would leave a running daemon with its keys (round 22, LL3).
     """
-    if not isinstance(start, int) or isinstance(start, bool) or not running(pid):
+    if not running(pid):
         return False
     try:
         if os.stat(f"/proc/{pid}").st_uid != os.getuid():
             return False
+        if start is None:
+            return _runs_cloudguard(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"))
     except OSError:
         return False
-    return started(pid) == start
+    return isinstance(start, int) and not isinstance(start, bool) and started(pid) == start
+
+
+def _runs_cloudguard(argv: list[bytes]) -> bool:
+    """``python -m cloudguard ...`` or the ``cloudguard`` entry point, not a mere mention."""
+    if argv and os.path.basename(argv[0]) == b"cloudguard":
+        return True
+    if len(argv) > 1 and os.path.basename(argv[1]) == b"cloudguard":
+        return True  # python /usr/bin/cloudguard ...
+    return any(one == b"-m" and two == b"cloudguard" for one, two in zip(argv, argv[1:], strict=False))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import cg_json
 
-from cloudguard import lock
+from cloudguard import lock, procs
 from cloudguard.daemon import control
 from cloudguard.procs import ours, running, started
 
@@ -67,6 +67,36 @@ def test_a_reused_pid_is_never_signalled(argv: tuple[str, ...], how: str) -> Non
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="starting another user's process needs root")
+def test_a_record_without_a_start_names_a_process_that_runs_cloudguard_only() -> None:
+    # written before records had a start (round 22, LL3): lock must still stop that daemon
+    daemon = _sleeper()
+    editor = _sleeper("/home/u/cloudguard/notes.txt", "cloudguard")
+    try:
+        daemon_argv = [b"python3", b"-m", b"cloudguard", b"daemon", b"run"]
+        assert procs._runs_cloudguard(daemon_argv)
+        assert procs._runs_cloudguard([b"/usr/local/bin/cloudguard", b"mount", b"x"])
+        assert not procs._runs_cloudguard([b"vim", b"/home/u/cloudguard/notes.txt"])
+        assert not ours(editor.pid, None) and not ours(daemon.pid, None)
+        assert ours(daemon.pid, started(daemon.pid))
+    finally:
+        for proc in (daemon, editor):
+            proc.kill()
+            proc.wait()
+
+
+def test_lock_stops_a_daemon_whose_record_has_no_start() -> None:
+    # its argv as a daemon's: python ... -m cloudguard
+    daemon = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "-m",
+                               "cloudguard"])
+    try:
+        record = _record(daemon.pid, None)
+        assert cg_json("lock")["stopped"] == [daemon.pid]
+        assert daemon.wait(timeout=10) != 0 and not record.exists()
+    finally:
+        daemon.kill()
+        daemon.wait()
+
+
 def test_another_users_process_is_not_ours() -> None:
     sleep = shutil.which("sleep")
     assert sleep
