@@ -65,4 +65,5 @@ def _runs_cloudguard(argv: list[bytes]) -> bool:
         return True
     if len(argv) > 1 and os.path.basename(argv[1]) == b"cloudguard":
         return True  # python /usr/bin/cloudguard ...
-    return any(one == b"-m" and two == b"cloudguard" for one, two in zip(argv, argv[1:], strict=False))
+    pairs = zip(argv, argv[1:], strict=False)
+    return any(one == b"-m" and two == b"cloudguard" for one, two in pairs)
