@@ -1176,11 +1176,14 @@ class State:
     # (path, late dot, honest dot): a delta removed a late version this reader never held
     unseen: list[tuple[str, str, str, dict[str, int]]] = field(default_factory=list)
     keks: dict[str, bytes] = field(default_factory=dict)  # the kit's, by commitment
+    remote: Path | None = None  # where the blobs are: a key is judged by its blob's header
 
     def fresher(self, one: Entry, two: Entry) -> Entry:
         """Of two copies of one version at one place that differ only in their key wrap, one
-        whose wrap fails under a KEK the kit holds loses (review round 21, KK2: a removed
-        member's late snapshot can carry bytes that are no wrap at all)."""
+        whose wrap fails under a KEK the kit holds, or whose DEK does not open its blob's
+        key commitment, loses: a removed member's late snapshot can carry bytes that are no
+        wrap at all (review round 21, KK2) or a wrap of a junk DEK (round 8, W7; round 22,
+        LL2), and an honest snapshot can have taken it in."""
         if (one.get("r", 0), one.get("o")) == (two.get("r", 0), two.get("o")):
             ok = [self.unwraps(e) for e in (one, two)]
             if ok == [True, False]:
@@ -1190,14 +1193,30 @@ class State:
         return newer_location(one, two)
 
     def unwraps(self, entry: Entry) -> bool | None:
+        """False: junk; None: cannot tell (a KEK the kit lacks)."""
         kek = self.keks.get(str(entry.get("g")))
         if kek is None:
             return None
         try:
-            unwrap_dek(kek, unb64(entry["k"]), bytes.fromhex(entry["i"]))
+            file_id = bytes.fromhex(entry["i"])
+            dek = unwrap_dek(kek, unb64(entry["k"]), file_id)
         except (BadData, KeyError, TypeError, ValueError):
             return False
-        return True
+        if self.remote is None:
+            return True
+        at = entry.get("a", 0)
+        if not is_hex(entry.get("o"), 32) or not is_int(at) or at < 0:
+            return False
+        try:
+            with open(self.remote / "data" / entry["o"], "rb") as src:
+                src.seek(at)
+                header = src.read(BLOB_HEADER_SIZE)
+        except OSError:
+            return True  # the blob is not there: the unwrap is all that can be told
+        okm = hkdf(dek, b"cloudguard/v2/blob", 64, salt=file_id)
+        return (len(header) == BLOB_HEADER_SIZE and header[:4] == BLOB_MAGIC
+                and hmac.compare_digest(header[4:20], file_id)
+                and hmac.compare_digest(header[20:52], okm[32:64]))
 
     def in_suspect(self, dot: str) -> bool:
         device, seq = dot_parts(dot)
@@ -1661,7 +1680,7 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
     pinning = False
 
     # 1. open every snapshot and merge them
-    state = State(limit=limit, keks=chain.keks)
+    state = State(limit=limit, keks=chain.keks, remote=remote)
     held: set[str] = set()  # devices with a snapshot skipped
     for name, (device, own_seq, kind) in sorted(segments.items()):
         if kind != "s":

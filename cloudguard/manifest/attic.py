@@ -67,7 +67,9 @@ class History:
             return had
         if self.keycheck is None or had.get("k") == entry.get("k"):
             return won
-        return self.keycheck(had, entry) or self._under_head(had, entry) or won
+        # cannot tell (a blob the provider withholds now): keep the copy held, never the
+        # tie-break's winner, which a removed member grinds (review round 22, LL2)
+        return self.keycheck(had, entry) or self._under_head(had, entry) or had
 
     def _under_head(self, had: Entry, entry: Entry) -> Entry | None:
         """Of two good wraps of one DEK, the one under the head's KEK: the other would make

@@ -991,7 +991,10 @@ def test_of_two_good_wraps_of_one_dek_the_one_under_the_head_is_kept() -> None:
     new = {**base, "g": "aa" * 32, "k": "00" * 40}
     assert state.fresher(old, new) is new  # type: ignore[arg-type]
     assert state.fresher(new, old) is new  # type: ignore[arg-type]
-    state.head_g = None  # no session: the max-register alone decides, the same both ways
+    state.head_g = None  # cannot tell: the copy held stays, never the tie-break's (LL2)
+    assert state.fresher(old, new) is old  # type: ignore[arg-type]
+    assert state.fresher(new, old) is new  # type: ignore[arg-type]
+    state.keycheck = None  # unchecked (no session): the max-register alone decides
     assert state.fresher(old, new) == state.fresher(new, old)
 
 

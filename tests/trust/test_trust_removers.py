@@ -24,7 +24,7 @@ from test_trust_attacks import (
     script_restores,
 )
 
-from cloudguard import sync, vault
+from cloudguard import vault
 
 __all__ = ["provider"]
 
@@ -244,14 +244,14 @@ def test_a_late_rewrap_to_a_junk_key_never_wins(
                 s.state.put_entry("paper.txt", dot, junk)
                 s.state.ctx[x.rid] = s.state.ctx.get(x.rid, 0) + 1  # past the cutoff
             s.snapshot()
-    with provider.showing({**old, **by_x}) as by_b, monkeypatch.context() as m:
-        if junk_kind == "no-wrap-b-spreads-it":
-            m.setattr(sync, "true_key", lambda *_a, **_k: None)  # B cannot tell: tie-break
+    with provider.showing({**old, **by_x}) as by_b:
         assert b.run("pull").exit_code == 0
         b.use()
         with vault.session(str(b.folder)) as s:
-            kept = s.state.siblings("paper.txt")[dot]["k"]
-        assert kept == (junk["k"] if junk_kind == "no-wrap-b-spreads-it" else real["k"])
+            assert s.state.siblings("paper.txt")[dot]["k"] == real["k"]
+            if junk_kind == "no-wrap-b-spreads-it":
+                with s.state.transaction():  # as an older client did: it kept X's junk
+                    s.state.put_entry("paper.txt", dot, junk)
         compact(b)
     assert any(n.startswith(f"m/{b.rid}-") and n.endswith(".s") for n in by_b)
     for dev in (a, b, c):
@@ -259,6 +259,63 @@ def test_a_late_rewrap_to_a_junk_key_never_wins(
         assert got.exit_code == 0, got.output
         assert dev.json("verify", "--read-data")["ok"], dev.name
     assert (script_restores(a, local_remote, tmp_path) / "paper.txt").read_text() == "original"
+
+
+def test_a_junk_wrap_taken_while_the_blob_was_withheld_never_wins(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 22, LL2: W7's junk (a valid wrap of a DEK of X's choice), with the blob
+    withheld while lagging B merges X's late snapshot, so B cannot read the header: B kept
+    the tie-break's winner (ground by X) and its compaction spread it; the script, which
+    judged copies only by their unwrap, kept the one it merged first (B's snapshot sorts
+    before the remover's) and restored nothing. Now a device that cannot tell keeps the copy
+    it holds, and the script reads the blob's header too."""
+    import json
+    import os
+
+    from test_trust_attacks import run_script
+
+    from cloudguard import format as fmt
+
+    devs = paper_everywhere(monkeypatch, tmp_path, local_remote, "original",
+                            "a", "b", "c", "x")
+    x = devs.pop()
+    b, c, a = sorted(devs, key=lambda d: d.rid)  # B's snapshot sorts first, the remover last
+    old = provider.objects()
+    a.cg("device", "remove", x.rid)
+    with provider.showing(old) as by_x:
+        x.use()
+        with vault.session(str(x.folder)) as s:
+            ((dot, real),) = s.state.siblings("paper.txt").items()
+            while True:
+                k = fmt.wrap_dek(s.ring.kek(str(real["g"])), os.urandom(32),
+                                 bytes.fromhex(real["i"]))
+                junk = {**real, "k": fmt.b64(k)}
+                if json.dumps(junk, sort_keys=True) > json.dumps(real, sort_keys=True):
+                    break
+            with s.state.transaction():
+                s.state.put_entry("paper.txt", dot, junk)
+                s.state.ctx[x.rid] = s.state.ctx.get(x.rid, 0) + 1  # past the cutoff
+            s.snapshot()
+    with provider.showing({**old, **by_x}):
+        with provider.hiding(f"data/{real['o']}"):  # B cannot read the header now
+            got = b.run("pull")
+            assert got.exit_code == 0, got.output
+        b.use()
+        with vault.session(str(b.folder)) as s:
+            assert s.state.siblings("paper.txt")[dot]["k"] == real["k"]
+            with s.state.transaction():  # as an older client did: it kept X's junk
+                s.state.put_entry("paper.txt", dot, junk)
+        compact(b)
+    for dev in (a, b, c):
+        got = dev.run("pull")
+        assert got.exit_code == 0, got.output
+        assert dev.json("verify", "--read-data")["ok"], dev.name
+    kit = tmp_path / "kit.json"
+    a.cg("key", "export", str(kit), "--choose-passphrase")
+    out = tmp_path / "script-out"
+    got = run_script(kit, local_remote, out)
+    assert got.returncode == 0 and (out / "paper.txt").read_text() == "original", got.stderr
 
 
 def c_wrote_and_all_pulled(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, remote: str
