@@ -380,6 +380,7 @@ def _load(binding: Binding, index: Index, ui: UI, transport: Transport,
             verifier = mf.Verifier(binding.vault_id, ring.view.signer_key)
             matches = functools.partial(sync.blob_matches, transport, keks=ring.kek)
             state.keycheck = functools.partial(sync.true_key, transport, keks=ring.kek)
+            state.placecheck = matches
             state.head_g = ring.head.kek
             state.ended_since = trust.ended_since(ring.view, index, time.time())
             loaded = mf.load(segs, fetch, trust.segment_opener(ring, index), binding.device,

@@ -1178,13 +1178,21 @@ class State:
     keks: dict[str, bytes] = field(default_factory=dict)  # the kit's, by commitment
     remote: Path | None = None  # where the blobs are: a key is judged by its blob's header
 
-    def fresher(self, one: Entry, two: Entry) -> Entry:
+    def fresher(self, path: str, one: Entry, two: Entry) -> Entry:
         """Of two copies of one version at one place that differ only in their key wrap, one
         whose wrap fails under a KEK the kit holds, or whose DEK does not open its blob's
         key commitment, loses: a removed member's late snapshot can carry bytes that are no
         wrap at all (review round 21, KK2) or a wrap of a junk DEK (round 8, W7; round 22,
-        LL2), and an honest snapshot can have taken it in."""
+        LL2), and an honest snapshot can have taken it in. Two copies at one place that name
+        two blobs (another offset, length or file id): the one whose blob decrypts to its
+        signed "h" wins, else the first (round 23, MM1)."""
         if (one.get("r", 0), one.get("o")) == (two.get("r", 0), two.get("o")):
+            if any(one.get(k) != two.get(k) for k in ("a", "n", "i")):
+                if self.remote is not None and not blob_matches(
+                        self.remote, self.keks, path, one) and blob_matches(
+                        self.remote, self.keks, path, two):
+                    return two
+                return one
             ok = [self.unwraps(e) for e in (one, two)]
             if ok == [True, False]:
                 return one
@@ -1211,6 +1219,8 @@ class State:
             with open(self.remote / "data" / entry["o"], "rb") as src:
                 src.seek(at)
                 header = src.read(BLOB_HEADER_SIZE)
+        except OverflowError:
+            return False  # an offset past any file
         except OSError:
             return True  # the blob is not there: the unwrap is all that can be told
         okm = hkdf(dek, b"cloudguard/v2/blob", 64, salt=file_id)
@@ -1248,7 +1258,7 @@ class State:
                     if not same_content(mine[dot], entry):
                         raise IntegrityFailure(f"manifest entry {dot} of {path!r} has two "
                                                "contents")
-                    keep[dot] = self.fresher(mine[dot], entry)
+                    keep[dot] = self.fresher(path, mine[dot], entry)
                 elif not covered(dot, self.ctx) or (
                         self.in_suspect(dot) and (path, dot) not in self.gone):
                     keep[dot] = entry
@@ -1827,7 +1837,7 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
     late = sorted((n for n, (device, seq, _k) in segments.items()
                    if device in limit and seq > limit[device]), key=segments.__getitem__)
     adopt_places(state, late, listed, lambda n: open_named(n, late=True),
-                 lambda path, entry: blob_matches(remote, chain, path, entry), skipped)
+                 lambda path, entry: blob_matches(remote, chain.keks, path, entry), skipped)
     late_ops: dict[str, dict[str, dict[str, Any]]] = {}
     for name in late:  # "Writer rules": late writes are kept in the history, never live
         device, seq, kind = segments[name]
@@ -1952,12 +1962,12 @@ def stated_places(payload: dict[str, Any]) -> list[tuple[str, str, dict[str, Any
             for dot, entry in sibs.items()]
 
 
-def blob_matches(remote: Path, chain: Chain, path: str, entry: Entry) -> bool:
+def blob_matches(remote: Path, keks: dict[str, bytes], path: str, entry: Entry) -> bool:
     """Does the blob ``entry`` names decrypt, to its end, to the plaintext its signed "h"
     names? Streamed to nowhere, one chunk at a time."""
     try:
         check_entry(path, entry)
-        kek = chain.keks.get(entry["g"])
+        kek = keks.get(entry["g"])
         if kek is None:
             return False
         file_id = bytes.fromhex(entry["i"])
@@ -1966,7 +1976,7 @@ def blob_matches(remote: Path, chain: Chain, path: str, entry: Entry) -> bool:
             src.seek(entry["a"])
             decrypt_blob(LimitedReader(src, entry["n"]), dek, file_id, entry["h"], entry["s"],
                          sink)
-    except (BadData, IntegrityFailure, OSError):
+    except (BadData, IntegrityFailure, OSError, OverflowError, ValueError):
         return False
     return True
 

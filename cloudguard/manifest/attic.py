@@ -51,6 +51,7 @@ class History:
         raise NotImplementedError
 
     keycheck: Callable[[Entry, Entry], Entry | None] | None
+    placecheck: Callable[[Entry], bool] | None
     head_g: str | None
 
     def fresher(self, had: Entry, entry: Entry) -> Entry:
@@ -60,6 +61,14 @@ class History:
         taken, whatever the tie-break says. A removed member's late snapshot could otherwise
         hand over a junk DEK, or a ``w`` that decides what a re-encryption ends, with no mover
         to undo it (review round 8, W7)."""
+        if all(had.get(k) == entry.get(k) for k in ("r", "o")) and any(
+                had.get(k) != entry.get(k) for k in ("a", "n", "i")):
+            # one place, two blobs (review round 4, S5): one is junk, never the tie-break's
+            # to choose; refusing the load instead let one honest snapshot that had taken a
+            # removed member's copy stop every device for good (round 23, MM1)
+            taken = self.placecheck is not None and self.placecheck(entry) and not (
+                self.placecheck(had))
+            return entry if taken else had
         won = newer_location(had, entry)
         if any(had.get(k) != entry.get(k) for k in ("o", "a", "r")):
             return won

@@ -105,6 +105,9 @@ class State(History):
         # of two copies at one place whose DEKs differ, the one whose DEK opens the blob
         # (sync.true_key; the session sets it; None: unchecked)
         self.keycheck: Callable[[Entry, Entry], Entry | None] | None = None
+        # of two copies at one place that name two blobs, the one whose blob decrypts to its
+        # signed ``h`` (sync.blob_matches; the session sets it; None: the one held stays)
+        self.placecheck: Callable[[Entry], bool] | None = None
         # the head's KEK commitment: of two good wraps of one DEK, the one under it is kept
         self.head_g: str | None = None
         self.ctx: dict[str, int] = {}
@@ -292,10 +295,6 @@ class State(History):
     def _same_version(self, path: str, dot: str, had: Entry, entry: Entry) -> None:
         """One dot, one content (format.md, "Entry signatures"): a copy that differs from
         the one held is checked, and a correctly signed different content is a fork."""
-        if all(had.get(k) == entry.get(k) for k in ("r", "o")) and any(
-                had.get(k) != entry.get(k) for k in ("a", "n", "i")):
-            # one place, one blob (review round 4, S5): only a rewrap's key fields may differ
-            raise IntegrityError(f"manifest entry {dot} names two blobs at one place")
         if had.get(SIG_FIELD) == entry.get(SIG_FIELD) and content(had) == content(entry):
             return
         self._check(path, dot, entry)

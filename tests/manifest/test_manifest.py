@@ -641,7 +641,9 @@ def test_a_kept_place_ranks_below_its_entry_and_one_place_holds_one_blob() -> No
     """Review round 4, S5: a `pl` is the place before a move, and every move raises `r`, so a
     `pl` that does not rank below its entry is planted (it would win the max-register when a
     late move is undone); and two copies of one dot at one place (`r`, `o`) naming another
-    offset, length or file id are refused, not resolved by the tie-break."""
+    offset, length or file id are not resolved by the tie-break: the copy whose blob decrypts
+    to the version's content wins, else the one held stays (round 23, MM1: a refusal let one
+    honest snapshot that took a removed member's copy stop every device)."""
     from cloudguard.manifest.segments import check_entry
 
     moved = {"t": "d", "sg": "x", "rd": ["aaaaaaaaaaaaaaaa:9"], "rt": 5, "r": 2,
@@ -660,8 +662,14 @@ def test_a_kept_place_ranks_below_its_entry_and_one_place_holds_one_blob() -> No
     state.apply_delta(dev, 1, ops)
     held = state.entry("f", f"{dev}:1")
     assert held is not None
-    with pytest.raises(IntegrityError, match="two blobs at one place"):
-        state.merge_snapshot({dev: 1}, [("f", {f"{dev}:1": {**held, "a": 4096}})])
+    state.merge_snapshot({dev: 1}, [("f", {f"{dev}:1": {**held, "a": 4096}})])
+    assert state.entry("f", f"{dev}:1") == held  # cannot tell: the one held stays
+    state.placecheck = lambda e: e.get("a") == 4096  # only the other copy's blob matches
+    state.merge_snapshot({dev: 1}, [("f", {f"{dev}:1": {**held, "a": 4096}})])
+    assert state.entry("f", f"{dev}:1") == {**held, "a": 4096}
+    state.placecheck = lambda e: True  # both match (cannot be): the one held stays
+    state.merge_snapshot({dev: 1}, [("f", {f"{dev}:1": held})])
+    assert state.entry("f", f"{dev}:1") == {**held, "a": 4096}
     state.merge_snapshot({dev: 1}, [("f", {f"{dev}:1": {**held, "k": "rewrapped"}})])
 
 

@@ -318,6 +318,56 @@ def test_a_junk_wrap_taken_while_the_blob_was_withheld_never_wins(
     assert got.returncode == 0 and (out / "paper.txt").read_text() == "original", got.stderr
 
 
+def test_a_late_copy_at_a_packmates_blob_stops_no_one(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 23, MM1: small files share a pack, so X (removed) gives paper.txt's
+    version, in its late snapshot, the packmate's a, n, i, k and g (none is signed). Lagging
+    B never held paper.txt: it takes X's copy as a new version and compacts. Two copies at
+    one place naming two blobs were refused: every device's load, and the script, stopped for
+    good. Now the copy whose blob decrypts to the version's content wins."""
+    from test_trust_attacks import run_script
+
+    devs = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "c", "x")
+    b, x, c, a = sorted(devs, key=lambda d: d.rid)  # B's snapshot merges first in the script
+    for dev in devs:
+        assert dev.run("pull").exit_code == 0
+    a.write("paper.txt", "the real paper")
+    a.write("zz-other.txt", "a packmate, another file")
+    assert a.run("push").exit_code == 0
+    for dev in (c, x):
+        assert dev.run("pull").exit_code == 0
+    old = provider.objects()
+    a.cg("device", "remove", x.rid)
+    kit = tmp_path / "kit.json"
+    a.cg("key", "export", str(kit), "--choose-passphrase")
+    with provider.showing(old) as by_x:
+        x.use()
+        with vault.session(str(x.folder)) as s:
+            ((dot, real),) = s.state.siblings("paper.txt").items()
+            ((_odot, mate),) = s.state.siblings("zz-other.txt").items()
+            assert (real["o"], real.get("r", 0)) == (mate["o"], mate.get("r", 0))  # one pack
+            junk = {**real, **{k: mate[k] for k in ("a", "n", "i", "k", "g")}}
+            with s.state.transaction():
+                s.state.put_entry("paper.txt", dot, junk)
+                s.state.ctx[x.rid] = s.state.ctx.get(x.rid, 0) + 1  # past the cutoff
+            s.snapshot()
+    with provider.showing({**old, **by_x}):  # B: the data and X's snapshot, not the removal
+        b.run("pull")  # paper.txt fails its check there: X's copy is all B has
+        b.use()
+        with vault.session(str(b.folder)) as s:
+            assert s.state.siblings("paper.txt")[dot]["a"] == mate["a"]
+        compact(b)
+    for dev in (a, c, b):
+        got = dev.run("pull")
+        assert got.exit_code == 0, (dev.name, got.output)
+        assert (dev.folder / "paper.txt").read_text() == "the real paper", dev.name
+    out = tmp_path / "script-out"
+    got = run_script(kit, local_remote, out)
+    assert got.returncode == 0, got.stderr[-600:]
+    assert (out / "paper.txt").read_text() == "the real paper"
+
+
 def c_wrote_and_all_pulled(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, remote: str
                            ) -> list[Dev]:
     """Devices A, B, C and X; C wrote c.txt and every other device pulled it."""
