@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from test_trust_attacks import (  # noqa: F401
     compact,
     make_vault,
@@ -84,7 +86,8 @@ def test_MM1_a_late_copy_that_points_the_header_check_at_a_packmates_blob_beats_
     got = a.run("key", "export", str(tmp_path / "kit2.json"), "--choose-passphrase")
     print("A key export", got.exit_code, got.output[-300:])
     devices["a-key-export"] = (got.exit_code, None)
-    for cmd in (("pull",), ("doctor",), ("repair",)):  # anything that heals?
+    for cmd in (("pull",), ("doctor",), ("repair",), ("repair", "--republish", "--yes"),
+                ("pull",)):  # anything that heals?
         got = a.run(*cmd)
         print("A", *cmd, got.exit_code, got.output[-200:])
     out = tmp_path / "script-out"
@@ -158,3 +161,75 @@ def test_MM2_a_startless_record_of_an_entry_point_run_with_interpreter_flags_is_
     finally:
         old.kill()
         old.wait()
+
+
+@pytest.mark.parametrize("hide", [True, False], ids=["blob-hidden", "control-blob-served"])
+def test_MM3_a_junk_key_a_lagging_device_rewraps_under_the_head_is_kept_for_good(  # type: ignore[no-untyped-def]
+        local_remote, provider, tmp_path, monkeypatch, hide):
+    """4f846eb keeps the copy held when the device cannot tell. Lagging B never held
+    paper.txt: it takes the version as a new dot from X's late snapshot, with W7's junk
+    wrap (a random DEK under the old KEK X held; no fresher, no header check). B then sees
+    the removal, but the provider hides A's rotation snapshot and data/<o>: _rewrap_stale
+    rewraps the junk DEK under the head and writes it in a snapshot, so _under_head can no
+    longer tell the two copies apart. When B then merges A's rotation snapshot (real key,
+    head KEK) the blob is withheld once more: "cannot tell", B keeps its junk, and nothing
+    makes it judge again once the blob is served. Safe outcome: B ends with the real key
+    and its pull restores paper.txt."""
+    from cloudguard import format as fmt
+
+    devs = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "c", "x")
+    a, b, c, x = devs
+    for dev in devs:
+        assert dev.run("pull").exit_code == 0
+    a.write("paper.txt", "the real paper")
+    assert a.run("push").exit_code == 0
+    for dev in (c, x):
+        assert dev.run("pull").exit_code == 0
+    old = provider.objects()
+    a.cg("device", "remove", x.rid)
+    rotation = [n for n, d in provider.objects().items()
+                if n.startswith(f"m/{a.rid}-") and n.endswith(".s") and old.get(n) != d]
+    print("A's rotation snapshot", rotation)
+    with provider.showing(old) as by_x:
+        x.use()
+        with vault.session(str(x.folder)) as s:
+            ((dot, real),) = s.state.siblings("paper.txt").items()
+            k = fmt.wrap_dek(s.ring.kek(str(real["g"])), os.urandom(32), bytes.fromhex(real["i"]))
+            junk = {**real, "k": fmt.b64(k)}
+            with s.state.transaction():
+                s.state.put_entry("paper.txt", dot, junk)
+                s.state.ctx[x.rid] = s.state.ctx.get(x.rid, 0) + 1  # past the cutoff
+            s.snapshot()
+    blob = f"data/{real['o']}"
+    a.use()
+    with vault.session(str(a.folder)) as s:
+        head = s.state.siblings("paper.txt")[dot]  # the real key under the head's KEK
+
+    def held() -> dict:  # type: ignore[type-arg]
+        b.use()  # (a session loads the remote as shown now)
+        with vault.session(str(b.folder)) as s:
+            e = s.state.siblings("paper.txt")[dot]
+            return {"g": "old" if e["g"] == real["g"] else "head" if e["g"] == head["g"]
+                    else e["g"][:8], "k": "junk" if e["k"] == junk["k"] else "real-old"
+                    if e["k"] == real["k"] else "real-head" if e["k"] == head["k"] else "other",
+                    "b's head is old": s.ring.head.kek == real["g"]}
+    with provider.showing({**old, **by_x}):
+        got = b.run("pull")
+        print("B pull 1 (lagging)", got.exit_code, got.output[-300:])
+        print("B holds", held())
+    shown = {n: d for n, d in provider.objects().items() if n not in rotation}
+    with provider.showing(shown), provider.hiding(blob):
+        b.write("b-note.txt", "B's own note")
+        got = b.run("push")
+        print("B push (removal seen, A's snapshot hidden)", got.exit_code, got.output[-400:])
+        print("B holds", held())
+    with provider.hiding(*([blob] if hide else [])):
+        got = b.run("pull")
+        print("B pull 2 (A's snapshot, blob hidden)", got.exit_code, got.output[-300:])
+        print("B holds", held())
+    got = b.run("pull")
+    print("B pull 3 (all served)", got.exit_code, got.output[-300:])
+    print("B holds", held())
+    got2 = b.run("pull")
+    print("B pull 4", got2.exit_code, got2.output[-300:])
+    assert got2.exit_code == 0 and (b.folder / "paper.txt").read_text() == "the real paper"
