@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from test_trust_attacks import (  # noqa: F401
     compact,
     make_vault,
@@ -29,7 +28,7 @@ from cloudguard import vault
 __all__ = ["provider"]
 
 
-def test_MM1_a_late_copy_that_points_the_header_check_at_a_packmates_blob_beats_the_real_key_in_the_script(  # type: ignore[no-untyped-def]
+def test_MM1_a_late_copy_at_a_packmates_blob_stops_every_device_and_the_script(  # type: ignore[no-untyped-def]
         local_remote, provider, tmp_path, monkeypatch):
     """4f846eb's script check reads the header at the copy's *own* (o, a) with its *own* i,
     and State.fresher compares only (r, o): the script has no "one place, one blob" rule
@@ -46,7 +45,6 @@ def test_MM1_a_late_copy_that_points_the_header_check_at_a_packmates_blob_beats_
     b, x, c, a = sorted(devs, key=lambda d: d.rid)  # B's snapshot merges first in the script
     for dev in devs:
         assert dev.run("pull").exit_code == 0
-    lagging = provider.objects()  # what B is shown of the data and A's writes
     a.write("paper.txt", "the real paper")
     a.write("zz-other.txt", "a packmate, another file")
     got = a.run("push")
