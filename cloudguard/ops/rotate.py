@@ -14,6 +14,7 @@ from .. import manifest as mf
 from ..errors import (
     IntegrityError,
 )
+from ..manifest.raises import in_stretch
 from ..results import RotateResult
 from ..session import INTENT, UI, Session, session
 from ..session import intent as rekey_intent
@@ -42,6 +43,7 @@ def _rewrap(s: Session, kek: bytes, commitment: str) -> dict[str, str]:
     verified commit hands this device any more (a re-encryption deleted it while this device
     wrote under it, not having seen the re-encryption): their DEKs are lost with it."""
     lost: dict[str, str] = {}
+    suspect = s.state.raises.suspect(s.state.cuts)
     for path, sibs in list(s.state.items()):
         for dot, entry in sibs.items():
             if "k" in entry and entry.get("g") != commitment:
@@ -49,6 +51,12 @@ def _rewrap(s: Session, kek: bytes, commitment: str) -> dict[str, str]:
                     dek, file_id = sync.dek_of(entry, s.ring.kek)
                 except IntegrityError:
                     lost[path] = dot
+                    continue
+                if in_stretch(dot, suspect) and sync.key_opens(
+                        s.transport, entry, dek) is not True:
+                    # taken on a removed member's word (its late snapshot lifted this
+                    # device over it) and its key unchecked: under the head, a junk key
+                    # would beat the real one for good (review round 23, MM3)
                     continue
                 entry["k"] = fmt.b64(fmt.wrap_dek(kek, dek, file_id))
                 entry["g"] = commitment

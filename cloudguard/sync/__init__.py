@@ -54,6 +54,7 @@ from .reading import (
     blobs,
     dek_of,
     group_by_object,
+    key_opens,
     read_blobs,
     true_key,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "DATA_PREFIX",
     "blob_matches",
     "true_key",
+    "key_opens",
     "LazyView",
     "LocalItem",
     "MARKER_DIR",

@@ -121,7 +121,7 @@ def true_key(transport: Transport, one: Entry, two: Entry, keks: Callable[[str],
         return two if deks[0] == _JUNK else one
     if None in deks or _JUNK in deks or deks[0] == deks[1]:
         return None
-    opens = [_opens(transport, e, d) for e, d in zip((one, two), deks, strict=True)]
+    opens = [key_opens(transport, e, d) for e, d in zip((one, two), deks, strict=True)]
     if opens == [True, False]:
         return one
     if opens == [False, True]:
@@ -144,7 +144,8 @@ def _dek_or_none(entry: Entry, keks: Callable[[str], bytes]) -> bytes | None:
         return _JUNK
 
 
-def _opens(transport: Transport, entry: Entry, dek: bytes | None) -> bool | None:
+def key_opens(transport: Transport, entry: Entry, dek: bytes | None) -> bool | None:
+    """Does ``dek`` open the key commitment of the blob ``entry`` names (None: cannot tell)."""
     if dek is None:
         return None
     try:

@@ -368,6 +368,55 @@ def test_a_late_copy_at_a_packmates_blob_stops_no_one(
     assert (out / "paper.txt").read_text() == "the real paper"
 
 
+def test_a_junk_key_taken_during_a_lag_is_never_rewrapped_under_the_head(
+        local_remote: str, provider: Provider, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 23, MM3: lagging B takes paper.txt, a version it never held, from X's
+    late snapshot with W7's junk wrap. B then sees the removal while the provider hides A's
+    rotation snapshot and the blob: B rewrapped the junk DEK under the head, so the head
+    tie-break could no longer tell, and one more withheld read kept it for good. A key taken
+    on a removed member's word is now rewrapped only once its blob's header is checked."""
+    import os
+
+    from cloudguard import format as fmt
+
+    a, b, c, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "c", "x")
+    for dev in (a, b, c, x):
+        assert dev.run("pull").exit_code == 0
+    a.write("paper.txt", "the real paper")
+    assert a.run("push").exit_code == 0
+    for dev in (c, x):
+        assert dev.run("pull").exit_code == 0
+    old = provider.objects()
+    a.cg("device", "remove", x.rid)
+    rotation = [n for n, d in provider.objects().items()
+                if n.startswith(f"m/{a.rid}-") and n.endswith(".s") and old.get(n) != d]
+    with provider.showing(old) as by_x:
+        x.use()
+        with vault.session(str(x.folder)) as s:
+            ((dot, real),) = s.state.siblings("paper.txt").items()
+            k = fmt.wrap_dek(s.ring.kek(str(real["g"])), os.urandom(32),
+                             bytes.fromhex(real["i"]))
+            junk = {**real, "k": fmt.b64(k)}
+            with s.state.transaction():
+                s.state.put_entry("paper.txt", dot, junk)
+                s.state.ctx[x.rid] = s.state.ctx.get(x.rid, 0) + 1  # past the cutoff
+            s.snapshot()
+    blob = f"data/{real['o']}"
+    with provider.showing({**old, **by_x}):
+        b.run("pull")  # paper.txt fails its check there: X's copy is all B has
+    shown = {n: d for n, d in provider.objects().items() if n not in rotation}
+    with provider.showing(shown), provider.hiding(blob):
+        b.write("b-note.txt", "B's own note")
+        assert b.run("push").exit_code == 0
+    with provider.hiding(blob):
+        b.run("pull")
+    b.run("pull")
+    got = b.run("pull")
+    assert got.exit_code == 0, got.output
+    assert (b.folder / "paper.txt").read_text() == "the real paper"
+
+
 def c_wrote_and_all_pulled(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, remote: str
                            ) -> list[Dev]:
     """Devices A, B, C and X; C wrote c.txt and every other device pulled it."""
