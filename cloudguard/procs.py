@@ -60,10 +60,22 @@ def ours(pid: int, start: object) -> bool:
 
 
 def _runs_cloudguard(argv: list[bytes]) -> bool:
-    """``python -m cloudguard ...`` or the ``cloudguard`` entry point, not a mere mention."""
-    if argv and os.path.basename(argv[0]) == b"cloudguard":
+    """The ``cloudguard`` entry point, run directly or by an interpreter (a shebang adds its
+    flags), or ``python -m cloudguard``; never a program that merely names a cloudguard
+    path (``cp ~/cloudguard ...``; review round 23, MM2)."""
+    name = os.path.basename(argv[0]) if argv else b""
+    if name == b"cloudguard":
         return True
-    if len(argv) > 1 and os.path.basename(argv[1]) == b"cloudguard":
-        return True  # python /usr/bin/cloudguard ...
-    pairs = zip(argv, argv[1:], strict=False)
-    return any(one == b"-m" and two == b"cloudguard" for one, two in pairs)
+    if not name.startswith(b"python"):
+        return False
+    rest = iter(argv[1:])
+    for arg in rest:
+        if arg == b"-m":
+            return next(rest, b"") == b"cloudguard"
+        if arg in (b"-c", b"-"):
+            return False
+        if not arg.startswith(b"-"):
+            return os.path.basename(arg) == b"cloudguard"
+        if arg in (b"-W", b"-X", b"-Q"):  # flags that take a value
+            next(rest, None)
+    return False

@@ -76,6 +76,10 @@ def test_a_record_without_a_start_names_a_process_that_runs_cloudguard_only() ->
         assert procs._runs_cloudguard(daemon_argv)
         assert procs._runs_cloudguard([b"/usr/local/bin/cloudguard", b"mount", b"x"])
         assert not procs._runs_cloudguard([b"vim", b"/home/u/cloudguard/notes.txt"])
+        assert not procs._runs_cloudguard([b"cp", b"/home/u/cloudguard", b"/backup"])  # MM2
+        assert procs._runs_cloudguard([b"/usr/bin/python3", b"-sP", b"/usr/bin/cloudguard",
+                                       b"daemon", b"run"])  # a shebang's flags (MM2)
+        assert not procs._runs_cloudguard([b"python3", b"-c", b"...", b"-m", b"cloudguard"])
         assert not ours(editor.pid, None) and not ours(daemon.pid, None)
         assert ours(daemon.pid, started(daemon.pid))
     finally:
@@ -84,10 +88,11 @@ def test_a_record_without_a_start_names_a_process_that_runs_cloudguard_only() ->
             proc.wait()
 
 
-def test_lock_stops_a_daemon_whose_record_has_no_start() -> None:
-    # its argv as a daemon's: python ... -m cloudguard
-    daemon = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "-m",
-                               "cloudguard"])
+def test_lock_stops_a_daemon_whose_record_has_no_start(tmp_path: Path) -> None:
+    # its argv as an entry point's: python [flags] .../cloudguard daemon run
+    script = tmp_path / "cloudguard"
+    script.write_text("import time; time.sleep(120)\n")
+    daemon = subprocess.Popen([sys.executable, "-s", str(script), "daemon", "run"])
     try:
         record = _record(daemon.pid, None)
         assert cg_json("lock")["stopped"] == [daemon.pid]
