@@ -5,7 +5,7 @@ and the DEK of an entry.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import IO
 
 from .. import format as fmt
@@ -67,6 +67,8 @@ def read_blobs(transport: Transport, name: str, items: list[tuple[str, Entry]]
                 limited.read()  # drain what a failed decrypt left
                 pos = offset + length
     except MissingObject as exc:
+        if isinstance(exc.__context__, GeneratorExit):
+            return  # closed by its reader (the stream's end found the object gone): done
         for dest, entry in items:
             yield dest, entry, None, exc
 
@@ -169,9 +171,10 @@ def blob_matches(transport: Transport, entry: Entry, keks: Callable[[str], bytes
     """Does the blob ``entry`` names decrypt, to its end, to the plaintext its signed ``h``
     names? Read before a place a removed member stated is taken (manifest/refused.py): a
     place that fails is never adopted, so no one's word can point a version at junk."""
+    gen = None
     try:
-        name = DATA_PREFIX + str(entry["o"])
-        for _dest, found, reader, _err in read_blobs(transport, name, [("", entry)]):
+        gen = read_blobs(transport, DATA_PREFIX + str(entry["o"]), [("", entry)])
+        for _dest, found, reader, _err in gen:
             if reader is None:
                 return False
             dek, file_id = dek_of(found, keks)
@@ -180,3 +183,7 @@ def blob_matches(transport: Transport, entry: Entry, keks: Callable[[str], bytes
         return True
     except (IntegrityError, TransportError, MissingObject, KeyError, ValueError):
         return False
+    finally:  # its download stops here, not at garbage collection (round 24, NN3)
+        if gen is not None:
+            with suppress(IntegrityError, TransportError, MissingObject):
+                gen.close()
