@@ -68,6 +68,32 @@ def _fresh_device(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, remote: str,
     return d
 
 
+def _both_edit_and_all_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, remote: str,
+                            provider: Provider, lagging: dict[str, bytes], a: Dev, b: Dev,
+                            e: Dev) -> dict[str, str]:
+    """A edits paper.txt; B, shown ``lagging`` (X's late rewrite, not the removal), edits over
+    X's version. Every reader (a fresh device, E, A, B) holds both edits and no LATE; returns
+    what the recovery script restores."""
+    assert a.run("pull").exit_code == 0
+    a.write("paper.txt", "A's concurrent edit")
+    assert a.run("push").exit_code == 0
+    with provider.showing(lagging):
+        assert b.run("pull").exit_code == 0
+        assert (b.folder / "paper.txt").read_text() == LATE
+        b.write("paper.txt", "B's edit over X's")
+        assert b.run("push").exit_code == 0
+    restored = _texts(script_restores(a, remote, tmp_path))
+    d = _fresh_device(monkeypatch, tmp_path, remote, a)
+    for reader in (d, e, a, b):
+        got = reader.run("pull")
+        assert got.exit_code == 0, got.output
+        held = _texts(reader.folder)
+        assert "A's concurrent edit" in held.values(), (reader.name, held)
+        assert "B's edit over X's" in held.values(), (reader.name, held)
+        assert LATE not in held.values(), (reader.name, held)
+    return restored
+
+
 def test_a_late_snapshot_that_was_the_only_base_is_replaced_by_a_members_next_pull(
         local_remote: str, provider: Provider, tmp_path: Path,  # noqa: F811
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,23 +185,8 @@ def test_a_late_op_cannot_hide_an_honest_edit_it_never_saw(
         x.write("paper.txt", LATE)
         x.cg("push")
         monkeypatch.setattr(cg_session.Session, "commit", real)
-    assert a.run("pull").exit_code == 0
-    a.write("paper.txt", "A's concurrent edit")
-    assert a.run("push").exit_code == 0
-    with provider.showing({**before, **late}):
-        assert b.run("pull").exit_code == 0
-        assert (b.folder / "paper.txt").read_text() == LATE
-        b.write("paper.txt", "B's edit over X's")
-        assert b.run("push").exit_code == 0
-    restored = _texts(script_restores(a, local_remote, tmp_path))
-    d = _fresh_device(monkeypatch, tmp_path, local_remote, a)
-    for reader in (d, e, a, b):
-        got = reader.run("pull")
-        assert got.exit_code == 0, got.output
-        held = _texts(reader.folder)
-        assert "A's concurrent edit" in held.values(), (reader.name, held)
-        assert "B's edit over X's" in held.values(), (reader.name, held)
-        assert LATE not in held.values(), (reader.name, held)
+    restored = _both_edit_and_all_read(monkeypatch, tmp_path, local_remote, provider,
+                                       {**before, **late}, a, b, e)
     assert "A's concurrent edit" in restored.values(), restored
     assert LATE not in restored.values(), restored
 
@@ -215,22 +226,8 @@ def test_a_late_op_cannot_hide_an_honest_edit_by_forging_its_deps(
         compact(x)  # X's late snapshot covers its delta, which the compaction deletes
     late[name] = kept  # the provider lists it again: X signed it
     provider.put(name, kept)
-    assert a.run("pull").exit_code == 0
-    a.write("paper.txt", "A's concurrent edit")
-    assert a.run("push").exit_code == 0
-    with provider.showing({**before, **late}):
-        assert b.run("pull").exit_code == 0
-        assert (b.folder / "paper.txt").read_text() == LATE
-        b.write("paper.txt", "B's edit over X's")
-        assert b.run("push").exit_code == 0
-    restored = _texts(script_restores(a, local_remote, tmp_path))
-    d = _fresh_device(monkeypatch, tmp_path, local_remote, a)
-    for reader in (d, e, a, b):
-        got = reader.run("pull")
-        assert got.exit_code == 0, got.output
-        held = _texts(reader.folder)
-        assert "A's concurrent edit" in held.values(), (reader.name, held)
-        assert "B's edit over X's" in held.values(), (reader.name, held)
+    restored = _both_edit_and_all_read(monkeypatch, tmp_path, local_remote, provider,
+                                       {**before, **late}, a, b, e)
     assert "A's concurrent edit" in restored.values(), restored
 
 

@@ -220,39 +220,21 @@ def test_a_late_rewrap_to_a_junk_key_never_wins(
     which once left it to the tie-break (and the recovery script then restored nothing); and
     where B (an older client) keeps the junk and its compaction spreads it, devices and the
     script keep the copy that unwraps."""
-    import json
-    import os
-
-    from cloudguard import format as fmt
-
     a, b, c, x = paper_everywhere(monkeypatch, tmp_path, local_remote, "original",
                                   "a", "b", "c", "x")
     old = provider.objects()
     a.cg("device", "remove", x.rid)
-    with provider.showing(old) as by_x:
-        x.use()
-        with vault.session(str(x.folder)) as s:
-            ((dot, real),) = s.state.siblings("paper.txt").items()
-            while True:
-                k = fmt.wrap_dek(s.ring.kek(str(real["g"])), os.urandom(32),
-                                 bytes.fromhex(real["i"])) if junk_kind == "junk-dek" \
-                    else os.urandom(len(fmt.unb64(real["k"])))  # no wrap at all (KK2)
-                junk = {**real, "k": fmt.b64(k)}
-                if json.dumps(junk, sort_keys=True) > json.dumps(real, sort_keys=True):
-                    break
-            with s.state.transaction():
-                s.state.put_entry("paper.txt", dot, junk)
-                s.state.ctx[x.rid] = s.state.ctx.get(x.rid, 0) + 1  # past the cutoff
-            s.snapshot()
+    dot, real, junk, by_x = late_copy(provider, x, old, "paper.txt",
+                                      junk_key(junk_kind.partition("-b-")[0]))
     with provider.showing({**old, **by_x}) as by_b:
         assert b.run("pull").exit_code == 0
         b.use()
         with vault.session(str(b.folder)) as s:
             assert s.state.siblings("paper.txt")[dot]["k"] == real["k"]
-            if junk_kind == "no-wrap-b-spreads-it":
-                with s.state.transaction():  # as an older client did: it kept X's junk
-                    s.state.put_entry("paper.txt", dot, junk)
-        compact(b)
+        if junk_kind == "no-wrap-b-spreads-it":
+            keeps_as_an_older_client(b, "paper.txt", dot, junk)
+        else:
+            compact(b)
     assert any(n.startswith(f"m/{b.rid}-") and n.endswith(".s") for n in by_b)
     for dev in (a, b, c):
         got = dev.run("pull")
@@ -270,12 +252,7 @@ def test_a_junk_wrap_taken_while_the_blob_was_withheld_never_wins(
     judged copies only by their unwrap, kept the one it merged first (B's snapshot sorts
     before the remover's) and restored nothing. Now a device that cannot tell keeps the copy
     it holds, and the script reads the blob's header too."""
-    import json
-    import os
-
     from test_trust_attacks import run_script
-
-    from cloudguard import format as fmt
 
     devs = paper_everywhere(monkeypatch, tmp_path, local_remote, "original",
                             "a", "b", "c", "x")
@@ -283,20 +260,7 @@ def test_a_junk_wrap_taken_while_the_blob_was_withheld_never_wins(
     b, c, a = sorted(devs, key=lambda d: d.rid)  # B's snapshot sorts first, the remover last
     old = provider.objects()
     a.cg("device", "remove", x.rid)
-    with provider.showing(old) as by_x:
-        x.use()
-        with vault.session(str(x.folder)) as s:
-            ((dot, real),) = s.state.siblings("paper.txt").items()
-            while True:
-                k = fmt.wrap_dek(s.ring.kek(str(real["g"])), os.urandom(32),
-                                 bytes.fromhex(real["i"]))
-                junk = {**real, "k": fmt.b64(k)}
-                if json.dumps(junk, sort_keys=True) > json.dumps(real, sort_keys=True):
-                    break
-            with s.state.transaction():
-                s.state.put_entry("paper.txt", dot, junk)
-                s.state.ctx[x.rid] = s.state.ctx.get(x.rid, 0) + 1  # past the cutoff
-            s.snapshot()
+    dot, real, junk, by_x = late_copy(provider, x, old, "paper.txt", junk_key())
     with provider.showing({**old, **by_x}):
         with provider.hiding(f"data/{real['o']}"):  # B cannot read the header now
             got = b.run("pull")
@@ -304,9 +268,7 @@ def test_a_junk_wrap_taken_while_the_blob_was_withheld_never_wins(
         b.use()
         with vault.session(str(b.folder)) as s:
             assert s.state.siblings("paper.txt")[dot]["k"] == real["k"]
-            with s.state.transaction():  # as an older client did: it kept X's junk
-                s.state.put_entry("paper.txt", dot, junk)
-        compact(b)
+        keeps_as_an_older_client(b, "paper.txt", dot, junk)
     for dev in (a, b, c):
         got = dev.run("pull")
         assert got.exit_code == 0, got.output
@@ -341,22 +303,17 @@ def test_a_late_copy_at_a_packmates_blob_stops_no_one(
     a.cg("device", "remove", x.rid)
     kit = tmp_path / "kit.json"
     a.cg("key", "export", str(kit), "--choose-passphrase")
-    with provider.showing(old) as by_x:
-        x.use()
-        with vault.session(str(x.folder)) as s:
-            ((dot, real),) = s.state.siblings("paper.txt").items()
-            ((_odot, mate),) = s.state.siblings("zz-other.txt").items()
-            assert (real["o"], real.get("r", 0)) == (mate["o"], mate.get("r", 0))  # one pack
-            junk = {**real, **{k: mate[k] for k in ("a", "n", "i", "k", "g")}}
-            with s.state.transaction():
-                s.state.put_entry("paper.txt", dot, junk)
-                s.state.ctx[x.rid] = s.state.ctx.get(x.rid, 0) + 1  # past the cutoff
-            s.snapshot()
+
+    def at_the_packmate(s: Any, real: dict[str, Any]) -> dict[str, Any]:
+        ((_odot, mate),) = s.state.siblings("zz-other.txt").items()
+        assert (real["o"], real.get("r", 0)) == (mate["o"], mate.get("r", 0))  # one pack
+        return {**real, **{k: mate[k] for k in ("a", "n", "i", "k", "g")}}
+    dot, _real, junk, by_x = late_copy(provider, x, old, "paper.txt", at_the_packmate)
     with provider.showing({**old, **by_x}):  # B: the data and X's snapshot, not the removal
         b.run("pull")  # paper.txt fails its check there: X's copy is all B has
         b.use()
         with vault.session(str(b.folder)) as s:
-            assert s.state.siblings("paper.txt")[dot]["a"] == mate["a"]
+            assert s.state.siblings("paper.txt")[dot]["a"] == junk["a"]
         compact(b)
     for dev in (a, c, b):
         got = dev.run("pull")
@@ -376,10 +333,6 @@ def test_a_junk_key_taken_during_a_lag_is_never_rewrapped_under_the_head(
     rotation snapshot and the blob: B rewrapped the junk DEK under the head, so the head
     tie-break could no longer tell, and one more withheld read kept it for good. A key taken
     on a removed member's word is now rewrapped only once its blob's header is checked."""
-    import os
-
-    from cloudguard import format as fmt
-
     a, b, c, x = make_vault(monkeypatch, tmp_path, local_remote, "a", "b", "c", "x")
     for dev in (a, b, c, x):
         assert dev.run("pull").exit_code == 0
@@ -391,17 +344,7 @@ def test_a_junk_key_taken_during_a_lag_is_never_rewrapped_under_the_head(
     a.cg("device", "remove", x.rid)
     rotation = [n for n, d in provider.objects().items()
                 if n.startswith(f"m/{a.rid}-") and n.endswith(".s") and old.get(n) != d]
-    with provider.showing(old) as by_x:
-        x.use()
-        with vault.session(str(x.folder)) as s:
-            ((dot, real),) = s.state.siblings("paper.txt").items()
-            k = fmt.wrap_dek(s.ring.kek(str(real["g"])), os.urandom(32),
-                             bytes.fromhex(real["i"]))
-            junk = {**real, "k": fmt.b64(k)}
-            with s.state.transaction():
-                s.state.put_entry("paper.txt", dot, junk)
-                s.state.ctx[x.rid] = s.state.ctx.get(x.rid, 0) + 1  # past the cutoff
-            s.snapshot()
+    _dot, real, _junk, by_x = late_copy(provider, x, old, "paper.txt", junk_key())
     blob = f"data/{real['o']}"
     with provider.showing({**old, **by_x}):
         b.run("pull")  # paper.txt fails its check there: X's copy is all B has
@@ -440,6 +383,49 @@ def late_snapshot(provider: Provider, x: Dev, shown: dict[str, bytes], path: str
                 drop(s, dot, entry)
             s.snapshot()
     return by_x
+
+
+def late_copy(provider: Provider, x: Dev, shown: dict[str, bytes], path: str,
+              change: Callable[[Any, dict[str, Any]], dict[str, Any]]
+              ) -> tuple[str, dict[str, Any], dict[str, Any], dict[str, bytes]]:
+    """X, shown ``shown``, writes a late snapshot whose copy of ``path``'s one version is
+    ``change(session, entry)``; returns the dot, the real entry, X's copy and what X wrote."""
+    got: dict[str, Any] = {}
+
+    def put(s: Any, dot: str, entry: dict[str, Any]) -> None:
+        got.update(dot=dot, real=dict(entry), junk=change(s, entry))
+        s.state.put_entry(path, dot, got["junk"])
+        s.state.ctx[x.rid] = s.state.ctx.get(x.rid, 0) + 1  # past the cutoff
+    by_x = late_snapshot(provider, x, shown, path, put)
+    return got["dot"], got["real"], got["junk"], by_x
+
+
+def junk_key(kind: str = "junk-dek") -> Callable[[Any, dict[str, Any]], dict[str, Any]]:
+    """X's copy with another ``k``: a valid wrap of a DEK of its choice under the KEK it held
+    (W7) or bytes that are no wrap (KK2), ground until it wins the JSON tie-break."""
+    import json
+    import os
+
+    from cloudguard import format as fmt
+
+    def change(s: Any, real: dict[str, Any]) -> dict[str, Any]:
+        while True:
+            k = fmt.wrap_dek(s.ring.kek(str(real["g"])), os.urandom(32),
+                             bytes.fromhex(real["i"])) if kind == "junk-dek" \
+                else os.urandom(len(fmt.unb64(real["k"])))
+            junk = {**real, "k": fmt.b64(k)}
+            if json.dumps(junk, sort_keys=True) > json.dumps(real, sort_keys=True):
+                return junk
+    return change
+
+
+def keeps_as_an_older_client(dev: Dev, path: str, dot: str, junk: dict[str, Any]) -> None:
+    """``dev`` holds X's copy, as a client from before the fix did, and compacts."""
+    dev.use()
+    with vault.session(str(dev.folder)) as s:
+        with s.state.transaction():
+            s.state.put_entry(path, dot, junk)
+    compact(dev)
 
 
 def x_drops_a_new_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, remote: str,
