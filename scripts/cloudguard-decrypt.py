@@ -220,25 +220,31 @@ def chunk_aad(file_id: bytes, index: int, final: bool) -> bytes:
             + bytes([1 if final else 0]))
 
 
+def open_header(header: bytes, dek: bytes, file_id: bytes) -> bytes:
+    """"Reading a blob", steps 1 to 3; returns the blob key. Also how the merge judges which of
+    two copies' DEKs is the blob's (State.unwraps)."""
+    # 1. the 84-byte header, complete, starting with MAGIC
+    if len(header) != BLOB_HEADER_SIZE or header[:4] != BLOB_MAGIC:
+        raise BadData()
+    # 2. the file id the manifest expects (a swapped blob fails here)
+    if not hmac.compare_digest(header[4:20], file_id):
+        raise BadData()
+    # 3. key commitment, compared before anything is decrypted
+    okm = hkdf(dek, b"cloudguard/v2/blob", 64, salt=file_id)
+    if not hmac.compare_digest(header[20:52], okm[32:64]):
+        raise BadData()
+    return okm[:32]
+
+
 def decrypt_blob(src: LimitedReader, dek: bytes, file_id: bytes, sha256_hex: str,
                  size: int, out: BinaryIO) -> None:
     """"Reading a blob", steps 1 to 7, streaming one chunk at a time (flat memory).
 
     Writes plaintext to ``out``; the caller must treat it as unverified until this returns.
     """
-    # 1. the 84-byte header, complete, starting with MAGIC
     header = src.read_exact(BLOB_HEADER_SIZE)
-    if len(header) != BLOB_HEADER_SIZE or header[:4] != BLOB_MAGIC:
-        raise BadData()
-    blob_file_id, commit, length_ct = header[4:20], header[20:52], header[52:84]
-    # 2. the file id the manifest expects (a swapped blob fails here)
-    if not hmac.compare_digest(blob_file_id, file_id):
-        raise BadData()
-    # 3. key commitment, compared before anything is decrypted
-    okm = hkdf(dek, b"cloudguard/v2/blob", 64, salt=file_id)
-    key = okm[:32]
-    if not hmac.compare_digest(commit, okm[32:64]):
-        raise BadData()
+    key = open_header(header, dek, file_id)
+    length_ct = header[52:84]
     # 4. the sealed length: u64be(size) || u64be(padded)
     plain_size, padded = struct.unpack(
         ">QQ", gcm_open(key, LENGTH_NONCE, length_ct,
@@ -1223,10 +1229,11 @@ class State:
             return False  # an offset past any file
         except OSError:
             return True  # the blob is not there: the unwrap is all that can be told
-        okm = hkdf(dek, b"cloudguard/v2/blob", 64, salt=file_id)
-        return (len(header) == BLOB_HEADER_SIZE and header[:4] == BLOB_MAGIC
-                and hmac.compare_digest(header[4:20], file_id)
-                and hmac.compare_digest(header[20:52], okm[32:64]))
+        try:
+            open_header(header, dek, file_id)
+        except BadData:
+            return False
+        return True
 
     def in_suspect(self, dot: str) -> bool:
         device, seq = dot_parts(dot)
@@ -1863,7 +1870,7 @@ def load_manifest(remote: Path, chain: Chain) -> tuple[State, list[str]]:
 
 def firm(deps: dict[str, int], payload: dict[str, Any]) -> dict[str, int]:
     """What a delta's writer had applied itself: its deps where "dh" names the segment (as
-    cloudguard's manifest.loading.firm)."""
+    cloudguard's manifest.segments.firm)."""
     dh = payload.get("dh")
     return {d: s for d, s in deps.items() if isinstance(dh, dict) and d in dh}
 

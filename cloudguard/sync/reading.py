@@ -137,11 +137,11 @@ _JUNK = b""  # the wrap fails under a KEK this device holds
 def _dek_or_none(entry: Entry, keks: Callable[[str], bytes]) -> bytes | None:
     """The DEK; ``_JUNK`` when the wrap fails under a KEK held here; None when not held."""
     try:
-        keks(str(entry.get("g")))
+        kek = keks(str(entry.get("g")))
     except IntegrityError:
         return None
     try:
-        return dek_of(entry, keks)[0]
+        return dek_of(entry, lambda _g: kek)[0]  # the KEK is looked up once
     except IntegrityError:
         return _JUNK
 
